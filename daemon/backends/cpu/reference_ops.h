@@ -1,0 +1,69 @@
+// The data-plane semantics of DESIGN.md §3, written for clarity on host memory.
+//
+// The cpu backend runs these on its worker threads; the GPU tests call them directly as the
+// oracle the CUDA kernels must match bit for bit. Every function works on one rank and reads
+// the other ranks' memory through plain pointers (all ranks live in one process).
+//
+// Ordering contract (deterministic, no atomics):
+//  - expert-major: on rank d, expert l's rows are packed at recv_offsets[l], ordered by
+//    (source rank, source token, k) ascending.
+//  - rank-major: on rank d, row s * T + t holds token t of rank s when any of its top-k
+//    experts lives on d; other rows are zero with expert ids -1.
+//  - combine: out[t] = sum over k ascending of w * Z[slot[t][k]] in fp32, computed as
+//    acc = acc + w * z with two roundings (never a fused multiply-add), stored in the token
+//    dtype with round-to-nearest-even. Rank-major counts each destination rank once, at the
+//    first k that selects it, with weight 1 (the frontend pre-reduced that row).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "daemon/core/group_config.h"
+#include "daemon/core/status.h"
+
+namespace epd::reference {
+
+// One rank's routing after UpdateHandle, plus its tokens for the current dispatch.
+struct SourceRank {
+  int num_tokens = 0;
+  const void* x = nullptr;                // [n, H] token dtype (dispatch only)
+  const int32_t* topk_idx = nullptr;      // [n, K]
+  const float* topk_weights = nullptr;    // [n, K]
+  const int32_t* expert_counts = nullptr;  // [E]
+};
+
+// Pointers into one rank's exported handle region (see HandleLayout).
+struct ReceiveBuffers {
+  void* recv_x = nullptr;
+  int32_t* recv_src = nullptr;
+  float* recv_weights = nullptr;
+  int32_t* recv_topk_idx = nullptr;
+  float* recv_topk_weights = nullptr;
+  int32_t* recv_counts = nullptr;
+  int32_t* recv_offsets = nullptr;
+};
+ReceiveBuffers ReceiveBuffersAt(void* exported_base, const HandleLayout& layout);
+
+// Validates topk ids ([-1, E)) and normalises the routing of n tokens into the handle:
+// int32 ids, f32 weights (1.0 when `weights` is null), per-expert selection counts.
+Status BindRouting(const GroupConfig& config, const void* topk_idx, DType idx_dtype,
+                   const float* weights, int num_tokens, int32_t* topk_out, float* weights_out,
+                   int32_t* expert_counts_out);
+
+// RESOURCE_EXHAUSTED naming the expert when the selections of all ranks exceed its capacity.
+Status CheckCapacity(const GroupConfig& config, const std::vector<SourceRank>& ranks);
+
+// Fills rank d's receive buffers from every source rank.
+void DispatchReceive(const GroupConfig& config, int dest_rank,
+                     const std::vector<SourceRank>& ranks, const ReceiveBuffers& out);
+
+// Row inside the destination rank's recv_x of each selection (t, k) of source rank s, or -1
+// when the selection contributes nothing to combine (id -1, or rank-major repeat of a rank).
+void ComputeSlots(const GroupConfig& config, int source_rank, const std::vector<SourceRank>& ranks,
+                  int32_t* slot_out);
+
+// Combine on rank r: expert_out[d] is rank d's expert output [recv_rows, H].
+void Combine(const GroupConfig& config, const SourceRank& me, const int32_t* slot,
+             const std::vector<const void*>& expert_out, void* out);
+
+}  // namespace epd::reference

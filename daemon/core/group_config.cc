@@ -1,0 +1,119 @@
+#include "daemon/core/group_config.h"
+
+#include <algorithm>
+#include <set>
+
+namespace epd {
+namespace {
+
+// Bounds that keep every size computation inside int32 row indices and sane memory.
+constexpr int kMaxTokensPerRank = 1 << 16;
+constexpr int kMaxHidden = 1 << 16;
+constexpr int kMaxExperts = 1 << 12;
+constexpr int kMaxTopK = 32;
+
+}  // namespace
+
+int GroupConfig::GroupRankOf(int node_rank) const {
+  auto it = std::find(ranks.begin(), ranks.end(), node_rank);
+  return it == ranks.end() ? -1 : static_cast<int>(it - ranks.begin());
+}
+
+Status GroupConfig::Validate(int node_ranks) const {
+  if (name.empty()) return InvalidArgumentError("group.name must not be empty");
+  if (name.size() > 128) return InvalidArgumentError("group.name is longer than 128 characters");
+  if (ranks.empty()) return InvalidArgumentError("group '{}': ranks must not be empty", name);
+  std::set<int> seen;
+  for (int r : ranks) {
+    if (r < 0 || r >= node_ranks) {
+      return InvalidArgumentError("group '{}': rank {} is outside the node's ranks [0, {})", name,
+                                  r, node_ranks);
+    }
+    if (!seen.insert(r).second) {
+      return InvalidArgumentError("group '{}': rank {} is listed twice", name, r);
+    }
+  }
+  const int world = world_size();
+  if (experts <= 0 || experts > kMaxExperts) {
+    return InvalidArgumentError("group '{}': experts={} must be in [1, {}]", name, experts,
+                                kMaxExperts);
+  }
+  if (experts % world != 0) {
+    return InvalidArgumentError("group '{}': experts={} is not a multiple of the world size {}",
+                                name, experts, world);
+  }
+  if (hidden <= 0 || hidden > kMaxHidden || hidden % 8 != 0) {
+    return InvalidArgumentError("group '{}': hidden={} must be a positive multiple of 8 up to {}",
+                                name, hidden, kMaxHidden);
+  }
+  if (max_tokens_per_rank <= 0 || max_tokens_per_rank > kMaxTokensPerRank) {
+    return InvalidArgumentError("group '{}': max_tokens_per_rank={} must be in [1, {}]", name,
+                                max_tokens_per_rank, kMaxTokensPerRank);
+  }
+  if (top_k <= 0 || top_k > kMaxTopK || top_k > experts) {
+    return InvalidArgumentError("group '{}': top_k={} must be in [1, min({}, experts={})]", name,
+                                top_k, kMaxTopK, experts);
+  }
+  if (!IsTokenDType(dtype)) {
+    return InvalidArgumentError("group '{}': dtype={} is not a token dtype (bf16, fp16, fp32)",
+                                name, DTypeName(dtype));
+  }
+  if (expert_capacity < 0) {
+    return InvalidArgumentError("group '{}': expert_capacity={} must be >= 0 (0 = R * T)", name,
+                                expert_capacity);
+  }
+  const int64_t rows = static_cast<int64_t>(local_experts()) * capacity();
+  if (rows > (int64_t{1} << 30)) {
+    return InvalidArgumentError(
+        "group '{}': local_experts * expert_capacity = {} rows exceeds 2^30", name, rows);
+  }
+  return OkStatus();
+}
+
+bool GroupConfig::SameShape(const GroupConfig& o) const {
+  return ranks == o.ranks && experts == o.experts && hidden == o.hidden &&
+         max_tokens_per_rank == o.max_tokens_per_rank && top_k == o.top_k && dtype == o.dtype &&
+         algorithm == o.algorithm && layout == o.layout && capacity() == o.capacity();
+}
+
+std::string GroupConfig::ToString() const {
+  return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {} {} {})", name, world_size(),
+                     experts, hidden, max_tokens_per_rank, top_k, capacity(), DTypeName(dtype),
+                     LayoutName(layout), AlgorithmName(algorithm));
+}
+
+HandleLayout ComputeHandleLayout(const GroupConfig& c) {
+  HandleLayout h;
+  const size_t R = c.world_size(), L = c.local_experts(), T = c.max_tokens_per_rank,
+               K = c.top_k, H = c.hidden, E = c.experts;
+  const size_t elem = DTypeSize(c.dtype);
+  size_t cursor = 0;
+  auto place = [&cursor](size_t bytes, size_t* offset, size_t* size) {
+    *offset = cursor;
+    *size = bytes;
+    cursor = AlignUp(cursor + bytes);
+  };
+  if (c.layout == Layout::kExpertMajor) {
+    h.recv_rows = L * static_cast<size_t>(c.capacity());
+    place(h.recv_rows * H * elem, &h.recv_x_offset, &h.recv_x_bytes);
+    place(h.recv_rows * 3 * sizeof(int32_t), &h.recv_src_offset, &h.recv_src_bytes);
+    place(h.recv_rows * sizeof(float), &h.recv_weights_offset, &h.recv_weights_bytes);
+    place(L * sizeof(int32_t), &h.recv_counts_offset, &h.recv_counts_bytes);
+    place(L * sizeof(int32_t), &h.recv_offsets_offset, &h.recv_offsets_bytes);
+  } else {
+    h.recv_rows = R * T;
+    place(h.recv_rows * H * elem, &h.recv_x_offset, &h.recv_x_bytes);
+    place(h.recv_rows * K * sizeof(int32_t), &h.recv_topk_idx_offset, &h.recv_topk_idx_bytes);
+    place(h.recv_rows * K * sizeof(float), &h.recv_topk_weights_offset,
+          &h.recv_topk_weights_bytes);
+    place(R * sizeof(int32_t), &h.recv_counts_offset, &h.recv_counts_bytes);
+  }
+  h.exported_bytes = cursor;
+  h.topk_idx_bytes = AlignUp(T * K * sizeof(int32_t));
+  h.topk_weights_bytes = AlignUp(T * K * sizeof(float));
+  h.expert_counts_bytes = AlignUp(E * sizeof(int32_t));
+  h.slot_bytes = AlignUp(T * K * sizeof(int32_t));
+  return h;
+}
+
+}  // namespace epd

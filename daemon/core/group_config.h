@@ -1,0 +1,86 @@
+// GroupConfig: the immutable EP configuration shared by every rank of a group, and the pure
+// size functions of the buffers a handle needs (testable without any device).
+//
+// Notation (DESIGN.md §2): R ranks, E experts, L = E / R local experts (expert e lives on
+// rank e / L), H hidden elements per token, T max tokens per rank, K top-k,
+// C rows of capacity per expert (default R * T).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "daemon/core/dtype.h"
+#include "daemon/core/status.h"
+
+namespace epd {
+
+struct GroupConfig {
+  std::string name;
+  std::vector<int> ranks;  // node-local ranks (GPU indices) of group ranks 0..R-1
+  int experts = 0;
+  int hidden = 0;
+  int max_tokens_per_rank = 0;
+  int top_k = 0;
+  DType dtype = DType::kBf16;
+  Algorithm algorithm = Algorithm::kLowLatency;
+  Layout layout = Layout::kExpertMajor;
+  int expert_capacity = 0;  // rows per expert; 0 means R * T
+
+  int world_size() const { return static_cast<int>(ranks.size()); }
+  int local_experts() const { return world_size() > 0 ? experts / world_size() : 0; }
+  int capacity() const {
+    return expert_capacity > 0 ? expert_capacity : world_size() * max_tokens_per_rank;
+  }
+  int rank_of_expert(int expert) const { return expert / local_experts(); }
+  // Group rank of a node rank, or -1 when the node rank is not a member.
+  int GroupRankOf(int node_rank) const;
+
+  // Checks every field against the others and against the node's rank count; the message
+  // names the field and its value.
+  Status Validate(int node_ranks) const;
+  bool SameShape(const GroupConfig& other) const;
+  std::string ToString() const;
+};
+
+// Byte sizes and element shapes of one rank's handle buffers, from the group constants only.
+// Buffers the frontend sees (received tokens and their metadata) form one exported region,
+// laid out back to back at 256-byte aligned offsets; the rest is daemon-private.
+struct HandleLayout {
+  // --- exported region ---
+  // Expert-major: recv_x [L * C, H] packed, expert l rows at [offsets[l], offsets[l] + counts[l]);
+  //               recv_src [L * C, 3] int32 (src rank, src token, k); recv_weights [L * C] f32;
+  //               recv_counts [L] int32; recv_offsets [L] int32.
+  // Rank-major:   recv_x [R * T, H], row s * T + t holds token t of rank s (zero when absent);
+  //               recv_topk_idx [R * T, K] int32 (expert id when it lives here, else -1);
+  //               recv_topk_weights [R * T, K] f32 (0 where idx is -1); recv_counts [R] int32 (n_s).
+  size_t recv_rows = 0;
+  size_t recv_x_offset = 0, recv_x_bytes = 0;
+  size_t recv_src_offset = 0, recv_src_bytes = 0;          // expert-major only
+  size_t recv_weights_offset = 0, recv_weights_bytes = 0;  // expert-major only
+  size_t recv_topk_idx_offset = 0, recv_topk_idx_bytes = 0;          // rank-major only
+  size_t recv_topk_weights_offset = 0, recv_topk_weights_bytes = 0;  // rank-major only
+  size_t recv_counts_offset = 0, recv_counts_bytes = 0;
+  size_t recv_offsets_offset = 0, recv_offsets_bytes = 0;  // expert-major only
+  size_t exported_bytes = 0;
+
+  // --- private region (source-side routing bound by UpdateHandle) ---
+  size_t topk_idx_bytes = 0;      // [T, K] int32 copy of the bound routing
+  size_t topk_weights_bytes = 0;  // [T, K] f32 (1.0 when the frontend gave none)
+  size_t expert_counts_bytes = 0;  // [E] int32 selections per expert from this rank
+  size_t slot_bytes = 0;          // [T, K] int32 row inside the destination rank's recv_x
+
+  size_t total_bytes() const {
+    return exported_bytes + topk_idx_bytes + topk_weights_bytes + expert_counts_bytes + slot_bytes;
+  }
+};
+
+constexpr size_t kBufferAlignment = 256;
+inline size_t AlignUp(size_t value, size_t alignment = kBufferAlignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+HandleLayout ComputeHandleLayout(const GroupConfig& config);
+
+}  // namespace epd
