@@ -1,0 +1,205 @@
+#include "tests/integration/daemon_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace epd::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr int kStartTimeoutMs = 10'000;
+constexpr int kStopTimeoutMs = 10'000;
+
+StatusOr<std::string> MakeTempDir() {
+  std::string pattern = "/tmp/epd-test-XXXXXX";  // short: unix socket paths max 107 bytes
+  if (mkdtemp(pattern.data()) == nullptr) {
+    return InternalError("mkdtemp({}): {}", pattern, std::strerror(errno));
+  }
+  return pattern;
+}
+
+int DecodeWaitStatus(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+// Forks and execs epd with stdout+stderr appended to `log_path`. Everything the child does
+// between fork and exec is async-signal-safe (the test process has gRPC threads).
+StatusOr<pid_t> Spawn(const std::vector<std::string>& args, const std::string& log_path) {
+  std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
+  for (const auto& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (log_fd < 0) return InternalError("open({}): {}", log_path, std::strerror(errno));
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(log_fd);
+    return InternalError("fork: {}", std::strerror(errno));
+  }
+  if (pid == 0) {
+    // A daemon must not outlive a crashed test runner and keep its socket busy.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(log_fd, STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(log_fd);
+  return pid;
+}
+
+// True once something accepts connections on the unix socket. Polling the socket directly
+// avoids gRPC's reconnect backoff (up to seconds) while the daemon is still starting.
+bool SocketAccepts(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+const char* DaemonBinaryPath() { return EPD_BINARY_PATH; }
+
+StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::string> extra_args,
+                                                              int ranks) {
+  std::unique_ptr<DaemonProcess> daemon(new DaemonProcess());
+  EPD_ASSIGN_OR_RETURN(daemon->temp_dir_, MakeTempDir());
+  daemon->socket_path_ = daemon->temp_dir_ + "/epd.sock";
+  daemon->address_ = "unix://" + daemon->socket_path_;
+
+  std::vector<std::string> args = {DaemonBinaryPath(), "--backend",  "cpu",
+                                   "--cpu-ranks",      std::to_string(ranks),
+                                   "--listen",         daemon->address_};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  EPD_ASSIGN_OR_RETURN(daemon->pid_, Spawn(args, daemon->log_path()));
+
+  const auto deadline = SteadyClock::now() + milliseconds(kStartTimeoutMs);
+  while (!SocketAccepts(daemon->socket_path_)) {
+    int status = 0;
+    if (waitpid(daemon->pid_, &status, WNOHANG) == daemon->pid_) {
+      daemon->pid_ = -1;
+      return UnavailableError("epd exited with {} before serving; log:\n{}",
+                              DecodeWaitStatus(status), daemon->ReadLog());
+    }
+    if (SteadyClock::now() > deadline) {
+      return DeadlineExceededError("epd did not accept connections on {} within {} ms; log:\n{}",
+                                   daemon->socket_path_, kStartTimeoutMs, daemon->ReadLog());
+    }
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  auto channel = grpc::CreateChannel(daemon->address_, grpc::InsecureChannelCredentials());
+  if (!channel->WaitForConnected(deadline)) {
+    return DeadlineExceededError("gRPC channel to {} not READY within {} ms; log:\n{}",
+                                 daemon->address_, kStartTimeoutMs, daemon->ReadLog());
+  }
+  return daemon;
+}
+
+DaemonProcess::~DaemonProcess() {
+  if (running()) Stop();
+  if (!temp_dir_.empty() && std::getenv("EPD_TEST_KEEP_DIR") == nullptr) {
+    std::error_code ignored;
+    std::filesystem::remove_all(temp_dir_, ignored);
+  }
+}
+
+std::string DaemonProcess::ReadLog() const { return ReadFile(log_path()); }
+
+int DaemonProcess::WaitForExit(int timeout_ms) {
+  const auto deadline = SteadyClock::now() + milliseconds(timeout_ms);
+  while (true) {
+    int status = 0;
+    const pid_t done = waitpid(pid_, &status, WNOHANG);
+    if (done == pid_) {
+      pid_ = -1;
+      return DecodeWaitStatus(status);
+    }
+    if (done < 0 || SteadyClock::now() > deadline) return -1;
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+}
+
+int DaemonProcess::Stop() {
+  if (!running()) return -1;
+  kill(pid_, SIGTERM);
+  const int code = WaitForExit(kStopTimeoutMs);
+  if (code >= 0 || !running()) return code;
+  Kill();
+  return 128 + SIGKILL;
+}
+
+void DaemonProcess::Kill() {
+  if (!running()) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+int RunDaemonToExit(const std::vector<std::string>& args, std::string* output, int timeout_ms) {
+  auto dir = MakeTempDir();
+  if (!dir.ok()) {
+    if (output != nullptr) *output = dir.status().ToString();
+    return -1;
+  }
+  const std::string log_path = *dir + "/epd.log";
+  std::vector<std::string> argv = {DaemonBinaryPath()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  int code = -1;
+  auto pid = Spawn(argv, log_path);
+  if (pid.ok()) {
+    const auto deadline = SteadyClock::now() + milliseconds(timeout_ms);
+    while (true) {
+      int status = 0;
+      if (waitpid(*pid, &status, WNOHANG) == *pid) {
+        code = DecodeWaitStatus(status);
+        break;
+      }
+      if (SteadyClock::now() > deadline) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+  }
+  if (output != nullptr) *output = pid.ok() ? ReadFile(log_path) : pid.status().ToString();
+  std::error_code ignored;
+  std::filesystem::remove_all(*dir, ignored);
+  return code;
+}
+
+}  // namespace epd::testing

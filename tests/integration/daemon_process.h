@@ -1,0 +1,64 @@
+// DaemonProcess: runs the real `epd` binary for an integration test.
+//
+// Start() makes a private temporary directory, forks/execs epd with
+//   --backend cpu --cpu-ranks N --listen unix://<tmpdir>/epd.sock <extra_args...>
+// (later flags win, so extra_args may override any of these), sends its stdout and stderr to
+// <tmpdir>/epd.log, and returns once a gRPC channel to the socket is READY (at most 10 s).
+// The destructor stops the daemon (SIGTERM, then SIGKILL) and removes the directory.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/core/status.h"
+
+namespace epd::testing {
+
+class DaemonProcess {
+ public:
+  static StatusOr<std::unique_ptr<DaemonProcess>> Start(std::vector<std::string> extra_args,
+                                                        int ranks = 2);
+  ~DaemonProcess();
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  // "unix:///tmp/epd-test-XXXXXX/epd.sock": pass to grpc::CreateChannel / epd::Client.
+  const std::string& address() const { return address_; }
+  // The socket's file system path (without "unix://").
+  const std::string& socket_path() const { return socket_path_; }
+  const std::string& temp_dir() const { return temp_dir_; }
+  std::string log_path() const { return temp_dir_ + "/epd.log"; }
+  std::string ReadLog() const;
+  pid_t pid() const { return pid_; }
+  bool running() const { return pid_ > 0; }
+
+  // SIGTERM, waits up to 10 s (then SIGKILL). Returns the exit code, 128 + signal when killed
+  // by a signal, or -1 when it was not running.
+  int Stop();
+  // SIGKILL and reap: simulates a crash.
+  void Kill();
+
+ private:
+  DaemonProcess() = default;
+  // Waits up to `timeout_ms` for the child to exit; returns its exit status or -1.
+  int WaitForExit(int timeout_ms);
+
+  std::string temp_dir_;
+  std::string socket_path_;
+  std::string address_;
+  pid_t pid_ = -1;
+};
+
+// Runs `epd` with exactly `args` (no defaults added), waits up to `timeout_ms` for it to exit
+// and returns its exit code (128 + signal when killed, -1 on timeout: the child is killed).
+// stdout+stderr are captured into `output`. For tests of startup errors.
+int RunDaemonToExit(const std::vector<std::string>& args, std::string* output,
+                    int timeout_ms = 10'000);
+
+// Path of the epd binary under test (compile definition EPD_BINARY_PATH).
+const char* DaemonBinaryPath();
+
+}  // namespace epd::testing
