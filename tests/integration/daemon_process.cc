@@ -121,7 +121,9 @@ StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::s
     std::this_thread::sleep_for(milliseconds(10));
   }
   auto channel = grpc::CreateChannel(daemon->address_, grpc::InsecureChannelCredentials());
-  if (!channel->WaitForConnected(deadline)) {
+  // gRPC deadlines are system_clock time points.
+  const auto remaining = deadline - SteadyClock::now();
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + remaining)) {
     return DeadlineExceededError("gRPC channel to {} not READY within {} ms; log:\n{}",
                                  daemon->address_, kStartTimeoutMs, daemon->ReadLog());
   }
