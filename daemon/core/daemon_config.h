@@ -1,0 +1,65 @@
+// DaemonConfig: the daemon's settings from the TOML config file (deploy/epd.toml documents
+// every key), before command-line flags override them.
+//
+// Parsing is strict: an unknown key, a wrong type or a contradictory value is an
+// INVALID_ARGUMENT that names the key (and the file and line). A config that parses may
+// still name ranks the node lacks: CheckGroupsAgainstNode() tells once the backend is known.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/core/group_config.h"
+#include "daemon/core/status.h"
+
+namespace epd {
+
+enum class BackendKind { kAuto, kCuda, kCpu };
+std::string_view BackendKindName(BackendKind kind);
+StatusOr<BackendKind> ParseBackendKind(std::string_view name);
+
+// A persistent named handle declared in the config: one handle per listed node rank, all
+// with the same name (a frontend of that rank attaches to it by name).
+struct PersistentHandleDecl {
+  std::string name;
+  std::vector<int> ranks;  // node ranks, members of the group; every group rank when omitted
+};
+
+// A persistent group created at startup, with its persistent handles.
+struct PersistentGroupDecl {
+  GroupConfig config;  // ranks filled in (from `ranks` or 0..world_size-1)
+  std::vector<PersistentHandleDecl> handles;
+};
+
+struct DaemonConfig {
+  std::string listen = "unix:///run/epd/epd.sock";
+  std::string tcp_listen;  // empty: no TCP; else a loopback address with port
+  BackendKind backend = BackendKind::kAuto;
+  int cpu_ranks = 1;       // ranks of the cpu backend
+  std::vector<int> gpus;   // GPU indices of the cuda backend; empty: every visible GPU
+  std::string log_level = "info";
+  std::chrono::milliseconds op_timeout{10'000};
+  std::chrono::milliseconds session_idle_timeout{60'000};
+  std::chrono::milliseconds drain_timeout{5'000};
+  std::vector<PersistentGroupDecl> groups;
+};
+
+// Parses TOML text; `source_name` (a path) prefixes error messages.
+StatusOr<DaemonConfig> ParseDaemonConfig(std::string_view toml_text,
+                                         std::string_view source_name = "config");
+StatusOr<DaemonConfig> LoadDaemonConfig(const std::string& path);
+
+// Checks the scalar settings (after flags override the file): loopback-only TCP, positive
+// rank counts and timeouts, a known log level, unique GPU indices.
+Status ValidateDaemonSettings(const DaemonConfig& config);
+
+// Checks every declared group and handle against the node's rank count.
+Status CheckGroupsAgainstNode(const DaemonConfig& config, int node_ranks);
+
+// True for "127.0.0.1:PORT" and "[::1]:PORT" (PORT in 0..65535; 0 lets the kernel pick).
+// Names like "localhost" are refused: they may resolve to a non-loopback address.
+bool IsLoopbackAddress(std::string_view address);
+
+}  // namespace epd

@@ -1,0 +1,278 @@
+#include "daemon/core/daemon_config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace epd {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Parses `text` expecting INVALID_ARGUMENT whose message contains every `needles`.
+void ExpectError(const std::string& text, std::initializer_list<std::string> needles) {
+  auto config = ParseDaemonConfig(text, "test.toml");
+  ASSERT_FALSE(config.ok()) << "parsed:\n" << text;
+  EXPECT_EQ(config.status().code(), StatusCode::kInvalidArgument);
+  for (const auto& needle : needles) {
+    EXPECT_THAT(config.status().message(), HasSubstr(needle)) << "config:\n" << text;
+  }
+}
+
+TEST(DaemonConfigTest, EmptyFileGivesDefaults) {
+  auto config = ParseDaemonConfig("", "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->listen, "unix:///run/epd/epd.sock");
+  EXPECT_TRUE(config->tcp_listen.empty());
+  EXPECT_EQ(config->backend, BackendKind::kAuto);
+  EXPECT_EQ(config->cpu_ranks, 1);
+  EXPECT_TRUE(config->gpus.empty());
+  EXPECT_EQ(config->log_level, "info");
+  EXPECT_TRUE(config->groups.empty());
+}
+
+TEST(DaemonConfigTest, ParsesEveryKey) {
+  auto config = ParseDaemonConfig(R"(
+listen = "unix:///tmp/x/epd.sock"
+tcp_listen = "[::1]:50051"
+backend = "cpu"
+cpu_ranks = 4
+gpus = [0, 2]
+log_level = "debug"
+op_timeout_ms = 250
+session_idle_timeout_ms = 1000
+drain_timeout_ms = 0
+
+[[group]]
+name = "moe"
+world_size = 4
+experts = 16
+hidden = 128
+max_tokens_per_rank = 32
+top_k = 2
+dtype = "fp16"
+layout = "rank_major"
+algorithm = "high_throughput"
+expert_capacity = 64
+
+  [[group.handle]]
+  name = "layer0"
+
+  [[group.handle]]
+  name = "layer1"
+  ranks = [1, 3]
+
+[[group]]
+name = "pair"
+ranks = [2, 3]
+experts = 4
+hidden = 64
+max_tokens_per_rank = 8
+top_k = 1
+)",
+                                  "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->listen, "unix:///tmp/x/epd.sock");
+  EXPECT_EQ(config->tcp_listen, "[::1]:50051");
+  EXPECT_EQ(config->backend, BackendKind::kCpu);
+  EXPECT_EQ(config->cpu_ranks, 4);
+  EXPECT_EQ(config->gpus, (std::vector<int>{0, 2}));
+  EXPECT_EQ(config->log_level, "debug");
+  EXPECT_EQ(config->op_timeout.count(), 250);
+  EXPECT_EQ(config->session_idle_timeout.count(), 1000);
+  EXPECT_EQ(config->drain_timeout.count(), 0);
+  ASSERT_EQ(config->groups.size(), 2u);
+
+  const auto& moe = config->groups[0];
+  EXPECT_EQ(moe.config.name, "moe");
+  EXPECT_EQ(moe.config.ranks, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(moe.config.experts, 16);
+  EXPECT_EQ(moe.config.hidden, 128);
+  EXPECT_EQ(moe.config.max_tokens_per_rank, 32);
+  EXPECT_EQ(moe.config.top_k, 2);
+  EXPECT_EQ(moe.config.dtype, DType::kFp16);
+  EXPECT_EQ(moe.config.layout, Layout::kRankMajor);
+  EXPECT_EQ(moe.config.algorithm, Algorithm::kHighThroughput);
+  EXPECT_EQ(moe.config.expert_capacity, 64);
+  ASSERT_EQ(moe.handles.size(), 2u);
+  EXPECT_EQ(moe.handles[0].name, "layer0");
+  EXPECT_EQ(moe.handles[0].ranks, (std::vector<int>{0, 1, 2, 3}));  // default: all members
+  EXPECT_EQ(moe.handles[1].ranks, (std::vector<int>{1, 3}));
+
+  const auto& pair = config->groups[1];
+  EXPECT_EQ(pair.config.ranks, (std::vector<int>{2, 3}));
+  EXPECT_EQ(pair.config.dtype, DType::kBf16);  // defaults
+  EXPECT_EQ(pair.config.layout, Layout::kExpertMajor);
+  EXPECT_EQ(pair.config.algorithm, Algorithm::kLowLatency);
+  EXPECT_TRUE(pair.handles.empty());
+}
+
+TEST(DaemonConfigTest, SyntaxErrorNamesLine) {
+  ExpectError("listen = \"unix:///a\"\ncpu_ranks = = 3\n", {"test.toml:2"});
+}
+
+TEST(DaemonConfigTest, UnknownKeysAreErrors) {
+  ExpectError("listne = \"unix:///a\"\n", {"test.toml:1", "listne", "not a known key"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+world_size = 1
+experts = 2
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+topk = 2
+)",
+              {"test.toml:9", "group[0].topk"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+world_size = 1
+experts = 2
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+  [[group.handle]]
+  name = "h"
+  rank = 0
+)",
+              {"group[0].handle[0].rank", "not a known key"});
+}
+
+TEST(DaemonConfigTest, WrongTypesNameTheKey) {
+  ExpectError("cpu_ranks = \"4\"\n", {"test.toml:1", "cpu_ranks", "integer", "string"});
+  ExpectError("listen = 5\n", {"listen", "string"});
+  ExpectError("gpus = [0, \"1\"]\n", {"gpus[1]", "integer"});
+  ExpectError("gpus = 0\n", {"gpus", "array"});
+  ExpectError("op_timeout_ms = 1.5\n", {"op_timeout_ms", "float"});
+  ExpectError("group = 3\n", {"group", "array of tables"});
+}
+
+TEST(DaemonConfigTest, ContradictoryValuesNameTheKey) {
+  ExpectError("tcp_listen = \"0.0.0.0:50051\"\n", {"test.toml:1", "tcp_listen", "loopback"});
+  ExpectError("tcp_listen = \"localhost:50051\"\n", {"tcp_listen", "loopback"});
+  ExpectError("tcp_listen = \"127.0.0.1\"\n", {"tcp_listen"});
+  ExpectError("cpu_ranks = 0\n", {"cpu_ranks", "0"});
+  ExpectError("backend = \"tpu\"\n", {"backend", "tpu"});
+  ExpectError("log_level = \"loud\"\n", {"test.toml:1", "log_level", "loud"});
+  ExpectError("listen = \"127.0.0.1:5000\"\n", {"listen", "unix"});
+  ExpectError("gpus = [1, 1]\n", {"gpus", "twice"});
+  ExpectError("op_timeout_ms = 0\n", {"op_timeout_ms"});
+}
+
+const char* kGroup = R"(
+[[group]]
+name = "g"
+world_size = 2
+experts = 4
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+)";
+
+TEST(DaemonConfigTest, GroupErrors) {
+  ExpectError(std::string(kGroup) + kGroup, {"group[1].name", "duplicates group[0]"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+world_size = 4
+experts = 6
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+)",
+              {"test.toml:2", "group[0]", "experts=6", "multiple"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+experts = 4
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+)",
+              {"group[0].ranks", "world_size", "required"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+ranks = [0, 1]
+world_size = 3
+experts = 6
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+)",
+              {"group[0].world_size", "contradicts"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+world_size = 2
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+)",
+              {"group[0].experts", "required"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+world_size = 2
+experts = 4
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+dtype = "int32"
+)",
+              {"group[0]", "dtype"});
+  ExpectError(R"(
+[[group]]
+name = "g"
+world_size = 2
+experts = 4
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+layout = "sideways"
+)",
+              {"test.toml:9", "group[0].layout", "sideways"});
+}
+
+TEST(DaemonConfigTest, HandleErrors) {
+  ExpectError(std::string(kGroup) + "  [[group.handle]]\n  ranks = [0]\n",
+              {"group[0].handle[0].name", "required"});
+  ExpectError(std::string(kGroup) + "  [[group.handle]]\n  name = \"h\"\n  ranks = [5]\n",
+              {"group[0].handle[0].ranks", "rank 5", "not a member"});
+  ExpectError(std::string(kGroup) +
+                  "  [[group.handle]]\n  name = \"h\"\n  [[group.handle]]\n  name = \"h\"\n"
+                  "  ranks = [1]\n",
+              {"group[0].handle[1].name", "rank 1", "duplicates group[0].handle[0]"});
+}
+
+TEST(DaemonConfigTest, GroupsCheckedAgainstNodeRanks) {
+  auto config = ParseDaemonConfig(kGroup, "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_TRUE(CheckGroupsAgainstNode(*config, 2).ok());
+  Status too_few = CheckGroupsAgainstNode(*config, 1);
+  EXPECT_EQ(too_few.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(too_few.message(), HasSubstr("group[0]"));
+  EXPECT_THAT(too_few.message(), HasSubstr("rank 1"));
+}
+
+TEST(DaemonConfigTest, LoopbackAddresses) {
+  EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("[::1]:0"));
+  EXPECT_FALSE(IsLoopbackAddress("127.0.0.1:"));
+  EXPECT_FALSE(IsLoopbackAddress("127.0.0.1:70000"));
+  EXPECT_FALSE(IsLoopbackAddress("127.0.0.10:1"));
+  EXPECT_FALSE(IsLoopbackAddress("0.0.0.0:1"));
+  EXPECT_FALSE(IsLoopbackAddress("[::]:1"));
+}
+
+TEST(DaemonConfigTest, MissingFileIsNotFound) {
+  auto config = LoadDaemonConfig("/nonexistent/epd.toml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), StatusCode::kNotFound);
+  EXPECT_THAT(config.status().message(), HasSubstr("/nonexistent/epd.toml"));
+}
+
+}  // namespace
+}  // namespace epd
