@@ -98,7 +98,6 @@ struct EngineStats {
   uint64_t frees = 0;
   int64_t live_bytes = 0;
   OpCounters update, dispatch, combine;
-  uint64_t dispatched_rows = 0;  // valid (token, expert) selections sent
 };
 
 struct UpdateRequest {

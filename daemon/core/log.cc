@@ -1,6 +1,6 @@
 #include "daemon/core/log.h"
 
-#include <spdlog/sinks/stderr_color_sinks.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 
 #include <array>
 #include <cstdlib>

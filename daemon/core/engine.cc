@@ -1,0 +1,878 @@
+#include "daemon/core/engine.h"
+
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "daemon/core/buffer_registry.h"
+#include "daemon/core/collective_matcher.h"
+#include "daemon/core/fence_page.h"
+#include "daemon/core/log.h"
+#include "daemon/core/rank_worker.h"
+
+namespace epd {
+namespace {
+
+struct Group {
+  GroupConfig config;
+  bool persistent = false;
+  SessionId owner = 0;      // 0 when persistent or when the owning session ended
+  bool orphaned = false;    // owner ended while handles remained: erase with the last handle
+  int handles = 0;          // guarded by the engine mutex
+  std::unique_ptr<BackendGroup> backend;
+  std::unique_ptr<CollectiveMatcher> matcher;
+};
+
+struct Handle {
+  std::string name;
+  bool persistent = false;
+  std::shared_ptr<Group> group;
+  int node_rank = 0;
+  int group_rank = 0;
+  std::unique_ptr<BackendHandle> backend;
+  SessionId attached_to = 0;  // session using it; guarded by the engine mutex
+  int submitted_tokens = 0;   // n of the last accepted UpdateHandle; engine mutex
+  bool bound = false;         // an UpdateHandle was accepted; engine mutex
+  Status routing_status;      // result of the last executed update; rank worker only
+};
+
+struct Fence {
+  std::unique_ptr<ExportedMemory> page;
+};
+
+struct Session {
+  SessionId id = 0;
+  int rank = 0;
+  std::string client_name;
+  bool unary = false;
+  Clock::time_point last_used;
+  std::atomic<bool> closed{false};
+  ObjectId next_id = 1;
+  BufferRegistry buffers;
+  std::map<ObjectId, std::shared_ptr<Fence>> fences;
+  std::map<ObjectId, ObjectId> fence_buffers;  // fence id -> its page's buffer id
+  std::map<ObjectId, std::shared_ptr<Handle>> handles;
+  std::map<ObjectId, ObjectId> handle_buffers;  // handle id -> exported region's buffer id
+};
+
+// Memory views that keep their owner alive (aliasing shared_ptr).
+template <typename Owner>
+std::shared_ptr<Memory> MemoryOf(const std::shared_ptr<Owner>& owner, Memory& memory) {
+  return std::shared_ptr<Memory>(owner, &memory);
+}
+
+std::string PersistentKey(std::string_view name, int node_rank) {
+  return fmt::format("{}@{}", name, node_rank);
+}
+
+}  // namespace
+
+class Engine::Impl {
+ public:
+  Impl(std::unique_ptr<Backend> backend, EngineOptions options)
+      : backend_(std::move(backend)), options_(options), rng_(std::random_device{}()) {
+    for (int r = 0; r < backend_->num_ranks(); ++r) {
+      workers_.push_back(std::make_unique<RankWorker>(r));
+    }
+    reaper_ = std::thread([this] { ReapIdleSessions(); });
+  }
+
+  ~Impl() {
+    Shutdown();
+    {
+      std::lock_guard lock(mutex_);
+      stop_reaper_ = true;
+    }
+    reaper_changed_.notify_all();
+    reaper_.join();
+    workers_.clear();  // runs what is still queued (cancelled ops), then joins
+    std::lock_guard lock(mutex_);
+    persistent_handles_.clear();
+    groups_.clear();
+  }
+
+  Backend& backend() { return *backend_; }
+
+  // ---------------------------------------------------------------- sessions
+
+  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary) {
+    if (rank < 0 || rank >= backend_->num_ranks()) {
+      return InvalidArgumentError("rank = {} is outside the node's ranks [0, {})", rank,
+                                  backend_->num_ranks());
+    }
+    std::lock_guard lock(mutex_);
+    if (draining_) return UnavailableError("epd is shutting down");
+    auto session = std::make_shared<Session>();
+    do {
+      session->id = rng_();
+    } while (session->id == 0 || sessions_.count(session->id) != 0);
+    session->rank = rank;
+    session->client_name = std::move(client_name);
+    session->unary = unary;
+    session->last_used = Clock::now();
+    sessions_[session->id] = session;
+    ++sessions_total_;
+    EPD_LOG(kCore, info, "session {:016x} opened for rank {} by '{}'{}", session->id, rank,
+            session->client_name, unary ? " (unary)" : "");
+    return SessionInfo{session->id, rank, session->client_name};
+  }
+
+  Status CloseSession(SessionId id, std::string_view reason) {
+    std::shared_ptr<Session> session;
+    std::vector<std::shared_ptr<Group>> groups_to_abort;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = sessions_.find(id);
+      if (it == sessions_.end()) return NotFoundError("session {:016x} is not open", id);
+      session = it->second;
+      sessions_.erase(it);
+      session->closed = true;
+      std::set<Group*> seen;
+      for (auto& [handle_id, handle] : session->handles) {
+        if (seen.insert(handle->group.get()).second) groups_to_abort.push_back(handle->group);
+        DetachLocked(*handle);
+      }
+      for (auto git = groups_.begin(); git != groups_.end();) {
+        Group& group = *git->second;
+        if (group.owner == id && !group.persistent) {
+          group.owner = 0;
+          if (group.handles == 0) {
+            EPD_LOG(kCore, info, "group '{}' destroyed with its session", group.config.name);
+            git = groups_.erase(git);
+            continue;
+          }
+          group.orphaned = true;
+        }
+        ++git;
+      }
+    }
+    // Ranks waiting for this session's rank in a collective fail now instead of timing out.
+    const Status abort = UnavailableError(
+        "rank {}'s session {:016x} ended ({}) while the group waited for it", session->rank, id,
+        reason);
+    for (auto& group : groups_to_abort) group->matcher->Abort(abort);
+    EPD_LOG(kCore, info, "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, "
+            "{} fences", id, session->rank, reason, session->handles.size(),
+            session->buffers.size(), session->fences.size());
+    // In-flight ops hold their own references: memory is freed once they drain.
+    session->handles.clear();
+    session->buffers.Clear();
+    session->fences.clear();
+    return OkStatus();
+  }
+
+  Status Touch(SessionId id) {
+    std::lock_guard lock(mutex_);
+    return FindSessionLocked(id).status();
+  }
+
+  // ---------------------------------------------------------------- buffers and fences
+
+  StatusOr<BufferInfo> RegisterBuffer(SessionId id, const MemorySource& source) {
+    int rank;
+    {
+      std::lock_guard lock(mutex_);
+      EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+      rank = session->rank;
+    }
+    if (source.size == 0) return InvalidArgumentError("source.size must be > 0");
+    // Opening can take a millisecond (IPC): done outside the engine lock.
+    EPD_ASSIGN_OR_RETURN(std::shared_ptr<Memory> memory, backend_->Import(source, rank));
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    const ObjectId buffer_id = session->next_id++;
+    session->buffers.Add(buffer_id, memory);
+    return BufferInfo{buffer_id, memory->size(), memory->device()};
+  }
+
+  Status ReleaseBuffer(SessionId id, ObjectId buffer) {
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    for (const auto& [fence_id, fence_buffer] : session->fence_buffers) {
+      if (fence_buffer == buffer) {
+        return FailedPreconditionError("buffer_id = {} is fence {}'s page: use DestroyFence",
+                                       buffer, fence_id);
+      }
+    }
+    for (const auto& [handle_id, handle_buffer] : session->handle_buffers) {
+      if (handle_buffer == buffer) {
+        return FailedPreconditionError(
+            "buffer_id = {} is handle {}'s exported region: use DestroyHandle", buffer, handle_id);
+      }
+    }
+    return session->buffers.Remove(buffer);
+  }
+
+  StatusOr<FenceInfo> CreateFence(SessionId id) {
+    int rank;
+    {
+      std::lock_guard lock(mutex_);
+      EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+      rank = session->rank;
+    }
+    auto fence = std::make_shared<Fence>();
+    EPD_ASSIGN_OR_RETURN(fence->page, backend_->CreateFence(rank));
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    FenceInfo info;
+    info.id = session->next_id++;
+    info.buffer_id = session->next_id++;
+    info.source = fence->page->Describe();
+    info.counter_offset = kFenceCounterOffset;
+    session->buffers.Add(info.buffer_id, MemoryOf(fence, *fence->page));
+    session->fences[info.id] = fence;
+    session->fence_buffers[info.id] = info.buffer_id;
+    return info;
+  }
+
+  Status DestroyFence(SessionId id, ObjectId fence) {
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    auto it = session->fences.find(fence);
+    if (it == session->fences.end()) {
+      return NotFoundError("fence_id = {} is not a fence of this session", fence);
+    }
+    session->fences.erase(it);
+    session->buffers.Remove(session->fence_buffers[fence]).IgnoreError();
+    session->fence_buffers.erase(fence);
+    return OkStatus();
+  }
+
+  // ---------------------------------------------------------------- groups
+
+  Status CreateGroup(std::optional<SessionId> owner, const GroupConfig& config, bool persistent) {
+    EPD_RETURN_IF_ERROR(config.Validate(backend_->num_ranks()));
+    {
+      std::lock_guard lock(mutex_);
+      if (owner.has_value()) EPD_RETURN_IF_ERROR(FindSessionLocked(*owner).status());
+      if (auto it = groups_.find(config.name); it != groups_.end()) {
+        if (it->second->config.SameShape(config)) return OkStatus();  // idempotent
+        return AlreadyExistsError("group '{}' exists with a different configuration: {}",
+                                  config.name, it->second->config.ToString());
+      }
+    }
+    auto group = std::make_shared<Group>();
+    group->config = config;
+    group->persistent = persistent;
+    group->owner = persistent || !owner.has_value() ? 0 : *owner;
+    group->matcher = std::make_unique<CollectiveMatcher>(config.name, config.world_size());
+    EPD_ASSIGN_OR_RETURN(group->backend, backend_->CreateGroup(config));
+    std::lock_guard lock(mutex_);
+    if (groups_.count(config.name) != 0) {
+      return AlreadyExistsError("group '{}' was created concurrently", config.name);
+    }
+    groups_[config.name] = group;
+    EPD_LOG(kCore, info, "created {}{}", config.ToString(), persistent ? " (persistent)" : "");
+    return OkStatus();
+  }
+
+  std::vector<GroupSummary> ListGroups() const {
+    std::lock_guard lock(mutex_);
+    std::vector<GroupSummary> out;
+    for (const auto& [name, group] : groups_) {
+      out.push_back(GroupSummary{group->config, group->persistent, group->handles});
+    }
+    return out;
+  }
+
+  Status DestroyGroup(SessionId id, std::string_view name) {
+    std::lock_guard lock(mutex_);
+    EPD_RETURN_IF_ERROR(FindSessionLocked(id).status());
+    auto it = groups_.find(std::string(name));
+    if (it == groups_.end()) return NotFoundError("group '{}' does not exist", name);
+    if (it->second->handles > 0) {
+      return FailedPreconditionError("group '{}' still has {} handles", name,
+                                     it->second->handles);
+    }
+    groups_.erase(it);
+    return OkStatus();
+  }
+
+  // ---------------------------------------------------------------- handles
+
+  StatusOr<HandleInfo> CreateHandle(SessionId id, std::string_view group_name, int rank,
+                                    std::string_view name, bool persistent) {
+    std::shared_ptr<Group> group;
+    int node_rank;
+    {
+      std::lock_guard lock(mutex_);
+      EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+      node_rank = session->rank;
+      if (rank >= 0 && rank != node_rank) {
+        return PermissionDeniedError("rank = {} does not match the session's rank {}", rank,
+                                     node_rank);
+      }
+      EPD_ASSIGN_OR_RETURN(group, FindGroupLocked(group_name));
+      if (persistent && name.empty()) {
+        return InvalidArgumentError("name must be set for a persistent handle");
+      }
+      if (!name.empty() && persistent_handles_.count(PersistentKey(name, node_rank)) != 0) {
+        return AlreadyExistsError("handle '{}' of rank {} already exists: use AttachHandle",
+                                  name, node_rank);
+      }
+    }
+    EPD_ASSIGN_OR_RETURN(std::shared_ptr<Handle> handle,
+                         NewHandle(group, node_rank, name, persistent));
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    if (persistent) {
+      auto [it, inserted] = persistent_handles_.emplace(PersistentKey(name, node_rank), handle);
+      if (!inserted) return AlreadyExistsError("handle '{}' was created concurrently", name);
+    }
+    return AttachLocked(*session, handle);
+  }
+
+  Status CreatePersistentHandle(std::string_view group_name, int node_rank,
+                                std::string_view name) {
+    std::shared_ptr<Group> group;
+    {
+      std::lock_guard lock(mutex_);
+      EPD_ASSIGN_OR_RETURN(group, FindGroupLocked(group_name));
+      if (persistent_handles_.count(PersistentKey(name, node_rank)) != 0) {
+        return AlreadyExistsError("handle '{}' of rank {} already exists", name, node_rank);
+      }
+    }
+    EPD_ASSIGN_OR_RETURN(std::shared_ptr<Handle> handle,
+                         NewHandle(group, node_rank, name, /*persistent=*/true));
+    std::lock_guard lock(mutex_);
+    persistent_handles_.emplace(PersistentKey(name, node_rank), handle);
+    return OkStatus();
+  }
+
+  StatusOr<HandleInfo> AttachHandle(SessionId id, std::string_view name) {
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    auto it = persistent_handles_.find(PersistentKey(name, session->rank));
+    if (it == persistent_handles_.end()) {
+      return NotFoundError("no persistent handle '{}' for rank {}", name, session->rank);
+    }
+    const std::shared_ptr<Handle>& handle = it->second;
+    if (handle->attached_to != 0 && handle->attached_to != id) {
+      return FailedPreconditionError("handle '{}' of rank {} is attached to session {:016x}",
+                                     name, session->rank, handle->attached_to);
+    }
+    for (const auto& [handle_id, attached] : session->handles) {
+      if (attached == handle) return DescribeHandle(handle_id, *session, *handle);
+    }
+    return AttachLocked(*session, handle);
+  }
+
+  Status DestroyHandle(SessionId id, ObjectId handle_id) {
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    auto it = session->handles.find(handle_id);
+    if (it == session->handles.end()) {
+      return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
+    }
+    std::shared_ptr<Handle> handle = it->second;
+    DetachLocked(*handle);
+    if (handle->persistent) persistent_handles_.erase(PersistentKey(handle->name, handle->node_rank));
+    session->buffers.Remove(session->handle_buffers[handle_id]).IgnoreError();
+    session->handle_buffers.erase(handle_id);
+    session->handles.erase(it);
+    return OkStatus();
+  }
+
+  // ---------------------------------------------------------------- ops
+
+  Status SubmitUpdate(SessionId id, const UpdateRequest& request, const OpOptions& options,
+                      OpDone done) {
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(OpContext ctx, PrepareOpLocked(id, request.handle_id, request.rank, options));
+    const GroupConfig& config = ctx.handle->group->config;
+    UpdateArgs args;
+    EPD_ASSIGN_OR_RETURN(args.topk_idx, ctx.session->buffers.Resolve(request.topk_idx, "topk_idx"));
+    if (args.topk_idx.dtype != DType::kInt32 && args.topk_idx.dtype != DType::kInt64) {
+      return InvalidArgumentError("topk_idx.dtype = {} must be int32 or int64",
+                                  DTypeName(args.topk_idx.dtype));
+    }
+    EPD_RETURN_IF_ERROR(ExpectShape(args.topk_idx, "topk_idx", {-1, config.top_k}, {"n", "top_k"}));
+    const int64_t n = args.topk_idx.rows();
+    if (n > config.max_tokens_per_rank) {
+      return InvalidArgumentError("topk_idx.shape[0] = {} exceeds max_tokens_per_rank = {}", n,
+                                  config.max_tokens_per_rank);
+    }
+    if (request.topk_weights.has_value()) {
+      EPD_ASSIGN_OR_RETURN(args.topk_weights,
+                           ctx.session->buffers.Resolve(*request.topk_weights, "topk_weights"));
+      EPD_RETURN_IF_ERROR(ExpectDType(args.topk_weights, "topk_weights", DType::kFp32));
+      EPD_RETURN_IF_ERROR(
+          ExpectShape(args.topk_weights, "topk_weights", {n, config.top_k}, {"n", "top_k"}));
+    }
+    args.num_tokens = static_cast<int>(n);
+    ctx.handle->submitted_tokens = args.num_tokens;
+    ctx.handle->bound = true;
+    return PostLocked(ctx, OpKind::kUpdate, std::move(done),
+                      [this, args](OpContext& c) -> Status {
+                        Handle& handle = *c.handle;
+                        handle.routing_status = backend_->UpdateHandle(*handle.backend, args);
+                        return handle.routing_status;
+                      });
+  }
+
+  Status SubmitDispatch(SessionId id, const DispatchRequest& request, const OpOptions& options,
+                        OpDone done) {
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(OpContext ctx, PrepareOpLocked(id, request.handle_id, request.rank, options));
+    const GroupConfig& config = ctx.handle->group->config;
+    if (!ctx.handle->bound) {
+      return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                     request.handle_id);
+    }
+    auto payload = std::make_shared<CollectivePayload>();
+    payload->kind = CollectiveKind::kDispatch;
+    payload->dispatch.handle = ctx.handle->backend.get();
+    EPD_ASSIGN_OR_RETURN(payload->dispatch.x, ctx.session->buffers.Resolve(request.x, "x"));
+    EPD_RETURN_IF_ERROR(ExpectDType(payload->dispatch.x, "x", config.dtype));
+    EPD_RETURN_IF_ERROR(ExpectShape(payload->dispatch.x, "x",
+                                    {ctx.handle->submitted_tokens, config.hidden},
+                                    {"tokens bound by the last UpdateHandle", "hidden"}));
+    payload->keepalive.push_back(ctx.session->buffers.Find(request.x.buffer_id));
+    return PostCollectiveLocked(ctx, OpKind::kDispatch, std::move(payload), std::move(done));
+  }
+
+  Status SubmitCombine(SessionId id, const CombineRequest& request, const OpOptions& options,
+                       OpDone done) {
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(OpContext ctx, PrepareOpLocked(id, request.handle_id, request.rank, options));
+    const GroupConfig& config = ctx.handle->group->config;
+    if (!ctx.handle->bound) {
+      return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                     request.handle_id);
+    }
+    auto payload = std::make_shared<CollectivePayload>();
+    payload->kind = CollectiveKind::kCombine;
+    payload->combine.handle = ctx.handle->backend.get();
+    const HandleLayout& layout = ctx.handle->backend->layout();
+    if (request.expert_out.has_value()) {
+      EPD_ASSIGN_OR_RETURN(TensorView expert_out,
+                           ctx.session->buffers.Resolve(*request.expert_out, "expert_out"));
+      EPD_RETURN_IF_ERROR(ExpectDType(expert_out, "expert_out", config.dtype));
+      EPD_RETURN_IF_ERROR(ExpectShape(expert_out, "expert_out",
+                                      {static_cast<int64_t>(layout.recv_rows), config.hidden},
+                                      {"recv_rows", "hidden"}));
+      payload->combine.expert_out = expert_out.data;
+      payload->keepalive.push_back(ctx.session->buffers.Find(request.expert_out->buffer_id));
+    } else {
+      payload->combine.expert_out =
+          static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
+    }
+    EPD_ASSIGN_OR_RETURN(payload->combine.out, ctx.session->buffers.Resolve(request.out, "out"));
+    EPD_RETURN_IF_ERROR(ExpectDType(payload->combine.out, "out", config.dtype));
+    EPD_RETURN_IF_ERROR(ExpectShape(payload->combine.out, "out",
+                                    {ctx.handle->submitted_tokens, config.hidden},
+                                    {"tokens bound by the last UpdateHandle", "hidden"}));
+    payload->keepalive.push_back(ctx.session->buffers.Find(request.out.buffer_id));
+    return PostCollectiveLocked(ctx, OpKind::kCombine, std::move(payload), std::move(done));
+  }
+
+  // ---------------------------------------------------------------- stats and shutdown
+
+  EngineStats Stats() const {
+    std::lock_guard lock(mutex_);
+    EngineStats stats = stats_;
+    stats.sessions_open = sessions_.size();
+    stats.sessions_total = sessions_total_;
+    stats.allocations = backend_->allocations().allocations();
+    stats.frees = backend_->allocations().frees();
+    stats.live_bytes = backend_->allocations().live_bytes();
+    return stats;
+  }
+
+  void Shutdown() {
+    std::vector<SessionId> open;
+    {
+      std::unique_lock lock(mutex_);
+      if (shut_down_) return;
+      draining_ = true;
+      const bool drained = ops_idle_.wait_for(lock, options_.drain_timeout,
+                                              [this] { return in_flight_ == 0; });
+      if (!drained) {
+        EPD_LOG(kCore, warn, "shutdown: {} ops still in flight after {} ms", in_flight_,
+                options_.drain_timeout.count());
+      }
+      shut_down_ = true;
+      for (const auto& [id, session] : sessions_) open.push_back(id);
+    }
+    for (SessionId id : open) CloseSession(id, "daemon shutting down").IgnoreError();
+  }
+
+ private:
+  enum class OpKind { kUpdate, kDispatch, kCombine };
+
+  struct OpContext {
+    std::shared_ptr<Session> session;
+    std::shared_ptr<Handle> handle;
+    std::shared_ptr<Fence> wait_fence, signal_fence;
+    OpOptions options;
+  };
+
+  StatusOr<Session*> FindSessionLocked(SessionId id) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) {
+      return NotFoundError("session_id = {:016x} is not an open session", id);
+    }
+    it->second->last_used = Clock::now();
+    return it->second.get();
+  }
+
+  StatusOr<std::shared_ptr<Group>> FindGroupLocked(std::string_view name) {
+    auto it = groups_.find(std::string(name));
+    if (it == groups_.end()) return NotFoundError("group '{}' does not exist", name);
+    return it->second;
+  }
+
+  StatusOr<std::shared_ptr<Handle>> NewHandle(const std::shared_ptr<Group>& group, int node_rank,
+                                              std::string_view name, bool persistent) {
+    const int group_rank = group->config.GroupRankOf(node_rank);
+    if (group_rank < 0) {
+      return InvalidArgumentError("rank {} is not a member of group '{}' (ranks {})", node_rank,
+                                  group->config.name, fmt::join(group->config.ranks, ", "));
+    }
+    auto handle = std::make_shared<Handle>();
+    handle->name = std::string(name);
+    handle->persistent = persistent;
+    handle->group = group;
+    handle->node_rank = node_rank;
+    handle->group_rank = group_rank;
+    EPD_ASSIGN_OR_RETURN(handle->backend, backend_->CreateHandle(*group->backend, group_rank));
+    std::lock_guard lock(mutex_);
+    ++group->handles;
+    EPD_LOG(kCore, info, "group '{}' rank {}: handle '{}' created ({} bytes){}", group->config.name,
+            node_rank, name, handle->backend->layout().total_bytes(),
+            persistent ? " (persistent)" : "");
+    return handle;
+  }
+
+  StatusOr<HandleInfo> AttachLocked(Session& session, const std::shared_ptr<Handle>& handle) {
+    const ObjectId handle_id = session.next_id++;
+    const ObjectId buffer_id = session.next_id++;
+    session.handles[handle_id] = handle;
+    session.handle_buffers[handle_id] = buffer_id;
+    session.buffers.Add(buffer_id, MemoryOf(handle, handle->backend->exported()));
+    handle->attached_to = session.id;
+    return DescribeHandle(handle_id, session, *handle);
+  }
+
+  // Called when a handle leaves a session: persistent ones stay, others die with their refs.
+  void DetachLocked(Handle& handle) {
+    handle.attached_to = 0;
+    if (handle.persistent) return;
+    Group& group = *handle.group;
+    if (--group.handles == 0 && group.orphaned) {
+      EPD_LOG(kCore, info, "group '{}' destroyed with its last handle", group.config.name);
+      groups_.erase(group.config.name);
+    }
+  }
+
+  HandleInfo DescribeHandle(ObjectId handle_id, const Session& session, Handle& handle) const {
+    HandleInfo info;
+    info.id = handle_id;
+    info.name = handle.name;
+    info.group = handle.group->config.name;
+    info.group_rank = handle.group_rank;
+    info.persistent = handle.persistent;
+    info.buffer_id = session.handle_buffers.at(handle_id);
+    info.source = handle.backend->exported().Describe();
+    info.layout = handle.backend->layout();
+    info.config = handle.group->config;
+    return info;
+  }
+
+  StatusOr<OpContext> PrepareOpLocked(SessionId id, ObjectId handle_id, int rank,
+                                      const OpOptions& options) {
+    if (draining_) return UnavailableError("epd is shutting down");
+    auto sit = sessions_.find(id);
+    if (sit == sessions_.end()) {
+      return NotFoundError("session_id = {:016x} is not an open session", id);
+    }
+    OpContext ctx;
+    ctx.session = sit->second;
+    ctx.session->last_used = Clock::now();
+    if (rank >= 0 && rank != ctx.session->rank) {
+      return PermissionDeniedError("rank = {} does not match the session's rank {}", rank,
+                                   ctx.session->rank);
+    }
+    auto hit = ctx.session->handles.find(handle_id);
+    if (hit == ctx.session->handles.end()) {
+      return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
+    }
+    ctx.handle = hit->second;
+    ctx.options = options;
+    auto find_fence = [&](const std::optional<FenceOp>& op, std::string_view field,
+                          std::shared_ptr<Fence>* out) -> Status {
+      if (!op.has_value()) return OkStatus();
+      auto fit = ctx.session->fences.find(op->fence_id);
+      if (fit == ctx.session->fences.end()) {
+        return NotFoundError("{}.fence_id = {} is not a fence of this session", field,
+                             op->fence_id);
+      }
+      *out = fit->second;
+      return OkStatus();
+    };
+    EPD_RETURN_IF_ERROR(find_fence(options.wait, "options.wait", &ctx.wait_fence));
+    EPD_RETURN_IF_ERROR(find_fence(options.signal, "options.signal", &ctx.signal_fence));
+    return ctx;
+  }
+
+  OpCounters& CountersFor(OpKind kind) {
+    switch (kind) {
+      case OpKind::kUpdate: return stats_.update;
+      case OpKind::kDispatch: return stats_.dispatch;
+      case OpKind::kCombine: return stats_.combine;
+    }
+    return stats_.update;
+  }
+
+  // Wraps `done` so that it is called once, after stats and the in-flight count are updated.
+  OpDone FinishOnce(OpKind kind, OpDone done) {
+    const Clock::time_point start = Clock::now();
+    return [this, kind, start, done = std::move(done)](Status status) {
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+      if (!status.ok()) {
+        EPD_LOG(kCore, debug, "op failed: {}", status.ToString());
+      }
+      {
+        std::lock_guard lock(mutex_);
+        OpCounters& counters = CountersFor(kind);
+        (status.ok() ? counters.completed : counters.failed) += 1;
+        counters.total_us += us.count();
+      }
+      done(std::move(status));
+    };
+  }
+
+  // Runs `body` on the rank's worker after the wait fence, then signals and completes.
+  // `body` returns the status of what it enqueued; completion errors come from Complete().
+  Status PostLocked(OpContext ctx, OpKind kind, OpDone done,
+                    std::function<Status(OpContext&)> body) {
+    ++in_flight_;
+    OpDone finish = FinishOnce(kind, std::move(done));
+    auto release = [this] {
+      std::lock_guard lock(mutex_);
+      if (--in_flight_ == 0) ops_idle_.notify_all();
+    };
+    const int rank = ctx.session->rank;
+    const bool posted = workers_[rank]->Post([this, ctx, finish, release, body]() mutable {
+      if (ctx.session->closed) {
+        finish(CancelledError("session {:016x} ended before the op ran", ctx.session->id));
+        release();
+        return;
+      }
+      Status status = WaitFenceIfAny(ctx);
+      if (status.ok()) status = body(ctx);
+      CompleteOp(ctx, std::move(status), nullptr, std::move(finish), std::move(release));
+    });
+    if (!posted) {
+      --in_flight_;
+      return UnavailableError("epd is shutting down");
+    }
+    return OkStatus();
+  }
+
+  Status PostCollectiveLocked(OpContext ctx, OpKind kind,
+                              std::shared_ptr<CollectivePayload> payload, OpDone done) {
+    payload->keepalive.push_back(ctx.handle);
+    ++in_flight_;
+    OpDone finish = FinishOnce(kind, std::move(done));
+    auto release = [this] {
+      std::lock_guard lock(mutex_);
+      if (--in_flight_ == 0) ops_idle_.notify_all();
+    };
+    const int rank = ctx.session->rank;
+    const bool posted = workers_[rank]->Post([this, ctx, payload, finish, release]() mutable {
+      if (ctx.session->closed) {
+        finish(CancelledError("session {:016x} ended before the op ran", ctx.session->id));
+        release();
+        return;
+      }
+      Handle& handle = *ctx.handle;
+      Group& group = *handle.group;
+      payload->status = WaitFenceIfAny(ctx);
+      if (payload->status.ok() && !handle.routing_status.ok()) {
+        payload->status = FailedPreconditionError("the last UpdateHandle failed: {}",
+                                                  handle.routing_status.message());
+      }
+      const Deadline deadline = Clock::now() + backend_->op_timeout();
+      StatusOr<MatchedCollective> matched =
+          group.matcher->Arrive(handle.group_rank, payload, deadline);
+      Status status = matched.ok() ? RunCollective(group, handle.group_rank, *matched)
+                                   : matched.status();
+      std::shared_ptr<MatchedCollective> keep;
+      if (matched.ok()) keep = std::make_shared<MatchedCollective>(std::move(matched).value());
+      CompleteOp(ctx, std::move(status), std::move(keep), std::move(finish), std::move(release));
+    });
+    if (!posted) {
+      --in_flight_;
+      return UnavailableError("epd is shutting down");
+    }
+    return OkStatus();
+  }
+
+  Status RunCollective(Group& group, int group_rank, const MatchedCollective& matched) {
+    for (size_t r = 0; r < matched.size(); ++r) {
+      if (!matched[r]->status.ok()) {
+        return Status(matched[r]->status.code(),
+                      fmt::format("group '{}' {}: group rank {}: {}", group.config.name,
+                                  CollectiveKindName(matched[r]->kind), r,
+                                  matched[r]->status.message()));
+      }
+    }
+    if (matched[group_rank]->kind == CollectiveKind::kDispatch) {
+      std::vector<DispatchArgs> all;
+      for (const auto& p : matched) all.push_back(p->dispatch);
+      return backend_->Dispatch(*group.backend, group_rank, all);
+    }
+    std::vector<CombineArgs> all;
+    for (const auto& p : matched) all.push_back(p->combine);
+    return backend_->Combine(*group.backend, group_rank, all);
+  }
+
+  Status WaitFenceIfAny(OpContext& ctx) {
+    if (!ctx.options.wait.has_value()) return OkStatus();
+    return backend_->WaitFence(ctx.session->rank, *ctx.wait_fence->page, ctx.options.wait->value);
+  }
+
+  // Signals, then reports: immediately for fenced ops, after device completion for blocking
+  // ones. Device-side errors of non-blocking ops are logged and fail the next op on the handle.
+  void CompleteOp(OpContext& ctx, Status status, std::shared_ptr<MatchedCollective> keep,
+                  OpDone finish, std::function<void()> release) {
+    if (status.ok() && ctx.options.signal.has_value()) {
+      status = backend_->SignalFence(ctx.session->rank, *ctx.signal_fence->page,
+                                     ctx.options.signal->value);
+    }
+    if (!status.ok()) {
+      finish(std::move(status));
+      release();
+      return;
+    }
+    if (!ctx.options.blocking) finish(OkStatus());
+    const bool blocking = ctx.options.blocking;
+    std::shared_ptr<Handle> handle = ctx.handle;
+    backend_->Complete(*handle->backend, [handle, keep, blocking, finish, release](Status done) {
+      if (blocking) {
+        finish(std::move(done));
+      } else if (!done.ok()) {
+        EPD_LOG(kCore, error, "group '{}' rank {}: asynchronous op failed: {}",
+                handle->group->config.name, handle->node_rank, done.ToString());
+      }
+      release();
+    });
+  }
+
+  void ReapIdleSessions() {
+    std::unique_lock lock(mutex_);
+    while (!stop_reaper_) {
+      reaper_changed_.wait_for(lock, std::chrono::milliseconds(500));
+      std::vector<SessionId> idle;
+      const Clock::time_point now = Clock::now();
+      for (const auto& [id, session] : sessions_) {
+        if (session->unary && now - session->last_used > options_.unary_session_idle_timeout) {
+          idle.push_back(id);
+        }
+      }
+      lock.unlock();
+      for (SessionId id : idle) CloseSession(id, "idle timeout").IgnoreError();
+      lock.lock();
+    }
+  }
+
+  std::unique_ptr<Backend> backend_;
+  const EngineOptions options_;
+  std::vector<std::unique_ptr<RankWorker>> workers_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable ops_idle_;
+  std::condition_variable reaper_changed_;
+  std::mt19937_64 rng_;
+  std::map<SessionId, std::shared_ptr<Session>> sessions_;
+  std::map<std::string, std::shared_ptr<Group>> groups_;
+  std::map<std::string, std::shared_ptr<Handle>> persistent_handles_;
+  uint64_t sessions_total_ = 0;
+  uint64_t in_flight_ = 0;
+  bool draining_ = false;
+  bool shut_down_ = false;
+  bool stop_reaper_ = false;
+  EngineStats stats_;
+  std::thread reaper_;
+};
+
+// ------------------------------------------------------------------ Engine
+
+StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backend,
+                                                 EngineOptions options) {
+  if (backend == nullptr) return InvalidArgumentError("backend must not be null");
+  if (backend->num_ranks() <= 0) return InvalidArgumentError("the backend has no ranks");
+  return std::unique_ptr<Engine>(
+      new Engine(std::make_unique<Impl>(std::move(backend), options)));
+}
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+NodeDescription Engine::DescribeNode() const { return impl_->backend().Describe(); }
+int Engine::num_ranks() const { return impl_->backend().num_ranks(); }
+EngineStats Engine::Stats() const { return impl_->Stats(); }
+AllocationCounter& Engine::allocations() { return impl_->backend().allocations(); }
+
+StatusOr<SessionInfo> Engine::OpenSession(int rank, std::string client_name, bool unary) {
+  return impl_->OpenSession(rank, std::move(client_name), unary);
+}
+Status Engine::CloseSession(SessionId session, std::string_view reason) {
+  return impl_->CloseSession(session, reason);
+}
+Status Engine::Touch(SessionId session) { return impl_->Touch(session); }
+StatusOr<BufferInfo> Engine::RegisterBuffer(SessionId session, const MemorySource& source) {
+  return impl_->RegisterBuffer(session, source);
+}
+Status Engine::ReleaseBuffer(SessionId session, ObjectId buffer) {
+  return impl_->ReleaseBuffer(session, buffer);
+}
+StatusOr<FenceInfo> Engine::CreateFence(SessionId session) { return impl_->CreateFence(session); }
+Status Engine::DestroyFence(SessionId session, ObjectId fence) {
+  return impl_->DestroyFence(session, fence);
+}
+Status Engine::CreateGroup(std::optional<SessionId> session, const GroupConfig& config,
+                           bool persistent) {
+  return impl_->CreateGroup(session, config, persistent);
+}
+std::vector<GroupSummary> Engine::ListGroups() const { return impl_->ListGroups(); }
+Status Engine::DestroyGroup(SessionId session, std::string_view name) {
+  return impl_->DestroyGroup(session, name);
+}
+StatusOr<HandleInfo> Engine::CreateHandle(SessionId session, std::string_view group, int rank,
+                                          std::string_view name, bool persistent) {
+  return impl_->CreateHandle(session, group, rank, name, persistent);
+}
+Status Engine::CreatePersistentHandle(std::string_view group, int node_rank,
+                                      std::string_view name) {
+  return impl_->CreatePersistentHandle(group, node_rank, name);
+}
+StatusOr<HandleInfo> Engine::AttachHandle(SessionId session, std::string_view name) {
+  return impl_->AttachHandle(session, name);
+}
+Status Engine::DestroyHandle(SessionId session, ObjectId handle) {
+  return impl_->DestroyHandle(session, handle);
+}
+Status Engine::SubmitUpdate(SessionId session, const UpdateRequest& request,
+                            const OpOptions& options, OpDone done) {
+  return impl_->SubmitUpdate(session, request, options, std::move(done));
+}
+Status Engine::SubmitDispatch(SessionId session, const DispatchRequest& request,
+                              const OpOptions& options, OpDone done) {
+  return impl_->SubmitDispatch(session, request, options, std::move(done));
+}
+Status Engine::SubmitCombine(SessionId session, const CombineRequest& request,
+                             const OpOptions& options, OpDone done) {
+  return impl_->SubmitCombine(session, request, options, std::move(done));
+}
+void Engine::Shutdown() { impl_->Shutdown(); }
+
+}  // namespace epd

@@ -1,0 +1,52 @@
+#include "daemon/core/rank_worker.h"
+
+#include <pthread.h>
+
+#include <string>
+
+namespace epd {
+
+RankWorker::RankWorker(int rank) : rank_(rank), thread_([this] { Run(); }) {
+  std::string name = "epd-rank" + std::to_string(rank_);
+  pthread_setname_np(thread_.native_handle(), name.substr(0, 15).c_str());
+}
+
+RankWorker::~RankWorker() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+bool RankWorker::Post(std::function<void()> task) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return false;
+    tasks_.push_back(std::move(task));
+  }
+  wake_.notify_one();
+  return true;
+}
+
+size_t RankWorker::queued() const {
+  std::lock_guard lock(mutex_);
+  return tasks_.size();
+}
+
+void RankWorker::Run() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;  // stopping and drained
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    task();
+  }
+}
+
+}  // namespace epd

@@ -1,0 +1,191 @@
+// The reference semantics on a case small enough to work out by hand (R=2, E=4, K=2, T=3).
+#include "daemon/backends/cpu/reference_ops.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace epd::reference {
+namespace {
+
+constexpr int kHidden = 8;
+
+GroupConfig TinyConfig(Layout layout) {
+  GroupConfig c;
+  c.name = "tiny";
+  c.ranks = {0, 1};
+  c.experts = 4;
+  c.hidden = kHidden;
+  c.max_tokens_per_rank = 3;
+  c.top_k = 2;
+  c.dtype = DType::kFp32;
+  c.layout = layout;
+  return c;
+}
+
+// Rank 0 has 3 tokens routed {1,2}, {3,-1}, {0,2}; rank 1 has 2 tokens routed {2,0}, {-1,-1}.
+struct Fixture {
+  explicit Fixture(Layout output_layout)
+      : config(TinyConfig(output_layout)), layout(ComputeHandleLayout(config)) {
+    const std::vector<std::vector<int32_t>> ids = {{1, 2, 3, -1, 0, 2}, {2, 0, -1, -1}};
+    const std::vector<int> tokens = {3, 2};
+    for (int r = 0; r < 2; ++r) {
+      Rank& rank = ranks[r];
+      rank.n = tokens[r];
+      rank.x.resize(rank.n * kHidden);
+      for (int t = 0; t < rank.n; ++t) {
+        for (int h = 0; h < kHidden; ++h) rank.x[t * kHidden + h] = 100.0f * r + 10.0f * t + h;
+      }
+      rank.weights.resize(rank.n * 2);
+      for (size_t i = 0; i < rank.weights.size(); ++i) rank.weights[i] = 0.25f * (i + 1);
+      rank.topk.resize(6);
+      rank.norm_weights.resize(6);
+      rank.counts.resize(4);
+      Status status = BindRouting(config, ids[r].data(), DType::kInt32, rank.weights.data(),
+                                  rank.n, rank.topk.data(), rank.norm_weights.data(),
+                                  rank.counts.data());
+      EXPECT_TRUE(status.ok()) << status.ToString();
+      rank.exported.assign(layout.exported_bytes, std::byte{0x7f});
+      rank.slots.assign(6, 99);
+    }
+    for (int r = 0; r < 2; ++r) {
+      sources.push_back(SourceRank{ranks[r].n, ranks[r].x.data(), ranks[r].topk.data(),
+                                   ranks[r].norm_weights.data(), ranks[r].counts.data()});
+    }
+  }
+
+  void DispatchAll() {
+    ASSERT_TRUE(CheckCapacity(config, sources).ok());
+    for (int r = 0; r < 2; ++r) {
+      DispatchReceive(config, r, sources, Out(r));
+      ComputeSlots(config, r, sources, ranks[r].slots.data());
+    }
+  }
+  ReceiveBuffers Out(int r) { return ReceiveBuffersAt(ranks[r].exported.data(), layout); }
+  const float* Row(int r, int row) {
+    return static_cast<const float*>(Out(r).recv_x) + row * kHidden;
+  }
+
+  struct Rank {
+    int n = 0;
+    std::vector<float> x, weights, norm_weights;
+    std::vector<int32_t> topk, counts, slots;
+    std::vector<std::byte> exported;
+  };
+  GroupConfig config;
+  HandleLayout layout;
+  Rank ranks[2];
+  std::vector<SourceRank> sources;
+};
+
+TEST(ReferenceOpsTest, BindRoutingCountsSelectionsAndDefaultsWeights) {
+  Fixture f(Layout::kExpertMajor);
+  EXPECT_EQ(f.ranks[0].counts, (std::vector<int32_t>{1, 1, 2, 1}));
+  EXPECT_EQ(f.ranks[1].counts, (std::vector<int32_t>{1, 0, 1, 0}));
+  int32_t topk[2], counts[4];
+  float weights[2];
+  const int64_t ids64[2] = {3, -1};
+  ASSERT_TRUE(BindRouting(f.config, ids64, DType::kInt64, nullptr, 1, topk, weights, counts).ok());
+  EXPECT_EQ(weights[0], 1.0f);
+  EXPECT_EQ(counts[3], 1);
+}
+
+TEST(ReferenceOpsTest, BindRoutingRejectsIdsOutsideTheExperts) {
+  Fixture f(Layout::kExpertMajor);
+  int32_t topk[4] = {7, 7, 7, 7}, counts[4];
+  float weights[4];
+  const int32_t high[4] = {0, 1, 2, 4};
+  Status status = BindRouting(f.config, high, DType::kInt32, nullptr, 2, topk, weights, counts);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "topk_idx[1, 1] = 4 is outside [-1, 4)");
+  EXPECT_EQ(topk[0], 7) << "a rejected update must not write";
+  const int64_t low[2] = {-2, 0};
+  status = BindRouting(f.config, low, DType::kInt64, nullptr, 1, topk, weights, counts);
+  EXPECT_EQ(status.message(), "topk_idx[0, 0] = -2 is outside [-1, 4)");
+}
+
+TEST(ReferenceOpsTest, ExpertMajorRowsArePackedInSourceTokenKOrder) {
+  Fixture f(Layout::kExpertMajor);
+  f.DispatchAll();
+  // Rank 0 holds experts 0 and 1: expert 0 <- (s0,t2,k0), (s1,t0,k1); expert 1 <- (s0,t0,k0).
+  ReceiveBuffers r0 = f.Out(0);
+  EXPECT_EQ(r0.recv_counts[0], 2);
+  EXPECT_EQ(r0.recv_counts[1], 1);
+  EXPECT_EQ(r0.recv_offsets[0], 0);
+  EXPECT_EQ(r0.recv_offsets[1], 2);
+  const std::vector<int32_t> src0 = {0, 2, 0, 1, 0, 1, 0, 0, 0};
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_src, r0.recv_src + 9), src0);
+  EXPECT_EQ(f.Row(0, 0)[3], 23.0f);   // rank 0 token 2
+  EXPECT_EQ(f.Row(0, 1)[3], 103.0f);  // rank 1 token 0
+  EXPECT_EQ(r0.recv_weights[0], 1.25f);  // rank 0 weight index 4
+  EXPECT_EQ(r0.recv_weights[1], 0.5f);   // rank 1 weight index 1
+  // Rank 1 holds experts 2 and 3: expert 2 <- (s0,t0,k1), (s0,t2,k1), (s1,t0,k0); 3 <- (s0,t1,k0).
+  ReceiveBuffers r1 = f.Out(1);
+  EXPECT_EQ(r1.recv_counts[0], 3);
+  EXPECT_EQ(r1.recv_counts[1], 1);
+  EXPECT_EQ(r1.recv_offsets[1], 3);
+  const std::vector<int32_t> src1 = {0, 0, 1, 0, 2, 1, 1, 0, 0, 0, 1, 0};
+  EXPECT_EQ(std::vector<int32_t>(r1.recv_src, r1.recv_src + 12), src1);
+  // Slots route combine back to those rows.
+  EXPECT_EQ(f.ranks[0].slots, (std::vector<int32_t>{2, 0, 3, -1, 0, 1}));
+  EXPECT_EQ(std::vector<int32_t>(f.ranks[1].slots.begin(), f.ranks[1].slots.begin() + 4),
+            (std::vector<int32_t>{2, 1, -1, -1}));
+}
+
+TEST(ReferenceOpsTest, CapacityOverflowNamesTheExpert) {
+  Fixture f(Layout::kExpertMajor);
+  f.config.expert_capacity = 2;  // expert 2 receives 3 rows
+  Status status = CheckCapacity(f.config, f.sources);
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(),
+            "group 'tiny': expert 2 received 3 rows, more than expert_capacity=2");
+}
+
+TEST(ReferenceOpsTest, RankMajorRowsAreZeroWhereNoTokenCame) {
+  Fixture f(Layout::kRankMajor);
+  f.DispatchAll();
+  ReceiveBuffers r0 = f.Out(0);
+  EXPECT_EQ(r0.recv_counts[0], 3);
+  EXPECT_EQ(r0.recv_counts[1], 2);
+  // Row s*T+t. Rank 0 token 1 goes only to rank 1: zero row, ids -1.
+  EXPECT_EQ(f.Row(0, 0)[1], 1.0f);
+  EXPECT_EQ(f.Row(0, 1)[1], 0.0f);
+  EXPECT_EQ(f.Row(0, 2)[1], 21.0f);
+  EXPECT_EQ(f.Row(0, 3)[1], 101.0f);
+  EXPECT_EQ(f.Row(0, 5)[1], 0.0f);  // t >= n of rank 1
+  const std::vector<int32_t> ids0 = {1, -1, -1, -1, 0, -1, -1, 0, -1, -1, -1, -1};
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_topk_idx, r0.recv_topk_idx + 12), ids0);
+  EXPECT_EQ(r0.recv_topk_weights[0], 0.25f);
+  EXPECT_EQ(r0.recv_topk_weights[1], 0.0f);
+  EXPECT_EQ(r0.recv_topk_weights[7], 0.5f);
+  // Each destination rank once, at its first k; rank 0 token 0 hits ranks 0 and 1.
+  EXPECT_EQ(f.ranks[0].slots, (std::vector<int32_t>{0, 0, 1, -1, 2, 2}));
+}
+
+TEST(ReferenceOpsTest, CombineOfIdentityExpertsSumsTheWeights) {
+  Fixture f(Layout::kExpertMajor);
+  f.DispatchAll();
+  std::vector<const void*> expert_out = {f.Out(0).recv_x, f.Out(1).recv_x};
+  std::vector<float> out(3 * kHidden, -1.0f);
+  Combine(f.config, f.sources[0], f.ranks[0].slots.data(), expert_out, out.data());
+  const float weight_sums[3] = {0.25f + 0.5f, 0.75f, 1.25f + 1.5f};
+  for (int t = 0; t < 3; ++t) {
+    for (int h = 0; h < kHidden; ++h) {
+      EXPECT_EQ(out[t * kHidden + h], weight_sums[t] * (10.0f * t + h)) << t << "," << h;
+    }
+  }
+}
+
+TEST(ReferenceOpsTest, RankMajorCombineAddsEachRankOnceUnweighted) {
+  Fixture f(Layout::kRankMajor);
+  f.DispatchAll();
+  std::vector<const void*> expert_out = {f.Out(0).recv_x, f.Out(1).recv_x};
+  std::vector<float> out(3 * kHidden);
+  Combine(f.config, f.sources[0], f.ranks[0].slots.data(), expert_out, out.data());
+  // Token 0 reaches ranks 0 and 1, token 1 only rank 1, token 2 both.
+  const float copies[3] = {2.0f, 1.0f, 2.0f};
+  for (int t = 0; t < 3; ++t) EXPECT_EQ(out[t * kHidden + 5], copies[t] * (10.0f * t + 5));
+}
+
+}  // namespace
+}  // namespace epd::reference

@@ -1,0 +1,55 @@
+#include "daemon/core/status.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+
+namespace epd {
+namespace {
+
+StatusOr<int> Half(int value) {
+  if (value % 2 != 0) return InvalidArgumentError("value = {} is odd", value);
+  return value / 2;
+}
+
+Status Quarter(int value, int* out) {
+  EPD_ASSIGN_OR_RETURN(int half, Half(value));
+  EPD_ASSIGN_OR_RETURN(*out, Half(half));
+  return OkStatus();
+}
+
+TEST(StatusTest, CodesMatchGrpcNumbering) {
+  EXPECT_EQ(static_cast<int>(StatusCode::kInvalidArgument), 3);
+  EXPECT_EQ(static_cast<int>(StatusCode::kDeadlineExceeded), 4);
+  EXPECT_EQ(static_cast<int>(StatusCode::kNotFound), 5);
+  EXPECT_EQ(static_cast<int>(StatusCode::kResourceExhausted), 8);
+  EXPECT_EQ(static_cast<int>(StatusCode::kFailedPrecondition), 9);
+  EXPECT_EQ(static_cast<int>(StatusCode::kUnavailable), 14);
+}
+
+TEST(StatusTest, FactoriesFormatMessages) {
+  Status status = NotFoundError("buffer_id = {} is unknown", 7);
+  EXPECT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kNotFound);
+  EXPECT_EQ(status.message(), "buffer_id = 7 is unknown");
+  EXPECT_EQ(status.ToString(), "NOT_FOUND: buffer_id = 7 is unknown");
+  EXPECT_EQ(status.WithContext("dispatch").message(), "dispatch: buffer_id = 7 is unknown");
+  EXPECT_TRUE(OkStatus().WithContext("x").ok());
+}
+
+TEST(StatusTest, MacrosPropagateErrorsAndValues) {
+  int out = 0;
+  EXPECT_TRUE(Quarter(8, &out).ok());
+  EXPECT_EQ(out, 2);
+  Status status = Quarter(6, &out);  // 6 / 2 = 3 is odd
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "value = 3 is odd");
+}
+
+TEST(StatusTest, StatusOrFromOkStatusIsAnInternalError) {
+  StatusOr<std::unique_ptr<int>> value = OkStatus();
+  EXPECT_EQ(value.status().code(), StatusCode::kInternal);
+}
+
+}  // namespace
+}  // namespace epd
