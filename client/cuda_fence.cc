@@ -1,0 +1,36 @@
+// Fence stream ops: stream-ordered 64-bit writes / waits, capturable in CUDA graphs.
+#include <cuda.h>
+
+#include "client/cuda_check.h"
+#include "client/epd/cuda.h"
+
+namespace epd::cuda {
+namespace {
+
+Status CheckDeviceFence(const Fence& fence) {
+  if (!fence.on_device()) {
+    return FailedPreconditionError(
+        "fence {} lives in host memory: use Fence::Signal / Fence::Wait", fence.id());
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status SignalFenceOnStream(const Fence& fence, uint64_t value, cudaStream_t stream) {
+  EPD_RETURN_IF_ERROR(CheckDeviceFence(fence));
+  EPD_CLIENT_CU_CHECK(cuStreamWriteValue64(reinterpret_cast<CUstream>(stream),
+                                           reinterpret_cast<CUdeviceptr>(fence.counter()), value,
+                                           CU_STREAM_WRITE_VALUE_DEFAULT));
+  return OkStatus();
+}
+
+Status WaitFenceOnStream(const Fence& fence, uint64_t value, cudaStream_t stream) {
+  EPD_RETURN_IF_ERROR(CheckDeviceFence(fence));
+  EPD_CLIENT_CU_CHECK(cuStreamWaitValue64(reinterpret_cast<CUstream>(stream),
+                                          reinterpret_cast<CUdeviceptr>(fence.counter()), value,
+                                          CU_STREAM_WAIT_VALUE_GEQ));
+  return OkStatus();
+}
+
+}  // namespace epd::cuda

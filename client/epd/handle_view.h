@@ -1,0 +1,70 @@
+// HandleView: the exported region of a handle (CreateHandle / AttachHandle answer), mapped
+// into this process, with typed pointers to its tensors (HandleBuffers offsets; semantics in
+// daemon/core/group_config.h, HandleLayout).
+//
+// Expert-major: recv_x [L*C, H]; expert l's rows are [recv_offsets[l], + recv_counts[l]);
+//               recv_src [L*C, 3] (src rank, src token, k); recv_weights [L*C].
+// Rank-major:   recv_x [R*T, H], row s*T+t = token t of rank s; recv_topk_idx / _weights
+//               [R*T, K]; recv_counts [R] tokens per source rank.
+// Tensors that the group's layout does not have are nullptr.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "client/epd/mapped_region.h"
+#include "daemon/core/status.h"
+#include "epd/v1/epd.pb.h"
+
+namespace epd {
+
+class HandleView {
+ public:
+  static StatusOr<std::unique_ptr<HandleView>> Open(const v1::HandleInfo& info);
+
+  const v1::HandleInfo& info() const { return info_; }
+  const v1::GroupConfig& config() const { return info_.config(); }
+  uint64_t handle_id() const { return info_.handle_id(); }
+  // The exported region as a buffer of the session that created / attached the handle.
+  uint64_t buffer_id() const { return info_.buffer_id(); }
+  bool on_device() const { return region_->on_device(); }
+  bool expert_major() const { return config().layout() != v1::LAYOUT_RANK_MAJOR; }
+
+  int64_t recv_rows() const { return static_cast<int64_t>(info_.buffers().recv_rows()); }
+  size_t row_bytes() const { return row_bytes_; }
+  void* recv_x() const { return region_->at<void>(info_.buffers().recv_x_offset()); }
+  void* recv_row(int64_t row) const {
+    return static_cast<char*>(recv_x()) + static_cast<size_t>(row) * row_bytes_;
+  }
+  int32_t* recv_src() const { return Tensor<int32_t>(expert_major(), &B::recv_src_offset); }
+  float* recv_weights() const { return Tensor<float>(expert_major(), &B::recv_weights_offset); }
+  int32_t* recv_topk_idx() const {
+    return Tensor<int32_t>(!expert_major(), &B::recv_topk_idx_offset);
+  }
+  float* recv_topk_weights() const {
+    return Tensor<float>(!expert_major(), &B::recv_topk_weights_offset);
+  }
+  int32_t* recv_counts() const { return Tensor<int32_t>(true, &B::recv_counts_offset); }
+  int32_t* recv_offsets() const { return Tensor<int32_t>(expert_major(), &B::recv_offsets_offset); }
+
+  // recv_x as a TensorRef of the exported buffer (Combine's expert_out, in place).
+  v1::TensorRef RecvXRef() const;
+
+ private:
+  using B = v1::HandleBuffers;
+  HandleView() = default;
+  template <typename T>
+  T* Tensor(bool present, uint64_t (B::*offset)() const) const {
+    return present ? region_->at<T>((info_.buffers().*offset)()) : nullptr;
+  }
+
+  v1::HandleInfo info_;
+  size_t row_bytes_ = 0;
+  std::unique_ptr<MappedRegion> region_;
+};
+
+// Bytes per element of a proto dtype (0 when unspecified).
+size_t DTypeBytes(v1::DType dtype);
+
+}  // namespace epd

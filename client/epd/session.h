@@ -1,0 +1,96 @@
+// Session: one frontend's connection to the daemon, bound to one node rank.
+//
+// The session lives as long as its bidirectional stream: Close() (or destroying the Session)
+// ends it, and the daemon then releases every non-persistent buffer, fence and handle it
+// created. Update / Dispatch / Combine travel on the stream (answered in submission order);
+// the other calls are unary RPCs carrying the session id.
+//
+// Ops are blocking or fenced (OpOptions): with `blocking` the answer comes after the op
+// completed; otherwise it comes once the op is queued and `signal` tells completion. Dispatch
+// and Combine are collective: each waits for every rank of the group to post its own.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "client/epd/fence.h"
+#include "client/epd/options.h"
+#include "daemon/core/status.h"
+#include "epd/v1/epd.grpc.pb.h"
+
+namespace epd {
+
+namespace internal {
+class SessionStream;
+}
+
+class Session {
+ public:
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  uint64_t id() const { return id_; }
+  int rank() const { return rank_; }
+  bool closed() const { return closed_; }
+
+  // Ends the session; later ops fail with FAILED_PRECONDITION. Idempotent.
+  Status Close();
+
+  // --- memory ---
+  StatusOr<uint64_t> RegisterBuffer(const v1::MemorySource& source);
+  Status ReleaseBuffer(uint64_t buffer_id);
+  // Creates a fence and maps its page.
+  StatusOr<std::unique_ptr<Fence>> CreateFence();
+  Status DestroyFence(uint64_t fence_id);
+
+  // --- groups (owned by this session unless persistent) ---
+  StatusOr<v1::GroupConfig> CreateGroup(const v1::GroupConfig& config, bool persistent = false);
+  Status DestroyGroup(const std::string& name);
+
+  // --- handles (of this session's rank); HandleView::Open maps the answer ---
+  StatusOr<v1::HandleInfo> CreateHandle(const std::string& group, const std::string& name = "",
+                                        bool persistent = false);
+  // The full request (session_id is filled in), e.g. to set the optional rank field.
+  StatusOr<v1::HandleInfo> CreateHandle(v1::CreateHandleRequest request);
+  StatusOr<v1::HandleInfo> AttachHandle(const std::string& name);
+  Status DestroyHandle(uint64_t handle_id);
+
+  // --- ops on the stream; each waits for its answer up to ClientOptions::op_timeout ---
+  // topk_idx [n, K] int32/int64; weights [n, K] f32 or none (all 1).
+  Status Update(uint64_t handle_id, const v1::TensorRef& topk_idx,
+                const std::optional<v1::TensorRef>& weights, const v1::OpOptions& options);
+  // x [n, H] group dtype, n = tokens of the last Update.
+  Status Dispatch(uint64_t handle_id, const v1::TensorRef& x, const v1::OpOptions& options);
+  // out [n, H]; expert_out [recv_rows, H] or none (the handle's recv_x, in place).
+  Status Combine(uint64_t handle_id, const v1::TensorRef& out,
+                 const std::optional<v1::TensorRef>& expert_out, const v1::OpOptions& options);
+
+  // Asynchronous forms taking full requests (session_id is filled in). The future never
+  // throws; it is ready when the daemon answered or the stream ended.
+  std::future<Status> UpdateAsync(v1::UpdateHandleRequest request);
+  std::future<Status> DispatchAsync(v1::DispatchRequest request);
+  std::future<Status> CombineAsync(v1::CombineRequest request);
+  // Waits for an async answer up to op_timeout (DEADLINE_EXCEEDED naming `what` after it).
+  Status Await(std::future<Status>& answer, std::string_view what) const;
+
+ private:
+  friend class Client;
+  Session() = default;
+  std::future<Status> Post(v1::SessionRequest request);
+  Status CheckOpen() const;
+
+  std::shared_ptr<v1::Epd::Stub> stub_;
+  ClientOptions options_;
+  std::unique_ptr<internal::SessionStream> stream_;
+  uint64_t id_ = 0;
+  int rank_ = -1;
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace epd

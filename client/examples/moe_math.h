@@ -1,0 +1,74 @@
+// What a frontend computes on its own side of a MoE layer, written independently of the
+// daemon: deterministic inputs, the experts, and the expected combine output with the exact
+// semantics of DESIGN.md §3 (fp32 accumulation over k ascending as acc = acc + w * z, one
+// rounding to the token dtype; rank-major: one pre-reduced row per destination rank, weight 1).
+// Used by the example frontend and by the integration tests.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "client/epd/handle_view.h"
+#include "daemon/core/dtype.h"
+#include "epd/v1/types.pb.h"
+
+namespace epd::example {
+
+struct Problem {
+  int ranks = 1;    // R
+  int experts = 2;  // E
+  int hidden = 64;  // H
+  int max_tokens = 16;  // T
+  int top_k = 2;    // K
+  v1::DType dtype = v1::DTYPE_BF16;
+  v1::Layout layout = v1::LAYOUT_EXPERT_MAJOR;
+
+  int local_experts() const { return experts / ranks; }
+  int rank_of(int expert) const { return expert / local_experts(); }
+  bool expert_major() const { return layout != v1::LAYOUT_RANK_MAJOR; }
+  DType token_dtype() const;
+  size_t row_bytes() const;
+  v1::GroupConfig Config(const std::string& name) const;
+};
+
+// The expert applied to every row routed to expert e: z = round(x * factor(e)) elementwise.
+using ExpertFactor = std::function<float(int expert)>;
+inline float Identity(int) { return 1.0f; }
+inline float ScaleByExpertPlusOne(int expert) { return static_cast<float>(expert + 1); }
+
+// One rank's inputs of one iteration: x [n, H] in the token dtype, topk [n, K] int32 with
+// some -1 entries, weights [n, K] f32.
+struct RankInputs {
+  int num_tokens = 0;
+  std::vector<uint8_t> x;
+  std::vector<int32_t> topk_idx;
+  std::vector<float> weights;
+};
+
+// Deterministic in (seed, rank, iteration). Token values are multiples of 1/8 in [-1, 1]
+// (exact in every dtype). `dyadic_weights`: weights in {1/8, ..., 1} so that every product
+// and sum is exact in fp32 and out = round(x * sum of weights) exactly.
+RankInputs MakeInputs(const Problem& p, uint64_t seed, int rank, int iteration, int num_tokens,
+                      bool dyadic_weights);
+
+// Token count of `rank` in `iteration`: varies in [1, T].
+int TokensFor(const Problem& p, int rank, int iteration);
+
+// Runs the experts of `rank` on its received rows, in place in the handle's recv_x
+// (expert-major: row of expert e scaled; rank-major: the pre-reduced row
+// sum over k of w * round(x * factor(e)) for the experts of this rank, rounded once).
+void RunExperts(const Problem& p, int rank, const HandleView& view, const ExpertFactor& factor);
+
+// Expected combine output [n, H] (token dtype bytes) of one rank's inputs.
+std::vector<uint8_t> ExpectedOutput(const Problem& p, const RankInputs& in,
+                                    const ExpertFactor& factor);
+
+// First differing element of two [n, H] outputs, or -1 when they are bit-identical.
+int64_t FirstMismatch(const Problem& p, int n, const void* actual, const void* expected);
+// "token t, element h: got G (0xBITS), expected E (0xBITS)" for an element index.
+std::string DescribeElement(const Problem& p, int64_t index, const void* actual,
+                            const void* expected);
+
+}  // namespace epd::example

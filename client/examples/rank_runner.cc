@@ -1,0 +1,143 @@
+#include "client/examples/rank_runner.h"
+
+#include <cstring>
+#include <future>
+
+#include "daemon/core/group_config.h"
+
+namespace epd::example {
+
+StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const Problem& problem,
+                                                         int rank, RankRunnerOptions options) {
+  auto runner = std::unique_ptr<RankRunner>(new RankRunner());
+  runner->problem_ = problem;
+  runner->rank_ = rank;
+  runner->options_ = options;
+  EPD_ASSIGN_OR_RETURN(runner->session_,
+                       client.OpenSession(rank, fmt::format("moe-frontend-rank{}", rank)));
+  Session& session = *runner->session_;
+
+  // Every rank creates the group; the daemon makes this idempotent for an identical shape.
+  // Two ranks racing may see ALREADY_EXISTS once: the retry then finds the group.
+  const v1::GroupConfig config = problem.Config(options.group);
+  StatusOr<v1::GroupConfig> group = session.CreateGroup(config, options.persistent_group);
+  if (!group.ok() && group.status().code() == StatusCode::kAlreadyExists) {
+    group = session.CreateGroup(config, options.persistent_group);
+  }
+  if (!group.ok()) return group.status().WithContext("creating the group");
+
+  StatusOr<v1::HandleInfo> handle =
+      session.CreateHandle(options.group, options.handle_name, options.persistent_handle);
+  if (!handle.ok() && handle.status().code() == StatusCode::kAlreadyExists &&
+      options.persistent_handle) {
+    handle = session.AttachHandle(options.handle_name);  // a previous frontend left it
+  }
+  if (!handle.ok()) return handle.status().WithContext("creating the handle");
+  EPD_ASSIGN_OR_RETURN(runner->view_, HandleView::Open(*handle));
+
+  // One shared buffer: x [T, H] | topk [T, K] | weights [T, K] | out [T, H].
+  const size_t T = problem.max_tokens, K = problem.top_k;
+  const size_t idx_bytes = options.int64_topk ? 8 : 4;
+  runner->x_offset_ = 0;
+  runner->topk_offset_ = AlignUp(T * problem.row_bytes());
+  runner->weights_offset_ = runner->topk_offset_ + AlignUp(T * K * idx_bytes);
+  runner->out_offset_ = runner->weights_offset_ + AlignUp(T * K * sizeof(float));
+  const size_t total = runner->out_offset_ + AlignUp(T * problem.row_bytes());
+  EPD_ASSIGN_OR_RETURN(runner->buffer_, SharedMemoryBuffer::Create(total));
+  EPD_ASSIGN_OR_RETURN(runner->buffer_id_, session.RegisterBuffer(runner->buffer_->Source()));
+  EPD_ASSIGN_OR_RETURN(runner->done_, session.CreateFence());
+  EPD_ASSIGN_OR_RETURN(runner->ready_, session.CreateFence());
+  return runner;
+}
+
+v1::TensorRef RankRunner::x_ref(int n) const {
+  return MakeTensorRef(buffer_id_, x_offset_, problem_.dtype, {n, problem_.hidden});
+}
+v1::TensorRef RankRunner::topk_ref(int n) const {
+  return MakeTensorRef(buffer_id_, topk_offset_,
+                       options_.int64_topk ? v1::DTYPE_INT64 : v1::DTYPE_INT32,
+                       {n, problem_.top_k});
+}
+v1::TensorRef RankRunner::weights_ref(int n) const {
+  return MakeTensorRef(buffer_id_, weights_offset_, v1::DTYPE_FP32, {n, problem_.top_k});
+}
+v1::TensorRef RankRunner::out_ref(int n) const {
+  return MakeTensorRef(buffer_id_, out_offset_, problem_.dtype, {n, problem_.hidden});
+}
+
+void RankRunner::Stage(const RankInputs& in) {
+  std::memcpy(buffer_->at<void>(x_offset_), in.x.data(), in.x.size());
+  if (options_.int64_topk) {
+    auto* idx = buffer_->at<int64_t>(topk_offset_);
+    for (size_t i = 0; i < in.topk_idx.size(); ++i) idx[i] = in.topk_idx[i];
+  } else {
+    std::memcpy(buffer_->at<void>(topk_offset_), in.topk_idx.data(),
+                in.topk_idx.size() * sizeof(int32_t));
+  }
+  std::memcpy(buffer_->at<void>(weights_offset_), in.weights.data(),
+              in.weights.size() * sizeof(float));
+  // Poison the output so a combine that writes nothing cannot pass.
+  std::memset(buffer_->at<void>(out_offset_), 0x7f,
+              static_cast<size_t>(problem_.max_tokens) * problem_.row_bytes());
+}
+
+Status RankRunner::RunLayer(const RankInputs& in, const ExpertFactor& factor, bool fenced) {
+  Stage(in);
+  const int n = in.num_tokens;
+  const uint64_t layer = ++layers_;
+  if (!fenced) {
+    const v1::OpOptions blocking = BlockingOptions();
+    EPD_RETURN_IF_ERROR(session_->Update(handle_id(), topk_ref(n), weights_ref(n), blocking)
+                            .WithContext("update"));
+    EPD_RETURN_IF_ERROR(session_->Dispatch(handle_id(), x_ref(n), blocking)
+                            .WithContext("dispatch"));
+    RunExperts(problem_, rank_, *view_, factor);
+    return session_->Combine(handle_id(), out_ref(n), std::nullopt, blocking)
+        .WithContext("combine");
+  }
+
+  // Fenced: post update and dispatch back to back; the daemon signals `done` as each
+  // completes. Combine is posted before the experts run and waits for `ready`.
+  const uint64_t base = layer * 3;
+  v1::UpdateHandleRequest update;
+  update.set_handle_id(handle_id());
+  *update.mutable_topk_idx() = topk_ref(n);
+  *update.mutable_topk_weights() = weights_ref(n);
+  *update.mutable_options() = FencedOptions(nullptr, 0, done_.get(), base + 1);
+  std::future<Status> updated = session_->UpdateAsync(std::move(update));
+  v1::DispatchRequest dispatch;
+  dispatch.set_handle_id(handle_id());
+  *dispatch.mutable_x() = x_ref(n);
+  *dispatch.mutable_options() = FencedOptions(nullptr, 0, done_.get(), base + 2);
+  std::future<Status> dispatched = session_->DispatchAsync(std::move(dispatch));
+
+  Status waited = done_->Wait(base + 2, options_.fence_timeout);
+  // The answers tell why a fence never came (e.g. a rejected update).
+  EPD_RETURN_IF_ERROR(session_->Await(updated, "update").WithContext("update"));
+  EPD_RETURN_IF_ERROR(session_->Await(dispatched, "dispatch").WithContext("dispatch"));
+  EPD_RETURN_IF_ERROR(waited.WithContext("waiting for dispatch"));
+
+  v1::CombineRequest combine;
+  combine.set_handle_id(handle_id());
+  *combine.mutable_out() = out_ref(n);
+  *combine.mutable_options() = FencedOptions(ready_.get(), layer, done_.get(), base + 3);
+  std::future<Status> combined = session_->CombineAsync(std::move(combine));
+  RunExperts(problem_, rank_, *view_, factor);
+  EPD_RETURN_IF_ERROR(ready_->Signal(layer));
+  waited = done_->Wait(base + 3, options_.fence_timeout);
+  EPD_RETURN_IF_ERROR(session_->Await(combined, "combine").WithContext("combine"));
+  return waited.WithContext("waiting for combine");
+}
+
+Status RankRunner::RunAndCheck(const RankInputs& in, const ExpertFactor& factor, bool fenced) {
+  EPD_RETURN_IF_ERROR(RunLayer(in, factor, fenced));
+  const std::vector<uint8_t> expected = ExpectedOutput(problem_, in, factor);
+  const int64_t bad = FirstMismatch(problem_, in.num_tokens, out(), expected.data());
+  if (bad >= 0) {
+    return InternalError("rank {}: combine output differs at {}", rank_,
+                         DescribeElement(problem_, bad, out(), expected.data()));
+  }
+  return OkStatus();
+}
+
+}  // namespace epd::example

@@ -1,0 +1,72 @@
+// RankRunner: one frontend rank of a MoE layer on the epd daemon (cpu backend: tensors in
+// POSIX shared memory). It opens a session for its rank, creates (or reuses) the group,
+// creates its handle, registers one shm buffer holding x, topk_idx, topk_weights and out,
+// and runs Update -> Dispatch -> experts -> Combine, blocking or fenced.
+// Dispatch and Combine are collective: every rank of the group must run the same iteration.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "client/epd/client.h"
+#include "client/examples/moe_math.h"
+
+namespace epd::example {
+
+struct RankRunnerOptions {
+  std::string group;                // created with Problem::Config(group) unless it exists
+  std::string handle_name;          // empty: an unnamed session-owned handle
+  bool persistent_handle = false;
+  bool persistent_group = false;
+  bool int64_topk = false;          // topk_idx as int64 instead of int32
+  std::chrono::milliseconds fence_timeout{30'000};
+};
+
+class RankRunner {
+ public:
+  static StatusOr<std::unique_ptr<RankRunner>> Create(Client& client, const Problem& problem,
+                                                      int rank, RankRunnerOptions options);
+
+  // Copies `in` into the shared buffer, runs one layer and leaves the result in out().
+  // fenced: non-blocking ops ordered by fences (daemon -> frontend: completion; frontend ->
+  // daemon: the experts are done); else every op is blocking.
+  Status RunLayer(const RankInputs& in, const ExpertFactor& factor, bool fenced);
+  // Copies `in` into the shared buffer (RunLayer does it too).
+  void Stage(const RankInputs& in);
+  // RunLayer, then compares out() bit for bit with ExpectedOutput (INTERNAL naming the first
+  // differing element on mismatch).
+  Status RunAndCheck(const RankInputs& in, const ExpertFactor& factor, bool fenced);
+
+  const Problem& problem() const { return problem_; }
+  int rank() const { return rank_; }
+  Session& session() { return *session_; }
+  HandleView& view() { return *view_; }
+  SharedMemoryBuffer& buffer() { return *buffer_; }
+  uint64_t buffer_id() const { return buffer_id_; }
+  uint64_t handle_id() const { return view_->handle_id(); }
+
+  // TensorRefs into the registered buffer for n tokens.
+  v1::TensorRef x_ref(int n) const;
+  v1::TensorRef topk_ref(int n) const;
+  v1::TensorRef weights_ref(int n) const;
+  v1::TensorRef out_ref(int n) const;
+  const void* out() const { return buffer_->at<void>(out_offset_); }
+
+ private:
+  RankRunner() = default;
+
+  Problem problem_;
+  int rank_ = 0;
+  RankRunnerOptions options_;
+  std::unique_ptr<Session> session_;
+  std::unique_ptr<HandleView> view_;
+  std::unique_ptr<SharedMemoryBuffer> buffer_;
+  uint64_t buffer_id_ = 0;
+  size_t x_offset_ = 0, topk_offset_ = 0, weights_offset_ = 0, out_offset_ = 0;
+  std::unique_ptr<Fence> done_;   // daemon -> frontend: op completed
+  std::unique_ptr<Fence> ready_;  // frontend -> daemon: expert outputs written
+  uint64_t layers_ = 0;
+};
+
+}  // namespace epd::example

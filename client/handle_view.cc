@@ -1,0 +1,37 @@
+#include "client/epd/handle_view.h"
+
+#include "client/epd/tensor.h"
+
+namespace epd {
+
+size_t DTypeBytes(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_BF16:
+    case v1::DTYPE_FP16: return 2;
+    case v1::DTYPE_FP32:
+    case v1::DTYPE_INT32: return 4;
+    case v1::DTYPE_INT64: return 8;
+    default: return 0;
+  }
+}
+
+StatusOr<std::unique_ptr<HandleView>> HandleView::Open(const v1::HandleInfo& info) {
+  const v1::HandleBuffers& b = info.buffers();
+  if (b.total_bytes() > info.source().size()) {
+    return InternalError("handle {}: buffers need {} bytes, the exported region has {}",
+                         info.handle_id(), b.total_bytes(), info.source().size());
+  }
+  auto view = std::unique_ptr<HandleView>(new HandleView());
+  view->info_ = info;
+  view->row_bytes_ =
+      static_cast<size_t>(info.config().hidden()) * DTypeBytes(info.config().dtype());
+  EPD_ASSIGN_OR_RETURN(view->region_, MapMemorySource(info.source()));
+  return view;
+}
+
+v1::TensorRef HandleView::RecvXRef() const {
+  return MakeTensorRef(buffer_id(), info_.buffers().recv_x_offset(), config().dtype(),
+                       {recv_rows(), config().hidden()});
+}
+
+}  // namespace epd
