@@ -21,8 +21,7 @@ std::shared_ptr<Memory> BufferRegistry::Find(ObjectId id) const {
 StatusOr<TensorView> BufferRegistry::Resolve(const TensorRef& ref, std::string_view field) const {
   std::shared_ptr<Memory> memory = Find(ref.buffer_id);
   if (memory == nullptr) {
-    return NotFoundError("{}.buffer_id = {} is not a buffer of this session", field,
-                         ref.buffer_id);
+    return NotFoundError("{}.buffer_id = {} is not a buffer of this session", field, ref.buffer_id);
   }
   if (ref.shape.empty()) return InvalidArgumentError("{}.shape must not be empty", field);
   uint64_t elements = 1;

@@ -58,8 +58,8 @@ StatusOr<MatchedCollective> CollectiveMatcher::Arrive(
     changed_.notify_all();
     return slot->payloads;
   }
-  const bool done = changed_.wait_until(
-      lock, deadline, [&] { return slot->complete || !slot->failure.ok(); });
+  const bool done =
+      changed_.wait_until(lock, deadline, [&] { return slot->complete || !slot->failure.ok(); });
   if (slot->complete) return slot->payloads;
   if (!slot->failure.ok()) return slot->failure;
   if (!done) {

@@ -7,21 +7,29 @@ namespace epd {
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
     case DType::kBf16:
-    case DType::kFp16: return 2;
+    case DType::kFp16:
+      return 2;
     case DType::kFp32:
-    case DType::kInt32: return 4;
-    case DType::kInt64: return 8;
+    case DType::kInt32:
+      return 4;
+    case DType::kInt64:
+      return 8;
   }
   return 0;
 }
 
 std::string_view DTypeName(DType dtype) {
   switch (dtype) {
-    case DType::kBf16: return "bf16";
-    case DType::kFp16: return "fp16";
-    case DType::kFp32: return "fp32";
-    case DType::kInt32: return "int32";
-    case DType::kInt64: return "int64";
+    case DType::kBf16:
+      return "bf16";
+    case DType::kFp16:
+      return "fp16";
+    case DType::kFp32:
+      return "fp32";
+    case DType::kInt32:
+      return "int32";
+    case DType::kInt64:
+      return "int64";
   }
   return "unknown";
 }
@@ -129,19 +137,30 @@ uint16_t FloatToFp16(float value) {
 
 float LoadAsFloat(const void* row, DType dtype, size_t i) {
   switch (dtype) {
-    case DType::kBf16: return Bf16ToFloat(static_cast<const uint16_t*>(row)[i]);
-    case DType::kFp16: return Fp16ToFloat(static_cast<const uint16_t*>(row)[i]);
-    case DType::kFp32: return static_cast<const float*>(row)[i];
-    default: return 0.0f;
+    case DType::kBf16:
+      return Bf16ToFloat(static_cast<const uint16_t*>(row)[i]);
+    case DType::kFp16:
+      return Fp16ToFloat(static_cast<const uint16_t*>(row)[i]);
+    case DType::kFp32:
+      return static_cast<const float*>(row)[i];
+    default:
+      return 0.0f;
   }
 }
 
 void StoreFromFloat(void* row, DType dtype, size_t i, float value) {
   switch (dtype) {
-    case DType::kBf16: static_cast<uint16_t*>(row)[i] = FloatToBf16(value); break;
-    case DType::kFp16: static_cast<uint16_t*>(row)[i] = FloatToFp16(value); break;
-    case DType::kFp32: static_cast<float*>(row)[i] = value; break;
-    default: break;
+    case DType::kBf16:
+      static_cast<uint16_t*>(row)[i] = FloatToBf16(value);
+      break;
+    case DType::kFp16:
+      static_cast<uint16_t*>(row)[i] = FloatToFp16(value);
+      break;
+    case DType::kFp32:
+      static_cast<float*>(row)[i] = value;
+      break;
+    default:
+      break;
   }
 }
 

@@ -21,7 +21,9 @@ std::string_view AlgorithmName(Algorithm algorithm);
 StatusOr<DType> ParseDType(std::string_view name);
 StatusOr<Layout> ParseLayout(std::string_view name);
 StatusOr<Algorithm> ParseAlgorithm(std::string_view name);
-inline bool IsTokenDType(DType d) { return d == DType::kBf16 || d == DType::kFp16 || d == DType::kFp32; }
+inline bool IsTokenDType(DType d) {
+  return d == DType::kBf16 || d == DType::kFp16 || d == DType::kFp32;
+}
 
 // Host conversions with round-to-nearest-even, identical to the device intrinsics
 // (__float2bfloat16_rn, __float2half_rn), so cpu and cuda results agree bit for bit.

@@ -23,9 +23,9 @@ namespace {
 struct Group {
   GroupConfig config;
   bool persistent = false;
-  SessionId owner = 0;      // 0 when persistent or when the owning session ended
-  bool orphaned = false;    // owner ended while handles remained: erase with the last handle
-  int handles = 0;          // guarded by the engine mutex
+  SessionId owner = 0;    // 0 when persistent or when the owning session ended
+  bool orphaned = false;  // owner ended while handles remained: erase with the last handle
+  int handles = 0;        // guarded by the engine mutex
   std::unique_ptr<BackendGroup> backend;
   std::unique_ptr<CollectiveMatcher> matcher;
 };
@@ -154,13 +154,15 @@ class Engine::Impl {
       }
     }
     // Ranks waiting for this session's rank in a collective fail now instead of timing out.
-    const Status abort = UnavailableError(
-        "rank {}'s session {:016x} ended ({}) while the group waited for it", session->rank, id,
-        reason);
+    const Status abort =
+        UnavailableError("rank {}'s session {:016x} ended ({}) while the group waited for it",
+                         session->rank, id, reason);
     for (auto& group : groups_to_abort) group->matcher->Abort(abort);
-    EPD_LOG(kCore, info, "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, "
-            "{} fences", id, session->rank, reason, session->handles.size(),
-            session->buffers.size(), session->fences.size());
+    EPD_LOG(kCore, info,
+            "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, "
+            "{} fences",
+            id, session->rank, reason, session->handles.size(), session->buffers.size(),
+            session->fences.size());
     // In-flight ops hold their own references: memory is freed once they drain.
     session->handles.clear();
     session->buffers.Clear();
@@ -288,8 +290,7 @@ class Engine::Impl {
     auto it = groups_.find(std::string(name));
     if (it == groups_.end()) return NotFoundError("group '{}' does not exist", name);
     if (it->second->handles > 0) {
-      return FailedPreconditionError("group '{}' still has {} handles", name,
-                                     it->second->handles);
+      return FailedPreconditionError("group '{}' still has {} handles", name, it->second->handles);
     }
     groups_.erase(it);
     return OkStatus();
@@ -314,8 +315,8 @@ class Engine::Impl {
         return InvalidArgumentError("name must be set for a persistent handle");
       }
       if (!name.empty() && persistent_handles_.count(PersistentKey(name, node_rank)) != 0) {
-        return AlreadyExistsError("handle '{}' of rank {} already exists: use AttachHandle",
-                                  name, node_rank);
+        return AlreadyExistsError("handle '{}' of rank {} already exists: use AttachHandle", name,
+                                  node_rank);
       }
     }
     EPD_ASSIGN_OR_RETURN(std::shared_ptr<Handle> handle,
@@ -329,8 +330,7 @@ class Engine::Impl {
     return AttachLocked(*session, handle);
   }
 
-  Status CreatePersistentHandle(std::string_view group_name, int node_rank,
-                                std::string_view name) {
+  Status CreatePersistentHandle(std::string_view group_name, int node_rank, std::string_view name) {
     std::shared_ptr<Group> group;
     {
       std::lock_guard lock(mutex_);
@@ -355,8 +355,8 @@ class Engine::Impl {
     }
     const std::shared_ptr<Handle>& handle = it->second;
     if (handle->attached_to != 0 && handle->attached_to != id) {
-      return FailedPreconditionError("handle '{}' of rank {} is attached to session {:016x}",
-                                     name, session->rank, handle->attached_to);
+      return FailedPreconditionError("handle '{}' of rank {} is attached to session {:016x}", name,
+                                     session->rank, handle->attached_to);
     }
     for (const auto& [handle_id, attached] : session->handles) {
       if (attached == handle) return DescribeHandle(handle_id, *session, *handle);
@@ -373,7 +373,8 @@ class Engine::Impl {
     }
     std::shared_ptr<Handle> handle = it->second;
     DetachLocked(*handle);
-    if (handle->persistent) persistent_handles_.erase(PersistentKey(handle->name, handle->node_rank));
+    if (handle->persistent)
+      persistent_handles_.erase(PersistentKey(handle->name, handle->node_rank));
     session->buffers.Remove(session->handle_buffers[handle_id]).IgnoreError();
     session->handle_buffers.erase(handle_id);
     session->handles.erase(it);
@@ -385,7 +386,8 @@ class Engine::Impl {
   Status SubmitUpdate(SessionId id, const UpdateRequest& request, const OpOptions& options,
                       OpDone done) {
     std::lock_guard lock(mutex_);
-    EPD_ASSIGN_OR_RETURN(OpContext ctx, PrepareOpLocked(id, request.handle_id, request.rank, options));
+    EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                         PrepareOpLocked(id, request.handle_id, request.rank, options));
     const GroupConfig& config = ctx.handle->group->config;
     UpdateArgs args;
     EPD_ASSIGN_OR_RETURN(args.topk_idx, ctx.session->buffers.Resolve(request.topk_idx, "topk_idx"));
@@ -409,18 +411,18 @@ class Engine::Impl {
     args.num_tokens = static_cast<int>(n);
     ctx.handle->submitted_tokens = args.num_tokens;
     ctx.handle->bound = true;
-    return PostLocked(ctx, OpKind::kUpdate, std::move(done),
-                      [this, args](OpContext& c) -> Status {
-                        Handle& handle = *c.handle;
-                        handle.routing_status = backend_->UpdateHandle(*handle.backend, args);
-                        return handle.routing_status;
-                      });
+    return PostLocked(ctx, OpKind::kUpdate, std::move(done), [this, args](OpContext& c) -> Status {
+      Handle& handle = *c.handle;
+      handle.routing_status = backend_->UpdateHandle(*handle.backend, args);
+      return handle.routing_status;
+    });
   }
 
   Status SubmitDispatch(SessionId id, const DispatchRequest& request, const OpOptions& options,
                         OpDone done) {
     std::lock_guard lock(mutex_);
-    EPD_ASSIGN_OR_RETURN(OpContext ctx, PrepareOpLocked(id, request.handle_id, request.rank, options));
+    EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                         PrepareOpLocked(id, request.handle_id, request.rank, options));
     const GroupConfig& config = ctx.handle->group->config;
     if (!ctx.handle->bound) {
       return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
@@ -441,7 +443,8 @@ class Engine::Impl {
   Status SubmitCombine(SessionId id, const CombineRequest& request, const OpOptions& options,
                        OpDone done) {
     std::lock_guard lock(mutex_);
-    EPD_ASSIGN_OR_RETURN(OpContext ctx, PrepareOpLocked(id, request.handle_id, request.rank, options));
+    EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                         PrepareOpLocked(id, request.handle_id, request.rank, options));
     const GroupConfig& config = ctx.handle->group->config;
     if (!ctx.handle->bound) {
       return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
@@ -492,8 +495,8 @@ class Engine::Impl {
       std::unique_lock lock(mutex_);
       if (shut_down_) return;
       draining_ = true;
-      const bool drained = ops_idle_.wait_for(lock, options_.drain_timeout,
-                                              [this] { return in_flight_ == 0; });
+      const bool drained =
+          ops_idle_.wait_for(lock, options_.drain_timeout, [this] { return in_flight_ == 0; });
       if (!drained) {
         EPD_LOG(kCore, warn, "shutdown: {} ops still in flight after {} ms", in_flight_,
                 options_.drain_timeout.count());
@@ -624,9 +627,12 @@ class Engine::Impl {
 
   OpCounters& CountersFor(OpKind kind) {
     switch (kind) {
-      case OpKind::kUpdate: return stats_.update;
-      case OpKind::kDispatch: return stats_.dispatch;
-      case OpKind::kCombine: return stats_.combine;
+      case OpKind::kUpdate:
+        return stats_.update;
+      case OpKind::kDispatch:
+        return stats_.dispatch;
+      case OpKind::kCombine:
+        return stats_.combine;
     }
     return stats_.update;
   }
@@ -703,8 +709,8 @@ class Engine::Impl {
       const Deadline deadline = Clock::now() + backend_->op_timeout();
       StatusOr<MatchedCollective> matched =
           group.matcher->Arrive(handle.group_rank, payload, deadline);
-      Status status = matched.ok() ? RunCollective(group, handle.group_rank, *matched)
-                                   : matched.status();
+      Status status =
+          matched.ok() ? RunCollective(group, handle.group_rank, *matched) : matched.status();
       std::shared_ptr<MatchedCollective> keep;
       if (matched.ok()) keep = std::make_shared<MatchedCollective>(std::move(matched).value());
       CompleteOp(ctx, std::move(status), std::move(keep), std::move(finish), std::move(release));
@@ -719,10 +725,10 @@ class Engine::Impl {
   Status RunCollective(Group& group, int group_rank, const MatchedCollective& matched) {
     for (size_t r = 0; r < matched.size(); ++r) {
       if (!matched[r]->status.ok()) {
-        return Status(matched[r]->status.code(),
-                      fmt::format("group '{}' {}: group rank {}: {}", group.config.name,
-                                  CollectiveKindName(matched[r]->kind), r,
-                                  matched[r]->status.message()));
+        return Status(
+            matched[r]->status.code(),
+            fmt::format("group '{}' {}: group rank {}: {}", group.config.name,
+                        CollectiveKindName(matched[r]->kind), r, matched[r]->status.message()));
       }
     }
     if (matched[group_rank]->kind == CollectiveKind::kDispatch) {
@@ -810,8 +816,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backen
                                                  EngineOptions options) {
   if (backend == nullptr) return InvalidArgumentError("backend must not be null");
   if (backend->num_ranks() <= 0) return InvalidArgumentError("the backend has no ranks");
-  return std::unique_ptr<Engine>(
-      new Engine(std::make_unique<Impl>(std::move(backend), options)));
+  return std::unique_ptr<Engine>(new Engine(std::make_unique<Impl>(std::move(backend), options)));
 }
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

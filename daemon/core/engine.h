@@ -69,7 +69,7 @@ struct FenceInfo {
 // Where each exported tensor of a handle lives: offsets into its exported buffer.
 struct HandleInfo {
   ObjectId id = 0;
-  std::string name;     // empty unless persistent
+  std::string name;  // empty unless persistent
   std::string group;
   int group_rank = 0;
   bool persistent = false;
@@ -164,8 +164,8 @@ class Engine {
   // enqueued). When the returned Status is not OK, `done` is never called.
   Status SubmitUpdate(SessionId session, const UpdateRequest& request, const OpOptions& options,
                       OpDone done);
-  Status SubmitDispatch(SessionId session, const DispatchRequest& request,
-                        const OpOptions& options, OpDone done);
+  Status SubmitDispatch(SessionId session, const DispatchRequest& request, const OpOptions& options,
+                        OpDone done);
   Status SubmitCombine(SessionId session, const CombineRequest& request, const OpOptions& options,
                        OpDone done);
 

@@ -6,9 +6,9 @@
 namespace epd {
 
 struct FencePageHeader {
-  uint32_t magic;         // kFenceMagic
-  uint32_t version;       // kFenceVersion
-  uint32_t header_bytes;  // sizeof(FencePageHeader)
+  uint32_t magic;           // kFenceMagic
+  uint32_t version;         // kFenceVersion
+  uint32_t header_bytes;    // sizeof(FencePageHeader)
   uint32_t counter_offset;  // byte offset of the uint64 counter inside the page
 };
 

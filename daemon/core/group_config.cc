@@ -84,8 +84,8 @@ std::string GroupConfig::ToString() const {
 
 HandleLayout ComputeHandleLayout(const GroupConfig& c) {
   HandleLayout h;
-  const size_t R = c.world_size(), L = c.local_experts(), T = c.max_tokens_per_rank,
-               K = c.top_k, H = c.hidden, E = c.experts;
+  const size_t R = c.world_size(), L = c.local_experts(), T = c.max_tokens_per_rank, K = c.top_k,
+               H = c.hidden, E = c.experts;
   const size_t elem = DTypeSize(c.dtype);
   size_t cursor = 0;
   auto place = [&cursor](size_t bytes, size_t* offset, size_t* size) {
@@ -104,8 +104,7 @@ HandleLayout ComputeHandleLayout(const GroupConfig& c) {
     h.recv_rows = R * T;
     place(h.recv_rows * H * elem, &h.recv_x_offset, &h.recv_x_bytes);
     place(h.recv_rows * K * sizeof(int32_t), &h.recv_topk_idx_offset, &h.recv_topk_idx_bytes);
-    place(h.recv_rows * K * sizeof(float), &h.recv_topk_weights_offset,
-          &h.recv_topk_weights_bytes);
+    place(h.recv_rows * K * sizeof(float), &h.recv_topk_weights_offset, &h.recv_topk_weights_bytes);
     place(R * sizeof(int32_t), &h.recv_counts_offset, &h.recv_counts_bytes);
   }
   h.exported_bytes = cursor;

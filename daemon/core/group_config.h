@@ -54,11 +54,12 @@ struct HandleLayout {
   //               recv_counts [L] int32; recv_offsets [L] int32.
   // Rank-major:   recv_x [R * T, H], row s * T + t holds token t of rank s (zero when absent);
   //               recv_topk_idx [R * T, K] int32 (expert id when it lives here, else -1);
-  //               recv_topk_weights [R * T, K] f32 (0 where idx is -1); recv_counts [R] int32 (n_s).
+  //               recv_topk_weights [R * T, K] f32 (0 where idx is -1); recv_counts [R] int32
+  //               (n_s).
   size_t recv_rows = 0;
   size_t recv_x_offset = 0, recv_x_bytes = 0;
-  size_t recv_src_offset = 0, recv_src_bytes = 0;          // expert-major only
-  size_t recv_weights_offset = 0, recv_weights_bytes = 0;  // expert-major only
+  size_t recv_src_offset = 0, recv_src_bytes = 0;                    // expert-major only
+  size_t recv_weights_offset = 0, recv_weights_bytes = 0;            // expert-major only
   size_t recv_topk_idx_offset = 0, recv_topk_idx_bytes = 0;          // rank-major only
   size_t recv_topk_weights_offset = 0, recv_topk_weights_bytes = 0;  // rank-major only
   size_t recv_counts_offset = 0, recv_counts_bytes = 0;
@@ -66,10 +67,10 @@ struct HandleLayout {
   size_t exported_bytes = 0;
 
   // --- private region (source-side routing bound by UpdateHandle) ---
-  size_t topk_idx_bytes = 0;      // [T, K] int32 copy of the bound routing
-  size_t topk_weights_bytes = 0;  // [T, K] f32 (1.0 when the frontend gave none)
+  size_t topk_idx_bytes = 0;       // [T, K] int32 copy of the bound routing
+  size_t topk_weights_bytes = 0;   // [T, K] f32 (1.0 when the frontend gave none)
   size_t expert_counts_bytes = 0;  // [E] int32 selections per expert from this rank
-  size_t slot_bytes = 0;          // [T, K] int32 row inside the destination rank's recv_x
+  size_t slot_bytes = 0;           // [T, K] int32 row inside the destination rank's recv_x
 
   size_t total_bytes() const {
     return exported_bytes + topk_idx_bytes + topk_weights_bytes + expert_counts_bytes + slot_bytes;

@@ -56,9 +56,9 @@ class [[nodiscard]] Status {
 
 inline Status OkStatus() { return Status(); }
 
-#define EPD_DEFINE_ERROR_FACTORY(Name, Code)                                      \
-  template <typename... Args>                                                     \
-  Status Name(fmt::format_string<Args...> format, Args&&... args) {               \
+#define EPD_DEFINE_ERROR_FACTORY(Name, Code)                                           \
+  template <typename... Args>                                                          \
+  Status Name(fmt::format_string<Args...> format, Args&&... args) {                    \
     return Status(StatusCode::Code, fmt::format(format, std::forward<Args>(args)...)); \
   }
 EPD_DEFINE_ERROR_FACTORY(InvalidArgumentError, kInvalidArgument)
@@ -78,7 +78,7 @@ EPD_DEFINE_ERROR_FACTORY(CancelledError, kCancelled)
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  StatusOr(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
     if (status_.ok()) status_ = InternalError("StatusOr constructed from an OK status");
   }
@@ -101,10 +101,10 @@ class [[nodiscard]] StatusOr {
 #define EPD_STATUS_CONCAT_INNER(a, b) a##b
 #define EPD_STATUS_CONCAT(a, b) EPD_STATUS_CONCAT_INNER(a, b)
 
-#define EPD_RETURN_IF_ERROR(expr)                 \
-  do {                                            \
-    ::epd::Status epd_status_ = (expr);           \
-    if (!epd_status_.ok()) return epd_status_;    \
+#define EPD_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::epd::Status epd_status_ = (expr);        \
+    if (!epd_status_.ok()) return epd_status_; \
   } while (0)
 
 #define EPD_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

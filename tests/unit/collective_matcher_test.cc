@@ -42,7 +42,8 @@ TEST(CollectiveMatcherTest, SecondOpsPairWithSecondOps) {
     auto second = matcher.Arrive(1, Payload(CollectiveKind::kCombine, 2), In(milliseconds(5000)));
     return std::make_pair(first.ok(), second.ok() ? (*second)[0]->dispatch.x.shape[0] : -1);
   });
-  ASSERT_TRUE(matcher.Arrive(0, Payload(CollectiveKind::kDispatch, 10), In(milliseconds(5000))).ok());
+  ASSERT_TRUE(
+      matcher.Arrive(0, Payload(CollectiveKind::kDispatch, 10), In(milliseconds(5000))).ok());
   auto second = matcher.Arrive(0, Payload(CollectiveKind::kCombine, 20), In(milliseconds(5000)));
   ASSERT_TRUE(second.ok());
   EXPECT_EQ((*second)[1]->dispatch.x.shape[0], 2);
@@ -92,7 +93,8 @@ TEST(CollectiveMatcherTest, AbortWakesWaitersAndRealignsSequences) {
   auto again0 = std::async(std::launch::async, [&] {
     return matcher.Arrive(0, Payload(CollectiveKind::kDispatch, 0), In(milliseconds(5000)));
   });
-  EXPECT_TRUE(matcher.Arrive(1, Payload(CollectiveKind::kDispatch, 1), In(milliseconds(5000))).ok());
+  EXPECT_TRUE(
+      matcher.Arrive(1, Payload(CollectiveKind::kDispatch, 1), In(milliseconds(5000))).ok());
   EXPECT_TRUE(again0.get().ok());
 }
 

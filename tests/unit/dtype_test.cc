@@ -35,8 +35,8 @@ TEST(DTypeTest, Bf16RoundsToNearestEven) {
 TEST(DTypeTest, Fp16ConvertsNormalsSubnormalsAndOverflow) {
   EXPECT_EQ(FloatToFp16(1.0f), 0x3C00);
   EXPECT_EQ(FloatToFp16(-2.5f), 0xC100);
-  EXPECT_EQ(FloatToFp16(65504.0f), 0x7BFF);   // largest finite half
-  EXPECT_EQ(FloatToFp16(65520.0f), 0x7C00);   // rounds to infinity
+  EXPECT_EQ(FloatToFp16(65504.0f), 0x7BFF);               // largest finite half
+  EXPECT_EQ(FloatToFp16(65520.0f), 0x7C00);               // rounds to infinity
   EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
   EXPECT_EQ(FloatToFp16(std::ldexp(1.0f, -25)), 0x0000);  // halfway to zero: ties to even
   EXPECT_EQ(FloatToFp16(std::ldexp(1.5f, -25)), 0x0001);

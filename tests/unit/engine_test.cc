@@ -156,22 +156,28 @@ class EngineTest : public ::testing::Test {
     std::vector<std::unique_ptr<Waiter>> waiters;
     for (int r = 0; r < kRanks; ++r) {
       auto& w = waiters.emplace_back(std::make_unique<Waiter>());
-      ASSERT_TRUE(engine_->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(n),
-                                        blocking, w->Done()).ok());
+      ASSERT_TRUE(
+          engine_
+              ->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(n), blocking, w->Done())
+              .ok());
       ASSERT_TRUE(w->Get().ok());
     }
     waiters.clear();
     for (int r = 0; r < kRanks; ++r) {
       auto& w = waiters.emplace_back(std::make_unique<Waiter>());
-      ASSERT_TRUE(engine_->SubmitDispatch(frontends_[r]->session, frontends_[r]->Dispatch(n),
-                                          blocking, w->Done()).ok());
+      ASSERT_TRUE(engine_
+                      ->SubmitDispatch(frontends_[r]->session, frontends_[r]->Dispatch(n), blocking,
+                                       w->Done())
+                      .ok());
     }
     for (auto& w : waiters) ASSERT_TRUE(w->Get().ok());
     waiters.clear();
     for (int r = 0; r < kRanks; ++r) {
       auto& w = waiters.emplace_back(std::make_unique<Waiter>());
-      ASSERT_TRUE(engine_->SubmitCombine(frontends_[r]->session, frontends_[r]->Combine(n),
-                                         blocking, w->Done()).ok());
+      ASSERT_TRUE(engine_
+                      ->SubmitCombine(frontends_[r]->session, frontends_[r]->Combine(n), blocking,
+                                      w->Done())
+                      .ok());
     }
     for (auto& w : waiters) ASSERT_TRUE(w->Get().ok());
   }
@@ -184,7 +190,8 @@ class EngineTest : public ::testing::Test {
         for (int h = 0; h < kHidden; ++h) {
           const float x = f.x()[t * kHidden + h];
           const float expected = t % 3 == 0 ? 0.5f * x : 0.5f * x + 0.25f * x;
-          ASSERT_EQ(f.out()[t * kHidden + h], expected) << "rank " << r << " t " << t << " sum " << sum;
+          ASSERT_EQ(f.out()[t * kHidden + h], expected)
+              << "rank " << r << " t " << t << " sum " << sum;
         }
       }
     }
@@ -215,8 +222,10 @@ TEST_F(EngineTest, UpdatesDispatchesAndCombinesNeverAllocate) {
   blocking.blocking = true;
   for (int i = 0; i < 1000; ++i) {
     Waiter w;
-    ASSERT_TRUE(engine_->SubmitUpdate(frontends_[0]->session, frontends_[0]->Update(i % (kTokens + 1)),
-                                      blocking, w.Done()).ok());
+    ASSERT_TRUE(engine_
+                    ->SubmitUpdate(frontends_[0]->session, frontends_[0]->Update(i % (kTokens + 1)),
+                                   blocking, w.Done())
+                    .ok());
     ASSERT_TRUE(w.Get().ok());
   }
   RunLayer(kTokens);
@@ -296,15 +305,25 @@ TEST_F(EngineTest, BadExpertIdFailsTheUpdateAndTheNextDispatchOfEveryRank) {
   OpOptions blocking;
   blocking.blocking = true;
   Waiter ok, bad;
-  ASSERT_TRUE(engine_->SubmitUpdate(frontends_[0]->session, frontends_[0]->Update(4), blocking, ok.Done()).ok());
-  ASSERT_TRUE(engine_->SubmitUpdate(frontends_[1]->session, frontends_[1]->Update(4), blocking, bad.Done()).ok());
+  ASSERT_TRUE(
+      engine_->SubmitUpdate(frontends_[0]->session, frontends_[0]->Update(4), blocking, ok.Done())
+          .ok());
+  ASSERT_TRUE(
+      engine_->SubmitUpdate(frontends_[1]->session, frontends_[1]->Update(4), blocking, bad.Done())
+          .ok());
   EXPECT_TRUE(ok.Get().ok());
   Status status = bad.Get();
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message(), "topk_idx[1, 1] = 4 is outside [-1, 4)");
   Waiter d0, d1;
-  ASSERT_TRUE(engine_->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(4), blocking, d0.Done()).ok());
-  ASSERT_TRUE(engine_->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(4), blocking, d1.Done()).ok());
+  ASSERT_TRUE(
+      engine_
+          ->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(4), blocking, d0.Done())
+          .ok());
+  ASSERT_TRUE(
+      engine_
+          ->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(4), blocking, d1.Done())
+          .ok());
   for (Waiter* w : {&d0, &d1}) {
     Status s = w->Get();
     EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
@@ -326,7 +345,8 @@ TEST_F(EngineTest, FencesOrderOpsWithoutBlockingCalls) {
   const auto* header = static_cast<const FencePageHeader*>(page->data());
   EXPECT_EQ(header->magic, kFenceMagic);
   EXPECT_EQ(header->version, kFenceVersion);
-  auto* counter = reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset);
+  auto* counter =
+      reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset);
 
   OpOptions fenced;
   fenced.wait = FenceOp{fence.id, 1};
@@ -366,7 +386,10 @@ TEST_F(EngineTest, ClosingASessionFailsPeersWaitingInACollective) {
   blocking.blocking = true;
   Waiter w;
   const auto start = Clock::now();
-  ASSERT_TRUE(engine_->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(2), blocking, w.Done()).ok());
+  ASSERT_TRUE(
+      engine_
+          ->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(2), blocking, w.Done())
+          .ok());
   std::this_thread::sleep_for(milliseconds(50));
   ASSERT_TRUE(engine_->CloseSession(frontends_[1]->session, "connection lost").ok());
   Status status = w.Get();
@@ -375,8 +398,10 @@ TEST_F(EngineTest, ClosingASessionFailsPeersWaitingInACollective) {
   EXPECT_NE(status.message().find("rank 1's session"), std::string::npos) << status.message();
   EXPECT_NE(status.message().find("connection lost"), std::string::npos);
   // Ops after close are NOT_FOUND.
-  EXPECT_EQ(engine_->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), {}, [](Status) {}).code(),
-            StatusCode::kNotFound);
+  EXPECT_EQ(
+      engine_->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), {}, [](Status) {})
+          .code(),
+      StatusCode::kNotFound);
   // A new frontend for rank 1 brings the group back.
   frontends_[1] = std::make_unique<Frontend>(*engine_, 1);
   frontends_[1]->handle = engine_->CreateHandle(frontends_[1]->session, "g", 1, "", false)->id;

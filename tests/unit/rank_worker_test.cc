@@ -36,7 +36,8 @@ TEST(RankWorkerTest, WorkersOfDifferentRanksRunConcurrently) {
     second_ran = true;
     released = true;
   }));
-  for (int i = 0; i < 2000 && !second_ran; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; i < 2000 && !second_ran; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_TRUE(second_ran);
   released = true;
 }

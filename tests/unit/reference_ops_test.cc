@@ -41,9 +41,8 @@ struct Fixture {
       rank.topk.resize(6);
       rank.norm_weights.resize(6);
       rank.counts.resize(4);
-      Status status = BindRouting(config, ids[r].data(), DType::kInt32, rank.weights.data(),
-                                  rank.n, rank.topk.data(), rank.norm_weights.data(),
-                                  rank.counts.data());
+      Status status = BindRouting(config, ids[r].data(), DType::kInt32, rank.weights.data(), rank.n,
+                                  rank.topk.data(), rank.norm_weights.data(), rank.counts.data());
       EXPECT_TRUE(status.ok()) << status.ToString();
       rank.exported.assign(layout.exported_bytes, std::byte{0x7f});
       rank.slots.assign(6, 99);
@@ -115,8 +114,8 @@ TEST(ReferenceOpsTest, ExpertMajorRowsArePackedInSourceTokenKOrder) {
   EXPECT_EQ(r0.recv_offsets[1], 2);
   const std::vector<int32_t> src0 = {0, 2, 0, 1, 0, 1, 0, 0, 0};
   EXPECT_EQ(std::vector<int32_t>(r0.recv_src, r0.recv_src + 9), src0);
-  EXPECT_EQ(f.Row(0, 0)[3], 23.0f);   // rank 0 token 2
-  EXPECT_EQ(f.Row(0, 1)[3], 103.0f);  // rank 1 token 0
+  EXPECT_EQ(f.Row(0, 0)[3], 23.0f);      // rank 0 token 2
+  EXPECT_EQ(f.Row(0, 1)[3], 103.0f);     // rank 1 token 0
   EXPECT_EQ(r0.recv_weights[0], 1.25f);  // rank 0 weight index 4
   EXPECT_EQ(r0.recv_weights[1], 0.5f);   // rank 1 weight index 1
   // Rank 1 holds experts 2 and 3: expert 2 <- (s0,t0,k1), (s0,t2,k1), (s1,t0,k0); 3 <- (s0,t1,k0).

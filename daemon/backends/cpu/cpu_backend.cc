@@ -80,7 +80,8 @@ class TimedBarrier {
   explicit TimedBarrier(int count) : count_(count) {}
   Status Wait(std::chrono::milliseconds timeout, std::string_view what) {
     std::unique_lock lock(mutex_);
-    if (broken_) return InternalError("{}: the group's barrier broke after an earlier timeout", what);
+    if (broken_)
+      return InternalError("{}: the group's barrier broke after an earlier timeout", what);
     const uint64_t generation = generation_;
     if (++arrived_ == count_) {
       arrived_ = 0;
@@ -137,8 +138,8 @@ class CpuHandle : public BackendHandle {
   int num_tokens() const override { return num_tokens_; }
 
   reference::SourceRank Source(const void* x) const {
-    return reference::SourceRank{num_tokens_, x, topk_idx_.as<int32_t>(),
-                                 topk_weights_.as<float>(), expert_counts_.as<int32_t>()};
+    return reference::SourceRank{num_tokens_, x, topk_idx_.as<int32_t>(), topk_weights_.as<float>(),
+                                 expert_counts_.as<int32_t>()};
   }
   int32_t* topk_idx() { return topk_idx_.as<int32_t>(); }
   float* topk_weights() { return topk_weights_.as<float>(); }
@@ -178,8 +179,8 @@ class CpuBackend : public Backend {
                          ShmRegion::Open(source.shm_name, "source.shm_name"));
     if (source.offset > region->size() || source.size > region->size() - source.offset) {
       return InvalidArgumentError(
-          "source (offset = {}, size = {}) lies outside shm object '{}' of {} bytes",
-          source.offset, source.size, source.shm_name, region->size());
+          "source (offset = {}, size = {}) lies outside shm object '{}' of {} bytes", source.offset,
+          source.size, source.shm_name, region->size());
     }
     return std::shared_ptr<Memory>(
         std::make_shared<ImportedShm>(std::move(region), source.offset, source.size));
@@ -200,11 +201,11 @@ class CpuBackend : public Backend {
   StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& group,
                                                         int group_rank) override {
     const HandleLayout layout = ComputeHandleLayout(group.config());
-    EPD_ASSIGN_OR_RETURN(auto region, ShmRegion::Create(NextShmName("handle"),
-                                                        layout.exported_bytes));
+    EPD_ASSIGN_OR_RETURN(auto region,
+                         ShmRegion::Create(NextShmName("handle"), layout.exported_bytes));
     auto exported = std::make_unique<ExportedShm>(std::move(region), allocations_);
-    return std::unique_ptr<BackendHandle>(std::make_unique<CpuHandle>(
-        group.config(), group_rank, std::move(exported), allocations_));
+    return std::unique_ptr<BackendHandle>(
+        std::make_unique<CpuHandle>(group.config(), group_rank, std::move(exported), allocations_));
   }
 
   Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
@@ -231,10 +232,10 @@ class CpuBackend : public Backend {
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override {
     auto& cpu = static_cast<CpuHandle&>(handle);
     const GroupConfig& config = cpu.config();
-    EPD_RETURN_IF_ERROR(reference::BindRouting(
-        config, args.topk_idx.data, args.topk_idx.dtype,
-        static_cast<const float*>(args.topk_weights.data), args.num_tokens, cpu.topk_idx(),
-        cpu.topk_weights(), cpu.expert_counts()));
+    EPD_RETURN_IF_ERROR(reference::BindRouting(config, args.topk_idx.data, args.topk_idx.dtype,
+                                               static_cast<const float*>(args.topk_weights.data),
+                                               args.num_tokens, cpu.topk_idx(), cpu.topk_weights(),
+                                               cpu.expert_counts()));
     cpu.set_num_tokens(args.num_tokens);
     return OkStatus();
   }

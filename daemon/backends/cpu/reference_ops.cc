@@ -82,8 +82,8 @@ Status CheckCapacity(const GroupConfig& c, const std::vector<SourceRank>& ranks)
     const int64_t total = SelectionsBefore(ranks, c.world_size(), e);
     if (total > c.capacity()) {
       return ResourceExhaustedError(
-          "group '{}': expert {} received {} rows, more than expert_capacity={}", c.name, e,
-          total, c.capacity());
+          "group '{}': expert {} received {} rows, more than expert_capacity={}", c.name, e, total,
+          c.capacity());
     }
   }
   return OkStatus();
@@ -106,8 +106,8 @@ void DispatchReceive(const GroupConfig& c, int d, const std::vector<SourceRank>&
           for (int k = 0; k < K; ++k) {
             const size_t i = static_cast<size_t>(t) * K + k;
             if (src.topk_idx[i] != e) continue;
-            std::memcpy(recv_x + row * row_bytes,
-                        static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
+            std::memcpy(recv_x + row * row_bytes, static_cast<const char*>(src.x) + t * row_bytes,
+                        row_bytes);
             out.recv_src[row * 3 + 0] = s;
             out.recv_src[row * 3 + 1] = t;
             out.recv_src[row * 3 + 2] = k;
@@ -172,8 +172,8 @@ void ComputeSlots(const GroupConfig& c, int s, const std::vector<SourceRank>& ra
         }
         const int d = c.rank_of_expert(e);
         if (offsets[d].empty()) offsets[d] = ExpertOffsets(c, d, ranks);
-        slot[i] = static_cast<int32_t>(offsets[d][e % L] + SelectionsBefore(ranks, s, e) +
-                                       seen[e]++);
+        slot[i] =
+            static_cast<int32_t>(offsets[d][e % L] + SelectionsBefore(ranks, s, e) + seen[e]++);
       }
     }
     return;

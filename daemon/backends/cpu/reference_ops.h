@@ -26,9 +26,9 @@ namespace epd::reference {
 // One rank's routing after UpdateHandle, plus its tokens for the current dispatch.
 struct SourceRank {
   int num_tokens = 0;
-  const void* x = nullptr;                // [n, H] token dtype (dispatch only)
-  const int32_t* topk_idx = nullptr;      // [n, K]
-  const float* topk_weights = nullptr;    // [n, K]
+  const void* x = nullptr;                 // [n, H] token dtype (dispatch only)
+  const int32_t* topk_idx = nullptr;       // [n, K]
+  const float* topk_weights = nullptr;     // [n, K]
   const int32_t* expert_counts = nullptr;  // [E]
 };
 
@@ -54,8 +54,8 @@ Status BindRouting(const GroupConfig& config, const void* topk_idx, DType idx_dt
 Status CheckCapacity(const GroupConfig& config, const std::vector<SourceRank>& ranks);
 
 // Fills rank d's receive buffers from every source rank.
-void DispatchReceive(const GroupConfig& config, int dest_rank,
-                     const std::vector<SourceRank>& ranks, const ReceiveBuffers& out);
+void DispatchReceive(const GroupConfig& config, int dest_rank, const std::vector<SourceRank>& ranks,
+                     const ReceiveBuffers& out);
 
 // Row inside the destination rank's recv_x of each selection (t, k) of source rank s, or -1
 // when the selection contributes nothing to combine (id -1, or rank-major repeat of a rank).
