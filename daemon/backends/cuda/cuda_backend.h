@@ -1,0 +1,39 @@
+// The CUDA backend: the product data path (DESIGN.md §2-§4, issue 3).
+//
+// One non-blocking daemon-owned stream per node rank (GPU), peer access between all local
+// GPUs, an NCCL communicator per group, every buffer of a handle allocated at CreateHandle.
+// Ops only enqueue work: UpdateHandle, Dispatch and Combine never allocate and never
+// synchronise the host; ranks meet on the device through flags carrying per-op sequence
+// numbers, every device wait is bounded by op_timeout, and Complete() reports device errors
+// (bad expert id, capacity overflow, timeouts) as Status.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "daemon/core/backend.h"
+
+namespace epd {
+
+struct CudaBackendOptions {
+  std::vector<int> devices;  // CUDA device of each node rank; empty: all visible
+  std::chrono::milliseconds op_timeout{10000};
+  // One NCCL communicator per group (ncclCommInitAll). Tests that create many groups and
+  // do not use NCCL may turn it off to save the initialisation time.
+  bool create_nccl_comms = true;
+  // Called once per GPU whose context hit a sticky error (the daemon sets health
+  // NOT_SERVING and exits for systemd to restart it).
+  std::function<void(const Status&)> on_fatal_error;
+};
+
+StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
+
+// The daemon stream of `node_rank` of a backend made by CreateCudaBackend (benchmarks record
+// events on it); null for any other backend.
+cudaStream_t CudaBackendStream(Backend& backend, int node_rank);
+
+}  // namespace epd

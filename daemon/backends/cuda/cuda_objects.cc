@@ -1,0 +1,57 @@
+#include "daemon/backends/cuda/cuda_objects.h"
+
+#include <cuda.h>
+
+#include "daemon/backends/cuda/cuda_check.h"
+#include "daemon/backends/cuda/driver_api.h"
+
+namespace epd::cuda {
+
+StatusOr<std::unique_ptr<CudaExportedMemory>> CudaExportedMemory::Create(
+    int node_rank, int device, size_t bytes, AllocationCounter& counter,
+    cudaStream_t setup_stream) {
+  EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
+  EPD_ASSIGN_OR_RETURN(auto memory, DeviceMemory::Create(device, bytes, counter, setup_stream));
+  cudaIpcMemHandle_t handle;
+  EPD_CUDA_CHECK(cudaIpcGetMemHandle(&handle, memory->data()));
+  // A client opening the handle gets the allocation's base: tell it where our bytes start.
+  CUdeviceptr base = 0;
+  size_t range = 0;
+  EPD_CU_CHECK(driver->mem_get_address_range(&base, &range,
+                                             reinterpret_cast<CUdeviceptr>(memory->data())));
+  const uint64_t offset = reinterpret_cast<CUdeviceptr>(memory->data()) - base;
+  return std::unique_ptr<CudaExportedMemory>(new CudaExportedMemory(
+      node_rank, std::move(memory),
+      std::string(reinterpret_cast<const char*>(&handle), sizeof(handle)), offset));
+}
+
+MemorySource CudaExportedMemory::Describe() const {
+  MemorySource source;
+  source.kind = MemorySource::Kind::kCudaIpc;
+  source.ipc_handle = ipc_handle_;
+  source.device = node_rank_;
+  source.offset = ipc_offset_;
+  source.size = memory_->size();
+  return source;
+}
+
+HandlePrivateLayout ComputePrivateLayout(const GroupConfig& c) {
+  const size_t selections = static_cast<size_t>(c.max_tokens_per_rank) * c.top_k;
+  HandlePrivateLayout p;
+  size_t cursor = 0;
+  auto place = [&cursor](size_t bytes) {
+    const size_t at = cursor;
+    cursor = AlignUp(cursor + bytes);
+    return at;
+  };
+  p.topk_idx = place(selections * sizeof(int32_t));
+  p.topk_weights = place(selections * sizeof(float));
+  p.expert_counts = place(static_cast<size_t>(c.experts) * sizeof(int32_t));
+  p.slot = place(selections * sizeof(int32_t));
+  p.local_rank = place(selections * sizeof(int32_t));
+  p.bound_tokens = place(sizeof(int32_t));
+  p.bytes = cursor;
+  return p;
+}
+
+}  // namespace epd::cuda

@@ -1,0 +1,53 @@
+#include "daemon/backends/cuda/device_memory.h"
+
+#include <cstring>
+
+#include "daemon/backends/cuda/cuda_check.h"
+#include "daemon/core/log.h"
+
+namespace epd::cuda {
+
+StatusOr<std::unique_ptr<DeviceMemory>> DeviceMemory::Create(int device, size_t bytes,
+                                                             AllocationCounter& counter,
+                                                             cudaStream_t stream) {
+  EPD_CUDA_CHECK(cudaSetDevice(device));
+  void* data = nullptr;
+  if (cudaError_t e = cudaMalloc(&data, bytes); e != cudaSuccess) {
+    cudaGetLastError();  // clear the (non-sticky) allocation error
+    return ResourceExhaustedError("cudaMalloc of {} bytes on GPU {} failed: {}", bytes, device,
+                                  cudaGetErrorString(e));
+  }
+  counter.OnAllocate(bytes);
+  std::unique_ptr<DeviceMemory> memory(
+      new DeviceMemory(device, static_cast<char*>(data), bytes, counter));
+  EPD_CUDA_CHECK(cudaMemsetAsync(data, 0, bytes, stream));
+  EPD_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return memory;
+}
+
+DeviceMemory::~DeviceMemory() {
+  cudaSetDevice(device_);
+  if (cudaError_t e = cudaFree(data_); e != cudaSuccess) {
+    EPD_LOG(kCuda, error, "cudaFree of {} bytes on GPU {}: {}", size_, device_,
+            cudaGetErrorString(e));
+  }
+  counter_.OnFree(size_);
+}
+
+StatusOr<std::unique_ptr<PinnedHostMemory>> PinnedHostMemory::Create(size_t bytes,
+                                                                     AllocationCounter& counter) {
+  void* data = nullptr;
+  EPD_CUDA_CHECK(cudaHostAlloc(&data, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+  std::memset(data, 0, bytes);
+  counter.OnAllocate(bytes);
+  return std::unique_ptr<PinnedHostMemory>(new PinnedHostMemory(data, bytes, counter));
+}
+
+PinnedHostMemory::~PinnedHostMemory() {
+  if (cudaError_t e = cudaFreeHost(data_); e != cudaSuccess) {
+    EPD_LOG(kCuda, error, "cudaFreeHost of {} bytes: {}", size_, cudaGetErrorString(e));
+  }
+  counter_.OnFree(size_);
+}
+
+}  // namespace epd::cuda

@@ -1,0 +1,47 @@
+// ErrorRecords: a ring of DeviceError records in mapped pinned memory, one claimed per
+// enqueued op of a rank; and the translation of a record into the Status the op fails with.
+//
+// NOTE: a record is cleared when claimed and read only after its op's event completed; the
+// ring is large enough that a record is never reclaimed while its op can still be pending.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "daemon/backends/cuda/device_memory.h"
+#include "daemon/core/status.h"
+#include "kernels/device_error.cuh"
+
+namespace epd::cuda {
+
+// What the op was, for error messages ("dispatch of group 'g' on rank 2").
+struct PendingOp {
+  int record = 0;
+  std::string what;
+};
+
+class ErrorRecords {
+ public:
+  static constexpr int kRecords = 4096;
+  static StatusOr<std::unique_ptr<ErrorRecords>> Create(AllocationCounter& counter);
+
+  // Claims and clears the next record; returns its index and its device-visible address.
+  kernels::DeviceError* Claim(int* index);
+  // The first error recorded by `ops` (in op order), or OK.
+  Status Collect(const std::vector<PendingOp>& ops) const;
+
+ private:
+  explicit ErrorRecords(std::unique_ptr<PinnedHostMemory> memory) : memory_(std::move(memory)) {}
+  kernels::DeviceError* records() const {
+    return static_cast<kernels::DeviceError*>(memory_->data());
+  }
+  std::unique_ptr<PinnedHostMemory> memory_;
+  std::mutex mu_;
+  int next_ = 0;
+};
+
+Status DeviceErrorToStatus(const kernels::DeviceError& error, const std::string& what);
+
+}  // namespace epd::cuda

@@ -1,0 +1,69 @@
+#include "daemon/backends/cuda/ipc_mapping.h"
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstring>
+
+#include "daemon/backends/cuda/cuda_check.h"
+#include "daemon/backends/cuda/driver_api.h"
+#include "daemon/core/log.h"
+
+namespace epd::cuda {
+
+StatusOr<std::shared_ptr<IpcMapping>> IpcMapping::Open(const std::string& handle, int device) {
+  if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
+    return InvalidArgumentError("ipc_handle has {} bytes, expected {}", handle.size(),
+                                sizeof(cudaIpcMemHandle_t));
+  }
+  cudaIpcMemHandle_t ipc;
+  std::memcpy(&ipc, handle.data(), sizeof(ipc));
+  EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
+  EPD_CUDA_CHECK(cudaSetDevice(device));
+  void* base = nullptr;
+  if (cudaError_t e = cudaIpcOpenMemHandle(&base, ipc, cudaIpcMemLazyEnablePeerAccess);
+      e != cudaSuccess) {
+    cudaGetLastError();
+    return InvalidArgumentError("cudaIpcOpenMemHandle on GPU {} failed: {} ({})", device,
+                                cudaGetErrorName(e), cudaGetErrorString(e));
+  }
+  CUdeviceptr range_base = 0;
+  size_t range_bytes = 0;
+  if (CUresult r = driver->mem_get_address_range(&range_base, &range_bytes,
+                                                 reinterpret_cast<CUdeviceptr>(base));
+      r != CUDA_SUCCESS) {
+    cudaIpcCloseMemHandle(base);
+    const char* name = "unknown";
+    driver->get_error_name(r, &name);
+    return InternalError("cuMemGetAddressRange of an IPC mapping on GPU {} failed: {}", device,
+                         name);
+  }
+  // The mapping starts at the allocation's base; measure what is left from there.
+  const size_t bytes = range_bytes - (reinterpret_cast<CUdeviceptr>(base) - range_base);
+  EPD_LOG(kIpc, debug, "opened IPC allocation of {} bytes on GPU {}", bytes, device);
+  return std::shared_ptr<IpcMapping>(new IpcMapping(device, static_cast<char*>(base), bytes));
+}
+
+IpcMapping::~IpcMapping() {
+  cudaSetDevice(device_);
+  if (cudaError_t e = cudaIpcCloseMemHandle(base_); e != cudaSuccess) {
+    EPD_LOG(kIpc, warn, "cudaIpcCloseMemHandle on GPU {}: {}", device_, cudaGetErrorString(e));
+  }
+}
+
+StatusOr<std::shared_ptr<IpcMapping>> ImportCache::Get(const std::string& handle, int device) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto key = std::make_pair(handle, device);
+  if (auto it = mappings_.find(key); it != mappings_.end()) {
+    if (auto mapping = it->second.lock()) return mapping;
+  }
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<IpcMapping> mapping, IpcMapping::Open(handle, device));
+  mappings_[key] = mapping;
+  // Forget entries whose mappings are gone, so the map does not grow without bound.
+  for (auto it = mappings_.begin(); it != mappings_.end();) {
+    it = it->second.expired() ? mappings_.erase(it) : std::next(it);
+  }
+  return mapping;
+}
+
+}  // namespace epd::cuda

@@ -1,0 +1,33 @@
+// NcclComms: one NCCL communicator per group rank over the group's local GPUs
+// (ncclCommInitAll: all ranks of a node live in this process), destroyed together.
+#pragma once
+
+#include <nccl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/core/status.h"
+
+namespace epd::cuda {
+
+class NcclComms {
+ public:
+  static StatusOr<std::unique_ptr<NcclComms>> Create(const std::vector<int>& devices);
+  ~NcclComms();
+  NcclComms(const NcclComms&) = delete;
+  NcclComms& operator=(const NcclComms&) = delete;
+
+  ncclComm_t at(int group_rank) const { return comms_[group_rank]; }
+  int size() const { return static_cast<int>(comms_.size()); }
+
+ private:
+  explicit NcclComms(std::vector<ncclComm_t> comms) : comms_(std::move(comms)) {}
+  std::vector<ncclComm_t> comms_;
+};
+
+// "2.28.9" from ncclGetVersion.
+std::string NcclVersionString();
+
+}  // namespace epd::cuda

@@ -1,0 +1,189 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/combine.cuh"
+#include "kernels/internal/device_sync.cuh"
+
+namespace epd::kernels {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kVectorsPerLane = kCombineVectorsPerItem / 32;
+constexpr int kRowsInFlight = 4;  // k values whose loads are issued before accumulating
+
+// Element access of a 16-byte vector: 8 bf16 / 8 fp16 / 4 fp32.
+template <int kType>
+struct Vec;
+template <>
+struct Vec<kTokenBf16> {
+  static constexpr int kElems = 8;
+  __device__ static float Get(const int4& v, int i) {
+    const auto* h = reinterpret_cast<const __nv_bfloat16*>(&v);
+    return __bfloat162float(h[i]);
+  }
+  __device__ static void Set(int4& v, int i, float f) {
+    reinterpret_cast<__nv_bfloat16*>(&v)[i] = __float2bfloat16_rn(f);
+  }
+};
+template <>
+struct Vec<kTokenFp16> {
+  static constexpr int kElems = 8;
+  __device__ static float Get(const int4& v, int i) {
+    return __half2float(reinterpret_cast<const __half*>(&v)[i]);
+  }
+  __device__ static void Set(int4& v, int i, float f) {
+    reinterpret_cast<__half*>(&v)[i] = __float2half_rn(f);
+  }
+};
+template <>
+struct Vec<kTokenFp32> {
+  static constexpr int kElems = 4;
+  __device__ static float Get(const int4& v, int i) { return reinterpret_cast<const float*>(&v)[i]; }
+  __device__ static void Set(int4& v, int i, float f) { reinterpret_cast<float*>(&v)[i] = f; }
+};
+
+// One warp reduces columns [item_chunk * 64, +64) vectors of token t over its K selections.
+template <int kType>
+__device__ void ReduceItem(const CombineParams& p, const char* const* bases, int t, int chunk,
+                           int vectors) {
+  using V = Vec<kType>;
+  const int lane = threadIdx.x & 31, K = p.top_k;
+  const int64_t row_bytes = static_cast<int64_t>(vectors) * 16;
+  // Lane k holds selection k's source row (null when it contributes nothing) and weight.
+  const char* my_row = nullptr;
+  float my_weight = 0.0f;
+  if (lane < K) {
+    const int s = __ldg(p.slot + t * K + lane);
+    if (s >= 0 && s < p.recv_rows) {
+      const int e = __ldg(p.topk_idx + t * K + lane);
+      my_row = bases[e / p.local_experts] + s * row_bytes;
+      my_weight = p.rank_major ? 1.0f : __ldg(p.topk_weights + t * K + lane);
+    }
+  }
+  float acc[kVectorsPerLane][V::kElems];
+#pragma unroll
+  for (int j = 0; j < kVectorsPerLane; ++j) {
+#pragma unroll
+    for (int i = 0; i < V::kElems; ++i) acc[j][i] = 0.0f;
+  }
+  const int first_vector = chunk * kCombineVectorsPerItem + lane;
+  for (int k0 = 0; k0 < K; k0 += kRowsInFlight) {
+    int4 z[kRowsInFlight][kVectorsPerLane];
+    const char* rows[kRowsInFlight];
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r) {
+      const int k = k0 + r;
+      rows[r] = reinterpret_cast<const char*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(my_row), k < K ? k : 0));
+      if (k >= K) rows[r] = nullptr;
+#pragma unroll
+      for (int j = 0; j < kVectorsPerLane; ++j) {
+        const int v = first_vector + j * 32;
+        if (rows[r] != nullptr && v < vectors) {
+          z[r][j] = detail::LoadStreaming(reinterpret_cast<const int4*>(rows[r]) + v);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRowsInFlight; ++r) {
+      const int k = k0 + r;
+      const float w = __shfl_sync(0xffffffffu, my_weight, k < K ? k : 0);
+      if (rows[r] == nullptr) continue;
+#pragma unroll
+      for (int j = 0; j < kVectorsPerLane; ++j) {
+        if (first_vector + j * 32 >= vectors) continue;
+#pragma unroll
+        for (int i = 0; i < V::kElems; ++i) {
+          acc[j][i] = __fadd_rn(acc[j][i], __fmul_rn(w, V::Get(z[r][j], i)));
+        }
+      }
+    }
+  }
+  int4* out_row = reinterpret_cast<int4*>(static_cast<char*>(p.out) + t * row_bytes);
+#pragma unroll
+  for (int j = 0; j < kVectorsPerLane; ++j) {
+    const int v = first_vector + j * 32;
+    if (v >= vectors) continue;
+    int4 packed;
+#pragma unroll
+    for (int i = 0; i < V::kElems; ++i) V::Set(packed, i, acc[j][i]);
+    out_row[v] = packed;
+  }
+}
+
+// Leader: announce "my expert output is final" and wait until every rank did.
+__device__ bool OpeningBarrier(const CombineParams& p) {
+  __shared__ bool ok;
+  if (threadIdx.x == 0) {
+    ok = true;
+    __threadfence_system();
+    for (int d = 0; d < p.world_size; ++d) {
+      detail::StoreReleaseSys(&detail::AsSync(p.sync[d])->start[p.rank], p.seq);
+    }
+    SyncArea* me = detail::AsSync(p.sync[p.rank]);
+    for (int s = 0; s < p.world_size && ok; ++s) {
+      uint64_t seen = 0;
+      if (!detail::WaitFlagAtLeast(&me->start[s], p.seq, p.timeout_ns, &seen)) {
+        detail::ReportPeerTimeout(p.error, kSyncPhaseStart, s, p.seq, seen);
+        ok = false;
+      }
+    }
+  }
+  __syncthreads();
+  return ok;
+}
+
+template <int kType>
+__global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p) {
+  __shared__ const char* bases[kMaxRanks];
+  SyncArea* me = detail::AsSync(p.sync[p.rank]);
+  if (threadIdx.x < kMaxRanks) {
+    bases[threadIdx.x] = static_cast<const char*>(p.expert_out[threadIdx.x]);
+  }
+  const unsigned ticket = detail::TakeTicket(me);  // also orders `bases` (__syncthreads)
+  uint64_t flags;
+  if (ticket == 0) {
+    flags = OpeningBarrier(p) ? 0 : kGoAbort;
+    detail::PublishGo(me, p.seq, flags);
+  } else {
+    flags = detail::AwaitGo(me, p.seq, p.timeout_ns);
+  }
+  if (!(flags & kGoAbort)) {
+    const int n = *p.bound_tokens;
+    const int vectors = p.hidden * (kType == kTokenFp32 ? 4 : 2) / 16;
+    const int chunks = (vectors + kCombineVectorsPerItem - 1) / kCombineVectorsPerItem;
+    const int stride = gridDim.x * kWarps;
+    for (int item = ticket * kWarps + (threadIdx.x >> 5); item < n * chunks; item += stride) {
+      ReduceItem<kType>(p, bases, item / chunks, item % chunks, vectors);
+    }
+  }
+  if (!detail::FinishBlock(me) || (flags & kGoAbort)) return;
+  if (threadIdx.x == 0) {
+    for (int d = 0; d < p.world_size; ++d) {
+      detail::StoreReleaseSys(&detail::AsSync(p.sync[d])->end[p.rank], p.seq);
+    }
+    for (int s = 0; s < p.world_size; ++s) {
+      uint64_t seen = 0;
+      if (!detail::WaitFlagAtLeast(&me->end[s], p.seq, p.timeout_ns, &seen)) {
+        detail::ReportPeerTimeout(p.error, kSyncPhaseEnd, s, p.seq, seen);
+        return;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t stream) {
+  blocks = blocks < 1 ? 1 : blocks;
+  switch (params.token_type) {
+    case kTokenBf16: CombineKernel<kTokenBf16><<<blocks, kThreads, 0, stream>>>(params); break;
+    case kTokenFp16: CombineKernel<kTokenFp16><<<blocks, kThreads, 0, stream>>>(params); break;
+    case kTokenFp32: CombineKernel<kTokenFp32><<<blocks, kThreads, 0, stream>>>(params); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace epd::kernels

@@ -1,0 +1,51 @@
+// Low-latency intra-node combine: each rank pulls, for each of its tokens, the rows its
+// top-k selections produced on the destination ranks (peer pointers into their expert
+// outputs) and reduces them in fp32 in k order, exactly as reference::Combine:
+//   acc = 0; for k ascending with slot >= 0: acc = acc + w * z (two roundings, no FMA);
+//   out = round-to-nearest-even(acc) in the token dtype.
+//
+// A device-side barrier opens the op (every rank's expert output is final: its stream passed
+// its own fence wait) and another closes it (no rank reuses its expert output or receive
+// buffer while peers still read it). Every wait is bounded by timeout_ns.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/device_error.cuh"
+#include "kernels/sync_area.cuh"
+
+namespace epd::kernels {
+
+enum TokenType : int { kTokenBf16 = 0, kTokenFp16 = 1, kTokenFp32 = 2 };
+
+struct CombineParams {
+  int world_size = 0;
+  int rank = 0;
+  int top_k = 0;
+  int local_experts = 0;
+  int hidden = 0;
+  int token_type = kTokenBf16;
+  int rank_major = 0;  // weight 1 per destination rank (the frontend pre-reduced)
+  int64_t recv_rows = 0;  // rows of every expert output; larger slots are ignored
+  const int32_t* topk_idx = nullptr;
+  const float* topk_weights = nullptr;
+  const int32_t* slot = nullptr;
+  const int32_t* bound_tokens = nullptr;
+  void* out = nullptr;  // [n, H]
+  const void* expert_out[kMaxRanks] = {};  // rank d's [recv_rows, H], valid on this GPU
+  void* sync[kMaxRanks] = {};              // every rank's SyncArea
+  uint64_t seq = 0;
+  uint64_t timeout_ns = 0;
+  DeviceError* error = nullptr;
+};
+
+// blocks: any number >= 1 (the kernel strides); 512 threads each.
+cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t stream);
+
+// Vectors of 16 bytes a warp reduces per work item (two per lane); the host sizes grids
+// with it.
+constexpr int kCombineVectorsPerItem = 64;
+
+}  // namespace epd::kernels

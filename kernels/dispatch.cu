@@ -1,0 +1,234 @@
+#include <cub/block/block_scan.cuh>
+
+#include <climits>
+
+#include "kernels/dispatch.cuh"
+#include "kernels/internal/device_sync.cuh"
+
+namespace epd::kernels {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kExpertsPerThread = 8;  // kThreads * 8 = 4096 = GroupConfig's expert limit
+using ExpertScan = cub::BlockScan<int, kThreads>;
+
+// Leader part 1: counts out, counts in. Returns false (error written) on timeout.
+__device__ bool ExchangeCounts(const DispatchParams& p, int n) {
+  __shared__ int timed_out_peer;
+  const int R = p.world_size, E = p.experts, stride = E + 1;
+  const uint32_t seq32 = static_cast<uint32_t>(p.seq);
+  if (threadIdx.x == 0) timed_out_peer = INT_MAX;
+  __threadfence_system();  // our earlier ops on this stream before peers learn we arrived
+  for (int i = threadIdx.x; i < R * stride; i += kThreads) {
+    const int d = i / stride, e = i % stride;
+    const uint32_t value = static_cast<uint32_t>(e < E ? p.expert_counts[e] : n);
+    uint64_t* inbox = detail::SyncInbox(p.peers[d].sync, E);
+    detail::StoreRelaxedSys(inbox + p.rank * stride + e, (uint64_t{seq32} << 32) | value);
+  }
+  uint64_t* my_inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
+  const uint64_t start = detail::GlobalTimerNs();
+  for (int i = threadIdx.x; i < R * stride; i += kThreads) {
+    uint64_t v = detail::LoadRelaxedSys(my_inbox + i);
+    while (static_cast<uint32_t>(v >> 32) != seq32) {
+      if (detail::GlobalTimerNs() - start > p.timeout_ns) {
+        atomicMin(&timed_out_peer, i / stride);
+        break;
+      }
+      __nanosleep(32);
+      v = detail::LoadRelaxedSys(my_inbox + i);
+    }
+  }
+  __syncthreads();
+  if (timed_out_peer != INT_MAX) {
+    if (threadIdx.x == 0) {
+      const uint64_t seen = my_inbox[timed_out_peer * stride] >> 32;
+      detail::ReportPeerTimeout(p.error, kSyncPhaseCounts, timed_out_peer, seq32, seen);
+    }
+    return false;
+  }
+  __threadfence_system();
+  return true;
+}
+
+// Leader part 2 (expert-major): base rows, own counts/offsets, capacity. Returns go flags.
+__device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
+  __shared__ typename ExpertScan::TempStorage scan_storage;
+  __shared__ int prefix[kThreads * kExpertsPerThread];
+  __shared__ int first_overflow;
+  const int R = p.world_size, E = p.experts, L = p.local_experts, stride = E + 1;
+  const uint64_t* inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
+  int32_t* bases = detail::SyncBases(p.peers[p.rank].sync);
+  if (threadIdx.x == 0) first_overflow = INT_MAX;
+
+  int total[kExpertsPerThread], before[kExpertsPerThread];
+  for (int j = 0; j < kExpertsPerThread; ++j) {
+    const int e = threadIdx.x * kExpertsPerThread + j;
+    total[j] = before[j] = 0;
+    if (e >= E) continue;
+    for (int s = 0; s < R; ++s) {
+      const int c = static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
+      total[j] += c;
+      if (s < p.rank) before[j] += c;
+    }
+  }
+  int exclusive[kExpertsPerThread];
+  ExpertScan(scan_storage).ExclusiveSum(total, exclusive);
+  for (int j = 0; j < kExpertsPerThread; ++j) {
+    prefix[threadIdx.x * kExpertsPerThread + j] = exclusive[j];
+  }
+  __syncthreads();
+  for (int j = 0; j < kExpertsPerThread; ++j) {
+    const int e = threadIdx.x * kExpertsPerThread + j;
+    if (e >= E) continue;
+    const int d = e / L;
+    const int offset_in_dest = exclusive[j] - prefix[d * L];
+    bases[e] = offset_in_dest + before[j];
+    if (total[j] > p.capacity) atomicMin(&first_overflow, e);
+    if (d == p.rank) {
+      p.recv_counts[e - d * L] = total[j];
+      p.recv_offsets[e - d * L] = offset_in_dest;
+    }
+  }
+  __syncthreads();
+  if (first_overflow == INT_MAX) return 0;
+  if (threadIdx.x == 0) {
+    const int e = first_overflow;
+    int rows = 0;
+    for (int s = 0; s < R; ++s) {
+      rows += static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
+    }
+    p.error->a = e;
+    p.error->b = rows;
+    p.error->c = p.capacity;
+    p.error->value = 0;
+    p.error->value2 = 0;
+    p.error->code = kDeviceErrorCapacity;
+  }
+  return kGoSkipData;
+}
+
+__device__ void PlanRankMajor(const DispatchParams& p) {
+  const int E = p.experts, stride = E + 1;
+  const uint64_t* inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
+  for (int s = threadIdx.x; s < p.world_size; s += kThreads) {
+    p.recv_counts[s] = static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + E)));
+  }
+}
+
+__device__ void ExpertMajorRows(const DispatchParams& p, int n, unsigned ticket, bool skip) {
+  const int lane = threadIdx.x & 31;
+  const int K = p.top_k, L = p.local_experts;
+  const int vectors = static_cast<int>(p.row_bytes / 16);
+  const int32_t* bases = detail::SyncBases(p.peers[p.rank].sync);
+  const int stride = gridDim.x * kWarps;
+  for (int i = ticket * kWarps + (threadIdx.x >> 5); i < n * K; i += stride) {
+    const int e = __ldg(p.topk_idx + i);
+    if (e < 0 || skip) {
+      if (lane == 0) p.slot[i] = -1;
+      continue;
+    }
+    const int d = e / L, t = i / K;
+    // bases were written by the leader during this kernel: L2 load, never the nc path.
+    const int64_t row = __ldcg(bases + e) + __ldg(p.local_rank + i);
+    const DispatchPeer& peer = p.peers[d];
+    if (lane == 0) {
+      p.slot[i] = static_cast<int32_t>(row);
+      peer.recv_src[row * 3 + 0] = p.rank;
+      peer.recv_src[row * 3 + 1] = t;
+      peer.recv_src[row * 3 + 2] = i - t * K;
+      peer.recv_weights[row] = __ldg(p.topk_weights + i);
+    }
+    detail::WarpCopyRow(
+        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes),
+        reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes), vectors,
+        lane);
+  }
+}
+
+// Row (this rank, t) on destination d: the token when one of its experts lives on d, else
+// zero with ids -1 (absent rows are rewritten every op: the frontend may have used them).
+__device__ void RankMajorRows(const DispatchParams& p, int n, unsigned ticket) {
+  const int lane = threadIdx.x & 31;
+  const int K = p.top_k, L = p.local_experts, T = p.max_tokens;
+  const int vectors = static_cast<int>(p.row_bytes / 16);
+  const int stride = gridDim.x * kWarps;
+  for (int i = ticket * kWarps + (threadIdx.x >> 5); i < p.world_size * T; i += stride) {
+    const int t = i / p.world_size, d = i % p.world_size;
+    int e = -1;
+    float w = 0.0f;
+    if (lane < K && t < n) {
+      e = __ldg(p.topk_idx + t * K + lane);
+      if (e >= 0 && e / L == d) {
+        w = __ldg(p.topk_weights + t * K + lane);
+      } else {
+        e = -1;
+      }
+    }
+    const bool present = __ballot_sync(0xffffffffu, e >= 0) != 0;
+    const DispatchPeer& peer = p.peers[d];
+    const int64_t row = static_cast<int64_t>(p.rank) * T + t;
+    if (lane < K) {
+      peer.recv_topk_idx[row * K + lane] = e;
+      peer.recv_topk_weights[row * K + lane] = w;
+    }
+    int4* dst = reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes);
+    if (present) {
+      detail::WarpCopyRow(
+          dst, reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes),
+          vectors, lane);
+    } else {
+      detail::WarpZeroRow(dst, vectors, lane);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams p) {
+  SyncArea* me = detail::AsSync(p.peers[p.rank].sync);
+  const unsigned ticket = detail::TakeTicket(me);
+  const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
+  uint64_t flags;
+  if (ticket == 0) {
+    flags = kGoAbort;
+    if (ExchangeCounts(p, n)) {
+      flags = 0;
+      if (p.rank_major) {
+        PlanRankMajor(p);
+      } else {
+        flags = PlanExpertMajor(p);
+      }
+    }
+    detail::PublishGo(me, p.seq, flags);
+  } else {
+    flags = detail::AwaitGo(me, p.seq, p.timeout_ns);
+  }
+  if (!(flags & kGoAbort)) {
+    if (p.rank_major) {
+      RankMajorRows(p, n, ticket);
+    } else {
+      ExpertMajorRows(p, n, ticket, (flags & kGoSkipData) != 0);
+    }
+  }
+  if (!detail::FinishBlock(me) || (flags & kGoAbort)) return;
+  if (threadIdx.x == 0) {
+    for (int d = 0; d < p.world_size; ++d) {
+      detail::StoreReleaseSys(&detail::AsSync(p.peers[d].sync)->done[p.rank], p.seq);
+    }
+    for (int s = 0; s < p.world_size; ++s) {
+      uint64_t seen = 0;
+      if (!detail::WaitFlagAtLeast(&me->done[s], p.seq, p.timeout_ns, &seen)) {
+        detail::ReportPeerTimeout(p.error, kSyncPhaseDone, s, p.seq, seen);
+        return;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream) {
+  DispatchKernel<<<blocks < 1 ? 1 : blocks, kThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace epd::kernels

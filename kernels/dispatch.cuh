@@ -1,0 +1,63 @@
+// Low-latency intra-node dispatch: every source rank writes its token rows straight into the
+// destination ranks' receive buffers over NVLink (peer pointers), in the deterministic order
+// of DESIGN.md §3, with no host synchronisation.
+//
+// Protocol (one kernel per rank, all ranks run it concurrently with the same seq):
+//  1. the leader block publishes this rank's per-expert counts (and n) to every peer's inbox,
+//     waits for every peer's counts, computes the packed base row of each expert it sends to
+//     (expert-major) and this rank's own recv_counts / recv_offsets, checks capacity;
+//  2. all blocks copy rows (warp per row, 16-byte vectors) and write the row metadata and the
+//     combine slots;
+//  3. the last block publishes "done" to every destination and waits for every source's
+//     "done": when the kernel ends, this rank's receive buffers are complete.
+// Every wait is bounded by timeout_ns; a timeout writes a DeviceError and ends the kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/device_error.cuh"
+#include "kernels/sync_area.cuh"
+
+namespace epd::kernels {
+
+// One destination rank's buffers, as pointers valid on the source's GPU.
+struct DispatchPeer {
+  void* sync = nullptr;  // its SyncArea
+  void* recv_x = nullptr;
+  int32_t* recv_src = nullptr;           // expert-major
+  float* recv_weights = nullptr;         // expert-major
+  int32_t* recv_topk_idx = nullptr;      // rank-major
+  float* recv_topk_weights = nullptr;    // rank-major
+};
+
+struct DispatchParams {
+  int world_size = 0;
+  int rank = 0;  // group rank of this source
+  int experts = 0;
+  int local_experts = 0;
+  int top_k = 0;
+  int max_tokens = 0;
+  int capacity = 0;
+  int rank_major = 0;
+  int64_t row_bytes = 0;  // multiple of 16
+  const void* x = nullptr;  // [n, H]
+  const int32_t* topk_idx = nullptr;
+  const float* topk_weights = nullptr;
+  const int32_t* expert_counts = nullptr;
+  const int32_t* local_rank = nullptr;
+  const int32_t* bound_tokens = nullptr;
+  int32_t* slot = nullptr;          // expert-major: written here for combine
+  int32_t* recv_counts = nullptr;   // this rank's own exported counts / offsets
+  int32_t* recv_offsets = nullptr;
+  DispatchPeer peers[kMaxRanks];
+  uint64_t seq = 0;
+  uint64_t timeout_ns = 0;
+  DeviceError* error = nullptr;
+};
+
+// blocks: any number >= 1 (the kernel strides); 512 threads each.
+cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream);
+
+}  // namespace epd::kernels

@@ -1,0 +1,123 @@
+#include <climits>
+
+#include "kernels/internal/device_sync.cuh"
+#include "kernels/routing.cuh"
+
+namespace epd::kernels {
+namespace {
+
+constexpr int kThreads = 1024;
+constexpr int kWarps = kThreads / 32;
+constexpr size_t kCountBytesBudget = 48 * 1024;  // default dynamic shared memory limit
+
+__device__ __forceinline__ int64_t LoadId(const RoutingParams& p, int i) {
+  return p.idx_is_int64 ? static_cast<const int64_t*>(p.topk_idx)[i]
+                        : static_cast<const int32_t*>(p.topk_idx)[i];
+}
+
+// NOTE: stable ranks without atomics on order: warp w owns a contiguous segment of the
+// [n, K] selections; pass 1 ranks inside each 32-wide chunk with __match_any_sync and per-warp
+// expert counters, a prefix over warps then makes the ranks global in (t, k) order.
+__global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParams p, int warps) {
+  extern __shared__ int counts[];  // [warps][E]
+  __shared__ int first_bad;
+  const int K = p.top_k, E = p.experts, n = p.num_tokens;
+  const int total = n * K;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  if (threadIdx.x == 0) first_bad = INT_MAX;
+  __syncthreads();
+  for (int i = threadIdx.x; i < total; i += kThreads) {
+    const int64_t e = LoadId(p, i);
+    if (e < -1 || e >= E) atomicMin(&first_bad, i);
+  }
+  __syncthreads();
+  if (first_bad != INT_MAX) {
+    // Reject the whole update: bind no tokens, so nothing stale is dispatched.
+    for (int e = threadIdx.x; e < E; e += kThreads) p.expert_counts[e] = 0;
+    if (threadIdx.x == 0) {
+      *p.bound_tokens = 0;
+      p.error->a = first_bad / K;
+      p.error->b = first_bad % K;
+      p.error->c = 0;
+      p.error->value = LoadId(p, first_bad);
+      p.error->value2 = 0;
+      p.error->code = kDeviceErrorBadExpertId;
+    }
+    return;
+  }
+
+  for (int i = threadIdx.x; i < warps * E; i += kThreads) counts[i] = 0;
+  __syncthreads();
+  const int segment = (total + warps - 1) / warps;
+  const int begin = min(total, warp * segment), end = min(total, begin + segment);
+  if (warp < warps) {
+    int* my_counts = counts + warp * E;
+    for (int base = begin; base < end; base += 32) {
+      const int i = base + lane;
+      int e = -1;
+      if (i < end) {
+        e = static_cast<int>(LoadId(p, i));
+        p.topk_out[i] = e;
+        p.weights_out[i] = p.topk_weights != nullptr ? p.topk_weights[i] : 1.0f;
+      }
+      const bool valid = i < end && e >= 0;
+      const int key = valid ? e : -1 - lane;  // unique keys for lanes that rank nothing
+      const unsigned same = __match_any_sync(0xffffffffu, key);
+      if (valid) {
+        const unsigned lower = same & ((1u << lane) - 1u);
+        p.local_rank[i] = my_counts[e] + __popc(lower);
+      }
+      __syncwarp();
+      if (valid && lane == __ffs(same) - 1) my_counts[e] += __popc(same);
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += kThreads) {
+    int running = 0;
+    for (int w = 0; w < warps; ++w) {
+      const int c = counts[w * E + e];
+      counts[w * E + e] = running;
+      running += c;
+    }
+    p.expert_counts[e] = running;
+  }
+  __syncthreads();
+  if (warp < warps) {
+    for (int i = begin + lane; i < end; i += 32) {
+      const int e = p.topk_out[i];
+      if (e >= 0) p.local_rank[i] += counts[warp * E + e];
+    }
+  }
+  if (p.rank_major) {
+    // Each destination rank appears once per token, at its first k (reference ComputeSlots).
+    __syncthreads();
+    const int L = p.local_experts;
+    for (int t = threadIdx.x; t < n; t += kThreads) {
+      for (int k = 0; k < K; ++k) {
+        const int e = p.topk_out[t * K + k];
+        bool first = e >= 0;
+        for (int j = 0; j < k && first; ++j) {
+          const int ej = p.topk_out[t * K + j];
+          if (ej >= 0 && ej / L == e / L) first = false;
+        }
+        p.slot[t * K + k] = first ? p.group_rank * p.max_tokens + t : -1;
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) *p.bound_tokens = n;
+}
+
+}  // namespace
+
+cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) {
+  int warps = static_cast<int>(kCountBytesBudget / (sizeof(int) * params.experts));
+  warps = warps < 1 ? 1 : (warps > kWarps ? kWarps : warps);
+  const size_t shared_bytes = sizeof(int) * static_cast<size_t>(warps) * params.experts;
+  BindRoutingKernel<<<1, kThreads, shared_bytes, stream>>>(params, warps);
+  return cudaGetLastError();
+}
+
+}  // namespace epd::kernels

@@ -1,0 +1,40 @@
+// Routing bind for UpdateHandle: validates expert ids on the device and normalises a
+// frontend's top-k routing into the handle's private buffers. One block, no allocation, no
+// device-wide synchronisation; any n <= T.
+//
+// On a bad id (outside [-1, E)) it writes a kDeviceErrorBadExpertId record naming the first
+// bad (t, k, value) in row-major order and binds zero tokens, so a later dispatch sends
+// nothing instead of reading stale rows.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/device_error.cuh"
+
+namespace epd::kernels {
+
+struct RoutingParams {
+  const void* topk_idx = nullptr;  // [n, K] int32 or int64
+  int idx_is_int64 = 0;
+  const float* topk_weights = nullptr;  // [n, K] or null (weights 1.0)
+  int num_tokens = 0;
+  int top_k = 0;
+  int experts = 0;
+  int local_experts = 0;
+  int max_tokens = 0;
+  int group_rank = 0;
+  int rank_major = 0;
+  int32_t* topk_out = nullptr;       // [T, K] int32 ids
+  float* weights_out = nullptr;      // [T, K] f32
+  int32_t* expert_counts = nullptr;  // [E] selections per expert
+  int32_t* local_rank = nullptr;     // [T, K] index of (t, k) among this rank's selections of its expert
+  int32_t* slot = nullptr;           // [T, K] rank-major combine row (expert-major: set by dispatch)
+  int32_t* bound_tokens = nullptr;   // [1] n, read by dispatch and combine
+  DeviceError* error = nullptr;
+};
+
+cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream);
+
+}  // namespace epd::kernels

@@ -1,0 +1,299 @@
+#include "tests/gpu/moe_harness.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "daemon/core/dtype.h"
+
+namespace epd::gputest {
+
+struct MoeHarness::RankBuffers {
+  RankBuffers(int device, const GroupConfig& c, const HandleLayout& l)
+      : idx(device, size_t(c.max_tokens_per_rank) * c.top_k * 8),
+        weights(device, size_t(c.max_tokens_per_rank) * c.top_k * 4),
+        x(device, size_t(c.max_tokens_per_rank) * c.hidden * DTypeSize(c.dtype)),
+        out(device, size_t(c.max_tokens_per_rank) * c.hidden * DTypeSize(c.dtype)),
+        z(device, l.recv_x_bytes) {}
+  DeviceBuffer idx, weights, x, out, z;
+  bool idx64 = false, has_weights = true;
+  int n = 0;
+};
+
+namespace {
+
+uint64_t Mix(uint64_t& state) {  // splitmix64: fast, good enough for test data
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// A random token value in [-2, 2], exactly representable in `dtype`.
+void RandomRow(uint64_t& state, DType dtype, int hidden, char* row) {
+  for (int h = 0; h < hidden; ++h) {
+    const float f = static_cast<float>(static_cast<int>(Mix(state) % 4001) - 2000) / 997.0f;
+    StoreFromFloat(row, dtype, h, f);
+  }
+}
+
+}  // namespace
+
+MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s) : backend_(backend) {
+  config_.name = s.name;
+  for (int r = 0; r < s.ranks; ++r) config_.ranks.push_back(r);
+  config_.experts = s.experts;
+  config_.hidden = s.hidden;
+  config_.max_tokens_per_rank = s.tokens;
+  config_.top_k = s.top_k;
+  config_.dtype = s.dtype;
+  config_.layout = s.layout;
+  config_.expert_capacity = s.capacity;
+  layout_ = ComputeHandleLayout(config_);
+  auto group = backend_.CreateGroup(config_);
+  EXPECT_TRUE(group.ok()) << group.status().ToString();
+  if (!group.ok()) return;
+  group_ = std::move(group).value();
+  for (int r = 0; r < s.ranks; ++r) {
+    auto handle = backend_.CreateHandle(*group_, r);
+    EXPECT_TRUE(handle.ok()) << handle.status().ToString();
+    if (!handle.ok()) return;
+    handles_.push_back(std::move(handle).value());
+    buffers_.push_back(std::make_unique<RankBuffers>(r, config_, layout_));
+  }
+}
+
+MoeHarness::~MoeHarness() {
+  handles_.clear();
+  group_.reset();
+}
+
+size_t MoeHarness::row_bytes() const { return size_t(config_.hidden) * DTypeSize(config_.dtype); }
+
+std::vector<RankInput> MoeHarness::MakeInputs(RoutingKind kind, const std::vector<int>& n,
+                                              uint64_t seed, bool idx64, bool weights) const {
+  const int K = config_.top_k, E = config_.experts;
+  std::vector<RankInput> inputs(config_.world_size());
+  uint64_t state = seed * 7919 + 17;
+  const int hot = E - 1;  // lives on the last rank
+  for (int r = 0; r < config_.world_size(); ++r) {
+    RankInput& in = inputs[r];
+    in.n = n[r];
+    in.idx64 = idx64;
+    in.has_weights = weights;
+    in.idx.assign(size_t(in.n) * K, -1);
+    in.weights.assign(size_t(in.n) * K, 0.0f);
+    in.x.resize(size_t(in.n) * row_bytes());
+    for (int t = 0; t < in.n; ++t) {
+      std::vector<int> chosen;
+      for (int k = 0; k < K; ++k) {
+        int e = -1;
+        if (kind != RoutingKind::kAllAbsent) {
+          if (kind == RoutingKind::kHotExpert && k == 0) {
+            e = hot;
+          } else {
+            do {
+              e = static_cast<int>(Mix(state) % E);
+            } while (std::find(chosen.begin(), chosen.end(), e) != chosen.end() ||
+                     (kind == RoutingKind::kHotExpert && e == hot));
+          }
+          chosen.push_back(e);
+          if (kind == RoutingKind::kSparse && Mix(state) % 4 == 0) e = -1;
+        }
+        in.idx[size_t(t) * K + k] = e;
+        in.weights[size_t(t) * K + k] =
+            static_cast<float>(Mix(state) % 100000) / 100000.0f + 0.001f;
+      }
+      RandomRow(state, config_.dtype, config_.hidden, in.x.data() + size_t(t) * row_bytes());
+    }
+  }
+  return inputs;
+}
+
+std::vector<Status> MoeHarness::Update(const std::vector<RankInput>& inputs) {
+  const int R = config_.world_size(), K = config_.top_k;
+  for (int r = 0; r < R; ++r) {
+    const RankInput& in = inputs[r];
+    RankBuffers& b = *buffers_[r];
+    b.idx64 = in.idx64;
+    b.has_weights = in.has_weights;
+    b.n = in.n;
+    if (in.idx64) {
+      b.idx.Upload(in.idx.data(), in.idx.size() * 8);
+    } else {
+      std::vector<int32_t> narrow(in.idx.begin(), in.idx.end());
+      b.idx.Upload(narrow.data(), narrow.size() * 4);
+    }
+    b.weights.Upload(in.weights.data(), in.weights.size() * 4);
+    b.x.Upload(in.x.data(), in.x.size());
+  }
+  std::vector<Status> statuses(R);
+  OnEveryRank(R, [&](int r) {
+    RankBuffers& b = *buffers_[r];
+    UpdateArgs args;
+    args.num_tokens = b.n;
+    args.topk_idx = TensorView{b.idx.data(), b.idx64 ? DType::kInt64 : DType::kInt32, {b.n, K}};
+    if (b.has_weights) args.topk_weights = TensorView{b.weights.data(), DType::kFp32, {b.n, K}};
+    Status s = backend_.UpdateHandle(*handles_[r], args);
+    statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
+  });
+  return statuses;
+}
+
+std::vector<Status> MoeHarness::Dispatch() {
+  const int R = config_.world_size();
+  std::vector<DispatchArgs> all(R);
+  for (int r = 0; r < R; ++r) {
+    all[r].handle = handles_[r].get();
+    all[r].x = TensorView{buffers_[r]->x.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+  }
+  std::vector<Status> statuses(R);
+  OnEveryRank(R, [&](int r) {
+    Status s = backend_.Dispatch(*group_, r, all);
+    statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
+  });
+  return statuses;
+}
+
+size_t MoeHarness::used_rows(int rank) const {
+  if (config_.layout == Layout::kRankMajor) return layout_.recv_rows;
+  const std::vector<char>& recv = ref_recv_[rank];
+  const auto* counts = reinterpret_cast<const int32_t*>(recv.data() + layout_.recv_counts_offset);
+  size_t rows = 0;
+  for (int l = 0; l < config_.local_experts(); ++l) rows += counts[l];
+  return std::min(rows, layout_.recv_rows);
+}
+
+std::vector<Status> MoeHarness::Combine(bool in_place, uint64_t seed) {
+  const int R = config_.world_size();
+  last_in_place_ = in_place;
+  z_host_.assign(R, {});
+  uint64_t state = seed * 104729 + 3;
+  for (int r = 0; r < R; ++r) {
+    // Rows the expert GEMMs would have written; the rest stays as it is on the device.
+    const size_t rows = used_rows(r);
+    z_host_[r].assign(layout_.recv_x_bytes, 0);
+    for (size_t row = 0; row < rows; ++row) {
+      RandomRow(state, config_.dtype, config_.hidden, z_host_[r].data() + row * row_bytes());
+    }
+    void* target = in_place ? handles_[r]->exported().data() : buffers_[r]->z.data();
+    CopyToDevice(r, target, z_host_[r].data(), rows * row_bytes());
+  }
+  std::vector<CombineArgs> all(R);
+  for (int r = 0; r < R; ++r) {
+    all[r].handle = handles_[r].get();
+    all[r].expert_out = in_place ? nullptr : buffers_[r]->z.data();
+    all[r].out =
+        TensorView{buffers_[r]->out.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+  }
+  std::vector<Status> statuses(R);
+  OnEveryRank(R, [&](int r) {
+    Status s = backend_.Combine(*group_, r, all);
+    statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
+  });
+  return statuses;
+}
+
+void MoeHarness::BuildReference(const std::vector<RankInput>& inputs,
+                                const std::vector<int>& bound) {
+  const int R = config_.world_size(), K = config_.top_k, T = config_.max_tokens_per_rank;
+  ref_idx_.assign(R, std::vector<int32_t>(size_t(T) * K, -1));
+  ref_weights_.assign(R, std::vector<float>(size_t(T) * K, 0.0f));
+  ref_counts_.assign(R, std::vector<int32_t>(config_.experts, 0));
+  for (int r = 0; r < R; ++r) {
+    const RankInput& in = inputs[r];
+    if (bound[r] == 0) continue;
+    std::vector<int32_t> narrow(in.idx.begin(), in.idx.end());
+    const void* idx = in.idx64 ? static_cast<const void*>(in.idx.data()) : narrow.data();
+    Status s = reference::BindRouting(config_, idx, in.idx64 ? DType::kInt64 : DType::kInt32,
+                                      in.has_weights ? in.weights.data() : nullptr, bound[r],
+                                      ref_idx_[r].data(), ref_weights_[r].data(),
+                                      ref_counts_[r].data());
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+}
+
+void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes,
+                      size_t element_bytes, const std::string& what) {
+  if (std::memcmp(expected, actual, bytes) == 0) return;
+  const auto* a = static_cast<const unsigned char*>(expected);
+  const auto* b = static_cast<const unsigned char*>(actual);
+  size_t i = 0;
+  while (a[i] == b[i]) ++i;
+  size_t mismatches = 0;
+  for (size_t j = 0; j < bytes; ++j) mismatches += a[j] != b[j];
+  ADD_FAILURE() << what << ": first difference at element " << i / element_bytes << " (byte "
+                << i << " of " << bytes << "), expected byte " << int(a[i]) << " got "
+                << int(b[i]) << "; " << mismatches << " bytes differ";
+}
+
+void MoeHarness::ExpectDispatchMatches(const std::vector<RankInput>& inputs,
+                                       const std::vector<int>& bound) {
+  const int R = config_.world_size();
+  BuildReference(inputs, bound);
+  std::vector<reference::SourceRank> ranks(R);
+  for (int r = 0; r < R; ++r) {
+    ranks[r].num_tokens = bound[r];
+    ranks[r].x = inputs[r].x.data();
+    ranks[r].topk_idx = ref_idx_[r].data();
+    ranks[r].topk_weights = ref_weights_[r].data();
+    ranks[r].expert_counts = ref_counts_[r].data();
+  }
+  ASSERT_TRUE(reference::CheckCapacity(config_, ranks).ok());
+  ref_recv_.assign(R, std::vector<char>(layout_.exported_bytes, 0));
+  for (int d = 0; d < R; ++d) {
+    reference::DispatchReceive(config_, d, ranks,
+                               reference::ReceiveBuffersAt(ref_recv_[d].data(), layout_));
+  }
+  for (int d = 0; d < R; ++d) {
+    const std::string where = config_.name + " rank " + std::to_string(d) + ": ";
+    const char* base = static_cast<const char*>(handles_[d]->exported().data());
+    const std::vector<char>& want = ref_recv_[d];
+    auto compare = [&](size_t offset, size_t bytes, size_t elem, const char* name) {
+      std::vector<char> got(bytes);
+      CopyToHost(d, got.data(), base + offset, bytes);
+      ExpectBytesEqual(want.data() + offset, got.data(), bytes, elem, where + name);
+    };
+    compare(layout_.recv_counts_offset, layout_.recv_counts_bytes, 4, "recv_counts");
+    const size_t rows = used_rows(d);
+    compare(layout_.recv_x_offset, rows * row_bytes(), row_bytes(), "recv_x rows");
+    if (config_.layout == Layout::kExpertMajor) {
+      compare(layout_.recv_offsets_offset, layout_.recv_offsets_bytes, 4, "recv_offsets");
+      compare(layout_.recv_src_offset, rows * 12, 12, "recv_src rows");
+      compare(layout_.recv_weights_offset, rows * 4, 4, "recv_weights rows");
+    } else {
+      compare(layout_.recv_topk_idx_offset, layout_.recv_topk_idx_bytes, 4 * config_.top_k,
+              "recv_topk_idx");
+      compare(layout_.recv_topk_weights_offset, layout_.recv_topk_weights_bytes,
+              4 * config_.top_k, "recv_topk_weights");
+    }
+  }
+}
+
+void MoeHarness::ExpectCombineMatches(const std::vector<RankInput>& inputs,
+                                      const std::vector<int>& bound) {
+  const int R = config_.world_size(), K = config_.top_k;
+  std::vector<reference::SourceRank> ranks(R);
+  for (int r = 0; r < R; ++r) {
+    ranks[r].num_tokens = bound[r];
+    ranks[r].x = inputs[r].x.data();
+    ranks[r].topk_idx = ref_idx_[r].data();
+    ranks[r].topk_weights = ref_weights_[r].data();
+    ranks[r].expert_counts = ref_counts_[r].data();
+  }
+  std::vector<const void*> z(R);
+  for (int r = 0; r < R; ++r) z[r] = z_host_[r].data();
+  for (int r = 0; r < R; ++r) {
+    std::vector<int32_t> slot(size_t(config_.max_tokens_per_rank) * K, -1);
+    reference::ComputeSlots(config_, r, ranks, slot.data());
+    const size_t bytes = size_t(bound[r]) * row_bytes();
+    std::vector<char> want(bytes), got(bytes);
+    reference::Combine(config_, ranks[r], slot.data(), z, want.data());
+    CopyToHost(r, got.data(), buffers_[r]->out.data(), bytes);
+    ExpectBytesEqual(want.data(), got.data(), bytes, DTypeSize(config_.dtype),
+                     config_.name + " rank " + std::to_string(r) + ": combine out" +
+                         (last_in_place_ ? " (in place)" : ""));
+  }
+}
+
+}  // namespace epd::gputest

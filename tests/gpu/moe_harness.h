@@ -1,0 +1,91 @@
+// MoeHarness: one group of the shared CUDA backend with a handle per rank, test-owned input
+// and output buffers, and the cpu reference (reference_ops.h) run on host copies of the same
+// inputs, so every step can be compared bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/backends/cpu/reference_ops.h"
+#include "daemon/core/backend.h"
+#include "tests/gpu/gpu_test_env.h"
+
+namespace epd::gputest {
+
+struct CaseSpec {
+  std::string name;
+  int ranks = 2;
+  int experts = 8;
+  int hidden = 128;
+  int tokens = 16;  // T
+  int top_k = 2;
+  DType dtype = DType::kBf16;
+  Layout layout = Layout::kExpertMajor;
+  int capacity = 0;  // 0: R * T
+};
+
+enum class RoutingKind {
+  kRandom,        // K distinct experts per token
+  kSparse,        // like kRandom with ~1/4 of the entries -1
+  kAllAbsent,     // every entry -1
+  kHotExpert,     // k = 0 is the same expert for every token of every rank
+};
+
+// One rank's inputs of a round, on the host.
+struct RankInput {
+  int n = 0;
+  bool idx64 = false;
+  bool has_weights = true;
+  std::vector<int64_t> idx;  // [n, K]
+  std::vector<float> weights;  // [n, K]
+  std::vector<char> x;  // [n, H] token dtype
+};
+
+class MoeHarness {
+ public:
+  MoeHarness(Backend& backend, const CaseSpec& spec);
+  ~MoeHarness();
+  const GroupConfig& config() const { return config_; }
+  BackendHandle& handle(int rank) { return *handles_[rank]; }
+  BackendGroup* group() const { return group_.get(); }
+
+  std::vector<RankInput> MakeInputs(RoutingKind kind, const std::vector<int>& n, uint64_t seed,
+                                    bool idx64, bool weights) const;
+
+  // Each step runs on one thread per rank and returns every rank's Complete() status.
+  std::vector<Status> Update(const std::vector<RankInput>& inputs);
+  std::vector<Status> Dispatch();
+  // Fills expert outputs with random rows (in recv_x itself when in_place), then combines.
+  std::vector<Status> Combine(bool in_place, uint64_t seed);
+
+  // Compare with the reference; `bound[r]` is the token count rank r's routing holds
+  // (0 where its update was rejected).
+  void ExpectDispatchMatches(const std::vector<RankInput>& inputs, const std::vector<int>& bound);
+  void ExpectCombineMatches(const std::vector<RankInput>& inputs, const std::vector<int>& bound);
+
+ private:
+  struct RankBuffers;
+  void BuildReference(const std::vector<RankInput>& inputs, const std::vector<int>& bound);
+  size_t row_bytes() const;
+  size_t used_rows(int rank) const;
+
+  Backend& backend_;
+  GroupConfig config_;
+  HandleLayout layout_;
+  std::unique_ptr<BackendGroup> group_;
+  std::vector<std::unique_ptr<BackendHandle>> handles_;
+  std::vector<std::unique_ptr<RankBuffers>> buffers_;
+  // reference state of the last round
+  std::vector<std::vector<int32_t>> ref_idx_, ref_counts_;
+  std::vector<std::vector<float>> ref_weights_;
+  std::vector<std::vector<char>> ref_recv_;  // exported region per rank
+  std::vector<std::vector<char>> z_host_;    // expert outputs of the last Combine
+  bool last_in_place_ = false;
+};
+
+void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes,
+                      size_t element_bytes, const std::string& what);
+
+}  // namespace epd::gputest
