@@ -1,0 +1,304 @@
+#include "daemon/service/convert.h"
+
+namespace epd::service {
+namespace {
+
+// "dispatch" + "x" -> "dispatch.x"; "" + "x" -> "x".
+std::string Join(std::string_view prefix, std::string_view name) {
+  if (prefix.empty()) return std::string(name);
+  return fmt::format("{}.{}", prefix, name);
+}
+
+std::string_view ProtoDTypeName(v1::DType dtype) {
+  if (v1::DType_IsValid(dtype)) return v1::DType_Name(dtype);
+  return "unknown";
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  // Codes are numerically identical by design (status.h).
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+}
+
+Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return OkStatus();
+  return Status(static_cast<StatusCode>(status.error_code()), status.error_message());
+}
+
+StatusOr<DType> FromProto(v1::DType dtype, std::string_view field) {
+  switch (dtype) {
+    case v1::DTYPE_BF16: return DType::kBf16;
+    case v1::DTYPE_FP16: return DType::kFp16;
+    case v1::DTYPE_FP32: return DType::kFp32;
+    case v1::DTYPE_INT32: return DType::kInt32;
+    case v1::DTYPE_INT64: return DType::kInt64;
+    default:
+      return InvalidArgumentError("{} = {} ({}): a tensor's dtype must be given", field,
+                                  ProtoDTypeName(dtype), static_cast<int>(dtype));
+  }
+}
+
+v1::DType ToProto(DType dtype) {
+  switch (dtype) {
+    case DType::kBf16: return v1::DTYPE_BF16;
+    case DType::kFp16: return v1::DTYPE_FP16;
+    case DType::kFp32: return v1::DTYPE_FP32;
+    case DType::kInt32: return v1::DTYPE_INT32;
+    case DType::kInt64: return v1::DTYPE_INT64;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view field) {
+  GroupConfig config;
+  config.name = proto.name();
+  if (proto.ranks_size() > 0) {
+    config.ranks.assign(proto.ranks().begin(), proto.ranks().end());
+    if (proto.world_size() != 0 && proto.world_size() != proto.ranks_size()) {
+      return InvalidArgumentError("{} = {} contradicts {}, which lists {} ranks",
+                                  Join(field, "world_size"), proto.world_size(),
+                                  Join(field, "ranks"), proto.ranks_size());
+    }
+  } else {
+    if (proto.world_size() <= 0) {
+      return InvalidArgumentError("{} = {} must be >= 1 when {} is empty",
+                                  Join(field, "world_size"), proto.world_size(),
+                                  Join(field, "ranks"));
+    }
+    for (int r = 0; r < proto.world_size(); ++r) config.ranks.push_back(r);
+  }
+  config.experts = proto.experts();
+  config.hidden = proto.hidden();
+  config.max_tokens_per_rank = proto.max_tokens_per_rank();
+  config.top_k = proto.top_k();
+  config.expert_capacity = proto.expert_capacity();
+  if (proto.dtype() != v1::DTYPE_UNSPECIFIED) {
+    EPD_ASSIGN_OR_RETURN(config.dtype, FromProto(proto.dtype(), Join(field, "dtype")));
+  }
+  switch (proto.layout()) {
+    case v1::LAYOUT_UNSPECIFIED:
+    case v1::LAYOUT_EXPERT_MAJOR: config.layout = Layout::kExpertMajor; break;
+    case v1::LAYOUT_RANK_MAJOR: config.layout = Layout::kRankMajor; break;
+    default:
+      return InvalidArgumentError("{} = {} is not a known Layout", Join(field, "layout"),
+                                  static_cast<int>(proto.layout()));
+  }
+  switch (proto.algorithm()) {
+    case v1::ALGORITHM_UNSPECIFIED:
+    case v1::ALGORITHM_LOW_LATENCY: config.algorithm = Algorithm::kLowLatency; break;
+    case v1::ALGORITHM_HIGH_THROUGHPUT: config.algorithm = Algorithm::kHighThroughput; break;
+    default:
+      return InvalidArgumentError("{} = {} is not a known Algorithm", Join(field, "algorithm"),
+                                  static_cast<int>(proto.algorithm()));
+  }
+  return config;
+}
+
+v1::GroupConfig ToProto(const GroupConfig& config) {
+  v1::GroupConfig proto;
+  proto.set_name(config.name);
+  for (int r : config.ranks) proto.add_ranks(r);
+  proto.set_world_size(config.world_size());
+  proto.set_experts(config.experts);
+  proto.set_hidden(config.hidden);
+  proto.set_max_tokens_per_rank(config.max_tokens_per_rank);
+  proto.set_top_k(config.top_k);
+  proto.set_dtype(ToProto(config.dtype));
+  proto.set_algorithm(config.algorithm == Algorithm::kHighThroughput
+                          ? v1::ALGORITHM_HIGH_THROUGHPUT
+                          : v1::ALGORITHM_LOW_LATENCY);
+  proto.set_layout(config.layout == Layout::kRankMajor ? v1::LAYOUT_RANK_MAJOR
+                                                       : v1::LAYOUT_EXPERT_MAJOR);
+  // The effective capacity, so clients need not know the R * T default.
+  proto.set_expert_capacity(config.capacity());
+  return proto;
+}
+
+StatusOr<TensorRef> FromProto(const v1::TensorRef& proto, std::string_view field) {
+  TensorRef tensor;
+  if (proto.buffer_id() == 0) {
+    return InvalidArgumentError("{} = 0: the tensor names no buffer", Join(field, "buffer_id"));
+  }
+  tensor.buffer_id = proto.buffer_id();
+  tensor.offset_bytes = proto.offset_bytes();
+  EPD_ASSIGN_OR_RETURN(tensor.dtype, FromProto(proto.dtype(), Join(field, "dtype")));
+  if (proto.shape_size() == 0) {
+    return InvalidArgumentError("{} is empty: a tensor needs at least one dimension",
+                                Join(field, "shape"));
+  }
+  for (int i = 0; i < proto.shape_size(); ++i) {
+    if (proto.shape(i) < 0) {
+      return InvalidArgumentError("{}[{}] = {} is negative", Join(field, "shape"), i,
+                                  proto.shape(i));
+    }
+    tensor.shape.push_back(proto.shape(i));
+  }
+  return tensor;
+}
+
+StatusOr<MemorySource> FromProto(const v1::MemorySource& proto, std::string_view field) {
+  MemorySource source;
+  switch (proto.location_case()) {
+    case v1::MemorySource::kShmName:
+      if (proto.shm_name().empty()) {
+        return InvalidArgumentError("{} is empty", Join(field, "shm_name"));
+      }
+      source.kind = MemorySource::Kind::kHostShm;
+      source.shm_name = proto.shm_name();
+      break;
+    case v1::MemorySource::kCudaIpcHandle:
+      // cudaIpcMemHandle_t is 64 opaque bytes (CUDA_IPC_HANDLE_SIZE).
+      if (proto.cuda_ipc_handle().size() != 64) {
+        return InvalidArgumentError("{} has {} bytes; a cudaIpcMemHandle_t has 64",
+                                    Join(field, "cuda_ipc_handle"),
+                                    proto.cuda_ipc_handle().size());
+      }
+      source.kind = MemorySource::Kind::kCudaIpc;
+      source.ipc_handle = proto.cuda_ipc_handle();
+      break;
+    default:
+      return InvalidArgumentError("{} is not set (shm_name or cuda_ipc_handle)",
+                                  Join(field, "location"));
+  }
+  source.device = proto.device();
+  source.offset = proto.offset();
+  source.size = proto.size();
+  if (source.size == 0) return InvalidArgumentError("{} = 0", Join(field, "size"));
+  return source;
+}
+
+v1::MemorySource ToProto(const MemorySource& source) {
+  v1::MemorySource proto;
+  if (source.kind == MemorySource::Kind::kCudaIpc) {
+    proto.set_cuda_ipc_handle(source.ipc_handle);
+  } else {
+    proto.set_shm_name(source.shm_name);
+  }
+  proto.set_device(source.device);
+  proto.set_offset(source.offset);
+  proto.set_size(source.size);
+  return proto;
+}
+
+OpOptions FromProto(const v1::OpOptions& proto) {
+  OpOptions options;
+  // fence_id 0 means "no fence" (proto3 cannot tell an unset message from a zero one).
+  if (proto.wait().fence_id() != 0) options.wait = FenceOp{proto.wait().fence_id(), proto.wait().value()};
+  if (proto.signal().fence_id() != 0) {
+    options.signal = FenceOp{proto.signal().fence_id(), proto.signal().value()};
+  }
+  options.blocking = proto.blocking();
+  return options;
+}
+
+Status FromProto(const v1::UpdateHandleRequest& request, UpdateRequest* out, OpOptions* options,
+                 std::string_view field) {
+  out->handle_id = request.handle_id();
+  if (!request.has_topk_idx()) {
+    return InvalidArgumentError("{} is required", Join(field, "topk_idx"));
+  }
+  EPD_ASSIGN_OR_RETURN(out->topk_idx, FromProto(request.topk_idx(), Join(field, "topk_idx")));
+  if (request.has_topk_weights() && request.topk_weights().buffer_id() != 0) {
+    EPD_ASSIGN_OR_RETURN(out->topk_weights,
+                         FromProto(request.topk_weights(), Join(field, "topk_weights")));
+  }
+  out->rank = request.has_rank() ? request.rank() : -1;
+  *options = FromProto(request.options());
+  return OkStatus();
+}
+
+Status FromProto(const v1::DispatchRequest& request, DispatchRequest* out, OpOptions* options,
+                 std::string_view field) {
+  out->handle_id = request.handle_id();
+  if (!request.has_x()) return InvalidArgumentError("{} is required", Join(field, "x"));
+  EPD_ASSIGN_OR_RETURN(out->x, FromProto(request.x(), Join(field, "x")));
+  out->rank = request.has_rank() ? request.rank() : -1;
+  *options = FromProto(request.options());
+  return OkStatus();
+}
+
+Status FromProto(const v1::CombineRequest& request, CombineRequest* out, OpOptions* options,
+                 std::string_view field) {
+  out->handle_id = request.handle_id();
+  if (request.has_expert_out() && request.expert_out().buffer_id() != 0) {
+    EPD_ASSIGN_OR_RETURN(out->expert_out,
+                         FromProto(request.expert_out(), Join(field, "expert_out")));
+  }
+  if (!request.has_out()) return InvalidArgumentError("{} is required", Join(field, "out"));
+  EPD_ASSIGN_OR_RETURN(out->out, FromProto(request.out(), Join(field, "out")));
+  out->rank = request.has_rank() ? request.rank() : -1;
+  *options = FromProto(request.options());
+  return OkStatus();
+}
+
+v1::HandleBuffers ToProto(const HandleLayout& layout) {
+  v1::HandleBuffers proto;
+  proto.set_recv_rows(layout.recv_rows);
+  proto.set_recv_x_offset(layout.recv_x_offset);
+  proto.set_recv_src_offset(layout.recv_src_offset);
+  proto.set_recv_weights_offset(layout.recv_weights_offset);
+  proto.set_recv_topk_idx_offset(layout.recv_topk_idx_offset);
+  proto.set_recv_topk_weights_offset(layout.recv_topk_weights_offset);
+  proto.set_recv_counts_offset(layout.recv_counts_offset);
+  proto.set_recv_offsets_offset(layout.recv_offsets_offset);
+  proto.set_total_bytes(layout.exported_bytes);  // what the frontend maps
+  return proto;
+}
+
+void ToProto(const HandleInfo& handle, v1::HandleInfo* out) {
+  out->set_handle_id(handle.id);
+  out->set_name(handle.name);
+  out->set_group(handle.group);
+  out->set_group_rank(handle.group_rank);
+  out->set_persistent(handle.persistent);
+  out->set_buffer_id(handle.buffer_id);
+  *out->mutable_source() = ToProto(handle.source);
+  *out->mutable_buffers() = ToProto(handle.layout);
+  *out->mutable_config() = ToProto(handle.config);
+}
+
+namespace {
+void ToProto(const OpCounters& counters, v1::OpStats* out) {
+  out->set_completed(counters.completed);
+  out->set_failed(counters.failed);
+  out->set_total_us(counters.total_us);
+}
+}  // namespace
+
+void ToProto(const EngineStats& stats, v1::Stats* out) {
+  out->set_sessions_open(stats.sessions_open);
+  out->set_sessions_total(stats.sessions_total);
+  out->set_allocations(stats.allocations);
+  out->set_frees(stats.frees);
+  out->set_live_bytes(stats.live_bytes);
+  ToProto(stats.update, out->mutable_update());
+  ToProto(stats.dispatch, out->mutable_dispatch());
+  ToProto(stats.combine, out->mutable_combine());
+}
+
+void ToProto(const GroupSummary& group, v1::GroupSummary* out) {
+  *out->mutable_config() = ToProto(group.config);
+  out->set_persistent(group.persistent);
+  out->set_handles(group.handles);
+}
+
+void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& groups,
+             std::string_view daemon_version, v1::NodeInfo* out) {
+  out->set_daemon_version(std::string(daemon_version));
+  out->set_backend(node.backend);
+  out->set_ranks(node.ranks);
+  for (const auto& gpu : node.gpus) {
+    auto* proto = out->add_gpus();
+    proto->set_index(gpu.index);
+    proto->set_name(gpu.name);
+    proto->set_uuid(gpu.uuid);
+    proto->set_total_memory_bytes(gpu.total_memory_bytes);
+    proto->set_compute_capability(gpu.compute_capability);
+  }
+  out->set_nccl_version(node.nccl_version);
+  for (const auto& group : groups) *out->add_groups() = ToProto(group.config);
+}
+
+}  // namespace epd::service

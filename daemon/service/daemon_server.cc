@@ -1,0 +1,135 @@
+#include "daemon/service/daemon_server.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "daemon/core/log.h"
+
+namespace epd::service {
+namespace {
+
+// Frontends run as members of the daemon's group (deploy/epd.service): owner and group only.
+constexpr mode_t kSocketMode = 0660;
+
+bool SomeoneListens(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  const bool listening = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return listening;
+}
+
+// Creates the socket's directory and removes a stale socket left by a killed daemon, but
+// never steals the socket of a daemon that still serves.
+Status PrepareSocketPath(const std::string& path) {
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(parent, error);
+    if (error) {
+      return FailedPreconditionError("cannot create the socket directory {}: {}",
+                                     parent.string(), error.message());
+    }
+  }
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return OkStatus();  // nothing there
+  if (!S_ISSOCK(st.st_mode)) {
+    return FailedPreconditionError("{} exists and is not a socket; refusing to replace it", path);
+  }
+  if (SomeoneListens(path)) {
+    return FailedPreconditionError("another process already serves on {}", path);
+  }
+  if (unlink(path.c_str()) != 0) {
+    return FailedPreconditionError("cannot remove the stale socket {}: {}", path,
+                                   std::strerror(errno));
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<std::string> UnixSocketPath(const std::string& address) {
+  std::string path;
+  if (address.rfind("unix://", 0) == 0) {
+    path = address.substr(7);
+    if (path.empty() || path[0] != '/') {
+      return InvalidArgumentError("listen = \"{}\": unix:// needs an absolute path "
+                                  "(unix:///run/epd/epd.sock) or use unix:relative/path",
+                                  address);
+    }
+  } else if (address.rfind("unix:", 0) == 0) {
+    path = address.substr(5);
+  } else {
+    return InvalidArgumentError("listen = \"{}\" is not a unix: address", address);
+  }
+  if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) {
+    return InvalidArgumentError("listen = \"{}\": the socket path must have 1 to {} bytes",
+                                address, sizeof(sockaddr_un::sun_path) - 1);
+  }
+  return path;
+}
+
+DaemonServer::DaemonServer(Engine* engine, const ServerOptions& options)
+    : epd_(engine, options.daemon_version) {}
+
+StatusOr<std::unique_ptr<DaemonServer>> DaemonServer::Start(Engine* engine,
+                                                            const ServerOptions& options) {
+  EPD_ASSIGN_OR_RETURN(std::string socket_path, UnixSocketPath(options.unix_address));
+  EPD_RETURN_IF_ERROR(PrepareSocketPath(socket_path));
+
+  std::unique_ptr<DaemonServer> server(new DaemonServer(engine, options));
+  server->socket_path_ = socket_path;
+  // Registers the reflection service with every server built after this call.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.unix_address, grpc::InsecureServerCredentials());
+  if (!options.tcp_address.empty()) {
+    builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials(),
+                             &server->tcp_port_);
+  }
+  builder.RegisterService(&server->epd_);
+  builder.RegisterService(&server->health_);
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr) {
+    return UnavailableError("gRPC could not listen on {}{}{} (see the gRPC error above)",
+                            options.unix_address, options.tcp_address.empty() ? "" : " and ",
+                            options.tcp_address);
+  }
+  if (!options.tcp_address.empty() && server->tcp_port_ == 0) {
+    server->Stop(std::chrono::milliseconds(0));
+    return UnavailableError("cannot listen on tcp_listen = \"{}\"", options.tcp_address);
+  }
+  if (chmod(socket_path.c_str(), kSocketMode) != 0) {
+    EPD_LOG(kRpc, warn, "chmod {:o} {}: {}", kSocketMode, socket_path, std::strerror(errno));
+  }
+  return server;
+}
+
+void DaemonServer::Stop(std::chrono::milliseconds grace) {
+  if (stopped_) return;
+  stopped_ = true;
+  health_.Shutdown();
+  epd_.CloseStreams(UnavailableError("epd is shutting down"));
+  server_->Shutdown(std::chrono::system_clock::now() + grace);
+  server_->Wait();
+  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+}
+
+DaemonServer::~DaemonServer() {
+  if (server_ != nullptr) Stop(std::chrono::milliseconds(0));
+}
+
+}  // namespace epd::service

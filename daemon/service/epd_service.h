@@ -1,0 +1,84 @@
+// EpdService: the epd.v1.Epd gRPC callback service over the core Engine.
+//
+// Each handler converts and validates its request (convert.h), calls the engine and finishes
+// the reactor. Ops (UpdateHandle, Dispatch, Combine) are submitted and finished from the
+// engine's completion callback, so a reactor thread never waits for device work. Unary calls
+// that name a session touch it first, which keeps an active unary session from idling out.
+#pragma once
+
+#include <string>
+
+#include "daemon/core/engine.h"
+#include "daemon/service/session_stream.h"
+#include "epd/v1/epd.grpc.pb.h"
+
+namespace epd::service {
+
+class EpdService final : public v1::Epd::CallbackService {
+ public:
+  EpdService(Engine* engine, std::string daemon_version);
+
+  // Ends every Session stream with `status` (daemon shutdown, after the engine drained).
+  void CloseStreams(const Status& status) { streams_.CloseAll(status); }
+
+  grpc::ServerUnaryReactor* GetNodeInfo(grpc::CallbackServerContext* context,
+                                        const v1::GetNodeInfoRequest* request,
+                                        v1::NodeInfo* response) override;
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
+                                     const v1::GetStatsRequest* request,
+                                     v1::Stats* response) override;
+  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* context,
+                                        const v1::OpenSessionRequest* request,
+                                        v1::OpenSessionResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* context,
+                                         const v1::CloseSessionRequest* request,
+                                         v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* RegisterBuffer(grpc::CallbackServerContext* context,
+                                           const v1::RegisterBufferRequest* request,
+                                           v1::RegisterBufferResponse* response) override;
+  grpc::ServerUnaryReactor* ReleaseBuffer(grpc::CallbackServerContext* context,
+                                          const v1::ReleaseBufferRequest* request,
+                                          v1::ReleaseBufferResponse* response) override;
+  grpc::ServerUnaryReactor* CreateFence(grpc::CallbackServerContext* context,
+                                        const v1::CreateFenceRequest* request,
+                                        v1::CreateFenceResponse* response) override;
+  grpc::ServerUnaryReactor* DestroyFence(grpc::CallbackServerContext* context,
+                                         const v1::DestroyFenceRequest* request,
+                                         v1::DestroyFenceResponse* response) override;
+  grpc::ServerUnaryReactor* CreateGroup(grpc::CallbackServerContext* context,
+                                        const v1::CreateGroupRequest* request,
+                                        v1::CreateGroupResponse* response) override;
+  grpc::ServerUnaryReactor* ListGroups(grpc::CallbackServerContext* context,
+                                       const v1::ListGroupsRequest* request,
+                                       v1::ListGroupsResponse* response) override;
+  grpc::ServerUnaryReactor* DestroyGroup(grpc::CallbackServerContext* context,
+                                         const v1::DestroyGroupRequest* request,
+                                         v1::DestroyGroupResponse* response) override;
+  grpc::ServerUnaryReactor* CreateHandle(grpc::CallbackServerContext* context,
+                                         const v1::CreateHandleRequest* request,
+                                         v1::HandleInfo* response) override;
+  grpc::ServerUnaryReactor* AttachHandle(grpc::CallbackServerContext* context,
+                                         const v1::AttachHandleRequest* request,
+                                         v1::HandleInfo* response) override;
+  grpc::ServerUnaryReactor* UpdateHandle(grpc::CallbackServerContext* context,
+                                         const v1::UpdateHandleRequest* request,
+                                         v1::OpResponse* response) override;
+  grpc::ServerUnaryReactor* DestroyHandle(grpc::CallbackServerContext* context,
+                                          const v1::DestroyHandleRequest* request,
+                                          v1::DestroyHandleResponse* response) override;
+  grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* context,
+                                     const v1::DispatchRequest* request,
+                                     v1::OpResponse* response) override;
+  grpc::ServerUnaryReactor* Combine(grpc::CallbackServerContext* context,
+                                    const v1::CombineRequest* request,
+                                    v1::OpResponse* response) override;
+
+ private:
+  Engine* const engine_;
+  const std::string daemon_version_;
+  SessionStreamRegistry streams_;
+};
+
+}  // namespace epd::service

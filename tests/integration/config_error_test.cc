@@ -1,0 +1,227 @@
+// The daemon's startup and shutdown contract, on the real binary: a malformed or
+// contradictory config file or flag makes `epd` exit 2 with a message naming the key; a good
+// config's persistent groups exist once it serves; SIGTERM / SIGINT drain and exit 0 quickly,
+// even with streams open.
+#include <signal.h>
+
+#include <grpcpp/grpcpp.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "epd/v1/epd.grpc.pb.h"
+#include "tests/integration/daemon_process.h"
+
+namespace epd::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr int kExitUsage = 2;
+constexpr auto kPromptExit = std::chrono::seconds(3);
+
+// A scratch directory with one config file; the daemon never listens outside of it.
+class ConfigErrorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = "/tmp/epd-config-XXXXXX";
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    config_path_ = dir_ + "/bad.toml";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Runs `epd --config <text> --listen <scratch socket> extra...` expecting exit 2.
+  std::string ExpectRejected(const std::string& toml, std::vector<std::string> extra = {}) {
+    std::ofstream(config_path_) << toml;
+    std::vector<std::string> args = {"--config", config_path_, "--listen",
+                                     "unix://" + dir_ + "/epd.sock"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::string output;
+    EXPECT_EQ(RunDaemonToExit(args, &output, 5'000), kExitUsage) << "config:\n"
+                                                                  << toml << "\noutput:\n"
+                                                                  << output;
+    return output;
+  }
+
+  std::string dir_;
+  std::string config_path_;
+};
+
+TEST_F(ConfigErrorTest, UnknownKeyIsNamed) {
+  EXPECT_THAT(ExpectRejected("listne = \"unix:///tmp/x.sock\"\n"), HasSubstr("listne"));
+}
+
+TEST_F(ConfigErrorTest, SyntaxErrorNamesFileAndLine) {
+  EXPECT_THAT(ExpectRejected("backend = \"cpu\"\ncpu_ranks = = 2\n"),
+              HasSubstr(config_path_ + ":2"));
+}
+
+TEST_F(ConfigErrorTest, WrongTypeIsNamed) {
+  const std::string output = ExpectRejected("gpus = \"0,1\"\n");
+  EXPECT_THAT(output, HasSubstr("gpus"));
+  EXPECT_THAT(output, HasSubstr("array"));
+}
+
+TEST_F(ConfigErrorTest, NonLoopbackTcpIsRefused) {
+  EXPECT_THAT(ExpectRejected("tcp_listen = \"0.0.0.0:50051\"\n"), HasSubstr("tcp_listen"));
+}
+
+TEST_F(ConfigErrorTest, NonPositiveCpuRanksIsRefused) {
+  EXPECT_THAT(ExpectRejected("backend = \"cpu\"\ncpu_ranks = 0\n"), HasSubstr("cpu_ranks"));
+}
+
+const char* kGroup = R"(
+[[group]]
+name = "moe"
+world_size = 2
+experts = 4
+hidden = 64
+max_tokens_per_rank = 8
+top_k = 2
+)";
+
+TEST_F(ConfigErrorTest, DuplicateGroupNameIsRefused) {
+  EXPECT_THAT(ExpectRejected(std::string(kGroup) + kGroup), HasSubstr("group[1].name"));
+}
+
+TEST_F(ConfigErrorTest, ExpertsNotMultipleOfWorldSizeIsRefused) {
+  const std::string output = ExpectRejected(R"(
+[[group]]
+name = "moe"
+world_size = 2
+experts = 5
+hidden = 64
+max_tokens_per_rank = 8
+top_k = 2
+)");
+  EXPECT_THAT(output, HasSubstr("group[0]"));
+  EXPECT_THAT(output, HasSubstr("experts"));
+}
+
+TEST_F(ConfigErrorTest, GroupRanksBeyondTheNodeAreRefused) {
+  // Parses, but the node has only 2 cpu ranks.
+  const std::string output = ExpectRejected(R"(
+backend = "cpu"
+cpu_ranks = 2
+[[group]]
+name = "moe"
+ranks = [0, 3]
+experts = 4
+hidden = 64
+max_tokens_per_rank = 8
+top_k = 2
+)");
+  EXPECT_THAT(output, HasSubstr("group[0]"));
+  EXPECT_THAT(output, HasSubstr("rank 3"));
+}
+
+TEST_F(ConfigErrorTest, HandleOnNonMemberRankIsRefused) {
+  EXPECT_THAT(ExpectRejected(std::string(kGroup) + "[[group.handle]]\nname = \"l0\"\nranks = [7]\n"),
+              HasSubstr("group[0].handle[0].ranks"));
+}
+
+TEST_F(ConfigErrorTest, MissingConfigFileIsNamed) {
+  std::string output;
+  EXPECT_EQ(RunDaemonToExit({"--config", dir_ + "/absent.toml"}, &output, 5'000), kExitUsage);
+  EXPECT_THAT(output, HasSubstr("absent.toml"));
+}
+
+TEST_F(ConfigErrorTest, BadFlagsAreNamed) {
+  std::string output;
+  EXPECT_EQ(RunDaemonToExit({"--cpu-ranks", "0"}, &output, 5'000), kExitUsage);
+  EXPECT_THAT(output, HasSubstr("--cpu-ranks"));
+  EXPECT_EQ(RunDaemonToExit({"--backend", "tpu"}, &output, 5'000), kExitUsage);
+  EXPECT_THAT(output, HasSubstr("--backend"));
+  EXPECT_EQ(RunDaemonToExit({"--no-such-flag"}, &output, 5'000), kExitUsage);
+  EXPECT_THAT(output, HasSubstr("--no-such-flag"));
+  // Flags are validated like the file: a flag cannot open TCP beyond loopback either.
+  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--listen", "unix://" + dir_ + "/epd.sock",
+                             "--tcp-listen", "0.0.0.0:1"},
+                            &output, 5'000),
+            kExitUsage);
+  EXPECT_THAT(output, HasSubstr("tcp_listen"));
+}
+
+TEST_F(ConfigErrorTest, FlagOverridesConfigFile) {
+  // The file's bad listen address is never used because the flag replaces it.
+  std::ofstream(config_path_) << "listen = \"unix:///proc/epd-cannot-live-here.sock\"\n";
+  auto daemon = DaemonProcess::Start({"--config", config_path_}, 1);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  EXPECT_EQ((*daemon)->Stop(), 0);
+}
+
+TEST(DaemonLifecycleTest, VersionFlag) {
+  std::string output;
+  EXPECT_EQ(RunDaemonToExit({"--version"}, &output, 5'000), 0);
+  EXPECT_THAT(output, HasSubstr("epd "));
+}
+
+TEST(DaemonLifecycleTest, PersistentGroupsAndHandlesFromConfigExist) {
+  std::string pattern = "/tmp/epd-config-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+  const std::string path = pattern + "/epd.toml";
+  std::ofstream(path) << kGroup << "[[group.handle]]\nname = \"layer0\"\n"
+                      << "[[group.handle]]\nname = \"layer1\"\nranks = [1]\n";
+  auto daemon = DaemonProcess::Start({"--config", path}, 2);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+
+  auto stub = v1::Epd::NewStub(
+      grpc::CreateChannel((*daemon)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::ListGroupsResponse groups;
+  ASSERT_TRUE(stub->ListGroups(&context, v1::ListGroupsRequest(), &groups).ok());
+  ASSERT_EQ(groups.groups_size(), 1);
+  const auto& group = groups.groups(0);
+  EXPECT_EQ(group.config().name(), "moe");
+  EXPECT_TRUE(group.persistent());
+  EXPECT_EQ(group.config().world_size(), 2);
+  EXPECT_EQ(group.config().experts(), 4);
+  EXPECT_EQ(group.config().dtype(), v1::DTYPE_BF16);  // the default
+  EXPECT_EQ(group.handles(), 3);  // layer0 on ranks 0 and 1, layer1 on rank 1
+  EXPECT_EQ((*daemon)->Stop(), 0) << (*daemon)->ReadLog();
+  std::filesystem::remove_all(pattern);
+}
+
+// Exits 0 within kPromptExit after `signal`, with a Session stream open on rank 0.
+void ExpectPromptExitWithOpenStream(int signal_number) {
+  auto daemon = DaemonProcess::Start({}, 2);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  auto stub = v1::Epd::NewStub(
+      grpc::CreateChannel((*daemon)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = stub->Session(&context);
+  v1::SessionRequest open;
+  open.set_request_id(1);
+  open.mutable_open()->set_rank(0);
+  open.mutable_open()->set_client_name("lifecycle-test");
+  ASSERT_TRUE(stream->Write(open));
+  v1::SessionResponse opened;
+  ASSERT_TRUE(stream->Read(&opened));
+  EXPECT_EQ(opened.request_id(), 1u);
+  EXPECT_EQ(opened.code(), 0) << opened.message();
+  EXPECT_NE(opened.opened().session_id(), 0u);
+
+  const auto start = SteadyClock::now();
+  ASSERT_EQ(kill((*daemon)->pid(), signal_number), 0);
+  v1::SessionResponse ignored;
+  while (stream->Read(&ignored)) {
+  }
+  const grpc::Status ended = stream->Finish();
+  EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE) << ended.error_message();
+  EXPECT_EQ((*daemon)->Stop(), 0) << (*daemon)->ReadLog();  // reaps; already exiting
+  EXPECT_LT(SteadyClock::now() - start, kPromptExit);
+}
+
+TEST(DaemonLifecycleTest, SigtermDrainsAndExitsZero) { ExpectPromptExitWithOpenStream(SIGTERM); }
+
+TEST(DaemonLifecycleTest, SigintDrainsAndExitsZero) { ExpectPromptExitWithOpenStream(SIGINT); }
+
+}  // namespace
+}  // namespace epd::testing
