@@ -19,6 +19,7 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
   const int R = p.world_size, E = p.experts, stride = E + 1;
   const uint32_t seq32 = static_cast<uint32_t>(p.seq);
   if (threadIdx.x == 0) timed_out_peer = INT_MAX;
+  __syncthreads();
   __threadfence_system();  // our earlier ops on this stream before peers learn we arrived
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
     const int d = i / stride, e = i % stride;
@@ -120,29 +121,32 @@ __device__ void ExpertMajorRows(const DispatchParams& p, int n, unsigned ticket,
   const int lane = threadIdx.x & 31;
   const int K = p.top_k, L = p.local_experts;
   const int vectors = static_cast<int>(p.row_bytes / 16);
+  const int parts = (vectors + kDispatchVectorsPerPart - 1) / kDispatchVectorsPerPart;
   const int32_t* bases = detail::SyncBases(p.peers[p.rank].sync);
   const int stride = gridDim.x * kWarps;
-  for (int i = ticket * kWarps + (threadIdx.x >> 5); i < n * K; i += stride) {
+  for (int item = ticket * kWarps + (threadIdx.x >> 5); item < n * K * parts; item += stride) {
+    const int i = item / parts, part = item % parts;
     const int e = __ldg(p.topk_idx + i);
     if (e < 0 || skip) {
-      if (lane == 0) p.slot[i] = -1;
+      if (lane == 0 && part == 0) p.slot[i] = -1;
       continue;
     }
     const int d = e / L, t = i / K;
     // bases were written by the leader during this kernel: L2 load, never the nc path.
     const int64_t row = __ldcg(bases + e) + __ldg(p.local_rank + i);
     const DispatchPeer& peer = p.peers[d];
-    if (lane == 0) {
+    if (lane == 0 && part == 0) {
       p.slot[i] = static_cast<int32_t>(row);
       peer.recv_src[row * 3 + 0] = p.rank;
       peer.recv_src[row * 3 + 1] = t;
       peer.recv_src[row * 3 + 2] = i - t * K;
       peer.recv_weights[row] = __ldg(p.topk_weights + i);
     }
+    const int first = part * kDispatchVectorsPerPart;
     detail::WarpCopyRow(
-        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes),
-        reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes), vectors,
-        lane);
+        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first,
+        reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes) + first,
+        min(kDispatchVectorsPerPart, vectors - first), lane);
   }
 }
 
@@ -152,8 +156,11 @@ __device__ void RankMajorRows(const DispatchParams& p, int n, unsigned ticket) {
   const int lane = threadIdx.x & 31;
   const int K = p.top_k, L = p.local_experts, T = p.max_tokens;
   const int vectors = static_cast<int>(p.row_bytes / 16);
+  const int parts = (vectors + kDispatchVectorsPerPart - 1) / kDispatchVectorsPerPart;
   const int stride = gridDim.x * kWarps;
-  for (int i = ticket * kWarps + (threadIdx.x >> 5); i < p.world_size * T; i += stride) {
+  for (int item = ticket * kWarps + (threadIdx.x >> 5); item < p.world_size * T * parts;
+       item += stride) {
+    const int i = item / parts, part = item % parts;
     const int t = i / p.world_size, d = i % p.world_size;
     int e = -1;
     float w = 0.0f;
@@ -168,17 +175,19 @@ __device__ void RankMajorRows(const DispatchParams& p, int n, unsigned ticket) {
     const bool present = __ballot_sync(0xffffffffu, e >= 0) != 0;
     const DispatchPeer& peer = p.peers[d];
     const int64_t row = static_cast<int64_t>(p.rank) * T + t;
-    if (lane < K) {
+    if (lane < K && part == 0) {
       peer.recv_topk_idx[row * K + lane] = e;
       peer.recv_topk_weights[row * K + lane] = w;
     }
-    int4* dst = reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes);
+    const int first = part * kDispatchVectorsPerPart;
+    const int count = min(kDispatchVectorsPerPart, vectors - first);
+    int4* dst = reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first;
     if (present) {
       detail::WarpCopyRow(
-          dst, reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes),
-          vectors, lane);
+          dst, reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes) + first,
+          count, lane);
     } else {
-      detail::WarpZeroRow(dst, vectors, lane);
+      detail::WarpZeroRow(dst, count, lane);
     }
   }
 }

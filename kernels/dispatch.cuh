@@ -57,6 +57,10 @@ struct DispatchParams {
   DeviceError* error = nullptr;
 };
 
+// A warp copies rows in parts of this many 16-byte vectors, so a few long rows still spread
+// over every SM; the host sizes grids with it.
+constexpr int kDispatchVectorsPerPart = 256;
+
 // blocks: any number >= 1 (the kernel strides); 512 threads each.
 cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream);
 

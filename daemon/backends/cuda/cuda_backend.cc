@@ -28,6 +28,13 @@ namespace cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 16;  // the collective kernels' 512 threads
+constexpr int kBlocksPerSm = 2;     // what their registers allow; more warps hide NVLink latency
+
+// A warp per work item, at most kBlocksPerSm blocks per SM (the kernels stride over the rest).
+int GridBlocks(int64_t items, int sm_count) {
+  return static_cast<int>(std::clamp<int64_t>((items + kWarpsPerBlock - 1) / kWarpsPerBlock, 1,
+                                              int64_t{kBlocksPerSm} * sm_count));
+}
 
 // Everything of one node rank (GPU). Member order is destruction order reversed: the
 // completion thread goes first (it drains its queue), the streams last.
@@ -470,8 +477,9 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank, const std::vector<
                                                         c.name, group_rank, seq));
   const int64_t rows = params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank
                                          : int64_t{n} * c.top_k;
-  const int blocks = static_cast<int>(
-      std::clamp<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, group.sm_count_));
+  const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
+                        kernels::kDispatchVectorsPerPart;
+  const int blocks = GridBlocks(rows * parts, group.sm_count_);
   EPD_CUDA_CHECK(kernels::LaunchDispatch(params, blocks, rank.stream->get()));
   return OkStatus();
 }
@@ -521,8 +529,7 @@ Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<C
   const int64_t vectors = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype) / 16;
   const int64_t chunks =
       (vectors + kernels::kCombineVectorsPerItem - 1) / kernels::kCombineVectorsPerItem;
-  const int blocks = static_cast<int>(std::clamp<int64_t>(
-      (int64_t{n} * chunks + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, group.sm_count_));
+  const int blocks = GridBlocks(int64_t{n} * chunks, group.sm_count_);
   EPD_CUDA_CHECK(kernels::LaunchCombine(params, blocks, rank.stream->get()));
   return OkStatus();
 }

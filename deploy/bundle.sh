@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Relocatable bundle for GPU nodes that have only the driver, CUDA and NCCL (GPU-HOSTS.md):
+#   deploy/bundle.sh OUTDIR [BUILD_DIR]      (BUILD_DIR defaults to $EPD_BUILD_DIR or build)
+# Copies every executable of BUILD_DIR/bin into OUTDIR/bin with RPATH $ORIGIN/../lib and the
+# non-system shared libraries they need (found with ldd) into OUTDIR/lib with RPATH $ORIGIN.
+# Left out on purpose: glibc and the C++ runtime (the node's are newer), libcuda (belongs to
+# the driver) and libnccl (the node provides the one matching its driver; put its folder
+# first in LD_LIBRARY_PATH).
+set -euo pipefail
+
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 OUTDIR [BUILD_DIR]" >&2
+  exit 2
+fi
+out=$1
+build=${2:-${EPD_BUILD_DIR:-build}}
+max_mb=${EPD_BUNDLE_MAX_MB:-60}
+
+if [[ ! -d $build/bin ]]; then
+  echo "bundle: $build/bin does not exist; build first (or pass BUILD_DIR)" >&2
+  exit 1
+fi
+if ! command -v patchelf >/dev/null; then
+  echo "bundle: installing patchelf" >&2
+  apt-get install -y -qq patchelf >/dev/null
+fi
+
+# Libraries the target node supplies itself.
+is_system_lib() {
+  case $(basename "$1") in
+    linux-vdso.so* | ld-linux*.so* | libc.so* | libm.so* | libdl.so* | libpthread.so* | \
+      librt.so* | libutil.so* | libresolv.so* | libstdc++.so* | libgcc_s.so* | \
+      libcuda.so* | libnvidia-*.so* | libnccl.so*)
+      return 0 ;;
+  esac
+  return 1
+}
+
+rm -rf "$out/bin" "$out/lib"
+mkdir -p "$out/bin" "$out/lib"
+
+binaries=()
+for f in "$build"/bin/*; do
+  [[ -f $f && -x $f ]] || continue
+  head -c 4 "$f" | grep -q $'\x7fELF' || continue
+  binaries+=("$f")
+done
+if [[ ${#binaries[@]} -eq 0 ]]; then
+  echo "bundle: no executables in $build/bin" >&2
+  exit 1
+fi
+
+declare -A libs=()
+for f in "${binaries[@]}"; do
+  while read -r name arrow path _; do
+    [[ $arrow == "=>" ]] || continue
+    if [[ $path == "not" ]]; then
+      is_system_lib "$name" || echo "bundle: warning: $(basename "$f") needs $name, not found here" >&2
+      continue
+    fi
+    is_system_lib "$path" || libs[$path]=1
+  done < <(ldd "$f")
+  install -m 0755 "$f" "$out/bin/"
+done
+
+for lib in "${!libs[@]}"; do
+  # Keep the soname the binaries ask for (ldd shows the link name, which may be a symlink).
+  cp -L "$lib" "$out/lib/$(basename "$lib")"
+done
+
+# Debug info stays in the build tree; the bundle carries symbols only.
+strip --strip-debug "$out"/bin/* "$out"/lib/* 2>/dev/null || true
+for f in "$out"/bin/*; do patchelf --set-rpath '$ORIGIN/../lib' "$f"; done
+for f in "$out"/lib/*; do patchelf --set-rpath '$ORIGIN' "$f"; done
+
+size_mb=$(du -sm "$out" | cut -f1)
+echo "bundle: ${#binaries[@]} binaries, ${#libs[@]} libraries, ${size_mb} MB in $out"
+ls "$out/bin"
+if ((size_mb > max_mb)); then
+  echo "bundle: $size_mb MB exceeds the ${max_mb} MB budget" >&2
+  exit 1
+fi
