@@ -1,0 +1,89 @@
+// Shared pieces of the client-driven integration tests: a daemon per suite, one client (own
+// channel, own session) per rank on its own thread, and status assertions that name the
+// expected code and message fragments.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/types.h>
+
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "client/epd/client.h"
+#include "client/examples/moe_math.h"
+#include "client/examples/rank_runner.h"
+#include "tests/integration/daemon_process.h"
+
+namespace epd::testing {
+
+// A name no other test of this run uses ("<prefix>-<pid>-<n>").
+std::string UniqueName(std::string_view prefix);
+
+// Connects with short client-side limits so a hang fails a test quickly.
+std::unique_ptr<Client> ConnectOrDie(const std::string& address);
+
+// Runs fn(rank) for rank 0..ranks-1 on one thread each; returns their statuses by rank.
+std::vector<Status> RunOnRanks(int ranks, const std::function<Status(int rank)>& fn);
+
+// gtest assertion: `status` has `code` and its message contains every fragment.
+::testing::AssertionResult HasError(const Status& status, StatusCode code,
+                                    std::initializer_list<std::string_view> fragments);
+#define EXPECT_EPD_ERROR(status, code, ...) \
+  EXPECT_TRUE(::epd::testing::HasError((status), (code), {__VA_ARGS__}))
+#define EXPECT_EPD_OK(expr)                                      \
+  do {                                                           \
+    const ::epd::Status epd_test_status_ = (expr);               \
+    EXPECT_TRUE(epd_test_status_.ok()) << epd_test_status_.ToString(); \
+  } while (0)
+#define ASSERT_EPD_OK(expr)                                      \
+  do {                                                           \
+    const ::epd::Status epd_test_status_ = (expr);               \
+    ASSERT_TRUE(epd_test_status_.ok()) << epd_test_status_.ToString(); \
+  } while (0)
+
+// One frontend rank: its client (connection) and runner (session, handle, buffers).
+struct RankClient {
+  std::unique_ptr<Client> client;
+  std::unique_ptr<example::RankRunner> runner;
+};
+
+// Creates one RankClient per rank, in parallel (as separate frontends would).
+StatusOr<std::vector<RankClient>> MakeRanks(const std::string& address,
+                                            const example::Problem& problem,
+                                            const example::RankRunnerOptions& options);
+
+// One layer on every rank (identity expert), checked bit for bit; returns the first error.
+Status RunGoodLayer(std::vector<RankClient>& ranks, int iteration, bool fenced = false);
+
+// Polls GetStats until `pred` holds (at most 5 s); returns the last stats.
+v1::Stats WaitForStats(Client& client, const std::function<bool(const v1::Stats&)>& pred);
+// Handles of `group` per ListGroups; -1 when the group does not exist.
+int HandlesOf(Client& client, const std::string& group);
+
+// A child process running `argv` (absolute binary path first) with stdout on a pipe.
+class ChildProcess {
+ public:
+  static StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::vector<std::string>& argv);
+  ~ChildProcess();  // SIGKILL + reap when still running
+  // Reads one line of the child's stdout (without '\n'), waiting up to timeout_ms.
+  StatusOr<std::string> ReadLine(int timeout_ms);
+  void Kill();       // SIGKILL and reap
+  int Wait(int timeout_ms);  // exit code, 128 + signal, or -1 on timeout
+  pid_t pid() const { return pid_; }
+
+ private:
+  ChildProcess() = default;
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string pending_;
+};
+
+// Absolute path of a binary built next to the test (compile definitions).
+const char* HelperClientPath();
+const char* ExampleFrontendPath();
+
+}  // namespace epd::testing
