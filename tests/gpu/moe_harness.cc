@@ -157,6 +157,7 @@ std::vector<Status> MoeHarness::Dispatch() {
 
 size_t MoeHarness::used_rows(int rank) const {
   if (config_.layout == Layout::kRankMajor) return layout_.recv_rows;
+  if (ref_recv_.empty()) return 0;  // no dispatch compared yet: no rows to fill
   const std::vector<char>& recv = ref_recv_[rank];
   const auto* counts = reinterpret_cast<const int32_t*>(recv.data() + layout_.recv_counts_offset);
   size_t rows = 0;
