@@ -39,7 +39,9 @@ struct Vec<kTokenFp16> {
 template <>
 struct Vec<kTokenFp32> {
   static constexpr int kElems = 4;
-  __device__ static float Get(const int4& v, int i) { return reinterpret_cast<const float*>(&v)[i]; }
+  __device__ static float Get(const int4& v, int i) {
+    return reinterpret_cast<const float*>(&v)[i];
+  }
   __device__ static void Set(int4& v, int i, float f) { reinterpret_cast<float*>(&v)[i] = f; }
 };
 
@@ -178,10 +180,17 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
 cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t stream) {
   blocks = blocks < 1 ? 1 : blocks;
   switch (params.token_type) {
-    case kTokenBf16: CombineKernel<kTokenBf16><<<blocks, kThreads, 0, stream>>>(params); break;
-    case kTokenFp16: CombineKernel<kTokenFp16><<<blocks, kThreads, 0, stream>>>(params); break;
-    case kTokenFp32: CombineKernel<kTokenFp32><<<blocks, kThreads, 0, stream>>>(params); break;
-    default: return cudaErrorInvalidValue;
+    case kTokenBf16:
+      CombineKernel<kTokenBf16><<<blocks, kThreads, 0, stream>>>(params);
+      break;
+    case kTokenFp16:
+      CombineKernel<kTokenFp16><<<blocks, kThreads, 0, stream>>>(params);
+      break;
+    case kTokenFp32:
+      CombineKernel<kTokenFp32><<<blocks, kThreads, 0, stream>>>(params);
+      break;
+    default:
+      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }

@@ -27,13 +27,13 @@ struct CombineParams {
   int local_experts = 0;
   int hidden = 0;
   int token_type = kTokenBf16;
-  int rank_major = 0;  // weight 1 per destination rank (the frontend pre-reduced)
+  int rank_major = 0;     // weight 1 per destination rank (the frontend pre-reduced)
   int64_t recv_rows = 0;  // rows of every expert output; larger slots are ignored
   const int32_t* topk_idx = nullptr;
   const float* topk_weights = nullptr;
   const int32_t* slot = nullptr;
   const int32_t* bound_tokens = nullptr;
-  void* out = nullptr;  // [n, H]
+  void* out = nullptr;                     // [n, H]
   const void* expert_out[kMaxRanks] = {};  // rank d's [recv_rows, H], valid on this GPU
   void* sync[kMaxRanks] = {};              // every rank's SyncArea
   uint64_t seq = 0;

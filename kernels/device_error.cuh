@@ -11,19 +11,19 @@ namespace epd::kernels {
 
 enum DeviceErrorCode : int32_t {
   kDeviceErrorNone = 0,
-  kDeviceErrorBadExpertId = 1,      // a = token, b = k, value = the id
-  kDeviceErrorCapacity = 2,         // a = expert, b = rows received, c = capacity
-  kDeviceErrorPeerTimeout = 3,      // a = SyncPhase, b = peer group rank, value = seq, value2 = seen
-  kDeviceErrorFenceTimeout = 4,     // value = awaited counter value, value2 = last seen
+  kDeviceErrorBadExpertId = 1,   // a = token, b = k, value = the id
+  kDeviceErrorCapacity = 2,      // a = expert, b = rows received, c = capacity
+  kDeviceErrorPeerTimeout = 3,   // a = SyncPhase, b = peer group rank, value = seq, value2 = seen
+  kDeviceErrorFenceTimeout = 4,  // value = awaited counter value, value2 = last seen
 };
 
 // Which flag a collective waited for when it timed out.
 enum SyncPhase : int32_t {
-  kSyncPhaseCounts = 0,    // dispatch: a peer's per-expert counts
-  kSyncPhaseDone = 1,      // dispatch: a peer's "rows written" flag
-  kSyncPhaseStart = 2,     // combine: a peer's "expert output ready" flag
-  kSyncPhaseEnd = 3,       // combine: a peer's "finished reading" flag
-  kSyncPhaseLeader = 4,    // a block waited for its own leader block (internal)
+  kSyncPhaseCounts = 0,  // dispatch: a peer's per-expert counts
+  kSyncPhaseDone = 1,    // dispatch: a peer's "rows written" flag
+  kSyncPhaseStart = 2,   // combine: a peer's "expert output ready" flag
+  kSyncPhaseEnd = 3,     // combine: a peer's "finished reading" flag
+  kSyncPhaseLeader = 4,  // a block waited for its own leader block (internal)
 };
 
 struct DeviceError {

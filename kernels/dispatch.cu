@@ -1,6 +1,5 @@
-#include <cub/block/block_scan.cuh>
-
 #include <climits>
+#include <cub/block/block_scan.cuh>
 
 #include "kernels/dispatch.cuh"
 #include "kernels/internal/device_sync.cuh"
@@ -68,7 +67,8 @@ __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
     total[j] = before[j] = 0;
     if (e >= E) continue;
     for (int s = 0; s < R; ++s) {
-      const int c = static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
+      const int c =
+          static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
       total[j] += c;
       if (s < p.rank) before[j] += c;
     }
@@ -97,7 +97,8 @@ __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
     const int e = first_overflow;
     int rows = 0;
     for (int s = 0; s < R; ++s) {
-      rows += static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
+      rows +=
+          static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
     }
     p.error->a = e;
     p.error->b = rows;
@@ -113,7 +114,8 @@ __device__ void PlanRankMajor(const DispatchParams& p) {
   const int E = p.experts, stride = E + 1;
   const uint64_t* inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
   for (int s = threadIdx.x; s < p.world_size; s += kThreads) {
-    p.recv_counts[s] = static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + E)));
+    p.recv_counts[s] =
+        static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + E)));
   }
 }
 
@@ -181,10 +183,12 @@ __device__ void RankMajorRows(const DispatchParams& p, int n, unsigned ticket) {
     }
     const int first = part * kDispatchVectorsPerPart;
     const int count = min(kDispatchVectorsPerPart, vectors - first);
-    int4* dst = reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first;
+    int4* dst =
+        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first;
     if (present) {
       detail::WarpCopyRow(
-          dst, reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes) + first,
+          dst,
+          reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes) + first,
           count, lane);
     } else {
       detail::WarpZeroRow(dst, count, lane);
@@ -236,7 +240,7 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
 }  // namespace
 
 cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream) {
-  DispatchKernel<<<blocks < 1 ? 1 : blocks, kThreads, 0, stream>>>(params);
+  DispatchKernel < <<blocks<1 ? 1 : blocks, kThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }
 

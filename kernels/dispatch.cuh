@@ -26,10 +26,10 @@ namespace epd::kernels {
 struct DispatchPeer {
   void* sync = nullptr;  // its SyncArea
   void* recv_x = nullptr;
-  int32_t* recv_src = nullptr;           // expert-major
-  float* recv_weights = nullptr;         // expert-major
-  int32_t* recv_topk_idx = nullptr;      // rank-major
-  float* recv_topk_weights = nullptr;    // rank-major
+  int32_t* recv_src = nullptr;         // expert-major
+  float* recv_weights = nullptr;       // expert-major
+  int32_t* recv_topk_idx = nullptr;    // rank-major
+  float* recv_topk_weights = nullptr;  // rank-major
 };
 
 struct DispatchParams {
@@ -41,15 +41,15 @@ struct DispatchParams {
   int max_tokens = 0;
   int capacity = 0;
   int rank_major = 0;
-  int64_t row_bytes = 0;  // multiple of 16
+  int64_t row_bytes = 0;    // multiple of 16
   const void* x = nullptr;  // [n, H]
   const int32_t* topk_idx = nullptr;
   const float* topk_weights = nullptr;
   const int32_t* expert_counts = nullptr;
   const int32_t* local_rank = nullptr;
   const int32_t* bound_tokens = nullptr;
-  int32_t* slot = nullptr;          // expert-major: written here for combine
-  int32_t* recv_counts = nullptr;   // this rank's own exported counts / offsets
+  int32_t* slot = nullptr;         // expert-major: written here for combine
+  int32_t* recv_counts = nullptr;  // this rank's own exported counts / offsets
   int32_t* recv_offsets = nullptr;
   DispatchPeer peers[kMaxRanks];
   uint64_t seq = 0;

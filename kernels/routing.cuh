@@ -29,9 +29,10 @@ struct RoutingParams {
   int32_t* topk_out = nullptr;       // [T, K] int32 ids
   float* weights_out = nullptr;      // [T, K] f32
   int32_t* expert_counts = nullptr;  // [E] selections per expert
-  int32_t* local_rank = nullptr;     // [T, K] index of (t, k) among this rank's selections of its expert
-  int32_t* slot = nullptr;           // [T, K] rank-major combine row (expert-major: set by dispatch)
-  int32_t* bound_tokens = nullptr;   // [1] n, read by dispatch and combine
+  int32_t* local_rank =
+      nullptr;              // [T, K] index of (t, k) among this rank's selections of its expert
+  int32_t* slot = nullptr;  // [T, K] rank-major combine row (expert-major: set by dispatch)
+  int32_t* bound_tokens = nullptr;  // [1] n, read by dispatch and combine
   DeviceError* error = nullptr;
 };
 

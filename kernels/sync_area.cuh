@@ -18,9 +18,9 @@ namespace epd::kernels {
 constexpr int kMaxRanks = 8;  // GPUs of one node reached with peer pointers
 
 struct alignas(128) SyncControl {
-  uint64_t go;            // (seq << 2) | SyncGoFlags, published by the leader block
-  unsigned int arrive;    // tickets handed out to blocks of the running op
-  unsigned int finish;    // blocks of the running op that finished their rows
+  uint64_t go;          // (seq << 2) | SyncGoFlags, published by the leader block
+  unsigned int arrive;  // tickets handed out to blocks of the running op
+  unsigned int finish;  // blocks of the running op that finished their rows
 };
 
 enum SyncGoFlags : uint64_t {

@@ -24,15 +24,15 @@ Backend* SharedBackend();
 const std::string& SkipReason();
 int GpuCount();
 
-#define EPD_REQUIRE_GPUS(n)                                                             \
-  do {                                                                                  \
-    if (::epd::gputest::SharedBackend() == nullptr) {                                   \
-      GTEST_SKIP() << "no CUDA GPU: " << ::epd::gputest::SkipReason();                  \
-    }                                                                                   \
-    if (::epd::gputest::GpuCount() < (n)) {                                             \
+#define EPD_REQUIRE_GPUS(n)                                                                   \
+  do {                                                                                        \
+    if (::epd::gputest::SharedBackend() == nullptr) {                                         \
+      GTEST_SKIP() << "no CUDA GPU: " << ::epd::gputest::SkipReason();                        \
+    }                                                                                         \
+    if (::epd::gputest::GpuCount() < (n)) {                                                   \
       GTEST_SKIP() << "no CUDA GPU: needs " << (n) << " GPUs, " << ::epd::gputest::GpuCount() \
-                   << " visible";                                                       \
-    }                                                                                   \
+                   << " visible";                                                             \
+    }                                                                                         \
   } while (0)
 
 // Test-owned device memory (not counted by the backend's allocator).

@@ -206,16 +206,16 @@ void MoeHarness::BuildReference(const std::vector<RankInput>& inputs,
     if (bound[r] == 0) continue;
     std::vector<int32_t> narrow(in.idx.begin(), in.idx.end());
     const void* idx = in.idx64 ? static_cast<const void*>(in.idx.data()) : narrow.data();
-    Status s = reference::BindRouting(config_, idx, in.idx64 ? DType::kInt64 : DType::kInt32,
-                                      in.has_weights ? in.weights.data() : nullptr, bound[r],
-                                      ref_idx_[r].data(), ref_weights_[r].data(),
-                                      ref_counts_[r].data());
+    Status s =
+        reference::BindRouting(config_, idx, in.idx64 ? DType::kInt64 : DType::kInt32,
+                               in.has_weights ? in.weights.data() : nullptr, bound[r],
+                               ref_idx_[r].data(), ref_weights_[r].data(), ref_counts_[r].data());
     ASSERT_TRUE(s.ok()) << s.ToString();
   }
 }
 
-void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes,
-                      size_t element_bytes, const std::string& what) {
+void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes, size_t element_bytes,
+                      const std::string& what) {
   if (std::memcmp(expected, actual, bytes) == 0) return;
   const auto* a = static_cast<const unsigned char*>(expected);
   const auto* b = static_cast<const unsigned char*>(actual);
@@ -223,9 +223,9 @@ void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes,
   while (a[i] == b[i]) ++i;
   size_t mismatches = 0;
   for (size_t j = 0; j < bytes; ++j) mismatches += a[j] != b[j];
-  ADD_FAILURE() << what << ": first difference at element " << i / element_bytes << " (byte "
-                << i << " of " << bytes << "), expected byte " << int(a[i]) << " got "
-                << int(b[i]) << "; " << mismatches << " bytes differ";
+  ADD_FAILURE() << what << ": first difference at element " << i / element_bytes << " (byte " << i
+                << " of " << bytes << "), expected byte " << int(a[i]) << " got " << int(b[i])
+                << "; " << mismatches << " bytes differ";
 }
 
 void MoeHarness::ExpectDispatchMatches(const std::vector<RankInput>& inputs,
@@ -265,8 +265,8 @@ void MoeHarness::ExpectDispatchMatches(const std::vector<RankInput>& inputs,
     } else {
       compare(layout_.recv_topk_idx_offset, layout_.recv_topk_idx_bytes, 4 * config_.top_k,
               "recv_topk_idx");
-      compare(layout_.recv_topk_weights_offset, layout_.recv_topk_weights_bytes,
-              4 * config_.top_k, "recv_topk_weights");
+      compare(layout_.recv_topk_weights_offset, layout_.recv_topk_weights_bytes, 4 * config_.top_k,
+              "recv_topk_weights");
     }
   }
 }

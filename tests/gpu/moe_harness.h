@@ -27,10 +27,10 @@ struct CaseSpec {
 };
 
 enum class RoutingKind {
-  kRandom,        // K distinct experts per token
-  kSparse,        // like kRandom with ~1/4 of the entries -1
-  kAllAbsent,     // every entry -1
-  kHotExpert,     // k = 0 is the same expert for every token of every rank
+  kRandom,     // K distinct experts per token
+  kSparse,     // like kRandom with ~1/4 of the entries -1
+  kAllAbsent,  // every entry -1
+  kHotExpert,  // k = 0 is the same expert for every token of every rank
 };
 
 // One rank's inputs of a round, on the host.
@@ -38,9 +38,9 @@ struct RankInput {
   int n = 0;
   bool idx64 = false;
   bool has_weights = true;
-  std::vector<int64_t> idx;  // [n, K]
+  std::vector<int64_t> idx;    // [n, K]
   std::vector<float> weights;  // [n, K]
-  std::vector<char> x;  // [n, H] token dtype
+  std::vector<char> x;         // [n, H] token dtype
 };
 
 class MoeHarness {
@@ -85,7 +85,7 @@ class MoeHarness {
   bool last_in_place_ = false;
 };
 
-void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes,
-                      size_t element_bytes, const std::string& what);
+void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes, size_t element_bytes,
+                      const std::string& what);
 
 }  // namespace epd::gputest

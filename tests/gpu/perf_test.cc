@@ -88,12 +88,8 @@ TEST(CudaPerf, StandardConfigLowLatency) {
     combine[r].handle = &harness.handle(r);
     combine[r].out = TensorView{out[r]->data(), spec.dtype, {spec.tokens, spec.hidden}};
   }
-  auto dispatch_op = [&](int r) {
-    return backend.Dispatch(*harness.group(), r, dispatch);
-  };
-  auto combine_op = [&](int r) {
-    return backend.Combine(*harness.group(), r, combine);
-  };
+  auto dispatch_op = [&](int r) { return backend.Dispatch(*harness.group(), r, dispatch); };
+  auto combine_op = [&](int r) { return backend.Combine(*harness.group(), r, combine); };
   TimeOps(backend, R, 20, dispatch_op);  // warm-up
   TimeOps(backend, R, 20, combine_op);
   const Timing d = TimeOps(backend, R, 200, dispatch_op);

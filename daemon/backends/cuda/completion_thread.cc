@@ -6,7 +6,9 @@ namespace epd::cuda {
 
 CompletionThread::CompletionThread(int device, ErrorRecords& records,
                                    std::function<void(const Status&)> on_sticky_error)
-    : device_(device), records_(records), on_sticky_error_(std::move(on_sticky_error)),
+    : device_(device),
+      records_(records),
+      on_sticky_error_(std::move(on_sticky_error)),
       thread_([this] { Run(); }) {}
 
 CompletionThread::~CompletionThread() {

@@ -20,7 +20,8 @@ class CompletionThread {
  public:
   using Done = std::function<void(Status)>;
   // on_sticky_error: called once with the error when the device context is lost.
-  CompletionThread(int device, ErrorRecords& records, std::function<void(const Status&)> on_sticky_error);
+  CompletionThread(int device, ErrorRecords& records,
+                   std::function<void(const Status&)> on_sticky_error);
   ~CompletionThread();  // completes everything queued, then joins
 
   // Records an event on `stream` after the work enqueued so far and queues `done` behind it.

@@ -55,15 +55,18 @@ std::string FormatUuid(const cudaUUID_t& uuid) {
   return fmt::format(
       "GPU-{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}"
       "{:02x}{:02x}",
-      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-      b[14], b[15]);
+      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+      b[15]);
 }
 
 int TokenType(DType dtype) {
   switch (dtype) {
-    case DType::kBf16: return kernels::kTokenBf16;
-    case DType::kFp16: return kernels::kTokenFp16;
-    default: return kernels::kTokenFp32;
+    case DType::kBf16:
+      return kernels::kTokenBf16;
+    case DType::kFp16:
+      return kernels::kTokenFp16;
+    default:
+      return kernels::kTokenFp32;
   }
 }
 
@@ -92,8 +95,7 @@ class CudaBackend final : public Backend {
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override;
   Status Dispatch(BackendGroup& group, int group_rank,
                   const std::vector<DispatchArgs>& all) override;
-  Status Combine(BackendGroup& group, int group_rank,
-                 const std::vector<CombineArgs>& all) override;
+  Status Combine(BackendGroup& group, int group_rank, const std::vector<CombineArgs>& all) override;
   void Complete(BackendHandle& handle, std::function<void(Status)> done) override;
 
   cudaStream_t stream(int node_rank) const { return ranks_[node_rank]->stream->get(); }
@@ -156,8 +158,8 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     EPD_ASSIGN_OR_RETURN(rank->stream, CudaStream::Create(device));
     EPD_ASSIGN_OR_RETURN(rank->setup_stream, CudaStream::Create(device));
     EPD_ASSIGN_OR_RETURN(rank->records, ErrorRecords::Create(backend->allocations_));
-    rank->completion = std::make_unique<CompletionThread>(device, *rank->records,
-                                                          options.on_fatal_error);
+    rank->completion =
+        std::make_unique<CompletionThread>(device, *rank->records, options.on_fatal_error);
     backend->ranks_.push_back(std::move(rank));
   }
   // Peer access between every pair of local GPUs: collectives use plain peer pointers.
@@ -182,9 +184,8 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
   }
   for (const auto& rank : backend->ranks_) {
     EPD_LOG(kCuda, info, "rank {}: GPU {} {} ({}, {} GiB, sm_{}, {} SMs)", rank->info.index,
-            rank->device, rank->info.name, rank->info.uuid,
-            rank->info.total_memory_bytes >> 30, rank->info.compute_capability,
-            rank->sm_count);
+            rank->device, rank->info.name, rank->info.uuid, rank->info.total_memory_bytes >> 30,
+            rank->info.compute_capability, rank->sm_count);
   }
   return backend;
 }
@@ -214,8 +215,7 @@ kernels::DeviceError* CudaBackend::ClaimRecord(int node_rank, std::string what) 
   return record;
 }
 
-StatusOr<std::shared_ptr<Memory>> CudaBackend::Import(const MemorySource& source,
-                                                      int node_rank) {
+StatusOr<std::shared_ptr<Memory>> CudaBackend::Import(const MemorySource& source, int node_rank) {
   EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
   if (source.kind != MemorySource::Kind::kCudaIpc) {
     return InvalidArgumentError(
@@ -231,9 +231,8 @@ StatusOr<std::shared_ptr<Memory>> CudaBackend::Import(const MemorySource& source
                        imports_.Get(source.ipc_handle, ranks_[node_rank]->device));
   const uint64_t available = mapping->allocation_bytes();
   if (source.offset > available || source.size > available - source.offset) {
-    return InvalidArgumentError(
-        "offset {} + size {} exceeds the IPC allocation of {} bytes", source.offset, source.size,
-        available);
+    return InvalidArgumentError("offset {} + size {} exceeds the IPC allocation of {} bytes",
+                                source.offset, source.size, available);
   }
   return std::shared_ptr<Memory>(
       std::make_shared<ImportedMemory>(std::move(mapping), node_rank, source.offset, source.size));
@@ -242,9 +241,9 @@ StatusOr<std::shared_ptr<Memory>> CudaBackend::Import(const MemorySource& source
 StatusOr<std::unique_ptr<ExportedMemory>> CudaBackend::CreateFence(int node_rank) {
   EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
   RankState& rank = *ranks_[node_rank];
-  EPD_ASSIGN_OR_RETURN(auto page,
-                       CudaExportedMemory::Create(node_rank, rank.device, kFencePageBytes,
-                                                  allocations_, rank.setup_stream->get()));
+  EPD_ASSIGN_OR_RETURN(
+      auto page, CudaExportedMemory::Create(node_rank, rank.device, kFencePageBytes, allocations_,
+                                            rank.setup_stream->get()));
   const FencePageHeader header = MakeFencePageHeader();
   EPD_CUDA_CHECK(cudaMemcpyAsync(page->data(), &header, sizeof(header), cudaMemcpyHostToDevice,
                                  rank.setup_stream->get()));
@@ -276,8 +275,8 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
     RankState& rank = *ranks_[config.ranks[r]];
     group->devices_.push_back(rank.device);
     group->sm_count_ = std::min(group->sm_count_, rank.sm_count);
-    EPD_ASSIGN_OR_RETURN(auto sync, DeviceMemory::Create(
-                                        rank.device, kernels::SyncAreaBytes(R, config.experts),
+    EPD_ASSIGN_OR_RETURN(
+        auto sync, DeviceMemory::Create(rank.device, kernels::SyncAreaBytes(R, config.experts),
                                         allocations_, rank.setup_stream->get()));
     group->sync_.push_back(std::move(sync));
   }
@@ -293,8 +292,8 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   auto& group = static_cast<CudaGroup&>(g);
   const GroupConfig& c = group.config_;
   if (group_rank < 0 || group_rank >= c.world_size()) {
-    return InvalidArgumentError("group '{}': group rank {} is outside [0, {})", c.name,
-                                group_rank, c.world_size());
+    return InvalidArgumentError("group '{}': group rank {} is outside [0, {})", c.name, group_rank,
+                                c.world_size());
   }
   auto handle = std::make_unique<CudaHandle>();
   handle->group_ = &group;
@@ -303,10 +302,10 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   handle->layout_ = ComputeHandleLayout(c);
   handle->private_layout_ = ComputePrivateLayout(c);
   RankState& rank = *ranks_[handle->node_rank_];
-  EPD_ASSIGN_OR_RETURN(handle->exported_,
-                       CudaExportedMemory::Create(handle->node_rank_, rank.device,
-                                                  handle->layout_.exported_bytes, allocations_,
-                                                  rank.setup_stream->get()));
+  EPD_ASSIGN_OR_RETURN(
+      handle->exported_,
+      CudaExportedMemory::Create(handle->node_rank_, rank.device, handle->layout_.exported_bytes,
+                                 allocations_, rank.setup_stream->get()));
   EPD_ASSIGN_OR_RETURN(handle->private_,
                        DeviceMemory::Create(rank.device, handle->private_layout_.bytes,
                                             allocations_, rank.setup_stream->get()));
@@ -334,8 +333,8 @@ Status CudaBackend::WaitFence(int node_rank, ExportedMemory& fence, uint64_t val
       reinterpret_cast<const uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset);
   kernels::DeviceError* record =
       ClaimRecord(node_rank, fmt::format("fence wait for {} on node rank {}", value, node_rank));
-  EPD_CUDA_CHECK(kernels::LaunchFenceWait(counter, value, timeout_ns(), record,
-                                          rank.stream->get()));
+  EPD_CUDA_CHECK(
+      kernels::LaunchFenceWait(counter, value, timeout_ns(), record, rank.stream->get()));
   return OkStatus();
 }
 
@@ -394,8 +393,8 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   params.local_rank = handle.priv<int32_t>(p.local_rank);
   params.slot = handle.priv<int32_t>(p.slot);
   params.bound_tokens = handle.priv<int32_t>(p.bound_tokens);
-  params.error = ClaimRecord(handle.node_rank_,
-                             fmt::format("update of group '{}' rank {}", c.name, handle.group_rank_));
+  params.error = ClaimRecord(
+      handle.node_rank_, fmt::format("update of group '{}' rank {}", c.name, handle.group_rank_));
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, rank.stream->get()));
   handle.num_tokens_.store(n, std::memory_order_relaxed);
   return OkStatus();
@@ -422,7 +421,8 @@ StatusOr<std::vector<CudaHandle*>> CudaBackend::CollectiveHandles(const CudaGrou
   return handles;
 }
 
-Status CudaBackend::Dispatch(BackendGroup& g, int group_rank, const std::vector<DispatchArgs>& all) {
+Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
+                             const std::vector<DispatchArgs>& all) {
   auto& group = static_cast<CudaGroup&>(g);
   const GroupConfig& c = group.config_;
   EPD_ASSIGN_OR_RETURN(std::vector<CudaHandle*> handles, CollectiveHandles(group, all, "dispatch"));
@@ -457,7 +457,8 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank, const std::vector<
   params.local_rank = me.priv<int32_t>(p.local_rank);
   params.bound_tokens = me.priv<int32_t>(p.bound_tokens);
   params.slot = me.priv<int32_t>(p.slot);
-  params.recv_counts = me.recv<int32_t>(me.layout_.recv_counts_offset, me.layout_.recv_counts_bytes);
+  params.recv_counts =
+      me.recv<int32_t>(me.layout_.recv_counts_offset, me.layout_.recv_counts_bytes);
   params.recv_offsets =
       me.recv<int32_t>(me.layout_.recv_offsets_offset, me.layout_.recv_offsets_bytes);
   for (int d = 0; d < c.world_size(); ++d) {
@@ -475,8 +476,8 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank, const std::vector<
   params.timeout_ns = timeout_ns();
   params.error = ClaimRecord(me.node_rank_, fmt::format("dispatch of group '{}' on rank {} (op {})",
                                                         c.name, group_rank, seq));
-  const int64_t rows = params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank
-                                         : int64_t{n} * c.top_k;
+  const int64_t rows =
+      params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
   const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
                         kernels::kDispatchVectorsPerPart;
   const int blocks = GridBlocks(rows * parts, group.sm_count_);
@@ -516,10 +517,10 @@ Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<C
   params.out = out.data;
   for (int d = 0; d < c.world_size(); ++d) {
     const CudaHandle& peer = *handles[d];
-    params.expert_out[d] = all[d].expert_out != nullptr
-                               ? all[d].expert_out
-                               : peer.recv<char>(peer.layout_.recv_x_offset,
-                                                 peer.layout_.recv_x_bytes);
+    params.expert_out[d] =
+        all[d].expert_out != nullptr
+            ? all[d].expert_out
+            : peer.recv<char>(peer.layout_.recv_x_offset, peer.layout_.recv_x_bytes);
     params.sync[d] = group.sync_[d]->data();
   }
   params.seq = seq;

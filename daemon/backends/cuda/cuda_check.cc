@@ -15,8 +15,8 @@ const char* BaseName(const char* file) {
 }  // namespace
 
 Status CudaStatus(cudaError_t error, const char* expr, const char* file, int line) {
-  const StatusCode code = error == cudaErrorMemoryAllocation ? StatusCode::kResourceExhausted
-                                                             : StatusCode::kInternal;
+  const StatusCode code =
+      error == cudaErrorMemoryAllocation ? StatusCode::kResourceExhausted : StatusCode::kInternal;
   return Status(code, fmt::format("{} failed: {} ({}) at {}:{}", expr, cudaGetErrorName(error),
                                   cudaGetErrorString(error), BaseName(file), line));
 }
@@ -28,17 +28,17 @@ Status CuStatus(CUresult result, const char* expr, const char* file, int line) {
     (*driver)->get_error_name(result, &name);
     (*driver)->get_error_string(result, &text);
   }
-  const StatusCode code = result == CUDA_ERROR_OUT_OF_MEMORY ? StatusCode::kResourceExhausted
-                                                             : StatusCode::kInternal;
-  return Status(code, fmt::format("{} failed: {} ({}) at {}:{}", expr, name, text,
-                                  BaseName(file), line));
+  const StatusCode code =
+      result == CUDA_ERROR_OUT_OF_MEMORY ? StatusCode::kResourceExhausted : StatusCode::kInternal;
+  return Status(code,
+                fmt::format("{} failed: {} ({}) at {}:{}", expr, name, text, BaseName(file), line));
 }
 
 Status NcclStatus(ncclResult_t result, const char* expr, const char* file, int line) {
-  return Status(StatusCode::kInternal,
-                fmt::format("{} failed: ncclResult {} ({}) at {}:{}", expr,
-                            static_cast<int>(result), ncclGetErrorString(result),
-                            BaseName(file), line));
+  return Status(
+      StatusCode::kInternal,
+      fmt::format("{} failed: ncclResult {} ({}) at {}:{}", expr, static_cast<int>(result),
+                  ncclGetErrorString(result), BaseName(file), line));
 }
 
 }  // namespace epd::cuda

@@ -17,26 +17,26 @@ Status NcclStatus(ncclResult_t result, const char* expr, const char* file, int l
 
 }  // namespace epd::cuda
 
-#define EPD_CUDA_CHECK(expr)                                                         \
-  do {                                                                               \
-    const cudaError_t epd_cuda_error_ = (expr);                                      \
-    if (epd_cuda_error_ != cudaSuccess) {                                            \
-      return ::epd::cuda::CudaStatus(epd_cuda_error_, #expr, __FILE__, __LINE__);    \
-    }                                                                                \
+#define EPD_CUDA_CHECK(expr)                                                      \
+  do {                                                                            \
+    const cudaError_t epd_cuda_error_ = (expr);                                   \
+    if (epd_cuda_error_ != cudaSuccess) {                                         \
+      return ::epd::cuda::CudaStatus(epd_cuda_error_, #expr, __FILE__, __LINE__); \
+    }                                                                             \
   } while (0)
 
-#define EPD_CU_CHECK(expr)                                                           \
-  do {                                                                               \
-    const CUresult epd_cu_result_ = (expr);                                          \
-    if (epd_cu_result_ != CUDA_SUCCESS) {                                            \
-      return ::epd::cuda::CuStatus(epd_cu_result_, #expr, __FILE__, __LINE__);       \
-    }                                                                                \
+#define EPD_CU_CHECK(expr)                                                     \
+  do {                                                                         \
+    const CUresult epd_cu_result_ = (expr);                                    \
+    if (epd_cu_result_ != CUDA_SUCCESS) {                                      \
+      return ::epd::cuda::CuStatus(epd_cu_result_, #expr, __FILE__, __LINE__); \
+    }                                                                          \
   } while (0)
 
-#define EPD_NCCL_CHECK(expr)                                                         \
-  do {                                                                               \
-    const ncclResult_t epd_nccl_result_ = (expr);                                    \
-    if (epd_nccl_result_ != ncclSuccess) {                                           \
-      return ::epd::cuda::NcclStatus(epd_nccl_result_, #expr, __FILE__, __LINE__);   \
-    }                                                                                \
+#define EPD_NCCL_CHECK(expr)                                                       \
+  do {                                                                             \
+    const ncclResult_t epd_nccl_result_ = (expr);                                  \
+    if (epd_nccl_result_ != ncclSuccess) {                                         \
+      return ::epd::cuda::NcclStatus(epd_nccl_result_, #expr, __FILE__, __LINE__); \
+    }                                                                              \
   } while (0)

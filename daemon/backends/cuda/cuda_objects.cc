@@ -17,8 +17,8 @@ StatusOr<std::unique_ptr<CudaExportedMemory>> CudaExportedMemory::Create(
   // A client opening the handle gets the allocation's base: tell it where our bytes start.
   CUdeviceptr base = 0;
   size_t range = 0;
-  EPD_CU_CHECK(driver->mem_get_address_range(&base, &range,
-                                             reinterpret_cast<CUdeviceptr>(memory->data())));
+  EPD_CU_CHECK(
+      driver->mem_get_address_range(&base, &range, reinterpret_cast<CUdeviceptr>(memory->data())));
   const uint64_t offset = reinterpret_cast<CUdeviceptr>(memory->data()) - base;
   return std::unique_ptr<CudaExportedMemory>(new CudaExportedMemory(
       node_rank, std::move(memory),

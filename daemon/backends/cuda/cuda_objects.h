@@ -32,7 +32,9 @@ class CudaExportedMemory : public ExportedMemory {
  private:
   CudaExportedMemory(int node_rank, std::unique_ptr<DeviceMemory> memory, std::string handle,
                      uint64_t offset)
-      : node_rank_(node_rank), memory_(std::move(memory)), ipc_handle_(std::move(handle)),
+      : node_rank_(node_rank),
+        memory_(std::move(memory)),
+        ipc_handle_(std::move(handle)),
         ipc_offset_(offset) {}
   int node_rank_;
   std::unique_ptr<DeviceMemory> memory_;
@@ -43,8 +45,7 @@ class CudaExportedMemory : public ExportedMemory {
 // A frontend's memory opened through IPC: a range of a shared mapping.
 class ImportedMemory : public Memory {
  public:
-  ImportedMemory(std::shared_ptr<IpcMapping> mapping, int node_rank, uint64_t offset,
-                 uint64_t size)
+  ImportedMemory(std::shared_ptr<IpcMapping> mapping, int node_rank, uint64_t offset, uint64_t size)
       : mapping_(std::move(mapping)), node_rank_(node_rank), offset_(offset), size_(size) {}
   void* data() const override { return mapping_->base() + offset_; }
   size_t size() const override { return size_; }
@@ -62,7 +63,7 @@ class CudaGroup : public BackendGroup {
   const GroupConfig& config() const override { return config_; }
 
   GroupConfig config_;
-  std::vector<int> devices_;  // CUDA device of each group rank
+  std::vector<int> devices_;                         // CUDA device of each group rank
   std::vector<std::unique_ptr<DeviceMemory>> sync_;  // SyncArea of each group rank
   // Collective ops issued so far by each group rank; only that rank's worker touches its
   // entry, and every rank issues the group's collectives in the same order.
@@ -91,7 +92,8 @@ class CudaHandle : public BackendHandle {
   }
   template <typename T>
   T* recv(size_t offset, size_t bytes) const {
-    return bytes == 0 ? nullptr : reinterpret_cast<T*>(static_cast<char*>(exported_->data()) + offset);
+    return bytes == 0 ? nullptr
+                      : reinterpret_cast<T*>(static_cast<char*>(exported_->data()) + offset);
   }
 
   CudaGroup* group_ = nullptr;

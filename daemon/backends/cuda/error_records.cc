@@ -8,11 +8,16 @@ namespace {
 
 const char* PhaseName(int phase) {
   switch (phase) {
-    case kernels::kSyncPhaseCounts: return "per-expert counts (dispatch)";
-    case kernels::kSyncPhaseDone: return "rows-written flag (dispatch)";
-    case kernels::kSyncPhaseStart: return "expert-output-ready flag (combine)";
-    case kernels::kSyncPhaseEnd: return "finished-reading flag (combine)";
-    default: return "leader block";
+    case kernels::kSyncPhaseCounts:
+      return "per-expert counts (dispatch)";
+    case kernels::kSyncPhaseDone:
+      return "rows-written flag (dispatch)";
+    case kernels::kSyncPhaseStart:
+      return "expert-output-ready flag (combine)";
+    case kernels::kSyncPhaseEnd:
+      return "finished-reading flag (combine)";
+    default:
+      return "leader block";
   }
 }
 

@@ -1,0 +1,162 @@
+// Import of a frontend's memory through CUDA IPC. A handle cannot be opened by the process
+// that made it, so the test runs a second copy of this binary as the "frontend": it exports
+// 2 MiB filled with 0x5a, prints the handle and waits for its stdin to close.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+#include "tests/gpu/gpu_test_env.h"
+
+namespace epd::gputest {
+namespace {
+
+constexpr size_t kExportBytes = 2 << 20;
+constexpr const char* kChildEnv = "EPD_GPU_TEST_IPC_EXPORTER";
+
+std::string ToHex(const void* data, size_t bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string hex;
+  for (size_t i = 0; i < bytes; ++i) {
+    const auto b = static_cast<const unsigned char*>(data)[i];
+    hex += digits[b >> 4];
+    hex += digits[b & 15];
+  }
+  return hex;
+}
+
+std::string FromHex(const std::string& hex) {
+  std::string bytes;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+    bytes += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+  }
+  return bytes;
+}
+
+// The exporter: runs only in the child (the parent starts it with kChildEnv set).
+TEST(IpcExporterChild, ExportUntilStdinCloses) {
+  if (std::getenv(kChildEnv) == nullptr) GTEST_SKIP() << "runs only as the IPC test's child";
+  void* data = nullptr;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&data, kExportBytes), cudaSuccess);
+  ASSERT_EQ(cudaMemset(data, 0x5a, kExportBytes), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaIpcMemHandle_t handle;
+  ASSERT_EQ(cudaIpcGetMemHandle(&handle, data), cudaSuccess);
+  std::cout << "\nHANDLE " << ToHex(&handle, sizeof(handle)) << std::endl;
+  char c;
+  while (read(STDIN_FILENO, &c, 1) > 0) {
+  }
+  cudaFree(data);
+}
+
+class ExporterProcess {
+ public:
+  ExporterProcess() {
+    int to_child[2], from_child[2];
+    if (pipe(to_child) != 0 || pipe(from_child) != 0) return;
+    // Everything exec needs is prepared before fork: the child only calls async-signal-safe
+    // functions until execve.
+    std::string env = std::string(kChildEnv) + "=1";
+    std::vector<std::string> env_strings = {env};
+    for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+    std::vector<char*> envp;
+    for (auto& s : env_strings) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::string filter = "--gtest_filter=IpcExporterChild.*";
+    char exe[] = "/proc/self/exe";
+    char* argv[] = {exe, filter.data(), nullptr};
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(to_child[0], STDIN_FILENO);
+      dup2(from_child[1], STDOUT_FILENO);
+      close(to_child[1]);
+      close(from_child[0]);
+      execve(exe, argv, envp.data());
+      _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    stdin_ = to_child[1];
+    FILE* out = fdopen(from_child[0], "r");
+    char line[4096];
+    while (out != nullptr && std::fgets(line, sizeof(line), out) != nullptr) {
+      std::string s(line);
+      if (s.rfind("HANDLE ", 0) == 0) {
+        handle_ = FromHex(s.substr(7, 128));
+        break;
+      }
+    }
+    out_ = out;
+  }
+  ~ExporterProcess() {
+    if (stdin_ >= 0) close(stdin_);
+    if (pid_ > 0) waitpid(pid_, nullptr, 0);
+    if (out_ != nullptr) fclose(out_);
+  }
+  const std::string& handle() const { return handle_; }
+
+ private:
+  pid_t pid_ = -1;
+  int stdin_ = -1;
+  FILE* out_ = nullptr;
+  std::string handle_;
+};
+
+MemorySource Source(const std::string& handle, uint64_t offset, uint64_t size) {
+  MemorySource s;
+  s.kind = MemorySource::Kind::kCudaIpc;
+  s.ipc_handle = handle;
+  s.device = 0;
+  s.offset = offset;
+  s.size = size;
+  return s;
+}
+
+TEST(CudaImport, OpensAnotherProcessesMemoryOnceAndChecksItsRange) {
+  EPD_REQUIRE_GPUS(1);
+  Backend& backend = *SharedBackend();
+  ExporterProcess exporter;
+  ASSERT_EQ(exporter.handle().size(), sizeof(cudaIpcMemHandle_t)) << "exporter gave no handle";
+
+  auto a = backend.Import(Source(exporter.handle(), 4096, 8192), 0);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ((*a)->size(), 8192u);
+  std::vector<unsigned char> bytes(8192);
+  CopyToHost(0, bytes.data(), (*a)->data(), bytes.size());
+  EXPECT_EQ(bytes.front(), 0x5a);
+  EXPECT_EQ(bytes.back(), 0x5a);
+
+  // Same allocation again: the cached mapping, not a second open.
+  auto b = backend.Import(Source(exporter.handle(), 0, kExportBytes), 0);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(static_cast<char*>((*a)->data()) - 4096, static_cast<char*>((*b)->data()));
+
+  auto beyond = backend.Import(Source(exporter.handle(), kExportBytes - 100, 200), 0);
+  EXPECT_EQ(beyond.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(beyond.status().message().find("exceeds"), std::string::npos)
+      << beyond.status().message();
+
+  if (GpuCount() >= 2) {
+    // Memory of GPU 0 used by node rank 1 (peer access through the mapping).
+    auto peer = backend.Import(Source(exporter.handle(), 0, 4096), 1);
+    ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+    unsigned char first = 0;
+    CopyToHost(1, &first, (*peer)->data(), 1);
+    EXPECT_EQ(first, 0x5a);
+  }
+
+  // Released by every user, the mapping closes; importing opens it again.
+  a = Status(StatusCode::kCancelled, "released");
+  b = Status(StatusCode::kCancelled, "released");
+  auto again = backend.Import(Source(exporter.handle(), 0, 64), 0);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+}
+
+}  // namespace
+}  // namespace epd::gputest
