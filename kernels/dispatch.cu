@@ -240,7 +240,8 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
 }  // namespace
 
 cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream) {
-  DispatchKernel < <<blocks<1 ? 1 : blocks, kThreads, 0, stream>>>(params);
+  const int grid = blocks < 1 ? 1 : blocks;
+  DispatchKernel<<<grid, kThreads, 0, stream>>>(params);
   return cudaGetLastError();
 }
 
