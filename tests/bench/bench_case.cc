@@ -1,0 +1,214 @@
+#include "tests/bench/bench_case.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+#include <set>
+#include <tuple>
+
+namespace epd::bench {
+
+GroupConfig Case::Config(const std::string& name) const {
+  GroupConfig config;
+  config.name = name;
+  for (int r = 0; r < ranks; ++r) config.ranks.push_back(r);
+  config.experts = experts;
+  config.hidden = hidden;
+  config.max_tokens_per_rank = max_tokens;
+  config.top_k = top_k;
+  config.dtype = dtype;
+  config.algorithm = algorithm;
+  config.layout = layout;
+  config.expert_capacity = expert_capacity;
+  return config;
+}
+
+std::string Case::Label() const {
+  return fmt::format("H{} K{} E{} n{} {} {} {} {}", hidden, top_k, experts, tokens,
+                     DTypeName(dtype), layout == Layout::kExpertMajor ? "expert" : "rank",
+                     algorithm == Algorithm::kLowLatency ? "LL" : "HT",
+                     RoutingName(routing.kind));
+}
+
+const char* OpName(Op op) {
+  switch (op) {
+    case Op::kUpdate: return "update";
+    case Op::kDispatch: return "dispatch";
+    case Op::kCombine: return "combine";
+  }
+  return "?";
+}
+
+double LogicalBytes(const Case& c, double selections_per_rank) {
+  return selections_per_rank * static_cast<double>(c.row_bytes());
+}
+
+OpSummary Summarize(const std::vector<std::vector<double>>& per_rank, double bytes_per_rank) {
+  OpSummary s;
+  if (per_rank.empty()) return s;
+  size_t iterations = per_rank[0].size();
+  for (const auto& rank : per_rank) iterations = std::min(iterations, rank.size());
+  if (iterations == 0) return s;
+  std::vector<double> slowest(iterations, 0.0);
+  for (const auto& rank : per_rank) {
+    for (size_t i = 0; i < iterations; ++i) slowest[i] = std::max(slowest[i], rank[i]);
+  }
+  std::vector<double> sorted = slowest;
+  std::sort(sorted.begin(), sorted.end());
+  auto quantile = [&](double q) {
+    // Nearest rank: the smallest sample with at least q of the samples at or below it.
+    size_t idx = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+    idx = std::clamp<size_t>(idx, 1, sorted.size()) - 1;
+    return sorted[idx];
+  };
+  s.iterations = static_cast<int>(iterations);
+  s.median_us = sorted.size() % 2 == 1
+                    ? sorted[sorted.size() / 2]
+                    : 0.5 * (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]);
+  s.p99_us = quantile(0.99);
+  s.mean_us = std::accumulate(sorted.begin(), sorted.end(), 0.0) / sorted.size();
+  s.min_us = sorted.front();
+  s.max_us = sorted.back();
+  s.gbps = s.median_us > 0 ? bytes_per_rank / (s.median_us * 1e3) : 0.0;  // bytes/ns = GB/s
+  return s;
+}
+
+std::vector<Case> BuildCases(const CaseListOptions& o) {
+  // (tokens, hidden) pairs first, so a sweep is the union of its two axes, not their product.
+  std::vector<std::pair<int, int>> shapes;
+  if (o.sweep) {
+    for (int n = 1; n <= 4096; n *= 2) shapes.emplace_back(n, 7168);
+    for (int h : {2048, 4096, 6144, 7168, 8192}) shapes.emplace_back(128, h);
+  } else {
+    for (int n : o.tokens) {
+      for (int h : o.hidden) shapes.emplace_back(n, h);
+    }
+  }
+  std::vector<Layout> layouts = o.layouts;
+  if (o.sweep) layouts = {Layout::kExpertMajor, Layout::kRankMajor};
+  std::set<std::tuple<int, int, int, int>> seen;
+  std::vector<Case> cases;
+  for (const auto& [n, h] : shapes) {
+    for (Layout layout : layouts) {
+      for (RoutingKind routing : o.routings) {
+        if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing)}).second) {
+          continue;
+        }
+        Case c;
+        c.index = static_cast<int>(cases.size());
+        c.ranks = o.ranks;
+        c.hidden = h;
+        c.top_k = o.top_k;
+        c.experts = o.experts;
+        c.max_tokens = n;
+        c.tokens = n;
+        c.dtype = o.dtype;
+        c.layout = layout;
+        c.algorithm = o.auto_algorithm
+                          ? (n <= 256 ? Algorithm::kLowLatency : Algorithm::kHighThroughput)
+                          : o.algorithm;
+        c.expert_capacity = o.expert_capacity;
+        c.routing = o.routing;
+        c.routing.kind = routing;
+        cases.push_back(c);
+      }
+    }
+  }
+  return cases;
+}
+
+int CheckStride(const Case& c) {
+  const int64_t per_token = static_cast<int64_t>(c.hidden) * c.top_k;
+  const int64_t budget = int64_t{1} << 22;
+  return static_cast<int>(std::max<int64_t>(1, per_token * c.tokens / budget));
+}
+
+void FillTokens(const Case& c, int rank, void* x) {
+  char* base = static_cast<char*>(x);
+  for (int t = 0; t < c.tokens; ++t) {
+    char* row = base + static_cast<size_t>(t) * c.row_bytes();
+    for (int h = 0; h < c.hidden; ++h) StoreFromFloat(row, c.dtype, h, TokenValue(rank, t, h));
+  }
+}
+
+std::string CheckCombine(const Case& c, int rank, const RankRouting& routing, const void* out,
+                         int token_stride) {
+  const int L = c.experts / c.ranks;
+  const bool weighted = c.layout == Layout::kExpertMajor;
+  std::vector<float> acc(c.hidden);
+  for (int t = 0; t < c.tokens; t += std::max(1, token_stride)) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    std::vector<bool> rank_seen(c.ranks, false);
+    for (int k = 0; k < c.top_k; ++k) {
+      const size_t i = static_cast<size_t>(t) * c.top_k + k;
+      const int e = routing.topk_idx[i];
+      if (e < 0) continue;
+      if (!weighted) {
+        if (rank_seen[e / L]) continue;
+        rank_seen[e / L] = true;
+      }
+      const float w = weighted ? routing.weights[i] : 1.0f;
+      for (int h = 0; h < c.hidden; ++h) {
+        const float product = w * TokenValue(rank, t, h);
+        acc[h] = acc[h] + product;
+      }
+    }
+    const char* row = static_cast<const char*>(out) + static_cast<size_t>(t) * c.row_bytes();
+    std::vector<char> expected(c.row_bytes());
+    for (int h = 0; h < c.hidden; ++h) StoreFromFloat(expected.data(), c.dtype, h, acc[h]);
+    for (int h = 0; h < c.hidden; ++h) {
+      const float got = LoadAsFloat(row, c.dtype, h);
+      const float want = LoadAsFloat(expected.data(), c.dtype, h);
+      if (std::memcmp(&got, &want, sizeof(float)) != 0) {
+        return fmt::format("failed: rank {} token {} element {}: got {} expected {}", rank, t, h,
+                           got, want);
+      }
+    }
+  }
+  return "passed";
+}
+
+}  // namespace epd::bench
+
+namespace epd::bench {
+
+std::string SerializeCases(const std::vector<Case>& cases) {
+  std::string out;
+  for (const Case& c : cases) {
+    out += fmt::format("{} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n", c.index, c.ranks,
+                       c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens,
+                       static_cast<int>(c.dtype), static_cast<int>(c.layout),
+                       static_cast<int>(c.algorithm), c.expert_capacity,
+                       static_cast<int>(c.routing.kind), c.routing.seed, c.routing.hot_experts,
+                       c.routing.hot_percent);
+  }
+  return out;
+}
+
+StatusOr<std::vector<Case>> ParseCases(const std::string& text) {
+  std::vector<Case> cases;
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    std::istringstream in(line);
+    Case c;
+    int dtype = 0, layout = 0, algorithm = 0, routing = 0;
+    in >> c.index >> c.ranks >> c.hidden >> c.top_k >> c.experts >> c.max_tokens >> c.tokens >>
+        dtype >> layout >> algorithm >> c.expert_capacity >> routing >> c.routing.seed >>
+        c.routing.hot_experts >> c.routing.hot_percent;
+    if (!in) return InvalidArgumentError("bad case line '{}'", line);
+    c.dtype = static_cast<DType>(dtype);
+    c.layout = static_cast<Layout>(layout);
+    c.algorithm = static_cast<Algorithm>(algorithm);
+    c.routing.kind = static_cast<RoutingKind>(routing);
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+}  // namespace epd::bench

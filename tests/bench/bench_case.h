@@ -1,0 +1,110 @@
+// What epd-bench measures: the cases (group shape + routing), the per-op samples of each
+// mode, and their summary (median, p99, logical bandwidth).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/core/group_config.h"
+#include "tests/bench/routing.h"
+
+namespace epd::bench {
+
+struct Case {
+  int index = 0;
+  int ranks = 0;
+  int hidden = 7168;
+  int top_k = 8;
+  int experts = 256;
+  int max_tokens = 128;  // T: handle size
+  int tokens = 128;      // n: tokens per rank in every iteration (n <= T)
+  DType dtype = DType::kBf16;
+  Layout layout = Layout::kExpertMajor;
+  Algorithm algorithm = Algorithm::kLowLatency;
+  int expert_capacity = 0;  // 0: R * T
+  RoutingSpec routing;
+
+  GroupConfig Config(const std::string& name) const;
+  std::string Label() const;  // "H7168 K8 E256 n128 bf16 expert_major random"
+  size_t row_bytes() const { return static_cast<size_t>(hidden) * DTypeSize(dtype); }
+};
+
+enum class Op { kUpdate = 0, kDispatch = 1, kCombine = 2 };
+constexpr int kNumOps = 3;
+const char* OpName(Op op);
+
+// Modes: (a) inproc, (b) daemon_fenced, (c) daemon_blocking, and the baselines.
+inline constexpr const char* kModeInproc = "inproc";
+inline constexpr const char* kModeFenced = "daemon_fenced";
+inline constexpr const char* kModeBlocking = "daemon_blocking";
+inline constexpr const char* kModeNccl = "nccl_baseline";
+inline constexpr const char* kModeTorch = "torch_all_to_all";
+
+struct OpSummary {
+  int iterations = 0;
+  double median_us = 0, p99_us = 0, mean_us = 0, min_us = 0, max_us = 0;
+  double gbps = 0;  // logical: valid selections per rank * H * bytes / median time
+};
+
+// Samples of one (case, mode): per op, per iteration, per rank, microseconds.
+struct ModeSamples {
+  std::vector<std::vector<double>> per_rank[kNumOps];  // [op][rank][iteration]
+};
+
+struct Result {
+  Case bench_case;
+  std::string mode;
+  std::string timing;  // "gpu_events" or "host_clock"
+  uint64_t handle_bytes = 0;           // HandleLayout::total_bytes per rank
+  double selections_per_rank = 0;      // mean valid (token, expert) selections
+  std::map<std::string, OpSummary> ops;  // by OpName
+  std::string check = "skipped";       // "passed", "skipped" or "failed: ..."
+  std::string error;                   // non-empty when the mode failed for this case
+};
+
+// Per iteration the op's time is that of its slowest rank (a collective ends when its last
+// rank ends); median / p99 over iterations.
+OpSummary Summarize(const std::vector<std::vector<double>>& per_rank, double bytes_per_rank);
+
+// Logical bytes per rank of dispatch and combine: valid selections * H * element bytes.
+double LogicalBytes(const Case& c, double selections_per_rank);
+
+struct CaseListOptions {
+  int ranks = 2;
+  std::vector<int> tokens = {128};
+  std::vector<int> hidden = {7168};
+  std::vector<Layout> layouts = {Layout::kExpertMajor};
+  std::vector<RoutingKind> routings = {RoutingKind::kRandom, RoutingKind::kSkewed};
+  bool sweep = false;  // tokens 1..4096 at H 7168, H 2048..8192 at n 128, both layouts
+  int top_k = 8;
+  int experts = 256;
+  DType dtype = DType::kBf16;
+  Algorithm algorithm = Algorithm::kLowLatency;
+  bool auto_algorithm = false;  // LL for n <= 256, else HT
+  int expert_capacity = 0;
+  RoutingSpec routing;
+};
+std::vector<Case> BuildCases(const CaseListOptions& options);
+
+// Expected combine output of rank r when the experts are the identity (combine reads the
+// dispatched rows in place): acc = acc + w * x in k order (fp32, no FMA), rounded to the
+// token dtype; rank-major counts each destination rank once with weight 1. Compares tokens
+// t = 0, stride, 2 * stride, ... Returns "passed" or "failed: ...".
+std::string CheckCombine(const Case& c, int rank, const RankRouting& routing, const void* out,
+                         int token_stride);
+// Token stride of the correctness check: about 2^22 multiply-adds per rank.
+int CheckStride(const Case& c);
+// Fills x [n, H] of rank r with TokenValue in the case's dtype.
+void FillTokens(const Case& c, int rank, void* x);
+
+}  // namespace epd::bench
+
+namespace epd::bench {
+// One case per line, whitespace-separated integers (the coordinator hands the case list to
+// the frontend processes this way, so they never re-derive it).
+std::string SerializeCases(const std::vector<Case>& cases);
+StatusOr<std::vector<Case>> ParseCases(const std::string& text);
+}  // namespace epd::bench

@@ -1,0 +1,433 @@
+#include "tests/bench/frontend.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include "client/epd/client.h"
+#include "tests/bench/process_util.h"
+#if EPD_BENCH_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "client/epd/cuda.h"
+#include "tests/bench/gpu_util.h"
+#endif
+
+namespace epd::bench {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+double UsSince(SteadyClock::time_point start) {
+  return std::chrono::duration<double, std::micro>(SteadyClock::now() - start).count();
+}
+
+std::string OneLine(std::string text) {
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  return text;
+}
+
+v1::DType ToProto(DType d) {
+  switch (d) {
+    case DType::kBf16: return v1::DTYPE_BF16;
+    case DType::kFp16: return v1::DTYPE_FP16;
+    case DType::kFp32: return v1::DTYPE_FP32;
+    case DType::kInt32: return v1::DTYPE_INT32;
+    case DType::kInt64: return v1::DTYPE_INT64;
+  }
+  return v1::DTYPE_UNSPECIFIED;
+}
+
+v1::GroupConfig ToProto(const GroupConfig& c) {
+  v1::GroupConfig p;
+  p.set_name(c.name);
+  for (int r : c.ranks) p.add_ranks(r);
+  p.set_world_size(c.world_size());
+  p.set_experts(c.experts);
+  p.set_hidden(c.hidden);
+  p.set_max_tokens_per_rank(c.max_tokens_per_rank);
+  p.set_top_k(c.top_k);
+  p.set_dtype(ToProto(c.dtype));
+  p.set_algorithm(c.algorithm == Algorithm::kLowLatency ? v1::ALGORITHM_LOW_LATENCY
+                                                         : v1::ALGORITHM_HIGH_THROUGHPUT);
+  p.set_layout(c.layout == Layout::kExpertMajor ? v1::LAYOUT_EXPERT_MAJOR : v1::LAYOUT_RANK_MAJOR);
+  p.set_expert_capacity(c.expert_capacity);
+  return p;
+}
+
+// One frontend's tensors for one case: x [T, H] | topk [T, K] int32 | weights [T, K] | out [T, H]
+// in one registered allocation (host shm on the cpu backend, device memory on cuda).
+struct Tensors {
+  size_t x = 0, topk = 0, weights = 0, out = 0, bytes = 0;
+  std::unique_ptr<SharedMemoryBuffer> shm;
+#if EPD_BENCH_WITH_CUDA
+  std::unique_ptr<gpu::DeviceBuffer> device;
+#endif
+  void* base = nullptr;
+  uint64_t buffer_id = 0;
+};
+
+class Frontend {
+ public:
+  Frontend(const FrontendOptions& options, const RunSettings& settings)
+      : options_(options), settings_(settings) {}
+
+  Status Init();
+  // Runs one case in both daemon modes; errors of the case are written to the result file.
+  Status RunCase(const Case& c, bool first);
+  Status MeasureControl(uint64_t handle_id, const v1::TensorRef& empty_topk);
+
+  std::ofstream out;
+
+ private:
+  // Every frontend calls this at the same points; false when any of them failed.
+  StatusOr<bool> Barrier(bool ok) { return barrier_->Wait(ok, settings_.op_timeout * 2); }
+  Status Setup(const Case& c, Tensors& t, const RankRouting& routing);
+  Status TimeFenced(const Case& c, Tensors& t, uint64_t handle_id, const RankRouting& routing,
+                    ModeSamples& samples, std::string& check);
+  Status TimeBlocking(const Case& c, Tensors& t, uint64_t handle_id, ModeSamples& samples);
+  std::future<Status> Post(Op op, const Case& c, const Tensors& t, uint64_t handle_id,
+                           const v1::OpOptions& op_options);
+  void WriteSamples(const Case& c, const char* mode, const ModeSamples& samples);
+
+  FrontendOptions options_;
+  RunSettings settings_;
+  std::unique_ptr<Client> client_;
+  std::unique_ptr<Session> session_;
+  std::unique_ptr<ShmBarrier> barrier_;
+  std::unique_ptr<Fence> go_, done_;
+  bool on_gpu_ = false;
+  uint64_t fence_value_ = 0;
+#if EPD_BENCH_WITH_CUDA
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<gpu::Gate> gate_;
+  std::unique_ptr<gpu::EventPair> events_;
+  uint32_t gate_value_ = 0;
+#endif
+};
+
+Status Frontend::Init() {
+  EPD_ASSIGN_OR_RETURN(barrier_, ShmBarrier::Open(options_.barrier_name));
+  ClientOptions client_options;
+  client_options.op_timeout = settings_.op_timeout;
+  EPD_ASSIGN_OR_RETURN(client_, Client::Connect(options_.address, client_options));
+  EPD_ASSIGN_OR_RETURN(v1::NodeInfo node, client_->GetNodeInfo());
+  on_gpu_ = node.backend() == "cuda";
+  if (options_.rank == 0) {
+    out << "node " << node.backend() << " " << (node.nccl_version().empty() ? "-" : node.nccl_version())
+        << "\n";
+    for (const auto& gpu : node.gpus()) out << "device " << OneLine(gpu.name()) << "\n";
+  }
+  EPD_ASSIGN_OR_RETURN(session_, client_->OpenSession(options_.rank,
+                                                      fmt::format("epd-bench-rank{}", options_.rank)));
+  EPD_ASSIGN_OR_RETURN(go_, session_->CreateFence());
+  EPD_ASSIGN_OR_RETURN(done_, session_->CreateFence());
+  if (on_gpu_) {
+#if EPD_BENCH_WITH_CUDA
+    EPD_BENCH_CUDA(cudaSetDevice(options_.rank));
+    EPD_BENCH_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    EPD_ASSIGN_OR_RETURN(gate_, gpu::Gate::Create());
+    EPD_ASSIGN_OR_RETURN(events_, gpu::EventPair::Create(options_.rank));
+#else
+    return UnimplementedError("the daemon runs the cuda backend but epd-bench was built without CUDA");
+#endif
+  }
+  return OkStatus();
+}
+
+Status Frontend::Setup(const Case& c, Tensors& t, const RankRouting& routing) {
+  const size_t T = c.max_tokens, K = c.top_k;
+  t.x = 0;
+  t.topk = AlignUp(T * c.row_bytes());
+  t.weights = t.topk + AlignUp(T * K * sizeof(int32_t));
+  t.out = t.weights + AlignUp(T * K * sizeof(float));
+  t.bytes = t.out + AlignUp(T * c.row_bytes());
+  std::vector<char> host(t.bytes, 0);
+  FillTokens(c, options_.rank, host.data() + t.x);
+  std::memcpy(host.data() + t.topk, routing.topk_idx.data(), routing.topk_idx.size() * 4);
+  std::memcpy(host.data() + t.weights, routing.weights.data(), routing.weights.size() * 4);
+  v1::MemorySource source;
+  if (!on_gpu_) {
+    EPD_ASSIGN_OR_RETURN(t.shm, SharedMemoryBuffer::Create(t.bytes));
+    t.base = t.shm->data();
+    std::memcpy(t.base, host.data(), t.bytes);
+    source = t.shm->Source();
+  } else {
+#if EPD_BENCH_WITH_CUDA
+    EPD_ASSIGN_OR_RETURN(t.device, gpu::DeviceBuffer::Create(options_.rank, t.bytes));
+    t.base = t.device->data();
+    EPD_BENCH_CUDA(cudaMemcpy(t.base, host.data(), t.bytes, cudaMemcpyHostToDevice));
+    EPD_ASSIGN_OR_RETURN(source, epd::cuda::ExportDeviceTensor(t.base, t.bytes));
+#endif
+  }
+  EPD_ASSIGN_OR_RETURN(t.buffer_id, session_->RegisterBuffer(source));
+  return OkStatus();
+}
+
+std::future<Status> Frontend::Post(Op op, const Case& c, const Tensors& t, uint64_t handle_id,
+                                   const v1::OpOptions& op_options) {
+  const int n = c.tokens;
+  switch (op) {
+    case Op::kUpdate: {
+      v1::UpdateHandleRequest request;
+      request.set_handle_id(handle_id);
+      *request.mutable_topk_idx() = MakeTensorRef(t.buffer_id, t.topk, v1::DTYPE_INT32, {n, c.top_k});
+      *request.mutable_topk_weights() =
+          MakeTensorRef(t.buffer_id, t.weights, v1::DTYPE_FP32, {n, c.top_k});
+      *request.mutable_options() = op_options;
+      return session_->UpdateAsync(std::move(request));
+    }
+    case Op::kDispatch: {
+      v1::DispatchRequest request;
+      request.set_handle_id(handle_id);
+      *request.mutable_x() = MakeTensorRef(t.buffer_id, t.x, ToProto(c.dtype), {n, c.hidden});
+      *request.mutable_options() = op_options;
+      return session_->DispatchAsync(std::move(request));
+    }
+    case Op::kCombine: {
+      v1::CombineRequest request;
+      request.set_handle_id(handle_id);
+      *request.mutable_out() = MakeTensorRef(t.buffer_id, t.out, ToProto(c.dtype), {n, c.hidden});
+      *request.mutable_options() = op_options;
+      return session_->CombineAsync(std::move(request));
+    }
+  }
+  std::promise<Status> never;
+  never.set_value(InternalError("unknown op"));
+  return never.get_future();
+}
+
+Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
+                            const RankRouting& routing, ModeSamples& samples, std::string& check) {
+  const int total = settings_.warmup + settings_.iterations;
+  for (int it = 0; it < total; ++it) {
+    for (int op = 0; op < kNumOps; ++op) {
+      const uint64_t value = ++fence_value_;
+      const v1::OpOptions op_options = FencedOptions(go_.get(), value, done_.get(), value);
+      std::future<Status> answer = Post(static_cast<Op>(op), c, t, handle_id, op_options);
+      Status status;
+      double us = 0;
+      if (on_gpu_) {
+#if EPD_BENCH_WITH_CUDA
+        // Posted ahead: the answer of a non-blocking op comes once it is queued on the
+        // daemon's stream behind its wait on `go`.
+        status = session_->Await(answer, OpName(static_cast<Op>(op)));
+        ++gate_value_;
+        if (status.ok()) status = gate_->Arm(stream_, gate_value_);
+        if (status.ok()) status = events_->RecordStart(stream_);
+        if (status.ok()) status = epd::cuda::SignalFenceOnStream(*go_, value, stream_);
+        if (status.ok()) status = epd::cuda::WaitFenceOnStream(*done_, value, stream_);
+        if (status.ok()) status = events_->RecordStop(stream_);
+        EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(status.ok()));
+        gate_->Open(gate_value_);  // always: an armed gate must not hold the stream
+        if (!all_ok) return status.ok() ? AbortedError("another frontend failed") : status;
+        auto elapsed = events_->ElapsedUs();
+        if (!elapsed.ok()) status = elapsed.status();
+        else us = *elapsed;
+#endif
+      } else {
+        EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(true));
+        if (!all_ok) return AbortedError("another frontend failed");
+        const auto start = SteadyClock::now();
+        status = go_->Signal(value);
+        if (status.ok()) status = done_->Wait(value, settings_.op_timeout);
+        us = UsSince(start);
+        Status answered = session_->Await(answer, OpName(static_cast<Op>(op)));
+        if (status.ok() || !answered.ok()) status = answered;
+      }
+      EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(status.ok()));
+      if (!status.ok()) return status.WithContext(fmt::format("iteration {} {}", it, OpName(static_cast<Op>(op))));
+      if (!all_ok) return AbortedError("another frontend failed");
+      if (it >= settings_.warmup) samples.per_rank[op][0].push_back(us);
+    }
+    if (it == 0 && settings_.check) {
+      const void* result = static_cast<const char*>(t.base) + t.out;
+      std::vector<char> host;
+#if EPD_BENCH_WITH_CUDA
+      if (on_gpu_) {
+        host.resize(static_cast<size_t>(c.tokens) * c.row_bytes() + 1);
+        EPD_BENCH_CUDA(cudaMemcpy(host.data(), result, host.size() - 1, cudaMemcpyDeviceToHost));
+        result = host.data();
+      }
+#endif
+      check = CheckCombine(c, options_.rank, routing, result, CheckStride(c));
+    }
+  }
+  return OkStatus();
+}
+
+Status Frontend::TimeBlocking(const Case& c, Tensors& t, uint64_t handle_id,
+                              ModeSamples& samples) {
+  const int total = settings_.warmup + settings_.iterations;
+  const v1::OpOptions blocking = BlockingOptions();
+  for (int it = 0; it < total; ++it) {
+    for (int op = 0; op < kNumOps; ++op) {
+      EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(true));
+      if (!all_ok) return AbortedError("another frontend failed");
+      const auto start = SteadyClock::now();
+      std::future<Status> answer = Post(static_cast<Op>(op), c, t, handle_id, blocking);
+      Status status = session_->Await(answer, OpName(static_cast<Op>(op)));
+      const double us = UsSince(start);
+      EPD_ASSIGN_OR_RETURN(all_ok, Barrier(status.ok()));
+      if (!status.ok()) return status.WithContext(fmt::format("iteration {} {}", it, OpName(static_cast<Op>(op))));
+      if (!all_ok) return AbortedError("another frontend failed");
+      if (it >= settings_.warmup) samples.per_rank[op][0].push_back(us);
+    }
+  }
+  return OkStatus();
+}
+
+void Frontend::WriteSamples(const Case& c, const char* mode, const ModeSamples& samples) {
+  for (int op = 0; op < kNumOps; ++op) {
+    out << "samples " << c.index << " " << mode << " " << OpName(static_cast<Op>(op));
+    for (double us : samples.per_rank[op][0]) out << " " << fmt::format("{:.3f}", us);
+    out << "\n";
+  }
+}
+
+Status Frontend::MeasureControl(uint64_t handle_id, const v1::TensorRef& empty_topk) {
+  const int n = options_.control_iterations;
+  std::vector<double> node_info, noop;
+  for (int i = 0; i < n + settings_.warmup; ++i) {
+    const auto start = SteadyClock::now();
+    EPD_RETURN_IF_ERROR(client_->GetNodeInfo().status());
+    if (i >= settings_.warmup) node_info.push_back(UsSince(start));
+  }
+  // A no-op op on the session stream: a blocking UpdateHandle binding zero tokens.
+  v1::UpdateHandleRequest request;
+  request.set_handle_id(handle_id);
+  *request.mutable_topk_idx() = empty_topk;  // [0, K]: in bounds, nothing to read
+  *request.mutable_options() = BlockingOptions();
+  for (int i = 0; i < n + settings_.warmup; ++i) {
+    v1::UpdateHandleRequest copy = request;
+    const auto start = SteadyClock::now();
+    std::future<Status> answer = session_->UpdateAsync(std::move(copy));
+    Status status = session_->Await(answer, "no-op update");
+    if (!status.ok()) return status.WithContext("no-op update");
+    if (i >= settings_.warmup) noop.push_back(UsSince(start));
+  }
+  out << "control GetNodeInfo_unary";
+  for (double us : node_info) out << " " << fmt::format("{:.3f}", us);
+  out << "\ncontrol update_n0_stream_blocking";
+  for (double us : noop) out << " " << fmt::format("{:.3f}", us);
+  out << "\n";
+  return OkStatus();
+}
+
+Status Frontend::RunCase(const Case& c, bool first) {
+  const RankRouting routing = MakeRouting(c.routing, options_.rank, c.tokens, c.top_k, c.experts);
+  const GroupConfig config = c.Config(fmt::format("{}-{}", options_.group_prefix, c.index));
+  auto fail_line = [&](const char* mode, const Status& status) {
+    out << "error " << c.index << " " << mode << " " << OneLine(status.ToString()) << "\n";
+  };
+  Status status;
+  if (options_.rank == 0) {
+    status = session_->CreateGroup(ToProto(config), /*persistent=*/false).status();
+  }
+  EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(status.ok()));
+  if (!all_ok) {
+    Status why = status.ok() ? AbortedError("group creation failed on rank 0") : status;
+    fail_line(kModeFenced, why);
+    fail_line(kModeBlocking, why);
+    return OkStatus();
+  }
+  StatusOr<v1::HandleInfo> handle = session_->CreateHandle(config.name);
+  Tensors t;
+  status = handle.ok() ? Setup(c, t, routing) : handle.status().WithContext("CreateHandle");
+  EPD_ASSIGN_OR_RETURN(all_ok, Barrier(status.ok()));
+  if (all_ok) {
+    const uint64_t handle_id = handle->handle_id();
+    if (options_.fenced) {
+      ModeSamples samples;
+      samples.per_rank[0].resize(1), samples.per_rank[1].resize(1), samples.per_rank[2].resize(1);
+      std::string check = "skipped";
+      Status fenced = TimeFenced(c, t, handle_id, routing, samples, check);
+      if (fenced.ok()) {
+        WriteSamples(c, kModeFenced, samples);
+        out << "check " << c.index << " " << kModeFenced << " " << OneLine(check) << "\n";
+      } else {
+        fail_line(kModeFenced, fenced);
+      }
+    }
+    if (options_.blocking) {
+      ModeSamples samples;
+      samples.per_rank[0].resize(1), samples.per_rank[1].resize(1), samples.per_rank[2].resize(1);
+      Status blocking = TimeBlocking(c, t, handle_id, samples);
+      if (blocking.ok()) {
+        WriteSamples(c, kModeBlocking, samples);
+      } else {
+        fail_line(kModeBlocking, blocking);
+      }
+    }
+    if (first && options_.rank == 0) {
+      v1::TensorRef empty = MakeTensorRef(t.buffer_id, t.topk, v1::DTYPE_INT32, {0, c.top_k});
+      Status control = MeasureControl(handle_id, empty);
+      if (!control.ok()) out << "control_error " << OneLine(control.ToString()) << "\n";
+    }
+  } else {
+    Status why = status.ok() ? AbortedError("handle setup failed on another rank") : status;
+    fail_line(kModeFenced, why);
+    fail_line(kModeBlocking, why);
+  }
+  out.flush();
+  EPD_ASSIGN_OR_RETURN(all_ok, Barrier(true));
+  if (handle.ok()) session_->DestroyHandle(handle->handle_id()).IgnoreError();
+  if (t.buffer_id != 0) session_->ReleaseBuffer(t.buffer_id).IgnoreError();
+  EPD_ASSIGN_OR_RETURN(all_ok, Barrier(true));
+  if (options_.rank == 0) {
+    // Handles drain asynchronously: retry while the group still counts them.
+    const auto deadline = SteadyClock::now() + std::chrono::seconds(10);
+    while (true) {
+      Status destroyed = session_->DestroyGroup(config.name);
+      if (destroyed.code() != StatusCode::kFailedPrecondition || SteadyClock::now() > deadline) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  EPD_ASSIGN_OR_RETURN(all_ok, Barrier(true));
+  return OkStatus();
+}
+
+int RunFrontendImpl(const FrontendOptions& options, const std::vector<Case>& cases,
+                    const RunSettings& settings) {
+  Frontend frontend(options, settings);
+  frontend.out.open(options.result_path, std::ios::out | std::ios::trunc);
+  if (!frontend.out) {
+    fmt::print(stderr, "epd-bench frontend {}: cannot write {}\n", options.rank, options.result_path);
+    return 1;
+  }
+  Status status = frontend.Init();
+  if (!status.ok()) {
+    frontend.out << "fatal " << OneLine(status.ToString()) << "\n";
+    frontend.out.flush();
+    fmt::print(stderr, "epd-bench frontend {}: {}\n", options.rank, status.ToString());
+    return 1;
+  }
+  for (size_t i = 0; i < cases.size(); ++i) {
+    status = frontend.RunCase(cases[i], i == 0);
+    if (!status.ok()) {
+      // A barrier timed out: the peers are gone; nothing else can be measured.
+      frontend.out << "fatal " << OneLine(status.ToString()) << "\n";
+      frontend.out.flush();
+      fmt::print(stderr, "epd-bench frontend {}: {}\n", options.rank, status.ToString());
+      return 1;
+    }
+  }
+  frontend.out.flush();
+  return 0;
+}
+
+}  // namespace
+
+int RunFrontend(const FrontendOptions& options, const std::vector<Case>& cases,
+                const RunSettings& settings) {
+  return RunFrontendImpl(options, cases, settings);
+}
+
+}  // namespace epd::bench

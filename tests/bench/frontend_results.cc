@@ -1,0 +1,116 @@
+// ReadFrontendResults: the coordinator's side of the frontends' result files.
+#include <fmt/format.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "tests/bench/frontend.h"
+
+namespace epd::bench {
+
+StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& paths,
+                                              const std::vector<Case>& cases, int ranks) {
+  FrontendResults merged;
+  // [case][mode] -> samples per op per rank, plus check / error texts.
+  struct Entry {
+    ModeSamples samples;
+    std::vector<std::string> checks;
+    std::string error;
+    bool seen = false;
+  };
+  std::map<std::pair<int, std::string>, Entry> entries;
+  std::string fatal;
+  for (size_t rank = 0; rank < paths.size(); ++rank) {
+    std::ifstream in(paths[rank]);
+    if (!in) return NotFoundError("frontend {} wrote no result file {}", rank, paths[rank]);
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream words(line);
+      std::string kind;
+      words >> kind;
+      auto rest = [&words] {
+        std::string text;
+        std::getline(words, text);
+        return text.empty() ? text : text.substr(1);
+      };
+      if (kind == "node") {
+        words >> merged.backend >> merged.nccl_version;
+        if (merged.nccl_version == "-") merged.nccl_version.clear();
+      } else if (kind == "device") {
+        merged.devices.push_back(rest());
+      } else if (kind == "fatal" || kind == "control_error") {
+        if (fatal.empty()) fatal = fmt::format("frontend {}: {}", rank, rest());
+      } else if (kind == "control") {
+        std::string name;
+        words >> name;
+        std::vector<double> values;
+        for (double v; words >> v;) values.push_back(v);
+        merged.control[name] = Summarize({values}, 0.0);
+      } else if (kind == "samples" || kind == "check" || kind == "error") {
+        int index = 0;
+        std::string mode;
+        words >> index >> mode;
+        Entry& entry = entries[{index, mode}];
+        entry.seen = true;
+        if (kind == "samples") {
+          std::string op;
+          words >> op;
+          for (int o = 0; o < kNumOps; ++o) {
+            if (op != OpName(static_cast<Op>(o))) continue;
+            auto& per_rank = entry.samples.per_rank[o];
+            per_rank.resize(ranks);
+            for (double v; words >> v;) per_rank[rank].push_back(v);
+          }
+        } else if (kind == "check") {
+          entry.checks.push_back(fmt::format("rank {}: {}", rank, rest()));
+        } else if (entry.error.empty()) {
+          entry.error = fmt::format("rank {}: {}", rank, rest());
+        }
+      }
+    }
+  }
+  for (const Case& c : cases) {
+    for (const char* mode : {kModeFenced, kModeBlocking}) {
+      auto it = entries.find({c.index, mode});
+      if (it == entries.end()) continue;
+      Entry& entry = it->second;
+      Result result;
+      result.bench_case = c;
+      result.mode = mode;
+      const bool gpu = merged.backend == "cuda";
+      result.timing = mode == std::string(kModeFenced) && gpu ? "gpu_events" : "host_clock";
+      result.handle_bytes = ComputeHandleLayout(c.Config("x")).total_bytes();
+      double selections = 0;
+      for (int r = 0; r < ranks; ++r) {
+        selections += MakeRouting(c.routing, r, c.tokens, c.top_k, c.experts).valid_selections;
+      }
+      result.selections_per_rank = selections / ranks;
+      result.error = entry.error;
+      if (result.error.empty()) {
+        const double bytes = LogicalBytes(c, result.selections_per_rank);
+        for (int o = 0; o < kNumOps; ++o) {
+          result.ops[OpName(static_cast<Op>(o))] =
+              Summarize(entry.samples.per_rank[o], o == 0 ? 0.0 : bytes);
+        }
+        if (mode == std::string(kModeFenced)) {
+          result.check = "passed";
+          if (static_cast<int>(entry.checks.size()) < ranks) result.check = "skipped";
+          for (const std::string& check : entry.checks) {
+            if (check.find(": passed") == std::string::npos) result.check = check;
+          }
+        }
+      }
+      merged.results.push_back(std::move(result));
+    }
+  }
+  if (merged.results.empty() && !fatal.empty()) return UnavailableError("{}", fatal);
+  if (!fatal.empty()) {
+    // Cases after the fatal point have no entries; say why in the first missing one.
+    for (Result& r : merged.results) {
+      if (r.error.empty() && r.ops.empty()) r.error = fatal;
+    }
+  }
+  return merged;
+}
+
+}  // namespace epd::bench

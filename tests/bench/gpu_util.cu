@@ -1,0 +1,109 @@
+#include "tests/bench/gpu_util.h"
+
+#include <fmt/format.h>
+
+#include <atomic>
+
+namespace epd::bench::gpu {
+namespace {
+
+__global__ void GateKernel(const volatile uint32_t* gate, uint32_t value, uint64_t timeout_ns) {
+  uint64_t start = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  while (*gate < value) {
+    uint64_t now = 0;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    if (now - start > timeout_ns) return;
+    __nanosleep(64);
+  }
+}
+
+}  // namespace
+
+Status Check(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return OkStatus();
+  return InternalError("{}: {} ({})", what, cudaGetErrorName(error), cudaGetErrorString(error));
+}
+
+int DeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) return 0;
+  return count;
+}
+
+std::string DeviceName(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "unknown";
+  return prop.name;
+}
+
+StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Create(int device, size_t bytes) {
+  std::unique_ptr<DeviceBuffer> buffer(new DeviceBuffer());
+  buffer->device_ = device;
+  buffer->bytes_ = bytes;
+  EPD_BENCH_CUDA(cudaSetDevice(device));
+  EPD_BENCH_CUDA(cudaMalloc(&buffer->data_, bytes == 0 ? 256 : bytes));
+  EPD_BENCH_CUDA(cudaMemset(buffer->data_, 0, bytes == 0 ? 256 : bytes));
+  return buffer;
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (data_ != nullptr) {
+    cudaSetDevice(device_);
+    cudaFree(data_);
+  }
+}
+
+StatusOr<std::unique_ptr<Gate>> Gate::Create() {
+  std::unique_ptr<Gate> gate(new Gate());
+  void* host = nullptr;
+  EPD_BENCH_CUDA(cudaHostAlloc(&host, 4096, cudaHostAllocMapped | cudaHostAllocPortable));
+  gate->host_ = static_cast<uint32_t*>(host);
+  *gate->host_ = 0;
+  void* device = nullptr;
+  EPD_BENCH_CUDA(cudaHostGetDevicePointer(&device, host, 0));
+  gate->device_ = static_cast<uint32_t*>(device);
+  return gate;
+}
+
+Gate::~Gate() {
+  if (host_ != nullptr) cudaFreeHost(host_);
+}
+
+Status Gate::Arm(cudaStream_t stream, uint32_t value, uint64_t timeout_ns) {
+  GateKernel<<<1, 1, 0, stream>>>(device_, value, timeout_ns);
+  return Check(cudaGetLastError(), "launching the gate kernel");
+}
+
+void Gate::Open(uint32_t value) {
+  std::atomic_ref<uint32_t>(*host_).store(value, std::memory_order_release);
+}
+
+StatusOr<std::unique_ptr<EventPair>> EventPair::Create(int device) {
+  std::unique_ptr<EventPair> pair(new EventPair());
+  EPD_BENCH_CUDA(cudaSetDevice(device));
+  EPD_BENCH_CUDA(cudaEventCreate(&pair->start_));
+  EPD_BENCH_CUDA(cudaEventCreate(&pair->stop_));
+  return pair;
+}
+
+EventPair::~EventPair() {
+  if (start_ != nullptr) cudaEventDestroy(start_);
+  if (stop_ != nullptr) cudaEventDestroy(stop_);
+}
+
+Status EventPair::RecordStart(cudaStream_t stream) {
+  return Check(cudaEventRecord(start_, stream), "cudaEventRecord(start)");
+}
+Status EventPair::RecordStop(cudaStream_t stream) {
+  return Check(cudaEventRecord(stop_, stream), "cudaEventRecord(stop)");
+}
+
+StatusOr<double> EventPair::ElapsedUs() {
+  EPD_BENCH_CUDA(cudaEventSynchronize(stop_));
+  float ms = 0;
+  EPD_BENCH_CUDA(cudaEventElapsedTime(&ms, start_, stop_));
+  return static_cast<double>(ms) * 1e3;
+}
+
+}  // namespace epd::bench::gpu

@@ -1,0 +1,291 @@
+#include "tests/bench/inproc.h"
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cstring>
+#include <future>
+#include <thread>
+
+#include "daemon/backends/cpu/cpu_backend.h"
+#if EPD_BENCH_WITH_CUDA_BACKEND
+#include "daemon/backends/cuda/cuda_backend.h"
+#endif
+#if EPD_BENCH_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "tests/bench/gpu_util.h"
+#endif
+
+namespace epd::bench {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+double UsSince(SteadyClock::time_point start) {
+  return std::chrono::duration<double, std::micro>(SteadyClock::now() - start).count();
+}
+
+// Waits for Complete()'s callback, bounded.
+Status WaitComplete(Backend& backend, BackendHandle& handle, std::chrono::milliseconds timeout) {
+  auto promise = std::make_shared<std::promise<Status>>();
+  std::future<Status> future = promise->get_future();
+  backend.Complete(handle, [promise](Status status) { promise->set_value(std::move(status)); });
+  if (future.wait_for(timeout) != std::future_status::ready) {
+    return DeadlineExceededError("Complete() did not report within {} ms", timeout.count());
+  }
+  return future.get();
+}
+
+}  // namespace
+
+
+struct InprocRunner::RankState {
+  RankRouting routing;
+  std::vector<char> x_host, out_host;
+  // Where the op's tensors live: host vectors (cpu) or device buffers (cuda).
+  void* x = nullptr;
+  void* topk = nullptr;
+  void* weights = nullptr;
+  void* out = nullptr;
+#if EPD_BENCH_WITH_CUDA
+  std::unique_ptr<gpu::DeviceBuffer> x_dev, topk_dev, weights_dev, out_dev;
+  std::unique_ptr<gpu::Gate> gate;
+  std::unique_ptr<gpu::EventPair> events;
+  cudaStream_t stream = nullptr;
+#endif
+};
+
+// The rank threads of one Run meet here around every op; a failure on any rank stops all.
+struct InprocRunner::Sync {
+  std::barrier<> barrier;
+  std::atomic<bool> failed{false};
+  explicit Sync(int n) : barrier(n) {}
+};
+
+StatusOr<std::unique_ptr<InprocRunner>> InprocRunner::Create(const std::string& backend,
+                                                             int ranks,
+                                                             std::chrono::milliseconds op_timeout) {
+  std::unique_ptr<InprocRunner> runner(new InprocRunner());
+  runner->ranks_ = ranks;
+  if (backend == "cpu") {
+    EPD_ASSIGN_OR_RETURN(runner->backend_, CreateCpuBackend({ranks, op_timeout}));
+    return runner;
+  }
+#if EPD_BENCH_WITH_CUDA_BACKEND
+  if (backend == "cuda") {
+    CudaBackendOptions options;
+    for (int r = 0; r < ranks; ++r) options.devices.push_back(r);
+    options.op_timeout = op_timeout;
+    EPD_ASSIGN_OR_RETURN(runner->backend_, CreateCudaBackend(options));
+    runner->on_gpu_ = true;
+    if (CudaBackendStream(*runner->backend_, 0) == nullptr) {
+      return FailedPreconditionError("the cuda backend exposes no stream for rank 0");
+    }
+    return runner;
+  }
+#endif
+  return InvalidArgumentError("backend '{}' is not available in this build of epd-bench",
+                              backend);
+}
+
+InprocRunner::~InprocRunner() = default;
+
+Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
+  Result result;
+  result.bench_case = c;
+  result.mode = kModeInproc;
+  result.timing = on_gpu_ ? "gpu_events" : "host_clock";
+  const GroupConfig config = c.Config(fmt::format("bench-inproc-{}", c.index));
+  result.handle_bytes = ComputeHandleLayout(config).total_bytes();
+  if (Status valid = config.Validate(ranks_); !valid.ok()) {
+    result.error = valid.ToString();
+    return result;
+  }
+  auto group = backend_->CreateGroup(config);
+  if (!group.ok()) {
+    result.error = group.status().WithContext("CreateGroup").ToString();
+    return result;
+  }
+  std::vector<std::unique_ptr<BackendHandle>> handles;
+  for (int r = 0; r < ranks_; ++r) {
+    auto handle = backend_->CreateHandle(**group, r);
+    if (!handle.ok()) {
+      result.error = handle.status().WithContext(fmt::format("CreateHandle rank {}", r)).ToString();
+      return result;
+    }
+    handles.push_back(std::move(handle).value());
+  }
+
+  // Inputs: identical routing and tokens in every mode.
+  std::vector<std::unique_ptr<RankState>> states;
+  double selections = 0;
+  for (int r = 0; r < ranks_; ++r) {
+    auto state = std::make_unique<RankState>();
+    state->routing = MakeRouting(c.routing, r, c.tokens, c.top_k, c.experts);
+    selections += static_cast<double>(state->routing.valid_selections);
+    state->x_host.resize(std::max<size_t>(1, c.tokens * c.row_bytes()));
+    state->out_host.resize(std::max<size_t>(1, c.tokens * c.row_bytes()));
+    FillTokens(c, r, state->x_host.data());
+    if (!on_gpu_) {
+      state->x = state->x_host.data();
+      state->topk = state->routing.topk_idx.data();
+      state->weights = state->routing.weights.data();
+      state->out = state->out_host.data();
+    }
+#if EPD_BENCH_WITH_CUDA_BACKEND
+    if (on_gpu_) {
+      auto setup = [&]() -> Status {
+        const size_t idx_bytes = std::max<size_t>(1, state->routing.topk_idx.size() * 4);
+        EPD_ASSIGN_OR_RETURN(state->x_dev, gpu::DeviceBuffer::Create(r, state->x_host.size()));
+        EPD_ASSIGN_OR_RETURN(state->out_dev, gpu::DeviceBuffer::Create(r, state->out_host.size()));
+        EPD_ASSIGN_OR_RETURN(state->topk_dev, gpu::DeviceBuffer::Create(r, idx_bytes));
+        EPD_ASSIGN_OR_RETURN(state->weights_dev, gpu::DeviceBuffer::Create(r, idx_bytes));
+        EPD_BENCH_CUDA(cudaMemcpy(state->x_dev->data(), state->x_host.data(),
+                                  state->x_host.size(), cudaMemcpyHostToDevice));
+        EPD_BENCH_CUDA(cudaMemcpy(state->topk_dev->data(), state->routing.topk_idx.data(),
+                                  state->routing.topk_idx.size() * 4, cudaMemcpyHostToDevice));
+        EPD_BENCH_CUDA(cudaMemcpy(state->weights_dev->data(), state->routing.weights.data(),
+                                  state->routing.weights.size() * 4, cudaMemcpyHostToDevice));
+        EPD_ASSIGN_OR_RETURN(state->gate, gpu::Gate::Create());
+        EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(r));
+        state->stream = CudaBackendStream(*backend_, r);
+        return OkStatus();
+      };
+      if (Status s = setup(); !s.ok()) {
+        result.error = s.WithContext(fmt::format("rank {} setup", r)).ToString();
+        return result;
+      }
+      state->x = state->x_dev->data();
+      state->topk = state->topk_dev->data();
+      state->weights = state->weights_dev->data();
+      state->out = state->out_dev->data();
+    }
+#endif
+    states.push_back(std::move(state));
+  }
+  result.selections_per_rank = selections / ranks_;
+
+  ModeSamples samples;
+  for (auto& per_op : samples.per_rank) per_op.resize(ranks_);
+  std::vector<std::string> checks(ranks_, "skipped");
+  std::vector<Status> statuses(ranks_);
+  Sync sync(ranks_);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks_; ++r) {
+    threads.emplace_back([&, r] {
+      statuses[r] = RunRank(c, settings, **group, handles, states, sync, r, samples, checks[r]);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < ranks_; ++r) {
+    if (!statuses[r].ok() && result.error.empty()) {
+      result.error = statuses[r].WithContext(fmt::format("rank {}", r)).ToString();
+    }
+  }
+  result.check = "passed";
+  for (const std::string& check : checks) {
+    if (check != "passed") {
+      result.check = check;
+      break;
+    }
+  }
+  const double bytes = LogicalBytes(c, result.selections_per_rank);
+  for (int op = 0; op < kNumOps; ++op) {
+    result.ops[OpName(static_cast<Op>(op))] =
+        Summarize(samples.per_rank[op], op == static_cast<int>(Op::kUpdate) ? 0.0 : bytes);
+  }
+  // Release the handles before the group, on this thread, after every rank finished.
+  handles.clear();
+  return result;
+}
+
+Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, BackendGroup& group,
+                             std::vector<std::unique_ptr<BackendHandle>>& handles,
+                             std::vector<std::unique_ptr<RankState>>& states, Sync& sync,
+                             int rank, ModeSamples& samples, std::string& check) {
+  Sync* shared = &sync;
+
+  RankState& me = *states[rank];
+  BackendHandle& handle = *handles[rank];
+  const HandleLayout& layout = handle.layout();
+  UpdateArgs update;
+  update.topk_idx = TensorView{me.topk, DType::kInt32, {c.tokens, c.top_k}};
+  update.topk_weights = TensorView{me.weights, DType::kFp32, {c.tokens, c.top_k}};
+  update.num_tokens = c.tokens;
+  std::vector<DispatchArgs> dispatch(ranks_);
+  std::vector<CombineArgs> combine(ranks_);
+  for (int r = 0; r < ranks_; ++r) {
+    dispatch[r].handle = handles[r].get();
+    dispatch[r].x = TensorView{states[r]->x, c.dtype, {c.tokens, c.hidden}};
+    combine[r].handle = handles[r].get();
+    combine[r].expert_out =
+        static_cast<const char*>(handles[r]->exported().data()) + layout.recv_x_offset;
+    combine[r].out = TensorView{states[r]->out, c.dtype, {c.tokens, c.hidden}};
+  }
+
+  Status status;
+  uint32_t gate_value = 0;
+  const int total = settings.warmup + settings.iterations;
+  for (int it = 0; it < total; ++it) {
+    for (int op = 0; op < kNumOps; ++op) {
+      auto run_op = [&]() -> Status {
+        switch (static_cast<Op>(op)) {
+          case Op::kUpdate: return backend_->UpdateHandle(handle, update);
+          case Op::kDispatch: return backend_->Dispatch(group, rank, dispatch);
+          case Op::kCombine: return backend_->Combine(group, rank, combine);
+        }
+        return OkStatus();
+      };
+      double us = 0;
+      Status op_status;
+      if (!on_gpu_) {
+        shared->barrier.arrive_and_wait();
+        const auto start = SteadyClock::now();
+        op_status = run_op();
+        if (op_status.ok()) op_status = WaitComplete(*backend_, handle, settings.op_timeout);
+        us = UsSince(start);
+      } else {
+#if EPD_BENCH_WITH_CUDA
+        ++gate_value;
+        op_status = me.gate->Arm(me.stream, gate_value);
+        if (op_status.ok()) op_status = me.events->RecordStart(me.stream);
+        if (op_status.ok()) op_status = run_op();
+        if (op_status.ok()) op_status = me.events->RecordStop(me.stream);
+        // Every rank's work is queued behind its gate: release them together.
+        shared->barrier.arrive_and_wait();
+        me.gate->Open(gate_value);
+        if (op_status.ok()) op_status = WaitComplete(*backend_, handle, settings.op_timeout);
+        if (op_status.ok()) {
+          auto elapsed = me.events->ElapsedUs();
+          if (elapsed.ok()) us = *elapsed;
+          else op_status = elapsed.status();
+        }
+#endif
+      }
+      if (!op_status.ok()) {
+        status = op_status.WithContext(fmt::format("iteration {} {}", it, OpName(static_cast<Op>(op))));
+        shared->failed = true;
+      }
+      shared->barrier.arrive_and_wait();
+      if (shared->failed) return status.ok() ? AbortedError("another rank failed") : status;
+      if (it >= settings.warmup) samples.per_rank[op][rank].push_back(us);
+    }
+    if (it == 0 && settings.check) {
+      const void* out = me.out;
+#if EPD_BENCH_WITH_CUDA
+      if (on_gpu_) {
+        EPD_BENCH_CUDA(cudaSetDevice(rank));
+        EPD_BENCH_CUDA(cudaMemcpy(me.out_host.data(), me.out, me.out_host.size(),
+                                  cudaMemcpyDeviceToHost));
+        out = me.out_host.data();
+      }
+#endif
+      check = CheckCombine(c, rank, me.routing, out, CheckStride(c));
+    }
+  }
+  (void)gate_value;
+  return OkStatus();
+}
+
+}  // namespace epd::bench

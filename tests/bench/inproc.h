@@ -1,0 +1,51 @@
+// Mode (a): the backend called in-process, one thread per rank calling UpdateHandle /
+// Dispatch / Combine directly, the way the daemon's rank workers do.
+//
+// cuda backend: GPU time from events on each rank's daemon stream (CudaBackendStream), the
+// ops held behind a gate until every rank enqueued them. cpu backend: host clock around the
+// op plus Complete().
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "daemon/core/backend.h"
+#include "tests/bench/bench_case.h"
+
+namespace epd::bench {
+
+struct RunSettings {
+  int warmup = 10;
+  int iterations = 50;
+  bool check = true;
+  std::chrono::milliseconds op_timeout{30'000};
+};
+
+
+class InprocRunner {
+ public:
+  // backend: "cpu" or "cuda".
+  static StatusOr<std::unique_ptr<InprocRunner>> Create(const std::string& backend, int ranks,
+                                                        std::chrono::milliseconds op_timeout);
+  ~InprocRunner();
+  Backend& backend() { return *backend_; }
+  bool on_gpu() const { return on_gpu_; }
+
+  Result Run(const Case& c, const RunSettings& settings);
+
+ private:
+  InprocRunner() = default;
+  struct RankState;
+  struct Sync;
+  Status RunRank(const Case& c, const RunSettings& settings, BackendGroup& group,
+                 std::vector<std::unique_ptr<BackendHandle>>& handles,
+                 std::vector<std::unique_ptr<RankState>>& states, Sync& sync, int rank,
+                 ModeSamples& samples, std::string& check);
+
+  std::unique_ptr<Backend> backend_;
+  bool on_gpu_ = false;
+  int ranks_ = 0;
+};
+
+}  // namespace epd::bench

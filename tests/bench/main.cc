@@ -1,0 +1,424 @@
+// epd-bench: dispatch / combine of the epd daemon measured against the alternatives, in one
+// run (DESIGN.md §7, issue 4). See tests/bench/README.md for what each mode measures and the
+// command lines of a GPU host.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "tests/bench/bench_case.h"
+#include "tests/bench/frontend.h"
+#include "tests/bench/inproc.h"
+#include "tests/bench/process_util.h"
+#include "tests/bench/report.h"
+#if EPD_BENCH_WITH_CUDA
+#include "tests/bench/gpu_util.h"
+#endif
+#if EPD_BENCH_WITH_NCCL
+#include "tests/bench/nccl_baseline.h"
+#endif
+
+namespace epd::bench {
+namespace {
+
+std::vector<std::string> Split(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+StatusOr<std::vector<int>> SplitInts(const std::string& text, const char* what) {
+  std::vector<int> out;
+  for (const std::string& item : Split(text)) {
+    try {
+      out.push_back(std::stoi(item));
+    } catch (...) {
+      return InvalidArgumentError("{}: '{}' is not an integer", what, item);
+    }
+  }
+  return out;
+}
+
+std::string UtcNow() {
+  const std::time_t now = std::time(nullptr);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return text;
+}
+
+std::string HostName() {
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  return name;
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+struct Flags {
+  std::string backend = "auto";
+  int ranks = 0;
+  bool smoke = false;
+  bool sweep = false;
+  std::string modes = "inproc,fenced,blocking,nccl";
+  std::string tokens = "128", hidden = "7168", layouts = "expert", routings = "random,skewed";
+  int top_k = 8, experts = 256, capacity = 0;
+  std::string dtype = "bf16", algorithm = "ll";
+  uint64_t seed = 1;
+  int hot_experts = 8, hot_percent = 50;
+  int warmup = 10, iterations = 50, control_iterations = 200;
+  bool no_check = false;
+  int op_timeout_ms = 30'000;
+  int frontend_timeout_s = 3600;
+  std::string json_path, epd_path, connect;
+  std::vector<std::string> epd_args;
+  std::string torch_python, torch_script;
+};
+
+// Modes (b) and (c): a daemon (started here unless --connect) and one frontend per rank.
+StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& backend,
+                                         int ranks, const std::vector<Case>& cases,
+                                         bool fenced, bool blocking) {
+  std::unique_ptr<Daemon> daemon;
+  std::string address = flags.connect;
+  if (address.empty()) {
+    const std::string epd = flags.epd_path.empty() ? SelfDir() + "/epd" : flags.epd_path;
+    std::vector<std::string> extra = {"--op-timeout-ms", std::to_string(flags.op_timeout_ms)};
+    if (backend == "cpu") {
+      extra.insert(extra.end(), {"--cpu-ranks", std::to_string(ranks)});
+    } else {
+      std::string gpus;
+      for (int r = 0; r < ranks; ++r) gpus += (r ? "," : "") + std::to_string(r);
+      extra.insert(extra.end(), {"--gpus", gpus});
+    }
+    extra.insert(extra.end(), flags.epd_args.begin(), flags.epd_args.end());
+    EPD_ASSIGN_OR_RETURN(daemon, Daemon::Start(epd, backend, extra, std::chrono::seconds(120)));
+    address = daemon->address();
+  }
+  std::string dir = "/tmp/epd-bench-fe-XXXXXX";
+  if (mkdtemp(dir.data()) == nullptr) return InternalError("mkdtemp failed");
+  struct RemoveDir {
+    std::string path;
+    ~RemoveDir() {
+      if (std::getenv("EPD_BENCH_KEEP_DIR") == nullptr) {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+      }
+    }
+  } remove_dir{dir};
+  const std::string cases_path = dir + "/cases.txt";
+  std::ofstream(cases_path) << SerializeCases(cases);
+  EPD_ASSIGN_OR_RETURN(auto barrier, ShmBarrier::Create(ranks));
+
+  const std::string frontend = SelfDir() + "/epd-bench-frontend";
+  std::vector<pid_t> pids;
+  std::vector<std::string> results, logs;
+  for (int r = 0; r < ranks; ++r) {
+    results.push_back(fmt::format("{}/rank{}.txt", dir, r));
+    logs.push_back(fmt::format("{}/rank{}.log", dir, r));
+    std::vector<std::string> argv = {
+        frontend, "--rank", std::to_string(r), "--ranks", std::to_string(ranks),
+        "--connect", address, "--barrier", barrier->name(), "--result", results.back(),
+        "--cases", cases_path, "--group-prefix", fmt::format("bench-{}", getpid()),
+        "--modes", std::string(fenced ? "fenced," : "") + (blocking ? "blocking" : ""),
+        "--warmup", std::to_string(flags.warmup), "--iterations", std::to_string(flags.iterations),
+        "--op-timeout-ms", std::to_string(flags.op_timeout_ms),
+        "--control-iterations", std::to_string(flags.control_iterations)};
+    if (flags.no_check) argv.push_back("--no-check");
+    auto pid = Spawn(argv, logs.back());
+    if (!pid.ok()) {
+      for (pid_t p : pids) Terminate(p);
+      return pid.status();
+    }
+    pids.push_back(*pid);
+  }
+  Status failed;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(flags.frontend_timeout_s);
+  for (int r = 0; r < ranks; ++r) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    const int code = WaitFor(pids[r], std::max(left, std::chrono::milliseconds(1)));
+    if (code != 0) {
+      if (code < 0) Terminate(pids[r]);
+      if (failed.ok()) {
+        failed = InternalError("frontend {} exited with {}; its log:\n{}", r, code, ReadText(logs[r]));
+      }
+    }
+  }
+  if (!failed.ok()) {
+    fmt::print(stderr, "epd-bench: {}\n", failed.ToString());
+    if (daemon) fmt::print(stderr, "epd-bench: daemon log:\n{}\n", daemon->ReadLog());
+  }
+  auto merged = ReadFrontendResults(results, cases, ranks);
+  if (!merged.ok() && !failed.ok()) return failed;
+  return merged;
+}
+
+int Main(int argc, char** argv) {
+  Flags f;
+  CLI::App app{"epd-bench: MoE dispatch/combine of epd in-process, through the daemon "
+               "(fenced, blocking) and against NCCL / torch baselines"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option("--backend", f.backend, "auto, cuda or cpu")->capture_default_str();
+  app.add_option("--ranks", f.ranks, "ranks (default: every GPU; 2 on cpu)");
+  app.add_flag("--smoke", f.smoke, "small sizes, few iterations (CI on the cpu backend)");
+  app.add_flag("--sweep", f.sweep,
+               "tokens/rank 1..4096 at H 7168 and H 2048..8192 at 128 tokens, both layouts");
+  app.add_option("--modes", f.modes, "inproc,fenced,blocking,nccl")->capture_default_str();
+  app.add_option("--tokens", f.tokens, "tokens per rank, comma-separated")->capture_default_str();
+  app.add_option("--hidden", f.hidden, "hidden sizes, comma-separated")->capture_default_str();
+  app.add_option("--layouts", f.layouts, "expert,rank")->capture_default_str();
+  app.add_option("--routings", f.routings, "random,skewed")->capture_default_str();
+  app.add_option("--top-k", f.top_k)->capture_default_str();
+  app.add_option("--experts", f.experts)->capture_default_str();
+  app.add_option("--dtype", f.dtype, "bf16, fp16 or fp32")->capture_default_str();
+  app.add_option("--algorithm", f.algorithm, "ll, ht or auto (LL up to 256 tokens)")
+      ->capture_default_str();
+  app.add_option("--capacity", f.capacity, "rows per expert; 0 = R * T")->capture_default_str();
+  app.add_option("--seed", f.seed)->capture_default_str();
+  app.add_option("--hot-experts", f.hot_experts, "skewed routing: experts 0..N-1 are hot")
+      ->capture_default_str();
+  app.add_option("--hot-percent", f.hot_percent, "skewed routing: % of picks from the hot set")
+      ->check(CLI::Range(0, 99))->capture_default_str();
+  app.add_option("--warmup", f.warmup)->capture_default_str();
+  app.add_option("--iterations", f.iterations)->capture_default_str();
+  app.add_option("--control-iterations", f.control_iterations)->capture_default_str();
+  app.add_flag("--no-check", f.no_check, "skip the combine output check");
+  app.add_option("--op-timeout-ms", f.op_timeout_ms)->capture_default_str();
+  app.add_option("--frontend-timeout-s", f.frontend_timeout_s)->capture_default_str();
+  app.add_option("--json", f.json_path, "write the results as JSON here");
+  app.add_option("--epd", f.epd_path, "the epd binary (default: next to epd-bench)");
+  app.add_option("--epd-arg", f.epd_args, "extra flag for the started daemon (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
+  app.add_option("--connect", f.connect, "use a running daemon at this address instead");
+  app.add_option("--torch-python", f.torch_python,
+                 "python with torch: also run baselines/torch_all_to_all.py and merge its results");
+  app.add_option("--torch-script", f.torch_script, "path of torch_all_to_all.py");
+  CLI11_PARSE(app, argc, argv);
+
+  if (f.smoke) {
+    auto set = [&](const char* name, auto& field, auto value) {
+      if (app.count(name) == 0) field = value;
+    };
+    set("--tokens", f.tokens, std::string("16"));
+    set("--hidden", f.hidden, std::string("256"));
+    set("--layouts", f.layouts, std::string("expert,rank"));
+    set("--top-k", f.top_k, 4);
+    set("--experts", f.experts, 8);
+    set("--hot-experts", f.hot_experts, 2);
+    set("--warmup", f.warmup, 2);
+    set("--iterations", f.iterations, 10);
+    set("--control-iterations", f.control_iterations, 20);
+    set("--op-timeout-ms", f.op_timeout_ms, 10'000);
+  }
+  std::string backend = f.backend;
+  if (backend == "auto") {
+    backend = "cpu";
+#if EPD_BENCH_WITH_CUDA_BACKEND
+    if (gpu::DeviceCount() > 0) backend = "cuda";
+#endif
+  }
+  if (backend != "cpu" && backend != "cuda") {
+    fmt::print(stderr, "epd-bench: --backend {} must be auto, cuda or cpu\n", f.backend);
+    return 2;
+  }
+  int ranks = f.ranks;
+  if (ranks <= 0) {
+    ranks = 2;
+#if EPD_BENCH_WITH_CUDA
+    if (backend == "cuda") ranks = gpu::DeviceCount();
+#endif
+  }
+
+  CaseListOptions list;
+  list.ranks = ranks;
+  list.sweep = f.sweep;
+  list.top_k = f.top_k;
+  list.experts = f.experts;
+  list.expert_capacity = f.capacity;
+  list.routing.seed = f.seed;
+  list.routing.hot_experts = f.hot_experts;
+  list.routing.hot_percent = f.hot_percent;
+  auto fail = [](const Status& s) {
+    fmt::print(stderr, "epd-bench: {}\n", s.ToString());
+    return 2;
+  };
+  auto tokens = SplitInts(f.tokens, "--tokens");
+  auto hidden = SplitInts(f.hidden, "--hidden");
+  if (!tokens.ok()) return fail(tokens.status());
+  if (!hidden.ok()) return fail(hidden.status());
+  list.tokens = *tokens;
+  list.hidden = *hidden;
+  list.layouts.clear();
+  for (const std::string& l : Split(f.layouts)) {
+    if (l == "expert" || l == "expert_major") list.layouts.push_back(Layout::kExpertMajor);
+    else if (l == "rank" || l == "rank_major") list.layouts.push_back(Layout::kRankMajor);
+    else return fail(InvalidArgumentError("--layouts: '{}' must be expert or rank", l));
+  }
+  list.routings.clear();
+  for (const std::string& r : Split(f.routings)) {
+    auto kind = ParseRouting(r);
+    if (!kind.ok()) return fail(kind.status());
+    list.routings.push_back(*kind);
+  }
+  auto dtype = ParseDType(f.dtype);
+  if (!dtype.ok()) return fail(dtype.status());
+  list.dtype = *dtype;
+  if (f.algorithm == "auto") list.auto_algorithm = true;
+  else if (f.algorithm == "ll") list.algorithm = Algorithm::kLowLatency;
+  else if (f.algorithm == "ht") list.algorithm = Algorithm::kHighThroughput;
+  else return fail(InvalidArgumentError("--algorithm '{}' must be ll, ht or auto", f.algorithm));
+  const std::vector<Case> cases = BuildCases(list);
+
+  RunSettings settings;
+  settings.warmup = f.warmup;
+  settings.iterations = f.iterations;
+  settings.check = !f.no_check;
+  settings.op_timeout = std::chrono::milliseconds(f.op_timeout_ms);
+  const auto modes = Split(f.modes);
+  auto want = [&](const char* mode) {
+    return std::find(modes.begin(), modes.end(), mode) != modes.end();
+  };
+
+  RunInfo info;
+  info.date = UtcNow();
+  info.host = HostName();
+  info.backend = backend;
+  info.ranks = ranks;
+  info.warmup = f.warmup;
+  info.iterations = f.iterations;
+  info.seed = f.seed;
+#if EPD_BENCH_WITH_CUDA
+  if (backend == "cuda") {
+    for (int r = 0; r < ranks; ++r) info.devices.push_back(gpu::DeviceName(r));
+  }
+#endif
+  std::vector<Result> results;
+  std::map<std::string, OpSummary> control;
+  auto progress = [&](const Result& r) {
+    fmt::print(stderr, "epd-bench: [{}/{}] {} {}: {}\n", r.bench_case.index + 1, cases.size(),
+               r.bench_case.Label(), r.mode, r.error.empty() ? "ok" : r.error);
+  };
+
+  if (want("inproc")) {
+    auto runner = InprocRunner::Create(backend, ranks, settings.op_timeout);
+    if (!runner.ok()) return fail(runner.status().WithContext("in-process backend"));
+    for (const Case& c : cases) {
+      results.push_back((*runner)->Run(c, settings));
+      progress(results.back());
+    }
+  }
+  if (want("fenced") || want("blocking")) {
+    auto merged = RunDaemonModes(f, backend, ranks, cases, want("fenced"), want("blocking"));
+    if (!merged.ok()) {
+      fmt::print(stderr, "epd-bench: daemon modes failed: {}\n", merged.status().ToString());
+      Result r;
+      r.mode = "daemon";
+      r.error = merged.status().ToString();
+      if (!cases.empty()) r.bench_case = cases[0];
+      results.push_back(r);
+    } else {
+      for (Result& r : merged->results) {
+        progress(r);
+        results.push_back(std::move(r));
+      }
+      control = merged->control;
+      if (info.devices.empty()) info.devices = merged->devices;
+      info.nccl_version = merged->nccl_version;
+    }
+  }
+#if EPD_BENCH_WITH_NCCL
+  if (want("nccl") && backend == "cuda") {
+    auto baseline = NcclBaseline::Create(ranks);
+    if (!baseline.ok()) {
+      fmt::print(stderr, "epd-bench: NCCL baseline: {}\n", baseline.status().ToString());
+    } else {
+      if (info.nccl_version.empty()) info.nccl_version = (*baseline)->version();
+      for (const Case& c : cases) {
+        results.push_back((*baseline)->Run(c, settings));
+        progress(results.back());
+      }
+    }
+  }
+#endif
+  // Table and JSON grouped by case, modes in a fixed order.
+  auto mode_rank = [](const std::string& m) {
+    const char* order[] = {kModeInproc, kModeFenced, kModeBlocking, kModeNccl, kModeTorch};
+    for (int i = 0; i < 5; ++i) {
+      if (m == order[i]) return i;
+    }
+    return 5;
+  };
+  std::stable_sort(results.begin(), results.end(), [&](const Result& a, const Result& b) {
+    if (a.bench_case.index != b.bench_case.index) return a.bench_case.index < b.bench_case.index;
+    return mode_rank(a.mode) < mode_rank(b.mode);
+  });
+
+  std::string json_path = f.json_path;
+  if (json_path.empty() && !f.torch_python.empty()) {
+    json_path = fmt::format("/tmp/epd-bench-{}.json", getpid());
+  }
+  if (!json_path.empty()) {
+    std::ofstream out(json_path, std::ios::out | std::ios::trunc);
+    out << ToJson(info, control, results);
+    if (!out) return fail(InternalError("cannot write {}", json_path));
+  }
+  fmt::print("{}", ToMarkdown(info, control, results));
+  std::fflush(stdout);
+
+  int exit_code = 0;
+  for (const Result& r : results) {
+    if (!r.error.empty() || r.check.rfind("failed", 0) == 0 ||
+        r.check.find("failed") != std::string::npos) {
+      exit_code = 1;
+    }
+  }
+  if (!f.torch_python.empty()) {
+    std::string script = f.torch_script;
+    if (script.empty()) {
+      for (const std::string& candidate :
+           {SelfDir() + "/../share/epd/bench/torch_all_to_all.py",
+            SelfDir() + "/torch_all_to_all.py", std::string(EPD_BENCH_SOURCE_DIR) + "/baselines/torch_all_to_all.py"}) {
+        if (std::filesystem::exists(candidate)) {
+          script = candidate;
+          break;
+        }
+      }
+    }
+    if (script.empty()) return fail(NotFoundError("torch_all_to_all.py not found: pass --torch-script"));
+    std::vector<std::string> argv = {f.torch_python, "-m", "torch.distributed.run", "--standalone",
+                                     "--nproc-per-node", std::to_string(ranks), script,
+                                     "--merge-into", json_path,
+                                     "--warmup", std::to_string(f.warmup),
+                                     "--iterations", std::to_string(f.iterations)};
+    if (f.no_check) argv.push_back("--no-check");
+    auto pid = Spawn(argv, "");
+    if (!pid.ok()) return fail(pid.status());
+    const int code = WaitFor(*pid, std::chrono::seconds(f.frontend_timeout_s));
+    if (code != 0) {
+      if (code < 0) Terminate(*pid);
+      fmt::print(stderr, "epd-bench: the torch baseline exited with {}\n", code);
+      exit_code = 1;
+    }
+  }
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace epd::bench
+
+int main(int argc, char** argv) { return epd::bench::Main(argc, argv); }
