@@ -94,29 +94,7 @@ TEST_P(DispatchCombineTest, MatchesReferenceBitForBit) {
   Backend& backend = *SharedBackend();
   MoeHarness harness(backend, c.spec);
   if (::testing::Test::HasFailure()) return;
-  const int R = c.spec.ranks, T = c.spec.tokens;
-  const uint64_t allocations = backend.allocations().allocations();
-  const uint64_t frees = backend.allocations().frees();
-
-  // Rounds cycle every rank through n in {T, T-1, 1, 0}; int32 then int64 ids; weights given,
-  // then absent (1.0); expert output in a separate buffer, then written in place in recv_x.
-  const std::vector<int> choices = {T, T - 1, 1, 0};
-  for (int round = 0; round < 3; ++round) {
-    SCOPED_TRACE("round " + std::to_string(round));
-    std::vector<int> n(R);
-    for (int r = 0; r < R; ++r) n[r] = choices[(r + round) % choices.size()];
-    if (round == 2) std::fill(n.begin(), n.end(), T);
-    auto inputs = harness.MakeInputs(c.routing, n, 1000 * round + R, round % 2 == 1, round != 1);
-    for (const Status& s : harness.Update(inputs)) ASSERT_TRUE(s.ok()) << s.ToString();
-    for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
-    harness.ExpectDispatchMatches(inputs, n);
-    for (const Status& s : harness.Combine(round == 1, round + 5)) {
-      ASSERT_TRUE(s.ok()) << s.ToString();
-    }
-    harness.ExpectCombineMatches(inputs, n);
-  }
-  EXPECT_EQ(backend.allocations().allocations(), allocations) << "ops must not allocate";
-  EXPECT_EQ(backend.allocations().frees(), frees) << "ops must not free";
+  RunRounds(backend, harness, c.routing);
 }
 
 INSTANTIATE_TEST_SUITE_P(Table, DispatchCombineTest, ::testing::ValuesIn(Cases()),

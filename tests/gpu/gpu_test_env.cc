@@ -7,6 +7,11 @@
 namespace epd::gputest {
 namespace {
 
+std::chrono::milliseconds TestOpTimeout() {
+  const char* timeout = std::getenv("EPD_TEST_OP_TIMEOUT_MS");
+  return std::chrono::milliseconds(timeout != nullptr ? std::atoi(timeout) : 3000);
+}
+
 struct Shared {
   std::unique_ptr<Backend> backend;
   std::string reason;
@@ -22,8 +27,7 @@ Shared& Get() {
       return s;
     }
     CudaBackendOptions options;
-    const char* timeout = std::getenv("EPD_TEST_OP_TIMEOUT_MS");
-    options.op_timeout = std::chrono::milliseconds(timeout != nullptr ? std::atoi(timeout) : 3000);
+    options.op_timeout = TestOpTimeout();
     options.create_nccl_comms = false;  // NcclGroup test covers them; saves init per group
     auto backend = CreateCudaBackend(options);
     if (!backend.ok()) {
@@ -38,6 +42,23 @@ Shared& Get() {
 }
 
 }  // namespace
+
+Backend* SharedGpuBackend() {
+  static Backend* backend = []() -> Backend* {
+    if (GpuCount() == 0) return nullptr;
+    CudaBackendOptions options;
+    for (int r = 0; r < kSharedGpuRanks; ++r) options.devices.push_back(r % GpuCount());
+    options.op_timeout = TestOpTimeout();
+    options.create_nccl_comms = false;
+    options.max_blocks_per_op = 16;  // 4 ranks' kernels resident together on one GPU
+    auto created = CreateCudaBackend(options);
+    EXPECT_TRUE(created.ok()) << created.status().ToString();
+    return created.ok() ? std::move(created).value().release() : nullptr;  // lives until exit
+  }();
+  return backend;
+}
+
+int SharedGpuDevice(int node_rank) { return node_rank % GpuCount(); }
 
 Backend* SharedBackend() { return Get().backend.get(); }
 const std::string& SkipReason() { return Get().reason; }

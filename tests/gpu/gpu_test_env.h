@@ -24,6 +24,12 @@ Backend* SharedBackend();
 const std::string& SkipReason();
 int GpuCount();
 
+// A second backend with kSharedGpuRanks node ranks spread round-robin over the visible GPUs
+// (several ranks per GPU, small grids): runs 4- and 8-rank groups on hosts with fewer GPUs.
+constexpr int kSharedGpuRanks = 8;
+Backend* SharedGpuBackend();
+int SharedGpuDevice(int node_rank);
+
 #define EPD_REQUIRE_GPUS(n)                                                                   \
   do {                                                                                        \
     if (::epd::gputest::SharedBackend() == nullptr) {                                         \

@@ -39,7 +39,8 @@ void RandomRow(uint64_t& state, DType dtype, int hidden, char* row) {
 
 }  // namespace
 
-MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s) : backend_(backend) {
+MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s, std::vector<int> devices)
+    : backend_(backend), devices_(std::move(devices)) {
   config_.name = s.name;
   for (int r = 0; r < s.ranks; ++r) config_.ranks.push_back(r);
   config_.experts = s.experts;
@@ -59,7 +60,7 @@ MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s) : backend_(backend) 
     EXPECT_TRUE(handle.ok()) << handle.status().ToString();
     if (!handle.ok()) return;
     handles_.push_back(std::move(handle).value());
-    buffers_.push_back(std::make_unique<RankBuffers>(r, config_, layout_));
+    buffers_.push_back(std::make_unique<RankBuffers>(device_of(r), config_, layout_));
   }
 }
 
@@ -178,7 +179,7 @@ std::vector<Status> MoeHarness::Combine(bool in_place, uint64_t seed) {
       RandomRow(state, config_.dtype, config_.hidden, z_host_[r].data() + row * row_bytes());
     }
     void* target = in_place ? handles_[r]->exported().data() : buffers_[r]->z.data();
-    CopyToDevice(r, target, z_host_[r].data(), rows * row_bytes());
+    CopyToDevice(device_of(r), target, z_host_[r].data(), rows * row_bytes());
   }
   std::vector<CombineArgs> all(R);
   for (int r = 0; r < R; ++r) {
@@ -252,7 +253,7 @@ void MoeHarness::ExpectDispatchMatches(const std::vector<RankInput>& inputs,
     const std::vector<char>& want = ref_recv_[d];
     auto compare = [&](size_t offset, size_t bytes, size_t elem, const char* name) {
       std::vector<char> got(bytes);
-      CopyToHost(d, got.data(), base + offset, bytes);
+      CopyToHost(device_of(d), got.data(), base + offset, bytes);
       ExpectBytesEqual(want.data() + offset, got.data(), bytes, elem, where + name);
     };
     compare(layout_.recv_counts_offset, layout_.recv_counts_bytes, 4, "recv_counts");
@@ -290,11 +291,34 @@ void MoeHarness::ExpectCombineMatches(const std::vector<RankInput>& inputs,
     const size_t bytes = size_t(bound[r]) * row_bytes();
     std::vector<char> want(bytes), got(bytes);
     reference::Combine(config_, ranks[r], slot.data(), z, want.data());
-    CopyToHost(r, got.data(), buffers_[r]->out.data(), bytes);
+    CopyToHost(device_of(r), got.data(), buffers_[r]->out.data(), bytes);
     ExpectBytesEqual(want.data(), got.data(), bytes, DTypeSize(config_.dtype),
                      config_.name + " rank " + std::to_string(r) + ": combine out" +
                          (last_in_place_ ? " (in place)" : ""));
   }
+}
+
+void RunRounds(Backend& backend, MoeHarness& harness, RoutingKind routing) {
+  const int R = harness.config().world_size(), T = harness.config().max_tokens_per_rank;
+  const uint64_t allocations = backend.allocations().allocations();
+  const uint64_t frees = backend.allocations().frees();
+  const std::vector<int> choices = {T, T - 1, 1, 0};
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::vector<int> n(R);
+    for (int r = 0; r < R; ++r) n[r] = choices[(r + round) % choices.size()];
+    if (round == 2) std::fill(n.begin(), n.end(), T);
+    auto inputs = harness.MakeInputs(routing, n, 1000 * round + R, round % 2 == 1, round != 1);
+    for (const Status& s : harness.Update(inputs)) ASSERT_TRUE(s.ok()) << s.ToString();
+    for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+    harness.ExpectDispatchMatches(inputs, n);
+    for (const Status& s : harness.Combine(round == 1, round + 5)) {
+      ASSERT_TRUE(s.ok()) << s.ToString();
+    }
+    harness.ExpectCombineMatches(inputs, n);
+  }
+  EXPECT_EQ(backend.allocations().allocations(), allocations) << "ops must not allocate";
+  EXPECT_EQ(backend.allocations().frees(), frees) << "ops must not free";
 }
 
 }  // namespace epd::gputest

@@ -45,7 +45,8 @@ struct RankInput {
 
 class MoeHarness {
  public:
-  MoeHarness(Backend& backend, const CaseSpec& spec);
+  // devices[r]: the CUDA device of node rank r (default: r).
+  MoeHarness(Backend& backend, const CaseSpec& spec, std::vector<int> devices = {});
   ~MoeHarness();
   const GroupConfig& config() const { return config_; }
   BackendHandle& handle(int rank) { return *handles_[rank]; }
@@ -70,8 +71,10 @@ class MoeHarness {
   void BuildReference(const std::vector<RankInput>& inputs, const std::vector<int>& bound);
   size_t row_bytes() const;
   size_t used_rows(int rank) const;
+  int device_of(int rank) const { return devices_.empty() ? rank : devices_[rank]; }
 
   Backend& backend_;
+  std::vector<int> devices_;
   GroupConfig config_;
   HandleLayout layout_;
   std::unique_ptr<BackendGroup> group_;
@@ -84,6 +87,11 @@ class MoeHarness {
   std::vector<std::vector<char>> z_host_;    // expert outputs of the last Combine
   bool last_in_place_ = false;
 };
+
+// The table cases' rounds: every rank cycles through n in {T, T-1, 1, 0}; int32 then int64
+// ids; weights given, then absent (1.0); expert output in a separate buffer, then written in
+// place in recv_x. Every step is compared with the reference, and no op may allocate.
+void RunRounds(Backend& backend, MoeHarness& harness, RoutingKind routing);
 
 void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes, size_t element_bytes,
                       const std::string& what);

@@ -30,10 +30,10 @@ namespace {
 constexpr int kWarpsPerBlock = 16;  // the collective kernels' 512 threads
 constexpr int kBlocksPerSm = 2;     // what their registers allow; more warps hide NVLink latency
 
-// A warp per work item, at most kBlocksPerSm blocks per SM (the kernels stride over the rest).
-int GridBlocks(int64_t items, int sm_count) {
-  return static_cast<int>(std::clamp<int64_t>((items + kWarpsPerBlock - 1) / kWarpsPerBlock, 1,
-                                              int64_t{kBlocksPerSm} * sm_count));
+// A warp per work item, at most `max_blocks` (the kernels stride over the rest).
+int GridBlocks(int64_t items, int max_blocks) {
+  return static_cast<int>(
+      std::clamp<int64_t>((items + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, max_blocks));
 }
 
 // Everything of one node rank (GPU). Member order is destruction order reversed: the
@@ -166,9 +166,11 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
   const size_t n = devices.size();
   backend->peer_access_.assign(n, std::vector<bool>(n, false));
   for (size_t i = 0; i < n; ++i) {
-    backend->peer_access_[i][i] = true;
     for (size_t j = 0; j < n; ++j) {
-      if (i == j) continue;
+      if (devices[i] == devices[j]) {
+        backend->peer_access_[i][j] = true;
+        continue;
+      }
       int can = 0;
       EPD_CUDA_CHECK(cudaDeviceCanAccessPeer(&can, devices[i], devices[j]));
       if (!can) continue;
@@ -280,7 +282,17 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
                                         allocations_, rank.setup_stream->get()));
     group->sync_.push_back(std::move(sync));
   }
+  group->max_blocks_ = kBlocksPerSm * group->sm_count_;
+  if (options_.max_blocks_per_op > 0) {
+    group->max_blocks_ = std::min(group->max_blocks_, options_.max_blocks_per_op);
+  }
   if (options_.create_nccl_comms) {
+    std::vector<int> sorted = group->devices_;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return FailedPreconditionError(
+          "group '{}': its ranks share GPUs, and NCCL needs one GPU per rank", config.name);
+    }
     EPD_ASSIGN_OR_RETURN(group->comms_, NcclComms::Create(group->devices_));
   }
   EPD_LOG(kCuda, info, "created {}", config.ToString());
@@ -480,7 +492,7 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
       params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
   const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
                         kernels::kDispatchVectorsPerPart;
-  const int blocks = GridBlocks(rows * parts, group.sm_count_);
+  const int blocks = GridBlocks(rows * parts, group.max_blocks_);
   EPD_CUDA_CHECK(kernels::LaunchDispatch(params, blocks, rank.stream->get()));
   return OkStatus();
 }
@@ -530,7 +542,7 @@ Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<C
   const int64_t vectors = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype) / 16;
   const int64_t chunks =
       (vectors + kernels::kCombineVectorsPerItem - 1) / kernels::kCombineVectorsPerItem;
-  const int blocks = GridBlocks(int64_t{n} * chunks, group.sm_count_);
+  const int blocks = GridBlocks(int64_t{n} * chunks, group.max_blocks_);
   EPD_CUDA_CHECK(kernels::LaunchCombine(params, blocks, rank.stream->get()));
   return OkStatus();
 }

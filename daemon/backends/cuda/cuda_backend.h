@@ -20,11 +20,17 @@
 namespace epd {
 
 struct CudaBackendOptions {
-  std::vector<int> devices;  // CUDA device of each node rank; empty: all visible
+  // CUDA device of each node rank; empty: all visible. A device may appear more than once
+  // (ranks sharing a GPU; needs max_blocks_per_op small enough for their kernels to be
+  // resident together).
+  std::vector<int> devices;
   std::chrono::milliseconds op_timeout{10000};
   // One NCCL communicator per group (ncclCommInitAll). Tests that create many groups and
   // do not use NCCL may turn it off to save the initialisation time.
   bool create_nccl_comms = true;
+  // Upper bound on the blocks of one dispatch/combine kernel; 0: two per SM. A small bound
+  // leaves SMs to the frontends' kernels, and lets several node ranks share one GPU (tests).
+  int max_blocks_per_op = 0;
   // Called once per GPU whose context hit a sticky error (the daemon sets health
   // NOT_SERVING and exits for systemd to restart it).
   std::function<void(const Status&)> on_fatal_error;

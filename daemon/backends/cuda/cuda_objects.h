@@ -69,7 +69,8 @@ class CudaGroup : public BackendGroup {
   // entry, and every rank issues the group's collectives in the same order.
   std::unique_ptr<uint64_t[]> seq_;
   std::unique_ptr<NcclComms> comms_;
-  int sm_count_ = 0;  // the smallest of the group's GPUs: grid size of the collectives
+  int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
+  int max_blocks_ = 1;  // grid bound of the collectives
 };
 
 // Private, daemon-only buffers of a handle (the exported region is HandleLayout's).
