@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -153,8 +152,8 @@ Status CreatePersistentObjects(Engine& engine, const DaemonConfig& config) {
   for (size_t i = 0; i < config.groups.size(); ++i) {
     const auto& decl = config.groups[i];
     const std::string where = fmt::format("group[{}] (name = \"{}\")", i, decl.config.name);
-    EPD_RETURN_IF_ERROR(engine.CreateGroup(std::nullopt, decl.config, /*persistent=*/true)
-                            .WithContext(where));
+    EPD_RETURN_IF_ERROR(
+        engine.CreateGroup(std::nullopt, decl.config, /*persistent=*/true).WithContext(where));
     for (size_t h = 0; h < decl.handles.size(); ++h) {
       for (int rank : decl.handles[h].ranks) {
         EPD_RETURN_IF_ERROR(

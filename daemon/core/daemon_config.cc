@@ -18,13 +18,19 @@ namespace {
 constexpr int kMaxCpuRanks = 1024;
 constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;  // a day: larger values are typos
 
-constexpr std::string_view kTopLevelKeys[] = {
-    "listen",         "tcp_listen",       "backend",          "cpu_ranks",
-    "gpus",           "log_level",        "op_timeout_ms",    "session_idle_timeout_ms",
-    "drain_timeout_ms", "group"};
+constexpr std::string_view kTopLevelKeys[] = {"listen",
+                                              "tcp_listen",
+                                              "backend",
+                                              "cpu_ranks",
+                                              "gpus",
+                                              "log_level",
+                                              "op_timeout_ms",
+                                              "session_idle_timeout_ms",
+                                              "drain_timeout_ms",
+                                              "group"};
 constexpr std::string_view kGroupKeys[] = {
-    "name",   "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
-    "top_k",  "dtype", "layout",     "algorithm", "expert_capacity", "handle"};
+    "name",  "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
+    "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle"};
 constexpr std::string_view kHandleKeys[] = {"name", "ranks"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug",    "info", "warn",
                                            "error", "critical", "off"};
@@ -43,16 +49,26 @@ bool Contains(const std::string_view (&keys)[N], std::string_view key) {
 
 std::string_view TypeName(const toml::node& node) {
   switch (node.type()) {
-    case toml::node_type::table: return "table";
-    case toml::node_type::array: return "array";
-    case toml::node_type::string: return "string";
-    case toml::node_type::integer: return "integer";
-    case toml::node_type::floating_point: return "float";
-    case toml::node_type::boolean: return "boolean";
-    case toml::node_type::date: return "date";
-    case toml::node_type::time: return "time";
-    case toml::node_type::date_time: return "date-time";
-    default: return "nothing";
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::array:
+      return "array";
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
+    default:
+      return "nothing";
   }
 }
 
@@ -134,7 +150,8 @@ class Reader {
   StatusOr<T> Enum(const toml::node& node, std::string_view key, Parse parse) const {
     EPD_ASSIGN_OR_RETURN(std::string text, String(node, key));
     auto parsed = parse(text);
-    if (!parsed.ok()) return Error(node, key, fmt::format("= \"{}\": {}", text, parsed.status().message()));
+    if (!parsed.ok())
+      return Error(node, key, fmt::format("= \"{}\": {}", text, parsed.status().message()));
     return *parsed;
   }
 
@@ -161,9 +178,9 @@ Status ParseHandle(const Reader& reader, const toml::node& node, std::string_vie
     std::set<int> seen;
     for (int rank : handle->ranks) {
       if (group.GroupRankOf(rank) < 0) {
-        return reader.Error(*ranks, ranks_key,
-                            fmt::format("lists rank {}, which is not a member of group '{}'",
-                                        rank, group.name));
+        return reader.Error(
+            *ranks, ranks_key,
+            fmt::format("lists rank {}, which is not a member of group '{}'", rank, group.name));
       }
       if (!seen.insert(rank).second) {
         return reader.Error(*ranks, ranks_key, fmt::format("lists rank {} twice", rank));
@@ -197,9 +214,9 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
   if (world_size != nullptr) {
     EPD_ASSIGN_OR_RETURN(int world, reader.Int(*world_size, field("world_size"), 1));
     if (ranks != nullptr && world != config.world_size()) {
-      return reader.Error(*world_size, field("world_size"),
-                          fmt::format("= {} contradicts ranks, which lists {} ranks", world,
-                                      config.world_size()));
+      return reader.Error(
+          *world_size, field("world_size"),
+          fmt::format("= {} contradicts ranks, which lists {} ranks", world, config.world_size()));
     }
     if (ranks == nullptr) {
       for (int r = 0; r < world; ++r) config.ranks.push_back(r);
@@ -222,8 +239,7 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
     EPD_ASSIGN_OR_RETURN(config.dtype, reader.Enum<DType>(*dtype, field("dtype"), ParseDType));
   }
   if (const auto* layout = table->get("layout")) {
-    EPD_ASSIGN_OR_RETURN(config.layout,
-                         reader.Enum<Layout>(*layout, field("layout"), ParseLayout));
+    EPD_ASSIGN_OR_RETURN(config.layout, reader.Enum<Layout>(*layout, field("layout"), ParseLayout));
   }
   if (const auto* algorithm = table->get("algorithm")) {
     EPD_ASSIGN_OR_RETURN(config.algorithm,
@@ -240,12 +256,13 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
   if (const auto* handles = table->get("handle")) {
     const auto* array = handles->as_array();
     if (array == nullptr) {
-      return reader.Error(*handles, field("handle"), "must be an array of tables ([[group.handle]])");
+      return reader.Error(*handles, field("handle"),
+                          "must be an array of tables ([[group.handle]])");
     }
     for (size_t i = 0; i < array->size(); ++i) {
       PersistentHandleDecl handle;
-      EPD_RETURN_IF_ERROR(ParseHandle(reader, (*array)[i],
-                                      fmt::format("{}.handle[{}]", key, i), config, &handle));
+      EPD_RETURN_IF_ERROR(
+          ParseHandle(reader, (*array)[i], fmt::format("{}.handle[{}]", key, i), config, &handle));
       decl->handles.push_back(std::move(handle));
     }
   }
@@ -254,7 +271,8 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
 
 Status ParseGroups(const Reader& reader, const toml::node& node, DaemonConfig* config) {
   const auto* array = node.as_array();
-  if (array == nullptr) return reader.Error(node, "group", "must be an array of tables ([[group]])");
+  if (array == nullptr)
+    return reader.Error(node, "group", "must be an array of tables ([[group]])");
   std::map<std::string, size_t> group_index;
   std::map<std::pair<int, std::string>, std::string> handle_owner;  // (rank, name) -> key
   for (size_t i = 0; i < array->size(); ++i) {
@@ -263,19 +281,20 @@ Status ParseGroups(const Reader& reader, const toml::node& node, DaemonConfig* c
     EPD_RETURN_IF_ERROR(ParseGroup(reader, (*array)[i], key, &decl));
     auto [it, inserted] = group_index.emplace(decl.config.name, i);
     if (!inserted) {
-      return reader.Error((*array)[i], key + ".name",
-                          fmt::format("= \"{}\" duplicates group[{}].name", decl.config.name,
-                                      it->second));
+      return reader.Error(
+          (*array)[i], key + ".name",
+          fmt::format("= \"{}\" duplicates group[{}].name", decl.config.name, it->second));
     }
     // A frontend attaches by (its rank, name), so that pair must be unique across groups.
     for (size_t h = 0; h < decl.handles.size(); ++h) {
       const std::string handle_key = fmt::format("{}.handle[{}]", key, h);
       for (int rank : decl.handles[h].ranks) {
-        auto [owner, fresh] = handle_owner.emplace(std::pair(rank, decl.handles[h].name), handle_key);
+        auto [owner, fresh] =
+            handle_owner.emplace(std::pair(rank, decl.handles[h].name), handle_key);
         if (!fresh) {
           return reader.Error((*array)[i], handle_key + ".name",
-                              fmt::format("= \"{}\" on rank {} duplicates {}",
-                                          decl.handles[h].name, rank, owner->second));
+                              fmt::format("= \"{}\" on rank {} duplicates {}", decl.handles[h].name,
+                                          rank, owner->second));
         }
       }
     }
@@ -293,8 +312,7 @@ Status ParseTopLevel(const Reader& reader, const toml::table& root, DaemonConfig
     } else if (key == "tcp_listen") {
       EPD_ASSIGN_OR_RETURN(config->tcp_listen, reader.String(node, key));
     } else if (key == "backend") {
-      EPD_ASSIGN_OR_RETURN(config->backend,
-                           reader.Enum<BackendKind>(node, key, ParseBackendKind));
+      EPD_ASSIGN_OR_RETURN(config->backend, reader.Enum<BackendKind>(node, key, ParseBackendKind));
     } else if (key == "cpu_ranks") {
       EPD_ASSIGN_OR_RETURN(config->cpu_ranks, reader.Int(node, key, 1, kMaxCpuRanks));
     } else if (key == "gpus") {
@@ -336,9 +354,12 @@ bool ParsePort(std::string_view text) {
 
 std::string_view BackendKindName(BackendKind kind) {
   switch (kind) {
-    case BackendKind::kAuto: return "auto";
-    case BackendKind::kCuda: return "cuda";
-    case BackendKind::kCpu: return "cpu";
+    case BackendKind::kAuto:
+      return "auto";
+    case BackendKind::kCuda:
+      return "cuda";
+    case BackendKind::kCpu:
+      return "cpu";
   }
   return "?";
 }
@@ -390,8 +411,7 @@ Status ValidateDaemonSettings(const DaemonConfig& config) {
                                 config.session_idle_timeout.count());
   }
   if (config.drain_timeout.count() < 0) {
-    return InvalidArgumentError("drain_timeout_ms = {} must be >= 0",
-                                config.drain_timeout.count());
+    return InvalidArgumentError("drain_timeout_ms = {} must be >= 0", config.drain_timeout.count());
   }
   return OkStatus();
 }

@@ -37,8 +37,8 @@ struct DaemonConfig {
   std::string listen = "unix:///run/epd/epd.sock";
   std::string tcp_listen;  // empty: no TCP; else a loopback address with port
   BackendKind backend = BackendKind::kAuto;
-  int cpu_ranks = 1;       // ranks of the cpu backend
-  std::vector<int> gpus;   // GPU indices of the cuda backend; empty: every visible GPU
+  int cpu_ranks = 1;      // ranks of the cpu backend
+  std::vector<int> gpus;  // GPU indices of the cuda backend; empty: every visible GPU
   std::string log_level = "info";
   std::chrono::milliseconds op_timeout{10'000};
   std::chrono::milliseconds session_idle_timeout{60'000};

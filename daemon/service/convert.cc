@@ -29,11 +29,16 @@ Status FromGrpcStatus(const grpc::Status& status) {
 
 StatusOr<DType> FromProto(v1::DType dtype, std::string_view field) {
   switch (dtype) {
-    case v1::DTYPE_BF16: return DType::kBf16;
-    case v1::DTYPE_FP16: return DType::kFp16;
-    case v1::DTYPE_FP32: return DType::kFp32;
-    case v1::DTYPE_INT32: return DType::kInt32;
-    case v1::DTYPE_INT64: return DType::kInt64;
+    case v1::DTYPE_BF16:
+      return DType::kBf16;
+    case v1::DTYPE_FP16:
+      return DType::kFp16;
+    case v1::DTYPE_FP32:
+      return DType::kFp32;
+    case v1::DTYPE_INT32:
+      return DType::kInt32;
+    case v1::DTYPE_INT64:
+      return DType::kInt64;
     default:
       return InvalidArgumentError("{} = {} ({}): a tensor's dtype must be given", field,
                                   ProtoDTypeName(dtype), static_cast<int>(dtype));
@@ -42,11 +47,16 @@ StatusOr<DType> FromProto(v1::DType dtype, std::string_view field) {
 
 v1::DType ToProto(DType dtype) {
   switch (dtype) {
-    case DType::kBf16: return v1::DTYPE_BF16;
-    case DType::kFp16: return v1::DTYPE_FP16;
-    case DType::kFp32: return v1::DTYPE_FP32;
-    case DType::kInt32: return v1::DTYPE_INT32;
-    case DType::kInt64: return v1::DTYPE_INT64;
+    case DType::kBf16:
+      return v1::DTYPE_BF16;
+    case DType::kFp16:
+      return v1::DTYPE_FP16;
+    case DType::kFp32:
+      return v1::DTYPE_FP32;
+    case DType::kInt32:
+      return v1::DTYPE_INT32;
+    case DType::kInt64:
+      return v1::DTYPE_INT64;
   }
   return v1::DTYPE_UNSPECIFIED;
 }
@@ -79,16 +89,24 @@ StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view f
   }
   switch (proto.layout()) {
     case v1::LAYOUT_UNSPECIFIED:
-    case v1::LAYOUT_EXPERT_MAJOR: config.layout = Layout::kExpertMajor; break;
-    case v1::LAYOUT_RANK_MAJOR: config.layout = Layout::kRankMajor; break;
+    case v1::LAYOUT_EXPERT_MAJOR:
+      config.layout = Layout::kExpertMajor;
+      break;
+    case v1::LAYOUT_RANK_MAJOR:
+      config.layout = Layout::kRankMajor;
+      break;
     default:
       return InvalidArgumentError("{} = {} is not a known Layout", Join(field, "layout"),
                                   static_cast<int>(proto.layout()));
   }
   switch (proto.algorithm()) {
     case v1::ALGORITHM_UNSPECIFIED:
-    case v1::ALGORITHM_LOW_LATENCY: config.algorithm = Algorithm::kLowLatency; break;
-    case v1::ALGORITHM_HIGH_THROUGHPUT: config.algorithm = Algorithm::kHighThroughput; break;
+    case v1::ALGORITHM_LOW_LATENCY:
+      config.algorithm = Algorithm::kLowLatency;
+      break;
+    case v1::ALGORITHM_HIGH_THROUGHPUT:
+      config.algorithm = Algorithm::kHighThroughput;
+      break;
     default:
       return InvalidArgumentError("{} = {} is not a known Algorithm", Join(field, "algorithm"),
                                   static_cast<int>(proto.algorithm()));
@@ -106,9 +124,8 @@ v1::GroupConfig ToProto(const GroupConfig& config) {
   proto.set_max_tokens_per_rank(config.max_tokens_per_rank);
   proto.set_top_k(config.top_k);
   proto.set_dtype(ToProto(config.dtype));
-  proto.set_algorithm(config.algorithm == Algorithm::kHighThroughput
-                          ? v1::ALGORITHM_HIGH_THROUGHPUT
-                          : v1::ALGORITHM_LOW_LATENCY);
+  proto.set_algorithm(config.algorithm == Algorithm::kHighThroughput ? v1::ALGORITHM_HIGH_THROUGHPUT
+                                                                     : v1::ALGORITHM_LOW_LATENCY);
   proto.set_layout(config.layout == Layout::kRankMajor ? v1::LAYOUT_RANK_MAJOR
                                                        : v1::LAYOUT_EXPERT_MAJOR);
   // The effective capacity, so clients need not know the R * T default.
@@ -152,8 +169,7 @@ StatusOr<MemorySource> FromProto(const v1::MemorySource& proto, std::string_view
       // cudaIpcMemHandle_t is 64 opaque bytes (CUDA_IPC_HANDLE_SIZE).
       if (proto.cuda_ipc_handle().size() != 64) {
         return InvalidArgumentError("{} has {} bytes; a cudaIpcMemHandle_t has 64",
-                                    Join(field, "cuda_ipc_handle"),
-                                    proto.cuda_ipc_handle().size());
+                                    Join(field, "cuda_ipc_handle"), proto.cuda_ipc_handle().size());
       }
       source.kind = MemorySource::Kind::kCudaIpc;
       source.ipc_handle = proto.cuda_ipc_handle();
@@ -185,7 +201,8 @@ v1::MemorySource ToProto(const MemorySource& source) {
 OpOptions FromProto(const v1::OpOptions& proto) {
   OpOptions options;
   // fence_id 0 means "no fence" (proto3 cannot tell an unset message from a zero one).
-  if (proto.wait().fence_id() != 0) options.wait = FenceOp{proto.wait().fence_id(), proto.wait().value()};
+  if (proto.wait().fence_id() != 0)
+    options.wait = FenceOp{proto.wait().fence_id(), proto.wait().value()};
   if (proto.signal().fence_id() != 0) {
     options.signal = FenceOp{proto.signal().fence_id(), proto.signal().value()};
   }

@@ -1,13 +1,12 @@
 #include "daemon/service/daemon_server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/security/server_credentials.h>
-#include <grpcpp/server_builder.h>
 
 #include <cerrno>
 #include <cstring>
@@ -40,8 +39,8 @@ Status PrepareSocketPath(const std::string& path) {
     std::error_code error;
     std::filesystem::create_directories(parent, error);
     if (error) {
-      return FailedPreconditionError("cannot create the socket directory {}: {}",
-                                     parent.string(), error.message());
+      return FailedPreconditionError("cannot create the socket directory {}: {}", parent.string(),
+                                     error.message());
     }
   }
   struct stat st {};
@@ -66,9 +65,10 @@ StatusOr<std::string> UnixSocketPath(const std::string& address) {
   if (address.rfind("unix://", 0) == 0) {
     path = address.substr(7);
     if (path.empty() || path[0] != '/') {
-      return InvalidArgumentError("listen = \"{}\": unix:// needs an absolute path "
-                                  "(unix:///run/epd/epd.sock) or use unix:relative/path",
-                                  address);
+      return InvalidArgumentError(
+          "listen = \"{}\": unix:// needs an absolute path "
+          "(unix:///run/epd/epd.sock) or use unix:relative/path",
+          address);
     }
   } else if (address.rfind("unix:", 0) == 0) {
     path = address.substr(5);
@@ -76,8 +76,8 @@ StatusOr<std::string> UnixSocketPath(const std::string& address) {
     return InvalidArgumentError("listen = \"{}\" is not a unix: address", address);
   }
   if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) {
-    return InvalidArgumentError("listen = \"{}\": the socket path must have 1 to {} bytes",
-                                address, sizeof(sockaddr_un::sun_path) - 1);
+    return InvalidArgumentError("listen = \"{}\": the socket path must have 1 to {} bytes", address,
+                                sizeof(sockaddr_un::sun_path) - 1);
   }
   return path;
 }

@@ -6,11 +6,11 @@
 // ops finish, sessions close), then Stop() ends the remaining streams and the server.
 #pragma once
 
+#include <grpcpp/server.h>
+
 #include <chrono>
 #include <memory>
 #include <string>
-
-#include <grpcpp/server.h>
 
 #include "daemon/core/engine.h"
 #include "daemon/service/epd_service.h"

@@ -20,8 +20,7 @@ grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, std::stri
 // request does not validate.
 template <typename CoreOp, typename ProtoOp, typename Submit>
 grpc::ServerUnaryReactor* SubmitOp(Engine* engine, grpc::CallbackServerContext* context,
-                                   std::string_view method, const ProtoOp& request,
-                                   Submit submit) {
+                                   std::string_view method, const ProtoOp& request, Submit submit) {
   CoreOp op;
   OpOptions options;
   Status status = FromProto(request, &op, &options);
@@ -227,8 +226,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
 }
 
 grpc::ServerUnaryReactor* EpdService::Combine(grpc::CallbackServerContext* context,
-                                              const v1::CombineRequest* request,
-                                              v1::OpResponse*) {
+                                              const v1::CombineRequest* request, v1::OpResponse*) {
   return SubmitOp<CombineRequest>(
       engine_, context, "Combine", *request,
       [this](SessionId s, const CombineRequest& r, const OpOptions& o, OpDone done) {

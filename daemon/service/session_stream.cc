@@ -11,6 +11,21 @@ namespace {
 // Answers not yet written before the stream stops reading requests (backpressure).
 constexpr size_t kMaxPendingAnswers = 4096;
 
+std::string_view OpName(v1::SessionRequest::OpCase op) {
+  switch (op) {
+    case v1::SessionRequest::kOpen:
+      return "open";
+    case v1::SessionRequest::kUpdate:
+      return "update";
+    case v1::SessionRequest::kDispatch:
+      return "dispatch";
+    case v1::SessionRequest::kCombine:
+      return "combine";
+    default:
+      return "no op";
+  }
+}
+
 }  // namespace
 
 // What a locked section decided to do on the stream. gRPC may run a reaction inline from
@@ -81,31 +96,31 @@ void SessionStream::Handle(const v1::SessionRequest& request) {
   }
   if (!session.has_value()) {
     EndWith(FailedPreconditionError(
-        "the first request of a Session stream must be `open` (request_id {} carries op {})",
-        request.request_id(), static_cast<int>(request.op_case())));
+        "the first request of a Session stream must be `open`, not `{}` (request_id {})",
+        OpName(request.op_case()), request.request_id()));
     return;
   }
   switch (request.op_case()) {
     case v1::SessionRequest::kUpdate:
-      HandleOp<UpdateRequest>(request.request_id(), *session, request.update(), "update",
-                              [this](SessionId s, const UpdateRequest& r, const OpOptions& o,
-                                     OpDone done) {
-                                return engine_->SubmitUpdate(s, r, o, std::move(done));
-                              });
+      HandleOp<UpdateRequest>(
+          request.request_id(), *session, request.update(), "update",
+          [this](SessionId s, const UpdateRequest& r, const OpOptions& o, OpDone done) {
+            return engine_->SubmitUpdate(s, r, o, std::move(done));
+          });
       break;
     case v1::SessionRequest::kDispatch:
-      HandleOp<DispatchRequest>(request.request_id(), *session, request.dispatch(), "dispatch",
-                                [this](SessionId s, const DispatchRequest& r,
-                                       const OpOptions& o, OpDone done) {
-                                  return engine_->SubmitDispatch(s, r, o, std::move(done));
-                                });
+      HandleOp<DispatchRequest>(
+          request.request_id(), *session, request.dispatch(), "dispatch",
+          [this](SessionId s, const DispatchRequest& r, const OpOptions& o, OpDone done) {
+            return engine_->SubmitDispatch(s, r, o, std::move(done));
+          });
       break;
     case v1::SessionRequest::kCombine:
-      HandleOp<CombineRequest>(request.request_id(), *session, request.combine(), "combine",
-                               [this](SessionId s, const CombineRequest& r, const OpOptions& o,
-                                      OpDone done) {
-                                 return engine_->SubmitCombine(s, r, o, std::move(done));
-                               });
+      HandleOp<CombineRequest>(
+          request.request_id(), *session, request.combine(), "combine",
+          [this](SessionId s, const CombineRequest& r, const OpOptions& o, OpDone done) {
+            return engine_->SubmitCombine(s, r, o, std::move(done));
+          });
       break;
     default:
       Answer(AddSlot(request.request_id()),

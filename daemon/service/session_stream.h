@@ -53,8 +53,8 @@ class SessionStream final
   void HandleOpen(uint64_t request_id, const v1::OpenSessionRequest& open);
   // Validates and submits one op; answers at once when it fails synchronously.
   template <typename CoreOp, typename ProtoOp, typename Submit>
-  void HandleOp(uint64_t request_id, SessionId session, const ProtoOp& op,
-                std::string_view field, Submit submit);
+  void HandleOp(uint64_t request_id, SessionId session, const ProtoOp& op, std::string_view field,
+                Submit submit);
 
   uint64_t AddSlot(uint64_t request_id);  // takes a reference; returns the slot's sequence
   void Answer(uint64_t sequence, const Status& status,
@@ -72,13 +72,13 @@ class SessionStream final
   SessionStreamRegistry* const registry_;
 
   std::mutex mu_;
-  int refs_ = 1;  // gRPC's, released in OnDone
+  int refs_ = 1;                // gRPC's, released in OnDone
   v1::SessionRequest request_;  // target of the one outstanding read
   std::optional<SessionId> session_;
   bool session_closed_ = false;
   bool reading_ = false;
   bool reads_done_ = false;
-  bool read_paused_ = false;   // too many answers pending: stop reading (backpressure)
+  bool read_paused_ = false;  // too many answers pending: stop reading (backpressure)
   bool writing_ = false;
   bool finished_ = false;
   bool cancelled_ = false;

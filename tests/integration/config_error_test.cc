@@ -2,11 +2,10 @@
 // contradictory config file or flag makes `epd` exit 2 with a message naming the key; a good
 // config's persistent groups exist once it serves; SIGTERM / SIGINT drain and exit 0 quickly,
 // even with streams open.
-#include <signal.h>
-
-#include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <filesystem>
@@ -45,8 +44,8 @@ class ConfigErrorTest : public ::testing::Test {
     args.insert(args.end(), extra.begin(), extra.end());
     std::string output;
     EXPECT_EQ(RunDaemonToExit(args, &output, 5'000), kExitUsage) << "config:\n"
-                                                                  << toml << "\noutput:\n"
-                                                                  << output;
+                                                                 << toml << "\noutput:\n"
+                                                                 << output;
     return output;
   }
 
@@ -123,8 +122,9 @@ top_k = 2
 }
 
 TEST_F(ConfigErrorTest, HandleOnNonMemberRankIsRefused) {
-  EXPECT_THAT(ExpectRejected(std::string(kGroup) + "[[group.handle]]\nname = \"l0\"\nranks = [7]\n"),
-              HasSubstr("group[0].handle[0].ranks"));
+  EXPECT_THAT(
+      ExpectRejected(std::string(kGroup) + "[[group.handle]]\nname = \"l0\"\nranks = [7]\n"),
+      HasSubstr("group[0].handle[0].ranks"));
 }
 
 TEST_F(ConfigErrorTest, MissingConfigFileIsNamed) {
@@ -184,7 +184,7 @@ TEST(DaemonLifecycleTest, PersistentGroupsAndHandlesFromConfigExist) {
   EXPECT_EQ(group.config().world_size(), 2);
   EXPECT_EQ(group.config().experts(), 4);
   EXPECT_EQ(group.config().dtype(), v1::DTYPE_BF16);  // the default
-  EXPECT_EQ(group.handles(), 3);  // layer0 on ranks 0 and 1, layer1 on rank 1
+  EXPECT_EQ(group.handles(), 3);                      // layer0 on ranks 0 and 1, layer1 on rank 1
   EXPECT_EQ((*daemon)->Stop(), 0) << (*daemon)->ReadLog();
   std::filesystem::remove_all(pattern);
 }

@@ -1,6 +1,7 @@
 #include "tests/integration/daemon_process.h"
 
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
@@ -8,8 +9,6 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <grpcpp/grpcpp.h>
 
 #include <chrono>
 #include <cstring>
@@ -100,9 +99,9 @@ StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::s
   daemon->socket_path_ = daemon->temp_dir_ + "/epd.sock";
   daemon->address_ = "unix://" + daemon->socket_path_;
 
-  std::vector<std::string> args = {DaemonBinaryPath(), "--backend",  "cpu",
-                                   "--cpu-ranks",      std::to_string(ranks),
-                                   "--listen",         daemon->address_};
+  std::vector<std::string> args = {DaemonBinaryPath(), "--backend",           "cpu",
+                                   "--cpu-ranks",      std::to_string(ranks), "--listen",
+                                   daemon->address_};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   EPD_ASSIGN_OR_RETURN(daemon->pid_, Spawn(args, daemon->log_path()));
 

@@ -1,11 +1,11 @@
 // Server reflection and health, as grpcurl sees them: the real daemon lists its services,
 // and every service's descriptors come back complete enough to resolve its methods (what
 // `grpcurl list` / `grpcurl describe` do). Health Check reports SERVING.
+#include <gmock/gmock.h>
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
 #include <google/protobuf/descriptor_database.h>
 #include <grpcpp/grpcpp.h>
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -139,10 +139,10 @@ TEST_F(ReflectionTest, EpdMethodsAndMessagesResolve) {
   ASSERT_NE(epd, nullptr);
   std::set<std::string> methods;
   for (int i = 0; i < epd->method_count(); ++i) methods.insert(epd->method(i)->name());
-  EXPECT_THAT(methods, IsSupersetOf({"GetNodeInfo", "GetStats", "Session", "OpenSession",
-                                     "CloseSession", "RegisterBuffer", "CreateGroup",
-                                     "CreateHandle", "AttachHandle", "UpdateHandle",
-                                     "Dispatch", "Combine"}));
+  EXPECT_THAT(methods,
+              IsSupersetOf({"GetNodeInfo", "GetStats", "Session", "OpenSession", "CloseSession",
+                            "RegisterBuffer", "CreateGroup", "CreateHandle", "AttachHandle",
+                            "UpdateHandle", "Dispatch", "Combine"}));
   const auto* session = epd->FindMethodByName("Session");
   ASSERT_NE(session, nullptr);
   EXPECT_TRUE(session->client_streaming());
