@@ -76,7 +76,7 @@ Status Gate::Arm(cudaStream_t stream, uint32_t value, uint64_t timeout_ns) {
 }
 
 void Gate::Open(uint32_t value) {
-  std::atomic_ref<uint32_t>(*host_).store(value, std::memory_order_release);
+  __atomic_store_n(host_, value, __ATOMIC_RELEASE);  // C++17 in .cu: no atomic_ref
 }
 
 StatusOr<std::unique_ptr<EventPair>> EventPair::Create(int device) {
