@@ -267,6 +267,15 @@ TEST(DaemonConfigTest, LoopbackAddresses) {
   EXPECT_FALSE(IsLoopbackAddress("[::]:1"));
 }
 
+TEST(DaemonConfigTest, ShippedExampleConfigIsValid) {
+  auto config = LoadDaemonConfig(EPD_EXAMPLE_CONFIG);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  ASSERT_EQ(config->groups.size(), 1u);
+  EXPECT_EQ(config->groups[0].config.world_size(), 8);
+  EXPECT_EQ(config->groups[0].handles.size(), 2u);
+  EXPECT_TRUE(CheckGroupsAgainstNode(*config, 8).ok());
+}
+
 TEST(DaemonConfigTest, MissingFileIsNotFound) {
   auto config = LoadDaemonConfig("/nonexistent/epd.toml");
   ASSERT_FALSE(config.ok());
