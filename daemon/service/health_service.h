@@ -36,7 +36,12 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
  private:
   friend class Watcher;
   static bool IsKnownService(const std::string& service);
+  ServingStatus status();
   void Unregister(Watcher* watcher);
+  // Calls `visit` on every live watcher without holding mu_ (gRPC may run a reaction inline
+  // from StartWrite / Finish, and OnDone takes mu_); references keep each one alive.
+  template <typename Visit>
+  void ForEachWatcher(Visit visit);
 
   std::mutex mu_;
   ServingStatus status_ = grpc::health::v1::HealthCheckResponse::SERVING;

@@ -6,8 +6,12 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -218,6 +222,40 @@ void ExpectPromptExitWithOpenStream(int signal_number) {
   EXPECT_EQ((*daemon)->Stop(), 0) << (*daemon)->ReadLog();  // reaps; already exiting
   EXPECT_LT(SteadyClock::now() - start, kPromptExit);
 }
+
+#ifdef EPD_TEST_WITH_SYSTEMD
+// Reads one datagram from the fake NOTIFY_SOCKET within 5 s ("" on timeout).
+std::string ReadNotification(int fd) {
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  char buffer[512];
+  const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "";
+}
+
+// Type=notify: systemd considers the service started at READY=1 and stopping at STOPPING=1.
+TEST(DaemonLifecycleTest, NotifiesSystemdReadyAndStopping) {
+  std::string pattern = "/tmp/epd-notify-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+  const std::string path = pattern + "/notify.sock";
+  const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+
+  setenv("NOTIFY_SOCKET", path.c_str(), 1);  // inherited by the daemon only
+  auto daemon = DaemonProcess::Start({}, 1);
+  unsetenv("NOTIFY_SOCKET");
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  EXPECT_THAT(ReadNotification(fd), HasSubstr("READY=1"));
+  EXPECT_EQ((*daemon)->Stop(), 0);
+  EXPECT_THAT(ReadNotification(fd), HasSubstr("STOPPING=1"));
+  close(fd);
+  std::filesystem::remove_all(pattern);
+}
+#endif
 
 TEST(DaemonLifecycleTest, SigtermDrainsAndExitsZero) { ExpectPromptExitWithOpenStream(SIGTERM); }
 
