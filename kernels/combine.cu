@@ -119,9 +119,11 @@ __device__ bool OpeningBarrier(const CombineParams& p) {
   __shared__ bool ok;
   if (threadIdx.x == 0) {
     ok = true;
+    // One fence, then plain flag stores: our expert output (written by kernels that ended
+    // before this one) is visible to peers before they see the flag.
     __threadfence_system();
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreReleaseSys(&detail::AsSync(p.sync[d])->start[p.rank], p.seq);
+      detail::StoreRelaxedSys(&detail::AsSync(p.sync[d])->start[p.rank], p.seq);
     }
     SyncArea* me = detail::AsSync(p.sync[p.rank]);
     for (int s = 0; s < p.world_size && ok; ++s) {
@@ -160,10 +162,12 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
       ReduceItem<kType>(p, bases, item / chunks, item % chunks, vectors);
     }
   }
-  if (!detail::FinishBlock(me) || (flags & kGoAbort)) return;
+  if (!detail::FinishBlock(me, /*remote_stores=*/false) || (flags & kGoAbort)) return;
   if (threadIdx.x == 0) {
+    // Every block's peer loads completed (their values were reduced and stored) before
+    // FinishBlock counted it: plain flag stores suffice.
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreReleaseSys(&detail::AsSync(p.sync[d])->end[p.rank], p.seq);
+      detail::StoreRelaxedSys(&detail::AsSync(p.sync[d])->end[p.rank], p.seq);
     }
     for (int s = 0; s < p.world_size; ++s) {
       uint64_t seen = 0;

@@ -19,7 +19,7 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
   const uint32_t seq32 = static_cast<uint32_t>(p.seq);
   if (threadIdx.x == 0) timed_out_peer = INT_MAX;
   __syncthreads();
-  __threadfence_system();  // our earlier ops on this stream before peers learn we arrived
+  // NOTE: no fence before publishing: earlier work on this stream ended with its kernels.
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
     const int d = i / stride, e = i % stride;
     const uint32_t value = static_cast<uint32_t>(e < E ? p.expert_counts[e] : n);
@@ -47,7 +47,7 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
     }
     return false;
   }
-  __threadfence_system();
+  __threadfence();  // our row stores stay behind the loads that saw every peer arrive
   return true;
 }
 
@@ -222,10 +222,11 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
       ExpertMajorRows(p, n, ticket, (flags & kGoSkipData) != 0);
     }
   }
-  if (!detail::FinishBlock(me) || (flags & kGoAbort)) return;
+  if (!detail::FinishBlock(me, /*remote_stores=*/true) || (flags & kGoAbort)) return;
   if (threadIdx.x == 0) {
+    // FinishBlock fenced every block's rows at system scope: plain flag stores suffice.
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreReleaseSys(&detail::AsSync(p.peers[d].sync)->done[p.rank], p.seq);
+      detail::StoreRelaxedSys(&detail::AsSync(p.peers[d].sync)->done[p.rank], p.seq);
     }
     for (int s = 0; s < p.world_size; ++s) {
       uint64_t seen = 0;

@@ -143,17 +143,26 @@ __device__ __forceinline__ uint64_t AwaitGo(SyncArea* me, uint64_t seq, uint64_t
 }
 
 // Every block calls this after its rows: true in exactly one block, the last to finish,
-// which has then seen (through the counter) every other block's writes. It also resets the
-// ticket counters for the next op on this stream.
-__device__ __forceinline__ bool FinishBlock(SyncArea* me) {
+// which has then seen (through the counter) every other block's work. remote_stores: the
+// blocks wrote peer memory, which must be visible system-wide before the caller's flags.
+// It also resets the ticket counters for the next op on this stream.
+__device__ __forceinline__ bool FinishBlock(SyncArea* me, bool remote_stores) {
   __shared__ bool last;
-  __threadfence_system();  // this thread's (peer) stores before the counter bump
+  if (remote_stores) {
+    __threadfence_system();  // this thread's peer stores before the counter bump
+  } else {
+    __threadfence();
+  }
   __syncthreads();
   if (threadIdx.x == 0) {
     const unsigned old = atomicAdd(&me->control.finish, 1u);
     last = old == gridDim.x - 1;
     if (last) {
-      __threadfence_system();
+      if (remote_stores) {
+        __threadfence_system();
+      } else {
+        __threadfence();
+      }
       me->control.finish = 0;
       me->control.arrive = 0;
     }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 #include "tests/gpu/moe_harness.h"
@@ -14,6 +15,7 @@ namespace {
 
 struct Timing {
   double mean_us = 0, median_us = 0, p99_us = 0;
+  double enqueue_us = 0;  // host time per op call (the slowest rank's thread)
 };
 
 // Enqueues `iterations` ops back to back on every rank with an event between consecutive
@@ -24,15 +26,21 @@ Timing TimeOps(Backend& backend, int ranks, int iterations, const std::function<
     cudaSetDevice(r);
     for (auto& e : events[r]) cudaEventCreate(&e);
   }
+  std::vector<double> enqueue_us(ranks);
   OnEveryRank(ranks, [&](int r) {
     cudaSetDevice(r);
     cudaStream_t stream = CudaBackendStream(backend, r);
     cudaEventRecord(events[r][0], stream);
+    const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < iterations; ++i) {
       Status s = op(r);
       EXPECT_TRUE(s.ok()) << s.ToString();
       cudaEventRecord(events[r][i + 1], stream);
     }
+    enqueue_us[r] =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+            .count() /
+        iterations;
   });
   Timing worst;
   for (int r = 0; r < ranks; ++r) {
@@ -49,62 +57,94 @@ Timing TimeOps(Backend& backend, int ranks, int iterations, const std::function<
     std::sort(us.begin(), us.end());
     Timing t{total_ms * 1000.0 / iterations, us[iterations / 2],
              us[std::min(iterations - 1, iterations * 99 / 100)]};
+    t.enqueue_us = *std::max_element(enqueue_us.begin(), enqueue_us.end());
     if (t.mean_us > worst.mean_us) worst = t;
     for (auto& e : events[r]) cudaEventDestroy(e);
   }
   return worst;
 }
 
-TEST(CudaPerf, StandardConfigLowLatency) {
-  EPD_REQUIRE_GPUS(2);
-  Backend& backend = *SharedBackend();
-  const int R = std::min(GpuCount(), 8);
+struct PerfResult {
+  Timing dispatch, combine;
+};
+
+// The standard configuration with `tokens` tokens per rank on every rank of `backend`.
+PerfResult MeasureStandard(Backend& backend, int ranks, int tokens, const std::string& name) {
   CaseSpec spec;
-  spec.name = "perf";
-  spec.ranks = R;
+  spec.name = name;
+  spec.ranks = ranks;
   spec.experts = 256;
   spec.hidden = 7168;
   spec.tokens = 128;
   spec.top_k = 8;
   MoeHarness harness(backend, spec);
-  const std::vector<int> n(R, spec.tokens);
+  const std::vector<int> n(ranks, tokens);
   auto inputs = harness.MakeInputs(RoutingKind::kRandom, n, 42, false, true);
-  for (const Status& s : harness.Update(inputs)) ASSERT_TRUE(s.ok()) << s.ToString();
-  for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+  for (const Status& s : harness.Update(inputs)) EXPECT_TRUE(s.ok()) << s.ToString();
+  for (const Status& s : harness.Dispatch()) EXPECT_TRUE(s.ok()) << s.ToString();
   harness.ExpectDispatchMatches(inputs, n);
-  for (const Status& s : harness.Combine(true, 1)) ASSERT_TRUE(s.ok()) << s.ToString();
+  for (const Status& s : harness.Combine(true, 1)) EXPECT_TRUE(s.ok()) << s.ToString();
   harness.ExpectCombineMatches(inputs, n);
 
-  // The harness's own op arguments, rebuilt here so the loop only enqueues.
-  std::vector<DispatchArgs> dispatch(R);
-  std::vector<CombineArgs> combine(R);
+  // The harness's own op arguments, rebuilt here so the timed loop only enqueues.
+  std::vector<DispatchArgs> dispatch(ranks);
+  std::vector<CombineArgs> combine(ranks);
   std::vector<std::unique_ptr<DeviceBuffer>> x, out;
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < ranks; ++r) {
     x.push_back(std::make_unique<DeviceBuffer>(r, inputs[r].x.size()));
     x[r]->Upload(inputs[r].x.data(), inputs[r].x.size());
     out.push_back(std::make_unique<DeviceBuffer>(r, inputs[r].x.size()));
     dispatch[r].handle = &harness.handle(r);
-    dispatch[r].x = TensorView{x[r]->data(), spec.dtype, {spec.tokens, spec.hidden}};
+    dispatch[r].x = TensorView{x[r]->data(), spec.dtype, {tokens, spec.hidden}};
     combine[r].handle = &harness.handle(r);
-    combine[r].out = TensorView{out[r]->data(), spec.dtype, {spec.tokens, spec.hidden}};
+    combine[r].out = TensorView{out[r]->data(), spec.dtype, {tokens, spec.hidden}};
   }
   auto dispatch_op = [&](int r) { return backend.Dispatch(*harness.group(), r, dispatch); };
   auto combine_op = [&](int r) { return backend.Combine(*harness.group(), r, combine); };
-  TimeOps(backend, R, 20, dispatch_op);  // warm-up
-  TimeOps(backend, R, 20, combine_op);
-  const Timing d = TimeOps(backend, R, 200, dispatch_op);
-  const Timing c = TimeOps(backend, R, 200, combine_op);
-  for (int r = 0; r < R; ++r) ASSERT_TRUE(WaitComplete(backend, harness.handle(r)).ok());
+  TimeOps(backend, ranks, 20, dispatch_op);  // warm-up
+  TimeOps(backend, ranks, 20, combine_op);
+  PerfResult result;
+  result.dispatch = TimeOps(backend, ranks, 200, dispatch_op);
+  result.combine = TimeOps(backend, ranks, 200, combine_op);
+  for (int r = 0; r < ranks; ++r) {
+    Status s = WaitComplete(backend, harness.handle(r));
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  }
+  return result;
+}
 
-  const double bytes = double(spec.tokens) * spec.top_k * spec.hidden * 2;  // per rank
+void Print(const char* label, int ranks, int tokens, const PerfResult& p) {
+  const double bytes = double(tokens) * 8 * 7168 * 2;  // valid selections x H x bf16, per rank
   std::printf(
-      "[perf] R=%d H=%d K=%d E=%d T=%d bf16 expert-major\n"
-      "[perf] dispatch: mean %.1f us (median %.1f, p99 %.1f) -> %.1f GB/s logical per rank\n"
-      "[perf] combine:  mean %.1f us (median %.1f, p99 %.1f) -> %.1f GB/s logical per rank\n",
-      R, spec.hidden, spec.top_k, spec.experts, spec.tokens, d.mean_us, d.median_us, d.p99_us,
-      bytes / d.mean_us / 1e3, c.mean_us, c.median_us, c.p99_us, bytes / c.mean_us / 1e3);
-  RecordProperty("dispatch_us", std::to_string(d.mean_us));
-  RecordProperty("combine_us", std::to_string(c.mean_us));
+      "[perf] %-12s R=%d T=%3d  dispatch %6.1f us (median %6.1f, p99 %6.1f) %6.1f GB/s | "
+      "combine %6.1f us (median %6.1f, p99 %6.1f) %6.1f GB/s\n",
+      label, ranks, tokens, p.dispatch.mean_us, p.dispatch.median_us, p.dispatch.p99_us,
+      bytes / p.dispatch.mean_us / 1e3, p.combine.mean_us, p.combine.median_us, p.combine.p99_us,
+      bytes / p.combine.mean_us / 1e3);
+}
+
+TEST(CudaPerf, StandardConfigLowLatency) {
+  EPD_REQUIRE_GPUS(2);
+  const int R = std::min(GpuCount(), 8);
+  std::printf("[perf] H=7168 K=8 E=256 bf16 expert-major, logical GB/s per rank\n");
+  Print("all SMs", R, 128, MeasureStandard(*SharedBackend(), R, 128, "perf"));
+  // No tokens: what the device-side synchronisation alone costs.
+  Print("empty", R, 0, MeasureStandard(*SharedBackend(), R, 0, "perf_empty"));
+}
+
+// Fewer SMs for communication leaves more to the frontend's kernels: what it costs.
+TEST(CudaPerf, BlockBudgetSweep) {
+  EPD_REQUIRE_GPUS(2);
+  const int R = std::min(GpuCount(), 8);
+  for (int blocks : {16, 32, 66, 132}) {
+    CudaBackendOptions options;
+    options.create_nccl_comms = false;
+    options.max_blocks_per_op = blocks;
+    auto backend = CreateCudaBackend(options);
+    ASSERT_TRUE(backend.ok()) << backend.status().ToString();
+    const std::string label = std::to_string(blocks) + " blocks";
+    Print(label.c_str(), R, 128, MeasureStandard(**backend, R, 128, "sweep"));
+  }
 }
 
 }  // namespace

@@ -105,7 +105,7 @@ class CudaBackend final : public Backend {
   Status CheckNodeRank(int node_rank) const;
   StatusOr<CudaExportedMemory*> FenceOf(int node_rank, ExportedMemory& fence) const;
   // Claims a device error record for an op about to be enqueued on `node_rank`.
-  kernels::DeviceError* ClaimRecord(int node_rank, std::string what);
+  kernels::DeviceError* ClaimRecord(int node_rank, PendingOp op);
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
@@ -208,12 +208,11 @@ Status CudaBackend::CheckNodeRank(int node_rank) const {
   return OkStatus();
 }
 
-kernels::DeviceError* CudaBackend::ClaimRecord(int node_rank, std::string what) {
+kernels::DeviceError* CudaBackend::ClaimRecord(int node_rank, PendingOp op) {
   RankState& rank = *ranks_[node_rank];
-  int index = 0;
-  kernels::DeviceError* record = rank.records->Claim(&index);
+  kernels::DeviceError* record = rank.records->Claim(&op.record);
   std::lock_guard<std::mutex> lock(rank.mu);
-  rank.pending.push_back(PendingOp{index, std::move(what)});
+  rank.pending.push_back(std::move(op));
   return record;
 }
 
@@ -271,6 +270,7 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
   }
   auto group = std::make_unique<CudaGroup>();
   group->config_ = config;
+  group->name_ = std::make_shared<const std::string>(config.name);
   group->seq_ = std::make_unique<uint64_t[]>(R);
   group->sm_count_ = std::numeric_limits<int>::max();
   for (int r = 0; r < R; ++r) {
@@ -344,7 +344,7 @@ Status CudaBackend::WaitFence(int node_rank, ExportedMemory& fence, uint64_t val
   const auto* counter =
       reinterpret_cast<const uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset);
   kernels::DeviceError* record =
-      ClaimRecord(node_rank, fmt::format("fence wait for {} on node rank {}", value, node_rank));
+      ClaimRecord(node_rank, PendingOp{0, "fence wait", nullptr, node_rank, value});
   EPD_CUDA_CHECK(
       kernels::LaunchFenceWait(counter, value, timeout_ns(), record, rank.stream->get()));
   return OkStatus();
@@ -405,8 +405,8 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   params.local_rank = handle.priv<int32_t>(p.local_rank);
   params.slot = handle.priv<int32_t>(p.slot);
   params.bound_tokens = handle.priv<int32_t>(p.bound_tokens);
-  params.error = ClaimRecord(
-      handle.node_rank_, fmt::format("update of group '{}' rank {}", c.name, handle.group_rank_));
+  params.error = ClaimRecord(handle.node_rank_,
+                             PendingOp{0, "update", handle.group_->name_, handle.group_rank_, 0});
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, rank.stream->get()));
   handle.num_tokens_.store(n, std::memory_order_relaxed);
   return OkStatus();
@@ -486,8 +486,7 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
   }
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(me.node_rank_, fmt::format("dispatch of group '{}' on rank {} (op {})",
-                                                        c.name, group_rank, seq));
+  params.error = ClaimRecord(me.node_rank_, PendingOp{0, "dispatch", group.name_, group_rank, seq});
   const int64_t rows =
       params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
   const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
@@ -537,8 +536,7 @@ Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<C
   }
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(me.node_rank_, fmt::format("combine of group '{}' on rank {} (op {})",
-                                                        c.name, group_rank, seq));
+  params.error = ClaimRecord(me.node_rank_, PendingOp{0, "combine", group.name_, group_rank, seq});
   const int64_t vectors = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype) / 16;
   const int64_t chunks =
       (vectors + kernels::kCombineVectorsPerItem - 1) / kernels::kCombineVectorsPerItem;

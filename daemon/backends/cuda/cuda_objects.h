@@ -63,6 +63,7 @@ class CudaGroup : public BackendGroup {
   const GroupConfig& config() const override { return config_; }
 
   GroupConfig config_;
+  std::shared_ptr<const std::string> name_;          // shared with pending ops' error messages
   std::vector<int> devices_;                         // CUDA device of each group rank
   std::vector<std::unique_ptr<DeviceMemory>> sync_;  // SyncArea of each group rank
   // Collective ops issued so far by each group rank; only that rank's worker touches its

@@ -23,6 +23,11 @@ const char* PhaseName(int phase) {
 
 }  // namespace
 
+std::string PendingOp::Describe() const {
+  if (group == nullptr) return fmt::format("{} on node rank {}", op, rank);
+  return fmt::format("{} of group '{}' on rank {} (op {})", op, *group, rank, value);
+}
+
 StatusOr<std::unique_ptr<ErrorRecords>> ErrorRecords::Create(AllocationCounter& counter) {
   EPD_ASSIGN_OR_RETURN(auto memory,
                        PinnedHostMemory::Create(sizeof(kernels::DeviceError) * kRecords, counter));
@@ -43,7 +48,7 @@ Status ErrorRecords::Collect(const std::vector<PendingOp>& ops) const {
   std::atomic_thread_fence(std::memory_order_acquire);
   for (const PendingOp& op : ops) {
     const kernels::DeviceError record = records()[op.record];
-    if (record.code != kernels::kDeviceErrorNone) return DeviceErrorToStatus(record, op.what);
+    if (record.code != kernels::kDeviceErrorNone) return DeviceErrorToStatus(record, op.Describe());
   }
   return OkStatus();
 }

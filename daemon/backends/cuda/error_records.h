@@ -16,10 +16,15 @@
 
 namespace epd::cuda {
 
-// What the op was, for error messages ("dispatch of group 'g' on rank 2").
+// What an op was, for error messages; formatted only when the op failed, so enqueueing an
+// op costs no string formatting.
 struct PendingOp {
   int record = 0;
-  std::string what;
+  const char* op = "";                       // "dispatch", "combine", "update", "fence wait"
+  std::shared_ptr<const std::string> group;  // null for fence waits
+  int rank = 0;                              // group rank (node rank for fence waits)
+  uint64_t value = 0;                        // op sequence number / awaited fence value
+  std::string Describe() const;
 };
 
 class ErrorRecords {
