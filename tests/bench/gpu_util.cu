@@ -44,7 +44,7 @@ StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Create(int device, size_t 
   EPD_BENCH_CUDA(cudaSetDevice(device));
   EPD_BENCH_CUDA(cudaMalloc(&buffer->data_, bytes == 0 ? 256 : bytes));
   EPD_BENCH_CUDA(cudaMemset(buffer->data_, 0, bytes == 0 ? 256 : bytes));
-  return buffer;
+  return StatusOr<std::unique_ptr<DeviceBuffer>>(std::move(buffer));  // C++17: no implicit move
 }
 
 DeviceBuffer::~DeviceBuffer() {
@@ -63,7 +63,7 @@ StatusOr<std::unique_ptr<Gate>> Gate::Create() {
   void* device = nullptr;
   EPD_BENCH_CUDA(cudaHostGetDevicePointer(&device, host, 0));
   gate->device_ = static_cast<uint32_t*>(device);
-  return gate;
+  return StatusOr<std::unique_ptr<Gate>>(std::move(gate));
 }
 
 Gate::~Gate() {
@@ -84,7 +84,7 @@ StatusOr<std::unique_ptr<EventPair>> EventPair::Create(int device) {
   EPD_BENCH_CUDA(cudaSetDevice(device));
   EPD_BENCH_CUDA(cudaEventCreate(&pair->start_));
   EPD_BENCH_CUDA(cudaEventCreate(&pair->stop_));
-  return pair;
+  return StatusOr<std::unique_ptr<EventPair>>(std::move(pair));
 }
 
 EventPair::~EventPair() {
