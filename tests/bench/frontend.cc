@@ -131,7 +131,7 @@ Status Frontend::Init() {
 #if EPD_BENCH_WITH_CUDA
     EPD_BENCH_CUDA(cudaSetDevice(options_.rank));
     EPD_BENCH_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    EPD_ASSIGN_OR_RETURN(gate_, gpu::Gate::Create());
+    EPD_ASSIGN_OR_RETURN(gate_, gpu::Gate::Create(gpu::Gate::Kind::kStreamWait));
     EPD_ASSIGN_OR_RETURN(events_, gpu::EventPair::Create(options_.rank));
 #else
     return UnimplementedError("the daemon runs the cuda backend but epd-bench was built without CUDA");
@@ -218,6 +218,7 @@ Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
         // daemon's stream behind its wait on `go`.
         status = session_->Await(answer, OpName(static_cast<Op>(op)));
         ++gate_value_;
+        if (status.ok()) status = gpu::Check(cudaSetDevice(options_.rank), "cudaSetDevice");
         if (status.ok()) status = gate_->Arm(stream_, gate_value_);
         if (status.ok()) status = events_->RecordStart(stream_);
         if (status.ok()) status = epd::cuda::SignalFenceOnStream(*go_, value, stream_);
@@ -248,14 +249,18 @@ Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
     if (it == 0 && settings_.check) {
       const void* result = static_cast<const char*>(t.base) + t.out;
       std::vector<char> host;
+      // NOTE: never return from here: the other frontends wait at the next barrier.
+      Status copied;
 #if EPD_BENCH_WITH_CUDA
       if (on_gpu_) {
         host.resize(static_cast<size_t>(c.tokens) * c.row_bytes() + 1);
-        EPD_BENCH_CUDA(cudaMemcpy(host.data(), result, host.size() - 1, cudaMemcpyDeviceToHost));
+        copied = gpu::Check(cudaMemcpy(host.data(), result, host.size() - 1, cudaMemcpyDeviceToHost),
+                            "cudaMemcpy(out)");
         result = host.data();
       }
 #endif
-      check = CheckCombine(c, options_.rank, routing, result, CheckStride(c));
+      check = copied.ok() ? CheckCombine(c, options_.rank, routing, result, CheckStride(c))
+                          : "failed: " + copied.ToString();
     }
   }
   return OkStatus();

@@ -1,5 +1,6 @@
 #include "tests/bench/gpu_util.h"
 
+#include <cudaTypedefs.h>
 #include <fmt/format.h>
 
 #include <atomic>
@@ -54,8 +55,18 @@ DeviceBuffer::~DeviceBuffer() {
   }
 }
 
-StatusOr<std::unique_ptr<Gate>> Gate::Create() {
+StatusOr<std::unique_ptr<Gate>> Gate::Create(Kind kind) {
   std::unique_ptr<Gate> gate(new Gate());
+  gate->kind_ = kind;
+  if (kind == Kind::kStreamWait) {
+    // Through the runtime's entry point: epd-bench need not link libcuda itself.
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    EPD_BENCH_CUDA(cudaGetDriverEntryPointByVersion("cuStreamWaitValue32", &gate->wait_value_fn_,
+                                                    11070, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || gate->wait_value_fn_ == nullptr) {
+      return UnavailableError("the driver has no cuStreamWaitValue32");
+    }
+  }
   void* host = nullptr;
   EPD_BENCH_CUDA(cudaHostAlloc(&host, 4096, cudaHostAllocMapped | cudaHostAllocPortable));
   gate->host_ = static_cast<uint32_t*>(host);
@@ -67,10 +78,23 @@ StatusOr<std::unique_ptr<Gate>> Gate::Create() {
 }
 
 Gate::~Gate() {
-  if (host_ != nullptr) cudaFreeHost(host_);
+  if (host_ != nullptr) {
+    Open(UINT32_MAX);  // release anything still armed before the memory goes
+    cudaFreeHost(host_);
+  }
 }
 
 Status Gate::Arm(cudaStream_t stream, uint32_t value, uint64_t timeout_ns) {
+  if (kind_ == Kind::kStreamWait) {
+    auto wait = reinterpret_cast<PFN_cuStreamWaitValue32_v11070>(wait_value_fn_);
+    const CUresult result = wait(reinterpret_cast<CUstream>(stream),
+                                 reinterpret_cast<CUdeviceptr>(device_), value,
+                                 CU_STREAM_WAIT_VALUE_GEQ);
+    if (result != CUDA_SUCCESS) {
+      return InternalError("cuStreamWaitValue32 on the gate: CUresult {}", static_cast<int>(result));
+    }
+    return OkStatus();
+  }
   GateKernel<<<1, 1, 0, stream>>>(device_, value, timeout_ns);
   return Check(cudaGetLastError(), "launching the gate kernel");
 }

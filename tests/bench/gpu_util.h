@@ -4,7 +4,11 @@
 // Why the gate: with an idle stream, an event recorded before an op runs at once and the op
 // starts only after the host finishes enqueueing it, so the span would include launch
 // overhead. Arming the gate first queues [gate][start][op][stop] on the GPU; opening it (a
-// host store that a one-thread kernel polls) starts every rank at nearly the same instant.
+// host store to pinned memory) starts every rank at nearly the same instant.
+//
+// Two kinds: a one-thread polling kernel (in-process mode: same context as the backend), or
+// a stream memory op, cuStreamWaitValue32 (frontend processes: without MPS, a kernel of the
+// frontend's context would time-slice with the daemon's kernels and distort the span).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -43,17 +47,20 @@ class DeviceBuffer {
 
 class Gate {
  public:
-  static StatusOr<std::unique_ptr<Gate>> Create();
+  enum class Kind { kKernel, kStreamWait };
+  static StatusOr<std::unique_ptr<Gate>> Create(Kind kind);
   ~Gate();
   Gate(const Gate&) = delete;
   Gate& operator=(const Gate&) = delete;
-  // Enqueues a kernel that returns once the gate holds a value >= `value` (or after
-  // `timeout_ns`, so a lost host never hangs the stream).
+  // Holds `stream` until the gate holds a value >= `value`; the kernel kind also gives up
+  // after `timeout_ns`. Callers always Open() what they armed (the destructor opens fully).
   Status Arm(cudaStream_t stream, uint32_t value, uint64_t timeout_ns = 30'000'000'000ull);
   void Open(uint32_t value);
 
  private:
   Gate() = default;
+  Kind kind_ = Kind::kKernel;
+  void* wait_value_fn_ = nullptr;  // cuStreamWaitValue32 from the driver entry point
   uint32_t* host_ = nullptr;
   uint32_t* device_ = nullptr;
 };

@@ -147,7 +147,7 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
                                   state->routing.topk_idx.size() * 4, cudaMemcpyHostToDevice));
         EPD_BENCH_CUDA(cudaMemcpy(state->weights_dev->data(), state->routing.weights.data(),
                                   state->routing.weights.size() * 4, cudaMemcpyHostToDevice));
-        EPD_ASSIGN_OR_RETURN(state->gate, gpu::Gate::Create());
+        EPD_ASSIGN_OR_RETURN(state->gate, gpu::Gate::Create(gpu::Gate::Kind::kKernel));
         EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(r));
         state->stream = CudaBackendStream(*backend_, r);
         return OkStatus();
@@ -248,7 +248,9 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
       } else {
 #if EPD_BENCH_WITH_CUDA
         ++gate_value;
-        op_status = me.gate->Arm(me.stream, gate_value);
+        // The backend may leave another device current on this thread.
+        op_status = gpu::Check(cudaSetDevice(rank), "cudaSetDevice");
+        if (op_status.ok()) op_status = me.gate->Arm(me.stream, gate_value);
         if (op_status.ok()) op_status = me.events->RecordStart(me.stream);
         if (op_status.ok()) op_status = run_op();
         if (op_status.ok()) op_status = me.events->RecordStop(me.stream);
@@ -274,14 +276,22 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
     if (it == 0 && settings.check) {
       const void* out = me.out;
 #if EPD_BENCH_WITH_CUDA
+      // NOTE: never return from here: the other rank threads wait at the next barrier.
+      Status copied;
       if (on_gpu_) {
-        EPD_BENCH_CUDA(cudaSetDevice(rank));
-        EPD_BENCH_CUDA(cudaMemcpy(me.out_host.data(), me.out, me.out_host.size(),
-                                  cudaMemcpyDeviceToHost));
+        copied = gpu::Check(cudaSetDevice(rank), "cudaSetDevice");
+        if (copied.ok()) {
+          copied = gpu::Check(cudaMemcpy(me.out_host.data(), me.out, me.out_host.size(),
+                                         cudaMemcpyDeviceToHost),
+                              "cudaMemcpy(out)");
+        }
         out = me.out_host.data();
       }
-#endif
+      check = copied.ok() ? CheckCombine(c, rank, me.routing, out, CheckStride(c))
+                          : "failed: " + copied.ToString();
+#else
       check = CheckCombine(c, rank, me.routing, out, CheckStride(c));
+#endif
     }
   }
   (void)gate_value;
