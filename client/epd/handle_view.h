@@ -22,6 +22,9 @@ namespace epd {
 class HandleView {
  public:
   static StatusOr<std::unique_ptr<HandleView>> Open(const v1::HandleInfo& info);
+  // Views `region` (already mapped, or a host copy of the exported region) as `info` says.
+  static StatusOr<std::unique_ptr<HandleView>> Open(const v1::HandleInfo& info,
+                                                    std::unique_ptr<MappedRegion> region);
 
   const v1::HandleInfo& info() const { return info_; }
   const v1::GroupConfig& config() const { return info_.config(); }

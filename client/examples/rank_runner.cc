@@ -34,6 +34,13 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   }
   if (!handle.ok()) return handle.status().WithContext("creating the handle");
   EPD_ASSIGN_OR_RETURN(runner->view_, HandleView::Open(*handle));
+  EPD_ASSIGN_OR_RETURN(const v1::NodeInfo node, client.GetNodeInfo());
+  const bool device = node.backend() == "cuda";
+  if (device) {
+    const size_t exported = handle->buffers().total_bytes();
+    EPD_ASSIGN_OR_RETURN(runner->host_view_,
+                         HandleView::Open(*handle, std::make_unique<HostRegion>(exported)));
+  }
 
   // One shared buffer: x [T, H] | topk [T, K] | weights [T, K] | out [T, H].
   const size_t T = problem.max_tokens, K = problem.top_k;
@@ -43,8 +50,15 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   runner->weights_offset_ = runner->topk_offset_ + AlignUp(T * K * idx_bytes);
   runner->out_offset_ = runner->weights_offset_ + AlignUp(T * K * sizeof(float));
   const size_t total = runner->out_offset_ + AlignUp(T * problem.row_bytes());
-  EPD_ASSIGN_OR_RETURN(runner->buffer_, SharedMemoryBuffer::Create(total));
-  EPD_ASSIGN_OR_RETURN(runner->buffer_id_, session.RegisterBuffer(runner->buffer_->Source()));
+  if (device) {
+    // The rank's tensors live on the GPU that holds its handle.
+    const int gpu = handle->source().device() >= 0 ? handle->source().device() : rank;
+    EPD_ASSIGN_OR_RETURN(runner->memory_, CreateDeviceMemory(total, gpu));
+  } else {
+    EPD_ASSIGN_OR_RETURN(runner->memory_, CreateHostMemory(total));
+  }
+  runner->out_host_.resize(T * problem.row_bytes());
+  EPD_ASSIGN_OR_RETURN(runner->buffer_id_, session.RegisterBuffer(runner->memory_->Source()));
   EPD_ASSIGN_OR_RETURN(runner->done_, session.CreateFence());
   EPD_ASSIGN_OR_RETURN(runner->ready_, session.CreateFence());
   return runner;
@@ -65,25 +79,48 @@ v1::TensorRef RankRunner::out_ref(int n) const {
   return MakeTensorRef(buffer_id_, out_offset_, problem_.dtype, {n, problem_.hidden});
 }
 
-void RankRunner::Stage(const RankInputs& in) {
-  std::memcpy(buffer_->at<void>(x_offset_), in.x.data(), in.x.size());
+Status RankRunner::Stage(const RankInputs& in) {
+  EPD_RETURN_IF_ERROR(memory_->Write(x_offset_, in.x.data(), in.x.size()));
   if (options_.int64_topk) {
-    auto* idx = buffer_->at<int64_t>(topk_offset_);
-    for (size_t i = 0; i < in.topk_idx.size(); ++i) idx[i] = in.topk_idx[i];
+    const std::vector<int64_t> wide(in.topk_idx.begin(), in.topk_idx.end());
+    EPD_RETURN_IF_ERROR(memory_->Write(topk_offset_, wide.data(), wide.size() * sizeof(int64_t)));
   } else {
-    std::memcpy(buffer_->at<void>(topk_offset_), in.topk_idx.data(),
-                in.topk_idx.size() * sizeof(int32_t));
+    EPD_RETURN_IF_ERROR(
+        memory_->Write(topk_offset_, in.topk_idx.data(), in.topk_idx.size() * sizeof(int32_t)));
   }
-  std::memcpy(buffer_->at<void>(weights_offset_), in.weights.data(),
-              in.weights.size() * sizeof(float));
+  EPD_RETURN_IF_ERROR(
+      memory_->Write(weights_offset_, in.weights.data(), in.weights.size() * sizeof(float)));
   // Poison the output so a combine that writes nothing cannot pass.
-  std::memset(buffer_->at<void>(out_offset_), 0x7f,
-              static_cast<size_t>(problem_.max_tokens) * problem_.row_bytes());
+  return memory_->Fill(out_offset_, 0x7f,
+                       static_cast<size_t>(problem_.max_tokens) * problem_.row_bytes());
+}
+
+Status RankRunner::RunExpertsOnReceived(const ExpertFactor& factor) {
+  if (!on_device()) {
+    RunExperts(problem_, rank_, *view_, factor);
+    return OkStatus();
+  }
+  // Host round trip of the whole exported region (small in an example), then recv_x back.
+  const v1::HandleBuffers& b = view_->info().buffers();
+  const char* device_base = static_cast<const char*>(view_->recv_x()) - b.recv_x_offset();
+  char* host_base = static_cast<char*>(host_view_->recv_x()) - b.recv_x_offset();
+  EPD_RETURN_IF_ERROR(CopyToHost(host_base, device_base, b.total_bytes()));
+  RunExperts(problem_, rank_, *host_view_, factor);
+  return CopyToDevice(view_->recv_x(), host_view_->recv_x(),
+                      static_cast<size_t>(view_->recv_rows()) * view_->row_bytes());
 }
 
 Status RankRunner::RunLayer(const RankInputs& in, const ExpertFactor& factor, bool fenced) {
-  Stage(in);
-  const int n = in.num_tokens;
+  EPD_RETURN_IF_ERROR(Stage(in));
+  EPD_RETURN_IF_ERROR(RunOps(in.num_tokens, factor, fenced));
+  if (on_device()) {
+    return memory_->Read(out_offset_, out_host_.data(),
+                         static_cast<size_t>(in.num_tokens) * problem_.row_bytes());
+  }
+  return OkStatus();
+}
+
+Status RankRunner::RunOps(int n, const ExpertFactor& factor, bool fenced) {
   const uint64_t layer = ++layers_;
   if (!fenced) {
     const v1::OpOptions blocking = BlockingOptions();
@@ -91,7 +128,7 @@ Status RankRunner::RunLayer(const RankInputs& in, const ExpertFactor& factor, bo
                             .WithContext("update"));
     EPD_RETURN_IF_ERROR(session_->Dispatch(handle_id(), x_ref(n), blocking)
                             .WithContext("dispatch"));
-    RunExperts(problem_, rank_, *view_, factor);
+    EPD_RETURN_IF_ERROR(RunExpertsOnReceived(factor));
     return session_->Combine(handle_id(), out_ref(n), std::nullopt, blocking)
         .WithContext("combine");
   }
@@ -111,7 +148,7 @@ Status RankRunner::RunLayer(const RankInputs& in, const ExpertFactor& factor, bo
   *dispatch.mutable_options() = FencedOptions(nullptr, 0, done_.get(), base + 2);
   std::future<Status> dispatched = session_->DispatchAsync(std::move(dispatch));
 
-  Status waited = done_->Wait(base + 2, options_.fence_timeout);
+  Status waited = FrontendWait(*done_, base + 2, options_.fence_timeout);
   // The answers tell why a fence never came (e.g. a rejected update).
   EPD_RETURN_IF_ERROR(session_->Await(updated, "update").WithContext("update"));
   EPD_RETURN_IF_ERROR(session_->Await(dispatched, "dispatch").WithContext("dispatch"));
@@ -122,9 +159,11 @@ Status RankRunner::RunLayer(const RankInputs& in, const ExpertFactor& factor, bo
   *combine.mutable_out() = out_ref(n);
   *combine.mutable_options() = FencedOptions(ready_.get(), layer, done_.get(), base + 3);
   std::future<Status> combined = session_->CombineAsync(std::move(combine));
-  RunExperts(problem_, rank_, *view_, factor);
-  EPD_RETURN_IF_ERROR(ready_->Signal(layer));
-  waited = done_->Wait(base + 3, options_.fence_timeout);
+  Status experts = RunExpertsOnReceived(factor);
+  // Signal even when the experts failed: the posted combine must not wait out its timeout.
+  EPD_RETURN_IF_ERROR(FrontendSignal(*ready_, layer));
+  EPD_RETURN_IF_ERROR(experts);
+  waited = FrontendWait(*done_, base + 3, options_.fence_timeout);
   EPD_RETURN_IF_ERROR(session_->Await(combined, "combine").WithContext("combine"));
   return waited.WithContext("waiting for combine");
 }

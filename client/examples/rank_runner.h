@@ -1,15 +1,18 @@
-// RankRunner: one frontend rank of a MoE layer on the epd daemon (cpu backend: tensors in
-// POSIX shared memory). It opens a session for its rank, creates (or reuses) the group,
-// creates its handle, registers one shm buffer holding x, topk_idx, topk_weights and out,
-// and runs Update -> Dispatch -> experts -> Combine, blocking or fenced.
+// RankRunner: one frontend rank of a MoE layer on the epd daemon. It opens a session for its
+// rank, creates (or reuses) the group, creates its handle, registers one buffer holding x,
+// topk_idx, topk_weights and out (POSIX shm on the cpu backend, CUDA IPC device memory on the
+// cuda backend), and runs Update -> Dispatch -> experts -> Combine, blocking or fenced. On the
+// cuda backend the experts run on a host copy of the received rows (an example, not a kernel).
 // Dispatch and Combine are collective: every rank of the group must run the same iteration.
 #pragma once
 
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "client/epd/client.h"
+#include "client/examples/frontend_memory.h"
 #include "client/examples/moe_math.h"
 
 namespace epd::example {
@@ -32,8 +35,10 @@ class RankRunner {
   // fenced: non-blocking ops ordered by fences (daemon -> frontend: completion; frontend ->
   // daemon: the experts are done); else every op is blocking.
   Status RunLayer(const RankInputs& in, const ExpertFactor& factor, bool fenced);
-  // Copies `in` into the shared buffer (RunLayer does it too).
-  void Stage(const RankInputs& in);
+  // Copies `in` into the registered buffer and poisons out (RunLayer does it too).
+  Status Stage(const RankInputs& in);
+  // The experts on this rank's received rows, in place in the handle's recv_x.
+  Status RunExpertsOnReceived(const ExpertFactor& factor);
   // RunLayer, then compares out() bit for bit with ExpectedOutput (INTERNAL naming the first
   // differing element on mismatch).
   Status RunAndCheck(const RankInputs& in, const ExpertFactor& factor, bool fenced);
@@ -42,7 +47,9 @@ class RankRunner {
   int rank() const { return rank_; }
   Session& session() { return *session_; }
   HandleView& view() { return *view_; }
-  SharedMemoryBuffer& buffer() { return *buffer_; }
+  bool on_device() const { return memory_->shm() == nullptr; }
+  // The registered shm object (cpu backend only).
+  SharedMemoryBuffer& buffer() { return *memory_->shm(); }
   uint64_t buffer_id() const { return buffer_id_; }
   uint64_t handle_id() const { return view_->handle_id(); }
 
@@ -51,17 +58,23 @@ class RankRunner {
   v1::TensorRef topk_ref(int n) const;
   v1::TensorRef weights_ref(int n) const;
   v1::TensorRef out_ref(int n) const;
-  const void* out() const { return buffer_->at<void>(out_offset_); }
+  // The combine output of the last layer (a host copy on the cuda backend, taken by RunLayer).
+  const void* out() const {
+    return on_device() ? out_host_.data() : memory_->shm()->at<void>(out_offset_);
+  }
 
  private:
   RankRunner() = default;
+  Status RunOps(int n, const ExpertFactor& factor, bool fenced);
 
   Problem problem_;
   int rank_ = 0;
   RankRunnerOptions options_;
   std::unique_ptr<Session> session_;
   std::unique_ptr<HandleView> view_;
-  std::unique_ptr<SharedMemoryBuffer> buffer_;
+  std::unique_ptr<FrontendMemory> memory_;
+  std::unique_ptr<HandleView> host_view_;  // cuda backend: host copy of the exported region
+  std::vector<uint8_t> out_host_;
   uint64_t buffer_id_ = 0;
   size_t x_offset_ = 0, topk_offset_ = 0, weights_offset_ = 0, out_offset_ = 0;
   std::unique_ptr<Fence> done_;   // daemon -> frontend: op completed

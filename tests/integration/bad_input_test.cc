@@ -47,7 +47,7 @@ class BadInputTest : public ::testing::Test {
   }
   int StageRank0() {
     const int n = 5;
-    rank0().Stage(example::MakeInputs(problem_, 3, 0, 9, n, true));
+    EXPECT_EPD_OK(rank0().Stage(example::MakeInputs(problem_, 3, 0, 9, n, true)));
     return n;
   }
 
@@ -227,7 +227,7 @@ TEST_F(BadInputTest, RejectedRoutingFailsTheCollectiveForEveryRank) {
     example::RankRunner& runner = *world_[r].runner;
     if (r == 1) {
       const auto in = example::MakeInputs(problem_, 3, 1, 9, 4, true);
-      runner.Stage(in);
+      EPD_RETURN_IF_ERROR(runner.Stage(in));
       EPD_RETURN_IF_ERROR(runner.session().Update(runner.handle_id(), runner.topk_ref(4),
                                                   runner.weights_ref(4), BlockingOptions()));
       return runner.session().Dispatch(runner.handle_id(), runner.x_ref(4), BlockingOptions());

@@ -73,7 +73,7 @@ TEST(ClientCrashTest, KilledFrontendIsCleanedUpAndPeersKeepWorking) {
 
   // Rank 0 posts its dispatch: it must wait for rank 1, which then dies.
   example::RankRunner& r0 = *world[0].runner;
-  r0.Stage(example::MakeInputs(p, 3, 0, 0, 8, true));
+  ASSERT_EPD_OK(r0.Stage(example::MakeInputs(p, 3, 0, 0, 8, true)));
   ASSERT_EPD_OK(r0.session().Update(r0.handle_id(), r0.topk_ref(8), r0.weights_ref(8),
                                     BlockingOptions()));
   v1::DispatchRequest dispatch;

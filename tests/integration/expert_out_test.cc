@@ -43,7 +43,7 @@ TEST_P(ExpertOutTest, CombineReadsTheGivenExpertOutput) {
     for (int it = 0; it < 2; ++it) {
       const int n = example::TokensFor(p, r, it);
       const auto in = example::MakeInputs(p, 9, r, it, n, /*dyadic_weights=*/false);
-      runner.Stage(in);
+      EPD_RETURN_IF_ERROR(runner.Stage(in));
       EPD_RETURN_IF_ERROR(session.Update(runner.handle_id(), runner.topk_ref(n),
                                          runner.weights_ref(n), BlockingOptions()));
       EPD_RETURN_IF_ERROR(session.Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions()));

@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
   auto runner = epd::example::RankRunner::Create(**client, p, rank, options);
   if (!runner.ok()) return fail(runner.status());
   const int n = p.max_tokens / 2;
-  (*runner)->Stage(epd::example::MakeInputs(p, 3, rank, 0, n, true));
+  const epd::Status staged = (*runner)->Stage(epd::example::MakeInputs(p, 3, rank, 0, n, true));
+  if (!staged.ok()) return fail(staged);
   const epd::Status updated = (*runner)->session().Update(
       (*runner)->handle_id(), (*runner)->topk_ref(n), (*runner)->weights_ref(n),
       epd::BlockingOptions());

@@ -137,7 +137,7 @@ TEST_P(ReceiveLayoutTest, ReceivedRowsMatchIndependentComputation) {
       example::RankRunner& runner = *(*world)[d].runner;
       Session& session = runner.session();
       const int n = inputs[d].num_tokens;
-      runner.Stage(inputs[d]);
+      EPD_RETURN_IF_ERROR(runner.Stage(inputs[d]));
       EPD_RETURN_IF_ERROR(session.Update(runner.handle_id(), runner.topk_ref(n),
                                          runner.weights_ref(n), BlockingOptions()));
       EPD_RETURN_IF_ERROR(session.Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions()));

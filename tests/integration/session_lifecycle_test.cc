@@ -111,7 +111,7 @@ TEST_F(SessionLifecycleTest, PeerSessionEndingFailsAPendingCollective) {
 
   example::RankRunner& rank0 = *(*world)[0].runner;
   const auto in = example::MakeInputs(p, 1, 0, 5, 6, true);
-  rank0.Stage(in);
+  ASSERT_EPD_OK(rank0.Stage(in));
   ASSERT_EPD_OK(rank0.session().Update(rank0.handle_id(), rank0.topk_ref(6),
                                        rank0.weights_ref(6), BlockingOptions()));
   v1::DispatchRequest dispatch;

@@ -1,0 +1,106 @@
+// The device half of frontend_memory.h (builds with CUDA): tensors in cudaMalloc memory
+// exported through CUDA IPC, fences written / awaited on a stream of the frontend.
+#include <cuda_runtime_api.h>
+
+#include <thread>
+
+#include "client/epd/cuda.h"
+#include "client/examples/frontend_memory.h"
+
+namespace epd::example {
+namespace {
+
+Status CudaError(std::string_view what, cudaError_t err) {
+  return InternalError("{} failed: {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err));
+}
+#define EXAMPLE_CUDA(call)                                       \
+  do {                                                           \
+    const cudaError_t example_err_ = (call);                     \
+    if (example_err_ != cudaSuccess) return CudaError(#call, example_err_); \
+  } while (0)
+
+class DeviceMemory : public FrontendMemory {
+ public:
+  ~DeviceMemory() override {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+  static StatusOr<std::unique_ptr<FrontendMemory>> Create(size_t bytes, int device) {
+    auto memory = std::unique_ptr<DeviceMemory>(new DeviceMemory());
+    EXAMPLE_CUDA(cudaSetDevice(device));
+    EXAMPLE_CUDA(cudaMalloc(&memory->data_, bytes));
+    EXAMPLE_CUDA(cudaMemset(memory->data_, 0, bytes));
+    memory->bytes_ = bytes;
+    EPD_ASSIGN_OR_RETURN(memory->source_, cuda::ExportDeviceTensor(memory->data_, bytes));
+    return std::unique_ptr<FrontendMemory>(std::move(memory));
+  }
+  size_t size() const override { return bytes_; }
+  v1::MemorySource Source() const override { return source_; }
+  Status Write(size_t offset, const void* src, size_t bytes) override {
+    EXAMPLE_CUDA(cudaMemcpy(at(offset), src, bytes, cudaMemcpyHostToDevice));
+    return OkStatus();
+  }
+  Status Read(size_t offset, void* dst, size_t bytes) const override {
+    EXAMPLE_CUDA(cudaMemcpy(dst, at(offset), bytes, cudaMemcpyDeviceToHost));
+    return OkStatus();
+  }
+  Status Fill(size_t offset, uint8_t value, size_t bytes) override {
+    EXAMPLE_CUDA(cudaMemset(at(offset), value, bytes));
+    return OkStatus();
+  }
+
+ private:
+  DeviceMemory() = default;
+  char* at(size_t offset) const { return static_cast<char*>(data_) + offset; }
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  v1::MemorySource source_;
+};
+
+// One stream per frontend process for its fence ops.
+StatusOr<cudaStream_t> FenceStream() {
+  static cudaStream_t stream = nullptr;
+  if (stream == nullptr) EXAMPLE_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return stream;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<FrontendMemory>> CreateDeviceMemory(size_t bytes, int device) {
+  return DeviceMemory::Create(bytes, device);
+}
+
+Status CopyToHost(void* host, const void* device, size_t bytes) {
+  EXAMPLE_CUDA(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
+  return OkStatus();
+}
+
+Status CopyToDevice(void* device, const void* host, size_t bytes) {
+  EXAMPLE_CUDA(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+  return OkStatus();
+}
+
+Status FrontendSignal(Fence& fence, uint64_t value) {
+  if (!fence.on_device()) return fence.Signal(value);
+  EPD_ASSIGN_OR_RETURN(cudaStream_t stream, FenceStream());
+  return cuda::SignalFenceOnStream(fence, value, stream);
+}
+
+Status FrontendWait(Fence& fence, uint64_t value, std::chrono::milliseconds timeout) {
+  if (!fence.on_device()) return fence.Wait(value, timeout);
+  EPD_ASSIGN_OR_RETURN(cudaStream_t stream, FenceStream());
+  EPD_RETURN_IF_ERROR(cuda::WaitFenceOnStream(fence, value, stream));
+  // NOTE: a stream wait cannot be cancelled; polling keeps this host wait bounded.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    const cudaError_t state = cudaStreamQuery(stream);
+    if (state == cudaSuccess) return OkStatus();
+    if (state != cudaErrorNotReady) return CudaError("cudaStreamQuery", state);
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return DeadlineExceededError("fence {}: not at {} after {} ms", fence.id(), value,
+                                   timeout.count());
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+}  // namespace epd::example
