@@ -47,11 +47,12 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
     }
     return false;
   }
-  __threadfence();  // our row stores stay behind the loads that saw every peer arrive
-  return true;
+  return true;  // PublishGo fences before any block writes a row
 }
 
 // Leader part 2 (expert-major): base rows, own counts/offsets, capacity. Returns go flags.
+// NOTE: the inbox is read with plain L2 loads (every entry was seen complete above, and peers
+// write it only in the next dispatch); volatile loads would serialise R x 8 L2 round trips.
 __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
   __shared__ typename ExpertScan::TempStorage scan_storage;
   __shared__ int prefix[kThreads * kExpertsPerThread];
@@ -67,8 +68,7 @@ __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
     total[j] = before[j] = 0;
     if (e >= E) continue;
     for (int s = 0; s < R; ++s) {
-      const int c =
-          static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
+      const int c = static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + s * stride + e)));
       total[j] += c;
       if (s < p.rank) before[j] += c;
     }
@@ -97,8 +97,7 @@ __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
     const int e = first_overflow;
     int rows = 0;
     for (int s = 0; s < R; ++s) {
-      rows +=
-          static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + e)));
+      rows += static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + s * stride + e)));
     }
     p.error->a = e;
     p.error->b = rows;
@@ -114,8 +113,7 @@ __device__ void PlanRankMajor(const DispatchParams& p) {
   const int E = p.experts, stride = E + 1;
   const uint64_t* inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
   for (int s = threadIdx.x; s < p.world_size; s += kThreads) {
-    p.recv_counts[s] =
-        static_cast<int>(static_cast<uint32_t>(detail::LoadRelaxedSys(inbox + s * stride + E)));
+    p.recv_counts[s] = static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + s * stride + E)));
   }
 }
 

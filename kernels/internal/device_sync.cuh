@@ -148,13 +148,15 @@ __device__ __forceinline__ uint64_t AwaitGo(SyncArea* me, uint64_t seq, uint64_t
 // It also resets the ticket counters for the next op on this stream.
 __device__ __forceinline__ bool FinishBlock(SyncArea* me, bool remote_stores) {
   __shared__ bool last;
-  if (remote_stores) {
-    __threadfence_system();  // this thread's peer stores before the counter bump
-  } else {
-    __threadfence();
-  }
+  // NOTE: one fence by thread 0 after the barrier covers the whole block's stores: the
+  // barrier orders them before it, and the fence is cumulative.
   __syncthreads();
   if (threadIdx.x == 0) {
+    if (remote_stores) {
+      __threadfence_system();
+    } else {
+      __threadfence();
+    }
     const unsigned old = atomicAdd(&me->control.finish, 1u);
     last = old == gridDim.x - 1;
     if (last) {

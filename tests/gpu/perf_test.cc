@@ -117,10 +117,10 @@ void Print(const char* label, int ranks, int tokens, const PerfResult& p) {
   const double bytes = double(tokens) * 8 * 7168 * 2;  // valid selections x H x bf16, per rank
   std::printf(
       "[perf] %-12s R=%d T=%3d  dispatch %6.1f us (median %6.1f, p99 %6.1f) %6.1f GB/s | "
-      "combine %6.1f us (median %6.1f, p99 %6.1f) %6.1f GB/s\n",
+      "combine %6.1f us (median %6.1f, p99 %6.1f) %6.1f GB/s | host %.1f/%.1f us per call\n",
       label, ranks, tokens, p.dispatch.mean_us, p.dispatch.median_us, p.dispatch.p99_us,
       bytes / p.dispatch.mean_us / 1e3, p.combine.mean_us, p.combine.median_us, p.combine.p99_us,
-      bytes / p.combine.mean_us / 1e3);
+      bytes / p.combine.mean_us / 1e3, p.dispatch.enqueue_us, p.combine.enqueue_us);
 }
 
 TEST(CudaPerf, StandardConfigLowLatency) {
