@@ -35,41 +35,31 @@ TEST(CudaCollectiveTimeout, LoneRankTimesOutNamingThePeerAndTheGroupRecovers) {
     auto inputs = harness.MakeInputs(RoutingKind::kRandom, n, 5, false, true);
     for (const Status& s : harness.Update(inputs)) ASSERT_TRUE(s.ok()) << s.ToString();
 
-    // Each rank issues one dispatch alone: rank 0 never sees rank 1's counts; rank 1 sees
-    // rank 0's (published before it gave up) but never its rows-written flag.
-    auto lone_dispatch = [&](int r) {
+    // A rank that rejects its arguments on the host launches nothing, but the op still
+    // counts, so ranks stay in step: a rejected dispatch on each rank, then a full round.
+    auto rejected_dispatch = [&](int r) {
       std::vector<DispatchArgs> all(2);
       for (int d = 0; d < 2; ++d) all[d].handle = &harness.handle(d);
-      all[r].x = TensorView{nullptr, spec.dtype, {0, spec.hidden}};
+      all[r].x = TensorView{nullptr, spec.dtype, {0, spec.hidden}};  // 16 tokens are bound
       return backend.Dispatch(*harness.group(), r, all);
     };
-    // Rank 0's routing binds 16 tokens: dispatch from an empty x is rejected up front, but the
-    // op still counts, like a rank whose arguments failed on the host.
-    EXPECT_EQ(lone_dispatch(0).code(), StatusCode::kInvalidArgument);
-    EXPECT_EQ(lone_dispatch(1).code(), StatusCode::kInvalidArgument);
-    // Both ranks are at the same op again: a full round works.
+    EXPECT_EQ(rejected_dispatch(0).code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(rejected_dispatch(1).code(), StatusCode::kInvalidArgument);
     for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
     harness.ExpectDispatchMatches(inputs, n);
 
-    // Now a lone dispatch that launches, on each rank in turn.
+    // Each rank launches one dispatch alone: rank 0 never sees rank 1's counts; rank 1 sees
+    // rank 0's (published before it gave up) but never its rows-written flag.
     std::vector<Status> dispatch_alone(2);
-    {
-      DeviceBuffer x(0, 16 * 256 * 2);
+    for (int r = 0; r < 2; ++r) {
+      DeviceBuffer x(r, 16 * 256 * 2);
       std::vector<DispatchArgs> all(2);
       for (int d = 0; d < 2; ++d) all[d].handle = &harness.handle(d);
-      all[0].x = TensorView{x.data(), spec.dtype, {16, spec.hidden}};
-      Status s = backend.Dispatch(*harness.group(), 0, all);
-      dispatch_alone[0] = s.ok() ? WaitComplete(backend, harness.handle(0)) : s;
+      all[r].x = TensorView{x.data(), spec.dtype, {16, spec.hidden}};
+      Status s = backend.Dispatch(*harness.group(), r, all);
+      dispatch_alone[r] = s.ok() ? WaitComplete(backend, harness.handle(r)) : s;
     }
     ExpectTimeout(dispatch_alone[0], "group rank 1's per-expert counts");
-    {
-      DeviceBuffer x(1, 16 * 256 * 2);
-      std::vector<DispatchArgs> all(2);
-      for (int d = 0; d < 2; ++d) all[d].handle = &harness.handle(d);
-      all[1].x = TensorView{x.data(), spec.dtype, {16, spec.hidden}};
-      Status s = backend.Dispatch(*harness.group(), 1, all);
-      dispatch_alone[1] = s.ok() ? WaitComplete(backend, harness.handle(1)) : s;
-    }
     ExpectTimeout(dispatch_alone[1], "group rank 0's rows-written flag");
 
     // Lone combines: rank 0 waits for rank 1's expert output; rank 1 then finds rank 0's
