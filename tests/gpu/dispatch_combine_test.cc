@@ -3,6 +3,8 @@
 // routing shape (random, sparse, all -1, hot expert), expert count and hidden size.
 #include <gtest/gtest.h>
 
+#include <ostream>
+
 #include "tests/gpu/moe_harness.h"
 
 namespace epd::gputest {
@@ -12,6 +14,9 @@ struct TableCase {
   CaseSpec spec;
   RoutingKind routing = RoutingKind::kRandom;
 };
+
+// gtest prints the case name, not the parameter's bytes.
+void PrintTo(const TableCase& c, std::ostream* os) { *os << c.spec.name; }
 
 std::string Name(DType d) { return std::string(DTypeName(d)); }
 

@@ -3,6 +3,8 @@
 // 1- and 2-GPU hosts too. Ranks on one GPU still meet only through device flags.
 #include <gtest/gtest.h>
 
+#include <ostream>
+
 #include "tests/gpu/moe_harness.h"
 
 namespace epd::gputest {
@@ -12,6 +14,9 @@ struct SharedCase {
   CaseSpec spec;
   RoutingKind routing = RoutingKind::kSparse;
 };
+
+// gtest prints the case name, not the parameter's bytes.
+void PrintTo(const SharedCase& c, std::ostream* os) { *os << c.spec.name; }
 
 std::vector<SharedCase> Cases() {
   std::vector<SharedCase> cases;
