@@ -227,7 +227,7 @@ Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
         EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(status.ok()));
         gate_->Open(gate_value_);  // always: an armed gate must not hold the stream
         if (!all_ok) return status.ok() ? AbortedError("another frontend failed") : status;
-        auto elapsed = events_->ElapsedUs();
+        auto elapsed = events_->ElapsedUs(settings_.op_timeout * 2);
         if (!elapsed.ok()) status = elapsed.status();
         else us = *elapsed;
 #endif

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <thread>
 
 namespace epd::bench::gpu {
 namespace {
@@ -123,8 +124,17 @@ Status EventPair::RecordStop(cudaStream_t stream) {
   return Check(cudaEventRecord(stop_, stream), "cudaEventRecord(stop)");
 }
 
-StatusOr<double> EventPair::ElapsedUs() {
-  EPD_BENCH_CUDA(cudaEventSynchronize(stop_));
+StatusOr<double> EventPair::ElapsedUs(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    const cudaError_t state = cudaEventQuery(stop_);
+    if (state == cudaSuccess) break;
+    if (state != cudaErrorNotReady) return Check(state, "cudaEventQuery(stop)");
+    if (std::chrono::steady_clock::now() > deadline) {
+      return DeadlineExceededError("the timed span did not end within {} ms", timeout.count());
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
   float ms = 0;
   EPD_BENCH_CUDA(cudaEventElapsedTime(&ms, start_, stop_));
   return static_cast<double>(ms) * 1e3;

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -74,8 +75,9 @@ class EventPair {
   EventPair& operator=(const EventPair&) = delete;
   Status RecordStart(cudaStream_t stream);
   Status RecordStop(cudaStream_t stream);
-  // Waits for stop, returns the span in microseconds.
-  StatusOr<double> ElapsedUs();
+  // Waits up to `timeout` for stop (polling: a stream blocked on a fence that never comes
+  // must not hang the bench), returns the span in microseconds.
+  StatusOr<double> ElapsedUs(std::chrono::milliseconds timeout = std::chrono::milliseconds(60'000));
 
  private:
   EventPair() = default;

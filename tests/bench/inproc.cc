@@ -259,7 +259,7 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
         me.gate->Open(gate_value);
         if (op_status.ok()) op_status = WaitComplete(*backend_, handle, settings.op_timeout);
         if (op_status.ok()) {
-          auto elapsed = me.events->ElapsedUs();
+          auto elapsed = me.events->ElapsedUs(settings.op_timeout * 2);
           if (elapsed.ok()) us = *elapsed;
           else op_status = elapsed.status();
         }

@@ -17,7 +17,7 @@ namespace epd::bench {
 
 struct RunSettings {
   int warmup = 10;
-  int iterations = 50;
+  int iterations = 100;
   bool check = true;
   std::chrono::milliseconds op_timeout{30'000};
 };

@@ -23,7 +23,7 @@ table. Semantics (expert-major layout, DESIGN.md section 3):
             to the token dtype.
 
 Times are CUDA events on the current stream around each op (median / p99 over iterations of
-the slowest rank), as in epd-bench. Rank-major cases are reported as not implemented.
+the slowest rank), as in epd-bench. Rank-major cases are skipped (no rank-major form here).
 """
 import argparse
 import datetime
@@ -195,6 +195,11 @@ def time_case(case, rank, world, device, warmup, iterations, do_check):
     return samples, layer.valid, check
 
 
+def nccl_version():
+    v = torch.cuda.nccl.version()
+    return ".".join(str(x) for x in v) if isinstance(v, tuple) else str(v)
+
+
 def case_key(case):
     return json.dumps(case, sort_keys=True)
 
@@ -203,21 +208,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--merge-into", required=True, help="epd-bench JSON: cases in, results out")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--no-check", action="store_true")
     args = parser.parse_args()
 
-    dist.init_process_group("nccl")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank)
+    dist.init_process_group("nccl", device_id=device)
+    rank, world = dist.get_rank(), dist.get_world_size()
 
     with open(args.merge_into) as f:
         doc = json.load(f)
     cases, seen = [], set()
     for result in doc["results"]:
         case = result["case"]
+        if case["layout"] != "expert_major":
+            continue  # the baseline has no rank-major form
         if case_key(case) not in seen:
             seen.add(case_key(case))
             cases.append(case)
@@ -253,7 +260,7 @@ def main():
         doc["results"] = [r for r in doc["results"] if r["mode"] != "torch_all_to_all"] + new_results
         doc.setdefault("baselines", {})["torch"] = {
             "torch_version": torch.__version__,
-            "nccl_version": ".".join(str(v) for v in torch.cuda.nccl.version()),
+            "nccl_version": nccl_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         with open(args.merge_into, "w") as f:
