@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -221,6 +222,33 @@ void ExpectPromptExitWithOpenStream(int signal_number) {
   EXPECT_EQ(ended.error_code(), grpc::StatusCode::UNAVAILABLE) << ended.error_message();
   EXPECT_EQ((*daemon)->Stop(), 0) << (*daemon)->ReadLog();  // reaps; already exiting
   EXPECT_LT(SteadyClock::now() - start, kPromptExit);
+}
+
+// The socket: its directory is created, its mode is 0660, a stale one left by a killed
+// daemon is replaced, and a live daemon's socket is never taken over.
+TEST(DaemonLifecycleTest, SocketIsCreatedProtectedAndNotStolen) {
+  std::string pattern = "/tmp/epd-socket-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+  const std::string path = pattern + "/run/epd/epd.sock";  // directories do not exist yet
+  const std::string address = "unix://" + path;
+  auto first = DaemonProcess::Start({"--listen", address}, 1);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+
+  std::string output;
+  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--listen", address}, &output, 5'000), 1);
+  EXPECT_THAT(output, HasSubstr("already serves"));
+
+  (*first)->Kill();  // leaves the socket file behind
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  auto second = DaemonProcess::Start({"--listen", address}, 1);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ((*second)->Stop(), 0);
+  EXPECT_NE(stat(path.c_str(), &st), 0) << "a clean stop removes the socket";
+  std::filesystem::remove_all(pattern);
 }
 
 #ifdef EPD_TEST_WITH_SYSTEMD

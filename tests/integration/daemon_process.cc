@@ -103,6 +103,13 @@ StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::s
                                    "--cpu-ranks",      std::to_string(ranks), "--listen",
                                    daemon->address_};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
+  // The daemon serves on the last --listen given; wait for (and report) that one.
+  for (size_t i = 0; i + 1 < extra_args.size(); ++i) {
+    if (extra_args[i] != "--listen") continue;
+    const std::string& listen = extra_args[i + 1];
+    daemon->address_ = listen;
+    daemon->socket_path_ = listen.substr(listen.rfind("unix://", 0) == 0 ? 7 : 5);
+  }
   EPD_ASSIGN_OR_RETURN(daemon->pid_, Spawn(args, daemon->log_path()));
 
   const auto deadline = SteadyClock::now() + milliseconds(kStartTimeoutMs);

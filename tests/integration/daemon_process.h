@@ -2,8 +2,9 @@
 //
 // Start() makes a private temporary directory, forks/execs epd with
 //   --backend cpu --cpu-ranks N --listen unix://<tmpdir>/epd.sock <extra_args...>
-// (later flags win, so extra_args may override any of these), sends its stdout and stderr to
-// <tmpdir>/epd.log, and returns once a gRPC channel to the socket is READY (at most 10 s).
+// (later flags win, so extra_args may override any of these; an overriding --listen unix:...
+// becomes address()), sends its stdout and stderr to <tmpdir>/epd.log, and returns once a
+// gRPC channel to the socket is READY (at most 10 s).
 // The destructor stops the daemon (SIGTERM, then SIGKILL) and removes the directory.
 #pragma once
 
