@@ -1,0 +1,252 @@
+// The op launches of the cuda backend: fence waits and signals, routing binds, dispatch and
+// combine. Each only enqueues work on the rank's stream and claims a device error record.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "daemon/backends/cuda/cuda_backend_impl.h"
+#include "daemon/backends/cuda/cuda_check.h"
+#include "daemon/backends/cuda/driver_api.h"
+#include "daemon/core/fence_page.h"
+#include "kernels/combine.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/fence_wait.cuh"
+#include "kernels/routing.cuh"
+
+namespace epd::cuda {
+namespace {
+
+// A warp per work item, at most `max_blocks` (the kernels stride over the rest).
+int GridBlocks(int64_t items, int max_blocks) {
+  return static_cast<int>(
+      std::clamp<int64_t>((items + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, max_blocks));
+}
+
+int TokenType(DType dtype) {
+  switch (dtype) {
+    case DType::kBf16:
+      return kernels::kTokenBf16;
+    case DType::kFp16:
+      return kernels::kTokenFp16;
+    default:
+      return kernels::kTokenFp32;
+  }
+}
+
+bool IsShape(const TensorView& t, int64_t rows, int64_t cols) {
+  return t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols;
+}
+
+}  // namespace
+
+Status CudaBackend::WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) {
+  EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
+  EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(node_rank, fence));
+  RankState& rank = *ranks_[node_rank];
+  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  const auto* counter =
+      reinterpret_cast<const uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset);
+  kernels::DeviceError* record =
+      ClaimRecord(node_rank, PendingOp{0, "fence wait", nullptr, node_rank, value});
+  EPD_CUDA_CHECK(
+      kernels::LaunchFenceWait(counter, value, timeout_ns(), record, rank.stream->get()));
+  return OkStatus();
+}
+
+Status CudaBackend::SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) {
+  EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
+  EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(node_rank, fence));
+  RankState& rank = *ranks_[node_rank];
+  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  const auto counter =
+      reinterpret_cast<CUdeviceptr>(static_cast<char*>(page->data()) + kFenceCounterOffset);
+  // Default flags: the write is ordered after, and flushes, all prior work on the stream.
+  EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
+  EPD_CU_CHECK(driver->stream_write_value64(rank.stream->get(), counter, value,
+                                            CU_STREAM_WRITE_VALUE_DEFAULT));
+  return OkStatus();
+}
+
+Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
+  auto& handle = static_cast<CudaHandle&>(h);
+  const GroupConfig& c = handle.group_->config_;
+  const int n = args.num_tokens, K = c.top_k;
+  if (n < 0 || n > c.max_tokens_per_rank) {
+    return InvalidArgumentError("num_tokens={} is outside [0, max_tokens_per_rank={}]", n,
+                                c.max_tokens_per_rank);
+  }
+  const TensorView& idx = args.topk_idx;
+  if (idx.dtype != DType::kInt32 && idx.dtype != DType::kInt64) {
+    return InvalidArgumentError("topk_idx dtype is {}, expected int32 or int64",
+                                DTypeName(idx.dtype));
+  }
+  if (!IsShape(idx, n, K) || (n > 0 && idx.data == nullptr)) {
+    return InvalidArgumentError("topk_idx must be [{}, {}]", n, K);
+  }
+  const TensorView& w = args.topk_weights;
+  if (w.data != nullptr && (w.dtype != DType::kFp32 || !IsShape(w, n, K))) {
+    return InvalidArgumentError("topk_weights must be fp32 [{}, {}], got {} with {} dims", n, K,
+                                DTypeName(w.dtype), w.shape.size());
+  }
+  RankState& rank = *ranks_[handle.node_rank_];
+  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  const HandlePrivateLayout& p = handle.private_layout_;
+  kernels::RoutingParams params;
+  params.topk_idx = idx.data;
+  params.idx_is_int64 = idx.dtype == DType::kInt64;
+  params.topk_weights = static_cast<const float*>(w.data);
+  params.num_tokens = n;
+  params.top_k = K;
+  params.experts = c.experts;
+  params.local_experts = c.local_experts();
+  params.max_tokens = c.max_tokens_per_rank;
+  params.group_rank = handle.group_rank_;
+  params.rank_major = c.layout == Layout::kRankMajor;
+  params.topk_out = handle.priv<int32_t>(p.topk_idx);
+  params.weights_out = handle.priv<float>(p.topk_weights);
+  params.expert_counts = handle.priv<int32_t>(p.expert_counts);
+  params.local_rank = handle.priv<int32_t>(p.local_rank);
+  params.slot = handle.priv<int32_t>(p.slot);
+  params.bound_tokens = handle.priv<int32_t>(p.bound_tokens);
+  params.error = ClaimRecord(handle.node_rank_,
+                             PendingOp{0, "update", handle.group_->name_, handle.group_rank_, 0});
+  EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, rank.stream->get()));
+  handle.num_tokens_.store(n, std::memory_order_relaxed);
+  return OkStatus();
+}
+
+template <typename Args>
+StatusOr<std::vector<CudaHandle*>> CudaBackend::CollectiveHandles(const CudaGroup& group,
+                                                                  const std::vector<Args>& all,
+                                                                  const char* op) const {
+  const GroupConfig& c = group.config_;
+  if (static_cast<int>(all.size()) != c.world_size()) {
+    return InvalidArgumentError("{} of group '{}': {} ranks' arguments, expected {}", op, c.name,
+                                all.size(), c.world_size());
+  }
+  std::vector<CudaHandle*> handles;
+  for (int r = 0; r < c.world_size(); ++r) {
+    auto* h = dynamic_cast<CudaHandle*>(all[r].handle);
+    if (h == nullptr || h->group_ != &group || h->group_rank_ != r) {
+      return InvalidArgumentError("{} of group '{}': argument {} is not a handle of group rank {}",
+                                  op, c.name, r, r);
+    }
+    handles.push_back(h);
+  }
+  return handles;
+}
+
+Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
+                             const std::vector<DispatchArgs>& all) {
+  auto& group = static_cast<CudaGroup&>(g);
+  const GroupConfig& c = group.config_;
+  EPD_ASSIGN_OR_RETURN(std::vector<CudaHandle*> handles, CollectiveHandles(group, all, "dispatch"));
+  // The sequence number advances even when this rank rejects its own arguments below, so
+  // the next collective lines up again on every rank (the peers of this one time out).
+  const uint64_t seq = ++group.seq_[group_rank];
+  CudaHandle& me = *handles[group_rank];
+  const TensorView& x = all[group_rank].x;
+  const int n = me.num_tokens();
+  if (x.dtype != c.dtype || x.shape.size() != 2 || x.shape[0] < n || x.shape[1] != c.hidden ||
+      (n > 0 && x.data == nullptr)) {
+    return InvalidArgumentError("dispatch of group '{}': x must be {} [>= {}, {}]", c.name,
+                                DTypeName(c.dtype), n, c.hidden);
+  }
+  RankState& rank = *ranks_[me.node_rank_];
+  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  const HandlePrivateLayout& p = me.private_layout_;
+  kernels::DispatchParams params;
+  params.world_size = c.world_size();
+  params.rank = group_rank;
+  params.experts = c.experts;
+  params.local_experts = c.local_experts();
+  params.top_k = c.top_k;
+  params.max_tokens = c.max_tokens_per_rank;
+  params.capacity = c.capacity();
+  params.rank_major = c.layout == Layout::kRankMajor;
+  params.row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
+  params.x = x.data;
+  params.topk_idx = me.priv<int32_t>(p.topk_idx);
+  params.topk_weights = me.priv<float>(p.topk_weights);
+  params.expert_counts = me.priv<int32_t>(p.expert_counts);
+  params.local_rank = me.priv<int32_t>(p.local_rank);
+  params.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  params.slot = me.priv<int32_t>(p.slot);
+  params.recv_counts =
+      me.recv<int32_t>(me.layout_.recv_counts_offset, me.layout_.recv_counts_bytes);
+  params.recv_offsets =
+      me.recv<int32_t>(me.layout_.recv_offsets_offset, me.layout_.recv_offsets_bytes);
+  for (int d = 0; d < c.world_size(); ++d) {
+    const CudaHandle& peer = *handles[d];
+    const HandleLayout& l = peer.layout_;
+    kernels::DispatchPeer& out = params.peers[d];
+    out.sync = group.sync_[d]->data();
+    out.recv_x = peer.recv<char>(l.recv_x_offset, l.recv_x_bytes);
+    out.recv_src = peer.recv<int32_t>(l.recv_src_offset, l.recv_src_bytes);
+    out.recv_weights = peer.recv<float>(l.recv_weights_offset, l.recv_weights_bytes);
+    out.recv_topk_idx = peer.recv<int32_t>(l.recv_topk_idx_offset, l.recv_topk_idx_bytes);
+    out.recv_topk_weights = peer.recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
+  }
+  params.seq = seq;
+  params.timeout_ns = timeout_ns();
+  params.error = ClaimRecord(me.node_rank_, PendingOp{0, "dispatch", group.name_, group_rank, seq});
+  const int64_t rows =
+      params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
+  const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
+                        kernels::kDispatchVectorsPerPart;
+  const int blocks = GridBlocks(rows * parts, group.max_blocks_);
+  EPD_CUDA_CHECK(kernels::LaunchDispatch(params, blocks, rank.stream->get()));
+  return OkStatus();
+}
+
+Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<CombineArgs>& all) {
+  auto& group = static_cast<CudaGroup&>(g);
+  const GroupConfig& c = group.config_;
+  EPD_ASSIGN_OR_RETURN(std::vector<CudaHandle*> handles, CollectiveHandles(group, all, "combine"));
+  const uint64_t seq = ++group.seq_[group_rank];  // see Dispatch
+  CudaHandle& me = *handles[group_rank];
+  const TensorView& out = all[group_rank].out;
+  const int n = me.num_tokens();
+  if (out.dtype != c.dtype || out.shape.size() != 2 || out.shape[0] < n ||
+      out.shape[1] != c.hidden || (n > 0 && out.data == nullptr)) {
+    return InvalidArgumentError("combine of group '{}': out must be {} [>= {}, {}]", c.name,
+                                DTypeName(c.dtype), n, c.hidden);
+  }
+  RankState& rank = *ranks_[me.node_rank_];
+  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  const HandlePrivateLayout& p = me.private_layout_;
+  kernels::CombineParams params;
+  params.world_size = c.world_size();
+  params.rank = group_rank;
+  params.top_k = c.top_k;
+  params.local_experts = c.local_experts();
+  params.hidden = c.hidden;
+  params.token_type = TokenType(c.dtype);
+  params.rank_major = c.layout == Layout::kRankMajor;
+  params.recv_rows = static_cast<int64_t>(me.layout_.recv_rows);
+  params.topk_idx = me.priv<int32_t>(p.topk_idx);
+  params.topk_weights = me.priv<float>(p.topk_weights);
+  params.slot = me.priv<int32_t>(p.slot);
+  params.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  params.out = out.data;
+  for (int d = 0; d < c.world_size(); ++d) {
+    const CudaHandle& peer = *handles[d];
+    params.expert_out[d] =
+        all[d].expert_out != nullptr
+            ? all[d].expert_out
+            : peer.recv<char>(peer.layout_.recv_x_offset, peer.layout_.recv_x_bytes);
+    params.sync[d] = group.sync_[d]->data();
+  }
+  params.seq = seq;
+  params.timeout_ns = timeout_ns();
+  params.error = ClaimRecord(me.node_rank_, PendingOp{0, "combine", group.name_, group_rank, seq});
+  const int64_t vectors = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype) / 16;
+  const int64_t chunks =
+      (vectors + kernels::kCombineVectorsPerItem - 1) / kernels::kCombineVectorsPerItem;
+  const int blocks = GridBlocks(int64_t{n} * chunks, group.max_blocks_);
+  EPD_CUDA_CHECK(kernels::LaunchCombine(params, blocks, rank.stream->get()));
+  return OkStatus();
+}
+
+}  // namespace epd::cuda
