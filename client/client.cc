@@ -35,8 +35,8 @@ StatusOr<v1::NodeInfo> Client::GetNodeInfo() {
 
 StatusOr<v1::Stats> Client::GetStats() {
   v1::Stats response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::GetStats, v1::GetStatsRequest(),
-                                &response, options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::GetStats, v1::GetStatsRequest(), &response,
+                                options_.rpc_timeout));
   return response;
 }
 
@@ -54,8 +54,8 @@ StatusOr<v1::GroupConfig> Client::CreateGroup(const v1::GroupConfig& config, boo
   *request.mutable_config() = config;
   request.set_persistent(persistent);
   v1::CreateGroupResponse response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::CreateGroup, request, &response,
-                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(
+      CallUnary(*stub_, &v1::Epd::Stub::CreateGroup, request, &response, options_.rpc_timeout));
   return response.config();
 }
 
@@ -64,8 +64,7 @@ Status Client::DestroyGroup(const std::string& name, const Session& session) {
   request.set_session_id(session.id());
   request.set_name(name);
   v1::DestroyGroupResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyGroup, request, &response,
-                   options_.rpc_timeout);
+  return CallUnary(*stub_, &v1::Epd::Stub::DestroyGroup, request, &response, options_.rpc_timeout);
 }
 
 StatusOr<std::unique_ptr<Session>> Client::OpenSession(int rank, const std::string& client_name) {
@@ -73,8 +72,8 @@ StatusOr<std::unique_ptr<Session>> Client::OpenSession(int rank, const std::stri
   open.set_rank(rank);
   open.set_client_name(client_name);
   v1::OpenSessionResponse opened;
-  EPD_ASSIGN_OR_RETURN(auto stream, internal::SessionStream::Open(stub_, open,
-                                                                  options_.rpc_timeout, &opened));
+  EPD_ASSIGN_OR_RETURN(auto stream,
+                       internal::SessionStream::Open(stub_, open, options_.rpc_timeout, &opened));
   auto session = std::unique_ptr<Session>(new Session());
   session->stub_ = stub_;
   session->options_ = options_;

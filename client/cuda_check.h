@@ -7,25 +7,25 @@
 
 #include "daemon/core/status.h"
 
-#define EPD_CLIENT_CUDA_CHECK(call)                                                      \
-  do {                                                                                   \
-    const cudaError_t epd_err_ = (call);                                                 \
-    if (epd_err_ != cudaSuccess) {                                                       \
-      return ::epd::InternalError("{} failed: {} ({}) at {}:{}", #call,                  \
+#define EPD_CLIENT_CUDA_CHECK(call)                                                         \
+  do {                                                                                      \
+    const cudaError_t epd_err_ = (call);                                                    \
+    if (epd_err_ != cudaSuccess) {                                                          \
+      return ::epd::InternalError("{} failed: {} ({}) at {}:{}", #call,                     \
                                   cudaGetErrorName(epd_err_), cudaGetErrorString(epd_err_), \
-                                  __FILE__, __LINE__);                                   \
-    }                                                                                    \
+                                  __FILE__, __LINE__);                                      \
+    }                                                                                       \
   } while (0)
 
-#define EPD_CLIENT_CU_CHECK(call)                                                         \
-  do {                                                                                    \
-    const CUresult epd_res_ = (call);                                                     \
-    if (epd_res_ != CUDA_SUCCESS) {                                                       \
-      const char* epd_name_ = "?";                                                        \
-      const char* epd_text_ = "?";                                                        \
-      cuGetErrorName(epd_res_, &epd_name_);                                               \
-      cuGetErrorString(epd_res_, &epd_text_);                                             \
+#define EPD_CLIENT_CU_CHECK(call)                                                             \
+  do {                                                                                        \
+    const CUresult epd_res_ = (call);                                                         \
+    if (epd_res_ != CUDA_SUCCESS) {                                                           \
+      const char* epd_name_ = "?";                                                            \
+      const char* epd_text_ = "?";                                                            \
+      cuGetErrorName(epd_res_, &epd_name_);                                                   \
+      cuGetErrorString(epd_res_, &epd_text_);                                                 \
       return ::epd::InternalError("{} failed: {} ({}) at {}:{}", #call, epd_name_, epd_text_, \
-                                  __FILE__, __LINE__);                                    \
-    }                                                                                     \
+                                  __FILE__, __LINE__);                                        \
+    }                                                                                         \
   } while (0)

@@ -9,8 +9,8 @@ namespace {
 
 Status CheckDeviceFence(const Fence& fence) {
   if (!fence.on_device()) {
-    return FailedPreconditionError(
-        "fence {} lives in host memory: use Fence::Signal / Fence::Wait", fence.id());
+    return FailedPreconditionError("fence {} lives in host memory: use Fence::Signal / Fence::Wait",
+                                   fence.id());
   }
   return OkStatus();
 }

@@ -69,8 +69,8 @@ StatusOr<v1::MemorySource> ExportDeviceTensor(const void* ptr, size_t bytes) {
       cuMemGetAddressRange(&base, &allocation_bytes, reinterpret_cast<CUdeviceptr>(ptr)));
   const size_t offset = reinterpret_cast<CUdeviceptr>(ptr) - base;
   if (offset + bytes > allocation_bytes) {
-    return InvalidArgumentError("tensor [{}, +{}) runs past its allocation of {} bytes", ptr,
-                                bytes, allocation_bytes);
+    return InvalidArgumentError("tensor [{}, +{}) runs past its allocation of {} bytes", ptr, bytes,
+                                allocation_bytes);
   }
   cudaIpcMemHandle_t handle;
   EPD_CLIENT_CUDA_CHECK(cudaIpcGetMemHandle(&handle, reinterpret_cast<void*>(base)));

@@ -26,8 +26,8 @@ StatusOr<std::unique_ptr<Fence>> Fence::Open(const v1::CreateFenceResponse& crea
       return FailedPreconditionError(
           "fence {}: page header magic={:#x} version={} counter_offset={} does not match "
           "this client (magic={:#x} version={} counter_offset={})",
-          created.fence_id(), header->magic, header->version, header->counter_offset,
-          kFenceMagic, kFenceVersion, created.counter_offset());
+          created.fence_id(), header->magic, header->version, header->counter_offset, kFenceMagic,
+          kFenceVersion, created.counter_offset());
     }
   }
   return fence;
@@ -35,8 +35,7 @@ StatusOr<std::unique_ptr<Fence>> Fence::Open(const v1::CreateFenceResponse& crea
 
 Status Fence::Signal(uint64_t value) {
   if (on_device()) {
-    return FailedPreconditionError("fence {} lives in device memory: signal it on a stream",
-                                   id_);
+    return FailedPreconditionError("fence {} lives in device memory: signal it on a stream", id_);
   }
   std::atomic_ref<uint64_t>(*counter()).store(value, std::memory_order_release);
   return OkStatus();

@@ -7,11 +7,15 @@ namespace epd {
 size_t DTypeBytes(v1::DType dtype) {
   switch (dtype) {
     case v1::DTYPE_BF16:
-    case v1::DTYPE_FP16: return 2;
+    case v1::DTYPE_FP16:
+      return 2;
     case v1::DTYPE_FP32:
-    case v1::DTYPE_INT32: return 4;
-    case v1::DTYPE_INT64: return 8;
-    default: return 0;
+    case v1::DTYPE_INT32:
+      return 4;
+    case v1::DTYPE_INT64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -24,9 +28,8 @@ StatusOr<std::unique_ptr<HandleView>> HandleView::Open(const v1::HandleInfo& inf
                                                        std::unique_ptr<MappedRegion> region) {
   const v1::HandleBuffers& b = info.buffers();
   if (b.total_bytes() > info.source().size() || b.total_bytes() > region->size()) {
-    return InternalError(
-        "handle {}: buffers need {} bytes, the exported region has {} ({} mapped)",
-        info.handle_id(), b.total_bytes(), info.source().size(), region->size());
+    return InternalError("handle {}: buffers need {} bytes, the exported region has {} ({} mapped)",
+                         info.handle_id(), b.total_bytes(), info.source().size(), region->size());
   }
   auto view = std::unique_ptr<HandleView>(new HandleView());
   view->info_ = info;

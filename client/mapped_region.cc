@@ -8,9 +8,8 @@ namespace epd {
 StatusOr<std::unique_ptr<MappedRegion>> MapMemorySource(const v1::MemorySource& source) {
   switch (source.location_case()) {
     case v1::MemorySource::kShmName: {
-      EPD_ASSIGN_OR_RETURN(auto shm,
-                           SharedMemoryBuffer::Open(source.shm_name(), source.offset(),
-                                                    source.size()));
+      EPD_ASSIGN_OR_RETURN(
+          auto shm, SharedMemoryBuffer::Open(source.shm_name(), source.offset(), source.size()));
       return std::unique_ptr<MappedRegion>(std::move(shm));
     }
     case v1::MemorySource::kCudaIpcHandle:

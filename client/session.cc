@@ -34,8 +34,8 @@ StatusOr<uint64_t> Session::RegisterBuffer(const v1::MemorySource& source) {
   request.set_session_id(id_);
   *request.mutable_source() = source;
   v1::RegisterBufferResponse response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::RegisterBuffer, request, &response,
-                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(
+      CallUnary(*stub_, &v1::Epd::Stub::RegisterBuffer, request, &response, options_.rpc_timeout));
   return response.buffer_id();
 }
 
@@ -44,16 +44,15 @@ Status Session::ReleaseBuffer(uint64_t buffer_id) {
   request.set_session_id(id_);
   request.set_buffer_id(buffer_id);
   v1::ReleaseBufferResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::ReleaseBuffer, request, &response,
-                   options_.rpc_timeout);
+  return CallUnary(*stub_, &v1::Epd::Stub::ReleaseBuffer, request, &response, options_.rpc_timeout);
 }
 
 StatusOr<std::unique_ptr<Fence>> Session::CreateFence() {
   v1::CreateFenceRequest request;
   request.set_session_id(id_);
   v1::CreateFenceResponse response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::CreateFence, request, &response,
-                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(
+      CallUnary(*stub_, &v1::Epd::Stub::CreateFence, request, &response, options_.rpc_timeout));
   return Fence::Open(response);
 }
 
@@ -62,8 +61,7 @@ Status Session::DestroyFence(uint64_t fence_id) {
   request.set_session_id(id_);
   request.set_fence_id(fence_id);
   v1::DestroyFenceResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyFence, request, &response,
-                   options_.rpc_timeout);
+  return CallUnary(*stub_, &v1::Epd::Stub::DestroyFence, request, &response, options_.rpc_timeout);
 }
 
 StatusOr<v1::GroupConfig> Session::CreateGroup(const v1::GroupConfig& config, bool persistent) {
@@ -72,8 +70,8 @@ StatusOr<v1::GroupConfig> Session::CreateGroup(const v1::GroupConfig& config, bo
   *request.mutable_config() = config;
   request.set_persistent(persistent);
   v1::CreateGroupResponse response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::CreateGroup, request, &response,
-                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(
+      CallUnary(*stub_, &v1::Epd::Stub::CreateGroup, request, &response, options_.rpc_timeout));
   return response.config();
 }
 
@@ -82,8 +80,7 @@ Status Session::DestroyGroup(const std::string& name) {
   request.set_session_id(id_);
   request.set_name(name);
   v1::DestroyGroupResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyGroup, request, &response,
-                   options_.rpc_timeout);
+  return CallUnary(*stub_, &v1::Epd::Stub::DestroyGroup, request, &response, options_.rpc_timeout);
 }
 
 StatusOr<v1::HandleInfo> Session::CreateHandle(const std::string& group, const std::string& name,
@@ -98,8 +95,8 @@ StatusOr<v1::HandleInfo> Session::CreateHandle(const std::string& group, const s
 StatusOr<v1::HandleInfo> Session::CreateHandle(v1::CreateHandleRequest request) {
   request.set_session_id(id_);
   v1::HandleInfo response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::CreateHandle, request, &response,
-                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(
+      CallUnary(*stub_, &v1::Epd::Stub::CreateHandle, request, &response, options_.rpc_timeout));
   return response;
 }
 
@@ -108,8 +105,8 @@ StatusOr<v1::HandleInfo> Session::AttachHandle(const std::string& name) {
   request.set_session_id(id_);
   request.set_name(name);
   v1::HandleInfo response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::AttachHandle, request, &response,
-                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(
+      CallUnary(*stub_, &v1::Epd::Stub::AttachHandle, request, &response, options_.rpc_timeout));
   return response;
 }
 
@@ -118,8 +115,7 @@ Status Session::DestroyHandle(uint64_t handle_id) {
   request.set_session_id(id_);
   request.set_handle_id(handle_id);
   v1::DestroyHandleResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyHandle, request, &response,
-                   options_.rpc_timeout);
+  return CallUnary(*stub_, &v1::Epd::Stub::DestroyHandle, request, &response, options_.rpc_timeout);
 }
 
 std::future<Status> Session::Post(v1::SessionRequest request) {
@@ -164,8 +160,7 @@ Status Session::Await(std::future<Status>& answer, std::string_view what) const 
 }
 
 Status Session::Update(uint64_t handle_id, const v1::TensorRef& topk_idx,
-                       const std::optional<v1::TensorRef>& weights,
-                       const v1::OpOptions& options) {
+                       const std::optional<v1::TensorRef>& weights, const v1::OpOptions& options) {
   v1::UpdateHandleRequest request;
   request.set_handle_id(handle_id);
   *request.mutable_topk_idx() = topk_idx;
@@ -175,8 +170,7 @@ Status Session::Update(uint64_t handle_id, const v1::TensorRef& topk_idx,
   return Await(answer, "update");
 }
 
-Status Session::Dispatch(uint64_t handle_id, const v1::TensorRef& x,
-                         const v1::OpOptions& options) {
+Status Session::Dispatch(uint64_t handle_id, const v1::TensorRef& x, const v1::OpOptions& options) {
   v1::DispatchRequest request;
   request.set_handle_id(handle_id);
   *request.mutable_x() = x;

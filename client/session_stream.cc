@@ -14,9 +14,10 @@ v1::SessionResponse ResponseFor(uint64_t request_id, const Status& status) {
   return response;
 }
 
-StatusOr<std::unique_ptr<SessionStream>> SessionStream::Open(
-    std::shared_ptr<v1::Epd::Stub> stub, const v1::OpenSessionRequest& open,
-    std::chrono::milliseconds timeout, v1::OpenSessionResponse* opened) {
+StatusOr<std::unique_ptr<SessionStream>> SessionStream::Open(std::shared_ptr<v1::Epd::Stub> stub,
+                                                             const v1::OpenSessionRequest& open,
+                                                             std::chrono::milliseconds timeout,
+                                                             v1::OpenSessionResponse* opened) {
   auto stream = std::unique_ptr<SessionStream>(new SessionStream());
   stream->stub_ = std::move(stub);
   stream->stream_ = stream->stub_->Session(&stream->context_);
@@ -54,8 +55,8 @@ void SessionStream::Send(v1::SessionRequest request, Callback done) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (ended_ || writes_done_) {
-      const Status status = ended_ ? end_status_
-                                   : FailedPreconditionError("the session stream is closed");
+      const Status status =
+          ended_ ? end_status_ : FailedPreconditionError("the session stream is closed");
       done(ResponseFor(id, status));
       return;
     }

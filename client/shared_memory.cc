@@ -20,11 +20,11 @@ std::string UniqueName() {
 }
 
 Status ErrnoError(std::string_view what, const std::string& name, int err) {
-  const StatusCode code = err == ENOENT   ? StatusCode::kNotFound
-                          : err == EEXIST ? StatusCode::kAlreadyExists
+  const StatusCode code = err == ENOENT                    ? StatusCode::kNotFound
+                          : err == EEXIST                  ? StatusCode::kAlreadyExists
                           : err == ENOMEM || err == ENOSPC ? StatusCode::kResourceExhausted
-                          : err == EACCES ? StatusCode::kPermissionDenied
-                                          : StatusCode::kInternal;
+                          : err == EACCES                  ? StatusCode::kPermissionDenied
+                                                           : StatusCode::kInternal;
   return Status(code, fmt::format("{} '{}': {}", what, name, std::strerror(err)));
 }
 

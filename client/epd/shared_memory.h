@@ -23,8 +23,8 @@ class SharedMemoryBuffer : public MappedRegion {
   static StatusOr<std::unique_ptr<SharedMemoryBuffer>> Create(size_t size_bytes,
                                                               std::string name = "");
   // Maps bytes [offset, offset + size) of an existing object read/write.
-  static StatusOr<std::unique_ptr<SharedMemoryBuffer>> Open(const std::string& name,
-                                                            size_t offset, size_t size_bytes);
+  static StatusOr<std::unique_ptr<SharedMemoryBuffer>> Open(const std::string& name, size_t offset,
+                                                            size_t size_bytes);
   ~SharedMemoryBuffer() override;
   SharedMemoryBuffer(const SharedMemoryBuffer&) = delete;
   SharedMemoryBuffer& operator=(const SharedMemoryBuffer&) = delete;
@@ -43,13 +43,12 @@ class SharedMemoryBuffer : public MappedRegion {
 
  private:
   SharedMemoryBuffer() = default;
-  static Status OutOfRange(const std::string& name, size_t offset, size_t size,
-                           size_t object_size);
+  static Status OutOfRange(const std::string& name, size_t offset, size_t size, size_t object_size);
 
   std::string name_;
   void* mapping_ = nullptr;  // page-aligned start of the mmap
   size_t mapping_bytes_ = 0;
-  void* data_ = nullptr;     // mapping_ + (offset within the first page)
+  void* data_ = nullptr;  // mapping_ + (offset within the first page)
   size_t size_ = 0;
   bool owner_ = false;
   bool unlinked_ = false;

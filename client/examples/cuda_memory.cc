@@ -13,9 +13,9 @@ namespace {
 Status CudaError(std::string_view what, cudaError_t err) {
   return InternalError("{} failed: {} ({})", what, cudaGetErrorName(err), cudaGetErrorString(err));
 }
-#define EXAMPLE_CUDA(call)                                       \
-  do {                                                           \
-    const cudaError_t example_err_ = (call);                     \
+#define EXAMPLE_CUDA(call)                                                  \
+  do {                                                                      \
+    const cudaError_t example_err_ = (call);                                \
     if (example_err_ != cudaSuccess) return CudaError(#call, example_err_); \
   } while (0)
 

@@ -56,13 +56,13 @@ int RunRank(const Flags& flags, const Problem& problem, int rank) {
     const int n = epd::example::TokensFor(problem, rank, it);
     const bool fenced = flags.mode == "fenced" || (flags.mode == "both" && it % 2 == 1);
     const auto in = epd::example::MakeInputs(problem, flags.seed, rank, it, n, false);
-    epd::Status status =
-        (*runner)->RunAndCheck(in, epd::example::ScaleByExpertPlusOne, fenced);
+    epd::Status status = (*runner)->RunAndCheck(in, epd::example::ScaleByExpertPlusOne, fenced);
     if (!status.ok()) return fail(status.WithContext(fmt::format("iteration {}", it)));
     tokens += fmt::format("{}{}{}", it == 0 ? "" : ",", n, fenced ? "f" : "b");
   }
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::steady_clock::now() - start).count();
+                      std::chrono::steady_clock::now() - start)
+                      .count();
   std::printf("rank %d: %d layers OK, bit-exact (tokens %s; b=blocking f=fenced) in %lld ms\n",
               rank, flags.iterations, tokens.c_str(), static_cast<long long>(ms));
   std::fflush(stdout);
@@ -103,9 +103,9 @@ int main(int argc, char** argv) {
   problem.layout =
       flags.layout == "rank_major" ? epd::v1::LAYOUT_RANK_MAJOR : epd::v1::LAYOUT_EXPERT_MAJOR;
   if (flags.group.empty()) {
-    flags.group = fmt::format("example-{}-{}-r{}-e{}-h{}-t{}-k{}", flags.layout, flags.dtype,
-                              problem.ranks, problem.experts, problem.hidden, problem.max_tokens,
-                              problem.top_k);
+    flags.group =
+        fmt::format("example-{}-{}-r{}-e{}-h{}-t{}-k{}", flags.layout, flags.dtype, problem.ranks,
+                    problem.experts, problem.hidden, problem.max_tokens, problem.top_k);
   }
 
   // NOTE: fork before any gRPC state exists in this process; each child makes its own.
@@ -132,9 +132,9 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::printf("%s: %d ranks, %s, %s, T=%d H=%d E=%d K=%d, %d layers: %s\n", argv[0],
-              flags.ranks, flags.layout.c_str(), flags.dtype.c_str(), problem.max_tokens,
-              problem.hidden, problem.experts, problem.top_k, flags.iterations,
+  std::printf("%s: %d ranks, %s, %s, T=%d H=%d E=%d K=%d, %d layers: %s\n", argv[0], flags.ranks,
+              flags.layout.c_str(), flags.dtype.c_str(), problem.max_tokens, problem.hidden,
+              problem.experts, problem.top_k, flags.iterations,
               failed == 0 ? "all ranks OK" : "FAILED");
   return failed == 0 ? 0 : 1;
 }

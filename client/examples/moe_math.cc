@@ -9,8 +9,8 @@ namespace {
 
 uint64_t Mix(uint64_t a, uint64_t b = 0, uint64_t c = 0, uint64_t d = 0, uint64_t e = 0) {
   // splitmix64 over the combined key: deterministic across processes and platforms.
-  uint64_t z = a * 0x9E3779B97F4A7C15ull ^ b * 0xBF58476D1CE4E5B9ull ^
-               c * 0x94D049BB133111EBull ^ d * 0xD6E8FEB86659FD93ull ^ e * 0xCA5A826395121157ull;
+  uint64_t z = a * 0x9E3779B97F4A7C15ull ^ b * 0xBF58476D1CE4E5B9ull ^ c * 0x94D049BB133111EBull ^
+               d * 0xD6E8FEB86659FD93ull ^ e * 0xCA5A826395121157ull;
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -28,15 +28,16 @@ float Round(DType dtype, float value) {
 
 DType Problem::token_dtype() const {
   switch (dtype) {
-    case v1::DTYPE_FP16: return DType::kFp16;
-    case v1::DTYPE_FP32: return DType::kFp32;
-    default: return DType::kBf16;
+    case v1::DTYPE_FP16:
+      return DType::kFp16;
+    case v1::DTYPE_FP32:
+      return DType::kFp32;
+    default:
+      return DType::kBf16;
   }
 }
 
-size_t Problem::row_bytes() const {
-  return static_cast<size_t>(hidden) * DTypeSize(token_dtype());
-}
+size_t Problem::row_bytes() const { return static_cast<size_t>(hidden) * DTypeSize(token_dtype()); }
 
 v1::GroupConfig Problem::Config(const std::string& name) const {
   v1::GroupConfig config;
@@ -140,7 +141,9 @@ std::vector<uint8_t> ExpectedOutput(const Problem& p, const RankInputs& in,
     const uint8_t* x = in.x.data() + t * p.row_bytes();
     const int32_t* idx = &in.topk_idx[static_cast<size_t>(t) * K];
     const float* w = &in.weights[static_cast<size_t>(t) * K];
-    auto expert_value = [&](int e, int h) { return Round(dtype, LoadAsFloat(x, dtype, h) * factor(e)); };
+    auto expert_value = [&](int e, int h) {
+      return Round(dtype, LoadAsFloat(x, dtype, h) * factor(e));
+    };
     std::fill(acc.begin(), acc.end(), 0.0f);
     for (int k = 0; k < K; ++k) {
       if (idx[k] < 0) continue;
@@ -194,10 +197,9 @@ std::string DescribeElement(const Problem& p, int64_t index, const void* actual,
     std::memcpy(&b, static_cast<const uint8_t*>(base) + i * elem, elem);
     return b;
   };
-  return fmt::format("token {}, element {}: got {} ({:#x}), expected {} ({:#x})",
-                     index / p.hidden, index % p.hidden, LoadAsFloat(actual, dtype, index),
-                     bits(actual, index), LoadAsFloat(expected, dtype, index),
-                     bits(expected, index));
+  return fmt::format("token {}, element {}: got {} ({:#x}), expected {} ({:#x})", index / p.hidden,
+                     index % p.hidden, LoadAsFloat(actual, dtype, index), bits(actual, index),
+                     LoadAsFloat(expected, dtype, index), bits(expected, index));
 }
 
 }  // namespace epd::example

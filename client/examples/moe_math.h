@@ -17,11 +17,11 @@
 namespace epd::example {
 
 struct Problem {
-  int ranks = 1;    // R
-  int experts = 2;  // E
-  int hidden = 64;  // H
+  int ranks = 1;        // R
+  int experts = 2;      // E
+  int hidden = 64;      // H
   int max_tokens = 16;  // T
-  int top_k = 2;    // K
+  int top_k = 2;        // K
   v1::DType dtype = v1::DTYPE_BF16;
   v1::Layout layout = v1::LAYOUT_EXPERT_MAJOR;
 

@@ -124,10 +124,10 @@ Status RankRunner::RunOps(int n, const ExpertFactor& factor, bool fenced) {
   const uint64_t layer = ++layers_;
   if (!fenced) {
     const v1::OpOptions blocking = BlockingOptions();
-    EPD_RETURN_IF_ERROR(session_->Update(handle_id(), topk_ref(n), weights_ref(n), blocking)
-                            .WithContext("update"));
-    EPD_RETURN_IF_ERROR(session_->Dispatch(handle_id(), x_ref(n), blocking)
-                            .WithContext("dispatch"));
+    EPD_RETURN_IF_ERROR(
+        session_->Update(handle_id(), topk_ref(n), weights_ref(n), blocking).WithContext("update"));
+    EPD_RETURN_IF_ERROR(
+        session_->Dispatch(handle_id(), x_ref(n), blocking).WithContext("dispatch"));
     EPD_RETURN_IF_ERROR(RunExpertsOnReceived(factor));
     return session_->Combine(handle_id(), out_ref(n), std::nullopt, blocking)
         .WithContext("combine");

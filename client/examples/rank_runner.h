@@ -18,11 +18,11 @@
 namespace epd::example {
 
 struct RankRunnerOptions {
-  std::string group;                // created with Problem::Config(group) unless it exists
-  std::string handle_name;          // empty: an unnamed session-owned handle
+  std::string group;        // created with Problem::Config(group) unless it exists
+  std::string handle_name;  // empty: an unnamed session-owned handle
   bool persistent_handle = false;
   bool persistent_group = false;
-  bool int64_topk = false;          // topk_idx as int64 instead of int32
+  bool int64_topk = false;  // topk_idx as int64 instead of int32
   std::chrono::milliseconds fence_timeout{30'000};
 };
 

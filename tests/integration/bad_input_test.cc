@@ -108,9 +108,9 @@ TEST_F(BadInputTest, AnotherSessionsIdsAreNotFound) {
                    StatusCode::kNotFound, fmt::format("x.buffer_id = {}", foreign_buffer));
   EXPECT_EPD_ERROR(session0().ReleaseBuffer(foreign_buffer), StatusCode::kNotFound,
                    fmt::format("buffer_id = {}", foreign_buffer));
-  EXPECT_EPD_ERROR(session0().Dispatch(foreign_handle->handle_id(), rank0().x_ref(n),
-                                       BlockingOptions()),
-                   StatusCode::kNotFound, fmt::format("handle_id = {}", foreign_handle->handle_id()));
+  EXPECT_EPD_ERROR(
+      session0().Dispatch(foreign_handle->handle_id(), rank0().x_ref(n), BlockingOptions()),
+      StatusCode::kNotFound, fmt::format("handle_id = {}", foreign_handle->handle_id()));
   EXPECT_EPD_ERROR(session0().DestroyHandle(foreign_handle->handle_id()), StatusCode::kNotFound,
                    fmt::format("handle_id = {}", foreign_handle->handle_id()));
   // The owner still has them.
@@ -162,9 +162,8 @@ TEST_F(BadInputTest, ShapeNotMatchingIsInvalid) {
                                      v1::DTYPE_INT32, {n, problem_.top_k + 1});
   EXPECT_EPD_ERROR(Update0(topk, std::nullopt), StatusCode::kInvalidArgument,
                    "topk_idx.shape[1] = 3", "top_k = 2");
-  v1::TensorRef weights = MakeTensorRef(rank0().buffer_id(),
-                                        rank0().weights_ref(n).offset_bytes(), v1::DTYPE_FP32,
-                                        {n - 1, problem_.top_k});
+  v1::TensorRef weights = MakeTensorRef(rank0().buffer_id(), rank0().weights_ref(n).offset_bytes(),
+                                        v1::DTYPE_FP32, {n - 1, problem_.top_k});
   EXPECT_EPD_ERROR(Update0(rank0().topk_ref(n), weights), StatusCode::kInvalidArgument,
                    "topk_weights.shape[0] = 4", "5");
   ASSERT_EPD_OK(Update0(rank0().topk_ref(n), rank0().weights_ref(n)));
@@ -196,8 +195,8 @@ TEST_F(BadInputTest, TensorOutsideItsBufferIsInvalid) {
   v1::TensorRef out = rank0().out_ref(n);
   out.set_offset_bytes(size - 64);  // 5 x 64 bf16 = 640 bytes do not fit in the last 64
   EXPECT_EPD_ERROR(session0().Combine(rank0().handle_id(), out, std::nullopt, BlockingOptions()),
-                   StatusCode::kInvalidArgument, "out",
-                   fmt::format("offset_bytes = {}", size - 64), "outside");
+                   StatusCode::kInvalidArgument, "out", fmt::format("offset_bytes = {}", size - 64),
+                   "outside");
   v1::TensorRef x = rank0().x_ref(n);
   x.set_offset_bytes(uint64_t{1} << 40);
   EXPECT_EPD_ERROR(session0().Dispatch(rank0().handle_id(), x, BlockingOptions()),
@@ -266,24 +265,22 @@ TEST_F(BadInputTest, SessionActingForAnotherRankIsDenied) {
   update.set_rank(1);
   *update.mutable_options() = BlockingOptions();
   auto answer = session0().UpdateAsync(update);
-  EXPECT_EPD_ERROR(session0().Await(answer, "update"), StatusCode::kPermissionDenied,
-                   "rank = 1", "session's rank 0");
+  EXPECT_EPD_ERROR(session0().Await(answer, "update"), StatusCode::kPermissionDenied, "rank = 1",
+                   "session's rank 0");
 
   v1::DispatchRequest dispatch;
   dispatch.set_handle_id(rank0().handle_id());
   *dispatch.mutable_x() = rank0().x_ref(n);
   dispatch.set_rank(1);
   answer = session0().DispatchAsync(dispatch);
-  EXPECT_EPD_ERROR(session0().Await(answer, "dispatch"), StatusCode::kPermissionDenied,
-                   "rank = 1");
+  EXPECT_EPD_ERROR(session0().Await(answer, "dispatch"), StatusCode::kPermissionDenied, "rank = 1");
 
   v1::CombineRequest combine;
   combine.set_handle_id(rank0().handle_id());
   *combine.mutable_out() = rank0().out_ref(n);
   combine.set_rank(1);
   answer = session0().CombineAsync(combine);
-  EXPECT_EPD_ERROR(session0().Await(answer, "combine"), StatusCode::kPermissionDenied,
-                   "rank = 1");
+  EXPECT_EPD_ERROR(session0().Await(answer, "combine"), StatusCode::kPermissionDenied, "rank = 1");
 
   v1::CreateHandleRequest create;
   create.set_group(options_.group);

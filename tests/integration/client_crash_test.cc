@@ -28,8 +28,7 @@ std::unique_ptr<ChildProcess> SpawnHelper(const DaemonProcess& daemon, const Pro
   }
   auto line = (*child)->ReadLine(15'000);
   if (!line.ok() || line->rfind("READY ", 0) != 0) {
-    ADD_FAILURE() << "helper did not get ready: "
-                  << (line.ok() ? *line : line.status().ToString());
+    ADD_FAILURE() << "helper did not get ready: " << (line.ok() ? *line : line.status().ToString());
     return nullptr;
   }
   *shm_name = line->substr(6);
@@ -74,8 +73,8 @@ TEST(ClientCrashTest, KilledFrontendIsCleanedUpAndPeersKeepWorking) {
   // Rank 0 posts its dispatch: it must wait for rank 1, which then dies.
   example::RankRunner& r0 = *world[0].runner;
   ASSERT_EPD_OK(r0.Stage(example::MakeInputs(p, 3, 0, 0, 8, true)));
-  ASSERT_EPD_OK(r0.session().Update(r0.handle_id(), r0.topk_ref(8), r0.weights_ref(8),
-                                    BlockingOptions()));
+  ASSERT_EPD_OK(
+      r0.session().Update(r0.handle_id(), r0.topk_ref(8), r0.weights_ref(8), BlockingOptions()));
   v1::DispatchRequest dispatch;
   dispatch.set_handle_id(r0.handle_id());
   *dispatch.mutable_x() = r0.x_ref(8);

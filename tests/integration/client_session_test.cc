@@ -90,11 +90,13 @@ TEST(ClientSessionTest, SeveralThreadsShareOneSession) {
       v1::TensorRef topk = runner.topk_ref(8);
       const bool bad = i % 5 == thread % 5;
       if (bad) topk.set_buffer_id(1000 + thread);
-      const Status status = runner.session().Update(runner.handle_id(), topk, std::nullopt,
-                                                    v1::OpOptions());
-      if (bad != !status.ok()) return InternalError("thread {} op {}: {}", thread, i, status.ToString());
+      const Status status =
+          runner.session().Update(runner.handle_id(), topk, std::nullopt, v1::OpOptions());
+      if (bad != !status.ok())
+        return InternalError("thread {} op {}: {}", thread, i, status.ToString());
       if (bad && status.message().find(std::to_string(1000 + thread)) == std::string::npos) {
-        return InternalError("thread {} got another thread's answer: {}", thread, status.ToString());
+        return InternalError("thread {} got another thread's answer: {}", thread,
+                             status.ToString());
       }
     }
     return OkStatus();

@@ -43,8 +43,8 @@ std::vector<Status> RunOnRanks(int ranks, const std::function<Status(int rank)>&
 ::testing::AssertionResult HasError(const Status& status, StatusCode code,
                                     std::initializer_list<std::string_view> fragments) {
   if (status.code() != code) {
-    return ::testing::AssertionFailure() << "expected " << StatusCodeName(code) << ", got "
-                                         << status.ToString();
+    return ::testing::AssertionFailure()
+           << "expected " << StatusCodeName(code) << ", got " << status.ToString();
   }
   for (std::string_view fragment : fragments) {
     if (status.message().find(fragment) == std::string::npos) {

@@ -34,14 +34,14 @@ std::vector<Status> RunOnRanks(int ranks, const std::function<Status(int rank)>&
                                     std::initializer_list<std::string_view> fragments);
 #define EXPECT_EPD_ERROR(status, code, ...) \
   EXPECT_TRUE(::epd::testing::HasError((status), (code), {__VA_ARGS__}))
-#define EXPECT_EPD_OK(expr)                                      \
-  do {                                                           \
-    const ::epd::Status epd_test_status_ = (expr);               \
+#define EXPECT_EPD_OK(expr)                                            \
+  do {                                                                 \
+    const ::epd::Status epd_test_status_ = (expr);                     \
     EXPECT_TRUE(epd_test_status_.ok()) << epd_test_status_.ToString(); \
   } while (0)
-#define ASSERT_EPD_OK(expr)                                      \
-  do {                                                           \
-    const ::epd::Status epd_test_status_ = (expr);               \
+#define ASSERT_EPD_OK(expr)                                            \
+  do {                                                                 \
+    const ::epd::Status epd_test_status_ = (expr);                     \
     ASSERT_TRUE(epd_test_status_.ok()) << epd_test_status_.ToString(); \
   } while (0)
 
@@ -71,7 +71,7 @@ class ChildProcess {
   ~ChildProcess();  // SIGKILL + reap when still running
   // Reads one line of the child's stdout (without '\n'), waiting up to timeout_ms.
   StatusOr<std::string> ReadLine(int timeout_ms);
-  void Kill();       // SIGKILL and reap
+  void Kill();               // SIGKILL and reap
   int Wait(int timeout_ms);  // exit code, 128 + signal, or -1 on timeout
   pid_t pid() const { return pid_; }
 

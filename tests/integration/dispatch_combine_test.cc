@@ -27,8 +27,7 @@ std::unique_ptr<DaemonProcess> DispatchCombineTest::daemon_;
 
 // out[t] must be round(x[t] * sum of its valid weights); the weights are multiples of 1/8 and
 // tokens multiples of 1/8, so the fp32 accumulation is exact whatever the order.
-Status CheckTokenTimesWeightSum(const Problem& p, const example::RankInputs& in,
-                                const void* out) {
+Status CheckTokenTimesWeightSum(const Problem& p, const example::RankInputs& in, const void* out) {
   const DType dtype = p.token_dtype();
   for (int t = 0; t < in.num_tokens; ++t) {
     float weight_sum = 0.0f;
@@ -46,8 +45,8 @@ Status CheckTokenTimesWeightSum(const Problem& p, const example::RankInputs& in,
       StoreFromFloat(&expected, dtype, 0, any ? LoadAsFloat(x_row, dtype, h) * weight_sum : 0.0f);
       std::memcpy(&actual, out_row + h * DTypeSize(dtype), DTypeSize(dtype));
       if (actual != expected) {
-        return InternalError("token {} element {}: got {:#x} ({}), expected {:#x} = {} * {}", t,
-                             h, actual, LoadAsFloat(out_row, dtype, h), expected,
+        return InternalError("token {} element {}: got {:#x} ({}), expected {:#x} = {} * {}", t, h,
+                             actual, LoadAsFloat(out_row, dtype, h), expected,
                              LoadAsFloat(x_row, dtype, h), weight_sum);
       }
     }
@@ -92,7 +91,9 @@ std::string ParamName(
   const auto [ranks, layout, dtype] = info.param;
   return fmt::format("R{}_{}_{}", ranks,
                      layout == v1::LAYOUT_RANK_MAJOR ? "RankMajor" : "ExpertMajor",
-                     dtype == v1::DTYPE_BF16 ? "bf16" : dtype == v1::DTYPE_FP16 ? "fp16" : "fp32");
+                     dtype == v1::DTYPE_BF16   ? "bf16"
+                     : dtype == v1::DTYPE_FP16 ? "fp16"
+                                               : "fp32");
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -26,10 +26,9 @@ std::unique_ptr<DaemonProcess> ExampleFrontendTest::daemon_;
 TEST_P(ExampleFrontendTest, AllRanksBitExact) {
   const auto [ranks, layout, dtype] = GetParam();
   auto child = ChildProcess::Spawn({ExampleFrontendPath(), "--address", daemon_->address(),
-                                    "--ranks", std::to_string(ranks), "--layout", layout,
-                                    "--dtype", dtype, "--tokens", "16", "--hidden", "64",
-                                    "--iterations", "4", "--idx",
-                                    ranks % 2 == 0 ? "int64" : "int32"});
+                                    "--ranks", std::to_string(ranks), "--layout", layout, "--dtype",
+                                    dtype, "--tokens", "16", "--hidden", "64", "--iterations", "4",
+                                    "--idx", ranks % 2 == 0 ? "int64" : "int32"});
   ASSERT_TRUE(child.ok()) << child.status().ToString();
   std::string output;
   while (true) {
@@ -41,15 +40,14 @@ TEST_P(ExampleFrontendTest, AllRanksBitExact) {
   EXPECT_NE(output.find("all ranks OK"), std::string::npos) << output;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllShapes, ExampleFrontendTest,
-    ::testing::Combine(::testing::Values(1, 2, 4, 8),
-                       ::testing::Values("expert_major", "rank_major"),
-                       ::testing::Values("bf16", "fp16", "fp32")),
-    [](const auto& info) {
-      return fmt::format("R{}_{}_{}", std::get<0>(info.param), std::get<1>(info.param),
-                         std::get<2>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(AllShapes, ExampleFrontendTest,
+                         ::testing::Combine(::testing::Values(1, 2, 4, 8),
+                                            ::testing::Values("expert_major", "rank_major"),
+                                            ::testing::Values("bf16", "fp16", "fp32")),
+                         [](const auto& info) {
+                           return fmt::format("R{}_{}_{}", std::get<0>(info.param),
+                                              std::get<1>(info.param), std::get<2>(info.param));
+                         });
 
 }  // namespace
 }  // namespace epd::testing

@@ -38,8 +38,8 @@ TEST_P(ExpertOutTest, CombineReadsTheGivenExpertOutput) {
     EPD_ASSIGN_OR_RETURN(auto expert_out, SharedMemoryBuffer::Create(bytes));
     EPD_ASSIGN_OR_RETURN(const uint64_t expert_out_id,
                          session.RegisterBuffer(expert_out->Source()));
-    const v1::TensorRef expert_out_ref = MakeTensorRef(expert_out_id, 0, p.dtype,
-                                                       {view.recv_rows(), p.hidden});
+    const v1::TensorRef expert_out_ref =
+        MakeTensorRef(expert_out_id, 0, p.dtype, {view.recv_rows(), p.hidden});
     for (int it = 0; it < 2; ++it) {
       const int n = example::TokensFor(p, r, it);
       const auto in = example::MakeInputs(p, 9, r, it, n, /*dyadic_weights=*/false);
@@ -53,8 +53,8 @@ TEST_P(ExpertOutTest, CombineReadsTheGivenExpertOutput) {
       // A wrongly shaped expert_out is refused before anything runs.
       v1::TensorRef bad = expert_out_ref;
       bad.set_shape(0, view.recv_rows() - 1);
-      const Status refused = session.Combine(runner.handle_id(), runner.out_ref(n), bad,
-                                             BlockingOptions());
+      const Status refused =
+          session.Combine(runner.handle_id(), runner.out_ref(n), bad, BlockingOptions());
       if (refused.code() != StatusCode::kInvalidArgument ||
           refused.message().find("expert_out.shape[0]") == std::string::npos) {
         return InternalError("bad expert_out shape: unexpected {}", refused.ToString());
@@ -64,9 +64,9 @@ TEST_P(ExpertOutTest, CombineReadsTheGivenExpertOutput) {
       const auto expected = example::ExpectedOutput(p, in, example::ScaleByExpertPlusOne);
       const int64_t bad_element = example::FirstMismatch(p, n, runner.out(), expected.data());
       if (bad_element >= 0) {
-        return InternalError("rank {} layer {}: {}", r, it,
-                             example::DescribeElement(p, bad_element, runner.out(),
-                                                      expected.data()));
+        return InternalError(
+            "rank {} layer {}: {}", r, it,
+            example::DescribeElement(p, bad_element, runner.out(), expected.data()));
       }
     }
     return OkStatus();
@@ -77,9 +77,8 @@ TEST_P(ExpertOutTest, CombineReadsTheGivenExpertOutput) {
 INSTANTIATE_TEST_SUITE_P(Layouts, ExpertOutTest,
                          ::testing::Values(v1::LAYOUT_EXPERT_MAJOR, v1::LAYOUT_RANK_MAJOR),
                          [](const auto& info) {
-                           return std::string(info.param == v1::LAYOUT_RANK_MAJOR
-                                                  ? "RankMajor"
-                                                  : "ExpertMajor");
+                           return std::string(info.param == v1::LAYOUT_RANK_MAJOR ? "RankMajor"
+                                                                                  : "ExpertMajor");
                          });
 
 }  // namespace

@@ -37,9 +37,9 @@ int main(int argc, char** argv) {
   const int n = p.max_tokens / 2;
   const epd::Status staged = (*runner)->Stage(epd::example::MakeInputs(p, 3, rank, 0, n, true));
   if (!staged.ok()) return fail(staged);
-  const epd::Status updated = (*runner)->session().Update(
-      (*runner)->handle_id(), (*runner)->topk_ref(n), (*runner)->weights_ref(n),
-      epd::BlockingOptions());
+  const epd::Status updated =
+      (*runner)->session().Update((*runner)->handle_id(), (*runner)->topk_ref(n),
+                                  (*runner)->weights_ref(n), epd::BlockingOptions());
   if (!updated.ok()) return fail(updated);
   std::printf("READY %s\n", (*runner)->buffer().name().c_str());
   std::fflush(stdout);

@@ -34,7 +34,8 @@ TEST(PersistentHandleTest, NewSessionAttachesByNameWithoutAllocating) {
     ASSERT_TRUE(world.ok()) << world.status().ToString();
     ASSERT_EPD_OK(RunGoodLayer(*world, 0));
   }  // both frontends exit
-  v1::Stats stats = WaitForStats(*client, [](const v1::Stats& s) { return s.sessions_open() == 0; });
+  v1::Stats stats =
+      WaitForStats(*client, [](const v1::Stats& s) { return s.sessions_open() == 0; });
   ASSERT_EQ(stats.sessions_open(), 0u);
   EXPECT_EQ(HandlesOf(*client, options.group), 2) << "persistent handles died with the session";
 

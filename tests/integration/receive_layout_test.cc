@@ -54,8 +54,8 @@ Status CheckExpertMajor(const Problem& p, int d, const std::vector<RankInputs>& 
                                  view.recv_weights()[row],
                                  in[s].weights[static_cast<size_t>(t) * K + k]);
           }
-          if (std::memcmp(view.recv_row(row), in[s].x.data() + t * p.row_bytes(),
-                          p.row_bytes()) != 0) {
+          if (std::memcmp(view.recv_row(row), in[s].x.data() + t * p.row_bytes(), p.row_bytes()) !=
+              0) {
             return InternalError("expert {} row {}: recv_x differs from token {} of rank {}", e,
                                  row, t, s);
           }
@@ -97,10 +97,11 @@ Status CheckRankMajor(const Problem& p, int d, const std::vector<RankInputs>& in
         }
         if (view.recv_topk_idx()[row * K + k] != expected_idx ||
             view.recv_topk_weights()[row * K + k] != expected_w) {
-          return InternalError("row {} (rank {}, token {}) k {}: expert {} weight {}, expected "
-                               "expert {} weight {}",
-                               row, s, t, k, view.recv_topk_idx()[row * K + k],
-                               view.recv_topk_weights()[row * K + k], expected_idx, expected_w);
+          return InternalError(
+              "row {} (rank {}, token {}) k {}: expert {} weight {}, expected "
+              "expert {} weight {}",
+              row, s, t, k, view.recv_topk_idx()[row * K + k],
+              view.recv_topk_weights()[row * K + k], expected_idx, expected_w);
         }
       }
       const void* expected = present ? in[s].x.data() + t * p.row_bytes() : zeros.data();
@@ -156,9 +157,8 @@ TEST_P(ReceiveLayoutTest, ReceivedRowsMatchIndependentComputation) {
 INSTANTIATE_TEST_SUITE_P(Layouts, ReceiveLayoutTest,
                          ::testing::Values(v1::LAYOUT_EXPERT_MAJOR, v1::LAYOUT_RANK_MAJOR),
                          [](const auto& info) {
-                           return std::string(info.param == v1::LAYOUT_RANK_MAJOR
-                                                  ? "RankMajor"
-                                                  : "ExpertMajor");
+                           return std::string(info.param == v1::LAYOUT_RANK_MAJOR ? "RankMajor"
+                                                                                  : "ExpertMajor");
                          });
 
 }  // namespace

@@ -76,7 +76,8 @@ TEST_F(SessionLifecycleTest, OpsAfterSessionClosedFail) {
 TEST_F(SessionLifecycleTest, ClosingASessionFreesWhatItOwned) {
   auto client = ConnectOrDie(daemon_->address());
   ASSERT_NE(client, nullptr);
-  const v1::Stats before = WaitForStats(*client, [](const v1::Stats& s) { return s.sessions_open() == 0; });
+  const v1::Stats before =
+      WaitForStats(*client, [](const v1::Stats& s) { return s.sessions_open() == 0; });
   ASSERT_EQ(before.sessions_open(), 0u);
 
   const Problem p = SmallProblem();
@@ -112,8 +113,8 @@ TEST_F(SessionLifecycleTest, PeerSessionEndingFailsAPendingCollective) {
   example::RankRunner& rank0 = *(*world)[0].runner;
   const auto in = example::MakeInputs(p, 1, 0, 5, 6, true);
   ASSERT_EPD_OK(rank0.Stage(in));
-  ASSERT_EPD_OK(rank0.session().Update(rank0.handle_id(), rank0.topk_ref(6),
-                                       rank0.weights_ref(6), BlockingOptions()));
+  ASSERT_EPD_OK(rank0.session().Update(rank0.handle_id(), rank0.topk_ref(6), rank0.weights_ref(6),
+                                       BlockingOptions()));
   v1::DispatchRequest dispatch;
   dispatch.set_handle_id(rank0.handle_id());
   *dispatch.mutable_x() = rank0.x_ref(6);

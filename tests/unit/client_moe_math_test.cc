@@ -49,8 +49,8 @@ v1::HandleInfo DescribeRegion(const Problem& p, const HandleLayout& h,
   return info;
 }
 
-class ClientMoeMathTest
-    : public ::testing::TestWithParam<std::tuple<int, v1::Layout, v1::DType>> {};
+class ClientMoeMathTest : public ::testing::TestWithParam<std::tuple<int, v1::Layout, v1::DType>> {
+};
 
 TEST_P(ClientMoeMathTest, ExpectedOutputMatchesTheReferenceOps) {
   const auto [ranks, layout, dtype] = GetParam();
@@ -78,8 +78,8 @@ TEST_P(ClientMoeMathTest, ExpectedOutputMatchesTheReferenceOps) {
       weights[r].resize(idx[r].size());
       counts[r].resize(p.experts);
       ASSERT_TRUE(reference::BindRouting(config, in[r].topk_idx.data(), DType::kInt32,
-                                         in[r].weights.data(), n, idx[r].data(),
-                                         weights[r].data(), counts[r].data())
+                                         in[r].weights.data(), n, idx[r].data(), weights[r].data(),
+                                         counts[r].data())
                       .ok());
       sources[r] = {n, in[r].x.data(), idx[r].data(), weights[r].data(), counts[r].data()};
     }
