@@ -6,6 +6,17 @@
 // synchronise the host; ranks meet on the device through flags carrying per-op sequence
 // numbers, every device wait is bounded by op_timeout, and Complete() reports device errors
 // (bad expert id, capacity overflow, timeouts) as Status.
+//
+// Contract details the core relies on:
+//  - Every rank of a group must issue the group's collectives in the same order (the k-th
+//    collective of a group is op k on every rank). A rank whose own arguments are rejected
+//    still counts the op, so its peers time out on that op and the next one lines up again.
+//  - Complete(handle) reports the errors of every op enqueued on the handle's node rank since
+//    the previous Complete() on that rank (the stream is per rank), in op order.
+//  - Groups and handles must be destroyed before the backend.
+// Not yet: node-spanning groups (the NCCL communicator exists but is unused), a separate
+// high-throughput path (Algorithm::kHighThroughput runs the low-latency kernels), replaying
+// the collectives from a CUDA graph (each launch carries its op sequence number).
 #pragma once
 
 #include <cuda_runtime_api.h>
