@@ -211,8 +211,11 @@ Status NcclBaseline::Impl::RunRank(const Case& c, const RunSettings& settings, i
   // Buffers: any rank receives at most R * n * K rows.
   const size_t max_recv = static_cast<size_t>(R) * n * K;
   DeviceArrays d;
+  std::unique_ptr<gpu::EventPair> events;
+  // NOTE: every failure below must still reach the barrier the other rank threads wait at.
   Status setup = [&]() -> Status {
     EPD_BENCH_CUDA(cudaSetDevice(rank));
+    EPD_ASSIGN_OR_RETURN(events, gpu::EventPair::Create(rank));
     EPD_ASSIGN_OR_RETURN(d.x, gpu::DeviceBuffer::Create(rank, x_host.size()));
     EPD_ASSIGN_OR_RETURN(d.send, gpu::DeviceBuffer::Create(rank, std::max<size_t>(1, n * K) * row));
     EPD_ASSIGN_OR_RETURN(d.recv, gpu::DeviceBuffer::Create(rank, std::max<size_t>(1, max_recv) * row));
@@ -393,12 +396,6 @@ Status NcclBaseline::Impl::RunRank(const Case& c, const RunSettings& settings, i
     return gpu::Check(cudaGetLastError(), "WeightedSum");
   };
 
-  std::unique_ptr<gpu::EventPair> events;
-  {
-    auto created = gpu::EventPair::Create(rank);
-    if (!created.ok()) return created.status();
-    events = std::move(created).value();
-  }
   Status status;
   const int total = settings.warmup + settings.iterations;
   for (int it = 0; it < total; ++it) {
