@@ -129,6 +129,48 @@ std::string ToMarkdown(const RunInfo& info, const std::map<std::string, OpSummar
                        static_cast<double>(r.handle_bytes) / (1024.0 * 1024.0),
                        r.check.substr(0, 60));
   }
+  // Derived: the daemon's overhead (fenced - in-process, DESIGN.md §7) and the speed-up over
+  // the NCCL baseline; the torch comparison is printed by torch_all_to_all.py.
+  std::map<int, std::map<std::string, const Result*>> by_case;
+  for (const Result& r : results) {
+    if (r.error.empty()) by_case[r.bench_case.index][r.mode] = &r;
+  }
+  std::string derived;
+  for (const auto& [index, modes] : by_case) {
+    auto median = [&](const char* mode, const char* op) -> double {
+      auto m = modes.find(mode);
+      if (m == modes.end()) return 0.0;
+      auto o = m->second->ops.find(op);
+      return o == m->second->ops.end() ? 0.0 : o->second.median_us;
+    };
+    auto delta = [&](const char* op) {
+      const double a = median(kModeInproc, op), b = median(kModeFenced, op);
+      return a > 0 && b > 0 ? fmt::format("{:+.1f}", b - a) : std::string("-");
+    };
+    auto speedup = [&](const char* mode, const char* op) {
+      const double base = median(kModeNccl, op), epd = median(mode, op);
+      return base > 0 && epd > 0 ? fmt::format("{:.2f}x", base / epd) : std::string("-");
+    };
+    auto nvlink = [&](const char* op) {
+      auto m = modes.find(kModeInproc);
+      if (m == modes.end() || m->second->timing != "gpu_events") return std::string("-");
+      auto o = m->second->ops.find(op);
+      return o == m->second->ops.end() ? std::string("-")
+                                       : fmt::format("{:.0f}%", 100.0 * o->second.gbps / 450.0);
+    };
+    derived += fmt::format("| {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
+                           modes.begin()->second->bench_case.Label(), delta("update"),
+                           delta("dispatch"), delta("combine"), speedup(kModeInproc, "dispatch"),
+                           speedup(kModeFenced, "dispatch"), speedup(kModeInproc, "combine"),
+                           speedup(kModeFenced, "combine"), nvlink("dispatch"),
+                           nvlink("combine"));
+  }
+  if (!derived.empty()) {
+    out += "\n| case | daemon overhead update us | dispatch us | combine us | dispatch speed-up "
+           "vs NCCL (inproc / fenced) | combine speed-up vs NCCL | inproc GB/s as % of NVLink "
+           "450 (dispatch / combine) |\n|---|---|---|---|---|---|---|\n";
+    out += derived;
+  }
   if (!control.empty()) {
     out += "\n| control round trip | median us | p99 us | iterations |\n|---|---|---|---|\n";
     for (const auto& [name, s] : control) {
