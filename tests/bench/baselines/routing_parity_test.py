@@ -6,6 +6,8 @@ import os
 import sys
 import types
 
+sys.dont_write_bytecode = True  # keep the source tree clean when CTest runs this
+
 torch = types.ModuleType("torch")
 torch.distributed = types.ModuleType("torch.distributed")
 torch.bfloat16 = torch.float16 = torch.float32 = None
