@@ -168,6 +168,65 @@ Status CreatePersistentObjects(Engine& engine, const DaemonConfig& config) {
   return OkStatus();
 }
 
+void AddFlags(CLI::App& app, Flags* flags) {
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_version_flag("--version", std::string("epd ") + EPD_VERSION);
+  app.add_option("--config", flags->config_path, "TOML config file (deploy/epd.toml)");
+  app.add_option("--listen", flags->listen, "unix socket address (unix:///run/epd/epd.sock)");
+  app.add_option("--tcp-listen", flags->tcp_listen, "also serve on 127.0.0.1:PORT or [::1]:PORT");
+  app.add_option("--backend", flags->backend, "auto, cuda or cpu")
+      ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
+  app.add_option("--cpu-ranks", flags->cpu_ranks, "ranks of the cpu backend")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--gpus", flags->gpus, "GPU indices of the cuda backend, e.g. 0,1");
+  app.add_option("--log-level", flags->log_level, "trace, debug, info, warn, error, critical, off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  app.add_option("--op-timeout-ms", flags->op_timeout_ms, "bound of every device wait")
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
+  app.add_option("--session-idle-timeout-ms", flags->session_idle_timeout_ms,
+                 "unary sessions idle this long are closed")
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
+  app.add_option("--drain-timeout-ms", flags->drain_timeout_ms,
+                 "how long shutdown waits for in-flight ops")
+      ->check(CLI::Range(int64_t{0}, int64_t{86'400'000}));
+}
+
+// Serves until SIGTERM / SIGINT (or a fatal device error), then drains: health NOT_SERVING,
+// the engine finishes in-flight ops and closes sessions, the server ends streams and stops.
+// The caller destroys the server, then the engine (and with it the backend).
+int ServeUntilSignal(Engine& engine, service::DaemonServer& server, const DaemonConfig& config,
+                     const sigset_t& signals) {
+  const NodeDescription node = engine.DescribeNode();
+  const std::string tcp =
+      config.tcp_listen.empty()
+          ? ""
+          : fmt::format(" and {} (port {})", config.tcp_listen, server.tcp_port());
+  EPD_LOG(kRpc, info, "epd {} serving on {}{} (backend {}, {} ranks, {} persistent groups)",
+          EPD_VERSION, config.listen, tcp, node.backend, node.ranks, config.groups.size());
+  Notify("READY=1");
+
+  int received = 0;
+  sigwait(&signals, &received);
+  const bool fatal = received == kFatalSignal;
+  EPD_LOG(kRpc, info, "{}: draining (up to {} ms) and stopping",
+          fatal ? "fatal device error" : strsignal(received), config.drain_timeout.count());
+  Notify("STOPPING=1");
+
+  // Shutdown must finish even if something hangs: systemd and tests expect a prompt exit.
+  const auto limit = config.drain_timeout + kServerGrace + kShutdownSlack;
+  std::thread([limit] {
+    std::this_thread::sleep_for(limit);
+    EPD_LOG(kRpc, critical, "shutdown did not finish within {} ms; exiting", limit.count());
+    std::_Exit(kExitRuntimeError);
+  }).detach();
+
+  server.BeginDrain();  // health: NOT_SERVING, so balancers stop sending work
+  engine.Shutdown();    // new ops UNAVAILABLE; in-flight ops finish; sessions close
+  EPD_LOG(kRpc, debug, "engine drained; stopping the server");
+  server.Stop(kServerGrace);
+  return fatal ? kExitRuntimeError : 0;
+}
+
 int Run(int argc, char** argv) {
   // Signals are taken by sigwait in this thread only: block them before any thread starts so
   // every thread (gRPC, workers) inherits the mask.
@@ -180,27 +239,8 @@ int Run(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);  // a vanished client must not kill the daemon
 
   CLI::App app{"epd: expert-parallel MoE dispatch/combine daemon"};
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.set_version_flag("--version", std::string("epd ") + EPD_VERSION);
   Flags flags;
-  app.add_option("--config", flags.config_path, "TOML config file (deploy/epd.toml)");
-  app.add_option("--listen", flags.listen, "unix socket address (unix:///run/epd/epd.sock)");
-  app.add_option("--tcp-listen", flags.tcp_listen, "also serve on 127.0.0.1:PORT or [::1]:PORT");
-  app.add_option("--backend", flags.backend, "auto, cuda or cpu")
-      ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
-  app.add_option("--cpu-ranks", flags.cpu_ranks, "ranks of the cpu backend")
-      ->check(CLI::Range(1, 1024));
-  app.add_option("--gpus", flags.gpus, "GPU indices of the cuda backend, e.g. 0,1");
-  app.add_option("--log-level", flags.log_level, "trace, debug, info, warn, error, critical, off")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
-  app.add_option("--op-timeout-ms", flags.op_timeout_ms, "bound of every device wait")
-      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
-  app.add_option("--session-idle-timeout-ms", flags.session_idle_timeout_ms,
-                 "unary sessions idle this long are closed")
-      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
-  app.add_option("--drain-timeout-ms", flags.drain_timeout_ms,
-                 "how long shutdown waits for in-flight ops")
-      ->check(CLI::Range(int64_t{0}, int64_t{86'400'000}));
+  AddFlags(app, &flags);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -236,39 +276,12 @@ int Run(int argc, char** argv) {
   auto server = service::DaemonServer::Start(engine->get(), server_options);
   if (!server.ok()) return Fail(kExitRuntimeError, server.status());
 
-  const NodeDescription node = (*engine)->DescribeNode();
-  const std::string tcp =
-      config.tcp_listen.empty()
-          ? ""
-          : fmt::format(" and {} (port {})", config.tcp_listen, (*server)->tcp_port());
-  EPD_LOG(kRpc, info, "epd {} serving on {}{} (backend {}, {} ranks, {} persistent groups)",
-          EPD_VERSION, config.listen, tcp, node.backend, node.ranks, config.groups.size());
-  Notify("READY=1");
-
-  int received = 0;
-  sigwait(&signals, &received);
-  const bool fatal = received == kFatalSignal;
-  EPD_LOG(kRpc, info, "{}: draining (up to {} ms) and stopping",
-          fatal ? "fatal device error" : strsignal(received), config.drain_timeout.count());
-  Notify("STOPPING=1");
-
-  // Shutdown must finish even if something hangs: systemd and tests expect a prompt exit.
-  const auto limit = config.drain_timeout + kServerGrace + kShutdownSlack;
-  std::thread([limit] {
-    std::this_thread::sleep_for(limit);
-    EPD_LOG(kRpc, critical, "shutdown did not finish within {} ms; exiting", limit.count());
-    std::_Exit(kExitRuntimeError);
-  }).detach();
-
-  (*server)->BeginDrain();  // health: NOT_SERVING, so balancers stop sending work
-  (*engine)->Shutdown();    // new ops UNAVAILABLE; in-flight ops finish; sessions close
-  EPD_LOG(kRpc, debug, "engine drained; stopping the server");
-  (*server)->Stop(kServerGrace);
+  const int code = ServeUntilSignal(**engine, **server, config, signals);
   server->reset();
   EPD_LOG(kRpc, debug, "server stopped; releasing the backend");
   engine->reset();
   EPD_LOG(kRpc, info, "epd stopped");
-  return fatal ? kExitRuntimeError : 0;
+  return code;
 }
 
 }  // namespace
