@@ -49,6 +49,7 @@ v1::GroupConfig Problem::Config(const std::string& name) const {
   config.set_top_k(top_k);
   config.set_dtype(dtype);
   config.set_layout(layout);
+  config.set_expert_capacity(expert_capacity);
   return config;
 }
 

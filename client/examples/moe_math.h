@@ -24,6 +24,7 @@ struct Problem {
   int top_k = 2;        // K
   v1::DType dtype = v1::DTYPE_BF16;
   v1::Layout layout = v1::LAYOUT_EXPERT_MAJOR;
+  int expert_capacity = 0;  // rows per expert (expert-major); 0: the group default R * T
 
   int local_experts() const { return experts / ranks; }
   int rank_of(int expert) const { return expert / local_experts(); }
