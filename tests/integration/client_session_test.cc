@@ -74,6 +74,26 @@ TEST(ClientSessionTest, PipelinedOpsAreAllAnsweredAndErrorsReachTheirCaller) {
   EXPECT_EQ(mismatch, -1) << example::DescribeElement(p, mismatch, runner.out(), expected.data());
 }
 
+TEST(ClientSessionTest, LayersAllocateNothing) {
+  auto daemon = DaemonProcess::Start({}, 2);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  Problem p = OneRank();
+  p.ranks = 2;
+  example::RankRunnerOptions options;
+  options.group = UniqueName("noalloc");
+  auto world = MakeRanks((*daemon)->address(), p, options);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  auto before = (*world)[0].client->GetStats();
+  ASSERT_TRUE(before.ok());
+  for (int layer = 0; layer < 6; ++layer) ASSERT_EPD_OK(RunGoodLayer(*world, layer, layer % 2));
+  auto after = (*world)[0].client->GetStats();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->allocations(), before->allocations());
+  EXPECT_EQ(after->live_bytes(), before->live_bytes());
+  EXPECT_EQ(after->dispatch().completed() - before->dispatch().completed(), 12u);
+  EXPECT_EQ(after->combine().completed() - before->combine().completed(), 12u);
+}
+
 TEST(ClientSessionTest, SeveralThreadsShareOneSession) {
   auto daemon = DaemonProcess::Start({}, 1);
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
