@@ -6,8 +6,11 @@
 // the other calls are unary RPCs carrying the session id.
 //
 // Ops are blocking or fenced (OpOptions): with `blocking` the answer comes after the op
-// completed; otherwise it comes once the op is queued and `signal` tells completion. Dispatch
-// and Combine are collective: each waits for every rank of the group to post its own.
+// completed; otherwise it comes once the daemon has started it and `signal` tells completion.
+// "Started" means after the op's `wait` fence and, for the collective Dispatch and Combine,
+// once every rank of the group posted its own. So a frontend that signals an op's wait fence
+// only after posting it must post with the *Async forms (the synchronous forms would wait for
+// an answer that needs the signal first).
 #pragma once
 
 #include <atomic>
