@@ -17,15 +17,13 @@
     }                                                                                       \
   } while (0)
 
-#define EPD_CLIENT_CU_CHECK(call)                                                             \
-  do {                                                                                        \
-    const CUresult epd_res_ = (call);                                                         \
-    if (epd_res_ != CUDA_SUCCESS) {                                                           \
-      const char* epd_name_ = "?";                                                            \
-      const char* epd_text_ = "?";                                                            \
-      cuGetErrorName(epd_res_, &epd_name_);                                                   \
-      cuGetErrorString(epd_res_, &epd_text_);                                                 \
-      return ::epd::InternalError("{} failed: {} ({}) at {}:{}", #call, epd_name_, epd_text_, \
-                                  __FILE__, __LINE__);                                        \
-    }                                                                                         \
+// Calls `driver->fn(args...)` on the ClientDriverApi `driver` (see cuda_driver.h).
+#define EPD_CLIENT_CU_CHECK(driver, fn, ...)                                                   \
+  do {                                                                                         \
+    const CUresult epd_res_ = (driver)->fn(__VA_ARGS__);                                       \
+    if (epd_res_ != CUDA_SUCCESS) {                                                            \
+      const char* epd_name_ = "?";                                                             \
+      (driver)->get_error_name(epd_res_, &epd_name_);                                          \
+      return ::epd::InternalError("{} failed: {} at {}:{}", #fn, epd_name_, __FILE__, __LINE__); \
+    }                                                                                          \
   } while (0)

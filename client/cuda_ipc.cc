@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "client/cuda_check.h"
+#include "client/cuda_driver.h"
 #include "client/cuda_region.h"
 #include "client/epd/cuda.h"
 
@@ -65,8 +66,9 @@ StatusOr<v1::MemorySource> ExportDeviceTensor(const void* ptr, size_t bytes) {
   }
   CUdeviceptr base = 0;
   size_t allocation_bytes = 0;
-  EPD_CLIENT_CU_CHECK(
-      cuMemGetAddressRange(&base, &allocation_bytes, reinterpret_cast<CUdeviceptr>(ptr)));
+  EPD_ASSIGN_OR_RETURN(const ClientDriverApi* driver, ClientDriver());
+  EPD_CLIENT_CU_CHECK(driver, mem_get_address_range, &base, &allocation_bytes,
+                      reinterpret_cast<CUdeviceptr>(ptr));
   const size_t offset = reinterpret_cast<CUdeviceptr>(ptr) - base;
   if (offset + bytes > allocation_bytes) {
     return InvalidArgumentError("tensor [{}, +{}) runs past its allocation of {} bytes", ptr, bytes,
