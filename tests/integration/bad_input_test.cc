@@ -3,6 +3,9 @@
 // ranks before and after the bad request, checked bit for bit.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "tests/integration/client_test_support.h"
 
 namespace epd::testing {
@@ -314,6 +317,43 @@ TEST_F(BadInputTest, BadGroupConfigIsInvalid) {
   bad.hidden = 128;
   EXPECT_EPD_ERROR(session0().CreateGroup(bad.Config(options_.group)).status(),
                    StatusCode::kAlreadyExists, options_.group);
+}
+
+// ---------------------------------------------------------------- concurrency
+
+TEST_F(BadInputTest, BadRequestsDoNotDisturbClientsWorkingMeanwhile) {
+  // Another pair of frontends runs layers on its own group the whole time.
+  example::RankRunnerOptions other_options;
+  other_options.group = UniqueName("busy");
+  auto other = MakeRanks(daemon_->address(), problem_, other_options);
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
+  std::atomic<bool> stop{false};
+  Status busy_status;
+  std::thread busy([&] {
+    for (int layer = 0; !stop.load() && busy_status.ok(); ++layer) {
+      busy_status = RunGoodLayer(*other, layer, layer % 2 == 1);
+    }
+  });
+
+  const int n = StageRank0();
+  for (int i = 0; i < 20; ++i) {
+    v1::TensorRef topk = rank0().topk_ref(n);
+    topk.set_buffer_id(999);
+    EXPECT_EPD_ERROR(Update0(topk, std::nullopt), StatusCode::kNotFound, "999");
+    topk = rank0().topk_ref(problem_.max_tokens + 1);
+    EXPECT_EPD_ERROR(Update0(topk, std::nullopt), StatusCode::kInvalidArgument, "17");
+    v1::UpdateHandleRequest spoof;
+    spoof.set_handle_id(rank0().handle_id());
+    *spoof.mutable_topk_idx() = rank0().topk_ref(n);
+    spoof.set_rank(1);
+    auto answer = session0().UpdateAsync(spoof);
+    EXPECT_EPD_ERROR(session0().Await(answer, "update"), StatusCode::kPermissionDenied, "rank = 1");
+    EXPECT_EPD_ERROR(session0().RegisterBuffer(v1::MemorySource()).status(),
+                     StatusCode::kInvalidArgument);
+  }
+  stop = true;
+  busy.join();
+  EXPECT_TRUE(busy_status.ok()) << busy_status.ToString();
 }
 
 }  // namespace
