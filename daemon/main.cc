@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,8 +43,12 @@ constexpr int kFatalSignal = SIGUSR1;
 // calls to finish and for clients to close their connections (gRPC's shutdown waits for
 // every connection; idle clients are disconnected when the grace ends).
 constexpr std::chrono::milliseconds kServerGrace{500};
-// Beyond the drain timeout and the grace, what the backend teardown may take.
-constexpr std::chrono::milliseconds kShutdownSlack{5'000};
+// How long releasing the engine and backend may take. An op the drain gave up on can hold
+// the teardown until its own op_timeout; the process then exits without waiting for it (the
+// kernel and driver release what it holds).
+constexpr std::chrono::milliseconds kTeardownLimit{2'000};
+// Last resort, beyond drain, grace and teardown: something hung; exit 1.
+constexpr std::chrono::milliseconds kShutdownSlack{2'000};
 
 // Flags; each overrides the config file's key of the same name only when given.
 struct Flags {
@@ -213,7 +218,7 @@ int ServeUntilSignal(Engine& engine, service::DaemonServer& server, const Daemon
   Notify("STOPPING=1");
 
   // Shutdown must finish even if something hangs: systemd and tests expect a prompt exit.
-  const auto limit = config.drain_timeout + kServerGrace + kShutdownSlack;
+  const auto limit = config.drain_timeout + kServerGrace + kTeardownLimit + kShutdownSlack;
   std::thread([limit] {
     std::this_thread::sleep_for(limit);
     EPD_LOG(kRpc, critical, "shutdown did not finish within {} ms; exiting", limit.count());
@@ -225,6 +230,18 @@ int ServeUntilSignal(Engine& engine, service::DaemonServer& server, const Daemon
   EPD_LOG(kRpc, debug, "engine drained; stopping the server");
   server.Stop(kServerGrace);
   return fatal ? kExitRuntimeError : 0;
+}
+
+// Destroys the engine (and its backend) on a helper thread; false when that is still blocked
+// after `limit`.
+bool ReleaseWithin(std::unique_ptr<Engine> engine, std::chrono::milliseconds limit) {
+  auto released = std::make_shared<std::promise<void>>();
+  std::future<void> done = released->get_future();
+  std::thread([engine = std::move(engine), released]() mutable {
+    engine.reset();
+    released->set_value();
+  }).detach();
+  return done.wait_for(limit) == std::future_status::ready;
 }
 
 int Run(int argc, char** argv) {
@@ -278,8 +295,12 @@ int Run(int argc, char** argv) {
 
   const int code = ServeUntilSignal(**engine, **server, config, signals);
   server->reset();
-  EPD_LOG(kRpc, debug, "server stopped; releasing the backend");
-  engine->reset();
+  EPD_LOG(kRpc, debug, "server stopped; releasing the engine and backend");
+  if (!ReleaseWithin(std::move(engine).value(), kTeardownLimit)) {
+    EPD_LOG(kRpc, warn, "epd stopped; teardown still blocked after {} ms by an abandoned op",
+            kTeardownLimit.count());
+    std::_Exit(code);
+  }
   EPD_LOG(kRpc, info, "epd stopped");
   return code;
 }

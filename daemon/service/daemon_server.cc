@@ -122,7 +122,7 @@ void DaemonServer::Stop(std::chrono::milliseconds grace) {
   if (stopped_) return;
   stopped_ = true;
   health_.Shutdown();
-  epd_.CloseStreams(UnavailableError("epd is shutting down"));
+  epd_.EndAllCalls(UnavailableError("epd is shutting down"));
   server_->Shutdown(std::chrono::system_clock::now() + grace);
   server_->Wait();
   if (!socket_path_.empty()) unlink(socket_path_.c_str());

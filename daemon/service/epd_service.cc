@@ -16,22 +16,27 @@ grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, std::stri
   return reactor;
 }
 
-// Submits an op; the reactor is finished by the engine's completion, or at once when the
-// request does not validate.
+// Submits an op; the reactor is finished by the engine's completion (or by shutdown, if the
+// engine still holds the op then), or at once when the request does not validate.
 template <typename CoreOp, typename ProtoOp, typename Submit>
-grpc::ServerUnaryReactor* SubmitOp(Engine* engine, grpc::CallbackServerContext* context,
-                                   std::string_view method, const ProtoOp& request, Submit submit) {
+grpc::ServerUnaryReactor* SubmitOp(Engine* engine, PendingUnaryCalls* pending,
+                                   grpc::CallbackServerContext* context, std::string_view method,
+                                   const ProtoOp& request, Submit submit) {
   CoreOp op;
   OpOptions options;
   Status status = FromProto(request, &op, &options);
   if (status.ok()) status = engine->Touch(request.session_id());
   if (!status.ok()) return Finish(context, method, status);
   auto* reactor = context->DefaultReactor();
-  status = submit(request.session_id(), op, options, [reactor, method](Status done) {
+  auto call = pending->Add(reactor);
+  status = submit(request.session_id(), op, options, [pending, call, method](Status done) {
     if (!done.ok()) EPD_LOG(kRpc, debug, "{}: {}", method, done.ToString());
-    reactor->Finish(ToGrpcStatus(done));
+    pending->Finish(call, ToGrpcStatus(done));
   });
-  if (!status.ok()) return Finish(context, method, status);  // `done` will not be called
+  if (!status.ok()) {  // `done` will not be called
+    EPD_LOG(kRpc, debug, "{}: {}", method, status.ToString());
+    pending->Finish(call, ToGrpcStatus(status));
+  }
   return reactor;
 }
 
@@ -39,6 +44,11 @@ grpc::ServerUnaryReactor* SubmitOp(Engine* engine, grpc::CallbackServerContext* 
 
 EpdService::EpdService(Engine* engine, std::string daemon_version)
     : engine_(engine), daemon_version_(std::move(daemon_version)) {}
+
+void EpdService::EndAllCalls(const Status& status) {
+  streams_.CloseAll(status);
+  pending_calls_.FinishAll(ToGrpcStatus(status));
+}
 
 grpc::ServerUnaryReactor* EpdService::GetNodeInfo(grpc::CallbackServerContext* context,
                                                   const v1::GetNodeInfoRequest*,
@@ -209,7 +219,7 @@ grpc::ServerUnaryReactor* EpdService::UpdateHandle(grpc::CallbackServerContext* 
                                                    const v1::UpdateHandleRequest* request,
                                                    v1::OpResponse*) {
   return SubmitOp<UpdateRequest>(
-      engine_, context, "UpdateHandle", *request,
+      engine_, &pending_calls_, context, "UpdateHandle", *request,
       [this](SessionId s, const UpdateRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitUpdate(s, r, o, std::move(done));
       });
@@ -219,7 +229,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
                                                const v1::DispatchRequest* request,
                                                v1::OpResponse*) {
   return SubmitOp<DispatchRequest>(
-      engine_, context, "Dispatch", *request,
+      engine_, &pending_calls_, context, "Dispatch", *request,
       [this](SessionId s, const DispatchRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitDispatch(s, r, o, std::move(done));
       });
@@ -228,7 +238,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* EpdService::Combine(grpc::CallbackServerContext* context,
                                               const v1::CombineRequest* request, v1::OpResponse*) {
   return SubmitOp<CombineRequest>(
-      engine_, context, "Combine", *request,
+      engine_, &pending_calls_, context, "Combine", *request,
       [this](SessionId s, const CombineRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitCombine(s, r, o, std::move(done));
       });

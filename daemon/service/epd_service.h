@@ -9,6 +9,7 @@
 #include <string>
 
 #include "daemon/core/engine.h"
+#include "daemon/service/pending_calls.h"
 #include "daemon/service/session_stream.h"
 #include "epd/v1/epd.grpc.pb.h"
 
@@ -18,8 +19,9 @@ class EpdService final : public v1::Epd::CallbackService {
  public:
   EpdService(Engine* engine, std::string daemon_version);
 
-  // Ends every Session stream with `status` (daemon shutdown, after the engine drained).
-  void CloseStreams(const Status& status) { streams_.CloseAll(status); }
+  // Daemon shutdown, after the engine drained: ends every Session stream and every unary op
+  // call still waiting for the engine with `status`, so the server can stop.
+  void EndAllCalls(const Status& status);
 
   grpc::ServerUnaryReactor* GetNodeInfo(grpc::CallbackServerContext* context,
                                         const v1::GetNodeInfoRequest* request,
@@ -79,6 +81,7 @@ class EpdService final : public v1::Epd::CallbackService {
   Engine* const engine_;
   const std::string daemon_version_;
   SessionStreamRegistry streams_;
+  PendingUnaryCalls pending_calls_;
 };
 
 }  // namespace epd::service

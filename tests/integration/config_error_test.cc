@@ -16,9 +16,11 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "epd/v1/epd.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/daemon_process.h"
 
 namespace epd::testing {
@@ -249,6 +251,98 @@ TEST(DaemonLifecycleTest, SocketIsCreatedProtectedAndNotStolen) {
   EXPECT_EQ((*second)->Stop(), 0);
   EXPECT_NE(stat(path.c_str(), &st), 0) << "a clean stop removes the socket";
   std::filesystem::remove_all(pattern);
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus CheckHealth(
+    grpc::health::v1::Health::Stub& health) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  grpc::health::v1::HealthCheckResponse response;
+  if (!health.Check(&context, grpc::health::v1::HealthCheckRequest(), &response).ok()) {
+    return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  }
+  return response.status();
+}
+
+// While SIGTERM drains an op still in flight (here: waiting on a fence nobody signals),
+// health reports NOT_SERVING and new sessions are refused UNAVAILABLE; when the drain gives
+// up on the op, its call is answered UNAVAILABLE and the daemon still exits 0, promptly.
+TEST(DaemonLifecycleTest, DrainReportsNotServingAndRefusesNewWork) {
+  constexpr int kDrainMs = 1'500;
+  auto daemon = DaemonProcess::Start(
+      {"--drain-timeout-ms", std::to_string(kDrainMs), "--op-timeout-ms", "30000"}, 1);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  auto channel = grpc::CreateChannel((*daemon)->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Epd::NewStub(channel);
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  auto call = [](auto method) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return method(&context);
+  };
+
+  v1::OpenSessionRequest open;
+  open.set_rank(0);
+  v1::OpenSessionResponse session;
+  ASSERT_TRUE(call([&](auto* c) { return stub->OpenSession(c, open, &session); }).ok());
+  v1::CreateGroupRequest group;
+  group.set_session_id(session.session_id());
+  group.mutable_config()->set_name("drain");
+  group.mutable_config()->set_world_size(1);
+  group.mutable_config()->set_experts(2);
+  group.mutable_config()->set_hidden(8);
+  group.mutable_config()->set_max_tokens_per_rank(4);
+  group.mutable_config()->set_top_k(1);
+  v1::CreateGroupResponse created;
+  ASSERT_TRUE(call([&](auto* c) { return stub->CreateGroup(c, group, &created); }).ok());
+  v1::CreateHandleRequest create_handle;
+  create_handle.set_session_id(session.session_id());
+  create_handle.set_group("drain");
+  v1::HandleInfo handle;
+  ASSERT_TRUE(call([&](auto* c) { return stub->CreateHandle(c, create_handle, &handle); }).ok());
+  v1::CreateFenceRequest create_fence;
+  create_fence.set_session_id(session.session_id());
+  v1::CreateFenceResponse fence;
+  ASSERT_TRUE(call([&](auto* c) { return stub->CreateFence(c, create_fence, &fence); }).ok());
+
+  // Routing in the handle's own exported buffer (zeros: expert 0), bound after a fence wait
+  // that never completes, so the op stays in flight.
+  v1::UpdateHandleRequest update;
+  update.set_session_id(session.session_id());
+  update.set_handle_id(handle.handle_id());
+  update.mutable_topk_idx()->set_buffer_id(handle.buffer_id());
+  update.mutable_topk_idx()->set_dtype(v1::DTYPE_INT32);
+  update.mutable_topk_idx()->add_shape(1);
+  update.mutable_topk_idx()->add_shape(1);
+  update.mutable_options()->mutable_wait()->set_fence_id(fence.fence_id());
+  update.mutable_options()->mutable_wait()->set_value(1);
+  v1::OpResponse ignored;
+  grpc::Status abandoned;
+  std::thread pending(
+      [&] { abandoned = call([&](auto* c) { return stub->UpdateHandle(c, update, &ignored); }); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_EQ(CheckHealth(*health), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  const auto start = SteadyClock::now();
+  ASSERT_EQ(kill((*daemon)->pid(), SIGTERM), 0);
+  bool saw_not_serving = false;
+  while (SteadyClock::now() - start < std::chrono::milliseconds(kDrainMs - 300)) {
+    if (CheckHealth(*health) == grpc::health::v1::HealthCheckResponse::NOT_SERVING) {
+      saw_not_serving = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(saw_not_serving) << (*daemon)->ReadLog();
+  v1::OpenSessionResponse refused;
+  EXPECT_EQ(call([&](auto* c) { return stub->OpenSession(c, open, &refused); }).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+
+  EXPECT_EQ((*daemon)->Stop(), 0) << (*daemon)->ReadLog();
+  // Drain, server grace (0.5 s) and a bounded teardown (2 s) that an abandoned op may use up.
+  EXPECT_LT(SteadyClock::now() - start, std::chrono::milliseconds(kDrainMs + 3'500));
+  pending.join();
+  EXPECT_EQ(abandoned.error_code(), grpc::StatusCode::UNAVAILABLE) << abandoned.error_message();
 }
 
 #ifdef EPD_TEST_WITH_SYSTEMD

@@ -81,6 +81,18 @@ bool SocketAccepts(const std::string& path) {
   return ok;
 }
 
+// A daemon killed (or one whose teardown was cut short) cannot unlink its POSIX shared
+// memory; the cpu backend names it "epd-<pid>-...". Tests must not fill /dev/shm.
+void RemoveLeftoverSharedMemory(pid_t pid) {
+  const std::string prefix = "epd-" + std::to_string(pid) + "-";
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", error)) {
+    if (entry.path().filename().string().rfind(prefix, 0) == 0) {
+      std::filesystem::remove(entry.path(), error);
+    }
+  }
+}
+
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
   std::stringstream text;
@@ -111,6 +123,7 @@ StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::s
     daemon->socket_path_ = listen.substr(listen.rfind("unix://", 0) == 0 ? 7 : 5);
   }
   EPD_ASSIGN_OR_RETURN(daemon->pid_, Spawn(args, daemon->log_path()));
+  daemon->spawned_pid_ = daemon->pid_;
 
   const auto deadline = SteadyClock::now() + milliseconds(kStartTimeoutMs);
   while (!SocketAccepts(daemon->socket_path_)) {
@@ -138,6 +151,7 @@ StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::s
 
 DaemonProcess::~DaemonProcess() {
   if (running()) Stop();
+  if (spawned_pid_ > 0) RemoveLeftoverSharedMemory(spawned_pid_);
   if (!temp_dir_.empty() && std::getenv("EPD_TEST_KEEP_DIR") == nullptr) {
     std::error_code ignored;
     std::filesystem::remove_all(temp_dir_, ignored);

@@ -5,7 +5,8 @@
 // (later flags win, so extra_args may override any of these; an overriding --listen unix:...
 // becomes address()), sends its stdout and stderr to <tmpdir>/epd.log, and returns once a
 // gRPC channel to the socket is READY (at most 10 s).
-// The destructor stops the daemon (SIGTERM, then SIGKILL) and removes the directory.
+// The destructor stops the daemon (SIGTERM, then SIGKILL), removes the directory and any
+// shared memory a killed daemon left in /dev/shm.
 #pragma once
 
 #include <sys/types.h>
@@ -51,6 +52,7 @@ class DaemonProcess {
   std::string socket_path_;
   std::string address_;
   pid_t pid_ = -1;
+  pid_t spawned_pid_ = -1;  // kept after the daemon exits, to clean up what it left
 };
 
 // Runs `epd` with exactly `args` (no defaults added), waits up to `timeout_ms` for it to exit
