@@ -73,7 +73,7 @@ grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* c
                                                   v1::OpenSessionResponse* response) {
   auto info = engine_->OpenSession(request->rank(), request->client_name(), /*unary=*/true);
   if (!info.ok()) return Finish(context, "OpenSession", info.status());
-  EPD_LOG(kRpc, info, "unary session {} opened: rank={} client='{}'", info->id, info->rank,
+  EPD_LOG(kRpc, debug, "unary session {:016x} opened: rank={} client='{}'", info->id, info->rank,
           info->client_name);
   response->set_session_id(info->id);
   response->set_rank(info->rank);

@@ -140,7 +140,8 @@ void SessionStream::HandleOpen(uint64_t request_id, const v1::OpenSessionRequest
     existing = session_;
   }
   if (existing.has_value()) {
-    Answer(slot, FailedPreconditionError("the stream's session {} is already open", *existing));
+    Answer(slot,
+           FailedPreconditionError("the stream's session {:016x} is already open", *existing));
     Unref();
     return;
   }
@@ -157,8 +158,8 @@ void SessionStream::HandleOpen(uint64_t request_id, const v1::OpenSessionRequest
     std::lock_guard lock(mu_);
     session_ = info->id;
   }
-  EPD_LOG(kRpc, info, "session {} opened on a stream: rank={} client='{}'", info->id, info->rank,
-          info->client_name);
+  EPD_LOG(kRpc, debug, "session {:016x} opened on a stream: rank={} client='{}'", info->id,
+          info->rank, info->client_name);
   v1::OpenSessionResponse opened;
   opened.set_session_id(info->id);
   opened.set_rank(info->rank);
@@ -174,8 +175,8 @@ void SessionStream::HandleOp(uint64_t request_id, SessionId session, const Proto
   OpOptions options;
   Status status = FromProto(op, &core, &options, field);
   if (status.ok() && op.session_id() != 0 && op.session_id() != session) {
-    status = InvalidArgumentError("{}.session_id = {} is not this stream's session {}", field,
-                                  op.session_id(), session);
+    status = InvalidArgumentError("{}.session_id = {:016x} is not this stream's session {:016x}",
+                                  field, op.session_id(), session);
   }
   if (status.ok()) {
     status = submit(session, core, options, [this, slot](Status done) {
@@ -310,11 +311,11 @@ void SessionStream::CloseSession(std::string_view reason) {
     session_closed_ = true;
     session = *session_;
   }
-  EPD_LOG(kRpc, info, "session {} closing: {}", session, reason);
+  EPD_LOG(kRpc, debug, "session {:016x} closing: {}", session, reason);
   Status closed = engine_->CloseSession(session, reason);
   if (!closed.ok()) {
     // Already closed by the engine (idle expiry, shutdown): nothing left to release.
-    EPD_LOG(kRpc, debug, "session {}: close: {}", session, closed.ToString());
+    EPD_LOG(kRpc, debug, "session {:016x}: close: {}", session, closed.ToString());
   }
 }
 
