@@ -2,9 +2,11 @@
 // contradictory config file or flag makes `epd` exit 2 with a message naming the key; a good
 // config's persistent groups exist once it serves; SIGTERM / SIGINT drain and exit 0 quickly,
 // even with streams open.
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -343,6 +345,35 @@ TEST(DaemonLifecycleTest, DrainReportsNotServingAndRefusesNewWork) {
   EXPECT_LT(SteadyClock::now() - start, std::chrono::milliseconds(kDrainMs + 3'500));
   pending.join();
   EXPECT_EQ(abandoned.error_code(), grpc::StatusCode::UNAVAILABLE) << abandoned.error_message();
+}
+
+// A port that was free a moment ago (the kernel picks it; a race with other processes is
+// possible but unlikely).
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(addr);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST(DaemonLifecycleTest, TcpListenServesOnLoopback) {
+  const int port = FreeLoopbackPort();
+  ASSERT_GT(port, 0);
+  const std::string tcp = "127.0.0.1:" + std::to_string(port);
+  auto daemon = DaemonProcess::Start({"--tcp-listen", tcp}, 1);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(tcp, grpc::InsecureChannelCredentials()));
+  EXPECT_EQ(CheckHealth(*health), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ((*daemon)->Stop(), 0);
 }
 
 #ifdef EPD_TEST_WITH_SYSTEMD
