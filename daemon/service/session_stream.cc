@@ -8,7 +8,8 @@
 namespace epd::service {
 namespace {
 
-// Answers not yet written before the stream stops reading requests (backpressure).
+// Answers not yet written (ops in flight plus answers queued behind a client that does not
+// read) before the stream stops reading requests: bounds a stream's memory.
 constexpr size_t kMaxPendingAnswers = 4096;
 
 std::string_view OpName(v1::SessionRequest::OpCase op) {
@@ -73,7 +74,7 @@ void SessionStream::OnReadDone(bool ok) {
     std::lock_guard lock(mu_);
     reading_ = false;
     if (!reads_done_ && !finished_) {
-      if (slots_.size() >= kMaxPendingAnswers) {
+      if (slots_.size() + writes_.size() >= kMaxPendingAnswers) {
         read_paused_ = true;
       } else {
         reading_ = true;
@@ -231,7 +232,7 @@ SessionStream::Actions SessionStream::FlushLocked() {
     }
     return actions;
   }
-  if (read_paused_ && slots_.size() < kMaxPendingAnswers / 2 && !reads_done_) {
+  if (read_paused_ && slots_.size() + writes_.size() < kMaxPendingAnswers / 2 && !reads_done_) {
     read_paused_ = false;
     reading_ = true;
     actions.read = true;
