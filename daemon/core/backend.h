@@ -135,6 +135,9 @@ class Backend {
                          const std::vector<CombineArgs>& all) = 0;
   // Calls `done` once all work enqueued so far for `handle` finished; never blocks the caller.
   virtual void Complete(BackendHandle& handle, std::function<void(Status)> done) = 0;
+  // The daemon stops after its drain timeout: host-side waits (fences, barriers) should give
+  // up now with UNAVAILABLE instead of running to op_timeout. Device waits stay bounded.
+  virtual void BeginShutdown() {}
 };
 
 }  // namespace epd

@@ -30,6 +30,13 @@ struct Group {
   std::unique_ptr<CollectiveMatcher> matcher;
 };
 
+// What the latest executed op of one kind ended with, including a device error that
+// Complete() reports after the op was answered.
+struct OpOutcome {
+  uint64_t op = 0;  // the handle's op number; 0: never ran
+  Status status;
+};
+
 struct Handle {
   std::string name;
   bool persistent = false;
@@ -40,7 +47,38 @@ struct Handle {
   SessionId attached_to = 0;  // session using it; guarded by the engine mutex
   int submitted_tokens = 0;   // n of the last accepted UpdateHandle; engine mutex
   bool bound = false;         // an UpdateHandle was accepted; engine mutex
-  Status routing_status;      // result of the last executed update; rank worker only
+
+  // Ops check these so that nothing runs on routing or slots that failed: a dispatch needs
+  // the latest update to have succeeded, a combine needs a successful dispatch after it.
+  uint64_t executed_ops = 0;  // rank worker only
+  std::mutex outcome_mutex;
+  OpOutcome routing, dispatch;  // guarded by outcome_mutex
+
+  uint64_t BeginOp() { return ++executed_ops; }
+  void Record(OpOutcome& outcome, uint64_t op, const Status& status) {
+    std::lock_guard lock(outcome_mutex);
+    outcome = OpOutcome{op, status};
+  }
+  // A late device error only counts while no newer op of that kind replaced the outcome.
+  void RecordDeviceError(OpOutcome& outcome, uint64_t op, const Status& status) {
+    std::lock_guard lock(outcome_mutex);
+    if (outcome.op == op && outcome.status.ok()) outcome.status = status;
+  }
+  Status CheckReadyFor(CollectiveKind kind) {
+    std::lock_guard lock(outcome_mutex);
+    if (!routing.status.ok()) {
+      return FailedPreconditionError("the last UpdateHandle failed: {}", routing.status.message());
+    }
+    if (kind == CollectiveKind::kDispatch) return OkStatus();
+    if (dispatch.op == 0 || dispatch.op < routing.op) {
+      return FailedPreconditionError(
+          "no Dispatch ran on this handle since its last UpdateHandle: dispatch before combine");
+    }
+    if (!dispatch.status.ok()) {
+      return FailedPreconditionError("the last Dispatch failed: {}", dispatch.status.message());
+    }
+    return OkStatus();
+  }
 };
 
 struct Fence {
@@ -373,8 +411,10 @@ class Engine::Impl {
     }
     std::shared_ptr<Handle> handle = it->second;
     DetachLocked(*handle);
-    if (handle->persistent)
+    if (handle->persistent) {
       persistent_handles_.erase(PersistentKey(handle->name, handle->node_rank));
+      LeaveGroupLocked(*handle);
+    }
     session->buffers.Remove(session->handle_buffers[handle_id]).IgnoreError();
     session->handle_buffers.erase(handle_id);
     session->handles.erase(it);
@@ -411,10 +451,16 @@ class Engine::Impl {
     args.num_tokens = static_cast<int>(n);
     ctx.handle->submitted_tokens = args.num_tokens;
     ctx.handle->bound = true;
-    return PostLocked(ctx, OpKind::kUpdate, std::move(done), [this, args](OpContext& c) -> Status {
+    return PostLocked(ctx, OpKind::kUpdate, std::move(done), [this, args](OpContext& c) {
       Handle& handle = *c.handle;
-      handle.routing_status = backend_->UpdateHandle(*handle.backend, args);
-      return handle.routing_status;
+      const uint64_t op = handle.BeginOp();
+      Status status = backend_->UpdateHandle(*handle.backend, args);
+      handle.Record(handle.routing, op, status);
+      std::shared_ptr<Handle> keep = c.handle;
+      c.on_device_error = [keep, op](const Status& error) {
+        keep->RecordDeviceError(keep->routing, op, error);
+      };
+      return status;
     });
   }
 
@@ -495,11 +541,18 @@ class Engine::Impl {
       std::unique_lock lock(mutex_);
       if (shut_down_) return;
       draining_ = true;
-      const bool drained =
+      bool drained =
           ops_idle_.wait_for(lock, options_.drain_timeout, [this] { return in_flight_ == 0; });
       if (!drained) {
-        EPD_LOG(kCore, warn, "shutdown: {} ops still in flight after {} ms", in_flight_,
-                options_.drain_timeout.count());
+        EPD_LOG(kCore, warn, "shutdown: {} ops still in flight after {} ms; cancelling them",
+                in_flight_, options_.drain_timeout.count());
+        // Wake everything that waits on the host so the workers can finish.
+        backend_->BeginShutdown();
+        const Status stopping = UnavailableError("epd is shutting down");
+        for (const auto& [name, group] : groups_) group->matcher->Abort(stopping);
+        drained =
+            ops_idle_.wait_for(lock, std::chrono::seconds(2), [this] { return in_flight_ == 0; });
+        if (!drained) EPD_LOG(kCore, error, "shutdown: {} ops did not stop", in_flight_);
       }
       shut_down_ = true;
       for (const auto& [id, session] : sessions_) open.push_back(id);
@@ -515,6 +568,7 @@ class Engine::Impl {
     std::shared_ptr<Handle> handle;
     std::shared_ptr<Fence> wait_fence, signal_fence;
     OpOptions options;
+    std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
   };
 
   StatusOr<Session*> FindSessionLocked(SessionId id) {
@@ -567,7 +621,11 @@ class Engine::Impl {
   // Called when a handle leaves a session: persistent ones stay, others die with their refs.
   void DetachLocked(Handle& handle) {
     handle.attached_to = 0;
-    if (handle.persistent) return;
+    if (!handle.persistent) LeaveGroupLocked(handle);
+  }
+
+  // The handle no longer counts in its group; an orphaned group goes with its last handle.
+  void LeaveGroupLocked(Handle& handle) {
     Group& group = *handle.group;
     if (--group.handles == 0 && group.orphaned) {
       EPD_LOG(kCore, info, "group '{}' destroyed with its last handle", group.config.name);
@@ -701,16 +759,21 @@ class Engine::Impl {
       }
       Handle& handle = *ctx.handle;
       Group& group = *handle.group;
+      const uint64_t op = handle.BeginOp();
       payload->status = WaitFenceIfAny(ctx);
-      if (payload->status.ok() && !handle.routing_status.ok()) {
-        payload->status = FailedPreconditionError("the last UpdateHandle failed: {}",
-                                                  handle.routing_status.message());
-      }
+      if (payload->status.ok()) payload->status = handle.CheckReadyFor(payload->kind);
       const Deadline deadline = Clock::now() + backend_->op_timeout();
       StatusOr<MatchedCollective> matched =
           group.matcher->Arrive(handle.group_rank, payload, deadline);
       Status status =
           matched.ok() ? RunCollective(group, handle.group_rank, *matched) : matched.status();
+      if (payload->kind == CollectiveKind::kDispatch) {
+        handle.Record(handle.dispatch, op, status);
+        std::shared_ptr<Handle> keep_handle = ctx.handle;
+        ctx.on_device_error = [keep_handle, op](const Status& error) {
+          keep_handle->RecordDeviceError(keep_handle->dispatch, op, error);
+        };
+      }
       std::shared_ptr<MatchedCollective> keep;
       if (matched.ok()) keep = std::make_shared<MatchedCollective>(std::move(matched).value());
       CompleteOp(ctx, std::move(status), std::move(keep), std::move(finish), std::move(release));
@@ -762,15 +825,18 @@ class Engine::Impl {
     if (!ctx.options.blocking) finish(OkStatus());
     const bool blocking = ctx.options.blocking;
     std::shared_ptr<Handle> handle = ctx.handle;
-    backend_->Complete(*handle->backend, [handle, keep, blocking, finish, release](Status done) {
-      if (blocking) {
-        finish(std::move(done));
-      } else if (!done.ok()) {
-        EPD_LOG(kCore, error, "group '{}' rank {}: asynchronous op failed: {}",
-                handle->group->config.name, handle->node_rank, done.ToString());
-      }
-      release();
-    });
+    auto on_device_error = std::move(ctx.on_device_error);
+    backend_->Complete(*handle->backend,
+                       [handle, keep, blocking, finish, release, on_device_error](Status done) {
+                         if (!done.ok() && on_device_error) on_device_error(done);
+                         if (blocking) {
+                           finish(std::move(done));
+                         } else if (!done.ok()) {
+                           EPD_LOG(kCore, error, "group '{}' rank {}: asynchronous op failed: {}",
+                                   handle->group->config.name, handle->node_rank, done.ToString());
+                         }
+                         release();
+                       });
   }
 
   void ReapIdleSessions() {

@@ -121,6 +121,7 @@ class EngineTest : public ::testing::Test {
     ASSERT_TRUE(backend.ok());
     EngineOptions options;
     options.unary_session_idle_timeout = milliseconds(300);
+    options.drain_timeout = milliseconds(200);
     engine_ = Engine::Create(std::move(backend).value(), options).value();
     ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config(), /*persistent=*/true).ok());
     for (int r = 0; r < kRanks; ++r) {
@@ -467,12 +468,125 @@ TEST_F(EngineTest, GroupsAreIdempotentByShapeAndDieWithTheirSession) {
   EXPECT_EQ(engine_->ListGroups().size(), 1u);
 }
 
+TEST_F(EngineTest, CombineNeedsASuccessfulDispatchSinceTheLastUpdate) {
+  FillInputs(4);
+  RunLayer(4);
+  OpOptions blocking;
+  blocking.blocking = true;
+  // A new routing without a dispatch: combining would mix new routing with old slots.
+  for (int r = 0; r < kRanks; ++r) {
+    Waiter w;
+    ASSERT_TRUE(
+        engine_->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(4), blocking, w.Done())
+            .ok());
+    ASSERT_TRUE(w.Get().ok());
+  }
+  std::vector<std::unique_ptr<Waiter>> waiters;
+  for (int r = 0; r < kRanks; ++r) {
+    auto& w = waiters.emplace_back(std::make_unique<Waiter>());
+    ASSERT_TRUE(
+        engine_
+            ->SubmitCombine(frontends_[r]->session, frontends_[r]->Combine(4), blocking, w->Done())
+            .ok());
+  }
+  for (auto& w : waiters) {
+    Status status = w->Get();
+    EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(status.message().find("no Dispatch ran on this handle since its last UpdateHandle"),
+              std::string::npos)
+        << status.message();
+  }
+}
+
+TEST_F(EngineTest, CapacityOverflowFailsTheDispatchAndTheCombineAfterIt) {
+  GroupConfig tight = Config("tight");
+  tight.expert_capacity = 1;
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, tight, true).ok());
+  for (int r = 0; r < kRanks; ++r) {
+    frontends_[r]->handle =
+        engine_->CreateHandle(frontends_[r]->session, "tight", r, "", false)->id;
+  }
+  FillInputs(4);  // every expert gets several rows
+  OpOptions blocking;
+  blocking.blocking = true;
+  for (int r = 0; r < kRanks; ++r) {
+    Waiter w;
+    ASSERT_TRUE(
+        engine_->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(4), blocking, w.Done())
+            .ok());
+    ASSERT_TRUE(w.Get().ok());
+  }
+  for (bool combine : {false, true}) {
+    std::vector<std::unique_ptr<Waiter>> waiters;
+    for (int r = 0; r < kRanks; ++r) {
+      auto& w = waiters.emplace_back(std::make_unique<Waiter>());
+      Status posted =
+          combine ? engine_->SubmitCombine(frontends_[r]->session, frontends_[r]->Combine(4),
+                                           blocking, w->Done())
+                  : engine_->SubmitDispatch(frontends_[r]->session, frontends_[r]->Dispatch(4),
+                                            blocking, w->Done());
+      ASSERT_TRUE(posted.ok());
+    }
+    for (auto& w : waiters) {
+      Status status = w->Get();
+      EXPECT_EQ(status.code(),
+                combine ? StatusCode::kFailedPrecondition : StatusCode::kResourceExhausted)
+          << status.ToString();
+      EXPECT_NE(status.message().find("more than expert_capacity=1"), std::string::npos)
+          << status.message();
+    }
+  }
+}
+
+TEST_F(EngineTest, DestroyingAPersistentHandleReleasesItsGroup) {
+  GroupConfig extra = Config("extra");
+  ASSERT_TRUE(engine_->CreateGroup(frontends_[0]->session, extra, true).ok());
+  auto handle = engine_->CreateHandle(frontends_[0]->session, "extra", 0, "h", true);
+  ASSERT_TRUE(handle.ok());
+  EXPECT_EQ(engine_->DestroyGroup(frontends_[0]->session, "extra").code(),
+            StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(engine_->DestroyHandle(frontends_[0]->session, handle->id).ok());
+  EXPECT_TRUE(engine_->DestroyGroup(frontends_[0]->session, "extra").ok());
+  EXPECT_EQ(engine_->AttachHandle(frontends_[0]->session, "h").status().code(),
+            StatusCode::kNotFound);
+}
+
 TEST_F(EngineTest, IdleUnarySessionsExpire) {
   auto session = engine_->OpenSession(0, "grpcurl", /*unary=*/true);
   ASSERT_TRUE(session.ok());
   EXPECT_TRUE(engine_->Touch(session->id).ok());
   std::this_thread::sleep_for(milliseconds(1200));
   EXPECT_EQ(engine_->Touch(session->id).code(), StatusCode::kNotFound);
+}
+
+TEST_F(EngineTest, ShutdownCancelsOpsStuckPastTheDrainTimeout) {
+  Frontend& f = *frontends_[0];
+  FenceInfo fence = engine_->CreateFence(f.session).value();
+  OpOptions fenced;
+  fenced.wait = FenceOp{fence.id, 5};  // never signalled
+  fenced.blocking = true;
+  Waiter stuck_update, stuck_dispatch;
+  FillInputs(2);
+  OpOptions blocking;
+  blocking.blocking = true;
+  Waiter bound;
+  ASSERT_TRUE(
+      engine_
+          ->SubmitUpdate(frontends_[1]->session, frontends_[1]->Update(2), blocking, bound.Done())
+          .ok());
+  ASSERT_TRUE(bound.Get().ok());
+  ASSERT_TRUE(engine_->SubmitUpdate(f.session, f.Update(2), fenced, stuck_update.Done()).ok());
+  // Rank 1 waits in the collective for rank 0, which is stuck behind its fence.
+  ASSERT_TRUE(engine_
+                  ->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), blocking,
+                                   stuck_dispatch.Done())
+                  .ok());
+  std::this_thread::sleep_for(milliseconds(50));
+  const auto start = Clock::now();
+  engine_->Shutdown();
+  EXPECT_LT(Clock::now() - start, milliseconds(1500)) << "must not wait for the op timeout";
+  EXPECT_EQ(stuck_update.Get().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(stuck_dispatch.Get().code(), StatusCode::kUnavailable);
 }
 
 TEST_F(EngineTest, ShutdownRefusesNewWork) {

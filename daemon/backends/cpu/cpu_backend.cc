@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "daemon/backends/cpu/reference_ops.h"
@@ -78,6 +79,13 @@ class ExportedShm : public ExportedMemory {
 class TimedBarrier {
  public:
   explicit TimedBarrier(int count) : count_(count) {}
+  // Fails every current and future wait: the daemon is stopping.
+  void Break() {
+    std::lock_guard lock(mutex_);
+    broken_ = true;
+    changed_.notify_all();
+  }
+
   Status Wait(std::chrono::milliseconds timeout, std::string_view what) {
     std::unique_lock lock(mutex_);
     if (broken_)
@@ -107,15 +115,21 @@ class TimedBarrier {
   bool broken_ = false;
 };
 
+class CpuBackend;
+void ForgetGroup(CpuBackend& backend, class CpuGroup* group);
+
 class CpuGroup : public BackendGroup {
  public:
-  explicit CpuGroup(const GroupConfig& config) : config_(config), barrier_(config.world_size()) {}
+  CpuGroup(const GroupConfig& config, CpuBackend& backend)
+      : config_(config), barrier_(config.world_size()), backend_(backend) {}
+  ~CpuGroup() override { ForgetGroup(backend_, this); }
   const GroupConfig& config() const override { return config_; }
   TimedBarrier& barrier() { return barrier_; }
 
  private:
   GroupConfig config_;
   TimedBarrier barrier_;
+  CpuBackend& backend_;
 };
 
 class CpuHandle : public BackendHandle {
@@ -170,6 +184,12 @@ class CpuBackend : public Backend {
   AllocationCounter& allocations() override { return allocations_; }
   std::chrono::milliseconds op_timeout() const override { return options_.op_timeout; }
 
+  void BeginShutdown() override {
+    shutting_down_ = true;
+    std::lock_guard lock(groups_mutex_);
+    for (CpuGroup* group : groups_) group->barrier().Break();
+  }
+
   StatusOr<std::shared_ptr<Memory>> Import(const MemorySource& source, int node_rank) override {
     if (source.kind != MemorySource::Kind::kHostShm) {
       return InvalidArgumentError(
@@ -195,7 +215,14 @@ class CpuBackend : public Backend {
   }
 
   StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& config) override {
-    return std::unique_ptr<BackendGroup>(std::make_unique<CpuGroup>(config));
+    auto group = std::make_unique<CpuGroup>(config, *this);
+    std::lock_guard lock(groups_mutex_);
+    groups_.insert(group.get());
+    return std::unique_ptr<BackendGroup>(std::move(group));
+  }
+  void ForgetGroup(CpuGroup* group) {
+    std::lock_guard lock(groups_mutex_);
+    groups_.erase(group);
   }
 
   StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& group,
@@ -213,6 +240,10 @@ class CpuBackend : public Backend {
     const Deadline deadline = Clock::now() + options_.op_timeout;
     auto pause = std::chrono::microseconds(1);
     while (counter.load(std::memory_order_acquire) < value) {
+      if (shutting_down_) {
+        return UnavailableError("rank {}: fence wait for value {} cancelled: epd is shutting down",
+                                node_rank, value);
+      }
       if (Clock::now() > deadline) {
         return DeadlineExceededError(
             "rank {}: fence wait for value {} timed out after {} ms (counter = {})", node_rank,
@@ -288,7 +319,12 @@ class CpuBackend : public Backend {
   CpuBackendOptions options_;
   AllocationCounter allocations_;
   std::atomic<uint64_t> next_shm_{0};
+  std::atomic<bool> shutting_down_{false};
+  std::mutex groups_mutex_;
+  std::set<CpuGroup*> groups_;  // live groups, whose barriers shutdown breaks
 };
+
+void ForgetGroup(CpuBackend& backend, CpuGroup* group) { backend.ForgetGroup(group); }
 
 }  // namespace
 
