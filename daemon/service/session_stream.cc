@@ -52,7 +52,12 @@ SessionStream::SessionStream(Engine* engine, SessionStreamRegistry* registry)
 void SessionStream::Perform(const Actions& actions) {
   if (actions.read) StartRead(&request_);
   if (actions.write != nullptr) StartWrite(actions.write);
-  if (actions.finish.has_value()) Finish(*actions.finish);
+  if (actions.finish.has_value()) {
+    // Release the session before the client sees its stream end: a frontend that reconnects
+    // right after closing must find its persistent handles free and its old id gone.
+    CloseSession("stream ended");
+    Finish(*actions.finish);
+  }
 }
 
 void SessionStream::OnReadDone(bool ok) {
