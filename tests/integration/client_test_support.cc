@@ -186,7 +186,13 @@ int ChildProcess::Wait(int timeout_ms) {
   return -1;
 }
 
-const char* HelperClientPath() { return EPD_HELPER_CLIENT_PATH; }
-const char* ExampleFrontendPath() { return EPD_EXAMPLE_FRONTEND_PATH; }
+const char* HelperClientPath() {
+  static const std::string path = BesideSelfOr(EPD_HELPER_CLIENT_PATH);
+  return path.c_str();
+}
+const char* ExampleFrontendPath() {
+  static const std::string path = BesideSelfOr(EPD_EXAMPLE_FRONTEND_PATH);
+  return path.c_str();
+}
 
 }  // namespace epd::testing

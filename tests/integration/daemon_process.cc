@@ -102,7 +102,19 @@ std::string ReadFile(const std::string& path) {
 
 }  // namespace
 
-const char* DaemonBinaryPath() { return EPD_BINARY_PATH; }
+std::string BesideSelfOr(const std::string& build_path) {
+  std::error_code error;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) return build_path;
+  const std::filesystem::path beside =
+      self.parent_path() / std::filesystem::path(build_path).filename();
+  return std::filesystem::exists(beside, error) ? beside.string() : build_path;
+}
+
+const char* DaemonBinaryPath() {
+  static const std::string path = BesideSelfOr(EPD_BINARY_PATH);
+  return path.c_str();
+}
 
 StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::string> extra_args,
                                                               int ranks) {

@@ -61,7 +61,12 @@ class DaemonProcess {
 int RunDaemonToExit(const std::vector<std::string>& args, std::string* output,
                     int timeout_ms = 10'000);
 
-// Path of the epd binary under test (compile definition EPD_BINARY_PATH).
+// Path of the epd binary under test: beside the running test binary when it is there (a
+// relocated bundle on a GPU host), else where the build put it (EPD_BINARY_PATH).
 const char* DaemonBinaryPath();
+
+// `build_path` relocated: the file of the same name beside the running executable when it
+// exists there, else `build_path` itself.
+std::string BesideSelfOr(const std::string& build_path);
 
 }  // namespace epd::testing
