@@ -39,9 +39,13 @@ is_system_lib() {
 rm -rf "$out/bin" "$out/lib"
 mkdir -p "$out/bin" "$out/lib"
 
+# What a GPU node runs: the daemon, the example frontend, the GPU tests and the bench. The
+# cpu-only unit and integration tests stay out (they run in CI); EPD_BUNDLE_ALL=1 adds them.
+wanted=" epd epd_example_frontend epd_gpu_tests epd_gpu_daemon_tests epd-bench epd-bench-frontend "
 binaries=()
 for f in "$build"/bin/*; do
   [[ -f $f && -x $f ]] || continue
+  [[ ${EPD_BUNDLE_ALL:-0} == 1 || $wanted == *" $(basename "$f") "* ]] || continue
   head -c 4 "$f" | grep -q $'\x7fELF' || continue
   binaries+=("$f")
 done
