@@ -469,20 +469,11 @@ class Engine::Impl {
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(OpContext ctx,
                          PrepareOpLocked(id, request.handle_id, request.rank, options));
-    const GroupConfig& config = ctx.handle->group->config;
-    if (!ctx.handle->bound) {
-      return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
-                                     request.handle_id);
-    }
-    auto payload = std::make_shared<CollectivePayload>();
-    payload->kind = CollectiveKind::kDispatch;
+    EPD_ASSIGN_OR_RETURN(auto payload,
+                         NewPayloadLocked(ctx, request.handle_id, CollectiveKind::kDispatch));
     payload->dispatch.handle = ctx.handle->backend.get();
-    EPD_ASSIGN_OR_RETURN(payload->dispatch.x, ctx.session->buffers.Resolve(request.x, "x"));
-    EPD_RETURN_IF_ERROR(ExpectDType(payload->dispatch.x, "x", config.dtype));
-    EPD_RETURN_IF_ERROR(ExpectShape(payload->dispatch.x, "x",
-                                    {ctx.handle->submitted_tokens, config.hidden},
-                                    {"tokens bound by the last UpdateHandle", "hidden"}));
-    payload->keepalive.push_back(ctx.session->buffers.Find(request.x.buffer_id));
+    EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
+                         ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
     return PostCollectiveLocked(ctx, OpKind::kDispatch, std::move(payload), std::move(done));
   }
 
@@ -492,12 +483,8 @@ class Engine::Impl {
     EPD_ASSIGN_OR_RETURN(OpContext ctx,
                          PrepareOpLocked(id, request.handle_id, request.rank, options));
     const GroupConfig& config = ctx.handle->group->config;
-    if (!ctx.handle->bound) {
-      return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
-                                     request.handle_id);
-    }
-    auto payload = std::make_shared<CollectivePayload>();
-    payload->kind = CollectiveKind::kCombine;
+    EPD_ASSIGN_OR_RETURN(auto payload,
+                         NewPayloadLocked(ctx, request.handle_id, CollectiveKind::kCombine));
     payload->combine.handle = ctx.handle->backend.get();
     const HandleLayout& layout = ctx.handle->backend->layout();
     if (request.expert_out.has_value()) {
@@ -513,12 +500,8 @@ class Engine::Impl {
       payload->combine.expert_out =
           static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
     }
-    EPD_ASSIGN_OR_RETURN(payload->combine.out, ctx.session->buffers.Resolve(request.out, "out"));
-    EPD_RETURN_IF_ERROR(ExpectDType(payload->combine.out, "out", config.dtype));
-    EPD_RETURN_IF_ERROR(ExpectShape(payload->combine.out, "out",
-                                    {ctx.handle->submitted_tokens, config.hidden},
-                                    {"tokens bound by the last UpdateHandle", "hidden"}));
-    payload->keepalive.push_back(ctx.session->buffers.Find(request.out.buffer_id));
+    EPD_ASSIGN_OR_RETURN(payload->combine.out,
+                         ResolveTokenRowsLocked(ctx, request.out, "out", *payload));
     return PostCollectiveLocked(ctx, OpKind::kCombine, std::move(payload), std::move(done));
   }
 
@@ -570,6 +553,32 @@ class Engine::Impl {
     OpOptions options;
     std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
   };
+
+  // A collective needs routing bound to its handle first.
+  StatusOr<std::shared_ptr<CollectivePayload>> NewPayloadLocked(const OpContext& ctx,
+                                                                ObjectId handle_id,
+                                                                CollectiveKind kind) {
+    if (!ctx.handle->bound) {
+      return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                     handle_id);
+    }
+    auto payload = std::make_shared<CollectivePayload>();
+    payload->kind = kind;
+    return payload;
+  }
+
+  // Resolves a [tokens bound by the last update, hidden] tensor of the group's dtype and keeps
+  // its buffer alive for the op.
+  StatusOr<TensorView> ResolveTokenRowsLocked(const OpContext& ctx, const TensorRef& ref,
+                                              std::string_view field, CollectivePayload& payload) {
+    const GroupConfig& config = ctx.handle->group->config;
+    EPD_ASSIGN_OR_RETURN(TensorView view, ctx.session->buffers.Resolve(ref, field));
+    EPD_RETURN_IF_ERROR(ExpectDType(view, field, config.dtype));
+    EPD_RETURN_IF_ERROR(ExpectShape(view, field, {ctx.handle->submitted_tokens, config.hidden},
+                                    {"tokens bound by the last UpdateHandle", "hidden"}));
+    payload.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
+    return view;
+  }
 
   StatusOr<Session*> FindSessionLocked(SessionId id) {
     auto it = sessions_.find(id);
@@ -713,26 +722,26 @@ class Engine::Impl {
     };
   }
 
-  // Runs `body` on the rank's worker after the wait fence, then signals and completes.
-  // `body` returns the status of what it enqueued; completion errors come from Complete().
-  Status PostLocked(OpContext ctx, OpKind kind, OpDone done,
-                    std::function<Status(OpContext&)> body) {
+  // What a worker runs for one op: it must call `finish` once and then `release`.
+  using WorkerTask = std::function<void(OpContext&, OpDone finish, std::function<void()> release)>;
+
+  // Queues `task` on the session rank's worker, counting the op as in flight until released.
+  // An op whose session ended before it ran is cancelled there.
+  Status EnqueueLocked(OpContext ctx, OpKind kind, OpDone done, WorkerTask task) {
     ++in_flight_;
     OpDone finish = FinishOnce(kind, std::move(done));
-    auto release = [this] {
+    std::function<void()> release = [this] {
       std::lock_guard lock(mutex_);
       if (--in_flight_ == 0) ops_idle_.notify_all();
     };
     const int rank = ctx.session->rank;
-    const bool posted = workers_[rank]->Post([this, ctx, finish, release, body]() mutable {
+    const bool posted = workers_[rank]->Post([ctx, finish, release, task]() mutable {
       if (ctx.session->closed) {
         finish(CancelledError("session {:016x} ended before the op ran", ctx.session->id));
         release();
         return;
       }
-      Status status = WaitFenceIfAny(ctx);
-      if (status.ok()) status = body(ctx);
-      CompleteOp(ctx, std::move(status), nullptr, std::move(finish), std::move(release));
+      task(ctx, std::move(finish), std::move(release));
     });
     if (!posted) {
       --in_flight_;
@@ -741,48 +750,51 @@ class Engine::Impl {
     return OkStatus();
   }
 
+  // A rank-local op: `body` runs after the wait fence and returns what it enqueued.
+  Status PostLocked(OpContext ctx, OpKind kind, OpDone done,
+                    std::function<Status(OpContext&)> body) {
+    return EnqueueLocked(std::move(ctx), kind, std::move(done),
+                         [this, body](OpContext& c, OpDone finish, std::function<void()> release) {
+                           Status status = WaitFenceIfAny(c);
+                           if (status.ok()) status = body(c);
+                           CompleteOp(c, std::move(status), nullptr, std::move(finish),
+                                      std::move(release));
+                         });
+  }
+
+  // A collective: after the wait fence, it is matched with the other ranks' op and run.
   Status PostCollectiveLocked(OpContext ctx, OpKind kind,
                               std::shared_ptr<CollectivePayload> payload, OpDone done) {
     payload->keepalive.push_back(ctx.handle);
-    ++in_flight_;
-    OpDone finish = FinishOnce(kind, std::move(done));
-    auto release = [this] {
-      std::lock_guard lock(mutex_);
-      if (--in_flight_ == 0) ops_idle_.notify_all();
-    };
-    const int rank = ctx.session->rank;
-    const bool posted = workers_[rank]->Post([this, ctx, payload, finish, release]() mutable {
-      if (ctx.session->closed) {
-        finish(CancelledError("session {:016x} ended before the op ran", ctx.session->id));
-        release();
-        return;
-      }
-      Handle& handle = *ctx.handle;
-      Group& group = *handle.group;
-      const uint64_t op = handle.BeginOp();
-      payload->status = WaitFenceIfAny(ctx);
-      if (payload->status.ok()) payload->status = handle.CheckReadyFor(payload->kind);
-      const Deadline deadline = Clock::now() + backend_->op_timeout();
-      StatusOr<MatchedCollective> matched =
-          group.matcher->Arrive(handle.group_rank, payload, deadline);
-      Status status =
-          matched.ok() ? RunCollective(group, handle.group_rank, *matched) : matched.status();
-      if (payload->kind == CollectiveKind::kDispatch) {
-        handle.Record(handle.dispatch, op, status);
-        std::shared_ptr<Handle> keep_handle = ctx.handle;
-        ctx.on_device_error = [keep_handle, op](const Status& error) {
-          keep_handle->RecordDeviceError(keep_handle->dispatch, op, error);
-        };
-      }
-      std::shared_ptr<MatchedCollective> keep;
-      if (matched.ok()) keep = std::make_shared<MatchedCollective>(std::move(matched).value());
-      CompleteOp(ctx, std::move(status), std::move(keep), std::move(finish), std::move(release));
-    });
-    if (!posted) {
-      --in_flight_;
-      return UnavailableError("epd is shutting down");
+    return EnqueueLocked(
+        std::move(ctx), kind, std::move(done),
+        [this, payload](OpContext& c, OpDone finish, std::function<void()> release) {
+          RunCollectiveOp(c, payload, std::move(finish), std::move(release));
+        });
+  }
+
+  void RunCollectiveOp(OpContext& ctx, const std::shared_ptr<CollectivePayload>& payload,
+                       OpDone finish, std::function<void()> release) {
+    Handle& handle = *ctx.handle;
+    Group& group = *handle.group;
+    const uint64_t op = handle.BeginOp();
+    payload->status = WaitFenceIfAny(ctx);
+    if (payload->status.ok()) payload->status = handle.CheckReadyFor(payload->kind);
+    const Deadline deadline = Clock::now() + backend_->op_timeout();
+    StatusOr<MatchedCollective> matched =
+        group.matcher->Arrive(handle.group_rank, payload, deadline);
+    Status status =
+        matched.ok() ? RunCollective(group, handle.group_rank, *matched) : matched.status();
+    if (payload->kind == CollectiveKind::kDispatch) {
+      handle.Record(handle.dispatch, op, status);
+      std::shared_ptr<Handle> keep_handle = ctx.handle;
+      ctx.on_device_error = [keep_handle, op](const Status& error) {
+        keep_handle->RecordDeviceError(keep_handle->dispatch, op, error);
+      };
     }
-    return OkStatus();
+    std::shared_ptr<MatchedCollective> keep;
+    if (matched.ok()) keep = std::make_shared<MatchedCollective>(std::move(matched).value());
+    CompleteOp(ctx, std::move(status), std::move(keep), std::move(finish), std::move(release));
   }
 
   Status RunCollective(Group& group, int group_rank, const MatchedCollective& matched) {
