@@ -12,6 +12,8 @@
 #include <sstream>
 #include <thread>
 
+#include "client/epd/cuda.h"
+#include "daemon/core/dtype.h"
 #include "tests/integration/client_test_support.h"
 
 namespace epd::testing {
@@ -112,6 +114,114 @@ TEST_F(DaemonPathTest, KilledFrontendFailsItsPeersClearlyAndTheDaemonKeepsServin
   auto again = ChildProcess::Spawn(ExampleArgs("expert_major", "bf16", "both", 4, 7168));
   ASSERT_TRUE(again.ok());
   EXPECT_EQ((*again)->Wait(120'000), 0) << daemon_->ReadLog();
+}
+
+// A frontend that captures its side of the ordering (signal `go`, wait `done`) in a CUDA graph
+// and launches the graph: the daemon's posted update -> dispatch -> combine run between the two.
+TEST_F(DaemonPathTest, FenceStreamOpsWorkInsideACapturedCudaGraph) {
+  constexpr int kTokens = 32, kHidden = 1024, kTopK = 2, kExperts = 8;
+  auto session = client_->OpenSession(0, "graph-frontend");
+  ASSERT_TRUE(session.ok()) << session.status().ToString();
+  v1::GroupConfig config;
+  config.set_name("graph-capture");
+  config.add_ranks(0);
+  config.set_experts(kExperts);
+  config.set_hidden(kHidden);
+  config.set_max_tokens_per_rank(kTokens);
+  config.set_top_k(kTopK);
+  config.set_dtype(v1::DTYPE_FP32);
+  ASSERT_TRUE((*session)->CreateGroup(config).ok());
+  auto handle = (*session)->CreateHandle("graph-capture");
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+
+  // x [n, H] f32, topk [n, K] int32, weights [n, K] f32, out [n, H] f32 in one allocation.
+  const size_t x_bytes = size_t{kTokens} * kHidden * 4, k_bytes = size_t{kTokens} * kTopK * 4;
+  const size_t topk_at = x_bytes, weights_at = topk_at + 4096, out_at = weights_at + 4096;
+  const size_t bytes = out_at + x_bytes;
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  void* device = nullptr;
+  ASSERT_EQ(cudaMalloc(&device, bytes), cudaSuccess);
+  std::vector<float> x(size_t{kTokens} * kHidden), weights(size_t{kTokens} * kTopK);
+  std::vector<int32_t> topk(size_t{kTokens} * kTopK);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 977) * 0.25f;
+  for (int t = 0; t < kTokens; ++t) {
+    topk[t * kTopK] = t % kExperts;
+    topk[t * kTopK + 1] = t % 3 == 0 ? -1 : (t + 3) % kExperts;
+    weights[t * kTopK] = 0.75f;
+    weights[t * kTopK + 1] = 0.5f;
+  }
+  char* base = static_cast<char*>(device);
+  ASSERT_EQ(cudaMemcpy(base, x.data(), x_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(base + topk_at, topk.data(), k_bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(base + weights_at, weights.data(), k_bytes, cudaMemcpyHostToDevice),
+            cudaSuccess);
+  auto source = cuda::ExportDeviceTensor(device, bytes);
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  auto buffer = (*session)->RegisterBuffer(*source);
+  ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+  auto go = (*session)->CreateFence();
+  auto done = (*session)->CreateFence();
+  ASSERT_TRUE(go.ok() && done.ok());
+
+  // Post the whole layer ahead; nothing may run before the graph signals `go`.
+  v1::UpdateHandleRequest update;
+  update.set_handle_id(handle->handle_id());
+  *update.mutable_topk_idx() = MakeTensorRef(*buffer, topk_at, v1::DTYPE_INT32, {kTokens, kTopK});
+  *update.mutable_topk_weights() =
+      MakeTensorRef(*buffer, weights_at, v1::DTYPE_FP32, {kTokens, kTopK});
+  *update.mutable_options() = FencedOptions(go->get(), 1, done->get(), 1);
+  v1::DispatchRequest dispatch;
+  dispatch.set_handle_id(handle->handle_id());
+  *dispatch.mutable_x() = MakeTensorRef(*buffer, 0, v1::DTYPE_FP32, {kTokens, kHidden});
+  *dispatch.mutable_options() = FencedOptions(nullptr, 0, done->get(), 2);
+  v1::CombineRequest combine;
+  combine.set_handle_id(handle->handle_id());
+  *combine.mutable_out() = MakeTensorRef(*buffer, out_at, v1::DTYPE_FP32, {kTokens, kHidden});
+  *combine.mutable_options() = FencedOptions(nullptr, 0, done->get(), 3);
+  std::future<Status> answers[3] = {(*session)->UpdateAsync(update),
+                                    (*session)->DispatchAsync(dispatch),
+                                    (*session)->CombineAsync(combine)};
+
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  Status signalled = cuda::SignalFenceOnStream(**go, 1, stream);
+  Status waited = cuda::WaitFenceOnStream(**done, 3, stream);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  ASSERT_TRUE(signalled.ok()) << signalled.ToString();
+  ASSERT_TRUE(waited.ok()) << waited.ToString();
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  cudaError_t state = cudaErrorNotReady;
+  for (int i = 0; i < 2000 && state == cudaErrorNotReady; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    state = cudaStreamQuery(stream);
+  }
+  ASSERT_EQ(state, cudaSuccess) << "the graph's wait for done >= 3 never ended";
+  for (auto& answer : answers) EXPECT_TRUE((*session)->Await(answer, "op").ok());
+
+  // Identity experts: out[t] = sum over k ascending of w * x[t] in fp32 (no FMA).
+  std::vector<float> out(x.size());
+  ASSERT_EQ(cudaMemcpy(out.data(), base + out_at, x_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int t = 0; t < kTokens; ++t) {
+    for (int h = 0; h < kHidden; ++h) {
+      const float v = x[static_cast<size_t>(t) * kHidden + h];
+      volatile float first = 0.75f * v;
+      volatile float acc = 0.0f + first;
+      if (t % 3 != 0) {
+        volatile float second = 0.5f * v;
+        acc = acc + second;
+      }
+      ASSERT_EQ(out[static_cast<size_t>(t) * kHidden + h], acc) << "t " << t << " h " << h;
+    }
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  ASSERT_TRUE((*session)->Close().ok());
+  cudaFree(device);
 }
 
 }  // namespace
