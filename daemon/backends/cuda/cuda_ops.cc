@@ -38,6 +38,18 @@ bool IsShape(const TensorView& t, int64_t rows, int64_t cols) {
   return t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols;
 }
 
+// The core checks tensors before ops reach a backend; callers that drive the backend directly
+// (GPU tests, the bench) get the same protection against a short or mistyped tensor.
+Status CheckTokenRows(const TensorView& t, const GroupConfig& c, int n, std::string_view op,
+                      std::string_view field) {
+  if (t.dtype != c.dtype || t.shape.size() != 2 || t.shape[0] < n || t.shape[1] != c.hidden ||
+      (n > 0 && t.data == nullptr)) {
+    return InvalidArgumentError("{} of group '{}': {} must be {} [>= {}, {}]", op, c.name, field,
+                                DTypeName(c.dtype), n, c.hidden);
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 Status CudaBackend::WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) {
@@ -148,11 +160,7 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
   CudaHandle& me = *handles[group_rank];
   const TensorView& x = all[group_rank].x;
   const int n = me.num_tokens();
-  if (x.dtype != c.dtype || x.shape.size() != 2 || x.shape[0] < n || x.shape[1] != c.hidden ||
-      (n > 0 && x.data == nullptr)) {
-    return InvalidArgumentError("dispatch of group '{}': x must be {} [>= {}, {}]", c.name,
-                                DTypeName(c.dtype), n, c.hidden);
-  }
+  EPD_RETURN_IF_ERROR(CheckTokenRows(x, c, n, "dispatch", "x"));
   RankState& rank = *ranks_[me.node_rank_];
   EPD_CUDA_CHECK(cudaSetDevice(rank.device));
   const HandlePrivateLayout& p = me.private_layout_;
@@ -208,11 +216,7 @@ Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<C
   CudaHandle& me = *handles[group_rank];
   const TensorView& out = all[group_rank].out;
   const int n = me.num_tokens();
-  if (out.dtype != c.dtype || out.shape.size() != 2 || out.shape[0] < n ||
-      out.shape[1] != c.hidden || (n > 0 && out.data == nullptr)) {
-    return InvalidArgumentError("combine of group '{}': out must be {} [>= {}, {}]", c.name,
-                                DTypeName(c.dtype), n, c.hidden);
-  }
+  EPD_RETURN_IF_ERROR(CheckTokenRows(out, c, n, "combine", "out"));
   RankState& rank = *ranks_[me.node_rank_];
   EPD_CUDA_CHECK(cudaSetDevice(rank.device));
   const HandlePrivateLayout& p = me.private_layout_;
