@@ -3,6 +3,7 @@
 
 #include "kernels/combine.cuh"
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
 namespace {
@@ -199,4 +200,17 @@ cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t 
   return cudaGetLastError();
 }
 
+namespace detail {
+
+// Every token type LaunchCombine can pick.
+cudaError_t PreloadCombineKernels() {
+  for (const void* kernel : {reinterpret_cast<const void*>(&CombineKernel<kTokenBf16>),
+                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp16>),
+                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp32>)}) {
+    if (const cudaError_t e = LoadKernel(kernel); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace detail
 }  // namespace epd::kernels

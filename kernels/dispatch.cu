@@ -3,6 +3,7 @@
 
 #include "kernels/dispatch.cuh"
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
 namespace {
@@ -244,4 +245,11 @@ cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_
   return cudaGetLastError();
 }
 
+namespace detail {
+
+cudaError_t PreloadDispatchKernels() {
+  return LoadKernel(reinterpret_cast<const void*>(&DispatchKernel));
+}
+
+}  // namespace detail
 }  // namespace epd::kernels

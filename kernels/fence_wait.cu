@@ -1,5 +1,6 @@
 #include "kernels/fence_wait.cuh"
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
 namespace {
@@ -23,4 +24,11 @@ cudaError_t LaunchFenceWait(const uint64_t* counter, uint64_t value, uint64_t ti
   return cudaGetLastError();
 }
 
+namespace detail {
+
+cudaError_t PreloadFenceWaitKernels() {
+  return LoadKernel(reinterpret_cast<const void*>(&FenceWaitKernel));
+}
+
+}  // namespace detail
 }  // namespace epd::kernels

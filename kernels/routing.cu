@@ -1,6 +1,7 @@
 #include <climits>
 
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/preload.cuh"
 #include "kernels/routing.cuh"
 
 namespace epd::kernels {
@@ -120,4 +121,11 @@ cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
+namespace detail {
+
+cudaError_t PreloadRoutingKernels() {
+  return LoadKernel(reinterpret_cast<const void*>(&BindRoutingKernel));
+}
+
+}  // namespace detail
 }  // namespace epd::kernels

@@ -11,6 +11,7 @@
 #include "daemon/backends/cuda/nccl_comms.h"
 #include "daemon/core/fence_page.h"
 #include "daemon/core/log.h"
+#include "kernels/preload.cuh"
 #include "kernels/sync_area.cuh"
 
 namespace epd {
@@ -60,6 +61,9 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     rank->info.total_memory_bytes = prop.totalGlobalMem;
     rank->info.compute_capability = prop.major * 10 + prop.minor;
     rank->sm_count = prop.multiProcessorCount;
+    // NOTE: before any op: a lazily loaded kernel's first launch would wait for the device
+    // to go idle, i.e. for a fence-wait kernel that spins until the op is answered.
+    EPD_CUDA_CHECK(kernels::PreloadKernels());
     EPD_ASSIGN_OR_RETURN(rank->stream, CudaStream::Create(device));
     EPD_ASSIGN_OR_RETURN(rank->setup_stream, CudaStream::Create(device));
     EPD_ASSIGN_OR_RETURN(rank->records, ErrorRecords::Create(backend->allocations_));

@@ -1,0 +1,19 @@
+// Host-side: each kernel file's loader, called by PreloadKernels (kernels/preload.cuh).
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace epd::kernels::detail {
+
+cudaError_t PreloadRoutingKernels();
+cudaError_t PreloadDispatchKernels();
+cudaError_t PreloadCombineKernels();
+cudaError_t PreloadFenceWaitKernels();
+
+// cudaFuncGetAttributes needs the function loaded in the current context, so it loads it.
+inline cudaError_t LoadKernel(const void* kernel) {
+  cudaFuncAttributes attributes;
+  return cudaFuncGetAttributes(&attributes, kernel);
+}
+
+}  // namespace epd::kernels::detail

@@ -1,0 +1,14 @@
+#include "kernels/internal/preload.cuh"
+#include "kernels/preload.cuh"
+
+namespace epd::kernels {
+
+cudaError_t PreloadKernels() {
+  for (cudaError_t (*load)() : {detail::PreloadRoutingKernels, detail::PreloadDispatchKernels,
+                                detail::PreloadCombineKernels, detail::PreloadFenceWaitKernels}) {
+    if (const cudaError_t e = load(); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace epd::kernels
