@@ -9,13 +9,18 @@
 namespace epd::bench::gpu {
 namespace {
 
-__global__ void GateKernel(const volatile uint32_t* gate, uint32_t value, uint64_t timeout_ns) {
+// gate[0]: the value the host opened; gate[1]: set to 1 when a wait gave up.
+__global__ void GateKernel(volatile uint32_t* gate, uint32_t value, uint64_t timeout_ns) {
   uint64_t start = 0;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-  while (*gate < value) {
+  while (gate[0] < value) {
     uint64_t now = 0;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-    if (now - start > timeout_ns) return;
+    if (now - start > timeout_ns) {
+      gate[1] = 1;
+      __threadfence_system();
+      return;
+    }
     __nanosleep(64);
   }
 }
@@ -71,7 +76,8 @@ StatusOr<std::unique_ptr<Gate>> Gate::Create(Kind kind) {
   void* host = nullptr;
   EPD_BENCH_CUDA(cudaHostAlloc(&host, 4096, cudaHostAllocMapped | cudaHostAllocPortable));
   gate->host_ = static_cast<uint32_t*>(host);
-  *gate->host_ = 0;
+  gate->host_[0] = 0;
+  gate->host_[1] = 0;
   void* device = nullptr;
   EPD_BENCH_CUDA(cudaHostGetDevicePointer(&device, host, 0));
   gate->device_ = static_cast<uint32_t*>(device);
@@ -103,6 +109,8 @@ Status Gate::Arm(cudaStream_t stream, uint32_t value, uint64_t timeout_ns) {
 void Gate::Open(uint32_t value) {
   __atomic_store_n(host_, value, __ATOMIC_RELEASE);  // C++17 in .cu: no atomic_ref
 }
+
+bool Gate::TakeTimedOut() { return __atomic_exchange_n(host_ + 1, 0u, __ATOMIC_ACQ_REL) != 0; }
 
 StatusOr<std::unique_ptr<EventPair>> EventPair::Create(int device) {
   std::unique_ptr<EventPair> pair(new EventPair());

@@ -57,6 +57,9 @@ class Gate {
   // after `timeout_ns`. Callers always Open() what they armed (the destructor opens fully).
   Status Arm(cudaStream_t stream, uint32_t value, uint64_t timeout_ns = 30'000'000'000ull);
   void Open(uint32_t value);
+  // The kernel kind: whether a wait gave up since the last call (the span it held is then
+  // not the op's, and the host took the whole timeout to open it). Clears the mark.
+  bool TakeTimedOut();
 
  private:
   Gate() = default;

@@ -258,6 +258,14 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
         shared->barrier.arrive_and_wait();
         me.gate->Open(gate_value);
         if (op_status.ok()) op_status = WaitComplete(*backend_, handle, settings.op_timeout);
+        if (op_status.ok() && me.gate->TakeTimedOut()) {
+          // The gate opens once every rank has enqueued, so it gives up only when an enqueue
+          // took the whole timeout, e.g. waiting for the GPU behind the spinning gate (a
+          // kernel's lazy first load did): the span timed nothing, and the op came 30 s late.
+          op_status = DeadlineExceededError(
+              "the gate gave up before every rank had enqueued the op: an enqueue waited for "
+              "the GPU");
+        }
         if (op_status.ok()) {
           auto elapsed = me.events->ElapsedUs(settings.op_timeout * 2);
           if (elapsed.ok()) us = *elapsed;
