@@ -6,11 +6,16 @@
 
 namespace epd {
 
-Status BufferRegistry::Remove(ObjectId id) {
-  if (buffers_.erase(id) == 0) {
+Status BufferRegistry::Remove(ObjectId id) { return Take(id).status(); }
+
+StatusOr<std::shared_ptr<Memory>> BufferRegistry::Take(ObjectId id) {
+  auto it = buffers_.find(id);
+  if (it == buffers_.end()) {
     return NotFoundError("buffer_id = {} is not a buffer of this session", id);
   }
-  return OkStatus();
+  std::shared_ptr<Memory> memory = std::move(it->second);
+  buffers_.erase(it);
+  return memory;
 }
 
 std::shared_ptr<Memory> BufferRegistry::Find(ObjectId id) const {

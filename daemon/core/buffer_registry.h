@@ -21,6 +21,8 @@ class BufferRegistry {
  public:
   void Add(ObjectId id, std::shared_ptr<Memory> memory) { buffers_[id] = std::move(memory); }
   Status Remove(ObjectId id);
+  // Removes and returns the buffer, so the caller decides where its memory is released.
+  StatusOr<std::shared_ptr<Memory>> Take(ObjectId id);
   std::shared_ptr<Memory> Find(ObjectId id) const;
   size_t size() const { return buffers_.size(); }
   void Clear() { buffers_.clear(); }

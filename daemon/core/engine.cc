@@ -112,6 +112,11 @@ std::string PersistentKey(std::string_view name, int node_rank) {
 
 }  // namespace
 
+// Objects whose last reference may free device memory. Freeing (cudaFree, closing an IPC
+// mapping) can wait for the whole GPU, e.g. behind a spinning fence wait, so it must never
+// happen under the engine lock: callers collect them here and drop them after unlocking.
+using Released = std::vector<std::shared_ptr<const void>>;
+
 class Engine::Impl {
  public:
   Impl(std::unique_ptr<Backend> backend, EngineOptions options)
@@ -165,6 +170,7 @@ class Engine::Impl {
   Status CloseSession(SessionId id, std::string_view reason) {
     std::shared_ptr<Session> session;
     std::vector<std::shared_ptr<Group>> groups_to_abort;
+    Released released;  // destroyed after the lock below
     {
       std::lock_guard lock(mutex_);
       auto it = sessions_.find(id);
@@ -175,7 +181,7 @@ class Engine::Impl {
       std::set<Group*> seen;
       for (auto& [handle_id, handle] : session->handles) {
         if (seen.insert(handle->group.get()).second) groups_to_abort.push_back(handle->group);
-        DetachLocked(*handle);
+        DetachLocked(*handle, released);
       }
       for (auto git = groups_.begin(); git != groups_.end();) {
         Group& group = *git->second;
@@ -183,6 +189,7 @@ class Engine::Impl {
           group.owner = 0;
           if (group.handles == 0) {
             EPD_LOG(kCore, info, "group '{}' destroyed with its session", group.config.name);
+            released.push_back(git->second);
             git = groups_.erase(git);
             continue;
           }
@@ -233,6 +240,7 @@ class Engine::Impl {
   }
 
   Status ReleaseBuffer(SessionId id, ObjectId buffer) {
+    Released released;  // destroyed after the lock below
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
     for (const auto& [fence_id, fence_buffer] : session->fence_buffers) {
@@ -247,7 +255,9 @@ class Engine::Impl {
             "buffer_id = {} is handle {}'s exported region: use DestroyHandle", buffer, handle_id);
       }
     }
-    return session->buffers.Remove(buffer);
+    EPD_ASSIGN_OR_RETURN(std::shared_ptr<Memory> memory, session->buffers.Take(buffer));
+    released.push_back(std::move(memory));
+    return OkStatus();
   }
 
   StatusOr<FenceInfo> CreateFence(SessionId id) {
@@ -273,12 +283,14 @@ class Engine::Impl {
   }
 
   Status DestroyFence(SessionId id, ObjectId fence) {
+    Released released;  // destroyed after the lock below
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
     auto it = session->fences.find(fence);
     if (it == session->fences.end()) {
       return NotFoundError("fence_id = {} is not a fence of this session", fence);
     }
+    released.push_back(std::move(it->second));
     session->fences.erase(it);
     session->buffers.Remove(session->fence_buffers[fence]).IgnoreError();
     session->fence_buffers.erase(fence);
@@ -323,6 +335,7 @@ class Engine::Impl {
   }
 
   Status DestroyGroup(SessionId id, std::string_view name) {
+    Released released;  // destroyed after the lock below
     std::lock_guard lock(mutex_);
     EPD_RETURN_IF_ERROR(FindSessionLocked(id).status());
     auto it = groups_.find(std::string(name));
@@ -330,6 +343,7 @@ class Engine::Impl {
     if (it->second->handles > 0) {
       return FailedPreconditionError("group '{}' still has {} handles", name, it->second->handles);
     }
+    released.push_back(std::move(it->second));
     groups_.erase(it);
     return OkStatus();
   }
@@ -403,6 +417,7 @@ class Engine::Impl {
   }
 
   Status DestroyHandle(SessionId id, ObjectId handle_id) {
+    Released released;  // destroyed after the lock below
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
     auto it = session->handles.find(handle_id);
@@ -410,10 +425,11 @@ class Engine::Impl {
       return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
     }
     std::shared_ptr<Handle> handle = it->second;
-    DetachLocked(*handle);
+    released.push_back(handle);
+    DetachLocked(*handle, released);
     if (handle->persistent) {
       persistent_handles_.erase(PersistentKey(handle->name, handle->node_rank));
-      LeaveGroupLocked(*handle);
+      LeaveGroupLocked(*handle, released);
     }
     session->buffers.Remove(session->handle_buffers[handle_id]).IgnoreError();
     session->handle_buffers.erase(handle_id);
@@ -628,16 +644,17 @@ class Engine::Impl {
   }
 
   // Called when a handle leaves a session: persistent ones stay, others die with their refs.
-  void DetachLocked(Handle& handle) {
+  void DetachLocked(Handle& handle, Released& released) {
     handle.attached_to = 0;
-    if (!handle.persistent) LeaveGroupLocked(handle);
+    if (!handle.persistent) LeaveGroupLocked(handle, released);
   }
 
   // The handle no longer counts in its group; an orphaned group goes with its last handle.
-  void LeaveGroupLocked(Handle& handle) {
+  void LeaveGroupLocked(Handle& handle, Released& released) {
     Group& group = *handle.group;
     if (--group.handles == 0 && group.orphaned) {
       EPD_LOG(kCore, info, "group '{}' destroyed with its last handle", group.config.name);
+      released.push_back(handle.group);
       groups_.erase(group.config.name);
     }
   }
