@@ -302,24 +302,34 @@ class Engine::Impl {
   Status CreateGroup(std::optional<SessionId> owner, const GroupConfig& config, bool persistent) {
     EPD_RETURN_IF_ERROR(config.Validate(backend_->num_ranks()));
     {
-      std::lock_guard lock(mutex_);
+      std::unique_lock lock(mutex_);
       if (owner.has_value()) EPD_RETURN_IF_ERROR(FindSessionLocked(*owner).status());
+      // Every rank's frontend may create the same group at once: the first builds it (an
+      // NCCL communicator takes about a second), the others wait for it and share it.
+      const bool built = groups_changed_.wait_for(
+          lock, backend_->op_timeout(), [&] { return creating_.count(config.name) == 0; });
+      if (!built) {
+        return DeadlineExceededError("group '{}' is still being created by another session",
+                                     config.name);
+      }
       if (auto it = groups_.find(config.name); it != groups_.end()) {
         if (it->second->config.SameShape(config)) return OkStatus();  // idempotent
         return AlreadyExistsError("group '{}' exists with a different configuration: {}",
                                   config.name, it->second->config.ToString());
       }
+      creating_.insert(config.name);
     }
     auto group = std::make_shared<Group>();
     group->config = config;
     group->persistent = persistent;
     group->owner = persistent || !owner.has_value() ? 0 : *owner;
     group->matcher = std::make_unique<CollectiveMatcher>(config.name, config.world_size());
-    EPD_ASSIGN_OR_RETURN(group->backend, backend_->CreateGroup(config));
+    StatusOr<std::unique_ptr<BackendGroup>> backend_group = backend_->CreateGroup(config);
     std::lock_guard lock(mutex_);
-    if (groups_.count(config.name) != 0) {
-      return AlreadyExistsError("group '{}' was created concurrently", config.name);
-    }
+    creating_.erase(config.name);
+    groups_changed_.notify_all();
+    if (!backend_group.ok()) return backend_group.status();
+    group->backend = std::move(backend_group).value();
     groups_[config.name] = group;
     EPD_LOG(kCore, info, "created {}{}", config.ToString(), persistent ? " (persistent)" : "");
     return OkStatus();
@@ -895,6 +905,8 @@ class Engine::Impl {
   std::mt19937_64 rng_;
   std::map<SessionId, std::shared_ptr<Session>> sessions_;
   std::map<std::string, std::shared_ptr<Group>> groups_;
+  std::set<std::string> creating_;  // group names whose backend group is being built
+  std::condition_variable groups_changed_;
   std::map<std::string, std::shared_ptr<Handle>> persistent_handles_;
   uint64_t sessions_total_ = 0;
   uint64_t in_flight_ = 0;
