@@ -1,0 +1,83 @@
+// Proto <-> core translation of the service layer: defaults, and errors that name the field.
+#include "daemon/service/convert.h"
+
+#include <gtest/gtest.h>
+
+namespace epd::service {
+namespace {
+
+TEST(ConvertTest, GroupConfigDefaultsFillRanksDtypeLayoutAndAlgorithm) {
+  v1::GroupConfig proto;
+  proto.set_name("g");
+  proto.set_world_size(4);
+  proto.set_experts(16);
+  proto.set_hidden(128);
+  proto.set_max_tokens_per_rank(8);
+  proto.set_top_k(2);
+  auto config = FromProto(proto, "config");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->ranks, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(config->dtype, DType::kBf16);
+  EXPECT_EQ(config->layout, Layout::kExpertMajor);
+  EXPECT_EQ(config->algorithm, Algorithm::kLowLatency);
+  EXPECT_EQ(config->capacity(), 4 * 8);
+  // And back: the filled-in values travel.
+  v1::GroupConfig back = ToProto(*config);
+  EXPECT_EQ(back.ranks_size(), 4);
+  EXPECT_EQ(back.dtype(), v1::DTYPE_BF16);
+  EXPECT_EQ(back.layout(), v1::LAYOUT_EXPERT_MAJOR);
+}
+
+TEST(ConvertTest, GroupConfigContradictionsNameTheFields) {
+  v1::GroupConfig proto;
+  proto.set_name("g");
+  proto.add_ranks(0);
+  proto.add_ranks(1);
+  proto.set_world_size(3);
+  auto config = FromProto(proto, "config");
+  EXPECT_EQ(config.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(config.status().message().find("config.world_size = 3"), std::string::npos)
+      << config.status().message();
+  proto.clear_ranks();
+  proto.set_world_size(0);
+  EXPECT_NE(FromProto(proto, "config").status().message().find("config.world_size = 0"),
+            std::string::npos);
+}
+
+TEST(ConvertTest, TensorRefErrorsNameTheField) {
+  v1::TensorRef proto;
+  EXPECT_NE(FromProto(proto, "x").status().message().find("x.buffer_id = 0"), std::string::npos);
+  proto.set_buffer_id(3);
+  auto unspecified = FromProto(proto, "x");
+  EXPECT_EQ(unspecified.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(unspecified.status().message().find("x.dtype"), std::string::npos);
+  proto.set_dtype(v1::DTYPE_FP16);
+  EXPECT_NE(FromProto(proto, "x").status().message().find("x.shape"), std::string::npos);
+  proto.add_shape(4);
+  proto.add_shape(-1);
+  EXPECT_NE(FromProto(proto, "x").status().message().find("x.shape[1] = -1"), std::string::npos);
+  proto.set_shape(1, 64);
+  proto.set_offset_bytes(256);
+  auto ref = FromProto(proto, "x");
+  ASSERT_TRUE(ref.ok());
+  EXPECT_EQ(ref->buffer_id, 3u);
+  EXPECT_EQ(ref->offset_bytes, 256u);
+  EXPECT_EQ(ref->dtype, DType::kFp16);
+  EXPECT_EQ(ref->shape, (std::vector<int64_t>{4, 64}));
+}
+
+TEST(ConvertTest, StatusCodesMapOneToOne) {
+  for (int code = 0; code <= 16; ++code) {
+    Status status(static_cast<StatusCode>(code), code == 0 ? "" : "why");
+    grpc::Status grpc_status = ToGrpcStatus(status);
+    EXPECT_EQ(static_cast<int>(grpc_status.error_code()), code);
+    Status back = FromGrpcStatus(grpc_status);
+    EXPECT_EQ(back.code(), status.code());
+    if (code != 0) {
+      EXPECT_EQ(back.message(), "why");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace epd::service
