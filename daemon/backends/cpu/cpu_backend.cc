@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -312,13 +313,15 @@ class CpuBackend : public Backend {
   static uint64_t* Counter(ExportedMemory& fence) {
     return reinterpret_cast<uint64_t*>(static_cast<char*>(fence.data()) + kFenceCounterOffset);
   }
+  // The salt keeps names unique when a pid is reused after a killed daemon left objects behind.
   std::string NextShmName(std::string_view kind) {
-    return fmt::format("/epd-{}-{}-{}", getpid(), kind, next_shm_.fetch_add(1));
+    return fmt::format("/epd-{}-{:08x}-{}-{}", getpid(), shm_salt_, kind, next_shm_.fetch_add(1));
   }
 
   CpuBackendOptions options_;
   AllocationCounter allocations_;
   std::atomic<uint64_t> next_shm_{0};
+  const uint32_t shm_salt_ = std::random_device{}();
   std::atomic<bool> shutting_down_{false};
   std::mutex groups_mutex_;
   std::set<CpuGroup*> groups_;  // live groups, whose barriers shutdown breaks
