@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "client/epd/client.h"
+#include "daemon/service/convert.h"
 #include "tests/bench/process_util.h"
 #if EPD_BENCH_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -21,6 +22,8 @@
 namespace epd::bench {
 namespace {
 
+using service::ToProto;  // the daemon's own core -> proto translation
+
 using SteadyClock = std::chrono::steady_clock;
 
 double UsSince(SteadyClock::time_point start) {
@@ -30,34 +33,6 @@ double UsSince(SteadyClock::time_point start) {
 std::string OneLine(std::string text) {
   std::replace(text.begin(), text.end(), '\n', ' ');
   return text;
-}
-
-v1::DType ToProto(DType d) {
-  switch (d) {
-    case DType::kBf16: return v1::DTYPE_BF16;
-    case DType::kFp16: return v1::DTYPE_FP16;
-    case DType::kFp32: return v1::DTYPE_FP32;
-    case DType::kInt32: return v1::DTYPE_INT32;
-    case DType::kInt64: return v1::DTYPE_INT64;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
-
-v1::GroupConfig ToProto(const GroupConfig& c) {
-  v1::GroupConfig p;
-  p.set_name(c.name);
-  for (int r : c.ranks) p.add_ranks(r);
-  p.set_world_size(c.world_size());
-  p.set_experts(c.experts);
-  p.set_hidden(c.hidden);
-  p.set_max_tokens_per_rank(c.max_tokens_per_rank);
-  p.set_top_k(c.top_k);
-  p.set_dtype(ToProto(c.dtype));
-  p.set_algorithm(c.algorithm == Algorithm::kLowLatency ? v1::ALGORITHM_LOW_LATENCY
-                                                         : v1::ALGORITHM_HIGH_THROUGHPUT);
-  p.set_layout(c.layout == Layout::kExpertMajor ? v1::LAYOUT_EXPERT_MAJOR : v1::LAYOUT_RANK_MAJOR);
-  p.set_expert_capacity(c.expert_capacity);
-  return p;
 }
 
 // One frontend's tensors for one case: x [T, H] | topk [T, K] int32 | weights [T, K] | out [T, H]
