@@ -5,7 +5,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 #define EPD_CLIENT_CUDA_CHECK(call)                                                         \
   do {                                                                                      \

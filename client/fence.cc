@@ -3,7 +3,7 @@
 #include <atomic>
 #include <thread>
 
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 
 namespace epd {
 

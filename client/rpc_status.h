@@ -7,7 +7,7 @@
 #include <chrono>
 #include <memory>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/epd.grpc.pb.h"
 
 namespace epd::internal {

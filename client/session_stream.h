@@ -16,7 +16,7 @@
 #include <mutex>
 #include <thread>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/epd.grpc.pb.h"
 
 namespace epd::internal {

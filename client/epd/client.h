@@ -22,7 +22,7 @@
 #include "client/epd/session.h"
 #include "client/epd/shared_memory.h"
 #include "client/epd/tensor.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/epd.grpc.pb.h"
 
 namespace grpc {

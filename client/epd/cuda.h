@@ -14,7 +14,7 @@
 #include <cstdint>
 
 #include "client/epd/fence.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/types.pb.h"
 
 namespace epd::cuda {

@@ -14,7 +14,7 @@
 #include <memory>
 
 #include "client/epd/mapped_region.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/epd.pb.h"
 
 namespace epd {

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <memory>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/types.pb.h"
 
 namespace epd {

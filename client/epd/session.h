@@ -23,7 +23,7 @@
 
 #include "client/epd/fence.h"
 #include "client/epd/options.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/epd.grpc.pb.h"
 
 namespace epd {

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "client/epd/mapped_region.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "epd/v1/types.pb.h"
 
 namespace epd {

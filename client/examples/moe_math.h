@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "client/epd/handle_view.h"
-#include "daemon/core/dtype.h"
+#include "common/dtype.h"
 #include "epd/v1/types.pb.h"
 
 namespace epd::example {

@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "daemon/core/allocation_counter.h"
-#include "daemon/core/dtype.h"
+#include "common/dtype.h"
 #include "daemon/core/group_config.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd {
 

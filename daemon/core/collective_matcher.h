@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "daemon/core/backend.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd {
 

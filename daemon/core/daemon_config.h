@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "daemon/core/group_config.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd {
 

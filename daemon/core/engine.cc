@@ -13,7 +13,7 @@
 
 #include "daemon/core/buffer_registry.h"
 #include "daemon/core/collective_matcher.h"
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "daemon/core/rank_worker.h"
 

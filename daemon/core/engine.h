@@ -16,7 +16,7 @@
 
 #include "daemon/core/backend.h"
 #include "daemon/core/group_config.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd {
 

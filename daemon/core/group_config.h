@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "daemon/core/dtype.h"
-#include "daemon/core/status.h"
+#include "common/dtype.h"
+#include "common/status.h"
 
 namespace epd {
 

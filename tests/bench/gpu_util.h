@@ -19,7 +19,7 @@
 #include <memory>
 #include <string>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::bench::gpu {
 

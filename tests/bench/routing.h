@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::bench {
 

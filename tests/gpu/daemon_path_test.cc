@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "client/epd/cuda.h"
-#include "daemon/core/dtype.h"
+#include "common/dtype.h"
 #include "tests/integration/client_test_support.h"
 
 namespace epd::testing {

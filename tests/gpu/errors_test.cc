@@ -5,7 +5,7 @@
 
 #include <cstring>
 
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 #include "tests/gpu/moe_harness.h"
 
 namespace epd::gputest {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "daemon/backends/cuda/cuda_backend.h"
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 #include "tests/gpu/gpu_test_env.h"
 
 namespace epd::gputest {

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <numeric>
 
-#include "daemon/core/dtype.h"
+#include "common/dtype.h"
 
 namespace epd::gputest {
 

@@ -7,14 +7,14 @@
 #include "client/epd/fence.h"
 #include "client/epd/shared_memory.h"
 #include "client/epd/tensor.h"
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 
 namespace epd {
 namespace {
 
 using std::chrono::milliseconds;
 
-// A fence page laid out as the daemon exports it (daemon/core/fence_page.h).
+// A fence page laid out as the daemon exports it (common/fence_page.h).
 struct FakeFencePage {
   std::unique_ptr<SharedMemoryBuffer> shm;
   v1::CreateFenceResponse response;

@@ -11,7 +11,7 @@
 
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/backends/cpu/shm_region.h"
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 
 namespace epd {
 namespace {

@@ -12,7 +12,7 @@
 
 #include "daemon/backends/cpu/reference_ops.h"
 #include "daemon/backends/cpu/shm_region.h"
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 #include "daemon/core/log.h"
 
 namespace epd {

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "daemon/core/group_config.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::reference {
 

@@ -9,7 +9,7 @@
 #include "daemon/backends/cuda/cuda_check.h"
 #include "daemon/backends/cuda/driver_api.h"
 #include "daemon/backends/cuda/nccl_comms.h"
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "kernels/preload.cuh"
 #include "kernels/sync_area.cuh"

@@ -7,7 +7,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::cuda {
 

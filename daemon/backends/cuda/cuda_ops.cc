@@ -8,7 +8,7 @@
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "daemon/backends/cuda/cuda_check.h"
 #include "daemon/backends/cuda/driver_api.h"
-#include "daemon/core/fence_page.h"
+#include "common/fence_page.h"
 #include "kernels/combine.cuh"
 #include "kernels/dispatch.cuh"
 #include "kernels/fence_wait.cuh"

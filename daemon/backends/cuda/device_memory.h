@@ -8,7 +8,7 @@
 #include <memory>
 
 #include "daemon/core/allocation_counter.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::cuda {
 

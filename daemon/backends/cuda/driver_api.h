@@ -5,7 +5,7 @@
 
 #include <cuda.h>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::cuda {
 

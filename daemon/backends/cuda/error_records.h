@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "daemon/backends/cuda/device_memory.h"
-#include "daemon/core/status.h"
+#include "common/status.h"
 #include "kernels/device_error.cuh"
 
 namespace epd::cuda {

@@ -10,7 +10,7 @@
 #include <string>
 #include <utility>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::cuda {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd::cuda {
 

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <string_view>
 
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd {
 

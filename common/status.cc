@@ -1,4 +1,4 @@
-#include "daemon/core/status.h"
+#include "common/status.h"
 
 namespace epd {
 

@@ -1,4 +1,4 @@
-#include "daemon/core/dtype.h"
+#include "common/dtype.h"
 
 #include <cmath>
 
