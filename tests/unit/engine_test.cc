@@ -7,11 +7,13 @@
 
 #include <atomic>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/backends/cpu/shm_region.h"
 #include "common/fence_page.h"
+#include "tests/unit/forwarding_backend.h"
 
 namespace epd {
 namespace {
@@ -122,6 +124,11 @@ class EngineTest : public ::testing::Test {
     EngineOptions options;
     options.unary_session_idle_timeout = milliseconds(300);
     options.drain_timeout = milliseconds(200);
+    options.on_op_finished = [this](const OpRecord& record) {
+      std::lock_guard lock(records_mutex_);
+      records_.push_back(Record{std::string(record.kind), std::string(record.group), record.rank,
+                                record.code, record.payload_bytes});
+    };
     engine_ = Engine::Create(std::move(backend).value(), options).value();
     ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config(), /*persistent=*/true).ok());
     for (int r = 0; r < kRanks; ++r) {
@@ -198,6 +205,20 @@ class EngineTest : public ::testing::Test {
     }
   }
 
+  // What on_op_finished reported, copied out of the callback.
+  struct Record {
+    std::string kind, group;
+    int rank = 0;
+    StatusCode code = StatusCode::kOk;
+    uint64_t payload_bytes = 0;
+  };
+  std::vector<Record> Records() {
+    std::lock_guard lock(records_mutex_);
+    return records_;
+  }
+
+  std::mutex records_mutex_;
+  std::vector<Record> records_;
   std::unique_ptr<Engine> engine_;
   std::vector<std::unique_ptr<Frontend>> frontends_;
 };
@@ -213,6 +234,80 @@ TEST_F(EngineTest, DispatchIdentityCombineReturnsWeightedTokens) {
   EXPECT_EQ(stats.dispatch.completed, 4u);
   EXPECT_EQ(stats.combine.completed, 4u);
   EXPECT_EQ(stats.sessions_open, 2u);
+}
+
+TEST_F(EngineTest, EveryFinishedOpIsReportedOnceAndCountedOnItsSession) {
+  FillInputs(3);
+  RunLayer(3);
+  // A refused submission is no op: neither reported nor counted.
+  UpdateRequest bad = frontends_[0]->Update(3);
+  bad.topk_idx.dtype = DType::kFp32;
+  EXPECT_FALSE(engine_->SubmitUpdate(frontends_[0]->session, bad, {}, [](Status) {}).ok());
+  // One that fails while running is both.
+  OpOptions blocking;
+  blocking.blocking = true;
+  frontends_[1]->topk()[0] = kExperts;
+  Waiter failed;
+  ASSERT_TRUE(engine_
+                  ->SubmitUpdate(frontends_[1]->session, frontends_[1]->Update(3), blocking,
+                                 failed.Done())
+                  .ok());
+  EXPECT_EQ(failed.Get().code(), StatusCode::kInvalidArgument);
+
+  const std::vector<Record> records = Records();
+  ASSERT_EQ(records.size(), 7u);
+  const uint64_t token_bytes = 3 * kHidden * sizeof(float);
+  int per_kind[3] = {0, 0, 0};
+  for (const Record& r : records) {
+    EXPECT_EQ(r.group, "g");
+    if (r.kind == "update") {
+      ++per_kind[0];
+      EXPECT_EQ(r.payload_bytes, 0u);
+    } else {
+      ++per_kind[r.kind == "dispatch" ? 1 : 2];
+      EXPECT_TRUE(r.kind == "dispatch" || r.kind == "combine") << r.kind;
+      EXPECT_EQ(r.payload_bytes, token_bytes) << r.kind;
+      EXPECT_EQ(r.code, StatusCode::kOk);
+    }
+  }
+  EXPECT_EQ(per_kind[0], 3);
+  EXPECT_EQ(per_kind[1], 2);
+  EXPECT_EQ(per_kind[2], 2);
+  EXPECT_EQ(records.back().kind, "update");
+  EXPECT_EQ(records.back().rank, 1);
+  EXPECT_EQ(records.back().code, StatusCode::kInvalidArgument);
+
+  const std::vector<SessionSummary> sessions = engine_->ListSessions();
+  ASSERT_EQ(sessions.size(), 2u);
+  for (const SessionSummary& s : sessions) {
+    EXPECT_EQ(s.client_name, "test");
+    EXPECT_FALSE(s.unary);
+    EXPECT_EQ(s.peer.pid, -1) << "no peer was given";
+    EXPECT_LE(s.opened, Clock::now());
+    EXPECT_EQ(s.ops_completed, 3u) << "rank " << s.rank;
+    EXPECT_EQ(s.ops_failed, s.rank == 1 ? 1u : 0u) << "rank " << s.rank;
+  }
+  EngineStats stats = engine_->Stats();
+  EXPECT_EQ(stats.update.completed, 2u);
+  EXPECT_EQ(stats.update.failed, 1u);
+}
+
+TEST_F(EngineTest, SessionsRecordTheirPeer) {
+  auto session = engine_->OpenSession(1, "peer", /*unary=*/true, SessionPeer{1234, 1000, 100});
+  ASSERT_TRUE(session.ok());
+  bool found = false;
+  for (const SessionSummary& s : engine_->ListSessions()) {
+    if (s.id != session->id) continue;
+    found = true;
+    EXPECT_EQ(s.rank, 1);
+    EXPECT_TRUE(s.unary);
+    EXPECT_EQ(s.peer.pid, 1234);
+    EXPECT_EQ(s.peer.uid, 1000);
+    EXPECT_EQ(s.peer.gid, 100);
+  }
+  EXPECT_TRUE(found);
+  ASSERT_TRUE(engine_->CloseSession(session->id, "done").ok());
+  EXPECT_EQ(engine_->ListSessions().size(), 2u);
 }
 
 TEST_F(EngineTest, UpdatesDispatchesAndCombinesNeverAllocate) {
@@ -552,50 +647,18 @@ TEST_F(EngineTest, DestroyingAPersistentHandleReleasesItsGroup) {
 }
 
 // The cpu backend with a slow CreateGroup (as building an NCCL communicator is), counting calls.
-class SlowGroupBackend : public Backend {
+class SlowGroupBackend : public testing::ForwardingBackend {
  public:
-  explicit SlowGroupBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  using ForwardingBackend::ForwardingBackend;
   int group_builds() const { return group_builds_; }
 
-  NodeDescription Describe() const override { return inner_->Describe(); }
-  int num_ranks() const override { return inner_->num_ranks(); }
-  AllocationCounter& allocations() override { return inner_->allocations(); }
-  std::chrono::milliseconds op_timeout() const override { return inner_->op_timeout(); }
-  StatusOr<std::shared_ptr<Memory>> Import(const MemorySource& s, int r) override {
-    return inner_->Import(s, r);
-  }
-  StatusOr<std::unique_ptr<ExportedMemory>> CreateFence(int r) override {
-    return inner_->CreateFence(r);
-  }
   StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& c) override {
     ++group_builds_;
     std::this_thread::sleep_for(milliseconds(200));
-    return inner_->CreateGroup(c);
-  }
-  StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& g, int r) override {
-    return inner_->CreateHandle(g, r);
-  }
-  Status WaitFence(int r, ExportedMemory& f, uint64_t v) override {
-    return inner_->WaitFence(r, f, v);
-  }
-  Status SignalFence(int r, ExportedMemory& f, uint64_t v) override {
-    return inner_->SignalFence(r, f, v);
-  }
-  Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
-    return inner_->UpdateHandle(h, a);
-  }
-  Status Dispatch(BackendGroup& g, int r, const std::vector<DispatchArgs>& a) override {
-    return inner_->Dispatch(g, r, a);
-  }
-  Status Combine(BackendGroup& g, int r, const std::vector<CombineArgs>& a) override {
-    return inner_->Combine(g, r, a);
-  }
-  void Complete(BackendHandle& h, std::function<void(Status)> done) override {
-    inner_->Complete(h, std::move(done));
+    return ForwardingBackend::CreateGroup(c);
   }
 
  private:
-  std::unique_ptr<Backend> inner_;
   std::atomic<int> group_builds_{0};
 };
 
