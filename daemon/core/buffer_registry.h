@@ -7,15 +7,13 @@
 #include <map>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "daemon/core/backend.h"
 #include "daemon/core/engine.h"
+#include "daemon/core/op_validation.h"
 
 namespace epd {
-
-// Token and index tensors must start on a 16-byte boundary: the device copies rows in 16-byte
-// vectors and a misaligned tensor would fault instead of failing cleanly.
-constexpr uint64_t kTensorAlignment = 16;
 
 class BufferRegistry {
  public:
@@ -26,6 +24,13 @@ class BufferRegistry {
   std::shared_ptr<Memory> Find(ObjectId id) const;
   size_t size() const { return buffers_.size(); }
   void Clear() { buffers_.clear(); }
+  // Empties the registry; the caller decides where the memory is released.
+  std::vector<std::shared_ptr<Memory>> TakeAll() {
+    std::vector<std::shared_ptr<Memory>> out;
+    for (auto& [id, memory] : buffers_) out.push_back(std::move(memory));
+    buffers_.clear();
+    return out;
+  }
 
   // Resolves `ref` (named `field` in errors) into a view of registered memory.
   StatusOr<TensorView> Resolve(const TensorRef& ref, std::string_view field) const;
@@ -33,11 +38,5 @@ class BufferRegistry {
  private:
   std::map<ObjectId, std::shared_ptr<Memory>> buffers_;
 };
-
-// Checks a resolved tensor against what an op expects; -1 in `shape` accepts any extent.
-Status ExpectDType(const TensorView& view, std::string_view field, DType expected);
-Status ExpectShape(const TensorView& view, std::string_view field,
-                   std::initializer_list<int64_t> shape,
-                   std::initializer_list<std::string_view> dim_names);
 
 }  // namespace epd

@@ -4,6 +4,17 @@
 //
 // Thread safety: every public method may be called from any thread. Op submission never
 // blocks the caller on device work; `done` callbacks run on worker or completion threads.
+//
+// Control calls that may block (building groups and handles, opening frontend memory, and
+// every release of device memory or IPC mappings) run on the engine's control worker. Each
+// has an asynchronous form whose `done` runs there (or on the caller for a request refused at
+// once), for RPC threads; the synchronous form waits for it and is for startup code and tests
+// (on the control worker itself, e.g. from a backend call, it runs inline).
+//
+// The implementation is split by concern: session_table (sessions, ids, idle expiry),
+// group_registry (groups and handle membership), handle_state (op outcome state machine),
+// persistent_handles, op_validation (request checks), op_pipeline (running ops),
+// control_worker.
 #pragma once
 
 #include <chrono>
@@ -23,9 +34,37 @@ namespace epd {
 using SessionId = uint64_t;
 using ObjectId = uint64_t;
 
+struct SessionPeer {  // the connecting process, from the unix socket's credentials
+  int64_t pid = -1;   // -1: unknown (TCP, tests)
+  int64_t uid = -1;
+  int64_t gid = -1;
+};
+
+struct SessionSummary {
+  SessionId id = 0;
+  int rank = 0;
+  std::string client_name;
+  bool unary = false;
+  SessionPeer peer;
+  Clock::time_point opened;
+  uint64_t ops_completed = 0;
+  uint64_t ops_failed = 0;
+};
+
+struct OpRecord {  // one finished op, for metrics and logs
+  std::string_view kind;   // "update", "dispatch", "combine"
+  std::string_view group;  // valid during the callback only
+  int rank = 0;            // node rank
+  StatusCode code = StatusCode::kOk;
+  std::chrono::microseconds host_time{0};  // submit -> done
+  uint64_t payload_bytes = 0;  // token bytes moved by a dispatch/combine (n * hidden * dtype)
+};
+
 struct EngineOptions {
   std::chrono::milliseconds unary_session_idle_timeout{60'000};
   std::chrono::milliseconds drain_timeout{5'000};
+  // May be empty; called once per op on a worker/completion thread; must not block.
+  std::function<void(const OpRecord&)> on_op_finished;
 };
 
 // A frontend's reference to part of a registered (or exported) buffer.
@@ -121,6 +160,9 @@ struct CombineRequest {
 };
 
 using OpDone = std::function<void(Status)>;
+using StatusCallback = std::function<void(Status)>;
+template <typename T>
+using ResultCallback = std::function<void(StatusOr<T>)>;
 
 class Engine {
  public:
@@ -135,28 +177,46 @@ class Engine {
 
   // Sessions. A streaming session lives until CloseSession (the stream ended); a unary one
   // also ends after `unary_session_idle_timeout` without calls.
-  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary);
+  // `peer` is recorded for ListSessions (and policy checks); unknown by default.
+  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary,
+                                    SessionPeer peer = {});
+  // The session and its ids are gone when this returns; its memory is released on the
+  // control worker, before `done` runs.
+  void CloseSession(SessionId session, std::string_view reason, StatusCallback done);
   Status CloseSession(SessionId session, std::string_view reason);
   Status Touch(SessionId session);  // NOT_FOUND when closed or unknown
+  std::vector<SessionSummary> ListSessions() const;
 
+  void RegisterBuffer(SessionId session, const MemorySource& source,
+                      ResultCallback<BufferInfo> done);
   StatusOr<BufferInfo> RegisterBuffer(SessionId session, const MemorySource& source);
+  void ReleaseBuffer(SessionId session, ObjectId buffer, StatusCallback done);
   Status ReleaseBuffer(SessionId session, ObjectId buffer);
 
+  void CreateFence(SessionId session, ResultCallback<FenceInfo> done);
   StatusOr<FenceInfo> CreateFence(SessionId session);
+  void DestroyFence(SessionId session, ObjectId fence, StatusCallback done);
   Status DestroyFence(SessionId session, ObjectId fence);
 
   // Groups are node-wide, named; session-owned unless persistent. CreateGroup of an
-  // existing name with the same shape is idempotent (returns the existing group).
+  // existing name with the same shape is idempotent and answers with the existing group's
+  // configuration; concurrent creates of one name build it once.
+  void CreateGroup(std::optional<SessionId> session, const GroupConfig& config, bool persistent,
+                   ResultCallback<GroupConfig> done);
   Status CreateGroup(std::optional<SessionId> session, const GroupConfig& config, bool persistent);
   std::vector<GroupSummary> ListGroups() const;
+  void DestroyGroup(SessionId session, std::string_view name, StatusCallback done);
   Status DestroyGroup(SessionId session, std::string_view name);
 
   // Handles belong to the session's rank. `name` + persistent: outlives the session.
+  void CreateHandle(SessionId session, std::string_view group, int rank, std::string_view name,
+                    bool persistent, ResultCallback<HandleInfo> done);
   StatusOr<HandleInfo> CreateHandle(SessionId session, std::string_view group, int rank,
                                     std::string_view name, bool persistent);
   // Creates a persistent handle at startup (config file), owned by the engine.
   Status CreatePersistentHandle(std::string_view group, int node_rank, std::string_view name);
   StatusOr<HandleInfo> AttachHandle(SessionId session, std::string_view name);
+  void DestroyHandle(SessionId session, ObjectId handle, StatusCallback done);
   Status DestroyHandle(SessionId session, ObjectId handle);
 
   // Ops: validated synchronously (the returned Status); then run in order on the rank's

@@ -62,6 +62,11 @@ Status GroupConfig::Validate(int node_ranks) const {
     return InvalidArgumentError("group '{}': expert_capacity={} must be >= 0 (0 = R * T)", name,
                                 expert_capacity);
   }
+  if (algorithm == Algorithm::kHighThroughput) {
+    // Refused rather than silently served by the low-latency kernels.
+    return UnimplementedError(
+        "group '{}': algorithm = high_throughput is not implemented yet; use low_latency", name);
+  }
   const int64_t rows = static_cast<int64_t>(local_experts()) * capacity();
   if (rows > (int64_t{1} << 30)) {
     return InvalidArgumentError(

@@ -134,24 +134,12 @@ v1::GroupConfig ToProto(const GroupConfig& config) {
 }
 
 StatusOr<TensorRef> FromProto(const v1::TensorRef& proto, std::string_view field) {
+  // Ids, shape and placement are the engine's to check (op_validation.h).
   TensorRef tensor;
-  if (proto.buffer_id() == 0) {
-    return InvalidArgumentError("{} = 0: the tensor names no buffer", Join(field, "buffer_id"));
-  }
   tensor.buffer_id = proto.buffer_id();
   tensor.offset_bytes = proto.offset_bytes();
   EPD_ASSIGN_OR_RETURN(tensor.dtype, FromProto(proto.dtype(), Join(field, "dtype")));
-  if (proto.shape_size() == 0) {
-    return InvalidArgumentError("{} is empty: a tensor needs at least one dimension",
-                                Join(field, "shape"));
-  }
-  for (int i = 0; i < proto.shape_size(); ++i) {
-    if (proto.shape(i) < 0) {
-      return InvalidArgumentError("{}[{}] = {} is negative", Join(field, "shape"), i,
-                                  proto.shape(i));
-    }
-    tensor.shape.push_back(proto.shape(i));
-  }
+  tensor.shape.assign(proto.shape().begin(), proto.shape().end());
   return tensor;
 }
 
@@ -159,18 +147,10 @@ StatusOr<MemorySource> FromProto(const v1::MemorySource& proto, std::string_view
   MemorySource source;
   switch (proto.location_case()) {
     case v1::MemorySource::kShmName:
-      if (proto.shm_name().empty()) {
-        return InvalidArgumentError("{} is empty", Join(field, "shm_name"));
-      }
       source.kind = MemorySource::Kind::kHostShm;
       source.shm_name = proto.shm_name();
       break;
     case v1::MemorySource::kCudaIpcHandle:
-      // cudaIpcMemHandle_t is 64 opaque bytes (CUDA_IPC_HANDLE_SIZE).
-      if (proto.cuda_ipc_handle().size() != 64) {
-        return InvalidArgumentError("{} has {} bytes; a cudaIpcMemHandle_t has 64",
-                                    Join(field, "cuda_ipc_handle"), proto.cuda_ipc_handle().size());
-      }
       source.kind = MemorySource::Kind::kCudaIpc;
       source.ipc_handle = proto.cuda_ipc_handle();
       break;
@@ -180,8 +160,7 @@ StatusOr<MemorySource> FromProto(const v1::MemorySource& proto, std::string_view
   }
   source.device = proto.device();
   source.offset = proto.offset();
-  source.size = proto.size();
-  if (source.size == 0) return InvalidArgumentError("{} = 0", Join(field, "size"));
+  source.size = proto.size();  // sizes and names are the engine's to check
   return source;
 }
 

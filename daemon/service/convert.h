@@ -1,7 +1,9 @@
 // Translation between the wire format (epd.v1 protos, grpc::Status) and the core's structs.
 //
-// Everything a request carries is checked here before the core sees it; errors are
-// INVALID_ARGUMENT naming the field path and its value ("x.dtype = DTYPE_UNSPECIFIED ...").
+// Only what the core's structs cannot represent is refused here (a missing required message,
+// an unknown enum value, world_size contradicting ranks), with INVALID_ARGUMENT naming the
+// field path and its value ("x.dtype = DTYPE_UNSPECIFIED ..."). Semantic checks (ids,
+// shapes, sizes, group constants) are the engine's validation layer's, done once.
 // Defaults of the public API are applied here: an empty GroupConfig.ranks means
 // 0..world_size-1, UNSPECIFIED dtype / layout / algorithm mean bf16 / expert-major /
 // low-latency.

@@ -16,28 +16,56 @@ grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, std::stri
   return reactor;
 }
 
+// A unary call that the engine answers later (op completion or control worker): the reactor
+// is finished from that callback, or by EndAllCalls at shutdown, whichever comes first.
+class DeferredCall {
+ public:
+  DeferredCall(PendingUnaryCalls* pending, grpc::CallbackServerContext* context,
+               std::string_view method)
+      : pending_(pending),
+        reactor_(context->DefaultReactor()),
+        call_(pending->Add(reactor_)),
+        method_(method) {}
+
+  grpc::ServerUnaryReactor* reactor() const { return reactor_; }
+
+  // Finishes with `status`; `fill` writes the response (only when OK and still open).
+  void Finish(const Status& status, const std::function<void()>& fill = {}) const {
+    if (!status.ok()) EPD_LOG(kRpc, debug, "{}: {}", method_, status.ToString());
+    pending_->Finish(call_, ToGrpcStatus(status), fill);
+  }
+
+ private:
+  PendingUnaryCalls* pending_;
+  grpc::ServerUnaryReactor* reactor_;
+  PendingUnaryCalls::CallPtr call_;
+  std::string_view method_;
+};
+
+// A control call whose engine method reports a Status: the reactor finishes from it.
+template <typename Start>
+grpc::ServerUnaryReactor* Deferred(PendingUnaryCalls* pending,
+                                   grpc::CallbackServerContext* context, std::string_view method,
+                                   Start start) {
+  DeferredCall call(pending, context, method);
+  start([call](Status status) { call.Finish(status); });
+  return call.reactor();
+}
+
 // Submits an op; the reactor is finished by the engine's completion (or by shutdown, if the
-// engine still holds the op then), or at once when the request does not validate.
+// engine still holds the op then), or at once when the request does not translate or validate.
 template <typename CoreOp, typename ProtoOp, typename Submit>
-grpc::ServerUnaryReactor* SubmitOp(Engine* engine, PendingUnaryCalls* pending,
+grpc::ServerUnaryReactor* SubmitOp(PendingUnaryCalls* pending,
                                    grpc::CallbackServerContext* context, std::string_view method,
                                    const ProtoOp& request, Submit submit) {
   CoreOp op;
   OpOptions options;
   Status status = FromProto(request, &op, &options);
-  if (status.ok()) status = engine->Touch(request.session_id());
   if (!status.ok()) return Finish(context, method, status);
-  auto* reactor = context->DefaultReactor();
-  auto call = pending->Add(reactor);
-  status = submit(request.session_id(), op, options, [pending, call, method](Status done) {
-    if (!done.ok()) EPD_LOG(kRpc, debug, "{}: {}", method, done.ToString());
-    pending->Finish(call, ToGrpcStatus(done));
-  });
-  if (!status.ok()) {  // `done` will not be called
-    EPD_LOG(kRpc, debug, "{}: {}", method, status.ToString());
-    pending->Finish(call, ToGrpcStatus(status));
-  }
-  return reactor;
+  DeferredCall call(pending, context, method);
+  status = submit(request.session_id(), op, options, [call](Status done) { call.Finish(done); });
+  if (!status.ok()) call.Finish(status);  // `done` will not be called
+  return call.reactor();
 }
 
 }  // namespace
@@ -83,8 +111,9 @@ grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* EpdService::CloseSession(grpc::CallbackServerContext* context,
                                                    const v1::CloseSessionRequest* request,
                                                    v1::CloseSessionResponse*) {
-  return Finish(context, "CloseSession",
-                engine_->CloseSession(request->session_id(), "closed by the client"));
+  return Deferred(&pending_calls_, context, "CloseSession", [&](StatusCallback done) {
+    engine_->CloseSession(request->session_id(), "closed by the client", std::move(done));
+  });
 }
 
 grpc::ServerUnaryReactor* EpdService::RegisterBuffer(grpc::CallbackServerContext* context,
@@ -95,42 +124,44 @@ grpc::ServerUnaryReactor* EpdService::RegisterBuffer(grpc::CallbackServerContext
   }
   auto source = FromProto(request->source(), "source");
   if (!source.ok()) return Finish(context, "RegisterBuffer", source.status());
-  Status touched = engine_->Touch(request->session_id());
-  if (!touched.ok()) return Finish(context, "RegisterBuffer", touched);
-  auto buffer = engine_->RegisterBuffer(request->session_id(), *source);
-  if (!buffer.ok()) return Finish(context, "RegisterBuffer", buffer.status());
-  response->set_buffer_id(buffer->id);
-  return Finish(context, "RegisterBuffer", OkStatus());
+  DeferredCall call(&pending_calls_, context, "RegisterBuffer");
+  engine_->RegisterBuffer(request->session_id(), *source,
+                          [call, response](StatusOr<BufferInfo> buffer) {
+                            call.Finish(buffer.status(),
+                                        [&] { response->set_buffer_id(buffer->id); });
+                          });
+  return call.reactor();
 }
 
 grpc::ServerUnaryReactor* EpdService::ReleaseBuffer(grpc::CallbackServerContext* context,
                                                     const v1::ReleaseBufferRequest* request,
                                                     v1::ReleaseBufferResponse*) {
-  Status status = engine_->Touch(request->session_id());
-  if (status.ok()) status = engine_->ReleaseBuffer(request->session_id(), request->buffer_id());
-  return Finish(context, "ReleaseBuffer", status);
+  return Deferred(&pending_calls_, context, "ReleaseBuffer", [&](StatusCallback done) {
+    engine_->ReleaseBuffer(request->session_id(), request->buffer_id(), std::move(done));
+  });
 }
 
 grpc::ServerUnaryReactor* EpdService::CreateFence(grpc::CallbackServerContext* context,
                                                   const v1::CreateFenceRequest* request,
                                                   v1::CreateFenceResponse* response) {
-  Status touched = engine_->Touch(request->session_id());
-  if (!touched.ok()) return Finish(context, "CreateFence", touched);
-  auto fence = engine_->CreateFence(request->session_id());
-  if (!fence.ok()) return Finish(context, "CreateFence", fence.status());
-  response->set_fence_id(fence->id);
-  response->set_buffer_id(fence->buffer_id);
-  *response->mutable_source() = ToProto(fence->source);
-  response->set_counter_offset(fence->counter_offset);
-  return Finish(context, "CreateFence", OkStatus());
+  DeferredCall call(&pending_calls_, context, "CreateFence");
+  engine_->CreateFence(request->session_id(), [call, response](StatusOr<FenceInfo> fence) {
+    call.Finish(fence.status(), [&] {
+      response->set_fence_id(fence->id);
+      response->set_buffer_id(fence->buffer_id);
+      *response->mutable_source() = ToProto(fence->source);
+      response->set_counter_offset(fence->counter_offset);
+    });
+  });
+  return call.reactor();
 }
 
 grpc::ServerUnaryReactor* EpdService::DestroyFence(grpc::CallbackServerContext* context,
                                                    const v1::DestroyFenceRequest* request,
                                                    v1::DestroyFenceResponse*) {
-  Status status = engine_->Touch(request->session_id());
-  if (status.ok()) status = engine_->DestroyFence(request->session_id(), request->fence_id());
-  return Finish(context, "DestroyFence", status);
+  return Deferred(&pending_calls_, context, "DestroyFence", [&](StatusCallback done) {
+    engine_->DestroyFence(request->session_id(), request->fence_id(), std::move(done));
+  });
 }
 
 grpc::ServerUnaryReactor* EpdService::CreateGroup(grpc::CallbackServerContext* context,
@@ -143,19 +174,15 @@ grpc::ServerUnaryReactor* EpdService::CreateGroup(grpc::CallbackServerContext* c
   if (!config.ok()) return Finish(context, "CreateGroup", config.status());
   // A persistent group needs no session; a session-owned one names its owner.
   std::optional<SessionId> owner;
-  if (request->session_id() != 0 || !request->persistent()) {
-    Status touched = engine_->Touch(request->session_id());
-    if (!touched.ok()) return Finish(context, "CreateGroup", touched);
-    owner = request->session_id();
-  }
-  Status created = engine_->CreateGroup(owner, *config, request->persistent());
-  if (!created.ok()) return Finish(context, "CreateGroup", created);
-  // Creating an existing group of the same shape is idempotent: answer with what exists.
-  *response->mutable_config() = ToProto(*config);
-  for (const auto& group : engine_->ListGroups()) {
-    if (group.config.name == config->name) *response->mutable_config() = ToProto(group.config);
-  }
-  return Finish(context, "CreateGroup", OkStatus());
+  if (request->session_id() != 0 || !request->persistent()) owner = request->session_id();
+  DeferredCall call(&pending_calls_, context, "CreateGroup");
+  // Creating an existing group of the same shape is idempotent: the answer is what exists.
+  engine_->CreateGroup(owner, *config, request->persistent(),
+                       [call, response](StatusOr<GroupConfig> created) {
+                         call.Finish(created.status(),
+                                     [&] { *response->mutable_config() = ToProto(*created); });
+                       });
+  return call.reactor();
 }
 
 grpc::ServerUnaryReactor* EpdService::ListGroups(grpc::CallbackServerContext* context,
@@ -168,39 +195,26 @@ grpc::ServerUnaryReactor* EpdService::ListGroups(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* EpdService::DestroyGroup(grpc::CallbackServerContext* context,
                                                    const v1::DestroyGroupRequest* request,
                                                    v1::DestroyGroupResponse*) {
-  Status status = engine_->Touch(request->session_id());
-  if (status.ok()) status = engine_->DestroyGroup(request->session_id(), request->name());
-  return Finish(context, "DestroyGroup", status);
+  return Deferred(&pending_calls_, context, "DestroyGroup", [&](StatusCallback done) {
+    engine_->DestroyGroup(request->session_id(), request->name(), std::move(done));
+  });
 }
 
 grpc::ServerUnaryReactor* EpdService::CreateHandle(grpc::CallbackServerContext* context,
                                                    const v1::CreateHandleRequest* request,
                                                    v1::HandleInfo* response) {
-  if (request->group().empty()) {
-    return Finish(context, "CreateHandle", InvalidArgumentError("group is empty"));
-  }
-  if (request->persistent() && request->name().empty()) {
-    return Finish(context, "CreateHandle",
-                  InvalidArgumentError("name is empty: a persistent handle needs a name"));
-  }
-  Status touched = engine_->Touch(request->session_id());
-  if (!touched.ok()) return Finish(context, "CreateHandle", touched);
-  auto handle = engine_->CreateHandle(request->session_id(), request->group(),
-                                      request->has_rank() ? request->rank() : -1, request->name(),
-                                      request->persistent());
-  if (!handle.ok()) return Finish(context, "CreateHandle", handle.status());
-  ToProto(*handle, response);
-  return Finish(context, "CreateHandle", OkStatus());
+  DeferredCall call(&pending_calls_, context, "CreateHandle");
+  engine_->CreateHandle(request->session_id(), request->group(),
+                        request->has_rank() ? request->rank() : -1, request->name(),
+                        request->persistent(), [call, response](StatusOr<HandleInfo> handle) {
+                          call.Finish(handle.status(), [&] { ToProto(*handle, response); });
+                        });
+  return call.reactor();
 }
 
 grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* context,
                                                    const v1::AttachHandleRequest* request,
                                                    v1::HandleInfo* response) {
-  if (request->name().empty()) {
-    return Finish(context, "AttachHandle", InvalidArgumentError("name is empty"));
-  }
-  Status touched = engine_->Touch(request->session_id());
-  if (!touched.ok()) return Finish(context, "AttachHandle", touched);
   auto handle = engine_->AttachHandle(request->session_id(), request->name());
   if (!handle.ok()) return Finish(context, "AttachHandle", handle.status());
   ToProto(*handle, response);
@@ -210,16 +224,16 @@ grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* EpdService::DestroyHandle(grpc::CallbackServerContext* context,
                                                     const v1::DestroyHandleRequest* request,
                                                     v1::DestroyHandleResponse*) {
-  Status status = engine_->Touch(request->session_id());
-  if (status.ok()) status = engine_->DestroyHandle(request->session_id(), request->handle_id());
-  return Finish(context, "DestroyHandle", status);
+  return Deferred(&pending_calls_, context, "DestroyHandle", [&](StatusCallback done) {
+    engine_->DestroyHandle(request->session_id(), request->handle_id(), std::move(done));
+  });
 }
 
 grpc::ServerUnaryReactor* EpdService::UpdateHandle(grpc::CallbackServerContext* context,
                                                    const v1::UpdateHandleRequest* request,
                                                    v1::OpResponse*) {
   return SubmitOp<UpdateRequest>(
-      engine_, &pending_calls_, context, "UpdateHandle", *request,
+      &pending_calls_, context, "UpdateHandle", *request,
       [this](SessionId s, const UpdateRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitUpdate(s, r, o, std::move(done));
       });
@@ -229,7 +243,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
                                                const v1::DispatchRequest* request,
                                                v1::OpResponse*) {
   return SubmitOp<DispatchRequest>(
-      engine_, &pending_calls_, context, "Dispatch", *request,
+      &pending_calls_, context, "Dispatch", *request,
       [this](SessionId s, const DispatchRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitDispatch(s, r, o, std::move(done));
       });
@@ -238,7 +252,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* EpdService::Combine(grpc::CallbackServerContext* context,
                                               const v1::CombineRequest* request, v1::OpResponse*) {
   return SubmitOp<CombineRequest>(
-      engine_, &pending_calls_, context, "Combine", *request,
+      &pending_calls_, context, "Combine", *request,
       [this](SessionId s, const CombineRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitCombine(s, r, o, std::move(done));
       });

@@ -1,9 +1,11 @@
 // EpdService: the epd.v1.Epd gRPC callback service over the core Engine.
 //
-// Each handler converts and validates its request (convert.h), calls the engine and finishes
-// the reactor. Ops (UpdateHandle, Dispatch, Combine) are submitted and finished from the
-// engine's completion callback, so a reactor thread never waits for device work. Unary calls
-// that name a session touch it first, which keeps an active unary session from idling out.
+// Each handler translates its request (convert.h), calls the engine and finishes the reactor.
+// Ops (UpdateHandle, Dispatch, Combine) finish from the engine's completion callback; calls
+// that create or release anything (groups, handles, buffers, fences, CloseSession) finish
+// from the engine's control worker. A reactor thread never waits for the device or for a
+// lock held across one. Every engine call that names a session keeps a unary session from
+// idling out.
 #pragma once
 
 #include <string>

@@ -11,7 +11,8 @@ PendingUnaryCalls::CallPtr PendingUnaryCalls::Add(grpc::ServerUnaryReactor* reac
   return call;
 }
 
-void PendingUnaryCalls::Finish(const CallPtr& call, const grpc::Status& status) {
+void PendingUnaryCalls::Finish(const CallPtr& call, const grpc::Status& status,
+                               const std::function<void()>& fill) {
   {
     std::lock_guard lock(call->mu);
     if (call->finished) return;
@@ -21,6 +22,8 @@ void PendingUnaryCalls::Finish(const CallPtr& call, const grpc::Status& status) 
     std::lock_guard lock(mu_);
     calls_.erase(call);
   }
+  // Only this thread owns the call now; the response lives until the reactor finishes.
+  if (fill && status.ok()) fill();
   // After Finish gRPC may delete the reactor at any time: it is not touched again.
   call->reactor->Finish(status);
 }

@@ -1,11 +1,13 @@
-// PendingUnaryCalls: unary op calls (UpdateHandle, Dispatch, Combine) whose reactor waits for
-// the engine's completion. Each is finished exactly once: by that completion, or by
+// PendingUnaryCalls: unary calls whose reactor waits for the engine: ops (UpdateHandle,
+// Dispatch, Combine) until their completion, control calls (groups, handles, buffers,
+// fences, CloseSession) until the engine's control worker answered. Each is finished exactly once: by that completion, or by
 // FinishAll() at shutdown when the engine still holds the op past its drain timeout (a
 // callback server cannot stop until every call is finished).
 #pragma once
 
 #include <grpcpp/support/server_callback.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <unordered_set>
@@ -19,7 +21,9 @@ class PendingUnaryCalls {
 
   CallPtr Add(grpc::ServerUnaryReactor* reactor);
   // Finishes `call` with `status` unless it was finished already; never touches it after.
-  void Finish(const CallPtr& call, const grpc::Status& status);
+  // `fill` (may be empty) writes the response first, only when this call finishes it.
+  void Finish(const CallPtr& call, const grpc::Status& status,
+              const std::function<void()>& fill = {});
   void FinishAll(const grpc::Status& status);
 
  private:

@@ -318,11 +318,14 @@ void SessionStream::CloseSession(std::string_view reason) {
     session = *session_;
   }
   EPD_LOG(kRpc, debug, "session {:016x} closing: {}", session, reason);
-  Status closed = engine_->CloseSession(session, reason);
-  if (!closed.ok()) {
-    // Already closed by the engine (idle expiry, shutdown): nothing left to release.
-    EPD_LOG(kRpc, debug, "session {:016x}: close: {}", session, closed.ToString());
-  }
+  // The session is gone when this returns; its memory is freed on the engine's control
+  // worker, not on this reactor thread.
+  engine_->CloseSession(session, reason, [session](Status closed) {
+    if (!closed.ok()) {
+      // Already closed by the engine (idle expiry, shutdown): nothing left to release.
+      EPD_LOG(kRpc, debug, "session {:016x}: close: {}", session, closed.ToString());
+    }
+  });
 }
 
 void SessionStream::Ref() {

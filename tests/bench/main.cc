@@ -186,7 +186,7 @@ int Main(int argc, char** argv) {
   app.add_option("--top-k", f.top_k)->capture_default_str();
   app.add_option("--experts", f.experts)->capture_default_str();
   app.add_option("--dtype", f.dtype, "bf16, fp16 or fp32")->capture_default_str();
-  app.add_option("--algorithm", f.algorithm, "ll, ht or auto (LL up to 256 tokens)")
+  app.add_option("--algorithm", f.algorithm, "ll, ht or auto (LL; the daemon refuses ht until it has a path of its own)")
       ->capture_default_str();
   app.add_option("--capacity", f.capacity, "rows per expert; 0 = R * T")->capture_default_str();
   app.add_option("--seed", f.seed)->capture_default_str();

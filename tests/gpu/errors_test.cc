@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/fence_page.h"
+#include "daemon/backends/cuda/cuda_objects.h"
 #include "tests/gpu/moe_harness.h"
 
 namespace epd::gputest {
@@ -184,7 +185,7 @@ TEST(CudaBackendInfo, DescribesEveryGpuAndNccl) {
   std::printf("NCCL %s\n", d.nccl_version.c_str());
 }
 
-TEST(CudaBackendInfo, GroupsGetAnNcclCommunicator) {
+TEST(CudaBackendInfo, GroupsGetAnNcclCommunicatorOnFirstUse) {
   EPD_REQUIRE_GPUS(2);
   CudaBackendOptions options;
   options.create_nccl_comms = true;
@@ -199,6 +200,13 @@ TEST(CudaBackendInfo, GroupsGetAnNcclCommunicator) {
   c.top_k = 2;
   auto group = (*backend)->CreateGroup(c);
   ASSERT_TRUE(group.ok()) << group.status().ToString();
+  auto& nccl = static_cast<cuda::CudaGroup&>(**group).nccl_;
+  EXPECT_FALSE(nccl.created()) << "CreateGroup must not build communicators nothing uses yet";
+  auto comms = nccl.Get();
+  ASSERT_TRUE(comms.ok()) << comms.status().ToString();
+  EXPECT_EQ((*comms)->size(), 2);
+  EXPECT_TRUE(nccl.created());
+  EXPECT_EQ(nccl.Get().value(), *comms) << "built once";
 }
 
 TEST(CudaBackendInfo, RejectsGroupsItCannotServe) {

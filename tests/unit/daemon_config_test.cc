@@ -53,7 +53,7 @@ max_tokens_per_rank = 32
 top_k = 2
 dtype = "fp16"
 layout = "rank_major"
-algorithm = "high_throughput"
+algorithm = "low_latency"
 expert_capacity = 64
 
   [[group.handle]]
@@ -93,7 +93,7 @@ top_k = 1
   EXPECT_EQ(moe.config.top_k, 2);
   EXPECT_EQ(moe.config.dtype, DType::kFp16);
   EXPECT_EQ(moe.config.layout, Layout::kRankMajor);
-  EXPECT_EQ(moe.config.algorithm, Algorithm::kHighThroughput);
+  EXPECT_EQ(moe.config.algorithm, Algorithm::kLowLatency);
   EXPECT_EQ(moe.config.expert_capacity, 64);
   ASSERT_EQ(moe.handles.size(), 2u);
   EXPECT_EQ(moe.handles[0].name, "layer0");
@@ -183,6 +183,18 @@ max_tokens_per_rank = 4
 top_k = 1
 )",
               {"test.toml:2", "group[0]", "experts=6", "multiple"});
+  // Refused until a real high-throughput path exists, rather than served by the LL kernels.
+  ExpectError(R"(
+[[group]]
+name = "g"
+world_size = 2
+experts = 4
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+algorithm = "high_throughput"
+)",
+              {"test.toml:2", "group[0]", "high_throughput", "not implemented"});
   ExpectError(R"(
 [[group]]
 name = "g"

@@ -1,206 +1,10 @@
-// The engine over the cpu backend, in one process: sessions, scoping, validation, collective
-// ops across rank threads, persistence, allocation counting and cleanup.
-#include "daemon/core/engine.h"
-
-#include <gtest/gtest.h>
-#include <unistd.h>
-
-#include <atomic>
-#include <future>
-#include <thread>
-
-#include "daemon/backends/cpu/cpu_backend.h"
-#include "daemon/backends/cpu/shm_region.h"
+// The engine's data plane over the cpu backend: ops across rank threads, validation on the
+// enqueue path, fences, the handle's op outcome state machine, op records and stats.
 #include "common/fence_page.h"
+#include "tests/unit/engine_fixture.h"
 
-namespace epd {
+namespace epd::engine_testing {
 namespace {
-
-using std::chrono::milliseconds;
-
-constexpr int kRanks = 2;
-constexpr int kHidden = 16;
-constexpr int kTokens = 8;
-constexpr int kTopK = 2;
-constexpr int kExperts = 4;
-
-GroupConfig Config(std::string name = "g") {
-  GroupConfig c;
-  c.name = std::move(name);
-  c.ranks = {0, 1};
-  c.experts = kExperts;
-  c.hidden = kHidden;
-  c.max_tokens_per_rank = kTokens;
-  c.top_k = kTopK;
-  c.dtype = DType::kFp32;
-  return c;
-}
-
-std::string UniqueShmName() {
-  static std::atomic<int> next{0};
-  return "/epd-test-" + std::to_string(getpid()) + "-" + std::to_string(next++);
-}
-
-// Blocks on an op's completion callback.
-struct Waiter {
-  std::promise<Status> promise;
-  OpDone Done() {
-    return [this](Status status) { promise.set_value(std::move(status)); };
-  }
-  Status Get() {
-    auto future = promise.get_future();
-    if (future.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
-      return DeadlineExceededError("test: op never completed");
-    }
-    return future.get();
-  }
-};
-
-// One frontend: a session with x / topk / weights / out tensors in its own shm object.
-struct Frontend {
-  Frontend(Engine& engine, int rank) : engine(engine), rank(rank) {
-    session = engine.OpenSession(rank, "test", /*unary=*/false).value().id;
-    shm = ShmRegion::Create(UniqueShmName(), kBytes).value();
-    MemorySource source;
-    source.shm_name = shm->name();
-    source.size = kBytes;
-    buffer = engine.RegisterBuffer(session, source).value().id;
-  }
-  ~Frontend() { engine.CloseSession(session, "test done").IgnoreError(); }
-
-  float* x() { return reinterpret_cast<float*>(static_cast<char*>(shm->data()) + kXOffset); }
-  int32_t* topk() {
-    return reinterpret_cast<int32_t*>(static_cast<char*>(shm->data()) + kTopkOffset);
-  }
-  float* weights() {
-    return reinterpret_cast<float*>(static_cast<char*>(shm->data()) + kWeightsOffset);
-  }
-  float* out() { return reinterpret_cast<float*>(static_cast<char*>(shm->data()) + kOutOffset); }
-
-  TensorRef Ref(uint64_t offset, DType dtype, std::vector<int64_t> shape) const {
-    return TensorRef{buffer, offset, dtype, std::move(shape)};
-  }
-  UpdateRequest Update(int n) const {
-    UpdateRequest request;
-    request.handle_id = handle;
-    request.topk_idx = Ref(kTopkOffset, DType::kInt32, {n, kTopK});
-    request.topk_weights = Ref(kWeightsOffset, DType::kFp32, {n, kTopK});
-    return request;
-  }
-  DispatchRequest Dispatch(int n) const {
-    DispatchRequest request;
-    request.handle_id = handle;
-    request.x = Ref(kXOffset, DType::kFp32, {n, kHidden});
-    return request;
-  }
-  CombineRequest Combine(int n) const {
-    CombineRequest request;
-    request.handle_id = handle;
-    request.out = Ref(kOutOffset, DType::kFp32, {n, kHidden});
-    return request;
-  }
-
-  static constexpr uint64_t kXOffset = 0;
-  static constexpr uint64_t kTopkOffset = 4096;
-  static constexpr uint64_t kWeightsOffset = 8192;
-  static constexpr uint64_t kOutOffset = 12288;
-  static constexpr uint64_t kBytes = 16384;
-
-  Engine& engine;
-  int rank;
-  SessionId session = 0;
-  ObjectId buffer = 0;
-  ObjectId handle = 0;
-  std::unique_ptr<ShmRegion> shm;
-};
-
-class EngineTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto backend = CreateCpuBackend({kRanks, milliseconds(2000)});
-    ASSERT_TRUE(backend.ok());
-    EngineOptions options;
-    options.unary_session_idle_timeout = milliseconds(300);
-    options.drain_timeout = milliseconds(200);
-    engine_ = Engine::Create(std::move(backend).value(), options).value();
-    ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config(), /*persistent=*/true).ok());
-    for (int r = 0; r < kRanks; ++r) {
-      frontends_.push_back(std::make_unique<Frontend>(*engine_, r));
-      auto handle = engine_->CreateHandle(frontends_[r]->session, "g", r, "", false);
-      ASSERT_TRUE(handle.ok()) << handle.status().ToString();
-      frontends_[r]->handle = handle->id;
-    }
-  }
-  void TearDown() override {
-    frontends_.clear();
-    engine_.reset();
-  }
-
-  // Fills x with distinct values and a routing that uses every expert.
-  void FillInputs(int n) {
-    for (int r = 0; r < kRanks; ++r) {
-      Frontend& f = *frontends_[r];
-      for (int t = 0; t < n; ++t) {
-        for (int h = 0; h < kHidden; ++h) f.x()[t * kHidden + h] = r * 1000 + t * 10 + h * 0.5f;
-        f.topk()[t * kTopK + 0] = (t + r) % kExperts;
-        f.topk()[t * kTopK + 1] = t % 3 == 0 ? -1 : (t + r + 1) % kExperts;
-        f.weights()[t * kTopK + 0] = 0.5f;
-        f.weights()[t * kTopK + 1] = 0.25f;
-      }
-    }
-  }
-
-  // Runs update -> dispatch -> (identity) -> combine on every rank, blocking.
-  void RunLayer(int n) {
-    OpOptions blocking;
-    blocking.blocking = true;
-    std::vector<std::unique_ptr<Waiter>> waiters;
-    for (int r = 0; r < kRanks; ++r) {
-      auto& w = waiters.emplace_back(std::make_unique<Waiter>());
-      ASSERT_TRUE(
-          engine_
-              ->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(n), blocking, w->Done())
-              .ok());
-      ASSERT_TRUE(w->Get().ok());
-    }
-    waiters.clear();
-    for (int r = 0; r < kRanks; ++r) {
-      auto& w = waiters.emplace_back(std::make_unique<Waiter>());
-      ASSERT_TRUE(engine_
-                      ->SubmitDispatch(frontends_[r]->session, frontends_[r]->Dispatch(n), blocking,
-                                       w->Done())
-                      .ok());
-    }
-    for (auto& w : waiters) ASSERT_TRUE(w->Get().ok());
-    waiters.clear();
-    for (int r = 0; r < kRanks; ++r) {
-      auto& w = waiters.emplace_back(std::make_unique<Waiter>());
-      ASSERT_TRUE(engine_
-                      ->SubmitCombine(frontends_[r]->session, frontends_[r]->Combine(n), blocking,
-                                      w->Done())
-                      .ok());
-    }
-    for (auto& w : waiters) ASSERT_TRUE(w->Get().ok());
-  }
-
-  void ExpectWeightedSums(int n) {
-    for (int r = 0; r < kRanks; ++r) {
-      Frontend& f = *frontends_[r];
-      for (int t = 0; t < n; ++t) {
-        const float sum = t % 3 == 0 ? 0.5f : 0.75f;
-        for (int h = 0; h < kHidden; ++h) {
-          const float x = f.x()[t * kHidden + h];
-          const float expected = t % 3 == 0 ? 0.5f * x : 0.5f * x + 0.25f * x;
-          ASSERT_EQ(f.out()[t * kHidden + h], expected)
-              << "rank " << r << " t " << t << " sum " << sum;
-        }
-      }
-    }
-  }
-
-  std::unique_ptr<Engine> engine_;
-  std::vector<std::unique_ptr<Frontend>> frontends_;
-};
 
 TEST_F(EngineTest, DispatchIdentityCombineReturnsWeightedTokens) {
   FillInputs(kTokens);
@@ -213,6 +17,62 @@ TEST_F(EngineTest, DispatchIdentityCombineReturnsWeightedTokens) {
   EXPECT_EQ(stats.dispatch.completed, 4u);
   EXPECT_EQ(stats.combine.completed, 4u);
   EXPECT_EQ(stats.sessions_open, 2u);
+}
+
+TEST_F(EngineTest, EveryFinishedOpIsReportedOnceAndCountedOnItsSession) {
+  FillInputs(3);
+  RunLayer(3);
+  // A refused submission is no op: neither reported nor counted.
+  UpdateRequest bad = frontends_[0]->Update(3);
+  bad.topk_idx.dtype = DType::kFp32;
+  EXPECT_FALSE(engine_->SubmitUpdate(frontends_[0]->session, bad, {}, [](Status) {}).ok());
+  // One that fails while running is both.
+  OpOptions blocking;
+  blocking.blocking = true;
+  frontends_[1]->topk()[0] = kExperts;
+  Waiter failed;
+  ASSERT_TRUE(engine_
+                  ->SubmitUpdate(frontends_[1]->session, frontends_[1]->Update(3), blocking,
+                                 failed.Done())
+                  .ok());
+  EXPECT_EQ(failed.Get().code(), StatusCode::kInvalidArgument);
+
+  const std::vector<Record> records = Records();
+  ASSERT_EQ(records.size(), 7u);
+  const uint64_t token_bytes = 3 * kHidden * sizeof(float);
+  int per_kind[3] = {0, 0, 0};
+  for (const Record& r : records) {
+    EXPECT_EQ(r.group, "g");
+    if (r.kind == "update") {
+      ++per_kind[0];
+      EXPECT_EQ(r.payload_bytes, 0u);
+    } else {
+      ++per_kind[r.kind == "dispatch" ? 1 : 2];
+      EXPECT_TRUE(r.kind == "dispatch" || r.kind == "combine") << r.kind;
+      EXPECT_EQ(r.payload_bytes, token_bytes) << r.kind;
+      EXPECT_EQ(r.code, StatusCode::kOk);
+    }
+  }
+  EXPECT_EQ(per_kind[0], 3);
+  EXPECT_EQ(per_kind[1], 2);
+  EXPECT_EQ(per_kind[2], 2);
+  EXPECT_EQ(records.back().kind, "update");
+  EXPECT_EQ(records.back().rank, 1);
+  EXPECT_EQ(records.back().code, StatusCode::kInvalidArgument);
+
+  const std::vector<SessionSummary> sessions = engine_->ListSessions();
+  ASSERT_EQ(sessions.size(), 2u);
+  for (const SessionSummary& s : sessions) {
+    EXPECT_EQ(s.client_name, "test");
+    EXPECT_FALSE(s.unary);
+    EXPECT_EQ(s.peer.pid, -1) << "no peer was given";
+    EXPECT_LE(s.opened, Clock::now());
+    EXPECT_EQ(s.ops_completed, 3u) << "rank " << s.rank;
+    EXPECT_EQ(s.ops_failed, s.rank == 1 ? 1u : 0u) << "rank " << s.rank;
+  }
+  EngineStats stats = engine_->Stats();
+  EXPECT_EQ(stats.update.completed, 2u);
+  EXPECT_EQ(stats.update.failed, 1u);
 }
 
 TEST_F(EngineTest, UpdatesDispatchesAndCombinesNeverAllocate) {
@@ -232,23 +92,6 @@ TEST_F(EngineTest, UpdatesDispatchesAndCombinesNeverAllocate) {
   RunLayer(kTokens);
   EXPECT_EQ(engine_->Stats().allocations, allocations);
   EXPECT_EQ(engine_->Stats().frees, frees);
-}
-
-TEST_F(EngineTest, IdsAreScopedToTheirSession) {
-  Frontend& a = *frontends_[0];
-  Frontend& b = *frontends_[1];
-  // Session b's buffer and handle ids mean nothing in session a.
-  DispatchRequest foreign = a.Dispatch(1);
-  foreign.handle_id = b.handle + 1000;
-  Status status = engine_->SubmitDispatch(a.session, foreign, {}, [](Status) {});
-  EXPECT_EQ(status.code(), StatusCode::kNotFound);
-  EXPECT_NE(status.message().find("handle_id"), std::string::npos);
-  UpdateRequest update = a.Update(1);
-  update.topk_idx.buffer_id = 999;
-  status = engine_->SubmitUpdate(a.session, update, {}, [](Status) {});
-  EXPECT_EQ(status.code(), StatusCode::kNotFound);
-  EXPECT_NE(status.message().find("topk_idx.buffer_id = 999"), std::string::npos);
-  EXPECT_EQ(engine_->ReleaseBuffer(a.session, 12345).code(), StatusCode::kNotFound);
 }
 
 TEST_F(EngineTest, RejectsBadRequestsNamingTheField) {
@@ -380,94 +223,6 @@ TEST_F(EngineTest, FenceWaitTimesOutAndTheRankKeepsWorking) {
   ExpectWeightedSums(2);
 }
 
-TEST_F(EngineTest, ClosingASessionFailsPeersWaitingInACollective) {
-  FillInputs(2);
-  RunLayer(2);
-  OpOptions blocking;
-  blocking.blocking = true;
-  Waiter w;
-  const auto start = Clock::now();
-  ASSERT_TRUE(
-      engine_
-          ->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(2), blocking, w.Done())
-          .ok());
-  std::this_thread::sleep_for(milliseconds(50));
-  ASSERT_TRUE(engine_->CloseSession(frontends_[1]->session, "connection lost").ok());
-  Status status = w.Get();
-  EXPECT_LT(Clock::now() - start, milliseconds(1500)) << "should not wait for the op timeout";
-  EXPECT_EQ(status.code(), StatusCode::kUnavailable);
-  EXPECT_NE(status.message().find("rank 1's session"), std::string::npos) << status.message();
-  EXPECT_NE(status.message().find("connection lost"), std::string::npos);
-  // Ops after close are NOT_FOUND.
-  EXPECT_EQ(
-      engine_->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), {}, [](Status) {})
-          .code(),
-      StatusCode::kNotFound);
-  // A new frontend for rank 1 brings the group back.
-  frontends_[1] = std::make_unique<Frontend>(*engine_, 1);
-  frontends_[1]->handle = engine_->CreateHandle(frontends_[1]->session, "g", 1, "", false)->id;
-  FillInputs(2);
-  RunLayer(2);
-  ExpectWeightedSums(2);
-}
-
-TEST_F(EngineTest, ClosingASessionFreesWhatItCreated) {
-  const int64_t before = engine_->Stats().live_bytes;
-  Frontend extra(*engine_, 0);
-  auto handle = engine_->CreateHandle(extra.session, "g", 0, "", false);
-  ASSERT_TRUE(handle.ok());
-  ASSERT_TRUE(engine_->CreateFence(extra.session).ok());
-  EXPECT_GT(engine_->Stats().live_bytes, before);
-  ASSERT_TRUE(engine_->CloseSession(extra.session, "done").ok());
-  EXPECT_EQ(engine_->Stats().live_bytes, before);
-  EXPECT_EQ(engine_->CloseSession(extra.session, "again").code(), StatusCode::kNotFound);
-}
-
-TEST_F(EngineTest, PersistentHandlesSurviveTheirSessionAndAttachWithoutAllocating) {
-  Frontend& f = *frontends_[0];
-  auto created = engine_->CreateHandle(f.session, "g", 0, "layer0", /*persistent=*/true);
-  ASSERT_TRUE(created.ok()) << created.status().ToString();
-  EXPECT_EQ(engine_->CreateHandle(f.session, "g", 0, "layer0", true).status().code(),
-            StatusCode::kAlreadyExists);
-  frontends_[0].reset();  // the session ends
-  const EngineStats before = engine_->Stats();
-  Frontend again(*engine_, 0);
-  auto attached = engine_->AttachHandle(again.session, "layer0");
-  ASSERT_TRUE(attached.ok()) << attached.status().ToString();
-  EXPECT_TRUE(attached->persistent);
-  EXPECT_EQ(attached->source.shm_name, created->source.shm_name);
-  EXPECT_EQ(engine_->Stats().allocations, before.allocations);
-  // Rank 1 has no handle of that name.
-  EXPECT_EQ(engine_->AttachHandle(frontends_[1]->session, "layer0").status().code(),
-            StatusCode::kNotFound);
-}
-
-TEST_F(EngineTest, HandlesOnlyForTheSessionsRankAndGroupMembers) {
-  auto other = engine_->CreateHandle(frontends_[0]->session, "g", 1, "", false);
-  EXPECT_EQ(other.status().code(), StatusCode::kPermissionDenied);
-  GroupConfig solo = Config("solo");
-  solo.ranks = {1};
-  ASSERT_TRUE(engine_->CreateGroup(frontends_[1]->session, solo, false).ok());
-  auto outsider = engine_->CreateHandle(frontends_[0]->session, "solo", -1, "", false);
-  EXPECT_EQ(outsider.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(outsider.status().message().find("rank 0 is not a member of group 'solo'"),
-            std::string::npos);
-  EXPECT_EQ(engine_->CreateHandle(frontends_[0]->session, "nope", -1, "", false).status().code(),
-            StatusCode::kNotFound);
-}
-
-TEST_F(EngineTest, GroupsAreIdempotentByShapeAndDieWithTheirSession) {
-  GroupConfig mine = Config("mine");
-  ASSERT_TRUE(engine_->CreateGroup(frontends_[0]->session, mine, false).ok());
-  EXPECT_TRUE(engine_->CreateGroup(frontends_[1]->session, mine, false).ok());
-  mine.hidden = 32;
-  EXPECT_EQ(engine_->CreateGroup(frontends_[1]->session, mine, false).code(),
-            StatusCode::kAlreadyExists);
-  EXPECT_EQ(engine_->ListGroups().size(), 2u);
-  frontends_[0].reset();
-  EXPECT_EQ(engine_->ListGroups().size(), 1u);
-}
-
 TEST_F(EngineTest, CombineNeedsASuccessfulDispatchSinceTheLastUpdate) {
   FillInputs(4);
   RunLayer(4);
@@ -538,126 +293,5 @@ TEST_F(EngineTest, CapacityOverflowFailsTheDispatchAndTheCombineAfterIt) {
   }
 }
 
-TEST_F(EngineTest, DestroyingAPersistentHandleReleasesItsGroup) {
-  GroupConfig extra = Config("extra");
-  ASSERT_TRUE(engine_->CreateGroup(frontends_[0]->session, extra, true).ok());
-  auto handle = engine_->CreateHandle(frontends_[0]->session, "extra", 0, "h", true);
-  ASSERT_TRUE(handle.ok());
-  EXPECT_EQ(engine_->DestroyGroup(frontends_[0]->session, "extra").code(),
-            StatusCode::kFailedPrecondition);
-  ASSERT_TRUE(engine_->DestroyHandle(frontends_[0]->session, handle->id).ok());
-  EXPECT_TRUE(engine_->DestroyGroup(frontends_[0]->session, "extra").ok());
-  EXPECT_EQ(engine_->AttachHandle(frontends_[0]->session, "h").status().code(),
-            StatusCode::kNotFound);
-}
-
-// The cpu backend with a slow CreateGroup (as building an NCCL communicator is), counting calls.
-class SlowGroupBackend : public Backend {
- public:
-  explicit SlowGroupBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
-  int group_builds() const { return group_builds_; }
-
-  NodeDescription Describe() const override { return inner_->Describe(); }
-  int num_ranks() const override { return inner_->num_ranks(); }
-  AllocationCounter& allocations() override { return inner_->allocations(); }
-  std::chrono::milliseconds op_timeout() const override { return inner_->op_timeout(); }
-  StatusOr<std::shared_ptr<Memory>> Import(const MemorySource& s, int r) override {
-    return inner_->Import(s, r);
-  }
-  StatusOr<std::unique_ptr<ExportedMemory>> CreateFence(int r) override {
-    return inner_->CreateFence(r);
-  }
-  StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& c) override {
-    ++group_builds_;
-    std::this_thread::sleep_for(milliseconds(200));
-    return inner_->CreateGroup(c);
-  }
-  StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& g, int r) override {
-    return inner_->CreateHandle(g, r);
-  }
-  Status WaitFence(int r, ExportedMemory& f, uint64_t v) override {
-    return inner_->WaitFence(r, f, v);
-  }
-  Status SignalFence(int r, ExportedMemory& f, uint64_t v) override {
-    return inner_->SignalFence(r, f, v);
-  }
-  Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
-    return inner_->UpdateHandle(h, a);
-  }
-  Status Dispatch(BackendGroup& g, int r, const std::vector<DispatchArgs>& a) override {
-    return inner_->Dispatch(g, r, a);
-  }
-  Status Combine(BackendGroup& g, int r, const std::vector<CombineArgs>& a) override {
-    return inner_->Combine(g, r, a);
-  }
-  void Complete(BackendHandle& h, std::function<void(Status)> done) override {
-    inner_->Complete(h, std::move(done));
-  }
-
- private:
-  std::unique_ptr<Backend> inner_;
-  std::atomic<int> group_builds_{0};
-};
-
-TEST(EngineGroupsTest, ConcurrentCreatesOfOneGroupBuildItOnceAndAllSucceed) {
-  auto slow = std::make_unique<SlowGroupBackend>(CreateCpuBackend({4, milliseconds(2000)}).value());
-  SlowGroupBackend* backend = slow.get();
-  auto engine = Engine::Create(std::move(slow), EngineOptions{}).value();
-  GroupConfig config = Config("shared");
-  config.ranks = {0, 1, 2, 3};
-  std::vector<std::future<Status>> creates;
-  for (int r = 0; r < 4; ++r) {
-    creates.push_back(std::async(std::launch::async, [&] {
-      return engine->CreateGroup(std::nullopt, config, /*persistent=*/true);
-    }));
-  }
-  for (auto& create : creates) EXPECT_TRUE(create.get().ok());
-  EXPECT_EQ(backend->group_builds(), 1);
-  EXPECT_EQ(engine->ListGroups().size(), 1u);
-}
-
-TEST_F(EngineTest, IdleUnarySessionsExpire) {
-  auto session = engine_->OpenSession(0, "grpcurl", /*unary=*/true);
-  ASSERT_TRUE(session.ok());
-  EXPECT_TRUE(engine_->Touch(session->id).ok());
-  std::this_thread::sleep_for(milliseconds(1200));
-  EXPECT_EQ(engine_->Touch(session->id).code(), StatusCode::kNotFound);
-}
-
-TEST_F(EngineTest, ShutdownCancelsOpsStuckPastTheDrainTimeout) {
-  Frontend& f = *frontends_[0];
-  FenceInfo fence = engine_->CreateFence(f.session).value();
-  OpOptions fenced;
-  fenced.wait = FenceOp{fence.id, 5};  // never signalled
-  fenced.blocking = true;
-  Waiter stuck_update, stuck_dispatch;
-  FillInputs(2);
-  OpOptions blocking;
-  blocking.blocking = true;
-  Waiter bound;
-  ASSERT_TRUE(
-      engine_
-          ->SubmitUpdate(frontends_[1]->session, frontends_[1]->Update(2), blocking, bound.Done())
-          .ok());
-  ASSERT_TRUE(bound.Get().ok());
-  ASSERT_TRUE(engine_->SubmitUpdate(f.session, f.Update(2), fenced, stuck_update.Done()).ok());
-  // Rank 1 waits in the collective for rank 0, which is stuck behind its fence.
-  ASSERT_TRUE(engine_
-                  ->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), blocking,
-                                   stuck_dispatch.Done())
-                  .ok());
-  std::this_thread::sleep_for(milliseconds(50));
-  const auto start = Clock::now();
-  engine_->Shutdown();
-  EXPECT_LT(Clock::now() - start, milliseconds(1500)) << "must not wait for the op timeout";
-  EXPECT_EQ(stuck_update.Get().code(), StatusCode::kUnavailable);
-  EXPECT_EQ(stuck_dispatch.Get().code(), StatusCode::kUnavailable);
-}
-
-TEST_F(EngineTest, ShutdownRefusesNewWork) {
-  engine_->Shutdown();
-  EXPECT_EQ(engine_->OpenSession(0, "late", false).status().code(), StatusCode::kUnavailable);
-}
-
 }  // namespace
-}  // namespace epd
+}  // namespace epd::engine_testing

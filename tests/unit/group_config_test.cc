@@ -34,6 +34,15 @@ TEST(GroupConfigTest, StandardConfigIsValid) {
   EXPECT_EQ(c.GroupRankOf(7), -1);
 }
 
+TEST(GroupConfigTest, HighThroughputIsUnimplementedRatherThanServedByLowLatencyKernels) {
+  GroupConfig c = Standard();
+  c.algorithm = Algorithm::kHighThroughput;
+  Status status = c.Validate(4);
+  EXPECT_EQ(status.code(), StatusCode::kUnimplemented) << status.ToString();
+  EXPECT_NE(status.message().find("algorithm = high_throughput"), std::string::npos)
+      << status.message();
+}
+
 TEST(GroupConfigTest, RejectsEachBadFieldByName) {
   GroupConfig c = Standard();
   c.experts = 250;

@@ -202,7 +202,7 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
       return FailedPreconditionError(
           "group '{}': its ranks share GPUs, and NCCL needs one GPU per rank", config.name);
     }
-    EPD_ASSIGN_OR_RETURN(group->comms_, NcclComms::Create(group->devices_));
+    group->nccl_.Enable(group->devices_);  // built on first use, not here
   }
   EPD_LOG(kCuda, info, "created {}", config.ToString());
   return std::unique_ptr<BackendGroup>(std::move(group));

@@ -36,8 +36,8 @@ struct CudaBackendOptions {
   // resident together).
   std::vector<int> devices;
   std::chrono::milliseconds op_timeout{10000};
-  // One NCCL communicator per group (ncclCommInitAll). Tests that create many groups and
-  // do not use NCCL may turn it off to save the initialisation time.
+  // NCCL communicators for each group (ncclCommInitAll), built when first used rather than
+  // in CreateGroup. Off: a group refuses to build them.
   bool create_nccl_comms = true;
   // Upper bound on the blocks of one dispatch/combine kernel; 0: two per SM. A small bound
   // leaves SMs to the frontends' kernels, and lets several node ranks share one GPU (tests).

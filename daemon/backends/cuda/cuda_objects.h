@@ -69,7 +69,7 @@ class CudaGroup : public BackendGroup {
   // Collective ops issued so far by each group rank; only that rank's worker touches its
   // entry, and every rank issues the group's collectives in the same order.
   std::unique_ptr<uint64_t[]> seq_;
-  std::unique_ptr<NcclComms> comms_;
+  LazyNcclComms nccl_;  // created by the first collective that needs NCCL
   int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
   int max_blocks_ = 1;  // grid bound of the collectives
 };

@@ -20,6 +20,27 @@ NcclComms::~NcclComms() {
   }
 }
 
+void LazyNcclComms::Enable(std::vector<int> devices) {
+  std::lock_guard lock(mutex_);
+  devices_ = std::move(devices);
+}
+
+StatusOr<NcclComms*> LazyNcclComms::Get() {
+  std::lock_guard lock(mutex_);
+  if (comms_ == nullptr) {
+    if (devices_.empty()) {
+      return FailedPreconditionError("NCCL communicators are off for this group");
+    }
+    EPD_ASSIGN_OR_RETURN(comms_, NcclComms::Create(devices_));
+  }
+  return comms_.get();
+}
+
+bool LazyNcclComms::created() const {
+  std::lock_guard lock(mutex_);
+  return comms_ != nullptr;
+}
+
 std::string NcclVersionString() {
   int code = 0;
   if (ncclGetVersion(&code) != ncclSuccess) return "unknown";

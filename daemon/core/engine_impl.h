@@ -1,0 +1,94 @@
+// Engine::Impl: the engine's parts and the calls that tie them together. Private to the
+// engine's .cc files (engine.cc: sessions, buffers, fences, lifecycle; engine_handles.cc:
+// groups and handles; engine_ops.cc: op submission).
+//
+// Locks, always taken in this order and never across a backend call: a Session's mutex,
+// then the GroupRegistry's or PersistentHandles' mutex. The SessionTable's mutex and the
+// pipeline's are never held while taking another.
+#pragma once
+
+#include <memory>
+#include <mutex>
+
+#include "daemon/core/control_worker.h"
+#include "daemon/core/engine.h"
+#include "daemon/core/group_registry.h"
+#include "daemon/core/handle_state.h"
+#include "daemon/core/op_pipeline.h"
+#include "daemon/core/persistent_handles.h"
+#include "daemon/core/session_table.h"
+
+namespace epd {
+
+class Engine::Impl {
+ public:
+  Impl(std::unique_ptr<Backend> backend, EngineOptions options);
+  ~Impl();
+
+  Backend& backend() { return *backend_; }
+  ControlWorker& control() { return *control_; }
+
+  // --- sessions, buffers, fences (engine.cc) ---
+  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary,
+                                    SessionPeer peer);
+  // Removes the session and everything it holds now; what must be freed goes to `released`.
+  Status CloseSession(SessionId id, std::string_view reason, Released& released);
+  Status Touch(SessionId id);
+  std::vector<SessionSummary> ListSessions() const { return sessions_.List(); }
+  StatusOr<BufferInfo> RegisterBuffer(SessionId id, const MemorySource& source);
+  Status ReleaseBuffer(SessionId id, ObjectId buffer, Released& released);
+  StatusOr<FenceInfo> CreateFence(SessionId id);
+  Status DestroyFence(SessionId id, ObjectId fence, Released& released);
+  EngineStats Stats() const;
+  void Shutdown();
+
+  // --- groups and handles (engine_handles.cc); the creations run on the control worker ---
+  StatusOr<GroupConfig> CreateGroup(std::optional<SessionId> owner, const GroupConfig& config,
+                                    bool persistent);
+  std::vector<GroupSummary> ListGroups() const { return groups_->List(); }
+  Status DestroyGroup(SessionId id, std::string_view name);
+  StatusOr<HandleInfo> CreateHandle(SessionId id, std::string_view group_name, int rank,
+                                    std::string_view name, bool persistent);
+  Status CreatePersistentHandle(std::string_view group_name, int node_rank,
+                                std::string_view name);
+  StatusOr<HandleInfo> AttachHandle(SessionId id, std::string_view name);
+  Status DestroyHandle(SessionId id, ObjectId handle_id, Released& released);
+
+  // --- ops (engine_ops.cc) ---
+  Status SubmitUpdate(SessionId id, const UpdateRequest& request, const OpOptions& options,
+                      OpDone done);
+  Status SubmitDispatch(SessionId id, const DispatchRequest& request, const OpOptions& options,
+                        OpDone done);
+  Status SubmitCombine(SessionId id, const CombineRequest& request, const OpOptions& options,
+                       OpDone done);
+
+ private:
+  // A group built and registered; `owner` may have closed meanwhile.
+  StatusOr<std::shared_ptr<Handle>> NewHandle(const std::shared_ptr<Group>& group, int node_rank,
+                                              std::string_view name, bool persistent);
+  // With the session's mutex held.
+  HandleInfo AttachLocked(Session& session, const std::shared_ptr<Handle>& handle);
+  HandleInfo DescribeHandle(ObjectId handle_id, const Session& session, Handle& handle) const;
+  void DetachLocked(Handle& handle);
+  // Looks up the session, the handle and the fences of an op; with the session's mutex held.
+  StatusOr<OpContext> PrepareOpLocked(const std::shared_ptr<Session>& session,
+                                      ObjectId handle_id, int rank, const OpOptions& options);
+  StatusOr<TensorView> ResolveTokenRowsLocked(const OpContext& ctx, const TensorRef& ref,
+                                              std::string_view field,
+                                              CollectivePayload& payload);
+
+  // Declaration order is teardown order reversed: the backend outlives everything that
+  // holds its objects; the control worker drains before the registries go.
+  std::unique_ptr<Backend> backend_;
+  const EngineOptions options_;
+  std::unique_ptr<ControlWorker> control_;
+  std::shared_ptr<GroupRegistry> groups_;
+  PersistentHandles persistent_;
+  SessionTable sessions_;
+  std::unique_ptr<OpPipeline> pipeline_;
+  std::unique_ptr<IdleReaper> reaper_;
+  std::mutex shutdown_mutex_;
+  bool shut_down_ = false;  // guarded by shutdown_mutex_
+};
+
+}  // namespace epd

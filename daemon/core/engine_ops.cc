@@ -1,0 +1,125 @@
+// Engine::Impl: op submission. Each op is looked up in its session, checked once by the
+// validation layer (op_validation.h) and handed to the pipeline; nothing here waits.
+#include "daemon/core/engine_impl.h"
+#include "daemon/core/op_validation.h"
+
+namespace epd {
+
+StatusOr<OpContext> Engine::Impl::PrepareOpLocked(const std::shared_ptr<Session>& session,
+                                                  ObjectId handle_id, int rank,
+                                                  const OpOptions& options) {
+  if (session->closed) {
+    return NotFoundError("session_id = {:016x} is not an open session", session->id);
+  }
+  EPD_RETURN_IF_ERROR(CheckRequestRank(rank, session->rank));
+  OpContext ctx;
+  ctx.session = session;
+  auto hit = session->handles.find(handle_id);
+  if (hit == session->handles.end()) {
+    return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
+  }
+  ctx.handle = hit->second;
+  ctx.options = options;
+  auto find_fence = [&](const std::optional<FenceOp>& op, std::string_view field,
+                        std::shared_ptr<Fence>* out) -> Status {
+    if (!op.has_value()) return OkStatus();
+    auto fit = session->fences.find(op->fence_id);
+    if (fit == session->fences.end()) {
+      return NotFoundError("{}.fence_id = {} is not a fence of this session", field,
+                           op->fence_id);
+    }
+    *out = fit->second;
+    return OkStatus();
+  };
+  EPD_RETURN_IF_ERROR(find_fence(options.wait, "options.wait", &ctx.wait_fence));
+  EPD_RETURN_IF_ERROR(find_fence(options.signal, "options.signal", &ctx.signal_fence));
+  return ctx;
+}
+
+// Resolves a [tokens bound by the last update, hidden] tensor of the group's dtype and keeps
+// its buffer alive for the op.
+StatusOr<TensorView> Engine::Impl::ResolveTokenRowsLocked(const OpContext& ctx,
+                                                          const TensorRef& ref,
+                                                          std::string_view field,
+                                                          CollectivePayload& payload) {
+  EPD_ASSIGN_OR_RETURN(TensorView view, ctx.session->buffers.Resolve(ref, field));
+  EPD_RETURN_IF_ERROR(ValidateTokenRows(ctx.handle->group->config, view, field,
+                                        ctx.handle->submitted_tokens.load()));
+  payload.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
+  return view;
+}
+
+Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
+                                  const OpOptions& options, OpDone done) {
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  std::lock_guard lock(session->mutex);
+  EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                       PrepareOpLocked(session, request.handle_id, request.rank, options));
+  UpdateArgs args;
+  EPD_ASSIGN_OR_RETURN(args.topk_idx, session->buffers.Resolve(request.topk_idx, "topk_idx"));
+  if (request.topk_weights.has_value()) {
+    EPD_ASSIGN_OR_RETURN(args.topk_weights,
+                         session->buffers.Resolve(*request.topk_weights, "topk_weights"));
+  }
+  EPD_ASSIGN_OR_RETURN(args.num_tokens,
+                       ValidateUpdate(ctx.handle->group->config, args.topk_idx,
+                                      request.topk_weights.has_value() ? &args.topk_weights
+                                                                       : nullptr));
+  ctx.handle->submitted_tokens = args.num_tokens;
+  return pipeline_->PostUpdate(std::move(ctx), std::move(args), std::move(done));
+}
+
+Status Engine::Impl::SubmitDispatch(SessionId id, const DispatchRequest& request,
+                                    const OpOptions& options, OpDone done) {
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  std::lock_guard lock(session->mutex);
+  EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                       PrepareOpLocked(session, request.handle_id, request.rank, options));
+  if (!ctx.handle->bound()) {
+    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                   request.handle_id);
+  }
+  auto payload = std::make_shared<CollectivePayload>();
+  payload->kind = CollectiveKind::kDispatch;
+  payload->dispatch.handle = ctx.handle->backend.get();
+  EPD_ASSIGN_OR_RETURN(payload->dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
+  ctx.payload_bytes = static_cast<uint64_t>(payload->dispatch.x.rows()) *
+                      ctx.handle->group->config.hidden * DTypeSize(payload->dispatch.x.dtype);
+  return pipeline_->PostCollective(std::move(ctx), OpKind::kDispatch, std::move(payload),
+                                   std::move(done));
+}
+
+Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
+                                   const OpOptions& options, OpDone done) {
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  std::lock_guard lock(session->mutex);
+  EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                       PrepareOpLocked(session, request.handle_id, request.rank, options));
+  if (!ctx.handle->bound()) {
+    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                   request.handle_id);
+  }
+  const GroupConfig& config = ctx.handle->group->config;
+  auto payload = std::make_shared<CollectivePayload>();
+  payload->kind = CollectiveKind::kCombine;
+  payload->combine.handle = ctx.handle->backend.get();
+  const HandleLayout& layout = ctx.handle->backend->layout();
+  if (request.expert_out.has_value()) {
+    EPD_ASSIGN_OR_RETURN(TensorView expert_out,
+                         session->buffers.Resolve(*request.expert_out, "expert_out"));
+    EPD_RETURN_IF_ERROR(ValidateExpertOut(config, layout, expert_out));
+    payload->combine.expert_out = expert_out.data;
+    payload->keepalive.push_back(session->buffers.Find(request.expert_out->buffer_id));
+  } else {
+    payload->combine.expert_out =
+        static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
+  }
+  EPD_ASSIGN_OR_RETURN(payload->combine.out,
+                       ResolveTokenRowsLocked(ctx, request.out, "out", *payload));
+  ctx.payload_bytes = static_cast<uint64_t>(payload->combine.out.rows()) * config.hidden *
+                      DTypeSize(payload->combine.out.dtype);
+  return pipeline_->PostCollective(std::move(ctx), OpKind::kCombine, std::move(payload),
+                                   std::move(done));
+}
+
+}  // namespace epd

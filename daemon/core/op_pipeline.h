@@ -1,0 +1,76 @@
+// OpPipeline: how a validated op runs. It is queued on its session rank's worker (ops of one
+// rank never overtake each other), waits for its fence, runs on the backend (collectives are
+// first matched with the other ranks' op), signals its fence and reports: at once for
+// non-blocking ops, after device completion for blocking ones. A device error reported
+// later fails the next op on the handle (HandleOutcomes).
+//
+// The pipeline counts ops in flight for the drain at shutdown, keeps the op counters, and
+// calls EngineOptions::on_op_finished once per op.
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "daemon/core/backend.h"
+#include "daemon/core/collective_matcher.h"
+#include "daemon/core/engine.h"
+#include "daemon/core/op_stats.h"
+#include "daemon/core/rank_worker.h"
+#include "daemon/core/session_table.h"
+
+namespace epd {
+
+// Everything one op needs once validated; its references keep session objects alive.
+struct OpContext {
+  std::shared_ptr<Session> session;
+  std::shared_ptr<Handle> handle;
+  std::shared_ptr<Fence> wait_fence, signal_fence;
+  OpOptions options;
+  uint64_t payload_bytes = 0;                          // tokens moved (dispatch, combine)
+  std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
+};
+
+class OpPipeline {
+ public:
+  using OpFinished = std::function<void(const OpRecord&)>;
+  OpPipeline(Backend& backend, int ranks, OpFinished on_op_finished);
+  ~OpPipeline();  // runs what is queued (cancelled ops), then joins the workers
+
+  // Queues an UpdateHandle of `ctx.handle` with validated `args`.
+  Status PostUpdate(OpContext ctx, UpdateArgs args, OpDone done);
+  // Queues a dispatch or combine whose payload holds this rank's validated arguments.
+  Status PostCollective(OpContext ctx, OpKind kind, std::shared_ptr<CollectivePayload> payload,
+                        OpDone done);
+
+  // Refuses new ops (UNAVAILABLE), then waits up to `timeout` for those in flight.
+  bool StopAndWaitIdle(std::chrono::milliseconds timeout);
+  uint64_t in_flight() const;
+  const OpStats& stats() const { return stats_; }
+
+ private:
+  // What a worker runs for one op: it must call `finish` once and then `release`.
+  using WorkerTask = std::function<void(OpContext&, OpDone finish, std::function<void()> release)>;
+
+  OpDone FinishOnce(const OpContext& ctx, OpKind kind, OpDone done);
+  Status Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask task);
+  void RunCollectiveOp(OpContext& ctx, const std::shared_ptr<CollectivePayload>& payload,
+                       OpDone finish, std::function<void()> release);
+  Status RunCollective(Group& group, int group_rank, const MatchedCollective& matched);
+  Status WaitFenceIfAny(OpContext& ctx);
+  void CompleteOp(OpContext& ctx, Status status, std::shared_ptr<MatchedCollective> keep,
+                  OpDone finish, std::function<void()> release);
+
+  Backend& backend_;
+  const OpFinished on_op_finished_;
+  OpStats stats_;
+  mutable std::mutex mutex_;  // guards the two below
+  std::condition_variable idle_;
+  uint64_t in_flight_ = 0;
+  bool accepting_ = true;
+  std::vector<std::unique_ptr<RankWorker>> workers_;  // last: joined first
+};
+
+}  // namespace epd

@@ -1,0 +1,250 @@
+// The engine's control plane: group membership can never be leaked by a handle that failed
+// half way, creations and releases run on the control worker (never on the caller), and
+// concurrent creates of one group share one build without blocking their callers.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "daemon/backends/cpu/cpu_backend.h"
+#include "daemon/core/engine.h"
+#include "tests/unit/forwarding_backend.h"
+
+namespace epd {
+namespace {
+
+using std::chrono::milliseconds;
+
+GroupConfig Config(std::string name) {
+  GroupConfig c;
+  c.name = std::move(name);
+  c.ranks = {0, 1};
+  c.experts = 4;
+  c.hidden = 16;
+  c.max_tokens_per_rank = 8;
+  c.top_k = 2;
+  c.dtype = DType::kFp32;
+  return c;
+}
+
+int HandlesOf(const Engine& engine, std::string_view group) {
+  for (const GroupSummary& g : engine.ListGroups()) {
+    if (g.config.name == group) return g.handles;
+  }
+  return -1;
+}
+
+// Runs a hook once, in the middle of the next CreateHandle (after the backend built the
+// handle, before the engine attaches it): the window in which a session can close or a
+// concurrent create can take the name. Records the threads that create and free memory.
+class InterposingBackend : public testing::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+
+  void OnNextCreateHandle(std::function<void()> hook) {
+    std::lock_guard lock(mutex_);
+    hook_ = std::move(hook);
+  }
+  std::thread::id last_create_thread() {
+    std::lock_guard lock(mutex_);
+    return create_thread_;
+  }
+  std::thread::id last_free_thread() {
+    std::lock_guard lock(mutex_);
+    return free_thread_;
+  }
+  int fences_freed() const { return fences_freed_; }
+
+  StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& g, int r) override {
+    auto handle = ForwardingBackend::CreateHandle(g, r);
+    std::function<void()> hook;
+    {
+      std::lock_guard lock(mutex_);
+      create_thread_ = std::this_thread::get_id();
+      hook = std::move(hook_);
+      hook_ = nullptr;
+    }
+    if (hook) hook();
+    return handle;
+  }
+
+  // Fence pages that note where they are freed.
+  StatusOr<std::unique_ptr<ExportedMemory>> CreateFence(int r) override {
+    EPD_ASSIGN_OR_RETURN(auto page, ForwardingBackend::CreateFence(r));
+    return std::unique_ptr<ExportedMemory>(new NotingPage(std::move(page), this));
+  }
+
+ private:
+  class NotingPage : public ExportedMemory {
+   public:
+    NotingPage(std::unique_ptr<ExportedMemory> inner, InterposingBackend* owner)
+        : inner_(std::move(inner)), owner_(owner) {}
+    ~NotingPage() override {
+      std::lock_guard lock(owner_->mutex_);
+      owner_->free_thread_ = std::this_thread::get_id();
+      ++owner_->fences_freed_;
+    }
+    void* data() const override { return inner_->data(); }
+    size_t size() const override { return inner_->size(); }
+    int device() const override { return inner_->device(); }
+    MemorySource Describe() const override { return inner_->Describe(); }
+
+   private:
+    std::unique_ptr<ExportedMemory> inner_;
+    InterposingBackend* owner_;
+  };
+
+  std::mutex mutex_;
+  std::function<void()> hook_;
+  std::thread::id create_thread_, free_thread_;
+  std::atomic<int> fences_freed_{0};
+};
+
+class EngineControlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto backend = std::make_unique<InterposingBackend>(
+        CreateCpuBackend({2, milliseconds(2000)}).value());
+    backend_ = backend.get();
+    engine_ = Engine::Create(std::move(backend), EngineOptions{}).value();
+    ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("g"), /*persistent=*/true).ok());
+    admin_ = engine_->OpenSession(0, "admin", /*unary=*/false).value().id;
+  }
+
+  InterposingBackend* backend_ = nullptr;
+  std::unique_ptr<Engine> engine_;
+  SessionId admin_ = 0;
+};
+
+TEST_F(EngineControlTest, SessionClosingDuringCreateHandleLeavesNoHandleCounted) {
+  const SessionId doomed = engine_->OpenSession(0, "doomed", /*unary=*/false).value().id;
+  backend_->OnNextCreateHandle(
+      [&] { ASSERT_TRUE(engine_->CloseSession(doomed, "closed mid-create").ok()); });
+  auto handle = engine_->CreateHandle(doomed, "g", 0, "", /*persistent=*/false);
+  EXPECT_EQ(handle.status().code(), StatusCode::kNotFound) << handle.status().ToString();
+  EXPECT_EQ(HandlesOf(*engine_, "g"), 0);
+  Status destroyed = engine_->DestroyGroup(admin_, "g");
+  EXPECT_TRUE(destroyed.ok()) << destroyed.ToString();
+}
+
+TEST_F(EngineControlTest, PersistentNameLostToAConcurrentCreateLeavesNoHandleCounted) {
+  StatusOr<HandleInfo> winner = NotFoundError("not run");
+  backend_->OnNextCreateHandle(
+      [&] { winner = engine_->CreateHandle(admin_, "g", 0, "layer", /*persistent=*/true); });
+  auto loser = engine_->CreateHandle(admin_, "g", 0, "layer", /*persistent=*/true);
+  ASSERT_TRUE(winner.ok()) << winner.status().ToString();
+  EXPECT_EQ(loser.status().code(), StatusCode::kAlreadyExists) << loser.status().ToString();
+  EXPECT_EQ(HandlesOf(*engine_, "g"), 1);
+  ASSERT_TRUE(engine_->DestroyHandle(admin_, winner->id).ok());
+  Status destroyed = engine_->DestroyGroup(admin_, "g");
+  EXPECT_TRUE(destroyed.ok()) << destroyed.ToString();
+}
+
+TEST_F(EngineControlTest, HandlesCountUntilTheyLeaveTheirGroup) {
+  auto handle = engine_->CreateHandle(admin_, "g", 0, "", false);
+  ASSERT_TRUE(handle.ok());
+  EXPECT_EQ(HandlesOf(*engine_, "g"), 1);
+  EXPECT_EQ(engine_->DestroyGroup(admin_, "g").message(), "group 'g' still has 1 handles");
+  ASSERT_TRUE(engine_->DestroyHandle(admin_, handle->id).ok());
+  EXPECT_EQ(HandlesOf(*engine_, "g"), 0);
+  EXPECT_TRUE(engine_->DestroyGroup(admin_, "g").ok());
+}
+
+TEST_F(EngineControlTest, CreationsAndReleasesRunOnTheControlWorkerNotTheCaller) {
+  auto handle = engine_->CreateHandle(admin_, "g", 0, "", false);
+  ASSERT_TRUE(handle.ok());
+  EXPECT_NE(backend_->last_create_thread(), std::this_thread::get_id());
+  EXPECT_NE(backend_->last_create_thread(), std::thread::id());
+
+  auto fence = engine_->CreateFence(admin_);
+  ASSERT_TRUE(fence.ok());
+  // The asynchronous form: the fence is gone from the session at once, its page is freed
+  // on the control worker before `done` runs.
+  std::promise<Status> destroyed;
+  engine_->DestroyFence(admin_, fence->id, [&](Status s) { destroyed.set_value(s); });
+  EXPECT_EQ(engine_->DestroyFence(admin_, fence->id).code(), StatusCode::kNotFound);
+  auto future = destroyed.get_future();
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(future.get().ok());
+  EXPECT_EQ(backend_->fences_freed(), 1);
+  EXPECT_NE(backend_->last_free_thread(), std::this_thread::get_id());
+  EXPECT_EQ(backend_->last_free_thread(), backend_->last_create_thread())
+      << "released on the same control worker";
+
+  // Closing a session frees its fences there too, and reports after they are freed.
+  ASSERT_TRUE(engine_->CreateFence(admin_).ok());
+  std::promise<void> closed;
+  engine_->CloseSession(admin_, "test", [&](Status s) {
+    EXPECT_TRUE(s.ok());
+    EXPECT_EQ(backend_->fences_freed(), 2);
+    closed.set_value();
+  });
+  EXPECT_EQ(engine_->Touch(admin_).code(), StatusCode::kNotFound) << "gone at once";
+  ASSERT_EQ(closed.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_NE(backend_->last_free_thread(), std::this_thread::get_id());
+}
+
+TEST_F(EngineControlTest, RefusedRequestsNameTheField) {
+  EXPECT_EQ(engine_->CreateHandle(admin_, "", 0, "", false).status().message(),
+            "group is empty: name the handle's group");
+  EXPECT_EQ(engine_->CreateHandle(admin_, "g", 0, "", true).status().message(),
+            "name is empty: a persistent handle needs a name");
+  EXPECT_EQ(engine_->AttachHandle(admin_, "").status().code(), StatusCode::kInvalidArgument);
+  MemorySource source;
+  source.shm_name = "/epd-none";
+  EXPECT_EQ(engine_->RegisterBuffer(admin_, source).status().message(),
+            "source.size = 0: nothing to register");
+  GroupConfig fast = Config("fast");
+  fast.algorithm = Algorithm::kHighThroughput;
+  Status ht = engine_->CreateGroup(admin_, fast, false);
+  EXPECT_EQ(ht.code(), StatusCode::kUnimplemented) << ht.ToString();
+  EXPECT_NE(ht.message().find("high_throughput"), std::string::npos);
+}
+
+// A CreateGroup as slow as building an NCCL communicator.
+class SlowGroupBackend : public testing::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  int group_builds() const { return group_builds_; }
+  StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& c) override {
+    ++group_builds_;
+    std::this_thread::sleep_for(milliseconds(200));
+    return ForwardingBackend::CreateGroup(c);
+  }
+
+ private:
+  std::atomic<int> group_builds_{0};
+};
+
+TEST(EngineControlAsyncTest, ConcurrentCreatesShareOneBuildWithoutBlockingTheirCallers) {
+  auto slow = std::make_unique<SlowGroupBackend>(CreateCpuBackend({4, milliseconds(2000)}).value());
+  SlowGroupBackend* backend = slow.get();
+  auto engine = Engine::Create(std::move(slow), EngineOptions{}).value();
+  GroupConfig config = Config("shared");
+  config.ranks = {0, 1, 2, 3};
+  constexpr int kCallers = 4;
+  std::vector<std::promise<StatusOr<GroupConfig>>> results(kCallers);
+  const auto start = Clock::now();
+  for (int i = 0; i < kCallers; ++i) {
+    engine->CreateGroup(std::nullopt, config, /*persistent=*/true,
+                        [&results, i](StatusOr<GroupConfig> created) {
+                          results[i].set_value(std::move(created));
+                        });
+  }
+  // Posting returns at once: no caller waited for the 200 ms build.
+  EXPECT_LT(Clock::now() - start, milliseconds(150));
+  for (auto& result : results) {
+    auto future = result.get_future();
+    ASSERT_EQ(future.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    StatusOr<GroupConfig> created = future.get();
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    EXPECT_EQ(created->name, "shared");
+  }
+  EXPECT_EQ(backend->group_builds(), 1);
+  EXPECT_EQ(engine->ListGroups().size(), 1u);
+}
+
+}  // namespace
+}  // namespace epd
