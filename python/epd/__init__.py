@@ -18,6 +18,7 @@ Errors raise epd.EpdError subclasses carrying .code (gRPC canonical code), .code
 from .client import Client, Fence, Handle, Session, TensorRef
 from .errors import *  # noqa: F401,F403 - the EpdError hierarchy
 from .errors import EpdError, error_for
+from . import reference  # noqa: F401 - epd.reference (needs numpy on use)
 from .layer import Buffer, DispatchResult
 from .memory import ShmBlock, shm_empty, shm_like, shm_tensor
 from .tensors import BF16, FP16, FP32, INT32, INT64, dtype_code

@@ -306,9 +306,11 @@ class Buffer:
 
 def memory_view_torch(array, dtype):
     """A torch CPU tensor over a numpy array (zero-copy; bf16 from its uint16 bits)."""
+    import numpy as np
     import torch
-    tensor = torch.from_numpy(array)
-    return tensor.view(torch.bfloat16) if dtype == tensors.BF16 else tensor
+    if dtype == tensors.BF16:  # torch.from_numpy takes no uint16 (before torch 2.3)
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _torch_from(array, like):

@@ -136,9 +136,12 @@ def torch_dtype(dtype):
 
 def torch_host_view(ptr, dtype, shape, owner):
     """A torch CPU tensor over host memory (through numpy, zero-copy)."""
+    import numpy as np
     import torch
-    tensor = torch.from_numpy(numpy_view(ptr, dtype, shape, owner))
-    return tensor.view(torch.bfloat16) if dtype == BF16 else tensor
+    array = numpy_view(ptr, dtype, shape, owner)
+    if dtype == BF16:  # torch.from_numpy takes no uint16 (before torch 2.3)
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def torch_device_view(ptr, dtype, shape, device, owner):

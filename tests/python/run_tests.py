@@ -1,0 +1,37 @@
+"""CTest's runner of Python test modules: fails when a test fails or errors, and when no test
+ran at all (an import that finds no tests must not pass silently). Exit 77 (CTest's "skipped")
+when every test was skipped, e.g. GPU tests on a machine without a GPU or torch.
+
+    python3 run_tests.py MODULE [MODULE...]
+"""
+
+import os
+import sys
+import unittest
+
+SKIPPED = 77
+
+
+def main(modules):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    suite = unittest.defaultTestLoader.loadTestsFromNames(modules)
+    if suite.countTestCases() == 0:
+        print(f"run_tests: no tests found in {modules}", file=sys.stderr)
+        return 1
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    if not result.wasSuccessful():
+        return 1
+    if result.testsRun == 0:
+        print("run_tests: no test ran", file=sys.stderr)
+        return 1
+    if len(result.skipped) == result.testsRun:
+        print(f"run_tests: all {result.testsRun} tests skipped", file=sys.stderr)
+        return SKIPPED
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(sys.argv[1:]))
