@@ -1,6 +1,7 @@
-"""Test fixture: a real `epd` daemon (cpu backend) on a private unix socket.
+"""Test fixture: a real `epd` daemon on a private unix socket.
 
-The daemon binary is $EPD_DAEMON (CTest sets it to the build's epd)."""
+The daemon binary is $EPD_DAEMON (CTest sets it to the build's epd), else bin/epd of the
+bundle or build/bin/epd of the repository this file lives in."""
 
 import os
 import shutil
@@ -10,9 +11,20 @@ import tempfile
 import time
 
 
+def _default_binary():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))  # <bundle>/python/tests, <repo>/tests/python
+    for candidate in (os.path.join(root, "bin", "epd"), os.path.join(root, "build", "bin", "epd")):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
 class Daemon:
-    def __init__(self, ranks=2, extra_args=()):
-        binary = os.environ.get("EPD_DAEMON")
+    """backend "cpu" (ranks = cpu ranks) or "cuda" (gpus, e.g. "0")."""
+
+    def __init__(self, ranks=2, extra_args=(), backend="cpu", gpus=None):
+        binary = os.environ.get("EPD_DAEMON") or _default_binary()
         if not binary or not os.path.exists(binary):
             raise RuntimeError(f"EPD_DAEMON={binary!r} is not the path of the epd binary")
         self.dir = tempfile.mkdtemp(prefix="epd-python-test-")
@@ -21,8 +33,10 @@ class Daemon:
         self.log_path = os.path.join(self.dir, "epd.log")
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [binary, "--backend", "cpu", "--cpu-ranks", str(ranks), "--listen", self.address,
-                 "--log-level", "info", *extra_args],
+                [binary, "--backend", backend,
+                 *(["--cpu-ranks", str(ranks)] if backend == "cpu" else []),
+                 *(["--gpus", gpus] if gpus else []),
+                 "--listen", self.address, "--log-level", "info", *extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not os.path.exists(self.socket):
