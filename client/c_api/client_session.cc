@@ -122,6 +122,7 @@ epd_status_t epd_session_open(epd_client_t* client, int32_t rank, const char* cl
   s->reaper = std::make_unique<epd::c_api::OpReaper>(
       s->options.op_timeout,
       [s](uint64_t fence_id, uint64_t value) { ReleaseFence(s, fence_id, value); });
+  s->poster = std::make_unique<epd::c_api::OpPoster>(*s->session, *s->reaper);
   *session = s;
   return EPD_OK;
 }
@@ -136,12 +137,17 @@ int32_t epd_session_rank(const epd_session_t* session) {
 
 epd_status_t epd_session_close(epd_session_t* session) {
   if (session == nullptr) return NullArgument("epd_session_close", "session");
-  return Report(session->session->Close());
+  // Ops queued before the close still reach the daemon (which then drains them).
+  epd::Status flushed = session->poster->Flush(session->options.op_timeout);
+  epd::Status closed = session->session->Close();
+  return Report(!flushed.ok() ? flushed : closed);
 }
 
 void epd_session_destroy(epd_session_t* session) {
   if (session == nullptr) return;
-  // Ending the stream answers every pending op, so the reaper's join below cannot wait long.
+  // Queued ops are posted first; ending the stream then answers every pending op, so the
+  // reaper's join below cannot wait long.
+  session->poster.reset();
   session->session->Close().IgnoreError();
   session->reaper.reset();
   delete session;
@@ -154,7 +160,9 @@ epd_status_t epd_session_poll(epd_session_t* session) {
 
 epd_status_t epd_session_sync(epd_session_t* session, int64_t timeout_ms) {
   if (session == nullptr) return NullArgument("epd_session_sync", "session");
-  epd::Status drained = session->reaper->Drain(std::chrono::milliseconds(std::max<int64_t>(0, timeout_ms)));
+  const std::chrono::milliseconds timeout(std::max<int64_t>(0, timeout_ms));
+  epd::Status drained = session->poster->Flush(timeout);
+  if (drained.ok()) drained = session->reaper->Drain(timeout);
   epd::Status error = session->reaper->TakeError();
   return Report(!error.ok() ? error : drained);
 }

@@ -115,17 +115,6 @@ const char* OpName(int32_t kind) {
   return kind == EPD_OP_UPDATE ? "update" : kind == EPD_OP_DISPATCH ? "dispatch" : "combine";
 }
 
-std::future<epd::Status> Post(epd::Session& session, epd::v1::SessionRequest request) {
-  switch (request.op_case()) {
-    case epd::v1::SessionRequest::kUpdate:
-      return session.UpdateAsync(std::move(*request.mutable_update()));
-    case epd::v1::SessionRequest::kDispatch:
-      return session.DispatchAsync(std::move(*request.mutable_dispatch()));
-    default:
-      return session.CombineAsync(std::move(*request.mutable_combine()));
-  }
-}
-
 epd_status_t RunOp(const char* function, epd_session* session, const epd_handle* handle,
                    int32_t kind, const epd_tensor_ref_t* a, const epd_tensor_ref_t* b,
                    const epd_op_options_t* options) {
@@ -140,16 +129,21 @@ epd_status_t RunOp(const char* function, epd_session* session, const epd_handle*
   if (!cpp_options.ok()) return Report(cpp_options.status());
   auto request = BuildOp(*handle, kind, a, b, *cpp_options);
   if (!request.ok()) return Report(request.status());
+  if (session->session->closed()) return Report(epd::FailedPreconditionError(
+      "{}: session {} (rank {}) is closed", function, session->session->id(),
+      session->session->rank()));
   if (cpp_options->blocking()) {
-    auto answer = Post(*session->session, std::move(*request));
+    // After the fenced ops queued before it, so the daemon sees them in call order.
+    if (epd::Status flushed = session->poster->Flush(session->options.op_timeout); !flushed.ok()) {
+      return Report(flushed);
+    }
+    auto answer = epd::c_api::PostOp(*session->session, std::move(*request));
     return Report(session->session->Await(answer, OpName(kind)));
   }
   // An earlier fenced op failed: report it now rather than post more work after it.
   if (epd::Status earlier = session->reaper->TakeError(); !earlier.ok()) return Report(earlier);
-  const uint64_t signal_fence = cpp_options->signal().fence_id();
-  const uint64_t signal_value = cpp_options->signal().value();
-  session->reaper->Add(Post(*session->session, std::move(*request)), OpName(kind), signal_fence,
-                       signal_value);
+  session->poster->Enqueue(std::move(*request), OpName(kind), cpp_options->signal().fence_id(),
+                           cpp_options->signal().value());
   return EPD_OK;
 }
 
@@ -159,8 +153,7 @@ namespace epd::c_api {
 
 void PostStreamOp(epd_stream_op* op) {
   op->posts.fetch_add(1, std::memory_order_relaxed);
-  op->session->reaper->Add(Post(*op->session->session, op->request), op->what,
-                           op->fence_out->fence->id(), 1);
+  op->session->poster->Enqueue(op->request, op->what, op->fence_out->fence->id(), 1);
 }
 
 }  // namespace epd::c_api

@@ -60,6 +60,41 @@ class OpReaper {
   std::thread thread_;
 };
 
+// Hands fenced ops to the session's stream on a thread of its own, in call order, so the
+// caller's cost of posting one is a queue push (the gRPC write happens here), and so CUDA host
+// functions (stream ops) never block on the network. Each posted op's answer goes to `reaper`.
+class OpPoster {
+ public:
+  OpPoster(Session& session, OpReaper& reaper);
+  ~OpPoster();  // posts everything queued, then joins
+
+  void Enqueue(v1::SessionRequest request, const char* what, uint64_t signal_fence_id,
+               uint64_t signal_value);
+  // Waits until every queued op is on the stream, at most `timeout`.
+  Status Flush(std::chrono::milliseconds timeout);
+
+ private:
+  struct Queued {
+    v1::SessionRequest request;
+    const char* what;
+    uint64_t signal_fence_id;
+    uint64_t signal_value;
+  };
+  void Run();
+
+  Session& session_;
+  OpReaper& reaper_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::deque<Queued> queue_;
+  bool busy_ = false;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// Posts `request` (any op) on the session's stream.
+std::future<Status> PostOp(Session& session, v1::SessionRequest request);
+
 }  // namespace epd::c_api
 
 struct epd_client {
@@ -71,7 +106,8 @@ struct epd_session {
   epd::ClientOptions options;
   std::mutex fences_mu;  // guards fences (the reaper looks fences up)
   std::map<uint64_t, epd::Fence*> fences;
-  std::unique_ptr<epd::c_api::OpReaper> reaper;  // declared last: joined first
+  std::unique_ptr<epd::c_api::OpReaper> reaper;
+  std::unique_ptr<epd::c_api::OpPoster> poster;  // declared last: flushed and joined first
 };
 
 struct epd_shm {
@@ -92,7 +128,7 @@ struct epd_handle {
 struct epd_stream_op {
   epd_session* session = nullptr;
   epd::v1::SessionRequest request;  // the op with its fences; session id filled in
-  std::string what;
+  const char* what = "";
   epd_fence* fence_in = nullptr;
   epd_fence* fence_out = nullptr;
   std::atomic<uint64_t> posts{0};
