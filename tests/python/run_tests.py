@@ -13,7 +13,15 @@ SKIPPED = 77
 
 
 def main(modules):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    # The package: <bundle>/python/epd beside <bundle>/python/tests, or <repo>/python/epd
+    # (an explicit PYTHONPATH comes first either way).
+    for root in (os.path.dirname(here), os.path.join(os.path.dirname(os.path.dirname(here)),
+                                                     "python")):
+        if os.path.isdir(os.path.join(root, "epd")):
+            sys.path.append(root)
+            break
     suite = unittest.defaultTestLoader.loadTestsFromNames(modules)
     if suite.countTestCases() == 0:
         print(f"run_tests: no tests found in {modules}", file=sys.stderr)

@@ -49,8 +49,12 @@ class CrashTest(unittest.TestCase):
         session.create_group("crash", world_size=2, experts=2, hidden=H, max_tokens_per_rank=T,
                              top_k=K, dtype="fp32")
         buf = epd.Buffer(session, session.create_handle("crash"))
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(epd.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
+                                                          env.get("PYTHONPATH")]))
         child = subprocess.Popen([sys.executable, "-c", CHILD, self.daemon.address],
-                                 stdout=subprocess.PIPE, env=dict(os.environ))
+                                 stdout=subprocess.PIPE, env=env)
         try:
             self.assertEqual(child.stdout.readline().strip(), b"ready", "child did not start")
             self.wait_for(lambda: self.client.stats().sessions_open == 2, "child session open")
