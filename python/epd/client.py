@@ -458,7 +458,14 @@ class Handle:
         self.group = info.group.decode()
         self.group_rank = info.group_rank
         self.on_device = bool(info.on_device)
+        # The device as this process numbers it (CUDA_VISIBLE_DEVICES may differ from the
+        # daemon's), from the mapped region itself.
         self.device = info.device
+        if self.on_device:
+            base, size, device = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_int32()
+            lib().device_allocation(ctypes.c_void_p(info.region), ctypes.byref(base),
+                                    ctypes.byref(size), ctypes.byref(device))
+            self.device = device.value
         self.expert_major = info.layout != 2
         self.data_path = {v: k for k, v in DATA_PATHS.items()}.get(info.data_path, "daemon")
         self._views = {}

@@ -216,6 +216,10 @@ class Buffer:
             np.copyto(destination, np.asarray(source), casting="same_kind")
 
     def _check_tokens(self, x, topk_idx, topk_weights):
+        dtype = tensors.describe(x, "x").dtype
+        if dtype != self.dtype:
+            raise ValueError(f"x has dtype {tensors.DTYPE_NAMES[dtype]}, the group's is "
+                             f"{tensors.DTYPE_NAMES[self.dtype]}")
         shape = tuple(x.shape)
         if len(shape) != 2 or shape[1] != self.hidden:
             raise ValueError(f"x has shape {shape}, expected (n, {self.hidden})")

@@ -145,7 +145,10 @@ def torch_host_view(ptr, dtype, shape, owner):
 
 
 def torch_device_view(ptr, dtype, shape, device, owner):
-    """A torch CUDA tensor over device memory of `device` (zero-copy)."""
+    """A torch CUDA tensor over device memory of `device` (zero-copy: torch takes the device
+    from the pointer and keeps `owner` referenced for the tensor's life)."""
     import torch
-    tensor = torch.as_tensor(_DeviceMemory(ptr, dtype, shape, owner), device=f"cuda:{device}")
+    tensor = torch.as_tensor(_DeviceMemory(ptr, dtype, shape, owner))
+    if tensor.device != torch.device("cuda", device):
+        raise RuntimeError(f"device view landed on {tensor.device}, expected cuda:{device}")
     return tensor.view(torch.bfloat16) if dtype == BF16 else tensor
