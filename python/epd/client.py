@@ -124,7 +124,11 @@ class Client:
             raise ValueError("epd.Client is closed")
         return self._handle
 
-    __del__ = close
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the OS cleans up
+            pass
 
     def __enter__(self):
         return self
@@ -176,7 +180,11 @@ class Session:
         finally:
             lib().session_destroy(handle)
 
-    __del__ = close
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the daemon ends the session
+            pass
 
     def __enter__(self):
         return self

@@ -26,7 +26,7 @@ captured op has a fence pair of its own (taken from a pool of `graph_fence_pairs
 from the monotonic pair of eager ops. A graph's tensors are static: change routing by writing
 new values into the captured topk_idx / topk_weights tensors before replaying. Eager calls on
 a Buffer whose ops were captured synchronize the stream first, so the daemon receives ops in
-stream order.
+stream order. Destroy the graphs before closing the Buffer (their host nodes use its ops).
 """
 
 from collections import namedtuple

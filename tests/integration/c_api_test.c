@@ -233,6 +233,16 @@ int main(int argc, char** argv) {
   CHECK(out[H] == x[H]); /* token 1: one expert, weight 1 */
   FAILS(epd_fence_wait(fence_out, 2, 10), EPD_DEADLINE_EXCEEDED, "2");
 
+  /* Stream ops need two distinct device fences. */
+  epd_stream_op_t* op = NULL;
+  FAILS(epd_stream_op_create(session, handle, EPD_OP_COMBINE, &out_ref, NULL, fence_in, fence_in,
+                             &op),
+        EPD_INVALID_ARGUMENT, "both");
+  FAILS(epd_stream_op_create(session, handle, EPD_OP_COMBINE, &out_ref, NULL, fence_in, fence_out,
+                             &op),
+        EPD_FAILED_PRECONDITION, "device fences");
+  CHECK(op == NULL && epd_stream_op_posts(op) == 0);
+
   /* A failing fenced op: reported by sync (once), its signal written by the client. */
   idx[1] = 9;
   fenced.wait_fence_id = 0;

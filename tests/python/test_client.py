@@ -227,6 +227,19 @@ class ClientTest(unittest.TestCase):
         self.assertIn("fenced update", caught.exception.message)
         self.session.poll()  # reported once
 
+    def test_sync_is_bounded_and_reports_unanswered_ops(self):
+        self.group("sync")
+        handle = self.session.create_handle("sync")
+        fence = self.session.create_fence()
+        idx = epd.shm_like(np.array([[0, 1]], np.int32))
+        # Fenced ops are answered once started, i.e. after their wait fence.
+        self.session.update(handle, idx, wait=(fence, 1))
+        with self.assertRaises(epd.DeadlineExceededError) as caught:
+            self.session.sync(timeout_ms=50)
+        self.assertIn("unanswered", caught.exception.message)
+        fence.signal(1)
+        self.session.sync(timeout_ms=5000)
+
     def test_registration_cache_and_lifetime(self):
         array = epd.shm_empty((4, 8), "fp32")
         block = weakref.ref(memory.find_block(array.ctypes.data, array.nbytes))

@@ -77,6 +77,12 @@ class LayerTest(unittest.TestCase):
                 if use_torch:
                     x, idx, w = (to_torch(a) for a in (x, idx, w))
                 recv = buf.dispatch(x, idx, w, blocking=blocking)
+                staged = np.asarray(buf._stage_x["array"])[: x.shape[0]]
+                # Registered inputs are read in place; others go through the staging buffer.
+                if in_place:
+                    self.assertFalse(staged.any(), "registered x was staged")
+                else:
+                    self.assertTrue(staged.any(), "unregistered x was not staged")
                 if use_torch:
                     self.assertTrue(torch.is_tensor(recv.recv_x))
                     recv_x = recv.recv_x.view(torch.int16) if code == tensors.BF16 else recv.recv_x
