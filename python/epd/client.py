@@ -220,7 +220,7 @@ class Session:
         registration = self._find(described)
         if registration is None:
             registration = self._register(described, what)
-        registration.keep.setdefault(id(described.owner), described.owner)
+        registration.keep.setdefault(described.owner_key, described.owner)
         return TensorRef(registration.buffer_id, described.ptr - registration.base,
                          described.dtype, described.shape)
 
@@ -234,8 +234,9 @@ class Session:
                          described.dtype, described.shape)
 
     def release(self, array_or_buffer_id):
-        """Releases the registration holding `array` (or with that buffer id) and lets go of
-        the memory it kept alive."""
+        """release(array): lets go of the memory register(array) kept alive; the registration
+        ends with the last such array. release(buffer_id): ends that registration at once."""
+        described = None
         if isinstance(array_or_buffer_id, int):
             match = lambda r: r.buffer_id == array_or_buffer_id  # noqa: E731
         else:
@@ -243,7 +244,14 @@ class Session:
             match = lambda r: self._holds(r, described)  # noqa: E731
         with self._lock:
             key = next((k for k, r in self._registrations.items() if match(r)), None)
-            registration = self._registrations.pop(key, None) if key is not None else None
+            registration = self._registrations.get(key) if key is not None else None
+            if registration is not None and described is not None:
+                if registration.keep.pop(described.owner_key, None) is None:
+                    registration = None  # this array was never registered itself
+                elif registration.keep:
+                    return  # other registered arrays still use it
+            if registration is not None:
+                del self._registrations[key]
         if registration is None:
             raise ValueError(f"{array_or_buffer_id!r} is not registered in session {self.id}")
         lib().release_buffer(self.handle, registration.buffer_id)
@@ -285,8 +293,7 @@ class Session:
                     f"{what}: host array at {described.ptr:#x} ({described.nbytes} bytes) is not "
                     "in epd shared memory: allocate it with epd.shm_empty / epd.shm_tensor")
             lib().register_shm(self.handle, block.handle, 0, 0, ctypes.byref(buffer_id))
-            registration = _Registration(buffer_id.value, block.ptr, block.size, False, -1,
-                                         {id(block): block})
+            registration = _Registration(buffer_id.value, block.ptr, block.size, False, -1, {})
             key = ("shm", block.name)
         with self._lock:
             self._registrations[key] = registration

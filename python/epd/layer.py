@@ -34,6 +34,7 @@ from collections import namedtuple
 from . import memory, tensors
 from ._lib import OP_COMBINE, OP_DISPATCH, OP_UPDATE, lib
 from .client import TensorRef, cuda_stream_pointer
+from .errors import EpdError
 
 import ctypes
 
@@ -158,9 +159,20 @@ class Buffer:
         return list(self._graph_ops.values())
 
     def close(self):
+        """Releases the layer's staging memory, fences and captured ops (idempotent)."""
         for op in self._graph_ops.values():
             op.destroy()
         self._graph_ops.clear()
+        stages = [self._stage_x, self._stage_idx, self._stage_weights, self._stage_out,
+                  self._stage_expert_out]
+        self._stage_x = self._stage_idx = self._stage_weights = self._stage_out = None
+        self._stage_expert_out = None
+        for stage in stages:
+            if stage is not None and self.session._handle:
+                try:
+                    self.session.release(stage["array"])
+                except (ValueError, EpdError):
+                    pass  # the session ended meanwhile: the daemon released it
         for fence in [self._fence_in, self._fence_out] + [f for p in self._graph_pairs for f in p]:
             fence.destroy_quietly()
 

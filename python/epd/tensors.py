@@ -36,13 +36,15 @@ def dtype_code(dtype):
 
 class Described:
     """Where an array's elements are. `owner` is what keeps the memory alive (torch: the
-    storage; numpy: the array)."""
+    storage; numpy: the array at the root of its .base chain) and `owner_key` names it: the
+    same for every view of one storage / root array."""
 
-    __slots__ = ("ptr", "nbytes", "dtype", "shape", "on_device", "device", "owner", "kind")
+    __slots__ = ("ptr", "nbytes", "dtype", "shape", "on_device", "device", "owner", "owner_key")
 
-    def __init__(self, ptr, nbytes, dtype, shape, on_device, device, owner, kind):
+    def __init__(self, ptr, nbytes, dtype, shape, on_device, device, owner, owner_key):
         self.ptr, self.nbytes, self.dtype, self.shape = ptr, nbytes, dtype, tuple(shape)
-        self.on_device, self.device, self.owner, self.kind = on_device, device, owner, kind
+        self.on_device, self.device, self.owner, self.owner_key = (on_device, device, owner,
+                                                                   owner_key)
 
 
 def is_torch(obj):
@@ -68,8 +70,9 @@ def describe(obj, what="tensor"):
             raise ValueError(f"{what}: torch dtype {obj.dtype} is not one of bf16, fp16, fp32, "
                              "int32, int64")
         storage = obj.untyped_storage() if hasattr(obj, "untyped_storage") else obj.storage()
+        device = obj.device.index if obj.is_cuda else -1
         return Described(obj.data_ptr(), obj.numel() * obj.element_size(), code, obj.shape,
-                         obj.is_cuda, obj.device.index if obj.is_cuda else -1, storage, "torch")
+                         obj.is_cuda, device, storage, ("torch", device, storage.data_ptr()))
     interface = getattr(obj, "__cuda_array_interface__", None)
     if interface is not None:
         code = _FROM_TYPESTR.get(interface["typestr"])
@@ -83,7 +86,7 @@ def describe(obj, what="tensor"):
         for extent in shape:
             count *= extent
         return Described(interface["data"][0], count * ELEMENT_BYTES[code], code, shape, True,
-                         -1, obj, "cuda_array_interface")
+                         -1, obj, ("cuda_array_interface", id(obj)))
     interface = getattr(obj, "__array_interface__", None)
     if interface is not None and "numpy" in sys.modules:
         import numpy as np
@@ -97,8 +100,11 @@ def describe(obj, what="tensor"):
         if code is None:
             raise ValueError(f"{what}: numpy dtype {array.dtype} is not one of uint16 (bf16 bits),"
                              " float16, float32, int32, int64")
+        root = array
+        while isinstance(root, np.ndarray) and root.base is not None:
+            root = root.base
         return Described(array.__array_interface__["data"][0], array.nbytes, code, array.shape,
-                         False, -1, array, "numpy")
+                         False, -1, root, ("numpy", id(root)))
     raise TypeError(f"{what}: {type(obj).__name__} is neither a torch tensor, a numpy array nor "
                     "an object with __cuda_array_interface__")
 

@@ -258,6 +258,20 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.session.release(first.buffer_id)
 
+    def test_release_by_array_ends_the_registration_of_its_memory(self):
+        self.group("relarr")
+        handle = self.session.create_handle("relarr")
+        idx = epd.shm_like(np.array([[0, 1], [1, 0]], np.int32))
+        ref = self.session.register(idx)
+        self.assertEqual(self.session.register(idx[1:]).buffer_id, ref.buffer_id)  # one owner
+        self.session.update(handle, ref)
+        self.session.release(idx[:1])  # any view of the registered array
+        self.assertEqual(self.session.registrations(), [])
+        with self.assertRaises(epd.NotFoundError):
+            self.session.update(handle, ref)
+        with self.assertRaises(ValueError):
+            self.session.release(epd.shm_empty((4,), "fp32"))
+
     def test_release_makes_buffer_unknown_to_daemon(self):
         self.group("rel")
         handle = self.session.create_handle("rel")

@@ -176,7 +176,10 @@ class LayerTest(unittest.TestCase):
         try:
             session.create_group("shapes", world_size=1, experts=2, hidden=H,
                                  max_tokens_per_rank=T, top_k=K, dtype="fp32")
-            buf = epd.Buffer(session, session.create_handle("shapes"))
+            handle = session.create_handle("shapes")
+            self.assertEqual(session.registrations(), [])
+            buf = epd.Buffer(session, handle)
+            self.assertEqual(len(session.registrations()), 4)  # x, idx, weights, out staging
             with self.assertRaises(ValueError) as caught:
                 buf.dispatch(np.zeros((T + 1, H), np.float32), np.zeros((T + 1, K), np.int64))
             self.assertIn("max_tokens_per_rank", str(caught.exception))
@@ -188,7 +191,11 @@ class LayerTest(unittest.TestCase):
             with self.assertRaises(epd.InvalidArgumentError) as caught:
                 buf.dispatch(np.zeros((1, H), np.float32), np.array([[0, 5]], np.int64))
             self.assertIn("5", caught.exception.message)
+            with self.assertRaises(ValueError) as caught:
+                buf.dispatch(np.zeros((1, H), np.float64), np.zeros((1, K), np.int64))
+            self.assertIn("dtype", str(caught.exception))
             buf.close()
+            self.assertEqual(session.registrations(), [], "close must release the staging")
         finally:
             session.close()
 
