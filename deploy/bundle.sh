@@ -99,7 +99,8 @@ ln -sf "$(basename "$c_api")" "$out/lib/libepd_c.so"
 mkdir -p "$out/python/tests"
 cp -r "$repo/python/epd" "$repo/python/examples" "$out/python/"
 cp "$repo"/tests/python/*.py "$repo"/tests/gpu/python/*.py \
-  "$repo/tests/bench/python_post_latency.py" "$out/python/tests/"
+  "$repo/tests/bench/python_post_latency.py" "$repo/tests/bench/python_fenced_gpu.py" \
+  "$out/python/tests/"
 find "$out/python" -name __pycache__ -prune -exec rm -rf {} +
 
 size_mb=$(du -sm "$out" | cut -f1)
