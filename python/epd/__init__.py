@@ -15,7 +15,12 @@ Errors raise epd.EpdError subclasses carrying .code (gRPC canonical code), .code
 .message (the daemon's message).
 """
 
-from .client import Client, Fence, Handle, Session, TensorRef
+from .client import Client
+from .fence import Fence
+from .handle import Handle
+from .session import Session
+from .values import TensorRef
+from . import errors
 from .errors import *  # noqa: F401,F403 - the EpdError hierarchy
 from .errors import EpdError, error_for
 from . import reference  # noqa: F401 - epd.reference (needs numpy on use)
@@ -24,3 +29,8 @@ from .memory import ShmBlock, shm_empty, shm_like, shm_tensor
 from .tensors import BF16, FP16, FP32, INT32, INT64, dtype_code
 
 __version__ = "0.1.0"
+
+__all__ = [  # with the EpdError subclasses of epd.errors
+    "Client", "Session", "Fence", "Handle", "TensorRef", "Buffer", "DispatchResult", "EpdError",
+    "error_for", "reference", "ShmBlock", "shm_empty", "shm_like", "shm_tensor", "BF16", "FP16",
+    "FP32", "INT32", "INT64", "dtype_code"] + [name for name in dir(errors) if name.endswith("Error")]

@@ -33,7 +33,7 @@ from collections import namedtuple
 
 from . import memory, tensors
 from ._lib import OP_COMBINE, OP_DISPATCH, OP_UPDATE, lib
-from .client import TensorRef, cuda_stream_pointer
+from .values import TensorRef, cuda_stream_pointer
 from .errors import EpdError
 
 import ctypes

@@ -18,7 +18,7 @@ H, T, K = 16, 4, 2
 OP_TIMEOUT_MS = 2000
 
 # Rank 1: joins the group, binds routing, says "ready", then sleeps until killed.
-CHILD = f"""
+CHILD = """
 import sys, time, numpy as np, epd
 session = epd.Client(sys.argv[1]).open_session(1, "doomed")
 buf = epd.Buffer(session, session.create_handle("crash"))
