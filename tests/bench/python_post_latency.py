@@ -4,6 +4,7 @@
     python3 tests/bench/python_post_latency.py --address unix:///run/epd/epd.sock \\
         --cpp-bench build/bin/epd-post-bench --json results/post-latency.json
     python3 tests/bench/python_post_latency.py --daemon build/bin/epd   # private cpu daemon
+    python tests/bench/python_post_latency.py --daemon bundle/bin/epd --backend cuda
 
 Measured spans (time.perf_counter_ns around the calls a frontend makes per op):
   python_session  Session.combine(handle, out, wait=(fence_in, v), signal=(fence_out, v)),
@@ -108,7 +109,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--address", default="unix:///run/epd/epd.sock")
-    parser.add_argument("--daemon", help="start this epd binary (cpu backend) on a private socket")
+    parser.add_argument("--daemon", help="start this epd binary on a private socket")
+    parser.add_argument("--backend", default="cpu", choices=["cpu", "cuda"],
+                        help="backend of the --daemon one (cuda: GPUs 0..rank)")
     parser.add_argument("--cpp-bench", help="epd-post-bench binary to run beside (default: next "
                         "to --daemon, or bin/ of the bundle)")
     parser.add_argument("--rank", type=int, default=0)
@@ -123,7 +126,8 @@ def main():
     if args.daemon:
         sys.path.insert(0, os.path.join(os.path.dirname(epd.__file__), "..", "examples"))
         import _common
-        daemon = _common.PrivateDaemon(args.daemon, "cpu", 1)
+        daemon = _common.PrivateDaemon(args.daemon, args.backend,
+                                       1 if args.backend == "cpu" else args.rank + 1)
         args.address = daemon.address
     try:
         report = {"schema": "epd-post-latency/1", "host": platform.node(),
