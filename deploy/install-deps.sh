@@ -12,7 +12,8 @@ packages=(
   libspdlog-dev libfmt-dev libsystemd-dev libtomlplusplus-dev libcli11-dev
   libgtest-dev libgmock-dev
   patchelf               # deploy/bundle.sh
-  python3                # the bench smoke test's checker
+  python3                # the bench smoke test's checker, the Python package's tests
+  python3-numpy          # the Python package's tests and cpu example
 )
 
 missing=()

@@ -1,0 +1,302 @@
+/* epd C API: the client library (client/epd/client.h) behind plain C types, for any language
+ * that can call C (the `epd` Python package loads it with ctypes). Shared library libepd_c.so.
+ *
+ * Conventions
+ *  - Every call that can fail returns an epd_status_t: 0 (EPD_OK) or a gRPC canonical code.
+ *    The daemon's code comes back unchanged. The message of the last failed call of the calling
+ *    thread is epd_last_error_message(); it stays valid until the next failing call of the
+ *    thread.
+ *  - Objects are opaque pointers created by epd_*_create / _open / _connect and freed by the
+ *    matching _destroy / _close (NULL is accepted and ignored there). A session outlives
+ *    nothing it created: destroy fences, handles and stream ops before their session.
+ *  - Structs passed in start with `struct_size` (sizeof as the caller compiled it), so fields
+ *    can be appended later without breaking old callers; epd_*_init() fills the defaults.
+ *  - Ops (update / dispatch / combine) are blocking (options.blocking: the call returns once
+ *    the op completed) or fenced (the call returns once the op is posted; the daemon waits
+ *    for options.wait and writes options.signal on completion). The answer of a fenced op is
+ *    collected in the background: when it is an error, the session remembers it (the next op
+ *    call, epd_session_poll and epd_session_sync return it, once) and writes the op's signal
+ *    value itself, so a stream waiting for it never hangs on a failed op.
+ *  - Thread safety: calls on one session may come from several threads (ops are posted in
+ *    call order); a handle, fence or stream op must not be destroyed while in use.
+ */
+#ifndef EPD_C_API_H_
+#define EPD_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* libepd_c is built with hidden visibility; what this header declares is its interface. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
+#define EPD_C_API_VERSION 1
+
+/* gRPC canonical codes (google.rpc.Code). */
+typedef int32_t epd_status_t;
+enum {
+  EPD_OK = 0,
+  EPD_CANCELLED = 1,
+  EPD_UNKNOWN = 2,
+  EPD_INVALID_ARGUMENT = 3,
+  EPD_DEADLINE_EXCEEDED = 4,
+  EPD_NOT_FOUND = 5,
+  EPD_ALREADY_EXISTS = 6,
+  EPD_PERMISSION_DENIED = 7,
+  EPD_RESOURCE_EXHAUSTED = 8,
+  EPD_FAILED_PRECONDITION = 9,
+  EPD_ABORTED = 10,
+  EPD_OUT_OF_RANGE = 11,
+  EPD_UNIMPLEMENTED = 12,
+  EPD_INTERNAL = 13,
+  EPD_UNAVAILABLE = 14,
+  EPD_DATA_LOSS = 15,
+  EPD_UNAUTHENTICATED = 16
+};
+
+/* Same numbers as epd.v1.DType / Layout / Algorithm. */
+enum {
+  EPD_DTYPE_UNSPECIFIED = 0,
+  EPD_DTYPE_BF16 = 1,
+  EPD_DTYPE_FP16 = 2,
+  EPD_DTYPE_FP32 = 3,
+  EPD_DTYPE_INT32 = 4,
+  EPD_DTYPE_INT64 = 5
+};
+enum { EPD_LAYOUT_DEFAULT = 0, EPD_LAYOUT_EXPERT_MAJOR = 1, EPD_LAYOUT_RANK_MAJOR = 2 };
+enum { EPD_ALGORITHM_DEFAULT = 0, EPD_ALGORITHM_LOW_LATENCY = 1, EPD_ALGORITHM_HIGH_THROUGHPUT = 2 };
+
+/* Which side launches a handle's dispatch/combine kernels. DEFAULT: what the daemon reports
+ * (today always the daemon's streams). FRONTEND_LAUNCHED is reserved: UNIMPLEMENTED for now. */
+enum {
+  EPD_DATA_PATH_DEFAULT = 0,
+  EPD_DATA_PATH_DAEMON_STREAMS = 1,
+  EPD_DATA_PATH_FRONTEND_LAUNCHED = 2
+};
+
+typedef struct epd_client epd_client_t;
+typedef struct epd_session epd_session_t;
+typedef struct epd_shm epd_shm_t;
+typedef struct epd_fence epd_fence_t;
+typedef struct epd_handle epd_handle_t;
+typedef struct epd_stream_op epd_stream_op_t;
+
+/* ---- errors and version ---- */
+int32_t epd_c_api_version(void);
+/* Message / code of the calling thread's last failed call ("" / 0 when none). */
+const char* epd_last_error_message(void);
+epd_status_t epd_last_error_code(void);
+/* "INVALID_ARGUMENT", ... ("UNKNOWN" for codes out of range). */
+const char* epd_status_name(epd_status_t code);
+
+/* ---- client ---- */
+typedef struct {
+  uint32_t struct_size;
+  int64_t connect_timeout_ms; /* channel READY */
+  int64_t rpc_timeout_ms;     /* each unary RPC */
+  int64_t op_timeout_ms;      /* waiting for an op's answer */
+  int64_t close_timeout_ms;   /* closing a session */
+} epd_client_options_t;
+void epd_client_options_init(epd_client_options_t* options);
+
+/* address: "unix:///path" or "host:port". options may be NULL (defaults). */
+epd_status_t epd_client_connect(const char* address, const epd_client_options_t* options,
+                                epd_client_t** client);
+void epd_client_destroy(epd_client_t* client);
+
+typedef struct {
+  uint32_t struct_size;
+  char daemon_version[64];
+  char backend[16]; /* "cpu" or "cuda" */
+  int32_t ranks;
+  int32_t gpus;
+  char nccl_version[32];
+  int32_t groups;
+  int32_t default_data_path; /* EPD_DATA_PATH_DAEMON_STREAMS */
+} epd_node_info_t;
+epd_status_t epd_client_node_info(epd_client_t* client, epd_node_info_t* info);
+
+typedef struct {
+  uint32_t struct_size;
+  uint64_t sessions_open, sessions_total;
+  uint64_t allocations, frees;
+  int64_t live_bytes;
+  uint64_t update_completed, update_failed;
+  uint64_t dispatch_completed, dispatch_failed;
+  uint64_t combine_completed, combine_failed;
+} epd_stats_t;
+epd_status_t epd_client_stats(epd_client_t* client, epd_stats_t* stats);
+
+/* ---- sessions ---- */
+epd_status_t epd_session_open(epd_client_t* client, int32_t rank, const char* client_name,
+                              epd_session_t** session);
+uint64_t epd_session_id(const epd_session_t* session);
+int32_t epd_session_rank(const epd_session_t* session);
+/* Ends the session (the daemon releases what it owns); later calls fail. Idempotent. */
+epd_status_t epd_session_close(epd_session_t* session);
+void epd_session_destroy(epd_session_t* session);
+/* First error of a fenced op answered since the last report (EPD_OK when none); never waits. */
+epd_status_t epd_session_poll(epd_session_t* session);
+/* Waits up to timeout_ms for the answers of every op posted so far, then reports as _poll. */
+epd_status_t epd_session_sync(epd_session_t* session, int64_t timeout_ms);
+
+/* ---- memory ---- */
+/* A POSIX shared memory object owned by this process (zero-filled, unlinked on destroy; the
+ * daemon keeps its own mapping of registered ranges). For the cpu backend. */
+epd_status_t epd_shm_create(size_t size_bytes, epd_shm_t** shm);
+void* epd_shm_data(const epd_shm_t* shm);
+size_t epd_shm_size(const epd_shm_t* shm);
+const char* epd_shm_name(const epd_shm_t* shm);
+void epd_shm_destroy(epd_shm_t* shm);
+
+/* Registers bytes [offset, offset + size) of `shm` (size 0: the rest). */
+epd_status_t epd_register_shm(epd_session_t* session, const epd_shm_t* shm, uint64_t offset,
+                              uint64_t size, uint64_t* buffer_id);
+/* The cudaMalloc allocation holding device pointer `ptr` (cuMemGetAddressRange). */
+epd_status_t epd_device_allocation(const void* ptr, uint64_t* base, uint64_t* size_bytes,
+                                   int32_t* device);
+/* Registers device memory [ptr, ptr + size) through CUDA IPC of its allocation (tensor offsets
+ * are then relative to ptr). UNIMPLEMENTED when libepd_c was built without CUDA. */
+epd_status_t epd_register_device(epd_session_t* session, const void* ptr, uint64_t size_bytes,
+                                 uint64_t* buffer_id);
+epd_status_t epd_release_buffer(epd_session_t* session, uint64_t buffer_id);
+
+/* ---- fences ---- */
+epd_status_t epd_fence_create(epd_session_t* session, epd_fence_t** fence);
+uint64_t epd_fence_id(const epd_fence_t* fence);
+/* 1 when the counter is device memory (use the _on_stream calls), 0 for host memory. */
+int32_t epd_fence_on_device(const epd_fence_t* fence);
+/* Address of the counter in this process (device pointer when on device). */
+void* epd_fence_counter(const epd_fence_t* fence);
+epd_status_t epd_fence_signal(epd_fence_t* fence, uint64_t value);               /* host */
+epd_status_t epd_fence_load(const epd_fence_t* fence, uint64_t* value);          /* host */
+epd_status_t epd_fence_wait(const epd_fence_t* fence, uint64_t value, int64_t timeout_ms);
+/* cuStreamWriteValue64 / cuStreamWaitValue64(GEQ) on `cuda_stream` (a cudaStream_t). */
+epd_status_t epd_fence_signal_on_stream(epd_fence_t* fence, uint64_t value, void* cuda_stream);
+epd_status_t epd_fence_wait_on_stream(epd_fence_t* fence, uint64_t value, void* cuda_stream);
+/* DestroyFence on the daemon and unmaps the page; frees `fence` even when the RPC fails. */
+epd_status_t epd_fence_destroy(epd_fence_t* fence);
+
+/* ---- groups ---- */
+typedef struct {
+  uint32_t struct_size;
+  const char* name;
+  int32_t world_size;
+  const int32_t* ranks; /* node ranks of group ranks 0..num_ranks-1; NULL: 0..world_size-1 */
+  int32_t num_ranks;
+  int32_t experts, hidden, max_tokens_per_rank, top_k;
+  int32_t dtype, algorithm, layout;
+  int32_t expert_capacity; /* 0: R * T */
+} epd_group_config_t;
+void epd_group_config_init(epd_group_config_t* config);
+/* filled_capacity (may be NULL) receives the expert capacity after defaults. */
+epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* config,
+                              int32_t persistent, int32_t* filled_capacity);
+epd_status_t epd_group_destroy(epd_session_t* session, const char* name);
+
+/* ---- handles ---- */
+#define EPD_NO_TENSOR UINT64_MAX
+typedef struct {
+  uint32_t struct_size;
+  uint64_t handle_id;
+  uint64_t buffer_id; /* the exported region as a buffer of the session */
+  const char* name;   /* valid while the handle is */
+  const char* group;
+  int32_t group_rank;
+  int32_t persistent;
+  int32_t data_path;
+  /* group */
+  int32_t world_size, experts, local_experts, hidden, max_tokens_per_rank, top_k;
+  int32_t dtype, algorithm, layout, expert_capacity;
+  /* exported region, mapped into this process */
+  void* region; /* device pointer when on_device */
+  uint64_t region_bytes;
+  int32_t on_device;
+  int32_t device;
+  /* layout: byte offsets into region, EPD_NO_TENSOR when the layout lacks the tensor.
+   * Expert-major: recv_x [recv_rows, H], recv_src [recv_rows, 3] i32, recv_weights [recv_rows]
+   * f32, recv_counts / recv_offsets [L] i32. Rank-major: recv_x [R*T, H], recv_topk_idx /
+   * recv_topk_weights [R*T, K] i32 / f32, recv_counts [R] i32. */
+  uint64_t recv_rows;
+  uint64_t recv_x_offset, recv_src_offset, recv_weights_offset;
+  uint64_t recv_topk_idx_offset, recv_topk_weights_offset;
+  uint64_t recv_counts_offset, recv_offsets_offset;
+} epd_handle_info_t;
+
+epd_status_t epd_handle_create(epd_session_t* session, const char* group, const char* name,
+                               int32_t persistent, int32_t data_path, epd_handle_t** handle);
+epd_status_t epd_handle_attach(epd_session_t* session, const char* name, int32_t data_path,
+                               epd_handle_t** handle);
+epd_status_t epd_handle_info(const epd_handle_t* handle, epd_handle_info_t* info);
+/* Unmaps the region; the daemon's handle stays (released with the session unless persistent). */
+void epd_handle_close(epd_handle_t* handle);
+/* DestroyHandle on the daemon, then as _close (frees `handle` even when the RPC fails). */
+epd_status_t epd_handle_destroy(epd_handle_t* handle);
+
+/* ---- ops ---- */
+#define EPD_MAX_DIMS 4
+typedef struct {
+  uint64_t buffer_id;
+  uint64_t offset_bytes; /* inside the registered range */
+  int32_t dtype;
+  int32_t ndim;
+  int64_t shape[EPD_MAX_DIMS]; /* row-major, contiguous */
+} epd_tensor_ref_t;
+
+typedef struct {
+  uint32_t struct_size;
+  uint64_t wait_fence_id; /* 0: no wait */
+  uint64_t wait_value;
+  uint64_t signal_fence_id; /* 0: no signal */
+  uint64_t signal_value;
+  int32_t blocking;
+} epd_op_options_t;
+void epd_op_options_init(epd_op_options_t* options); /* blocking, no fences */
+
+/* topk_idx [n, K] i32/i64; weights [n, K] f32 or NULL (all 1). */
+epd_status_t epd_update(epd_session_t* session, const epd_handle_t* handle,
+                        const epd_tensor_ref_t* topk_idx, const epd_tensor_ref_t* weights,
+                        const epd_op_options_t* options);
+/* x [n, H] group dtype. */
+epd_status_t epd_dispatch(epd_session_t* session, const epd_handle_t* handle,
+                          const epd_tensor_ref_t* x, const epd_op_options_t* options);
+/* out [n, H]; expert_out [recv_rows, H] or NULL (recv_x in place). */
+epd_status_t epd_combine(epd_session_t* session, const epd_handle_t* handle,
+                         const epd_tensor_ref_t* out, const epd_tensor_ref_t* expert_out,
+                         const epd_op_options_t* options);
+
+/* ---- stream ops: one op as work on a CUDA stream, capturable in a CUDA graph ----
+ * epd_stream_op_enqueue puts on `cuda_stream`:
+ *   1. a host function that posts the op (wait fence_in >= 1, signal fence_out = 1),
+ *   2. fence_in = 1            (inputs are ready: the daemon may start),
+ *   3. wait fence_out >= 1     (outputs are complete),
+ *   4. fence_out = 0, fence_in = 0   (re-arm: the daemon is done with both fences).
+ * So the values are the same on every execution and a captured graph posts a fresh daemon op
+ * on each replay. fence_in and fence_out must be device fences used by this stream op only.
+ * The tensors are fixed at creation (a graph's tensors are static). */
+enum { EPD_OP_UPDATE = 1, EPD_OP_DISPATCH = 2, EPD_OP_COMBINE = 3 };
+/* UPDATE: a = topk_idx, b = weights or NULL; DISPATCH: a = x, b NULL;
+ * COMBINE: a = out, b = expert_out or NULL. */
+epd_status_t epd_stream_op_create(epd_session_t* session, const epd_handle_t* handle,
+                                  int32_t kind, const epd_tensor_ref_t* a,
+                                  const epd_tensor_ref_t* b, epd_fence_t* fence_in,
+                                  epd_fence_t* fence_out, epd_stream_op_t** op);
+epd_status_t epd_stream_op_enqueue(epd_stream_op_t* op, void* cuda_stream);
+/* How many times the host function posted the op (tests: one per replay). */
+uint64_t epd_stream_op_posts(const epd_stream_op_t* op);
+void epd_stream_op_destroy(epd_stream_op_t* op);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EPD_C_API_H_ */

@@ -1,0 +1,300 @@
+/* The C API from C: a real daemon (cpu backend, 1 rank) driven through epd_c.h only.
+ *   c_api_test /path/to/epd
+ * Starts epd on a temporary socket, runs every group of calls, checks results and errors, and
+ * exits 0 only when every check passed. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/c_api/epd_c.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                            \
+    }                                                                        \
+  } while (0)
+
+/* An epd call that must succeed; on failure prints the code and message and gives up. */
+#define OK(call)                                                                          \
+  do {                                                                                    \
+    epd_status_t status_ = (call);                                                        \
+    if (status_ != EPD_OK) {                                                              \
+      fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call,                 \
+              epd_status_name(status_), epd_last_error_message());                        \
+      ++failures;                                                                         \
+      goto done;                                                                          \
+    }                                                                                     \
+  } while (0)
+
+/* An epd call that must fail with `code` and a message containing `text`. */
+#define FAILS(call, code, text)                                                            \
+  do {                                                                                     \
+    epd_status_t status_ = (call);                                                         \
+    if (status_ != (code) || strstr(epd_last_error_message(), (text)) == NULL ||           \
+        epd_last_error_code() != (code)) {                                                 \
+      fprintf(stderr, "%s:%d: %s -> %s '%s', expected %s containing '%s'\n", __FILE__,     \
+              __LINE__, #call, epd_status_name(status_), epd_last_error_message(),         \
+              epd_status_name(code), (text));                                              \
+      ++failures;                                                                          \
+    }                                                                                      \
+  } while (0)
+
+static pid_t start_daemon(const char* binary, const char* address) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl(binary, binary, "--backend", "cpu", "--cpu-ranks", "1", "--listen", address,
+          "--log-level", "warn", (char*)NULL);
+    _exit(127);
+  }
+  return pid;
+}
+
+static void stop_daemon(pid_t pid) {
+  if (pid <= 0) return;
+  kill(pid, SIGTERM);
+  for (int i = 0; i < 1000; ++i) { /* bounded: 10 s */
+    if (waitpid(pid, NULL, WNOHANG) == pid) return;
+    usleep(10000);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+}
+
+static epd_tensor_ref_t ref2(uint64_t buffer_id, uint64_t offset, int32_t dtype, int64_t rows,
+                             int64_t cols) {
+  epd_tensor_ref_t ref;
+  memset(&ref, 0, sizeof(ref));
+  ref.buffer_id = buffer_id;
+  ref.offset_bytes = offset;
+  ref.dtype = dtype;
+  ref.ndim = 2;
+  ref.shape[0] = rows;
+  ref.shape[1] = cols;
+  return ref;
+}
+
+enum { E = 2, H = 8, T = 4, K = 2, N = 4 }; /* every tensor offset below is 16-byte aligned */
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s /path/to/epd\n", argv[0]);
+    return 2;
+  }
+  char dir[] = "/tmp/epd-c-api-test-XXXXXX";
+  if (mkdtemp(dir) == NULL) return 2;
+  char socket_path[256], address[300];
+  snprintf(socket_path, sizeof(socket_path), "%s/epd.sock", dir);
+  snprintf(address, sizeof(address), "unix://%s", socket_path);
+
+  epd_client_t* client = NULL;
+  epd_session_t* session = NULL;
+  epd_shm_t* shm = NULL;
+  epd_fence_t *fence_in = NULL, *fence_out = NULL;
+  epd_handle_t* handle = NULL;
+  pid_t daemon = -1;
+
+  CHECK(epd_c_api_version() == EPD_C_API_VERSION);
+  CHECK(strcmp(epd_status_name(EPD_NOT_FOUND), "NOT_FOUND") == 0);
+  CHECK(strcmp(epd_status_name(99), "UNKNOWN") == 0);
+  FAILS(epd_client_connect(NULL, NULL, &client), EPD_INVALID_ARGUMENT, "address");
+
+  /* No daemon yet: connecting fails within the timeout with the channel's reason. */
+  epd_client_options_t options;
+  epd_client_options_init(&options);
+  CHECK(options.struct_size == sizeof(options) && options.op_timeout_ms > 0);
+  options.connect_timeout_ms = 200;
+  epd_status_t refused = epd_client_connect(address, &options, &client);
+  CHECK(refused == EPD_UNAVAILABLE || refused == EPD_DEADLINE_EXCEEDED);
+  CHECK(client == NULL);
+  options.struct_size = 4;
+  FAILS(epd_client_connect(address, &options, &client), EPD_INVALID_ARGUMENT, "struct_size");
+
+  daemon = start_daemon(argv[1], address);
+  for (int i = 0; i < 1000; ++i) { /* bounded: 10 s for the socket */
+    struct stat st;
+    if (stat(socket_path, &st) == 0) break;
+    usleep(10000);
+  }
+  OK(epd_client_connect(address, NULL, &client));
+
+  epd_node_info_t info;
+  OK(epd_client_node_info(client, &info));
+  CHECK(strcmp(info.backend, "cpu") == 0);
+  CHECK(info.ranks == 1);
+  CHECK(info.default_data_path == EPD_DATA_PATH_DAEMON_STREAMS);
+
+  FAILS(epd_session_open(client, 5, "c", &session), EPD_INVALID_ARGUMENT, "5");
+  OK(epd_session_open(client, 0, "c-api-test", &session));
+  CHECK(epd_session_rank(session) == 0);
+  CHECK(epd_session_id(session) != 0);
+
+  /* Group and handle. */
+  epd_group_config_t group;
+  epd_group_config_init(&group);
+  group.name = "g";
+  group.world_size = 1;
+  group.experts = E;
+  group.hidden = H;
+  group.max_tokens_per_rank = T;
+  group.top_k = K;
+  group.dtype = EPD_DTYPE_FP32;
+  group.hidden = 7;
+  FAILS(epd_group_create(session, &group, 0, NULL), EPD_INVALID_ARGUMENT, "7");
+  group.hidden = H;
+  int32_t capacity = 0;
+  OK(epd_group_create(session, &group, 0, &capacity));
+  CHECK(capacity == T);
+  FAILS(epd_handle_create(session, "g", "", 0, EPD_DATA_PATH_FRONTEND_LAUNCHED, &handle),
+        EPD_UNIMPLEMENTED, "frontend");
+  FAILS(epd_handle_create(session, "nope", "", 0, EPD_DATA_PATH_DEFAULT, &handle), EPD_NOT_FOUND,
+        "nope");
+  OK(epd_handle_create(session, "g", "h", 1, EPD_DATA_PATH_DEFAULT, &handle));
+  epd_handle_info_t hi;
+  OK(epd_handle_info(handle, &hi));
+  CHECK(strcmp(hi.name, "h") == 0 && strcmp(hi.group, "g") == 0);
+  CHECK(hi.persistent == 1 && hi.on_device == 0 && hi.local_experts == E);
+  CHECK(hi.recv_rows == (uint64_t)E * T);
+  CHECK(hi.recv_topk_idx_offset == EPD_NO_TENSOR && hi.recv_src_offset != EPD_NO_TENSOR);
+  CHECK(hi.region != NULL && hi.region_bytes > 0);
+
+  /* Tensors in one shm object: x [N, H] f32 | idx [N, K] i32 | w [N, K] f32 | out [N, H]. */
+  const size_t x_off = 0, idx_off = N * H * 4, w_off = idx_off + N * K * 4,
+               out_off = w_off + N * K * 4, total = out_off + N * H * 4;
+  OK(epd_shm_create(total, &shm));
+  CHECK(epd_shm_size(shm) == total && epd_shm_name(shm)[0] == '/');
+  char* base = (char*)epd_shm_data(shm);
+  float* x = (float*)(base + x_off);
+  int32_t* idx = (int32_t*)(base + idx_off);
+  float* w = (float*)(base + w_off);
+  float* out = (float*)(base + out_off);
+  for (int i = 0; i < N * H; ++i) x[i] = (float)i * 0.5f;
+  const int32_t routing[N * K] = {0, 1, 1, -1, 0, 0, -1, 1};
+  const float weights[N * K] = {0.5f, 0.25f, 1.0f, 1.0f, 2.0f, 3.0f, 1.0f, 0.75f};
+  memcpy(idx, routing, sizeof(routing));
+  memcpy(w, weights, sizeof(weights));
+  uint64_t buffer = 0;
+  OK(epd_register_shm(session, shm, 0, 0, &buffer));
+
+  epd_tensor_ref_t x_ref = ref2(buffer, x_off, EPD_DTYPE_FP32, N, H);
+  epd_tensor_ref_t idx_ref = ref2(buffer, idx_off, EPD_DTYPE_INT32, N, K);
+  epd_tensor_ref_t w_ref = ref2(buffer, w_off, EPD_DTYPE_FP32, N, K);
+  epd_tensor_ref_t out_ref = ref2(buffer, out_off, EPD_DTYPE_FP32, N, H);
+
+  /* Blocking ops (NULL options = blocking). */
+  OK(epd_update(session, handle, &idx_ref, &w_ref, NULL));
+  OK(epd_dispatch(session, handle, &x_ref, NULL));
+  const int32_t* counts = (const int32_t*)((char*)hi.region + hi.recv_counts_offset);
+  CHECK(counts[0] == 3 && counts[1] == 3);
+  OK(epd_combine(session, handle, &out_ref, NULL, NULL));
+  for (int t = 0; t < N; ++t) {
+    for (int h = 0; h < H; ++h) {
+      float acc = 0.0f;
+      for (int k = 0; k < K; ++k) {
+        if (routing[t * K + k] < 0) continue;
+        const float product = weights[t * K + k] * x[t * H + h];
+        acc = acc + product;
+      }
+      CHECK(out[t * H + h] == acc);
+    }
+  }
+
+  /* Fenced ops with host fences. */
+  OK(epd_fence_create(session, &fence_in));
+  OK(epd_fence_create(session, &fence_out));
+  CHECK(epd_fence_on_device(fence_in) == 0 && epd_fence_counter(fence_in) != NULL);
+  CHECK(epd_fence_id(fence_in) != epd_fence_id(fence_out));
+  memset(out, 0, N * H * 4);
+  epd_op_options_t fenced;
+  epd_op_options_init(&fenced);
+  CHECK(fenced.blocking == 1);
+  fenced.blocking = 0;
+  fenced.wait_fence_id = epd_fence_id(fence_in);
+  fenced.wait_value = 1;
+  fenced.signal_fence_id = epd_fence_id(fence_out);
+  fenced.signal_value = 1;
+  OK(epd_combine(session, handle, &out_ref, NULL, &fenced));
+  uint64_t value = 99;
+  OK(epd_fence_load(fence_out, &value));
+  CHECK(value == 0); /* the daemon waits for fence_in */
+  OK(epd_fence_signal(fence_in, 1));
+  OK(epd_fence_wait(fence_out, 1, 5000));
+  OK(epd_session_sync(session, 5000));
+  CHECK(out[H] == x[H]); /* token 1: one expert, weight 1 */
+  FAILS(epd_fence_wait(fence_out, 2, 10), EPD_DEADLINE_EXCEEDED, "2");
+
+  /* Stream ops need two distinct device fences. */
+  epd_stream_op_t* op = NULL;
+  FAILS(epd_stream_op_create(session, handle, EPD_OP_COMBINE, &out_ref, NULL, fence_in, fence_in,
+                             &op),
+        EPD_INVALID_ARGUMENT, "both");
+  FAILS(epd_stream_op_create(session, handle, EPD_OP_COMBINE, &out_ref, NULL, fence_in, fence_out,
+                             &op),
+        EPD_FAILED_PRECONDITION, "device fences");
+  CHECK(op == NULL && epd_stream_op_posts(op) == 0);
+
+  /* A failing fenced op: reported by sync (once), its signal written by the client. */
+  idx[1] = 9;
+  fenced.wait_fence_id = 0;
+  fenced.signal_value = 2;
+  OK(epd_update(session, handle, &idx_ref, NULL, &fenced));
+  OK(epd_fence_wait(fence_out, 2, 5000));
+  FAILS(epd_session_sync(session, 5000), EPD_INVALID_ARGUMENT, "9");
+  OK(epd_session_poll(session));
+
+  /* Request errors name the field and value. */
+  epd_tensor_ref_t bad = ref2(buffer + 1000, 0, EPD_DTYPE_INT32, N, K);
+  FAILS(epd_update(session, handle, &bad, NULL, NULL), EPD_NOT_FOUND, "1");
+  bad = idx_ref;
+  bad.ndim = 0;
+  FAILS(epd_update(session, handle, &bad, NULL, NULL), EPD_INVALID_ARGUMENT, "ndim");
+  FAILS(epd_dispatch(session, handle, NULL, NULL), EPD_INVALID_ARGUMENT, "NULL");
+  /* Host memory is no device allocation (and a build without CUDA has no device path). */
+  CHECK(epd_register_device(session, x, 16, &buffer) != EPD_OK);
+  CHECK(epd_last_error_message()[0] != '\0');
+
+  /* Release and destroy. */
+  OK(epd_release_buffer(session, buffer));
+  FAILS(epd_release_buffer(session, buffer), EPD_NOT_FOUND, "");
+  OK(epd_fence_destroy(fence_in));
+  fence_in = NULL;
+  FAILS(epd_group_destroy(session, "g"), EPD_FAILED_PRECONDITION, "handles");
+  OK(epd_session_close(session));
+  OK(epd_session_close(session)); /* idempotent */
+  FAILS(epd_fence_create(session, &fence_in), EPD_NOT_FOUND, "not an open session");
+  FAILS(epd_dispatch(session, handle, &x_ref, NULL), EPD_FAILED_PRECONDITION, "closed");
+  OK(epd_handle_destroy(handle)); /* the daemon released it with the session */
+  handle = NULL;
+
+  epd_stats_t stats;
+  OK(epd_client_stats(client, &stats));
+  CHECK(stats.update_completed >= 1 && stats.update_failed >= 1);
+  CHECK(stats.dispatch_completed == 1 && stats.combine_completed == 2);
+
+done:
+  epd_fence_destroy(fence_in);
+  epd_fence_destroy(fence_out);
+  epd_handle_close(handle);
+  epd_session_destroy(session);
+  epd_shm_destroy(shm);
+  epd_client_destroy(client);
+  stop_daemon(daemon);
+  unlink(socket_path);
+  rmdir(dir);
+  if (failures != 0) {
+    fprintf(stderr, "c_api_test: %d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("c_api_test: all checks passed\n");
+  return 0;
+}
