@@ -8,6 +8,7 @@
 #include <memory>
 #include <string_view>
 
+#include "common/limits.h"
 #include "daemon/core/backend.h"
 #include "daemon/core/engine.h"
 
@@ -15,7 +16,7 @@ namespace epd {
 
 // Token and index tensors must start on a 16-byte boundary: the device copies rows in 16-byte
 // vectors and a misaligned tensor would fault instead of failing cleanly.
-constexpr uint64_t kTensorAlignment = 16;
+constexpr uint64_t kTensorAlignment = kVectorBytes;
 
 class BufferRegistry {
  public:
