@@ -1,9 +1,9 @@
 // Fence stream ops: stream-ordered 64-bit writes / waits, capturable in CUDA graphs.
 #include <cuda.h>
 
-#include "client/cuda_check.h"
-#include "client/cuda_driver.h"
 #include "client/epd/cuda.h"
+#include "common/cuda_check.h"
+#include "common/cuda_driver.h"
 
 namespace epd::cuda {
 namespace {
@@ -20,19 +20,19 @@ Status CheckDeviceFence(const Fence& fence) {
 
 Status SignalFenceOnStream(const Fence& fence, uint64_t value, cudaStream_t stream) {
   EPD_RETURN_IF_ERROR(CheckDeviceFence(fence));
-  EPD_ASSIGN_OR_RETURN(const ClientDriverApi* driver, ClientDriver());
-  EPD_CLIENT_CU_CHECK(driver, stream_write_value64, reinterpret_cast<CUstream>(stream),
-                      reinterpret_cast<CUdeviceptr>(fence.counter()), value,
-                      CU_STREAM_WRITE_VALUE_DEFAULT);
+  EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
+  EPD_CU_CHECK(driver->stream_write_value64(reinterpret_cast<CUstream>(stream),
+                                            reinterpret_cast<CUdeviceptr>(fence.counter()), value,
+                                            CU_STREAM_WRITE_VALUE_DEFAULT));
   return OkStatus();
 }
 
 Status WaitFenceOnStream(const Fence& fence, uint64_t value, cudaStream_t stream) {
   EPD_RETURN_IF_ERROR(CheckDeviceFence(fence));
-  EPD_ASSIGN_OR_RETURN(const ClientDriverApi* driver, ClientDriver());
-  EPD_CLIENT_CU_CHECK(driver, stream_wait_value64, reinterpret_cast<CUstream>(stream),
-                      reinterpret_cast<CUdeviceptr>(fence.counter()), value,
-                      CU_STREAM_WAIT_VALUE_GEQ);
+  EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
+  EPD_CU_CHECK(driver->stream_wait_value64(reinterpret_cast<CUstream>(stream),
+                                           reinterpret_cast<CUdeviceptr>(fence.counter()), value,
+                                           CU_STREAM_WAIT_VALUE_GEQ));
   return OkStatus();
 }
 

@@ -4,10 +4,10 @@
 
 #include <cstring>
 
-#include "client/cuda_check.h"
-#include "client/cuda_driver.h"
 #include "client/cuda_region.h"
 #include "client/epd/cuda.h"
+#include "common/cuda_check.h"
+#include "common/cuda_driver.h"
 
 namespace epd {
 namespace {
@@ -45,12 +45,12 @@ StatusOr<std::unique_ptr<MappedRegion>> OpenCudaIpcRegion(const v1::MemorySource
   }
   std::memcpy(&handle, source.cuda_ipc_handle().data(), sizeof(handle));
   int previous = 0;
-  EPD_CLIENT_CUDA_CHECK(cudaGetDevice(&previous));
-  EPD_CLIENT_CUDA_CHECK(cudaSetDevice(source.device()));
+  EPD_CUDA_CHECK(cudaGetDevice(&previous));
+  EPD_CUDA_CHECK(cudaSetDevice(source.device()));
   void* base = nullptr;
   const cudaError_t err = cudaIpcOpenMemHandle(&base, handle, cudaIpcMemLazyEnablePeerAccess);
   cudaSetDevice(previous);
-  EPD_CLIENT_CUDA_CHECK(err);
+  EPD_CUDA_CHECK(err);
   return std::unique_ptr<MappedRegion>(
       new CudaIpcRegion(base, source.offset(), source.size(), source.device()));
 }
@@ -59,23 +59,23 @@ namespace cuda {
 
 StatusOr<v1::MemorySource> ExportDeviceTensor(const void* ptr, size_t bytes) {
   cudaPointerAttributes attributes{};
-  EPD_CLIENT_CUDA_CHECK(cudaPointerGetAttributes(&attributes, ptr));
+  EPD_CUDA_CHECK(cudaPointerGetAttributes(&attributes, ptr));
   if (attributes.type != cudaMemoryTypeDevice) {
     return InvalidArgumentError("pointer {} is not device memory (cudaMemoryType {})", ptr,
                                 static_cast<int>(attributes.type));
   }
   CUdeviceptr base = 0;
   size_t allocation_bytes = 0;
-  EPD_ASSIGN_OR_RETURN(const ClientDriverApi* driver, ClientDriver());
-  EPD_CLIENT_CU_CHECK(driver, mem_get_address_range, &base, &allocation_bytes,
-                      reinterpret_cast<CUdeviceptr>(ptr));
+  EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
+  EPD_CU_CHECK(
+      driver->mem_get_address_range(&base, &allocation_bytes, reinterpret_cast<CUdeviceptr>(ptr)));
   const size_t offset = reinterpret_cast<CUdeviceptr>(ptr) - base;
   if (offset + bytes > allocation_bytes) {
     return InvalidArgumentError("tensor [{}, +{}) runs past its allocation of {} bytes", ptr, bytes,
                                 allocation_bytes);
   }
   cudaIpcMemHandle_t handle;
-  EPD_CLIENT_CUDA_CHECK(cudaIpcGetMemHandle(&handle, reinterpret_cast<void*>(base)));
+  EPD_CUDA_CHECK(cudaIpcGetMemHandle(&handle, reinterpret_cast<void*>(base)));
   v1::MemorySource source;
   source.set_cuda_ipc_handle(std::string(reinterpret_cast<const char*>(&handle), sizeof(handle)));
   source.set_device(attributes.device);

@@ -1,23 +1,9 @@
 #include "client/epd/handle_view.h"
 
 #include "client/epd/tensor.h"
+#include "common/proto_dtype.h"
 
 namespace epd {
-
-size_t DTypeBytes(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_BF16:
-    case v1::DTYPE_FP16:
-      return 2;
-    case v1::DTYPE_FP32:
-    case v1::DTYPE_INT32:
-      return 4;
-    case v1::DTYPE_INT64:
-      return 8;
-    default:
-      return 0;
-  }
-}
 
 StatusOr<std::unique_ptr<HandleView>> HandleView::Open(const v1::HandleInfo& info) {
   EPD_ASSIGN_OR_RETURN(std::unique_ptr<MappedRegion> region, MapMemorySource(info.source()));
@@ -34,7 +20,7 @@ StatusOr<std::unique_ptr<HandleView>> HandleView::Open(const v1::HandleInfo& inf
   auto view = std::unique_ptr<HandleView>(new HandleView());
   view->info_ = info;
   view->row_bytes_ =
-      static_cast<size_t>(info.config().hidden()) * DTypeBytes(info.config().dtype());
+      static_cast<size_t>(info.config().hidden()) * ProtoDTypeSize(info.config().dtype());
   view->region_ = std::move(region);
   return view;
 }

@@ -1,4 +1,5 @@
-// Private: grpc::Status <-> epd::Status (codes are numerically identical) and call contexts.
+// Private: call contexts and unary calls whose grpc::Status comes back as an epd::Status
+// (common/grpc_status.h).
 #pragma once
 
 #include <grpcpp/client_context.h>
@@ -7,15 +8,11 @@
 #include <chrono>
 #include <memory>
 
+#include "common/grpc_status.h"
 #include "common/status.h"
 #include "epd/v1/epd.grpc.pb.h"
 
 namespace epd::internal {
-
-inline Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return OkStatus();
-  return Status(static_cast<StatusCode>(status.error_code()), status.error_message());
-}
 
 inline std::unique_ptr<grpc::ClientContext> MakeContext(std::chrono::milliseconds timeout) {
   auto context = std::make_unique<grpc::ClientContext>();
@@ -31,7 +28,7 @@ Status CallUnary(v1::Epd::Stub& stub,
                                                        Response*),
                  const Request& request, Response* response, std::chrono::milliseconds timeout) {
   auto context = MakeContext(timeout);
-  return FromGrpc((stub.*method)(context.get(), request, response));
+  return FromGrpcStatus((stub.*method)(context.get(), request, response));
 }
 
 }  // namespace epd::internal

@@ -82,7 +82,7 @@ void SessionStream::ReadLoop() {
   Status finish;
   {
     std::lock_guard<std::mutex> write_lock(write_mu_);
-    finish = FromGrpc(stream_->Finish());
+    finish = FromGrpcStatus(stream_->Finish());
     finished_ = true;
   }
   std::map<uint64_t, Callback> failed;

@@ -1,4 +1,5 @@
-// Layout of a fence page shared through IPC / shared memory (versioned, see STYLE.md).
+// Layout of a fence page shared through IPC / shared memory (docs/design.md §6). Versioned: a
+// change of layout is a new kFenceVersion, which clients refuse until they know it.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,8 @@
 #include "common/status.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 namespace epd {
 
 const char* StatusCodeName(StatusCode code) {
@@ -50,6 +53,16 @@ std::string Status::ToString() const {
 Status Status::WithContext(std::string_view context) const {
   if (ok()) return *this;
   return Status(code_, fmt::format("{}: {}", context, message_));
+}
+
+}  // namespace epd
+
+namespace epd {
+
+void DieOfBadStatusOrAccess(const Status& status) {
+  std::fprintf(stderr, "epd: StatusOr::value() on an error: %s\n", status.ToString().c_str());
+  std::fflush(stderr);
+  std::abort();
 }
 
 }  // namespace epd

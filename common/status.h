@@ -34,6 +34,11 @@ enum class StatusCode : int {
 
 const char* StatusCodeName(StatusCode code);
 
+class Status;
+// Prints "StatusOr::value() on an error: <status>" to stderr and aborts: reading the value of
+// a failed StatusOr is a caller bug, and a clear message beats undefined behaviour.
+[[noreturn]] void DieOfBadStatusOrAccess(const Status& status);
+
 class [[nodiscard]] Status {
  public:
   Status() = default;
@@ -85,15 +90,25 @@ class [[nodiscard]] StatusOr {
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
-  T& value() & { return *value_; }
-  const T& value() const& { return *value_; }
-  T&& value() && { return std::move(*value_); }
-  T& operator*() & { return *value_; }
-  const T& operator*() const& { return *value_; }
-  T* operator->() { return &*value_; }
-  const T* operator->() const { return &*value_; }
+  // Every accessor aborts with the status message when there is no value.
+  T& value() & { return Checked(); }
+  const T& value() const& { return Checked(); }
+  T&& value() && { return std::move(Checked()); }
+  T& operator*() & { return Checked(); }
+  const T& operator*() const& { return Checked(); }
+  T* operator->() { return &Checked(); }
+  const T* operator->() const { return &Checked(); }
 
  private:
+  T& Checked() {
+    if (!value_.has_value()) DieOfBadStatusOrAccess(status_);
+    return *value_;
+  }
+  const T& Checked() const {
+    if (!value_.has_value()) DieOfBadStatusOrAccess(status_);
+    return *value_;
+  }
+
   Status status_;
   std::optional<T> value_;
 };

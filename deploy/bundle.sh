@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Relocatable bundle for GPU nodes that have only the driver, CUDA and NCCL (GPU-HOSTS.md):
+# Relocatable bundle for GPU nodes that have only the driver, CUDA and NCCL:
 #   deploy/bundle.sh OUTDIR [BUILD_DIR]      (BUILD_DIR defaults to $EPD_BUILD_DIR or build)
 # Copies every executable of BUILD_DIR/bin into OUTDIR/bin with RPATH $ORIGIN/../lib and the
 # non-system shared libraries they need (found with ldd) into OUTDIR/lib with RPATH $ORIGIN.

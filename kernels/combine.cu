@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "common/limits.h"
 #include "kernels/combine.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/preload.cuh"
@@ -12,6 +13,8 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kVectorsPerLane = kCombineVectorsPerItem / 32;
 constexpr int kRowsInFlight = 4;  // k values whose loads are issued before accumulating
+static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
+static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");
 
 // Element access of a 16-byte vector: 8 bf16 / 8 fp16 / 4 fp32.
 template <int kType>

@@ -1,6 +1,7 @@
 #include <climits>
 #include <cub/block/block_scan.cuh>
 
+#include "common/limits.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/preload.cuh"
@@ -12,6 +13,10 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kExpertsPerThread = 8;  // kThreads * 8 = 4096 = GroupConfig's expert limit
 using ExpertScan = cub::BlockScan<int, kThreads>;
+static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
+static_assert(kThreads * kExpertsPerThread >= epd::kMaxExperts,
+              "the one-block expert scan must cover GroupConfig's expert limit");
+static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");
 
 // Leader part 1: counts out, counts in. Returns false (error written) on timeout.
 __device__ bool ExchangeCounts(const DispatchParams& p, int n) {

@@ -1,6 +1,6 @@
 // Low-latency intra-node dispatch: every source rank writes its token rows straight into the
 // destination ranks' receive buffers over NVLink (peer pointers), in the deterministic order
-// of DESIGN.md §3, with no host synchronisation.
+// of docs/design.md §3, with no host synchronisation.
 //
 // Protocol (one kernel per rank, all ranks run it concurrently with the same seq):
 //  1. the leader block publishes this rank's per-expert counts (and n) to every peer's inbox,

@@ -13,9 +13,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/limits.h"
+
 namespace epd::kernels {
 
 constexpr int kMaxRanks = 8;  // GPUs of one node reached with peer pointers
+static_assert(kMaxRanks == epd::kMaxRanks, "common/limits.h is what the host checks against");
 
 struct alignas(128) SyncControl {
   uint64_t go;          // (seq << 2) | SyncGoFlags, published by the leader block

@@ -4,9 +4,9 @@
 #include <cuda_runtime_api.h>
 
 #include "client/c_api/internal.h"
-#include "client/cuda_check.h"
-#include "client/cuda_driver.h"
 #include "client/epd/cuda.h"
+#include "common/cuda_check.h"
+#include "common/cuda_driver.h"
 
 namespace epd::c_api {
 namespace {
@@ -23,16 +23,16 @@ StatusOr<v1::MemorySource> ExportDevice(const void* ptr, uint64_t size_bytes) {
 
 Status DeviceAllocation(const void* ptr, uint64_t* base, uint64_t* size_bytes, int32_t* device) {
   cudaPointerAttributes attributes{};
-  EPD_CLIENT_CUDA_CHECK(cudaPointerGetAttributes(&attributes, ptr));
+  EPD_CUDA_CHECK(cudaPointerGetAttributes(&attributes, ptr));
   if (attributes.type != cudaMemoryTypeDevice) {
     return InvalidArgumentError("pointer {} is not device memory (cudaMemoryType {})", ptr,
                                 static_cast<int>(attributes.type));
   }
-  EPD_ASSIGN_OR_RETURN(const cuda::ClientDriverApi* driver, cuda::ClientDriver());
+  EPD_ASSIGN_OR_RETURN(const cuda::DriverApi* driver, cuda::Driver());
   CUdeviceptr start = 0;
   size_t bytes = 0;
-  EPD_CLIENT_CU_CHECK(driver, mem_get_address_range, &start, &bytes,
-                      reinterpret_cast<CUdeviceptr>(ptr));
+  EPD_CU_CHECK(
+      driver->mem_get_address_range(&start, &bytes, reinterpret_cast<CUdeviceptr>(ptr)));
   *base = static_cast<uint64_t>(start);
   *size_bytes = bytes;
   *device = attributes.device;
@@ -49,8 +49,8 @@ Status WaitOnStream(const Fence& fence, uint64_t value, void* stream) {
 
 Status ReleaseDeviceFence(const Fence& fence, uint64_t value) {
   int previous = 0;
-  EPD_CLIENT_CUDA_CHECK(cudaGetDevice(&previous));
-  EPD_CLIENT_CUDA_CHECK(cudaSetDevice(fence.source().device()));
+  EPD_CUDA_CHECK(cudaGetDevice(&previous));
+  EPD_CUDA_CHECK(cudaSetDevice(fence.source().device()));
   // NOTE: a stream of its own that does not synchronize with the legacy default stream, which
   // may be the very stream blocked on this fence.
   cudaStream_t stream = nullptr;
@@ -61,14 +61,14 @@ Status ReleaseDeviceFence(const Fence& fence, uint64_t value) {
     cudaStreamDestroy(stream);
   }
   cudaSetDevice(previous);
-  EPD_CLIENT_CUDA_CHECK(err);
+  EPD_CUDA_CHECK(err);
   return OkStatus();
 }
 
 Status EnqueueStreamOp(epd_stream_op* op, void* stream) {
   const Fence& in = *op->fence_in->fence;
   const Fence& out = *op->fence_out->fence;
-  EPD_CLIENT_CUDA_CHECK(cudaLaunchHostFunc(AsStream(stream), RunPostStreamOp, op));
+  EPD_CUDA_CHECK(cudaLaunchHostFunc(AsStream(stream), RunPostStreamOp, op));
   EPD_RETURN_IF_ERROR(cuda::SignalFenceOnStream(in, 1, AsStream(stream)));
   EPD_RETURN_IF_ERROR(cuda::WaitFenceOnStream(out, 1, AsStream(stream)));
   // Re-arm for the next execution: the op completed, so the daemon is done with both fences.

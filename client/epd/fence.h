@@ -1,4 +1,4 @@
-// Fence: a daemon-exported 64-bit counter (DESIGN.md §2), mapped into this process.
+// Fence: a daemon-exported 64-bit counter (docs/design.md §6), mapped into this process.
 //
 // Ops carry OpOptions{wait, signal}: the daemon waits for counter >= wait.value before
 // reading inputs and writes signal.value once the outputs are complete. On host memory (cpu

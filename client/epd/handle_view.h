@@ -1,6 +1,6 @@
 // HandleView: the exported region of a handle (CreateHandle / AttachHandle answer), mapped
 // into this process, with typed pointers to its tensors (HandleBuffers offsets; semantics in
-// daemon/core/group_config.h, HandleLayout).
+// docs/design.md, "Handle buffers").
 //
 // Expert-major: recv_x [L*C, H]; expert l's rows are [recv_offsets[l], + recv_counts[l]);
 //               recv_src [L*C, 3] (src rank, src token, k); recv_weights [L*C].
@@ -66,8 +66,5 @@ class HandleView {
   size_t row_bytes_ = 0;
   std::unique_ptr<MappedRegion> region_;
 };
-
-// Bytes per element of a proto dtype (0 when unspecified).
-size_t DTypeBytes(v1::DType dtype);
 
 }  // namespace epd

@@ -4,6 +4,8 @@
 
 #include <cstring>
 
+#include "common/proto_dtype.h"
+
 namespace epd::example {
 namespace {
 
@@ -27,14 +29,9 @@ float Round(DType dtype, float value) {
 }  // namespace
 
 DType Problem::token_dtype() const {
-  switch (dtype) {
-    case v1::DTYPE_FP16:
-      return DType::kFp16;
-    case v1::DTYPE_FP32:
-      return DType::kFp32;
-    default:
-      return DType::kBf16;
-  }
+  // UNSPECIFIED means bf16, as in the daemon's group defaults.
+  const StatusOr<DType> token = DTypeFromProto(dtype, "dtype");
+  return token.ok() ? *token : DType::kBf16;
 }
 
 size_t Problem::row_bytes() const { return static_cast<size_t>(hidden) * DTypeSize(token_dtype()); }

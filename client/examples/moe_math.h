@@ -1,6 +1,6 @@
 // What a frontend computes on its own side of a MoE layer, written independently of the
 // daemon: deterministic inputs, the experts, and the expected combine output with the exact
-// semantics of DESIGN.md §3 (fp32 accumulation over k ascending as acc = acc + w * z, one
+// semantics of docs/design.md §3 (fp32 accumulation over k ascending as acc = acc + w * z, one
 // rounding to the token dtype; rank-major: one pre-reduced row per destination rank, weight 1).
 // Used by the example frontend and by the integration tests.
 #pragma once

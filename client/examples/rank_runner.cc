@@ -3,7 +3,7 @@
 #include <cstring>
 #include <future>
 
-#include "daemon/core/group_config.h"
+#include "common/align.h"
 
 namespace epd::example {
 

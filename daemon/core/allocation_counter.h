@@ -1,5 +1,5 @@
 // Counts every allocation and free a backend makes, so tests can assert that UpdateHandle,
-// Dispatch and Combine never allocate (DESIGN.md §2: all buffers come from CreateHandle).
+// Dispatch and Combine never allocate (docs/design.md §2: all buffers come from CreateHandle).
 #pragma once
 
 #include <atomic>

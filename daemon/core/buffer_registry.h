@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/limits.h"
 #include "daemon/core/backend.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/op_validation.h"

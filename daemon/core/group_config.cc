@@ -3,16 +3,9 @@
 #include <algorithm>
 #include <set>
 
+#include "common/limits.h"
+
 namespace epd {
-namespace {
-
-// Bounds that keep every size computation inside int32 row indices and sane memory.
-constexpr int kMaxTokensPerRank = 1 << 16;
-constexpr int kMaxHidden = 1 << 16;
-constexpr int kMaxExperts = 1 << 12;
-constexpr int kMaxTopK = 32;
-
-}  // namespace
 
 int GroupConfig::GroupRankOf(int node_rank) const {
   auto it = std::find(ranks.begin(), ranks.end(), node_rank);
@@ -42,9 +35,9 @@ Status GroupConfig::Validate(int node_ranks) const {
     return InvalidArgumentError("group '{}': experts={} is not a multiple of the world size {}",
                                 name, experts, world);
   }
-  if (hidden <= 0 || hidden > kMaxHidden || hidden % 8 != 0) {
-    return InvalidArgumentError("group '{}': hidden={} must be a positive multiple of 8 up to {}",
-                                name, hidden, kMaxHidden);
+  if (hidden <= 0 || hidden > kMaxHidden || hidden % kHiddenMultiple != 0) {
+    return InvalidArgumentError("group '{}': hidden={} must be a positive multiple of {} up to {}",
+                                name, hidden, kHiddenMultiple, kMaxHidden);
   }
   if (max_tokens_per_rank <= 0 || max_tokens_per_rank > kMaxTokensPerRank) {
     return InvalidArgumentError("group '{}': max_tokens_per_rank={} must be in [1, {}]", name,

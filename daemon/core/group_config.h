@@ -1,7 +1,7 @@
 // GroupConfig: the immutable EP configuration shared by every rank of a group, and the pure
 // size functions of the buffers a handle needs (testable without any device).
 //
-// Notation (DESIGN.md §2): R ranks, E experts, L = E / R local experts (expert e lives on
+// Notation (docs/design.md §2): R ranks, E experts, L = E / R local experts (expert e lives on
 // rank e / L), H hidden elements per token, T max tokens per rank, K top-k,
 // C rows of capacity per expert (default R * T).
 #pragma once
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/align.h"
 #include "common/dtype.h"
 #include "common/status.h"
 
@@ -76,11 +77,6 @@ struct HandleLayout {
     return exported_bytes + topk_idx_bytes + topk_weights_bytes + expert_counts_bytes + slot_bytes;
   }
 };
-
-constexpr size_t kBufferAlignment = 256;
-inline size_t AlignUp(size_t value, size_t alignment = kBufferAlignment) {
-  return (value + alignment - 1) / alignment * alignment;
-}
 
 HandleLayout ComputeHandleLayout(const GroupConfig& config);
 

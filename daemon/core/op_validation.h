@@ -11,13 +11,14 @@
 #include "daemon/core/backend.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/group_config.h"
+#include "common/limits.h"
 #include "common/status.h"
 
 namespace epd {
 
 // Token and index tensors must start on a 16-byte boundary: the device copies rows in 16-byte
 // vectors and a misaligned tensor would fault instead of failing cleanly.
-constexpr uint64_t kTensorAlignment = 16;
+constexpr uint64_t kTensorAlignment = kVectorBytes;
 
 // --- tensors, before their buffer is looked up ---
 // The tensor's size in bytes: it names a buffer, has at least one dimension, no negative

@@ -1,5 +1,5 @@
-// One thread per node rank that runs that rank's ops in submission order (DESIGN.md: per-rank
-// ordered op queues). Ops of one rank never overtake each other; ranks run concurrently.
+// One thread per node rank that runs that rank's ops in submission order (docs/design.md §7).
+// Ops of one rank never overtake each other; ranks run concurrently.
 #pragma once
 
 #include <condition_variable>

@@ -9,57 +9,13 @@ std::string Join(std::string_view prefix, std::string_view name) {
   return fmt::format("{}.{}", prefix, name);
 }
 
-std::string_view ProtoDTypeName(v1::DType dtype) {
-  if (v1::DType_IsValid(dtype)) return v1::DType_Name(dtype);
-  return "unknown";
-}
-
 }  // namespace
 
-grpc::Status ToGrpcStatus(const Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  // Codes are numerically identical by design (status.h).
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
-}
-
-Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return OkStatus();
-  return Status(static_cast<StatusCode>(status.error_code()), status.error_message());
-}
-
 StatusOr<DType> FromProto(v1::DType dtype, std::string_view field) {
-  switch (dtype) {
-    case v1::DTYPE_BF16:
-      return DType::kBf16;
-    case v1::DTYPE_FP16:
-      return DType::kFp16;
-    case v1::DTYPE_FP32:
-      return DType::kFp32;
-    case v1::DTYPE_INT32:
-      return DType::kInt32;
-    case v1::DTYPE_INT64:
-      return DType::kInt64;
-    default:
-      return InvalidArgumentError("{} = {} ({}): a tensor's dtype must be given", field,
-                                  ProtoDTypeName(dtype), static_cast<int>(dtype));
-  }
+  return DTypeFromProto(dtype, field);
 }
 
-v1::DType ToProto(DType dtype) {
-  switch (dtype) {
-    case DType::kBf16:
-      return v1::DTYPE_BF16;
-    case DType::kFp16:
-      return v1::DTYPE_FP16;
-    case DType::kFp32:
-      return v1::DTYPE_FP32;
-    case DType::kInt32:
-      return v1::DTYPE_INT32;
-    case DType::kInt64:
-      return v1::DTYPE_INT64;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
+v1::DType ToProto(DType dtype) { return DTypeToProto(dtype); }
 
 StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view field) {
   GroupConfig config;

@@ -1,4 +1,5 @@
-// Translation between the wire format (epd.v1 protos, grpc::Status) and the core's structs.
+// Translation between the wire format (epd.v1 protos) and the core's structs; the
+// grpc::Status and dtype mappings it uses are shared with the client (common/).
 //
 // Only what the core's structs cannot represent is refused here (a missing required message,
 // an unknown enum value, world_size contradicting ranks), with INVALID_ARGUMENT naming the
@@ -9,19 +10,16 @@
 // low-latency.
 #pragma once
 
-#include <grpcpp/support/status.h>
-
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "common/grpc_status.h"
+#include "common/proto_dtype.h"
 #include "daemon/core/engine.h"
 #include "epd/v1/epd.pb.h"
 
 namespace epd::service {
-
-grpc::Status ToGrpcStatus(const Status& status);
-Status FromGrpcStatus(const grpc::Status& status);
 
 // Tensor dtypes must be given; token/group dtypes default to bf16 (FromProtoGroupDType).
 StatusOr<DType> FromProto(v1::DType dtype, std::string_view field);

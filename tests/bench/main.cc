@@ -1,6 +1,6 @@
 // epd-bench: dispatch / combine of the epd daemon measured against the alternatives, in one
-// run (DESIGN.md §7, issue 4). See tests/bench/README.md for what each mode measures and the
-// command lines of a GPU host.
+// run. See tests/bench/README.md for what each mode measures and the command lines of a GPU
+// host.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <unistd.h>

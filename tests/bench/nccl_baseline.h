@@ -1,5 +1,5 @@
-// The plain-NCCL baseline (issue 4 item 2): expert-major dispatch / combine with the semantics
-// of DESIGN.md §3, built the way a user without epd would write it with NCCL's host API, in
+// The plain-NCCL baseline: expert-major dispatch / combine with the semantics of
+// docs/design.md §3, built the way a user without epd would write it with NCCL's host API, in
 // this process, one thread and one communicator per GPU (ncclCommInitAll):
 //
 //   update:   on the host, from topk_idx: the send order of the selections (by destination

@@ -129,7 +129,7 @@ std::string ToMarkdown(const RunInfo& info, const std::map<std::string, OpSummar
                        static_cast<double>(r.handle_bytes) / (1024.0 * 1024.0),
                        r.check.substr(0, 60));
   }
-  // Derived: the daemon's overhead (fenced - in-process, DESIGN.md §7) and the speed-up over
+  // Derived: the daemon's overhead (fenced - in-process) and the speed-up over
   // the NCCL baseline; the torch comparison is printed by torch_all_to_all.py.
   std::map<int, std::map<std::string, const Result*>> by_case;
   for (const Result& r : results) {

@@ -1,4 +1,4 @@
-// The case table of issue 3 on the CUDA backend: dispatch and combine must match the cpu
+// The dispatch/combine case table on the CUDA backend: dispatch and combine must match the cpu
 // reference bit for bit for every dtype, layout, world size, token count (0, 1, T-1, T),
 // routing shape (random, sparse, all -1, hot expert), expert count and hidden size.
 #include <gtest/gtest.h>
@@ -40,7 +40,8 @@ std::vector<TableCase> Cases() {
       }
     }
   }
-  // Expert counts and hidden sizes of the issue (bf16, both layouts, 4 ranks; 8 experts on 2).
+  // Expert counts and hidden sizes of the case table (bf16, both layouts, 4 ranks; 8 experts
+  // on 2).
   struct Shape {
     int experts, hidden, tokens, top_k, ranks;
   };

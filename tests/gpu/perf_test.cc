@@ -1,6 +1,6 @@
-// Throughput of the standard configuration (DESIGN.md §7: H=7168, K=8, E=256, T=128 bf16,
+// Throughput of the standard configuration (tests/bench/README.md: H=7168, K=8, E=256, T=128 bf16,
 // expert-major, low latency) on every visible GPU (2 to 8). Prints logical bandwidth
-// (valid selections x H x bytes / time, per rank) and per-op GPU time; the target on
+// (valid selections x H x bytes / time, per rank) and per-op GPU time; the project's target on
 // 4 x H100 is dispatch >= 300 GB/s and combine >= 250 GB/s. Fails only on errors, not speed.
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// Bad input (issue 2, item 7): each request gets its canonical code and a message naming the
+// Bad input: each request gets its canonical code and a message naming the
 // field and the value, and the clients keep working: every test runs a good layer on both
 // ranks before and after the bad request, checked bit for bit.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Expert capacity (DESIGN.md §3): overflow is an error naming the expert, never a silent
+// Expert capacity (docs/design.md §3): overflow is an error naming the expert, never a silent
 // drop; the combine that follows a failed dispatch must not return stale rows as a result.
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
 // dispatch -> identity expert -> combine returns each token times the sum of its weights,
-// bit-exact, for R in {1, 2, 4, 8}, both layouts, bf16/fp16/fp32 (issue 2, "Done when").
+// bit-exact, for R in {1, 2, 4, 8}, both layouts, bf16/fp16/fp32.
 // One client (connection + session) per rank, each on its own thread, against one daemon.
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-// Persistence (DESIGN.md §2): a handle created with the persistent flag and a name outlives
+// Persistence (docs/design.md §2): a handle created with the persistent flag and a name outlives
 // its session; a new session attaches to it by name without any allocation
 // (GetStats().allocations unchanged) and runs layers with it.
 #include <gtest/gtest.h>

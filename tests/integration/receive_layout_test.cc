@@ -1,5 +1,5 @@
 // The receive buffers a dispatch leaves in each rank's handle, checked element by element
-// against a computation written here from DESIGN.md §3 alone:
+// against a computation written here from docs/design.md §3 alone:
 //  - expert-major: expert l's rows packed at recv_offsets[l], ordered by (src rank, src token,
 //    k), with recv_src = (s, t, k), recv_weights = w and the token's bytes;
 //  - rank-major: row s*T+t holds token t of rank s when any of its experts lives here, else

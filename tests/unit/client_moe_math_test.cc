@@ -1,4 +1,4 @@
-// The client-side expectations (client/examples/moe_math.h, written from DESIGN.md alone)
+// The client-side expectations (client/examples/moe_math.h, written from docs/design.md alone)
 // against the daemon's reference ops, without a daemon: every rank's receive region is a
 // shm object read through HandleView, filled by reference::DispatchReceive, transformed by the
 // client's RunExperts and combined by reference::Combine. Both must agree bit for bit.

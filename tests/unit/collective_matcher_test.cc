@@ -19,6 +19,17 @@ std::shared_ptr<CollectivePayload> Payload(CollectiveKind kind, int tag) {
 
 Deadline In(milliseconds ms) { return Clock::now() + ms; }
 
+// Bounded wait until `rank` has posted its collective number `count` (its sequence moved
+// past it): the observable point at which it waits in the matcher.
+bool WaitUntilPosted(const CollectiveMatcher& matcher, int rank, uint64_t count) {
+  const Deadline deadline = In(milliseconds(5000));
+  while (matcher.next_sequence(rank) < count) {
+    if (Clock::now() > deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
 TEST(CollectiveMatcherTest, MatchesTheNthOpOfEveryRank) {
   CollectiveMatcher matcher("g", 3);
   std::vector<std::future<StatusOr<MatchedCollective>>> results;
@@ -71,7 +82,7 @@ TEST(CollectiveMatcherTest, MismatchedKindsFailBothRanks) {
   auto rank0 = std::async(std::launch::async, [&] {
     return matcher.Arrive(0, Payload(CollectiveKind::kDispatch, 0), In(milliseconds(5000)));
   });
-  std::this_thread::sleep_for(milliseconds(20));
+  ASSERT_TRUE(WaitUntilPosted(matcher, 0, 1));
   auto rank1 = matcher.Arrive(1, Payload(CollectiveKind::kCombine, 1), In(milliseconds(5000)));
   EXPECT_EQ(rank1.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(rank0.get().status().code(), StatusCode::kFailedPrecondition);
@@ -82,7 +93,7 @@ TEST(CollectiveMatcherTest, AbortWakesWaitersAndRealignsSequences) {
   auto rank0 = std::async(std::launch::async, [&] {
     return matcher.Arrive(0, Payload(CollectiveKind::kDispatch, 0), In(milliseconds(10000)));
   });
-  std::this_thread::sleep_for(milliseconds(20));
+  ASSERT_TRUE(WaitUntilPosted(matcher, 0, 1));
   auto start = Clock::now();
   matcher.Abort(UnavailableError("rank 1's session ended"));
   auto aborted = rank0.get();

@@ -81,18 +81,5 @@ TEST(ConvertTest, MemorySourceNeedsALocation) {
   EXPECT_EQ(source->size, 64u);
 }
 
-TEST(ConvertTest, StatusCodesMapOneToOne) {
-  for (int code = 0; code <= 16; ++code) {
-    Status status(static_cast<StatusCode>(code), code == 0 ? "" : "why");
-    grpc::Status grpc_status = ToGrpcStatus(status);
-    EXPECT_EQ(static_cast<int>(grpc_status.error_code()), code);
-    Status back = FromGrpcStatus(grpc_status);
-    EXPECT_EQ(back.code(), status.code());
-    if (code != 0) {
-      EXPECT_EQ(back.message(), "why");
-    }
-  }
-}
-
 }  // namespace
 }  // namespace epd::service

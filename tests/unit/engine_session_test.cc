@@ -176,10 +176,15 @@ TEST(EngineGroupsTest, ConcurrentCreatesOfOneGroupBuildItOnceAndAllSucceed) {
 }
 
 TEST_F(EngineTest, IdleUnarySessionsExpire) {
+  const uint64_t open_before = engine_->Stats().sessions_open;
   auto session = engine_->OpenSession(0, "grpcurl", /*unary=*/true);
   ASSERT_TRUE(session.ok());
   EXPECT_TRUE(engine_->Touch(session->id).ok());
-  std::this_thread::sleep_for(milliseconds(1200));
+  // The reaper closes it once idle (300 ms here); Stats() does not touch it.
+  const auto deadline = Clock::now() + milliseconds(10'000);
+  while (engine_->Stats().sessions_open > open_before && Clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
   EXPECT_EQ(engine_->Touch(session->id).code(), StatusCode::kNotFound);
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
 #include <mutex>
 #include <vector>
 
@@ -27,18 +28,18 @@ TEST(RankWorkerTest, RunsTasksInSubmissionOrder) {
 
 TEST(RankWorkerTest, WorkersOfDifferentRanksRunConcurrently) {
   std::atomic<bool> released{false};
-  std::atomic<bool> second_ran{false};
+  std::promise<void> second_ran;
+  std::future<void> second_done = second_ran.get_future();
   RankWorker blocked(0), free(1);
   ASSERT_TRUE(blocked.Post([&] {
     while (!released) std::this_thread::yield();
   }));
   ASSERT_TRUE(free.Post([&] {
-    second_ran = true;
+    second_ran.set_value();
     released = true;
   }));
-  for (int i = 0; i < 2000 && !second_ran; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  EXPECT_TRUE(second_ran);
+  EXPECT_EQ(second_done.wait_for(std::chrono::seconds(2)), std::future_status::ready)
+      << "rank 1's task waited for rank 0's";
   released = true;
 }
 

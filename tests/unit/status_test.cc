@@ -51,5 +51,23 @@ TEST(StatusTest, StatusOrFromOkStatusIsAnInternalError) {
   EXPECT_EQ(value.status().code(), StatusCode::kInternal);
 }
 
+// Reading the value of a failed StatusOr is a caller bug: it must stop the process with the
+// status, not read an empty optional (a frontend that skipped ok() used to segfault).
+TEST(StatusDeathTest, ValueOfAnErrorAbortsWithTheStatusMessage) {
+  EXPECT_DEATH(Half(3).value(),
+               "StatusOr::value\\(\\) on an error: INVALID_ARGUMENT: value = 3 is odd");
+  const StatusOr<int> failed = NotFoundError("no daemon at {}", "unix:///nowhere");
+  EXPECT_DEATH(static_cast<void>(*failed), "NOT_FOUND: no daemon at unix:///nowhere");
+  StatusOr<std::unique_ptr<int>> empty = OkStatus();
+  EXPECT_DEATH(static_cast<void>(empty->get()), "INTERNAL: StatusOr constructed from an OK status");
+}
+
+TEST(StatusTest, ValueOfASuccessIsTheValue) {
+  EXPECT_EQ(Half(4).value(), 2);
+  StatusOr<std::unique_ptr<int>> owned = std::make_unique<int>(7);
+  std::unique_ptr<int> moved = std::move(owned).value();
+  EXPECT_EQ(*moved, 7);
+}
+
 }  // namespace
 }  // namespace epd

@@ -1,4 +1,4 @@
-// The cpu reference backend: DESIGN.md §3 on host memory, R ranks in one process, frontend
+// The cpu reference backend: docs/design.md §3 on host memory, R ranks in one process, frontend
 // tensors in POSIX shared memory. Used by CI, by machines without GPUs, and as the oracle of
 // the GPU tests (through reference_ops.h).
 #pragma once

@@ -1,4 +1,4 @@
-// The data-plane semantics of DESIGN.md §3, written for clarity on host memory.
+// The data-plane semantics of docs/design.md §3, written for clarity on host memory.
 //
 // The cpu backend runs these on its worker threads; the GPU tests call them directly as the
 // oracle the CUDA kernels must match bit for bit. Every function works on one rank and reads

@@ -1,4 +1,4 @@
-// The CUDA backend: the product data path (DESIGN.md §2-§4, issue 3).
+// The CUDA backend: the product data path (docs/design.md §2-§5).
 //
 // One non-blocking daemon-owned stream per node rank (GPU), peer access between all local
 // GPUs, an NCCL communicator per group, every buffer of a handle allocated at CreateHandle.

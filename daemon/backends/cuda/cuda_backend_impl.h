@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/limits.h"
 #include "daemon/backends/cuda/completion_thread.h"
 #include "daemon/backends/cuda/cuda_backend.h"
 #include "daemon/backends/cuda/cuda_objects.h"
@@ -22,6 +23,7 @@ namespace epd::cuda {
 
 constexpr int kWarpsPerBlock = 16;  // the collective kernels' 512 threads
 constexpr int kBlocksPerSm = 2;     // what their registers allow; more warps hide NVLink latency
+static_assert(kWarpsPerBlock == kCollectiveWarpsPerBlock, "grids are sized in kernel warps");
 
 // Everything of one node rank (GPU). Member order is destruction order reversed: the
 // completion thread goes first (it drains its queue), the streams last.

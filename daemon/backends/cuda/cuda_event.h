@@ -6,7 +6,7 @@
 
 #include <memory>
 
-#include "daemon/backends/cuda/cuda_check.h"
+#include "common/cuda_check.h"
 #include "daemon/core/log.h"
 
 namespace epd::cuda {

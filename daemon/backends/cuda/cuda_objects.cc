@@ -2,8 +2,8 @@
 
 #include <cuda.h>
 
-#include "daemon/backends/cuda/cuda_check.h"
-#include "daemon/backends/cuda/driver_api.h"
+#include "common/cuda_check.h"
+#include "common/cuda_driver.h"
 
 namespace epd::cuda {
 

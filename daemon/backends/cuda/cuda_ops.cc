@@ -6,8 +6,8 @@
 #include <algorithm>
 
 #include "daemon/backends/cuda/cuda_backend_impl.h"
-#include "daemon/backends/cuda/cuda_check.h"
-#include "daemon/backends/cuda/driver_api.h"
+#include "common/cuda_check.h"
+#include "common/cuda_driver.h"
 #include "common/fence_page.h"
 #include "kernels/combine.cuh"
 #include "kernels/dispatch.cuh"

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "daemon/backends/cuda/cuda_check.h"
+#include "common/cuda_check.h"
 #include "daemon/core/log.h"
 
 namespace epd::cuda {

@@ -5,8 +5,8 @@
 
 #include <cstring>
 
-#include "daemon/backends/cuda/cuda_check.h"
-#include "daemon/backends/cuda/driver_api.h"
+#include "common/cuda_check.h"
+#include "common/cuda_driver.h"
 #include "daemon/core/log.h"
 
 namespace epd::cuda {

@@ -1,6 +1,6 @@
 #include "daemon/backends/cuda/nccl_comms.h"
 
-#include "daemon/backends/cuda/cuda_check.h"
+#include "daemon/backends/cuda/nccl_check.h"
 #include "daemon/core/log.h"
 
 namespace epd::cuda {

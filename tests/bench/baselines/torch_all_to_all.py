@@ -11,7 +11,7 @@ Run under torchrun, after epd-bench wrote its JSON (epd-bench does this itself w
 It reads the cases from the `results` of that JSON (schema epd-bench/1), measures each with
 identical routing (the integer hash of tests/bench/routing.h, re-implemented below) and sizes,
 appends its own results (mode "torch_all_to_all") to the same file and prints a comparison
-table. Semantics (expert-major layout, DESIGN.md section 3):
+table. Semantics (expert-major layout, docs/design.md section 3):
 
   update:   the send order on the GPU: selections sorted by (expert, token, k) with a stable
             argsort, per-expert send counts (bincount), the inverse position of every (t, k).

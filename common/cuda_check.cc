@@ -1,8 +1,9 @@
-#include "daemon/backends/cuda/cuda_check.h"
+#include "common/cuda_check.h"
 
 #include <cstring>
+#include <string_view>
 
-#include "daemon/backends/cuda/driver_api.h"
+#include "common/cuda_driver.h"
 
 namespace epd::cuda {
 namespace {
@@ -15,10 +16,20 @@ const char* BaseName(const char* file) {
 }  // namespace
 
 Status CudaStatus(cudaError_t error, const char* expr, const char* file, int line) {
+  cudaGetLastError();  // the failed call's error, so the next launch check does not see it
+  // What survives the clear cannot be cleared: the runtime never initialised, or the context
+  // is lost. Every later call fails with it, so say so once here.
+  const cudaError_t remaining = cudaPeekAtLastError();
+  std::string_view note;
+  if (remaining == cudaErrorInsufficientDriver || remaining == cudaErrorNoDevice) {
+    note = "; no usable CUDA driver or device";
+  } else if (remaining != cudaSuccess) {
+    note = "; the CUDA context is lost (sticky error), restart the process";
+  }
   const StatusCode code =
       error == cudaErrorMemoryAllocation ? StatusCode::kResourceExhausted : StatusCode::kInternal;
-  return Status(code, fmt::format("{} failed: {} ({}) at {}:{}", expr, cudaGetErrorName(error),
-                                  cudaGetErrorString(error), BaseName(file), line));
+  return Status(code, fmt::format("{} failed: {} ({}) at {}:{}{}", expr, cudaGetErrorName(error),
+                                  cudaGetErrorString(error), BaseName(file), line, note));
 }
 
 Status CuStatus(CUresult result, const char* expr, const char* file, int line) {
@@ -32,13 +43,6 @@ Status CuStatus(CUresult result, const char* expr, const char* file, int line) {
       result == CUDA_ERROR_OUT_OF_MEMORY ? StatusCode::kResourceExhausted : StatusCode::kInternal;
   return Status(code,
                 fmt::format("{} failed: {} ({}) at {}:{}", expr, name, text, BaseName(file), line));
-}
-
-Status NcclStatus(ncclResult_t result, const char* expr, const char* file, int line) {
-  return Status(
-      StatusCode::kInternal,
-      fmt::format("{} failed: ncclResult {} ({}) at {}:{}", expr, static_cast<int>(result),
-                  ncclGetErrorString(result), BaseName(file), line));
 }
 
 }  // namespace epd::cuda

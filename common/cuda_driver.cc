@@ -1,11 +1,11 @@
-#include "client/cuda_driver.h"
+#include "common/cuda_driver.h"
 
 #include <cuda_runtime_api.h>
 
 namespace epd::cuda {
 namespace {
 
-constexpr unsigned int kDriverApiVersion = 12000;  // ABI of these entry points
+constexpr unsigned int kDriverApiVersion = 12000;  // the ABI of these entry points
 
 template <typename Fn>
 Status Resolve(const char* symbol, Fn* fn) {
@@ -14,7 +14,9 @@ Status Resolve(const char* symbol, Fn* fn) {
   const cudaError_t error = cudaGetDriverEntryPointByVersion(symbol, &address, kDriverApiVersion,
                                                              cudaEnableDefault, &found);
   if (error != cudaSuccess || found != cudaDriverEntryPointSuccess || address == nullptr) {
-    cudaGetLastError();  // clear, so later runtime calls do not report it
+    // Without a driver the runtime records the failure as the thread's last error; clear it
+    // so the caller's next cudaGetLastError() (a kernel launch check) does not report it.
+    cudaGetLastError();
     return UnavailableError("CUDA driver entry point {} not found: {}", symbol,
                             cudaGetErrorString(error));
   }
@@ -24,10 +26,11 @@ Status Resolve(const char* symbol, Fn* fn) {
 
 }  // namespace
 
-StatusOr<const ClientDriverApi*> ClientDriver() {
-  static ClientDriverApi api;
+StatusOr<const DriverApi*> Driver() {
+  static DriverApi api;
   static const Status status = [] {
     EPD_RETURN_IF_ERROR(Resolve("cuGetErrorName", &api.get_error_name));
+    EPD_RETURN_IF_ERROR(Resolve("cuGetErrorString", &api.get_error_string));
     EPD_RETURN_IF_ERROR(Resolve("cuMemGetAddressRange", &api.mem_get_address_range));
     EPD_RETURN_IF_ERROR(Resolve("cuStreamWriteValue64", &api.stream_write_value64));
     EPD_RETURN_IF_ERROR(Resolve("cuStreamWaitValue64", &api.stream_wait_value64));
