@@ -12,7 +12,6 @@
 #include <thread>
 
 #include "daemon/core/buffer_registry.h"
-#include "daemon/core/collective_matcher.h"
 #include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "daemon/core/rank_worker.h"
@@ -27,7 +26,6 @@ struct Group {
   bool orphaned = false;  // owner ended while handles remained: erase with the last handle
   int handles = 0;        // guarded by the engine mutex
   std::unique_ptr<BackendGroup> backend;
-  std::unique_ptr<CollectiveMatcher> matcher;
 };
 
 // What the latest executed op of one kind ended with, including a device error that
@@ -202,7 +200,7 @@ class Engine::Impl {
     const Status abort =
         UnavailableError("rank {}'s session {:016x} ended ({}) while the group waited for it",
                          session->rank, id, reason);
-    for (auto& group : groups_to_abort) group->matcher->Abort(abort);
+    for (auto& group : groups_to_abort) backend_->AbortGroup(*group->backend, abort);
     EPD_LOG(kCore, info,
             "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, "
             "{} fences",
@@ -323,7 +321,6 @@ class Engine::Impl {
     group->config = config;
     group->persistent = persistent;
     group->owner = persistent || !owner.has_value() ? 0 : *owner;
-    group->matcher = std::make_unique<CollectiveMatcher>(config.name, config.world_size());
     StatusOr<std::unique_ptr<BackendGroup>> backend_group = backend_->CreateGroup(config);
     std::lock_guard lock(mutex_);
     creating_.erase(config.name);
@@ -475,6 +472,10 @@ class Engine::Impl {
           ExpectShape(args.topk_weights, "topk_weights", {n, config.top_k}, {"n", "top_k"}));
     }
     args.num_tokens = static_cast<int>(n);
+    ctx.keepalive.push_back(ctx.session->buffers.Find(request.topk_idx.buffer_id));
+    if (request.topk_weights.has_value()) {
+      ctx.keepalive.push_back(ctx.session->buffers.Find(request.topk_weights->buffer_id));
+    }
     ctx.handle->submitted_tokens = args.num_tokens;
     ctx.handle->bound = true;
     return PostLocked(ctx, OpKind::kUpdate, std::move(done), [this, args](OpContext& c) {
@@ -495,12 +496,11 @@ class Engine::Impl {
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(OpContext ctx,
                          PrepareOpLocked(id, request.handle_id, request.rank, options));
-    EPD_ASSIGN_OR_RETURN(auto payload,
-                         NewPayloadLocked(ctx, request.handle_id, CollectiveKind::kDispatch));
-    payload->dispatch.handle = ctx.handle->backend.get();
-    EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
-                         ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
-    return PostCollectiveLocked(ctx, OpKind::kDispatch, std::move(payload), std::move(done));
+    EPD_RETURN_IF_ERROR(CheckBoundLocked(ctx, request.handle_id));
+    CollectiveOp op;
+    op.kind = CollectiveKind::kDispatch;
+    EPD_ASSIGN_OR_RETURN(op.dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x"));
+    return PostCollectiveLocked(std::move(ctx), std::move(op), std::move(done));
   }
 
   Status SubmitCombine(SessionId id, const CombineRequest& request, const OpOptions& options,
@@ -509,9 +509,9 @@ class Engine::Impl {
     EPD_ASSIGN_OR_RETURN(OpContext ctx,
                          PrepareOpLocked(id, request.handle_id, request.rank, options));
     const GroupConfig& config = ctx.handle->group->config;
-    EPD_ASSIGN_OR_RETURN(auto payload,
-                         NewPayloadLocked(ctx, request.handle_id, CollectiveKind::kCombine));
-    payload->combine.handle = ctx.handle->backend.get();
+    EPD_RETURN_IF_ERROR(CheckBoundLocked(ctx, request.handle_id));
+    CollectiveOp op;
+    op.kind = CollectiveKind::kCombine;
     const HandleLayout& layout = ctx.handle->backend->layout();
     if (request.expert_out.has_value()) {
       EPD_ASSIGN_OR_RETURN(TensorView expert_out,
@@ -520,15 +520,14 @@ class Engine::Impl {
       EPD_RETURN_IF_ERROR(ExpectShape(expert_out, "expert_out",
                                       {static_cast<int64_t>(layout.recv_rows), config.hidden},
                                       {"recv_rows", "hidden"}));
-      payload->combine.expert_out = expert_out.data;
-      payload->keepalive.push_back(ctx.session->buffers.Find(request.expert_out->buffer_id));
+      op.combine.expert_out = expert_out.data;
+      ctx.keepalive.push_back(ctx.session->buffers.Find(request.expert_out->buffer_id));
     } else {
-      payload->combine.expert_out =
+      op.combine.expert_out =
           static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
     }
-    EPD_ASSIGN_OR_RETURN(payload->combine.out,
-                         ResolveTokenRowsLocked(ctx, request.out, "out", *payload));
-    return PostCollectiveLocked(ctx, OpKind::kCombine, std::move(payload), std::move(done));
+    EPD_ASSIGN_OR_RETURN(op.combine.out, ResolveTokenRowsLocked(ctx, request.out, "out"));
+    return PostCollectiveLocked(std::move(ctx), std::move(op), std::move(done));
   }
 
   // ---------------------------------------------------------------- stats and shutdown
@@ -555,10 +554,8 @@ class Engine::Impl {
       if (!drained) {
         EPD_LOG(kCore, warn, "shutdown: {} ops still in flight after {} ms; cancelling them",
                 in_flight_, options_.drain_timeout.count());
-        // Wake everything that waits on the host so the workers can finish.
+        // Release every host and device wait at once (the backends' abort word).
         backend_->BeginShutdown();
-        const Status stopping = UnavailableError("epd is shutting down");
-        for (const auto& [name, group] : groups_) group->matcher->Abort(stopping);
         drained =
             ops_idle_.wait_for(lock, std::chrono::seconds(2), [this] { return in_flight_ == 0; });
         if (!drained) EPD_LOG(kCore, error, "shutdown: {} ops did not stop", in_flight_);
@@ -578,31 +575,36 @@ class Engine::Impl {
     std::shared_ptr<Fence> wait_fence, signal_fence;
     OpOptions options;
     std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
+    // The op's tensors' buffers: kept until the op completed on the device.
+    std::vector<std::shared_ptr<const void>> keepalive;
+  };
+
+  // One rank's collective, as its worker hands it to the backend.
+  struct CollectiveOp {
+    CollectiveKind kind = CollectiveKind::kDispatch;
+    DispatchArgs dispatch;
+    CombineArgs combine;
   };
 
   // A collective needs routing bound to its handle first.
-  StatusOr<std::shared_ptr<CollectivePayload>> NewPayloadLocked(const OpContext& ctx,
-                                                                ObjectId handle_id,
-                                                                CollectiveKind kind) {
+  static Status CheckBoundLocked(const OpContext& ctx, ObjectId handle_id) {
     if (!ctx.handle->bound) {
       return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
                                      handle_id);
     }
-    auto payload = std::make_shared<CollectivePayload>();
-    payload->kind = kind;
-    return payload;
+    return OkStatus();
   }
 
   // Resolves a [tokens bound by the last update, hidden] tensor of the group's dtype and keeps
   // its buffer alive for the op.
-  StatusOr<TensorView> ResolveTokenRowsLocked(const OpContext& ctx, const TensorRef& ref,
-                                              std::string_view field, CollectivePayload& payload) {
+  StatusOr<TensorView> ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,
+                                              std::string_view field) {
     const GroupConfig& config = ctx.handle->group->config;
     EPD_ASSIGN_OR_RETURN(TensorView view, ctx.session->buffers.Resolve(ref, field));
     EPD_RETURN_IF_ERROR(ExpectDType(view, field, config.dtype));
     EPD_RETURN_IF_ERROR(ExpectShape(view, field, {ctx.handle->submitted_tokens, config.hidden},
                                     {"tokens bound by the last UpdateHandle", "hidden"}));
-    payload.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
+    ctx.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
     return view;
   }
 
@@ -784,63 +786,52 @@ class Engine::Impl {
                          [this, body](OpContext& c, OpDone finish, std::function<void()> release) {
                            Status status = WaitFenceIfAny(c);
                            if (status.ok()) status = body(c);
-                           CompleteOp(c, std::move(status), nullptr, std::move(finish),
+                           CompleteOp(c, std::move(status), std::move(finish),
                                       std::move(release));
                          });
   }
 
-  // A collective: after the wait fence, it is matched with the other ranks' op and run.
-  Status PostCollectiveLocked(OpContext ctx, OpKind kind,
-                              std::shared_ptr<CollectivePayload> payload, OpDone done) {
-    payload->keepalive.push_back(ctx.handle);
+  // ---------------------------------------------------------------- collective path
+  // A rank's collective goes to the backend as soon as its worker reaches it: the worker never
+  // waits for peers. The ranks meet on the backend's streams, where a late peer only delays
+  // the device, a missing one fails the op after op_timeout naming it, and an ended session
+  // (AbortGroup in CloseSession) releases the wait at once. A rank that cannot take part
+  // (failed wait fence or routing) abandons the op's sequence number so its peers fail now.
+  // Submit-time validation errors never reach here: such an op takes no sequence number.
+  Status PostCollectiveLocked(OpContext ctx, CollectiveOp op, OpDone done) {
+    const OpKind kind = op.kind == CollectiveKind::kDispatch ? OpKind::kDispatch : OpKind::kCombine;
     return EnqueueLocked(
         std::move(ctx), kind, std::move(done),
-        [this, payload](OpContext& c, OpDone finish, std::function<void()> release) {
-          RunCollectiveOp(c, payload, std::move(finish), std::move(release));
+        [this, op = std::move(op)](OpContext& c, OpDone finish, std::function<void()> release) {
+          RunCollectiveOp(c, op, std::move(finish), std::move(release));
         });
   }
 
-  void RunCollectiveOp(OpContext& ctx, const std::shared_ptr<CollectivePayload>& payload,
-                       OpDone finish, std::function<void()> release) {
+  void RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
+                       std::function<void()> release) {
     Handle& handle = *ctx.handle;
-    Group& group = *handle.group;
-    const uint64_t op = handle.BeginOp();
-    payload->status = WaitFenceIfAny(ctx);
-    if (payload->status.ok()) payload->status = handle.CheckReadyFor(payload->kind);
-    const Deadline deadline = Clock::now() + backend_->op_timeout();
-    StatusOr<MatchedCollective> matched =
-        group.matcher->Arrive(handle.group_rank, payload, deadline);
-    Status status =
-        matched.ok() ? RunCollective(group, handle.group_rank, *matched) : matched.status();
-    if (payload->kind == CollectiveKind::kDispatch) {
-      handle.Record(handle.dispatch, op, status);
+    const uint64_t number = handle.BeginOp();
+    Status status = WaitFenceIfAny(ctx);
+    if (status.ok()) status = handle.CheckReadyFor(op.kind);
+    if (!status.ok()) {
+      backend_->Abandon(*handle.backend, op.kind, status);
+      status = Status(status.code(), fmt::format("group '{}' {}: group rank {}: {}",
+                                                 handle.group->config.name,
+                                                 CollectiveKindName(op.kind), handle.group_rank,
+                                                 status.message()));
+    } else if (op.kind == CollectiveKind::kDispatch) {
+      status = backend_->Dispatch(*handle.backend, op.dispatch);
+    } else {
+      status = backend_->Combine(*handle.backend, op.combine);
+    }
+    if (op.kind == CollectiveKind::kDispatch) {
+      handle.Record(handle.dispatch, number, status);
       std::shared_ptr<Handle> keep_handle = ctx.handle;
-      ctx.on_device_error = [keep_handle, op](const Status& error) {
-        keep_handle->RecordDeviceError(keep_handle->dispatch, op, error);
+      ctx.on_device_error = [keep_handle, number](const Status& error) {
+        keep_handle->RecordDeviceError(keep_handle->dispatch, number, error);
       };
     }
-    std::shared_ptr<MatchedCollective> keep;
-    if (matched.ok()) keep = std::make_shared<MatchedCollective>(std::move(matched).value());
-    CompleteOp(ctx, std::move(status), std::move(keep), std::move(finish), std::move(release));
-  }
-
-  Status RunCollective(Group& group, int group_rank, const MatchedCollective& matched) {
-    for (size_t r = 0; r < matched.size(); ++r) {
-      if (!matched[r]->status.ok()) {
-        return Status(
-            matched[r]->status.code(),
-            fmt::format("group '{}' {}: group rank {}: {}", group.config.name,
-                        CollectiveKindName(matched[r]->kind), r, matched[r]->status.message()));
-      }
-    }
-    if (matched[group_rank]->kind == CollectiveKind::kDispatch) {
-      std::vector<DispatchArgs> all;
-      for (const auto& p : matched) all.push_back(p->dispatch);
-      return backend_->Dispatch(*group.backend, group_rank, all);
-    }
-    std::vector<CombineArgs> all;
-    for (const auto& p : matched) all.push_back(p->combine);
-    return backend_->Combine(*group.backend, group_rank, all);
+    CompleteOp(ctx, std::move(status), std::move(finish), std::move(release));
   }
 
   Status WaitFenceIfAny(OpContext& ctx) {
@@ -850,21 +841,20 @@ class Engine::Impl {
 
   // Signals, then reports: immediately for fenced ops, after device completion for blocking
   // ones. Device-side errors of non-blocking ops are logged and fail the next op on the handle.
-  void CompleteOp(OpContext& ctx, Status status, std::shared_ptr<MatchedCollective> keep,
-                  OpDone finish, std::function<void()> release) {
+  void CompleteOp(OpContext& ctx, Status status, OpDone finish, std::function<void()> release) {
     if (status.ok() && ctx.options.signal.has_value()) {
       status = backend_->SignalFence(ctx.session->rank, *ctx.signal_fence->page,
                                      ctx.options.signal->value);
     }
-    if (!status.ok()) {
-      finish(std::move(status));
-      release();
-      return;
-    }
-    if (!ctx.options.blocking) finish(OkStatus());
-    const bool blocking = ctx.options.blocking;
+    // A failed op is answered now; it still releases its buffers only after the stream
+    // passed it (an earlier part of it, e.g. the fence wait, may be queued there).
+    const bool failed = !status.ok();
+    const bool blocking = ctx.options.blocking && !failed;
+    if (!blocking) finish(std::move(status));
     std::shared_ptr<Handle> handle = ctx.handle;
     auto on_device_error = std::move(ctx.on_device_error);
+    // Inputs, outputs and fences stay alive until the device is done with them.
+    auto keep = std::make_shared<OpContext>(ctx);
     backend_->Complete(*handle->backend,
                        [handle, keep, blocking, finish, release, on_device_error](Status done) {
                          if (!done.ok() && on_device_error) on_device_error(done);
