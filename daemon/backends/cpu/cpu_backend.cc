@@ -126,6 +126,10 @@ class CpuHandle : public BackendHandle {
   int32_t* expert_counts() { return expert_counts_.as<int32_t>(); }
   int32_t* slots() { return slots_.as<int32_t>(); }
   void set_bound_tokens(int n) { bound_tokens_ = n; }
+  // Stream side: a collective after a failed UpdateHandle is abandoned with its reason (the
+  // engine may have enqueued it before the stream found the bad routing).
+  void set_routing_status(Status status) { routing_status_ = std::move(status); }
+  const Status& routing_status() const { return routing_status_; }
   reference::ReceiveBuffers receive() { return reference::ReceiveBuffersAt(exported_->data(), layout_); }
 
  private:
@@ -137,6 +141,7 @@ class CpuHandle : public BackendHandle {
   CountedHostBuffer topk_idx_, topk_weights_, expert_counts_, slots_;
   std::atomic<int> submitted_tokens_{0};  // n of the last UpdateHandle enqueued
   int bound_tokens_ = 0;                  // n of the last UpdateHandle executed (stream only)
+  Status routing_status_;                 // of the last UpdateHandle executed (stream only)
 };
 
 class CpuBackend : public Backend {
@@ -243,12 +248,13 @@ class CpuBackend : public Backend {
     }
     cpu.set_submitted_tokens(args.num_tokens);
     streams_[cpu.node_rank()]->Enqueue([&cpu, args] {
-      EPD_RETURN_IF_ERROR(reference::BindRouting(
+      Status bound = reference::BindRouting(
           cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
           static_cast<const float*>(args.topk_weights.data), args.num_tokens, cpu.topk_idx(),
-          cpu.topk_weights(), cpu.expert_counts()));
-      cpu.set_bound_tokens(args.num_tokens);
-      return OkStatus();
+          cpu.topk_weights(), cpu.expert_counts());
+      cpu.set_bound_tokens(bound.ok() ? args.num_tokens : 0);
+      cpu.set_routing_status(bound);
+      return bound;
     });
     return OkStatus();
   }
@@ -351,7 +357,17 @@ class CpuBackend : public Backend {
 
   // On the rank's stream: meet the peers, fill this rank's receive buffers, wait until no peer
   // still reads this rank's tokens.
+  // A collective on routing whose binding failed on the stream: the peers fail at once too.
+  static Status AbandonIfRoutingFailed(CpuHandle& me, uint64_t seq, CollectiveKind kind) {
+    if (me.routing_status().ok()) return OkStatus();
+    Status failed = FailedPreconditionError("the last UpdateHandle failed: {}",
+                                            me.routing_status().message());
+    me.group().rendezvous().Abandon(me.group_rank(), seq, kind, failed);
+    return failed;
+  }
+
   Status RunDispatch(CpuHandle& me, uint64_t seq, const RankPart& mine) {
+    EPD_RETURN_IF_ERROR(AbandonIfRoutingFailed(me, seq, CollectiveKind::kDispatch));
     CpuGroup& group = me.group();
     const GroupConfig& config = group.config();
     EPD_ASSIGN_OR_RETURN(std::vector<const void*> parts,
@@ -372,6 +388,7 @@ class CpuBackend : public Backend {
   }
 
   Status RunCombine(CpuHandle& me, uint64_t seq, const RankPart& mine, void* out) {
+    EPD_RETURN_IF_ERROR(AbandonIfRoutingFailed(me, seq, CollectiveKind::kCombine));
     CpuGroup& group = me.group();
     EPD_ASSIGN_OR_RETURN(std::vector<const void*> parts,
                          group.rendezvous().Arrive(me.group_rank(), seq, CollectiveKind::kCombine,
