@@ -151,8 +151,8 @@ __device__ bool OpeningBarrier(const CombineParams& p) {
     // reuse its expert output: read nothing of it.
     for (int s = 0; s < p.world_size && ok; ++s) {
       if (detail::LoadRelaxedSys(&me->abandoned[s]) >= p.seq) {
-        detail::ReportWaitFailure(p.error, detail::kWaitAbandoned, kSyncPhaseStart, s, p.seq,
-                                  p.seq, me);
+        detail::ReportWaitFailure(p.error, detail::kWaitAbandoned, kSyncPhaseStart, s, p.seq, p.seq,
+                                  me);
         detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq, -1);
         ok = false;
       }

@@ -35,10 +35,10 @@ struct CombineParams {
   const float* topk_weights = nullptr;
   const int32_t* slot = nullptr;
   const int32_t* bound_tokens = nullptr;
-  void* out = nullptr;                // [n, H]
-  const void* expert_out = nullptr;   // this rank's [recv_rows, H], valid on every GPU
-  const PeerTable* peers = nullptr;   // this rank's, in device memory (SyncAreas)
-  const uint64_t* abort = nullptr;    // the group's host-mapped abort word
+  void* out = nullptr;               // [n, H]
+  const void* expert_out = nullptr;  // this rank's [recv_rows, H], valid on every GPU
+  const PeerTable* peers = nullptr;  // this rank's, in device memory (SyncAreas)
+  const uint64_t* abort = nullptr;   // the group's host-mapped abort word
   uint64_t seq = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;

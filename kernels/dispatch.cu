@@ -32,7 +32,9 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
   // NOTE: no fence before publishing: earlier work on this stream ended with its kernels.
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
     const int d = i / stride, e = i % stride;
-    const uint32_t value = static_cast<uint32_t>(e < E ? p.expert_counts[e] : e == E ? n : p.handle_slot);
+    const uint32_t value = static_cast<uint32_t>(e < E    ? p.expert_counts[e]
+                                                 : e == E ? n
+                                                          : p.handle_slot);
     uint64_t* inbox = detail::SyncInbox(SyncOf(p, d), E);
     detail::StoreRelaxedSys(inbox + p.rank * stride + e, (uint64_t{seq32} << 32) | value);
   }
@@ -92,8 +94,7 @@ __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
   __shared__ typename ExpertScan::TempStorage scan_storage;
   __shared__ int prefix[kThreads * kExpertsPerThread];
   __shared__ int first_overflow;
-  const int R = p.world_size, E = p.experts, L = p.local_experts,
-            stride = SyncInboxStride(E);
+  const int R = p.world_size, E = p.experts, L = p.local_experts, stride = SyncInboxStride(E);
   const uint64_t* inbox = detail::SyncInbox(SyncOf(p, p.rank), E);
   int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
   if (threadIdx.x == 0) first_overflow = INT_MAX;

@@ -8,8 +8,8 @@ namespace {
 __global__ void FenceWaitKernel(const uint64_t* counter, uint64_t value, uint64_t timeout_ns,
                                 const uint64_t* abort, uint64_t abort_at, DeviceError* error) {
   uint64_t seen = 0;
-  const int why = detail::WaitFlagAtLeast(counter, value, timeout_ns, &seen, nullptr, 0, abort,
-                                          abort_at);
+  const int why =
+      detail::WaitFlagAtLeast(counter, value, timeout_ns, &seen, nullptr, 0, abort, abort_at);
   if (why != detail::kWaitOk) {
     error->a = error->b = error->c = 0;
     error->value = static_cast<int64_t>(value);

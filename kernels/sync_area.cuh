@@ -59,8 +59,8 @@ struct PeerBuffers {
 };
 
 struct PeerTable {
-  void* sync[kMaxRanks];                               // every rank's SyncArea
-  PeerBuffers handles[kMaxHandleSlots][kMaxRanks];     // [slot][group rank]
+  void* sync[kMaxRanks];                            // every rank's SyncArea
+  PeerBuffers handles[kMaxHandleSlots][kMaxRanks];  // [slot][group rank]
 };
 
 constexpr int SyncInboxStride(int experts) { return experts + 2; }

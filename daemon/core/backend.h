@@ -23,10 +23,10 @@
 #include <string_view>
 #include <vector>
 
-#include "daemon/core/allocation_counter.h"
 #include "common/dtype.h"
-#include "daemon/core/group_config.h"
 #include "common/status.h"
+#include "daemon/core/allocation_counter.h"
+#include "daemon/core/group_config.h"
 
 namespace epd {
 

@@ -11,8 +11,8 @@
 #include <set>
 #include <thread>
 
-#include "daemon/core/buffer_registry.h"
 #include "common/fence_page.h"
+#include "daemon/core/buffer_registry.h"
 #include "daemon/core/log.h"
 #include "daemon/core/rank_worker.h"
 
@@ -786,8 +786,7 @@ class Engine::Impl {
                          [this, body](OpContext& c, OpDone finish, std::function<void()> release) {
                            Status status = WaitFenceIfAny(c);
                            if (status.ok()) status = body(c);
-                           CompleteOp(c, std::move(status), std::move(finish),
-                                      std::move(release));
+                           CompleteOp(c, std::move(status), std::move(finish), std::move(release));
                          });
   }
 
@@ -815,10 +814,10 @@ class Engine::Impl {
     if (status.ok()) status = handle.CheckReadyFor(op.kind);
     if (!status.ok()) {
       backend_->Abandon(*handle.backend, op.kind, status);
-      status = Status(status.code(), fmt::format("group '{}' {}: group rank {}: {}",
-                                                 handle.group->config.name,
-                                                 CollectiveKindName(op.kind), handle.group_rank,
-                                                 status.message()));
+      status =
+          Status(status.code(),
+                 fmt::format("group '{}' {}: group rank {}: {}", handle.group->config.name,
+                             CollectiveKindName(op.kind), handle.group_rank, status.message()));
     } else if (op.kind == CollectiveKind::kDispatch) {
       status = backend_->Dispatch(*handle.backend, op.dispatch);
     } else {

@@ -102,9 +102,8 @@ __device__ __forceinline__ bool Aborted(const uint64_t* abort, uint64_t seq) {
 // Why a wait for peer `peer`'s flag of op `seq` should stop before it arrives, or kWaitOk to
 // go on spinning. `spins` counts the caller's iterations.
 __device__ __forceinline__ int CheckWait(const SyncArea* me, int peer, uint64_t seq,
-                                         const uint64_t* abort, uint64_t start,
-                                         uint64_t timeout_ns, unsigned spins,
-                                         uint64_t abort_at = 0) {
+                                         const uint64_t* abort, uint64_t start, uint64_t timeout_ns,
+                                         unsigned spins, uint64_t abort_at = 0) {
   if (me != nullptr && LoadRelaxedSys(&me->abandoned[peer]) >= seq) return kWaitAbandoned;
   if (spins % kAbortPollSpins == 0 && Aborted(abort, abort_at != 0 ? abort_at : seq)) {
     return kWaitAborted;
@@ -117,8 +116,8 @@ __device__ __forceinline__ int CheckWait(const SyncArea* me, int peer, uint64_t 
 // reaches abort_at (default: seq), or timeout_ns passed; returns why it stopped.
 __device__ __forceinline__ int WaitFlagAtLeast(const uint64_t* flag, uint64_t seq,
                                                uint64_t timeout_ns, uint64_t* seen,
-                                               const SyncArea* me, int peer,
-                                               const uint64_t* abort, uint64_t abort_at = 0) {
+                                               const SyncArea* me, int peer, const uint64_t* abort,
+                                               uint64_t abort_at = 0) {
   const uint64_t start = GlobalTimerNs();
   uint64_t v = LoadAcquireSys(flag);
   for (unsigned spins = 1; v < seq; ++spins) {
@@ -136,8 +135,7 @@ __device__ __forceinline__ int WaitFlagAtLeast(const uint64_t* flag, uint64_t se
 // Writes the op's error record for a wait on `peer` that ended with `why` (not kWaitOk).
 // For an abandoned wait, c = whom the peer blamed (SyncArea::blamed).
 __device__ __forceinline__ void ReportWaitFailure(DeviceError* error, int why, int phase, int peer,
-                                                  uint64_t seq, uint64_t seen,
-                                                  const SyncArea* me) {
+                                                  uint64_t seq, uint64_t seen, const SyncArea* me) {
   if (why == kWaitTimeout) {
     ReportPeerTimeout(error, phase, peer, seq, seen);
     return;

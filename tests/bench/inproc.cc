@@ -228,8 +228,10 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
       auto run_op = [&]() -> Status {
         switch (static_cast<Op>(op)) {
           case Op::kUpdate: return backend_->UpdateHandle(handle, update);
-          case Op::kDispatch: return backend_->Dispatch(handle, dispatch);
-          case Op::kCombine: return backend_->Combine(handle, combine);
+          case Op::kDispatch:
+            return backend_->Dispatch(handle, dispatch);
+          case Op::kCombine:
+            return backend_->Combine(handle, combine);
         }
         return OkStatus();
       };

@@ -202,8 +202,7 @@ std::vector<Status> MoeHarness::Combine(bool in_place, uint64_t seed) {
   OnEveryRank(R, [&](int r) {
     CombineArgs args;
     args.expert_out = in_place ? nullptr : buffers_[r]->z.data();
-    args.out =
-        TensorView{buffers_[r]->out.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+    args.out = TensorView{buffers_[r]->out.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
     Status s = backend_.Combine(*handles_[r], args);
     statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
   });

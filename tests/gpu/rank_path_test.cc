@@ -96,8 +96,7 @@ TEST(CudaRankPath, ARankThatRejectsItsArgumentsReleasesItsWaitingPeerAtOnce) {
     const Status peer = WaitComplete(*backend, harness.handle(0));
     EXPECT_LT(Clock::now() - start, milliseconds(5'000)) << "waited for the op timeout";
     EXPECT_EQ(peer.code(), StatusCode::kInvalidArgument) << peer.ToString();
-    EXPECT_NE(peer.message().find("group rank 1: dispatch of group 'rejected'"),
-              std::string::npos)
+    EXPECT_NE(peer.message().find("group rank 1: dispatch of group 'rejected'"), std::string::npos)
         << peer.message();
     EXPECT_TRUE(WaitComplete(*backend, harness.handle(1)).ok());
     ExpectFullRound(harness, 22);
@@ -125,8 +124,7 @@ TEST(CudaRankPath, ALoneRankTimesOutNamingThePeerAndTheLatePeerFailsAtOnce) {
     Status late = WaitComplete(*backend, harness.handle(1));
     EXPECT_EQ(late.code(), StatusCode::kDeadlineExceeded) << late.ToString();
     EXPECT_NE(late.message().find("group rank 0 gave up op"), std::string::npos) << late.message();
-    EXPECT_NE(late.message().find("waiting for group rank 1"), std::string::npos)
-        << late.message();
+    EXPECT_NE(late.message().find("waiting for group rank 1"), std::string::npos) << late.message();
     // Combine alike: rank 0 waits for rank 1's expert output, then rank 1 comes late.
     CombineArgs combine;
     combine.out = TensorView{out.data(), DType::kBf16, {16, 512}};

@@ -419,17 +419,17 @@ TEST_F(EngineTest, ALateRankDelaysOnlyTheStreamAndTheLayerStaysExact) {
   blocking.blocking = true;
   for (int r = 0; r < kRanks; ++r) {
     Waiter w;
-    ASSERT_TRUE(engine_->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(4), blocking,
-                                      w.Done())
-                    .ok());
+    ASSERT_TRUE(
+        engine_->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(4), blocking, w.Done())
+            .ok());
     ASSERT_TRUE(w.Get().ok());
   }
   Frontend& early = *frontends_[0];
   Frontend& late = *frontends_[1];
   const auto start = Clock::now();
   Waiter early_dispatch, early_combine;
-  ASSERT_TRUE(engine_->SubmitDispatch(early.session, early.Dispatch(4), {}, early_dispatch.Done())
-                  .ok());
+  ASSERT_TRUE(
+      engine_->SubmitDispatch(early.session, early.Dispatch(4), {}, early_dispatch.Done()).ok());
   ASSERT_TRUE(
       engine_->SubmitCombine(early.session, early.Combine(4), blocking, early_combine.Done()).ok());
   // Non-blocking: answered once enqueued, long before the late rank posts.
@@ -683,7 +683,9 @@ class SlowGroupBackend : public Backend {
   Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
     return inner_->UpdateHandle(h, a);
   }
-  Status Dispatch(BackendHandle& h, const DispatchArgs& a) override { return inner_->Dispatch(h, a); }
+  Status Dispatch(BackendHandle& h, const DispatchArgs& a) override {
+    return inner_->Dispatch(h, a);
+  }
   Status Combine(BackendHandle& h, const CombineArgs& a) override { return inner_->Combine(h, a); }
   void Abandon(BackendHandle& h, CollectiveKind k, const Status& s) override {
     inner_->Abandon(h, k, s);

@@ -39,8 +39,7 @@ TEST(HostRendezvous, ATimeoutNamesTheMissingRankAndTheNextOpWorks) {
   });
   auto timed_out = rendezvous.Arrive(0, seq, CollectiveKind::kCombine, nullptr, milliseconds(100));
   EXPECT_EQ(timed_out.status().code(), StatusCode::kDeadlineExceeded);
-  EXPECT_NE(timed_out.status().message().find("group ranks [2] did not post it"),
-            std::string::npos)
+  EXPECT_NE(timed_out.status().message().find("group ranks [2] did not post it"), std::string::npos)
       << timed_out.status().message();
   EXPECT_EQ(peer.get().status().code(), StatusCode::kDeadlineExceeded);
   // The late rank takes the failed number and fails at once.

@@ -3,18 +3,18 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "common/fence_page.h"
 #include "daemon/backends/cpu/cpu_stream.h"
 #include "daemon/backends/cpu/host_rendezvous.h"
 #include "daemon/backends/cpu/reference_ops.h"
 #include "daemon/backends/cpu/shm_region.h"
-#include "common/fence_page.h"
 #include "daemon/core/log.h"
 
 namespace epd {
@@ -82,7 +82,9 @@ class CpuHandle;
 class CpuGroup : public BackendGroup {
  public:
   CpuGroup(const GroupConfig& config, std::function<void(CpuGroup*)> forget)
-      : config_(config), rendezvous_(config.name, config.world_size()), forget_(std::move(forget)) {}
+      : config_(config),
+        rendezvous_(config.name, config.world_size()),
+        forget_(std::move(forget)) {}
   ~CpuGroup() override { forget_(this); }
   const GroupConfig& config() const override { return config_; }
   HostRendezvous& rendezvous() { return rendezvous_; }
@@ -95,8 +97,8 @@ class CpuGroup : public BackendGroup {
 
 class CpuHandle : public BackendHandle {
  public:
-  CpuHandle(CpuGroup& group, int group_rank, int node_rank,
-            std::unique_ptr<ExportedShm> exported, AllocationCounter& counter)
+  CpuHandle(CpuGroup& group, int group_rank, int node_rank, std::unique_ptr<ExportedShm> exported,
+            AllocationCounter& counter)
       : group_(group),
         group_rank_(group_rank),
         node_rank_(node_rank),
@@ -130,7 +132,9 @@ class CpuHandle : public BackendHandle {
   // engine may have enqueued it before the stream found the bad routing).
   void set_routing_status(Status status) { routing_status_ = std::move(status); }
   const Status& routing_status() const { return routing_status_; }
-  reference::ReceiveBuffers receive() { return reference::ReceiveBuffersAt(exported_->data(), layout_); }
+  reference::ReceiveBuffers receive() {
+    return reference::ReceiveBuffersAt(exported_->data(), layout_);
+  }
 
  private:
   CpuGroup& group_;  // the group outlives its handles
@@ -223,9 +227,8 @@ class CpuBackend : public Backend {
   Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
     EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
     uint64_t* counter = Counter(fence);
-    streams_[node_rank]->Enqueue([this, node_rank, counter, value] {
-      return WaitCounter(node_rank, counter, value);
-    });
+    streams_[node_rank]->Enqueue(
+        [this, node_rank, counter, value] { return WaitCounter(node_rank, counter, value); });
     return OkStatus();
   }
 
@@ -248,10 +251,10 @@ class CpuBackend : public Backend {
     }
     cpu.set_submitted_tokens(args.num_tokens);
     streams_[cpu.node_rank()]->Enqueue([&cpu, args] {
-      Status bound = reference::BindRouting(
-          cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
-          static_cast<const float*>(args.topk_weights.data), args.num_tokens, cpu.topk_idx(),
-          cpu.topk_weights(), cpu.expert_counts());
+      Status bound =
+          reference::BindRouting(cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
+                                 static_cast<const float*>(args.topk_weights.data), args.num_tokens,
+                                 cpu.topk_idx(), cpu.topk_weights(), cpu.expert_counts());
       cpu.set_bound_tokens(bound.ok() ? args.num_tokens : 0);
       cpu.set_routing_status(bound);
       return bound;
@@ -360,8 +363,8 @@ class CpuBackend : public Backend {
   // A collective on routing whose binding failed on the stream: the peers fail at once too.
   static Status AbandonIfRoutingFailed(CpuHandle& me, uint64_t seq, CollectiveKind kind) {
     if (me.routing_status().ok()) return OkStatus();
-    Status failed = FailedPreconditionError("the last UpdateHandle failed: {}",
-                                            me.routing_status().message());
+    Status failed =
+        FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
     me.group().rendezvous().Abandon(me.group_rank(), seq, kind, failed);
     return failed;
   }

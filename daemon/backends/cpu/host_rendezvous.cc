@@ -36,7 +36,9 @@ void HostRendezvous::EraseFinishedLocked() {
 }
 
 Status HostRendezvous::StoppedLocked(uint64_t seq) const {
-  if (shut_down_) return UnavailableError("group '{}' op {}: epd is shutting down", group_name_, seq);
+  if (shut_down_) {
+    return UnavailableError("group '{}' op {}: epd is shutting down", group_name_, seq);
+  }
   if (seq > aborted_through_) return OkStatus();
   // The oldest abort that covers seq is the one that failed it.
   for (auto it = aborts_.rbegin(); it != aborts_.rend(); ++it) {
@@ -115,9 +117,9 @@ void HostRendezvous::Abandon(int rank, uint64_t seq, CollectiveKind kind, const 
   if (!StoppedLocked(seq).ok()) return;
   std::shared_ptr<Slot> slot = SlotLocked(seq);
   if (slot->failure.ok()) {
-    slot->failure = Status(reason.code(), fmt::format("group '{}' {} op {}: group rank {}: {}",
-                                                      group_name_, CollectiveKindName(kind), seq,
-                                                      rank, reason.message()));
+    slot->failure =
+        Status(reason.code(), fmt::format("group '{}' {} op {}: group rank {}: {}", group_name_,
+                                          CollectiveKindName(kind), seq, rank, reason.message()));
   }
   slot->arrived[rank] = true;
   ++slot->arrivals;

@@ -2,16 +2,16 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
-#include <algorithm>
 #include <limits>
 
+#include "common/fence_page.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "daemon/backends/cuda/cuda_check.h"
 #include "daemon/backends/cuda/driver_api.h"
 #include "daemon/backends/cuda/nccl_comms.h"
-#include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "kernels/preload.cuh"
 #include "kernels/sync_area.cuh"
@@ -186,7 +186,8 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
   group->name_ = std::make_shared<const std::string>(config.name);
   group->seq_ = std::make_unique<std::atomic<uint64_t>[]>(R);
   group->slot_used_.assign(R, std::vector<bool>(kernels::kMaxHandleSlots, false));
-  EPD_ASSIGN_OR_RETURN(group->abort_word_, PinnedHostMemory::Create(sizeof(uint64_t), allocations_));
+  EPD_ASSIGN_OR_RETURN(group->abort_word_,
+                       PinnedHostMemory::Create(sizeof(uint64_t), allocations_));
   group->sm_count_ = std::numeric_limits<int>::max();
   for (int r = 0; r < R; ++r) {
     RankState& rank = *ranks_[config.ranks[r]];
@@ -266,9 +267,9 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   buffers.recv_topk_idx = handle->recv<int32_t>(l.recv_topk_idx_offset, l.recv_topk_idx_bytes);
   buffers.recv_topk_weights =
       handle->recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
-  const size_t entry = offsetof(kernels::PeerTable, handles) +
-                       (static_cast<size_t>(slot) * kernels::kMaxRanks + group_rank) *
-                           sizeof(kernels::PeerBuffers);
+  const size_t entry =
+      offsetof(kernels::PeerTable, handles) +
+      (static_cast<size_t>(slot) * kernels::kMaxRanks + group_rank) * sizeof(kernels::PeerBuffers);
   EPD_RETURN_IF_ERROR(WritePeerTables(group, entry, &buffers, sizeof(buffers)));
   return std::unique_ptr<BackendHandle>(std::move(handle));
 }

@@ -5,10 +5,10 @@
 
 #include <algorithm>
 
+#include "common/fence_page.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "daemon/backends/cuda/cuda_check.h"
 #include "daemon/backends/cuda/driver_api.h"
-#include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "kernels/abandon.cuh"
 #include "kernels/combine.cuh"
@@ -124,8 +124,8 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   params.local_rank = handle.priv<int32_t>(p.local_rank);
   params.slot = handle.priv<int32_t>(p.slot);
   params.bound_tokens = handle.priv<int32_t>(p.bound_tokens);
-  params.error = ClaimRecord(handle.node_rank_,
-                             PendingOp{0, "update", handle.group_->name_, handle.group_rank_, 0, nullptr});
+  params.error = ClaimRecord(handle.node_rank_, PendingOp{0, "update", handle.group_->name_,
+                                                          handle.group_rank_, 0, nullptr});
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, rank.stream->get()));
   handle.num_tokens_.store(n, std::memory_order_relaxed);
   return OkStatus();
@@ -196,8 +196,8 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(
-      me.node_rank_, PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
+  params.error = ClaimRecord(me.node_rank_,
+                             PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
   const int64_t rows =
       params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
   const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
@@ -244,8 +244,8 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(
-      me.node_rank_, PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
+  params.error = ClaimRecord(me.node_rank_,
+                             PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
   const int64_t vectors = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype) / 16;
   const int64_t chunks =
       (vectors + kernels::kCombineVectorsPerItem - 1) / kernels::kCombineVectorsPerItem;

@@ -82,8 +82,8 @@ Status DeviceErrorToStatus(const kernels::DeviceError& e, const std::string& wha
       }
       if (e.c > 0) {
         return DeadlineExceededError(
-            "{}: group rank {} gave up op {} after timing out waiting for group rank {}", what,
-            e.b, e.value, e.c - 1);
+            "{}: group rank {} gave up op {} after timing out waiting for group rank {}", what, e.b,
+            e.value, e.c - 1);
       }
       return UnavailableError("{}: group rank {} gave up op {} (aborted)", what, e.b, e.value);
     }

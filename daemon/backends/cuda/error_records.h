@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "common/status.h"
 #include "daemon/backends/cuda/device_memory.h"
 #include "daemon/backends/cuda/group_aborts.h"
-#include "common/status.h"
 #include "kernels/device_error.cuh"
 
 namespace epd::cuda {
