@@ -134,9 +134,14 @@ class Engine::Impl {
     reaper_changed_.notify_all();
     reaper_.join();
     workers_.clear();  // runs what is still queued (cancelled ops), then joins
-    std::lock_guard lock(mutex_);
-    persistent_handles_.clear();
-    groups_.clear();
+    {
+      std::lock_guard lock(mutex_);
+      persistent_handles_.clear();
+      groups_.clear();
+    }
+    // The backend's streams run their last completions, which release into this object:
+    // they must finish while it is still whole.
+    backend_.reset();
   }
 
   Backend& backend() { return *backend_; }

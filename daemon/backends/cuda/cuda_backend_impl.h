@@ -84,13 +84,15 @@ class CudaBackend final : public Backend {
   CudaBackendOptions options_;
   AllocationCounter allocations_;
   ImportCache imports_;
-  std::vector<std::unique_ptr<RankState>> ranks_;
-  std::vector<std::vector<bool>> peer_access_;
   // Host-mapped word the fence-wait kernels poll: non-zero once the daemon shuts down.
   std::unique_ptr<PinnedHostMemory> shutdown_word_;
+  // NOTE: before ranks_: a completion thread may drop the last reference to a group while
+  // ranks_ is destroyed, and the group then unregisters here.
   std::mutex groups_mu_;
   std::set<CudaGroup*> groups_;  // live groups, whose abort words shutdown raises
   bool shutting_down_ = false;   // guarded by groups_mu_
+  std::vector<std::unique_ptr<RankState>> ranks_;
+  std::vector<std::vector<bool>> peer_access_;
 };
 
 }  // namespace epd::cuda
