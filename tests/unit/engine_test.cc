@@ -432,9 +432,10 @@ TEST_F(EngineTest, ALateRankDelaysOnlyTheStreamAndTheLayerStaysExact) {
       engine_->SubmitDispatch(early.session, early.Dispatch(4), {}, early_dispatch.Done()).ok());
   ASSERT_TRUE(
       engine_->SubmitCombine(early.session, early.Combine(4), blocking, early_combine.Done()).ok());
-  // Non-blocking: answered once enqueued, long before the late rank posts.
+  // Non-blocking: answered once enqueued, before the late rank posts (were it waiting for its
+  // peer, this would wait until the op timeout and fail).
   EXPECT_TRUE(early_dispatch.Get().ok());
-  EXPECT_LT(Clock::now() - start, milliseconds(150)) << "the early rank waited for its peer";
+  EXPECT_LT(Clock::now() - start, milliseconds(1000)) << "the early rank waited for its peer";
   std::this_thread::sleep_for(milliseconds(200));  // the late frontend
   Waiter late_dispatch, late_combine;
   ASSERT_TRUE(
