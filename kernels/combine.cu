@@ -118,22 +118,45 @@ __device__ void ReduceItem(const CombineParams& p, const char* const* bases, int
   }
 }
 
-// Leader: announce "my expert output is final" and wait until every rank did.
+__device__ __forceinline__ SyncArea* SyncOf(const CombineParams& p, int rank) {
+  return detail::AsSync(p.peers->sync[rank]);
+}
+
+// Leader: announce "my expert output is final, here is its address" and wait until every rank
+// did.
 __device__ bool OpeningBarrier(const CombineParams& p) {
   __shared__ bool ok;
   if (threadIdx.x == 0) {
     ok = true;
+    for (int d = 0; d < p.world_size; ++d) {
+      detail::StoreRelaxedSys(&SyncOf(p, d)->expert_out[p.rank],
+                              reinterpret_cast<uint64_t>(p.expert_out));
+    }
     // One fence, then plain flag stores: our expert output (written by kernels that ended
-    // before this one) is visible to peers before they see the flag.
+    // before this one) and its address are visible to peers before they see the flag.
     __threadfence_system();
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&detail::AsSync(p.sync[d])->start[p.rank], p.seq);
+      detail::StoreRelaxedSys(&SyncOf(p, d)->start[p.rank], p.seq);
     }
-    SyncArea* me = detail::AsSync(p.sync[p.rank]);
+    SyncArea* me = SyncOf(p, p.rank);
     for (int s = 0; s < p.world_size && ok; ++s) {
       uint64_t seen = 0;
-      if (!detail::WaitFlagAtLeast(&me->start[s], p.seq, p.timeout_ns, &seen)) {
-        detail::ReportPeerTimeout(p.error, kSyncPhaseStart, s, p.seq, seen);
+      const int why =
+          detail::WaitFlagAtLeast(&me->start[s], p.seq, p.timeout_ns, &seen, me, s, p.abort);
+      if (why != detail::kWaitOk) {
+        detail::ReportWaitFailure(p.error, why, kSyncPhaseStart, s, p.seq, seen, me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq,
+                                 why == detail::kWaitTimeout ? s : -1);
+        ok = false;
+      }
+    }
+    // A peer that opened and then gave up (it timed out waiting for this rank) may already
+    // reuse its expert output: read nothing of it.
+    for (int s = 0; s < p.world_size && ok; ++s) {
+      if (detail::LoadRelaxedSys(&me->abandoned[s]) >= p.seq) {
+        detail::ReportWaitFailure(p.error, detail::kWaitAbandoned, kSyncPhaseStart, s, p.seq, p.seq,
+                                  me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq, -1);
         ok = false;
       }
     }
@@ -145,11 +168,8 @@ __device__ bool OpeningBarrier(const CombineParams& p) {
 template <int kType>
 __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p) {
   __shared__ const char* bases[kMaxRanks];
-  SyncArea* me = detail::AsSync(p.sync[p.rank]);
-  if (threadIdx.x < kMaxRanks) {
-    bases[threadIdx.x] = static_cast<const char*>(p.expert_out[threadIdx.x]);
-  }
-  const unsigned ticket = detail::TakeTicket(me);  // also orders `bases` (__syncthreads)
+  SyncArea* me = SyncOf(p, p.rank);
+  const unsigned ticket = detail::TakeTicket(me);
   uint64_t flags;
   if (ticket == 0) {
     flags = OpeningBarrier(p) ? 0 : kGoAbort;
@@ -158,6 +178,12 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
     flags = detail::AwaitGo(me, p.seq, p.timeout_ns);
   }
   if (!(flags & kGoAbort)) {
+    // Peers' addresses, published before their start flags, which the leader saw before go.
+    if (threadIdx.x < p.world_size) {
+      bases[threadIdx.x] =
+          reinterpret_cast<const char*>(detail::LoadRelaxedSys(&me->expert_out[threadIdx.x]));
+    }
+    __syncthreads();
     const int n = *p.bound_tokens;
     const int vectors = p.hidden * (kType == kTokenFp32 ? 4 : 2) / 16;
     const int chunks = (vectors + kCombineVectorsPerItem - 1) / kCombineVectorsPerItem;
@@ -171,12 +197,16 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
     // Every block's peer loads completed (their values were reduced and stored) before
     // FinishBlock counted it: plain flag stores suffice.
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&detail::AsSync(p.sync[d])->end[p.rank], p.seq);
+      detail::StoreRelaxedSys(&SyncOf(p, d)->end[p.rank], p.seq);
     }
     for (int s = 0; s < p.world_size; ++s) {
       uint64_t seen = 0;
-      if (!detail::WaitFlagAtLeast(&me->end[s], p.seq, p.timeout_ns, &seen)) {
-        detail::ReportPeerTimeout(p.error, kSyncPhaseEnd, s, p.seq, seen);
+      const int why =
+          detail::WaitFlagAtLeast(&me->end[s], p.seq, p.timeout_ns, &seen, me, s, p.abort);
+      if (why != detail::kWaitOk) {
+        detail::ReportWaitFailure(p.error, why, kSyncPhaseEnd, s, p.seq, seen, me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq,
+                                 why == detail::kWaitTimeout ? s : -1);
         return;
       }
     }

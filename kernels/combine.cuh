@@ -6,7 +6,9 @@
 //
 // A device-side barrier opens the op (every rank's expert output is final: its stream passed
 // its own fence wait) and another closes it (no rank reuses its expert output or receive
-// buffer while peers still read it). Every wait is bounded by timeout_ns.
+// buffer while peers still read it). Each rank publishes its expert output's address with its
+// opening flag (the per-op exchange); peers read it after the barrier. Every wait is bounded by
+// timeout_ns and released by the group's abort word or a peer that gave up the op.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,9 +35,10 @@ struct CombineParams {
   const float* topk_weights = nullptr;
   const int32_t* slot = nullptr;
   const int32_t* bound_tokens = nullptr;
-  void* out = nullptr;                     // [n, H]
-  const void* expert_out[kMaxRanks] = {};  // rank d's [recv_rows, H], valid on this GPU
-  void* sync[kMaxRanks] = {};              // every rank's SyncArea
+  void* out = nullptr;               // [n, H]
+  const void* expert_out = nullptr;  // this rank's [recv_rows, H], valid on every GPU
+  const PeerTable* peers = nullptr;  // this rank's, in device memory (SyncAreas)
+  const uint64_t* abort = nullptr;   // the group's host-mapped abort word
   uint64_t seq = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;

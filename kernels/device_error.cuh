@@ -11,10 +11,13 @@ namespace epd::kernels {
 
 enum DeviceErrorCode : int32_t {
   kDeviceErrorNone = 0,
-  kDeviceErrorBadExpertId = 1,   // a = token, b = k, value = the id
-  kDeviceErrorCapacity = 2,      // a = expert, b = rows received, c = capacity
-  kDeviceErrorPeerTimeout = 3,   // a = SyncPhase, b = peer group rank, value = seq, value2 = seen
-  kDeviceErrorFenceTimeout = 4,  // value = awaited counter value, value2 = last seen
+  kDeviceErrorBadExpertId = 1,    // a = token, b = k, value = the id
+  kDeviceErrorCapacity = 2,       // a = expert, b = rows received, c = capacity
+  kDeviceErrorPeerTimeout = 3,    // a = SyncPhase, b = peer group rank, value = seq, value2 = seen
+  kDeviceErrorFenceTimeout = 4,   // value = awaited counter value, value2 = last seen
+  kDeviceErrorPeerAbandoned = 5,  // a = SyncPhase, b = peer that gave up the op, c = 1 + whom
+                                  // it timed out waiting for (0: other reason), value = seq
+  kDeviceErrorAborted = 6,        // the host's abort word released the wait; value = seq
 };
 
 // Which flag a collective waited for when it timed out.

@@ -18,42 +18,78 @@ static_assert(kThreads * kExpertsPerThread >= epd::kMaxExperts,
               "the one-block expert scan must cover GroupConfig's expert limit");
 static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");
 
-// Leader part 1: counts out, counts in. Returns false (error written) on timeout.
+__device__ __forceinline__ SyncArea* SyncOf(const DispatchParams& p, int rank) {
+  return detail::AsSync(p.peers->sync[rank]);
+}
+
+// Leader part 1: counts (and the handle slot) out, counts in. Returns false (error written,
+// peers told) when a wait failed.
 __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
-  __shared__ int timed_out_peer;
-  const int R = p.world_size, E = p.experts, stride = E + 1;
+  __shared__ int failed_peer;
+  __shared__ int failure;
+  const int R = p.world_size, E = p.experts, stride = SyncInboxStride(E);
   const uint32_t seq32 = static_cast<uint32_t>(p.seq);
-  if (threadIdx.x == 0) timed_out_peer = INT_MAX;
+  if (threadIdx.x == 0) {
+    failed_peer = INT_MAX;
+    failure = detail::kWaitOk;
+  }
   __syncthreads();
   // NOTE: no fence before publishing: earlier work on this stream ended with its kernels.
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
     const int d = i / stride, e = i % stride;
-    const uint32_t value = static_cast<uint32_t>(e < E ? p.expert_counts[e] : n);
-    uint64_t* inbox = detail::SyncInbox(p.peers[d].sync, E);
+    const uint32_t value = static_cast<uint32_t>(e < E    ? p.expert_counts[e]
+                                                 : e == E ? n
+                                                          : p.handle_slot);
+    uint64_t* inbox = detail::SyncInbox(SyncOf(p, d), E);
     detail::StoreRelaxedSys(inbox + p.rank * stride + e, (uint64_t{seq32} << 32) | value);
   }
-  uint64_t* my_inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
+  SyncArea* me = SyncOf(p, p.rank);
+  uint64_t* my_inbox = detail::SyncInbox(me, E);
   const uint64_t start = detail::GlobalTimerNs();
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
     uint64_t v = detail::LoadRelaxedSys(my_inbox + i);
-    while (static_cast<uint32_t>(v >> 32) != seq32) {
-      if (detail::GlobalTimerNs() - start > p.timeout_ns) {
-        atomicMin(&timed_out_peer, i / stride);
+    for (unsigned spins = 1; static_cast<uint32_t>(v >> 32) != seq32; ++spins) {
+      const int why = detail::CheckWait(me, i / stride, p.seq, p.abort, start, p.timeout_ns, spins);
+      if (why != detail::kWaitOk) {
+        atomicMin(&failed_peer, i / stride);
+        atomicMax(&failure, why);
         break;
       }
       __nanosleep(32);
       v = detail::LoadRelaxedSys(my_inbox + i);
     }
   }
+  // A peer that published its counts and then gave up (it timed out waiting for this rank)
+  // must not receive rows: it may already run its next op.
+  for (int s = threadIdx.x; s < R; s += kThreads) {
+    if (detail::LoadRelaxedSys(&me->abandoned[s]) >= p.seq) {
+      atomicMin(&failed_peer, s);
+      atomicMax(&failure, static_cast<int>(detail::kWaitAbandoned));
+    }
+  }
   __syncthreads();
-  if (timed_out_peer != INT_MAX) {
+  if (failed_peer != INT_MAX) {
     if (threadIdx.x == 0) {
-      const uint64_t seen = my_inbox[timed_out_peer * stride] >> 32;
-      detail::ReportPeerTimeout(p.error, kSyncPhaseCounts, timed_out_peer, seq32, seen);
+      const uint64_t seen = my_inbox[failed_peer * stride] >> 32;
+      detail::ReportWaitFailure(p.error, failure, kSyncPhaseCounts, failed_peer, p.seq, seen, me);
+      detail::PublishAbandoned(p.peers, R, p.rank, p.seq,
+                               failure == detail::kWaitTimeout ? failed_peer : -1);
     }
     return false;
   }
   return true;  // PublishGo fences before any block writes a row
+}
+
+// Every block, after go: the receive buffers of each destination for this op, from the slot
+// the destination published with its counts (complete: the leader saw every entry).
+__device__ void LoadDestinations(const DispatchParams& p, PeerBuffers* dest) {
+  const int E = p.experts, stride = SyncInboxStride(E);
+  const uint64_t* inbox = detail::SyncInbox(SyncOf(p, p.rank), E);
+  for (int d = threadIdx.x; d < p.world_size; d += kThreads) {
+    const int slot = static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + d * stride + E + 1)));
+    dest[d] = p.peers->handles[slot % kMaxHandleSlots][d];
+  }
+  __syncthreads();
 }
 
 // Leader part 2 (expert-major): base rows, own counts/offsets, capacity. Returns go flags.
@@ -63,9 +99,9 @@ __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
   __shared__ typename ExpertScan::TempStorage scan_storage;
   __shared__ int prefix[kThreads * kExpertsPerThread];
   __shared__ int first_overflow;
-  const int R = p.world_size, E = p.experts, L = p.local_experts, stride = E + 1;
-  const uint64_t* inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
-  int32_t* bases = detail::SyncBases(p.peers[p.rank].sync);
+  const int R = p.world_size, E = p.experts, L = p.local_experts, stride = SyncInboxStride(E);
+  const uint64_t* inbox = detail::SyncInbox(SyncOf(p, p.rank), E);
+  int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
   if (threadIdx.x == 0) first_overflow = INT_MAX;
 
   int total[kExpertsPerThread], before[kExpertsPerThread];
@@ -116,19 +152,20 @@ __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
 }
 
 __device__ void PlanRankMajor(const DispatchParams& p) {
-  const int E = p.experts, stride = E + 1;
-  const uint64_t* inbox = detail::SyncInbox(p.peers[p.rank].sync, E);
+  const int E = p.experts, stride = SyncInboxStride(E);
+  const uint64_t* inbox = detail::SyncInbox(SyncOf(p, p.rank), E);
   for (int s = threadIdx.x; s < p.world_size; s += kThreads) {
     p.recv_counts[s] = static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + s * stride + E)));
   }
 }
 
-__device__ void ExpertMajorRows(const DispatchParams& p, int n, unsigned ticket, bool skip) {
+__device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest, int n,
+                                unsigned ticket, bool skip) {
   const int lane = threadIdx.x & 31;
   const int K = p.top_k, L = p.local_experts;
   const int vectors = static_cast<int>(p.row_bytes / 16);
   const int parts = (vectors + kDispatchVectorsPerPart - 1) / kDispatchVectorsPerPart;
-  const int32_t* bases = detail::SyncBases(p.peers[p.rank].sync);
+  const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
   const int stride = gridDim.x * kWarps;
   for (int item = ticket * kWarps + (threadIdx.x >> 5); item < n * K * parts; item += stride) {
     const int i = item / parts, part = item % parts;
@@ -140,7 +177,7 @@ __device__ void ExpertMajorRows(const DispatchParams& p, int n, unsigned ticket,
     const int d = e / L, t = i / K;
     // bases were written by the leader during this kernel: L2 load, never the nc path.
     const int64_t row = __ldcg(bases + e) + __ldg(p.local_rank + i);
-    const DispatchPeer& peer = p.peers[d];
+    const PeerBuffers& peer = dest[d];
     if (lane == 0 && part == 0) {
       p.slot[i] = static_cast<int32_t>(row);
       peer.recv_src[row * 3 + 0] = p.rank;
@@ -158,7 +195,8 @@ __device__ void ExpertMajorRows(const DispatchParams& p, int n, unsigned ticket,
 
 // Row (this rank, t) on destination d: the token when one of its experts lives on d, else
 // zero with ids -1 (absent rows are rewritten every op: the frontend may have used them).
-__device__ void RankMajorRows(const DispatchParams& p, int n, unsigned ticket) {
+__device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, int n,
+                              unsigned ticket) {
   const int lane = threadIdx.x & 31;
   const int K = p.top_k, L = p.local_experts, T = p.max_tokens;
   const int vectors = static_cast<int>(p.row_bytes / 16);
@@ -179,7 +217,7 @@ __device__ void RankMajorRows(const DispatchParams& p, int n, unsigned ticket) {
       }
     }
     const bool present = __ballot_sync(0xffffffffu, e >= 0) != 0;
-    const DispatchPeer& peer = p.peers[d];
+    const PeerBuffers& peer = dest[d];
     const int64_t row = static_cast<int64_t>(p.rank) * T + t;
     if (lane < K && part == 0) {
       peer.recv_topk_idx[row * K + lane] = e;
@@ -201,7 +239,8 @@ __device__ void RankMajorRows(const DispatchParams& p, int n, unsigned ticket) {
 }
 
 __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams p) {
-  SyncArea* me = detail::AsSync(p.peers[p.rank].sync);
+  __shared__ PeerBuffers dest[kMaxRanks];
+  SyncArea* me = SyncOf(p, p.rank);
   const unsigned ticket = detail::TakeTicket(me);
   const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
   uint64_t flags;
@@ -220,22 +259,27 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
     flags = detail::AwaitGo(me, p.seq, p.timeout_ns);
   }
   if (!(flags & kGoAbort)) {
+    LoadDestinations(p, dest);
     if (p.rank_major) {
-      RankMajorRows(p, n, ticket);
+      RankMajorRows(p, dest, n, ticket);
     } else {
-      ExpertMajorRows(p, n, ticket, (flags & kGoSkipData) != 0);
+      ExpertMajorRows(p, dest, n, ticket, (flags & kGoSkipData) != 0);
     }
   }
   if (!detail::FinishBlock(me, /*remote_stores=*/true) || (flags & kGoAbort)) return;
   if (threadIdx.x == 0) {
     // FinishBlock fenced every block's rows at system scope: plain flag stores suffice.
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&detail::AsSync(p.peers[d].sync)->done[p.rank], p.seq);
+      detail::StoreRelaxedSys(&SyncOf(p, d)->done[p.rank], p.seq);
     }
     for (int s = 0; s < p.world_size; ++s) {
       uint64_t seen = 0;
-      if (!detail::WaitFlagAtLeast(&me->done[s], p.seq, p.timeout_ns, &seen)) {
-        detail::ReportPeerTimeout(p.error, kSyncPhaseDone, s, p.seq, seen);
+      const int why =
+          detail::WaitFlagAtLeast(&me->done[s], p.seq, p.timeout_ns, &seen, me, s, p.abort);
+      if (why != detail::kWaitOk) {
+        detail::ReportWaitFailure(p.error, why, kSyncPhaseDone, s, p.seq, seen, me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq,
+                                 why == detail::kWaitTimeout ? s : -1);
         return;
       }
     }

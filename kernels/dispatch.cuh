@@ -10,7 +10,10 @@
 //     combine slots;
 //  3. the last block publishes "done" to every destination and waits for every source's
 //     "done": when the kernel ends, this rank's receive buffers are complete.
-// Every wait is bounded by timeout_ns; a timeout writes a DeviceError and ends the kernel.
+// Every wait is bounded by timeout_ns and released by the host's abort word or a peer that gave
+// up the op; a failed wait writes a DeviceError, tells the peers (abandoned) and ends the kernel.
+// Peers' buffers come from the rank's PeerTable: each destination publishes, with its counts,
+// the handle slot its receive buffers of this op are in.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,16 +24,6 @@
 #include "kernels/sync_area.cuh"
 
 namespace epd::kernels {
-
-// One destination rank's buffers, as pointers valid on the source's GPU.
-struct DispatchPeer {
-  void* sync = nullptr;  // its SyncArea
-  void* recv_x = nullptr;
-  int32_t* recv_src = nullptr;         // expert-major
-  float* recv_weights = nullptr;       // expert-major
-  int32_t* recv_topk_idx = nullptr;    // rank-major
-  float* recv_topk_weights = nullptr;  // rank-major
-};
 
 struct DispatchParams {
   int world_size = 0;
@@ -51,7 +44,9 @@ struct DispatchParams {
   int32_t* slot = nullptr;         // expert-major: written here for combine
   int32_t* recv_counts = nullptr;  // this rank's own exported counts / offsets
   int32_t* recv_offsets = nullptr;
-  DispatchPeer peers[kMaxRanks];
+  const PeerTable* peers = nullptr;  // this rank's, in device memory
+  int handle_slot = 0;               // where this rank's own receive buffers are published
+  const uint64_t* abort = nullptr;   // the group's host-mapped abort word
   uint64_t seq = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;

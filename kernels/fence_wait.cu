@@ -6,21 +6,24 @@ namespace epd::kernels {
 namespace {
 
 __global__ void FenceWaitKernel(const uint64_t* counter, uint64_t value, uint64_t timeout_ns,
-                                DeviceError* error) {
+                                const uint64_t* abort, uint64_t abort_at, DeviceError* error) {
   uint64_t seen = 0;
-  if (!detail::WaitFlagAtLeast(counter, value, timeout_ns, &seen)) {
+  const int why =
+      detail::WaitFlagAtLeast(counter, value, timeout_ns, &seen, nullptr, 0, abort, abort_at);
+  if (why != detail::kWaitOk) {
     error->a = error->b = error->c = 0;
     error->value = static_cast<int64_t>(value);
     error->value2 = static_cast<int64_t>(seen);
-    error->code = kDeviceErrorFenceTimeout;
+    error->code = why == detail::kWaitAborted ? kDeviceErrorAborted : kDeviceErrorFenceTimeout;
   }
 }
 
 }  // namespace
 
 cudaError_t LaunchFenceWait(const uint64_t* counter, uint64_t value, uint64_t timeout_ns,
-                            DeviceError* error, cudaStream_t stream) {
-  FenceWaitKernel<<<1, 1, 0, stream>>>(counter, value, timeout_ns, error);
+                            const uint64_t* abort, uint64_t abort_at, DeviceError* error,
+                            cudaStream_t stream) {
+  FenceWaitKernel<<<1, 1, 0, stream>>>(counter, value, timeout_ns, abort, abort_at, error);
   return cudaGetLastError();
 }
 

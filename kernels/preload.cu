@@ -5,7 +5,8 @@ namespace epd::kernels {
 
 cudaError_t PreloadKernels() {
   for (cudaError_t (*load)() : {detail::PreloadRoutingKernels, detail::PreloadDispatchKernels,
-                                detail::PreloadCombineKernels, detail::PreloadFenceWaitKernels}) {
+                                detail::PreloadCombineKernels, detail::PreloadFenceWaitKernels,
+                                detail::PreloadAbandonKernels}) {
     if (const cudaError_t e = load(); e != cudaSuccess) return e;
   }
   return cudaSuccess;

@@ -6,8 +6,17 @@
 //  - start[s] >= seq: rank s entered combine (its expert output is final);
 //  - end[s]   >= seq: rank s finished reading expert outputs in combine;
 //  - inbox[s][e] = (seq << 32) | count: rank s's selections of expert e (e == E: its token
-//    count), self-validating so counts need no separate flag.
+//    count; e == E + 1: the handle slot its receive buffers are published in), self-validating
+//    so counts need no separate flag;
+//  - abandoned[s] >= seq while s's flag of op seq is missing: rank s gave up that op (it timed
+//    out, was aborted, or rejected its own arguments), so nobody waits for it any longer;
+//  - blamed[s]: 1 + the group rank s timed out waiting for (0: it gave up for another reason);
+//  - expert_out[s]: rank s's combine input of the op whose start flag it precedes.
 // `control` is local only: block tickets and the leader's go word of the running op.
+//
+// PeerTable: per (group, rank), in device memory on that rank's GPU. The host writes it when
+// the group is created (every rank's SyncArea) and when a handle is created or destroyed (its
+// receive buffers, in the handle's slot); ops pass only a pointer to it.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +28,7 @@ namespace epd::kernels {
 
 constexpr int kMaxRanks = 8;  // GPUs of one node reached with peer pointers
 static_assert(kMaxRanks == epd::kMaxRanks, "common/limits.h is what the host checks against");
+constexpr int kMaxHandleSlots = 128;  // live handles per (group, rank), e.g. one per layer
 
 struct alignas(128) SyncControl {
   uint64_t go;          // (seq << 2) | SyncGoFlags, published by the leader block
@@ -36,15 +46,34 @@ struct SyncArea {
   alignas(128) uint64_t done[kMaxRanks];
   alignas(128) uint64_t start[kMaxRanks];
   alignas(128) uint64_t end[kMaxRanks];
-  // followed by: int32 bases[experts]; uint64 inbox[ranks][experts + 1]
+  alignas(128) uint64_t abandoned[kMaxRanks];
+  alignas(128) uint64_t blamed[kMaxRanks];  // 1 + the rank s waited for when it gave up; 0: none
+  alignas(128) uint64_t expert_out[kMaxRanks];
+  // followed by: int32 bases[experts]; uint64 inbox[ranks][experts + 2]
 };
+
+// One rank's receive buffers, as pointers valid on every GPU of the group.
+struct PeerBuffers {
+  void* recv_x = nullptr;
+  int32_t* recv_src = nullptr;         // expert-major
+  float* recv_weights = nullptr;       // expert-major
+  int32_t* recv_topk_idx = nullptr;    // rank-major
+  float* recv_topk_weights = nullptr;  // rank-major
+};
+
+struct PeerTable {
+  void* sync[kMaxRanks];                            // every rank's SyncArea
+  PeerBuffers handles[kMaxHandleSlots][kMaxRanks];  // [slot][group rank]
+};
+
+constexpr int SyncInboxStride(int experts) { return experts + 2; }
 
 constexpr size_t SyncBasesOffset() { return (sizeof(SyncArea) + 127) / 128 * 128; }
 constexpr size_t SyncInboxOffset(int experts) {
   return (SyncBasesOffset() + sizeof(int32_t) * experts + 127) / 128 * 128;
 }
 constexpr size_t SyncAreaBytes(int ranks, int experts) {
-  return SyncInboxOffset(experts) + sizeof(uint64_t) * ranks * (experts + 1);
+  return SyncInboxOffset(experts) + sizeof(uint64_t) * ranks * SyncInboxStride(experts);
 }
 
 }  // namespace epd::kernels

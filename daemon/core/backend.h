@@ -1,10 +1,18 @@
 // Backend: what the core needs from a device family (cpu reference, cuda).
 //
-// The core owns sessions, ids, validation, ordering and the matching of collective ops across
-// ranks; a backend owns memory and executes ops. Op methods are called on the worker thread of
-// one node rank, in submission order; they may enqueue device work and return (cuda) or run it
-// to completion (cpu). Complete() reports when everything enqueued so far for a handle has
-// finished, with any error the device recorded (bad expert id, capacity overflow, timeout).
+// The core owns sessions, ids, validation and ordering; a backend owns memory and executes ops.
+// Op methods are called on the worker thread of one node rank, in submission order, and only
+// enqueue the work on that rank's execution stream (a CUDA stream, or the cpu backend's
+// per-rank thread): they never wait for peers. Collective ops take one rank's arguments; the
+// ranks of a group meet on the stream (device flags carrying per-op sequence numbers), where
+// every wait is bounded by op_timeout and released at once by an abort (AbortGroup,
+// BeginShutdown). Complete() reports when everything enqueued so far on the handle's rank has
+// finished, with any error recorded on the stream (bad expert id, capacity overflow, a peer
+// that timed out, abandoned or was aborted).
+//
+// Sequence numbers: the k-th collective (dispatch or combine) a rank issues on a group is op k
+// of that group on every rank. A rank that cannot take part in its next collective calls
+// Abandon, which takes the number and fails the peers' op at once instead of at op_timeout.
 #pragma once
 
 #include <chrono>
@@ -12,12 +20,13 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
-#include "daemon/core/allocation_counter.h"
 #include "common/dtype.h"
-#include "daemon/core/group_config.h"
 #include "common/status.h"
+#include "daemon/core/allocation_counter.h"
+#include "daemon/core/group_config.h"
 
 namespace epd {
 
@@ -96,16 +105,22 @@ struct UpdateArgs {
   int num_tokens = 0;
 };
 
+// One rank's arguments of a collective; the peers' buffers were published with their handles.
 struct DispatchArgs {
-  BackendHandle* handle = nullptr;
   TensorView x;  // [n, H] token dtype
 };
 
 struct CombineArgs {
-  BackendHandle* handle = nullptr;
-  const void* expert_out = nullptr;  // [recv_rows, H]; the handle's recv_x when not given
-  TensorView out;                    // [n, H] token dtype
+  // [recv_rows, H] on this rank; the handle's recv_x when null. Exchanged with the peers
+  // per op on the stream (each rank publishes its pointer for the op's sequence number).
+  const void* expert_out = nullptr;
+  TensorView out;  // [n, H] token dtype
 };
+
+enum class CollectiveKind { kDispatch, kCombine };
+inline std::string_view CollectiveKindName(CollectiveKind kind) {
+  return kind == CollectiveKind::kDispatch ? "dispatch" : "combine";
+}
 
 class Backend {
  public:
@@ -121,6 +136,8 @@ class Backend {
   virtual StatusOr<std::unique_ptr<ExportedMemory>> CreateFence(int node_rank) = 0;
 
   virtual StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& config) = 0;
+  // Publishes the handle's receive buffers to the group's peers once (a rank may hold several
+  // handles of a group, e.g. one per layer); destroying it withdraws them.
   virtual StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& group,
                                                                 int group_rank) = 0;
 
@@ -128,16 +145,24 @@ class Backend {
   virtual Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) = 0;
   virtual Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) = 0;
   virtual Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) = 0;
-  // `all` holds every group rank's arguments of the matched collective, indexed by group rank.
-  virtual Status Dispatch(BackendGroup& group, int group_rank,
-                          const std::vector<DispatchArgs>& all) = 0;
-  virtual Status Combine(BackendGroup& group, int group_rank,
-                         const std::vector<CombineArgs>& all) = 0;
+  // This rank's next collective of the handle's group. An error return means nothing was
+  // enqueued but the op's sequence number is taken and abandoned (peers fail at once).
+  virtual Status Dispatch(BackendHandle& handle, const DispatchArgs& args) = 0;
+  virtual Status Combine(BackendHandle& handle, const CombineArgs& args) = 0;
+  // This rank gives up its next collective (e.g. its routing failed): takes the sequence
+  // number, and the peers' op fails with `reason` (naming this rank) as soon as the abandon
+  // reaches the stream, in order after this rank's earlier ops.
+  virtual void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) = 0;
   // Calls `done` once all work enqueued so far for `handle` finished; never blocks the caller.
   virtual void Complete(BackendHandle& handle, std::function<void(Status)> done) = 0;
-  // The daemon stops after its drain timeout: host-side waits (fences, barriers) should give
-  // up now with UNAVAILABLE instead of running to op_timeout. Device waits stay bounded.
-  virtual void BeginShutdown() {}
+
+  // Every op of `group` issued so far (on any rank, waiting or still queued) stops waiting now
+  // and fails with `reason`; the ranks' sequence numbers are realigned, so the group's next
+  // ops work again. Called when a member's session ends.
+  virtual void AbortGroup(BackendGroup& group, const Status& reason) = 0;
+  // The daemon stops: every wait, host and device, current and future, gives up now with
+  // UNAVAILABLE instead of running to op_timeout.
+  virtual void BeginShutdown() = 0;
 };
 
 }  // namespace epd

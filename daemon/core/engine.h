@@ -1,6 +1,7 @@
 // Engine: the daemon's core. Sessions, session-scoped ids, the buffer registry, groups,
-// handles, fences, per-rank ordered op queues and the matching of collective ops across
-// ranks. It knows nothing of gRPC: the service layer translates requests into these calls.
+// handles, fences and per-rank ordered op queues. A rank's collective op goes to the backend as
+// soon as that rank's worker reaches it; ranks meet on the backend's streams, never in the
+// engine. It knows nothing of gRPC: the service layer translates requests into these calls.
 //
 // Thread safety: every public method may be called from any thread. Op submission never
 // blocks the caller on device work; `done` callbacks run on worker or completion threads.

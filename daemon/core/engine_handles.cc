@@ -27,7 +27,6 @@ StatusOr<GroupConfig> Engine::Impl::CreateGroup(std::optional<SessionId> owner,
   group->config = config;
   group->persistent = persistent;
   group->owner = persistent || !owner.has_value() ? 0 : *owner;
-  group->matcher = std::make_unique<CollectiveMatcher>(config.name, config.world_size());
   EPD_ASSIGN_OR_RETURN(group->backend, backend_->CreateGroup(config));
   EPD_RETURN_IF_ERROR(groups_->Add(group));
   // The owner may have closed while the group was built: its close then missed the group.

@@ -73,9 +73,8 @@ class Engine::Impl {
   // Looks up the session, the handle and the fences of an op; with the session's mutex held.
   StatusOr<OpContext> PrepareOpLocked(const std::shared_ptr<Session>& session,
                                       ObjectId handle_id, int rank, const OpOptions& options);
-  StatusOr<TensorView> ResolveTokenRowsLocked(const OpContext& ctx, const TensorRef& ref,
-                                              std::string_view field,
-                                              CollectivePayload& payload);
+  StatusOr<TensorView> ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,
+                                              std::string_view field);
 
   // Declaration order is teardown order reversed: the backend outlives everything that
   // holds its objects; the control worker drains before the registries go.

@@ -38,14 +38,12 @@ StatusOr<OpContext> Engine::Impl::PrepareOpLocked(const std::shared_ptr<Session>
 
 // Resolves a [tokens bound by the last update, hidden] tensor of the group's dtype and keeps
 // its buffer alive for the op.
-StatusOr<TensorView> Engine::Impl::ResolveTokenRowsLocked(const OpContext& ctx,
-                                                          const TensorRef& ref,
-                                                          std::string_view field,
-                                                          CollectivePayload& payload) {
+StatusOr<TensorView> Engine::Impl::ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,
+                                                          std::string_view field) {
   EPD_ASSIGN_OR_RETURN(TensorView view, ctx.session->buffers.Resolve(ref, field));
   EPD_RETURN_IF_ERROR(ValidateTokenRows(ctx.handle->group->config, view, field,
                                         ctx.handle->submitted_tokens.load()));
-  payload.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
+  ctx.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
   return view;
 }
 
@@ -65,6 +63,10 @@ Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
                        ValidateUpdate(ctx.handle->group->config, args.topk_idx,
                                       request.topk_weights.has_value() ? &args.topk_weights
                                                                        : nullptr));
+  ctx.keepalive.push_back(session->buffers.Find(request.topk_idx.buffer_id));
+  if (request.topk_weights.has_value()) {
+    ctx.keepalive.push_back(session->buffers.Find(request.topk_weights->buffer_id));
+  }
   ctx.handle->submitted_tokens = args.num_tokens;
   return pipeline_->PostUpdate(std::move(ctx), std::move(args), std::move(done));
 }
@@ -79,14 +81,12 @@ Status Engine::Impl::SubmitDispatch(SessionId id, const DispatchRequest& request
     return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
                                    request.handle_id);
   }
-  auto payload = std::make_shared<CollectivePayload>();
-  payload->kind = CollectiveKind::kDispatch;
-  payload->dispatch.handle = ctx.handle->backend.get();
-  EPD_ASSIGN_OR_RETURN(payload->dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
-  ctx.payload_bytes = static_cast<uint64_t>(payload->dispatch.x.rows()) *
-                      ctx.handle->group->config.hidden * DTypeSize(payload->dispatch.x.dtype);
-  return pipeline_->PostCollective(std::move(ctx), OpKind::kDispatch, std::move(payload),
-                                   std::move(done));
+  CollectiveOp op;
+  op.kind = CollectiveKind::kDispatch;
+  EPD_ASSIGN_OR_RETURN(op.dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x"));
+  ctx.payload_bytes = static_cast<uint64_t>(op.dispatch.x.rows()) *
+                      ctx.handle->group->config.hidden * DTypeSize(op.dispatch.x.dtype);
+  return pipeline_->PostCollective(std::move(ctx), std::move(op), std::move(done));
 }
 
 Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
@@ -100,26 +100,23 @@ Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
                                    request.handle_id);
   }
   const GroupConfig& config = ctx.handle->group->config;
-  auto payload = std::make_shared<CollectivePayload>();
-  payload->kind = CollectiveKind::kCombine;
-  payload->combine.handle = ctx.handle->backend.get();
+  CollectiveOp op;
+  op.kind = CollectiveKind::kCombine;
   const HandleLayout& layout = ctx.handle->backend->layout();
   if (request.expert_out.has_value()) {
     EPD_ASSIGN_OR_RETURN(TensorView expert_out,
                          session->buffers.Resolve(*request.expert_out, "expert_out"));
     EPD_RETURN_IF_ERROR(ValidateExpertOut(config, layout, expert_out));
-    payload->combine.expert_out = expert_out.data;
-    payload->keepalive.push_back(session->buffers.Find(request.expert_out->buffer_id));
+    op.combine.expert_out = expert_out.data;
+    ctx.keepalive.push_back(session->buffers.Find(request.expert_out->buffer_id));
   } else {
-    payload->combine.expert_out =
+    op.combine.expert_out =
         static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
   }
-  EPD_ASSIGN_OR_RETURN(payload->combine.out,
-                       ResolveTokenRowsLocked(ctx, request.out, "out", *payload));
-  ctx.payload_bytes = static_cast<uint64_t>(payload->combine.out.rows()) * config.hidden *
-                      DTypeSize(payload->combine.out.dtype);
-  return pipeline_->PostCollective(std::move(ctx), OpKind::kCombine, std::move(payload),
-                                   std::move(done));
+  EPD_ASSIGN_OR_RETURN(op.combine.out, ResolveTokenRowsLocked(ctx, request.out, "out"));
+  ctx.payload_bytes = static_cast<uint64_t>(op.combine.out.rows()) * config.hidden *
+                      DTypeSize(op.combine.out.dtype);
+  return pipeline_->PostCollective(std::move(ctx), std::move(op), std::move(done));
 }
 
 }  // namespace epd

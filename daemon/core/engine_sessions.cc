@@ -40,12 +40,16 @@ Engine::Impl::Impl(std::unique_ptr<Backend> backend, EngineOptions options)
 Engine::Impl::~Impl() {
   Shutdown();
   reaper_.reset();
-  pipeline_.reset();  // runs what is still queued (cancelled ops), then joins
+  pipeline_->JoinWorkers();  // runs what is still queued (cancelled ops), then joins
   control_->Release(persistent_.TakeAll());
   groups_->Clear();
   // From here a handle an op still holds past the drain frees its group where it is dropped.
   groups_->DetachReleaser();
   control_.reset();  // frees everything released so far, then joins
+  // The backend's streams run their last completions, which finish and release into the
+  // pipeline: it must still be whole while they drain.
+  backend_.reset();
+  pipeline_.reset();
 }
 
 StatusOr<SessionInfo> Engine::Impl::OpenSession(int rank, std::string client_name, bool unary,
@@ -87,7 +91,7 @@ Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Release
   const Status abort =
       UnavailableError("rank {}'s session {:016x} ended ({}) while the group waited for it",
                        session->rank, id, reason);
-  for (auto& group : groups_to_abort) group->matcher->Abort(abort);
+  for (auto& group : groups_to_abort) backend_->AbortGroup(*group->backend, abort);
   // In-flight ops hold their own references: memory is freed once they drain.
   EPD_LOG(kCore, info,
           "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, {} fences", id,
@@ -182,10 +186,8 @@ void Engine::Impl::Shutdown() {
   if (!pipeline_->StopAndWaitIdle(options_.drain_timeout)) {
     EPD_LOG(kCore, warn, "shutdown: {} ops still in flight after {} ms; cancelling them",
             pipeline_->in_flight(), options_.drain_timeout.count());
-    // Wake everything that waits on the host so the workers can finish.
+    // Release every host and device wait at once (the backends' abort word).
     backend_->BeginShutdown();
-    const Status stopping = UnavailableError("epd is shutting down");
-    for (const auto& group : groups_->All()) group->matcher->Abort(stopping);
     if (!pipeline_->StopAndWaitIdle(std::chrono::seconds(2))) {
       EPD_LOG(kCore, error, "shutdown: {} ops did not stop", pipeline_->in_flight());
     }

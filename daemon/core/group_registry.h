@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "daemon/core/backend.h"
-#include "daemon/core/collective_matcher.h"
 #include "daemon/core/control_worker.h"
 #include "daemon/core/engine.h"
 
@@ -27,7 +26,6 @@ struct Group {
   GroupConfig config;
   bool persistent = false;
   std::unique_ptr<BackendGroup> backend;
-  std::unique_ptr<CollectiveMatcher> matcher;
 
   // Guarded by the registry's mutex.
   SessionId owner = 0;    // 0 when persistent or when the owning session ended

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "daemon/core/backend.h"
-#include "daemon/core/collective_matcher.h"
+#include "daemon/core/backend.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/group_registry.h"
 

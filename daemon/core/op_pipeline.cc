@@ -89,61 +89,50 @@ Status OpPipeline::PostUpdate(OpContext ctx, UpdateArgs args, OpDone done) {
             keep->outcomes.RoutingDeviceError(op, error);
           };
         }
-        CompleteOp(c, std::move(status), nullptr, std::move(finish), std::move(release));
+        CompleteOp(c, std::move(status), std::move(finish), std::move(release));
       });
 }
 
-// A collective: after the wait fence, it is matched with the other ranks' op and run.
-Status OpPipeline::PostCollective(OpContext ctx, OpKind kind,
-                                  std::shared_ptr<CollectivePayload> payload, OpDone done) {
-  payload->keepalive.push_back(ctx.handle);
-  return Enqueue(std::move(ctx), kind, std::move(done),
-                 [this, payload](OpContext& c, OpDone finish, std::function<void()> release) {
-                   RunCollectiveOp(c, payload, std::move(finish), std::move(release));
-                 });
+// ---------------------------------------------------------------- collective path
+// A rank's collective goes to the backend as soon as its worker reaches it: the worker never
+// waits for peers. The ranks meet on the backend's streams, where a late peer only delays
+// the device, a missing one fails the op after op_timeout naming it, and an ended session
+// (AbortGroup when a session closes) releases the wait at once. A rank that cannot take part
+// (failed wait fence or routing) abandons the op's sequence number so its peers fail now.
+// Submit-time validation errors never reach here: such an op takes no sequence number.
+Status OpPipeline::PostCollective(OpContext ctx, CollectiveOp op, OpDone done) {
+  const OpKind kind = op.kind == CollectiveKind::kDispatch ? OpKind::kDispatch : OpKind::kCombine;
+  return Enqueue(
+      std::move(ctx), kind, std::move(done),
+      [this, op = std::move(op)](OpContext& c, OpDone finish, std::function<void()> release) {
+        RunCollectiveOp(c, op, std::move(finish), std::move(release));
+      });
 }
 
-void OpPipeline::RunCollectiveOp(OpContext& ctx, const std::shared_ptr<CollectivePayload>& payload,
-                                 OpDone finish, std::function<void()> release) {
+void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
+                                 std::function<void()> release) {
   Handle& handle = *ctx.handle;
-  Group& group = *handle.group;
-  const uint64_t op = handle.outcomes.BeginOp();
-  payload->status = WaitFenceIfAny(ctx);
-  if (payload->status.ok()) payload->status = handle.outcomes.CheckReadyFor(payload->kind);
-  const Deadline deadline = Clock::now() + backend_.op_timeout();
-  StatusOr<MatchedCollective> matched =
-      group.matcher->Arrive(handle.group_rank, payload, deadline);
-  Status status =
-      matched.ok() ? RunCollective(group, handle.group_rank, *matched) : matched.status();
-  if (payload->kind == CollectiveKind::kDispatch) {
-    handle.outcomes.RecordDispatch(op, status);
+  const uint64_t number = handle.outcomes.BeginOp();
+  Status status = WaitFenceIfAny(ctx);
+  if (status.ok()) status = handle.outcomes.CheckReadyFor(op.kind);
+  if (!status.ok()) {
+    backend_.Abandon(*handle.backend, op.kind, status);
+    status = Status(status.code(),
+                    fmt::format("group '{}' {}: group rank {}: {}", handle.group->config.name,
+                                CollectiveKindName(op.kind), handle.group_rank, status.message()));
+  } else if (op.kind == CollectiveKind::kDispatch) {
+    status = backend_.Dispatch(*handle.backend, op.dispatch);
+  } else {
+    status = backend_.Combine(*handle.backend, op.combine);
+  }
+  if (op.kind == CollectiveKind::kDispatch) {
+    handle.outcomes.RecordDispatch(number, status);
     std::shared_ptr<Handle> keep_handle = ctx.handle;
-    ctx.on_device_error = [keep_handle, op](const Status& error) {
-      keep_handle->outcomes.DispatchDeviceError(op, error);
+    ctx.on_device_error = [keep_handle, number](const Status& error) {
+      keep_handle->outcomes.DispatchDeviceError(number, error);
     };
   }
-  std::shared_ptr<MatchedCollective> keep;
-  if (matched.ok()) keep = std::make_shared<MatchedCollective>(std::move(matched).value());
-  CompleteOp(ctx, std::move(status), std::move(keep), std::move(finish), std::move(release));
-}
-
-Status OpPipeline::RunCollective(Group& group, int group_rank, const MatchedCollective& matched) {
-  for (size_t r = 0; r < matched.size(); ++r) {
-    if (!matched[r]->status.ok()) {
-      return Status(
-          matched[r]->status.code(),
-          fmt::format("group '{}' {}: group rank {}: {}", group.config.name,
-                      CollectiveKindName(matched[r]->kind), r, matched[r]->status.message()));
-    }
-  }
-  if (matched[group_rank]->kind == CollectiveKind::kDispatch) {
-    std::vector<DispatchArgs> all;
-    for (const auto& p : matched) all.push_back(p->dispatch);
-    return backend_.Dispatch(*group.backend, group_rank, all);
-  }
-  std::vector<CombineArgs> all;
-  for (const auto& p : matched) all.push_back(p->combine);
-  return backend_.Combine(*group.backend, group_rank, all);
+  CompleteOp(ctx, std::move(status), std::move(finish), std::move(release));
 }
 
 Status OpPipeline::WaitFenceIfAny(OpContext& ctx) {
@@ -153,21 +142,21 @@ Status OpPipeline::WaitFenceIfAny(OpContext& ctx) {
 
 // Signals, then reports: immediately for fenced ops, after device completion for blocking
 // ones. Device-side errors of non-blocking ops are logged and fail the next op on the handle.
-void OpPipeline::CompleteOp(OpContext& ctx, Status status, std::shared_ptr<MatchedCollective> keep,
-                            OpDone finish, std::function<void()> release) {
+void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
+                            std::function<void()> release) {
   if (status.ok() && ctx.options.signal.has_value()) {
     status = backend_.SignalFence(ctx.session->rank, *ctx.signal_fence->page,
                                   ctx.options.signal->value);
   }
-  if (!status.ok()) {
-    finish(std::move(status));
-    release();
-    return;
-  }
-  if (!ctx.options.blocking) finish(OkStatus());
-  const bool blocking = ctx.options.blocking;
+  // A failed op is answered now; it still releases its buffers only after the stream
+  // passed it (an earlier part of it, e.g. the fence wait, may be queued there).
+  const bool failed = !status.ok();
+  const bool blocking = ctx.options.blocking && !failed;
+  if (!blocking) finish(std::move(status));
   std::shared_ptr<Handle> handle = ctx.handle;
   auto on_device_error = std::move(ctx.on_device_error);
+  // Inputs, outputs and fences stay alive until the device is done with them.
+  auto keep = std::make_shared<OpContext>(ctx);
   backend_.Complete(*handle->backend,
                     [handle, keep, blocking, finish, release, on_device_error](Status done) {
                       if (!done.ok() && on_device_error) on_device_error(done);

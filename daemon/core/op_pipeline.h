@@ -1,7 +1,8 @@
 // OpPipeline: how a validated op runs. It is queued on its session rank's worker (ops of one
-// rank never overtake each other), waits for its fence, runs on the backend (collectives are
-// first matched with the other ranks' op), signals its fence and reports: at once for
-// non-blocking ops, after device completion for blocking ones. A device error reported
+// rank never overtake each other), waits for its fence, is enqueued on the backend's stream of
+// that rank (a collective never waits for its peers here: ranks meet on the streams), signals
+// its fence and reports: at once for non-blocking ops, after device completion for blocking
+// ones. A device error reported
 // later fails the next op on the handle (HandleOutcomes).
 //
 // The pipeline counts ops in flight for the drain at shutdown, keeps the op counters, and
@@ -15,7 +16,6 @@
 #include <vector>
 
 #include "daemon/core/backend.h"
-#include "daemon/core/collective_matcher.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/op_stats.h"
 #include "daemon/core/rank_worker.h"
@@ -31,6 +31,15 @@ struct OpContext {
   OpOptions options;
   uint64_t payload_bytes = 0;                          // tokens moved (dispatch, combine)
   std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
+  // The op's tensors' buffers: kept until the op completed on the device.
+  std::vector<std::shared_ptr<const void>> keepalive;
+};
+
+// One rank's collective, as its worker hands it to the backend.
+struct CollectiveOp {
+  CollectiveKind kind = CollectiveKind::kDispatch;
+  DispatchArgs dispatch;
+  CombineArgs combine;
 };
 
 class OpPipeline {
@@ -41,13 +50,14 @@ class OpPipeline {
 
   // Queues an UpdateHandle of `ctx.handle` with validated `args`.
   Status PostUpdate(OpContext ctx, UpdateArgs args, OpDone done);
-  // Queues a dispatch or combine whose payload holds this rank's validated arguments.
-  Status PostCollective(OpContext ctx, OpKind kind, std::shared_ptr<CollectivePayload> payload,
-                        OpDone done);
+  // Queues a dispatch or combine with this rank's validated arguments.
+  Status PostCollective(OpContext ctx, CollectiveOp op, OpDone done);
 
   // Refuses new ops (UNAVAILABLE), then waits up to `timeout` for those in flight.
   bool StopAndWaitIdle(std::chrono::milliseconds timeout);
   uint64_t in_flight() const;
+  // Runs what is still queued (cancelled ops), then joins the workers.
+  void JoinWorkers() { workers_.clear(); }
   const OpStats& stats() const { return stats_; }
 
  private:
@@ -56,12 +66,10 @@ class OpPipeline {
 
   OpDone FinishOnce(const OpContext& ctx, OpKind kind, OpDone done);
   Status Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask task);
-  void RunCollectiveOp(OpContext& ctx, const std::shared_ptr<CollectivePayload>& payload,
-                       OpDone finish, std::function<void()> release);
-  Status RunCollective(Group& group, int group_rank, const MatchedCollective& matched);
+  void RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
+                       std::function<void()> release);
   Status WaitFenceIfAny(OpContext& ctx);
-  void CompleteOp(OpContext& ctx, Status status, std::shared_ptr<MatchedCollective> keep,
-                  OpDone finish, std::function<void()> release);
+  void CompleteOp(OpContext& ctx, Status status, OpDone finish, std::function<void()> release);
 
   Backend& backend_;
   const OpFinished on_op_finished_;

@@ -87,20 +87,83 @@ __device__ __forceinline__ void ReportPeerTimeout(DeviceError* error, int phase,
   error->code = kDeviceErrorPeerTimeout;
 }
 
-// Spins (one thread) until *flag >= seq; false on timeout.
-__device__ __forceinline__ bool WaitFlagAtLeast(const uint64_t* flag, uint64_t seq,
-                                                uint64_t timeout_ns, uint64_t* seen) {
+// Why a bounded wait ended.
+enum WaitResult : int { kWaitOk = 0, kWaitTimeout, kWaitAbandoned, kWaitAborted };
+
+// The host's abort word (host-mapped memory, NCCL's abortFlag model): op seq gives up once the
+// word reaches seq. The daemon raises it when a member's session ends (to the newest op
+// issued) and at shutdown (to the maximum). Read over PCIe, so spin loops poll it only every
+// kAbortPollSpins iterations.
+constexpr unsigned kAbortPollSpins = 64;
+__device__ __forceinline__ bool Aborted(const uint64_t* abort, uint64_t seq) {
+  return abort != nullptr && LoadRelaxedSys(abort) >= seq;
+}
+
+// Why a wait for peer `peer`'s flag of op `seq` should stop before it arrives, or kWaitOk to
+// go on spinning. `spins` counts the caller's iterations.
+__device__ __forceinline__ int CheckWait(const SyncArea* me, int peer, uint64_t seq,
+                                         const uint64_t* abort, uint64_t start, uint64_t timeout_ns,
+                                         unsigned spins, uint64_t abort_at = 0) {
+  if (me != nullptr && LoadRelaxedSys(&me->abandoned[peer]) >= seq) return kWaitAbandoned;
+  if (spins % kAbortPollSpins == 0 && Aborted(abort, abort_at != 0 ? abort_at : seq)) {
+    return kWaitAborted;
+  }
+  if (GlobalTimerNs() - start > timeout_ns) return kWaitTimeout;
+  return kWaitOk;
+}
+
+// Spins (one thread) until *flag >= seq, peer `peer` of `me` gave up the op, the abort word
+// reaches abort_at (default: seq), or timeout_ns passed; returns why it stopped.
+__device__ __forceinline__ int WaitFlagAtLeast(const uint64_t* flag, uint64_t seq,
+                                               uint64_t timeout_ns, uint64_t* seen,
+                                               const SyncArea* me, int peer, const uint64_t* abort,
+                                               uint64_t abort_at = 0) {
   const uint64_t start = GlobalTimerNs();
   uint64_t v = LoadAcquireSys(flag);
-  while (v < seq) {
-    if (GlobalTimerNs() - start > timeout_ns) {
+  for (unsigned spins = 1; v < seq; ++spins) {
+    const int why = CheckWait(me, peer, seq, abort, start, timeout_ns, spins, abort_at);
+    if (why != kWaitOk) {
       *seen = v;
-      return false;
+      return why;
     }
     __nanosleep(64);
     v = LoadAcquireSys(flag);
   }
-  return true;
+  return kWaitOk;
+}
+
+// Writes the op's error record for a wait on `peer` that ended with `why` (not kWaitOk).
+// For an abandoned wait, c = whom the peer blamed (SyncArea::blamed).
+__device__ __forceinline__ void ReportWaitFailure(DeviceError* error, int why, int phase, int peer,
+                                                  uint64_t seq, uint64_t seen, const SyncArea* me) {
+  if (why == kWaitTimeout) {
+    ReportPeerTimeout(error, phase, peer, seq, seen);
+    return;
+  }
+  error->a = phase;
+  error->b = peer;
+  error->c = 0;
+  if (why == kWaitAbandoned && me != nullptr) {
+    __threadfence_system();  // pairs with PublishAbandoned's fence: blamed is visible
+    error->c = static_cast<int32_t>(LoadRelaxedSys(&me->blamed[peer]));
+  }
+  error->value = static_cast<int64_t>(seq);
+  error->value2 = static_cast<int64_t>(seen);
+  error->code = why == kWaitAbandoned ? kDeviceErrorPeerAbandoned : kDeviceErrorAborted;
+}
+
+// This rank gives up op seq: every peer stops waiting for its flags of that op at once.
+// blamed: the group rank it timed out waiting for, or -1.
+__device__ __forceinline__ void PublishAbandoned(const PeerTable* peers, int world_size, int rank,
+                                                 uint64_t seq, int blamed) {
+  for (int d = 0; d < world_size; ++d) {
+    StoreRelaxedSys(&static_cast<SyncArea*>(peers->sync[d])->blamed[rank],
+                    static_cast<uint64_t>(blamed + 1));
+  }
+  __threadfence_system();
+  for (int d = 0; d < world_size; ++d) {
+    StoreRelaxedSys(&static_cast<SyncArea*>(peers->sync[d])->abandoned[rank], seq);
+  }
 }
 
 // Block ticket: the first block to arrive (not blockIdx 0, which may not be resident yet)
@@ -123,6 +186,8 @@ __device__ __forceinline__ void PublishGo(SyncArea* me, uint64_t seq, uint64_t f
 
 // Followers: wait for the leader's go word; returns its flags. The leader is running (it
 // took the first ticket) and bounded by timeout_ns itself, so this wait is bounded too.
+// NOTE: no abort word here: the leader polls it and then publishes go at once; a follower that
+// gave up alone would leave its rows unwritten under a go the leader may still publish.
 __device__ __forceinline__ uint64_t AwaitGo(SyncArea* me, uint64_t seq, uint64_t timeout_ns) {
   __shared__ uint64_t flags;
   if (threadIdx.x == 0) {

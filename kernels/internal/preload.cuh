@@ -9,6 +9,7 @@ cudaError_t PreloadRoutingKernels();
 cudaError_t PreloadDispatchKernels();
 cudaError_t PreloadCombineKernels();
 cudaError_t PreloadFenceWaitKernels();
+cudaError_t PreloadAbandonKernels();
 
 // cudaFuncGetAttributes needs the function loaded in the current context, so it loads it.
 inline cudaError_t LoadKernel(const void* kernel) {

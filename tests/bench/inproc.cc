@@ -213,16 +213,12 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
   update.topk_idx = TensorView{me.topk, DType::kInt32, {c.tokens, c.top_k}};
   update.topk_weights = TensorView{me.weights, DType::kFp32, {c.tokens, c.top_k}};
   update.num_tokens = c.tokens;
-  std::vector<DispatchArgs> dispatch(ranks_);
-  std::vector<CombineArgs> combine(ranks_);
-  for (int r = 0; r < ranks_; ++r) {
-    dispatch[r].handle = handles[r].get();
-    dispatch[r].x = TensorView{states[r]->x, c.dtype, {c.tokens, c.hidden}};
-    combine[r].handle = handles[r].get();
-    combine[r].expert_out =
-        static_cast<const char*>(handles[r]->exported().data()) + layout.recv_x_offset;
-    combine[r].out = TensorView{states[r]->out, c.dtype, {c.tokens, c.hidden}};
-  }
+  // This rank's arguments only: the peers' buffers were published with their handles.
+  DispatchArgs dispatch;
+  dispatch.x = TensorView{me.x, c.dtype, {c.tokens, c.hidden}};
+  CombineArgs combine;
+  combine.expert_out = static_cast<const char*>(handle.exported().data()) + layout.recv_x_offset;
+  combine.out = TensorView{me.out, c.dtype, {c.tokens, c.hidden}};
 
   Status status;
   uint32_t gate_value = 0;
@@ -232,8 +228,10 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
       auto run_op = [&]() -> Status {
         switch (static_cast<Op>(op)) {
           case Op::kUpdate: return backend_->UpdateHandle(handle, update);
-          case Op::kDispatch: return backend_->Dispatch(group, rank, dispatch);
-          case Op::kCombine: return backend_->Combine(group, rank, combine);
+          case Op::kDispatch:
+            return backend_->Dispatch(handle, dispatch);
+          case Op::kCombine:
+            return backend_->Combine(handle, combine);
         }
         return OkStatus();
       };

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <thread>
 
@@ -222,6 +223,48 @@ TEST_F(DaemonPathTest, FenceStreamOpsWorkInsideACapturedCudaGraph) {
   cudaStreamDestroy(stream);
   ASSERT_TRUE((*session)->Close().ok());
   cudaFree(device);
+}
+
+// SIGTERM while an op waits on the device (a fence nobody signals, op timeout far away): the
+// drain gives up on it after drain_timeout, the abort word releases the device wait at once,
+// and the daemon tears down and exits 0 promptly, without any forced exit.
+TEST(DaemonShutdownTest, ExitsWithinTheDrainTimeoutWithADeviceWaitOutstanding) {
+  if (VisibleGpus() == 0) GTEST_SKIP() << "no CUDA GPU: the daemon path needs the cuda backend";
+  constexpr int kDrainMs = 1'000;
+  auto daemon = DaemonProcess::Start({"--backend", "cuda", "--op-timeout-ms", "60000",
+                                      "--drain-timeout-ms", std::to_string(kDrainMs)});
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  auto client = ConnectOrDie((*daemon)->address());
+  ASSERT_NE(client, nullptr);
+  auto session = client->OpenSession(0, "stuck-frontend");
+  ASSERT_TRUE(session.ok()) << session.status().ToString();
+  v1::GroupConfig config;
+  config.set_name("stuck");
+  config.add_ranks(0);
+  config.set_experts(2);
+  config.set_hidden(64);
+  config.set_max_tokens_per_rank(4);
+  config.set_top_k(1);
+  ASSERT_TRUE((*session)->CreateGroup(config).ok());
+  auto handle = (*session)->CreateHandle("stuck");
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+  auto fence = (*session)->CreateFence();
+  ASSERT_TRUE(fence.ok()) << fence.status().ToString();
+  // Routing read from the handle's own (zeroed) exported region: expert 0 for every token.
+  v1::UpdateHandleRequest update;
+  update.set_handle_id(handle->handle_id());
+  *update.mutable_topk_idx() = MakeTensorRef(handle->buffer_id(), 0, v1::DTYPE_INT32, {1, 1});
+  *update.mutable_options() = FencedOptions(fence->get(), 1, nullptr, 0);
+  update.mutable_options()->set_blocking(true);
+  std::future<Status> stuck = (*session)->UpdateAsync(update);
+
+  const auto start = std::chrono::steady_clock::now();
+  const int code = (*daemon)->Stop();
+  const auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(code, 0) << (*daemon)->ReadLog();
+  // drain_timeout, the server's grace and teardown; nowhere near the 60 s op timeout.
+  EXPECT_LT(took, std::chrono::milliseconds(kDrainMs + 4'000)) << (*daemon)->ReadLog();
+  EXPECT_FALSE((*session)->Await(stuck, "update").ok());
 }
 
 }  // namespace

@@ -78,12 +78,10 @@ TEST(CudaFirstLaunch, FirstFencedOpsEnqueueWithoutWaitingForTheFence) {
   UpdateArgs update;
   update.topk_idx = TensorView{topk.data(), DType::kInt32, {n, K}};
   update.num_tokens = n;
-  std::vector<DispatchArgs> dispatch(1);
-  dispatch[0].handle = handle->get();
-  dispatch[0].x = TensorView{x.data(), config.dtype, {n, H}};
-  std::vector<CombineArgs> combine(1);
-  combine[0].handle = handle->get();
-  combine[0].out = TensorView{out.data(), config.dtype, {n, H}};
+  DispatchArgs dispatch;
+  dispatch.x = TensorView{x.data(), config.dtype, {n, H}};
+  CombineArgs combine;
+  combine.out = TensorView{out.data(), config.dtype, {n, H}};
 
   struct Step {
     const char* name;
@@ -91,8 +89,8 @@ TEST(CudaFirstLaunch, FirstFencedOpsEnqueueWithoutWaitingForTheFence) {
   };
   const std::vector<Step> steps = {
       {"update", [&] { return backend.UpdateHandle(**handle, update); }},
-      {"dispatch", [&] { return backend.Dispatch(**group, 0, dispatch); }},
-      {"combine", [&] { return backend.Combine(**group, 0, combine); }},
+      {"dispatch", [&] { return backend.Dispatch(**handle, dispatch); }},
+      {"combine", [&] { return backend.Combine(**handle, combine); }},
   };
   uint64_t value = 0;
   for (const Step& step : steps) {

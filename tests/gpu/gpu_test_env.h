@@ -1,8 +1,8 @@
 // Shared by the GPU tests: one CUDA backend for the whole test binary (peer access is set up
 // once), skip helpers, test-owned device buffers and a blocking wait on Complete().
 //
-// The tests play the core: one thread per rank calls the op methods in order, and every rank
-// passes the same `all` vector to a collective.
+// The tests play the core: one thread per rank calls the op methods in order, each with its
+// own rank's arguments.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -143,16 +143,33 @@ std::vector<Status> MoeHarness::Update(const std::vector<RankInput>& inputs) {
 
 std::vector<Status> MoeHarness::Dispatch() {
   const int R = config_.world_size();
-  std::vector<DispatchArgs> all(R);
-  for (int r = 0; r < R; ++r) {
-    all[r].handle = handles_[r].get();
-    all[r].x = TensorView{buffers_[r]->x.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
-  }
   std::vector<Status> statuses(R);
   OnEveryRank(R, [&](int r) {
-    Status s = backend_.Dispatch(*group_, r, all);
+    DispatchArgs args;
+    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+    Status s = backend_.Dispatch(*handles_[r], args);
     statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
   });
+  return statuses;
+}
+
+std::vector<Status> MoeHarness::DispatchWithLateRank(int late_rank,
+                                                     const std::function<void()>& while_late) {
+  const int R = config_.world_size();
+  std::vector<Status> statuses(R);
+  auto enqueue = [&](int r) {
+    DispatchArgs args;
+    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+    statuses[r] = backend_.Dispatch(*handles_[r], args);
+  };
+  for (int r = 0; r < R; ++r) {
+    if (r != late_rank) enqueue(r);  // returns at once: nothing waits for the late rank here
+  }
+  while_late();
+  enqueue(late_rank);
+  for (int r = 0; r < R; ++r) {
+    if (statuses[r].ok()) statuses[r] = WaitComplete(backend_, *handles_[r]);
+  }
   return statuses;
 }
 
@@ -181,16 +198,12 @@ std::vector<Status> MoeHarness::Combine(bool in_place, uint64_t seed) {
     void* target = in_place ? handles_[r]->exported().data() : buffers_[r]->z.data();
     CopyToDevice(device_of(r), target, z_host_[r].data(), rows * row_bytes());
   }
-  std::vector<CombineArgs> all(R);
-  for (int r = 0; r < R; ++r) {
-    all[r].handle = handles_[r].get();
-    all[r].expert_out = in_place ? nullptr : buffers_[r]->z.data();
-    all[r].out =
-        TensorView{buffers_[r]->out.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
-  }
   std::vector<Status> statuses(R);
   OnEveryRank(R, [&](int r) {
-    Status s = backend_.Combine(*group_, r, all);
+    CombineArgs args;
+    args.expert_out = in_place ? nullptr : buffers_[r]->z.data();
+    args.out = TensorView{buffers_[r]->out.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+    Status s = backend_.Combine(*handles_[r], args);
     statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
   });
   return statuses;

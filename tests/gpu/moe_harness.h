@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,6 +59,9 @@ class MoeHarness {
   // Each step runs on one thread per rank and returns every rank's Complete() status.
   std::vector<Status> Update(const std::vector<RankInput>& inputs);
   std::vector<Status> Dispatch();
+  // Like Dispatch, but every rank except `late_rank` enqueues first; `while_late` runs before
+  // the late rank enqueues (the others' ops are then on their streams, waiting).
+  std::vector<Status> DispatchWithLateRank(int late_rank, const std::function<void()>& while_late);
   // Fills expert outputs with random rows (in recv_x itself when in_place), then combines.
   std::vector<Status> Combine(bool in_place, uint64_t seed);
 

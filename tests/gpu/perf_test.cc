@@ -87,20 +87,18 @@ PerfResult MeasureStandard(Backend& backend, int ranks, int tokens, const std::s
   harness.ExpectCombineMatches(inputs, n);
 
   // The harness's own op arguments, rebuilt here so the timed loop only enqueues.
-  std::vector<DispatchArgs> dispatch(ranks);
+  std::vector<DispatchArgs> dispatch(ranks);  // each rank's own arguments
   std::vector<CombineArgs> combine(ranks);
   std::vector<std::unique_ptr<DeviceBuffer>> x, out;
   for (int r = 0; r < ranks; ++r) {
     x.push_back(std::make_unique<DeviceBuffer>(r, inputs[r].x.size()));
     x[r]->Upload(inputs[r].x.data(), inputs[r].x.size());
     out.push_back(std::make_unique<DeviceBuffer>(r, inputs[r].x.size()));
-    dispatch[r].handle = &harness.handle(r);
     dispatch[r].x = TensorView{x[r]->data(), spec.dtype, {tokens, spec.hidden}};
-    combine[r].handle = &harness.handle(r);
     combine[r].out = TensorView{out[r]->data(), spec.dtype, {tokens, spec.hidden}};
   }
-  auto dispatch_op = [&](int r) { return backend.Dispatch(*harness.group(), r, dispatch); };
-  auto combine_op = [&](int r) { return backend.Combine(*harness.group(), r, combine); };
+  auto dispatch_op = [&](int r) { return backend.Dispatch(harness.handle(r), dispatch[r]); };
+  auto combine_op = [&](int r) { return backend.Combine(harness.handle(r), combine[r]); };
   TimeOps(backend, ranks, 20, dispatch_op);  // warm-up
   TimeOps(backend, ranks, 20, combine_op);
   PerfResult result;

@@ -219,12 +219,12 @@ TEST_F(BadInputTest, ExpertIdOutOfRangeIsInvalid) {
 }
 
 TEST_F(BadInputTest, RejectedRoutingFailsTheCollectiveForEveryRank) {
-  // A fenced (non-blocking) update with a bad expert id: its answer carries the error, and the
-  // dispatch that follows fails on both ranks with a message naming the cause, not a hang.
+  // A non-blocking update with a bad expert id is answered once enqueued (the ids are checked
+  // on the rank's stream, as on a GPU); the dispatch that follows fails on both ranks with a
+  // message naming the cause, not a hang.
   const int n = StageRank0();
   rank0().buffer().at<int32_t>(rank0().topk_ref(n).offset_bytes())[0] = 99;
-  EXPECT_EPD_ERROR(Update0(rank0().topk_ref(n), rank0().weights_ref(n), v1::OpOptions()),
-                   StatusCode::kInvalidArgument, "topk_idx[0, 0] = 99");
+  EXPECT_TRUE(Update0(rank0().topk_ref(n), rank0().weights_ref(n), v1::OpOptions()).ok());
   const std::vector<Status> statuses = RunOnRanks(2, [&](int r) -> Status {
     example::RankRunner& runner = *world_[r].runner;
     if (r == 1) {

@@ -243,14 +243,23 @@ int main(int argc, char** argv) {
         EPD_FAILED_PRECONDITION, "device fences");
   CHECK(op == NULL && epd_stream_op_posts(op) == 0);
 
-  /* A failing fenced op: reported by sync (once), its signal written by the client. */
-  idx[1] = 9;
+  /* A fenced op the daemon refuses: reported by sync (once), its signal written by the client. */
+  epd_tensor_ref_t unknown = ref2(buffer + 1000, 0, EPD_DTYPE_INT32, N, K);
   fenced.wait_fence_id = 0;
   fenced.signal_value = 2;
-  OK(epd_update(session, handle, &idx_ref, NULL, &fenced));
+  OK(epd_update(session, handle, &unknown, NULL, &fenced));
   OK(epd_fence_wait(fence_out, 2, 5000));
-  FAILS(epd_session_sync(session, 5000), EPD_INVALID_ARGUMENT, "9");
+  FAILS(epd_session_sync(session, 5000), EPD_NOT_FOUND, "topk_idx.buffer_id");
   OK(epd_session_poll(session));
+
+  /* A fenced op that fails on the stream (bad expert id): answered once enqueued, its signal
+     written in stream order, and the error reported by the next op on the handle. */
+  idx[1] = 9;
+  fenced.signal_value = 3;
+  OK(epd_update(session, handle, &idx_ref, NULL, &fenced));
+  OK(epd_fence_wait(fence_out, 3, 5000));
+  OK(epd_session_sync(session, 5000));
+  FAILS(epd_dispatch(session, handle, &x_ref, NULL), EPD_FAILED_PRECONDITION, "9");
 
   /* Request errors name the field and value. */
   epd_tensor_ref_t bad = ref2(buffer + 1000, 0, EPD_DTYPE_INT32, N, K);
@@ -278,7 +287,7 @@ int main(int argc, char** argv) {
 
   epd_stats_t stats;
   OK(epd_client_stats(client, &stats));
-  CHECK(stats.update_completed >= 1 && stats.update_failed >= 1);
+  CHECK(stats.update_completed >= 1 && stats.dispatch_failed >= 1);
   CHECK(stats.dispatch_completed == 1 && stats.combine_completed == 2);
 
 done:

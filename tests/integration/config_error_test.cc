@@ -318,6 +318,7 @@ TEST(DaemonLifecycleTest, DrainReportsNotServingAndRefusesNewWork) {
   update.mutable_topk_idx()->add_shape(1);
   update.mutable_options()->mutable_wait()->set_fence_id(fence.fence_id());
   update.mutable_options()->mutable_wait()->set_value(1);
+  update.mutable_options()->set_blocking(true);  // answered once the stream passed it
   v1::OpResponse ignored;
   grpc::Status abandoned;
   std::thread pending(

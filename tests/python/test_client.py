@@ -3,6 +3,8 @@ Fence / Handle, errors as exceptions with the daemon's code and message, registr
 lifetime."""
 
 import gc
+import os
+import signal
 import threading
 import unittest
 import weakref
@@ -216,27 +218,42 @@ class ClientTest(unittest.TestCase):
         self.group("ferr")
         handle = self.session.create_handle("ferr")
         fence = self.session.create_fence()
-        bad = epd.shm_like(np.array([[0, 42]], np.int32))
-        # Posting returns at once; the answer (INVALID_ARGUMENT) comes in the background and the
-        # client writes the op's signal itself, so nobody waits forever on it.
-        self.session.update(handle, bad, signal=(fence, 7))
+        wide = epd.shm_like(np.array([[0, 1, 1]], np.int32))  # top_k is 2
+        # Posting returns at once; the daemon's refusal (INVALID_ARGUMENT) comes in the
+        # background and the client writes the op's signal itself, so nobody waits forever.
+        self.session.update(handle, wide, signal=(fence, 7))
         fence.wait(7, timeout_ms=5000)
         with self.assertRaises(epd.InvalidArgumentError) as caught:
             self.session.sync()
-        self.assertIn("42", caught.exception.message)
+        self.assertIn("topk_idx", caught.exception.message)
         self.assertIn("fenced update", caught.exception.message)
         self.session.poll()  # reported once
+        # An op that fails on the stream (a bad expert id) was accepted when enqueued: its
+        # signal comes in stream order and the next op on the handle reports the cause.
+        bad = epd.shm_like(np.array([[0, 42]], np.int32))
+        self.session.update(handle, bad, signal=(fence, 8))
+        fence.wait(8, timeout_ms=5000)
+        self.session.sync()
+        x = epd.shm_like(np.ones((1, GROUP["hidden"]), np.float32))
+        with self.assertRaises(epd.FailedPreconditionError) as caught:
+            self.session.dispatch(handle, x, blocking=True)
+        self.assertIn("42", caught.exception.message)
 
     def test_sync_is_bounded_and_reports_unanswered_ops(self):
         self.group("sync")
         handle = self.session.create_handle("sync")
         fence = self.session.create_fence()
-        idx = epd.shm_like(np.array([[0, 1]], np.int32))
-        # Fenced ops are answered once started, i.e. after their wait fence.
-        self.session.update(handle, idx, wait=(fence, 1))
-        with self.assertRaises(epd.DeadlineExceededError) as caught:
-            self.session.sync(timeout_ms=50)
-        self.assertIn("unanswered", caught.exception.message)
+        idx = self.session.register(epd.shm_like(np.array([[0, 1]], np.int32)))
+        # Fenced ops are answered once enqueued; a daemon that does not answer (stopped here)
+        # must not hold sync() past its bound.
+        os.kill(self.daemon.process.pid, signal.SIGSTOP)
+        try:
+            self.session.update(handle, idx, wait=(fence, 1))
+            with self.assertRaises(epd.DeadlineExceededError) as caught:
+                self.session.sync(timeout_ms=50)
+            self.assertIn("unanswered", caught.exception.message)
+        finally:
+            os.kill(self.daemon.process.pid, signal.SIGCONT)
         fence.signal(1)
         self.session.sync(timeout_ms=5000)
 

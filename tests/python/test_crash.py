@@ -67,9 +67,15 @@ class CrashTest(unittest.TestCase):
             session.dispatch(buf.handle, x, signal=(done, 1))
             child.kill()
             child.wait(10)
-            done.wait(1, timeout_ms=3 * OP_TIMEOUT_MS)  # released by the client on failure
-            with self.assertRaises((epd.UnavailableError, epd.DeadlineExceededError)) as caught:
-                session.sync()
+            # The fenced dispatch was accepted once enqueued; the dead rank's session ending
+            # aborts it on the stream, which then writes the signal in order.
+            done.wait(1, timeout_ms=3 * OP_TIMEOUT_MS)
+            session.sync()
+            # The next op on the handle reports why the dispatch failed, naming the dead rank.
+            out = epd.shm_like(np.zeros((1, H), np.float32))
+            with self.assertRaises((epd.FailedPreconditionError, epd.UnavailableError,
+                                    epd.DeadlineExceededError)) as caught:
+                session.combine(buf.handle, out, blocking=True)
             self.assertLess(time.monotonic() - started, 2 * OP_TIMEOUT_MS / 1000)
             self.assertRegex(caught.exception.message, r"ranks? \[?1")  # names the dead rank
             self.wait_for(lambda: self.client.stats().sessions_open == 1, "dead session freed")

@@ -223,6 +223,106 @@ TEST_F(EngineTest, FenceWaitTimesOutAndTheRankKeepsWorking) {
   ExpectWeightedSums(2);
 }
 
+// The per-rank collective path: a rank's op is enqueued as soon as it posts it; the ranks meet
+// on the backend's streams, never in the engine's workers.
+TEST_F(EngineTest, ALateRankDelaysOnlyTheStreamAndTheLayerStaysExact) {
+  FillInputs(4);
+  OpOptions blocking;
+  blocking.blocking = true;
+  for (int r = 0; r < kRanks; ++r) {
+    Waiter w;
+    ASSERT_TRUE(
+        engine_->SubmitUpdate(frontends_[r]->session, frontends_[r]->Update(4), blocking, w.Done())
+            .ok());
+    ASSERT_TRUE(w.Get().ok());
+  }
+  Frontend& early = *frontends_[0];
+  Frontend& late = *frontends_[1];
+  const auto start = Clock::now();
+  Waiter early_dispatch, early_combine;
+  ASSERT_TRUE(
+      engine_->SubmitDispatch(early.session, early.Dispatch(4), {}, early_dispatch.Done()).ok());
+  ASSERT_TRUE(
+      engine_->SubmitCombine(early.session, early.Combine(4), blocking, early_combine.Done()).ok());
+  // Non-blocking: answered once enqueued, before the late rank posts (were it waiting for its
+  // peer, this would wait until the op timeout and fail).
+  EXPECT_TRUE(early_dispatch.Get().ok());
+  EXPECT_LT(Clock::now() - start, milliseconds(1000)) << "the early rank waited for its peer";
+  std::this_thread::sleep_for(milliseconds(200));  // the late frontend
+  Waiter late_dispatch, late_combine;
+  ASSERT_TRUE(
+      engine_->SubmitDispatch(late.session, late.Dispatch(4), blocking, late_dispatch.Done()).ok());
+  ASSERT_TRUE(
+      engine_->SubmitCombine(late.session, late.Combine(4), blocking, late_combine.Done()).ok());
+  EXPECT_TRUE(late_dispatch.Get().ok());
+  EXPECT_TRUE(late_combine.Get().ok());
+  EXPECT_TRUE(early_combine.Get().ok());
+  ExpectWeightedSums(4);
+}
+
+TEST_F(EngineTest, ARankThatNeverPostsFailsItsPeersNamingItAndTheGroupRecovers) {
+  FillInputs(2);
+  RunLayer(2);
+  OpOptions blocking;
+  blocking.blocking = true;
+  Waiter lonely;
+  const auto start = Clock::now();
+  ASSERT_TRUE(engine_
+                  ->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(2), blocking,
+                                   lonely.Done())
+                  .ok());
+  Status status = lonely.Get();
+  EXPECT_GE(Clock::now() - start, milliseconds(1900)) << "op_timeout is 2000 ms";
+  EXPECT_EQ(status.code(), StatusCode::kDeadlineExceeded) << status.ToString();
+  EXPECT_NE(status.message().find("group ranks [1] did not post it"), std::string::npos)
+      << status.message();
+  // The late op of rank 1 takes the failed op's number and fails at once; then every rank's
+  // next op is the same op again.
+  Waiter too_late;
+  const auto late_start = Clock::now();
+  ASSERT_TRUE(engine_
+                  ->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), blocking,
+                                   too_late.Done())
+                  .ok());
+  EXPECT_EQ(too_late.Get().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_LT(Clock::now() - late_start, milliseconds(500));
+  FillInputs(3);
+  RunLayer(3);
+  ExpectWeightedSums(3);
+}
+
+TEST_F(EngineTest, ARankWhoseRoutingFailedReleasesItsWaitingPeerAtOnce) {
+  FillInputs(2);
+  RunLayer(2);
+  OpOptions blocking;
+  blocking.blocking = true;
+  Waiter waiting, bad_update, abandoned;
+  const auto start = Clock::now();
+  ASSERT_TRUE(engine_
+                  ->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(2), blocking,
+                                   waiting.Done())
+                  .ok());
+  frontends_[1]->topk()[0] = -7;
+  ASSERT_TRUE(engine_
+                  ->SubmitUpdate(frontends_[1]->session, frontends_[1]->Update(2), blocking,
+                                 bad_update.Done())
+                  .ok());
+  EXPECT_EQ(bad_update.Get().code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(engine_
+                  ->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), blocking,
+                                   abandoned.Done())
+                  .ok());
+  EXPECT_EQ(abandoned.Get().code(), StatusCode::kFailedPrecondition);
+  Status status = waiting.Get();
+  EXPECT_LT(Clock::now() - start, milliseconds(1000)) << "waited for the op timeout";
+  EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
+  EXPECT_NE(status.message().find("group rank 1: the last UpdateHandle failed"), std::string::npos)
+      << status.message();
+  FillInputs(2);
+  RunLayer(2);
+  ExpectWeightedSums(2);
+}
+
 TEST_F(EngineTest, CombineNeedsASuccessfulDispatchSinceTheLastUpdate) {
   FillInputs(4);
   RunLayer(4);

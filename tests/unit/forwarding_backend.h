@@ -38,14 +38,20 @@ class ForwardingBackend : public Backend {
   Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
     return inner_->UpdateHandle(h, a);
   }
-  Status Dispatch(BackendGroup& g, int r, const std::vector<DispatchArgs>& a) override {
-    return inner_->Dispatch(g, r, a);
+  Status Dispatch(BackendHandle& h, const DispatchArgs& a) override {
+    return inner_->Dispatch(h, a);
   }
-  Status Combine(BackendGroup& g, int r, const std::vector<CombineArgs>& a) override {
-    return inner_->Combine(g, r, a);
+  Status Combine(BackendHandle& h, const CombineArgs& a) override {
+    return inner_->Combine(h, a);
+  }
+  void Abandon(BackendHandle& h, CollectiveKind kind, const Status& reason) override {
+    inner_->Abandon(h, kind, reason);
   }
   void Complete(BackendHandle& h, std::function<void(Status)> done) override {
     inner_->Complete(h, std::move(done));
+  }
+  void AbortGroup(BackendGroup& g, const Status& reason) override {
+    inner_->AbortGroup(g, reason);
   }
   void BeginShutdown() override { inner_->BeginShutdown(); }
 

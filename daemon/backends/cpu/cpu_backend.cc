@@ -3,16 +3,18 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <set>
 #include <thread>
 
+#include "common/fence_page.h"
+#include "daemon/backends/cpu/cpu_stream.h"
+#include "daemon/backends/cpu/host_rendezvous.h"
 #include "daemon/backends/cpu/reference_ops.h"
 #include "daemon/backends/cpu/shm_region.h"
-#include "common/fence_page.h"
 #include "daemon/core/log.h"
 
 namespace epd {
@@ -74,72 +76,33 @@ class ExportedShm : public ExportedMemory {
   AllocationCounter& counter_;
 };
 
-// All ranks of a cpu collective meet here once their part is done, so that no rank returns
-// (and lets its frontend reuse inputs) while a peer still reads them. Bounded: a timeout
-// breaks the barrier for good, failing the group's later collectives instead of hanging.
-class TimedBarrier {
- public:
-  explicit TimedBarrier(int count) : count_(count) {}
-  // Fails every current and future wait: the daemon is stopping.
-  void Break() {
-    std::lock_guard lock(mutex_);
-    broken_ = true;
-    changed_.notify_all();
-  }
+class CpuHandle;
 
-  Status Wait(std::chrono::milliseconds timeout, std::string_view what) {
-    std::unique_lock lock(mutex_);
-    if (broken_)
-      return InternalError("{}: the group's barrier broke after an earlier timeout", what);
-    const uint64_t generation = generation_;
-    if (++arrived_ == count_) {
-      arrived_ = 0;
-      ++generation_;
-      changed_.notify_all();
-      return OkStatus();
-    }
-    if (!changed_.wait_for(lock, timeout, [&] { return generation_ != generation || broken_; })) {
-      broken_ = true;
-      changed_.notify_all();
-      return DeadlineExceededError("{}: peers did not finish within {} ms", what, timeout.count());
-    }
-    if (broken_) return InternalError("{}: the group's barrier broke", what);
-    return OkStatus();
-  }
-
- private:
-  const int count_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  int arrived_ = 0;
-  uint64_t generation_ = 0;
-  bool broken_ = false;
-};
-
-class CpuBackend;
-void ForgetGroup(CpuBackend& backend, class CpuGroup* group);
-
+// A group's ranks meet in its rendezvous, on their streams.
 class CpuGroup : public BackendGroup {
  public:
-  CpuGroup(const GroupConfig& config, CpuBackend& backend)
-      : config_(config), barrier_(config.world_size()), backend_(backend) {}
-  ~CpuGroup() override { ForgetGroup(backend_, this); }
+  CpuGroup(const GroupConfig& config, std::function<void(CpuGroup*)> forget)
+      : config_(config),
+        rendezvous_(config.name, config.world_size()),
+        forget_(std::move(forget)) {}
+  ~CpuGroup() override { forget_(this); }
   const GroupConfig& config() const override { return config_; }
-  TimedBarrier& barrier() { return barrier_; }
+  HostRendezvous& rendezvous() { return rendezvous_; }
 
  private:
   GroupConfig config_;
-  TimedBarrier barrier_;
-  CpuBackend& backend_;
+  HostRendezvous rendezvous_;
+  std::function<void(CpuGroup*)> forget_;
 };
 
 class CpuHandle : public BackendHandle {
  public:
-  CpuHandle(const GroupConfig& config, int group_rank, std::unique_ptr<ExportedShm> exported,
+  CpuHandle(CpuGroup& group, int group_rank, int node_rank, std::unique_ptr<ExportedShm> exported,
             AllocationCounter& counter)
-      : config_(config),
+      : group_(group),
         group_rank_(group_rank),
-        layout_(ComputeHandleLayout(config)),
+        node_rank_(node_rank),
+        layout_(ComputeHandleLayout(group.config())),
         exported_(std::move(exported)),
         topk_idx_(layout_.topk_idx_bytes, counter),
         topk_weights_(layout_.topk_weights_bytes, counter),
@@ -147,28 +110,42 @@ class CpuHandle : public BackendHandle {
         slots_(layout_.slot_bytes, counter) {}
 
   int group_rank() const override { return group_rank_; }
-  const GroupConfig& config() const { return config_; }
+  int node_rank() const { return node_rank_; }
+  CpuGroup& group() const { return group_; }
+  const GroupConfig& config() const { return group_.config(); }
   const HandleLayout& layout() const override { return layout_; }
   ExportedMemory& exported() override { return *exported_; }
-  int num_tokens() const override { return num_tokens_; }
+  int num_tokens() const override { return submitted_tokens_.load(std::memory_order_relaxed); }
+  void set_submitted_tokens(int n) { submitted_tokens_.store(n, std::memory_order_relaxed); }
 
+  // Stream side: what the last executed UpdateHandle bound.
   reference::SourceRank Source(const void* x) const {
-    return reference::SourceRank{num_tokens_, x, topk_idx_.as<int32_t>(), topk_weights_.as<float>(),
-                                 expert_counts_.as<int32_t>()};
+    return reference::SourceRank{bound_tokens_, x, topk_idx_.as<int32_t>(),
+                                 topk_weights_.as<float>(), expert_counts_.as<int32_t>()};
   }
   int32_t* topk_idx() { return topk_idx_.as<int32_t>(); }
   float* topk_weights() { return topk_weights_.as<float>(); }
   int32_t* expert_counts() { return expert_counts_.as<int32_t>(); }
   int32_t* slots() { return slots_.as<int32_t>(); }
-  void set_num_tokens(int n) { num_tokens_ = n; }
+  void set_bound_tokens(int n) { bound_tokens_ = n; }
+  // Stream side: a collective after a failed UpdateHandle is abandoned with its reason (the
+  // engine may have enqueued it before the stream found the bad routing).
+  void set_routing_status(Status status) { routing_status_ = std::move(status); }
+  const Status& routing_status() const { return routing_status_; }
+  reference::ReceiveBuffers receive() {
+    return reference::ReceiveBuffersAt(exported_->data(), layout_);
+  }
 
  private:
-  const GroupConfig& config_;  // the group outlives its handles
+  CpuGroup& group_;  // the group outlives its handles
   int group_rank_;
+  int node_rank_;
   HandleLayout layout_;
   std::unique_ptr<ExportedShm> exported_;
   CountedHostBuffer topk_idx_, topk_weights_, expert_counts_, slots_;
-  int num_tokens_ = 0;
+  std::atomic<int> submitted_tokens_{0};  // n of the last UpdateHandle enqueued
+  int bound_tokens_ = 0;                  // n of the last UpdateHandle executed (stream only)
+  Status routing_status_;                 // of the last UpdateHandle executed (stream only)
 };
 
 class CpuBackend : public Backend {
@@ -188,7 +165,11 @@ class CpuBackend : public Backend {
   void BeginShutdown() override {
     shutting_down_ = true;
     std::lock_guard lock(groups_mutex_);
-    for (CpuGroup* group : groups_) group->barrier().Break();
+    for (CpuGroup* group : groups_) group->rendezvous().Shutdown();
+  }
+
+  void AbortGroup(BackendGroup& group, const Status& reason) override {
+    static_cast<CpuGroup&>(group).rendezvous().Abort(reason);
   }
 
   StatusOr<std::shared_ptr<Memory>> Import(const MemorySource& source, int node_rank) override {
@@ -216,9 +197,10 @@ class CpuBackend : public Backend {
   }
 
   StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& config) override {
-    auto group = std::make_unique<CpuGroup>(config, *this);
+    auto group = std::make_unique<CpuGroup>(config, [this](CpuGroup* g) { ForgetGroup(g); });
     std::lock_guard lock(groups_mutex_);
     groups_.insert(group.get());
+    if (shutting_down_) group->rendezvous().Shutdown();
     return std::unique_ptr<BackendGroup>(std::move(group));
   }
   void ForgetGroup(CpuGroup* group) {
@@ -226,18 +208,130 @@ class CpuBackend : public Backend {
     groups_.erase(group);
   }
 
-  StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& group,
-                                                        int group_rank) override {
-    const HandleLayout layout = ComputeHandleLayout(group.config());
+  StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& g, int group_rank) override {
+    auto& group = static_cast<CpuGroup&>(g);
+    const GroupConfig& config = group.config();
+    if (group_rank < 0 || group_rank >= config.world_size()) {
+      return InvalidArgumentError("group '{}': group rank {} is outside [0, {})", config.name,
+                                  group_rank, config.world_size());
+    }
+    const HandleLayout layout = ComputeHandleLayout(config);
     EPD_ASSIGN_OR_RETURN(auto region,
                          ShmRegion::Create(NextShmName("handle"), layout.exported_bytes));
     auto exported = std::make_unique<ExportedShm>(std::move(region), allocations_);
-    return std::unique_ptr<BackendHandle>(
-        std::make_unique<CpuHandle>(group.config(), group_rank, std::move(exported), allocations_));
+    auto handle = std::make_unique<CpuHandle>(group, group_rank, config.ranks[group_rank],
+                                              std::move(exported), allocations_);
+    return std::unique_ptr<BackendHandle>(std::move(handle));
   }
 
   Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
-    std::atomic_ref<uint64_t> counter(*Counter(fence));
+    EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
+    uint64_t* counter = Counter(fence);
+    streams_[node_rank]->Enqueue(
+        [this, node_rank, counter, value] { return WaitCounter(node_rank, counter, value); });
+    return OkStatus();
+  }
+
+  Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
+    EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
+    uint64_t* counter = Counter(fence);
+    streams_[node_rank]->Enqueue([counter, value] {
+      std::atomic_ref<uint64_t>(*counter).store(value, std::memory_order_release);
+      return OkStatus();
+    });
+    return OkStatus();
+  }
+
+  Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override {
+    auto& cpu = static_cast<CpuHandle&>(handle);
+    const GroupConfig& config = cpu.config();
+    if (args.num_tokens < 0 || args.num_tokens > config.max_tokens_per_rank) {
+      return InvalidArgumentError("num_tokens = {} is outside [0, max_tokens_per_rank = {}]",
+                                  args.num_tokens, config.max_tokens_per_rank);
+    }
+    cpu.set_submitted_tokens(args.num_tokens);
+    streams_[cpu.node_rank()]->Enqueue([&cpu, args] {
+      Status bound =
+          reference::BindRouting(cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
+                                 static_cast<const float*>(args.topk_weights.data), args.num_tokens,
+                                 cpu.topk_idx(), cpu.topk_weights(), cpu.expert_counts());
+      cpu.set_bound_tokens(bound.ok() ? args.num_tokens : 0);
+      cpu.set_routing_status(bound);
+      return bound;
+    });
+    return OkStatus();
+  }
+
+  Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override {
+    auto& me = static_cast<CpuHandle&>(handle);
+    if (Status bad = CheckTokenRows(me, args.x, "dispatch", "x"); !bad.ok()) {
+      Abandon(handle, CollectiveKind::kDispatch, bad);
+      return bad;
+    }
+    const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
+    streams_[me.node_rank()]->Enqueue([this, &me, seq, x = args.x.data] {
+      return RunDispatch(me, seq, RankPart{&me, x});
+    });
+    return OkStatus();
+  }
+
+  Status Combine(BackendHandle& handle, const CombineArgs& args) override {
+    auto& me = static_cast<CpuHandle&>(handle);
+    if (Status bad = CheckTokenRows(me, args.out, "combine", "out"); !bad.ok()) {
+      Abandon(handle, CollectiveKind::kCombine, bad);
+      return bad;
+    }
+    const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
+    const void* expert_out = args.expert_out != nullptr
+                                 ? args.expert_out
+                                 : static_cast<const void*>(me.receive().recv_x);
+    streams_[me.node_rank()]->Enqueue([this, &me, seq, expert_out, out = args.out.data] {
+      return RunCombine(me, seq, RankPart{&me, expert_out}, out);
+    });
+    return OkStatus();
+  }
+
+  void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) override {
+    auto& me = static_cast<CpuHandle&>(handle);
+    const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
+    streams_[me.node_rank()]->Enqueue([&me, seq, kind, reason] {
+      me.group().rendezvous().Abandon(me.group_rank(), seq, kind, reason);
+      return OkStatus();  // the rank reported its own reason when it gave up
+    });
+  }
+
+  void Complete(BackendHandle& handle, std::function<void(Status)> done) override {
+    streams_[static_cast<CpuHandle&>(handle).node_rank()]->Complete(std::move(done));
+  }
+
+  void StartStreams() {
+    for (int r = 0; r < options_.ranks; ++r) streams_.push_back(std::make_unique<CpuStream>(r));
+  }
+
+ private:
+  Status CheckNodeRank(int node_rank) const {
+    if (node_rank < 0 || node_rank >= options_.ranks) {
+      return InvalidArgumentError("node rank {} is outside [0, {})", node_rank, options_.ranks);
+    }
+    return OkStatus();
+  }
+
+  // The core checks tensors before ops reach a backend; callers that drive the backend
+  // directly (tests) get the same protection against a short or mistyped tensor.
+  static Status CheckTokenRows(const CpuHandle& me, const TensorView& t, std::string_view op,
+                               std::string_view field) {
+    const GroupConfig& c = me.config();
+    const int n = me.num_tokens();
+    if (t.dtype != c.dtype || t.shape.size() != 2 || t.shape[0] < n || t.shape[1] != c.hidden ||
+        (n > 0 && t.data == nullptr)) {
+      return InvalidArgumentError("{} of group '{}': {} must be {} [>= {}, {}]", op, c.name, field,
+                                  DTypeName(c.dtype), n, c.hidden);
+    }
+    return OkStatus();
+  }
+
+  Status WaitCounter(int node_rank, uint64_t* counter_word, uint64_t value) {
+    std::atomic_ref<uint64_t> counter(*counter_word);
     const Deadline deadline = Clock::now() + options_.op_timeout;
     auto pause = std::chrono::microseconds(1);
     while (counter.load(std::memory_order_acquire) < value) {
@@ -256,59 +350,59 @@ class CpuBackend : public Backend {
     return OkStatus();
   }
 
-  Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
-    std::atomic_ref<uint64_t>(*Counter(fence)).store(value, std::memory_order_release);
-    return OkStatus();
+  // What a rank shows its peers for one op: the handle it runs the op on (a rank may hold one
+  // per layer) and its tensor (dispatch: x; combine: its expert output).
+  struct RankPart {
+    CpuHandle* handle;
+    const void* tensor;
+  };
+  static const RankPart& PartOf(const void* part) { return *static_cast<const RankPart*>(part); }
+
+  // On the rank's stream: meet the peers, fill this rank's receive buffers, wait until no peer
+  // still reads this rank's tokens.
+  // A collective on routing whose binding failed on the stream: the peers fail at once too.
+  static Status AbandonIfRoutingFailed(CpuHandle& me, uint64_t seq, CollectiveKind kind) {
+    if (me.routing_status().ok()) return OkStatus();
+    Status failed =
+        FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
+    me.group().rendezvous().Abandon(me.group_rank(), seq, kind, failed);
+    return failed;
   }
 
-  Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override {
-    auto& cpu = static_cast<CpuHandle&>(handle);
-    const GroupConfig& config = cpu.config();
-    EPD_RETURN_IF_ERROR(reference::BindRouting(config, args.topk_idx.data, args.topk_idx.dtype,
-                                               static_cast<const float*>(args.topk_weights.data),
-                                               args.num_tokens, cpu.topk_idx(), cpu.topk_weights(),
-                                               cpu.expert_counts()));
-    cpu.set_num_tokens(args.num_tokens);
-    return OkStatus();
-  }
-
-  Status Dispatch(BackendGroup& group, int group_rank,
-                  const std::vector<DispatchArgs>& all) override {
+  Status RunDispatch(CpuHandle& me, uint64_t seq, const RankPart& mine) {
+    EPD_RETURN_IF_ERROR(AbandonIfRoutingFailed(me, seq, CollectiveKind::kDispatch));
+    CpuGroup& group = me.group();
     const GroupConfig& config = group.config();
+    EPD_ASSIGN_OR_RETURN(std::vector<const void*> parts,
+                         group.rendezvous().Arrive(me.group_rank(), seq, CollectiveKind::kDispatch,
+                                                   &mine, options_.op_timeout));
     std::vector<reference::SourceRank> sources;
-    for (const DispatchArgs& args : all) {
-      sources.push_back(static_cast<CpuHandle*>(args.handle)->Source(args.x.data));
+    for (const void* part : parts) {
+      sources.push_back(PartOf(part).handle->Source(PartOf(part).tensor));
     }
     // Every rank sees the same counts, so every rank reports the same overflow.
     Status status = reference::CheckCapacity(config, sources);
     if (status.ok()) {
-      auto& me = static_cast<CpuHandle&>(*all[group_rank].handle);
-      reference::DispatchReceive(config, group_rank, sources,
-                                 reference::ReceiveBuffersAt(me.exported().data(), me.layout()));
-      reference::ComputeSlots(config, group_rank, sources, me.slots());
+      reference::DispatchReceive(config, me.group_rank(), sources, me.receive());
+      reference::ComputeSlots(config, me.group_rank(), sources, me.slots());
     }
-    Status barrier = static_cast<CpuGroup&>(group).barrier().Wait(
-        options_.op_timeout, fmt::format("group '{}' dispatch", config.name));
-    return status.ok() ? barrier : status;
+    Status left = group.rendezvous().Leave(me.group_rank(), seq, options_.op_timeout);
+    return status.ok() ? left : status;
   }
 
-  Status Combine(BackendGroup& group, int group_rank,
-                 const std::vector<CombineArgs>& all) override {
-    const GroupConfig& config = group.config();
-    auto& me = static_cast<CpuHandle&>(*all[group_rank].handle);
+  Status RunCombine(CpuHandle& me, uint64_t seq, const RankPart& mine, void* out) {
+    EPD_RETURN_IF_ERROR(AbandonIfRoutingFailed(me, seq, CollectiveKind::kCombine));
+    CpuGroup& group = me.group();
+    EPD_ASSIGN_OR_RETURN(std::vector<const void*> parts,
+                         group.rendezvous().Arrive(me.group_rank(), seq, CollectiveKind::kCombine,
+                                                   &mine, options_.op_timeout));
     std::vector<const void*> expert_out;
-    for (const CombineArgs& args : all) expert_out.push_back(args.expert_out);
-    reference::Combine(config, me.Source(nullptr), me.slots(), expert_out,
-                       all[group_rank].out.data);
-    return static_cast<CpuGroup&>(group).barrier().Wait(
-        options_.op_timeout, fmt::format("group '{}' combine", config.name));
+    for (const void* part : parts) expert_out.push_back(PartOf(part).tensor);
+    reference::Combine(group.config(), me.Source(nullptr), me.slots(), expert_out, out);
+    return group.rendezvous().Leave(me.group_rank(), seq, options_.op_timeout);
   }
 
-  // The cpu backend runs ops to completion on the worker: nothing is left to wait for.
-  void Complete(BackendHandle& handle, std::function<void(Status)> done) override {
-    done(OkStatus());
-  }
-
+ public:
  private:
   static uint64_t* Counter(ExportedMemory& fence) {
     return reinterpret_cast<uint64_t*>(static_cast<char*>(fence.data()) + kFenceCounterOffset);
@@ -324,10 +418,10 @@ class CpuBackend : public Backend {
   const uint32_t shm_salt_ = std::random_device{}();
   std::atomic<bool> shutting_down_{false};
   std::mutex groups_mutex_;
-  std::set<CpuGroup*> groups_;  // live groups, whose barriers shutdown breaks
+  std::set<CpuGroup*> groups_;  // live groups, whose rendezvous shutdown releases
+  // NOTE: last member, so the streams finish their queued ops before anything else goes.
+  std::vector<std::unique_ptr<CpuStream>> streams_;
 };
-
-void ForgetGroup(CpuBackend& backend, CpuGroup* group) { backend.ForgetGroup(group); }
 
 }  // namespace
 
@@ -335,7 +429,9 @@ StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& opt
   if (options.ranks < 1 || options.ranks > 64) {
     return InvalidArgumentError("cpu_ranks = {} must be in [1, 64]", options.ranks);
   }
-  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(options));
+  auto backend = std::make_unique<CpuBackend>(options);
+  backend->StartStreams();
+  return std::unique_ptr<Backend>(std::move(backend));
 }
 
 }  // namespace epd

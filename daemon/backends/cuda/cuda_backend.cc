@@ -3,13 +3,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstddef>
 #include <limits>
 
+#include "common/fence_page.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
 #include "daemon/backends/cuda/nccl_comms.h"
-#include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "kernels/preload.cuh"
 #include "kernels/sync_area.cuh"
@@ -71,6 +73,8 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
         std::make_unique<CompletionThread>(device, *rank->records, options.on_fatal_error);
     backend->ranks_.push_back(std::move(rank));
   }
+  EPD_ASSIGN_OR_RETURN(backend->shutdown_word_,
+                       PinnedHostMemory::Create(sizeof(uint64_t), backend->allocations_));
   // Peer access between every pair of local GPUs: collectives use plain peer pointers.
   const size_t n = devices.size();
   backend->peer_access_.assign(n, std::vector<bool>(n, false));
@@ -180,7 +184,10 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
   auto group = std::make_unique<CudaGroup>();
   group->config_ = config;
   group->name_ = std::make_shared<const std::string>(config.name);
-  group->seq_ = std::make_unique<uint64_t[]>(R);
+  group->seq_ = std::make_unique<std::atomic<uint64_t>[]>(R);
+  group->slot_used_.assign(R, std::vector<bool>(kernels::kMaxHandleSlots, false));
+  EPD_ASSIGN_OR_RETURN(group->abort_word_,
+                       PinnedHostMemory::Create(sizeof(uint64_t), allocations_));
   group->sm_count_ = std::numeric_limits<int>::max();
   for (int r = 0; r < R; ++r) {
     RankState& rank = *ranks_[config.ranks[r]];
@@ -190,7 +197,15 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
         auto sync, DeviceMemory::Create(rank.device, kernels::SyncAreaBytes(R, config.experts),
                                         allocations_, rank.setup_stream->get()));
     group->sync_.push_back(std::move(sync));
+    EPD_ASSIGN_OR_RETURN(auto table, DeviceMemory::Create(rank.device, sizeof(kernels::PeerTable),
+                                                          allocations_, rank.setup_stream->get()));
+    group->peer_tables_.push_back(std::move(table));
   }
+  // Every rank's SyncArea, published once into every rank's table.
+  void* syncs[kernels::kMaxRanks] = {};
+  for (int r = 0; r < R; ++r) syncs[r] = group->sync_[r]->data();
+  EPD_RETURN_IF_ERROR(
+      WritePeerTables(*group, offsetof(kernels::PeerTable, sync), syncs, sizeof(syncs)));
   group->max_blocks_ = kBlocksPerSm * group->sm_count_;
   if (options_.max_blocks_per_op > 0) {
     group->max_blocks_ = std::min(group->max_blocks_, options_.max_blocks_per_op);
@@ -204,6 +219,12 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
     }
     group->nccl_.Enable(group->devices_);  // built on first use, not here
   }
+  {
+    std::lock_guard lock(groups_mu_);
+    groups_.insert(group.get());
+    if (shutting_down_) group->RaiseAbortWord(std::numeric_limits<uint64_t>::max());
+  }
+  group->forget_ = [this](CudaGroup* g) { ForgetGroup(g); };
   EPD_LOG(kCuda, info, "created {}", config.ToString());
   return std::unique_ptr<BackendGroup>(std::move(group));
 }
@@ -230,7 +251,65 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   EPD_ASSIGN_OR_RETURN(handle->private_,
                        DeviceMemory::Create(rank.device, handle->private_layout_.bytes,
                                             allocations_, rank.setup_stream->get()));
+  // Publish its receive buffers once, in a free slot of this rank's entries of every rank's
+  // table; a dispatch names the slot with its counts.
+  const int slot = group.ClaimSlot(group_rank);
+  if (slot < 0) {
+    return ResourceExhaustedError("group '{}' rank {} already has {} handles, the most it can hold",
+                                  c.name, group_rank, kernels::kMaxHandleSlots);
+  }
+  handle->slot_ = slot;
+  const HandleLayout& l = handle->layout_;
+  kernels::PeerBuffers buffers;
+  buffers.recv_x = handle->recv<char>(l.recv_x_offset, l.recv_x_bytes);
+  buffers.recv_src = handle->recv<int32_t>(l.recv_src_offset, l.recv_src_bytes);
+  buffers.recv_weights = handle->recv<float>(l.recv_weights_offset, l.recv_weights_bytes);
+  buffers.recv_topk_idx = handle->recv<int32_t>(l.recv_topk_idx_offset, l.recv_topk_idx_bytes);
+  buffers.recv_topk_weights =
+      handle->recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
+  const size_t entry =
+      offsetof(kernels::PeerTable, handles) +
+      (static_cast<size_t>(slot) * kernels::kMaxRanks + group_rank) * sizeof(kernels::PeerBuffers);
+  EPD_RETURN_IF_ERROR(WritePeerTables(group, entry, &buffers, sizeof(buffers)));
   return std::unique_ptr<BackendHandle>(std::move(handle));
+}
+
+Status CudaBackend::WritePeerTables(CudaGroup& group, size_t offset, const void* data,
+                                    size_t bytes) {
+  for (int r = 0; r < group.config_.world_size(); ++r) {
+    RankState& rank = *ranks_[group.config_.ranks[r]];
+    EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+    EPD_CUDA_CHECK(cudaMemcpyAsync(group.peer_tables_[r]->data() + offset, data, bytes,
+                                   cudaMemcpyHostToDevice, rank.setup_stream->get()));
+    EPD_CUDA_CHECK(cudaStreamSynchronize(rank.setup_stream->get()));
+  }
+  return OkStatus();
+}
+
+void CudaBackend::ForgetGroup(CudaGroup* group) {
+  std::lock_guard lock(groups_mu_);
+  groups_.erase(group);
+}
+
+void CudaBackend::AbortGroup(BackendGroup& g, const Status& reason) {
+  auto& group = static_cast<CudaGroup&>(g);
+  const uint64_t through = group.RealignSequences();
+  group.aborts_->NoteAbort(through, reason);  // before the word: a released op reads the reason
+  group.RaiseAbortWord(through);
+  EPD_LOG(kCuda, info, "group '{}': ops up to {} aborted: {}", group.config_.name, through,
+          reason.message());
+}
+
+void CudaBackend::BeginShutdown() {
+  std::lock_guard lock(groups_mu_);
+  shutting_down_ = true;
+  std::atomic_ref<uint64_t>(*static_cast<uint64_t*>(shutdown_word_->data()))
+      .store(std::numeric_limits<uint64_t>::max(), std::memory_order_release);
+  for (CudaGroup* group : groups_) {
+    group->aborts_->NoteAbort(std::numeric_limits<uint64_t>::max(),
+                              UnavailableError("epd is shutting down"));
+    group->RaiseAbortWord(std::numeric_limits<uint64_t>::max());
+  }
 }
 
 StatusOr<CudaExportedMemory*> CudaBackend::FenceOf(int node_rank, ExportedMemory& fence) const {

@@ -9,8 +9,17 @@
 //
 // Contract details the core relies on:
 //  - Every rank of a group must issue the group's collectives in the same order (the k-th
-//    collective of a group is op k on every rank). A rank whose own arguments are rejected
-//    still counts the op, so its peers time out on that op and the next one lines up again.
+//    collective of a group is op k on every rank). Each op carries only its own rank's
+//    arguments: peers' receive buffers sit in per-rank PeerTables in device memory, written
+//    once per handle (a rank may hold up to kernels::kMaxHandleSlots handles of a group, e.g.
+//    one per layer; a dispatch names its destination's slot with the counts it exchanges), and
+//    combine's expert outputs are exchanged through the SyncArea per op.
+//  - A rank whose own arguments are rejected (or that Abandon()s) still counts the op and
+//    marks it abandoned on its stream: peers waiting for it fail at once with its reason, and
+//    the next op lines up again. A rank that times out marks the op abandoned too.
+//  - Every device wait also polls the group's host-mapped abort word: AbortGroup (a member's
+//    session ended) releases the ops issued so far and realigns the ranks' sequence numbers;
+//    BeginShutdown releases every wait, fence waits included.
 //  - Complete(handle) reports the errors of every op enqueued on the handle's node rank since
 //    the previous Complete() on that rank (the stream is per rank), in op order.
 //  - Groups and handles must be destroyed before the backend.

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,10 +59,12 @@ class CudaBackend final : public Backend {
   Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) override;
   Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) override;
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override;
-  Status Dispatch(BackendGroup& group, int group_rank,
-                  const std::vector<DispatchArgs>& all) override;
-  Status Combine(BackendGroup& group, int group_rank, const std::vector<CombineArgs>& all) override;
+  Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override;
+  Status Combine(BackendHandle& handle, const CombineArgs& args) override;
+  void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) override;
   void Complete(BackendHandle& handle, std::function<void(Status)> done) override;
+  void AbortGroup(BackendGroup& group, const Status& reason) override;
+  void BeginShutdown() override;
 
   cudaStream_t stream(int node_rank) const { return ranks_[node_rank]->stream->get(); }
 
@@ -74,16 +77,22 @@ class CudaBackend final : public Backend {
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
-  // Checks `all` the same way on every rank (handles are immutable), so every rank of a
-  // collective accepts or rejects it alike and nobody waits for a rank that never launches.
-  template <typename Args>
-  StatusOr<std::vector<CudaHandle*>> CollectiveHandles(const CudaGroup& group,
-                                                       const std::vector<Args>& all,
-                                                       const char* op) const;
+  // Marks op `seq` of `handle`'s rank abandoned on its stream (peers fail it at once).
+  void AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
+  // Copies `bytes` into every group rank's PeerTable at `offset`, synchronously.
+  Status WritePeerTables(CudaGroup& group, size_t offset, const void* data, size_t bytes);
+  void ForgetGroup(CudaGroup* group);
 
   CudaBackendOptions options_;
   AllocationCounter allocations_;
   ImportCache imports_;
+  // Host-mapped word the fence-wait kernels poll: non-zero once the daemon shuts down.
+  std::unique_ptr<PinnedHostMemory> shutdown_word_;
+  // NOTE: before ranks_: a completion thread may drop the last reference to a group while
+  // ranks_ is destroyed, and the group then unregisters here.
+  std::mutex groups_mu_;
+  std::set<CudaGroup*> groups_;  // live groups, whose abort words shutdown raises
+  bool shutting_down_ = false;   // guarded by groups_mu_
   std::vector<std::unique_ptr<RankState>> ranks_;
   std::vector<std::vector<bool>> peer_access_;
 };

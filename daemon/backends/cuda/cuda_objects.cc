@@ -2,6 +2,9 @@
 
 #include <cuda.h>
 
+#include <algorithm>
+#include <atomic>
+
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
 
@@ -52,6 +55,42 @@ HandlePrivateLayout ComputePrivateLayout(const GroupConfig& c) {
   p.bound_tokens = place(sizeof(int32_t));
   p.bytes = cursor;
   return p;
+}
+
+uint64_t CudaGroup::RealignSequences() {
+  const int R = config_.world_size();
+  uint64_t newest = 0;
+  for (int r = 0; r < R; ++r) newest = std::max(newest, seq_[r].load());
+  for (int r = 0; r < R; ++r) {
+    uint64_t seen = seq_[r].load();
+    while (seen < newest && !seq_[r].compare_exchange_weak(seen, newest)) {
+    }
+  }
+  return newest;
+}
+
+void CudaGroup::RaiseAbortWord(uint64_t through) {
+  std::atomic_ref<uint64_t> word(*static_cast<uint64_t*>(abort_word_->data()));
+  uint64_t seen = word.load();
+  while (seen < through && !word.compare_exchange_weak(seen, through, std::memory_order_release)) {
+  }
+}
+
+int CudaGroup::ClaimSlot(int group_rank) {
+  std::lock_guard lock(slots_mu_);
+  std::vector<bool>& used = slot_used_[group_rank];
+  for (int slot = 0; slot < static_cast<int>(used.size()); ++slot) {
+    if (!used[slot]) {
+      used[slot] = true;
+      return slot;
+    }
+  }
+  return -1;
+}
+
+void CudaGroup::ReleaseSlot(int group_rank, int slot) {
+  std::lock_guard lock(slots_mu_);
+  slot_used_[group_rank][slot] = false;
 }
 
 }  // namespace epd::cuda

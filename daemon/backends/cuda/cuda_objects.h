@@ -6,14 +6,18 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "daemon/backends/cuda/device_memory.h"
+#include "daemon/backends/cuda/group_aborts.h"
 #include "daemon/backends/cuda/ipc_mapping.h"
 #include "daemon/backends/cuda/nccl_comms.h"
 #include "daemon/core/backend.h"
+#include "kernels/sync_area.cuh"
 
 namespace epd::cuda {
 
@@ -60,15 +64,40 @@ class ImportedMemory : public Memory {
 
 class CudaGroup : public BackendGroup {
  public:
+  ~CudaGroup() override {
+    if (forget_) forget_(this);
+  }
   const GroupConfig& config() const override { return config_; }
+
+  // The number of `group_rank`'s next collective.
+  uint64_t NextSeq(int group_rank) { return seq_[group_rank].fetch_add(1) + 1; }
+  // Every rank's next collective is the same op again, after the newest one issued (returned).
+  uint64_t RealignSequences();
+  // Ops numbered up to `through` stop waiting on the device (the word only grows).
+  void RaiseAbortWord(uint64_t through);
+  const uint64_t* abort_word() const { return static_cast<const uint64_t*>(abort_word_->data()); }
+  const kernels::PeerTable* peer_table(int group_rank) const {
+    return reinterpret_cast<const kernels::PeerTable*>(peer_tables_[group_rank]->data());
+  }
+  // A free slot of `group_rank`'s PeerTable entries, or -1 when all are taken.
+  int ClaimSlot(int group_rank);
+  void ReleaseSlot(int group_rank, int slot);
 
   GroupConfig config_;
   std::shared_ptr<const std::string> name_;          // shared with pending ops' error messages
   std::vector<int> devices_;                         // CUDA device of each group rank
   std::vector<std::unique_ptr<DeviceMemory>> sync_;  // SyncArea of each group rank
-  // Collective ops issued so far by each group rank; only that rank's worker touches its
-  // entry, and every rank issues the group's collectives in the same order.
-  std::unique_ptr<uint64_t[]> seq_;
+  // PeerTable on each group rank's GPU: every rank's SyncArea (written at creation) and each
+  // live handle's receive buffers in its slot (written at CreateHandle).
+  std::vector<std::unique_ptr<DeviceMemory>> peer_tables_;
+  std::unique_ptr<PinnedHostMemory> abort_word_;  // host-mapped; the kernels poll it
+  std::shared_ptr<GroupAborts> aborts_ = std::make_shared<GroupAborts>();
+  // Collective ops issued so far by each group rank (its worker increments it; AbortGroup
+  // realigns), and every rank issues the group's collectives in the same order.
+  std::unique_ptr<std::atomic<uint64_t>[]> seq_;
+  std::mutex slots_mu_;
+  std::vector<std::vector<bool>> slot_used_;  // [group rank][slot]
+  std::function<void(CudaGroup*)> forget_;    // unregisters it from the backend
   LazyNcclComms nccl_;  // created by the first collective that needs NCCL
   int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
   int max_blocks_ = 1;  // grid bound of the collectives
@@ -83,6 +112,9 @@ HandlePrivateLayout ComputePrivateLayout(const GroupConfig& config);
 
 class CudaHandle : public BackendHandle {
  public:
+  ~CudaHandle() override {
+    if (group_ != nullptr && slot_ >= 0) group_->ReleaseSlot(group_rank_, slot_);
+  }
   int group_rank() const override { return group_rank_; }
   const HandleLayout& layout() const override { return layout_; }
   ExportedMemory& exported() override { return *exported_; }
@@ -101,6 +133,7 @@ class CudaHandle : public BackendHandle {
   CudaGroup* group_ = nullptr;
   int group_rank_ = 0;
   int node_rank_ = 0;
+  int slot_ = -1;  // where its receive buffers are published in the group's PeerTables
   HandleLayout layout_;
   HandlePrivateLayout private_layout_;
   std::unique_ptr<CudaExportedMemory> exported_;

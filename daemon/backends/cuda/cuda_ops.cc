@@ -5,10 +5,12 @@
 
 #include <algorithm>
 
+#include "common/fence_page.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
-#include "common/fence_page.h"
+#include "daemon/core/log.h"
+#include "kernels/abandon.cuh"
 #include "kernels/combine.cuh"
 #include "kernels/dispatch.cuh"
 #include "kernels/fence_wait.cuh"
@@ -60,9 +62,10 @@ Status CudaBackend::WaitFence(int node_rank, ExportedMemory& fence, uint64_t val
   const auto* counter =
       reinterpret_cast<const uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset);
   kernels::DeviceError* record =
-      ClaimRecord(node_rank, PendingOp{0, "fence wait", nullptr, node_rank, value});
-  EPD_CUDA_CHECK(
-      kernels::LaunchFenceWait(counter, value, timeout_ns(), record, rank.stream->get()));
+      ClaimRecord(node_rank, PendingOp{0, "fence wait", nullptr, node_rank, value, nullptr});
+  EPD_CUDA_CHECK(kernels::LaunchFenceWait(counter, value, timeout_ns(),
+                                          static_cast<const uint64_t*>(shutdown_word_->data()),
+                                          /*abort_at=*/1, record, rank.stream->get()));
   return OkStatus();
 }
 
@@ -121,46 +124,49 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   params.local_rank = handle.priv<int32_t>(p.local_rank);
   params.slot = handle.priv<int32_t>(p.slot);
   params.bound_tokens = handle.priv<int32_t>(p.bound_tokens);
-  params.error = ClaimRecord(handle.node_rank_,
-                             PendingOp{0, "update", handle.group_->name_, handle.group_rank_, 0});
+  params.error = ClaimRecord(handle.node_rank_, PendingOp{0, "update", handle.group_->name_,
+                                                          handle.group_rank_, 0, nullptr});
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, rank.stream->get()));
   handle.num_tokens_.store(n, std::memory_order_relaxed);
   return OkStatus();
 }
 
-template <typename Args>
-StatusOr<std::vector<CudaHandle*>> CudaBackend::CollectiveHandles(const CudaGroup& group,
-                                                                  const std::vector<Args>& all,
-                                                                  const char* op) const {
-  const GroupConfig& c = group.config_;
-  if (static_cast<int>(all.size()) != c.world_size()) {
-    return InvalidArgumentError("{} of group '{}': {} ranks' arguments, expected {}", op, c.name,
-                                all.size(), c.world_size());
+void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind,
+                            const Status& reason) {
+  CudaGroup& group = *handle.group_;
+  group.aborts_->NoteAbandon(handle.group_rank_, seq, reason);
+  RankState& rank = *ranks_[handle.node_rank_];
+  cudaError_t e = cudaSetDevice(rank.device);
+  if (e == cudaSuccess) {
+    e = kernels::LaunchAbandon(group.peer_table(handle.group_rank_), group.config_.world_size(),
+                               handle.group_rank_, seq, rank.stream->get());
   }
-  std::vector<CudaHandle*> handles;
-  for (int r = 0; r < c.world_size(); ++r) {
-    auto* h = dynamic_cast<CudaHandle*>(all[r].handle);
-    if (h == nullptr || h->group_ != &group || h->group_rank_ != r) {
-      return InvalidArgumentError("{} of group '{}': argument {} is not a handle of group rank {}",
-                                  op, c.name, r, r);
-    }
-    handles.push_back(h);
+  if (e != cudaSuccess) {
+    // The peers time out on the op instead of failing at once; nothing else is lost.
+    EPD_LOG(kCuda, error, "group '{}' rank {}: could not mark {} op {} abandoned: {}",
+            group.config_.name, handle.group_rank_, CollectiveKindName(kind), seq,
+            cudaGetErrorString(e));
   }
-  return handles;
 }
 
-Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
-                             const std::vector<DispatchArgs>& all) {
-  auto& group = static_cast<CudaGroup&>(g);
+void CudaBackend::Abandon(BackendHandle& h, CollectiveKind kind, const Status& reason) {
+  auto& handle = static_cast<CudaHandle&>(h);
+  AbandonOp(handle, handle.group_->NextSeq(handle.group_rank_), kind, reason);
+}
+
+Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
+  auto& me = static_cast<CudaHandle&>(h);
+  CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
-  EPD_ASSIGN_OR_RETURN(std::vector<CudaHandle*> handles, CollectiveHandles(group, all, "dispatch"));
-  // The sequence number advances even when this rank rejects its own arguments below, so
-  // the next collective lines up again on every rank (the peers of this one time out).
-  const uint64_t seq = ++group.seq_[group_rank];
-  CudaHandle& me = *handles[group_rank];
-  const TensorView& x = all[group_rank].x;
+  const int group_rank = me.group_rank_;
+  // The op takes its number even when its arguments are rejected: the peers learn at once.
+  const uint64_t seq = group.NextSeq(group_rank);
+  const TensorView& x = args.x;
   const int n = me.num_tokens();
-  EPD_RETURN_IF_ERROR(CheckTokenRows(x, c, n, "dispatch", "x"));
+  if (Status bad = CheckTokenRows(x, c, n, "dispatch", "x"); !bad.ok()) {
+    AbandonOp(me, seq, CollectiveKind::kDispatch, bad);
+    return bad;
+  }
   RankState& rank = *ranks_[me.node_rank_];
   EPD_CUDA_CHECK(cudaSetDevice(rank.device));
   const HandlePrivateLayout& p = me.private_layout_;
@@ -185,20 +191,13 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
       me.recv<int32_t>(me.layout_.recv_counts_offset, me.layout_.recv_counts_bytes);
   params.recv_offsets =
       me.recv<int32_t>(me.layout_.recv_offsets_offset, me.layout_.recv_offsets_bytes);
-  for (int d = 0; d < c.world_size(); ++d) {
-    const CudaHandle& peer = *handles[d];
-    const HandleLayout& l = peer.layout_;
-    kernels::DispatchPeer& out = params.peers[d];
-    out.sync = group.sync_[d]->data();
-    out.recv_x = peer.recv<char>(l.recv_x_offset, l.recv_x_bytes);
-    out.recv_src = peer.recv<int32_t>(l.recv_src_offset, l.recv_src_bytes);
-    out.recv_weights = peer.recv<float>(l.recv_weights_offset, l.recv_weights_bytes);
-    out.recv_topk_idx = peer.recv<int32_t>(l.recv_topk_idx_offset, l.recv_topk_idx_bytes);
-    out.recv_topk_weights = peer.recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
-  }
+  params.peers = group.peer_table(group_rank);
+  params.handle_slot = me.slot_;
+  params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(me.node_rank_, PendingOp{0, "dispatch", group.name_, group_rank, seq});
+  params.error = ClaimRecord(me.node_rank_,
+                             PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
   const int64_t rows =
       params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
   const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
@@ -208,15 +207,18 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
   return OkStatus();
 }
 
-Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<CombineArgs>& all) {
-  auto& group = static_cast<CudaGroup&>(g);
+Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
+  auto& me = static_cast<CudaHandle&>(h);
+  CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
-  EPD_ASSIGN_OR_RETURN(std::vector<CudaHandle*> handles, CollectiveHandles(group, all, "combine"));
-  const uint64_t seq = ++group.seq_[group_rank];  // see Dispatch
-  CudaHandle& me = *handles[group_rank];
-  const TensorView& out = all[group_rank].out;
+  const int group_rank = me.group_rank_;
+  const uint64_t seq = group.NextSeq(group_rank);  // see Dispatch
+  const TensorView& out = args.out;
   const int n = me.num_tokens();
-  EPD_RETURN_IF_ERROR(CheckTokenRows(out, c, n, "combine", "out"));
+  if (Status bad = CheckTokenRows(out, c, n, "combine", "out"); !bad.ok()) {
+    AbandonOp(me, seq, CollectiveKind::kCombine, bad);
+    return bad;
+  }
   RankState& rank = *ranks_[me.node_rank_];
   EPD_CUDA_CHECK(cudaSetDevice(rank.device));
   const HandlePrivateLayout& p = me.private_layout_;
@@ -234,17 +236,16 @@ Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<C
   params.slot = me.priv<int32_t>(p.slot);
   params.bound_tokens = me.priv<int32_t>(p.bound_tokens);
   params.out = out.data;
-  for (int d = 0; d < c.world_size(); ++d) {
-    const CudaHandle& peer = *handles[d];
-    params.expert_out[d] =
-        all[d].expert_out != nullptr
-            ? all[d].expert_out
-            : peer.recv<char>(peer.layout_.recv_x_offset, peer.layout_.recv_x_bytes);
-    params.sync[d] = group.sync_[d]->data();
-  }
+  // Peers learn this address through the SyncArea when the op opens.
+  params.expert_out = args.expert_out != nullptr
+                          ? args.expert_out
+                          : me.recv<char>(me.layout_.recv_x_offset, me.layout_.recv_x_bytes);
+  params.peers = group.peer_table(group_rank);
+  params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(me.node_rank_, PendingOp{0, "combine", group.name_, group_rank, seq});
+  params.error = ClaimRecord(me.node_rank_,
+                             PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
   const int64_t vectors = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype) / 16;
   const int64_t chunks =
       (vectors + kernels::kCombineVectorsPerItem - 1) / kernels::kCombineVectorsPerItem;

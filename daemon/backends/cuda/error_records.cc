@@ -48,12 +48,15 @@ Status ErrorRecords::Collect(const std::vector<PendingOp>& ops) const {
   std::atomic_thread_fence(std::memory_order_acquire);
   for (const PendingOp& op : ops) {
     const kernels::DeviceError record = records()[op.record];
-    if (record.code != kernels::kDeviceErrorNone) return DeviceErrorToStatus(record, op.Describe());
+    if (record.code != kernels::kDeviceErrorNone) {
+      return DeviceErrorToStatus(record, op.Describe(), op.aborts.get());
+    }
   }
   return OkStatus();
 }
 
-Status DeviceErrorToStatus(const kernels::DeviceError& e, const std::string& what) {
+Status DeviceErrorToStatus(const kernels::DeviceError& e, const std::string& what,
+                           const GroupAborts* aborts) {
   switch (e.code) {
     case kernels::kDeviceErrorNone:
       return OkStatus();
@@ -70,6 +73,25 @@ Status DeviceErrorToStatus(const kernels::DeviceError& e, const std::string& wha
     case kernels::kDeviceErrorFenceTimeout:
       return DeadlineExceededError("{}: timed out waiting for the fence to reach {} (it holds {})",
                                    what, e.value, e.value2);
+    case kernels::kDeviceErrorPeerAbandoned: {
+      if (aborts != nullptr) {
+        if (std::optional<Status> why = aborts->AbandonReason(e.b, e.value); why.has_value()) {
+          return Status(why->code(),
+                        fmt::format("{}: group rank {}: {}", what, e.b, why->message()));
+        }
+      }
+      if (e.c > 0) {
+        return DeadlineExceededError(
+            "{}: group rank {} gave up op {} after timing out waiting for group rank {}", what, e.b,
+            e.value, e.c - 1);
+      }
+      return UnavailableError("{}: group rank {} gave up op {} (aborted)", what, e.b, e.value);
+    }
+    case kernels::kDeviceErrorAborted: {
+      if (aborts == nullptr) return UnavailableError("{}: cancelled: epd is shutting down", what);
+      const Status why = aborts->AbortReason(static_cast<uint64_t>(e.value));
+      return Status(why.code(), fmt::format("{}: {}", what, why.message()));
+    }
     default:
       return InternalError("{}: unknown device error code {}", what, e.code);
   }

@@ -10,8 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "daemon/backends/cuda/device_memory.h"
 #include "common/status.h"
+#include "daemon/backends/cuda/device_memory.h"
+#include "daemon/backends/cuda/group_aborts.h"
 #include "kernels/device_error.cuh"
 
 namespace epd::cuda {
@@ -24,6 +25,7 @@ struct PendingOp {
   std::shared_ptr<const std::string> group;  // null for fence waits
   int rank = 0;                              // group rank (node rank for fence waits)
   uint64_t value = 0;                        // op sequence number / awaited fence value
+  std::shared_ptr<const GroupAborts> aborts;  // null for fence waits
   std::string Describe() const;
 };
 
@@ -47,6 +49,8 @@ class ErrorRecords {
   int next_ = 0;
 };
 
-Status DeviceErrorToStatus(const kernels::DeviceError& error, const std::string& what);
+// `aborts`: the op's group's reasons for aborted and abandoned ops (null for fence waits).
+Status DeviceErrorToStatus(const kernels::DeviceError& error, const std::string& what,
+                           const GroupAborts* aborts = nullptr);
 
 }  // namespace epd::cuda

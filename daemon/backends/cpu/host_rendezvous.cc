@@ -1,0 +1,149 @@
+#include "daemon/backends/cpu/host_rendezvous.h"
+
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+namespace epd {
+
+HostRendezvous::HostRendezvous(std::string group_name, int world_size)
+    : group_name_(std::move(group_name)), world_size_(world_size), issued_(world_size, 0) {}
+
+uint64_t HostRendezvous::TakeSequence(int rank) {
+  std::lock_guard lock(mutex_);
+  return ++issued_[rank];
+}
+
+std::shared_ptr<HostRendezvous::Slot> HostRendezvous::SlotLocked(uint64_t seq) {
+  auto& slot = slots_[seq];
+  if (slot == nullptr) {
+    slot = std::make_shared<Slot>();
+    slot->parts.assign(world_size_, nullptr);
+    slot->arrived.assign(world_size_, false);
+  }
+  return slot;
+}
+
+// A slot is finished once every rank arrived and either left or saw the op fail; waiters
+// hold their own reference.
+void HostRendezvous::EraseFinishedLocked() {
+  for (auto it = slots_.begin(); it != slots_.end();) {
+    const Slot& slot = *it->second;
+    const bool finished =
+        slot.arrivals == world_size_ && (slot.left == world_size_ || !slot.failure.ok());
+    it = finished || it->first <= aborted_through_ ? slots_.erase(it) : std::next(it);
+  }
+}
+
+Status HostRendezvous::StoppedLocked(uint64_t seq) const {
+  if (shut_down_) {
+    return UnavailableError("group '{}' op {}: epd is shutting down", group_name_, seq);
+  }
+  if (seq > aborted_through_) return OkStatus();
+  // The oldest abort that covers seq is the one that failed it.
+  for (auto it = aborts_.rbegin(); it != aborts_.rend(); ++it) {
+    if (it->first >= seq) return it->second;
+  }
+  return UnavailableError("group '{}' op {} was aborted", group_name_, seq);
+}
+
+std::string HostRendezvous::MissingLocked(const Slot& slot, bool leaving) const {
+  std::vector<int> missing;
+  for (int r = 0; r < world_size_; ++r) {
+    if (!slot.arrived[r]) missing.push_back(r);
+  }
+  if (leaving && missing.empty()) return "some group ranks did not finish it";
+  return fmt::format("group ranks [{}] did not post it", fmt::join(missing, ", "));
+}
+
+StatusOr<std::vector<const void*>> HostRendezvous::Arrive(int rank, uint64_t seq,
+                                                          CollectiveKind kind, const void* part,
+                                                          std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  EPD_RETURN_IF_ERROR(StoppedLocked(seq));
+  std::shared_ptr<Slot> slot = SlotLocked(seq);
+  if (slot->arrivals > 0 && slot->failure.ok() && slot->kind != kind) {
+    slot->failure = FailedPreconditionError(
+        "group '{}' op {}: ranks posted different ops ({} and {}); every rank must issue the same "
+        "sequence of dispatch and combine",
+        group_name_, seq, CollectiveKindName(slot->kind), CollectiveKindName(kind));
+  }
+  slot->kind = kind;
+  slot->parts[rank] = part;
+  slot->arrived[rank] = true;
+  ++slot->arrivals;
+  changed_.notify_all();
+  const bool released = changed_.wait_for(lock, timeout, [&] {
+    return slot->arrivals == world_size_ || !slot->failure.ok() || !StoppedLocked(seq).ok();
+  });
+  if (Status stopped = StoppedLocked(seq); !stopped.ok()) return stopped;
+  if (!released) {
+    slot->failure = DeadlineExceededError(
+        "group '{}' {} op {}: group rank {} timed out after {} ms: {}", group_name_,
+        CollectiveKindName(kind), seq, rank, timeout.count(), MissingLocked(*slot, false));
+    changed_.notify_all();
+  }
+  Status failure = slot->failure;
+  EraseFinishedLocked();
+  if (!failure.ok()) return failure;
+  return slot->parts;
+}
+
+Status HostRendezvous::Leave(int rank, uint64_t seq, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  auto it = slots_.find(seq);
+  if (it == slots_.end()) return StoppedLocked(seq);  // aborted and erased meanwhile
+  std::shared_ptr<Slot> slot = it->second;
+  ++slot->left;
+  changed_.notify_all();
+  const bool released = changed_.wait_for(lock, timeout, [&] {
+    return slot->left == world_size_ || !slot->failure.ok() || !StoppedLocked(seq).ok();
+  });
+  if (Status stopped = StoppedLocked(seq); !stopped.ok()) return stopped;
+  if (!released) {
+    slot->failure = DeadlineExceededError(
+        "group '{}' {} op {}: group rank {} timed out after {} ms waiting for its peers to "
+        "finish reading",
+        group_name_, CollectiveKindName(slot->kind), seq, rank, timeout.count());
+    changed_.notify_all();
+  }
+  Status failure = slot->left == world_size_ ? OkStatus() : slot->failure;
+  EraseFinishedLocked();
+  return failure;
+}
+
+void HostRendezvous::Abandon(int rank, uint64_t seq, CollectiveKind kind, const Status& reason) {
+  std::lock_guard lock(mutex_);
+  if (!StoppedLocked(seq).ok()) return;
+  std::shared_ptr<Slot> slot = SlotLocked(seq);
+  if (slot->failure.ok()) {
+    slot->failure =
+        Status(reason.code(), fmt::format("group '{}' {} op {}: group rank {}: {}", group_name_,
+                                          CollectiveKindName(kind), seq, rank, reason.message()));
+  }
+  slot->arrived[rank] = true;
+  ++slot->arrivals;
+  changed_.notify_all();
+  EraseFinishedLocked();
+}
+
+void HostRendezvous::Abort(const Status& reason) {
+  std::lock_guard lock(mutex_);
+  const uint64_t newest = *std::max_element(issued_.begin(), issued_.end());
+  std::fill(issued_.begin(), issued_.end(), newest);
+  if (newest > aborted_through_) {
+    aborted_through_ = newest;
+    aborts_.emplace_front(newest, reason);
+    if (aborts_.size() > 16) aborts_.pop_back();
+  }
+  EraseFinishedLocked();
+  changed_.notify_all();
+}
+
+void HostRendezvous::Shutdown() {
+  std::lock_guard lock(mutex_);
+  shut_down_ = true;
+  changed_.notify_all();
+}
+
+}  // namespace epd
