@@ -138,6 +138,9 @@ class Backend {
   // The daemon stops after its drain timeout: host-side waits (fences, barriers) should give
   // up now with UNAVAILABLE instead of running to op_timeout. Device waits stay bounded.
   virtual void BeginShutdown() {}
+  // Liveness of the backend's own threads (completion threads): an error naming the one busy
+  // with a single item for longer than `limit`. Backends without threads are always live.
+  virtual Status CheckLiveness(std::chrono::milliseconds limit) const { return OkStatus(); }
 };
 
 }  // namespace epd

@@ -15,6 +15,7 @@
 #include "daemon/core/collective_matcher.h"
 #include "common/fence_page.h"
 #include "daemon/core/log.h"
+#include "daemon/core/log_rate_limiter.h"
 #include "daemon/core/rank_worker.h"
 
 namespace epd {
@@ -90,6 +91,10 @@ struct Session {
   int rank = 0;
   std::string client_name;
   bool unary = false;
+  SessionPeer peer;
+  Clock::time_point opened;
+  std::atomic<uint64_t> ops_completed{0};
+  std::atomic<uint64_t> ops_failed{0};
   Clock::time_point last_used;
   std::atomic<bool> closed{false};
   ObjectId next_id = 1;
@@ -145,7 +150,8 @@ class Engine::Impl {
 
   // ---------------------------------------------------------------- sessions
 
-  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary) {
+  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary,
+                                    SessionPeer peer) {
     if (rank < 0 || rank >= backend_->num_ranks()) {
       return InvalidArgumentError("rank = {} is outside the node's ranks [0, {})", rank,
                                   backend_->num_ranks());
@@ -159,11 +165,13 @@ class Engine::Impl {
     session->rank = rank;
     session->client_name = std::move(client_name);
     session->unary = unary;
-    session->last_used = Clock::now();
+    session->peer = peer;
+    session->opened = Clock::now();
+    session->last_used = session->opened;
     sessions_[session->id] = session;
     ++sessions_total_;
-    EPD_LOG(kCore, info, "session {:016x} opened for rank {} by '{}'{}", session->id, rank,
-            session->client_name, unary ? " (unary)" : "");
+    EPD_LOG(kCore, info, "session {} opened for rank {} by '{}'{} (pid {}, uid {})", session->id,
+            rank, session->client_name, unary ? " (unary)" : "", peer.pid, peer.uid);
     return SessionInfo{session->id, rank, session->client_name};
   }
 
@@ -174,7 +182,7 @@ class Engine::Impl {
     {
       std::lock_guard lock(mutex_);
       auto it = sessions_.find(id);
-      if (it == sessions_.end()) return NotFoundError("session {:016x} is not open", id);
+      if (it == sessions_.end()) return NotFoundError("session {} is not open", id);
       session = it->second;
       sessions_.erase(it);
       session->closed = true;
@@ -200,11 +208,11 @@ class Engine::Impl {
     }
     // Ranks waiting for this session's rank in a collective fail now instead of timing out.
     const Status abort =
-        UnavailableError("rank {}'s session {:016x} ended ({}) while the group waited for it",
+        UnavailableError("rank {}'s session {} ended ({}) while the group waited for it",
                          session->rank, id, reason);
     for (auto& group : groups_to_abort) group->matcher->Abort(abort);
     EPD_LOG(kCore, info,
-            "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, "
+            "session {} (rank {}) closed: {}; releasing {} handles, {} buffers, "
             "{} fences",
             id, session->rank, reason, session->handles.size(), session->buffers.size(),
             session->fences.size());
@@ -417,7 +425,7 @@ class Engine::Impl {
     }
     const std::shared_ptr<Handle>& handle = it->second;
     if (handle->attached_to != 0 && handle->attached_to != id) {
-      return FailedPreconditionError("handle '{}' of rank {} is attached to session {:016x}", name,
+      return FailedPreconditionError("handle '{}' of rank {} is attached to session {}", name,
                                      session->rank, handle->attached_to);
     }
     for (const auto& [handle_id, attached] : session->handles) {
@@ -533,9 +541,47 @@ class Engine::Impl {
 
   // ---------------------------------------------------------------- stats and shutdown
 
+  std::vector<SessionSummary> ListSessions() const {
+    std::lock_guard lock(mutex_);
+    std::vector<SessionSummary> out;
+    out.reserve(sessions_.size());
+    for (const auto& [id, session] : sessions_) {
+      out.push_back(SessionSummary{id, session->rank, session->client_name, session->unary,
+                                   session->peer, session->opened,
+                                   session->ops_completed.load(std::memory_order_relaxed),
+                                   session->ops_failed.load(std::memory_order_relaxed)});
+    }
+    return out;
+  }
+
+  Status CheckLiveness(std::chrono::milliseconds limit) const {
+    for (size_t r = 0; r < workers_.size(); ++r) {
+      const auto busy = workers_[r]->busy_for();
+      if (busy > limit) {
+        return DeadlineExceededError(
+            "the worker of rank {} has run one op for {} ms (limit {} ms)", r,
+            std::chrono::duration_cast<std::chrono::milliseconds>(busy).count(), limit.count());
+      }
+    }
+    return backend_->CheckLiveness(limit);
+  }
+
   EngineStats Stats() const {
     std::lock_guard lock(mutex_);
     EngineStats stats = stats_;
+    stats.handle_bytes_per_rank.assign(backend_->num_ranks(), 0);
+    std::set<const Handle*> counted;
+    auto count = [&](const std::shared_ptr<Handle>& handle) {
+      if (counted.insert(handle.get()).second) {
+        stats.handle_bytes_per_rank[handle->node_rank] += handle->backend->exported().size();
+      }
+    };
+    for (const auto& [key, handle] : persistent_handles_) count(handle);
+    for (const auto& [id, session] : sessions_) {
+      for (const auto& [handle_id, handle] : session->handles) count(handle);
+      stats.registered_buffers += session->buffers.size();
+      stats.registered_bytes += session->buffers.bytes();
+    }
     stats.sessions_open = sessions_.size();
     stats.sessions_total = sessions_total_;
     stats.allocations = backend_->allocations().allocations();
@@ -609,7 +655,7 @@ class Engine::Impl {
   StatusOr<Session*> FindSessionLocked(SessionId id) {
     auto it = sessions_.find(id);
     if (it == sessions_.end()) {
-      return NotFoundError("session_id = {:016x} is not an open session", id);
+      return NotFoundError("session_id = {} is not an open session", id);
     }
     it->second->last_used = Clock::now();
     return it->second.get();
@@ -688,7 +734,7 @@ class Engine::Impl {
     if (draining_) return UnavailableError("epd is shutting down");
     auto sit = sessions_.find(id);
     if (sit == sessions_.end()) {
-      return NotFoundError("session_id = {:016x} is not an open session", id);
+      return NotFoundError("session_id = {} is not an open session", id);
     }
     OpContext ctx;
     ctx.session = sit->second;
@@ -731,19 +777,49 @@ class Engine::Impl {
     return stats_.update;
   }
 
-  // Wraps `done` so that it is called once, after stats and the in-flight count are updated.
-  OpDone FinishOnce(OpKind kind, OpDone done) {
+  static std::string_view OpKindName(OpKind kind) {
+    switch (kind) {
+      case OpKind::kUpdate:
+        return "update";
+      case OpKind::kDispatch:
+        return "dispatch";
+      case OpKind::kCombine:
+        return "combine";
+    }
+    return "?";
+  }
+
+  // Wraps `done` so that it is called once, after stats, the session's counters, the
+  // on_op_finished hook and the in-flight count are updated.
+  OpDone FinishOnce(const OpContext& ctx, OpKind kind, OpDone done) {
     const Clock::time_point start = Clock::now();
-    return [this, kind, start, done = std::move(done)](Status status) {
+    const GroupConfig& config = ctx.handle->group->config;
+    const uint64_t payload_bytes =
+        kind == OpKind::kUpdate ? 0
+                                : static_cast<uint64_t>(ctx.handle->submitted_tokens) *
+                                      static_cast<uint64_t>(config.hidden) * DTypeSize(config.dtype);
+    return [this, kind, start, payload_bytes, session = ctx.session, group = config.name,
+            done = std::move(done)](Status status) {
       const auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
       if (!status.ok()) {
-        EPD_LOG(kCore, debug, "op failed: {}", status.ToString());
+        uint64_t suppressed = 0;
+        if (failure_log_limiter_.Allow(&suppressed)) {
+          EPD_LOG(kCore, warn, "{} on group '{}' rank {} (session {}) failed: {}{}",
+                  OpKindName(kind), group, session->rank, session->id, status.ToString(),
+                  suppressed == 0 ? "" : fmt::format(" ({} more op failures not logged)", suppressed));
+        }
       }
+      (status.ok() ? session->ops_completed : session->ops_failed)
+          .fetch_add(1, std::memory_order_relaxed);
       {
         std::lock_guard lock(mutex_);
         OpCounters& counters = CountersFor(kind);
         (status.ok() ? counters.completed : counters.failed) += 1;
         counters.total_us += us.count();
+      }
+      if (options_.on_op_finished) {
+        options_.on_op_finished(OpRecord{OpKindName(kind), group, session->rank, status.code(), us,
+                                         status.ok() ? payload_bytes : 0});
       }
       done(std::move(status));
     };
@@ -756,7 +832,7 @@ class Engine::Impl {
   // An op whose session ended before it ran is cancelled there.
   Status EnqueueLocked(OpContext ctx, OpKind kind, OpDone done, WorkerTask task) {
     ++in_flight_;
-    OpDone finish = FinishOnce(kind, std::move(done));
+    OpDone finish = FinishOnce(ctx, kind, std::move(done));
     std::function<void()> release = [this] {
       std::lock_guard lock(mutex_);
       if (--in_flight_ == 0) ops_idle_.notify_all();
@@ -764,7 +840,7 @@ class Engine::Impl {
     const int rank = ctx.session->rank;
     const bool posted = workers_[rank]->Post([ctx, finish, release, task]() mutable {
       if (ctx.session->closed) {
-        finish(CancelledError("session {:016x} ended before the op ran", ctx.session->id));
+        finish(CancelledError("session {} ended before the op ran", ctx.session->id));
         release();
         return;
       }
@@ -914,6 +990,8 @@ class Engine::Impl {
   bool shut_down_ = false;
   bool stop_reaper_ = false;
   EngineStats stats_;
+  // Failed ops are logged at warn: 20 lines per 10 s at most.
+  LogRateLimiter failure_log_limiter_{20, std::chrono::seconds(10)};
   std::thread reaper_;
 };
 
@@ -934,8 +1012,13 @@ int Engine::num_ranks() const { return impl_->backend().num_ranks(); }
 EngineStats Engine::Stats() const { return impl_->Stats(); }
 AllocationCounter& Engine::allocations() { return impl_->backend().allocations(); }
 
-StatusOr<SessionInfo> Engine::OpenSession(int rank, std::string client_name, bool unary) {
-  return impl_->OpenSession(rank, std::move(client_name), unary);
+StatusOr<SessionInfo> Engine::OpenSession(int rank, std::string client_name, bool unary,
+                                          SessionPeer peer) {
+  return impl_->OpenSession(rank, std::move(client_name), unary, peer);
+}
+std::vector<SessionSummary> Engine::ListSessions() const { return impl_->ListSessions(); }
+Status Engine::CheckLiveness(std::chrono::milliseconds limit) const {
+  return impl_->CheckLiveness(limit);
 }
 Status Engine::CloseSession(SessionId session, std::string_view reason) {
   return impl_->CloseSession(session, reason);

@@ -23,9 +23,39 @@ namespace epd {
 using SessionId = uint64_t;
 using ObjectId = uint64_t;
 
+// The connecting process, from the unix socket's credentials.
+struct SessionPeer {
+  int64_t pid = -1;  // -1: unknown (TCP, tests)
+  int64_t uid = -1;
+  int64_t gid = -1;
+};
+
+struct SessionSummary {
+  SessionId id = 0;
+  int rank = 0;
+  std::string client_name;
+  bool unary = false;
+  SessionPeer peer;
+  Clock::time_point opened;
+  uint64_t ops_completed = 0;
+  uint64_t ops_failed = 0;
+};
+
+// One finished op, for metrics and logs.
+struct OpRecord {
+  std::string_view kind;   // "update", "dispatch", "combine"
+  std::string_view group;
+  int rank = 0;            // node rank
+  StatusCode code = StatusCode::kOk;
+  std::chrono::microseconds host_time{0};  // submit -> done
+  uint64_t payload_bytes = 0;  // token bytes moved by a dispatch/combine (n * hidden * dtype)
+};
+
 struct EngineOptions {
   std::chrono::milliseconds unary_session_idle_timeout{60'000};
   std::chrono::milliseconds drain_timeout{5'000};
+  // Called once per finished op on a worker or completion thread; must not block. May be empty.
+  std::function<void(const OpRecord&)> on_op_finished;
 };
 
 // A frontend's reference to part of a registered (or exported) buffer.
@@ -98,6 +128,10 @@ struct EngineStats {
   uint64_t frees = 0;
   int64_t live_bytes = 0;
   OpCounters update, dispatch, combine;
+  uint64_t registered_buffers = 0;  // in open sessions (fence pages and handles included)
+  uint64_t registered_bytes = 0;
+  // Bytes of the handles (receive regions) that live on each node rank, by rank.
+  std::vector<uint64_t> handle_bytes_per_rank;
 };
 
 struct UpdateRequest {
@@ -135,7 +169,9 @@ class Engine {
 
   // Sessions. A streaming session lives until CloseSession (the stream ended); a unary one
   // also ends after `unary_session_idle_timeout` without calls.
-  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary);
+  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary,
+                                    SessionPeer peer = {});
+  std::vector<SessionSummary> ListSessions() const;
   Status CloseSession(SessionId session, std::string_view reason);
   Status Touch(SessionId session);  // NOT_FOUND when closed or unknown
 
@@ -168,6 +204,10 @@ class Engine {
                         OpDone done);
   Status SubmitCombine(SessionId session, const CombineRequest& request, const OpOptions& options,
                        OpDone done);
+
+  // Liveness: an error naming the rank worker or backend thread that has been busy with one
+  // task for longer than `limit` (a hang); OK when every such thread is idle or progressing.
+  Status CheckLiveness(std::chrono::milliseconds limit) const;
 
   // Stops accepting new sessions and ops (UNAVAILABLE), waits up to drain_timeout for
   // in-flight ops, then closes every session.
