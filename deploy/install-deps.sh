@@ -11,8 +11,10 @@ packages=(
   grpc-proto             # health.proto and reflection.proto, compiled into the daemon
   libspdlog-dev libfmt-dev libsystemd-dev libtomlplusplus-dev libcli11-dev
   libgtest-dev libgmock-dev
+  prometheus-cpp-dev     # /metrics
   patchelf               # deploy/bundle.sh
   python3                # the bench smoke test's checker
+  curl                   # the metrics test scrapes /metrics with it
 )
 
 missing=()
