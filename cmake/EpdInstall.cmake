@@ -15,6 +15,10 @@ so a tarball runs on a node without them" OFF)
 
 # ---- daemon ----
 set_target_properties(epd PROPERTIES INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR}")
+# DT_RPATH, not RUNPATH: it also serves the libraries' own dependencies (libgrpc++ needs
+# libgrpc, ...), so a bundled tree resolves entirely from its libdir. NCCL is never bundled,
+# so LD_LIBRARY_PATH still chooses it.
+target_link_options(epd PRIVATE "LINKER:--disable-new-dtags")
 if(EPD_BUNDLE_RUNTIME_LIBS)
   install(TARGETS epd RUNTIME_DEPENDENCY_SET epd_runtime_libs COMPONENT daemon)
   # The node supplies glibc, the C++ runtime, the GPU driver and NCCL (matching its driver).
@@ -84,6 +88,7 @@ set(CPACK_PACKAGE_CONTACT "epd maintainers <epd@localhost>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "expert-parallel MoE dispatch/combine node daemon")
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_GENERATOR "DEB;TGZ")
+set(CPACK_STRIP_FILES ON)  # debug info stays in the build tree
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION misc)
