@@ -5,6 +5,7 @@
 
 #include "client/rpc_status.h"
 #include "client/session_stream.h"
+#include "client/socket_probe.h"
 
 namespace epd {
 
@@ -13,6 +14,12 @@ using internal::CallUnary;
 StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
                                                   ClientOptions options) {
   if (address.empty()) return InvalidArgumentError("daemon address must not be empty");
+  // A unix socket that is missing, forbidden or dead is reported at once, and why, instead of
+  // after the connect timeout.
+  if (const std::string path = internal::UnixSocketPathOf(address); !path.empty()) {
+    EPD_RETURN_IF_ERROR(internal::ProbeUnixSocket(path).WithContext(
+        fmt::format("cannot connect to the epd daemon at '{}'", address)));
+  }
   auto client = std::unique_ptr<Client>(new Client());
   client->address_ = address;
   client->options_ = options;

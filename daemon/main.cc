@@ -1,9 +1,11 @@
 // epd: the node daemon. Reads the config file, lets flags override it, creates the backend,
-// the engine and the persistent groups/handles, serves gRPC until SIGTERM/SIGINT, then
-// drains and exits 0.
+// the engine and the persistent groups/handles, serves gRPC (and Prometheus /metrics) until
+// SIGTERM/SIGINT, then drains and exits 0. SIGHUP re-reads the config file and applies what
+// can change at runtime (the log level).
 //
-// Exit codes: 0 clean shutdown (or --help / --version); 1 runtime failure (cannot listen,
-// backend or engine failed, shutdown hung); 2 bad flags or config (the message names the key).
+// Exit codes: 0 clean shutdown (or --help / --version / a valid --check-config); 1 runtime
+// failure (cannot listen, backend or engine failed, shutdown hung); 2 bad flags or config
+// (the message names the key), always reported before the backend is created.
 #include <signal.h>
 #include <unistd.h>
 
@@ -12,23 +14,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <optional>
 #include <string>
 #include <thread>
-#include <vector>
 
-#include "daemon/backends/cpu/cpu_backend.h"
+#include "daemon/app/flags.h"
+#include "daemon/app/reload.h"
+#include "daemon/app/startup.h"
+#include "daemon/app/systemd_notifier.h"
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/log.h"
+#include "daemon/metrics/metrics_server.h"
 #include "daemon/service/daemon_server.h"
-
-#ifdef EPD_WITH_CUDA
-#include "daemon/backends/cuda/cuda_backend.h"
-#endif
-#ifdef EPD_WITH_SYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
 
 namespace epd {
 namespace {
@@ -47,173 +44,70 @@ constexpr std::chrono::milliseconds kServerGrace{500};
 constexpr std::chrono::milliseconds kTeardownLimit{2'000};
 // Last resort, beyond drain, grace and teardown: something hung (a bug); exit 1.
 constexpr std::chrono::milliseconds kShutdownSlack{2'000};
-
-// Flags; each overrides the config file's key of the same name only when given.
-struct Flags {
-  std::string config_path;
-  std::string listen, tcp_listen, backend, gpus, log_level;
-  int cpu_ranks = 0;
-  int64_t op_timeout_ms = 0, session_idle_timeout_ms = 0, drain_timeout_ms = 0;
-};
-
-void Notify(const char* state) {
-#ifdef EPD_WITH_SYSTEMD
-  sd_notify(0, state);  // a no-op unless NOTIFY_SOCKET is set (Type=notify)
-#else
-  (void)state;
-#endif
-}
+// Beyond its bounded waits (fence, then peers: op_timeout each), how long one op may keep a
+// worker busy before the watchdog calls the thread hung.
+constexpr std::chrono::milliseconds kLivenessSlack{5'000};
 
 int Fail(int code, const Status& status) {
   std::fprintf(stderr, "epd: %s\n", status.ToString().c_str());
   return code;
 }
 
-StatusOr<std::vector<int>> ParseGpuList(const std::string& text) {
-  std::vector<int> gpus;
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string item = text.substr(start, comma - start);
-    char* end = nullptr;
-    const long value = std::strtol(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0' || value < 0 || value > 1024) {
-      return InvalidArgumentError("--gpus = \"{}\": expected GPU indices like 0,1,2", text);
-    }
-    gpus.push_back(static_cast<int>(value));
-    start = comma + 1;
-  }
-  return gpus;
+// --check-config FILE: everything that can be checked without creating the backend.
+int CheckConfig(const CLI::App& app, const app::Flags& flags) {
+  auto config = app::ResolveConfig(app, flags, flags.check_config_path);
+  if (!config.ok()) return Fail(kExitUsage, config.status());
+  std::printf("epd: %s: OK: %s\n(groups are checked against the node's ranks at startup)\n",
+              flags.check_config_path.c_str(), app::DescribeConfig(*config).c_str());
+  return 0;
 }
 
-// The config file (when given) with the flags applied on top, validated.
-StatusOr<DaemonConfig> ResolveConfig(const CLI::App& app, const Flags& flags) {
-  DaemonConfig config;
-  if (!flags.config_path.empty()) {
-    EPD_ASSIGN_OR_RETURN(config, LoadDaemonConfig(flags.config_path));
+// SIGHUP: re-reads the config file (flags and EPD_LOG_LEVEL still win) and applies the log
+// level; a file that no longer parses changes nothing.
+void Reload(const CLI::App& app, const app::Flags& flags, const DaemonConfig& running) {
+  auto fresh = app::ResolveConfig(app, flags, flags.config_path);
+  if (!fresh.ok()) {
+    EPD_LOG(kRpc, error, "SIGHUP: config not reloaded, keeping the running settings: {}",
+            fresh.status().ToString());
+    return;
   }
-  auto given = [&](const char* name) { return app.count(name) > 0; };
-  if (given("--listen")) config.listen = flags.listen;
-  if (given("--tcp-listen")) config.tcp_listen = flags.tcp_listen;
-  if (given("--backend")) {
-    EPD_ASSIGN_OR_RETURN(config.backend, ParseBackendKind(flags.backend));
-  }
-  if (given("--cpu-ranks")) config.cpu_ranks = flags.cpu_ranks;
-  if (given("--gpus")) {
-    EPD_ASSIGN_OR_RETURN(config.gpus, ParseGpuList(flags.gpus));
-  }
-  // Log level: flag, then EPD_LOG_LEVEL, then the config file.
-  if (given("--log-level")) {
-    config.log_level = flags.log_level;
-  } else if (const char* env = std::getenv("EPD_LOG_LEVEL"); env != nullptr && *env != '\0') {
-    config.log_level = env;
-  }
-  if (given("--op-timeout-ms")) config.op_timeout = std::chrono::milliseconds(flags.op_timeout_ms);
-  if (given("--session-idle-timeout-ms")) {
-    config.session_idle_timeout = std::chrono::milliseconds(flags.session_idle_timeout_ms);
-  }
-  if (given("--drain-timeout-ms")) {
-    config.drain_timeout = std::chrono::milliseconds(flags.drain_timeout_ms);
-  }
-  Status valid = ValidateDaemonSettings(config);
-  if (!valid.ok()) return valid.WithContext("invalid setting (config file or flag)");
-  return config;
-}
-
-StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config) {
-  BackendKind kind = config.backend;
-  if (kind == BackendKind::kAuto) {
-    kind = BackendKind::kCpu;
-#ifdef EPD_WITH_CUDA
-    int devices = 0;
-    if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0) kind = BackendKind::kCuda;
-#endif
-    EPD_LOG(kCore, info, "backend = auto: using the {} backend", BackendKindName(kind));
-  }
-  if (kind == BackendKind::kCuda) {
-#ifdef EPD_WITH_CUDA
-    CudaBackendOptions options;
-    options.devices = config.gpus;
-    options.op_timeout = config.op_timeout;
-    options.on_fatal_error = [](const Status& status) {
-      EPD_LOG(kCore, critical, "fatal device error, stopping: {}", status.ToString());
-      kill(getpid(), kFatalSignal);
-    };
-    return CreateCudaBackend(options);
-#else
-    return InvalidArgumentError(
-        "backend = cuda, but this epd was built without CUDA (-DEPD_WITH_CUDA=OFF); use "
-        "--backend cpu");
-#endif
-  }
-  if (!config.gpus.empty()) EPD_LOG(kCore, warn, "gpus is ignored by the cpu backend");
-  return CreateCpuBackend(CpuBackendOptions{config.cpu_ranks, config.op_timeout});
-}
-
-// Creates the config file's persistent groups and their named handles.
-Status CreatePersistentObjects(Engine& engine, const DaemonConfig& config) {
-  for (size_t i = 0; i < config.groups.size(); ++i) {
-    const auto& decl = config.groups[i];
-    const std::string where = fmt::format("group[{}] (name = \"{}\")", i, decl.config.name);
-    EPD_RETURN_IF_ERROR(
-        engine.CreateGroup(std::nullopt, decl.config, /*persistent=*/true).WithContext(where));
-    for (size_t h = 0; h < decl.handles.size(); ++h) {
-      for (int rank : decl.handles[h].ranks) {
-        EPD_RETURN_IF_ERROR(
-            engine.CreatePersistentHandle(decl.config.name, rank, decl.handles[h].name)
-                .WithContext(fmt::format("{}.handle[{}] (name = \"{}\", rank {})", where, h,
-                                         decl.handles[h].name, rank)));
-      }
-    }
-    EPD_LOG(kCore, info, "persistent {} with {} named handle(s)", decl.config.ToString(),
-            decl.handles.size());
-  }
-  return OkStatus();
-}
-
-void AddFlags(CLI::App& app, Flags* flags) {
-  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.set_version_flag("--version", std::string("epd ") + EPD_VERSION);
-  app.add_option("--config", flags->config_path, "TOML config file (deploy/epd.toml)");
-  app.add_option("--listen", flags->listen, "unix socket address (unix:///run/epd/epd.sock)");
-  app.add_option("--tcp-listen", flags->tcp_listen, "also serve on 127.0.0.1:PORT or [::1]:PORT");
-  app.add_option("--backend", flags->backend, "auto, cuda or cpu")
-      ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
-  app.add_option("--cpu-ranks", flags->cpu_ranks, "ranks of the cpu backend")
-      ->check(CLI::Range(1, 1024));
-  app.add_option("--gpus", flags->gpus, "GPU indices of the cuda backend, e.g. 0,1");
-  app.add_option("--log-level", flags->log_level, "trace, debug, info, warn, error, critical, off")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
-  app.add_option("--op-timeout-ms", flags->op_timeout_ms, "bound of every device wait")
-      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
-  app.add_option("--session-idle-timeout-ms", flags->session_idle_timeout_ms,
-                 "unary sessions idle this long are closed")
-      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
-  app.add_option("--drain-timeout-ms", flags->drain_timeout_ms,
-                 "how long shutdown waits for in-flight ops")
-      ->check(CLI::Range(int64_t{0}, int64_t{86'400'000}));
+  const app::ReloadPlan plan = app::PlanReload(running, *fresh);
+  log::SetLevel(plan.log_level);
+  EPD_LOG(kRpc, info, "SIGHUP: reloaded {}: log_level = {}{}",
+          flags.config_path.empty() ? "(no config file)" : flags.config_path, plan.log_level,
+          plan.ignored.empty()
+              ? ""
+              : fmt::format("; ignored until restart: {}", fmt::join(plan.ignored, ", ")));
 }
 
 // Serves until SIGTERM / SIGINT (or a fatal device error), then drains: health NOT_SERVING,
 // the engine finishes in-flight ops and closes sessions, the server ends streams and stops.
 // The caller destroys the server, then the engine (and with it the backend).
 int ServeUntilSignal(Engine& engine, service::DaemonServer& server, const DaemonConfig& config,
-                     const sigset_t& signals) {
+                     const sigset_t& signals, const CLI::App& app, const app::Flags& flags) {
   const NodeDescription node = engine.DescribeNode();
   const std::string tcp =
       config.tcp_listen.empty()
           ? ""
           : fmt::format(" and {} (port {})", config.tcp_listen, server.tcp_port());
-  EPD_LOG(kRpc, info, "epd {} serving on {}{} (backend {}, {} ranks, {} persistent groups)",
-          EPD_VERSION, config.listen, tcp, node.backend, node.ranks, config.groups.size());
-  Notify("READY=1");
+  EPD_LOG(kRpc, info,
+          "epd {} serving on {}{} (backend {}, {} ranks, {} persistent groups, metrics {}, "
+          "logging to {})",
+          EPD_VERSION, config.listen, tcp, node.backend, node.ranks, config.groups.size(),
+          config.metrics_listen.empty() ? "off" : config.metrics_listen, log::Destination());
+  app::SystemdNotifier notifier(engine, 2 * config.op_timeout + kLivenessSlack);
+  notifier.Ready();
 
   int received = 0;
-  sigwait(&signals, &received);
+  for (;;) {
+    sigwait(&signals, &received);
+    if (received != SIGHUP) break;
+    Reload(app, flags, config);
+  }
   const bool fatal = received == kFatalSignal;
   EPD_LOG(kRpc, info, "{}: draining (up to {} ms) and stopping",
           fatal ? "fatal device error" : strsignal(received), config.drain_timeout.count());
-  Notify("STOPPING=1");
+  notifier.Stopping();
 
   // Shutdown must finish even if something hangs: systemd and tests expect a prompt exit.
   const auto limit = config.drain_timeout + kServerGrace + kTeardownLimit + kShutdownSlack;
@@ -232,31 +126,43 @@ int ServeUntilSignal(Engine& engine, service::DaemonServer& server, const Daemon
 
 int Run(int argc, char** argv) {
   // Signals are taken by sigwait in this thread only: block them before any thread starts so
-  // every thread (gRPC, workers) inherits the mask.
+  // every thread (gRPC, workers, metrics) inherits the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   sigaddset(&signals, kFatalSignal);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a vanished client must not kill the daemon
 
   CLI::App app{"epd: expert-parallel MoE dispatch/combine daemon"};
-  Flags flags;
-  AddFlags(app, &flags);
+  app::Flags flags;
+  app::AddFlags(app, &flags);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
     const int code = app.exit(error);  // prints help, the version or the error
     return code == 0 ? 0 : kExitUsage;
   }
+  if (app.count("--check-config") > 0) return CheckConfig(app, flags);
 
-  auto resolved = ResolveConfig(app, flags);
+  auto resolved = app::ResolveConfig(app, flags, flags.config_path);
   if (!resolved.ok()) return Fail(kExitUsage, resolved.status());
   const DaemonConfig config = std::move(resolved).value();
   log::SetLevel(config.log_level);
 
-  auto backend = CreateBackend(config);
+  std::unique_ptr<metrics::MetricsServer> metrics;
+  if (!config.metrics_listen.empty()) {
+    auto started = metrics::MetricsServer::Start(config.metrics_listen,
+                                                 metrics::BuildInfo{EPD_VERSION, EPD_CUDA_VERSION});
+    if (!started.ok()) return Fail(kExitRuntimeError, started.status());
+    metrics = std::move(started).value();
+    EPD_LOG(kRpc, info, "metrics on http://{}/metrics (port {})", config.metrics_listen,
+            metrics->port());
+  }
+
+  auto backend = app::CreateBackend(config, kFatalSignal);
   if (!backend.ok()) {
     const bool usage = backend.status().code() == StatusCode::kInvalidArgument;
     return Fail(usage ? kExitUsage : kExitRuntimeError, backend.status().WithContext("backend"));
@@ -267,9 +173,14 @@ int Run(int argc, char** argv) {
   EngineOptions engine_options;
   engine_options.unary_session_idle_timeout = config.session_idle_timeout;
   engine_options.drain_timeout = config.drain_timeout;
+  if (metrics != nullptr) {
+    engine_options.on_op_finished = [sink = metrics.get()](const OpRecord& op) {
+      sink->OnOpFinished(op);
+    };
+  }
   auto engine = Engine::Create(std::move(backend).value(), engine_options);
   if (!engine.ok()) return Fail(kExitRuntimeError, engine.status().WithContext("engine"));
-  Status persistent = CreatePersistentObjects(**engine, config);
+  Status persistent = app::CreatePersistentObjects(**engine, config);
   if (!persistent.ok()) {
     const bool usage = persistent.code() == StatusCode::kInvalidArgument;
     return Fail(usage ? kExitUsage : kExitRuntimeError, persistent);
@@ -278,9 +189,11 @@ int Run(int argc, char** argv) {
   service::ServerOptions server_options{config.listen, config.tcp_listen, EPD_VERSION};
   auto server = service::DaemonServer::Start(engine->get(), server_options);
   if (!server.ok()) return Fail(kExitRuntimeError, server.status());
+  if (metrics != nullptr) metrics->AttachEngine(engine->get());
 
-  const int code = ServeUntilSignal(**engine, **server, config, signals);
+  const int code = ServeUntilSignal(**engine, **server, config, signals, app, flags);
   server->reset();
+  if (metrics != nullptr) metrics->DetachEngine();
   EPD_LOG(kRpc, debug, "server stopped; releasing the engine and backend");
   engine->reset();  // the backend's waits were aborted at shutdown: nothing blocks this
   EPD_LOG(kRpc, info, "epd stopped");

@@ -11,9 +11,18 @@ packages=(
   grpc-proto             # health.proto and reflection.proto, compiled into the daemon
   libspdlog-dev libfmt-dev libsystemd-dev libtomlplusplus-dev libcli11-dev
   libgtest-dev libgmock-dev
+  prometheus-cpp-dev     # /metrics
   patchelf               # deploy/bundle.sh
   python3                # the bench smoke test's checker, the Python package's tests
   python3-numpy          # the Python package's tests and cpu example
+  curl                   # the metrics test scrapes /metrics with it
+)
+
+# Tools that only some tests use (they skip, with the reason, without them); installed when
+# the command is missing, and a failure to install them is not fatal. COMMAND:PACKAGES.
+optional=(
+  "npm:nodejs npm"          # buf curl (npm package @bufbuild/buf) for the diagnostics test
+  "promtool:prometheus"     # promtool check metrics, for the metrics test
 )
 
 missing=()
@@ -23,7 +32,11 @@ for package in "${packages[@]}"; do
     missing+=("$package")
   fi
 done
-if [[ ${#missing[@]} -eq 0 ]]; then
+missing_optional=()
+for entry in "${optional[@]}"; do
+  command -v "${entry%%:*}" >/dev/null || missing_optional+=("${entry#*:}")
+done
+if [[ ${#missing[@]} -eq 0 && ${#missing_optional[@]} -eq 0 ]]; then
   echo "install-deps: all ${#packages[@]} packages are installed"
   exit 0
 fi
@@ -37,7 +50,15 @@ else
   exit 1
 fi
 
-echo "install-deps: installing ${missing[*]}"
 "${as_root[@]}" apt-get update -qq
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "install-deps: installing ${missing[*]}"
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+for packages_of_tool in "${missing_optional[@]}"; do
+  # shellcheck disable=SC2086  # a list of package names
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends $packages_of_tool ||
+    echo "install-deps: optional $packages_of_tool not installed; the tests that use it skip"
+done

@@ -163,6 +163,9 @@ class Backend {
   // The daemon stops: every wait, host and device, current and future, gives up now with
   // UNAVAILABLE instead of running to op_timeout.
   virtual void BeginShutdown() = 0;
+  // Liveness of the backend's own threads (completion threads): an error naming the one busy
+  // with a single item for longer than `limit`. Backends without threads are always live.
+  virtual Status CheckLiveness(std::chrono::milliseconds limit) const { return OkStatus(); }
 };
 
 }  // namespace epd

@@ -24,6 +24,11 @@ class BufferRegistry {
   StatusOr<std::shared_ptr<Memory>> Take(ObjectId id);
   std::shared_ptr<Memory> Find(ObjectId id) const;
   size_t size() const { return buffers_.size(); }
+  uint64_t bytes() const {
+    uint64_t total = 0;
+    for (const auto& [id, memory] : buffers_) total += memory->size();
+    return total;
+  }
   void Clear() { buffers_.clear(); }
   // Empties the registry; the caller decides where the memory is released.
   std::vector<std::shared_ptr<Memory>> TakeAll() {

@@ -1,8 +1,10 @@
 #include "daemon/core/daemon_config.h"
 
+#include <sys/un.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -20,6 +22,7 @@ constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;  // a day: larger values a
 
 constexpr std::string_view kTopLevelKeys[] = {"listen",
                                               "tcp_listen",
+                                              "metrics_listen",
                                               "backend",
                                               "cpu_ranks",
                                               "gpus",
@@ -311,6 +314,8 @@ Status ParseTopLevel(const Reader& reader, const toml::table& root, DaemonConfig
       EPD_ASSIGN_OR_RETURN(config->listen, reader.String(node, key));
     } else if (key == "tcp_listen") {
       EPD_ASSIGN_OR_RETURN(config->tcp_listen, reader.String(node, key));
+    } else if (key == "metrics_listen") {
+      EPD_ASSIGN_OR_RETURN(config->metrics_listen, reader.String(node, key));
     } else if (key == "backend") {
       EPD_ASSIGN_OR_RETURN(config->backend, reader.Enum<BackendKind>(node, key, ParseBackendKind));
     } else if (key == "cpu_ranks") {
@@ -371,6 +376,66 @@ StatusOr<BackendKind> ParseBackendKind(std::string_view name) {
   return InvalidArgumentError("unknown backend '{}' (expected auto, cuda or cpu)", name);
 }
 
+namespace {
+
+bool IsIpv4(std::string_view host) {
+  int parts = 0;
+  size_t start = 0;
+  while (start <= host.size()) {
+    const size_t dot = std::min(host.find('.', start), host.size());
+    const std::string_view part = host.substr(start, dot - start);
+    if (part.empty() || part.size() > 3) return false;
+    int value = 0;
+    for (char c : part) {
+      if (c < '0' || c > '9') return false;
+      value = value * 10 + (c - '0');
+    }
+    if (value > 255) return false;
+    ++parts;
+    start = dot + 1;
+  }
+  return parts == 4;
+}
+
+bool IsBracketedIpv6(std::string_view host) {
+  if (host.size() < 4 || host.front() != '[' || host.back() != ']') return false;
+  return std::all_of(host.begin() + 1, host.end() - 1,
+                     [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) || c == ':'; });
+}
+
+}  // namespace
+
+bool IsIpAddressWithPort(std::string_view address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string_view::npos) return false;
+  const std::string_view host = address.substr(0, colon);
+  return (IsIpv4(host) || IsBracketedIpv6(host)) && ParsePort(address.substr(colon + 1));
+}
+
+StatusOr<std::string> UnixSocketPath(const std::string& address) {
+  std::string path;
+  if (address.rfind("unix://", 0) == 0) {
+    path = address.substr(7);
+    if (path.empty() || path[0] != '/') {
+      return InvalidArgumentError(
+          "listen = \"{}\": unix:// needs an absolute path "
+          "(unix:///run/epd/epd.sock) or use unix:relative/path",
+          address);
+    }
+  } else if (address.rfind("unix:", 0) == 0) {
+    path = address.substr(5);
+  } else {
+    return InvalidArgumentError(
+        "listen = \"{}\" must be a unix socket address (unix:///path); use tcp_listen for TCP",
+        address);
+  }
+  if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) {
+    return InvalidArgumentError("listen = \"{}\": the socket path must have 1 to {} bytes", address,
+                                sizeof(sockaddr_un::sun_path) - 1);
+  }
+  return path;
+}
+
 bool IsLoopbackAddress(std::string_view address) {
   for (std::string_view host : {"127.0.0.1:", "[::1]:"}) {
     if (address.substr(0, host.size()) == host) return ParsePort(address.substr(host.size()));
@@ -379,16 +444,17 @@ bool IsLoopbackAddress(std::string_view address) {
 }
 
 Status ValidateDaemonSettings(const DaemonConfig& config) {
-  if (config.listen.rfind("unix:", 0) != 0 || config.listen.size() <= 5) {
-    return InvalidArgumentError(
-        "listen = \"{}\" must be a unix socket address (unix:///path); use tcp_listen for TCP",
-        config.listen);
-  }
+  EPD_RETURN_IF_ERROR(UnixSocketPath(config.listen).status());
   if (!config.tcp_listen.empty() && !IsLoopbackAddress(config.tcp_listen)) {
     return InvalidArgumentError(
         "tcp_listen = \"{}\" is not a loopback address: the API is unauthenticated, so TCP is "
         "served only on 127.0.0.1:PORT or [::1]:PORT",
         config.tcp_listen);
+  }
+  if (!config.metrics_listen.empty() && !IsIpAddressWithPort(config.metrics_listen)) {
+    return InvalidArgumentError(
+        "metrics_listen = \"{}\" is not IP:PORT (127.0.0.1:9464 or [::1]:9464; empty: no metrics)",
+        config.metrics_listen);
   }
   if (config.cpu_ranks < 1 || config.cpu_ranks > kMaxCpuRanks) {
     return InvalidArgumentError("cpu_ranks = {} is outside [1, {}]", config.cpu_ranks,

@@ -36,6 +36,8 @@ struct PersistentGroupDecl {
 struct DaemonConfig {
   std::string listen = "unix:///run/epd/epd.sock";
   std::string tcp_listen;  // empty: no TCP; else a loopback address with port
+  // Prometheus /metrics (HTTP). Empty: no metrics endpoint.
+  std::string metrics_listen = "127.0.0.1:9464";
   BackendKind backend = BackendKind::kAuto;
   int cpu_ranks = 1;      // ranks of the cpu backend
   std::vector<int> gpus;  // GPU indices of the cuda backend; empty: every visible GPU
@@ -51,7 +53,8 @@ StatusOr<DaemonConfig> ParseDaemonConfig(std::string_view toml_text,
                                          std::string_view source_name = "config");
 StatusOr<DaemonConfig> LoadDaemonConfig(const std::string& path);
 
-// Checks the scalar settings (after flags override the file): loopback-only TCP, positive
+// Checks the scalar settings (after flags override the file): a usable unix socket path,
+// loopback-only TCP, an IP:PORT metrics address, positive
 // rank counts and timeouts, a known log level, unique GPU indices.
 Status ValidateDaemonSettings(const DaemonConfig& config);
 
@@ -61,5 +64,12 @@ Status CheckGroupsAgainstNode(const DaemonConfig& config, int node_ranks);
 // True for "127.0.0.1:PORT" and "[::1]:PORT" (PORT in 0..65535; 0 lets the kernel pick).
 // Names like "localhost" are refused: they may resolve to a non-loopback address.
 bool IsLoopbackAddress(std::string_view address);
+
+// True for "A.B.C.D:PORT" and "[IPv6]:PORT" (no host names).
+bool IsIpAddressWithPort(std::string_view address);
+
+// The file system path of a "unix:" address ("unix:///abs/path" or "unix:relative/path"), or
+// an INVALID_ARGUMENT naming the address (`listen = ...`).
+StatusOr<std::string> UnixSocketPath(const std::string& address);
 
 }  // namespace epd

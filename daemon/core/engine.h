@@ -138,6 +138,10 @@ struct EngineStats {
   uint64_t frees = 0;
   int64_t live_bytes = 0;
   OpCounters update, dispatch, combine;
+  uint64_t registered_buffers = 0;  // in open sessions (fence pages and handles included)
+  uint64_t registered_bytes = 0;
+  // Bytes of the handles (receive regions) that live on each node rank, by rank.
+  std::vector<uint64_t> handle_bytes_per_rank;
 };
 
 struct UpdateRequest {
@@ -229,6 +233,10 @@ class Engine {
                         OpDone done);
   Status SubmitCombine(SessionId session, const CombineRequest& request, const OpOptions& options,
                        OpDone done);
+
+  // Liveness: an error naming the rank worker or backend thread that has been busy with one
+  // task for longer than `limit` (a hang); OK when every such thread is idle or progressing.
+  Status CheckLiveness(std::chrono::milliseconds limit) const;
 
   // Stops accepting new sessions and ops (UNAVAILABLE), waits up to drain_timeout for
   // in-flight ops, then closes every session.

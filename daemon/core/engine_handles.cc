@@ -80,7 +80,7 @@ StatusOr<HandleInfo> Engine::Impl::CreateHandle(SessionId id, std::string_view g
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Handle> handle,
                        NewHandle(group, node_rank, name, persistent));
   std::lock_guard lock(session->mutex);
-  if (session->closed) return NotFoundError("session_id = {:016x} is not an open session", id);
+  if (session->closed) return NotFoundError("session_id = {} is not an open session", id);
   if (persistent) EPD_RETURN_IF_ERROR(persistent_.Add(handle));
   return AttachLocked(*session, handle);
 }
@@ -101,7 +101,7 @@ StatusOr<HandleInfo> Engine::Impl::AttachHandle(SessionId id, std::string_view n
   EPD_RETURN_IF_ERROR(ValidateAttachName(name));
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
   std::lock_guard lock(session->mutex);
-  if (session->closed) return NotFoundError("session_id = {:016x} is not an open session", id);
+  if (session->closed) return NotFoundError("session_id = {} is not an open session", id);
   std::shared_ptr<Handle> handle = persistent_.Find(name, session->rank);
   if (handle == nullptr) {
     return NotFoundError("no persistent handle '{}' for rank {}", name, session->rank);
@@ -111,7 +111,7 @@ StatusOr<HandleInfo> Engine::Impl::AttachHandle(SessionId id, std::string_view n
   }
   SessionId expected = 0;
   if (!handle->attached_to.compare_exchange_strong(expected, id)) {
-    return FailedPreconditionError("handle '{}' of rank {} is attached to session {:016x}", name,
+    return FailedPreconditionError("handle '{}' of rank {} is attached to session {}", name,
                                    session->rank, expected);
   }
   return AttachLocked(*session, handle);

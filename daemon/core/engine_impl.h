@@ -40,6 +40,7 @@ class Engine::Impl {
   StatusOr<FenceInfo> CreateFence(SessionId id);
   Status DestroyFence(SessionId id, ObjectId fence, Released& released);
   EngineStats Stats() const;
+  Status CheckLiveness(std::chrono::milliseconds limit) const;
   void Shutdown();
 
   // --- groups and handles (engine_handles.cc); the creations run on the control worker ---

@@ -9,7 +9,7 @@ StatusOr<OpContext> Engine::Impl::PrepareOpLocked(const std::shared_ptr<Session>
                                                   ObjectId handle_id, int rank,
                                                   const OpOptions& options) {
   if (session->closed) {
-    return NotFoundError("session_id = {:016x} is not an open session", session->id);
+    return NotFoundError("session_id = {} is not an open session", session->id);
   }
   EPD_RETURN_IF_ERROR(CheckRequestRank(rank, session->rank));
   OpContext ctx;

@@ -57,7 +57,7 @@ StatusOr<SessionInfo> Engine::Impl::OpenSession(int rank, std::string client_nam
   EPD_RETURN_IF_ERROR(ValidateSessionRank(rank, backend_->num_ranks()));
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
                        sessions_.Open(rank, std::move(client_name), unary, peer));
-  EPD_LOG(kCore, info, "session {:016x} opened for rank {} by '{}'{}{}", session->id, rank,
+  EPD_LOG(kCore, info, "session {} opened for rank {} by '{}'{}{}", session->id, rank,
           session->client_name, unary ? " (unary)" : "",
           peer.pid >= 0 ? fmt::format(" (pid {}, uid {})", peer.pid, peer.uid) : "");
   return SessionInfo{session->id, rank, session->client_name};
@@ -65,7 +65,7 @@ StatusOr<SessionInfo> Engine::Impl::OpenSession(int rank, std::string client_nam
 
 Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Released& released) {
   std::shared_ptr<Session> session = sessions_.Remove(id);
-  if (session == nullptr) return NotFoundError("session {:016x} is not open", id);
+  if (session == nullptr) return NotFoundError("session {} is not open", id);
   std::vector<std::shared_ptr<Group>> groups_to_abort;
   size_t handles, buffers, fences;
   {
@@ -89,12 +89,12 @@ Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Release
   groups_->ReleaseOwnedBy(id);
   // Ranks waiting for this session's rank in a collective fail now instead of timing out.
   const Status abort =
-      UnavailableError("rank {}'s session {:016x} ended ({}) while the group waited for it",
+      UnavailableError("rank {}'s session {} ended ({}) while the group waited for it",
                        session->rank, id, reason);
   for (auto& group : groups_to_abort) backend_->AbortGroup(*group->backend, abort);
   // In-flight ops hold their own references: memory is freed once they drain.
   EPD_LOG(kCore, info,
-          "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, {} fences", id,
+          "session {} (rank {}) closed: {}; releasing {} handles, {} buffers, {} fences", id,
           session->rank, reason, handles, buffers, fences);
   return OkStatus();
 }
@@ -106,7 +106,7 @@ StatusOr<BufferInfo> Engine::Impl::RegisterBuffer(SessionId id, const MemorySour
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Memory> memory, backend_->Import(source, session->rank));
   std::lock_guard lock(session->mutex);
-  if (session->closed) return NotFoundError("session_id = {:016x} is not an open session", id);
+  if (session->closed) return NotFoundError("session_id = {} is not an open session", id);
   const ObjectId buffer_id = session->next_id++;
   session->buffers.Add(buffer_id, memory);
   return BufferInfo{buffer_id, memory->size(), memory->device()};
@@ -137,7 +137,7 @@ StatusOr<FenceInfo> Engine::Impl::CreateFence(SessionId id) {
   auto fence = std::make_shared<Fence>();
   EPD_ASSIGN_OR_RETURN(fence->page, backend_->CreateFence(session->rank));
   std::lock_guard lock(session->mutex);
-  if (session->closed) return NotFoundError("session_id = {:016x} is not an open session", id);
+  if (session->closed) return NotFoundError("session_id = {} is not an open session", id);
   FenceInfo info;
   info.id = session->next_id++;
   info.buffer_id = session->next_id++;
@@ -173,7 +173,26 @@ EngineStats Engine::Impl::Stats() const {
   stats.allocations = backend_->allocations().allocations();
   stats.frees = backend_->allocations().frees();
   stats.live_bytes = backend_->allocations().live_bytes();
+  stats.handle_bytes_per_rank.assign(backend_->num_ranks(), 0);
+  std::set<const Handle*> counted;
+  auto count = [&](const std::shared_ptr<Handle>& handle) {
+    if (counted.insert(handle.get()).second) {
+      stats.handle_bytes_per_rank[handle->node_rank] += handle->backend->exported().size();
+    }
+  };
+  for (const auto& handle : persistent_.All()) count(handle);
+  for (const auto& session : sessions_.All()) {
+    std::lock_guard lock(session->mutex);
+    for (const auto& [handle_id, handle] : session->handles) count(handle);
+    stats.registered_buffers += session->buffers.size();
+    stats.registered_bytes += session->buffers.bytes();
+  }
   return stats;
+}
+
+Status Engine::Impl::CheckLiveness(std::chrono::milliseconds limit) const {
+  EPD_RETURN_IF_ERROR(pipeline_->CheckLiveness(limit));
+  return backend_->CheckLiveness(limit);
 }
 
 void Engine::Impl::Shutdown() {

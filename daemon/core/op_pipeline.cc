@@ -22,13 +22,33 @@ uint64_t OpPipeline::in_flight() const {
   return in_flight_;
 }
 
+Status OpPipeline::CheckLiveness(std::chrono::milliseconds limit) const {
+  for (size_t r = 0; r < workers_.size(); ++r) {
+    const auto busy = workers_[r]->busy_for();
+    if (busy > limit) {
+      return DeadlineExceededError(
+          "the worker of rank {} has run one op for {} ms (limit {} ms)", r,
+          std::chrono::duration_cast<std::chrono::milliseconds>(busy).count(), limit.count());
+    }
+  }
+  return OkStatus();
+}
+
 // Wraps `done` so that it is called once, after the counters are updated.
 OpDone OpPipeline::FinishOnce(const OpContext& ctx, OpKind kind, OpDone done) {
   const Clock::time_point start = Clock::now();
   return [this, kind, start, session = ctx.session, handle = ctx.handle,
           payload_bytes = ctx.payload_bytes, done = std::move(done)](Status status) {
     const auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
-    if (!status.ok()) EPD_LOG(kCore, debug, "op failed: {}", status.ToString());
+    if (!status.ok()) {
+      uint64_t suppressed = 0;
+      if (failure_log_limiter_.Allow(&suppressed)) {
+        EPD_LOG(kCore, warn, "{} on group '{}' rank {} (session {}) failed: {}{}",
+                OpKindName(kind), handle->group->config.name, session->rank, session->id,
+                status.ToString(),
+                suppressed == 0 ? "" : fmt::format(" ({} more op failures not logged)", suppressed));
+      }
+    }
     stats_.For(kind).Add(status.ok(), us);
     (status.ok() ? session->ops_completed : session->ops_failed).fetch_add(1);
     if (on_op_finished_) {
@@ -38,7 +58,7 @@ OpDone OpPipeline::FinishOnce(const OpContext& ctx, OpKind kind, OpDone done) {
       record.rank = session->rank;
       record.code = status.code();
       record.host_time = us;
-      record.payload_bytes = payload_bytes;
+      record.payload_bytes = status.ok() ? payload_bytes : 0;
       on_op_finished_(record);
     }
     done(std::move(status));
@@ -61,7 +81,7 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
   const int rank = ctx.session->rank;
   const bool posted = workers_[rank]->Post([ctx, finish, release, task]() mutable {
     if (ctx.session->closed) {
-      finish(CancelledError("session {:016x} ended before the op ran", ctx.session->id));
+      finish(CancelledError("session {} ended before the op ran", ctx.session->id));
       release();
       return;
     }

@@ -17,6 +17,7 @@
 
 #include "daemon/core/backend.h"
 #include "daemon/core/engine.h"
+#include "daemon/core/log_rate_limiter.h"
 #include "daemon/core/op_stats.h"
 #include "daemon/core/rank_worker.h"
 #include "daemon/core/session_table.h"
@@ -56,6 +57,8 @@ class OpPipeline {
   // Refuses new ops (UNAVAILABLE), then waits up to `timeout` for those in flight.
   bool StopAndWaitIdle(std::chrono::milliseconds timeout);
   uint64_t in_flight() const;
+  // DEADLINE_EXCEEDED naming a rank worker busy with one op for longer than `limit`.
+  Status CheckLiveness(std::chrono::milliseconds limit) const;
   // Runs what is still queued (cancelled ops), then joins the workers.
   void JoinWorkers() { workers_.clear(); }
   const OpStats& stats() const { return stats_; }
@@ -74,6 +77,8 @@ class OpPipeline {
   Backend& backend_;
   const OpFinished on_op_finished_;
   OpStats stats_;
+  // Failed ops are logged at warn: 20 lines per 10 s at most.
+  LogRateLimiter failure_log_limiter_{20, std::chrono::seconds(10)};
   mutable std::mutex mutex_;  // guards the two below
   std::condition_variable idle_;
   uint64_t in_flight_ = 0;

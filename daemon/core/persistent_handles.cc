@@ -34,6 +34,13 @@ void PersistentHandles::Remove(const Handle& handle) {
   if (it != handles_.end() && it->second.get() == &handle) handles_.erase(it);
 }
 
+std::vector<std::shared_ptr<Handle>> PersistentHandles::All() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<Handle>> out;
+  for (const auto& [key, handle] : handles_) out.push_back(handle);
+  return out;
+}
+
 Released PersistentHandles::TakeAll() {
   std::lock_guard lock(mutex_);
   Released out;

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "daemon/core/control_worker.h"
 #include "daemon/core/handle_state.h"
@@ -22,6 +23,7 @@ class PersistentHandles {
   // Removes the entry if it still is `handle`.
   void Remove(const Handle& handle);
   Released TakeAll();
+  std::vector<std::shared_ptr<Handle>> All() const;
 
  private:
   static std::string Key(std::string_view name, int node_rank);

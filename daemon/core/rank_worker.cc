@@ -45,7 +45,9 @@ void RankWorker::Run() {
       task = std::move(tasks_.front());
       tasks_.pop_front();
     }
+    busy_.Begin();
     task();
+    busy_.End();
   }
 }
 

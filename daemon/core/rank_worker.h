@@ -8,6 +8,8 @@
 #include <mutex>
 #include <thread>
 
+#include "daemon/core/busy_clock.h"
+
 namespace epd {
 
 class RankWorker {
@@ -20,6 +22,8 @@ class RankWorker {
   // False once stopping: the task is not queued.
   bool Post(std::function<void()> task);
   size_t queued() const;
+  // How long the task running now has been running (zero when idle): the liveness probe.
+  BusyClock::Clock::duration busy_for() const { return busy_.BusyFor(); }
 
  private:
   void Run();
@@ -29,6 +33,7 @@ class RankWorker {
   std::condition_variable wake_;
   std::deque<std::function<void()>> tasks_;
   bool stopping_ = false;
+  BusyClock busy_;
   std::thread thread_;
 };
 

@@ -31,7 +31,7 @@ StatusOr<std::shared_ptr<Session>> SessionTable::Find(SessionId id) {
     std::lock_guard lock(mutex_);
     auto it = sessions_.find(id);
     if (it == sessions_.end()) {
-      return NotFoundError("session_id = {:016x} is not an open session", id);
+      return NotFoundError("session_id = {} is not an open session", id);
     }
     session = it->second;
   }
@@ -58,6 +58,13 @@ std::vector<SessionId> SessionTable::Ids() const {
   std::lock_guard lock(mutex_);
   std::vector<SessionId> out;
   for (const auto& [id, session] : sessions_) out.push_back(id);
+  return out;
+}
+
+std::vector<std::shared_ptr<Session>> SessionTable::All() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<Session>> out;
+  for (const auto& [id, session] : sessions_) out.push_back(session);
   return out;
 }
 

@@ -69,6 +69,7 @@ class SessionTable {
   void StopOpening();
 
   std::vector<SessionId> Ids() const;
+  std::vector<std::shared_ptr<Session>> All() const;
   std::vector<SessionId> IdleUnary(Clock::time_point now, Clock::duration timeout) const;
   std::vector<SessionSummary> List() const;
   size_t open() const;

@@ -1,5 +1,8 @@
 #include "daemon/service/convert.h"
 
+#include <algorithm>
+#include <chrono>
+
 namespace epd::service {
 namespace {
 
@@ -218,6 +221,20 @@ void ToProto(const OpCounters& counters, v1::OpStats* out) {
   out->set_total_us(counters.total_us);
 }
 }  // namespace
+
+void ToProto(const SessionSummary& session, Clock::time_point now, v1::SessionSummary* out) {
+  out->set_session_id(session.id);
+  out->set_rank(session.rank);
+  out->set_client_name(session.client_name);
+  out->set_unary(session.unary);
+  out->set_peer_pid(session.peer.pid);
+  out->set_peer_uid(session.peer.uid);
+  out->set_peer_gid(session.peer.gid);
+  const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(now - session.opened);
+  out->set_age_ms(static_cast<uint64_t>(std::max<int64_t>(age.count(), 0)));
+  out->set_ops_completed(session.ops_completed);
+  out->set_ops_failed(session.ops_failed);
+}
 
 void ToProto(const EngineStats& stats, v1::Stats* out) {
   out->set_sessions_open(stats.sessions_open);

@@ -44,6 +44,8 @@ Status FromProto(const v1::CombineRequest& request, CombineRequest* out, OpOptio
 v1::HandleBuffers ToProto(const HandleLayout& layout);
 void ToProto(const HandleInfo& handle, v1::HandleInfo* out);
 void ToProto(const EngineStats& stats, v1::Stats* out);
+// `now` gives the session's age.
+void ToProto(const SessionSummary& session, Clock::time_point now, v1::SessionSummary* out);
 void ToProto(const GroupSummary& group, v1::GroupSummary* out);
 void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& groups,
              std::string_view daemon_version, v1::NodeInfo* out);

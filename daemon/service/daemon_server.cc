@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "daemon/core/daemon_config.h"
 #include "daemon/core/log.h"
 
 namespace epd::service {
@@ -59,28 +60,6 @@ Status PrepareSocketPath(const std::string& path) {
 }
 
 }  // namespace
-
-StatusOr<std::string> UnixSocketPath(const std::string& address) {
-  std::string path;
-  if (address.rfind("unix://", 0) == 0) {
-    path = address.substr(7);
-    if (path.empty() || path[0] != '/') {
-      return InvalidArgumentError(
-          "listen = \"{}\": unix:// needs an absolute path "
-          "(unix:///run/epd/epd.sock) or use unix:relative/path",
-          address);
-    }
-  } else if (address.rfind("unix:", 0) == 0) {
-    path = address.substr(5);
-  } else {
-    return InvalidArgumentError("listen = \"{}\" is not a unix: address", address);
-  }
-  if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) {
-    return InvalidArgumentError("listen = \"{}\": the socket path must have 1 to {} bytes", address,
-                                sizeof(sockaddr_un::sun_path) - 1);
-  }
-  return path;
-}
 
 DaemonServer::DaemonServer(Engine* engine, const ServerOptions& options)
     : epd_(engine, options.daemon_version) {}

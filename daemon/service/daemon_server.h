@@ -47,7 +47,4 @@ class DaemonServer {
   bool stopped_ = false;
 };
 
-// The file system path of a "unix:" address, or an error naming the address.
-StatusOr<std::string> UnixSocketPath(const std::string& address);
-
 }  // namespace epd::service

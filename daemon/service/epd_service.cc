@@ -91,6 +91,16 @@ grpc::ServerUnaryReactor* EpdService::GetStats(grpc::CallbackServerContext* cont
   return Finish(context, "GetStats", OkStatus());
 }
 
+grpc::ServerUnaryReactor* EpdService::ListSessions(grpc::CallbackServerContext* context,
+                                                   const v1::ListSessionsRequest*,
+                                                   v1::ListSessionsResponse* response) {
+  const Clock::time_point now = Clock::now();
+  for (const SessionSummary& session : engine_->ListSessions()) {
+    ToProto(session, now, response->add_sessions());
+  }
+  return Finish(context, "ListSessions", OkStatus());
+}
+
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* EpdService::Session(
     grpc::CallbackServerContext*) {
   return new SessionStream(engine_, &streams_);  // deletes itself when done
@@ -101,7 +111,7 @@ grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* c
                                                   v1::OpenSessionResponse* response) {
   auto info = engine_->OpenSession(request->rank(), request->client_name(), /*unary=*/true);
   if (!info.ok()) return Finish(context, "OpenSession", info.status());
-  EPD_LOG(kRpc, debug, "unary session {:016x} opened: rank={} client='{}'", info->id, info->rank,
+  EPD_LOG(kRpc, debug, "unary session {} opened: rank={} client='{}'", info->id, info->rank,
           info->client_name);
   response->set_session_id(info->id);
   response->set_rank(info->rank);

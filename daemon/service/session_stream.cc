@@ -147,7 +147,7 @@ void SessionStream::HandleOpen(uint64_t request_id, const v1::OpenSessionRequest
   }
   if (existing.has_value()) {
     Answer(slot,
-           FailedPreconditionError("the stream's session {:016x} is already open", *existing));
+           FailedPreconditionError("the stream's session {} is already open", *existing));
     Unref();
     return;
   }
@@ -164,7 +164,7 @@ void SessionStream::HandleOpen(uint64_t request_id, const v1::OpenSessionRequest
     std::lock_guard lock(mu_);
     session_ = info->id;
   }
-  EPD_LOG(kRpc, debug, "session {:016x} opened on a stream: rank={} client='{}'", info->id,
+  EPD_LOG(kRpc, debug, "session {} opened on a stream: rank={} client='{}'", info->id,
           info->rank, info->client_name);
   v1::OpenSessionResponse opened;
   opened.set_session_id(info->id);
@@ -181,7 +181,7 @@ void SessionStream::HandleOp(uint64_t request_id, SessionId session, const Proto
   OpOptions options;
   Status status = FromProto(op, &core, &options, field);
   if (status.ok() && op.session_id() != 0 && op.session_id() != session) {
-    status = InvalidArgumentError("{}.session_id = {:016x} is not this stream's session {:016x}",
+    status = InvalidArgumentError("{}.session_id = {} is not this stream's session {}",
                                   field, op.session_id(), session);
   }
   if (status.ok()) {
@@ -317,13 +317,13 @@ void SessionStream::CloseSession(std::string_view reason) {
     session_closed_ = true;
     session = *session_;
   }
-  EPD_LOG(kRpc, debug, "session {:016x} closing: {}", session, reason);
+  EPD_LOG(kRpc, debug, "session {} closing: {}", session, reason);
   // The session is gone when this returns; its memory is freed on the engine's control
   // worker, not on this reactor thread.
   engine_->CloseSession(session, reason, [session](Status closed) {
     if (!closed.ok()) {
       // Already closed by the engine (idle expiry, shutdown): nothing left to release.
-      EPD_LOG(kRpc, debug, "session {:016x}: close: {}", session, closed.ToString());
+      EPD_LOG(kRpc, debug, "session {}: close: {}", session, closed.ToString());
     }
   });
 }

@@ -71,7 +71,7 @@ TEST_F(BadInputTest, UnknownSessionIdIsNotFound) {
   grpc::ClientContext context;
   const grpc::Status status = world_[0].client->stub().RegisterBuffer(&context, request, &response);
   EXPECT_EPD_ERROR(Status(static_cast<StatusCode>(status.error_code()), status.error_message()),
-                   StatusCode::kNotFound, "session_id", "1234567");
+                   StatusCode::kNotFound, "session_id", std::to_string(0x1234567));
 }
 
 TEST_F(BadInputTest, UnknownBufferIdIsNotFound) {

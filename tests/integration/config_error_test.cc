@@ -243,7 +243,9 @@ TEST(DaemonLifecycleTest, SocketIsCreatedProtectedAndNotStolen) {
   EXPECT_EQ(st.st_mode & 0777, 0660u);
 
   std::string output;
-  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--listen", address}, &output, 5'000), 1);
+  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--listen", address, "--metrics-listen", ""},
+                            &output, 5'000),
+            1);
   EXPECT_THAT(output, HasSubstr("already serves"));
 
   (*first)->Kill();  // leaves the socket file behind

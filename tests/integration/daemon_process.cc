@@ -123,9 +123,10 @@ StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::s
   daemon->socket_path_ = daemon->temp_dir_ + "/epd.sock";
   daemon->address_ = "unix://" + daemon->socket_path_;
 
-  std::vector<std::string> args = {DaemonBinaryPath(), "--backend",           "cpu",
-                                   "--cpu-ranks",      std::to_string(ranks), "--listen",
-                                   daemon->address_};
+  // No /metrics unless a test asks for it: daemons of parallel tests would share one port.
+  std::vector<std::string> args = {DaemonBinaryPath(), "--backend", "cpu", "--cpu-ranks",
+                                   std::to_string(ranks), "--listen", daemon->address_,
+                                   "--metrics-listen", ""};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   // The daemon serves on the last --listen given; wait for (and report) that one.
   for (size_t i = 0; i + 1 < extra_args.size(); ++i) {

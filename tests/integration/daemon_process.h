@@ -1,7 +1,8 @@
 // DaemonProcess: runs the real `epd` binary for an integration test.
 //
 // Start() makes a private temporary directory, forks/execs epd with
-//   --backend cpu --cpu-ranks N --listen unix://<tmpdir>/epd.sock <extra_args...>
+//   --backend cpu --cpu-ranks N --listen unix://<tmpdir>/epd.sock --metrics-listen ""
+//   <extra_args...>
 // (later flags win, so extra_args may override any of these; an overriding --listen unix:...
 // becomes address()), sends its stdout and stderr to <tmpdir>/epd.log, and returns once a
 // gRPC channel to the socket is READY (at most 10 s).

@@ -51,11 +51,11 @@ TEST_F(SessionLifecycleTest, OpsAfterSessionClosedFail) {
   EXPECT_EPD_ERROR(rank0.session().Dispatch(rank0.handle_id(), rank0.x_ref(4), BlockingOptions()),
                    StatusCode::kFailedPrecondition, "is closed");
   // Requests naming the ended session: the daemon no longer knows it.
-  const std::string hex_id = fmt::format("{:016x}", old_id);
+  const std::string id_text = std::to_string(old_id);  // decimal, as the API returns it
   EXPECT_EPD_ERROR(rank0.session().RegisterBuffer(rank0.buffer().Source()).status(),
-                   StatusCode::kNotFound, "session_id", hex_id);
+                   StatusCode::kNotFound, "session_id", id_text);
   EXPECT_EPD_ERROR(rank0.session().CreateHandle(options.group).status(), StatusCode::kNotFound,
-                   "session_id", hex_id);
+                   "session_id", id_text);
   v1::DispatchRequest dispatch;
   dispatch.set_session_id(old_id);
   dispatch.set_handle_id(rank0.handle_id());
@@ -64,7 +64,7 @@ TEST_F(SessionLifecycleTest, OpsAfterSessionClosedFail) {
   grpc::ClientContext context;
   const grpc::Status unary = (*world)[0].client->stub().Dispatch(&context, dispatch, &response);
   EXPECT_EPD_ERROR(Status(static_cast<StatusCode>(unary.error_code()), unary.error_message()),
-                   StatusCode::kNotFound, "session_id", hex_id);
+                   StatusCode::kNotFound, "session_id", id_text);
 
   // A new frontend for rank 0 joins the same group and works with the old rank 1.
   auto runner = example::RankRunner::Create(*(*world)[0].client, p, 0, options);

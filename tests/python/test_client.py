@@ -51,11 +51,10 @@ class ClientTest(unittest.TestCase):
         self.assertGreaterEqual(stats.sessions_open, 1)
         self.assertGreaterEqual(stats.sessions_total, stats.sessions_open)
 
-    def test_connect_failure_is_unavailable_or_deadline(self):
-        with self.assertRaises(epd.EpdError) as caught:
+    def test_connect_failure_names_the_missing_socket(self):
+        with self.assertRaises(epd.NotFoundError) as caught:
             epd.Client("unix:///nonexistent/epd.sock", connect_timeout_ms=200)
-        self.assertIn(caught.exception.code_name, ("UNAVAILABLE", "DEADLINE_EXCEEDED"))
-        self.assertTrue(caught.exception.message)
+        self.assertIn("no such socket", caught.exception.message)
 
     def test_session_identity_and_bad_rank(self):
         self.assertEqual(self.session.rank, 0)

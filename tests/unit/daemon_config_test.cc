@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <string>
 
 namespace epd {
@@ -280,12 +281,48 @@ TEST(DaemonConfigTest, LoopbackAddresses) {
 }
 
 TEST(DaemonConfigTest, ShippedExampleConfigIsValid) {
+  // The shipped file starts on any node: no persistent groups, metrics on loopback.
   auto config = LoadDaemonConfig(EPD_EXAMPLE_CONFIG);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
-  ASSERT_EQ(config->groups.size(), 1u);
-  EXPECT_EQ(config->groups[0].config.world_size(), 8);
-  EXPECT_EQ(config->groups[0].handles.size(), 2u);
-  EXPECT_TRUE(CheckGroupsAgainstNode(*config, 8).ok());
+  EXPECT_TRUE(config->groups.empty());
+  EXPECT_TRUE(CheckGroupsAgainstNode(*config, 1).ok());
+  EXPECT_EQ(config->metrics_listen, "127.0.0.1:9464");
+
+  // Its commented-out example group, uncommented, is valid for an 8-GPU node.
+  std::ifstream in(EPD_EXAMPLE_CONFIG);
+  std::string text, line;
+  bool in_example = false;
+  while (std::getline(in, line)) {
+    if (line == "# [[group]]") in_example = true;
+    if (in_example && line.rfind("# ", 0) == 0) line = line.substr(2);
+    text += line + "\n";
+  }
+  ASSERT_TRUE(in_example) << "the example [[group]] is missing from " << EPD_EXAMPLE_CONFIG;
+  auto example = ParseDaemonConfig(text, "uncommented example");
+  ASSERT_TRUE(example.ok()) << example.status().ToString();
+  ASSERT_EQ(example->groups.size(), 1u);
+  EXPECT_EQ(example->groups[0].config.world_size(), 8);
+  EXPECT_EQ(example->groups[0].handles.size(), 2u);
+  EXPECT_TRUE(CheckGroupsAgainstNode(*example, 8).ok());
+}
+
+TEST(DaemonConfigTest, MetricsListenIsIpAndPortOrEmpty) {
+  EXPECT_TRUE(ParseDaemonConfig("metrics_listen = \"\"").ok());
+  EXPECT_TRUE(ParseDaemonConfig("metrics_listen = \"0.0.0.0:9464\"").ok());
+  EXPECT_TRUE(ParseDaemonConfig("metrics_listen = \"[::1]:9464\"").ok());
+  for (const char* bad : {"localhost:9464", "127.0.0.1", "127.0.0.1:99999", "1.2.3:80"}) {
+    auto config = ParseDaemonConfig(fmt::format("metrics_listen = \"{}\"", bad));
+    ASSERT_FALSE(config.ok()) << bad;
+    EXPECT_THAT(config.status().message(), HasSubstr("metrics_listen")) << bad;
+    EXPECT_THAT(config.status().message(), HasSubstr(bad));
+  }
+}
+
+TEST(DaemonConfigTest, UnixListenNeedsAbsolutePathAfterTwoSlashes) {
+  auto config = ParseDaemonConfig("listen = \"unix://relative.sock\"");
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), HasSubstr("absolute path"));
+  EXPECT_TRUE(ParseDaemonConfig("listen = \"unix:relative.sock\"").ok());
 }
 
 TEST(DaemonConfigTest, MissingFileIsNotFound) {

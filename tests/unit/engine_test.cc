@@ -393,5 +393,82 @@ TEST_F(EngineTest, CapacityOverflowFailsTheDispatchAndTheCombineAfterIt) {
   }
 }
 
+// The watchdog's probe: a rank thread stuck in one op (here a fence wait nobody signals) is
+// reported by rank once it exceeds the limit; the worker is live again once the op ends.
+TEST_F(EngineTest, LivenessNamesAWorkerBusyBeyondTheLimit) {
+  EXPECT_TRUE(engine_->CheckLiveness(milliseconds(50)).ok());
+  Frontend& f = *frontends_[1];
+  FenceInfo fence = engine_->CreateFence(f.session).value();
+  OpOptions fenced;
+  fenced.wait = FenceOp{fence.id, 3};
+  fenced.blocking = true;
+  Waiter w;
+  ASSERT_TRUE(engine_->SubmitUpdate(f.session, f.Update(1), fenced, w.Done()).ok());
+  Status live = OkStatus();
+  for (int i = 0; i < 300 && live.ok(); ++i) {  // the wait lasts op_timeout (2 s)
+    std::this_thread::sleep_for(milliseconds(10));
+    live = engine_->CheckLiveness(milliseconds(50));
+  }
+  EXPECT_EQ(live.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(live.message().find("of rank 1"), std::string::npos) << live.ToString();
+  EXPECT_TRUE(engine_->CheckLiveness(milliseconds(5000)).ok()) << "within a generous limit";
+  EXPECT_EQ(w.Get().code(), StatusCode::kDeadlineExceeded);
+  Status after = engine_->CheckLiveness(milliseconds(50));
+  for (int i = 0; i < 100 && !after.ok(); ++i) {  // the worker returns from the op's callback
+    std::this_thread::sleep_for(milliseconds(10));
+    after = engine_->CheckLiveness(milliseconds(50));
+  }
+  EXPECT_TRUE(after.ok()) << after.ToString();
+}
+
+// on_op_finished and ListSessions see every op with its session, group, code and bytes.
+TEST(EngineHooksTest, OpFinishedHookAndSessionListCountOps) {
+  std::mutex mutex;
+  std::vector<std::tuple<std::string, std::string, int, StatusCode, uint64_t>> records;
+  auto backend = CreateCpuBackend({1, milliseconds(200)});
+  ASSERT_TRUE(backend.ok());
+  EngineOptions options;
+  options.on_op_finished = [&](const OpRecord& op) {
+    std::lock_guard lock(mutex);
+    records.emplace_back(std::string(op.kind), std::string(op.group), op.rank, op.code,
+                         op.payload_bytes);
+  };
+  auto engine = Engine::Create(std::move(backend).value(), options).value();
+  GroupConfig config = Config("hooks");
+  config.ranks = {0};
+  ASSERT_TRUE(engine->CreateGroup(std::nullopt, config, true).ok());
+  Frontend f(*engine, 0);
+  f.handle = engine->CreateHandle(f.session, "hooks", 0, "", false).value().id;
+  for (int t = 0; t < 2; ++t) {
+    for (int k = 0; k < kTopK; ++k) {
+      f.topk()[t * kTopK + k] = k;
+      f.weights()[t * kTopK + k] = 0.5f;
+    }
+  }
+  FenceInfo fence = engine->CreateFence(f.session).value();
+  OpOptions blocking;
+  blocking.blocking = true;
+  Waiter ok;
+  ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(2), blocking, ok.Done()).ok());
+  ASSERT_TRUE(ok.Get().ok());
+  OpOptions stuck = blocking;
+  stuck.wait = FenceOp{fence.id, 9};  // times out after 200 ms
+  Waiter failed;
+  ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(2), stuck, failed.Done()).ok());
+  EXPECT_EQ(failed.Get().code(), StatusCode::kDeadlineExceeded);
+
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0], std::make_tuple(std::string("update"), std::string("hooks"), 0,
+                                        StatusCode::kOk, uint64_t{0}));
+  EXPECT_EQ(std::get<3>(records[1]), StatusCode::kDeadlineExceeded);
+  const auto sessions = engine->ListSessions();
+  ASSERT_EQ(sessions.size(), 1u);
+  EXPECT_EQ(sessions[0].id, f.session);
+  EXPECT_EQ(sessions[0].ops_completed, 1u);
+  EXPECT_EQ(sessions[0].ops_failed, 1u);
+  EXPECT_EQ(sessions[0].peer.pid, -1) << "no peer credentials in-process";
+}
+
 }  // namespace
 }  // namespace epd::engine_testing

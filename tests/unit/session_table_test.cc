@@ -31,7 +31,7 @@ TEST(SessionTableTest, OpensFindsAndRemovesSessionsByRandomIds) {
   EXPECT_EQ(table.Remove(id), nullptr);
   auto gone = table.Find(id);
   EXPECT_EQ(gone.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(gone.status().message().find(fmt::format("session_id = {:016x}", id)),
+  EXPECT_NE(gone.status().message().find(fmt::format("session_id = {}", id)),
             std::string::npos);
   EXPECT_EQ(table.open(), 49u);
   EXPECT_EQ(table.total(), 50u);

@@ -168,6 +168,18 @@ class CpuBackend : public Backend {
     for (CpuGroup* group : groups_) group->rendezvous().Shutdown();
   }
 
+  Status CheckLiveness(std::chrono::milliseconds limit) const override {
+    for (size_t r = 0; r < streams_.size(); ++r) {
+      const auto busy = streams_[r]->busy_for();
+      if (busy > limit) {
+        return DeadlineExceededError(
+            "the stream thread of rank {} has run one op for {} ms (limit {} ms)", r,
+            std::chrono::duration_cast<std::chrono::milliseconds>(busy).count(), limit.count());
+      }
+    }
+    return OkStatus();
+  }
+
   void AbortGroup(BackendGroup& group, const Status& reason) override {
     static_cast<CpuGroup&>(group).rendezvous().Abort(reason);
   }

@@ -26,6 +26,9 @@ class CpuStream {
 
   // Calls `done` on the stream thread once everything enqueued before has run, with the first
   // error since the previous Complete().
+  // How long the op running now has run (zero when idle): the watchdog's liveness probe.
+  BusyClock::Clock::duration busy_for() const { return thread_.busy_for(); }
+
   void Complete(std::function<void(Status)> done) {
     thread_.Post([this, done = std::move(done)] {
       Status status = std::move(first_error_);

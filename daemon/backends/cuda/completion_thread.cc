@@ -61,6 +61,7 @@ void CompletionThread::Run() {
       item = std::move(queue_.front());
       queue_.pop_front();
     }
+    busy_.Begin();
     Status status;
     if (cudaError_t e = cudaEventSynchronize(item.event->get()); e != cudaSuccess) {
       // A sticky error (illegal address, ...) poisons the context: nothing on this GPU works
@@ -81,6 +82,7 @@ void CompletionThread::Run() {
       status = records_.Collect(item.ops);
     }
     item.done(status);
+    busy_.End();
     std::lock_guard<std::mutex> lock(mu_);
     free_events_.push_back(std::move(item.event));
   }

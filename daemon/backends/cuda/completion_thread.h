@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "daemon/backends/cuda/cuda_event.h"
+#include "daemon/core/busy_clock.h"
 #include "daemon/backends/cuda/error_records.h"
 
 namespace epd::cuda {
@@ -27,6 +28,8 @@ class CompletionThread {
   // Records an event on `stream` after the work enqueued so far and queues `done` behind it.
   // On a failure to record, calls done with the error right away.
   void Enqueue(cudaStream_t stream, std::vector<PendingOp> ops, Done done);
+  // How long the item handled now has been waited for (zero when idle): the liveness probe.
+  BusyClock::Clock::duration busy_for() const { return busy_.BusyFor(); }
 
  private:
   struct Item {
@@ -46,6 +49,7 @@ class CompletionThread {
   std::vector<std::unique_ptr<CudaEvent>> free_events_;
   bool stopping_ = false;
   bool sticky_reported_ = false;
+  BusyClock busy_;
   std::thread thread_;
 };
 

@@ -335,6 +335,19 @@ void CudaBackend::Complete(BackendHandle& h, std::function<void(Status)> done) {
   rank.completion->Enqueue(rank.stream->get(), std::move(ops), std::move(done));
 }
 
+Status CudaBackend::CheckLiveness(std::chrono::milliseconds limit) const {
+  for (size_t r = 0; r < ranks_.size(); ++r) {
+    const auto busy = ranks_[r]->completion->busy_for();
+    if (busy > limit) {
+      return DeadlineExceededError(
+          "the completion thread of node rank {} (GPU {}) has waited {} ms for one op (limit {} ms)",
+          r, ranks_[r]->device, std::chrono::duration_cast<std::chrono::milliseconds>(busy).count(),
+          limit.count());
+    }
+  }
+  return OkStatus();
+}
+
 }  // namespace cuda
 
 StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {

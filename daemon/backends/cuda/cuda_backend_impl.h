@@ -65,6 +65,7 @@ class CudaBackend final : public Backend {
   void Complete(BackendHandle& handle, std::function<void(Status)> done) override;
   void AbortGroup(BackendGroup& group, const Status& reason) override;
   void BeginShutdown() override;
+  Status CheckLiveness(std::chrono::milliseconds limit) const override;
 
   cudaStream_t stream(int node_rank) const { return ranks_[node_rank]->stream->get(); }
 

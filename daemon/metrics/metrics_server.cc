@@ -1,0 +1,192 @@
+#include "daemon/metrics/metrics_server.h"
+
+#include <fmt/format.h>
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/family.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <chrono>
+#include <exception>
+#include <mutex>
+
+namespace epd::metrics {
+namespace {
+
+using Labels = std::vector<prometheus::ClientMetric::Label>;
+
+prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type) {
+  prometheus::MetricFamily family;
+  family.name = std::move(name);
+  family.help = std::move(help);
+  family.type = type;
+  return family;
+}
+
+void AddValue(prometheus::MetricFamily& family, double value, Labels labels = {}) {
+  prometheus::ClientMetric metric;
+  metric.label = std::move(labels);
+  if (family.type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family.metric.push_back(std::move(metric));
+}
+
+// Reads the engine's state at scrape time.
+class EngineCollector final : public prometheus::Collectable {
+ public:
+  explicit EngineCollector(BuildInfo build) : build_(std::move(build)) {}
+
+  void Attach(const Engine* engine) {
+    std::lock_guard lock(mutex_);
+    engine_ = engine;
+    if (engine != nullptr) node_ = engine->DescribeNode();
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    using prometheus::MetricType;
+    std::vector<prometheus::MetricFamily> out;
+    std::lock_guard lock(mutex_);
+
+    auto uptime = Family("epd_uptime_seconds", "Seconds since the daemon started.", MetricType::Gauge);
+    AddValue(uptime, std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+    out.push_back(std::move(uptime));
+
+    auto build = Family("epd_build_info", "Constant 1, labelled with what this epd was built with.",
+                        MetricType::Gauge);
+    AddValue(build, 1,
+             {{"backend", node_.backend},
+              {"cuda", build_.cuda},
+              {"nccl", node_.nccl_version},
+              {"version", build_.version}});
+    out.push_back(std::move(build));
+    if (engine_ == nullptr) return out;
+
+    const EngineStats stats = engine_->Stats();
+    auto gauge = [&](const char* name, const char* help, double value) {
+      auto family = Family(name, help, MetricType::Gauge);
+      AddValue(family, value);
+      out.push_back(std::move(family));
+    };
+    auto counter = [&](const char* name, const char* help, double value) {
+      auto family = Family(name, help, MetricType::Counter);
+      AddValue(family, value);
+      out.push_back(std::move(family));
+    };
+    gauge("epd_sessions_open", "Sessions open now.", static_cast<double>(stats.sessions_open));
+    counter("epd_sessions_opened_total", "Sessions opened since start.",
+            static_cast<double>(stats.sessions_total));
+    gauge("epd_registered_buffers", "Buffers registered by open sessions.",
+          static_cast<double>(stats.registered_buffers));
+    gauge("epd_registered_bytes", "Bytes of the buffers registered by open sessions.",
+          static_cast<double>(stats.registered_bytes));
+    counter("epd_allocations_total", "Allocations the backend made.",
+            static_cast<double>(stats.allocations));
+    counter("epd_frees_total", "Allocations the backend freed.", static_cast<double>(stats.frees));
+    gauge("epd_allocated_bytes", "Bytes the backend holds allocated now.",
+          static_cast<double>(stats.live_bytes));
+
+    auto handles = Family("epd_handle_bytes", "Bytes of handle receive regions on each rank.",
+                          MetricType::Gauge);
+    for (size_t rank = 0; rank < stats.handle_bytes_per_rank.size(); ++rank) {
+      const std::string gpu =
+          rank < node_.gpus.size() ? std::to_string(node_.gpus[rank].index) : "";
+      AddValue(handles, static_cast<double>(stats.handle_bytes_per_rank[rank]),
+               {{"gpu", gpu}, {"rank", std::to_string(rank)}});
+    }
+    out.push_back(std::move(handles));
+    return out;
+  }
+
+ private:
+  const BuildInfo build_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  mutable std::mutex mutex_;
+  const Engine* engine_ = nullptr;
+  NodeDescription node_;
+};
+
+}  // namespace
+
+const std::vector<double>& OpDurationBuckets() {
+  static const std::vector<double> buckets = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3,
+                                              5e-3,  10e-3, 25e-3,  50e-3,  0.1,   0.25,  0.5,
+                                              1,     2.5,   5,      10};
+  return buckets;
+}
+
+class MetricsServer::Impl {
+ public:
+  Impl(const std::string& address, BuildInfo build)
+      : exposer_(address, /*num_threads=*/1),
+        registry_(std::make_shared<prometheus::Registry>()),
+        engine_collector_(std::make_shared<EngineCollector>(std::move(build))),
+        ops_(prometheus::BuildCounter()
+                 .Name("epd_ops_total")
+                 .Help("Ops finished, by op, group, node rank and status code.")
+                 .Register(*registry_)),
+        durations_(prometheus::BuildHistogram()
+                       .Name("epd_op_duration_seconds")
+                       .Help("Host-observed op latency, submit to done.")
+                       .Register(*registry_)),
+        payload_(prometheus::BuildCounter()
+                     .Name("epd_payload_bytes_total")
+                     .Help("Token bytes moved by dispatch and combine.")
+                     .Register(*registry_)),
+        timeouts_(prometheus::BuildCounter()
+                      .Name("epd_op_timeouts_total")
+                      .Help("Ops that hit op_timeout waiting for a fence or a peer rank.")
+                      .Register(*registry_)) {
+    exposer_.RegisterCollectable(registry_);
+    exposer_.RegisterCollectable(engine_collector_);
+  }
+
+  prometheus::Exposer exposer_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<EngineCollector> engine_collector_;
+  prometheus::Family<prometheus::Counter>& ops_;
+  prometheus::Family<prometheus::Histogram>& durations_;
+  prometheus::Family<prometheus::Counter>& payload_;
+  prometheus::Family<prometheus::Counter>& timeouts_;
+};
+
+StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& address,
+                                                              BuildInfo build) {
+  try {
+    return std::unique_ptr<MetricsServer>(
+        new MetricsServer(std::make_unique<Impl>(address, std::move(build))));
+  } catch (const std::exception& error) {
+    return UnavailableError("metrics_listen = \"{}\": cannot serve /metrics: {}", address,
+                            error.what());
+  }
+}
+
+MetricsServer::MetricsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+MetricsServer::~MetricsServer() = default;
+
+int MetricsServer::port() const {
+  const auto ports = impl_->exposer_.GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+void MetricsServer::AttachEngine(const Engine* engine) { impl_->engine_collector_->Attach(engine); }
+void MetricsServer::DetachEngine() { impl_->engine_collector_->Attach(nullptr); }
+
+void MetricsServer::OnOpFinished(const OpRecord& op) {
+  const std::string kind(op.kind), group(op.group), rank = std::to_string(op.rank);
+  impl_->ops_.Add({{"op", kind}, {"group", group}, {"rank", rank}, {"code", StatusCodeName(op.code)}})
+      .Increment();
+  const prometheus::Labels labels{{"op", kind}, {"group", group}, {"rank", rank}};
+  impl_->durations_.Add(labels, OpDurationBuckets())
+      .Observe(std::chrono::duration<double>(op.host_time).count());
+  if (op.payload_bytes > 0) {
+    impl_->payload_.Add(labels).Increment(static_cast<double>(op.payload_bytes));
+  }
+  if (op.code == StatusCode::kDeadlineExceeded) impl_->timeouts_.Add(labels).Increment();
+}
+
+}  // namespace epd::metrics
