@@ -149,7 +149,8 @@ StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config) {
 #endif
   }
   if (!config.gpus.empty()) EPD_LOG(kCore, warn, "gpus is ignored by the cpu backend");
-  return CreateCpuBackend(CpuBackendOptions{config.cpu_ranks, config.op_timeout});
+  return CreateCpuBackend(CpuBackendOptions{config.cpu_ranks, config.op_timeout},
+                          DefaultExportedShmGroup());
 }
 
 // Creates the config file's persistent groups and their named handles.

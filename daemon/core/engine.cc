@@ -7,7 +7,6 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
-#include <random>
 #include <set>
 #include <thread>
 
@@ -16,6 +15,7 @@
 #include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "daemon/core/rank_worker.h"
+#include "daemon/core/session_identity.h"
 
 namespace epd {
 namespace {
@@ -90,6 +90,7 @@ struct Session {
   int rank = 0;
   std::string client_name;
   bool unary = false;
+  SessionPeer peer;
   Clock::time_point last_used;
   std::atomic<bool> closed{false};
   ObjectId next_id = 1;
@@ -120,7 +121,7 @@ using Released = std::vector<std::shared_ptr<const void>>;
 class Engine::Impl {
  public:
   Impl(std::unique_ptr<Backend> backend, EngineOptions options)
-      : backend_(std::move(backend)), options_(options), rng_(std::random_device{}()) {
+      : backend_(std::move(backend)), options_(options) {
     for (int r = 0; r < backend_->num_ranks(); ++r) {
       workers_.push_back(std::make_unique<RankWorker>(r));
     }
@@ -145,7 +146,8 @@ class Engine::Impl {
 
   // ---------------------------------------------------------------- sessions
 
-  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary) {
+  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary,
+                                    SessionPeer peer) {
     if (rank < 0 || rank >= backend_->num_ranks()) {
       return InvalidArgumentError("rank = {} is outside the node's ranks [0, {})", rank,
                                   backend_->num_ranks());
@@ -154,9 +156,10 @@ class Engine::Impl {
     if (draining_) return UnavailableError("epd is shutting down");
     auto session = std::make_shared<Session>();
     do {
-      session->id = rng_();
+      EPD_ASSIGN_OR_RETURN(session->id, RandomSessionId());
     } while (session->id == 0 || sessions_.count(session->id) != 0);
     session->rank = rank;
+    session->peer = peer;
     session->client_name = std::move(client_name);
     session->unary = unary;
     session->last_used = Clock::now();
@@ -218,6 +221,18 @@ class Engine::Impl {
   Status Touch(SessionId id) {
     std::lock_guard lock(mutex_);
     return FindSessionLocked(id).status();
+  }
+
+  Status Touch(SessionId id, const SessionPeer& caller) {
+    std::lock_guard lock(mutex_);
+    auto it = sessions_.find(id);
+    // NOTE: the same answer as for an unknown id: a caller learns nothing about other peers'
+    // sessions.
+    if (it == sessions_.end() || !SamePeer(it->second->peer, caller)) {
+      return NotFoundError("session_id = {:016x} is not an open session of this client", id);
+    }
+    it->second->last_used = Clock::now();
+    return OkStatus();
   }
 
   // ---------------------------------------------------------------- buffers and fences
@@ -902,7 +917,6 @@ class Engine::Impl {
   mutable std::mutex mutex_;
   std::condition_variable ops_idle_;
   std::condition_variable reaper_changed_;
-  std::mt19937_64 rng_;
   std::map<SessionId, std::shared_ptr<Session>> sessions_;
   std::map<std::string, std::shared_ptr<Group>> groups_;
   std::set<std::string> creating_;  // group names whose backend group is being built
@@ -934,13 +948,17 @@ int Engine::num_ranks() const { return impl_->backend().num_ranks(); }
 EngineStats Engine::Stats() const { return impl_->Stats(); }
 AllocationCounter& Engine::allocations() { return impl_->backend().allocations(); }
 
-StatusOr<SessionInfo> Engine::OpenSession(int rank, std::string client_name, bool unary) {
-  return impl_->OpenSession(rank, std::move(client_name), unary);
+StatusOr<SessionInfo> Engine::OpenSession(int rank, std::string client_name, bool unary,
+                                          SessionPeer peer) {
+  return impl_->OpenSession(rank, std::move(client_name), unary, peer);
 }
 Status Engine::CloseSession(SessionId session, std::string_view reason) {
   return impl_->CloseSession(session, reason);
 }
 Status Engine::Touch(SessionId session) { return impl_->Touch(session); }
+Status Engine::Touch(SessionId session, const SessionPeer& caller) {
+  return impl_->Touch(session, caller);
+}
 StatusOr<BufferInfo> Engine::RegisterBuffer(SessionId session, const MemorySource& source) {
   return impl_->RegisterBuffer(session, source);
 }

@@ -47,6 +47,13 @@ struct OpOptions {
   bool blocking = false;          // done() only after device completion
 };
 
+struct SessionPeer {  // the connecting process, from the unix socket's credentials
+  int64_t pid = -1;   // -1: unknown (TCP, tests)
+  int64_t uid = -1;
+  int64_t gid = -1;
+  bool operator==(const SessionPeer&) const = default;
+};
+
 struct SessionInfo {
   SessionId id = 0;
   int rank = 0;
@@ -135,9 +142,13 @@ class Engine {
 
   // Sessions. A streaming session lives until CloseSession (the stream ended); a unary one
   // also ends after `unary_session_idle_timeout` without calls.
-  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary);
+  StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary,
+                                    SessionPeer peer = {});
   Status CloseSession(SessionId session, std::string_view reason);
   Status Touch(SessionId session);  // NOT_FOUND when closed or unknown
+  // Touch on behalf of a caller: NOT_FOUND also when the session was opened by another peer
+  // (pid and uid differ), so a session id is usable only by the process that opened it.
+  Status Touch(SessionId session, const SessionPeer& caller);
 
   StatusOr<BufferInfo> RegisterBuffer(SessionId session, const MemorySource& source);
   Status ReleaseBuffer(SessionId session, ObjectId buffer);

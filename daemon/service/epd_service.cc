@@ -21,11 +21,12 @@ grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context, std::stri
 template <typename CoreOp, typename ProtoOp, typename Submit>
 grpc::ServerUnaryReactor* SubmitOp(Engine* engine, PendingUnaryCalls* pending,
                                    grpc::CallbackServerContext* context, std::string_view method,
-                                   const ProtoOp& request, Submit submit) {
+                                   const ProtoOp& request, const SessionPeer& caller,
+                                   Submit submit) {
   CoreOp op;
   OpOptions options;
   Status status = FromProto(request, &op, &options);
-  if (status.ok()) status = engine->Touch(request.session_id());
+  if (status.ok()) status = engine->Touch(request.session_id(), caller);
   if (!status.ok()) return Finish(context, method, status);
   auto* reactor = context->DefaultReactor();
   auto call = pending->Add(reactor);
@@ -42,8 +43,23 @@ grpc::ServerUnaryReactor* SubmitOp(Engine* engine, PendingUnaryCalls* pending,
 
 }  // namespace
 
-EpdService::EpdService(Engine* engine, std::string daemon_version)
-    : engine_(engine), daemon_version_(std::move(daemon_version)) {}
+EpdService::EpdService(Engine* engine, std::string daemon_version, const PeerTable* peers)
+    : engine_(engine), daemon_version_(std::move(daemon_version)), peers_(peers) {}
+
+std::optional<PeerCredentials> EpdService::CredentialsOf(
+    grpc::CallbackServerContext* context) const {
+  if (peers_ == nullptr) return std::nullopt;
+  return peers_->Lookup(context->peer());
+}
+
+SessionPeer EpdService::CallerOf(grpc::CallbackServerContext* context) const {
+  auto credentials = CredentialsOf(context);
+  return credentials.has_value() ? credentials->peer : SessionPeer{};
+}
+
+Status EpdService::Authorize(grpc::CallbackServerContext* context, SessionId session) const {
+  return engine_->Touch(session, CallerOf(context));
+}
 
 void EpdService::EndAllCalls(const Status& status) {
   streams_.CloseAll(status);
@@ -64,14 +80,15 @@ grpc::ServerUnaryReactor* EpdService::GetStats(grpc::CallbackServerContext* cont
 }
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* EpdService::Session(
-    grpc::CallbackServerContext*) {
-  return new SessionStream(engine_, &streams_);  // deletes itself when done
+    grpc::CallbackServerContext* context) {
+  return new SessionStream(engine_, &streams_, CallerOf(context));  // deletes itself when done
 }
 
 grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* context,
                                                   const v1::OpenSessionRequest* request,
                                                   v1::OpenSessionResponse* response) {
-  auto info = engine_->OpenSession(request->rank(), request->client_name(), /*unary=*/true);
+  auto info = engine_->OpenSession(request->rank(), request->client_name(), /*unary=*/true,
+                                   CallerOf(context));
   if (!info.ok()) return Finish(context, "OpenSession", info.status());
   EPD_LOG(kRpc, debug, "unary session {:016x} opened: rank={} client='{}'", info->id, info->rank,
           info->client_name);
@@ -83,8 +100,9 @@ grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* EpdService::CloseSession(grpc::CallbackServerContext* context,
                                                    const v1::CloseSessionRequest* request,
                                                    v1::CloseSessionResponse*) {
-  return Finish(context, "CloseSession",
-                engine_->CloseSession(request->session_id(), "closed by the client"));
+  Status status = Authorize(context, request->session_id());
+  if (status.ok()) status = engine_->CloseSession(request->session_id(), "closed by the client");
+  return Finish(context, "CloseSession", status);
 }
 
 grpc::ServerUnaryReactor* EpdService::RegisterBuffer(grpc::CallbackServerContext* context,
@@ -95,8 +113,21 @@ grpc::ServerUnaryReactor* EpdService::RegisterBuffer(grpc::CallbackServerContext
   }
   auto source = FromProto(request->source(), "source");
   if (!source.ok()) return Finish(context, "RegisterBuffer", source.status());
-  Status touched = engine_->Touch(request->session_id());
+  Status touched = Authorize(context, request->session_id());
   if (!touched.ok()) return Finish(context, "RegisterBuffer", touched);
+  if (source->kind == MemorySource::Kind::kHostShm) {
+    // The daemon opens the object with its own privileges: only for a peer whose credentials
+    // the backend can check against the object's owner and mode.
+    auto credentials = CredentialsOf(context);
+    if (!credentials.has_value()) {
+      return Finish(context, "RegisterBuffer",
+                    PermissionDeniedError("source.shm_name: shared memory can be registered only "
+                                          "over the unix socket (the daemon cannot tell who "
+                                          "calls over TCP)"));
+    }
+    source->requester = MemoryRequester{credentials->peer.uid, {}};
+    for (gid_t gid : credentials->groups) source->requester->groups.push_back(gid);
+  }
   auto buffer = engine_->RegisterBuffer(request->session_id(), *source);
   if (!buffer.ok()) return Finish(context, "RegisterBuffer", buffer.status());
   response->set_buffer_id(buffer->id);
@@ -106,7 +137,7 @@ grpc::ServerUnaryReactor* EpdService::RegisterBuffer(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* EpdService::ReleaseBuffer(grpc::CallbackServerContext* context,
                                                     const v1::ReleaseBufferRequest* request,
                                                     v1::ReleaseBufferResponse*) {
-  Status status = engine_->Touch(request->session_id());
+  Status status = Authorize(context, request->session_id());
   if (status.ok()) status = engine_->ReleaseBuffer(request->session_id(), request->buffer_id());
   return Finish(context, "ReleaseBuffer", status);
 }
@@ -114,7 +145,7 @@ grpc::ServerUnaryReactor* EpdService::ReleaseBuffer(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* EpdService::CreateFence(grpc::CallbackServerContext* context,
                                                   const v1::CreateFenceRequest* request,
                                                   v1::CreateFenceResponse* response) {
-  Status touched = engine_->Touch(request->session_id());
+  Status touched = Authorize(context, request->session_id());
   if (!touched.ok()) return Finish(context, "CreateFence", touched);
   auto fence = engine_->CreateFence(request->session_id());
   if (!fence.ok()) return Finish(context, "CreateFence", fence.status());
@@ -128,7 +159,7 @@ grpc::ServerUnaryReactor* EpdService::CreateFence(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* EpdService::DestroyFence(grpc::CallbackServerContext* context,
                                                    const v1::DestroyFenceRequest* request,
                                                    v1::DestroyFenceResponse*) {
-  Status status = engine_->Touch(request->session_id());
+  Status status = Authorize(context, request->session_id());
   if (status.ok()) status = engine_->DestroyFence(request->session_id(), request->fence_id());
   return Finish(context, "DestroyFence", status);
 }
@@ -144,7 +175,7 @@ grpc::ServerUnaryReactor* EpdService::CreateGroup(grpc::CallbackServerContext* c
   // A persistent group needs no session; a session-owned one names its owner.
   std::optional<SessionId> owner;
   if (request->session_id() != 0 || !request->persistent()) {
-    Status touched = engine_->Touch(request->session_id());
+    Status touched = Authorize(context, request->session_id());
     if (!touched.ok()) return Finish(context, "CreateGroup", touched);
     owner = request->session_id();
   }
@@ -168,7 +199,7 @@ grpc::ServerUnaryReactor* EpdService::ListGroups(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* EpdService::DestroyGroup(grpc::CallbackServerContext* context,
                                                    const v1::DestroyGroupRequest* request,
                                                    v1::DestroyGroupResponse*) {
-  Status status = engine_->Touch(request->session_id());
+  Status status = Authorize(context, request->session_id());
   if (status.ok()) status = engine_->DestroyGroup(request->session_id(), request->name());
   return Finish(context, "DestroyGroup", status);
 }
@@ -183,7 +214,7 @@ grpc::ServerUnaryReactor* EpdService::CreateHandle(grpc::CallbackServerContext* 
     return Finish(context, "CreateHandle",
                   InvalidArgumentError("name is empty: a persistent handle needs a name"));
   }
-  Status touched = engine_->Touch(request->session_id());
+  Status touched = Authorize(context, request->session_id());
   if (!touched.ok()) return Finish(context, "CreateHandle", touched);
   auto handle = engine_->CreateHandle(request->session_id(), request->group(),
                                       request->has_rank() ? request->rank() : -1, request->name(),
@@ -199,7 +230,7 @@ grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* 
   if (request->name().empty()) {
     return Finish(context, "AttachHandle", InvalidArgumentError("name is empty"));
   }
-  Status touched = engine_->Touch(request->session_id());
+  Status touched = Authorize(context, request->session_id());
   if (!touched.ok()) return Finish(context, "AttachHandle", touched);
   auto handle = engine_->AttachHandle(request->session_id(), request->name());
   if (!handle.ok()) return Finish(context, "AttachHandle", handle.status());
@@ -210,7 +241,7 @@ grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* EpdService::DestroyHandle(grpc::CallbackServerContext* context,
                                                     const v1::DestroyHandleRequest* request,
                                                     v1::DestroyHandleResponse*) {
-  Status status = engine_->Touch(request->session_id());
+  Status status = Authorize(context, request->session_id());
   if (status.ok()) status = engine_->DestroyHandle(request->session_id(), request->handle_id());
   return Finish(context, "DestroyHandle", status);
 }
@@ -219,7 +250,7 @@ grpc::ServerUnaryReactor* EpdService::UpdateHandle(grpc::CallbackServerContext* 
                                                    const v1::UpdateHandleRequest* request,
                                                    v1::OpResponse*) {
   return SubmitOp<UpdateRequest>(
-      engine_, &pending_calls_, context, "UpdateHandle", *request,
+      engine_, &pending_calls_, context, "UpdateHandle", *request, CallerOf(context),
       [this](SessionId s, const UpdateRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitUpdate(s, r, o, std::move(done));
       });
@@ -229,7 +260,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
                                                const v1::DispatchRequest* request,
                                                v1::OpResponse*) {
   return SubmitOp<DispatchRequest>(
-      engine_, &pending_calls_, context, "Dispatch", *request,
+      engine_, &pending_calls_, context, "Dispatch", *request, CallerOf(context),
       [this](SessionId s, const DispatchRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitDispatch(s, r, o, std::move(done));
       });
@@ -238,7 +269,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* EpdService::Combine(grpc::CallbackServerContext* context,
                                               const v1::CombineRequest* request, v1::OpResponse*) {
   return SubmitOp<CombineRequest>(
-      engine_, &pending_calls_, context, "Combine", *request,
+      engine_, &pending_calls_, context, "Combine", *request, CallerOf(context),
       [this](SessionId s, const CombineRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitCombine(s, r, o, std::move(done));
       });

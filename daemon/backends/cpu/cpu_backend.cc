@@ -1,5 +1,6 @@
 #include "daemon/backends/cpu/cpu_backend.h"
 
+#include <grp.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include "daemon/backends/cpu/reference_ops.h"
+#include "daemon/backends/cpu/shm_fault_guard.h"
 #include "daemon/backends/cpu/shm_region.h"
 #include "common/fence_page.h"
 #include "daemon/core/log.h"
@@ -39,17 +41,24 @@ class CountedHostBuffer {
 
 class ImportedShm : public Memory {
  public:
-  ImportedShm(std::unique_ptr<ShmRegion> region, uint64_t offset, uint64_t size)
-      : region_(std::move(region)), offset_(offset), size_(size) {}
-  void* data() const override { return static_cast<char*>(region_->data()) + offset_; }
-  size_t size() const override { return size_; }
+  explicit ImportedShm(std::unique_ptr<ShmRegion> region) : region_(std::move(region)) {}
+  void* data() const override { return region_->data(); }
+  size_t size() const override { return region_->size(); }
   int device() const override { return -1; }
 
  private:
-  std::unique_ptr<ShmRegion> region_;
-  uint64_t offset_;
-  uint64_t size_;
+  std::unique_ptr<ShmRegion> region_;  // maps only the registered range
 };
+
+// Fails an op whose memory a client truncated while the daemon had it mapped: the daemon
+// then read or wrote zero pages instead (shm_fault_guard.h), so the result is meaningless.
+Status CheckIntact(const void* data, std::string_view what) {
+  if (data == nullptr || !ShmFaultGuard::BrokenAt(data, 1)) return OkStatus();
+  return FailedPreconditionError(
+      "{}: its shared memory object was truncated while the daemon had it mapped; release "
+      "it and register (or create) it again",
+      what);
+}
 
 class ExportedShm : public ExportedMemory {
  public:
@@ -173,7 +182,8 @@ class CpuHandle : public BackendHandle {
 
 class CpuBackend : public Backend {
  public:
-  explicit CpuBackend(const CpuBackendOptions& options) : options_(options) {}
+  CpuBackend(const CpuBackendOptions& options, std::optional<gid_t> exported_shm_group)
+      : options_(options), exported_shm_group_(exported_shm_group) {}
 
   NodeDescription Describe() const override {
     NodeDescription node;
@@ -196,19 +206,16 @@ class CpuBackend : public Backend {
       return InvalidArgumentError(
           "source.cuda_ipc_handle: the cpu backend only accepts host shared memory (shm_name)");
     }
+    if (source.size == 0) return InvalidArgumentError("source.size must be > 0");
     EPD_ASSIGN_OR_RETURN(std::unique_ptr<ShmRegion> region,
-                         ShmRegion::Open(source.shm_name, "source.shm_name"));
-    if (source.offset > region->size() || source.size > region->size() - source.offset) {
-      return InvalidArgumentError(
-          "source (offset = {}, size = {}) lies outside shm object '{}' of {} bytes", source.offset,
-          source.size, source.shm_name, region->size());
-    }
-    return std::shared_ptr<Memory>(
-        std::make_shared<ImportedShm>(std::move(region), source.offset, source.size));
+                         ShmRegion::Open(source.shm_name, "source.shm_name", source.offset,
+                                         source.size, source.requester));
+    return std::shared_ptr<Memory>(std::make_shared<ImportedShm>(std::move(region)));
   }
 
   StatusOr<std::unique_ptr<ExportedMemory>> CreateFence(int node_rank) override {
-    EPD_ASSIGN_OR_RETURN(auto region, ShmRegion::Create(NextShmName("fence"), kFencePageBytes));
+    EPD_ASSIGN_OR_RETURN(auto region, ShmRegion::Create(NextShmName("fence"), kFencePageBytes,
+                                                        kExportedShmMode, ExportedShmGroup()));
     const FencePageHeader header = MakeFencePageHeader();
     std::memcpy(region->data(), &header, sizeof(header));
     return std::unique_ptr<ExportedMemory>(
@@ -230,7 +237,8 @@ class CpuBackend : public Backend {
                                                         int group_rank) override {
     const HandleLayout layout = ComputeHandleLayout(group.config());
     EPD_ASSIGN_OR_RETURN(auto region,
-                         ShmRegion::Create(NextShmName("handle"), layout.exported_bytes));
+                         ShmRegion::Create(NextShmName("handle"), layout.exported_bytes,
+                                           kExportedShmMode, ExportedShmGroup()));
     auto exported = std::make_unique<ExportedShm>(std::move(region), allocations_);
     return std::unique_ptr<BackendHandle>(
         std::make_unique<CpuHandle>(group.config(), group_rank, std::move(exported), allocations_));
@@ -241,6 +249,7 @@ class CpuBackend : public Backend {
     const Deadline deadline = Clock::now() + options_.op_timeout;
     auto pause = std::chrono::microseconds(1);
     while (counter.load(std::memory_order_acquire) < value) {
+      EPD_RETURN_IF_ERROR(CheckIntact(fence.data(), fmt::format("rank {}: fence", node_rank)));
       if (shutting_down_) {
         return UnavailableError("rank {}: fence wait for value {} cancelled: epd is shutting down",
                                 node_rank, value);
@@ -258,7 +267,7 @@ class CpuBackend : public Backend {
 
   Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
     std::atomic_ref<uint64_t>(*Counter(fence)).store(value, std::memory_order_release);
-    return OkStatus();
+    return CheckIntact(fence.data(), fmt::format("rank {}: fence", node_rank));
   }
 
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override {
@@ -268,6 +277,8 @@ class CpuBackend : public Backend {
                                                static_cast<const float*>(args.topk_weights.data),
                                                args.num_tokens, cpu.topk_idx(), cpu.topk_weights(),
                                                cpu.expert_counts()));
+    EPD_RETURN_IF_ERROR(CheckIntact(args.topk_idx.data, "topk_idx"));
+    EPD_RETURN_IF_ERROR(CheckIntact(args.topk_weights.data, "topk_weights"));
     cpu.set_num_tokens(args.num_tokens);
     return OkStatus();
   }
@@ -289,7 +300,15 @@ class CpuBackend : public Backend {
     }
     Status barrier = static_cast<CpuGroup&>(group).barrier().Wait(
         options_.op_timeout, fmt::format("group '{}' dispatch", config.name));
-    return status.ok() ? barrier : status;
+    if (status.ok()) status = barrier;
+    // Every rank read every rank's x: a truncated one spoils all ranks' results.
+    for (size_t s = 0; s < all.size() && status.ok(); ++s) {
+      status = CheckIntact(all[s].x.data, fmt::format("dispatch: group rank {}'s x", s));
+    }
+    if (status.ok()) {
+      status = CheckIntact(all[group_rank].handle->exported().data(), "dispatch: the handle");
+    }
+    return status;
   }
 
   Status Combine(BackendGroup& group, int group_rank,
@@ -300,8 +319,14 @@ class CpuBackend : public Backend {
     for (const CombineArgs& args : all) expert_out.push_back(args.expert_out);
     reference::Combine(config, me.Source(nullptr), me.slots(), expert_out,
                        all[group_rank].out.data);
-    return static_cast<CpuGroup&>(group).barrier().Wait(
+    Status status = static_cast<CpuGroup&>(group).barrier().Wait(
         options_.op_timeout, fmt::format("group '{}' combine", config.name));
+    for (size_t s = 0; s < all.size() && status.ok(); ++s) {
+      status = CheckIntact(all[s].expert_out,
+                           fmt::format("combine: group rank {}'s expert outputs", s));
+    }
+    if (status.ok()) status = CheckIntact(all[group_rank].out.data, "combine: out");
+    return status;
   }
 
   // The cpu backend runs ops to completion on the worker: nothing is left to wait for.
@@ -318,7 +343,14 @@ class CpuBackend : public Backend {
     return fmt::format("/epd-{}-{:08x}-{}-{}", getpid(), shm_salt_, kind, next_shm_.fetch_add(1));
   }
 
+  // Frontends of the daemon's group open handle and fence objects read-write
+  // (README, Security): group rw whatever the umask, and the group `epd` when it exists and
+  // the daemon may give files to it (root).
+  static constexpr mode_t kExportedShmMode = 0660;
+  std::optional<gid_t> ExportedShmGroup() const { return exported_shm_group_; }
+
   CpuBackendOptions options_;
+  const std::optional<gid_t> exported_shm_group_;
   AllocationCounter allocations_;
   std::atomic<uint64_t> next_shm_{0};
   const uint32_t shm_salt_ = std::random_device{}();
@@ -331,11 +363,23 @@ void ForgetGroup(CpuBackend& backend, CpuGroup* group) { backend.ForgetGroup(gro
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options) {
+std::optional<gid_t> DefaultExportedShmGroup() {
+  if (geteuid() != 0) return std::nullopt;  // others cannot give files to another group
+  std::vector<char> scratch(16384);
+  group entry{};
+  group* found = nullptr;
+  if (getgrnam_r("epd", &entry, scratch.data(), scratch.size(), &found) != 0 || found == nullptr) {
+    return std::nullopt;
+  }
+  return found->gr_gid;
+}
+
+StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options,
+                                                    std::optional<gid_t> exported_shm_group) {
   if (options.ranks < 1 || options.ranks > 64) {
     return InvalidArgumentError("cpu_ranks = {} must be in [1, 64]", options.ranks);
   }
-  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(options));
+  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(options, exported_shm_group));
 }
 
 }  // namespace epd
