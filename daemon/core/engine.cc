@@ -24,6 +24,9 @@ struct Group {
   GroupConfig config;
   bool persistent = false;
   SessionId owner = 0;    // 0 when persistent or when the owning session ended
+  // Persistent and created by a session: that session's user may destroy it. Unset for
+  // groups of the config file or created without a session: no session destroys those.
+  std::optional<int64_t> creator_uid;
   bool orphaned = false;  // owner ended while handles remained: erase with the last handle
   int handles = 0;        // guarded by the engine mutex
   std::unique_ptr<BackendGroup> backend;
@@ -316,9 +319,13 @@ class Engine::Impl {
 
   Status CreateGroup(std::optional<SessionId> owner, const GroupConfig& config, bool persistent) {
     EPD_RETURN_IF_ERROR(config.Validate(backend_->num_ranks()));
+    std::optional<int64_t> creator_uid;
     {
       std::unique_lock lock(mutex_);
-      if (owner.has_value()) EPD_RETURN_IF_ERROR(FindSessionLocked(*owner).status());
+      if (owner.has_value()) {
+        EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(*owner));
+        creator_uid = session->peer.uid;
+      }
       // Every rank's frontend may create the same group at once: the first builds it (an
       // NCCL communicator takes about a second), the others wait for it and share it.
       const bool built = groups_changed_.wait_for(
@@ -338,6 +345,7 @@ class Engine::Impl {
     group->config = config;
     group->persistent = persistent;
     group->owner = persistent || !owner.has_value() ? 0 : *owner;
+    if (persistent) group->creator_uid = creator_uid;
     group->matcher = std::make_unique<CollectiveMatcher>(config.name, config.world_size());
     StatusOr<std::unique_ptr<BackendGroup>> backend_group = backend_->CreateGroup(config);
     std::lock_guard lock(mutex_);
@@ -362,9 +370,19 @@ class Engine::Impl {
   Status DestroyGroup(SessionId id, std::string_view name) {
     Released released;  // destroyed after the lock below
     std::lock_guard lock(mutex_);
-    EPD_RETURN_IF_ERROR(FindSessionLocked(id).status());
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
     auto it = groups_.find(std::string(name));
     if (it == groups_.end()) return NotFoundError("group '{}' does not exist", name);
+    if (it->second->persistent) {
+      if (it->second->creator_uid != session->peer.uid) {
+        return PermissionDeniedError(
+            "group '{}' is persistent and was not created by this user's session: only its "
+            "creator's user (or a daemon restart, for config groups) removes it",
+            name);
+      }
+    } else if (it->second->owner != id) {
+      return PermissionDeniedError("group '{}' was created by another session", name);
+    }
     if (it->second->handles > 0) {
       return FailedPreconditionError("group '{}' still has {} handles", name, it->second->handles);
     }
@@ -395,11 +413,13 @@ class Engine::Impl {
         return AlreadyExistsError("handle '{}' of rank {} already exists: use AttachHandle", name,
                                   node_rank);
       }
+      EPD_RETURN_IF_ERROR(CheckRankFreeLocked(*group, node_rank, id));
     }
     EPD_ASSIGN_OR_RETURN(std::shared_ptr<Handle> handle,
                          NewHandle(group, node_rank, name, persistent));
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    EPD_RETURN_IF_ERROR(CheckRankFreeLocked(*group, node_rank, id));
     if (persistent) {
       auto [it, inserted] = persistent_handles_.emplace(PersistentKey(name, node_rank), handle);
       if (!inserted) return AlreadyExistsError("handle '{}' was created concurrently", name);
@@ -656,6 +676,32 @@ class Engine::Impl {
             node_rank, name, handle->backend->layout().total_bytes(),
             persistent ? " (persistent)" : "");
     return handle;
+  }
+
+  // A group rank's collectives belong to the one frontend holding its handle: a second
+  // session of the same node rank must not join the group beside it and take its tokens.
+  Status CheckRankFreeLocked(const Group& group, int node_rank, SessionId id) const {
+    for (const auto& [other_id, other] : sessions_) {
+      if (other_id == id || other->rank != node_rank) continue;
+      for (const auto& [handle_id, handle] : other->handles) {
+        if (handle->group.get() == &group) {
+          return PermissionDeniedError(
+              "rank {} of group '{}' is held by another session of this rank; one session per "
+              "rank joins a group",
+              node_rank, group.config.name);
+        }
+      }
+    }
+    for (const auto& [key, handle] : persistent_handles_) {
+      if (handle->group.get() == &group && handle->node_rank == node_rank &&
+          handle->attached_to != id) {
+        return PermissionDeniedError(
+            "rank {} of group '{}' has the persistent handle '{}': attach it (AttachHandle) "
+            "instead of creating another",
+            node_rank, group.config.name, handle->name);
+      }
+    }
+    return OkStatus();
   }
 
   StatusOr<HandleInfo> AttachLocked(Session& session, const std::shared_ptr<Handle>& handle) {

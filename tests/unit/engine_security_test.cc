@@ -1,0 +1,111 @@
+// The engine's ownership rules: sessions bound to their peer, one session per rank in a
+// group, groups destroyed only by their owner.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <set>
+
+#include "daemon/backends/cpu/cpu_backend.h"
+#include "daemon/core/engine.h"
+#include "daemon/core/session_identity.h"
+
+namespace epd {
+namespace {
+
+using std::chrono::milliseconds;
+
+GroupConfig Config(std::string name) {
+  GroupConfig c;
+  c.name = std::move(name);
+  c.ranks = {0, 1};
+  c.experts = 4;
+  c.hidden = 16;
+  c.max_tokens_per_rank = 8;
+  c.top_k = 2;
+  c.dtype = DType::kFp32;
+  return c;
+}
+
+class EngineSecurityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto backend = CreateCpuBackend({2, milliseconds(2000)});
+    ASSERT_TRUE(backend.ok());
+    engine_ = Engine::Create(std::move(backend).value(), EngineOptions{}).value();
+  }
+  SessionId Open(int rank, SessionPeer peer = {}) {
+    return engine_->OpenSession(rank, "test", /*unary=*/false, peer).value().id;
+  }
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(EngineSecurityTest, ASessionIsUsableOnlyByThePeerThatOpenedIt) {
+  const SessionPeer alice{100, 1000, 1000};
+  const SessionId session = Open(0, alice);
+  EXPECT_TRUE(engine_->Touch(session, alice).ok());
+  const SessionPeer other_process{101, 1000, 1000};
+  const SessionPeer other_user{100, 1001, 1001};
+  for (const SessionPeer& intruder : {other_process, other_user, SessionPeer{}}) {
+    const Status status = engine_->Touch(session, intruder);
+    EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
+  }
+}
+
+TEST_F(EngineSecurityTest, SessionIdsDoNotRepeatAndUseAllBits) {
+  std::set<SessionId> ids;
+  uint64_t seen_bits = 0;
+  for (int i = 0; i < 256; ++i) {
+    auto id = RandomSessionId();
+    ASSERT_TRUE(id.ok());
+    ids.insert(*id);
+    seen_bits |= *id;
+  }
+  EXPECT_EQ(ids.size(), 256u);
+  EXPECT_EQ(seen_bits, ~uint64_t{0});  // a 32-bit seed or a short id would leave bits unset
+}
+
+TEST_F(EngineSecurityTest, ASecondSessionOfARankCannotJoinAGroupItsRankHolds) {
+  const SessionId honest = Open(0);
+  ASSERT_TRUE(engine_->CreateGroup(honest, Config("g"), false).ok());
+  ASSERT_TRUE(engine_->CreateHandle(honest, "g", 0, "", false).ok());
+  const SessionId thief = Open(0);
+  const auto stolen = engine_->CreateHandle(thief, "g", 0, "", false);
+  EXPECT_EQ(stolen.status().code(), StatusCode::kPermissionDenied) << stolen.status().ToString();
+  // Another rank joins as usual; rank 0 is free again once its holder left.
+  EXPECT_TRUE(engine_->CreateHandle(Open(1), "g", 1, "", false).ok());
+  ASSERT_TRUE(engine_->CloseSession(honest, "left").ok());
+  EXPECT_TRUE(engine_->CreateHandle(thief, "g", 0, "", false).ok());
+}
+
+TEST_F(EngineSecurityTest, APersistentHandleOfARankIsAttachedNotDuplicated) {
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("p"), true).ok());
+  ASSERT_TRUE(engine_->CreatePersistentHandle("p", 0, "layer0").ok());
+  const SessionId session = Open(0);
+  EXPECT_EQ(engine_->CreateHandle(session, "p", 0, "", false).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_->AttachHandle(session, "layer0").ok());
+}
+
+TEST_F(EngineSecurityTest, OnlyTheOwnerDestroysASessionGroup) {
+  const SessionId owner = Open(0);
+  const SessionId other = Open(1);
+  ASSERT_TRUE(engine_->CreateGroup(owner, Config("mine"), false).ok());
+  EXPECT_EQ(engine_->DestroyGroup(other, "mine").code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_->DestroyGroup(owner, "mine").ok());
+}
+
+TEST_F(EngineSecurityTest, PersistentGroupsAreDestroyedOnlyByTheirCreatorsUser) {
+  const SessionPeer admin{10, 500, 500};
+  const SessionPeer stranger{11, 600, 600};
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("from-config"), true).ok());
+  ASSERT_TRUE(engine_->CreateGroup(Open(0, admin), Config("by-admin"), true).ok());
+  const SessionId intruder = Open(1, stranger);
+  EXPECT_EQ(engine_->DestroyGroup(intruder, "from-config").code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(engine_->DestroyGroup(intruder, "by-admin").code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(engine_->DestroyGroup(Open(1, admin), "from-config").code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_->DestroyGroup(Open(1, SessionPeer{12, 500, 500}), "by-admin").ok());
+}
+
+}  // namespace
+}  // namespace epd
