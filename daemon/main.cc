@@ -179,7 +179,10 @@ void AddFlags(CLI::App& app, Flags* flags) {
   app.set_version_flag("--version", std::string("epd ") + EPD_VERSION);
   app.add_option("--config", flags->config_path, "TOML config file (deploy/epd.toml)");
   app.add_option("--listen", flags->listen, "unix socket address (unix:///run/epd/epd.sock)");
-  app.add_option("--tcp-listen", flags->tcp_listen, "also serve on 127.0.0.1:PORT or [::1]:PORT");
+  app.add_option("--tcp-listen", flags->tcp_listen,
+                 "ALSO serve unauthenticated gRPC on 127.0.0.1:PORT or [::1]:PORT: every local "
+                 "user can then open sessions, create groups and handles and run ops (no shm "
+                 "registration over TCP); off by default");
   app.add_option("--backend", flags->backend, "auto, cuda or cpu")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
   app.add_option("--cpu-ranks", flags->cpu_ranks, "ranks of the cpu backend")

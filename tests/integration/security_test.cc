@@ -1,0 +1,196 @@
+// What a client can and cannot do to the daemon and to other clients, against the real
+// daemon: shm registration checked against the caller's own credentials (another user, run
+// through setpriv when the test runs as root), sessions bound to the process that opened them,
+// TCP callers unable to register shm, and truncated shm objects failing only their own ops.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <regex>
+
+#include "client/epd/tensor.h"
+#include "tests/integration/client_test_support.h"
+
+namespace epd::testing {
+namespace {
+
+using example::Problem;
+
+const char* SecurityClientPath() { return EPD_SECURITY_CLIENT_PATH; }
+
+Problem SmallProblem() {
+  Problem p;
+  p.ranks = 2;
+  p.experts = 4;
+  p.hidden = 64;
+  p.max_tokens = 16;
+  p.top_k = 2;
+  return p;
+}
+
+// Runs the security client (as `user_prefix`, e.g. setpriv ..., when not empty) and returns
+// its "CODE <n> ..." line.
+std::string RunSecurityClient(std::vector<std::string> user_prefix,
+                              const std::vector<std::string>& args) {
+  std::vector<std::string> argv = std::move(user_prefix);
+  argv.push_back(SecurityClientPath());
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto child = ChildProcess::Spawn(argv);
+  if (!child.ok()) return "spawn failed: " + child.status().ToString();
+  auto line = (*child)->ReadLine(15'000);
+  (*child)->Wait(5'000);
+  return line.ok() ? *line : "no answer: " + line.status().ToString();
+}
+
+// A shm object made by this test, unlinked at the end.
+struct TestObject {
+  TestObject(mode_t mode, size_t bytes) : name(UniqueName("/epd-sec")) {
+    const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, mode);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(fchmod(fd, mode), 0);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    close(fd);
+  }
+  ~TestObject() { shm_unlink(name.c_str()); }
+  std::string name;
+};
+
+void Truncate(const std::string& shm_name) {
+  const int fd = shm_open(shm_name.c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0) << shm_name << ": " << std::strerror(errno);
+  ASSERT_EQ(ftruncate(fd, 0), 0);
+  close(fd);
+}
+
+TEST(SecurityTest, AnotherUserCannotRegisterAnObjectItCouldNotOpenItself) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another user (setpriv)";
+  auto daemon = DaemonProcess::Start({}, 1);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  // The other user reaches the socket (root:root 0660) through group 0, as a member of the
+  // daemon's group would.
+  ASSERT_EQ(chmod((*daemon)->temp_dir().c_str(), 0755), 0);
+  const std::vector<std::string> as_nobody = {"/usr/bin/setpriv", "--reuid=65534", "--regid=0",
+                                              "--clear-groups"};
+  TestObject private_object(0600, 4096);  // root's: group 0 has no access
+  TestObject group_object(0660, 4096);    // group 0 may read and write it
+  const std::string address = (*daemon)->address();
+  EXPECT_EQ(RunSecurityClient(as_nobody, {"--address", address, "register", "--shm",
+                                          private_object.name})
+                .substr(0, 7),
+            "CODE 7 ");  // PERMISSION_DENIED
+  EXPECT_EQ(RunSecurityClient(as_nobody, {"--address", address, "register", "--shm",
+                                          group_object.name})
+                .substr(0, 7),
+            "CODE 0 ");
+  // The owner itself may register its private object.
+  EXPECT_EQ(RunSecurityClient({}, {"--address", address, "register", "--shm",
+                                   private_object.name})
+                .substr(0, 7),
+            "CODE 0 ");
+}
+
+TEST(SecurityTest, ASessionIsUsableOnlyByTheProcessThatOpenedIt) {
+  auto daemon = DaemonProcess::Start({}, 1);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  auto client = ConnectOrDie((*daemon)->address());
+  ASSERT_NE(client, nullptr);
+  auto session = client->OpenSession(0, "victim");
+  ASSERT_TRUE(session.ok()) << session.status().ToString();
+  const std::string answer = RunSecurityClient(
+      {}, {"--address", (*daemon)->address(), "close", "--session",
+           fmt::format("{:016x}", (*session)->id())});
+  EXPECT_EQ(answer.substr(0, 7), "CODE 5 ") << answer;  // NOT_FOUND
+  EXPECT_TRUE((*session)->CreateFence().ok()) << "the victim's session was closed";
+}
+
+TEST(SecurityTest, TcpCallersCannotRegisterSharedMemory) {
+  auto daemon = DaemonProcess::Start({"--tcp-listen", "127.0.0.1:0"}, 1);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  std::smatch port;
+  const std::string log = (*daemon)->ReadLog();
+  ASSERT_TRUE(std::regex_search(log, port, std::regex(R"(\(port (\d+)\))"))) << log;
+  auto client = ConnectOrDie("127.0.0.1:" + port[1].str());
+  ASSERT_NE(client, nullptr);
+  auto session = client->OpenSession(0, "tcp");
+  ASSERT_TRUE(session.ok()) << session.status().ToString();
+  TestObject object(0666, 4096);
+  v1::MemorySource source;
+  source.set_shm_name(object.name);
+  source.set_size(4096);
+  EXPECT_EPD_ERROR((*session)->RegisterBuffer(source).status(), StatusCode::kPermissionDenied,
+                   "unix socket");
+}
+
+// Update then Dispatch, blocking, on every rank; the statuses by rank.
+std::vector<Status> UpdateAndDispatch(std::vector<RankClient>& ranks, int n) {
+  return RunOnRanks(static_cast<int>(ranks.size()), [&](int r) {
+    example::RankRunner& runner = *ranks[r].runner;
+    EPD_RETURN_IF_ERROR(runner.session().Update(runner.handle_id(), runner.topk_ref(n),
+                                                runner.weights_ref(n), BlockingOptions()));
+    return runner.session().Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions());
+  });
+}
+
+TEST(SecurityTest, TruncatingAMappedObjectFailsItsOwnOpsAndTheDaemonServesOthers) {
+  // The victim's peer waits for a partner whose op failed: a short op timeout keeps it quick.
+  auto daemon = DaemonProcess::Start({"--op-timeout-ms", "1000"}, 2);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  const Problem p = SmallProblem();
+  auto pair = [&](const std::string& group) {
+    example::RankRunnerOptions options;
+    options.group = group;
+    return MakeRanks((*daemon)->address(), p, options);
+  };
+  auto victim = pair(UniqueName("trunc-x"));
+  auto bystander = pair(UniqueName("bystander"));
+  ASSERT_TRUE(victim.ok() && bystander.ok());
+  ASSERT_EPD_OK(RunGoodLayer(*victim, 0));
+  ASSERT_EPD_OK(RunGoodLayer(*bystander, 0));
+
+  // 1. A frontend's own registered tensor buffer.
+  Truncate((*victim)[0].runner->buffer().name());
+  std::vector<Status> statuses = UpdateAndDispatch(*victim, 4);
+  EXPECT_EPD_ERROR(statuses[0], StatusCode::kFailedPrecondition, "truncated");
+  ASSERT_TRUE((*daemon)->running());
+  EXPECT_EPD_OK(RunGoodLayer(*bystander, 1));
+
+  // 2. A handle's exported region (the frontend maps it read-write).
+  auto handle_victim = pair(UniqueName("trunc-handle"));
+  ASSERT_TRUE(handle_victim.ok());
+  Truncate((*handle_victim)[1].runner->view().info().source().shm_name());
+  statuses = UpdateAndDispatch(*handle_victim, 4);
+  EXPECT_EPD_ERROR(statuses[1], StatusCode::kFailedPrecondition, "truncated", "handle");
+  ASSERT_TRUE((*daemon)->running());
+  EXPECT_EPD_OK(RunGoodLayer(*bystander, 2));
+
+  // 3. A fence page an op waits on (a one-rank group of its own).
+  auto client = ConnectOrDie((*daemon)->address());
+  ASSERT_NE(client, nullptr);
+  Problem single = p;
+  single.ranks = 1;
+  single.experts = 2;
+  example::RankRunnerOptions options;
+  options.group = UniqueName("trunc-fence");
+  auto solo = example::RankRunner::Create(*client, single, 0, options);
+  ASSERT_TRUE(solo.ok()) << solo.status().ToString();
+  ASSERT_EPD_OK((*solo)->Stage(example::MakeInputs(single, 1, 0, 0, 1, true)));
+  auto fence = (*solo)->session().CreateFence();
+  ASSERT_TRUE(fence.ok());
+  Truncate((*fence)->source().shm_name());
+  v1::OpOptions wait = BlockingOptions();
+  wait.mutable_wait()->set_fence_id((*fence)->id());
+  wait.mutable_wait()->set_value(1);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EPD_ERROR((*solo)->session().Update((*solo)->handle_id(), (*solo)->topk_ref(1),
+                                              (*solo)->weights_ref(1), wait),
+                   StatusCode::kFailedPrecondition, "fence", "truncated");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  ASSERT_TRUE((*daemon)->running());
+  EXPECT_EPD_OK(RunGoodLayer(*bystander, 3));
+}
+
+}  // namespace
+}  // namespace epd::testing
