@@ -285,6 +285,7 @@ int Run(int argc, char** argv) {
   EngineOptions engine_options;
   engine_options.unary_session_idle_timeout = config.session_idle_timeout;
   engine_options.drain_timeout = config.drain_timeout;
+  engine_options.limits = config.limits;
   auto engine = Engine::Create(std::move(backend).value(), engine_options);
   if (!engine.ok()) return Fail(kExitRuntimeError, engine.status().WithContext("engine"));
   Status persistent = CreatePersistentObjects(**engine, config);

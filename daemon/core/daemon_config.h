@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "daemon/core/group_config.h"
+#include "daemon/core/session_limits.h"
 #include "common/status.h"
 
 namespace epd {
@@ -43,6 +44,7 @@ struct DaemonConfig {
   std::chrono::milliseconds op_timeout{10'000};
   std::chrono::milliseconds session_idle_timeout{60'000};
   std::chrono::milliseconds drain_timeout{5'000};
+  SessionLimits limits;  // [limits]
   std::vector<PersistentGroupDecl> groups;
 };
 

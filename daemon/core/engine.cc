@@ -94,6 +94,8 @@ struct Session {
   std::string client_name;
   bool unary = false;
   SessionPeer peer;
+  uint64_t registered_buffers = 0;  // RegisterBuffer's, not fence pages or handle regions
+  uint64_t registered_bytes = 0;
   Clock::time_point last_used;
   std::atomic<bool> closed{false};
   ObjectId next_id = 1;
@@ -246,12 +248,20 @@ class Engine::Impl {
       std::lock_guard lock(mutex_);
       EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
       rank = session->rank;
+      EPD_RETURN_IF_ERROR(CheckBufferLimitsLocked(*session, source.size));
     }
     if (source.size == 0) return InvalidArgumentError("source.size must be > 0");
     // Opening can take a millisecond (IPC): done outside the engine lock.
     EPD_ASSIGN_OR_RETURN(std::shared_ptr<Memory> memory, backend_->Import(source, rank));
+    Released released;  // `memory` when over a limit: unmapped after the lock below
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    if (Status limit = CheckBufferLimitsLocked(*session, memory->size()); !limit.ok()) {
+      released.push_back(std::move(memory));
+      return limit;
+    }
+    ++session->registered_buffers;
+    session->registered_bytes += memory->size();
     const ObjectId buffer_id = session->next_id++;
     session->buffers.Add(buffer_id, memory);
     return BufferInfo{buffer_id, memory->size(), memory->device()};
@@ -274,6 +284,8 @@ class Engine::Impl {
       }
     }
     EPD_ASSIGN_OR_RETURN(std::shared_ptr<Memory> memory, session->buffers.Take(buffer));
+    --session->registered_buffers;
+    session->registered_bytes -= memory->size();
     released.push_back(std::move(memory));
     return OkStatus();
   }
@@ -284,11 +296,15 @@ class Engine::Impl {
       std::lock_guard lock(mutex_);
       EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
       rank = session->rank;
+      EPD_RETURN_IF_ERROR(CheckLimit(session->fences.size(), 1, options_.limits.fences, "fences",
+                                     "limits.fences_per_session"));
     }
     auto fence = std::make_shared<Fence>();
     EPD_ASSIGN_OR_RETURN(fence->page, backend_->CreateFence(rank));
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    EPD_RETURN_IF_ERROR(CheckLimit(session->fences.size(), 1, options_.limits.fences, "fences",
+                                   "limits.fences_per_session"));
     FenceInfo info;
     info.id = session->next_id++;
     info.buffer_id = session->next_id++;
@@ -339,6 +355,7 @@ class Engine::Impl {
         return AlreadyExistsError("group '{}' exists with a different configuration: {}",
                                   config.name, it->second->config.ToString());
       }
+      EPD_RETURN_IF_ERROR(CheckGroupLimitsLocked(owner, persistent));
       creating_.insert(config.name);
     }
     auto group = std::make_shared<Group>();
@@ -414,12 +431,16 @@ class Engine::Impl {
                                   node_rank);
       }
       EPD_RETURN_IF_ERROR(CheckRankFreeLocked(*group, node_rank, id));
+      EPD_RETURN_IF_ERROR(CheckLimit(session->handles.size(), 1, options_.limits.handles,
+                                     "handles", "limits.handles_per_session"));
     }
     EPD_ASSIGN_OR_RETURN(std::shared_ptr<Handle> handle,
                          NewHandle(group, node_rank, name, persistent));
     std::lock_guard lock(mutex_);
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
     EPD_RETURN_IF_ERROR(CheckRankFreeLocked(*group, node_rank, id));
+    EPD_RETURN_IF_ERROR(CheckLimit(session->handles.size(), 1, options_.limits.handles, "handles",
+                                   "limits.handles_per_session"));
     if (persistent) {
       auto [it, inserted] = persistent_handles_.emplace(PersistentKey(name, node_rank), handle);
       if (!inserted) return AlreadyExistsError("handle '{}' was created concurrently", name);
@@ -676,6 +697,26 @@ class Engine::Impl {
             node_rank, name, handle->backend->layout().total_bytes(),
             persistent ? " (persistent)" : "");
     return handle;
+  }
+
+  Status CheckBufferLimitsLocked(const Session& session, uint64_t bytes) const {
+    EPD_RETURN_IF_ERROR(CheckLimit(session.registered_buffers, 1, options_.limits.buffers,
+                                   "buffers", "limits.buffers_per_session"));
+    return CheckLimit(session.registered_bytes, bytes, options_.limits.mapped_bytes,
+                      "registered bytes", "limits.mapped_bytes_per_session");
+  }
+
+  Status CheckGroupLimitsLocked(std::optional<SessionId> owner, bool persistent) const {
+    uint64_t owned = 0, persistent_groups = 0;
+    for (const auto& [name, group] : groups_) {
+      if (group->persistent) ++persistent_groups;
+      if (!group->persistent && owner.has_value() && group->owner == *owner) ++owned;
+    }
+    if (persistent) {
+      return CheckLimit(persistent_groups, 1, options_.limits.persistent_groups,
+                        "persistent groups", "limits.persistent_groups");
+    }
+    return CheckLimit(owned, 1, options_.limits.groups, "groups", "limits.groups_per_session");
   }
 
   // A group rank's collectives belong to the one frontend holding its handle: a second

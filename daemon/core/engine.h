@@ -16,6 +16,7 @@
 
 #include "daemon/core/backend.h"
 #include "daemon/core/group_config.h"
+#include "daemon/core/session_limits.h"
 #include "common/status.h"
 
 namespace epd {
@@ -26,6 +27,7 @@ using ObjectId = uint64_t;
 struct EngineOptions {
   std::chrono::milliseconds unary_session_idle_timeout{60'000};
   std::chrono::milliseconds drain_timeout{5'000};
+  SessionLimits limits;
 };
 
 // A frontend's reference to part of a registered (or exported) buffer.

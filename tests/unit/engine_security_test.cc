@@ -1,6 +1,9 @@
 // The engine's ownership rules: sessions bound to their peer, one session per rank in a
 // group, groups destroyed only by their owner.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <set>
@@ -28,10 +31,12 @@ GroupConfig Config(std::string name) {
 
 class EngineSecurityTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Restart(EngineOptions{}); }
+  void Restart(EngineOptions options) {
+    engine_.reset();
     auto backend = CreateCpuBackend({2, milliseconds(2000)});
     ASSERT_TRUE(backend.ok());
-    engine_ = Engine::Create(std::move(backend).value(), EngineOptions{}).value();
+    engine_ = Engine::Create(std::move(backend).value(), options).value();
   }
   SessionId Open(int rank, SessionPeer peer = {}) {
     return engine_->OpenSession(rank, "test", /*unary=*/false, peer).value().id;
@@ -105,6 +110,70 @@ TEST_F(EngineSecurityTest, PersistentGroupsAreDestroyedOnlyByTheirCreatorsUser) 
   EXPECT_EQ(engine_->DestroyGroup(Open(1, admin), "from-config").code(),
             StatusCode::kPermissionDenied);
   EXPECT_TRUE(engine_->DestroyGroup(Open(1, SessionPeer{12, 500, 500}), "by-admin").ok());
+}
+
+::testing::AssertionResult OverLimit(const Status& status, std::string_view key) {
+  if (status.code() == StatusCode::kResourceExhausted &&
+      status.message().find(key) != std::string::npos) {
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure() << "expected RESOURCE_EXHAUSTED naming " << key
+                                       << ", got " << status.ToString();
+}
+
+// A frontend-made shm object of `bytes`.
+struct Object {
+  explicit Object(size_t bytes) : name("/epd-limits-" + std::to_string(getpid()) + "-" +
+                                       std::to_string(next++)) {
+    const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    close(fd);
+  }
+  ~Object() { shm_unlink(name.c_str()); }
+  MemorySource Source(uint64_t size) const {
+    MemorySource source;
+    source.shm_name = name;
+    source.size = size;
+    return source;
+  }
+  static inline int next = 0;
+  std::string name;
+};
+
+TEST_F(EngineSecurityTest, EverySessionLimitAnswersResourceExhaustedNamingItsKey) {
+  EngineOptions options;
+  options.limits = SessionLimits{2, 12288, 2, 1, 1, 2};
+  Restart(options);
+  const SessionId session = Open(0);
+  // Fences.
+  ASSERT_TRUE(engine_->CreateFence(session).ok());
+  ASSERT_TRUE(engine_->CreateFence(session).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateFence(session).status(), "limits.fences_per_session"));
+  // Buffers and registered bytes.
+  Object object(16384);
+  ASSERT_TRUE(engine_->RegisterBuffer(session, object.Source(8192)).ok());
+  EXPECT_TRUE(OverLimit(engine_->RegisterBuffer(session, object.Source(8192)).status(),
+                        "limits.mapped_bytes_per_session"));
+  auto second = engine_->RegisterBuffer(session, object.Source(4096));
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(OverLimit(engine_->RegisterBuffer(session, object.Source(1)).status(),
+                        "limits.buffers_per_session"));
+  ASSERT_TRUE(engine_->ReleaseBuffer(session, second->id).ok());  // frees its share
+  EXPECT_TRUE(engine_->RegisterBuffer(session, object.Source(4096)).ok());
+  // Groups and handles.
+  ASSERT_TRUE(engine_->CreateGroup(session, Config("a"), false).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateGroup(session, Config("b"), false),
+                        "limits.groups_per_session"));
+  EXPECT_TRUE(engine_->CreateGroup(session, Config("a"), false).ok());  // idempotent: no new one
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("p1"), true).ok());
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("p2"), true).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateGroup(std::nullopt, Config("p3"), true),
+                        "limits.persistent_groups"));
+  ASSERT_TRUE(engine_->CreateHandle(session, "a", 0, "", false).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateHandle(session, "p1", 0, "", false).status(),
+                        "limits.handles_per_session"));
+  // Another session has its own allowance.
+  EXPECT_TRUE(engine_->CreateFence(Open(1)).ok());
 }
 
 }  // namespace
