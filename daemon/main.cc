@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "daemon/backends/cpu/cpu_backend.h"
+#include "daemon/backends/cpu/stale_shm.h"
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/log.h"
@@ -149,6 +150,7 @@ StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config) {
 #endif
   }
   if (!config.gpus.empty()) EPD_LOG(kCore, warn, "gpus is ignored by the cpu backend");
+  ReclaimStaleShm();  // what a killed daemon left in /dev/shm
   return CreateCpuBackend(CpuBackendOptions{config.cpu_ranks, config.op_timeout},
                           DefaultExportedShmGroup());
 }

@@ -18,6 +18,10 @@
 
 namespace epd::service {
 
+// Groups in one GetNodeInfo or ListGroups answer; about 100 bytes each, far below the 4 MB
+// message limit.
+inline constexpr size_t kMaxGroupsPerAnswer = 1024;
+
 grpc::Status ToGrpcStatus(const Status& status);
 Status FromGrpcStatus(const grpc::Status& status);
 

@@ -190,9 +190,17 @@ grpc::ServerUnaryReactor* EpdService::CreateGroup(grpc::CallbackServerContext* c
 }
 
 grpc::ServerUnaryReactor* EpdService::ListGroups(grpc::CallbackServerContext* context,
-                                                 const v1::ListGroupsRequest*,
+                                                 const v1::ListGroupsRequest* request,
                                                  v1::ListGroupsResponse* response) {
-  for (const auto& group : engine_->ListGroups()) ToProto(group, response->add_groups());
+  // Groups come in name order: a page starts after the token, the last name of the page before.
+  for (const auto& group : engine_->ListGroups()) {
+    if (!request->page_token().empty() && group.config.name <= request->page_token()) continue;
+    if (response->groups_size() == static_cast<int>(kMaxGroupsPerAnswer)) {
+      response->set_next_page_token(response->groups().rbegin()->config().name());
+      break;
+    }
+    ToProto(group, response->add_groups());
+  }
   return Finish(context, "ListGroups", OkStatus());
 }
 

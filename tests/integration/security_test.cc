@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <regex>
 
 #include "client/epd/tensor.h"
@@ -190,6 +192,33 @@ TEST(SecurityTest, TruncatingAMappedObjectFailsItsOwnOpsAndTheDaemonServesOthers
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
   ASSERT_TRUE((*daemon)->running());
   EXPECT_EPD_OK(RunGoodLayer(*bystander, 3));
+}
+
+TEST(SecurityTest, SessionlessGroupsAreBoundedAndListingsStayBelowTheMessageLimit) {
+  const std::string config_path = ::testing::TempDir() + UniqueName("limits") + ".toml";
+  {
+    std::ofstream config(config_path);
+    config << "[limits]\npersistent_groups = 1100\n";
+  }
+  auto daemon = DaemonProcess::Start({"--config", config_path}, 1);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  auto client = ConnectOrDie((*daemon)->address());
+  ASSERT_NE(client, nullptr);
+  Problem p;
+  for (int i = 0; i < 1100; ++i) {
+    ASSERT_TRUE(client->CreateGroup(p.Config(fmt::format("g{:04d}", i)), true, nullptr).ok());
+  }
+  EXPECT_EPD_ERROR(client->CreateGroup(p.Config("one-too-many"), true, nullptr).status(),
+                   StatusCode::kResourceExhausted, "limits.persistent_groups");
+  auto node = client->GetNodeInfo();
+  ASSERT_TRUE(node.ok()) << node.status().ToString();
+  EXPECT_EQ(node->groups_size(), 1024);
+  EXPECT_EQ(node->groups_omitted(), 76u);
+  auto groups = client->ListGroups();  // pages of 1024
+  ASSERT_TRUE(groups.ok()) << groups.status().ToString();
+  ASSERT_EQ(groups->size(), 1100u);
+  EXPECT_EQ(groups->back().config().name(), "g1099");
+  std::remove(config_path.c_str());
 }
 
 }  // namespace

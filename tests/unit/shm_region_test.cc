@@ -10,16 +10,19 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
 
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/backends/cpu/shm_fault_guard.h"
+#include "daemon/backends/cpu/stale_shm.h"
 
 namespace epd {
 namespace {
@@ -189,6 +192,35 @@ TEST(ShmRegionCreate, AnObjectLargerThanDevShmIsResourceExhaustedNotAFaultLater)
   });
   if (result == 77) GTEST_SKIP() << "needs CAP_SYS_ADMIN to mount a small tmpfs (run as root)";
   EXPECT_EQ(result, 0);
+}
+
+TEST(ReclaimStaleShm, RemovesOnlyObjectsOfDaemonsThatAreGone) {
+  // A private directory stands in for /dev/shm: the predicate below calls every other pid
+  // gone, which must never touch the objects of daemons really running on this machine.
+  char dir_template[] = "/tmp/epd-stale-test-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  const pid_t live = 4000001;
+  const pid_t dead = 4000002;
+  auto path = [&](const std::string& name) { return dir + "/" + name; };
+  const std::string stale_handle = fmt::format("epd-{}-0badc0de-handle-0", dead);
+  const std::string stale_fence = fmt::format("epd-{}-0badc0de-fence-12", dead);
+  const std::string live_handle = fmt::format("epd-{}-0badc0de-handle-0", live);
+  const std::string client_object = fmt::format("epd-client-{}-0", dead);
+  for (const auto& name : {stale_handle, stale_fence, live_handle, client_object}) {
+    std::ofstream(path(name)) << "x";
+  }
+  EXPECT_EQ(ReclaimStaleShm(dir, [&](pid_t pid) { return pid == live; }), 2);
+  EXPECT_NE(access(path(stale_handle).c_str(), F_OK), 0);
+  EXPECT_NE(access(path(stale_fence).c_str(), F_OK), 0);
+  EXPECT_EQ(access(path(live_handle).c_str(), F_OK), 0);
+  EXPECT_EQ(access(path(client_object).c_str(), F_OK), 0);  // not the daemon's to remove
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ReclaimStaleShm, KnowsARunningDaemonByItsName) {
+  EXPECT_FALSE(IsRunningDaemon(getpid()));  // this test binary is not epd
+  EXPECT_FALSE(IsRunningDaemon(4000003));
 }
 
 }  // namespace
