@@ -155,6 +155,21 @@ StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config) {
                           DefaultExportedShmGroup());
 }
 
+// A failure that a restart cannot fix (exit 2, which systemd does not restart): a bad value,
+// a persistent object the node cannot hold, a socket path that cannot be used.
+bool IsConfigProblem(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kResourceExhausted:
+    case StatusCode::kAlreadyExists:
+    case StatusCode::kFailedPrecondition:
+    case StatusCode::kPermissionDenied:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Creates the config file's persistent groups and their named handles.
 Status CreatePersistentObjects(Engine& engine, const DaemonConfig& config) {
   for (size_t i = 0; i < config.groups.size(); ++i) {
@@ -188,7 +203,7 @@ void AddFlags(CLI::App& app, Flags* flags) {
   app.add_option("--backend", flags->backend, "auto, cuda or cpu")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
   app.add_option("--cpu-ranks", flags->cpu_ranks, "ranks of the cpu backend")
-      ->check(CLI::Range(1, 1024));
+      ->check(CLI::Range(1, kMaxCpuRanks));
   app.add_option("--gpus", flags->gpus, "GPU indices of the cuda backend, e.g. 0,1");
   app.add_option("--log-level", flags->log_level, "trace, debug, info, warn, error, critical, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -292,13 +307,15 @@ int Run(int argc, char** argv) {
   if (!engine.ok()) return Fail(kExitRuntimeError, engine.status().WithContext("engine"));
   Status persistent = CreatePersistentObjects(**engine, config);
   if (!persistent.ok()) {
-    const bool usage = persistent.code() == StatusCode::kInvalidArgument;
-    return Fail(usage ? kExitUsage : kExitRuntimeError, persistent);
+    return Fail(IsConfigProblem(persistent) ? kExitUsage : kExitRuntimeError, persistent);
   }
 
   service::ServerOptions server_options{config.listen, config.tcp_listen, EPD_VERSION};
   auto server = service::DaemonServer::Start(engine->get(), server_options);
-  if (!server.ok()) return Fail(kExitRuntimeError, server.status());
+  if (!server.ok()) {
+    return Fail(IsConfigProblem(server.status()) ? kExitUsage : kExitRuntimeError,
+                server.status());
+  }
 
   const int code = ServeUntilSignal(**engine, **server, config, signals);
   server->reset();

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -15,7 +16,6 @@
 namespace epd {
 namespace {
 
-constexpr int kMaxCpuRanks = 1024;
 constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;  // a day: larger values are typos
 
 constexpr std::string_view kTopLevelKeys[] = {"listen",
@@ -474,6 +474,10 @@ StatusOr<DaemonConfig> ParseDaemonConfig(std::string_view toml_text, std::string
 }
 
 StatusOr<DaemonConfig> LoadDaemonConfig(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) {
+    return InvalidArgumentError("config file {} is a directory", path);
+  }
   std::ifstream in(path);
   if (!in) return NotFoundError("cannot read config file {}: {}", path, std::strerror(errno));
   std::stringstream text;

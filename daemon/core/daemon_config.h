@@ -34,6 +34,9 @@ struct PersistentGroupDecl {
   std::vector<PersistentHandleDecl> handles;
 };
 
+// The cpu backend's rank bound (cpu_backend.cc checks the same number).
+inline constexpr int kMaxCpuRanks = 64;
+
 struct DaemonConfig {
   std::string listen = "unix:///run/epd/epd.sock";
   std::string tcp_listen;  // empty: no TCP; else a loopback address with port

@@ -14,6 +14,7 @@
 #include "daemon/core/collective_matcher.h"
 #include "common/fence_page.h"
 #include "daemon/core/log.h"
+#include "daemon/core/name_rules.h"
 #include "daemon/core/rank_worker.h"
 #include "daemon/core/session_identity.h"
 
@@ -153,6 +154,7 @@ class Engine::Impl {
 
   StatusOr<SessionInfo> OpenSession(int rank, std::string client_name, bool unary,
                                     SessionPeer peer) {
+    EPD_RETURN_IF_ERROR(ValidatePrintableName(client_name, "client_name", kMaxClientNameBytes));
     if (rank < 0 || rank >= backend_->num_ranks()) {
       return InvalidArgumentError("rank = {} is outside the node's ranks [0, {})", rank,
                                   backend_->num_ranks());
@@ -412,6 +414,7 @@ class Engine::Impl {
 
   StatusOr<HandleInfo> CreateHandle(SessionId id, std::string_view group_name, int rank,
                                     std::string_view name, bool persistent) {
+    EPD_RETURN_IF_ERROR(ValidatePrintableName(name, "name", kMaxHandleNameBytes));
     std::shared_ptr<Group> group;
     int node_rank;
     {

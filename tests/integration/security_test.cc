@@ -221,5 +221,33 @@ TEST(SecurityTest, SessionlessGroupsAreBoundedAndListingsStayBelowTheMessageLimi
   std::remove(config_path.c_str());
 }
 
+// Startup failures a restart cannot fix exit 2, so systemd does not restart-loop on them.
+TEST(SecurityTest, UnfixableStartupProblemsExitWithTheUsageCode) {
+  std::string output;
+  const std::string dir = ::testing::TempDir();
+  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--config", dir}, &output), 2)
+      << output;
+  EXPECT_NE(output.find("is a directory"), std::string::npos) << output;
+  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--listen",
+                             "unix:///proc/epd-no-such-dir/epd.sock"},
+                            &output),
+            2)
+      << output;
+  const std::string not_a_socket = dir + UniqueName("plain-file");
+  std::ofstream(not_a_socket) << "x";
+  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--listen",
+                             "unix://" + not_a_socket},
+                            &output),
+            2)
+      << output;
+  std::remove(not_a_socket.c_str());
+  // --help's range for --cpu-ranks is the backend's.
+  EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--cpu-ranks", "65"}, &output),
+            2)
+      << output;
+  EXPECT_EQ(RunDaemonToExit({"--help"}, &output), 0);
+  EXPECT_NE(output.find("64"), std::string::npos) << output;
+}
+
 }  // namespace
 }  // namespace epd::testing

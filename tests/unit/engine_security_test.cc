@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <future>
+#include <limits>
 #include <set>
 
 #include "daemon/backends/cpu/cpu_backend.h"
@@ -174,6 +176,62 @@ TEST_F(EngineSecurityTest, EverySessionLimitAnswersResourceExhaustedNamingItsKey
                         "limits.handles_per_session"));
   // Another session has its own allowance.
   EXPECT_TRUE(engine_->CreateFence(Open(1)).ok());
+}
+
+TEST_F(EngineSecurityTest, ClientAndHandleNamesAreBoundedAndPrintable) {
+  auto forged = engine_->OpenSession(0, "ok\n2026-12-01 info [core] forged", false);
+  EXPECT_EQ(forged.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(forged.status().message().find("client_name"), std::string::npos);
+  auto huge = engine_->OpenSession(0, std::string(1 << 20, 'a'), false);
+  EXPECT_EQ(huge.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.status().message().find("client_name has 1048576 bytes"), std::string::npos);
+  EXPECT_TRUE(engine_->OpenSession(0, std::string(128, 'a'), false).ok());
+
+  const SessionId session = Open(0);
+  ASSERT_TRUE(engine_->CreateGroup(session, Config("g"), false).ok());
+  auto long_name = engine_->CreateHandle(session, "g", 0, std::string(100'000, 'h'), true);
+  EXPECT_EQ(long_name.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(long_name.status().message().find("name has 100000 bytes"), std::string::npos);
+  EXPECT_TRUE(engine_->CreateHandle(session, "g", 0, std::string(128, 'h'), true).ok());
+}
+
+TEST_F(EngineSecurityTest, NonFiniteWeightsAreRefusedNamingTheEntry) {
+  EngineOptions options;
+  Restart(options);
+  GroupConfig config = Config("w");
+  config.ranks = {0};
+  config.experts = 2;
+  const SessionId session = Open(0);
+  ASSERT_TRUE(engine_->CreateGroup(session, config, false).ok());
+  auto handle = engine_->CreateHandle(session, "w", 0, "", false);
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+  Object object(4096);
+  auto buffer = engine_->RegisterBuffer(session, object.Source(4096));
+  ASSERT_TRUE(buffer.ok());
+  const int fd = shm_open(object.name.c_str(), O_RDWR, 0);
+  auto* bytes = static_cast<char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  close(fd);
+  auto* topk = reinterpret_cast<int32_t*>(bytes);
+  auto* weights = reinterpret_cast<float*>(bytes + 1024);
+  for (int i = 0; i < 4; ++i) {
+    topk[i] = i % 2;
+    weights[i] = 0.5f;
+  }
+  weights[3] = std::numeric_limits<float>::quiet_NaN();  // token 1, k 1
+  UpdateRequest update;
+  update.handle_id = handle->id;
+  update.topk_idx = TensorRef{buffer->id, 0, DType::kInt32, {2, 2}};
+  update.topk_weights = TensorRef{buffer->id, 1024, DType::kFp32, {2, 2}};
+  std::promise<Status> done;
+  OpOptions blocking;
+  blocking.blocking = true;
+  ASSERT_TRUE(engine_->SubmitUpdate(session, update, blocking, [&](Status s) {
+                       done.set_value(std::move(s));
+                     }).ok());
+  const Status status = done.get_future().get();
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
+  EXPECT_NE(status.message().find("topk_weights[1][1]"), std::string::npos) << status.ToString();
+  munmap(bytes, 4096);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -15,6 +16,7 @@
 #include "daemon/backends/cpu/shm_fault_guard.h"
 #include "daemon/backends/cpu/shm_region.h"
 #include "common/fence_page.h"
+#include "daemon/core/daemon_config.h"
 #include "daemon/core/log.h"
 
 namespace epd {
@@ -124,6 +126,24 @@ class TimedBarrier {
   uint64_t generation_ = 0;
   bool broken_ = false;
 };
+
+// Weights scale expert outputs in Combine: a NaN or infinity would silently poison the
+// frontend's output, so it is refused naming the entry. (The cuda backend's weights live on
+// the device, where this check belongs in its routing kernel.)
+Status CheckFiniteWeights(const TensorView& weights, int num_tokens, int top_k) {
+  const auto* w = static_cast<const float*>(weights.data);
+  if (w == nullptr) return OkStatus();
+  for (int t = 0; t < num_tokens; ++t) {
+    for (int k = 0; k < top_k; ++k) {
+      const float value = w[static_cast<size_t>(t) * top_k + k];
+      if (!std::isfinite(value)) {
+        return InvalidArgumentError("topk_weights[{}][{}] = {} is not a finite number", t, k,
+                                    value);
+      }
+    }
+  }
+  return OkStatus();
+}
 
 class CpuBackend;
 void ForgetGroup(CpuBackend& backend, class CpuGroup* group);
@@ -273,6 +293,7 @@ class CpuBackend : public Backend {
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override {
     auto& cpu = static_cast<CpuHandle&>(handle);
     const GroupConfig& config = cpu.config();
+    EPD_RETURN_IF_ERROR(CheckFiniteWeights(args.topk_weights, args.num_tokens, config.top_k));
     EPD_RETURN_IF_ERROR(reference::BindRouting(config, args.topk_idx.data, args.topk_idx.dtype,
                                                static_cast<const float*>(args.topk_weights.data),
                                                args.num_tokens, cpu.topk_idx(), cpu.topk_weights(),
@@ -376,8 +397,8 @@ std::optional<gid_t> DefaultExportedShmGroup() {
 
 StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options,
                                                     std::optional<gid_t> exported_shm_group) {
-  if (options.ranks < 1 || options.ranks > 64) {
-    return InvalidArgumentError("cpu_ranks = {} must be in [1, 64]", options.ranks);
+  if (options.ranks < 1 || options.ranks > kMaxCpuRanks) {
+    return InvalidArgumentError("cpu_ranks = {} must be in [1, {}]", options.ranks, kMaxCpuRanks);
   }
   return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(options, exported_shm_group));
 }
