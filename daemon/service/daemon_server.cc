@@ -51,7 +51,8 @@ Status PrepareSocketPath(const std::string& path) {
     return FailedPreconditionError("{} exists and is not a socket; refusing to replace it", path);
   }
   if (SomeoneListens(path)) {
-    return FailedPreconditionError("another process already serves on {}", path);
+    // UNAVAILABLE: may pass once the other daemon stops (main exits 1: systemd retries).
+    return UnavailableError("another process already serves on {}", path);
   }
   if (unlink(path.c_str()) != 0) {
     return FailedPreconditionError("cannot remove the stale socket {}: {}", path,
