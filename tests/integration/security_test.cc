@@ -11,7 +11,9 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <filesystem>
 #include <regex>
+#include <thread>
 
 #include "client/epd/tensor.h"
 #include "tests/integration/client_test_support.h"
@@ -247,6 +249,94 @@ TEST(SecurityTest, UnfixableStartupProblemsExitWithTheUsageCode) {
       << output;
   EXPECT_EQ(RunDaemonToExit({"--help"}, &output), 0);
   EXPECT_NE(output.find("64"), std::string::npos) << output;
+}
+
+int64_t RssKiB(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
+int DaemonShmObjects(pid_t pid) {
+  int count = 0;
+  const std::string prefix = "epd-" + std::to_string(pid) + "-";
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    if (entry.path().filename().string().rfind(prefix, 0) == 0) ++count;
+  }
+  return count;
+}
+
+// Honest frontends keep running layers while an abusive client process misbehaves; the
+// honest ones see no error and the daemon returns to its baseline afterwards.
+TEST(SecurityTest, SoakHonestFrontendsBesideAnAbusiveClient) {
+  const std::string config_path = ::testing::TempDir() + UniqueName("soak") + ".toml";
+  std::ofstream(config_path) << "[limits]\nfences_per_session = 64\n";
+  auto daemon = DaemonProcess::Start({"--config", config_path}, 2);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  const pid_t pid = (*daemon)->pid();
+  const Problem p = SmallProblem();
+  std::vector<std::vector<RankClient>> honest;
+  std::vector<std::string> groups;
+  for (int i = 0; i < 3; ++i) {
+    example::RankRunnerOptions options;
+    options.group = UniqueName("honest");
+    auto ranks = MakeRanks((*daemon)->address(), p, options);
+    ASSERT_TRUE(ranks.ok()) << ranks.status().ToString();
+    ASSERT_EPD_OK(RunGoodLayer(*ranks, 0));  // warm: buffers and handles exist
+    honest.push_back(std::move(*ranks));
+    groups.push_back(options.group);
+  }
+  const int64_t rss_before = RssKiB(pid);
+  const int shm_before = DaemonShmObjects(pid);
+
+  std::vector<std::string> abuse_args = {SecurityClientPath(), "--address",
+                                         (*daemon)->address(), "abuse", "--seconds", "3"};
+  for (const auto& group : groups) abuse_args.insert(abuse_args.end(), {"--group", group});
+  auto abuser = ChildProcess::Spawn(abuse_args);
+  ASSERT_TRUE(abuser.ok()) << abuser.status().ToString();
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  // NOTE: the honest groups take turns: groups over the same ranks posted concurrently in
+  // opposite orders still wait on each other (one queue per rank), which is not what this
+  // test is about.
+  std::vector<Status> first_error(honest.size());
+  std::vector<int> layers(honest.size(), 0);
+  for (int layer = 1; std::chrono::steady_clock::now() < end; ++layer) {
+    for (size_t i = 0; i < honest.size(); ++i) {
+      if (!first_error[i].ok()) continue;
+      first_error[i] = RunGoodLayer(honest[i], layer, /*fenced=*/layer % 2 == 0);
+      if (first_error[i].ok()) ++layers[i];
+    }
+  }
+  auto done = (*abuser)->ReadLine(20'000);
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  int rounds = 0, unexpected = -1;
+  ASSERT_EQ(std::sscanf(done->c_str(), "DONE %d %d", &rounds, &unexpected), 2) << *done;
+  EXPECT_GT(rounds, 0);
+  EXPECT_EQ(unexpected, 0) << "the abuser got an answer other than the expected denial";
+  for (size_t i = 0; i < honest.size(); ++i) {
+    EXPECT_EPD_OK(first_error[i]);
+    EXPECT_GT(layers[i], 0);
+  }
+  ASSERT_TRUE((*daemon)->running());
+
+  // Back to baseline once the abuser is gone: no objects, no growth beyond allocator slack.
+  auto client = ConnectOrDie((*daemon)->address());
+  ASSERT_NE(client, nullptr);
+  const v1::Stats stats = WaitForStats(*client, [](const v1::Stats& s) {
+    return s.sessions_open() == 6;
+  });
+  EXPECT_EQ(stats.sessions_open(), 6u);
+  EXPECT_EQ(DaemonShmObjects(pid), shm_before);
+  EXPECT_LT(RssKiB(pid) - rss_before, 32 * 1024) << "daemon RSS grew by more than 32 MiB";
+  honest.clear();
+  const v1::Stats closed = WaitForStats(*client, [](const v1::Stats& s) {
+    return s.sessions_open() == 0;
+  });
+  EXPECT_EQ(closed.sessions_open(), 0u);
+  std::remove(config_path.c_str());
 }
 
 }  // namespace
