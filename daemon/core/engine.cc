@@ -51,6 +51,7 @@ struct Handle {
   SessionId attached_to = 0;  // session using it; guarded by the engine mutex
   int submitted_tokens = 0;   // n of the last accepted UpdateHandle; engine mutex
   bool bound = false;         // an UpdateHandle was accepted; engine mutex
+  bool dispatch_posted = false;  // a Dispatch was accepted since the last UpdateHandle; engine mutex
 
   // Ops check these so that nothing runs on routing or slots that failed: a dispatch needs
   // the latest update to have succeeded, a combine needs a successful dispatch after it.
@@ -536,6 +537,7 @@ class Engine::Impl {
     args.num_tokens = static_cast<int>(n);
     ctx.handle->submitted_tokens = args.num_tokens;
     ctx.handle->bound = true;
+    ctx.handle->dispatch_posted = false;
     return PostLocked(ctx, OpKind::kUpdate, std::move(done), [this, args](OpContext& c) {
       Handle& handle = *c.handle;
       const uint64_t op = handle.BeginOp();
@@ -559,7 +561,11 @@ class Engine::Impl {
     payload->dispatch.handle = ctx.handle->backend.get();
     EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
                          ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
-    return PostCollectiveLocked(ctx, OpKind::kDispatch, std::move(payload), std::move(done));
+    Handle& handle = *ctx.handle;
+    EPD_RETURN_IF_ERROR(
+        PostCollectiveLocked(ctx, OpKind::kDispatch, std::move(payload), std::move(done)));
+    handle.dispatch_posted = true;
+    return OkStatus();
   }
 
   Status SubmitCombine(SessionId id, const CombineRequest& request, const OpOptions& options,
@@ -587,6 +593,13 @@ class Engine::Impl {
     }
     EPD_ASSIGN_OR_RETURN(payload->combine.out,
                          ResolveTokenRowsLocked(ctx, request.out, "out", *payload));
+    // Known at submission: answered now rather than after waiting for peers to match.
+    if (ctx.handle->bound && !ctx.handle->dispatch_posted) {
+      return FailedPreconditionError(
+          "handle_id = {}: no Dispatch was submitted since the last UpdateHandle: dispatch "
+          "before combine",
+          request.handle_id);
+    }
     return PostCollectiveLocked(ctx, OpKind::kCombine, std::move(payload), std::move(done));
   }
 

@@ -231,6 +231,20 @@ TEST_F(EngineSecurityTest, NonFiniteWeightsAreRefusedNamingTheEntry) {
   const Status status = done.get_future().get();
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
   EXPECT_NE(status.message().find("topk_weights[1][1]"), std::string::npos) << status.ToString();
+
+  // Finite weights bind; a Combine before any Dispatch is refused at once, not after a wait.
+  weights[3] = 0.25f;
+  std::promise<Status> bound;
+  ASSERT_TRUE(engine_->SubmitUpdate(session, update, blocking, [&](Status s) {
+                       bound.set_value(std::move(s));
+                     }).ok());
+  ASSERT_TRUE(bound.get_future().get().ok());
+  CombineRequest combine;
+  combine.handle_id = handle->id;
+  combine.out = TensorRef{buffer->id, 2048, DType::kFp32, {2, 16}};
+  const Status early = engine_->SubmitCombine(session, combine, blocking, [](Status) {});
+  EXPECT_EQ(early.code(), StatusCode::kFailedPrecondition) << early.ToString();
+  EXPECT_NE(early.message().find("dispatch before combine"), std::string::npos);
   munmap(bytes, 4096);
 }
 
