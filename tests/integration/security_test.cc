@@ -339,5 +339,59 @@ TEST(SecurityTest, SoakHonestFrontendsBesideAnAbusiveClient) {
   std::remove(config_path.c_str());
 }
 
+// Under any umask: the socket is 0660 (it has that mode before it listens) and the objects
+// frontends of the daemon's group open read-write are group read-write.
+TEST(SecurityTest, SocketAndExportedObjectsHaveTheDeploymentModesWhateverTheUmask) {
+  for (const mode_t mask : {mode_t{0}, mode_t{022}, mode_t{077}}) {
+    const mode_t old = umask(mask);  // inherited by the daemon
+    auto daemon = DaemonProcess::Start({}, 1);
+    umask(old);
+    ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+    struct stat st {};
+    ASSERT_EQ(stat((*daemon)->socket_path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0660u) << "umask " << mask;
+    auto client = ConnectOrDie((*daemon)->address());
+    ASSERT_NE(client, nullptr);
+    auto session = client->OpenSession(0, "modes");
+    ASSERT_TRUE(session.ok());
+    auto fence = (*session)->CreateFence();
+    ASSERT_TRUE(fence.ok());
+    ASSERT_EQ(stat(("/dev/shm" + (*fence)->source().shm_name()).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0660u) << "umask " << mask;
+  }
+}
+
+// Objects of a killed daemon are reclaimed by the next one; a live daemon's are not touched.
+TEST(SecurityTest, AKilledDaemonsObjectsAreReclaimedAtTheNextStart) {
+  auto killed = DaemonProcess::Start({}, 1);
+  auto live = DaemonProcess::Start({}, 1);
+  ASSERT_TRUE(killed.ok() && live.ok());
+  const pid_t killed_pid = (*killed)->pid();
+  const pid_t live_pid = (*live)->pid();
+  // Sessions (and their clients) stay open to the end: their objects stay.
+  std::vector<std::unique_ptr<Client>> clients;
+  std::vector<std::unique_ptr<Session>> sessions;
+  std::vector<std::unique_ptr<Fence>> fences;
+  for (auto* daemon : {&*killed, &*live}) {
+    clients.push_back(ConnectOrDie((*daemon)->address()));
+    ASSERT_NE(clients.back(), nullptr);
+    auto session = clients.back()->OpenSession(0, "doomed");
+    ASSERT_TRUE(session.ok());
+    sessions.push_back(std::move(*session));
+    for (int i = 0; i < 2; ++i) {
+      auto fence = sessions.back()->CreateFence();
+      ASSERT_TRUE(fence.ok());
+      fences.push_back(std::move(*fence));
+    }
+  }
+  ASSERT_EQ(DaemonShmObjects(killed_pid), 2);
+  // NOTE: any daemon starting on the machine may reclaim them from here on (ctest -j).
+  (*killed)->Kill();
+  auto next = DaemonProcess::Start({}, 1);
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
+  EXPECT_EQ(DaemonShmObjects(killed_pid), 0);
+  EXPECT_EQ(DaemonShmObjects(live_pid), 2) << "a running daemon's objects were removed";
+}
+
 }  // namespace
 }  // namespace epd::testing
