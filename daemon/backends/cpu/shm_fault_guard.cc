@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 
@@ -21,6 +22,7 @@ std::atomic<int> g_high_water{0};  // slots at or above are free: bounds the han
 std::mutex g_watch_mutex;          // serialises Watch/Unwatch; never taken by the handler
 
 void OnSigbus(int signal, siginfo_t* info, void*) {
+  const int saved_errno = errno;  // the interrupted code may be reading errno
   const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
   const int limit = g_high_water.load(std::memory_order_acquire);
   for (int i = 0; i < limit; ++i) {
@@ -33,12 +35,14 @@ void OnSigbus(int signal, siginfo_t* info, void*) {
                          MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (patched == MAP_FAILED) break;  // cannot recover: fall through to the default action
     range.broken.store(true, std::memory_order_release);
+    errno = saved_errno;
     return;
   }
   struct sigaction fallback {};
   fallback.sa_handler = SIG_DFL;
   sigemptyset(&fallback.sa_mask);
   sigaction(signal, &fallback, nullptr);  // the faulting access repeats and kills the process
+  errno = saved_errno;
 }
 
 }  // namespace
