@@ -393,5 +393,50 @@ TEST(SecurityTest, AKilledDaemonsObjectsAreReclaimedAtTheNextStart) {
   EXPECT_EQ(DaemonShmObjects(live_pid), 2) << "a running daemon's objects were removed";
 }
 
+// A failed example-frontend run leaves no shared memory behind, even of ranks it had to stop.
+TEST(SecurityTest, AFailedExampleFrontendRunLeavesNoSharedMemory) {
+  auto daemon = DaemonProcess::Start({"--op-timeout-ms", "20000"}, 2);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  // This test holds rank 1 of the frontend's group: the frontend's rank 1 is refused and
+  // exits; its rank 0 waits in a collective until the frontend stops it with SIGTERM.
+  Problem p;
+  p.ranks = 2;
+  p.experts = 8;
+  p.hidden = 64;
+  p.max_tokens = 16;
+  p.top_k = 4;
+  const std::string group = UniqueName("held");
+  auto client = ConnectOrDie((*daemon)->address());
+  ASSERT_NE(client, nullptr);
+  auto holder = client->OpenSession(1, "holder");
+  ASSERT_TRUE(holder.ok());
+  ASSERT_TRUE((*holder)->CreateGroup(p.Config(group)).ok());
+  v1::CreateHandleRequest request;
+  request.set_group(group);
+  ASSERT_TRUE((*holder)->CreateHandle(request).ok());
+
+  auto frontend = ChildProcess::Spawn(
+      {ExampleFrontendPath(), "--address", (*daemon)->address(), "--ranks", "2", "--group", group,
+       "--experts", "8", "--hidden", "64", "--tokens", "16", "--topk", "4", "--dtype", "bf16"});
+  ASSERT_TRUE(frontend.ok());
+  std::vector<std::string> pids;
+  for (int i = 0; i < 3; ++i) {
+    auto line = (*frontend)->ReadLine(30'000);
+    if (!line.ok()) break;
+    std::smatch match;
+    if (std::regex_search(*line, match, std::regex(R"(rank \d+: pid (\d+))"))) {
+      pids.push_back(match[1].str());
+    }
+  }
+  EXPECT_EQ((*frontend)->Wait(30'000), 1);
+  ASSERT_EQ(pids.size(), 2u);
+  for (const std::string& pid : pids) {
+    for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+      EXPECT_NE(entry.path().filename().string().rfind("epd-client-" + pid + "-", 0), 0u)
+          << entry.path() << " was left behind";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace epd::testing
