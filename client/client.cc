@@ -48,10 +48,16 @@ StatusOr<v1::Stats> Client::GetStats() {
 }
 
 StatusOr<std::vector<v1::GroupSummary>> Client::ListGroups() {
-  v1::ListGroupsResponse response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::ListGroups, v1::ListGroupsRequest(),
-                                &response, options_.rpc_timeout));
-  return std::vector<v1::GroupSummary>(response.groups().begin(), response.groups().end());
+  std::vector<v1::GroupSummary> groups;
+  v1::ListGroupsRequest request;
+  do {  // the daemon answers in bounded pages
+    v1::ListGroupsResponse response;
+    EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::ListGroups, request, &response,
+                                  options_.rpc_timeout));
+    groups.insert(groups.end(), response.groups().begin(), response.groups().end());
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty());
+  return groups;
 }
 
 StatusOr<v1::GroupConfig> Client::CreateGroup(const v1::GroupConfig& config, bool persistent,

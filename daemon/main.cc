@@ -173,6 +173,7 @@ int Run(int argc, char** argv) {
   EngineOptions engine_options;
   engine_options.unary_session_idle_timeout = config.session_idle_timeout;
   engine_options.drain_timeout = config.drain_timeout;
+  engine_options.limits = config.limits;
   if (metrics != nullptr) {
     engine_options.on_op_finished = [sink = metrics.get()](const OpRecord& op) {
       sink->OnOpFinished(op);
@@ -182,13 +183,15 @@ int Run(int argc, char** argv) {
   if (!engine.ok()) return Fail(kExitRuntimeError, engine.status().WithContext("engine"));
   Status persistent = app::CreatePersistentObjects(**engine, config);
   if (!persistent.ok()) {
-    const bool usage = persistent.code() == StatusCode::kInvalidArgument;
-    return Fail(usage ? kExitUsage : kExitRuntimeError, persistent);
+    return Fail(app::IsConfigProblem(persistent) ? kExitUsage : kExitRuntimeError, persistent);
   }
 
   service::ServerOptions server_options{config.listen, config.tcp_listen, EPD_VERSION};
   auto server = service::DaemonServer::Start(engine->get(), server_options);
-  if (!server.ok()) return Fail(kExitRuntimeError, server.status());
+  if (!server.ok()) {
+    return Fail(app::IsConfigProblem(server.status()) ? kExitUsage : kExitRuntimeError,
+                server.status());
+  }
   if (metrics != nullptr) metrics->AttachEngine(engine->get());
 
   const int code = ServeUntilSignal(**engine, **server, config, signals, app, flags);

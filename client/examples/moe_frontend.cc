@@ -7,12 +7,14 @@
 // Each rank: Update -> Dispatch -> expert (rows of expert e scaled by e + 1, in place in the
 // handle's receive buffer) -> Combine, for --iterations layers with varying token counts,
 // alternating blocking and fenced ops (--mode). Exit status 0 only when every rank matched.
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -38,8 +40,21 @@ struct Flags {
   uint64_t seed = 1;
 };
 
+// Removes the shared memory a rank process left when a signal stopped it before its
+// destructors ran: its objects are named "/epd-client-<pid>-..." (shared_memory.h).
+void RemoveSharedMemoryOf(pid_t pid) {
+  const std::string prefix = fmt::format("epd-client-{}-", pid);
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) shm_unlink(("/" + name).c_str());
+  }
+}
+
 int RunRank(const Flags& flags, const Problem& problem, int rank) {
   const auto start = std::chrono::steady_clock::now();
+  std::printf("rank %d: pid %d\n", rank, static_cast<int>(getpid()));
+  std::fflush(stdout);
   auto fail = [rank](const epd::Status& status) {
     std::fprintf(stderr, "rank %d: FAILED: %s\n", rank, status.ToString().c_str());
     return 1;
@@ -126,6 +141,7 @@ int main(int argc, char** argv) {
     if (pid < 0) break;
     if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
       ++failed;
+      RemoveSharedMemoryOf(pid);
       // A rank that failed leaves its peers waiting in a collective: stop them now.
       for (pid_t other : children) {
         if (other != pid) kill(other, SIGTERM);

@@ -15,13 +15,16 @@ void AddFlags(CLI::App& app, Flags* flags) {
                  "validate this config file (with the other flags applied) and exit: 0 valid, "
                  "2 invalid");
   app.add_option("--listen", flags->listen, "unix socket address (unix:///run/epd/epd.sock)");
-  app.add_option("--tcp-listen", flags->tcp_listen, "also serve on 127.0.0.1:PORT or [::1]:PORT");
+  app.add_option("--tcp-listen", flags->tcp_listen,
+                 "ALSO serve unauthenticated gRPC on 127.0.0.1:PORT or [::1]:PORT: every local "
+                 "user can then open sessions, create groups and handles and run ops (no shm "
+                 "registration over TCP); off by default");
   app.add_option("--metrics-listen", flags->metrics_listen,
                  "Prometheus /metrics on IP:PORT (default 127.0.0.1:9464; empty: off)");
   app.add_option("--backend", flags->backend, "auto, cuda or cpu")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
   app.add_option("--cpu-ranks", flags->cpu_ranks, "ranks of the cpu backend")
-      ->check(CLI::Range(1, 1024));
+      ->check(CLI::Range(1, kMaxCpuRanks));
   app.add_option("--gpus", flags->gpus, "GPU indices of the cuda backend, e.g. 0,1");
   app.add_option("--log-level", flags->log_level, "trace, debug, info, warn, error, critical, off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "daemon/backends/cpu/cpu_backend.h"
+#include "daemon/backends/cpu/stale_shm.h"
 #include "daemon/core/log.h"
 
 #ifdef EPD_WITH_CUDA
@@ -43,7 +44,22 @@ StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config, int
 #endif
   }
   if (!config.gpus.empty()) EPD_LOG(kCore, warn, "gpus is ignored by the cpu backend");
-  return CreateCpuBackend(CpuBackendOptions{config.cpu_ranks, config.op_timeout});
+  ReclaimStaleShm();  // what a killed daemon left in /dev/shm
+  return CreateCpuBackend(CpuBackendOptions{config.cpu_ranks, config.op_timeout},
+                          DefaultExportedShmGroup());
+}
+
+bool IsConfigProblem(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kResourceExhausted:
+    case StatusCode::kAlreadyExists:
+    case StatusCode::kFailedPrecondition:
+    case StatusCode::kPermissionDenied:
+      return true;
+    default:
+      return false;
+  }
 }
 
 Status CreatePersistentObjects(Engine& engine, const DaemonConfig& config) {

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +34,13 @@ namespace epd {
 using Clock = std::chrono::steady_clock;
 using Deadline = Clock::time_point;
 
+// The client on whose behalf the daemon opens memory: the backend opens only what this user
+// could have opened read-write itself.
+struct MemoryRequester {
+  int64_t uid = -1;
+  std::vector<uint32_t> groups;  // primary and supplementary gids
+};
+
 // Where a frontend's memory lives (RegisterBuffer) or where exported memory can be opened.
 struct MemorySource {
   enum class Kind { kHostShm = 0, kCudaIpc = 1 };
@@ -42,6 +50,9 @@ struct MemorySource {
   int device = -1;         // node rank (GPU index) holding the memory; -1 for host
   uint64_t offset = 0;     // bytes from the start of the shm object / IPC allocation
   uint64_t size = 0;       // bytes registered
+  // Set by the service for every client registration; nullopt only for trusted in-process
+  // callers (tests, the daemon itself).
+  std::optional<MemoryRequester> requester;
 };
 
 // Memory the backend can address: an imported frontend region or a daemon-owned allocation.

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -17,7 +18,6 @@
 namespace epd {
 namespace {
 
-constexpr int kMaxCpuRanks = 1024;
 constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;  // a day: larger values are typos
 
 constexpr std::string_view kTopLevelKeys[] = {"listen",
@@ -30,7 +30,11 @@ constexpr std::string_view kTopLevelKeys[] = {"listen",
                                               "op_timeout_ms",
                                               "session_idle_timeout_ms",
                                               "drain_timeout_ms",
+                                              "limits",
                                               "group"};
+constexpr std::string_view kLimitKeys[] = {"buffers_per_session",  "mapped_bytes_per_session",
+                                           "fences_per_session",   "handles_per_session",
+                                           "groups_per_session",   "persistent_groups"};
 constexpr std::string_view kGroupKeys[] = {
     "name",  "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
     "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle"};
@@ -306,6 +310,33 @@ Status ParseGroups(const Reader& reader, const toml::node& node, DaemonConfig* c
   return OkStatus();
 }
 
+// [limits]: what one session may hold (session_limits.h). Every value is >= 1.
+Status ParseLimits(const Reader& reader, const toml::node& node, SessionLimits* limits) {
+  const auto* table = node.as_table();
+  if (table == nullptr) return reader.Error(node, "limits", "must be a table ([limits])");
+  EPD_RETURN_IF_ERROR(reader.CheckKeys(*table, "limits.", kLimitKeys));
+  for (const auto& [key_node, value_node] : *table) {
+    const std::string key = fmt::format("limits.{}", key_node.str());
+    const auto* value = value_node.as_integer();
+    if (value == nullptr) {
+      return reader.Error(value_node, key,
+                          fmt::format("must be an integer, not {}", TypeName(value_node)));
+    }
+    if (value->get() < 1) {
+      return reader.Error(value_node, key, fmt::format("= {} must be >= 1", value->get()));
+    }
+    const auto limit = static_cast<uint64_t>(value->get());
+    const std::string_view name = key_node.str();
+    if (name == "buffers_per_session") limits->buffers = limit;
+    if (name == "mapped_bytes_per_session") limits->mapped_bytes = limit;
+    if (name == "fences_per_session") limits->fences = limit;
+    if (name == "handles_per_session") limits->handles = limit;
+    if (name == "groups_per_session") limits->groups = limit;
+    if (name == "persistent_groups") limits->persistent_groups = limit;
+  }
+  return OkStatus();
+}
+
 Status ParseTopLevel(const Reader& reader, const toml::table& root, DaemonConfig* config) {
   EPD_RETURN_IF_ERROR(reader.CheckKeys(root, "", kTopLevelKeys));
   for (const auto& [key_node, node] : root) {
@@ -330,6 +361,8 @@ Status ParseTopLevel(const Reader& reader, const toml::table& root, DaemonConfig
       EPD_ASSIGN_OR_RETURN(config->session_idle_timeout, reader.Millis(node, key, 1));
     } else if (key == "drain_timeout_ms") {
       EPD_ASSIGN_OR_RETURN(config->drain_timeout, reader.Millis(node, key, 0));
+    } else if (key == "limits") {
+      EPD_RETURN_IF_ERROR(ParseLimits(reader, node, &config->limits));
     } else if (key == "group") {
       EPD_RETURN_IF_ERROR(ParseGroups(reader, node, config));
     }
@@ -507,6 +540,10 @@ StatusOr<DaemonConfig> ParseDaemonConfig(std::string_view toml_text, std::string
 }
 
 StatusOr<DaemonConfig> LoadDaemonConfig(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) {
+    return InvalidArgumentError("config file {} is a directory", path);
+  }
   std::ifstream in(path);
   if (!in) return NotFoundError("cannot read config file {}: {}", path, std::strerror(errno));
   std::stringstream text;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "daemon/core/group_config.h"
+#include "daemon/core/session_limits.h"
 #include "common/status.h"
 
 namespace epd {
@@ -33,6 +34,9 @@ struct PersistentGroupDecl {
   std::vector<PersistentHandleDecl> handles;
 };
 
+// The cpu backend's rank bound (cpu_backend.cc checks the same number).
+inline constexpr int kMaxCpuRanks = 64;
+
 struct DaemonConfig {
   std::string listen = "unix:///run/epd/epd.sock";
   std::string tcp_listen;  // empty: no TCP; else a loopback address with port
@@ -45,6 +49,7 @@ struct DaemonConfig {
   std::chrono::milliseconds op_timeout{10'000};
   std::chrono::milliseconds session_idle_timeout{60'000};
   std::chrono::milliseconds drain_timeout{5'000};
+  SessionLimits limits;  // [limits]
   std::vector<PersistentGroupDecl> groups;
 };
 

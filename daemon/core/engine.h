@@ -28,6 +28,7 @@
 
 #include "daemon/core/backend.h"
 #include "daemon/core/group_config.h"
+#include "daemon/core/session_limits.h"
 #include "common/status.h"
 
 namespace epd {
@@ -39,6 +40,7 @@ struct SessionPeer {  // the connecting process, from the unix socket's credenti
   int64_t pid = -1;   // -1: unknown (TCP, tests)
   int64_t uid = -1;
   int64_t gid = -1;
+  bool operator==(const SessionPeer&) const = default;
 };
 
 struct SessionSummary {
@@ -66,6 +68,7 @@ struct EngineOptions {
   std::chrono::milliseconds drain_timeout{5'000};
   // May be empty; called once per op on a worker/completion thread; must not block.
   std::function<void(const OpRecord&)> on_op_finished;
+  SessionLimits limits;
 };
 
 // A frontend's reference to part of a registered (or exported) buffer.
@@ -191,6 +194,9 @@ class Engine {
   Status CloseSession(SessionId session, std::string_view reason);
   Status Touch(SessionId session);  // NOT_FOUND when closed or unknown
   std::vector<SessionSummary> ListSessions() const;
+  // Touch on behalf of a caller: NOT_FOUND also when the session was opened by another peer
+  // (pid and uid differ), so a session id is usable only by the process that opened it.
+  Status Touch(SessionId session, const SessionPeer& caller);
 
   void RegisterBuffer(SessionId session, const MemorySource& source,
                       ResultCallback<BufferInfo> done);

@@ -4,6 +4,7 @@
 
 #include "daemon/core/engine_impl.h"
 #include "daemon/core/log.h"
+#include "daemon/core/name_rules.h"
 #include "daemon/core/op_validation.h"
 
 namespace epd {
@@ -17,16 +18,29 @@ std::shared_ptr<Memory> MemoryOfHandle(const std::shared_ptr<Handle>& handle) {
 
 StatusOr<GroupConfig> Engine::Impl::CreateGroup(std::optional<SessionId> owner,
                                                 const GroupConfig& config, bool persistent) {
-  if (owner.has_value()) EPD_RETURN_IF_ERROR(sessions_.Find(*owner).status());
+  std::optional<int64_t> creator_uid;
+  if (owner.has_value()) {
+    EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(*owner));
+    creator_uid = session->peer.uid;
+  }
   EPD_RETURN_IF_ERROR(config.Validate(backend_->num_ranks()));
   // Creations run one at a time on the control worker: a concurrent create of the same name
   // finds the group built by the first and shares it.
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Group> existing, groups_->FindSameShape(config));
   if (existing != nullptr) return existing->config;
+  const GroupRegistry::Counts held = groups_->CountFor(owner);
+  if (persistent) {
+    EPD_RETURN_IF_ERROR(CheckLimit(held.persistent, 1, options_.limits.persistent_groups,
+                                   "persistent groups", "limits.persistent_groups"));
+  } else {
+    EPD_RETURN_IF_ERROR(CheckLimit(held.owned, 1, options_.limits.groups, "groups",
+                                   "limits.groups_per_session"));
+  }
   auto group = std::make_shared<Group>();
   group->config = config;
   group->persistent = persistent;
   group->owner = persistent || !owner.has_value() ? 0 : *owner;
+  if (persistent) group->creator_uid = creator_uid;
   EPD_ASSIGN_OR_RETURN(group->backend, backend_->CreateGroup(config));
   EPD_RETURN_IF_ERROR(groups_->Add(group));
   // The owner may have closed while the group was built: its close then missed the group.
@@ -38,8 +52,35 @@ StatusOr<GroupConfig> Engine::Impl::CreateGroup(std::optional<SessionId> owner,
 }
 
 Status Engine::Impl::DestroyGroup(SessionId id, std::string_view name) {
-  EPD_RETURN_IF_ERROR(sessions_.Find(id).status());
-  return groups_->Destroy(name);
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  return groups_->Destroy(name, id, session->peer.uid);
+}
+
+// A group rank's collectives belong to the one frontend holding its handle: a second
+// session of the same node rank must not join the group beside it and take its tokens.
+Status Engine::Impl::CheckRankFree(const Group& group, int node_rank, SessionId id) const {
+  for (const auto& other : sessions_.All()) {
+    if (other->id == id || other->rank != node_rank) continue;
+    std::lock_guard lock(other->mutex);
+    for (const auto& [handle_id, handle] : other->handles) {
+      if (handle->group.get() == &group) {
+        return PermissionDeniedError(
+            "rank {} of group '{}' is held by another session of this rank; one session per "
+            "rank joins a group",
+            node_rank, group.config.name);
+      }
+    }
+  }
+  for (const auto& handle : persistent_.All()) {
+    if (handle->group.get() == &group && handle->node_rank == node_rank &&
+        handle->attached_to != id) {
+      return PermissionDeniedError(
+          "rank {} of group '{}' has the persistent handle '{}': attach it (AttachHandle) "
+          "instead of creating another",
+          node_rank, group.config.name, handle->name);
+    }
+  }
+  return OkStatus();
 }
 
 StatusOr<std::shared_ptr<Handle>> Engine::Impl::NewHandle(const std::shared_ptr<Group>& group,
@@ -69,6 +110,7 @@ StatusOr<HandleInfo> Engine::Impl::CreateHandle(SessionId id, std::string_view g
                                                 int rank, std::string_view name,
                                                 bool persistent) {
   EPD_RETURN_IF_ERROR(ValidateHandleRequest(group_name, name, persistent));
+  EPD_RETURN_IF_ERROR(ValidatePrintableName(name, "name", kMaxHandleNameBytes));
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
   const int node_rank = session->rank;
   EPD_RETURN_IF_ERROR(CheckRequestRank(rank, node_rank));
@@ -77,8 +119,18 @@ StatusOr<HandleInfo> Engine::Impl::CreateHandle(SessionId id, std::string_view g
     return AlreadyExistsError("handle '{}' of rank {} already exists: use AttachHandle", name,
                               node_rank);
   }
+  auto handle_limit = [&] {
+    std::lock_guard lock(session->mutex);
+    return CheckLimit(session->handles.size(), 1, options_.limits.handles, "handles",
+                      "limits.handles_per_session");
+  };
+  EPD_RETURN_IF_ERROR(CheckRankFree(*group, node_rank, id));
+  EPD_RETURN_IF_ERROR(handle_limit());
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Handle> handle,
                        NewHandle(group, node_rank, name, persistent));
+  // Creations run one at a time on the control worker; attachments do not: check again.
+  EPD_RETURN_IF_ERROR(CheckRankFree(*group, node_rank, id));
+  EPD_RETURN_IF_ERROR(handle_limit());
   std::lock_guard lock(session->mutex);
   if (session->closed) return NotFoundError("session_id = {} is not an open session", id);
   if (persistent) EPD_RETURN_IF_ERROR(persistent_.Add(handle));

@@ -34,6 +34,7 @@ class Engine::Impl {
   // Removes the session and everything it holds now; what must be freed goes to `released`.
   Status CloseSession(SessionId id, std::string_view reason, Released& released);
   Status Touch(SessionId id);
+  Status Touch(SessionId id, const SessionPeer& caller);
   std::vector<SessionSummary> ListSessions() const { return sessions_.List(); }
   StatusOr<BufferInfo> RegisterBuffer(SessionId id, const MemorySource& source);
   Status ReleaseBuffer(SessionId id, ObjectId buffer, Released& released);
@@ -71,6 +72,10 @@ class Engine::Impl {
   HandleInfo AttachLocked(Session& session, const std::shared_ptr<Handle>& handle);
   HandleInfo DescribeHandle(ObjectId handle_id, const Session& session, Handle& handle) const;
   void DetachLocked(Handle& handle);
+  // With the session's mutex held: RESOURCE_EXHAUSTED naming the limit's config key.
+  Status CheckBufferLimitsLocked(const Session& session, uint64_t bytes) const;
+  // A group rank's collectives belong to the one frontend holding its handle.
+  Status CheckRankFree(const Group& group, int node_rank, SessionId id) const;
   // Looks up the session, the handle and the fences of an op; with the session's mutex held.
   StatusOr<OpContext> PrepareOpLocked(const std::shared_ptr<Session>& session,
                                       ObjectId handle_id, int rank, const OpOptions& options);

@@ -68,6 +68,7 @@ Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
     ctx.keepalive.push_back(session->buffers.Find(request.topk_weights->buffer_id));
   }
   ctx.handle->submitted_tokens = args.num_tokens;
+  ctx.handle->dispatch_posted = false;
   return pipeline_->PostUpdate(std::move(ctx), std::move(args), std::move(done));
 }
 
@@ -86,7 +87,10 @@ Status Engine::Impl::SubmitDispatch(SessionId id, const DispatchRequest& request
   EPD_ASSIGN_OR_RETURN(op.dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x"));
   ctx.payload_bytes = static_cast<uint64_t>(op.dispatch.x.rows()) *
                       ctx.handle->group->config.hidden * DTypeSize(op.dispatch.x.dtype);
-  return pipeline_->PostCollective(std::move(ctx), std::move(op), std::move(done));
+  Handle& handle = *ctx.handle;
+  EPD_RETURN_IF_ERROR(pipeline_->PostCollective(std::move(ctx), std::move(op), std::move(done)));
+  handle.dispatch_posted = true;
+  return OkStatus();
 }
 
 Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
@@ -114,6 +118,13 @@ Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
         static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
   }
   EPD_ASSIGN_OR_RETURN(op.combine.out, ResolveTokenRowsLocked(ctx, request.out, "out"));
+  // Known at submission: answered now rather than after waiting for peers.
+  if (!ctx.handle->dispatch_posted) {
+    return FailedPreconditionError(
+        "handle_id = {}: no Dispatch was submitted since the last UpdateHandle: dispatch "
+        "before combine",
+        request.handle_id);
+  }
   ctx.payload_bytes = static_cast<uint64_t>(op.combine.out.rows()) * config.hidden *
                       DTypeSize(op.combine.out.dtype);
   return pipeline_->PostCollective(std::move(ctx), std::move(op), std::move(done));

@@ -4,6 +4,8 @@
 #include "common/fence_page.h"
 #include "daemon/core/engine_impl.h"
 #include "daemon/core/log.h"
+#include "daemon/core/name_rules.h"
+#include "daemon/core/session_identity.h"
 #include "daemon/core/op_validation.h"
 
 namespace epd {
@@ -54,6 +56,7 @@ Engine::Impl::~Impl() {
 
 StatusOr<SessionInfo> Engine::Impl::OpenSession(int rank, std::string client_name, bool unary,
                                                 SessionPeer peer) {
+  EPD_RETURN_IF_ERROR(ValidatePrintableName(client_name, "client_name", kMaxClientNameBytes));
   EPD_RETURN_IF_ERROR(ValidateSessionRank(rank, backend_->num_ranks()));
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
                        sessions_.Open(rank, std::move(client_name), unary, peer));
@@ -101,12 +104,37 @@ Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Release
 
 Status Engine::Impl::Touch(SessionId id) { return sessions_.Find(id).status(); }
 
+Status Engine::Impl::Touch(SessionId id, const SessionPeer& caller) {
+  StatusOr<std::shared_ptr<Session>> session = sessions_.Find(id);
+  // NOTE: the same answer as for an unknown id: a caller learns nothing about other peers'
+  // sessions.
+  if (!session.ok() || !SamePeer((*session)->peer, caller)) {
+    return NotFoundError("session_id = {} is not an open session of this client", id);
+  }
+  return OkStatus();
+}
+
+Status Engine::Impl::CheckBufferLimitsLocked(const Session& session, uint64_t bytes) const {
+  EPD_RETURN_IF_ERROR(CheckLimit(session.registered_buffers, 1, options_.limits.buffers,
+                                 "buffers", "limits.buffers_per_session"));
+  return CheckLimit(session.registered_bytes, bytes, options_.limits.mapped_bytes,
+                    "registered bytes", "limits.mapped_bytes_per_session");
+}
+
 StatusOr<BufferInfo> Engine::Impl::RegisterBuffer(SessionId id, const MemorySource& source) {
   EPD_RETURN_IF_ERROR(ValidateMemorySource(source, "source"));
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  {
+    std::lock_guard lock(session->mutex);
+    EPD_RETURN_IF_ERROR(CheckBufferLimitsLocked(*session, source.size));
+  }
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Memory> memory, backend_->Import(source, session->rank));
   std::lock_guard lock(session->mutex);
   if (session->closed) return NotFoundError("session_id = {} is not an open session", id);
+  // Over a limit now: `memory` is dropped here, on the control worker like every release.
+  EPD_RETURN_IF_ERROR(CheckBufferLimitsLocked(*session, memory->size()));
+  ++session->registered_buffers;
+  session->registered_bytes += memory->size();
   const ObjectId buffer_id = session->next_id++;
   session->buffers.Add(buffer_id, memory);
   return BufferInfo{buffer_id, memory->size(), memory->device()};
@@ -128,16 +156,27 @@ Status Engine::Impl::ReleaseBuffer(SessionId id, ObjectId buffer, Released& rele
     }
   }
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Memory> memory, session->buffers.Take(buffer));
+  --session->registered_buffers;
+  session->registered_bytes -= memory->size();
   released.push_back(std::move(memory));
   return OkStatus();
 }
 
 StatusOr<FenceInfo> Engine::Impl::CreateFence(SessionId id) {
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  auto fence_limit = [&] {
+    return CheckLimit(session->fences.size(), 1, options_.limits.fences, "fences",
+                      "limits.fences_per_session");
+  };
+  {
+    std::lock_guard lock(session->mutex);
+    EPD_RETURN_IF_ERROR(fence_limit());
+  }
   auto fence = std::make_shared<Fence>();
   EPD_ASSIGN_OR_RETURN(fence->page, backend_->CreateFence(session->rank));
   std::lock_guard lock(session->mutex);
   if (session->closed) return NotFoundError("session_id = {} is not an open session", id);
+  EPD_RETURN_IF_ERROR(fence_limit());
   FenceInfo info;
   info.id = session->next_id++;
   info.buffer_id = session->next_id++;

@@ -93,12 +93,33 @@ void GroupRegistry::Leave(const std::shared_ptr<Group>& group) {
   Drop(std::move(released));
 }
 
-Status GroupRegistry::Destroy(std::string_view name) {
+GroupRegistry::Counts GroupRegistry::CountFor(std::optional<SessionId> owner) const {
+  std::lock_guard lock(mutex_);
+  Counts counts;
+  for (const auto& [name, group] : groups_) {
+    if (group->persistent) ++counts.persistent;
+    if (!group->persistent && owner.has_value() && group->owner == *owner) ++counts.owned;
+  }
+  return counts;
+}
+
+Status GroupRegistry::Destroy(std::string_view name, SessionId caller, int64_t caller_uid) {
   Released released;
   {
     std::lock_guard lock(mutex_);
     auto it = groups_.find(name);
     if (it == groups_.end()) return NotFoundError("group '{}' does not exist", name);
+    const Group& group = *it->second;
+    if (group.persistent) {
+      if (group.creator_uid != caller_uid) {
+        return PermissionDeniedError(
+            "group '{}' is persistent and was not created by this user's session: only its "
+            "creator's user (or a daemon restart, for config groups) removes it",
+            name);
+      }
+    } else if (group.owner != caller) {
+      return PermissionDeniedError("group '{}' was created by another session", name);
+    }
     if (it->second->members > 0) {
       return FailedPreconditionError("group '{}' still has {} handles", name,
                                      it->second->members);

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -26,6 +27,9 @@ struct Group {
   GroupConfig config;
   bool persistent = false;
   std::unique_ptr<BackendGroup> backend;
+  // Persistent and created by a session: that session's user may destroy it. Unset for
+  // groups of the config file or created without a session: no session destroys those.
+  std::optional<int64_t> creator_uid;
 
   // Guarded by the registry's mutex.
   SessionId owner = 0;    // 0 when persistent or when the owning session ended
@@ -73,7 +77,15 @@ class GroupRegistry : public std::enable_shared_from_this<GroupRegistry> {
   // Counts a member of `group`; NOT_FOUND when the group left the registry meanwhile.
   StatusOr<GroupMembership> Join(const std::shared_ptr<Group>& group);
   // Removes a group without members; FAILED_PRECONDITION while it has some.
-  Status Destroy(std::string_view name);
+  // PERMISSION_DENIED unless `caller` may: a session's group by that session, a persistent
+  // group by a session of the user who created it, a config group by none.
+  Status Destroy(std::string_view name, SessionId caller, int64_t caller_uid);
+  // Groups held now: non-persistent ones owned by `owner`, and persistent ones node-wide.
+  struct Counts {
+    uint64_t owned = 0;
+    uint64_t persistent = 0;
+  };
+  Counts CountFor(std::optional<SessionId> owner) const;
   // `owner` ended: its groups without members go, the others are orphaned.
   void ReleaseOwnedBy(SessionId owner);
 

@@ -57,6 +57,9 @@ struct Handle {
   std::atomic<SessionId> attached_to{0};  // session using it; 0: none
   // n of the last accepted UpdateHandle; -1 before the first (no routing bound).
   std::atomic<int> submitted_tokens{-1};
+  // A Dispatch was accepted since the last UpdateHandle: a combine without one is refused
+  // at submission instead of after waiting for its peers.
+  std::atomic<bool> dispatch_posted{false};
   HandleOutcomes outcomes;
 
   bool bound() const { return submitted_tokens.load() >= 0; }

@@ -1,10 +1,11 @@
 #include "daemon/core/session_table.h"
 
 #include "daemon/core/log.h"
+#include "daemon/core/session_identity.h"
 
 namespace epd {
 
-SessionTable::SessionTable() : rng_(std::random_device{}()) {}
+SessionTable::SessionTable() = default;
 
 StatusOr<std::shared_ptr<Session>> SessionTable::Open(int rank, std::string client_name,
                                                       bool unary, SessionPeer peer) {
@@ -18,7 +19,7 @@ StatusOr<std::shared_ptr<Session>> SessionTable::Open(int rank, std::string clie
   std::lock_guard lock(mutex_);
   if (stopped_) return UnavailableError("epd is shutting down");
   do {
-    session->id = rng_();
+    EPD_ASSIGN_OR_RETURN(session->id, RandomSessionId());
   } while (session->id == 0 || sessions_.count(session->id) != 0);
   sessions_[session->id] = session;
   total_.fetch_add(1);

@@ -53,6 +53,8 @@ struct Session {
   std::map<ObjectId, ObjectId> fence_buffers;  // fence id -> its page's buffer id
   std::map<ObjectId, std::shared_ptr<Handle>> handles;
   std::map<ObjectId, ObjectId> handle_buffers;  // handle id -> exported region's buffer id
+  uint64_t registered_buffers = 0;  // RegisterBuffer's, not fence pages or handle regions
+  uint64_t registered_bytes = 0;
 };
 
 class SessionTable {
@@ -77,7 +79,6 @@ class SessionTable {
 
  private:
   mutable std::mutex mutex_;
-  std::mt19937_64 rng_;  // ids are random so a stale id from a past session is not reused
   std::map<SessionId, std::shared_ptr<Session>> sessions_;
   bool stopped_ = false;
   std::atomic<uint64_t> total_{0};

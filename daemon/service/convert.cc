@@ -267,7 +267,14 @@ void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& group
     proto->set_compute_capability(gpu.compute_capability);
   }
   out->set_nccl_version(node.nccl_version);
-  for (const auto& group : groups) *out->add_groups() = ToProto(group.config);
+  // NOTE: bounded so that GetNodeInfo always fits the default 4 MB message limit.
+  for (const auto& group : groups) {
+    if (out->groups_size() == static_cast<int>(kMaxGroupsPerAnswer)) {
+      out->set_groups_omitted(out->groups_omitted() + 1);
+    } else {
+      *out->add_groups() = ToProto(group.config);
+    }
+  }
 }
 
 }  // namespace epd::service

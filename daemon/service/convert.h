@@ -21,6 +21,10 @@
 
 namespace epd::service {
 
+// Groups in one GetNodeInfo or ListGroups answer; about 100 bytes each, far below the 4 MB
+// message limit.
+inline constexpr size_t kMaxGroupsPerAnswer = 1024;
+
 // Tensor dtypes must be given; token/group dtypes default to bf16 (FromProtoGroupDType).
 StatusOr<DType> FromProto(v1::DType dtype, std::string_view field);
 v1::DType ToProto(DType dtype);

@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
+#include <grpcpp/server_posix.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -14,6 +15,7 @@
 
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/log.h"
+#include "daemon/service/unix_listener.h"
 
 namespace epd::service {
 namespace {
@@ -50,7 +52,8 @@ Status PrepareSocketPath(const std::string& path) {
     return FailedPreconditionError("{} exists and is not a socket; refusing to replace it", path);
   }
   if (SomeoneListens(path)) {
-    return FailedPreconditionError("another process already serves on {}", path);
+    // UNAVAILABLE: may pass once the other daemon stops (main exits 1: systemd retries).
+    return UnavailableError("another process already serves on {}", path);
   }
   if (unlink(path.c_str()) != 0) {
     return FailedPreconditionError("cannot remove the stale socket {}: {}", path,
@@ -62,7 +65,7 @@ Status PrepareSocketPath(const std::string& path) {
 }  // namespace
 
 DaemonServer::DaemonServer(Engine* engine, const ServerOptions& options)
-    : epd_(engine, options.daemon_version) {}
+    : epd_(engine, options.daemon_version, &peers_) {}
 
 StatusOr<std::unique_ptr<DaemonServer>> DaemonServer::Start(Engine* engine,
                                                             const ServerOptions& options) {
@@ -70,11 +73,10 @@ StatusOr<std::unique_ptr<DaemonServer>> DaemonServer::Start(Engine* engine,
   EPD_RETURN_IF_ERROR(PrepareSocketPath(socket_path));
 
   std::unique_ptr<DaemonServer> server(new DaemonServer(engine, options));
-  server->socket_path_ = socket_path;
   // Registers the reflection service with every server built after this call.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.unix_address, grpc::InsecureServerCredentials());
+  // The unix socket is served through UnixListener (below), not a gRPC listening port.
   if (!options.tcp_address.empty()) {
     builder.AddListeningPort(options.tcp_address, grpc::InsecureServerCredentials(),
                              &server->tcp_port_);
@@ -83,23 +85,38 @@ StatusOr<std::unique_ptr<DaemonServer>> DaemonServer::Start(Engine* engine,
   builder.RegisterService(&server->health_);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr) {
-    return UnavailableError("gRPC could not listen on {}{}{} (see the gRPC error above)",
-                            options.unix_address, options.tcp_address.empty() ? "" : " and ",
-                            options.tcp_address);
+    return UnavailableError("gRPC could not start{}{} (see the gRPC error above)",
+                            options.tcp_address.empty() ? "" : " on ", options.tcp_address);
   }
   if (!options.tcp_address.empty() && server->tcp_port_ == 0) {
     server->Stop(std::chrono::milliseconds(0));
     return UnavailableError("cannot listen on tcp_listen = \"{}\"", options.tcp_address);
   }
-  if (chmod(socket_path.c_str(), kSocketMode) != 0) {
-    EPD_LOG(kRpc, warn, "chmod {:o} {}: {}", kSocketMode, socket_path, std::strerror(errno));
+  DaemonServer* raw = server.get();
+  auto listener = UnixListener::Start(socket_path, kSocketMode, [raw](int fd) {
+    auto credentials = ReadPeerCredentials(fd);
+    if (!credentials.ok()) {
+      EPD_LOG(kRpc, warn, "connection refused: {}", credentials.status().ToString());
+      close(fd);
+      return;
+    }
+    // Recorded before gRPC sees the fd, so no call on it can miss its credentials.
+    raw->peers_.Record(fd, std::move(*credentials));
+    grpc::AddInsecureChannelFromFd(raw->server_.get(), fd);
+  });
+  if (!listener.ok()) {
+    server->Stop(std::chrono::milliseconds(0));
+    return listener.status();
   }
+  server->listener_ = std::move(*listener);
+  server->socket_path_ = socket_path;  // ours to unlink from now on
   return server;
 }
 
 void DaemonServer::Stop(std::chrono::milliseconds grace) {
   if (stopped_) return;
   stopped_ = true;
+  listener_.reset();  // no new connections
   health_.Shutdown();
   epd_.EndAllCalls(UnavailableError("epd is shutting down"));
   server_->Shutdown(std::chrono::system_clock::now() + grace);

@@ -1,6 +1,7 @@
 // DaemonServer: the gRPC server of the daemon: epd.v1.Epd, grpc.health.v1.Health and server
-// reflection, on a unix socket (mode 0660, parent directory created when missing) and
-// optionally a loopback TCP address.
+// reflection, on a unix socket (mode 0660 from the start, parent directory created when
+// missing; every connection's peer credentials known, peer_credentials.h) and optionally, opt
+// in, a loopback TCP address whose callers are anonymous (no shm registration over it).
 //
 // Shutdown order (main.cc): BeginDrain() (health NOT_SERVING), Engine::Shutdown() (in-flight
 // ops finish, sessions close), then Stop() ends the remaining streams and the server.
@@ -15,6 +16,8 @@
 #include "daemon/core/engine.h"
 #include "daemon/service/epd_service.h"
 #include "daemon/service/health_service.h"
+#include "daemon/service/peer_credentials.h"
+#include "daemon/service/unix_listener.h"
 
 namespace epd::service {
 
@@ -39,9 +42,11 @@ class DaemonServer {
  private:
   DaemonServer(Engine* engine, const ServerOptions& options);
 
+  PeerTable peers_;  // before epd_, which reads it
   EpdService epd_;
   HealthService health_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<UnixListener> listener_;
   std::string socket_path_;
   int tcp_port_ = 0;
   bool stopped_ = false;

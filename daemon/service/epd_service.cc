@@ -54,13 +54,14 @@ grpc::ServerUnaryReactor* Deferred(PendingUnaryCalls* pending,
 
 // Submits an op; the reactor is finished by the engine's completion (or by shutdown, if the
 // engine still holds the op then), or at once when the request does not translate or validate.
-template <typename CoreOp, typename ProtoOp, typename Submit>
+template <typename CoreOp, typename ProtoOp, typename Authorize, typename Submit>
 grpc::ServerUnaryReactor* SubmitOp(PendingUnaryCalls* pending,
                                    grpc::CallbackServerContext* context, std::string_view method,
-                                   const ProtoOp& request, Submit submit) {
+                                   const ProtoOp& request, Authorize authorize, Submit submit) {
   CoreOp op;
   OpOptions options;
   Status status = FromProto(request, &op, &options);
+  if (status.ok()) status = authorize(request.session_id());
   if (!status.ok()) return Finish(context, method, status);
   DeferredCall call(pending, context, method);
   status = submit(request.session_id(), op, options, [call](Status done) { call.Finish(done); });
@@ -70,8 +71,23 @@ grpc::ServerUnaryReactor* SubmitOp(PendingUnaryCalls* pending,
 
 }  // namespace
 
-EpdService::EpdService(Engine* engine, std::string daemon_version)
-    : engine_(engine), daemon_version_(std::move(daemon_version)) {}
+EpdService::EpdService(Engine* engine, std::string daemon_version, const PeerTable* peers)
+    : engine_(engine), daemon_version_(std::move(daemon_version)), peers_(peers) {}
+
+std::optional<PeerCredentials> EpdService::CredentialsOf(
+    grpc::CallbackServerContext* context) const {
+  if (peers_ == nullptr) return std::nullopt;
+  return peers_->Lookup(context->peer());
+}
+
+SessionPeer EpdService::CallerOf(grpc::CallbackServerContext* context) const {
+  auto credentials = CredentialsOf(context);
+  return credentials.has_value() ? credentials->peer : SessionPeer{};
+}
+
+Status EpdService::Authorize(grpc::CallbackServerContext* context, SessionId session) const {
+  return engine_->Touch(session, CallerOf(context));
+}
 
 void EpdService::EndAllCalls(const Status& status) {
   streams_.CloseAll(status);
@@ -102,14 +118,15 @@ grpc::ServerUnaryReactor* EpdService::ListSessions(grpc::CallbackServerContext* 
 }
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* EpdService::Session(
-    grpc::CallbackServerContext*) {
-  return new SessionStream(engine_, &streams_);  // deletes itself when done
+    grpc::CallbackServerContext* context) {
+  return new SessionStream(engine_, &streams_, CallerOf(context));  // deletes itself when done
 }
 
 grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* context,
                                                   const v1::OpenSessionRequest* request,
                                                   v1::OpenSessionResponse* response) {
-  auto info = engine_->OpenSession(request->rank(), request->client_name(), /*unary=*/true);
+  auto info = engine_->OpenSession(request->rank(), request->client_name(), /*unary=*/true,
+                                   CallerOf(context));
   if (!info.ok()) return Finish(context, "OpenSession", info.status());
   EPD_LOG(kRpc, debug, "unary session {} opened: rank={} client='{}'", info->id, info->rank,
           info->client_name);
@@ -121,6 +138,9 @@ grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* EpdService::CloseSession(grpc::CallbackServerContext* context,
                                                    const v1::CloseSessionRequest* request,
                                                    v1::CloseSessionResponse*) {
+  if (Status denied = Authorize(context, request->session_id()); !denied.ok()) {
+    return Finish(context, "CloseSession", denied);
+  }
   return Deferred(&pending_calls_, context, "CloseSession", [&](StatusCallback done) {
     engine_->CloseSession(request->session_id(), "closed by the client", std::move(done));
   });
@@ -134,6 +154,21 @@ grpc::ServerUnaryReactor* EpdService::RegisterBuffer(grpc::CallbackServerContext
   }
   auto source = FromProto(request->source(), "source");
   if (!source.ok()) return Finish(context, "RegisterBuffer", source.status());
+  Status touched = Authorize(context, request->session_id());
+  if (!touched.ok()) return Finish(context, "RegisterBuffer", touched);
+  if (source->kind == MemorySource::Kind::kHostShm) {
+    // The daemon opens the object with its own privileges: only for a peer whose credentials
+    // the backend can check against the object's owner and mode.
+    auto credentials = CredentialsOf(context);
+    if (!credentials.has_value()) {
+      return Finish(context, "RegisterBuffer",
+                    PermissionDeniedError("source.shm_name: shared memory can be registered only "
+                                          "over the unix socket (the daemon cannot tell who "
+                                          "calls over TCP)"));
+    }
+    source->requester = MemoryRequester{credentials->peer.uid, {}};
+    for (gid_t gid : credentials->groups) source->requester->groups.push_back(gid);
+  }
   DeferredCall call(&pending_calls_, context, "RegisterBuffer");
   engine_->RegisterBuffer(request->session_id(), *source,
                           [call, response](StatusOr<BufferInfo> buffer) {
@@ -146,6 +181,9 @@ grpc::ServerUnaryReactor* EpdService::RegisterBuffer(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* EpdService::ReleaseBuffer(grpc::CallbackServerContext* context,
                                                     const v1::ReleaseBufferRequest* request,
                                                     v1::ReleaseBufferResponse*) {
+  if (Status denied = Authorize(context, request->session_id()); !denied.ok()) {
+    return Finish(context, "ReleaseBuffer", denied);
+  }
   return Deferred(&pending_calls_, context, "ReleaseBuffer", [&](StatusCallback done) {
     engine_->ReleaseBuffer(request->session_id(), request->buffer_id(), std::move(done));
   });
@@ -154,6 +192,8 @@ grpc::ServerUnaryReactor* EpdService::ReleaseBuffer(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* EpdService::CreateFence(grpc::CallbackServerContext* context,
                                                   const v1::CreateFenceRequest* request,
                                                   v1::CreateFenceResponse* response) {
+  Status touched = Authorize(context, request->session_id());
+  if (!touched.ok()) return Finish(context, "CreateFence", touched);
   DeferredCall call(&pending_calls_, context, "CreateFence");
   engine_->CreateFence(request->session_id(), [call, response](StatusOr<FenceInfo> fence) {
     call.Finish(fence.status(), [&] {
@@ -169,6 +209,9 @@ grpc::ServerUnaryReactor* EpdService::CreateFence(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* EpdService::DestroyFence(grpc::CallbackServerContext* context,
                                                    const v1::DestroyFenceRequest* request,
                                                    v1::DestroyFenceResponse*) {
+  if (Status denied = Authorize(context, request->session_id()); !denied.ok()) {
+    return Finish(context, "DestroyFence", denied);
+  }
   return Deferred(&pending_calls_, context, "DestroyFence", [&](StatusCallback done) {
     engine_->DestroyFence(request->session_id(), request->fence_id(), std::move(done));
   });
@@ -185,6 +228,10 @@ grpc::ServerUnaryReactor* EpdService::CreateGroup(grpc::CallbackServerContext* c
   // A persistent group needs no session; a session-owned one names its owner.
   std::optional<SessionId> owner;
   if (request->session_id() != 0 || !request->persistent()) owner = request->session_id();
+  if (owner.has_value()) {
+    Status touched = Authorize(context, *owner);
+    if (!touched.ok()) return Finish(context, "CreateGroup", touched);
+  }
   DeferredCall call(&pending_calls_, context, "CreateGroup");
   // Creating an existing group of the same shape is idempotent: the answer is what exists.
   engine_->CreateGroup(owner, *config, request->persistent(),
@@ -196,15 +243,26 @@ grpc::ServerUnaryReactor* EpdService::CreateGroup(grpc::CallbackServerContext* c
 }
 
 grpc::ServerUnaryReactor* EpdService::ListGroups(grpc::CallbackServerContext* context,
-                                                 const v1::ListGroupsRequest*,
+                                                 const v1::ListGroupsRequest* request,
                                                  v1::ListGroupsResponse* response) {
-  for (const auto& group : engine_->ListGroups()) ToProto(group, response->add_groups());
+  // Groups come in name order: a page starts after the token, the last name of the page before.
+  for (const auto& group : engine_->ListGroups()) {
+    if (!request->page_token().empty() && group.config.name <= request->page_token()) continue;
+    if (response->groups_size() == static_cast<int>(kMaxGroupsPerAnswer)) {
+      response->set_next_page_token(response->groups().rbegin()->config().name());
+      break;
+    }
+    ToProto(group, response->add_groups());
+  }
   return Finish(context, "ListGroups", OkStatus());
 }
 
 grpc::ServerUnaryReactor* EpdService::DestroyGroup(grpc::CallbackServerContext* context,
                                                    const v1::DestroyGroupRequest* request,
                                                    v1::DestroyGroupResponse*) {
+  if (Status denied = Authorize(context, request->session_id()); !denied.ok()) {
+    return Finish(context, "DestroyGroup", denied);
+  }
   return Deferred(&pending_calls_, context, "DestroyGroup", [&](StatusCallback done) {
     engine_->DestroyGroup(request->session_id(), request->name(), std::move(done));
   });
@@ -213,6 +271,8 @@ grpc::ServerUnaryReactor* EpdService::DestroyGroup(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* EpdService::CreateHandle(grpc::CallbackServerContext* context,
                                                    const v1::CreateHandleRequest* request,
                                                    v1::HandleInfo* response) {
+  Status touched = Authorize(context, request->session_id());
+  if (!touched.ok()) return Finish(context, "CreateHandle", touched);
   DeferredCall call(&pending_calls_, context, "CreateHandle");
   engine_->CreateHandle(request->session_id(), request->group(),
                         request->has_rank() ? request->rank() : -1, request->name(),
@@ -225,6 +285,8 @@ grpc::ServerUnaryReactor* EpdService::CreateHandle(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* context,
                                                    const v1::AttachHandleRequest* request,
                                                    v1::HandleInfo* response) {
+  Status touched = Authorize(context, request->session_id());
+  if (!touched.ok()) return Finish(context, "AttachHandle", touched);
   auto handle = engine_->AttachHandle(request->session_id(), request->name());
   if (!handle.ok()) return Finish(context, "AttachHandle", handle.status());
   ToProto(*handle, response);
@@ -234,6 +296,9 @@ grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* EpdService::DestroyHandle(grpc::CallbackServerContext* context,
                                                     const v1::DestroyHandleRequest* request,
                                                     v1::DestroyHandleResponse*) {
+  if (Status denied = Authorize(context, request->session_id()); !denied.ok()) {
+    return Finish(context, "DestroyHandle", denied);
+  }
   return Deferred(&pending_calls_, context, "DestroyHandle", [&](StatusCallback done) {
     engine_->DestroyHandle(request->session_id(), request->handle_id(), std::move(done));
   });
@@ -244,6 +309,7 @@ grpc::ServerUnaryReactor* EpdService::UpdateHandle(grpc::CallbackServerContext* 
                                                    v1::OpResponse*) {
   return SubmitOp<UpdateRequest>(
       &pending_calls_, context, "UpdateHandle", *request,
+      [this, context](SessionId s) { return Authorize(context, s); },
       [this](SessionId s, const UpdateRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitUpdate(s, r, o, std::move(done));
       });
@@ -254,6 +320,7 @@ grpc::ServerUnaryReactor* EpdService::Dispatch(grpc::CallbackServerContext* cont
                                                v1::OpResponse*) {
   return SubmitOp<DispatchRequest>(
       &pending_calls_, context, "Dispatch", *request,
+      [this, context](SessionId s) { return Authorize(context, s); },
       [this](SessionId s, const DispatchRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitDispatch(s, r, o, std::move(done));
       });
@@ -263,6 +330,7 @@ grpc::ServerUnaryReactor* EpdService::Combine(grpc::CallbackServerContext* conte
                                               const v1::CombineRequest* request, v1::OpResponse*) {
   return SubmitOp<CombineRequest>(
       &pending_calls_, context, "Combine", *request,
+      [this, context](SessionId s) { return Authorize(context, s); },
       [this](SessionId s, const CombineRequest& r, const OpOptions& o, OpDone done) {
         return engine_->SubmitCombine(s, r, o, std::move(done));
       });

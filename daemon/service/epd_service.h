@@ -11,6 +11,7 @@
 #include <string>
 
 #include "daemon/core/engine.h"
+#include "daemon/service/peer_credentials.h"
 #include "daemon/service/pending_calls.h"
 #include "daemon/service/session_stream.h"
 #include "epd/v1/epd.grpc.pb.h"
@@ -19,7 +20,8 @@ namespace epd::service {
 
 class EpdService final : public v1::Epd::CallbackService {
  public:
-  EpdService(Engine* engine, std::string daemon_version);
+  // `peers`: credentials of the unix socket's connections; null when none are known (tests).
+  EpdService(Engine* engine, std::string daemon_version, const PeerTable* peers);
 
   // Daemon shutdown, after the engine drained: ends every Session stream and every unary op
   // call still waiting for the engine with `status`, so the server can stop.
@@ -83,8 +85,14 @@ class EpdService final : public v1::Epd::CallbackService {
                                     v1::OpResponse* response) override;
 
  private:
+  std::optional<PeerCredentials> CredentialsOf(grpc::CallbackServerContext* context) const;
+  SessionPeer CallerOf(grpc::CallbackServerContext* context) const;
+  // Touches `session` if the caller opened it; NOT_FOUND otherwise.
+  Status Authorize(grpc::CallbackServerContext* context, SessionId session) const;
+
   Engine* const engine_;
   const std::string daemon_version_;
+  const PeerTable* const peers_;
   SessionStreamRegistry streams_;
   PendingUnaryCalls pending_calls_;
 };

@@ -37,8 +37,8 @@ struct SessionStream::Actions {
   std::optional<grpc::Status> finish;
 };
 
-SessionStream::SessionStream(Engine* engine, SessionStreamRegistry* registry)
-    : engine_(engine), registry_(registry) {
+SessionStream::SessionStream(Engine* engine, SessionStreamRegistry* registry, SessionPeer peer)
+    : engine_(engine), peer_(peer), registry_(registry) {
   registry_->Add(this);
   Actions actions;
   {
@@ -151,7 +151,7 @@ void SessionStream::HandleOpen(uint64_t request_id, const v1::OpenSessionRequest
     Unref();
     return;
   }
-  auto info = engine_->OpenSession(open.rank(), open.client_name(), /*unary=*/false);
+  auto info = engine_->OpenSession(open.rank(), open.client_name(), /*unary=*/false, peer_);
   if (!info.ok()) {
     EPD_LOG(kRpc, info, "Session stream: open rank={} client='{}' failed: {}", open.rank(),
             open.client_name(), info.status().ToString());

@@ -26,7 +26,8 @@ class SessionStreamRegistry;
 class SessionStream final
     : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
  public:
-  SessionStream(Engine* engine, SessionStreamRegistry* registry);
+  // `peer`: the connecting process, recorded on the session the stream opens.
+  SessionStream(Engine* engine, SessionStreamRegistry* registry, SessionPeer peer);
 
   // Ends the stream from the server side (daemon shutdown) once queued answers are written.
   void CloseFromServer(const Status& status);
@@ -69,6 +70,7 @@ class SessionStream final
   void Unref();
 
   Engine* const engine_;
+  const SessionPeer peer_;
   SessionStreamRegistry* const registry_;
 
   std::mutex mu_;

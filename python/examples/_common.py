@@ -19,7 +19,8 @@ class PrivateDaemon:
         self.dir = tempfile.mkdtemp(prefix="epd-example-")
         self.socket = os.path.join(self.dir, "epd.sock")
         self.address = "unix://" + self.socket
-        args = [binary, "--backend", backend, "--listen", self.address, "--log-level", "warn"]
+        args = [binary, "--backend", backend, "--listen", self.address, "--metrics-listen", "",
+                "--log-level", "warn"]
         args += ["--cpu-ranks", str(ranks)] if backend == "cpu" else \
             ["--gpus", ",".join(str(r) for r in range(ranks))]
         self.process = subprocess.Popen(args)

@@ -54,7 +54,7 @@ static pid_t start_daemon(const char* binary, const char* address) {
   pid_t pid = fork();
   if (pid == 0) {
     execl(binary, binary, "--backend", "cpu", "--cpu-ranks", "1", "--listen", address,
-          "--log-level", "warn", (char*)NULL);
+          "--metrics-listen", "", "--log-level", "warn", (char*)NULL);
     _exit(127);
   }
   return pid;

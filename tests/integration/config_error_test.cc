@@ -49,7 +49,7 @@ class ConfigErrorTest : public ::testing::Test {
   std::string ExpectRejected(const std::string& toml, std::vector<std::string> extra = {}) {
     std::ofstream(config_path_) << toml;
     std::vector<std::string> args = {"--config", config_path_, "--listen",
-                                     "unix://" + dir_ + "/epd.sock"};
+                                     "unix://" + dir_ + "/epd.sock", "--metrics-listen", ""};
     args.insert(args.end(), extra.begin(), extra.end());
     std::string output;
     EXPECT_EQ(RunDaemonToExit(args, &output, 5'000), kExitUsage) << "config:\n"
@@ -152,7 +152,7 @@ TEST_F(ConfigErrorTest, BadFlagsAreNamed) {
   EXPECT_THAT(output, HasSubstr("--no-such-flag"));
   // Flags are validated like the file: a flag cannot open TCP beyond loopback either.
   EXPECT_EQ(RunDaemonToExit({"--backend", "cpu", "--listen", "unix://" + dir_ + "/epd.sock",
-                             "--tcp-listen", "0.0.0.0:1"},
+                             "--metrics-listen", "", "--tcp-listen", "0.0.0.0:1"},
                             &output, 5'000),
             kExitUsage);
   EXPECT_THAT(output, HasSubstr("tcp_listen"));

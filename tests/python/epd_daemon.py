@@ -36,7 +36,8 @@ class Daemon:
                 [binary, "--backend", backend,
                  *(["--cpu-ranks", str(ranks)] if backend == "cpu" else []),
                  *(["--gpus", gpus] if gpus else []),
-                 "--listen", self.address, "--log-level", "info", *extra_args],
+                 "--listen", self.address, "--metrics-listen", "", "--log-level", "info",
+                 *extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not os.path.exists(self.socket):

@@ -109,8 +109,9 @@ class EngineControlTest : public ::testing::Test {
         CreateCpuBackend({2, milliseconds(2000)}).value());
     backend_ = backend.get();
     engine_ = Engine::Create(std::move(backend), EngineOptions{}).value();
-    ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("g"), /*persistent=*/true).ok());
     admin_ = engine_->OpenSession(0, "admin", /*unary=*/false).value().id;
+    // Persistent, created by a session: that session's user may destroy it.
+    ASSERT_TRUE(engine_->CreateGroup(admin_, Config("g"), /*persistent=*/true).ok());
   }
 
   InterposingBackend* backend_ = nullptr;

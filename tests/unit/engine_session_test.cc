@@ -75,7 +75,9 @@ TEST_F(EngineTest, ClosingASessionFailsPeersWaitingInACollective) {
 TEST_F(EngineTest, ClosingASessionFreesWhatItCreated) {
   const int64_t before = engine_->Stats().live_bytes;
   Frontend extra(*engine_, 0);
-  auto handle = engine_->CreateHandle(extra.session, "g", 0, "", false);
+  // Its own group: rank 0 of "g" belongs to frontends_[0].
+  ASSERT_TRUE(engine_->CreateGroup(extra.session, Config("freed"), false).ok());
+  auto handle = engine_->CreateHandle(extra.session, "freed", 0, "", false);
   ASSERT_TRUE(handle.ok());
   ASSERT_TRUE(engine_->CreateFence(extra.session).ok());
   EXPECT_GT(engine_->Stats().live_bytes, before);

@@ -45,12 +45,14 @@ TEST_F(GroupRegistryTest, FindsByNameAndRefusesAnotherShapeOfTheSameName) {
 
 TEST_F(GroupRegistryTest, MembershipTokensCountExactlyWhileTheyLive) {
   auto group = MakeGroup("g");
+  group->creator_uid = 1000;  // persistent, created by a session of uid 1000
   ASSERT_TRUE(registry_->Add(group).ok());
   {
     GroupMembership a = registry_->Join(group).value();
     GroupMembership b = registry_->Join(group).value();
     EXPECT_EQ(registry_->members("g"), 2);
-    EXPECT_EQ(registry_->Destroy("g").message(), "group 'g' still has 2 handles");
+    EXPECT_EQ(registry_->Destroy("g", /*caller=*/5, /*caller_uid=*/1000).message(),
+              "group 'g' still has 2 handles");
     GroupMembership moved = std::move(a);
     EXPECT_FALSE(a.active());
     EXPECT_EQ(registry_->members("g"), 2);
@@ -59,10 +61,26 @@ TEST_F(GroupRegistryTest, MembershipTokensCountExactlyWhileTheyLive) {
     EXPECT_EQ(registry_->members("g"), 1);
   }  // b uncounts itself
   EXPECT_EQ(registry_->members("g"), 0);
-  EXPECT_TRUE(registry_->Destroy("g").ok());
+  EXPECT_TRUE(registry_->Destroy("g", /*caller=*/5, /*caller_uid=*/1000).ok());
   EXPECT_EQ(released_, 1u);
   EXPECT_EQ(registry_->Join(group).status().code(), StatusCode::kNotFound)
       << "a destroyed group takes no new members";
+}
+
+TEST_F(GroupRegistryTest, OnlyTheOwnerOrTheCreatorsUserDestroysAGroup) {
+  ASSERT_TRUE(registry_->Add(MakeGroup("owned", 7)).ok());
+  EXPECT_EQ(registry_->Destroy("owned", 8, 1000).code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(registry_->Destroy("owned", 7, 1000).ok());
+  auto persistent = MakeGroup("persistent");
+  persistent->creator_uid = 1000;
+  ASSERT_TRUE(registry_->Add(persistent).ok());
+  EXPECT_EQ(registry_->Destroy("persistent", 7, 1001).code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(registry_->Destroy("persistent", 9, 1000).ok());
+  ASSERT_TRUE(registry_->Add(MakeGroup("config")).ok());  // no creator: the config file's
+  EXPECT_EQ(registry_->Destroy("config", 7, 0).code(), StatusCode::kPermissionDenied);
+  const GroupRegistry::Counts counts = registry_->CountFor(SessionId{7});
+  EXPECT_EQ(counts.persistent, 1u);
+  EXPECT_EQ(counts.owned, 0u);
 }
 
 TEST_F(GroupRegistryTest, AnOwnedGroupGoesWithItsOwnerOrItsLastMember) {

@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <grp.h>
+
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <mutex>
@@ -14,7 +17,9 @@
 #include "daemon/backends/cpu/cpu_stream.h"
 #include "daemon/backends/cpu/host_rendezvous.h"
 #include "daemon/backends/cpu/reference_ops.h"
+#include "daemon/backends/cpu/shm_fault_guard.h"
 #include "daemon/backends/cpu/shm_region.h"
+#include "daemon/core/daemon_config.h"
 #include "daemon/core/log.h"
 
 namespace epd {
@@ -41,17 +46,42 @@ class CountedHostBuffer {
 
 class ImportedShm : public Memory {
  public:
-  ImportedShm(std::unique_ptr<ShmRegion> region, uint64_t offset, uint64_t size)
-      : region_(std::move(region)), offset_(offset), size_(size) {}
-  void* data() const override { return static_cast<char*>(region_->data()) + offset_; }
-  size_t size() const override { return size_; }
+  explicit ImportedShm(std::unique_ptr<ShmRegion> region) : region_(std::move(region)) {}
+  void* data() const override { return region_->data(); }
+  size_t size() const override { return region_->size(); }
   int device() const override { return -1; }
 
  private:
-  std::unique_ptr<ShmRegion> region_;
-  uint64_t offset_;
-  uint64_t size_;
+  std::unique_ptr<ShmRegion> region_;  // maps only the registered range
 };
+
+// Fails an op whose memory a client truncated while the daemon had it mapped: the daemon
+// then read or wrote zero pages instead (shm_fault_guard.h), so the result is meaningless.
+Status CheckIntact(const void* data, std::string_view what) {
+  if (data == nullptr || !ShmFaultGuard::BrokenAt(data, 1)) return OkStatus();
+  return FailedPreconditionError(
+      "{}: its shared memory object was truncated while the daemon had it mapped; release "
+      "it and register (or create) it again",
+      what);
+}
+
+// Weights scale expert outputs in Combine: a NaN or infinity would silently poison the
+// frontend's output, so it is refused naming the entry. (The cuda backend's weights live on
+// the device, where this check belongs in its routing kernel.)
+Status CheckFiniteWeights(const TensorView& weights, int num_tokens, int top_k) {
+  const auto* w = static_cast<const float*>(weights.data);
+  if (w == nullptr) return OkStatus();
+  for (int t = 0; t < num_tokens; ++t) {
+    for (int k = 0; k < top_k; ++k) {
+      const float value = w[static_cast<size_t>(t) * top_k + k];
+      if (!std::isfinite(value)) {
+        return InvalidArgumentError("topk_weights[{}][{}] = {} is not a finite number", t, k,
+                                    value);
+      }
+    }
+  }
+  return OkStatus();
+}
 
 class ExportedShm : public ExportedMemory {
  public:
@@ -150,7 +180,8 @@ class CpuHandle : public BackendHandle {
 
 class CpuBackend : public Backend {
  public:
-  explicit CpuBackend(const CpuBackendOptions& options) : options_(options) {}
+  CpuBackend(const CpuBackendOptions& options, std::optional<gid_t> exported_shm_group)
+      : options_(options), exported_shm_group_(exported_shm_group) {}
 
   NodeDescription Describe() const override {
     NodeDescription node;
@@ -189,19 +220,16 @@ class CpuBackend : public Backend {
       return InvalidArgumentError(
           "source.cuda_ipc_handle: the cpu backend only accepts host shared memory (shm_name)");
     }
+    if (source.size == 0) return InvalidArgumentError("source.size must be > 0");
     EPD_ASSIGN_OR_RETURN(std::unique_ptr<ShmRegion> region,
-                         ShmRegion::Open(source.shm_name, "source.shm_name"));
-    if (source.offset > region->size() || source.size > region->size() - source.offset) {
-      return InvalidArgumentError(
-          "source (offset = {}, size = {}) lies outside shm object '{}' of {} bytes", source.offset,
-          source.size, source.shm_name, region->size());
-    }
-    return std::shared_ptr<Memory>(
-        std::make_shared<ImportedShm>(std::move(region), source.offset, source.size));
+                         ShmRegion::Open(source.shm_name, "source.shm_name", source.offset,
+                                         source.size, source.requester));
+    return std::shared_ptr<Memory>(std::make_shared<ImportedShm>(std::move(region)));
   }
 
   StatusOr<std::unique_ptr<ExportedMemory>> CreateFence(int node_rank) override {
-    EPD_ASSIGN_OR_RETURN(auto region, ShmRegion::Create(NextShmName("fence"), kFencePageBytes));
+    EPD_ASSIGN_OR_RETURN(auto region, ShmRegion::Create(NextShmName("fence"), kFencePageBytes,
+                                                        kExportedShmMode, ExportedShmGroup()));
     const FencePageHeader header = MakeFencePageHeader();
     std::memcpy(region->data(), &header, sizeof(header));
     return std::unique_ptr<ExportedMemory>(
@@ -229,7 +257,8 @@ class CpuBackend : public Backend {
     }
     const HandleLayout layout = ComputeHandleLayout(config);
     EPD_ASSIGN_OR_RETURN(auto region,
-                         ShmRegion::Create(NextShmName("handle"), layout.exported_bytes));
+                         ShmRegion::Create(NextShmName("handle"), layout.exported_bytes,
+                                           kExportedShmMode, ExportedShmGroup()));
     auto exported = std::make_unique<ExportedShm>(std::move(region), allocations_);
     auto handle = std::make_unique<CpuHandle>(group, group_rank, config.ranks[group_rank],
                                               std::move(exported), allocations_);
@@ -247,9 +276,10 @@ class CpuBackend : public Backend {
   Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
     EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
     uint64_t* counter = Counter(fence);
-    streams_[node_rank]->Enqueue([counter, value] {
+    void* page = fence.data();
+    streams_[node_rank]->Enqueue([node_rank, counter, value, page] {
       std::atomic_ref<uint64_t>(*counter).store(value, std::memory_order_release);
-      return OkStatus();
+      return CheckIntact(page, fmt::format("rank {}: fence", node_rank));
     });
     return OkStatus();
   }
@@ -263,10 +293,14 @@ class CpuBackend : public Backend {
     }
     cpu.set_submitted_tokens(args.num_tokens);
     streams_[cpu.node_rank()]->Enqueue([&cpu, args] {
-      Status bound =
-          reference::BindRouting(cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
+      Status bound = CheckFiniteWeights(args.topk_weights, args.num_tokens, cpu.config().top_k);
+      if (bound.ok()) {
+        bound = reference::BindRouting(cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
                                  static_cast<const float*>(args.topk_weights.data), args.num_tokens,
                                  cpu.topk_idx(), cpu.topk_weights(), cpu.expert_counts());
+      }
+      if (bound.ok()) bound = CheckIntact(args.topk_idx.data, "topk_idx");
+      if (bound.ok()) bound = CheckIntact(args.topk_weights.data, "topk_weights");
       cpu.set_bound_tokens(bound.ok() ? args.num_tokens : 0);
       cpu.set_routing_status(bound);
       return bound;
@@ -347,6 +381,8 @@ class CpuBackend : public Backend {
     const Deadline deadline = Clock::now() + options_.op_timeout;
     auto pause = std::chrono::microseconds(1);
     while (counter.load(std::memory_order_acquire) < value) {
+      // A truncated page reads zeros for ever: fail now rather than at the timeout.
+      EPD_RETURN_IF_ERROR(CheckIntact(counter_word, fmt::format("rank {}: fence", node_rank)));
       if (shutting_down_) {
         return UnavailableError("rank {}: fence wait for value {} cancelled: epd is shutting down",
                                 node_rank, value);
@@ -399,7 +435,13 @@ class CpuBackend : public Backend {
       reference::ComputeSlots(config, me.group_rank(), sources, me.slots());
     }
     Status left = group.rendezvous().Leave(me.group_rank(), seq, options_.op_timeout);
-    return status.ok() ? left : status;
+    if (status.ok()) status = left;
+    // Every rank read every rank's x: a truncated one spoils all ranks' results.
+    for (size_t s = 0; s < parts.size() && status.ok(); ++s) {
+      status = CheckIntact(PartOf(parts[s]).tensor, fmt::format("dispatch: group rank {}'s x", s));
+    }
+    if (status.ok()) status = CheckIntact(me.exported().data(), "dispatch: the handle");
+    return status;
   }
 
   Status RunCombine(CpuHandle& me, uint64_t seq, const RankPart& mine, void* out) {
@@ -411,7 +453,12 @@ class CpuBackend : public Backend {
     std::vector<const void*> expert_out;
     for (const void* part : parts) expert_out.push_back(PartOf(part).tensor);
     reference::Combine(group.config(), me.Source(nullptr), me.slots(), expert_out, out);
-    return group.rendezvous().Leave(me.group_rank(), seq, options_.op_timeout);
+    Status status = group.rendezvous().Leave(me.group_rank(), seq, options_.op_timeout);
+    for (size_t s = 0; s < expert_out.size() && status.ok(); ++s) {
+      status = CheckIntact(expert_out[s], fmt::format("combine: group rank {}'s expert outputs", s));
+    }
+    if (status.ok()) status = CheckIntact(out, "combine: out");
+    return status;
   }
 
  public:
@@ -427,6 +474,13 @@ class CpuBackend : public Backend {
   CpuBackendOptions options_;
   AllocationCounter allocations_;
   std::atomic<uint64_t> next_shm_{0};
+  // Frontends of the daemon's group open handle and fence objects read-write
+  // (README, Security): group rw whatever the umask, and the group `epd` when it exists and
+  // the daemon may give files to it (root).
+  static constexpr mode_t kExportedShmMode = 0660;
+  std::optional<gid_t> ExportedShmGroup() const { return exported_shm_group_; }
+
+  const std::optional<gid_t> exported_shm_group_;
   const uint32_t shm_salt_ = std::random_device{}();
   std::atomic<bool> shutting_down_{false};
   std::mutex groups_mutex_;
@@ -437,11 +491,23 @@ class CpuBackend : public Backend {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options) {
-  if (options.ranks < 1 || options.ranks > 64) {
-    return InvalidArgumentError("cpu_ranks = {} must be in [1, 64]", options.ranks);
+std::optional<gid_t> DefaultExportedShmGroup() {
+  if (geteuid() != 0) return std::nullopt;  // others cannot give files to another group
+  std::vector<char> scratch(16384);
+  group entry{};
+  group* found = nullptr;
+  if (getgrnam_r("epd", &entry, scratch.data(), scratch.size(), &found) != 0 || found == nullptr) {
+    return std::nullopt;
   }
-  auto backend = std::make_unique<CpuBackend>(options);
+  return found->gr_gid;
+}
+
+StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options,
+                                                    std::optional<gid_t> exported_shm_group) {
+  if (options.ranks < 1 || options.ranks > kMaxCpuRanks) {
+    return InvalidArgumentError("cpu_ranks = {} must be in [1, {}]", options.ranks, kMaxCpuRanks);
+  }
+  auto backend = std::make_unique<CpuBackend>(options, exported_shm_group);
   backend->StartStreams();
   return std::unique_ptr<Backend>(std::move(backend));
 }

@@ -3,7 +3,10 @@
 // the GPU tests (through reference_ops.h).
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
+#include <optional>
 #include <memory>
 
 #include "daemon/core/backend.h"
@@ -15,6 +18,13 @@ struct CpuBackendOptions {
   std::chrono::milliseconds op_timeout{10'000};
 };
 
-StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& options);
+// The group `epd` (deploy/epd.service) when it exists and the daemon runs as root, so that
+// frontends of that group can open handle and fence objects read-write; else nullopt.
+std::optional<gid_t> DefaultExportedShmGroup();
+
+// `exported_shm_group`: group given to the handle and fence objects the daemon creates;
+// nullopt: the daemon's own.
+StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(
+    const CpuBackendOptions& options, std::optional<gid_t> exported_shm_group = std::nullopt);
 
 }  // namespace epd

@@ -1,0 +1,252 @@
+// The engine's ownership rules: sessions bound to their peer, one session per rank in a
+// group, groups destroyed only by their owner.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+#include <limits>
+#include <set>
+
+#include "daemon/backends/cpu/cpu_backend.h"
+#include "daemon/core/engine.h"
+#include "daemon/core/session_identity.h"
+
+namespace epd {
+namespace {
+
+using std::chrono::milliseconds;
+
+GroupConfig Config(std::string name) {
+  GroupConfig c;
+  c.name = std::move(name);
+  c.ranks = {0, 1};
+  c.experts = 4;
+  c.hidden = 16;
+  c.max_tokens_per_rank = 8;
+  c.top_k = 2;
+  c.dtype = DType::kFp32;
+  return c;
+}
+
+class EngineSecurityTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Restart(EngineOptions{}); }
+  void Restart(EngineOptions options) {
+    engine_.reset();
+    auto backend = CreateCpuBackend({2, milliseconds(2000)});
+    ASSERT_TRUE(backend.ok());
+    engine_ = Engine::Create(std::move(backend).value(), options).value();
+  }
+  SessionId Open(int rank, SessionPeer peer = {}) {
+    return engine_->OpenSession(rank, "test", /*unary=*/false, peer).value().id;
+  }
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(EngineSecurityTest, ASessionIsUsableOnlyByThePeerThatOpenedIt) {
+  const SessionPeer alice{100, 1000, 1000};
+  const SessionId session = Open(0, alice);
+  EXPECT_TRUE(engine_->Touch(session, alice).ok());
+  const SessionPeer other_process{101, 1000, 1000};
+  const SessionPeer other_user{100, 1001, 1001};
+  for (const SessionPeer& intruder : {other_process, other_user, SessionPeer{}}) {
+    const Status status = engine_->Touch(session, intruder);
+    EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
+  }
+}
+
+TEST_F(EngineSecurityTest, SessionIdsDoNotRepeatAndUseAllBits) {
+  std::set<SessionId> ids;
+  uint64_t seen_bits = 0;
+  for (int i = 0; i < 256; ++i) {
+    auto id = RandomSessionId();
+    ASSERT_TRUE(id.ok());
+    ids.insert(*id);
+    seen_bits |= *id;
+  }
+  EXPECT_EQ(ids.size(), 256u);
+  EXPECT_EQ(seen_bits, ~uint64_t{0});  // a 32-bit seed or a short id would leave bits unset
+}
+
+TEST_F(EngineSecurityTest, ASecondSessionOfARankCannotJoinAGroupItsRankHolds) {
+  const SessionId honest = Open(0);
+  ASSERT_TRUE(engine_->CreateGroup(honest, Config("g"), false).ok());
+  ASSERT_TRUE(engine_->CreateHandle(honest, "g", 0, "", false).ok());
+  const SessionId thief = Open(0);
+  const auto stolen = engine_->CreateHandle(thief, "g", 0, "", false);
+  EXPECT_EQ(stolen.status().code(), StatusCode::kPermissionDenied) << stolen.status().ToString();
+  // Another rank joins as usual; rank 0 is free again once its holder left.
+  EXPECT_TRUE(engine_->CreateHandle(Open(1), "g", 1, "", false).ok());
+  ASSERT_TRUE(engine_->CloseSession(honest, "left").ok());
+  EXPECT_TRUE(engine_->CreateHandle(thief, "g", 0, "", false).ok());
+}
+
+TEST_F(EngineSecurityTest, APersistentHandleOfARankIsAttachedNotDuplicated) {
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("p"), true).ok());
+  ASSERT_TRUE(engine_->CreatePersistentHandle("p", 0, "layer0").ok());
+  const SessionId session = Open(0);
+  EXPECT_EQ(engine_->CreateHandle(session, "p", 0, "", false).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_->AttachHandle(session, "layer0").ok());
+}
+
+TEST_F(EngineSecurityTest, OnlyTheOwnerDestroysASessionGroup) {
+  const SessionId owner = Open(0);
+  const SessionId other = Open(1);
+  ASSERT_TRUE(engine_->CreateGroup(owner, Config("mine"), false).ok());
+  EXPECT_EQ(engine_->DestroyGroup(other, "mine").code(), StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_->DestroyGroup(owner, "mine").ok());
+}
+
+TEST_F(EngineSecurityTest, PersistentGroupsAreDestroyedOnlyByTheirCreatorsUser) {
+  const SessionPeer admin{10, 500, 500};
+  const SessionPeer stranger{11, 600, 600};
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("from-config"), true).ok());
+  ASSERT_TRUE(engine_->CreateGroup(Open(0, admin), Config("by-admin"), true).ok());
+  const SessionId intruder = Open(1, stranger);
+  EXPECT_EQ(engine_->DestroyGroup(intruder, "from-config").code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(engine_->DestroyGroup(intruder, "by-admin").code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(engine_->DestroyGroup(Open(1, admin), "from-config").code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_TRUE(engine_->DestroyGroup(Open(1, SessionPeer{12, 500, 500}), "by-admin").ok());
+}
+
+::testing::AssertionResult OverLimit(const Status& status, std::string_view key) {
+  if (status.code() == StatusCode::kResourceExhausted &&
+      status.message().find(key) != std::string::npos) {
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure() << "expected RESOURCE_EXHAUSTED naming " << key
+                                       << ", got " << status.ToString();
+}
+
+// A frontend-made shm object of `bytes`.
+struct Object {
+  explicit Object(size_t bytes) : name("/epd-limits-" + std::to_string(getpid()) + "-" +
+                                       std::to_string(next++)) {
+    const int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    close(fd);
+  }
+  ~Object() { shm_unlink(name.c_str()); }
+  MemorySource Source(uint64_t size) const {
+    MemorySource source;
+    source.shm_name = name;
+    source.size = size;
+    return source;
+  }
+  static inline int next = 0;
+  std::string name;
+};
+
+TEST_F(EngineSecurityTest, EverySessionLimitAnswersResourceExhaustedNamingItsKey) {
+  EngineOptions options;
+  options.limits = SessionLimits{2, 12288, 2, 1, 1, 2};
+  Restart(options);
+  const SessionId session = Open(0);
+  // Fences.
+  ASSERT_TRUE(engine_->CreateFence(session).ok());
+  ASSERT_TRUE(engine_->CreateFence(session).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateFence(session).status(), "limits.fences_per_session"));
+  // Buffers and registered bytes.
+  Object object(16384);
+  ASSERT_TRUE(engine_->RegisterBuffer(session, object.Source(8192)).ok());
+  EXPECT_TRUE(OverLimit(engine_->RegisterBuffer(session, object.Source(8192)).status(),
+                        "limits.mapped_bytes_per_session"));
+  auto second = engine_->RegisterBuffer(session, object.Source(4096));
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(OverLimit(engine_->RegisterBuffer(session, object.Source(1)).status(),
+                        "limits.buffers_per_session"));
+  ASSERT_TRUE(engine_->ReleaseBuffer(session, second->id).ok());  // frees its share
+  EXPECT_TRUE(engine_->RegisterBuffer(session, object.Source(4096)).ok());
+  // Groups and handles.
+  ASSERT_TRUE(engine_->CreateGroup(session, Config("a"), false).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateGroup(session, Config("b"), false),
+                        "limits.groups_per_session"));
+  EXPECT_TRUE(engine_->CreateGroup(session, Config("a"), false).ok());  // idempotent: no new one
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("p1"), true).ok());
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config("p2"), true).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateGroup(std::nullopt, Config("p3"), true),
+                        "limits.persistent_groups"));
+  ASSERT_TRUE(engine_->CreateHandle(session, "a", 0, "", false).ok());
+  EXPECT_TRUE(OverLimit(engine_->CreateHandle(session, "p1", 0, "", false).status(),
+                        "limits.handles_per_session"));
+  // Another session has its own allowance.
+  EXPECT_TRUE(engine_->CreateFence(Open(1)).ok());
+}
+
+TEST_F(EngineSecurityTest, ClientAndHandleNamesAreBoundedAndPrintable) {
+  auto forged = engine_->OpenSession(0, "ok\n2026-12-01 info [core] forged", false);
+  EXPECT_EQ(forged.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(forged.status().message().find("client_name"), std::string::npos);
+  auto huge = engine_->OpenSession(0, std::string(1 << 20, 'a'), false);
+  EXPECT_EQ(huge.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.status().message().find("client_name has 1048576 bytes"), std::string::npos);
+  EXPECT_TRUE(engine_->OpenSession(0, std::string(128, 'a'), false).ok());
+
+  const SessionId session = Open(0);
+  ASSERT_TRUE(engine_->CreateGroup(session, Config("g"), false).ok());
+  auto long_name = engine_->CreateHandle(session, "g", 0, std::string(100'000, 'h'), true);
+  EXPECT_EQ(long_name.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(long_name.status().message().find("name has 100000 bytes"), std::string::npos);
+  EXPECT_TRUE(engine_->CreateHandle(session, "g", 0, std::string(128, 'h'), true).ok());
+}
+
+TEST_F(EngineSecurityTest, NonFiniteWeightsAreRefusedNamingTheEntry) {
+  EngineOptions options;
+  Restart(options);
+  GroupConfig config = Config("w");
+  config.ranks = {0};
+  config.experts = 2;
+  const SessionId session = Open(0);
+  ASSERT_TRUE(engine_->CreateGroup(session, config, false).ok());
+  auto handle = engine_->CreateHandle(session, "w", 0, "", false);
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+  Object object(4096);
+  auto buffer = engine_->RegisterBuffer(session, object.Source(4096));
+  ASSERT_TRUE(buffer.ok());
+  const int fd = shm_open(object.name.c_str(), O_RDWR, 0);
+  auto* bytes = static_cast<char*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+  close(fd);
+  auto* topk = reinterpret_cast<int32_t*>(bytes);
+  auto* weights = reinterpret_cast<float*>(bytes + 1024);
+  for (int i = 0; i < 4; ++i) {
+    topk[i] = i % 2;
+    weights[i] = 0.5f;
+  }
+  weights[3] = std::numeric_limits<float>::quiet_NaN();  // token 1, k 1
+  UpdateRequest update;
+  update.handle_id = handle->id;
+  update.topk_idx = TensorRef{buffer->id, 0, DType::kInt32, {2, 2}};
+  update.topk_weights = TensorRef{buffer->id, 1024, DType::kFp32, {2, 2}};
+  std::promise<Status> done;
+  OpOptions blocking;
+  blocking.blocking = true;
+  ASSERT_TRUE(engine_->SubmitUpdate(session, update, blocking, [&](Status s) {
+                       done.set_value(std::move(s));
+                     }).ok());
+  const Status status = done.get_future().get();
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
+  EXPECT_NE(status.message().find("topk_weights[1][1]"), std::string::npos) << status.ToString();
+
+  // Finite weights bind; a Combine before any Dispatch is refused at once, not after a wait.
+  weights[3] = 0.25f;
+  std::promise<Status> bound;
+  ASSERT_TRUE(engine_->SubmitUpdate(session, update, blocking, [&](Status s) {
+                       bound.set_value(std::move(s));
+                     }).ok());
+  ASSERT_TRUE(bound.get_future().get().ok());
+  CombineRequest combine;
+  combine.handle_id = handle->id;
+  combine.out = TensorRef{buffer->id, 2048, DType::kFp32, {2, 16}};
+  const Status early = engine_->SubmitCombine(session, combine, blocking, [](Status) {});
+  EXPECT_EQ(early.code(), StatusCode::kFailedPrecondition) << early.ToString();
+  EXPECT_NE(early.message().find("dispatch before combine"), std::string::npos);
+  munmap(bytes, 4096);
+}
+
+}  // namespace
+}  // namespace epd
