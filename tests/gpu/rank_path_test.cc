@@ -16,11 +16,16 @@ namespace {
 using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
+// The CUDA device of each of the two node ranks: GPUs 0 and 1, or GPU 0 twice.
+std::vector<int> TwoRankDevices() {
+  return GpuCount() >= 2 ? std::vector<int>{0, 1} : std::vector<int>{0, 0};
+}
+
 // A private backend (abort and shutdown must not touch the binary's shared one) with two node
-// ranks: GPUs 0 and 1, or GPU 0 twice.
+// ranks on TwoRankDevices().
 std::unique_ptr<Backend> TwoRankBackend(milliseconds op_timeout) {
   CudaBackendOptions options;
-  options.devices = GpuCount() >= 2 ? std::vector<int>{0, 1} : std::vector<int>{0, 0};
+  options.devices = TwoRankDevices();
   options.op_timeout = op_timeout;
   options.create_nccl_comms = false;
   options.max_blocks_per_op = 8;  // two ranks' kernels resident together on one GPU
@@ -62,7 +67,7 @@ TEST(CudaRankPath, ALateRankFindsItsPeersOpsAlreadyOnTheirStreamsAndResultsStayE
   auto backend = TwoRankBackend(milliseconds(10'000));
   ASSERT_NE(backend, nullptr);
   {
-    MoeHarness harness(*backend, TwoRankSpec("late_rank"));
+    MoeHarness harness(*backend, TwoRankSpec("late_rank"), TwoRankDevices());
     auto inputs = Bind(harness, 11);
     const auto statuses = harness.DispatchWithLateRank(1, [&] {
       // Rank 0's dispatch was enqueued without waiting for rank 1: it is on its stream now,
@@ -83,7 +88,7 @@ TEST(CudaRankPath, ARankThatRejectsItsArgumentsReleasesItsWaitingPeerAtOnce) {
   auto backend = TwoRankBackend(milliseconds(20'000));
   ASSERT_NE(backend, nullptr);
   {
-    MoeHarness harness(*backend, TwoRankSpec("rejected"));
+    MoeHarness harness(*backend, TwoRankSpec("rejected"), TwoRankDevices());
     Bind(harness, 21);
     const auto start = Clock::now();
     DeviceBuffer x(0, 16 * 512 * 2);
@@ -108,7 +113,7 @@ TEST(CudaRankPath, ALoneRankTimesOutNamingThePeerAndTheLatePeerFailsAtOnce) {
   auto backend = TwoRankBackend(milliseconds(300));
   ASSERT_NE(backend, nullptr);
   {
-    MoeHarness harness(*backend, TwoRankSpec("lone"));
+    MoeHarness harness(*backend, TwoRankSpec("lone"), TwoRankDevices());
     Bind(harness, 31);
     DeviceBuffer x(0, 16 * 512 * 2), out(0, 16 * 512 * 2);
     DispatchArgs dispatch;
@@ -144,7 +149,7 @@ TEST(CudaAbort, AbortGroupReleasesAWaitingDispatchAndTheGroupRecovers) {
   auto backend = TwoRankBackend(milliseconds(30'000));
   ASSERT_NE(backend, nullptr);
   {
-    MoeHarness harness(*backend, TwoRankSpec("aborted"));
+    MoeHarness harness(*backend, TwoRankSpec("aborted"), TwoRankDevices());
     Bind(harness, 41);
     DeviceBuffer x(0, 16 * 512 * 2);
     DispatchArgs dispatch;
@@ -168,7 +173,7 @@ TEST(CudaAbort, ShutdownReleasesAStuckFenceWaitAndEveryLaterWait) {
   auto backend = TwoRankBackend(milliseconds(30'000));
   ASSERT_NE(backend, nullptr);
   {
-    MoeHarness harness(*backend, TwoRankSpec("shutdown"));
+    MoeHarness harness(*backend, TwoRankSpec("shutdown"), TwoRankDevices());
     Bind(harness, 51);
     auto fence = backend->CreateFence(0);
     ASSERT_TRUE(fence.ok()) << fence.status().ToString();
