@@ -98,12 +98,16 @@ struct UpdateArgs {
 
 struct DispatchArgs {
   BackendHandle* handle = nullptr;
-  TensorView x;  // [n, H] token dtype
+  // [n, H] token dtype; with fp8 dispatch also [n, H] e4m3 already quantized by the frontend,
+  // its scales in x_scales [n, H / 128] (fp32 or uint8 ue8m0; data null when x is bf16).
+  TensorView x;
+  TensorView x_scales;
 };
 
 struct CombineArgs {
   BackendHandle* handle = nullptr;
-  const void* expert_out = nullptr;  // [recv_rows, H]; the handle's recv_x when not given
+  const void* expert_out = nullptr;  // [recv_rows, H] token dtype; the handle's recv_x when
+                                     // not given (never with fp8 dispatch: recv_x is e4m3)
   TensorView out;                    // [n, H] token dtype
 };
 

@@ -498,8 +498,31 @@ class Engine::Impl {
     EPD_ASSIGN_OR_RETURN(auto payload,
                          NewPayloadLocked(ctx, request.handle_id, CollectiveKind::kDispatch));
     payload->dispatch.handle = ctx.handle->backend.get();
-    EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
-                         ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
+    const GroupConfig& config = ctx.handle->group->config;
+    if (config.fp8_dispatch() && request.x.dtype == DType::kFp8E4m3) {
+      EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
+                           ResolveRowsLocked(ctx, request.x, "x", DType::kFp8E4m3, config.hidden,
+                                             "hidden", *payload));
+      if (!request.x_scales.has_value()) {
+        return InvalidArgumentError(
+            "x_scales is required: x is pre-quantized fp8_e4m3 (group '{}' scales are {})",
+            config.name, ScaleFormatName(config.scale_format));
+      }
+      EPD_ASSIGN_OR_RETURN(payload->dispatch.x_scales,
+                           ResolveRowsLocked(ctx, *request.x_scales, "x_scales",
+                                             config.scale_dtype(), config.scale_blocks(),
+                                             "hidden / 128", *payload));
+    } else {
+      if (request.x_scales.has_value()) {
+        return InvalidArgumentError(
+            "x_scales is set, but x.dtype = {} is not pre-quantized fp8_e4m3{}",
+            DTypeName(request.x.dtype),
+            config.fp8_dispatch() ? "" : fmt::format(" (group '{}' dispatches {})", config.name,
+                                                     DTypeName(config.dtype)));
+      }
+      EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
+                           ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
+    }
     return PostCollectiveLocked(ctx, OpKind::kDispatch, std::move(payload), std::move(done));
   }
 
@@ -522,6 +545,11 @@ class Engine::Impl {
                                       {"recv_rows", "hidden"}));
       payload->combine.expert_out = expert_out.data;
       payload->keepalive.push_back(ctx.session->buffers.Find(request.expert_out->buffer_id));
+    } else if (config.fp8_dispatch()) {
+      return InvalidArgumentError(
+          "expert_out is required: group '{}' dispatches fp8_e4m3, so recv_x cannot hold the {} "
+          "expert outputs in place",
+          config.name, DTypeName(config.dtype));
     } else {
       payload->combine.expert_out =
           static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
@@ -598,10 +626,17 @@ class Engine::Impl {
   StatusOr<TensorView> ResolveTokenRowsLocked(const OpContext& ctx, const TensorRef& ref,
                                               std::string_view field, CollectivePayload& payload) {
     const GroupConfig& config = ctx.handle->group->config;
+    return ResolveRowsLocked(ctx, ref, field, config.dtype, config.hidden, "hidden", payload);
+  }
+  // The same for any [tokens bound by the last update, columns] tensor of `dtype`.
+  StatusOr<TensorView> ResolveRowsLocked(const OpContext& ctx, const TensorRef& ref,
+                                         std::string_view field, DType dtype, int64_t columns,
+                                         std::string_view columns_name,
+                                         CollectivePayload& payload) {
     EPD_ASSIGN_OR_RETURN(TensorView view, ctx.session->buffers.Resolve(ref, field));
-    EPD_RETURN_IF_ERROR(ExpectDType(view, field, config.dtype));
-    EPD_RETURN_IF_ERROR(ExpectShape(view, field, {ctx.handle->submitted_tokens, config.hidden},
-                                    {"tokens bound by the last UpdateHandle", "hidden"}));
+    EPD_RETURN_IF_ERROR(ExpectDType(view, field, dtype));
+    EPD_RETURN_IF_ERROR(ExpectShape(view, field, {ctx.handle->submitted_tokens, columns},
+                                    {"tokens bound by the last UpdateHandle", columns_name}));
     payload.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
     return view;
   }

@@ -278,6 +278,7 @@ class CpuBackend : public Backend {
     std::vector<reference::SourceRank> sources;
     for (const DispatchArgs& args : all) {
       sources.push_back(static_cast<CpuHandle*>(args.handle)->Source(args.x.data));
+      sources.back().x_scales = args.x_scales.data;
     }
     // Every rank sees the same counts, so every rank reports the same overflow.
     Status status = reference::CheckCapacity(config, sources);
