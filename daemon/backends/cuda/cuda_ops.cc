@@ -7,6 +7,7 @@
 
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "daemon/backends/cuda/cuda_check.h"
+#include "daemon/backends/cuda/dispatch_payload.h"
 #include "daemon/backends/cuda/driver_api.h"
 #include "common/fence_page.h"
 #include "kernels/combine.cuh"
@@ -158,13 +159,12 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
   // the next collective lines up again on every rank (the peers of this one time out).
   const uint64_t seq = ++group.seq_[group_rank];
   CudaHandle& me = *handles[group_rank];
-  const TensorView& x = all[group_rank].x;
   const int n = me.num_tokens();
-  EPD_RETURN_IF_ERROR(CheckTokenRows(x, c, n, "dispatch", "x"));
+  kernels::DispatchParams params;
+  EPD_RETURN_IF_ERROR(SetDispatchPayload(c, all[group_rank], n, &params));
   RankState& rank = *ranks_[me.node_rank_];
   EPD_CUDA_CHECK(cudaSetDevice(rank.device));
   const HandlePrivateLayout& p = me.private_layout_;
-  kernels::DispatchParams params;
   params.world_size = c.world_size();
   params.rank = group_rank;
   params.experts = c.experts;
@@ -173,8 +173,6 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
   params.max_tokens = c.max_tokens_per_rank;
   params.capacity = c.capacity();
   params.rank_major = c.layout == Layout::kRankMajor;
-  params.row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
-  params.x = x.data;
   params.topk_idx = me.priv<int32_t>(p.topk_idx);
   params.topk_weights = me.priv<float>(p.topk_weights);
   params.expert_counts = me.priv<int32_t>(p.expert_counts);
@@ -195,14 +193,14 @@ Status CudaBackend::Dispatch(BackendGroup& g, int group_rank,
     out.recv_weights = peer.recv<float>(l.recv_weights_offset, l.recv_weights_bytes);
     out.recv_topk_idx = peer.recv<int32_t>(l.recv_topk_idx_offset, l.recv_topk_idx_bytes);
     out.recv_topk_weights = peer.recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
+    out.recv_scales = peer.recv<char>(l.recv_scales_offset, l.recv_scales_bytes);
   }
   params.seq = seq;
   params.timeout_ns = timeout_ns();
   params.error = ClaimRecord(me.node_rank_, PendingOp{0, "dispatch", group.name_, group_rank, seq});
   const int64_t rows =
       params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
-  const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
-                        kernels::kDispatchVectorsPerPart;
+  const int64_t parts = kernels::DispatchRowParts(params);
   const int blocks = GridBlocks(rows * parts, group.max_blocks_);
   EPD_CUDA_CHECK(kernels::LaunchDispatch(params, blocks, rank.stream->get()));
   return OkStatus();
@@ -236,6 +234,11 @@ Status CudaBackend::Combine(BackendGroup& g, int group_rank, const std::vector<C
   params.out = out.data;
   for (int d = 0; d < c.world_size(); ++d) {
     const CudaHandle& peer = *handles[d];
+    if (all[d].expert_out == nullptr && c.fp8_dispatch()) {
+      return InvalidArgumentError(
+          "combine of group '{}': rank {} gave no expert_out; with fp8 dispatch recv_x is e4m3",
+          c.name, d);
+    }
     params.expert_out[d] =
         all[d].expert_out != nullptr
             ? all[d].expert_out
