@@ -498,31 +498,7 @@ class Engine::Impl {
     EPD_ASSIGN_OR_RETURN(auto payload,
                          NewPayloadLocked(ctx, request.handle_id, CollectiveKind::kDispatch));
     payload->dispatch.handle = ctx.handle->backend.get();
-    const GroupConfig& config = ctx.handle->group->config;
-    if (config.fp8_dispatch() && request.x.dtype == DType::kFp8E4m3) {
-      EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
-                           ResolveRowsLocked(ctx, request.x, "x", DType::kFp8E4m3, config.hidden,
-                                             "hidden", *payload));
-      if (!request.x_scales.has_value()) {
-        return InvalidArgumentError(
-            "x_scales is required: x is pre-quantized fp8_e4m3 (group '{}' scales are {})",
-            config.name, ScaleFormatName(config.scale_format));
-      }
-      EPD_ASSIGN_OR_RETURN(payload->dispatch.x_scales,
-                           ResolveRowsLocked(ctx, *request.x_scales, "x_scales",
-                                             config.scale_dtype(), config.scale_blocks(),
-                                             "hidden / 128", *payload));
-    } else {
-      if (request.x_scales.has_value()) {
-        return InvalidArgumentError(
-            "x_scales is set, but x.dtype = {} is not pre-quantized fp8_e4m3{}",
-            DTypeName(request.x.dtype),
-            config.fp8_dispatch() ? "" : fmt::format(" (group '{}' dispatches {})", config.name,
-                                                     DTypeName(config.dtype)));
-      }
-      EPD_ASSIGN_OR_RETURN(payload->dispatch.x,
-                           ResolveTokenRowsLocked(ctx, request.x, "x", *payload));
-    }
+    EPD_RETURN_IF_ERROR(ResolveDispatchInputLocked(ctx, request, *payload));
     return PostCollectiveLocked(ctx, OpKind::kDispatch, std::move(payload), std::move(done));
   }
 
@@ -619,6 +595,38 @@ class Engine::Impl {
     auto payload = std::make_shared<CollectivePayload>();
     payload->kind = kind;
     return payload;
+  }
+
+  // Dispatch's x: token rows of the group's dtype, or with fp8 dispatch also pre-quantized
+  // e4m3 rows with their x_scales [n, H / 128] in the group's scale format.
+  Status ResolveDispatchInputLocked(const OpContext& ctx, const DispatchRequest& request,
+                                    CollectivePayload& payload) {
+    const GroupConfig& config = ctx.handle->group->config;
+    if (config.fp8_dispatch() && request.x.dtype == DType::kFp8E4m3) {
+      EPD_ASSIGN_OR_RETURN(payload.dispatch.x,
+                           ResolveRowsLocked(ctx, request.x, "x", DType::kFp8E4m3, config.hidden,
+                                             "hidden", payload));
+      if (!request.x_scales.has_value()) {
+        return InvalidArgumentError(
+            "x_scales is required: x is pre-quantized fp8_e4m3 (group '{}' scales are {})",
+            config.name, ScaleFormatName(config.scale_format));
+      }
+      EPD_ASSIGN_OR_RETURN(
+          payload.dispatch.x_scales,
+          ResolveRowsLocked(ctx, *request.x_scales, "x_scales", config.scale_dtype(),
+                            config.scale_blocks(), "hidden / 128", payload));
+      return OkStatus();
+    }
+    if (request.x_scales.has_value()) {
+      return InvalidArgumentError(
+          "x_scales is set, but x.dtype = {} is not pre-quantized fp8_e4m3{}",
+          DTypeName(request.x.dtype),
+          config.fp8_dispatch()
+              ? ""
+              : fmt::format(" (group '{}' dispatches {})", config.name, DTypeName(config.dtype)));
+    }
+    EPD_ASSIGN_OR_RETURN(payload.dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x", payload));
+    return OkStatus();
   }
 
   // Resolves a [tokens bound by the last update, hidden] tensor of the group's dtype and keeps

@@ -15,15 +15,23 @@
 
 namespace epd::kernels::detail {
 
-__device__ __forceinline__ int ScaleBytes(const DispatchParams& p) {
-  return p.ue8m0_scales ? 1 : 4;
-}
-
-// Blocks [first, first + count) of row part `part` (fp8 payloads).
-__device__ __forceinline__ void PartBlocks(const DispatchParams& p, int part, int* first,
-                                           int* count) {
-  *first = part * kDispatchBlocksPerPart;
-  *count = min(kDispatchBlocksPerPart, p.hidden / kFp8BlockChannels - *first);
+// Where part `part` of received row `row` of `peer` goes (fp8 payloads): its 128-channel
+// blocks [first, first + count), the row's e4m3 bytes and the row's scales.
+struct Fp8Part {
+  int first = 0, count = 0, scale_bytes = 4;
+  uint8_t* row = nullptr;
+  char* scales = nullptr;
+};
+__device__ __forceinline__ Fp8Part DestinationPart(const DispatchParams& p, const DispatchPeer& peer,
+                                                   int64_t row, int part) {
+  Fp8Part d;
+  const int blocks = p.hidden / kFp8BlockChannels;
+  d.first = part * kDispatchBlocksPerPart;
+  d.count = min(kDispatchBlocksPerPart, blocks - d.first);
+  d.scale_bytes = p.ue8m0_scales ? 1 : 4;
+  d.row = static_cast<uint8_t*>(peer.recv_x) + row * p.hidden;
+  d.scales = static_cast<char*>(peer.recv_scales) + row * blocks * d.scale_bytes;
+  return d;
 }
 
 // Writes part `part` of token t of this rank as row `row` of `peer`. Whole warp.
@@ -38,19 +46,17 @@ __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const 
         min(kDispatchVectorsPerPart, vectors - first), lane);
     return;
   }
-  int first, count;
-  PartBlocks(p, part, &first, &count);
-  const int blocks = p.hidden / kFp8BlockChannels;
-  const int scale_bytes = ScaleBytes(p);
-  uint8_t* dst_row = static_cast<uint8_t*>(peer.recv_x) + row * p.hidden;
-  char* dst_scales = static_cast<char*>(peer.recv_scales) + row * blocks * scale_bytes;
+  const Fp8Part d = DestinationPart(p, peer, row, part);
+  const int first = d.first, count = d.count, scale_bytes = d.scale_bytes;
+  uint8_t* dst_row = d.row;
+  char* dst_scales = d.scales;
   if (p.payload == kPayloadPrequantized) {
     const uint8_t* src_row = static_cast<const uint8_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
     WarpCopyRow(reinterpret_cast<int4*>(dst_row + first * kFp8BlockChannels),
                 reinterpret_cast<const int4*>(src_row + first * kFp8BlockChannels),
                 count * (kFp8BlockChannels / 16), lane);
-    const char* src_scales =
-        static_cast<const char*>(p.x_scales) + static_cast<int64_t>(t) * blocks * scale_bytes;
+    const char* src_scales = static_cast<const char*>(p.x_scales) +
+                             static_cast<int64_t>(t) * (p.hidden / kFp8BlockChannels) * scale_bytes;
     if (lane < count) {
       const int b = first + lane;
       if (scale_bytes == 4) {
@@ -86,15 +92,12 @@ __device__ __forceinline__ void ZeroPayloadPart(const DispatchParams& p, const D
         min(kDispatchVectorsPerPart, vectors - first), lane);
     return;
   }
-  int first, count;
-  PartBlocks(p, part, &first, &count);
-  const int blocks = p.hidden / kFp8BlockChannels;
-  const int scale_bytes = ScaleBytes(p);
-  uint8_t* dst_row = static_cast<uint8_t*>(peer.recv_x) + row * p.hidden;
-  WarpZeroRow(reinterpret_cast<int4*>(dst_row + first * kFp8BlockChannels),
-              count * (kFp8BlockChannels / 16), lane);
-  char* dst_scales = static_cast<char*>(peer.recv_scales) + row * blocks * scale_bytes;
-  for (int i = lane; i < count * scale_bytes; i += 32) dst_scales[first * scale_bytes + i] = 0;
+  const Fp8Part d = DestinationPart(p, peer, row, part);
+  WarpZeroRow(reinterpret_cast<int4*>(d.row + d.first * kFp8BlockChannels),
+              d.count * (kFp8BlockChannels / 16), lane);
+  for (int i = lane; i < d.count * d.scale_bytes; i += 32) {
+    d.scales[d.first * d.scale_bytes + i] = 0;
+  }
 }
 
 }  // namespace epd::kernels::detail

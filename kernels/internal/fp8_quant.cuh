@@ -2,8 +2,9 @@
 // in common/fp8.h, whose comment states the rule. How each step stays exact:
 //  - amax: fmaxf over fabsf of finite values is exact and order-free;
 //  - s = amax / 448 and q = v / scale use __fdiv_rn (IEEE division, round to nearest even),
-//    never an approximate reciprocal; the kernels build with --fmad=false and no fast-math,
-//    and nothing here could contract into an FMA anyway;
+//    never an approximate reciprocal (ue8m0 multiplies by the exact reciprocal of its power
+//    of two instead: the same correctly rounded quotient); the kernels build with
+//    --fmad=false and no fast-math, and nothing here could contract into an FMA anyway;
 //  - ue8m0 rounds s up to a power of two on its bit pattern, as the host does;
 //  - NaN is mapped to 0x7F before conversion and every other value is clamped to +-448 first,
 //    so the cvt (__nv_cvt_float_to_fp8 with __NV_SATFINITE: round to nearest even, e4m3
@@ -68,19 +69,25 @@ __device__ __forceinline__ void QuantizeBlockHalfWarp(const uint16_t* src_block,
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));  // stays in the half warp
   }
   if (!valid) return;
-  float scale;
-  if (ue8m0) {
-    const uint32_t byte = Ue8m0FromAmax(amax);
-    scale = __uint_as_float(byte << 23);
-    if (lane16 == 0) *static_cast<uint8_t*>(dst_scale) = static_cast<uint8_t>(byte);
-  } else {
-    scale = Fp32ScaleFromAmax(amax);
-    if (lane16 == 0) *static_cast<float*>(dst_scale) = scale;
-  }
   uint32_t packed[2] = {0, 0};
+  if (ue8m0) {
+    const uint32_t byte = Ue8m0FromAmax(amax);  // in [1, 247]
+    if (lane16 == 0) *static_cast<uint8_t*>(dst_scale) = static_cast<uint8_t>(byte);
+    // NOTE: v / 2^(byte-127) == v * 2^(127-byte) exactly: the reciprocal of a power of two is
+    // exact (biased exponent 254 - byte in [7, 253]), and both operations round the same exact
+    // quotient once. Multiplying spares the division.
+    const float inverse = __uint_as_float((254u - byte) << 23);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    packed[i / 4] |= static_cast<uint32_t>(EncodeE4m3(__fdiv_rn(v[i], scale))) << (8 * (i % 4));
+    for (int i = 0; i < 8; ++i) {
+      packed[i / 4] |= static_cast<uint32_t>(EncodeE4m3(__fmul_rn(v[i], inverse))) << (8 * (i % 4));
+    }
+  } else {
+    const float scale = Fp32ScaleFromAmax(amax);
+    if (lane16 == 0) *static_cast<float*>(dst_scale) = scale;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      packed[i / 4] |= static_cast<uint32_t>(EncodeE4m3(__fdiv_rn(v[i], scale))) << (8 * (i % 4));
+    }
   }
   *reinterpret_cast<uint2*>(dst_block + lane16 * 8) = make_uint2(packed[0], packed[1]);
 }

@@ -251,7 +251,9 @@ Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
       if (!all_ok) return AbortedError("another frontend failed");
       if (it >= settings_.warmup) samples.per_rank[op][0].push_back(us);
     }
-    if (it == 0 && settings_.check && !c.fp8()) {
+    if (it == 0 && settings_.check && c.fp8()) {
+      check = "skipped: fp8 expert outputs are zeros here (inproc checks fp8)";
+    } else if (it == 0 && settings_.check) {
       const void* result = static_cast<const char*>(t.base) + t.out;
       std::vector<char> host;
       // NOTE: never return from here: the other frontends wait at the next barrier.

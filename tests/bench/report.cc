@@ -39,7 +39,7 @@ std::string Cell(const std::map<std::string, OpSummary>& ops, const char* op, bo
   if (it == ops.end() || it->second.iterations == 0) return "-";
   const OpSummary& s = it->second;
   if (with_gbps && s.moved_bytes > 0) {
-    return fmt::format("{:.1f} / {:.1f} ({:.1f}) [{:.2f} MB]", s.median_us, s.p99_us, s.gbps,
+    return fmt::format("{:.1f} / {:.1f} ({:.1f}) [{:.4g} MB]", s.median_us, s.p99_us, s.gbps,
                        s.moved_bytes / 1e6);
   }
   if (with_gbps) return fmt::format("{:.1f} / {:.1f} ({:.1f})", s.median_us, s.p99_us, s.gbps);

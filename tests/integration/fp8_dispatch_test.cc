@@ -113,8 +113,9 @@ Status CheckReceivedRows(const Problem& p, int d, const std::vector<RankInputs>&
   return OkStatus();
 }
 
-class Fp8DispatchTest
-    : public ::testing::TestWithParam<std::tuple<v1::Layout, v1::ScaleFormat, bool>> {
+// One daemon per suite; each test makes its ranks (a fresh group) for its problem.
+template <typename Base>
+class Fp8Suite : public Base {
  protected:
   static void SetUpTestSuite() {
     auto daemon = DaemonProcess::Start({}, kRanks);
@@ -123,14 +124,28 @@ class Fp8DispatchTest
   }
   static void TearDownTestSuite() { daemon_.reset(); }
 
-  void SetUp() override {
-    const auto [layout, format, prequantized] = GetParam();
-    problem_ = Fp8Problem(layout, format, prequantized);
+  void MakeWorld(const Problem& problem, std::string_view prefix) {
+    problem_ = problem;
     example::RankRunnerOptions options;
-    options.group = UniqueName("fp8");
+    options.group = UniqueName(prefix);
     auto world = MakeRanks(daemon_->address(), problem_, options);
     ASSERT_TRUE(world.ok()) << world.status().ToString();
     world_ = std::move(world).value();
+  }
+
+  static std::unique_ptr<DaemonProcess> daemon_;
+  Problem problem_;
+  std::vector<RankClient> world_;
+};
+template <typename Base>
+std::unique_ptr<DaemonProcess> Fp8Suite<Base>::daemon_;
+
+class Fp8DispatchTest
+    : public Fp8Suite<::testing::TestWithParam<std::tuple<v1::Layout, v1::ScaleFormat, bool>>> {
+ protected:
+  void SetUp() override {
+    const auto [layout, format, prequantized] = GetParam();
+    MakeWorld(Fp8Problem(layout, format, prequantized), "fp8");
   }
 
   // One layer on both ranks with these inputs; checks outputs and received rows.
@@ -144,12 +159,7 @@ class Fp8DispatchTest
     }
     return OkStatus();
   }
-
-  static std::unique_ptr<DaemonProcess> daemon_;
-  Problem problem_;
-  std::vector<RankClient> world_;
 };
-std::unique_ptr<DaemonProcess> Fp8DispatchTest::daemon_;
 
 TEST_P(Fp8DispatchTest, TokenCountsZeroOneTMinusOneAndT) {
   const int T = problem_.max_tokens;
@@ -194,22 +204,11 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---------------------------------------------------------------- bad requests
 
-class Fp8BadInputTest : public ::testing::Test {
+class Fp8BadInputTest : public Fp8Suite<::testing::Test> {
  protected:
-  static void SetUpTestSuite() {
-    auto daemon = DaemonProcess::Start({}, kRanks);
-    ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-    daemon_ = std::move(daemon).value();
-  }
-  static void TearDownTestSuite() { daemon_.reset(); }
-
   void SetUp() override {
-    problem_ = Fp8Problem(v1::LAYOUT_EXPERT_MAJOR, v1::SCALE_FORMAT_UE8M0, true);
-    example::RankRunnerOptions options;
-    options.group = UniqueName("fp8bad");
-    auto world = MakeRanks(daemon_->address(), problem_, options);
-    ASSERT_TRUE(world.ok()) << world.status().ToString();
-    world_ = std::move(world).value();
+    MakeWorld(Fp8Problem(v1::LAYOUT_EXPERT_MAJOR, v1::SCALE_FORMAT_UE8M0, true), "fp8bad");
+    if (HasFatalFailure()) return;
     // Rank 0 binds routing for n tokens; its dispatches below are rejected before matching.
     RankInputs in = Fp8Inputs(problem_, 0, 0, n_);
     ASSERT_EPD_OK(rank0().Stage(in));
@@ -223,12 +222,8 @@ class Fp8BadInputTest : public ::testing::Test {
     return rank0().session().Await(answer, "dispatch");
   }
 
-  static std::unique_ptr<DaemonProcess> daemon_;
   const int n_ = 4;
-  Problem problem_;
-  std::vector<RankClient> world_;
 };
-std::unique_ptr<DaemonProcess> Fp8BadInputTest::daemon_;
 
 TEST_F(Fp8BadInputTest, PrequantizedXNeedsItsScales) {
   v1::DispatchRequest request = rank0().DispatchRequestFor(n_, BlockingOptions());
