@@ -37,9 +37,8 @@ StatusOr<std::unique_ptr<HandleView>> HandleView::Open(const v1::HandleInfo& inf
   auto view = std::unique_ptr<HandleView>(new HandleView());
   view->info_ = info;
   const v1::GroupConfig& config = info.config();
-  const v1::DType recv_dtype = config.dispatch_dtype() == v1::DTYPE_FP8_E4M3
-                                   ? v1::DTYPE_FP8_E4M3
-                                   : config.dtype();
+  const v1::DType recv_dtype =
+      config.dispatch_dtype() == v1::DTYPE_FP8_E4M3 ? v1::DTYPE_FP8_E4M3 : config.dtype();
   view->row_bytes_ = static_cast<size_t>(config.hidden()) * DTypeBytes(recv_dtype);
   if (recv_dtype == v1::DTYPE_FP8_E4M3) {
     view->scale_row_bytes_ = static_cast<size_t>(config.hidden() / 128) *

@@ -23,7 +23,7 @@ float BitsToFloat(uint32_t bits) {
 
 // Magnitude code of a finite a in [0, 448], rounded to nearest even.
 uint8_t EncodeMagnitude(float a) {
-  if (a < 0.015625f) {  // below 2^-6, the smallest normal: subnormal steps of 2^-9
+  if (a < 0.015625f) {               // below 2^-6, the smallest normal: subnormal steps of 2^-9
     const float steps = a * 512.0f;  // exact: scaling by a power of two
     const float whole = std::floor(steps);
     const float fraction = steps - whole;  // exact
@@ -87,10 +87,10 @@ float Fp32ScaleFromAmax(float amax) { return amax > 0.0f ? amax / kE4m3Max : 1.0
 uint8_t Ue8m0FromAmax(float amax) {
   if (!(amax > 0.0f)) return kUe8m0One;
   const uint32_t bits = FloatBits(amax / kE4m3Max);
-  uint32_t exponent = bits >> 23;  // the sign is 0; amax is finite, so this is < 255
+  uint32_t exponent = bits >> 23;          // the sign is 0; amax is finite, so this is < 255
   if ((bits & 0x7FFFFF) != 0) ++exponent;  // round up to the next power of two
   if (exponent < 1) exponent = 1;          // no subnormal scales
-  return static_cast<uint8_t>(exponent);  // amax <= bf16 max keeps this <= 247
+  return static_cast<uint8_t>(exponent);   // amax <= bf16 max keeps this <= 247
 }
 
 float Ue8m0ToFloat(uint8_t byte) {

@@ -14,8 +14,8 @@ __global__ void EncodeKernel(const float* in, uint8_t* out, int64_t count) {
 }
 
 // A warp per two 128-channel blocks (one per half warp), grid-stride over all blocks.
-__global__ void QuantizeKernel(const uint16_t* x, int64_t rows, int hidden, bool ue8m0,
-                               uint8_t* q, char* scales) {
+__global__ void QuantizeKernel(const uint16_t* x, int64_t rows, int hidden, bool ue8m0, uint8_t* q,
+                               char* scales) {
   const int lane = threadIdx.x & 31;
   const int blocks_per_row = hidden / detail::kFp8BlockChannels;
   const int64_t total = rows * blocks_per_row;

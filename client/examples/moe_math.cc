@@ -72,7 +72,6 @@ DType Problem::token_dtype() const {
 
 size_t Problem::row_bytes() const { return static_cast<size_t>(hidden) * DTypeSize(token_dtype()); }
 
-
 v1::GroupConfig Problem::Config(const std::string& name) const {
   v1::GroupConfig config;
   config.set_name(name);

@@ -55,8 +55,7 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
     const size_t recv_rows = static_cast<size_t>(runner->view_->recv_rows());
     runner->xq_offset_ = total;
     runner->x_scales_offset_ = runner->xq_offset_ + AlignUp(T * problem.hidden);
-    runner->expert_out_offset_ =
-        runner->x_scales_offset_ + AlignUp(T * problem.scale_row_bytes());
+    runner->expert_out_offset_ = runner->x_scales_offset_ + AlignUp(T * problem.scale_row_bytes());
     total = runner->expert_out_offset_ + AlignUp(recv_rows * problem.row_bytes());
     runner->expert_out_host_.resize(recv_rows * problem.row_bytes());
   }
@@ -81,10 +80,9 @@ v1::TensorRef RankRunner::x_ref(int n) const {
   return MakeTensorRef(buffer_id_, x_offset_, problem_.dtype, {n, problem_.hidden});
 }
 v1::TensorRef RankRunner::x_scales_ref(int n) const {
-  return MakeTensorRef(
-      buffer_id_, x_scales_offset_,
-      problem_.scales() == ScaleFormat::kUe8m0 ? v1::DTYPE_UINT8 : v1::DTYPE_FP32,
-      {n, problem_.hidden / kFp8BlockChannels});
+  return MakeTensorRef(buffer_id_, x_scales_offset_,
+                       problem_.scales() == ScaleFormat::kUe8m0 ? v1::DTYPE_UINT8 : v1::DTYPE_FP32,
+                       {n, problem_.hidden / kFp8BlockChannels});
 }
 v1::TensorRef RankRunner::expert_out_ref() const {
   return MakeTensorRef(buffer_id_, expert_out_offset_, problem_.dtype,
@@ -172,8 +170,7 @@ Status RankRunner::RunOps(int n, const ExpertFactor& factor, bool fenced) {
     EPD_RETURN_IF_ERROR(RunExpertsOnReceived(factor));
     std::optional<v1::TensorRef> expert_out;
     if (problem_.fp8) expert_out = expert_out_ref();
-    return session_->Combine(handle_id(), out_ref(n), expert_out, blocking)
-        .WithContext("combine");
+    return session_->Combine(handle_id(), out_ref(n), expert_out, blocking).WithContext("combine");
   }
 
   // Fenced: post update and dispatch back to back; the daemon signals `done` as each

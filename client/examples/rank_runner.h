@@ -83,7 +83,7 @@ class RankRunner {
   uint64_t buffer_id_ = 0;
   size_t x_offset_ = 0, topk_offset_ = 0, weights_offset_ = 0, out_offset_ = 0;
   size_t xq_offset_ = 0, x_scales_offset_ = 0, expert_out_offset_ = 0;  // fp8 only
-  std::vector<uint8_t> expert_out_host_;                              // fp8 only
+  std::vector<uint8_t> expert_out_host_;                                // fp8 only
   std::unique_ptr<Fence> done_;   // daemon -> frontend: op completed
   std::unique_ptr<Fence> ready_;  // frontend -> daemon: expert outputs written
   uint64_t layers_ = 0;

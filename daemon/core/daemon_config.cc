@@ -263,8 +263,9 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
                          reader.Enum<DispatchFormat>(*payload, field("dispatch_dtype"), parse));
   }
   if (const auto* scales = table->get("scale_format")) {
-    EPD_ASSIGN_OR_RETURN(config.scale_format, reader.Enum<ScaleFormat>(
-                                                  *scales, field("scale_format"), ParseScaleFormat));
+    EPD_ASSIGN_OR_RETURN(
+        config.scale_format,
+        reader.Enum<ScaleFormat>(*scales, field("scale_format"), ParseScaleFormat));
   }
   // Every check that does not depend on the node's rank count (CheckGroupsAgainstNode does).
   Status valid = config.Validate(INT_MAX);

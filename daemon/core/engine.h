@@ -109,7 +109,7 @@ struct UpdateRequest {
 
 struct DispatchRequest {
   ObjectId handle_id = 0;
-  TensorRef x;  // token dtype; fp8 dispatch also takes e4m3 x with x_scales
+  TensorRef x;                        // token dtype; fp8 dispatch also takes e4m3 x with x_scales
   std::optional<TensorRef> x_scales;  // [n, H / 128], pre-quantized fp8 x only
   int rank = -1;
 };

@@ -22,8 +22,9 @@ struct Fp8Part {
   uint8_t* row = nullptr;
   char* scales = nullptr;
 };
-__device__ __forceinline__ Fp8Part DestinationPart(const DispatchParams& p, const DispatchPeer& peer,
-                                                   int64_t row, int part) {
+__device__ __forceinline__ Fp8Part DestinationPart(const DispatchParams& p,
+                                                   const DispatchPeer& peer, int64_t row,
+                                                   int part) {
   Fp8Part d;
   const int blocks = p.hidden / kFp8BlockChannels;
   d.first = part * kDispatchBlocksPerPart;
@@ -68,8 +69,7 @@ __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const 
     return;
   }
   // kPayloadQuantize: lanes 0-15 take even blocks of the part, lanes 16-31 odd ones.
-  const uint16_t* src_row =
-      static_cast<const uint16_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
+  const uint16_t* src_row = static_cast<const uint16_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
   const int half = lane >> 4, lane16 = lane & 15;
   for (int pair = 0; pair < (count + 1) / 2; ++pair) {
     const int b = first + 2 * pair + half;

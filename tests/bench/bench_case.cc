@@ -35,8 +35,7 @@ std::string Case::Label() const {
             : "";
   return fmt::format("H{} K{} E{} n{} {}{} {} {} {}", hidden, top_k, experts, tokens,
                      DTypeName(dtype), payload, layout == Layout::kExpertMajor ? "expert" : "rank",
-                     algorithm == Algorithm::kLowLatency ? "LL" : "HT",
-                     RoutingName(routing.kind));
+                     algorithm == Algorithm::kLowLatency ? "LL" : "HT", RoutingName(routing.kind));
 }
 
 StatusOr<Payload> ParsePayload(std::string_view name) {
@@ -157,33 +156,33 @@ std::vector<Case> BuildCases(const CaseListOptions& o) {
   for (const auto& [n, h] : shapes) {
     for (Layout layout : layouts) {
       for (RoutingKind routing : o.routings) {
-       for (size_t payload = 0; payload < o.payloads.size(); ++payload) {
-        if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing),
-                          static_cast<int>(payload)})
-                 .second) {
-          continue;
+        for (size_t payload = 0; payload < o.payloads.size(); ++payload) {
+          if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing),
+                            static_cast<int>(payload)})
+                   .second) {
+            continue;
+          }
+          Case c;
+          c.index = static_cast<int>(cases.size());
+          c.ranks = o.ranks;
+          c.hidden = h;
+          c.top_k = o.top_k;
+          c.experts = o.experts;
+          c.max_tokens = n;
+          c.tokens = n;
+          c.dtype = o.dtype;
+          c.layout = layout;
+          c.algorithm = o.auto_algorithm
+                            ? (n <= 256 ? Algorithm::kLowLatency : Algorithm::kHighThroughput)
+                            : o.algorithm;
+          c.expert_capacity = o.expert_capacity;
+          c.routing = o.routing;
+          c.routing.kind = routing;
+          c.dispatch_format = o.payloads[payload].format;
+          c.prequantized = o.payloads[payload].prequantized;
+          c.scale_format = o.scale_format;
+          cases.push_back(c);
         }
-        Case c;
-        c.index = static_cast<int>(cases.size());
-        c.ranks = o.ranks;
-        c.hidden = h;
-        c.top_k = o.top_k;
-        c.experts = o.experts;
-        c.max_tokens = n;
-        c.tokens = n;
-        c.dtype = o.dtype;
-        c.layout = layout;
-        c.algorithm = o.auto_algorithm
-                          ? (n <= 256 ? Algorithm::kLowLatency : Algorithm::kHighThroughput)
-                          : o.algorithm;
-        c.expert_capacity = o.expert_capacity;
-        c.routing = o.routing;
-        c.routing.kind = routing;
-        c.dispatch_format = o.payloads[payload].format;
-        c.prequantized = o.payloads[payload].prequantized;
-        c.scale_format = o.scale_format;
-        cases.push_back(c);
-       }
       }
     }
   }
@@ -219,7 +218,8 @@ std::string CheckCombine(const Case& c, int rank, const RankRouting& routing, co
     if (c.fp8()) {
       Case one = c;
       one.tokens = 1;
-      for (int h = 0; h < c.hidden; ++h) StoreFromFloat(token.data(), c.dtype, h, TokenValue(rank, t, h));
+      for (int h = 0; h < c.hidden; ++h)
+        StoreFromFloat(token.data(), c.dtype, h, TokenValue(rank, t, h));
       QuantizeTokens(one, token.data(), &q, &scales);
       DequantizeRows(one, q.data(), scales.data(), 1, dequantized.data());
     }
@@ -261,13 +261,13 @@ namespace epd::bench {
 std::string SerializeCases(const std::vector<Case>& cases) {
   std::string out;
   for (const Case& c : cases) {
-    out += fmt::format("{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n", c.index,
-                       c.ranks, c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens,
-                       static_cast<int>(c.dtype), static_cast<int>(c.layout),
-                       static_cast<int>(c.algorithm), c.expert_capacity,
-                       static_cast<int>(c.routing.kind), c.routing.seed, c.routing.hot_experts,
-                       c.routing.hot_percent, static_cast<int>(c.dispatch_format),
-                       static_cast<int>(c.scale_format), c.prequantized ? 1 : 0);
+    out +=
+        fmt::format("{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n", c.index, c.ranks,
+                    c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens, static_cast<int>(c.dtype),
+                    static_cast<int>(c.layout), static_cast<int>(c.algorithm), c.expert_capacity,
+                    static_cast<int>(c.routing.kind), c.routing.seed, c.routing.hot_experts,
+                    c.routing.hot_percent, static_cast<int>(c.dispatch_format),
+                    static_cast<int>(c.scale_format), c.prequantized ? 1 : 0);
   }
   return out;
 }

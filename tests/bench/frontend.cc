@@ -182,9 +182,8 @@ std::future<Status> Frontend::Post(Op op, const Case& c, const Tensors& t, uint6
       if (c.prequantized) {
         const GroupConfig config = c.Config("frontend");
         *request.mutable_x() = MakeTensorRef(t.buffer_id, t.xq, v1::DTYPE_FP8_E4M3, {n, c.hidden});
-        *request.mutable_x_scales() = MakeTensorRef(t.buffer_id, t.x_scales,
-                                                    ToProto(config.scale_dtype()),
-                                                    {n, config.scale_blocks()});
+        *request.mutable_x_scales() = MakeTensorRef(
+            t.buffer_id, t.x_scales, ToProto(config.scale_dtype()), {n, config.scale_blocks()});
       }
       *request.mutable_options() = op_options;
       return session_->DispatchAsync(std::move(request));

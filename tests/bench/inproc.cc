@@ -62,8 +62,8 @@ Status FillExpertOut(const Case& c, bool on_gpu, BackendHandle& handle, void* ex
   size_t rows = l.recv_rows;
   if (c.layout == Layout::kExpertMajor) {  // rows [0, sum of counts) are packed
     std::vector<int32_t> counts(c.experts / c.ranks);
-    EPD_RETURN_IF_ERROR(CopyBytes(on_gpu, counts.data(), base + l.recv_counts_offset,
-                                  counts.size() * 4, true));
+    EPD_RETURN_IF_ERROR(
+        CopyBytes(on_gpu, counts.data(), base + l.recv_counts_offset, counts.size() * 4, true));
     rows = 0;
     for (int32_t count : counts) rows += static_cast<size_t>(count);
   }
@@ -214,8 +214,8 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
                                     state->xq_host.size(), cudaMemcpyHostToDevice));
           EPD_BENCH_CUDA(cudaMemcpy(state->x_scales_dev->data(), state->x_scales_host.data(),
                                     state->x_scales_host.size(), cudaMemcpyHostToDevice));
-          EPD_BENCH_CUDA(cudaMemset(state->expert_out_dev->data(), 0,
-                                    state->expert_out_host.size()));
+          EPD_BENCH_CUDA(
+              cudaMemset(state->expert_out_dev->data(), 0, state->expert_out_host.size()));
           state->xq = state->xq_dev->data();
           state->x_scales = state->x_scales_dev->data();
           state->expert_out = state->expert_out_dev->data();

@@ -28,8 +28,8 @@ std::string CaseJson(const Case& c) {
       "\"expert_capacity\": {}, \"dispatch_dtype\": \"{}\", \"scale_format\": \"{}\", "
       "\"prequantized\": {}}}",
       c.ranks, c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens, DTypeName(c.dtype),
-      LayoutName(c.layout), AlgorithmName(c.algorithm), RoutingName(c.routing.kind),
-      c.routing.seed, c.routing.hot_experts, c.routing.hot_percent, c.expert_capacity,
+      LayoutName(c.layout), AlgorithmName(c.algorithm), RoutingName(c.routing.kind), c.routing.seed,
+      c.routing.hot_experts, c.routing.hot_percent, c.expert_capacity,
       c.fp8() ? "fp8_e4m3" : DTypeName(c.dtype), ScaleFormatName(c.scale_format),
       c.prequantized ? "true" : "false");
 }

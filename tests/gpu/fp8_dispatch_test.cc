@@ -42,7 +42,8 @@ TEST(Fp8DeviceTest, EncoderMatchesTheHostOnEveryRoundingCase) {
       }
     }
   }
-  for (uint32_t bits = 0; bits < 0x3D800000; bits += 4099) values.push_back(FromBits(bits));  // < 1/16
+  for (uint32_t bits = 0; bits < 0x3D800000; bits += 4099)
+    values.push_back(FromBits(bits));  // < 1/16
   const size_t n = values.size();
   DeviceBuffer in(0, n * sizeof(float)), out(0, n);
   in.Upload(values.data(), n * sizeof(float));
@@ -81,8 +82,8 @@ TEST(Fp8DeviceTest, RowQuantizerMatchesTheHostInBothScaleFormats) {
     DeviceBuffer dx(0, x.size() * 2), dq(0, x.size()), ds(0, size_t(rows) * blocks * scale_bytes);
     dx.Upload(x.data(), x.size() * 2);
     ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
-    ASSERT_EQ(kernels::LaunchQuantizeRowsE4m3(dx.data(), rows, hidden, ue8m0, dq.data(),
-                                              ds.data(), nullptr),
+    ASSERT_EQ(kernels::LaunchQuantizeRowsE4m3(dx.data(), rows, hidden, ue8m0, dq.data(), ds.data(),
+                                              nullptr),
               cudaSuccess);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     std::vector<uint8_t> got_q(x.size()), want_q(x.size());
@@ -90,10 +91,9 @@ TEST(Fp8DeviceTest, RowQuantizerMatchesTheHostInBothScaleFormats) {
     dq.Download(got_q.data(), got_q.size());
     ds.Download(got_s.data(), got_s.size());
     for (int r = 0; r < rows; ++r) {
-      QuantizeRowE4m3(x.data() + size_t(r) * hidden, hidden,
-                      ue8m0 ? ScaleFormat::kUe8m0 : ScaleFormat::kFp32,
-                      want_q.data() + size_t(r) * hidden,
-                      want_s.data() + size_t(r) * blocks * scale_bytes);
+      QuantizeRowE4m3(
+          x.data() + size_t(r) * hidden, hidden, ue8m0 ? ScaleFormat::kUe8m0 : ScaleFormat::kFp32,
+          want_q.data() + size_t(r) * hidden, want_s.data() + size_t(r) * blocks * scale_bytes);
     }
     ExpectBytesEqual(want_s.data(), got_s.data(), got_s.size(), scale_bytes, "scales");
     ExpectBytesEqual(want_q.data(), got_q.data(), got_q.size(), 1, "e4m3");
@@ -115,8 +115,8 @@ std::vector<Fp8Case> Cases() {
           for (RoutingKind routing :
                {RoutingKind::kSparse, RoutingKind::kAllAbsent, RoutingKind::kHotExpert}) {
             CaseSpec s;
-            s.name = "Fp8_R" + std::to_string(ranks) + "_" + std::string(LayoutName(layout)) +
-                     "_" + std::string(ScaleFormatName(format)) +
+            s.name = "Fp8_R" + std::to_string(ranks) + "_" + std::string(LayoutName(layout)) + "_" +
+                     std::string(ScaleFormatName(format)) +
                      (prequantized ? "_prequantized" : "_quantized") +
                      (routing == RoutingKind::kSparse      ? "_sparse"
                       : routing == RoutingKind::kAllAbsent ? "_all_absent"

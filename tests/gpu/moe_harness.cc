@@ -45,14 +45,16 @@ void RandomRow(uint64_t& state, DType dtype, int hidden, char* row) {
 // ties of e4m3 rounding (amax 448 makes the scale 1, so v / scale = v).
 void AddFp8EdgeValues(const GroupConfig& c, RankInput& in) {
   auto set = [&](int t, int h, float v) {
-    if (t < in.n && h < c.hidden) StoreFromFloat(in.x.data() + size_t(t) * c.hidden * 2, c.dtype, h, v);
+    if (t < in.n && h < c.hidden)
+      StoreFromFloat(in.x.data() + size_t(t) * c.hidden * 2, c.dtype, h, v);
   };
   set(0, 0, std::numeric_limits<float>::quiet_NaN());
   set(0, 1, -std::numeric_limits<float>::infinity());
   set(0, 2, std::numeric_limits<float>::infinity());
   set(0, 3, -0.0f);
   for (int h = 0; h < 128; ++h) set(1, h, 0.0f);
-  for (int h = 0; h < 128; ++h) set(2, h, Bf16ToFloat(static_cast<uint16_t>(1 + h)) * (h % 2 ? -1 : 1));
+  for (int h = 0; h < 128; ++h)
+    set(2, h, Bf16ToFloat(static_cast<uint16_t>(1 + h)) * (h % 2 ? -1 : 1));
   for (int h = 128; h < 256; ++h) set(2, h, 448.0f - 8.0f * (h - 128) / 3.0f);
   set(2, 128, 448.0f);
   for (int h = 0; h < 128; ++h) set(3, h, 1.0e30f * (h % 3 - 1));
@@ -185,8 +187,8 @@ std::vector<Status> MoeHarness::Dispatch() {
     all[r].x = TensorView{buffers_[r]->x.data(), config_.dtype, {n, config_.hidden}};
     if (prequantized_) {
       all[r].x = TensorView{buffers_[r]->xq.data(), DType::kFp8E4m3, {n, config_.hidden}};
-      all[r].x_scales =
-          TensorView{buffers_[r]->x_scales.data(), config_.scale_dtype(), {n, config_.scale_blocks()}};
+      all[r].x_scales = TensorView{
+          buffers_[r]->x_scales.data(), config_.scale_dtype(), {n, config_.scale_blocks()}};
     }
   }
   std::vector<Status> statuses(R);

@@ -72,12 +72,11 @@ Status CheckReceivedRows(const Problem& p, int d, const std::vector<RankInputs>&
   auto same = [&](int64_t row, int s, int t) -> Status {
     if (std::memcmp(view.recv_row(row), q[s].data() + static_cast<size_t>(t) * p.hidden,
                     p.hidden) != 0) {
-      return InternalError("rank {} row {}: e4m3 bytes differ from token {} of rank {}", d, row,
-                           t, s);
+      return InternalError("rank {} row {}: e4m3 bytes differ from token {} of rank {}", d, row, t,
+                           s);
     }
     if (std::memcmp(view.recv_scales_row(row), scales[s].data() + t * sb, sb) != 0) {
-      return InternalError("rank {} row {}: scales differ from token {} of rank {}", d, row, t,
-                           s);
+      return InternalError("rank {} row {}: scales differ from token {} of rank {}", d, row, t, s);
     }
     return OkStatus();
   };
@@ -95,7 +94,8 @@ Status CheckReceivedRows(const Problem& p, int d, const std::vector<RankInputs>&
     for (int t = 0; t < p.max_tokens; ++t) {
       const int64_t row = static_cast<int64_t>(s) * p.max_tokens + t;
       bool present = false;
-      for (int k = 0; k < p.top_k; ++k) present = present || view.recv_topk_idx()[row * p.top_k + k] >= 0;
+      for (int k = 0; k < p.top_k; ++k)
+        present = present || view.recv_topk_idx()[row * p.top_k + k] >= 0;
       if (present) {
         EPD_RETURN_IF_ERROR(same(row, s, t));
         continue;
@@ -106,7 +106,8 @@ Status CheckReceivedRows(const Problem& p, int d, const std::vector<RankInputs>&
         if (x[h] != 0) return InternalError("rank {} absent row {}: recv_x[{}] != 0", d, row, h);
       }
       for (size_t b = 0; b < sb; ++b) {
-        if (sc[b] != 0) return InternalError("rank {} absent row {}: scale byte {} != 0", d, row, b);
+        if (sc[b] != 0)
+          return InternalError("rank {} absent row {}: scale byte {} != 0", d, row, b);
       }
     }
   }
@@ -195,11 +196,11 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(v1::SCALE_FORMAT_FP32, v1::SCALE_FORMAT_UE8M0),
                        ::testing::Bool()),
     [](const auto& info) {
-      return fmt::format("{}_{}_{}",
-                         std::get<0>(info.param) == v1::LAYOUT_RANK_MAJOR ? "RankMajor"
-                                                                          : "ExpertMajor",
-                         std::get<1>(info.param) == v1::SCALE_FORMAT_UE8M0 ? "Ue8m0" : "Fp32",
-                         std::get<2>(info.param) ? "Prequantized" : "DaemonQuantized");
+      return fmt::format(
+          "{}_{}_{}",
+          std::get<0>(info.param) == v1::LAYOUT_RANK_MAJOR ? "RankMajor" : "ExpertMajor",
+          std::get<1>(info.param) == v1::SCALE_FORMAT_UE8M0 ? "Ue8m0" : "Fp32",
+          std::get<2>(info.param) ? "Prequantized" : "DaemonQuantized");
     });
 
 // ---------------------------------------------------------------- bad requests
@@ -260,8 +261,8 @@ TEST_F(Fp8BadInputTest, ScalesWithBf16XAreRejected) {
 }
 
 TEST_F(Fp8BadInputTest, CombineNeedsExpertOut) {
-  EXPECT_EPD_ERROR(rank0().session().Combine(rank0().handle_id(), rank0().out_ref(n_),
-                                             std::nullopt, BlockingOptions()),
+  EXPECT_EPD_ERROR(rank0().session().Combine(rank0().handle_id(), rank0().out_ref(n_), std::nullopt,
+                                             BlockingOptions()),
                    StatusCode::kInvalidArgument, "expert_out is required", "fp8_e4m3");
   v1::TensorRef recv_x = rank0().view().RecvXRef();  // e4m3: not the token dtype
   EXPECT_EPD_ERROR(rank0().session().Combine(rank0().handle_id(), rank0().out_ref(n_), recv_x,
@@ -279,8 +280,7 @@ TEST_F(Fp8BadInputTest, GroupsThatCannotQuantizeAreRejected) {
   Problem narrow = problem_;
   narrow.hidden = 192;
   group = rank0().session().CreateGroup(narrow.Config(UniqueName("fp8narrow")), false);
-  EXPECT_EPD_ERROR(group.status(), StatusCode::kInvalidArgument, "hidden=192",
-                   "multiple of 128");
+  EXPECT_EPD_ERROR(group.status(), StatusCode::kInvalidArgument, "hidden=192", "multiple of 128");
 }
 
 }  // namespace

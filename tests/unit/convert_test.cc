@@ -79,7 +79,6 @@ TEST(ConvertTest, StatusCodesMapOneToOne) {
   }
 }
 
-
 TEST(ConvertTest, GroupConfigCarriesTheFp8Payload) {
   v1::GroupConfig proto;
   proto.set_name("g");
@@ -107,8 +106,10 @@ TEST(ConvertTest, GroupConfigCarriesTheFp8Payload) {
   EXPECT_EQ(back.scale_format(), v1::SCALE_FORMAT_UE8M0);
 
   proto.set_dispatch_dtype(v1::DTYPE_FP16);
-  EXPECT_NE(FromProto(proto, "config").status().message().find(
-                "config.dispatch_dtype = DTYPE_FP16 must be unset, the token dtype (bf16)"),
+  EXPECT_NE(FromProto(proto, "config")
+                .status()
+                .message()
+                .find("config.dispatch_dtype = DTYPE_FP16 must be unset, the token dtype (bf16)"),
             std::string::npos)
       << FromProto(proto, "config").status().message();
   proto.set_dispatch_dtype(v1::DTYPE_FP8_E4M3);
@@ -140,8 +141,7 @@ TEST(ConvertTest, DispatchTakesOptionalScalesAndHandlesExportThem) {
   EXPECT_EQ(out.x_scales->dtype, DType::kUint8);
   EXPECT_EQ(out.x_scales->offset_bytes, 64u);
   scales->set_dtype(v1::DTYPE_UNSPECIFIED);
-  EXPECT_NE(FromProto(request, &out, &options).message().find("x_scales.dtype"),
-            std::string::npos);
+  EXPECT_NE(FromProto(request, &out, &options).message().find("x_scales.dtype"), std::string::npos);
 
   HandleLayout layout;
   layout.recv_scales_offset = 4096;

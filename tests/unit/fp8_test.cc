@@ -87,10 +87,10 @@ TEST(Fp8Test, HandWorkedRoundingAndSaturation) {
   EXPECT_EQ(EncodeE4m3(-std::numeric_limits<float>::quiet_NaN()), 0x7F);
   EXPECT_EQ(EncodeE4m3(0.0f), 0x00);
   EXPECT_EQ(EncodeE4m3(-0.0f), 0x80);
-  EXPECT_EQ(EncodeE4m3(std::ldexp(1.0f, -10)), 0x00);    // half the smallest subnormal: even 0
-  EXPECT_EQ(EncodeE4m3(std::ldexp(3.0f, -10)), 0x02);    // 1.5 steps: even is 2
-  EXPECT_EQ(EncodeE4m3(-std::ldexp(1.0f, -12)), 0x80);   // underflow keeps the sign
-  EXPECT_EQ(EncodeE4m3(std::ldexp(15.5f, -10)), 0x08);   // 7.75 steps round into the normals
+  EXPECT_EQ(EncodeE4m3(std::ldexp(1.0f, -10)), 0x00);   // half the smallest subnormal: even 0
+  EXPECT_EQ(EncodeE4m3(std::ldexp(3.0f, -10)), 0x02);   // 1.5 steps: even is 2
+  EXPECT_EQ(EncodeE4m3(-std::ldexp(1.0f, -12)), 0x80);  // underflow keeps the sign
+  EXPECT_EQ(EncodeE4m3(std::ldexp(15.5f, -10)), 0x08);  // 7.75 steps round into the normals
 }
 
 TEST(Fp8Test, EncodeMatchesNearestByTableOnASweepOfFloats) {
@@ -114,12 +114,12 @@ TEST(Fp8Test, Fp32ScaleIsAmaxOver448) {
 }
 
 TEST(Fp8Test, Ue8m0ScaleRoundsUpToAPowerOfTwo) {
-  EXPECT_EQ(Ue8m0FromAmax(448.0f), 127);          // s = 1 exactly
-  EXPECT_EQ(Ue8m0FromAmax(449.0f), 128);          // s just above 1: 2
-  EXPECT_EQ(Ue8m0FromAmax(224.0f), 126);          // s = 0.5
-  EXPECT_EQ(Ue8m0FromAmax(1.0f), 127 - 8);        // 1/448 -> 2^-8
-  EXPECT_EQ(Ue8m0FromAmax(0.0f), kUe8m0One);      // zero block
-  EXPECT_EQ(Ue8m0FromAmax(Bf16ToFloat(0x0001)), 1);  // tiny amax: clamped at 2^-126
+  EXPECT_EQ(Ue8m0FromAmax(448.0f), 127);               // s = 1 exactly
+  EXPECT_EQ(Ue8m0FromAmax(449.0f), 128);               // s just above 1: 2
+  EXPECT_EQ(Ue8m0FromAmax(224.0f), 126);               // s = 0.5
+  EXPECT_EQ(Ue8m0FromAmax(1.0f), 127 - 8);             // 1/448 -> 2^-8
+  EXPECT_EQ(Ue8m0FromAmax(0.0f), kUe8m0One);           // zero block
+  EXPECT_EQ(Ue8m0FromAmax(Bf16ToFloat(0x0001)), 1);    // tiny amax: clamped at 2^-126
   EXPECT_EQ(Ue8m0FromAmax(Bf16ToFloat(0x7F7F)), 247);  // largest bf16
   EXPECT_EQ(Ue8m0ToFloat(127), 1.0f);
   EXPECT_EQ(Ue8m0ToFloat(130), 8.0f);

@@ -190,7 +190,6 @@ TEST(ReferenceOpsTest, RankMajorCombineAddsEachRankOnceUnweighted) {
   for (int t = 0; t < 3; ++t) EXPECT_EQ(out[t * kHidden + 5], copies[t] * (10.0f * t + 5));
 }
 
-
 // FP8 dispatch on the same routing, H = 256 (two scale blocks): every received row is the
 // quantized source token (or the source's own bytes when it pre-quantized them).
 struct Fp8Case {
@@ -218,7 +217,8 @@ struct Fp8Case {
       }
       if (prequantized) {  // a frontend's own quantizer: different bytes, copied untouched
         for (size_t i = 0; i < rank.q.size(); ++i) rank.q[i] = static_cast<uint8_t>(i * 13 + r);
-        for (size_t i = 0; i < rank.scales.size(); ++i) rank.scales[i] = static_cast<uint8_t>(i + 1);
+        for (size_t i = 0; i < rank.scales.size(); ++i)
+          rank.scales[i] = static_cast<uint8_t>(i + 1);
       }
       rank.topk.resize(6);
       rank.weights.resize(6);

@@ -28,12 +28,11 @@ void WriteRow(const GroupConfig& c, const SourceRank& src, int t, const ReceiveB
   char* dst_scales = static_cast<char*>(out.recv_scales) + row * scale_bytes;
   if (src.x_scales != nullptr) {
     std::memcpy(dst, static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
-    std::memcpy(dst_scales, static_cast<const char*>(src.x_scales) + t * scale_bytes,
-                scale_bytes);
+    std::memcpy(dst_scales, static_cast<const char*>(src.x_scales) + t * scale_bytes, scale_bytes);
     return;
   }
-  QuantizeRowE4m3(static_cast<const uint16_t*>(src.x) + static_cast<size_t>(t) * c.hidden,
-                  c.hidden, c.scale_format, reinterpret_cast<uint8_t*>(dst), dst_scales);
+  QuantizeRowE4m3(static_cast<const uint16_t*>(src.x) + static_cast<size_t>(t) * c.hidden, c.hidden,
+                  c.scale_format, reinterpret_cast<uint8_t*>(dst), dst_scales);
 }
 
 void ZeroRow(const GroupConfig& c, const ReceiveBuffers& out, size_t row) {
