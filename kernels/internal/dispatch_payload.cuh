@@ -61,7 +61,8 @@ __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const 
     if (lane < count) {
       const int b = first + lane;
       if (scale_bytes == 4) {
-        reinterpret_cast<float*>(dst_scales)[b] = reinterpret_cast<const float*>(src_scales)[b];
+        // bit copy: a frontend may pass any 32-bit pattern
+        reinterpret_cast<uint32_t*>(dst_scales)[b] = reinterpret_cast<const uint32_t*>(src_scales)[b];
       } else {
         dst_scales[b] = src_scales[b];
       }
