@@ -1,25 +1,13 @@
 #include "common/fp8.h"
 
+#include <bit>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "common/dtype.h"
 
 namespace epd {
 namespace {
-
-uint32_t FloatBits(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return bits;
-}
-
-float BitsToFloat(uint32_t bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof(value));
-  return value;
-}
 
 // Magnitude code of a finite a in [0, 448], rounded to nearest even.
 uint8_t EncodeMagnitude(float a) {
@@ -31,7 +19,7 @@ uint8_t EncodeMagnitude(float a) {
     if (fraction > 0.5f || (fraction == 0.5f && (code & 1) != 0)) ++code;  // 8 = 2^-6, correct
     return code;
   }
-  const uint32_t bits = FloatBits(a);
+  const uint32_t bits = std::bit_cast<uint32_t>(a);
   const int exponent = static_cast<int>(bits >> 23) - 127;  // in [-6, 8]
   const uint32_t mantissa = bits & 0x7FFFFF;
   uint32_t kept = mantissa >> 20;  // 3 mantissa bits
@@ -86,7 +74,7 @@ float Fp32ScaleFromAmax(float amax) { return amax > 0.0f ? amax / kE4m3Max : 1.0
 
 uint8_t Ue8m0FromAmax(float amax) {
   if (!(amax > 0.0f)) return kUe8m0One;
-  const uint32_t bits = FloatBits(amax / kE4m3Max);
+  const uint32_t bits = std::bit_cast<uint32_t>(amax / kE4m3Max);
   uint32_t exponent = bits >> 23;          // the sign is 0; amax is finite, so this is < 255
   if ((bits & 0x7FFFFF) != 0) ++exponent;  // round up to the next power of two
   if (exponent < 1) exponent = 1;          // no subnormal scales
@@ -94,7 +82,7 @@ uint8_t Ue8m0FromAmax(float amax) {
 }
 
 float Ue8m0ToFloat(uint8_t byte) {
-  return byte == 0 ? BitsToFloat(0x00400000) : BitsToFloat(static_cast<uint32_t>(byte) << 23);
+  return byte == 0 ? std::bit_cast<float>(uint32_t{0x00400000}) : std::bit_cast<float>(static_cast<uint32_t>(byte) << 23);
 }
 
 void QuantizeRowE4m3(const uint16_t* row, int hidden, ScaleFormat format, uint8_t* q,

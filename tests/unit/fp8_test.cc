@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -12,12 +13,6 @@
 
 namespace epd {
 namespace {
-
-float Bits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
 
 // Independent oracle: the nearest of the 127 finite non-negative e4m3 magnitudes (codes
 // 0..0x7E, increasing), ties to the even code, found in the decode table (no bit tricks
@@ -98,7 +93,7 @@ TEST(Fp8Test, EncodeMatchesNearestByTableOnASweepOfFloats) {
   const uint32_t end = 0x44000000;  // 512.0f
   int checked = 0;
   for (uint32_t bits = 0; bits < end; bits += 251) {
-    const float v = Bits(bits);
+    const float v = std::bit_cast<float>(bits);
     ASSERT_EQ(EncodeE4m3(v), NearestByTable(v)) << "value " << v;
     ASSERT_EQ(EncodeE4m3(-v), NearestByTable(-v)) << "value " << -v;
     ++checked;
