@@ -76,6 +76,7 @@ install(DIRECTORY client/epd DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/client COMP
   FILES_MATCHING PATTERN "*.h")
 install(FILES common/status.h common/dtype.h common/fence_page.h common/limits.h common/align.h
   common/grpc_status.h common/proto_dtype.h common/cuda_check.h common/cuda_driver.h
+  common/fp8.h
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/common COMPONENT client)
 install(DIRECTORY ${CMAKE_BINARY_DIR}/gen/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT client
   FILES_MATCHING PATTERN "*.pb.h")

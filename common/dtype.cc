@@ -6,6 +6,9 @@ namespace epd {
 
 size_t DTypeSize(DType dtype) {
   switch (dtype) {
+    case DType::kFp8E4m3:
+    case DType::kUint8:
+      return 1;
     case DType::kBf16:
     case DType::kFp16:
       return 2;
@@ -30,6 +33,10 @@ std::string_view DTypeName(DType dtype) {
       return "int32";
     case DType::kInt64:
       return "int64";
+    case DType::kFp8E4m3:
+      return "fp8_e4m3";
+    case DType::kUint8:
+      return "uint8";
   }
   return "unknown";
 }
@@ -43,11 +50,12 @@ std::string_view AlgorithmName(Algorithm algorithm) {
 }
 
 StatusOr<DType> ParseDType(std::string_view name) {
-  for (DType d : {DType::kBf16, DType::kFp16, DType::kFp32, DType::kInt32, DType::kInt64}) {
+  for (DType d : {DType::kBf16, DType::kFp16, DType::kFp32, DType::kInt32, DType::kInt64,
+                  DType::kFp8E4m3, DType::kUint8}) {
     if (name == DTypeName(d)) return d;
   }
-  return InvalidArgumentError("unknown dtype '{}' (expected bf16, fp16, fp32, int32 or int64)",
-                              name);
+  return InvalidArgumentError(
+      "unknown dtype '{}' (expected bf16, fp16, fp32, int32, int64, fp8_e4m3 or uint8)", name);
 }
 
 StatusOr<Layout> ParseLayout(std::string_view name) {

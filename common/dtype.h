@@ -10,7 +10,17 @@
 
 namespace epd {
 
-enum class DType : int { kBf16 = 0, kFp16 = 1, kFp32 = 2, kInt32 = 3, kInt64 = 4 };
+// kFp8E4m3 and kUint8 appear only in fp8 dispatch payloads: e4m3 rows and ue8m0 scale bytes
+// (common/fp8.h); they are never a group's token dtype.
+enum class DType : int {
+  kBf16 = 0,
+  kFp16 = 1,
+  kFp32 = 2,
+  kInt32 = 3,
+  kInt64 = 4,
+  kFp8E4m3 = 5,
+  kUint8 = 6
+};
 enum class Layout : int { kExpertMajor = 0, kRankMajor = 1 };
 enum class Algorithm : int { kLowLatency = 0, kHighThroughput = 1 };
 

@@ -14,6 +14,10 @@ StatusOr<DType> DTypeFromProto(v1::DType dtype, std::string_view field) {
       return DType::kInt32;
     case v1::DTYPE_INT64:
       return DType::kInt64;
+    case v1::DTYPE_FP8_E4M3:
+      return DType::kFp8E4m3;
+    case v1::DTYPE_UINT8:
+      return DType::kUint8;
     default: {
       const std::string_view name = v1::DType_IsValid(dtype)
                                         ? std::string_view(v1::DType_Name(dtype))
@@ -36,6 +40,10 @@ v1::DType DTypeToProto(DType dtype) {
       return v1::DTYPE_INT32;
     case DType::kInt64:
       return v1::DTYPE_INT64;
+    case DType::kFp8E4m3:
+      return v1::DTYPE_FP8_E4M3;
+    case DType::kUint8:
+      return v1::DTYPE_UINT8;
   }
   return v1::DTYPE_UNSPECIFIED;
 }

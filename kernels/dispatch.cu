@@ -4,6 +4,7 @@
 #include "common/limits.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/dispatch_payload.cuh"
 #include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
@@ -163,8 +164,7 @@ __device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest
                                 unsigned ticket, bool skip) {
   const int lane = threadIdx.x & 31;
   const int K = p.top_k, L = p.local_experts;
-  const int vectors = static_cast<int>(p.row_bytes / 16);
-  const int parts = (vectors + kDispatchVectorsPerPart - 1) / kDispatchVectorsPerPart;
+  const int parts = DispatchRowParts(p);
   const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
   const int stride = gridDim.x * kWarps;
   for (int item = ticket * kWarps + (threadIdx.x >> 5); item < n * K * parts; item += stride) {
@@ -185,11 +185,7 @@ __device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest
       peer.recv_src[row * 3 + 2] = i - t * K;
       peer.recv_weights[row] = __ldg(p.topk_weights + i);
     }
-    const int first = part * kDispatchVectorsPerPart;
-    detail::WarpCopyRow(
-        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first,
-        reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes) + first,
-        min(kDispatchVectorsPerPart, vectors - first), lane);
+    detail::WritePayloadPart(p, peer, row, t, part, lane);
   }
 }
 
@@ -199,8 +195,7 @@ __device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, 
                               unsigned ticket) {
   const int lane = threadIdx.x & 31;
   const int K = p.top_k, L = p.local_experts, T = p.max_tokens;
-  const int vectors = static_cast<int>(p.row_bytes / 16);
-  const int parts = (vectors + kDispatchVectorsPerPart - 1) / kDispatchVectorsPerPart;
+  const int parts = DispatchRowParts(p);
   const int stride = gridDim.x * kWarps;
   for (int item = ticket * kWarps + (threadIdx.x >> 5); item < p.world_size * T * parts;
        item += stride) {
@@ -223,17 +218,10 @@ __device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, 
       peer.recv_topk_idx[row * K + lane] = e;
       peer.recv_topk_weights[row * K + lane] = w;
     }
-    const int first = part * kDispatchVectorsPerPart;
-    const int count = min(kDispatchVectorsPerPart, vectors - first);
-    int4* dst =
-        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first;
     if (present) {
-      detail::WarpCopyRow(
-          dst,
-          reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes) + first,
-          count, lane);
+      detail::WritePayloadPart(p, peer, row, t, part, lane);
     } else {
-      detail::WarpZeroRow(dst, count, lane);
+      detail::ZeroPayloadPart(p, peer, row, part, lane);
     }
   }
 }

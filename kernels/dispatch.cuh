@@ -25,6 +25,13 @@
 
 namespace epd::kernels {
 
+// What each dispatched row carries (the row payload).
+enum DispatchPayload : int {
+  kPayloadCopy = 0,          // row_bytes of x as they are (the token dtype)
+  kPayloadQuantize = 1,      // bf16 x quantized here to e4m3 + a scale per 128 channels
+  kPayloadPrequantized = 2,  // e4m3 x and its x_scales, copied
+};
+
 struct DispatchParams {
   int world_size = 0;
   int rank = 0;  // group rank of this source
@@ -34,8 +41,12 @@ struct DispatchParams {
   int max_tokens = 0;
   int capacity = 0;
   int rank_major = 0;
-  int64_t row_bytes = 0;    // multiple of 16
+  int64_t row_bytes = 0;    // multiple of 16 (kPayloadCopy)
   const void* x = nullptr;  // [n, H]
+  int payload = kPayloadCopy;
+  int hidden = 0;                  // fp8 payloads: H, a multiple of 128
+  int ue8m0_scales = 0;            // fp8 payloads: scales are ue8m0 bytes, else fp32
+  const void* x_scales = nullptr;  // kPayloadPrequantized: [n, H / 128]
   const int32_t* topk_idx = nullptr;
   const float* topk_weights = nullptr;
   const int32_t* expert_counts = nullptr;
@@ -55,6 +66,18 @@ struct DispatchParams {
 // A warp copies rows in parts of this many 16-byte vectors, so a few long rows still spread
 // over every SM; the host sizes grids with it.
 constexpr int kDispatchVectorsPerPart = 256;
+// fp8 payloads split a row into parts of this many 128-channel blocks (2048 channels).
+constexpr int kDispatchBlocksPerPart = 16;
+
+// Parts per row, the unit of work of one warp (the host sizes grids with it).
+inline __host__ __device__ int DispatchRowParts(const DispatchParams& p) {
+  if (p.payload == kPayloadCopy) {
+    const int vectors = static_cast<int>(p.row_bytes / 16);
+    return (vectors + kDispatchVectorsPerPart - 1) / kDispatchVectorsPerPart;
+  }
+  const int blocks = p.hidden / 128;
+  return (blocks + kDispatchBlocksPerPart - 1) / kDispatchBlocksPerPart;
+}
 
 // blocks: any number >= 1 (the kernel strides); 512 threads each.
 cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream);

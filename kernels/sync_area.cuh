@@ -59,6 +59,7 @@ struct PeerBuffers {
   float* recv_weights = nullptr;       // expert-major
   int32_t* recv_topk_idx = nullptr;    // rank-major
   float* recv_topk_weights = nullptr;  // rank-major
+  void* recv_scales = nullptr;         // fp8 dispatch: [rows, hidden / 128]
 };
 
 struct PeerTable {

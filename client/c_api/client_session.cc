@@ -1,4 +1,5 @@
 // C API: client, node info and stats, sessions, groups.
+#include <cstddef>
 #include <cstring>
 
 #include "client/c_api/internal.h"
@@ -177,11 +178,16 @@ epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* 
                               int32_t persistent, int32_t* filled_capacity) {
   if (session == nullptr) return NullArgument("epd_group_create", "session");
   if (config == nullptr) return NullArgument("epd_group_create", "config");
-  if (config->struct_size < sizeof(epd_group_config_t)) {
+  // Version-1 callers end at expert_capacity (plus tail padding, which covers dispatch_dtype:
+  // so the fields appended since are read only when the struct reaches past scale_format).
+  constexpr size_t kVersion1Size = offsetof(epd_group_config_t, dispatch_dtype);
+  if (config->struct_size < kVersion1Size) {
     return Report(epd::InvalidArgumentError(
         "epd_group_create: config.struct_size {} is smaller than {} (call epd_group_config_init)",
-        config->struct_size, sizeof(epd_group_config_t)));
+        config->struct_size, kVersion1Size));
   }
+  const bool has_dispatch_format =
+      config->struct_size >= offsetof(epd_group_config_t, scale_format) + sizeof(int32_t);
   epd::v1::GroupConfig cpp;
   cpp.set_name(config->name != nullptr ? config->name : "");
   cpp.set_world_size(config->world_size);
@@ -196,6 +202,10 @@ epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* 
   cpp.set_algorithm(static_cast<epd::v1::Algorithm>(config->algorithm));
   cpp.set_layout(static_cast<epd::v1::Layout>(config->layout));
   cpp.set_expert_capacity(config->expert_capacity);
+  if (has_dispatch_format) {
+    cpp.set_dispatch_dtype(static_cast<epd::v1::DType>(config->dispatch_dtype));
+    cpp.set_scale_format(static_cast<epd::v1::ScaleFormat>(config->scale_format));
+  }
   auto created = session->session->CreateGroup(cpp, persistent != 0);
   if (!created.ok()) return Report(created.status());
   if (filled_capacity != nullptr) *filled_capacity = created->expert_capacity();

@@ -59,15 +59,19 @@ enum {
   EPD_UNAUTHENTICATED = 16
 };
 
-/* Same numbers as epd.v1.DType / Layout / Algorithm. */
+/* Same numbers as epd.v1.DType / ScaleFormat / Layout / Algorithm. FP8_E4M3 and UINT8 appear
+ * only in fp8 dispatch payloads (e4m3 rows, ue8m0 scale bytes), never as a group's dtype. */
 enum {
   EPD_DTYPE_UNSPECIFIED = 0,
   EPD_DTYPE_BF16 = 1,
   EPD_DTYPE_FP16 = 2,
   EPD_DTYPE_FP32 = 3,
   EPD_DTYPE_INT32 = 4,
-  EPD_DTYPE_INT64 = 5
+  EPD_DTYPE_INT64 = 5,
+  EPD_DTYPE_FP8_E4M3 = 6,
+  EPD_DTYPE_UINT8 = 7
 };
+enum { EPD_SCALE_FORMAT_DEFAULT = 0, EPD_SCALE_FORMAT_FP32 = 1, EPD_SCALE_FORMAT_UE8M0 = 2 };
 enum { EPD_LAYOUT_DEFAULT = 0, EPD_LAYOUT_EXPERT_MAJOR = 1, EPD_LAYOUT_RANK_MAJOR = 2 };
 enum { EPD_ALGORITHM_DEFAULT = 0, EPD_ALGORITHM_LOW_LATENCY = 1, EPD_ALGORITHM_HIGH_THROUGHPUT = 2 };
 
@@ -192,6 +196,11 @@ typedef struct {
   int32_t experts, hidden, max_tokens_per_rank, top_k;
   int32_t dtype, algorithm, layout;
   int32_t expert_capacity; /* 0: R * T */
+  /* Appended after version 1 (read only when struct_size covers them). What dispatch moves:
+   * 0 or dtype: token rows; EPD_DTYPE_FP8_E4M3 (bf16 groups, hidden a multiple of 128): e4m3
+   * rows plus one scale per 128 channels in scale_format (EPD_SCALE_FORMAT_*). */
+  int32_t dispatch_dtype;
+  int32_t scale_format;
 } epd_group_config_t;
 void epd_group_config_init(epd_group_config_t* config);
 /* filled_capacity (may be NULL) receives the expert capacity after defaults. */
@@ -201,6 +210,8 @@ epd_status_t epd_group_destroy(epd_session_t* session, const char* name);
 
 /* ---- handles ---- */
 #define EPD_NO_TENSOR UINT64_MAX
+/* Set struct_size to sizeof(epd_handle_info_t) before epd_handle_info: it fills that many
+ * bytes (0 counts as the version-1 struct, which ends at recv_offsets_offset). */
 typedef struct {
   uint32_t struct_size;
   uint64_t handle_id;
@@ -226,6 +237,13 @@ typedef struct {
   uint64_t recv_x_offset, recv_src_offset, recv_weights_offset;
   uint64_t recv_topk_idx_offset, recv_topk_weights_offset;
   uint64_t recv_counts_offset, recv_offsets_offset;
+  /* Appended after version 1. The group's dispatch payload (EPD_DTYPE_FP8_E4M3: recv_x holds
+   * e4m3 bytes [recv_rows, H]; else dtype) and fp8 scale format (EPD_SCALE_FORMAT_FP32 or
+   * _UE8M0; 0 without fp8). recv_scales [recv_rows, H / 128]: fp32, or uint8 ue8m0 exponent
+   * bytes (scale = 2^(byte - 127)); EPD_NO_TENSOR without fp8 dispatch. */
+  int32_t dispatch_dtype;
+  int32_t scale_format;
+  uint64_t recv_scales_offset;
 } epd_handle_info_t;
 
 epd_status_t epd_handle_create(epd_session_t* session, const char* group, const char* name,

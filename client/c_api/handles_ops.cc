@@ -1,4 +1,8 @@
 // C API: handles, update / dispatch / combine, stream ops.
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+
 #include "client/c_api/internal.h"
 
 using epd::c_api::NullArgument;
@@ -147,6 +151,56 @@ epd_status_t RunOp(const char* function, epd_session* session, const epd_handle*
   return EPD_OK;
 }
 
+// Every field of the current epd_handle_info_t.
+epd_handle_info_t FillHandleInfo(const epd_handle_t& handle) {
+  const epd::HandleView& view = *handle.view;
+  const epd::v1::HandleInfo& h = view.info();
+  const epd::v1::GroupConfig& c = h.config();
+  const epd::v1::HandleBuffers& b = h.buffers();
+  epd_handle_info_t info{};
+  info.struct_size = sizeof(info);
+  info.handle_id = h.handle_id();
+  info.buffer_id = h.buffer_id();
+  info.name = h.name().c_str();
+  info.group = h.group().c_str();
+  info.group_rank = h.group_rank();
+  info.persistent = h.persistent() ? 1 : 0;
+  info.data_path = handle.data_path;
+  const int32_t world = c.ranks_size() > 0 ? c.ranks_size() : c.world_size();
+  info.world_size = world;
+  info.experts = c.experts();
+  info.local_experts = world > 0 ? c.experts() / world : 0;
+  info.hidden = c.hidden();
+  info.max_tokens_per_rank = c.max_tokens_per_rank();
+  info.top_k = c.top_k();
+  info.dtype = c.dtype();
+  info.algorithm = c.algorithm();
+  info.layout = c.layout();
+  info.expert_capacity = c.expert_capacity();
+  info.region = view.recv_x() != nullptr
+                     ? static_cast<char*>(view.recv_x()) - b.recv_x_offset()
+                     : nullptr;
+  info.region_bytes = b.total_bytes();
+  info.on_device = view.on_device() ? 1 : 0;
+  info.device = h.source().device();
+  info.recv_rows = b.recv_rows();
+  const bool expert_major = view.expert_major();
+  auto when = [](bool present, uint64_t offset) { return present ? offset : EPD_NO_TENSOR; };
+  info.recv_x_offset = b.recv_x_offset();
+  info.recv_src_offset = when(expert_major, b.recv_src_offset());
+  info.recv_weights_offset = when(expert_major, b.recv_weights_offset());
+  info.recv_topk_idx_offset = when(!expert_major, b.recv_topk_idx_offset());
+  info.recv_topk_weights_offset = when(!expert_major, b.recv_topk_weights_offset());
+  info.recv_counts_offset = b.recv_counts_offset();
+  info.recv_offsets_offset = when(expert_major, b.recv_offsets_offset());
+  const bool fp8 = c.dispatch_dtype() == epd::v1::DTYPE_FP8_E4M3;
+  info.dispatch_dtype = fp8 ? int32_t{EPD_DTYPE_FP8_E4M3} : static_cast<int32_t>(c.dtype());
+  info.scale_format =
+      fp8 ? static_cast<int32_t>(c.scale_format()) : int32_t{EPD_SCALE_FORMAT_DEFAULT};
+  info.recv_scales_offset = when(fp8, b.recv_scales_offset());
+  return info;
+}
+
 }  // namespace
 
 namespace epd::c_api {
@@ -186,46 +240,18 @@ epd_status_t epd_handle_attach(epd_session_t* session, const char* name, int32_t
 epd_status_t epd_handle_info(const epd_handle_t* handle, epd_handle_info_t* info) {
   if (handle == nullptr) return NullArgument("epd_handle_info", "handle");
   if (info == nullptr) return NullArgument("epd_handle_info", "info");
-  const epd::HandleView& view = *handle->view;
-  const epd::v1::HandleInfo& h = view.info();
-  const epd::v1::GroupConfig& c = h.config();
-  const epd::v1::HandleBuffers& b = h.buffers();
-  *info = epd_handle_info_t{};
-  info->struct_size = sizeof(*info);
-  info->handle_id = h.handle_id();
-  info->buffer_id = h.buffer_id();
-  info->name = h.name().c_str();
-  info->group = h.group().c_str();
-  info->group_rank = h.group_rank();
-  info->persistent = h.persistent() ? 1 : 0;
-  info->data_path = handle->data_path;
-  const int32_t world = c.ranks_size() > 0 ? c.ranks_size() : c.world_size();
-  info->world_size = world;
-  info->experts = c.experts();
-  info->local_experts = world > 0 ? c.experts() / world : 0;
-  info->hidden = c.hidden();
-  info->max_tokens_per_rank = c.max_tokens_per_rank();
-  info->top_k = c.top_k();
-  info->dtype = c.dtype();
-  info->algorithm = c.algorithm();
-  info->layout = c.layout();
-  info->expert_capacity = c.expert_capacity();
-  info->region = view.recv_x() != nullptr
-                     ? static_cast<char*>(view.recv_x()) - b.recv_x_offset()
-                     : nullptr;
-  info->region_bytes = b.total_bytes();
-  info->on_device = view.on_device() ? 1 : 0;
-  info->device = h.source().device();
-  info->recv_rows = b.recv_rows();
-  const bool expert_major = view.expert_major();
-  auto when = [](bool present, uint64_t offset) { return present ? offset : EPD_NO_TENSOR; };
-  info->recv_x_offset = b.recv_x_offset();
-  info->recv_src_offset = when(expert_major, b.recv_src_offset());
-  info->recv_weights_offset = when(expert_major, b.recv_weights_offset());
-  info->recv_topk_idx_offset = when(!expert_major, b.recv_topk_idx_offset());
-  info->recv_topk_weights_offset = when(!expert_major, b.recv_topk_weights_offset());
-  info->recv_counts_offset = b.recv_counts_offset();
-  info->recv_offsets_offset = when(expert_major, b.recv_offsets_offset());
+  // The caller's struct may predate fields appended since version 1: fill only its size.
+  constexpr uint32_t kVersion1Size = offsetof(epd_handle_info_t, dispatch_dtype);
+  const uint32_t caller_size = info->struct_size == 0 ? kVersion1Size : info->struct_size;
+  if (caller_size < kVersion1Size) {
+    return Report(epd::InvalidArgumentError(
+        "epd_handle_info: info.struct_size {} is smaller than the first version's {}",
+        caller_size, kVersion1Size));
+  }
+  const epd_handle_info_t filled = FillHandleInfo(*handle);
+  const uint32_t size = std::min<uint32_t>(caller_size, sizeof(filled));
+  std::memcpy(info, &filled, size);
+  info->struct_size = size;
   return EPD_OK;
 }
 

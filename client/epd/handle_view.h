@@ -6,6 +6,10 @@
 //               recv_src [L*C, 3] (src rank, src token, k); recv_weights [L*C].
 // Rank-major:   recv_x [R*T, H], row s*T+t = token t of rank s; recv_topk_idx / _weights
 //               [R*T, K]; recv_counts [R] tokens per source rank.
+// Fp8 dispatch (config().dispatch_dtype() == DTYPE_FP8_E4M3), both layouts: recv_x holds e4m3
+//               rows and recv_scales [recv_rows, H/128] their block scales (fp32, or ue8m0
+//               exponent bytes: scale = 2^(byte - 127)); value ~= e4m3 * scale. Combine then
+//               needs an expert_out tensor of the token dtype.
 // Tensors that the group's layout does not have are nullptr.
 #pragma once
 
@@ -50,9 +54,20 @@ class HandleView {
   }
   int32_t* recv_counts() const { return Tensor<int32_t>(true, &B::recv_counts_offset); }
   int32_t* recv_offsets() const { return Tensor<int32_t>(expert_major(), &B::recv_offsets_offset); }
+  bool fp8_dispatch() const { return config().dispatch_dtype() == v1::DTYPE_FP8_E4M3; }
+  bool ue8m0_scales() const { return config().scale_format() == v1::SCALE_FORMAT_UE8M0; }
+  // [recv_rows, H/128]: float* for fp32 scales, uint8_t* for ue8m0; nullptr without fp8.
+  void* recv_scales() const { return Tensor<char>(fp8_dispatch(), &B::recv_scales_offset); }
+  const void* recv_scales_row(int64_t row) const {
+    return static_cast<const char*>(recv_scales()) + static_cast<size_t>(row) * scale_row_bytes_;
+  }
+  size_t scale_row_bytes() const { return scale_row_bytes_; }
 
-  // recv_x as a TensorRef of the exported buffer (Combine's expert_out, in place).
+  // recv_x as a TensorRef of the exported buffer (Combine's expert_out, in place; its dtype
+  // is e4m3 with fp8 dispatch, which Combine refuses).
   v1::TensorRef RecvXRef() const;
+  // recv_scales as a TensorRef (fp8 dispatch only).
+  v1::TensorRef RecvScalesRef() const;
 
  private:
   using B = v1::HandleBuffers;
@@ -63,7 +78,8 @@ class HandleView {
   }
 
   v1::HandleInfo info_;
-  size_t row_bytes_ = 0;
+  size_t row_bytes_ = 0;  // of recv_x
+  size_t scale_row_bytes_ = 0;
   std::unique_ptr<MappedRegion> region_;
 };
 

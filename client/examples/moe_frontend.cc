@@ -7,6 +7,9 @@
 // Each rank: Update -> Dispatch -> expert (rows of expert e scaled by e + 1, in place in the
 // handle's receive buffer) -> Combine, for --iterations layers with varying token counts,
 // alternating blocking and fenced ops (--mode). Exit status 0 only when every rank matched.
+// --dispatch-dtype fp8 (bf16, H a multiple of 128): dispatch moves e4m3 rows with a scale per
+// 128 channels (--scale-format fp32 or ue8m0), quantized by the daemon, or by this frontend
+// with --prequantized; the experts read the dequantized rows and write bf16 expert outputs.
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +36,9 @@ struct Flags {
   int top_k = 0;
   std::string layout = "expert_major";
   std::string dtype = "bf16";
+  std::string dispatch_dtype = "token";
+  std::string scale_format = "fp32";
+  bool prequantized = false;
   std::string idx = "int32";
   std::string mode = "both";
   int iterations = 4;
@@ -98,6 +104,13 @@ int main(int argc, char** argv) {
   app.add_option("--topk", flags.top_k, "K: experts per token (default min(4, E))");
   app.add_option("--layout", flags.layout)->check(CLI::IsMember({"expert_major", "rank_major"}));
   app.add_option("--dtype", flags.dtype)->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  app.add_option("--dispatch-dtype", flags.dispatch_dtype,
+                 "token (the token dtype) or fp8 (e4m3 + a scale per 128 channels)")
+      ->check(CLI::IsMember({"token", "fp8", "fp8_e4m3"}));
+  app.add_option("--scale-format", flags.scale_format, "fp8 block scales")
+      ->check(CLI::IsMember({"fp32", "ue8m0"}));
+  app.add_flag("--prequantized", flags.prequantized,
+               "fp8: quantize x here and pass x_scales (else the daemon quantizes bf16 x)");
   app.add_option("--idx", flags.idx, "topk_idx dtype")->check(CLI::IsMember({"int32", "int64"}));
   app.add_option("--mode", flags.mode, "blocking, fenced, or both (alternating)")
       ->check(CLI::IsMember({"blocking", "fenced", "both"}));
@@ -117,10 +130,21 @@ int main(int argc, char** argv) {
                                           : epd::v1::DTYPE_BF16;
   problem.layout =
       flags.layout == "rank_major" ? epd::v1::LAYOUT_RANK_MAJOR : epd::v1::LAYOUT_EXPERT_MAJOR;
+  problem.fp8 = flags.dispatch_dtype != "token";
+  problem.scale_format =
+      flags.scale_format == "ue8m0" ? epd::v1::SCALE_FORMAT_UE8M0 : epd::v1::SCALE_FORMAT_FP32;
+  problem.prequantized = flags.prequantized;
+  if (flags.prequantized && !problem.fp8) {
+    std::fprintf(stderr, "--prequantized needs --dispatch-dtype fp8\n");
+    return 2;
+  }
+  const std::string payload =
+      problem.fp8 ? fmt::format("fp8-{}{}", flags.scale_format, flags.prequantized ? "-pre" : "")
+                  : flags.dtype;
   if (flags.group.empty()) {
-    flags.group =
-        fmt::format("example-{}-{}-r{}-e{}-h{}-t{}-k{}", flags.layout, flags.dtype, problem.ranks,
-                    problem.experts, problem.hidden, problem.max_tokens, problem.top_k);
+    flags.group = fmt::format("example-{}-{}-{}-r{}-e{}-h{}-t{}-k{}", flags.layout, flags.dtype,
+                              problem.fp8 ? "fp8-" + flags.scale_format : "tok", problem.ranks,
+                              problem.experts, problem.hidden, problem.max_tokens, problem.top_k);
   }
 
   // NOTE: fork before any gRPC state exists in this process; each child makes its own.
@@ -149,7 +173,7 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("%s: %d ranks, %s, %s, T=%d H=%d E=%d K=%d, %d layers: %s\n", argv[0], flags.ranks,
-              flags.layout.c_str(), flags.dtype.c_str(), problem.max_tokens, problem.hidden,
+              flags.layout.c_str(), payload.c_str(), problem.max_tokens, problem.hidden,
               problem.experts, problem.top_k, flags.iterations,
               failed == 0 ? "all ranks OK" : "FAILED");
   return failed == 0 ? 0 : 1;

@@ -28,6 +28,39 @@ float Round(DType dtype, float value) {
 
 }  // namespace
 
+float DequantizedValue(const Problem& p, const uint8_t* q_row, const void* scale_row, int h) {
+  const int block = h / kFp8BlockChannels;
+  float scale;
+  if (p.scales() == ScaleFormat::kUe8m0) {
+    scale = Ue8m0ToFloat(static_cast<const uint8_t*>(scale_row)[block]);
+  } else {
+    std::memcpy(&scale, static_cast<const char*>(scale_row) + 4 * block, sizeof(scale));
+  }
+  return Round(DType::kBf16, DecodeE4m3(q_row[h]) * scale);
+}
+
+namespace {
+
+// What an expert reads for one token row: the token itself, or with fp8 its dequantized
+// e4m3 row, bf16(decode(q) * scale).
+std::vector<float> DispatchedValues(const Problem& p, const uint8_t* x_row) {
+  const DType dtype = p.token_dtype();
+  std::vector<float> values(p.hidden);
+  if (!p.fp8) {
+    for (int h = 0; h < p.hidden; ++h) values[h] = LoadAsFloat(x_row, dtype, h);
+    return values;
+  }
+  std::vector<uint8_t> q(p.hidden), scales(p.scale_row_bytes());
+  QuantizeRowE4m3(reinterpret_cast<const uint16_t*>(x_row), p.hidden, p.scales(), q.data(),
+                  scales.data());
+  for (int h = 0; h < p.hidden; ++h) {
+    values[h] = DequantizedValue(p, q.data(), scales.data(), h);
+  }
+  return values;
+}
+
+}  // namespace
+
 DType Problem::token_dtype() const {
   // UNSPECIFIED means bf16, as in the daemon's group defaults.
   const StatusOr<DType> token = DTypeFromProto(dtype, "dtype");
@@ -47,6 +80,10 @@ v1::GroupConfig Problem::Config(const std::string& name) const {
   config.set_dtype(dtype);
   config.set_layout(layout);
   config.set_expert_capacity(expert_capacity);
+  if (fp8) {
+    config.set_dispatch_dtype(v1::DTYPE_FP8_E4M3);
+    config.set_scale_format(scale_format);
+  }
   return config;
 }
 
@@ -93,17 +130,39 @@ RankInputs MakeInputs(const Problem& p, uint64_t seed, int rank, int iteration, 
   return in;
 }
 
-void RunExperts(const Problem& p, int rank, const HandleView& view, const ExpertFactor& factor) {
+void QuantizeInputs(const Problem& p, const RankInputs& in, std::vector<uint8_t>* q,
+                    std::vector<uint8_t>* scales) {
+  const size_t n = static_cast<size_t>(in.num_tokens);
+  q->assign(n * p.hidden, 0);
+  scales->assign(n * p.scale_row_bytes(), 0);
+  for (size_t t = 0; t < n; ++t) {
+    QuantizeRowE4m3(reinterpret_cast<const uint16_t*>(in.x.data() + t * p.row_bytes()), p.hidden,
+                    p.scales(), q->data() + t * p.hidden, scales->data() + t * p.scale_row_bytes());
+  }
+}
+
+void RunExperts(const Problem& p, int rank, const HandleView& view, const ExpertFactor& factor,
+                void* expert_out) {
   const DType dtype = p.token_dtype();
   const int H = p.hidden, K = p.top_k;
+  // Input element h of received row `row`, and where the expert writes that row.
+  auto input = [&](int64_t row, int h) {
+    if (!p.fp8) return LoadAsFloat(view.recv_row(row), dtype, h);
+    return DequantizedValue(p, static_cast<const uint8_t*>(view.recv_row(row)),
+                            view.recv_scales_row(row), h);
+  };
+  auto output = [&](int64_t row) -> void* {
+    if (!p.fp8) return view.recv_row(row);
+    return static_cast<char*>(expert_out) + static_cast<size_t>(row) * p.row_bytes();
+  };
   if (p.expert_major()) {
     const int L = p.local_experts();
     for (int l = 0; l < L; ++l) {
       const float f = factor(rank * L + l);
       const int32_t first = view.recv_offsets()[l];
       for (int32_t row = first; row < first + view.recv_counts()[l]; ++row) {
-        void* z = view.recv_row(row);
-        for (int h = 0; h < H; ++h) StoreFromFloat(z, dtype, h, LoadAsFloat(z, dtype, h) * f);
+        void* z = output(row);
+        for (int h = 0; h < H; ++h) StoreFromFloat(z, dtype, h, input(row, h) * f);
       }
     }
     return;
@@ -114,16 +173,16 @@ void RunExperts(const Problem& p, int rank, const HandleView& view, const Expert
       const int64_t row = static_cast<int64_t>(s) * p.max_tokens + t;
       const int32_t* idx = view.recv_topk_idx() + row * K;
       const float* w = view.recv_topk_weights() + row * K;
-      void* z = view.recv_row(row);
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int k = 0; k < K; ++k) {
         if (idx[k] < 0) continue;
         const float f = factor(idx[k]);
         for (int h = 0; h < H; ++h) {
-          const float product = w[k] * Round(dtype, LoadAsFloat(z, dtype, h) * f);
+          const float product = w[k] * Round(dtype, input(row, h) * f);
           acc[h] = acc[h] + product;
         }
       }
+      void* z = output(row);
       for (int h = 0; h < H; ++h) StoreFromFloat(z, dtype, h, acc[h]);
     }
   }
@@ -136,12 +195,10 @@ std::vector<uint8_t> ExpectedOutput(const Problem& p, const RankInputs& in,
   std::vector<uint8_t> out(static_cast<size_t>(in.num_tokens) * p.row_bytes());
   std::vector<float> acc(H), pre(H);
   for (int t = 0; t < in.num_tokens; ++t) {
-    const uint8_t* x = in.x.data() + t * p.row_bytes();
+    const std::vector<float> x = DispatchedValues(p, in.x.data() + t * p.row_bytes());
     const int32_t* idx = &in.topk_idx[static_cast<size_t>(t) * K];
     const float* w = &in.weights[static_cast<size_t>(t) * K];
-    auto expert_value = [&](int e, int h) {
-      return Round(dtype, LoadAsFloat(x, dtype, h) * factor(e));
-    };
+    auto expert_value = [&](int e, int h) { return Round(dtype, x[h] * factor(e)); };
     std::fill(acc.begin(), acc.end(), 0.0f);
     for (int k = 0; k < K; ++k) {
       if (idx[k] < 0) continue;

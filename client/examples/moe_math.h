@@ -12,6 +12,7 @@
 
 #include "client/epd/handle_view.h"
 #include "common/dtype.h"
+#include "common/fp8.h"
 #include "epd/v1/types.pb.h"
 
 namespace epd::example {
@@ -25,12 +26,23 @@ struct Problem {
   v1::DType dtype = v1::DTYPE_BF16;
   v1::Layout layout = v1::LAYOUT_EXPERT_MAJOR;
   int expert_capacity = 0;  // rows per expert (expert-major); 0: the group default R * T
+  // FP8 dispatch (bf16 tokens, H % 128 == 0): received rows are e4m3 + per-128 scales; the
+  // experts read them dequantized and write bf16 into a separate expert_out tensor.
+  bool fp8 = false;
+  v1::ScaleFormat scale_format = v1::SCALE_FORMAT_FP32;
+  bool prequantized = false;  // fp8: the frontend quantizes x and passes x_scales
 
   int local_experts() const { return experts / ranks; }
   int rank_of(int expert) const { return expert / local_experts(); }
   bool expert_major() const { return layout != v1::LAYOUT_RANK_MAJOR; }
   DType token_dtype() const;
   size_t row_bytes() const;
+  ScaleFormat scales() const {
+    return scale_format == v1::SCALE_FORMAT_UE8M0 ? ScaleFormat::kUe8m0 : ScaleFormat::kFp32;
+  }
+  size_t scale_row_bytes() const {
+    return fp8 ? static_cast<size_t>(hidden / kFp8BlockChannels) * ScaleBytes(scales()) : 0;
+  }
   v1::GroupConfig Config(const std::string& name) const;
 };
 
@@ -57,10 +69,20 @@ RankInputs MakeInputs(const Problem& p, uint64_t seed, int rank, int iteration, 
 // Token count of `rank` in `iteration`: varies in [1, T].
 int TokensFor(const Problem& p, int rank, int iteration);
 
-// Runs the experts of `rank` on its received rows, in place in the handle's recv_x
-// (expert-major: row of expert e scaled; rank-major: the pre-reduced row
-// sum over k of w * round(x * factor(e)) for the experts of this rank, rounded once).
-void RunExperts(const Problem& p, int rank, const HandleView& view, const ExpertFactor& factor);
+// Quantizes rows [0, n) of `in.x` (bf16) as the daemon would (common/fp8.h): e4m3 [n, H]
+// and scales [n, H / 128] of the problem's scale format.
+void QuantizeInputs(const Problem& p, const RankInputs& in, std::vector<uint8_t>* q,
+                    std::vector<uint8_t>* scales);
+
+// Element h of an fp8 row as the experts read it: bf16(decode(q_row[h]) * its block's scale).
+float DequantizedValue(const Problem& p, const uint8_t* q_row, const void* scale_row, int h);
+
+// Runs the experts of `rank` on its received rows (expert-major: row of expert e scaled;
+// rank-major: the pre-reduced row sum over k of w * round(x * factor(e)) for the experts of
+// this rank, rounded once): in place in the handle's recv_x, or with fp8 from the dequantized
+// rows (bf16(e4m3 * scale)) into `expert_out` [recv_rows, H] bf16.
+void RunExperts(const Problem& p, int rank, const HandleView& view, const ExpertFactor& factor,
+                void* expert_out = nullptr);
 
 // Expected combine output [n, H] (token dtype bytes) of one rank's inputs.
 std::vector<uint8_t> ExpectedOutput(const Problem& p, const RankInputs& in,

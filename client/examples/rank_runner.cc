@@ -49,7 +49,16 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   runner->topk_offset_ = AlignUp(T * problem.row_bytes());
   runner->weights_offset_ = runner->topk_offset_ + AlignUp(T * K * idx_bytes);
   runner->out_offset_ = runner->weights_offset_ + AlignUp(T * K * sizeof(float));
-  const size_t total = runner->out_offset_ + AlignUp(T * problem.row_bytes());
+  size_t total = runner->out_offset_ + AlignUp(T * problem.row_bytes());
+  if (problem.fp8) {
+    // fp8: ... | xq [T, H] e4m3 | x_scales [T, H / 128] | expert_out [recv_rows, H] bf16.
+    const size_t recv_rows = static_cast<size_t>(runner->view_->recv_rows());
+    runner->xq_offset_ = total;
+    runner->x_scales_offset_ = runner->xq_offset_ + AlignUp(T * problem.hidden);
+    runner->expert_out_offset_ = runner->x_scales_offset_ + AlignUp(T * problem.scale_row_bytes());
+    total = runner->expert_out_offset_ + AlignUp(recv_rows * problem.row_bytes());
+    runner->expert_out_host_.resize(recv_rows * problem.row_bytes());
+  }
   if (device) {
     // The rank's tensors live on the GPU that holds its handle.
     const int gpu = handle->source().device() >= 0 ? handle->source().device() : rank;
@@ -65,7 +74,27 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
 }
 
 v1::TensorRef RankRunner::x_ref(int n) const {
+  if (problem_.fp8 && problem_.prequantized) {
+    return MakeTensorRef(buffer_id_, xq_offset_, v1::DTYPE_FP8_E4M3, {n, problem_.hidden});
+  }
   return MakeTensorRef(buffer_id_, x_offset_, problem_.dtype, {n, problem_.hidden});
+}
+v1::TensorRef RankRunner::x_scales_ref(int n) const {
+  return MakeTensorRef(buffer_id_, x_scales_offset_,
+                       problem_.scales() == ScaleFormat::kUe8m0 ? v1::DTYPE_UINT8 : v1::DTYPE_FP32,
+                       {n, problem_.hidden / kFp8BlockChannels});
+}
+v1::TensorRef RankRunner::expert_out_ref() const {
+  return MakeTensorRef(buffer_id_, expert_out_offset_, problem_.dtype,
+                       {view_->recv_rows(), problem_.hidden});
+}
+v1::DispatchRequest RankRunner::DispatchRequestFor(int n, const v1::OpOptions& options) const {
+  v1::DispatchRequest dispatch;
+  dispatch.set_handle_id(handle_id());
+  *dispatch.mutable_x() = x_ref(n);
+  if (problem_.fp8 && problem_.prequantized) *dispatch.mutable_x_scales() = x_scales_ref(n);
+  *dispatch.mutable_options() = options;
+  return dispatch;
 }
 v1::TensorRef RankRunner::topk_ref(int n) const {
   return MakeTensorRef(buffer_id_, topk_offset_,
@@ -90,6 +119,12 @@ Status RankRunner::Stage(const RankInputs& in) {
   }
   EPD_RETURN_IF_ERROR(
       memory_->Write(weights_offset_, in.weights.data(), in.weights.size() * sizeof(float)));
+  if (problem_.fp8 && problem_.prequantized) {
+    std::vector<uint8_t> q, scales;
+    QuantizeInputs(problem_, in, &q, &scales);
+    EPD_RETURN_IF_ERROR(memory_->Write(xq_offset_, q.data(), q.size()));
+    EPD_RETURN_IF_ERROR(memory_->Write(x_scales_offset_, scales.data(), scales.size()));
+  }
   // Poison the output so a combine that writes nothing cannot pass.
   return memory_->Fill(out_offset_, 0x7f,
                        static_cast<size_t>(problem_.max_tokens) * problem_.row_bytes());
@@ -97,15 +132,19 @@ Status RankRunner::Stage(const RankInputs& in) {
 
 Status RankRunner::RunExpertsOnReceived(const ExpertFactor& factor) {
   if (!on_device()) {
-    RunExperts(problem_, rank_, *view_, factor);
-    return OkStatus();
+    RunExperts(problem_, rank_, *view_, factor, expert_out_host_.data());
+    if (!problem_.fp8) return OkStatus();
+    return memory_->Write(expert_out_offset_, expert_out_host_.data(), expert_out_host_.size());
   }
   // Host round trip of the whole exported region (small in an example), then recv_x back.
   const v1::HandleBuffers& b = view_->info().buffers();
   const char* device_base = static_cast<const char*>(view_->recv_x()) - b.recv_x_offset();
   char* host_base = static_cast<char*>(host_view_->recv_x()) - b.recv_x_offset();
   EPD_RETURN_IF_ERROR(CopyToHost(host_base, device_base, b.total_bytes()));
-  RunExperts(problem_, rank_, *host_view_, factor);
+  RunExperts(problem_, rank_, *host_view_, factor, expert_out_host_.data());
+  if (problem_.fp8) {
+    return memory_->Write(expert_out_offset_, expert_out_host_.data(), expert_out_host_.size());
+  }
   return CopyToDevice(view_->recv_x(), host_view_->recv_x(),
                       static_cast<size_t>(view_->recv_rows()) * view_->row_bytes());
 }
@@ -126,11 +165,12 @@ Status RankRunner::RunOps(int n, const ExpertFactor& factor, bool fenced) {
     const v1::OpOptions blocking = BlockingOptions();
     EPD_RETURN_IF_ERROR(
         session_->Update(handle_id(), topk_ref(n), weights_ref(n), blocking).WithContext("update"));
-    EPD_RETURN_IF_ERROR(
-        session_->Dispatch(handle_id(), x_ref(n), blocking).WithContext("dispatch"));
+    std::future<Status> dispatched = session_->DispatchAsync(DispatchRequestFor(n, blocking));
+    EPD_RETURN_IF_ERROR(session_->Await(dispatched, "dispatch").WithContext("dispatch"));
     EPD_RETURN_IF_ERROR(RunExpertsOnReceived(factor));
-    return session_->Combine(handle_id(), out_ref(n), std::nullopt, blocking)
-        .WithContext("combine");
+    std::optional<v1::TensorRef> expert_out;
+    if (problem_.fp8) expert_out = expert_out_ref();
+    return session_->Combine(handle_id(), out_ref(n), expert_out, blocking).WithContext("combine");
   }
 
   // Fenced: post update and dispatch back to back; the daemon signals `done` as each
@@ -142,11 +182,8 @@ Status RankRunner::RunOps(int n, const ExpertFactor& factor, bool fenced) {
   *update.mutable_topk_weights() = weights_ref(n);
   *update.mutable_options() = FencedOptions(nullptr, 0, done_.get(), base + 1);
   std::future<Status> updated = session_->UpdateAsync(std::move(update));
-  v1::DispatchRequest dispatch;
-  dispatch.set_handle_id(handle_id());
-  *dispatch.mutable_x() = x_ref(n);
-  *dispatch.mutable_options() = FencedOptions(nullptr, 0, done_.get(), base + 2);
-  std::future<Status> dispatched = session_->DispatchAsync(std::move(dispatch));
+  std::future<Status> dispatched = session_->DispatchAsync(
+      DispatchRequestFor(n, FencedOptions(nullptr, 0, done_.get(), base + 2)));
 
   Status waited = FrontendWait(*done_, base + 2, options_.fence_timeout);
   // The answers tell why a fence never came (e.g. a rejected update).
@@ -157,6 +194,7 @@ Status RankRunner::RunOps(int n, const ExpertFactor& factor, bool fenced) {
   v1::CombineRequest combine;
   combine.set_handle_id(handle_id());
   *combine.mutable_out() = out_ref(n);
+  if (problem_.fp8) *combine.mutable_expert_out() = expert_out_ref();
   *combine.mutable_options() = FencedOptions(ready_.get(), layer, done_.get(), base + 3);
   std::future<Status> combined = session_->CombineAsync(std::move(combine));
   Status experts = RunExpertsOnReceived(factor);

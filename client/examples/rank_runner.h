@@ -58,6 +58,11 @@ class RankRunner {
   v1::TensorRef topk_ref(int n) const;
   v1::TensorRef weights_ref(int n) const;
   v1::TensorRef out_ref(int n) const;
+  // fp8: pre-quantized x [n, H] e4m3 and its scales; expert_out [recv_rows, H] bf16.
+  v1::TensorRef x_scales_ref(int n) const;
+  v1::TensorRef expert_out_ref() const;
+  // The Dispatch request of n tokens: x, or pre-quantized x + x_scales.
+  v1::DispatchRequest DispatchRequestFor(int n, const v1::OpOptions& options) const;
   // The combine output of the last layer (a host copy on the cuda backend, taken by RunLayer).
   const void* out() const {
     return on_device() ? out_host_.data() : memory_->shm()->at<void>(out_offset_);
@@ -77,6 +82,8 @@ class RankRunner {
   std::vector<uint8_t> out_host_;
   uint64_t buffer_id_ = 0;
   size_t x_offset_ = 0, topk_offset_ = 0, weights_offset_ = 0, out_offset_ = 0;
+  size_t xq_offset_ = 0, x_scales_offset_ = 0, expert_out_offset_ = 0;  // fp8 only
+  std::vector<uint8_t> expert_out_host_;                                // fp8 only
   std::unique_ptr<Fence> done_;   // daemon -> frontend: op completed
   std::unique_ptr<Fence> ready_;  // frontend -> daemon: expert outputs written
   uint64_t layers_ = 0;

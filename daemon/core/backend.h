@@ -118,11 +118,15 @@ struct UpdateArgs {
 
 // One rank's arguments of a collective; the peers' buffers were published with their handles.
 struct DispatchArgs {
-  TensorView x;  // [n, H] token dtype
+  // [n, H] token dtype; with fp8 dispatch also [n, H] e4m3 already quantized by the frontend,
+  // its scales in x_scales [n, H / 128] (fp32 or uint8 ue8m0; data null when x is bf16).
+  TensorView x;
+  TensorView x_scales;
 };
 
 struct CombineArgs {
-  // [recv_rows, H] on this rank; the handle's recv_x when null. Exchanged with the peers
+  // [recv_rows, H] on this rank; the handle's recv_x when null (never with fp8 dispatch:
+  // recv_x is e4m3). Exchanged with the peers
   // per op on the stream (each rank publishes its pointer for the op's sequence number).
   const void* expert_out = nullptr;
   TensorView out;  // [n, H] token dtype
@@ -176,7 +180,7 @@ class Backend {
   virtual void BeginShutdown() = 0;
   // Liveness of the backend's own threads (completion threads): an error naming the one busy
   // with a single item for longer than `limit`. Backends without threads are always live.
-  virtual Status CheckLiveness(std::chrono::milliseconds limit) const { return OkStatus(); }
+  virtual Status CheckLiveness(std::chrono::milliseconds /*limit*/) const { return OkStatus(); }
 };
 
 }  // namespace epd

@@ -37,7 +37,8 @@ constexpr std::string_view kLimitKeys[] = {"buffers_per_session",  "mapped_bytes
                                            "groups_per_session",   "persistent_groups"};
 constexpr std::string_view kGroupKeys[] = {
     "name",  "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
-    "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle"};
+    "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle",
+    "dispatch_dtype", "scale_format"};
 constexpr std::string_view kHandleKeys[] = {"name", "ranks"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug",    "info", "warn",
                                            "error", "critical", "off"};
@@ -255,6 +256,23 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
   if (const auto* capacity = table->get("expert_capacity")) {
     EPD_ASSIGN_OR_RETURN(config.expert_capacity,
                          reader.Int(*capacity, field("expert_capacity"), 0));
+  }
+  if (const auto* payload = table->get("dispatch_dtype")) {
+    // The token dtype's own name means "no conversion", like leaving the key out.
+    const DType token_dtype = config.dtype;
+    auto parse = [token_dtype](std::string_view name) -> StatusOr<DispatchFormat> {
+      if (name == DTypeName(token_dtype)) return DispatchFormat::kTokenDType;
+      if (name == "fp8_e4m3") return DispatchFormat::kFp8E4m3;
+      return InvalidArgumentError("expected the token dtype \"{}\" or \"fp8_e4m3\"",
+                                  DTypeName(token_dtype));
+    };
+    EPD_ASSIGN_OR_RETURN(config.dispatch_format,
+                         reader.Enum<DispatchFormat>(*payload, field("dispatch_dtype"), parse));
+  }
+  if (const auto* scales = table->get("scale_format")) {
+    EPD_ASSIGN_OR_RETURN(
+        config.scale_format,
+        reader.Enum<ScaleFormat>(*scales, field("scale_format"), ParseScaleFormat));
   }
   // Every check that does not depend on the node's rank count (CheckGroupsAgainstNode does).
   Status valid = config.Validate(INT_MAX);

@@ -156,13 +156,14 @@ struct UpdateRequest {
 
 struct DispatchRequest {
   ObjectId handle_id = 0;
-  TensorRef x;
+  TensorRef x;                        // token dtype; fp8 dispatch also takes e4m3 x with x_scales
+  std::optional<TensorRef> x_scales;  // [n, H / 128], pre-quantized fp8 x only
   int rank = -1;
 };
 
 struct CombineRequest {
   ObjectId handle_id = 0;
-  std::optional<TensorRef> expert_out;  // default: the handle's recv_x
+  std::optional<TensorRef> expert_out;  // default: the handle's recv_x (required with fp8)
   TensorRef out;
   int rank = -1;
 };

@@ -81,6 +81,9 @@ class Engine::Impl {
                                       ObjectId handle_id, int rank, const OpOptions& options);
   StatusOr<TensorView> ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,
                                               std::string_view field);
+  // Dispatch's x (and, for pre-quantized fp8 x, its x_scales) into `op`.
+  Status ResolveDispatchInputLocked(OpContext& ctx, const DispatchRequest& request,
+                                    CollectiveOp& op);
 
   // Declaration order is teardown order reversed: the backend outlives everything that
   // holds its objects; the control worker drains before the registries go.

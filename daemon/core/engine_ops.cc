@@ -47,6 +47,26 @@ StatusOr<TensorView> Engine::Impl::ResolveTokenRowsLocked(OpContext& ctx, const 
   return view;
 }
 
+Status Engine::Impl::ResolveDispatchInputLocked(OpContext& ctx, const DispatchRequest& request,
+                                                CollectiveOp& op) {
+  const GroupConfig& config = ctx.handle->group->config;
+  EPD_RETURN_IF_ERROR(
+      ValidateDispatchInputKind(config, request.x.dtype, request.x_scales.has_value()));
+  if (!request.x_scales.has_value()) {
+    EPD_ASSIGN_OR_RETURN(op.dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x"));
+    return OkStatus();
+  }
+  const int bound_tokens = ctx.handle->submitted_tokens.load();
+  EPD_ASSIGN_OR_RETURN(op.dispatch.x, ctx.session->buffers.Resolve(request.x, "x"));
+  EPD_RETURN_IF_ERROR(ValidatePrequantizedX(config, op.dispatch.x, bound_tokens));
+  EPD_ASSIGN_OR_RETURN(op.dispatch.x_scales,
+                       ctx.session->buffers.Resolve(*request.x_scales, "x_scales"));
+  EPD_RETURN_IF_ERROR(ValidateXScales(config, op.dispatch.x_scales, bound_tokens));
+  ctx.keepalive.push_back(ctx.session->buffers.Find(request.x.buffer_id));
+  ctx.keepalive.push_back(ctx.session->buffers.Find(request.x_scales->buffer_id));
+  return OkStatus();
+}
+
 Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
                                   const OpOptions& options, OpDone done) {
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
@@ -84,9 +104,13 @@ Status Engine::Impl::SubmitDispatch(SessionId id, const DispatchRequest& request
   }
   CollectiveOp op;
   op.kind = CollectiveKind::kDispatch;
-  EPD_ASSIGN_OR_RETURN(op.dispatch.x, ResolveTokenRowsLocked(ctx, request.x, "x"));
+  EPD_RETURN_IF_ERROR(ResolveDispatchInputLocked(ctx, request, op));
   ctx.payload_bytes = static_cast<uint64_t>(op.dispatch.x.rows()) *
                       ctx.handle->group->config.hidden * DTypeSize(op.dispatch.x.dtype);
+  if (op.dispatch.x_scales.data != nullptr) {
+    ctx.payload_bytes += static_cast<uint64_t>(op.dispatch.x_scales.rows()) *
+                         ctx.handle->group->config.scale_row_bytes();
+  }
   Handle& handle = *ctx.handle;
   EPD_RETURN_IF_ERROR(pipeline_->PostCollective(std::move(ctx), std::move(op), std::move(done)));
   handle.dispatch_posted = true;
@@ -114,6 +138,7 @@ Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
     op.combine.expert_out = expert_out.data;
     ctx.keepalive.push_back(session->buffers.Find(request.expert_out->buffer_id));
   } else {
+    EPD_RETURN_IF_ERROR(ValidateInPlaceCombine(config));
     op.combine.expert_out =
         static_cast<char*>(ctx.handle->backend->exported().data()) + layout.recv_x_offset;
   }

@@ -51,6 +51,18 @@ Status GroupConfig::Validate(int node_ranks) const {
     return InvalidArgumentError("group '{}': dtype={} is not a token dtype (bf16, fp16, fp32)",
                                 name, DTypeName(dtype));
   }
+  if (fp8_dispatch()) {
+    if (dtype != DType::kBf16) {
+      return InvalidArgumentError(
+          "group '{}': dispatch_dtype=fp8_e4m3 quantizes bf16 tokens, but dtype={}", name,
+          DTypeName(dtype));
+    }
+    if (hidden % kFp8BlockChannels != 0) {
+      return InvalidArgumentError(
+          "group '{}': dispatch_dtype=fp8_e4m3 needs hidden={} to be a multiple of {}", name,
+          hidden, kFp8BlockChannels);
+    }
+  }
   if (expert_capacity < 0) {
     return InvalidArgumentError("group '{}': expert_capacity={} must be >= 0 (0 = R * T)", name,
                                 expert_capacity);
@@ -71,20 +83,24 @@ Status GroupConfig::Validate(int node_ranks) const {
 bool GroupConfig::SameShape(const GroupConfig& o) const {
   return ranks == o.ranks && experts == o.experts && hidden == o.hidden &&
          max_tokens_per_rank == o.max_tokens_per_rank && top_k == o.top_k && dtype == o.dtype &&
-         algorithm == o.algorithm && layout == o.layout && capacity() == o.capacity();
+         algorithm == o.algorithm && layout == o.layout && capacity() == o.capacity() &&
+         dispatch_format == o.dispatch_format &&
+         (!fp8_dispatch() || scale_format == o.scale_format);
 }
 
 std::string GroupConfig::ToString() const {
-  return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {} {} {})", name, world_size(),
+  const std::string payload =
+      fp8_dispatch() ? fmt::format(" dispatch fp8_e4m3/{}", ScaleFormatName(scale_format)) : "";
+  return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {}{} {} {})", name, world_size(),
                      experts, hidden, max_tokens_per_rank, top_k, capacity(), DTypeName(dtype),
-                     LayoutName(layout), AlgorithmName(algorithm));
+                     payload, LayoutName(layout), AlgorithmName(algorithm));
 }
 
 HandleLayout ComputeHandleLayout(const GroupConfig& c) {
   HandleLayout h;
   const size_t R = c.world_size(), L = c.local_experts(), T = c.max_tokens_per_rank, K = c.top_k,
-               H = c.hidden, E = c.experts;
-  const size_t elem = DTypeSize(c.dtype);
+               E = c.experts;
+  const size_t row_bytes = c.recv_row_bytes();
   size_t cursor = 0;
   auto place = [&cursor](size_t bytes, size_t* offset, size_t* size) {
     *offset = cursor;
@@ -93,17 +109,20 @@ HandleLayout ComputeHandleLayout(const GroupConfig& c) {
   };
   if (c.layout == Layout::kExpertMajor) {
     h.recv_rows = L * static_cast<size_t>(c.capacity());
-    place(h.recv_rows * H * elem, &h.recv_x_offset, &h.recv_x_bytes);
+    place(h.recv_rows * row_bytes, &h.recv_x_offset, &h.recv_x_bytes);
     place(h.recv_rows * 3 * sizeof(int32_t), &h.recv_src_offset, &h.recv_src_bytes);
     place(h.recv_rows * sizeof(float), &h.recv_weights_offset, &h.recv_weights_bytes);
     place(L * sizeof(int32_t), &h.recv_counts_offset, &h.recv_counts_bytes);
     place(L * sizeof(int32_t), &h.recv_offsets_offset, &h.recv_offsets_bytes);
   } else {
     h.recv_rows = R * T;
-    place(h.recv_rows * H * elem, &h.recv_x_offset, &h.recv_x_bytes);
+    place(h.recv_rows * row_bytes, &h.recv_x_offset, &h.recv_x_bytes);
     place(h.recv_rows * K * sizeof(int32_t), &h.recv_topk_idx_offset, &h.recv_topk_idx_bytes);
     place(h.recv_rows * K * sizeof(float), &h.recv_topk_weights_offset, &h.recv_topk_weights_bytes);
     place(R * sizeof(int32_t), &h.recv_counts_offset, &h.recv_counts_bytes);
+  }
+  if (c.fp8_dispatch()) {
+    place(h.recv_rows * c.scale_row_bytes(), &h.recv_scales_offset, &h.recv_scales_bytes);
   }
   h.exported_bytes = cursor;
   h.topk_idx_bytes = AlignUp(T * K * sizeof(int32_t));

@@ -13,6 +13,7 @@
 
 #include "common/align.h"
 #include "common/dtype.h"
+#include "common/fp8.h"
 #include "common/status.h"
 
 namespace epd {
@@ -28,6 +29,10 @@ struct GroupConfig {
   Algorithm algorithm = Algorithm::kLowLatency;
   Layout layout = Layout::kExpertMajor;
   int expert_capacity = 0;  // rows per expert; 0 means R * T
+  // What dispatch moves. kFp8E4m3 (bf16 groups, H % 128 == 0): recv_x holds e4m3 rows and
+  // recv_scales one scale per 128 channels (common/fp8.h); combine stays in `dtype`.
+  DispatchFormat dispatch_format = DispatchFormat::kTokenDType;
+  ScaleFormat scale_format = ScaleFormat::kFp32;  // fp8 dispatch only
 
   int world_size() const { return static_cast<int>(ranks.size()); }
   int local_experts() const { return world_size() > 0 ? experts / world_size() : 0; }
@@ -35,6 +40,18 @@ struct GroupConfig {
     return expert_capacity > 0 ? expert_capacity : world_size() * max_tokens_per_rank;
   }
   int rank_of_expert(int expert) const { return expert / local_experts(); }
+  bool fp8_dispatch() const { return dispatch_format == DispatchFormat::kFp8E4m3; }
+  // dtype of recv_x (and of a pre-quantized dispatch x): e4m3 or the token dtype.
+  DType recv_dtype() const { return fp8_dispatch() ? DType::kFp8E4m3 : dtype; }
+  // Bytes of one received row and of its scales (0 without fp8 dispatch).
+  size_t recv_row_bytes() const { return static_cast<size_t>(hidden) * DTypeSize(recv_dtype()); }
+  int scale_blocks() const { return fp8_dispatch() ? hidden / kFp8BlockChannels : 0; }
+  DType scale_dtype() const {
+    return scale_format == ScaleFormat::kFp32 ? DType::kFp32 : DType::kUint8;
+  }
+  size_t scale_row_bytes() const {
+    return static_cast<size_t>(scale_blocks()) * ScaleBytes(scale_format);
+  }
   // Group rank of a node rank, or -1 when the node rank is not a member.
   int GroupRankOf(int node_rank) const;
 
@@ -57,6 +74,9 @@ struct HandleLayout {
   //               recv_topk_idx [R * T, K] int32 (expert id when it lives here, else -1);
   //               recv_topk_weights [R * T, K] f32 (0 where idx is -1); recv_counts [R] int32
   //               (n_s).
+  // Fp8 dispatch (both layouts): recv_x is e4m3 [recv_rows, H] and recv_scales
+  //               [recv_rows, H / 128] fp32 or ue8m0 bytes, row i scaling recv_x row i
+  //               (absent rank-major rows: zero bytes in both).
   size_t recv_rows = 0;
   size_t recv_x_offset = 0, recv_x_bytes = 0;
   size_t recv_src_offset = 0, recv_src_bytes = 0;                    // expert-major only
@@ -65,6 +85,7 @@ struct HandleLayout {
   size_t recv_topk_weights_offset = 0, recv_topk_weights_bytes = 0;  // rank-major only
   size_t recv_counts_offset = 0, recv_counts_bytes = 0;
   size_t recv_offsets_offset = 0, recv_offsets_bytes = 0;  // expert-major only
+  size_t recv_scales_offset = 0, recv_scales_bytes = 0;    // fp8 dispatch only
   size_t exported_bytes = 0;
 
   // --- private region (source-side routing bound by UpdateHandle) ---

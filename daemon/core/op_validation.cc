@@ -98,6 +98,44 @@ Status ValidateTokenRows(const GroupConfig& config, const TensorView& view,
                      {"tokens bound by the last UpdateHandle", "hidden"});
 }
 
+Status ValidateDispatchInputKind(const GroupConfig& config, DType x_dtype, bool has_x_scales) {
+  const bool prequantized = config.fp8_dispatch() && x_dtype == DType::kFp8E4m3;
+  if (prequantized && !has_x_scales) {
+    return InvalidArgumentError(
+        "x_scales is required: x is pre-quantized fp8_e4m3 (group '{}' scales are {})",
+        config.name, ScaleFormatName(config.scale_format));
+  }
+  if (!prequantized && has_x_scales) {
+    return InvalidArgumentError(
+        "x_scales is set, but x.dtype = {} is not pre-quantized fp8_e4m3{}", DTypeName(x_dtype),
+        config.fp8_dispatch()
+            ? ""
+            : fmt::format(" (group '{}' dispatches {})", config.name, DTypeName(config.dtype)));
+  }
+  return OkStatus();
+}
+
+Status ValidatePrequantizedX(const GroupConfig& config, const TensorView& view,
+                             int bound_tokens) {
+  EPD_RETURN_IF_ERROR(ExpectDType(view, "x", DType::kFp8E4m3));
+  return ExpectShape(view, "x", {bound_tokens, config.hidden},
+                     {"tokens bound by the last UpdateHandle", "hidden"});
+}
+
+Status ValidateXScales(const GroupConfig& config, const TensorView& view, int bound_tokens) {
+  EPD_RETURN_IF_ERROR(ExpectDType(view, "x_scales", config.scale_dtype()));
+  return ExpectShape(view, "x_scales", {bound_tokens, config.scale_blocks()},
+                     {"tokens bound by the last UpdateHandle", "hidden / 128"});
+}
+
+Status ValidateInPlaceCombine(const GroupConfig& config) {
+  if (!config.fp8_dispatch()) return OkStatus();
+  return InvalidArgumentError(
+      "expert_out is required: group '{}' dispatches fp8_e4m3, so recv_x cannot hold the {} "
+      "expert outputs in place",
+      config.name, DTypeName(config.dtype));
+}
+
 Status ValidateExpertOut(const GroupConfig& config, const HandleLayout& layout,
                          const TensorView& view) {
   EPD_RETURN_IF_ERROR(ExpectDType(view, "expert_out", config.dtype));

@@ -41,6 +41,17 @@ StatusOr<int> ValidateUpdate(const GroupConfig& config, const TensorView& topk_i
 // x of a dispatch / out of a combine: [tokens bound by the last update, H] of the group dtype.
 Status ValidateTokenRows(const GroupConfig& config, const TensorView& view,
                          std::string_view field, int bound_tokens);
+// Dispatch's x is bf16 token rows (validated by ValidateTokenRows) or, with fp8 dispatch,
+// e4m3 rows pre-quantized by the frontend, which then also passes x_scales. Checks that
+// x.dtype and the presence of x_scales agree with each other and with the group.
+Status ValidateDispatchInputKind(const GroupConfig& config, DType x_dtype, bool has_x_scales);
+// Pre-quantized fp8 x: [tokens bound by the last update, H] e4m3.
+Status ValidatePrequantizedX(const GroupConfig& config, const TensorView& view, int bound_tokens);
+// Its x_scales: [tokens bound by the last update, H / 128] fp32 or uint8 (the scale format).
+Status ValidateXScales(const GroupConfig& config, const TensorView& view, int bound_tokens);
+// A combine without expert_out reads the handle's recv_x in place: not with fp8 dispatch,
+// whose recv_x holds e4m3 rows rather than the token dtype.
+Status ValidateInPlaceCombine(const GroupConfig& config);
 // A combine's expert_out: [recv_rows, H] of the group dtype.
 Status ValidateExpertOut(const GroupConfig& config, const HandleLayout& layout,
                          const TensorView& view);

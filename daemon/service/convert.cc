@@ -46,6 +46,26 @@ StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view f
   if (proto.dtype() != v1::DTYPE_UNSPECIFIED) {
     EPD_ASSIGN_OR_RETURN(config.dtype, FromProto(proto.dtype(), Join(field, "dtype")));
   }
+  if (proto.dispatch_dtype() == v1::DTYPE_FP8_E4M3) {
+    config.dispatch_format = DispatchFormat::kFp8E4m3;
+  } else if (proto.dispatch_dtype() != v1::DTYPE_UNSPECIFIED &&
+             proto.dispatch_dtype() != ToProto(config.dtype)) {
+    return InvalidArgumentError("{} = {} must be unset, the token dtype ({}) or DTYPE_FP8_E4M3",
+                                Join(field, "dispatch_dtype"),
+                                v1::DType_Name(proto.dispatch_dtype()), DTypeName(config.dtype));
+  }
+  switch (proto.scale_format()) {
+    case v1::SCALE_FORMAT_UNSPECIFIED:
+    case v1::SCALE_FORMAT_FP32:
+      config.scale_format = ScaleFormat::kFp32;
+      break;
+    case v1::SCALE_FORMAT_UE8M0:
+      config.scale_format = ScaleFormat::kUe8m0;
+      break;
+    default:
+      return InvalidArgumentError("{} = {} is not a known ScaleFormat", Join(field, "scale_format"),
+                                  static_cast<int>(proto.scale_format()));
+  }
   switch (proto.layout()) {
     case v1::LAYOUT_UNSPECIFIED:
     case v1::LAYOUT_EXPERT_MAJOR:
@@ -89,6 +109,12 @@ v1::GroupConfig ToProto(const GroupConfig& config) {
                                                        : v1::LAYOUT_EXPERT_MAJOR);
   // The effective capacity, so clients need not know the R * T default.
   proto.set_expert_capacity(config.capacity());
+  // Effective payload too: the token dtype unless fp8.
+  proto.set_dispatch_dtype(ToProto(config.recv_dtype()));
+  if (config.fp8_dispatch()) {
+    proto.set_scale_format(config.scale_format == ScaleFormat::kUe8m0 ? v1::SCALE_FORMAT_UE8M0
+                                                                      : v1::SCALE_FORMAT_FP32);
+  }
   return proto;
 }
 
@@ -169,6 +195,9 @@ Status FromProto(const v1::DispatchRequest& request, DispatchRequest* out, OpOpt
   out->handle_id = request.handle_id();
   if (!request.has_x()) return InvalidArgumentError("{} is required", Join(field, "x"));
   EPD_ASSIGN_OR_RETURN(out->x, FromProto(request.x(), Join(field, "x")));
+  if (request.has_x_scales() && request.x_scales().buffer_id() != 0) {
+    EPD_ASSIGN_OR_RETURN(out->x_scales, FromProto(request.x_scales(), Join(field, "x_scales")));
+  }
   out->rank = request.has_rank() ? request.rank() : -1;
   *options = FromProto(request.options());
   return OkStatus();
@@ -198,6 +227,7 @@ v1::HandleBuffers ToProto(const HandleLayout& layout) {
   proto.set_recv_topk_weights_offset(layout.recv_topk_weights_offset);
   proto.set_recv_counts_offset(layout.recv_counts_offset);
   proto.set_recv_offsets_offset(layout.recv_offsets_offset);
+  proto.set_recv_scales_offset(layout.recv_scales_offset);
   proto.set_total_bytes(layout.exported_bytes);  // what the frontend maps
   return proto;
 }

@@ -26,11 +26,12 @@ from .errors import EpdError, error_for
 from . import reference  # noqa: F401 - epd.reference (needs numpy on use)
 from .layer import Buffer, DispatchResult
 from .memory import ShmBlock, shm_empty, shm_like, shm_tensor
-from .tensors import BF16, FP16, FP32, INT32, INT64, dtype_code
+from .tensors import BF16, FP8_E4M3, FP16, FP32, INT32, INT64, UINT8, dtype_code
 
 __version__ = "0.1.0"
 
 __all__ = [  # with the EpdError subclasses of epd.errors
     "Client", "Session", "Fence", "Handle", "TensorRef", "Buffer", "DispatchResult", "EpdError",
     "error_for", "reference", "ShmBlock", "shm_empty", "shm_like", "shm_tensor", "BF16", "FP16",
-    "FP32", "INT32", "INT64", "dtype_code"] + [name for name in dir(errors) if name.endswith("Error")]
+    "FP32", "INT32", "INT64", "FP8_E4M3", "UINT8", "dtype_code"] + [
+        name for name in dir(errors) if name.endswith("Error")]

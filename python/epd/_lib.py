@@ -50,7 +50,8 @@ class GroupConfig(ctypes.Structure):
     _fields_ = [("struct_size", c_u32), ("name", c_char_p), ("world_size", c_i32),
                 ("ranks", P(c_i32)), ("num_ranks", c_i32), ("experts", c_i32), ("hidden", c_i32),
                 ("max_tokens_per_rank", c_i32), ("top_k", c_i32), ("dtype", c_i32),
-                ("algorithm", c_i32), ("layout", c_i32), ("expert_capacity", c_i32)]
+                ("algorithm", c_i32), ("layout", c_i32), ("expert_capacity", c_i32),
+                ("dispatch_dtype", c_i32), ("scale_format", c_i32)]
 
 
 class HandleInfo(ctypes.Structure):
@@ -64,7 +65,9 @@ class HandleInfo(ctypes.Structure):
                 ("device", c_i32), ("recv_rows", c_u64), ("recv_x_offset", c_u64),
                 ("recv_src_offset", c_u64), ("recv_weights_offset", c_u64),
                 ("recv_topk_idx_offset", c_u64), ("recv_topk_weights_offset", c_u64),
-                ("recv_counts_offset", c_u64), ("recv_offsets_offset", c_u64)]
+                ("recv_counts_offset", c_u64), ("recv_offsets_offset", c_u64),
+                ("dispatch_dtype", c_i32), ("scale_format", c_i32),
+                ("recv_scales_offset", c_u64)]
 
 
 class TensorRefC(ctypes.Structure):

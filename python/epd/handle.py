@@ -12,22 +12,32 @@ class Handle:
     zero-copy views: numpy arrays on the cpu backend, torch CUDA tensors on the cuda backend
     (`as_torch=True` gives torch CPU tensors on the cpu backend)."""
 
-    _VIEWS = {  # name: (offset field, dtype, shape(info))
-        "recv_x": ("recv_x_offset", None, lambda i: (i.recv_rows, i.hidden)),
-        "recv_src": ("recv_src_offset", tensors.INT32, lambda i: (i.recv_rows, 3)),
-        "recv_weights": ("recv_weights_offset", tensors.FP32, lambda i: (i.recv_rows,)),
-        "recv_topk_idx": ("recv_topk_idx_offset", tensors.INT32, lambda i: (i.recv_rows, i.top_k)),
-        "recv_topk_weights": ("recv_topk_weights_offset", tensors.FP32,
+    # name: (offset field, dtype(info), shape(info)). With fp8 dispatch recv_x holds e4m3
+    # bytes and recv_scales one scale per 128 channels: fp32, or ue8m0 exponent bytes (uint8);
+    # numpy and torch see e4m3 as uint8 (common/fp8.h states the encoding).
+    _VIEWS = {
+        "recv_x": ("recv_x_offset", lambda i: i.dispatch_dtype or i.dtype,
+                   lambda i: (i.recv_rows, i.hidden)),
+        "recv_scales": ("recv_scales_offset",
+                        lambda i: tensors.UINT8 if i.scale_format == 2 else tensors.FP32,
+                        lambda i: (i.recv_rows, i.hidden // 128)),
+        "recv_src": ("recv_src_offset", lambda i: tensors.INT32, lambda i: (i.recv_rows, 3)),
+        "recv_weights": ("recv_weights_offset", lambda i: tensors.FP32, lambda i: (i.recv_rows,)),
+        "recv_topk_idx": ("recv_topk_idx_offset", lambda i: tensors.INT32,
+                          lambda i: (i.recv_rows, i.top_k)),
+        "recv_topk_weights": ("recv_topk_weights_offset", lambda i: tensors.FP32,
                               lambda i: (i.recv_rows, i.top_k)),
-        "recv_counts": ("recv_counts_offset", tensors.INT32,
+        "recv_counts": ("recv_counts_offset", lambda i: tensors.INT32,
                         lambda i: (i.local_experts if i.layout != 2 else i.world_size,)),
-        "recv_offsets": ("recv_offsets_offset", tensors.INT32, lambda i: (i.local_experts,)),
+        "recv_offsets": ("recv_offsets_offset", lambda i: tensors.INT32,
+                         lambda i: (i.local_experts,)),
     }
 
     def __init__(self, session, handle):
         self.session = session
         self._handle = handle
         info = HandleInfo()
+        info.struct_size = ctypes.sizeof(HandleInfo)
         lib().handle_info(handle, ctypes.byref(info))
         self.info = info
         self.id = info.handle_id
@@ -64,7 +74,7 @@ class Handle:
         offset = getattr(info, field)
         if offset == NO_TENSOR:
             return None
-        dtype = dtype or info.dtype
+        dtype = dtype(info)
         ptr = info.region + offset
         if self.on_device:
             view = tensors.torch_device_view(ptr, dtype, shape(info), self.device, self)

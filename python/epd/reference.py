@@ -125,3 +125,56 @@ def combine(cfg, s, idxs, ws, expert_out):
                 seen.add(d)
                 acc[t] = acc[t] + np.float32(1.0) * to_float(expert_out[d][s * T + t], cfg.dtype)
     return from_float(acc, cfg.dtype)
+
+
+# ---- fp8 dispatch: the quantization rule of common/fp8.h ----
+E4M3_MAX = np.float32(448.0)
+E4M3_NAN = 0x7F
+
+
+def _e4m3_values():
+    """float32 values of the positive e4m3 codes 0x00..0x7E (increasing with the code)."""
+    codes = np.arange(0x7F)
+    exponent, mantissa = codes >> 3, codes & 7
+    return np.where(exponent == 0, mantissa / 8.0 * 2.0**-6,
+                    (1 + mantissa / 8.0) * 2.0**(exponent - 7)).astype(np.float32)
+
+
+def encode_e4m3(values):
+    """e4m3 bytes of float32 values: round to nearest even (subnormals included), saturating
+    to +-448 (infinities too); NaN -> 0x7F; the sign of zero kept."""
+    values = np.asarray(values, dtype=np.float32)
+    table = _e4m3_values()
+    magnitude = np.minimum(np.abs(values), E4M3_MAX)
+    above = np.clip(np.searchsorted(table, magnitude, side="left"), 0, len(table) - 1)
+    below = np.maximum(above - 1, 0)
+    up, down = table[above] - magnitude, magnitude - table[below]
+    tie_to_even = (up == down) & (above % 2 == 0)
+    code = np.where((up < down) | tie_to_even, above, below).astype(np.uint8)
+    code = np.where(table[above] == magnitude, above, code).astype(np.uint8)
+    code = code | np.where(np.signbit(values), np.uint8(0x80), np.uint8(0))
+    return np.where(np.isnan(values), np.uint8(E4M3_NAN), code).astype(np.uint8)
+
+
+def quantize_fp8(rows, scale_format="fp32"):
+    """(q [n, H] uint8 e4m3, scales [n, H / 128]) of bf16 rows (uint16 bits): per 128-channel
+    block, amax of the finite values, s = amax / 448; fp32 scales are s, ue8m0 scales the
+    smallest power of two >= s (at least 2^-126) stored as its exponent byte; a block without
+    a finite nonzero value has scale 1; q = e4m3(clamp(v / scale, -448, 448))."""
+    values = to_float(np.asarray(rows, dtype=np.uint16), tensors.BF16)
+    n, hidden = values.shape
+    blocks = values.reshape(n, hidden // 128, 128)
+    finite = np.where(np.isfinite(blocks), np.abs(blocks), np.float32(0))
+    amax = finite.max(axis=2).astype(np.float32)
+    s = (amax / E4M3_MAX).astype(np.float32)
+    if scale_format == "ue8m0":
+        exponent = np.ceil(np.log2(np.where(s > 0, s, np.float32(1)).astype(np.float64)))
+        exponent = np.maximum(exponent, -126)
+        scale = np.where(amax > 0, np.float32(2.0) ** exponent, 1.0).astype(np.float32)
+        stored = (np.where(amax > 0, exponent, 0) + 127).astype(np.uint8)
+    else:
+        scale = np.where(amax > 0, s, np.float32(1)).astype(np.float32)
+        stored = scale
+    scaled = (blocks / scale[:, :, None]).astype(np.float32)
+    q = encode_e4m3(np.clip(scaled, -E4M3_MAX, E4M3_MAX)).reshape(n, hidden)
+    return q, stored

@@ -8,7 +8,7 @@ from . import memory, tensors
 from ._lib import GroupConfig, OpOptions, lib
 from .fence import Fence
 from .handle import Handle
-from .values import ALGORITHMS, DATA_PATHS, LAYOUTS, TensorRef, choice
+from .values import ALGORITHMS, DATA_PATHS, LAYOUTS, SCALE_FORMATS, TensorRef, choice
 
 class _Registration:
     """One registered range and what keeps its memory alive until it is released."""
@@ -185,8 +185,11 @@ class Session:
     # ---- groups ----
     def create_group(self, name, *, world_size, experts, hidden, max_tokens_per_rank, top_k,
                      dtype="bf16", layout="expert_major", algorithm="low_latency",
-                     expert_capacity=0, ranks=None, persistent=False):
-        """Creates a group; returns its expert capacity after defaults."""
+                     expert_capacity=0, ranks=None, persistent=False, dispatch_dtype=None,
+                     scale_format="fp32"):
+        """Creates a group; returns its expert capacity after defaults. dispatch_dtype
+        "fp8_e4m3" (bf16 groups, hidden a multiple of 128) makes dispatch deliver e4m3 rows
+        with one scale per 128 channels in scale_format ("fp32" or "ue8m0")."""
         config = GroupConfig()
         lib().group_config_init(ctypes.byref(config))
         config.name = name.encode()
@@ -201,6 +204,9 @@ class Session:
         config.layout = choice(LAYOUTS, layout, "layout")
         config.algorithm = choice(ALGORITHMS, algorithm, "algorithm")
         config.expert_capacity = int(expert_capacity)
+        if dispatch_dtype is not None:
+            config.dispatch_dtype = tensors.dtype_code(dispatch_dtype)
+            config.scale_format = choice(SCALE_FORMATS, scale_format, "scale_format")
         capacity = ctypes.c_int32()
         lib().group_create(self.handle, ctypes.byref(config), int(bool(persistent)),
                            ctypes.byref(capacity))

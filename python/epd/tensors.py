@@ -4,15 +4,21 @@ numpy and torch are imported only when an object of theirs shows up (both are op
 
 import sys
 
-# epd dtype codes (epd.v1.DType / EPD_DTYPE_*).
-BF16, FP16, FP32, INT32, INT64 = 1, 2, 3, 4, 5
-ELEMENT_BYTES = {BF16: 2, FP16: 2, FP32: 4, INT32: 4, INT64: 8}
+# epd dtype codes (epd.v1.DType / EPD_DTYPE_*). FP8_E4M3 and UINT8 are fp8 dispatch payloads
+# only (recv_x's e4m3 rows, ue8m0 scale bytes): receive views, never a group's dtype.
+BF16, FP16, FP32, INT32, INT64, FP8_E4M3, UINT8 = 1, 2, 3, 4, 5, 6, 7
+ELEMENT_BYTES = {BF16: 2, FP16: 2, FP32: 4, INT32: 4, INT64: 8, FP8_E4M3: 1, UINT8: 1}
 _BY_NAME = {"bf16": BF16, "bfloat16": BF16, "fp16": FP16, "float16": FP16, "half": FP16,
-            "fp32": FP32, "float32": FP32, "float": FP32, "int32": INT32, "int64": INT64}
-DTYPE_NAMES = {BF16: "bf16", FP16: "fp16", FP32: "fp32", INT32: "int32", INT64: "int64"}
-# numpy has no bfloat16: bf16 data travels in numpy as uint16 bit patterns.
-_NUMPY_TYPESTR = {BF16: "<u2", FP16: "<f2", FP32: "<f4", INT32: "<i4", INT64: "<i8"}
-_CAI_TYPESTR = {BF16: "<i2", FP16: "<f2", FP32: "<f4", INT32: "<i4", INT64: "<i8"}
+            "fp32": FP32, "float32": FP32, "float": FP32, "int32": INT32, "int64": INT64,
+            "fp8_e4m3": FP8_E4M3, "uint8": UINT8}
+DTYPE_NAMES = {BF16: "bf16", FP16: "fp16", FP32: "fp32", INT32: "int32", INT64: "int64",
+               FP8_E4M3: "fp8_e4m3", UINT8: "uint8"}
+# numpy has no bfloat16 nor float8: their data travels in numpy as unsigned bit patterns
+# (bf16 as uint16, e4m3 as uint8 bytes).
+_NUMPY_TYPESTR = {BF16: "<u2", FP16: "<f2", FP32: "<f4", INT32: "<i4", INT64: "<i8",
+                  FP8_E4M3: "|u1", UINT8: "|u1"}
+_CAI_TYPESTR = {BF16: "<i2", FP16: "<f2", FP32: "<f4", INT32: "<i4", INT64: "<i8",
+                FP8_E4M3: "|u1", UINT8: "|u1"}
 _FROM_TYPESTR = {"<u2": BF16, "<f2": FP16, "<f4": FP32, "<i4": INT32, "<i8": INT64}
 _TORCH_NAMES = {"torch.bfloat16": BF16, "torch.float16": FP16, "torch.float32": FP32,
                 "torch.int32": INT32, "torch.int64": INT64}
@@ -137,7 +143,7 @@ def numpy_view(ptr, dtype, shape, owner):
 def torch_dtype(dtype):
     import torch
     return {BF16: torch.bfloat16, FP16: torch.float16, FP32: torch.float32, INT32: torch.int32,
-            INT64: torch.int64}[dtype]
+            INT64: torch.int64, FP8_E4M3: torch.uint8, UINT8: torch.uint8}[dtype]
 
 
 def torch_host_view(ptr, dtype, shape, owner):

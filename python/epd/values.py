@@ -7,6 +7,7 @@ from ._lib import MAX_DIMS, TensorRefC
 
 LAYOUTS = {"default": 0, "expert_major": 1, "rank_major": 2}
 ALGORITHMS = {"default": 0, "low_latency": 1, "high_throughput": 2}
+SCALE_FORMATS = {"fp32": 1, "ue8m0": 2}
 # "default": what the daemon reports (its streams today); "frontend" is reserved.
 DATA_PATHS = {"default": 0, "daemon": 1, "frontend": 2}
 

@@ -19,8 +19,9 @@ class PrivateDaemon:
         self.dir = tempfile.mkdtemp(prefix="epd-example-")
         self.socket = os.path.join(self.dir, "epd.sock")
         self.address = "unix://" + self.socket
-        args = [binary, "--backend", backend, "--listen", self.address, "--metrics-listen", "",
-                "--log-level", "warn"]
+        # No /metrics: a private daemon must not take the node's metrics port.
+        args = [binary, "--backend", backend, "--listen", self.address, "--log-level", "warn",
+                "--metrics-listen", ""]
         args += ["--cpu-ranks", str(ranks)] if backend == "cpu" else \
             ["--gpus", ",".join(str(r) for r in range(ranks))]
         self.process = subprocess.Popen(args)

@@ -24,14 +24,75 @@ GroupConfig Case::Config(const std::string& name) const {
   config.algorithm = algorithm;
   config.layout = layout;
   config.expert_capacity = expert_capacity;
+  config.dispatch_format = dispatch_format;
+  config.scale_format = scale_format;
   return config;
 }
 
 std::string Case::Label() const {
-  return fmt::format("H{} K{} E{} n{} {} {} {} {}", hidden, top_k, experts, tokens,
-                     DTypeName(dtype), layout == Layout::kExpertMajor ? "expert" : "rank",
-                     algorithm == Algorithm::kLowLatency ? "LL" : "HT",
-                     RoutingName(routing.kind));
+  const std::string payload =
+      fp8() ? fmt::format(" fp8-{}{}", ScaleFormatName(scale_format), prequantized ? "-pre" : "")
+            : "";
+  return fmt::format("H{} K{} E{} n{} {}{} {} {} {}", hidden, top_k, experts, tokens,
+                     DTypeName(dtype), payload, layout == Layout::kExpertMajor ? "expert" : "rank",
+                     algorithm == Algorithm::kLowLatency ? "LL" : "HT", RoutingName(routing.kind));
+}
+
+StatusOr<Payload> ParsePayload(std::string_view name) {
+  if (name == "token") return Payload{};
+  if (name == "fp8") return Payload{DispatchFormat::kFp8E4m3, false};
+  if (name == "fp8-pre") return Payload{DispatchFormat::kFp8E4m3, true};
+  return InvalidArgumentError("unknown dispatch dtype '{}' (expected token, fp8 or fp8-pre)", name);
+}
+
+MovedBytes BytesMoved(const Case& c, const RankRouting& routing) {
+  const GroupConfig config = c.Config("bytes");
+  double rows = 0;
+  const int L = c.experts / c.ranks;
+  for (int t = 0; t < c.tokens; ++t) {
+    std::vector<bool> rank_seen(c.ranks, false);
+    for (int k = 0; k < c.top_k; ++k) {
+      const int e = routing.topk_idx[static_cast<size_t>(t) * c.top_k + k];
+      if (e < 0) continue;
+      if (c.layout == Layout::kRankMajor) {
+        if (rank_seen[e / L]) continue;
+        rank_seen[e / L] = true;
+      }
+      rows += 1;
+    }
+  }
+  return MovedBytes{rows * static_cast<double>(config.recv_row_bytes() + config.scale_row_bytes()),
+                    rows * static_cast<double>(c.row_bytes())};
+}
+
+void QuantizeTokens(const Case& c, const void* x, std::vector<char>* q, std::vector<char>* scales) {
+  const GroupConfig config = c.Config("quantize");
+  q->assign(std::max<size_t>(1, static_cast<size_t>(c.tokens) * c.hidden), 0);
+  scales->assign(std::max<size_t>(1, c.tokens * config.scale_row_bytes()), 0);
+  for (int t = 0; t < c.tokens; ++t) {
+    QuantizeRowE4m3(static_cast<const uint16_t*>(x) + static_cast<size_t>(t) * c.hidden, c.hidden,
+                    c.scale_format, reinterpret_cast<uint8_t*>(q->data()) + t * c.hidden,
+                    scales->data() + t * config.scale_row_bytes());
+  }
+}
+
+void DequantizeRows(const Case& c, const void* q, const void* scales, size_t rows, void* out) {
+  const int blocks = c.hidden / kFp8BlockChannels;
+  for (size_t row = 0; row < rows; ++row) {
+    const auto* q_row = static_cast<const uint8_t*>(q) + row * c.hidden;
+    for (int b = 0; b < blocks; ++b) {
+      float scale;
+      if (c.scale_format == ScaleFormat::kUe8m0) {
+        scale = Ue8m0ToFloat(static_cast<const uint8_t*>(scales)[row * blocks + b]);
+      } else {
+        std::memcpy(&scale, static_cast<const char*>(scales) + (row * blocks + b) * 4, 4);
+      }
+      for (int h = b * kFp8BlockChannels; h < (b + 1) * kFp8BlockChannels; ++h) {
+        StoreFromFloat(static_cast<char*>(out) + row * c.row_bytes(), c.dtype, h,
+                       DecodeE4m3(q_row[h]) * scale);
+      }
+    }
+  }
 }
 
 const char* OpName(Op op) {
@@ -90,30 +151,37 @@ std::vector<Case> BuildCases(const CaseListOptions& o) {
   }
   std::vector<Layout> layouts = o.layouts;
   if (o.sweep) layouts = {Layout::kExpertMajor, Layout::kRankMajor};
-  std::set<std::tuple<int, int, int, int>> seen;
+  std::set<std::tuple<int, int, int, int, int>> seen;
   std::vector<Case> cases;
   for (const auto& [n, h] : shapes) {
     for (Layout layout : layouts) {
       for (RoutingKind routing : o.routings) {
-        if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing)}).second) {
-          continue;
+        for (size_t payload = 0; payload < o.payloads.size(); ++payload) {
+          if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing),
+                            static_cast<int>(payload)})
+                   .second) {
+            continue;
+          }
+          Case c;
+          c.index = static_cast<int>(cases.size());
+          c.ranks = o.ranks;
+          c.hidden = h;
+          c.top_k = o.top_k;
+          c.experts = o.experts;
+          c.max_tokens = n;
+          c.tokens = n;
+          c.dtype = o.dtype;
+          c.layout = layout;
+          // The daemon refuses high_throughput until it has a path of its own: auto is LL.
+          c.algorithm = o.auto_algorithm ? Algorithm::kLowLatency : o.algorithm;
+          c.expert_capacity = o.expert_capacity;
+          c.routing = o.routing;
+          c.routing.kind = routing;
+          c.dispatch_format = o.payloads[payload].format;
+          c.prequantized = o.payloads[payload].prequantized;
+          c.scale_format = o.scale_format;
+          cases.push_back(c);
         }
-        Case c;
-        c.index = static_cast<int>(cases.size());
-        c.ranks = o.ranks;
-        c.hidden = h;
-        c.top_k = o.top_k;
-        c.experts = o.experts;
-        c.max_tokens = n;
-        c.tokens = n;
-        c.dtype = o.dtype;
-        c.layout = layout;
-        // The daemon refuses high_throughput until it has a path of its own: auto is LL.
-        c.algorithm = o.auto_algorithm ? Algorithm::kLowLatency : o.algorithm;
-        c.expert_capacity = o.expert_capacity;
-        c.routing = o.routing;
-        c.routing.kind = routing;
-        cases.push_back(c);
       }
     }
   }
@@ -139,7 +207,21 @@ std::string CheckCombine(const Case& c, int rank, const RankRouting& routing, co
   const int L = c.experts / c.ranks;
   const bool weighted = c.layout == Layout::kExpertMajor;
   std::vector<float> acc(c.hidden);
+  // What an identity expert returns for token t: the token, or with fp8 its dequantized row.
+  std::vector<char> token(c.row_bytes()), q, scales, dequantized(c.row_bytes());
+  auto value = [&](int t, int h) {
+    if (!c.fp8()) return TokenValue(rank, t, h);
+    return LoadAsFloat(dequantized.data(), c.dtype, h);
+  };
   for (int t = 0; t < c.tokens; t += std::max(1, token_stride)) {
+    if (c.fp8()) {
+      Case one = c;
+      one.tokens = 1;
+      for (int h = 0; h < c.hidden; ++h)
+        StoreFromFloat(token.data(), c.dtype, h, TokenValue(rank, t, h));
+      QuantizeTokens(one, token.data(), &q, &scales);
+      DequantizeRows(one, q.data(), scales.data(), 1, dequantized.data());
+    }
     std::fill(acc.begin(), acc.end(), 0.0f);
     std::vector<bool> rank_seen(c.ranks, false);
     for (int k = 0; k < c.top_k; ++k) {
@@ -152,7 +234,7 @@ std::string CheckCombine(const Case& c, int rank, const RankRouting& routing, co
       }
       const float w = weighted ? routing.weights[i] : 1.0f;
       for (int h = 0; h < c.hidden; ++h) {
-        const float product = w * TokenValue(rank, t, h);
+        const float product = w * value(t, h);
         acc[h] = acc[h] + product;
       }
     }
@@ -178,12 +260,13 @@ namespace epd::bench {
 std::string SerializeCases(const std::vector<Case>& cases) {
   std::string out;
   for (const Case& c : cases) {
-    out += fmt::format("{} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n", c.index, c.ranks,
-                       c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens,
-                       static_cast<int>(c.dtype), static_cast<int>(c.layout),
-                       static_cast<int>(c.algorithm), c.expert_capacity,
-                       static_cast<int>(c.routing.kind), c.routing.seed, c.routing.hot_experts,
-                       c.routing.hot_percent);
+    out +=
+        fmt::format("{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n", c.index, c.ranks,
+                    c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens, static_cast<int>(c.dtype),
+                    static_cast<int>(c.layout), static_cast<int>(c.algorithm), c.expert_capacity,
+                    static_cast<int>(c.routing.kind), c.routing.seed, c.routing.hot_experts,
+                    c.routing.hot_percent, static_cast<int>(c.dispatch_format),
+                    static_cast<int>(c.scale_format), c.prequantized ? 1 : 0);
   }
   return out;
 }
@@ -196,15 +279,18 @@ StatusOr<std::vector<Case>> ParseCases(const std::string& text) {
     if (line.empty()) continue;
     std::istringstream in(line);
     Case c;
-    int dtype = 0, layout = 0, algorithm = 0, routing = 0;
+    int dtype = 0, layout = 0, algorithm = 0, routing = 0, format = 0, scales = 0, pre = 0;
     in >> c.index >> c.ranks >> c.hidden >> c.top_k >> c.experts >> c.max_tokens >> c.tokens >>
         dtype >> layout >> algorithm >> c.expert_capacity >> routing >> c.routing.seed >>
-        c.routing.hot_experts >> c.routing.hot_percent;
+        c.routing.hot_experts >> c.routing.hot_percent >> format >> scales >> pre;
     if (!in) return InvalidArgumentError("bad case line '{}'", line);
     c.dtype = static_cast<DType>(dtype);
     c.layout = static_cast<Layout>(layout);
     c.algorithm = static_cast<Algorithm>(algorithm);
     c.routing.kind = static_cast<RoutingKind>(routing);
+    c.dispatch_format = static_cast<DispatchFormat>(format);
+    c.scale_format = static_cast<ScaleFormat>(scales);
+    c.prequantized = pre != 0;
     cases.push_back(c);
   }
   return cases;

@@ -26,11 +26,34 @@ struct Case {
   Algorithm algorithm = Algorithm::kLowLatency;
   int expert_capacity = 0;  // 0: R * T
   RoutingSpec routing;
+  // What dispatch moves: the token dtype, or fp8 e4m3 + block scales quantized by the daemon
+  // from bf16 x, or (prequantized) quantized by the frontend and passed with x_scales.
+  DispatchFormat dispatch_format = DispatchFormat::kTokenDType;
+  ScaleFormat scale_format = ScaleFormat::kFp32;
+  bool prequantized = false;
 
   GroupConfig Config(const std::string& name) const;
-  std::string Label() const;  // "H7168 K8 E256 n128 bf16 expert_major random"
+  // "H7168 K8 E256 n128 bf16 expert LL random", with " fp8-fp32" / " fp8-fp32-pre" for fp8.
+  std::string Label() const;
   size_t row_bytes() const { return static_cast<size_t>(hidden) * DTypeSize(dtype); }
+  bool fp8() const { return dispatch_format == DispatchFormat::kFp8E4m3; }
 };
+
+// A dispatch payload of the case list: token dtype, fp8 quantized by the daemon, fp8
+// pre-quantized by the frontend ("token", "fp8", "fp8-pre").
+struct Payload {
+  DispatchFormat format = DispatchFormat::kTokenDType;
+  bool prequantized = false;
+};
+StatusOr<Payload> ParsePayload(std::string_view name);
+
+// Bytes one rank's op actually moves: dispatch writes every received row (expert-major: one per
+// valid selection; rank-major: one per (token, destination rank)) with its scales; combine
+// reads the same rows of expert output in the token dtype.
+struct MovedBytes {
+  double dispatch = 0, combine = 0;
+};
+MovedBytes BytesMoved(const Case& c, const RankRouting& routing);
 
 enum class Op { kUpdate = 0, kDispatch = 1, kCombine = 2 };
 constexpr int kNumOps = 3;
@@ -47,6 +70,7 @@ struct OpSummary {
   int iterations = 0;
   double median_us = 0, p99_us = 0, mean_us = 0, min_us = 0, max_us = 0;
   double gbps = 0;  // logical: valid selections per rank * H * bytes / median time
+  double moved_bytes = 0;  // per rank per op, mean over ranks (BytesMoved); 0 for update
 };
 
 // Samples of one (case, mode): per op, per iteration, per rank, microseconds.
@@ -86,6 +110,8 @@ struct CaseListOptions {
   bool auto_algorithm = false;  // LL for n <= 256, else HT
   int expert_capacity = 0;
   RoutingSpec routing;
+  std::vector<Payload> payloads = {Payload{}};
+  ScaleFormat scale_format = ScaleFormat::kFp32;
 };
 std::vector<Case> BuildCases(const CaseListOptions& options);
 
@@ -99,6 +125,12 @@ std::string CheckCombine(const Case& c, int rank, const RankRouting& routing, co
 int CheckStride(const Case& c);
 // Fills x [n, H] of rank r with TokenValue in the case's dtype.
 void FillTokens(const Case& c, int rank, void* x);
+// fp8: the frontend-side quantization of rank r's tokens (common/fp8.h), q [n, H] e4m3 and
+// scales [n, H / 128].
+void QuantizeTokens(const Case& c, const void* x, std::vector<char>* q, std::vector<char>* scales);
+// fp8: bf16 dequantized received rows [rows, H] (an identity expert's output) from e4m3 rows
+// and their scales.
+void DequantizeRows(const Case& c, const void* q, const void* scales, size_t rows, void* out);
 
 }  // namespace epd::bench
 

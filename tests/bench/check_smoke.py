@@ -42,8 +42,21 @@ def main():
         for op in ("update", "dispatch", "combine"):
             s = r["ops"][op]
             assert s["iterations"] >= 1 and s["median_us"] > 0, (r["mode"], op, s)
-        if r["mode"] != "daemon_blocking":
+        fp8 = r["case"]["dispatch_dtype"] == "fp8_e4m3"
+        if r["mode"] == "inproc" or (r["mode"] == "daemon_fenced" and not fp8):
             assert r["check"] == "passed", (r["mode"], r["case"], r["check"])
+    # Bytes moved per dispatched row: H + H/128 * 4 (fp8, fp32 scales) instead of 2 H (bf16).
+    moved = {}
+    for r in results:
+        c = r["case"]
+        key = (r["mode"], c["layout"], c["routing"])
+        moved.setdefault(key, {})[(c["dispatch_dtype"], c["prequantized"])] = r["ops"]["dispatch"]["moved_bytes"]
+    for key, by_payload in moved.items():
+        token = by_payload[("bf16", False)]
+        for payload in (("fp8_e4m3", False), ("fp8_e4m3", True)):
+            h = results[0]["case"]["hidden"]
+            want = token * (h + h // 128 * 4) / (2 * h)
+            assert abs(by_payload[payload] - want) < 1e-6 * max(1.0, want), (key, payload, by_payload)
     if not daemon_modes:
         print("epd-bench smoke: in-process mode OK; daemon modes SKIPPED")
         sys.exit(SKIP)

@@ -81,16 +81,23 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
       result.timing = mode == std::string(kModeFenced) && gpu ? "gpu_events" : "host_clock";
       result.handle_bytes = ComputeHandleLayout(c.Config("x")).total_bytes();
       double selections = 0;
+      MovedBytes moved;
       for (int r = 0; r < ranks; ++r) {
-        selections += MakeRouting(c.routing, r, c.tokens, c.top_k, c.experts).valid_selections;
+        const RankRouting routing = MakeRouting(c.routing, r, c.tokens, c.top_k, c.experts);
+        selections += routing.valid_selections;
+        const MovedBytes rank_moved = BytesMoved(c, routing);
+        moved.dispatch += rank_moved.dispatch / ranks;
+        moved.combine += rank_moved.combine / ranks;
       }
       result.selections_per_rank = selections / ranks;
       result.error = entry.error;
       if (result.error.empty()) {
         const double bytes = LogicalBytes(c, result.selections_per_rank);
         for (int o = 0; o < kNumOps; ++o) {
-          result.ops[OpName(static_cast<Op>(o))] =
-              Summarize(entry.samples.per_rank[o], o == 0 ? 0.0 : bytes);
+          OpSummary& summary = result.ops[OpName(static_cast<Op>(o))];
+          summary = Summarize(entry.samples.per_rank[o], o == 0 ? 0.0 : bytes);
+          if (o == static_cast<int>(Op::kDispatch)) summary.moved_bytes = moved.dispatch;
+          if (o == static_cast<int>(Op::kCombine)) summary.moved_bytes = moved.combine;
         }
         if (mode == std::string(kModeFenced)) {
           result.check = "passed";

@@ -37,19 +37,63 @@ Status WaitComplete(Backend& backend, BackendHandle& handle, std::chrono::millis
   return future.get();
 }
 
+// Copies between a rank's memory (host on cpu, device on cuda) and the host.
+Status CopyBytes(bool on_gpu, void* dst, const void* src, size_t bytes, bool to_host) {
+  if (bytes == 0) return OkStatus();
+  if (!on_gpu) {
+    std::memcpy(dst, src, bytes);
+    return OkStatus();
+  }
+#if EPD_BENCH_WITH_CUDA
+  return gpu::Check(
+      cudaMemcpy(dst, src, bytes, to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice),
+      "cudaMemcpy");
+#else
+  return FailedPreconditionError("no CUDA in this build");
+#endif
+}
+
+// fp8: the identity experts' output, bf16(e4m3 * scale) of every received row, written to
+// `expert_out` (rank memory) for combine to read; done once, after the first dispatch.
+Status FillExpertOut(const Case& c, bool on_gpu, BackendHandle& handle, void* expert_out) {
+  const HandleLayout& l = handle.layout();
+  const GroupConfig config = c.Config("experts");
+  const char* base = static_cast<const char*>(handle.exported().data());
+  size_t rows = l.recv_rows;
+  if (c.layout == Layout::kExpertMajor) {  // rows [0, sum of counts) are packed
+    std::vector<int32_t> counts(c.experts / c.ranks);
+    EPD_RETURN_IF_ERROR(
+        CopyBytes(on_gpu, counts.data(), base + l.recv_counts_offset, counts.size() * 4, true));
+    rows = 0;
+    for (int32_t count : counts) rows += static_cast<size_t>(count);
+  }
+  std::vector<char> q(rows * config.recv_row_bytes()), scales(rows * config.scale_row_bytes());
+  std::vector<char> z(rows * c.row_bytes());
+  EPD_RETURN_IF_ERROR(CopyBytes(on_gpu, q.data(), base + l.recv_x_offset, q.size(), true));
+  EPD_RETURN_IF_ERROR(
+      CopyBytes(on_gpu, scales.data(), base + l.recv_scales_offset, scales.size(), true));
+  DequantizeRows(c, q.data(), scales.data(), rows, z.data());
+  return CopyBytes(on_gpu, expert_out, z.data(), z.size(), false);
+}
+
 }  // namespace
 
 
 struct InprocRunner::RankState {
   RankRouting routing;
   std::vector<char> x_host, out_host;
+  std::vector<char> xq_host, x_scales_host, expert_out_host;  // fp8
   // Where the op's tensors live: host vectors (cpu) or device buffers (cuda).
   void* x = nullptr;
   void* topk = nullptr;
   void* weights = nullptr;
   void* out = nullptr;
+  void* xq = nullptr;          // fp8 pre-quantized x
+  void* x_scales = nullptr;    // and its scales
+  void* expert_out = nullptr;  // fp8: [recv_rows, H] token dtype
 #if EPD_BENCH_WITH_CUDA
   std::unique_ptr<gpu::DeviceBuffer> x_dev, topk_dev, weights_dev, out_dev;
+  std::unique_ptr<gpu::DeviceBuffer> xq_dev, x_scales_dev, expert_out_dev;
   std::unique_ptr<gpu::Gate> gate;
   std::unique_ptr<gpu::EventPair> events;
   cudaStream_t stream = nullptr;
@@ -120,18 +164,31 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
   // Inputs: identical routing and tokens in every mode.
   std::vector<std::unique_ptr<RankState>> states;
   double selections = 0;
+  MovedBytes moved;
+  const size_t expert_out_bytes =
+      c.fp8() ? ComputeHandleLayout(config).recv_rows * c.row_bytes() : 0;
   for (int r = 0; r < ranks_; ++r) {
     auto state = std::make_unique<RankState>();
     state->routing = MakeRouting(c.routing, r, c.tokens, c.top_k, c.experts);
     selections += static_cast<double>(state->routing.valid_selections);
+    const MovedBytes rank_moved = BytesMoved(c, state->routing);
+    moved.dispatch += rank_moved.dispatch / ranks_;
+    moved.combine += rank_moved.combine / ranks_;
     state->x_host.resize(std::max<size_t>(1, c.tokens * c.row_bytes()));
     state->out_host.resize(std::max<size_t>(1, c.tokens * c.row_bytes()));
     FillTokens(c, r, state->x_host.data());
+    if (c.fp8()) {
+      QuantizeTokens(c, state->x_host.data(), &state->xq_host, &state->x_scales_host);
+      state->expert_out_host.assign(std::max<size_t>(1, expert_out_bytes), 0);
+    }
     if (!on_gpu_) {
       state->x = state->x_host.data();
       state->topk = state->routing.topk_idx.data();
       state->weights = state->routing.weights.data();
       state->out = state->out_host.data();
+      state->xq = state->xq_host.data();
+      state->x_scales = state->x_scales_host.data();
+      state->expert_out = state->expert_out_host.data();
     }
 #if EPD_BENCH_WITH_CUDA_BACKEND
     if (on_gpu_) {
@@ -147,6 +204,22 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
                                   state->routing.topk_idx.size() * 4, cudaMemcpyHostToDevice));
         EPD_BENCH_CUDA(cudaMemcpy(state->weights_dev->data(), state->routing.weights.data(),
                                   state->routing.weights.size() * 4, cudaMemcpyHostToDevice));
+        if (c.fp8()) {
+          EPD_ASSIGN_OR_RETURN(state->xq_dev, gpu::DeviceBuffer::Create(r, state->xq_host.size()));
+          EPD_ASSIGN_OR_RETURN(state->x_scales_dev,
+                               gpu::DeviceBuffer::Create(r, state->x_scales_host.size()));
+          EPD_ASSIGN_OR_RETURN(state->expert_out_dev,
+                               gpu::DeviceBuffer::Create(r, state->expert_out_host.size()));
+          EPD_BENCH_CUDA(cudaMemcpy(state->xq_dev->data(), state->xq_host.data(),
+                                    state->xq_host.size(), cudaMemcpyHostToDevice));
+          EPD_BENCH_CUDA(cudaMemcpy(state->x_scales_dev->data(), state->x_scales_host.data(),
+                                    state->x_scales_host.size(), cudaMemcpyHostToDevice));
+          EPD_BENCH_CUDA(
+              cudaMemset(state->expert_out_dev->data(), 0, state->expert_out_host.size()));
+          state->xq = state->xq_dev->data();
+          state->x_scales = state->x_scales_dev->data();
+          state->expert_out = state->expert_out_dev->data();
+        }
         EPD_ASSIGN_OR_RETURN(state->gate, gpu::Gate::Create(gpu::Gate::Kind::kKernel));
         EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(r));
         state->stream = CudaBackendStream(*backend_, r);
@@ -192,8 +265,10 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
   }
   const double bytes = LogicalBytes(c, result.selections_per_rank);
   for (int op = 0; op < kNumOps; ++op) {
-    result.ops[OpName(static_cast<Op>(op))] =
-        Summarize(samples.per_rank[op], op == static_cast<int>(Op::kUpdate) ? 0.0 : bytes);
+    OpSummary& summary = result.ops[OpName(static_cast<Op>(op))];
+    summary = Summarize(samples.per_rank[op], op == static_cast<int>(Op::kUpdate) ? 0.0 : bytes);
+    if (op == static_cast<int>(Op::kDispatch)) summary.moved_bytes = moved.dispatch;
+    if (op == static_cast<int>(Op::kCombine)) summary.moved_bytes = moved.combine;
   }
   // Release the handles before the group, on this thread, after every rank finished.
   handles.clear();
@@ -216,8 +291,17 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
   // This rank's arguments only: the peers' buffers were published with their handles.
   DispatchArgs dispatch;
   dispatch.x = TensorView{me.x, c.dtype, {c.tokens, c.hidden}};
+  if (c.prequantized) {
+    const GroupConfig config = c.Config("args");
+    dispatch.x = TensorView{me.xq, DType::kFp8E4m3, {c.tokens, c.hidden}};
+    dispatch.x_scales =
+        TensorView{me.x_scales, config.scale_dtype(), {c.tokens, config.scale_blocks()}};
+  }
   CombineArgs combine;
-  combine.expert_out = static_cast<const char*>(handle.exported().data()) + layout.recv_x_offset;
+  // fp8 dispatch leaves e4m3 in recv_x: combine reads the experts' outputs from a buffer.
+  combine.expert_out =
+      c.fp8() ? me.expert_out
+              : static_cast<const char*>(handle.exported().data()) + layout.recv_x_offset;
   combine.out = TensorView{me.out, c.dtype, {c.tokens, c.hidden}};
 
   Status status;
@@ -274,6 +358,19 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
       if (!op_status.ok()) {
         status = op_status.WithContext(fmt::format("iteration {} {}", it, OpName(static_cast<Op>(op))));
         shared->failed = true;
+      }
+      if (op_status.ok() && it == 0 && settings.check && c.fp8() &&
+          static_cast<Op>(op) == Op::kDispatch) {
+        // Outside the timed span: the experts' output that the first combine checks.
+        Status filled;
+#if EPD_BENCH_WITH_CUDA
+        if (on_gpu_) filled = gpu::Check(cudaSetDevice(rank), "cudaSetDevice");
+#endif
+        if (filled.ok()) filled = FillExpertOut(c, on_gpu_, handle, me.expert_out);
+        if (!filled.ok()) {
+          status = filled.WithContext("filling expert_out");
+          shared->failed = true;
+        }
       }
       shared->barrier.arrive_and_wait();
       if (shared->failed) return status.ok() ? AbortedError("another rank failed") : status;

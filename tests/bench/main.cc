@@ -78,6 +78,7 @@ struct Flags {
   std::string tokens = "128", hidden = "7168", layouts = "expert", routings = "random,skewed";
   int top_k = 8, experts = 256, capacity = 0;
   std::string dtype = "bf16", algorithm = "ll";
+  std::string dispatch_dtypes = "token", scale_format = "fp32";
   uint64_t seed = 1;
   int hot_experts = 8, hot_percent = 50;
   int warmup = 10, iterations = 100, control_iterations = 200;
@@ -186,6 +187,13 @@ int Main(int argc, char** argv) {
   app.add_option("--top-k", f.top_k)->capture_default_str();
   app.add_option("--experts", f.experts)->capture_default_str();
   app.add_option("--dtype", f.dtype, "bf16, fp16 or fp32")->capture_default_str();
+  app.add_option("--dispatch-dtype", f.dispatch_dtypes,
+                 "dispatch payloads, comma-separated: token (the token dtype), fp8 (e4m3 + a "
+                 "scale per 128 channels, quantized by epd from bf16 x), fp8-pre (quantized by "
+                 "the frontend, passed with x_scales)")
+      ->capture_default_str();
+  app.add_option("--scale-format", f.scale_format, "fp8 block scales: fp32 or ue8m0")
+      ->capture_default_str();
   app.add_option("--algorithm", f.algorithm, "ll, ht or auto (LL; the daemon refuses ht until it has a path of its own)")
       ->capture_default_str();
   app.add_option("--capacity", f.capacity, "rows per expert; 0 = R * T")->capture_default_str();
@@ -217,6 +225,7 @@ int Main(int argc, char** argv) {
     set("--tokens", f.tokens, std::string("16"));
     set("--hidden", f.hidden, std::string("256"));
     set("--layouts", f.layouts, std::string("expert,rank"));
+    set("--dispatch-dtype", f.dispatch_dtypes, std::string("token,fp8,fp8-pre"));
     set("--top-k", f.top_k, 4);
     set("--experts", f.experts, 8);
     set("--hot-experts", f.hot_experts, 2);
@@ -278,6 +287,15 @@ int Main(int argc, char** argv) {
   auto dtype = ParseDType(f.dtype);
   if (!dtype.ok()) return fail(dtype.status());
   list.dtype = *dtype;
+  list.payloads.clear();
+  for (const std::string& name : Split(f.dispatch_dtypes)) {
+    auto payload = ParsePayload(name == "fp8_e4m3" ? "fp8" : name);
+    if (!payload.ok()) return fail(payload.status().WithContext("--dispatch-dtype"));
+    list.payloads.push_back(*payload);
+  }
+  auto scale_format = ParseScaleFormat(f.scale_format);
+  if (!scale_format.ok()) return fail(scale_format.status().WithContext("--scale-format"));
+  list.scale_format = *scale_format;
   if (f.algorithm == "auto") list.auto_algorithm = true;
   else if (f.algorithm == "ll") list.algorithm = Algorithm::kLowLatency;
   else if (f.algorithm == "ht") list.algorithm = Algorithm::kHighThroughput;
@@ -350,6 +368,7 @@ int Main(int argc, char** argv) {
       if (info.nccl_version.empty()) info.nccl_version = (*baseline)->version();
       for (const Case& c : cases) {
         if (c.layout != Layout::kExpertMajor) continue;  // the baseline has no rank-major form
+        if (c.fp8()) continue;  // nor an fp8 payload: its token-dtype case is the comparison
         results.push_back((*baseline)->Run(c, settings));
         progress(results.back());
       }

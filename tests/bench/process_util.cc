@@ -113,9 +113,10 @@ StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const std::string& epd_path,
   daemon->socket_path_ = pattern + "/epd.sock";
   daemon->address_ = "unix://" + daemon->socket_path_;
   daemon->log_path_ = pattern + "/epd.log";
-  // No /metrics: several benches (and test daemons) may run side by side.
-  std::vector<std::string> argv = {epd_path, "--backend", backend, "--listen", daemon->address_,
-                                   "--metrics-listen", ""};
+  // No /metrics: a private daemon must not take the node's metrics port (nor race a
+  // parallel test's daemon for it).
+  std::vector<std::string> argv = {epd_path,  "--backend",        backend, "--listen",
+                                   daemon->address_, "--metrics-listen", ""};
   argv.insert(argv.end(), extra.begin(), extra.end());
   EPD_ASSIGN_OR_RETURN(daemon->pid_, Spawn(argv, daemon->log_path_));
   const auto deadline = SteadyClock::now() + start_timeout;

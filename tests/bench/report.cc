@@ -15,9 +15,9 @@ std::string Number(double value) {
 std::string SummaryJson(const OpSummary& s) {
   return fmt::format(
       "{{\"iterations\": {}, \"median_us\": {}, \"p99_us\": {}, \"mean_us\": {}, \"min_us\": {}, "
-      "\"max_us\": {}, \"gbps\": {}}}",
+      "\"max_us\": {}, \"gbps\": {}, \"moved_bytes\": {}}}",
       s.iterations, Number(s.median_us), Number(s.p99_us), Number(s.mean_us), Number(s.min_us),
-      Number(s.max_us), Number(s.gbps));
+      Number(s.max_us), Number(s.gbps), Number(s.moved_bytes));
 }
 
 std::string CaseJson(const Case& c) {
@@ -25,16 +25,23 @@ std::string CaseJson(const Case& c) {
       "{{\"ranks\": {}, \"hidden\": {}, \"top_k\": {}, \"experts\": {}, \"max_tokens\": {}, "
       "\"tokens\": {}, \"dtype\": \"{}\", \"layout\": \"{}\", \"algorithm\": \"{}\", "
       "\"routing\": \"{}\", \"seed\": {}, \"hot_experts\": {}, \"hot_percent\": {}, "
-      "\"expert_capacity\": {}}}",
+      "\"expert_capacity\": {}, \"dispatch_dtype\": \"{}\", \"scale_format\": \"{}\", "
+      "\"prequantized\": {}}}",
       c.ranks, c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens, DTypeName(c.dtype),
-      LayoutName(c.layout), AlgorithmName(c.algorithm), RoutingName(c.routing.kind),
-      c.routing.seed, c.routing.hot_experts, c.routing.hot_percent, c.expert_capacity);
+      LayoutName(c.layout), AlgorithmName(c.algorithm), RoutingName(c.routing.kind), c.routing.seed,
+      c.routing.hot_experts, c.routing.hot_percent, c.expert_capacity,
+      c.fp8() ? "fp8_e4m3" : DTypeName(c.dtype), ScaleFormatName(c.scale_format),
+      c.prequantized ? "true" : "false");
 }
 
 std::string Cell(const std::map<std::string, OpSummary>& ops, const char* op, bool with_gbps) {
   auto it = ops.find(op);
   if (it == ops.end() || it->second.iterations == 0) return "-";
   const OpSummary& s = it->second;
+  if (with_gbps && s.moved_bytes > 0) {
+    return fmt::format("{:.1f} / {:.1f} ({:.1f}) [{:.4g} MB]", s.median_us, s.p99_us, s.gbps,
+                       s.moved_bytes / 1e6);
+  }
   if (with_gbps) return fmt::format("{:.1f} / {:.1f} ({:.1f})", s.median_us, s.p99_us, s.gbps);
   return fmt::format("{:.1f} / {:.1f}", s.median_us, s.p99_us);
 }
@@ -113,7 +120,8 @@ std::string ToMarkdown(const RunInfo& info, const std::map<std::string, OpSummar
                      info.date);
   out += fmt::format(
       "median / p99 us per op (slowest rank per iteration), {} iterations after {} warm-up; "
-      "(GB/s) = valid selections x H x bytes / median\n\n",
+      "(GB/s) = valid selections x H x token bytes / median; [MB] = payload bytes a rank's op "
+      "moves (rows written by dispatch, with fp8 scales; rows read by combine)\n\n",
       info.iterations, info.warmup);
   out += "| case | mode | timing | update | dispatch (GB/s) | combine (GB/s) | handle MiB/rank | check |\n";
   out += "|---|---|---|---|---|---|---|---|\n";

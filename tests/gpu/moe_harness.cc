@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "common/dtype.h"
@@ -14,8 +15,10 @@ struct MoeHarness::RankBuffers {
         weights(device, size_t(c.max_tokens_per_rank) * c.top_k * 4),
         x(device, size_t(c.max_tokens_per_rank) * c.hidden * DTypeSize(c.dtype)),
         out(device, size_t(c.max_tokens_per_rank) * c.hidden * DTypeSize(c.dtype)),
-        z(device, l.recv_x_bytes) {}
-  DeviceBuffer idx, weights, x, out, z;
+        z(device, l.recv_rows * c.hidden * DTypeSize(c.dtype)),
+        xq(device, size_t(c.max_tokens_per_rank) * c.hidden + 16),
+        x_scales(device, size_t(c.max_tokens_per_rank) * c.scale_row_bytes() + 16) {}
+  DeviceBuffer idx, weights, x, out, z, xq, x_scales;
   bool idx64 = false, has_weights = true;
   int n = 0;
 };
@@ -37,6 +40,26 @@ void RandomRow(uint64_t& state, DType dtype, int hidden, char* row) {
   }
 }
 
+// Values at the edges of the fp8 rule on the first tokens: NaN, infinities and a signed zero;
+// an all-zero block; a block of bf16 subnormals next to one whose amax needs saturation care;
+// ties of e4m3 rounding (amax 448 makes the scale 1, so v / scale = v).
+void AddFp8EdgeValues(const GroupConfig& c, RankInput& in) {
+  auto set = [&](int t, int h, float v) {
+    if (t < in.n && h < c.hidden)
+      StoreFromFloat(in.x.data() + size_t(t) * c.hidden * 2, c.dtype, h, v);
+  };
+  set(0, 0, std::numeric_limits<float>::quiet_NaN());
+  set(0, 1, -std::numeric_limits<float>::infinity());
+  set(0, 2, std::numeric_limits<float>::infinity());
+  set(0, 3, -0.0f);
+  for (int h = 0; h < 128; ++h) set(1, h, 0.0f);
+  for (int h = 0; h < 128; ++h)
+    set(2, h, Bf16ToFloat(static_cast<uint16_t>(1 + h)) * (h % 2 ? -1 : 1));
+  for (int h = 128; h < 256; ++h) set(2, h, 448.0f - 8.0f * (h - 128) / 3.0f);
+  set(2, 128, 448.0f);
+  for (int h = 0; h < 128; ++h) set(3, h, 1.0e30f * (h % 3 - 1));
+}
+
 }  // namespace
 
 MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s, std::vector<int> devices)
@@ -50,6 +73,9 @@ MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s, std::vector<int> dev
   config_.dtype = s.dtype;
   config_.layout = s.layout;
   config_.expert_capacity = s.capacity;
+  config_.dispatch_format = s.dispatch_format;
+  config_.scale_format = s.scale_format;
+  prequantized_ = s.prequantized && config_.fp8_dispatch();
   layout_ = ComputeHandleLayout(config_);
   auto group = backend_.CreateGroup(config_);
   EXPECT_TRUE(group.ok()) << group.status().ToString();
@@ -107,6 +133,13 @@ std::vector<RankInput> MoeHarness::MakeInputs(RoutingKind kind, const std::vecto
       }
       RandomRow(state, config_.dtype, config_.hidden, in.x.data() + size_t(t) * row_bytes());
     }
+    if (config_.fp8_dispatch()) AddFp8EdgeValues(config_, in);
+    if (prequantized_) {
+      in.xq.resize(size_t(in.n) * config_.hidden);
+      in.x_scales.resize(size_t(in.n) * config_.scale_row_bytes());
+      for (char& byte : in.xq) byte = static_cast<char>(Mix(state));
+      for (char& byte : in.x_scales) byte = static_cast<char>(Mix(state));
+    }
   }
   return inputs;
 }
@@ -127,6 +160,10 @@ std::vector<Status> MoeHarness::Update(const std::vector<RankInput>& inputs) {
     }
     b.weights.Upload(in.weights.data(), in.weights.size() * 4);
     b.x.Upload(in.x.data(), in.x.size());
+    if (prequantized_) {
+      b.xq.Upload(in.xq.data(), in.xq.size());
+      b.x_scales.Upload(in.x_scales.data(), in.x_scales.size());
+    }
   }
   std::vector<Status> statuses(R);
   OnEveryRank(R, [&](int r) {
@@ -145,8 +182,14 @@ std::vector<Status> MoeHarness::Dispatch() {
   const int R = config_.world_size();
   std::vector<Status> statuses(R);
   OnEveryRank(R, [&](int r) {
+    const int n = buffers_[r]->n;
     DispatchArgs args;
-    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {n, config_.hidden}};
+    if (prequantized_) {
+      args.x = TensorView{buffers_[r]->xq.data(), DType::kFp8E4m3, {n, config_.hidden}};
+      args.x_scales = TensorView{
+          buffers_[r]->x_scales.data(), config_.scale_dtype(), {n, config_.scale_blocks()}};
+    }
     Status s = backend_.Dispatch(*handles_[r], args);
     statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
   });
@@ -158,8 +201,14 @@ std::vector<Status> MoeHarness::DispatchWithLateRank(int late_rank,
   const int R = config_.world_size();
   std::vector<Status> statuses(R);
   auto enqueue = [&](int r) {
+    const int n = buffers_[r]->n;
     DispatchArgs args;
-    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {buffers_[r]->n, config_.hidden}};
+    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {n, config_.hidden}};
+    if (prequantized_) {
+      args.x = TensorView{buffers_[r]->xq.data(), DType::kFp8E4m3, {n, config_.hidden}};
+      args.x_scales = TensorView{
+          buffers_[r]->x_scales.data(), config_.scale_dtype(), {n, config_.scale_blocks()}};
+    }
     statuses[r] = backend_.Dispatch(*handles_[r], args);
   };
   for (int r = 0; r < R; ++r) {
@@ -185,13 +234,14 @@ size_t MoeHarness::used_rows(int rank) const {
 
 std::vector<Status> MoeHarness::Combine(bool in_place, uint64_t seed) {
   const int R = config_.world_size();
+  if (config_.fp8_dispatch()) in_place = false;  // recv_x holds e4m3, not expert outputs
   last_in_place_ = in_place;
   z_host_.assign(R, {});
   uint64_t state = seed * 104729 + 3;
   for (int r = 0; r < R; ++r) {
     // Rows the expert GEMMs would have written; the rest stays as it is on the device.
     const size_t rows = used_rows(r);
-    z_host_[r].assign(layout_.recv_x_bytes, 0);
+    z_host_[r].assign(layout_.recv_rows * row_bytes(), 0);
     for (size_t row = 0; row < rows; ++row) {
       RandomRow(state, config_.dtype, config_.hidden, z_host_[r].data() + row * row_bytes());
     }
@@ -249,7 +299,8 @@ void MoeHarness::ExpectDispatchMatches(const std::vector<RankInput>& inputs,
   std::vector<reference::SourceRank> ranks(R);
   for (int r = 0; r < R; ++r) {
     ranks[r].num_tokens = bound[r];
-    ranks[r].x = inputs[r].x.data();
+    ranks[r].x = prequantized_ ? inputs[r].xq.data() : inputs[r].x.data();
+    ranks[r].x_scales = prequantized_ ? inputs[r].x_scales.data() : nullptr;
     ranks[r].topk_idx = ref_idx_[r].data();
     ranks[r].topk_weights = ref_weights_[r].data();
     ranks[r].expert_counts = ref_counts_[r].data();
@@ -271,7 +322,12 @@ void MoeHarness::ExpectDispatchMatches(const std::vector<RankInput>& inputs,
     };
     compare(layout_.recv_counts_offset, layout_.recv_counts_bytes, 4, "recv_counts");
     const size_t rows = used_rows(d);
-    compare(layout_.recv_x_offset, rows * row_bytes(), row_bytes(), "recv_x rows");
+    compare(layout_.recv_x_offset, rows * config_.recv_row_bytes(), config_.recv_row_bytes(),
+            "recv_x rows");
+    if (config_.fp8_dispatch()) {
+      compare(layout_.recv_scales_offset, rows * config_.scale_row_bytes(),
+              config_.scale_row_bytes(), "recv_scales rows");
+    }
     if (config_.layout == Layout::kExpertMajor) {
       compare(layout_.recv_offsets_offset, layout_.recv_offsets_bytes, 4, "recv_offsets");
       compare(layout_.recv_src_offset, rows * 12, 12, "recv_src rows");

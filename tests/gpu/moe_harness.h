@@ -25,6 +25,11 @@ struct CaseSpec {
   DType dtype = DType::kBf16;
   Layout layout = Layout::kExpertMajor;
   int capacity = 0;  // 0: R * T
+  // FP8 dispatch (bf16, hidden % 128 == 0): rows arrive as e4m3 + scales; with prequantized
+  // the ranks pass their own e4m3 bytes and scales (random bytes: they must be copied as is).
+  DispatchFormat dispatch_format = DispatchFormat::kTokenDType;
+  ScaleFormat scale_format = ScaleFormat::kFp32;
+  bool prequantized = false;
 };
 
 enum class RoutingKind {
@@ -42,6 +47,8 @@ struct RankInput {
   std::vector<int64_t> idx;    // [n, K]
   std::vector<float> weights;  // [n, K]
   std::vector<char> x;         // [n, H] token dtype
+  std::vector<char> xq;        // prequantized fp8: [n, H] e4m3
+  std::vector<char> x_scales;  // prequantized fp8: [n, H / 128] fp32 or ue8m0
 };
 
 class MoeHarness {
@@ -73,7 +80,7 @@ class MoeHarness {
  private:
   struct RankBuffers;
   void BuildReference(const std::vector<RankInput>& inputs, const std::vector<int>& bound);
-  size_t row_bytes() const;
+  size_t row_bytes() const;  // of a token (x, out, expert outputs)
   size_t used_rows(int rank) const;
   int device_of(int rank) const { return devices_.empty() ? rank : devices_[rank]; }
 
@@ -90,11 +97,13 @@ class MoeHarness {
   std::vector<std::vector<char>> ref_recv_;  // exported region per rank
   std::vector<std::vector<char>> z_host_;    // expert outputs of the last Combine
   bool last_in_place_ = false;
+  bool prequantized_ = false;
 };
 
 // The table cases' rounds: every rank cycles through n in {T, T-1, 1, 0}; int32 then int64
 // ids; weights given, then absent (1.0); expert output in a separate buffer, then written in
-// place in recv_x. Every step is compared with the reference, and no op may allocate.
+// place in recv_x (never with fp8 dispatch, whose recv_x is e4m3). Every step is compared with
+// the reference, and no op may allocate.
 void RunRounds(Backend& backend, MoeHarness& harness, RoutingKind routing);
 
 void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes, size_t element_bytes,

@@ -4,6 +4,7 @@
  * exits 0 only when every check passed. */
 #define _GNU_SOURCE
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,8 +54,9 @@ static int failures = 0;
 static pid_t start_daemon(const char* binary, const char* address) {
   pid_t pid = fork();
   if (pid == 0) {
+    /* No /metrics: daemons of tests running in parallel would share its port. */
     execl(binary, binary, "--backend", "cpu", "--cpu-ranks", "1", "--listen", address,
-          "--metrics-listen", "", "--log-level", "warn", (char*)NULL);
+          "--log-level", "warn", "--metrics-listen", "", (char*)NULL);
     _exit(127);
   }
   return pid;
@@ -161,7 +163,18 @@ int main(int argc, char** argv) {
         "nope");
   OK(epd_handle_create(session, "g", "h", 1, EPD_DATA_PATH_DEFAULT, &handle));
   epd_handle_info_t hi;
+  /* A caller compiled against the first version gets only that prefix filled. */
+  memset(&hi, 0xAB, sizeof(hi));
+  hi.struct_size = (uint32_t)offsetof(epd_handle_info_t, dispatch_dtype);
   OK(epd_handle_info(handle, &hi));
+  CHECK(hi.struct_size == offsetof(epd_handle_info_t, dispatch_dtype));
+  CHECK(hi.recv_scales_offset == 0xABABABABABABABABull);
+  memset(&hi, 0, sizeof(hi));
+  hi.struct_size = sizeof(hi);
+  OK(epd_handle_info(handle, &hi));
+  CHECK(hi.struct_size == sizeof(hi));
+  CHECK(hi.dispatch_dtype == EPD_DTYPE_FP32 && hi.scale_format == EPD_SCALE_FORMAT_DEFAULT);
+  CHECK(hi.recv_scales_offset == EPD_NO_TENSOR);
   CHECK(strcmp(hi.name, "h") == 0 && strcmp(hi.group, "g") == 0);
   CHECK(hi.persistent == 1 && hi.on_device == 0 && hi.local_experts == E);
   CHECK(hi.recv_rows == (uint64_t)E * T);

@@ -48,6 +48,7 @@ class ConfigErrorTest : public ::testing::Test {
   // Runs `epd --config <text> --listen <scratch socket> extra...` expecting exit 2.
   std::string ExpectRejected(const std::string& toml, std::vector<std::string> extra = {}) {
     std::ofstream(config_path_) << toml;
+    // No /metrics: a daemon of a parallel test holding its port would fail this one first.
     std::vector<std::string> args = {"--config", config_path_, "--listen",
                                      "unix://" + dir_ + "/epd.sock", "--metrics-listen", ""};
     args.insert(args.end(), extra.begin(), extra.end());

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import unittest
 
 
 def _default_binary():
@@ -36,8 +37,9 @@ class Daemon:
                 [binary, "--backend", backend,
                  *(["--cpu-ranks", str(ranks)] if backend == "cpu" else []),
                  *(["--gpus", gpus] if gpus else []),
-                 "--listen", self.address, "--metrics-listen", "", "--log-level", "info",
-                 *extra_args],
+                 "--listen", self.address, "--log-level", "info",
+                 # No /metrics: daemons of tests running in parallel would share its port.
+                 "--metrics-listen", "", *extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not os.path.exists(self.socket):
@@ -61,3 +63,27 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SessionTestCase(unittest.TestCase):
+    """One daemon of RANKS cpu ranks and a client per test class; a session of rank 0 named
+    after each test."""
+
+    RANKS = 2
+
+    @classmethod
+    def setUpClass(cls):
+        import epd
+        cls.daemon = Daemon(ranks=cls.RANKS)
+        cls.client = epd.Client(cls.daemon.address)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.daemon.stop()
+
+    def setUp(self):
+        self.session = self.client.open_session(0, self.id())
+
+    def tearDown(self):
+        self.session.close()

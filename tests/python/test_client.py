@@ -13,28 +13,12 @@ import numpy as np
 
 import epd
 from epd import memory
-from epd_daemon import Daemon
+from epd_daemon import SessionTestCase
 
 GROUP = dict(world_size=1, experts=4, hidden=16, max_tokens_per_rank=8, top_k=2, dtype="fp32")
 
 
-class ClientTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.daemon = Daemon(ranks=2)
-        cls.client = epd.Client(cls.daemon.address)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        cls.daemon.stop()
-
-    def setUp(self):
-        self.session = self.client.open_session(0, self.id())
-
-    def tearDown(self):
-        self.session.close()
-
+class ClientTest(SessionTestCase):
     def group(self, name, **overrides):
         config = dict(GROUP, **overrides)
         self.session.create_group(name, **config)

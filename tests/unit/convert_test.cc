@@ -81,5 +81,74 @@ TEST(ConvertTest, MemorySourceNeedsALocation) {
   EXPECT_EQ(source->size, 64u);
 }
 
+TEST(ConvertTest, GroupConfigCarriesTheFp8Payload) {
+  v1::GroupConfig proto;
+  proto.set_name("g");
+  proto.set_world_size(2);
+  proto.set_experts(4);
+  proto.set_hidden(256);
+  proto.set_max_tokens_per_rank(8);
+  proto.set_top_k(2);
+  auto plain = FromProto(proto, "config");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->fp8_dispatch());
+  EXPECT_EQ(ToProto(*plain).dispatch_dtype(), v1::DTYPE_BF16);  // effective: the token dtype
+  EXPECT_EQ(ToProto(*plain).scale_format(), v1::SCALE_FORMAT_UNSPECIFIED);
+  proto.set_dispatch_dtype(v1::DTYPE_BF16);  // the token dtype, spelled out
+  EXPECT_FALSE(FromProto(proto, "config")->fp8_dispatch());
+
+  proto.set_dispatch_dtype(v1::DTYPE_FP8_E4M3);
+  proto.set_scale_format(v1::SCALE_FORMAT_UE8M0);
+  auto fp8 = FromProto(proto, "config");
+  ASSERT_TRUE(fp8.ok()) << fp8.status().ToString();
+  EXPECT_TRUE(fp8->fp8_dispatch());
+  EXPECT_EQ(fp8->scale_format, ScaleFormat::kUe8m0);
+  v1::GroupConfig back = ToProto(*fp8);
+  EXPECT_EQ(back.dispatch_dtype(), v1::DTYPE_FP8_E4M3);
+  EXPECT_EQ(back.scale_format(), v1::SCALE_FORMAT_UE8M0);
+
+  proto.set_dispatch_dtype(v1::DTYPE_FP16);
+  EXPECT_NE(FromProto(proto, "config")
+                .status()
+                .message()
+                .find("config.dispatch_dtype = DTYPE_FP16 must be unset, the token dtype (bf16)"),
+            std::string::npos)
+      << FromProto(proto, "config").status().message();
+  proto.set_dispatch_dtype(v1::DTYPE_FP8_E4M3);
+  proto.set_scale_format(static_cast<v1::ScaleFormat>(9));
+  EXPECT_NE(FromProto(proto, "config").status().message().find("config.scale_format = 9"),
+            std::string::npos);
+}
+
+TEST(ConvertTest, DispatchTakesOptionalScalesAndHandlesExportThem) {
+  v1::DispatchRequest request;
+  auto* x = request.mutable_x();
+  x->set_buffer_id(1);
+  x->set_dtype(v1::DTYPE_FP8_E4M3);
+  x->add_shape(4);
+  x->add_shape(256);
+  DispatchRequest out;
+  OpOptions options;
+  ASSERT_TRUE(FromProto(request, &out, &options).ok());
+  EXPECT_EQ(out.x.dtype, DType::kFp8E4m3);
+  EXPECT_FALSE(out.x_scales.has_value());
+  auto* scales = request.mutable_x_scales();
+  scales->set_buffer_id(2);
+  scales->set_offset_bytes(64);
+  scales->set_dtype(v1::DTYPE_UINT8);
+  scales->add_shape(4);
+  scales->add_shape(2);
+  ASSERT_TRUE(FromProto(request, &out, &options).ok());
+  ASSERT_TRUE(out.x_scales.has_value());
+  EXPECT_EQ(out.x_scales->dtype, DType::kUint8);
+  EXPECT_EQ(out.x_scales->offset_bytes, 64u);
+  scales->set_dtype(v1::DTYPE_UNSPECIFIED);
+  EXPECT_NE(FromProto(request, &out, &options).message().find("x_scales.dtype"), std::string::npos);
+
+  HandleLayout layout;
+  layout.recv_scales_offset = 4096;
+  EXPECT_EQ(ToProto(layout).recv_scales_offset(), 4096u);
+}
+
 }  // namespace
 }  // namespace epd::service

@@ -303,6 +303,8 @@ TEST(DaemonConfigTest, ShippedExampleConfigIsValid) {
   ASSERT_EQ(example->groups.size(), 1u);
   EXPECT_EQ(example->groups[0].config.world_size(), 8);
   EXPECT_EQ(example->groups[0].handles.size(), 2u);
+  EXPECT_FALSE(example->groups[0].config.fp8_dispatch());  // dispatch_dtype = "bf16"
+  EXPECT_EQ(example->groups[0].config.scale_format, ScaleFormat::kFp32);
   EXPECT_TRUE(CheckGroupsAgainstNode(*example, 8).ok());
 }
 
@@ -323,6 +325,28 @@ TEST(DaemonConfigTest, UnixListenNeedsAbsolutePathAfterTwoSlashes) {
   ASSERT_FALSE(config.ok());
   EXPECT_THAT(config.status().message(), HasSubstr("absolute path"));
   EXPECT_TRUE(ParseDaemonConfig("listen = \"unix:relative.sock\"").ok());
+}
+
+TEST(DaemonConfigTest, Fp8DispatchKeys) {
+  const std::string group = R"(
+[[group]]
+name = "g"
+world_size = 2
+experts = 4
+hidden = 256
+max_tokens_per_rank = 4
+top_k = 1
+)";
+  auto config = ParseDaemonConfig(
+      group + "dispatch_dtype = \"fp8_e4m3\"\nscale_format = \"ue8m0\"\n", "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_TRUE(config->groups[0].config.fp8_dispatch());
+  EXPECT_EQ(config->groups[0].config.scale_format, ScaleFormat::kUe8m0);
+  ExpectError(group + "dispatch_dtype = \"fp16\"\n",
+              {"group[0].dispatch_dtype", "fp16", "expected the token dtype \"bf16\""});
+  ExpectError(group + "scale_format = \"e8m0\"\n", {"group[0].scale_format", "e8m0"});
+  ExpectError(group + "dtype = \"fp16\"\ndispatch_dtype = \"fp8_e4m3\"\n",
+              {"group[0]", "quantizes bf16 tokens, but dtype=fp16"});
 }
 
 TEST(DaemonConfigTest, MissingFileIsNotFound) {

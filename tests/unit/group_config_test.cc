@@ -119,3 +119,55 @@ TEST(GroupConfigTest, CapacityOverrideShrinksTheReceiveBuffer) {
 
 }  // namespace
 }  // namespace epd
+
+namespace epd {
+namespace {
+
+TEST(GroupConfigFp8Test, ValidatesThePayloadFields) {
+  GroupConfig c = Standard();
+  c.dispatch_format = DispatchFormat::kFp8E4m3;
+  EXPECT_TRUE(c.Validate(4).ok());
+  c.dtype = DType::kFp16;
+  ExpectInvalid(c, "dispatch_dtype=fp8_e4m3 quantizes bf16 tokens, but dtype=fp16");
+  c = Standard();
+  c.dispatch_format = DispatchFormat::kFp8E4m3;
+  c.hidden = 7168 + 64;
+  ExpectInvalid(c, "hidden=7232 to be a multiple of 128");
+}
+
+TEST(GroupConfigFp8Test, LayoutHoldsE4m3RowsAndScalesInBothLayouts) {
+  for (Layout layout : {Layout::kExpertMajor, Layout::kRankMajor}) {
+    for (ScaleFormat format : {ScaleFormat::kFp32, ScaleFormat::kUe8m0}) {
+      GroupConfig c = Standard();
+      c.layout = layout;
+      c.dispatch_format = DispatchFormat::kFp8E4m3;
+      c.scale_format = format;
+      const HandleLayout h = ComputeHandleLayout(c);
+      const size_t rows = layout == Layout::kExpertMajor ? 64u * 512 : 4u * 128;
+      EXPECT_EQ(h.recv_rows, rows);
+      EXPECT_EQ(h.recv_x_bytes, rows * 7168);  // one byte per element
+      EXPECT_EQ(c.scale_blocks(), 56);
+      EXPECT_EQ(h.recv_scales_bytes, rows * 56 * (format == ScaleFormat::kFp32 ? 4 : 1));
+      EXPECT_EQ(h.recv_scales_offset % kBufferAlignment, 0u);
+      EXPECT_GE(h.exported_bytes, h.recv_scales_offset + h.recv_scales_bytes);
+      EXPECT_GE(h.recv_scales_offset, h.recv_x_offset + h.recv_x_bytes);
+    }
+  }
+  const HandleLayout bf16 = ComputeHandleLayout(Standard());
+  EXPECT_EQ(bf16.recv_scales_bytes, 0u);
+  EXPECT_EQ(bf16.recv_x_bytes, 64u * 512 * 7168 * 2);
+}
+
+TEST(GroupConfigFp8Test, PayloadIsPartOfTheShape) {
+  GroupConfig a = Standard(), b = Standard();
+  b.dispatch_format = DispatchFormat::kFp8E4m3;
+  EXPECT_FALSE(a.SameShape(b));
+  a.dispatch_format = DispatchFormat::kFp8E4m3;
+  EXPECT_TRUE(a.SameShape(b));
+  b.scale_format = ScaleFormat::kUe8m0;
+  EXPECT_FALSE(a.SameShape(b));
+  EXPECT_NE(b.ToString().find("fp8_e4m3/ue8m0"), std::string::npos) << b.ToString();
+}
+
+}  // namespace
+}  // namespace epd

@@ -100,6 +100,46 @@ TEST(OpValidationTest, TokenRowsAndExpertOutMatchTheGroupAndHandle) {
                             rows));
 }
 
+TEST(OpValidationTest, Fp8DispatchInputIsBf16OrPrequantizedWithScales) {
+  GroupConfig c = Config();
+  c.hidden = 256;
+  c.dispatch_format = DispatchFormat::kFp8E4m3;
+  c.scale_format = ScaleFormat::kUe8m0;
+  EXPECT_TRUE(ValidateDispatchInputKind(c, DType::kBf16, false).ok());
+  EXPECT_TRUE(ValidateDispatchInputKind(c, DType::kFp8E4m3, true).ok());
+  ExpectMessage(ValidateDispatchInputKind(c, DType::kFp8E4m3, false),
+                StatusCode::kInvalidArgument,
+                "x_scales is required: x is pre-quantized fp8_e4m3 (group 'g' scales are ue8m0)");
+  ExpectMessage(ValidateDispatchInputKind(c, DType::kBf16, true), StatusCode::kInvalidArgument,
+                "x_scales is set, but x.dtype = bf16 is not pre-quantized fp8_e4m3");
+  ExpectMessage(ValidateDispatchInputKind(Config(), DType::kFp8E4m3, true),
+                StatusCode::kInvalidArgument,
+                "x_scales is set, but x.dtype = fp8_e4m3 is not pre-quantized fp8_e4m3 (group "
+                "'g' dispatches bf16)");
+
+  EXPECT_TRUE(ValidatePrequantizedX(c, View(DType::kFp8E4m3, {3, 256}), 3).ok());
+  ExpectMessage(ValidatePrequantizedX(c, View(DType::kBf16, {3, 256}), 3),
+                StatusCode::kInvalidArgument,
+                "x.dtype = bf16 does not match the expected fp8_e4m3");
+  EXPECT_TRUE(ValidateXScales(c, View(DType::kUint8, {3, 2}), 3).ok());
+  ExpectMessage(ValidateXScales(c, View(DType::kFp32, {3, 2}), 3), StatusCode::kInvalidArgument,
+                "x_scales.dtype = fp32 does not match the expected uint8");
+  ExpectMessage(ValidateXScales(c, View(DType::kUint8, {3, 3}), 3), StatusCode::kInvalidArgument,
+                "x_scales.shape[1] = 3 does not match hidden / 128 = 2");
+  c.scale_format = ScaleFormat::kFp32;
+  EXPECT_TRUE(ValidateXScales(c, View(DType::kFp32, {3, 2}), 3).ok());
+}
+
+TEST(OpValidationTest, InPlaceCombineNeedsTheTokenDtypeInRecvX) {
+  EXPECT_TRUE(ValidateInPlaceCombine(Config()).ok());
+  GroupConfig c = Config();
+  c.hidden = 256;
+  c.dispatch_format = DispatchFormat::kFp8E4m3;
+  ExpectMessage(ValidateInPlaceCombine(c), StatusCode::kInvalidArgument,
+                "expert_out is required: group 'g' dispatches fp8_e4m3, so recv_x cannot hold "
+                "the bf16 expert outputs in place");
+}
+
 TEST(OpValidationTest, RanksSourcesAndHandleNames) {
   EXPECT_TRUE(CheckRequestRank(-1, 1).ok());
   EXPECT_TRUE(CheckRequestRank(1, 1).ok());

@@ -3,7 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <vector>
+
+#include "common/fp8.h"
 
 namespace epd::reference {
 namespace {
@@ -184,6 +188,138 @@ TEST(ReferenceOpsTest, RankMajorCombineAddsEachRankOnceUnweighted) {
   // Token 0 reaches ranks 0 and 1, token 1 only rank 1, token 2 both.
   const float copies[3] = {2.0f, 1.0f, 2.0f};
   for (int t = 0; t < 3; ++t) EXPECT_EQ(out[t * kHidden + 5], copies[t] * (10.0f * t + 5));
+}
+
+// FP8 dispatch on the same routing, H = 256 (two scale blocks): every received row is the
+// quantized source token (or the source's own bytes when it pre-quantized them).
+struct Fp8Case {
+  Fp8Case(Layout output_layout, ScaleFormat format, bool prequantized) {
+    config = TinyConfig(output_layout);
+    config.hidden = kFp8Hidden;
+    config.dtype = DType::kBf16;
+    config.dispatch_format = DispatchFormat::kFp8E4m3;
+    config.scale_format = format;
+    layout = ComputeHandleLayout(config);
+    const std::vector<std::vector<int32_t>> ids = {{1, 2, 3, -1, 0, 2}, {2, 0, -1, -1}};
+    const int tokens[2] = {3, 2};
+    const size_t scale_bytes = config.scale_row_bytes();
+    for (int r = 0; r < 2; ++r) {
+      Rank& rank = ranks[r];
+      rank.n = tokens[r];
+      for (int i = 0; i < rank.n * kFp8Hidden; ++i) {
+        rank.x.push_back(FloatToBf16((i % 7 - 3) * (1.0f + r) * (1 + i / 128) * 0.3f));
+      }
+      rank.q.resize(rank.n * kFp8Hidden);
+      rank.scales.resize(rank.n * scale_bytes);
+      for (int t = 0; t < rank.n; ++t) {
+        QuantizeRowE4m3(rank.x.data() + t * kFp8Hidden, kFp8Hidden, format,
+                        rank.q.data() + t * kFp8Hidden, rank.scales.data() + t * scale_bytes);
+      }
+      if (prequantized) {  // a frontend's own quantizer: different bytes, copied untouched
+        for (size_t i = 0; i < rank.q.size(); ++i) rank.q[i] = static_cast<uint8_t>(i * 13 + r);
+        for (size_t i = 0; i < rank.scales.size(); ++i)
+          rank.scales[i] = static_cast<uint8_t>(i + 1);
+      }
+      rank.topk.resize(6);
+      rank.weights.resize(6);
+      rank.counts.resize(4);
+      EXPECT_TRUE(BindRouting(config, ids[r].data(), DType::kInt32, nullptr, rank.n,
+                              rank.topk.data(), rank.weights.data(), rank.counts.data())
+                      .ok());
+      rank.exported.assign(layout.exported_bytes, std::byte{0x7f});
+      SourceRank source{rank.n, rank.x.data(), rank.topk.data(), rank.weights.data(),
+                        rank.counts.data()};
+      if (prequantized) {
+        source.x = rank.q.data();
+        source.x_scales = rank.scales.data();
+      }
+      sources.push_back(source);
+    }
+    for (int r = 0; r < 2; ++r) {
+      DispatchReceive(config, r, sources, ReceiveBuffersAt(ranks[r].exported.data(), layout));
+    }
+  }
+  // Received row `row` of rank d equals token t of rank s (bytes and scales).
+  void ExpectRow(int d, size_t row, int s, int t) {
+    ReceiveBuffers out = ReceiveBuffersAt(ranks[d].exported.data(), layout);
+    const size_t scale_bytes = config.scale_row_bytes();
+    EXPECT_EQ(std::memcmp(static_cast<uint8_t*>(out.recv_x) + row * kFp8Hidden,
+                          ranks[s].q.data() + t * kFp8Hidden, kFp8Hidden),
+              0)
+        << "rank " << d << " row " << row;
+    EXPECT_EQ(std::memcmp(static_cast<uint8_t*>(out.recv_scales) + row * scale_bytes,
+                          ranks[s].scales.data() + t * scale_bytes, scale_bytes),
+              0)
+        << "scales of rank " << d << " row " << row;
+  }
+  void ExpectZeroRow(int d, size_t row) {
+    ReceiveBuffers out = ReceiveBuffersAt(ranks[d].exported.data(), layout);
+    const size_t scale_bytes = config.scale_row_bytes();
+    for (int h = 0; h < kFp8Hidden; ++h) {
+      ASSERT_EQ(static_cast<uint8_t*>(out.recv_x)[row * kFp8Hidden + h], 0) << row;
+    }
+    for (size_t b = 0; b < scale_bytes; ++b) {
+      ASSERT_EQ(static_cast<uint8_t*>(out.recv_scales)[row * scale_bytes + b], 0) << row;
+    }
+  }
+
+  static constexpr int kFp8Hidden = 256;
+  struct Rank {
+    int n = 0;
+    std::vector<uint16_t> x;
+    std::vector<uint8_t> q, scales;
+    std::vector<float> weights;
+    std::vector<int32_t> topk, counts;
+    std::vector<std::byte> exported;
+  };
+  GroupConfig config;
+  HandleLayout layout;
+  Rank ranks[2];
+  std::vector<SourceRank> sources;
+};
+
+TEST(ReferenceOpsFp8Test, ExpertMajorRowsAreTheQuantizedTokens) {
+  for (ScaleFormat format : {ScaleFormat::kFp32, ScaleFormat::kUe8m0}) {
+    for (bool prequantized : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << ScaleFormatName(format) << " pre " << prequantized);
+      Fp8Case f(Layout::kExpertMajor, format, prequantized);
+      // Same placement as ExpertMajorRowsArePackedInSourceTokenKOrder.
+      f.ExpectRow(0, 0, 0, 2);
+      f.ExpectRow(0, 1, 1, 0);
+      f.ExpectRow(0, 2, 0, 0);
+      f.ExpectRow(1, 0, 0, 0);
+      f.ExpectRow(1, 1, 0, 2);
+      f.ExpectRow(1, 2, 1, 0);
+      f.ExpectRow(1, 3, 0, 1);
+    }
+  }
+}
+
+TEST(ReferenceOpsFp8Test, RankMajorAbsentRowsAreZeroInRowsAndScales) {
+  for (ScaleFormat format : {ScaleFormat::kFp32, ScaleFormat::kUe8m0}) {
+    for (bool prequantized : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << ScaleFormatName(format) << " pre " << prequantized);
+      Fp8Case f(Layout::kRankMajor, format, prequantized);
+      f.ExpectRow(0, 0, 0, 0);
+      f.ExpectZeroRow(0, 1);  // rank 0 token 1 goes only to rank 1
+      f.ExpectRow(0, 2, 0, 2);
+      f.ExpectRow(0, 3, 1, 0);
+      f.ExpectZeroRow(0, 4);  // rank 1 token 1 has no expert
+      f.ExpectZeroRow(0, 5);  // t >= n
+      f.ExpectRow(1, 1, 0, 1);
+    }
+  }
+}
+
+TEST(ReferenceOpsFp8Test, QuantizedRowsDequantizeCloseToTheTokens) {
+  Fp8Case f(Layout::kExpertMajor, ScaleFormat::kFp32, /*prequantized=*/false);
+  ReceiveBuffers out = ReceiveBuffersAt(f.ranks[0].exported.data(), f.layout);
+  const auto* q = static_cast<const uint8_t*>(out.recv_x);  // row 0 = rank 0 token 2
+  const auto* scales = static_cast<const float*>(out.recv_scales);
+  for (int h = 0; h < Fp8Case::kFp8Hidden; ++h) {
+    const float v = Bf16ToFloat(f.ranks[0].x[2 * Fp8Case::kFp8Hidden + h]);
+    EXPECT_NEAR(DecodeE4m3(q[h]) * scales[h / 128], v, std::fabs(v) / 16 + 1e-3f) << h;
+  }
 }
 
 }  // namespace

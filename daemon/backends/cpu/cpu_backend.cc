@@ -310,14 +310,15 @@ class CpuBackend : public Backend {
 
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override {
     auto& me = static_cast<CpuHandle&>(handle);
-    if (Status bad = CheckTokenRows(me, args.x, "dispatch", "x"); !bad.ok()) {
+    if (Status bad = CheckDispatchInput(me, args); !bad.ok()) {
       Abandon(handle, CollectiveKind::kDispatch, bad);
       return bad;
     }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
-    streams_[me.node_rank()]->Enqueue([this, &me, seq, x = args.x.data] {
-      return RunDispatch(me, seq, RankPart{&me, x});
-    });
+    streams_[me.node_rank()]->Enqueue(
+        [this, &me, seq, x = args.x.data, x_scales = args.x_scales.data] {
+          return RunDispatch(me, seq, RankPart{&me, x, x_scales});
+        });
     return OkStatus();
   }
 
@@ -366,14 +367,30 @@ class CpuBackend : public Backend {
   // directly (tests) get the same protection against a short or mistyped tensor.
   static Status CheckTokenRows(const CpuHandle& me, const TensorView& t, std::string_view op,
                                std::string_view field) {
+    return CheckRows(me, t, op, field, me.config().dtype, me.config().hidden);
+  }
+  static Status CheckRows(const CpuHandle& me, const TensorView& t, std::string_view op,
+                          std::string_view field, DType dtype, int64_t columns) {
     const GroupConfig& c = me.config();
     const int n = me.num_tokens();
-    if (t.dtype != c.dtype || t.shape.size() != 2 || t.shape[0] < n || t.shape[1] != c.hidden ||
+    if (t.dtype != dtype || t.shape.size() != 2 || t.shape[0] < n || t.shape[1] != columns ||
         (n > 0 && t.data == nullptr)) {
       return InvalidArgumentError("{} of group '{}': {} must be {} [>= {}, {}]", op, c.name, field,
-                                  DTypeName(c.dtype), n, c.hidden);
+                                  DTypeName(dtype), n, columns);
     }
     return OkStatus();
+  }
+  // Dispatch's x: token rows, or with fp8 dispatch pre-quantized e4m3 rows with x_scales.
+  static Status CheckDispatchInput(const CpuHandle& me, const DispatchArgs& args) {
+    const GroupConfig& c = me.config();
+    if (args.x_scales.data == nullptr) return CheckTokenRows(me, args.x, "dispatch", "x");
+    if (!c.fp8_dispatch()) {
+      return InvalidArgumentError("dispatch of group '{}': x_scales is set, but the group "
+                                  "dispatches {}",
+                                  c.name, DTypeName(c.dtype));
+    }
+    EPD_RETURN_IF_ERROR(CheckRows(me, args.x, "dispatch", "x", DType::kFp8E4m3, c.hidden));
+    return CheckRows(me, args.x_scales, "dispatch", "x_scales", c.scale_dtype(), c.scale_blocks());
   }
 
   Status WaitCounter(int node_rank, uint64_t* counter_word, uint64_t value) {
@@ -403,6 +420,7 @@ class CpuBackend : public Backend {
   struct RankPart {
     CpuHandle* handle;
     const void* tensor;
+    const void* scales = nullptr;  // dispatch of pre-quantized fp8 x: its x_scales
   };
   static const RankPart& PartOf(const void* part) { return *static_cast<const RankPart*>(part); }
 
@@ -427,6 +445,7 @@ class CpuBackend : public Backend {
     std::vector<reference::SourceRank> sources;
     for (const void* part : parts) {
       sources.push_back(PartOf(part).handle->Source(PartOf(part).tensor));
+      sources.back().x_scales = PartOf(part).scales;
     }
     // Every rank sees the same counts, so every rank reports the same overflow.
     Status status = reference::CheckCapacity(config, sources);

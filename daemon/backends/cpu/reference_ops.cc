@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "common/fp8.h"
+
 namespace epd::reference {
 namespace {
 
@@ -11,6 +13,35 @@ int64_t LoadIndex(const void* topk_idx, DType dtype, size_t i) {
 }
 
 size_t RowBytes(const GroupConfig& c) { return static_cast<size_t>(c.hidden) * DTypeSize(c.dtype); }
+
+// Writes token t of `src` as received row `row`: the token's bytes, or with fp8 dispatch its
+// e4m3 row and scales (quantized here, or copied when the source pre-quantized them).
+void WriteRow(const GroupConfig& c, const SourceRank& src, int t, const ReceiveBuffers& out,
+              size_t row) {
+  const size_t row_bytes = c.recv_row_bytes();
+  char* dst = static_cast<char*>(out.recv_x) + row * row_bytes;
+  if (!c.fp8_dispatch()) {
+    std::memcpy(dst, static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
+    return;
+  }
+  const size_t scale_bytes = c.scale_row_bytes();
+  char* dst_scales = static_cast<char*>(out.recv_scales) + row * scale_bytes;
+  if (src.x_scales != nullptr) {
+    std::memcpy(dst, static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
+    std::memcpy(dst_scales, static_cast<const char*>(src.x_scales) + t * scale_bytes, scale_bytes);
+    return;
+  }
+  QuantizeRowE4m3(static_cast<const uint16_t*>(src.x) + static_cast<size_t>(t) * c.hidden, c.hidden,
+                  c.scale_format, reinterpret_cast<uint8_t*>(dst), dst_scales);
+}
+
+void ZeroRow(const GroupConfig& c, const ReceiveBuffers& out, size_t row) {
+  std::memset(static_cast<char*>(out.recv_x) + row * c.recv_row_bytes(), 0, c.recv_row_bytes());
+  if (c.fp8_dispatch()) {
+    std::memset(static_cast<char*>(out.recv_scales) + row * c.scale_row_bytes(), 0,
+                c.scale_row_bytes());
+  }
+}
 
 // Selections of expert e made by ranks before `rank`.
 int64_t SelectionsBefore(const std::vector<SourceRank>& ranks, int rank, int expert) {
@@ -47,6 +78,7 @@ ReceiveBuffers ReceiveBuffersAt(void* base, const HandleLayout& h) {
       reinterpret_cast<float*>(at(h.recv_topk_weights_offset, h.recv_topk_weights_bytes));
   b.recv_counts = reinterpret_cast<int32_t*>(at(h.recv_counts_offset, h.recv_counts_bytes));
   b.recv_offsets = reinterpret_cast<int32_t*>(at(h.recv_offsets_offset, h.recv_offsets_bytes));
+  b.recv_scales = at(h.recv_scales_offset, h.recv_scales_bytes);
   return b;
 }
 
@@ -92,9 +124,6 @@ Status CheckCapacity(const GroupConfig& c, const std::vector<SourceRank>& ranks)
 void DispatchReceive(const GroupConfig& c, int d, const std::vector<SourceRank>& ranks,
                      const ReceiveBuffers& out) {
   const int R = c.world_size(), L = c.local_experts(), K = c.top_k, T = c.max_tokens_per_rank;
-  const size_t row_bytes = RowBytes(c);
-  auto* recv_x = static_cast<char*>(out.recv_x);
-
   if (c.layout == Layout::kExpertMajor) {
     const std::vector<int32_t> offsets = ExpertOffsets(c, d, ranks);
     for (int l = 0; l < L; ++l) {
@@ -106,8 +135,7 @@ void DispatchReceive(const GroupConfig& c, int d, const std::vector<SourceRank>&
           for (int k = 0; k < K; ++k) {
             const size_t i = static_cast<size_t>(t) * K + k;
             if (src.topk_idx[i] != e) continue;
-            std::memcpy(recv_x + row * row_bytes, static_cast<const char*>(src.x) + t * row_bytes,
-                        row_bytes);
+            WriteRow(c, src, t, out, static_cast<size_t>(row));
             out.recv_src[row * 3 + 0] = s;
             out.recv_src[row * 3 + 1] = t;
             out.recv_src[row * 3 + 2] = k;
@@ -144,10 +172,9 @@ void DispatchReceive(const GroupConfig& c, int d, const std::vector<SourceRank>&
         out.recv_topk_weights[row * K + k] = w;
       }
       if (present) {
-        std::memcpy(recv_x + row * row_bytes, static_cast<const char*>(src.x) + t * row_bytes,
-                    row_bytes);
+        WriteRow(c, src, t, out, row);
       } else {
-        std::memset(recv_x + row * row_bytes, 0, row_bytes);
+        ZeroRow(c, out, row);
       }
     }
   }

@@ -13,6 +13,9 @@
 //    acc = acc + w * z with two roundings (never a fused multiply-add), stored in the token
 //    dtype with round-to-nearest-even. Rank-major counts each destination rank once, at the
 //    first k that selects it, with weight 1 (the frontend pre-reduced that row).
+//  - fp8 dispatch: a received row is QuantizeRowE4m3 of the source's bf16 token (common/fp8.h),
+//    or, when the source passed pre-quantized x and x_scales, a byte copy of both; absent
+//    rank-major rows have zero bytes in recv_x and recv_scales.
 #pragma once
 
 #include <cstdint>
@@ -26,10 +29,11 @@ namespace epd::reference {
 // One rank's routing after UpdateHandle, plus its tokens for the current dispatch.
 struct SourceRank {
   int num_tokens = 0;
-  const void* x = nullptr;                 // [n, H] token dtype (dispatch only)
+  const void* x = nullptr;                 // [n, H] token dtype, or e4m3 (dispatch only)
   const int32_t* topk_idx = nullptr;       // [n, K]
   const float* topk_weights = nullptr;     // [n, K]
   const int32_t* expert_counts = nullptr;  // [E]
+  const void* x_scales = nullptr;          // [n, H / 128] when x is pre-quantized e4m3
 };
 
 // Pointers into one rank's exported handle region (see HandleLayout).
@@ -41,6 +45,7 @@ struct ReceiveBuffers {
   float* recv_topk_weights = nullptr;
   int32_t* recv_counts = nullptr;
   int32_t* recv_offsets = nullptr;
+  void* recv_scales = nullptr;  // fp8 dispatch
 };
 ReceiveBuffers ReceiveBuffersAt(void* exported_base, const HandleLayout& layout);
 

@@ -267,6 +267,7 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   buffers.recv_topk_idx = handle->recv<int32_t>(l.recv_topk_idx_offset, l.recv_topk_idx_bytes);
   buffers.recv_topk_weights =
       handle->recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
+  buffers.recv_scales = handle->recv<char>(l.recv_scales_offset, l.recv_scales_bytes);
   const size_t entry =
       offsetof(kernels::PeerTable, handles) +
       (static_cast<size_t>(slot) * kernels::kMaxRanks + group_rank) * sizeof(kernels::PeerBuffers);

@@ -7,6 +7,7 @@
 
 #include "common/fence_page.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
+#include "daemon/backends/cuda/dispatch_payload.h"
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
 #include "daemon/core/log.h"
@@ -161,16 +162,15 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   const int group_rank = me.group_rank_;
   // The op takes its number even when its arguments are rejected: the peers learn at once.
   const uint64_t seq = group.NextSeq(group_rank);
-  const TensorView& x = args.x;
   const int n = me.num_tokens();
-  if (Status bad = CheckTokenRows(x, c, n, "dispatch", "x"); !bad.ok()) {
+  kernels::DispatchParams params;
+  if (Status bad = SetDispatchPayload(c, args, n, &params); !bad.ok()) {
     AbandonOp(me, seq, CollectiveKind::kDispatch, bad);
     return bad;
   }
   RankState& rank = *ranks_[me.node_rank_];
   EPD_CUDA_CHECK(cudaSetDevice(rank.device));
   const HandlePrivateLayout& p = me.private_layout_;
-  kernels::DispatchParams params;
   params.world_size = c.world_size();
   params.rank = group_rank;
   params.experts = c.experts;
@@ -179,8 +179,6 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   params.max_tokens = c.max_tokens_per_rank;
   params.capacity = c.capacity();
   params.rank_major = c.layout == Layout::kRankMajor;
-  params.row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
-  params.x = x.data;
   params.topk_idx = me.priv<int32_t>(p.topk_idx);
   params.topk_weights = me.priv<float>(p.topk_weights);
   params.expert_counts = me.priv<int32_t>(p.expert_counts);
@@ -200,8 +198,7 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
                              PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
   const int64_t rows =
       params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
-  const int64_t parts = (params.row_bytes / 16 + kernels::kDispatchVectorsPerPart - 1) /
-                        kernels::kDispatchVectorsPerPart;
+  const int64_t parts = kernels::DispatchRowParts(params);
   const int blocks = GridBlocks(rows * parts, group.max_blocks_);
   EPD_CUDA_CHECK(kernels::LaunchDispatch(params, blocks, rank.stream->get()));
   return OkStatus();
@@ -215,7 +212,12 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   const uint64_t seq = group.NextSeq(group_rank);  // see Dispatch
   const TensorView& out = args.out;
   const int n = me.num_tokens();
-  if (Status bad = CheckTokenRows(out, c, n, "combine", "out"); !bad.ok()) {
+  Status bad = CheckTokenRows(out, c, n, "combine", "out");
+  if (bad.ok() && args.expert_out == nullptr && c.fp8_dispatch()) {
+    bad = InvalidArgumentError(
+        "combine of group '{}': no expert_out given; with fp8 dispatch recv_x is e4m3", c.name);
+  }
+  if (!bad.ok()) {
     AbandonOp(me, seq, CollectiveKind::kCombine, bad);
     return bad;
   }

@@ -1,0 +1,104 @@
+// The row payload of dispatch: what one warp writes for one part of one received row. The
+// dispatch kernel decides where rows go; these decide what a row holds:
+//  - kPayloadCopy: the token's bytes (16-byte vectors, kDispatchVectorsPerPart per part);
+//  - kPayloadQuantize: the bf16 token quantized to e4m3 + its block scales (fp8_quant.cuh),
+//    kDispatchBlocksPerPart blocks per part, two blocks per warp step;
+//  - kPayloadPrequantized: the frontend's e4m3 bytes and scales, copied.
+// Absent rank-major rows are zero in recv_x and (fp8) in recv_scales.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dispatch.cuh"
+#include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/fp8_quant.cuh"
+
+namespace epd::kernels::detail {
+
+// Where part `part` of received row `row` of `peer` goes (fp8 payloads): its 128-channel
+// blocks [first, first + count), the row's e4m3 bytes and the row's scales.
+struct Fp8Part {
+  int first = 0, count = 0, scale_bytes = 4;
+  uint8_t* row = nullptr;
+  char* scales = nullptr;
+};
+__device__ __forceinline__ Fp8Part DestinationPart(const DispatchParams& p,
+                                                   const PeerBuffers& peer, int64_t row,
+                                                   int part) {
+  Fp8Part d;
+  const int blocks = p.hidden / kFp8BlockChannels;
+  d.first = part * kDispatchBlocksPerPart;
+  d.count = min(kDispatchBlocksPerPart, blocks - d.first);
+  d.scale_bytes = p.ue8m0_scales ? 1 : 4;
+  d.row = static_cast<uint8_t*>(peer.recv_x) + row * p.hidden;
+  d.scales = static_cast<char*>(peer.recv_scales) + row * blocks * d.scale_bytes;
+  return d;
+}
+
+// Writes part `part` of token t of this rank as row `row` of `peer`. Whole warp.
+__device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const PeerBuffers& peer,
+                                                 int64_t row, int t, int part, int lane) {
+  if (p.payload == kPayloadCopy) {
+    const int vectors = static_cast<int>(p.row_bytes / 16);
+    const int first = part * kDispatchVectorsPerPart;
+    WarpCopyRow(
+        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first,
+        reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes) + first,
+        min(kDispatchVectorsPerPart, vectors - first), lane);
+    return;
+  }
+  const Fp8Part d = DestinationPart(p, peer, row, part);
+  const int first = d.first, count = d.count, scale_bytes = d.scale_bytes;
+  uint8_t* dst_row = d.row;
+  char* dst_scales = d.scales;
+  if (p.payload == kPayloadPrequantized) {
+    const uint8_t* src_row = static_cast<const uint8_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
+    WarpCopyRow(reinterpret_cast<int4*>(dst_row + first * kFp8BlockChannels),
+                reinterpret_cast<const int4*>(src_row + first * kFp8BlockChannels),
+                count * (kFp8BlockChannels / 16), lane);
+    const char* src_scales = static_cast<const char*>(p.x_scales) +
+                             static_cast<int64_t>(t) * (p.hidden / kFp8BlockChannels) * scale_bytes;
+    if (lane < count) {
+      const int b = first + lane;
+      if (scale_bytes == 4) {
+        // bit copy: a frontend may pass any 32-bit pattern
+        reinterpret_cast<uint32_t*>(dst_scales)[b] = reinterpret_cast<const uint32_t*>(src_scales)[b];
+      } else {
+        dst_scales[b] = src_scales[b];
+      }
+    }
+    return;
+  }
+  // kPayloadQuantize: lanes 0-15 take even blocks of the part, lanes 16-31 odd ones.
+  const uint16_t* src_row = static_cast<const uint16_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
+  const int half = lane >> 4, lane16 = lane & 15;
+  for (int pair = 0; pair < (count + 1) / 2; ++pair) {
+    const int b = first + 2 * pair + half;
+    const bool valid = b < first + count;
+    const int safe_b = valid ? b : first;  // an address inside the row, never dereferenced
+    QuantizeBlockHalfWarp(src_row + safe_b * kFp8BlockChannels,
+                          dst_row + safe_b * kFp8BlockChannels, dst_scales + safe_b * scale_bytes,
+                          p.ue8m0_scales != 0, valid, lane16);
+  }
+}
+
+// Zeroes part `part` of row `row` of `peer` (an absent rank-major row). Whole warp.
+__device__ __forceinline__ void ZeroPayloadPart(const DispatchParams& p, const PeerBuffers& peer,
+                                                int64_t row, int part, int lane) {
+  if (p.payload == kPayloadCopy) {
+    const int vectors = static_cast<int>(p.row_bytes / 16);
+    const int first = part * kDispatchVectorsPerPart;
+    WarpZeroRow(
+        reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes) + first,
+        min(kDispatchVectorsPerPart, vectors - first), lane);
+    return;
+  }
+  const Fp8Part d = DestinationPart(p, peer, row, part);
+  WarpZeroRow(reinterpret_cast<int4*>(d.row + d.first * kFp8BlockChannels),
+              d.count * (kFp8BlockChannels / 16), lane);
+  for (int i = lane; i < d.count * d.scale_bytes; i += 32) {
+    d.scales[d.first * d.scale_bytes + i] = 0;
+  }
+}
+
+}  // namespace epd::kernels::detail
