@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "daemon/core/allocation_counter.h"
@@ -50,12 +51,30 @@ class ExportedMemory : public Memory {
   virtual MemorySource Describe() const = 0;  // what a client opens; offset 0, size = size()
 };
 
+enum class ComputeMode { kUnknown = 0, kDefault = 1, kExclusiveProcess = 2, kProhibited = 3 };
+constexpr std::string_view ComputeModeName(ComputeMode mode) {
+  switch (mode) {
+    case ComputeMode::kDefault:
+      return "default";
+    case ComputeMode::kExclusiveProcess:
+      return "exclusive-process";
+    case ComputeMode::kProhibited:
+      return "prohibited";
+    default:
+      return "unknown";
+  }
+}
+
 struct NodeGpu {
   int index = 0;
   std::string name;
   std::string uuid;
   uint64_t total_memory_bytes = 0;
   int compute_capability = 0;  // major * 10 + minor
+  // The daemon's context is an MPS client: its streams and the frontends' run concurrently.
+  // Without MPS every daemon/frontend hand-off is a context switch (~200 us on H200).
+  bool mps_active = false;
+  ComputeMode compute_mode = ComputeMode::kUnknown;
 };
 
 struct NodeDescription {

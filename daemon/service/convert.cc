@@ -301,6 +301,13 @@ void ToProto(const GroupSummary& group, v1::GroupSummary* out) {
   out->set_handles(group.handles);
 }
 
+// NOTE: the core's ComputeMode mirrors the proto enum value for value.
+static_assert(static_cast<int>(ComputeMode::kDefault) == v1::COMPUTE_MODE_DEFAULT &&
+              static_cast<int>(ComputeMode::kExclusiveProcess) ==
+                  v1::COMPUTE_MODE_EXCLUSIVE_PROCESS &&
+              static_cast<int>(ComputeMode::kProhibited) == v1::COMPUTE_MODE_PROHIBITED &&
+              static_cast<int>(ComputeMode::kUnknown) == v1::COMPUTE_MODE_UNSPECIFIED);
+
 void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& groups,
              std::string_view daemon_version, v1::NodeInfo* out) {
   out->set_daemon_version(std::string(daemon_version));
@@ -313,6 +320,8 @@ void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& group
     proto->set_uuid(gpu.uuid);
     proto->set_total_memory_bytes(gpu.total_memory_bytes);
     proto->set_compute_capability(gpu.compute_capability);
+    proto->set_mps_active(gpu.mps_active);
+    proto->set_compute_mode(static_cast<v1::ComputeMode>(gpu.compute_mode));
   }
   out->set_nccl_version(node.nccl_version);
   for (const auto& group : groups) *out->add_groups() = ToProto(group.config);

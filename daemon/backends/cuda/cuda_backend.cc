@@ -27,6 +27,19 @@ std::string FormatUuid(const cudaUUID_t& uuid) {
       b[15]);
 }
 
+ComputeMode FromCuda(int mode) {
+  switch (mode) {
+    case cudaComputeModeDefault:
+      return ComputeMode::kDefault;
+    case cudaComputeModeExclusiveProcess:
+      return ComputeMode::kExclusiveProcess;
+    case cudaComputeModeProhibited:
+      return ComputeMode::kProhibited;
+    default:
+      return ComputeMode::kUnknown;
+  }
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOptions& options) {
@@ -61,6 +74,12 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     rank->info.total_memory_bytes = prop.totalGlobalMem;
     rank->info.compute_capability = prop.major * 10 + prop.minor;
     rank->sm_count = prop.multiProcessorCount;
+    int mps = 0, compute_mode = 0;
+    // NOTE: after cudaSetDevice made the context: whether it is an MPS client is decided then.
+    EPD_CUDA_CHECK(cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, device));
+    EPD_CUDA_CHECK(cudaDeviceGetAttribute(&compute_mode, cudaDevAttrComputeMode, device));
+    rank->info.mps_active = mps != 0;
+    rank->info.compute_mode = FromCuda(compute_mode);
     // NOTE: before any op: a lazily loaded kernel's first launch would wait for the device
     // to go idle, i.e. for a fence-wait kernel that spins until the op is answered.
     EPD_CUDA_CHECK(kernels::PreloadKernels());
@@ -94,9 +113,16 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     }
   }
   for (const auto& rank : backend->ranks_) {
-    EPD_LOG(kCuda, info, "rank {}: GPU {} {} ({}, {} GiB, sm_{}, {} SMs)", rank->info.index,
-            rank->device, rank->info.name, rank->info.uuid, rank->info.total_memory_bytes >> 30,
-            rank->info.compute_capability, rank->sm_count);
+    EPD_LOG(kCuda, info, "rank {}: GPU {} {} ({}, {} GiB, sm_{}, {} SMs, compute mode {}, MPS {})",
+            rank->info.index, rank->device, rank->info.name, rank->info.uuid,
+            rank->info.total_memory_bytes >> 30, rank->info.compute_capability, rank->sm_count,
+            ComputeModeName(rank->info.compute_mode), rank->info.mps_active ? "on" : "off");
+    if (!rank->info.mps_active) {
+      EPD_LOG(kCuda, info,
+              "rank {}: no MPS: ops on the daemon's streams pay a context switch per hand-off "
+              "(~200 us); frontends with CUDA default to launching ops themselves",
+              rank->info.index);
+    }
   }
   return backend;
 }
