@@ -109,6 +109,24 @@ class BackendHandle {
   virtual int num_tokens() const = 0;      // tokens bound by the last UpdateHandle
 };
 
+// Byte offsets of a handle's private buffers (the routing UpdateHandle binds and dispatch
+// reads) inside its private region; shapes in kernels/routing.cuh.
+struct HandlePrivateOffsets {
+  uint64_t topk_idx = 0, topk_weights = 0, expert_counts = 0, slot = 0, local_rank = 0,
+           bound_tokens = 0, bytes = 0;
+};
+
+// What a backend exports of one rank's handle so that the rank's frontend can launch the
+// collective kernels itself (the frontend-launched data path): the private region and the
+// rank's sync area, both daemon-owned memory the frontend maps once.
+struct DataPlaneExport {
+  MemorySource private_region;
+  HandlePrivateOffsets private_offsets;
+  MemorySource sync_area;
+  uint64_t sync_area_bytes = 0;
+  int max_blocks = 1;  // grid bound of one collective kernel on this group
+};
+
 struct UpdateArgs {
   TensorView topk_idx;      // [n, K] int32 or int64
   TensorView topk_weights;  // [n, K] f32; data null when absent
@@ -157,6 +175,18 @@ class Backend {
   // The daemon stops after its drain timeout: host-side waits (fences, barriers) should give
   // up now with UNAVAILABLE instead of running to op_timeout. Device waits stay bounded.
   virtual void BeginShutdown() {}
+
+  // --- the frontend-launched data path (backends with a device data plane) ---
+  // Exports `handle`'s private region and sync area; FAILED_PRECONDITION where the backend
+  // has no device data plane (cpu: frontends use the daemon's ops).
+  virtual StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& group, BackendHandle& handle);
+  // Called when the group's ops move to frontends (dead_group_rank < 0), and when a
+  // frontend-launched rank's frontend ended, maybe mid-op (dead_group_rank >= 0). Clears the
+  // dead rank's sync area (its kernels are gone with its context; the survivors' in-flight
+  // kernels time out on their own) and returns a sequence base above every op sequence
+  // number any rank used on the group so far, plus kGroupResetSequenceGap; the daemon's own
+  // numbering continues from it too.
+  virtual StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank);
 };
 
 }  // namespace epd

@@ -11,8 +11,11 @@
 #include <set>
 #include <thread>
 
+#include <unistd.h>
+
 #include "daemon/core/buffer_registry.h"
 #include "daemon/core/collective_matcher.h"
+#include "daemon/core/data_plane.h"
 #include "common/fence_page.h"
 #include "daemon/core/log.h"
 #include "daemon/core/rank_worker.h"
@@ -28,6 +31,7 @@ struct Group {
   int handles = 0;        // guarded by the engine mutex
   std::unique_ptr<BackendGroup> backend;
   std::unique_ptr<CollectiveMatcher> matcher;
+  std::unique_ptr<GroupDataPlane> data_plane;  // set at the first AttachDataPlane; engine mutex
 };
 
 // What the latest executed op of one kind ended with, including a device error that
@@ -117,6 +121,13 @@ std::string PersistentKey(std::string_view name, int node_rank) {
 // happen under the engine lock: callers collect them here and drop them after unlocking.
 using Released = std::vector<std::shared_ptr<const void>>;
 
+// A frontend-launched rank whose frontend ended: its group's device sync state is reset once
+// the engine lock is released (ResetDataPlane synchronises with the device).
+struct LaunchRelease {
+  std::shared_ptr<Group> group;
+  int group_rank = 0;
+};
+
 class Engine::Impl {
  public:
   Impl(std::unique_ptr<Backend> backend, EngineOptions options)
@@ -170,6 +181,7 @@ class Engine::Impl {
   Status CloseSession(SessionId id, std::string_view reason) {
     std::shared_ptr<Session> session;
     std::vector<std::shared_ptr<Group>> groups_to_abort;
+    std::vector<LaunchRelease> launches;
     Released released;  // destroyed after the lock below
     {
       std::lock_guard lock(mutex_);
@@ -180,7 +192,10 @@ class Engine::Impl {
       session->closed = true;
       std::set<Group*> seen;
       for (auto& [handle_id, handle] : session->handles) {
-        if (seen.insert(handle->group.get()).second) groups_to_abort.push_back(handle->group);
+        if (seen.insert(handle->group.get()).second) {
+          groups_to_abort.push_back(handle->group);
+          ReleaseLaunchesLocked(id, handle->group, launches);
+        }
         DetachLocked(*handle, released);
       }
       for (auto git = groups_.begin(); git != groups_.end();) {
@@ -203,6 +218,7 @@ class Engine::Impl {
         UnavailableError("rank {}'s session {:016x} ended ({}) while the group waited for it",
                          session->rank, id, reason);
     for (auto& group : groups_to_abort) group->matcher->Abort(abort);
+    ResetLaunchedGroups(launches, reason);
     EPD_LOG(kCore, info,
             "session {:016x} (rank {}) closed: {}; releasing {} handles, {} buffers, "
             "{} fences",
@@ -427,14 +443,25 @@ class Engine::Impl {
   }
 
   Status DestroyHandle(SessionId id, ObjectId handle_id) {
-    Released released;  // destroyed after the lock below
-    std::lock_guard lock(mutex_);
+    std::vector<LaunchRelease> launches;
+    {
+      Released released;  // destroyed after the lock below
+      std::lock_guard lock(mutex_);
+      EPD_RETURN_IF_ERROR(DestroyHandleLocked(id, handle_id, released, launches));
+    }
+    ResetLaunchedGroups(launches, "its handle was destroyed");
+    return OkStatus();
+  }
+
+  Status DestroyHandleLocked(SessionId id, ObjectId handle_id, Released& released,
+                             std::vector<LaunchRelease>& launches) {
     EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
     auto it = session->handles.find(handle_id);
     if (it == session->handles.end()) {
       return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
     }
     std::shared_ptr<Handle> handle = it->second;
+    ReleaseLaunchesLocked(id, handle->group, launches);
     released.push_back(handle);
     DetachLocked(*handle, released);
     if (handle->persistent) {
@@ -669,6 +696,120 @@ class Engine::Impl {
     }
   }
 
+  // ---------------------------------------------------------------- frontend-launched ops
+ public:
+  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId id, ObjectId handle_id) {
+    std::shared_ptr<Handle> me;
+    std::vector<std::shared_ptr<Handle>> members;
+    bool first = false;
+    {
+      std::lock_guard lock(mutex_);
+      EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+      auto it = session->handles.find(handle_id);
+      if (it == session->handles.end()) {
+        return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
+      }
+      me = it->second;
+      EPD_ASSIGN_OR_RETURN(members, GroupMembersLocked(*me->group));
+      first = me->group->data_plane == nullptr;
+    }
+    Group& group = *me->group;
+    DataPlaneInfo info;
+    info.handle_id = handle_id;
+    info.group_rank = me->group_rank;
+    info.config = group.config;
+    info.layout = me->backend->layout();
+    info.timeout_ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(backend_->op_timeout()).count());
+    // IPC handle queries and the first reset talk to the device: outside the engine lock.
+    for (const auto& member : members) {
+      EPD_ASSIGN_OR_RETURN(DataPlaneExport exported,
+                           backend_->ExportDataPlane(*group.backend, *member->backend));
+      info.peers.push_back(DataPlanePeer{member->group_rank, member->node_rank,
+                                         member->backend->exported().Describe(),
+                                         exported.sync_area});
+      if (member == me) {
+        info.private_region = exported.private_region;
+        info.private_offsets = exported.private_offsets;
+        info.sync_area_bytes = exported.sync_area_bytes;
+        info.max_blocks = exported.max_blocks;
+      }
+    }
+    uint64_t base = 0;
+    if (first) {
+      EPD_ASSIGN_OR_RETURN(base, backend_->ResetDataPlane(*group.backend, /*dead_group_rank=*/-1));
+    }
+    std::lock_guard lock(mutex_);
+    EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+    if (session->handles.count(handle_id) == 0) {
+      return NotFoundError("handle_id = {} was destroyed while attaching", handle_id);
+    }
+    if (group.data_plane == nullptr) {
+      if (!first) return InternalError("group '{}' lost its data plane", group.config.name);
+      EPD_ASSIGN_OR_RETURN(
+          group.data_plane,
+          GroupDataPlane::Create(fmt::format("/epd-{}-{:08x}-group-{}", getpid(),
+                                             static_cast<uint32_t>(rng_()), ++state_pages_),
+                                 base));
+    }
+    EPD_RETURN_IF_ERROR(group.data_plane->Attach(me->group_rank, id));
+    info.state_page = group.data_plane->state_page();
+    info.epoch = group.data_plane->epoch();
+    info.sequence_base = group.data_plane->sequence_base();
+    EPD_LOG(kCore, info, "group '{}' rank {}: frontend-launched by session {:016x} (epoch {})",
+            group.config.name, me->group_rank, id, info.epoch);
+    return info;
+  }
+
+ private:
+  // Every group rank's handle, by group rank; FAILED_PRECONDITION naming the first missing.
+  StatusOr<std::vector<std::shared_ptr<Handle>>> GroupMembersLocked(const Group& group) const {
+    std::vector<std::shared_ptr<Handle>> members(group.config.world_size());
+    auto consider = [&](const std::shared_ptr<Handle>& handle) {
+      if (handle->group.get() == &group) members[handle->group_rank] = handle;
+    };
+    for (const auto& [key, handle] : persistent_handles_) consider(handle);
+    for (const auto& [sid, session] : sessions_) {
+      for (const auto& [hid, handle] : session->handles) consider(handle);
+    }
+    for (int r = 0; r < group.config.world_size(); ++r) {
+      if (members[r] == nullptr) {
+        return FailedPreconditionError(
+            "group '{}': group rank {} (node rank {}) has no handle yet; a frontend-launched "
+            "rank maps every peer's buffers, so attach once every rank created its handle",
+            group.config.name, r, group.config.ranks[r]);
+      }
+    }
+    return members;
+  }
+
+  void ReleaseLaunchesLocked(SessionId id, const std::shared_ptr<Group>& group,
+                             std::vector<LaunchRelease>& out) {
+    if (group->data_plane == nullptr) return;
+    for (int rank : group->data_plane->Release(id)) out.push_back(LaunchRelease{group, rank});
+  }
+
+  // A frontend-launched rank's frontend ended, maybe mid-op: clear its sync state and start a
+  // new epoch, so the survivors' pending op times out with an error naming the rank and their
+  // next op (numbered in the new epoch) meets a fresh frontend of the rank.
+  void ResetLaunchedGroups(const std::vector<LaunchRelease>& launches, std::string_view reason) {
+    for (const LaunchRelease& launch : launches) {
+      const std::string& name = launch.group->config.name;
+      StatusOr<uint64_t> base = backend_->ResetDataPlane(*launch.group->backend, launch.group_rank);
+      if (!base.ok()) {
+        EPD_LOG(kCore, error, "group '{}': resetting after rank {}'s frontend ended failed: {}",
+                name, launch.group_rank, base.status().ToString());
+        continue;
+      }
+      std::lock_guard lock(mutex_);
+      launch.group->data_plane->BeginEpoch(*base);
+      EPD_LOG(kCore, warn,
+              "group '{}': rank {}'s frontend ended ({}); device sync state reset, epoch {} "
+              "starts at op {}",
+              name, launch.group_rank, reason, launch.group->data_plane->epoch(), *base + 1);
+    }
+  }
+
   HandleInfo DescribeHandle(ObjectId handle_id, const Session& session, Handle& handle) const {
     HandleInfo info;
     info.id = handle_id;
@@ -702,6 +843,12 @@ class Engine::Impl {
       return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
     }
     ctx.handle = hit->second;
+    if (const auto& plane = ctx.handle->group->data_plane; plane && plane->any_launched()) {
+      return FailedPreconditionError(
+          "group '{}' is frontend-launched: its frontends launch update, dispatch and combine "
+          "themselves (AttachDataPlane); the daemon runs none of its ops",
+          ctx.handle->group->config.name);
+    }
     ctx.options = options;
     auto find_fence = [&](const std::optional<FenceOp>& op, std::string_view field,
                           std::shared_ptr<Fence>* out) -> Status {
@@ -903,6 +1050,7 @@ class Engine::Impl {
   std::condition_variable ops_idle_;
   std::condition_variable reaper_changed_;
   std::mt19937_64 rng_;
+  uint64_t state_pages_ = 0;  // group state pages made, for their names
   std::map<SessionId, std::shared_ptr<Session>> sessions_;
   std::map<std::string, std::shared_ptr<Group>> groups_;
   std::set<std::string> creating_;  // group names whose backend group is being built
@@ -967,6 +1115,10 @@ Status Engine::CreatePersistentHandle(std::string_view group, int node_rank,
                                       std::string_view name) {
   return impl_->CreatePersistentHandle(group, node_rank, name);
 }
+StatusOr<DataPlaneInfo> Engine::AttachDataPlane(SessionId session, ObjectId handle) {
+  return impl_->AttachDataPlane(session, handle);
+}
+
 StatusOr<HandleInfo> Engine::AttachHandle(SessionId session, std::string_view name) {
   return impl_->AttachHandle(session, name);
 }

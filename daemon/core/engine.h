@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "daemon/core/backend.h"
+#include "daemon/core/data_plane.h"
 #include "daemon/core/group_config.h"
 #include "common/status.h"
 
@@ -158,6 +159,12 @@ class Engine {
   Status CreatePersistentHandle(std::string_view group, int node_rank, std::string_view name);
   StatusOr<HandleInfo> AttachHandle(SessionId session, std::string_view name);
   Status DestroyHandle(SessionId session, ObjectId handle);
+  // The frontend-launched data path (data_plane.h): from now on the session's frontend
+  // launches this handle's ops itself; the answer says what to map. Needs every group rank's
+  // handle to exist. While any rank of a group is frontend-launched the daemon refuses the
+  // group's update/dispatch/combine; when the launching session ends (or destroys the
+  // handle) the group's device sync state is reset and a new epoch begins.
+  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId session, ObjectId handle);
 
   // Ops: validated synchronously (the returned Status); then run in order on the rank's
   // worker, and `done` is called once (after device completion when blocking, else once

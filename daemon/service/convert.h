@@ -43,6 +43,7 @@ Status FromProto(const v1::CombineRequest& request, CombineRequest* out, OpOptio
 
 v1::HandleBuffers ToProto(const HandleLayout& layout);
 void ToProto(const HandleInfo& handle, v1::HandleInfo* out);
+void ToProto(const DataPlaneInfo& info, v1::DataPlaneInfo* out);
 void ToProto(const EngineStats& stats, v1::Stats* out);
 void ToProto(const GroupSummary& group, v1::GroupSummary* out);
 void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& groups,

@@ -207,6 +207,15 @@ grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* 
   return Finish(context, "AttachHandle", OkStatus());
 }
 
+grpc::ServerUnaryReactor* EpdService::AttachDataPlane(grpc::CallbackServerContext* context,
+                                                      const v1::AttachDataPlaneRequest* request,
+                                                      v1::DataPlaneInfo* response) {
+  auto info = engine_->AttachDataPlane(request->session_id(), request->handle_id());
+  if (!info.ok()) return Finish(context, "AttachDataPlane", info.status());
+  ToProto(*info, response);
+  return Finish(context, "AttachDataPlane", OkStatus());
+}
+
 grpc::ServerUnaryReactor* EpdService::DestroyHandle(grpc::CallbackServerContext* context,
                                                     const v1::DestroyHandleRequest* request,
                                                     v1::DestroyHandleResponse*) {

@@ -212,9 +212,10 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
     RankState& rank = *ranks_[config.ranks[r]];
     group->devices_.push_back(rank.device);
     group->sm_count_ = std::min(group->sm_count_, rank.sm_count);
-    EPD_ASSIGN_OR_RETURN(
-        auto sync, DeviceMemory::Create(rank.device, kernels::SyncAreaBytes(R, config.experts),
-                                        allocations_, rank.setup_stream->get()));
+    EPD_ASSIGN_OR_RETURN(auto sync, CudaExportedMemory::Create(
+                                        config.ranks[r], rank.device,
+                                        kernels::SyncAreaBytes(R, config.experts), allocations_,
+                                        rank.setup_stream->get()));
     group->sync_.push_back(std::move(sync));
   }
   group->max_blocks_ = kBlocksPerSm * group->sm_count_;
@@ -254,8 +255,9 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
       CudaExportedMemory::Create(handle->node_rank_, rank.device, handle->layout_.exported_bytes,
                                  allocations_, rank.setup_stream->get()));
   EPD_ASSIGN_OR_RETURN(handle->private_,
-                       DeviceMemory::Create(rank.device, handle->private_layout_.bytes,
-                                            allocations_, rank.setup_stream->get()));
+                       CudaExportedMemory::Create(handle->node_rank_, rank.device,
+                                                  handle->private_layout_.bytes, allocations_,
+                                                  rank.setup_stream->get()));
   return std::unique_ptr<BackendHandle>(std::move(handle));
 }
 

@@ -60,6 +60,8 @@ class CudaBackend final : public Backend {
                   const std::vector<DispatchArgs>& all) override;
   Status Combine(BackendGroup& group, int group_rank, const std::vector<CombineArgs>& all) override;
   void Complete(BackendHandle& handle, std::function<void(Status)> done) override;
+  StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& group, BackendHandle& handle) override;
+  StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank) override;
 
   cudaStream_t stream(int node_rank) const { return ranks_[node_rank]->stream->get(); }
 

@@ -4,24 +4,6 @@
 #include <cstring>
 
 namespace epd::cuda {
-namespace {
-
-const char* PhaseName(int phase) {
-  switch (phase) {
-    case kernels::kSyncPhaseCounts:
-      return "per-expert counts (dispatch)";
-    case kernels::kSyncPhaseDone:
-      return "rows-written flag (dispatch)";
-    case kernels::kSyncPhaseStart:
-      return "expert-output-ready flag (combine)";
-    case kernels::kSyncPhaseEnd:
-      return "finished-reading flag (combine)";
-    default:
-      return "leader block";
-  }
-}
-
-}  // namespace
 
 std::string PendingOp::Describe() const {
   if (group == nullptr) return fmt::format("{} on node rank {}", op, rank);
@@ -48,31 +30,9 @@ Status ErrorRecords::Collect(const std::vector<PendingOp>& ops) const {
   std::atomic_thread_fence(std::memory_order_acquire);
   for (const PendingOp& op : ops) {
     const kernels::DeviceError record = records()[op.record];
-    if (record.code != kernels::kDeviceErrorNone) return DeviceErrorToStatus(record, op.Describe());
+    if (record.code != kernels::kDeviceErrorNone) return kernels::DeviceErrorToStatus(record, op.Describe());
   }
   return OkStatus();
-}
-
-Status DeviceErrorToStatus(const kernels::DeviceError& e, const std::string& what) {
-  switch (e.code) {
-    case kernels::kDeviceErrorNone:
-      return OkStatus();
-    case kernels::kDeviceErrorBadExpertId:
-      return InvalidArgumentError("{}: topk_idx[{}, {}] = {} is outside [-1, experts)", what, e.a,
-                                  e.b, e.value);
-    case kernels::kDeviceErrorCapacity:
-      return ResourceExhaustedError("{}: expert {} received {} rows, more than expert_capacity={}",
-                                    what, e.a, e.b, e.c);
-    case kernels::kDeviceErrorPeerTimeout:
-      return DeadlineExceededError(
-          "{}: timed out waiting for group rank {}'s {} of op {} (last seen {})", what, e.b,
-          PhaseName(e.a), e.value, e.value2);
-    case kernels::kDeviceErrorFenceTimeout:
-      return DeadlineExceededError("{}: timed out waiting for the fence to reach {} (it holds {})",
-                                   what, e.value, e.value2);
-    default:
-      return InternalError("{}: unknown device error code {}", what, e.code);
-  }
 }
 
 }  // namespace epd::cuda

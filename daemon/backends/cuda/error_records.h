@@ -13,6 +13,7 @@
 #include "daemon/backends/cuda/device_memory.h"
 #include "common/status.h"
 #include "kernels/device_error.cuh"
+#include "kernels/device_error_status.h"
 
 namespace epd::cuda {
 
@@ -46,7 +47,5 @@ class ErrorRecords {
   std::mutex mu_;
   int next_ = 0;
 };
-
-Status DeviceErrorToStatus(const kernels::DeviceError& error, const std::string& what);
 
 }  // namespace epd::cuda

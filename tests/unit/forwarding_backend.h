@@ -1,0 +1,63 @@
+// A Backend that forwards every call to another one: tests derive from it and override the
+// few calls they observe or change (a slow CreateGroup, a fake device data plane, ...).
+#pragma once
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "daemon/core/backend.h"
+
+namespace epd::testing {
+
+class ForwardingBackend : public Backend {
+ public:
+  explicit ForwardingBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+
+  NodeDescription Describe() const override { return inner_->Describe(); }
+  int num_ranks() const override { return inner_->num_ranks(); }
+  AllocationCounter& allocations() override { return inner_->allocations(); }
+  std::chrono::milliseconds op_timeout() const override { return inner_->op_timeout(); }
+  StatusOr<std::shared_ptr<Memory>> Import(const MemorySource& s, int r) override {
+    return inner_->Import(s, r);
+  }
+  StatusOr<std::unique_ptr<ExportedMemory>> CreateFence(int r) override {
+    return inner_->CreateFence(r);
+  }
+  StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& c) override {
+    return inner_->CreateGroup(c);
+  }
+  StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& g, int r) override {
+    return inner_->CreateHandle(g, r);
+  }
+  Status WaitFence(int r, ExportedMemory& f, uint64_t v) override {
+    return inner_->WaitFence(r, f, v);
+  }
+  Status SignalFence(int r, ExportedMemory& f, uint64_t v) override {
+    return inner_->SignalFence(r, f, v);
+  }
+  Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
+    return inner_->UpdateHandle(h, a);
+  }
+  Status Dispatch(BackendGroup& g, int r, const std::vector<DispatchArgs>& a) override {
+    return inner_->Dispatch(g, r, a);
+  }
+  Status Combine(BackendGroup& g, int r, const std::vector<CombineArgs>& a) override {
+    return inner_->Combine(g, r, a);
+  }
+  void Complete(BackendHandle& h, std::function<void(Status)> done) override {
+    inner_->Complete(h, std::move(done));
+  }
+  void BeginShutdown() override { inner_->BeginShutdown(); }
+  StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& g, BackendHandle& h) override {
+    return inner_->ExportDataPlane(g, h);
+  }
+  StatusOr<uint64_t> ResetDataPlane(BackendGroup& g, int dead) override {
+    return inner_->ResetDataPlane(g, dead);
+  }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+};
+
+}  // namespace epd::testing
