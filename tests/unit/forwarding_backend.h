@@ -1,10 +1,10 @@
-// A Backend that forwards every call to another one: tests derive from it and override the
-// few calls they observe or change (a slow CreateGroup, a fake device data plane, ...).
+// A Backend that forwards every call to another one: tests derive from it to slow down or
+// interpose on one call (a slow CreateGroup, a session closed in the middle of CreateHandle,
+// a fake device data plane).
 #pragma once
 
 #include <memory>
 #include <utility>
-#include <vector>
 
 #include "daemon/core/backend.h"
 
