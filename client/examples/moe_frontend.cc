@@ -36,6 +36,7 @@ struct Flags {
   int iterations = 4;
   std::string group;
   uint64_t seed = 1;
+  bool progress = false;
 };
 
 int RunRank(const Flags& flags, const Problem& problem, int rank) {
@@ -59,6 +60,10 @@ int RunRank(const Flags& flags, const Problem& problem, int rank) {
     const auto in = epd::example::MakeInputs(problem, flags.seed, rank, it, n, false);
     epd::Status status = (*runner)->RunAndCheck(in, epd::example::ScaleByExpertPlusOne, fenced);
     if (!status.ok()) return fail(status.WithContext(fmt::format("iteration {}", it)));
+    if (flags.progress) {
+      std::printf("rank %d: layer %d OK\n", rank, it);
+      std::fflush(stdout);
+    }
     tokens += fmt::format("{}{}{}", it == 0 ? "" : ",", n,
                           options.frontend_launched ? "l" : fenced ? "f" : "b");
   }
@@ -93,6 +98,7 @@ int main(int argc, char** argv) {
   app.add_option("--iterations", flags.iterations)->check(CLI::Range(1, 100000));
   app.add_option("--group", flags.group, "group name (default: derived from the shape)");
   app.add_option("--seed", flags.seed);
+  app.add_flag("--progress", flags.progress, "print a line after every checked layer");
   CLI11_PARSE(app, argc, argv);
 
   Problem problem;

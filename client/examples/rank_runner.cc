@@ -33,7 +33,6 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
     handle = session.AttachHandle(options.handle_name);  // a previous frontend left it
   }
   if (!handle.ok()) return handle.status().WithContext("creating the handle");
-  EPD_ASSIGN_OR_RETURN(runner->view_, HandleView::Open(*handle));
   EPD_ASSIGN_OR_RETURN(const v1::NodeInfo node, client.GetNodeInfo());
   const bool device = node.backend() == "cuda";
   if (device) {
@@ -57,6 +56,9 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   } else {
     EPD_ASSIGN_OR_RETURN(runner->memory_, CreateHostMemory(total));
   }
+  // NOTE: after the device memory: it made the handle's GPU current, and the receive region is
+  // mapped on the current GPU (where frontend-launched kernels read it).
+  EPD_ASSIGN_OR_RETURN(runner->view_, HandleView::Open(*handle));
   runner->out_host_.resize(T * problem.row_bytes());
   EPD_ASSIGN_OR_RETURN(runner->buffer_id_, session.RegisterBuffer(runner->memory_->Source()));
   EPD_ASSIGN_OR_RETURN(runner->done_, session.CreateFence());

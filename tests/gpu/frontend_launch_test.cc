@@ -221,11 +221,17 @@ TEST_F(FrontendLaunchTest, AKilledFrontendResetsTheGroupAndANewFrontendRunsBitEx
   ASSERT_TRUE(owner.ok());
   ASSERT_TRUE((*owner)->CreateGroup(problem.Config(group), /*persistent=*/true).ok());
 
-  auto victim = ChildProcess::Spawn(ExampleArgs("expert_major", "bf16", 100000, group));
+  std::vector<std::string> args = ExampleArgs("expert_major", "bf16", 100000, group);
+  args.push_back("--progress");
+  auto victim = ChildProcess::Spawn(args);
   ASSERT_TRUE(victim.ok()) << victim.status().ToString();
-  // Every rank attached its data plane: the layer loop runs from here on.
-  ASSERT_TRUE(WaitForLog("frontend-launched by session", static_cast<size_t>(gpus_)))
-      << daemon_->ReadLog();
+  // The frontends run checked layers back to back: kill one while the loop runs.
+  int layers = 0;
+  while (layers < 3 * gpus_) {
+    auto line = (*victim)->ReadLine(60'000);
+    ASSERT_TRUE(line.ok()) << line.status().ToString() << "; daemon log:\n" << daemon_->ReadLog();
+    if (line->find("OK") != std::string::npos) ++layers;
+  }
   std::vector<pid_t> ranks = ChildrenOf((*victim)->pid());
   ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
   ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
