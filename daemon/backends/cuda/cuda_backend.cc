@@ -74,10 +74,18 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     rank->info.total_memory_bytes = prop.totalGlobalMem;
     rank->info.compute_capability = prop.major * 10 + prop.minor;
     rank->sm_count = prop.multiProcessorCount;
-    int mps = 0, compute_mode = 0;
+    int mps = 0, compute_mode = -1;
     // NOTE: after cudaSetDevice made the context: whether it is an MPS client is decided then.
-    EPD_CUDA_CHECK(cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, device));
-    EPD_CUDA_CHECK(cudaDeviceGetAttribute(&compute_mode, cudaDevAttrComputeMode, device));
+    // Informational only: a driver that does not know an attribute leaves it unknown (and the
+    // error is cleared) instead of stopping the daemon.
+    if (cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, device) != cudaSuccess) {
+      cudaGetLastError();
+      mps = 0;
+    }
+    if (cudaDeviceGetAttribute(&compute_mode, cudaDevAttrComputeMode, device) != cudaSuccess) {
+      cudaGetLastError();
+      compute_mode = -1;
+    }
     rank->info.mps_active = mps != 0;
     rank->info.compute_mode = FromCuda(compute_mode);
     // NOTE: before any op: a lazily loaded kernel's first launch would wait for the device
