@@ -44,6 +44,7 @@ struct FrontendOps::Records {
   kernels::DeviceError* host = nullptr;
   kernels::DeviceError* device = nullptr;
   uint64_t sequence[kRecordSlots] = {};  // of the op that last used each record (messages)
+  uint64_t epoch[kRecordSlots] = {};     // the epoch it was launched in
   ~Records() {
     if (host != nullptr) cudaFreeHost(host);
   }
@@ -219,6 +220,7 @@ Status FrontendOps::Dispatch(const void* x, cudaStream_t stream) {
   // NOTE: counted once launched: every rank counts the same collectives.
   ++collectives_;
   records_->sequence[kDispatchRecord] = params.seq;
+  records_->epoch[kDispatchRecord] = epoch_;
   return OkStatus();
 }
 
@@ -259,17 +261,20 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
       params, kernels::CombineBlocks(row_bytes, num_tokens_, info_.max_blocks()), stream));
   ++collectives_;
   records_->sequence[kCombineRecord] = params.seq;
+  records_->epoch[kCombineRecord] = epoch_;
   return OkStatus();
 }
 
 Status FrontendOps::TakeErrors() {
   static constexpr const char* kOps[kRecordSlots] = {"update", "dispatch", "combine"};
   std::atomic_thread_fence(std::memory_order_acquire);
+  failed_epoch_ = 0;
   Status first;
   for (int slot = 0; slot < kRecordSlots; ++slot) {
     kernels::DeviceError record = records_->host[slot];
     if (record.code == kernels::kDeviceErrorNone) continue;
     std::memset(&records_->host[slot], 0, sizeof(record));
+    if (record.code == kernels::kDeviceErrorPeerTimeout) failed_epoch_ = records_->epoch[slot];
     if (first.ok()) {
       first = kernels::DeviceErrorToStatus(
           record, fmt::format("{} of group '{}' on rank {} (op {})", kOps[slot], group_,

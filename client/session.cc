@@ -111,10 +111,11 @@ StatusOr<v1::HandleInfo> Session::AttachHandle(const std::string& name) {
   return response;
 }
 
-StatusOr<v1::DataPlaneInfo> Session::AttachDataPlane(uint64_t handle_id) {
+StatusOr<v1::DataPlaneInfo> Session::AttachDataPlane(uint64_t handle_id, uint64_t reset_epoch) {
   v1::AttachDataPlaneRequest request;
   request.set_session_id(id_);
   request.set_handle_id(handle_id);
+  request.set_reset_epoch(reset_epoch);
   v1::DataPlaneInfo response;
   EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::AttachDataPlane, request, &response,
                                 options_.rpc_timeout));

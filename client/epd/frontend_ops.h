@@ -16,7 +16,8 @@
 // the daemon's ops. Bad expert ids and capacity overflow are found on the device; TakeErrors
 // turns the records into the daemon's messages once the stream passed the ops. When the daemon
 // resets the group (a peer's frontend ended), the next Update/Dispatch/Combine fails once with
-// UNAVAILABLE naming the new epoch, and the ops after it are numbered in that epoch.
+// UNAVAILABLE naming the new epoch, and the ops after it are numbered in that epoch. After a
+// peer timeout, pass failed_epoch() to Session::AttachDataPlane so every rank restarts.
 // Not thread-safe: one frontend thread drives one FrontendOps.
 // CUDA graphs: update, dispatch and combine can be captured and the graph replayed with new
 // routing contents (same n) on single-rank groups. For more ranks a replay would reuse the
@@ -61,6 +62,10 @@ class FrontendOps {
   // The first device error of the update / dispatch / combine launched since the last call,
   // as the daemon words it; clears the records. Call once the stream passed those ops.
   Status TakeErrors();
+  // The epoch of a collective the last TakeErrors found timed out waiting for a peer, 0 when
+  // none: the ranks' op counts may differ now, so pass it to Session::AttachDataPlane
+  // (reset_epoch) and every rank restarts numbering together at its next op.
+  uint64_t failed_epoch() const { return failed_epoch_; }
 
   uint64_t epoch() const { return epoch_; }
   // Sequence number of the last collective launched (sequence_base + collectives this epoch).
@@ -87,6 +92,7 @@ class FrontendOps {
   uint64_t epoch_ = 0;
   uint64_t sequence_base_ = 0;
   uint64_t collectives_ = 0;
+  uint64_t failed_epoch_ = 0;
   int num_tokens_ = 0;
 };
 

@@ -11,9 +11,16 @@ namespace {
 
 class CudaFrontendLaunch : public FrontendLaunch {
  public:
-  CudaFrontendLaunch(std::unique_ptr<FrontendOps> ops, cudaStream_t stream, char* base,
-                     LaunchTensors tensors, std::chrono::milliseconds timeout)
-      : ops_(std::move(ops)), stream_(stream), base_(base), tensors_(tensors), timeout_(timeout) {}
+  CudaFrontendLaunch(Session& session, uint64_t handle_id, std::unique_ptr<FrontendOps> ops,
+                     cudaStream_t stream, char* base, LaunchTensors tensors,
+                     std::chrono::milliseconds timeout)
+      : session_(session),
+        handle_id_(handle_id),
+        ops_(std::move(ops)),
+        stream_(stream),
+        base_(base),
+        tensors_(tensors),
+        timeout_(timeout) {}
   ~CudaFrontendLaunch() override { cudaStreamDestroy(stream_); }
 
   Status RunLayer(int n, const std::function<Status()>& experts) override {
@@ -43,9 +50,17 @@ class CudaFrontendLaunch : public FrontendLaunch {
       }
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
-    return ops_->TakeErrors();
+    Status recorded = ops_->TakeErrors();
+    if (ops_->failed_epoch() != 0) {
+      // A peer timed out: the ranks restart numbering together (best effort; the error
+      // below is what the caller needs to see).
+      session_.AttachDataPlane(handle_id_, ops_->failed_epoch()).status().IgnoreError();
+    }
+    return recorded;
   }
 
+  Session& session_;
+  uint64_t handle_id_;
   std::unique_ptr<FrontendOps> ops_;
   cudaStream_t stream_;
   char* base_;
@@ -78,7 +93,8 @@ StatusOr<std::unique_ptr<FrontendLaunch>> CreateFrontendLaunch(Session& session,
     return InternalError("cudaStreamCreateWithFlags: {}", cudaGetErrorString(e));
   }
   return std::unique_ptr<FrontendLaunch>(
-      new CudaFrontendLaunch(std::move(ops), stream, base, tensors, timeout));
+      new CudaFrontendLaunch(session, view.handle_id(), std::move(ops), stream, base, tensors,
+                             timeout));
 }
 
 }  // namespace epd::example

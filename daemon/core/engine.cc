@@ -698,7 +698,48 @@ class Engine::Impl {
 
   // ---------------------------------------------------------------- frontend-launched ops
  public:
-  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId id, ObjectId handle_id) {
+  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId id, ObjectId handle_id, uint64_t reset_epoch) {
+    if (reset_epoch != 0) EPD_RETURN_IF_ERROR(RestartEpoch(id, handle_id, reset_epoch));
+    return AttachDataPlaneOnce(id, handle_id);
+  }
+
+ private:
+  // A frontend's collective of `reset_epoch` failed (a peer timed out): the ranks' op counts may
+  // differ now, so all restart numbering together in a new epoch. Once per epoch: the other
+  // ranks asking for the same epoch find it already left.
+  Status RestartEpoch(SessionId id, ObjectId handle_id, uint64_t reset_epoch) {
+    std::shared_ptr<Group> group;
+    {
+      std::lock_guard lock(mutex_);
+      EPD_ASSIGN_OR_RETURN(Session * session, FindSessionLocked(id));
+      auto it = session->handles.find(handle_id);
+      if (it == session->handles.end()) {
+        return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
+      }
+      group = it->second->group;
+      if (group->data_plane == nullptr) {
+        return FailedPreconditionError("reset_epoch = {}: group '{}' has no data plane yet",
+                                       reset_epoch, group->config.name);
+      }
+      const uint64_t current = group->data_plane->epoch();
+      if (reset_epoch > current) {
+        return InvalidArgumentError("reset_epoch = {} is newer than group '{}''s epoch {}",
+                                    reset_epoch, group->config.name, current);
+      }
+      if (reset_epoch < current) return OkStatus();
+    }
+    EPD_ASSIGN_OR_RETURN(uint64_t base,
+                         backend_->ResetDataPlane(*group->backend, /*dead_group_rank=*/-1));
+    std::lock_guard lock(mutex_);
+    if (group->data_plane->epoch() == reset_epoch) {
+      group->data_plane->BeginEpoch(base);
+      EPD_LOG(kCore, warn, "group '{}': epoch {} failed on a frontend; epoch {} starts at op {}",
+              group->config.name, reset_epoch, group->data_plane->epoch(), base + 1);
+    }
+    return OkStatus();
+  }
+
+  StatusOr<DataPlaneInfo> AttachDataPlaneOnce(SessionId id, ObjectId handle_id) {
     std::shared_ptr<Handle> me;
     std::vector<std::shared_ptr<Handle>> members;
     bool first = false;
@@ -761,7 +802,6 @@ class Engine::Impl {
     return info;
   }
 
- private:
   // Every group rank's handle, by group rank; FAILED_PRECONDITION naming the first missing.
   StatusOr<std::vector<std::shared_ptr<Handle>>> GroupMembersLocked(const Group& group) const {
     std::vector<std::shared_ptr<Handle>> members(group.config.world_size());
@@ -1115,8 +1155,9 @@ Status Engine::CreatePersistentHandle(std::string_view group, int node_rank,
                                       std::string_view name) {
   return impl_->CreatePersistentHandle(group, node_rank, name);
 }
-StatusOr<DataPlaneInfo> Engine::AttachDataPlane(SessionId session, ObjectId handle) {
-  return impl_->AttachDataPlane(session, handle);
+StatusOr<DataPlaneInfo> Engine::AttachDataPlane(SessionId session, ObjectId handle,
+                                                uint64_t reset_epoch) {
+  return impl_->AttachDataPlane(session, handle, reset_epoch);
 }
 
 StatusOr<HandleInfo> Engine::AttachHandle(SessionId session, std::string_view name) {

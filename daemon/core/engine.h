@@ -163,8 +163,11 @@ class Engine {
   // launches this handle's ops itself; the answer says what to map. Needs every group rank's
   // handle to exist. While any rank of a group is frontend-launched the daemon refuses the
   // group's update/dispatch/combine; when the launching session ends (or destroys the
-  // handle) the group's device sync state is reset and a new epoch begins.
-  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId session, ObjectId handle);
+  // handle) the group's device sync state is reset and a new epoch begins. `reset_epoch`
+  // (non-zero): the caller's collective of that epoch failed on the device, so the ranks' op
+  // counts may differ; the group starts a new epoch unless it already left that one.
+  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId session, ObjectId handle,
+                                          uint64_t reset_epoch = 0);
 
   // Ops: validated synchronously (the returned Status); then run in order on the rank's
   // worker, and `done` is called once (after device completion when blocking, else once

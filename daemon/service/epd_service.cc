@@ -210,7 +210,8 @@ grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* EpdService::AttachDataPlane(grpc::CallbackServerContext* context,
                                                       const v1::AttachDataPlaneRequest* request,
                                                       v1::DataPlaneInfo* response) {
-  auto info = engine_->AttachDataPlane(request->session_id(), request->handle_id());
+  auto info = engine_->AttachDataPlane(request->session_id(), request->handle_id(),
+                                       request->reset_epoch());
   if (!info.ok()) return Finish(context, "AttachDataPlane", info.status());
   ToProto(*info, response);
   return Finish(context, "AttachDataPlane", OkStatus());

@@ -262,6 +262,26 @@ TEST_F(DataPlaneTest, WhenNoFrontendLaunchesAnyMoreTheDaemonRunsTheGroupAgain) {
   EXPECT_EQ(status.message().find("frontend-launched"), std::string::npos) << status.message();
 }
 
+TEST_F(DataPlaneTest, AFailedEpochIsLeftOnceWhicheverRankAsksFirst) {
+  ASSERT_TRUE(engine_->AttachDataPlane(sessions_[0], handles_[0]).ok());
+  ASSERT_TRUE(engine_->AttachDataPlane(sessions_[1], handles_[1]).ok());
+  // Both ranks timed out in epoch 1; the first to ask starts epoch 2, the second finds it.
+  auto first = engine_->AttachDataPlane(sessions_[1], handles_[1], /*reset_epoch=*/1);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->epoch, 2u);
+  auto second = engine_->AttachDataPlane(sessions_[0], handles_[0], /*reset_epoch=*/1);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(second->epoch, 2u);
+  EXPECT_EQ(second->sequence_base, first->sequence_base);
+  EXPECT_EQ(backend_->resets(), (std::vector<int>{-1, -1}));
+  EXPECT_EQ(ReadStatePage(first->state_page).epoch, 2u);
+  // An epoch the group never had is a request error naming it.
+  auto future = engine_->AttachDataPlane(sessions_[0], handles_[0], /*reset_epoch=*/9);
+  EXPECT_EQ(future.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(future.status().message().find("reset_epoch = 9"), std::string::npos)
+      << future.status().message();
+}
+
 TEST(DataPlaneCpuTest, TheCpuBackendHasNoDeviceDataPlane) {
   auto engine =
       Engine::Create(CreateCpuBackend({1, milliseconds(1000)}).value(), EngineOptions{}).value();
