@@ -70,7 +70,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
     }
   }
   for (const Case& c : cases) {
-    for (const char* mode : {kModeFenced, kModeBlocking}) {
+    for (const char* mode : {kModeFenced, kModeBlocking, kModeFrontendLaunched}) {
       auto it = entries.find({c.index, mode});
       if (it == entries.end()) continue;
       Entry& entry = it->second;
@@ -78,7 +78,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
       result.bench_case = c;
       result.mode = mode;
       const bool gpu = merged.backend == "cuda";
-      result.timing = mode == std::string(kModeFenced) && gpu ? "gpu_events" : "host_clock";
+      result.timing = mode != std::string(kModeBlocking) && gpu ? "gpu_events" : "host_clock";
       result.handle_bytes = ComputeHandleLayout(c.Config("x")).total_bytes();
       double selections = 0;
       for (int r = 0; r < ranks; ++r) {
@@ -92,7 +92,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
           result.ops[OpName(static_cast<Op>(o))] =
               Summarize(entry.samples.per_rank[o], o == 0 ? 0.0 : bytes);
         }
-        if (mode == std::string(kModeFenced)) {
+        if (mode != std::string(kModeBlocking)) {
           result.check = "passed";
           if (static_cast<int>(entry.checks.size()) < ranks) result.check = "skipped";
           for (const std::string& check : entry.checks) {

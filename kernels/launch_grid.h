@@ -1,0 +1,33 @@
+// Grid sizes of the collective kernels, shared by every launcher (the daemon's streams and
+// frontend-launched ops), so both paths run the same geometry.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/limits.h"
+#include "kernels/combine.cuh"
+#include "kernels/dispatch.cuh"
+
+namespace epd::kernels {
+
+// A warp per work item, at most `max_blocks` (the kernels stride over the rest).
+inline int GridBlocksFor(int64_t items, int max_blocks) {
+  const int64_t blocks = (items + kCollectiveWarpsPerBlock - 1) / kCollectiveWarpsPerBlock;
+  return static_cast<int>(std::clamp<int64_t>(blocks, 1, std::max(1, max_blocks)));
+}
+
+inline int DispatchBlocks(const DispatchParams& p, int num_tokens, int max_blocks) {
+  const int64_t rows = p.rank_major ? int64_t{p.world_size} * p.max_tokens
+                                    : int64_t{num_tokens} * p.top_k;
+  const int64_t parts = (p.row_bytes / 16 + kDispatchVectorsPerPart - 1) / kDispatchVectorsPerPart;
+  return GridBlocksFor(rows * parts, max_blocks);
+}
+
+inline int CombineBlocks(int64_t row_bytes, int num_tokens, int max_blocks) {
+  const int64_t vectors = row_bytes / 16;
+  const int64_t chunks = (vectors + kCombineVectorsPerItem - 1) / kCombineVectorsPerItem;
+  return GridBlocksFor(int64_t{num_tokens} * chunks, max_blocks);
+}
+
+}  // namespace epd::kernels
