@@ -28,21 +28,8 @@ namespace {
 
 enum RecordSlot { kUpdateRecord = 0, kDispatchRecord = 1, kCombineRecord = 2, kRecordSlots = 3 };
 
-int TokenType(v1::DType dtype) {
-  switch (dtype) {
-    case v1::DTYPE_FP16:
-      return kernels::kTokenFp16;
-    case v1::DTYPE_FP32:
-      return kernels::kTokenFp32;
-    default:
-      return kernels::kTokenBf16;
-  }
-}
-
 }  // namespace
 
-// One DeviceError record per op kind in mapped pinned memory: a kernel writes its record only
-// on error, so a captured graph may replay ops with the same records.
 // This frontend's own peer table, in device memory on its GPU: every rank's sync area and
 // receive buffers as this process mapped them (the daemon's tables hold the daemon's
 // mappings, valid only in its process).
@@ -53,6 +40,8 @@ struct FrontendOps::PeerTable {
   }
 };
 
+// One DeviceError record per op kind in mapped pinned memory: a kernel writes its record only
+// on error, so a captured graph may replay ops with the same records.
 struct FrontendOps::Records {
   kernels::DeviceError* host = nullptr;
   kernels::DeviceError* device = nullptr;
@@ -266,7 +255,8 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   params.top_k = c.top_k();
   params.local_experts = c.experts() / c.ranks_size();
   params.hidden = c.hidden();
-  params.token_type = TokenType(c.dtype());
+  EPD_ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(c.dtype(), "config.dtype"));
+  params.token_type = kernels::TokenTypeOf(dtype);
   params.rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR;
   params.recv_rows = static_cast<int64_t>(b.recv_rows());
   params.topk_idx = private_->at<int32_t>(p.topk_idx_offset());

@@ -1,15 +1,28 @@
-// Grid sizes of the collective kernels, shared by every launcher (the daemon's streams and
-// frontend-launched ops), so both paths run the same geometry.
+// Grid sizes and token types of the collective kernels, shared by every launcher (the daemon's
+// streams and frontend-launched ops), so both paths run the same geometry.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
+#include "common/dtype.h"
 #include "common/limits.h"
 #include "kernels/combine.cuh"
 #include "kernels/dispatch.cuh"
 
 namespace epd::kernels {
+
+// Combine's token type of a group dtype (the core validated it is a token dtype).
+inline int TokenTypeOf(DType dtype) {
+  switch (dtype) {
+    case DType::kBf16:
+      return kTokenBf16;
+    case DType::kFp16:
+      return kTokenFp16;
+    default:
+      return kTokenFp32;
+  }
+}
 
 // A warp per work item, at most `max_blocks` (the kernels stride over the rest).
 inline int GridBlocksFor(int64_t items, int max_blocks) {

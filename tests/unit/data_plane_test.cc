@@ -15,6 +15,7 @@
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/core/engine.h"
 #include "daemon/service/convert.h"
+#include "tests/unit/engine_fixture.h"
 #include "tests/unit/forwarding_backend.h"
 
 namespace epd {
@@ -22,17 +23,7 @@ namespace {
 
 using std::chrono::milliseconds;
 
-GroupConfig Config() {
-  GroupConfig c;
-  c.name = "g";
-  c.ranks = {0, 1};
-  c.experts = 4;
-  c.hidden = 16;
-  c.max_tokens_per_rank = 8;
-  c.top_k = 2;
-  c.dtype = DType::kFp32;
-  return c;
-}
+using engine_testing::Config;
 
 MemorySource FakeIpc(int device, uint64_t size, char tag) {
   MemorySource source;
@@ -205,9 +196,7 @@ TEST_F(DataPlaneTest, TheWireDescriptorPassesTheClientsCheckAndBrokenOnesNameThe
 }
 
 TEST_F(DataPlaneTest, AttachNeedsEveryRanksHandleAndOnlyTheSessionsOwn) {
-  GroupConfig lone = Config();
-  lone.name = "lone";
-  ASSERT_TRUE(engine_->CreateGroup(sessions_[0], lone, false).ok());
+  ASSERT_TRUE(engine_->CreateGroup(sessions_[0], Config("lone"), false).ok());
   auto handle = engine_->CreateHandle(sessions_[0], "lone", 0, "", false);
   ASSERT_TRUE(handle.ok());
   auto missing = engine_->AttachDataPlane(sessions_[0], handle->id);

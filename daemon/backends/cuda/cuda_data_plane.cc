@@ -56,11 +56,13 @@ StatusOr<uint64_t> CudaBackend::ResetDataPlane(BackendGroup& g, int dead_group_r
       highest = std::max({highest, area.done[s], area.start[s], area.end[s], area.abandoned[s]});
     }
   }
+  const uint64_t base = highest + kGroupResetSequenceGap;
   if (dead_group_rank >= 0) {
-    // The dead rank gave up every op numbered so far: survivors waiting for its flags are
-    // released at once (PeerAbandoned) instead of timing out. Ops of the new epoch are
-    // numbered above the mark, so it does not touch them.
-    const uint64_t mark = highest;
+    // The dead rank gave up every op of the old epoch, including ops survivors queued but
+    // have not started (the gap is more than any frontend queues): their waits for its flags
+    // end at once (PeerAbandoned) instead of at the timeout. The new epoch numbers its ops
+    // above the mark, so it does not touch them.
+    const uint64_t mark = base;
     const size_t at = offsetof(kernels::SyncArea, abandoned) + sizeof(uint64_t) * dead_group_rank;
     for (int r = 0; r < R; ++r) {
       RankState& rank = *ranks_[c.ranks[r]];
@@ -78,7 +80,6 @@ StatusOr<uint64_t> CudaBackend::ResetDataPlane(BackendGroup& g, int dead_group_r
       EPD_CUDA_CHECK(cudaStreamSynchronize(rank.setup_stream->get()));
     }
   }
-  const uint64_t base = highest + kGroupResetSequenceGap;
   // NOTE: the daemon's own numbering continues above the frontends' too, for when the group
   // goes back to the daemon's ops.
   for (int r = 0; r < R; ++r) group.seq_[r].store(base);

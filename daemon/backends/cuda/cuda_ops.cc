@@ -20,17 +20,6 @@
 namespace epd::cuda {
 namespace {
 
-int TokenType(DType dtype) {
-  switch (dtype) {
-    case DType::kBf16:
-      return kernels::kTokenBf16;
-    case DType::kFp16:
-      return kernels::kTokenFp16;
-    default:
-      return kernels::kTokenFp32;
-  }
-}
-
 bool IsShape(const TensorView& t, int64_t rows, int64_t cols) {
   return t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols;
 }
@@ -219,7 +208,7 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.top_k = c.top_k;
   params.local_experts = c.local_experts();
   params.hidden = c.hidden;
-  params.token_type = TokenType(c.dtype);
+  params.token_type = kernels::TokenTypeOf(c.dtype);
   params.rank_major = c.layout == Layout::kRankMajor;
   params.recv_rows = static_cast<int64_t>(me.layout_.recv_rows);
   params.topk_idx = me.priv<int32_t>(p.topk_idx);
