@@ -1,5 +1,6 @@
 #include "client/epd/session.h"
 
+#include "client/epd/data_path.h"
 #include "client/rpc_status.h"
 #include "client/session_stream.h"
 
@@ -107,6 +108,18 @@ StatusOr<v1::HandleInfo> Session::AttachHandle(const std::string& name) {
   v1::HandleInfo response;
   EPD_RETURN_IF_ERROR(
       CallUnary(*stub_, &v1::Epd::Stub::AttachHandle, request, &response, options_.rpc_timeout));
+  return response;
+}
+
+StatusOr<v1::DataPlaneInfo> Session::AttachDataPlane(uint64_t handle_id, uint64_t reset_epoch) {
+  v1::AttachDataPlaneRequest request;
+  request.set_session_id(id_);
+  request.set_handle_id(handle_id);
+  request.set_reset_epoch(reset_epoch);
+  v1::DataPlaneInfo response;
+  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::AttachDataPlane, request, &response,
+                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(ValidateDataPlaneInfo(response));
   return response;
 }
 

@@ -180,8 +180,18 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
   if (!(flags & kGoAbort)) {
     // Peers' addresses, published before their start flags, which the leader saw before go.
     if (threadIdx.x < p.world_size) {
-      bases[threadIdx.x] =
-          reinterpret_cast<const char*>(detail::LoadRelaxedSys(&me->expert_out[threadIdx.x]));
+      if (p.expert_out_in_place) {
+        // The slot destination s sent with its counts in the dispatch this combine follows.
+        const uint64_t* inbox = detail::SyncInbox(me, p.experts);
+        const int stride = SyncInboxStride(p.experts);
+        const int slot = static_cast<int>(
+            static_cast<uint32_t>(__ldcg(inbox + threadIdx.x * stride + p.experts + 1)));
+        bases[threadIdx.x] = static_cast<const char*>(
+            p.peers->handles[slot % kMaxHandleSlots][threadIdx.x].recv_x);
+      } else {
+        bases[threadIdx.x] =
+            reinterpret_cast<const char*>(detail::LoadRelaxedSys(&me->expert_out[threadIdx.x]));
+      }
     }
     __syncthreads();
     const int n = *p.bound_tokens;

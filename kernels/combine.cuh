@@ -37,6 +37,12 @@ struct CombineParams {
   const int32_t* bound_tokens = nullptr;
   void* out = nullptr;               // [n, H]
   const void* expert_out = nullptr;  // this rank's [recv_rows, H], valid on every GPU
+  // 1: every rank's expert output is its handle's recv_x (in place), read through the peer
+  // table by the slot each destination sent with its dispatch counts, not through the
+  // address published in the SyncArea. Frontend-launched ops need it: a published address is
+  // valid only in the process that published it.
+  int expert_out_in_place = 0;
+  int experts = 0;  // needed with expert_out_in_place (the inbox stride)
   const PeerTable* peers = nullptr;  // this rank's, in device memory (SyncAreas)
   const uint64_t* abort = nullptr;   // the group's host-mapped abort word
   uint64_t seq = 0;

@@ -63,6 +63,12 @@ class Session {
   StatusOr<v1::HandleInfo> CreateHandle(v1::CreateHandleRequest request);
   StatusOr<v1::HandleInfo> AttachHandle(const std::string& name);
   Status DestroyHandle(uint64_t handle_id);
+  // The frontend-launched data path (client/epd/data_path.h): the daemon stops running this
+  // handle's group's ops and describes what to map; FrontendOps (client/epd/frontend_ops.h)
+  // maps it and launches the kernels. The answer is checked (ValidateDataPlaneInfo).
+  // `reset_epoch`: after FrontendOps::TakeErrors reported a peer timeout, the epoch it
+  // happened in (FrontendOps::epoch()): the group restarts numbering on every rank.
+  StatusOr<v1::DataPlaneInfo> AttachDataPlane(uint64_t handle_id, uint64_t reset_epoch = 0);
 
   // --- ops on the stream; each waits for its answer up to ClientOptions::op_timeout ---
   // topk_idx [n, K] int32/int64; weights [n, K] f32 or none (all 1).

@@ -35,6 +35,7 @@ class DeviceMemory : public FrontendMemory {
   }
   size_t size() const override { return bytes_; }
   v1::MemorySource Source() const override { return source_; }
+  void* device_data() const override { return data_; }
   Status Write(size_t offset, const void* src, size_t bytes) override {
     EXAMPLE_CUDA(cudaMemcpy(at(offset), src, bytes, cudaMemcpyHostToDevice));
     return OkStatus();

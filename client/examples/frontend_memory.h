@@ -26,6 +26,8 @@ class FrontendMemory {
   virtual Status Fill(size_t offset, uint8_t value, size_t bytes) = 0;
   // The shm object on the cpu backend (tests poke at it); nullptr for device memory.
   virtual SharedMemoryBuffer* shm() { return nullptr; }
+  // The device address of byte 0 (device memory only; nullptr for host memory).
+  virtual void* device_data() const { return nullptr; }
 };
 
 StatusOr<std::unique_ptr<FrontendMemory>> CreateHostMemory(size_t bytes);

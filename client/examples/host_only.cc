@@ -1,4 +1,5 @@
 // The device half of frontend_memory.h in builds without CUDA: only host pages exist.
+#include "client/examples/frontend_launch.h"
 #include "client/examples/frontend_memory.h"
 
 namespace epd::example {
@@ -15,6 +16,12 @@ StatusOr<std::unique_ptr<FrontendMemory>> CreateDeviceMemory(size_t, int) {
 }
 Status CopyToHost(void*, const void*, size_t) { return NoCuda("copying a device region"); }
 Status CopyToDevice(void*, const void*, size_t) { return NoCuda("copying to a device region"); }
+
+StatusOr<std::unique_ptr<FrontendLaunch>> CreateFrontendLaunch(Session&, const HandleView&,
+                                                               FrontendMemory&, LaunchTensors,
+                                                               std::chrono::milliseconds) {
+  return NoCuda("the frontend-launched data path");
+}
 
 Status FrontendSignal(Fence& fence, uint64_t value) { return fence.Signal(value); }
 Status FrontendWait(Fence& fence, uint64_t value, std::chrono::milliseconds timeout) {

@@ -44,6 +44,7 @@ struct Flags {
   int iterations = 4;
   std::string group;
   uint64_t seed = 1;
+  bool progress = false;
 };
 
 // Removes the shared memory a rank process left when a signal stopped it before its
@@ -70,6 +71,7 @@ int RunRank(const Flags& flags, const Problem& problem, int rank) {
   epd::example::RankRunnerOptions options;
   options.group = flags.group;
   options.int64_topk = flags.idx == "int64";
+  options.frontend_launched = flags.mode == "frontend";
   auto runner = epd::example::RankRunner::Create(**client, problem, rank, options);
   if (!runner.ok()) return fail(runner.status());
   std::string tokens;
@@ -79,12 +81,17 @@ int RunRank(const Flags& flags, const Problem& problem, int rank) {
     const auto in = epd::example::MakeInputs(problem, flags.seed, rank, it, n, false);
     epd::Status status = (*runner)->RunAndCheck(in, epd::example::ScaleByExpertPlusOne, fenced);
     if (!status.ok()) return fail(status.WithContext(fmt::format("iteration {}", it)));
-    tokens += fmt::format("{}{}{}", it == 0 ? "" : ",", n, fenced ? "f" : "b");
+    if (flags.progress) {
+      std::printf("rank %d: layer %d OK\n", rank, it);
+      std::fflush(stdout);
+    }
+    tokens += fmt::format("{}{}{}", it == 0 ? "" : ",", n,
+                          options.frontend_launched ? "l" : fenced ? "f" : "b");
   }
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - start)
                       .count();
-  std::printf("rank %d: %d layers OK, bit-exact (tokens %s; b=blocking f=fenced) in %lld ms\n",
+  std::printf("rank %d: %d layers OK, bit-exact (tokens %s; b=blocking f=fenced l=frontend-launched) in %lld ms\n",
               rank, flags.iterations, tokens.c_str(), static_cast<long long>(ms));
   std::fflush(stdout);
   return 0;
@@ -112,11 +119,14 @@ int main(int argc, char** argv) {
   app.add_flag("--prequantized", flags.prequantized,
                "fp8: quantize x here and pass x_scales (else the daemon quantizes bf16 x)");
   app.add_option("--idx", flags.idx, "topk_idx dtype")->check(CLI::IsMember({"int32", "int64"}));
-  app.add_option("--mode", flags.mode, "blocking, fenced, or both (alternating)")
-      ->check(CLI::IsMember({"blocking", "fenced", "both"}));
+  app.add_option("--mode", flags.mode,
+                 "blocking, fenced, both (alternating): the daemon's streams; frontend: this "
+                 "process launches the kernels (frontend-launched data path, cuda backend)")
+      ->check(CLI::IsMember({"blocking", "fenced", "both", "frontend"}));
   app.add_option("--iterations", flags.iterations)->check(CLI::Range(1, 100000));
   app.add_option("--group", flags.group, "group name (default: derived from the shape)");
   app.add_option("--seed", flags.seed);
+  app.add_flag("--progress", flags.progress, "print a line after every checked layer");
   CLI11_PARSE(app, argc, argv);
 
   Problem problem;

@@ -33,7 +33,6 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
     handle = session.AttachHandle(options.handle_name);  // a previous frontend left it
   }
   if (!handle.ok()) return handle.status().WithContext("creating the handle");
-  EPD_ASSIGN_OR_RETURN(runner->view_, HandleView::Open(*handle));
   EPD_ASSIGN_OR_RETURN(const v1::NodeInfo node, client.GetNodeInfo());
   const bool device = node.backend() == "cuda";
   if (device) {
@@ -52,7 +51,7 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   size_t total = runner->out_offset_ + AlignUp(T * problem.row_bytes());
   if (problem.fp8) {
     // fp8: ... | xq [T, H] e4m3 | x_scales [T, H / 128] | expert_out [recv_rows, H] bf16.
-    const size_t recv_rows = static_cast<size_t>(runner->view_->recv_rows());
+    const size_t recv_rows = static_cast<size_t>(handle->buffers().recv_rows());
     runner->xq_offset_ = total;
     runner->x_scales_offset_ = runner->xq_offset_ + AlignUp(T * problem.hidden);
     runner->expert_out_offset_ = runner->x_scales_offset_ + AlignUp(T * problem.scale_row_bytes());
@@ -66,10 +65,20 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   } else {
     EPD_ASSIGN_OR_RETURN(runner->memory_, CreateHostMemory(total));
   }
+  // NOTE: after the device memory: it made the handle's GPU current, and the receive region is
+  // mapped on the current GPU (where frontend-launched kernels read it).
+  EPD_ASSIGN_OR_RETURN(runner->view_, HandleView::Open(*handle));
   runner->out_host_.resize(T * problem.row_bytes());
   EPD_ASSIGN_OR_RETURN(runner->buffer_id_, session.RegisterBuffer(runner->memory_->Source()));
   EPD_ASSIGN_OR_RETURN(runner->done_, session.CreateFence());
   EPD_ASSIGN_OR_RETURN(runner->ready_, session.CreateFence());
+  if (options.frontend_launched) {
+    const LaunchTensors tensors{runner->x_offset_, runner->topk_offset_, runner->weights_offset_,
+                                runner->out_offset_, options.int64_topk};
+    EPD_ASSIGN_OR_RETURN(runner->launch_,
+                         CreateFrontendLaunch(session, *runner->view_, *runner->memory_, tensors,
+                                              options.fence_timeout));
+  }
   return runner;
 }
 
@@ -161,6 +170,9 @@ Status RankRunner::RunLayer(const RankInputs& in, const ExpertFactor& factor, bo
 
 Status RankRunner::RunOps(int n, const ExpertFactor& factor, bool fenced) {
   const uint64_t layer = ++layers_;
+  if (launch_ != nullptr) {
+    return launch_->RunLayer(n, [&] { return RunExpertsOnReceived(factor); });
+  }
   if (!fenced) {
     const v1::OpOptions blocking = BlockingOptions();
     EPD_RETURN_IF_ERROR(

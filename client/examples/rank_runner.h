@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "client/epd/client.h"
+#include "client/examples/frontend_launch.h"
 #include "client/examples/frontend_memory.h"
 #include "client/examples/moe_math.h"
 
@@ -23,6 +24,9 @@ struct RankRunnerOptions {
   bool persistent_handle = false;
   bool persistent_group = false;
   bool int64_topk = false;  // topk_idx as int64 instead of int32
+  // The frontend-launched data path: this process launches the kernels (cuda backend only);
+  // RunLayer's `fenced` is then ignored.
+  bool frontend_launched = false;
   std::chrono::milliseconds fence_timeout{30'000};
 };
 
@@ -86,6 +90,7 @@ class RankRunner {
   std::vector<uint8_t> expert_out_host_;                                // fp8 only
   std::unique_ptr<Fence> done_;   // daemon -> frontend: op completed
   std::unique_ptr<Fence> ready_;  // frontend -> daemon: expert outputs written
+  std::unique_ptr<FrontendLaunch> launch_;  // frontend-launched path only
   uint64_t layers_ = 0;
 };
 

@@ -70,12 +70,30 @@ class ExportedMemory : public Memory {
   virtual MemorySource Describe() const = 0;  // what a client opens; offset 0, size = size()
 };
 
+enum class ComputeMode { kUnknown = 0, kDefault = 1, kExclusiveProcess = 2, kProhibited = 3 };
+constexpr std::string_view ComputeModeName(ComputeMode mode) {
+  switch (mode) {
+    case ComputeMode::kDefault:
+      return "default";
+    case ComputeMode::kExclusiveProcess:
+      return "exclusive-process";
+    case ComputeMode::kProhibited:
+      return "prohibited";
+    default:
+      return "unknown";
+  }
+}
+
 struct NodeGpu {
   int index = 0;
   std::string name;
   std::string uuid;
   uint64_t total_memory_bytes = 0;
   int compute_capability = 0;  // major * 10 + minor
+  // The daemon's context is an MPS client: its streams and the frontends' run concurrently.
+  // Without MPS every daemon/frontend hand-off is a context switch (~200 us on H200).
+  bool mps_active = false;
+  ComputeMode compute_mode = ComputeMode::kUnknown;
 };
 
 struct NodeDescription {
@@ -108,6 +126,28 @@ class BackendHandle {
   virtual const HandleLayout& layout() const = 0;
   virtual ExportedMemory& exported() = 0;  // receive region the frontend reads and writes
   virtual int num_tokens() const = 0;      // tokens bound by the last UpdateHandle
+};
+
+// Byte offsets of a handle's private buffers (the routing UpdateHandle binds and dispatch
+// reads) inside its private region; shapes in kernels/routing.cuh.
+struct HandlePrivateOffsets {
+  uint64_t topk_idx = 0, topk_weights = 0, expert_counts = 0, slot = 0, local_rank = 0,
+           bound_tokens = 0, bytes = 0;
+};
+
+// What a backend exports of one rank's handle so that the rank's frontend can launch the
+// collective kernels itself (the frontend-launched data path): the private region and the
+// rank's sync area, both daemon-owned memory the frontend maps once.
+struct DataPlaneExport {
+  MemorySource private_region;
+  HandlePrivateOffsets private_offsets;
+  MemorySource sync_area;
+  uint64_t sync_area_bytes = 0;
+  int max_blocks = 1;  // grid bound of one collective kernel on this group
+  // The slot of the group's peer tables the handle's receive buffers are published in: a
+  // dispatch source names it with its counts, so frontend-launched peers index their own
+  // tables by it too.
+  int handle_slot = 0;
 };
 
 struct UpdateArgs {
@@ -181,6 +221,18 @@ class Backend {
   // Liveness of the backend's own threads (completion threads): an error naming the one busy
   // with a single item for longer than `limit`. Backends without threads are always live.
   virtual Status CheckLiveness(std::chrono::milliseconds /*limit*/) const { return OkStatus(); }
+
+  // --- the frontend-launched data path (backends with a device data plane) ---
+  // Exports `handle`'s private region and sync area; FAILED_PRECONDITION where the backend
+  // has no device data plane (cpu: frontends use the daemon's ops).
+  virtual StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& group, BackendHandle& handle);
+  // Called when the group's ops move to frontends (dead_group_rank < 0), and when a
+  // frontend-launched rank's frontend ended, maybe mid-op (dead_group_rank >= 0). Marks the
+  // dead rank's ops abandoned (so survivors waiting for it are released at once) and clears
+  // its sync area (its kernels are gone with its context) and returns a sequence base above every op sequence
+  // number any rank used on the group so far, plus kGroupResetSequenceGap; the daemon's own
+  // numbering continues from it too.
+  virtual StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank);
 };
 
 }  // namespace epd

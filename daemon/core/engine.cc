@@ -195,6 +195,23 @@ Status Engine::DestroyHandle(SessionId session, ObjectId handle) {
   return Await<Status>([&](StatusCallback done) { DestroyHandle(session, handle, done); });
 }
 
+// ------------------------------------------------------------------ frontend-launched ops
+
+void Engine::AttachDataPlane(SessionId session, ObjectId handle, uint64_t reset_epoch,
+                             ResultCallback<DataPlaneInfo> done) {
+  impl_->control().Post([impl = impl_.get(), session, handle, reset_epoch,
+                         done = std::move(done)] {
+    done(impl->AttachDataPlane(session, handle, reset_epoch));
+  });
+}
+
+StatusOr<DataPlaneInfo> Engine::AttachDataPlane(SessionId session, ObjectId handle,
+                                                uint64_t reset_epoch) {
+  return Await<StatusOr<DataPlaneInfo>>([&](ResultCallback<DataPlaneInfo> done) {
+    AttachDataPlane(session, handle, reset_epoch, done);
+  });
+}
+
 // ------------------------------------------------------------------ ops
 
 Status Engine::SubmitUpdate(SessionId session, const UpdateRequest& request,

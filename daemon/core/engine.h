@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "daemon/core/backend.h"
+#include "daemon/core/data_plane.h"
 #include "daemon/core/group_config.h"
 #include "daemon/core/session_limits.h"
 #include "common/status.h"
@@ -230,6 +231,18 @@ class Engine {
   StatusOr<HandleInfo> AttachHandle(SessionId session, std::string_view name);
   void DestroyHandle(SessionId session, ObjectId handle, StatusCallback done);
   Status DestroyHandle(SessionId session, ObjectId handle);
+  // The frontend-launched data path (data_plane.h): from now on the session's frontend
+  // launches this handle's ops itself; the answer says what to map. Needs every group rank's
+  // handle to exist. While any rank of a group is frontend-launched the daemon refuses the
+  // group's update/dispatch/combine; when the launching session ends (or destroys the
+  // handle) the group's device sync state is reset and a new epoch begins. `reset_epoch`
+  // (non-zero): the caller's collective of that epoch failed on the device, so the ranks' op
+  // counts may differ; the group starts a new epoch unless it already left that one.
+  // Runs on the control worker (device calls); the synchronous form waits for it.
+  void AttachDataPlane(SessionId session, ObjectId handle, uint64_t reset_epoch,
+                       ResultCallback<DataPlaneInfo> done);
+  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId session, ObjectId handle,
+                                          uint64_t reset_epoch = 0);
 
   // Ops: validated synchronously (the returned Status); then run in order on the rank's
   // worker, and `done` is called once (after device completion when blocking, else once

@@ -171,24 +171,36 @@ StatusOr<HandleInfo> Engine::Impl::AttachHandle(SessionId id, std::string_view n
 
 Status Engine::Impl::DestroyHandle(SessionId id, ObjectId handle_id, Released& released) {
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
-  std::lock_guard lock(session->mutex);
-  auto it = session->handles.find(handle_id);
-  if (it == session->handles.end()) {
-    return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
+  std::vector<LaunchRelease> launches;
+  {
+    std::lock_guard lock(session->mutex);
+    auto it = session->handles.find(handle_id);
+    if (it == session->handles.end()) {
+      return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
+    }
+    ReleaseLaunchesLocked(id, it->second->group, launches);
+    DestroyHandleLocked(*session, it, released);
   }
+  ResetLaunchedGroups(launches, "its handle was destroyed");
+  return OkStatus();
+}
+
+void Engine::Impl::DestroyHandleLocked(Session& session,
+                                       std::map<ObjectId, std::shared_ptr<Handle>>::iterator it,
+                                       Released& released) {
+  const ObjectId handle_id = it->first;
   std::shared_ptr<Handle> handle = it->second;
   DetachLocked(*handle);
   if (handle->persistent) {
     persistent_.Remove(*handle);
     handle->membership.Leave();
   }
-  if (auto region = session->buffers.Take(session->handle_buffers[handle_id]); region.ok()) {
+  if (auto region = session.buffers.Take(session.handle_buffers[handle_id]); region.ok()) {
     released.push_back(std::move(region).value());
   }
-  session->handle_buffers.erase(handle_id);
-  session->handles.erase(it);
+  session.handle_buffers.erase(handle_id);
+  session.handles.erase(it);
   released.push_back(std::move(handle));
-  return OkStatus();
 }
 
 HandleInfo Engine::Impl::AttachLocked(Session& session, const std::shared_ptr<Handle>& handle) {

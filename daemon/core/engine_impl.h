@@ -7,6 +7,7 @@
 // pipeline's are never held while taking another.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 
@@ -56,6 +57,10 @@ class Engine::Impl {
   StatusOr<HandleInfo> AttachHandle(SessionId id, std::string_view name);
   Status DestroyHandle(SessionId id, ObjectId handle_id, Released& released);
 
+  // --- the frontend-launched data path (engine_data_plane.cc) ---
+  StatusOr<DataPlaneInfo> AttachDataPlane(SessionId id, ObjectId handle_id,
+                                          uint64_t reset_epoch);
+
   // --- ops (engine_ops.cc) ---
   Status SubmitUpdate(SessionId id, const UpdateRequest& request, const OpOptions& options,
                       OpDone done);
@@ -65,6 +70,22 @@ class Engine::Impl {
                        OpDone done);
 
  private:
+  // A frontend-launched rank whose frontend ended (its session closed or it destroyed the
+  // handle): its group's device sync state is reset once the locks are dropped.
+  struct LaunchRelease {
+    std::shared_ptr<Group> group;
+    int group_rank = 0;
+  };
+  // With the session's mutex held: the ranks of `group` that session `id` launched.
+  void ReleaseLaunchesLocked(SessionId id, const std::shared_ptr<Group>& group,
+                             std::vector<LaunchRelease>& out);
+  // With no lock held: resets each released group (ResetDataPlane) and starts a new epoch.
+  void ResetLaunchedGroups(const std::vector<LaunchRelease>& launches, std::string_view reason);
+  Status RestartEpoch(SessionId id, ObjectId handle_id, uint64_t reset_epoch);
+  StatusOr<DataPlaneInfo> AttachDataPlaneOnce(SessionId id, ObjectId handle_id);
+  // Every group rank's handle, by group rank; FAILED_PRECONDITION naming the first missing.
+  StatusOr<std::vector<std::shared_ptr<Handle>>> GroupMembers(const Group& group) const;
+
   // A group built and registered; `owner` may have closed meanwhile.
   StatusOr<std::shared_ptr<Handle>> NewHandle(const std::shared_ptr<Group>& group, int node_rank,
                                               std::string_view name, bool persistent);
@@ -72,6 +93,10 @@ class Engine::Impl {
   HandleInfo AttachLocked(Session& session, const std::shared_ptr<Handle>& handle);
   HandleInfo DescribeHandle(ObjectId handle_id, const Session& session, Handle& handle) const;
   void DetachLocked(Handle& handle);
+  // With the session's mutex held: removes the handle `it` names from the session.
+  void DestroyHandleLocked(Session& session,
+                           std::map<ObjectId, std::shared_ptr<Handle>>::iterator it,
+                           Released& released);
   // With the session's mutex held: RESOURCE_EXHAUSTED naming the limit's config key.
   Status CheckBufferLimitsLocked(const Session& session, uint64_t bytes) const;
   // A group rank's collectives belong to the one frontend holding its handle.
@@ -97,6 +122,7 @@ class Engine::Impl {
   std::unique_ptr<IdleReaper> reaper_;
   std::mutex shutdown_mutex_;
   bool shut_down_ = false;  // guarded by shutdown_mutex_
+  std::atomic<uint64_t> state_pages_{0};  // group state pages made, for their names
 };
 
 }  // namespace epd

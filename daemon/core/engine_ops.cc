@@ -19,6 +19,16 @@ StatusOr<OpContext> Engine::Impl::PrepareOpLocked(const std::shared_ptr<Session>
     return NotFoundError("handle_id = {} is not a handle of this session", handle_id);
   }
   ctx.handle = hit->second;
+  {
+    Group& group = *ctx.handle->group;
+    std::lock_guard lock(group.data_plane_mutex);
+    if (group.data_plane != nullptr && group.data_plane->any_launched()) {
+      return FailedPreconditionError(
+          "group '{}' is frontend-launched: its frontends launch update, dispatch and combine "
+          "themselves (AttachDataPlane); the daemon runs none of its ops",
+          group.config.name);
+    }
+  }
   ctx.options = options;
   auto find_fence = [&](const std::optional<FenceOp>& op, std::string_view field,
                         std::shared_ptr<Fence>* out) -> Status {

@@ -70,12 +70,16 @@ Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Release
   std::shared_ptr<Session> session = sessions_.Remove(id);
   if (session == nullptr) return NotFoundError("session {} is not open", id);
   std::vector<std::shared_ptr<Group>> groups_to_abort;
+  std::vector<LaunchRelease> launches;
   size_t handles, buffers, fences;
   {
     std::lock_guard lock(session->mutex);
     std::set<Group*> seen;
     for (auto& [handle_id, handle] : session->handles) {
-      if (seen.insert(handle->group.get()).second) groups_to_abort.push_back(handle->group);
+      if (seen.insert(handle->group.get()).second) {
+        groups_to_abort.push_back(handle->group);
+        ReleaseLaunchesLocked(id, handle->group, launches);
+      }
       DetachLocked(*handle);
       released.push_back(std::move(handle));
     }
@@ -95,6 +99,7 @@ Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Release
       UnavailableError("rank {}'s session {} ended ({}) while the group waited for it",
                        session->rank, id, reason);
   for (auto& group : groups_to_abort) backend_->AbortGroup(*group->backend, abort);
+  ResetLaunchedGroups(launches, reason);
   // In-flight ops hold their own references: memory is freed once they drain.
   EPD_LOG(kCore, info,
           "session {} (rank {}) closed: {}; releasing {} handles, {} buffers, {} fences", id,

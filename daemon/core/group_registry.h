@@ -19,6 +19,7 @@
 
 #include "daemon/core/backend.h"
 #include "daemon/core/control_worker.h"
+#include "daemon/core/data_plane.h"
 #include "daemon/core/engine.h"
 
 namespace epd {
@@ -35,6 +36,11 @@ struct Group {
   SessionId owner = 0;    // 0 when persistent or when the owning session ended
   bool orphaned = false;  // owner ended while members remained
   int members = 0;
+
+  // The frontend-launched data path: set at the first AttachDataPlane. Taken after a
+  // Session's mutex, never across a backend call.
+  std::mutex data_plane_mutex;
+  std::unique_ptr<GroupDataPlane> data_plane;  // guarded by data_plane_mutex
 };
 
 class GroupRegistry;

@@ -244,6 +244,37 @@ void ToProto(const HandleInfo& handle, v1::HandleInfo* out) {
   *out->mutable_config() = ToProto(handle.config);
 }
 
+void ToProto(const DataPlaneInfo& info, v1::DataPlaneInfo* out) {
+  out->set_handle_id(info.handle_id);
+  out->set_group_rank(info.group_rank);
+  *out->mutable_config() = ToProto(info.config);
+  *out->mutable_buffers() = ToProto(info.layout);
+  *out->mutable_private_region() = ToProto(info.private_region);
+  const HandlePrivateOffsets& p = info.private_offsets;
+  v1::HandlePrivateBuffers* priv = out->mutable_private_buffers();
+  priv->set_topk_idx_offset(p.topk_idx);
+  priv->set_topk_weights_offset(p.topk_weights);
+  priv->set_expert_counts_offset(p.expert_counts);
+  priv->set_slot_offset(p.slot);
+  priv->set_local_rank_offset(p.local_rank);
+  priv->set_bound_tokens_offset(p.bound_tokens);
+  priv->set_total_bytes(p.bytes);
+  for (const DataPlanePeer& peer : info.peers) {
+    v1::DataPlanePeer* proto = out->add_peers();
+    proto->set_group_rank(peer.group_rank);
+    proto->set_device(peer.node_rank);
+    *proto->mutable_recv() = ToProto(peer.recv);
+    *proto->mutable_sync() = ToProto(peer.sync);
+    proto->set_handle_slot(peer.handle_slot);
+  }
+  out->set_sync_area_bytes(info.sync_area_bytes);
+  *out->mutable_state_page() = ToProto(info.state_page);
+  out->set_epoch(info.epoch);
+  out->set_sequence_base(info.sequence_base);
+  out->set_timeout_ns(info.timeout_ns);
+  out->set_max_blocks(info.max_blocks);
+}
+
 namespace {
 void ToProto(const OpCounters& counters, v1::OpStats* out) {
   out->set_completed(counters.completed);
@@ -283,6 +314,13 @@ void ToProto(const GroupSummary& group, v1::GroupSummary* out) {
   out->set_handles(group.handles);
 }
 
+// NOTE: the core's ComputeMode mirrors the proto enum value for value.
+static_assert(static_cast<int>(ComputeMode::kDefault) == v1::COMPUTE_MODE_DEFAULT &&
+              static_cast<int>(ComputeMode::kExclusiveProcess) ==
+                  v1::COMPUTE_MODE_EXCLUSIVE_PROCESS &&
+              static_cast<int>(ComputeMode::kProhibited) == v1::COMPUTE_MODE_PROHIBITED &&
+              static_cast<int>(ComputeMode::kUnknown) == v1::COMPUTE_MODE_UNSPECIFIED);
+
 void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& groups,
              std::string_view daemon_version, v1::NodeInfo* out) {
   out->set_daemon_version(std::string(daemon_version));
@@ -295,6 +333,8 @@ void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& group
     proto->set_uuid(gpu.uuid);
     proto->set_total_memory_bytes(gpu.total_memory_bytes);
     proto->set_compute_capability(gpu.compute_capability);
+    proto->set_mps_active(gpu.mps_active);
+    proto->set_compute_mode(static_cast<v1::ComputeMode>(gpu.compute_mode));
   }
   out->set_nccl_version(node.nccl_version);
   // NOTE: bounded so that GetNodeInfo always fits the default 4 MB message limit.

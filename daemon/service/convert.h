@@ -47,6 +47,7 @@ Status FromProto(const v1::CombineRequest& request, CombineRequest* out, OpOptio
 
 v1::HandleBuffers ToProto(const HandleLayout& layout);
 void ToProto(const HandleInfo& handle, v1::HandleInfo* out);
+void ToProto(const DataPlaneInfo& info, v1::DataPlaneInfo* out);
 void ToProto(const EngineStats& stats, v1::Stats* out);
 // `now` gives the session's age.
 void ToProto(const SessionSummary& session, Clock::time_point now, v1::SessionSummary* out);

@@ -293,6 +293,20 @@ grpc::ServerUnaryReactor* EpdService::AttachHandle(grpc::CallbackServerContext* 
   return Finish(context, "AttachHandle", OkStatus());
 }
 
+grpc::ServerUnaryReactor* EpdService::AttachDataPlane(grpc::CallbackServerContext* context,
+                                                      const v1::AttachDataPlaneRequest* request,
+                                                      v1::DataPlaneInfo* response) {
+  Status touched = Authorize(context, request->session_id());
+  if (!touched.ok()) return Finish(context, "AttachDataPlane", touched);
+  // Exports and the first reset talk to the device: on the engine's control worker.
+  DeferredCall call(&pending_calls_, context, "AttachDataPlane");
+  engine_->AttachDataPlane(request->session_id(), request->handle_id(), request->reset_epoch(),
+                           [call, response](StatusOr<DataPlaneInfo> info) {
+                             call.Finish(info.status(), [&] { ToProto(*info, response); });
+                           });
+  return call.reactor();
+}
+
 grpc::ServerUnaryReactor* EpdService::DestroyHandle(grpc::CallbackServerContext* context,
                                                     const v1::DestroyHandleRequest* request,
                                                     v1::DestroyHandleResponse*) {

@@ -68,6 +68,9 @@ class EpdService final : public v1::Epd::CallbackService {
   grpc::ServerUnaryReactor* CreateHandle(grpc::CallbackServerContext* context,
                                          const v1::CreateHandleRequest* request,
                                          v1::HandleInfo* response) override;
+  grpc::ServerUnaryReactor* AttachDataPlane(grpc::CallbackServerContext* context,
+                                            const v1::AttachDataPlaneRequest* request,
+                                            v1::DataPlaneInfo* response) override;
   grpc::ServerUnaryReactor* AttachHandle(grpc::CallbackServerContext* context,
                                          const v1::AttachHandleRequest* request,
                                          v1::HandleInfo* response) override;

@@ -63,6 +63,7 @@ const char* OpName(Op op);
 inline constexpr const char* kModeInproc = "inproc";
 inline constexpr const char* kModeFenced = "daemon_fenced";
 inline constexpr const char* kModeBlocking = "daemon_blocking";
+inline constexpr const char* kModeFrontendLaunched = "frontend_launched";
 inline constexpr const char* kModeNccl = "nccl_baseline";
 inline constexpr const char* kModeTorch = "torch_all_to_all";
 

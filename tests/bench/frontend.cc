@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include "client/epd/cuda.h"
+#include "client/epd/frontend_ops.h"
 #include "tests/bench/gpu_util.h"
 #endif
 
@@ -67,6 +68,11 @@ class Frontend {
   Status TimeFenced(const Case& c, Tensors& t, uint64_t handle_id, const RankRouting& routing,
                     ModeSamples& samples, std::string& check);
   Status TimeBlocking(const Case& c, Tensors& t, uint64_t handle_id, ModeSamples& samples);
+  Status TimeFrontendLaunched(const Case& c, Tensors& t, const v1::HandleInfo& handle,
+                              const RankRouting& routing, ModeSamples& samples,
+                              std::string& check);
+  // Copies the combine output of the first iteration to the host and checks it.
+  std::string CheckOutput(const Case& c, const Tensors& t, const RankRouting& routing);
   std::future<Status> Post(Op op, const Case& c, const Tensors& t, uint64_t handle_id,
                            const v1::OpOptions& op_options);
   void WriteSamples(const Case& c, const char* mode, const ModeSamples& samples);
@@ -250,23 +256,11 @@ Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
       if (!all_ok) return AbortedError("another frontend failed");
       if (it >= settings_.warmup) samples.per_rank[op][0].push_back(us);
     }
+    // NOTE: CheckOutput never fails the case: the other frontends wait at the next barrier.
     if (it == 0 && settings_.check && c.fp8()) {
       check = "skipped: fp8 expert outputs are zeros here (inproc checks fp8)";
     } else if (it == 0 && settings_.check) {
-      const void* result = static_cast<const char*>(t.base) + t.out;
-      std::vector<char> host;
-      // NOTE: never return from here: the other frontends wait at the next barrier.
-      Status copied;
-#if EPD_BENCH_WITH_CUDA
-      if (on_gpu_) {
-        host.resize(static_cast<size_t>(c.tokens) * c.row_bytes() + 1);
-        copied = gpu::Check(cudaMemcpy(host.data(), result, host.size() - 1, cudaMemcpyDeviceToHost),
-                            "cudaMemcpy(out)");
-        result = host.data();
-      }
-#endif
-      check = copied.ok() ? CheckCombine(c, options_.rank, routing, result, CheckStride(c))
-                          : "failed: " + copied.ToString();
+      check = CheckOutput(c, t, routing);
     }
   }
   return OkStatus();
@@ -291,6 +285,96 @@ Status Frontend::TimeBlocking(const Case& c, Tensors& t, uint64_t handle_id,
     }
   }
   return OkStatus();
+}
+
+std::string Frontend::CheckOutput(const Case& c, const Tensors& t, const RankRouting& routing) {
+  const void* result = static_cast<const char*>(t.base) + t.out;
+  std::vector<char> host;
+  Status copied;
+#if EPD_BENCH_WITH_CUDA
+  if (on_gpu_) {
+    host.resize(static_cast<size_t>(c.tokens) * c.row_bytes() + 1);
+    copied = gpu::Check(cudaMemcpy(host.data(), result, host.size() - 1, cudaMemcpyDeviceToHost),
+                        "cudaMemcpy(out)");
+    result = host.data();
+  }
+#endif
+  return copied.ok() ? CheckCombine(c, options_.rank, routing, result, CheckStride(c))
+                     : "failed: " + copied.ToString();
+}
+
+Status Frontend::TimeFrontendLaunched(const Case& c, Tensors& t, const v1::HandleInfo& handle,
+                                      const RankRouting& routing, ModeSamples& samples,
+                                      std::string& check) {
+#if EPD_BENCH_WITH_CUDA
+  std::unique_ptr<HandleView> view;
+  std::unique_ptr<FrontendOps> ops;
+  Status status = gpu::Check(cudaSetDevice(options_.rank), "cudaSetDevice");
+  if (status.ok()) {
+    auto opened = HandleView::Open(handle);
+    status = opened.status();
+    if (status.ok()) view = std::move(opened).value();
+  }
+  if (status.ok()) {
+    auto info = session_->AttachDataPlane(handle.handle_id());
+    status = info.status();
+    if (status.ok()) {
+      auto made = FrontendOps::Open(*info, *view);
+      status = made.status();
+      if (status.ok()) ops = std::move(made).value();
+    }
+  }
+  EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(status.ok()));
+  if (!status.ok()) return status.WithContext("attaching the data plane");
+  if (!all_ok) return AbortedError("another frontend failed to attach");
+  char* base = static_cast<char*>(t.base);
+  const int total = settings_.warmup + settings_.iterations;
+  for (int it = 0; it < total; ++it) {
+    for (int op = 0; op < kNumOps; ++op) {
+      ++gate_value_;
+      status = gate_->Arm(stream_, gate_value_);
+      if (status.ok()) status = events_->RecordStart(stream_);
+      if (status.ok()) {
+        switch (static_cast<Op>(op)) {
+          case Op::kUpdate:
+            status = ops->Update(base + t.topk, false,
+                                 reinterpret_cast<const float*>(base + t.weights), c.tokens,
+                                 stream_);
+            break;
+          case Op::kDispatch:
+            status = ops->Dispatch(base + t.x, stream_);
+            break;
+          case Op::kCombine:
+            status = ops->Combine(base + t.out, stream_);
+            break;
+        }
+      }
+      if (status.ok()) status = events_->RecordStop(stream_);
+      EPD_ASSIGN_OR_RETURN(all_ok, Barrier(status.ok()));
+      gate_->Open(gate_value_);  // always: an armed gate must not hold the stream
+      if (!all_ok) return status.ok() ? AbortedError("another frontend failed") : status;
+      double us = 0;
+      auto elapsed = events_->ElapsedUs(settings_.op_timeout * 2);
+      if (!elapsed.ok()) {
+        status = elapsed.status();
+      } else {
+        us = *elapsed;
+        status = ops->TakeErrors();
+      }
+      EPD_ASSIGN_OR_RETURN(all_ok, Barrier(status.ok()));
+      if (!status.ok()) {
+        return status.WithContext(fmt::format("iteration {} {}", it, OpName(static_cast<Op>(op))));
+      }
+      if (!all_ok) return AbortedError("another frontend failed");
+      if (it >= settings_.warmup) samples.per_rank[op][0].push_back(us);
+    }
+    if (it == 0 && settings_.check) check = CheckOutput(c, t, routing);
+  }
+  return OkStatus();
+#else
+  (void)c, (void)t, (void)handle, (void)routing, (void)samples, (void)check;
+  return UnimplementedError("the frontend-launched mode needs epd-bench built with CUDA");
+#endif
 }
 
 void Frontend::WriteSamples(const Case& c, const char* mode, const ModeSamples& samples) {
@@ -345,6 +429,7 @@ Status Frontend::RunCase(const Case& c, bool first) {
     Status why = status.ok() ? AbortedError("group creation failed on rank 0") : status;
     fail_line(kModeFenced, why);
     fail_line(kModeBlocking, why);
+    if (options_.frontend_launched && on_gpu_) fail_line(kModeFrontendLaunched, why);
     return OkStatus();
   }
   StatusOr<v1::HandleInfo> handle = session_->CreateHandle(config.name);
@@ -380,10 +465,26 @@ Status Frontend::RunCase(const Case& c, bool first) {
       Status control = MeasureControl(handle_id, empty);
       if (!control.ok()) out << "control_error " << OneLine(control.ToString()) << "\n";
     }
+    // Last on this handle: once frontends launch, the daemon refuses the group's ops.
+    if (options_.frontend_launched && on_gpu_) {
+      EPD_ASSIGN_OR_RETURN(all_ok, Barrier(true));  // rank 0's control ops are done
+      ModeSamples samples;
+      samples.per_rank[0].resize(1), samples.per_rank[1].resize(1), samples.per_rank[2].resize(1);
+      std::string check = "skipped";
+      Status launched = TimeFrontendLaunched(c, t, *handle, routing, samples, check);
+      if (launched.ok()) {
+        WriteSamples(c, kModeFrontendLaunched, samples);
+        out << "check " << c.index << " " << kModeFrontendLaunched << " " << OneLine(check)
+            << "\n";
+      } else {
+        fail_line(kModeFrontendLaunched, launched);
+      }
+    }
   } else {
     Status why = status.ok() ? AbortedError("handle setup failed on another rank") : status;
     fail_line(kModeFenced, why);
     fail_line(kModeBlocking, why);
+    if (options_.frontend_launched && on_gpu_) fail_line(kModeFrontendLaunched, why);
   }
   out.flush();
   EPD_ASSIGN_OR_RETURN(all_ok, Barrier(true));

@@ -8,6 +8,10 @@
 //     backend the same span is timed with the host clock (the daemon waits on the host there,
 //     so the ack comes after the op and is awaited last).
 // (c) daemon_blocking: blocking ops; host wall time of each call.
+// (d) frontend_launched: the frontend launches the kernels itself (FrontendOps) on its stream;
+//     [gate][start event][op][stop event], the gate opened together: GPU time of the op as
+//     the frontend's context runs it (cuda backend only; it runs last on each case's handle,
+//     since the daemon refuses a group's ops once frontends launch them).
 //
 // Every frontend runs the same case list in lockstep and appends its samples to a result
 // file that the coordinating epd-bench merges (ReadFrontendResults).
@@ -32,6 +36,7 @@ struct FrontendOptions {
   std::string group_prefix = "bench";  // groups are named <prefix>-<case index>
   bool fenced = true;
   bool blocking = true;
+  bool frontend_launched = false;  // cuda backend: FrontendOps, after the daemon modes
   int control_iterations = 200;  // rank 0: GetNodeInfo and no-op op round trips
 };
 

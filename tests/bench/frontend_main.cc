@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   settings.op_timeout = std::chrono::milliseconds(op_timeout_ms);
   options.fenced = modes.find("fenced") != std::string::npos;
   options.blocking = modes.find("blocking") != std::string::npos;
+  options.frontend_launched = modes.find("frontend") != std::string::npos;
 
   std::ifstream in(cases_path);
   std::stringstream text;

@@ -70,7 +70,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
     }
   }
   for (const Case& c : cases) {
-    for (const char* mode : {kModeFenced, kModeBlocking}) {
+    for (const char* mode : {kModeFenced, kModeBlocking, kModeFrontendLaunched}) {
       auto it = entries.find({c.index, mode});
       if (it == entries.end()) continue;
       Entry& entry = it->second;
@@ -78,7 +78,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
       result.bench_case = c;
       result.mode = mode;
       const bool gpu = merged.backend == "cuda";
-      result.timing = mode == std::string(kModeFenced) && gpu ? "gpu_events" : "host_clock";
+      result.timing = mode != std::string(kModeBlocking) && gpu ? "gpu_events" : "host_clock";
       result.handle_bytes = ComputeHandleLayout(c.Config("x")).total_bytes();
       double selections = 0;
       MovedBytes moved;
@@ -99,7 +99,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
           if (o == static_cast<int>(Op::kDispatch)) summary.moved_bytes = moved.dispatch;
           if (o == static_cast<int>(Op::kCombine)) summary.moved_bytes = moved.combine;
         }
-        if (mode == std::string(kModeFenced)) {
+        if (mode != std::string(kModeBlocking)) {
           result.check = "passed";
           if (static_cast<int>(entry.checks.size()) < ranks) result.check = "skipped";
           for (const std::string& check : entry.checks) {

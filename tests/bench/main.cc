@@ -74,7 +74,7 @@ struct Flags {
   int ranks = 0;
   bool smoke = false;
   bool sweep = false;
-  std::string modes = "inproc,fenced,blocking,nccl";
+  std::string modes = "inproc,fenced,blocking,frontend,nccl";
   std::string tokens = "128", hidden = "7168", layouts = "expert", routings = "random,skewed";
   int top_k = 8, experts = 256, capacity = 0;
   std::string dtype = "bf16", algorithm = "ll";
@@ -93,7 +93,7 @@ struct Flags {
 // Modes (b) and (c): a daemon (started here unless --connect) and one frontend per rank.
 StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& backend,
                                          int ranks, const std::vector<Case>& cases,
-                                         bool fenced, bool blocking) {
+                                         bool fenced, bool blocking, bool frontend_launched) {
   std::unique_ptr<Daemon> daemon;
   std::string address = flags.connect;
   if (address.empty()) {
@@ -135,7 +135,8 @@ StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& 
         frontend, "--rank", std::to_string(r), "--ranks", std::to_string(ranks),
         "--connect", address, "--barrier", barrier->name(), "--result", results.back(),
         "--cases", cases_path, "--group-prefix", fmt::format("bench-{}", getpid()),
-        "--modes", std::string(fenced ? "fenced," : "") + (blocking ? "blocking" : ""),
+        "--modes", std::string(fenced ? "fenced," : "") + (blocking ? "blocking," : "") +
+                       (frontend_launched ? "frontend" : ""),
         "--warmup", std::to_string(flags.warmup), "--iterations", std::to_string(flags.iterations),
         "--op-timeout-ms", std::to_string(flags.op_timeout_ms),
         "--control-iterations", std::to_string(flags.control_iterations)};
@@ -179,7 +180,9 @@ int Main(int argc, char** argv) {
   app.add_flag("--smoke", f.smoke, "small sizes, few iterations (CI on the cpu backend)");
   app.add_flag("--sweep", f.sweep,
                "tokens/rank 1..4096 at H 7168 and H 2048..8192 at 128 tokens, both layouts");
-  app.add_option("--modes", f.modes, "inproc,fenced,blocking,nccl")->capture_default_str();
+  app.add_option("--modes", f.modes,
+                 "inproc,fenced,blocking,frontend,nccl (frontend: frontend-launched, cuda only)")
+      ->capture_default_str();
   app.add_option("--tokens", f.tokens, "tokens per rank, comma-separated")->capture_default_str();
   app.add_option("--hidden", f.hidden, "hidden sizes, comma-separated")->capture_default_str();
   app.add_option("--layouts", f.layouts, "expert,rank")->capture_default_str();
@@ -340,8 +343,9 @@ int Main(int argc, char** argv) {
       progress(results.back());
     }
   }
-  if (want("fenced") || want("blocking")) {
-    auto merged = RunDaemonModes(f, backend, ranks, cases, want("fenced"), want("blocking"));
+  if (want("fenced") || want("blocking") || want("frontend")) {
+    auto merged = RunDaemonModes(f, backend, ranks, cases, want("fenced"), want("blocking"),
+                                 want("frontend") && backend == "cuda");
     if (!merged.ok()) {
       fmt::print(stderr, "epd-bench: daemon modes failed: {}\n", merged.status().ToString());
       Result r;
@@ -377,11 +381,12 @@ int Main(int argc, char** argv) {
 #endif
   // Table and JSON grouped by case, modes in a fixed order.
   auto mode_rank = [](const std::string& m) {
-    const char* order[] = {kModeInproc, kModeFenced, kModeBlocking, kModeNccl, kModeTorch};
-    for (int i = 0; i < 5; ++i) {
+    const char* order[] = {kModeInproc,           kModeFenced, kModeBlocking,
+                           kModeFrontendLaunched, kModeNccl,   kModeTorch};
+    for (int i = 0; i < 6; ++i) {
       if (m == order[i]) return i;
     }
-    return 5;
+    return 6;
   };
   std::stable_sort(results.begin(), results.end(), [&](const Result& a, const Result& b) {
     if (a.bench_case.index != b.bench_case.index) return a.bench_case.index < b.bench_case.index;

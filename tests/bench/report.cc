@@ -151,8 +151,8 @@ std::string ToMarkdown(const RunInfo& info, const std::map<std::string, OpSummar
       auto o = m->second->ops.find(op);
       return o == m->second->ops.end() ? 0.0 : o->second.median_us;
     };
-    auto delta = [&](const char* op) {
-      const double a = median(kModeInproc, op), b = median(kModeFenced, op);
+    auto delta = [&](const char* op, const char* mode = kModeFenced) {
+      const double a = median(kModeInproc, op), b = median(mode, op);
       return a > 0 && b > 0 ? fmt::format("{:+.1f}", b - a) : std::string("-");
     };
     auto speedup = [&](const char* mode, const char* op) {
@@ -166,17 +166,21 @@ std::string ToMarkdown(const RunInfo& info, const std::map<std::string, OpSummar
       return o == m->second->ops.end() ? std::string("-")
                                        : fmt::format("{:.0f}%", 100.0 * o->second.gbps / 450.0);
     };
-    derived += fmt::format("| {} | {} | {} | {} | {} / {} | {} / {} | {} / {} |\n",
+    derived += fmt::format("| {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {} / {} |\n",
                            modes.begin()->second->bench_case.Label(), delta("update"),
-                           delta("dispatch"), delta("combine"), speedup(kModeInproc, "dispatch"),
+                           delta("dispatch"), delta("combine"),
+                           delta("dispatch", kModeFrontendLaunched),
+                           delta("combine", kModeFrontendLaunched),
+                           speedup(kModeInproc, "dispatch"),
                            speedup(kModeFenced, "dispatch"), speedup(kModeInproc, "combine"),
                            speedup(kModeFenced, "combine"), nvlink("dispatch"),
                            nvlink("combine"));
   }
   if (!derived.empty()) {
-    out += "\n| case | daemon overhead update us | dispatch us | combine us | dispatch speed-up "
-           "vs NCCL (inproc / fenced) | combine speed-up vs NCCL | inproc GB/s as % of NVLink "
-           "450 (dispatch / combine) |\n|---|---|---|---|---|---|---|\n";
+    out += "\n| case | daemon overhead update us | dispatch us | combine us | frontend-launched "
+           "overhead dispatch / combine us | dispatch speed-up vs NCCL (inproc / fenced) | "
+           "combine speed-up vs NCCL | inproc GB/s as % of NVLink 450 (dispatch / combine) "
+           "|\n|---|---|---|---|---|---|---|---|\n";
     out += derived;
   }
   if (!control.empty()) {

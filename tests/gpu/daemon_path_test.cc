@@ -8,36 +8,17 @@
 #include <signal.h>
 
 #include <chrono>
-#include <fstream>
 #include <future>
 #include <sstream>
 #include <thread>
 
 #include "client/epd/cuda.h"
 #include "common/dtype.h"
+#include "tests/gpu/frontend_processes.h"
 #include "tests/integration/client_test_support.h"
 
 namespace epd::testing {
 namespace {
-
-int VisibleGpus() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return count;
-}
-
-// Children of `pid` (the example forks one process per rank).
-std::vector<pid_t> ChildrenOf(pid_t pid) {
-  std::ifstream file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
-                     "/children");
-  std::vector<pid_t> children;
-  pid_t child;
-  while (file >> child) children.push_back(child);
-  return children;
-}
 
 class DaemonPathTest : public ::testing::Test {
  protected:
@@ -123,15 +104,8 @@ TEST_F(DaemonPathTest, FenceStreamOpsWorkInsideACapturedCudaGraph) {
   constexpr int kTokens = 32, kHidden = 1024, kTopK = 2, kExperts = 8;
   auto session = client_->OpenSession(0, "graph-frontend");
   ASSERT_TRUE(session.ok()) << session.status().ToString();
-  v1::GroupConfig config;
-  config.set_name("graph-capture");
-  config.add_ranks(0);
-  config.set_experts(kExperts);
-  config.set_hidden(kHidden);
-  config.set_max_tokens_per_rank(kTokens);
-  config.set_top_k(kTopK);
-  config.set_dtype(v1::DTYPE_FP32);
-  ASSERT_TRUE((*session)->CreateGroup(config).ok());
+  ASSERT_TRUE(
+      (*session)->CreateGroup(OneGpuFp32Group("graph-capture", kTokens, kHidden, kTopK, kExperts)).ok());
   auto handle = (*session)->CreateHandle("graph-capture");
   ASSERT_TRUE(handle.ok()) << handle.status().ToString();
 

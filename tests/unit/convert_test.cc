@@ -150,5 +150,31 @@ TEST(ConvertTest, DispatchTakesOptionalScalesAndHandlesExportThem) {
   EXPECT_EQ(ToProto(layout).recv_scales_offset(), 4096u);
 }
 
+TEST(ConvertTest, NodeInfoCarriesMpsStateAndComputeModePerGpu) {
+  NodeDescription node;
+  node.backend = "cuda";
+  node.ranks = 2;
+  node.gpus.resize(2);
+  node.gpus[0].index = 0;
+  node.gpus[0].mps_active = true;
+  node.gpus[0].compute_mode = ComputeMode::kExclusiveProcess;
+  node.gpus[1].index = 1;
+  node.gpus[1].compute_mode = ComputeMode::kDefault;
+  v1::NodeInfo out;
+  ToProto(node, {}, "test", &out);
+  ASSERT_EQ(out.gpus_size(), 2);
+  EXPECT_TRUE(out.gpus(0).mps_active());
+  EXPECT_EQ(out.gpus(0).compute_mode(), v1::COMPUTE_MODE_EXCLUSIVE_PROCESS);
+  EXPECT_FALSE(out.gpus(1).mps_active());
+  EXPECT_EQ(out.gpus(1).compute_mode(), v1::COMPUTE_MODE_DEFAULT);
+  // The cpu backend has no GPUs: nothing claims MPS.
+  NodeDescription cpu;
+  cpu.backend = "cpu";
+  cpu.ranks = 1;
+  v1::NodeInfo cpu_out;
+  ToProto(cpu, {}, "test", &cpu_out);
+  EXPECT_EQ(cpu_out.gpus_size(), 0);
+}
+
 }  // namespace
 }  // namespace epd::service

@@ -54,6 +54,12 @@ class ForwardingBackend : public Backend {
     inner_->AbortGroup(g, reason);
   }
   void BeginShutdown() override { inner_->BeginShutdown(); }
+  StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& g, BackendHandle& h) override {
+    return inner_->ExportDataPlane(g, h);
+  }
+  StatusOr<uint64_t> ResetDataPlane(BackendGroup& g, int dead) override {
+    return inner_->ResetDataPlane(g, dead);
+  }
 
  private:
   std::unique_ptr<Backend> inner_;

@@ -205,14 +205,16 @@ TEST(ReclaimStaleShm, RemovesOnlyObjectsOfDaemonsThatAreGone) {
   auto path = [&](const std::string& name) { return dir + "/" + name; };
   const std::string stale_handle = fmt::format("epd-{}-0badc0de-handle-0", dead);
   const std::string stale_fence = fmt::format("epd-{}-0badc0de-fence-12", dead);
+  const std::string stale_group = fmt::format("epd-{}-0badc0de-group-3", dead);
   const std::string live_handle = fmt::format("epd-{}-0badc0de-handle-0", live);
   const std::string client_object = fmt::format("epd-client-{}-0", dead);
-  for (const auto& name : {stale_handle, stale_fence, live_handle, client_object}) {
+  for (const auto& name : {stale_handle, stale_fence, stale_group, live_handle, client_object}) {
     std::ofstream(path(name)) << "x";
   }
-  EXPECT_EQ(ReclaimStaleShm(dir, [&](pid_t pid) { return pid == live; }), 2);
+  EXPECT_EQ(ReclaimStaleShm(dir, [&](pid_t pid) { return pid == live; }), 3);
   EXPECT_NE(access(path(stale_handle).c_str(), F_OK), 0);
   EXPECT_NE(access(path(stale_fence).c_str(), F_OK), 0);
+  EXPECT_NE(access(path(stale_group).c_str(), F_OK), 0);
   EXPECT_EQ(access(path(live_handle).c_str(), F_OK), 0);
   EXPECT_EQ(access(path(client_object).c_str(), F_OK), 0);  // not the daemon's to remove
   std::filesystem::remove_all(dir);

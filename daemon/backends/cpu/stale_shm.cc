@@ -19,7 +19,7 @@ bool IsRunningDaemon(pid_t pid) {
 int ReclaimStaleShm(const std::string& directory,
                     const std::function<bool(pid_t)>& is_running_daemon) {
   // The names NextShmName (cpu_backend.cc) makes; nothing else is touched.
-  static const std::regex kDaemonObject(R"(epd-(\d{1,9})-[0-9a-f]{8}-(handle|fence)-\d+)");
+  static const std::regex kDaemonObject(R"(epd-(\d{1,9})-[0-9a-f]{8}-(handle|fence|group)-\d+)");
   std::error_code error;
   int removed = 0;
   for (const auto& entry : std::filesystem::directory_iterator(directory, error)) {

@@ -1,6 +1,7 @@
-// Reclaims the handle and fence objects a killed daemon left in /dev/shm.
+// Reclaims the handle, fence and group state objects a killed daemon left in /dev/shm.
 //
-// The cpu backend names its objects "/epd-<pid>-<salt>-<kind>-<n>" (kind: handle or fence).
+// The daemon names its objects "/epd-<pid>-<salt>-<kind>-<n>" (kind: handle or fence of the
+// cpu backend, group for the frontend-launched path's state pages).
 // An object whose pid is no running epd daemon belongs to nobody: no live daemon maps it and
 // frontends only reach it through one, so it is unlinked at startup. Objects of other live
 // daemons on the node are left alone.

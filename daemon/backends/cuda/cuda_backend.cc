@@ -29,6 +29,19 @@ std::string FormatUuid(const cudaUUID_t& uuid) {
       b[15]);
 }
 
+ComputeMode FromCuda(int mode) {
+  switch (mode) {
+    case cudaComputeModeDefault:
+      return ComputeMode::kDefault;
+    case cudaComputeModeExclusiveProcess:
+      return ComputeMode::kExclusiveProcess;
+    case cudaComputeModeProhibited:
+      return ComputeMode::kProhibited;
+    default:
+      return ComputeMode::kUnknown;
+  }
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOptions& options) {
@@ -63,6 +76,20 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     rank->info.total_memory_bytes = prop.totalGlobalMem;
     rank->info.compute_capability = prop.major * 10 + prop.minor;
     rank->sm_count = prop.multiProcessorCount;
+    int mps = 0, compute_mode = -1;
+    // NOTE: after cudaSetDevice made the context: whether it is an MPS client is decided then.
+    // Informational only: a driver that does not know an attribute leaves it unknown (and the
+    // error is cleared) instead of stopping the daemon.
+    if (cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, device) != cudaSuccess) {
+      cudaGetLastError();
+      mps = 0;
+    }
+    if (cudaDeviceGetAttribute(&compute_mode, cudaDevAttrComputeMode, device) != cudaSuccess) {
+      cudaGetLastError();
+      compute_mode = -1;
+    }
+    rank->info.mps_active = mps != 0;
+    rank->info.compute_mode = FromCuda(compute_mode);
     // NOTE: before any op: a lazily loaded kernel's first launch would wait for the device
     // to go idle, i.e. for a fence-wait kernel that spins until the op is answered.
     EPD_CUDA_CHECK(kernels::PreloadKernels());
@@ -98,9 +125,16 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     }
   }
   for (const auto& rank : backend->ranks_) {
-    EPD_LOG(kCuda, info, "rank {}: GPU {} {} ({}, {} GiB, sm_{}, {} SMs)", rank->info.index,
-            rank->device, rank->info.name, rank->info.uuid, rank->info.total_memory_bytes >> 30,
-            rank->info.compute_capability, rank->sm_count);
+    EPD_LOG(kCuda, info, "rank {}: GPU {} {} ({}, {} GiB, sm_{}, {} SMs, compute mode {}, MPS {})",
+            rank->info.index, rank->device, rank->info.name, rank->info.uuid,
+            rank->info.total_memory_bytes >> 30, rank->info.compute_capability, rank->sm_count,
+            ComputeModeName(rank->info.compute_mode), rank->info.mps_active ? "on" : "off");
+    if (!rank->info.mps_active) {
+      EPD_LOG(kCuda, info,
+              "rank {}: no MPS: ops on the daemon's streams pay a context switch per hand-off "
+              "(~200 us); frontends with CUDA default to launching ops themselves",
+              rank->info.index);
+    }
   }
   return backend;
 }
@@ -193,9 +227,10 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
     RankState& rank = *ranks_[config.ranks[r]];
     group->devices_.push_back(rank.device);
     group->sm_count_ = std::min(group->sm_count_, rank.sm_count);
-    EPD_ASSIGN_OR_RETURN(
-        auto sync, DeviceMemory::Create(rank.device, kernels::SyncAreaBytes(R, config.experts),
-                                        allocations_, rank.setup_stream->get()));
+    EPD_ASSIGN_OR_RETURN(auto sync, CudaExportedMemory::Create(
+                                        config.ranks[r], rank.device,
+                                        kernels::SyncAreaBytes(R, config.experts), allocations_,
+                                        rank.setup_stream->get()));
     group->sync_.push_back(std::move(sync));
     EPD_ASSIGN_OR_RETURN(auto table, DeviceMemory::Create(rank.device, sizeof(kernels::PeerTable),
                                                           allocations_, rank.setup_stream->get()));
@@ -249,8 +284,9 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
       CudaExportedMemory::Create(handle->node_rank_, rank.device, handle->layout_.exported_bytes,
                                  allocations_, rank.setup_stream->get()));
   EPD_ASSIGN_OR_RETURN(handle->private_,
-                       DeviceMemory::Create(rank.device, handle->private_layout_.bytes,
-                                            allocations_, rank.setup_stream->get()));
+                       CudaExportedMemory::Create(handle->node_rank_, rank.device,
+                                                  handle->private_layout_.bytes, allocations_,
+                                                  rank.setup_stream->get()));
   // Publish its receive buffers once, in a free slot of this rank's entries of every rank's
   // table; a dispatch names the slot with its counts.
   const int slot = group.ClaimSlot(group_rank);

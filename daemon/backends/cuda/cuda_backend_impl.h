@@ -22,9 +22,7 @@
 
 namespace epd::cuda {
 
-constexpr int kWarpsPerBlock = 16;  // the collective kernels' 512 threads
-constexpr int kBlocksPerSm = 2;     // what their registers allow; more warps hide NVLink latency
-static_assert(kWarpsPerBlock == kCollectiveWarpsPerBlock, "grids are sized in kernel warps");
+constexpr int kBlocksPerSm = 2;  // what their registers allow; more warps hide NVLink latency
 
 // Everything of one node rank (GPU). Member order is destruction order reversed: the
 // completion thread goes first (it drains its queue), the streams last.
@@ -66,6 +64,8 @@ class CudaBackend final : public Backend {
   void AbortGroup(BackendGroup& group, const Status& reason) override;
   void BeginShutdown() override;
   Status CheckLiveness(std::chrono::milliseconds limit) const override;
+  StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& group, BackendHandle& handle) override;
+  StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank) override;
 
   cudaStream_t stream(int node_rank) const { return ranks_[node_rank]->stream->get(); }
 

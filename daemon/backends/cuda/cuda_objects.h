@@ -86,7 +86,8 @@ class CudaGroup : public BackendGroup {
   GroupConfig config_;
   std::shared_ptr<const std::string> name_;          // shared with pending ops' error messages
   std::vector<int> devices_;                         // CUDA device of each group rank
-  std::vector<std::unique_ptr<DeviceMemory>> sync_;  // SyncArea of each group rank
+  // SyncArea of each group rank; exported: frontend-launched ranks map them.
+  std::vector<std::unique_ptr<CudaExportedMemory>> sync_;
   // PeerTable on each group rank's GPU: every rank's SyncArea (written at creation) and each
   // live handle's receive buffers in its slot (written at CreateHandle).
   std::vector<std::unique_ptr<DeviceMemory>> peer_tables_;
@@ -122,7 +123,7 @@ class CudaHandle : public BackendHandle {
 
   template <typename T>
   T* priv(size_t offset) const {
-    return reinterpret_cast<T*>(private_->data() + offset);
+    return reinterpret_cast<T*>(static_cast<char*>(private_->data()) + offset);
   }
   template <typename T>
   T* recv(size_t offset, size_t bytes) const {
@@ -137,7 +138,7 @@ class CudaHandle : public BackendHandle {
   HandleLayout layout_;
   HandlePrivateLayout private_layout_;
   std::unique_ptr<CudaExportedMemory> exported_;
-  std::unique_ptr<DeviceMemory> private_;
+  std::unique_ptr<CudaExportedMemory> private_;  // exported for the frontend-launched path
   std::atomic<int> num_tokens_{0};
 };
 

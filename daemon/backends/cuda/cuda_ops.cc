@@ -15,27 +15,11 @@
 #include "kernels/combine.cuh"
 #include "kernels/dispatch.cuh"
 #include "kernels/fence_wait.cuh"
+#include "kernels/launch_grid.h"
 #include "kernels/routing.cuh"
 
 namespace epd::cuda {
 namespace {
-
-// A warp per work item, at most `max_blocks` (the kernels stride over the rest).
-int GridBlocks(int64_t items, int max_blocks) {
-  return static_cast<int>(
-      std::clamp<int64_t>((items + kWarpsPerBlock - 1) / kWarpsPerBlock, 1, max_blocks));
-}
-
-int TokenType(DType dtype) {
-  switch (dtype) {
-    case DType::kBf16:
-      return kernels::kTokenBf16;
-    case DType::kFp16:
-      return kernels::kTokenFp16;
-    default:
-      return kernels::kTokenFp32;
-  }
-}
 
 bool IsShape(const TensorView& t, int64_t rows, int64_t cols) {
   return t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols;
@@ -196,11 +180,8 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   params.timeout_ns = timeout_ns();
   params.error = ClaimRecord(me.node_rank_,
                              PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
-  const int64_t rows =
-      params.rank_major ? int64_t{c.world_size()} * c.max_tokens_per_rank : int64_t{n} * c.top_k;
-  const int64_t parts = kernels::DispatchRowParts(params);
-  const int blocks = GridBlocks(rows * parts, group.max_blocks_);
-  EPD_CUDA_CHECK(kernels::LaunchDispatch(params, blocks, rank.stream->get()));
+  EPD_CUDA_CHECK(kernels::LaunchDispatch(
+      params, kernels::DispatchBlocks(params, n, group.max_blocks_), rank.stream->get()));
   return OkStatus();
 }
 
@@ -230,7 +211,7 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.top_k = c.top_k;
   params.local_experts = c.local_experts();
   params.hidden = c.hidden;
-  params.token_type = TokenType(c.dtype);
+  params.token_type = kernels::TokenTypeOf(c.dtype);
   params.rank_major = c.layout == Layout::kRankMajor;
   params.recv_rows = static_cast<int64_t>(me.layout_.recv_rows);
   params.topk_idx = me.priv<int32_t>(p.topk_idx);
@@ -248,11 +229,9 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.timeout_ns = timeout_ns();
   params.error = ClaimRecord(me.node_rank_,
                              PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
-  const int64_t vectors = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype) / 16;
-  const int64_t chunks =
-      (vectors + kernels::kCombineVectorsPerItem - 1) / kernels::kCombineVectorsPerItem;
-  const int blocks = GridBlocks(int64_t{n} * chunks, group.max_blocks_);
-  EPD_CUDA_CHECK(kernels::LaunchCombine(params, blocks, rank.stream->get()));
+  const int64_t row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
+  EPD_CUDA_CHECK(kernels::LaunchCombine(
+      params, kernels::CombineBlocks(row_bytes, n, group.max_blocks_), rank.stream->get()));
   return OkStatus();
 }
 

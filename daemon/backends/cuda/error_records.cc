@@ -2,26 +2,9 @@
 
 #include <atomic>
 #include <cstring>
+#include <optional>
 
 namespace epd::cuda {
-namespace {
-
-const char* PhaseName(int phase) {
-  switch (phase) {
-    case kernels::kSyncPhaseCounts:
-      return "per-expert counts (dispatch)";
-    case kernels::kSyncPhaseDone:
-      return "rows-written flag (dispatch)";
-    case kernels::kSyncPhaseStart:
-      return "expert-output-ready flag (combine)";
-    case kernels::kSyncPhaseEnd:
-      return "finished-reading flag (combine)";
-    default:
-      return "leader block";
-  }
-}
-
-}  // namespace
 
 std::string PendingOp::Describe() const {
   if (group == nullptr) return fmt::format("{} on node rank {}", op, rank);
@@ -57,44 +40,18 @@ Status ErrorRecords::Collect(const std::vector<PendingOp>& ops) const {
 
 Status DeviceErrorToStatus(const kernels::DeviceError& e, const std::string& what,
                            const GroupAborts* aborts) {
-  switch (e.code) {
-    case kernels::kDeviceErrorNone:
-      return OkStatus();
-    case kernels::kDeviceErrorBadExpertId:
-      return InvalidArgumentError("{}: topk_idx[{}, {}] = {} is outside [-1, experts)", what, e.a,
-                                  e.b, e.value);
-    case kernels::kDeviceErrorCapacity:
-      return ResourceExhaustedError("{}: expert {} received {} rows, more than expert_capacity={}",
-                                    what, e.a, e.b, e.c);
-    case kernels::kDeviceErrorPeerTimeout:
-      return DeadlineExceededError(
-          "{}: timed out waiting for group rank {}'s {} of op {} (last seen {})", what, e.b,
-          PhaseName(e.a), e.value, e.value2);
-    case kernels::kDeviceErrorFenceTimeout:
-      return DeadlineExceededError("{}: timed out waiting for the fence to reach {} (it holds {})",
-                                   what, e.value, e.value2);
-    case kernels::kDeviceErrorPeerAbandoned: {
-      if (aborts != nullptr) {
-        if (std::optional<Status> why = aborts->AbandonReason(e.b, e.value); why.has_value()) {
-          return Status(why->code(),
-                        fmt::format("{}: group rank {}: {}", what, e.b, why->message()));
-        }
-      }
-      if (e.c > 0) {
-        return DeadlineExceededError(
-            "{}: group rank {} gave up op {} after timing out waiting for group rank {}", what, e.b,
-            e.value, e.c - 1);
-      }
-      return UnavailableError("{}: group rank {} gave up op {} (aborted)", what, e.b, e.value);
+  // The group knows why a peer gave up or why the group was aborted; without it (or without a
+  // recorded reason) the generic translation, shared with frontend-launched ops, applies.
+  if (aborts != nullptr && e.code == kernels::kDeviceErrorPeerAbandoned) {
+    if (std::optional<Status> why = aborts->AbandonReason(e.b, e.value); why.has_value()) {
+      return Status(why->code(), fmt::format("{}: group rank {}: {}", what, e.b, why->message()));
     }
-    case kernels::kDeviceErrorAborted: {
-      if (aborts == nullptr) return UnavailableError("{}: cancelled: epd is shutting down", what);
-      const Status why = aborts->AbortReason(static_cast<uint64_t>(e.value));
-      return Status(why.code(), fmt::format("{}: {}", what, why.message()));
-    }
-    default:
-      return InternalError("{}: unknown device error code {}", what, e.code);
   }
+  if (aborts != nullptr && e.code == kernels::kDeviceErrorAborted) {
+    const Status why = aborts->AbortReason(static_cast<uint64_t>(e.value));
+    return Status(why.code(), fmt::format("{}: {}", what, why.message()));
+  }
+  return kernels::DeviceErrorToStatus(e, what);
 }
 
 }  // namespace epd::cuda

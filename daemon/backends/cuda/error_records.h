@@ -14,6 +14,7 @@
 #include "daemon/backends/cuda/device_memory.h"
 #include "daemon/backends/cuda/group_aborts.h"
 #include "kernels/device_error.cuh"
+#include "kernels/device_error_status.h"
 
 namespace epd::cuda {
 

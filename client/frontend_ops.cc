@@ -1,0 +1,307 @@
+#include "client/epd/frontend_ops.h"
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "common/cuda_check.h"
+#include "common/proto_dtype.h"
+#include "client/epd/data_path.h"
+#include "common/group_state_page.h"
+#include "kernels/combine.cuh"
+#include "kernels/device_error_status.h"
+#include "kernels/dispatch.cuh"
+#include "kernels/launch_grid.h"
+#include "kernels/preload.cuh"
+#include "kernels/routing.cuh"
+#include "kernels/sync_area.cuh"
+
+namespace epd {
+
+static_assert(kMaxDataPlaneRanks == kernels::kMaxRanks,
+              "the client's descriptor check and the kernels agree on the largest group");
+static_assert(kMaxDataPlaneHandleSlots == kernels::kMaxHandleSlots,
+              "the client's descriptor check and the kernels agree on the handle slots");
+
+namespace {
+
+enum RecordSlot { kUpdateRecord = 0, kDispatchRecord = 1, kCombineRecord = 2, kRecordSlots = 3 };
+
+}  // namespace
+
+// This frontend's own peer table, in device memory on its GPU: every rank's sync area and
+// receive buffers as this process mapped them (the daemon's tables hold the daemon's
+// mappings, valid only in its process).
+struct FrontendOps::PeerTable {
+  kernels::PeerTable* device = nullptr;
+  ~PeerTable() {
+    if (device != nullptr) cudaFree(device);
+  }
+};
+
+// One DeviceError record per op kind in mapped pinned memory: a kernel writes its record only
+// on error, so a captured graph may replay ops with the same records.
+struct FrontendOps::Records {
+  kernels::DeviceError* host = nullptr;
+  kernels::DeviceError* device = nullptr;
+  uint64_t sequence[kRecordSlots] = {};  // of the op that last used each record (messages)
+  uint64_t epoch[kRecordSlots] = {};     // the epoch it was launched in
+  ~Records() {
+    if (host != nullptr) cudaFreeHost(host);
+  }
+};
+
+StatusOr<std::unique_ptr<FrontendOps>> FrontendOps::Open(const v1::DataPlaneInfo& info,
+                                                         const HandleView& view) {
+  EPD_RETURN_IF_ERROR(ValidateDataPlaneInfo(info));
+  if (view.handle_id() != info.handle_id() || !view.on_device()) {
+    return InvalidArgumentError(
+        "the HandleView (handle {}, {}) is not the device receive region of handle {}",
+        view.handle_id(), view.on_device() ? "device" : "host", info.handle_id());
+  }
+  std::unique_ptr<FrontendOps> ops(new FrontendOps());
+  ops->info_ = info;
+  ops->group_ = info.config().name();
+  EPD_CUDA_CHECK(cudaGetDevice(&ops->device_));
+  // NOTE: before any op: a lazily loaded kernel's first launch waits for the device to idle.
+  EPD_CUDA_CHECK(kernels::PreloadKernels());
+  ops->own_recv_ = static_cast<char*>(view.recv_x()) - info.buffers().recv_x_offset();
+  EPD_ASSIGN_OR_RETURN(ops->private_, MapMemorySource(info.private_region()));
+  const int ranks = info.peers_size();
+  for (int r = 0; r < ranks; ++r) {
+    const v1::DataPlanePeer& peer = info.peers(r);
+    std::unique_ptr<MappedRegion> recv;
+    if (r != info.group_rank()) {
+      EPD_ASSIGN_OR_RETURN(recv, MapMemorySource(peer.recv()));
+    }
+    ops->peer_recv_.push_back(std::move(recv));
+    EPD_ASSIGN_OR_RETURN(auto sync, MapMemorySource(peer.sync()));
+    ops->peer_sync_.push_back(std::move(sync));
+  }
+  EPD_RETURN_IF_ERROR(ops->BuildPeerTable());
+  EPD_ASSIGN_OR_RETURN(ops->state_page_, MapMemorySource(info.state_page()));
+  const auto* page = ops->state_page_->at<GroupStatePage>(0);
+  if (ops->state_page_->size() < sizeof(GroupStatePage) || page->magic != kGroupStateMagic ||
+      page->version != kGroupStateVersion || page->header_bytes != sizeof(GroupStatePage)) {
+    return InvalidArgumentError("state_page '{}' is not a version {} group state page",
+                                info.state_page().shm_name(), kGroupStateVersion);
+  }
+  ops->records_ = std::make_unique<Records>();
+  void* host = nullptr;
+  EPD_CUDA_CHECK(cudaHostAlloc(&host, sizeof(kernels::DeviceError) * kRecordSlots,
+                                      cudaHostAllocMapped | cudaHostAllocPortable));
+  ops->records_->host = static_cast<kernels::DeviceError*>(host);
+  std::memset(host, 0, sizeof(kernels::DeviceError) * kRecordSlots);
+  void* device = nullptr;
+  EPD_CUDA_CHECK(cudaHostGetDevicePointer(&device, host, 0));
+  ops->records_->device = static_cast<kernels::DeviceError*>(device);
+  ops->epoch_ = info.epoch();
+  ops->sequence_base_ = info.sequence_base();
+  return ops;
+}
+
+FrontendOps::~FrontendOps() = default;
+
+Status FrontendOps::BuildPeerTable() {
+  const v1::HandleBuffers& b = info_.buffers();
+  auto table = std::make_unique<kernels::PeerTable>();
+  for (int r = 0; r < info_.peers_size(); ++r) {
+    const v1::DataPlanePeer& peer = info_.peers(r);
+    char* recv = r == info_.group_rank() ? own_recv_ : static_cast<char*>(peer_recv_[r]->data());
+    table->sync[r] = peer_sync_[r]->data();
+    kernels::PeerBuffers& buffers = table->handles[peer.handle_slot()][r];
+    buffers.recv_x = recv + b.recv_x_offset();
+    buffers.recv_src = reinterpret_cast<int32_t*>(recv + b.recv_src_offset());
+    buffers.recv_weights = reinterpret_cast<float*>(recv + b.recv_weights_offset());
+    buffers.recv_topk_idx = reinterpret_cast<int32_t*>(recv + b.recv_topk_idx_offset());
+    buffers.recv_topk_weights = reinterpret_cast<float*>(recv + b.recv_topk_weights_offset());
+  }
+  peer_table_ = std::make_unique<PeerTable>();
+  EPD_CUDA_CHECK(cudaMalloc(&peer_table_->device, sizeof(kernels::PeerTable)));
+  EPD_CUDA_CHECK(
+      cudaMemcpy(peer_table_->device, table.get(), sizeof(kernels::PeerTable), cudaMemcpyDefault));
+  return OkStatus();
+}
+
+Status FrontendOps::CheckCapture(cudaStream_t stream) const {
+  if (info_.peers_size() == 1) return OkStatus();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  EPD_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) {
+    // NOTE: a replayed graph would reuse the captured op sequence numbers, and with peers a
+    // stale flag of the previous replay would satisfy this replay's waits.
+    return FailedPreconditionError(
+        "group '{}' has {} ranks: capturing its collectives in a CUDA graph needs op sequence "
+        "numbers kept on the device, which the kernels do not read yet; capture works for "
+        "single-rank groups only",
+        group_, info_.peers_size());
+  }
+  return OkStatus();
+}
+
+Status FrontendOps::FollowEpoch() {
+  const auto* page = state_page_->at<GroupStatePage>(0);
+  const uint64_t epoch = page->epoch.load(std::memory_order_acquire);
+  const uint64_t base = page->sequence_base.load(std::memory_order_relaxed);
+  if (page->epoch.load(std::memory_order_acquire) != epoch) {
+    return UnavailableError("group '{}' is being reset by the daemon; retry", group_);
+  }
+  if (epoch == epoch_) return OkStatus();
+  epoch_ = epoch;
+  sequence_base_ = base;
+  collectives_ = 0;
+  return UnavailableError(
+      "group '{}' was reset by the daemon (epoch {}): a rank's frontend ended; this op was not "
+      "launched, the next one starts the new epoch",
+      group_, epoch);
+}
+
+Status FrontendOps::Update(const void* topk_idx, bool idx_int64, const float* topk_weights,
+                           int num_tokens, cudaStream_t stream) {
+  const v1::GroupConfig& c = info_.config();
+  if (num_tokens < 0 || num_tokens > c.max_tokens_per_rank()) {
+    return InvalidArgumentError("num_tokens={} is outside [0, max_tokens_per_rank={}]", num_tokens,
+                                c.max_tokens_per_rank());
+  }
+  if (num_tokens > 0 && topk_idx == nullptr) {
+    return InvalidArgumentError("topk_idx is null for {} tokens", num_tokens);
+  }
+  EPD_RETURN_IF_ERROR(FollowEpoch());
+  const v1::HandlePrivateBuffers& p = info_.private_buffers();
+  kernels::RoutingParams params;
+  params.topk_idx = topk_idx;
+  params.idx_is_int64 = idx_int64 ? 1 : 0;
+  params.topk_weights = topk_weights;
+  params.num_tokens = num_tokens;
+  params.top_k = c.top_k();
+  params.experts = c.experts();
+  params.local_experts = c.experts() / c.ranks_size();
+  params.max_tokens = c.max_tokens_per_rank();
+  params.group_rank = info_.group_rank();
+  params.rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR;
+  params.topk_out = private_->at<int32_t>(p.topk_idx_offset());
+  params.weights_out = private_->at<float>(p.topk_weights_offset());
+  params.expert_counts = private_->at<int32_t>(p.expert_counts_offset());
+  params.local_rank = private_->at<int32_t>(p.local_rank_offset());
+  params.slot = private_->at<int32_t>(p.slot_offset());
+  params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
+  params.error = records_->device + kUpdateRecord;
+  EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, stream));
+  num_tokens_ = num_tokens;
+  return OkStatus();
+}
+
+Status FrontendOps::Dispatch(const void* x, cudaStream_t stream) {
+  const v1::GroupConfig& c = info_.config();
+  if (num_tokens_ > 0 && x == nullptr) {
+    return InvalidArgumentError("x is null for {} bound tokens", num_tokens_);
+  }
+  EPD_RETURN_IF_ERROR(CheckCapture(stream));
+  EPD_RETURN_IF_ERROR(FollowEpoch());
+  const v1::HandlePrivateBuffers& p = info_.private_buffers();
+  const v1::HandleBuffers& b = info_.buffers();
+  const bool rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR;
+  kernels::DispatchParams params;
+  params.world_size = c.ranks_size();
+  params.rank = info_.group_rank();
+  params.experts = c.experts();
+  params.local_experts = c.experts() / c.ranks_size();
+  params.top_k = c.top_k();
+  params.max_tokens = c.max_tokens_per_rank();
+  params.capacity = c.expert_capacity() > 0 ? c.expert_capacity()
+                                            : c.ranks_size() * c.max_tokens_per_rank();
+  params.rank_major = rank_major ? 1 : 0;
+  params.row_bytes = static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
+  params.x = x;
+  params.topk_idx = private_->at<int32_t>(p.topk_idx_offset());
+  params.topk_weights = private_->at<float>(p.topk_weights_offset());
+  params.expert_counts = private_->at<int32_t>(p.expert_counts_offset());
+  params.local_rank = private_->at<int32_t>(p.local_rank_offset());
+  params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
+  params.slot = private_->at<int32_t>(p.slot_offset());
+  params.recv_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_counts_offset());
+  params.recv_offsets =
+      rank_major ? nullptr : reinterpret_cast<int32_t*>(own_recv_ + b.recv_offsets_offset());
+  params.peers = peer_table_->device;
+  params.handle_slot = info_.peers(info_.group_rank()).handle_slot();
+  // NOTE: no abort word: nothing in this process raises one; waits end at timeout_ns or when
+  // a peer gives up (the daemon marks a dead rank's ops abandoned when it resets the group).
+  params.abort = nullptr;
+  params.seq = sequence_base_ + collectives_ + 1;
+  params.timeout_ns = info_.timeout_ns();
+  params.error = records_->device + kDispatchRecord;
+  EPD_CUDA_CHECK(kernels::LaunchDispatch(
+      params, kernels::DispatchBlocks(params, num_tokens_, info_.max_blocks()), stream));
+  // NOTE: counted once launched: every rank counts the same collectives.
+  ++collectives_;
+  records_->sequence[kDispatchRecord] = params.seq;
+  records_->epoch[kDispatchRecord] = epoch_;
+  return OkStatus();
+}
+
+Status FrontendOps::Combine(void* out, cudaStream_t stream) {
+  const v1::GroupConfig& c = info_.config();
+  if (num_tokens_ > 0 && out == nullptr) {
+    return InvalidArgumentError("out is null for {} bound tokens", num_tokens_);
+  }
+  EPD_RETURN_IF_ERROR(CheckCapture(stream));
+  EPD_RETURN_IF_ERROR(FollowEpoch());
+  const v1::HandlePrivateBuffers& p = info_.private_buffers();
+  const v1::HandleBuffers& b = info_.buffers();
+  kernels::CombineParams params;
+  params.world_size = c.ranks_size();
+  params.rank = info_.group_rank();
+  params.top_k = c.top_k();
+  params.local_experts = c.experts() / c.ranks_size();
+  params.hidden = c.hidden();
+  EPD_ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(c.dtype(), "config.dtype"));
+  params.token_type = kernels::TokenTypeOf(dtype);
+  params.rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR;
+  params.recv_rows = static_cast<int64_t>(b.recv_rows());
+  params.topk_idx = private_->at<int32_t>(p.topk_idx_offset());
+  params.topk_weights = private_->at<float>(p.topk_weights_offset());
+  params.slot = private_->at<int32_t>(p.slot_offset());
+  params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
+  params.out = out;
+  params.experts = c.experts();
+  // In place: each rank's expert output is its recv_x, found through this process's peer
+  // table (a published address would be the publishing process's mapping).
+  params.expert_out = own_recv_ + b.recv_x_offset();
+  params.expert_out_in_place = 1;
+  params.peers = peer_table_->device;
+  params.abort = nullptr;
+  params.seq = sequence_base_ + collectives_ + 1;
+  params.timeout_ns = info_.timeout_ns();
+  params.error = records_->device + kCombineRecord;
+  const int64_t row_bytes =
+      static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
+  EPD_CUDA_CHECK(kernels::LaunchCombine(
+      params, kernels::CombineBlocks(row_bytes, num_tokens_, info_.max_blocks()), stream));
+  ++collectives_;
+  records_->sequence[kCombineRecord] = params.seq;
+  records_->epoch[kCombineRecord] = epoch_;
+  return OkStatus();
+}
+
+Status FrontendOps::TakeErrors() {
+  static constexpr const char* kOps[kRecordSlots] = {"update", "dispatch", "combine"};
+  std::atomic_thread_fence(std::memory_order_acquire);
+  failed_epoch_ = 0;
+  Status first;
+  for (int slot = 0; slot < kRecordSlots; ++slot) {
+    kernels::DeviceError record = records_->host[slot];
+    if (record.code == kernels::kDeviceErrorNone) continue;
+    std::memset(&records_->host[slot], 0, sizeof(record));
+    if (record.code == kernels::kDeviceErrorPeerTimeout) failed_epoch_ = records_->epoch[slot];
+    if (first.ok()) {
+      first = kernels::DeviceErrorToStatus(
+          record, fmt::format("{} of group '{}' on rank {} (op {})", kOps[slot], group_,
+                              info_.group_rank(), records_->sequence[slot]));
+    }
+  }
+  std::atomic_thread_fence(std::memory_order_release);
+  return first;
+}
+
+}  // namespace epd

@@ -1,0 +1,50 @@
+// The floor of a GPU hand-off between two CUDA contexts, measured in isolation: two sides pass
+// a 64-bit flag back and forth with stream memory operations (cuStreamWaitValue64 /
+// cuStreamWriteValue64) and one tiny kernel per side per step, as a frontend and the daemon
+// do once per fenced op. Run between two processes (two contexts: time-sliced without MPS,
+// concurrent with it) and between two streams of one process (the same work, no context
+// switch), it tells an operator what MPS buys on their GPU and why, without MPS, the
+// frontend-launched data path exists.
+//
+// One round trip: side P writes A = i, side Q waits A >= i, runs its kernel, writes B = i,
+// P waits B >= i and runs its kernel. Every step is enqueued ahead behind a host gate, so the
+// span is pure GPU time: CUDA events on P's stream around `iterations` round trips.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+
+namespace epd::bench::handoff {
+
+struct Options {
+  int device = 0;
+  int warmup = 20;
+  int iterations = 200;
+};
+
+// Round trips both sides enqueue before the gate opens; the launch queues of a stream hold
+// about a thousand entries, and each round trip puts three on each side.
+constexpr int kMaxRoundTrips = 300;
+
+struct GpuMode {
+  std::string name;
+  bool mps_active = false;
+  int compute_mode = 0;  // cudaComputeMode
+};
+
+StatusOr<GpuMode> Describe(int device);
+
+// Two streams of this process; microseconds per round trip.
+StatusOr<double> TwoStreams(const Options& options);
+
+// This process (side P) and a child process (side Q, `self_path` run with --role q and the
+// flag allocation's IPC handle); microseconds per round trip.
+StatusOr<double> TwoProcesses(const Options& options, const std::string& self_path);
+
+// Side Q in the child: opens the flags, enqueues its steps, tells the parent through
+// `ready_fd`, and waits (bounded) for its last step.
+Status RunChildSide(const Options& options, const std::string& ipc_handle_hex, int ready_fd);
+
+}  // namespace epd::bench::handoff
