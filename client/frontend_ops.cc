@@ -125,17 +125,18 @@ Status FrontendOps::BuildPeerTable() {
 }
 
 Status FrontendOps::CheckCapture(cudaStream_t stream) const {
-  if (info_.peers_size() == 1) return OkStatus();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   EPD_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   if (capture != cudaStreamCaptureStatusNone) {
-    // NOTE: a replayed graph would reuse the captured op sequence numbers, and with peers a
-    // stale flag of the previous replay would satisfy this replay's waits.
+    // NOTE: a replayed graph would reuse the captured op sequence numbers, so a flag left by
+    // the previous replay (the go word between blocks, peers' counts and done flags) would
+    // satisfy this replay's waits and the kernels would read stale offsets: measured wrong on
+    // the second replay of a one-rank group on an H200. Refused rather than wrong.
     return FailedPreconditionError(
-        "group '{}' has {} ranks: capturing its collectives in a CUDA graph needs op sequence "
-        "numbers kept on the device, which the kernels do not read yet; capture works for "
-        "single-rank groups only",
-        group_, info_.peers_size());
+        "group '{}': frontend-launched ops cannot be captured in a CUDA graph yet (a replay "
+        "would reuse the captured op sequence numbers); capture the daemon-stream path "
+        "(fence signal/wait) instead",
+        group_);
   }
   return OkStatus();
 }

@@ -87,10 +87,11 @@ TEST_F(FrontendLaunchTest, FrontendProcessesGetBitExactResultsWithoutTheDaemonsS
   EXPECT_EQ(stats->combine().completed() + stats->combine().failed(), 0u);
 }
 
-// A whole layer (update, dispatch, combine in place on the received rows) captured once in a
-// CUDA graph and replayed with new routing contents each time; identity experts, so
-// out[t] = sum over k ascending of w[t,k] * x[t] in fp32, without FMA.
-TEST_F(FrontendLaunchTest, ACapturedLayerReplaysWithChangingRouting) {
+// Capturing frontend-launched ops in a CUDA graph is refused: a replay would reuse the captured
+// op sequence numbers, so flags of the previous replay would satisfy its waits (a one-rank
+// layer replayed with new routing read stale offsets on its second replay). The refusal names
+// the group and the way that works (the daemon-stream path's fence ops capture fine).
+TEST_F(FrontendLaunchTest, CaptureIsRefusedRatherThanReplayedWithStaleSequenceNumbers) {
   constexpr int kTokens = 32, kHidden = 1024, kTopK = 2, kExperts = 8;
   auto session = client_->OpenSession(0, "graph-frontend");
   ASSERT_TRUE(session.ok()) << session.status().ToString();
@@ -106,75 +107,27 @@ TEST_F(FrontendLaunchTest, ACapturedLayerReplaysWithChangingRouting) {
   auto ops = FrontendOps::Open(*plane, **view);
   ASSERT_TRUE(ops.ok()) << ops.status().ToString();
 
-  const size_t x_bytes = size_t{kTokens} * kHidden * 4, k_bytes = size_t{kTokens} * kTopK * 4;
+  const size_t x_bytes = size_t{kTokens} * kHidden * 4;
   const size_t topk_at = x_bytes, weights_at = topk_at + 4096, out_at = weights_at + 4096;
   void* device = nullptr;
   ASSERT_EQ(cudaMalloc(&device, out_at + x_bytes), cudaSuccess);
   char* base = static_cast<char*>(device);
-  std::vector<float> x(size_t{kTokens} * kHidden);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 977) * 0.25f;
-  ASSERT_EQ(cudaMemcpy(base, x.data(), x_bytes, cudaMemcpyHostToDevice), cudaSuccess);
-
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  cudaGraph_t graph;
+  cudaGraph_t graph = nullptr;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   Status updated = (*ops)->Update(base + topk_at, false,
                                   reinterpret_cast<const float*>(base + weights_at), kTokens, stream);
   Status dispatched = (*ops)->Dispatch(base, stream);
   Status combined = (*ops)->Combine(base + out_at, stream);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  ASSERT_TRUE(updated.ok() && dispatched.ok() && combined.ok())
-      << updated.ToString() << dispatched.ToString() << combined.ToString();
-  cudaGraphExec_t exec;
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-
-  for (int replay = 0; replay < 4; ++replay) {
-    std::vector<int32_t> topk(size_t{kTokens} * kTopK);
-    std::vector<float> weights(topk.size());
-    for (int t = 0; t < kTokens; ++t) {
-      topk[t * kTopK] = (t + replay) % kExperts;
-      topk[t * kTopK + 1] = (t + replay) % 3 == 0 ? -1 : (t * 5 + replay + 1) % kExperts;
-      weights[t * kTopK] = 0.75f + 0.125f * replay;
-      weights[t * kTopK + 1] = 0.5f;
-    }
-    ASSERT_EQ(cudaMemcpy(base + topk_at, topk.data(), k_bytes, cudaMemcpyHostToDevice), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(base + weights_at, weights.data(), k_bytes, cudaMemcpyHostToDevice),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemset(base + out_at, 0x7f, x_bytes), cudaSuccess);  // poison
-    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    ASSERT_TRUE((*ops)->TakeErrors().ok());
-    std::vector<float> out(x.size());
-    ASSERT_EQ(cudaMemcpy(out.data(), base + out_at, x_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-    for (int t = 0; t < kTokens; ++t) {
-      for (int h = 0; h < kHidden; ++h) {
-        const float v = x[static_cast<size_t>(t) * kHidden + h];
-        volatile float acc = 0.0f;
-        for (int k = 0; k < kTopK; ++k) {
-          if (topk[t * kTopK + k] < 0) continue;
-          volatile float term = weights[t * kTopK + k] * v;
-          acc = acc + term;
-        }
-        ASSERT_EQ(out[static_cast<size_t>(t) * kHidden + h], acc)
-            << "replay " << replay << " t " << t << " h " << h;
-      }
-    }
+  EXPECT_TRUE(updated.ok()) << updated.ToString();  // routing binds carry no op sequence number
+  for (const Status& refused : {dispatched, combined}) {
+    EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused.ToString();
+    EXPECT_NE(refused.message().find("cannot be captured in a CUDA graph"), std::string::npos)
+        << refused.ToString();
   }
-  // A bad expert id in a replay is found on the device and worded as the daemon words it.
-  std::vector<int32_t> bad(size_t{kTokens} * kTopK, 1);
-  bad[5 * kTopK + 1] = kExperts;
-  ASSERT_EQ(cudaMemcpy(base + topk_at, bad.data(), k_bytes, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  Status error = (*ops)->TakeErrors();
-  EXPECT_EQ(error.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(error.message().find("topk_idx[5, 1] = 8 is outside [-1, experts)"), std::string::npos)
-      << error.ToString();
-  EXPECT_TRUE((*ops)->TakeErrors().ok()) << "records are cleared once taken";
-
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
+  if (graph != nullptr) cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
   ops->reset();
   view->reset();
