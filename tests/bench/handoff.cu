@@ -3,10 +3,14 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <thread>
 
@@ -18,7 +22,13 @@ namespace {
 
 // Byte offsets inside the flag allocation: each word on a line of its own.
 constexpr size_t kFlagA = 0, kFlagB = 128, kScratchP = 256, kScratchQ = 384, kFlagBytes = 512;
-constexpr auto kSpanTimeout = std::chrono::milliseconds(60'000);
+// Every wait below is bounded, and together they stay under the watchdog's default limit
+// (handoff_main.cc), so a stuck step reports itself with the step's name. A healthy run
+// takes well under a second per measurement, even time-sliced without MPS.
+constexpr auto kSpanTimeout = std::chrono::milliseconds(20'000);
+constexpr auto kReadyTimeout = std::chrono::milliseconds(20'000);
+constexpr auto kChildExitTimeout = std::chrono::milliseconds(10'000);
+constexpr auto kPreloadTimeout = std::chrono::milliseconds(10'000);
 
 __global__ void TouchKernel(unsigned long long* word) {
   if (threadIdx.x == 0 && blockIdx.x == 0) *word += 1;
@@ -50,6 +60,31 @@ Status CheckCu(CUresult result, const char* what) {
 
 CUdeviceptr At(void* base, size_t offset) {
   return reinterpret_cast<CUdeviceptr>(static_cast<char*>(base) + offset);
+}
+
+// Polls `stream` (nullptr: the legacy default stream) until its work is done, at most
+// `timeout`; unlike cudaStreamSynchronize it cannot wait forever on a flag never written.
+Status AwaitStream(cudaStream_t stream, std::chrono::milliseconds timeout, const char* what) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    const cudaError_t state = cudaStreamQuery(stream);
+    if (state == cudaSuccess) return OkStatus();
+    if (state != cudaErrorNotReady) return gpu::Check(state, what);
+    if (std::chrono::steady_clock::now() > deadline) {
+      return DeadlineExceededError("{}: not done within {} ms", what, timeout.count());
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+// NOTE: must run before anything is enqueued behind a gate or a flag wait. With lazy module
+// loading (the default since CUDA 12.2) the first launch of TouchKernel loads it, and a load
+// may synchronize the context: issued behind a closed gate, that launch never returns, since
+// the gate opens only after the launch. One launch run to completion here loads it.
+Status PreloadTouchKernel(void* flags, size_t scratch_offset, cudaStream_t stream) {
+  TouchKernel<<<1, 32, 0, stream>>>(reinterpret_cast<unsigned long long*>(At(flags, scratch_offset)));
+  EPD_BENCH_CUDA(cudaGetLastError());
+  return AwaitStream(stream, kPreloadTimeout, "the TouchKernel preload launch");
 }
 
 Status CheckOptions(const Options& options) {
@@ -145,13 +180,34 @@ StatusOr<cudaIpcMemHandle_t> FromHex(const std::string& hex) {
 // Waits up to `timeout` for one byte on `fd` (the child's "enqueued" word).
 Status AwaitReady(int fd, std::chrono::milliseconds timeout) {
   pollfd p{fd, POLLIN, 0};
-  const int ready = poll(&p, 1, static_cast<int>(timeout.count()));
+  int ready = -1;
+  do {
+    ready = poll(&p, 1, static_cast<int>(timeout.count()));
+  } while (ready < 0 && errno == EINTR);
   if (ready == 0) return DeadlineExceededError("side Q did not start within {} ms", timeout.count());
   char byte = 0;
   if (ready < 0 || read(fd, &byte, 1) != 1 || byte != 'r') {
     return UnavailableError("side Q failed before it enqueued its steps (see its output)");
   }
   return OkStatus();
+}
+
+// The flags, zeroed. NOTE: cudaMemset runs on the legacy default stream, which does not
+// order the non-blocking streams below: a zero landing after side P's first write would
+// lose it, and side Q would wait for it forever.
+StatusOr<std::unique_ptr<gpu::DeviceBuffer>> CreateFlags(int device) {
+  EPD_ASSIGN_OR_RETURN(auto flags, gpu::DeviceBuffer::Create(device, kFlagBytes));
+  EPD_RETURN_IF_ERROR(AwaitStream(nullptr, kPreloadTimeout, "zeroing the flags"));
+  return StatusOr<std::unique_ptr<gpu::DeviceBuffer>>(std::move(flags));
+}
+
+// After a span that did not end, a stream still waits on the flags (and the gate): freeing
+// either synchronizes the context, which would never return. The process exits right after
+// the error is printed, and the driver reclaims them then.
+void AbandonAfterStuckSpan(std::unique_ptr<gpu::DeviceBuffer>& flags,
+                           std::unique_ptr<gpu::Gate>& gate) {
+  (void)flags.release();
+  (void)gate.release();
 }
 
 }  // namespace
@@ -167,33 +223,67 @@ StatusOr<GpuMode> Describe(int device) {
   return mode;
 }
 
-StatusOr<double> TwoStreams(const Options& options) {
+StatusOr<double> TwoStreams(const Options& options, const Progress& progress) {
   EPD_RETURN_IF_ERROR(CheckOptions(options));
   EPD_ASSIGN_OR_RETURN(MemOps ops, ResolveMemOps());
   EPD_BENCH_CUDA(cudaSetDevice(options.device));
-  EPD_ASSIGN_OR_RETURN(auto flags, gpu::DeviceBuffer::Create(options.device, kFlagBytes));
+  EPD_ASSIGN_OR_RETURN(auto flags, CreateFlags(options.device));
   EPD_ASSIGN_OR_RETURN(auto p, Stream::Create());
   EPD_ASSIGN_OR_RETURN(auto q, Stream::Create());
+  progress("two streams: loading the kernel");
+  EPD_RETURN_IF_ERROR(PreloadTouchKernel(flags->data(), kScratchP, p->get()));
   EPD_ASSIGN_OR_RETURN(auto gate, gpu::Gate::Create(gpu::Gate::Kind::kStreamWait));
   EPD_ASSIGN_OR_RETURN(auto events, gpu::EventPair::Create(options.device));
+  progress(fmt::format("two streams: enqueueing {} round trips behind the gate",
+                       options.warmup + options.iterations));
   Status enqueued = EnqueueSideP(ops, options, flags->data(), p->get(), *gate, *events);
   if (enqueued.ok()) enqueued = EnqueueSideQ(ops, options, flags->data(), q->get());
   gate->Open(1);  // always: an armed stream must not outlive the gate's memory
-  EPD_RETURN_IF_ERROR(enqueued);
-  EPD_ASSIGN_OR_RETURN(double us, events->ElapsedUs(kSpanTimeout));
-  EPD_BENCH_CUDA(cudaStreamSynchronize(q->get()));
-  return us / options.iterations;
+  if (!enqueued.ok()) {
+    // Side Q may be missing steps that side P waits for.
+    AbandonAfterStuckSpan(flags, gate);
+    return enqueued;
+  }
+  progress("two streams: gate open, waiting for the timed span");
+  StatusOr<double> us = events->ElapsedUs(kSpanTimeout);
+  Status q_done = us.ok() ? AwaitStream(q->get(), kSpanTimeout, "side Q's stream") : us.status();
+  if (!q_done.ok()) {
+    AbandonAfterStuckSpan(flags, gate);
+    const char* connections = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    if (connections != nullptr && std::atoi(connections) == 1) {
+      // One hardware queue: side P's flag wait blocks side Q's steps queued behind it.
+      return q_done.WithContext(
+          "two streams (CUDA_DEVICE_MAX_CONNECTIONS=1 puts both streams on one hardware queue, "
+          "where they deadlock; unset it)");
+    }
+    return q_done.WithContext("two streams");
+  }
+  return *us / options.iterations;
 }
 
-StatusOr<double> TwoProcesses(const Options& options, const std::string& self_path) {
+StatusOr<double> TwoProcesses(const Options& options, const std::string& self_path,
+                              const Progress& progress) {
   EPD_RETURN_IF_ERROR(CheckOptions(options));
+  if (self_path.empty()) return InternalError("cannot resolve /proc/self/exe to start side Q");
   EPD_ASSIGN_OR_RETURN(MemOps ops, ResolveMemOps());
   EPD_BENCH_CUDA(cudaSetDevice(options.device));
-  EPD_ASSIGN_OR_RETURN(auto flags, gpu::DeviceBuffer::Create(options.device, kFlagBytes));
+  EPD_ASSIGN_OR_RETURN(auto flags, CreateFlags(options.device));
+  EPD_ASSIGN_OR_RETURN(auto p, Stream::Create());
+  progress("two processes: loading the kernel");
+  EPD_RETURN_IF_ERROR(PreloadTouchKernel(flags->data(), kScratchP, p->get()));
   cudaIpcMemHandle_t handle;
   EPD_BENCH_CUDA(cudaIpcGetMemHandle(&handle, flags->data()));
+  // Close-on-exec but for the write end the child gets: the child must not hold the read end,
+  // nor the parent the write end, or a dead side Q would not show as end-of-file.
   int pipe_fds[2];
-  if (pipe(pipe_fds) != 0) return InternalError("pipe: errno {}", errno);
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return InternalError("pipe2: errno {}", errno);
+  if (fcntl(pipe_fds[1], F_SETFD, 0) != 0) {
+    const int error = errno;
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    return InternalError("fcntl(F_SETFD) on the ready pipe: errno {}", error);
+  }
+  progress("two processes: starting side Q");
   // NOTE: the child is a fresh exec of this binary: a forked CUDA context is unusable.
   auto child = Spawn({self_path, "--role", "q", "--device", std::to_string(options.device),
                       "--warmup", std::to_string(options.warmup), "--iterations",
@@ -205,24 +295,31 @@ StatusOr<double> TwoProcesses(const Options& options, const std::string& self_pa
     close(pipe_fds[0]);
     return child.status();
   }
-  Status ready = AwaitReady(pipe_fds[0], std::chrono::milliseconds(30'000));
+  progress("two processes: waiting for side Q to enqueue its steps");
+  Status ready = AwaitReady(pipe_fds[0], kReadyTimeout);
   close(pipe_fds[0]);
   if (!ready.ok()) {
     Terminate(*child);
-    return ready;
+    return ready.WithContext("two processes");
   }
-  EPD_ASSIGN_OR_RETURN(auto p, Stream::Create());
   EPD_ASSIGN_OR_RETURN(auto gate, gpu::Gate::Create(gpu::Gate::Kind::kStreamWait));
   EPD_ASSIGN_OR_RETURN(auto events, gpu::EventPair::Create(options.device));
+  progress(fmt::format("two processes: enqueueing {} round trips behind the gate",
+                       options.warmup + options.iterations));
   Status enqueued = EnqueueSideP(ops, options, flags->data(), p->get(), *gate, *events);
   gate->Open(1);
+  if (enqueued.ok()) progress("two processes: gate open, waiting for the timed span");
   StatusOr<double> us = enqueued.ok() ? events->ElapsedUs(kSpanTimeout) : StatusOr<double>(enqueued);
-  const int child_exit = WaitFor(*child, kSpanTimeout);
-  if (child_exit != 0) {
-    if (child_exit < 0) Terminate(*child);
-    if (us.ok()) return InternalError("side Q exited with {}", child_exit);
+  // Side Q finishes its last step before side P's, so it exits soon after a good span.
+  const int child_exit = WaitFor(*child, us.ok() ? kChildExitTimeout : std::chrono::milliseconds(0));
+  if (child_exit < 0) Terminate(*child);
+  if (!us.ok()) {
+    AbandonAfterStuckSpan(flags, gate);
+    return us.status().WithContext("two processes");
   }
-  EPD_RETURN_IF_ERROR(us.status());
+  if (child_exit != 0) {
+    return InternalError("two processes: side Q exited with {} (see its lines above)", child_exit);
+  }
   return *us / options.iterations;
 }
 
@@ -234,6 +331,8 @@ Status RunChildSide(const Options& options, const std::string& ipc_handle_hex, i
   void* flags = nullptr;
   EPD_BENCH_CUDA(cudaIpcOpenMemHandle(&flags, handle, cudaIpcMemLazyEnablePeerAccess));
   EPD_ASSIGN_OR_RETURN(auto q, Stream::Create());
+  // Before the first flag wait: see PreloadTouchKernel.
+  EPD_RETURN_IF_ERROR(PreloadTouchKernel(flags, kScratchQ, q->get()));
   Status status = EnqueueSideQ(ops, options, flags, q->get());
   if (status.ok() && write(ready_fd, "r", 1) != 1) {
     status = InternalError("writing the ready byte: errno {}", errno);

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "common/status.h"
@@ -36,12 +37,19 @@ struct GpuMode {
 
 StatusOr<GpuMode> Describe(int device);
 
-// Two streams of this process; microseconds per round trip.
-StatusOr<double> TwoStreams(const Options& options);
+// Told each step as it starts (progress lines, and the name a watchdog reports if the step
+// never returns).
+using Progress = std::function<void(const std::string&)>;
+
+// Two streams of this process; microseconds per round trip. Every wait is bounded
+// (DEADLINE_EXCEEDED); after one, resources a stuck stream still uses are left to the
+// process exit, which the caller should do next.
+StatusOr<double> TwoStreams(const Options& options, const Progress& progress);
 
 // This process (side P) and a child process (side Q, `self_path` run with --role q and the
-// flag allocation's IPC handle); microseconds per round trip.
-StatusOr<double> TwoProcesses(const Options& options, const std::string& self_path);
+// flag allocation's IPC handle); microseconds per round trip. Bounded like TwoStreams.
+StatusOr<double> TwoProcesses(const Options& options, const std::string& self_path,
+                              const Progress& progress);
 
 // Side Q in the child: opens the flags, enqueues its steps, tells the parent through
 // `ready_fd`, and waits (bounded) for its last step.
