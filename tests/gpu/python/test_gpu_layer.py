@@ -78,7 +78,8 @@ class GpuLayerTest(unittest.TestCase):
         cls.session = cls.client.open_session(0, "gpu-python-test")
         cls.session.create_group("gpu", world_size=1, experts=E, hidden=H,
                                  max_tokens_per_rank=T, top_k=K, dtype="bf16")
-        cls.handle = cls.session.create_handle("gpu")
+        # The daemon path (fences, graphs of posted ops) whatever the node would default to.
+        cls.handle = cls.session.create_handle("gpu", data_path="daemon")
         cls.buf = epd.Buffer(cls.session, cls.handle)
 
     @classmethod
