@@ -99,8 +99,9 @@ class Buffer:
         if self.on_device:
             import torch
             self._torch = torch
-            self._graph_pairs = [(session.create_fence(), session.create_fence())
-                                 for _ in range(graph_fence_pairs)]
+            if not self.frontend:  # the frontend-launched path posts nothing to capture
+                self._graph_pairs = [(session.create_fence(), session.create_fence())
+                                     for _ in range(graph_fence_pairs)]
         else:
             self._torch = None
         T, H, K = self.max_tokens, self.hidden, self.top_k
