@@ -2,7 +2,10 @@
 #include <cstddef>
 #include <cstring>
 
+#include <optional>
+
 #include "client/c_api/internal.h"
+#include "client/epd/data_path.h"
 
 using epd::c_api::NullArgument;
 using epd::c_api::Report;
@@ -28,6 +31,19 @@ void ReleaseFence(epd_session* session, uint64_t fence_id, uint64_t value) {
   epd::Status released =
       fence.on_device() ? epd::c_api::ReleaseDeviceFence(fence, value) : fence.Signal(value);
   released.IgnoreError();  // the op's own error is what the caller gets
+}
+
+// EPD_DATA_PATH_DEFAULT's choice on every GPU of the node (epd_c.h): frontend-launched only
+// when every GPU would pick it.
+int32_t DefaultDataPath(const epd::v1::NodeInfo& node) {
+  if (node.gpus_size() == 0) return EPD_DATA_PATH_DAEMON_STREAMS;
+  for (const auto& gpu : node.gpus()) {
+    auto path = epd::ChooseDataPath(node, gpu.index(), epd::c_api::ClientHasCuda(), std::nullopt);
+    if (!path.ok() || *path != epd::DataPath::kFrontendLaunched) {
+      return EPD_DATA_PATH_DAEMON_STREAMS;
+    }
+  }
+  return EPD_DATA_PATH_FRONTEND_LAUNCHED;
 }
 
 }  // namespace
@@ -84,8 +100,7 @@ epd_status_t epd_client_node_info(epd_client_t* client, epd_node_info_t* info) {
   info->gpus = node->gpus_size();
   CopyString(node->nccl_version(), info->nccl_version, sizeof(info->nccl_version));
   info->groups = node->groups_size();
-  // NOTE: the daemon reports no data path yet; its streams are the only one.
-  info->default_data_path = EPD_DATA_PATH_DAEMON_STREAMS;
+  info->default_data_path = DefaultDataPath(*node);
   return EPD_OK;
 }
 
@@ -115,9 +130,13 @@ epd_status_t epd_session_open(epd_client_t* client, int32_t rank, const char* cl
   if (client == nullptr) return NullArgument("epd_session_open", "client");
   if (session == nullptr) return NullArgument("epd_session_open", "session");
   *session = nullptr;
+  // What EPD_DATA_PATH_DEFAULT decides from (the backend, the GPUs' MPS state).
+  auto node = client->client->GetNodeInfo();
+  if (!node.ok()) return Report(node.status());
   auto opened = client->client->OpenSession(rank, client_name != nullptr ? client_name : "c-api");
   if (!opened.ok()) return Report(opened.status());
   auto* s = new epd_session;
+  s->node = std::move(*node);
   s->session = std::move(*opened);
   s->options = client->client->options();
   s->reaper = std::make_unique<epd::c_api::OpReaper>(

@@ -75,8 +75,18 @@ enum { EPD_SCALE_FORMAT_DEFAULT = 0, EPD_SCALE_FORMAT_FP32 = 1, EPD_SCALE_FORMAT
 enum { EPD_LAYOUT_DEFAULT = 0, EPD_LAYOUT_EXPERT_MAJOR = 1, EPD_LAYOUT_RANK_MAJOR = 2 };
 enum { EPD_ALGORITHM_DEFAULT = 0, EPD_ALGORITHM_LOW_LATENCY = 1, EPD_ALGORITHM_HIGH_THROUGHPUT = 2 };
 
-/* Which side launches a handle's dispatch/combine kernels. DEFAULT: what the daemon reports
- * (today always the daemon's streams). FRONTEND_LAUNCHED is reserved: UNIMPLEMENTED for now. */
+/* Which side launches a handle's dispatch/combine kernels.
+ * DAEMON_STREAMS: epd_update / epd_dispatch / epd_combine post ops to the daemon (RPCs,
+ *   ordered by fences). Every backend, every group.
+ * FRONTEND_LAUNCHED: the handle maps the group's data plane at open and epd_handle_update /
+ *   epd_handle_dispatch / epd_handle_combine launch epd's kernels on the caller's CUDA stream
+ *   (no RPC per op). Needs libepd_c built with CUDA, the cuda backend and a group that
+ *   dispatches its token dtype (not FP8): FAILED_PRECONDITION otherwise. Every rank of the
+ *   group must use this path.
+ * DEFAULT: the environment's EPD_DATA_PATH ("daemon" / "frontend") when set, else frontend-
+ *   launched for a CUDA client of the cuda backend whose GPU runs no MPS server (a context
+ *   switch per daemon op costs more there), daemon streams otherwise (and for FP8 groups).
+ *   epd_handle_info's data_path tells the choice. */
 enum {
   EPD_DATA_PATH_DEFAULT = 0,
   EPD_DATA_PATH_DAEMON_STREAMS = 1,
@@ -121,7 +131,9 @@ typedef struct {
   int32_t gpus;
   char nccl_version[32];
   int32_t groups;
-  int32_t default_data_path; /* EPD_DATA_PATH_DAEMON_STREAMS */
+  /* What EPD_DATA_PATH_DEFAULT picks for this client (ignoring EPD_DATA_PATH and FP8 groups):
+   * FRONTEND_LAUNCHED when the backend is cuda, libepd_c has CUDA and no GPU runs MPS. */
+  int32_t default_data_path;
 } epd_node_info_t;
 epd_status_t epd_client_node_info(epd_client_t* client, epd_node_info_t* info);
 
@@ -308,6 +320,29 @@ epd_status_t epd_stream_op_enqueue(epd_stream_op_t* op, void* cuda_stream);
 /* How many times the host function posted the op (tests: one per replay). */
 uint64_t epd_stream_op_posts(const epd_stream_op_t* op);
 void epd_stream_op_destroy(epd_stream_op_t* op);
+
+/* ---- frontend-launched ops (handles whose data_path is EPD_DATA_PATH_FRONTEND_LAUNCHED) ----
+ * Each call enqueues epd's kernel on `cuda_stream` (a cudaStream_t, on the handle's GPU) and
+ * returns; nothing is posted to the daemon and no fence is involved (epd_op_options_t does
+ * not apply: order work by the stream itself). Pointers are device pointers valid on the
+ * stream. Every rank of the group launches the same ops in the same order. Device-side
+ * errors (bad expert ids, capacity overflow, a peer that timed out) are recorded on the GPU:
+ * epd_handle_take_errors reports them once the stream passed the ops. Not capturable in a
+ * CUDA graph for now (FAILED_PRECONDITION). Calling these on a daemon-streams handle, or
+ * epd_update / _dispatch / _combine on a frontend-launched handle, is FAILED_PRECONDITION. */
+/* topk_idx [n, K] int32 (idx_dtype EPD_DTYPE_INT32) or int64; weights [n, K] f32 or NULL. */
+epd_status_t epd_handle_update(epd_handle_t* handle, const void* topk_idx, int32_t idx_dtype,
+                               const float* weights, int32_t num_tokens, void* cuda_stream);
+/* x [n, H] group dtype, n of the last update. */
+epd_status_t epd_handle_dispatch(epd_handle_t* handle, const void* x, void* cuda_stream);
+/* out [n, H]. The expert outputs are every rank's recv_x, in place: expert_out must be NULL or
+ * the handle's own recv_x (INVALID_ARGUMENT otherwise). */
+epd_status_t epd_handle_combine(epd_handle_t* handle, void* out, const void* expert_out,
+                                void* cuda_stream);
+/* The first device error of the frontend-launched ops since the last call (EPD_OK: none); call
+ * once the stream passed them (e.g. after cudaStreamSynchronize). After a peer timeout it also
+ * asks the daemon to restart the group's op numbering. EPD_OK for daemon-streams handles. */
+epd_status_t epd_handle_take_errors(epd_handle_t* handle);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

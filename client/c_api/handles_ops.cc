@@ -3,7 +3,10 @@
 #include <cstddef>
 #include <cstring>
 
+#include <optional>
+
 #include "client/c_api/internal.h"
+#include "client/epd/data_path.h"
 
 using epd::c_api::NullArgument;
 using epd::c_api::Report;
@@ -14,12 +17,8 @@ epd::Status CheckDataPath(int32_t data_path) {
   switch (data_path) {
     case EPD_DATA_PATH_DEFAULT:
     case EPD_DATA_PATH_DAEMON_STREAMS:
-      return epd::OkStatus();
     case EPD_DATA_PATH_FRONTEND_LAUNCHED:
-      return epd::UnimplementedError(
-          "data_path {} (frontend-launched) is not available yet; use the daemon's streams "
-          "(EPD_DATA_PATH_DAEMON_STREAMS)",
-          data_path);
+      return epd::OkStatus();
     default:
       return epd::InvalidArgumentError("data_path {} is not one of 0 (default), 1 (daemon "
                                        "streams), 2 (frontend-launched)",
@@ -27,16 +26,67 @@ epd::Status CheckDataPath(int32_t data_path) {
   }
 }
 
-epd_status_t OpenHandle(epd_session* session, epd::StatusOr<epd::v1::HandleInfo> info,
-                        epd_handle_t** handle) {
+// The data path of a handle of `group_config` asked for as `data_path` (epd_c.h's rules).
+epd::StatusOr<epd::DataPath> ResolveDataPath(const epd_session& session, int32_t data_path,
+                                             const epd::v1::GroupConfig& group_config) {
+  std::optional<epd::DataPath> requested;
+  if (data_path == EPD_DATA_PATH_DAEMON_STREAMS) requested = epd::DataPath::kDaemonStreams;
+  if (data_path == EPD_DATA_PATH_FRONTEND_LAUNCHED) requested = epd::DataPath::kFrontendLaunched;
+  if (data_path == EPD_DATA_PATH_DEFAULT) {
+    EPD_ASSIGN_OR_RETURN(requested, epd::DataPathFromEnvironment());
+  }
+  const bool fp8 = group_config.dispatch_dtype() == epd::v1::DTYPE_FP8_E4M3;
+  if (fp8 && requested == epd::DataPath::kFrontendLaunched) {
+    return epd::FailedPreconditionError(
+        "group '{}' dispatches FP8: the frontend-launched data path moves the token dtype "
+        "only; use the daemon's streams (EPD_DATA_PATH_DAEMON_STREAMS)",
+        group_config.name());
+  }
+  if (fp8) return epd::DataPath::kDaemonStreams;
+  return epd::ChooseDataPath(session.node, session.session->rank(),
+                             epd::c_api::ClientHasCuda(), requested);
+}
+
+epd_status_t OpenHandle(epd_session* session, int32_t data_path,
+                        epd::StatusOr<epd::v1::HandleInfo> info, epd_handle_t** handle) {
   if (!info.ok()) return Report(info.status());
+  auto path = ResolveDataPath(*session, data_path, info->config());
+  if (!path.ok()) {
+    return Report(path.status().WithContext(fmt::format("handle '{}'", info->name())));
+  }
   auto view = epd::HandleView::Open(*info);
   if (!view.ok()) return Report(view.status());
-  auto* h = new epd_handle;
+  auto h = std::make_unique<epd_handle>();
   h->session = session;
   h->view = std::move(*view);
-  *handle = h;
+  if (*path == epd::DataPath::kFrontendLaunched) {
+    auto frontend =
+        epd::c_api::OpenFrontendPath(*session->session, *h->view, session->options.op_timeout);
+    if (!frontend.ok()) {
+      return Report(frontend.status().WithContext(fmt::format("handle '{}'", info->name())));
+    }
+    h->frontend = std::move(*frontend);
+    h->data_path = EPD_DATA_PATH_FRONTEND_LAUNCHED;
+  }
+  *handle = h.release();
   return EPD_OK;
+}
+
+// FAILED_PRECONDITION unless `handle` is on the frontend-launched path.
+// The daemon runs no ops of a handle on the frontend-launched path.
+epd::Status FrontendHandleRefused(const char* function, const epd_handle& handle) {
+  return epd::FailedPreconditionError(
+      "{}: handle {} uses the frontend-launched data path: launch its ops on a CUDA stream "
+      "with epd_handle_update / epd_handle_dispatch / epd_handle_combine",
+      function, handle.view->handle_id());
+}
+
+epd::Status RequireFrontend(const char* function, const epd_handle& handle) {
+  if (handle.frontend != nullptr) return epd::OkStatus();
+  return epd::FailedPreconditionError(
+      "{}: handle {} uses the daemon's streams; frontend-launched ops need a handle opened "
+      "with EPD_DATA_PATH_FRONTEND_LAUNCHED (use epd_update / epd_dispatch / epd_combine)",
+      function, handle.view->handle_id());
 }
 
 epd::StatusOr<epd::v1::TensorRef> ToRef(const epd_tensor_ref_t& ref, const char* field) {
@@ -129,6 +179,7 @@ epd_status_t RunOp(const char* function, epd_session* session, const epd_handle*
     return Report(epd::InvalidArgumentError("{}: handle {} belongs to another session", function,
                                             handle->view->handle_id()));
   }
+  if (handle->frontend != nullptr) return Report(FrontendHandleRefused(function, *handle));
   auto cpp_options = ToOptions(options);
   if (!cpp_options.ok()) return Report(cpp_options.status());
   auto request = BuildOp(*handle, kind, a, b, *cpp_options);
@@ -221,7 +272,7 @@ epd_status_t epd_handle_create(epd_session_t* session, const char* group, const 
   if (handle == nullptr) return NullArgument("epd_handle_create", "handle");
   *handle = nullptr;
   if (epd::Status path = CheckDataPath(data_path); !path.ok()) return Report(path);
-  return OpenHandle(session,
+  return OpenHandle(session, data_path,
                     session->session->CreateHandle(group, name != nullptr ? name : "",
                                                    persistent != 0),
                     handle);
@@ -234,7 +285,7 @@ epd_status_t epd_handle_attach(epd_session_t* session, const char* name, int32_t
   if (handle == nullptr) return NullArgument("epd_handle_attach", "handle");
   *handle = nullptr;
   if (epd::Status path = CheckDataPath(data_path); !path.ok()) return Report(path);
-  return OpenHandle(session, session->session->AttachHandle(name), handle);
+  return OpenHandle(session, data_path, session->session->AttachHandle(name), handle);
 }
 
 epd_status_t epd_handle_info(const epd_handle_t* handle, epd_handle_info_t* info) {
@@ -315,6 +366,7 @@ epd_status_t epd_stream_op_create(epd_session_t* session, const epd_handle_t* ha
   options.mutable_wait()->set_value(1);
   options.mutable_signal()->set_fence_id(fence_out->fence->id());
   options.mutable_signal()->set_value(1);
+  if (handle->frontend != nullptr) return Report(FrontendHandleRefused(function, *handle));
   auto request = BuildOp(*handle, kind, a, b, options);
   if (!request.ok()) return Report(request.status());
   auto* created = new epd_stream_op;
@@ -340,5 +392,55 @@ uint64_t epd_stream_op_posts(const epd_stream_op_t* op) {
 }
 
 void epd_stream_op_destroy(epd_stream_op_t* op) { delete op; }
+
+epd_status_t epd_handle_update(epd_handle_t* handle, const void* topk_idx, int32_t idx_dtype,
+                               const float* weights, int32_t num_tokens, void* cuda_stream) {
+  const char* function = "epd_handle_update";
+  if (handle == nullptr) return NullArgument(function, "handle");
+  if (epd::Status frontend = RequireFrontend(function, *handle); !frontend.ok()) {
+    return Report(frontend);
+  }
+  if (idx_dtype != EPD_DTYPE_INT32 && idx_dtype != EPD_DTYPE_INT64) {
+    return Report(epd::InvalidArgumentError(
+        "{}: idx_dtype {} is not {} (int32) or {} (int64)", function, idx_dtype,
+        int{EPD_DTYPE_INT32}, int{EPD_DTYPE_INT64}));
+  }
+  return Report(epd::c_api::FrontendUpdate(*handle->frontend, topk_idx,
+                                           idx_dtype == EPD_DTYPE_INT64, weights, num_tokens,
+                                           cuda_stream));
+}
+
+epd_status_t epd_handle_dispatch(epd_handle_t* handle, const void* x, void* cuda_stream) {
+  const char* function = "epd_handle_dispatch";
+  if (handle == nullptr) return NullArgument(function, "handle");
+  if (epd::Status frontend = RequireFrontend(function, *handle); !frontend.ok()) {
+    return Report(frontend);
+  }
+  return Report(epd::c_api::FrontendDispatch(*handle->frontend, x, cuda_stream));
+}
+
+epd_status_t epd_handle_combine(epd_handle_t* handle, void* out, const void* expert_out,
+                                void* cuda_stream) {
+  const char* function = "epd_handle_combine";
+  if (handle == nullptr) return NullArgument(function, "handle");
+  if (epd::Status frontend = RequireFrontend(function, *handle); !frontend.ok()) {
+    return Report(frontend);
+  }
+  if (expert_out != nullptr && expert_out != handle->view->recv_x()) {
+    // Peers read every rank's expert output through their own mappings of its receive
+    // region: memory outside it is not visible to them.
+    return Report(epd::InvalidArgumentError(
+        "{}: expert_out {} is not handle {}'s recv_x ({}): on the frontend-launched path the "
+        "experts write their outputs into recv_x in place",
+        function, expert_out, handle->view->handle_id(), handle->view->recv_x()));
+  }
+  return Report(epd::c_api::FrontendCombine(*handle->frontend, out, cuda_stream));
+}
+
+epd_status_t epd_handle_take_errors(epd_handle_t* handle) {
+  if (handle == nullptr) return NullArgument("epd_handle_take_errors", "handle");
+  if (handle->frontend == nullptr) return EPD_OK;
+  return Report(epd::c_api::FrontendTakeErrors(*handle->frontend));
+}
 
 }  // extern "C"

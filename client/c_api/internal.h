@@ -95,6 +95,15 @@ class OpPoster {
 // Posts `request` (any op) on the session's stream.
 std::future<Status> PostOp(Session& session, v1::SessionRequest request);
 
+// A frontend-launched handle's mapped data plane and kernel launcher (frontend_path.cc in CUDA
+// builds; no_cuda.cc otherwise, where nothing creates one).
+struct FrontendPath;
+void DestroyFrontendPath(FrontendPath* path);
+struct FrontendPathDeleter {
+  void operator()(FrontendPath* path) const { DestroyFrontendPath(path); }
+};
+using FrontendPathPtr = std::unique_ptr<FrontendPath, FrontendPathDeleter>;
+
 }  // namespace epd::c_api
 
 struct epd_client {
@@ -104,6 +113,7 @@ struct epd_client {
 struct epd_session {
   std::unique_ptr<epd::Session> session;
   epd::ClientOptions options;
+  epd::v1::NodeInfo node;  // at open: what EPD_DATA_PATH_DEFAULT decides from
   std::mutex fences_mu;  // guards fences (the reaper looks fences up)
   std::map<uint64_t, epd::Fence*> fences;
   std::unique_ptr<epd::c_api::OpReaper> reaper;
@@ -123,6 +133,7 @@ struct epd_handle {
   epd_session* session = nullptr;
   int32_t data_path = EPD_DATA_PATH_DAEMON_STREAMS;
   std::unique_ptr<epd::HandleView> view;
+  epd::c_api::FrontendPathPtr frontend;  // set when data_path is FRONTEND_LAUNCHED
 };
 
 struct epd_stream_op {
@@ -147,5 +158,17 @@ Status ReleaseDeviceFence(const Fence& fence, uint64_t value);
 Status EnqueueStreamOp(epd_stream_op* op, void* stream);
 // Body of the host function: posts one op and hands its answer to the reaper.
 void PostStreamOp(epd_stream_op* op);
+
+// Frontend-launched data path (frontend_path.cc; UNIMPLEMENTED / false without CUDA).
+bool ClientHasCuda();
+// Attaches the data plane of `view`'s handle (waiting up to `timeout` for the group's other
+// ranks to create theirs) and maps it on the handle's GPU.
+StatusOr<FrontendPathPtr> OpenFrontendPath(Session& session, const HandleView& view,
+                                           std::chrono::milliseconds timeout);
+Status FrontendUpdate(FrontendPath& path, const void* topk_idx, bool idx_int64,
+                      const float* weights, int num_tokens, void* stream);
+Status FrontendDispatch(FrontendPath& path, const void* x, void* stream);
+Status FrontendCombine(FrontendPath& path, void* out, void* stream);
+Status FrontendTakeErrors(FrontendPath& path);
 
 }  // namespace epd::c_api

@@ -22,4 +22,22 @@ Status WaitOnStream(const Fence&, uint64_t, void*) { return NoCuda("a fence stre
 Status ReleaseDeviceFence(const Fence&, uint64_t) { return NoCuda("a device fence"); }
 Status EnqueueStreamOp(epd_stream_op*, void*) { return NoCuda("a stream op"); }
 
+struct FrontendPath {};
+void DestroyFrontendPath(FrontendPath* path) { delete path; }
+bool ClientHasCuda() { return false; }
+StatusOr<FrontendPathPtr> OpenFrontendPath(Session&, const HandleView&,
+                                           std::chrono::milliseconds) {
+  return NoCuda("the frontend-launched data path");
+}
+Status FrontendUpdate(FrontendPath&, const void*, bool, const float*, int, void*) {
+  return NoCuda("the frontend-launched data path");
+}
+Status FrontendDispatch(FrontendPath&, const void*, void*) {
+  return NoCuda("the frontend-launched data path");
+}
+Status FrontendCombine(FrontendPath&, void*, void*) {
+  return NoCuda("the frontend-launched data path");
+}
+Status FrontendTakeErrors(FrontendPath&) { return NoCuda("the frontend-launched data path"); }
+
 }  // namespace epd::c_api

@@ -135,6 +135,10 @@ _SIGNATURES = {
     "epd_stream_op_enqueue": (_STATUS, [c_vp, c_vp]),
     "epd_stream_op_posts": (c_u64, [c_vp]),
     "epd_stream_op_destroy": (None, [c_vp]),
+    "epd_handle_update": (_STATUS, [c_vp, c_vp, c_i32, c_vp, c_i32, c_vp]),
+    "epd_handle_dispatch": (_STATUS, [c_vp, c_vp, c_vp]),
+    "epd_handle_combine": (_STATUS, [c_vp, c_vp, c_vp, c_vp]),
+    "epd_handle_take_errors": (_STATUS, [c_vp]),
 }
 
 

@@ -91,6 +91,12 @@ class Handle:
         return TensorRef(info.buffer_id, info.recv_x_offset, info.dtype,
                          (info.recv_rows, info.hidden))
 
+    def take_errors(self):
+        """Frontend-launched handles: raises the first device error (bad expert id, capacity
+        overflow, peer timeout) of the ops launched since the last call; call once the stream
+        passed them. Does nothing on the daemon's streams (their errors come with the ops)."""
+        lib().handle_take_errors(self.handle)
+
     def close(self):
         """Unmaps the region (views must not be used afterwards); the daemon keeps the handle
         until the session ends or destroy()."""

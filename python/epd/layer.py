@@ -13,6 +13,14 @@ later kernels on the stream see the results. blocking=True instead synchronizes 
 runs the ops and returns after they completed. On the cpu backend ops are blocking by default;
 blocking=False fences them with host fences (posted, then signalled and awaited here).
 
+Frontend-launched handles (data_path="frontend", or "default" where the daemon's node picks
+it): dispatch and combine launch epd's kernels on torch.cuda.current_stream() themselves (no
+daemon op, no fence); the receive views are the same. Device-side errors (bad expert ids,
+capacity overflow) are raised by blocking=True calls (which synchronize the stream) or by
+take_errors() once the stream passed the ops. Expert outputs must be written into recv_x in
+place (combine(expert_out) is refused unless expert_out is recv_x); CUDA graph capture is
+refused on this path for now.
+
 Inputs. A tensor in registered memory (Session.register) is used in place; any other tensor
 is copied (on the current stream) into a staging buffer the layer owns and registered once.
 Results (receive views, combine's output) are the layer's memory: valid until the next
@@ -80,6 +88,7 @@ class Buffer:
         self.max_tokens = info.max_tokens_per_rank
         self.recv_rows = info.recv_rows
         self.dtype = info.dtype
+        self.frontend = handle.data_path == "frontend"
         self._fence_in = session.create_fence()
         self._fence_out = session.create_fence()
         self._value = 0
@@ -90,8 +99,9 @@ class Buffer:
         if self.on_device:
             import torch
             self._torch = torch
-            self._graph_pairs = [(session.create_fence(), session.create_fence())
-                                 for _ in range(graph_fence_pairs)]
+            if not self.frontend:  # the frontend-launched path posts nothing to capture
+                self._graph_pairs = [(session.create_fence(), session.create_fence())
+                                     for _ in range(graph_fence_pairs)]
         else:
             self._torch = None
         T, H, K = self.max_tokens, self.hidden, self.top_k
@@ -106,6 +116,11 @@ class Buffer:
         """Routes x [n, H] by topk_idx [n, K] (weights [n, K] fp32 or None: all 1); returns the
         DispatchResult of receive views (torch tensors when x is one, numpy arrays otherwise)."""
         n = self._check_tokens(x, topk_idx, topk_weights)
+        if self.frontend:
+            self._frontend_dispatch(x, topk_idx, topk_weights, n, blocking)
+            self._tokens = n
+            self._as_torch = True
+            return self.receive_views()
         as_torch = tensors.is_torch(x)
         idx = self._input(topk_idx, "topk_idx", self._stage_idx, n)
         weights = (self._input(topk_weights, "topk_weights", self._stage_weights, n)
@@ -122,6 +137,8 @@ class Buffer:
         if self._tokens is None:
             raise RuntimeError("epd.Buffer.combine: no dispatch before it")
         n = self._tokens
+        if self.frontend:
+            return self._frontend_combine(expert_out, out, n, blocking)
         expert = None
         if expert_out is not None:
             shape = tuple(expert_out.shape)
@@ -148,6 +165,11 @@ class Buffer:
             self._copy(target, self._stage_view(self._stage_out, n))
         return out
 
+    def take_errors(self):
+        """Frontend-launched path: raises the first device error of the ops launched since the
+        last call (synchronize the stream first). Nothing to do on the daemon's streams."""
+        self.handle.take_errors()
+
     def receive_views(self):
         """The handle's receive tensors (None where the layout has none)."""
         h = self.handle
@@ -168,7 +190,7 @@ class Buffer:
         self._stage_x = self._stage_idx = self._stage_weights = self._stage_out = None
         self._stage_expert_out = None
         for stage in stages:
-            if stage is not None and self.session._handle:
+            if stage is not None and stage["ref"] is not None and self.session._handle:
                 try:
                     self.session.release(stage["array"])
                 except (ValueError, EpdError):
@@ -183,6 +205,8 @@ class Buffer:
             torch = self._torch
             array = torch.zeros(shape, dtype=tensors.torch_dtype(dtype),
                                 device=f"cuda:{self.handle.device}")
+            if self.frontend:  # launched here: the daemon never reads the layer's memory
+                return {"array": array, "ref": None, "torch": None}
         else:
             array = memory.shm_empty(shape, dtype)
         ref = self.session.register(array, "staging")
@@ -246,6 +270,61 @@ class Buffer:
             raise ValueError(f"topk_weights has shape {tuple(topk_weights.shape)}, expected "
                              f"({n}, {self.top_k})")
         return n
+
+    # ---- frontend-launched path ----
+    def _device_input(self, array, stage, rows, dtypes):
+        """`array` itself when a contiguous tensor on the handle's GPU of one of `dtypes`, else
+        a copy into `stage` (on the current stream)."""
+        if (tensors.is_torch(array) and array.is_cuda and array.device.index == self.handle.device
+                and array.is_contiguous() and array.dtype in dtypes):
+            return array
+        view = stage["array"][:rows]
+        view.copy_(array if tensors.is_torch(array) else _torch_from(array, view))
+        return view
+
+    def _frontend_finish(self, stream, blocking):
+        if blocking:
+            stream.synchronize()
+            self.handle.take_errors()
+
+    def _frontend_dispatch(self, x, topk_idx, topk_weights, n, blocking):
+        torch = self._torch
+        stream = torch.cuda.current_stream(self.handle.device)
+        s = ctypes.c_void_p(stream.cuda_stream)
+        idx = self._device_input(topk_idx, self._stage_idx, n, (torch.int32, torch.int64))
+        idx_code = tensors.INT32 if idx.dtype == torch.int32 else tensors.INT64
+        weights = (self._device_input(topk_weights, self._stage_weights, n, (torch.float32,))
+                   if topk_weights is not None else None)
+        x_dev = self._device_input(x, self._stage_x, n, (tensors.torch_dtype(self.dtype),))
+        h = self.handle.handle
+        lib().handle_update(h, ctypes.c_void_p(idx.data_ptr()), idx_code,
+                            ctypes.c_void_p(weights.data_ptr()) if weights is not None else None,
+                            n, s)
+        lib().handle_dispatch(h, ctypes.c_void_p(x_dev.data_ptr()), s)
+        self._frontend_finish(stream, blocking)
+
+    def _frontend_combine(self, expert_out, out, n, blocking):
+        torch = self._torch
+        recv_x = self.handle.view("recv_x")
+        if expert_out is not None and not (tensors.is_torch(expert_out)
+                                           and expert_out.data_ptr() == recv_x.data_ptr()):
+            raise ValueError("epd.Buffer.combine: the frontend-launched data path combines the "
+                             "expert outputs in recv_x in place (peers read them there); write "
+                             "them into recv_x and call combine() without expert_out")
+        if out is not None and tuple(out.shape) != (n, self.hidden):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected ({n}, {self.hidden})")
+        direct = (out is not None and tensors.is_torch(out) and out.is_cuda
+                  and out.device.index == self.handle.device and out.is_contiguous()
+                  and out.dtype == tensors.torch_dtype(self.dtype))
+        target = out if direct else self._stage_out["array"][:n]
+        stream = torch.cuda.current_stream(self.handle.device)
+        s = ctypes.c_void_p(stream.cuda_stream)
+        lib().handle_combine(self.handle.handle, ctypes.c_void_p(target.data_ptr()), None, s)
+        self._frontend_finish(stream, blocking)
+        if out is None or direct:
+            return target
+        self._copy(out, target)
+        return out
 
     # ---- ordering ----
     def _capturing(self):

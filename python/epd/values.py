@@ -8,7 +8,8 @@ from ._lib import MAX_DIMS, TensorRefC
 LAYOUTS = {"default": 0, "expert_major": 1, "rank_major": 2}
 ALGORITHMS = {"default": 0, "low_latency": 1, "high_throughput": 2}
 SCALE_FORMATS = {"fp32": 1, "ue8m0": 2}
-# "default": what the daemon reports (its streams today); "frontend" is reserved.
+# "default": EPD_DATA_PATH when set, else what the daemon's node info implies (frontend-launched
+# on the cuda backend without MPS, the daemon's streams otherwise); see epd_c.h.
 DATA_PATHS = {"default": 0, "daemon": 1, "frontend": 2}
 
 

@@ -91,7 +91,7 @@ def rank_main(rank, args):
     session.create_group(args.group, world_size=args.ranks, experts=args.experts,
                          hidden=args.hidden, max_tokens_per_rank=args.tokens, top_k=args.topk,
                          dtype="bf16")
-    buf = epd.Buffer(session, session.create_handle(args.group))
+    buf = epd.Buffer(session, session.create_handle(args.group, data_path=args.data_path))
     L = args.experts // args.ranks
     weights = expert_weights(args, torch, device)
     failures = 0
@@ -129,6 +129,8 @@ def main():
     parser.add_argument("--topk", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--group", default="moe_layer")
+    parser.add_argument("--data-path", default="default", choices=["default", "daemon", "frontend"],
+                        help="who launches the kernels (README, data path)")
     parser.add_argument("--cpu", action="store_true",
                         help="torch CPU tensors on the cpu backend (no GPU needed)")
     args = parser.parse_args()

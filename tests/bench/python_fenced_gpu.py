@@ -47,7 +47,7 @@ def measure(args, torch):
     session.create_group(group, world_size=1, ranks=[args.rank], experts=args.experts,
                          hidden=args.hidden, max_tokens_per_rank=args.tokens, top_k=args.topk,
                          dtype="bf16")
-    handle = session.create_handle(group)
+    handle = session.create_handle(group, data_path="daemon")  # the fenced daemon path
     device = torch.device("cuda", torch.cuda.current_device())
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.tokens, args.hidden, generator=g).to(torch.bfloat16).to(device)

@@ -50,7 +50,7 @@ def measure(args):
     group = f"post-bench-python-{args.rank}"
     session.create_group(group, world_size=1, ranks=[args.rank], experts=E, hidden=H,
                          max_tokens_per_rank=T, top_k=K, dtype="fp32")
-    handle = session.create_handle(group)
+    handle = session.create_handle(group, data_path="daemon")  # measures posting ops
     buf = epd.Buffer(session, handle)
     on_gpu = backend == "cuda"
     if on_gpu:

@@ -157,8 +157,19 @@ int main(int argc, char** argv) {
   int32_t capacity = 0;
   OK(epd_group_create(session, &group, 0, &capacity));
   CHECK(capacity == T);
+  /* The cpu backend has no frontend-launched path: forcing it names why, and the default (or
+   * EPD_DATA_PATH) decides as the client library does. */
   FAILS(epd_handle_create(session, "g", "", 0, EPD_DATA_PATH_FRONTEND_LAUNCHED, &handle),
-        EPD_UNIMPLEMENTED, "frontend");
+        EPD_FAILED_PRECONDITION, "cuda backend");
+  CHECK(handle == NULL);
+  setenv("EPD_DATA_PATH", "frontend", 1);
+  FAILS(epd_handle_create(session, "g", "", 0, EPD_DATA_PATH_DEFAULT, &handle),
+        EPD_FAILED_PRECONDITION, "frontend-launched");
+  setenv("EPD_DATA_PATH", "sideways", 1);
+  FAILS(epd_handle_create(session, "g", "", 0, EPD_DATA_PATH_DEFAULT, &handle),
+        EPD_INVALID_ARGUMENT, "EPD_DATA_PATH");
+  unsetenv("EPD_DATA_PATH");
+  FAILS(epd_handle_create(session, "g", "", 0, 7, &handle), EPD_INVALID_ARGUMENT, "data_path 7");
   FAILS(epd_handle_create(session, "nope", "", 0, EPD_DATA_PATH_DEFAULT, &handle), EPD_NOT_FOUND,
         "nope");
   OK(epd_handle_create(session, "g", "h", 1, EPD_DATA_PATH_DEFAULT, &handle));
@@ -180,6 +191,15 @@ int main(int argc, char** argv) {
   CHECK(hi.recv_rows == (uint64_t)E * T);
   CHECK(hi.recv_topk_idx_offset == EPD_NO_TENSOR && hi.recv_src_offset != EPD_NO_TENSOR);
   CHECK(hi.region != NULL && hi.region_bytes > 0);
+  CHECK(hi.data_path == EPD_DATA_PATH_DAEMON_STREAMS);
+  /* Frontend-launched calls on a daemon-streams handle are refused, not posted. */
+  FAILS(epd_handle_dispatch(handle, hi.region, NULL), EPD_FAILED_PRECONDITION,
+        "daemon's streams");
+  FAILS(epd_handle_update(handle, hi.region, EPD_DTYPE_INT32, NULL, 1, NULL),
+        EPD_FAILED_PRECONDITION, "EPD_DATA_PATH_FRONTEND_LAUNCHED");
+  FAILS(epd_handle_combine(handle, hi.region, NULL, NULL), EPD_FAILED_PRECONDITION,
+        "daemon's streams");
+  OK(epd_handle_take_errors(handle));
 
   /* Tensors in one shm object: x [N, H] f32 | idx [N, K] i32 | w [N, K] f32 | out [N, H]. */
   const size_t x_off = 0, idx_off = N * H * 4, w_off = idx_off + N * K * 4,

@@ -6,6 +6,7 @@ import gc
 import os
 import signal
 import threading
+import time
 import unittest
 import weakref
 
@@ -16,6 +17,24 @@ from epd import memory
 from epd_daemon import SessionTestCase
 
 GROUP = dict(world_size=1, experts=4, hidden=16, max_tokens_per_rank=8, top_k=2, dtype="fp32")
+
+
+def wait_until_stopped(pid, timeout_s=5.0):
+    """Waits (bounded) until every thread of `pid` is in the stopped state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                    states.append(stat.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue  # the thread ended meanwhile
+        if all(state in ("T", "t") for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} not stopped after {timeout_s} s: {states}")
+        time.sleep(0.001)
 
 
 class ClientTest(SessionTestCase):
@@ -91,7 +110,8 @@ class ClientTest(SessionTestCase):
         self.assertEqual(attached.id, handle.id)
         with self.assertRaises(epd.NotFoundError):
             self.session.attach_handle("no-such-handle")
-        with self.assertRaises(epd.UnimplementedError):
+        # The cpu backend has no frontend-launched path: forcing it says so.
+        with self.assertRaisesRegex(epd.FailedPreconditionError, "cuda backend"):
             self.session.create_handle("h", data_path="frontend")
         with self.assertRaises(epd.InvalidArgumentError):
             self.session.create_handle("h", data_path=9)
@@ -231,6 +251,9 @@ class ClientTest(SessionTestCase):
         # must not hold sync() past its bound.
         os.kill(self.daemon.process.pid, signal.SIGSTOP)
         try:
+            # The stop reaches each daemon thread asynchronously: one still running could
+            # answer the op below.
+            wait_until_stopped(self.daemon.process.pid)
             self.session.update(handle, idx, wait=(fence, 1))
             with self.assertRaises(epd.DeadlineExceededError) as caught:
                 self.session.sync(timeout_ms=50)

@@ -75,6 +75,16 @@ class Fp8DispatchTest(SessionTestCase):
             self.session.combine(handle, out)
         self.assertIn("expert_out", caught.exception.message)
 
+    def test_frontend_launched_path_is_refused(self):
+        # The frontend-launched kernels move the token dtype only: FP8 groups stay on the
+        # daemon's streams, and forcing the other path says why.
+        self.session.create_group("fp8-frontend", world_size=1, experts=E, hidden=H,
+                                  max_tokens_per_rank=T, top_k=K, dtype="bf16",
+                                  dispatch_dtype="fp8_e4m3")
+        with self.assertRaisesRegex(epd.FailedPreconditionError, "dispatches FP8"):
+            self.session.create_handle("fp8-frontend", data_path="frontend")
+        self.assertEqual(self.session.create_handle("fp8-frontend").data_path, "daemon")
+
     def test_token_dtype_group_has_no_scales(self):
         self.session.create_group("bf16", world_size=1, experts=E, hidden=H,
                                   max_tokens_per_rank=T, top_k=K, dtype="bf16")

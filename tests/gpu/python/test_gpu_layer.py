@@ -9,6 +9,9 @@ Covers: the layer bit for bit against the reference semantics (torch on the CPU)
 ordered on a torch stream without blocking the host, blocking ops, registered tensors used in
 place and kept alive, a CUDA-graph-captured layer replayed 100 times with changing routing
 (one daemon op posted per captured op per replay), and no allocation growth (daemon stats).
+The frontend-launched layer (data_path="frontend"): bit-exact against the same reference with
+no op run by the daemon (its op counters unchanged), int32 routing and a caller's out tensor,
+a custom expert_out refused, a bad expert id reported by take_errors.
 """
 
 import gc
@@ -75,7 +78,8 @@ class GpuLayerTest(unittest.TestCase):
         cls.session = cls.client.open_session(0, "gpu-python-test")
         cls.session.create_group("gpu", world_size=1, experts=E, hidden=H,
                                  max_tokens_per_rank=T, top_k=K, dtype="bf16")
-        cls.handle = cls.session.create_handle("gpu")
+        # The daemon path (fences, graphs of posted ops) whatever the node would default to.
+        cls.handle = cls.session.create_handle("gpu", data_path="daemon")
         cls.buf = epd.Buffer(cls.session, cls.handle)
 
     @classmethod
@@ -208,3 +212,73 @@ class GpuLayerTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class GpuFrontendLayerTest(unittest.TestCase):
+    """The same layer on the frontend-launched data path: the kernels run on the torch stream
+    of this process, so the daemon runs (and counts) no dispatch or combine."""
+
+    @classmethod
+    def setUpClass(cls):
+        torch.cuda.set_device(0)
+        cls.daemon = Daemon(backend="cuda", gpus="0")
+        cls.client = epd.Client(cls.daemon.address)
+        cls.session = cls.client.open_session(0, "gpu-python-frontend-test")
+        cls.session.create_group("gpu-frontend", world_size=1, experts=E, hidden=H,
+                                 max_tokens_per_rank=T, top_k=K, dtype="bf16")
+        cls.handle = cls.session.create_handle("gpu-frontend", data_path="frontend")
+        cls.buf = epd.Buffer(cls.session, cls.handle)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.buf.close()
+        cls.session.close()
+        cls.client.close()
+        cls.daemon.stop()
+
+    def test_bit_exact_without_daemon_ops(self):
+        self.assertEqual(self.handle.data_path, "frontend")
+        before = self.client.stats()
+        for i, blocking in enumerate([None, True, None]):
+            x, idx, w = routing(T - 5 * i, seed=20 + i)
+            recv = self.buf.dispatch(x, idx, w, blocking=blocking)
+            recv.recv_x.mul_(2.0)
+            out = self.buf.combine(blocking=blocking)
+            torch.cuda.synchronize()
+            self.buf.take_errors()
+            GpuLayerTest.check(self, recv, out, x, idx, w, 2.0)
+            self.assertTrue(recv.recv_x.is_cuda and out.is_cuda)
+        after = self.client.stats()
+        for counter in ("update_completed", "update_failed", "dispatch_completed",
+                        "dispatch_failed", "combine_completed", "combine_failed"):
+            self.assertEqual(getattr(after, counter), getattr(before, counter),
+                             f"{counter}: the daemon ran an op of the frontend-launched layer")
+
+    def test_int32_routing_and_out_tensor(self):
+        x, idx, w = routing(T // 2, seed=31)
+        out = torch.empty(T // 2, H, dtype=torch.bfloat16, device="cuda")
+        recv = self.buf.dispatch(x, idx.to(torch.int32), w)
+        recv.recv_x.mul_(0.5)
+        got = self.buf.combine(out=out)
+        self.assertIs(got, out)
+        torch.cuda.synchronize()
+        self.buf.take_errors()
+        GpuLayerTest.check(self, recv, out, x, idx, w, 0.5)
+
+    def test_custom_expert_out_refused(self):
+        x, idx, w = routing(8, seed=41)
+        recv = self.buf.dispatch(x, idx, w)
+        with self.assertRaisesRegex(ValueError, "in place"):
+            self.buf.combine(torch.zeros_like(recv.recv_x))
+        self.buf.combine(recv.recv_x)  # recv_x itself is the in-place output: accepted
+        torch.cuda.synchronize()
+        self.buf.take_errors()
+
+    def test_later_bad_expert_id_reported_by_take_errors(self):  # runs last (unittest sorts)
+        x, idx, w = routing(8, seed=51)
+        idx[1, 0] = E + 3
+        self.buf.dispatch(x, idx, w)
+        torch.cuda.synchronize()
+        with self.assertRaises(epd.EpdError):
+            self.buf.take_errors()
+        self.buf.take_errors()  # reported once
