@@ -101,18 +101,9 @@ class Engine::Impl {
   Status CheckBufferLimitsLocked(const Session& session, uint64_t bytes) const;
   // A group rank's collectives belong to the one frontend holding its handle.
   Status CheckRankFree(const Group& group, int node_rank, SessionId id) const;
-  // An op's context, prepared with its session's mutex held; the lock goes with it. The
-  // session reference is declared first so the mutex outlives the lock even once `ctx` has
-  // been moved into the pipeline.
-  struct LockedOp {
-    std::shared_ptr<Session> session;
-    std::unique_lock<std::mutex> lock;
-    OpContext ctx;
-  };
-  // Looks up the session, takes its mutex, then the handle and the fences of an op.
-  // `needs_routing`: the op reads the routing of the last UpdateHandle.
-  StatusOr<LockedOp> PrepareOp(SessionId id, ObjectId handle_id, int rank,
-                               const OpOptions& options, bool needs_routing);
+  // Looks up the session, the handle and the fences of an op; with the session's mutex held.
+  StatusOr<OpContext> PrepareOpLocked(const std::shared_ptr<Session>& session,
+                                      ObjectId handle_id, int rank, const OpOptions& options);
   StatusOr<TensorView> ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,
                                               std::string_view field);
   // Dispatch's x (and, for pre-quantized fp8 x, its x_scales) into `op`.

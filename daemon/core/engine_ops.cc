@@ -5,11 +5,9 @@
 
 namespace epd {
 
-StatusOr<Engine::Impl::LockedOp> Engine::Impl::PrepareOp(SessionId id, ObjectId handle_id,
-                                                          int rank, const OpOptions& options,
-                                                          bool needs_routing) {
-  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
-  std::unique_lock lock(session->mutex);
+StatusOr<OpContext> Engine::Impl::PrepareOpLocked(const std::shared_ptr<Session>& session,
+                                                  ObjectId handle_id, int rank,
+                                                  const OpOptions& options) {
   if (session->closed) {
     return NotFoundError("session_id = {} is not an open session", session->id);
   }
@@ -45,11 +43,7 @@ StatusOr<Engine::Impl::LockedOp> Engine::Impl::PrepareOp(SessionId id, ObjectId 
   };
   EPD_RETURN_IF_ERROR(find_fence(options.wait, "options.wait", &ctx.wait_fence));
   EPD_RETURN_IF_ERROR(find_fence(options.signal, "options.signal", &ctx.signal_fence));
-  if (needs_routing && !ctx.handle->bound()) {
-    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
-                                   handle_id);
-  }
-  return LockedOp{std::move(session), std::move(lock), std::move(ctx)};
+  return ctx;
 }
 
 // Resolves a [tokens bound by the last update, hidden] tensor of the group's dtype and keeps
@@ -85,23 +79,23 @@ Status Engine::Impl::ResolveDispatchInputLocked(OpContext& ctx, const DispatchRe
 
 Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
                                   const OpOptions& options, OpDone done) {
-  EPD_ASSIGN_OR_RETURN(LockedOp locked, PrepareOp(id, request.handle_id, request.rank, options,
-                                                 /*needs_routing=*/false));
-  OpContext& ctx = locked.ctx;
-  Session& session = *locked.session;
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  std::lock_guard lock(session->mutex);
+  EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                       PrepareOpLocked(session, request.handle_id, request.rank, options));
   UpdateArgs args;
-  EPD_ASSIGN_OR_RETURN(args.topk_idx, session.buffers.Resolve(request.topk_idx, "topk_idx"));
+  EPD_ASSIGN_OR_RETURN(args.topk_idx, session->buffers.Resolve(request.topk_idx, "topk_idx"));
   if (request.topk_weights.has_value()) {
     EPD_ASSIGN_OR_RETURN(args.topk_weights,
-                         session.buffers.Resolve(*request.topk_weights, "topk_weights"));
+                         session->buffers.Resolve(*request.topk_weights, "topk_weights"));
   }
   EPD_ASSIGN_OR_RETURN(args.num_tokens,
                        ValidateUpdate(ctx.handle->group->config, args.topk_idx,
                                       request.topk_weights.has_value() ? &args.topk_weights
                                                                        : nullptr));
-  ctx.keepalive.push_back(session.buffers.Find(request.topk_idx.buffer_id));
+  ctx.keepalive.push_back(session->buffers.Find(request.topk_idx.buffer_id));
   if (request.topk_weights.has_value()) {
-    ctx.keepalive.push_back(session.buffers.Find(request.topk_weights->buffer_id));
+    ctx.keepalive.push_back(session->buffers.Find(request.topk_weights->buffer_id));
   }
   ctx.handle->submitted_tokens = args.num_tokens;
   ctx.handle->dispatch_posted = false;
@@ -110,9 +104,14 @@ Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
 
 Status Engine::Impl::SubmitDispatch(SessionId id, const DispatchRequest& request,
                                     const OpOptions& options, OpDone done) {
-  EPD_ASSIGN_OR_RETURN(LockedOp locked, PrepareOp(id, request.handle_id, request.rank, options,
-                                                 /*needs_routing=*/true));
-  OpContext& ctx = locked.ctx;
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  std::lock_guard lock(session->mutex);
+  EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                       PrepareOpLocked(session, request.handle_id, request.rank, options));
+  if (!ctx.handle->bound()) {
+    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                   request.handle_id);
+  }
   CollectiveOp op;
   op.kind = CollectiveKind::kDispatch;
   EPD_RETURN_IF_ERROR(ResolveDispatchInputLocked(ctx, request, op));
@@ -130,20 +129,24 @@ Status Engine::Impl::SubmitDispatch(SessionId id, const DispatchRequest& request
 
 Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
                                    const OpOptions& options, OpDone done) {
-  EPD_ASSIGN_OR_RETURN(LockedOp locked, PrepareOp(id, request.handle_id, request.rank, options,
-                                                 /*needs_routing=*/true));
-  OpContext& ctx = locked.ctx;
-  Session& session = *locked.session;
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  std::lock_guard lock(session->mutex);
+  EPD_ASSIGN_OR_RETURN(OpContext ctx,
+                       PrepareOpLocked(session, request.handle_id, request.rank, options));
+  if (!ctx.handle->bound()) {
+    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                   request.handle_id);
+  }
   const GroupConfig& config = ctx.handle->group->config;
   CollectiveOp op;
   op.kind = CollectiveKind::kCombine;
   const HandleLayout& layout = ctx.handle->backend->layout();
   if (request.expert_out.has_value()) {
     EPD_ASSIGN_OR_RETURN(TensorView expert_out,
-                         session.buffers.Resolve(*request.expert_out, "expert_out"));
+                         session->buffers.Resolve(*request.expert_out, "expert_out"));
     EPD_RETURN_IF_ERROR(ValidateExpertOut(config, layout, expert_out));
     op.combine.expert_out = expert_out.data;
-    ctx.keepalive.push_back(session.buffers.Find(request.expert_out->buffer_id));
+    ctx.keepalive.push_back(session->buffers.Find(request.expert_out->buffer_id));
   } else {
     EPD_RETURN_IF_ERROR(ValidateInPlaceCombine(config));
     op.combine.expert_out =
