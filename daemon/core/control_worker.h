@@ -8,13 +8,11 @@
 // finished before the reply is sent.
 #pragma once
 
-#include <condition_variable>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
+
+#include "daemon/core/task_thread.h"
 
 namespace epd {
 
@@ -23,8 +21,8 @@ using Released = std::vector<std::shared_ptr<const void>>;
 
 class ControlWorker {
  public:
-  ControlWorker();
-  ~ControlWorker();  // runs what is queued, then joins
+  ControlWorker() : thread_("epd-control") {}
+  // Destruction runs what is queued, then joins.
   ControlWorker(const ControlWorker&) = delete;
   ControlWorker& operator=(const ControlWorker&) = delete;
 
@@ -35,17 +33,11 @@ class ControlWorker {
   // Drops `objects` on the worker (after everything posted before).
   void Release(Released objects);
   // True on the worker thread: a caller there must not wait for a posted task.
-  bool OnWorkerThread() const { return std::this_thread::get_id() == thread_.get_id(); }
-  size_t queued() const;
+  bool OnWorkerThread() const { return thread_.OnThread(); }
+  size_t queued() const { return thread_.queued(); }
 
  private:
-  void Run();
-
-  mutable std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
-  bool stopping_ = false;
-  std::thread thread_;
+  TaskThread thread_;
 };
 
 }  // namespace epd

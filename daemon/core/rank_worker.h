@@ -2,39 +2,28 @@
 // Ops of one rank never overtake each other; ranks run concurrently.
 #pragma once
 
-#include <condition_variable>
-#include <deque>
 #include <functional>
-#include <mutex>
-#include <thread>
+#include <string>
 
-#include "daemon/core/busy_clock.h"
+#include "daemon/core/task_thread.h"
 
 namespace epd {
 
 class RankWorker {
  public:
-  explicit RankWorker(int rank);
-  ~RankWorker();  // runs what is queued, then joins
+  explicit RankWorker(int rank) : thread_("epd-rank" + std::to_string(rank)) {}
+  // Destruction runs what is queued, then joins.
   RankWorker(const RankWorker&) = delete;
   RankWorker& operator=(const RankWorker&) = delete;
 
   // False once stopping: the task is not queued.
-  bool Post(std::function<void()> task);
-  size_t queued() const;
+  bool Post(std::function<void()> task) { return thread_.TryPost(std::move(task)); }
+  size_t queued() const { return thread_.queued(); }
   // How long the task running now has been running (zero when idle): the liveness probe.
-  BusyClock::Clock::duration busy_for() const { return busy_.BusyFor(); }
+  BusyClock::Clock::duration busy_for() const { return thread_.busy_for(); }
 
  private:
-  void Run();
-
-  const int rank_;
-  mutable std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
-  bool stopping_ = false;
-  BusyClock busy_;
-  std::thread thread_;
+  TaskThread thread_;
 };
 
 }  // namespace epd

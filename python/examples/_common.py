@@ -1,5 +1,7 @@
-"""Shared by the examples: finding the package, starting a private daemon, running ranks."""
+"""Shared by the examples: finding the package, their command line, starting a private daemon,
+running ranks."""
 
+import argparse
 import os
 import shutil
 import signal
@@ -64,3 +66,33 @@ def run_ranks(target, ranks, args, timeout_s=300):
             print(f"rank {r}: exit code {p.exitcode}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def example_parser(doc, backend, ranks, experts, hidden, tokens, topk, iterations, group):
+    """The examples' common command line, with each example's own defaults."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", default="unix:///run/epd/epd.sock")
+    parser.add_argument("--daemon", help=f"start this epd binary on a private socket ({backend})")
+    parser.add_argument("--ranks", type=int, default=ranks)
+    parser.add_argument("--experts", type=int, default=experts)
+    parser.add_argument("--hidden", type=int, default=hidden)
+    parser.add_argument("--tokens", type=int, default=tokens)
+    parser.add_argument("--topk", type=int, default=topk)
+    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument("--group", default=group)
+    return parser
+
+
+def run_example(rank_main, args, backend):
+    """Runs rank_main on args.ranks ranks, against a private `backend` daemon when --daemon names
+    one; exit code 0 when all passed."""
+    daemon = None
+    if args.daemon:
+        daemon = PrivateDaemon(args.daemon, backend, args.ranks)
+        args.address = daemon.address
+    try:
+        return run_ranks(rank_main, args.ranks, args)
+    finally:
+        if daemon:
+            daemon.stop()

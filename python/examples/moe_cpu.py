@@ -9,7 +9,6 @@ Every rank regenerates every rank's inputs from the seed, so each can compute th
 output of the whole layer on its own.
 """
 
-import argparse
 import sys
 
 import _common  # noqa: F401 - puts the package on sys.path
@@ -78,27 +77,9 @@ def rank_main(rank, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", default="unix:///run/epd/epd.sock")
-    parser.add_argument("--daemon", help="start this epd binary on a private socket (cpu)")
-    parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--experts", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--tokens", type=int, default=16)
-    parser.add_argument("--topk", type=int, default=2)
-    parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--group", default="moe_cpu")
-    args = parser.parse_args()
-    daemon = None
-    if args.daemon:
-        daemon = _common.PrivateDaemon(args.daemon, "cpu", args.ranks)
-        args.address = daemon.address
-    try:
-        return _common.run_ranks(rank_main, args.ranks, args)
-    finally:
-        if daemon:
-            daemon.stop()
+    args = _common.example_parser(__doc__, "cpu", ranks=2, experts=8, hidden=64, tokens=16,
+                                  topk=2, iterations=3, group="moe_cpu").parse_args()
+    return _common.run_example(rank_main, args, "cpu")
 
 
 if __name__ == "__main__":

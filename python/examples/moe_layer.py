@@ -12,7 +12,6 @@ reference packs the same rows in the same order as the daemon (source rank, toke
 the same GEMM on them, then combines with fp32 accumulation acc = acc + w * z.
 """
 
-import argparse
 import sys
 import time
 
@@ -118,31 +117,14 @@ def rank_main(rank, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", default="unix:///run/epd/epd.sock")
-    parser.add_argument("--daemon", help="start this epd binary on a private socket (cuda)")
-    parser.add_argument("--ranks", type=int, default=1)
-    parser.add_argument("--experts", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--topk", type=int, default=4)
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--group", default="moe_layer")
+    parser = _common.example_parser(__doc__, "cuda", ranks=1, experts=16, hidden=512, tokens=32,
+                                    topk=4, iterations=5, group="moe_layer")
     parser.add_argument("--data-path", default="default", choices=["default", "daemon", "frontend"],
                         help="who launches the kernels (README, data path)")
     parser.add_argument("--cpu", action="store_true",
                         help="torch CPU tensors on the cpu backend (no GPU needed)")
     args = parser.parse_args()
-    daemon = None
-    if args.daemon:
-        daemon = _common.PrivateDaemon(args.daemon, "cpu" if args.cpu else "cuda", args.ranks)
-        args.address = daemon.address
-    try:
-        return _common.run_ranks(rank_main, args.ranks, args)
-    finally:
-        if daemon:
-            daemon.stop()
+    return _common.run_example(rank_main, args, "cpu" if args.cpu else "cuda")
 
 
 if __name__ == "__main__":

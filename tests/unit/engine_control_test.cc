@@ -10,6 +10,7 @@
 
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/core/engine.h"
+#include "tests/unit/engine_fixture.h"
 #include "tests/unit/forwarding_backend.h"
 
 namespace epd {
@@ -17,17 +18,8 @@ namespace {
 
 using std::chrono::milliseconds;
 
-GroupConfig Config(std::string name) {
-  GroupConfig c;
-  c.name = std::move(name);
-  c.ranks = {0, 1};
-  c.experts = 4;
-  c.hidden = 16;
-  c.max_tokens_per_rank = 8;
-  c.top_k = 2;
-  c.dtype = DType::kFp32;
-  return c;
-}
+using engine_testing::Config;
+using testing::SlowGroupBackend;
 
 int HandlesOf(const Engine& engine, std::string_view group) {
   for (const GroupSummary& g : engine.ListGroups()) {
@@ -204,20 +196,6 @@ TEST_F(EngineControlTest, RefusedRequestsNameTheField) {
   EXPECT_NE(ht.message().find("high_throughput"), std::string::npos);
 }
 
-// A CreateGroup as slow as building an NCCL communicator.
-class SlowGroupBackend : public testing::ForwardingBackend {
- public:
-  using ForwardingBackend::ForwardingBackend;
-  int group_builds() const { return group_builds_; }
-  StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& c) override {
-    ++group_builds_;
-    std::this_thread::sleep_for(milliseconds(200));
-    return ForwardingBackend::CreateGroup(c);
-  }
-
- private:
-  std::atomic<int> group_builds_{0};
-};
 
 TEST(EngineControlAsyncTest, ConcurrentCreatesShareOneBuildWithoutBlockingTheirCallers) {
   auto slow = std::make_unique<SlowGroupBackend>(CreateCpuBackend({4, milliseconds(2000)}).value());

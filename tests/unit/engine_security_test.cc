@@ -13,23 +13,14 @@
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/session_identity.h"
+#include "tests/unit/engine_fixture.h"
 
 namespace epd {
 namespace {
 
 using std::chrono::milliseconds;
 
-GroupConfig Config(std::string name) {
-  GroupConfig c;
-  c.name = std::move(name);
-  c.ranks = {0, 1};
-  c.experts = 4;
-  c.hidden = 16;
-  c.max_tokens_per_rank = 8;
-  c.top_k = 2;
-  c.dtype = DType::kFp32;
-  return c;
-}
+using engine_testing::Config;
 
 class EngineSecurityTest : public ::testing::Test {
  protected:

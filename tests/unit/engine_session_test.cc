@@ -144,21 +144,8 @@ TEST_F(EngineTest, DestroyingAPersistentHandleReleasesItsGroup) {
             StatusCode::kNotFound);
 }
 
-// The cpu backend with a slow CreateGroup (as building an NCCL communicator is), counting calls.
-class SlowGroupBackend : public testing::ForwardingBackend {
- public:
-  using ForwardingBackend::ForwardingBackend;
-  int group_builds() const { return group_builds_; }
+using testing::SlowGroupBackend;
 
-  StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& c) override {
-    ++group_builds_;
-    std::this_thread::sleep_for(milliseconds(200));
-    return ForwardingBackend::CreateGroup(c);
-  }
-
- private:
-  std::atomic<int> group_builds_{0};
-};
 
 TEST(EngineGroupsTest, ConcurrentCreatesOfOneGroupBuildItOnceAndAllSucceed) {
   auto slow = std::make_unique<SlowGroupBackend>(CreateCpuBackend({4, milliseconds(2000)}).value());

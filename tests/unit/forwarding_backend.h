@@ -2,7 +2,10 @@
 // interpose on one call (a slow CreateGroup, a session closed in the middle of CreateHandle).
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <memory>
+#include <thread>
 #include <utility>
 
 #include "daemon/core/backend.h"
@@ -63,6 +66,23 @@ class ForwardingBackend : public Backend {
 
  private:
   std::unique_ptr<Backend> inner_;
+};
+
+// The wrapped backend with a CreateGroup as slow as building an NCCL communicator, counting
+// the builds: concurrent creates of one group must share one build and not block callers.
+class SlowGroupBackend : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  int group_builds() const { return group_builds_; }
+
+  StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& c) override {
+    ++group_builds_;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    return ForwardingBackend::CreateGroup(c);
+  }
+
+ private:
+  std::atomic<int> group_builds_{0};
 };
 
 }  // namespace epd::testing

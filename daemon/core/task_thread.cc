@@ -1,17 +1,14 @@
-#include "daemon/core/rank_worker.h"
+#include "daemon/core/task_thread.h"
 
 #include <pthread.h>
 
-#include <string>
-
 namespace epd {
 
-RankWorker::RankWorker(int rank) : rank_(rank), thread_([this] { Run(); }) {
-  std::string name = "epd-rank" + std::to_string(rank_);
+TaskThread::TaskThread(const std::string& name) : thread_([this] { Run(); }) {
   pthread_setname_np(thread_.native_handle(), name.substr(0, 15).c_str());
 }
 
-RankWorker::~RankWorker() {
+TaskThread::~TaskThread() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
@@ -20,7 +17,7 @@ RankWorker::~RankWorker() {
   thread_.join();
 }
 
-bool RankWorker::Post(std::function<void()> task) {
+bool TaskThread::TryPost(std::function<void()>&& task) {
   {
     std::lock_guard lock(mutex_);
     if (stopping_) return false;
@@ -30,12 +27,12 @@ bool RankWorker::Post(std::function<void()> task) {
   return true;
 }
 
-size_t RankWorker::queued() const {
+size_t TaskThread::queued() const {
   std::lock_guard lock(mutex_);
   return tasks_.size();
 }
 
-void RankWorker::Run() {
+void TaskThread::Run() {
   for (;;) {
     std::function<void()> task;
     {
