@@ -23,7 +23,6 @@ from .values import TensorRef
 from . import errors
 from .errors import *  # noqa: F401,F403 - the EpdError hierarchy
 from .errors import EpdError, error_for
-from . import reference  # noqa: F401 - epd.reference (needs numpy on use)
 from .layer import Buffer, DispatchResult
 from .memory import ShmBlock, shm_empty, shm_like, shm_tensor
 from .tensors import BF16, FP8_E4M3, FP16, FP32, INT32, INT64, UINT8, dtype_code
@@ -35,3 +34,13 @@ __all__ = [  # with the EpdError subclasses of epd.errors
     "error_for", "reference", "ShmBlock", "shm_empty", "shm_like", "shm_tensor", "BF16", "FP16",
     "FP32", "INT32", "INT64", "FP8_E4M3", "UINT8", "dtype_code"] + [
         name for name in dir(errors) if name.endswith("Error")]
+
+
+def __getattr__(name):
+    # epd.reference is the numpy oracle: imported on first use, so `import epd` works on a
+    # Python without numpy (torch-only frontends, the C API's users).
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module(".reference", __name__)
+    raise AttributeError(f"module 'epd' has no attribute {name!r}")

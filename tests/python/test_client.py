@@ -5,6 +5,8 @@ lifetime."""
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -53,6 +55,18 @@ class ClientTest(SessionTestCase):
         stats = self.client.stats()
         self.assertGreaterEqual(stats.sessions_open, 1)
         self.assertGreaterEqual(stats.sessions_total, stats.sessions_open)
+
+    def test_import_needs_no_numpy(self):
+        # Frontends with torch but no numpy (and C API users) import the package; only
+        # epd.reference and the cpu backend's shm arrays need numpy, on first use.
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(epd.__file__)))
+        code = ("import sys; sys.modules['numpy'] = None; import epd; "
+                "print(epd.Client.__name__, 'numpy' in sys.modules and sys.modules['numpy'])")
+        env = dict(os.environ, PYTHONPATH=package_root)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.split(), ["Client", "None"])
 
     def test_connect_failure_names_the_missing_socket(self):
         with self.assertRaises(epd.NotFoundError) as caught:
