@@ -104,6 +104,8 @@ class Engine::Impl {
   // Looks up the session, the handle and the fences of an op; with the session's mutex held.
   StatusOr<OpContext> PrepareOpLocked(const std::shared_ptr<Session>& session,
                                       ObjectId handle_id, int rank, const OpOptions& options);
+  StatusOr<TensorView> ResolveKeptLocked(OpContext& ctx, const TensorRef& ref,
+                                         std::string_view field);
   StatusOr<TensorView> ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,
                                               std::string_view field);
   // Dispatch's x (and, for pre-quantized fp8 x, its x_scales) into `op`.

@@ -46,14 +46,21 @@ StatusOr<OpContext> Engine::Impl::PrepareOpLocked(const std::shared_ptr<Session>
   return ctx;
 }
 
-// Resolves a [tokens bound by the last update, hidden] tensor of the group's dtype and keeps
-// its buffer alive for the op.
+// Resolves `ref` in the op's session and keeps its buffer alive until the op completed on the
+// device (a release by the frontend meanwhile only drops the session's reference).
+StatusOr<TensorView> Engine::Impl::ResolveKeptLocked(OpContext& ctx, const TensorRef& ref,
+                                                     std::string_view field) {
+  EPD_ASSIGN_OR_RETURN(TensorView view, ctx.session->buffers.Resolve(ref, field));
+  ctx.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
+  return view;
+}
+
+// A [tokens bound by the last update, hidden] tensor of the group's dtype, kept alive.
 StatusOr<TensorView> Engine::Impl::ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,
                                                           std::string_view field) {
-  EPD_ASSIGN_OR_RETURN(TensorView view, ctx.session->buffers.Resolve(ref, field));
+  EPD_ASSIGN_OR_RETURN(TensorView view, ResolveKeptLocked(ctx, ref, field));
   EPD_RETURN_IF_ERROR(ValidateTokenRows(ctx.handle->group->config, view, field,
                                         ctx.handle->submitted_tokens.load()));
-  ctx.keepalive.push_back(ctx.session->buffers.Find(ref.buffer_id));
   return view;
 }
 
@@ -67,14 +74,10 @@ Status Engine::Impl::ResolveDispatchInputLocked(OpContext& ctx, const DispatchRe
     return OkStatus();
   }
   const int bound_tokens = ctx.handle->submitted_tokens.load();
-  EPD_ASSIGN_OR_RETURN(op.dispatch.x, ctx.session->buffers.Resolve(request.x, "x"));
+  EPD_ASSIGN_OR_RETURN(op.dispatch.x, ResolveKeptLocked(ctx, request.x, "x"));
   EPD_RETURN_IF_ERROR(ValidatePrequantizedX(config, op.dispatch.x, bound_tokens));
-  EPD_ASSIGN_OR_RETURN(op.dispatch.x_scales,
-                       ctx.session->buffers.Resolve(*request.x_scales, "x_scales"));
-  EPD_RETURN_IF_ERROR(ValidateXScales(config, op.dispatch.x_scales, bound_tokens));
-  ctx.keepalive.push_back(ctx.session->buffers.Find(request.x.buffer_id));
-  ctx.keepalive.push_back(ctx.session->buffers.Find(request.x_scales->buffer_id));
-  return OkStatus();
+  EPD_ASSIGN_OR_RETURN(op.dispatch.x_scales, ResolveKeptLocked(ctx, *request.x_scales, "x_scales"));
+  return ValidateXScales(config, op.dispatch.x_scales, bound_tokens);
 }
 
 Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
@@ -84,19 +87,15 @@ Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
   EPD_ASSIGN_OR_RETURN(OpContext ctx,
                        PrepareOpLocked(session, request.handle_id, request.rank, options));
   UpdateArgs args;
-  EPD_ASSIGN_OR_RETURN(args.topk_idx, session->buffers.Resolve(request.topk_idx, "topk_idx"));
+  EPD_ASSIGN_OR_RETURN(args.topk_idx, ResolveKeptLocked(ctx, request.topk_idx, "topk_idx"));
   if (request.topk_weights.has_value()) {
     EPD_ASSIGN_OR_RETURN(args.topk_weights,
-                         session->buffers.Resolve(*request.topk_weights, "topk_weights"));
+                         ResolveKeptLocked(ctx, *request.topk_weights, "topk_weights"));
   }
   EPD_ASSIGN_OR_RETURN(args.num_tokens,
                        ValidateUpdate(ctx.handle->group->config, args.topk_idx,
                                       request.topk_weights.has_value() ? &args.topk_weights
                                                                        : nullptr));
-  ctx.keepalive.push_back(session->buffers.Find(request.topk_idx.buffer_id));
-  if (request.topk_weights.has_value()) {
-    ctx.keepalive.push_back(session->buffers.Find(request.topk_weights->buffer_id));
-  }
   ctx.handle->submitted_tokens = args.num_tokens;
   ctx.handle->dispatch_posted = false;
   return pipeline_->PostUpdate(std::move(ctx), std::move(args), std::move(done));
@@ -143,10 +142,9 @@ Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
   const HandleLayout& layout = ctx.handle->backend->layout();
   if (request.expert_out.has_value()) {
     EPD_ASSIGN_OR_RETURN(TensorView expert_out,
-                         session->buffers.Resolve(*request.expert_out, "expert_out"));
+                         ResolveKeptLocked(ctx, *request.expert_out, "expert_out"));
     EPD_RETURN_IF_ERROR(ValidateExpertOut(config, layout, expert_out));
     op.combine.expert_out = expert_out.data;
-    ctx.keepalive.push_back(session->buffers.Find(request.expert_out->buffer_id));
   } else {
     EPD_RETURN_IF_ERROR(ValidateInPlaceCombine(config));
     op.combine.expert_out =
