@@ -3,6 +3,7 @@
 // description, NCCL communicators and the zero-allocation UpdateHandle.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "common/fence_page.h"
@@ -183,6 +184,16 @@ TEST(CudaBackendInfo, DescribesEveryGpuAndNccl) {
   }
   EXPECT_FALSE(d.nccl_version.empty());
   std::printf("NCCL %s\n", d.nccl_version.c_str());
+}
+
+// Ranks sharing a GPU (and groups sharing a rank) spin for each other on separate streams:
+// with the default 8 hardware queues, streams beyond the eighth share one and an 8-rank
+// shared-GPU dispatch deadlocked until the op timeout about once in six runs.
+TEST(CudaBackendInfo, EveryStreamGetsItsOwnHardwareQueue) {
+  EPD_REQUIRE_GPUS(1);
+  const char* connections = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+  ASSERT_NE(connections, nullptr);
+  EXPECT_STREQ(connections, "32");
 }
 
 TEST(CudaBackendInfo, GroupsGetAnNcclCommunicatorOnFirstUse) {

@@ -21,6 +21,7 @@ struct Shared {
 Shared& Get() {
   static Shared* shared = [] {
     auto* s = new Shared();  // lives until exit: tests share it
+    ReserveHardwareQueues();  // before cudaGetDeviceCount initialises CUDA
     int count = 0;
     if (cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess || count == 0) {
       s->reason = e == cudaSuccess ? "cudaGetDeviceCount found none" : cudaGetErrorString(e);

@@ -81,6 +81,12 @@ MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s, std::vector<int> dev
   EXPECT_TRUE(group.ok()) << group.status().ToString();
   if (!group.ok()) return;
   group_ = std::move(group).value();
+  for (int i = 0; i < s.skewed_slots; ++i) {
+    auto handle = backend_.CreateHandle(*group_, 0);
+    EXPECT_TRUE(handle.ok()) << handle.status().ToString();
+    if (!handle.ok()) return;
+    skew_handles_.push_back(std::move(handle).value());
+  }
   for (int r = 0; r < s.ranks; ++r) {
     auto handle = backend_.CreateHandle(*group_, r);
     EXPECT_TRUE(handle.ok()) << handle.status().ToString();
@@ -92,6 +98,7 @@ MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s, std::vector<int> dev
 
 MoeHarness::~MoeHarness() {
   handles_.clear();
+  skew_handles_.clear();
   group_.reset();
 }
 

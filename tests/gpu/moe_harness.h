@@ -30,6 +30,9 @@ struct CaseSpec {
   DispatchFormat dispatch_format = DispatchFormat::kTokenDType;
   ScaleFormat scale_format = ScaleFormat::kFp32;
   bool prequantized = false;
+  // Handles rank 0 creates before the tested one, so its handle slot differs from its peers'
+  // and every dispatch must read the destinations' slots from the inbox.
+  int skewed_slots = 0;
 };
 
 enum class RoutingKind {
@@ -90,6 +93,7 @@ class MoeHarness {
   HandleLayout layout_;
   std::unique_ptr<BackendGroup> group_;
   std::vector<std::unique_ptr<BackendHandle>> handles_;
+  std::vector<std::unique_ptr<BackendHandle>> skew_handles_;  // CaseSpec::skewed_slots
   std::vector<std::unique_ptr<RankBuffers>> buffers_;
   // reference state of the last round
   std::vector<std::vector<int32_t>> ref_idx_, ref_counts_;

@@ -1,4 +1,4 @@
-// 4- and 8-rank groups on whatever GPUs are visible: node ranks share GPUs round-robin
+// 2-, 4- and 8-rank groups on whatever GPUs are visible: node ranks share GPUs round-robin
 // (SharedGpuBackend), so the multi-rank protocol and the bit-exact results are checked on
 // 1- and 2-GPU hosts too. Ranks on one GPU still meet only through device flags.
 #include <gtest/gtest.h>
@@ -50,6 +50,22 @@ std::vector<SharedCase> Cases() {
         s.layout = layout;
         cases.push_back({s, routing});
       }
+    }
+  }
+  // Rank 0's handle in another slot than its peers': every source must find a destination's
+  // receive buffers in the slot that destination published, not in its own slot.
+  for (int ranks : {2, 4}) {
+    for (Layout layout : {Layout::kExpertMajor, Layout::kRankMajor}) {
+      CaseSpec s;
+      s.name = "R" + std::to_string(ranks) + "_SkewedSlots_" + std::string(LayoutName(layout));
+      s.ranks = ranks;
+      s.experts = 32;
+      s.hidden = 2048;
+      s.tokens = 16;
+      s.top_k = 4;
+      s.layout = layout;
+      s.skewed_slots = 3;
+      cases.push_back({s, RoutingKind::kSparse});
     }
   }
   return cases;

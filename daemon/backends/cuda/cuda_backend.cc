@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdlib>
 #include <limits>
 
 #include "common/fence_page.h"
@@ -388,8 +389,20 @@ Status CudaBackend::CheckLiveness(std::chrono::milliseconds limit) const {
 }  // namespace cuda
 
 StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+  ReserveHardwareQueues();
   EPD_ASSIGN_OR_RETURN(auto backend, cuda::CudaBackend::Create(options));
   return std::unique_ptr<Backend>(std::move(backend));
+}
+
+void ReserveHardwareQueues() {
+  // NOTE: a context multiplexes its streams onto CUDA_DEVICE_MAX_CONNECTIONS hardware queues
+  // (8 by default). Two streams on one queue are ordered as if they were one: a collective
+  // kernel spinning for a peer then holds back the kernel behind it on the other stream, and
+  // when that kernel is the peer (ranks sharing a GPU) or feeds it, both wait until the op
+  // timeout. 32 (the most) gives every rank stream of a node its own queue. Read when the
+  // context is created, so it must be set before the first CUDA call that creates one; a
+  // value the operator set is kept.
+  setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
 }
 
 cudaStream_t CudaBackendStream(Backend& backend, int node_rank) {

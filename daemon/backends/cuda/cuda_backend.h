@@ -58,6 +58,12 @@ struct CudaBackendOptions {
 
 StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
 
+// Gives each of the process's streams on a GPU its own hardware queue (up to 32), so that
+// collective kernels of different ranks or groups never wait behind one another. Effective
+// only before the process creates its first CUDA context; CreateCudaBackend calls it, and
+// programs that touch CUDA earlier (tests) call it first.
+void ReserveHardwareQueues();
+
 // The daemon stream of `node_rank` of a backend made by CreateCudaBackend (benchmarks record
 // events on it); null for any other backend.
 cudaStream_t CudaBackendStream(Backend& backend, int node_rank);
