@@ -169,8 +169,7 @@ template <int kType>
 __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p) {
   __shared__ const char* bases[kMaxRanks];
   SyncArea* me = SyncOf(p, p.rank);
-  const uint64_t seq = detail::OpSequence(me, p.seq, p.seq_floor);
-  const unsigned ticket = detail::TakeTicket(me);
+  const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   uint64_t flags;
   if (ticket == 0) {
     flags = OpeningBarrier(p, seq) ? 0 : kGoAbort;

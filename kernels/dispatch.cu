@@ -203,8 +203,7 @@ __device__ void ExpertMajorQuantizedRows(const DispatchParams& p, const PeerBuff
     const int t = item / steps, step = item % steps;
     const int4 raw = detail::LoadTokenStep(p, t, step, lane);  // in flight during the lookups
     const int i = t * K + lane;
-    int e = -1;
-    int64_t row = -1;
+    int e = -1, row = -1;  // rows of an expert are below its capacity: int32, as in slot
     if (lane < K) {
       e = __ldg(p.topk_idx + i);
       if (e >= 0 && !skip) {
@@ -212,12 +211,12 @@ __device__ void ExpertMajorQuantizedRows(const DispatchParams& p, const PeerBuff
         row = __ldcg(bases + e) + __ldg(p.local_rank + i);
       }
       if (step == 0) {
-        p.slot[i] = static_cast<int32_t>(row);  // -1 without a row
+        p.slot[i] = row;  // -1 without a row
         if (row >= 0) {
           const PeerBuffers& peer = dest[e / L];
-          peer.recv_src[row * 3 + 0] = p.rank;
-          peer.recv_src[row * 3 + 1] = t;
-          peer.recv_src[row * 3 + 2] = lane;
+          peer.recv_src[int64_t{row} * 3 + 0] = p.rank;
+          peer.recv_src[int64_t{row} * 3 + 1] = t;
+          peer.recv_src[int64_t{row} * 3 + 2] = lane;
           peer.recv_weights[row] = __ldg(p.topk_weights + i);
         }
       }
@@ -228,7 +227,7 @@ __device__ void ExpertMajorQuantizedRows(const DispatchParams& p, const PeerBuff
     for (unsigned left = rows; left != 0; left &= left - 1) {
       const int k = __ffs(left) - 1;
       const int e_k = __shfl_sync(0xffffffffu, e, k);
-      const int64_t row_k = __shfl_sync(0xffffffffu, row, k);
+      const int row_k = __shfl_sync(0xffffffffu, row, k);
       detail::StoreTokenStep(p, dest[e_k / L], row_k, step, piece, lane);
     }
   }
@@ -287,7 +286,7 @@ __device__ void RankMajorQuantizedRows(const DispatchParams& p, const PeerBuffer
     if (__ballot_sync(0xffffffffu, expert >= 0) != 0) {  // t < n: x has the row
       piece = detail::QuantizeTokenStep(p, detail::LoadTokenStep(p, t, step, lane), step, lane);
     }
-    const int64_t row = static_cast<int64_t>(p.rank) * T + t;
+    const int row = p.rank * T + t;  // < R * T, an int (kMaxRanks x kMaxTokensPerRank)
     for (int d = 0; d < p.world_size; ++d) {
       int e = -1;
       float w = 0.0f;
@@ -298,8 +297,8 @@ __device__ void RankMajorQuantizedRows(const DispatchParams& p, const PeerBuffer
       const bool present = __ballot_sync(0xffffffffu, e >= 0) != 0;
       const PeerBuffers& peer = dest[d];
       if (lane < K && step == 0) {
-        peer.recv_topk_idx[row * K + lane] = e;
-        peer.recv_topk_weights[row * K + lane] = w;
+        peer.recv_topk_idx[int64_t{row} * K + lane] = e;
+        peer.recv_topk_weights[int64_t{row} * K + lane] = w;
       }
       detail::StoreTokenStep(p, peer, row, step, present ? piece : detail::QuantizedBlockPiece{},
                              lane);
@@ -310,8 +309,7 @@ __device__ void RankMajorQuantizedRows(const DispatchParams& p, const PeerBuffer
 __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams p) {
   __shared__ PeerBuffers dest[kMaxRanks];
   SyncArea* me = SyncOf(p, p.rank);
-  const uint64_t seq = detail::OpSequence(me, p.seq, p.seq_floor);
-  const unsigned ticket = detail::TakeTicket(me);
+  const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
   uint64_t flags;
   if (ticket == 0) {

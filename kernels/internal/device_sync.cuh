@@ -166,31 +166,32 @@ __device__ __forceinline__ void PublishAbandoned(const PeerTable* peers, int wor
   }
 }
 
-// The op's sequence number, the same in every block: the launcher's (host_seq != 0), or for a
-// device-numbered op one above the larger of the last collective this rank ran and `floor`
-// (the epoch's sequence base: the counter may be older than the epoch). Every block reads it
-// before it finishes, and the counter moves only when the last block finished (FinishBlock),
-// so no block sees the op's own number advanced.
-__device__ __forceinline__ uint64_t OpSequence(const SyncArea* me, uint64_t host_seq,
-                                               uint64_t floor) {
-  if (host_seq != 0) return host_seq;
-  __shared__ uint64_t seq;
-  if (threadIdx.x == 0) {
-    // NOTE: written by an earlier kernel of this stream (or the host before it): visible.
-    const uint64_t last = *static_cast<const volatile uint64_t*>(&me->control.seq);
-    seq = (last > floor ? last : floor) + 1;
-  }
-  __syncthreads();
-  return seq;
-}
+// What a block learns as it starts an op: its ticket and the op's sequence number.
+struct OpStart {
+  unsigned ticket;
+  uint64_t seq;
+};
 
 // Block ticket: the first block to arrive (not blockIdx 0, which may not be resident yet)
 // leads the op, so no block ever waits for a block that has not been scheduled.
-__device__ __forceinline__ unsigned TakeTicket(SyncArea* me) {
+// Sequence number, the same in every block: the launcher's (host_seq != 0), or for a
+// device-numbered op one above the larger of the last collective this rank ran and `floor`
+// (the epoch's sequence base: the counter may be older than the epoch). Every block reads it
+// before it finishes, and the counter moves only once the last block finished (FinishBlock),
+// so no block sees the op's own number advanced.
+__device__ __forceinline__ OpStart StartOp(SyncArea* me, uint64_t host_seq, uint64_t floor) {
   __shared__ unsigned ticket;
-  if (threadIdx.x == 0) ticket = atomicAdd(&me->control.arrive, 1u);
+  __shared__ uint64_t seq;
+  if (threadIdx.x == 0) {
+    // NOTE: the counter was written by an earlier kernel of this stream: visible. Loaded
+    // before the ticket's atomic so that both round trips overlap.
+    const uint64_t last =
+        host_seq != 0 ? 0 : *static_cast<const volatile uint64_t*>(&me->control.seq);
+    ticket = atomicAdd(&me->control.arrive, 1u);
+    seq = host_seq != 0 ? host_seq : (last > floor ? last : floor) + 1;
+  }
   __syncthreads();
-  return ticket;
+  return OpStart{ticket, seq};
 }
 
 // Leader: publish the go word (after all of the leader's writes are visible on this GPU).
