@@ -124,23 +124,6 @@ Status FrontendOps::BuildPeerTable() {
   return OkStatus();
 }
 
-Status FrontendOps::CheckCapture(cudaStream_t stream) const {
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  EPD_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture != cudaStreamCaptureStatusNone) {
-    // NOTE: a replayed graph would reuse the captured op sequence numbers, so a flag left by
-    // the previous replay (the go word between blocks, peers' counts and done flags) would
-    // satisfy this replay's waits and the kernels would read stale offsets: measured wrong on
-    // the second replay of a one-rank group on an H200. Refused rather than wrong.
-    return FailedPreconditionError(
-        "group '{}': frontend-launched ops cannot be captured in a CUDA graph yet (a replay "
-        "would reuse the captured op sequence numbers); capture the daemon-stream path "
-        "(fence signal/wait) instead",
-        group_);
-  }
-  return OkStatus();
-}
-
 Status FrontendOps::FollowEpoch() {
   const auto* page = state_page_->at<GroupStatePage>(0);
   const uint64_t epoch = page->epoch.load(std::memory_order_acquire);
@@ -198,7 +181,6 @@ Status FrontendOps::Dispatch(const void* x, cudaStream_t stream) {
   if (num_tokens_ > 0 && x == nullptr) {
     return InvalidArgumentError("x is null for {} bound tokens", num_tokens_);
   }
-  EPD_RETURN_IF_ERROR(CheckCapture(stream));
   EPD_RETURN_IF_ERROR(FollowEpoch());
   const v1::HandlePrivateBuffers& p = info_.private_buffers();
   const v1::HandleBuffers& b = info_.buffers();
@@ -229,14 +211,17 @@ Status FrontendOps::Dispatch(const void* x, cudaStream_t stream) {
   // NOTE: no abort word: nothing in this process raises one; waits end at timeout_ns or when
   // a peer gives up (the daemon marks a dead rank's ops abandoned when it resets the group).
   params.abort = nullptr;
-  params.seq = sequence_base_ + collectives_ + 1;
+  // NOTE: numbered on the device (seq 0), so a CUDA graph of this launch gets a fresh number
+  // on every replay; the epoch's base is the floor (the rank's counter may predate the epoch).
+  params.seq = 0;
+  params.seq_floor = sequence_base_;
   params.timeout_ns = info_.timeout_ns();
   params.error = records_->device + kDispatchRecord;
   EPD_CUDA_CHECK(kernels::LaunchDispatch(
       params, kernels::DispatchBlocks(params, num_tokens_, info_.max_blocks()), stream));
   // NOTE: counted once launched: every rank counts the same collectives.
   ++collectives_;
-  records_->sequence[kDispatchRecord] = params.seq;
+  records_->sequence[kDispatchRecord] = sequence_base_ + collectives_;
   records_->epoch[kDispatchRecord] = epoch_;
   return OkStatus();
 }
@@ -246,7 +231,6 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   if (num_tokens_ > 0 && out == nullptr) {
     return InvalidArgumentError("out is null for {} bound tokens", num_tokens_);
   }
-  EPD_RETURN_IF_ERROR(CheckCapture(stream));
   EPD_RETURN_IF_ERROR(FollowEpoch());
   const v1::HandlePrivateBuffers& p = info_.private_buffers();
   const v1::HandleBuffers& b = info_.buffers();
@@ -272,7 +256,8 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   params.expert_out_in_place = 1;
   params.peers = peer_table_->device;
   params.abort = nullptr;
-  params.seq = sequence_base_ + collectives_ + 1;
+  params.seq = 0;  // device-numbered, as in Dispatch
+  params.seq_floor = sequence_base_;
   params.timeout_ns = info_.timeout_ns();
   params.error = records_->device + kCombineRecord;
   const int64_t row_bytes =
@@ -280,7 +265,7 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   EPD_CUDA_CHECK(kernels::LaunchCombine(
       params, kernels::CombineBlocks(row_bytes, num_tokens_, info_.max_blocks()), stream));
   ++collectives_;
-  records_->sequence[kCombineRecord] = params.seq;
+  records_->sequence[kCombineRecord] = sequence_base_ + collectives_;
   records_->epoch[kCombineRecord] = epoch_;
   return OkStatus();
 }

@@ -124,7 +124,7 @@ __device__ __forceinline__ SyncArea* SyncOf(const CombineParams& p, int rank) {
 
 // Leader: announce "my expert output is final, here is its address" and wait until every rank
 // did.
-__device__ bool OpeningBarrier(const CombineParams& p) {
+__device__ bool OpeningBarrier(const CombineParams& p, uint64_t seq) {
   __shared__ bool ok;
   if (threadIdx.x == 0) {
     ok = true;
@@ -136,16 +136,16 @@ __device__ bool OpeningBarrier(const CombineParams& p) {
     // before this one) and its address are visible to peers before they see the flag.
     __threadfence_system();
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&SyncOf(p, d)->start[p.rank], p.seq);
+      detail::StoreRelaxedSys(&SyncOf(p, d)->start[p.rank], seq);
     }
     SyncArea* me = SyncOf(p, p.rank);
     for (int s = 0; s < p.world_size && ok; ++s) {
       uint64_t seen = 0;
       const int why =
-          detail::WaitFlagAtLeast(&me->start[s], p.seq, p.timeout_ns, &seen, me, s, p.abort);
+          detail::WaitFlagAtLeast(&me->start[s], seq, p.timeout_ns, &seen, me, s, p.abort);
       if (why != detail::kWaitOk) {
-        detail::ReportWaitFailure(p.error, why, kSyncPhaseStart, s, p.seq, seen, me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq,
+        detail::ReportWaitFailure(p.error, why, kSyncPhaseStart, s, seq, seen, me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq,
                                  why == detail::kWaitTimeout ? s : -1);
         ok = false;
       }
@@ -153,10 +153,10 @@ __device__ bool OpeningBarrier(const CombineParams& p) {
     // A peer that opened and then gave up (it timed out waiting for this rank) may already
     // reuse its expert output: read nothing of it.
     for (int s = 0; s < p.world_size && ok; ++s) {
-      if (detail::LoadRelaxedSys(&me->abandoned[s]) >= p.seq) {
-        detail::ReportWaitFailure(p.error, detail::kWaitAbandoned, kSyncPhaseStart, s, p.seq, p.seq,
+      if (detail::LoadRelaxedSys(&me->abandoned[s]) >= seq) {
+        detail::ReportWaitFailure(p.error, detail::kWaitAbandoned, kSyncPhaseStart, s, seq, seq,
                                   me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq, -1);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq, -1);
         ok = false;
       }
     }
@@ -169,13 +169,13 @@ template <int kType>
 __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p) {
   __shared__ const char* bases[kMaxRanks];
   SyncArea* me = SyncOf(p, p.rank);
-  const unsigned ticket = detail::TakeTicket(me);
+  const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   uint64_t flags;
   if (ticket == 0) {
-    flags = OpeningBarrier(p) ? 0 : kGoAbort;
-    detail::PublishGo(me, p.seq, flags);
+    flags = OpeningBarrier(p, seq) ? 0 : kGoAbort;
+    detail::PublishGo(me, seq, flags);
   } else {
-    flags = detail::AwaitGo(me, p.seq, p.timeout_ns);
+    flags = detail::AwaitGo(me, seq, p.timeout_ns);
   }
   if (!(flags & kGoAbort)) {
     // Peers' addresses, published before their start flags, which the leader saw before go.
@@ -202,20 +202,20 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
       ReduceItem<kType>(p, bases, item / chunks, item % chunks, vectors);
     }
   }
-  if (!detail::FinishBlock(me, /*remote_stores=*/false) || (flags & kGoAbort)) return;
+  if (!detail::FinishBlock(me, /*remote_stores=*/false, seq) || (flags & kGoAbort)) return;
   if (threadIdx.x == 0) {
     // Every block's peer loads completed (their values were reduced and stored) before
     // FinishBlock counted it: plain flag stores suffice.
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&SyncOf(p, d)->end[p.rank], p.seq);
+      detail::StoreRelaxedSys(&SyncOf(p, d)->end[p.rank], seq);
     }
     for (int s = 0; s < p.world_size; ++s) {
       uint64_t seen = 0;
       const int why =
-          detail::WaitFlagAtLeast(&me->end[s], p.seq, p.timeout_ns, &seen, me, s, p.abort);
+          detail::WaitFlagAtLeast(&me->end[s], seq, p.timeout_ns, &seen, me, s, p.abort);
       if (why != detail::kWaitOk) {
-        detail::ReportWaitFailure(p.error, why, kSyncPhaseEnd, s, p.seq, seen, me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq,
+        detail::ReportWaitFailure(p.error, why, kSyncPhaseEnd, s, seq, seen, me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq,
                                  why == detail::kWaitTimeout ? s : -1);
         return;
       }

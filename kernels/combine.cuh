@@ -45,7 +45,10 @@ struct CombineParams {
   int experts = 0;  // needed with expert_out_in_place (the inbox stride)
   const PeerTable* peers = nullptr;  // this rank's, in device memory (SyncAreas)
   const uint64_t* abort = nullptr;   // the group's host-mapped abort word
+  // The op's sequence number; 0: device-numbered (graph-replayable), one above the larger
+  // of the last collective this rank ran (its SyncArea's control.seq) and seq_floor.
   uint64_t seq = 0;
+  uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
 };

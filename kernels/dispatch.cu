@@ -25,11 +25,11 @@ __device__ __forceinline__ SyncArea* SyncOf(const DispatchParams& p, int rank) {
 
 // Leader part 1: counts (and the handle slot) out, counts in. Returns false (error written,
 // peers told) when a wait failed.
-__device__ bool ExchangeCounts(const DispatchParams& p, int n) {
+__device__ bool ExchangeCounts(const DispatchParams& p, int n, uint64_t seq) {
   __shared__ int failed_peer;
   __shared__ int failure;
   const int R = p.world_size, E = p.experts, stride = SyncInboxStride(E);
-  const uint32_t seq32 = static_cast<uint32_t>(p.seq);
+  const uint32_t seq32 = static_cast<uint32_t>(seq);
   if (threadIdx.x == 0) {
     failed_peer = INT_MAX;
     failure = detail::kWaitOk;
@@ -50,7 +50,7 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
     uint64_t v = detail::LoadRelaxedSys(my_inbox + i);
     for (unsigned spins = 1; static_cast<uint32_t>(v >> 32) != seq32; ++spins) {
-      const int why = detail::CheckWait(me, i / stride, p.seq, p.abort, start, p.timeout_ns, spins);
+      const int why = detail::CheckWait(me, i / stride, seq, p.abort, start, p.timeout_ns, spins);
       if (why != detail::kWaitOk) {
         atomicMin(&failed_peer, i / stride);
         atomicMax(&failure, why);
@@ -63,7 +63,7 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
   // A peer that published its counts and then gave up (it timed out waiting for this rank)
   // must not receive rows: it may already run its next op.
   for (int s = threadIdx.x; s < R; s += kThreads) {
-    if (detail::LoadRelaxedSys(&me->abandoned[s]) >= p.seq) {
+    if (detail::LoadRelaxedSys(&me->abandoned[s]) >= seq) {
       atomicMin(&failed_peer, s);
       atomicMax(&failure, static_cast<int>(detail::kWaitAbandoned));
     }
@@ -72,8 +72,8 @@ __device__ bool ExchangeCounts(const DispatchParams& p, int n) {
   if (failed_peer != INT_MAX) {
     if (threadIdx.x == 0) {
       const uint64_t seen = my_inbox[failed_peer * stride] >> 32;
-      detail::ReportWaitFailure(p.error, failure, kSyncPhaseCounts, failed_peer, p.seq, seen, me);
-      detail::PublishAbandoned(p.peers, R, p.rank, p.seq,
+      detail::ReportWaitFailure(p.error, failure, kSyncPhaseCounts, failed_peer, seq, seen, me);
+      detail::PublishAbandoned(p.peers, R, p.rank, seq,
                                failure == detail::kWaitTimeout ? failed_peer : -1);
     }
     return false;
@@ -189,6 +189,50 @@ __device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest
   }
 }
 
+// kPayloadQuantize, expert-major: a warp per (token, step) quantizes the step once and stores
+// it to every row of the token (up to K), instead of quantizing each (token, k) row again.
+// Lane k < K holds selection k's expert and row; step 0 also writes the rows' metadata.
+__device__ void ExpertMajorQuantizedRows(const DispatchParams& p, const PeerBuffers* dest, int n,
+                                         unsigned ticket, bool skip) {
+  const int lane = threadIdx.x & 31;
+  const int K = p.top_k, L = p.local_experts;
+  const int steps = DispatchQuantizeSteps(p);
+  const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
+  const int stride = gridDim.x * kWarps;
+  for (int item = ticket * kWarps + (threadIdx.x >> 5); item < n * steps; item += stride) {
+    const int t = item / steps, step = item % steps;
+    const int4 raw = detail::LoadTokenStep(p, t, step, lane);  // in flight during the lookups
+    const int i = t * K + lane;
+    int e = -1, row = -1;  // rows of an expert are below its capacity: int32, as in slot
+    if (lane < K) {
+      e = __ldg(p.topk_idx + i);
+      if (e >= 0 && !skip) {
+        // bases were written by the leader during this kernel: L2 load, never the nc path.
+        row = __ldcg(bases + e) + __ldg(p.local_rank + i);
+      }
+      if (step == 0) {
+        p.slot[i] = row;  // -1 without a row
+        if (row >= 0) {
+          const PeerBuffers& peer = dest[e / L];
+          peer.recv_src[int64_t{row} * 3 + 0] = p.rank;
+          peer.recv_src[int64_t{row} * 3 + 1] = t;
+          peer.recv_src[int64_t{row} * 3 + 2] = lane;
+          peer.recv_weights[row] = __ldg(p.topk_weights + i);
+        }
+      }
+    }
+    const unsigned rows = __ballot_sync(0xffffffffu, row >= 0);
+    if (rows == 0) continue;  // warp-uniform
+    const detail::QuantizedBlockPiece piece = detail::QuantizeTokenStep(p, raw, step, lane);
+    for (unsigned left = rows; left != 0; left &= left - 1) {
+      const int k = __ffs(left) - 1;
+      const int e_k = __shfl_sync(0xffffffffu, e, k);
+      const int row_k = __shfl_sync(0xffffffffu, row, k);
+      detail::StoreTokenStep(p, dest[e_k / L], row_k, step, piece, lane);
+    }
+  }
+}
+
 // Row (this rank, t) on destination d: the token when one of its experts lives on d, else
 // zero with ids -1 (absent rows are rewritten every op: the frontend may have used them).
 __device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, int n,
@@ -226,15 +270,51 @@ __device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, 
   }
 }
 
+// kPayloadQuantize, rank-major: a warp per (token, step) quantizes the step once (tokens
+// below n with an expert) and stores it, or zeros, as row (this rank, t) of every destination.
+__device__ void RankMajorQuantizedRows(const DispatchParams& p, const PeerBuffers* dest, int n,
+                                       unsigned ticket) {
+  const int lane = threadIdx.x & 31;
+  const int K = p.top_k, L = p.local_experts, T = p.max_tokens;
+  const int steps = DispatchQuantizeSteps(p);
+  const int stride = gridDim.x * kWarps;
+  for (int item = ticket * kWarps + (threadIdx.x >> 5); item < T * steps; item += stride) {
+    const int t = item / steps, step = item % steps;
+    int expert = -1;
+    if (lane < K && t < n) expert = __ldg(p.topk_idx + t * K + lane);
+    detail::QuantizedBlockPiece piece;  // zeros: the piece of an absent row
+    if (__ballot_sync(0xffffffffu, expert >= 0) != 0) {  // t < n: x has the row
+      piece = detail::QuantizeTokenStep(p, detail::LoadTokenStep(p, t, step, lane), step, lane);
+    }
+    const int row = p.rank * T + t;  // < R * T, an int (kMaxRanks x kMaxTokensPerRank)
+    for (int d = 0; d < p.world_size; ++d) {
+      int e = -1;
+      float w = 0.0f;
+      if (expert >= 0 && expert / L == d) {
+        e = expert;
+        w = __ldg(p.topk_weights + t * K + lane);
+      }
+      const bool present = __ballot_sync(0xffffffffu, e >= 0) != 0;
+      const PeerBuffers& peer = dest[d];
+      if (lane < K && step == 0) {
+        peer.recv_topk_idx[int64_t{row} * K + lane] = e;
+        peer.recv_topk_weights[int64_t{row} * K + lane] = w;
+      }
+      detail::StoreTokenStep(p, peer, row, step, present ? piece : detail::QuantizedBlockPiece{},
+                             lane);
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams p) {
   __shared__ PeerBuffers dest[kMaxRanks];
   SyncArea* me = SyncOf(p, p.rank);
-  const unsigned ticket = detail::TakeTicket(me);
+  const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
   uint64_t flags;
   if (ticket == 0) {
     flags = kGoAbort;
-    if (ExchangeCounts(p, n)) {
+    if (ExchangeCounts(p, n, seq)) {
       flags = 0;
       if (p.rank_major) {
         PlanRankMajor(p);
@@ -242,31 +322,38 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
         flags = PlanExpertMajor(p);
       }
     }
-    detail::PublishGo(me, p.seq, flags);
+    detail::PublishGo(me, seq, flags);
   } else {
-    flags = detail::AwaitGo(me, p.seq, p.timeout_ns);
+    flags = detail::AwaitGo(me, seq, p.timeout_ns);
   }
   if (!(flags & kGoAbort)) {
     LoadDestinations(p, dest);
-    if (p.rank_major) {
+    const bool skip = (flags & kGoSkipData) != 0;
+    if (p.payload == kPayloadQuantize) {
+      if (p.rank_major) {
+        RankMajorQuantizedRows(p, dest, n, ticket);
+      } else {
+        ExpertMajorQuantizedRows(p, dest, n, ticket, skip);
+      }
+    } else if (p.rank_major) {
       RankMajorRows(p, dest, n, ticket);
     } else {
-      ExpertMajorRows(p, dest, n, ticket, (flags & kGoSkipData) != 0);
+      ExpertMajorRows(p, dest, n, ticket, skip);
     }
   }
-  if (!detail::FinishBlock(me, /*remote_stores=*/true) || (flags & kGoAbort)) return;
+  if (!detail::FinishBlock(me, /*remote_stores=*/true, seq) || (flags & kGoAbort)) return;
   if (threadIdx.x == 0) {
     // FinishBlock fenced every block's rows at system scope: plain flag stores suffice.
     for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&SyncOf(p, d)->done[p.rank], p.seq);
+      detail::StoreRelaxedSys(&SyncOf(p, d)->done[p.rank], seq);
     }
     for (int s = 0; s < p.world_size; ++s) {
       uint64_t seen = 0;
       const int why =
-          detail::WaitFlagAtLeast(&me->done[s], p.seq, p.timeout_ns, &seen, me, s, p.abort);
+          detail::WaitFlagAtLeast(&me->done[s], seq, p.timeout_ns, &seen, me, s, p.abort);
       if (why != detail::kWaitOk) {
-        detail::ReportWaitFailure(p.error, why, kSyncPhaseDone, s, p.seq, seen, me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, p.seq,
+        detail::ReportWaitFailure(p.error, why, kSyncPhaseDone, s, seq, seen, me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq,
                                  why == detail::kWaitTimeout ? s : -1);
         return;
       }

@@ -58,7 +58,10 @@ struct DispatchParams {
   const PeerTable* peers = nullptr;  // this rank's, in device memory
   int handle_slot = 0;               // where this rank's own receive buffers are published
   const uint64_t* abort = nullptr;   // the group's host-mapped abort word
+  // The op's sequence number; 0: device-numbered (graph-replayable), one above the larger
+  // of the last collective this rank ran (its SyncArea's control.seq) and seq_floor.
   uint64_t seq = 0;
+  uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
 };
@@ -77,6 +80,12 @@ inline __host__ __device__ int DispatchRowParts(const DispatchParams& p) {
   }
   const int blocks = p.hidden / 128;
   return (blocks + kDispatchBlocksPerPart - 1) / kDispatchBlocksPerPart;
+}
+
+// kPayloadQuantize quantizes each token once and stores it to every row it goes to: its unit
+// of work is a step of two 128-channel blocks of one token (a half warp per block).
+inline __host__ __device__ int DispatchQuantizeSteps(const DispatchParams& p) {
+  return (p.hidden / 128 + 1) / 2;
 }
 
 // blocks: any number >= 1 (the kernel strides); 512 threads each.

@@ -31,6 +31,10 @@ inline int GridBlocksFor(int64_t items, int max_blocks) {
 }
 
 inline int DispatchBlocks(const DispatchParams& p, int num_tokens, int max_blocks) {
+  if (p.payload == kPayloadQuantize) {  // a warp per (token, step), writing all its rows
+    const int64_t tokens = p.rank_major ? p.max_tokens : num_tokens;
+    return GridBlocksFor(tokens * DispatchQuantizeSteps(p), max_blocks);
+  }
   const int64_t rows = p.rank_major ? int64_t{p.world_size} * p.max_tokens
                                     : int64_t{num_tokens} * p.top_k;
   return GridBlocksFor(rows * DispatchRowParts(p), max_blocks);

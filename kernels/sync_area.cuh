@@ -12,7 +12,10 @@
 //    out, was aborted, or rejected its own arguments), so nobody waits for it any longer;
 //  - blamed[s]: 1 + the group rank s timed out waiting for (0: it gave up for another reason);
 //  - expert_out[s]: rank s's combine input of the op whose start flag it precedes.
-// `control` is local only: block tickets and the leader's go word of the running op.
+// `control` is local only: block tickets and the leader's go word of the running op, and
+// `seq`, the number of the last collective this rank ran (its last block writes it), from
+// which device-numbered ops (a launch with seq 0: frontend-launched, graph-replayable) take
+// their own number, so a replayed graph gets fresh numbers without the host.
 //
 // PeerTable: per (group, rank), in device memory on that rank's GPU. The host writes it when
 // the group is created (every rank's SyncArea) and when a handle is created or destroyed (its
@@ -34,6 +37,7 @@ struct alignas(128) SyncControl {
   uint64_t go;          // (seq << 2) | SyncGoFlags, published by the leader block
   unsigned int arrive;  // tickets handed out to blocks of the running op
   unsigned int finish;  // blocks of the running op that finished their rows
+  uint64_t seq;         // sequence number of the last collective this rank ran
 };
 
 enum SyncGoFlags : uint64_t {

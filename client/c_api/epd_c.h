@@ -292,9 +292,16 @@ void epd_op_options_init(epd_op_options_t* options); /* blocking, no fences */
 epd_status_t epd_update(epd_session_t* session, const epd_handle_t* handle,
                         const epd_tensor_ref_t* topk_idx, const epd_tensor_ref_t* weights,
                         const epd_op_options_t* options);
-/* x [n, H] group dtype. */
+/* x [n, H] group dtype; with fp8 dispatch, bf16 x that the daemon quantizes. */
 epd_status_t epd_dispatch(epd_session_t* session, const epd_handle_t* handle,
                           const epd_tensor_ref_t* x, const epd_op_options_t* options);
+/* Pre-quantized fp8 dispatch (groups with dispatch_dtype EPD_DTYPE_FP8_E4M3): x [n, H]
+ * EPD_DTYPE_FP8_E4M3 and x_scales [n, H / 128] in the group's scale format (EPD_DTYPE_FP32,
+ * or EPD_DTYPE_UINT8 ue8m0 exponent bytes); the daemon copies both unchanged. */
+epd_status_t epd_dispatch_prequantized(epd_session_t* session, const epd_handle_t* handle,
+                                       const epd_tensor_ref_t* x,
+                                       const epd_tensor_ref_t* x_scales,
+                                       const epd_op_options_t* options);
 /* out [n, H]; expert_out [recv_rows, H] or NULL (recv_x in place). */
 epd_status_t epd_combine(epd_session_t* session, const epd_handle_t* handle,
                          const epd_tensor_ref_t* out, const epd_tensor_ref_t* expert_out,
@@ -310,7 +317,8 @@ epd_status_t epd_combine(epd_session_t* session, const epd_handle_t* handle,
  * on each replay. fence_in and fence_out must be device fences used by this stream op only.
  * The tensors are fixed at creation (a graph's tensors are static). */
 enum { EPD_OP_UPDATE = 1, EPD_OP_DISPATCH = 2, EPD_OP_COMBINE = 3 };
-/* UPDATE: a = topk_idx, b = weights or NULL; DISPATCH: a = x, b NULL;
+/* UPDATE: a = topk_idx, b = weights or NULL; DISPATCH: a = x, b = x_scales (pre-quantized
+ * fp8, as epd_dispatch_prequantized) or NULL;
  * COMBINE: a = out, b = expert_out or NULL. */
 epd_status_t epd_stream_op_create(epd_session_t* session, const epd_handle_t* handle,
                                   int32_t kind, const epd_tensor_ref_t* a,
@@ -327,8 +335,9 @@ void epd_stream_op_destroy(epd_stream_op_t* op);
  * not apply: order work by the stream itself). Pointers are device pointers valid on the
  * stream. Every rank of the group launches the same ops in the same order. Device-side
  * errors (bad expert ids, capacity overflow, a peer that timed out) are recorded on the GPU:
- * epd_handle_take_errors reports them once the stream passed the ops. Not capturable in a
- * CUDA graph for now (FAILED_PRECONDITION). Calling these on a daemon-streams handle, or
+ * epd_handle_take_errors reports them once the stream passed the ops. Capturable in a CUDA
+ * graph (stream capture of the three calls); replays take fresh op sequence numbers on the
+ * device, with the captured pointers and token count. Calling these on a daemon-streams handle, or
  * epd_update / _dispatch / _combine on a frontend-launched handle, is FAILED_PRECONDITION. */
 /* topk_idx [n, K] int32 (idx_dtype EPD_DTYPE_INT32) or int64; weights [n, K] f32 or NULL. */
 epd_status_t epd_handle_update(epd_handle_t* handle, const void* topk_idx, int32_t idx_dtype,

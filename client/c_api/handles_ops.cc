@@ -144,6 +144,9 @@ epd::StatusOr<epd::v1::SessionRequest> BuildOp(const epd_handle& handle, int32_t
       dispatch->set_session_id(session_id);
       dispatch->set_handle_id(handle_id);
       EPD_ASSIGN_OR_RETURN(*dispatch->mutable_x(), ToRef(*a, "x"));
+      if (b != nullptr) {
+        EPD_ASSIGN_OR_RETURN(*dispatch->mutable_x_scales(), ToRef(*b, "x_scales"));
+      }
       *dispatch->mutable_options() = options;
       break;
     }
@@ -332,6 +335,15 @@ epd_status_t epd_update(epd_session_t* session, const epd_handle_t* handle,
 epd_status_t epd_dispatch(epd_session_t* session, const epd_handle_t* handle,
                           const epd_tensor_ref_t* x, const epd_op_options_t* options) {
   return RunOp("epd_dispatch", session, handle, EPD_OP_DISPATCH, x, nullptr, options);
+}
+
+epd_status_t epd_dispatch_prequantized(epd_session_t* session, const epd_handle_t* handle,
+                                       const epd_tensor_ref_t* x,
+                                       const epd_tensor_ref_t* x_scales,
+                                       const epd_op_options_t* options) {
+  const char* function = "epd_dispatch_prequantized";
+  if (x_scales == nullptr) return NullArgument(function, "x_scales");
+  return RunOp(function, session, handle, EPD_OP_DISPATCH, x, x_scales, options);
 }
 
 epd_status_t epd_combine(epd_session_t* session, const epd_handle_t* handle,

@@ -19,10 +19,13 @@
 // UNAVAILABLE naming the new epoch, and the ops after it are numbered in that epoch. After a
 // peer timeout, pass failed_epoch() to Session::AttachDataPlane so every rank restarts.
 // Not thread-safe: one frontend thread drives one FrontendOps.
-// CUDA graphs: update, dispatch and combine can be captured and the graph replayed with new
-// routing contents (same n) on single-rank groups. For more ranks a replay would reuse the
-// captured op sequence numbers; capturing their collectives is refused until the kernels
-// read sequence numbers from device memory.
+// CUDA graphs: update, dispatch and combine can be captured on the frontend's stream and the
+// graph replayed with new input contents (same n, same pointers), on groups of any size.
+// Collectives are numbered on the device (a counter per group rank in the daemon's sync area,
+// advanced by each op's last block), so every replay gets fresh sequence numbers; the
+// captured floor is the epoch's base. After the daemon resets the group (a new epoch), the
+// next eager op fails once with UNAVAILABLE as above; graphs captured in the old epoch must be
+// captured again (their floor is the old base, so their ops would not meet the new epoch's).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -70,7 +73,8 @@ class FrontendOps {
   uint64_t failed_epoch() const { return failed_epoch_; }
 
   uint64_t epoch() const { return epoch_; }
-  // Sequence number of the last collective launched (sequence_base + collectives this epoch).
+  // Sequence number of the last collective launched eagerly or captured, counted on the host
+  // (sequence_base + those collectives this epoch): the device numbers replays on top of it.
   uint64_t last_sequence() const { return sequence_base_ + collectives_; }
   int num_tokens() const { return num_tokens_; }
 
@@ -82,8 +86,6 @@ class FrontendOps {
   Status BuildPeerTable();
   // Adopts the state page's epoch; UNAVAILABLE once when it moved since the last op.
   Status FollowEpoch();
-  // Graph capture of collectives: single-rank groups only (see the .cc).
-  Status CheckCapture(cudaStream_t stream) const;
 
   v1::DataPlaneInfo info_;
   std::string group_;

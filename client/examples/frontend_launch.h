@@ -18,6 +18,10 @@ namespace epd::example {
 struct LaunchTensors {
   size_t x = 0, topk = 0, weights = 0, out = 0;
   bool int64_topk = false;
+  // After one eager layer, capture update + dispatch and combine in two CUDA graphs at the
+  // first layer of each token count, then replay them: the layer's inputs are rewritten in
+  // place between replays.
+  bool graphs = false;
 };
 
 class FrontendLaunch {
@@ -26,6 +30,8 @@ class FrontendLaunch {
   // One layer: update + dispatch, wait, `experts` (on the received rows), combine, wait;
   // device errors as the daemon words them. Every wait is bounded by `timeout`.
   virtual Status RunLayer(int num_tokens, const std::function<Status()>& experts) = 0;
+  // Layers that replayed graphs captured by an earlier layer (LaunchTensors::graphs).
+  virtual int replayed_layers() const = 0;
 };
 
 // Attaches the data plane (retrying while peers' handles do not exist yet, up to `timeout`)

@@ -1,4 +1,5 @@
-// frontend_launch.h in CUDA builds: FrontendOps on a stream of the rank's process.
+// frontend_launch.h in CUDA builds: FrontendOps on a stream of the rank's process, launched
+// directly or captured in CUDA graphs and replayed.
 #include <cuda_runtime_api.h>
 
 #include <thread>
@@ -21,21 +22,88 @@ class CudaFrontendLaunch : public FrontendLaunch {
         base_(base),
         tensors_(tensors),
         timeout_(timeout) {}
-  ~CudaFrontendLaunch() override { cudaStreamDestroy(stream_); }
+  ~CudaFrontendLaunch() override {
+    DropGraphs();
+    cudaStreamDestroy(stream_);
+  }
 
   Status RunLayer(int n, const std::function<Status()>& experts) override {
+    // With graphs the first layer still runs eagerly: the graphs then continue the device
+    // op numbering that eager launches advanced, as an application's warm-up layer would.
+    if (!tensors_.graphs || eager_layers_++ == 0) {
+      EPD_RETURN_IF_ERROR(LaunchUpdateDispatch(n));
+      EPD_RETURN_IF_ERROR(Drain().WithContext("update + dispatch"));
+      EPD_RETURN_IF_ERROR(experts());
+      EPD_RETURN_IF_ERROR(LaunchCombine());
+      return Drain().WithContext("combine");
+    }
+    // A graph's token count is fixed: a layer of another n captures anew.
+    const bool replay = dispatch_graph_ != nullptr && graph_tokens_ == n;
+    if (!replay) {
+      DropGraphs();
+      EPD_RETURN_IF_ERROR(Capture([&] { return LaunchUpdateDispatch(n); }, &dispatch_graph_));
+      graph_tokens_ = n;
+    }
+    EPD_RETURN_IF_ERROR(Launch(dispatch_graph_).WithContext("update + dispatch graph"));
+    EPD_RETURN_IF_ERROR(Drain().WithContext("update + dispatch graph"));
+    EPD_RETURN_IF_ERROR(experts());
+    if (combine_graph_ == nullptr) {
+      EPD_RETURN_IF_ERROR(Capture([&] { return LaunchCombine(); }, &combine_graph_));
+    }
+    EPD_RETURN_IF_ERROR(Launch(combine_graph_).WithContext("combine graph"));
+    EPD_RETURN_IF_ERROR(Drain().WithContext("combine graph"));
+    if (replay) ++replayed_layers_;
+    return OkStatus();
+  }
+
+  int replayed_layers() const override { return replayed_layers_; }
+
+ private:
+  Status LaunchUpdateDispatch(int n) {
     EPD_RETURN_IF_ERROR(ops_->Update(base_ + tensors_.topk, tensors_.int64_topk,
                                      reinterpret_cast<const float*>(base_ + tensors_.weights), n,
                                      stream_)
                             .WithContext("update"));
-    EPD_RETURN_IF_ERROR(ops_->Dispatch(base_ + tensors_.x, stream_).WithContext("dispatch"));
-    EPD_RETURN_IF_ERROR(Drain().WithContext("update + dispatch"));
-    EPD_RETURN_IF_ERROR(experts());
-    EPD_RETURN_IF_ERROR(ops_->Combine(base_ + tensors_.out, stream_).WithContext("combine"));
-    return Drain().WithContext("combine");
+    return ops_->Dispatch(base_ + tensors_.x, stream_).WithContext("dispatch");
+  }
+  Status LaunchCombine() {
+    return ops_->Combine(base_ + tensors_.out, stream_).WithContext("combine");
   }
 
- private:
+  // Captures what `launch` puts on the stream into an instantiated graph.
+  Status Capture(const std::function<Status()>& launch, cudaGraphExec_t* exec) {
+    if (cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+        e != cudaSuccess) {
+      return InternalError("cudaStreamBeginCapture: {}", cudaGetErrorString(e));
+    }
+    Status launched = launch();
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    EPD_RETURN_IF_ERROR(launched.WithContext("capturing"));
+    if (ended != cudaSuccess) {
+      return InternalError("cudaStreamEndCapture: {}", cudaGetErrorString(ended));
+    }
+    const cudaError_t made = cudaGraphInstantiate(exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (made != cudaSuccess) {
+      *exec = nullptr;
+      return InternalError("cudaGraphInstantiate: {}", cudaGetErrorString(made));
+    }
+    return OkStatus();
+  }
+  Status Launch(cudaGraphExec_t exec) {
+    if (cudaError_t e = cudaGraphLaunch(exec, stream_); e != cudaSuccess) {
+      return InternalError("cudaGraphLaunch: {}", cudaGetErrorString(e));
+    }
+    return OkStatus();
+  }
+  void DropGraphs() {
+    for (cudaGraphExec_t* exec : {&dispatch_graph_, &combine_graph_}) {
+      if (*exec != nullptr) cudaGraphExecDestroy(*exec);
+      *exec = nullptr;
+    }
+  }
+
   // Waits (bounded, polling) for the stream, then reports what the kernels recorded.
   Status Drain() {
     const auto deadline = std::chrono::steady_clock::now() + timeout_;
@@ -66,6 +134,11 @@ class CudaFrontendLaunch : public FrontendLaunch {
   char* base_;
   LaunchTensors tensors_;
   std::chrono::milliseconds timeout_;
+  cudaGraphExec_t dispatch_graph_ = nullptr;  // update + dispatch of graph_tokens_ tokens
+  cudaGraphExec_t combine_graph_ = nullptr;
+  int graph_tokens_ = 0;
+  int eager_layers_ = 0;
+  int replayed_layers_ = 0;
 };
 
 }  // namespace

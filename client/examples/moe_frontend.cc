@@ -45,6 +45,7 @@ struct Flags {
   std::string group;
   uint64_t seed = 1;
   bool progress = false;
+  bool graphs = false;
 };
 
 // Removes the shared memory a rank process left when a signal stopped it before its
@@ -72,11 +73,13 @@ int RunRank(const Flags& flags, const Problem& problem, int rank) {
   options.group = flags.group;
   options.int64_topk = flags.idx == "int64";
   options.frontend_launched = flags.mode == "frontend";
+  options.graphs = flags.graphs;
   auto runner = epd::example::RankRunner::Create(**client, problem, rank, options);
   if (!runner.ok()) return fail(runner.status());
   std::string tokens;
   for (int it = 0; it < flags.iterations; ++it) {
-    const int n = epd::example::TokensFor(problem, rank, it);
+    // Graphs fix the token count: every layer has T tokens (new values each layer).
+    const int n = flags.graphs ? problem.max_tokens : epd::example::TokensFor(problem, rank, it);
     const bool fenced = flags.mode == "fenced" || (flags.mode == "both" && it % 2 == 1);
     const auto in = epd::example::MakeInputs(problem, flags.seed, rank, it, n, false);
     epd::Status status = (*runner)->RunAndCheck(in, epd::example::ScaleByExpertPlusOne, fenced);
@@ -86,12 +89,18 @@ int RunRank(const Flags& flags, const Problem& problem, int rank) {
       std::fflush(stdout);
     }
     tokens += fmt::format("{}{}{}", it == 0 ? "" : ",", n,
-                          options.frontend_launched ? "l" : fenced ? "f" : "b");
+                          flags.graphs && it > 0 ? "g" : options.frontend_launched ? "l" : fenced ? "f" : "b");
+  }
+  // Layer 0 runs eagerly, layer 1 captures, every later layer replays.
+  const int replays = std::max(0, flags.iterations - 2);
+  if (flags.graphs && (*runner)->replayed_layers() != replays) {
+    return fail(epd::InternalError("{} of {} layers replayed captured graphs, expected {}",
+                                   (*runner)->replayed_layers(), flags.iterations, replays));
   }
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - start)
                       .count();
-  std::printf("rank %d: %d layers OK, bit-exact (tokens %s; b=blocking f=fenced l=frontend-launched) in %lld ms\n",
+  std::printf("rank %d: %d layers OK, bit-exact (tokens %s; b=blocking f=fenced l=frontend-launched g=CUDA graph) in %lld ms\n",
               rank, flags.iterations, tokens.c_str(), static_cast<long long>(ms));
   std::fflush(stdout);
   return 0;
@@ -127,6 +136,10 @@ int main(int argc, char** argv) {
   app.add_option("--group", flags.group, "group name (default: derived from the shape)");
   app.add_option("--seed", flags.seed);
   app.add_flag("--progress", flags.progress, "print a line after every checked layer");
+  app.add_flag("--graphs", flags.graphs,
+               "frontend mode: after an eager first layer, capture the second layer's ops in "
+               "CUDA graphs and replay them for every later layer (T tokens each, new values "
+               "each layer)");
   CLI11_PARSE(app, argc, argv);
 
   Problem problem;
@@ -144,6 +157,10 @@ int main(int argc, char** argv) {
   problem.scale_format =
       flags.scale_format == "ue8m0" ? epd::v1::SCALE_FORMAT_UE8M0 : epd::v1::SCALE_FORMAT_FP32;
   problem.prequantized = flags.prequantized;
+  if (flags.graphs && flags.mode != "frontend") {
+    std::fprintf(stderr, "--graphs needs --mode frontend\n");
+    return 2;
+  }
   if (flags.prequantized && !problem.fp8) {
     std::fprintf(stderr, "--prequantized needs --dispatch-dtype fp8\n");
     return 2;

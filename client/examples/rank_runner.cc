@@ -73,8 +73,9 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   EPD_ASSIGN_OR_RETURN(runner->done_, session.CreateFence());
   EPD_ASSIGN_OR_RETURN(runner->ready_, session.CreateFence());
   if (options.frontend_launched) {
-    const LaunchTensors tensors{runner->x_offset_, runner->topk_offset_, runner->weights_offset_,
-                                runner->out_offset_, options.int64_topk};
+    const LaunchTensors tensors{runner->x_offset_,      runner->topk_offset_,
+                                runner->weights_offset_, runner->out_offset_,
+                                options.int64_topk,      options.graphs};
     EPD_ASSIGN_OR_RETURN(runner->launch_,
                          CreateFrontendLaunch(session, *runner->view_, *runner->memory_, tensors,
                                               options.fence_timeout));

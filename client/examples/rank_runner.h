@@ -27,6 +27,9 @@ struct RankRunnerOptions {
   // The frontend-launched data path: this process launches the kernels (cuda backend only);
   // RunLayer's `fenced` is then ignored.
   bool frontend_launched = false;
+  // Frontend-launched only: capture each layer's ops in CUDA graphs once per token count and
+  // replay them (LaunchTensors::graphs).
+  bool graphs = false;
   std::chrono::milliseconds fence_timeout{30'000};
 };
 
@@ -52,6 +55,8 @@ class RankRunner {
   Session& session() { return *session_; }
   HandleView& view() { return *view_; }
   bool on_device() const { return memory_->shm() == nullptr; }
+  // Layers that replayed CUDA graphs (RankRunnerOptions::graphs).
+  int replayed_layers() const { return launch_ != nullptr ? launch_->replayed_layers() : 0; }
   // The registered shm object (cpu backend only).
   SharedMemoryBuffer& buffer() { return *memory_->shm(); }
   uint64_t buffer_id() const { return buffer_id_; }

@@ -166,13 +166,32 @@ __device__ __forceinline__ void PublishAbandoned(const PeerTable* peers, int wor
   }
 }
 
+// What a block learns as it starts an op: its ticket and the op's sequence number.
+struct OpStart {
+  unsigned ticket;
+  uint64_t seq;
+};
+
 // Block ticket: the first block to arrive (not blockIdx 0, which may not be resident yet)
 // leads the op, so no block ever waits for a block that has not been scheduled.
-__device__ __forceinline__ unsigned TakeTicket(SyncArea* me) {
+// Sequence number, the same in every block: the launcher's (host_seq != 0), or for a
+// device-numbered op one above the larger of the last collective this rank ran and `floor`
+// (the epoch's sequence base: the counter may be older than the epoch). Every block reads it
+// before it finishes, and the counter moves only once the last block finished (FinishBlock),
+// so no block sees the op's own number advanced.
+__device__ __forceinline__ OpStart StartOp(SyncArea* me, uint64_t host_seq, uint64_t floor) {
   __shared__ unsigned ticket;
-  if (threadIdx.x == 0) ticket = atomicAdd(&me->control.arrive, 1u);
+  __shared__ uint64_t seq;
+  if (threadIdx.x == 0) {
+    // NOTE: the counter was written by an earlier kernel of this stream: visible. Loaded
+    // before the ticket's atomic so that both round trips overlap.
+    const uint64_t last =
+        host_seq != 0 ? 0 : *static_cast<const volatile uint64_t*>(&me->control.seq);
+    ticket = atomicAdd(&me->control.arrive, 1u);
+    seq = host_seq != 0 ? host_seq : (last > floor ? last : floor) + 1;
+  }
   __syncthreads();
-  return ticket;
+  return OpStart{ticket, seq};
 }
 
 // Leader: publish the go word (after all of the leader's writes are visible on this GPU).
@@ -210,8 +229,9 @@ __device__ __forceinline__ uint64_t AwaitGo(SyncArea* me, uint64_t seq, uint64_t
 // Every block calls this after its rows: true in exactly one block, the last to finish,
 // which has then seen (through the counter) every other block's work. remote_stores: the
 // blocks wrote peer memory, which must be visible system-wide before the caller's flags.
-// It also resets the ticket counters for the next op on this stream.
-__device__ __forceinline__ bool FinishBlock(SyncArea* me, bool remote_stores) {
+// It also resets the ticket counters for the next op on this stream and records op `seq` as
+// the last collective this rank ran (OpSequence).
+__device__ __forceinline__ bool FinishBlock(SyncArea* me, bool remote_stores, uint64_t seq) {
   __shared__ bool last;
   // NOTE: one fence by thread 0 after the barrier covers the whole block's stores: the
   // barrier orders them before it, and the fence is cumulative.
@@ -232,6 +252,7 @@ __device__ __forceinline__ bool FinishBlock(SyncArea* me, bool remote_stores) {
       }
       me->control.finish = 0;
       me->control.arrive = 0;
+      me->control.seq = seq;
     }
   }
   __syncthreads();

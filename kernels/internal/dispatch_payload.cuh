@@ -2,7 +2,8 @@
 // dispatch kernel decides where rows go; these decide what a row holds:
 //  - kPayloadCopy: the token's bytes (16-byte vectors, kDispatchVectorsPerPart per part);
 //  - kPayloadQuantize: the bf16 token quantized to e4m3 + its block scales (fp8_quant.cuh),
-//    kDispatchBlocksPerPart blocks per part, two blocks per warp step;
+//    ONCE per token: a warp quantizes two blocks of it (Load/QuantizeTokenStep), stores them to
+//    every row the token goes to (StoreTokenStep); the dispatch kernel loops over the rows;
 //  - kPayloadPrequantized: the frontend's e4m3 bytes and scales, copied.
 // Absent rank-major rows are zero in recv_x and (fp8) in recv_scales.
 #pragma once
@@ -35,7 +36,8 @@ __device__ __forceinline__ Fp8Part DestinationPart(const DispatchParams& p,
   return d;
 }
 
-// Writes part `part` of token t of this rank as row `row` of `peer`. Whole warp.
+// Writes part `part` of token t of this rank as row `row` of `peer` (kPayloadCopy,
+// kPayloadPrequantized). Whole warp.
 __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const PeerBuffers& peer,
                                                  int64_t row, int t, int part, int lane) {
   if (p.payload == kPayloadCopy) {
@@ -47,39 +49,55 @@ __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const 
         min(kDispatchVectorsPerPart, vectors - first), lane);
     return;
   }
+  // kPayloadPrequantized (kPayloadQuantize stores whole tokens: StoreTokenStep)
   const Fp8Part d = DestinationPart(p, peer, row, part);
   const int first = d.first, count = d.count, scale_bytes = d.scale_bytes;
-  uint8_t* dst_row = d.row;
-  char* dst_scales = d.scales;
-  if (p.payload == kPayloadPrequantized) {
-    const uint8_t* src_row = static_cast<const uint8_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
-    WarpCopyRow(reinterpret_cast<int4*>(dst_row + first * kFp8BlockChannels),
-                reinterpret_cast<const int4*>(src_row + first * kFp8BlockChannels),
-                count * (kFp8BlockChannels / 16), lane);
-    const char* src_scales = static_cast<const char*>(p.x_scales) +
-                             static_cast<int64_t>(t) * (p.hidden / kFp8BlockChannels) * scale_bytes;
-    if (lane < count) {
-      const int b = first + lane;
-      if (scale_bytes == 4) {
-        // bit copy: a frontend may pass any 32-bit pattern
-        reinterpret_cast<uint32_t*>(dst_scales)[b] = reinterpret_cast<const uint32_t*>(src_scales)[b];
-      } else {
-        dst_scales[b] = src_scales[b];
-      }
+  const uint8_t* src_row = static_cast<const uint8_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
+  WarpCopyRow(reinterpret_cast<int4*>(d.row + first * kFp8BlockChannels),
+              reinterpret_cast<const int4*>(src_row + first * kFp8BlockChannels),
+              count * (kFp8BlockChannels / 16), lane);
+  const char* src_scales = static_cast<const char*>(p.x_scales) +
+                           static_cast<int64_t>(t) * (p.hidden / kFp8BlockChannels) * scale_bytes;
+  if (lane < count) {
+    const int b = first + lane;
+    if (scale_bytes == 4) {
+      // bit copy: a frontend may pass any 32-bit pattern
+      reinterpret_cast<uint32_t*>(d.scales)[b] = reinterpret_cast<const uint32_t*>(src_scales)[b];
+    } else {
+      d.scales[b] = src_scales[b];
     }
-    return;
   }
-  // kPayloadQuantize: lanes 0-15 take even blocks of the part, lanes 16-31 odd ones.
+}
+
+// Step `step` of token t (kPayloadQuantize): blocks 2 * step (lanes 0-15) and 2 * step + 1
+// (lanes 16-31). LoadTokenStep issues the lane's load; QuantizeTokenStep turns it into the
+// lane's piece (whole warp: the amax reduction shuffles).
+__device__ __forceinline__ bool TokenStepValid(const DispatchParams& p, int step, int lane) {
+  return 2 * step + (lane >> 4) < p.hidden / kFp8BlockChannels;
+}
+__device__ __forceinline__ int4 LoadTokenStep(const DispatchParams& p, int t, int step, int lane) {
   const uint16_t* src_row = static_cast<const uint16_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
-  const int half = lane >> 4, lane16 = lane & 15;
-  for (int pair = 0; pair < (count + 1) / 2; ++pair) {
-    const int b = first + 2 * pair + half;
-    const bool valid = b < first + count;
-    const int safe_b = valid ? b : first;  // an address inside the row, never dereferenced
-    QuantizeBlockHalfWarp(src_row + safe_b * kFp8BlockChannels,
-                          dst_row + safe_b * kFp8BlockChannels, dst_scales + safe_b * scale_bytes,
-                          p.ue8m0_scales != 0, valid, lane16);
-  }
+  return LoadBlockPiece(src_row + (2 * step + (lane >> 4)) * kFp8BlockChannels,
+                        TokenStepValid(p, step, lane), lane & 15);
+}
+__device__ __forceinline__ QuantizedBlockPiece QuantizeTokenStep(const DispatchParams& p, int4 raw,
+                                                                 int step, int lane) {
+  return QuantizeLoadedBlockPiece(raw, p.ue8m0_scales != 0, TokenStepValid(p, step, lane));
+}
+
+// Stores a step's pieces as the same blocks of received row `row` of `peer`; a zero piece
+// (QuantizedBlockPiece{}) zeroes them (an absent rank-major row). Whole warp.
+__device__ __forceinline__ void StoreTokenStep(const DispatchParams& p, const PeerBuffers& peer,
+                                               int64_t row, int step,
+                                               const QuantizedBlockPiece& piece, int lane) {
+  const int blocks = p.hidden / kFp8BlockChannels;
+  const int b = 2 * step + (lane >> 4);
+  if (b >= blocks) return;
+  const int scale_bytes = p.ue8m0_scales ? 1 : 4;
+  uint8_t* dst_row = static_cast<uint8_t*>(peer.recv_x) + row * p.hidden;
+  char* dst_scales = static_cast<char*>(peer.recv_scales) + row * blocks * scale_bytes;
+  StoreBlockPiece(piece, dst_row + b * kFp8BlockChannels, dst_scales + b * scale_bytes,
+                  p.ue8m0_scales != 0, lane & 15);
 }
 
 // Zeroes part `part` of row `row` of `peer` (an absent rank-major row). Whole warp.

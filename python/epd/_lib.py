@@ -129,6 +129,8 @@ _SIGNATURES = {
     "epd_op_options_init": (None, [P(OpOptions)]),
     "epd_update": (_STATUS, [c_vp, c_vp, P(TensorRefC), P(TensorRefC), P(OpOptions)]),
     "epd_dispatch": (_STATUS, [c_vp, c_vp, P(TensorRefC), P(OpOptions)]),
+    "epd_dispatch_prequantized": (_STATUS, [c_vp, c_vp, P(TensorRefC), P(TensorRefC),
+                                  P(OpOptions)]),
     "epd_combine": (_STATUS, [c_vp, c_vp, P(TensorRefC), P(TensorRefC), P(OpOptions)]),
     "epd_stream_op_create": (_STATUS, [c_vp, c_vp, c_i32, P(TensorRefC), P(TensorRefC), c_vp,
                                        c_vp, P(c_vp)]),

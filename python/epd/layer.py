@@ -18,8 +18,9 @@ it): dispatch and combine launch epd's kernels on torch.cuda.current_stream() th
 daemon op, no fence); the receive views are the same. Device-side errors (bad expert ids,
 capacity overflow) are raised by blocking=True calls (which synchronize the stream) or by
 take_errors() once the stream passed the ops. Expert outputs must be written into recv_x in
-place (combine(expert_out) is refused unless expert_out is recv_x); CUDA graph capture is
-refused on this path for now.
+place (combine(expert_out) is refused unless expert_out is recv_x). CUDA graphs capture the
+kernels themselves (torch.cuda.graph, non-blocking calls, after one eager layer); replays
+take fresh op numbers on the device, with the captured tensors' new contents.
 
 Inputs. A tensor in registered memory (Session.register) is used in place; any other tensor
 is copied (on the current stream) into a staging buffer the layer owns and registered once.
@@ -283,6 +284,8 @@ class Buffer:
         return view
 
     def _frontend_finish(self, stream, blocking):
+        if blocking and self._capturing():
+            raise RuntimeError("epd.Buffer: blocking ops cannot be captured")
         if blocking:
             stream.synchronize()
             self.handle.take_errors()

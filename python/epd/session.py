@@ -256,10 +256,21 @@ class Session:
                      ctypes.byref(weights.c) if weights is not None else None,
                      ctypes.byref(self.options(wait=wait, signal=signal, blocking=blocking)))
 
-    def dispatch(self, handle, x, *, wait=None, signal=None, blocking=None):
+    def dispatch(self, handle, x, x_scales=None, *, wait=None, signal=None, blocking=None):
+        """x [n, H] in the group's dtype (fp8 groups: bf16 that the daemon quantizes), or with
+        x_scales pre-quantized fp8: x [n, H] e4m3 bytes (uint8 arrays are taken as e4m3) and
+        x_scales [n, H / 128] in the group's scale format (fp32, or uint8 ue8m0 bytes)."""
+        options = ctypes.byref(self.options(wait=wait, signal=signal, blocking=blocking))
+        if x_scales is None:
+            ref = self.as_ref(x, "x")
+            lib().dispatch(self.handle, handle.handle, ctypes.byref(ref.c), options)
+            return
         ref = self.as_ref(x, "x")
-        lib().dispatch(self.handle, handle.handle, ctypes.byref(ref.c),
-                       ctypes.byref(self.options(wait=wait, signal=signal, blocking=blocking)))
+        if ref.dtype == tensors.UINT8:  # numpy has no e4m3: bytes stand in
+            ref = TensorRef(ref.buffer_id, ref.offset_bytes, tensors.FP8_E4M3, ref.shape)
+        scales = self.as_ref(x_scales, "x_scales")
+        lib().dispatch_prequantized(self.handle, handle.handle, ctypes.byref(ref.c),
+                                    ctypes.byref(scales.c), options)
 
     def combine(self, handle, out, expert_out=None, *, wait=None, signal=None, blocking=None):
         out_ref = self.as_ref(out, "out")

@@ -19,9 +19,12 @@ _NUMPY_TYPESTR = {BF16: "<u2", FP16: "<f2", FP32: "<f4", INT32: "<i4", INT64: "<
                   FP8_E4M3: "|u1", UINT8: "|u1"}
 _CAI_TYPESTR = {BF16: "<i2", FP16: "<f2", FP32: "<f4", INT32: "<i4", INT64: "<i8",
                 FP8_E4M3: "|u1", UINT8: "|u1"}
-_FROM_TYPESTR = {"<u2": BF16, "<f2": FP16, "<f4": FP32, "<i4": INT32, "<i8": INT64}
+# uint8 memory is an fp8 payload: ue8m0 scale bytes, or e4m3 x that Session.dispatch passes
+# with x_scales (numpy has no e4m3 type).
+_FROM_TYPESTR = {"<u2": BF16, "<f2": FP16, "<f4": FP32, "<i4": INT32, "<i8": INT64, "|u1": UINT8}
 _TORCH_NAMES = {"torch.bfloat16": BF16, "torch.float16": FP16, "torch.float32": FP32,
-                "torch.int32": INT32, "torch.int64": INT64}
+                "torch.int32": INT32, "torch.int64": INT64, "torch.uint8": UINT8,
+                "torch.float8_e4m3fn": FP8_E4M3}
 
 
 def dtype_code(dtype):
@@ -74,7 +77,7 @@ def describe(obj, what="tensor"):
         code = _TORCH_NAMES.get(str(obj.dtype))
         if code is None:
             raise ValueError(f"{what}: torch dtype {obj.dtype} is not one of bf16, fp16, fp32, "
-                             "int32, int64")
+                             "int32, int64, uint8, float8_e4m3fn")
         storage = obj.untyped_storage() if hasattr(obj, "untyped_storage") else obj.storage()
         device = obj.device.index if obj.is_cuda else -1
         return Described(obj.data_ptr(), obj.numel() * obj.element_size(), code, obj.shape,
@@ -105,7 +108,7 @@ def describe(obj, what="tensor"):
             code = _FROM_TYPESTR.get(array.dtype.str)
         if code is None:
             raise ValueError(f"{what}: numpy dtype {array.dtype} is not one of uint16 (bf16 bits),"
-                             " float16, float32, int32, int64")
+                             " float16, float32, int32, int64, uint8")
         root = array
         while isinstance(root, np.ndarray) and root.base is not None:
             root = root.base

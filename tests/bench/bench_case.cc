@@ -151,36 +151,41 @@ std::vector<Case> BuildCases(const CaseListOptions& o) {
   }
   std::vector<Layout> layouts = o.layouts;
   if (o.sweep) layouts = {Layout::kExpertMajor, Layout::kRankMajor};
-  std::set<std::tuple<int, int, int, int, int>> seen;
+  std::set<std::tuple<int, int, int, int, int, int>> seen;
   std::vector<Case> cases;
   for (const auto& [n, h] : shapes) {
     for (Layout layout : layouts) {
       for (RoutingKind routing : o.routings) {
         for (size_t payload = 0; payload < o.payloads.size(); ++payload) {
-          if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing),
-                            static_cast<int>(payload)})
-                   .second) {
-            continue;
+          const bool fp8 = o.payloads[payload].format == DispatchFormat::kFp8E4m3;
+          const std::vector<ScaleFormat> formats =
+              fp8 ? o.scale_formats : std::vector<ScaleFormat>{ScaleFormat::kFp32};
+          for (ScaleFormat scale_format : formats) {
+            if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing),
+                              static_cast<int>(payload), static_cast<int>(scale_format)})
+                     .second) {
+              continue;
+            }
+            Case c;
+            c.index = static_cast<int>(cases.size());
+            c.ranks = o.ranks;
+            c.hidden = h;
+            c.top_k = o.top_k;
+            c.experts = o.experts;
+            c.max_tokens = n;
+            c.tokens = n;
+            c.dtype = o.dtype;
+            c.layout = layout;
+            // The daemon refuses high_throughput until it has a path of its own: auto is LL.
+            c.algorithm = o.auto_algorithm ? Algorithm::kLowLatency : o.algorithm;
+            c.expert_capacity = o.expert_capacity;
+            c.routing = o.routing;
+            c.routing.kind = routing;
+            c.dispatch_format = o.payloads[payload].format;
+            c.prequantized = o.payloads[payload].prequantized;
+            c.scale_format = scale_format;
+            cases.push_back(c);
           }
-          Case c;
-          c.index = static_cast<int>(cases.size());
-          c.ranks = o.ranks;
-          c.hidden = h;
-          c.top_k = o.top_k;
-          c.experts = o.experts;
-          c.max_tokens = n;
-          c.tokens = n;
-          c.dtype = o.dtype;
-          c.layout = layout;
-          // The daemon refuses high_throughput until it has a path of its own: auto is LL.
-          c.algorithm = o.auto_algorithm ? Algorithm::kLowLatency : o.algorithm;
-          c.expert_capacity = o.expert_capacity;
-          c.routing = o.routing;
-          c.routing.kind = routing;
-          c.dispatch_format = o.payloads[payload].format;
-          c.prequantized = o.payloads[payload].prequantized;
-          c.scale_format = o.scale_format;
-          cases.push_back(c);
         }
       }
     }

@@ -112,7 +112,8 @@ struct CaseListOptions {
   int expert_capacity = 0;
   RoutingSpec routing;
   std::vector<Payload> payloads = {Payload{}};
-  ScaleFormat scale_format = ScaleFormat::kFp32;
+  // fp8 payloads run once per scale format (side by side in one run); the token dtype once.
+  std::vector<ScaleFormat> scale_formats = {ScaleFormat::kFp32};
 };
 std::vector<Case> BuildCases(const CaseListOptions& options);
 

@@ -45,18 +45,23 @@ def main():
         fp8 = r["case"]["dispatch_dtype"] == "fp8_e4m3"
         if r["mode"] == "inproc" or (r["mode"] == "daemon_fenced" and not fp8):
             assert r["check"] == "passed", (r["mode"], r["case"], r["check"])
-    # Bytes moved per dispatched row: H + H/128 * 4 (fp8, fp32 scales) instead of 2 H (bf16).
+    # Bytes moved per dispatched row: H + H/128 * 4 (fp8, fp32 scales) or H + H/128 (ue8m0)
+    # instead of 2 H (bf16); every fp8 payload runs with both scale formats in the same run.
     moved = {}
     for r in results:
         c = r["case"]
         key = (r["mode"], c["layout"], c["routing"])
-        moved.setdefault(key, {})[(c["dispatch_dtype"], c["prequantized"])] = r["ops"]["dispatch"]["moved_bytes"]
+        fp8 = c["dispatch_dtype"] == "fp8_e4m3"
+        payload = (c["dispatch_dtype"], c["prequantized"], c["scale_format"] if fp8 else None)
+        moved.setdefault(key, {})[payload] = r["ops"]["dispatch"]["moved_bytes"]
+    h = results[0]["case"]["hidden"]
     for key, by_payload in moved.items():
-        token = by_payload[("bf16", False)]
-        for payload in (("fp8_e4m3", False), ("fp8_e4m3", True)):
-            h = results[0]["case"]["hidden"]
-            want = token * (h + h // 128 * 4) / (2 * h)
-            assert abs(by_payload[payload] - want) < 1e-6 * max(1.0, want), (key, payload, by_payload)
+        token = by_payload[("bf16", False, None)]
+        for scale_format, scale_bytes in (("fp32", 4), ("ue8m0", 1)):
+            for pre in (False, True):
+                got = by_payload[("fp8_e4m3", pre, scale_format)]
+                want = token * (h + h // 128 * scale_bytes) / (2 * h)
+                assert abs(got - want) < 1e-6 * max(1.0, want), (key, scale_format, pre, by_payload)
     if not daemon_modes:
         print("epd-bench smoke: in-process mode OK; daemon modes SKIPPED")
         sys.exit(SKIP)

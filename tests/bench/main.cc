@@ -195,7 +195,9 @@ int Main(int argc, char** argv) {
                  "scale per 128 channels, quantized by epd from bf16 x), fp8-pre (quantized by "
                  "the frontend, passed with x_scales)")
       ->capture_default_str();
-  app.add_option("--scale-format", f.scale_format, "fp8 block scales: fp32 or ue8m0")
+  app.add_option("--scale-format", f.scale_format,
+                 "fp8 block scales, comma-separated: fp32, ue8m0 (each fp8 payload runs once per "
+                 "format, in the same run)")
       ->capture_default_str();
   app.add_option("--algorithm", f.algorithm, "ll, ht or auto (LL; the daemon refuses ht until it has a path of its own)")
       ->capture_default_str();
@@ -229,6 +231,7 @@ int Main(int argc, char** argv) {
     set("--hidden", f.hidden, std::string("256"));
     set("--layouts", f.layouts, std::string("expert,rank"));
     set("--dispatch-dtype", f.dispatch_dtypes, std::string("token,fp8,fp8-pre"));
+    set("--scale-format", f.scale_format, std::string("fp32,ue8m0"));
     set("--top-k", f.top_k, 4);
     set("--experts", f.experts, 8);
     set("--hot-experts", f.hot_experts, 2);
@@ -296,9 +299,15 @@ int Main(int argc, char** argv) {
     if (!payload.ok()) return fail(payload.status().WithContext("--dispatch-dtype"));
     list.payloads.push_back(*payload);
   }
-  auto scale_format = ParseScaleFormat(f.scale_format);
-  if (!scale_format.ok()) return fail(scale_format.status().WithContext("--scale-format"));
-  list.scale_format = *scale_format;
+  list.scale_formats.clear();
+  for (const std::string& name : Split(f.scale_format)) {
+    auto scale_format = ParseScaleFormat(name);
+    if (!scale_format.ok()) return fail(scale_format.status().WithContext("--scale-format"));
+    list.scale_formats.push_back(*scale_format);
+  }
+  if (list.scale_formats.empty()) {
+    return fail(InvalidArgumentError("--scale-format: name at least one of fp32, ue8m0"));
+  }
   if (f.algorithm == "auto") list.auto_algorithm = true;
   else if (f.algorithm == "ll") list.algorithm = Algorithm::kLowLatency;
   else if (f.algorithm == "ht") list.algorithm = Algorithm::kHighThroughput;

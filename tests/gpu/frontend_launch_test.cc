@@ -1,8 +1,9 @@
 // The frontend-launched data path on GPUs: the real `epd --backend cuda` owns groups and
 // handles; frontend processes launch epd's kernels themselves (FrontendOps) on their own
-// streams against the daemon's memory. Bit-exact against the cpu reference math, a CUDA graph
-// of a whole layer replayed with new routing, and a frontend killed while its ops run: the
-// daemon resets the group and a new frontend runs bit-exact layers on it.
+// streams against the daemon's memory. Bit-exact against the cpu reference math, CUDA graphs
+// of a whole layer replayed with new inputs (also with two ranks sharing GPU 0), and a
+// frontend killed while its ops run: the daemon resets the group and a new frontend runs
+// bit-exact layers on it.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -87,52 +88,47 @@ TEST_F(FrontendLaunchTest, FrontendProcessesGetBitExactResultsWithoutTheDaemonsS
   EXPECT_EQ(stats->combine().completed() + stats->combine().failed(), 0u);
 }
 
-// Capturing frontend-launched ops in a CUDA graph is refused: a replay would reuse the captured
-// op sequence numbers, so flags of the previous replay would satisfy its waits (a one-rank
-// layer replayed with new routing read stale offsets on its second replay). The refusal names
-// the group and the way that works (the daemon-stream path's fence ops capture fine).
-TEST_F(FrontendLaunchTest, CaptureIsRefusedRatherThanReplayedWithStaleSequenceNumbers) {
-  constexpr int kTokens = 32, kHidden = 1024, kTopK = 2, kExperts = 8;
-  auto session = client_->OpenSession(0, "graph-frontend");
-  ASSERT_TRUE(session.ok()) << session.status().ToString();
-  ASSERT_TRUE(
-      (*session)->CreateGroup(OneGpuFp32Group("frontend-graph", kTokens, kHidden, kTopK, kExperts)).ok());
-  auto handle = (*session)->CreateHandle("frontend-graph");
-  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
-  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
-  auto view = HandleView::Open(*handle);
-  ASSERT_TRUE(view.ok()) << view.status().ToString();
-  auto plane = (*session)->AttachDataPlane(handle->handle_id());
-  ASSERT_TRUE(plane.ok()) << plane.status().ToString();
-  auto ops = FrontendOps::Open(*plane, **view);
-  ASSERT_TRUE(ops.ok()) << ops.status().ToString();
-
-  const size_t x_bytes = size_t{kTokens} * kHidden * 4;
-  const size_t topk_at = x_bytes, weights_at = topk_at + 4096, out_at = weights_at + 4096;
-  void* device = nullptr;
-  ASSERT_EQ(cudaMalloc(&device, out_at + x_bytes), cudaSuccess);
-  char* base = static_cast<char*>(device);
-  cudaStream_t stream;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  cudaGraph_t graph = nullptr;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  Status updated = (*ops)->Update(base + topk_at, false,
-                                  reinterpret_cast<const float*>(base + weights_at), kTokens, stream);
-  Status dispatched = (*ops)->Dispatch(base, stream);
-  Status combined = (*ops)->Combine(base + out_at, stream);
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  EXPECT_TRUE(updated.ok()) << updated.ToString();  // routing binds carry no op sequence number
-  for (const Status& refused : {dispatched, combined}) {
-    EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused.ToString();
-    EXPECT_NE(refused.message().find("cannot be captured in a CUDA graph"), std::string::npos)
-        << refused.ToString();
+// A layer captured once in CUDA graphs (update + dispatch, combine) after an eager layer and
+// replayed for every later layer with new inputs written in place: op sequence numbers live
+// on the device, so each replay gets fresh ones, and every layer is bit-exact against the
+// reference math (the example checks each one and fails unless layers 2..N replayed).
+TEST_F(FrontendLaunchTest, CapturedLayersReplayBitExactWithNewInputs) {
+  for (const std::string layout : {"expert_major", "rank_major"}) {
+    std::vector<std::string> args = ExampleArgs(layout, "bf16", 5, "graph-" + layout);
+    args.push_back("--graphs");
+    auto example = ChildProcess::Spawn(args);
+    ASSERT_TRUE(example.ok()) << example.status().ToString();
+    EXPECT_EQ((*example)->Wait(120'000), 0) << layout << "; daemon log:\n" << daemon_->ReadLog();
   }
-  if (graph != nullptr) cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
-  ops->reset();
-  view->reset();
-  ASSERT_TRUE((*session)->Close().ok());
-  cudaFree(device);
+  auto stats = client_->GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->dispatch().completed() + stats->dispatch().failed(), 0u);
+}
+
+// Frontends of one persistent group come and go, with and without graphs: each new set
+// starts a new epoch (the daemon resets the group when a frontend ends), whose base is the
+// floor of the device-numbered ops, whatever the ranks' counters reached before.
+TEST_F(FrontendLaunchTest, GraphAndEagerFrontendsTakeTurnsOnOnePersistentGroup) {
+  example::Problem problem;
+  problem.ranks = gpus_;
+  problem.experts = 8 * gpus_;
+  problem.hidden = 4104;
+  problem.max_tokens = 128;
+  problem.top_k = 4;
+  problem.dtype = v1::DTYPE_FP32;
+  const std::string group = "graph-turns";
+  auto owner = client_->OpenSession(0, "group-owner");
+  ASSERT_TRUE(owner.ok());
+  ASSERT_TRUE((*owner)->CreateGroup(problem.Config(group), /*persistent=*/true).ok());
+  for (const bool graphs : {true, false, true}) {
+    std::vector<std::string> args = ExampleArgs("expert_major", "fp32", 5, group);
+    if (graphs) args.push_back("--graphs");
+    auto example = ChildProcess::Spawn(args);
+    ASSERT_TRUE(example.ok()) << example.status().ToString();
+    EXPECT_EQ((*example)->Wait(120'000), 0)
+        << (graphs ? "graphs" : "eager") << "; daemon log:\n" << daemon_->ReadLog();
+  }
+  EXPECT_TRUE((*owner)->Close().ok());
 }
 
 TEST_F(FrontendLaunchTest, AKilledFrontendResetsTheGroupAndANewFrontendRunsBitExact) {
@@ -175,6 +171,23 @@ TEST_F(FrontendLaunchTest, AKilledFrontendResetsTheGroupAndANewFrontendRunsBitEx
   ASSERT_TRUE(again.ok());
   EXPECT_EQ((*again)->Wait(120'000), 0) << daemon_->ReadLog();
   EXPECT_TRUE((*owner)->Close().ok());
+}
+
+// Two ranks on GPU 0 (`--gpus 0,0`), one frontend process each, as on a one-GPU host: the
+// ranks' captured layers replay together, each replay numbered afresh on both ranks.
+TEST(FrontendLaunchSharedGpuTest, TwoRanksOnOneGpuReplayCapturedLayersBitExact) {
+  if (VisibleGpus() == 0) GTEST_SKIP() << "no CUDA GPU: the frontend-launched path needs the cuda backend";
+  auto daemon =
+      DaemonProcess::Start({"--backend", "cuda", "--gpus", "0,0", "--op-timeout-ms", "5000"});
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  for (const std::string layout : {"expert_major", "rank_major"}) {
+    auto example = ChildProcess::Spawn(
+        {ExampleFrontendPath(), "--address", (*daemon)->address(), "--ranks", "2", "--tokens",
+         "64", "--hidden", "2048", "--experts", "16", "--topk", "4", "--layout", layout,
+         "--dtype", "bf16", "--mode", "frontend", "--iterations", "5", "--graphs"});
+    ASSERT_TRUE(example.ok()) << example.status().ToString();
+    EXPECT_EQ((*example)->Wait(180'000), 0) << layout << "; daemon log:\n" << (*daemon)->ReadLog();
+  }
 }
 
 }  // namespace

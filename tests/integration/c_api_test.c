@@ -87,6 +87,7 @@ static epd_tensor_ref_t ref2(uint64_t buffer_id, uint64_t offset, int32_t dtype,
 }
 
 enum { E = 2, H = 8, T = 4, K = 2, N = 4 }; /* every tensor offset below is 16-byte aligned */
+enum { FP8_H = 128 };                       /* fp8 dispatch: a multiple of 128 channels */
 
 int main(int argc, char** argv) {
   if (argc != 2) {
@@ -104,6 +105,8 @@ int main(int argc, char** argv) {
   epd_shm_t* shm = NULL;
   epd_fence_t *fence_in = NULL, *fence_out = NULL;
   epd_handle_t* handle = NULL;
+  epd_handle_t* fp8_handle = NULL;
+  epd_shm_t* fp8_shm = NULL;
   pid_t daemon = -1;
 
   CHECK(epd_c_api_version() == EPD_C_API_VERSION);
@@ -305,6 +308,55 @@ int main(int argc, char** argv) {
   CHECK(epd_register_device(session, x, 16, &buffer) != EPD_OK);
   CHECK(epd_last_error_message()[0] != '\0');
 
+  /* Pre-quantized fp8 dispatch: e4m3 x and ue8m0 x_scales arrive unchanged, rows in the
+     expert-major order of the same routing as above. */
+  epd_group_config_t fp8_group = group;
+  fp8_group.name = "g8";
+  fp8_group.hidden = FP8_H;
+  fp8_group.dtype = EPD_DTYPE_BF16;
+  fp8_group.dispatch_dtype = EPD_DTYPE_FP8_E4M3;
+  fp8_group.scale_format = EPD_SCALE_FORMAT_UE8M0;
+  OK(epd_group_create(session, &fp8_group, 0, NULL));
+  OK(epd_handle_create(session, "g8", "", 0, EPD_DATA_PATH_DEFAULT, &fp8_handle));
+  epd_handle_info_t fp8_info;
+  memset(&fp8_info, 0, sizeof(fp8_info));
+  fp8_info.struct_size = sizeof(fp8_info);
+  OK(epd_handle_info(fp8_handle, &fp8_info));
+  CHECK(fp8_info.dispatch_dtype == EPD_DTYPE_FP8_E4M3 &&
+        fp8_info.scale_format == EPD_SCALE_FORMAT_UE8M0);
+  /* q [N, FP8_H] e4m3 | scales [N, 1] ue8m0 (16 bytes) | idx [N, K] i32 */
+  const size_t q_off = 0, scales_off = N * FP8_H, idx8_off = scales_off + 16,
+               fp8_total = idx8_off + N * K * 4;
+  OK(epd_shm_create(fp8_total, &fp8_shm));
+  uint8_t* q = (uint8_t*)epd_shm_data(fp8_shm);
+  for (int i = 0; i < N * FP8_H; ++i) q[i] = (uint8_t)((i * 37 + 11) & 0x7E); /* no NaN code */
+  for (int t = 0; t < N; ++t) q[scales_off + t] = (uint8_t)(120 + t);
+  memcpy(q + idx8_off, routing, sizeof(routing));
+  uint64_t fp8_buffer = 0;
+  OK(epd_register_shm(session, fp8_shm, 0, 0, &fp8_buffer));
+  epd_tensor_ref_t q_ref = ref2(fp8_buffer, q_off, EPD_DTYPE_FP8_E4M3, N, FP8_H);
+  epd_tensor_ref_t scales_ref = ref2(fp8_buffer, scales_off, EPD_DTYPE_UINT8, N, 1);
+  epd_tensor_ref_t idx8_ref = ref2(fp8_buffer, idx8_off, EPD_DTYPE_INT32, N, K);
+  OK(epd_update(session, fp8_handle, &idx8_ref, NULL, NULL));
+  FAILS(epd_dispatch_prequantized(session, fp8_handle, &q_ref, NULL, NULL), EPD_INVALID_ARGUMENT,
+        "x_scales");
+  epd_tensor_ref_t fp32_scales = scales_ref;
+  fp32_scales.dtype = EPD_DTYPE_FP32;
+  FAILS(epd_dispatch_prequantized(session, fp8_handle, &q_ref, &fp32_scales, NULL),
+        EPD_INVALID_ARGUMENT, "x_scales.dtype");
+  FAILS(epd_dispatch(session, fp8_handle, &q_ref, NULL), EPD_INVALID_ARGUMENT, "x_scales");
+  OK(epd_dispatch_prequantized(session, fp8_handle, &q_ref, &scales_ref, NULL));
+  {
+    const int expected_tokens[6] = {0, 2, 2, /* expert 1: */ 0, 1, 3};
+    const uint8_t* recv_q = (const uint8_t*)fp8_info.region + fp8_info.recv_x_offset;
+    const uint8_t* recv_scales = (const uint8_t*)fp8_info.region + fp8_info.recv_scales_offset;
+    for (int row = 0; row < 6; ++row) {
+      const int t = expected_tokens[row];
+      CHECK(memcmp(recv_q + row * FP8_H, q + t * FP8_H, FP8_H) == 0);
+      CHECK(recv_scales[row] == q[scales_off + t]);
+    }
+  }
+
   /* Release and destroy. */
   OK(epd_release_buffer(session, buffer));
   FAILS(epd_release_buffer(session, buffer), EPD_NOT_FOUND, "");
@@ -321,9 +373,11 @@ int main(int argc, char** argv) {
   epd_stats_t stats;
   OK(epd_client_stats(client, &stats));
   CHECK(stats.update_completed >= 1 && stats.dispatch_failed >= 1);
-  CHECK(stats.dispatch_completed == 1 && stats.combine_completed == 2);
+  CHECK(stats.dispatch_completed == 2 && stats.combine_completed == 2);
 
 done:
+  epd_handle_close(fp8_handle);
+  epd_shm_destroy(fp8_shm);
   epd_fence_destroy(fence_in);
   epd_fence_destroy(fence_out);
   epd_handle_close(handle);

@@ -68,6 +68,52 @@ class Fp8DispatchTest(SessionTestCase):
         np.testing.assert_array_equal(recv_x, np.where(present[:, None], q, 0))
         np.testing.assert_array_equal(recv_scales, np.where(present[:, None], scales, 0))
 
+    def test_prequantized_dispatch_copies_x_and_x_scales(self):
+        # The frontend quantizes (any bytes will do: the daemon copies them unchanged) and
+        # passes e4m3 x as uint8 plus x_scales in the group's scale format.
+        for layout, scale_format in (("expert_major", "fp32"), ("rank_major", "ue8m0")):
+            with self.subTest(layout=layout, scale_format=scale_format):
+                name = f"fp8-pre-{layout}-{scale_format}"
+                self.session.create_group(name, world_size=1, experts=E, hidden=H,
+                                          max_tokens_per_rank=T, top_k=K, dtype="bf16",
+                                          layout=layout, dispatch_dtype="fp8_e4m3",
+                                          scale_format=scale_format)
+                handle = self.session.create_handle(name)
+                q, scales = reference.quantize_fp8(bf16_tokens(np.random.default_rng(3)),
+                                                   scale_format)
+                x, x_scales = epd.shm_like(q), epd.shm_like(scales)
+                routing = np.array([[0, 1], [2, -1], [3, 3], [-1, -1]], np.int32)
+                self.session.update(handle, epd.shm_like(routing))
+                self.session.dispatch(handle, x, x_scales)
+                # Expert-major rows: by expert, then token, then k (docs/design.md).
+                routed = [t for e in range(E) for t in range(N) for k in range(K)
+                          if routing[t, k] == e]
+                recv_x, recv_scales = self.check_views(handle, scale_format)
+                if layout == "expert_major":
+                    used = len(routed)
+                    np.testing.assert_array_equal(recv_x[:used], q[routed])
+                    np.testing.assert_array_equal(recv_scales[:used].view(np.uint8),
+                                                  scales[routed].view(np.uint8))
+                else:
+                    present = np.array([True, True, True, False])
+                    np.testing.assert_array_equal(recv_x[:N], np.where(present[:, None], q, 0))
+                    np.testing.assert_array_equal(recv_scales[:N],
+                                                  np.where(present[:, None], scales, 0))
+
+    def test_prequantized_dispatch_errors_name_the_field(self):
+        self.session.create_group("fp8-pre-errors", world_size=1, experts=E, hidden=H,
+                                  max_tokens_per_rank=T, top_k=K, dtype="bf16",
+                                  dispatch_dtype="fp8_e4m3", scale_format="ue8m0")
+        handle = self.session.create_handle("fp8-pre-errors")
+        self.session.update(handle, epd.shm_like(np.zeros((N, K), np.int32)))
+        q = epd.shm_like(np.zeros((N, H), np.uint8))
+        with self.assertRaises(epd.InvalidArgumentError) as caught:
+            self.session.dispatch(handle, q, epd.shm_like(np.ones((N, H // 128), np.float32)))
+        self.assertIn("x_scales.dtype = fp32", caught.exception.message)
+        with self.assertRaises(epd.InvalidArgumentError) as caught:
+            self.session.dispatch(handle, q, epd.shm_like(np.ones((N, 1), np.uint8)))
+        self.assertIn("x_scales.shape[1] = 1", caught.exception.message)
+
     def test_in_place_combine_is_refused(self):
         handle, _, _, _, _ = self.dispatch("fp8-combine", "expert_major", "fp32")
         out = epd.shm_empty((N, H), "bf16")

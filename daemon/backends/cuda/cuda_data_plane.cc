@@ -40,8 +40,10 @@ StatusOr<uint64_t> CudaBackend::ResetDataPlane(BackendGroup& g, int dead_group_r
     return InvalidArgumentError("group '{}': group rank {} is outside [0, {})", c.name,
                                 dead_group_rank, R);
   }
-  // The highest op sequence number any rank published: frontends number their ops themselves,
-  // so the daemon learns theirs from the flags in the sync areas.
+  // The highest op sequence number any rank published: frontends' ops are numbered on the
+  // device (SyncControl::seq, above the epoch's base), so the daemon learns theirs from the
+  // sync areas. The new base is the floor of every rank's next device-numbered op; a cleared
+  // area's counter (0) is below it too.
   uint64_t highest = 0;
   for (int r = 0; r < R; ++r) {
     highest = std::max(highest, group.seq_[r].load());
@@ -51,7 +53,7 @@ StatusOr<uint64_t> CudaBackend::ResetDataPlane(BackendGroup& g, int dead_group_r
     EPD_CUDA_CHECK(cudaMemcpyAsync(&area, group.sync_[r]->data(), sizeof(area),
                                    cudaMemcpyDeviceToHost, rank.setup_stream->get()));
     EPD_CUDA_CHECK(cudaStreamSynchronize(rank.setup_stream->get()));
-    highest = std::max(highest, area.control.go >> 2);
+    highest = std::max({highest, area.control.go >> 2, area.control.seq});
     for (int s = 0; s < kernels::kMaxRanks; ++s) {
       highest = std::max({highest, area.done[s], area.start[s], area.end[s], area.abandoned[s]});
     }

@@ -10,8 +10,9 @@ ordered on a torch stream without blocking the host, blocking ops, registered te
 place and kept alive, a CUDA-graph-captured layer replayed 100 times with changing routing
 (one daemon op posted per captured op per replay), and no allocation growth (daemon stats).
 The frontend-launched layer (data_path="frontend"): bit-exact against the same reference with
-no op run by the daemon (its op counters unchanged), int32 routing and a caller's out tensor,
-a custom expert_out refused, a bad expert id reported by take_errors.
+no op run by the daemon (its op counters unchanged), a CUDA-graph-captured layer replayed with
+new inputs, int32 routing and a caller's out tensor, a custom expert_out refused, a bad expert
+id reported by take_errors.
 """
 
 import gc
@@ -253,6 +254,46 @@ class GpuFrontendLayerTest(unittest.TestCase):
                         "dispatch_failed", "combine_completed", "combine_failed"):
             self.assertEqual(getattr(after, counter), getattr(before, counter),
                              f"{counter}: the daemon ran an op of the frontend-launched layer")
+
+    def test_graph_replayed_with_new_inputs(self):
+        # Captured after an eager layer; each replay takes fresh op numbers on the device and
+        # is bit-exact with the inputs written into the captured tensors before it.
+        n = T // 2
+        x, idx, w = routing(n, seed=60)
+        static_x, static_idx, static_w = x.clone(), idx.clone(), w.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: one eager layer
+            self.buf.dispatch(static_x, static_idx, static_w).recv_x.mul_(1.5)
+            self.buf.combine()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.buf.take_errors()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            recv = self.buf.dispatch(static_x, static_idx, static_w)
+            recv.recv_x.mul_(1.5)
+            out = self.buf.combine()
+        before = self.client.stats()
+        for i in range(4):
+            x, idx, w = routing(n, seed=600 + i)
+            static_x.copy_(x)
+            static_idx.copy_(idx)
+            static_w.copy_(w)
+            graph.replay()
+            torch.cuda.synchronize()
+            self.buf.take_errors()
+            GpuLayerTest.check(self, recv, out, x, idx, w, 1.5)
+        self.assertEqual(self.client.stats().dispatch_completed, before.dispatch_completed)
+        del graph
+        # Eager after replays continues the same numbering.
+        x, idx, w = routing(n, seed=70)
+        recv = self.buf.dispatch(x, idx, w)
+        recv.recv_x.mul_(2.0)
+        out = self.buf.combine()
+        torch.cuda.synchronize()
+        self.buf.take_errors()
+        GpuLayerTest.check(self, recv, out, x, idx, w, 2.0)
 
     def test_int32_routing_and_out_tensor(self):
         x, idx, w = routing(T // 2, seed=31)
