@@ -173,12 +173,13 @@ TEST_F(FrontendLaunchTest, AKilledFrontendResetsTheGroupAndANewFrontendRunsBitEx
   EXPECT_TRUE((*owner)->Close().ok());
 }
 
-// Two ranks on GPU 0 (`--gpus 0,0`), one frontend process each, as on a one-GPU host: the
-// ranks' captured layers replay together, each replay numbered afresh on both ranks.
-TEST(FrontendLaunchSharedGpuTest, TwoRanksOnOneGpuReplayCapturedLayersBitExact) {
-  if (VisibleGpus() == 0) GTEST_SKIP() << "no CUDA GPU: the frontend-launched path needs the cuda backend";
+// Two ranks on two GPUs, one frontend process each: the ranks' captured layers replay
+// together, each replay numbered afresh on both ranks. (The daemon gives every rank its own
+// GPU, so this needs two.)
+TEST(FrontendLaunchTwoGpuTest, TwoRanksReplayCapturedLayersBitExact) {
+  if (VisibleGpus() < 2) GTEST_SKIP() << "needs 2 GPUs (one per rank), found " << VisibleGpus();
   auto daemon =
-      DaemonProcess::Start({"--backend", "cuda", "--gpus", "0,0", "--op-timeout-ms", "5000"});
+      DaemonProcess::Start({"--backend", "cuda", "--gpus", "0,1", "--op-timeout-ms", "5000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
   for (const std::string layout : {"expert_major", "rank_major"}) {
     auto example = ChildProcess::Spawn(
