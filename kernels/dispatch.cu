@@ -189,46 +189,101 @@ __device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest
   }
 }
 
-// kPayloadQuantize, expert-major: a warp per (token, step) quantizes the step once and stores
-// it to every row of the token (up to K), instead of quantizing each (token, k) row again.
-// Lane k < K holds selection k's expert and row; step 0 also writes the rows' metadata.
-__device__ void ExpertMajorQuantizedRows(const DispatchParams& p, const PeerBuffers* dest, int n,
-                                         unsigned ticket, bool skip) {
-  const int lane = threadIdx.x & 31;
-  const int K = p.top_k, L = p.local_experts;
+// kPayloadQuantize: a warp per (token, step) quantizes the step once and stores it to every
+// row of the token, instead of quantizing each (token, k) row again. Everything but the stores
+// needs only this rank's own inputs, so a warp prepares its first item while the leader still
+// exchanges counts (QuantizedItem), and only the stores wait for the go word.
+struct QuantizedItem {
+  int item = -1;  // -1: nothing prepared
+  detail::QuantizedBlockPiece piece;
+  int expert = -1;  // lane k < K: selection k's expert (-1: none)
+  int local = 0;    // expert-major, lane k < K: the row's index among its expert's rows
+};
+
+__device__ QuantizedItem PrepareQuantizedItem(const DispatchParams& p, int item, int n, int lane) {
+  QuantizedItem q;
   const int steps = DispatchQuantizeSteps(p);
+  const int tokens = p.rank_major ? p.max_tokens : n;
+  if (item >= tokens * steps) return q;  // warp-uniform
+  q.item = item;
+  const int t = item / steps, step = item % steps, K = p.top_k;
+  const int4 raw = t < n ? detail::LoadTokenStep(p, t, step, lane) : make_int4(0, 0, 0, 0);
+  if (lane < K && t < n) {
+    q.expert = __ldg(p.topk_idx + t * K + lane);
+    if (q.expert >= 0 && !p.rank_major) q.local = __ldg(p.local_rank + t * K + lane);
+  }
+  if (__ballot_sync(0xffffffffu, q.expert >= 0) != 0) {  // t < n: x has the row
+    q.piece = detail::QuantizeTokenStep(p, raw, step, lane);  // else zeros: an absent row
+  }
+  return q;
+}
+
+// Expert-major: the token's rows (base of its expert + its index), their metadata at step 0.
+__device__ void StoreExpertMajorItem(const DispatchParams& p, const PeerBuffers* dest,
+                                     const QuantizedItem& q, bool skip, int lane) {
+  const int K = p.top_k, L = p.local_experts, steps = DispatchQuantizeSteps(p);
+  const int t = q.item / steps, step = q.item % steps, i = t * K + lane;
+  // bases were written by the leader during this kernel: L2 load, never the nc path.
   const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
-  const int stride = gridDim.x * kWarps;
-  for (int item = ticket * kWarps + (threadIdx.x >> 5); item < n * steps; item += stride) {
-    const int t = item / steps, step = item % steps;
-    const int4 raw = detail::LoadTokenStep(p, t, step, lane);  // in flight during the lookups
-    const int i = t * K + lane;
-    int e = -1, row = -1;  // rows of an expert are below its capacity: int32, as in slot
-    if (lane < K) {
-      e = __ldg(p.topk_idx + i);
-      if (e >= 0 && !skip) {
-        // bases were written by the leader during this kernel: L2 load, never the nc path.
-        row = __ldcg(bases + e) + __ldg(p.local_rank + i);
-      }
-      if (step == 0) {
-        p.slot[i] = row;  // -1 without a row
-        if (row >= 0) {
-          const PeerBuffers& peer = dest[e / L];
-          peer.recv_src[int64_t{row} * 3 + 0] = p.rank;
-          peer.recv_src[int64_t{row} * 3 + 1] = t;
-          peer.recv_src[int64_t{row} * 3 + 2] = lane;
-          peer.recv_weights[row] = __ldg(p.topk_weights + i);
-        }
+  int row = -1;  // rows of an expert are below its capacity: int32, as in slot
+  if (lane < K) {
+    if (q.expert >= 0 && !skip) row = __ldcg(bases + q.expert) + q.local;
+    if (step == 0) {
+      p.slot[i] = row;  // -1 without a row
+      if (row >= 0) {
+        const PeerBuffers& peer = dest[q.expert / L];
+        peer.recv_src[int64_t{row} * 3 + 0] = p.rank;
+        peer.recv_src[int64_t{row} * 3 + 1] = t;
+        peer.recv_src[int64_t{row} * 3 + 2] = lane;
+        peer.recv_weights[row] = __ldg(p.topk_weights + i);
       }
     }
-    const unsigned rows = __ballot_sync(0xffffffffu, row >= 0);
-    if (rows == 0) continue;  // warp-uniform
-    const detail::QuantizedBlockPiece piece = detail::QuantizeTokenStep(p, raw, step, lane);
-    for (unsigned left = rows; left != 0; left &= left - 1) {
-      const int k = __ffs(left) - 1;
-      const int e_k = __shfl_sync(0xffffffffu, e, k);
-      const int row_k = __shfl_sync(0xffffffffu, row, k);
-      detail::StoreTokenStep(p, dest[e_k / L], row_k, step, piece, lane);
+  }
+  for (unsigned left = __ballot_sync(0xffffffffu, row >= 0); left != 0; left &= left - 1) {
+    const int k = __ffs(left) - 1;
+    const int e_k = __shfl_sync(0xffffffffu, q.expert, k);
+    const int row_k = __shfl_sync(0xffffffffu, row, k);
+    detail::StoreTokenStep(p, dest[e_k / L], row_k, step, q.piece, lane);
+  }
+}
+
+// Rank-major: row (this rank, t) of every destination, the piece where one of the token's
+// experts lives there, zeros elsewhere (absent rows are rewritten every op).
+__device__ void StoreRankMajorItem(const DispatchParams& p, const PeerBuffers* dest,
+                                   const QuantizedItem& q, int lane) {
+  const int K = p.top_k, L = p.local_experts, T = p.max_tokens, steps = DispatchQuantizeSteps(p);
+  const int t = q.item / steps, step = q.item % steps;
+  const int row = p.rank * T + t;  // < R * T, an int (kMaxRanks x kMaxTokensPerRank)
+  for (int d = 0; d < p.world_size; ++d) {
+    int e = -1;
+    float w = 0.0f;
+    if (q.expert >= 0 && q.expert / L == d) {
+      e = q.expert;
+      w = __ldg(p.topk_weights + t * K + lane);
+    }
+    const bool present = __ballot_sync(0xffffffffu, e >= 0) != 0;
+    const PeerBuffers& peer = dest[d];
+    if (lane < K && step == 0) {
+      peer.recv_topk_idx[int64_t{row} * K + lane] = e;
+      peer.recv_topk_weights[int64_t{row} * K + lane] = w;
+    }
+    detail::StoreTokenStep(p, peer, row, step, present ? q.piece : detail::QuantizedBlockPiece{},
+                           lane);
+  }
+}
+
+// After go: the warp's items, the first one as prepared before go (if it was).
+__device__ void QuantizedRows(const DispatchParams& p, const PeerBuffers* dest, int n,
+                              unsigned ticket, bool skip, const QuantizedItem& first) {
+  const int lane = threadIdx.x & 31;
+  const int stride = gridDim.x * kWarps;
+  for (int item = ticket * kWarps + (threadIdx.x >> 5);; item += stride) {
+    const QuantizedItem q = item == first.item ? first : PrepareQuantizedItem(p, item, n, lane);
+    if (q.item < 0) return;  // warp-uniform: past the last item
+    if (p.rank_major) {
+      StoreRankMajorItem(p, dest, q, lane);
+    } else {
+      StoreExpertMajorItem(p, dest, q, skip, lane);
     }
   }
 }
@@ -270,48 +325,13 @@ __device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, 
   }
 }
 
-// kPayloadQuantize, rank-major: a warp per (token, step) quantizes the step once (tokens
-// below n with an expert) and stores it, or zeros, as row (this rank, t) of every destination.
-__device__ void RankMajorQuantizedRows(const DispatchParams& p, const PeerBuffers* dest, int n,
-                                       unsigned ticket) {
-  const int lane = threadIdx.x & 31;
-  const int K = p.top_k, L = p.local_experts, T = p.max_tokens;
-  const int steps = DispatchQuantizeSteps(p);
-  const int stride = gridDim.x * kWarps;
-  for (int item = ticket * kWarps + (threadIdx.x >> 5); item < T * steps; item += stride) {
-    const int t = item / steps, step = item % steps;
-    int expert = -1;
-    if (lane < K && t < n) expert = __ldg(p.topk_idx + t * K + lane);
-    detail::QuantizedBlockPiece piece;  // zeros: the piece of an absent row
-    if (__ballot_sync(0xffffffffu, expert >= 0) != 0) {  // t < n: x has the row
-      piece = detail::QuantizeTokenStep(p, detail::LoadTokenStep(p, t, step, lane), step, lane);
-    }
-    const int row = p.rank * T + t;  // < R * T, an int (kMaxRanks x kMaxTokensPerRank)
-    for (int d = 0; d < p.world_size; ++d) {
-      int e = -1;
-      float w = 0.0f;
-      if (expert >= 0 && expert / L == d) {
-        e = expert;
-        w = __ldg(p.topk_weights + t * K + lane);
-      }
-      const bool present = __ballot_sync(0xffffffffu, e >= 0) != 0;
-      const PeerBuffers& peer = dest[d];
-      if (lane < K && step == 0) {
-        peer.recv_topk_idx[int64_t{row} * K + lane] = e;
-        peer.recv_topk_weights[int64_t{row} * K + lane] = w;
-      }
-      detail::StoreTokenStep(p, peer, row, step, present ? piece : detail::QuantizedBlockPiece{},
-                             lane);
-    }
-  }
-}
-
 __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams p) {
   __shared__ PeerBuffers dest[kMaxRanks];
   SyncArea* me = SyncOf(p, p.rank);
   const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
   uint64_t flags;
+  QuantizedItem prepared;  // kPayloadQuantize: the warp's first item, prepared before go
   if (ticket == 0) {
     flags = kGoAbort;
     if (ExchangeCounts(p, n, seq)) {
@@ -324,17 +344,17 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
     }
     detail::PublishGo(me, seq, flags);
   } else {
+    if (p.payload == kPayloadQuantize) {
+      // Quantizing needs no peer: done while the leader exchanges counts.
+      prepared = PrepareQuantizedItem(p, ticket * kWarps + (threadIdx.x >> 5), n, threadIdx.x & 31);
+    }
     flags = detail::AwaitGo(me, seq, p.timeout_ns);
   }
   if (!(flags & kGoAbort)) {
     LoadDestinations(p, dest);
     const bool skip = (flags & kGoSkipData) != 0;
     if (p.payload == kPayloadQuantize) {
-      if (p.rank_major) {
-        RankMajorQuantizedRows(p, dest, n, ticket);
-      } else {
-        ExpertMajorQuantizedRows(p, dest, n, ticket, skip);
-      }
+      QuantizedRows(p, dest, n, ticket, skip, prepared);
     } else if (p.rank_major) {
       RankMajorRows(p, dest, n, ticket);
     } else {
