@@ -73,7 +73,12 @@ enum {
 };
 enum { EPD_SCALE_FORMAT_DEFAULT = 0, EPD_SCALE_FORMAT_FP32 = 1, EPD_SCALE_FORMAT_UE8M0 = 2 };
 enum { EPD_LAYOUT_DEFAULT = 0, EPD_LAYOUT_EXPERT_MAJOR = 1, EPD_LAYOUT_RANK_MAJOR = 2 };
-enum { EPD_ALGORITHM_DEFAULT = 0, EPD_ALGORITHM_LOW_LATENCY = 1, EPD_ALGORITHM_HIGH_THROUGHPUT = 2 };
+enum {
+  EPD_ALGORITHM_DEFAULT = 0,
+  EPD_ALGORITHM_LOW_LATENCY = 1,
+  EPD_ALGORITHM_HIGH_THROUGHPUT = 2,
+  EPD_ALGORITHM_AUTO = 3 /* high-throughput from 1024 max_tokens_per_rank, else low-latency */
+};
 
 /* Which side launches a handle's dispatch/combine kernels.
  * DAEMON_STREAMS: epd_update / epd_dispatch / epd_combine post ops to the daemon (RPCs,
