@@ -220,7 +220,9 @@ typedef struct {
   int32_t scale_format;
 } epd_group_config_t;
 void epd_group_config_init(epd_group_config_t* config);
-/* filled_capacity (may be NULL) receives the expert capacity after defaults. */
+/* filled_capacity (may be NULL) receives the expert capacity after defaults; for a
+ * high-throughput group (also one EPD_ALGORITHM_AUTO chose) its receive rows per rank, R * T.
+ * Such groups use the daemon's streams (no frontend-launched path yet). */
 epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* config,
                               int32_t persistent, int32_t* filled_capacity);
 epd_status_t epd_group_destroy(epd_session_t* session, const char* name);

@@ -157,6 +157,19 @@ int main(int argc, char** argv) {
   int32_t capacity = 0;
   OK(epd_group_create(session, &group, 0, &capacity));
   CHECK(capacity == T);
+  /* AUTO picks high-throughput from 1024 tokens per rank; its capacity is the receive rows,
+   * and it has no frontend-launched path (the message names the algorithm, not the backend).
+   * The refused handle stays with the session, as any handle whose path was refused. */
+  group.name = "prefill";
+  group.max_tokens_per_rank = 1024;
+  group.algorithm = EPD_ALGORITHM_AUTO;
+  OK(epd_group_create(session, &group, 0, &capacity));
+  CHECK(capacity == 1024);
+  FAILS(epd_handle_create(session, "prefill", "", 0, EPD_DATA_PATH_FRONTEND_LAUNCHED, &handle),
+        EPD_FAILED_PRECONDITION, "high_throughput");
+  group.name = "g";
+  group.max_tokens_per_rank = T;
+  group.algorithm = EPD_ALGORITHM_DEFAULT;
   /* The cpu backend has no frontend-launched path: forcing it names why, and the default (or
    * EPD_DATA_PATH) decides as the client library does. */
   FAILS(epd_handle_create(session, "g", "", 0, EPD_DATA_PATH_FRONTEND_LAUNCHED, &handle),
