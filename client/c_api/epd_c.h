@@ -263,6 +263,14 @@ typedef struct {
   int32_t dispatch_dtype;
   int32_t scale_format;
   uint64_t recv_scales_offset;
+  /* Appended after version 2. High-throughput groups (algorithm EPD_ALGORITHM_HIGH_THROUGHPUT):
+   * rows packed by (source rank, token); recv_src [recv_rows, 2] i32 (src rank, src token),
+   * recv_topk_idx / _weights [recv_rows, K] with LOCAL expert ids (-1 elsewhere), recv_counts [L]
+   * rows per local expert, recv_offsets [L + 1] into expert_rows [expert_rows_entries] i32
+   * (expert l's rows ascending), recv_rank_counts / recv_rank_offsets [R] i32 rows per source.
+   * EPD_NO_TENSOR (entries 0) for other groups. */
+  uint64_t recv_rank_counts_offset, recv_rank_offsets_offset;
+  uint64_t expert_rows_offset, expert_rows_entries;
 } epd_handle_info_t;
 
 epd_status_t epd_handle_create(epd_session_t* session, const char* group, const char* name,
