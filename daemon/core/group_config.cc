@@ -115,6 +115,13 @@ Status GroupConfig::Validate(int node_ranks) const {
           "implemented; use algorithm = low_latency for fp8 dispatch",
           name);
     }
+    const int64_t most_rows = static_cast<int64_t>(world) * max_tokens_per_rank;
+    if (recv_capacity > most_rows) {
+      return InvalidArgumentError(
+          "group '{}': recv_capacity={} exceeds world_size * max_tokens_per_rank = {}, the most "
+          "rows that can ever arrive",
+          name, recv_capacity, most_rows);
+    }
     if (static_cast<int64_t>(recv_row_capacity()) * top_k > (int64_t{1} << 30)) {
       return InvalidArgumentError("group '{}': recv_capacity * top_k = {} exceeds 2^30", name,
                                   static_cast<int64_t>(recv_row_capacity()) * top_k);

@@ -105,6 +105,8 @@ TEST(GroupConfigTest, HighThroughputRefusesOptionsThatDoNotApplyByName) {
   c.algorithm = Algorithm::kHighThroughput;
   c.recv_capacity = -1;
   EXPECT_NE(c.Validate(4).message().find("recv_capacity=-1"), std::string::npos);
+  c.recv_capacity = 4 * 128 + 1;
+  EXPECT_NE(c.Validate(4).message().find("recv_capacity=513 exceeds"), std::string::npos);
   c.recv_capacity = 0;
   c.sm_budget = kMaxHtSmBudget + 1;
   EXPECT_NE(c.Validate(4).message().find(fmt::format("sm_budget={}", kMaxHtSmBudget + 1)),
