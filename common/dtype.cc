@@ -46,7 +46,14 @@ std::string_view LayoutName(Layout layout) {
 }
 
 std::string_view AlgorithmName(Algorithm algorithm) {
-  return algorithm == Algorithm::kLowLatency ? "low_latency" : "high_throughput";
+  switch (algorithm) {
+    case Algorithm::kLowLatency:
+      return "low_latency";
+    case Algorithm::kHighThroughput:
+      return "high_throughput";
+    default:
+      return "auto";
+  }
 }
 
 StatusOr<DType> ParseDType(std::string_view name) {
@@ -67,8 +74,9 @@ StatusOr<Layout> ParseLayout(std::string_view name) {
 StatusOr<Algorithm> ParseAlgorithm(std::string_view name) {
   if (name == "low_latency") return Algorithm::kLowLatency;
   if (name == "high_throughput") return Algorithm::kHighThroughput;
-  return InvalidArgumentError("unknown algorithm '{}' (expected low_latency or high_throughput)",
-                              name);
+  if (name == "auto") return Algorithm::kAuto;
+  return InvalidArgumentError(
+      "unknown algorithm '{}' (expected low_latency, high_throughput or auto)", name);
 }
 
 float Bf16ToFloat(uint16_t bits) {

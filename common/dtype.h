@@ -22,7 +22,9 @@ enum class DType : int {
   kUint8 = 6
 };
 enum class Layout : int { kExpertMajor = 0, kRankMajor = 1 };
-enum class Algorithm : int { kLowLatency = 0, kHighThroughput = 1 };
+// kAuto is a request only: GroupConfig::ResolveAlgorithm turns it into one of the others before
+// a group is validated or built (group_config.h states the rule).
+enum class Algorithm : int { kLowLatency = 0, kHighThroughput = 1, kAuto = 2 };
 
 size_t DTypeSize(DType dtype);
 std::string_view DTypeName(DType dtype);

@@ -29,6 +29,11 @@ inline constexpr int kCollectiveWarpsPerBlock = kCollectiveThreads / kWarpSize;
 // Dispatch scans the per-expert counts in one block, each thread owning this many experts.
 inline constexpr int kDispatchExpertsPerThread = 8;
 
+// High-throughput copies run on a bounded number of SMs (GroupConfig.sm_budget) so the
+// frontend's GEMMs keep the rest: the default and the largest budget a group may ask for.
+inline constexpr int kDefaultHtSmBudget = 24;
+inline constexpr int kMaxHtSmBudget = 1024;
+
 static_assert(kHiddenMultiple * 2 % kVectorBytes == 0,
               "a row of kHiddenMultiple 16-bit elements must be whole vectors");
 static_assert(kCollectiveThreads % kWarpSize == 0, "blocks are whole warps");

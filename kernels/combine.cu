@@ -74,15 +74,22 @@ __device__ void ReduceItem(const CombineParams& p, const char* const* bases, int
     for (int i = 0; i < V::kElems; ++i) acc[j][i] = 0.0f;
   }
   const int first_vector = chunk * kCombineVectorsPerItem + lane;
-  for (int k0 = 0; k0 < K; k0 += kRowsInFlight) {
+  // Only the selections that contribute, in ascending k (the sum's order): rank-major and
+  // high-throughput rows are sparse (one per destination rank), and batching only those keeps
+  // kRowsInFlight rows of loads in flight instead of spending batches on absent ones.
+  unsigned remaining = __ballot_sync(0xffffffffu, my_row != nullptr);
+  while (remaining != 0) {
     int4 z[kRowsInFlight][kVectorsPerLane];
     const char* rows[kRowsInFlight];
+    int ks[kRowsInFlight];
 #pragma unroll
     for (int r = 0; r < kRowsInFlight; ++r) {
-      const int k = k0 + r;
+      const int k = remaining != 0 ? __ffs(remaining) - 1 : -1;
+      remaining &= remaining - 1;
+      ks[r] = k;
       rows[r] = reinterpret_cast<const char*>(
-          __shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(my_row), k < K ? k : 0));
-      if (k >= K) rows[r] = nullptr;
+          __shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(my_row), k >= 0 ? k : 0));
+      if (k < 0) rows[r] = nullptr;
 #pragma unroll
       for (int j = 0; j < kVectorsPerLane; ++j) {
         const int v = first_vector + j * 32;
@@ -93,8 +100,8 @@ __device__ void ReduceItem(const CombineParams& p, const char* const* bases, int
     }
 #pragma unroll
     for (int r = 0; r < kRowsInFlight; ++r) {
-      const int k = k0 + r;
-      const float w = __shfl_sync(0xffffffffu, my_weight, k < K ? k : 0);
+      const int k = ks[r];
+      const float w = __shfl_sync(0xffffffffu, my_weight, k >= 0 ? k : 0);
       if (rows[r] == nullptr) continue;
 #pragma unroll
       for (int j = 0; j < kVectorsPerLane; ++j) {

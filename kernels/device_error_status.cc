@@ -30,6 +30,10 @@ Status DeviceErrorToStatus(const DeviceError& e, const std::string& what) {
     case kDeviceErrorCapacity:
       return ResourceExhaustedError("{}: expert {} received {} rows, more than expert_capacity={}",
                                     what, e.a, e.b, e.c);
+    case kDeviceErrorRowCapacity:
+      return ResourceExhaustedError(
+          "{}: group rank {} would receive {} rows, more than recv_capacity={}", what, e.a, e.b,
+          e.c);
     case kDeviceErrorPeerTimeout:
       return DeadlineExceededError(
           "{}: timed out waiting for group rank {}'s {} of op {} (last seen {})", what, e.b,

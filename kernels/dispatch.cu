@@ -3,6 +3,7 @@
 
 #include "common/limits.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/internal/count_exchange.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/dispatch_payload.cuh"
 #include "kernels/internal/preload.cuh"
@@ -26,59 +27,13 @@ __device__ __forceinline__ SyncArea* SyncOf(const DispatchParams& p, int rank) {
 // Leader part 1: counts (and the handle slot) out, counts in. Returns false (error written,
 // peers told) when a wait failed.
 __device__ bool ExchangeCounts(const DispatchParams& p, int n, uint64_t seq) {
-  __shared__ int failed_peer;
-  __shared__ int failure;
-  const int R = p.world_size, E = p.experts, stride = SyncInboxStride(E);
-  const uint32_t seq32 = static_cast<uint32_t>(seq);
-  if (threadIdx.x == 0) {
-    failed_peer = INT_MAX;
-    failure = detail::kWaitOk;
-  }
-  __syncthreads();
-  // NOTE: no fence before publishing: earlier work on this stream ended with its kernels.
-  for (int i = threadIdx.x; i < R * stride; i += kThreads) {
-    const int d = i / stride, e = i % stride;
-    const uint32_t value = static_cast<uint32_t>(e < E    ? p.expert_counts[e]
-                                                 : e == E ? n
-                                                          : p.handle_slot);
-    uint64_t* inbox = detail::SyncInbox(SyncOf(p, d), E);
-    detail::StoreRelaxedSys(inbox + p.rank * stride + e, (uint64_t{seq32} << 32) | value);
-  }
-  SyncArea* me = SyncOf(p, p.rank);
-  uint64_t* my_inbox = detail::SyncInbox(me, E);
-  const uint64_t start = detail::GlobalTimerNs();
-  for (int i = threadIdx.x; i < R * stride; i += kThreads) {
-    uint64_t v = detail::LoadRelaxedSys(my_inbox + i);
-    for (unsigned spins = 1; static_cast<uint32_t>(v >> 32) != seq32; ++spins) {
-      const int why = detail::CheckWait(me, i / stride, seq, p.abort, start, p.timeout_ns, spins);
-      if (why != detail::kWaitOk) {
-        atomicMin(&failed_peer, i / stride);
-        atomicMax(&failure, why);
-        break;
-      }
-      __nanosleep(32);
-      v = detail::LoadRelaxedSys(my_inbox + i);
-    }
-  }
-  // A peer that published its counts and then gave up (it timed out waiting for this rank)
-  // must not receive rows: it may already run its next op.
-  for (int s = threadIdx.x; s < R; s += kThreads) {
-    if (detail::LoadRelaxedSys(&me->abandoned[s]) >= seq) {
-      atomicMin(&failed_peer, s);
-      atomicMax(&failure, static_cast<int>(detail::kWaitAbandoned));
-    }
-  }
-  __syncthreads();
-  if (failed_peer != INT_MAX) {
-    if (threadIdx.x == 0) {
-      const uint64_t seen = my_inbox[failed_peer * stride] >> 32;
-      detail::ReportWaitFailure(p.error, failure, kSyncPhaseCounts, failed_peer, seq, seen, me);
-      detail::PublishAbandoned(p.peers, R, p.rank, seq,
-                               failure == detail::kWaitTimeout ? failed_peer : -1);
-    }
-    return false;
-  }
-  return true;  // PublishGo fences before any block writes a row
+  const int E = p.experts;
+  return detail::ExchangeInbox<kThreads>(
+      p.peers, p.world_size, p.rank, E, seq, p.abort, p.timeout_ns, p.error,
+      // NOTE: by value: a reference to the kernel's parameters would copy them to local memory.
+      [E, n, counts = p.expert_counts, slot = p.handle_slot](int e) {
+        return e < E ? counts[e] : e == E ? n : slot;
+      });
 }
 
 // Every block, after go: the receive buffers of each destination for this op, from the slot

@@ -5,6 +5,7 @@ namespace epd::kernels {
 
 cudaError_t PreloadKernels() {
   for (cudaError_t (*load)() : {detail::PreloadRoutingKernels, detail::PreloadDispatchKernels,
+                                detail::PreloadHtDispatchKernels,
                                 detail::PreloadCombineKernels, detail::PreloadFenceWaitKernels,
                                 detail::PreloadAbandonKernels}) {
     if (const cudaError_t e = load(); e != cudaSuccess) return e;

@@ -16,6 +16,72 @@ __device__ __forceinline__ int64_t LoadId(const RoutingParams& p, int i) {
                         : static_cast<const int32_t*>(p.topk_idx)[i];
 }
 
+// High-throughput counts a token once per expert: selection i is its token's first k with
+// that expert id.
+__device__ __forceinline__ bool FirstOfExpertInToken(const RoutingParams& p, int i, int64_t e) {
+  const int k = i % p.top_k;
+  for (int j = 1; j <= k; ++j) {
+    if (LoadId(p, i - j) == e) return false;
+  }
+  return true;
+}
+
+// Bitmask of the group ranks token t's experts live on (topk_out is final: after a barrier).
+__device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int t) {
+  unsigned mask = 0;
+  for (int k = 0; k < p.top_k; ++k) {
+    const int e = p.topk_out[t * p.top_k + k];
+    if (e >= 0) mask |= 1u << (e / p.local_experts);
+  }
+  return mask;
+}
+
+// High-throughput packed rows: token t's index among this rank's tokens bound for rank d, in
+// token order (warp w owns a contiguous token segment; ballots rank inside 32 tokens and a
+// prefix over warps makes the indices global), and the row count per destination.
+__device__ void PlanDestinationRows(const RoutingParams& p) {
+  __shared__ int warp_rows[kWarps][kMaxRanks];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n = p.num_tokens, R = p.world_size;
+  const int segment = (n + kWarps - 1) / kWarps;
+  const int begin = min(n, warp * segment), end = min(n, begin + segment);
+  int rows[kMaxRanks];
+  for (int d = 0; d < kMaxRanks; ++d) rows[d] = 0;
+  for (int base = begin; base < end; base += 32) {
+    const int t = base + lane;
+    const unsigned mask = t < end ? DestinationMask(p, t) : 0u;
+    for (int d = 0; d < R; ++d) rows[d] += __popc(__ballot_sync(0xffffffffu, (mask >> d) & 1u));
+  }
+  if (lane == 0) {
+    for (int d = 0; d < R; ++d) warp_rows[warp][d] = rows[d];
+  }
+  __syncthreads();
+  if (threadIdx.x < R) {
+    const int d = threadIdx.x;
+    int running = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const int c = warp_rows[w][d];
+      warp_rows[w][d] = running;
+      running += c;
+    }
+    p.dest_counts[d] = running;
+  }
+  __syncthreads();
+  for (int d = 0; d < R; ++d) rows[d] = warp_rows[warp][d];
+  for (int base = begin; base < end; base += 32) {
+    const int t = base + lane;
+    const unsigned mask = t < end ? DestinationMask(p, t) : 0u;
+    for (int d = 0; d < R; ++d) {
+      const bool goes = (mask >> d) & 1u;
+      const unsigned ballot = __ballot_sync(0xffffffffu, goes);
+      if (t < end) {
+        p.dest_row[t * R + d] = goes ? rows[d] + __popc(ballot & ((1u << lane) - 1u)) : -1;
+      }
+      rows[d] += __popc(ballot);
+    }
+  }
+}
+
 // NOTE: stable ranks without atomics on order: warp w owns a contiguous segment of the
 // [n, K] selections; pass 1 ranks inside each 32-wide chunk with __match_any_sync and per-warp
 // expert counters, a prefix over warps then makes the ranks global in (t, k) order.
@@ -36,6 +102,9 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
   if (first_bad != INT_MAX) {
     // Reject the whole update: bind no tokens, so nothing stale is dispatched.
     for (int e = threadIdx.x; e < E; e += kThreads) p.expert_counts[e] = 0;
+    if (p.high_throughput) {
+      for (int d = threadIdx.x; d < p.world_size; d += kThreads) p.dest_counts[d] = 0;
+    }
     if (threadIdx.x == 0) {
       *p.bound_tokens = 0;
       p.error->a = first_bad / K;
@@ -62,7 +131,9 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
         p.topk_out[i] = e;
         p.weights_out[i] = p.topk_weights != nullptr ? p.topk_weights[i] : 1.0f;
       }
-      const bool valid = i < end && e >= 0;
+      const bool valid =
+          i < end && e >= 0 && (!p.high_throughput || FirstOfExpertInToken(p, i, e));
+      if (i < end && !valid) p.local_rank[i] = -1;
       const int key = valid ? e : -1 - lane;  // unique keys for lanes that rank nothing
       const unsigned same = __match_any_sync(0xffffffffu, key);
       if (valid) {
@@ -88,7 +159,9 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
   if (warp < warps) {
     for (int i = begin + lane; i < end; i += 32) {
       const int e = p.topk_out[i];
-      if (e >= 0) p.local_rank[i] += counts[warp * E + e];
+      if (e >= 0 && (!p.high_throughput || FirstOfExpertInToken(p, i, e))) {
+        p.local_rank[i] += counts[warp * E + e];
+      }
     }
   }
   if (p.rank_major) {
@@ -106,6 +179,10 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
         p.slot[t * K + k] = first ? p.group_rank * p.max_tokens + t : -1;
       }
     }
+  }
+  if (p.high_throughput) {
+    __syncthreads();  // every topk_out of this kernel is written
+    PlanDestinationRows(p);
   }
   __syncthreads();
   if (threadIdx.x == 0) *p.bound_tokens = n;

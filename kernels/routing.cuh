@@ -34,6 +34,13 @@ struct RoutingParams {
   int32_t* slot = nullptr;  // [T, K] rank-major combine row (expert-major: set by dispatch)
   int32_t* bound_tokens = nullptr;  // [1] n, read by dispatch and combine
   DeviceError* error = nullptr;
+  // High-throughput (kernels/ht_dispatch.cuh): expert_counts and local_rank count a token once
+  // per expert (its first k selecting it; later repeats get local_rank -1), and the packed
+  // row plan per destination rank is bound here, so dispatch only adds the peers' bases.
+  int high_throughput = 0;
+  int world_size = 0;
+  int32_t* dest_row = nullptr;     // [T, R] token t's index among this rank's rows to d, or -1
+  int32_t* dest_counts = nullptr;  // [R] rows this rank sends to each rank
 };
 
 cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream);

@@ -64,6 +64,7 @@ struct PeerBuffers {
   int32_t* recv_topk_idx = nullptr;    // rank-major
   float* recv_topk_weights = nullptr;  // rank-major
   void* recv_scales = nullptr;         // fp8 dispatch: [rows, hidden / 128]
+  int32_t* expert_rows = nullptr;      // high-throughput: the gather list
 };
 
 struct PeerTable {

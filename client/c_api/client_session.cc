@@ -227,7 +227,11 @@ epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* 
   }
   auto created = session->session->CreateGroup(cpp, persistent != 0);
   if (!created.ok()) return Report(created.status());
-  if (filled_capacity != nullptr) *filled_capacity = created->expert_capacity();
+  if (filled_capacity != nullptr) {
+    *filled_capacity = created->algorithm() == epd::v1::ALGORITHM_HIGH_THROUGHPUT
+                           ? created->recv_capacity()
+                           : created->expert_capacity();
+  }
   return EPD_OK;
 }
 

@@ -73,7 +73,12 @@ enum {
 };
 enum { EPD_SCALE_FORMAT_DEFAULT = 0, EPD_SCALE_FORMAT_FP32 = 1, EPD_SCALE_FORMAT_UE8M0 = 2 };
 enum { EPD_LAYOUT_DEFAULT = 0, EPD_LAYOUT_EXPERT_MAJOR = 1, EPD_LAYOUT_RANK_MAJOR = 2 };
-enum { EPD_ALGORITHM_DEFAULT = 0, EPD_ALGORITHM_LOW_LATENCY = 1, EPD_ALGORITHM_HIGH_THROUGHPUT = 2 };
+enum {
+  EPD_ALGORITHM_DEFAULT = 0,
+  EPD_ALGORITHM_LOW_LATENCY = 1,
+  EPD_ALGORITHM_HIGH_THROUGHPUT = 2,
+  EPD_ALGORITHM_AUTO = 3 /* high-throughput from 1024 max_tokens_per_rank, else low-latency */
+};
 
 /* Which side launches a handle's dispatch/combine kernels.
  * DAEMON_STREAMS: epd_update / epd_dispatch / epd_combine post ops to the daemon (RPCs,
@@ -215,7 +220,9 @@ typedef struct {
   int32_t scale_format;
 } epd_group_config_t;
 void epd_group_config_init(epd_group_config_t* config);
-/* filled_capacity (may be NULL) receives the expert capacity after defaults. */
+/* filled_capacity (may be NULL) receives the expert capacity after defaults; for a
+ * high-throughput group (also one EPD_ALGORITHM_AUTO chose) its receive rows per rank, R * T.
+ * Such groups use the daemon's streams (no frontend-launched path yet). */
 epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* config,
                               int32_t persistent, int32_t* filled_capacity);
 epd_status_t epd_group_destroy(epd_session_t* session, const char* name);
@@ -256,6 +263,14 @@ typedef struct {
   int32_t dispatch_dtype;
   int32_t scale_format;
   uint64_t recv_scales_offset;
+  /* Appended after version 2. High-throughput groups (algorithm EPD_ALGORITHM_HIGH_THROUGHPUT):
+   * rows packed by (source rank, token); recv_src [recv_rows, 2] i32 (src rank, src token),
+   * recv_topk_idx / _weights [recv_rows, K] with LOCAL expert ids (-1 elsewhere), recv_counts [L]
+   * rows per local expert, recv_offsets [L + 1] into expert_rows [expert_rows_entries] i32
+   * (expert l's rows ascending), recv_rank_counts / recv_rank_offsets [R] i32 rows per source.
+   * EPD_NO_TENSOR (entries 0) for other groups. */
+  uint64_t recv_rank_counts_offset, recv_rank_offsets_offset;
+  uint64_t expert_rows_offset, expert_rows_entries;
 } epd_handle_info_t;
 
 epd_status_t epd_handle_create(epd_session_t* session, const char* group, const char* name,

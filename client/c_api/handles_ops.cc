@@ -43,6 +43,14 @@ epd::StatusOr<epd::DataPath> ResolveDataPath(const epd_session& session, int32_t
         group_config.name());
   }
   if (fp8) return epd::DataPath::kDaemonStreams;
+  const bool high_throughput = group_config.algorithm() == epd::v1::ALGORITHM_HIGH_THROUGHPUT;
+  if (high_throughput && requested == epd::DataPath::kFrontendLaunched) {
+    return epd::FailedPreconditionError(
+        "group '{}' uses algorithm = high_throughput, which has no frontend-launched path yet; "
+        "use the daemon's streams (EPD_DATA_PATH_DAEMON_STREAMS)",
+        group_config.name());
+  }
+  if (high_throughput) return epd::DataPath::kDaemonStreams;
   return epd::ChooseDataPath(session.node, session.session->rank(),
                              epd::c_api::ClientHasCuda(), requested);
 }
@@ -241,12 +249,17 @@ epd_handle_info_t FillHandleInfo(const epd_handle_t& handle) {
   const bool expert_major = view.expert_major();
   auto when = [](bool present, uint64_t offset) { return present ? offset : EPD_NO_TENSOR; };
   info.recv_x_offset = b.recv_x_offset();
-  info.recv_src_offset = when(expert_major, b.recv_src_offset());
+  const bool high_throughput = view.high_throughput();
+  info.recv_src_offset = when(expert_major || high_throughput, b.recv_src_offset());
   info.recv_weights_offset = when(expert_major, b.recv_weights_offset());
   info.recv_topk_idx_offset = when(!expert_major, b.recv_topk_idx_offset());
   info.recv_topk_weights_offset = when(!expert_major, b.recv_topk_weights_offset());
   info.recv_counts_offset = b.recv_counts_offset();
-  info.recv_offsets_offset = when(expert_major, b.recv_offsets_offset());
+  info.recv_offsets_offset = when(expert_major || high_throughput, b.recv_offsets_offset());
+  info.recv_rank_counts_offset = when(high_throughput, b.recv_rank_counts_offset());
+  info.recv_rank_offsets_offset = when(high_throughput, b.recv_rank_offsets_offset());
+  info.expert_rows_offset = when(high_throughput, b.expert_rows_offset());
+  info.expert_rows_entries = high_throughput ? b.expert_rows_entries() : 0;
   const bool fp8 = c.dispatch_dtype() == epd::v1::DTYPE_FP8_E4M3;
   info.dispatch_dtype = fp8 ? int32_t{EPD_DTYPE_FP8_E4M3} : static_cast<int32_t>(c.dtype());
   info.scale_format =

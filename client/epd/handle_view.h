@@ -6,6 +6,11 @@
 //               recv_src [L*C, 3] (src rank, src token, k); recv_weights [L*C].
 // Rank-major:   recv_x [R*T, H], row s*T+t = token t of rank s; recv_topk_idx / _weights
 //               [R*T, K]; recv_counts [R] tokens per source rank.
+// High-throughput (config().algorithm() == ALGORITHM_HIGH_THROUGHPUT): recv_x [M, H] packed
+//               by (source rank, token); recv_src [M, 2]; recv_topk_idx / _weights [M, K]
+//               with local expert ids; recv_rank_counts / recv_rank_offsets [R];
+//               recv_counts [L], recv_offsets [L + 1] into expert_rows [G] (expert l's rows
+//               ascending). Combine: each row pre-reduced by the frontend, weight 1.
 // Fp8 dispatch (config().dispatch_dtype() == DTYPE_FP8_E4M3), both layouts: recv_x holds e4m3
 //               rows and recv_scales [recv_rows, H/128] their block scales (fp32, or ue8m0
 //               exponent bytes: scale = 2^(byte - 127)); value ~= e4m3 * scale. Combine then
@@ -36,7 +41,13 @@ class HandleView {
   // The exported region as a buffer of the session that created / attached the handle.
   uint64_t buffer_id() const { return info_.buffer_id(); }
   bool on_device() const { return region_->on_device(); }
-  bool expert_major() const { return config().layout() != v1::LAYOUT_RANK_MAJOR; }
+  bool high_throughput() const {
+    return config().algorithm() == v1::ALGORITHM_HIGH_THROUGHPUT;
+  }
+  // The low-latency expert-major layout (false for rank-major and high-throughput).
+  bool expert_major() const {
+    return config().layout() != v1::LAYOUT_RANK_MAJOR && !high_throughput();
+  }
 
   int64_t recv_rows() const { return static_cast<int64_t>(info_.buffers().recv_rows()); }
   size_t row_bytes() const { return row_bytes_; }
@@ -44,7 +55,9 @@ class HandleView {
   void* recv_row(int64_t row) const {
     return static_cast<char*>(recv_x()) + static_cast<size_t>(row) * row_bytes_;
   }
-  int32_t* recv_src() const { return Tensor<int32_t>(expert_major(), &B::recv_src_offset); }
+  int32_t* recv_src() const {
+    return Tensor<int32_t>(expert_major() || high_throughput(), &B::recv_src_offset);
+  }
   float* recv_weights() const { return Tensor<float>(expert_major(), &B::recv_weights_offset); }
   int32_t* recv_topk_idx() const {
     return Tensor<int32_t>(!expert_major(), &B::recv_topk_idx_offset);
@@ -53,7 +66,16 @@ class HandleView {
     return Tensor<float>(!expert_major(), &B::recv_topk_weights_offset);
   }
   int32_t* recv_counts() const { return Tensor<int32_t>(true, &B::recv_counts_offset); }
-  int32_t* recv_offsets() const { return Tensor<int32_t>(expert_major(), &B::recv_offsets_offset); }
+  int32_t* recv_offsets() const {
+    return Tensor<int32_t>(expert_major() || high_throughput(), &B::recv_offsets_offset);
+  }
+  int32_t* recv_rank_counts() const {
+    return Tensor<int32_t>(high_throughput(), &B::recv_rank_counts_offset);
+  }
+  int32_t* recv_rank_offsets() const {
+    return Tensor<int32_t>(high_throughput(), &B::recv_rank_offsets_offset);
+  }
+  int32_t* expert_rows() const { return Tensor<int32_t>(high_throughput(), &B::expert_rows_offset); }
   bool fp8_dispatch() const { return config().dispatch_dtype() == v1::DTYPE_FP8_E4M3; }
   bool ue8m0_scales() const { return config().scale_format() == v1::SCALE_FORMAT_UE8M0; }
   // [recv_rows, H/128]: float* for fp32 scales, uint8_t* for ue8m0; nullptr without fp8.

@@ -35,6 +35,7 @@ struct Flags {
   int experts = 0;
   int top_k = 0;
   std::string layout = "expert_major";
+  std::string algorithm = "low_latency";
   std::string dtype = "bf16";
   std::string dispatch_dtype = "token";
   std::string scale_format = "fp32";
@@ -119,6 +120,9 @@ int main(int argc, char** argv) {
   app.add_option("--experts", flags.experts, "E: experts (default 4 * R)");
   app.add_option("--topk", flags.top_k, "K: experts per token (default min(4, E))");
   app.add_option("--layout", flags.layout)->check(CLI::IsMember({"expert_major", "rank_major"}));
+  app.add_option("--algorithm", flags.algorithm,
+                 "low_latency or high_throughput (packed rows; the layout is its own)")
+      ->check(CLI::IsMember({"low_latency", "high_throughput"}));
   app.add_option("--dtype", flags.dtype)->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   app.add_option("--dispatch-dtype", flags.dispatch_dtype,
                  "token (the token dtype) or fp8 (e4m3 + a scale per 128 channels)")
@@ -153,6 +157,8 @@ int main(int argc, char** argv) {
                                           : epd::v1::DTYPE_BF16;
   problem.layout =
       flags.layout == "rank_major" ? epd::v1::LAYOUT_RANK_MAJOR : epd::v1::LAYOUT_EXPERT_MAJOR;
+  problem.algorithm = flags.algorithm == "high_throughput" ? epd::v1::ALGORITHM_HIGH_THROUGHPUT
+                                                           : epd::v1::ALGORITHM_LOW_LATENCY;
   problem.fp8 = flags.dispatch_dtype != "token";
   problem.scale_format =
       flags.scale_format == "ue8m0" ? epd::v1::SCALE_FORMAT_UE8M0 : epd::v1::SCALE_FORMAT_FP32;
@@ -169,7 +175,8 @@ int main(int argc, char** argv) {
       problem.fp8 ? fmt::format("fp8-{}{}", flags.scale_format, flags.prequantized ? "-pre" : "")
                   : flags.dtype;
   if (flags.group.empty()) {
-    flags.group = fmt::format("example-{}-{}-{}-r{}-e{}-h{}-t{}-k{}", flags.layout, flags.dtype,
+    flags.group = fmt::format("example-{}-{}-{}-{}-r{}-e{}-h{}-t{}-k{}", flags.algorithm,
+                              flags.layout, flags.dtype,
                               problem.fp8 ? "fp8-" + flags.scale_format : "tok", problem.ranks,
                               problem.experts, problem.hidden, problem.max_tokens, problem.top_k);
   }

@@ -80,6 +80,8 @@ v1::GroupConfig Problem::Config(const std::string& name) const {
   config.set_dtype(dtype);
   config.set_layout(layout);
   config.set_expert_capacity(expert_capacity);
+  config.set_algorithm(algorithm);
+  config.set_recv_capacity(recv_capacity);
   if (fp8) {
     config.set_dispatch_dtype(v1::DTYPE_FP8_E4M3);
     config.set_scale_format(scale_format);
@@ -168,15 +170,19 @@ void RunExperts(const Problem& p, int rank, const HandleView& view, const Expert
     return;
   }
   std::vector<float> acc(H);
+  // High-throughput rows of source s are packed at recv_rank_offsets[s] with local expert ids.
+  const int expert_base = p.high_throughput() ? rank * p.local_experts() : 0;
   for (int s = 0; s < p.ranks; ++s) {
-    for (int t = 0; t < view.recv_counts()[s]; ++t) {
-      const int64_t row = static_cast<int64_t>(s) * p.max_tokens + t;
+    const int rows = p.high_throughput() ? view.recv_rank_counts()[s] : view.recv_counts()[s];
+    for (int t = 0; t < rows; ++t) {
+      const int64_t row = p.high_throughput() ? int64_t{view.recv_rank_offsets()[s]} + t
+                                              : static_cast<int64_t>(s) * p.max_tokens + t;
       const int32_t* idx = view.recv_topk_idx() + row * K;
       const float* w = view.recv_topk_weights() + row * K;
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int k = 0; k < K; ++k) {
         if (idx[k] < 0) continue;
-        const float f = factor(idx[k]);
+        const float f = factor(expert_base + idx[k]);
         for (int h = 0; h < H; ++h) {
           const float product = w[k] * Round(dtype, input(row, h) * f);
           acc[h] = acc[h] + product;
@@ -209,7 +215,8 @@ std::vector<uint8_t> ExpectedOutput(const Problem& p, const RankInputs& in,
         }
         continue;
       }
-      // Rank-major: destination rank d contributes once, at its first k, weight 1.
+      // Rank-major, high-throughput: destination rank d contributes once, at its first k,
+      // weight 1.
       const int d = p.rank_of(idx[k]);
       bool first = true;
       for (int j = 0; j < k; ++j) first = first && !(idx[j] >= 0 && p.rank_of(idx[j]) == d);

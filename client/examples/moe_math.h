@@ -26,6 +26,10 @@ struct Problem {
   v1::DType dtype = v1::DTYPE_BF16;
   v1::Layout layout = v1::LAYOUT_EXPERT_MAJOR;
   int expert_capacity = 0;  // rows per expert (expert-major); 0: the group default R * T
+  // ALGORITHM_HIGH_THROUGHPUT: packed rows (one per token and destination rank), combined
+  // like rank-major (pre-reduced rows, weight 1); recv_capacity bounds the rows (0: R * T).
+  v1::Algorithm algorithm = v1::ALGORITHM_UNSPECIFIED;
+  int recv_capacity = 0;
   // FP8 dispatch (bf16 tokens, H % 128 == 0): received rows are e4m3 + per-128 scales; the
   // experts read them dequantized and write bf16 into a separate expert_out tensor.
   bool fp8 = false;
@@ -34,7 +38,9 @@ struct Problem {
 
   int local_experts() const { return experts / ranks; }
   int rank_of(int expert) const { return expert / local_experts(); }
-  bool expert_major() const { return layout != v1::LAYOUT_RANK_MAJOR; }
+  bool high_throughput() const { return algorithm == v1::ALGORITHM_HIGH_THROUGHPUT; }
+  // The low-latency expert-major layout: weighted combine of one row per selection.
+  bool expert_major() const { return layout != v1::LAYOUT_RANK_MAJOR && !high_throughput(); }
   DType token_dtype() const;
   size_t row_bytes() const;
   ScaleFormat scales() const {
@@ -78,7 +84,7 @@ void QuantizeInputs(const Problem& p, const RankInputs& in, std::vector<uint8_t>
 float DequantizedValue(const Problem& p, const uint8_t* q_row, const void* scale_row, int h);
 
 // Runs the experts of `rank` on its received rows (expert-major: row of expert e scaled;
-// rank-major: the pre-reduced row sum over k of w * round(x * factor(e)) for the experts of
+// rank-major and high-throughput: the pre-reduced row sum over k of w * round(x * factor(e)) for the experts of
 // this rank, rounded once): in place in the handle's recv_x, or with fp8 from the dequantized
 // rows (bf16(e4m3 * scale)) into `expert_out` [recv_rows, H] bf16.
 void RunExperts(const Problem& p, int rank, const HandleView& view, const ExpertFactor& factor,

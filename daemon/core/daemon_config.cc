@@ -38,7 +38,7 @@ constexpr std::string_view kLimitKeys[] = {"buffers_per_session",  "mapped_bytes
 constexpr std::string_view kGroupKeys[] = {
     "name",  "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
     "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle",
-    "dispatch_dtype", "scale_format"};
+    "dispatch_dtype", "scale_format", "recv_capacity", "sm_budget"};
 constexpr std::string_view kHandleKeys[] = {"name", "ranks"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug",    "info", "warn",
                                            "error", "critical", "off"};
@@ -274,6 +274,13 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
         config.scale_format,
         reader.Enum<ScaleFormat>(*scales, field("scale_format"), ParseScaleFormat));
   }
+  if (const auto* rows = table->get("recv_capacity")) {
+    EPD_ASSIGN_OR_RETURN(config.recv_capacity, reader.Int(*rows, field("recv_capacity"), 0));
+  }
+  if (const auto* sms = table->get("sm_budget")) {
+    EPD_ASSIGN_OR_RETURN(config.sm_budget, reader.Int(*sms, field("sm_budget"), 0));
+  }
+  config.ResolveAlgorithm();
   // Every check that does not depend on the node's rank count (CheckGroupsAgainstNode does).
   Status valid = config.Validate(INT_MAX);
   if (!valid.ok()) return reader.Error(node, key, fmt::format("is invalid: {}", valid.message()));

@@ -7,6 +7,21 @@
 
 namespace epd {
 
+int GroupConfig::effective_sm_budget() const {
+  return sm_budget > 0 ? sm_budget : kDefaultHtSmBudget;
+}
+
+int64_t GroupConfig::expert_rows_capacity() const {
+  return static_cast<int64_t>(recv_row_capacity()) * std::min(top_k, local_experts());
+}
+
+void GroupConfig::ResolveAlgorithm() {
+  if (algorithm != Algorithm::kAuto) return;
+  algorithm = max_tokens_per_rank >= kAutoHighThroughputMinTokens && !fp8_dispatch()
+                  ? Algorithm::kHighThroughput
+                  : Algorithm::kLowLatency;
+}
+
 int GroupConfig::GroupRankOf(int node_rank) const {
   auto it = std::find(ranks.begin(), ranks.end(), node_rank);
   return it == ranks.end() ? -1 : static_cast<int>(it - ranks.begin());
@@ -67,10 +82,57 @@ Status GroupConfig::Validate(int node_ranks) const {
     return InvalidArgumentError("group '{}': expert_capacity={} must be >= 0 (0 = R * T)", name,
                                 expert_capacity);
   }
-  if (algorithm == Algorithm::kHighThroughput) {
-    // Refused rather than silently served by the low-latency kernels.
-    return UnimplementedError(
-        "group '{}': algorithm = high_throughput is not implemented yet; use low_latency", name);
+  if (algorithm == Algorithm::kAuto) {
+    return InvalidArgumentError("group '{}': algorithm = auto was not resolved (ResolveAlgorithm)",
+                                name);
+  }
+  if (recv_capacity < 0) {
+    return InvalidArgumentError("group '{}': recv_capacity={} must be >= 0 (0 = R * T)", name,
+                                recv_capacity);
+  }
+  if (sm_budget < 0 || sm_budget > kMaxHtSmBudget) {
+    return InvalidArgumentError("group '{}': sm_budget={} must be in [0, {}] (0 = {})", name,
+                                sm_budget, kMaxHtSmBudget, kDefaultHtSmBudget);
+  }
+  if (high_throughput()) {
+    // The packed layout has its own capacity and combine rule; the low-latency options would
+    // be silently meaningless, so they are refused by name.
+    if (layout == Layout::kRankMajor) {
+      return InvalidArgumentError(
+          "group '{}': layout = rank_major does not apply to algorithm = high_throughput, whose "
+          "receive rows are packed by source rank; leave layout unset",
+          name);
+    }
+    if (expert_capacity != 0) {
+      return InvalidArgumentError(
+          "group '{}': expert_capacity={} does not apply to algorithm = high_throughput; bound "
+          "its receive rows with recv_capacity",
+          name, expert_capacity);
+    }
+    if (fp8_dispatch()) {
+      return UnimplementedError(
+          "group '{}': dispatch_dtype = fp8_e4m3 with algorithm = high_throughput is not "
+          "implemented; use algorithm = low_latency for fp8 dispatch",
+          name);
+    }
+    const int64_t most_rows = static_cast<int64_t>(world) * max_tokens_per_rank;
+    if (recv_capacity > most_rows) {
+      return InvalidArgumentError(
+          "group '{}': recv_capacity={} exceeds world_size * max_tokens_per_rank = {}, the most "
+          "rows that can ever arrive",
+          name, recv_capacity, most_rows);
+    }
+    if (static_cast<int64_t>(recv_row_capacity()) * top_k > (int64_t{1} << 30)) {
+      return InvalidArgumentError("group '{}': recv_capacity * top_k = {} exceeds 2^30", name,
+                                  static_cast<int64_t>(recv_row_capacity()) * top_k);
+    }
+    return OkStatus();
+  }
+  if (recv_capacity != 0 || sm_budget != 0) {
+    return InvalidArgumentError(
+        "group '{}': recv_capacity={} and sm_budget={} apply to algorithm = high_throughput "
+        "only; leave them 0 with {}",
+        name, recv_capacity, sm_budget, AlgorithmName(algorithm));
   }
   const int64_t rows = static_cast<int64_t>(local_experts()) * capacity();
   if (rows > (int64_t{1} << 30)) {
@@ -84,6 +146,8 @@ bool GroupConfig::SameShape(const GroupConfig& o) const {
   return ranks == o.ranks && experts == o.experts && hidden == o.hidden &&
          max_tokens_per_rank == o.max_tokens_per_rank && top_k == o.top_k && dtype == o.dtype &&
          algorithm == o.algorithm && layout == o.layout && capacity() == o.capacity() &&
+         recv_row_capacity() == o.recv_row_capacity() &&
+         effective_sm_budget() == o.effective_sm_budget() &&
          dispatch_format == o.dispatch_format &&
          (!fp8_dispatch() || scale_format == o.scale_format);
 }
@@ -91,6 +155,11 @@ bool GroupConfig::SameShape(const GroupConfig& o) const {
 std::string GroupConfig::ToString() const {
   const std::string payload =
       fp8_dispatch() ? fmt::format(" dispatch fp8_e4m3/{}", ScaleFormatName(scale_format)) : "";
+  if (high_throughput()) {
+    return fmt::format("group '{}' (R={} E={} H={} T={} K={} M={} SMs={} {} high_throughput)",
+                       name, world_size(), experts, hidden, max_tokens_per_rank, top_k,
+                       recv_row_capacity(), effective_sm_budget(), DTypeName(dtype));
+  }
   return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {}{} {} {})", name, world_size(),
                      experts, hidden, max_tokens_per_rank, top_k, capacity(), DTypeName(dtype),
                      payload, LayoutName(layout), AlgorithmName(algorithm));
@@ -107,7 +176,19 @@ HandleLayout ComputeHandleLayout(const GroupConfig& c) {
     *size = bytes;
     cursor = AlignUp(cursor + bytes);
   };
-  if (c.layout == Layout::kExpertMajor) {
+  if (c.high_throughput()) {
+    h.recv_rows = static_cast<size_t>(c.recv_row_capacity());
+    h.expert_rows_entries = static_cast<size_t>(c.expert_rows_capacity());
+    place(h.recv_rows * row_bytes, &h.recv_x_offset, &h.recv_x_bytes);
+    place(h.recv_rows * 2 * sizeof(int32_t), &h.recv_src_offset, &h.recv_src_bytes);
+    place(h.recv_rows * K * sizeof(int32_t), &h.recv_topk_idx_offset, &h.recv_topk_idx_bytes);
+    place(h.recv_rows * K * sizeof(float), &h.recv_topk_weights_offset, &h.recv_topk_weights_bytes);
+    place(R * sizeof(int32_t), &h.recv_rank_counts_offset, &h.recv_rank_counts_bytes);
+    place(R * sizeof(int32_t), &h.recv_rank_offsets_offset, &h.recv_rank_offsets_bytes);
+    place(L * sizeof(int32_t), &h.recv_counts_offset, &h.recv_counts_bytes);
+    place((L + 1) * sizeof(int32_t), &h.recv_offsets_offset, &h.recv_offsets_bytes);
+    place(h.expert_rows_entries * sizeof(int32_t), &h.expert_rows_offset, &h.expert_rows_bytes);
+  } else if (c.layout == Layout::kExpertMajor) {
     h.recv_rows = L * static_cast<size_t>(c.capacity());
     place(h.recv_rows * row_bytes, &h.recv_x_offset, &h.recv_x_bytes);
     place(h.recv_rows * 3 * sizeof(int32_t), &h.recv_src_offset, &h.recv_src_bytes);
@@ -129,6 +210,10 @@ HandleLayout ComputeHandleLayout(const GroupConfig& c) {
   h.topk_weights_bytes = AlignUp(T * K * sizeof(float));
   h.expert_counts_bytes = AlignUp(E * sizeof(int32_t));
   h.slot_bytes = AlignUp(T * K * sizeof(int32_t));
+  if (c.high_throughput()) {
+    h.dest_row_bytes = AlignUp(T * R * sizeof(int32_t));
+    h.dest_counts_bytes = AlignUp(R * sizeof(int32_t));
+  }
   return h;
 }
 

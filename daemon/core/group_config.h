@@ -3,7 +3,8 @@
 //
 // Notation (docs/design.md §2): R ranks, E experts, L = E / R local experts (expert e lives on
 // rank e / L), H hidden elements per token, T max tokens per rank, K top-k,
-// C rows of capacity per expert (default R * T).
+// C rows of capacity per expert (default R * T); high-throughput: M total receive rows
+// (recv_capacity, default R * T) and G = M * min(K, L) entries of the expert gather list.
 #pragma once
 
 #include <cstddef>
@@ -18,6 +19,11 @@
 
 namespace epd {
 
+// AUTO's rule: from this many tokens per rank the high-throughput algorithm (packed rows,
+// per-rank dedup, bounded SMs) is chosen; below it the low-latency one. epd-bench's sweep
+// (--algorithm low-latency and high-throughput over 128..8192 tokens) measures the crossover.
+inline constexpr int kAutoHighThroughputMinTokens = 1024;
+
 struct GroupConfig {
   std::string name;
   std::vector<int> ranks;  // node-local ranks (GPU indices) of group ranks 0..R-1
@@ -28,7 +34,12 @@ struct GroupConfig {
   DType dtype = DType::kBf16;
   Algorithm algorithm = Algorithm::kLowLatency;
   Layout layout = Layout::kExpertMajor;
-  int expert_capacity = 0;  // rows per expert; 0 means R * T
+  int expert_capacity = 0;  // rows per expert; 0 means R * T (low-latency expert-major only)
+  // High-throughput: total receive rows per rank; 0 means R * T, which no routing can exceed.
+  int recv_capacity = 0;
+  // High-throughput: SMs (blocks) the dispatch and combine copies may use; 0 means
+  // kDefaultHtSmBudget (common/limits.h).
+  int sm_budget = 0;
   // What dispatch moves. kFp8E4m3 (bf16 groups, H % 128 == 0): recv_x holds e4m3 rows and
   // recv_scales one scale per 128 channels (common/fp8.h); combine stays in `dtype`.
   DispatchFormat dispatch_format = DispatchFormat::kTokenDType;
@@ -40,6 +51,14 @@ struct GroupConfig {
     return expert_capacity > 0 ? expert_capacity : world_size() * max_tokens_per_rank;
   }
   int rank_of_expert(int expert) const { return expert / local_experts(); }
+  bool high_throughput() const { return algorithm == Algorithm::kHighThroughput; }
+  int recv_row_capacity() const {
+    return recv_capacity > 0 ? recv_capacity : world_size() * max_tokens_per_rank;
+  }
+  int effective_sm_budget() const;
+  // Entries of the high-throughput expert gather list: a row selects at most min(K, L)
+  // distinct local experts.
+  int64_t expert_rows_capacity() const;
   bool fp8_dispatch() const { return dispatch_format == DispatchFormat::kFp8E4m3; }
   // dtype of recv_x (and of a pre-quantized dispatch x): e4m3 or the token dtype.
   DType recv_dtype() const { return fp8_dispatch() ? DType::kFp8E4m3 : dtype; }
@@ -52,6 +71,10 @@ struct GroupConfig {
   size_t scale_row_bytes() const {
     return static_cast<size_t>(scale_blocks()) * ScaleBytes(scale_format);
   }
+  // Turns Algorithm::kAuto into a concrete algorithm: high_throughput when
+  // max_tokens_per_rank >= kAutoHighThroughputMinTokens (and the group does not dispatch fp8,
+  // which high_throughput does not support yet), else low_latency. Other values stay.
+  void ResolveAlgorithm();
   // Group rank of a node rank, or -1 when the node rank is not a member.
   int GroupRankOf(int node_rank) const;
 
@@ -74,6 +97,18 @@ struct HandleLayout {
   //               recv_topk_idx [R * T, K] int32 (expert id when it lives here, else -1);
   //               recv_topk_weights [R * T, K] f32 (0 where idx is -1); recv_counts [R] int32
   //               (n_s).
+  // High-throughput (packed, M = recv_capacity rows, G = M * min(K, L)):
+  //               rows packed source-rank-major: for s = 0..R-1, for t ascending over rank s's
+  //               n_s tokens, one row when any of t's top-k experts lives here (a token crosses
+  //               to a rank once); rows past the total are stale.
+  //               recv_x [M, H]; recv_src [M, 2] int32 (src rank, src token);
+  //               recv_topk_idx [M, K] int32 (LOCAL expert id, or -1 where the expert lives
+  //               elsewhere; k positions kept); recv_topk_weights [M, K] f32 (0 where -1);
+  //               recv_rank_counts [R] / recv_rank_offsets [R] int32 (rows from source s and
+  //               the first of them); recv_counts [L] int32 (rows selecting local expert l)
+  //               and recv_offsets [L + 1] int32 (exclusive prefix, into expert_rows);
+  //               expert_rows [G] int32: for each l, the rows selecting l, ascending (a row
+  //               that selects l twice is listed once).
   // Fp8 dispatch (both layouts): recv_x is e4m3 [recv_rows, H] and recv_scales
   //               [recv_rows, H / 128] fp32 or ue8m0 bytes, row i scaling recv_x row i
   //               (absent rank-major rows: zero bytes in both).
@@ -84,7 +119,11 @@ struct HandleLayout {
   size_t recv_topk_idx_offset = 0, recv_topk_idx_bytes = 0;          // rank-major only
   size_t recv_topk_weights_offset = 0, recv_topk_weights_bytes = 0;  // rank-major only
   size_t recv_counts_offset = 0, recv_counts_bytes = 0;
-  size_t recv_offsets_offset = 0, recv_offsets_bytes = 0;  // expert-major only
+  size_t recv_offsets_offset = 0, recv_offsets_bytes = 0;  // expert-major, high-throughput
+  size_t recv_rank_counts_offset = 0, recv_rank_counts_bytes = 0;    // high-throughput only
+  size_t recv_rank_offsets_offset = 0, recv_rank_offsets_bytes = 0;  // high-throughput only
+  size_t expert_rows_offset = 0, expert_rows_bytes = 0;              // high-throughput only
+  size_t expert_rows_entries = 0;                                    // G
   size_t recv_scales_offset = 0, recv_scales_bytes = 0;    // fp8 dispatch only
   size_t exported_bytes = 0;
 
@@ -93,9 +132,14 @@ struct HandleLayout {
   size_t topk_weights_bytes = 0;   // [T, K] f32 (1.0 when the frontend gave none)
   size_t expert_counts_bytes = 0;  // [E] int32 selections per expert from this rank
   size_t slot_bytes = 0;           // [T, K] int32 row inside the destination rank's recv_x
+  // High-throughput: [T, R] int32, token t's row among this rank's rows sent to rank d (-1:
+  // none), and [R] int32 rows sent to each rank; both bound by UpdateHandle.
+  size_t dest_row_bytes = 0;
+  size_t dest_counts_bytes = 0;
 
   size_t total_bytes() const {
-    return exported_bytes + topk_idx_bytes + topk_weights_bytes + expert_counts_bytes + slot_bytes;
+    return exported_bytes + topk_idx_bytes + topk_weights_bytes + expert_counts_bytes +
+           slot_bytes + dest_row_bytes + dest_counts_bytes;
   }
 };
 

@@ -43,6 +43,8 @@ StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view f
   config.max_tokens_per_rank = proto.max_tokens_per_rank();
   config.top_k = proto.top_k();
   config.expert_capacity = proto.expert_capacity();
+  config.recv_capacity = proto.recv_capacity();
+  config.sm_budget = proto.sm_budget();
   if (proto.dtype() != v1::DTYPE_UNSPECIFIED) {
     EPD_ASSIGN_OR_RETURN(config.dtype, FromProto(proto.dtype(), Join(field, "dtype")));
   }
@@ -86,10 +88,14 @@ StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view f
     case v1::ALGORITHM_HIGH_THROUGHPUT:
       config.algorithm = Algorithm::kHighThroughput;
       break;
+    case v1::ALGORITHM_AUTO:
+      config.algorithm = Algorithm::kAuto;
+      break;
     default:
       return InvalidArgumentError("{} = {} is not a known Algorithm", Join(field, "algorithm"),
                                   static_cast<int>(proto.algorithm()));
   }
+  config.ResolveAlgorithm();
   return config;
 }
 
@@ -107,8 +113,14 @@ v1::GroupConfig ToProto(const GroupConfig& config) {
                                                                      : v1::ALGORITHM_LOW_LATENCY);
   proto.set_layout(config.layout == Layout::kRankMajor ? v1::LAYOUT_RANK_MAJOR
                                                        : v1::LAYOUT_EXPERT_MAJOR);
-  // The effective capacity, so clients need not know the R * T default.
-  proto.set_expert_capacity(config.capacity());
+  // The effective capacities and SM budget, so clients need not know the defaults (each only
+  // where its algorithm uses it, so the answer is a valid request again).
+  if (config.high_throughput()) {
+    proto.set_recv_capacity(config.recv_row_capacity());
+    proto.set_sm_budget(config.effective_sm_budget());
+  } else {
+    proto.set_expert_capacity(config.capacity());
+  }
   // Effective payload too: the token dtype unless fp8.
   proto.set_dispatch_dtype(ToProto(config.recv_dtype()));
   if (config.fp8_dispatch()) {
@@ -228,6 +240,10 @@ v1::HandleBuffers ToProto(const HandleLayout& layout) {
   proto.set_recv_counts_offset(layout.recv_counts_offset);
   proto.set_recv_offsets_offset(layout.recv_offsets_offset);
   proto.set_recv_scales_offset(layout.recv_scales_offset);
+  proto.set_recv_rank_counts_offset(layout.recv_rank_counts_offset);
+  proto.set_recv_rank_offsets_offset(layout.recv_rank_offsets_offset);
+  proto.set_expert_rows_offset(layout.expert_rows_offset);
+  proto.set_expert_rows_entries(layout.expert_rows_entries);
   proto.set_total_bytes(layout.exported_bytes);  // what the frontend maps
   return proto;
 }

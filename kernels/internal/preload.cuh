@@ -7,6 +7,7 @@ namespace epd::kernels::detail {
 
 cudaError_t PreloadRoutingKernels();
 cudaError_t PreloadDispatchKernels();
+cudaError_t PreloadHtDispatchKernels();
 cudaError_t PreloadCombineKernels();
 cudaError_t PreloadFenceWaitKernels();
 cudaError_t PreloadAbandonKernels();

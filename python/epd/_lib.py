@@ -67,7 +67,9 @@ class HandleInfo(ctypes.Structure):
                 ("recv_topk_idx_offset", c_u64), ("recv_topk_weights_offset", c_u64),
                 ("recv_counts_offset", c_u64), ("recv_offsets_offset", c_u64),
                 ("dispatch_dtype", c_i32), ("scale_format", c_i32),
-                ("recv_scales_offset", c_u64)]
+                ("recv_scales_offset", c_u64), ("recv_rank_counts_offset", c_u64),
+                ("recv_rank_offsets_offset", c_u64), ("expert_rows_offset", c_u64),
+                ("expert_rows_entries", c_u64)]
 
 
 class TensorRefC(ctypes.Structure):

@@ -21,7 +21,8 @@ class Handle:
         "recv_scales": ("recv_scales_offset",
                         lambda i: tensors.UINT8 if i.scale_format == 2 else tensors.FP32,
                         lambda i: (i.recv_rows, i.hidden // 128)),
-        "recv_src": ("recv_src_offset", lambda i: tensors.INT32, lambda i: (i.recv_rows, 3)),
+        "recv_src": ("recv_src_offset", lambda i: tensors.INT32,
+                     lambda i: (i.recv_rows, 2 if i.algorithm == 2 else 3)),
         "recv_weights": ("recv_weights_offset", lambda i: tensors.FP32, lambda i: (i.recv_rows,)),
         "recv_topk_idx": ("recv_topk_idx_offset", lambda i: tensors.INT32,
                           lambda i: (i.recv_rows, i.top_k)),
@@ -30,7 +31,14 @@ class Handle:
         "recv_counts": ("recv_counts_offset", lambda i: tensors.INT32,
                         lambda i: (i.local_experts if i.layout != 2 else i.world_size,)),
         "recv_offsets": ("recv_offsets_offset", lambda i: tensors.INT32,
-                         lambda i: (i.local_experts,)),
+                         lambda i: (i.local_experts + (1 if i.algorithm == 2 else 0),)),
+        # High-throughput only: rows per source rank and the per-local-expert gather list.
+        "recv_rank_counts": ("recv_rank_counts_offset", lambda i: tensors.INT32,
+                             lambda i: (i.world_size,)),
+        "recv_rank_offsets": ("recv_rank_offsets_offset", lambda i: tensors.INT32,
+                              lambda i: (i.world_size,)),
+        "expert_rows": ("expert_rows_offset", lambda i: tensors.INT32,
+                        lambda i: (i.expert_rows_entries,)),
     }
 
     def __init__(self, session, handle):
@@ -54,7 +62,9 @@ class Handle:
             lib().device_allocation(ctypes.c_void_p(info.region), ctypes.byref(base),
                                     ctypes.byref(size), ctypes.byref(device))
             self.device = device.value
-        self.expert_major = info.layout != 2
+        # The low-latency expert-major layout (high-throughput groups have their packed one).
+        self.high_throughput = info.algorithm == 2
+        self.expert_major = info.layout != 2 and not self.high_throughput
         self.data_path = {v: k for k, v in DATA_PATHS.items()}.get(info.data_path, "daemon")
         self._views = {}
 

@@ -6,7 +6,7 @@ from . import tensors
 from ._lib import MAX_DIMS, TensorRefC
 
 LAYOUTS = {"default": 0, "expert_major": 1, "rank_major": 2}
-ALGORITHMS = {"default": 0, "low_latency": 1, "high_throughput": 2}
+ALGORITHMS = {"default": 0, "low_latency": 1, "high_throughput": 2, "auto": 3}
 SCALE_FORMATS = {"fp32": 1, "ue8m0": 2}
 # "default": EPD_DATA_PATH when set, else what the daemon's node info implies (frontend-launched
 # on the cuda backend without MPS, the daemon's streams otherwise); see epd_c.h.

@@ -23,7 +23,12 @@ GroupConfig Case::Config(const std::string& name) const {
   config.dtype = dtype;
   config.algorithm = algorithm;
   config.layout = layout;
-  config.expert_capacity = expert_capacity;
+  // Each algorithm's own capacity knob; the other must stay 0 (GroupConfig::Validate).
+  if (algorithm == Algorithm::kHighThroughput) {
+    config.sm_budget = sm_budget;
+  } else {
+    config.expert_capacity = expert_capacity;
+  }
   config.dispatch_format = dispatch_format;
   config.scale_format = scale_format;
   return config;
@@ -54,7 +59,7 @@ MovedBytes BytesMoved(const Case& c, const RankRouting& routing) {
     for (int k = 0; k < c.top_k; ++k) {
       const int e = routing.topk_idx[static_cast<size_t>(t) * c.top_k + k];
       if (e < 0) continue;
-      if (c.layout == Layout::kRankMajor) {
+      if (c.layout == Layout::kRankMajor || c.algorithm == Algorithm::kHighThroughput) {
         if (rank_seen[e / L]) continue;
         rank_seen[e / L] = true;
       }
@@ -142,7 +147,7 @@ std::vector<Case> BuildCases(const CaseListOptions& o) {
   // (tokens, hidden) pairs first, so a sweep is the union of its two axes, not their product.
   std::vector<std::pair<int, int>> shapes;
   if (o.sweep) {
-    for (int n = 1; n <= 4096; n *= 2) shapes.emplace_back(n, 7168);
+    for (int n = 1; n <= 8192; n *= 2) shapes.emplace_back(n, 7168);
     for (int h : {2048, 4096, 6144, 7168, 8192}) shapes.emplace_back(128, h);
   } else {
     for (int n : o.tokens) {
@@ -151,40 +156,54 @@ std::vector<Case> BuildCases(const CaseListOptions& o) {
   }
   std::vector<Layout> layouts = o.layouts;
   if (o.sweep) layouts = {Layout::kExpertMajor, Layout::kRankMajor};
-  std::set<std::tuple<int, int, int, int, int, int>> seen;
+  // The sweep measures both algorithms at every token count (the crossover AUTO's rule
+  // stands on); high-throughput has one receive layout of its own.
+  std::vector<Algorithm> algorithms = {o.auto_algorithm ? Algorithm::kAuto : o.algorithm};
+  if (o.sweep) algorithms = {Algorithm::kLowLatency, Algorithm::kHighThroughput};
+  std::set<std::tuple<int, int, int, int, int, int, int>> seen;
   std::vector<Case> cases;
   for (const auto& [n, h] : shapes) {
-    for (Layout layout : layouts) {
-      for (RoutingKind routing : o.routings) {
-        for (size_t payload = 0; payload < o.payloads.size(); ++payload) {
-          const bool fp8 = o.payloads[payload].format == DispatchFormat::kFp8E4m3;
-          const std::vector<ScaleFormat> formats =
-              fp8 ? o.scale_formats : std::vector<ScaleFormat>{ScaleFormat::kFp32};
-          for (ScaleFormat scale_format : formats) {
-            if (!seen.insert({n, h, static_cast<int>(layout), static_cast<int>(routing),
-                              static_cast<int>(payload), static_cast<int>(scale_format)})
-                     .second) {
-              continue;
+    for (Algorithm requested : algorithms) {
+      GroupConfig resolve;
+      resolve.max_tokens_per_rank = n;
+      resolve.algorithm = requested;
+      resolve.dispatch_format = o.payloads.front().format;
+      resolve.ResolveAlgorithm();
+      const Algorithm algorithm = resolve.algorithm;
+      for (Layout layout : layouts) {
+        if (algorithm == Algorithm::kHighThroughput) layout = Layout::kExpertMajor;
+        for (RoutingKind routing : o.routings) {
+          for (size_t payload = 0; payload < o.payloads.size(); ++payload) {
+            const bool fp8 = o.payloads[payload].format == DispatchFormat::kFp8E4m3;
+            const std::vector<ScaleFormat> formats =
+                fp8 ? o.scale_formats : std::vector<ScaleFormat>{ScaleFormat::kFp32};
+            for (ScaleFormat scale_format : formats) {
+              if (!seen.insert({n, h, static_cast<int>(algorithm), static_cast<int>(layout),
+                                static_cast<int>(routing), static_cast<int>(payload),
+                                static_cast<int>(scale_format)})
+                       .second) {
+                continue;
+              }
+              Case c;
+              c.index = static_cast<int>(cases.size());
+              c.ranks = o.ranks;
+              c.hidden = h;
+              c.top_k = o.top_k;
+              c.experts = o.experts;
+              c.max_tokens = n;
+              c.tokens = n;
+              c.dtype = o.dtype;
+              c.layout = layout;
+              c.algorithm = algorithm;
+              c.expert_capacity = o.expert_capacity;
+              c.sm_budget = o.sm_budget;
+              c.routing = o.routing;
+              c.routing.kind = routing;
+              c.dispatch_format = o.payloads[payload].format;
+              c.prequantized = o.payloads[payload].prequantized;
+              c.scale_format = scale_format;
+              cases.push_back(c);
             }
-            Case c;
-            c.index = static_cast<int>(cases.size());
-            c.ranks = o.ranks;
-            c.hidden = h;
-            c.top_k = o.top_k;
-            c.experts = o.experts;
-            c.max_tokens = n;
-            c.tokens = n;
-            c.dtype = o.dtype;
-            c.layout = layout;
-            // The daemon refuses high_throughput until it has a path of its own: auto is LL.
-            c.algorithm = o.auto_algorithm ? Algorithm::kLowLatency : o.algorithm;
-            c.expert_capacity = o.expert_capacity;
-            c.routing = o.routing;
-            c.routing.kind = routing;
-            c.dispatch_format = o.payloads[payload].format;
-            c.prequantized = o.payloads[payload].prequantized;
-            c.scale_format = scale_format;
-            cases.push_back(c);
           }
         }
       }
@@ -210,7 +229,7 @@ void FillTokens(const Case& c, int rank, void* x) {
 std::string CheckCombine(const Case& c, int rank, const RankRouting& routing, const void* out,
                          int token_stride) {
   const int L = c.experts / c.ranks;
-  const bool weighted = c.layout == Layout::kExpertMajor;
+  const bool weighted = c.layout == Layout::kExpertMajor && c.algorithm != Algorithm::kHighThroughput;
   std::vector<float> acc(c.hidden);
   // What an identity expert returns for token t: the token, or with fp8 its dequantized row.
   std::vector<char> token(c.row_bytes()), q, scales, dequantized(c.row_bytes());
@@ -266,12 +285,12 @@ std::string SerializeCases(const std::vector<Case>& cases) {
   std::string out;
   for (const Case& c : cases) {
     out +=
-        fmt::format("{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n", c.index, c.ranks,
+        fmt::format("{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}\n", c.index, c.ranks,
                     c.hidden, c.top_k, c.experts, c.max_tokens, c.tokens, static_cast<int>(c.dtype),
                     static_cast<int>(c.layout), static_cast<int>(c.algorithm), c.expert_capacity,
                     static_cast<int>(c.routing.kind), c.routing.seed, c.routing.hot_experts,
                     c.routing.hot_percent, static_cast<int>(c.dispatch_format),
-                    static_cast<int>(c.scale_format), c.prequantized ? 1 : 0);
+                    static_cast<int>(c.scale_format), c.prequantized ? 1 : 0, c.sm_budget);
   }
   return out;
 }
@@ -287,7 +306,7 @@ StatusOr<std::vector<Case>> ParseCases(const std::string& text) {
     int dtype = 0, layout = 0, algorithm = 0, routing = 0, format = 0, scales = 0, pre = 0;
     in >> c.index >> c.ranks >> c.hidden >> c.top_k >> c.experts >> c.max_tokens >> c.tokens >>
         dtype >> layout >> algorithm >> c.expert_capacity >> routing >> c.routing.seed >>
-        c.routing.hot_experts >> c.routing.hot_percent >> format >> scales >> pre;
+        c.routing.hot_experts >> c.routing.hot_percent >> format >> scales >> pre >> c.sm_budget;
     if (!in) return InvalidArgumentError("bad case line '{}'", line);
     c.dtype = static_cast<DType>(dtype);
     c.layout = static_cast<Layout>(layout);

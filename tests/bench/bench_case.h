@@ -24,7 +24,8 @@ struct Case {
   DType dtype = DType::kBf16;
   Layout layout = Layout::kExpertMajor;
   Algorithm algorithm = Algorithm::kLowLatency;
-  int expert_capacity = 0;  // 0: R * T
+  int expert_capacity = 0;  // 0: R * T (low-latency)
+  int sm_budget = 0;        // high-throughput SMs; 0: the group default
   RoutingSpec routing;
   // What dispatch moves: the token dtype, or fp8 e4m3 + block scales quantized by the daemon
   // from bf16 x, or (prequantized) quantized by the frontend and passed with x_scales.
@@ -103,13 +104,16 @@ struct CaseListOptions {
   std::vector<int> hidden = {7168};
   std::vector<Layout> layouts = {Layout::kExpertMajor};
   std::vector<RoutingKind> routings = {RoutingKind::kRandom, RoutingKind::kSkewed};
-  bool sweep = false;  // tokens 1..4096 at H 7168, H 2048..8192 at n 128, both layouts
+  // tokens 1..8192 at H 7168, H 2048..8192 at n 128; low-latency in both layouts and
+  // high-throughput
+  bool sweep = false;
   int top_k = 8;
   int experts = 256;
   DType dtype = DType::kBf16;
   Algorithm algorithm = Algorithm::kLowLatency;
-  bool auto_algorithm = false;  // LL for n <= 256, else HT
+  bool auto_algorithm = false;  // per case, GroupConfig::ResolveAlgorithm's rule on its tokens
   int expert_capacity = 0;
+  int sm_budget = 0;  // high-throughput cases
   RoutingSpec routing;
   std::vector<Payload> payloads = {Payload{}};
   // fp8 payloads run once per scale format (side by side in one run); the token dtype once.

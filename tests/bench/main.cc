@@ -76,7 +76,7 @@ struct Flags {
   bool sweep = false;
   std::string modes = "inproc,fenced,blocking,frontend,nccl";
   std::string tokens = "128", hidden = "7168", layouts = "expert", routings = "random,skewed";
-  int top_k = 8, experts = 256, capacity = 0;
+  int top_k = 8, experts = 256, capacity = 0, sm_budget = 0;
   std::string dtype = "bf16", algorithm = "ll";
   std::string dispatch_dtypes = "token", scale_format = "fp32";
   uint64_t seed = 1;
@@ -179,7 +179,8 @@ int Main(int argc, char** argv) {
   app.add_option("--ranks", f.ranks, "ranks (default: every GPU; 2 on cpu)");
   app.add_flag("--smoke", f.smoke, "small sizes, few iterations (CI on the cpu backend)");
   app.add_flag("--sweep", f.sweep,
-               "tokens/rank 1..4096 at H 7168 and H 2048..8192 at 128 tokens, both layouts");
+               "tokens/rank 1..8192 at H 7168 and H 2048..8192 at 128 tokens; low-latency in "
+               "both layouts and high-throughput");
   app.add_option("--modes", f.modes,
                  "inproc,fenced,blocking,frontend,nccl (frontend: frontend-launched, cuda only)")
       ->capture_default_str();
@@ -199,9 +200,14 @@ int Main(int argc, char** argv) {
                  "fp8 block scales, comma-separated: fp32, ue8m0 (each fp8 payload runs once per "
                  "format, in the same run)")
       ->capture_default_str();
-  app.add_option("--algorithm", f.algorithm, "ll, ht or auto (LL; the daemon refuses ht until it has a path of its own)")
+  app.add_option("--algorithm", f.algorithm,
+                 "low-latency (ll), high-throughput (ht) or auto (high-throughput from 1024 "
+                 "tokens per rank)")
       ->capture_default_str();
   app.add_option("--capacity", f.capacity, "rows per expert; 0 = R * T")->capture_default_str();
+  app.add_option("--sm-budget", f.sm_budget,
+                 "high-throughput: SMs its kernels use; 0 = the daemon's default (24)")
+      ->capture_default_str();
   app.add_option("--seed", f.seed)->capture_default_str();
   app.add_option("--hot-experts", f.hot_experts, "skewed routing: experts 0..N-1 are hot")
       ->capture_default_str();
@@ -265,6 +271,7 @@ int Main(int argc, char** argv) {
   list.top_k = f.top_k;
   list.experts = f.experts;
   list.expert_capacity = f.capacity;
+  list.sm_budget = f.sm_budget;
   list.routing.seed = f.seed;
   list.routing.hot_experts = f.hot_experts;
   list.routing.hot_percent = f.hot_percent;
@@ -309,9 +316,10 @@ int Main(int argc, char** argv) {
     return fail(InvalidArgumentError("--scale-format: name at least one of fp32, ue8m0"));
   }
   if (f.algorithm == "auto") list.auto_algorithm = true;
-  else if (f.algorithm == "ll") list.algorithm = Algorithm::kLowLatency;
-  else if (f.algorithm == "ht") list.algorithm = Algorithm::kHighThroughput;
-  else return fail(InvalidArgumentError("--algorithm '{}' must be ll, ht or auto", f.algorithm));
+  else if (f.algorithm == "ll" || f.algorithm == "low-latency") list.algorithm = Algorithm::kLowLatency;
+  else if (f.algorithm == "ht" || f.algorithm == "high-throughput") list.algorithm = Algorithm::kHighThroughput;
+  else return fail(InvalidArgumentError(
+      "--algorithm '{}' must be low-latency, high-throughput or auto (or ll, ht)", f.algorithm));
   const std::vector<Case> cases = BuildCases(list);
 
   RunSettings settings;

@@ -68,13 +68,32 @@ TEST(CasesTest, SweepIsTheUnionOfItsAxesAndRoundTrips) {
   options.sweep = true;
   options.routings = {RoutingKind::kRandom};
   const std::vector<Case> cases = BuildCases(options);
-  // 13 token counts + 4 more hidden sizes (7168 at 128 tokens is shared), both layouts.
-  EXPECT_EQ(cases.size(), (13u + 4u) * 2u);
+  // 14 token counts + 4 more hidden sizes (7168 at 128 tokens is shared): low-latency in both
+  // layouts, high-throughput in its own.
+  EXPECT_EQ(cases.size(), (14u + 4u) * 3u);
+  size_t high_throughput = 0;
+  for (const Case& c : cases) {
+    if (c.algorithm != Algorithm::kHighThroughput) continue;
+    ++high_throughput;
+    EXPECT_EQ(c.layout, Layout::kExpertMajor);
+  }
+  EXPECT_EQ(high_throughput, 14u + 4u);
   auto parsed = ParseCases(SerializeCases(cases));
   ASSERT_TRUE(parsed.ok());
   ASSERT_EQ(parsed->size(), cases.size());
   EXPECT_EQ((*parsed)[5].Label(), cases[5].Label());
   EXPECT_EQ((*parsed)[5].index, 5);
+}
+
+TEST(CasesTest, AutoResolvesPerCaseByTokens) {
+  CaseListOptions options;
+  options.tokens = {128, 4096};
+  options.routings = {RoutingKind::kRandom};
+  options.auto_algorithm = true;
+  const std::vector<Case> cases = BuildCases(options);
+  ASSERT_EQ(cases.size(), 2u);
+  EXPECT_EQ(cases[0].algorithm, Algorithm::kLowLatency);
+  EXPECT_EQ(cases[1].algorithm, Algorithm::kHighThroughput);
 }
 
 }  // namespace

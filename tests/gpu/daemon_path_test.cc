@@ -60,6 +60,15 @@ TEST_F(DaemonPathTest, FrontendProcessesGetBitExactResultsThroughIpcAndFences) {
           << layout << " " << dtype << "; daemon log:\n" << daemon_->ReadLog();
     }
   }
+  // High-throughput: packed rows through the same IPC buffers and fences.
+  for (const std::string dtype : {"bf16", "fp32"}) {
+    std::vector<std::string> args = ExampleArgs("expert_major", dtype, "both", 6, 4104);
+    args.insert(args.end(), {"--algorithm", "high_throughput"});
+    auto example = ChildProcess::Spawn(args);
+    ASSERT_TRUE(example.ok()) << example.status().ToString();
+    EXPECT_EQ((*example)->Wait(120'000), 0)
+        << "high_throughput " << dtype << "; daemon log:\n" << daemon_->ReadLog();
+  }
   auto stats = client_->GetStats();
   ASSERT_TRUE(stats.ok());
   EXPECT_GT(stats->dispatch().completed(), 0u);

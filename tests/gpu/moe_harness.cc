@@ -73,6 +73,9 @@ MoeHarness::MoeHarness(Backend& backend, const CaseSpec& s, std::vector<int> dev
   config_.dtype = s.dtype;
   config_.layout = s.layout;
   config_.expert_capacity = s.capacity;
+  config_.algorithm = s.algorithm;
+  config_.recv_capacity = s.recv_capacity;
+  config_.sm_budget = s.sm_budget;
   config_.dispatch_format = s.dispatch_format;
   config_.scale_format = s.scale_format;
   prequantized_ = s.prequantized && config_.fp8_dispatch();
@@ -230,12 +233,19 @@ std::vector<Status> MoeHarness::DispatchWithLateRank(int late_rank,
 }
 
 size_t MoeHarness::used_rows(int rank) const {
-  if (config_.layout == Layout::kRankMajor) return layout_.recv_rows;
+  if (config_.layout == Layout::kRankMajor && !config_.high_throughput()) {
+    return layout_.recv_rows;
+  }
   if (ref_recv_.empty()) return 0;  // no dispatch compared yet: no rows to fill
   const std::vector<char>& recv = ref_recv_[rank];
-  const auto* counts = reinterpret_cast<const int32_t*>(recv.data() + layout_.recv_counts_offset);
+  // High-throughput: rows from every source rank; expert-major: rows of every local expert.
+  const bool packed = config_.high_throughput();
+  const auto* counts = reinterpret_cast<const int32_t*>(
+      recv.data() + (packed ? layout_.recv_rank_counts_offset : layout_.recv_counts_offset));
   size_t rows = 0;
-  for (int l = 0; l < config_.local_experts(); ++l) rows += counts[l];
+  for (int i = 0; i < (packed ? config_.world_size() : config_.local_experts()); ++i) {
+    rows += counts[i];
+  }
   return std::min(rows, layout_.recv_rows);
 }
 
@@ -335,7 +345,24 @@ void MoeHarness::ExpectDispatchMatches(const std::vector<RankInput>& inputs,
       compare(layout_.recv_scales_offset, rows * config_.scale_row_bytes(),
               config_.scale_row_bytes(), "recv_scales rows");
     }
-    if (config_.layout == Layout::kExpertMajor) {
+    if (config_.high_throughput()) {
+      // Only what this dispatch wrote: rows past the total and gather entries past
+      // recv_offsets[L] keep older contents.
+      const int L = config_.local_experts();
+      const auto* offsets =
+          reinterpret_cast<const int32_t*>(want.data() + layout_.recv_offsets_offset);
+      compare(layout_.recv_rank_counts_offset, layout_.recv_rank_counts_bytes, 4,
+              "recv_rank_counts");
+      compare(layout_.recv_rank_offsets_offset, layout_.recv_rank_offsets_bytes, 4,
+              "recv_rank_offsets");
+      compare(layout_.recv_offsets_offset, layout_.recv_offsets_bytes, 4, "recv_offsets");
+      compare(layout_.recv_src_offset, rows * 8, 8, "recv_src rows");
+      compare(layout_.recv_topk_idx_offset, rows * 4 * config_.top_k, 4 * config_.top_k,
+              "recv_topk_idx rows");
+      compare(layout_.recv_topk_weights_offset, rows * 4 * config_.top_k, 4 * config_.top_k,
+              "recv_topk_weights rows");
+      compare(layout_.expert_rows_offset, size_t(offsets[L]) * 4, 4, "expert_rows");
+    } else if (config_.layout == Layout::kExpertMajor) {
       compare(layout_.recv_offsets_offset, layout_.recv_offsets_bytes, 4, "recv_offsets");
       compare(layout_.recv_src_offset, rows * 12, 12, "recv_src rows");
       compare(layout_.recv_weights_offset, rows * 4, 4, "recv_weights rows");

@@ -25,6 +25,10 @@ struct CaseSpec {
   DType dtype = DType::kBf16;
   Layout layout = Layout::kExpertMajor;
   int capacity = 0;  // 0: R * T
+  // High-throughput: the packed layout (layout ignored), recv_capacity rows (0: R * T).
+  Algorithm algorithm = Algorithm::kLowLatency;
+  int recv_capacity = 0;
+  int sm_budget = 0;  // high-throughput blocks (0: the default)
   // FP8 dispatch (bf16, hidden % 128 == 0): rows arrive as e4m3 + scales; with prequantized
   // the ranks pass their own e4m3 bytes and scales (random bytes: they must be copied as is).
   DispatchFormat dispatch_format = DispatchFormat::kTokenDType;

@@ -160,6 +160,31 @@ int main(int argc, char** argv) {
   int32_t capacity = 0;
   OK(epd_group_create(session, &group, 0, &capacity));
   CHECK(capacity == T);
+  /* AUTO picks high-throughput from 1024 tokens per rank; its capacity is the receive rows,
+   * and it has no frontend-launched path (the message names the algorithm, not the backend).
+   * The refused handle stays with the session, as any handle whose path was refused. */
+  group.name = "prefill";
+  group.max_tokens_per_rank = 1024;
+  group.algorithm = EPD_ALGORITHM_AUTO;
+  OK(epd_group_create(session, &group, 0, &capacity));
+  CHECK(capacity == 1024);
+  FAILS(epd_handle_create(session, "prefill", "", 0, EPD_DATA_PATH_FRONTEND_LAUNCHED, &handle),
+        EPD_FAILED_PRECONDITION, "high_throughput");
+  epd_handle_t* prefill = NULL;
+  OK(epd_handle_create(session, "prefill", "", 0, EPD_DATA_PATH_DEFAULT, &prefill));
+  epd_handle_info_t packed;
+  packed.struct_size = sizeof(packed);
+  OK(epd_handle_info(prefill, &packed));
+  CHECK(packed.algorithm == EPD_ALGORITHM_HIGH_THROUGHPUT && packed.recv_rows == 1024);
+  CHECK(packed.recv_src_offset != EPD_NO_TENSOR && packed.recv_weights_offset == EPD_NO_TENSOR);
+  CHECK(packed.recv_topk_idx_offset != EPD_NO_TENSOR);
+  CHECK(packed.recv_rank_counts_offset != EPD_NO_TENSOR &&
+        packed.recv_rank_offsets_offset != EPD_NO_TENSOR);
+  CHECK(packed.expert_rows_offset != EPD_NO_TENSOR && packed.expert_rows_entries == 1024 * K);
+  OK(epd_handle_destroy(prefill));
+  group.name = "g";
+  group.max_tokens_per_rank = T;
+  group.algorithm = EPD_ALGORITHM_DEFAULT;
   /* The cpu backend has no frontend-launched path: forcing it names why, and the default (or
    * EPD_DATA_PATH) decides as the client library does. */
   FAILS(epd_handle_create(session, "g", "", 0, EPD_DATA_PATH_FRONTEND_LAUNCHED, &handle),
@@ -189,6 +214,7 @@ int main(int argc, char** argv) {
   CHECK(hi.struct_size == sizeof(hi));
   CHECK(hi.dispatch_dtype == EPD_DTYPE_FP32 && hi.scale_format == EPD_SCALE_FORMAT_DEFAULT);
   CHECK(hi.recv_scales_offset == EPD_NO_TENSOR);
+  CHECK(hi.recv_rank_counts_offset == EPD_NO_TENSOR && hi.expert_rows_entries == 0);
   CHECK(strcmp(hi.name, "h") == 0 && strcmp(hi.group, "g") == 0);
   CHECK(hi.persistent == 1 && hi.on_device == 0 && hi.local_experts == E);
   CHECK(hi.recv_rows == (uint64_t)E * T);

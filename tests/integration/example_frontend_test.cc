@@ -30,6 +30,7 @@ std::unique_ptr<DaemonProcess> WithDaemon<Param>::daemon_;
 
 class ExampleFrontendTest : public WithDaemon<std::tuple<int, std::string, std::string>> {};
 class ExampleFrontendFp8Test : public WithDaemon<std::tuple<int, std::string>> {};
+class ExampleFrontendHighThroughputTest : public WithDaemon<int> {};
 
 // Runs the example with `args` after --address; expects exit 0 and "all ranks OK".
 void ExpectExampleSucceeds(const DaemonProcess& daemon, std::vector<std::string> args) {
@@ -64,6 +65,18 @@ TEST_P(ExampleFrontendFp8Test, AllRanksBitExact) {
   if (layout == "rank_major") args.push_back("--prequantized");
   ExpectExampleSucceeds(*daemon_, args);
 }
+
+// The high-throughput algorithm from separate frontend processes, blocking and fenced.
+TEST_P(ExampleFrontendHighThroughputTest, AllRanksBitExact) {
+  const int ranks = GetParam();
+  ExpectExampleSucceeds(*daemon_, {"--ranks", std::to_string(ranks), "--algorithm",
+                                   "high_throughput", "--tokens", "16", "--hidden", "64",
+                                   "--iterations", "4", "--dtype", ranks == 2 ? "bf16" : "fp32"});
+}
+
+INSTANTIATE_TEST_SUITE_P(HighThroughput, ExampleFrontendHighThroughputTest,
+                         ::testing::Values(1, 2, 4),
+                         [](const auto& info) { return fmt::format("R{}", info.param); });
 
 INSTANTIATE_TEST_SUITE_P(AllShapes, ExampleFrontendTest,
                          ::testing::Combine(::testing::Values(1, 2, 4, 8),

@@ -146,6 +146,22 @@ class ClientTest(SessionTestCase):
         self.assertIsNone(handle.view("recv_src"))
         self.assertIsNone(handle.view("recv_offsets"))
 
+    def test_high_throughput_views(self):
+        self.group("ht", world_size=2, algorithm="high_throughput")
+        handle = self.session.create_handle("ht")
+        T, K, L = GROUP["max_tokens_per_rank"], GROUP["top_k"], GROUP["experts"] // 2
+        rows = 2 * T  # recv_capacity defaults to R * T
+        self.assertFalse(handle.expert_major)
+        self.assertEqual(handle.view("recv_x").shape, (rows, GROUP["hidden"]))
+        self.assertEqual(handle.view("recv_src").shape, (rows, 2))
+        self.assertEqual(handle.view("recv_topk_idx").shape, (rows, K))
+        self.assertEqual(handle.view("recv_counts").shape, (L,))
+        self.assertEqual(handle.view("recv_offsets").shape, (L + 1,))
+        self.assertEqual(handle.view("recv_rank_counts").shape, (2,))
+        self.assertEqual(handle.view("recv_rank_offsets").shape, (2,))
+        self.assertEqual(handle.view("expert_rows").shape, (rows * min(K, L),))
+        self.assertIsNone(handle.view("recv_weights"))
+
     def test_host_fences(self):
         fence = self.session.create_fence()
         self.assertFalse(fence.on_device)

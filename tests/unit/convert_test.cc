@@ -176,5 +176,65 @@ TEST(ConvertTest, NodeInfoCarriesMpsStateAndComputeModePerGpu) {
   EXPECT_EQ(cpu_out.gpus_size(), 0);
 }
 
+TEST(ConvertTest, GroupConfigResolvesAutoAndCarriesTheHighThroughputKnobs) {
+  v1::GroupConfig proto;
+  proto.set_name("prefill");
+  proto.set_world_size(2);
+  proto.set_experts(8);
+  proto.set_hidden(64);
+  proto.set_max_tokens_per_rank(1024);
+  proto.set_top_k(2);
+  proto.set_algorithm(v1::ALGORITHM_AUTO);
+  proto.set_recv_capacity(1500);
+  proto.set_sm_budget(8);
+  auto config = FromProto(proto, "config");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->algorithm, Algorithm::kHighThroughput);
+  EXPECT_EQ(config->recv_capacity, 1500);
+  EXPECT_EQ(config->sm_budget, 8);
+  v1::GroupConfig back = ToProto(*config);
+  EXPECT_EQ(back.algorithm(), v1::ALGORITHM_HIGH_THROUGHPUT);
+  EXPECT_EQ(back.recv_capacity(), 1500);
+  EXPECT_EQ(back.sm_budget(), 8);
+  EXPECT_EQ(back.expert_capacity(), 0) << "a valid high-throughput request again";
+
+  proto.set_max_tokens_per_rank(1023);
+  proto.clear_recv_capacity();
+  proto.clear_sm_budget();
+  config = FromProto(proto, "config");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->algorithm, Algorithm::kLowLatency);
+  back = ToProto(*config);
+  EXPECT_EQ(back.expert_capacity(), 2 * 1023);
+  EXPECT_EQ(back.recv_capacity(), 0);
+
+  // The effective defaults of a high-throughput group come back filled in.
+  proto.set_algorithm(v1::ALGORITHM_HIGH_THROUGHPUT);
+  config = FromProto(proto, "config");
+  ASSERT_TRUE(config.ok());
+  back = ToProto(*config);
+  EXPECT_EQ(back.recv_capacity(), 2 * 1023);
+  EXPECT_EQ(back.sm_budget(), 24);
+}
+
+TEST(ConvertTest, HighThroughputHandlesExportThePackedLayout) {
+  GroupConfig config;
+  config.name = "ht";
+  config.ranks = {0, 1};
+  config.experts = 8;
+  config.hidden = 64;
+  config.max_tokens_per_rank = 16;
+  config.top_k = 2;
+  config.algorithm = Algorithm::kHighThroughput;
+  const HandleLayout layout = ComputeHandleLayout(config);
+  const v1::HandleBuffers proto = ToProto(layout);
+  EXPECT_EQ(proto.recv_rows(), 32u);
+  EXPECT_EQ(proto.recv_rank_counts_offset(), layout.recv_rank_counts_offset);
+  EXPECT_EQ(proto.recv_rank_offsets_offset(), layout.recv_rank_offsets_offset);
+  EXPECT_EQ(proto.expert_rows_offset(), layout.expert_rows_offset);
+  EXPECT_EQ(proto.expert_rows_entries(), 32u * 2);
+  EXPECT_NE(proto.expert_rows_offset(), 0u);
+}
+
 }  // namespace
 }  // namespace epd::service

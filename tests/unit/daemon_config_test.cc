@@ -184,7 +184,7 @@ max_tokens_per_rank = 4
 top_k = 1
 )",
               {"test.toml:2", "group[0]", "experts=6", "multiple"});
-  // Refused until a real high-throughput path exists, rather than served by the LL kernels.
+  // A high-throughput knob on a low-latency group is refused by name, not ignored.
   ExpectError(R"(
 [[group]]
 name = "g"
@@ -193,9 +193,9 @@ experts = 4
 hidden = 8
 max_tokens_per_rank = 4
 top_k = 1
-algorithm = "high_throughput"
+recv_capacity = 6
 )",
-              {"test.toml:2", "group[0]", "high_throughput", "not implemented"});
+              {"test.toml:2", "group[0]", "recv_capacity=6", "high_throughput only"});
   ExpectError(R"(
 [[group]]
 name = "g"
@@ -347,6 +347,37 @@ top_k = 1
   ExpectError(group + "scale_format = \"e8m0\"\n", {"group[0].scale_format", "e8m0"});
   ExpectError(group + "dtype = \"fp16\"\ndispatch_dtype = \"fp8_e4m3\"\n",
               {"group[0]", "quantizes bf16 tokens, but dtype=fp16"});
+}
+
+TEST(DaemonConfigTest, HighThroughputKeys) {
+  const std::string group = R"(
+[[group]]
+name = "g"
+world_size = 2
+experts = 4
+hidden = 8
+top_k = 1
+)";
+  auto config = ParseDaemonConfig(group +
+                                      "max_tokens_per_rank = 8\nalgorithm = \"high_throughput\"\n"
+                                      "recv_capacity = 12\nsm_budget = 4\n",
+                                  "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const GroupConfig& ht = config->groups[0].config;
+  EXPECT_EQ(ht.algorithm, Algorithm::kHighThroughput);
+  EXPECT_EQ(ht.recv_row_capacity(), 12);
+  EXPECT_EQ(ht.effective_sm_budget(), 4);
+  // auto: the token rule, resolved while parsing.
+  config = ParseDaemonConfig(group + "max_tokens_per_rank = 1024\nalgorithm = \"auto\"\n",
+                             "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->groups[0].config.algorithm, Algorithm::kHighThroughput);
+  config = ParseDaemonConfig(group + "max_tokens_per_rank = 8\nalgorithm = \"auto\"\n",
+                             "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->groups[0].config.algorithm, Algorithm::kLowLatency);
+  ExpectError(group + "max_tokens_per_rank = 8\nalgorithm = \"high_throughput\"\nsm_budget = -1\n",
+              {"group[0].sm_budget"});
 }
 
 TEST(DaemonConfigTest, MissingFileIsNotFound) {

@@ -191,9 +191,12 @@ TEST_F(EngineControlTest, RefusedRequestsNameTheField) {
             "source.size = 0: nothing to register");
   GroupConfig fast = Config("fast");
   fast.algorithm = Algorithm::kHighThroughput;
+  fast.dispatch_format = DispatchFormat::kFp8E4m3;
+  fast.hidden = 128;
+  fast.dtype = DType::kBf16;
   Status ht = engine_->CreateGroup(admin_, fast, false);
   EXPECT_EQ(ht.code(), StatusCode::kUnimplemented) << ht.ToString();
-  EXPECT_NE(ht.message().find("high_throughput"), std::string::npos);
+  EXPECT_NE(ht.message().find("algorithm = high_throughput"), std::string::npos);
 }
 
 

@@ -128,7 +128,9 @@ class EngineTest : public ::testing::Test {
                                 record.code, record.payload_bytes});
     };
     engine_ = Engine::Create(std::move(backend).value(), options).value();
-    ASSERT_TRUE(engine_->CreateGroup(std::nullopt, Config(), /*persistent=*/true).ok());
+    GroupConfig config = Config();
+    config.algorithm = algorithm_;
+    ASSERT_TRUE(engine_->CreateGroup(std::nullopt, config, /*persistent=*/true).ok());
     for (int r = 0; r < kRanks; ++r) {
       frontends_.push_back(std::make_unique<Frontend>(*engine_, r));
       auto handle = engine_->CreateHandle(frontends_[r]->session, "g", r, "", false);
@@ -140,6 +142,8 @@ class EngineTest : public ::testing::Test {
     frontends_.clear();
     engine_.reset();
   }
+
+  Algorithm algorithm_ = Algorithm::kLowLatency;  // of group "g"; set before SetUp
 
   // Fills x with distinct values and a routing that uses every expert.
   void FillInputs(int n) {

@@ -94,6 +94,34 @@ TEST_F(EngineTest, UpdatesDispatchesAndCombinesNeverAllocate) {
   EXPECT_EQ(engine_->Stats().frees, frees);
 }
 
+class HighThroughputEngineTest : public EngineTest {
+ protected:
+  HighThroughputEngineTest() { algorithm_ = Algorithm::kHighThroughput; }
+};
+
+TEST_F(HighThroughputEngineTest, UpdatesDispatchesAndCombinesNeverAllocate) {
+  FillInputs(kTokens);
+  const uint64_t allocations = engine_->Stats().allocations;
+  const uint64_t frees = engine_->Stats().frees;
+  for (int n : {kTokens, 0, 1, kTokens - 1, kTokens}) {
+    RunLayer(n);
+    // Identity experts in place, each destination rank once with weight 1: x times the
+    // number of ranks the token's experts live on.
+    for (int r = 0; r < kRanks; ++r) {
+      Frontend& f = *frontends_[r];
+      for (int t = 0; t < n; ++t) {
+        const int e0 = f.topk()[t * kTopK], e1 = f.topk()[t * kTopK + 1];
+        const int L = kExperts / kRanks;
+        const float copies = e1 < 0 || e1 / L == e0 / L ? 1.0f : 2.0f;
+        ASSERT_EQ(f.out()[t * kHidden + 3], copies * f.x()[t * kHidden + 3])
+            << "rank " << r << " t " << t;
+      }
+    }
+  }
+  EXPECT_EQ(engine_->Stats().allocations, allocations);
+  EXPECT_EQ(engine_->Stats().frees, frees);
+}
+
 TEST_F(EngineTest, RejectsBadRequestsNamingTheField) {
   Frontend& f = *frontends_[0];
   auto submit_update = [&](UpdateRequest r) {

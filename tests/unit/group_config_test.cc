@@ -1,6 +1,9 @@
 #include "daemon/core/group_config.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include "common/limits.h"
 
 namespace epd {
 namespace {
@@ -34,13 +37,105 @@ TEST(GroupConfigTest, StandardConfigIsValid) {
   EXPECT_EQ(c.GroupRankOf(7), -1);
 }
 
-TEST(GroupConfigTest, HighThroughputIsUnimplementedRatherThanServedByLowLatencyKernels) {
+TEST(GroupConfigTest, HighThroughputLayoutIsPackedAndBoundedByTheRowCapacity) {
+  GroupConfig c = Standard();  // R=4 E=256 H=7168 T=128 K=8 bf16
+  c.algorithm = Algorithm::kHighThroughput;
+  ASSERT_TRUE(c.Validate(4).ok()) << c.Validate(4).ToString();
+  EXPECT_EQ(c.recv_row_capacity(), 4 * 128);
+  EXPECT_EQ(c.effective_sm_budget(), kDefaultHtSmBudget);
+  EXPECT_EQ(c.expert_rows_capacity(), 4 * 128 * 8);  // min(K=8, L=64)
+  HandleLayout h = ComputeHandleLayout(c);
+  EXPECT_EQ(h.recv_rows, 512u);
+  EXPECT_EQ(h.recv_x_bytes, 512u * 7168 * 2);
+  EXPECT_EQ(h.recv_src_bytes, 512u * 2 * 4);
+  EXPECT_EQ(h.recv_topk_idx_bytes, 512u * 8 * 4);
+  EXPECT_EQ(h.recv_topk_weights_bytes, 512u * 8 * 4);
+  EXPECT_EQ(h.recv_rank_counts_bytes, 4u * 4);
+  EXPECT_EQ(h.recv_rank_offsets_bytes, 4u * 4);
+  EXPECT_EQ(h.recv_counts_bytes, 64u * 4);
+  EXPECT_EQ(h.recv_offsets_bytes, 65u * 4);
+  EXPECT_EQ(h.expert_rows_entries, 4096u);
+  EXPECT_EQ(h.recv_weights_bytes, 0u);
+  EXPECT_EQ(h.dest_row_bytes, AlignUp(128u * 4 * 4));
+  size_t last_end = 0;
+  for (auto [offset, bytes] : {std::pair{h.recv_x_offset, h.recv_x_bytes},
+                               {h.recv_src_offset, h.recv_src_bytes},
+                               {h.recv_topk_idx_offset, h.recv_topk_idx_bytes},
+                               {h.recv_topk_weights_offset, h.recv_topk_weights_bytes},
+                               {h.recv_rank_counts_offset, h.recv_rank_counts_bytes},
+                               {h.recv_rank_offsets_offset, h.recv_rank_offsets_bytes},
+                               {h.recv_counts_offset, h.recv_counts_bytes},
+                               {h.recv_offsets_offset, h.recv_offsets_bytes},
+                               {h.expert_rows_offset, h.expert_rows_bytes}}) {
+    EXPECT_GE(offset, last_end);
+    EXPECT_EQ(offset % kBufferAlignment, 0u);
+    last_end = offset + bytes;
+  }
+  EXPECT_GE(h.exported_bytes, last_end);
+  // A configured capacity shrinks the receive rows; the low-latency rows would be L * C.
+  c.recv_capacity = 100;
+  EXPECT_EQ(ComputeHandleLayout(c).recv_rows, 100u);
+}
+
+TEST(GroupConfigTest, HighThroughputHandleFitsTheTargetShapeInOneGigabyte) {
+  GroupConfig c = Standard();
+  c.ranks = {0, 1};
+  c.max_tokens_per_rank = 4096;
+  c.algorithm = Algorithm::kHighThroughput;
+  ASSERT_TRUE(c.Validate(2).ok());
+  EXPECT_LE(ComputeHandleLayout(c).total_bytes(), size_t{1} << 30);
+}
+
+TEST(GroupConfigTest, HighThroughputRefusesOptionsThatDoNotApplyByName) {
   GroupConfig c = Standard();
   c.algorithm = Algorithm::kHighThroughput;
-  Status status = c.Validate(4);
-  EXPECT_EQ(status.code(), StatusCode::kUnimplemented) << status.ToString();
-  EXPECT_NE(status.message().find("algorithm = high_throughput"), std::string::npos)
-      << status.message();
+  c.layout = Layout::kRankMajor;
+  EXPECT_NE(c.Validate(4).message().find("layout = rank_major"), std::string::npos);
+  c = Standard();
+  c.algorithm = Algorithm::kHighThroughput;
+  c.expert_capacity = 64;
+  EXPECT_NE(c.Validate(4).message().find("expert_capacity=64"), std::string::npos);
+  c = Standard();
+  c.algorithm = Algorithm::kHighThroughput;
+  c.dispatch_format = DispatchFormat::kFp8E4m3;
+  Status fp8 = c.Validate(4);
+  EXPECT_EQ(fp8.code(), StatusCode::kUnimplemented) << fp8.ToString();
+  EXPECT_NE(fp8.message().find("dispatch_dtype = fp8_e4m3"), std::string::npos);
+  c = Standard();
+  c.algorithm = Algorithm::kHighThroughput;
+  c.recv_capacity = -1;
+  EXPECT_NE(c.Validate(4).message().find("recv_capacity=-1"), std::string::npos);
+  c.recv_capacity = 4 * 128 + 1;
+  EXPECT_NE(c.Validate(4).message().find("recv_capacity=513 exceeds"), std::string::npos);
+  c.recv_capacity = 0;
+  c.sm_budget = kMaxHtSmBudget + 1;
+  EXPECT_NE(c.Validate(4).message().find(fmt::format("sm_budget={}", kMaxHtSmBudget + 1)),
+            std::string::npos);
+  c = Standard();
+  c.recv_capacity = 10;  // low-latency
+  EXPECT_NE(c.Validate(4).message().find("apply to algorithm = high_throughput only"),
+            std::string::npos);
+}
+
+TEST(GroupConfigTest, AutoPicksHighThroughputFromTheTokenThreshold) {
+  GroupConfig c = Standard();
+  c.algorithm = Algorithm::kAuto;
+  EXPECT_EQ(c.Validate(4).code(), StatusCode::kInvalidArgument) << "unresolved auto";
+  c.max_tokens_per_rank = kAutoHighThroughputMinTokens - 1;
+  c.ResolveAlgorithm();
+  EXPECT_EQ(c.algorithm, Algorithm::kLowLatency);
+  c.algorithm = Algorithm::kAuto;
+  c.max_tokens_per_rank = kAutoHighThroughputMinTokens;
+  c.ResolveAlgorithm();
+  EXPECT_EQ(c.algorithm, Algorithm::kHighThroughput);
+  c.algorithm = Algorithm::kAuto;
+  c.dispatch_format = DispatchFormat::kFp8E4m3;  // not with high-throughput yet
+  c.ResolveAlgorithm();
+  EXPECT_EQ(c.algorithm, Algorithm::kLowLatency);
+  c.algorithm = Algorithm::kLowLatency;
+  c.dispatch_format = DispatchFormat::kTokenDType;
+  c.ResolveAlgorithm();
+  EXPECT_EQ(c.algorithm, Algorithm::kLowLatency) << "an explicit choice stays";
 }
 
 TEST(GroupConfigTest, RejectsEachBadFieldByName) {

@@ -14,7 +14,7 @@ namespace {
 
 constexpr int kHidden = 8;
 
-GroupConfig TinyConfig(Layout layout) {
+GroupConfig TinyConfig(Layout layout, Algorithm algorithm = Algorithm::kLowLatency) {
   GroupConfig c;
   c.name = "tiny";
   c.ranks = {0, 1};
@@ -24,13 +24,14 @@ GroupConfig TinyConfig(Layout layout) {
   c.top_k = 2;
   c.dtype = DType::kFp32;
   c.layout = layout;
+  c.algorithm = algorithm;
   return c;
 }
 
 // Rank 0 has 3 tokens routed {1,2}, {3,-1}, {0,2}; rank 1 has 2 tokens routed {2,0}, {-1,-1}.
 struct Fixture {
-  explicit Fixture(Layout output_layout)
-      : config(TinyConfig(output_layout)), layout(ComputeHandleLayout(config)) {
+  explicit Fixture(Layout output_layout, Algorithm algorithm = Algorithm::kLowLatency)
+      : config(TinyConfig(output_layout, algorithm)), layout(ComputeHandleLayout(config)) {
     const std::vector<std::vector<int32_t>> ids = {{1, 2, 3, -1, 0, 2}, {2, 0, -1, -1}};
     const std::vector<int> tokens = {3, 2};
     for (int r = 0; r < 2; ++r) {
@@ -188,6 +189,96 @@ TEST(ReferenceOpsTest, RankMajorCombineAddsEachRankOnceUnweighted) {
   // Token 0 reaches ranks 0 and 1, token 1 only rank 1, token 2 both.
   const float copies[3] = {2.0f, 1.0f, 2.0f};
   for (int t = 0; t < 3; ++t) EXPECT_EQ(out[t * kHidden + 5], copies[t] * (10.0f * t + 5));
+}
+
+// High-throughput on the same routing. Rank 0 (experts 0, 1) receives (s0,t0), (s0,t2),
+// (s1,t0); rank 1 (experts 2, 3) receives (s0,t0), (s0,t1), (s0,t2), (s1,t0).
+Fixture HighThroughput() { return Fixture(Layout::kExpertMajor, Algorithm::kHighThroughput); }
+
+TEST(ReferenceOpsTest, HighThroughputRowsArePackedBySourceRankThenToken) {
+  Fixture f = HighThroughput();
+  f.DispatchAll();
+  ReceiveBuffers r0 = f.Out(0);
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_rank_counts, r0.recv_rank_counts + 2),
+            (std::vector<int32_t>{2, 1}));
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_rank_offsets, r0.recv_rank_offsets + 2),
+            (std::vector<int32_t>{0, 2}));
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_src, r0.recv_src + 6),
+            (std::vector<int32_t>{0, 0, 0, 2, 1, 0}));
+  EXPECT_EQ(f.Row(0, 0)[3], 3.0f);
+  EXPECT_EQ(f.Row(0, 1)[3], 23.0f);
+  EXPECT_EQ(f.Row(0, 2)[3], 103.0f);
+  // Local expert ids where the expert lives here, k positions kept; weights 0 elsewhere.
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_topk_idx, r0.recv_topk_idx + 6),
+            (std::vector<int32_t>{1, -1, 0, -1, -1, 0}));
+  EXPECT_EQ(std::vector<float>(r0.recv_topk_weights, r0.recv_topk_weights + 6),
+            (std::vector<float>{0.25f, 0.0f, 1.25f, 0.0f, 0.0f, 0.5f}));
+  // Gather list: expert 0 <- rows 1, 2; expert 1 <- row 0.
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_counts, r0.recv_counts + 2), (std::vector<int32_t>{2, 1}));
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_offsets, r0.recv_offsets + 3),
+            (std::vector<int32_t>{0, 2, 3}));
+  EXPECT_EQ(std::vector<int32_t>(r0.expert_rows, r0.expert_rows + 3),
+            (std::vector<int32_t>{1, 2, 0}));
+  // Rows past the total are not written (0x7f filler stays).
+  EXPECT_EQ(std::to_integer<int>(
+                static_cast<const std::byte*>(r0.recv_x)[3 * kHidden * sizeof(float)]),
+            0x7f);
+
+  ReceiveBuffers r1 = f.Out(1);
+  EXPECT_EQ(std::vector<int32_t>(r1.recv_rank_counts, r1.recv_rank_counts + 2),
+            (std::vector<int32_t>{3, 1}));
+  EXPECT_EQ(std::vector<int32_t>(r1.recv_rank_offsets, r1.recv_rank_offsets + 2),
+            (std::vector<int32_t>{0, 3}));
+  EXPECT_EQ(std::vector<int32_t>(r1.recv_topk_idx, r1.recv_topk_idx + 8),
+            (std::vector<int32_t>{-1, 0, 1, -1, -1, 0, 0, -1}));
+  EXPECT_EQ(std::vector<int32_t>(r1.recv_offsets, r1.recv_offsets + 3),
+            (std::vector<int32_t>{0, 3, 4}));
+  EXPECT_EQ(std::vector<int32_t>(r1.expert_rows, r1.expert_rows + 4),
+            (std::vector<int32_t>{0, 2, 3, 1}));
+  // Each destination rank once per token, at the packed row; rank 1's rows follow rank 0's.
+  EXPECT_EQ(f.ranks[0].slots, (std::vector<int32_t>{0, 0, 1, -1, 1, 2}));
+  EXPECT_EQ(std::vector<int32_t>(f.ranks[1].slots.begin(), f.ranks[1].slots.begin() + 4),
+            (std::vector<int32_t>{3, 2, -1, -1}));
+}
+
+TEST(ReferenceOpsTest, HighThroughputGatherListsARowOncePerExpert) {
+  Fixture f = HighThroughput();
+  const int32_t twice[6] = {1, 1, -1, -1, -1, -1};  // token 0 selects expert 1 at k 0 and 1
+  ASSERT_TRUE(BindRouting(f.config, twice, DType::kInt32, nullptr, 3, f.ranks[0].topk.data(),
+                          f.ranks[0].norm_weights.data(), f.ranks[0].counts.data())
+                  .ok());
+  f.DispatchAll();
+  ReceiveBuffers r0 = f.Out(0);
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_topk_idx, r0.recv_topk_idx + 2),
+            (std::vector<int32_t>{1, 1}));
+  EXPECT_EQ(std::vector<int32_t>(r0.recv_counts, r0.recv_counts + 2), (std::vector<int32_t>{1, 1}));
+  EXPECT_EQ(std::vector<int32_t>(r0.expert_rows, r0.expert_rows + 2),
+            (std::vector<int32_t>{1, 0}));
+  EXPECT_EQ(f.ranks[0].slots, (std::vector<int32_t>{0, -1, -1, -1, -1, -1}));
+}
+
+TEST(ReferenceOpsTest, HighThroughputCapacityOverflowNamesTheRankAndRows) {
+  Fixture f = HighThroughput();
+  f.config.recv_capacity = 3;  // rank 1 receives 4 rows
+  Status status = CheckCapacity(f.config, f.sources);
+  EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(status.message(),
+            "group 'tiny': group rank 1 would receive 4 rows, more than recv_capacity=3");
+  f.config.recv_capacity = 4;
+  EXPECT_TRUE(CheckCapacity(f.config, f.sources).ok());
+}
+
+TEST(ReferenceOpsTest, HighThroughputCombineAddsEachRankOnceUnweighted) {
+  Fixture f = HighThroughput();
+  f.DispatchAll();
+  std::vector<const void*> expert_out = {f.Out(0).recv_x, f.Out(1).recv_x};
+  std::vector<float> out(3 * kHidden);
+  Combine(f.config, f.sources[0], f.ranks[0].slots.data(), expert_out, out.data());
+  const float copies[3] = {2.0f, 1.0f, 2.0f};
+  for (int t = 0; t < 3; ++t) EXPECT_EQ(out[t * kHidden + 5], copies[t] * (10.0f * t + 5));
+  Combine(f.config, f.sources[1], f.ranks[1].slots.data(), expert_out, out.data());
+  EXPECT_EQ(out[5], 2.0f * 105.0f);
+  EXPECT_EQ(out[kHidden + 5], 0.0f);  // all -1: nothing contributes
 }
 
 // FP8 dispatch on the same routing, H = 256 (two scale blocks): every received row is the

@@ -79,6 +79,11 @@ ReceiveBuffers ReceiveBuffersAt(void* base, const HandleLayout& h) {
   b.recv_counts = reinterpret_cast<int32_t*>(at(h.recv_counts_offset, h.recv_counts_bytes));
   b.recv_offsets = reinterpret_cast<int32_t*>(at(h.recv_offsets_offset, h.recv_offsets_bytes));
   b.recv_scales = at(h.recv_scales_offset, h.recv_scales_bytes);
+  b.recv_rank_counts =
+      reinterpret_cast<int32_t*>(at(h.recv_rank_counts_offset, h.recv_rank_counts_bytes));
+  b.recv_rank_offsets =
+      reinterpret_cast<int32_t*>(at(h.recv_rank_offsets_offset, h.recv_rank_offsets_bytes));
+  b.expert_rows = reinterpret_cast<int32_t*>(at(h.expert_rows_offset, h.expert_rows_bytes));
   return b;
 }
 
@@ -109,6 +114,17 @@ Status BindRouting(const GroupConfig& c, const void* topk_idx, DType idx_dtype,
 }
 
 Status CheckCapacity(const GroupConfig& c, const std::vector<SourceRank>& ranks) {
+  if (c.high_throughput()) {
+    const std::vector<int64_t> rows = RowsPerDestination(c, ranks);
+    for (int d = 0; d < c.world_size(); ++d) {
+      if (rows[d] > c.recv_row_capacity()) {
+        return ResourceExhaustedError(
+            "group '{}': group rank {} would receive {} rows, more than recv_capacity={}", c.name,
+            d, rows[d], c.recv_row_capacity());
+      }
+    }
+    return OkStatus();
+  }
   if (c.layout != Layout::kExpertMajor) return OkStatus();  // rank-major has a slot per token
   for (int e = 0; e < c.experts; ++e) {
     const int64_t total = SelectionsBefore(ranks, c.world_size(), e);
@@ -123,6 +139,7 @@ Status CheckCapacity(const GroupConfig& c, const std::vector<SourceRank>& ranks)
 
 void DispatchReceive(const GroupConfig& c, int d, const std::vector<SourceRank>& ranks,
                      const ReceiveBuffers& out) {
+  if (c.high_throughput()) return DispatchReceiveHighThroughput(c, d, ranks, out);
   const int R = c.world_size(), L = c.local_experts(), K = c.top_k, T = c.max_tokens_per_rank;
   if (c.layout == Layout::kExpertMajor) {
     const std::vector<int32_t> offsets = ExpertOffsets(c, d, ranks);
@@ -182,6 +199,7 @@ void DispatchReceive(const GroupConfig& c, int d, const std::vector<SourceRank>&
 
 void ComputeSlots(const GroupConfig& c, int s, const std::vector<SourceRank>& ranks,
                   int32_t* slot) {
+  if (c.high_throughput()) return ComputeSlotsHighThroughput(c, s, ranks, slot);
   const int L = c.local_experts(), K = c.top_k, T = c.max_tokens_per_rank;
   const SourceRank& me = ranks[s];
   if (c.layout == Layout::kExpertMajor) {
@@ -223,7 +241,8 @@ void Combine(const GroupConfig& c, const SourceRank& me, const int32_t* slot,
              const std::vector<const void*>& expert_out, void* out) {
   const int K = c.top_k, H = c.hidden;
   const size_t row_bytes = RowBytes(c);
-  const bool weighted = c.layout == Layout::kExpertMajor;
+  // Rank-major and high-throughput rows were pre-reduced by the frontend: weight 1.
+  const bool weighted = c.layout == Layout::kExpertMajor && !c.high_throughput();
   std::vector<float> acc(H);
   for (int t = 0; t < me.num_tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.0f);

@@ -13,6 +13,10 @@
 //    acc = acc + w * z with two roundings (never a fused multiply-add), stored in the token
 //    dtype with round-to-nearest-even. Rank-major counts each destination rank once, at the
 //    first k that selects it, with weight 1 (the frontend pre-reduced that row).
+//  - high-throughput: on rank d, rows packed source-rank-major (for s ascending, for t
+//    ascending, one row when any of t's experts lives on d), recv_topk_idx holding local ids;
+//    per local expert the rows selecting it ascending in expert_rows; combine as rank-major
+//    (weight 1, first k per destination rank) with the packed row as slot.
 //  - fp8 dispatch: a received row is QuantizeRowE4m3 of the source's bf16 token (common/fp8.h),
 //    or, when the source passed pre-quantized x and x_scales, a byte copy of both; absent
 //    rank-major rows have zero bytes in recv_x and recv_scales.
@@ -46,6 +50,9 @@ struct ReceiveBuffers {
   int32_t* recv_counts = nullptr;
   int32_t* recv_offsets = nullptr;
   void* recv_scales = nullptr;  // fp8 dispatch
+  int32_t* recv_rank_counts = nullptr;   // high-throughput
+  int32_t* recv_rank_offsets = nullptr;  // high-throughput
+  int32_t* expert_rows = nullptr;        // high-throughput
 };
 ReceiveBuffers ReceiveBuffersAt(void* exported_base, const HandleLayout& layout);
 
@@ -55,7 +62,8 @@ Status BindRouting(const GroupConfig& config, const void* topk_idx, DType idx_dt
                    const float* weights, int num_tokens, int32_t* topk_out, float* weights_out,
                    int32_t* expert_counts_out);
 
-// RESOURCE_EXHAUSTED naming the expert when the selections of all ranks exceed its capacity.
+// RESOURCE_EXHAUSTED naming the expert when the selections of all ranks exceed its capacity;
+// high-throughput: naming the first rank whose packed rows exceed recv_capacity.
 Status CheckCapacity(const GroupConfig& config, const std::vector<SourceRank>& ranks);
 
 // Fills rank d's receive buffers from every source rank.
@@ -70,5 +78,16 @@ void ComputeSlots(const GroupConfig& config, int source_rank, const std::vector<
 // Combine on rank r: expert_out[d] is rank d's expert output [recv_rows, H].
 void Combine(const GroupConfig& config, const SourceRank& me, const int32_t* slot,
              const std::vector<const void*>& expert_out, void* out);
+
+// High-throughput helpers (reference_high_throughput.cc), also used by the GPU tests.
+// Rows source `src` sends to rank d: its tokens with at least one expert on d.
+int64_t RowsTo(const GroupConfig& config, const SourceRank& src, int dest_rank);
+// Total rows every rank would receive, per destination rank.
+std::vector<int64_t> RowsPerDestination(const GroupConfig& config,
+                                        const std::vector<SourceRank>& ranks);
+void DispatchReceiveHighThroughput(const GroupConfig& config, int dest_rank,
+                                   const std::vector<SourceRank>& ranks, const ReceiveBuffers& out);
+void ComputeSlotsHighThroughput(const GroupConfig& config, int source_rank,
+                                const std::vector<SourceRank>& ranks, int32_t* slot_out);
 
 }  // namespace epd::reference

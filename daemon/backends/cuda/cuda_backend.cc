@@ -230,7 +230,7 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
     group->sm_count_ = std::min(group->sm_count_, rank.sm_count);
     EPD_ASSIGN_OR_RETURN(auto sync, CudaExportedMemory::Create(
                                         config.ranks[r], rank.device,
-                                        kernels::SyncAreaBytes(R, config.experts), allocations_,
+                                        kernels::SyncAreaBytes(R, InboxExperts(config)), allocations_,
                                         rank.setup_stream->get()));
     group->sync_.push_back(std::move(sync));
     EPD_ASSIGN_OR_RETURN(auto table, DeviceMemory::Create(rank.device, sizeof(kernels::PeerTable),
@@ -305,6 +305,7 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   buffers.recv_topk_weights =
       handle->recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
   buffers.recv_scales = handle->recv<char>(l.recv_scales_offset, l.recv_scales_bytes);
+  buffers.expert_rows = handle->recv<int32_t>(l.expert_rows_offset, l.expert_rows_bytes);
   const size_t entry =
       offsetof(kernels::PeerTable, handles) +
       (static_cast<size_t>(slot) * kernels::kMaxRanks + group_rank) * sizeof(kernels::PeerBuffers);

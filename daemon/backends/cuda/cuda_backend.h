@@ -23,8 +23,9 @@
 //  - Complete(handle) reports the errors of every op enqueued on the handle's node rank since
 //    the previous Complete() on that rank (the stream is per rank), in op order.
 //  - Groups and handles must be destroyed before the backend.
-// Not yet: node-spanning groups (the NCCL communicator exists but is unused), a separate
-// high-throughput path (Algorithm::kHighThroughput runs the low-latency kernels), replaying
+// High-throughput groups run kernels/ht_dispatch.cuh and the combine kernel on their packed
+// rows, on at most sm_budget blocks; they have no frontend-launched path yet.
+// Not yet: node-spanning groups (the NCCL communicator exists but is unused), replaying
 // the collectives from a CUDA graph (each launch carries its op sequence number).
 #pragma once
 

@@ -38,6 +38,11 @@ struct RankState {
   std::unique_ptr<CompletionThread> completion;
 };
 
+// The core checks tensors before ops reach a backend; callers that drive the backend directly
+// (GPU tests, the bench) get the same protection against a short or mistyped tensor.
+Status CheckTokenRows(const TensorView& t, const GroupConfig& c, int n, std::string_view op,
+                      std::string_view field);
+
 class CudaBackend final : public Backend {
  public:
   static StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options);
@@ -78,6 +83,8 @@ class CudaBackend final : public Backend {
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
+  // Dispatch of a high-throughput group (cuda_ht_ops.cc), op `seq` already taken.
+  Status DispatchHighThroughput(CudaHandle& handle, uint64_t seq, const DispatchArgs& args);
   // Marks op `seq` of `handle`'s rank abandoned on its stream (peers fail it at once).
   void AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
   // Copies `bytes` into every group rank's PeerTable at `offset`, synchronously.

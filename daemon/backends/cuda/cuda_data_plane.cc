@@ -19,6 +19,12 @@ StatusOr<DataPlaneExport> CudaBackend::ExportDataPlane(BackendGroup& g, BackendH
   if (handle == nullptr || handle->group_ != &group) {
     return InvalidArgumentError("group '{}': not one of its handles", group.config_.name);
   }
+  if (group.config_.high_throughput()) {
+    return FailedPreconditionError(
+        "group '{}': algorithm = high_throughput has no frontend-launched path yet; use the "
+        "daemon's streams (the default data path) for this group",
+        group.config_.name);
+  }
   const HandlePrivateLayout& p = handle->private_layout_;
   DataPlaneExport out;
   out.private_region = handle->private_->Describe();

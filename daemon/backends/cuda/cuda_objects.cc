@@ -7,6 +7,7 @@
 
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
+#include "kernels/ht_dispatch.cuh"
 
 namespace epd::cuda {
 
@@ -53,8 +54,17 @@ HandlePrivateLayout ComputePrivateLayout(const GroupConfig& c) {
   p.slot = place(selections * sizeof(int32_t));
   p.local_rank = place(selections * sizeof(int32_t));
   p.bound_tokens = place(sizeof(int32_t));
+  if (c.high_throughput()) {
+    const HandleLayout layout = ComputeHandleLayout(c);
+    p.dest_row = place(layout.dest_row_bytes);
+    p.dest_counts = place(layout.dest_counts_bytes);
+  }
   p.bytes = cursor;
   return p;
+}
+
+int InboxExperts(const GroupConfig& c) {
+  return c.high_throughput() ? kernels::HtInboxExperts(c.experts, c.world_size()) : c.experts;
 }
 
 uint64_t CudaGroup::RealignSequences() {

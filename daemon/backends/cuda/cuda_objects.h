@@ -108,8 +108,11 @@ class CudaGroup : public BackendGroup {
 struct HandlePrivateLayout {
   size_t topk_idx = 0, topk_weights = 0, expert_counts = 0, slot = 0, local_rank = 0,
          bound_tokens = 0, bytes = 0;
+  size_t dest_row = 0, dest_counts = 0;  // high-throughput only (kernels/routing.cuh)
 };
 HandlePrivateLayout ComputePrivateLayout(const GroupConfig& config);
+// Entries per source of a group's SyncArea inbox, before n and the handle slot.
+int InboxExperts(const GroupConfig& config);
 
 class CudaHandle : public BackendHandle {
  public:

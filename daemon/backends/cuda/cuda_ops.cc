@@ -25,8 +25,8 @@ bool IsShape(const TensorView& t, int64_t rows, int64_t cols) {
   return t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols;
 }
 
-// The core checks tensors before ops reach a backend; callers that drive the backend directly
-// (GPU tests, the bench) get the same protection against a short or mistyped tensor.
+}  // namespace
+
 Status CheckTokenRows(const TensorView& t, const GroupConfig& c, int n, std::string_view op,
                       std::string_view field) {
   if (t.dtype != c.dtype || t.shape.size() != 2 || t.shape[0] < n || t.shape[1] != c.hidden ||
@@ -36,8 +36,6 @@ Status CheckTokenRows(const TensorView& t, const GroupConfig& c, int n, std::str
   }
   return OkStatus();
 }
-
-}  // namespace
 
 Status CudaBackend::WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) {
   EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
@@ -109,6 +107,12 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   params.local_rank = handle.priv<int32_t>(p.local_rank);
   params.slot = handle.priv<int32_t>(p.slot);
   params.bound_tokens = handle.priv<int32_t>(p.bound_tokens);
+  params.high_throughput = c.high_throughput();
+  params.world_size = c.world_size();
+  if (c.high_throughput()) {
+    params.dest_row = handle.priv<int32_t>(p.dest_row);
+    params.dest_counts = handle.priv<int32_t>(p.dest_counts);
+  }
   params.error = ClaimRecord(handle.node_rank_, PendingOp{0, "update", handle.group_->name_,
                                                           handle.group_rank_, 0, nullptr});
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, rank.stream->get()));
@@ -146,6 +150,7 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   const int group_rank = me.group_rank_;
   // The op takes its number even when its arguments are rejected: the peers learn at once.
   const uint64_t seq = group.NextSeq(group_rank);
+  if (c.high_throughput()) return DispatchHighThroughput(me, seq, args);
   const int n = me.num_tokens();
   kernels::DispatchParams params;
   if (Status bad = SetDispatchPayload(c, args, n, &params); !bad.ok()) {
@@ -212,7 +217,9 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.local_experts = c.local_experts();
   params.hidden = c.hidden;
   params.token_type = kernels::TokenTypeOf(c.dtype);
-  params.rank_major = c.layout == Layout::kRankMajor;
+  // High-throughput rows are pre-reduced per destination rank like rank-major ones.
+  params.rank_major = c.layout == Layout::kRankMajor || c.high_throughput();
+  params.experts = InboxExperts(c);
   params.recv_rows = static_cast<int64_t>(me.layout_.recv_rows);
   params.topk_idx = me.priv<int32_t>(p.topk_idx);
   params.topk_weights = me.priv<float>(p.topk_weights);
@@ -230,8 +237,11 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.error = ClaimRecord(me.node_rank_,
                              PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
   const int64_t row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
+  const int max_blocks = c.high_throughput()
+                             ? std::min(group.max_blocks_, c.effective_sm_budget())
+                             : group.max_blocks_;
   EPD_CUDA_CHECK(kernels::LaunchCombine(
-      params, kernels::CombineBlocks(row_bytes, n, group.max_blocks_), rank.stream->get()));
+      params, kernels::CombineBlocks(row_bytes, n, max_blocks), rank.stream->get()));
   return OkStatus();
 }
 

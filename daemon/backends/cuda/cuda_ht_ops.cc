@@ -1,0 +1,67 @@
+// The high-throughput dispatch launch of the cuda backend (kernels/ht_dispatch.cuh): the
+// routing plan bound by UpdateHandle, this rank's exported metadata, at most sm_budget blocks.
+// Combine of these groups is the shared combine kernel (cuda_ops.cc) on the packed rows.
+#include <algorithm>
+
+#include "daemon/backends/cuda/cuda_backend_impl.h"
+#include "common/cuda_check.h"
+#include "kernels/ht_dispatch.cuh"
+
+namespace epd::cuda {
+
+Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
+                                           const DispatchArgs& args) {
+  CudaGroup& group = *me.group_;
+  const GroupConfig& c = group.config_;
+  const int n = me.num_tokens();
+  Status bad = CheckTokenRows(args.x, c, n, "dispatch", "x");
+  if (bad.ok() && args.x_scales.data != nullptr) {
+    bad = InvalidArgumentError("dispatch of group '{}': x_scales is set, but the group "
+                               "dispatches {}",
+                               c.name, DTypeName(c.dtype));
+  }
+  if (!bad.ok()) {
+    AbandonOp(me, seq, CollectiveKind::kDispatch, bad);
+    return bad;
+  }
+  RankState& rank = *ranks_[me.node_rank_];
+  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  const HandlePrivateLayout& p = me.private_layout_;
+  const HandleLayout& l = me.layout_;
+  kernels::HtDispatchParams params;
+  params.world_size = c.world_size();
+  params.rank = me.group_rank_;
+  params.experts = c.experts;
+  params.local_experts = c.local_experts();
+  params.top_k = c.top_k;
+  params.max_tokens = c.max_tokens_per_rank;
+  params.recv_capacity = c.recv_row_capacity();
+  params.row_bytes = static_cast<int64_t>(c.recv_row_bytes());
+  params.x = args.x.data;
+  params.topk_idx = me.priv<int32_t>(p.topk_idx);
+  params.topk_weights = me.priv<float>(p.topk_weights);
+  params.expert_counts = me.priv<int32_t>(p.expert_counts);
+  params.local_rank = me.priv<int32_t>(p.local_rank);
+  params.dest_row = me.priv<int32_t>(p.dest_row);
+  params.dest_counts = me.priv<int32_t>(p.dest_counts);
+  params.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  params.slot = me.priv<int32_t>(p.slot);
+  params.recv_rank_counts = me.recv<int32_t>(l.recv_rank_counts_offset, l.recv_rank_counts_bytes);
+  params.recv_rank_offsets =
+      me.recv<int32_t>(l.recv_rank_offsets_offset, l.recv_rank_offsets_bytes);
+  params.recv_counts = me.recv<int32_t>(l.recv_counts_offset, l.recv_counts_bytes);
+  params.recv_offsets = me.recv<int32_t>(l.recv_offsets_offset, l.recv_offsets_bytes);
+  params.peers = group.peer_table(me.group_rank_);
+  params.handle_slot = me.slot_;
+  params.abort = group.abort_word();
+  params.seq = seq;
+  params.timeout_ns = timeout_ns();
+  params.error = ClaimRecord(
+      me.node_rank_, PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
+  // The SM budget bounds the grid: one block per SM keeps the other SMs for the frontend.
+  const int blocks = std::max(1, std::min(group.max_blocks_, c.effective_sm_budget()));
+  EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, blocks, rank.stream->get()));
+  return OkStatus();
+}
+
+}  // namespace epd::cuda

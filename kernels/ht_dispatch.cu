@@ -1,0 +1,270 @@
+#include <climits>
+#include <cub/block/block_scan.cuh>
+
+#include "common/limits.h"
+#include "kernels/ht_dispatch.cuh"
+#include "kernels/internal/count_exchange.cuh"
+#include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/preload.cuh"
+
+namespace epd::kernels {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kExpertsPerThread = 8;
+using ExpertScan = cub::BlockScan<int, kThreads>;
+static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
+static_assert(kThreads * kExpertsPerThread >= epd::kMaxExperts,
+              "the one-block expert scan must cover GroupConfig's expert limit");
+static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");
+static_assert(kMaxRanks <= kThreads, "one leader thread per destination rank");
+
+__device__ __forceinline__ SyncArea* SyncOf(const HtDispatchParams& p, int rank) {
+  return detail::AsSync(p.peers->sync[rank]);
+}
+__device__ __forceinline__ int InboxExperts(const HtDispatchParams& p) {
+  return HtInboxExperts(p.experts, p.world_size);
+}
+// Inbox entry e of source s, once the leader saw it complete (plain L2 load: peers write it
+// again only in the next dispatch).
+__device__ __forceinline__ int InboxCount(const HtDispatchParams& p, int s, int e) {
+  const uint64_t* inbox = detail::SyncInbox(SyncOf(p, p.rank), InboxExperts(p));
+  return static_cast<int>(
+      static_cast<uint32_t>(__ldcg(inbox + s * SyncInboxStride(InboxExperts(p)) + e)));
+}
+
+// Leader part 1: this rank's counts out to every peer, every peer's counts in. Returns false
+// (error written, peers told) when a wait failed.
+__device__ bool ExchangeCounts(const HtDispatchParams& p, int n, uint64_t seq) {
+  const int E = p.experts, X = InboxExperts(p);
+  return detail::ExchangeInbox<kThreads>(
+      p.peers, p.world_size, p.rank, X, seq, p.abort, p.timeout_ns, p.error,
+      // NOTE: by value: a reference to the kernel's parameters would copy them to local memory.
+      [E, X, n, experts = p.expert_counts, dests = p.dest_counts, slot = p.handle_slot](int e) {
+        return e < E ? experts[e] : e < X ? dests[e - E] : e == X ? n : slot;
+      });
+}
+
+// Leader part 2: base rows (bases[E + d]) and gather-list bases (bases[e]) of this source on
+// every destination, this rank's own receive metadata, the row capacity. Returns go flags.
+__device__ uint64_t Plan(const HtDispatchParams& p) {
+  __shared__ typename ExpertScan::TempStorage scan_storage;
+  __shared__ int prefix[kThreads * kExpertsPerThread];
+  __shared__ int first_overflow;
+  const int R = p.world_size, E = p.experts, L = p.local_experts;
+  int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
+  if (threadIdx.x == 0) first_overflow = INT_MAX;
+  __syncthreads();
+
+  // Rows: source-rank-major packing, so this rank's rows on d follow those of ranks < rank.
+  if (threadIdx.x < R) {
+    const int d = threadIdx.x;
+    int before = 0, total = 0;
+    for (int s = 0; s < R; ++s) {
+      const int c = InboxCount(p, s, E + d);
+      total += c;
+      if (s < p.rank) before += c;
+    }
+    bases[E + d] = before;
+    if (total > p.recv_capacity) atomicMin(&first_overflow, d);
+  }
+  if (threadIdx.x == 0) {
+    int row = 0;
+    for (int s = 0; s < R; ++s) {
+      const int c = InboxCount(p, s, E + p.rank);
+      p.recv_rank_offsets[s] = row;
+      p.recv_rank_counts[s] = c;
+      row += c;
+    }
+  }
+
+  // Gather lists: expert e's entries on its rank are ordered by source, then token.
+  int total[kExpertsPerThread], before[kExpertsPerThread];
+  for (int j = 0; j < kExpertsPerThread; ++j) {
+    const int e = threadIdx.x * kExpertsPerThread + j;
+    total[j] = before[j] = 0;
+    if (e >= E) continue;
+    for (int s = 0; s < R; ++s) {
+      const int c = InboxCount(p, s, e);
+      total[j] += c;
+      if (s < p.rank) before[j] += c;
+    }
+  }
+  int exclusive[kExpertsPerThread];
+  ExpertScan(scan_storage).ExclusiveSum(total, exclusive);
+  for (int j = 0; j < kExpertsPerThread; ++j) {
+    prefix[threadIdx.x * kExpertsPerThread + j] = exclusive[j];
+  }
+  __syncthreads();
+  for (int j = 0; j < kExpertsPerThread; ++j) {
+    const int e = threadIdx.x * kExpertsPerThread + j;
+    if (e >= E) continue;
+    const int d = e / L;
+    const int offset_in_dest = exclusive[j] - prefix[d * L];
+    bases[e] = offset_in_dest + before[j];
+    if (d == p.rank) {
+      p.recv_counts[e - d * L] = total[j];
+      p.recv_offsets[e - d * L] = offset_in_dest;
+      if (e - d * L == L - 1) p.recv_offsets[L] = offset_in_dest + total[j];
+    }
+  }
+  __syncthreads();
+  if (first_overflow == INT_MAX) return 0;
+  if (threadIdx.x == 0) {
+    const int d = first_overflow;
+    int rows = 0;
+    for (int s = 0; s < R; ++s) rows += InboxCount(p, s, E + d);
+    p.error->a = d;
+    p.error->b = rows;
+    p.error->c = p.recv_capacity;
+    p.error->value = 0;
+    p.error->value2 = 0;
+    p.error->code = kDeviceErrorRowCapacity;
+  }
+  return kGoSkipData;
+}
+
+__device__ void LoadDestinations(const HtDispatchParams& p, PeerBuffers* dest) {
+  for (int d = threadIdx.x; d < p.world_size; d += kThreads) {
+    const int slot = InboxCount(p, d, InboxExperts(p) + 1);
+    dest[d] = p.peers->handles[slot % kMaxHandleSlots][d];
+  }
+  __syncthreads();
+}
+
+// Combine rows of every selection: the packed row on the selection's rank at the first k
+// selecting that rank, else -1 (rank-major's rule on packed rows).
+__device__ void WriteSlots(const HtDispatchParams& p, int n, unsigned ticket) {
+  const int K = p.top_k, L = p.local_experts, R = p.world_size;
+  const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
+  for (int i = ticket * kThreads + threadIdx.x; i < n * K; i += gridDim.x * kThreads) {
+    const int t = i / K, k = i % K;
+    const int e = __ldg(p.topk_idx + i);
+    int row = -1;
+    if (e >= 0) {
+      bool first = true;
+      for (int j = 0; j < k && first; ++j) {
+        const int ej = __ldg(p.topk_idx + t * K + j);
+        first = !(ej >= 0 && ej / L == e / L);
+      }
+      if (first) row = __ldcg(bases + p.experts + e / L) + __ldg(p.dest_row + t * R + e / L);
+    }
+    p.slot[i] = row;
+  }
+}
+
+// Part `part` of token t's row, copied as row `row` of `peer`: kHtVectorsInFlight loads per
+// lane before their stores, so a warp keeps 4 KiB of NVLink traffic in flight.
+__device__ __forceinline__ void CopyPart(const HtDispatchParams& p, const PeerBuffers& peer,
+                                         int64_t row, int t, int part, int lane) {
+  const int vectors = static_cast<int>(p.row_bytes / 16);
+  const int first = part * kHtVectorsPerPart;
+  const int4* src = reinterpret_cast<const int4*>(static_cast<const char*>(p.x) + t * p.row_bytes);
+  int4* dst = reinterpret_cast<int4*>(static_cast<char*>(peer.recv_x) + row * p.row_bytes);
+  int4 v[kHtVectorsInFlight];
+#pragma unroll
+  for (int j = 0; j < kHtVectorsInFlight; ++j) {
+    const int at = first + j * 32 + lane;
+    if (at < vectors) v[j] = detail::LoadStreaming(src + at);
+  }
+#pragma unroll
+  for (int j = 0; j < kHtVectorsInFlight; ++j) {
+    const int at = first + j * 32 + lane;
+    if (at < vectors) dst[at] = v[j];
+  }
+}
+
+// A warp per (token, destination, part), tokens outermost so the parts of one row run side
+// by side; rows a token does not send (no expert on d) cost one load of dest_row.
+__device__ void CopyRows(const HtDispatchParams& p, const PeerBuffers* dest, int n,
+                         unsigned ticket) {
+  const int lane = threadIdx.x & 31;
+  const int K = p.top_k, L = p.local_experts, R = p.world_size;
+  const int vectors = static_cast<int>(p.row_bytes / 16);
+  const int parts = (vectors + kHtVectorsPerPart - 1) / kHtVectorsPerPart;
+  const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
+  const int64_t items = static_cast<int64_t>(n) * R * parts;
+  for (int64_t item = static_cast<int64_t>(ticket) * kWarps + (threadIdx.x >> 5); item < items;
+       item += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int part = static_cast<int>(item % parts);
+    const int d = static_cast<int>((item / parts) % R);
+    const int t = static_cast<int>(item / (static_cast<int64_t>(parts) * R));
+    const int dest_row = __ldg(p.dest_row + t * R + d);
+    if (dest_row < 0) continue;
+    const int64_t row = __ldcg(bases + p.experts + d) + dest_row;
+    const PeerBuffers& peer = dest[d];
+    CopyPart(p, peer, row, t, part, lane);
+    if (part != 0) continue;
+    if (lane == 0) {
+      peer.recv_src[row * 2 + 0] = p.rank;
+      peer.recv_src[row * 2 + 1] = t;
+    }
+    if (lane < K) {
+      const int i = t * K + lane;
+      const int e = __ldg(p.topk_idx + i);
+      const bool here = e >= 0 && e / L == d;
+      peer.recv_topk_idx[row * K + lane] = here ? e - d * L : -1;
+      peer.recv_topk_weights[row * K + lane] = here ? __ldg(p.topk_weights + i) : 0.0f;
+      const int rank_in_expert = here ? __ldg(p.local_rank + i) : -1;
+      if (rank_in_expert >= 0) {  // -1: a repeat of the expert in this token, listed once
+        peer.expert_rows[__ldcg(bases + e) + rank_in_expert] = static_cast<int32_t>(row);
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchParams p) {
+  __shared__ PeerBuffers dest[kMaxRanks];
+  SyncArea* me = SyncOf(p, p.rank);
+  // Daemon streams only (host-numbered: seq != 0), never device-numbered.
+  const auto [ticket, seq] = detail::StartOp(me, seq, /*floor=*/0);
+  const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
+  uint64_t flags;
+  if (ticket == 0) {
+    flags = kGoAbort;
+    if (ExchangeCounts(p, n, seq)) flags = Plan(p);
+    detail::PublishGo(me, seq, flags);
+  } else {
+    flags = detail::AwaitGo(me, seq, p.timeout_ns);
+  }
+  if (!(flags & (kGoAbort | kGoSkipData))) {
+    LoadDestinations(p, dest);
+    WriteSlots(p, n, ticket);
+    CopyRows(p, dest, n, ticket);
+  }
+  if (!detail::FinishBlock(me, /*remote_stores=*/true, seq) || (flags & kGoAbort)) return;
+  if (threadIdx.x == 0) {
+    for (int d = 0; d < p.world_size; ++d) {
+      detail::StoreRelaxedSys(&SyncOf(p, d)->done[p.rank], seq);
+    }
+    for (int s = 0; s < p.world_size; ++s) {
+      uint64_t seen = 0;
+      const int why =
+          detail::WaitFlagAtLeast(&me->done[s], seq, p.timeout_ns, &seen, me, s, p.abort);
+      if (why != detail::kWaitOk) {
+        detail::ReportWaitFailure(p.error, why, kSyncPhaseDone, s, seq, seen, me);
+        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq,
+                                 why == detail::kWaitTimeout ? s : -1);
+        return;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchHtDispatch(const HtDispatchParams& params, int blocks, cudaStream_t stream) {
+  const int grid = blocks < 1 ? 1 : blocks;
+  HtDispatchKernel<<<grid, kThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+namespace detail {
+
+cudaError_t PreloadHtDispatchKernels() {
+  return LoadKernel(reinterpret_cast<const void*>(&HtDispatchKernel));
+}
+
+}  // namespace detail
+}  // namespace epd::kernels

@@ -1,0 +1,73 @@
+// High-throughput intra-node dispatch (docs/design.md §3, "High-throughput"): each token
+// crosses to a destination rank once, into rows packed by (source rank, source token), with
+// a per-local-expert gather list written by the sources at deterministic positions.
+//
+// Protocol (one kernel per rank, all ranks with the same seq; the sync primitives and the
+// SyncArea of the low-latency kernels):
+//  1. the leader block posts this rank's per-destination row counts and per-expert token
+//     counts (both bound by UpdateHandle, kernels/routing.cuh) into every peer's inbox and
+//     waits for every peer's; every rank then knows the whole R x R row matrix, so all ranks
+//     agree on a capacity overflow. It computes its packed base row on every destination,
+//     its base in each expert's gather list there, and its own receive metadata;
+//  2. at most sm_budget blocks copy rows: a warp per (token, destination, row part), 16-byte
+//     vectors with kHtVectorsInFlight loads in flight per lane, then the row's metadata, its
+//     gather-list entries and the combine slot;
+//  3. the last block fences at system scope, sets done on every destination and waits for
+//     every source's done: when the kernel ends this rank's receive buffers are complete.
+// Inbox entries per source (stride HtInboxExperts(E, R) + 2): [0, E) tokens per expert,
+// [E, E + R) rows per destination rank, then n and the handle slot (as the low-latency
+// layout puts them after its E entries, so combine's in-place path reads the slot alike).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/device_error.cuh"
+#include "kernels/sync_area.cuh"
+
+namespace epd::kernels {
+
+// The `experts` argument of SyncInboxStride / SyncAreaBytes for a high-throughput group.
+constexpr int HtInboxExperts(int experts, int ranks) { return experts + ranks; }
+
+// Bytes a lane keeps in flight: kHtVectorsInFlight 16-byte loads before their stores.
+constexpr int kHtVectorsInFlight = 8;
+// A warp copies a row in parts of this many vectors (32 lanes x kHtVectorsInFlight).
+constexpr int kHtVectorsPerPart = 32 * kHtVectorsInFlight;
+
+struct HtDispatchParams {
+  int world_size = 0;
+  int rank = 0;
+  int experts = 0;
+  int local_experts = 0;
+  int top_k = 0;
+  int max_tokens = 0;
+  int recv_capacity = 0;     // M rows per rank
+  int64_t row_bytes = 0;     // multiple of 16
+  const void* x = nullptr;   // [n, H]
+  const int32_t* topk_idx = nullptr;
+  const float* topk_weights = nullptr;
+  const int32_t* expert_counts = nullptr;  // [E] tokens per expert (once per token)
+  const int32_t* local_rank = nullptr;     // [T, K] index among this rank's tokens of expert
+  const int32_t* dest_row = nullptr;       // [T, R]
+  const int32_t* dest_counts = nullptr;    // [R]
+  const int32_t* bound_tokens = nullptr;
+  int32_t* slot = nullptr;  // [T, K] combine rows, written here
+  // This rank's own exported metadata.
+  int32_t* recv_rank_counts = nullptr;   // [R]
+  int32_t* recv_rank_offsets = nullptr;  // [R]
+  int32_t* recv_counts = nullptr;        // [L]
+  int32_t* recv_offsets = nullptr;       // [L + 1]
+  const PeerTable* peers = nullptr;
+  int handle_slot = 0;
+  const uint64_t* abort = nullptr;
+  uint64_t seq = 0;
+  uint64_t timeout_ns = 0;
+  DeviceError* error = nullptr;
+};
+
+// blocks: the SM budget (>= 1; the kernel strides over its work). 512 threads each.
+cudaError_t LaunchHtDispatch(const HtDispatchParams& params, int blocks, cudaStream_t stream);
+
+}  // namespace epd::kernels
