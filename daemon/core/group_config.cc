@@ -3,13 +3,28 @@
 #include <algorithm>
 #include <set>
 
+#include <fmt/ranges.h>
+
 #include "common/limits.h"
 
 namespace epd {
 
 int GroupConfig::GroupRankOf(int node_rank) const {
-  auto it = std::find(ranks.begin(), ranks.end(), node_rank);
+  const int wanted = spans_nodes ? span.node * span.ranks_per_node + node_rank : node_rank;
+  if (spans_nodes && (node_rank < 0 || node_rank >= span.ranks_per_node)) return -1;
+  auto it = std::find(ranks.begin(), ranks.end(), wanted);
   return it == ranks.end() ? -1 : static_cast<int>(it - ranks.begin());
+}
+
+int GroupConfig::NodeRankOf(int group_rank) const {
+  if (group_rank < 0 || group_rank >= world_size()) return -1;
+  if (!spans_nodes) return ranks[group_rank];
+  return NodeOf(group_rank) == span.node ? ranks[group_rank] % span.ranks_per_node : -1;
+}
+
+int GroupConfig::NodeOf(int group_rank) const {
+  if (!spans_nodes || span.ranks_per_node <= 0) return 0;
+  return ranks[group_rank] / span.ranks_per_node;
 }
 
 Status GroupConfig::Validate(int node_ranks) const {
@@ -17,8 +32,25 @@ Status GroupConfig::Validate(int node_ranks) const {
   if (name.size() > 128) return InvalidArgumentError("group.name is longer than 128 characters");
   if (ranks.empty()) return InvalidArgumentError("group '{}': ranks must not be empty", name);
   std::set<int> seen;
+  if (spans_nodes && span.nodes < 2) {
+    return FailedPreconditionError(
+        "group '{}': spans_nodes needs a multi-node deployment ([cluster] nodes >= 2), but this "
+        "daemon runs alone",
+        name);
+  }
+  if (spans_nodes && span.ranks_per_node != node_ranks) {
+    return InvalidArgumentError("group '{}': the cluster's ranks per node ({}) differ from this "
+                                "node's ranks ({})",
+                                name, span.ranks_per_node, node_ranks);
+  }
+  const int rank_bound = spans_nodes ? span.nodes * span.ranks_per_node : node_ranks;
   for (int r : ranks) {
-    if (r < 0 || r >= node_ranks) {
+    if (spans_nodes && (r < 0 || r >= rank_bound)) {
+      return InvalidArgumentError(
+          "group '{}': global rank {} is outside the cluster's ranks [0, {}) ({} nodes x {})",
+          name, r, rank_bound, span.nodes, span.ranks_per_node);
+    }
+    if (r < 0 || r >= rank_bound) {
       return InvalidArgumentError("group '{}': rank {} is outside the node's ranks [0, {})", name,
                                   r, node_ranks);
     }
@@ -81,7 +113,7 @@ Status GroupConfig::Validate(int node_ranks) const {
 }
 
 bool GroupConfig::SameShape(const GroupConfig& o) const {
-  return ranks == o.ranks && experts == o.experts && hidden == o.hidden &&
+  return ranks == o.ranks && spans_nodes == o.spans_nodes && experts == o.experts && hidden == o.hidden &&
          max_tokens_per_rank == o.max_tokens_per_rank && top_k == o.top_k && dtype == o.dtype &&
          algorithm == o.algorithm && layout == o.layout && capacity() == o.capacity() &&
          dispatch_format == o.dispatch_format &&
@@ -91,9 +123,12 @@ bool GroupConfig::SameShape(const GroupConfig& o) const {
 std::string GroupConfig::ToString() const {
   const std::string payload =
       fp8_dispatch() ? fmt::format(" dispatch fp8_e4m3/{}", ScaleFormatName(scale_format)) : "";
-  return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {}{} {} {})", name, world_size(),
-                     experts, hidden, max_tokens_per_rank, top_k, capacity(), DTypeName(dtype),
-                     payload, LayoutName(layout), AlgorithmName(algorithm));
+  const std::string spanning =
+      spans_nodes ? fmt::format(" global ranks [{}]", fmt::join(ranks, ",")) : "";
+  return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {}{} {} {}{})", name,
+                     world_size(), experts, hidden, max_tokens_per_rank, top_k, capacity(),
+                     DTypeName(dtype), payload, LayoutName(layout), AlgorithmName(algorithm),
+                     spanning);
 }
 
 HandleLayout ComputeHandleLayout(const GroupConfig& c) {

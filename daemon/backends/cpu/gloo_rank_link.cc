@@ -1,0 +1,185 @@
+#include "daemon/backends/cpu/gloo_rank_link.h"
+
+#include <gloo/rendezvous/context.h>
+#include <gloo/transport/unbound_buffer.h>
+
+#include <charconv>
+#include <cstring>
+#include <exception>
+
+#include "daemon/backends/cpu/gloo_store.h"
+#include "daemon/core/log.h"
+
+namespace epd {
+namespace {
+
+StatusOr<int64_t> ParseGeneration(const std::optional<std::string>& text) {
+  int64_t value = 0;
+  if (text.has_value()) std::from_chars(text->data(), text->data() + text->size(), value);
+  return value;
+}
+
+}  // namespace
+
+GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
+                           std::shared_ptr<gloo::transport::Device> device, bool restarted_node)
+    : config_(config), rank_(group_rank), cluster_(cluster), device_(std::move(device)),
+      restarted_node_(restarted_node) {}
+
+GlooRankLink::~GlooRankLink() = default;
+
+std::string GlooRankLink::GenerationKey() const {
+  return fmt::format("epd/group/{}/generation", config_.name);
+}
+
+std::string GlooRankLink::FormedKey(int64_t generation, int node) const {
+  return fmt::format("epd/group/{}/g{}/formed/node{}", config_.name, generation, node);
+}
+
+void GlooRankLink::Break(int64_t failed_generation) {
+  context_.reset();
+  generation_ = -1;
+  floor_ = std::max(floor_, failed_generation + 1);
+  // Raised at once, so peers still waiting on the failed generation give up early.
+  auto raised = cluster_.Max(GenerationKey(), floor_);
+  if (!raised.ok()) {
+    EPD_LOG(kCpu, warn, "group '{}' rank {}: cannot raise the mesh generation: {}", config_.name,
+            rank_, raised.status().ToString());
+  }
+}
+
+Status GlooRankLink::CheckConfigs(const std::string& prefix, std::chrono::milliseconds timeout,
+                                  int64_t generation) {
+  const std::string mine = config_.ToString();
+  EPD_RETURN_IF_ERROR(cluster_.Set(fmt::format("{}config/{}", prefix, rank_), mine));
+  // Rank 0 compares everyone's config with its own; the others compare theirs with rank 0's,
+  // so a daemon whose config names a different world still finds out.
+  std::vector<int> compare_with;
+  if (rank_ == 0) {
+    for (int r = 1; r < config_.world_size(); ++r) compare_with.push_back(r);
+  } else {
+    compare_with.push_back(0);
+  }
+  GlooStore store(cluster_, prefix, timeout, [this, generation] {
+    auto current = cluster_.Get(GenerationKey());
+    return current.ok() && ParseGeneration(*current).value() > generation;
+  });
+  for (int r : compare_with) {
+    const std::string key = fmt::format("config/{}", r);
+    try {
+      store.wait({key});
+      const std::vector<char> theirs_bytes = store.get(key);
+      const std::string theirs(theirs_bytes.begin(), theirs_bytes.end());
+      if (theirs != mine) {
+        const int node = r < config_.world_size() ? config_.NodeOf(r) : -1;
+        return FailedPreconditionError(
+            "group '{}': the daemons created it with different configs: node {} (group rank {}) "
+            "has {}, node {} has {}; create it with the same config on every node",
+            config_.name, node, r, theirs, config_.span.node, mine);
+      }
+    } catch (const std::exception& error) {
+      return UnavailableError("group '{}' rank {}: waiting for group rank {} (node {}) to create "
+                              "the group: {}",
+                              config_.name, rank_, r, config_.NodeOf(r), error.what());
+    }
+  }
+  return OkStatus();
+}
+
+Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
+  int64_t floor = floor_;
+  if (restarted_node_) {
+    // A restarted daemon never reuses a generation its predecessor formed: the survivors'
+    // mesh of that generation still points at the dead process. When they noticed the death
+    // first, they raised the generation already and this node simply joins it.
+    EPD_ASSIGN_OR_RETURN(std::optional<std::string> current, cluster_.Get(GenerationKey()));
+    EPD_ASSIGN_OR_RETURN(int64_t stored, ParseGeneration(current));
+    EPD_ASSIGN_OR_RETURN(std::optional<std::string> formed,
+                         cluster_.Get(FormedKey(stored, config_.span.node)));
+    floor = std::max(floor, formed.has_value() ? stored + 1 : stored);
+    restarted_node_ = false;
+  }
+  EPD_ASSIGN_OR_RETURN(int64_t generation, cluster_.Max(GenerationKey(), floor));
+  const std::string prefix = fmt::format("epd/group/{}/g{}/", config_.name, generation);
+  EPD_LOG(kCpu, debug, "group '{}' rank {}: forming the mesh of generation {}", config_.name,
+          rank_, generation);
+  Status agreed = CheckConfigs(prefix, timeout, generation);
+  if (!agreed.ok()) {
+    if (agreed.code() != StatusCode::kFailedPrecondition) Break(generation);
+    return agreed;
+  }
+  auto context = std::make_shared<gloo::rendezvous::Context>(rank_, config_.world_size());
+  context->setTimeout(timeout);
+  GlooStore store(cluster_, prefix + "mesh/", timeout, [this, generation] {
+    auto current = cluster_.Get(GenerationKey());
+    return current.ok() && ParseGeneration(*current).value() > generation;
+  });
+  try {
+    context->connectFullMesh(store, device_);
+  } catch (const std::exception& error) {
+    Break(generation);
+    return UnavailableError("group '{}' rank {}: forming the mesh (generation {}) failed: {}",
+                            config_.name, rank_, generation, error.what());
+  }
+  Status recorded = cluster_.Set(FormedKey(generation, config_.span.node), "1");
+  if (!recorded.ok()) {
+    Break(generation);
+    return recorded.WithContext(fmt::format("group '{}' rank {}", config_.name, rank_));
+  }
+  context_ = std::move(context);
+  generation_ = generation;
+  next_slot_ = 0;
+  EPD_LOG(kCpu, info, "group '{}' rank {}: mesh of {} ranks formed (generation {})", config_.name,
+          rank_, config_.world_size(), generation);
+  return OkStatus();
+}
+
+Status GlooRankLink::Exchange(const std::vector<std::span<const char>>& send,
+                              const std::vector<std::span<char>>& recv,
+                              std::chrono::milliseconds timeout, std::string_view phase) {
+  if (context_ == nullptr) EPD_RETURN_IF_ERROR(Form(timeout));
+  const int world = config_.world_size();
+  const uint64_t slot = next_slot_++;
+  std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> receiving(world), sending(world);
+  int peer = -1;
+  try {
+    for (int p = 0; p < world; ++p) {
+      if (p == rank_ || recv[p].empty()) continue;
+      peer = p;
+      receiving[p] = context_->createUnboundBuffer(recv[p].data(), recv[p].size());
+      receiving[p]->recv(p, slot);
+    }
+    for (int p = 0; p < world; ++p) {
+      if (p == rank_ || send[p].empty()) continue;
+      peer = p;
+      // gloo only reads a buffer it sends.
+      sending[p] = context_->createUnboundBuffer(const_cast<char*>(send[p].data()), send[p].size());
+      sending[p]->send(p, slot);
+    }
+    if (!send[rank_].empty()) std::memcpy(recv[rank_].data(), send[rank_].data(), send[rank_].size());
+    for (int p = 0; p < world; ++p) {
+      peer = p;
+      if (receiving[p] != nullptr) receiving[p]->waitRecv(timeout);
+    }
+    for (int p = 0; p < world; ++p) {
+      peer = p;
+      if (sending[p] != nullptr) sending[p]->waitSend(timeout);
+    }
+  } catch (const std::exception& error) {
+    const int node = peer >= 0 ? config_.NodeOf(peer) : -1;
+    cluster_.ReportTransportFailure(node);
+    const int64_t generation = generation_;
+    receiving.clear();
+    sending.clear();
+    Break(generation);
+    EPD_LOG(kCpu, warn, "group '{}' rank {}: {} with group rank {} on node {} failed: {}",
+            config_.name, rank_, phase, peer, node, error.what());
+    return UnavailableError(
+        "group '{}': {} with group rank {} on node {} failed (node {} down or unreachable?): {}; "
+        "the group re-forms at its next op once node {} is back",
+        config_.name, phase, peer, node, node, error.what(), node);
+  }
+  return OkStatus();
+}
+
+}  // namespace epd

@@ -1,0 +1,107 @@
+// A daemon of a spanning group killed mid-run: the survivors' in-flight ops fail with
+// UNAVAILABLE naming the dead node well before the op timeout, the survivors keep serving
+// health, GetNodeInfo (the dead node shown down) and their single-node groups, and once the
+// node is restarted and its frontends created the group again, the spanning group re-forms by
+// itself at the next op and produces correct results again.
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "tests/integration/multinode_support.h"
+
+namespace epd::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Polls GetNodeInfo until node `node`'s state is `state` (at most 10 s).
+v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state) {
+  v1::NodeState seen = v1::NODE_STATE_UNSPECIFIED;
+  for (int i = 0; i < 1000 && seen != state; ++i) {
+    auto info = client.GetNodeInfo();
+    if (info.ok() && info->cluster().members_size() > node) {
+      seen = info->cluster().members(node).state();
+    }
+    if (seen != state) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return seen;
+}
+
+TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
+  auto created = LoopbackCluster::Create(2);
+  ASSERT_TRUE(created.ok());
+  LoopbackCluster& cluster = **created;
+  ASSERT_EPD_OK(cluster.StartAll());
+
+  example::Problem p;
+  p.ranks = 2 * kRanksPerNode;
+  p.experts = 8;
+  p.hidden = 64;
+  p.max_tokens = 8;
+  p.top_k = 2;
+  p.spans_nodes = true;
+  example::RankRunnerOptions options;
+  options.group = UniqueName("faulty");
+  auto world = MakeSpanningRanks(cluster, p, options);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  ASSERT_EPD_OK(RunGoodLayer(*world, 0));
+
+  // Node 0's ranks post a layer that needs node 1, which dies instead of taking part.
+  const auto killed_at = Clock::now();
+  std::vector<Status> in_flight(kRanksPerNode);
+  std::vector<std::thread> posting;
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    posting.emplace_back([&, g] {
+      example::RankRunner& runner = *(*world)[g].runner;
+      const auto in = example::MakeInputs(p, 5, g, 1, 8, true);
+      in_flight[g] = runner.RunLayer(in, example::Identity, false);
+    });
+  }
+  cluster.KillNode(1);
+  for (auto& thread : posting) thread.join();
+  const auto failed_after = Clock::now() - killed_at;
+  for (const Status& status : in_flight) {
+    EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "on node 1");
+  }
+  // A broken connection, not the op timeout (4 s), ended the ops.
+  EXPECT_LT(failed_after, std::chrono::milliseconds(3'000));
+  for (int g = kRanksPerNode; g < p.ranks; ++g) (*world)[g] = RankClient{};
+
+  // The survivor serves: health, the cluster view (node 1 down), a group of its own.
+  auto survivor = ConnectOrDie(cluster.node(0).address());
+  EXPECT_EQ(WaitForNodeState(*survivor, 1, v1::NODE_STATE_DOWN), v1::NODE_STATE_DOWN);
+  {
+    auto info = survivor->GetNodeInfo();
+    ASSERT_TRUE(info.ok());
+    EXPECT_GE(info->cluster().members(1).transport_failures(), 1u);
+  }
+  example::Problem local = p;
+  local.ranks = kRanksPerNode;
+  local.experts = 4;
+  local.spans_nodes = false;
+  example::RankRunnerOptions local_options;
+  local_options.group = UniqueName("local");
+  auto alone = MakeRanks(cluster.node(0).address(), local, local_options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  EXPECT_EPD_OK(RunGoodLayer(*alone, 0));
+
+  // Node 1 comes back; its frontends create the group again; node 0's keep theirs. The next
+  // layer re-forms the group and is correct.
+  ASSERT_EPD_OK(cluster.StartNode(1));
+  EXPECT_EQ(WaitForNodeState(*survivor, 1, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
+  const std::vector<Status> rejoined = RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
+    const int g = kRanksPerNode + local_rank;
+    EPD_ASSIGN_OR_RETURN((*world)[g].client, Client::Connect(cluster.node(1).address()));
+    example::RankRunnerOptions mine = options;
+    mine.session_rank = local_rank;
+    EPD_ASSIGN_OR_RETURN((*world)[g].runner,
+                         example::RankRunner::Create(*(*world)[g].client, p, g, mine));
+    return OkStatus();
+  });
+  for (const Status& status : rejoined) ASSERT_EPD_OK(status);
+  EXPECT_EPD_OK(RunGoodLayer(*world, 2));
+  EXPECT_EPD_OK(RunGoodLayer(*world, 3, /*fenced=*/true));
+}
+
+}  // namespace
+}  // namespace epd::testing
