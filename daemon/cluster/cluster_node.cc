@@ -12,6 +12,8 @@ namespace {
 constexpr std::chrono::milliseconds kStoreCallTimeout{5'000};
 constexpr std::chrono::milliseconds kFirstBackoff{20};
 constexpr std::chrono::milliseconds kMaxBackoff{500};
+// One join attempt: a connection stuck in its handshake is abandoned and retried.
+constexpr std::chrono::milliseconds kJoinAttemptTimeout{1'000};
 
 // Worth another try within the bootstrap timeout: the leader is not up yet, or a restarted
 // node's predecessor still holds the lease.
@@ -48,8 +50,6 @@ StatusOr<std::shared_ptr<ClusterNode>> ClusterNode::Start(const ClusterSettings&
             settings.nodes, ranks_per_node, listen);
     return node;
   }
-  node->stub_ = v1::Cluster::NewStub(
-      grpc::CreateChannel(settings.leader, grpc::InsecureChannelCredentials()));
   EPD_RETURN_IF_ERROR(node->JoinWithBackoff());
   node->heartbeat_ = std::thread([raw = node.get()] { raw->HeartbeatLoop(); });
   return node;
@@ -70,7 +70,18 @@ std::unique_ptr<grpc::ClientContext> ClusterNode::Context(std::chrono::milliseco
   return context;
 }
 
-StatusOr<v1::JoinResponse> ClusterNode::JoinOnce() {
+std::unique_ptr<v1::Cluster::Stub> ClusterNode::NewLeaderStub() const {
+  // A fresh channel per join attempt: a channel that failed to connect keeps its own reconnect
+  // backoff (seconds), so the bounded backoff of the join decides when to try again instead.
+  grpc::ChannelArguments arguments;
+  arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, static_cast<int>(kFirstBackoff.count()));
+  arguments.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(kFirstBackoff.count()));
+  arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(kMaxBackoff.count()));
+  return v1::Cluster::NewStub(grpc::CreateCustomChannel(
+      settings_.leader, grpc::InsecureChannelCredentials(), arguments));
+}
+
+StatusOr<v1::JoinResponse> ClusterNode::JoinOnce(v1::Cluster::Stub& stub) {
   v1::JoinRequest request;
   request.set_token(token_);
   request.set_node_rank(settings_.node_rank);
@@ -79,8 +90,8 @@ StatusOr<v1::JoinResponse> ClusterNode::JoinOnce() {
   request.set_address(settings_.address);
   request.set_incarnation(incarnation_);
   v1::JoinResponse response;
-  auto context = Context(std::min(settings_.bootstrap_timeout, kStoreCallTimeout));
-  grpc::Status status = stub_->Join(context.get(), request, &response);
+  auto context = Context(std::min(settings_.bootstrap_timeout, kJoinAttemptTimeout));
+  grpc::Status status = stub.Join(context.get(), request, &response);
   if (!status.ok()) return FromGrpcStatus(status);
   return response;
 }
@@ -91,8 +102,10 @@ Status ClusterNode::JoinWithBackoff() {
   int attempts = 0;
   for (;;) {
     ++attempts;
-    auto joined = JoinOnce();
+    auto stub = NewLeaderStub();
+    auto joined = JoinOnce(*stub);
     if (joined.ok()) {
+      stub_ = std::move(stub);  // before the heartbeat thread starts: no other user yet
       std::lock_guard lock(mutex_);
       rejoined_ = joined->rejoined();
       last_view_ = FromProto(joined->view());
@@ -150,7 +163,7 @@ void ClusterNode::HeartbeatLoop() {
       // The leader restarted and lost its membership: join it again.
       EPD_LOG(kRpc, warn, "cluster: the leader no longer knows node {}; joining again",
               settings_.node_rank);
-      auto joined = JoinOnce();
+      auto joined = JoinOnce(*stub_);
       status = joined.ok() ? OkStatus() : joined.status();
       if (joined.ok()) view = joined->view();
     }

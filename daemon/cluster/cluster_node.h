@@ -45,7 +45,8 @@ class ClusterNode : public ClusterStore {
  private:
   ClusterNode(const ClusterSettings& settings, int ranks_per_node, std::string token);
   Status JoinWithBackoff();
-  StatusOr<v1::JoinResponse> JoinOnce();
+  StatusOr<v1::JoinResponse> JoinOnce(v1::Cluster::Stub& stub);
+  std::unique_ptr<v1::Cluster::Stub> NewLeaderStub() const;
   void HeartbeatLoop();
   std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const;
 

@@ -52,13 +52,11 @@ Status GlooRankLink::CheckConfigs(const std::string& prefix, std::chrono::millis
                                   int64_t generation) {
   const std::string mine = config_.ToString();
   EPD_RETURN_IF_ERROR(cluster_.Set(fmt::format("{}config/{}", prefix, rank_), mine));
-  // Rank 0 compares everyone's config with its own; the others compare theirs with rank 0's,
-  // so a daemon whose config names a different world still finds out.
+  // Every rank compares every rank's config with its own, rank 0's first: a daemon whose
+  // config names a different world size still finds rank 0's and fails at once.
   std::vector<int> compare_with;
-  if (rank_ == 0) {
-    for (int r = 1; r < config_.world_size(); ++r) compare_with.push_back(r);
-  } else {
-    compare_with.push_back(0);
+  for (int r = 0; r < config_.world_size(); ++r) {
+    if (r != rank_) compare_with.push_back(r);
   }
   GlooStore store(cluster_, prefix, timeout, [this, generation] {
     auto current = cluster_.Get(GenerationKey());
@@ -71,7 +69,7 @@ Status GlooRankLink::CheckConfigs(const std::string& prefix, std::chrono::millis
       const std::vector<char> theirs_bytes = store.get(key);
       const std::string theirs(theirs_bytes.begin(), theirs_bytes.end());
       if (theirs != mine) {
-        const int node = r < config_.world_size() ? config_.NodeOf(r) : -1;
+        const int node = config_.NodeOf(r);
         return FailedPreconditionError(
             "group '{}': the daemons created it with different configs: node {} (group rank {}) "
             "has {}, node {} has {}; create it with the same config on every node",
