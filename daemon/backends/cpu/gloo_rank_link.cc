@@ -6,6 +6,10 @@
 #include <charconv>
 #include <cstring>
 #include <exception>
+#include <functional>
+#include <set>
+
+#include <fmt/ranges.h>
 
 #include "daemon/backends/cpu/gloo_store.h"
 #include "daemon/core/log.h"
@@ -37,7 +41,9 @@ std::string GlooRankLink::FormedKey(int64_t generation, int node) const {
 }
 
 void GlooRankLink::Break(int64_t failed_generation) {
-  context_.reset();
+  // NOTE: kept open, not closed: closing would reset this rank's connections to live peers,
+  // which would then blame this (live) node for their own failed op instead of the dead one.
+  if (context_ != nullptr) retired_ = std::move(context_);
   generation_ = -1;
   floor_ = std::max(floor_, failed_generation + 1);
   // Raised at once, so peers still waiting on the failed generation give up early.
@@ -125,6 +131,7 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
     return recorded.WithContext(fmt::format("group '{}' rank {}", config_.name, rank_));
   }
   context_ = std::move(context);
+  retired_.reset();
   generation_ = generation;
   next_slot_ = 0;
   EPD_LOG(kCpu, info, "group '{}' rank {}: mesh of {} ranks formed (generation {})", config_.name,
@@ -138,45 +145,70 @@ Status GlooRankLink::Exchange(const std::vector<std::span<const char>>& send,
   if (context_ == nullptr) EPD_RETURN_IF_ERROR(Form(timeout));
   const int world = config_.world_size();
   const uint64_t slot = next_slot_++;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto remaining = [deadline] {
+    return std::max(std::chrono::milliseconds(1),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now()));
+  };
+  // NOTE: every peer is handled on its own: a dead peer fails its own transfers only, so the
+  // live peers still get this rank's messages and blame the dead node, not this one.
+  std::vector<std::string> failures(world);
+  auto attempt = [&failures](int p, const std::function<void()>& step) {
+    if (!failures[p].empty()) return;
+    try {
+      step();
+    } catch (const std::exception& error) {
+      failures[p] = error.what();
+    }
+  };
   std::vector<std::unique_ptr<gloo::transport::UnboundBuffer>> receiving(world), sending(world);
-  int peer = -1;
-  try {
-    for (int p = 0; p < world; ++p) {
-      if (p == rank_ || recv[p].empty()) continue;
-      peer = p;
+  for (int p = 0; p < world; ++p) {
+    if (p == rank_ || recv[p].empty()) continue;
+    attempt(p, [&] {
       receiving[p] = context_->createUnboundBuffer(recv[p].data(), recv[p].size());
       receiving[p]->recv(p, slot);
-    }
-    for (int p = 0; p < world; ++p) {
-      if (p == rank_ || send[p].empty()) continue;
-      peer = p;
+    });
+  }
+  for (int p = 0; p < world; ++p) {
+    if (p == rank_ || send[p].empty()) continue;
+    attempt(p, [&] {
       // gloo only reads a buffer it sends.
       sending[p] = context_->createUnboundBuffer(const_cast<char*>(send[p].data()), send[p].size());
       sending[p]->send(p, slot);
-    }
-    if (!send[rank_].empty()) std::memcpy(recv[rank_].data(), send[rank_].data(), send[rank_].size());
-    for (int p = 0; p < world; ++p) {
-      peer = p;
-      if (receiving[p] != nullptr) receiving[p]->waitRecv(timeout);
-    }
-    for (int p = 0; p < world; ++p) {
-      peer = p;
-      if (sending[p] != nullptr) sending[p]->waitSend(timeout);
-    }
-  } catch (const std::exception& error) {
-    const int node = peer >= 0 ? config_.NodeOf(peer) : -1;
-    cluster_.ReportTransportFailure(node);
-    const int64_t generation = generation_;
-    receiving.clear();
-    sending.clear();
-    Break(generation);
-    EPD_LOG(kCpu, warn, "group '{}' rank {}: {} with group rank {} on node {} failed: {}",
-            config_.name, rank_, phase, peer, node, error.what());
-    return UnavailableError(
-        "group '{}': {} with group rank {} on node {} failed (node {} down or unreachable?): {}; "
-        "the group re-forms at its next op once node {} is back",
-        config_.name, phase, peer, node, node, error.what(), node);
+    });
   }
+  if (!send[rank_].empty()) std::memcpy(recv[rank_].data(), send[rank_].data(), send[rank_].size());
+  for (int p = 0; p < world; ++p) {
+    if (receiving[p] != nullptr) attempt(p, [&] { receiving[p]->waitRecv(remaining()); });
+  }
+  for (int p = 0; p < world; ++p) {
+    if (sending[p] != nullptr) attempt(p, [&] { sending[p]->waitSend(remaining()); });
+  }
+  std::vector<int> failed;
+  for (int p = 0; p < world; ++p) {
+    if (!failures[p].empty()) failed.push_back(p);
+  }
+  if (failed.empty()) return OkStatus();
+
+  std::set<int> nodes;
+  std::string detail;
+  for (int p : failed) {
+    nodes.insert(config_.NodeOf(p));
+    detail += fmt::format("{}group rank {} on node {}: {}", detail.empty() ? "" : "; ", p,
+                          config_.NodeOf(p), failures[p]);
+  }
+  for (int node : nodes) cluster_.ReportTransportFailure(node);
+  const int64_t generation = generation_;
+  receiving.clear();
+  sending.clear();
+  Break(generation);
+  const std::string node_list = fmt::format("{}", fmt::join(nodes, ", "));
+  EPD_LOG(kCpu, warn, "group '{}' rank {}: {} failed with {}", config_.name, rank_, phase, detail);
+  return UnavailableError(
+      "group '{}': {} failed on node {} (down or unreachable?): {}; the group re-forms at its "
+      "next op once every node is back",
+      config_.name, phase, node_list, detail);
   return OkStatus();
 }
 

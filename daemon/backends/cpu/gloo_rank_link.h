@@ -60,6 +60,7 @@ class GlooRankLink {
   ClusterStore& cluster_;
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;  // null: no mesh (not formed yet, or broken)
+  std::shared_ptr<gloo::Context> retired_;  // the broken mesh, open until the next one forms
   int64_t generation_ = -1;
   int64_t floor_ = 0;  // the next formation uses a generation at least this
   bool restarted_node_;
