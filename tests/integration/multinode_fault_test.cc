@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 
 #include "tests/integration/multinode_support.h"
 
@@ -27,11 +28,24 @@ v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state) {
   return seen;
 }
 
+std::string Scrape(int port) {
+  std::string text;
+  const std::string command = fmt::format("curl -s --max-time 5 http://127.0.0.1:{}/metrics", port);
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return text;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) text.append(buffer, n);
+  pclose(pipe);
+  return text;
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
   auto created = LoopbackCluster::Create(2);
   ASSERT_TRUE(created.ok());
   LoopbackCluster& cluster = **created;
-  ASSERT_EPD_OK(cluster.StartAll());
+  const int metrics_port = FreeLoopbackPort();
+  ASSERT_EPD_OK(cluster.StartNode(0, {"--metrics-listen", fmt::format("127.0.0.1:{}", metrics_port)}));
+  ASSERT_EPD_OK(cluster.StartNode(1));
 
   example::Problem p;
   p.ranks = 2 * kRanksPerNode;
@@ -75,6 +89,12 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
     ASSERT_TRUE(info.ok());
     EXPECT_GE(info->cluster().members(1).transport_failures(), 1u);
   }
+  // The same per peer node on /metrics.
+  const std::string metrics = Scrape(metrics_port);
+  EXPECT_NE(metrics.find("epd_cluster_node_up{node=\"1\"} 0"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("epd_cluster_node_up{node=\"0\"} 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("epd_cluster_transport_failures_total{node=\"1\"} 2"), std::string::npos)
+      << metrics;
   example::Problem local = p;
   local.ranks = kRanksPerNode;
   local.experts = 4;
