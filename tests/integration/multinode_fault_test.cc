@@ -125,3 +125,58 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
 
 }  // namespace
 }  // namespace epd::testing
+
+namespace epd::testing {
+namespace {
+
+TEST(MultiNodeFaultTest, ShutdownReleasesASpanningOpWaitingForAPeer) {
+  auto created = LoopbackCluster::Create(2);
+  ASSERT_TRUE(created.ok());
+  LoopbackCluster& cluster = **created;
+  ASSERT_EPD_OK(cluster.StartNode(0, {"--drain-timeout-ms", "100", "--log-level", "debug"}));
+  ASSERT_EPD_OK(cluster.StartNode(1));
+  example::Problem p;
+  p.ranks = 2 * kRanksPerNode;
+  p.experts = 8;
+  p.hidden = 64;
+  p.max_tokens = 8;
+  p.top_k = 2;
+  p.spans_nodes = true;
+  example::RankRunnerOptions options;
+  options.group = UniqueName("stopping");
+  auto world = MakeSpanningRanks(cluster, p, options);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  ASSERT_EPD_OK(RunGoodLayer(*world, 0));
+
+  // Node 0's rank 0 posts a layer node 1 never joins; node 0 is then stopped.
+  Status waiting;
+  std::thread posting([&] {
+    example::RankRunner& runner = *(*world)[0].runner;
+    waiting = runner.RunLayer(example::MakeInputs(p, 5, 0, 1, 8, true), example::Identity, false);
+  });
+  // Once it waits for node 1 (its debug log says so), the stop must end it promptly with
+  // UNAVAILABLE (drain 100 ms, then every wait is cancelled), far below the op timeout of 4 s.
+  const std::string waiting_line =
+      fmt::format("rank 0: dispatch counts of group '{}': waiting for the peers", options.group);
+  bool seen = false;
+  for (int i = 0; i < 1000 && !seen; ++i) {
+    seen = cluster.node(0).ReadLog().find(waiting_line) != std::string::npos;
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(seen) << cluster.node(0).ReadLog();
+  const auto stopping = std::chrono::steady_clock::now();
+  EXPECT_EQ(cluster.node(0).Stop(), 0);
+  posting.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, std::chrono::milliseconds(3'000));
+  // The frontend sees the op fail (UNAVAILABLE, or NOT_FOUND when its session closed first);
+  // the daemon says why.
+  EXPECT_FALSE(waiting.ok());
+  EXPECT_NE(cluster.node(0).ReadLog().find("UNAVAILABLE: group '" + options.group +
+                                           "': dispatch counts of group '" + options.group +
+                                           "' stopped: epd is shutting down"),
+            std::string::npos)
+      << cluster.node(0).ReadLog();
+}
+
+}  // namespace
+}  // namespace epd::testing

@@ -122,6 +122,12 @@ class CpuGroup : public BackendGroup {
   ~CpuGroup() override { forget_(this); }
   const GroupConfig& config() const override { return config_; }
   HostRendezvous& rendezvous() { return rendezvous_; }
+  // Spanning groups: cancels the exchanges in flight on every link of this daemon.
+  void CancelLinks(const Status& reason, bool permanent) {
+    for (auto& link : links_) {
+      if (link != nullptr) link->Cancel(reason, permanent);
+    }
+  }
   // A spanning group's link of a group rank this daemon hosts (used on that rank's stream).
   GlooRankLink& link(int group_rank) { return *links_[group_rank]; }
 
@@ -205,7 +211,10 @@ class CpuBackend : public Backend {
   void BeginShutdown() override {
     shutting_down_ = true;
     std::lock_guard lock(groups_mutex_);
-    for (CpuGroup* group : groups_) group->rendezvous().Shutdown();
+    for (CpuGroup* group : groups_) {
+      group->rendezvous().Shutdown();
+      group->CancelLinks(UnavailableError("epd is shutting down"), /*permanent=*/true);
+    }
   }
 
   Status CheckLiveness(std::chrono::milliseconds limit) const override {
@@ -222,6 +231,8 @@ class CpuBackend : public Backend {
 
   void AbortGroup(BackendGroup& group, const Status& reason) override {
     static_cast<CpuGroup&>(group).rendezvous().Abort(reason);
+    // Peers in other daemons then fail at their op timeout, or at once if their node died.
+    static_cast<CpuGroup&>(group).CancelLinks(reason, /*permanent=*/false);
   }
 
   StatusOr<std::shared_ptr<Memory>> Import(const MemorySource& source, int node_rank) override {
@@ -254,7 +265,10 @@ class CpuBackend : public Backend {
                                             std::move(links));
     std::lock_guard lock(groups_mutex_);
     groups_.insert(group.get());
-    if (shutting_down_) group->rendezvous().Shutdown();
+    if (shutting_down_) {
+      group->rendezvous().Shutdown();
+      group->CancelLinks(UnavailableError("epd is shutting down"), /*permanent=*/true);
+    }
     return std::unique_ptr<BackendGroup>(std::move(group));
   }
   void ForgetGroup(CpuGroup* group) {

@@ -8,6 +8,7 @@
 #include <exception>
 #include <functional>
 #include <set>
+#include <stdexcept>
 
 #include <fmt/ranges.h>
 
@@ -65,6 +66,7 @@ Status GlooRankLink::CheckConfigs(const std::string& prefix, std::chrono::millis
     if (r != rank_) compare_with.push_back(r);
   }
   GlooStore store(cluster_, prefix, timeout, [this, generation] {
+    if (!Stopped().ok()) return true;
     auto current = cluster_.Get(GenerationKey());
     return current.ok() && ParseGeneration(*current).value() > generation;
   });
@@ -90,7 +92,24 @@ Status GlooRankLink::CheckConfigs(const std::string& prefix, std::chrono::millis
   return OkStatus();
 }
 
+void GlooRankLink::Cancel(const Status& reason, bool permanent) {
+  std::lock_guard lock(cancel_mutex_);
+  ++cancels_;
+  last_cancel_ = reason;
+  if (permanent) stopped_ = reason;
+  for (gloo::transport::UnboundBuffer* buffer : in_flight_) {
+    buffer->abortWaitRecv();
+    buffer->abortWaitSend();
+  }
+}
+
+Status GlooRankLink::Stopped() const {
+  std::lock_guard lock(cancel_mutex_);
+  return stopped_;
+}
+
 Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
+  EPD_RETURN_IF_ERROR(Stopped());
   int64_t floor = floor_;
   if (restarted_node_) {
     // A restarted daemon never reuses a generation its predecessor formed: the survivors'
@@ -115,6 +134,7 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   auto context = std::make_shared<gloo::rendezvous::Context>(rank_, config_.world_size());
   context->setTimeout(timeout);
   GlooStore store(cluster_, prefix + "mesh/", timeout, [this, generation] {
+    if (!Stopped().ok()) return true;
     auto current = cluster_.Get(GenerationKey());
     return current.ok() && ParseGeneration(*current).value() > generation;
   });
@@ -142,6 +162,12 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
 Status GlooRankLink::Exchange(const std::vector<std::span<const char>>& send,
                               const std::vector<std::span<char>>& recv,
                               std::chrono::milliseconds timeout, std::string_view phase) {
+  EPD_RETURN_IF_ERROR(Stopped());
+  uint64_t cancels_before = 0;
+  {
+    std::lock_guard lock(cancel_mutex_);
+    cancels_before = cancels_;
+  }
   if (context_ == nullptr) EPD_RETURN_IF_ERROR(Form(timeout));
   const int world = config_.world_size();
   const uint64_t slot = next_slot_++;
@@ -179,11 +205,40 @@ Status GlooRankLink::Exchange(const std::vector<std::span<const char>>& send,
     });
   }
   if (!send[rank_].empty()) std::memcpy(recv[rank_].data(), send[rank_].data(), send[rank_].size());
-  for (int p = 0; p < world; ++p) {
-    if (receiving[p] != nullptr) attempt(p, [&] { receiving[p]->waitRecv(remaining()); });
+  Status cancelled;
+  {
+    std::lock_guard lock(cancel_mutex_);
+    for (int p = 0; p < world; ++p) {
+      if (receiving[p] != nullptr) in_flight_.push_back(receiving[p].get());
+      if (sending[p] != nullptr) in_flight_.push_back(sending[p].get());
+    }
+    // A cancel since this exchange began (maybe before its buffers were posted) applies too.
+    if (cancels_ != cancels_before) cancelled = last_cancel_;
   }
-  for (int p = 0; p < world; ++p) {
-    if (sending[p] != nullptr) attempt(p, [&] { sending[p]->waitSend(remaining()); });
+  EPD_LOG(kCpu, debug, "group '{}' rank {}: {}: waiting for the peers", config_.name, rank_,
+          phase);
+  // gloo answers false when a wait was aborted (Cancel).
+  auto wait = [&](bool completed) {
+    if (!completed) throw std::runtime_error("cancelled");
+  };
+  for (int p = 0; p < world && cancelled.ok(); ++p) {
+    if (receiving[p] != nullptr) attempt(p, [&] { wait(receiving[p]->waitRecv(remaining())); });
+  }
+  for (int p = 0; p < world && cancelled.ok(); ++p) {
+    if (sending[p] != nullptr) attempt(p, [&] { wait(sending[p]->waitSend(remaining())); });
+  }
+  {
+    std::lock_guard lock(cancel_mutex_);
+    in_flight_.clear();
+    if (cancelled.ok() && cancels_ != cancels_before) cancelled = last_cancel_;
+  }
+  if (!cancelled.ok()) {
+    const int64_t generation = generation_;
+    receiving.clear();
+    sending.clear();
+    Break(generation);
+    return Status(cancelled.code(), fmt::format("group '{}': {} stopped: {}", config_.name, phase,
+                                                cancelled.message()));
   }
   std::vector<int> failed;
   for (int p = 0; p < world; ++p) {

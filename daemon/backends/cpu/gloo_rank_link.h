@@ -11,9 +11,11 @@
 // the group recovers by itself once the peer daemon is back and has created the group again.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -27,7 +29,8 @@ namespace gloo {
 class Context;
 namespace transport {
 class Device;
-}
+class UnboundBuffer;
+}  // namespace transport
 }  // namespace gloo
 
 namespace epd {
@@ -46,7 +49,12 @@ class GlooRankLink {
                   const std::vector<std::span<char>>& recv, std::chrono::milliseconds timeout,
                   std::string_view phase);
 
+  // Any thread: the exchange in flight (if any) stops waiting now and fails with `reason`
+  // (a member's session ended); `permanent` (shutdown): every later one fails too.
+  void Cancel(const Status& reason, bool permanent);
+
  private:
+  Status Stopped() const;  // the permanent cancel's reason, or OK
   Status Form(std::chrono::milliseconds timeout);
   Status CheckConfigs(const std::string& prefix, std::chrono::milliseconds timeout,
                       int64_t generation);
@@ -65,6 +73,12 @@ class GlooRankLink {
   int64_t floor_ = 0;  // the next formation uses a generation at least this
   bool restarted_node_;
   uint64_t next_slot_ = 0;
+
+  mutable std::mutex cancel_mutex_;
+  std::vector<gloo::transport::UnboundBuffer*> in_flight_;  // the exchange's buffers
+  uint64_t cancels_ = 0;  // Cancel calls so far
+  Status last_cancel_;
+  Status stopped_;
 };
 
 }  // namespace epd
