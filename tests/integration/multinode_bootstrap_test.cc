@@ -184,13 +184,8 @@ TEST_F(BootstrapTest, BadClusterSettingsAreUsageErrors) {
 
 TEST_F(BootstrapTest, GroupConfigsThatDifferAcrossNodesFailTheFirstOp) {
   ASSERT_EPD_OK(cluster_->StartAll());
-  example::Problem p;
-  p.ranks = 2 * kRanksPerNode;
-  p.experts = 8;
-  p.hidden = 64;
+  example::Problem p = SpanningProblem(2);
   p.max_tokens = 4;
-  p.top_k = 2;
-  p.spans_nodes = true;
   example::RankRunnerOptions options;
   options.group = UniqueName("differs");
   // Node 1's frontends create the group with another hidden size.

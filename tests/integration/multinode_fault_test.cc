@@ -39,26 +39,33 @@ std::string Scrape(int port) {
   return text;
 }
 
-TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
-  auto created = LoopbackCluster::Create(2);
-  ASSERT_TRUE(created.ok());
-  LoopbackCluster& cluster = **created;
-  const int metrics_port = FreeLoopbackPort();
-  ASSERT_EPD_OK(cluster.StartNode(0, {"--metrics-listen", fmt::format("127.0.0.1:{}", metrics_port)}));
-  ASSERT_EPD_OK(cluster.StartNode(1));
-
-  example::Problem p;
-  p.ranks = 2 * kRanksPerNode;
-  p.experts = 8;
-  p.hidden = 64;
-  p.max_tokens = 8;
-  p.top_k = 2;
-  p.spans_nodes = true;
+// Two nodes (the leader with `leader_flags`) whose frontends ran one good layer of a group
+// spanning them.
+struct TwoNodes {
+  std::unique_ptr<LoopbackCluster> cluster;
+  example::Problem problem = SpanningProblem(2);
   example::RankRunnerOptions options;
-  options.group = UniqueName("faulty");
-  auto world = MakeSpanningRanks(cluster, p, options);
-  ASSERT_TRUE(world.ok()) << world.status().ToString();
-  ASSERT_EPD_OK(RunGoodLayer(*world, 0));
+  std::vector<RankClient> ranks;
+};
+StatusOr<std::unique_ptr<TwoNodes>> StartTwoNodes(std::vector<std::string> leader_flags) {
+  auto two = std::make_unique<TwoNodes>();
+  EPD_ASSIGN_OR_RETURN(two->cluster, LoopbackCluster::Create(2));
+  EPD_RETURN_IF_ERROR(two->cluster->StartNode(0, std::move(leader_flags)));
+  EPD_RETURN_IF_ERROR(two->cluster->StartNode(1));
+  two->options.group = UniqueName("spanning");
+  EPD_ASSIGN_OR_RETURN(two->ranks, MakeSpanningRanks(*two->cluster, two->problem, two->options));
+  EPD_RETURN_IF_ERROR(RunGoodLayer(two->ranks, 0));
+  return two;
+}
+
+TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
+  const int metrics_port = FreeLoopbackPort();
+  auto started = StartTwoNodes({"--metrics-listen", fmt::format("127.0.0.1:{}", metrics_port)});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  LoopbackCluster& cluster = *(*started)->cluster;
+  const example::Problem& p = (*started)->problem;
+  const example::RankRunnerOptions& options = (*started)->options;
+  std::vector<RankClient>* world = &(*started)->ranks;
 
   // Node 0's ranks post a layer that needs node 1, which dies instead of taking part.
   const auto killed_at = Clock::now();
@@ -123,30 +130,14 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   EXPECT_EPD_OK(RunGoodLayer(*world, 3, /*fenced=*/true));
 }
 
-}  // namespace
-}  // namespace epd::testing
-
-namespace epd::testing {
-namespace {
 
 TEST(MultiNodeFaultTest, ShutdownReleasesASpanningOpWaitingForAPeer) {
-  auto created = LoopbackCluster::Create(2);
-  ASSERT_TRUE(created.ok());
-  LoopbackCluster& cluster = **created;
-  ASSERT_EPD_OK(cluster.StartNode(0, {"--drain-timeout-ms", "100", "--log-level", "debug"}));
-  ASSERT_EPD_OK(cluster.StartNode(1));
-  example::Problem p;
-  p.ranks = 2 * kRanksPerNode;
-  p.experts = 8;
-  p.hidden = 64;
-  p.max_tokens = 8;
-  p.top_k = 2;
-  p.spans_nodes = true;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("stopping");
-  auto world = MakeSpanningRanks(cluster, p, options);
-  ASSERT_TRUE(world.ok()) << world.status().ToString();
-  ASSERT_EPD_OK(RunGoodLayer(*world, 0));
+  auto started = StartTwoNodes({"--drain-timeout-ms", "100", "--log-level", "debug"});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  LoopbackCluster& cluster = *(*started)->cluster;
+  const example::Problem& p = (*started)->problem;
+  const example::RankRunnerOptions& options = (*started)->options;
+  std::vector<RankClient>* world = &(*started)->ranks;
 
   // Node 0's rank 0 posts a layer node 1 never joins; node 0 is then stopped.
   Status waiting;

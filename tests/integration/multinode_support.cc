@@ -101,6 +101,17 @@ Status LoopbackCluster::StartAll() {
   return OkStatus();
 }
 
+example::Problem SpanningProblem(int nodes) {
+  example::Problem p;
+  p.ranks = nodes * kRanksPerNode;
+  p.experts = 2 * p.ranks;
+  p.hidden = 64;
+  p.max_tokens = 8;
+  p.top_k = 2;
+  p.spans_nodes = true;
+  return p;
+}
+
 StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
                                                     const example::Problem& problem,
                                                     example::RankRunnerOptions options) {

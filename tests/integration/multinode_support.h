@@ -45,6 +45,9 @@ class LoopbackCluster {
   std::vector<std::unique_ptr<DaemonProcess>> daemons_;
 };
 
+// A small MoE layer over `nodes` nodes x kRanksPerNode ranks, spanning them.
+example::Problem SpanningProblem(int nodes);
+
 // One frontend per global rank g of a spanning group: its session on node g / kRanksPerNode,
 // bound to node rank g % kRanksPerNode.
 StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
