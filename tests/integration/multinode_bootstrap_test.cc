@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <future>
 #include <thread>
 
@@ -224,6 +225,43 @@ TEST(SpanningGroupAloneTest, SpanningGroupOnADaemonWithoutClusterIsRefused) {
   auto created = (*session)->CreateGroup(p.Config(UniqueName("alone")), false);
   EXPECT_EPD_ERROR(created.status(), StatusCode::kFailedPrecondition, "spans_nodes",
                    "multi-node deployment");
+}
+
+}  // namespace
+}  // namespace epd::testing
+
+namespace epd::testing {
+namespace {
+
+TEST_F(BootstrapTest, ConfigFileDeclaresASpanningGroupOnEveryNode) {
+  const std::string config = cluster_->dir() + "/epd.toml";
+  {
+    std::ofstream out(config);
+    out << R"(
+[[group]]
+name = "declared"
+world_size = 4
+experts = 8
+hidden = 64
+max_tokens_per_rank = 4
+top_k = 2
+spans_nodes = true
+  [[group.handle]]
+  name = "layer0"
+)";
+  }
+  ASSERT_EPD_OK(cluster_->StartNode(0, {"--config", config}));
+  ASSERT_EPD_OK(cluster_->StartNode(1, {"--config", config}));
+  for (int node = 0; node < 2; ++node) {
+    auto client = ConnectOrDie(cluster_->node(node).address());
+    auto info = client->GetNodeInfo();
+    ASSERT_TRUE(info.ok());
+    ASSERT_EQ(info->groups_size(), 1);
+    EXPECT_TRUE(info->groups(0).spans_nodes());
+    EXPECT_EQ(info->groups(0).ranks_size(), 4);
+    // The persistent handle exists on each of the node's two ranks (global 2n and 2n + 1).
+    EXPECT_EQ(HandlesOf(*client, "declared"), kRanksPerNode) << "node " << node;
+  }
 }
 
 }  // namespace
