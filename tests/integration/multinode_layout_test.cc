@@ -62,7 +62,7 @@ StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> RunLayers(std::vector<R
 }
 
 class SpanningLayoutTest
-    : public ::testing::TestWithParam<std::tuple<int, v1::Layout, v1::DType, bool>> {
+    : public ::testing::TestWithParam<std::tuple<int, v1::Layout, v1::DType, int>> {
  protected:
   static void SetUpTestSuite() {
     auto single = DaemonProcess::Start({}, 3 * kRanksPerNode);
@@ -86,6 +86,7 @@ std::unique_ptr<DaemonProcess> SpanningLayoutTest::single_;
 std::unique_ptr<LoopbackCluster> SpanningLayoutTest::clusters_[4];
 
 TEST_P(SpanningLayoutTest, MatchesOneDaemonByteForByte) {
+  // fp8: 0 none, 1 the daemon quantizes, 2 the frontend passes pre-quantized x and scales.
   const auto [nodes, layout, dtype, fp8] = GetParam();
   Problem p;
   p.ranks = nodes * kRanksPerNode;
@@ -95,7 +96,8 @@ TEST_P(SpanningLayoutTest, MatchesOneDaemonByteForByte) {
   p.top_k = 3;
   p.dtype = dtype;
   p.layout = layout;
-  p.fp8 = fp8;
+  p.fp8 = fp8 != 0;
+  p.prequantized = fp8 == 2;
   example::RankRunnerOptions options;
   options.group = UniqueName("one");
   auto alone = MakeRanks(single_->address(), p, options);
@@ -117,19 +119,43 @@ TEST_P(SpanningLayoutTest, MatchesOneDaemonByteForByte) {
   }
 }
 
+// Capacity is checked on the exchanged counts: every rank of every node reports the same
+// overflow, and nobody waits for payload that is never sent.
+TEST_F(SpanningLayoutTest, CapacityOverflowIsReportedOnEveryNode) {
+  Problem p = SpanningProblem(2);
+  p.expert_capacity = 1;
+  example::RankRunnerOptions options;
+  options.group = UniqueName("full");
+  auto world = MakeSpanningRanks(*clusters_[2], p, options);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  for (int layer = 0; layer < 2; ++layer) {
+    const std::vector<Status> statuses = RunOnRanks(p.ranks, [&](int r) {
+      example::RankRunner& runner = *(*world)[r].runner;
+      const auto in = example::MakeInputs(p, 3, r, layer, p.max_tokens, true);
+      return runner.RunLayer(in, example::Identity, false);
+    });
+    for (const Status& status : statuses) {
+      EXPECT_EPD_ERROR(status, StatusCode::kResourceExhausted, "expert_capacity=1");
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Table, SpanningLayoutTest,
-    ::testing::Values(std::make_tuple(2, v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, false),
-                      std::make_tuple(2, v1::LAYOUT_RANK_MAJOR, v1::DTYPE_BF16, false),
-                      std::make_tuple(2, v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, true),
-                      std::make_tuple(3, v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_FP32, false),
-                      std::make_tuple(3, v1::LAYOUT_RANK_MAJOR, v1::DTYPE_FP16, false)),
+    ::testing::Values(std::make_tuple(2, v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, 0),
+                      std::make_tuple(2, v1::LAYOUT_RANK_MAJOR, v1::DTYPE_BF16, 0),
+                      std::make_tuple(2, v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, 1),
+                      std::make_tuple(3, v1::LAYOUT_RANK_MAJOR, v1::DTYPE_BF16, 2),
+                      std::make_tuple(3, v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_FP32, 0),
+                      std::make_tuple(3, v1::LAYOUT_RANK_MAJOR, v1::DTYPE_FP16, 0)),
     [](const auto& info) {
       return fmt::format("{}nodes_{}_{}{}", std::get<0>(info.param),
                          std::get<1>(info.param) == v1::LAYOUT_RANK_MAJOR ? "rank_major"
                                                                           : "expert_major",
                          v1::DType_Name(std::get<2>(info.param)),
-                         std::get<3>(info.param) ? "_fp8" : "");
+                         std::get<3>(info.param) == 0   ? ""
+                         : std::get<3>(info.param) == 1 ? "_fp8"
+                                                        : "_fp8_prequantized");
     });
 
 }  // namespace

@@ -60,53 +60,16 @@ struct Assembled {
   std::vector<reference::SourceRank> sources;
 };
 
-}  // namespace
-
-Status Dispatch(GlooRankLink& link, const GroupConfig& c, int me,
-                const reference::SourceRank& mine, const Status& abandon,
-                const reference::ReceiveBuffers& out, int32_t* my_slots, ReturnRows* rows,
-                std::chrono::milliseconds timeout) {
-  const int R = c.world_size(), K = c.top_k, E = c.experts;
+// The pack step of dispatch: one message per destination rank holding, in token order, each
+// token with a selection there (token index, its top-k ids with other ranks' masked to -1,
+// weights, row, scales). Another layout packs its own messages here.
+std::vector<std::vector<char>> PackDispatchMessages(const GroupConfig& c,
+                                                    const reference::SourceRank& mine,
+                                                    const std::vector<int32_t>& header) {
+  const int R = c.world_size(), K = c.top_k;
   const bool prequantized = mine.x_scales != nullptr;
-
-  // --- counts ---
-  std::vector<int32_t> header(HeaderWords(c), 0);
-  header[0] = abandon.ok() ? mine.num_tokens : kAbandoned;
-  header[1] = prequantized ? 1 : 0;
-  if (abandon.ok()) {
-    for (int t = 0; t < mine.num_tokens; ++t) {
-      for (int d = 0; d < R; ++d) header[2 + d] += SelectsRank(c, mine.topk_idx + t * K, d);
-    }
-    std::memcpy(&header[2 + R], mine.expert_counts, sizeof(int32_t) * E);
-  }
-  const size_t header_bytes = header.size() * sizeof(int32_t);
-  std::vector<std::vector<char>> header_out(R), header_in(R);
-  for (int p = 0; p < R; ++p) {
-    header_out[p].assign(reinterpret_cast<const char*>(header.data()),
-                         reinterpret_cast<const char*>(header.data()) + header_bytes);
-    header_in[p].resize(header_bytes);
-  }
-  EPD_RETURN_IF_ERROR(link.Exchange(ConstViews(header_out), MutableViews(header_in), timeout,
-                                    fmt::format("dispatch counts of group '{}'", c.name)));
-  std::vector<std::vector<int32_t>> headers(R, std::vector<int32_t>(header.size()));
-  std::vector<int32_t> first_words(R);
-  for (int s = 0; s < R; ++s) {
-    std::memcpy(headers[s].data(), header_in[s].data(), header_bytes);
-    first_words[s] = headers[s][0];
-  }
-  EPD_RETURN_IF_ERROR(PeerAbandoned(c, me, first_words, abandon, "dispatch"));
-
-  // Every rank sees every count, so every rank reports the same overflow and none sends.
-  std::vector<reference::SourceRank> counted(R);
-  for (int s = 0; s < R; ++s) {
-    counted[s].num_tokens = headers[s][0];
-    counted[s].expert_counts = &headers[s][2 + R];
-  }
-  EPD_RETURN_IF_ERROR(reference::CheckCapacity(c, counted));
-
-  // --- payload: one message per destination ---
   const size_t x_row = XRowBytes(c, prequantized), scale_row = c.scale_row_bytes();
-  std::vector<std::vector<char>> payload_out(R), payload_in(R);
+  std::vector<std::vector<char>> payload_out(R);
   for (int d = 0; d < R; ++d) {
     payload_out[d].resize(static_cast<size_t>(header[2 + d]) * RecordBytes(c, prequantized));
     char* cursor = payload_out[d].data();
@@ -130,14 +93,19 @@ Status Dispatch(GlooRankLink& link, const GroupConfig& c, int me,
       }
     }
   }
-  for (int s = 0; s < R; ++s) {
-    payload_in[s].resize(static_cast<size_t>(headers[s][2 + me]) *
-                         RecordBytes(c, headers[s][1] != 0));
-  }
-  EPD_RETURN_IF_ERROR(link.Exchange(ConstViews(payload_out), MutableViews(payload_in), timeout,
-                                    fmt::format("dispatch payload of group '{}'", c.name)));
+  return payload_out;
+}
 
-  // --- assemble this rank's layout ---
+// The assemble step of dispatch: rebuilds every source's routing restricted to this rank from
+// its message and lays the rows out with the reference, so the result is a single daemon's;
+// records the rows each source's selections read here, for the combine. Another layout
+// assembles its own buffers here.
+Status AssembleDispatchLayout(const GroupConfig& c, int me,
+                              const std::vector<std::vector<int32_t>>& headers,
+                              const std::vector<std::vector<char>>& payload_in,
+                              const reference::ReceiveBuffers& out, ReturnRows* rows) {
+  const int R = c.world_size(), K = c.top_k;
+  const size_t scale_row = c.scale_row_bytes();
   Assembled a;
   a.x.resize(R);
   a.scales.resize(R);
@@ -191,6 +159,64 @@ Status Dispatch(GlooRankLink& link, const GroupConfig& c, int me,
       if (slots[i] >= 0) rows->rows_for_source[s].push_back(slots[i]);
     }
   }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status Dispatch(GlooRankLink& link, const GroupConfig& c, int me,
+                const reference::SourceRank& mine, const Status& abandon,
+                const reference::ReceiveBuffers& out, int32_t* my_slots, ReturnRows* rows,
+                std::chrono::milliseconds timeout) {
+  const int R = c.world_size(), K = c.top_k, E = c.experts;
+  const bool prequantized = mine.x_scales != nullptr;
+
+  // --- counts ---
+  std::vector<int32_t> header(HeaderWords(c), 0);
+  header[0] = abandon.ok() ? mine.num_tokens : kAbandoned;
+  header[1] = prequantized ? 1 : 0;
+  if (abandon.ok()) {
+    for (int t = 0; t < mine.num_tokens; ++t) {
+      for (int d = 0; d < R; ++d) header[2 + d] += SelectsRank(c, mine.topk_idx + t * K, d);
+    }
+    std::memcpy(&header[2 + R], mine.expert_counts, sizeof(int32_t) * E);
+  }
+  const size_t header_bytes = header.size() * sizeof(int32_t);
+  std::vector<std::vector<char>> header_out(R), header_in(R);
+  for (int p = 0; p < R; ++p) {
+    header_out[p].assign(reinterpret_cast<const char*>(header.data()),
+                         reinterpret_cast<const char*>(header.data()) + header_bytes);
+    header_in[p].resize(header_bytes);
+  }
+  EPD_RETURN_IF_ERROR(link.Exchange(ConstViews(header_out), MutableViews(header_in), timeout,
+                                    fmt::format("dispatch counts of group '{}'", c.name)));
+  std::vector<std::vector<int32_t>> headers(R, std::vector<int32_t>(header.size()));
+  std::vector<int32_t> first_words(R);
+  for (int s = 0; s < R; ++s) {
+    std::memcpy(headers[s].data(), header_in[s].data(), header_bytes);
+    first_words[s] = headers[s][0];
+  }
+  EPD_RETURN_IF_ERROR(PeerAbandoned(c, me, first_words, abandon, "dispatch"));
+
+  // Every rank sees every count, so every rank reports the same overflow and none sends.
+  std::vector<reference::SourceRank> counted(R);
+  for (int s = 0; s < R; ++s) {
+    counted[s].num_tokens = headers[s][0];
+    counted[s].expert_counts = &headers[s][2 + R];
+  }
+  EPD_RETURN_IF_ERROR(reference::CheckCapacity(c, counted));
+
+  // --- payload: one message per destination ---
+  std::vector<std::vector<char>> payload_out = PackDispatchMessages(c, mine, header), payload_in(R);
+  for (int s = 0; s < R; ++s) {
+    payload_in[s].resize(static_cast<size_t>(headers[s][2 + me]) *
+                         RecordBytes(c, headers[s][1] != 0));
+  }
+  EPD_RETURN_IF_ERROR(link.Exchange(ConstViews(payload_out), MutableViews(payload_in), timeout,
+                                    fmt::format("dispatch payload of group '{}'", c.name)));
+
+  // --- assemble this rank's layout ---
+  EPD_RETURN_IF_ERROR(AssembleDispatchLayout(c, me, headers, payload_in, out, rows));
   // This rank's own selections' rows on their destinations: only counts and its own routing.
   counted[me] = mine;
   reference::ComputeSlots(c, me, counted, my_slots);
