@@ -128,12 +128,17 @@ std::string DescribeConfig(const DaemonConfig& config) {
     groups += fmt::format("\n  group '{}': {} ranks, {} named handle(s)", group.config.name,
                           group.config.world_size(), group.handles.size());
   }
+  const std::string cluster =
+      config.cluster.enabled()
+          ? fmt::format(", node {} of {} (leader {})", config.cluster.node_rank,
+                        config.cluster.nodes, config.cluster.leader)
+          : "";
   return fmt::format(
-      "listen {}, tcp_listen {}, metrics_listen {}, backend {}, log_level {}, op_timeout_ms {}, "
+      "listen {}, tcp_listen {}, metrics_listen {}, backend {}, log_level {}, op_timeout_ms {}{}, "
       "{} persistent group(s){}",
       config.listen, config.tcp_listen.empty() ? "off" : config.tcp_listen,
       config.metrics_listen.empty() ? "off" : config.metrics_listen,
-      BackendKindName(config.backend), config.log_level, config.op_timeout.count(),
+      BackendKindName(config.backend), config.log_level, config.op_timeout.count(), cluster,
       config.groups.size(), groups);
 }
 
