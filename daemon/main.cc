@@ -21,6 +21,8 @@
 #include "daemon/app/reload.h"
 #include "daemon/app/startup.h"
 #include "daemon/app/systemd_notifier.h"
+#include "daemon/cluster/cluster_node.h"
+#include "daemon/cluster/token.h"
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/log.h"
@@ -162,18 +164,36 @@ int Run(int argc, char** argv) {
             metrics->port());
   }
 
-  auto backend = app::CreateBackend(config, kFatalSignal);
+  // Multi-node: the token is read before anything starts, so a bad file is a usage error.
+  std::string token;
+  if (config.cluster.enabled()) {
+    auto read = cluster::ReadTokenFile(config.cluster.token_file);
+    if (!read.ok()) return Fail(kExitUsage, read.status());
+    token = std::move(read).value();
+  }
+  app::ClusterAttachment attachment;
+  app::JoinCluster join;
+  if (config.cluster.enabled()) {
+    join = [&config, &token](int ranks) -> StatusOr<app::ClusterAttachment> {
+      EPD_ASSIGN_OR_RETURN(auto node, cluster::ClusterNode::Start(config.cluster, ranks, token));
+      return app::ClusterAttachment{node, node->rejoined()};
+    };
+  }
+  auto backend = app::CreateBackend(config, kFatalSignal, join, &attachment);
   if (!backend.ok()) {
     const bool usage = backend.status().code() == StatusCode::kInvalidArgument;
     return Fail(usage ? kExitUsage : kExitRuntimeError, backend.status().WithContext("backend"));
   }
-  Status fits = CheckGroupsAgainstNode(config, (*backend)->num_ranks());
+  DaemonConfig placed = config;
+  ApplyClusterSpan(&placed, (*backend)->num_ranks());
+  Status fits = CheckGroupsAgainstNode(placed, (*backend)->num_ranks());
   if (!fits.ok()) return Fail(kExitUsage, fits);
 
   EngineOptions engine_options;
   engine_options.unary_session_idle_timeout = config.session_idle_timeout;
   engine_options.drain_timeout = config.drain_timeout;
   engine_options.limits = config.limits;
+  engine_options.cluster = attachment.store;
   if (metrics != nullptr) {
     engine_options.on_op_finished = [sink = metrics.get()](const OpRecord& op) {
       sink->OnOpFinished(op);
@@ -181,7 +201,7 @@ int Run(int argc, char** argv) {
   }
   auto engine = Engine::Create(std::move(backend).value(), engine_options);
   if (!engine.ok()) return Fail(kExitRuntimeError, engine.status().WithContext("engine"));
-  Status persistent = app::CreatePersistentObjects(**engine, config);
+  Status persistent = app::CreatePersistentObjects(**engine, placed);
   if (!persistent.ok()) {
     return Fail(app::IsConfigProblem(persistent) ? kExitUsage : kExitRuntimeError, persistent);
   }

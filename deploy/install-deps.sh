@@ -12,6 +12,7 @@ packages=(
   libspdlog-dev libfmt-dev libsystemd-dev libtomlplusplus-dev libcli11-dev
   libgtest-dev libgmock-dev
   prometheus-cpp-dev     # /metrics
+  libgloo-dev            # the cpu backend's transport between daemons (multi-node groups)
   patchelf               # deploy/bundle.sh
   python3                # the bench smoke test's checker, the Python package's tests
   python3-numpy          # the Python package's tests and cpu example

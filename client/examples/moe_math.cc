@@ -82,6 +82,7 @@ v1::GroupConfig Problem::Config(const std::string& name) const {
   config.set_expert_capacity(expert_capacity);
   config.set_algorithm(algorithm);
   config.set_recv_capacity(recv_capacity);
+  config.set_spans_nodes(spans_nodes);
   if (fp8) {
     config.set_dispatch_dtype(v1::DTYPE_FP8_E4M3);
     config.set_scale_format(scale_format);

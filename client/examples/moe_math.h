@@ -35,6 +35,7 @@ struct Problem {
   bool fp8 = false;
   v1::ScaleFormat scale_format = v1::SCALE_FORMAT_FP32;
   bool prequantized = false;  // fp8: the frontend quantizes x and passes x_scales
+  bool spans_nodes = false;   // the group spans daemons (ranks are then global ranks)
 
   int local_experts() const { return experts / ranks; }
   int rank_of(int expert) const { return expert / local_experts(); }

@@ -13,8 +13,9 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   runner->problem_ = problem;
   runner->rank_ = rank;
   runner->options_ = options;
-  EPD_ASSIGN_OR_RETURN(runner->session_,
-                       client.OpenSession(rank, fmt::format("moe-frontend-rank{}", rank)));
+  const int session_rank = options.session_rank >= 0 ? options.session_rank : rank;
+  EPD_ASSIGN_OR_RETURN(runner->session_, client.OpenSession(session_rank,
+                                                            fmt::format("moe-frontend-rank{}", rank)));
   Session& session = *runner->session_;
 
   // Every rank creates the group; the daemon makes this idempotent for an identical shape.

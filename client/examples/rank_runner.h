@@ -31,6 +31,9 @@ struct RankRunnerOptions {
   // replay them (LaunchTensors::graphs).
   bool graphs = false;
   std::chrono::milliseconds fence_timeout{30'000};
+  // The node rank the session binds to when it differs from the group rank (a group that
+  // spans daemons: group rank = node * ranks_per_node + session rank); -1: the group rank.
+  int session_rank = -1;
 };
 
 class RankRunner {

@@ -36,6 +36,24 @@ void AddFlags(CLI::App& app, Flags* flags) {
   app.add_option("--drain-timeout-ms", flags->drain_timeout_ms,
                  "how long shutdown waits for in-flight ops")
       ->check(CLI::Range(int64_t{0}, int64_t{86'400'000}));
+  // Multi-node ([cluster] in the config file; README, "Multi-node").
+  app.add_option("--node-rank", flags->node_rank, "this daemon's node rank (0: the leader)")
+      ->check(CLI::Range(0, 4095));
+  app.add_option("--nodes", flags->nodes, "daemons in the deployment (1: alone)")
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--leader", flags->leader, "the leader's cluster address, IP:PORT");
+  app.add_option("--cluster-listen", flags->cluster_listen,
+                 "leader only: where to serve the Cluster service (default: --leader)");
+  app.add_option("--cluster-address", flags->cluster_address,
+                 "this node's IP address for group transports (gloo)");
+  app.add_option("--cluster-token-file", flags->cluster_token_file,
+                 "file holding the deployment token (its content is never logged)");
+  app.add_option("--bootstrap-timeout-ms", flags->bootstrap_timeout_ms,
+                 "how long a follower tries to join the leader")
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
+  app.add_option("--peer-timeout-ms", flags->peer_timeout_ms,
+                 "heartbeat silence after which a node counts as down")
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}));
 }
 
 StatusOr<std::vector<int>> ParseGpuList(const std::string& text) {
@@ -85,7 +103,21 @@ StatusOr<DaemonConfig> ResolveConfig(const CLI::App& app, const Flags& flags,
   if (given("--drain-timeout-ms")) {
     config.drain_timeout = std::chrono::milliseconds(flags.drain_timeout_ms);
   }
+  ClusterSettings& cluster = config.cluster;
+  if (given("--node-rank")) cluster.node_rank = flags.node_rank;
+  if (given("--nodes")) cluster.nodes = flags.nodes;
+  if (given("--leader")) cluster.leader = flags.leader;
+  if (given("--cluster-listen")) cluster.listen = flags.cluster_listen;
+  if (given("--cluster-address")) cluster.address = flags.cluster_address;
+  if (given("--cluster-token-file")) cluster.token_file = flags.cluster_token_file;
+  if (given("--bootstrap-timeout-ms")) {
+    cluster.bootstrap_timeout = std::chrono::milliseconds(flags.bootstrap_timeout_ms);
+  }
+  if (given("--peer-timeout-ms")) {
+    cluster.peer_timeout = std::chrono::milliseconds(flags.peer_timeout_ms);
+  }
   Status valid = ValidateDaemonSettings(config);
+  if (valid.ok()) valid = ValidateClusterSettings(cluster);
   if (!valid.ok()) return valid.WithContext("invalid setting (config file or flag)");
   return config;
 }
@@ -96,12 +128,17 @@ std::string DescribeConfig(const DaemonConfig& config) {
     groups += fmt::format("\n  group '{}': {} ranks, {} named handle(s)", group.config.name,
                           group.config.world_size(), group.handles.size());
   }
+  const std::string cluster =
+      config.cluster.enabled()
+          ? fmt::format(", node {} of {} (leader {})", config.cluster.node_rank,
+                        config.cluster.nodes, config.cluster.leader)
+          : "";
   return fmt::format(
-      "listen {}, tcp_listen {}, metrics_listen {}, backend {}, log_level {}, op_timeout_ms {}, "
+      "listen {}, tcp_listen {}, metrics_listen {}, backend {}, log_level {}, op_timeout_ms {}{}, "
       "{} persistent group(s){}",
       config.listen, config.tcp_listen.empty() ? "off" : config.tcp_listen,
       config.metrics_listen.empty() ? "off" : config.metrics_listen,
-      BackendKindName(config.backend), config.log_level, config.op_timeout.count(),
+      BackendKindName(config.backend), config.log_level, config.op_timeout.count(), cluster,
       config.groups.size(), groups);
 }
 

@@ -18,6 +18,10 @@ struct Flags {
   std::string listen, tcp_listen, metrics_listen, backend, gpus, log_level;
   int cpu_ranks = 0;
   int64_t op_timeout_ms = 0, session_idle_timeout_ms = 0, drain_timeout_ms = 0;
+  // [cluster]
+  int node_rank = 0, nodes = 0;
+  std::string leader, cluster_listen, cluster_address, cluster_token_file;
+  int64_t bootstrap_timeout_ms = 0, peer_timeout_ms = 0;
 };
 
 void AddFlags(CLI::App& app, Flags* flags);

@@ -34,6 +34,12 @@ ReloadPlan PlanReload(const DaemonConfig& running, const DaemonConfig& fresh) {
   differs(running.session_idle_timeout != fresh.session_idle_timeout, "session_idle_timeout_ms");
   differs(running.drain_timeout != fresh.drain_timeout, "drain_timeout_ms");
   differs(GroupShapes(running) != GroupShapes(fresh), "group");
+  const ClusterSettings& a = running.cluster;
+  const ClusterSettings& b = fresh.cluster;
+  differs(a.node_rank != b.node_rank || a.nodes != b.nodes || a.leader != b.leader ||
+              a.listen != b.listen || a.address != b.address || a.token_file != b.token_file ||
+              a.bootstrap_timeout != b.bootstrap_timeout || a.peer_timeout != b.peer_timeout,
+          "cluster");
   return plan;
 }
 

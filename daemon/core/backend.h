@@ -27,6 +27,7 @@
 #include "common/dtype.h"
 #include "common/status.h"
 #include "daemon/core/allocation_counter.h"
+#include "daemon/core/cluster.h"
 #include "daemon/core/group_config.h"
 
 namespace epd {
@@ -101,6 +102,7 @@ struct NodeDescription {
   int ranks = 0;
   std::vector<NodeGpu> gpus;
   std::string nccl_version;  // empty where NCCL is not used
+  std::optional<ClusterView> cluster;  // multi-node deployments only (filled by the engine)
 };
 
 // A resolved, bounds-checked tensor: data points into imported or exported memory.

@@ -31,14 +31,18 @@ constexpr std::string_view kTopLevelKeys[] = {"listen",
                                               "session_idle_timeout_ms",
                                               "drain_timeout_ms",
                                               "limits",
-                                              "group"};
+                                              "group",
+                                              "cluster"};
+constexpr std::string_view kClusterKeys[] = {"node_rank", "nodes",      "leader",
+                                             "listen",    "address",    "token_file",
+                                             "bootstrap_timeout_ms", "peer_timeout_ms"};
 constexpr std::string_view kLimitKeys[] = {"buffers_per_session",  "mapped_bytes_per_session",
                                            "fences_per_session",   "handles_per_session",
                                            "groups_per_session",   "persistent_groups"};
 constexpr std::string_view kGroupKeys[] = {
     "name",  "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
     "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle",
-    "dispatch_dtype", "scale_format", "recv_capacity", "sm_budget"};
+    "dispatch_dtype", "scale_format", "recv_capacity", "sm_budget", "spans_nodes"};
 constexpr std::string_view kHandleKeys[] = {"name", "ranks"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug",    "info", "warn",
                                            "error", "critical", "off"};
@@ -178,14 +182,15 @@ Status ParseHandle(const Reader& reader, const toml::node& node, std::string_vie
   if (handle->name.empty() || handle->name.size() > 128) {
     return reader.Error(*name, fmt::format("{}.name", key), "must have 1 to 128 characters");
   }
-  handle->ranks = group.ranks;
+  handle->ranks = group.ranks;  // a spanning group: those of this node (ApplyClusterSpan)
   if (const auto* ranks = table->get("ranks")) {
     const std::string ranks_key = fmt::format("{}.ranks", key);
     EPD_ASSIGN_OR_RETURN(handle->ranks, reader.IntArray(*ranks, ranks_key, 0));
     if (handle->ranks.empty()) return reader.Error(*ranks, ranks_key, "must not be empty");
     std::set<int> seen;
     for (int rank : handle->ranks) {
-      if (group.GroupRankOf(rank) < 0) {
+      // A spanning group's handles name node ranks; CheckGroupsAgainstNode checks them.
+      if (!group.spans_nodes && group.GroupRankOf(rank) < 0) {
         return reader.Error(
             *ranks, ranks_key,
             fmt::format("lists rank {}, which is not a member of group '{}'", rank, group.name));
@@ -280,9 +285,20 @@ Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view
   if (const auto* sms = table->get("sm_budget")) {
     EPD_ASSIGN_OR_RETURN(config.sm_budget, reader.Int(*sms, field("sm_budget"), 0));
   }
+  if (const auto* spans = table->get("spans_nodes")) {
+    const auto* flag = spans->as_boolean();
+    if (flag == nullptr) {
+      return reader.Error(*spans, field("spans_nodes"),
+                          fmt::format("must be a boolean, not {}", TypeName(*spans)));
+    }
+    config.spans_nodes = flag->get();
+  }
   config.ResolveAlgorithm();
-  // Every check that does not depend on the node's rank count (CheckGroupsAgainstNode does).
-  Status valid = config.Validate(INT_MAX);
+  // Every check that does not depend on the node's rank count (CheckGroupsAgainstNode does;
+  // for a spanning group also on the cluster's size, known once [cluster] and flags are read).
+  GroupConfig shape = config;
+  shape.spans_nodes = false;
+  Status valid = shape.Validate(INT_MAX);
   if (!valid.ok()) return reader.Error(node, key, fmt::format("is invalid: {}", valid.message()));
 
   if (const auto* handles = table->get("handle")) {
@@ -362,6 +378,34 @@ Status ParseLimits(const Reader& reader, const toml::node& node, SessionLimits* 
   return OkStatus();
 }
 
+Status ParseCluster(const Reader& reader, const toml::node& node, ClusterSettings* cluster) {
+  const auto* table = node.as_table();
+  if (table == nullptr) return reader.Error(node, "cluster", "must be a table ([cluster])");
+  EPD_RETURN_IF_ERROR(reader.CheckKeys(*table, "cluster.", kClusterKeys));
+  for (const auto& [key_node, value] : *table) {
+    const std::string_view name = key_node.str();
+    const std::string key = fmt::format("cluster.{}", name);
+    if (name == "node_rank") {
+      EPD_ASSIGN_OR_RETURN(cluster->node_rank, reader.Int(value, key, 0));
+    } else if (name == "nodes") {
+      EPD_ASSIGN_OR_RETURN(cluster->nodes, reader.Int(value, key, 1, 4096));
+    } else if (name == "leader") {
+      EPD_ASSIGN_OR_RETURN(cluster->leader, reader.String(value, key));
+    } else if (name == "listen") {
+      EPD_ASSIGN_OR_RETURN(cluster->listen, reader.String(value, key));
+    } else if (name == "address") {
+      EPD_ASSIGN_OR_RETURN(cluster->address, reader.String(value, key));
+    } else if (name == "token_file") {
+      EPD_ASSIGN_OR_RETURN(cluster->token_file, reader.String(value, key));
+    } else if (name == "bootstrap_timeout_ms") {
+      EPD_ASSIGN_OR_RETURN(cluster->bootstrap_timeout, reader.Millis(value, key, 1));
+    } else if (name == "peer_timeout_ms") {
+      EPD_ASSIGN_OR_RETURN(cluster->peer_timeout, reader.Millis(value, key, 1));
+    }
+  }
+  return OkStatus();
+}
+
 Status ParseTopLevel(const Reader& reader, const toml::table& root, DaemonConfig* config) {
   EPD_RETURN_IF_ERROR(reader.CheckKeys(root, "", kTopLevelKeys));
   for (const auto& [key_node, node] : root) {
@@ -390,6 +434,8 @@ Status ParseTopLevel(const Reader& reader, const toml::table& root, DaemonConfig
       EPD_RETURN_IF_ERROR(ParseLimits(reader, node, &config->limits));
     } else if (key == "group") {
       EPD_RETURN_IF_ERROR(ParseGroups(reader, node, config));
+    } else if (key == "cluster") {
+      EPD_RETURN_IF_ERROR(ParseCluster(reader, node, &config->cluster));
     }
   }
   // Scalar contradictions (e.g. a non-loopback tcp_listen), reported at the key's line.
@@ -540,8 +586,64 @@ Status ValidateDaemonSettings(const DaemonConfig& config) {
   return OkStatus();
 }
 
+Status ValidateClusterSettings(const ClusterSettings& cluster) {
+  if (!cluster.enabled()) return OkStatus();
+  if (cluster.node_rank < 0 || cluster.node_rank >= cluster.nodes) {
+    return InvalidArgumentError("cluster.node_rank = {} is outside [0, cluster.nodes = {})",
+                                cluster.node_rank, cluster.nodes);
+  }
+  if (!IsIpAddressWithPort(cluster.leader)) {
+    return InvalidArgumentError("cluster.leader = \"{}\" must be the leader's IP:PORT",
+                                cluster.leader);
+  }
+  if (!cluster.listen.empty() && !IsIpAddressWithPort(cluster.listen)) {
+    return InvalidArgumentError("cluster.listen = \"{}\" must be IP:PORT", cluster.listen);
+  }
+  if (cluster.address.empty() || IsIpAddressWithPort(cluster.address) ||
+      !IsIpAddressWithPort(cluster.address + ":0")) {
+    return InvalidArgumentError(
+        "cluster.address = \"{}\" must be this node's IP address (no port), reachable from "
+        "the other nodes",
+        cluster.address);
+  }
+  if (cluster.token_file.empty()) {
+    return InvalidArgumentError(
+        "cluster.token_file is required with cluster.nodes = {}: daemons prove with the "
+        "deployment token that they belong to one deployment",
+        cluster.nodes);
+  }
+  return OkStatus();
+}
+
+void ApplyClusterSpan(DaemonConfig* config, int ranks_per_node) {
+  const ClusterSettings& cluster = config->cluster;
+  for (PersistentGroupDecl& decl : config->groups) {
+    if (!decl.config.spans_nodes) continue;
+    decl.config.span = GroupConfig::Span{cluster.node_rank, cluster.nodes, ranks_per_node};
+    for (PersistentHandleDecl& handle : decl.handles) {
+      // Handles default to every rank of the group this node hosts.
+      if (handle.ranks != decl.config.ranks) continue;
+      handle.ranks.clear();
+      for (int g = 0; g < decl.config.world_size(); ++g) {
+        const int node_rank = decl.config.NodeRankOf(g);
+        if (node_rank >= 0) handle.ranks.push_back(node_rank);
+      }
+    }
+  }
+}
+
 Status CheckGroupsAgainstNode(const DaemonConfig& config, int node_ranks) {
   for (size_t i = 0; i < config.groups.size(); ++i) {
+    for (const PersistentHandleDecl& handle : config.groups[i].handles) {
+      for (int rank : handle.ranks) {
+        if (config.groups[i].config.GroupRankOf(rank) < 0) {
+          return InvalidArgumentError(
+              "group[{}] (name = \"{}\"): handle '{}' lists node rank {}, which is not a member "
+              "hosted by this node",
+              i, config.groups[i].config.name, handle.name, rank);
+        }
+      }
+    }
     Status valid = config.groups[i].config.Validate(node_ranks);
     if (!valid.ok()) {
       return InvalidArgumentError("group[{}] (name = \"{}\"): {} (the node has {} ranks)", i,

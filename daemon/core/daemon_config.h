@@ -37,6 +37,20 @@ struct PersistentGroupDecl {
 // The cpu backend's rank bound (cpu_backend.cc checks the same number).
 inline constexpr int kMaxCpuRanks = 64;
 
+// [cluster]: a multi-node deployment (README, "Multi-node"). Absent or nodes = 1: the daemon
+// runs alone. The token itself is read from token_file at startup and never logged.
+struct ClusterSettings {
+  int node_rank = 0;
+  int nodes = 1;
+  std::string leader;     // IP:PORT of node 0's cluster listener
+  std::string listen;     // node 0 only: where it serves the Cluster service; default: leader
+  std::string address;    // this node's IP, for group transports (gloo) and the cluster view
+  std::string token_file;
+  std::chrono::milliseconds bootstrap_timeout{60'000};  // how long a follower tries to join
+  std::chrono::milliseconds peer_timeout{3'000};        // silence after which a node is down
+  bool enabled() const { return nodes > 1; }
+};
+
 struct DaemonConfig {
   std::string listen = "unix:///run/epd/epd.sock";
   std::string tcp_listen;  // empty: no TCP; else a loopback address with port
@@ -51,7 +65,13 @@ struct DaemonConfig {
   std::chrono::milliseconds drain_timeout{5'000};
   SessionLimits limits;  // [limits]
   std::vector<PersistentGroupDecl> groups;
+  ClusterSettings cluster;
 };
+
+// Checks [cluster] (after flags override the file); the message names the key.
+Status ValidateClusterSettings(const ClusterSettings& cluster);
+// Gives the config's spanning groups this node's place in the cluster.
+void ApplyClusterSpan(DaemonConfig* config, int ranks_per_node);
 
 // Parses TOML text; `source_name` (a path) prefixes error messages.
 StatusOr<DaemonConfig> ParseDaemonConfig(std::string_view toml_text,

@@ -49,7 +49,11 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Backend> backen
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 
-NodeDescription Engine::DescribeNode() const { return impl_->backend().Describe(); }
+NodeDescription Engine::DescribeNode() const {
+  NodeDescription node = impl_->backend().Describe();
+  if (impl_->cluster() != nullptr) node.cluster = impl_->cluster()->View();
+  return node;
+}
 int Engine::num_ranks() const { return impl_->backend().num_ranks(); }
 EngineStats Engine::Stats() const { return impl_->Stats(); }
 AllocationCounter& Engine::allocations() { return impl_->backend().allocations(); }

@@ -70,6 +70,9 @@ struct EngineOptions {
   // May be empty; called once per op on a worker/completion thread; must not block.
   std::function<void(const OpRecord&)> on_op_finished;
   SessionLimits limits;
+  // Multi-node deployments: fills the span of groups created with spans_nodes and the cluster
+  // view of DescribeNode. Null on a daemon that runs alone.
+  std::shared_ptr<ClusterStore> cluster;
 };
 
 // A frontend's reference to part of a registered (or exported) buffer.

@@ -17,7 +17,11 @@ std::shared_ptr<Memory> MemoryOfHandle(const std::shared_ptr<Handle>& handle) {
 }  // namespace
 
 StatusOr<GroupConfig> Engine::Impl::CreateGroup(std::optional<SessionId> owner,
-                                                const GroupConfig& config, bool persistent) {
+                                                const GroupConfig& requested, bool persistent) {
+  GroupConfig config = requested;
+  // A spanning group's place in the cluster is this daemon's, whatever the client sent.
+  config.span = GroupConfig::Span{};
+  if (config.spans_nodes && options_.cluster != nullptr) config.span = options_.cluster->Span();
   std::optional<int64_t> creator_uid;
   if (owner.has_value()) {
     EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(*owner));

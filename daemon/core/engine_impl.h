@@ -27,6 +27,7 @@ class Engine::Impl {
   ~Impl();
 
   Backend& backend() { return *backend_; }
+  ClusterStore* cluster() const { return options_.cluster.get(); }
   ControlWorker& control() { return *control_; }
 
   // --- sessions, buffers, fences (engine.cc) ---

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <set>
 
+#include <fmt/ranges.h>
+
 #include "common/limits.h"
 
 namespace epd {
@@ -17,14 +19,28 @@ int64_t GroupConfig::expert_rows_capacity() const {
 
 void GroupConfig::ResolveAlgorithm() {
   if (algorithm != Algorithm::kAuto) return;
-  algorithm = max_tokens_per_rank >= kAutoHighThroughputMinTokens && !fp8_dispatch()
+  const bool supported = !fp8_dispatch() && !spans_nodes;
+  algorithm = max_tokens_per_rank >= kAutoHighThroughputMinTokens && supported
                   ? Algorithm::kHighThroughput
                   : Algorithm::kLowLatency;
 }
 
 int GroupConfig::GroupRankOf(int node_rank) const {
-  auto it = std::find(ranks.begin(), ranks.end(), node_rank);
+  const int wanted = spans_nodes ? span.node * span.ranks_per_node + node_rank : node_rank;
+  if (spans_nodes && (node_rank < 0 || node_rank >= span.ranks_per_node)) return -1;
+  auto it = std::find(ranks.begin(), ranks.end(), wanted);
   return it == ranks.end() ? -1 : static_cast<int>(it - ranks.begin());
+}
+
+int GroupConfig::NodeRankOf(int group_rank) const {
+  if (group_rank < 0 || group_rank >= world_size()) return -1;
+  if (!spans_nodes) return ranks[group_rank];
+  return NodeOf(group_rank) == span.node ? ranks[group_rank] % span.ranks_per_node : -1;
+}
+
+int GroupConfig::NodeOf(int group_rank) const {
+  if (!spans_nodes || span.ranks_per_node <= 0) return 0;
+  return ranks[group_rank] / span.ranks_per_node;
 }
 
 Status GroupConfig::Validate(int node_ranks) const {
@@ -32,8 +48,25 @@ Status GroupConfig::Validate(int node_ranks) const {
   if (name.size() > 128) return InvalidArgumentError("group.name is longer than 128 characters");
   if (ranks.empty()) return InvalidArgumentError("group '{}': ranks must not be empty", name);
   std::set<int> seen;
+  if (spans_nodes && span.nodes < 2) {
+    return FailedPreconditionError(
+        "group '{}': spans_nodes needs a multi-node deployment ([cluster] nodes >= 2), but this "
+        "daemon runs alone",
+        name);
+  }
+  if (spans_nodes && span.ranks_per_node != node_ranks) {
+    return InvalidArgumentError("group '{}': the cluster's ranks per node ({}) differ from this "
+                                "node's ranks ({})",
+                                name, span.ranks_per_node, node_ranks);
+  }
+  const int rank_bound = spans_nodes ? span.nodes * span.ranks_per_node : node_ranks;
   for (int r : ranks) {
-    if (r < 0 || r >= node_ranks) {
+    if (spans_nodes && (r < 0 || r >= rank_bound)) {
+      return InvalidArgumentError(
+          "group '{}': global rank {} is outside the cluster's ranks [0, {}) ({} nodes x {})",
+          name, r, rank_bound, span.nodes, span.ranks_per_node);
+    }
+    if (r < 0 || r >= rank_bound) {
       return InvalidArgumentError("group '{}': rank {} is outside the node's ranks [0, {})", name,
                                   r, node_ranks);
     }
@@ -115,6 +148,12 @@ Status GroupConfig::Validate(int node_ranks) const {
           "implemented; use algorithm = low_latency for fp8 dispatch",
           name);
     }
+    if (spans_nodes) {
+      return UnimplementedError(
+          "group '{}': spans_nodes with algorithm = high_throughput is not implemented; use "
+          "algorithm = low_latency for groups that span nodes",
+          name);
+    }
     const int64_t most_rows = static_cast<int64_t>(world) * max_tokens_per_rank;
     if (recv_capacity > most_rows) {
       return InvalidArgumentError(
@@ -143,8 +182,8 @@ Status GroupConfig::Validate(int node_ranks) const {
 }
 
 bool GroupConfig::SameShape(const GroupConfig& o) const {
-  return ranks == o.ranks && experts == o.experts && hidden == o.hidden &&
-         max_tokens_per_rank == o.max_tokens_per_rank && top_k == o.top_k && dtype == o.dtype &&
+  return ranks == o.ranks && spans_nodes == o.spans_nodes && experts == o.experts &&
+         hidden == o.hidden && max_tokens_per_rank == o.max_tokens_per_rank && top_k == o.top_k && dtype == o.dtype &&
          algorithm == o.algorithm && layout == o.layout && capacity() == o.capacity() &&
          recv_row_capacity() == o.recv_row_capacity() &&
          effective_sm_budget() == o.effective_sm_budget() &&
@@ -155,14 +194,17 @@ bool GroupConfig::SameShape(const GroupConfig& o) const {
 std::string GroupConfig::ToString() const {
   const std::string payload =
       fp8_dispatch() ? fmt::format(" dispatch fp8_e4m3/{}", ScaleFormatName(scale_format)) : "";
+  const std::string spanning =
+      spans_nodes ? fmt::format(" global ranks [{}]", fmt::join(ranks, ",")) : "";
   if (high_throughput()) {
-    return fmt::format("group '{}' (R={} E={} H={} T={} K={} M={} SMs={} {} high_throughput)",
+    return fmt::format("group '{}' (R={} E={} H={} T={} K={} M={} SMs={} {} high_throughput{})",
                        name, world_size(), experts, hidden, max_tokens_per_rank, top_k,
-                       recv_row_capacity(), effective_sm_budget(), DTypeName(dtype));
+                       recv_row_capacity(), effective_sm_budget(), DTypeName(dtype), spanning);
   }
-  return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {}{} {} {})", name, world_size(),
-                     experts, hidden, max_tokens_per_rank, top_k, capacity(), DTypeName(dtype),
-                     payload, LayoutName(layout), AlgorithmName(algorithm));
+  return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {}{} {} {}{})", name,
+                     world_size(), experts, hidden, max_tokens_per_rank, top_k, capacity(),
+                     DTypeName(dtype), payload, LayoutName(layout), AlgorithmName(algorithm),
+                     spanning);
 }
 
 HandleLayout ComputeHandleLayout(const GroupConfig& c) {

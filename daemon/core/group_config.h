@@ -44,6 +44,17 @@ struct GroupConfig {
   // recv_scales one scale per 128 channels (common/fp8.h); combine stays in `dtype`.
   DispatchFormat dispatch_format = DispatchFormat::kTokenDType;
   ScaleFormat scale_format = ScaleFormat::kFp32;  // fp8 dispatch only
+  // Multi-node (docs/design.md §9): a spanning group's `ranks` are global ranks,
+  // node * ranks_per_node + node rank, over every daemon of the cluster; each daemon creates
+  // the group for the ranks it hosts. `span` is this daemon's place, filled in by the daemon
+  // (config file or engine) from its [cluster] settings, never by a client.
+  struct Span {
+    int node = 0;
+    int nodes = 1;
+    int ranks_per_node = 0;
+  };
+  bool spans_nodes = false;
+  Span span;
 
   int world_size() const { return static_cast<int>(ranks.size()); }
   int local_experts() const { return world_size() > 0 ? experts / world_size() : 0; }
@@ -72,11 +83,16 @@ struct GroupConfig {
     return static_cast<size_t>(scale_blocks()) * ScaleBytes(scale_format);
   }
   // Turns Algorithm::kAuto into a concrete algorithm: high_throughput when
-  // max_tokens_per_rank >= kAutoHighThroughputMinTokens (and the group does not dispatch fp8,
-  // which high_throughput does not support yet), else low_latency. Other values stay.
+  // max_tokens_per_rank >= kAutoHighThroughputMinTokens (and the group neither dispatches fp8
+  // nor spans nodes, which high_throughput does not support yet), else low_latency. Other
+  // values stay.
   void ResolveAlgorithm();
   // Group rank of a node rank, or -1 when the node rank is not a member.
   int GroupRankOf(int node_rank) const;
+  // The node rank (on this daemon) of a group rank, or -1 when another daemon hosts it.
+  int NodeRankOf(int group_rank) const;
+  // The node that hosts a group rank (0 for groups that do not span nodes).
+  int NodeOf(int group_rank) const;
 
   // Checks every field against the others and against the node's rank count; the message
   // names the field and its value.

@@ -99,10 +99,36 @@ class EngineCollector final : public prometheus::Collectable {
                {{"gpu", gpu}, {"rank", std::to_string(rank)}});
     }
     out.push_back(std::move(handles));
+    AddClusterFamilies(out);
     return out;
   }
 
  private:
+  // Multi-node: one series per peer node (the cluster view is read at each scrape).
+  void AddClusterFamilies(std::vector<prometheus::MetricFamily>& out) const {
+    using prometheus::MetricType;
+    const NodeDescription now = engine_->DescribeNode();
+    if (!now.cluster.has_value()) return;
+    auto up = Family("epd_cluster_node_up",
+                     "1 while the node's heartbeats reach the leader (the leader: always).",
+                     MetricType::Gauge);
+    auto joins = Family("epd_cluster_node_joins_total",
+                        "Times the node rank joined the deployment (restarts + 1).",
+                        MetricType::Counter);
+    auto failures = Family("epd_cluster_transport_failures_total",
+                           "Group exchanges with the node that this daemon saw fail.",
+                           MetricType::Counter);
+    for (const ClusterMember& member : now.cluster->members) {
+      const Labels labels = {{"node", std::to_string(member.node_rank)}};
+      AddValue(up, member.state == NodeState::kUp ? 1 : 0, labels);
+      AddValue(joins, static_cast<double>(member.joins), labels);
+      AddValue(failures, static_cast<double>(member.transport_failures), labels);
+    }
+    out.push_back(std::move(up));
+    out.push_back(std::move(joins));
+    out.push_back(std::move(failures));
+  }
+
   const BuildInfo build_;
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   mutable std::mutex mutex_;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "daemon/cluster/cluster_proto.h"
+
 namespace epd::service {
 namespace {
 
@@ -45,6 +47,7 @@ StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view f
   config.expert_capacity = proto.expert_capacity();
   config.recv_capacity = proto.recv_capacity();
   config.sm_budget = proto.sm_budget();
+  config.spans_nodes = proto.spans_nodes();
   if (proto.dtype() != v1::DTYPE_UNSPECIFIED) {
     EPD_ASSIGN_OR_RETURN(config.dtype, FromProto(proto.dtype(), Join(field, "dtype")));
   }
@@ -104,6 +107,7 @@ v1::GroupConfig ToProto(const GroupConfig& config) {
   proto.set_name(config.name);
   for (int r : config.ranks) proto.add_ranks(r);
   proto.set_world_size(config.world_size());
+  proto.set_spans_nodes(config.spans_nodes);
   proto.set_experts(config.experts);
   proto.set_hidden(config.hidden);
   proto.set_max_tokens_per_rank(config.max_tokens_per_rank);
@@ -353,6 +357,16 @@ void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& group
     proto->set_compute_mode(static_cast<v1::ComputeMode>(gpu.compute_mode));
   }
   out->set_nccl_version(node.nccl_version);
+  if (node.cluster.has_value()) {
+    v1::ClusterInfo* cluster = out->mutable_cluster();
+    cluster->set_node_rank(node.cluster->node_rank);
+    cluster->set_nodes(node.cluster->nodes);
+    cluster->set_ranks_per_node(node.cluster->ranks_per_node);
+    cluster->set_leader(node.cluster->leader);
+    v1::ClusterView members;
+    cluster::ToProto(*node.cluster, &members);
+    *cluster->mutable_members() = members.members();
+  }
   // NOTE: bounded so that GetNodeInfo always fits the default 4 MB message limit.
   for (const auto& group : groups) {
     if (out->groups_size() == static_cast<int>(kMaxGroupsPerAnswer)) {

@@ -234,3 +234,26 @@ TEST(CudaBackendInfo, RejectsGroupsItCannotServe) {
 
 }  // namespace
 }  // namespace epd::gputest
+
+namespace epd::gputest {
+namespace {
+
+// Groups spanning daemons are served by the cpu backend only for now: the cuda backend says
+// so instead of serving half of one.
+TEST(CudaBackendInfo, RefusesGroupsThatSpanNodes) {
+  EPD_REQUIRE_GPUS(1);
+  GroupConfig c;
+  c.name = "spanning";
+  c.ranks = {0, 1};
+  c.experts = 8;
+  c.hidden = 128;
+  c.max_tokens_per_rank = 8;
+  c.top_k = 2;
+  c.spans_nodes = true;
+  c.span = GroupConfig::Span{0, 2, SharedBackend()->num_ranks()};
+  auto group = SharedBackend()->CreateGroup(c);
+  EXPECT_EQ(group.status().code(), StatusCode::kUnimplemented) << group.status().ToString();
+}
+
+}  // namespace
+}  // namespace epd::gputest

@@ -306,6 +306,9 @@ TEST(DaemonConfigTest, ShippedExampleConfigIsValid) {
   EXPECT_FALSE(example->groups[0].config.fp8_dispatch());  // dispatch_dtype = "bf16"
   EXPECT_EQ(example->groups[0].config.scale_format, ScaleFormat::kFp32);
   EXPECT_TRUE(CheckGroupsAgainstNode(*example, 8).ok());
+  // And its commented-out [cluster] table.
+  EXPECT_EQ(example->cluster.nodes, 2);
+  EXPECT_TRUE(ValidateClusterSettings(example->cluster).ok());
 }
 
 TEST(DaemonConfigTest, MetricsListenIsIpAndPortOrEmpty) {

@@ -31,11 +31,14 @@ experts = 2
 hidden = 8
 max_tokens_per_rank = 4
 top_k = 1
+[cluster]
+peer_timeout_ms = 100
 )");
   ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
   const ReloadPlan plan = PlanReload(running, *fresh);
   EXPECT_EQ(plan.log_level, "debug");
-  EXPECT_THAT(plan.ignored, ElementsAre("listen", "metrics_listen", "op_timeout_ms", "group"));
+  EXPECT_THAT(plan.ignored,
+              ElementsAre("listen", "metrics_listen", "op_timeout_ms", "group", "cluster"));
 }
 
 }  // namespace

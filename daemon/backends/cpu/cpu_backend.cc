@@ -19,6 +19,8 @@
 #include "daemon/backends/cpu/reference_ops.h"
 #include "daemon/backends/cpu/shm_fault_guard.h"
 #include "daemon/backends/cpu/shm_region.h"
+#include "daemon/backends/cpu/spanning_ops.h"
+#include "daemon/backends/cpu/spanning_transport.h"
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/log.h"
 
@@ -111,17 +113,28 @@ class CpuHandle;
 // A group's ranks meet in its rendezvous, on their streams.
 class CpuGroup : public BackendGroup {
  public:
-  CpuGroup(const GroupConfig& config, std::function<void(CpuGroup*)> forget)
+  CpuGroup(const GroupConfig& config, std::function<void(CpuGroup*)> forget,
+           std::vector<std::unique_ptr<GlooRankLink>> links = {})
       : config_(config),
         rendezvous_(config.name, config.world_size()),
+        links_(std::move(links)),
         forget_(std::move(forget)) {}
   ~CpuGroup() override { forget_(this); }
   const GroupConfig& config() const override { return config_; }
   HostRendezvous& rendezvous() { return rendezvous_; }
+  // Spanning groups: cancels the exchanges in flight on every link of this daemon.
+  void CancelLinks(const Status& reason, bool permanent) {
+    for (auto& link : links_) {
+      if (link != nullptr) link->Cancel(reason, permanent);
+    }
+  }
+  // A spanning group's link of a group rank this daemon hosts (used on that rank's stream).
+  GlooRankLink& link(int group_rank) { return *links_[group_rank]; }
 
  private:
   GroupConfig config_;
   HostRendezvous rendezvous_;
+  std::vector<std::unique_ptr<GlooRankLink>> links_;  // spanning groups: by group rank
   std::function<void(CpuGroup*)> forget_;
 };
 
@@ -162,6 +175,7 @@ class CpuHandle : public BackendHandle {
   // engine may have enqueued it before the stream found the bad routing).
   void set_routing_status(Status status) { routing_status_ = std::move(status); }
   const Status& routing_status() const { return routing_status_; }
+  spanning::ReturnRows& return_rows() { return return_rows_; }
   reference::ReceiveBuffers receive() {
     return reference::ReceiveBuffersAt(exported_->data(), layout_);
   }
@@ -176,6 +190,7 @@ class CpuHandle : public BackendHandle {
   std::atomic<int> submitted_tokens_{0};  // n of the last UpdateHandle enqueued
   int bound_tokens_ = 0;                  // n of the last UpdateHandle executed (stream only)
   Status routing_status_;                 // of the last UpdateHandle executed (stream only)
+  spanning::ReturnRows return_rows_;      // spanning groups: of the last dispatch (stream only)
 };
 
 class CpuBackend : public Backend {
@@ -196,7 +211,10 @@ class CpuBackend : public Backend {
   void BeginShutdown() override {
     shutting_down_ = true;
     std::lock_guard lock(groups_mutex_);
-    for (CpuGroup* group : groups_) group->rendezvous().Shutdown();
+    for (CpuGroup* group : groups_) {
+      group->rendezvous().Shutdown();
+      group->CancelLinks(UnavailableError("epd is shutting down"), /*permanent=*/true);
+    }
   }
 
   Status CheckLiveness(std::chrono::milliseconds limit) const override {
@@ -213,6 +231,8 @@ class CpuBackend : public Backend {
 
   void AbortGroup(BackendGroup& group, const Status& reason) override {
     static_cast<CpuGroup&>(group).rendezvous().Abort(reason);
+    // Peers in other daemons then fail at their op timeout, or at once if their node died.
+    static_cast<CpuGroup&>(group).CancelLinks(reason, /*permanent=*/false);
   }
 
   StatusOr<std::shared_ptr<Memory>> Import(const MemorySource& source, int node_rank) override {
@@ -237,10 +257,18 @@ class CpuBackend : public Backend {
   }
 
   StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& config) override {
-    auto group = std::make_unique<CpuGroup>(config, [this](CpuGroup* g) { ForgetGroup(g); });
+    std::vector<std::unique_ptr<GlooRankLink>> links;
+    if (config.spans_nodes) {
+      EPD_ASSIGN_OR_RETURN(links, transport_.LinksFor(config));
+    }
+    auto group = std::make_unique<CpuGroup>(config, [this](CpuGroup* g) { ForgetGroup(g); },
+                                            std::move(links));
     std::lock_guard lock(groups_mutex_);
     groups_.insert(group.get());
-    if (shutting_down_) group->rendezvous().Shutdown();
+    if (shutting_down_) {
+      group->rendezvous().Shutdown();
+      group->CancelLinks(UnavailableError("epd is shutting down"), /*permanent=*/true);
+    }
     return std::unique_ptr<BackendGroup>(std::move(group));
   }
   void ForgetGroup(CpuGroup* group) {
@@ -255,12 +283,17 @@ class CpuBackend : public Backend {
       return InvalidArgumentError("group '{}': group rank {} is outside [0, {})", config.name,
                                   group_rank, config.world_size());
     }
+    const int node_rank = config.NodeRankOf(group_rank);
+    if (node_rank < 0) {
+      return InvalidArgumentError("group '{}': group rank {} lives on node {}, not on this one",
+                                  config.name, group_rank, config.NodeOf(group_rank));
+    }
     const HandleLayout layout = ComputeHandleLayout(config);
     EPD_ASSIGN_OR_RETURN(auto region,
                          ShmRegion::Create(NextShmName("handle"), layout.exported_bytes,
                                            kExportedShmMode, ExportedShmGroup()));
     auto exported = std::make_unique<ExportedShm>(std::move(region), allocations_);
-    auto handle = std::make_unique<CpuHandle>(group, group_rank, config.ranks[group_rank],
+    auto handle = std::make_unique<CpuHandle>(group, group_rank, node_rank,
                                               std::move(exported), allocations_);
     return std::unique_ptr<BackendHandle>(std::move(handle));
   }
@@ -314,6 +347,12 @@ class CpuBackend : public Backend {
       Abandon(handle, CollectiveKind::kDispatch, bad);
       return bad;
     }
+    if (me.config().spans_nodes) {
+      streams_[me.node_rank()]->Enqueue([this, &me, x = args.x.data, x_scales = args.x_scales.data] {
+        return RunSpanningDispatch(me, x, x_scales, OkStatus());
+      });
+      return OkStatus();
+    }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
     streams_[me.node_rank()]->Enqueue(
         [this, &me, seq, x = args.x.data, x_scales = args.x_scales.data] {
@@ -328,10 +367,16 @@ class CpuBackend : public Backend {
       Abandon(handle, CollectiveKind::kCombine, bad);
       return bad;
     }
-    const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
     const void* expert_out = args.expert_out != nullptr
                                  ? args.expert_out
                                  : static_cast<const void*>(me.receive().recv_x);
+    if (me.config().spans_nodes) {
+      streams_[me.node_rank()]->Enqueue([this, &me, expert_out, out = args.out.data] {
+        return RunSpanningCombine(me, expert_out, out, OkStatus());
+      });
+      return OkStatus();
+    }
+    const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
     streams_[me.node_rank()]->Enqueue([this, &me, seq, expert_out, out = args.out.data] {
       return RunCombine(me, seq, RankPart{&me, expert_out}, out);
     });
@@ -340,6 +385,18 @@ class CpuBackend : public Backend {
 
   void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) override {
     auto& me = static_cast<CpuHandle&>(handle);
+    if (me.config().spans_nodes) {
+      // The peers in other daemons learn it from this rank's counts (the op still runs).
+      streams_[me.node_rank()]->Enqueue([this, &me, kind, reason] {
+        if (kind == CollectiveKind::kDispatch) {
+          RunSpanningDispatch(me, nullptr, nullptr, reason).IgnoreError();
+        } else {
+          RunSpanningCombine(me, nullptr, nullptr, reason).IgnoreError();
+        }
+        return OkStatus();  // the rank reported its own reason when it gave up
+      });
+      return;
+    }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
     streams_[me.node_rank()]->Enqueue([&me, seq, kind, reason] {
       me.group().rendezvous().Abandon(me.group_rank(), seq, kind, reason);
@@ -463,6 +520,36 @@ class CpuBackend : public Backend {
     return status;
   }
 
+  // Spanning groups (spanning_ops.h): this rank exchanges with every group rank through its
+  // link; `abandon` non-OK gives the op up and fails it on the peers.
+  Status RunSpanningDispatch(CpuHandle& me, const void* x, const void* x_scales, Status abandon) {
+    if (abandon.ok() && !me.routing_status().ok()) {
+      abandon =
+          FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
+    }
+    reference::SourceRank mine = me.Source(x);
+    mine.x_scales = x_scales;
+    Status status = spanning::Dispatch(me.group().link(me.group_rank()), me.config(),
+                                       me.group_rank(), mine, abandon, me.receive(), me.slots(),
+                                       &me.return_rows(), options_.op_timeout);
+    if (status.ok()) status = CheckIntact(x, "dispatch: x");
+    if (status.ok()) status = CheckIntact(me.exported().data(), "dispatch: the handle");
+    return status;
+  }
+
+  Status RunSpanningCombine(CpuHandle& me, const void* expert_out, void* out, Status abandon) {
+    if (abandon.ok() && !me.routing_status().ok()) {
+      abandon =
+          FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
+    }
+    Status status = spanning::Combine(me.group().link(me.group_rank()), me.config(),
+                                      me.group_rank(), me.Source(nullptr), abandon, me.slots(),
+                                      me.return_rows(), expert_out, out, options_.op_timeout);
+    if (status.ok()) status = CheckIntact(expert_out, "combine: expert outputs");
+    if (status.ok()) status = CheckIntact(out, "combine: out");
+    return status;
+  }
+
   Status RunCombine(CpuHandle& me, uint64_t seq, const RankPart& mine, void* out) {
     EPD_RETURN_IF_ERROR(AbandonIfRoutingFailed(me, seq, CollectiveKind::kCombine));
     CpuGroup& group = me.group();
@@ -491,6 +578,7 @@ class CpuBackend : public Backend {
   }
 
   CpuBackendOptions options_;
+  SpanningTransport transport_{options_.cluster, options_.restarted_node};
   AllocationCounter allocations_;
   std::atomic<uint64_t> next_shm_{0};
   // Frontends of the daemon's group open handle and fence objects read-write

@@ -202,6 +202,13 @@ StatusOr<std::unique_ptr<ExportedMemory>> CudaBackend::CreateFence(int node_rank
 
 StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConfig& config) {
   EPD_RETURN_IF_ERROR(config.Validate(num_ranks()));
+  if (config.spans_nodes) {
+    // Refused rather than half-served: NCCL send/recv between daemons is not written yet.
+    return UnimplementedError(
+        "group '{}': groups that span nodes are served by the cpu backend only for now; the "
+        "cuda backend's NCCL path between daemons is not implemented",
+        config.name);
+  }
   const int R = config.world_size();
   if (R > kernels::kMaxRanks) {
     return InvalidArgumentError("group '{}': {} ranks; the cuda backend supports at most {}",

@@ -1,0 +1,43 @@
+#include "daemon/backends/cpu/spanning_transport.h"
+
+#include <gloo/transport/tcp/device.h>
+
+#include <exception>
+
+namespace epd {
+
+SpanningTransport::SpanningTransport(std::shared_ptr<ClusterStore> cluster, bool restarted_node)
+    : cluster_(std::move(cluster)), restarted_node_(restarted_node) {}
+
+StatusOr<std::vector<std::unique_ptr<GlooRankLink>>> SpanningTransport::LinksFor(
+    const GroupConfig& config) {
+  if (cluster_ == nullptr) {
+    return FailedPreconditionError(
+        "group '{}' spans nodes, but this daemon is not part of a multi-node deployment "
+        "([cluster] nodes >= 2)",
+        config.name);
+  }
+  std::shared_ptr<gloo::transport::Device> device;
+  {
+    std::lock_guard lock(mutex_);
+    if (device_ == nullptr) {
+      try {
+        gloo::transport::tcp::attr attr;
+        attr.hostname = cluster_->transport_host();
+        device_ = gloo::transport::tcp::CreateDevice(attr);
+      } catch (const std::exception& error) {
+        return UnavailableError("cannot create the gloo TCP device on cluster.address = {}: {}",
+                                cluster_->transport_host(), error.what());
+      }
+    }
+    device = device_;
+  }
+  std::vector<std::unique_ptr<GlooRankLink>> links(config.world_size());
+  for (int g = 0; g < config.world_size(); ++g) {
+    if (config.NodeRankOf(g) < 0) continue;
+    links[g] = std::make_unique<GlooRankLink>(config, g, *cluster_, device, restarted_node_);
+  }
+  return links;
+}
+
+}  // namespace epd

@@ -1,0 +1,72 @@
+// ClusterNode: this daemon's membership in a multi-node deployment (README, "Multi-node").
+//
+// Node 0 (the leader) serves the Cluster service (cluster_service.h) and owns the membership
+// and the key-value store. A follower joins it at startup, retrying with bounded backoff while
+// the leader is unreachable or its predecessor's lease runs out, for at most
+// bootstrap_timeout; a wrong token, a node- or rank-count mismatch or a duplicate node rank
+// ends the start with that error. Followers then heartbeat every peer_timeout / 4 and keep
+// the view the leader returns; a leader that lost them (restarted) is joined again.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/status.h"
+#include "daemon/cluster/cluster_service.h"
+#include "daemon/cluster/membership.h"
+#include "daemon/core/cluster.h"
+#include "daemon/core/daemon_config.h"
+#include "epd/v1/cluster.grpc.pb.h"
+
+namespace epd::cluster {
+
+class ClusterNode : public ClusterStore {
+ public:
+  // Blocks until joined (followers), bounded by settings.bootstrap_timeout.
+  static StatusOr<std::shared_ptr<ClusterNode>> Start(const ClusterSettings& settings,
+                                                      int ranks_per_node, std::string token);
+  ~ClusterNode() override;
+
+  GroupConfig::Span Span() const override;
+  const std::string& transport_host() const override { return settings_.address; }
+  ClusterView View() const override;
+  Status Set(const std::string& key, const std::string& value) override;
+  StatusOr<std::optional<std::string>> Get(const std::string& key) override;
+  StatusOr<int64_t> Max(const std::string& key, int64_t value) override;
+  void ReportTransportFailure(int node) override;
+
+  bool rejoined() const { return rejoined_; }
+
+ private:
+  ClusterNode(const ClusterSettings& settings, int ranks_per_node, std::string token);
+  Status JoinWithBackoff();
+  StatusOr<v1::JoinResponse> JoinOnce(v1::Cluster::Stub& stub);
+  std::unique_ptr<v1::Cluster::Stub> NewLeaderStub() const;
+  void HeartbeatLoop();
+  std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const;
+
+  const ClusterSettings settings_;
+  const int ranks_per_node_;
+  const std::string token_;
+  const uint64_t incarnation_;
+  bool rejoined_ = false;
+
+  std::shared_ptr<Membership> membership_;  // leader only
+  std::unique_ptr<ClusterServer> server_;   // leader only
+  std::unique_ptr<v1::Cluster::Stub> stub_;  // followers: the leader
+
+  mutable std::mutex mutex_;
+  std::condition_variable stop_changed_;
+  bool stopping_ = false;
+  ClusterView last_view_;  // followers: the leader's view at the last heartbeat
+  bool leader_reachable_ = true;
+  std::vector<std::atomic<uint64_t>> transport_failures_;
+  std::thread heartbeat_;
+};
+
+}  // namespace epd::cluster

@@ -1,0 +1,122 @@
+#include "daemon/cluster/cluster_service.h"
+
+#include <chrono>
+
+#include "common/grpc_status.h"
+#include "daemon/cluster/cluster_proto.h"
+#include "daemon/cluster/token.h"
+#include "daemon/core/log.h"
+
+namespace epd::cluster {
+
+class ClusterServer::Service final : public v1::Cluster::CallbackService {
+ public:
+  Service(std::string token, std::shared_ptr<Membership> membership)
+      : token_(std::move(token)), membership_(std::move(membership)) {}
+
+  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
+                                 const v1::JoinRequest* request,
+                                 v1::JoinResponse* response) override {
+    Status status = CheckToken(context, request->token(), "Join");
+    if (status.ok()) {
+      auto joined = membership_->Join(request->node_rank(), request->nodes(),
+                                      request->ranks_per_node(), request->address(),
+                                      request->incarnation());
+      if (joined.ok()) {
+        response->set_rejoined(joined->rejoined);
+        ToProto(membership_->View(), response->mutable_view());
+        EPD_LOG(kRpc, info, "cluster: node {} at {} joined{}", request->node_rank(),
+                request->address(), joined->rejoined ? " again (restarted)" : "");
+      } else {
+        status = joined.status();
+        EPD_LOG(kRpc, warn, "cluster: refused node {} from {}: {}", request->node_rank(),
+                context->peer(), status.ToString());
+      }
+    }
+    return Finish(context, status);
+  }
+
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const v1::HeartbeatRequest* request,
+                                      v1::ClusterView* response) override {
+    Status status = CheckToken(context, request->token(), "Heartbeat");
+    if (status.ok()) status = membership_->Heartbeat(request->node_rank(), request->incarnation());
+    if (status.ok()) ToProto(membership_->View(), response);
+    return Finish(context, status);
+  }
+
+  grpc::ServerUnaryReactor* StoreSet(grpc::CallbackServerContext* context,
+                                     const v1::StoreSetRequest* request,
+                                     v1::StoreSetResponse*) override {
+    Status status = CheckToken(context, request->token(), "StoreSet");
+    if (status.ok()) membership_->Set(request->key(), request->value());
+    return Finish(context, status);
+  }
+
+  grpc::ServerUnaryReactor* StoreGet(grpc::CallbackServerContext* context,
+                                     const v1::StoreGetRequest* request,
+                                     v1::StoreGetResponse* response) override {
+    Status status = CheckToken(context, request->token(), "StoreGet");
+    if (status.ok()) {
+      auto value = membership_->Get(request->key());
+      if (value.has_value()) {
+        response->set_value(*value);
+      } else {
+        status = NotFoundError("key '{}' is not set", request->key());
+      }
+    }
+    return Finish(context, status);
+  }
+
+  grpc::ServerUnaryReactor* StoreMax(grpc::CallbackServerContext* context,
+                                     const v1::StoreMaxRequest* request,
+                                     v1::StoreMaxResponse* response) override {
+    Status status = CheckToken(context, request->token(), "StoreMax");
+    if (status.ok()) response->set_value(membership_->Max(request->key(), request->value()));
+    return Finish(context, status);
+  }
+
+ private:
+  Status CheckToken(grpc::CallbackServerContext* context, const std::string& token,
+                    std::string_view call) const {
+    if (TokensEqual(token, token_)) return OkStatus();
+    // The peer address only: the token a caller sent is as secret as ours.
+    EPD_LOG(kRpc, warn, "cluster: {} from {} refused: wrong deployment token", call,
+            context->peer());
+    return Status(StatusCode::kUnauthenticated,
+                  "wrong deployment token: the daemons' cluster.token_file contents differ");
+  }
+  static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
+                                          const Status& status) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  }
+
+  const std::string token_;
+  std::shared_ptr<Membership> membership_;
+};
+
+StatusOr<std::unique_ptr<ClusterServer>> ClusterServer::Start(
+    const std::string& listen, std::string token, std::shared_ptr<Membership> membership) {
+  std::unique_ptr<ClusterServer> server(new ClusterServer());
+  server->service_ = std::make_unique<Service>(std::move(token), std::move(membership));
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return UnavailableError("cluster.listen = {}: cannot listen there (address in use or not "
+                            "this host's)",
+                            listen);
+  }
+  return server;
+}
+
+ClusterServer::~ClusterServer() {
+  if (server_ != nullptr) {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  }
+}
+
+}  // namespace epd::cluster

@@ -1,0 +1,62 @@
+// Membership: the leader's table of the deployment's nodes and the key-value store their group
+// transports rendezvous through. Plain data behind one mutex, no gRPC (cluster_service.h
+// serves it), so the join rules are unit-testable.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "daemon/core/cluster.h"
+
+namespace epd::cluster {
+
+struct JoinOutcome {
+  bool rejoined = false;  // an earlier start of a daemon held this node rank
+};
+
+class Membership {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // The leader is node 0 and a member from the start.
+  Membership(int nodes, int ranks_per_node, std::string leader_address,
+             std::chrono::milliseconds peer_timeout);
+
+  // INVALID_ARGUMENT: node_rank outside [1, nodes). FAILED_PRECONDITION: nodes or
+  // ranks_per_node differ from the leader's. ALREADY_EXISTS: a live daemon with another
+  // incarnation holds the node rank (a restarted node joins once the old one's heartbeats
+  // stopped for peer_timeout).
+  StatusOr<JoinOutcome> Join(int node_rank, int nodes, int ranks_per_node,
+                             const std::string& address, uint64_t incarnation);
+  // FAILED_PRECONDITION when the node rank is not held by this incarnation (it must Join).
+  Status Heartbeat(int node_rank, uint64_t incarnation);
+
+  ClusterView View() const;
+
+  void Set(const std::string& key, std::string value);
+  std::optional<std::string> Get(const std::string& key) const;
+  int64_t Max(const std::string& key, int64_t value);
+
+ private:
+  struct Member {
+    std::string address;
+    uint64_t incarnation = 0;
+    uint64_t joins = 0;
+    Clock::time_point last_seen{};
+  };
+  bool UpLocked(const Member& member, Clock::time_point now) const;
+
+  const int nodes_;
+  const int ranks_per_node_;
+  const std::chrono::milliseconds peer_timeout_;
+  mutable std::mutex mutex_;
+  std::vector<Member> members_;  // by node rank; joins == 0: never joined
+  std::map<std::string, std::string> store_;
+};
+
+}  // namespace epd::cluster

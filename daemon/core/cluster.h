@@ -1,0 +1,67 @@
+// The multi-node view the core and the backends need, without gRPC (daemon/cluster/ implements
+// it): which node this daemon is, the cluster's members as the leader sees them, and the
+// leader's key-value store that group transports rendezvous through (docs/design.md §9).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "daemon/core/group_config.h"
+
+namespace epd {
+
+enum class NodeState { kUp, kDown, kAbsent };
+constexpr std::string_view NodeStateName(NodeState state) {
+  switch (state) {
+    case NodeState::kUp:
+      return "up";
+    case NodeState::kDown:
+      return "down";
+    default:
+      return "absent";
+  }
+}
+
+struct ClusterMember {
+  int node_rank = 0;
+  std::string address;
+  NodeState state = NodeState::kAbsent;
+  uint64_t joins = 0;             // restarts + 1
+  uint64_t last_seen_ms_ago = 0;  // since the leader last heard from it
+  uint64_t transport_failures = 0;  // group ops this node saw fail because of that peer
+};
+
+struct ClusterView {
+  int node_rank = 0;
+  int nodes = 1;
+  int ranks_per_node = 0;
+  std::string leader;
+  std::vector<ClusterMember> members;  // in node-rank order
+};
+
+// Implemented by daemon/cluster/cluster_node.h. Thread-safe; every call is bounded.
+class ClusterStore {
+ public:
+  virtual ~ClusterStore() = default;
+  virtual GroupConfig::Span Span() const = 0;
+  // This node's address for group transports (an IP, no port).
+  virtual const std::string& transport_host() const = 0;
+  virtual ClusterView View() const = 0;
+
+  virtual Status Set(const std::string& key, const std::string& value) = 0;
+  // nullopt while the key is absent.
+  virtual StatusOr<std::optional<std::string>> Get(const std::string& key) = 0;
+  // Raises the integer at key to at least `value`; returns the stored result.
+  virtual StatusOr<int64_t> Max(const std::string& key, int64_t value) = 0;
+
+  // A group transport gave up on `node` (its connection broke or timed out): counted per peer
+  // in the view and in /metrics.
+  virtual void ReportTransportFailure(int node) = 0;
+};
+
+}  // namespace epd

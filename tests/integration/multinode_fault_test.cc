@@ -1,0 +1,183 @@
+// A daemon of a spanning group killed mid-run: the survivors' in-flight ops fail with
+// UNAVAILABLE naming the dead node well before the op timeout, the survivors keep serving
+// health, GetNodeInfo (the dead node shown down) and their single-node groups, and once the
+// node is restarted and its frontends created the group again, the spanning group re-forms by
+// itself at the next op and produces correct results again.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "tests/integration/multinode_support.h"
+
+namespace epd::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Polls GetNodeInfo until node `node`'s state is `state` (at most 10 s).
+v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state) {
+  v1::NodeState seen = v1::NODE_STATE_UNSPECIFIED;
+  for (int i = 0; i < 1000 && seen != state; ++i) {
+    auto info = client.GetNodeInfo();
+    if (info.ok() && info->cluster().members_size() > node) {
+      seen = info->cluster().members(node).state();
+    }
+    if (seen != state) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return seen;
+}
+
+std::string Scrape(int port) {
+  std::string text;
+  const std::string command = fmt::format("curl -s --max-time 5 http://127.0.0.1:{}/metrics", port);
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return text;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) text.append(buffer, n);
+  pclose(pipe);
+  return text;
+}
+
+// Two nodes (the leader with `leader_flags`) whose frontends ran one good layer of a group
+// spanning them.
+struct TwoNodes {
+  std::unique_ptr<LoopbackCluster> cluster;
+  example::Problem problem = SpanningProblem(2);
+  example::RankRunnerOptions options;
+  std::vector<RankClient> ranks;
+};
+StatusOr<std::unique_ptr<TwoNodes>> StartTwoNodes(std::vector<std::string> leader_flags) {
+  auto two = std::make_unique<TwoNodes>();
+  EPD_ASSIGN_OR_RETURN(two->cluster, LoopbackCluster::Create(2));
+  EPD_RETURN_IF_ERROR(two->cluster->StartNode(0, std::move(leader_flags)));
+  EPD_RETURN_IF_ERROR(two->cluster->StartNode(1));
+  two->options.group = UniqueName("spanning");
+  EPD_ASSIGN_OR_RETURN(two->ranks, MakeSpanningRanks(*two->cluster, two->problem, two->options));
+  EPD_RETURN_IF_ERROR(RunGoodLayer(two->ranks, 0));
+  return two;
+}
+
+TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
+  const int metrics_port = FreeLoopbackPort();
+  auto started = StartTwoNodes({"--metrics-listen", fmt::format("127.0.0.1:{}", metrics_port)});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  LoopbackCluster& cluster = *(*started)->cluster;
+  const example::Problem& p = (*started)->problem;
+  const example::RankRunnerOptions& options = (*started)->options;
+  std::vector<RankClient>* world = &(*started)->ranks;
+
+  // Node 0's ranks post a layer that needs node 1, which dies instead of taking part.
+  const auto killed_at = Clock::now();
+  std::vector<Status> in_flight(kRanksPerNode);
+  std::vector<std::thread> posting;
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    posting.emplace_back([&, g] {
+      example::RankRunner& runner = *(*world)[g].runner;
+      const auto in = example::MakeInputs(p, 5, g, 1, 8, true);
+      in_flight[g] = runner.RunLayer(in, example::Identity, false);
+    });
+  }
+  cluster.KillNode(1);
+  for (auto& thread : posting) thread.join();
+  const auto failed_after = Clock::now() - killed_at;
+  for (const Status& status : in_flight) {
+    EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "on node 1");
+  }
+  // A broken connection, not the op timeout (4 s), ended the ops.
+  EXPECT_LT(failed_after, std::chrono::milliseconds(3'000));
+  for (int g = kRanksPerNode; g < p.ranks; ++g) (*world)[g] = RankClient{};
+
+  // The survivor serves: health, the cluster view (node 1 down), a group of its own.
+  auto survivor = ConnectOrDie(cluster.node(0).address());
+  EXPECT_EQ(WaitForNodeState(*survivor, 1, v1::NODE_STATE_DOWN), v1::NODE_STATE_DOWN);
+  {
+    auto info = survivor->GetNodeInfo();
+    ASSERT_TRUE(info.ok());
+    EXPECT_GE(info->cluster().members(1).transport_failures(), 1u);
+  }
+  // The same per peer node on /metrics.
+  const std::string metrics = Scrape(metrics_port);
+  EXPECT_NE(metrics.find("epd_cluster_node_up{node=\"1\"} 0"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("epd_cluster_node_up{node=\"0\"} 1"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("epd_cluster_transport_failures_total{node=\"1\"} 2"), std::string::npos)
+      << metrics;
+  example::Problem local = p;
+  local.ranks = kRanksPerNode;
+  local.experts = 4;
+  local.spans_nodes = false;
+  example::RankRunnerOptions local_options;
+  local_options.group = UniqueName("local");
+  auto alone = MakeRanks(cluster.node(0).address(), local, local_options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  EXPECT_EPD_OK(RunGoodLayer(*alone, 0));
+
+  // Node 1 comes back; its frontends create the group again; node 0's keep theirs. The next
+  // layer re-forms the group and is correct.
+  ASSERT_EPD_OK(cluster.StartNode(1));
+  EXPECT_EQ(WaitForNodeState(*survivor, 1, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
+  const std::vector<Status> rejoined = RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
+    const int g = kRanksPerNode + local_rank;
+    EPD_ASSIGN_OR_RETURN((*world)[g].client, Client::Connect(cluster.node(1).address()));
+    example::RankRunnerOptions mine = options;
+    mine.session_rank = local_rank;
+    EPD_ASSIGN_OR_RETURN((*world)[g].runner,
+                         example::RankRunner::Create(*(*world)[g].client, p, g, mine));
+    return OkStatus();
+  });
+  for (const Status& status : rejoined) ASSERT_EPD_OK(status);
+  EXPECT_EPD_OK(RunGoodLayer(*world, 2));
+  EXPECT_EPD_OK(RunGoodLayer(*world, 3, /*fenced=*/true));
+}
+
+
+TEST(MultiNodeFaultTest, ShutdownReleasesASpanningOpWaitingForAPeer) {
+  auto started = StartTwoNodes({"--drain-timeout-ms", "100", "--log-level", "debug"});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  LoopbackCluster& cluster = *(*started)->cluster;
+  const example::Problem& p = (*started)->problem;
+  const example::RankRunnerOptions& options = (*started)->options;
+  std::vector<RankClient>* world = &(*started)->ranks;
+
+  // Node 0's rank 0 posts a layer node 1 never joins; node 0 is then stopped.
+  Status waiting;
+  std::thread posting([&] {
+    example::RankRunner& runner = *(*world)[0].runner;
+    waiting = runner.RunLayer(example::MakeInputs(p, 5, 0, 1, 8, true), example::Identity, false);
+  });
+  // Once it waits for node 1 (its debug log says so), the stop must end it promptly with
+  // UNAVAILABLE (drain 100 ms, then every wait is cancelled), far below the op timeout of 4 s.
+  const std::string waiting_line =
+      fmt::format("rank 0: dispatch counts of group '{}': waiting for the peers", options.group);
+  // The good layer's dispatch logged it once already: wait for the second.
+  auto count = [&] {
+    const std::string log = cluster.node(0).ReadLog();
+    int found = 0;
+    for (size_t at = log.find(waiting_line); at != std::string::npos;
+         at = log.find(waiting_line, at + 1)) {
+      ++found;
+    }
+    return found;
+  };
+  bool seen = false;
+  for (int i = 0; i < 1000 && !seen; ++i) {
+    seen = count() >= 2;
+    if (!seen) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(seen) << cluster.node(0).ReadLog();
+  const auto stopping = std::chrono::steady_clock::now();
+  EXPECT_EQ(cluster.node(0).Stop(), 0);
+  posting.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, std::chrono::milliseconds(3'000));
+  // The frontend sees the op fail (UNAVAILABLE, or NOT_FOUND when its session closed first);
+  // the daemon says why.
+  EXPECT_FALSE(waiting.ok());
+  EXPECT_NE(cluster.node(0).ReadLog().find("UNAVAILABLE: group '" + options.group +
+                                           "': dispatch counts of group '" + options.group +
+                                           "' stopped: epd is shutting down"),
+            std::string::npos)
+      << cluster.node(0).ReadLog();
+}
+
+}  // namespace
+}  // namespace epd::testing

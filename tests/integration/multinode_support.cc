@@ -1,0 +1,134 @@
+#include "tests/integration/multinode_support.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+namespace epd::testing {
+
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t length = sizeof(address);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+StatusOr<std::unique_ptr<LoopbackCluster>> LoopbackCluster::Create(int nodes) {
+  std::unique_ptr<LoopbackCluster> cluster(new LoopbackCluster());
+  cluster->nodes_ = nodes;
+  cluster->daemons_.resize(nodes);
+  char pattern[] = "/tmp/epd-cluster-XXXXXX";
+  if (mkdtemp(pattern) == nullptr) return InternalError("mkdtemp failed");
+  cluster->dir_ = pattern;
+  EPD_ASSIGN_OR_RETURN(cluster->token_file_,
+                       cluster->WriteTokenFile("token", UniqueName("deployment-secret")));
+  const int port = FreeLoopbackPort();
+  if (port <= 0) return InternalError("no free loopback port");
+  cluster->leader_ = fmt::format("127.0.0.1:{}", port);
+  return cluster;
+}
+
+LoopbackCluster::~LoopbackCluster() {
+  // A failed test shows what every node logged (the directories go with the daemons).
+  if (::testing::Test::HasFailure() || std::getenv("EPD_TEST_SHOW_NODE_LOGS") != nullptr) {
+    for (size_t n = 0; n < daemons_.size(); ++n) {
+      if (daemons_[n] != nullptr) {
+        std::fprintf(stderr, "---- node %zu log ----\n%s", n, daemons_[n]->ReadLog().c_str());
+      }
+    }
+  }
+  daemons_.clear();
+  std::error_code ignored;
+  std::filesystem::remove_all(dir_, ignored);
+}
+
+StatusOr<std::string> LoopbackCluster::WriteTokenFile(const std::string& name,
+                                                      const std::string& token) const {
+  const std::string path = dir_ + "/" + name;
+  {
+    std::ofstream out(path);
+    out << token << "\n";
+    if (!out) return InternalError("cannot write {}", path);
+  }
+  chmod(path.c_str(), 0600);
+  return path;
+}
+
+std::vector<std::string> LoopbackCluster::NodeArgs(int node) const {
+  return {"--nodes",
+          std::to_string(nodes_),
+          "--node-rank",
+          std::to_string(node),
+          "--leader",
+          leader_,
+          "--cluster-address",
+          "127.0.0.1",
+          "--cluster-token-file",
+          token_file_,
+          "--op-timeout-ms",
+          "4000",
+          "--peer-timeout-ms",
+          "800",
+          "--bootstrap-timeout-ms",
+          "8000"};
+}
+
+Status LoopbackCluster::StartNode(int node, std::vector<std::string> extra) {
+  std::vector<std::string> args = NodeArgs(node);
+  args.insert(args.end(), extra.begin(), extra.end());
+  EPD_ASSIGN_OR_RETURN(daemons_[node], DaemonProcess::Start(args, kRanksPerNode));
+  return OkStatus();
+}
+
+Status LoopbackCluster::StartAll() {
+  for (int n = 0; n < nodes_; ++n) EPD_RETURN_IF_ERROR(StartNode(n));
+  return OkStatus();
+}
+
+example::Problem SpanningProblem(int nodes) {
+  example::Problem p;
+  p.ranks = nodes * kRanksPerNode;
+  p.experts = 2 * p.ranks;
+  p.hidden = 64;
+  p.max_tokens = 8;
+  p.top_k = 2;
+  p.spans_nodes = true;
+  return p;
+}
+
+StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
+                                                    const example::Problem& problem,
+                                                    example::RankRunnerOptions options) {
+  std::vector<RankClient> ranks(problem.ranks);
+  const std::vector<Status> statuses = RunOnRanks(problem.ranks, [&](int g) -> Status {
+    auto client = Client::Connect(cluster.node(g / kRanksPerNode).address());
+    if (!client.ok()) return client.status();
+    ranks[g].client = std::move(client).value();
+    example::RankRunnerOptions mine = options;
+    mine.session_rank = g % kRanksPerNode;
+    auto runner = example::RankRunner::Create(*ranks[g].client, problem, g, mine);
+    if (!runner.ok()) return runner.status().WithContext(fmt::format("group rank {}", g));
+    ranks[g].runner = std::move(runner).value();
+    return OkStatus();
+  });
+  for (const Status& status : statuses) EPD_RETURN_IF_ERROR(status);
+  return ranks;
+}
+
+}  // namespace epd::testing

@@ -1,0 +1,57 @@
+// Multi-node harness for integration tests: N cpu daemons on loopback forming one deployment
+// (a private token file, a free leader port), and frontends of a group spanning them.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "tests/integration/client_test_support.h"
+
+namespace epd::testing {
+
+inline constexpr int kRanksPerNode = 2;
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int FreeLoopbackPort();
+
+class LoopbackCluster {
+ public:
+  // A deployment of `nodes` daemons (none started) with its own token file and leader port.
+  static StatusOr<std::unique_ptr<LoopbackCluster>> Create(int nodes);
+  ~LoopbackCluster();
+
+  // The flags of node `node` (add or override flags after them).
+  std::vector<std::string> NodeArgs(int node) const;
+  // Starts node `node` (returns once it serves frontends: a follower has joined by then).
+  Status StartNode(int node, std::vector<std::string> extra = {});
+  // Starts every node in order, leader first.
+  Status StartAll();
+  DaemonProcess& node(int node) { return *daemons_[node]; }
+  void KillNode(int node) { daemons_[node]->Kill(); }
+
+  int nodes() const { return nodes_; }
+  const std::string& leader() const { return leader_; }
+  const std::string& token_file() const { return token_file_; }
+  const std::string& dir() const { return dir_; }
+  // A token file with other content, for the wrong-token test.
+  StatusOr<std::string> WriteTokenFile(const std::string& name, const std::string& token) const;
+
+ private:
+  LoopbackCluster() = default;
+  int nodes_ = 0;
+  std::string dir_, token_file_, leader_;
+  std::vector<std::unique_ptr<DaemonProcess>> daemons_;
+};
+
+// A small MoE layer over `nodes` nodes x kRanksPerNode ranks, spanning them.
+example::Problem SpanningProblem(int nodes);
+
+// One frontend per global rank g of a spanning group: its session on node g / kRanksPerNode,
+// bound to node rank g % kRanksPerNode.
+StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
+                                                    const example::Problem& problem,
+                                                    example::RankRunnerOptions options);
+
+}  // namespace epd::testing

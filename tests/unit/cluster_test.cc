@@ -1,0 +1,157 @@
+// Multi-node pieces without any daemon: the leader's join rules (Membership), the token
+// comparison, the [cluster] config table and a spanning group's placement of ranks.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "daemon/cluster/membership.h"
+#include "daemon/cluster/token.h"
+#include "daemon/core/daemon_config.h"
+#include "daemon/core/group_config.h"
+
+namespace epd::cluster {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(MembershipTest, JoinRulesNameWhatDiffers) {
+  Membership members(3, 2, "10.0.0.1:7461", std::chrono::milliseconds(60'000));
+  auto nodes = members.Join(1, 4, 2, "10.0.0.2", 11);
+  EXPECT_EQ(nodes.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(nodes.status().message(),
+              HasSubstr("node count mismatch: node 1 runs with nodes = 4, the leader with nodes = 3"));
+  auto ranks = members.Join(1, 3, 4, "10.0.0.2", 11);
+  EXPECT_EQ(ranks.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(ranks.status().message(), HasSubstr("local rank count mismatch: node 1 has 4 ranks"));
+  EXPECT_EQ(members.Join(3, 3, 2, "10.0.0.9", 11).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(members.Join(0, 3, 2, "10.0.0.9", 11).status().code(), StatusCode::kAlreadyExists);
+
+  auto first = members.Join(1, 3, 2, "10.0.0.2", 11);
+  ASSERT_TRUE(first.ok());
+  EXPECT_FALSE(first->rejoined);
+  // The same daemon again (its join answer was lost): fine, not a restart.
+  ASSERT_TRUE(members.Join(1, 3, 2, "10.0.0.2", 11).ok());
+  // Another daemon while the first is alive: a duplicate.
+  auto duplicate = members.Join(1, 3, 2, "10.0.0.3", 12);
+  EXPECT_EQ(duplicate.status().code(), StatusCode::kAlreadyExists);
+  EXPECT_THAT(duplicate.status().message(),
+              HasSubstr("duplicate node rank 1: the daemon at 10.0.0.2 holds it"));
+
+  const ClusterView view = members.View();
+  ASSERT_EQ(view.members.size(), 3u);
+  EXPECT_EQ(view.members[0].state, NodeState::kUp);
+  EXPECT_EQ(view.members[1].state, NodeState::kUp);
+  EXPECT_EQ(view.members[1].address, "10.0.0.2");
+  EXPECT_EQ(view.members[2].state, NodeState::kAbsent);
+  EXPECT_EQ(members.Heartbeat(2, 5).code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(members.Heartbeat(1, 11).ok());
+}
+
+TEST(MembershipTest, ASilentNodeIsDownAndMayBeReplaced) {
+  Membership members(2, 1, "10.0.0.1:7461", std::chrono::milliseconds(0));
+  ASSERT_TRUE(members.Join(1, 2, 1, "10.0.0.2", 11).ok());
+  // A peer timeout of 0: the node is down at once, so a restarted daemon takes the rank.
+  EXPECT_EQ(members.View().members[1].state, NodeState::kDown);
+  auto restarted = members.Join(1, 2, 1, "10.0.0.2", 12);
+  ASSERT_TRUE(restarted.ok());
+  EXPECT_TRUE(restarted->rejoined);
+  EXPECT_EQ(members.View().members[1].joins, 2u);
+}
+
+TEST(MembershipTest, StoreSetsGetsAndRaises) {
+  Membership members(2, 1, "10.0.0.1:7461", std::chrono::milliseconds(1'000));
+  EXPECT_FALSE(members.Get("k").has_value());
+  members.Set("k", "v");
+  EXPECT_EQ(members.Get("k").value(), "v");
+  EXPECT_EQ(members.Max("gen", 0), 0);
+  EXPECT_EQ(members.Max("gen", 3), 3);
+  EXPECT_EQ(members.Max("gen", 1), 3);
+}
+
+TEST(TokenTest, ComparesWholeTokens) {
+  EXPECT_TRUE(TokensEqual("secret", "secret"));
+  EXPECT_FALSE(TokensEqual("secret", "secreT"));
+  EXPECT_FALSE(TokensEqual("secret", "secret2"));
+  EXPECT_FALSE(TokensEqual("", "x"));
+  auto missing = ReadTokenFile("/nonexistent/epd-token");
+  EXPECT_EQ(missing.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(missing.status().message(), HasSubstr("cluster.token_file = /nonexistent/epd-token"));
+}
+
+TEST(ClusterConfigTest, ParsesTheClusterTableAndPlacesSpanningGroups) {
+  auto config = ParseDaemonConfig(R"(
+cpu_ranks = 2
+[cluster]
+node_rank = 1
+nodes = 2
+leader = "10.0.0.1:7461"
+address = "10.0.0.2"
+token_file = "/etc/epd/token"
+bootstrap_timeout_ms = 5000
+peer_timeout_ms = 700
+[[group]]
+name = "wide"
+world_size = 4
+experts = 8
+hidden = 64
+max_tokens_per_rank = 4
+top_k = 2
+spans_nodes = true
+  [[group.handle]]
+  name = "layer0"
+)",
+                                  "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->cluster.node_rank, 1);
+  EXPECT_EQ(config->cluster.nodes, 2);
+  EXPECT_EQ(config->cluster.peer_timeout.count(), 700);
+  EXPECT_TRUE(ValidateClusterSettings(config->cluster).ok());
+  ApplyClusterSpan(&*config, 2);
+  const GroupConfig& group = config->groups[0].config;
+  EXPECT_EQ(group.span.node, 1);
+  // Node 1 hosts global ranks 2 and 3 as its node ranks 0 and 1.
+  EXPECT_EQ(config->groups[0].handles[0].ranks, (std::vector<int>{0, 1}));
+  EXPECT_EQ(group.GroupRankOf(0), 2);
+  EXPECT_EQ(group.NodeRankOf(3), 1);
+  EXPECT_EQ(group.NodeRankOf(1), -1);
+  EXPECT_EQ(group.NodeOf(1), 0);
+  EXPECT_TRUE(CheckGroupsAgainstNode(*config, 2).ok());
+}
+
+TEST(ClusterConfigTest, BadSettingsNameTheKey) {
+  ClusterSettings cluster;
+  cluster.nodes = 2;
+  cluster.node_rank = 0;
+  cluster.leader = "leader:1";
+  cluster.address = "10.0.0.1";
+  cluster.token_file = "/t";
+  EXPECT_THAT(ValidateClusterSettings(cluster).message(), HasSubstr("cluster.leader"));
+  cluster.leader = "10.0.0.1:7461";
+  cluster.address = "10.0.0.1:5";
+  EXPECT_THAT(ValidateClusterSettings(cluster).message(), HasSubstr("cluster.address"));
+  cluster.address = "10.0.0.1";
+  cluster.token_file.clear();
+  EXPECT_THAT(ValidateClusterSettings(cluster).message(), HasSubstr("cluster.token_file"));
+  auto unknown = ParseDaemonConfig("[cluster]\nnode = 1\n", "test.toml");
+  EXPECT_THAT(unknown.status().message(), HasSubstr("cluster.node is not a known key"));
+}
+
+TEST(SpanningGroupConfigTest, ValidatesGlobalRanksAgainstTheCluster) {
+  GroupConfig group;
+  group.name = "g";
+  group.ranks = {0, 1, 2, 3, 4};
+  group.experts = 10;
+  group.hidden = 64;
+  group.max_tokens_per_rank = 4;
+  group.top_k = 2;
+  group.spans_nodes = true;
+  EXPECT_EQ(group.Validate(2).code(), StatusCode::kFailedPrecondition);  // no cluster
+  group.span = GroupConfig::Span{0, 2, 2};
+  EXPECT_THAT(group.Validate(2).message(), HasSubstr("global rank 4 is outside the cluster's ranks [0, 4)"));
+  group.ranks = {0, 1, 2, 3};
+  group.experts = 8;
+  EXPECT_TRUE(group.Validate(2).ok());
+  EXPECT_THAT(group.ToString(), HasSubstr("global ranks [0,1,2,3]"));
+}
+
+}  // namespace
+}  // namespace epd::cluster
