@@ -157,7 +157,8 @@ void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone 
 
 Status OpPipeline::WaitFenceIfAny(OpContext& ctx) {
   if (!ctx.options.wait.has_value()) return OkStatus();
-  return backend_.WaitFence(ctx.session->rank, *ctx.wait_fence->page, ctx.options.wait->value);
+  return backend_.WaitFence(*ctx.handle->backend, *ctx.wait_fence->page,
+                            ctx.options.wait->value);
 }
 
 // Signals, then reports: immediately for fenced ops, after device completion for blocking
@@ -165,7 +166,7 @@ Status OpPipeline::WaitFenceIfAny(OpContext& ctx) {
 void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
                             std::function<void()> release) {
   if (status.ok() && ctx.options.signal.has_value()) {
-    status = backend_.SignalFence(ctx.session->rank, *ctx.signal_fence->page,
+    status = backend_.SignalFence(*ctx.handle->backend, *ctx.signal_fence->page,
                                   ctx.options.signal->value);
   }
   // A failed op is answered now; it still releases its buffers only after the stream

@@ -131,14 +131,14 @@ TEST(CudaFence, WaitTimesOutWithDeadlineExceededAndTheNextOpWorks) {
 
   auto inputs = harness.MakeInputs(RoutingKind::kRandom, {4}, 1, false, true);
   // Nobody signals 1: the wait gives up after op_timeout and the op fails.
-  ASSERT_TRUE(backend.WaitFence(0, page, 1).ok());
+  ASSERT_TRUE(backend.WaitFence(harness.handle(0), page, 1).ok());
   auto statuses = harness.Update(inputs);
   ASSERT_EQ(statuses[0].code(), StatusCode::kDeadlineExceeded) << statuses[0].ToString();
   EXPECT_NE(statuses[0].message().find("fence"), std::string::npos) << statuses[0].message();
 
   // Signal then wait on the same stream: passes; the counter holds the value.
-  ASSERT_TRUE(backend.SignalFence(0, page, 7).ok());
-  ASSERT_TRUE(backend.WaitFence(0, page, 7).ok());
+  ASSERT_TRUE(backend.SignalFence(harness.handle(0), page, 7).ok());
+  ASSERT_TRUE(backend.WaitFence(harness.handle(0), page, 7).ok());
   statuses = harness.Update(inputs);
   ASSERT_TRUE(statuses[0].ok()) << statuses[0].ToString();
   uint64_t counter = 0;

@@ -1,6 +1,7 @@
 // The CUDA backend: the product data path (docs/design.md §2-§5).
 //
-// One non-blocking daemon-owned stream per node rank (GPU), peer access between all local
+// One non-blocking daemon-owned stream per (group, node rank) holding a handle (its lane,
+// op_lane.h: a group's waits never hold back another group's ops), peer access between all local
 // GPUs, an NCCL communicator per group, every buffer of a handle allocated at CreateHandle.
 // Ops only enqueue work: UpdateHandle, Dispatch and Combine never allocate and never
 // synchronise the host; ranks meet on the device through flags carrying per-op sequence
@@ -20,8 +21,8 @@
 //  - Every device wait also polls the group's host-mapped abort word: AbortGroup (a member's
 //    session ended) releases the ops issued so far and realigns the ranks' sequence numbers;
 //    BeginShutdown releases every wait, fence waits included.
-//  - Complete(handle) reports the errors of every op enqueued on the handle's node rank since
-//    the previous Complete() on that rank (the stream is per rank), in op order.
+//  - Complete(handle) reports the errors of every op enqueued on the handle's lane since the
+//    previous Complete() on that lane, in op order.
 //  - Groups and handles must be destroyed before the backend.
 // Not yet: node-spanning groups (the NCCL communicator exists but is unused), a separate
 // high-throughput path (Algorithm::kHighThroughput runs the low-latency kernels), replaying
@@ -58,8 +59,8 @@ struct CudaBackendOptions {
 
 StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options);
 
-// The daemon stream of `node_rank` of a backend made by CreateCudaBackend (benchmarks record
-// events on it); null for any other backend.
-cudaStream_t CudaBackendStream(Backend& backend, int node_rank);
+// The daemon stream `handle`'s ops run on (its group's lane of its rank), of a backend made by
+// CreateCudaBackend (benchmarks record events on it); null for any other backend.
+cudaStream_t CudaBackendStream(Backend& backend, BackendHandle& handle);
 
 }  // namespace epd

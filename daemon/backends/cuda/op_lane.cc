@@ -1,0 +1,32 @@
+#include "daemon/backends/cuda/op_lane.h"
+
+namespace epd::cuda {
+
+StatusOr<std::unique_ptr<OpLane>> OpLane::Create(
+    int device, std::string name, AllocationCounter& counter,
+    std::function<void(const Status&)> on_sticky_error) {
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaStream> stream, CudaStream::Create(device));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<ErrorRecords> records, ErrorRecords::Create(counter));
+  std::unique_ptr<OpLane> lane(new OpLane(std::move(name), std::move(stream), std::move(records)));
+  lane->completion_ =
+      std::make_unique<CompletionThread>(device, *lane->records_, std::move(on_sticky_error));
+  return lane;
+}
+
+kernels::DeviceError* OpLane::ClaimRecord(PendingOp op) {
+  kernels::DeviceError* record = records_->Claim(&op.record);
+  std::lock_guard lock(mu_);
+  pending_.push_back(std::move(op));
+  return record;
+}
+
+void OpLane::Complete(std::function<void(Status)> done) {
+  std::vector<PendingOp> ops;
+  {
+    std::lock_guard lock(mu_);
+    ops.swap(pending_);
+  }
+  completion_->Enqueue(stream_->get(), std::move(ops), std::move(done));
+}
+
+}  // namespace epd::cuda

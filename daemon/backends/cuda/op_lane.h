@@ -1,0 +1,56 @@
+// OpLane: the cuda backend's execution lane of one (group, node rank): the CUDA stream its ops
+// run on, the ring of device error records they report into, the ops enqueued since the last
+// Complete(), and the completion thread that waits for the lane's events. One per group rank
+// that holds a handle, made with the first handle and retired with the group
+// (daemon/core/lane_registry.h), so a group's waits (a never-signalled fence, a late peer)
+// hold back neither another group's stream nor its completions.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "daemon/backends/cuda/completion_thread.h"
+#include "daemon/backends/cuda/cuda_stream.h"
+#include "daemon/backends/cuda/error_records.h"
+
+namespace epd::cuda {
+
+class OpLane {
+ public:
+  // `name` ("group 'g' rank r") is for liveness messages; `on_sticky_error` as
+  // CompletionThread's.
+  static StatusOr<std::unique_ptr<OpLane>> Create(
+      int device, std::string name, AllocationCounter& counter,
+      std::function<void(const Status&)> on_sticky_error);
+
+  cudaStream_t stream() const { return stream_->get(); }
+  int device() const { return stream_->device(); }
+  const std::string& name() const { return name_; }
+
+  // Claims a device error record for an op about to be enqueued on this lane.
+  kernels::DeviceError* ClaimRecord(PendingOp op);
+  // Calls `done` (on the completion thread) once everything enqueued so far finished, with
+  // the first error the ops since the previous Complete() recorded.
+  void Complete(std::function<void(Status)> done);
+
+  BusyClock::Clock::duration busy_for() const { return completion_->busy_for(); }
+  bool OnThread() const { return completion_->OnThread(); }
+
+ private:
+  OpLane(std::string name, std::unique_ptr<CudaStream> stream,
+         std::unique_ptr<ErrorRecords> records)
+      : name_(std::move(name)), stream_(std::move(stream)), records_(std::move(records)) {}
+
+  const std::string name_;
+  std::unique_ptr<CudaStream> stream_;
+  std::unique_ptr<ErrorRecords> records_;
+  std::mutex mu_;
+  std::vector<PendingOp> pending_;  // guarded by mu_
+  // NOTE: last: it drains its queue (reading the records) before the rest goes.
+  std::unique_ptr<CompletionThread> completion_;
+};
+
+}  // namespace epd::cuda
