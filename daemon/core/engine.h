@@ -53,6 +53,7 @@ struct SessionSummary {
   Clock::time_point opened;
   uint64_t ops_completed = 0;
   uint64_t ops_failed = 0;
+  uint64_t ops_in_flight = 0;  // accepted, not yet answered
 };
 
 struct OpRecord {  // one finished op, for metrics and logs

@@ -4,8 +4,11 @@
 
 namespace epd {
 
-OpPipeline::OpPipeline(Backend& backend, int ranks, OpFinished on_op_finished)
-    : backend_(backend), on_op_finished_(std::move(on_op_finished)) {
+OpPipeline::OpPipeline(Backend& backend, int ranks, uint64_t ops_in_flight_limit,
+                       OpFinished on_op_finished)
+    : backend_(backend),
+      ops_in_flight_limit_(ops_in_flight_limit),
+      on_op_finished_(std::move(on_op_finished)) {
   for (int r = 0; r < ranks; ++r) workers_.push_back(std::make_unique<RankWorker>(r));
 }
 
@@ -51,6 +54,7 @@ OpDone OpPipeline::FinishOnce(const OpContext& ctx, OpKind kind, OpDone done) {
     }
     stats_.For(kind).Add(status.ok(), us);
     (status.ok() ? session->ops_completed : session->ops_failed).fetch_add(1);
+    session->ops_in_flight.fetch_sub(1);
     if (on_op_finished_) {
       OpRecord record;
       record.kind = OpKindName(kind);
@@ -73,6 +77,15 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
     if (!accepting_) return UnavailableError("epd is shutting down");
     ++in_flight_;
   }
+  const uint64_t held = ctx.session->ops_in_flight.fetch_add(1);
+  if (Status full = CheckLimit(held, 1, ops_in_flight_limit_, "ops in flight",
+                               "limits.ops_in_flight_per_session");
+      !full.ok()) {
+    ctx.session->ops_in_flight.fetch_sub(1);
+    std::lock_guard lock(mutex_);
+    if (--in_flight_ == 0) idle_.notify_all();
+    return full;
+  }
   OpDone finish = FinishOnce(ctx, kind, std::move(done));
   std::function<void()> release = [this] {
     std::lock_guard lock(mutex_);
@@ -88,6 +101,7 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
     task(ctx, std::move(finish), std::move(release));
   });
   if (!posted) {
+    ctx.session->ops_in_flight.fetch_sub(1);  // `finish` is not called
     release();
     return UnavailableError("epd is shutting down");
   }

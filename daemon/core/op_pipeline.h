@@ -46,7 +46,10 @@ struct CollectiveOp {
 class OpPipeline {
  public:
   using OpFinished = std::function<void(const OpRecord&)>;
-  OpPipeline(Backend& backend, int ranks, OpFinished on_op_finished);
+  // `ops_in_flight_limit`: ops one session may have accepted and not yet answered
+  // (limits.ops_in_flight_per_session); beyond it a post answers RESOURCE_EXHAUSTED.
+  OpPipeline(Backend& backend, int ranks, uint64_t ops_in_flight_limit,
+             OpFinished on_op_finished);
   ~OpPipeline();  // runs what is queued (cancelled ops), then joins the workers
 
   // Queues an UpdateHandle of `ctx.handle` with validated `args`.
@@ -75,6 +78,7 @@ class OpPipeline {
   void CompleteOp(OpContext& ctx, Status status, OpDone finish, std::function<void()> release);
 
   Backend& backend_;
+  const uint64_t ops_in_flight_limit_;
   const OpFinished on_op_finished_;
   OpStats stats_;
   // Failed ops are logged at warn: 20 lines per 10 s at most.

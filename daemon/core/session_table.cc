@@ -92,6 +92,7 @@ std::vector<SessionSummary> SessionTable::List() const {
     summary.opened = s->opened;
     summary.ops_completed = s->ops_completed.load();
     summary.ops_failed = s->ops_failed.load();
+    summary.ops_in_flight = s->ops_in_flight.load();
     out.push_back(std::move(summary));
   }
   return out;

@@ -23,7 +23,9 @@ namespace epd::testing {
 // A name no other test of this run uses ("<prefix>-<pid>-<n>").
 std::string UniqueName(std::string_view prefix);
 
-// Connects with short client-side limits so a hang fails a test quickly.
+// Short client-side limits (20 s per op) so a hang fails a test quickly.
+ClientOptions ShortClientLimits();
+// Connects with ShortClientLimits().
 std::unique_ptr<Client> ConnectOrDie(const std::string& address);
 
 // Runs fn(rank) for rank 0..ranks-1 on one thread each; returns their statuses by rank.
@@ -54,7 +56,8 @@ struct RankClient {
 // Creates one RankClient per rank, in parallel (as separate frontends would).
 StatusOr<std::vector<RankClient>> MakeRanks(const std::string& address,
                                             const example::Problem& problem,
-                                            const example::RankRunnerOptions& options);
+                                            const example::RankRunnerOptions& options,
+                                            const ClientOptions& client_options = {});
 
 // One layer on every rank (identity expert), checked bit for bit; returns the first error.
 Status RunGoodLayer(std::vector<RankClient>& ranks, int iteration, bool fenced = false);

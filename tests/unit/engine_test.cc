@@ -404,7 +404,7 @@ TEST_F(EngineTest, LivenessNamesAWorkerBusyBeyondTheLimit) {
     live = engine_->CheckLiveness(milliseconds(50));
   }
   EXPECT_EQ(live.code(), StatusCode::kDeadlineExceeded);
-  EXPECT_NE(live.message().find("of rank 1"), std::string::npos) << live.ToString();
+  EXPECT_NE(live.message().find("group 'g' rank 1"), std::string::npos) << live.ToString();
   EXPECT_TRUE(engine_->CheckLiveness(milliseconds(5000)).ok()) << "within a generous limit";
   EXPECT_EQ(w.Get().code(), StatusCode::kDeadlineExceeded);
   Status after = engine_->CheckLiveness(milliseconds(50));
