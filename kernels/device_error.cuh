@@ -18,6 +18,7 @@ enum DeviceErrorCode : int32_t {
   kDeviceErrorPeerAbandoned = 5,  // a = SyncPhase, b = peer that gave up the op, c = 1 + whom
                                   // it timed out waiting for (0: other reason), value = seq
   kDeviceErrorAborted = 6,        // the host's abort word released the wait; value = seq
+  kDeviceErrorBadWeight = 7,      // a = token, b = k, value = the float's bits (NaN or inf)
 };
 
 // Which flag a collective waited for when it timed out.

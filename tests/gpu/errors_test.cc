@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 
 #include "common/fence_page.h"
+#include "common/routing_errors.h"
 #include "daemon/backends/cuda/cuda_objects.h"
 #include "tests/gpu/moe_harness.h"
 
@@ -54,6 +56,37 @@ TEST(CudaErrors, BadExpertIdFailsOnlyItsRankAndOthersKeepWorking) {
     for (const Status& s : harness.Combine(true, 4)) ASSERT_TRUE(s.ok()) << s.ToString();
     harness.ExpectCombineMatches(inputs, n);
   }
+}
+
+// The routing kernel refuses NaN and infinite weights with the cpu backend's words
+// (routing_errors.h), found on the device: the update fails, the rank binds no tokens.
+TEST(CudaErrors, NonFiniteWeightsAreRefusedWithTheCpuBackendsMessage) {
+  EPD_REQUIRE_GPUS(1);
+  MoeHarness harness(*SharedBackend(), SmallSpec("bad_weight", 1));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    int token, k;
+    float value;
+    bool also_bad_id;  // a bad expert id earlier: the weight is still what is reported
+  };
+  for (const Case& c : {Case{5, 0, inf, false}, Case{2, 1, nan, false}, Case{7, 1, -inf, true}}) {
+    auto inputs = harness.MakeInputs(RoutingKind::kRandom, {16}, 9, false, true);
+    inputs[0].weights[c.token * 2 + c.k] = c.value;
+    if (c.also_bad_id) inputs[0].idx[0] = 1000;
+    const auto updates = harness.Update(inputs);
+    const std::string expected = NonFiniteWeightError(c.token, c.k, c.value).message();
+    ASSERT_EQ(updates[0].code(), StatusCode::kInvalidArgument) << updates[0].ToString();
+    EXPECT_NE(updates[0].message().find(expected), std::string::npos)
+        << updates[0].message() << " lacks " << expected;
+  }
+  // Finite weights bind again and the layer is exact.
+  auto inputs = harness.MakeInputs(RoutingKind::kRandom, {16}, 10, false, true);
+  for (const Status& s : harness.Update(inputs)) ASSERT_TRUE(s.ok()) << s.ToString();
+  for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+  harness.ExpectDispatchMatches(inputs, {16});
+  for (const Status& s : harness.Combine(false, 11)) ASSERT_TRUE(s.ok()) << s.ToString();
+  harness.ExpectCombineMatches(inputs, {16});
 }
 
 TEST(CudaErrors, CapacityOverflowIsReportedByEveryRankThenRecovers) {

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/fence_page.h"
+#include "common/routing_errors.h"
 #include "daemon/backends/cpu/cpu_stream.h"
 #include "daemon/backends/cpu/host_rendezvous.h"
 #include "daemon/backends/cpu/reference_ops.h"
@@ -66,19 +67,15 @@ Status CheckIntact(const void* data, std::string_view what) {
       what);
 }
 
-// Weights scale expert outputs in Combine: a NaN or infinity would silently poison the
-// frontend's output, so it is refused naming the entry. (The cuda backend's weights live on
-// the device, where this check belongs in its routing kernel.)
+// Weights scale expert outputs in Combine (routing_errors.h); the cuda backend checks them in
+// its routing kernel.
 Status CheckFiniteWeights(const TensorView& weights, int num_tokens, int top_k) {
   const auto* w = static_cast<const float*>(weights.data);
   if (w == nullptr) return OkStatus();
   for (int t = 0; t < num_tokens; ++t) {
     for (int k = 0; k < top_k; ++k) {
       const float value = w[static_cast<size_t>(t) * top_k + k];
-      if (!std::isfinite(value)) {
-        return InvalidArgumentError("topk_weights[{}][{}] = {} is not a finite number", t, k,
-                                    value);
-      }
+      if (!std::isfinite(value)) return NonFiniteWeightError(t, k, value);
     }
   }
   return OkStatus();
