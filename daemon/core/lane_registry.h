@@ -5,9 +5,11 @@
 // destroyed; the registry keeps every lane so the backend can probe them all and drain them
 // all at shutdown.
 //
-// NOTE: a lane's own thread may drop the last reference to the lane's group (a completion
-// releasing an op's handle). Joining a thread from itself is impossible, so a lane retired
-// on its own thread is parked and destroyed at the next Add() or at the registry's end.
+// NOTE: a lane's thread may drop the last reference to a group (a completion releasing an
+// op's handle or session): its own lane's, or through a session even another group's. A
+// thread cannot join itself, and two lanes joining each other would deadlock, so a lane
+// retired on any lane's thread is parked, and parked lanes are destroyed by the next call
+// made off the lanes' threads (Add and Retire from the control thread, DrainAll).
 //
 // `Lane` provides `bool OnThread() const` (true on the lane's thread). Thread-safe.
 #pragma once
@@ -28,36 +30,29 @@ class LaneRegistry {
   LaneRegistry(const LaneRegistry&) = delete;
   LaneRegistry& operator=(const LaneRegistry&) = delete;
 
-  // Takes ownership of `lane` until it is retired; destroys lanes parked since the last Add.
+  // Takes ownership of `lane` until it is retired; destroys lanes parked so far.
   Lane* Add(std::unique_ptr<Lane> lane) {
-    std::vector<std::unique_ptr<Lane>> parked;
     Lane* added = lane.get();
     {
       std::lock_guard lock(mutex_);
-      parked.swap(parked_);
       live_.emplace(added, std::move(lane));
     }
-    DestroyOffThread(parked);
+    DestroyParked();
     return added;
   }
 
-  // The lane's group is gone: the lane finishes what is queued on it and is destroyed now, or
-  // later when called on the lane's own thread. A lane the registry no longer holds (being
-  // drained) is left to whoever took it.
+  // The lane's group is gone: the lane finishes what is queued on it and is destroyed, now
+  // or (called on a lane's thread) by a later call. A lane the registry no longer holds
+  // (being drained) is left to whoever took it.
   void Retire(Lane* lane) {
-    std::unique_ptr<Lane> owned;
     {
       std::lock_guard lock(mutex_);
       auto it = live_.find(lane);
       if (it == live_.end()) return;
-      owned = std::move(it->second);
+      parked_.push_back(std::move(it->second));
       live_.erase(it);
-      if (owned->OnThread()) {
-        parked_.push_back(std::move(owned));
-        return;
-      }
     }
-    owned.reset();
+    DestroyParked();
   }
 
   // Calls `visit` for every lane not yet destroyed, under the registry's lock.
@@ -74,42 +69,46 @@ class LaneRegistry {
 
   // Destroys every lane, each after it ran what is queued on it. A lane's last completions
   // may destroy groups, which retire lanes: those are already taken and are left alone.
+  // Called on a lane's thread it does nothing (nothing may be joined from there).
   void DrainAll() {
     for (;;) {
       std::vector<std::unique_ptr<Lane>> all;
       {
         std::lock_guard lock(mutex_);
-        if (live_.empty() && parked_.empty()) return;
+        if (OnALaneLocked() || (live_.empty() && parked_.empty())) return;
         all.swap(parked_);
         for (auto& [lane, owned] : live_) all.push_back(std::move(owned));
         live_.clear();
       }
-      // Only lanes of the calling thread left: they cannot be joined from here.
-      if (DestroyOffThread(all) == 0) return;
+      all.clear();  // joins each lane after its queue
     }
   }
 
  private:
-  // A parked lane whose thread is the caller's stays parked (it is still running the task
-  // that retired it). Returns how many were destroyed.
-  size_t DestroyOffThread(std::vector<std::unique_ptr<Lane>>& lanes) {
-    size_t destroyed = 0;
-    for (auto& lane : lanes) {
-      if (lane->OnThread()) {
-        std::lock_guard lock(mutex_);
-        parked_.push_back(std::move(lane));
-      } else {
-        lane.reset();
-        ++destroyed;
-      }
+  bool OnALaneLocked() const {
+    for (const auto& [lane, owned] : live_) {
+      if (owned->OnThread()) return true;
     }
-    lanes.clear();
-    return destroyed;
+    for (const auto& owned : parked_) {
+      if (owned->OnThread()) return true;
+    }
+    return false;
+  }
+
+  // Destroys the parked lanes unless the caller is a lane's thread.
+  void DestroyParked() {
+    std::vector<std::unique_ptr<Lane>> parked;
+    {
+      std::lock_guard lock(mutex_);
+      if (OnALaneLocked()) return;
+      parked.swap(parked_);
+    }
+    parked.clear();
   }
 
   mutable std::mutex mutex_;
   std::map<const Lane*, std::unique_ptr<Lane>> live_;
-  std::vector<std::unique_ptr<Lane>> parked_;  // retired on their own thread
+  std::vector<std::unique_ptr<Lane>> parked_;  // retired, not yet destroyed
 };
 
 }  // namespace epd
