@@ -9,6 +9,7 @@
 // calls EngineOptions::on_op_finished once per op.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -34,6 +35,8 @@ struct OpContext {
   std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
   // The op's tensors' buffers: kept until the op completed on the device.
   std::vector<std::shared_ptr<const void>> keepalive;
+  // Set once the worker handed the op to the backend (counted in Session::ops_running).
+  std::shared_ptr<std::atomic<bool>> started = std::make_shared<std::atomic<bool>>(false);
 };
 
 // One rank's collective, as its worker hands it to the backend.

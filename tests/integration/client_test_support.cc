@@ -102,6 +102,26 @@ v1::Stats WaitForStats(Client& client, const std::function<bool(const v1::Stats&
   return stats;
 }
 
+int64_t OpsRunning(v1::Epd::Stub& stub, uint64_t session_id) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListSessionsResponse sessions;
+  if (!stub.ListSessions(&context, v1::ListSessionsRequest(), &sessions).ok()) return -1;
+  for (const v1::SessionSummary& s : sessions.sessions()) {
+    if (s.session_id() == session_id) return static_cast<int64_t>(s.ops_running());
+  }
+  return -1;
+}
+
+int64_t WaitForOpsRunning(v1::Epd::Stub& stub, uint64_t session_id, int64_t want) {
+  int64_t got = OpsRunning(stub, session_id);
+  for (int i = 0; i < 1000 && got != want; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    got = OpsRunning(stub, session_id);
+  }
+  return got;
+}
+
 int HandlesOf(Client& client, const std::string& group) {
   auto groups = client.ListGroups();
   if (!groups.ok()) return -2;

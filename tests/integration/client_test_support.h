@@ -64,6 +64,12 @@ Status RunGoodLayer(std::vector<RankClient>& ranks, int iteration, bool fenced =
 
 // Polls GetStats until `pred` holds (at most 5 s); returns the last stats.
 v1::Stats WaitForStats(Client& client, const std::function<bool(const v1::Stats&)>& pred);
+// Ops of session `session_id` handed to its rank's execution stream and not yet answered
+// (ListSessions' ops_running), e.g. a dispatch waiting for its peers; -1 when not listed.
+int64_t OpsRunning(v1::Epd::Stub& stub, uint64_t session_id);
+// Polls OpsRunning until it equals `want` (at most 10 s): how a test knows an op is pending
+// on the daemon before it acts. Returns the last value.
+int64_t WaitForOpsRunning(v1::Epd::Stub& stub, uint64_t session_id, int64_t want);
 // Handles of `group` per ListGroups; -1 when the group does not exist.
 int HandlesOf(Client& client, const std::string& group);
 

@@ -33,28 +33,6 @@ v1::OpOptions Blocking() {
   return options;
 }
 
-// Ops session `id` posted that are not answered yet, per ListSessions; -1 when not listed.
-int64_t OpsInFlight(Client& client, uint64_t id) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  v1::ListSessionsResponse sessions;
-  if (!client.stub().ListSessions(&context, v1::ListSessionsRequest(), &sessions).ok()) return -1;
-  for (const v1::SessionSummary& s : sessions.sessions()) {
-    if (s.session_id() == id) return static_cast<int64_t>(s.ops_in_flight());
-  }
-  return -1;
-}
-
-// Polls OpsInFlight until it equals `want` (at most 10 s); returns the last value.
-int64_t WaitForOpsInFlight(Client& client, uint64_t id, int64_t want) {
-  int64_t got = -1;
-  for (int i = 0; i < 1000 && got != want; ++i) {
-    got = OpsInFlight(client, id);
-    if (got != want) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return got;
-}
-
 // Two groups over the same two ranks; rank 0 posts group A's dispatch then group B's, rank 1
 // the other way round. With one stream per rank each rank's first dispatch waits for a peer
 // whose matching dispatch is queued behind its own first one: a deadlock until op_timeout.
@@ -143,7 +121,7 @@ TEST(IsolationTest, AStuckFencedOpOfOneSessionDoesNotDelayAnotherGroupOnItsRank)
   *stuck.mutable_options()->mutable_wait() = (*gate)->At(1);
   std::future<Status> stuck_answer = (*a)->session().UpdateAsync(std::move(stuck));
   const uint64_t a_session = (*a)->session().id();
-  ASSERT_EQ(WaitForOpsInFlight(*a_client, a_session, 1), 1);
+  ASSERT_EQ(WaitForOpsRunning(a_client->stub(), a_session, 1), 1);
 
   example::RankRunnerOptions b_options;
   b_options.group = UniqueName("iso-free");
@@ -156,11 +134,11 @@ TEST(IsolationTest, AStuckFencedOpOfOneSessionDoesNotDelayAnotherGroupOnItsRank)
   }
 
   // A's op is still waiting for its fence, unanswered.
-  EXPECT_EQ(OpsInFlight(*a_client, a_session), 1);
+  EXPECT_EQ(OpsRunning(a_client->stub(), a_session), 1);
   EXPECT_EQ(stuck_answer.wait_for(std::chrono::seconds(0)), std::future_status::timeout);
   ASSERT_EPD_OK((*gate)->Signal(1));
   EXPECT_EPD_OK((*a)->session().Await(stuck_answer, "the gated update"));
-  EXPECT_EQ(WaitForOpsInFlight(*a_client, a_session, 0), 0);
+  EXPECT_EQ(WaitForOpsRunning(a_client->stub(), a_session, 0), 0);
 }
 
 }  // namespace
