@@ -40,7 +40,7 @@ Status OpPipeline::CheckLiveness(std::chrono::milliseconds limit) const {
 // Wraps `done` so that it is called once, after the counters are updated.
 OpDone OpPipeline::FinishOnce(const OpContext& ctx, OpKind kind, OpDone done) {
   const Clock::time_point start = Clock::now();
-  return [this, kind, start, session = ctx.session, handle = ctx.handle, started = ctx.started,
+  return [this, kind, start, session = ctx.session, handle = ctx.handle,
           payload_bytes = ctx.payload_bytes, done = std::move(done)](Status status) {
     const auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
     if (!status.ok()) {
@@ -55,7 +55,6 @@ OpDone OpPipeline::FinishOnce(const OpContext& ctx, OpKind kind, OpDone done) {
     stats_.For(kind).Add(status.ok(), us);
     (status.ok() ? session->ops_completed : session->ops_failed).fetch_add(1);
     session->ops_in_flight.fetch_sub(1);
-    if (started->load()) session->ops_running.fetch_sub(1);
     if (on_op_finished_) {
       OpRecord record;
       record.kind = OpKindName(kind);
@@ -88,7 +87,8 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
     return full;
   }
   OpDone finish = FinishOnce(ctx, kind, std::move(done));
-  std::function<void()> release = [this] {
+  std::function<void()> release = [this, session = ctx.session, started = ctx.started] {
+    if (started->load()) session->ops_running.fetch_sub(1);
     std::lock_guard lock(mutex_);
     if (--in_flight_ == 0) idle_.notify_all();
   };
@@ -180,7 +180,7 @@ Status OpPipeline::WaitFenceIfAny(OpContext& ctx) {
 // ones. Device-side errors of non-blocking ops are logged and fail the next op on the handle.
 void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
                             std::function<void()> release) {
-  // NOTE: before `finish`, which uncounts it.
+  // NOTE: before `release`, which uncounts it once the lane passed the op.
   if (!ctx.started->exchange(true)) ctx.session->ops_running.fetch_add(1);
   if (status.ok() && ctx.options.signal.has_value()) {
     status = backend_.SignalFence(*ctx.handle->backend, *ctx.signal_fence->page,

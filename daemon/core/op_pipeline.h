@@ -35,7 +35,8 @@ struct OpContext {
   std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
   // The op's tensors' buffers: kept until the op completed on the device.
   std::vector<std::shared_ptr<const void>> keepalive;
-  // Set once the worker handed the op to the backend (counted in Session::ops_running).
+  // Set once the worker handed the op to the backend: counted in Session::ops_running until
+  // the backend's lane passed it.
   std::shared_ptr<std::atomic<bool>> started = std::make_shared<std::atomic<bool>>(false);
 };
 

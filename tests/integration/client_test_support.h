@@ -64,7 +64,7 @@ Status RunGoodLayer(std::vector<RankClient>& ranks, int iteration, bool fenced =
 
 // Polls GetStats until `pred` holds (at most 5 s); returns the last stats.
 v1::Stats WaitForStats(Client& client, const std::function<bool(const v1::Stats&)>& pred);
-// Ops of session `session_id` handed to its rank's execution stream and not yet answered
+// Ops of session `session_id` on the daemon's execution streams and not yet completed there
 // (ListSessions' ops_running), e.g. a dispatch waiting for its peers; -1 when not listed.
 int64_t OpsRunning(v1::Epd::Stub& stub, uint64_t session_id);
 // Polls OpsRunning until it equals `want` (at most 10 s): how a test knows an op is pending
