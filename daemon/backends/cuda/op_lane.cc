@@ -3,11 +3,10 @@
 namespace epd::cuda {
 
 StatusOr<std::unique_ptr<OpLane>> OpLane::Create(
-    int device, std::string name, AllocationCounter& counter,
-    std::function<void(const Status&)> on_sticky_error) {
-  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaStream> stream, CudaStream::Create(device));
-  EPD_ASSIGN_OR_RETURN(std::unique_ptr<ErrorRecords> records, ErrorRecords::Create(counter));
-  std::unique_ptr<OpLane> lane(new OpLane(std::move(name), std::move(stream), std::move(records)));
+    int device, std::string name, std::function<void(const Status&)> on_sticky_error) {
+  std::unique_ptr<OpLane> lane(new OpLane(std::move(name)));
+  EPD_ASSIGN_OR_RETURN(lane->stream_, CudaStream::Create(device));
+  EPD_ASSIGN_OR_RETURN(lane->records_, ErrorRecords::Create(lane->infrastructure_));
   lane->completion_ =
       std::make_unique<CompletionThread>(device, *lane->records_, std::move(on_sticky_error));
   return lane;
