@@ -272,7 +272,7 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
                          OpLane::Create(rank.device,
                                         fmt::format("group '{}' rank {}", c.name,
                                                     handle->node_rank_),
-                                        options_.on_fatal_error));
+                                        rank.records, options_.on_fatal_error));
     return lanes_.Add(std::move(lane));
   }));
   EPD_ASSIGN_OR_RETURN(

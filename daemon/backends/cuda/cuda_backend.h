@@ -52,7 +52,7 @@ struct CudaBackendOptions {
   // Upper bound on the blocks of one dispatch/combine kernel; 0: two per SM. A small bound
   // leaves SMs to the frontends' kernels, and lets several node ranks share one GPU (tests).
   int max_blocks_per_op = 0;
-  // Called once per GPU whose context hit a sticky error (the daemon sets health
+  // Called (at least once) per GPU whose context hit a sticky error (the daemon sets health
   // NOT_SERVING and exits for systemd to restart it).
   std::function<void(const Status&)> on_fatal_error;
 };

@@ -32,6 +32,7 @@ struct RankState {
   NodeGpu info;
   int sm_count = 0;
   std::unique_ptr<CudaStream> setup_stream;  // zero-fill of new allocations, never ops
+  RecordPool records;                        // of the lanes of the rank's groups
 };
 
 class CudaBackend final : public Backend {

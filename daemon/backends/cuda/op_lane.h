@@ -18,12 +18,31 @@
 
 namespace epd::cuda {
 
+// The error-record rings of one node rank's lanes, kept for reuse: cudaFreeHost waits for
+// the whole device to go idle, so a lane's teardown must not free its ring while another
+// group's op waits on that GPU (a ring is cleared record by record when claimed anyway).
+// Rings are infrastructure like streams, outside the backend's AllocationCounter: the
+// data-plane memory tests count must not depend on when a lane goes (lane_registry.h).
+class RecordPool {
+ public:
+  StatusOr<std::unique_ptr<ErrorRecords>> Take();
+  void Give(std::unique_ptr<ErrorRecords> records);
+
+ private:
+  AllocationCounter counter_;  // NOTE: before spare_: outlives the rings
+  std::mutex mu_;
+  std::vector<std::unique_ptr<ErrorRecords>> spare_;
+};
+
 class OpLane {
  public:
   // `name` ("group 'g' rank r") is for liveness messages; `on_sticky_error` as
   // CompletionThread's.
+  // `pool` (the rank's) must outlive the lane.
   static StatusOr<std::unique_ptr<OpLane>> Create(
-      int device, std::string name, std::function<void(const Status&)> on_sticky_error);
+      int device, std::string name, RecordPool& pool,
+      std::function<void(const Status&)> on_sticky_error);
+  ~OpLane();  // completes what is queued, then gives the ring back
 
   cudaStream_t stream() const { return stream_->get(); }
   int device() const { return stream_->device(); }
@@ -39,13 +58,10 @@ class OpLane {
   bool OnThread() const { return completion_->OnThread(); }
 
  private:
-  explicit OpLane(std::string name) : name_(std::move(name)) {}
+  OpLane(std::string name, RecordPool& pool) : name_(std::move(name)), pool_(pool) {}
 
   const std::string name_;
-  // NOTE: the lane's record ring is infrastructure like its stream, not counted in the
-  // backend's AllocationCounter: a lane retired on a lane's thread is destroyed a little
-  // later (lane_registry.h), and the data-plane memory tests count must not depend on when.
-  AllocationCounter infrastructure_;
+  RecordPool& pool_;
   std::unique_ptr<CudaStream> stream_;
   std::unique_ptr<ErrorRecords> records_;
   std::mutex mu_;
