@@ -19,6 +19,7 @@ enum DeviceErrorCode : int32_t {
                                   // it timed out waiting for (0: other reason), value = seq
   kDeviceErrorAborted = 6,        // the host's abort word released the wait; value = seq
   kDeviceErrorRowCapacity = 7,    // high-throughput: a = group rank, b = rows, c = capacity
+  kDeviceErrorBadWeight = 8,      // a = token, b = k, value = the float's bits (NaN or inf)
 };
 
 // Which flag a collective waited for when it timed out.

@@ -1,5 +1,9 @@
 #include "kernels/device_error_status.h"
 
+#include <bit>
+
+#include "common/routing_errors.h"
+
 namespace epd::kernels {
 namespace {
 
@@ -27,6 +31,9 @@ Status DeviceErrorToStatus(const DeviceError& e, const std::string& what) {
     case kDeviceErrorBadExpertId:
       return InvalidArgumentError("{}: topk_idx[{}, {}] = {} is outside [-1, experts)", what, e.a,
                                   e.b, e.value);
+    case kDeviceErrorBadWeight:
+      return NonFiniteWeightError(e.a, e.b, std::bit_cast<float>(static_cast<uint32_t>(e.value)))
+          .WithContext(what);
     case kDeviceErrorCapacity:
       return ResourceExhaustedError("{}: expert {} received {} rows, more than expert_capacity={}",
                                     what, e.a, e.b, e.c);

@@ -87,32 +87,37 @@ __device__ void PlanDestinationRows(const RoutingParams& p) {
 // expert counters, a prefix over warps then makes the ranks global in (t, k) order.
 __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParams p, int warps) {
   extern __shared__ int counts[];  // [warps][E]
-  __shared__ int first_bad;
+  __shared__ int first_bad, first_bad_weight;
   const int K = p.top_k, E = p.experts, n = p.num_tokens;
   const int total = n * K;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-  if (threadIdx.x == 0) first_bad = INT_MAX;
+  if (threadIdx.x == 0) first_bad = first_bad_weight = INT_MAX;
   __syncthreads();
   for (int i = threadIdx.x; i < total; i += kThreads) {
     const int64_t e = LoadId(p, i);
     if (e < -1 || e >= E) atomicMin(&first_bad, i);
+    if (p.topk_weights != nullptr && !isfinite(p.topk_weights[i])) atomicMin(&first_bad_weight, i);
   }
   __syncthreads();
-  if (first_bad != INT_MAX) {
-    // Reject the whole update: bind no tokens, so nothing stale is dispatched.
+  if (first_bad != INT_MAX || first_bad_weight != INT_MAX) {
+    // Reject the whole update: bind no tokens, so nothing stale is dispatched. A bad weight is
+    // reported first, as the cpu backend does (routing_errors.h).
     for (int e = threadIdx.x; e < E; e += kThreads) p.expert_counts[e] = 0;
     if (p.high_throughput) {
       for (int d = threadIdx.x; d < p.world_size; d += kThreads) p.dest_counts[d] = 0;
     }
     if (threadIdx.x == 0) {
       *p.bound_tokens = 0;
-      p.error->a = first_bad / K;
-      p.error->b = first_bad % K;
+      const bool weight = first_bad_weight != INT_MAX;
+      const int at = weight ? first_bad_weight : first_bad;
+      p.error->a = at / K;
+      p.error->b = at % K;
       p.error->c = 0;
-      p.error->value = LoadId(p, first_bad);
+      p.error->value = weight ? static_cast<int64_t>(__float_as_uint(p.topk_weights[at]))
+                              : LoadId(p, at);
       p.error->value2 = 0;
-      p.error->code = kDeviceErrorBadExpertId;
+      p.error->code = weight ? kDeviceErrorBadWeight : kDeviceErrorBadExpertId;
     }
     return;
   }

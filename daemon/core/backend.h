@@ -2,13 +2,16 @@
 //
 // The core owns sessions, ids, validation and ordering; a backend owns memory and executes ops.
 // Op methods are called on the worker thread of one node rank, in submission order, and only
-// enqueue the work on that rank's execution stream (a CUDA stream, or the cpu backend's
-// per-rank thread): they never wait for peers. Collective ops take one rank's arguments; the
-// ranks of a group meet on the stream (device flags carrying per-op sequence numbers), where
-// every wait is bounded by op_timeout and released at once by an abort (AbortGroup,
-// BeginShutdown). Complete() reports when everything enqueued so far on the handle's rank has
-// finished, with any error recorded on the stream (bad expert id, capacity overflow, a peer
-// that timed out, abandoned or was aborted).
+// enqueue the work on the handle's lane: the execution stream of its (group, node rank) (a
+// CUDA stream, or a cpu backend thread), made with the first handle of that group on that rank
+// and destroyed with the group. They never wait for peers. Ops of one lane run in submission
+// order; lanes run independently, so a group's waits (a fence never signalled, a late peer)
+// never delay another group's ops. Collective ops take one rank's arguments; the ranks of a
+// group meet on their lanes (device flags carrying per-op sequence numbers), where every wait
+// is bounded by op_timeout and released at once by an abort (AbortGroup, BeginShutdown).
+// Complete() reports when everything enqueued so far on the handle's lane has finished, with
+// any error recorded there (bad expert id, capacity overflow, a peer that timed out,
+// abandoned or was aborted).
 //
 // Sequence numbers: the k-th collective (dispatch or combine) a rank issues on a group is op k
 // of that group on every rank. A rank that cannot take part in its next collective calls
@@ -199,8 +202,10 @@ class Backend {
                                                                 int group_rank) = 0;
 
   // --- ops, on the worker thread of the handle's node rank, in order ---
-  virtual Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) = 0;
-  virtual Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) = 0;
+  // The fence ops run on `handle`'s lane, ordered with the handle's other ops; `fence` is a
+  // page of the handle's node rank.
+  virtual Status WaitFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) = 0;
+  virtual Status SignalFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) = 0;
   virtual Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) = 0;
   // This rank's next collective of the handle's group. An error return means nothing was
   // enqueued but the op's sequence number is taken and abandoned (peers fail at once).
@@ -210,7 +215,8 @@ class Backend {
   // number, and the peers' op fails with `reason` (naming this rank) as soon as the abandon
   // reaches the stream, in order after this rank's earlier ops.
   virtual void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) = 0;
-  // Calls `done` once all work enqueued so far for `handle` finished; never blocks the caller.
+  // Calls `done` once all work enqueued so far on `handle`'s lane finished; never blocks the
+  // caller.
   virtual void Complete(BackendHandle& handle, std::function<void(Status)> done) = 0;
 
   // Every op of `group` issued so far (on any rank, waiting or still queued) stops waiting now

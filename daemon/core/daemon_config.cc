@@ -38,7 +38,8 @@ constexpr std::string_view kClusterKeys[] = {"node_rank", "nodes",      "leader"
                                              "bootstrap_timeout_ms", "peer_timeout_ms"};
 constexpr std::string_view kLimitKeys[] = {"buffers_per_session",  "mapped_bytes_per_session",
                                            "fences_per_session",   "handles_per_session",
-                                           "groups_per_session",   "persistent_groups"};
+                                           "groups_per_session",   "persistent_groups",
+                                           "ops_in_flight_per_session"};
 constexpr std::string_view kGroupKeys[] = {
     "name",  "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
     "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle",
@@ -374,6 +375,7 @@ Status ParseLimits(const Reader& reader, const toml::node& node, SessionLimits* 
     if (name == "handles_per_session") limits->handles = limit;
     if (name == "groups_per_session") limits->groups = limit;
     if (name == "persistent_groups") limits->persistent_groups = limit;
+    if (name == "ops_in_flight_per_session") limits->ops_in_flight = limit;
   }
   return OkStatus();
 }

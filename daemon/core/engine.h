@@ -53,6 +53,8 @@ struct SessionSummary {
   Clock::time_point opened;
   uint64_t ops_completed = 0;
   uint64_t ops_failed = 0;
+  uint64_t ops_in_flight = 0;  // accepted, not yet answered
+  uint64_t ops_running = 0;    // on the backend's lane, not yet passed (e.g. at a fence wait)
 };
 
 struct OpRecord {  // one finished op, for metrics and logs

@@ -29,7 +29,7 @@ Engine::Impl::Impl(std::unique_ptr<Backend> backend, EngineOptions options)
   groups_ = GroupRegistry::Create(
       [control = control_.get()](Released released) { control->Release(std::move(released)); });
   pipeline_ = std::make_unique<OpPipeline>(*backend_, backend_->num_ranks(),
-                                           options_.on_op_finished);
+                                           options_.limits.ops_in_flight, options_.on_op_finished);
   reaper_ = std::make_unique<IdleReaper>(
       sessions_, options_.unary_session_idle_timeout, kIdleCheckPeriod, [this](SessionId id) {
         Released released;

@@ -4,8 +4,11 @@
 
 namespace epd {
 
-OpPipeline::OpPipeline(Backend& backend, int ranks, OpFinished on_op_finished)
-    : backend_(backend), on_op_finished_(std::move(on_op_finished)) {
+OpPipeline::OpPipeline(Backend& backend, int ranks, uint64_t ops_in_flight_limit,
+                       OpFinished on_op_finished)
+    : backend_(backend),
+      ops_in_flight_limit_(ops_in_flight_limit),
+      on_op_finished_(std::move(on_op_finished)) {
   for (int r = 0; r < ranks; ++r) workers_.push_back(std::make_unique<RankWorker>(r));
 }
 
@@ -51,6 +54,7 @@ OpDone OpPipeline::FinishOnce(const OpContext& ctx, OpKind kind, OpDone done) {
     }
     stats_.For(kind).Add(status.ok(), us);
     (status.ok() ? session->ops_completed : session->ops_failed).fetch_add(1);
+    session->ops_in_flight.fetch_sub(1);
     if (on_op_finished_) {
       OpRecord record;
       record.kind = OpKindName(kind);
@@ -73,8 +77,18 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
     if (!accepting_) return UnavailableError("epd is shutting down");
     ++in_flight_;
   }
+  const uint64_t held = ctx.session->ops_in_flight.fetch_add(1);
+  if (Status full = CheckLimit(held, 1, ops_in_flight_limit_, "ops in flight",
+                               "limits.ops_in_flight_per_session");
+      !full.ok()) {
+    ctx.session->ops_in_flight.fetch_sub(1);
+    std::lock_guard lock(mutex_);
+    if (--in_flight_ == 0) idle_.notify_all();
+    return full;
+  }
   OpDone finish = FinishOnce(ctx, kind, std::move(done));
-  std::function<void()> release = [this] {
+  std::function<void()> release = [this, session = ctx.session, started = ctx.started] {
+    if (started->load()) session->ops_running.fetch_sub(1);
     std::lock_guard lock(mutex_);
     if (--in_flight_ == 0) idle_.notify_all();
   };
@@ -88,6 +102,7 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
     task(ctx, std::move(finish), std::move(release));
   });
   if (!posted) {
+    ctx.session->ops_in_flight.fetch_sub(1);  // `finish` is not called
     release();
     return UnavailableError("epd is shutting down");
   }
@@ -157,15 +172,18 @@ void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone 
 
 Status OpPipeline::WaitFenceIfAny(OpContext& ctx) {
   if (!ctx.options.wait.has_value()) return OkStatus();
-  return backend_.WaitFence(ctx.session->rank, *ctx.wait_fence->page, ctx.options.wait->value);
+  return backend_.WaitFence(*ctx.handle->backend, *ctx.wait_fence->page,
+                            ctx.options.wait->value);
 }
 
 // Signals, then reports: immediately for fenced ops, after device completion for blocking
 // ones. Device-side errors of non-blocking ops are logged and fail the next op on the handle.
 void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
                             std::function<void()> release) {
+  // NOTE: before `release`, which uncounts it once the lane passed the op.
+  if (!ctx.started->exchange(true)) ctx.session->ops_running.fetch_add(1);
   if (status.ok() && ctx.options.signal.has_value()) {
-    status = backend_.SignalFence(ctx.session->rank, *ctx.signal_fence->page,
+    status = backend_.SignalFence(*ctx.handle->backend, *ctx.signal_fence->page,
                                   ctx.options.signal->value);
   }
   // A failed op is answered now; it still releases its buffers only after the stream

@@ -9,6 +9,7 @@
 // calls EngineOptions::on_op_finished once per op.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -34,6 +35,9 @@ struct OpContext {
   std::function<void(const Status&)> on_device_error;  // set by the op body when it cares
   // The op's tensors' buffers: kept until the op completed on the device.
   std::vector<std::shared_ptr<const void>> keepalive;
+  // Set once the worker handed the op to the backend: counted in Session::ops_running until
+  // the backend's lane passed it.
+  std::shared_ptr<std::atomic<bool>> started = std::make_shared<std::atomic<bool>>(false);
 };
 
 // One rank's collective, as its worker hands it to the backend.
@@ -46,7 +50,10 @@ struct CollectiveOp {
 class OpPipeline {
  public:
   using OpFinished = std::function<void(const OpRecord&)>;
-  OpPipeline(Backend& backend, int ranks, OpFinished on_op_finished);
+  // `ops_in_flight_limit`: ops one session may have accepted and not yet answered
+  // (limits.ops_in_flight_per_session); beyond it a post answers RESOURCE_EXHAUSTED.
+  OpPipeline(Backend& backend, int ranks, uint64_t ops_in_flight_limit,
+             OpFinished on_op_finished);
   ~OpPipeline();  // runs what is queued (cancelled ops), then joins the workers
 
   // Queues an UpdateHandle of `ctx.handle` with validated `args`.
@@ -75,6 +82,7 @@ class OpPipeline {
   void CompleteOp(OpContext& ctx, Status status, OpDone finish, std::function<void()> release);
 
   Backend& backend_;
+  const uint64_t ops_in_flight_limit_;
   const OpFinished on_op_finished_;
   OpStats stats_;
   // Failed ops are logged at warn: 20 lines per 10 s at most.

@@ -17,6 +17,9 @@ struct SessionLimits {
   uint64_t handles = 256;                      // limits.handles_per_session
   uint64_t groups = 64;                        // limits.groups_per_session
   uint64_t persistent_groups = 256;            // limits.persistent_groups (node-wide)
+  // Ops accepted and not yet answered: bounds what one session can queue on its rank's
+  // worker and lanes (a frontend posting ahead needs a few layers' worth).
+  uint64_t ops_in_flight = 4096;  // limits.ops_in_flight_per_session
 };
 
 // RESOURCE_EXHAUSTED when `held + adding` exceeds `limit`; the message names what is held,

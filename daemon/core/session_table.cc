@@ -92,6 +92,8 @@ std::vector<SessionSummary> SessionTable::List() const {
     summary.opened = s->opened;
     summary.ops_completed = s->ops_completed.load();
     summary.ops_failed = s->ops_failed.load();
+    summary.ops_in_flight = s->ops_in_flight.load();
+    summary.ops_running = s->ops_running.load();
     out.push_back(std::move(summary));
   }
   return out;

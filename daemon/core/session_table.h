@@ -39,6 +39,9 @@ struct Session {
   std::atomic<bool> closed{false};
   std::atomic<Clock::rep> last_used{0};  // Clock ticks
   std::atomic<uint64_t> ops_completed{0}, ops_failed{0};
+  std::atomic<uint64_t> ops_in_flight{0};  // accepted by the pipeline, not yet answered
+  // Ops handed to the backend's lane that it has not passed yet (answered or not).
+  std::atomic<uint64_t> ops_running{0};
 
   void Touch() { last_used.store(Clock::now().time_since_epoch().count()); }
   Clock::time_point last_used_at() const {

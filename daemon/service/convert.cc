@@ -315,6 +315,8 @@ void ToProto(const SessionSummary& session, Clock::time_point now, v1::SessionSu
   out->set_age_ms(static_cast<uint64_t>(std::max<int64_t>(age.count(), 0)));
   out->set_ops_completed(session.ops_completed);
   out->set_ops_failed(session.ops_failed);
+  out->set_ops_in_flight(session.ops_in_flight);
+  out->set_ops_running(session.ops_running);
 }
 
 void ToProto(const EngineStats& stats, v1::Stats* out) {

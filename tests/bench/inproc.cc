@@ -123,9 +123,6 @@ StatusOr<std::unique_ptr<InprocRunner>> InprocRunner::Create(const std::string& 
     options.op_timeout = op_timeout;
     EPD_ASSIGN_OR_RETURN(runner->backend_, CreateCudaBackend(options));
     runner->on_gpu_ = true;
-    if (CudaBackendStream(*runner->backend_, 0) == nullptr) {
-      return FailedPreconditionError("the cuda backend exposes no stream for rank 0");
-    }
     return runner;
   }
 #endif
@@ -222,7 +219,10 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
         }
         EPD_ASSIGN_OR_RETURN(state->gate, gpu::Gate::Create(gpu::Gate::Kind::kKernel));
         EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(r));
-        state->stream = CudaBackendStream(*backend_, r);
+        state->stream = CudaBackendStream(*backend_, *handles[r]);
+        if (state->stream == nullptr) {
+          return FailedPreconditionError("the cuda backend exposes no stream for rank {}", r);
+        }
         return OkStatus();
       };
       if (Status s = setup(); !s.ok()) {

@@ -5,8 +5,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "common/fence_page.h"
+#include "common/routing_errors.h"
 #include "daemon/backends/cuda/cuda_objects.h"
 #include "tests/gpu/moe_harness.h"
 
@@ -55,6 +57,37 @@ TEST(CudaErrors, BadExpertIdFailsOnlyItsRankAndOthersKeepWorking) {
     for (const Status& s : harness.Combine(true, 4)) ASSERT_TRUE(s.ok()) << s.ToString();
     harness.ExpectCombineMatches(inputs, n);
   }
+}
+
+// The routing kernel refuses NaN and infinite weights with the cpu backend's words
+// (routing_errors.h), found on the device: the update fails, the rank binds no tokens.
+TEST(CudaErrors, NonFiniteWeightsAreRefusedWithTheCpuBackendsMessage) {
+  EPD_REQUIRE_GPUS(1);
+  MoeHarness harness(*SharedBackend(), SmallSpec("bad_weight", 1));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    int token, k;
+    float value;
+    bool also_bad_id;  // a bad expert id earlier: the weight is still what is reported
+  };
+  for (const Case& c : {Case{5, 0, inf, false}, Case{2, 1, nan, false}, Case{7, 1, -inf, true}}) {
+    auto inputs = harness.MakeInputs(RoutingKind::kRandom, {16}, 9, false, true);
+    inputs[0].weights[c.token * 2 + c.k] = c.value;
+    if (c.also_bad_id) inputs[0].idx[0] = 1000;
+    const auto updates = harness.Update(inputs);
+    const std::string expected = NonFiniteWeightError(c.token, c.k, c.value).message();
+    ASSERT_EQ(updates[0].code(), StatusCode::kInvalidArgument) << updates[0].ToString();
+    EXPECT_NE(updates[0].message().find(expected), std::string::npos)
+        << updates[0].message() << " lacks " << expected;
+  }
+  // Finite weights bind again and the layer is exact.
+  auto inputs = harness.MakeInputs(RoutingKind::kRandom, {16}, 10, false, true);
+  for (const Status& s : harness.Update(inputs)) ASSERT_TRUE(s.ok()) << s.ToString();
+  for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+  harness.ExpectDispatchMatches(inputs, {16});
+  for (const Status& s : harness.Combine(false, 11)) ASSERT_TRUE(s.ok()) << s.ToString();
+  harness.ExpectCombineMatches(inputs, {16});
 }
 
 TEST(CudaErrors, CapacityOverflowIsReportedByEveryRankThenRecovers) {
@@ -132,14 +165,14 @@ TEST(CudaFence, WaitTimesOutWithDeadlineExceededAndTheNextOpWorks) {
 
   auto inputs = harness.MakeInputs(RoutingKind::kRandom, {4}, 1, false, true);
   // Nobody signals 1: the wait gives up after op_timeout and the op fails.
-  ASSERT_TRUE(backend.WaitFence(0, page, 1).ok());
+  ASSERT_TRUE(backend.WaitFence(harness.handle(0), page, 1).ok());
   auto statuses = harness.Update(inputs);
   ASSERT_EQ(statuses[0].code(), StatusCode::kDeadlineExceeded) << statuses[0].ToString();
   EXPECT_NE(statuses[0].message().find("fence"), std::string::npos) << statuses[0].message();
 
   // Signal then wait on the same stream: passes; the counter holds the value.
-  ASSERT_TRUE(backend.SignalFence(0, page, 7).ok());
-  ASSERT_TRUE(backend.WaitFence(0, page, 7).ok());
+  ASSERT_TRUE(backend.SignalFence(harness.handle(0), page, 7).ok());
+  ASSERT_TRUE(backend.WaitFence(harness.handle(0), page, 7).ok());
   statuses = harness.Update(inputs);
   ASSERT_TRUE(statuses[0].ok()) << statuses[0].ToString();
   uint64_t counter = 0;

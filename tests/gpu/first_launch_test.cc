@@ -96,7 +96,7 @@ TEST(CudaFirstLaunch, FirstFencedOpsEnqueueWithoutWaitingForTheFence) {
   for (const Step& step : steps) {
     SCOPED_TRACE(step.name);
     ++value;
-    ASSERT_TRUE(backend.WaitFence(0, **fence, value).ok());
+    ASSERT_TRUE(backend.WaitFence(**handle, **fence, value).ok());
     const auto start = SteadyClock::now();
     Status launched = step.launch();
     const auto launch_ms =

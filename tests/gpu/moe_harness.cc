@@ -188,19 +188,23 @@ std::vector<Status> MoeHarness::Update(const std::vector<RankInput>& inputs) {
   return statuses;
 }
 
+DispatchArgs MoeHarness::DispatchArgsOf(int r) const {
+  const int n = buffers_[r]->n;
+  DispatchArgs args;
+  args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {n, config_.hidden}};
+  if (prequantized_) {
+    args.x = TensorView{buffers_[r]->xq.data(), DType::kFp8E4m3, {n, config_.hidden}};
+    args.x_scales = TensorView{
+        buffers_[r]->x_scales.data(), config_.scale_dtype(), {n, config_.scale_blocks()}};
+  }
+  return args;
+}
+
 std::vector<Status> MoeHarness::Dispatch() {
   const int R = config_.world_size();
   std::vector<Status> statuses(R);
   OnEveryRank(R, [&](int r) {
-    const int n = buffers_[r]->n;
-    DispatchArgs args;
-    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {n, config_.hidden}};
-    if (prequantized_) {
-      args.x = TensorView{buffers_[r]->xq.data(), DType::kFp8E4m3, {n, config_.hidden}};
-      args.x_scales = TensorView{
-          buffers_[r]->x_scales.data(), config_.scale_dtype(), {n, config_.scale_blocks()}};
-    }
-    Status s = backend_.Dispatch(*handles_[r], args);
+    Status s = backend_.Dispatch(*handles_[r], DispatchArgsOf(r));
     statuses[r] = s.ok() ? WaitComplete(backend_, *handles_[r]) : s;
   });
   return statuses;
@@ -210,17 +214,7 @@ std::vector<Status> MoeHarness::DispatchWithLateRank(int late_rank,
                                                      const std::function<void()>& while_late) {
   const int R = config_.world_size();
   std::vector<Status> statuses(R);
-  auto enqueue = [&](int r) {
-    const int n = buffers_[r]->n;
-    DispatchArgs args;
-    args.x = TensorView{buffers_[r]->x.data(), config_.dtype, {n, config_.hidden}};
-    if (prequantized_) {
-      args.x = TensorView{buffers_[r]->xq.data(), DType::kFp8E4m3, {n, config_.hidden}};
-      args.x_scales = TensorView{
-          buffers_[r]->x_scales.data(), config_.scale_dtype(), {n, config_.scale_blocks()}};
-    }
-    statuses[r] = backend_.Dispatch(*handles_[r], args);
-  };
+  auto enqueue = [&](int r) { statuses[r] = backend_.Dispatch(*handles_[r], DispatchArgsOf(r)); };
   for (int r = 0; r < R; ++r) {
     if (r != late_rank) enqueue(r);  // returns at once: nothing waits for the late rank here
   }

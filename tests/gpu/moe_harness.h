@@ -73,6 +73,8 @@ class MoeHarness {
   // Each step runs on one thread per rank and returns every rank's Complete() status.
   std::vector<Status> Update(const std::vector<RankInput>& inputs);
   std::vector<Status> Dispatch();
+  // Rank r's dispatch arguments for the inputs of the last Update (enqueue it yourself).
+  DispatchArgs DispatchArgsOf(int r) const;
   // Like Dispatch, but every rank except `late_rank` enqueues first; `while_late` runs before
   // the late rank enqueues (the others' ops are then on their streams, waiting).
   std::vector<Status> DispatchWithLateRank(int late_rank, const std::function<void()>& while_late);

@@ -20,7 +20,10 @@ struct Timing {
 
 // Enqueues `iterations` ops back to back on every rank with an event between consecutive
 // ops, then reads per-op GPU time on each rank; returns the slowest rank's figures.
-Timing TimeOps(Backend& backend, int ranks, int iterations, const std::function<Status(int)>& op) {
+// `streams`: each rank's daemon stream (its handle's lane).
+Timing TimeOps(const std::vector<cudaStream_t>& streams, int iterations,
+               const std::function<Status(int)>& op) {
+  const int ranks = static_cast<int>(streams.size());
   std::vector<std::vector<cudaEvent_t>> events(ranks, std::vector<cudaEvent_t>(iterations + 1));
   for (int r = 0; r < ranks; ++r) {
     cudaSetDevice(r);
@@ -29,7 +32,7 @@ Timing TimeOps(Backend& backend, int ranks, int iterations, const std::function<
   std::vector<double> enqueue_us(ranks);
   OnEveryRank(ranks, [&](int r) {
     cudaSetDevice(r);
-    cudaStream_t stream = CudaBackendStream(backend, r);
+    cudaStream_t stream = streams[r];
     cudaEventRecord(events[r][0], stream);
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < iterations; ++i) {
@@ -99,11 +102,13 @@ PerfResult MeasureStandard(Backend& backend, int ranks, int tokens, const std::s
   }
   auto dispatch_op = [&](int r) { return backend.Dispatch(harness.handle(r), dispatch[r]); };
   auto combine_op = [&](int r) { return backend.Combine(harness.handle(r), combine[r]); };
-  TimeOps(backend, ranks, 20, dispatch_op);  // warm-up
-  TimeOps(backend, ranks, 20, combine_op);
+  std::vector<cudaStream_t> streams;
+  for (int r = 0; r < ranks; ++r) streams.push_back(CudaBackendStream(backend, harness.handle(r)));
+  TimeOps(streams, 20, dispatch_op);  // warm-up
+  TimeOps(streams, 20, combine_op);
   PerfResult result;
-  result.dispatch = TimeOps(backend, ranks, 200, dispatch_op);
-  result.combine = TimeOps(backend, ranks, 200, combine_op);
+  result.dispatch = TimeOps(streams, 200, dispatch_op);
+  result.combine = TimeOps(streams, 200, combine_op);
   for (int r = 0; r < ranks; ++r) {
     Status s = WaitComplete(backend, harness.handle(r));
     EXPECT_TRUE(s.ok()) << s.ToString();

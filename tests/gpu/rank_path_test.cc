@@ -72,9 +72,9 @@ TEST(CudaRankPath, ALateRankFindsItsPeersOpsAlreadyOnTheirStreamsAndResultsStayE
     const auto statuses = harness.DispatchWithLateRank(1, [&] {
       // Rank 0's dispatch was enqueued without waiting for rank 1: it is on its stream now,
       // spinning for rank 1's counts, and stays there while rank 1 is late.
-      EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, 0)), cudaErrorNotReady);
+      EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, harness.handle(0))), cudaErrorNotReady);
       std::this_thread::sleep_for(milliseconds(200));
-      EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, 0)), cudaErrorNotReady);
+      EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, harness.handle(0))), cudaErrorNotReady);
     });
     for (const Status& s : statuses) ASSERT_TRUE(s.ok()) << s.ToString();
     harness.ExpectDispatchMatches(inputs, {16, 16});
@@ -155,7 +155,7 @@ TEST(CudaAbort, AbortGroupReleasesAWaitingDispatchAndTheGroupRecovers) {
     DispatchArgs dispatch;
     dispatch.x = TensorView{x.data(), DType::kBf16, {16, 512}};
     ASSERT_TRUE(backend->Dispatch(harness.handle(0), dispatch).ok());
-    EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, 0)), cudaErrorNotReady);
+    EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, harness.handle(0))), cudaErrorNotReady);
     const auto start = Clock::now();
     backend->AbortGroup(*harness.group(), UnavailableError("group rank 1's session ended"));
     const Status released = WaitComplete(*backend, harness.handle(0));
@@ -177,12 +177,12 @@ TEST(CudaAbort, ShutdownReleasesAStuckFenceWaitAndEveryLaterWait) {
     Bind(harness, 51);
     auto fence = backend->CreateFence(0);
     ASSERT_TRUE(fence.ok()) << fence.status().ToString();
-    ASSERT_TRUE(backend->WaitFence(0, **fence, 5).ok());  // never signalled
+    ASSERT_TRUE(backend->WaitFence(harness.handle(0), **fence, 5).ok());  // never signalled
     DeviceBuffer x(0, 16 * 512 * 2);
     DispatchArgs dispatch;
     dispatch.x = TensorView{x.data(), DType::kBf16, {16, 512}};
     ASSERT_TRUE(backend->Dispatch(harness.handle(0), dispatch).ok());  // behind the fence
-    EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, 0)), cudaErrorNotReady);
+    EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, harness.handle(0))), cudaErrorNotReady);
     const auto start = Clock::now();
     backend->BeginShutdown();
     const Status released = WaitComplete(*backend, harness.handle(0));

@@ -80,7 +80,7 @@ TEST(ClientCrashTest, KilledFrontendIsCleanedUpAndPeersKeepWorking) {
   *dispatch.mutable_x() = r0.x_ref(8);
   *dispatch.mutable_options() = BlockingOptions();
   std::future<Status> pending = r0.session().DispatchAsync(dispatch);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_EQ(WaitForOpsRunning(world[0].client->stub(), r0.session().id(), 1), 1);
   ASSERT_EQ(pending.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
   helper->Kill();
   shm_unlink(helper_shm.c_str());  // the killed process could not clean up its name

@@ -173,7 +173,7 @@ TEST(ClientSessionTest, DaemonDeathFailsPendingAndLaterOps) {
   *dispatch.mutable_x() = rank0.x_ref(8);
   *dispatch.mutable_options() = BlockingOptions();
   std::future<Status> pending = rank0.session().DispatchAsync(dispatch);  // waits for rank 1
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_EQ(WaitForOpsRunning((*world)[0].client->stub(), rank0.session().id(), 1), 1);
   (*daemon)->Kill();
   ASSERT_EQ(pending.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   EXPECT_EPD_ERROR(pending.get(), StatusCode::kUnavailable);

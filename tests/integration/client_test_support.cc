@@ -19,12 +19,16 @@ std::string UniqueName(std::string_view prefix) {
   return fmt::format("{}-{}-{}", prefix, getpid(), counter.fetch_add(1));
 }
 
-std::unique_ptr<Client> ConnectOrDie(const std::string& address) {
+ClientOptions ShortClientLimits() {
   ClientOptions options;
   options.connect_timeout = std::chrono::milliseconds(5'000);
   options.rpc_timeout = std::chrono::milliseconds(10'000);
   options.op_timeout = std::chrono::milliseconds(20'000);
-  auto client = Client::Connect(address, options);
+  return options;
+}
+
+std::unique_ptr<Client> ConnectOrDie(const std::string& address) {
+  auto client = Client::Connect(address, ShortClientLimits());
   if (!client.ok()) {
     ADD_FAILURE() << client.status().ToString();
     return nullptr;
@@ -57,10 +61,11 @@ std::vector<Status> RunOnRanks(int ranks, const std::function<Status(int rank)>&
 
 StatusOr<std::vector<RankClient>> MakeRanks(const std::string& address,
                                             const example::Problem& problem,
-                                            const example::RankRunnerOptions& options) {
+                                            const example::RankRunnerOptions& options,
+                                            const ClientOptions& client_options) {
   std::vector<RankClient> ranks(problem.ranks);
   const std::vector<Status> statuses = RunOnRanks(problem.ranks, [&](int r) -> Status {
-    auto client = Client::Connect(address);
+    auto client = Client::Connect(address, client_options);
     if (!client.ok()) return client.status();
     ranks[r].client = std::move(client).value();
     auto runner = example::RankRunner::Create(*ranks[r].client, problem, r, options);
@@ -95,6 +100,26 @@ v1::Stats WaitForStats(Client& client, const std::function<bool(const v1::Stats&
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return stats;
+}
+
+int64_t OpsRunning(v1::Epd::Stub& stub, uint64_t session_id) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListSessionsResponse sessions;
+  if (!stub.ListSessions(&context, v1::ListSessionsRequest(), &sessions).ok()) return -1;
+  for (const v1::SessionSummary& s : sessions.sessions()) {
+    if (s.session_id() == session_id) return static_cast<int64_t>(s.ops_running());
+  }
+  return -1;
+}
+
+int64_t WaitForOpsRunning(v1::Epd::Stub& stub, uint64_t session_id, int64_t want) {
+  int64_t got = OpsRunning(stub, session_id);
+  for (int i = 0; i < 1000 && got != want; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    got = OpsRunning(stub, session_id);
+  }
+  return got;
 }
 
 int HandlesOf(Client& client, const std::string& group) {

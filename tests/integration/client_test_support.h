@@ -23,7 +23,9 @@ namespace epd::testing {
 // A name no other test of this run uses ("<prefix>-<pid>-<n>").
 std::string UniqueName(std::string_view prefix);
 
-// Connects with short client-side limits so a hang fails a test quickly.
+// Short client-side limits (20 s per op) so a hang fails a test quickly.
+ClientOptions ShortClientLimits();
+// Connects with ShortClientLimits().
 std::unique_ptr<Client> ConnectOrDie(const std::string& address);
 
 // Runs fn(rank) for rank 0..ranks-1 on one thread each; returns their statuses by rank.
@@ -54,13 +56,20 @@ struct RankClient {
 // Creates one RankClient per rank, in parallel (as separate frontends would).
 StatusOr<std::vector<RankClient>> MakeRanks(const std::string& address,
                                             const example::Problem& problem,
-                                            const example::RankRunnerOptions& options);
+                                            const example::RankRunnerOptions& options,
+                                            const ClientOptions& client_options = {});
 
 // One layer on every rank (identity expert), checked bit for bit; returns the first error.
 Status RunGoodLayer(std::vector<RankClient>& ranks, int iteration, bool fenced = false);
 
 // Polls GetStats until `pred` holds (at most 5 s); returns the last stats.
 v1::Stats WaitForStats(Client& client, const std::function<bool(const v1::Stats&)>& pred);
+// Ops of session `session_id` on the daemon's execution streams and not yet completed there
+// (ListSessions' ops_running), e.g. a dispatch waiting for its peers; -1 when not listed.
+int64_t OpsRunning(v1::Epd::Stub& stub, uint64_t session_id);
+// Polls OpsRunning until it equals `want` (at most 10 s): how a test knows an op is pending
+// on the daemon before it acts. Returns the last value.
+int64_t WaitForOpsRunning(v1::Epd::Stub& stub, uint64_t session_id, int64_t want);
 // Handles of `group` per ListGroups; -1 when the group does not exist.
 int HandlesOf(Client& client, const std::string& group);
 

@@ -24,6 +24,7 @@
 #include "epd/v1/epd.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/client_test_support.h"
 
 namespace epd::testing {
 namespace {
@@ -326,7 +327,7 @@ TEST(DaemonLifecycleTest, DrainReportsNotServingAndRefusesNewWork) {
   grpc::Status abandoned;
   std::thread pending(
       [&] { abandoned = call([&](auto* c) { return stub->UpdateHandle(c, update, &ignored); }); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_EQ(WaitForOpsRunning(*stub, session.session_id(), 1), 1);
   ASSERT_EQ(CheckHealth(*health), grpc::health::v1::HealthCheckResponse::SERVING);
 
   const auto start = SteadyClock::now();

@@ -121,7 +121,7 @@ TEST_F(SessionLifecycleTest, PeerSessionEndingFailsAPendingCollective) {
   *dispatch.mutable_options() = BlockingOptions();
   const auto start = std::chrono::steady_clock::now();
   std::future<Status> pending = rank0.session().DispatchAsync(dispatch);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ASSERT_EQ(WaitForOpsRunning((*world)[0].client->stub(), rank0.session().id(), 1), 1);
   ASSERT_EQ(pending.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout)
       << "dispatch finished without rank 1";
   (*world)[1].runner.reset();  // rank 1's frontend ends its session

@@ -41,6 +41,20 @@ inline std::string UniqueShmName() {
   return "/epd-test-" + std::to_string(getpid()) + "-" + std::to_string(next++);
 }
 
+// Polls ListSessions until `session` has `want` ops on the backend's lanes not yet passed
+// (at most 10 s): how a test knows an op is pending before it acts. Returns the last count.
+inline uint64_t WaitForOpsRunning(Engine& engine, SessionId session, uint64_t want) {
+  uint64_t got = ~uint64_t{0};
+  for (int i = 0; i < 1000; ++i) {
+    for (const SessionSummary& s : engine.ListSessions()) {
+      if (s.id == session) got = s.ops_running;
+    }
+    if (got == want) break;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return got;
+}
+
 // Blocks on an op's completion callback.
 struct Waiter {
   std::promise<Status> promise;

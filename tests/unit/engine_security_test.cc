@@ -10,6 +10,7 @@
 #include <limits>
 #include <set>
 
+#include "common/routing_errors.h"
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/core/engine.h"
 #include "daemon/core/session_identity.h"
@@ -222,6 +223,13 @@ TEST_F(EngineSecurityTest, NonFiniteWeightsAreRefusedNamingTheEntry) {
   const Status status = done.get_future().get();
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
   EXPECT_NE(status.message().find("topk_weights[1][1]"), std::string::npos) << status.ToString();
+  // The words the cuda backend's routing kernel reports too (routing_errors.h).
+  EXPECT_NE(status.message().find("topk_weights[1][1] = nan is not a finite number"),
+            std::string::npos)
+      << status.ToString();
+  EXPECT_NE(status.message().find(
+                NonFiniteWeightError(1, 1, std::numeric_limits<float>::quiet_NaN()).message()),
+            std::string::npos);
 
   // Finite weights bind; a Combine before any Dispatch is refused at once, not after a wait.
   weights[3] = 0.25f;

@@ -52,7 +52,7 @@ TEST_F(EngineTest, ClosingASessionFailsPeersWaitingInACollective) {
       engine_
           ->SubmitDispatch(frontends_[0]->session, frontends_[0]->Dispatch(2), blocking, w.Done())
           .ok());
-  std::this_thread::sleep_for(milliseconds(50));
+  ASSERT_EQ(WaitForOpsRunning(*engine_, frontends_[0]->session, 1), 1u);
   ASSERT_TRUE(engine_->CloseSession(frontends_[1]->session, "connection lost").ok());
   Status status = w.Get();
   EXPECT_LT(Clock::now() - start, milliseconds(1500)) << "should not wait for the op timeout";
@@ -199,7 +199,8 @@ TEST_F(EngineTest, ShutdownCancelsOpsStuckPastTheDrainTimeout) {
                   ->SubmitDispatch(frontends_[1]->session, frontends_[1]->Dispatch(2), blocking,
                                    stuck_dispatch.Done())
                   .ok());
-  std::this_thread::sleep_for(milliseconds(50));
+  ASSERT_EQ(WaitForOpsRunning(*engine_, f.session, 1), 1u);
+  ASSERT_EQ(WaitForOpsRunning(*engine_, frontends_[1]->session, 1), 1u);
   const auto start = Clock::now();
   engine_->Shutdown();
   EXPECT_LT(Clock::now() - start, milliseconds(1500)) << "must not wait for the op timeout";

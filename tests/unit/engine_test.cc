@@ -225,7 +225,7 @@ TEST_F(EngineTest, FencesOrderOpsWithoutBlockingCalls) {
   fenced.signal = FenceOp{fence.id, 2};
   Waiter posted;
   ASSERT_TRUE(engine_->SubmitUpdate(f.session, f.Update(4), fenced, posted.Done()).ok());
-  std::this_thread::sleep_for(milliseconds(50));
+  ASSERT_EQ(WaitForOpsRunning(*engine_, f.session, 1), 1u) << "the op reached its stream";
   EXPECT_EQ(std::atomic_ref<uint64_t>(*counter).load(), 0u) << "ran before its wait fence";
   std::atomic_ref<uint64_t>(*counter).store(1, std::memory_order_release);
   EXPECT_TRUE(posted.Get().ok());
@@ -276,7 +276,8 @@ TEST_F(EngineTest, ALateRankDelaysOnlyTheStreamAndTheLayerStaysExact) {
   // peer, this would wait until the op timeout and fail).
   EXPECT_TRUE(early_dispatch.Get().ok());
   EXPECT_LT(Clock::now() - start, milliseconds(1000)) << "the early rank waited for its peer";
-  std::this_thread::sleep_for(milliseconds(200));  // the late frontend
+  // Both early ops wait on the early rank's stream for the late frontend.
+  ASSERT_EQ(WaitForOpsRunning(*engine_, early.session, 2), 2u);
   Waiter late_dispatch, late_combine;
   ASSERT_TRUE(
       engine_->SubmitDispatch(late.session, late.Dispatch(4), blocking, late_dispatch.Done()).ok());
@@ -432,7 +433,7 @@ TEST_F(EngineTest, LivenessNamesAWorkerBusyBeyondTheLimit) {
     live = engine_->CheckLiveness(milliseconds(50));
   }
   EXPECT_EQ(live.code(), StatusCode::kDeadlineExceeded);
-  EXPECT_NE(live.message().find("of rank 1"), std::string::npos) << live.ToString();
+  EXPECT_NE(live.message().find("group 'g' rank 1"), std::string::npos) << live.ToString();
   EXPECT_TRUE(engine_->CheckLiveness(milliseconds(5000)).ok()) << "within a generous limit";
   EXPECT_EQ(w.Get().code(), StatusCode::kDeadlineExceeded);
   Status after = engine_->CheckLiveness(milliseconds(50));

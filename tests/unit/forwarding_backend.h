@@ -32,11 +32,11 @@ class ForwardingBackend : public Backend {
   StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& g, int r) override {
     return inner_->CreateHandle(g, r);
   }
-  Status WaitFence(int r, ExportedMemory& f, uint64_t v) override {
-    return inner_->WaitFence(r, f, v);
+  Status WaitFence(BackendHandle& h, ExportedMemory& f, uint64_t v) override {
+    return inner_->WaitFence(h, f, v);
   }
-  Status SignalFence(int r, ExportedMemory& f, uint64_t v) override {
-    return inner_->SignalFence(r, f, v);
+  Status SignalFence(BackendHandle& h, ExportedMemory& f, uint64_t v) override {
+    return inner_->SignalFence(h, f, v);
   }
   Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
     return inner_->UpdateHandle(h, a);

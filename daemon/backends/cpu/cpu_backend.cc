@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/fence_page.h"
+#include "common/routing_errors.h"
 #include "daemon/backends/cpu/cpu_stream.h"
 #include "daemon/backends/cpu/host_rendezvous.h"
 #include "daemon/backends/cpu/reference_ops.h"
@@ -22,6 +23,7 @@
 #include "daemon/backends/cpu/spanning_ops.h"
 #include "daemon/backends/cpu/spanning_transport.h"
 #include "daemon/core/daemon_config.h"
+#include "daemon/core/lane_registry.h"
 #include "daemon/core/log.h"
 
 namespace epd {
@@ -67,19 +69,15 @@ Status CheckIntact(const void* data, std::string_view what) {
       what);
 }
 
-// Weights scale expert outputs in Combine: a NaN or infinity would silently poison the
-// frontend's output, so it is refused naming the entry. (The cuda backend's weights live on
-// the device, where this check belongs in its routing kernel.)
+// Weights scale expert outputs in Combine (routing_errors.h); the cuda backend checks them in
+// its routing kernel.
 Status CheckFiniteWeights(const TensorView& weights, int num_tokens, int top_k) {
   const auto* w = static_cast<const float*>(weights.data);
   if (w == nullptr) return OkStatus();
   for (int t = 0; t < num_tokens; ++t) {
     for (int k = 0; k < top_k; ++k) {
       const float value = w[static_cast<size_t>(t) * top_k + k];
-      if (!std::isfinite(value)) {
-        return InvalidArgumentError("topk_weights[{}][{}] = {} is not a finite number", t, k,
-                                    value);
-      }
+      if (!std::isfinite(value)) return NonFiniteWeightError(t, k, value);
     }
   }
   return OkStatus();
@@ -110,7 +108,8 @@ class ExportedShm : public ExportedMemory {
 
 class CpuHandle;
 
-// A group's ranks meet in its rendezvous, on their streams.
+// A group's ranks meet in its rendezvous, each on its own lane: the group's stream of that
+// rank, made with the rank's first handle and retired with the group (lane_registry.h).
 class CpuGroup : public BackendGroup {
  public:
   CpuGroup(const GroupConfig& config, std::function<void(CpuGroup*)> forget,
@@ -118,6 +117,7 @@ class CpuGroup : public BackendGroup {
       : config_(config),
         rendezvous_(config.name, config.world_size()),
         links_(std::move(links)),
+        lanes_(config.world_size(), nullptr),
         forget_(std::move(forget)) {}
   ~CpuGroup() override { forget_(this); }
   const GroupConfig& config() const override { return config_; }
@@ -131,20 +131,35 @@ class CpuGroup : public BackendGroup {
   // A spanning group's link of a group rank this daemon hosts (used on that rank's stream).
   GlooRankLink& link(int group_rank) { return *links_[group_rank]; }
 
+  // The lane of `group_rank`, made by `make` the first time.
+  CpuStream& LaneOf(int group_rank, const std::function<CpuStream*()>& make) {
+    std::lock_guard lock(lanes_mutex_);
+    CpuStream*& lane = lanes_[group_rank];
+    if (lane == nullptr) lane = make();
+    return *lane;
+  }
+  std::vector<CpuStream*> TakeLanes() {
+    std::lock_guard lock(lanes_mutex_);
+    return std::exchange(lanes_, {});
+  }
+
  private:
   GroupConfig config_;
   HostRendezvous rendezvous_;
   std::vector<std::unique_ptr<GlooRankLink>> links_;  // spanning groups: by group rank
+  std::mutex lanes_mutex_;
+  std::vector<CpuStream*> lanes_;  // by group rank; owned by the backend's LaneRegistry
   std::function<void(CpuGroup*)> forget_;
 };
 
 class CpuHandle : public BackendHandle {
  public:
-  CpuHandle(CpuGroup& group, int group_rank, int node_rank, std::unique_ptr<ExportedShm> exported,
-            AllocationCounter& counter)
+  CpuHandle(CpuGroup& group, int group_rank, int node_rank, CpuStream& lane,
+            std::unique_ptr<ExportedShm> exported, AllocationCounter& counter)
       : group_(group),
         group_rank_(group_rank),
         node_rank_(node_rank),
+        lane_(lane),
         layout_(ComputeHandleLayout(group.config())),
         exported_(std::move(exported)),
         topk_idx_(layout_.topk_idx_bytes, counter),
@@ -155,6 +170,7 @@ class CpuHandle : public BackendHandle {
   int group_rank() const override { return group_rank_; }
   int node_rank() const { return node_rank_; }
   CpuGroup& group() const { return group_; }
+  CpuStream& lane() const { return lane_; }
   const GroupConfig& config() const { return group_.config(); }
   const HandleLayout& layout() const override { return layout_; }
   ExportedMemory& exported() override { return *exported_; }
@@ -184,6 +200,7 @@ class CpuHandle : public BackendHandle {
   CpuGroup& group_;  // the group outlives its handles
   int group_rank_;
   int node_rank_;
+  CpuStream& lane_;  // the group's lane of this rank: lives as long as the group
   HandleLayout layout_;
   std::unique_ptr<ExportedShm> exported_;
   CountedHostBuffer topk_idx_, topk_weights_, expert_counts_, slots_;
@@ -218,15 +235,16 @@ class CpuBackend : public Backend {
   }
 
   Status CheckLiveness(std::chrono::milliseconds limit) const override {
-    for (size_t r = 0; r < streams_.size(); ++r) {
-      const auto busy = streams_[r]->busy_for();
-      if (busy > limit) {
-        return DeadlineExceededError(
-            "the stream thread of rank {} has run one op for {} ms (limit {} ms)", r,
+    Status status;
+    lanes_.ForEach([&](const CpuStream& lane) {
+      const auto busy = lane.busy_for();
+      if (status.ok() && busy > limit) {
+        status = DeadlineExceededError(
+            "the stream thread of {} has run one op for {} ms (limit {} ms)", lane.name(),
             std::chrono::duration_cast<std::chrono::milliseconds>(busy).count(), limit.count());
       }
-    }
-    return OkStatus();
+    });
+    return status;
   }
 
   void AbortGroup(BackendGroup& group, const Status& reason) override {
@@ -272,8 +290,13 @@ class CpuBackend : public Backend {
     return std::unique_ptr<BackendGroup>(std::move(group));
   }
   void ForgetGroup(CpuGroup* group) {
-    std::lock_guard lock(groups_mutex_);
-    groups_.erase(group);
+    {
+      std::lock_guard lock(groups_mutex_);
+      groups_.erase(group);
+    }
+    for (CpuStream* lane : group->TakeLanes()) {
+      if (lane != nullptr) lanes_.Retire(lane);
+    }
   }
 
   StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& g, int group_rank) override {
@@ -293,24 +316,29 @@ class CpuBackend : public Backend {
                          ShmRegion::Create(NextShmName("handle"), layout.exported_bytes,
                                            kExportedShmMode, ExportedShmGroup()));
     auto exported = std::make_unique<ExportedShm>(std::move(region), allocations_);
-    auto handle = std::make_unique<CpuHandle>(group, group_rank, node_rank,
+    CpuStream& lane = group.LaneOf(group_rank, [&] {
+      return lanes_.Add(std::make_unique<CpuStream>(config.name, node_rank));
+    });
+    auto handle = std::make_unique<CpuHandle>(group, group_rank, node_rank, lane,
                                               std::move(exported), allocations_);
     return std::unique_ptr<BackendHandle>(std::move(handle));
   }
 
-  Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
-    EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
+  Status WaitFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override {
+    auto& cpu = static_cast<CpuHandle&>(handle);
+    const int node_rank = cpu.node_rank();
     uint64_t* counter = Counter(fence);
-    streams_[node_rank]->Enqueue(
+    cpu.lane().Enqueue(
         [this, node_rank, counter, value] { return WaitCounter(node_rank, counter, value); });
     return OkStatus();
   }
 
-  Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) override {
-    EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
+  Status SignalFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override {
+    auto& cpu = static_cast<CpuHandle&>(handle);
+    const int node_rank = cpu.node_rank();
     uint64_t* counter = Counter(fence);
     void* page = fence.data();
-    streams_[node_rank]->Enqueue([node_rank, counter, value, page] {
+    cpu.lane().Enqueue([node_rank, counter, value, page] {
       std::atomic_ref<uint64_t>(*counter).store(value, std::memory_order_release);
       return CheckIntact(page, fmt::format("rank {}: fence", node_rank));
     });
@@ -325,7 +353,7 @@ class CpuBackend : public Backend {
                                   args.num_tokens, config.max_tokens_per_rank);
     }
     cpu.set_submitted_tokens(args.num_tokens);
-    streams_[cpu.node_rank()]->Enqueue([&cpu, args] {
+    cpu.lane().Enqueue([&cpu, args] {
       Status bound = CheckFiniteWeights(args.topk_weights, args.num_tokens, cpu.config().top_k);
       if (bound.ok()) {
         bound = reference::BindRouting(cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
@@ -348,13 +376,13 @@ class CpuBackend : public Backend {
       return bad;
     }
     if (me.config().spans_nodes) {
-      streams_[me.node_rank()]->Enqueue([this, &me, x = args.x.data, x_scales = args.x_scales.data] {
+      me.lane().Enqueue([this, &me, x = args.x.data, x_scales = args.x_scales.data] {
         return RunSpanningDispatch(me, x, x_scales, OkStatus());
       });
       return OkStatus();
     }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
-    streams_[me.node_rank()]->Enqueue(
+    me.lane().Enqueue(
         [this, &me, seq, x = args.x.data, x_scales = args.x_scales.data] {
           return RunDispatch(me, seq, RankPart{&me, x, x_scales});
         });
@@ -371,13 +399,13 @@ class CpuBackend : public Backend {
                                  ? args.expert_out
                                  : static_cast<const void*>(me.receive().recv_x);
     if (me.config().spans_nodes) {
-      streams_[me.node_rank()]->Enqueue([this, &me, expert_out, out = args.out.data] {
+      me.lane().Enqueue([this, &me, expert_out, out = args.out.data] {
         return RunSpanningCombine(me, expert_out, out, OkStatus());
       });
       return OkStatus();
     }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
-    streams_[me.node_rank()]->Enqueue([this, &me, seq, expert_out, out = args.out.data] {
+    me.lane().Enqueue([this, &me, seq, expert_out, out = args.out.data] {
       return RunCombine(me, seq, RankPart{&me, expert_out}, out);
     });
     return OkStatus();
@@ -387,7 +415,7 @@ class CpuBackend : public Backend {
     auto& me = static_cast<CpuHandle&>(handle);
     if (me.config().spans_nodes) {
       // The peers in other daemons learn it from this rank's counts (the op still runs).
-      streams_[me.node_rank()]->Enqueue([this, &me, kind, reason] {
+      me.lane().Enqueue([this, &me, kind, reason] {
         if (kind == CollectiveKind::kDispatch) {
           RunSpanningDispatch(me, nullptr, nullptr, reason).IgnoreError();
         } else {
@@ -398,28 +426,17 @@ class CpuBackend : public Backend {
       return;
     }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
-    streams_[me.node_rank()]->Enqueue([&me, seq, kind, reason] {
+    me.lane().Enqueue([&me, seq, kind, reason] {
       me.group().rendezvous().Abandon(me.group_rank(), seq, kind, reason);
       return OkStatus();  // the rank reported its own reason when it gave up
     });
   }
 
   void Complete(BackendHandle& handle, std::function<void(Status)> done) override {
-    streams_[static_cast<CpuHandle&>(handle).node_rank()]->Complete(std::move(done));
-  }
-
-  void StartStreams() {
-    for (int r = 0; r < options_.ranks; ++r) streams_.push_back(std::make_unique<CpuStream>(r));
+    static_cast<CpuHandle&>(handle).lane().Complete(std::move(done));
   }
 
  private:
-  Status CheckNodeRank(int node_rank) const {
-    if (node_rank < 0 || node_rank >= options_.ranks) {
-      return InvalidArgumentError("node rank {} is outside [0, {})", node_rank, options_.ranks);
-    }
-    return OkStatus();
-  }
-
   // The core checks tensors before ops reach a backend; callers that drive the backend
   // directly (tests) get the same protection against a short or mistyped tensor.
   static Status CheckTokenRows(const CpuHandle& me, const TensorView& t, std::string_view op,
@@ -592,8 +609,9 @@ class CpuBackend : public Backend {
   std::atomic<bool> shutting_down_{false};
   std::mutex groups_mutex_;
   std::set<CpuGroup*> groups_;  // live groups, whose rendezvous shutdown releases
-  // NOTE: last member, so the streams finish their queued ops before anything else goes.
-  std::vector<std::unique_ptr<CpuStream>> streams_;
+  // NOTE: last member, so the lanes finish their queued ops before anything else goes (their
+  // last completions may destroy groups, which unregister above).
+  LaneRegistry<CpuStream> lanes_;
 };
 
 }  // namespace
@@ -615,7 +633,6 @@ StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const CpuBackendOptions& opt
     return InvalidArgumentError("cpu_ranks = {} must be in [1, {}]", options.ranks, kMaxCpuRanks);
   }
   auto backend = std::make_unique<CpuBackend>(options, exported_shm_group);
-  backend->StartStreams();
   return std::unique_ptr<Backend>(std::move(backend));
 }
 

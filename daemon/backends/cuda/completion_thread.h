@@ -1,4 +1,4 @@
-// CompletionThread: one per node rank. Waits (off the op path) for the event recorded at each
+// CompletionThread: one per execution lane (op_lane.h). Waits (off the op path) for the event recorded at each
 // Complete(), turns the ops' device error records into a Status and calls `done`. CUDA is
 // never called from a host callback (cudaLaunchHostFunc forbids it); this thread may.
 #pragma once
@@ -30,6 +30,7 @@ class CompletionThread {
   void Enqueue(cudaStream_t stream, std::vector<PendingOp> ops, Done done);
   // How long the item handled now has been waited for (zero when idle): the liveness probe.
   BusyClock::Clock::duration busy_for() const { return busy_.BusyFor(); }
+  bool OnThread() const { return std::this_thread::get_id() == thread_.get_id(); }
 
  private:
   struct Item {

@@ -94,11 +94,7 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     // NOTE: before any op: a lazily loaded kernel's first launch would wait for the device
     // to go idle, i.e. for a fence-wait kernel that spins until the op is answered.
     EPD_CUDA_CHECK(kernels::PreloadKernels());
-    EPD_ASSIGN_OR_RETURN(rank->stream, CudaStream::Create(device));
     EPD_ASSIGN_OR_RETURN(rank->setup_stream, CudaStream::Create(device));
-    EPD_ASSIGN_OR_RETURN(rank->records, ErrorRecords::Create(backend->allocations_));
-    rank->completion =
-        std::make_unique<CompletionThread>(device, *rank->records, options.on_fatal_error);
     backend->ranks_.push_back(std::move(rank));
   }
   EPD_ASSIGN_OR_RETURN(backend->shutdown_word_,
@@ -154,14 +150,6 @@ Status CudaBackend::CheckNodeRank(int node_rank) const {
     return InvalidArgumentError("node rank {} is outside [0, {})", node_rank, num_ranks());
   }
   return OkStatus();
-}
-
-kernels::DeviceError* CudaBackend::ClaimRecord(int node_rank, PendingOp op) {
-  RankState& rank = *ranks_[node_rank];
-  kernels::DeviceError* record = rank.records->Claim(&op.record);
-  std::lock_guard<std::mutex> lock(rank.mu);
-  rank.pending.push_back(std::move(op));
-  return record;
 }
 
 StatusOr<std::shared_ptr<Memory>> CudaBackend::Import(const MemorySource& source, int node_rank) {
@@ -287,6 +275,14 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   handle->layout_ = ComputeHandleLayout(c);
   handle->private_layout_ = ComputePrivateLayout(c);
   RankState& rank = *ranks_[handle->node_rank_];
+  EPD_ASSIGN_OR_RETURN(handle->lane_, group.LaneOf(group_rank, [&]() -> StatusOr<OpLane*> {
+    EPD_ASSIGN_OR_RETURN(std::unique_ptr<OpLane> lane,
+                         OpLane::Create(rank.device,
+                                        fmt::format("group '{}' rank {}", c.name,
+                                                    handle->node_rank_),
+                                        rank.records, options_.on_fatal_error));
+    return lanes_.Add(std::move(lane));
+  }));
   EPD_ASSIGN_OR_RETURN(
       handle->exported_,
       CudaExportedMemory::Create(handle->node_rank_, rank.device, handle->layout_.exported_bytes,
@@ -333,8 +329,13 @@ Status CudaBackend::WritePeerTables(CudaGroup& group, size_t offset, const void*
 }
 
 void CudaBackend::ForgetGroup(CudaGroup* group) {
-  std::lock_guard lock(groups_mu_);
-  groups_.erase(group);
+  {
+    std::lock_guard lock(groups_mu_);
+    groups_.erase(group);
+  }
+  for (OpLane* lane : group->TakeLanes()) {
+    if (lane != nullptr) lanes_.Retire(lane);
+  }
 }
 
 void CudaBackend::AbortGroup(BackendGroup& g, const Status& reason) {
@@ -371,27 +372,21 @@ StatusOr<CudaExportedMemory*> CudaBackend::FenceOf(int node_rank, ExportedMemory
 }
 
 void CudaBackend::Complete(BackendHandle& h, std::function<void(Status)> done) {
-  auto& handle = static_cast<CudaHandle&>(h);
-  RankState& rank = *ranks_[handle.node_rank_];
-  std::vector<PendingOp> ops;
-  {
-    std::lock_guard<std::mutex> lock(rank.mu);
-    ops.swap(rank.pending);
-  }
-  rank.completion->Enqueue(rank.stream->get(), std::move(ops), std::move(done));
+  static_cast<CudaHandle&>(h).lane_->Complete(std::move(done));
 }
 
 Status CudaBackend::CheckLiveness(std::chrono::milliseconds limit) const {
-  for (size_t r = 0; r < ranks_.size(); ++r) {
-    const auto busy = ranks_[r]->completion->busy_for();
-    if (busy > limit) {
-      return DeadlineExceededError(
-          "the completion thread of node rank {} (GPU {}) has waited {} ms for one op (limit {} ms)",
-          r, ranks_[r]->device, std::chrono::duration_cast<std::chrono::milliseconds>(busy).count(),
-          limit.count());
+  Status status;
+  lanes_.ForEach([&](const OpLane& lane) {
+    const auto busy = lane.busy_for();
+    if (status.ok() && busy > limit) {
+      status = DeadlineExceededError(
+          "the completion thread of {} (GPU {}) has waited {} ms for one op (limit {} ms)",
+          lane.name(), lane.device(),
+          std::chrono::duration_cast<std::chrono::milliseconds>(busy).count(), limit.count());
     }
-  }
-  return OkStatus();
+  });
+  return status;
 }
 
 }  // namespace cuda
@@ -413,10 +408,10 @@ void ReserveHardwareQueues() {
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
 }
 
-cudaStream_t CudaBackendStream(Backend& backend, int node_rank) {
-  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
-  if (cuda == nullptr || node_rank < 0 || node_rank >= cuda->num_ranks()) return nullptr;
-  return cuda->stream(node_rank);
+cudaStream_t CudaBackendStream(Backend& backend, BackendHandle& handle) {
+  if (dynamic_cast<cuda::CudaBackend*>(&backend) == nullptr) return nullptr;
+  auto* cuda_handle = dynamic_cast<cuda::CudaHandle*>(&handle);
+  return cuda_handle == nullptr ? nullptr : cuda_handle->lane_->stream();
 }
 
 }  // namespace epd

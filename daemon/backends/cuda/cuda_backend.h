@@ -1,6 +1,7 @@
 // The CUDA backend: the product data path (docs/design.md §2-§5).
 //
-// One non-blocking daemon-owned stream per node rank (GPU), peer access between all local
+// One non-blocking daemon-owned stream per (group, node rank) holding a handle (its lane,
+// op_lane.h: a group's waits never hold back another group's ops), peer access between all local
 // GPUs, an NCCL communicator per group, every buffer of a handle allocated at CreateHandle.
 // Ops only enqueue work: UpdateHandle, Dispatch and Combine never allocate and never
 // synchronise the host; ranks meet on the device through flags carrying per-op sequence
@@ -20,8 +21,8 @@
 //  - Every device wait also polls the group's host-mapped abort word: AbortGroup (a member's
 //    session ended) releases the ops issued so far and realigns the ranks' sequence numbers;
 //    BeginShutdown releases every wait, fence waits included.
-//  - Complete(handle) reports the errors of every op enqueued on the handle's node rank since
-//    the previous Complete() on that rank (the stream is per rank), in op order.
+//  - Complete(handle) reports the errors of every op enqueued on the handle's lane since the
+//    previous Complete() on that lane, in op order.
 //  - Groups and handles must be destroyed before the backend.
 // High-throughput groups run kernels/ht_dispatch.cuh and the combine kernel on their packed
 // rows, on at most sm_budget blocks; they have no frontend-launched path yet.
@@ -52,7 +53,7 @@ struct CudaBackendOptions {
   // Upper bound on the blocks of one dispatch/combine kernel; 0: two per SM. A small bound
   // leaves SMs to the frontends' kernels, and lets several node ranks share one GPU (tests).
   int max_blocks_per_op = 0;
-  // Called once per GPU whose context hit a sticky error (the daemon sets health
+  // Called (at least once) per GPU whose context hit a sticky error (the daemon sets health
   // NOT_SERVING and exits for systemd to restart it).
   std::function<void(const Status&)> on_fatal_error;
 };
@@ -65,8 +66,8 @@ StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& o
 // programs that touch CUDA earlier (tests) call it first.
 void ReserveHardwareQueues();
 
-// The daemon stream of `node_rank` of a backend made by CreateCudaBackend (benchmarks record
-// events on it); null for any other backend.
-cudaStream_t CudaBackendStream(Backend& backend, int node_rank);
+// The daemon stream `handle`'s ops run on (its group's lane of its rank), of a backend made by
+// CreateCudaBackend (benchmarks record events on it); null for any other backend.
+cudaStream_t CudaBackendStream(Backend& backend, BackendHandle& handle);
 
 }  // namespace epd

@@ -18,24 +18,21 @@
 #include "daemon/backends/cuda/cuda_stream.h"
 #include "daemon/backends/cuda/error_records.h"
 #include "daemon/backends/cuda/ipc_mapping.h"
+#include "daemon/backends/cuda/op_lane.h"
+#include "daemon/core/lane_registry.h"
 #include "kernels/device_error.cuh"
 
 namespace epd::cuda {
 
 constexpr int kBlocksPerSm = 2;  // what their registers allow; more warps hide NVLink latency
 
-// Everything of one node rank (GPU). Member order is destruction order reversed: the
-// completion thread goes first (it drains its queue), the streams last.
+// Everything of one node rank (GPU). Ops run on the lanes of the rank's groups (op_lane.h).
 struct RankState {
   int device = 0;
   NodeGpu info;
   int sm_count = 0;
-  std::unique_ptr<CudaStream> stream;        // ops
   std::unique_ptr<CudaStream> setup_stream;  // zero-fill of new allocations, never ops
-  std::unique_ptr<ErrorRecords> records;
-  std::mutex mu;
-  std::vector<PendingOp> pending;  // ops enqueued since the last Complete()
-  std::unique_ptr<CompletionThread> completion;
+  RecordPool records;                        // of the lanes of the rank's groups
 };
 
 // The core checks tensors before ops reach a backend; callers that drive the backend directly
@@ -59,8 +56,8 @@ class CudaBackend final : public Backend {
   StatusOr<std::unique_ptr<BackendHandle>> CreateHandle(BackendGroup& group,
                                                         int group_rank) override;
 
-  Status WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) override;
-  Status SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) override;
+  Status WaitFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override;
+  Status SignalFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override;
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override;
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override;
   Status Combine(BackendHandle& handle, const CombineArgs& args) override;
@@ -72,14 +69,11 @@ class CudaBackend final : public Backend {
   StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& group, BackendHandle& handle) override;
   StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank) override;
 
-  cudaStream_t stream(int node_rank) const { return ranks_[node_rank]->stream->get(); }
 
  private:
   explicit CudaBackend(CudaBackendOptions options) : options_(std::move(options)) {}
   Status CheckNodeRank(int node_rank) const;
   StatusOr<CudaExportedMemory*> FenceOf(int node_rank, ExportedMemory& fence) const;
-  // Claims a device error record for an op about to be enqueued on `node_rank`.
-  kernels::DeviceError* ClaimRecord(int node_rank, PendingOp op);
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
@@ -103,6 +97,9 @@ class CudaBackend final : public Backend {
   bool shutting_down_ = false;   // guarded by groups_mu_
   std::vector<std::unique_ptr<RankState>> ranks_;
   std::vector<std::vector<bool>> peer_access_;
+  // NOTE: last member: the lanes run their last completions, which may destroy groups (they
+  // unregister above), before anything else goes.
+  LaneRegistry<OpLane> lanes_;
 };
 
 }  // namespace epd::cuda

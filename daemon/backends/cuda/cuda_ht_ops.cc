@@ -24,8 +24,8 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
     AbandonOp(me, seq, CollectiveKind::kDispatch, bad);
     return bad;
   }
-  RankState& rank = *ranks_[me.node_rank_];
-  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  OpLane& lane = *me.lane_;
+  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const HandlePrivateLayout& p = me.private_layout_;
   const HandleLayout& l = me.layout_;
   kernels::HtDispatchParams params;
@@ -56,11 +56,11 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(
-      me.node_rank_, PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
+  params.error =
+      lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
   // The SM budget bounds the grid: one block per SM keeps the other SMs for the frontend.
   const int blocks = std::max(1, std::min(group.max_blocks_, c.effective_sm_budget()));
-  EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, blocks, rank.stream->get()));
+  EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, blocks, lane.stream()));
   return OkStatus();
 }
 

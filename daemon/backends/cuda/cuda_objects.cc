@@ -86,6 +86,22 @@ void CudaGroup::RaiseAbortWord(uint64_t through) {
   }
 }
 
+StatusOr<OpLane*> CudaGroup::LaneOf(int group_rank,
+                                    const std::function<StatusOr<OpLane*>()>& make) {
+  std::lock_guard lock(lanes_mu_);
+  if (lanes_.empty()) lanes_.assign(config_.world_size(), nullptr);
+  OpLane*& lane = lanes_[group_rank];
+  if (lane == nullptr) {
+    EPD_ASSIGN_OR_RETURN(lane, make());
+  }
+  return lane;
+}
+
+std::vector<OpLane*> CudaGroup::TakeLanes() {
+  std::lock_guard lock(lanes_mu_);
+  return std::exchange(lanes_, {});
+}
+
 int CudaGroup::ClaimSlot(int group_rank) {
   std::lock_guard lock(slots_mu_);
   std::vector<bool>& used = slot_used_[group_rank];

@@ -21,6 +21,8 @@
 
 namespace epd::cuda {
 
+class OpLane;
+
 // Daemon-owned device memory exported to frontends through a CUDA IPC handle.
 class CudaExportedMemory : public ExportedMemory {
  public:
@@ -79,6 +81,10 @@ class CudaGroup : public BackendGroup {
   const kernels::PeerTable* peer_table(int group_rank) const {
     return reinterpret_cast<const kernels::PeerTable*>(peer_tables_[group_rank]->data());
   }
+  // The lane (op_lane.h) of `group_rank`, made by `make` the first time; owned by the
+  // backend's LaneRegistry, retired when the group goes.
+  StatusOr<OpLane*> LaneOf(int group_rank, const std::function<StatusOr<OpLane*>()>& make);
+  std::vector<OpLane*> TakeLanes();
   // A free slot of `group_rank`'s PeerTable entries, or -1 when all are taken.
   int ClaimSlot(int group_rank);
   void ReleaseSlot(int group_rank, int slot);
@@ -98,7 +104,9 @@ class CudaGroup : public BackendGroup {
   std::unique_ptr<std::atomic<uint64_t>[]> seq_;
   std::mutex slots_mu_;
   std::vector<std::vector<bool>> slot_used_;  // [group rank][slot]
-  std::function<void(CudaGroup*)> forget_;    // unregisters it from the backend
+  std::function<void(CudaGroup*)> forget_;    // unregisters it and retires its lanes
+  std::mutex lanes_mu_;
+  std::vector<OpLane*> lanes_;  // by group rank; null until the rank's first handle
   LazyNcclComms nccl_;  // created by the first collective that needs NCCL
   int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
   int max_blocks_ = 1;  // grid bound of the collectives
@@ -137,6 +145,7 @@ class CudaHandle : public BackendHandle {
   CudaGroup* group_ = nullptr;
   int group_rank_ = 0;
   int node_rank_ = 0;
+  OpLane* lane_ = nullptr;  // its group's lane of its rank: lives as long as the group
   int slot_ = -1;  // where its receive buffers are published in the group's PeerTables
   HandleLayout layout_;
   HandlePrivateLayout private_layout_;

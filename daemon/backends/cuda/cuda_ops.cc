@@ -1,5 +1,6 @@
 // The op launches of the cuda backend: fence waits and signals, routing binds, dispatch and
-// combine. Each only enqueues work on the rank's stream and claims a device error record.
+// combine. Each only enqueues work on the handle's lane (op_lane.h) and claims a device error
+// record there.
 #include <cuda.h>
 #include <cuda_runtime.h>
 
@@ -37,31 +38,32 @@ Status CheckTokenRows(const TensorView& t, const GroupConfig& c, int n, std::str
   return OkStatus();
 }
 
-Status CudaBackend::WaitFence(int node_rank, ExportedMemory& fence, uint64_t value) {
-  EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
+Status CudaBackend::WaitFence(BackendHandle& h, ExportedMemory& fence, uint64_t value) {
+  auto& handle = static_cast<CudaHandle&>(h);
+  const int node_rank = handle.node_rank_;
   EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(node_rank, fence));
-  RankState& rank = *ranks_[node_rank];
-  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  OpLane& lane = *handle.lane_;
+  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const auto* counter =
       reinterpret_cast<const uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset);
   kernels::DeviceError* record =
-      ClaimRecord(node_rank, PendingOp{0, "fence wait", nullptr, node_rank, value, nullptr});
+      lane.ClaimRecord(PendingOp{0, "fence wait", nullptr, node_rank, value, nullptr});
   EPD_CUDA_CHECK(kernels::LaunchFenceWait(counter, value, timeout_ns(),
                                           static_cast<const uint64_t*>(shutdown_word_->data()),
-                                          /*abort_at=*/1, record, rank.stream->get()));
+                                          /*abort_at=*/1, record, lane.stream()));
   return OkStatus();
 }
 
-Status CudaBackend::SignalFence(int node_rank, ExportedMemory& fence, uint64_t value) {
-  EPD_RETURN_IF_ERROR(CheckNodeRank(node_rank));
-  EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(node_rank, fence));
-  RankState& rank = *ranks_[node_rank];
-  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+Status CudaBackend::SignalFence(BackendHandle& h, ExportedMemory& fence, uint64_t value) {
+  auto& handle = static_cast<CudaHandle&>(h);
+  EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(handle.node_rank_, fence));
+  OpLane& lane = *handle.lane_;
+  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const auto counter =
       reinterpret_cast<CUdeviceptr>(static_cast<char*>(page->data()) + kFenceCounterOffset);
   // Default flags: the write is ordered after, and flushes, all prior work on the stream.
   EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
-  EPD_CU_CHECK(driver->stream_write_value64(rank.stream->get(), counter, value,
+  EPD_CU_CHECK(driver->stream_write_value64(lane.stream(), counter, value,
                                             CU_STREAM_WRITE_VALUE_DEFAULT));
   return OkStatus();
 }
@@ -87,8 +89,8 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
     return InvalidArgumentError("topk_weights must be fp32 [{}, {}], got {} with {} dims", n, K,
                                 DTypeName(w.dtype), w.shape.size());
   }
-  RankState& rank = *ranks_[handle.node_rank_];
-  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  OpLane& lane = *handle.lane_;
+  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const HandlePrivateLayout& p = handle.private_layout_;
   kernels::RoutingParams params;
   params.topk_idx = idx.data;
@@ -113,9 +115,9 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
     params.dest_row = handle.priv<int32_t>(p.dest_row);
     params.dest_counts = handle.priv<int32_t>(p.dest_counts);
   }
-  params.error = ClaimRecord(handle.node_rank_, PendingOp{0, "update", handle.group_->name_,
+  params.error = lane.ClaimRecord(PendingOp{0, "update", handle.group_->name_,
                                                           handle.group_rank_, 0, nullptr});
-  EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, rank.stream->get()));
+  EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, lane.stream()));
   handle.num_tokens_.store(n, std::memory_order_relaxed);
   return OkStatus();
 }
@@ -124,11 +126,11 @@ void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kin
                             const Status& reason) {
   CudaGroup& group = *handle.group_;
   group.aborts_->NoteAbandon(handle.group_rank_, seq, reason);
-  RankState& rank = *ranks_[handle.node_rank_];
-  cudaError_t e = cudaSetDevice(rank.device);
+  OpLane& lane = *handle.lane_;
+  cudaError_t e = cudaSetDevice(lane.device());
   if (e == cudaSuccess) {
     e = kernels::LaunchAbandon(group.peer_table(handle.group_rank_), group.config_.world_size(),
-                               handle.group_rank_, seq, rank.stream->get());
+                               handle.group_rank_, seq, lane.stream());
   }
   if (e != cudaSuccess) {
     // The peers time out on the op instead of failing at once; nothing else is lost.
@@ -157,8 +159,8 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
     AbandonOp(me, seq, CollectiveKind::kDispatch, bad);
     return bad;
   }
-  RankState& rank = *ranks_[me.node_rank_];
-  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  OpLane& lane = *me.lane_;
+  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const HandlePrivateLayout& p = me.private_layout_;
   params.world_size = c.world_size();
   params.rank = group_rank;
@@ -183,10 +185,10 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(me.node_rank_,
-                             PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
+  params.error = lane.ClaimRecord(
+      PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchDispatch(
-      params, kernels::DispatchBlocks(params, n, group.max_blocks_), rank.stream->get()));
+      params, kernels::DispatchBlocks(params, n, group.max_blocks_), lane.stream()));
   return OkStatus();
 }
 
@@ -207,8 +209,8 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
     AbandonOp(me, seq, CollectiveKind::kCombine, bad);
     return bad;
   }
-  RankState& rank = *ranks_[me.node_rank_];
-  EPD_CUDA_CHECK(cudaSetDevice(rank.device));
+  OpLane& lane = *me.lane_;
+  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const HandlePrivateLayout& p = me.private_layout_;
   kernels::CombineParams params;
   params.world_size = c.world_size();
@@ -234,14 +236,14 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = ClaimRecord(me.node_rank_,
-                             PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
+  params.error = lane.ClaimRecord(
+      PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
   const int64_t row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
   const int max_blocks = c.high_throughput()
                              ? std::min(group.max_blocks_, c.effective_sm_budget())
                              : group.max_blocks_;
   EPD_CUDA_CHECK(kernels::LaunchCombine(
-      params, kernels::CombineBlocks(row_bytes, n, max_blocks), rank.stream->get()));
+      params, kernels::CombineBlocks(row_bytes, n, max_blocks), lane.stream()));
   return OkStatus();
 }
 

@@ -1,0 +1,55 @@
+#include "daemon/backends/cuda/op_lane.h"
+
+namespace epd::cuda {
+
+StatusOr<std::unique_ptr<ErrorRecords>> RecordPool::Take() {
+  {
+    std::lock_guard lock(mu_);
+    if (!spare_.empty()) {
+      std::unique_ptr<ErrorRecords> records = std::move(spare_.back());
+      spare_.pop_back();
+      return records;
+    }
+  }
+  return ErrorRecords::Create(counter_);
+}
+
+void RecordPool::Give(std::unique_ptr<ErrorRecords> records) {
+  if (records == nullptr) return;
+  std::lock_guard lock(mu_);
+  spare_.push_back(std::move(records));
+}
+
+StatusOr<std::unique_ptr<OpLane>> OpLane::Create(
+    int device, std::string name, RecordPool& pool,
+    std::function<void(const Status&)> on_sticky_error) {
+  std::unique_ptr<OpLane> lane(new OpLane(std::move(name), pool));
+  EPD_ASSIGN_OR_RETURN(lane->stream_, CudaStream::Create(device));
+  EPD_ASSIGN_OR_RETURN(lane->records_, pool.Take());
+  lane->completion_ =
+      std::make_unique<CompletionThread>(device, *lane->records_, std::move(on_sticky_error));
+  return lane;
+}
+
+OpLane::~OpLane() {
+  completion_.reset();  // reads the records until its queue is drained
+  pool_.Give(std::move(records_));
+}
+
+kernels::DeviceError* OpLane::ClaimRecord(PendingOp op) {
+  kernels::DeviceError* record = records_->Claim(&op.record);
+  std::lock_guard lock(mu_);
+  pending_.push_back(std::move(op));
+  return record;
+}
+
+void OpLane::Complete(std::function<void(Status)> done) {
+  std::vector<PendingOp> ops;
+  {
+    std::lock_guard lock(mu_);
+    ops.swap(pending_);
+  }
+  completion_->Enqueue(stream_->get(), std::move(ops), std::move(done));
+}
+
+}  // namespace epd::cuda

@@ -1,0 +1,105 @@
+// The cuda backend runs each (group, node rank) on its own stream (op_lane.h): a group's
+// device waits never hold back another group's ops on the same GPU. Two node ranks share GPU 0
+// when only one GPU is visible (small grids keep their kernels resident together).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "common/fence_page.h"
+#include "tests/gpu/moe_harness.h"
+
+namespace epd::gputest {
+namespace {
+
+using std::chrono::milliseconds;
+
+std::vector<int> TwoRankDevices() {
+  return GpuCount() >= 2 ? std::vector<int>{0, 1} : std::vector<int>{0, 0};
+}
+
+// A private backend (a stuck wait must not outlive the test on the binary's shared one) whose
+// op_timeout is far longer than any op of the test takes: an op that waited for another
+// group's stuck op would fail with DEADLINE_EXCEEDED only after it.
+std::unique_ptr<Backend> LongTimeoutBackend() {
+  CudaBackendOptions options;
+  options.devices = TwoRankDevices();
+  options.op_timeout = milliseconds(60'000);
+  options.create_nccl_comms = false;
+  options.max_blocks_per_op = 8;
+  auto backend = CreateCudaBackend(options);
+  EXPECT_TRUE(backend.ok()) << backend.status().ToString();
+  return backend.ok() ? std::move(backend).value() : nullptr;
+}
+
+CaseSpec Spec(const std::string& name) {
+  CaseSpec spec;
+  spec.name = name;
+  spec.ranks = 2;
+  spec.experts = 8;
+  spec.hidden = 512;
+  spec.tokens = 16;
+  spec.top_k = 2;
+  return spec;
+}
+
+std::vector<RankInput> Bind(MoeHarness& harness, uint64_t seed) {
+  auto inputs = harness.MakeInputs(RoutingKind::kRandom, {16, 16}, seed, false, true);
+  for (const Status& s : harness.Update(inputs)) EXPECT_TRUE(s.ok()) << s.ToString();
+  return inputs;
+}
+
+TEST(CudaLaneIsolation, AGroupsNeverSignalledFenceLeavesAnotherGroupOnTheSameRankRunning) {
+  EPD_REQUIRE_GPUS(1);
+  auto backend = LongTimeoutBackend();
+  ASSERT_NE(backend, nullptr);
+  {
+    MoeHarness stuck(*backend, Spec("lane_stuck"), TwoRankDevices());
+    MoeHarness running(*backend, Spec("lane_free"), TwoRankDevices());
+    auto fence = backend->CreateFence(0);
+    ASSERT_TRUE(fence.ok()) << fence.status().ToString();
+    ASSERT_TRUE(backend->WaitFence(stuck.handle(0), **fence, 1).ok());  // nobody signals yet
+
+    auto inputs = Bind(running, 31);
+    for (const Status& s : running.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+    running.ExpectDispatchMatches(inputs, {16, 16});
+    for (const Status& s : running.Combine(false, 32)) ASSERT_TRUE(s.ok()) << s.ToString();
+    running.ExpectCombineMatches(inputs, {16, 16});
+
+    // The stuck group's stream still waits; the free group's stream signals it.
+    EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, stuck.handle(0))), cudaErrorNotReady);
+    EXPECT_NE(CudaBackendStream(*backend, stuck.handle(0)),
+              CudaBackendStream(*backend, running.handle(0)));
+    ASSERT_TRUE(backend->SignalFence(running.handle(0), **fence, 1).ok());
+    EXPECT_TRUE(WaitComplete(*backend, stuck.handle(0)).ok());
+  }
+}
+
+TEST(CudaLaneIsolation, TwoGroupsEnqueuedInOppositeOrdersOnTwoRanksBothComplete) {
+  EPD_REQUIRE_GPUS(1);
+  auto backend = LongTimeoutBackend();
+  ASSERT_NE(backend, nullptr);
+  {
+    MoeHarness a(*backend, Spec("lane_a"), TwoRankDevices());
+    MoeHarness b(*backend, Spec("lane_b"), TwoRankDevices());
+    auto a_inputs = Bind(a, 41);
+    auto b_inputs = Bind(b, 42);
+    // Rank 0: a then b; rank 1: b then a. On one stream per rank each rank's first dispatch
+    // would wait for a peer op queued behind the peer's first one.
+    ASSERT_TRUE(backend->Dispatch(a.handle(0), a.DispatchArgsOf(0)).ok());
+    ASSERT_TRUE(backend->Dispatch(b.handle(0), b.DispatchArgsOf(0)).ok());
+    ASSERT_TRUE(backend->Dispatch(b.handle(1), b.DispatchArgsOf(1)).ok());
+    ASSERT_TRUE(backend->Dispatch(a.handle(1), a.DispatchArgsOf(1)).ok());
+    for (MoeHarness* h : {&a, &b}) {
+      for (int r = 0; r < 2; ++r) {
+        const Status s = WaitComplete(*backend, h->handle(r));
+        EXPECT_TRUE(s.ok()) << h->config().name << " rank " << r << ": " << s.ToString();
+      }
+    }
+    a.ExpectDispatchMatches(a_inputs, {16, 16});
+    b.ExpectDispatchMatches(b_inputs, {16, 16});
+  }
+}
+
+}  // namespace
+}  // namespace epd::gputest
