@@ -318,21 +318,8 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
   }
   if (!detail::FinishBlock(me, /*remote_stores=*/true, seq) || (flags & kGoAbort)) return;
   if (threadIdx.x == 0) {
-    // FinishBlock fenced every block's rows at system scope: plain flag stores suffice.
-    for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&SyncOf(p, d)->done[p.rank], seq);
-    }
-    for (int s = 0; s < p.world_size; ++s) {
-      uint64_t seen = 0;
-      const int why =
-          detail::WaitFlagAtLeast(&me->done[s], seq, p.timeout_ns, &seen, me, s, p.abort);
-      if (why != detail::kWaitOk) {
-        detail::ReportWaitFailure(p.error, why, kSyncPhaseDone, s, seq, seen, me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq,
-                                 why == detail::kWaitTimeout ? s : -1);
-        return;
-      }
-    }
+    detail::PublishDoneAndAwaitSources(p.peers, p.world_size, p.rank, seq, p.abort, p.timeout_ns,
+                                       p.error);
   }
 }
 

@@ -1,6 +1,7 @@
-// The count exchange that opens both dispatch kernels (low-latency and high-throughput): the
-// leader block posts this rank's inbox entries into every peer's SyncArea, tagged with the
-// op's sequence number, and waits until every peer's entries of the same op arrived here.
+// The exchanges that open and close both dispatch kernels (low-latency and high-throughput):
+// the leader block posts this rank's inbox entries into every peer's SyncArea, tagged with the
+// op's sequence number, and waits until every peer's entries of the same op arrived here; the
+// last block tells every destination this rank's rows are there and waits for every source's.
 // Device-only; included by the kernels' .cu files.
 #pragma once
 
@@ -67,6 +68,29 @@ __device__ bool ExchangeInbox(const PeerTable* peers, int world_size, int rank, 
     return false;
   }
   return true;  // PublishGo fences before any block writes a row
+}
+
+// Thread 0 of the last block to finish (FinishBlock fenced every block's rows at system scope,
+// so plain flag stores suffice): done[rank] = seq on every destination, then a bounded wait
+// until every source set done here. On a failed wait, the error is written and peers told.
+__device__ __forceinline__ void PublishDoneAndAwaitSources(const PeerTable* peers, int world_size,
+                                                           int rank, uint64_t seq,
+                                                           const uint64_t* abort,
+                                                           uint64_t timeout_ns,
+                                                           DeviceError* error) {
+  for (int d = 0; d < world_size; ++d) {
+    StoreRelaxedSys(&AsSync(peers->sync[d])->done[rank], seq);
+  }
+  SyncArea* me = AsSync(peers->sync[rank]);
+  for (int s = 0; s < world_size; ++s) {
+    uint64_t seen = 0;
+    const int why = WaitFlagAtLeast(&me->done[s], seq, timeout_ns, &seen, me, s, abort);
+    if (why != kWaitOk) {
+      ReportWaitFailure(error, why, kSyncPhaseDone, s, seq, seen, me);
+      PublishAbandoned(peers, world_size, rank, seq, why == kWaitTimeout ? s : -1);
+      return;
+    }
+  }
 }
 
 }  // namespace epd::kernels::detail
