@@ -45,8 +45,8 @@ __device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int 
   return mask;
 }
 
-__global__ void __launch_bounds__(kChunkThreads) CountChunksKernel(const RoutingParams p,
-                                                                   const ChunkScratch s) {
+__global__ void __launch_bounds__(kChunkThreads)
+    CountChunksKernel(const RoutingParams p, const ChunkScratch s) {
   extern __shared__ int counters[];  // [warps][E], one row per warp: no atomics
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int chunk = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -98,8 +98,8 @@ __global__ void __launch_bounds__(kChunkThreads) CountChunksKernel(const Routing
 
 // Block b scans columns [32b, 32b + 32): lane = column, warp w a contiguous range of chunks.
 // Every block finds the first error itself (chunks are few), block 0 alone reports it.
-__global__ void __launch_bounds__(kScanThreads) ScanChunksKernel(const RoutingParams p,
-                                                                 const ChunkScratch s) {
+__global__ void __launch_bounds__(kScanThreads)
+    ScanChunksKernel(const RoutingParams p, const ChunkScratch s) {
   __shared__ int first_bad, first_bad_weight;
   __shared__ int totals[kScanWarps][33];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -161,8 +161,8 @@ __global__ void __launch_bounds__(kScanThreads) ScanChunksKernel(const RoutingPa
   }
 }
 
-__global__ void __launch_bounds__(kChunkThreads) WriteChunksKernel(const RoutingParams p,
-                                                                   const ChunkScratch s) {
+__global__ void __launch_bounds__(kChunkThreads)
+    WriteChunksKernel(const RoutingParams p, const ChunkScratch s) {
   extern __shared__ int counters[];  // [warps][E]: the chunk's next rank per expert
   if (*s.rejected) return;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -215,7 +215,8 @@ __global__ void __launch_bounds__(kChunkThreads) WriteChunksKernel(const Routing
     for (int d = 0; d < R; ++d) {
       const bool goes = (mask >> d) & 1u;
       const unsigned ballot = __ballot_sync(0xffffffffu, goes);
-      if (t < t1) p.dest_row[t * R + d] = goes ? bases[E + d] + __popc(ballot & LanesBelow(lane)) : -1;
+      if (t < t1)
+        p.dest_row[t * R + d] = goes ? bases[E + d] + __popc(ballot & LanesBelow(lane)) : -1;
     }
   }
 }
@@ -227,14 +228,14 @@ size_t CounterBytes(int warps, int experts) {
 }  // namespace
 
 cudaError_t LaunchBindRoutingChunked(const RoutingParams& params, cudaStream_t stream) {
-  const RoutingScratchLayout layout =
-      ComputeRoutingScratch(params.num_tokens, params.experts, params.world_size,
-                            params.high_throughput != 0);
+  const RoutingScratchLayout layout = ComputeRoutingScratch(
+      params.num_tokens, params.experts, params.world_size, params.high_throughput != 0);
   auto* base = static_cast<char*>(params.scratch);
   const ChunkScratch scratch{reinterpret_cast<int32_t*>(base + layout.counts),
                              reinterpret_cast<int32_t*>(base + layout.bad_id),
                              reinterpret_cast<int32_t*>(base + layout.bad_weight),
-                             reinterpret_cast<int32_t*>(base + layout.rejected), layout.chunks,
+                             reinterpret_cast<int32_t*>(base + layout.rejected),
+                             layout.chunks,
                              layout.columns};
   // Fewer warps per block when E is large, so their counter rows fit the default limit.
   int warps = static_cast<int>(kCounterBytesBudget / CounterBytes(1, params.experts));

@@ -50,8 +50,7 @@ constexpr RoutingScratchLayout ComputeRoutingScratch(int num_tokens, int experts
 }
 
 // Scratch a handle needs for any n <= max_tokens: 0 when the chunked bind never runs.
-constexpr size_t RoutingScratchBytes(int max_tokens, int experts, int ranks,
-                                     bool high_throughput) {
+constexpr size_t RoutingScratchBytes(int max_tokens, int experts, int ranks, bool high_throughput) {
   return max_tokens < kRoutingChunkedMinTokens
              ? 0
              : ComputeRoutingScratch(max_tokens, experts, ranks, high_throughput).bytes;
@@ -61,8 +60,7 @@ constexpr size_t RoutingScratchBytes(int max_tokens, int experts, int ranks,
 constexpr bool UseChunkedRouting(int num_tokens, int experts, int ranks, bool high_throughput,
                                  size_t scratch_bytes) {
   return num_tokens >= kRoutingChunkedMinTokens &&
-         ComputeRoutingScratch(num_tokens, experts, ranks, high_throughput).bytes <=
-             scratch_bytes;
+         ComputeRoutingScratch(num_tokens, experts, ranks, high_throughput).bytes <= scratch_bytes;
 }
 
 }  // namespace epd::kernels
