@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -232,6 +233,8 @@ void ExpectOracle(const Shape& s, const Bound& got, const Bound& want, const std
   EXPECT_EQ(got.bound_tokens, want.bound_tokens) << what;
 }
 
+void PrintTo(const Shape& s, std::ostream* os) { *os << Describe(s, s.max_tokens); }
+
 class RoutingBindTest : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(RoutingBindTest, ChunkedAndSingleBlockMatchTheOracleForEveryN) {
@@ -269,9 +272,9 @@ TEST_P(RoutingBindTest, TheFirstBadSelectionOverAllChunksIsReportedAndNothingBin
   std::vector<float> weights(ids.size(), 0.5f);
   BindBuffers buffers(0, s);
   // A bad id in a late chunk and an earlier one: the earlier (t, k) is the one reported.
-  const int late_t = T - 3, early_t = T / 3 + 1;
+  const int late_t = T - 3, early_t = T / 3 + 1, late_k = K > 1 ? 1 : 0;
   const int64_t late_value = s.experts, early_value = s.int64_ids ? (int64_t{1} << 40) : -2;
-  ids[static_cast<size_t>(late_t) * K + 1] = late_value;
+  ids[static_cast<size_t>(late_t) * K + late_k] = late_value;
   ids[static_cast<size_t>(early_t) * K + K - 1] = early_value;
   auto expect_rejected = [&](const Bound& b, int32_t code, int t, int k, int64_t value,
                              const std::string& what) {
@@ -300,7 +303,7 @@ TEST_P(RoutingBindTest, TheFirstBadSelectionOverAllChunksIsReportedAndNothingBin
     late_only[static_cast<size_t>(early_t) * K + K - 1] = 0;
     const std::string what = Describe(s, T) + " late bad id only";
     const Bound chunked = buffers.Bind(T, 0, late_only, weights, true);
-    expect_rejected(chunked, kernels::kDeviceErrorBadExpertId, late_t, 1, late_value, what);
+    expect_rejected(chunked, kernels::kDeviceErrorBadExpertId, late_t, late_k, late_value, what);
     ExpectSameBind(buffers.Bind(T, 0, late_only, weights, false), chunked, what);
   }
   // A non-finite weight anywhere is reported before any bad id, even a later one.
@@ -334,7 +337,14 @@ INSTANTIATE_TEST_SUITE_P(
         // One rank, top-1, few experts: many selections of one expert per chunk.
         Shape{4096, 1, 4, 1, false, false, false}, Shape{4096, 1, 4, 1, true, true, false},
         // The most experts: fewer warps per block (their counters fill shared memory).
-        Shape{600, 4, 4096, 8, true, true, true}, Shape{600, 32, 4096, 2, false, false, false}));
+        Shape{600, 4, 4096, 8, true, true, true}, Shape{600, 32, 4096, 2, false, false, false}),
+    [](const ::testing::TestParamInfo<Shape>& info) {
+      const Shape& s = info.param;
+      return "T" + std::to_string(s.max_tokens) + "_K" + std::to_string(s.top_k) + "_E" +
+             std::to_string(s.experts) + "_R" + std::to_string(s.world_size) +
+             (s.high_throughput ? "_Ht" : "_Ll") + (s.rank_major ? "_RankMajor" : "_ExpertMajor") +
+             (s.int64_ids ? "_Int64" : "_Int32");
+    });
 
 }  // namespace
 }  // namespace epd::gputest
