@@ -112,6 +112,8 @@ Status ValidateDataPlaneInfo(const v1::DataPlaneInfo& info) {
   EPD_RETURN_IF_ERROR(
       CheckBuffer(p.local_rank_offset(), selections, p.total_bytes(), "local_rank"));
   EPD_RETURN_IF_ERROR(CheckBuffer(p.bound_tokens_offset(), 4, p.total_bytes(), "bound_tokens"));
+  EPD_RETURN_IF_ERROR(CheckBuffer(p.route_scratch_offset(), p.route_scratch_bytes(),
+                                  p.total_bytes(), "route_scratch"));
   if (info.sync_area_bytes() == 0) return InvalidArgumentError("sync_area_bytes = 0");
   for (int r = 0; r < ranks; ++r) {
     const v1::DataPlanePeer& peer = info.peers(r);

@@ -170,6 +170,11 @@ Status FrontendOps::Update(const void* topk_idx, bool idx_int64, const float* to
   params.local_rank = private_->at<int32_t>(p.local_rank_offset());
   params.slot = private_->at<int32_t>(p.slot_offset());
   params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
+  params.world_size = c.ranks_size();
+  if (p.route_scratch_bytes() > 0) {
+    params.scratch = private_->at<int32_t>(p.route_scratch_offset());
+    params.scratch_bytes = p.route_scratch_bytes();
+  }
   params.error = records_->device + kUpdateRecord;
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, stream));
   num_tokens_ = num_tokens;

@@ -2,29 +2,20 @@
 
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/preload.cuh"
+#include "kernels/internal/routing_chunked.cuh"
+#include "kernels/internal/routing_common.cuh"
 #include "kernels/routing.cuh"
+#include "kernels/routing_scratch.h"
 
 namespace epd::kernels {
 namespace {
 
+using detail::FirstOfExpertInToken;
+using detail::LoadId;
+
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr size_t kCountBytesBudget = 48 * 1024;  // default dynamic shared memory limit
-
-__device__ __forceinline__ int64_t LoadId(const RoutingParams& p, int i) {
-  return p.idx_is_int64 ? static_cast<const int64_t*>(p.topk_idx)[i]
-                        : static_cast<const int32_t*>(p.topk_idx)[i];
-}
-
-// High-throughput counts a token once per expert: selection i is its token's first k with
-// that expert id.
-__device__ __forceinline__ bool FirstOfExpertInToken(const RoutingParams& p, int i, int64_t e) {
-  const int k = i % p.top_k;
-  for (int j = 1; j <= k; ++j) {
-    if (LoadId(p, i - j) == e) return false;
-  }
-  return true;
-}
 
 // Bitmask of the group ranks token t's experts live on (topk_out is final: after a barrier).
 __device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int t) {
@@ -101,24 +92,7 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
   }
   __syncthreads();
   if (first_bad != INT_MAX || first_bad_weight != INT_MAX) {
-    // Reject the whole update: bind no tokens, so nothing stale is dispatched. A bad weight is
-    // reported first, as the cpu backend does (routing_errors.h).
-    for (int e = threadIdx.x; e < E; e += kThreads) p.expert_counts[e] = 0;
-    if (p.high_throughput) {
-      for (int d = threadIdx.x; d < p.world_size; d += kThreads) p.dest_counts[d] = 0;
-    }
-    if (threadIdx.x == 0) {
-      *p.bound_tokens = 0;
-      const bool weight = first_bad_weight != INT_MAX;
-      const int at = weight ? first_bad_weight : first_bad;
-      p.error->a = at / K;
-      p.error->b = at % K;
-      p.error->c = 0;
-      p.error->value = weight ? static_cast<int64_t>(__float_as_uint(p.topk_weights[at]))
-                              : LoadId(p, at);
-      p.error->value2 = 0;
-      p.error->code = weight ? kDeviceErrorBadWeight : kDeviceErrorBadExpertId;
-    }
+    detail::RejectRouting(p, first_bad, first_bad_weight);
     return;
   }
 
@@ -196,6 +170,11 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
 }  // namespace
 
 cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) {
+  const size_t scratch_bytes = params.scratch != nullptr ? params.scratch_bytes : 0;
+  if (UseChunkedRouting(params.num_tokens, params.experts, params.world_size,
+                        params.high_throughput != 0, scratch_bytes)) {
+    return detail::LaunchBindRoutingChunked(params, stream);
+  }
   int warps = static_cast<int>(kCountBytesBudget / (sizeof(int) * params.experts));
   warps = warps < 1 ? 1 : (warps > kWarps ? kWarps : warps);
   const size_t shared_bytes = sizeof(int) * static_cast<size_t>(warps) * params.experts;
@@ -206,7 +185,8 @@ cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) 
 namespace detail {
 
 cudaError_t PreloadRoutingKernels() {
-  return LoadKernel(reinterpret_cast<const void*>(&BindRoutingKernel));
+  const cudaError_t e = LoadKernel(reinterpret_cast<const void*>(&BindRoutingKernel));
+  return e != cudaSuccess ? e : PreloadRoutingChunkedKernels();
 }
 
 }  // namespace detail

@@ -1,6 +1,9 @@
 // Routing bind for UpdateHandle: validates expert ids on the device and normalises a
-// frontend's top-k routing into the handle's private buffers. One block, no allocation, no
-// device-wide synchronisation; any n <= T.
+// frontend's top-k routing into the handle's private buffers; any n <= T, no allocation, no
+// device-wide synchronisation. Small n runs as one block; from kRoutingChunkedMinTokens on,
+// when the handle's scratch holds ComputeRoutingScratch(n, ...) (kernels/routing_scratch.h),
+// it runs as three grid-wide launches on the stream (count per chunk, scan, write) with
+// bit-identical results.
 //
 // On a bad id (outside [-1, E)) it writes a kDeviceErrorBadExpertId record naming the first
 // bad (t, k, value) in row-major order and binds zero tokens, so a later dispatch sends
@@ -41,6 +44,10 @@ struct RoutingParams {
   int world_size = 0;
   int32_t* dest_row = nullptr;     // [T, R] token t's index among this rank's rows to d, or -1
   int32_t* dest_counts = nullptr;  // [R] rows this rank sends to each rank
+  // Daemon-owned scratch of the chunked bind (RoutingScratchBytes(T, E, R, high_throughput)
+  // bytes, 4-byte aligned); null or too small for n: the single-block bind runs.
+  void* scratch = nullptr;
+  size_t scratch_bytes = 0;
 };
 
 cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream);

@@ -138,6 +138,9 @@ class BackendHandle {
 struct HandlePrivateOffsets {
   uint64_t topk_idx = 0, topk_weights = 0, expert_counts = 0, slot = 0, local_rank = 0,
            bound_tokens = 0, bytes = 0;
+  // The routing bind's scratch (kernels/routing_scratch.h); 0 bytes: the frontend's bind
+  // runs single-block.
+  uint64_t route_scratch = 0, route_scratch_bytes = 0;
 };
 
 // What a backend exports of one rank's handle so that the rank's frontend can launch the

@@ -279,6 +279,8 @@ void ToProto(const DataPlaneInfo& info, v1::DataPlaneInfo* out) {
   priv->set_local_rank_offset(p.local_rank);
   priv->set_bound_tokens_offset(p.bound_tokens);
   priv->set_total_bytes(p.bytes);
+  priv->set_route_scratch_offset(p.route_scratch);
+  priv->set_route_scratch_bytes(p.route_scratch_bytes);
   for (const DataPlanePeer& peer : info.peers) {
     v1::DataPlanePeer* proto = out->add_peers();
     proto->set_group_rank(peer.group_rank);

@@ -89,6 +89,21 @@ std::vector<TableCase> Cases() {
       cases.push_back({s, RoutingKind::kSparse});
     }
   }
+  // T past the chunked routing bind's minimum (kernels/routing_scratch.h): rounds bind T and
+  // T - 1 tokens chunked and 1 and 0 in one block, on the handle's scratch.
+  for (int ranks : {1, 2}) {
+    for (Layout layout : {Layout::kExpertMajor, Layout::kRankMajor}) {
+      CaseSpec s;
+      s.name = "ChunkedBind_R" + std::to_string(ranks) + "_" + std::string(LayoutName(layout));
+      s.ranks = ranks;
+      s.experts = 256;
+      s.hidden = 256;
+      s.tokens = 300;
+      s.top_k = 8;
+      s.layout = layout;
+      cases.push_back({s, RoutingKind::kRandom});
+    }
+  }
   return cases;
 }
 

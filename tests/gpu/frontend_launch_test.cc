@@ -88,6 +88,24 @@ TEST_F(FrontendLaunchTest, FrontendProcessesGetBitExactResultsWithoutTheDaemonsS
   EXPECT_EQ(stats->combine().completed() + stats->combine().failed(), 0u);
 }
 
+// T past the chunked routing bind's minimum (kernels/routing_scratch.h): the frontends' updates
+// of many tokens run the bind's three launches on the scratch the daemon exports in the
+// private region, eagerly and captured in graphs, bit-exact.
+TEST_F(FrontendLaunchTest, LargeUpdatesBindChunkedOnTheExportedScratch) {
+  for (const bool graphs : {false, true}) {
+    std::vector<std::string> args = ExampleArgs("rank_major", "bf16", 4);
+    for (size_t i = 0; i + 1 < args.size(); ++i) {
+      if (args[i] == "--tokens") args[i + 1] = "600";
+      if (args[i] == "--hidden") args[i + 1] = "1024";
+    }
+    if (graphs) args.push_back("--graphs");
+    auto example = ChildProcess::Spawn(args);
+    ASSERT_TRUE(example.ok()) << example.status().ToString();
+    EXPECT_EQ((*example)->Wait(120'000), 0)
+        << (graphs ? "graphs" : "eager") << "; daemon log:\n" << daemon_->ReadLog();
+  }
+}
+
 // A layer captured once in CUDA graphs (update + dispatch, combine) after an eager layer and
 // replayed for every later layer with new inputs written in place: op sequence numbers live
 // on the device, so each replay gets fresh ones, and every layer is bit-exact against the

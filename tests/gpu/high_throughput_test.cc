@@ -60,6 +60,8 @@ std::vector<HtCase> Cases() {
       cases.push_back({HtSpec(RoutingName(routing) + r, ranks, 256, 7168, 64, 8), routing});
     }
     cases.push_back({HtSpec("Small" + r, ranks, 8, 136, 16, 3), RoutingKind::kSparse});
+    // T past the chunked routing bind's minimum: T and T - 1 tokens bind chunked.
+    cases.push_back({HtSpec("ChunkedBind" + r, ranks, 256, 256, 300, 8), RoutingKind::kRandom});
     // One block strides over every row.
     HtCase one_block{HtSpec("OneBlock" + r, ranks, 16, 2048, 48, 4), RoutingKind::kRandom};
     one_block.spec.sm_budget = 1;

@@ -46,9 +46,15 @@ class FakeDataPlaneBackend : public testing::ForwardingBackend {
     const GroupConfig& c = group.config();
     const uint64_t selections = uint64_t(c.max_tokens_per_rank) * c.top_k * 4;
     DataPlaneExport out;
-    out.private_offsets = HandlePrivateOffsets{0,          selections,     2 * selections,
-                                               3 * selections, 4 * selections, 5 * selections,
-                                               5 * selections + 256};
+    out.private_offsets = HandlePrivateOffsets{0,
+                                               selections,
+                                               2 * selections,
+                                               3 * selections,
+                                               4 * selections,
+                                               5 * selections,
+                                               5 * selections + 512,
+                                               5 * selections + 256,
+                                               256};
     out.private_region =
         FakeIpc(c.ranks[handle.group_rank()], out.private_offsets.bytes, 'p');
     out.sync_area_bytes = 4096;
@@ -181,6 +187,10 @@ TEST_F(DataPlaneTest, TheWireDescriptorPassesTheClientsCheckAndBrokenOnesNameThe
   broken = wire;
   broken.mutable_private_buffers()->set_slot_offset(wire.private_buffers().total_bytes());
   expect_error(broken, "private_buffers.slot_offset");
+  EXPECT_EQ(wire.private_buffers().route_scratch_bytes(), 256u);
+  broken = wire;
+  broken.mutable_private_buffers()->set_route_scratch_bytes(257 + 256);
+  expect_error(broken, "private_buffers.route_scratch_offset");
   broken = wire;
   broken.mutable_peers(1)->set_handle_slot(128);
   expect_error(broken, "peers[1].handle_slot = 128");

@@ -8,6 +8,7 @@
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
 #include "kernels/ht_dispatch.cuh"
+#include "kernels/routing_scratch.h"
 
 namespace epd::cuda {
 
@@ -59,6 +60,10 @@ HandlePrivateLayout ComputePrivateLayout(const GroupConfig& c) {
     p.dest_row = place(layout.dest_row_bytes);
     p.dest_counts = place(layout.dest_counts_bytes);
   }
+  // Sized for n = T once here, so UpdateHandle allocates nothing for any n.
+  p.route_scratch_bytes = kernels::RoutingScratchBytes(c.max_tokens_per_rank, c.experts,
+                                                       c.world_size(), c.high_throughput());
+  p.route_scratch = place(p.route_scratch_bytes);
   p.bytes = cursor;
   return p;
 }

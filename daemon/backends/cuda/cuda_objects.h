@@ -117,6 +117,8 @@ struct HandlePrivateLayout {
   size_t topk_idx = 0, topk_weights = 0, expert_counts = 0, slot = 0, local_rank = 0,
          bound_tokens = 0, bytes = 0;
   size_t dest_row = 0, dest_counts = 0;  // high-throughput only (kernels/routing.cuh)
+  // The chunked routing bind's scratch (kernels/routing_scratch.h); 0 bytes for small T.
+  size_t route_scratch = 0, route_scratch_bytes = 0;
 };
 HandlePrivateLayout ComputePrivateLayout(const GroupConfig& config);
 // Entries per source of a group's SyncArea inbox, before n and the handle slot.

@@ -115,6 +115,10 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
     params.dest_row = handle.priv<int32_t>(p.dest_row);
     params.dest_counts = handle.priv<int32_t>(p.dest_counts);
   }
+  if (p.route_scratch_bytes > 0) {
+    params.scratch = handle.priv<int32_t>(p.route_scratch);
+    params.scratch_bytes = p.route_scratch_bytes;
+  }
   params.error = lane.ClaimRecord(PendingOp{0, "update", handle.group_->name_,
                                                           handle.group_rank_, 0, nullptr});
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, lane.stream()));

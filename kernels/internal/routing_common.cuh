@@ -1,0 +1,53 @@
+// Device-only helpers of the routing bind shared by its single-block kernel (routing.cu) and
+// its chunked kernels (routing_chunked.cu), so both read ids, rank repeats and report errors
+// by one rule.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "kernels/routing.cuh"
+
+namespace epd::kernels::detail {
+
+__device__ __forceinline__ int64_t LoadId(const RoutingParams& p, int i) {
+  return p.idx_is_int64 ? static_cast<const int64_t*>(p.topk_idx)[i]
+                        : static_cast<const int32_t*>(p.topk_idx)[i];
+}
+
+// High-throughput counts a token once per expert: selection i is its token's first k with
+// that expert id.
+__device__ __forceinline__ bool FirstOfExpertInToken(const RoutingParams& p, int i, int64_t e) {
+  const int k = i % p.top_k;
+  for (int j = 1; j <= k; ++j) {
+    if (LoadId(p, i - j) == e) return false;
+  }
+  return true;
+}
+
+// Rejects the whole update, run by every thread of ONE block: binds no tokens, so nothing
+// stale is dispatched, and thread 0 writes the record. first_bad / first_bad_weight are the
+// first bad (t, k) indices (INT_MAX: none); a bad weight is reported first, as the cpu
+// backend does (routing_errors.h).
+__device__ __forceinline__ void RejectRouting(const RoutingParams& p, int first_bad,
+                                              int first_bad_weight) {
+  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) p.expert_counts[e] = 0;
+  if (p.high_throughput) {
+    for (int d = threadIdx.x; d < p.world_size; d += blockDim.x) p.dest_counts[d] = 0;
+  }
+  if (threadIdx.x == 0) {
+    *p.bound_tokens = 0;
+    const int K = p.top_k;
+    const bool weight = first_bad_weight != INT_MAX;
+    const int at = weight ? first_bad_weight : first_bad;
+    p.error->a = at / K;
+    p.error->b = at % K;
+    p.error->c = 0;
+    p.error->value =
+        weight ? static_cast<int64_t>(__float_as_uint(p.topk_weights[at])) : LoadId(p, at);
+    p.error->value2 = 0;
+    p.error->code = weight ? kDeviceErrorBadWeight : kDeviceErrorBadExpertId;
+  }
+}
+
+}  // namespace epd::kernels::detail
