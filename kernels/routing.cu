@@ -15,7 +15,9 @@ using detail::LoadId;
 
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
-constexpr size_t kCountBytesBudget = 48 * 1024;  // default dynamic shared memory limit
+// The default shared memory limit (48 KiB, dynamic + static) less the kernel's static
+// shared memory (~1 KiB): at E = 4096 three warps' counts (48 KiB) would not launch.
+constexpr size_t kCountBytesBudget = 46 * 1024;
 
 // Bitmask of the group ranks token t's experts live on (topk_out is final: after a barrier).
 __device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int t) {
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
 cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) {
   const size_t scratch_bytes = params.scratch != nullptr ? params.scratch_bytes : 0;
   if (UseChunkedRouting(params.num_tokens, params.experts, params.world_size,
-                        params.high_throughput != 0, scratch_bytes)) {
+                        params.high_throughput != 0, scratch_bytes, params.chunked_from)) {
     return detail::LaunchBindRoutingChunked(params, stream);
   }
   int warps = static_cast<int>(kCountBytesBudget / (sizeof(int) * params.experts));

@@ -48,6 +48,9 @@ struct RoutingParams {
   // bytes, 4-byte aligned); null or too small for n: the single-block bind runs.
   void* scratch = nullptr;
   size_t scratch_bytes = 0;
+  // From how many tokens to bind chunked; 0: the tuned default (kernels/routing_scratch.h).
+  // Tests lower it to kRoutingChunkedMinTokens to cover the chunked path at small sizes.
+  int chunked_from = 0;
 };
 
 cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream);

@@ -5,6 +5,7 @@
 
 #include <ostream>
 
+#include "kernels/routing_scratch.h"
 #include "tests/gpu/moe_harness.h"
 
 namespace epd::gputest {
@@ -89,8 +90,8 @@ std::vector<TableCase> Cases() {
       cases.push_back({s, RoutingKind::kSparse});
     }
   }
-  // T past the chunked routing bind's minimum (kernels/routing_scratch.h): rounds bind T and
-  // T - 1 tokens chunked and 1 and 0 in one block, on the handle's scratch.
+  // T past the point from which the routing bind runs chunked (kernels/routing_scratch.h):
+  // rounds bind T and T - 1 tokens chunked and 1 and 0 in one block, on the handle's scratch.
   for (int ranks : {1, 2}) {
     for (Layout layout : {Layout::kExpertMajor, Layout::kRankMajor}) {
       CaseSpec s;
@@ -98,7 +99,7 @@ std::vector<TableCase> Cases() {
       s.ranks = ranks;
       s.experts = 256;
       s.hidden = 256;
-      s.tokens = 300;
+      s.tokens = kernels::kRoutingChunkedFasterFromTokens + 33;
       s.top_k = 8;
       s.layout = layout;
       cases.push_back({s, RoutingKind::kRandom});

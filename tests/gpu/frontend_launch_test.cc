@@ -88,14 +88,14 @@ TEST_F(FrontendLaunchTest, FrontendProcessesGetBitExactResultsWithoutTheDaemonsS
   EXPECT_EQ(stats->combine().completed() + stats->combine().failed(), 0u);
 }
 
-// T past the chunked routing bind's minimum (kernels/routing_scratch.h): the frontends' updates
+// T past the point from which the routing bind runs chunked (kernels/routing_scratch.h): the frontends' updates
 // of many tokens run the bind's three launches on the scratch the daemon exports in the
 // private region, eagerly and captured in graphs, bit-exact.
 TEST_F(FrontendLaunchTest, LargeUpdatesBindChunkedOnTheExportedScratch) {
   for (const bool graphs : {false, true}) {
     std::vector<std::string> args = ExampleArgs("rank_major", "bf16", 4);
     for (size_t i = 0; i + 1 < args.size(); ++i) {
-      if (args[i] == "--tokens") args[i + 1] = "600";
+      if (args[i] == "--tokens") args[i + 1] = "2100";  // past kRoutingChunkedFasterFromTokens
       if (args[i] == "--hidden") args[i + 1] = "1024";
     }
     if (graphs) args.push_back("--graphs");

@@ -6,6 +6,7 @@
 
 #include <ostream>
 
+#include "kernels/routing_scratch.h"
 #include "tests/gpu/moe_harness.h"
 
 namespace epd::gputest {
@@ -60,8 +61,10 @@ std::vector<HtCase> Cases() {
       cases.push_back({HtSpec(RoutingName(routing) + r, ranks, 256, 7168, 64, 8), routing});
     }
     cases.push_back({HtSpec("Small" + r, ranks, 8, 136, 16, 3), RoutingKind::kSparse});
-    // T past the chunked routing bind's minimum: T and T - 1 tokens bind chunked.
-    cases.push_back({HtSpec("ChunkedBind" + r, ranks, 256, 256, 300, 8), RoutingKind::kRandom});
+    // T past the point from which the routing bind runs chunked: T and T - 1 tokens bind chunked.
+    cases.push_back({HtSpec("ChunkedBind" + r, ranks, 256, 256,
+                            kernels::kRoutingChunkedFasterFromTokensHighThroughput + 33, 8),
+                     RoutingKind::kRandom});
     // One block strides over every row.
     HtCase one_block{HtSpec("OneBlock" + r, ranks, 16, 2048, 48, 4), RoutingKind::kRandom};
     one_block.spec.sm_budget = 1;

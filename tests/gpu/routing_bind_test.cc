@@ -165,6 +165,7 @@ class BindBuffers {
       p.scratch = scratch_.data();
       p.scratch_bytes =
           kernels::RoutingScratchBytes(s.max_tokens, s.experts, s.world_size, s.high_throughput);
+      p.chunked_from = kernels::kRoutingChunkedMinTokens;  // below the tuned default too
     }
     EXPECT_EQ(kernels::LaunchBindRouting(p, nullptr), cudaSuccess);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);

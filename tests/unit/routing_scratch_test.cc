@@ -46,6 +46,9 @@ TEST(RoutingScratchTest, HandleScratchFitsEveryChunkedUpdateUpToT) {
       for (int n = 0; n <= T; ++n) {
         ASSERT_LE(ComputeRoutingScratch(n, 256, 8, high_throughput).bytes, bytes) << n;
         ASSERT_EQ(UseChunkedRouting(n, 256, 8, high_throughput, bytes),
+                  n >= RoutingChunkedFrom(high_throughput, 0))
+            << "T " << T << " n " << n;
+        ASSERT_EQ(UseChunkedRouting(n, 256, 8, high_throughput, bytes, kRoutingChunkedMinTokens),
                   n >= kRoutingChunkedMinTokens)
             << "T " << T << " n " << n;
       }
@@ -55,6 +58,14 @@ TEST(RoutingScratchTest, HandleScratchFitsEveryChunkedUpdateUpToT) {
   // The largest group stays within size_t arithmetic and int32 chunk counts.
   EXPECT_EQ(RoutingScratchBytes(kMaxTokensPerRank, kMaxExperts, kMaxRanks, true),
             (size_t{2048} * (kMaxExperts + kMaxRanks) + 2 * 2048 + 1) * 4);
+}
+
+TEST(RoutingScratchTest, ChunkedFromDefaultsPerAlgorithmAndNeverGoesBelowTheMinimum) {
+  EXPECT_EQ(RoutingChunkedFrom(false, 0), kRoutingChunkedFasterFromTokens);
+  EXPECT_EQ(RoutingChunkedFrom(true, 0), kRoutingChunkedFasterFromTokensHighThroughput);
+  EXPECT_EQ(RoutingChunkedFrom(false, 300), 300);
+  EXPECT_EQ(RoutingChunkedFrom(true, 1), kRoutingChunkedMinTokens);
+  EXPECT_GE(kRoutingChunkedFasterFromTokensHighThroughput, kRoutingChunkedMinTokens);
 }
 
 TEST(RoutingScratchTest, SmallGroupsGetNoScratchAndStaySingleBlock) {
