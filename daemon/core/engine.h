@@ -26,12 +26,12 @@
 #include <string>
 #include <vector>
 
+#include "common/session_secret.h"
+#include "common/status.h"
 #include "daemon/core/backend.h"
 #include "daemon/core/data_plane.h"
 #include "daemon/core/group_config.h"
 #include "daemon/core/session_limits.h"
-#include "common/session_secret.h"
-#include "common/status.h"
 
 namespace epd {
 

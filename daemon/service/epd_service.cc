@@ -94,8 +94,8 @@ Status EpdService::Authorize(grpc::CallbackServerContext* context, SessionId ses
   // NOTE: the header is checked before the session is looked up, so a caller without one
   // learns nothing about the session it names.
   const auto& metadata = context->client_metadata();
-  const auto [first, last] = metadata.equal_range(grpc::string_ref(kSessionSecretHeader.data(),
-                                                                   kSessionSecretHeader.size()));
+  const auto [first, last] = metadata.equal_range(
+      grpc::string_ref(kSessionSecretHeader.data(), kSessionSecretHeader.size()));
   const auto count = std::distance(first, last);
   if (count != 1) {
     return PermissionDeniedError(

@@ -75,8 +75,8 @@ TEST_F(BadInputTest, UnknownSessionIdIsNotFound) {
   // Without one, the daemon asks for the header before it looks the session up.
   EXPECT_EPD_ERROR(
       RawCall(world_[0].client->stub(), &v1::Epd::Stub::RegisterBuffer, request, &response),
-      StatusCode::kPermissionDenied, "session_id", std::to_string(0x1234567),
-      kSessionSecretHeader, "missing");
+      StatusCode::kPermissionDenied, "session_id", std::to_string(0x1234567), kSessionSecretHeader,
+      "missing");
 }
 
 TEST_F(BadInputTest, UnknownBufferIdIsNotFound) {

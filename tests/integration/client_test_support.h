@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "client/epd/client.h"
-#include "common/grpc_status.h"
-#include "common/session_secret.h"
 #include "client/examples/moe_math.h"
 #include "client/examples/rank_runner.h"
+#include "common/grpc_status.h"
+#include "common/session_secret.h"
 #include "tests/integration/daemon_process.h"
 
 namespace epd::testing {

@@ -182,8 +182,8 @@ int main(int argc, char** argv) {
       epd::v1::CloseSessionRequest close_own;
       close_own.set_session_id(session);
       epd::v1::CloseSessionResponse closed;
-      expect(stub->CloseSession(call(own_secret).get(), close_own, &closed),
-             grpc::StatusCode::OK, "close own");
+      expect(stub->CloseSession(call(own_secret).get(), close_own, &closed), grpc::StatusCode::OK,
+             "close own");
     }
     std::printf("DONE %d %d\n", rounds, unexpected);
     std::fflush(stdout);

@@ -3,8 +3,8 @@
 // malformed or wrong one (another session's included) is PERMISSION_DENIED naming the header;
 // the honest client and the sessionless calls need nothing more. Over TCP, where the daemon
 // cannot tell processes apart, the secret is what keeps a listed session id useless.
-#include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <functional>
 #include <regex>
@@ -64,8 +64,7 @@ std::vector<SessionCall> CallsNaming(v1::Epd::Stub& stub, uint64_t session,
       v1::RegisterBufferResponse());
   v1::ReleaseBufferRequest release_buffer;
   release_buffer.set_buffer_id(999);
-  add("ReleaseBuffer", &v1::Epd::Stub::ReleaseBuffer, release_buffer,
-      v1::ReleaseBufferResponse());
+  add("ReleaseBuffer", &v1::Epd::Stub::ReleaseBuffer, release_buffer, v1::ReleaseBufferResponse());
   add("CreateFence", &v1::Epd::Stub::CreateFence, v1::CreateFenceRequest(),
       v1::CreateFenceResponse());
   v1::DestroyFenceRequest destroy_fence;
@@ -85,12 +84,10 @@ std::vector<SessionCall> CallsNaming(v1::Epd::Stub& stub, uint64_t session,
   add("AttachHandle", &v1::Epd::Stub::AttachHandle, attach_handle, v1::HandleInfo());
   v1::AttachDataPlaneRequest attach_data_plane;
   attach_data_plane.set_handle_id(999);
-  add("AttachDataPlane", &v1::Epd::Stub::AttachDataPlane, attach_data_plane,
-      v1::DataPlaneInfo());
+  add("AttachDataPlane", &v1::Epd::Stub::AttachDataPlane, attach_data_plane, v1::DataPlaneInfo());
   v1::DestroyHandleRequest destroy_handle;
   destroy_handle.set_handle_id(999);
-  add("DestroyHandle", &v1::Epd::Stub::DestroyHandle, destroy_handle,
-      v1::DestroyHandleResponse());
+  add("DestroyHandle", &v1::Epd::Stub::DestroyHandle, destroy_handle, v1::DestroyHandleResponse());
   v1::UpdateHandleRequest update;
   update.set_handle_id(999);
   *update.mutable_topk_idx() = Tensor(1, v1::DTYPE_INT32);
@@ -151,12 +148,11 @@ TEST(SessionCredentialTest, EveryCallNamingASessionWantsItsSecret) {
   v1::CloseSessionResponse closed;
   EXPECT_EPD_ERROR(RawCall(client->stub(), &v1::Epd::Stub::CloseSession, close, &closed),
                    StatusCode::kPermissionDenied, "epd-session-secret", "missing");
-  EXPECT_EPD_ERROR(RawCall(client->stub(), &v1::Epd::Stub::CloseSession, close, &closed,
-                           {(*other)->secret()}),
-                   StatusCode::kPermissionDenied, "epd-session-secret");
+  EXPECT_EPD_ERROR(
+      RawCall(client->stub(), &v1::Epd::Stub::CloseSession, close, &closed, {(*other)->secret()}),
+      StatusCode::kPermissionDenied, "epd-session-secret");
   EXPECT_TRUE((*session)->CreateFence().ok()) << "a refused call closed the session";
-  EXPECT_EPD_OK(
-      RawCall(client->stub(), &v1::Epd::Stub::CloseSession, close, &closed, {secret}));
+  EXPECT_EPD_OK(RawCall(client->stub(), &v1::Epd::Stub::CloseSession, close, &closed, {secret}));
   EXPECT_EPD_ERROR((*session)->CreateFence().status(), StatusCode::kNotFound,
                    "not an open session");
 
@@ -181,8 +177,7 @@ TEST(SessionCredentialTest, HonestClientsAndSessionlessCallsNeedNothingMore) {
   v1::ListGroupsResponse groups;
   EXPECT_EPD_OK(RawCall(stub, &v1::Epd::Stub::ListGroups, v1::ListGroupsRequest(), &groups));
   v1::ListSessionsResponse sessions;
-  EXPECT_EPD_OK(
-      RawCall(stub, &v1::Epd::Stub::ListSessions, v1::ListSessionsRequest(), &sessions));
+  EXPECT_EPD_OK(RawCall(stub, &v1::Epd::Stub::ListSessions, v1::ListSessionsRequest(), &sessions));
   v1::CreateGroupRequest persistent;
   *persistent.mutable_config() = SmallGroup(UniqueName("persistent"));
   persistent.set_persistent(true);  // session_id 0: no owner
@@ -209,8 +204,8 @@ TEST(SessionCredentialTest, HonestClientsAndSessionlessCallsNeedNothingMore) {
   v1::CreateFenceRequest fence;
   fence.set_session_id(unary.session_id());
   v1::CreateFenceResponse fence_created;
-  EXPECT_EPD_OK(RawCall(stub, &v1::Epd::Stub::CreateFence, fence, &fence_created,
-                        {unary.session_secret()}));
+  EXPECT_EPD_OK(
+      RawCall(stub, &v1::Epd::Stub::CreateFence, fence, &fence_created, {unary.session_secret()}));
 
   // The client library: the Session stream's first answer carried the secret, and every
   // call of the session sends it; a whole layer runs as before.
@@ -248,8 +243,8 @@ TEST(SessionCredentialTest, OverTcpAListedSessionIdIsUselessWithoutItsSecret) {
   auto thief = ConnectOrDie(address);
   ASSERT_NE(thief, nullptr);
   v1::ListSessionsResponse listed;
-  ASSERT_EPD_OK(RawCall(thief->stub(), &v1::Epd::Stub::ListSessions, v1::ListSessionsRequest(),
-                        &listed));
+  ASSERT_EPD_OK(
+      RawCall(thief->stub(), &v1::Epd::Stub::ListSessions, v1::ListSessionsRequest(), &listed));
   ASSERT_EQ(listed.sessions_size(), 1);
   ASSERT_EQ(listed.sessions(0).session_id(), (*session)->id());
   v1::CloseSessionRequest close;
@@ -262,8 +257,8 @@ TEST(SessionCredentialTest, OverTcpAListedSessionIdIsUselessWithoutItsSecret) {
                    StatusCode::kPermissionDenied, "epd-session-secret");
   EXPECT_TRUE((*session)->CreateFence().ok()) << "the owner's session was closed";
   // Whoever holds the secret holds the session here: it is the whole credential over TCP.
-  EXPECT_EPD_OK(RawCall(thief->stub(), &v1::Epd::Stub::CloseSession, close, &closed,
-                        {(*session)->secret()}));
+  EXPECT_EPD_OK(
+      RawCall(thief->stub(), &v1::Epd::Stub::CloseSession, close, &closed, {(*session)->secret()}));
 }
 
 }  // namespace

@@ -21,13 +21,16 @@ TEST(SessionSecretTest, FormatIsSixteenLowercaseHexDigitsAndParsesBack) {
 }
 
 TEST(SessionSecretTest, AnythingButSixteenHexDigitsIsRefused) {
-  for (const char* text : {"", "0", "123456789abcdef", "0123456789abcdef0", "0x23456789abcdef",
-                           "0123456789abcdeg", " 123456789abcdef", "0123456789abcde ",
-                           "-123456789abcdef", "+123456789abcdef"}) {
+  for (const char* text :
+       {"", "0", "123456789abcdef", "0123456789abcdef0", "0x23456789abcdef", "0123456789abcdeg",
+        " 123456789abcdef", "0123456789abcde ", "-123456789abcdef", "+123456789abcdef"}) {
     EXPECT_FALSE(ParseSessionSecret(text).has_value()) << "'" << text << "'";
   }
   // A NUL inside is a character like any other: refused, not cut short.
-  EXPECT_FALSE(ParseSessionSecret(std::string("01234567\0" "9abcdef", 16)).has_value());
+  EXPECT_FALSE(ParseSessionSecret(std::string("01234567\0"
+                                              "9abcdef",
+                                              16))
+                   .has_value());
 }
 
 TEST(SessionSecretTest, EqualOnlyWhenEveryBitIs) {
