@@ -75,6 +75,9 @@ int64_t OpsRunning(v1::Epd::Stub& stub, uint64_t session_id);
 int64_t WaitForOpsRunning(v1::Epd::Stub& stub, uint64_t session_id, int64_t want);
 // Handles of `group` per ListGroups; -1 when the group does not exist.
 int HandlesOf(Client& client, const std::string& group);
+// The address of a daemon started with `--tcp-listen 127.0.0.1:0`, from the port its log
+// names ("127.0.0.1:<port>"); NOT_FOUND with the log when it names none.
+StatusOr<std::string> TcpAddressOf(const DaemonProcess& daemon);
 
 // A hand-made unary call on the raw stub, as grpcurl or a client in another language makes
 // it: a 5 s deadline and header epd-session-secret once per element of `secrets` (none: no

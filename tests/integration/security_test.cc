@@ -121,10 +121,9 @@ TEST(SecurityTest, ASessionIsUsableOnlyByTheProcessThatOpenedIt) {
 TEST(SecurityTest, TcpCallersCannotRegisterSharedMemory) {
   auto daemon = DaemonProcess::Start({"--tcp-listen", "127.0.0.1:0"}, 1);
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-  std::smatch port;
-  const std::string log = (*daemon)->ReadLog();
-  ASSERT_TRUE(std::regex_search(log, port, std::regex(R"(\(port (\d+)\))"))) << log;
-  auto client = ConnectOrDie("127.0.0.1:" + port[1].str());
+  auto address = TcpAddressOf(**daemon);
+  ASSERT_TRUE(address.ok()) << address.status().ToString();
+  auto client = ConnectOrDie(*address);
   ASSERT_NE(client, nullptr);
   auto session = client->OpenSession(0, "tcp");
   ASSERT_TRUE(session.ok()) << session.status().ToString();

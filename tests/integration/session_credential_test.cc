@@ -231,16 +231,14 @@ TEST(SessionCredentialTest, HonestClientsAndSessionlessCallsNeedNothingMore) {
 TEST(SessionCredentialTest, OverTcpAListedSessionIdIsUselessWithoutItsSecret) {
   auto daemon = DaemonProcess::Start({"--tcp-listen", "127.0.0.1:0"}, 1);
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-  std::smatch port;
-  const std::string log = (*daemon)->ReadLog();
-  ASSERT_TRUE(std::regex_search(log, port, std::regex(R"(\(port (\d+)\))"))) << log;
-  const std::string address = "127.0.0.1:" + port[1].str();
-  auto owner = ConnectOrDie(address);
+  auto address = TcpAddressOf(**daemon);
+  ASSERT_TRUE(address.ok()) << address.status().ToString();
+  auto owner = ConnectOrDie(*address);
   ASSERT_NE(owner, nullptr);
   auto session = owner->OpenSession(0, "tcp-owner");
   ASSERT_TRUE(session.ok()) << session.status().ToString();
 
-  auto thief = ConnectOrDie(address);
+  auto thief = ConnectOrDie(*address);
   ASSERT_NE(thief, nullptr);
   v1::ListSessionsResponse listed;
   ASSERT_EPD_OK(
