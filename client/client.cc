@@ -67,8 +67,9 @@ StatusOr<v1::GroupConfig> Client::CreateGroup(const v1::GroupConfig& config, boo
   *request.mutable_config() = config;
   request.set_persistent(persistent);
   v1::CreateGroupResponse response;
-  EPD_RETURN_IF_ERROR(
-      CallUnary(*stub_, &v1::Epd::Stub::CreateGroup, request, &response, options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::CreateGroup, request, &response,
+                                options_.rpc_timeout,
+                                owner != nullptr ? owner->secret() : std::string_view()));
   return response.config();
 }
 
@@ -77,7 +78,8 @@ Status Client::DestroyGroup(const std::string& name, const Session& session) {
   request.set_session_id(session.id());
   request.set_name(name);
   v1::DestroyGroupResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyGroup, request, &response, options_.rpc_timeout);
+  return CallUnary(*stub_, &v1::Epd::Stub::DestroyGroup, request, &response, options_.rpc_timeout,
+                   session.secret());
 }
 
 StatusOr<std::unique_ptr<Session>> Client::OpenSession(int rank, const std::string& client_name) {
@@ -92,6 +94,7 @@ StatusOr<std::unique_ptr<Session>> Client::OpenSession(int rank, const std::stri
   session->options_ = options_;
   session->stream_ = std::move(stream);
   session->id_ = opened.session_id();
+  session->secret_ = opened.session_secret();
   session->rank_ = opened.rank();
   return session;
 }

@@ -7,8 +7,11 @@
 
 #include <chrono>
 #include <memory>
+#include <string>
+#include <string_view>
 
 #include "common/grpc_status.h"
+#include "common/session_secret.h"
 #include "common/status.h"
 #include "epd/v1/epd.grpc.pb.h"
 
@@ -22,12 +25,18 @@ inline std::unique_ptr<grpc::ClientContext> MakeContext(std::chrono::millisecond
 }
 
 // One unary call with the client's deadline; the daemon's code and message come back as is.
+// A call that names a session passes its `session_secret` (common/session_secret.h), sent in
+// header kSessionSecretHeader; empty: none (sessionless calls, or a daemon that gave none).
 template <typename Request, typename Response>
 Status CallUnary(v1::Epd::Stub& stub,
                  grpc::Status (v1::Epd::Stub::*method)(grpc::ClientContext*, const Request&,
                                                        Response*),
-                 const Request& request, Response* response, std::chrono::milliseconds timeout) {
+                 const Request& request, Response* response, std::chrono::milliseconds timeout,
+                 std::string_view session_secret = {}) {
   auto context = MakeContext(timeout);
+  if (!session_secret.empty()) {
+    context->AddMetadata(std::string(kSessionSecretHeader), std::string(session_secret));
+  }
   return FromGrpcStatus((stub.*method)(context.get(), request, response));
 }
 

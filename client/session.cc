@@ -6,8 +6,6 @@
 
 namespace epd {
 
-using internal::CallUnary;
-
 namespace {
 
 std::future<Status> Ready(Status status) {
@@ -17,6 +15,13 @@ std::future<Status> Ready(Status status) {
 }
 
 }  // namespace
+
+template <typename Request, typename Response>
+Status Session::Call(grpc::Status (v1::Epd::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                           Response*),
+                     const Request& request, Response* response) const {
+  return internal::CallUnary(*stub_, method, request, response, options_.rpc_timeout, secret_);
+}
 
 Session::~Session() { Close().IgnoreError(); }
 
@@ -35,8 +40,7 @@ StatusOr<uint64_t> Session::RegisterBuffer(const v1::MemorySource& source) {
   request.set_session_id(id_);
   *request.mutable_source() = source;
   v1::RegisterBufferResponse response;
-  EPD_RETURN_IF_ERROR(
-      CallUnary(*stub_, &v1::Epd::Stub::RegisterBuffer, request, &response, options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(Call(&v1::Epd::Stub::RegisterBuffer, request, &response));
   return response.buffer_id();
 }
 
@@ -45,15 +49,14 @@ Status Session::ReleaseBuffer(uint64_t buffer_id) {
   request.set_session_id(id_);
   request.set_buffer_id(buffer_id);
   v1::ReleaseBufferResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::ReleaseBuffer, request, &response, options_.rpc_timeout);
+  return Call(&v1::Epd::Stub::ReleaseBuffer, request, &response);
 }
 
 StatusOr<std::unique_ptr<Fence>> Session::CreateFence() {
   v1::CreateFenceRequest request;
   request.set_session_id(id_);
   v1::CreateFenceResponse response;
-  EPD_RETURN_IF_ERROR(
-      CallUnary(*stub_, &v1::Epd::Stub::CreateFence, request, &response, options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(Call(&v1::Epd::Stub::CreateFence, request, &response));
   return Fence::Open(response);
 }
 
@@ -62,7 +65,7 @@ Status Session::DestroyFence(uint64_t fence_id) {
   request.set_session_id(id_);
   request.set_fence_id(fence_id);
   v1::DestroyFenceResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyFence, request, &response, options_.rpc_timeout);
+  return Call(&v1::Epd::Stub::DestroyFence, request, &response);
 }
 
 StatusOr<v1::GroupConfig> Session::CreateGroup(const v1::GroupConfig& config, bool persistent) {
@@ -71,8 +74,7 @@ StatusOr<v1::GroupConfig> Session::CreateGroup(const v1::GroupConfig& config, bo
   *request.mutable_config() = config;
   request.set_persistent(persistent);
   v1::CreateGroupResponse response;
-  EPD_RETURN_IF_ERROR(
-      CallUnary(*stub_, &v1::Epd::Stub::CreateGroup, request, &response, options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(Call(&v1::Epd::Stub::CreateGroup, request, &response));
   return response.config();
 }
 
@@ -81,7 +83,7 @@ Status Session::DestroyGroup(const std::string& name) {
   request.set_session_id(id_);
   request.set_name(name);
   v1::DestroyGroupResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyGroup, request, &response, options_.rpc_timeout);
+  return Call(&v1::Epd::Stub::DestroyGroup, request, &response);
 }
 
 StatusOr<v1::HandleInfo> Session::CreateHandle(const std::string& group, const std::string& name,
@@ -96,8 +98,7 @@ StatusOr<v1::HandleInfo> Session::CreateHandle(const std::string& group, const s
 StatusOr<v1::HandleInfo> Session::CreateHandle(v1::CreateHandleRequest request) {
   request.set_session_id(id_);
   v1::HandleInfo response;
-  EPD_RETURN_IF_ERROR(
-      CallUnary(*stub_, &v1::Epd::Stub::CreateHandle, request, &response, options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(Call(&v1::Epd::Stub::CreateHandle, request, &response));
   return response;
 }
 
@@ -106,8 +107,7 @@ StatusOr<v1::HandleInfo> Session::AttachHandle(const std::string& name) {
   request.set_session_id(id_);
   request.set_name(name);
   v1::HandleInfo response;
-  EPD_RETURN_IF_ERROR(
-      CallUnary(*stub_, &v1::Epd::Stub::AttachHandle, request, &response, options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(Call(&v1::Epd::Stub::AttachHandle, request, &response));
   return response;
 }
 
@@ -117,8 +117,7 @@ StatusOr<v1::DataPlaneInfo> Session::AttachDataPlane(uint64_t handle_id, uint64_
   request.set_handle_id(handle_id);
   request.set_reset_epoch(reset_epoch);
   v1::DataPlaneInfo response;
-  EPD_RETURN_IF_ERROR(CallUnary(*stub_, &v1::Epd::Stub::AttachDataPlane, request, &response,
-                                options_.rpc_timeout));
+  EPD_RETURN_IF_ERROR(Call(&v1::Epd::Stub::AttachDataPlane, request, &response));
   EPD_RETURN_IF_ERROR(ValidateDataPlaneInfo(response));
   return response;
 }
@@ -128,7 +127,7 @@ Status Session::DestroyHandle(uint64_t handle_id) {
   request.set_session_id(id_);
   request.set_handle_id(handle_id);
   v1::DestroyHandleResponse response;
-  return CallUnary(*stub_, &v1::Epd::Stub::DestroyHandle, request, &response, options_.rpc_timeout);
+  return Call(&v1::Epd::Stub::DestroyHandle, request, &response);
 }
 
 std::future<Status> Session::Post(v1::SessionRequest request) {

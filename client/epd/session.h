@@ -3,7 +3,8 @@
 // The session lives as long as its bidirectional stream: Close() (or destroying the Session)
 // ends it, and the daemon then releases every non-persistent buffer, fence and handle it
 // created. Update / Dispatch / Combine travel on the stream (answered in submission order);
-// the other calls are unary RPCs carrying the session id.
+// the other calls are unary RPCs carrying the session id, and the session's secret in a
+// metadata header: the daemon serves them only to the process that opened the session.
 //
 // Ops are blocking or fenced (OpOptions): with `blocking` the answer comes after the op
 // completed; otherwise it comes once the daemon has started it and `signal` tells completion.
@@ -39,6 +40,10 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   uint64_t id() const { return id_; }
+  // The session's secret (16 hex digits) that every call of this object sends; needed only
+  // for a hand-made call on the raw stub (metadata header "epd-session-secret"). A credential:
+  // keep it inside the process.
+  const std::string& secret() const { return secret_; }
   int rank() const { return rank_; }
   bool closed() const { return closed_; }
 
@@ -93,11 +98,17 @@ class Session {
   Session() = default;
   std::future<Status> Post(v1::SessionRequest request);
   Status CheckOpen() const;
+  // A unary call of this session: the client's deadline, and the session's secret.
+  template <typename Request, typename Response>
+  Status Call(grpc::Status (v1::Epd::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                    Response*),
+              const Request& request, Response* response) const;
 
   std::shared_ptr<v1::Epd::Stub> stub_;
   ClientOptions options_;
   std::unique_ptr<internal::SessionStream> stream_;
   uint64_t id_ = 0;
+  std::string secret_;
   int rank_ = -1;
   std::atomic<bool> closed_{false};
 };

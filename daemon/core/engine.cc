@@ -76,8 +76,8 @@ Status Engine::CloseSession(SessionId session, std::string_view reason) {
 }
 
 Status Engine::Touch(SessionId session) { return impl_->Touch(session); }
-Status Engine::Touch(SessionId session, const SessionPeer& caller) {
-  return impl_->Touch(session, caller);
+Status Engine::Touch(SessionId session, const SessionPeer& caller, SessionSecret secret) {
+  return impl_->Touch(session, caller, secret);
 }
 std::vector<SessionSummary> Engine::ListSessions() const { return impl_->ListSessions(); }
 Status Engine::CheckLiveness(std::chrono::milliseconds limit) const {

@@ -26,11 +26,12 @@
 #include <string>
 #include <vector>
 
+#include "common/session_secret.h"
+#include "common/status.h"
 #include "daemon/core/backend.h"
 #include "daemon/core/data_plane.h"
 #include "daemon/core/group_config.h"
 #include "daemon/core/session_limits.h"
-#include "common/status.h"
 
 namespace epd {
 
@@ -98,6 +99,7 @@ struct OpOptions {
 
 struct SessionInfo {
   SessionId id = 0;
+  SessionSecret secret = 0;  // for the opener only: Touch(session, caller, secret) checks it
   int rank = 0;
   std::string client_name;
 };
@@ -201,9 +203,12 @@ class Engine {
   Status CloseSession(SessionId session, std::string_view reason);
   Status Touch(SessionId session);  // NOT_FOUND when closed or unknown
   std::vector<SessionSummary> ListSessions() const;
-  // Touch on behalf of a caller: NOT_FOUND also when the session was opened by another peer
-  // (pid and uid differ), so a session id is usable only by the process that opened it.
-  Status Touch(SessionId session, const SessionPeer& caller);
+  // Touch on behalf of a caller presenting `secret`: NOT_FOUND when the session is not open;
+  // PERMISSION_DENIED when the caller does not hold the session's credential (another peer:
+  // pid or uid differ; or another secret), with one message naming header
+  // kSessionSecretHeader whichever part failed. So a session is usable only by the process
+  // that opened it and learned its secret.
+  Status Touch(SessionId session, const SessionPeer& caller, SessionSecret secret);
 
   void RegisterBuffer(SessionId session, const MemorySource& source,
                       ResultCallback<BufferInfo> done);

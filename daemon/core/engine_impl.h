@@ -36,7 +36,7 @@ class Engine::Impl {
   // Removes the session and everything it holds now; what must be freed goes to `released`.
   Status CloseSession(SessionId id, std::string_view reason, Released& released);
   Status Touch(SessionId id);
-  Status Touch(SessionId id, const SessionPeer& caller);
+  Status Touch(SessionId id, const SessionPeer& caller, SessionSecret secret);
   std::vector<SessionSummary> ListSessions() const { return sessions_.List(); }
   StatusOr<BufferInfo> RegisterBuffer(SessionId id, const MemorySource& source);
   Status ReleaseBuffer(SessionId id, ObjectId buffer, Released& released);

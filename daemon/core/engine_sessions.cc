@@ -63,7 +63,7 @@ StatusOr<SessionInfo> Engine::Impl::OpenSession(int rank, std::string client_nam
   EPD_LOG(kCore, info, "session {} opened for rank {} by '{}'{}{}", session->id, rank,
           session->client_name, unary ? " (unary)" : "",
           peer.pid >= 0 ? fmt::format(" (pid {}, uid {})", peer.pid, peer.uid) : "");
-  return SessionInfo{session->id, rank, session->client_name};
+  return SessionInfo{session->id, session->secret, rank, session->client_name};
 }
 
 Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Released& released) {
@@ -109,12 +109,15 @@ Status Engine::Impl::CloseSession(SessionId id, std::string_view reason, Release
 
 Status Engine::Impl::Touch(SessionId id) { return sessions_.Find(id).status(); }
 
-Status Engine::Impl::Touch(SessionId id, const SessionPeer& caller) {
-  StatusOr<std::shared_ptr<Session>> session = sessions_.Find(id);
-  // NOTE: the same answer as for an unknown id: a caller learns nothing about other peers'
-  // sessions.
-  if (!session.ok() || !SamePeer((*session)->peer, caller)) {
-    return NotFoundError("session_id = {} is not an open session of this client", id);
+Status Engine::Impl::Touch(SessionId id, const SessionPeer& caller, SessionSecret secret) {
+  // NOTE: an unknown id may say so: ids are public (ListSessions lists them). Which part of
+  // the credential failed may not: one answer for another peer and for a wrong secret.
+  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
+  if (!HoldsSessionCredential(session->peer, session->secret, caller, secret)) {
+    return PermissionDeniedError(
+        "session_id = {}: the caller does not hold this session's credential (the process "
+        "that opened it, presenting its session_secret in header '{}')",
+        id, kSessionSecretHeader);
   }
   return OkStatus();
 }

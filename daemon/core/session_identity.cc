@@ -8,24 +8,38 @@
 #include "daemon/core/engine.h"
 
 namespace epd {
+namespace {
 
-StatusOr<uint64_t> RandomSessionId() {
-  uint64_t id = 0;
-  auto* bytes = reinterpret_cast<char*>(&id);
+StatusOr<uint64_t> RandomBits64(std::string_view what) {
+  uint64_t value = 0;
+  auto* bytes = reinterpret_cast<char*>(&value);
   size_t filled = 0;
-  while (filled < sizeof(id)) {
-    const ssize_t got = getrandom(bytes + filled, sizeof(id) - filled, 0);
+  while (filled < sizeof(value)) {
+    const ssize_t got = getrandom(bytes + filled, sizeof(value) - filled, 0);
     if (got < 0) {
       if (errno == EINTR) continue;
-      return UnavailableError("getrandom failed: {}", std::strerror(errno));
+      return UnavailableError("getrandom failed for a {}: {}", what, std::strerror(errno));
     }
     filled += static_cast<size_t>(got);
   }
-  return id;
+  return value;
 }
+
+}  // namespace
+
+StatusOr<uint64_t> RandomSessionId() { return RandomBits64("session id"); }
+
+StatusOr<SessionSecret> RandomSessionSecret() { return RandomBits64("session secret"); }
 
 bool SamePeer(const SessionPeer& owner, const SessionPeer& caller) {
   return owner.pid == caller.pid && owner.uid == caller.uid;
+}
+
+bool HoldsSessionCredential(const SessionPeer& owner, SessionSecret secret,
+                            const SessionPeer& caller, SessionSecret presented) {
+  const bool same_peer = SamePeer(owner, caller);
+  const bool same_secret = SessionSecretsEqual(secret, presented);
+  return same_peer & same_secret;  // NOTE: `&`, not `&&`: both parts are always evaluated
 }
 
 }  // namespace epd

@@ -21,6 +21,7 @@ StatusOr<std::shared_ptr<Session>> SessionTable::Open(int rank, std::string clie
   do {
     EPD_ASSIGN_OR_RETURN(session->id, RandomSessionId());
   } while (session->id == 0 || sessions_.count(session->id) != 0);
+  EPD_ASSIGN_OR_RETURN(session->secret, RandomSessionSecret());
   sessions_[session->id] = session;
   total_.fetch_add(1);
   return session;

@@ -30,6 +30,9 @@ struct Fence {
 struct Session {
   // Set at open, never changed.
   SessionId id = 0;
+  // The other half of the session's name: calls naming the session must present it
+  // (Engine::Touch with a caller); never listed or logged.
+  SessionSecret secret = 0;
   int rank = 0;
   std::string client_name;
   bool unary = false;

@@ -1,5 +1,8 @@
 #include "daemon/service/epd_service.h"
 
+#include <iterator>
+
+#include "common/session_secret.h"
 #include "daemon/core/log.h"
 #include "daemon/service/convert.h"
 
@@ -86,7 +89,30 @@ SessionPeer EpdService::CallerOf(grpc::CallbackServerContext* context) const {
 }
 
 Status EpdService::Authorize(grpc::CallbackServerContext* context, SessionId session) const {
-  return engine_->Touch(session, CallerOf(context));
+  // 0 is never a session's id: NOT_FOUND, with no secret to ask for.
+  if (session == 0) return engine_->Touch(session);
+  // NOTE: the header is checked before the session is looked up, so a caller without one
+  // learns nothing about the session it names.
+  const auto& metadata = context->client_metadata();
+  const auto [first, last] = metadata.equal_range(
+      grpc::string_ref(kSessionSecretHeader.data(), kSessionSecretHeader.size()));
+  const auto count = std::distance(first, last);
+  if (count != 1) {
+    return PermissionDeniedError(
+        "session_id = {}: a call naming a session must carry its session_secret (16 hex "
+        "digits, from the OpenSession answer) in metadata header '{}'; {}",
+        session, kSessionSecretHeader,
+        count == 0 ? "the header is missing" : fmt::format("the header appears {} times", count));
+  }
+  const std::optional<SessionSecret> secret =
+      ParseSessionSecret(std::string_view(first->second.data(), first->second.size()));
+  if (!secret.has_value()) {
+    return PermissionDeniedError(
+        "session_id = {}: metadata header '{}' must be the session_secret of the OpenSession "
+        "answer, 16 hex digits; got {} characters",
+        session, kSessionSecretHeader, first->second.size());
+  }
+  return engine_->Touch(session, CallerOf(context), *secret);
 }
 
 void EpdService::EndAllCalls(const Status& status) {
@@ -132,6 +158,7 @@ grpc::ServerUnaryReactor* EpdService::OpenSession(grpc::CallbackServerContext* c
           info->client_name);
   response->set_session_id(info->id);
   response->set_rank(info->rank);
+  response->set_session_secret(FormatSessionSecret(info->secret));
   return Finish(context, "OpenSession", OkStatus());
 }
 

@@ -90,7 +90,9 @@ class EpdService final : public v1::Epd::CallbackService {
  private:
   std::optional<PeerCredentials> CredentialsOf(grpc::CallbackServerContext* context) const;
   SessionPeer CallerOf(grpc::CallbackServerContext* context) const;
-  // Touches `session` if the caller opened it; NOT_FOUND otherwise.
+  // Touches `session` if the caller opened it and presents its secret in header
+  // kSessionSecretHeader: PERMISSION_DENIED naming the header when the header is missing or
+  // malformed or the credential does not match, NOT_FOUND when the session is not open.
   Status Authorize(grpc::CallbackServerContext* context, SessionId session) const;
 
   Engine* const engine_;

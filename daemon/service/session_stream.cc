@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/session_secret.h"
 #include "daemon/core/log.h"
 #include "daemon/service/convert.h"
 
@@ -169,6 +170,9 @@ void SessionStream::HandleOpen(uint64_t request_id, const v1::OpenSessionRequest
   v1::OpenSessionResponse opened;
   opened.set_session_id(info->id);
   opened.set_rank(info->rank);
+  // The stream's own ops need no secret (they are bound to the stream); the session's unary
+  // calls (buffers, fences, groups, handles) present it.
+  opened.set_session_secret(FormatSessionSecret(info->secret));
   Answer(slot, OkStatus(), &opened);
   Unref();
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs README.md's `buf curl` recipes, exactly as written there (only the socket path is
 # replaced), against a running cpu-backend daemon: list, describe, Health/Check, GetNodeInfo,
-# OpenSession, GetStats, ListSessions. buf comes from PATH, $EPD_BUF, or the npm package
+# OpenSession, GetStats, ListSessions; then the session secret header as README.md tells
+# buf and grpcurl users to pass it. buf comes from PATH, $EPD_BUF, or the npm package
 # @bufbuild/buf installed under BUILD_DIR/tools; without it (no npm, registry unreachable)
 # the test is skipped (exit 77) with the reason.
 #   buf_curl_test.sh SOURCE_DIR EPD_BINARY BUILD_DIR
@@ -58,7 +59,27 @@ expect '"status": "SERVING"'                 # Health/Check
 expect '"backend": "cpu"'                    # GetNodeInfo
 expect '"ranks": 2'
 expect '"sessionId":'                        # OpenSession
+expect '"sessionSecret":'
 expect '"sessionsOpen": "1"'                 # GetStats
 expect '"clientName": "buf-curl"'            # ListSessions
 expect '"peerPid":'
+
+# A call naming the session: without the header the daemon asks for it; with
+# -H 'epd-session-secret: <sessionSecret>' it reads it, and still refuses this buf process,
+# which is not the one that opened the session (a credential answer, not "missing").
+id=$(sed -n 's/.*"sessionId": "\([0-9]*\)".*/\1/p' <<<"$out" | head -1)
+secret=$(sed -n 's/.*"sessionSecret": "\([0-9a-f]*\)".*/\1/p' <<<"$out" | head -1)
+[[ -n $id && ${#secret} -eq 16 ]] || { echo "FAIL: no session id and secret in '$out'"; exit 1; }
+B=("$buf" curl --unix-socket "$sock" --protocol grpc --http2-prior-knowledge)
+url=http://localhost/epd.v1.Epd/CreateFence
+missing=$("${B[@]}" -d "{\"session_id\": \"$id\"}" "$url" 2>&1) && {
+  echo "FAIL: a call without the header was served: $missing"; exit 1; }
+echo "$missing"
+grep -qF "the header is missing" <<<"$missing" || { echo "FAIL: no 'missing' answer"; exit 1; }
+refused=$("${B[@]}" -H "epd-session-secret: $secret" -d "{\"session_id\": \"$id\"}" "$url" 2>&1) && {
+  echo "FAIL: another process used the session: $refused"; exit 1; }
+echo "$refused"
+grep -qF '"permission_denied"' <<<"$refused" || { echo "FAIL: not PERMISSION_DENIED"; exit 1; }
+grep -qF "does not hold this session's credential" <<<"$refused" || {
+  echo "FAIL: the header did not reach the daemon"; exit 1; }
 echo PASS

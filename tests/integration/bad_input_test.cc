@@ -68,10 +68,15 @@ TEST_F(BadInputTest, UnknownSessionIdIsNotFound) {
   request.set_session_id(0x1234567);
   *request.mutable_source() = rank0().buffer().Source();
   v1::RegisterBufferResponse response;
-  grpc::ClientContext context;
-  const grpc::Status status = world_[0].client->stub().RegisterBuffer(&context, request, &response);
-  EXPECT_EPD_ERROR(Status(static_cast<StatusCode>(status.error_code()), status.error_message()),
+  // With a well-formed secret header: the id is what is wrong.
+  EXPECT_EPD_ERROR(RawCall(world_[0].client->stub(), &v1::Epd::Stub::RegisterBuffer, request,
+                           &response, {session0().secret()}),
                    StatusCode::kNotFound, "session_id", std::to_string(0x1234567));
+  // Without one, the daemon asks for the header before it looks the session up.
+  EXPECT_EPD_ERROR(
+      RawCall(world_[0].client->stub(), &v1::Epd::Stub::RegisterBuffer, request, &response),
+      StatusCode::kPermissionDenied, "session_id", std::to_string(0x1234567), kSessionSecretHeader,
+      "missing");
 }
 
 TEST_F(BadInputTest, UnknownBufferIdIsNotFound) {

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <regex>
 #include <thread>
 
 namespace epd::testing {
@@ -129,6 +130,15 @@ int HandlesOf(Client& client, const std::string& group) {
     if (g.config().name() == group) return g.handles();
   }
   return -1;
+}
+
+StatusOr<std::string> TcpAddressOf(const DaemonProcess& daemon) {
+  const std::string log = daemon.ReadLog();
+  std::smatch port;
+  if (!std::regex_search(log, port, std::regex(R"(\(port (\d+)\))"))) {
+    return NotFoundError("the daemon's log names no TCP port:\n{}", log);
+  }
+  return "127.0.0.1:" + port[1].str();
 }
 
 // ------------------------------------------------------------------ ChildProcess

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <functional>
 #include <initializer_list>
 #include <memory>
@@ -16,6 +17,8 @@
 #include "client/epd/client.h"
 #include "client/examples/moe_math.h"
 #include "client/examples/rank_runner.h"
+#include "common/grpc_status.h"
+#include "common/session_secret.h"
 #include "tests/integration/daemon_process.h"
 
 namespace epd::testing {
@@ -72,6 +75,26 @@ int64_t OpsRunning(v1::Epd::Stub& stub, uint64_t session_id);
 int64_t WaitForOpsRunning(v1::Epd::Stub& stub, uint64_t session_id, int64_t want);
 // Handles of `group` per ListGroups; -1 when the group does not exist.
 int HandlesOf(Client& client, const std::string& group);
+// The address of a daemon started with `--tcp-listen 127.0.0.1:0`, from the port its log
+// names ("127.0.0.1:<port>"); NOT_FOUND with the log when it names none.
+StatusOr<std::string> TcpAddressOf(const DaemonProcess& daemon);
+
+// A hand-made unary call on the raw stub, as grpcurl or a client in another language makes
+// it: a 5 s deadline and header epd-session-secret once per element of `secrets` (none: no
+// header). The daemon's answer as a Status.
+template <typename Request, typename Response>
+Status RawCall(v1::Epd::Stub& stub,
+               grpc::Status (v1::Epd::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                     Response*),
+               const Request& request, Response* response,
+               std::initializer_list<std::string_view> secrets = {}) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  for (std::string_view secret : secrets) {
+    context.AddMetadata(std::string(kSessionSecretHeader), std::string(secret));
+  }
+  return FromGrpcStatus((stub.*method)(&context, request, response));
+}
 
 // A child process running `argv` (absolute binary path first) with stdout on a pipe.
 class ChildProcess {

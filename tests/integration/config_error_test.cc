@@ -281,9 +281,11 @@ TEST(DaemonLifecycleTest, DrainReportsNotServingAndRefusesNewWork) {
   auto channel = grpc::CreateChannel((*daemon)->address(), grpc::InsecureChannelCredentials());
   auto stub = v1::Epd::NewStub(channel);
   auto health = grpc::health::v1::Health::NewStub(channel);
-  auto call = [](auto method) {
+  std::string secret;  // the session's, once open: a hand-made client sends it on every call
+  auto call = [&secret](auto method) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (!secret.empty()) context.AddMetadata("epd-session-secret", secret);
     return method(&context);
   };
 
@@ -291,6 +293,7 @@ TEST(DaemonLifecycleTest, DrainReportsNotServingAndRefusesNewWork) {
   open.set_rank(0);
   v1::OpenSessionResponse session;
   ASSERT_TRUE(call([&](auto* c) { return stub->OpenSession(c, open, &session); }).ok());
+  secret = session.session_secret();
   v1::CreateGroupRequest group;
   group.set_session_id(session.session_id());
   group.mutable_config()->set_name("drain");

@@ -104,20 +104,26 @@ TEST(SecurityTest, ASessionIsUsableOnlyByTheProcessThatOpenedIt) {
   ASSERT_NE(client, nullptr);
   auto session = client->OpenSession(0, "victim");
   ASSERT_TRUE(session.ok()) << session.status().ToString();
-  const std::string answer = RunSecurityClient(
-      {}, {"--address", (*daemon)->address(), "close", "--session",
-           fmt::format("{:016x}", (*session)->id())});
-  EXPECT_EQ(answer.substr(0, 7), "CODE 5 ") << answer;  // NOT_FOUND
+  const std::string id = fmt::format("{:016x}", (*session)->id());
+  // The id alone (anyone can list it): refused, asking for the secret.
+  std::string answer =
+      RunSecurityClient({}, {"--address", (*daemon)->address(), "close", "--session", id});
+  EXPECT_EQ(answer.substr(0, 7), "CODE 7 ") << answer;  // PERMISSION_DENIED
+  EXPECT_NE(answer.find("epd-session-secret"), std::string::npos) << answer;
+  // Even the leaked secret does not make another process the owner.
+  answer = RunSecurityClient({}, {"--address", (*daemon)->address(), "close", "--session", id,
+                                  "--secret", (*session)->secret()});
+  EXPECT_EQ(answer.substr(0, 7), "CODE 7 ") << answer;
+  EXPECT_NE(answer.find("epd-session-secret"), std::string::npos) << answer;
   EXPECT_TRUE((*session)->CreateFence().ok()) << "the victim's session was closed";
 }
 
 TEST(SecurityTest, TcpCallersCannotRegisterSharedMemory) {
   auto daemon = DaemonProcess::Start({"--tcp-listen", "127.0.0.1:0"}, 1);
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-  std::smatch port;
-  const std::string log = (*daemon)->ReadLog();
-  ASSERT_TRUE(std::regex_search(log, port, std::regex(R"(\(port (\d+)\))"))) << log;
-  auto client = ConnectOrDie("127.0.0.1:" + port[1].str());
+  auto address = TcpAddressOf(**daemon);
+  ASSERT_TRUE(address.ok()) << address.status().ToString();
+  auto client = ConnectOrDie(*address);
   ASSERT_NE(client, nullptr);
   auto session = client->OpenSession(0, "tcp");
   ASSERT_TRUE(session.ok()) << session.status().ToString();

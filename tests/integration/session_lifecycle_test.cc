@@ -61,9 +61,8 @@ TEST_F(SessionLifecycleTest, OpsAfterSessionClosedFail) {
   dispatch.set_handle_id(rank0.handle_id());
   *dispatch.mutable_x() = rank0.x_ref(4);
   v1::OpResponse response;
-  grpc::ClientContext context;
-  const grpc::Status unary = (*world)[0].client->stub().Dispatch(&context, dispatch, &response);
-  EXPECT_EPD_ERROR(Status(static_cast<StatusCode>(unary.error_code()), unary.error_message()),
+  EXPECT_EPD_ERROR(RawCall((*world)[0].client->stub(), &v1::Epd::Stub::Dispatch, dispatch,
+                           &response, {rank0.session().secret()}),
                    StatusCode::kNotFound, "session_id", id_text);
 
   // A new frontend for rank 0 joins the same group and works with the old rank 1.

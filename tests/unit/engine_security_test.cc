@@ -1,14 +1,16 @@
-// The engine's ownership rules: sessions bound to their peer, one session per rank in a
-// group, groups destroyed only by their owner.
+// The engine's ownership rules: sessions bound to their peer and their secret, one session per
+// rank in a group, groups destroyed only by their owner.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <future>
 #include <limits>
 #include <set>
+#include <vector>
 
 #include "common/routing_errors.h"
 #include "daemon/backends/cpu/cpu_backend.h"
@@ -32,35 +34,88 @@ class EngineSecurityTest : public ::testing::Test {
     ASSERT_TRUE(backend.ok());
     engine_ = Engine::Create(std::move(backend).value(), options).value();
   }
-  SessionId Open(int rank, SessionPeer peer = {}) {
-    return engine_->OpenSession(rank, "test", /*unary=*/false, peer).value().id;
+  SessionId Open(int rank, SessionPeer peer = {}) { return OpenInfo(rank, peer).id; }
+  SessionInfo OpenInfo(int rank, SessionPeer peer = {}) {
+    return engine_->OpenSession(rank, "test", /*unary=*/false, peer).value();
   }
   std::unique_ptr<Engine> engine_;
 };
 
 TEST_F(EngineSecurityTest, ASessionIsUsableOnlyByThePeerThatOpenedIt) {
   const SessionPeer alice{100, 1000, 1000};
-  const SessionId session = Open(0, alice);
-  EXPECT_TRUE(engine_->Touch(session, alice).ok());
+  const SessionInfo session = OpenInfo(0, alice);
+  EXPECT_TRUE(engine_->Touch(session.id, alice, session.secret).ok());
   const SessionPeer other_process{101, 1000, 1000};
   const SessionPeer other_user{100, 1001, 1001};
+  // Even with the right secret: the secret alone does not make another process the owner.
   for (const SessionPeer& intruder : {other_process, other_user, SessionPeer{}}) {
-    const Status status = engine_->Touch(session, intruder);
-    EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
+    const Status status = engine_->Touch(session.id, intruder, session.secret);
+    EXPECT_EQ(status.code(), StatusCode::kPermissionDenied) << status.ToString();
   }
 }
 
-TEST_F(EngineSecurityTest, SessionIdsDoNotRepeatAndUseAllBits) {
-  std::set<SessionId> ids;
-  uint64_t seen_bits = 0;
-  for (int i = 0; i < 256; ++i) {
-    auto id = RandomSessionId();
-    ASSERT_TRUE(id.ok());
-    ids.insert(*id);
-    seen_bits |= *id;
+TEST_F(EngineSecurityTest, ASessionIsUsableOnlyWithItsSecret) {
+  const SessionPeer alice{100, 1000, 1000};
+  const SessionInfo session = OpenInfo(0, alice);
+  const SessionInfo other = OpenInfo(0, alice);  // the same process's other session
+  ASSERT_NE(session.secret, other.secret);
+  const Status right = engine_->Touch(session.id, alice, session.secret);
+  EXPECT_TRUE(right.ok()) << right.ToString();
+  std::vector<SessionSecret> wrong = {other.secret, 0, ~session.secret};
+  for (int bit = 0; bit < 64; ++bit) wrong.push_back(session.secret ^ (uint64_t{1} << bit));
+  for (SessionSecret presented : wrong) {
+    const Status status = engine_->Touch(session.id, alice, presented);
+    EXPECT_EQ(status.code(), StatusCode::kPermissionDenied) << status.ToString();
   }
-  EXPECT_EQ(ids.size(), 256u);
-  EXPECT_EQ(seen_bits, ~uint64_t{0});  // a 32-bit seed or a short id would leave bits unset
+  // Which part failed is not told: a wrong secret and a wrong peer read the same.
+  const Status wrong_secret = engine_->Touch(session.id, alice, other.secret);
+  const Status wrong_peer =
+      engine_->Touch(session.id, SessionPeer{101, 1000, 1000}, session.secret);
+  EXPECT_EQ(wrong_secret.ToString(), wrong_peer.ToString());
+  EXPECT_NE(wrong_secret.message().find(kSessionSecretHeader), std::string::npos)
+      << wrong_secret.ToString();
+  // An id that is not open is NOT_FOUND (ids are public); closing the session makes it so.
+  ASSERT_TRUE(engine_->CloseSession(session.id, "done").ok());
+  EXPECT_EQ(engine_->Touch(session.id, alice, session.secret).code(), StatusCode::kNotFound);
+}
+
+// A 32-bit seed or a short value would leave bits unset; repeats would mean a weak source.
+void ExpectRandom64(const std::function<StatusOr<uint64_t>()>& draw) {
+  std::set<uint64_t> values;
+  uint64_t seen_ones = 0, seen_zeros = 0;
+  for (int i = 0; i < 256; ++i) {
+    auto value = draw();
+    ASSERT_TRUE(value.ok()) << value.status().ToString();
+    values.insert(*value);
+    seen_ones |= *value;
+    seen_zeros |= ~*value;
+  }
+  EXPECT_EQ(values.size(), 256u);
+  EXPECT_EQ(seen_ones, ~uint64_t{0});
+  EXPECT_EQ(seen_zeros, ~uint64_t{0});
+}
+
+TEST_F(EngineSecurityTest, SessionIdsAndSecretsDoNotRepeatAndUseAllBits) {
+  ExpectRandom64(RandomSessionId);
+  ExpectRandom64(RandomSessionSecret);
+  // Through the engine: every session gets its own secret, drawn apart from its id.
+  ExpectRandom64([this]() -> StatusOr<uint64_t> {
+    const SessionInfo info = OpenInfo(0);
+    EXPECT_NE(info.secret, info.id);
+    return info.secret;
+  });
+}
+
+TEST_F(EngineSecurityTest, ACredentialNeedsThePeerAndEveryBitOfTheSecret) {
+  const SessionSecret secret = 0x0123456789abcdefULL;
+  const SessionPeer peer{7, 8, 9};
+  EXPECT_TRUE(HoldsSessionCredential(peer, secret, peer, secret));
+  for (int bit = 0; bit < 64; ++bit) {
+    EXPECT_FALSE(HoldsSessionCredential(peer, secret, peer, secret ^ (uint64_t{1} << bit)))
+        << "bit " << bit;
+  }
+  EXPECT_FALSE(HoldsSessionCredential(peer, secret, SessionPeer{7, 9, 9}, secret));
+  EXPECT_FALSE(HoldsSessionCredential(peer, secret, SessionPeer{}, secret));
 }
 
 TEST_F(EngineSecurityTest, ASecondSessionOfARankCannotJoinAGroupItsRankHolds) {
