@@ -1,7 +1,8 @@
 // Routing bind for UpdateHandle: validates expert ids on the device and normalises a
 // frontend's top-k routing into the handle's private buffers; any n <= T, no allocation, no
-// device-wide synchronisation. Small n runs as one block; from kRoutingChunkedMinTokens on,
-// when the handle's scratch holds ComputeRoutingScratch(n, ...) (kernels/routing_scratch.h),
+// device-wide synchronisation. Small n runs as one block; from RoutingChunkedFrom(...) on
+// (kernels/routing_scratch.h: 2048 tokens, 1024 with high-throughput, never below
+// kRoutingChunkedMinTokens), when the handle's scratch holds ComputeRoutingScratch(n, ...),
 // it runs as three grid-wide launches on the stream (count per chunk, scan, write) with
 // bit-identical results.
 //
