@@ -207,6 +207,8 @@ epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* 
   }
   const bool has_dispatch_format =
       config->struct_size >= offsetof(epd_group_config_t, scale_format) + sizeof(int32_t);
+  const bool has_high_throughput =
+      config->struct_size >= offsetof(epd_group_config_t, sm_budget) + sizeof(int32_t);
   epd::v1::GroupConfig cpp;
   cpp.set_name(config->name != nullptr ? config->name : "");
   cpp.set_world_size(config->world_size);
@@ -224,6 +226,10 @@ epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* 
   if (has_dispatch_format) {
     cpp.set_dispatch_dtype(static_cast<epd::v1::DType>(config->dispatch_dtype));
     cpp.set_scale_format(static_cast<epd::v1::ScaleFormat>(config->scale_format));
+  }
+  if (has_high_throughput) {
+    cpp.set_recv_capacity(config->recv_capacity);
+    cpp.set_sm_budget(config->sm_budget);
   }
   auto created = session->session->CreateGroup(cpp, persistent != 0);
   if (!created.ok()) return Report(created.status());

@@ -218,6 +218,11 @@ typedef struct {
    * rows plus one scale per 128 channels in scale_format (EPD_SCALE_FORMAT_*). */
   int32_t dispatch_dtype;
   int32_t scale_format;
+  /* Appended after version 2, high-throughput groups only (0 = the daemon's default):
+   * receive rows per rank (default R * T; more rows fail the dispatch with
+   * EPD_RESOURCE_EXHAUSTED) and the SMs its kernels may occupy (default 24). */
+  int32_t recv_capacity;
+  int32_t sm_budget;
 } epd_group_config_t;
 void epd_group_config_init(epd_group_config_t* config);
 /* filled_capacity (may be NULL) receives the expert capacity after defaults; for a

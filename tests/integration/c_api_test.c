@@ -182,6 +182,18 @@ int main(int argc, char** argv) {
         packed.recv_rank_offsets_offset != EPD_NO_TENSOR);
   CHECK(packed.expert_rows_offset != EPD_NO_TENSOR && packed.expert_rows_entries == 1024 * K);
   OK(epd_handle_destroy(prefill));
+  /* High-throughput bounds: the receive rows reach the daemon (and come back as the capacity);
+   * an SM budget out of range is refused naming the field. */
+  group.name = "prefill-small";
+  group.recv_capacity = 300;
+  group.sm_budget = 8;
+  OK(epd_group_create(session, &group, 0, &capacity));
+  CHECK(capacity == 300);
+  group.name = "prefill-wide";
+  group.recv_capacity = 0;
+  group.sm_budget = 100000;
+  FAILS(epd_group_create(session, &group, 0, NULL), EPD_INVALID_ARGUMENT, "sm_budget=100000");
+  group.sm_budget = 0;
   group.name = "g";
   group.max_tokens_per_rank = T;
   group.algorithm = EPD_ALGORITHM_DEFAULT;

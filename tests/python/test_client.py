@@ -162,6 +162,17 @@ class ClientTest(SessionTestCase):
         self.assertEqual(handle.view("expert_rows").shape, (rows * min(K, L),))
         self.assertIsNone(handle.view("recv_weights"))
 
+    def test_high_throughput_bounds_reach_the_daemon(self):
+        config = dict(GROUP, world_size=2, algorithm="high_throughput", recv_capacity=5,
+                      sm_budget=4)
+        self.assertEqual(self.session.create_group("ht-small", **config), 5)
+        handle = self.session.create_handle("ht-small")
+        self.assertEqual(handle.view("recv_x").shape, (5, GROUP["hidden"]))
+        config.update(sm_budget=100000)
+        with self.assertRaises(epd.EpdError) as raised:
+            self.session.create_group("ht-wide", **config)
+        self.assertIn("sm_budget=100000", str(raised.exception))
+
     def test_host_fences(self):
         fence = self.session.create_fence()
         self.assertFalse(fence.on_device)
