@@ -11,8 +11,16 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kVectorsPerLane = kCombineVectorsPerItem / 32;
-constexpr int kRowsInFlight = 4;  // k values whose loads are issued before accumulating
+// Item geometry: kLaneVectors 16-byte vectors per lane per row, kRowsInFlight rows (k values)
+// whose loads are issued before accumulating. Low-latency tokens have up to K rows (narrow
+// items, many rows in flight); high-throughput tokens one row per destination rank, so their
+// items are wider to keep as many bytes in flight per warp on the few SMs they may use.
+template <bool kWide>
+struct ItemShape {
+  static constexpr int kLaneVectors = kWide ? kCombineWideVectorsPerItem / 32
+                                            : kCombineVectorsPerItem / 32;
+  static constexpr int kRowsInFlight = kWide ? 2 : 4;
+};
 static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
 static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");
 
@@ -49,11 +57,14 @@ struct Vec<kTokenFp32> {
   __device__ static void Set(int4& v, int i, float f) { reinterpret_cast<float*>(&v)[i] = f; }
 };
 
-// One warp reduces columns [item_chunk * 64, +64) vectors of token t over its K selections.
-template <int kType>
+// One warp reduces columns [chunk * 32 * kLaneVectors, +32 * kLaneVectors) vectors of token t
+// over its K selections.
+template <int kType, bool kWide>
 __device__ void ReduceItem(const CombineParams& p, const char* const* bases, int t, int chunk,
                            int vectors) {
   using V = Vec<kType>;
+  constexpr int kVectorsPerLane = ItemShape<kWide>::kLaneVectors;
+  constexpr int kRowsInFlight = ItemShape<kWide>::kRowsInFlight;
   const int lane = threadIdx.x & 31, K = p.top_k;
   const int64_t row_bytes = static_cast<int64_t>(vectors) * 16;
   // Lane k holds selection k's source row (null when it contributes nothing) and weight.
@@ -73,7 +84,7 @@ __device__ void ReduceItem(const CombineParams& p, const char* const* bases, int
 #pragma unroll
     for (int i = 0; i < V::kElems; ++i) acc[j][i] = 0.0f;
   }
-  const int first_vector = chunk * kCombineVectorsPerItem + lane;
+  const int first_vector = chunk * kVectorsPerLane * 32 + lane;
   // Only the selections that contribute, in ascending k (the sum's order): rank-major and
   // high-throughput rows are sparse (one per destination rank), and batching only those keeps
   // kRowsInFlight rows of loads in flight instead of spending batches on absent ones.
@@ -172,7 +183,7 @@ __device__ bool OpeningBarrier(const CombineParams& p, uint64_t seq) {
   return ok;
 }
 
-template <int kType>
+template <int kType, bool kWide>
 __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p) {
   __shared__ const char* bases[kMaxRanks];
   SyncArea* me = SyncOf(p, p.rank);
@@ -203,10 +214,11 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
     __syncthreads();
     const int n = *p.bound_tokens;
     const int vectors = p.hidden * (kType == kTokenFp32 ? 4 : 2) / 16;
-    const int chunks = (vectors + kCombineVectorsPerItem - 1) / kCombineVectorsPerItem;
+    constexpr int kItemVectors = ItemShape<kWide>::kLaneVectors * 32;
+    const int chunks = (vectors + kItemVectors - 1) / kItemVectors;
     const int stride = gridDim.x * kWarps;
     for (int item = ticket * kWarps + (threadIdx.x >> 5); item < n * chunks; item += stride) {
-      ReduceItem<kType>(p, bases, item / chunks, item % chunks, vectors);
+      ReduceItem<kType, kWide>(p, bases, item / chunks, item % chunks, vectors);
     }
   }
   if (!detail::FinishBlock(me, /*remote_stores=*/false, seq) || (flags & kGoAbort)) return;
@@ -232,17 +244,19 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
 
 }  // namespace
 
-cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t stream) {
-  blocks = blocks < 1 ? 1 : blocks;
+namespace {
+
+template <bool kWide>
+cudaError_t LaunchCombineShape(const CombineParams& params, int blocks, cudaStream_t stream) {
   switch (params.token_type) {
     case kTokenBf16:
-      CombineKernel<kTokenBf16><<<blocks, kThreads, 0, stream>>>(params);
+      CombineKernel<kTokenBf16, kWide><<<blocks, kThreads, 0, stream>>>(params);
       break;
     case kTokenFp16:
-      CombineKernel<kTokenFp16><<<blocks, kThreads, 0, stream>>>(params);
+      CombineKernel<kTokenFp16, kWide><<<blocks, kThreads, 0, stream>>>(params);
       break;
     case kTokenFp32:
-      CombineKernel<kTokenFp32><<<blocks, kThreads, 0, stream>>>(params);
+      CombineKernel<kTokenFp32, kWide><<<blocks, kThreads, 0, stream>>>(params);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -250,13 +264,24 @@ cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t 
   return cudaGetLastError();
 }
 
+}  // namespace
+
+cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t stream) {
+  blocks = blocks < 1 ? 1 : blocks;
+  return params.wide_items ? LaunchCombineShape<true>(params, blocks, stream)
+                           : LaunchCombineShape<false>(params, blocks, stream);
+}
+
 namespace detail {
 
-// Every token type LaunchCombine can pick.
+// Every token type and item shape LaunchCombine can pick.
 cudaError_t PreloadCombineKernels() {
-  for (const void* kernel : {reinterpret_cast<const void*>(&CombineKernel<kTokenBf16>),
-                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp16>),
-                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp32>)}) {
+  for (const void* kernel : {reinterpret_cast<const void*>(&CombineKernel<kTokenBf16, false>),
+                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp16, false>),
+                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp32, false>),
+                             reinterpret_cast<const void*>(&CombineKernel<kTokenBf16, true>),
+                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp16, true>),
+                             reinterpret_cast<const void*>(&CombineKernel<kTokenFp32, true>)}) {
     if (const cudaError_t e = LoadKernel(kernel); e != cudaSuccess) return e;
   }
   return cudaSuccess;

@@ -43,6 +43,9 @@ struct CombineParams {
   // valid only in the process that published it.
   int expert_out_in_place = 0;
   int experts = 0;  // needed with expert_out_in_place (the inbox stride)
+  // 1: wide work items (kCombineWideVectorsPerItem; high-throughput: one row per destination
+  // rank per token, a few SMs), size the grid with the same item (CombineBlocks).
+  int wide_items = 0;
   const PeerTable* peers = nullptr;  // this rank's, in device memory (SyncAreas)
   const uint64_t* abort = nullptr;   // the group's host-mapped abort word
   // The op's sequence number; 0: device-numbered (graph-replayable), one above the larger
@@ -59,5 +62,6 @@ cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t 
 // Vectors of 16 bytes a warp reduces per work item (two per lane); the host sizes grids
 // with it.
 constexpr int kCombineVectorsPerItem = 64;
+constexpr int kCombineWideVectorsPerItem = 128;
 
 }  // namespace epd::kernels

@@ -40,9 +40,11 @@ inline int DispatchBlocks(const DispatchParams& p, int num_tokens, int max_block
   return GridBlocksFor(rows * DispatchRowParts(p), max_blocks);
 }
 
-inline int CombineBlocks(int64_t row_bytes, int num_tokens, int max_blocks) {
+inline int CombineBlocks(int64_t row_bytes, int num_tokens, int max_blocks,
+                         bool wide_items = false) {
   const int64_t vectors = row_bytes / 16;
-  const int64_t chunks = (vectors + kCombineVectorsPerItem - 1) / kCombineVectorsPerItem;
+  const int64_t item = wide_items ? kCombineWideVectorsPerItem : kCombineVectorsPerItem;
+  const int64_t chunks = (vectors + item - 1) / item;
   return GridBlocksFor(int64_t{num_tokens} * chunks, max_blocks);
 }
 

@@ -246,8 +246,10 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   const int max_blocks = c.high_throughput()
                              ? std::min(group.max_blocks_, c.effective_sm_budget())
                              : group.max_blocks_;
+  params.wide_items = c.high_throughput() ? 1 : 0;
   EPD_CUDA_CHECK(kernels::LaunchCombine(
-      params, kernels::CombineBlocks(row_bytes, n, max_blocks), lane.stream()));
+      params, kernels::CombineBlocks(row_bytes, n, max_blocks, params.wide_items != 0),
+      lane.stream()));
   return OkStatus();
 }
 
