@@ -88,7 +88,7 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
   }
   OpDone finish = FinishOnce(ctx, kind, std::move(done));
   std::function<void()> release = [this, session = ctx.session, started = ctx.started] {
-    if (started->load()) session->ops_running.fetch_sub(1);
+    if (started->exchange(false)) session->ops_running.fetch_sub(1);
     std::lock_guard lock(mutex_);
     if (--in_flight_ == 0) idle_.notify_all();
   };
@@ -199,6 +199,9 @@ void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
                     [handle, keep, blocking, finish, release, on_device_error](Status done) {
                       if (!done.ok() && on_device_error) on_device_error(done);
                       if (blocking) {
+                        // NOTE: uncounted before the answer, so a client that got it never
+                        // sees the op as running (tests wait on ops_running).
+                        if (keep->started->exchange(false)) keep->session->ops_running.fetch_sub(1);
                         finish(std::move(done));
                       } else if (!done.ok()) {
                         EPD_LOG(kCore, error, "group '{}' rank {}: asynchronous op failed: {}",

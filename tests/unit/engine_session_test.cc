@@ -47,6 +47,8 @@ TEST_F(EngineTest, ClosingASessionFailsPeersWaitingInACollective) {
   OpOptions blocking;
   blocking.blocking = true;
   Waiter w;
+  // The layer's ops were answered: none of them may still count as running.
+  ASSERT_EQ(WaitForOpsRunning(*engine_, frontends_[0]->session, 0), 0u);
   const auto start = Clock::now();
   ASSERT_TRUE(
       engine_
