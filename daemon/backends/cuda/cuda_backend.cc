@@ -241,6 +241,10 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
   if (options_.max_blocks_per_op > 0) {
     group->max_blocks_ = std::min(group->max_blocks_, options_.max_blocks_per_op);
   }
+  if (config.high_throughput()) {
+    // The SM budget bounds the grid: one block per SM keeps the other SMs for the frontend.
+    group->max_blocks_ = std::min(group->max_blocks_, config.effective_sm_budget());
+  }
   if (options_.create_nccl_comms) {
     std::vector<int> sorted = group->devices_;
     std::sort(sorted.begin(), sorted.end());

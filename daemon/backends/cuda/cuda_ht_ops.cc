@@ -1,7 +1,6 @@
 // The high-throughput dispatch launch of the cuda backend (kernels/ht_dispatch.cuh): the
 // routing plan bound by UpdateHandle, this rank's exported metadata, at most sm_budget blocks.
 // Combine of these groups is the shared combine kernel (cuda_ops.cc) on the packed rows.
-#include <algorithm>
 
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "common/cuda_check.h"
@@ -58,9 +57,7 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
   params.timeout_ns = timeout_ns();
   params.error =
       lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
-  // The SM budget bounds the grid: one block per SM keeps the other SMs for the frontend.
-  const int blocks = std::max(1, std::min(group.max_blocks_, c.effective_sm_budget()));
-  EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, blocks, lane.stream()));
+  EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, group.max_blocks_, lane.stream()));
   return OkStatus();
 }
 

@@ -109,7 +109,7 @@ class CudaGroup : public BackendGroup {
   std::vector<OpLane*> lanes_;  // by group rank; null until the rank's first handle
   LazyNcclComms nccl_;  // created by the first collective that needs NCCL
   int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
-  int max_blocks_ = 1;  // grid bound of the collectives
+  int max_blocks_ = 1;  // grid bound of the collectives (high-throughput: its SM budget)
 };
 
 // Private, daemon-only buffers of a handle (the exported region is HandleLayout's).

@@ -243,12 +243,9 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.error = lane.ClaimRecord(
       PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
   const int64_t row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
-  const int max_blocks = c.high_throughput()
-                             ? std::min(group.max_blocks_, c.effective_sm_budget())
-                             : group.max_blocks_;
   params.wide_items = c.high_throughput() ? 1 : 0;
   EPD_CUDA_CHECK(kernels::LaunchCombine(
-      params, kernels::CombineBlocks(row_bytes, n, max_blocks, params.wide_items != 0),
+      params, kernels::CombineBlocks(row_bytes, n, group.max_blocks_, params.wide_items != 0),
       lane.stream()));
   return OkStatus();
 }
