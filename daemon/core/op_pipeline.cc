@@ -3,6 +3,15 @@
 #include "daemon/core/log.h"
 
 namespace epd {
+namespace {
+
+// An op counts in its session's ops_running from when its worker handed it to the backend
+// until its answer (blocking) or its lane passing it, whichever comes first; once.
+void StopRunning(Session& session, std::atomic<bool>& started) {
+  if (started.exchange(false)) session.ops_running.fetch_sub(1);
+}
+
+}  // namespace
 
 OpPipeline::OpPipeline(Backend& backend, int ranks, uint64_t ops_in_flight_limit,
                        OpFinished on_op_finished)
@@ -88,7 +97,7 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
   }
   OpDone finish = FinishOnce(ctx, kind, std::move(done));
   std::function<void()> release = [this, session = ctx.session, started = ctx.started] {
-    if (started->exchange(false)) session->ops_running.fetch_sub(1);
+    StopRunning(*session, *started);
     std::lock_guard lock(mutex_);
     if (--in_flight_ == 0) idle_.notify_all();
   };
@@ -201,7 +210,7 @@ void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
                       if (blocking) {
                         // NOTE: uncounted before the answer, so a client that got it never
                         // sees the op as running (tests wait on ops_running).
-                        if (keep->started->exchange(false)) keep->session->ops_running.fetch_sub(1);
+                        StopRunning(*keep->session, *keep->started);
                         finish(std::move(done));
                       } else if (!done.ok()) {
                         EPD_LOG(kCore, error, "group '{}' rank {}: asynchronous op failed: {}",
