@@ -8,59 +8,27 @@
 
 #include "common/fence_page.h"
 #include "tests/gpu/moe_harness.h"
+#include "tests/gpu/two_rank_fixture.h"
 
 namespace epd::gputest {
 namespace {
 
 using std::chrono::milliseconds;
 
-std::vector<int> TwoRankDevices() {
-  return GpuCount() >= 2 ? std::vector<int>{0, 1} : std::vector<int>{0, 0};
-}
-
-// A private backend (a stuck wait must not outlive the test on the binary's shared one) whose
-// op_timeout is far longer than any op of the test takes: an op that waited for another
-// group's stuck op would fail with DEADLINE_EXCEEDED only after it.
-std::unique_ptr<Backend> LongTimeoutBackend() {
-  CudaBackendOptions options;
-  options.devices = TwoRankDevices();
-  options.op_timeout = milliseconds(60'000);
-  options.create_nccl_comms = false;
-  options.max_blocks_per_op = 8;
-  auto backend = CreateCudaBackend(options);
-  EXPECT_TRUE(backend.ok()) << backend.status().ToString();
-  return backend.ok() ? std::move(backend).value() : nullptr;
-}
-
-CaseSpec Spec(const std::string& name) {
-  CaseSpec spec;
-  spec.name = name;
-  spec.ranks = 2;
-  spec.experts = 8;
-  spec.hidden = 512;
-  spec.tokens = 16;
-  spec.top_k = 2;
-  return spec;
-}
-
-std::vector<RankInput> Bind(MoeHarness& harness, uint64_t seed) {
-  auto inputs = harness.MakeInputs(RoutingKind::kRandom, {16, 16}, seed, false, true);
-  for (const Status& s : harness.Update(inputs)) EXPECT_TRUE(s.ok()) << s.ToString();
-  return inputs;
-}
-
 TEST(CudaLaneIsolation, AGroupsNeverSignalledFenceLeavesAnotherGroupOnTheSameRankRunning) {
   EPD_REQUIRE_GPUS(1);
-  auto backend = LongTimeoutBackend();
+  // A private backend whose op_timeout is far longer than any op of the test takes: an op that
+  // waited for another group's stuck op would fail with DEADLINE_EXCEEDED only after it.
+  auto backend = TwoRankBackend(milliseconds(60'000));
   ASSERT_NE(backend, nullptr);
   {
-    MoeHarness stuck(*backend, Spec("lane_stuck"), TwoRankDevices());
-    MoeHarness running(*backend, Spec("lane_free"), TwoRankDevices());
+    MoeHarness stuck(*backend, TwoRankSpec("lane_stuck"), TwoRankDevices());
+    MoeHarness running(*backend, TwoRankSpec("lane_free"), TwoRankDevices());
     auto fence = backend->CreateFence(0);
     ASSERT_TRUE(fence.ok()) << fence.status().ToString();
     ASSERT_TRUE(backend->WaitFence(stuck.handle(0), **fence, 1).ok());  // nobody signals yet
 
-    auto inputs = Bind(running, 31);
+    auto inputs = BindTwoRanks(running, 31);
     for (const Status& s : running.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
     running.ExpectDispatchMatches(inputs, {16, 16});
     for (const Status& s : running.Combine(false, 32)) ASSERT_TRUE(s.ok()) << s.ToString();
@@ -77,13 +45,15 @@ TEST(CudaLaneIsolation, AGroupsNeverSignalledFenceLeavesAnotherGroupOnTheSameRan
 
 TEST(CudaLaneIsolation, TwoGroupsEnqueuedInOppositeOrdersOnTwoRanksBothComplete) {
   EPD_REQUIRE_GPUS(1);
-  auto backend = LongTimeoutBackend();
+  // A private backend whose op_timeout is far longer than any op of the test takes: an op that
+  // waited for another group's stuck op would fail with DEADLINE_EXCEEDED only after it.
+  auto backend = TwoRankBackend(milliseconds(60'000));
   ASSERT_NE(backend, nullptr);
   {
-    MoeHarness a(*backend, Spec("lane_a"), TwoRankDevices());
-    MoeHarness b(*backend, Spec("lane_b"), TwoRankDevices());
-    auto a_inputs = Bind(a, 41);
-    auto b_inputs = Bind(b, 42);
+    MoeHarness a(*backend, TwoRankSpec("lane_a"), TwoRankDevices());
+    MoeHarness b(*backend, TwoRankSpec("lane_b"), TwoRankDevices());
+    auto a_inputs = BindTwoRanks(a, 41);
+    auto b_inputs = BindTwoRanks(b, 42);
     // Rank 0: a then b; rank 1: b then a. On one stream per rank each rank's first dispatch
     // would wait for a peer op queued behind the peer's first one.
     ASSERT_TRUE(backend->Dispatch(a.handle(0), a.DispatchArgsOf(0)).ok());

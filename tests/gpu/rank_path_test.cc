@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "tests/gpu/moe_harness.h"
+#include "tests/gpu/two_rank_fixture.h"
 
 namespace epd::gputest {
 namespace {
@@ -16,46 +17,9 @@ namespace {
 using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 
-// The CUDA device of each of the two node ranks: GPUs 0 and 1, or GPU 0 twice.
-std::vector<int> TwoRankDevices() {
-  return GpuCount() >= 2 ? std::vector<int>{0, 1} : std::vector<int>{0, 0};
-}
-
-// A private backend (abort and shutdown must not touch the binary's shared one) with two node
-// ranks on TwoRankDevices().
-std::unique_ptr<Backend> TwoRankBackend(milliseconds op_timeout) {
-  CudaBackendOptions options;
-  options.devices = TwoRankDevices();
-  options.op_timeout = op_timeout;
-  options.create_nccl_comms = false;
-  options.max_blocks_per_op = 8;  // two ranks' kernels resident together on one GPU
-  auto backend = CreateCudaBackend(options);
-  EXPECT_TRUE(backend.ok()) << backend.status().ToString();
-  return backend.ok() ? std::move(backend).value() : nullptr;
-}
-
-CaseSpec TwoRankSpec(const std::string& name) {
-  CaseSpec spec;
-  spec.name = name;
-  spec.ranks = 2;
-  spec.experts = 8;
-  spec.hidden = 512;
-  spec.tokens = 16;
-  spec.top_k = 2;
-  return spec;
-}
-
-// Two-rank harness over `backend`, routing bound on both ranks.
-std::vector<RankInput> Bind(MoeHarness& harness, uint64_t seed) {
-  const std::vector<int> n = {16, 16};
-  auto inputs = harness.MakeInputs(RoutingKind::kRandom, n, seed, false, true);
-  for (const Status& s : harness.Update(inputs)) EXPECT_TRUE(s.ok()) << s.ToString();
-  return inputs;
-}
-
 void ExpectFullRound(MoeHarness& harness, uint64_t seed) {
   const std::vector<int> n = {16, 16};
-  auto inputs = Bind(harness, seed);
+  auto inputs = BindTwoRanks(harness, seed);
   for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
   harness.ExpectDispatchMatches(inputs, n);
   for (const Status& s : harness.Combine(false, seed + 1)) ASSERT_TRUE(s.ok()) << s.ToString();
@@ -68,7 +32,7 @@ TEST(CudaRankPath, ALateRankFindsItsPeersOpsAlreadyOnTheirStreamsAndResultsStayE
   ASSERT_NE(backend, nullptr);
   {
     MoeHarness harness(*backend, TwoRankSpec("late_rank"), TwoRankDevices());
-    auto inputs = Bind(harness, 11);
+    auto inputs = BindTwoRanks(harness, 11);
     const auto statuses = harness.DispatchWithLateRank(1, [&] {
       // Rank 0's dispatch was enqueued without waiting for rank 1: it is on its stream now,
       // spinning for rank 1's counts, and stays there while rank 1 is late.
@@ -89,7 +53,7 @@ TEST(CudaRankPath, ARankThatRejectsItsArgumentsReleasesItsWaitingPeerAtOnce) {
   ASSERT_NE(backend, nullptr);
   {
     MoeHarness harness(*backend, TwoRankSpec("rejected"), TwoRankDevices());
-    Bind(harness, 21);
+    BindTwoRanks(harness, 21);
     const auto start = Clock::now();
     DeviceBuffer x(0, 16 * 512 * 2);
     DispatchArgs good;
@@ -114,7 +78,7 @@ TEST(CudaRankPath, ALoneRankTimesOutNamingThePeerAndTheLatePeerFailsAtOnce) {
   ASSERT_NE(backend, nullptr);
   {
     MoeHarness harness(*backend, TwoRankSpec("lone"), TwoRankDevices());
-    Bind(harness, 31);
+    BindTwoRanks(harness, 31);
     DeviceBuffer x(0, 16 * 512 * 2), out(0, 16 * 512 * 2);
     DispatchArgs dispatch;
     dispatch.x = TensorView{x.data(), DType::kBf16, {16, 512}};
@@ -150,7 +114,7 @@ TEST(CudaAbort, AbortGroupReleasesAWaitingDispatchAndTheGroupRecovers) {
   ASSERT_NE(backend, nullptr);
   {
     MoeHarness harness(*backend, TwoRankSpec("aborted"), TwoRankDevices());
-    Bind(harness, 41);
+    BindTwoRanks(harness, 41);
     DeviceBuffer x(0, 16 * 512 * 2);
     DispatchArgs dispatch;
     dispatch.x = TensorView{x.data(), DType::kBf16, {16, 512}};
@@ -174,7 +138,7 @@ TEST(CudaAbort, ShutdownReleasesAStuckFenceWaitAndEveryLaterWait) {
   ASSERT_NE(backend, nullptr);
   {
     MoeHarness harness(*backend, TwoRankSpec("shutdown"), TwoRankDevices());
-    Bind(harness, 51);
+    BindTwoRanks(harness, 51);
     auto fence = backend->CreateFence(0);
     ASSERT_TRUE(fence.ok()) << fence.status().ToString();
     ASSERT_TRUE(backend->WaitFence(harness.handle(0), **fence, 5).ok());  // never signalled
