@@ -70,17 +70,20 @@ def reference(x, idx, w, scale):
     return recv_x, torch.tensor(counts, dtype=torch.int32), acc.to(torch.bfloat16)
 
 
-class GpuLayerTest(unittest.TestCase):
+class _OneGpuLayer(unittest.TestCase):
+    """A private cuda daemon on GPU 0 with one bf16 group and a Buffer on DATA_PATH."""
+    GROUP = None
+    DATA_PATH = None
+
     @classmethod
     def setUpClass(cls):
         torch.cuda.set_device(0)
         cls.daemon = Daemon(backend="cuda", gpus="0")
         cls.client = epd.Client(cls.daemon.address)
-        cls.session = cls.client.open_session(0, "gpu-python-test")
-        cls.session.create_group("gpu", world_size=1, experts=E, hidden=H,
+        cls.session = cls.client.open_session(0, f"{cls.GROUP}-python-test")
+        cls.session.create_group(cls.GROUP, world_size=1, experts=E, hidden=H,
                                  max_tokens_per_rank=T, top_k=K, dtype="bf16")
-        # The daemon path (fences, graphs of posted ops) whatever the node would default to.
-        cls.handle = cls.session.create_handle("gpu", data_path="daemon")
+        cls.handle = cls.session.create_handle(cls.GROUP, data_path=cls.DATA_PATH)
         cls.buf = epd.Buffer(cls.session, cls.handle)
 
     @classmethod
@@ -89,6 +92,12 @@ class GpuLayerTest(unittest.TestCase):
         cls.session.close()
         cls.client.close()
         cls.daemon.stop()
+
+
+class GpuLayerTest(_OneGpuLayer):
+    # The daemon path (fences, graphs of posted ops) whatever the node would default to.
+    GROUP = "gpu"
+    DATA_PATH = "daemon"
 
     def layer(self, x, idx, w, scale, blocking=None):
         recv = self.buf.dispatch(x, idx, w, blocking=blocking)
@@ -215,27 +224,11 @@ if __name__ == "__main__":
     unittest.main()
 
 
-class GpuFrontendLayerTest(unittest.TestCase):
+class GpuFrontendLayerTest(_OneGpuLayer):
     """The same layer on the frontend-launched data path: the kernels run on the torch stream
     of this process, so the daemon runs (and counts) no dispatch or combine."""
-
-    @classmethod
-    def setUpClass(cls):
-        torch.cuda.set_device(0)
-        cls.daemon = Daemon(backend="cuda", gpus="0")
-        cls.client = epd.Client(cls.daemon.address)
-        cls.session = cls.client.open_session(0, "gpu-python-frontend-test")
-        cls.session.create_group("gpu-frontend", world_size=1, experts=E, hidden=H,
-                                 max_tokens_per_rank=T, top_k=K, dtype="bf16")
-        cls.handle = cls.session.create_handle("gpu-frontend", data_path="frontend")
-        cls.buf = epd.Buffer(cls.session, cls.handle)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.buf.close()
-        cls.session.close()
-        cls.client.close()
-        cls.daemon.stop()
+    GROUP = "gpu-frontend"
+    DATA_PATH = "frontend"
 
     def test_bit_exact_without_daemon_ops(self):
         self.assertEqual(self.handle.data_path, "frontend")
