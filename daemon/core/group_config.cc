@@ -148,12 +148,6 @@ Status GroupConfig::Validate(int node_ranks) const {
           "implemented; use algorithm = low_latency for fp8 dispatch",
           name);
     }
-    if (spans_nodes) {
-      return UnimplementedError(
-          "group '{}': spans_nodes with algorithm = high_throughput is not implemented; use "
-          "algorithm = low_latency for groups that span nodes",
-          name);
-    }
     const int64_t most_rows = static_cast<int64_t>(world) * max_tokens_per_rank;
     if (recv_capacity > most_rows) {
       return InvalidArgumentError(

@@ -83,8 +83,9 @@ struct GroupConfig {
     return static_cast<size_t>(scale_blocks()) * ScaleBytes(scale_format);
   }
   // Turns Algorithm::kAuto into a concrete algorithm: high_throughput when
-  // max_tokens_per_rank >= kAutoHighThroughputMinTokens (and the group neither dispatches fp8
-  // nor spans nodes, which high_throughput does not support yet), else low_latency. Other
+  // max_tokens_per_rank >= kAutoHighThroughputMinTokens (and the group neither dispatches fp8,
+  // which high_throughput does not support yet, nor spans nodes: only the cpu backend serves
+  // spanning high_throughput groups, so they ask for it by name), else low_latency. Other
   // values stay.
   void ResolveAlgorithm();
   // Group rank of a node rank, or -1 when the node rank is not a member.

@@ -9,14 +9,13 @@
 #include <cstring>
 
 #include "tests/integration/client_test_support.h"
+#include "tests/integration/high_throughput_table.h"
 
 namespace epd::testing {
 namespace {
 
 using example::Problem;
 using example::RankInputs;
-
-enum class Routing { kRandom, kAllMinusOne, kHotExpert };
 
 Problem HighThroughputProblem(int ranks) {
   Problem p;
@@ -28,19 +27,6 @@ Problem HighThroughputProblem(int ranks) {
   p.dtype = v1::DTYPE_BF16;
   p.algorithm = v1::ALGORITHM_HIGH_THROUGHPUT;
   return p;
-}
-
-RankInputs Inputs(const Problem& p, int rank, int iteration, int n, Routing routing) {
-  RankInputs in = example::MakeInputs(p, 11, rank, iteration, n, /*dyadic_weights=*/false);
-  for (int t = 0; t < n; ++t) {
-    for (int k = 0; k < p.top_k; ++k) {
-      int32_t& e = in.topk_idx[static_cast<size_t>(t) * p.top_k + k];
-      if (routing == Routing::kAllMinusOne) e = -1;
-      // Expert 1 at k 0 and the next experts after it: every token crosses to rank 0.
-      if (routing == Routing::kHotExpert) e = (1 + k) % p.experts;
-    }
-  }
-  return in;
 }
 
 // The packed layout of rank d, from the docs: for s ascending, t ascending, one row when any
@@ -135,13 +121,13 @@ TEST_P(HighThroughputTest, TableCasesMatchTheLayoutAndCombineBitForBit) {
   options.group = UniqueName("ht");
   auto world = MakeRanks(daemon_->address(), p, options);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
-  const int table_n[4] = {0, 1, p.max_tokens - 1, p.max_tokens};
   int iteration = 0;
-  for (Routing routing : {Routing::kRandom, Routing::kAllMinusOne, Routing::kHotExpert}) {
-    for (int rotation = 0; rotation < 4; ++rotation, ++iteration) {
+  for (HtRouting routing : kHtRoutings) {
+    for (int rotation = 0; rotation < kHtRotations; ++rotation, ++iteration) {
       std::vector<RankInputs> inputs;
       for (int s = 0; s < p.ranks; ++s) {
-        inputs.push_back(Inputs(p, s, iteration, table_n[(s + rotation) % 4], routing));
+        inputs.push_back(
+            HtTableInputs(p, s, iteration, HtTableTokens(p, s, rotation), routing));
       }
       const std::vector<Status> statuses = RunOnRanks(p.ranks, [&](int d) -> Status {
         example::RankRunner& runner = *(*world)[d].runner;
@@ -153,7 +139,7 @@ TEST_P(HighThroughputTest, TableCasesMatchTheLayoutAndCombineBitForBit) {
         EPD_RETURN_IF_ERROR(
             session.Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions()));
         const std::string where =
-            fmt::format("rank {} routing {} rotation {}", d, static_cast<int>(routing), rotation);
+            fmt::format("rank {} routing {} rotation {}", d, HtRoutingName(routing), rotation);
         EPD_RETURN_IF_ERROR(CheckPacked(p, d, inputs, runner.view()).WithContext(where));
         example::RunExperts(p, d, runner.view(), example::ScaleByExpertPlusOne);
         EPD_RETURN_IF_ERROR(session.Combine(runner.handle_id(), runner.out_ref(n), std::nullopt,
@@ -195,21 +181,21 @@ TEST_P(HighThroughputTest, RowCapacityOverflowFailsEveryRankAndTheCombineAfterIt
   options.group = UniqueName("ht-capacity");
   auto world = MakeRanks(daemon_->address(), p, options);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
-  auto layer = [&](Routing routing, int n) {
+  auto layer = [&](HtRouting routing, int n) {
     return RunOnRanks(p.ranks, [&](int r) -> Status {
       example::RankRunner& runner = *(*world)[r].runner;
-      EPD_RETURN_IF_ERROR(runner.Stage(Inputs(p, r, 0, n, routing)));
+      EPD_RETURN_IF_ERROR(runner.Stage(HtTableInputs(p, r, 0, n, routing)));
       EPD_RETURN_IF_ERROR(runner.session().Update(runner.handle_id(), runner.topk_ref(n),
                                                   runner.weights_ref(n), BlockingOptions()));
       return runner.session().Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions());
     });
   };
-  for (const Status& status : layer(Routing::kRandom, 1)) {
+  for (const Status& status : layer(HtRouting::kRandom, 1)) {
     ASSERT_TRUE(status.ok()) << status.ToString();
   }
   const std::string rows = fmt::format("{} rows", p.ranks * p.max_tokens);
   const std::string capacity = fmt::format("recv_capacity={}", p.max_tokens);
-  for (const Status& status : layer(Routing::kHotExpert, p.max_tokens)) {
+  for (const Status& status : layer(HtRouting::kHotExpert, p.max_tokens)) {
     EXPECT_EPD_ERROR(status, StatusCode::kResourceExhausted, "group rank 0", rows, capacity);
   }
   const std::vector<Status> combined = RunOnRanks(p.ranks, [&](int r) -> Status {
@@ -222,7 +208,7 @@ TEST_P(HighThroughputTest, RowCapacityOverflowFailsEveryRankAndTheCombineAfterIt
   }
   // Within capacity again: a whole layer works.
   const std::vector<Status> again = RunOnRanks(p.ranks, [&](int r) {
-    return (*world)[r].runner->RunAndCheck(Inputs(p, r, 1, 1, Routing::kRandom),
+    return (*world)[r].runner->RunAndCheck(HtTableInputs(p, r, 1, 1, HtRouting::kRandom),
                                            example::Identity, false);
   });
   for (const Status& status : again) EXPECT_TRUE(status.ok()) << status.ToString();

@@ -1,10 +1,12 @@
 // A group spanning 2 and 3 cpu daemons on loopback gives, on every rank, the same receive
-// buffers and combine output, byte for byte, as one daemon hosting all R ranks: both layouts,
-// several dtypes, fp8 dispatch, varying token counts.
+// buffers and combine output, byte for byte, as one daemon hosting all R ranks: both
+// low-latency layouts, several dtypes, fp8 dispatch, varying token counts; and the
+// high-throughput table (token counts, routings, recv_capacity overflow).
 #include <gtest/gtest.h>
 
 #include <tuple>
 
+#include "tests/integration/high_throughput_table.h"
 #include "tests/integration/multinode_support.h"
 
 namespace epd::testing {
@@ -23,15 +25,21 @@ std::vector<uint8_t> Snapshot(example::RankRunner& runner, int num_tokens) {
   };
   const auto rows = static_cast<size_t>(v.recv_rows());
   const int K = runner.problem().top_k;
+  // High-throughput: every recv_capacity row, stale ones too (both runs have one history).
+  const bool ht = v.high_throughput();
   add(v.recv_x(), rows * v.row_bytes());
-  add(v.recv_src(), rows * 3 * sizeof(int32_t));
+  add(v.recv_src(), rows * (ht ? 2 : 3) * sizeof(int32_t));
   add(v.recv_weights(), rows * sizeof(float));
   add(v.recv_topk_idx(), rows * K * sizeof(int32_t));
   add(v.recv_topk_weights(), rows * K * sizeof(float));
   add(v.recv_scales(), rows * v.scale_row_bytes());
-  const size_t counts = v.expert_major() ? runner.problem().local_experts() : runner.problem().ranks;
+  const size_t counts = v.expert_major() || ht ? runner.problem().local_experts()
+                                               : runner.problem().ranks;
   add(v.recv_counts(), counts * sizeof(int32_t));
-  add(v.recv_offsets(), counts * sizeof(int32_t));
+  add(v.recv_offsets(), (counts + (ht ? 1 : 0)) * sizeof(int32_t));
+  add(v.recv_rank_counts(), runner.problem().ranks * sizeof(int32_t));
+  add(v.recv_rank_offsets(), runner.problem().ranks * sizeof(int32_t));
+  add(v.expert_rows(), v.info().buffers().expert_rows_entries() * sizeof(int32_t));
   add(runner.out(), static_cast<size_t>(num_tokens) * runner.problem().row_bytes());
   return bytes;
 }
@@ -138,6 +146,127 @@ TEST_F(SpanningLayoutTest, CapacityOverflowIsReportedOnEveryNode) {
       EXPECT_EPD_ERROR(status, StatusCode::kResourceExhausted, "expert_capacity=1");
     }
   }
+}
+
+// A high-throughput problem over `nodes` nodes; fp8: 0 none, 1 the daemon quantizes, 2 the
+// frontend passes pre-quantized x and scales.
+Problem HighThroughputProblem(int nodes, int fp8, v1::ScaleFormat scales) {
+  Problem p;
+  p.ranks = nodes * kRanksPerNode;
+  p.experts = 2 * p.ranks;
+  p.hidden = fp8 ? 256 : 64;
+  p.max_tokens = 8;
+  p.top_k = 3;
+  p.algorithm = v1::ALGORITHM_HIGH_THROUGHPUT;
+  p.fp8 = fp8 != 0;
+  p.prequantized = fp8 == 2;
+  p.scale_format = scales;
+  return p;
+}
+
+// Every case of the high-throughput table (high_throughput_table.h) on one daemon and on a
+// group spanning `nodes` daemons with the same R: each rank's combine is the expected one, and
+// its packed layout and combine output are the one daemon's, byte for byte.
+void ExpectHighThroughputTableMatches(DaemonProcess& single, LoopbackCluster& cluster, int nodes,
+                                      int fp8, v1::ScaleFormat scales) {
+  const Problem p = HighThroughputProblem(nodes, fp8, scales);
+  example::RankRunnerOptions options;
+  options.group = UniqueName("ht-one");
+  auto alone = MakeRanks(single.address(), p, options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  Problem spanning = p;
+  spanning.spans_nodes = true;
+  options.group = UniqueName("ht-span");
+  auto world = MakeSpanningRanks(cluster, spanning, options);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+
+  int iteration = 0;
+  for (HtRouting routing : kHtRoutings) {
+    for (int rotation = 0; rotation < kHtRotations; ++rotation, ++iteration) {
+      const std::string where = fmt::format("routing {} rotation {}", HtRoutingName(routing),
+                                            rotation);
+      auto layer = [&](std::vector<RankClient>& ranks) {
+        std::vector<std::vector<uint8_t>> snapshots(p.ranks);
+        const std::vector<Status> statuses = RunOnRanks(p.ranks, [&](int r) {
+          example::RankRunner& runner = *ranks[r].runner;
+          const int n = HtTableTokens(p, r, rotation);
+          const example::RankInputs in = HtTableInputs(p, r, iteration, n, routing);
+          Status status =
+              runner.RunAndCheck(in, example::ScaleByExpertPlusOne, /*fenced=*/iteration % 2 == 1);
+          if (status.ok()) snapshots[r] = Snapshot(runner, n);
+          return status.WithContext(fmt::format("rank {} {}", r, where));
+        });
+        for (const Status& status : statuses) EXPECT_TRUE(status.ok()) << status.ToString();
+        return snapshots;
+      };
+      const auto expected = layer(*alone);
+      const auto got = layer(*world);
+      for (int r = 0; r < p.ranks; ++r) {
+        EXPECT_EQ(got[r], expected[r]) << "rank " << r << " " << where;
+      }
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+}
+
+TEST_F(SpanningLayoutTest, HighThroughputTableMatchesOneDaemonOnTwoNodes) {
+  ExpectHighThroughputTableMatches(*single_, *clusters_[2], 2, 0, v1::SCALE_FORMAT_FP32);
+}
+TEST_F(SpanningLayoutTest, HighThroughputTableMatchesOneDaemonOnThreeNodes) {
+  ExpectHighThroughputTableMatches(*single_, *clusters_[3], 3, 0, v1::SCALE_FORMAT_FP32);
+}
+
+// recv_capacity overflow on a spanning group is the one daemon's error on every rank of every
+// node (the rows are counted from the exchanged headers); the combine after it fails, and a
+// layer within capacity works again.
+TEST_F(SpanningLayoutTest, HighThroughputOverflowIsTheOneDaemonErrorOnEveryNode) {
+  Problem p = HighThroughputProblem(2, 0, v1::SCALE_FORMAT_FP32);
+  p.recv_capacity = p.max_tokens;  // rank 0 receives every rank's tokens under a hot expert
+  example::RankRunnerOptions options;
+  options.group = UniqueName("ht-one-full");
+  const std::string alone_group = options.group;
+  auto alone = MakeRanks(single_->address(), p, options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  Problem spanning = p;
+  spanning.spans_nodes = true;
+  options.group = UniqueName("ht-span-full");
+  const std::string spanning_group = options.group;
+  auto world = MakeSpanningRanks(*clusters_[2], spanning, options);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+
+  auto overflow = [&](std::vector<RankClient>& ranks) {
+    return RunOnRanks(p.ranks, [&](int r) -> Status {
+      example::RankRunner& runner = *ranks[r].runner;
+      const int n = p.max_tokens;
+      EPD_RETURN_IF_ERROR(runner.Stage(HtTableInputs(p, r, 0, n, HtRouting::kHotExpert)));
+      EPD_RETURN_IF_ERROR(runner.session().Update(runner.handle_id(), runner.topk_ref(n),
+                                                  runner.weights_ref(n), BlockingOptions()));
+      return runner.session().Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions());
+    });
+  };
+  const std::vector<Status> expected = overflow(*alone);
+  const std::vector<Status> got = overflow(*world);
+  const std::string rows = fmt::format("{} rows", p.ranks * p.max_tokens);
+  const std::string capacity = fmt::format("recv_capacity={}", p.max_tokens);
+  for (int r = 0; r < p.ranks; ++r) {
+    EXPECT_EPD_ERROR(got[r], StatusCode::kResourceExhausted, "group rank 0", rows, capacity);
+    std::string message = got[r].message();
+    message.replace(message.find(spanning_group), spanning_group.size(), alone_group);
+    EXPECT_EQ(message, expected[r].message()) << "rank " << r;
+  }
+  const std::vector<Status> combined = RunOnRanks(p.ranks, [&](int r) -> Status {
+    example::RankRunner& runner = *(*world)[r].runner;
+    return runner.session().Combine(runner.handle_id(), runner.out_ref(p.max_tokens),
+                                    std::nullopt, BlockingOptions());
+  });
+  for (const Status& status : combined) {
+    EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
+  }
+  const std::vector<Status> again = RunOnRanks(p.ranks, [&](int r) {
+    return (*world)[r].runner->RunAndCheck(HtTableInputs(p, r, 1, 1, HtRouting::kRandom),
+                                           example::ScaleByExpertPlusOne, false);
+  });
+  for (const Status& status : again) EXPECT_TRUE(status.ok()) << status.ToString();
 }
 
 INSTANTIATE_TEST_SUITE_P(

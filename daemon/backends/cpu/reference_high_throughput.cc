@@ -3,6 +3,7 @@
 // (source rank, source token), a token crossing to a rank once, and a per-local-expert gather
 // list in ascending row order.
 #include <cstring>
+#include <utility>
 
 #include "daemon/backends/cpu/reference_ops.h"
 
@@ -82,13 +83,17 @@ void DispatchReceiveHighThroughput(const GroupConfig& c, int d,
 
 void ComputeSlotsHighThroughput(const GroupConfig& c, int s, const std::vector<SourceRank>& ranks,
                                 int32_t* slot) {
-  const int R = c.world_size(), K = c.top_k;
-  const SourceRank& me = ranks[s];
-  // next[d]: the packed row on rank d of this rank's next token that goes there.
-  std::vector<int64_t> next(R, 0);
-  for (int d = 0; d < R; ++d) {
-    for (int earlier = 0; earlier < s; ++earlier) next[d] += RowsTo(c, ranks[earlier], d);
+  std::vector<int64_t> first_row(c.world_size(), 0);
+  for (int d = 0; d < c.world_size(); ++d) {
+    for (int earlier = 0; earlier < s; ++earlier) first_row[d] += RowsTo(c, ranks[earlier], d);
   }
+  ComputeSlotsHighThroughputFrom(c, ranks[s], std::move(first_row), slot);
+}
+
+void ComputeSlotsHighThroughputFrom(const GroupConfig& c, const SourceRank& me,
+                                    std::vector<int64_t> next, int32_t* slot) {
+  const int R = c.world_size(), K = c.top_k;
+  // next[d]: the packed row on rank d of this rank's next token that goes there.
   for (int t = 0; t < me.num_tokens; ++t) {
     std::vector<bool> sent(R, false);
     for (int k = 0; k < K; ++k) {

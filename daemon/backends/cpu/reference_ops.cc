@@ -114,17 +114,7 @@ Status BindRouting(const GroupConfig& c, const void* topk_idx, DType idx_dtype,
 }
 
 Status CheckCapacity(const GroupConfig& c, const std::vector<SourceRank>& ranks) {
-  if (c.high_throughput()) {
-    const std::vector<int64_t> rows = RowsPerDestination(c, ranks);
-    for (int d = 0; d < c.world_size(); ++d) {
-      if (rows[d] > c.recv_row_capacity()) {
-        return ResourceExhaustedError(
-            "group '{}': group rank {} would receive {} rows, more than recv_capacity={}", c.name,
-            d, rows[d], c.recv_row_capacity());
-      }
-    }
-    return OkStatus();
-  }
+  if (c.high_throughput()) return CheckRowCapacity(c, RowsPerDestination(c, ranks));
   if (c.layout != Layout::kExpertMajor) return OkStatus();  // rank-major has a slot per token
   for (int e = 0; e < c.experts; ++e) {
     const int64_t total = SelectionsBefore(ranks, c.world_size(), e);
@@ -132,6 +122,17 @@ Status CheckCapacity(const GroupConfig& c, const std::vector<SourceRank>& ranks)
       return ResourceExhaustedError(
           "group '{}': expert {} received {} rows, more than expert_capacity={}", c.name, e, total,
           c.capacity());
+    }
+  }
+  return OkStatus();
+}
+
+Status CheckRowCapacity(const GroupConfig& c, const std::vector<int64_t>& rows) {
+  for (int d = 0; d < c.world_size(); ++d) {
+    if (rows[d] > c.recv_row_capacity()) {
+      return ResourceExhaustedError(
+          "group '{}': group rank {} would receive {} rows, more than recv_capacity={}", c.name, d,
+          rows[d], c.recv_row_capacity());
     }
   }
   return OkStatus();

@@ -65,6 +65,9 @@ Status BindRouting(const GroupConfig& config, const void* topk_idx, DType idx_dt
 // RESOURCE_EXHAUSTED naming the expert when the selections of all ranks exceed its capacity;
 // high-throughput: naming the first rank whose packed rows exceed recv_capacity.
 Status CheckCapacity(const GroupConfig& config, const std::vector<SourceRank>& ranks);
+// High-throughput: the same check on rows per destination rank already counted (spanning
+// groups count them from the exchanged headers, without the peers' routing).
+Status CheckRowCapacity(const GroupConfig& config, const std::vector<int64_t>& rows_per_dest);
 
 // Fills rank d's receive buffers from every source rank.
 void DispatchReceive(const GroupConfig& config, int dest_rank, const std::vector<SourceRank>& ranks,
@@ -89,5 +92,9 @@ void DispatchReceiveHighThroughput(const GroupConfig& config, int dest_rank,
                                    const std::vector<SourceRank>& ranks, const ReceiveBuffers& out);
 void ComputeSlotsHighThroughput(const GroupConfig& config, int source_rank,
                                 const std::vector<SourceRank>& ranks, int32_t* slot_out);
+// The same slots from `me`'s routing alone: first_row[d] is the packed row on rank d of
+// `me`'s first token that goes there (the rows earlier source ranks send to d).
+void ComputeSlotsHighThroughputFrom(const GroupConfig& config, const SourceRank& me,
+                                    std::vector<int64_t> first_row, int32_t* slot_out);
 
 }  // namespace epd::reference

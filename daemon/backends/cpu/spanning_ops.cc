@@ -20,6 +20,19 @@ size_t RecordBytes(const GroupConfig& c, bool prequantized) {
          (prequantized ? c.scale_row_bytes() : 0);
 }
 
+// High-throughput: a header's token count for destination d is the rows that source sends
+// to d (a token crosses to a rank once), so the packed layout's counts follow from the headers.
+// Rows each destination receives from the sources before `source_rank` (R: from all).
+std::vector<int64_t> RowsBefore(const GroupConfig& c,
+                                const std::vector<std::vector<int32_t>>& headers,
+                                int source_rank) {
+  std::vector<int64_t> rows(c.world_size(), 0);
+  for (int s = 0; s < source_rank; ++s) {
+    for (int d = 0; d < c.world_size(); ++d) rows[d] += headers[s][2 + d];
+  }
+  return rows;
+}
+
 bool SelectsRank(const GroupConfig& c, const int32_t* ids, int d) {
   for (int k = 0; k < c.top_k; ++k) {
     if (ids[k] >= 0 && c.rank_of_expert(ids[k]) == d) return true;
@@ -204,7 +217,11 @@ Status Dispatch(GlooRankLink& link, const GroupConfig& c, int me,
     counted[s].num_tokens = headers[s][0];
     counted[s].expert_counts = &headers[s][2 + R];
   }
-  EPD_RETURN_IF_ERROR(reference::CheckCapacity(c, counted));
+  if (c.high_throughput()) {
+    EPD_RETURN_IF_ERROR(reference::CheckRowCapacity(c, RowsBefore(c, headers, R)));
+  } else {
+    EPD_RETURN_IF_ERROR(reference::CheckCapacity(c, counted));
+  }
 
   // --- payload: one message per destination ---
   std::vector<std::vector<char>> payload_out = PackDispatchMessages(c, mine, header), payload_in(R);
@@ -218,6 +235,10 @@ Status Dispatch(GlooRankLink& link, const GroupConfig& c, int me,
   // --- assemble this rank's layout ---
   EPD_RETURN_IF_ERROR(AssembleDispatchLayout(c, me, headers, payload_in, out, rows));
   // This rank's own selections' rows on their destinations: only counts and its own routing.
+  if (c.high_throughput()) {
+    reference::ComputeSlotsHighThroughputFrom(c, mine, RowsBefore(c, headers, me), my_slots);
+    return OkStatus();
+  }
   counted[me] = mine;
   reference::ComputeSlots(c, me, counted, my_slots);
   return OkStatus();

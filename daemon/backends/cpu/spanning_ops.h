@@ -7,8 +7,12 @@
 // each destination rebuilds every source's routing restricted to itself and assembles its
 // layout with the reference (reference_ops.h), so the result is bit-identical to a
 // single-daemon run with the same R. Another layout plugs in by replacing the pack and the
-// assemble step. Combine: each destination returns to each source the expert-output rows of
-// that source's selections, in (token, k) order; the source reduces them with the reference.
+// assemble step. The high-throughput layout needs neither replaced: its rows are exactly the
+// tokens each message carries, so the header's per-destination token counts are its row
+// counts (recv_capacity is checked on them) and the reference assembles the packed rows.
+// Combine: each destination returns to each source the expert-output rows of that source's
+// selections, in (token, k) order (high-throughput: one row per token and destination, at its
+// first k there); the source reduces them with the reference.
 #pragma once
 
 #include <chrono>
