@@ -138,6 +138,20 @@ TEST(GroupConfigTest, AutoPicksHighThroughputFromTheTokenThreshold) {
   EXPECT_EQ(c.algorithm, Algorithm::kLowLatency) << "an explicit choice stays";
 }
 
+// Spanning groups serve high_throughput when they name it (the cpu backend's transport), but
+// auto keeps them low-latency: the cuda backend does not serve them.
+TEST(GroupConfigTest, SpanningGroupsTakeHighThroughputByNameOnly) {
+  GroupConfig c = Standard();
+  c.max_tokens_per_rank = kAutoHighThroughputMinTokens;
+  c.spans_nodes = true;
+  c.span = GroupConfig::Span{0, 2, 2};
+  c.algorithm = Algorithm::kAuto;
+  c.ResolveAlgorithm();
+  EXPECT_EQ(c.algorithm, Algorithm::kLowLatency);
+  c.algorithm = Algorithm::kHighThroughput;
+  EXPECT_TRUE(c.Validate(2).ok()) << c.Validate(2).ToString();
+}
+
 TEST(GroupConfigTest, RejectsEachBadFieldByName) {
   GroupConfig c = Standard();
   c.experts = 250;
