@@ -83,8 +83,10 @@ inline __host__ __device__ int DispatchRowParts(const DispatchParams& p) {
 }
 
 // kPayloadQuantize quantizes each token once and stores it to every row it goes to: its unit
-// of work is a step of two 128-channel blocks of one token (a half warp per block).
-inline __host__ __device__ int DispatchQuantizeSteps(const DispatchParams& p) {
+// of work is a step of two 128-channel blocks of one token (a half warp per block). Params:
+// this header's or the high-throughput dispatch's (its hidden).
+template <typename Params>
+inline __host__ __device__ int DispatchQuantizeSteps(const Params& p) {
   return (p.hidden / 128 + 1) / 2;
 }
 

@@ -5,6 +5,7 @@
 #include "kernels/ht_dispatch.cuh"
 #include "kernels/internal/count_exchange.cuh"
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/dispatch_payload.cuh"
 #include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
@@ -175,12 +176,51 @@ __device__ __forceinline__ void CopyPart(const HtDispatchParams& p, const PeerBu
   }
 }
 
+// Row `row` of token t on destination d: its source, local expert ids and weights, and its
+// gather-list entries. Whole warp (lanes < K write).
+__device__ __forceinline__ void WriteRowMetadata(const HtDispatchParams& p, const PeerBuffers& peer,
+                                                 const int32_t* bases, int64_t row, int t, int d,
+                                                 int lane) {
+  const int K = p.top_k, L = p.local_experts;
+  if (lane == 0) {
+    peer.recv_src[row * 2 + 0] = p.rank;
+    peer.recv_src[row * 2 + 1] = t;
+  }
+  if (lane < K) {
+    const int i = t * K + lane;
+    const int e = __ldg(p.topk_idx + i);
+    const bool here = e >= 0 && e / L == d;
+    peer.recv_topk_idx[row * K + lane] = here ? e - d * L : -1;
+    peer.recv_topk_weights[row * K + lane] = here ? __ldg(p.topk_weights + i) : 0.0f;
+    const int rank_in_expert = here ? __ldg(p.local_rank + i) : -1;
+    if (rank_in_expert >= 0) {  // -1: a repeat of the expert in this token, listed once
+      peer.expert_rows[__ldcg(bases + e) + rank_in_expert] = static_cast<int32_t>(row);
+    }
+  }
+}
+
+// kPayloadPrequantized: the frontend's scales of token t beside its e4m3 row (CopyPart moves
+// the row). Bit copies: a frontend may pass any pattern.
+__device__ __forceinline__ void CopyScales(const HtDispatchParams& p, const PeerBuffers& peer,
+                                           int64_t row, int t, int lane) {
+  const int blocks = p.hidden / detail::kFp8BlockChannels;
+  if (p.ue8m0_scales) {
+    const auto* src = static_cast<const uint8_t*>(p.x_scales) + static_cast<int64_t>(t) * blocks;
+    uint8_t* dst = static_cast<uint8_t*>(peer.recv_scales) + row * blocks;
+    for (int b = lane; b < blocks; b += 32) dst[b] = src[b];
+  } else {
+    const auto* src = static_cast<const uint32_t*>(p.x_scales) + static_cast<int64_t>(t) * blocks;
+    uint32_t* dst = static_cast<uint32_t*>(peer.recv_scales) + row * blocks;
+    for (int b = lane; b < blocks; b += 32) dst[b] = src[b];
+  }
+}
+
 // A warp per (token, destination, part), tokens outermost so the parts of one row run side
 // by side; rows a token does not send (no expert on d) cost one load of dest_row.
 __device__ void CopyRows(const HtDispatchParams& p, const PeerBuffers* dest, int n,
                          unsigned ticket) {
   const int lane = threadIdx.x & 31;
-  const int K = p.top_k, L = p.local_experts, R = p.world_size;
+  const int R = p.world_size;
   const int vectors = static_cast<int>(p.row_bytes / 16);
   const int parts = (vectors + kHtVectorsPerPart - 1) / kHtVectorsPerPart;
   const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
@@ -196,20 +236,34 @@ __device__ void CopyRows(const HtDispatchParams& p, const PeerBuffers* dest, int
     const PeerBuffers& peer = dest[d];
     CopyPart(p, peer, row, t, part, lane);
     if (part != 0) continue;
-    if (lane == 0) {
-      peer.recv_src[row * 2 + 0] = p.rank;
-      peer.recv_src[row * 2 + 1] = t;
-    }
-    if (lane < K) {
-      const int i = t * K + lane;
-      const int e = __ldg(p.topk_idx + i);
-      const bool here = e >= 0 && e / L == d;
-      peer.recv_topk_idx[row * K + lane] = here ? e - d * L : -1;
-      peer.recv_topk_weights[row * K + lane] = here ? __ldg(p.topk_weights + i) : 0.0f;
-      const int rank_in_expert = here ? __ldg(p.local_rank + i) : -1;
-      if (rank_in_expert >= 0) {  // -1: a repeat of the expert in this token, listed once
-        peer.expert_rows[__ldcg(bases + e) + rank_in_expert] = static_cast<int32_t>(row);
-      }
+    if (p.payload == kPayloadPrequantized) CopyScales(p, peer, row, t, lane);
+    WriteRowMetadata(p, peer, bases, row, t, d, lane);
+  }
+}
+
+// kPayloadQuantize: a warp per (token, step of two 128-channel blocks) quantizes the step ONCE
+// and stores it to every destination rank the token goes to (the row's metadata with step 0),
+// instead of quantizing the token again per destination. Tokens that go nowhere cost a load.
+__device__ void QuantizeRows(const HtDispatchParams& p, const PeerBuffers* dest, int n,
+                             unsigned ticket) {
+  static_assert(kMaxRanks <= 32, "a lane per destination rank");
+  const int lane = threadIdx.x & 31;
+  const int R = p.world_size, steps = DispatchQuantizeSteps(p);
+  const int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
+  const int64_t items = static_cast<int64_t>(n) * steps;
+  for (int64_t item = static_cast<int64_t>(ticket) * kWarps + (threadIdx.x >> 5); item < items;
+       item += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int t = static_cast<int>(item / steps), step = static_cast<int>(item % steps);
+    const int4 raw = detail::LoadTokenStep(p, t, step, lane);
+    const int my_row = lane < R ? __ldg(p.dest_row + t * R + lane) : -1;  // lane d: rank d's
+    const unsigned targets = __ballot_sync(0xffffffffu, my_row >= 0);
+    if (targets == 0) continue;  // warp-uniform
+    const detail::QuantizedBlockPiece piece = detail::QuantizeTokenStep(p, raw, step, lane);
+    for (unsigned left = targets; left != 0; left &= left - 1) {
+      const int d = __ffs(left) - 1;
+      const int64_t row = __ldcg(bases + p.experts + d) + __shfl_sync(0xffffffffu, my_row, d);
+      detail::StoreTokenStep(p, dest[d], row, step, piece, lane);
+      if (step == 0) WriteRowMetadata(p, dest[d], bases, row, t, d, lane);
     }
   }
 }
@@ -231,7 +285,11 @@ __global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchPar
   if (!(flags & (kGoAbort | kGoSkipData))) {
     LoadDestinations(p, dest);
     WriteSlots(p, n, ticket);
-    CopyRows(p, dest, n, ticket);
+    if (p.payload == kPayloadQuantize) {
+      QuantizeRows(p, dest, n, ticket);
+    } else {
+      CopyRows(p, dest, n, ticket);
+    }
   }
   if (!detail::FinishBlock(me, /*remote_stores=*/true, seq) || (flags & kGoAbort)) return;
   if (threadIdx.x == 0) {

@@ -11,7 +11,9 @@
 //     its base in each expert's gather list there, and its own receive metadata;
 //  2. at most sm_budget blocks copy rows: a warp per (token, destination, row part), 16-byte
 //     vectors with kHtVectorsInFlight loads in flight per lane, then the row's metadata, its
-//     gather-list entries and the combine slot;
+//     gather-list entries and the combine slot (fp8 quantized by the kernel: a warp per
+//     (token, two 128-channel blocks) quantizes them once and stores them to every
+//     destination of the token);
 //  3. the last block fences at system scope, sets done on every destination and waits for
 //     every source's done: when the kernel ends this rank's receive buffers are complete.
 // Inbox entries per source (stride HtInboxExperts(E, R) + 2): [0, E) tokens per expert,
@@ -24,6 +26,7 @@
 #include <cstdint>
 
 #include "kernels/device_error.cuh"
+#include "kernels/dispatch.cuh"
 #include "kernels/sync_area.cuh"
 
 namespace epd::kernels {
@@ -44,8 +47,16 @@ struct HtDispatchParams {
   int top_k = 0;
   int max_tokens = 0;
   int recv_capacity = 0;     // M rows per rank
-  int64_t row_bytes = 0;     // multiple of 16
+  int64_t row_bytes = 0;     // of a received row (x's with kPayloadCopy); multiple of 16
   const void* x = nullptr;   // [n, H]
+  // What each row carries (DispatchPayload, kernels/dispatch.cuh): kPayloadCopy moves x's rows;
+  // kPayloadQuantize quantizes bf16 x to e4m3 + a scale per 128 channels once per token and
+  // stores it to every destination of the token; kPayloadPrequantized copies e4m3 x and
+  // x_scales. fp8 rows land in the destination's recv_x (e4m3) and recv_scales.
+  int payload = kPayloadCopy;
+  int hidden = 0;                  // fp8 payloads: H, a multiple of 128
+  int ue8m0_scales = 0;            // fp8 payloads: scales are ue8m0 bytes, else fp32
+  const void* x_scales = nullptr;  // kPayloadPrequantized: [n, H / 128]
   const int32_t* topk_idx = nullptr;
   const float* topk_weights = nullptr;
   const int32_t* expert_counts = nullptr;  // [E] tokens per expert (once per token)

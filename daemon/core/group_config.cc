@@ -19,8 +19,7 @@ int64_t GroupConfig::expert_rows_capacity() const {
 
 void GroupConfig::ResolveAlgorithm() {
   if (algorithm != Algorithm::kAuto) return;
-  const bool supported = !fp8_dispatch() && !spans_nodes;
-  algorithm = max_tokens_per_rank >= kAutoHighThroughputMinTokens && supported
+  algorithm = max_tokens_per_rank >= kAutoHighThroughputMinTokens && !spans_nodes
                   ? Algorithm::kHighThroughput
                   : Algorithm::kLowLatency;
 }
@@ -142,12 +141,6 @@ Status GroupConfig::Validate(int node_ranks) const {
           "its receive rows with recv_capacity",
           name, expert_capacity);
     }
-    if (fp8_dispatch()) {
-      return UnimplementedError(
-          "group '{}': dispatch_dtype = fp8_e4m3 with algorithm = high_throughput is not "
-          "implemented; use algorithm = low_latency for fp8 dispatch",
-          name);
-    }
     const int64_t most_rows = static_cast<int64_t>(world) * max_tokens_per_rank;
     if (recv_capacity > most_rows) {
       return InvalidArgumentError(
@@ -191,9 +184,10 @@ std::string GroupConfig::ToString() const {
   const std::string spanning =
       spans_nodes ? fmt::format(" global ranks [{}]", fmt::join(ranks, ",")) : "";
   if (high_throughput()) {
-    return fmt::format("group '{}' (R={} E={} H={} T={} K={} M={} SMs={} {} high_throughput{})",
+    return fmt::format("group '{}' (R={} E={} H={} T={} K={} M={} SMs={} {}{} high_throughput{})",
                        name, world_size(), experts, hidden, max_tokens_per_rank, top_k,
-                       recv_row_capacity(), effective_sm_budget(), DTypeName(dtype), spanning);
+                       recv_row_capacity(), effective_sm_budget(), DTypeName(dtype), payload,
+                       spanning);
   }
   return fmt::format("group '{}' (R={} E={} H={} T={} K={} C={} {}{} {} {}{})", name,
                      world_size(), experts, hidden, max_tokens_per_rank, top_k, capacity(),

@@ -83,10 +83,9 @@ struct GroupConfig {
     return static_cast<size_t>(scale_blocks()) * ScaleBytes(scale_format);
   }
   // Turns Algorithm::kAuto into a concrete algorithm: high_throughput when
-  // max_tokens_per_rank >= kAutoHighThroughputMinTokens (and the group neither dispatches fp8,
-  // which high_throughput does not support yet, nor spans nodes: only the cpu backend serves
-  // spanning high_throughput groups, so they ask for it by name), else low_latency. Other
-  // values stay.
+  // max_tokens_per_rank >= kAutoHighThroughputMinTokens (and the group does not span nodes:
+  // only the cpu backend serves spanning high_throughput groups, so they ask for it by name),
+  // else low_latency. Other values stay.
   void ResolveAlgorithm();
   // Group rank of a node rank, or -1 when the node rank is not a member.
   int GroupRankOf(int node_rank) const;
@@ -126,9 +125,10 @@ struct HandleLayout {
   //               and recv_offsets [L + 1] int32 (exclusive prefix, into expert_rows);
   //               expert_rows [G] int32: for each l, the rows selecting l, ascending (a row
   //               that selects l twice is listed once).
-  // Fp8 dispatch (both layouts): recv_x is e4m3 [recv_rows, H] and recv_scales
+  // Fp8 dispatch (every layout): recv_x is e4m3 [recv_rows, H] and recv_scales
   //               [recv_rows, H / 128] fp32 or ue8m0 bytes, row i scaling recv_x row i
-  //               (absent rank-major rows: zero bytes in both).
+  //               (absent rank-major rows: zero bytes in both; high-throughput: in the packed
+  //               row order, rows past the total stale).
   size_t recv_rows = 0;
   size_t recv_x_offset = 0, recv_x_bytes = 0;
   size_t recv_src_offset = 0, recv_src_bytes = 0;                    // expert-major only

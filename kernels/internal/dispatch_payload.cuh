@@ -71,23 +71,28 @@ __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const 
 
 // Step `step` of token t (kPayloadQuantize): blocks 2 * step (lanes 0-15) and 2 * step + 1
 // (lanes 16-31). LoadTokenStep issues the lane's load; QuantizeTokenStep turns it into the
-// lane's piece (whole warp: the amax reduction shuffles).
-__device__ __forceinline__ bool TokenStepValid(const DispatchParams& p, int step, int lane) {
+// lane's piece (whole warp: the amax reduction shuffles). Params: the low-latency or the
+// high-throughput dispatch's (x, hidden, ue8m0_scales), so both quantize alike.
+template <typename Params>
+__device__ __forceinline__ bool TokenStepValid(const Params& p, int step, int lane) {
   return 2 * step + (lane >> 4) < p.hidden / kFp8BlockChannels;
 }
-__device__ __forceinline__ int4 LoadTokenStep(const DispatchParams& p, int t, int step, int lane) {
+template <typename Params>
+__device__ __forceinline__ int4 LoadTokenStep(const Params& p, int t, int step, int lane) {
   const uint16_t* src_row = static_cast<const uint16_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
   return LoadBlockPiece(src_row + (2 * step + (lane >> 4)) * kFp8BlockChannels,
                         TokenStepValid(p, step, lane), lane & 15);
 }
-__device__ __forceinline__ QuantizedBlockPiece QuantizeTokenStep(const DispatchParams& p, int4 raw,
+template <typename Params>
+__device__ __forceinline__ QuantizedBlockPiece QuantizeTokenStep(const Params& p, int4 raw,
                                                                  int step, int lane) {
   return QuantizeLoadedBlockPiece(raw, p.ue8m0_scales != 0, TokenStepValid(p, step, lane));
 }
 
 // Stores a step's pieces as the same blocks of received row `row` of `peer`; a zero piece
 // (QuantizedBlockPiece{}) zeroes them (an absent rank-major row). Whole warp.
-__device__ __forceinline__ void StoreTokenStep(const DispatchParams& p, const PeerBuffers& peer,
+template <typename Params>
+__device__ __forceinline__ void StoreTokenStep(const Params& p, const PeerBuffers& peer,
                                                int64_t row, int step,
                                                const QuantizedBlockPiece& piece, int lane) {
   const int blocks = p.hidden / kFp8BlockChannels;

@@ -3,10 +3,16 @@
 // docs alone, the combine bit for bit against example::ExpectedOutput, and the row capacity
 // (RESOURCE_EXHAUSTED naming rank, rows and capacity on every rank; a following combine fails).
 // Table: token counts n in {0, 1, T-1, T} rotating over the ranks, routing with -1 entries,
-// every selection -1, and one hot expert that every token selects.
+// every selection -1, and one hot expert that every token selects; each on 2 and 4 ranks with
+// the token dtype and with fp8 dispatch (both scale formats, quantized by the daemon or by the
+// frontend): an fp8 row is the frontend's own quantization of the token (common/fp8.h) in
+// recv_x and recv_scales, and the experts read it dequantized into expert_out.
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <future>
+#include <optional>
+#include <ostream>
 
 #include "tests/integration/client_test_support.h"
 #include "tests/integration/high_throughput_table.h"
@@ -17,16 +23,53 @@ namespace {
 using example::Problem;
 using example::RankInputs;
 
-Problem HighThroughputProblem(int ranks) {
+// fp8: 0 none, 1 the daemon quantizes, 2 the frontend passes pre-quantized x and scales.
+struct HtParam {
+  int ranks = 2;
+  int fp8 = 0;
+  v1::ScaleFormat scales = v1::SCALE_FORMAT_FP32;
+};
+
+void PrintTo(const HtParam& p, std::ostream* os) {
+  *os << "R" << p.ranks << " fp8 " << p.fp8 << " scales " << v1::ScaleFormat_Name(p.scales);
+}
+
+Problem HighThroughputProblem(const HtParam& param) {
   Problem p;
-  p.ranks = ranks;
-  p.experts = 2 * ranks;
-  p.hidden = 64;
+  p.ranks = param.ranks;
+  p.experts = 2 * param.ranks;
+  p.hidden = param.fp8 ? 384 : 64;  // fp8: three 128-channel blocks, an odd count
   p.max_tokens = 16;
   p.top_k = 3;
   p.dtype = v1::DTYPE_BF16;
   p.algorithm = v1::ALGORITHM_HIGH_THROUGHPUT;
+  p.fp8 = param.fp8 != 0;
+  p.prequantized = param.fp8 == 2;
+  p.scale_format = param.scales;
   return p;
+}
+
+// Whether packed row `row` holds token t of source s: its bytes, or with fp8 the frontend's
+// quantization of it (e4m3 row and scales).
+Status CheckRowPayload(const Problem& p, const RankInputs& source, int s, int t, int64_t row,
+                       const HandleView& view) {
+  if (!p.fp8) {
+    if (std::memcmp(view.recv_row(row), source.x.data() + t * p.row_bytes(), p.row_bytes()) != 0) {
+      return InternalError("row {}: recv_x differs from token {} of rank {}", row, t, s);
+    }
+    return OkStatus();
+  }
+  std::vector<uint8_t> q, scales;
+  example::QuantizeInputs(p, source, &q, &scales);
+  if (std::memcmp(view.recv_row(row), q.data() + static_cast<size_t>(t) * p.hidden, p.hidden) !=
+      0) {
+    return InternalError("row {}: e4m3 bytes differ from token {} of rank {}", row, t, s);
+  }
+  const size_t sb = p.scale_row_bytes();
+  if (std::memcmp(view.recv_scales_row(row), scales.data() + t * sb, sb) != 0) {
+    return InternalError("row {}: scales differ from token {} of rank {}", row, t, s);
+  }
+  return OkStatus();
 }
 
 // The packed layout of rank d, from the docs: for s ascending, t ascending, one row when any
@@ -54,10 +97,7 @@ Status CheckPacked(const Problem& p, int d, const std::vector<RankInputs>& in,
         return InternalError("row {}: recv_src = ({}, {}), expected ({}, {})", row, src[0],
                              src[1], s, t);
       }
-      if (std::memcmp(view.recv_row(row), in[s].x.data() + t * p.row_bytes(), p.row_bytes()) !=
-          0) {
-        return InternalError("row {}: recv_x differs from token {} of rank {}", row, t, s);
-      }
+      EPD_RETURN_IF_ERROR(CheckRowPayload(p, in[s], s, t, row, view));
       for (int k = 0; k < K; ++k) {
         const size_t i = static_cast<size_t>(t) * K + k;
         const int32_t e = in[s].topk_idx[i];
@@ -103,7 +143,7 @@ Status CheckPacked(const Problem& p, int d, const std::vector<RankInputs>& in,
   return OkStatus();
 }
 
-class HighThroughputTest : public ::testing::TestWithParam<int> {
+class HighThroughputTest : public ::testing::TestWithParam<HtParam> {
  protected:
   static void SetUpTestSuite() {
     auto daemon = DaemonProcess::Start({}, 4);
@@ -136,14 +176,17 @@ TEST_P(HighThroughputTest, TableCasesMatchTheLayoutAndCombineBitForBit) {
         EPD_RETURN_IF_ERROR(runner.Stage(inputs[d]));
         EPD_RETURN_IF_ERROR(session.Update(runner.handle_id(), runner.topk_ref(n),
                                            runner.weights_ref(n), BlockingOptions()));
-        EPD_RETURN_IF_ERROR(
-            session.Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions()));
+        std::future<Status> dispatched =
+            session.DispatchAsync(runner.DispatchRequestFor(n, BlockingOptions()));
+        EPD_RETURN_IF_ERROR(session.Await(dispatched, "dispatch"));
         const std::string where =
             fmt::format("rank {} routing {} rotation {}", d, HtRoutingName(routing), rotation);
         EPD_RETURN_IF_ERROR(CheckPacked(p, d, inputs, runner.view()).WithContext(where));
-        example::RunExperts(p, d, runner.view(), example::ScaleByExpertPlusOne);
-        EPD_RETURN_IF_ERROR(session.Combine(runner.handle_id(), runner.out_ref(n), std::nullopt,
-                                            BlockingOptions()));
+        EPD_RETURN_IF_ERROR(runner.RunExpertsOnReceived(example::ScaleByExpertPlusOne));
+        std::optional<v1::TensorRef> expert_out;
+        if (p.fp8) expert_out = runner.expert_out_ref();
+        EPD_RETURN_IF_ERROR(
+            session.Combine(runner.handle_id(), runner.out_ref(n), expert_out, BlockingOptions()));
         const std::vector<uint8_t> expected =
             example::ExpectedOutput(p, inputs[d], example::ScaleByExpertPlusOne);
         const int64_t bad = example::FirstMismatch(p, n, runner.out(), expected.data());
@@ -187,7 +230,9 @@ TEST_P(HighThroughputTest, RowCapacityOverflowFailsEveryRankAndTheCombineAfterIt
       EPD_RETURN_IF_ERROR(runner.Stage(HtTableInputs(p, r, 0, n, routing)));
       EPD_RETURN_IF_ERROR(runner.session().Update(runner.handle_id(), runner.topk_ref(n),
                                                   runner.weights_ref(n), BlockingOptions()));
-      return runner.session().Dispatch(runner.handle_id(), runner.x_ref(n), BlockingOptions());
+      std::future<Status> dispatched =
+          runner.session().DispatchAsync(runner.DispatchRequestFor(n, BlockingOptions()));
+      return runner.session().Await(dispatched, "dispatch");
     });
   };
   for (const Status& status : layer(HtRouting::kRandom, 1)) {
@@ -200,8 +245,10 @@ TEST_P(HighThroughputTest, RowCapacityOverflowFailsEveryRankAndTheCombineAfterIt
   }
   const std::vector<Status> combined = RunOnRanks(p.ranks, [&](int r) -> Status {
     example::RankRunner& runner = *(*world)[r].runner;
-    return runner.session().Combine(runner.handle_id(), runner.out_ref(p.max_tokens),
-                                    std::nullopt, BlockingOptions());
+    std::optional<v1::TensorRef> expert_out;
+    if (p.fp8) expert_out = runner.expert_out_ref();
+    return runner.session().Combine(runner.handle_id(), runner.out_ref(p.max_tokens), expert_out,
+                                    BlockingOptions());
   });
   for (const Status& status : combined) {
     EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition) << status.ToString();
@@ -214,8 +261,19 @@ TEST_P(HighThroughputTest, RowCapacityOverflowFailsEveryRankAndTheCombineAfterIt
   for (const Status& status : again) EXPECT_TRUE(status.ok()) << status.ToString();
 }
 
-INSTANTIATE_TEST_SUITE_P(Ranks, HighThroughputTest, ::testing::Values(2, 4),
-                         [](const auto& info) { return fmt::format("R{}", info.param); });
+INSTANTIATE_TEST_SUITE_P(
+    Table, HighThroughputTest,
+    ::testing::Values(HtParam{2}, HtParam{4}, HtParam{2, 1, v1::SCALE_FORMAT_FP32},
+                      HtParam{2, 1, v1::SCALE_FORMAT_UE8M0}, HtParam{2, 2, v1::SCALE_FORMAT_FP32},
+                      HtParam{2, 2, v1::SCALE_FORMAT_UE8M0}, HtParam{4, 1, v1::SCALE_FORMAT_UE8M0},
+                      HtParam{4, 2, v1::SCALE_FORMAT_FP32}),
+    [](const auto& info) {
+      const HtParam& p = info.param;
+      if (p.fp8 == 0) return fmt::format("R{}", p.ranks);
+      return fmt::format("R{}_fp8_{}{}", p.ranks,
+                         p.scales == v1::SCALE_FORMAT_UE8M0 ? "ue8m0" : "fp32",
+                         p.fp8 == 2 ? "_prequantized" : "");
+    });
 
 }  // namespace
 }  // namespace epd::testing

@@ -1,7 +1,7 @@
 // A group spanning 2 and 3 cpu daemons on loopback gives, on every rank, the same receive
 // buffers and combine output, byte for byte, as one daemon hosting all R ranks: both
 // low-latency layouts, several dtypes, fp8 dispatch, varying token counts; and the
-// high-throughput table (token counts, routings, recv_capacity overflow).
+// high-throughput table (token counts, routings, recv_capacity overflow, fp8 dispatch).
 #include <gtest/gtest.h>
 
 #include <tuple>
@@ -214,6 +214,12 @@ TEST_F(SpanningLayoutTest, HighThroughputTableMatchesOneDaemonOnTwoNodes) {
 }
 TEST_F(SpanningLayoutTest, HighThroughputTableMatchesOneDaemonOnThreeNodes) {
   ExpectHighThroughputTableMatches(*single_, *clusters_[3], 3, 0, v1::SCALE_FORMAT_FP32);
+}
+TEST_F(SpanningLayoutTest, HighThroughputFp8TableMatchesOneDaemonOnTwoNodes) {
+  ExpectHighThroughputTableMatches(*single_, *clusters_[2], 2, 1, v1::SCALE_FORMAT_FP32);
+}
+TEST_F(SpanningLayoutTest, HighThroughputPrequantizedFp8TableMatchesOneDaemonOnThreeNodes) {
+  ExpectHighThroughputTableMatches(*single_, *clusters_[3], 3, 2, v1::SCALE_FORMAT_UE8M0);
 }
 
 // recv_capacity overflow on a spanning group is the one daemon's error on every rank of every

@@ -189,14 +189,6 @@ TEST_F(EngineControlTest, RefusedRequestsNameTheField) {
   source.shm_name = "/epd-none";
   EXPECT_EQ(engine_->RegisterBuffer(admin_, source).status().message(),
             "source.size = 0: nothing to register");
-  GroupConfig fast = Config("fast");
-  fast.algorithm = Algorithm::kHighThroughput;
-  fast.dispatch_format = DispatchFormat::kFp8E4m3;
-  fast.hidden = 128;
-  fast.dtype = DType::kBf16;
-  Status ht = engine_->CreateGroup(admin_, fast, false);
-  EXPECT_EQ(ht.code(), StatusCode::kUnimplemented) << ht.ToString();
-  EXPECT_NE(ht.message().find("algorithm = high_throughput"), std::string::npos);
 }
 
 

@@ -98,9 +98,9 @@ TEST(GroupConfigTest, HighThroughputRefusesOptionsThatDoNotApplyByName) {
   c = Standard();
   c.algorithm = Algorithm::kHighThroughput;
   c.dispatch_format = DispatchFormat::kFp8E4m3;
-  Status fp8 = c.Validate(4);
-  EXPECT_EQ(fp8.code(), StatusCode::kUnimplemented) << fp8.ToString();
-  EXPECT_NE(fp8.message().find("dispatch_dtype = fp8_e4m3"), std::string::npos);
+  EXPECT_TRUE(c.Validate(4).ok()) << c.Validate(4).ToString();
+  c.hidden = 7168 + 64;  // the fp8 rule still holds: blocks of 128 channels
+  EXPECT_NE(c.Validate(4).message().find("multiple of 128"), std::string::npos);
   c = Standard();
   c.algorithm = Algorithm::kHighThroughput;
   c.recv_capacity = -1;
@@ -129,9 +129,9 @@ TEST(GroupConfigTest, AutoPicksHighThroughputFromTheTokenThreshold) {
   c.ResolveAlgorithm();
   EXPECT_EQ(c.algorithm, Algorithm::kHighThroughput);
   c.algorithm = Algorithm::kAuto;
-  c.dispatch_format = DispatchFormat::kFp8E4m3;  // not with high-throughput yet
+  c.dispatch_format = DispatchFormat::kFp8E4m3;  // the payload does not change the choice
   c.ResolveAlgorithm();
-  EXPECT_EQ(c.algorithm, Algorithm::kLowLatency);
+  EXPECT_EQ(c.algorithm, Algorithm::kHighThroughput);
   c.algorithm = Algorithm::kLowLatency;
   c.dispatch_format = DispatchFormat::kTokenDType;
   c.ResolveAlgorithm();
@@ -265,6 +265,29 @@ TEST(GroupConfigFp8Test, LayoutHoldsE4m3RowsAndScalesInBothLayouts) {
   const HandleLayout bf16 = ComputeHandleLayout(Standard());
   EXPECT_EQ(bf16.recv_scales_bytes, 0u);
   EXPECT_EQ(bf16.recv_x_bytes, 64u * 512 * 7168 * 2);
+}
+
+// The packed high-throughput layout: M e4m3 rows and M scale rows; the payload is part of the
+// string every node of a spanning group compares.
+TEST(GroupConfigFp8Test, HighThroughputLayoutHoldsE4m3RowsAndScales) {
+  for (ScaleFormat format : {ScaleFormat::kFp32, ScaleFormat::kUe8m0}) {
+    GroupConfig c = Standard();
+    c.algorithm = Algorithm::kHighThroughput;
+    c.recv_capacity = 300;
+    c.dispatch_format = DispatchFormat::kFp8E4m3;
+    c.scale_format = format;
+    ASSERT_TRUE(c.Validate(4).ok()) << c.Validate(4).ToString();
+    const HandleLayout h = ComputeHandleLayout(c);
+    EXPECT_EQ(h.recv_rows, 300u);
+    EXPECT_EQ(h.recv_x_bytes, 300u * 7168);
+    EXPECT_EQ(h.recv_scales_bytes, 300u * 56 * (format == ScaleFormat::kFp32 ? 4 : 1));
+    EXPECT_EQ(h.recv_scales_offset % kBufferAlignment, 0u);
+    EXPECT_GE(h.recv_scales_offset, h.expert_rows_offset + h.expert_rows_bytes);
+    EXPECT_EQ(h.exported_bytes, AlignUp(h.recv_scales_offset + h.recv_scales_bytes));
+    EXPECT_NE(c.ToString().find(fmt::format("fp8_e4m3/{}", ScaleFormatName(format))),
+              std::string::npos)
+        << c.ToString();
+  }
 }
 
 TEST(GroupConfigFp8Test, PayloadIsPartOfTheShape) {

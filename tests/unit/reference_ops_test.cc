@@ -284,8 +284,9 @@ TEST(ReferenceOpsTest, HighThroughputCombineAddsEachRankOnceUnweighted) {
 // FP8 dispatch on the same routing, H = 256 (two scale blocks): every received row is the
 // quantized source token (or the source's own bytes when it pre-quantized them).
 struct Fp8Case {
-  Fp8Case(Layout output_layout, ScaleFormat format, bool prequantized) {
-    config = TinyConfig(output_layout);
+  Fp8Case(Layout output_layout, ScaleFormat format, bool prequantized,
+          Algorithm algorithm = Algorithm::kLowLatency) {
+    config = TinyConfig(output_layout, algorithm);
     config.hidden = kFp8Hidden;
     config.dtype = DType::kBf16;
     config.dispatch_format = DispatchFormat::kFp8E4m3;
@@ -398,6 +399,29 @@ TEST(ReferenceOpsFp8Test, RankMajorAbsentRowsAreZeroInRowsAndScales) {
       f.ExpectZeroRow(0, 4);  // rank 1 token 1 has no expert
       f.ExpectZeroRow(0, 5);  // t >= n
       f.ExpectRow(1, 1, 0, 1);
+    }
+  }
+}
+
+// High-throughput: the same rows in the packed order of HighThroughputRowsArePackedBySource-
+// RankThenToken, each token quantized (or copied) once per destination row, scales beside it;
+// rows past the total keep their old bytes in recv_x and recv_scales.
+TEST(ReferenceOpsFp8Test, HighThroughputPackedRowsAreTheQuantizedTokens) {
+  for (ScaleFormat format : {ScaleFormat::kFp32, ScaleFormat::kUe8m0}) {
+    for (bool prequantized : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << ScaleFormatName(format) << " pre " << prequantized);
+      Fp8Case f(Layout::kExpertMajor, format, prequantized, Algorithm::kHighThroughput);
+      f.ExpectRow(0, 0, 0, 0);
+      f.ExpectRow(0, 1, 0, 2);
+      f.ExpectRow(0, 2, 1, 0);
+      f.ExpectRow(1, 0, 0, 0);
+      f.ExpectRow(1, 1, 0, 1);
+      f.ExpectRow(1, 2, 0, 2);
+      f.ExpectRow(1, 3, 1, 0);
+      const ReceiveBuffers r0 = ReceiveBuffersAt(f.ranks[0].exported.data(), f.layout);
+      EXPECT_EQ(static_cast<const uint8_t*>(r0.recv_x)[3 * Fp8Case::kFp8Hidden], 0x7f);
+      EXPECT_EQ(static_cast<const uint8_t*>(r0.recv_scales)[3 * f.config.scale_row_bytes()],
+                0x7f);
     }
   }
 }

@@ -2,7 +2,6 @@
 // It is the oracle of the high-throughput kernels (kernels/ht_dispatch.cu): rows packed by
 // (source rank, source token), a token crossing to a rank once, and a per-local-expert gather
 // list in ascending row order.
-#include <cstring>
 #include <utility>
 
 #include "daemon/backends/cpu/reference_ops.h"
@@ -40,15 +39,13 @@ void DispatchReceiveHighThroughput(const GroupConfig& c, int d,
                                    const std::vector<SourceRank>& ranks,
                                    const ReceiveBuffers& out) {
   const int R = c.world_size(), L = c.local_experts(), K = c.top_k;
-  const size_t row_bytes = c.recv_row_bytes();
   int64_t row = 0;
   for (int s = 0; s < R; ++s) {
     const SourceRank& src = ranks[s];
     out.recv_rank_offsets[s] = static_cast<int32_t>(row);
     for (int t = 0; t < src.num_tokens; ++t) {
       if (!GoesTo(c, src, t, d)) continue;
-      std::memcpy(static_cast<char*>(out.recv_x) + row * row_bytes,
-                  static_cast<const char*>(src.x) + static_cast<size_t>(t) * row_bytes, row_bytes);
+      WriteRow(c, src, t, out, static_cast<size_t>(row));
       out.recv_src[row * 2 + 0] = s;
       out.recv_src[row * 2 + 1] = t;
       for (int k = 0; k < K; ++k) {

@@ -14,27 +14,6 @@ int64_t LoadIndex(const void* topk_idx, DType dtype, size_t i) {
 
 size_t RowBytes(const GroupConfig& c) { return static_cast<size_t>(c.hidden) * DTypeSize(c.dtype); }
 
-// Writes token t of `src` as received row `row`: the token's bytes, or with fp8 dispatch its
-// e4m3 row and scales (quantized here, or copied when the source pre-quantized them).
-void WriteRow(const GroupConfig& c, const SourceRank& src, int t, const ReceiveBuffers& out,
-              size_t row) {
-  const size_t row_bytes = c.recv_row_bytes();
-  char* dst = static_cast<char*>(out.recv_x) + row * row_bytes;
-  if (!c.fp8_dispatch()) {
-    std::memcpy(dst, static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
-    return;
-  }
-  const size_t scale_bytes = c.scale_row_bytes();
-  char* dst_scales = static_cast<char*>(out.recv_scales) + row * scale_bytes;
-  if (src.x_scales != nullptr) {
-    std::memcpy(dst, static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
-    std::memcpy(dst_scales, static_cast<const char*>(src.x_scales) + t * scale_bytes, scale_bytes);
-    return;
-  }
-  QuantizeRowE4m3(static_cast<const uint16_t*>(src.x) + static_cast<size_t>(t) * c.hidden, c.hidden,
-                  c.scale_format, reinterpret_cast<uint8_t*>(dst), dst_scales);
-}
-
 void ZeroRow(const GroupConfig& c, const ReceiveBuffers& out, size_t row) {
   std::memset(static_cast<char*>(out.recv_x) + row * c.recv_row_bytes(), 0, c.recv_row_bytes());
   if (c.fp8_dispatch()) {
@@ -136,6 +115,25 @@ Status CheckRowCapacity(const GroupConfig& c, const std::vector<int64_t>& rows) 
     }
   }
   return OkStatus();
+}
+
+void WriteRow(const GroupConfig& c, const SourceRank& src, int t, const ReceiveBuffers& out,
+              size_t row) {
+  const size_t row_bytes = c.recv_row_bytes();
+  char* dst = static_cast<char*>(out.recv_x) + row * row_bytes;
+  if (!c.fp8_dispatch()) {
+    std::memcpy(dst, static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
+    return;
+  }
+  const size_t scale_bytes = c.scale_row_bytes();
+  char* dst_scales = static_cast<char*>(out.recv_scales) + row * scale_bytes;
+  if (src.x_scales != nullptr) {
+    std::memcpy(dst, static_cast<const char*>(src.x) + t * row_bytes, row_bytes);
+    std::memcpy(dst_scales, static_cast<const char*>(src.x_scales) + t * scale_bytes, scale_bytes);
+    return;
+  }
+  QuantizeRowE4m3(static_cast<const uint16_t*>(src.x) + static_cast<size_t>(t) * c.hidden, c.hidden,
+                  c.scale_format, reinterpret_cast<uint8_t*>(dst), dst_scales);
 }
 
 void DispatchReceive(const GroupConfig& c, int d, const std::vector<SourceRank>& ranks,

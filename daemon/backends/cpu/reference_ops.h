@@ -17,9 +17,10 @@
 //    ascending, one row when any of t's experts lives on d), recv_topk_idx holding local ids;
 //    per local expert the rows selecting it ascending in expert_rows; combine as rank-major
 //    (weight 1, first k per destination rank) with the packed row as slot.
-//  - fp8 dispatch: a received row is QuantizeRowE4m3 of the source's bf16 token (common/fp8.h),
-//    or, when the source passed pre-quantized x and x_scales, a byte copy of both; absent
-//    rank-major rows have zero bytes in recv_x and recv_scales.
+//  - fp8 dispatch (every layout, high-throughput included): a received row is QuantizeRowE4m3
+//    of the source's bf16 token (common/fp8.h), or, when the source passed pre-quantized x and
+//    x_scales, a byte copy of both; recv_scales row i scales recv_x row i; absent rank-major
+//    rows have zero bytes in recv_x and recv_scales.
 #pragma once
 
 #include <cstdint>
@@ -68,6 +69,12 @@ Status CheckCapacity(const GroupConfig& config, const std::vector<SourceRank>& r
 // High-throughput: the same check on rows per destination rank already counted (spanning
 // groups count them from the exchanged headers, without the peers' routing).
 Status CheckRowCapacity(const GroupConfig& config, const std::vector<int64_t>& rows_per_dest);
+
+// Writes token t of `src` as received row `row`: the token's bytes, or with fp8 dispatch its
+// e4m3 row and scales (QuantizeRowE4m3 here, or a byte copy when the source pre-quantized
+// them). Every layout writes its rows with it.
+void WriteRow(const GroupConfig& config, const SourceRank& src, int t, const ReceiveBuffers& out,
+              size_t row);
 
 // Fills rank d's receive buffers from every source rank.
 void DispatchReceive(const GroupConfig& config, int dest_rank, const std::vector<SourceRank>& ranks,

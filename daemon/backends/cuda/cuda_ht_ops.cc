@@ -1,9 +1,11 @@
 // The high-throughput dispatch launch of the cuda backend (kernels/ht_dispatch.cuh): the
-// routing plan bound by UpdateHandle, this rank's exported metadata, at most sm_budget blocks.
+// routing plan bound by UpdateHandle, this rank's exported metadata, the row payload (token
+// rows, or fp8 quantized here or pre-quantized: dispatch_payload.h), at most sm_budget blocks.
 // Combine of these groups is the shared combine kernel (cuda_ops.cc) on the packed rows.
 
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "common/cuda_check.h"
+#include "daemon/backends/cuda/dispatch_payload.h"
 #include "kernels/ht_dispatch.cuh"
 
 namespace epd::cuda {
@@ -13,13 +15,8 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
   CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
   const int n = me.num_tokens();
-  Status bad = CheckTokenRows(args.x, c, n, "dispatch", "x");
-  if (bad.ok() && args.x_scales.data != nullptr) {
-    bad = InvalidArgumentError("dispatch of group '{}': x_scales is set, but the group "
-                               "dispatches {}",
-                               c.name, DTypeName(c.dtype));
-  }
-  if (!bad.ok()) {
+  kernels::HtDispatchParams params;
+  if (Status bad = SetDispatchPayload(c, args, n, &params); !bad.ok()) {
     AbandonOp(me, seq, CollectiveKind::kDispatch, bad);
     return bad;
   }
@@ -27,7 +24,6 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
   EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const HandlePrivateLayout& p = me.private_layout_;
   const HandleLayout& l = me.layout_;
-  kernels::HtDispatchParams params;
   params.world_size = c.world_size();
   params.rank = me.group_rank_;
   params.experts = c.experts;
@@ -35,8 +31,6 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
   params.top_k = c.top_k;
   params.max_tokens = c.max_tokens_per_rank;
   params.recv_capacity = c.recv_row_capacity();
-  params.row_bytes = static_cast<int64_t>(c.recv_row_bytes());
-  params.x = args.x.data;
   params.topk_idx = me.priv<int32_t>(p.topk_idx);
   params.topk_weights = me.priv<float>(p.topk_weights);
   params.expert_counts = me.priv<int32_t>(p.expert_counts);

@@ -24,6 +24,11 @@ Status SetDispatchPayload(const GroupConfig& c, const DispatchArgs& args, int n,
   params->row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
   if (!c.fp8_dispatch()) {
     params->payload = kernels::kPayloadCopy;
+    if (args.x_scales.data != nullptr) {
+      return InvalidArgumentError(
+          "dispatch of group '{}': x_scales is set, but the group dispatches {}", c.name,
+          DTypeName(c.dtype));
+    }
     return CheckRows(args.x, c.dtype, c.hidden, n, c, "x");
   }
   params->ue8m0_scales = c.scale_format == ScaleFormat::kUe8m0 ? 1 : 0;
@@ -35,6 +40,19 @@ Status SetDispatchPayload(const GroupConfig& c, const DispatchArgs& args, int n,
   }
   params->payload = kernels::kPayloadQuantize;
   return CheckRows(args.x, c.dtype, c.hidden, n, c, "x");
+}
+
+Status SetDispatchPayload(const GroupConfig& c, const DispatchArgs& args, int n,
+                          kernels::HtDispatchParams* params) {
+  kernels::DispatchParams payload;
+  EPD_RETURN_IF_ERROR(SetDispatchPayload(c, args, n, &payload));
+  params->payload = payload.payload;
+  params->x = payload.x;
+  params->x_scales = payload.x_scales;
+  params->hidden = payload.hidden;
+  params->ue8m0_scales = payload.ue8m0_scales;
+  params->row_bytes = static_cast<int64_t>(c.recv_row_bytes());
+  return OkStatus();
 }
 
 }  // namespace epd::cuda
