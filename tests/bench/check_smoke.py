@@ -2,7 +2,7 @@
 """CI smoke of epd-bench: runs `epd-bench --backend cpu --smoke --json FILE [EXTRA...]`, then
 checks that it exited 0 and that FILE is valid JSON in schema epd-bench/1 with every mode
 present, no errors and passed combine checks. EXTRA: more epd-bench flags (e.g. the
-high-throughput smoke: --algorithm high-throughput --dispatch-dtype token); an
+high-throughput smoke: --algorithm high-throughput); an
 `--algorithm NAME` there must be what every case ran.
 
 In a CUDA build on a host without a driver, epd-bench-frontend (client library: libcuda)
@@ -64,7 +64,7 @@ def main():
     for key, by_payload in moved.items():
         token = by_payload[("bf16", False, None)]
         if not any(payload[0] == "fp8_e4m3" for payload in by_payload):
-            continue  # a run without fp8 payloads (high-throughput refuses them)
+            continue  # a run without fp8 payloads (--dispatch-dtype token)
         for scale_format, scale_bytes in (("fp32", 4), ("ue8m0", 1)):
             for pre in (False, True):
                 payload = ("fp8_e4m3", pre, scale_format)

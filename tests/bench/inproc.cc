@@ -60,7 +60,13 @@ Status FillExpertOut(const Case& c, bool on_gpu, BackendHandle& handle, void* ex
   const GroupConfig config = c.Config("experts");
   const char* base = static_cast<const char*>(handle.exported().data());
   size_t rows = l.recv_rows;
-  if (c.layout == Layout::kExpertMajor) {  // rows [0, sum of counts) are packed
+  if (c.algorithm == Algorithm::kHighThroughput) {  // rows [0, sum of rank counts) are packed
+    std::vector<int32_t> counts(c.ranks);
+    EPD_RETURN_IF_ERROR(CopyBytes(on_gpu, counts.data(), base + l.recv_rank_counts_offset,
+                                  counts.size() * 4, true));
+    rows = 0;
+    for (int32_t count : counts) rows += static_cast<size_t>(count);
+  } else if (c.layout == Layout::kExpertMajor) {  // rows [0, sum of counts) are packed
     std::vector<int32_t> counts(c.experts / c.ranks);
     EPD_RETURN_IF_ERROR(
         CopyBytes(on_gpu, counts.data(), base + l.recv_counts_offset, counts.size() * 4, true));
