@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   epd_fence_t *fence_in = NULL, *fence_out = NULL;
   epd_handle_t* handle = NULL;
   epd_handle_t* fp8_handle = NULL;
+  epd_handle_t* ht8_handle = NULL;
   epd_shm_t* fp8_shm = NULL;
   pid_t daemon = -1;
 
@@ -394,6 +395,29 @@ int main(int argc, char** argv) {
       CHECK(recv_scales[row] == q[scales_off + t]);
     }
   }
+  /* The same pre-quantized tokens to a high-throughput group: one packed row per token with an
+     expert here, in token order (every token has one), e4m3 bytes and scales unchanged. */
+  epd_group_config_t ht_group = fp8_group;
+  ht_group.name = "g8ht";
+  ht_group.algorithm = EPD_ALGORITHM_HIGH_THROUGHPUT;
+  OK(epd_group_create(session, &ht_group, 0, NULL));
+  OK(epd_handle_create(session, "g8ht", "", 0, EPD_DATA_PATH_DEFAULT, &ht8_handle));
+  epd_handle_info_t ht8_info;
+  memset(&ht8_info, 0, sizeof(ht8_info));
+  ht8_info.struct_size = sizeof(ht8_info);
+  OK(epd_handle_info(ht8_handle, &ht8_info));
+  CHECK(ht8_info.algorithm == EPD_ALGORITHM_HIGH_THROUGHPUT &&
+        ht8_info.recv_scales_offset != EPD_NO_TENSOR);
+  OK(epd_update(session, ht8_handle, &idx8_ref, NULL, NULL));
+  OK(epd_dispatch_prequantized(session, ht8_handle, &q_ref, &scales_ref, NULL));
+  {
+    const uint8_t* recv_q = (const uint8_t*)ht8_info.region + ht8_info.recv_x_offset;
+    const uint8_t* recv_scales = (const uint8_t*)ht8_info.region + ht8_info.recv_scales_offset;
+    for (int t = 0; t < N; ++t) {
+      CHECK(memcmp(recv_q + t * FP8_H, q + t * FP8_H, FP8_H) == 0);
+      CHECK(recv_scales[t] == q[scales_off + t]);
+    }
+  }
 
   /* Release and destroy. */
   OK(epd_release_buffer(session, buffer));
@@ -411,9 +435,10 @@ int main(int argc, char** argv) {
   epd_stats_t stats;
   OK(epd_client_stats(client, &stats));
   CHECK(stats.update_completed >= 1 && stats.dispatch_failed >= 1);
-  CHECK(stats.dispatch_completed == 2 && stats.combine_completed == 2);
+  CHECK(stats.dispatch_completed == 3 && stats.combine_completed == 2);
 
 done:
+  epd_handle_close(ht8_handle);
   epd_handle_close(fp8_handle);
   epd_shm_destroy(fp8_shm);
   epd_fence_destroy(fence_in);

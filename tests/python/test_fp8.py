@@ -100,6 +100,33 @@ class Fp8DispatchTest(SessionTestCase):
                     np.testing.assert_array_equal(recv_scales[:N],
                                                   np.where(present[:, None], scales, 0))
 
+    def test_high_throughput_rows_are_packed_with_their_scales(self):
+        # One row per token with an expert here, packed by (source rank, token): quantized by
+        # the daemon, or the frontend's bytes (any will do) and x_scales copied unchanged.
+        routing = np.array([[0, 1], [2, -1], [3, 3], [-1, -1]], np.int32)
+        packed = [0, 1, 2]  # token 3 selects nothing
+        for scale_format, prequantized in (("ue8m0", False), ("fp32", True)):
+            with self.subTest(scale_format=scale_format, prequantized=prequantized):
+                name = f"fp8-ht-{scale_format}-{prequantized}"
+                self.session.create_group(name, world_size=1, experts=E, hidden=H,
+                                          max_tokens_per_rank=T, top_k=K, dtype="bf16",
+                                          algorithm="high_throughput",
+                                          dispatch_dtype="fp8_e4m3", scale_format=scale_format)
+                handle = self.session.create_handle(name)
+                tokens = bf16_tokens(np.random.default_rng(5))
+                q, scales = reference.quantize_fp8(tokens, scale_format)
+                self.session.update(handle, epd.shm_like(routing))
+                if prequantized:
+                    q = np.random.default_rng(9).integers(0, 256, (N, H), dtype=np.uint8)
+                    self.session.dispatch(handle, epd.shm_like(q), epd.shm_like(scales))
+                else:
+                    self.session.dispatch(handle, epd.shm_like(tokens))
+                recv_x, recv_scales = self.check_views(handle, scale_format)
+                np.testing.assert_array_equal(handle.view("recv_rank_counts"), [len(packed)])
+                np.testing.assert_array_equal(recv_x[:len(packed)], q[packed])
+                np.testing.assert_array_equal(recv_scales[:len(packed)].view(np.uint8),
+                                              scales[packed].view(np.uint8))
+
     def test_prequantized_dispatch_errors_name_the_field(self):
         self.session.create_group("fp8-pre-errors", world_size=1, experts=E, hidden=H,
                                   max_tokens_per_rank=T, top_k=K, dtype="bf16",
