@@ -4,6 +4,8 @@
 // high-throughput table (token counts, routings, recv_capacity overflow, fp8 dispatch).
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <iterator>
 #include <tuple>
 
 #include "tests/integration/high_throughput_table.h"
@@ -44,19 +46,29 @@ std::vector<uint8_t> Snapshot(example::RankRunner& runner, int num_tokens) {
   return bytes;
 }
 
-// Runs `layers` layers on every rank (ranks call in parallel) and returns each layer's
-// snapshot per rank.
+// Rank r's inputs of layer `layer`.
+using LayerInputs =
+    std::function<example::RankInputs(const Problem& p, int rank, int layer)>;
+
+// Token counts varying in [1, T] (example::TokensFor), exact (dyadic) weights.
+example::RankInputs VaryingInputs(const Problem& p, int rank, int layer) {
+  return example::MakeInputs(p, 29, rank, layer, example::TokensFor(p, rank, layer), true);
+}
+
+// Runs `layers` layers on every rank (ranks call in parallel; odd layers fenced, even ones
+// blocking), each checked against the expected combine, and returns each layer's snapshot
+// per rank.
 StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> RunLayers(std::vector<RankClient>& ranks,
-                                                                   int layers) {
+                                                                   int layers,
+                                                                   const LayerInputs& inputs) {
   std::vector<std::vector<std::vector<uint8_t>>> snapshots(layers,
                                                            std::vector<std::vector<uint8_t>>(ranks.size()));
   for (int layer = 0; layer < layers; ++layer) {
     const std::vector<Status> statuses = RunOnRanks(static_cast<int>(ranks.size()), [&](int r) {
       example::RankRunner& runner = *ranks[r].runner;
-      const int n = example::TokensFor(runner.problem(), r, layer);
-      const auto in = example::MakeInputs(runner.problem(), 29, r, layer, n, true);
-      Status status = runner.RunAndCheck(in, example::ScaleByExpertPlusOne, layer == 1);
-      if (status.ok()) snapshots[layer][r] = Snapshot(runner, n);
+      const example::RankInputs in = inputs(runner.problem(), r, layer);
+      Status status = runner.RunAndCheck(in, example::ScaleByExpertPlusOne, layer % 2 == 1);
+      if (status.ok()) snapshots[layer][r] = Snapshot(runner, in.num_tokens);
       return status.WithContext(fmt::format("rank {} layer {}", r, layer));
     });
     // Every rank's failure: the first one alone may only say a peer went missing.
@@ -67,6 +79,31 @@ StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> RunLayers(std::vector<R
     if (!failures.empty()) return InternalError("layer {} failed on:{}", layer, failures);
   }
   return snapshots;
+}
+
+// The layers on one daemon hosting all R ranks and on a group spanning the cluster's daemons
+// give every rank the same snapshot, byte for byte.
+void ExpectSpanningMatchesOneDaemon(DaemonProcess& single, LoopbackCluster& cluster,
+                                    const Problem& p, int layers, const LayerInputs& inputs) {
+  example::RankRunnerOptions options;
+  options.group = UniqueName("one");
+  auto alone = MakeRanks(single.address(), p, options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  auto expected = RunLayers(*alone, layers, inputs);
+  ASSERT_TRUE(expected.ok()) << expected.status().ToString();
+
+  Problem spanning = p;
+  spanning.spans_nodes = true;
+  options.group = UniqueName("span");
+  auto world = MakeSpanningRanks(cluster, spanning, options);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  auto got = RunLayers(*world, layers, inputs);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  for (size_t layer = 0; layer < got->size(); ++layer) {
+    for (int r = 0; r < p.ranks; ++r) {
+      EXPECT_EQ((*got)[layer][r], (*expected)[layer][r]) << "layer " << layer << " rank " << r;
+    }
+  }
 }
 
 class SpanningLayoutTest
@@ -106,25 +143,7 @@ TEST_P(SpanningLayoutTest, MatchesOneDaemonByteForByte) {
   p.layout = layout;
   p.fp8 = fp8 != 0;
   p.prequantized = fp8 == 2;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("one");
-  auto alone = MakeRanks(single_->address(), p, options);
-  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
-  auto expected = RunLayers(*alone, 3);
-  ASSERT_TRUE(expected.ok()) << expected.status().ToString();
-
-  Problem spanning = p;
-  spanning.spans_nodes = true;
-  options.group = UniqueName("span");
-  auto world = MakeSpanningRanks(*clusters_[nodes], spanning, options);
-  ASSERT_TRUE(world.ok()) << world.status().ToString();
-  auto got = RunLayers(*world, 3);
-  ASSERT_TRUE(got.ok()) << got.status().ToString();
-  for (size_t layer = 0; layer < got->size(); ++layer) {
-    for (int r = 0; r < p.ranks; ++r) {
-      EXPECT_EQ((*got)[layer][r], (*expected)[layer][r]) << "layer " << layer << " rank " << r;
-    }
-  }
+  ExpectSpanningMatchesOneDaemon(*single_, *clusters_[nodes], p, 3, VaryingInputs);
 }
 
 // Capacity is checked on the exchanged counts: every rank of every node reports the same
@@ -164,49 +183,18 @@ Problem HighThroughputProblem(int nodes, int fp8, v1::ScaleFormat scales) {
   return p;
 }
 
-// Every case of the high-throughput table (high_throughput_table.h) on one daemon and on a
-// group spanning `nodes` daemons with the same R: each rank's combine is the expected one, and
-// its packed layout and combine output are the one daemon's, byte for byte.
+// Every case of the high-throughput table (high_throughput_table.h), a layer each, on one
+// daemon and on a group spanning `nodes` daemons with the same R: each rank's combine is the
+// expected one, and its packed layout and combine output are the one daemon's, byte for byte.
 void ExpectHighThroughputTableMatches(DaemonProcess& single, LoopbackCluster& cluster, int nodes,
                                       int fp8, v1::ScaleFormat scales) {
-  const Problem p = HighThroughputProblem(nodes, fp8, scales);
-  example::RankRunnerOptions options;
-  options.group = UniqueName("ht-one");
-  auto alone = MakeRanks(single.address(), p, options);
-  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
-  Problem spanning = p;
-  spanning.spans_nodes = true;
-  options.group = UniqueName("ht-span");
-  auto world = MakeSpanningRanks(cluster, spanning, options);
-  ASSERT_TRUE(world.ok()) << world.status().ToString();
-
-  int iteration = 0;
-  for (HtRouting routing : kHtRoutings) {
-    for (int rotation = 0; rotation < kHtRotations; ++rotation, ++iteration) {
-      const std::string where = fmt::format("routing {} rotation {}", HtRoutingName(routing),
-                                            rotation);
-      auto layer = [&](std::vector<RankClient>& ranks) {
-        std::vector<std::vector<uint8_t>> snapshots(p.ranks);
-        const std::vector<Status> statuses = RunOnRanks(p.ranks, [&](int r) {
-          example::RankRunner& runner = *ranks[r].runner;
-          const int n = HtTableTokens(p, r, rotation);
-          const example::RankInputs in = HtTableInputs(p, r, iteration, n, routing);
-          Status status =
-              runner.RunAndCheck(in, example::ScaleByExpertPlusOne, /*fenced=*/iteration % 2 == 1);
-          if (status.ok()) snapshots[r] = Snapshot(runner, n);
-          return status.WithContext(fmt::format("rank {} {}", r, where));
-        });
-        for (const Status& status : statuses) EXPECT_TRUE(status.ok()) << status.ToString();
-        return snapshots;
-      };
-      const auto expected = layer(*alone);
-      const auto got = layer(*world);
-      for (int r = 0; r < p.ranks; ++r) {
-        EXPECT_EQ(got[r], expected[r]) << "rank " << r << " " << where;
-      }
-      if (::testing::Test::HasFailure()) return;
-    }
-  }
+  auto table = [](const Problem& p, int rank, int layer) {
+    const int rotation = layer % kHtRotations;
+    return HtTableInputs(p, rank, layer, HtTableTokens(p, rank, rotation),
+                         kHtRoutings[layer / kHtRotations]);
+  };
+  ExpectSpanningMatchesOneDaemon(single, cluster, HighThroughputProblem(nodes, fp8, scales),
+                                 static_cast<int>(std::size(kHtRoutings)) * kHtRotations, table);
 }
 
 TEST_F(SpanningLayoutTest, HighThroughputTableMatchesOneDaemonOnTwoNodes) {
