@@ -172,35 +172,41 @@ INSTANTIATE_TEST_SUITE_P(Table, Fp8DispatchTest, ::testing::ValuesIn(Cases()),
                            return info.param.spec.name;
                          });
 
+// Both algorithms check the fp8 inputs alike (the high-throughput launch shares the payload
+// selection of dispatch_payload.h).
 TEST(Fp8DispatchErrorsTest, BackendRejectsMistypedScalesAndInPlaceCombine) {
   EPD_REQUIRE_GPUS(1);
   Backend& backend = *SharedBackend();
-  CaseSpec s;
-  s.name = "Fp8_Errors";
-  s.ranks = 1;
-  s.experts = 4;
-  s.hidden = 256;
-  s.tokens = 8;
-  s.top_k = 2;
-  s.dispatch_format = DispatchFormat::kFp8E4m3;
-  MoeHarness harness(backend, s);
-  if (::testing::Test::HasFailure()) return;
-  auto inputs = harness.MakeInputs(RoutingKind::kRandom, {4}, 1, false, true);
-  for (const Status& st : harness.Update(inputs)) ASSERT_TRUE(st.ok()) << st.ToString();
-  DeviceBuffer xq(0, 8 * 256), scales(0, 8 * 2 * 4);
-  DispatchArgs dispatch;
-  dispatch.x = TensorView{xq.data(), DType::kFp8E4m3, {4, 256}};
-  dispatch.x_scales = TensorView{scales.data(), DType::kUint8, {4, 2}};  // fp32 expected
-  Status status = backend.Dispatch(harness.handle(0), dispatch);
-  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(status.message().find("x_scales must be fp32 [>= 4, 2]"), std::string::npos)
-      << status.ToString();
-  CombineArgs combine;
-  DeviceBuffer out(0, 8 * 256 * 2);
-  combine.out = TensorView{out.data(), DType::kBf16, {4, 256}};
-  status = backend.Combine(harness.handle(0), combine);
-  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(status.message().find("no expert_out"), std::string::npos) << status.ToString();
+  for (Algorithm algorithm : {Algorithm::kLowLatency, Algorithm::kHighThroughput}) {
+    SCOPED_TRACE(AlgorithmName(algorithm));
+    CaseSpec s;
+    s.name = "Fp8_Errors_" + std::string(AlgorithmName(algorithm));
+    s.ranks = 1;
+    s.experts = 4;
+    s.hidden = 256;
+    s.tokens = 8;
+    s.top_k = 2;
+    s.algorithm = algorithm;
+    s.dispatch_format = DispatchFormat::kFp8E4m3;
+    MoeHarness harness(backend, s);
+    if (::testing::Test::HasFailure()) return;
+    auto inputs = harness.MakeInputs(RoutingKind::kRandom, {4}, 1, false, true);
+    for (const Status& st : harness.Update(inputs)) ASSERT_TRUE(st.ok()) << st.ToString();
+    DeviceBuffer xq(0, 8 * 256), scales(0, 8 * 2 * 4);
+    DispatchArgs dispatch;
+    dispatch.x = TensorView{xq.data(), DType::kFp8E4m3, {4, 256}};
+    dispatch.x_scales = TensorView{scales.data(), DType::kUint8, {4, 2}};  // fp32 expected
+    Status status = backend.Dispatch(harness.handle(0), dispatch);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("x_scales must be fp32 [>= 4, 2]"), std::string::npos)
+        << status.ToString();
+    CombineArgs combine;
+    DeviceBuffer out(0, 8 * 256 * 2);
+    combine.out = TensorView{out.data(), DType::kBf16, {4, 256}};
+    status = backend.Combine(harness.handle(0), combine);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find("no expert_out"), std::string::npos) << status.ToString();
+  }
 }
 
 }  // namespace
