@@ -20,9 +20,9 @@ size_t RecordBytes(const GroupConfig& c, bool prequantized) {
          (prequantized ? c.scale_row_bytes() : 0);
 }
 
-// High-throughput: a header's token count for destination d is the rows that source sends
-// to d (a token crosses to a rank once), so the packed layout's counts follow from the headers.
-// Rows each destination receives from the sources before `source_rank` (R: from all).
+// High-throughput rows each destination receives from the sources before `source_rank` (R:
+// from all). A header's token count for destination d is exactly the packed rows that source
+// sends to d (a token crosses to a rank once), so the headers give the whole row matrix.
 std::vector<int64_t> RowsBefore(const GroupConfig& c,
                                 const std::vector<std::vector<int32_t>>& headers,
                                 int source_rank) {
