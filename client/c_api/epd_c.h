@@ -226,8 +226,8 @@ typedef struct {
 } epd_group_config_t;
 void epd_group_config_init(epd_group_config_t* config);
 /* filled_capacity (may be NULL) receives the expert capacity after defaults; for a
- * high-throughput group (also one EPD_ALGORITHM_AUTO chose) its receive rows per rank, R * T.
- * Such groups use the daemon's streams (no frontend-launched path yet). */
+ * high-throughput group (also one EPD_ALGORITHM_AUTO chose) its receive rows per rank
+ * (recv_capacity; R * T by default). Both algorithms run on either data path. */
 epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* config,
                               int32_t persistent, int32_t* filled_capacity);
 epd_status_t epd_group_destroy(epd_session_t* session, const char* name);

@@ -4,6 +4,8 @@
 // daemon runs) on the frontend's stream, in the frontend's CUDA context, against memory the
 // daemon owns: this rank's private region and receive region, and every group rank's receive
 // region and sync area, mapped once at Open. No RPC and no context switch per op.
+// Both algorithms: low-latency groups, and high-throughput groups (packed rows bounded by
+// recv_capacity, on at most the group's SM budget: DataPlaneInfo.max_blocks).
 //
 //   auto view = epd::HandleView::Open(session->CreateHandle("g").value()).value();
 //   auto info = session->AttachDataPlane(view->handle_id()).value();  // every rank's handle exists
@@ -86,6 +88,12 @@ class FrontendOps {
   Status BuildPeerTable();
   // Adopts the state page's epoch; UNAVAILABLE once when it moved since the last op.
   Status FollowEpoch();
+  bool high_throughput() const {
+    return info_.config().algorithm() == v1::ALGORITHM_HIGH_THROUGHPUT;
+  }
+  // The dispatch kernel of the group's algorithm on `stream` (Dispatch checked and counts).
+  Status LaunchLowLatencyDispatch(const void* x, cudaStream_t stream);
+  Status LaunchHighThroughputDispatch(const void* x, cudaStream_t stream);
 
   v1::DataPlaneInfo info_;
   std::string group_;
