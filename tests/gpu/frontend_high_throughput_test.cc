@@ -115,7 +115,9 @@ class HighThroughputFrontendTest : public ::testing::Test {
   void TearDown() override {
     ops_.reset();
     view_.reset();
-    if (session_ != nullptr) EXPECT_TRUE(session_->Close().ok());
+    if (session_ != nullptr) {
+      EXPECT_TRUE(session_->Close().ok());
+    }
     for (void* p : {x_, out_, idx_, weights_}) {
       if (p != nullptr) cudaFree(p);
     }
@@ -123,8 +125,8 @@ class HighThroughputFrontendTest : public ::testing::Test {
   }
 
   // Creates the group and this rank's handle and maps its data plane (R = 1: attaching needs
-  // no peer).
-  void Open(const std::string& group, int recv_capacity) {
+  // no peer). sm_budget 0: the daemon's default.
+  void Open(const std::string& group, int recv_capacity, int sm_budget = 0) {
     config_ = CoreConfig(group, recv_capacity);
     layout_ = ComputeHandleLayout(config_);
     auto session = client_->OpenSession(0, "ht-frontend-test");
@@ -133,6 +135,7 @@ class HighThroughputFrontendTest : public ::testing::Test {
     v1::GroupConfig proto = OneGpuFp32Group(group, kTokens, kHidden, kTopK, kExperts);
     proto.set_algorithm(v1::ALGORITHM_HIGH_THROUGHPUT);
     proto.set_recv_capacity(recv_capacity);
+    proto.set_sm_budget(sm_budget);
     auto created = session_->CreateGroup(proto);
     ASSERT_TRUE(created.ok()) << created.status().ToString();
     auto handle = session_->CreateHandle(group);
@@ -147,7 +150,10 @@ class HighThroughputFrontendTest : public ::testing::Test {
     auto info = session_->AttachDataPlane(view_->handle_id());
     ASSERT_TRUE(info.ok()) << info.status().ToString();
     EXPECT_EQ(info->config().algorithm(), v1::ALGORITHM_HIGH_THROUGHPUT);
+    // The grid bound a frontend launches with folds in the group's SM budget.
     EXPECT_GE(info->max_blocks(), 1);
+    EXPECT_LE(info->max_blocks(), created->sm_budget()) << "the SM budget must bound the grid";
+    max_blocks_ = info->max_blocks();
     auto ops = FrontendOps::Open(*info, *view_);
     ASSERT_TRUE(ops.ok()) << ops.status().ToString();
     ops_ = std::move(ops).value();
@@ -251,12 +257,15 @@ class HighThroughputFrontendTest : public ::testing::Test {
   std::unique_ptr<FrontendOps> ops_;
   GroupConfig config_;
   HandleLayout layout_;
+  int max_blocks_ = 0;
   cudaStream_t stream_ = nullptr;
   void *x_ = nullptr, *out_ = nullptr, *idx_ = nullptr, *weights_ = nullptr;
 };
 
 TEST_F(HighThroughputFrontendTest, EveryTokenCountAndRoutingShapeMatchesTheReference) {
-  Open("ht-frontend-table", /*recv_capacity=*/0);
+  // Three blocks stride over every row, as the SM budget allows.
+  Open("ht-frontend-table", /*recv_capacity=*/0, /*sm_budget=*/3);
+  EXPECT_EQ(max_blocks_, 3);
   if (HasFatalFailure()) return;
   uint32_t seed = 1;
   for (int n : {0, 1, kTokens - 1, kTokens, 17}) {
