@@ -273,6 +273,12 @@ TEST_F(DataPlaneTest, AHighThroughputAttachCarriesItsPlanAndTheClientChecksIt) {
   broken.mutable_config()->set_algorithm(v1::ALGORITHM_LOW_LATENCY);
   broken.mutable_private_buffers()->set_dest_row_offset(3);
   EXPECT_TRUE(ValidateDataPlaneInfo(broken).ok()) << ValidateDataPlaneInfo(broken).ToString();
+
+  // A launching frontend that ends resets the high-throughput group as any other.
+  ASSERT_TRUE(engine_->AttachDataPlane(sessions_[0], handles[0]).ok());
+  ASSERT_TRUE(engine_->CloseSession(sessions_[1], "killed").ok());
+  EXPECT_EQ(backend_->resets(), (std::vector<int>{-1, 1}));
+  EXPECT_EQ(ReadStatePage(info->state_page).epoch, 2u);
 }
 
 TEST_F(DataPlaneTest, AttachNeedsEveryRanksHandleAndOnlyTheSessionsOwn) {
