@@ -345,7 +345,7 @@ class GpuFrontendHighThroughputLayerTest(_OneGpuLayer):
     ALGORITHM = "high_throughput"
 
     def layer(self, x, idx, w, scale, buf=None):
-        buf = buf or self.buf
+        buf = buf if buf is not None else self.buf
         recv = buf.dispatch(x, idx, w)
         recv.recv_x.mul_(scale)  # the expert, in place on every receive row
         return recv, buf.combine()
@@ -425,7 +425,7 @@ class GpuFrontendHighThroughputLayerTest(_OneGpuLayer):
             recv, out = self.layer(x, idx, w, 0.5, buf=buf)
             torch.cuda.synchronize()
             buf.take_errors()
-            want_x, _, want_out = ht_reference(x, idx, 0.5)
+            _, _, want_out = ht_reference(x, idx, 0.5)
             self.assertTrue(torch.equal(out.cpu(), want_out), "out after the overflow")
         finally:
             buf.close()
