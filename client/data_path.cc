@@ -132,7 +132,8 @@ Status ValidateDataPlaneInfo(const v1::DataPlaneInfo& info) {
     // Dispatch writes rows below recv_capacity only (more is its overflow error), and at most
     // recv_capacity * min(K, L) gather entries.
     const uint64_t capacity = static_cast<uint32_t>(std::max(c.recv_capacity(), 0));
-    const uint64_t gather = capacity * static_cast<uint32_t>(std::min(c.top_k(), c.experts() / ranks));
+    const uint64_t gather =
+        capacity * static_cast<uint32_t>(std::min(c.top_k(), c.experts() / ranks));
     if (capacity < 1 || capacity > info.buffers().recv_rows() ||
         info.buffers().expert_rows_entries() < gather) {
       return InvalidArgumentError(
@@ -144,24 +145,23 @@ Status ValidateDataPlaneInfo(const v1::DataPlaneInfo& info) {
     // The packed-row plan the routing bind writes and dispatch reads, and the receive
     // metadata dispatch writes on every rank.
     const uint64_t ranks_bytes = uint64_t{static_cast<uint32_t>(ranks)} * 4;
-    EPD_RETURN_IF_ERROR(CheckBuffer(p.dest_row_offset(),
-                                    uint64_t{static_cast<uint32_t>(c.max_tokens_per_rank())} *
-                                        ranks_bytes,
-                                    p.total_bytes(), "dest_row"));
+    EPD_RETURN_IF_ERROR(CheckBuffer(
+        p.dest_row_offset(), uint64_t{static_cast<uint32_t>(c.max_tokens_per_rank())} * ranks_bytes,
+        p.total_bytes(), "dest_row"));
     EPD_RETURN_IF_ERROR(
         CheckBuffer(p.dest_counts_offset(), ranks_bytes, p.total_bytes(), "dest_counts"));
     const v1::HandleBuffers& b = info.buffers();
     const uint64_t local_experts = static_cast<uint32_t>(c.experts() / ranks);
-    EPD_RETURN_IF_ERROR(CheckReceiveBuffer(b.recv_rank_counts_offset(), ranks_bytes, b,
-                                           "recv_rank_counts"));
-    EPD_RETURN_IF_ERROR(CheckReceiveBuffer(b.recv_rank_offsets_offset(), ranks_bytes, b,
-                                           "recv_rank_offsets"));
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.recv_rank_counts_offset(), ranks_bytes, b, "recv_rank_counts"));
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.recv_rank_offsets_offset(), ranks_bytes, b, "recv_rank_offsets"));
     EPD_RETURN_IF_ERROR(
         CheckReceiveBuffer(b.recv_counts_offset(), local_experts * 4, b, "recv_counts"));
     EPD_RETURN_IF_ERROR(
         CheckReceiveBuffer(b.recv_offsets_offset(), (local_experts + 1) * 4, b, "recv_offsets"));
-    EPD_RETURN_IF_ERROR(CheckReceiveBuffer(b.expert_rows_offset(), b.expert_rows_entries() * 4,
-                                           b, "expert_rows"));
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.expert_rows_offset(), b.expert_rows_entries() * 4, b, "expert_rows"));
   }
   if (info.sync_area_bytes() == 0) return InvalidArgumentError("sync_area_bytes = 0");
   for (int r = 0; r < ranks; ++r) {

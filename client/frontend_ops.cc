@@ -273,8 +273,7 @@ Status FrontendOps::LaunchHighThroughputDispatch(const void* x, cudaStream_t str
   params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
   params.slot = private_->at<int32_t>(p.slot_offset());
   params.recv_rank_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_counts_offset());
-  params.recv_rank_offsets =
-      reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_offsets_offset());
+  params.recv_rank_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_offsets_offset());
   params.recv_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_counts_offset());
   params.recv_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_offsets_offset());
   params.peers = peer_table_->device;

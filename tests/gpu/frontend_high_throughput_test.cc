@@ -96,8 +96,8 @@ class HighThroughputFrontendTest : public ::testing::Test {
     if (VisibleGpus() == 0) {
       GTEST_SKIP() << "no CUDA GPU: the frontend-launched path needs the cuda backend";
     }
-    auto daemon = DaemonProcess::Start(
-        {"--backend", "cuda", "--gpus", "0", "--op-timeout-ms", "5000"});
+    auto daemon =
+        DaemonProcess::Start({"--backend", "cuda", "--gpus", "0", "--op-timeout-ms", "5000"});
     ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
     daemon_ = std::move(daemon).value();
     client_ = ConnectOrDie(daemon_->address());
@@ -167,8 +167,8 @@ class HighThroughputFrontendTest : public ::testing::Test {
       EPD_CUDA_CHECK(
           cudaMemcpy(weights_, in.weights.data(), in.weights.size() * 4, cudaMemcpyDefault));
     }
-    EPD_RETURN_IF_ERROR(ops_->Update(idx_, /*idx_int64=*/false,
-                                     static_cast<const float*>(weights_), in.n, stream_));
+    EPD_RETURN_IF_ERROR(ops_->Update(idx_, /*idx_int64=*/false, static_cast<const float*>(weights_),
+                                     in.n, stream_));
     EPD_RETURN_IF_ERROR(ops_->Dispatch(x_, stream_));
     EPD_CUDA_CHECK(cudaStreamSynchronize(stream_));
     return ops_->TakeErrors();
@@ -212,7 +212,8 @@ class HighThroughputFrontendTest : public ::testing::Test {
     // Only what this dispatch wrote: rows past the total and gather entries past
     // recv_offsets[L] keep older contents.
     const int L = config_.local_experts();
-    const auto* rank_counts = reinterpret_cast<const int32_t*>(at(want, layout_.recv_rank_counts_offset));
+    const auto* rank_counts =
+        reinterpret_cast<const int32_t*>(at(want, layout_.recv_rank_counts_offset));
     const auto* offsets = reinterpret_cast<const int32_t*>(at(want, layout_.recv_offsets_offset));
     const size_t rows = static_cast<size_t>(rank_counts[0]);
     const size_t row_bytes = config_.recv_row_bytes();
@@ -245,8 +246,7 @@ class HighThroughputFrontendTest : public ::testing::Test {
     std::vector<float> want_out(size_t{kTokens} * kHidden, 0.0f);
     reference::Combine(config_, bound.source, slot.data(), {z.data()}, want_out.data());
     std::vector<float> got_out(size_t{kTokens} * kHidden);
-    ASSERT_EQ(cudaMemcpy(got_out.data(), out_, got_out.size() * 4, cudaMemcpyDefault),
-              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(got_out.data(), out_, got_out.size() * 4, cudaMemcpyDefault), cudaSuccess);
     ExpectBytesEqual(want_out.data(), got_out.data(), size_t(in.n) * row_bytes, "combine out");
   }
 
@@ -291,10 +291,10 @@ TEST_F(HighThroughputFrontendTest, RecvCapacityOverflowFailsNamingItThenTheNextO
   EXPECT_NE(overflow.message().find("dispatch of group '" + group + "' on rank 0 (op "),
             std::string::npos)
       << overflow.message();
-  EXPECT_NE(overflow.message().find("group rank 0 would receive " + std::to_string(kTokens) +
-                                    " rows, more than recv_capacity=" +
-                                    std::to_string(kTokens / 2)),
-            std::string::npos)
+  EXPECT_NE(
+      overflow.message().find("group rank 0 would receive " + std::to_string(kTokens) +
+                              " rows, more than recv_capacity=" + std::to_string(kTokens / 2)),
+      std::string::npos)
       << overflow.message();
   EXPECT_TRUE(ops_->TakeErrors().ok()) << "reported once";
   RunLayerAndCheck(MakeHtInputs(kTokens / 2 - 1, Routing::kRandom, 42), "after the overflow");
@@ -308,7 +308,8 @@ TEST_F(HighThroughputFrontendTest, BadExpertIdsFailTheUpdateThenTheNextLayerWork
   bad.idx[5 * kTopK + 2] = kExperts + 3;
   Status status = LaunchDispatch(bad);
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
-  EXPECT_EQ(status.message(), "update of group '" + group + "' on rank 0 (op 0): topk_idx[5, 2] = " +
+  EXPECT_EQ(status.message(), "update of group '" + group +
+                                  "' on rank 0 (op 0): topk_idx[5, 2] = " +
                                   std::to_string(kExperts + 3) + " is outside [-1, experts)");
   RunLayerAndCheck(MakeHtInputs(kTokens, Routing::kRandom, 51), "after bad ids");
 }

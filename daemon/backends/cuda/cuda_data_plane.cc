@@ -23,10 +23,9 @@ StatusOr<DataPlaneExport> CudaBackend::ExportDataPlane(BackendGroup& g, BackendH
   const HandlePrivateLayout& p = handle->private_layout_;
   DataPlaneExport out;
   out.private_region = handle->private_->Describe();
-  out.private_offsets = HandlePrivateOffsets{p.topk_idx, p.topk_weights,  p.expert_counts,
-                                             p.slot,     p.local_rank,    p.bound_tokens,
-                                             p.bytes,    p.route_scratch, p.route_scratch_bytes,
-                                             p.dest_row, p.dest_counts};
+  out.private_offsets = HandlePrivateOffsets{
+      p.topk_idx, p.topk_weights,  p.expert_counts,       p.slot,     p.local_rank, p.bound_tokens,
+      p.bytes,    p.route_scratch, p.route_scratch_bytes, p.dest_row, p.dest_counts};
   const CudaExportedMemory& sync = *group.sync_[handle->group_rank_];
   out.sync_area = sync.Describe();
   out.sync_area_bytes = sync.size();
