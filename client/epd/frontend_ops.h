@@ -16,10 +16,12 @@
 //
 // Contract: every rank of the group launches the same collectives in the same order, as with
 // the daemon's ops. Bad expert ids and capacity overflow are found on the device; TakeErrors
-// turns the records into the daemon's messages once the stream passed the ops. When the daemon
-// resets the group (a peer's frontend ended), the next Update/Dispatch/Combine fails once with
-// UNAVAILABLE naming the new epoch, and the ops after it are numbered in that epoch. After a
-// peer timeout, pass failed_epoch() to Session::AttachDataPlane so every rank restarts.
+// turns the records into the daemon's messages once the stream passed the ops. A combine
+// launched after a dispatch that failed (e.g. a high-throughput recv_capacity overflow) leaves
+// `out` undefined: the daemon's streams refuse that combine, here only TakeErrors tells. When
+// the daemon resets the group (a peer's frontend ended), the next Update/Dispatch/Combine fails
+// once with UNAVAILABLE naming the new epoch, and the ops after it are numbered in that epoch.
+// After a peer timeout, pass failed_epoch() to Session::AttachDataPlane so every rank restarts.
 // Not thread-safe: one frontend thread drives one FrontendOps.
 // CUDA graphs: update, dispatch and combine can be captured on the frontend's stream and the
 // graph replayed with new input contents (same n, same pointers), on groups of any size.
