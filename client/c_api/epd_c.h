@@ -85,9 +85,9 @@ enum {
  *   ordered by fences). Every backend, every group.
  * FRONTEND_LAUNCHED: the handle maps the group's data plane at open and epd_handle_update /
  *   epd_handle_dispatch / epd_handle_combine launch epd's kernels on the caller's CUDA stream
- *   (no RPC per op). Needs libepd_c built with CUDA, the cuda backend and a group that
- *   dispatches its token dtype (not FP8): FAILED_PRECONDITION otherwise. Every rank of the
- *   group must use this path.
+ *   (no RPC per op). Needs libepd_c built with CUDA, the cuda backend and a group (of either
+ *   algorithm) that dispatches its token dtype (not FP8): FAILED_PRECONDITION otherwise.
+ *   Every rank of the group must use this path.
  * DEFAULT: the environment's EPD_DATA_PATH ("daemon" / "frontend") when set, else frontend-
  *   launched for a CUDA client of the cuda backend whose GPU runs no MPS server (a context
  *   switch per daemon op costs more there), daemon streams otherwise (and for FP8 groups).
