@@ -1,5 +1,6 @@
 #include "client/epd/data_path.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -25,6 +26,19 @@ Status CheckBuffer(uint64_t offset, uint64_t bytes, uint64_t total, std::string_
   if (offset % 4 != 0 || offset > total || bytes > total - offset) {
     return InvalidArgumentError(
         "private_buffers.{}_offset = {} with {} bytes does not fit the region of {} bytes", name,
+        offset, bytes, total);
+  }
+  return OkStatus();
+}
+
+// One receive buffer of a high-throughput handle: 4-byte aligned and inside every rank's
+// receive region (whose size is checked against total_bytes).
+Status CheckReceiveBuffer(uint64_t offset, uint64_t bytes, const v1::HandleBuffers& b,
+                          std::string_view name) {
+  const uint64_t total = b.total_bytes();
+  if (offset % 4 != 0 || offset > total || bytes > total - offset) {
+    return InvalidArgumentError(
+        "buffers.{}_offset = {} with {} bytes does not fit the receive region of {} bytes", name,
         offset, bytes, total);
   }
   return OkStatus();
@@ -114,6 +128,41 @@ Status ValidateDataPlaneInfo(const v1::DataPlaneInfo& info) {
   EPD_RETURN_IF_ERROR(CheckBuffer(p.bound_tokens_offset(), 4, p.total_bytes(), "bound_tokens"));
   EPD_RETURN_IF_ERROR(CheckBuffer(p.route_scratch_offset(), p.route_scratch_bytes(),
                                   p.total_bytes(), "route_scratch"));
+  if (c.algorithm() == v1::ALGORITHM_HIGH_THROUGHPUT) {
+    // Dispatch writes rows below recv_capacity only (more is its overflow error), and at most
+    // recv_capacity * min(K, L) gather entries.
+    const uint64_t capacity = static_cast<uint32_t>(std::max(c.recv_capacity(), 0));
+    const uint64_t gather =
+        capacity * static_cast<uint32_t>(std::min(c.top_k(), c.experts() / ranks));
+    if (capacity < 1 || capacity > info.buffers().recv_rows() ||
+        info.buffers().expert_rows_entries() < gather) {
+      return InvalidArgumentError(
+          "config.recv_capacity = {} does not fit buffers.recv_rows = {} and "
+          "buffers.expert_rows_entries = {} (a high-throughput group needs 1 <= recv_capacity "
+          "<= recv_rows and recv_capacity * min(top_k, local experts) entries)",
+          c.recv_capacity(), info.buffers().recv_rows(), info.buffers().expert_rows_entries());
+    }
+    // The packed-row plan the routing bind writes and dispatch reads, and the receive
+    // metadata dispatch writes on every rank.
+    const uint64_t ranks_bytes = uint64_t{static_cast<uint32_t>(ranks)} * 4;
+    EPD_RETURN_IF_ERROR(CheckBuffer(
+        p.dest_row_offset(), uint64_t{static_cast<uint32_t>(c.max_tokens_per_rank())} * ranks_bytes,
+        p.total_bytes(), "dest_row"));
+    EPD_RETURN_IF_ERROR(
+        CheckBuffer(p.dest_counts_offset(), ranks_bytes, p.total_bytes(), "dest_counts"));
+    const v1::HandleBuffers& b = info.buffers();
+    const uint64_t local_experts = static_cast<uint32_t>(c.experts() / ranks);
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.recv_rank_counts_offset(), ranks_bytes, b, "recv_rank_counts"));
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.recv_rank_offsets_offset(), ranks_bytes, b, "recv_rank_offsets"));
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.recv_counts_offset(), local_experts * 4, b, "recv_counts"));
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.recv_offsets_offset(), (local_experts + 1) * 4, b, "recv_offsets"));
+    EPD_RETURN_IF_ERROR(
+        CheckReceiveBuffer(b.expert_rows_offset(), b.expert_rows_entries() * 4, b, "expert_rows"));
+  }
   if (info.sync_area_bytes() == 0) return InvalidArgumentError("sync_area_bytes = 0");
   for (int r = 0; r < ranks; ++r) {
     const v1::DataPlanePeer& peer = info.peers(r);

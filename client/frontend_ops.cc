@@ -12,6 +12,7 @@
 #include "kernels/combine.cuh"
 #include "kernels/device_error_status.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/ht_dispatch.cuh"
 #include "kernels/launch_grid.h"
 #include "kernels/preload.cuh"
 #include "kernels/routing.cuh"
@@ -116,6 +117,9 @@ Status FrontendOps::BuildPeerTable() {
     buffers.recv_weights = reinterpret_cast<float*>(recv + b.recv_weights_offset());
     buffers.recv_topk_idx = reinterpret_cast<int32_t*>(recv + b.recv_topk_idx_offset());
     buffers.recv_topk_weights = reinterpret_cast<float*>(recv + b.recv_topk_weights_offset());
+    if (high_throughput()) {
+      buffers.expert_rows = reinterpret_cast<int32_t*>(recv + b.expert_rows_offset());
+    }
   }
   peer_table_ = std::make_unique<PeerTable>();
   EPD_CUDA_CHECK(cudaMalloc(&peer_table_->device, sizeof(kernels::PeerTable)));
@@ -171,6 +175,12 @@ Status FrontendOps::Update(const void* topk_idx, bool idx_int64, const float* to
   params.slot = private_->at<int32_t>(p.slot_offset());
   params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
   params.world_size = c.ranks_size();
+  if (high_throughput()) {
+    // The bind also plans the packed rows per destination rank (kernels/routing.cuh).
+    params.high_throughput = 1;
+    params.dest_row = private_->at<int32_t>(p.dest_row_offset());
+    params.dest_counts = private_->at<int32_t>(p.dest_counts_offset());
+  }
   if (p.route_scratch_bytes() > 0) {
     params.scratch = private_->at<int32_t>(p.route_scratch_offset());
     params.scratch_bytes = p.route_scratch_bytes();
@@ -182,11 +192,21 @@ Status FrontendOps::Update(const void* topk_idx, bool idx_int64, const float* to
 }
 
 Status FrontendOps::Dispatch(const void* x, cudaStream_t stream) {
-  const v1::GroupConfig& c = info_.config();
   if (num_tokens_ > 0 && x == nullptr) {
     return InvalidArgumentError("x is null for {} bound tokens", num_tokens_);
   }
   EPD_RETURN_IF_ERROR(FollowEpoch());
+  EPD_RETURN_IF_ERROR(high_throughput() ? LaunchHighThroughputDispatch(x, stream)
+                                        : LaunchLowLatencyDispatch(x, stream));
+  // NOTE: counted once launched: every rank counts the same collectives.
+  ++collectives_;
+  records_->sequence[kDispatchRecord] = sequence_base_ + collectives_;
+  records_->epoch[kDispatchRecord] = epoch_;
+  return OkStatus();
+}
+
+Status FrontendOps::LaunchLowLatencyDispatch(const void* x, cudaStream_t stream) {
+  const v1::GroupConfig& c = info_.config();
   const v1::HandlePrivateBuffers& p = info_.private_buffers();
   const v1::HandleBuffers& b = info_.buffers();
   const bool rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR;
@@ -224,10 +244,47 @@ Status FrontendOps::Dispatch(const void* x, cudaStream_t stream) {
   params.error = records_->device + kDispatchRecord;
   EPD_CUDA_CHECK(kernels::LaunchDispatch(
       params, kernels::DispatchBlocks(params, num_tokens_, info_.max_blocks()), stream));
-  // NOTE: counted once launched: every rank counts the same collectives.
-  ++collectives_;
-  records_->sequence[kDispatchRecord] = sequence_base_ + collectives_;
-  records_->epoch[kDispatchRecord] = epoch_;
+  return OkStatus();
+}
+
+// The daemon's high-throughput launch (daemon/backends/cuda/cuda_ht_ops.cc) with this
+// process's mappings, device-numbered like the low-latency ops.
+Status FrontendOps::LaunchHighThroughputDispatch(const void* x, cudaStream_t stream) {
+  const v1::GroupConfig& c = info_.config();
+  const v1::HandlePrivateBuffers& p = info_.private_buffers();
+  const v1::HandleBuffers& b = info_.buffers();
+  kernels::HtDispatchParams params;
+  params.world_size = c.ranks_size();
+  params.rank = info_.group_rank();
+  params.experts = c.experts();
+  params.local_experts = c.experts() / c.ranks_size();
+  params.top_k = c.top_k();
+  params.max_tokens = c.max_tokens_per_rank();
+  params.recv_capacity = c.recv_capacity();  // resolved by the daemon, checked at Open
+  params.row_bytes =
+      static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
+  params.x = x;
+  params.topk_idx = private_->at<int32_t>(p.topk_idx_offset());
+  params.topk_weights = private_->at<float>(p.topk_weights_offset());
+  params.expert_counts = private_->at<int32_t>(p.expert_counts_offset());
+  params.local_rank = private_->at<int32_t>(p.local_rank_offset());
+  params.dest_row = private_->at<int32_t>(p.dest_row_offset());
+  params.dest_counts = private_->at<int32_t>(p.dest_counts_offset());
+  params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
+  params.slot = private_->at<int32_t>(p.slot_offset());
+  params.recv_rank_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_counts_offset());
+  params.recv_rank_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_offsets_offset());
+  params.recv_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_counts_offset());
+  params.recv_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_offsets_offset());
+  params.peers = peer_table_->device;
+  params.handle_slot = info_.peers(info_.group_rank()).handle_slot();
+  params.abort = nullptr;  // as in LaunchLowLatencyDispatch
+  params.seq = 0;
+  params.seq_floor = sequence_base_;
+  params.timeout_ns = info_.timeout_ns();
+  params.error = records_->device + kDispatchRecord;
+  // NOTE: the whole SM budget, as the daemon launches it: the kernel strides over its rows.
+  EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, info_.max_blocks(), stream));
   return OkStatus();
 }
 
@@ -247,14 +304,17 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   params.hidden = c.hidden();
   EPD_ASSIGN_OR_RETURN(const DType dtype, DTypeFromProto(c.dtype(), "config.dtype"));
   params.token_type = kernels::TokenTypeOf(dtype);
-  params.rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR;
+  // High-throughput rows are pre-reduced per destination rank like rank-major ones.
+  params.rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR || high_throughput();
   params.recv_rows = static_cast<int64_t>(b.recv_rows());
   params.topk_idx = private_->at<int32_t>(p.topk_idx_offset());
   params.topk_weights = private_->at<float>(p.topk_weights_offset());
   params.slot = private_->at<int32_t>(p.slot_offset());
   params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
   params.out = out;
-  params.experts = c.experts();
+  // The inbox stride: a high-throughput dispatch posts its row counts after the experts'.
+  params.experts =
+      high_throughput() ? kernels::HtInboxExperts(c.experts(), c.ranks_size()) : c.experts();
   // In place: each rank's expert output is its recv_x, found through this process's peer
   // table (a published address would be the publishing process's mapping).
   params.expert_out = own_recv_ + b.recv_x_offset();
@@ -267,8 +327,11 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   params.error = records_->device + kCombineRecord;
   const int64_t row_bytes =
       static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
+  params.wide_items = high_throughput() ? 1 : 0;
   EPD_CUDA_CHECK(kernels::LaunchCombine(
-      params, kernels::CombineBlocks(row_bytes, num_tokens_, info_.max_blocks()), stream));
+      params,
+      kernels::CombineBlocks(row_bytes, num_tokens_, info_.max_blocks(), params.wide_items != 0),
+      stream));
   ++collectives_;
   records_->sequence[kCombineRecord] = sequence_base_ + collectives_;
   records_->epoch[kCombineRecord] = epoch_;
@@ -287,8 +350,8 @@ Status FrontendOps::TakeErrors() {
     if (record.code == kernels::kDeviceErrorPeerTimeout) failed_epoch_ = records_->epoch[slot];
     if (first.ok()) {
       first = kernels::DeviceErrorToStatus(
-          record, fmt::format("{} of group '{}' on rank {} (op {})", kOps[slot], group_,
-                              info_.group_rank(), records_->sequence[slot]));
+          record, kernels::DescribeGroupOp(kOps[slot], group_, info_.group_rank(),
+                                           records_->sequence[slot]));
     }
   }
   std::atomic_thread_fence(std::memory_order_release);

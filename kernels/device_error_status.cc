@@ -24,6 +24,11 @@ const char* PhaseName(int phase) {
 
 }  // namespace
 
+std::string DescribeGroupOp(std::string_view op, std::string_view group, int group_rank,
+                            uint64_t seq) {
+  return fmt::format("{} of group '{}' on rank {} (op {})", op, group, group_rank, seq);
+}
+
 Status DeviceErrorToStatus(const DeviceError& e, const std::string& what) {
   switch (e.code) {
     case kDeviceErrorNone:

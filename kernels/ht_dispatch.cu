@@ -271,8 +271,7 @@ __device__ void QuantizeRows(const HtDispatchParams& p, const PeerBuffers* dest,
 __global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchParams p) {
   __shared__ PeerBuffers dest[kMaxRanks];
   SyncArea* me = SyncOf(p, p.rank);
-  // Daemon streams only (host-numbered: seq != 0), never device-numbered.
-  const auto [ticket, seq] = detail::StartOp(me, p.seq, /*floor=*/0);
+  const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
   uint64_t flags;
   if (ticket == 0) {

@@ -73,7 +73,9 @@ struct HtDispatchParams {
   const PeerTable* peers = nullptr;
   int handle_slot = 0;
   const uint64_t* abort = nullptr;
+  // 0: device-numbered (frontend-launched, graph-replayable), as CombineParams::seq says.
   uint64_t seq = 0;
+  uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
 };

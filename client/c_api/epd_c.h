@@ -85,9 +85,9 @@ enum {
  *   ordered by fences). Every backend, every group.
  * FRONTEND_LAUNCHED: the handle maps the group's data plane at open and epd_handle_update /
  *   epd_handle_dispatch / epd_handle_combine launch epd's kernels on the caller's CUDA stream
- *   (no RPC per op). Needs libepd_c built with CUDA, the cuda backend and a group that
- *   dispatches its token dtype (not FP8): FAILED_PRECONDITION otherwise. Every rank of the
- *   group must use this path.
+ *   (no RPC per op). Needs libepd_c built with CUDA, the cuda backend and a group (of either
+ *   algorithm) that dispatches its token dtype (not FP8): FAILED_PRECONDITION otherwise.
+ *   Every rank of the group must use this path.
  * DEFAULT: the environment's EPD_DATA_PATH ("daemon" / "frontend") when set, else frontend-
  *   launched for a CUDA client of the cuda backend whose GPU runs no MPS server (a context
  *   switch per daemon op costs more there), daemon streams otherwise (and for FP8 groups).
@@ -226,8 +226,8 @@ typedef struct {
 } epd_group_config_t;
 void epd_group_config_init(epd_group_config_t* config);
 /* filled_capacity (may be NULL) receives the expert capacity after defaults; for a
- * high-throughput group (also one EPD_ALGORITHM_AUTO chose) its receive rows per rank, R * T.
- * Such groups use the daemon's streams (no frontend-launched path yet). */
+ * high-throughput group (also one EPD_ALGORITHM_AUTO chose) its receive rows per rank
+ * (recv_capacity; R * T by default). Both algorithms run on either data path. */
 epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* config,
                               int32_t persistent, int32_t* filled_capacity);
 epd_status_t epd_group_destroy(epd_session_t* session, const char* name);

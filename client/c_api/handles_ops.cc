@@ -43,14 +43,6 @@ epd::StatusOr<epd::DataPath> ResolveDataPath(const epd_session& session, int32_t
         group_config.name());
   }
   if (fp8) return epd::DataPath::kDaemonStreams;
-  const bool high_throughput = group_config.algorithm() == epd::v1::ALGORITHM_HIGH_THROUGHPUT;
-  if (high_throughput && requested == epd::DataPath::kFrontendLaunched) {
-    return epd::FailedPreconditionError(
-        "group '{}' uses algorithm = high_throughput, which has no frontend-launched path yet; "
-        "use the daemon's streams (EPD_DATA_PATH_DAEMON_STREAMS)",
-        group_config.name());
-  }
-  if (high_throughput) return epd::DataPath::kDaemonStreams;
   return epd::ChooseDataPath(session.node, session.session->rank(),
                              epd::c_api::ClientHasCuda(), requested);
 }

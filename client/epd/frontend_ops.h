@@ -4,6 +4,8 @@
 // daemon runs) on the frontend's stream, in the frontend's CUDA context, against memory the
 // daemon owns: this rank's private region and receive region, and every group rank's receive
 // region and sync area, mapped once at Open. No RPC and no context switch per op.
+// Both algorithms: low-latency groups, and high-throughput groups (packed rows bounded by
+// recv_capacity, on at most the group's SM budget: DataPlaneInfo.max_blocks).
 //
 //   auto view = epd::HandleView::Open(session->CreateHandle("g").value()).value();
 //   auto info = session->AttachDataPlane(view->handle_id()).value();  // every rank's handle exists
@@ -14,10 +16,12 @@
 //
 // Contract: every rank of the group launches the same collectives in the same order, as with
 // the daemon's ops. Bad expert ids and capacity overflow are found on the device; TakeErrors
-// turns the records into the daemon's messages once the stream passed the ops. When the daemon
-// resets the group (a peer's frontend ended), the next Update/Dispatch/Combine fails once with
-// UNAVAILABLE naming the new epoch, and the ops after it are numbered in that epoch. After a
-// peer timeout, pass failed_epoch() to Session::AttachDataPlane so every rank restarts.
+// turns the records into the daemon's messages once the stream passed the ops. A combine
+// launched after a dispatch that failed (e.g. a high-throughput recv_capacity overflow) leaves
+// `out` undefined: the daemon's streams refuse that combine, here only TakeErrors tells. When
+// the daemon resets the group (a peer's frontend ended), the next Update/Dispatch/Combine fails
+// once with UNAVAILABLE naming the new epoch, and the ops after it are numbered in that epoch.
+// After a peer timeout, pass failed_epoch() to Session::AttachDataPlane so every rank restarts.
 // Not thread-safe: one frontend thread drives one FrontendOps.
 // CUDA graphs: update, dispatch and combine can be captured on the frontend's stream and the
 // graph replayed with new input contents (same n, same pointers), on groups of any size.
@@ -86,6 +90,12 @@ class FrontendOps {
   Status BuildPeerTable();
   // Adopts the state page's epoch; UNAVAILABLE once when it moved since the last op.
   Status FollowEpoch();
+  bool high_throughput() const {
+    return info_.config().algorithm() == v1::ALGORITHM_HIGH_THROUGHPUT;
+  }
+  // The dispatch kernel of the group's algorithm on `stream` (Dispatch checked and counts).
+  Status LaunchLowLatencyDispatch(const void* x, cudaStream_t stream);
+  Status LaunchHighThroughputDispatch(const void* x, cudaStream_t stream);
 
   v1::DataPlaneInfo info_;
   std::string group_;

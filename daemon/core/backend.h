@@ -141,6 +141,9 @@ struct HandlePrivateOffsets {
   // The routing bind's scratch (kernels/routing_scratch.h); 0 bytes: the frontend's bind
   // runs single-block.
   uint64_t route_scratch = 0, route_scratch_bytes = 0;
+  // High-throughput groups: the packed-row plan the routing bind writes (kernels/routing.cuh):
+  // dest_row [T, R] and dest_counts [R] int32. Unused (0) otherwise.
+  uint64_t dest_row = 0, dest_counts = 0;
 };
 
 // What a backend exports of one rank's handle so that the rank's frontend can launch the

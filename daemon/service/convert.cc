@@ -281,6 +281,8 @@ void ToProto(const DataPlaneInfo& info, v1::DataPlaneInfo* out) {
   priv->set_total_bytes(p.bytes);
   priv->set_route_scratch_offset(p.route_scratch);
   priv->set_route_scratch_bytes(p.route_scratch_bytes);
+  priv->set_dest_row_offset(p.dest_row);
+  priv->set_dest_counts_offset(p.dest_counts);
   for (const DataPlanePeer& peer : info.peers) {
     v1::DataPlanePeer* proto = out->add_peers();
     proto->set_group_rank(peer.group_rank);

@@ -3,7 +3,8 @@
 // streams against the daemon's memory. Bit-exact against the cpu reference math, CUDA graphs
 // of a whole layer replayed with new inputs (also with two ranks sharing GPU 0), and a
 // frontend killed while its ops run: the daemon resets the group and a new frontend runs
-// bit-exact layers on it.
+// bit-exact layers on it. Each also with algorithm = high_throughput (packed rows, the SM
+// budget as grid bound).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -45,12 +46,13 @@ class FrontendLaunchTest : public ::testing::Test {
   }
 
   std::vector<std::string> ExampleArgs(const std::string& layout, const std::string& dtype,
-                                       int iterations, const std::string& group = "") {
+                                       int iterations, const std::string& group = "",
+                                       const std::string& algorithm = "low_latency") {
     std::vector<std::string> args = {
         ExampleFrontendPath(), "--address", daemon_->address(), "--ranks", std::to_string(gpus_),
         "--tokens", "128", "--hidden", "4104", "--experts", std::to_string(8 * gpus_), "--topk",
         "4", "--layout", layout, "--dtype", dtype, "--mode", "frontend", "--iterations",
-        std::to_string(iterations)};
+        std::to_string(iterations), "--algorithm", algorithm};
     if (!group.empty()) {
       args.push_back("--group");
       args.push_back(group);
@@ -191,6 +193,92 @@ TEST_F(FrontendLaunchTest, AKilledFrontendResetsTheGroupAndANewFrontendRunsBitEx
   EXPECT_TRUE((*owner)->Close().ok());
 }
 
+// High-throughput groups on the same path: every dtype bit-exact, layers of varying token
+// counts (T, then random in [1, T]), the daemon running none of the ops.
+TEST_F(FrontendLaunchTest, HighThroughputFrontendsGetBitExactResults) {
+  for (const std::string dtype : {"bf16", "fp16", "fp32"}) {
+    auto example =
+        ChildProcess::Spawn(ExampleArgs("expert_major", dtype, 6, "", "high_throughput"));
+    ASSERT_TRUE(example.ok()) << example.status().ToString();
+    EXPECT_EQ((*example)->Wait(120'000), 0) << dtype << "; daemon log:\n" << daemon_->ReadLog();
+  }
+  auto stats = client_->GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->dispatch().completed() + stats->dispatch().failed(), 0u);
+  EXPECT_EQ(stats->combine().completed() + stats->combine().failed(), 0u);
+}
+
+// A high-throughput layer captured in CUDA graphs after an eager layer and replayed 4 times,
+// each with new tokens and new routing written into the captured tensors; every layer is
+// checked bit for bit (the example fails unless layers 2..5 replayed). Also past the chunked
+// routing bind's threshold, on the exported scratch.
+TEST_F(FrontendLaunchTest, HighThroughputCapturedLayersReplayBitExactWithNewRouting) {
+  for (const int tokens : {128, 1100}) {
+    std::vector<std::string> args =
+        ExampleArgs("expert_major", "bf16", 6, "ht-graph-" + std::to_string(tokens),
+                    "high_throughput");
+    for (size_t i = 0; i + 1 < args.size(); ++i) {
+      if (args[i] == "--tokens") args[i + 1] = std::to_string(tokens);
+      if (args[i] == "--hidden" && tokens > 128) args[i + 1] = "1024";
+    }
+    args.push_back("--graphs");
+    auto example = ChildProcess::Spawn(args);
+    ASSERT_TRUE(example.ok()) << example.status().ToString();
+    EXPECT_EQ((*example)->Wait(120'000), 0) << tokens << "; daemon log:\n" << daemon_->ReadLog();
+  }
+  auto stats = client_->GetStats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->dispatch().completed() + stats->dispatch().failed(), 0u);
+}
+
+// A frontend of a persistent high-throughput group killed while its layers run: the daemon
+// resets the group (its sync areas and epoch), and a new set of frontends, eager and then
+// with graphs, runs bit-exact layers on it.
+TEST_F(FrontendLaunchTest, AKilledHighThroughputFrontendResetsTheGroupAndTheNextRunsBitExact) {
+  example::Problem problem;
+  problem.ranks = gpus_;
+  problem.experts = 8 * gpus_;
+  problem.hidden = 4104;
+  problem.max_tokens = 128;
+  problem.top_k = 4;
+  problem.dtype = v1::DTYPE_BF16;
+  problem.algorithm = v1::ALGORITHM_HIGH_THROUGHPUT;
+  const std::string group = "ht-frontend-reset";
+  auto owner = client_->OpenSession(0, "group-owner");
+  ASSERT_TRUE(owner.ok());
+  ASSERT_TRUE((*owner)->CreateGroup(problem.Config(group), /*persistent=*/true).ok());
+
+  std::vector<std::string> args =
+      ExampleArgs("expert_major", "bf16", 100000, group, "high_throughput");
+  args.push_back("--progress");
+  auto victim = ChildProcess::Spawn(args);
+  ASSERT_TRUE(victim.ok()) << victim.status().ToString();
+  int layers = 0;
+  while (layers < 3 * gpus_) {
+    auto line = (*victim)->ReadLine(60'000);
+    ASSERT_TRUE(line.ok()) << line.status().ToString() << "; daemon log:\n" << daemon_->ReadLog();
+    if (line->find("OK") != std::string::npos) ++layers;
+  }
+  std::vector<pid_t> ranks = ChildrenOf((*victim)->pid());
+  ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
+  ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
+  const int code = (*victim)->Wait(60'000);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(code, -1) << "the surviving frontends hung";
+  ASSERT_TRUE(WaitForLog("device sync state reset", 1)) << daemon_->ReadLog();
+
+  for (const bool graphs : {false, true}) {
+    std::vector<std::string> again_args =
+        ExampleArgs("expert_major", "bf16", 4, group, "high_throughput");
+    if (graphs) again_args.push_back("--graphs");
+    auto again = ChildProcess::Spawn(again_args);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ((*again)->Wait(120'000), 0)
+        << (graphs ? "graphs" : "eager") << "; daemon log:\n" << daemon_->ReadLog();
+  }
+  EXPECT_TRUE((*owner)->Close().ok());
+}
+
 // Two ranks on two GPUs, one frontend process each: the ranks' captured layers replay
 // together, each replay numbered afresh on both ranks. (The daemon gives every rank its own
 // GPU, so this needs two.)
@@ -199,10 +287,13 @@ TEST(FrontendLaunchTwoGpuTest, TwoRanksReplayCapturedLayersBitExact) {
   auto daemon =
       DaemonProcess::Start({"--backend", "cuda", "--gpus", "0,1", "--op-timeout-ms", "5000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-  for (const std::string layout : {"expert_major", "rank_major"}) {
+  // High-throughput: packed rows from both ranks on each (layout unused).
+  for (const std::string layout : {"expert_major", "rank_major", "high_throughput"}) {
+    const bool ht = layout == "high_throughput";
     auto example = ChildProcess::Spawn(
         {ExampleFrontendPath(), "--address", (*daemon)->address(), "--ranks", "2", "--tokens",
-         "64", "--hidden", "2048", "--experts", "16", "--topk", "4", "--layout", layout,
+         "64", "--hidden", "2048", "--experts", "16", "--topk", "4", "--layout",
+         ht ? "expert_major" : layout, "--algorithm", ht ? "high_throughput" : "low_latency",
          "--dtype", "bf16", "--mode", "frontend", "--iterations", "5", "--graphs"});
     ASSERT_TRUE(example.ok()) << example.status().ToString();
     EXPECT_EQ((*example)->Wait(180'000), 0) << layout << "; daemon log:\n" << (*daemon)->ReadLog();

@@ -161,16 +161,17 @@ int main(int argc, char** argv) {
   int32_t capacity = 0;
   OK(epd_group_create(session, &group, 0, &capacity));
   CHECK(capacity == T);
-  /* AUTO picks high-throughput from 1024 tokens per rank; its capacity is the receive rows,
-   * and it has no frontend-launched path (the message names the algorithm, not the backend).
-   * The refused handle stays with the session, as any handle whose path was refused. */
+  /* AUTO picks high-throughput from 1024 tokens per rank; its capacity is the receive rows.
+   * Its data path is chosen as a low-latency group's: forcing the frontend-launched path
+   * fails here for the backend's sake (cpu), not the algorithm's. The refused handle stays
+   * with the session, as any handle whose path was refused. */
   group.name = "prefill";
   group.max_tokens_per_rank = 1024;
   group.algorithm = EPD_ALGORITHM_AUTO;
   OK(epd_group_create(session, &group, 0, &capacity));
   CHECK(capacity == 1024);
   FAILS(epd_handle_create(session, "prefill", "", 0, EPD_DATA_PATH_FRONTEND_LAUNCHED, &handle),
-        EPD_FAILED_PRECONDITION, "high_throughput");
+        EPD_FAILED_PRECONDITION, "cuda backend");
   epd_handle_t* prefill = NULL;
   OK(epd_handle_create(session, "prefill", "", 0, EPD_DATA_PATH_DEFAULT, &prefill));
   epd_handle_info_t packed;

@@ -24,6 +24,9 @@ namespace {
 using std::chrono::milliseconds;
 
 using engine_testing::Config;
+using engine_testing::kRanks;
+using engine_testing::kTokens;
+using engine_testing::kTopK;
 
 MemorySource FakeIpc(int device, uint64_t size, char tag) {
   MemorySource source;
@@ -55,6 +58,13 @@ class FakeDataPlaneBackend : public testing::ForwardingBackend {
                                                5 * selections + 512,
                                                5 * selections + 256,
                                                256};
+    if (c.high_throughput()) {
+      // The packed-row plan after the low-latency buffers: dest_row [T, R], dest_counts [R].
+      const uint64_t plan = out.private_offsets.bytes;
+      out.private_offsets.dest_row = plan;
+      out.private_offsets.dest_counts = plan + uint64_t(c.max_tokens_per_rank) * c.world_size() * 4;
+      out.private_offsets.bytes = out.private_offsets.dest_counts + 256;
+    }
     out.private_region =
         FakeIpc(c.ranks[handle.group_rank()], out.private_offsets.bytes, 'p');
     out.sync_area_bytes = 4096;
@@ -203,6 +213,72 @@ TEST_F(DataPlaneTest, TheWireDescriptorPassesTheClientsCheckAndBrokenOnesNameThe
   broken = wire;
   broken.mutable_config()->clear_ranks();
   expect_error(broken, "config.ranks has 0 entries");
+}
+
+// A high-throughput group attaches like a low-latency one; its descriptor also carries the
+// packed-row plan, the resolved recv_capacity and the packed receive metadata, and the client
+// checks each against the regions before mapping anything.
+TEST_F(DataPlaneTest, AHighThroughputAttachCarriesItsPlanAndTheClientChecksIt) {
+  GroupConfig config = Config("ht");
+  config.algorithm = Algorithm::kHighThroughput;
+  config.recv_capacity = 12;
+  ASSERT_TRUE(engine_->CreateGroup(std::nullopt, config, /*persistent=*/true).ok());
+  ObjectId handles[2] = {};
+  for (int r = 0; r < 2; ++r) {
+    auto handle = engine_->CreateHandle(sessions_[r], "ht", r, "", /*persistent=*/false);
+    ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+    handles[r] = handle->id;
+  }
+  auto info = engine_->AttachDataPlane(sessions_[1], handles[1]);
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  for (auto& peer : info->peers) peer.recv = FakeIpc(peer.node_rank, peer.recv.size, 'r');
+  v1::DataPlaneInfo wire;
+  service::ToProto(*info, &wire);
+  EXPECT_TRUE(ValidateDataPlaneInfo(wire).ok()) << ValidateDataPlaneInfo(wire).ToString();
+  EXPECT_EQ(wire.config().algorithm(), v1::ALGORITHM_HIGH_THROUGHPUT);
+  EXPECT_EQ(wire.config().recv_capacity(), 12);
+  EXPECT_EQ(wire.buffers().recv_rows(), 12u);
+  EXPECT_EQ(wire.buffers().expert_rows_entries(), 12u * kTopK);  // M * min(K, L)
+  EXPECT_EQ(wire.max_blocks(), 4);
+  const uint64_t selections = uint64_t{kTokens} * kTopK * 4;
+  EXPECT_EQ(wire.private_buffers().dest_row_offset(), 5 * selections + 512);
+  EXPECT_EQ(wire.private_buffers().dest_counts_offset(),
+            5 * selections + 512 + uint64_t{kTokens} * kRanks * 4);
+
+  auto expect_error = [](v1::DataPlaneInfo broken, std::string_view field) {
+    Status status = ValidateDataPlaneInfo(broken);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << field;
+    EXPECT_NE(status.message().find(field), std::string::npos) << status.message();
+  };
+  v1::DataPlaneInfo broken = wire;
+  broken.mutable_private_buffers()->set_dest_row_offset(wire.private_buffers().total_bytes() - 4);
+  expect_error(broken, "private_buffers.dest_row_offset");
+  broken = wire;
+  broken.mutable_private_buffers()->set_dest_counts_offset(2);
+  expect_error(broken, "private_buffers.dest_counts_offset = 2");
+  broken = wire;
+  broken.mutable_config()->set_recv_capacity(13);  // more rows than the regions hold
+  expect_error(broken, "config.recv_capacity = 13");
+  broken = wire;
+  broken.mutable_config()->set_recv_capacity(0);
+  expect_error(broken, "config.recv_capacity = 0");
+  broken = wire;
+  broken.mutable_buffers()->set_expert_rows_offset(wire.buffers().total_bytes());
+  expect_error(broken, "buffers.expert_rows_offset");
+  broken = wire;
+  broken.mutable_buffers()->set_recv_rank_counts_offset(wire.buffers().total_bytes() + 4);
+  expect_error(broken, "buffers.recv_rank_counts_offset");
+  // The same plan offsets mean nothing to a low-latency group: not checked there.
+  broken = wire;
+  broken.mutable_config()->set_algorithm(v1::ALGORITHM_LOW_LATENCY);
+  broken.mutable_private_buffers()->set_dest_row_offset(3);
+  EXPECT_TRUE(ValidateDataPlaneInfo(broken).ok()) << ValidateDataPlaneInfo(broken).ToString();
+
+  // A launching frontend that ends resets the high-throughput group as any other.
+  ASSERT_TRUE(engine_->AttachDataPlane(sessions_[0], handles[0]).ok());
+  ASSERT_TRUE(engine_->CloseSession(sessions_[1], "killed").ok());
+  EXPECT_EQ(backend_->resets(), (std::vector<int>{-1, 1}));
+  EXPECT_EQ(ReadStatePage(info->state_page).epoch, 2u);
 }
 
 TEST_F(DataPlaneTest, AttachNeedsEveryRanksHandleAndOnlyTheSessionsOwn) {

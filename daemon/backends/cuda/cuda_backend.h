@@ -25,7 +25,7 @@
 //    previous Complete() on that lane, in op order.
 //  - Groups and handles must be destroyed before the backend.
 // High-throughput groups run kernels/ht_dispatch.cuh and the combine kernel on their packed
-// rows, on at most sm_budget blocks; they have no frontend-launched path yet.
+// rows, on at most sm_budget blocks; on either data path (ExportDataPlane exports their plan).
 // Not yet: node-spanning groups (the NCCL communicator exists but is unused), replaying
 // the collectives from a CUDA graph (each launch carries its op sequence number).
 #pragma once

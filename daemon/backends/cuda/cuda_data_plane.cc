@@ -1,5 +1,6 @@
 // The cuda backend's side of the frontend-launched data path (daemon/core/data_plane.h):
-// exporting a handle's private region and sync area, and resetting a group's device sync
+// exporting a handle's private region (with a high-throughput group's packed-row plan) and
+// sync area, and resetting a group's device sync
 // state after a frontend-launched rank's frontend ended.
 #include <cuda_runtime.h>
 
@@ -19,21 +20,16 @@ StatusOr<DataPlaneExport> CudaBackend::ExportDataPlane(BackendGroup& g, BackendH
   if (handle == nullptr || handle->group_ != &group) {
     return InvalidArgumentError("group '{}': not one of its handles", group.config_.name);
   }
-  if (group.config_.high_throughput()) {
-    return FailedPreconditionError(
-        "group '{}': algorithm = high_throughput has no frontend-launched path yet; use the "
-        "daemon's streams (the default data path) for this group",
-        group.config_.name);
-  }
   const HandlePrivateLayout& p = handle->private_layout_;
   DataPlaneExport out;
   out.private_region = handle->private_->Describe();
-  out.private_offsets = HandlePrivateOffsets{p.topk_idx, p.topk_weights,  p.expert_counts,
-                                             p.slot,     p.local_rank,    p.bound_tokens,
-                                             p.bytes,    p.route_scratch, p.route_scratch_bytes};
+  out.private_offsets = HandlePrivateOffsets{
+      p.topk_idx, p.topk_weights,  p.expert_counts,       p.slot,     p.local_rank, p.bound_tokens,
+      p.bytes,    p.route_scratch, p.route_scratch_bytes, p.dest_row, p.dest_counts};
   const CudaExportedMemory& sync = *group.sync_[handle->group_rank_];
   out.sync_area = sync.Describe();
   out.sync_area_bytes = sync.size();
+  // High-throughput groups: the SM budget is folded into it (the one grid bound of both paths).
   out.max_blocks = group.max_blocks_;
   out.handle_slot = handle->slot_;
   return out;

@@ -8,7 +8,7 @@ namespace epd::cuda {
 
 std::string PendingOp::Describe() const {
   if (group == nullptr) return fmt::format("{} on node rank {}", op, rank);
-  return fmt::format("{} of group '{}' on rank {} (op {})", op, *group, rank, value);
+  return kernels::DescribeGroupOp(op, *group, rank, value);
 }
 
 StatusOr<std::unique_ptr<ErrorRecords>> ErrorRecords::Create(AllocationCounter& counter) {

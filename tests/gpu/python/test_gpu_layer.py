@@ -12,7 +12,9 @@ place and kept alive, a CUDA-graph-captured layer replayed 100 times with changi
 The frontend-launched layer (data_path="frontend"): bit-exact against the same reference with
 no op run by the daemon (its op counters unchanged), a CUDA-graph-captured layer replayed with
 new inputs, int32 routing and a caller's out tensor, a custom expert_out refused, a bad expert
-id reported by take_errors.
+id reported by take_errors. A high-throughput group on the frontend-launched path: packed rows
+and combine bit-exact (1, T-1, T tokens, no expert at all), a graph replayed with changing
+routing, a recv_capacity overflow raised by take_errors and the next layer working.
 """
 
 import gc
@@ -74,6 +76,7 @@ class _OneGpuLayer(unittest.TestCase):
     """A private cuda daemon on GPU 0 with one bf16 group and a Buffer on DATA_PATH."""
     GROUP = None
     DATA_PATH = None
+    ALGORITHM = "low_latency"
 
     @classmethod
     def setUpClass(cls):
@@ -82,7 +85,8 @@ class _OneGpuLayer(unittest.TestCase):
         cls.client = epd.Client(cls.daemon.address)
         cls.session = cls.client.open_session(0, f"{cls.GROUP}-python-test")
         cls.session.create_group(cls.GROUP, world_size=1, experts=E, hidden=H,
-                                 max_tokens_per_rank=T, top_k=K, dtype="bf16")
+                                 max_tokens_per_rank=T, top_k=K, dtype="bf16",
+                                 algorithm=cls.ALGORITHM)
         cls.handle = cls.session.create_handle(cls.GROUP, data_path=cls.DATA_PATH)
         cls.buf = epd.Buffer(cls.session, cls.handle)
 
@@ -316,3 +320,112 @@ class GpuFrontendLayerTest(_OneGpuLayer):
         with self.assertRaises(epd.EpdError):
             self.buf.take_errors()
         self.buf.take_errors()  # reported once
+
+
+def ht_reference(x, idx, scale):
+    """R = 1, high-throughput: (packed recv_x, recv_counts, out) for the expert z = x * scale.
+    One row per token with any expert, in token order; recv_counts[e] counts a token once per
+    expert; combine adds each row once with weight 1 (fp32, then bf16: out is z's row)."""
+    x, idx = x.cpu(), idx.cpu()
+    rows = [t for t in range(x.shape[0]) if bool((idx[t] >= 0).any())]
+    counts = [sum(1 for t in rows if bool((idx[t] == e).any())) for e in range(E)]
+    recv_x = x[torch.tensor(rows, dtype=torch.int64)] if rows else x[:0]
+    z = (recv_x.float() * scale).to(torch.bfloat16)
+    out = torch.zeros_like(x)
+    for row, t in enumerate(rows):
+        out[t] = z[row]
+    return recv_x, torch.tensor(counts, dtype=torch.int32), out
+
+
+class GpuFrontendHighThroughputLayerTest(_OneGpuLayer):
+    """A high-throughput group on the frontend-launched data path: the same kernels as the
+    daemon's (packed rows, weight-1 combine), launched on this process's torch stream."""
+    GROUP = "gpu-frontend-ht"
+    DATA_PATH = "frontend"
+    ALGORITHM = "high_throughput"
+
+    def layer(self, x, idx, w, scale, buf=None):
+        buf = buf if buf is not None else self.buf
+        recv = buf.dispatch(x, idx, w)
+        recv.recv_x.mul_(scale)  # the expert, in place on every receive row
+        return recv, buf.combine()
+
+    def check(self, recv, out, x, idx, scale):
+        torch.cuda.synchronize()
+        self.buf.take_errors()
+        want_x, want_counts, want_out = ht_reference(x, idx, scale)
+        rows = want_x.shape[0]
+        self.assertEqual(int(self.handle.view("recv_rank_counts").cpu()[0]), rows)
+        counts = recv.recv_counts.cpu()
+        self.assertTrue(torch.equal(counts, want_counts), f"{counts} != {want_counts}")
+        want_z = (want_x.float() * scale).to(torch.bfloat16)
+        self.assertTrue(torch.equal(recv.recv_x[:rows].cpu(), want_z),
+                        "recv_x differs from the reference")
+        self.assertTrue(torch.equal(out.cpu(), want_out), "out differs from the reference")
+
+    def test_bit_exact_without_daemon_ops(self):
+        self.assertEqual(self.handle.data_path, "frontend")
+        self.assertTrue(self.handle.high_throughput)
+        before = self.client.stats()
+        for i, n in enumerate([T, 1, T - 1]):
+            x, idx, w = routing(n, seed=200 + i)
+            recv, out = self.layer(x, idx, w, 2.0)
+            self.check(recv, out, x, idx, 2.0)
+        x, idx, w = routing(T, seed=210)
+        idx.fill_(-1)  # no expert at all: no row, out all zero
+        recv, out = self.layer(x, idx, w, 2.0)
+        self.check(recv, out, x, idx, 2.0)
+        after = self.client.stats()
+        for counter in ("dispatch_completed", "dispatch_failed", "combine_completed",
+                        "combine_failed"):
+            self.assertEqual(getattr(after, counter), getattr(before, counter),
+                             f"{counter}: the daemon ran an op of the frontend-launched layer")
+
+    def test_graph_replayed_with_changing_routing(self):
+        n = T - 7
+        x, idx, w = routing(n, seed=300)
+        static_x, static_idx, static_w = x.clone(), idx.clone(), w.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: one eager layer
+            self.layer(static_x, static_idx, static_w, 1.5)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.buf.take_errors()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            recv, out = self.layer(static_x, static_idx, static_w, 1.5)
+        for i in range(4):
+            x, idx, w = routing(n, seed=3000 + i)
+            static_x.copy_(x)
+            static_idx.copy_(idx)
+            static_w.copy_(w)
+            graph.replay()
+            self.check(recv, out, x, idx, 1.5)
+        del graph
+
+    def test_recv_capacity_overflow_raised_then_next_layer_works(self):
+        name = "gpu-frontend-ht-small"
+        self.session.create_group(name, world_size=1, experts=E, hidden=H,
+                                  max_tokens_per_rank=T, top_k=K, dtype="bf16",
+                                  algorithm="high_throughput", recv_capacity=T // 4)
+        handle = self.session.create_handle(name, data_path="frontend")
+        buf = epd.Buffer(self.session, handle)
+        try:
+            x, idx, w = routing(T, seed=400)
+            idx[:, 0] = 3  # every token has an expert: T rows for a rank that holds T / 4
+            buf.dispatch(x, idx, w)
+            torch.cuda.synchronize()
+            with self.assertRaises(epd.EpdError) as raised:
+                buf.take_errors()
+            self.assertEqual(raised.exception.code_name, "RESOURCE_EXHAUSTED")
+            self.assertIn(f"would receive {T} rows, more than recv_capacity={T // 4}",
+                          raised.exception.message)
+            x, idx, w = routing(T // 4, seed=401)
+            recv, out = self.layer(x, idx, w, 0.5, buf=buf)
+            torch.cuda.synchronize()
+            buf.take_errors()
+            _, _, want_out = ht_reference(x, idx, 0.5)
+            self.assertTrue(torch.equal(out.cpu(), want_out), "out after the overflow")
+        finally:
+            buf.close()
