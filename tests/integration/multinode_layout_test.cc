@@ -12,30 +12,6 @@ namespace {
 
 using example::Problem;
 
-// Every receive tensor of a rank's handle, then its combine output.
-std::vector<uint8_t> Snapshot(example::RankRunner& runner, int num_tokens) {
-  HandleView& v = runner.view();
-  std::vector<uint8_t> bytes;
-  auto add = [&bytes](const void* data, size_t size) {
-    if (data == nullptr) return;
-    const auto* p = static_cast<const uint8_t*>(data);
-    bytes.insert(bytes.end(), p, p + size);
-  };
-  const auto rows = static_cast<size_t>(v.recv_rows());
-  const int K = runner.problem().top_k;
-  add(v.recv_x(), rows * v.row_bytes());
-  add(v.recv_src(), rows * 3 * sizeof(int32_t));
-  add(v.recv_weights(), rows * sizeof(float));
-  add(v.recv_topk_idx(), rows * K * sizeof(int32_t));
-  add(v.recv_topk_weights(), rows * K * sizeof(float));
-  add(v.recv_scales(), rows * v.scale_row_bytes());
-  const size_t counts = v.expert_major() ? runner.problem().local_experts() : runner.problem().ranks;
-  add(v.recv_counts(), counts * sizeof(int32_t));
-  add(v.recv_offsets(), counts * sizeof(int32_t));
-  add(runner.out(), static_cast<size_t>(num_tokens) * runner.problem().row_bytes());
-  return bytes;
-}
-
 // Runs `layers` layers on every rank (ranks call in parallel) and returns each layer's
 // snapshot per rank.
 StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> RunLayers(std::vector<RankClient>& ranks,
@@ -48,7 +24,7 @@ StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> RunLayers(std::vector<R
       const int n = example::TokensFor(runner.problem(), r, layer);
       const auto in = example::MakeInputs(runner.problem(), 29, r, layer, n, true);
       Status status = runner.RunAndCheck(in, example::ScaleByExpertPlusOne, layer == 1);
-      if (status.ok()) snapshots[layer][r] = Snapshot(runner, n);
+      if (status.ok()) snapshots[layer][r] = Snapshot(runner, n, HostCopy);
       return status.WithContext(fmt::format("rank {} layer {}", r, layer));
     });
     // Every rank's failure: the first one alone may only say a peer went missing.
