@@ -100,6 +100,7 @@ class SpanningGpuTest : public ::testing::Test {
     setenv("NCCL_IB_DISABLE", "1", 1);
     setenv("NCCL_P2P_DISABLE", "1", 1);
     setenv("NCCL_SHM_DISABLE", "1", 1);
+    setenv("NCCL_SOCKET_IFNAME", "lo", 0);  // both "hosts" are this one; an operator's value wins
     const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
     const std::string saved = visible != nullptr ? visible : "";
     if (!SameGpu()) setenv("CUDA_VISIBLE_DEVICES", std::to_string(node).c_str(), 1);

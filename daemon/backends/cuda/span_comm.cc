@@ -326,7 +326,10 @@ void SpanComm::AbortInFlight(const Status& reason) {
   bool busy = false;
   {
     std::lock_guard lock(watch_mu_);
-    busy = !in_flight_.empty();
+    for (const InFlight& item : in_flight_) {
+      busy = busy || cudaEventQuery(item.end) == cudaErrorNotReady;  // not just not reaped yet
+    }
+    cudaGetLastError();
   }
   if (busy) Fail(generation(), reason, {});
 }
