@@ -3,6 +3,7 @@
 
 #include "kernels/combine.cuh"
 #include "kernels/internal/preload.cuh"
+#include "kernels/internal/token_vector.cuh"
 #include "kernels/span_exchange.cuh"
 
 namespace epd::kernels {
@@ -241,37 +242,8 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
 
 // ---- combine, source side ----
 template <int kType>
-struct Elem;
-template <>
-struct Elem<kTokenBf16> {
-  static constexpr int kPerVector = 8;
-  __device__ static float Get(const int4& v, int i) {
-    return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(&v)[i]);
-  }
-  __device__ static void Set(int4& v, int i, float f) {
-    reinterpret_cast<__nv_bfloat16*>(&v)[i] = __float2bfloat16_rn(f);
-  }
-};
-template <>
-struct Elem<kTokenFp16> {
-  static constexpr int kPerVector = 8;
-  __device__ static float Get(const int4& v, int i) {
-    return __half2float(reinterpret_cast<const __half*>(&v)[i]);
-  }
-  __device__ static void Set(int4& v, int i, float f) {
-    reinterpret_cast<__half*>(&v)[i] = __float2half_rn(f);
-  }
-};
-template <>
-struct Elem<kTokenFp32> {
-  static constexpr int kPerVector = 4;
-  __device__ static float Get(const int4& v, int i) { return reinterpret_cast<const float*>(&v)[i]; }
-  __device__ static void Set(int4& v, int i, float f) { reinterpret_cast<float*>(&v)[i] = f; }
-};
-
-template <int kType>
 __global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParams p) {
-  using V = Elem<kType>;
+  using V = detail::Vec<kType>;
   const SpanShape& s = p.shape;
   const int t = blockIdx.x, K = s.top_k, L = s.local_experts, R = s.world_size;
   __shared__ int bad_peer;
@@ -329,21 +301,21 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParam
   const int64_t vectors = s.row_bytes / 16;
   auto* out = reinterpret_cast<int4*>(static_cast<char*>(p.out) + t * s.row_bytes);
   for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-    float acc[V::kPerVector];
+    float acc[V::kElems];
 #pragma unroll
-    for (int i = 0; i < V::kPerVector; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < V::kElems; ++i) acc[i] = 0.0f;
     for (int k = 0; k < K; ++k) {
       if (rows[k] == nullptr) continue;
       const int4 z = reinterpret_cast<const int4*>(rows[k])[v];
       const float w = weights[k];
 #pragma unroll
-      for (int i = 0; i < V::kPerVector; ++i) {
+      for (int i = 0; i < V::kElems; ++i) {
         acc[i] = __fadd_rn(acc[i], __fmul_rn(w, V::Get(z, i)));  // never a fused multiply-add
       }
     }
     int4 packed;
 #pragma unroll
-    for (int i = 0; i < V::kPerVector; ++i) V::Set(packed, i, acc[i]);
+    for (int i = 0; i < V::kElems; ++i) V::Set(packed, i, acc[i]);
     out[v] = packed;
   }
 }

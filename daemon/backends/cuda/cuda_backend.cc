@@ -208,13 +208,7 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
       }
     }
   }
-  auto group = std::make_unique<CudaGroup>();
-  group->config_ = config;
-  group->name_ = std::make_shared<const std::string>(config.name);
-  group->seq_ = std::make_unique<std::atomic<uint64_t>[]>(R);
-  group->slot_used_.assign(R, std::vector<bool>(kernels::kMaxHandleSlots, false));
-  EPD_ASSIGN_OR_RETURN(group->abort_word_,
-                       PinnedHostMemory::Create(sizeof(uint64_t), allocations_));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group, CudaGroup::Create(config, allocations_));
   group->sm_count_ = std::numeric_limits<int>::max();
   for (int r = 0; r < R; ++r) {
     RankState& rank = *ranks_[config.ranks[r]];

@@ -67,6 +67,9 @@ class ImportedMemory : public Memory {
 
 class CudaGroup : public BackendGroup {
  public:
+  // The state every group has: its config, name, sequence counters, handle slots, abort word.
+  static StatusOr<std::unique_ptr<CudaGroup>> Create(const GroupConfig& config,
+                                                     AllocationCounter& allocations);
   ~CudaGroup() override {
     if (forget_) forget_(this);
   }

@@ -50,6 +50,49 @@ kernels::SpanShape ShapeOf(const GroupConfig& c, int group_rank) {
   return s;
 }
 
+// Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing;
+// headers only when `abandoned`) and its exchange.
+Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const SpanBuffers& buffers,
+                       const void* x, bool abandoned) {
+  const HandlePrivateLayout& p = me.private_layout_;
+  kernels::SpanPackParams pack;
+  pack.shape = shape;
+  pack.topk_idx = me.priv<int32_t>(p.topk_idx);
+  pack.topk_weights = me.priv<float>(p.topk_weights);
+  pack.local_rank = me.priv<int32_t>(p.local_rank);
+  pack.expert_counts = me.priv<int32_t>(p.expert_counts);
+  pack.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  pack.x = x;
+  pack.send = buffers.dispatch_send;
+  pack.recv = buffers.dispatch_recv;
+  pack.abandoned = abandoned ? 1 : 0;
+  OpLane& lane = *me.lane_;
+  EPD_CUDA_CHECK(kernels::LaunchSpanPack(pack, lane.stream()));
+  return me.group_->span_->Exchange(me.group_rank_, lane.stream(), buffers.dispatch_send,
+                                    buffers.dispatch_recv, shape.dispatch.bytes,
+                                    abandoned ? "dispatch (abandoned)" : "dispatch");
+}
+
+// Enqueues the destination half of a combine (each source's expert-output rows; the header
+// only when `abandoned`) and its exchange.
+Status ReturnAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
+                         const SpanBuffers& buffers, const void* expert_out, bool abandoned) {
+  kernels::SpanReturnParams ret;
+  ret.shape = shape;
+  ret.recv = buffers.dispatch_recv;
+  ret.plan = buffers.plan;
+  ret.expert_out = expert_out;
+  ret.recv_rows = static_cast<int64_t>(me.layout_.recv_rows);
+  ret.send = buffers.return_send;
+  ret.recv_ret = buffers.return_recv;
+  ret.abandoned = abandoned ? 1 : 0;
+  OpLane& lane = *me.lane_;
+  EPD_CUDA_CHECK(kernels::LaunchSpanReturn(ret, lane.stream()));
+  return me.group_->span_->Exchange(me.group_rank_, lane.stream(), buffers.return_send,
+                                    buffers.return_recv, shape.ret.bytes,
+                                    abandoned ? "combine (abandoned)" : "combine");
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const GroupConfig& config) {
@@ -67,13 +110,7 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
         config.name);
   }
   const int R = config.world_size();
-  auto group = std::make_unique<CudaGroup>();
-  group->config_ = config;
-  group->name_ = std::make_shared<const std::string>(config.name);
-  group->seq_ = std::make_unique<std::atomic<uint64_t>[]>(R);
-  group->slot_used_.assign(R, std::vector<bool>(kernels::kMaxHandleSlots, false));
-  EPD_ASSIGN_OR_RETURN(group->abort_word_,
-                       PinnedHostMemory::Create(sizeof(uint64_t), allocations_));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group, CudaGroup::Create(config, allocations_));
   group->devices_.assign(R, -1);
   SpanComm::Options span;
   span.config = config;
@@ -164,21 +201,7 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
   EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const kernels::SpanShape shape = ShapeOf(c, me.group_rank_);
   const SpanBuffers buffers = BuffersOf(me, shape);
-  const HandlePrivateLayout& p = me.private_layout_;
-  kernels::SpanPackParams pack;
-  pack.shape = shape;
-  pack.topk_idx = me.priv<int32_t>(p.topk_idx);
-  pack.topk_weights = me.priv<float>(p.topk_weights);
-  pack.local_rank = me.priv<int32_t>(p.local_rank);
-  pack.expert_counts = me.priv<int32_t>(p.expert_counts);
-  pack.bound_tokens = me.priv<int32_t>(p.bound_tokens);
-  pack.x = args.x.data;
-  pack.send = buffers.dispatch_send;
-  pack.recv = buffers.dispatch_recv;
-  EPD_CUDA_CHECK(kernels::LaunchSpanPack(pack, lane.stream()));
-  EPD_RETURN_IF_ERROR(group.span_->Exchange(me.group_rank_, lane.stream(), buffers.dispatch_send,
-                                            buffers.dispatch_recv, shape.dispatch.bytes,
-                                            "dispatch"));
+  EPD_RETURN_IF_ERROR(PackAndExchange(me, shape, buffers, args.x.data, /*abandoned=*/false));
   const HandleLayout& l = me.layout_;
   kernels::SpanAssembleParams assemble;
   assemble.shape = shape;
@@ -215,18 +238,10 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   const kernels::SpanShape shape = ShapeOf(c, me.group_rank_);
   const SpanBuffers buffers = BuffersOf(me, shape);
   const HandleLayout& l = me.layout_;
-  kernels::SpanReturnParams ret;
-  ret.shape = shape;
-  ret.recv = buffers.dispatch_recv;
-  ret.plan = buffers.plan;
-  ret.expert_out = args.expert_out != nullptr ? args.expert_out
-                                              : me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
-  ret.recv_rows = static_cast<int64_t>(l.recv_rows);
-  ret.send = buffers.return_send;
-  ret.recv_ret = buffers.return_recv;
-  EPD_CUDA_CHECK(kernels::LaunchSpanReturn(ret, lane.stream()));
-  EPD_RETURN_IF_ERROR(group.span_->Exchange(me.group_rank_, lane.stream(), buffers.return_send,
-                                            buffers.return_recv, shape.ret.bytes, "combine"));
+  const void* expert_out = args.expert_out != nullptr
+                               ? args.expert_out
+                               : me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
+  EPD_RETURN_IF_ERROR(ReturnAndExchange(me, shape, buffers, expert_out, /*abandoned=*/false));
   const HandlePrivateLayout& p = me.private_layout_;
   kernels::SpanReduceParams reduce;
   reduce.shape = shape;
@@ -257,27 +272,9 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
     EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
     const kernels::SpanShape shape = ShapeOf(c, me.group_rank_);
     const SpanBuffers buffers = BuffersOf(me, shape);
-    if (kind == CollectiveKind::kDispatch) {
-      kernels::SpanPackParams pack;
-      pack.shape = shape;
-      pack.send = buffers.dispatch_send;
-      pack.recv = buffers.dispatch_recv;
-      pack.abandoned = 1;
-      EPD_CUDA_CHECK(kernels::LaunchSpanPack(pack, lane.stream()));
-      return group.span_->Exchange(me.group_rank_, lane.stream(), buffers.dispatch_send,
-                                   buffers.dispatch_recv, shape.dispatch.bytes,
-                                   "dispatch (abandoned)");
-    }
-    kernels::SpanReturnParams ret;
-    ret.shape = shape;
-    ret.recv = buffers.dispatch_recv;
-    ret.plan = buffers.plan;
-    ret.send = buffers.return_send;
-    ret.recv_ret = buffers.return_recv;
-    ret.abandoned = 1;
-    EPD_CUDA_CHECK(kernels::LaunchSpanReturn(ret, lane.stream()));
-    return group.span_->Exchange(me.group_rank_, lane.stream(), buffers.return_send,
-                                 buffers.return_recv, shape.ret.bytes, "combine (abandoned)");
+    return kind == CollectiveKind::kDispatch
+               ? PackAndExchange(me, shape, buffers, nullptr, /*abandoned=*/true)
+               : ReturnAndExchange(me, shape, buffers, nullptr, /*abandoned=*/true);
   };
   if (Status sent = run(); !sent.ok()) {
     // The peers then fail the op when the exchange times out instead of at once.

@@ -281,7 +281,10 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
                                   ncclGetErrorString(r));
       } else {
         status = AwaitComms({comm}, SteadyClock::now() + options_.timeout,
-                            [this] { return stopped_; },
+                            [this] {
+                              return stopping_.load() ? UnavailableError("epd is shutting down")
+                                                      : OkStatus();
+                            },
                             fmt::format("group '{}': {}: enqueueing the NCCL exchange", c.name,
                                         what));
       }
@@ -335,6 +338,7 @@ void SpanComm::AbortInFlight(const Status& reason) {
 }
 
 void SpanComm::Stop(const Status& reason) {
+  stopping_.store(true);
   {
     std::unique_lock lock(comms_mu_);
     stopped_ = reason;

@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -100,6 +101,9 @@ class SpanComm {
   std::vector<ncclComm_t> comms_;  // by hosted index; empty: none formed
   int64_t generation_ = -1;
   Status stopped_;
+  // Set by Stop before it waits for comms_mu_: an exchange polling NCCL under the shared lock
+  // gives up at once instead of at its deadline.
+  std::atomic<bool> stopping_{false};
 
   std::mutex forming_mu_;
   std::shared_future<Status> forming_;  // valid while a formation runs
