@@ -50,6 +50,21 @@ kernels::SpanShape ShapeOf(const GroupConfig& c, int group_rank) {
   return s;
 }
 
+struct SpanOp {
+  kernels::SpanShape shape;
+  SpanBuffers buffers;
+};
+// Forms the communicator first (an op that cannot reach its peers enqueues nothing) and makes
+// the rank's GPU current.
+StatusOr<SpanOp> BeginSpanOp(CudaHandle& me) {
+  EPD_RETURN_IF_ERROR(me.group_->span_->EnsureFormed());
+  EPD_CUDA_CHECK(cudaSetDevice(me.lane_->device()));
+  SpanOp op;
+  op.shape = ShapeOf(me.group_->config_, me.group_rank_);
+  op.buffers = BuffersOf(me, op.shape);
+  return op;
+}
+
 // Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing;
 // headers only when `abandoned`) and its exchange.
 Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const SpanBuffers& buffers,
@@ -195,12 +210,10 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
     SpanAbandon(me, seq, CollectiveKind::kDispatch, bad);
     return bad;
   }
-  // Formed before anything is enqueued: an op that cannot reach its peers enqueues nothing.
-  EPD_RETURN_IF_ERROR(group.span_->EnsureFormed());
+  EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
+  const kernels::SpanShape& shape = op.shape;
+  const SpanBuffers& buffers = op.buffers;
   OpLane& lane = *me.lane_;
-  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
-  const kernels::SpanShape shape = ShapeOf(c, me.group_rank_);
-  const SpanBuffers buffers = BuffersOf(me, shape);
   EPD_RETURN_IF_ERROR(PackAndExchange(me, shape, buffers, args.x.data, /*abandoned=*/false));
   const HandleLayout& l = me.layout_;
   kernels::SpanAssembleParams assemble;
@@ -232,11 +245,10 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
     SpanAbandon(me, seq, CollectiveKind::kCombine, bad);
     return bad;
   }
-  EPD_RETURN_IF_ERROR(group.span_->EnsureFormed());
+  EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
+  const kernels::SpanShape& shape = op.shape;
+  const SpanBuffers& buffers = op.buffers;
   OpLane& lane = *me.lane_;
-  EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
-  const kernels::SpanShape shape = ShapeOf(c, me.group_rank_);
-  const SpanBuffers buffers = BuffersOf(me, shape);
   const HandleLayout& l = me.layout_;
   const void* expert_out = args.expert_out != nullptr
                                ? args.expert_out
@@ -267,14 +279,10 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
   // The rank still takes part in the exchange, its messages marked abandoned, so the peers'
   // op fails at once with its reason instead of waiting for the watchdog.
   auto run = [&]() -> Status {
-    EPD_RETURN_IF_ERROR(group.span_->EnsureFormed());
-    OpLane& lane = *me.lane_;
-    EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
-    const kernels::SpanShape shape = ShapeOf(c, me.group_rank_);
-    const SpanBuffers buffers = BuffersOf(me, shape);
+    EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
     return kind == CollectiveKind::kDispatch
-               ? PackAndExchange(me, shape, buffers, nullptr, /*abandoned=*/true)
-               : ReturnAndExchange(me, shape, buffers, nullptr, /*abandoned=*/true);
+               ? PackAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true)
+               : ReturnAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true);
   };
   if (Status sent = run(); !sent.ok()) {
     // The peers then fail the op when the exchange times out instead of at once.
