@@ -64,6 +64,18 @@ SpanComm::SpanComm(Options options)
 }
 
 SpanComm::~SpanComm() {
+  // A formation still running (its waiter gave up) ends early and drops what it made.
+  stopping_.store(true);
+  {
+    std::unique_lock lock(comms_mu_);
+    stopped_ = UnavailableError("group '{}' was destroyed", options_.config.name);
+  }
+  std::shared_future<Status> forming;
+  {
+    std::lock_guard lock(forming_mu_);
+    forming = forming_;
+  }
+  if (forming.valid()) forming.wait();
   {
     std::lock_guard lock(watch_mu_);
     quit_ = true;
@@ -141,7 +153,14 @@ Status SpanComm::EnsureFormed() {
     }
     forming = forming_;
   }
-  // NOTE: bounded: Form gives up at its own deadline (op_timeout) and aborts what it began.
+  // NOTE: bounded: a formation queued behind another group's may start late, and the rank
+  // worker waiting here must stay within its liveness bound; the formation carries on and the
+  // group's next op finds it.
+  if (forming.wait_for(options_.timeout) != std::future_status::ready) {
+    return UnavailableError(
+        "group '{}': its NCCL communicator is still being formed after {} ms; retry the op",
+        options_.config.name, options_.timeout.count());
+  }
   return forming.get();
 }
 
@@ -149,6 +168,7 @@ Status SpanComm::Form() {
   const GroupConfig& c = options_.config;
   {
     std::shared_lock lock(comms_mu_);
+    if (!stopped_.ok()) return stopped_;
     if (!comms_.empty()) return OkStatus();  // a formation just before this one succeeded
   }
   const auto deadline = SteadyClock::now() + options_.timeout;
