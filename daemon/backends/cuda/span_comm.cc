@@ -315,7 +315,10 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
   }
   if (!status.ok()) {
     drop_events();
-    if (status.code() == StatusCode::kUnavailable) Fail(generation, status, BlamedNodes());
+    if (status.code() == StatusCode::kUnavailable) {
+      // A shutdown is nobody's transport failure.
+      Fail(generation, status, stopping_.load() ? std::vector<int>{} : BlamedNodes());
+    }
     return status;
   }
   {
