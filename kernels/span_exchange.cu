@@ -48,8 +48,8 @@ __device__ __forceinline__ const int32_t* HeaderOf(const char* messages, int64_t
   return reinterpret_cast<const int32_t*>(messages + s * bytes);
 }
 
-__device__ __forceinline__ const int32_t* EntryOf(const char* message,
-                                                  const SpanDispatchMessage& m, int t) {
+__device__ __forceinline__ const int32_t* EntryOf(const char* message, const SpanDispatchMessage& m,
+                                                  int t) {
   return reinterpret_cast<const int32_t*>(message + m.entries_offset) + t * m.entry_words;
 }
 
@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(kPlanThreads) SpanPlanKernel(SpanAssembleParam
   p.plan[0] = go;
   if (!go) return;
   if (s.rank_major) {
-    for (int src = 0; src < R; ++src) p.recv_counts[src] = HeaderOf(p.recv, s.dispatch.bytes, src)[1];
+    for (int src = 0; src < R; ++src)
+      p.recv_counts[src] = HeaderOf(p.recv, s.dispatch.bytes, src)[1];
     return;
   }
   int cursor = 0;
@@ -168,8 +169,8 @@ __device__ __forceinline__ int64_t ExpertRow(const int32_t* plan, int L, int R, 
 __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParams p) {
   const SpanShape& s = p.shape;
   if (p.plan[0] == 0) return;
-  const int t = blockIdx.x, src = blockIdx.y, K = s.top_k, L = s.local_experts,
-            R = s.world_size, T = s.max_tokens;
+  const int t = blockIdx.x, src = blockIdx.y, K = s.top_k, L = s.local_experts, R = s.world_size,
+            T = s.max_tokens;
   const char* message = p.recv + src * s.dispatch.bytes;
   const int32_t* entry = EntryOf(message, s.dispatch, t);
   const bool present = entry[0] >= 0;
@@ -209,8 +210,8 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
 // ---- combine, destination side ----
 __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParams p) {
   const SpanShape& s = p.shape;
-  const int t = blockIdx.x, src = blockIdx.y, K = s.top_k, L = s.local_experts,
-            R = s.world_size, T = s.max_tokens;
+  const int t = blockIdx.x, src = blockIdx.y, K = s.top_k, L = s.local_experts, R = s.world_size,
+            T = s.max_tokens;
   char* message = (src == s.rank ? p.recv_ret : p.send) + src * s.ret.bytes;
   // A dispatch that wrote no rows here has no outputs to return: the sources fail the op.
   const bool giving_up = p.abandoned || p.plan[0] == 0;
@@ -224,7 +225,8 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
   char* rows = message + s.ret.rows_offset;
   if (s.rank_major) {
     const int64_t row = static_cast<int64_t>(src) * T + t;
-    if (row < p.recv_rows) CopyRow(rows + t * s.row_bytes, expert_out + row * s.row_bytes, s.row_bytes);
+    if (row < p.recv_rows)
+      CopyRow(rows + t * s.row_bytes, expert_out + row * s.row_bytes, s.row_bytes);
     return;
   }
   int j = 0;
@@ -362,13 +364,13 @@ cudaError_t LaunchSpanReduce(const SpanReduceParams& p, cudaStream_t stream) {
 namespace detail {
 
 cudaError_t PreloadSpanKernels() {
-  for (const void* kernel :
-       {reinterpret_cast<const void*>(&SpanPackKernel), reinterpret_cast<const void*>(&SpanPlanKernel),
-        reinterpret_cast<const void*>(&SpanRowsKernel),
-        reinterpret_cast<const void*>(&SpanReturnKernel),
-        reinterpret_cast<const void*>(&SpanReduceKernel<kTokenBf16>),
-        reinterpret_cast<const void*>(&SpanReduceKernel<kTokenFp16>),
-        reinterpret_cast<const void*>(&SpanReduceKernel<kTokenFp32>)}) {
+  for (const void* kernel : {reinterpret_cast<const void*>(&SpanPackKernel),
+                             reinterpret_cast<const void*>(&SpanPlanKernel),
+                             reinterpret_cast<const void*>(&SpanRowsKernel),
+                             reinterpret_cast<const void*>(&SpanReturnKernel),
+                             reinterpret_cast<const void*>(&SpanReduceKernel<kTokenBf16>),
+                             reinterpret_cast<const void*>(&SpanReduceKernel<kTokenFp16>),
+                             reinterpret_cast<const void*>(&SpanReduceKernel<kTokenFp32>)}) {
     if (const cudaError_t e = LoadKernel(kernel); e != cudaSuccess) return e;
   }
   return cudaSuccess;

@@ -51,7 +51,7 @@ cudaError_t LaunchSpanPack(const SpanPackParams& params, cudaStream_t stream);
 
 struct SpanAssembleParams {
   SpanShape shape;
-  int capacity = 0;  // rows per expert (expert-major)
+  int capacity = 0;            // rows per expert (expert-major)
   const char* recv = nullptr;  // [R] received dispatch messages
   int32_t* plan = nullptr;     // SpanPlanWords(L, R)
   // This rank's receive buffers (HandleLayout; expert-major or rank-major ones).
@@ -70,11 +70,11 @@ cudaError_t LaunchSpanAssemble(const SpanAssembleParams& params, cudaStream_t st
 
 struct SpanReturnParams {
   SpanShape shape;
-  const char* recv = nullptr;       // the dispatch's received messages (their entries)
-  const int32_t* plan = nullptr;    // the dispatch's plan
+  const char* recv = nullptr;        // the dispatch's received messages (their entries)
+  const int32_t* plan = nullptr;     // the dispatch's plan
   const void* expert_out = nullptr;  // [recv_rows, H]
   int64_t recv_rows = 0;
-  char* send = nullptr;  // [R] return messages (not this rank's)
+  char* send = nullptr;      // [R] return messages (not this rank's)
   char* recv_ret = nullptr;  // [R]; this rank's own return goes to recv_ret[rank]
   int abandoned = 0;
 };
@@ -82,7 +82,7 @@ cudaError_t LaunchSpanReturn(const SpanReturnParams& params, cudaStream_t stream
 
 struct SpanReduceParams {
   SpanShape shape;
-  int token_type = 0;  // kTokenBf16 / kTokenFp16 / kTokenFp32 (kernels/combine.cuh)
+  int token_type = 0;              // kTokenBf16 / kTokenFp16 / kTokenFp32 (kernels/combine.cuh)
   const char* recv_ret = nullptr;  // [R] received return messages
   const int32_t* topk_idx = nullptr;
   const float* topk_weights = nullptr;

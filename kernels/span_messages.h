@@ -65,8 +65,8 @@ struct SpanReturnMessage {
   int64_t bytes = 0;
 };
 
-constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_k,
-                                                bool rank_major, int64_t row_bytes) {
+constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_k, bool rank_major,
+                                                int64_t row_bytes) {
   SpanReturnMessage m;
   m.rows_per_token = rank_major ? 1 : top_k;
   m.rows_offset = kSpanMessageAlign;

@@ -219,8 +219,9 @@ class SpanKernelsTest : public ::testing::Test {
     }
     std::vector<reference::SourceRank> sources(R);
     for (int s = 0; s < R; ++s) {
-      sources[s] = {ranks[s].n, nullptr, ranks[s].ids.data(), ranks[s].weights.data(),
-                    ranks[s].counts.data(), nullptr};
+      sources[s] = {
+          ranks[s].n, nullptr, ranks[s].ids.data(), ranks[s].weights.data(), ranks[s].counts.data(),
+          nullptr};
     }
     std::vector<const void*> expert_out(R);
     for (int d = 0; d < R; ++d) expert_out[d] = reference_regions[d].data() + layout.recv_x_offset;
@@ -259,13 +260,18 @@ class SpanKernelsTest : public ::testing::Test {
     Dispatch(c, ranks, /*abandoning=*/-1, &errors);
     std::vector<reference::SourceRank> sources(R);
     for (int s = 0; s < R; ++s) {
-      sources[s] = {ranks[s].n, ranks[s].x.data(), ranks[s].ids.data(), ranks[s].weights.data(),
-                    ranks[s].counts.data(), nullptr};
+      sources[s] = {ranks[s].n,
+                    ranks[s].x.data(),
+                    ranks[s].ids.data(),
+                    ranks[s].weights.data(),
+                    ranks[s].counts.data(),
+                    nullptr};
     }
     std::vector<std::vector<char>> expected(R, std::vector<char>(hl.exported_bytes, 0));
     for (int d = 0; d < R; ++d) {
       EXPECT_EQ(errors[d].code, kernels::kDeviceErrorNone) << "rank " << d;
-      reference::DispatchReceive(c, d, sources, reference::ReceiveBuffersAt(expected[d].data(), hl));
+      reference::DispatchReceive(c, d, sources,
+                                 reference::ReceiveBuffersAt(expected[d].data(), hl));
       std::vector<char> got(hl.exported_bytes);
       ranks[d].region->Download(got.data(), got.size());
       EXPECT_EQ(got, expected[d]) << "receive region of rank " << d;

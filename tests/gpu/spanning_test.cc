@@ -105,8 +105,8 @@ class SpanningGpuTest : public ::testing::Test {
     const std::string saved = visible != nullptr ? visible : "";
     if (!SameGpu()) setenv("CUDA_VISIBLE_DEVICES", std::to_string(node).c_str(), 1);
     Status started = cluster_->StartNode(
-        node, {"--backend", "cuda", "--gpus", "0", "--op-timeout-ms",
-               std::to_string(kOpTimeoutMs), "--bootstrap-timeout-ms", "20000"});
+        node, {"--backend", "cuda", "--gpus", "0", "--op-timeout-ms", std::to_string(kOpTimeoutMs),
+               "--bootstrap-timeout-ms", "20000"});
     if (visible != nullptr) {
       setenv("CUDA_VISIBLE_DEVICES", saved.c_str(), 1);
     } else {

@@ -36,7 +36,7 @@ TEST(SpanMessagesTest, DispatchMessageHoldsHeaderEntriesAndTRowsAligned) {
   // The standard shape: H 7168 bf16, K 8, E 256, T 128.
   const kernels::SpanDispatchMessage m = SpanDispatchMessageOf(Spanning(0));
   EXPECT_EQ(m.entry_words, 1 + 3 * 8);
-  EXPECT_EQ(m.entries_offset, 1280);  // (2 + 256) int32 = 1032 bytes, 256-aligned
+  EXPECT_EQ(m.entries_offset, 1280);       // (2 + 256) int32 = 1032 bytes, 256-aligned
   EXPECT_EQ(m.rows_offset, 1280 + 12800);  // 128 entries of 25 words
   EXPECT_EQ(m.row_bytes, 7168 * 2);
   EXPECT_EQ(m.bytes, 1280 + 12800 + 128 * 14336);

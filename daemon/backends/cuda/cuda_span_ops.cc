@@ -156,7 +156,8 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
     }
   }
   group->forget_ = [this](CudaGroup* g) { ForgetGroup(g); };
-  EPD_LOG(kCuda, info, "created {} (NCCL between daemons; {} bytes per dispatch and {} per "
+  EPD_LOG(kCuda, info,
+          "created {} (NCCL between daemons; {} bytes per dispatch and {} per "
           "combine sent by each rank)",
           config.ToString(), SpanDispatchBytesSent(config), SpanCombineBytesSent(config));
   return group;
@@ -188,10 +189,9 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateSpanningHandle(CudaG
       handle->exported_,
       CudaExportedMemory::Create(node_rank, rank.device, handle->layout_.exported_bytes,
                                  allocations_, rank.setup_stream->get()));
-  EPD_ASSIGN_OR_RETURN(handle->private_,
-                       CudaExportedMemory::Create(node_rank, rank.device,
-                                                  handle->private_layout_.bytes, allocations_,
-                                                  rank.setup_stream->get()));
+  EPD_ASSIGN_OR_RETURN(handle->private_, CudaExportedMemory::Create(
+                                             node_rank, rank.device, handle->private_layout_.bytes,
+                                             allocations_, rank.setup_stream->get()));
   EPD_ASSIGN_OR_RETURN(handle->span_buffers_,
                        DeviceMemory::Create(rank.device, static_cast<size_t>(SpanHandleBytesOf(c)),
                                             allocations_, rank.setup_stream->get()));
@@ -231,8 +231,8 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
   assemble.recv_offsets = me.recv<int32_t>(l.recv_offsets_offset, l.recv_offsets_bytes);
   assemble.abort = group.abort_word();
   assemble.seq = seq;
-  assemble.error = lane.ClaimRecord(
-      PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
+  assemble.error =
+      lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchSpanAssemble(assemble, lane.stream()));
   return OkStatus();
 }
@@ -250,9 +250,8 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   const SpanBuffers& buffers = op.buffers;
   OpLane& lane = *me.lane_;
   const HandleLayout& l = me.layout_;
-  const void* expert_out = args.expert_out != nullptr
-                               ? args.expert_out
-                               : me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
+  const void* expert_out =
+      args.expert_out != nullptr ? args.expert_out : me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
   EPD_RETURN_IF_ERROR(ReturnAndExchange(me, shape, buffers, expert_out, /*abandoned=*/false));
   const HandlePrivateLayout& p = me.private_layout_;
   kernels::SpanReduceParams reduce;
@@ -265,8 +264,8 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   reduce.out = args.out.data;
   reduce.abort = group.abort_word();
   reduce.seq = seq;
-  reduce.error = lane.ClaimRecord(
-      PendingOp{0, "combine", group.name_, me.group_rank_, seq, group.aborts_});
+  reduce.error =
+      lane.ClaimRecord(PendingOp{0, "combine", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchSpanReduce(reduce, lane.stream()));
   return OkStatus();
 }

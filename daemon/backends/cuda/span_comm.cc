@@ -1,10 +1,10 @@
 #include "daemon/backends/cuda/span_comm.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cstring>
 #include <optional>
-
-#include <fmt/ranges.h>
 
 #include "common/cuda_check.h"
 #include "daemon/backends/cuda/nccl_check.h"
@@ -191,8 +191,10 @@ Status SpanComm::Form() {
     }
     std::memcpy(id.internal, fetched->data(), sizeof(id.internal));
   }
-  EPD_LOG(kNccl, info, "group '{}': forming the NCCL communicator of generation {} ({} ranks, {} "
-          "here)", c.name, generation, c.world_size(), options_.hosted.size());
+  EPD_LOG(kNccl, info,
+          "group '{}': forming the NCCL communicator of generation {} ({} ranks, {} "
+          "here)",
+          c.name, generation, c.world_size(), options_.hosted.size());
   std::vector<ncclComm_t> comms(options_.hosted.size(), nullptr);
   Status started;
   EPD_NCCL_CHECK(ncclGroupStart());
@@ -203,8 +205,8 @@ Status SpanComm::Form() {
     }
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;  // so that a peer that never comes cannot hold this thread
-    const ncclResult_t r = ncclCommInitRankConfig(&comms[i], c.world_size(), id,
-                                                  options_.hosted[i], &config);
+    const ncclResult_t r =
+        ncclCommInitRankConfig(&comms[i], c.world_size(), id, options_.hosted[i], &config);
     if (r != ncclSuccess && r != ncclInProgress) {
       started = NcclStatus(r, "ncclCommInitRankConfig", __FILE__, __LINE__);
     }
@@ -218,8 +220,9 @@ Status SpanComm::Form() {
     if (comm != nullptr) live.push_back(comm);
   }
   if (started.ok()) {
-    started = AwaitComms(live, deadline, [this] { return Stopped(); },
-                         fmt::format("group '{}': ncclCommInitRankConfig", c.name));
+    started = AwaitComms(
+        live, deadline, [this] { return Stopped(); },
+        fmt::format("group '{}': ncclCommInitRankConfig", c.name));
   }
   if (!started.ok()) {
     AbortComms(live, c.name);
@@ -300,13 +303,12 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
         status = UnavailableError("group '{}': {}: enqueueing the NCCL exchange: {}", c.name, what,
                                   ncclGetErrorString(r));
       } else {
-        status = AwaitComms({comm}, SteadyClock::now() + options_.timeout,
-                            [this] {
-                              return stopping_.load() ? UnavailableError("epd is shutting down")
-                                                      : OkStatus();
-                            },
-                            fmt::format("group '{}': {}: enqueueing the NCCL exchange", c.name,
-                                        what));
+        status = AwaitComms(
+            {comm}, SteadyClock::now() + options_.timeout,
+            [this] {
+              return stopping_.load() ? UnavailableError("epd is shutting down") : OkStatus();
+            },
+            fmt::format("group '{}': {}: enqueueing the NCCL exchange", c.name, what));
       }
     }
     if (status.ok()) {

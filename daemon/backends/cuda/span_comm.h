@@ -65,8 +65,8 @@ class SpanComm {
   // Enqueues on `stream` (current device: the rank's) one grouped exchange of group rank
   // `group_rank`: message p of `send` to every rank p != group_rank, message p of `recv` from
   // it, each `bytes` long. An error means nothing was enqueued.
-  Status Exchange(int group_rank, cudaStream_t stream, const char* send, char* recv,
-                  int64_t bytes, std::string_view what);
+  Status Exchange(int group_rank, cudaStream_t stream, const char* send, char* recv, int64_t bytes,
+                  std::string_view what);
   // Aborts the communicators when an exchange is in flight (it would otherwise wait for the
   // watchdog); the group re-forms at its next op.
   void AbortInFlight(const Status& reason);

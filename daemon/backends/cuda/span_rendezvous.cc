@@ -19,8 +19,7 @@ int64_t ParseInteger(const std::optional<std::string>& text) {
 
 }  // namespace
 
-SpanRendezvous::SpanRendezvous(const GroupConfig& config, ClusterStore& store,
-                               bool restarted_node)
+SpanRendezvous::SpanRendezvous(const GroupConfig& config, ClusterStore& store, bool restarted_node)
     : config_(config), store_(store), restarted_node_(restarted_node) {}
 
 std::string SpanRendezvous::Key(std::string_view suffix) const {

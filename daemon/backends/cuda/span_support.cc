@@ -40,8 +40,8 @@ kernels::SpanReturnMessage SpanReturnMessageOf(const GroupConfig& c) {
 }
 
 int64_t SpanHandleBytesOf(const GroupConfig& c) {
-  return kernels::SpanHandleBytes(SpanDispatchMessageOf(c), SpanReturnMessageOf(c),
-                                  c.world_size(), c.local_experts());
+  return kernels::SpanHandleBytes(SpanDispatchMessageOf(c), SpanReturnMessageOf(c), c.world_size(),
+                                  c.local_experts());
 }
 
 int64_t SpanDispatchBytesSent(const GroupConfig& c) {
