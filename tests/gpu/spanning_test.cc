@@ -8,7 +8,9 @@
 // With one GPU both daemons run on GPU 0: each gets its own NCCL_HOSTID, so NCCL treats them
 // as two hosts (no duplicate-GPU refusal, its network transport), with IB, P2P and SHM off.
 // With two or more GPUs each daemon gets its own (CUDA_VISIBLE_DEVICES=0 / 1);
-// EPD_SPANNING_TEST_SAME_GPU=1 forces the one-GPU setup there too.
+// EPD_SPANNING_TEST_SAME_GPU=1 forces the one-GPU setup there too, and
+// EPD_SPANNING_TEST_NCCL_AS_IS=1 (one GPU each only) leaves NCCL its defaults (P2P or SHM
+// between the daemons) instead of the network path.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -31,10 +33,12 @@ void DeviceCopy(void* dst, const void* src, size_t bytes) {
   ASSERT_EQ(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), cudaSuccess);
 }
 
-bool SameGpu() {
-  const char* forced = std::getenv("EPD_SPANNING_TEST_SAME_GPU");
-  return VisibleGpus() < 2 || (forced != nullptr && std::string(forced) == "1");
+bool EnvIsOne(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string(value) == "1";
 }
+
+bool SameGpu() { return VisibleGpus() < 2 || EnvIsOne("EPD_SPANNING_TEST_SAME_GPU"); }
 
 // How the routing of a case is made from MakeInputs' random one.
 enum class Routing { kRandom, kAllNone, kHotExpert };
@@ -96,11 +100,13 @@ class SpanningGpuTest : public ::testing::Test {
   }
   // The daemon inherits this process's environment as it is when it starts.
   static Status StartNode(int node) {
-    setenv("NCCL_HOSTID", fmt::format("epd-test-node-{}", node).c_str(), 1);
     setenv("NCCL_IB_DISABLE", "1", 1);
-    setenv("NCCL_P2P_DISABLE", "1", 1);
-    setenv("NCCL_SHM_DISABLE", "1", 1);
     setenv("NCCL_SOCKET_IFNAME", "lo", 0);  // both "hosts" are this one; an operator's value wins
+    if (SameGpu() || !EnvIsOne("EPD_SPANNING_TEST_NCCL_AS_IS")) {
+      setenv("NCCL_HOSTID", fmt::format("epd-test-node-{}", node).c_str(), 1);
+      setenv("NCCL_P2P_DISABLE", "1", 1);
+      setenv("NCCL_SHM_DISABLE", "1", 1);
+    }
     const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
     const std::string saved = visible != nullptr ? visible : "";
     if (!SameGpu()) setenv("CUDA_VISIBLE_DEVICES", std::to_string(node).c_str(), 1);
@@ -112,7 +118,7 @@ class SpanningGpuTest : public ::testing::Test {
     } else {
       unsetenv("CUDA_VISIBLE_DEVICES");
     }
-    unsetenv("NCCL_HOSTID");
+    for (const char* name : {"NCCL_HOSTID", "NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE"}) unsetenv(name);
     return started;
   }
   static std::vector<int> DeviceOfNode() {
