@@ -21,19 +21,6 @@
 
 namespace epd::kernels {
 
-struct SpanShape {
-  int world_size = 0;
-  int rank = 0;  // this rank's group rank
-  int experts = 0;
-  int local_experts = 0;
-  int top_k = 0;
-  int max_tokens = 0;
-  int rank_major = 0;
-  int64_t row_bytes = 0;
-  SpanDispatchMessage dispatch;
-  SpanReturnMessage ret;
-};
-
 struct SpanPackParams {
   SpanShape shape;
   // This rank's routing as UpdateHandle bound it (kernels/routing.cuh), and its tokens.

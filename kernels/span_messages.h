@@ -75,6 +75,20 @@ constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_
   return m;
 }
 
+// One rank's view of a group's exchange: the group constants the kernels index with.
+struct SpanShape {
+  int world_size = 0;
+  int rank = 0;  // this rank's group rank
+  int experts = 0;
+  int local_experts = 0;
+  int top_k = 0;
+  int max_tokens = 0;
+  int rank_major = 0;
+  int64_t row_bytes = 0;
+  SpanDispatchMessage dispatch;
+  SpanReturnMessage ret;
+};
+
 // A destination's plan of the last dispatch, kept for the combine after it: int32
 // [0] go (1: rows were written), [1, 1 + L) expert offsets, [1 + L, 1 + L + L * R) base row
 // of source s inside local expert l at 1 + L + l * R + s.

@@ -39,21 +39,6 @@ GroupConfig ConfigOf(Layout layout, DType dtype, int capacity = 0) {
   return c;
 }
 
-kernels::SpanShape ShapeOf(const GroupConfig& c, int rank) {
-  kernels::SpanShape s;
-  s.world_size = c.world_size();
-  s.rank = rank;
-  s.experts = c.experts;
-  s.local_experts = c.local_experts();
-  s.top_k = c.top_k;
-  s.max_tokens = c.max_tokens_per_rank;
-  s.rank_major = c.layout == Layout::kRankMajor ? 1 : 0;
-  s.row_bytes = static_cast<int64_t>(c.hidden) * static_cast<int64_t>(DTypeSize(c.dtype));
-  s.dispatch = cuda::SpanDispatchMessageOf(c);
-  s.ret = cuda::SpanReturnMessageOf(c);
-  return s;
-}
-
 // One rank's host-side routing and tokens, and its device buffers.
 struct Rank {
   int n = 0;
@@ -126,7 +111,7 @@ class SpanKernelsTest : public ::testing::Test {
     const HandleLayout layout = ComputeHandleLayout(c);
     for (int s = 0; s < R; ++s) {
       Rank& r = ranks[s];
-      const kernels::SpanShape shape = ShapeOf(c, s);
+      const kernels::SpanShape shape = cuda::SpanShapeOf(c, s);
       r.d_ids = Upload(r.ids.data(), r.ids.size() * 4);
       r.d_weights = Upload(r.weights.data(), r.weights.size() * 4);
       r.d_local_rank = Upload(r.local_rank.data(), r.local_rank.size() * 4);
@@ -154,7 +139,8 @@ class SpanKernelsTest : public ::testing::Test {
     }
     for (int s = 0; s < R; ++s) {
       for (int d = 0; d < R; ++d) {
-        if (s != d) Move(*ranks[s].send, d, *ranks[d].recv, s, ShapeOf(c, s).dispatch.bytes);
+        if (s != d)
+          Move(*ranks[s].send, d, *ranks[d].recv, s, cuda::SpanShapeOf(c, s).dispatch.bytes);
       }
     }
     errors->assign(R, kernels::DeviceError{});
@@ -166,7 +152,7 @@ class SpanKernelsTest : public ::testing::Test {
       Rank& r = ranks[d];
       const reference::ReceiveBuffers b = reference::ReceiveBuffersAt(r.region->data(), layout);
       kernels::SpanAssembleParams p;
-      p.shape = ShapeOf(c, d);
+      p.shape = cuda::SpanShapeOf(c, d);
       p.capacity = c.capacity();
       p.recv = static_cast<const char*>(r.recv->data());
       p.plan = static_cast<int32_t*>(r.plan->data());
@@ -203,7 +189,7 @@ class SpanKernelsTest : public ::testing::Test {
       }
       ranks[d].region->Upload(reference_regions[d].data(), reference_regions[d].size());
       kernels::SpanReturnParams p;
-      p.shape = ShapeOf(c, d);
+      p.shape = cuda::SpanShapeOf(c, d);
       p.recv = static_cast<const char*>(ranks[d].recv->data());
       p.plan = static_cast<const int32_t*>(ranks[d].plan->data());
       p.expert_out = static_cast<char*>(ranks[d].region->data()) + layout.recv_x_offset;
@@ -214,7 +200,8 @@ class SpanKernelsTest : public ::testing::Test {
     }
     for (int d = 0; d < R; ++d) {
       for (int s = 0; s < R; ++s) {
-        if (s != d) Move(*ranks[d].ret_send, s, *ranks[s].ret_recv, d, ShapeOf(c, d).ret.bytes);
+        if (s != d)
+          Move(*ranks[d].ret_send, s, *ranks[s].ret_recv, d, cuda::SpanShapeOf(c, d).ret.bytes);
       }
     }
     std::vector<reference::SourceRank> sources(R);
@@ -229,7 +216,7 @@ class SpanKernelsTest : public ::testing::Test {
       Rank& r = ranks[s];
       r.out = Zeroed(static_cast<size_t>(c.max_tokens_per_rank) * row);
       kernels::SpanReduceParams p;
-      p.shape = ShapeOf(c, s);
+      p.shape = cuda::SpanShapeOf(c, s);
       p.token_type = kernels::TokenTypeOf(c.dtype);
       p.recv_ret = static_cast<const char*>(r.ret_recv->data());
       p.topk_idx = static_cast<const int32_t*>(r.d_ids->data());

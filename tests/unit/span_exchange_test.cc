@@ -71,6 +71,22 @@ TEST(SpanMessagesTest, BytesSentAndHeldFollowTheWorldSize) {
   EXPECT_EQ(kernels::SpanPlanWords(64, 4), 1 + 64 + 256);
 }
 
+TEST(SpanMessagesTest, ShapeCarriesTheGroupConstantsAndBothMessages) {
+  GroupConfig c = Spanning(1, 64);
+  c.layout = Layout::kRankMajor;
+  const kernels::SpanShape s = SpanShapeOf(c, 1);
+  EXPECT_EQ(s.world_size, 2);
+  EXPECT_EQ(s.rank, 1);
+  EXPECT_EQ(s.experts, 256);
+  EXPECT_EQ(s.local_experts, 128);
+  EXPECT_EQ(s.top_k, 8);
+  EXPECT_EQ(s.max_tokens, 128);
+  EXPECT_EQ(s.rank_major, 1);
+  EXPECT_EQ(s.row_bytes, 128);
+  EXPECT_EQ(s.dispatch.bytes, SpanDispatchMessageOf(c).bytes);
+  EXPECT_EQ(s.ret.rows_per_token, 1);
+}
+
 TEST(SpanSupportTest, LowLatencyTokenDtypesAreSupported) {
   for (DType dtype : {DType::kBf16, DType::kFp16, DType::kFp32}) {
     GroupConfig c = Spanning(0);

@@ -35,21 +35,6 @@ SpanBuffers BuffersOf(const CudaHandle& h, const kernels::SpanShape& s) {
   return b;
 }
 
-kernels::SpanShape ShapeOf(const GroupConfig& c, int group_rank) {
-  kernels::SpanShape s;
-  s.world_size = c.world_size();
-  s.rank = group_rank;
-  s.experts = c.experts;
-  s.local_experts = c.local_experts();
-  s.top_k = c.top_k;
-  s.max_tokens = c.max_tokens_per_rank;
-  s.rank_major = c.layout == Layout::kRankMajor ? 1 : 0;
-  s.row_bytes = static_cast<int64_t>(c.hidden) * static_cast<int64_t>(DTypeSize(c.dtype));
-  s.dispatch = SpanDispatchMessageOf(c);
-  s.ret = SpanReturnMessageOf(c);
-  return s;
-}
-
 struct SpanOp {
   kernels::SpanShape shape;
   SpanBuffers buffers;
@@ -60,7 +45,7 @@ StatusOr<SpanOp> BeginSpanOp(CudaHandle& me) {
   EPD_RETURN_IF_ERROR(me.group_->span_->EnsureFormed());
   EPD_CUDA_CHECK(cudaSetDevice(me.lane_->device()));
   SpanOp op;
-  op.shape = ShapeOf(me.group_->config_, me.group_rank_);
+  op.shape = SpanShapeOf(me.group_->config_, me.group_rank_);
   op.buffers = BuffersOf(me, op.shape);
   return op;
 }

@@ -34,6 +34,21 @@ kernels::SpanDispatchMessage SpanDispatchMessageOf(const GroupConfig& c) {
                                         TokenRowBytes(c));
 }
 
+kernels::SpanShape SpanShapeOf(const GroupConfig& c, int group_rank) {
+  kernels::SpanShape s;
+  s.world_size = c.world_size();
+  s.rank = group_rank;
+  s.experts = c.experts;
+  s.local_experts = c.local_experts();
+  s.top_k = c.top_k;
+  s.max_tokens = c.max_tokens_per_rank;
+  s.rank_major = c.layout == Layout::kRankMajor ? 1 : 0;
+  s.row_bytes = TokenRowBytes(c);
+  s.dispatch = SpanDispatchMessageOf(c);
+  s.ret = SpanReturnMessageOf(c);
+  return s;
+}
+
 kernels::SpanReturnMessage SpanReturnMessageOf(const GroupConfig& c) {
   return kernels::SpanReturnMessageOf(c.max_tokens_per_rank, c.top_k,
                                       c.layout == Layout::kRankMajor, TokenRowBytes(c));

@@ -17,6 +17,8 @@ namespace epd::cuda {
 Status CheckSpanningSupported(const GroupConfig& config);
 
 kernels::SpanDispatchMessage SpanDispatchMessageOf(const GroupConfig& config);
+// The kernels' view of the group from group rank `group_rank`.
+kernels::SpanShape SpanShapeOf(const GroupConfig& config, int group_rank);
 kernels::SpanReturnMessage SpanReturnMessageOf(const GroupConfig& config);
 // Device bytes of one rank's exchange buffers (send/receive of both directions and the plan).
 int64_t SpanHandleBytesOf(const GroupConfig& config);
