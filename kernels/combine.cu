@@ -5,6 +5,7 @@
 #include "kernels/combine.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/preload.cuh"
+#include "kernels/internal/token_vector.cuh"
 
 namespace epd::kernels {
 namespace {
@@ -24,38 +25,7 @@ struct ItemShape {
 static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
 static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");
 
-// Element access of a 16-byte vector: 8 bf16 / 8 fp16 / 4 fp32.
-template <int kType>
-struct Vec;
-template <>
-struct Vec<kTokenBf16> {
-  static constexpr int kElems = 8;
-  __device__ static float Get(const int4& v, int i) {
-    const auto* h = reinterpret_cast<const __nv_bfloat16*>(&v);
-    return __bfloat162float(h[i]);
-  }
-  __device__ static void Set(int4& v, int i, float f) {
-    reinterpret_cast<__nv_bfloat16*>(&v)[i] = __float2bfloat16_rn(f);
-  }
-};
-template <>
-struct Vec<kTokenFp16> {
-  static constexpr int kElems = 8;
-  __device__ static float Get(const int4& v, int i) {
-    return __half2float(reinterpret_cast<const __half*>(&v)[i]);
-  }
-  __device__ static void Set(int4& v, int i, float f) {
-    reinterpret_cast<__half*>(&v)[i] = __float2half_rn(f);
-  }
-};
-template <>
-struct Vec<kTokenFp32> {
-  static constexpr int kElems = 4;
-  __device__ static float Get(const int4& v, int i) {
-    return reinterpret_cast<const float*>(&v)[i];
-  }
-  __device__ static void Set(int4& v, int i, float f) { reinterpret_cast<float*>(&v)[i] = f; }
-};
+using detail::Vec;
 
 // One warp reduces columns [chunk * 32 * kLaneVectors, +32 * kLaneVectors) vectors of token t
 // over its K selections.

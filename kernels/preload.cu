@@ -7,7 +7,7 @@ cudaError_t PreloadKernels() {
   for (cudaError_t (*load)() : {detail::PreloadRoutingKernels, detail::PreloadDispatchKernels,
                                 detail::PreloadHtDispatchKernels,
                                 detail::PreloadCombineKernels, detail::PreloadFenceWaitKernels,
-                                detail::PreloadAbandonKernels}) {
+                                detail::PreloadAbandonKernels, detail::PreloadSpanKernels}) {
     if (const cudaError_t e = load(); e != cudaSuccess) return e;
   }
   return cudaSuccess;

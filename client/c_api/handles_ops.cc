@@ -35,6 +35,16 @@ epd::StatusOr<epd::DataPath> ResolveDataPath(const epd_session& session, int32_t
   if (data_path == EPD_DATA_PATH_DEFAULT) {
     EPD_ASSIGN_OR_RETURN(requested, epd::DataPathFromEnvironment());
   }
+  if (group_config.spans_nodes()) {
+    // Its ops exchange through NCCL on the daemon's streams: there is no frontend-launched path.
+    if (requested == epd::DataPath::kFrontendLaunched) {
+      return epd::FailedPreconditionError(
+          "group '{}' spans nodes: it has no frontend-launched path; use the daemon's streams "
+          "(EPD_DATA_PATH_DAEMON_STREAMS)",
+          group_config.name());
+    }
+    return epd::DataPath::kDaemonStreams;
+  }
   const bool fp8 = group_config.dispatch_dtype() == epd::v1::DTYPE_FP8_E4M3;
   if (fp8 && requested == epd::DataPath::kFrontendLaunched) {
     return epd::FailedPreconditionError(

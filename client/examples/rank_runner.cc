@@ -61,7 +61,9 @@ StatusOr<std::unique_ptr<RankRunner>> RankRunner::Create(Client& client, const P
   }
   if (device) {
     // The rank's tensors live on the GPU that holds its handle.
-    const int gpu = handle->source().device() >= 0 ? handle->source().device() : rank;
+    const int gpu = options.device >= 0                 ? options.device
+                    : handle->source().device() >= 0 ? handle->source().device()
+                                                     : rank;
     EPD_ASSIGN_OR_RETURN(runner->memory_, CreateDeviceMemory(total, gpu));
   } else {
     EPD_ASSIGN_OR_RETURN(runner->memory_, CreateHostMemory(total));

@@ -34,6 +34,9 @@ struct RankRunnerOptions {
   // The node rank the session binds to when it differs from the group rank (a group that
   // spans daemons: group rank = node * ranks_per_node + session rank); -1: the group rank.
   int session_rank = -1;
+  // cuda backend: the GPU (as this process numbers them) of the rank's tensors; -1: the
+  // handle's device. Differs when the daemon sees other GPUs (its own CUDA_VISIBLE_DEVICES).
+  int device = -1;
 };
 
 class RankRunner {

@@ -45,9 +45,9 @@ StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config, int
       kill(getpid(), fatal_signal);
     };
     EPD_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateCudaBackend(options));
-    // NOTE: the cuda backend refuses spanning groups for now (UNIMPLEMENTED); the daemon still
-    // joins, so the cluster view and the cpu nodes of a mixed test deployment work.
+    // NOTE: joined after the backend exists: the join checks the node's rank count.
     EPD_RETURN_IF_ERROR(join_with(backend->num_ranks()));
+    AttachCudaCluster(*backend, attachment.store, attachment.restarted_node);
     return backend;
 #else
     (void)fatal_signal;

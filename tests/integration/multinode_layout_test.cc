@@ -16,36 +16,6 @@ namespace {
 
 using example::Problem;
 
-// Every receive tensor of a rank's handle, then its combine output.
-std::vector<uint8_t> Snapshot(example::RankRunner& runner, int num_tokens) {
-  HandleView& v = runner.view();
-  std::vector<uint8_t> bytes;
-  auto add = [&bytes](const void* data, size_t size) {
-    if (data == nullptr) return;
-    const auto* p = static_cast<const uint8_t*>(data);
-    bytes.insert(bytes.end(), p, p + size);
-  };
-  const auto rows = static_cast<size_t>(v.recv_rows());
-  const int K = runner.problem().top_k;
-  // High-throughput: every recv_capacity row, stale ones too (both runs have one history).
-  const bool ht = v.high_throughput();
-  add(v.recv_x(), rows * v.row_bytes());
-  add(v.recv_src(), rows * (ht ? 2 : 3) * sizeof(int32_t));
-  add(v.recv_weights(), rows * sizeof(float));
-  add(v.recv_topk_idx(), rows * K * sizeof(int32_t));
-  add(v.recv_topk_weights(), rows * K * sizeof(float));
-  add(v.recv_scales(), rows * v.scale_row_bytes());
-  const size_t counts = v.expert_major() || ht ? runner.problem().local_experts()
-                                               : runner.problem().ranks;
-  add(v.recv_counts(), counts * sizeof(int32_t));
-  add(v.recv_offsets(), (counts + (ht ? 1 : 0)) * sizeof(int32_t));
-  add(v.recv_rank_counts(), runner.problem().ranks * sizeof(int32_t));
-  add(v.recv_rank_offsets(), runner.problem().ranks * sizeof(int32_t));
-  add(v.expert_rows(), v.info().buffers().expert_rows_entries() * sizeof(int32_t));
-  add(runner.out(), static_cast<size_t>(num_tokens) * runner.problem().row_bytes());
-  return bytes;
-}
-
 // Rank r's inputs of layer `layer`.
 using LayerInputs =
     std::function<example::RankInputs(const Problem& p, int rank, int layer)>;
@@ -68,7 +38,7 @@ StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> RunLayers(std::vector<R
       example::RankRunner& runner = *ranks[r].runner;
       const example::RankInputs in = inputs(runner.problem(), r, layer);
       Status status = runner.RunAndCheck(in, example::ScaleByExpertPlusOne, layer % 2 == 1);
-      if (status.ok()) snapshots[layer][r] = Snapshot(runner, in.num_tokens);
+      if (status.ok()) snapshots[layer][r] = Snapshot(runner, in.num_tokens, HostCopy);
       return status.WithContext(fmt::format("rank {} layer {}", r, layer));
     });
     // Every rank's failure: the first one alone may only say a peer went missing.

@@ -29,9 +29,11 @@ int FreeLoopbackPort() {
   return port;
 }
 
-StatusOr<std::unique_ptr<LoopbackCluster>> LoopbackCluster::Create(int nodes) {
+StatusOr<std::unique_ptr<LoopbackCluster>> LoopbackCluster::Create(int nodes,
+                                                                    int ranks_per_node) {
   std::unique_ptr<LoopbackCluster> cluster(new LoopbackCluster());
   cluster->nodes_ = nodes;
+  cluster->ranks_per_node_ = ranks_per_node;
   cluster->daemons_.resize(nodes);
   char pattern[] = "/tmp/epd-cluster-XXXXXX";
   if (mkdtemp(pattern) == nullptr) return InternalError("mkdtemp failed");
@@ -92,13 +94,44 @@ std::vector<std::string> LoopbackCluster::NodeArgs(int node) const {
 Status LoopbackCluster::StartNode(int node, std::vector<std::string> extra) {
   std::vector<std::string> args = NodeArgs(node);
   args.insert(args.end(), extra.begin(), extra.end());
-  EPD_ASSIGN_OR_RETURN(daemons_[node], DaemonProcess::Start(args, kRanksPerNode));
+  EPD_ASSIGN_OR_RETURN(daemons_[node], DaemonProcess::Start(args, ranks_per_node_));
   return OkStatus();
 }
 
 Status LoopbackCluster::StartAll() {
   for (int n = 0; n < nodes_; ++n) EPD_RETURN_IF_ERROR(StartNode(n));
   return OkStatus();
+}
+
+std::vector<uint8_t> Snapshot(example::RankRunner& runner, int num_tokens, const ViewCopy& copy) {
+  HandleView& v = runner.view();
+  std::vector<uint8_t> bytes;
+  auto add = [&](const void* data, size_t size) {
+    if (data == nullptr) return;
+    bytes.resize(bytes.size() + size);
+    copy(bytes.data() + bytes.size() - size, data, size);
+  };
+  const auto rows = static_cast<size_t>(v.recv_rows());
+  const int K = runner.problem().top_k;
+  // High-throughput: every recv_capacity row, stale ones too (both runs have one history).
+  const bool ht = v.high_throughput();
+  add(v.recv_x(), rows * v.row_bytes());
+  add(v.recv_src(), rows * (ht ? 2 : 3) * sizeof(int32_t));
+  add(v.recv_weights(), rows * sizeof(float));
+  add(v.recv_topk_idx(), rows * K * sizeof(int32_t));
+  add(v.recv_topk_weights(), rows * K * sizeof(float));
+  add(v.recv_scales(), rows * v.scale_row_bytes());
+  const size_t counts = v.expert_major() || ht ? runner.problem().local_experts()
+                                               : runner.problem().ranks;
+  add(v.recv_counts(), counts * sizeof(int32_t));
+  add(v.recv_offsets(), (counts + (ht ? 1 : 0)) * sizeof(int32_t));
+  add(v.recv_rank_counts(), runner.problem().ranks * sizeof(int32_t));
+  add(v.recv_rank_offsets(), runner.problem().ranks * sizeof(int32_t));
+  add(v.expert_rows(), v.info().buffers().expert_rows_entries() * sizeof(int32_t));
+  // out() is a host copy on either backend.
+  const auto* out = static_cast<const uint8_t*>(runner.out());
+  bytes.insert(bytes.end(), out, out + static_cast<size_t>(num_tokens) * runner.problem().row_bytes());
+  return bytes;
 }
 
 example::Problem SpanningProblem(int nodes) {
@@ -114,14 +147,17 @@ example::Problem SpanningProblem(int nodes) {
 
 StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
                                                     const example::Problem& problem,
-                                                    example::RankRunnerOptions options) {
+                                                    example::RankRunnerOptions options,
+                                                    const std::vector<int>& device_of_node) {
   std::vector<RankClient> ranks(problem.ranks);
+  const int per_node = cluster.ranks_per_node();
   const std::vector<Status> statuses = RunOnRanks(problem.ranks, [&](int g) -> Status {
-    auto client = Client::Connect(cluster.node(g / kRanksPerNode).address());
+    auto client = Client::Connect(cluster.node(g / per_node).address());
     if (!client.ok()) return client.status();
     ranks[g].client = std::move(client).value();
     example::RankRunnerOptions mine = options;
-    mine.session_rank = g % kRanksPerNode;
+    mine.session_rank = g % per_node;
+    if (!device_of_node.empty()) mine.device = device_of_node[g / per_node];
     auto runner = example::RankRunner::Create(*ranks[g].client, problem, g, mine);
     if (!runner.ok()) return runner.status().WithContext(fmt::format("group rank {}", g));
     ranks[g].runner = std::move(runner).value();

@@ -2,6 +2,8 @@
 // (a private token file, a free leader port), and frontends of a group spanning them.
 #pragma once
 
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,8 +20,10 @@ int FreeLoopbackPort();
 
 class LoopbackCluster {
  public:
-  // A deployment of `nodes` daemons (none started) with its own token file and leader port.
-  static StatusOr<std::unique_ptr<LoopbackCluster>> Create(int nodes);
+  // A deployment of `nodes` daemons of `ranks_per_node` ranks each (none started) with its own
+  // token file and leader port.
+  static StatusOr<std::unique_ptr<LoopbackCluster>> Create(int nodes,
+                                                           int ranks_per_node = kRanksPerNode);
   ~LoopbackCluster();
 
   // The flags of node `node` (add or override flags after them).
@@ -32,6 +36,7 @@ class LoopbackCluster {
   void KillNode(int node) { daemons_[node]->Kill(); }
 
   int nodes() const { return nodes_; }
+  int ranks_per_node() const { return ranks_per_node_; }
   const std::string& leader() const { return leader_; }
   const std::string& token_file() const { return token_file_; }
   const std::string& dir() const { return dir_; }
@@ -41,17 +46,28 @@ class LoopbackCluster {
  private:
   LoopbackCluster() = default;
   int nodes_ = 0;
+  int ranks_per_node_ = kRanksPerNode;
   std::string dir_, token_file_, leader_;
   std::vector<std::unique_ptr<DaemonProcess>> daemons_;
 };
 
+// Copies `bytes` from where a handle view points (host or device memory) into `dst`.
+using ViewCopy = std::function<void(void* dst, const void* src, size_t bytes)>;
+inline void HostCopy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+// Every receive tensor of a rank's handle, then its combine output (of the last layer), as
+// bytes to compare between deployments.
+std::vector<uint8_t> Snapshot(example::RankRunner& runner, int num_tokens, const ViewCopy& copy);
+
 // A small MoE layer over `nodes` nodes x kRanksPerNode ranks, spanning them.
 example::Problem SpanningProblem(int nodes);
 
-// One frontend per global rank g of a spanning group: its session on node g / kRanksPerNode,
-// bound to node rank g % kRanksPerNode.
+// One frontend per global rank g of a spanning group: its session on node g / ranks per node,
+// bound to node rank g % ranks per node. `device_of_node` (cuda daemons with disjoint
+// CUDA_VISIBLE_DEVICES): the GPU, as this process numbers them, of each node's frontends.
 StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
                                                     const example::Problem& problem,
-                                                    example::RankRunnerOptions options);
+                                                    example::RankRunnerOptions options,
+                                                    const std::vector<int>& device_of_node = {});
 
 }  // namespace epd::testing

@@ -191,11 +191,8 @@ StatusOr<std::unique_ptr<ExportedMemory>> CudaBackend::CreateFence(int node_rank
 StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConfig& config) {
   EPD_RETURN_IF_ERROR(config.Validate(num_ranks()));
   if (config.spans_nodes) {
-    // Refused rather than half-served: NCCL send/recv between daemons is not written yet.
-    return UnimplementedError(
-        "group '{}': groups that span nodes are served by the cpu backend only for now; the "
-        "cuda backend's NCCL path between daemons is not implemented",
-        config.name);
+    EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> spanning, CreateSpanningGroup(config));
+    return std::unique_ptr<BackendGroup>(std::move(spanning));
   }
   const int R = config.world_size();
   if (R > kernels::kMaxRanks) {
@@ -211,13 +208,7 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
       }
     }
   }
-  auto group = std::make_unique<CudaGroup>();
-  group->config_ = config;
-  group->name_ = std::make_shared<const std::string>(config.name);
-  group->seq_ = std::make_unique<std::atomic<uint64_t>[]>(R);
-  group->slot_used_.assign(R, std::vector<bool>(kernels::kMaxHandleSlots, false));
-  EPD_ASSIGN_OR_RETURN(group->abort_word_,
-                       PinnedHostMemory::Create(sizeof(uint64_t), allocations_));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group, CudaGroup::Create(config, allocations_));
   group->sm_count_ = std::numeric_limits<int>::max();
   for (int r = 0; r < R; ++r) {
     RankState& rank = *ranks_[config.ranks[r]];
@@ -272,6 +263,7 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
     return InvalidArgumentError("group '{}': group rank {} is outside [0, {})", c.name, group_rank,
                                 c.world_size());
   }
+  if (c.spans_nodes) return CreateSpanningHandle(group, group_rank);
   auto handle = std::make_unique<CudaHandle>();
   handle->group_ = &group;
   handle->group_rank_ = group_rank;
@@ -347,6 +339,8 @@ void CudaBackend::AbortGroup(BackendGroup& g, const Status& reason) {
   const uint64_t through = group.RealignSequences();
   group.aborts_->NoteAbort(through, reason);  // before the word: a released op reads the reason
   group.RaiseAbortWord(through);
+  // A spanning group's NCCL exchange in flight would wait for its watchdog otherwise.
+  if (group.span_ != nullptr) group.span_->AbortInFlight(reason);
   EPD_LOG(kCuda, info, "group '{}': ops up to {} aborted: {}", group.config_.name, through,
           reason.message());
 }
@@ -360,7 +354,14 @@ void CudaBackend::BeginShutdown() {
     group->aborts_->NoteAbort(std::numeric_limits<uint64_t>::max(),
                               UnavailableError("epd is shutting down"));
     group->RaiseAbortWord(std::numeric_limits<uint64_t>::max());
+    if (group->span_ != nullptr) group->span_->Stop(UnavailableError("epd is shutting down"));
   }
+}
+
+void CudaBackend::AttachCluster(std::shared_ptr<ClusterStore> cluster, bool restarted_node) {
+  std::lock_guard lock(groups_mu_);
+  cluster_ = std::move(cluster);
+  restarted_node_ = restarted_node;
 }
 
 StatusOr<CudaExportedMemory*> CudaBackend::FenceOf(int node_rank, ExportedMemory& fence) const {
@@ -410,6 +411,13 @@ void ReserveHardwareQueues() {
   // context is created, so it must be set before the first CUDA call that creates one; a
   // value the operator set is kept.
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
+}
+
+void AttachCudaCluster(Backend& backend, std::shared_ptr<ClusterStore> cluster,
+                       bool restarted_node) {
+  if (auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend); cuda != nullptr) {
+    cuda->AttachCluster(std::move(cluster), restarted_node);
+  }
 }
 
 cudaStream_t CudaBackendStream(Backend& backend, BackendHandle& handle) {

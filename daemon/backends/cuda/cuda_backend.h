@@ -26,8 +26,10 @@
 //  - Groups and handles must be destroyed before the backend.
 // High-throughput groups run kernels/ht_dispatch.cuh and the combine kernel on their packed
 // rows, on at most sm_budget blocks; on either data path (ExportDataPlane exports their plan).
-// Not yet: node-spanning groups (the NCCL communicator exists but is unused), replaying
-// the collectives from a CUDA graph (each launch carries its op sequence number).
+// Low-latency groups that span daemons exchange fixed-size messages through NCCL
+// (cuda_span_ops.cc, span_comm.h); high-throughput and fp8 dispatch across daemons are refused.
+// Not yet: replaying the collectives from a CUDA graph (each launch carries its op sequence
+// number).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -65,6 +67,11 @@ StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& o
 // only before the process creates its first CUDA context; CreateCudaBackend calls it, and
 // programs that touch CUDA earlier (tests) call it first.
 void ReserveHardwareQueues();
+
+// Multi-node: gives a backend made by CreateCudaBackend the cluster its spanning groups meet
+// through (after the daemon joined, before any group exists); ignored by other backends.
+void AttachCudaCluster(Backend& backend, std::shared_ptr<ClusterStore> cluster,
+                       bool restarted_node);
 
 // The daemon stream `handle`'s ops run on (its group's lane of its rank), of a backend made by
 // CreateCudaBackend (benchmarks record events on it); null for any other backend.

@@ -20,6 +20,7 @@
 #include "daemon/backends/cuda/ipc_mapping.h"
 #include "daemon/backends/cuda/op_lane.h"
 #include "daemon/core/lane_registry.h"
+#include "daemon/core/task_thread.h"
 #include "kernels/device_error.cuh"
 
 namespace epd::cuda {
@@ -68,7 +69,8 @@ class CudaBackend final : public Backend {
   Status CheckLiveness(std::chrono::milliseconds limit) const override;
   StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& group, BackendHandle& handle) override;
   StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank) override;
-
+  // Multi-node: the cluster spanning groups meet through (set once, before any group).
+  void AttachCluster(std::shared_ptr<ClusterStore> cluster, bool restarted_node);
 
  private:
   explicit CudaBackend(CudaBackendOptions options) : options_(std::move(options)) {}
@@ -84,6 +86,12 @@ class CudaBackend final : public Backend {
   // Copies `bytes` into every group rank's PeerTable at `offset`, synchronously.
   Status WritePeerTables(CudaGroup& group, size_t offset, const void* data, size_t bytes);
   void ForgetGroup(CudaGroup* group);
+  // Groups that span daemons (cuda_span_ops.cc): NCCL between daemons, op `seq` already taken.
+  StatusOr<std::unique_ptr<CudaGroup>> CreateSpanningGroup(const GroupConfig& config);
+  StatusOr<std::unique_ptr<BackendHandle>> CreateSpanningHandle(CudaGroup& group, int group_rank);
+  Status SpanDispatch(CudaHandle& handle, uint64_t seq, const DispatchArgs& args);
+  Status SpanCombine(CudaHandle& handle, uint64_t seq, const CombineArgs& args);
+  void SpanAbandon(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
 
   CudaBackendOptions options_;
   AllocationCounter allocations_;
@@ -97,6 +105,11 @@ class CudaBackend final : public Backend {
   bool shutting_down_ = false;   // guarded by groups_mu_
   std::vector<std::unique_ptr<RankState>> ranks_;
   std::vector<std::vector<bool>> peer_access_;
+  std::shared_ptr<ClusterStore> cluster_;  // null: running alone
+  bool restarted_node_ = false;
+  // Forms spanning groups' NCCL communicators, off the gRPC and rank worker threads.
+  // Groups (their SpanComms, which post here) are destroyed before the backend.
+  std::unique_ptr<TaskThread> span_control_ = std::make_unique<TaskThread>("epd-nccl-form");
   // NOTE: last member: the lanes run their last completions, which may destroy groups (they
   // unregister above), before anything else goes.
   LaneRegistry<OpLane> lanes_;

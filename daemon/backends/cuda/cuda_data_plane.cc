@@ -20,6 +20,12 @@ StatusOr<DataPlaneExport> CudaBackend::ExportDataPlane(BackendGroup& g, BackendH
   if (handle == nullptr || handle->group_ != &group) {
     return InvalidArgumentError("group '{}': not one of its handles", group.config_.name);
   }
+  if (group.span_ != nullptr) {
+    return FailedPreconditionError(
+        "group '{}' spans nodes: its ops run on the daemon's streams (NCCL between daemons); it "
+        "has no frontend-launched path",
+        group.config_.name);
+  }
   const HandlePrivateLayout& p = handle->private_layout_;
   DataPlaneExport out;
   out.private_region = handle->private_->Describe();
@@ -39,6 +45,10 @@ StatusOr<uint64_t> CudaBackend::ResetDataPlane(BackendGroup& g, int dead_group_r
   auto& group = static_cast<CudaGroup&>(g);
   const GroupConfig& c = group.config_;
   const int R = c.world_size();
+  if (group.span_ != nullptr) {
+    return FailedPreconditionError("group '{}' spans nodes and has no frontend-launched path",
+                                   c.name);
+  }
   if (dead_group_rank >= R) {
     return InvalidArgumentError("group '{}': group rank {} is outside [0, {})", c.name,
                                 dead_group_rank, R);

@@ -72,6 +72,19 @@ int InboxExperts(const GroupConfig& c) {
   return c.high_throughput() ? kernels::HtInboxExperts(c.experts, c.world_size()) : c.experts;
 }
 
+StatusOr<std::unique_ptr<CudaGroup>> CudaGroup::Create(const GroupConfig& config,
+                                                       AllocationCounter& allocations) {
+  const int R = config.world_size();
+  auto group = std::make_unique<CudaGroup>();
+  group->config_ = config;
+  group->name_ = std::make_shared<const std::string>(config.name);
+  group->seq_ = std::make_unique<std::atomic<uint64_t>[]>(R);
+  group->slot_used_.assign(R, std::vector<bool>(kernels::kMaxHandleSlots, false));
+  EPD_ASSIGN_OR_RETURN(group->abort_word_,
+                       PinnedHostMemory::Create(sizeof(uint64_t), allocations));
+  return group;
+}
+
 uint64_t CudaGroup::RealignSequences() {
   const int R = config_.world_size();
   uint64_t newest = 0;

@@ -16,6 +16,7 @@
 #include "daemon/backends/cuda/group_aborts.h"
 #include "daemon/backends/cuda/ipc_mapping.h"
 #include "daemon/backends/cuda/nccl_comms.h"
+#include "daemon/backends/cuda/span_comm.h"
 #include "daemon/core/backend.h"
 #include "kernels/sync_area.cuh"
 
@@ -66,6 +67,9 @@ class ImportedMemory : public Memory {
 
 class CudaGroup : public BackendGroup {
  public:
+  // The state every group has: its config, name, sequence counters, handle slots, abort word.
+  static StatusOr<std::unique_ptr<CudaGroup>> Create(const GroupConfig& config,
+                                                     AllocationCounter& allocations);
   ~CudaGroup() override {
     if (forget_) forget_(this);
   }
@@ -110,6 +114,9 @@ class CudaGroup : public BackendGroup {
   LazyNcclComms nccl_;  // created by the first collective that needs NCCL
   int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
   int max_blocks_ = 1;  // grid bound of the collectives (high-throughput: its SM budget)
+  // Groups that span daemons: the NCCL communicators of the ranks hosted here (cuda_span_ops.cc).
+  // NOTE: last: its watchdog may still call into the members above until it is gone.
+  std::unique_ptr<SpanComm> span_;
 };
 
 // Private, daemon-only buffers of a handle (the exported region is HandleLayout's).
@@ -154,6 +161,8 @@ class CudaHandle : public BackendHandle {
   std::unique_ptr<CudaExportedMemory> exported_;
   std::unique_ptr<CudaExportedMemory> private_;  // exported for the frontend-launched path
   std::atomic<int> num_tokens_{0};
+  // Groups that span daemons: the NCCL message buffers and the plan (kernels/span_messages.h).
+  std::unique_ptr<DeviceMemory> span_buffers_;
 };
 
 }  // namespace epd::cuda

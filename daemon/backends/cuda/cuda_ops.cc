@@ -129,6 +129,7 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
 void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind,
                             const Status& reason) {
   CudaGroup& group = *handle.group_;
+  if (group.span_ != nullptr) return SpanAbandon(handle, seq, kind, reason);
   group.aborts_->NoteAbandon(handle.group_rank_, seq, reason);
   OpLane& lane = *handle.lane_;
   cudaError_t e = cudaSetDevice(lane.device());
@@ -157,6 +158,7 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   // The op takes its number even when its arguments are rejected: the peers learn at once.
   const uint64_t seq = group.NextSeq(group_rank);
   if (c.high_throughput()) return DispatchHighThroughput(me, seq, args);
+  if (group.span_ != nullptr) return SpanDispatch(me, seq, args);
   const int n = me.num_tokens();
   kernels::DispatchParams params;
   if (Status bad = SetDispatchPayload(c, args, n, &params); !bad.ok()) {
@@ -202,6 +204,7 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   const GroupConfig& c = group.config_;
   const int group_rank = me.group_rank_;
   const uint64_t seq = group.NextSeq(group_rank);  // see Dispatch
+  if (group.span_ != nullptr) return SpanCombine(me, seq, args);
   const TensorView& out = args.out;
   const int n = me.num_tokens();
   Status bad = CheckTokenRows(out, c, n, "combine", "out");

@@ -1,0 +1,278 @@
+// Groups that span daemons on the cuda backend (docs/design.md §9, "cuda transport"): creation
+// and the low-latency dispatch / combine of one hosted rank, as kernels around one NCCL
+// exchange of fixed-size messages (kernels/span_exchange.cuh, span_comm.h), all on the rank's
+// lane stream. Results equal a single daemon's with the same R, byte for byte.
+#include <cuda_runtime.h>
+
+#include "common/cuda_check.h"
+#include "daemon/backends/cuda/cuda_backend_impl.h"
+#include "daemon/backends/cuda/span_support.h"
+#include "daemon/core/log.h"
+#include "kernels/launch_grid.h"
+#include "kernels/span_exchange.cuh"
+
+namespace epd::cuda {
+namespace {
+
+// Where a spanning handle's exchange buffers start inside span_buffers_ (span_messages.h).
+struct SpanBuffers {
+  char* dispatch_send = nullptr;
+  char* dispatch_recv = nullptr;
+  char* return_send = nullptr;
+  char* return_recv = nullptr;
+  int32_t* plan = nullptr;
+};
+
+SpanBuffers BuffersOf(const CudaHandle& h, const kernels::SpanShape& s) {
+  SpanBuffers b;
+  const int64_t R = s.world_size;
+  char* base = h.span_buffers_->data();
+  b.dispatch_send = base;
+  b.dispatch_recv = base + R * s.dispatch.bytes;
+  b.return_send = base + 2 * R * s.dispatch.bytes;
+  b.return_recv = b.return_send + R * s.ret.bytes;
+  b.plan = reinterpret_cast<int32_t*>(b.return_recv + R * s.ret.bytes);
+  return b;
+}
+
+struct SpanOp {
+  kernels::SpanShape shape;
+  SpanBuffers buffers;
+};
+// Forms the communicator first (an op that cannot reach its peers enqueues nothing) and makes
+// the rank's GPU current.
+StatusOr<SpanOp> BeginSpanOp(CudaHandle& me) {
+  EPD_RETURN_IF_ERROR(me.group_->span_->EnsureFormed());
+  EPD_CUDA_CHECK(cudaSetDevice(me.lane_->device()));
+  SpanOp op;
+  op.shape = SpanShapeOf(me.group_->config_, me.group_rank_);
+  op.buffers = BuffersOf(me, op.shape);
+  return op;
+}
+
+// Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing;
+// headers only when `abandoned`) and its exchange.
+Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const SpanBuffers& buffers,
+                       const void* x, bool abandoned) {
+  const HandlePrivateLayout& p = me.private_layout_;
+  kernels::SpanPackParams pack;
+  pack.shape = shape;
+  pack.topk_idx = me.priv<int32_t>(p.topk_idx);
+  pack.topk_weights = me.priv<float>(p.topk_weights);
+  pack.local_rank = me.priv<int32_t>(p.local_rank);
+  pack.expert_counts = me.priv<int32_t>(p.expert_counts);
+  pack.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  pack.x = x;
+  pack.send = buffers.dispatch_send;
+  pack.recv = buffers.dispatch_recv;
+  pack.abandoned = abandoned ? 1 : 0;
+  OpLane& lane = *me.lane_;
+  EPD_CUDA_CHECK(kernels::LaunchSpanPack(pack, lane.stream()));
+  return me.group_->span_->Exchange(me.group_rank_, lane.stream(), buffers.dispatch_send,
+                                    buffers.dispatch_recv, shape.dispatch.bytes,
+                                    abandoned ? "dispatch (abandoned)" : "dispatch");
+}
+
+// Enqueues the destination half of a combine (each source's expert-output rows; the header
+// only when `abandoned`) and its exchange.
+Status ReturnAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
+                         const SpanBuffers& buffers, const void* expert_out, bool abandoned) {
+  kernels::SpanReturnParams ret;
+  ret.shape = shape;
+  ret.recv = buffers.dispatch_recv;
+  ret.plan = buffers.plan;
+  ret.expert_out = expert_out;
+  ret.recv_rows = static_cast<int64_t>(me.layout_.recv_rows);
+  ret.send = buffers.return_send;
+  ret.recv_ret = buffers.return_recv;
+  ret.abandoned = abandoned ? 1 : 0;
+  OpLane& lane = *me.lane_;
+  EPD_CUDA_CHECK(kernels::LaunchSpanReturn(ret, lane.stream()));
+  return me.group_->span_->Exchange(me.group_rank_, lane.stream(), buffers.return_send,
+                                    buffers.return_recv, shape.ret.bytes,
+                                    abandoned ? "combine (abandoned)" : "combine");
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const GroupConfig& config) {
+  EPD_RETURN_IF_ERROR(CheckSpanningSupported(config));
+  std::shared_ptr<ClusterStore> cluster;
+  bool restarted_node = false;
+  {
+    std::lock_guard lock(groups_mu_);
+    cluster = cluster_;
+    restarted_node = restarted_node_;
+  }
+  if (cluster == nullptr) {
+    return FailedPreconditionError(
+        "group '{}' spans nodes, but this daemon is not part of a cluster ([cluster] settings)",
+        config.name);
+  }
+  const int R = config.world_size();
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group, CudaGroup::Create(config, allocations_));
+  group->devices_.assign(R, -1);
+  SpanComm::Options span;
+  span.config = config;
+  for (int r = 0; r < R; ++r) {
+    const int node_rank = config.NodeRankOf(r);
+    if (node_rank < 0) continue;
+    group->devices_[r] = ranks_[node_rank]->device;
+    span.hosted.push_back(r);
+    span.devices.push_back(ranks_[node_rank]->device);
+  }
+  span.store = std::move(cluster);
+  span.restarted_node = restarted_node;
+  span.timeout = options_.op_timeout;
+  span.control = span_control_.get();
+  CudaGroup* raw = group.get();
+  span.on_failure = [raw](const Status& reason) {
+    const uint64_t through = raw->RealignSequences();
+    raw->aborts_->NoteAbort(through, reason);  // before the word: a released op reads it
+    raw->RaiseAbortWord(through);
+  };
+  group->span_ = std::make_unique<SpanComm>(std::move(span));
+  {
+    std::lock_guard lock(groups_mu_);
+    groups_.insert(group.get());
+    if (shutting_down_) {
+      group->RaiseAbortWord(std::numeric_limits<uint64_t>::max());
+      group->span_->Stop(UnavailableError("epd is shutting down"));
+    }
+  }
+  group->forget_ = [this](CudaGroup* g) { ForgetGroup(g); };
+  EPD_LOG(kCuda, info,
+          "created {} (NCCL between daemons; {} bytes per dispatch and {} per "
+          "combine sent by each rank)",
+          config.ToString(), SpanDispatchBytesSent(config), SpanCombineBytesSent(config));
+  return group;
+}
+
+StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateSpanningHandle(CudaGroup& group,
+                                                                           int group_rank) {
+  const GroupConfig& c = group.config_;
+  const int node_rank = c.NodeRankOf(group_rank);
+  if (node_rank < 0) {
+    return InvalidArgumentError("group '{}': group rank {} lives on node {}, not on this one ({})",
+                                c.name, group_rank, c.NodeOf(group_rank), c.span.node);
+  }
+  auto handle = std::make_unique<CudaHandle>();
+  handle->group_ = &group;
+  handle->group_rank_ = group_rank;
+  handle->node_rank_ = node_rank;
+  handle->layout_ = ComputeHandleLayout(c);
+  handle->private_layout_ = ComputePrivateLayout(c);
+  RankState& rank = *ranks_[node_rank];
+  EPD_ASSIGN_OR_RETURN(handle->lane_, group.LaneOf(group_rank, [&]() -> StatusOr<OpLane*> {
+    EPD_ASSIGN_OR_RETURN(
+        std::unique_ptr<OpLane> lane,
+        OpLane::Create(rank.device, fmt::format("group '{}' rank {}", c.name, node_rank),
+                       rank.records, options_.on_fatal_error));
+    return lanes_.Add(std::move(lane));
+  }));
+  EPD_ASSIGN_OR_RETURN(
+      handle->exported_,
+      CudaExportedMemory::Create(node_rank, rank.device, handle->layout_.exported_bytes,
+                                 allocations_, rank.setup_stream->get()));
+  EPD_ASSIGN_OR_RETURN(handle->private_, CudaExportedMemory::Create(
+                                             node_rank, rank.device, handle->private_layout_.bytes,
+                                             allocations_, rank.setup_stream->get()));
+  EPD_ASSIGN_OR_RETURN(handle->span_buffers_,
+                       DeviceMemory::Create(rank.device, static_cast<size_t>(SpanHandleBytesOf(c)),
+                                            allocations_, rank.setup_stream->get()));
+  return std::unique_ptr<BackendHandle>(std::move(handle));
+}
+
+Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArgs& args) {
+  CudaGroup& group = *me.group_;
+  const GroupConfig& c = group.config_;
+  const int n = me.num_tokens();
+  Status bad = CheckTokenRows(args.x, c, n, "dispatch", "x");
+  if (bad.ok() && args.x_scales.data != nullptr) {
+    bad = InvalidArgumentError("dispatch of group '{}': x_scales is for fp8 dispatch only", c.name);
+  }
+  if (!bad.ok()) {
+    SpanAbandon(me, seq, CollectiveKind::kDispatch, bad);
+    return bad;
+  }
+  EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
+  const kernels::SpanShape& shape = op.shape;
+  const SpanBuffers& buffers = op.buffers;
+  OpLane& lane = *me.lane_;
+  EPD_RETURN_IF_ERROR(PackAndExchange(me, shape, buffers, args.x.data, /*abandoned=*/false));
+  const HandleLayout& l = me.layout_;
+  kernels::SpanAssembleParams assemble;
+  assemble.shape = shape;
+  assemble.capacity = c.capacity();
+  assemble.recv = buffers.dispatch_recv;
+  assemble.plan = buffers.plan;
+  assemble.recv_x = me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
+  assemble.recv_src = me.recv<int32_t>(l.recv_src_offset, l.recv_src_bytes);
+  assemble.recv_weights = me.recv<float>(l.recv_weights_offset, l.recv_weights_bytes);
+  assemble.recv_topk_idx = me.recv<int32_t>(l.recv_topk_idx_offset, l.recv_topk_idx_bytes);
+  assemble.recv_topk_weights =
+      me.recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
+  assemble.recv_counts = me.recv<int32_t>(l.recv_counts_offset, l.recv_counts_bytes);
+  assemble.recv_offsets = me.recv<int32_t>(l.recv_offsets_offset, l.recv_offsets_bytes);
+  assemble.abort = group.abort_word();
+  assemble.seq = seq;
+  assemble.error =
+      lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
+  EPD_CUDA_CHECK(kernels::LaunchSpanAssemble(assemble, lane.stream()));
+  return OkStatus();
+}
+
+Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs& args) {
+  CudaGroup& group = *me.group_;
+  const GroupConfig& c = group.config_;
+  const int n = me.num_tokens();
+  if (Status bad = CheckTokenRows(args.out, c, n, "combine", "out"); !bad.ok()) {
+    SpanAbandon(me, seq, CollectiveKind::kCombine, bad);
+    return bad;
+  }
+  EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
+  const kernels::SpanShape& shape = op.shape;
+  const SpanBuffers& buffers = op.buffers;
+  OpLane& lane = *me.lane_;
+  const HandleLayout& l = me.layout_;
+  const void* expert_out =
+      args.expert_out != nullptr ? args.expert_out : me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
+  EPD_RETURN_IF_ERROR(ReturnAndExchange(me, shape, buffers, expert_out, /*abandoned=*/false));
+  const HandlePrivateLayout& p = me.private_layout_;
+  kernels::SpanReduceParams reduce;
+  reduce.shape = shape;
+  reduce.token_type = kernels::TokenTypeOf(c.dtype);
+  reduce.recv_ret = buffers.return_recv;
+  reduce.topk_idx = me.priv<int32_t>(p.topk_idx);
+  reduce.topk_weights = me.priv<float>(p.topk_weights);
+  reduce.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  reduce.out = args.out.data;
+  reduce.abort = group.abort_word();
+  reduce.seq = seq;
+  reduce.error =
+      lane.ClaimRecord(PendingOp{0, "combine", group.name_, me.group_rank_, seq, group.aborts_});
+  EPD_CUDA_CHECK(kernels::LaunchSpanReduce(reduce, lane.stream()));
+  return OkStatus();
+}
+
+void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
+                              const Status& reason) {
+  CudaGroup& group = *me.group_;
+  const GroupConfig& c = group.config_;
+  group.aborts_->NoteAbandon(me.group_rank_, seq, reason);
+  // The rank still takes part in the exchange, its messages marked abandoned, so the peers'
+  // op fails at once with its reason instead of waiting for the watchdog.
+  auto run = [&]() -> Status {
+    EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
+    return kind == CollectiveKind::kDispatch
+               ? PackAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true)
+               : ReturnAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true);
+  };
+  if (Status sent = run(); !sent.ok()) {
+    // The peers then fail the op when the exchange times out instead of at once.
+    EPD_LOG(kCuda, warn, "group '{}' rank {}: could not mark {} op {} abandoned: {}", c.name,
+            me.group_rank_, CollectiveKindName(kind), seq, sent.ToString());
+  }
+}
+
+}  // namespace epd::cuda

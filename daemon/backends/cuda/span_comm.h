@@ -1,0 +1,118 @@
+// SpanComm: the NCCL communicators of the group ranks this daemon hosts in one group that spans
+// daemons (cuda backend), and the bounds on everything they do (docs/design.md §9).
+//
+// - Formation: at the first exchange (and the first after a failure), on the backend's control
+//   worker, never a gRPC thread: the generation and unique id come from SpanRendezvous (the
+//   daemon hosting group rank 0 creates the id), then ncclGroupStart / ncclCommInitRankConfig
+//   per hosted rank (non-blocking config) / ncclGroupEnd, polled with ncclCommGetAsyncError
+//   until op_timeout; on timeout or error the communicators are aborted and the generation is
+//   raised. The rank worker asking waits for the formation, which is itself bounded.
+// - Exchange: one grouped ncclSend/ncclRecv of fixed-size messages with every other group rank,
+//   enqueued on the rank's lane stream with events around it. A watchdog thread times each
+//   exchange from when the stream reaches it; past op_timeout, on an NCCL async error, or when
+//   the cluster view shows a member node down, `on_failure` runs (the backend fails the
+//   group's ops so far with the reason: UNAVAILABLE naming the node), then every communicator
+//   is aborted (ncclCommAbort: in-flight NCCL kernels end) and the generation is raised: the
+//   group re-forms at its next op, with a new unique id.
+// - Stop (shutdown): aborts what is in flight; every later exchange fails at once.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/status.h"
+#include "daemon/backends/cuda/span_rendezvous.h"
+#include "daemon/core/cluster.h"
+#include "daemon/core/group_config.h"
+#include "daemon/core/task_thread.h"
+
+namespace epd::cuda {
+
+class SpanComm {
+ public:
+  struct Options {
+    GroupConfig config;
+    std::vector<int> hosted;   // group ranks this daemon hosts
+    std::vector<int> devices;  // CUDA device of each, in the same order
+    std::shared_ptr<ClusterStore> store;
+    bool restarted_node = false;
+    std::chrono::milliseconds timeout{10'000};
+    TaskThread* control = nullptr;  // formations run here; outlives the SpanComm
+    // Called (watchdog or rank worker thread) before the communicators are aborted, with the
+    // reason every op of the group issued so far must fail with.
+    std::function<void(const Status&)> on_failure;
+  };
+  explicit SpanComm(Options options);
+  ~SpanComm();  // aborts the communicators (local; never waits for peers)
+  SpanComm(const SpanComm&) = delete;
+  SpanComm& operator=(const SpanComm&) = delete;
+
+  // Forms the communicators when there are none; bounded by the timeout.
+  Status EnsureFormed();
+  // Enqueues on `stream` (current device: the rank's) one grouped exchange of group rank
+  // `group_rank`: message p of `send` to every rank p != group_rank, message p of `recv` from
+  // it, each `bytes` long. An error means nothing was enqueued.
+  Status Exchange(int group_rank, cudaStream_t stream, const char* send, char* recv, int64_t bytes,
+                  std::string_view what);
+  // Aborts the communicators when an exchange is in flight (it would otherwise wait for the
+  // watchdog); the group re-forms at its next op.
+  void AbortInFlight(const Status& reason);
+  // Shutdown: aborts the communicators; every later formation and exchange fails with `reason`.
+  void Stop(const Status& reason);
+  int64_t generation() const;
+
+ private:
+  struct InFlight {
+    cudaEvent_t start = nullptr, end = nullptr;
+    int64_t generation = 0;
+    std::string what;
+    bool started = false;
+    std::chrono::steady_clock::time_point started_at;
+  };
+  Status Form();
+  Status Stopped() const;
+  // Fails generation `generation` (no-op when it is not the live one): on_failure, abort, raise.
+  void Fail(int64_t generation, const Status& reason, const std::vector<int>& nodes);
+  // The member nodes to blame: those the cluster view shows not up, else every other node.
+  std::vector<int> BlamedNodes() const;
+  std::string NodeList(const std::vector<int>& nodes) const;
+  void Watch();
+  int IndexOf(int group_rank) const;
+
+  const Options options_;
+  std::mutex rendezvous_mu_;
+  SpanRendezvous rendezvous_;  // guarded by rendezvous_mu_
+
+  // Exchanges hold it shared while they use the communicators; Fail takes it exclusively.
+  mutable std::shared_mutex comms_mu_;
+  std::vector<ncclComm_t> comms_;  // by hosted index; empty: none formed
+  int64_t generation_ = -1;
+  Status stopped_;
+  // Set by Stop before it waits for comms_mu_: an exchange polling NCCL under the shared lock
+  // gives up at once instead of at its deadline.
+  std::atomic<bool> stopping_{false};
+
+  std::mutex forming_mu_;
+  std::shared_future<Status> forming_;  // valid while a formation runs
+
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  std::vector<InFlight> in_flight_;
+  bool quit_ = false;
+  std::thread watchdog_;  // NOTE: last: started once everything above exists
+};
+
+}  // namespace epd::cuda

@@ -1,0 +1,70 @@
+#include "daemon/backends/cuda/span_support.h"
+
+namespace epd::cuda {
+namespace {
+
+int64_t TokenRowBytes(const GroupConfig& c) {
+  return static_cast<int64_t>(c.hidden) * static_cast<int64_t>(DTypeSize(c.dtype));
+}
+
+}  // namespace
+
+Status CheckSpanningSupported(const GroupConfig& c) {
+  if (c.high_throughput()) {
+    return UnimplementedError(
+        "group '{}': the cuda backend runs groups that span nodes with algorithm = low_latency "
+        "only; algorithm = high_throughput across daemons is not implemented",
+        c.name);
+  }
+  if (c.fp8_dispatch()) {
+    return UnimplementedError(
+        "group '{}': the cuda backend does not dispatch fp8 (dispatch_dtype = fp8_e4m3) in groups "
+        "that span nodes yet; dispatch in the token dtype ({})",
+        c.name, DTypeName(c.dtype));
+  }
+  if (c.world_size() > kernels::kMaxSpanningRanks) {
+    return InvalidArgumentError("group '{}': {} ranks; the cuda backend spans at most {}", c.name,
+                                c.world_size(), kernels::kMaxSpanningRanks);
+  }
+  return OkStatus();
+}
+
+kernels::SpanDispatchMessage SpanDispatchMessageOf(const GroupConfig& c) {
+  return kernels::SpanDispatchMessageOf(c.max_tokens_per_rank, c.top_k, c.experts,
+                                        TokenRowBytes(c));
+}
+
+kernels::SpanShape SpanShapeOf(const GroupConfig& c, int group_rank) {
+  kernels::SpanShape s;
+  s.world_size = c.world_size();
+  s.rank = group_rank;
+  s.experts = c.experts;
+  s.local_experts = c.local_experts();
+  s.top_k = c.top_k;
+  s.max_tokens = c.max_tokens_per_rank;
+  s.rank_major = c.layout == Layout::kRankMajor ? 1 : 0;
+  s.row_bytes = TokenRowBytes(c);
+  s.dispatch = SpanDispatchMessageOf(c);
+  s.ret = SpanReturnMessageOf(c);
+  return s;
+}
+
+kernels::SpanReturnMessage SpanReturnMessageOf(const GroupConfig& c) {
+  return kernels::SpanReturnMessageOf(c.max_tokens_per_rank, c.top_k,
+                                      c.layout == Layout::kRankMajor, TokenRowBytes(c));
+}
+
+int64_t SpanHandleBytesOf(const GroupConfig& c) {
+  return kernels::SpanHandleBytes(SpanDispatchMessageOf(c), SpanReturnMessageOf(c), c.world_size(),
+                                  c.local_experts());
+}
+
+int64_t SpanDispatchBytesSent(const GroupConfig& c) {
+  return (c.world_size() - 1) * SpanDispatchMessageOf(c).bytes;
+}
+
+int64_t SpanCombineBytesSent(const GroupConfig& c) {
+  return (c.world_size() - 1) * SpanReturnMessageOf(c).bytes;
+}
+
+}  // namespace epd::cuda

@@ -1,0 +1,85 @@
+// Kernels of a low-latency group that spans daemons (cuda backend): they build and read the
+// fixed-size messages of kernels/span_messages.h around the backend's NCCL exchange, all on
+// the rank's lane stream with no host synchronisation.
+//
+//   dispatch: LaunchSpanPack (source: one message per destination, in token order)
+//             -> NCCL send/recv -> LaunchSpanAssemble (destination: the same receive layout
+//             as the single-daemon kernels, plus the plan kept for combine)
+//   combine:  LaunchSpanReturn (destination: each source's selections' expert-output rows)
+//             -> NCCL send/recv -> LaunchSpanReduce (source: k-ascending fp32 sum, no FMA)
+//
+// Errors (a peer's abandon, the group's abort word, capacity) are written into `error` by
+// exactly one thread; a null `error` records nothing (an op this rank gave up itself).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/device_error.cuh"
+#include "kernels/span_messages.h"
+
+namespace epd::kernels {
+
+struct SpanPackParams {
+  SpanShape shape;
+  // This rank's routing as UpdateHandle bound it (kernels/routing.cuh), and its tokens.
+  const int32_t* topk_idx = nullptr;       // [T, K]
+  const float* topk_weights = nullptr;     // [T, K]
+  const int32_t* local_rank = nullptr;     // [T, K]
+  const int32_t* expert_counts = nullptr;  // [E]
+  const int32_t* bound_tokens = nullptr;   // [1]
+  const void* x = nullptr;                 // [n, H]
+  char* send = nullptr;  // [R] messages; message d at d * dispatch.bytes (not this rank's)
+  char* recv = nullptr;  // [R] messages; this rank's own message goes to recv[rank]
+  int abandoned = 0;     // this rank gives the op up: headers say so, nothing else is written
+};
+cudaError_t LaunchSpanPack(const SpanPackParams& params, cudaStream_t stream);
+
+struct SpanAssembleParams {
+  SpanShape shape;
+  int capacity = 0;            // rows per expert (expert-major)
+  const char* recv = nullptr;  // [R] received dispatch messages
+  int32_t* plan = nullptr;     // SpanPlanWords(L, R)
+  // This rank's receive buffers (HandleLayout; expert-major or rank-major ones).
+  void* recv_x = nullptr;
+  int32_t* recv_src = nullptr;
+  float* recv_weights = nullptr;
+  int32_t* recv_topk_idx = nullptr;
+  float* recv_topk_weights = nullptr;
+  int32_t* recv_counts = nullptr;
+  int32_t* recv_offsets = nullptr;
+  const uint64_t* abort = nullptr;  // host-mapped: ops numbered up to it give up
+  uint64_t seq = 0;
+  DeviceError* error = nullptr;
+};
+cudaError_t LaunchSpanAssemble(const SpanAssembleParams& params, cudaStream_t stream);
+
+struct SpanReturnParams {
+  SpanShape shape;
+  const char* recv = nullptr;        // the dispatch's received messages (their entries)
+  const int32_t* plan = nullptr;     // the dispatch's plan
+  const void* expert_out = nullptr;  // [recv_rows, H]
+  int64_t recv_rows = 0;
+  char* send = nullptr;      // [R] return messages (not this rank's)
+  char* recv_ret = nullptr;  // [R]; this rank's own return goes to recv_ret[rank]
+  int abandoned = 0;
+};
+cudaError_t LaunchSpanReturn(const SpanReturnParams& params, cudaStream_t stream);
+
+struct SpanReduceParams {
+  SpanShape shape;
+  int token_type = 0;              // kTokenBf16 / kTokenFp16 / kTokenFp32 (kernels/combine.cuh)
+  const char* recv_ret = nullptr;  // [R] received return messages
+  const int32_t* topk_idx = nullptr;
+  const float* topk_weights = nullptr;
+  const int32_t* bound_tokens = nullptr;
+  void* out = nullptr;  // [n, H]
+  int abandoned = 0;
+  const uint64_t* abort = nullptr;
+  uint64_t seq = 0;
+  DeviceError* error = nullptr;
+};
+cudaError_t LaunchSpanReduce(const SpanReduceParams& params, cudaStream_t stream);
+
+}  // namespace epd::kernels

@@ -1,0 +1,107 @@
+// The fixed-size messages a low-latency group that spans daemons exchanges through NCCL on
+// the cuda backend (docs/design.md §9, "cuda transport"). Plain C++17 constexpr, shared by the
+// kernels (kernels/span_exchange.cuh), the backend that sizes the buffers, and the unit tests.
+//
+// Every size comes from the group constants only (T, K, E, L, H, dtype), so the NCCL exchange
+// needs no host-side counts: each op sends R - 1 messages of one size, however many tokens
+// select each destination. The price is bandwidth: a message always carries T rows.
+//
+// Dispatch message from source s to destination d (one per (s, d), also s == d, which the
+// source writes straight into its own receive buffer):
+//   header  int32 [0] status (kSpanMessageOk / kSpanMessageAbandoned), [1] n_s,
+//           [2, 2 + E) s's selections of every expert (all E: every rank checks every
+//           expert's capacity, so all agree on an overflow)
+//   entries T x int32 [1 + 3K]: entry t = token t of s: [t, or -1 when t selects nothing on
+//           d or t >= n_s; ids[K] with other ranks' ids masked to -1; local_rank[K] (the
+//           selection's index among s's selections of its expert, as the routing bind ranked
+//           it); weight bits[K] (0 where masked)]
+//   rows    T x row_bytes: row t = token t of s where entry t is present (else unwritten)
+// Combine return message from destination d to source s:
+//   header  int32 [0] status
+//   rows    T x J x row_bytes: row (t, j) = the expert output of the j-th selection of s's
+//           token t that lives on d, in k order (expert-major, J = K: a token may select one
+//           expert twice, and each selection has a row of its own); rank-major J = 1, the
+//           frontend's pre-reduced row of (s, t).
+#pragma once
+
+#include <cstdint>
+
+namespace epd::kernels {
+
+inline constexpr int64_t kSpanMessageAlign = 256;
+inline constexpr int32_t kSpanMessageOk = 0;
+inline constexpr int32_t kSpanMessageAbandoned = -1;
+inline constexpr int kSpanHeaderFixedWords = 2;
+// Ranks of a spanning group the cuda kernels index (grid dimension y of the per-source kernels).
+inline constexpr int kMaxSpanningRanks = 4096;
+
+constexpr int64_t SpanAlignUp(int64_t bytes) {
+  return (bytes + kSpanMessageAlign - 1) / kSpanMessageAlign * kSpanMessageAlign;
+}
+
+struct SpanDispatchMessage {
+  int64_t entry_words = 0;     // int32 words of one token's entry: 1 + 3K
+  int64_t entries_offset = 0;  // bytes from the message start (after the header)
+  int64_t rows_offset = 0;
+  int64_t row_bytes = 0;
+  int64_t bytes = 0;  // the whole message, a multiple of kSpanMessageAlign
+};
+
+constexpr SpanDispatchMessage SpanDispatchMessageOf(int64_t max_tokens, int64_t top_k,
+                                                    int64_t experts, int64_t row_bytes) {
+  SpanDispatchMessage m;
+  m.entry_words = 1 + 3 * top_k;
+  m.entries_offset = SpanAlignUp((kSpanHeaderFixedWords + experts) * 4);
+  m.rows_offset = m.entries_offset + SpanAlignUp(max_tokens * m.entry_words * 4);
+  m.row_bytes = row_bytes;
+  m.bytes = m.rows_offset + SpanAlignUp(max_tokens * row_bytes);
+  return m;
+}
+
+struct SpanReturnMessage {
+  int64_t rows_per_token = 0;  // J
+  int64_t rows_offset = 0;
+  int64_t row_bytes = 0;
+  int64_t bytes = 0;
+};
+
+constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_k, bool rank_major,
+                                                int64_t row_bytes) {
+  SpanReturnMessage m;
+  m.rows_per_token = rank_major ? 1 : top_k;
+  m.rows_offset = kSpanMessageAlign;
+  m.row_bytes = row_bytes;
+  m.bytes = m.rows_offset + SpanAlignUp(max_tokens * m.rows_per_token * row_bytes);
+  return m;
+}
+
+// One rank's view of a group's exchange: the group constants the kernels index with.
+struct SpanShape {
+  int world_size = 0;
+  int rank = 0;  // this rank's group rank
+  int experts = 0;
+  int local_experts = 0;
+  int top_k = 0;
+  int max_tokens = 0;
+  int rank_major = 0;
+  int64_t row_bytes = 0;
+  SpanDispatchMessage dispatch;
+  SpanReturnMessage ret;
+};
+
+// A destination's plan of the last dispatch, kept for the combine after it: int32
+// [0] go (1: rows were written), [1, 1 + L) expert offsets, [1 + L, 1 + L + L * R) base row
+// of source s inside local expert l at 1 + L + l * R + s.
+constexpr int64_t SpanPlanWords(int64_t local_experts, int64_t world_size) {
+  return 1 + local_experts + local_experts * world_size;
+}
+
+// Device bytes one rank's handle holds for the exchange: dispatch send and receive (R messages
+// each), combine return send and receive (R each), and the plan.
+constexpr int64_t SpanHandleBytes(const SpanDispatchMessage& d, const SpanReturnMessage& r,
+                                  int64_t world_size, int64_t local_experts) {
+  return 2 * world_size * d.bytes + 2 * world_size * r.bytes +
+         SpanAlignUp(SpanPlanWords(local_experts, world_size) * 4);
+}
+
+}  // namespace epd::kernels

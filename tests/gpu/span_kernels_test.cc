@@ -1,0 +1,320 @@
+// The kernels of groups spanning daemons (kernels/span_exchange.cuh) in one process, with the
+// NCCL exchange replaced by device copies of the fixed-size messages: every rank's receive
+// region and combine output equal the cpu reference's byte for byte (both layouts, bf16 and
+// fp32, n in {0, 1, T-1, T}, all -1, a hot expert, a token selecting one expert twice), and
+// the destination's plan reports a capacity overflow and a source's abandon. Isolates the
+// kernels from NCCL: the daemon-level test is tests/gpu/spanning_test.cc.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "daemon/backends/cpu/reference_ops.h"
+#include "daemon/backends/cuda/span_support.h"
+#include "kernels/launch_grid.h"
+#include "kernels/span_exchange.cuh"
+#include "tests/gpu/gpu_test_env.h"
+
+namespace epd::gputest {
+namespace {
+
+constexpr int kDevice = 0;
+enum class Routing { kRandom, kAllNone, kHotExpert, kRepeatedExpert };
+
+GroupConfig ConfigOf(Layout layout, DType dtype, int capacity = 0) {
+  GroupConfig c;
+  c.name = "span-kernels";
+  c.ranks = {0, 1, 2};
+  c.experts = 6;
+  c.hidden = 64;
+  c.max_tokens_per_rank = 8;
+  c.top_k = 3;
+  c.dtype = dtype;
+  c.layout = layout;
+  c.expert_capacity = capacity;
+  c.spans_nodes = true;
+  c.span = GroupConfig::Span{0, 3, 1};
+  return c;
+}
+
+// One rank's host-side routing and tokens, and its device buffers.
+struct Rank {
+  int n = 0;
+  std::vector<int32_t> ids, local_rank, counts;
+  std::vector<float> weights;
+  std::vector<char> x;
+  std::unique_ptr<DeviceBuffer> d_ids, d_weights, d_local_rank, d_counts, d_n, d_x;
+  std::unique_ptr<DeviceBuffer> send, recv, plan, ret_send, ret_recv, region, out;
+};
+
+void MakeRouting(const GroupConfig& c, Routing routing, int rank, int n, Rank* r) {
+  const int T = c.max_tokens_per_rank, K = c.top_k, E = c.experts;
+  std::mt19937 rng(1000 + rank * 17 + n);
+  r->n = n;
+  r->ids.assign(static_cast<size_t>(T) * K, -1);
+  r->weights.assign(static_cast<size_t>(T) * K, 0.0f);
+  for (int t = 0; t < n; ++t) {
+    for (int k = 0; k < K; ++k) {
+      int32_t id = static_cast<int32_t>(rng() % (E + 1)) - 1;
+      if (routing == Routing::kAllNone) id = -1;
+      if (routing == Routing::kHotExpert) id = k == 0 ? 0 : (id == 0 ? -1 : id);
+      if (routing == Routing::kRepeatedExpert) id = k < 2 ? (t + rank) % E : -1;
+      r->ids[t * K + k] = id;
+      r->weights[t * K + k] = static_cast<float>(rng() % 13 + 1) / 7.0f;
+    }
+  }
+  // The routing bind's outputs (kernels/routing.cuh): per-expert counts and each selection's
+  // index among its expert's selections in (t, k) order.
+  r->counts.assign(E, 0);
+  r->local_rank.assign(static_cast<size_t>(T) * K, -1);
+  for (int i = 0; i < n * K; ++i) {
+    if (r->ids[i] >= 0) r->local_rank[i] = r->counts[r->ids[i]]++;
+  }
+  const size_t row = static_cast<size_t>(c.hidden) * DTypeSize(c.dtype);
+  r->x.assign(static_cast<size_t>(T) * row, 0);
+  for (int t = 0; t < n; ++t) {
+    for (int h = 0; h < c.hidden; ++h) {
+      StoreFromFloat(r->x.data() + t * row, c.dtype, h,
+                     static_cast<float>(static_cast<int>(rng() % 17) - 8) / 8.0f);
+    }
+  }
+}
+
+std::unique_ptr<DeviceBuffer> Upload(const void* data, size_t bytes) {
+  auto buffer = std::make_unique<DeviceBuffer>(kDevice, std::max<size_t>(bytes, 16));
+  std::vector<char> zeros(buffer->size(), 0);
+  buffer->Upload(zeros.data(), zeros.size());
+  if (data != nullptr && bytes > 0) buffer->Upload(data, bytes);
+  return buffer;
+}
+
+std::unique_ptr<DeviceBuffer> Zeroed(size_t bytes) { return Upload(nullptr, bytes); }
+
+// Message `index` of `from` copied to message `slot` of `to` (what the NCCL exchange does).
+void Move(const DeviceBuffer& from, int index, DeviceBuffer& to, int slot, int64_t bytes) {
+  ASSERT_EQ(cudaMemcpy(static_cast<char*>(to.data()) + slot * bytes,
+                       static_cast<const char*>(from.data()) + index * bytes, bytes,
+                       cudaMemcpyDeviceToDevice),
+            cudaSuccess);
+}
+
+class SpanKernelsTest : public ::testing::Test {
+ protected:
+  void SetUp() override { EPD_REQUIRE_GPUS(1); }
+
+  // Dispatch of every rank (rank `abandoning` gives the op up), then the plan's errors.
+  void Dispatch(const GroupConfig& c, std::vector<Rank>& ranks, int abandoning,
+                std::vector<kernels::DeviceError>* errors) {
+    const int R = c.world_size();
+    const HandleLayout layout = ComputeHandleLayout(c);
+    for (int s = 0; s < R; ++s) {
+      Rank& r = ranks[s];
+      const kernels::SpanShape shape = cuda::SpanShapeOf(c, s);
+      r.d_ids = Upload(r.ids.data(), r.ids.size() * 4);
+      r.d_weights = Upload(r.weights.data(), r.weights.size() * 4);
+      r.d_local_rank = Upload(r.local_rank.data(), r.local_rank.size() * 4);
+      r.d_counts = Upload(r.counts.data(), r.counts.size() * 4);
+      r.d_n = Upload(&r.n, 4);
+      r.d_x = Upload(r.x.data(), r.x.size());
+      r.send = Zeroed(R * shape.dispatch.bytes);
+      r.recv = Zeroed(R * shape.dispatch.bytes);
+      r.plan = Zeroed(kernels::SpanPlanWords(c.local_experts(), R) * 4);
+      r.ret_send = Zeroed(R * shape.ret.bytes);
+      r.ret_recv = Zeroed(R * shape.ret.bytes);
+      r.region = Zeroed(layout.exported_bytes);
+      kernels::SpanPackParams pack;
+      pack.shape = shape;
+      pack.topk_idx = static_cast<const int32_t*>(r.d_ids->data());
+      pack.topk_weights = static_cast<const float*>(r.d_weights->data());
+      pack.local_rank = static_cast<const int32_t*>(r.d_local_rank->data());
+      pack.expert_counts = static_cast<const int32_t*>(r.d_counts->data());
+      pack.bound_tokens = static_cast<const int32_t*>(r.d_n->data());
+      pack.x = r.d_x->data();
+      pack.send = static_cast<char*>(r.send->data());
+      pack.recv = static_cast<char*>(r.recv->data());
+      pack.abandoned = s == abandoning ? 1 : 0;
+      ASSERT_EQ(kernels::LaunchSpanPack(pack, nullptr), cudaSuccess);
+    }
+    for (int s = 0; s < R; ++s) {
+      for (int d = 0; d < R; ++d) {
+        if (s != d)
+          Move(*ranks[s].send, d, *ranks[d].recv, s, cuda::SpanShapeOf(c, s).dispatch.bytes);
+      }
+    }
+    errors->assign(R, kernels::DeviceError{});
+    kernels::DeviceError* records = nullptr;
+    ASSERT_EQ(cudaMallocHost(&records, sizeof(kernels::DeviceError) * R), cudaSuccess);
+    std::memset(records, 0, sizeof(kernels::DeviceError) * R);
+    for (int d = 0; d < R; ++d) {
+      if (d == abandoning) continue;
+      Rank& r = ranks[d];
+      const reference::ReceiveBuffers b = reference::ReceiveBuffersAt(r.region->data(), layout);
+      kernels::SpanAssembleParams p;
+      p.shape = cuda::SpanShapeOf(c, d);
+      p.capacity = c.capacity();
+      p.recv = static_cast<const char*>(r.recv->data());
+      p.plan = static_cast<int32_t*>(r.plan->data());
+      p.recv_x = b.recv_x;
+      p.recv_src = b.recv_src;
+      p.recv_weights = b.recv_weights;
+      p.recv_topk_idx = b.recv_topk_idx;
+      p.recv_topk_weights = b.recv_topk_weights;
+      p.recv_counts = b.recv_counts;
+      p.recv_offsets = b.recv_offsets;
+      p.seq = 1;
+      p.error = &records[d];
+      ASSERT_EQ(kernels::LaunchSpanAssemble(p, nullptr), cudaSuccess);
+    }
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    for (int d = 0; d < R; ++d) (*errors)[d] = records[d];
+    cudaFreeHost(records);
+  }
+
+  // Expert outputs: every received row rewritten with values of its own (the same bytes on
+  // the device and in the reference), then every rank's combine.
+  void Combine(const GroupConfig& c, std::vector<Rank>& ranks,
+               std::vector<std::vector<char>>& reference_regions) {
+    const int R = c.world_size(), K = c.top_k;
+    const HandleLayout layout = ComputeHandleLayout(c);
+    const size_t row = static_cast<size_t>(c.hidden) * DTypeSize(c.dtype);
+    for (int d = 0; d < R; ++d) {
+      char* recv_x = reference_regions[d].data() + layout.recv_x_offset;
+      for (size_t i = 0; i < layout.recv_rows; ++i) {
+        for (int h = 0; h < c.hidden; ++h) {
+          const float v = LoadAsFloat(recv_x + i * row, c.dtype, h);
+          StoreFromFloat(recv_x + i * row, c.dtype, h, v * 0.5f + static_cast<float>(i % 5));
+        }
+      }
+      ranks[d].region->Upload(reference_regions[d].data(), reference_regions[d].size());
+      kernels::SpanReturnParams p;
+      p.shape = cuda::SpanShapeOf(c, d);
+      p.recv = static_cast<const char*>(ranks[d].recv->data());
+      p.plan = static_cast<const int32_t*>(ranks[d].plan->data());
+      p.expert_out = static_cast<char*>(ranks[d].region->data()) + layout.recv_x_offset;
+      p.recv_rows = static_cast<int64_t>(layout.recv_rows);
+      p.send = static_cast<char*>(ranks[d].ret_send->data());
+      p.recv_ret = static_cast<char*>(ranks[d].ret_recv->data());
+      ASSERT_EQ(kernels::LaunchSpanReturn(p, nullptr), cudaSuccess);
+    }
+    for (int d = 0; d < R; ++d) {
+      for (int s = 0; s < R; ++s) {
+        if (s != d)
+          Move(*ranks[d].ret_send, s, *ranks[s].ret_recv, d, cuda::SpanShapeOf(c, d).ret.bytes);
+      }
+    }
+    std::vector<reference::SourceRank> sources(R);
+    for (int s = 0; s < R; ++s) {
+      sources[s] = {
+          ranks[s].n, nullptr, ranks[s].ids.data(), ranks[s].weights.data(), ranks[s].counts.data(),
+          nullptr};
+    }
+    std::vector<const void*> expert_out(R);
+    for (int d = 0; d < R; ++d) expert_out[d] = reference_regions[d].data() + layout.recv_x_offset;
+    for (int s = 0; s < R; ++s) {
+      Rank& r = ranks[s];
+      r.out = Zeroed(static_cast<size_t>(c.max_tokens_per_rank) * row);
+      kernels::SpanReduceParams p;
+      p.shape = cuda::SpanShapeOf(c, s);
+      p.token_type = kernels::TokenTypeOf(c.dtype);
+      p.recv_ret = static_cast<const char*>(r.ret_recv->data());
+      p.topk_idx = static_cast<const int32_t*>(r.d_ids->data());
+      p.topk_weights = static_cast<const float*>(r.d_weights->data());
+      p.bound_tokens = static_cast<const int32_t*>(r.d_n->data());
+      p.out = r.out->data();
+      p.seq = 2;
+      ASSERT_EQ(kernels::LaunchSpanReduce(p, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      std::vector<int32_t> slots(static_cast<size_t>(c.max_tokens_per_rank) * K);
+      reference::ComputeSlots(c, s, sources, slots.data());
+      std::vector<char> expected(static_cast<size_t>(c.max_tokens_per_rank) * row, 0);
+      reference::Combine(c, sources[s], slots.data(), expert_out, expected.data());
+      std::vector<char> got(expected.size());
+      r.out->Download(got.data(), got.size());
+      EXPECT_EQ(std::memcmp(got.data(), expected.data(), static_cast<size_t>(r.n) * row), 0)
+          << "combine output of rank " << s;
+    }
+  }
+
+  void RunCase(Layout layout, DType dtype, Routing routing, std::vector<int> tokens) {
+    const GroupConfig c = ConfigOf(layout, dtype);
+    const int R = c.world_size();
+    const HandleLayout hl = ComputeHandleLayout(c);
+    std::vector<Rank> ranks(R);
+    for (int s = 0; s < R; ++s) MakeRouting(c, routing, s, tokens[s], &ranks[s]);
+    std::vector<kernels::DeviceError> errors;
+    Dispatch(c, ranks, /*abandoning=*/-1, &errors);
+    std::vector<reference::SourceRank> sources(R);
+    for (int s = 0; s < R; ++s) {
+      sources[s] = {ranks[s].n,
+                    ranks[s].x.data(),
+                    ranks[s].ids.data(),
+                    ranks[s].weights.data(),
+                    ranks[s].counts.data(),
+                    nullptr};
+    }
+    std::vector<std::vector<char>> expected(R, std::vector<char>(hl.exported_bytes, 0));
+    for (int d = 0; d < R; ++d) {
+      EXPECT_EQ(errors[d].code, kernels::kDeviceErrorNone) << "rank " << d;
+      reference::DispatchReceive(c, d, sources,
+                                 reference::ReceiveBuffersAt(expected[d].data(), hl));
+      std::vector<char> got(hl.exported_bytes);
+      ranks[d].region->Download(got.data(), got.size());
+      EXPECT_EQ(got, expected[d]) << "receive region of rank " << d;
+    }
+    Combine(c, ranks, expected);
+  }
+};
+
+TEST_F(SpanKernelsTest, ExpertMajorMatchesTheReference) {
+  for (DType dtype : {DType::kBf16, DType::kFp32}) {
+    RunCase(Layout::kExpertMajor, dtype, Routing::kRandom, {8, 0, 7});
+    RunCase(Layout::kExpertMajor, dtype, Routing::kRandom, {1, 8, 8});
+    RunCase(Layout::kExpertMajor, dtype, Routing::kAllNone, {8, 8, 3});
+    RunCase(Layout::kExpertMajor, dtype, Routing::kHotExpert, {8, 8, 8});
+    RunCase(Layout::kExpertMajor, dtype, Routing::kRepeatedExpert, {8, 5, 8});
+  }
+}
+
+TEST_F(SpanKernelsTest, RankMajorMatchesTheReference) {
+  for (DType dtype : {DType::kBf16, DType::kFp32}) {
+    RunCase(Layout::kRankMajor, dtype, Routing::kRandom, {8, 0, 7});
+    RunCase(Layout::kRankMajor, dtype, Routing::kRandom, {1, 8, 8});
+    RunCase(Layout::kRankMajor, dtype, Routing::kAllNone, {8, 8, 3});
+    RunCase(Layout::kRankMajor, dtype, Routing::kHotExpert, {8, 8, 8});
+    RunCase(Layout::kRankMajor, dtype, Routing::kRepeatedExpert, {8, 5, 8});
+  }
+}
+
+TEST_F(SpanKernelsTest, EveryRankReportsTheSameOverflowAndWritesNoRows) {
+  const GroupConfig c = ConfigOf(Layout::kExpertMajor, DType::kBf16, /*capacity=*/4);
+  std::vector<Rank> ranks(3);
+  for (int s = 0; s < 3; ++s) MakeRouting(c, Routing::kHotExpert, s, 8, &ranks[s]);
+  std::vector<kernels::DeviceError> errors;
+  Dispatch(c, ranks, -1, &errors);
+  for (int d = 0; d < 3; ++d) {
+    EXPECT_EQ(errors[d].code, kernels::kDeviceErrorCapacity) << "rank " << d;
+    EXPECT_EQ(errors[d].a, 0);   // expert 0: the first over capacity
+    EXPECT_EQ(errors[d].b, 24);  // 3 ranks x 8 tokens
+    EXPECT_EQ(errors[d].c, 4);
+    int32_t go = -1;
+    ranks[d].plan->Download(&go, sizeof(go));
+    EXPECT_EQ(go, 0);
+  }
+}
+
+TEST_F(SpanKernelsTest, AnAbandoningSourceFailsEveryOtherRankNamingIt) {
+  const GroupConfig c = ConfigOf(Layout::kRankMajor, DType::kBf16);
+  std::vector<Rank> ranks(3);
+  for (int s = 0; s < 3; ++s) MakeRouting(c, Routing::kRandom, s, 8, &ranks[s]);
+  std::vector<kernels::DeviceError> errors;
+  Dispatch(c, ranks, /*abandoning=*/1, &errors);
+  for (int d : {0, 2}) {
+    EXPECT_EQ(errors[d].code, kernels::kDeviceErrorPeerAbandoned) << "rank " << d;
+    EXPECT_EQ(errors[d].b, 1);
+  }
+}
+
+}  // namespace
+}  // namespace epd::gputest

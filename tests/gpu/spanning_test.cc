@@ -1,0 +1,266 @@
+// A low-latency group spanning two cuda daemons ("nodes"), through NCCL: every rank's receive
+// buffers and combine output equal, byte for byte, those of one cpu daemon (the reference)
+// hosting both ranks, over a table of routings (n in {0, 1, T-1, T}, all -1, one hot expert,
+// both layouts, three dtypes); a daemon killed mid-run fails the survivor's op with UNAVAILABLE
+// naming it within the bound, the survivor keeps serving, and the group re-forms once the
+// node is back.
+//
+// With one GPU both daemons run on GPU 0: each gets its own NCCL_HOSTID, so NCCL treats them
+// as two hosts (no duplicate-GPU refusal, its network transport), with IB, P2P and SHM off.
+// With two or more GPUs each daemon gets its own (CUDA_VISIBLE_DEVICES=0 / 1);
+// EPD_SPANNING_TEST_SAME_GPU=1 forces the one-GPU setup there too, and
+// EPD_SPANNING_TEST_NCCL_AS_IS=1 (one GPU each only) leaves NCCL its defaults (P2P or SHM
+// between the daemons) instead of the network path.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include "tests/gpu/frontend_processes.h"
+#include "tests/integration/multinode_support.h"
+
+namespace epd::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using example::Problem;
+constexpr int kNodes = 2;
+constexpr int kOpTimeoutMs = 6000;
+
+void DeviceCopy(void* dst, const void* src, size_t bytes) {
+  ASSERT_EQ(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault), cudaSuccess);
+}
+
+bool EnvIsOne(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && std::string(value) == "1";
+}
+
+bool SameGpu() { return VisibleGpus() < 2 || EnvIsOne("EPD_SPANNING_TEST_SAME_GPU"); }
+
+// How the routing of a case is made from MakeInputs' random one.
+enum class Routing { kRandom, kAllNone, kHotExpert };
+
+struct Case {
+  v1::Layout layout;
+  v1::DType dtype;
+  Routing routing;
+  std::vector<int> tokens;  // n per layer, for both ranks
+};
+
+Problem ProblemOf(const Case& c) {
+  Problem p;
+  p.ranks = kNodes;
+  p.experts = 8;
+  p.hidden = 256;  // small: without MPS two daemons on one GPU time-slice
+  p.max_tokens = 16;
+  p.top_k = 3;
+  p.dtype = c.dtype;
+  p.layout = c.layout;
+  return p;
+}
+
+example::RankInputs InputsOf(const Problem& p, Routing routing, int rank, int layer, int n) {
+  example::RankInputs in = example::MakeInputs(p, 41, rank, layer, n, /*dyadic_weights=*/false);
+  for (int t = 0; t < n; ++t) {
+    for (int k = 0; k < p.top_k; ++k) {
+      int32_t& id = in.topk_idx[static_cast<size_t>(t) * p.top_k + k];
+      if (routing == Routing::kAllNone) id = -1;
+      // Every token of every rank selects expert 0 first (no repeat of it at later k).
+      if (routing == Routing::kHotExpert) id = k == 0 ? 0 : (id == 0 ? -1 : id);
+    }
+  }
+  return in;
+}
+
+class SpanningGpuTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (VisibleGpus() == 0) return;
+    auto reference = DaemonProcess::Start({}, kNodes);  // cpu backend, both ranks
+    ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+    reference_ = std::move(reference).value();
+    ASSERT_EPD_OK(StartCluster());
+  }
+  static void TearDownTestSuite() {
+    cluster_.reset();
+    reference_.reset();
+  }
+  void SetUp() override {
+    if (VisibleGpus() == 0) GTEST_SKIP() << "no CUDA GPU: the spanning cuda path needs one";
+    ASSERT_NE(cluster_, nullptr);
+  }
+
+  static Status StartCluster() {
+    EPD_ASSIGN_OR_RETURN(cluster_, LoopbackCluster::Create(kNodes, /*ranks_per_node=*/1));
+    for (int node = 0; node < kNodes; ++node) EPD_RETURN_IF_ERROR(StartNode(node));
+    return OkStatus();
+  }
+  // The daemon inherits this process's environment as it is when it starts.
+  static Status StartNode(int node) {
+    setenv("NCCL_IB_DISABLE", "1", 1);
+    setenv("NCCL_SOCKET_IFNAME", "lo", 0);  // both "hosts" are this one; an operator's value wins
+    if (SameGpu() || !EnvIsOne("EPD_SPANNING_TEST_NCCL_AS_IS")) {
+      setenv("NCCL_HOSTID", fmt::format("epd-test-node-{}", node).c_str(), 1);
+      setenv("NCCL_P2P_DISABLE", "1", 1);
+      setenv("NCCL_SHM_DISABLE", "1", 1);
+    }
+    const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+    const std::string saved = visible != nullptr ? visible : "";
+    if (!SameGpu()) setenv("CUDA_VISIBLE_DEVICES", std::to_string(node).c_str(), 1);
+    Status started = cluster_->StartNode(
+        node, {"--backend", "cuda", "--gpus", "0", "--op-timeout-ms", std::to_string(kOpTimeoutMs),
+               "--bootstrap-timeout-ms", "20000"});
+    if (visible != nullptr) {
+      setenv("CUDA_VISIBLE_DEVICES", saved.c_str(), 1);
+    } else {
+      unsetenv("CUDA_VISIBLE_DEVICES");
+    }
+    for (const char* name : {"NCCL_HOSTID", "NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE"}) unsetenv(name);
+    return started;
+  }
+  static std::vector<int> DeviceOfNode() {
+    return SameGpu() ? std::vector<int>{0, 0} : std::vector<int>{0, 1};
+  }
+
+  // Runs the layers of `c` on `ranks` (both ranks in parallel) and returns each layer's
+  // snapshot per rank; every layer's combine output is also checked against the math.
+  static StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> Run(
+      std::vector<RankClient>& ranks, const Case& c, const ViewCopy& copy) {
+    std::vector<std::vector<std::vector<uint8_t>>> snapshots(
+        c.tokens.size(), std::vector<std::vector<uint8_t>>(ranks.size()));
+    for (size_t layer = 0; layer < c.tokens.size(); ++layer) {
+      const std::vector<Status> statuses = RunOnRanks(kNodes, [&](int r) {
+        example::RankRunner& runner = *ranks[r].runner;
+        const int n = c.tokens[layer];
+        const auto in = InputsOf(runner.problem(), c.routing, r, static_cast<int>(layer), n);
+        Status status = runner.RunAndCheck(in, example::ScaleByExpertPlusOne, layer % 2 == 1);
+        if (status.ok()) snapshots[layer][r] = Snapshot(runner, n, copy);
+        return status.WithContext(fmt::format("rank {} layer {}", r, layer));
+      });
+      for (const Status& status : statuses) EPD_RETURN_IF_ERROR(status);
+    }
+    return snapshots;
+  }
+
+  static std::unique_ptr<DaemonProcess> reference_;
+  static std::unique_ptr<LoopbackCluster> cluster_;
+};
+std::unique_ptr<DaemonProcess> SpanningGpuTest::reference_;
+std::unique_ptr<LoopbackCluster> SpanningGpuTest::cluster_;
+
+TEST_F(SpanningGpuTest, EveryCaseMatchesTheCpuReferenceByteForByte) {
+  const std::vector<Case> cases = {
+      {v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {0, 1, 15, 16, 16}},
+      {v1::LAYOUT_RANK_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 0, 1, 15}},
+      {v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_FP16, Routing::kAllNone, {16, 3}},
+      {v1::LAYOUT_RANK_MAJOR, v1::DTYPE_FP32, Routing::kAllNone, {16, 0}},
+      {v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_FP32, Routing::kHotExpert, {16, 7}},
+      {v1::LAYOUT_RANK_MAJOR, v1::DTYPE_FP16, Routing::kHotExpert, {16, 1}},
+  };
+  int index = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(fmt::format("case {}: {} {} routing {}", index, v1::Layout_Name(c.layout),
+                             v1::DType_Name(c.dtype), static_cast<int>(c.routing)));
+    const Problem p = ProblemOf(c);
+    example::RankRunnerOptions options;
+    options.group = UniqueName(fmt::format("ref{}", index));
+    auto alone = MakeRanks(reference_->address(), p, options);
+    ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+    auto expected = Run(*alone, c, HostCopy);
+    ASSERT_TRUE(expected.ok()) << expected.status().ToString();
+
+    Problem spanning = p;
+    spanning.spans_nodes = true;
+    options.group = UniqueName(fmt::format("span{}", index));
+    auto world = MakeSpanningRanks(*cluster_, spanning, options, DeviceOfNode());
+    ASSERT_TRUE(world.ok()) << world.status().ToString();
+    auto got = Run(*world, c, DeviceCopy);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    for (size_t layer = 0; layer < got->size(); ++layer) {
+      for (int r = 0; r < kNodes; ++r) {
+        EXPECT_EQ((*got)[layer][r], (*expected)[layer][r]) << "layer " << layer << " rank " << r;
+      }
+    }
+    ++index;
+  }
+}
+
+TEST_F(SpanningGpuTest, CapacityOverflowIsReportedOnBothNodes) {
+  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kHotExpert, {}});
+  p.spans_nodes = true;
+  p.expert_capacity = 4;
+  example::RankRunnerOptions options;
+  options.group = UniqueName("full");
+  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  const std::vector<Status> statuses = RunOnRanks(kNodes, [&](int r) {
+    const auto in = InputsOf(p, Routing::kHotExpert, r, 0, 16);
+    return (*world)[r].runner->RunLayer(in, example::Identity, false);
+  });
+  for (const Status& status : statuses) {
+    EXPECT_EPD_ERROR(status, StatusCode::kResourceExhausted, "expert 0", "expert_capacity=4");
+  }
+}
+
+// Last: it kills and restarts node 1.
+TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItIsBack) {
+  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
+  p.spans_nodes = true;
+  example::RankRunnerOptions options;
+  options.group = UniqueName("fault");
+  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
+  ASSERT_TRUE(Run(*world, good, DeviceCopy).ok());
+
+  // Node 0's rank posts a layer that needs node 1, which dies instead of taking part.
+  const auto killed_at = Clock::now();
+  Status in_flight;
+  std::thread posting([&] {
+    const auto in = InputsOf(p, Routing::kRandom, 0, 1, 16);
+    in_flight = (*world)[0].runner->RunLayer(in, example::Identity, false);
+  });
+  cluster_->KillNode(1);
+  posting.join();
+  EXPECT_EPD_ERROR(in_flight, StatusCode::kUnavailable, "node 1");
+  // The op timeout bounds it (the cluster view usually ends it sooner).
+  EXPECT_LT(Clock::now() - killed_at, std::chrono::milliseconds(kOpTimeoutMs + 4000));
+  (*world)[1] = RankClient{};
+
+  // The survivor serves: node info, and a group of its own on its GPU.
+  auto survivor = ConnectOrDie(cluster_->node(0).address());
+  ASSERT_NE(survivor, nullptr);
+  EXPECT_TRUE(survivor->GetNodeInfo().ok());
+  Problem local = p;
+  local.ranks = 1;
+  local.experts = 4;
+  local.spans_nodes = false;
+  example::RankRunnerOptions local_options;
+  local_options.group = UniqueName("local");
+  local_options.device = DeviceOfNode()[0];
+  auto alone = MakeRanks(cluster_->node(0).address(), local, local_options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  EXPECT_EPD_OK(RunGoodLayer(*alone, 0));
+
+  // Node 1 comes back and its frontend creates the group again: the group re-forms (new
+  // generation, new unique id) at the next layer.
+  ASSERT_EPD_OK(StartNode(1));
+  example::RankRunnerOptions mine = options;
+  mine.session_rank = 0;
+  mine.device = DeviceOfNode()[1];
+  auto client = Client::Connect(cluster_->node(1).address());
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  (*world)[1].client = std::move(client).value();
+  auto runner = example::RankRunner::Create(*(*world)[1].client, p, 1, mine);
+  ASSERT_TRUE(runner.ok()) << runner.status().ToString();
+  (*world)[1].runner = std::move(runner).value();
+  const Case again{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 9}};
+  auto recovered = Run(*world, again, DeviceCopy);
+  EXPECT_TRUE(recovered.ok()) << recovered.status().ToString();
+}
+
+}  // namespace
+}  // namespace epd::testing

@@ -1,0 +1,40 @@
+// The leader's key-value store (cluster::Membership) as a ClusterStore without gRPC, for unit
+// tests of what meets through it (gloo meshes, NCCL unique ids).
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "daemon/cluster/membership.h"
+#include "daemon/core/cluster.h"
+
+namespace epd::testing {
+
+class InMemoryStore : public ClusterStore {
+ public:
+  explicit InMemoryStore(int nodes)
+      : members_(nodes, 1, "127.0.0.1:1", std::chrono::milliseconds(60'000)), nodes_(nodes) {}
+  GroupConfig::Span Span() const override { return {0, nodes_, 1}; }
+  const std::string& transport_host() const override { return host_; }
+  ClusterView View() const override { return members_.View(); }
+  Status Set(const std::string& key, const std::string& value) override {
+    members_.Set(key, value);
+    return OkStatus();
+  }
+  StatusOr<std::optional<std::string>> Get(const std::string& key) override {
+    return members_.Get(key);
+  }
+  StatusOr<int64_t> Max(const std::string& key, int64_t value) override {
+    return members_.Max(key, value);
+  }
+  void ReportTransportFailure(int node) override { ++failures_[node]; }
+  int failures(int node) const { return failures_[node]; }
+
+ private:
+  cluster::Membership members_;
+  const int nodes_;
+  const std::string host_ = "127.0.0.1";
+  int failures_[8] = {};
+};
+
+}  // namespace epd::testing

@@ -1,0 +1,220 @@
+// What the cuda backend's groups spanning daemons decide without a GPU: the fixed sizes of
+// their NCCL messages, what they refuse, and how daemons agree on a communicator generation
+// and its unique id through the leader's store (an in-memory store here).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "daemon/backends/cuda/span_rendezvous.h"
+#include "daemon/backends/cuda/span_support.h"
+#include "tests/unit/in_memory_store.h"
+
+namespace epd::cuda {
+namespace {
+
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+
+GroupConfig Spanning(int node, int hidden = 7168) {
+  GroupConfig c;
+  c.name = "span";
+  c.ranks = {0, 1};
+  c.experts = 256;
+  c.hidden = hidden;
+  c.max_tokens_per_rank = 128;
+  c.top_k = 8;
+  c.dtype = DType::kBf16;
+  c.spans_nodes = true;
+  c.span = GroupConfig::Span{node, 2, 1};
+  return c;
+}
+
+TEST(SpanMessagesTest, DispatchMessageHoldsHeaderEntriesAndTRowsAligned) {
+  // The standard shape: H 7168 bf16, K 8, E 256, T 128.
+  const kernels::SpanDispatchMessage m = SpanDispatchMessageOf(Spanning(0));
+  EXPECT_EQ(m.entry_words, 1 + 3 * 8);
+  EXPECT_EQ(m.entries_offset, 1280);       // (2 + 256) int32 = 1032 bytes, 256-aligned
+  EXPECT_EQ(m.rows_offset, 1280 + 12800);  // 128 entries of 25 words
+  EXPECT_EQ(m.row_bytes, 7168 * 2);
+  EXPECT_EQ(m.bytes, 1280 + 12800 + 128 * 14336);
+  for (int64_t offset : {m.entries_offset, m.rows_offset, m.bytes}) {
+    EXPECT_EQ(offset % kernels::kSpanMessageAlign, 0) << offset;
+  }
+}
+
+TEST(SpanMessagesTest, ReturnMessageHasKRowsPerTokenExpertMajorAndOneRankMajor) {
+  GroupConfig c = Spanning(0, 64);
+  const kernels::SpanReturnMessage expert = SpanReturnMessageOf(c);
+  EXPECT_EQ(expert.rows_per_token, 8);
+  EXPECT_EQ(expert.bytes, 256 + 128 * 8 * 128);
+  c.layout = Layout::kRankMajor;
+  const kernels::SpanReturnMessage rank = SpanReturnMessageOf(c);
+  EXPECT_EQ(rank.rows_per_token, 1);
+  EXPECT_EQ(rank.bytes, 256 + 128 * 128);
+  c.dtype = DType::kFp32;
+  EXPECT_EQ(SpanReturnMessageOf(c).row_bytes, 64 * 4);
+}
+
+TEST(SpanMessagesTest, BytesSentAndHeldFollowTheWorldSize) {
+  GroupConfig c = Spanning(0, 64);
+  c.ranks = {0, 1, 2, 3};
+  c.span.nodes = 4;
+  const int64_t dispatch = SpanDispatchMessageOf(c).bytes, ret = SpanReturnMessageOf(c).bytes;
+  EXPECT_EQ(SpanDispatchBytesSent(c), 3 * dispatch);
+  EXPECT_EQ(SpanCombineBytesSent(c), 3 * ret);
+  // Send and receive of both directions, plus the plan: 1 + L + L * R = 321 int32 (L = 64),
+  // 1284 bytes, 256-aligned.
+  EXPECT_EQ(SpanHandleBytesOf(c), 8 * dispatch + 8 * ret + 1536);
+  EXPECT_EQ(kernels::SpanPlanWords(64, 4), 1 + 64 + 256);
+}
+
+TEST(SpanMessagesTest, ShapeCarriesTheGroupConstantsAndBothMessages) {
+  GroupConfig c = Spanning(1, 64);
+  c.layout = Layout::kRankMajor;
+  const kernels::SpanShape s = SpanShapeOf(c, 1);
+  EXPECT_EQ(s.world_size, 2);
+  EXPECT_EQ(s.rank, 1);
+  EXPECT_EQ(s.experts, 256);
+  EXPECT_EQ(s.local_experts, 128);
+  EXPECT_EQ(s.top_k, 8);
+  EXPECT_EQ(s.max_tokens, 128);
+  EXPECT_EQ(s.rank_major, 1);
+  EXPECT_EQ(s.row_bytes, 128);
+  EXPECT_EQ(s.dispatch.bytes, SpanDispatchMessageOf(c).bytes);
+  EXPECT_EQ(s.ret.rows_per_token, 1);
+}
+
+TEST(SpanSupportTest, LowLatencyTokenDtypesAreSupported) {
+  for (DType dtype : {DType::kBf16, DType::kFp16, DType::kFp32}) {
+    GroupConfig c = Spanning(0);
+    c.dtype = dtype;
+    EXPECT_TRUE(CheckSpanningSupported(c).ok()) << DTypeName(dtype);
+    c.layout = Layout::kRankMajor;
+    EXPECT_TRUE(CheckSpanningSupported(c).ok()) << DTypeName(dtype);
+  }
+}
+
+TEST(SpanSupportTest, HighThroughputAndFp8AreRefusedNamingTheSetting) {
+  GroupConfig ht = Spanning(0);
+  ht.algorithm = Algorithm::kHighThroughput;
+  Status s = CheckSpanningSupported(ht);
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_THAT(s.message(), HasSubstr("group 'span'"));
+  EXPECT_THAT(s.message(), HasSubstr("algorithm = high_throughput"));
+
+  GroupConfig fp8 = Spanning(0);
+  fp8.dispatch_format = DispatchFormat::kFp8E4m3;
+  s = CheckSpanningSupported(fp8);
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_THAT(s.message(), HasSubstr("dispatch_dtype = fp8_e4m3"));
+
+  GroupConfig huge = Spanning(0, 64);
+  huge.ranks.clear();
+  for (int r = 0; r <= kernels::kMaxSpanningRanks; ++r) huge.ranks.push_back(r);
+  s = CheckSpanningSupported(huge);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("at most 4096"));
+}
+
+TEST(SpanRendezvousTest, HexRoundTripsEveryByteAndRefusesOtherText) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) bytes.push_back(static_cast<char>(i));
+  const std::string hex = SpanRendezvous::ToHex(bytes);
+  EXPECT_EQ(hex.size(), 512u);
+  auto back = SpanRendezvous::FromHex(hex);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, bytes);
+  EXPECT_EQ(SpanRendezvous::FromHex("abc").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(SpanRendezvous::FromHex("0g").status().message(), HasSubstr("'0g'"));
+}
+
+TEST(SpanRendezvousTest, TheRootPublishesAndTheOtherNodeFetchesTheSameId) {
+  testing::InMemoryStore store(2);
+  SpanRendezvous root(Spanning(0), store, false), other(Spanning(1), store, false);
+  EXPECT_TRUE(root.hosts_root());
+  EXPECT_FALSE(other.hosts_root());
+  auto g_root = root.NextGeneration(), g_other = other.NextGeneration();
+  ASSERT_TRUE(g_root.ok() && g_other.ok());
+  EXPECT_EQ(*g_root, 0);
+  EXPECT_EQ(*g_other, 0);
+  const std::string id(128, '\x5a');
+  // The other node waits for the id the root publishes a little later.
+  std::thread publisher([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_TRUE(root.Publish(0, id).ok());
+  });
+  auto fetched = other.Fetch(0, Clock::now() + std::chrono::seconds(5), {});
+  publisher.join();
+  ASSERT_TRUE(fetched.ok()) << fetched.status().ToString();
+  EXPECT_EQ(*fetched, id);
+}
+
+TEST(SpanRendezvousTest, ADifferentConfigIsAFailedPreconditionNamingBothNodes) {
+  testing::InMemoryStore store(2);
+  SpanRendezvous root(Spanning(0, 64), store, false), other(Spanning(1, 128), store, false);
+  ASSERT_TRUE(root.Publish(0, std::string(128, '\1')).ok());
+  auto fetched = other.Fetch(0, Clock::now() + std::chrono::seconds(5), {});
+  EXPECT_EQ(fetched.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(fetched.status().message(), HasSubstr("different configs"));
+  EXPECT_THAT(fetched.status().message(), HasSubstr("node 0"));
+  EXPECT_THAT(fetched.status().message(), HasSubstr("H=128"));
+}
+
+TEST(SpanRendezvousTest, AMissingRootIsUnavailableNamingItsNodeAtTheDeadline) {
+  testing::InMemoryStore store(2);
+  SpanRendezvous other(Spanning(1), store, false);
+  const auto start = Clock::now();
+  auto fetched = other.Fetch(0, start + std::chrono::milliseconds(100), {});
+  EXPECT_EQ(fetched.status().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(fetched.status().message(), HasSubstr("node 0"));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+}
+
+TEST(SpanRendezvousTest, ABrokenGenerationMovesEveryMemberOnAndReleasesWaiters) {
+  testing::InMemoryStore store(2);
+  SpanRendezvous root(Spanning(0), store, false), other(Spanning(1), store, false);
+  ASSERT_EQ(*other.NextGeneration(), 0);
+  root.Break(0);  // e.g. the root's watchdog aborted generation 0
+  // A member still waiting for generation 0's id gives up at once, not at its deadline.
+  const auto start = Clock::now();
+  auto fetched = other.Fetch(0, start + std::chrono::seconds(30), {});
+  EXPECT_EQ(fetched.status().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(fetched.status().message(), HasSubstr("given up"));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  EXPECT_EQ(*root.NextGeneration(), 1);
+  EXPECT_EQ(*other.NextGeneration(), 1);
+}
+
+TEST(SpanRendezvousTest, ARestartedNodeSkipsTheGenerationItsPredecessorFormed) {
+  testing::InMemoryStore store(2);
+  {
+    SpanRendezvous before(Spanning(1), store, false);
+    ASSERT_EQ(*before.NextGeneration(), 0);
+    ASSERT_TRUE(before.MarkFormed(0).ok());
+  }
+  SpanRendezvous restarted(Spanning(1), store, /*restarted_node=*/true);
+  EXPECT_EQ(*restarted.NextGeneration(), 1);
+  // The survivor, which did not notice the death yet, is raised to it too.
+  SpanRendezvous survivor(Spanning(0), store, false);
+  EXPECT_EQ(*survivor.NextGeneration(), 1);
+  // A restarted node whose predecessor never formed the stored generation joins it.
+  testing::InMemoryStore fresh(2);
+  SpanRendezvous early(Spanning(1), fresh, /*restarted_node=*/true);
+  EXPECT_EQ(*early.NextGeneration(), 0);
+}
+
+TEST(SpanRendezvousTest, StoppingReleasesAWaitingFetch) {
+  testing::InMemoryStore store(2);
+  SpanRendezvous other(Spanning(1), store, false);
+  const auto start = Clock::now();
+  auto fetched = other.Fetch(0, start + std::chrono::seconds(30), [] { return true; });
+  EXPECT_EQ(fetched.status().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(fetched.status().message(), HasSubstr("stopped"));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+}
+
+}  // namespace
+}  // namespace epd::cuda
