@@ -36,6 +36,7 @@ enum RecordSlot { kUpdateRecord = 0, kDispatchRecord = 1, kCombineRecord = 2, kR
 // mappings, valid only in its process).
 struct FrontendOps::PeerTable {
   kernels::PeerTable* device = nullptr;
+  kernels::SyncAreas sync{};  // the table's sync areas, passed by value to every launch
   ~PeerTable() {
     if (device != nullptr) cudaFree(device);
   }
@@ -107,10 +108,12 @@ FrontendOps::~FrontendOps() = default;
 Status FrontendOps::BuildPeerTable() {
   const v1::HandleBuffers& b = info_.buffers();
   auto table = std::make_unique<kernels::PeerTable>();
+  kernels::SyncAreas sync_areas{};
   for (int r = 0; r < info_.peers_size(); ++r) {
     const v1::DataPlanePeer& peer = info_.peers(r);
     char* recv = r == info_.group_rank() ? own_recv_ : static_cast<char*>(peer_recv_[r]->data());
     table->sync[r] = peer_sync_[r]->data();
+    sync_areas.area[r] = table->sync[r];
     kernels::PeerBuffers& buffers = table->handles[peer.handle_slot()][r];
     buffers.recv_x = recv + b.recv_x_offset();
     buffers.recv_src = reinterpret_cast<int32_t*>(recv + b.recv_src_offset());
@@ -122,6 +125,7 @@ Status FrontendOps::BuildPeerTable() {
     }
   }
   peer_table_ = std::make_unique<PeerTable>();
+  peer_table_->sync = sync_areas;
   EPD_CUDA_CHECK(cudaMalloc(&peer_table_->device, sizeof(kernels::PeerTable)));
   EPD_CUDA_CHECK(
       cudaMemcpy(peer_table_->device, table.get(), sizeof(kernels::PeerTable), cudaMemcpyDefault));
@@ -231,6 +235,7 @@ Status FrontendOps::LaunchLowLatencyDispatch(const void* x, cudaStream_t stream)
   params.recv_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_counts_offset());
   params.recv_offsets =
       rank_major ? nullptr : reinterpret_cast<int32_t*>(own_recv_ + b.recv_offsets_offset());
+  params.sync = peer_table_->sync;
   params.peers = peer_table_->device;
   params.handle_slot = info_.peers(info_.group_rank()).handle_slot();
   // NOTE: no abort word: nothing in this process raises one; waits end at timeout_ns or when
@@ -319,6 +324,7 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   // table (a published address would be the publishing process's mapping).
   params.expert_out = own_recv_ + b.recv_x_offset();
   params.expert_out_in_place = 1;
+  params.sync = peer_table_->sync;
   params.peers = peer_table_->device;
   params.abort = nullptr;
   params.seq = 0;  // device-numbered, as in Dispatch

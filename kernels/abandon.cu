@@ -5,15 +5,15 @@
 namespace epd::kernels {
 namespace {
 
-__global__ void AbandonKernel(const PeerTable* peers, int world_size, int rank, uint64_t seq) {
-  detail::PublishAbandoned(peers, world_size, rank, seq, /*blamed=*/-1);
+__global__ void AbandonKernel(const SyncAreas sync, int world_size, int rank, uint64_t seq) {
+  detail::PublishAbandoned(sync, world_size, rank, seq, /*blamed=*/-1);
 }
 
 }  // namespace
 
-cudaError_t LaunchAbandon(const PeerTable* peers, int world_size, int rank, uint64_t seq,
+cudaError_t LaunchAbandon(const SyncAreas& sync, int world_size, int rank, uint64_t seq,
                           cudaStream_t stream) {
-  AbandonKernel<<<1, 1, 0, stream>>>(peers, world_size, rank, seq);
+  AbandonKernel<<<1, 1, 0, stream>>>(sync, world_size, rank, seq);
   return cudaGetLastError();
 }
 

@@ -11,8 +11,8 @@
 
 namespace epd::kernels {
 
-// peers: the rank's PeerTable (device memory); one thread writes every peer's abandoned[rank].
-cudaError_t LaunchAbandon(const PeerTable* peers, int world_size, int rank, uint64_t seq,
+// sync: every rank's SyncArea; one thread writes every peer's abandoned[rank].
+cudaError_t LaunchAbandon(const SyncAreas& sync, int world_size, int rank, uint64_t seq,
                           cudaStream_t stream);
 
 }  // namespace epd::kernels

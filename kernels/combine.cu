@@ -1,9 +1,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
+
 #include "common/limits.h"
 #include "kernels/combine.cuh"
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 #include "kernels/internal/token_vector.cuh"
 
@@ -107,15 +110,15 @@ __device__ void ReduceItem(const CombineParams& p, const char* const* bases, int
 }
 
 __device__ __forceinline__ SyncArea* SyncOf(const CombineParams& p, int rank) {
-  return detail::AsSync(p.peers->sync[rank]);
+  return detail::AsSync(p.sync.area[rank]);
 }
 
 // Leader: announce "my expert output is final, here is its address" and wait until every rank
-// did.
+// did, one thread per peer.
 __device__ bool OpeningBarrier(const CombineParams& p, uint64_t seq) {
-  __shared__ bool ok;
+  __shared__ int failed_peer;
   if (threadIdx.x == 0) {
-    ok = true;
+    failed_peer = INT_MAX;
     for (int d = 0; d < p.world_size; ++d) {
       detail::StoreRelaxedSys(&SyncOf(p, d)->expert_out[p.rank],
                               reinterpret_cast<uint64_t>(p.expert_out));
@@ -126,36 +129,55 @@ __device__ bool OpeningBarrier(const CombineParams& p, uint64_t seq) {
     for (int d = 0; d < p.world_size; ++d) {
       detail::StoreRelaxedSys(&SyncOf(p, d)->start[p.rank], seq);
     }
-    SyncArea* me = SyncOf(p, p.rank);
-    for (int s = 0; s < p.world_size && ok; ++s) {
-      uint64_t seen = 0;
-      const int why =
-          detail::WaitFlagAtLeast(&me->start[s], seq, p.timeout_ns, &seen, me, s, p.abort);
-      if (why != detail::kWaitOk) {
-        detail::ReportWaitFailure(p.error, why, kSyncPhaseStart, s, seq, seen, me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq,
-                                 why == detail::kWaitTimeout ? s : -1);
-        ok = false;
-      }
-    }
-    // A peer that opened and then gave up (it timed out waiting for this rank) may already
-    // reuse its expert output: read nothing of it.
-    for (int s = 0; s < p.world_size && ok; ++s) {
-      if (detail::LoadRelaxedSys(&me->abandoned[s]) >= seq) {
-        detail::ReportWaitFailure(p.error, detail::kWaitAbandoned, kSyncPhaseStart, s, seq, seq,
-                                  me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq, -1);
-        ok = false;
-      }
-    }
   }
   __syncthreads();
-  return ok;
+  SyncArea* me = SyncOf(p, p.rank);
+  const int s = threadIdx.x;
+  int why = detail::kWaitOk;
+  uint64_t seen = 0;
+  if (s < p.world_size) {
+    why = detail::WaitFlagAtLeast(&me->start[s], seq, p.timeout_ns, &seen, me, s, p.abort);
+    // A peer that opened and then gave up (it timed out waiting for this rank) may already
+    // reuse its expert output: read nothing of it.
+    if (why == detail::kWaitOk && detail::LoadRelaxedSys(&me->abandoned[s]) >= seq) {
+      why = detail::kWaitAbandoned;
+      seen = seq;
+    }
+    if (why != detail::kWaitOk) atomicMin(&failed_peer, s);
+  }
+  __syncthreads();
+  if (failed_peer == INT_MAX) return true;
+  if (s == failed_peer) {  // the lowest failed peer's own thread reports it
+    detail::ReportWaitFailure(p.error, why, kSyncPhaseStart, s, seq, seen, me);
+    detail::PublishAbandoned(p.sync, p.world_size, p.rank, seq,
+                             why == detail::kWaitTimeout ? s : -1);
+  }
+  return false;
+}
+
+// Last block's thread 0: "I read every peer's expert output", then wait until every rank did
+// (a peer may reuse its expert output after that). Every block's peer loads completed (their
+// values were reduced and stored) before FinishBlock counted it: plain flag stores suffice.
+__device__ void ClosingBarrier(const CombineParams& p, SyncArea* me, uint64_t seq) {
+  for (int d = 0; d < p.world_size; ++d) {
+    detail::StoreRelaxedSys(&SyncOf(p, d)->end[p.rank], seq);
+  }
+  for (int s = 0; s < p.world_size; ++s) {
+    uint64_t seen = 0;
+    const int why = detail::WaitFlagAtLeast(&me->end[s], seq, p.timeout_ns, &seen, me, s, p.abort);
+    if (why != detail::kWaitOk) {
+      detail::ReportWaitFailure(p.error, why, kSyncPhaseEnd, s, seq, seen, me);
+      detail::PublishAbandoned(p.sync, p.world_size, p.rank, seq,
+                               why == detail::kWaitTimeout ? s : -1);
+      return;
+    }
+  }
 }
 
 template <int kType, bool kWide>
 __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p) {
   __shared__ const char* bases[kMaxRanks];
+  detail::AwaitPriorKernel();
   SyncArea* me = SyncOf(p, p.rank);
   const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   uint64_t flags;
@@ -191,24 +213,10 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
       ReduceItem<kType, kWide>(p, bases, item / chunks, item % chunks, vectors);
     }
   }
-  if (!detail::FinishBlock(me, /*remote_stores=*/false, seq) || (flags & kGoAbort)) return;
+  if (!detail::FinishBlock(me, /*remote_stores=*/false, seq)) return;
   if (threadIdx.x == 0) {
-    // Every block's peer loads completed (their values were reduced and stored) before
-    // FinishBlock counted it: plain flag stores suffice.
-    for (int d = 0; d < p.world_size; ++d) {
-      detail::StoreRelaxedSys(&SyncOf(p, d)->end[p.rank], seq);
-    }
-    for (int s = 0; s < p.world_size; ++s) {
-      uint64_t seen = 0;
-      const int why =
-          detail::WaitFlagAtLeast(&me->end[s], seq, p.timeout_ns, &seen, me, s, p.abort);
-      if (why != detail::kWaitOk) {
-        detail::ReportWaitFailure(p.error, why, kSyncPhaseEnd, s, seq, seen, me);
-        detail::PublishAbandoned(p.peers, p.world_size, p.rank, seq,
-                                 why == detail::kWaitTimeout ? s : -1);
-        return;
-      }
-    }
+    if (!(flags & kGoAbort)) ClosingBarrier(p, me, seq);
+    detail::SignalFenceFromDevice(p.signal, p.signal_value);
   }
 }
 
@@ -220,14 +228,14 @@ template <bool kWide>
 cudaError_t LaunchCombineShape(const CombineParams& params, int blocks, cudaStream_t stream) {
   switch (params.token_type) {
     case kTokenBf16:
-      CombineKernel<kTokenBf16, kWide><<<blocks, kThreads, 0, stream>>>(params);
-      break;
+      return detail::LaunchOverlapped(&CombineKernel<kTokenBf16, kWide>, blocks, kThreads, 0,
+                                      stream, params);
     case kTokenFp16:
-      CombineKernel<kTokenFp16, kWide><<<blocks, kThreads, 0, stream>>>(params);
-      break;
+      return detail::LaunchOverlapped(&CombineKernel<kTokenFp16, kWide>, blocks, kThreads, 0,
+                                      stream, params);
     case kTokenFp32:
-      CombineKernel<kTokenFp32, kWide><<<blocks, kThreads, 0, stream>>>(params);
-      break;
+      return detail::LaunchOverlapped(&CombineKernel<kTokenFp32, kWide>, blocks, kThreads, 0,
+                                      stream, params);
     default:
       return cudaErrorInvalidValue;
   }

@@ -46,7 +46,8 @@ struct CombineParams {
   // 1: wide work items (kCombineWideVectorsPerItem; high-throughput: one row per destination
   // rank per token, a few SMs), size the grid with the same item (CombineBlocks).
   int wide_items = 0;
-  const PeerTable* peers = nullptr;  // this rank's, in device memory (SyncAreas)
+  SyncAreas sync{};                  // every rank's SyncArea
+  const PeerTable* peers = nullptr;  // this rank's, in device memory (handles' buffers)
   const uint64_t* abort = nullptr;   // the group's host-mapped abort word
   // The op's sequence number; 0: device-numbered (graph-replayable), one above the larger
   // of the last collective this rank ran (its SyncArea's control.seq) and seq_floor.
@@ -54,6 +55,10 @@ struct CombineParams {
   uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
+  // The op's fence signal (counter null: none), written by the op's last block at its very end
+  // whatever the op's outcome, as a stream write after the op would be.
+  uint64_t* signal = nullptr;
+  uint64_t signal_value = 0;
 };
 
 // blocks: any number >= 1 (the kernel strides); 512 threads each.

@@ -1,4 +1,6 @@
 #include <climits>
+#include <cuda_pipeline.h>
+
 #include <cub/block/block_scan.cuh>
 
 #include "common/limits.h"
@@ -6,6 +8,7 @@
 #include "kernels/internal/count_exchange.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/dispatch_payload.cuh"
+#include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
@@ -21,29 +24,53 @@ static_assert(kThreads * kExpertsPerThread >= epd::kMaxExperts,
 static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");
 
 __device__ __forceinline__ SyncArea* SyncOf(const DispatchParams& p, int rank) {
-  return detail::AsSync(p.peers->sync[rank]);
+  return detail::AsSync(p.sync.area[rank]);
 }
 
 // Leader part 1: counts (and the handle slot) out, counts in. Returns false (error written,
-// peers told) when a wait failed.
-__device__ bool ExchangeCounts(const DispatchParams& p, int n, uint64_t seq) {
+// peers told) when a wait failed; else *abandoned as ExchangeInbox's.
+__device__ bool ExchangeCounts(const DispatchParams& p, int n, uint64_t seq, uint64_t* abandoned) {
   const int E = p.experts;
   return detail::ExchangeInbox<kThreads>(
-      p.peers, p.world_size, p.rank, E, seq, p.abort, p.timeout_ns, p.error,
+      p.sync, p.world_size, p.rank, E, seq, p.abort, p.timeout_ns, p.error,
       // NOTE: by value: a reference to the kernel's parameters would copy them to local memory.
       [E, n, counts = p.expert_counts, slot = p.handle_slot](int e) {
         return e < E ? counts[e] : e == E ? n : slot;
-      });
+      },
+      abandoned);
 }
 
-// Every block, after go: the receive buffers of each destination for this op, from the slot
-// the destination published with its counts (complete: the leader saw every entry).
-__device__ void LoadDestinations(const DispatchParams& p, PeerBuffers* dest) {
-  const int E = p.experts, stride = SyncInboxStride(E);
+// The handle slot destination d published with its counts (complete: the leader saw it).
+__device__ __forceinline__ int DestinationSlot(const DispatchParams& p, int d) {
+  const int E = p.experts;
   const uint64_t* inbox = detail::SyncInbox(SyncOf(p, p.rank), E);
+  return static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + d * SyncInboxStride(E) + E + 1)));
+}
+
+// Every block, before go: its guess of each destination's receive buffers, the ones in this
+// rank's own handle slot (ranks usually create a layer's handles in the same order), copied
+// into dest[] asynchronously (cp.async), so no thread stalls on it: the leader checks the
+// guess against the published slots (kGoSlotsDiffer) and the common case loads nothing after
+// go. The threads that started it finish it with FinishGuessingDestinations before a barrier.
+static_assert(sizeof(PeerBuffers) % 8 == 0, "copied in 8-byte pieces");
+__device__ __forceinline__ void StartGuessingDestinations(const DispatchParams& p,
+                                                          PeerBuffers* dest) {
+  const int d = threadIdx.x;
+  if (d >= p.world_size) return;
+  const auto* from = reinterpret_cast<const char*>(&p.peers->handles[p.handle_slot][d]);
+  auto* to = reinterpret_cast<char*>(&dest[d]);
+  for (int i = 0; i < static_cast<int>(sizeof(PeerBuffers)); i += 8) {
+    __pipeline_memcpy_async(to + i, from + i, 8);
+  }
+  __pipeline_commit();
+}
+__device__ __forceinline__ void FinishGuessingDestinations() { __pipeline_wait_prior(0); }
+
+// Every block, after a go with kGoSlotsDiffer: the receive buffers of each destination for
+// this op, from the slot the destination published.
+__device__ void LoadDestinations(const DispatchParams& p, PeerBuffers* dest) {
   for (int d = threadIdx.x; d < p.world_size; d += kThreads) {
-    const int slot = static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + d * stride + E + 1)));
-    dest[d] = p.peers->handles[slot % kMaxHandleSlots][d];
+    dest[d] = p.peers->handles[DestinationSlot(p, d) % kMaxHandleSlots][d];
   }
   __syncthreads();
 }
@@ -115,6 +142,7 @@ __device__ void PlanRankMajor(const DispatchParams& p) {
   }
 }
 
+template <int kPayload>
 __device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest, int n,
                                 unsigned ticket, bool skip) {
   const int lane = threadIdx.x & 31;
@@ -140,7 +168,7 @@ __device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest
       peer.recv_src[row * 3 + 2] = i - t * K;
       peer.recv_weights[row] = __ldg(p.topk_weights + i);
     }
-    detail::WritePayloadPart(p, peer, row, t, part, lane);
+    detail::WritePayloadPart<kPayload>(p, peer, row, t, part, lane);
   }
 }
 
@@ -245,6 +273,7 @@ __device__ void QuantizedRows(const DispatchParams& p, const PeerBuffers* dest, 
 
 // Row (this rank, t) on destination d: the token when one of its experts lives on d, else
 // zero with ids -1 (absent rows are rewritten every op: the frontend may have used them).
+template <int kPayload>
 __device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, int n,
                               unsigned ticket) {
   const int lane = threadIdx.x & 31;
@@ -273,53 +302,75 @@ __device__ void RankMajorRows(const DispatchParams& p, const PeerBuffers* dest, 
       peer.recv_topk_weights[row * K + lane] = w;
     }
     if (present) {
-      detail::WritePayloadPart(p, peer, row, t, part, lane);
+      detail::WritePayloadPart<kPayload>(p, peer, row, t, part, lane);
     } else {
-      detail::ZeroPayloadPart(p, peer, row, part, lane);
+      detail::ZeroPayloadPart<kPayload>(p, peer, row, part, lane);
     }
   }
 }
 
+// kPayload: p.payload (LaunchDispatch's switch), so each payload's kernel gets its own
+// registers and code.
+template <int kPayload>
 __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams p) {
   __shared__ PeerBuffers dest[kMaxRanks];
+  detail::AwaitPriorKernel();
   SyncArea* me = SyncOf(p, p.rank);
   const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
+  StartGuessingDestinations(p, dest);
   const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
   uint64_t flags;
   QuantizedItem prepared;  // kPayloadQuantize: the warp's first item, prepared before go
   if (ticket == 0) {
+    __shared__ bool slots_differ;
+    if (threadIdx.x == 0) slots_differ = false;  // ordered by ExchangeInbox's first barrier
     flags = kGoAbort;
-    if (ExchangeCounts(p, n, seq)) {
+    uint64_t abandoned;
+    if (ExchangeCounts(p, n, seq, &abandoned)) {
+      // Loaded now, compared after planning: the plan hides the round trip.
+      const int slot = threadIdx.x < p.world_size ? DestinationSlot(p, threadIdx.x) : 0;
       flags = 0;
       if (p.rank_major) {
         PlanRankMajor(p);
       } else {
         flags = PlanExpertMajor(p);
       }
+      if (threadIdx.x < p.world_size && slot != p.handle_slot) slots_differ = true;
+      // Its barrier also publishes slots_differ to the block.
+      if (!detail::ConfirmNoneAbandoned(p.sync, p.world_size, p.rank, seq, abandoned, p.error)) {
+        flags = kGoAbort;
+      } else if (slots_differ) {
+        flags |= kGoSlotsDiffer;
+      }
     }
+    FinishGuessingDestinations();  // long arrived; PublishGo's barrier publishes dest[]
     detail::PublishGo(me, seq, flags);
   } else {
-    if (p.payload == kPayloadQuantize) {
+    FinishGuessingDestinations();  // before AwaitGo's barrier, which publishes dest[]
+    if constexpr (kPayload == kPayloadQuantize) {
       // Quantizing needs no peer: done while the leader exchanges counts.
       prepared = PrepareQuantizedItem(p, ticket * kWarps + (threadIdx.x >> 5), n, threadIdx.x & 31);
     }
     flags = detail::AwaitGo(me, seq, p.timeout_ns);
   }
   if (!(flags & kGoAbort)) {
-    LoadDestinations(p, dest);
+    if (flags & kGoSlotsDiffer) LoadDestinations(p, dest);
     const bool skip = (flags & kGoSkipData) != 0;
-    if (p.payload == kPayloadQuantize) {
+    if constexpr (kPayload == kPayloadQuantize) {
       QuantizedRows(p, dest, n, ticket, skip, prepared);
     } else if (p.rank_major) {
-      RankMajorRows(p, dest, n, ticket);
+      RankMajorRows<kPayload>(p, dest, n, ticket);
     } else {
-      ExpertMajorRows(p, dest, n, ticket, skip);
+      ExpertMajorRows<kPayload>(p, dest, n, ticket, skip);
     }
   }
-  if (!detail::FinishBlock(me, /*remote_stores=*/true, seq) || (flags & kGoAbort)) return;
+  if (!detail::FinishBlock(me, /*remote_stores=*/true, seq)) return;
   if (threadIdx.x == 0) {
-    detail::PublishDoneAndAwaitSources(p.peers, p.world_size, p.rank, seq, p.abort, p.timeout_ns,
-                                       p.error);
+    if (!(flags & kGoAbort)) {
+      detail::PublishDoneAndAwaitSources(p.sync, p.world_size, p.rank, seq, p.abort,
+                                         p.timeout_ns, p.error);
+    }
+    detail::SignalFenceFromDevice(p.signal, p.signal_value);
   }
 }
 
@@ -327,14 +378,31 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
 
 cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream) {
   const int grid = blocks < 1 ? 1 : blocks;
-  DispatchKernel<<<grid, kThreads, 0, stream>>>(params);
-  return cudaGetLastError();
+  switch (params.payload) {
+    case kPayloadCopy:
+      return detail::LaunchOverlapped(&DispatchKernel<kPayloadCopy>, grid, kThreads, 0, stream,
+                                      params);
+    case kPayloadQuantize:
+      return detail::LaunchOverlapped(&DispatchKernel<kPayloadQuantize>, grid, kThreads, 0,
+                                      stream, params);
+    case kPayloadPrequantized:
+      return detail::LaunchOverlapped(&DispatchKernel<kPayloadPrequantized>, grid, kThreads, 0,
+                                      stream, params);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 namespace detail {
 
 cudaError_t PreloadDispatchKernels() {
-  return LoadKernel(reinterpret_cast<const void*>(&DispatchKernel));
+  for (const void* kernel :
+       {reinterpret_cast<const void*>(&DispatchKernel<kPayloadCopy>),
+        reinterpret_cast<const void*>(&DispatchKernel<kPayloadQuantize>),
+        reinterpret_cast<const void*>(&DispatchKernel<kPayloadPrequantized>)}) {
+    if (cudaError_t e = LoadKernel(kernel); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace detail

@@ -55,6 +55,7 @@ struct DispatchParams {
   int32_t* slot = nullptr;         // expert-major: written here for combine
   int32_t* recv_counts = nullptr;  // this rank's own exported counts / offsets
   int32_t* recv_offsets = nullptr;
+  SyncAreas sync{};                  // every rank's SyncArea
   const PeerTable* peers = nullptr;  // this rank's, in device memory
   int handle_slot = 0;               // where this rank's own receive buffers are published
   const uint64_t* abort = nullptr;   // the group's host-mapped abort word
@@ -64,6 +65,10 @@ struct DispatchParams {
   uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
+  // The op's fence signal (counter null: none), written by the op's last block at its very end
+  // whatever the op's outcome, as a stream write after the op would be.
+  uint64_t* signal = nullptr;
+  uint64_t signal_value = 0;
 };
 
 // A warp copies rows in parts of this many 16-byte vectors, so a few long rows still spread

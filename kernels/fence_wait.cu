@@ -1,5 +1,6 @@
 #include "kernels/fence_wait.cuh"
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
@@ -10,6 +11,8 @@ __global__ void FenceWaitKernel(const uint64_t* counter, uint64_t value, uint64_
   uint64_t seen = 0;
   const int why =
       detail::WaitFlagAtLeast(counter, value, timeout_ns, &seen, nullptr, 0, abort, abort_at);
+  // The op behind the fence may start launching while this kernel writes its record and ends.
+  detail::LetNextKernelLaunch();
   if (why != detail::kWaitOk) {
     error->a = error->b = error->c = 0;
     error->value = static_cast<int64_t>(value);

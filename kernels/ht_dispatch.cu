@@ -6,6 +6,7 @@
 #include "kernels/internal/count_exchange.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/dispatch_payload.cuh"
+#include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 
 namespace epd::kernels {
@@ -22,7 +23,7 @@ static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vect
 static_assert(kMaxRanks <= kThreads, "one leader thread per destination rank");
 
 __device__ __forceinline__ SyncArea* SyncOf(const HtDispatchParams& p, int rank) {
-  return detail::AsSync(p.peers->sync[rank]);
+  return detail::AsSync(p.sync.area[rank]);
 }
 __device__ __forceinline__ int InboxExperts(const HtDispatchParams& p) {
   return HtInboxExperts(p.experts, p.world_size);
@@ -36,15 +37,17 @@ __device__ __forceinline__ int InboxCount(const HtDispatchParams& p, int s, int 
 }
 
 // Leader part 1: this rank's counts out to every peer, every peer's counts in. Returns false
-// (error written, peers told) when a wait failed.
-__device__ bool ExchangeCounts(const HtDispatchParams& p, int n, uint64_t seq) {
+// (error written, peers told) when a wait failed; else *abandoned as ExchangeInbox's.
+__device__ bool ExchangeCounts(const HtDispatchParams& p, int n, uint64_t seq,
+                               uint64_t* abandoned) {
   const int E = p.experts, X = InboxExperts(p);
   return detail::ExchangeInbox<kThreads>(
-      p.peers, p.world_size, p.rank, X, seq, p.abort, p.timeout_ns, p.error,
+      p.sync, p.world_size, p.rank, X, seq, p.abort, p.timeout_ns, p.error,
       // NOTE: by value: a reference to the kernel's parameters would copy them to local memory.
       [E, X, n, experts = p.expert_counts, dests = p.dest_counts, slot = p.handle_slot](int e) {
         return e < E ? experts[e] : e < X ? dests[e - E] : e == X ? n : slot;
-      });
+      },
+      abandoned);
 }
 
 // Leader part 2: base rows (bases[E + d]) and gather-list bases (bases[e]) of this source on
@@ -270,13 +273,20 @@ __device__ void QuantizeRows(const HtDispatchParams& p, const PeerBuffers* dest,
 
 __global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchParams p) {
   __shared__ PeerBuffers dest[kMaxRanks];
+  detail::AwaitPriorKernel();
   SyncArea* me = SyncOf(p, p.rank);
   const auto [ticket, seq] = detail::StartOp(me, p.seq, p.seq_floor);
   const int n = *p.bound_tokens;  // written by the routing kernel earlier on this stream
   uint64_t flags;
   if (ticket == 0) {
     flags = kGoAbort;
-    if (ExchangeCounts(p, n, seq)) flags = Plan(p);
+    uint64_t abandoned;
+    if (ExchangeCounts(p, n, seq, &abandoned)) {
+      flags = Plan(p);
+      if (!detail::ConfirmNoneAbandoned(p.sync, p.world_size, p.rank, seq, abandoned, p.error)) {
+        flags = kGoAbort;
+      }
+    }
     detail::PublishGo(me, seq, flags);
   } else {
     flags = detail::AwaitGo(me, seq, p.timeout_ns);
@@ -290,10 +300,13 @@ __global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchPar
       CopyRows(p, dest, n, ticket);
     }
   }
-  if (!detail::FinishBlock(me, /*remote_stores=*/true, seq) || (flags & kGoAbort)) return;
+  if (!detail::FinishBlock(me, /*remote_stores=*/true, seq)) return;
   if (threadIdx.x == 0) {
-    detail::PublishDoneAndAwaitSources(p.peers, p.world_size, p.rank, seq, p.abort, p.timeout_ns,
-                                       p.error);
+    if (!(flags & kGoAbort)) {
+      detail::PublishDoneAndAwaitSources(p.sync, p.world_size, p.rank, seq, p.abort,
+                                         p.timeout_ns, p.error);
+    }
+    detail::SignalFenceFromDevice(p.signal, p.signal_value);
   }
 }
 
@@ -301,8 +314,7 @@ __global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchPar
 
 cudaError_t LaunchHtDispatch(const HtDispatchParams& params, int blocks, cudaStream_t stream) {
   const int grid = blocks < 1 ? 1 : blocks;
-  HtDispatchKernel<<<grid, kThreads, 0, stream>>>(params);
-  return cudaGetLastError();
+  return detail::LaunchOverlapped(&HtDispatchKernel, grid, kThreads, 0, stream, params);
 }
 
 namespace detail {

@@ -70,6 +70,7 @@ struct HtDispatchParams {
   int32_t* recv_rank_offsets = nullptr;  // [R]
   int32_t* recv_counts = nullptr;        // [L]
   int32_t* recv_offsets = nullptr;       // [L + 1]
+  SyncAreas sync{};  // every rank's SyncArea
   const PeerTable* peers = nullptr;
   int handle_slot = 0;
   const uint64_t* abort = nullptr;
@@ -78,6 +79,10 @@ struct HtDispatchParams {
   uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
+  // The op's fence signal (counter null: none), written by the op's last block at its very end
+  // whatever the op's outcome, as a stream write after the op would be.
+  uint64_t* signal = nullptr;
+  uint64_t signal_value = 0;
 };
 
 // blocks: the SM budget (>= 1; the kernel strides over its work). 512 threads each.

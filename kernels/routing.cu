@@ -1,6 +1,7 @@
 #include <climits>
 
 #include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 #include "kernels/internal/routing_chunked.cuh"
 #include "kernels/internal/routing_common.cuh"
@@ -78,7 +79,7 @@ __device__ void PlanDestinationRows(const RoutingParams& p) {
 // NOTE: stable ranks without atomics on order: warp w owns a contiguous segment of the
 // [n, K] selections; pass 1 ranks inside each 32-wide chunk with __match_any_sync and per-warp
 // expert counters, a prefix over warps then makes the ranks global in (t, k) order.
-__global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParams p, int warps) {
+__device__ void BindRouting(const RoutingParams& p, int warps) {
   extern __shared__ int counts[];  // [warps][E]
   __shared__ int first_bad, first_bad_weight;
   const int K = p.top_k, E = p.experts, n = p.num_tokens;
@@ -169,6 +170,13 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
   if (threadIdx.x == 0) *p.bound_tokens = n;
 }
 
+__global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParams p, int warps) {
+  detail::AwaitPriorKernel();
+  BindRouting(p, warps);  // every thread returns, on a rejected routing too
+  __syncthreads();
+  if (threadIdx.x == 0) detail::SignalFenceFromDevice(p.signal, p.signal_value);
+}
+
 }  // namespace
 
 cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) {
@@ -180,8 +188,8 @@ cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) 
   int warps = static_cast<int>(kCountBytesBudget / (sizeof(int) * params.experts));
   warps = warps < 1 ? 1 : (warps > kWarps ? kWarps : warps);
   const size_t shared_bytes = sizeof(int) * static_cast<size_t>(warps) * params.experts;
-  BindRoutingKernel<<<1, kThreads, shared_bytes, stream>>>(params, warps);
-  return cudaGetLastError();
+  return detail::LaunchOverlapped(&BindRoutingKernel, 1, kThreads, shared_bytes, stream, params,
+                                  warps);
 }
 
 namespace detail {

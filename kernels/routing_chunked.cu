@@ -8,6 +8,8 @@
 // Three launches on one stream order the passes, so no block waits for another.
 #include <climits>
 
+#include "kernels/internal/device_sync.cuh"
+#include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 #include "kernels/internal/routing_chunked.cuh"
 #include "kernels/internal/routing_common.cuh"
@@ -48,6 +50,7 @@ __device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int 
 __global__ void __launch_bounds__(kChunkThreads)
     CountChunksKernel(const RoutingParams p, const ChunkScratch s) {
   extern __shared__ int counters[];  // [warps][E], one row per warp: no atomics
+  detail::AwaitPriorKernel();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int chunk = blockIdx.x * (blockDim.x >> 5) + warp;
   if (chunk >= s.chunks) return;
@@ -221,6 +224,11 @@ __global__ void __launch_bounds__(kChunkThreads)
   }
 }
 
+// The bind's fence signal, after its three kernels (the single-block bind writes it itself).
+__global__ void SignalKernel(uint64_t* counter, uint64_t value) {
+  SignalFenceFromDevice(counter, value);
+}
+
 size_t CounterBytes(int warps, int experts) {
   return sizeof(int) * static_cast<size_t>(warps) * static_cast<size_t>(experts);
 }
@@ -242,21 +250,25 @@ cudaError_t LaunchBindRoutingChunked(const RoutingParams& params, cudaStream_t s
   warps = warps < 1 ? 1 : (warps > kChunkWarpsPerBlock ? kChunkWarpsPerBlock : warps);
   const int chunk_blocks = (layout.chunks + warps - 1) / warps;
   const size_t shared_bytes = CounterBytes(warps, params.experts);
-  CountChunksKernel<<<chunk_blocks, warps * 32, shared_bytes, stream>>>(params, scratch);
-  cudaError_t e = cudaGetLastError();
+  cudaError_t e = detail::LaunchOverlapped(&CountChunksKernel, chunk_blocks, warps * 32,
+                                           shared_bytes, stream, params, scratch);
   if (e != cudaSuccess) return e;
   const int scan_blocks = (layout.columns + 31) / 32;
   ScanChunksKernel<<<scan_blocks, kScanThreads, 0, stream>>>(params, scratch);
   e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   WriteChunksKernel<<<chunk_blocks, warps * 32, shared_bytes, stream>>>(params, scratch);
+  e = cudaGetLastError();
+  if (e != cudaSuccess || params.signal == nullptr) return e;
+  SignalKernel<<<1, 1, 0, stream>>>(params.signal, params.signal_value);
   return cudaGetLastError();
 }
 
 cudaError_t PreloadRoutingChunkedKernels() {
   for (const void* kernel : {reinterpret_cast<const void*>(&CountChunksKernel),
                              reinterpret_cast<const void*>(&ScanChunksKernel),
-                             reinterpret_cast<const void*>(&WriteChunksKernel)}) {
+                             reinterpret_cast<const void*>(&WriteChunksKernel),
+                             reinterpret_cast<const void*>(&SignalKernel)}) {
     const cudaError_t e = LoadKernel(kernel);
     if (e != cudaSuccess) return e;
   }

@@ -19,7 +19,7 @@
 //
 // PeerTable: per (group, rank), in device memory on that rank's GPU. The host writes it when
 // the group is created (every rank's SyncArea) and when a handle is created or destroyed (its
-// receive buffers, in the handle's slot); ops pass only a pointer to it.
+// receive buffers, in the handle's slot); ops pass a pointer to it, plus the SyncAreas by value.
 #pragma once
 
 #include <cstddef>
@@ -34,16 +34,22 @@ static_assert(kMaxRanks == epd::kMaxRanks, "common/limits.h is what the host che
 constexpr int kMaxHandleSlots = 128;  // live handles per (group, rank), e.g. one per layer
 
 struct alignas(128) SyncControl {
-  uint64_t go;          // (seq << 2) | SyncGoFlags, published by the leader block
+  uint64_t go;          // (seq << kGoFlagBits) | SyncGoFlags, published by the leader block
   unsigned int arrive;  // tickets handed out to blocks of the running op
   unsigned int finish;  // blocks of the running op that finished their rows
   uint64_t seq;         // sequence number of the last collective this rank ran
 };
 
+// go = (seq << kGoFlagBits) | SyncGoFlags.
 enum SyncGoFlags : uint64_t {
   kGoAbort = 1,     // a peer timed out: write nothing more, publish nothing
   kGoSkipData = 2,  // capacity overflow: write no rows, but complete the protocol
+  // dispatch: some destination's receive buffers of this op are not in this rank's own handle
+  // slot, so the blocks' guess of their destinations (made before go) must be reloaded
+  kGoSlotsDiffer = 4,
 };
+constexpr int kGoFlagBits = 3;
+constexpr uint64_t GoSeq(uint64_t go) { return go >> kGoFlagBits; }
 
 struct SyncArea {
   SyncControl control;
@@ -67,8 +73,16 @@ struct PeerBuffers {
   int32_t* expert_rows = nullptr;      // high-throughput: the gather list
 };
 
+// Every rank's SyncArea, valid on every GPU of the group and fixed for the group's life. Ops
+// pass it by value in their launch parameters: every block reads it first thing, and a load
+// from the PeerTable there would put one more dependent memory round trip on every op's
+// critical path.
+struct SyncAreas {
+  void* area[kMaxRanks];
+};
+
 struct PeerTable {
-  void* sync[kMaxRanks];                            // every rank's SyncArea
+  void* sync[kMaxRanks];                            // every rank's SyncArea (as SyncAreas)
   PeerBuffers handles[kMaxHandleSlots][kMaxRanks];  // [slot][group rank]
 };
 

@@ -161,10 +161,19 @@ struct DataPlaneExport {
   int handle_slot = 0;
 };
 
+// An op's fence signal, for backends that fold it into the op (Backend::FoldsFenceSignals):
+// the fence is written `value` once the op is complete, whatever its device-side outcome, as
+// SignalFence right after the op would. Ignored by the other backends (the caller signals).
+struct FenceSignal {
+  ExportedMemory* fence = nullptr;  // null: no signal
+  uint64_t value = 0;
+};
+
 struct UpdateArgs {
   TensorView topk_idx;      // [n, K] int32 or int64
   TensorView topk_weights;  // [n, K] f32; data null when absent
   int num_tokens = 0;
+  FenceSignal signal;
 };
 
 // One rank's arguments of a collective; the peers' buffers were published with their handles.
@@ -173,6 +182,7 @@ struct DispatchArgs {
   // its scales in x_scales [n, H / 128] (fp32 or uint8 ue8m0; data null when x is bf16).
   TensorView x;
   TensorView x_scales;
+  FenceSignal signal;
 };
 
 struct CombineArgs {
@@ -181,6 +191,7 @@ struct CombineArgs {
   // per op on the stream (each rank publishes its pointer for the op's sequence number).
   const void* expert_out = nullptr;
   TensorView out;  // [n, H] token dtype
+  FenceSignal signal;
 };
 
 enum class CollectiveKind { kDispatch, kCombine };
@@ -212,6 +223,10 @@ class Backend {
   // page of the handle's node rank.
   virtual Status WaitFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) = 0;
   virtual Status SignalFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) = 0;
+  // True when UpdateHandle, Dispatch and Combine write their args' FenceSignal themselves
+  // (the cuda backend: from the op's last kernel, one stream operation less per fenced op);
+  // else the caller follows a successful op with SignalFence.
+  virtual bool FoldsFenceSignals() const { return false; }
   virtual Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) = 0;
   // This rank's next collective of the handle's group. An error return means nothing was
   // enqueued but the op's sequence number is taken and abandoned (peers fail at once).

@@ -126,7 +126,9 @@ Status OpPipeline::PostUpdate(OpContext ctx, UpdateArgs args, OpDone done) {
         if (status.ok()) {
           Handle& handle = *c.handle;
           const uint64_t op = handle.outcomes.BeginOp();
-          status = backend_.UpdateHandle(*handle.backend, args);
+          UpdateArgs update = args;
+          update.signal = FoldedSignal(c);
+          status = backend_.UpdateHandle(*handle.backend, update);
           handle.outcomes.RecordRouting(op, status);
           std::shared_ptr<Handle> keep = c.handle;
           c.on_device_error = [keep, op](const Status& error) {
@@ -165,9 +167,13 @@ void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone 
                     fmt::format("group '{}' {}: group rank {}: {}", handle.group->config.name,
                                 CollectiveKindName(op.kind), handle.group_rank, status.message()));
   } else if (op.kind == CollectiveKind::kDispatch) {
-    status = backend_.Dispatch(*handle.backend, op.dispatch);
+    DispatchArgs dispatch = op.dispatch;
+    dispatch.signal = FoldedSignal(ctx);
+    status = backend_.Dispatch(*handle.backend, dispatch);
   } else {
-    status = backend_.Combine(*handle.backend, op.combine);
+    CombineArgs combine = op.combine;
+    combine.signal = FoldedSignal(ctx);
+    status = backend_.Combine(*handle.backend, combine);
   }
   if (op.kind == CollectiveKind::kDispatch) {
     handle.outcomes.RecordDispatch(number, status);
@@ -177,6 +183,11 @@ void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone 
     };
   }
   CompleteOp(ctx, std::move(status), std::move(finish), std::move(release));
+}
+
+FenceSignal OpPipeline::FoldedSignal(const OpContext& ctx) const {
+  if (!ctx.options.signal.has_value() || !backend_.FoldsFenceSignals()) return FenceSignal{};
+  return FenceSignal{ctx.signal_fence->page.get(), ctx.options.signal->value};
 }
 
 Status OpPipeline::WaitFenceIfAny(OpContext& ctx) {
@@ -191,7 +202,7 @@ void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
                             std::function<void()> release) {
   // NOTE: before `release`, which uncounts it once the lane passed the op.
   if (!ctx.started->exchange(true)) ctx.session->ops_running.fetch_add(1);
-  if (status.ok() && ctx.options.signal.has_value()) {
+  if (status.ok() && ctx.options.signal.has_value() && !backend_.FoldsFenceSignals()) {
     status = backend_.SignalFence(*ctx.handle->backend, *ctx.signal_fence->page,
                                   ctx.options.signal->value);
   }

@@ -79,6 +79,8 @@ class OpPipeline {
   void RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
                        std::function<void()> release);
   Status WaitFenceIfAny(OpContext& ctx);
+  // The op's signal for a backend that folds it into the op (else none: CompleteOp signals).
+  FenceSignal FoldedSignal(const OpContext& ctx) const;
   void CompleteOp(OpContext& ctx, Status status, OpDone finish, std::function<void()> release);
 
   Backend& backend_;

@@ -13,11 +13,13 @@
 namespace epd::kernels::detail {
 
 // Whole leader block. `value(e)` is this rank's entry e of `stride` (the same for every
-// destination). Returns false (error written, peers told) when a wait failed.
+// destination). Returns false (error written, peers told) when a wait failed. Else thread
+// s < R holds in `*abandoned` its load of abandoned[s], issued but not yet awaited, for
+// ConfirmNoneAbandoned just before go: the leader's planning hides that round trip.
 template <int kThreads, typename Value>
-__device__ bool ExchangeInbox(const PeerTable* peers, int world_size, int rank, int inbox_experts,
+__device__ bool ExchangeInbox(const SyncAreas& sync, int world_size, int rank, int inbox_experts,
                               uint64_t seq, const uint64_t* abort, uint64_t timeout_ns,
-                              DeviceError* error, Value value) {
+                              DeviceError* error, Value value, uint64_t* abandoned) {
   __shared__ int failed_peer;
   __shared__ int failure;
   const int R = world_size, stride = SyncInboxStride(inbox_experts);
@@ -30,11 +32,11 @@ __device__ bool ExchangeInbox(const PeerTable* peers, int world_size, int rank, 
   // NOTE: no fence before publishing: earlier work on this stream ended with its kernels.
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
     const int d = i / stride, e = i % stride;
-    uint64_t* inbox = SyncInbox(peers->sync[d], inbox_experts);
+    uint64_t* inbox = SyncInbox(sync.area[d], inbox_experts);
     StoreRelaxedSys(inbox + rank * stride + e,
                     (uint64_t{seq32} << 32) | static_cast<uint32_t>(value(e)));
   }
-  SyncArea* me = AsSync(peers->sync[rank]);
+  SyncArea* me = AsSync(sync.area[rank]);
   uint64_t* my_inbox = SyncInbox(me, inbox_experts);
   const uint64_t start = GlobalTimerNs();
   for (int i = threadIdx.x; i < R * stride; i += kThreads) {
@@ -51,43 +53,59 @@ __device__ bool ExchangeInbox(const PeerTable* peers, int world_size, int rank, 
     }
   }
   // A peer that published its counts and then gave up (it timed out waiting for this rank)
-  // must not receive rows: it may already run its next op.
-  for (int s = threadIdx.x; s < R; s += kThreads) {
-    if (LoadRelaxedSys(&me->abandoned[s]) >= seq) {
-      atomicMin(&failed_peer, s);
-      atomicMax(&failure, static_cast<int>(kWaitAbandoned));
-    }
-  }
+  // must not receive rows: it may already run its next op. Read after its counts were seen.
+  *abandoned = 0;
+  if (threadIdx.x < R) *abandoned = LoadRelaxedSys(&me->abandoned[threadIdx.x]);
   __syncthreads();
   if (failed_peer != INT_MAX) {
     if (threadIdx.x == 0) {
       const uint64_t seen = my_inbox[failed_peer * stride] >> 32;
       ReportWaitFailure(error, failure, kSyncPhaseCounts, failed_peer, seq, seen, me);
-      PublishAbandoned(peers, R, rank, seq, failure == kWaitTimeout ? failed_peer : -1);
+      PublishAbandoned(sync, R, rank, seq, failure == kWaitTimeout ? failed_peer : -1);
     }
     return false;
   }
   return true;  // PublishGo fences before any block writes a row
 }
 
+// Whole leader block, after ExchangeInbox succeeded: false (error written, peers told) when a
+// peer had given up the op by the time its counts were seen. One barrier when none did.
+__device__ __forceinline__ bool ConfirmNoneAbandoned(const SyncAreas& sync, int world_size,
+                                                     int rank, uint64_t seq, uint64_t abandoned,
+                                                     DeviceError* error) {
+  const bool gave_up = threadIdx.x < world_size && abandoned >= seq;
+  if (!__syncthreads_or(gave_up)) return true;
+  __shared__ int first;
+  if (threadIdx.x == 0) first = INT_MAX;
+  __syncthreads();
+  if (gave_up) atomicMin(&first, threadIdx.x);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    SyncArea* me = AsSync(sync.area[rank]);
+    ReportWaitFailure(error, kWaitAbandoned, kSyncPhaseCounts, first, seq, seq, me);
+    PublishAbandoned(sync, world_size, rank, seq, -1);
+  }
+  return false;
+}
+
 // Thread 0 of the last block to finish (FinishBlock fenced every block's rows at system scope,
 // so plain flag stores suffice): done[rank] = seq on every destination, then a bounded wait
 // until every source set done here. On a failed wait, the error is written and peers told.
-__device__ __forceinline__ void PublishDoneAndAwaitSources(const PeerTable* peers, int world_size,
+__device__ __forceinline__ void PublishDoneAndAwaitSources(const SyncAreas& sync, int world_size,
                                                            int rank, uint64_t seq,
                                                            const uint64_t* abort,
                                                            uint64_t timeout_ns,
                                                            DeviceError* error) {
   for (int d = 0; d < world_size; ++d) {
-    StoreRelaxedSys(&AsSync(peers->sync[d])->done[rank], seq);
+    StoreRelaxedSys(&AsSync(sync.area[d])->done[rank], seq);
   }
-  SyncArea* me = AsSync(peers->sync[rank]);
+  SyncArea* me = AsSync(sync.area[rank]);
   for (int s = 0; s < world_size; ++s) {
     uint64_t seen = 0;
     const int why = WaitFlagAtLeast(&me->done[s], seq, timeout_ns, &seen, me, s, abort);
     if (why != kWaitOk) {
       ReportWaitFailure(error, why, kSyncPhaseDone, s, seq, seen, me);
-      PublishAbandoned(peers, world_size, rank, seq, why == kWaitTimeout ? s : -1);
+      PublishAbandoned(sync, world_size, rank, seq, why == kWaitTimeout ? s : -1);
       return;
     }
   }

@@ -154,16 +154,22 @@ __device__ __forceinline__ void ReportWaitFailure(DeviceError* error, int why, i
 
 // This rank gives up op seq: every peer stops waiting for its flags of that op at once.
 // blamed: the group rank it timed out waiting for, or -1.
-__device__ __forceinline__ void PublishAbandoned(const PeerTable* peers, int world_size, int rank,
+__device__ __forceinline__ void PublishAbandoned(const SyncAreas& sync, int world_size, int rank,
                                                  uint64_t seq, int blamed) {
   for (int d = 0; d < world_size; ++d) {
-    StoreRelaxedSys(&static_cast<SyncArea*>(peers->sync[d])->blamed[rank],
-                    static_cast<uint64_t>(blamed + 1));
+    StoreRelaxedSys(&AsSync(sync.area[d])->blamed[rank], static_cast<uint64_t>(blamed + 1));
   }
   __threadfence_system();
   for (int d = 0; d < world_size; ++d) {
-    StoreRelaxedSys(&static_cast<SyncArea*>(peers->sync[d])->abandoned[rank], seq);
+    StoreRelaxedSys(&AsSync(sync.area[d])->abandoned[rank], seq);
   }
+}
+
+// The op's fence signal, written by its last block once everything the op wrote (and, for a
+// collective, every peer's rows or reads it waited for) is visible: the stream write the
+// signal would otherwise be, one stream operation less per fenced op. counter null: none.
+__device__ __forceinline__ void SignalFenceFromDevice(uint64_t* counter, uint64_t value) {
+  if (counter != nullptr) StoreReleaseSys(counter, value);
 }
 
 // What a block learns as it starts an op: its ticket and the op's sequence number.
@@ -199,7 +205,7 @@ __device__ __forceinline__ void PublishGo(SyncArea* me, uint64_t seq, uint64_t f
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
-    StoreReleaseGpu(&me->control.go, (seq << 2) | flags);
+    StoreReleaseGpu(&me->control.go, (seq << kGoFlagBits) | flags);
   }
 }
 
@@ -212,15 +218,15 @@ __device__ __forceinline__ uint64_t AwaitGo(SyncArea* me, uint64_t seq, uint64_t
   if (threadIdx.x == 0) {
     const uint64_t start = GlobalTimerNs();
     uint64_t v = LoadAcquireGpu(&me->control.go);
-    while ((v >> 2) < seq) {
+    while (GoSeq(v) < seq) {
       if (GlobalTimerNs() - start > 2 * timeout_ns + 1000000000ull) {
-        v = (seq << 2) | kGoAbort;  // never observed: the leader reports its own timeout
+        v = (seq << kGoFlagBits) | kGoAbort;  // never observed: the leader reports its own timeout
         break;
       }
       __nanosleep(32);
       v = LoadAcquireGpu(&me->control.go);
     }
-    flags = v & 3;
+    flags = v & ((uint64_t{1} << kGoFlagBits) - 1);
   }
   __syncthreads();
   return flags;

@@ -38,9 +38,12 @@ __device__ __forceinline__ Fp8Part DestinationPart(const DispatchParams& p,
 
 // Writes part `part` of token t of this rank as row `row` of `peer` (kPayloadCopy,
 // kPayloadPrequantized). Whole warp.
+// kPayload: the launch's p.payload, a template parameter so each payload's kernel gets its
+// own registers.
+template <int kPayload>
 __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const PeerBuffers& peer,
                                                  int64_t row, int t, int part, int lane) {
-  if (p.payload == kPayloadCopy) {
+  if constexpr (kPayload == kPayloadCopy) {
     const int vectors = static_cast<int>(p.row_bytes / 16);
     const int first = part * kDispatchVectorsPerPart;
     WarpCopyRow(
@@ -106,9 +109,10 @@ __device__ __forceinline__ void StoreTokenStep(const Params& p, const PeerBuffer
 }
 
 // Zeroes part `part` of row `row` of `peer` (an absent rank-major row). Whole warp.
+template <int kPayload>
 __device__ __forceinline__ void ZeroPayloadPart(const DispatchParams& p, const PeerBuffers& peer,
                                                 int64_t row, int part, int lane) {
-  if (p.payload == kPayloadCopy) {
+  if constexpr (kPayload == kPayloadCopy) {
     const int vectors = static_cast<int>(p.row_bytes / 16);
     const int first = part * kDispatchVectorsPerPart;
     WarpZeroRow(

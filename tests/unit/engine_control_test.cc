@@ -220,5 +220,88 @@ TEST(EngineControlAsyncTest, ConcurrentCreatesShareOneBuildWithoutBlockingTheirC
   EXPECT_EQ(engine->ListGroups().size(), 1u);
 }
 
+// Folds fence signals the way the cuda backend does (the op itself writes its signal, here by
+// the inner backend's SignalFence right after the op) and records what the pipeline handed it.
+class SignalFoldingBackend : public testing::ForwardingBackend {
+ public:
+  SignalFoldingBackend(std::unique_ptr<Backend> inner, bool folds)
+      : ForwardingBackend(std::move(inner)), folds_(folds) {}
+  bool FoldsFenceSignals() const override { return folds_; }
+  Status SignalFence(BackendHandle& h, ExportedMemory& f, uint64_t v) override {
+    ++separate_signals;
+    return ForwardingBackend::SignalFence(h, f, v);
+  }
+  Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
+    return Fold(h, a.signal, ForwardingBackend::UpdateHandle(h, a));
+  }
+  Status Dispatch(BackendHandle& h, const DispatchArgs& a) override {
+    return Fold(h, a.signal, ForwardingBackend::Dispatch(h, a));
+  }
+  Status Combine(BackendHandle& h, const CombineArgs& a) override {
+    return Fold(h, a.signal, ForwardingBackend::Combine(h, a));
+  }
+
+  std::mutex mutex;
+  std::vector<uint64_t> folded;  // the signal value each op carried (0: none)
+  std::atomic<int> separate_signals{0};
+
+ private:
+  Status Fold(BackendHandle& h, const FenceSignal& signal, Status op) {
+    {
+      std::lock_guard lock(mutex);
+      folded.push_back(signal.fence != nullptr ? signal.value : 0);
+    }
+    if (!op.ok() || signal.fence == nullptr) return op;
+    return ForwardingBackend::SignalFence(h, *signal.fence, signal.value);
+  }
+  const bool folds_;
+};
+
+// A backend that folds fence signals gets each op's signal with the op and no separate
+// SignalFence; one that does not gets none with the op and the pipeline signals after it.
+// Either way the fence reaches each op's value in order.
+TEST(EngineFenceSignalTest, SignalsGoWithTheOpOnlyToBackendsThatFoldThem) {
+  for (const bool folds : {true, false}) {
+    SCOPED_TRACE(folds ? "folding backend" : "plain backend");
+    auto owned = std::make_unique<SignalFoldingBackend>(
+        CreateCpuBackend({1, milliseconds(2000)}).value(), folds);
+    SignalFoldingBackend& backend = *owned;
+    auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
+    GroupConfig config = Config("fold");
+    config.ranks = {0};
+    ASSERT_TRUE(engine->CreateGroup(std::nullopt, config, /*persistent=*/true).ok());
+    engine_testing::Frontend f(*engine, 0);
+    f.handle = engine->CreateHandle(f.session, "fold", 0, "", false).value().id;
+    for (int i = 0; i < engine_testing::kTopK; ++i) {
+      f.topk()[i] = i % config.experts;
+      f.weights()[i] = 1.0f;
+    }
+    const FenceInfo fence = engine->CreateFence(f.session).value();
+    auto page = ShmRegion::Open(fence.source.shm_name, "fence").value();
+    auto* counter =
+        reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset);
+    auto signal = [&](uint64_t value) {
+      OpOptions options;
+      options.signal = FenceOp{fence.id, value};
+      return options;
+    };
+    engine_testing::Waiter update, dispatch, combine;
+    ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), signal(2), update.Done()).ok());
+    ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), signal(3), dispatch.Done()).ok());
+    ASSERT_TRUE(engine->SubmitCombine(f.session, f.Combine(1), signal(4), combine.Done()).ok());
+    EXPECT_TRUE(update.Get().ok());
+    EXPECT_TRUE(dispatch.Get().ok());
+    EXPECT_TRUE(combine.Get().ok());
+    for (int i = 0; i < 2000 && std::atomic_ref<uint64_t>(*counter).load() != 4; ++i) {
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+    EXPECT_EQ(std::atomic_ref<uint64_t>(*counter).load(), 4u);
+    std::lock_guard lock(backend.mutex);
+    EXPECT_EQ(backend.folded, folds ? std::vector<uint64_t>({2, 3, 4})
+                                    : std::vector<uint64_t>({0, 0, 0}));
+    EXPECT_EQ(backend.separate_signals.load(), folds ? 0 : 3);
+  }
+}
+
 }  // namespace
 }  // namespace epd

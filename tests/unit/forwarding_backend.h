@@ -38,6 +38,7 @@ class ForwardingBackend : public Backend {
   Status SignalFence(BackendHandle& h, ExportedMemory& f, uint64_t v) override {
     return inner_->SignalFence(h, f, v);
   }
+  bool FoldsFenceSignals() const override { return inner_->FoldsFenceSignals(); }
   Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
     return inner_->UpdateHandle(h, a);
   }

@@ -223,11 +223,10 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
                                                           allocations_, rank.setup_stream->get()));
     group->peer_tables_.push_back(std::move(table));
   }
-  // Every rank's SyncArea, published once into every rank's table.
-  void* syncs[kernels::kMaxRanks] = {};
-  for (int r = 0; r < R; ++r) syncs[r] = group->sync_[r]->data();
-  EPD_RETURN_IF_ERROR(
-      WritePeerTables(*group, offsetof(kernels::PeerTable, sync), syncs, sizeof(syncs)));
+  // Every rank's SyncArea, published once into every rank's table, and kept for the launches.
+  for (int r = 0; r < R; ++r) group->sync_areas_.area[r] = group->sync_[r]->data();
+  EPD_RETURN_IF_ERROR(WritePeerTables(*group, offsetof(kernels::PeerTable, sync),
+                                      group->sync_areas_.area, sizeof(group->sync_areas_.area)));
   group->max_blocks_ = kBlocksPerSm * group->sm_count_;
   if (options_.max_blocks_per_op > 0) {
     group->max_blocks_ = std::min(group->max_blocks_, options_.max_blocks_per_op);

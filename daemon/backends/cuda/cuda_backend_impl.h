@@ -59,6 +59,8 @@ class CudaBackend final : public Backend {
 
   Status WaitFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override;
   Status SignalFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override;
+  // Each op's last kernel writes its fence signal: no stream write after it.
+  bool FoldsFenceSignals() const override { return true; }
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override;
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override;
   Status Combine(BackendHandle& handle, const CombineArgs& args) override;
@@ -76,6 +78,8 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(CudaBackendOptions options) : options_(std::move(options)) {}
   Status CheckNodeRank(int node_rank) const;
   StatusOr<CudaExportedMemory*> FenceOf(int node_rank, ExportedMemory& fence) const;
+  // The device counter an op's folded signal writes (null: the op signals nothing).
+  StatusOr<uint64_t*> SignalCounter(int node_rank, const FenceSignal& signal) const;
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
@@ -83,6 +87,10 @@ class CudaBackend final : public Backend {
   Status DispatchHighThroughput(CudaHandle& handle, uint64_t seq, const DispatchArgs& args);
   // Marks op `seq` of `handle`'s rank abandoned on its stream (peers fail it at once).
   void AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
+  Status SignalAfterSpanOp(CudaHandle& me, const FenceSignal& signal);
+  // A collective's folded signal counter; on a bad fence the op (number seq) is abandoned.
+  StatusOr<uint64_t*> CollectiveSignal(CudaHandle& handle, uint64_t seq, CollectiveKind kind,
+                                       const FenceSignal& signal);
   // Copies `bytes` into every group rank's PeerTable at `offset`, synchronously.
   Status WritePeerTables(CudaGroup& group, size_t offset, const void* data, size_t bytes);
   void ForgetGroup(CudaGroup* group);

@@ -66,7 +66,7 @@ StatusOr<uint64_t> CudaBackend::ResetDataPlane(BackendGroup& g, int dead_group_r
     EPD_CUDA_CHECK(cudaMemcpyAsync(&area, group.sync_[r]->data(), sizeof(area),
                                    cudaMemcpyDeviceToHost, rank.setup_stream->get()));
     EPD_CUDA_CHECK(cudaStreamSynchronize(rank.setup_stream->get()));
-    highest = std::max({highest, area.control.go >> 2, area.control.seq});
+    highest = std::max({highest, kernels::GoSeq(area.control.go), area.control.seq});
     for (int s = 0; s < kernels::kMaxRanks; ++s) {
       highest = std::max({highest, area.done[s], area.start[s], area.end[s], area.abandoned[s]});
     }

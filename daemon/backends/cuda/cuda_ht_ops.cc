@@ -44,11 +44,15 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
       me.recv<int32_t>(l.recv_rank_offsets_offset, l.recv_rank_offsets_bytes);
   params.recv_counts = me.recv<int32_t>(l.recv_counts_offset, l.recv_counts_bytes);
   params.recv_offsets = me.recv<int32_t>(l.recv_offsets_offset, l.recv_offsets_bytes);
+  params.sync = group.sync_areas_;
   params.peers = group.peer_table(me.group_rank_);
   params.handle_slot = me.slot_;
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
+  EPD_ASSIGN_OR_RETURN(params.signal,
+                       CollectiveSignal(me, seq, CollectiveKind::kDispatch, args.signal));
+  params.signal_value = args.signal.value;
   params.error =
       lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, group.max_blocks_, lane.stream()));

@@ -98,6 +98,7 @@ class CudaGroup : public BackendGroup {
   std::vector<int> devices_;                         // CUDA device of each group rank
   // SyncArea of each group rank; exported: frontend-launched ranks map them.
   std::vector<std::unique_ptr<CudaExportedMemory>> sync_;
+  kernels::SyncAreas sync_areas_{};  // sync_'s addresses, passed by value to every launch
   // PeerTable on each group rank's GPU: every rank's SyncArea (written at creation) and each
   // live handle's receive buffers in its slot (written at CreateHandle).
   std::vector<std::unique_ptr<DeviceMemory>> peer_tables_;

@@ -68,6 +68,12 @@ Status CudaBackend::SignalFence(BackendHandle& h, ExportedMemory& fence, uint64_
   return OkStatus();
 }
 
+StatusOr<uint64_t*> CudaBackend::SignalCounter(int node_rank, const FenceSignal& signal) const {
+  if (signal.fence == nullptr) return nullptr;
+  EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(node_rank, *signal.fence));
+  return reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset);
+}
+
 Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   auto& handle = static_cast<CudaHandle&>(h);
   const GroupConfig& c = handle.group_->config_;
@@ -119,11 +125,21 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
     params.scratch = handle.priv<int32_t>(p.route_scratch);
     params.scratch_bytes = p.route_scratch_bytes;
   }
+  EPD_ASSIGN_OR_RETURN(params.signal, SignalCounter(handle.node_rank_, args.signal));
+  params.signal_value = args.signal.value;
   params.error = lane.ClaimRecord(PendingOp{0, "update", handle.group_->name_,
                                                           handle.group_rank_, 0, nullptr});
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, lane.stream()));
   handle.num_tokens_.store(n, std::memory_order_relaxed);
   return OkStatus();
+}
+
+StatusOr<uint64_t*> CudaBackend::CollectiveSignal(CudaHandle& handle, uint64_t seq,
+                                                  CollectiveKind kind,
+                                                  const FenceSignal& signal) {
+  StatusOr<uint64_t*> counter = SignalCounter(handle.node_rank_, signal);
+  if (!counter.ok()) AbandonOp(handle, seq, kind, counter.status());
+  return counter;
 }
 
 void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind,
@@ -134,7 +150,7 @@ void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kin
   OpLane& lane = *handle.lane_;
   cudaError_t e = cudaSetDevice(lane.device());
   if (e == cudaSuccess) {
-    e = kernels::LaunchAbandon(group.peer_table(handle.group_rank_), group.config_.world_size(),
+    e = kernels::LaunchAbandon(group.sync_areas_, group.config_.world_size(),
                                handle.group_rank_, seq, lane.stream());
   }
   if (e != cudaSuccess) {
@@ -186,11 +202,15 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
       me.recv<int32_t>(me.layout_.recv_counts_offset, me.layout_.recv_counts_bytes);
   params.recv_offsets =
       me.recv<int32_t>(me.layout_.recv_offsets_offset, me.layout_.recv_offsets_bytes);
+  params.sync = group.sync_areas_;
   params.peers = group.peer_table(group_rank);
   params.handle_slot = me.slot_;
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
+  EPD_ASSIGN_OR_RETURN(params.signal,
+                       CollectiveSignal(me, seq, CollectiveKind::kDispatch, args.signal));
+  params.signal_value = args.signal.value;
   params.error = lane.ClaimRecord(
       PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchDispatch(
@@ -239,11 +259,15 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.expert_out = args.expert_out != nullptr
                           ? args.expert_out
                           : me.recv<char>(me.layout_.recv_x_offset, me.layout_.recv_x_bytes);
+  params.sync = group.sync_areas_;
   params.peers = group.peer_table(group_rank);
   params.abort = group.abort_word();
   params.seq = seq;
   params.timeout_ns = timeout_ns();
-  params.error = lane.ClaimRecord(
+  EPD_ASSIGN_OR_RETURN(params.signal,
+                       CollectiveSignal(me, seq, CollectiveKind::kCombine, args.signal));
+  params.signal_value = args.signal.value;
+params.error = lane.ClaimRecord(
       PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
   const int64_t row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
   params.wide_items = c.high_throughput() ? 1 : 0;

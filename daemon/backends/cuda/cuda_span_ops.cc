@@ -219,7 +219,7 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
   assemble.error =
       lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchSpanAssemble(assemble, lane.stream()));
-  return OkStatus();
+  return SignalAfterSpanOp(me, args.signal);
 }
 
 Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs& args) {
@@ -252,7 +252,14 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   reduce.error =
       lane.ClaimRecord(PendingOp{0, "combine", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchSpanReduce(reduce, lane.stream()));
-  return OkStatus();
+  return SignalAfterSpanOp(me, args.signal);
+}
+
+// The spanning kernels do not fold fence signals (FoldsFenceSignals is the backend's): a
+// stream write after the op's last kernel.
+Status CudaBackend::SignalAfterSpanOp(CudaHandle& me, const FenceSignal& signal) {
+  if (signal.fence == nullptr) return OkStatus();
+  return SignalFence(me, *signal.fence, signal.value);
 }
 
 void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
