@@ -281,6 +281,7 @@ Status FrontendOps::LaunchHighThroughputDispatch(const void* x, cudaStream_t str
   params.recv_rank_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_offsets_offset());
   params.recv_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_counts_offset());
   params.recv_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_offsets_offset());
+  params.sync = peer_table_->sync;
   params.peers = peer_table_->device;
   params.handle_slot = info_.peers(info_.group_rank()).handle_slot();
   params.abort = nullptr;  // as in LaunchLowLatencyDispatch

@@ -57,11 +57,22 @@ class DeviceMemory : public FrontendMemory {
   v1::MemorySource source_;
 };
 
-// One stream per frontend process for its fence ops.
+// One stream per frontend thread for its fence ops. NOTE: not one per process: a process
+// that drives several ranks (tests do, a thread per rank) would queue one rank's fence signal
+// behind another rank's stream wait, which may itself wait for that signal through the
+// group's collective.
+struct FenceStreamOwner {
+  cudaStream_t stream = nullptr;
+  ~FenceStreamOwner() {
+    if (stream != nullptr) cudaStreamDestroy(stream);  // at thread exit; errors are moot then
+  }
+};
 StatusOr<cudaStream_t> FenceStream() {
-  static cudaStream_t stream = nullptr;
-  if (stream == nullptr) EXAMPLE_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  return stream;
+  thread_local FenceStreamOwner owner;
+  if (owner.stream == nullptr) {
+    EXAMPLE_CUDA(cudaStreamCreateWithFlags(&owner.stream, cudaStreamNonBlocking));
+  }
+  return owner.stream;
 }
 
 }  // namespace

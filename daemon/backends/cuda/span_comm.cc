@@ -318,8 +318,14 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
   if (!status.ok()) {
     drop_events();
     if (status.code() == StatusCode::kUnavailable) {
-      // A shutdown is nobody's transport failure.
-      Fail(generation, status, stopping_.load() ? std::vector<int>{} : BlamedNodes());
+      // A shutdown is nobody's transport failure; any other names the peers, as the watchdog's
+      // failures do (NCCL itself may notice a dead peer first, while enqueueing).
+      const std::vector<int> nodes = stopping_.load() ? std::vector<int>{} : BlamedNodes();
+      if (!nodes.empty()) {
+        status = UnavailableError("{} (the NCCL exchange with node {} failed)", status.message(),
+                                  NodeList(nodes));
+      }
+      Fail(generation, status, nodes);
     }
     return status;
   }
