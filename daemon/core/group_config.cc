@@ -19,7 +19,8 @@ int64_t GroupConfig::expert_rows_capacity() const {
 
 void GroupConfig::ResolveAlgorithm() {
   if (algorithm != Algorithm::kAuto) return;
-  algorithm = max_tokens_per_rank >= kAutoHighThroughputMinTokens && !spans_nodes
+  algorithm = max_tokens_per_rank >= kAutoHighThroughputMinTokens && !spans_nodes &&
+                      !fp8_dispatch()
                   ? Algorithm::kHighThroughput
                   : Algorithm::kLowLatency;
 }

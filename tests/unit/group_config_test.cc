@@ -129,7 +129,10 @@ TEST(GroupConfigTest, AutoPicksHighThroughputFromTheTokenThreshold) {
   c.ResolveAlgorithm();
   EXPECT_EQ(c.algorithm, Algorithm::kHighThroughput);
   c.algorithm = Algorithm::kAuto;
-  c.dispatch_format = DispatchFormat::kFp8E4m3;  // the payload does not change the choice
+  c.dispatch_format = DispatchFormat::kFp8E4m3;  // fp8 groups take high_throughput by name
+  c.ResolveAlgorithm();
+  EXPECT_EQ(c.algorithm, Algorithm::kLowLatency);
+  c.algorithm = Algorithm::kHighThroughput;
   c.ResolveAlgorithm();
   EXPECT_EQ(c.algorithm, Algorithm::kHighThroughput);
   c.algorithm = Algorithm::kLowLatency;
