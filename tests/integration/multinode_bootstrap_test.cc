@@ -110,7 +110,9 @@ TEST_F(BootstrapTest, FollowerStartedBeforeTheLeaderJoinsOnceItIsUp) {
     auto client = ConnectOrDie(cluster_->node(1).address());
     auto info = client->GetNodeInfo();
     EXPECT_TRUE(info.ok()) << info.status().ToString();
-    if (info.ok()) EXPECT_EQ(info->cluster().members(1).state(), v1::NODE_STATE_UP);
+    if (info.ok()) {
+      EXPECT_EQ(info->cluster().members(1).state(), v1::NODE_STATE_UP);
+    }
   }
   EXPECT_EPD_OK(follower);
   EXPECT_EPD_OK(started);

@@ -14,6 +14,12 @@
 namespace epd {
 
 struct CpuBackendOptions {
+  CpuBackendOptions() = default;
+  // The single-daemon options; the multi-node ones stay unset (no braced list leaves them
+  // uninitialised for -Wmissing-field-initializers to flag at every call).
+  CpuBackendOptions(int ranks, std::chrono::milliseconds op_timeout)
+      : ranks(ranks), op_timeout(op_timeout) {}
+
   int ranks = 1;
   std::chrono::milliseconds op_timeout{10'000};
   // Multi-node: groups with spans_nodes exchange with the other daemons through gloo over TCP
