@@ -226,16 +226,17 @@ namespace {
 
 template <bool kWide>
 cudaError_t LaunchCombineShape(const CombineParams& params, int blocks, cudaStream_t stream) {
+  const bool overlap = params.seq != 0;  // host-numbered: the daemon's streams
   switch (params.token_type) {
     case kTokenBf16:
-      return detail::LaunchOverlapped(&CombineKernel<kTokenBf16, kWide>, blocks, kThreads, 0,
-                                      stream, params);
+      return detail::LaunchOverlapped(overlap, &CombineKernel<kTokenBf16, kWide>, blocks, kThreads,
+                                      0, stream, params);
     case kTokenFp16:
-      return detail::LaunchOverlapped(&CombineKernel<kTokenFp16, kWide>, blocks, kThreads, 0,
-                                      stream, params);
+      return detail::LaunchOverlapped(overlap, &CombineKernel<kTokenFp16, kWide>, blocks, kThreads,
+                                      0, stream, params);
     case kTokenFp32:
-      return detail::LaunchOverlapped(&CombineKernel<kTokenFp32, kWide>, blocks, kThreads, 0,
-                                      stream, params);
+      return detail::LaunchOverlapped(overlap, &CombineKernel<kTokenFp32, kWide>, blocks, kThreads,
+                                      0, stream, params);
     default:
       return cudaErrorInvalidValue;
   }

@@ -378,16 +378,17 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
 
 cudaError_t LaunchDispatch(const DispatchParams& params, int blocks, cudaStream_t stream) {
   const int grid = blocks < 1 ? 1 : blocks;
+  const bool overlap = params.seq != 0;  // host-numbered: the daemon's streams
   switch (params.payload) {
     case kPayloadCopy:
-      return detail::LaunchOverlapped(&DispatchKernel<kPayloadCopy>, grid, kThreads, 0, stream,
-                                      params);
+      return detail::LaunchOverlapped(overlap, &DispatchKernel<kPayloadCopy>, grid, kThreads, 0,
+                                      stream, params);
     case kPayloadQuantize:
-      return detail::LaunchOverlapped(&DispatchKernel<kPayloadQuantize>, grid, kThreads, 0,
+      return detail::LaunchOverlapped(overlap, &DispatchKernel<kPayloadQuantize>, grid, kThreads, 0,
                                       stream, params);
     case kPayloadPrequantized:
-      return detail::LaunchOverlapped(&DispatchKernel<kPayloadPrequantized>, grid, kThreads, 0,
-                                      stream, params);
+      return detail::LaunchOverlapped(overlap, &DispatchKernel<kPayloadPrequantized>, grid,
+                                      kThreads, 0, stream, params);
     default:
       return cudaErrorInvalidValue;
   }

@@ -317,10 +317,13 @@ __global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchPar
 
 cudaError_t LaunchHtDispatch(const HtDispatchParams& params, int blocks, cudaStream_t stream) {
   const int grid = blocks < 1 ? 1 : blocks;
+  const bool overlap = params.seq != 0;  // host-numbered: the daemon's streams
   if (params.payload == kPayloadQuantize) {
-    return detail::LaunchOverlapped(&HtDispatchKernel<true>, grid, kThreads, 0, stream, params);
+    return detail::LaunchOverlapped(overlap, &HtDispatchKernel<true>, grid, kThreads, 0, stream,
+                                    params);
   }
-  return detail::LaunchOverlapped(&HtDispatchKernel<false>, grid, kThreads, 0, stream, params);
+  return detail::LaunchOverlapped(overlap, &HtDispatchKernel<false>, grid, kThreads, 0, stream,
+                                  params);
 }
 
 namespace detail {

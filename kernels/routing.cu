@@ -188,8 +188,8 @@ cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream) 
   int warps = static_cast<int>(kCountBytesBudget / (sizeof(int) * params.experts));
   warps = warps < 1 ? 1 : (warps > kWarps ? kWarps : warps);
   const size_t shared_bytes = sizeof(int) * static_cast<size_t>(warps) * params.experts;
-  return detail::LaunchOverlapped(&BindRoutingKernel, 1, kThreads, shared_bytes, stream, params,
-                                  warps);
+  return detail::LaunchOverlapped(params.overlap_launch != 0, &BindRoutingKernel, 1, kThreads,
+                                  shared_bytes, stream, params, warps);
 }
 
 namespace detail {

@@ -52,6 +52,8 @@ struct RoutingParams {
   // From how many tokens to bind chunked; 0: the tuned default (kernels/routing_scratch.h).
   // Tests lower it to kRoutingChunkedMinTokens to cover the chunked path at small sizes.
   int chunked_from = 0;
+  // 1: launched behind the daemon's fence-wait kernels (kernels/internal/overlapped_launch.cuh).
+  int overlap_launch = 0;
   // The op's fence signal (counter null: none), written by the op's last block at its very end
   // whatever the op's outcome, as a stream write after the op would be.
   uint64_t* signal = nullptr;

@@ -250,8 +250,9 @@ cudaError_t LaunchBindRoutingChunked(const RoutingParams& params, cudaStream_t s
   warps = warps < 1 ? 1 : (warps > kChunkWarpsPerBlock ? kChunkWarpsPerBlock : warps);
   const int chunk_blocks = (layout.chunks + warps - 1) / warps;
   const size_t shared_bytes = CounterBytes(warps, params.experts);
-  cudaError_t e = detail::LaunchOverlapped(&CountChunksKernel, chunk_blocks, warps * 32,
-                                           shared_bytes, stream, params, scratch);
+  cudaError_t e =
+      detail::LaunchOverlapped(params.overlap_launch != 0, &CountChunksKernel, chunk_blocks,
+                               warps * 32, shared_bytes, stream, params, scratch);
   if (e != cudaSuccess) return e;
   const int scan_blocks = (layout.columns + 31) / 32;
   ScanChunksKernel<<<scan_blocks, kScanThreads, 0, stream>>>(params, scratch);

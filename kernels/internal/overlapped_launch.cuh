@@ -1,9 +1,10 @@
 // Programmatic dependent launch between the kernels of one stream: an op kernel launched with
-// LaunchOverlapped may become resident as soon as the kernel before it signals
+// LaunchOverlapped(overlap = true) may become resident as soon as the kernel before it signals
 // LetNextKernelLaunch() (the fence-wait kernel does once it saw its fence), and then waits in
 // AwaitPriorKernel() until that kernel completed and its memory is visible. So an op behind a
-// fence starts without paying a whole kernel launch after the fence opens. After any other
-// kernel (or none), AwaitPriorKernel returns at once and the launch is an ordinary one.
+// fence starts without paying a whole kernel launch after the fence opens. Only the daemon's
+// streams have fence-wait kernels: frontend-launched ops (which CUDA graphs capture) launch
+// as ordinary kernels (overlap = false), where AwaitPriorKernel returns at once.
 // Included by the kernels' .cu files.
 #pragma once
 
@@ -24,18 +25,18 @@ __device__ __forceinline__ void LetNextKernelLaunch() {
 }
 
 template <typename... KernelArgs, typename... Args>
-cudaError_t LaunchOverlapped(void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+cudaError_t LaunchOverlapped(bool overlap, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
                              size_t shared_bytes, cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute overlap{};
-  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
-  config.attrs = &overlap;
-  config.numAttrs = 1;
+  config.attrs = &attribute;
+  config.numAttrs = overlap ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 

@@ -117,6 +117,7 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   params.bound_tokens = handle.priv<int32_t>(p.bound_tokens);
   params.high_throughput = c.high_throughput();
   params.world_size = c.world_size();
+  params.overlap_launch = 1;
   if (c.high_throughput()) {
     params.dest_row = handle.priv<int32_t>(p.dest_row);
     params.dest_counts = handle.priv<int32_t>(p.dest_counts);
