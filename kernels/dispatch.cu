@@ -178,7 +178,7 @@ __device__ void ExpertMajorRows(const DispatchParams& p, const PeerBuffers* dest
 // exchanges counts (QuantizedItem), and only the stores wait for the go word.
 struct QuantizedItem {
   int item = -1;  // -1: nothing prepared
-  detail::QuantizedBlockPiece piece;
+  detail::TokenStepPiece piece;
   int expert = -1;  // lane k < K: selection k's expert (-1: none)
   int local = 0;    // expert-major, lane k < K: the row's index among its expert's rows
 };
@@ -190,7 +190,8 @@ __device__ QuantizedItem PrepareQuantizedItem(const DispatchParams& p, int item,
   if (item >= tokens * steps) return q;  // warp-uniform
   q.item = item;
   const int t = item / steps, step = item % steps, K = p.top_k;
-  const int4 raw = t < n ? detail::LoadTokenStep(p, t, step, lane) : make_int4(0, 0, 0, 0);
+  const detail::TokenStepRaw raw =
+      t < n ? detail::LoadTokenStep(p, t, step, lane) : detail::TokenStepRaw{};
   if (lane < K && t < n) {
     q.expert = __ldg(p.topk_idx + t * K + lane);
     if (q.expert >= 0 && !p.rank_major) q.local = __ldg(p.local_rank + t * K + lane);
@@ -250,7 +251,7 @@ __device__ void StoreRankMajorItem(const DispatchParams& p, const PeerBuffers* d
       peer.recv_topk_idx[int64_t{row} * K + lane] = e;
       peer.recv_topk_weights[int64_t{row} * K + lane] = w;
     }
-    detail::StoreTokenStep(p, peer, row, step, present ? q.piece : detail::QuantizedBlockPiece{},
+    detail::StoreTokenStep(p, peer, row, step, present ? q.piece : detail::TokenStepPiece{},
                            lane);
   }
 }

@@ -88,11 +88,13 @@ inline __host__ __device__ int DispatchRowParts(const DispatchParams& p) {
 }
 
 // kPayloadQuantize quantizes each token once and stores it to every row it goes to: its unit
-// of work is a step of two 128-channel blocks of one token (a half warp per block). Params:
-// this header's or the high-throughput dispatch's (its hidden).
+// of work is a step of kDispatchBlocksPerStep 128-channel blocks of one token (eight lanes per
+// block, so each lane stores its 16 codes as one vector). Params: this header's or the
+// high-throughput dispatch's (its hidden).
+constexpr int kDispatchBlocksPerStep = 4;
 template <typename Params>
 inline __host__ __device__ int DispatchQuantizeSteps(const Params& p) {
-  return (p.hidden / 128 + 1) / 2;
+  return (p.hidden / 128 + kDispatchBlocksPerStep - 1) / kDispatchBlocksPerStep;
 }
 
 // blocks: any number >= 1 (the kernel strides); 512 threads each.

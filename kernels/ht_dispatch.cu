@@ -244,7 +244,7 @@ __device__ void CopyRows(const HtDispatchParams& p, const PeerBuffers* dest, int
   }
 }
 
-// kPayloadQuantize: a warp per (token, step of two 128-channel blocks) quantizes the step ONCE
+// kPayloadQuantize: a warp per (token, step of four 128-channel blocks) quantizes the step ONCE
 // and stores it to every destination rank the token goes to (the row's metadata with step 0),
 // instead of quantizing the token again per destination. Tokens that go nowhere cost a load.
 __device__ void QuantizeRows(const HtDispatchParams& p, const PeerBuffers* dest, int n,
@@ -257,11 +257,11 @@ __device__ void QuantizeRows(const HtDispatchParams& p, const PeerBuffers* dest,
   for (int64_t item = static_cast<int64_t>(ticket) * kWarps + (threadIdx.x >> 5); item < items;
        item += static_cast<int64_t>(gridDim.x) * kWarps) {
     const int t = static_cast<int>(item / steps), step = static_cast<int>(item % steps);
-    const int4 raw = detail::LoadTokenStep(p, t, step, lane);
+    const detail::TokenStepRaw raw = detail::LoadTokenStep(p, t, step, lane);
     const int my_row = lane < R ? __ldg(p.dest_row + t * R + lane) : -1;  // lane d: rank d's
     const unsigned targets = __ballot_sync(0xffffffffu, my_row >= 0);
     if (targets == 0) continue;  // warp-uniform
-    const detail::QuantizedBlockPiece piece = detail::QuantizeTokenStep(p, raw, step, lane);
+    const detail::TokenStepPiece piece = detail::QuantizeTokenStep(p, raw, step, lane);
     for (unsigned left = targets; left != 0; left &= left - 1) {
       const int d = __ffs(left) - 1;
       const int64_t row = __ldcg(bases + p.experts + d) + __shfl_sync(0xffffffffu, my_row, d);

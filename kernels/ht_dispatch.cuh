@@ -12,7 +12,7 @@
 //  2. at most sm_budget blocks copy rows: a warp per (token, destination, row part), 16-byte
 //     vectors with kHtVectorsInFlight loads in flight per lane, then the row's metadata, its
 //     gather-list entries and the combine slot (fp8 quantized by the kernel: a warp per
-//     (token, two 128-channel blocks) quantizes them once and stores them to every
+//     (token, four 128-channel blocks) quantizes them once and stores them to every
 //     destination of the token);
 //  3. the last block fences at system scope, sets done on every destination and waits for
 //     every source's done: when the kernel ends this rank's receive buffers are complete.

@@ -2,7 +2,7 @@
 // dispatch kernel decides where rows go; these decide what a row holds:
 //  - kPayloadCopy: the token's bytes (16-byte vectors, kDispatchVectorsPerPart per part);
 //  - kPayloadQuantize: the bf16 token quantized to e4m3 + its block scales (fp8_quant.cuh),
-//    ONCE per token: a warp quantizes two blocks of it (Load/QuantizeTokenStep), stores them to
+//    ONCE per token: a warp quantizes four blocks of it (Load/QuantizeTokenStep), stores them to
 //    every row the token goes to (StoreTokenStep); the dispatch kernel loops over the rows;
 //  - kPayloadPrequantized: the frontend's e4m3 bytes and scales, copied.
 // Absent rank-major rows are zero in recv_x and (fp8) in recv_scales.
@@ -72,40 +72,51 @@ __device__ __forceinline__ void WritePayloadPart(const DispatchParams& p, const 
   }
 }
 
-// Step `step` of token t (kPayloadQuantize): blocks 2 * step (lanes 0-15) and 2 * step + 1
-// (lanes 16-31). LoadTokenStep issues the lane's load; QuantizeTokenStep turns it into the
-// lane's piece (whole warp: the amax reduction shuffles). Params: the low-latency or the
-// high-throughput dispatch's (x, hidden, ue8m0_scales), so both quantize alike.
+// Step `step` of token t (kPayloadQuantize): blocks 4 * step .. 4 * step + 3, eight lanes each
+// (lane / 8 picks the block, 16 channels per lane). LoadTokenStep issues the lane's loads;
+// QuantizeTokenStep turns them into the lane's piece (whole warp: the amax reduction
+// shuffles). Params: the low-latency or the high-throughput dispatch's (x, hidden,
+// ue8m0_scales), so both quantize alike.
+constexpr int kStepChannelsPerLane = 16;
+constexpr int kStepLanesPerBlock = kFp8BlockChannels / kStepChannelsPerLane;
+static_assert(kStepLanesPerBlock * kDispatchBlocksPerStep == 32, "a warp per step");
+using TokenStepRaw = RawPiece<kStepChannelsPerLane>;
+using TokenStepPiece = QuantizedPiece<kStepChannelsPerLane>;
+
+__device__ __forceinline__ int StepBlock(int step, int lane) {
+  return kDispatchBlocksPerStep * step + lane / kStepLanesPerBlock;
+}
 template <typename Params>
 __device__ __forceinline__ bool TokenStepValid(const Params& p, int step, int lane) {
-  return 2 * step + (lane >> 4) < p.hidden / kFp8BlockChannels;
+  return StepBlock(step, lane) < p.hidden / kFp8BlockChannels;
 }
 template <typename Params>
-__device__ __forceinline__ int4 LoadTokenStep(const Params& p, int t, int step, int lane) {
+__device__ __forceinline__ TokenStepRaw LoadTokenStep(const Params& p, int t, int step, int lane) {
   const uint16_t* src_row = static_cast<const uint16_t*>(p.x) + static_cast<int64_t>(t) * p.hidden;
-  return LoadBlockPiece(src_row + (2 * step + (lane >> 4)) * kFp8BlockChannels,
-                        TokenStepValid(p, step, lane), lane & 15);
+  return LoadPiece<kStepChannelsPerLane>(src_row + StepBlock(step, lane) * kFp8BlockChannels,
+                                         TokenStepValid(p, step, lane), lane % kStepLanesPerBlock);
 }
 template <typename Params>
-__device__ __forceinline__ QuantizedBlockPiece QuantizeTokenStep(const Params& p, int4 raw,
-                                                                 int step, int lane) {
-  return QuantizeLoadedBlockPiece(raw, p.ue8m0_scales != 0, TokenStepValid(p, step, lane));
+__device__ __forceinline__ TokenStepPiece QuantizeTokenStep(const Params& p,
+                                                            const TokenStepRaw& raw, int step,
+                                                            int lane) {
+  return QuantizeLoadedPiece(raw, p.ue8m0_scales != 0, TokenStepValid(p, step, lane));
 }
 
 // Stores a step's pieces as the same blocks of received row `row` of `peer`; a zero piece
-// (QuantizedBlockPiece{}) zeroes them (an absent rank-major row). Whole warp.
+// (TokenStepPiece{}) zeroes them (an absent rank-major row). Whole warp.
 template <typename Params>
 __device__ __forceinline__ void StoreTokenStep(const Params& p, const PeerBuffers& peer,
-                                               int64_t row, int step,
-                                               const QuantizedBlockPiece& piece, int lane) {
+                                               int64_t row, int step, const TokenStepPiece& piece,
+                                               int lane) {
   const int blocks = p.hidden / kFp8BlockChannels;
-  const int b = 2 * step + (lane >> 4);
+  const int b = StepBlock(step, lane);
   if (b >= blocks) return;
   const int scale_bytes = p.ue8m0_scales ? 1 : 4;
   uint8_t* dst_row = static_cast<uint8_t*>(peer.recv_x) + row * p.hidden;
   char* dst_scales = static_cast<char*>(peer.recv_scales) + row * blocks * scale_bytes;
-  StoreBlockPiece(piece, dst_row + b * kFp8BlockChannels, dst_scales + b * scale_bytes,
-                  p.ue8m0_scales != 0, lane & 15);
+  StorePiece(piece, dst_row + b * kFp8BlockChannels, dst_scales + b * scale_bytes,
+             p.ue8m0_scales != 0, lane % kStepLanesPerBlock);
 }
 
 // Zeroes part `part` of row `row` of `peer` (an absent rank-major row). Whole warp.

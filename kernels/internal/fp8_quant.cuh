@@ -42,47 +42,64 @@ __device__ __forceinline__ uint32_t Ue8m0FromAmax(float amax) {
 
 __device__ __forceinline__ float BitsOfBf16(uint32_t bf16) { return __uint_as_float(bf16 << 16); }
 
-// What one lane of a half warp holds of a quantized 128-channel block: its 8 e4m3 codes and
-// the block's scale (fp32 bits, or the ue8m0 byte), so a caller can store it to several rows.
-struct QuantizedBlockPiece {
-  uint2 q = make_uint2(0, 0);
+// A block is quantized by 128 / kChannels lanes, each holding kChannels consecutive channels:
+// 8 (a half warp per block: the stand-alone quantize kernel) or 16 (the dispatch kernels: four
+// blocks per warp, so each lane stores its codes as one 16-byte vector).
+template <int kChannels>
+struct RawPiece {  // a lane's kChannels bf16 channels, loaded apart from the arithmetic
+  int4 v[kChannels / 8] = {};
+};
+template <int kChannels>
+struct QuantizedPiece {  // its kChannels e4m3 codes and the block's scale (fp32 bits or ue8m0)
+  uint32_t q[kChannels / 4] = {};
   uint32_t scale = 0;
 };
 
-// A lane's 8 bf16 channels of a block (16 bytes), loaded apart from the arithmetic so that a
-// caller can issue the load before other dependent loads of its own.
-__device__ __forceinline__ int4 LoadBlockPiece(const uint16_t* src_block, bool valid, int lane16) {
-  return valid ? *reinterpret_cast<const int4*>(src_block + lane16 * 8) : make_int4(0, 0, 0, 0);
+// `lane_in_block`: the lane's place among its block's lanes. Issued apart from the arithmetic
+// so that a caller can put other loads of its own in flight first.
+template <int kChannels>
+__device__ __forceinline__ RawPiece<kChannels> LoadPiece(const uint16_t* src_block, bool valid,
+                                                        int lane_in_block) {
+  RawPiece<kChannels> raw;
+  if (!valid) return raw;
+  const auto* src = reinterpret_cast<const int4*>(src_block + lane_in_block * kChannels);
+#pragma unroll
+  for (int i = 0; i < kChannels / 8; ++i) raw.v[i] = src[i];
+  return raw;
 }
 
-// Half a warp (16 lanes x 8 channels) quantizes one 128-channel block of a bf16 row, each lane
-// from its LoadBlockPiece, into registers. `lane16` is the lane within the half warp; every
-// lane of the warp must call this (the reduction shuffles across the full warp), with `valid`
-// false where there is no block.
-__device__ __forceinline__ QuantizedBlockPiece QuantizeLoadedBlockPiece(int4 raw, bool ue8m0,
-                                                                        bool valid) {
-  QuantizedBlockPiece piece;
-  float v[8];
+// The lanes of one block quantize it, each from its LoadPiece, into registers. Every lane of
+// the warp must call this (the amax reduction shuffles within each block's lanes), with
+// `valid` false where there is no block.
+template <int kChannels>
+__device__ __forceinline__ QuantizedPiece<kChannels> QuantizeLoadedPiece(
+    const RawPiece<kChannels>& raw, bool ue8m0, bool valid) {
+  constexpr int kLanesPerBlock = kFp8BlockChannels / kChannels;
+  QuantizedPiece<kChannels> piece;
+  float v[kChannels];
   float amax = 0.0f;
   if (valid) {
-    const uint32_t words[4] = {static_cast<uint32_t>(raw.x), static_cast<uint32_t>(raw.y),
-                               static_cast<uint32_t>(raw.z), static_cast<uint32_t>(raw.w)};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[2 * i] = BitsOfBf16(words[i] & 0xFFFFu);  // little endian: element 2i is the low half
-      v[2 * i + 1] = BitsOfBf16(words[i] >> 16);
+    for (int i = 0; i < kChannels / 8; ++i) {
+      const int4 vec = raw.v[i];
+      const uint32_t words[4] = {static_cast<uint32_t>(vec.x), static_cast<uint32_t>(vec.y),
+                                 static_cast<uint32_t>(vec.z), static_cast<uint32_t>(vec.w)};
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        v[8 * i + 2 * w] = BitsOfBf16(words[w] & 0xFFFFu);  // little endian: the low half first
+        v[8 * i + 2 * w + 1] = BitsOfBf16(words[w] >> 16);
+      }
     }
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < kChannels; ++i) {
       if (isfinite(v[i])) amax = fmaxf(amax, fabsf(v[i]));
     }
   }
 #pragma unroll
-  for (int offset = 8; offset > 0; offset >>= 1) {
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));  // stays in the half warp
+  for (int offset = kLanesPerBlock / 2; offset > 0; offset >>= 1) {
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));  // stays in the block's lanes
   }
   if (!valid) return piece;
-  uint32_t packed[2] = {0, 0};
   if (ue8m0) {
     const uint32_t byte = Ue8m0FromAmax(amax);  // in [1, 247]
     piece.scale = byte;
@@ -92,42 +109,51 @@ __device__ __forceinline__ QuantizedBlockPiece QuantizeLoadedBlockPiece(int4 raw
     // in general, so it keeps the division.)
     const float inverse = __uint_as_float((254u - byte) << 23);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      packed[i / 4] |= static_cast<uint32_t>(EncodeE4m3(__fmul_rn(v[i], inverse))) << (8 * (i % 4));
+    for (int i = 0; i < kChannels; ++i) {
+      const uint32_t code = EncodeE4m3(__fmul_rn(v[i], inverse));
+      piece.q[i / 4] |= code << (8 * (i % 4));
     }
   } else {
     const float scale = Fp32ScaleFromAmax(amax);
     piece.scale = __float_as_uint(scale);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      packed[i / 4] |= static_cast<uint32_t>(EncodeE4m3(__fdiv_rn(v[i], scale))) << (8 * (i % 4));
+    for (int i = 0; i < kChannels; ++i) {
+      const uint32_t code = EncodeE4m3(__fdiv_rn(v[i], scale));
+      piece.q[i / 4] |= code << (8 * (i % 4));
     }
   }
-  piece.q = make_uint2(packed[0], packed[1]);
   return piece;
 }
 
-// Stores a lane's piece: its 8 codes into the block's row bytes, the scale from lane 0.
-__device__ __forceinline__ void StoreBlockPiece(const QuantizedBlockPiece& piece,
-                                                uint8_t* dst_block, void* dst_scale, bool ue8m0,
-                                                int lane16) {
-  if (lane16 == 0) {
+// Stores a lane's piece: its codes into the block's row bytes, the scale from the block's
+// first lane.
+template <int kChannels>
+__device__ __forceinline__ void StorePiece(const QuantizedPiece<kChannels>& piece,
+                                           uint8_t* dst_block, void* dst_scale, bool ue8m0,
+                                           int lane_in_block) {
+  if (lane_in_block == 0) {
     if (ue8m0) {
       *static_cast<uint8_t*>(dst_scale) = static_cast<uint8_t>(piece.scale);
     } else {
       *static_cast<uint32_t*>(dst_scale) = piece.scale;
     }
   }
-  *reinterpret_cast<uint2*>(dst_block + lane16 * 8) = piece.q;
+  uint8_t* dst = dst_block + lane_in_block * kChannels;
+  if constexpr (kChannels == 16) {
+    *reinterpret_cast<uint4*>(dst) = make_uint4(piece.q[0], piece.q[1], piece.q[2], piece.q[3]);
+  } else {
+    static_assert(kChannels == 8, "8 or 16 channels per lane");
+    *reinterpret_cast<uint2*>(dst) = make_uint2(piece.q[0], piece.q[1]);
+  }
 }
 
-// Quantizes one block and stores it (a half warp per block; see QuantizeLoadedBlockPiece).
+// Quantizes one block and stores it (a half warp per block; see QuantizeLoadedPiece).
 __device__ __forceinline__ void QuantizeBlockHalfWarp(const uint16_t* src_block, uint8_t* dst_block,
                                                       void* dst_scale, bool ue8m0, bool valid,
                                                       int lane16) {
-  const QuantizedBlockPiece piece =
-      QuantizeLoadedBlockPiece(LoadBlockPiece(src_block, valid, lane16), ue8m0, valid);
-  if (valid) StoreBlockPiece(piece, dst_block, dst_scale, ue8m0, lane16);
+  const QuantizedPiece<8> piece =
+      QuantizeLoadedPiece<8>(LoadPiece<8>(src_block, valid, lane16), ue8m0, valid);
+  if (valid) StorePiece(piece, dst_block, dst_scale, ue8m0, lane16);
 }
 
 }  // namespace epd::kernels::detail
