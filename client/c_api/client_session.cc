@@ -209,6 +209,8 @@ epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* 
       config->struct_size >= offsetof(epd_group_config_t, scale_format) + sizeof(int32_t);
   const bool has_high_throughput =
       config->struct_size >= offsetof(epd_group_config_t, sm_budget) + sizeof(int32_t);
+  const bool has_spans_nodes =
+      config->struct_size >= offsetof(epd_group_config_t, spans_nodes) + sizeof(int32_t);
   epd::v1::GroupConfig cpp;
   cpp.set_name(config->name != nullptr ? config->name : "");
   cpp.set_world_size(config->world_size);
@@ -231,6 +233,7 @@ epd_status_t epd_group_create(epd_session_t* session, const epd_group_config_t* 
     cpp.set_recv_capacity(config->recv_capacity);
     cpp.set_sm_budget(config->sm_budget);
   }
+  if (has_spans_nodes) cpp.set_spans_nodes(config->spans_nodes != 0);
   auto created = session->session->CreateGroup(cpp, persistent != 0);
   if (!created.ok()) return Report(created.status());
   if (filled_capacity != nullptr) {

@@ -223,6 +223,9 @@ typedef struct {
    * EPD_RESOURCE_EXHAUSTED) and the SMs its kernels may occupy (default 24). */
   int32_t recv_capacity;
   int32_t sm_budget;
+  /* Appended after version 3: nonzero, the group spans the daemons of a multi-node deployment
+   * ([cluster] in their config) and `ranks` are global ranks (node * ranks per node + local). */
+  int32_t spans_nodes;
 } epd_group_config_t;
 void epd_group_config_init(epd_group_config_t* config);
 /* filled_capacity (may be NULL) receives the expert capacity after defaults; for a

@@ -52,7 +52,7 @@ class GroupConfig(ctypes.Structure):
                 ("max_tokens_per_rank", c_i32), ("top_k", c_i32), ("dtype", c_i32),
                 ("algorithm", c_i32), ("layout", c_i32), ("expert_capacity", c_i32),
                 ("dispatch_dtype", c_i32), ("scale_format", c_i32),
-                ("recv_capacity", c_i32), ("sm_budget", c_i32)]
+                ("recv_capacity", c_i32), ("sm_budget", c_i32), ("spans_nodes", c_i32)]
 
 
 class HandleInfo(ctypes.Structure):

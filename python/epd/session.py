@@ -186,12 +186,14 @@ class Session:
     def create_group(self, name, *, world_size, experts, hidden, max_tokens_per_rank, top_k,
                      dtype="bf16", layout="expert_major", algorithm="low_latency",
                      expert_capacity=0, ranks=None, persistent=False, dispatch_dtype=None,
-                     scale_format="fp32", recv_capacity=0, sm_budget=0):
+                     scale_format="fp32", recv_capacity=0, sm_budget=0, spans_nodes=False):
         """Creates a group; returns its expert capacity after defaults (a high-throughput
         group's receive rows per rank). dispatch_dtype "fp8_e4m3" (bf16 groups, hidden a
         multiple of 128) makes dispatch deliver e4m3 rows with one scale per 128 channels in
         scale_format ("fp32" or "ue8m0"). recv_capacity and sm_budget (high-throughput only,
-        0 = the daemon's default: R * T rows, 24 SMs) bound its receive rows and SMs."""
+        0 = the daemon's default: R * T rows, 24 SMs) bound its receive rows and SMs.
+        spans_nodes: the group spans the daemons of a multi-node deployment and `ranks` are
+        global ranks (node * ranks per node + local index)."""
         config = GroupConfig()
         lib().group_config_init(ctypes.byref(config))
         config.name = name.encode()
@@ -207,6 +209,7 @@ class Session:
         config.algorithm = choice(ALGORITHMS, algorithm, "algorithm")
         config.expert_capacity = int(expert_capacity)
         config.recv_capacity, config.sm_budget = int(recv_capacity), int(sm_budget)
+        config.spans_nodes = int(bool(spans_nodes))
         if dispatch_dtype is not None:
             config.dispatch_dtype = tensors.dtype_code(dispatch_dtype)
             config.scale_format = choice(SCALE_FORMATS, scale_format, "scale_format")

@@ -158,6 +158,11 @@ int main(int argc, char** argv) {
   group.hidden = 7;
   FAILS(epd_group_create(session, &group, 0, NULL), EPD_INVALID_ARGUMENT, "7");
   group.hidden = H;
+  /* spans_nodes reaches the daemon, which is not part of a multi-node deployment. */
+  group.spans_nodes = 1;
+  FAILS(epd_group_create(session, &group, 0, NULL), EPD_FAILED_PRECONDITION,
+        "spans_nodes needs a multi-node deployment");
+  group.spans_nodes = 0;
   int32_t capacity = 0;
   OK(epd_group_create(session, &group, 0, &capacity));
   CHECK(capacity == T);

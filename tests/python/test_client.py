@@ -94,6 +94,10 @@ class ClientTest(SessionTestCase):
         self.assertIn("3", caught.exception.message)
         with self.assertRaises(ValueError):
             self.session.create_group("bad2", **dict(GROUP, layout="diagonal"))
+        # spans_nodes reaches the daemon, which is not part of a multi-node deployment.
+        with self.assertRaises(epd.FailedPreconditionError) as caught:
+            self.session.create_group("bad3", **dict(GROUP, spans_nodes=True))
+        self.assertIn("spans_nodes needs a multi-node deployment", caught.exception.message)
 
     def test_group_create_destroy_and_capacity(self):
         config = dict(GROUP, world_size=2, experts=4)
