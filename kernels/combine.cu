@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(kThreads) CombineKernel(const CombineParams p)
   if (!detail::FinishBlock(me, /*remote_stores=*/false, seq)) return;
   if (threadIdx.x == 0) {
     if (!(flags & kGoAbort)) ClosingBarrier(p, me, seq);
-    detail::SignalFenceFromDevice(p.signal, p.signal_value);
+    detail::SignalFenceFromDevice(p.signal);
   }
 }
 

@@ -55,10 +55,7 @@ struct CombineParams {
   uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
-  // The op's fence signal (counter null: none), written by the op's last block at its very end
-  // whatever the op's outcome, as a stream write after the op would be.
-  uint64_t* signal = nullptr;
-  uint64_t signal_value = 0;
+  DeviceFenceSignal signal;  // the op's fence signal (sync_area.cuh)
 };
 
 // blocks: any number >= 1 (the kernel strides); 512 threads each.

@@ -371,7 +371,7 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
       detail::PublishDoneAndAwaitSources(p.sync, p.world_size, p.rank, seq, p.abort,
                                          p.timeout_ns, p.error);
     }
-    detail::SignalFenceFromDevice(p.signal, p.signal_value);
+    detail::SignalFenceFromDevice(p.signal);
   }
 }
 

@@ -65,10 +65,7 @@ struct DispatchParams {
   uint64_t seq_floor = 0;
   uint64_t timeout_ns = 0;
   DeviceError* error = nullptr;
-  // The op's fence signal (counter null: none), written by the op's last block at its very end
-  // whatever the op's outcome, as a stream write after the op would be.
-  uint64_t* signal = nullptr;
-  uint64_t signal_value = 0;
+  DeviceFenceSignal signal;  // the op's fence signal (sync_area.cuh)
 };
 
 // A warp copies rows in parts of this many 16-byte vectors, so a few long rows still spread

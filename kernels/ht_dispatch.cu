@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) HtDispatchKernel(const HtDispatchPar
       detail::PublishDoneAndAwaitSources(p.sync, p.world_size, p.rank, seq, p.abort,
                                          p.timeout_ns, p.error);
     }
-    detail::SignalFenceFromDevice(p.signal, p.signal_value);
+    detail::SignalFenceFromDevice(p.signal);
   }
 }
 

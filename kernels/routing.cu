@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kThreads) BindRoutingKernel(const RoutingParam
   detail::AwaitPriorKernel();
   BindRouting(p, warps);  // every thread returns, on a rejected routing too
   __syncthreads();
-  if (threadIdx.x == 0) detail::SignalFenceFromDevice(p.signal, p.signal_value);
+  if (threadIdx.x == 0) detail::SignalFenceFromDevice(p.signal);
 }
 
 }  // namespace

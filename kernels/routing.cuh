@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kernels/device_error.cuh"
+#include "kernels/sync_area.cuh"
 
 namespace epd::kernels {
 
@@ -54,10 +55,7 @@ struct RoutingParams {
   int chunked_from = 0;
   // 1: launched behind the daemon's fence-wait kernels (kernels/internal/overlapped_launch.cuh).
   int overlap_launch = 0;
-  // The op's fence signal (counter null: none), written by the op's last block at its very end
-  // whatever the op's outcome, as a stream write after the op would be.
-  uint64_t* signal = nullptr;
-  uint64_t signal_value = 0;
+  DeviceFenceSignal signal;  // the op's fence signal (sync_area.cuh)
 };
 
 cudaError_t LaunchBindRouting(const RoutingParams& params, cudaStream_t stream);

@@ -225,9 +225,7 @@ __global__ void __launch_bounds__(kChunkThreads)
 }
 
 // The bind's fence signal, after its three kernels (the single-block bind writes it itself).
-__global__ void SignalKernel(uint64_t* counter, uint64_t value) {
-  SignalFenceFromDevice(counter, value);
-}
+__global__ void SignalKernel(const DeviceFenceSignal signal) { SignalFenceFromDevice(signal); }
 
 size_t CounterBytes(int warps, int experts) {
   return sizeof(int) * static_cast<size_t>(warps) * static_cast<size_t>(experts);
@@ -260,8 +258,8 @@ cudaError_t LaunchBindRoutingChunked(const RoutingParams& params, cudaStream_t s
   if (e != cudaSuccess) return e;
   WriteChunksKernel<<<chunk_blocks, warps * 32, shared_bytes, stream>>>(params, scratch);
   e = cudaGetLastError();
-  if (e != cudaSuccess || params.signal == nullptr) return e;
-  SignalKernel<<<1, 1, 0, stream>>>(params.signal, params.signal_value);
+  if (e != cudaSuccess || params.signal.counter == nullptr) return e;
+  SignalKernel<<<1, 1, 0, stream>>>(params.signal);
   return cudaGetLastError();
 }
 

@@ -86,6 +86,14 @@ struct PeerTable {
   PeerBuffers handles[kMaxHandleSlots][kMaxRanks];  // [slot][group rank]
 };
 
+// An op's fence signal: its last block writes `value` to `counter` at its very end, whatever the
+// op's outcome, as a stream write after the op would (kernels/internal/device_sync.cuh,
+// SignalFenceFromDevice). counter null: the op signals nothing.
+struct DeviceFenceSignal {
+  uint64_t* counter = nullptr;
+  uint64_t value = 0;
+};
+
 constexpr int SyncInboxStride(int experts) { return experts + 2; }
 
 constexpr size_t SyncBasesOffset() { return (sizeof(SyncArea) + 127) / 128 * 128; }

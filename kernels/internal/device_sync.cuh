@@ -167,9 +167,9 @@ __device__ __forceinline__ void PublishAbandoned(const SyncAreas& sync, int worl
 
 // The op's fence signal, written by its last block once everything the op wrote (and, for a
 // collective, every peer's rows or reads it waited for) is visible: the stream write the
-// signal would otherwise be, one stream operation less per fenced op. counter null: none.
-__device__ __forceinline__ void SignalFenceFromDevice(uint64_t* counter, uint64_t value) {
-  if (counter != nullptr) StoreReleaseSys(counter, value);
+// signal would otherwise be, one stream operation less per fenced op.
+__device__ __forceinline__ void SignalFenceFromDevice(const DeviceFenceSignal& signal) {
+  if (signal.counter != nullptr) StoreReleaseSys(signal.counter, signal.value);
 }
 
 // What a block learns as it starts an op: its ticket and the op's sequence number.

@@ -78,8 +78,9 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(CudaBackendOptions options) : options_(std::move(options)) {}
   Status CheckNodeRank(int node_rank) const;
   StatusOr<CudaExportedMemory*> FenceOf(int node_rank, ExportedMemory& fence) const;
-  // The device counter an op's folded signal writes (null: the op signals nothing).
-  StatusOr<uint64_t*> SignalCounter(int node_rank, const FenceSignal& signal) const;
+  // Where and what an op's folded signal writes (no counter: the op signals nothing).
+  StatusOr<kernels::DeviceFenceSignal> DeviceSignal(int node_rank,
+                                                    const FenceSignal& signal) const;
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
@@ -89,8 +90,9 @@ class CudaBackend final : public Backend {
   void AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
   Status SignalAfterSpanOp(CudaHandle& me, const FenceSignal& signal);
   // A collective's folded signal counter; on a bad fence the op (number seq) is abandoned.
-  StatusOr<uint64_t*> CollectiveSignal(CudaHandle& handle, uint64_t seq, CollectiveKind kind,
-                                       const FenceSignal& signal);
+  StatusOr<kernels::DeviceFenceSignal> CollectiveSignal(CudaHandle& handle, uint64_t seq,
+                                                        CollectiveKind kind,
+                                                        const FenceSignal& signal);
   // Copies `bytes` into every group rank's PeerTable at `offset`, synchronously.
   Status WritePeerTables(CudaGroup& group, size_t offset, const void* data, size_t bytes);
   void ForgetGroup(CudaGroup* group);

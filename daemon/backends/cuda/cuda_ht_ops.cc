@@ -52,7 +52,6 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
   params.timeout_ns = timeout_ns();
   EPD_ASSIGN_OR_RETURN(params.signal,
                        CollectiveSignal(me, seq, CollectiveKind::kDispatch, args.signal));
-  params.signal_value = args.signal.value;
   params.error =
       lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, group.max_blocks_, lane.stream()));

@@ -68,10 +68,13 @@ Status CudaBackend::SignalFence(BackendHandle& h, ExportedMemory& fence, uint64_
   return OkStatus();
 }
 
-StatusOr<uint64_t*> CudaBackend::SignalCounter(int node_rank, const FenceSignal& signal) const {
-  if (signal.fence == nullptr) return nullptr;
+StatusOr<kernels::DeviceFenceSignal> CudaBackend::DeviceSignal(int node_rank,
+                                                              const FenceSignal& signal) const {
+  if (signal.fence == nullptr) return kernels::DeviceFenceSignal{};
   EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(node_rank, *signal.fence));
-  return reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset);
+  return kernels::DeviceFenceSignal{
+      reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + kFenceCounterOffset),
+      signal.value};
 }
 
 Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
@@ -126,8 +129,7 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
     params.scratch = handle.priv<int32_t>(p.route_scratch);
     params.scratch_bytes = p.route_scratch_bytes;
   }
-  EPD_ASSIGN_OR_RETURN(params.signal, SignalCounter(handle.node_rank_, args.signal));
-  params.signal_value = args.signal.value;
+  EPD_ASSIGN_OR_RETURN(params.signal, DeviceSignal(handle.node_rank_, args.signal));
   params.error = lane.ClaimRecord(PendingOp{0, "update", handle.group_->name_,
                                                           handle.group_rank_, 0, nullptr});
   EPD_CUDA_CHECK(kernels::LaunchBindRouting(params, lane.stream()));
@@ -135,12 +137,13 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   return OkStatus();
 }
 
-StatusOr<uint64_t*> CudaBackend::CollectiveSignal(CudaHandle& handle, uint64_t seq,
-                                                  CollectiveKind kind,
-                                                  const FenceSignal& signal) {
-  StatusOr<uint64_t*> counter = SignalCounter(handle.node_rank_, signal);
-  if (!counter.ok()) AbandonOp(handle, seq, kind, counter.status());
-  return counter;
+StatusOr<kernels::DeviceFenceSignal> CudaBackend::CollectiveSignal(CudaHandle& handle,
+                                                                   uint64_t seq,
+                                                                   CollectiveKind kind,
+                                                                   const FenceSignal& signal) {
+  StatusOr<kernels::DeviceFenceSignal> device = DeviceSignal(handle.node_rank_, signal);
+  if (!device.ok()) AbandonOp(handle, seq, kind, device.status());
+  return device;
 }
 
 void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind,
@@ -211,7 +214,6 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   params.timeout_ns = timeout_ns();
   EPD_ASSIGN_OR_RETURN(params.signal,
                        CollectiveSignal(me, seq, CollectiveKind::kDispatch, args.signal));
-  params.signal_value = args.signal.value;
   params.error = lane.ClaimRecord(
       PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchDispatch(
@@ -267,7 +269,6 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.timeout_ns = timeout_ns();
   EPD_ASSIGN_OR_RETURN(params.signal,
                        CollectiveSignal(me, seq, CollectiveKind::kCombine, args.signal));
-  params.signal_value = args.signal.value;
 params.error = lane.ClaimRecord(
       PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
   const int64_t row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
