@@ -1,13 +1,12 @@
 #include <climits>
 #include <cuda_pipeline.h>
 
-#include <cub/block/block_scan.cuh>
-
 #include "common/limits.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/internal/count_exchange.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/dispatch_payload.cuh"
+#include "kernels/internal/expert_plan.cuh"
 #include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 
@@ -17,7 +16,6 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kExpertsPerThread = 8;  // kThreads * 8 = 4096 = GroupConfig's expert limit
-using ExpertScan = cub::BlockScan<int, kThreads>;
 static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
 static_assert(kThreads * kExpertsPerThread >= epd::kMaxExperts,
               "the one-block expert scan must cover GroupConfig's expert limit");
@@ -77,53 +75,34 @@ __device__ void LoadDestinations(const DispatchParams& p, PeerBuffers* dest) {
 
 // Leader part 2 (expert-major): base rows, own counts/offsets, capacity. Returns go flags.
 // NOTE: the inbox is read with plain L2 loads (every entry was seen complete above, and peers
-// write it only in the next dispatch); volatile loads would serialise R x 8 L2 round trips.
+// write it only in the next dispatch); volatile loads would serialise the round trips.
 __device__ uint64_t PlanExpertMajor(const DispatchParams& p) {
-  __shared__ typename ExpertScan::TempStorage scan_storage;
-  __shared__ int prefix[kThreads * kExpertsPerThread];
   __shared__ int first_overflow;
   const int R = p.world_size, E = p.experts, L = p.local_experts, stride = SyncInboxStride(E);
   const uint64_t* inbox = detail::SyncInbox(SyncOf(p, p.rank), E);
   int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
-  if (threadIdx.x == 0) first_overflow = INT_MAX;
-
-  int total[kExpertsPerThread], before[kExpertsPerThread];
-  for (int j = 0; j < kExpertsPerThread; ++j) {
-    const int e = threadIdx.x * kExpertsPerThread + j;
-    total[j] = before[j] = 0;
-    if (e >= E) continue;
-    for (int s = 0; s < R; ++s) {
-      const int c = static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + s * stride + e)));
-      total[j] += c;
-      if (s < p.rank) before[j] += c;
-    }
-  }
-  int exclusive[kExpertsPerThread];
-  ExpertScan(scan_storage).ExclusiveSum(total, exclusive);
-  for (int j = 0; j < kExpertsPerThread; ++j) {
-    prefix[threadIdx.x * kExpertsPerThread + j] = exclusive[j];
-  }
-  __syncthreads();
-  for (int j = 0; j < kExpertsPerThread; ++j) {
-    const int e = threadIdx.x * kExpertsPerThread + j;
-    if (e >= E) continue;
-    const int d = e / L;
-    const int offset_in_dest = exclusive[j] - prefix[d * L];
-    bases[e] = offset_in_dest + before[j];
-    if (total[j] > p.capacity) atomicMin(&first_overflow, e);
-    if (d == p.rank) {
-      p.recv_counts[e - d * L] = total[j];
-      p.recv_offsets[e - d * L] = offset_in_dest;
-    }
-  }
-  __syncthreads();
+  if (threadIdx.x == 0) first_overflow = INT_MAX;  // ordered by PlanExperts' barriers
+  const auto count = [inbox, stride](int s, int e) {
+    return static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + s * stride + e)));
+  };
+  detail::PlanExperts<kThreads, kExpertsPerThread>(
+      R, p.rank, E, L, count,
+      // NOTE: fields by value: a reference to the kernel's parameters would copy them to
+      // local memory.
+      [bases, L, rank = p.rank, capacity = p.capacity, counts = p.recv_counts,
+       offsets = p.recv_offsets](int e, int offset_in_dest, int before, int total) {
+        bases[e] = offset_in_dest + before;
+        if (total > capacity) atomicMin(&first_overflow, e);
+        if (e / L == rank) {
+          counts[e - rank * L] = total;
+          offsets[e - rank * L] = offset_in_dest;
+        }
+      });
   if (first_overflow == INT_MAX) return 0;
   if (threadIdx.x == 0) {
     const int e = first_overflow;
     int rows = 0;
-    for (int s = 0; s < R; ++s) {
-      rows += static_cast<int>(static_cast<uint32_t>(__ldcg(inbox + s * stride + e)));
-    }
+    for (int s = 0; s < R; ++s) rows += count(s, e);
     p.error->a = e;
     p.error->b = rows;
     p.error->c = p.capacity;

@@ -1,11 +1,11 @@
 #include <climits>
-#include <cub/block/block_scan.cuh>
 
 #include "common/limits.h"
 #include "kernels/ht_dispatch.cuh"
 #include "kernels/internal/count_exchange.cuh"
 #include "kernels/internal/device_sync.cuh"
 #include "kernels/internal/dispatch_payload.cuh"
+#include "kernels/internal/expert_plan.cuh"
 #include "kernels/internal/overlapped_launch.cuh"
 #include "kernels/internal/preload.cuh"
 
@@ -15,7 +15,6 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kExpertsPerThread = 8;
-using ExpertScan = cub::BlockScan<int, kThreads>;
 static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
 static_assert(kThreads * kExpertsPerThread >= epd::kMaxExperts,
               "the one-block expert scan must cover GroupConfig's expert limit");
@@ -53,8 +52,6 @@ __device__ bool ExchangeCounts(const HtDispatchParams& p, int n, uint64_t seq,
 // Leader part 2: base rows (bases[E + d]) and gather-list bases (bases[e]) of this source on
 // every destination, this rank's own receive metadata, the row capacity. Returns go flags.
 __device__ uint64_t Plan(const HtDispatchParams& p) {
-  __shared__ typename ExpertScan::TempStorage scan_storage;
-  __shared__ int prefix[kThreads * kExpertsPerThread];
   __shared__ int first_overflow;
   const int R = p.world_size, E = p.experts, L = p.local_experts;
   int32_t* bases = detail::SyncBases(SyncOf(p, p.rank));
@@ -84,36 +81,20 @@ __device__ uint64_t Plan(const HtDispatchParams& p) {
   }
 
   // Gather lists: expert e's entries on its rank are ordered by source, then token.
-  int total[kExpertsPerThread], before[kExpertsPerThread];
-  for (int j = 0; j < kExpertsPerThread; ++j) {
-    const int e = threadIdx.x * kExpertsPerThread + j;
-    total[j] = before[j] = 0;
-    if (e >= E) continue;
-    for (int s = 0; s < R; ++s) {
-      const int c = InboxCount(p, s, e);
-      total[j] += c;
-      if (s < p.rank) before[j] += c;
-    }
-  }
-  int exclusive[kExpertsPerThread];
-  ExpertScan(scan_storage).ExclusiveSum(total, exclusive);
-  for (int j = 0; j < kExpertsPerThread; ++j) {
-    prefix[threadIdx.x * kExpertsPerThread + j] = exclusive[j];
-  }
-  __syncthreads();
-  for (int j = 0; j < kExpertsPerThread; ++j) {
-    const int e = threadIdx.x * kExpertsPerThread + j;
-    if (e >= E) continue;
-    const int d = e / L;
-    const int offset_in_dest = exclusive[j] - prefix[d * L];
-    bases[e] = offset_in_dest + before[j];
-    if (d == p.rank) {
-      p.recv_counts[e - d * L] = total[j];
-      p.recv_offsets[e - d * L] = offset_in_dest;
-      if (e - d * L == L - 1) p.recv_offsets[L] = offset_in_dest + total[j];
-    }
-  }
-  __syncthreads();
+  // NOTE: fields by value: a reference to the kernel's parameters would copy them to local
+  // memory.
+  detail::PlanExperts<kThreads, kExpertsPerThread>(
+      R, p.rank, E, L, [&p](int s, int e) { return InboxCount(p, s, e); },
+      [bases, L, rank = p.rank, counts = p.recv_counts, offsets = p.recv_offsets](
+          int e, int offset_in_dest, int before, int total) {
+        bases[e] = offset_in_dest + before;
+        if (e / L == rank) {
+          const int l = e - rank * L;
+          counts[l] = total;
+          offsets[l] = offset_in_dest;
+          if (l == L - 1) offsets[L] = offset_in_dest + total;
+        }
+      });
   if (first_overflow == INT_MAX) return 0;
   if (threadIdx.x == 0) {
     const int d = first_overflow;

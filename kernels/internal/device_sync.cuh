@@ -201,10 +201,11 @@ __device__ __forceinline__ OpStart StartOp(SyncArea* me, uint64_t host_seq, uint
 }
 
 // Leader: publish the go word (after all of the leader's writes are visible on this GPU).
+// NOTE: no fence before the store: the barrier orders the block's writes before thread 0's
+// release store, which is cumulative, and the followers read the word with acquire loads.
 __device__ __forceinline__ void PublishGo(SyncArea* me, uint64_t seq, uint64_t flags) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
     StoreReleaseGpu(&me->control.go, (seq << kGoFlagBits) | flags);
   }
 }

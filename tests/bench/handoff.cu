@@ -21,7 +21,10 @@ namespace epd::bench::handoff {
 namespace {
 
 // Byte offsets inside the flag allocation: each word on a line of its own.
-constexpr size_t kFlagA = 0, kFlagB = 128, kScratchP = 256, kScratchQ = 384, kFlagBytes = 512;
+constexpr size_t kFlagA = 0, kFlagB = 128, kScratchP = 256, kScratchQ = 384, kTimeouts = 512,
+                 kFlagBytes = 640;
+// A spin wait gives up after this long (and counts it in kTimeouts, which fails the run).
+constexpr unsigned long long kSpinTimeoutNs = 5'000'000'000ull;
 // Every wait below is bounded, and together they stay under the watchdog's default limit
 // (handoff_main.cc), so a stuck step reports itself with the step's name. A healthy run
 // takes well under a second per measurement, even time-sliced without MPS.
@@ -32,6 +35,23 @@ constexpr auto kPreloadTimeout = std::chrono::milliseconds(10'000);
 
 __global__ void TouchKernel(unsigned long long* word) {
   if (threadIdx.x == 0 && blockIdx.x == 0) *word += 1;
+}
+
+// The spinning alternative to cuStreamWaitValue64: one thread polls the flag (acquire, system
+// scope) until it reaches `value`; bounded, a timeout is counted instead of hanging.
+__global__ void SpinWaitKernel(const unsigned long long* flag, unsigned long long value,
+                               unsigned long long* timeouts) {
+  unsigned long long start, now, seen;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  while (true) {
+    asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(seen) : "l"(flag) : "memory");
+    if (seen >= value) return;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    if (now - start > kSpinTimeoutNs) {
+      atomicAdd(timeouts, 1ull);
+      return;
+    }
+  }
 }
 
 struct MemOps {
@@ -62,6 +82,31 @@ CUdeviceptr At(void* base, size_t offset) {
   return reinterpret_cast<CUdeviceptr>(static_cast<char*>(base) + offset);
 }
 
+// One side's wait for `flag` >= value, the way `kind` says.
+Status EnqueueWait(const MemOps& ops, WaitKind kind, void* flags, size_t flag, uint64_t value,
+                   cudaStream_t stream, const char* what) {
+  if (kind == WaitKind::kMemOp) {
+    return CheckCu(ops.wait(reinterpret_cast<CUstream>(stream), At(flags, flag), value,
+                            CU_STREAM_WAIT_VALUE_GEQ),
+                   what);
+  }
+  SpinWaitKernel<<<1, 1, 0, stream>>>(reinterpret_cast<const unsigned long long*>(At(flags, flag)),
+                                      value, reinterpret_cast<unsigned long long*>(At(flags, kTimeouts)));
+  return gpu::Check(cudaGetLastError(), what);
+}
+
+// A spin wait that gave up leaves a span that measured nothing: an error, not a figure.
+Status CheckNoSpinTimeouts(void* flags) {
+  unsigned long long timeouts = 0;
+  EPD_BENCH_CUDA(cudaMemcpy(&timeouts, static_cast<char*>(flags) + kTimeouts, sizeof(timeouts),
+                            cudaMemcpyDeviceToHost));
+  if (timeouts != 0) {
+    return DeadlineExceededError("{} spin waits gave up after {} s", timeouts,
+                                 kSpinTimeoutNs / 1'000'000'000ull);
+  }
+  return OkStatus();
+}
+
 // Polls `stream` (nullptr: the legacy default stream) until its work is done, at most
 // `timeout`; unlike cudaStreamSynchronize it cannot wait forever on a flag never written.
 Status AwaitStream(cudaStream_t stream, std::chrono::milliseconds timeout, const char* what) {
@@ -83,6 +128,10 @@ Status AwaitStream(cudaStream_t stream, std::chrono::milliseconds timeout, const
 // the gate opens only after the launch. One launch run to completion here loads it.
 Status PreloadTouchKernel(void* flags, size_t scratch_offset, cudaStream_t stream) {
   TouchKernel<<<1, 32, 0, stream>>>(reinterpret_cast<unsigned long long*>(At(flags, scratch_offset)));
+  EPD_BENCH_CUDA(cudaGetLastError());
+  // A wait for 0 returns at once: it only loads the kernel.
+  SpinWaitKernel<<<1, 1, 0, stream>>>(reinterpret_cast<const unsigned long long*>(At(flags, kFlagA)),
+                                      0, reinterpret_cast<unsigned long long*>(At(flags, kTimeouts)));
   EPD_BENCH_CUDA(cudaGetLastError());
   return AwaitStream(stream, kPreloadTimeout, "the TouchKernel preload launch");
 }
@@ -110,8 +159,7 @@ Status EnqueueSideP(const MemOps& ops, const Options& options, void* flags, cuda
     if (i == options.warmup + 1) EPD_RETURN_IF_ERROR(events.RecordStart(stream));
     EPD_RETURN_IF_ERROR(CheckCu(ops.write(cu_stream, At(flags, kFlagA), i, CU_STREAM_WRITE_VALUE_DEFAULT),
                                 "cuStreamWriteValue64(A)"));
-    EPD_RETURN_IF_ERROR(CheckCu(ops.wait(cu_stream, At(flags, kFlagB), i, CU_STREAM_WAIT_VALUE_GEQ),
-                                "cuStreamWaitValue64(B)"));
+    EPD_RETURN_IF_ERROR(EnqueueWait(ops, options.p_wait, flags, kFlagB, i, stream, "P's wait on B"));
     TouchKernel<<<1, 32, 0, stream>>>(scratch);
     EPD_BENCH_CUDA(cudaGetLastError());
   }
@@ -123,8 +171,7 @@ Status EnqueueSideQ(const MemOps& ops, const Options& options, void* flags, cuda
   const auto cu_stream = reinterpret_cast<CUstream>(stream);
   auto* scratch = reinterpret_cast<unsigned long long*>(At(flags, kScratchQ));
   for (int i = 1; i <= options.warmup + options.iterations; ++i) {
-    EPD_RETURN_IF_ERROR(CheckCu(ops.wait(cu_stream, At(flags, kFlagA), i, CU_STREAM_WAIT_VALUE_GEQ),
-                                "cuStreamWaitValue64(A)"));
+    EPD_RETURN_IF_ERROR(EnqueueWait(ops, options.q_wait, flags, kFlagA, i, stream, "Q's wait on A"));
     TouchKernel<<<1, 32, 0, stream>>>(scratch);
     EPD_BENCH_CUDA(cudaGetLastError());
     EPD_RETURN_IF_ERROR(CheckCu(ops.write(cu_stream, At(flags, kFlagB), i, CU_STREAM_WRITE_VALUE_DEFAULT),
@@ -212,6 +259,8 @@ void AbandonAfterStuckSpan(std::unique_ptr<gpu::DeviceBuffer>& flags,
 
 }  // namespace
 
+const char* WaitKindName(WaitKind kind) { return kind == WaitKind::kMemOp ? "memop" : "spin"; }
+
 StatusOr<GpuMode> Describe(int device) {
   GpuMode mode;
   mode.name = gpu::DeviceName(device);
@@ -258,6 +307,7 @@ StatusOr<double> TwoStreams(const Options& options, const Progress& progress) {
     }
     return q_done.WithContext("two streams");
   }
+  EPD_RETURN_IF_ERROR(CheckNoSpinTimeouts(flags->data()));
   return *us / options.iterations;
 }
 
@@ -287,7 +337,8 @@ StatusOr<double> TwoProcesses(const Options& options, const std::string& self_pa
   // NOTE: the child is a fresh exec of this binary: a forked CUDA context is unusable.
   auto child = Spawn({self_path, "--role", "q", "--device", std::to_string(options.device),
                       "--warmup", std::to_string(options.warmup), "--iterations",
-                      std::to_string(options.iterations), "--ipc-handle", ToHex(handle),
+                      std::to_string(options.iterations), "--q-wait", WaitKindName(options.q_wait),
+                      "--ipc-handle", ToHex(handle),
                       "--ready-fd", std::to_string(pipe_fds[1])},
                      "");
   close(pipe_fds[1]);
@@ -320,6 +371,7 @@ StatusOr<double> TwoProcesses(const Options& options, const std::string& self_pa
   if (child_exit != 0) {
     return InternalError("two processes: side Q exited with {} (see its lines above)", child_exit);
   }
+  EPD_RETURN_IF_ERROR(CheckNoSpinTimeouts(flags->data()));
   return *us / options.iterations;
 }
 

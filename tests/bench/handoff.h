@@ -6,7 +6,8 @@
 // switch), it tells an operator what MPS buys on their GPU and why, without MPS, the
 // frontend-launched data path exists.
 //
-// One round trip: side P writes A = i, side Q waits A >= i, runs its kernel, writes B = i,
+// One round trip: side P writes A = i, side Q waits A >= i (each side's wait: a memop or a
+// spinning kernel, --p-wait / --q-wait), runs its kernel, writes B = i,
 // P waits B >= i and runs its kernel. Every step is enqueued ahead behind a host gate, so the
 // span is pure GPU time: CUDA events on P's stream around `iterations` round trips.
 #pragma once
@@ -19,8 +20,16 @@
 
 namespace epd::bench::handoff {
 
+// How a side waits for the other's flag: a stream memory operation (cuStreamWaitValue64,
+// what the client library's fence waits use) or a one-thread kernel spinning on it (what the
+// daemon's fence waits use). Without MPS a spinning kernel holds its context's time slice.
+enum class WaitKind { kMemOp, kSpin };
+const char* WaitKindName(WaitKind kind);
+
 struct Options {
   int device = 0;
+  WaitKind p_wait = WaitKind::kMemOp;
+  WaitKind q_wait = WaitKind::kMemOp;
   int warmup = 20;
   int iterations = 200;
 };

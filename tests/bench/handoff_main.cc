@@ -3,7 +3,7 @@
 // difference is what every op pays on the daemon-stream path without MPS.
 //
 //   epd-handoff-bench [--device 0] [--iterations 200] [--warmup 20] [--json FILE]
-//                     [--timeout-s 90]
+//                     [--timeout-s 90] [--p-wait memop|spin] [--q-wait memop|spin]
 //
 // Progress goes to stderr, a line per step; the table to stdout at the end. Exit codes: 0,
 // 1 on an error (named on stderr), 3 when the whole run passes --timeout-s (a CUDA call that
@@ -15,6 +15,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 
 #include "tests/bench/gpu_util.h"
 #include "tests/bench/handoff.h"
@@ -61,6 +62,12 @@ int Main(int argc, char** argv) {
   app.add_option("--iterations", options.iterations, "timed round trips");
   app.add_option("--warmup", options.warmup, "round trips before the timed ones");
   app.add_option("--json", json_path, "also write the result as JSON (schema epd-handoff/1)");
+  const std::map<std::string, WaitKind> kinds{{"memop", WaitKind::kMemOp},
+                                              {"spin", WaitKind::kSpin}};
+  app.add_option("--p-wait", options.p_wait, "how side P (the frontend's part) waits")
+      ->transform(CLI::CheckedTransformer(kinds));
+  app.add_option("--q-wait", options.q_wait, "how side Q (the daemon's part) waits")
+      ->transform(CLI::CheckedTransformer(kinds));
   app.add_option("--timeout-s", timeout_s, "give up (exit 3) when the whole run takes longer")
       ->check(CLI::Range(1, 3600));
   // Internal: the child side of the two-process measurement.
@@ -99,23 +106,26 @@ int Main(int argc, char** argv) {
   if (!processes.ok()) Fail("", processes.status());
   watchdog.Phase(fmt::format("two processes: {:.1f} us per round trip", *processes));
   const std::string table = fmt::format(
-      "GPU {} ({}), compute mode {}, MPS {}; {} round trips after {} warm-up\n\n"
+      "GPU {} ({}), compute mode {}, MPS {}; waits: P {}, Q {}; {} round trips after {} "
+      "warm-up\n\n"
       "| hand-off between | us per round trip | us per hand-off |\n|---|---|---|\n"
       "| two streams of one process | {:.1f} | {:.1f} |\n"
       "| two processes (two CUDA contexts) | {:.1f} | {:.1f} |\n",
       options.device, mode->name, ComputeModeName(mode->compute_mode),
-      mode->mps_active ? "on" : "off", options.iterations, options.warmup, *streams,
+      mode->mps_active ? "on" : "off", WaitKindName(options.p_wait), WaitKindName(options.q_wait),
+      options.iterations, options.warmup, *streams,
       *streams / 2, *processes, *processes / 2);
   std::fputs(table.c_str(), stdout);
   if (!json_path.empty()) {
     std::ofstream out(json_path);
     out << fmt::format(
         "{{\"schema\": \"epd-handoff/1\", \"gpu\": \"{}\", \"device\": {}, \"mps_active\": {}, "
-        "\"compute_mode\": \"{}\", \"iterations\": {}, \"warmup\": {}, "
+        "\"compute_mode\": \"{}\", \"p_wait\": \"{}\", \"q_wait\": \"{}\", \"iterations\": {}, "
+        "\"warmup\": {}, "
         "\"two_streams_us_per_round_trip\": {:.3f}, \"two_processes_us_per_round_trip\": {:.3f}}}\n",
         mode->name, options.device, mode->mps_active ? "true" : "false",
-        ComputeModeName(mode->compute_mode), options.iterations, options.warmup, *streams,
-        *processes);
+        ComputeModeName(mode->compute_mode), WaitKindName(options.p_wait),
+        WaitKindName(options.q_wait), options.iterations, options.warmup, *streams, *processes);
     if (!out) {
       std::fprintf(stderr, "epd-handoff-bench: cannot write %s\n", json_path.c_str());
       return 1;
