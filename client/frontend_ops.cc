@@ -109,8 +109,10 @@ Status FrontendOps::BuildPeerTable() {
   const v1::HandleBuffers& b = info_.buffers();
   auto table = std::make_unique<kernels::PeerTable>();
   kernels::SyncAreas sync_areas{};
+  const int own_device = info_.peers(info_.group_rank()).device();
   for (int r = 0; r < info_.peers_size(); ++r) {
     const v1::DataPlanePeer& peer = info_.peers(r);
+    sync_areas.spans_gpus |= peer.device() != own_device;
     char* recv = r == info_.group_rank() ? own_recv_ : static_cast<char*>(peer_recv_[r]->data());
     table->sync[r] = peer_sync_[r]->data();
     sync_areas.area[r] = table->sync[r];

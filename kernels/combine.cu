@@ -125,7 +125,7 @@ __device__ bool OpeningBarrier(const CombineParams& p, uint64_t seq) {
     }
     // One fence, then plain flag stores: our expert output (written by kernels that ended
     // before this one) and its address are visible to peers before they see the flag.
-    __threadfence_system();
+    detail::FenceForGroup(p.sync.spans_gpus);
     for (int d = 0; d < p.world_size; ++d) {
       detail::StoreRelaxedSys(&SyncOf(p, d)->start[p.rank], seq);
     }

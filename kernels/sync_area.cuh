@@ -79,6 +79,13 @@ struct PeerBuffers {
 // critical path.
 struct SyncAreas {
   void* area[kMaxRanks];
+  // Some rank of the group runs on another GPU: rows and flags written there are fenced at
+  // system scope. When every rank shares this GPU a GPU-scope fence orders them for every
+  // reader (other processes' kernels on the GPU included, and the op's fence signal is a
+  // system-scope release after them) at a fraction of the cost: a system-scope fence in each of
+  // a dispatch's blocks took 1.7 us in-process and 3.8 us in the daemon on an H200, against
+  // 0.9 us at GPU scope.
+  bool spans_gpus = false;
 };
 
 struct PeerTable {

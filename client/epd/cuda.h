@@ -5,7 +5,9 @@
 // Daemon-exported device regions (handle buffers, fence pages) are opened by
 // MapMemorySource / HandleView::Open / Fence::Open with cudaIpcOpenMemHandle.
 // Fence stream ops: cuStreamWriteValue64 / cuStreamWaitValue64 on the frontend's stream, so
-// they can be captured in a CUDA graph and never involve the CPU.
+// they can be captured in a CUDA graph and never involve the CPU. Wait on a device fence from
+// a stream of the GPU it lives on (the session's rank's, Fence::source().device()): the
+// daemon orders an op's outputs before its signal for work on that GPU only.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -88,7 +88,7 @@ __device__ __forceinline__ bool ConfirmNoneAbandoned(const SyncAreas& sync, int 
   return false;
 }
 
-// Thread 0 of the last block to finish (FinishBlock fenced every block's rows at system scope,
+// Thread 0 of the last block to finish (FinishBlock fenced every block's rows for the group,
 // so plain flag stores suffice): done[rank] = seq on every destination, then a bounded wait
 // until every source set done here. On a failed wait, the error is written and peers told.
 __device__ __forceinline__ void PublishDoneAndAwaitSources(const SyncAreas& sync, int world_size,

@@ -224,7 +224,10 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
     group->peer_tables_.push_back(std::move(table));
   }
   // Every rank's SyncArea, published once into every rank's table, and kept for the launches.
-  for (int r = 0; r < R; ++r) group->sync_areas_.area[r] = group->sync_[r]->data();
+  for (int r = 0; r < R; ++r) {
+    group->sync_areas_.area[r] = group->sync_[r]->data();
+    group->sync_areas_.spans_gpus |= group->devices_[r] != group->devices_[0];
+  }
   EPD_RETURN_IF_ERROR(WritePeerTables(*group, offsetof(kernels::PeerTable, sync),
                                       group->sync_areas_.area, sizeof(group->sync_areas_.area)));
   group->max_blocks_ = kBlocksPerSm * group->sm_count_;
