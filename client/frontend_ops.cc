@@ -211,44 +211,55 @@ Status FrontendOps::Dispatch(const void* x, cudaStream_t stream) {
   return OkStatus();
 }
 
-Status FrontendOps::LaunchLowLatencyDispatch(const void* x, cudaStream_t stream) {
+void FrontendOps::FillCollectiveLaunch(kernels::CollectiveLaunch& launch, int record) const {
+  launch.world_size = info_.config().ranks_size();
+  launch.rank = info_.group_rank();
+  launch.sync = peer_table_->sync;
+  launch.peers = peer_table_->device;
+  launch.handle_slot = info_.peers(info_.group_rank()).handle_slot();
+  // NOTE: no abort word: nothing in this process raises one; waits end at timeout_ns or when
+  // a peer gives up (the daemon marks a dead rank's ops abandoned when it resets the group).
+  launch.abort = nullptr;
+  // NOTE: numbered on the device (seq 0), so a CUDA graph of the launch gets a fresh number
+  // on every replay; the epoch's base is the floor (the rank's counter may predate the epoch).
+  launch.seq = 0;
+  launch.seq_floor = sequence_base_;
+  launch.timeout_ns = info_.timeout_ns();
+  launch.error = records_->device + record;
+}
+
+void FrontendOps::FillDispatchInputs(kernels::DispatchInputs& inputs, const void* x) const {
   const v1::GroupConfig& c = info_.config();
   const v1::HandlePrivateBuffers& p = info_.private_buffers();
+  FillCollectiveLaunch(inputs, kDispatchRecord);
+  inputs.experts = c.experts();
+  inputs.local_experts = c.experts() / c.ranks_size();
+  inputs.top_k = c.top_k();
+  inputs.max_tokens = c.max_tokens_per_rank();
+  // The token dtype's rows, copied: the daemon attaches no fp8 group to this path.
+  inputs.row_bytes =
+      static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
+  inputs.x = x;
+  inputs.topk_idx = private_->at<int32_t>(p.topk_idx_offset());
+  inputs.topk_weights = private_->at<float>(p.topk_weights_offset());
+  inputs.expert_counts = private_->at<int32_t>(p.expert_counts_offset());
+  inputs.local_rank = private_->at<int32_t>(p.local_rank_offset());
+  inputs.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
+  inputs.slot = private_->at<int32_t>(p.slot_offset());
+}
+
+Status FrontendOps::LaunchLowLatencyDispatch(const void* x, cudaStream_t stream) {
+  const v1::GroupConfig& c = info_.config();
   const v1::HandleBuffers& b = info_.buffers();
   const bool rank_major = c.layout() == v1::LAYOUT_RANK_MAJOR;
   kernels::DispatchParams params;
-  params.world_size = c.ranks_size();
-  params.rank = info_.group_rank();
-  params.experts = c.experts();
-  params.local_experts = c.experts() / c.ranks_size();
-  params.top_k = c.top_k();
-  params.max_tokens = c.max_tokens_per_rank();
+  FillDispatchInputs(params, x);
   params.capacity = c.expert_capacity() > 0 ? c.expert_capacity()
                                             : c.ranks_size() * c.max_tokens_per_rank();
   params.rank_major = rank_major ? 1 : 0;
-  params.row_bytes = static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
-  params.x = x;
-  params.topk_idx = private_->at<int32_t>(p.topk_idx_offset());
-  params.topk_weights = private_->at<float>(p.topk_weights_offset());
-  params.expert_counts = private_->at<int32_t>(p.expert_counts_offset());
-  params.local_rank = private_->at<int32_t>(p.local_rank_offset());
-  params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
-  params.slot = private_->at<int32_t>(p.slot_offset());
   params.recv_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_counts_offset());
   params.recv_offsets =
       rank_major ? nullptr : reinterpret_cast<int32_t*>(own_recv_ + b.recv_offsets_offset());
-  params.sync = peer_table_->sync;
-  params.peers = peer_table_->device;
-  params.handle_slot = info_.peers(info_.group_rank()).handle_slot();
-  // NOTE: no abort word: nothing in this process raises one; waits end at timeout_ns or when
-  // a peer gives up (the daemon marks a dead rank's ops abandoned when it resets the group).
-  params.abort = nullptr;
-  // NOTE: numbered on the device (seq 0), so a CUDA graph of this launch gets a fresh number
-  // on every replay; the epoch's base is the floor (the rank's counter may predate the epoch).
-  params.seq = 0;
-  params.seq_floor = sequence_base_;
-  params.timeout_ns = info_.timeout_ns();
-  params.error = records_->device + kDispatchRecord;
   EPD_CUDA_CHECK(kernels::LaunchDispatch(
       params, kernels::DispatchBlocks(params, num_tokens_, info_.max_blocks()), stream));
   return OkStatus();
@@ -261,36 +272,14 @@ Status FrontendOps::LaunchHighThroughputDispatch(const void* x, cudaStream_t str
   const v1::HandlePrivateBuffers& p = info_.private_buffers();
   const v1::HandleBuffers& b = info_.buffers();
   kernels::HtDispatchParams params;
-  params.world_size = c.ranks_size();
-  params.rank = info_.group_rank();
-  params.experts = c.experts();
-  params.local_experts = c.experts() / c.ranks_size();
-  params.top_k = c.top_k();
-  params.max_tokens = c.max_tokens_per_rank();
+  FillDispatchInputs(params, x);
   params.recv_capacity = c.recv_capacity();  // resolved by the daemon, checked at Open
-  params.row_bytes =
-      static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
-  params.x = x;
-  params.topk_idx = private_->at<int32_t>(p.topk_idx_offset());
-  params.topk_weights = private_->at<float>(p.topk_weights_offset());
-  params.expert_counts = private_->at<int32_t>(p.expert_counts_offset());
-  params.local_rank = private_->at<int32_t>(p.local_rank_offset());
   params.dest_row = private_->at<int32_t>(p.dest_row_offset());
   params.dest_counts = private_->at<int32_t>(p.dest_counts_offset());
-  params.bound_tokens = private_->at<int32_t>(p.bound_tokens_offset());
-  params.slot = private_->at<int32_t>(p.slot_offset());
   params.recv_rank_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_counts_offset());
   params.recv_rank_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_rank_offsets_offset());
   params.recv_counts = reinterpret_cast<int32_t*>(own_recv_ + b.recv_counts_offset());
   params.recv_offsets = reinterpret_cast<int32_t*>(own_recv_ + b.recv_offsets_offset());
-  params.sync = peer_table_->sync;
-  params.peers = peer_table_->device;
-  params.handle_slot = info_.peers(info_.group_rank()).handle_slot();
-  params.abort = nullptr;  // as in LaunchLowLatencyDispatch
-  params.seq = 0;
-  params.seq_floor = sequence_base_;
-  params.timeout_ns = info_.timeout_ns();
-  params.error = records_->device + kDispatchRecord;
   // NOTE: the whole SM budget, as the daemon launches it: the kernel strides over its rows.
   EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, info_.max_blocks(), stream));
   return OkStatus();
@@ -305,8 +294,7 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   const v1::HandlePrivateBuffers& p = info_.private_buffers();
   const v1::HandleBuffers& b = info_.buffers();
   kernels::CombineParams params;
-  params.world_size = c.ranks_size();
-  params.rank = info_.group_rank();
+  FillCollectiveLaunch(params, kCombineRecord);
   params.top_k = c.top_k();
   params.local_experts = c.experts() / c.ranks_size();
   params.hidden = c.hidden();
@@ -327,13 +315,6 @@ Status FrontendOps::Combine(void* out, cudaStream_t stream) {
   // table (a published address would be the publishing process's mapping).
   params.expert_out = own_recv_ + b.recv_x_offset();
   params.expert_out_in_place = 1;
-  params.sync = peer_table_->sync;
-  params.peers = peer_table_->device;
-  params.abort = nullptr;
-  params.seq = 0;  // device-numbered, as in Dispatch
-  params.seq_floor = sequence_base_;
-  params.timeout_ns = info_.timeout_ns();
-  params.error = records_->device + kCombineRecord;
   const int64_t row_bytes =
       static_cast<int64_t>(c.hidden()) * static_cast<int64_t>(ProtoDTypeSize(c.dtype()));
   params.wide_items = high_throughput() ? 1 : 0;

@@ -15,16 +15,13 @@
 
 #include <cstdint>
 
-#include "kernels/device_error.cuh"
-#include "kernels/sync_area.cuh"
+#include "kernels/collective_launch.cuh"
 
 namespace epd::kernels {
 
 enum TokenType : int { kTokenBf16 = 0, kTokenFp16 = 1, kTokenFp32 = 2 };
 
-struct CombineParams {
-  int world_size = 0;
-  int rank = 0;
+struct CombineParams : CollectiveLaunch {
   int top_k = 0;
   int local_experts = 0;
   int hidden = 0;
@@ -46,16 +43,6 @@ struct CombineParams {
   // 1: wide work items (kCombineWideVectorsPerItem; high-throughput: one row per destination
   // rank per token, a few SMs), size the grid with the same item (CombineBlocks).
   int wide_items = 0;
-  SyncAreas sync{};                  // every rank's SyncArea
-  const PeerTable* peers = nullptr;  // this rank's, in device memory (handles' buffers)
-  const uint64_t* abort = nullptr;   // the group's host-mapped abort word
-  // The op's sequence number; 0: device-numbered (graph-replayable), one above the larger
-  // of the last collective this rank ran (its SyncArea's control.seq) and seq_floor.
-  uint64_t seq = 0;
-  uint64_t seq_floor = 0;
-  uint64_t timeout_ns = 0;
-  DeviceError* error = nullptr;
-  DeviceFenceSignal signal;  // the op's fence signal (sync_area.cuh)
 };
 
 // blocks: any number >= 1 (the kernel strides); 512 threads each.

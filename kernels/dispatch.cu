@@ -344,14 +344,7 @@ __global__ void __launch_bounds__(kThreads) DispatchKernel(const DispatchParams 
       ExpertMajorRows<kPayload>(p, dest, n, ticket, skip);
     }
   }
-  if (!detail::FinishBlock(me, /*remote_stores=*/p.sync.spans_gpus, seq)) return;
-  if (threadIdx.x == 0) {
-    if (!(flags & kGoAbort)) {
-      detail::PublishDoneAndAwaitSources(p.sync, p.world_size, p.rank, seq, p.abort,
-                                         p.timeout_ns, p.error);
-    }
-    detail::SignalFenceFromDevice(p.signal);
-  }
+  detail::FinishDispatch(p, me, seq, flags);
 }
 
 }  // namespace

@@ -20,8 +20,7 @@
 
 #include <cstdint>
 
-#include "kernels/device_error.cuh"
-#include "kernels/sync_area.cuh"
+#include "kernels/collective_launch.cuh"
 
 namespace epd::kernels {
 
@@ -32,16 +31,14 @@ enum DispatchPayload : int {
   kPayloadPrequantized = 2,  // e4m3 x and its x_scales, copied
 };
 
-struct DispatchParams {
-  int world_size = 0;
-  int rank = 0;  // group rank of this source
+// What both dispatch kernels (this low-latency one and the high-throughput one,
+// ht_dispatch.cuh) read of the group, the row payload and the routing UpdateHandle bound.
+struct DispatchInputs : CollectiveLaunch {
   int experts = 0;
   int local_experts = 0;
   int top_k = 0;
   int max_tokens = 0;
-  int capacity = 0;
-  int rank_major = 0;
-  int64_t row_bytes = 0;    // multiple of 16 (kPayloadCopy)
+  int64_t row_bytes = 0;    // of a received row, a multiple of 16 (kPayloadCopy: x's rows)
   const void* x = nullptr;  // [n, H]
   int payload = kPayloadCopy;
   int hidden = 0;                  // fp8 payloads: H, a multiple of 128
@@ -49,23 +46,20 @@ struct DispatchParams {
   const void* x_scales = nullptr;  // kPayloadPrequantized: [n, H / 128]
   const int32_t* topk_idx = nullptr;
   const float* topk_weights = nullptr;
+  // [E] this rank's selections of each expert (high-throughput: its tokens, once per token)
   const int32_t* expert_counts = nullptr;
+  // [T, K] each selection's index among this rank's selections of its expert (high-throughput:
+  // among its tokens of the expert)
   const int32_t* local_rank = nullptr;
-  const int32_t* bound_tokens = nullptr;
-  int32_t* slot = nullptr;         // expert-major: written here for combine
+  const int32_t* bound_tokens = nullptr;  // n, written by the routing bind on this stream
+  int32_t* slot = nullptr;                // [T, K] combine rows, written here
+};
+
+struct DispatchParams : DispatchInputs {
+  int capacity = 0;
+  int rank_major = 0;
   int32_t* recv_counts = nullptr;  // this rank's own exported counts / offsets
   int32_t* recv_offsets = nullptr;
-  SyncAreas sync{};                  // every rank's SyncArea
-  const PeerTable* peers = nullptr;  // this rank's, in device memory
-  int handle_slot = 0;               // where this rank's own receive buffers are published
-  const uint64_t* abort = nullptr;   // the group's host-mapped abort word
-  // The op's sequence number; 0: device-numbered (graph-replayable), one above the larger
-  // of the last collective this rank ran (its SyncArea's control.seq) and seq_floor.
-  uint64_t seq = 0;
-  uint64_t seq_floor = 0;
-  uint64_t timeout_ns = 0;
-  DeviceError* error = nullptr;
-  DeviceFenceSignal signal;  // the op's fence signal (sync_area.cuh)
 };
 
 // A warp copies rows in parts of this many 16-byte vectors, so a few long rows still spread

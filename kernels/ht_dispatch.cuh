@@ -25,9 +25,7 @@
 
 #include <cstdint>
 
-#include "kernels/device_error.cuh"
 #include "kernels/dispatch.cuh"
-#include "kernels/sync_area.cuh"
 
 namespace epd::kernels {
 
@@ -39,47 +37,20 @@ constexpr int kHtVectorsInFlight = 8;
 // A warp copies a row in parts of this many vectors (32 lanes x kHtVectorsInFlight).
 constexpr int kHtVectorsPerPart = 32 * kHtVectorsInFlight;
 
-struct HtDispatchParams {
-  int world_size = 0;
-  int rank = 0;
-  int experts = 0;
-  int local_experts = 0;
-  int top_k = 0;
-  int max_tokens = 0;
-  int recv_capacity = 0;     // M rows per rank
-  int64_t row_bytes = 0;     // of a received row (x's with kPayloadCopy); multiple of 16
-  const void* x = nullptr;   // [n, H]
-  // What each row carries (DispatchPayload, kernels/dispatch.cuh): kPayloadCopy moves x's rows;
-  // kPayloadQuantize quantizes bf16 x to e4m3 + a scale per 128 channels once per token and
-  // stores it to every destination of the token; kPayloadPrequantized copies e4m3 x and
-  // x_scales. fp8 rows land in the destination's recv_x (e4m3) and recv_scales.
-  int payload = kPayloadCopy;
-  int hidden = 0;                  // fp8 payloads: H, a multiple of 128
-  int ue8m0_scales = 0;            // fp8 payloads: scales are ue8m0 bytes, else fp32
-  const void* x_scales = nullptr;  // kPayloadPrequantized: [n, H / 128]
-  const int32_t* topk_idx = nullptr;
-  const float* topk_weights = nullptr;
-  const int32_t* expert_counts = nullptr;  // [E] tokens per expert (once per token)
-  const int32_t* local_rank = nullptr;     // [T, K] index among this rank's tokens of expert
-  const int32_t* dest_row = nullptr;       // [T, R]
-  const int32_t* dest_counts = nullptr;    // [R]
-  const int32_t* bound_tokens = nullptr;
-  int32_t* slot = nullptr;  // [T, K] combine rows, written here
+// The shared inputs' row_bytes is a received row's (H bytes with the fp8 payloads). What each
+// row carries (DispatchPayload, kernels/dispatch.cuh): kPayloadCopy moves x's rows;
+// kPayloadQuantize quantizes bf16 x to e4m3 + a scale per 128 channels once per token and
+// stores it to every destination of the token; kPayloadPrequantized copies e4m3 x and
+// x_scales. fp8 rows land in the destination's recv_x (e4m3) and recv_scales.
+struct HtDispatchParams : DispatchInputs {
+  int recv_capacity = 0;                // M rows per rank
+  const int32_t* dest_row = nullptr;     // [T, R]
+  const int32_t* dest_counts = nullptr;  // [R]
   // This rank's own exported metadata.
   int32_t* recv_rank_counts = nullptr;   // [R]
   int32_t* recv_rank_offsets = nullptr;  // [R]
   int32_t* recv_counts = nullptr;        // [L]
   int32_t* recv_offsets = nullptr;       // [L + 1]
-  SyncAreas sync{};  // every rank's SyncArea
-  const PeerTable* peers = nullptr;
-  int handle_slot = 0;
-  const uint64_t* abort = nullptr;
-  // 0: device-numbered (frontend-launched, graph-replayable), as CombineParams::seq says.
-  uint64_t seq = 0;
-  uint64_t seq_floor = 0;
-  uint64_t timeout_ns = 0;
-  DeviceError* error = nullptr;
-  DeviceFenceSignal signal;  // the op's fence signal (sync_area.cuh)
 };
 
 // blocks: the SM budget (>= 1; the kernel strides over its work). 512 threads each.

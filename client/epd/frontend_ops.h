@@ -44,6 +44,11 @@
 #include "common/status.h"
 #include "epd/v1/epd.pb.h"
 
+namespace epd::kernels {
+struct CollectiveLaunch;
+struct DispatchInputs;
+}  // namespace epd::kernels
+
 namespace epd {
 
 class FrontendOps {
@@ -96,6 +101,11 @@ class FrontendOps {
   // The dispatch kernel of the group's algorithm on `stream` (Dispatch checked and counts).
   Status LaunchLowLatencyDispatch(const void* x, cudaStream_t stream);
   Status LaunchHighThroughputDispatch(const void* x, cudaStream_t stream);
+  // The group and op fields of a collective launch from this process, device-numbered, with
+  // its errors in device record `record`.
+  void FillCollectiveLaunch(kernels::CollectiveLaunch& launch, int record) const;
+  // Those and the group, payload (x's rows) and bound routing of a dispatch of x.
+  void FillDispatchInputs(kernels::DispatchInputs& inputs, const void* x) const;
 
   v1::DataPlaneInfo info_;
   std::string group_;

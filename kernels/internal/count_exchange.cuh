@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "kernels/collective_launch.cuh"
 #include "kernels/internal/device_sync.cuh"
 
 namespace epd::kernels::detail {
@@ -108,6 +109,21 @@ __device__ __forceinline__ void PublishDoneAndAwaitSources(const SyncAreas& sync
       PublishAbandoned(sync, world_size, rank, seq, why == kWaitTimeout ? s : -1);
       return;
     }
+  }
+}
+
+// Every block of a dispatch kernel, after its rows: the last one to finish tells every
+// destination this rank's rows are there and waits for every source's (unless the op was
+// aborted), then writes the op's fence signal, whatever the outcome.
+__device__ __forceinline__ void FinishDispatch(const CollectiveLaunch& p, SyncArea* me,
+                                               uint64_t seq, uint64_t go_flags) {
+  if (!FinishBlock(me, /*remote_stores=*/p.sync.spans_gpus, seq)) return;
+  if (threadIdx.x == 0) {
+    if (!(go_flags & kGoAbort)) {
+      PublishDoneAndAwaitSources(p.sync, p.world_size, p.rank, seq, p.abort, p.timeout_ns,
+                                 p.error);
+    }
+    SignalFenceFromDevice(p.signal);
   }
 }
 

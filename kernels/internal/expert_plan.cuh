@@ -20,50 +20,50 @@ template <int kThreads, int kExpertsPerThread, typename Count, typename Emit>
 __device__ __forceinline__ void PlanExperts(int world_size, int rank, int experts,
                                             int local_experts, Count count, Emit emit) {
   using Scan = cub::BlockScan<int, kThreads>;
+  constexpr int kSlots = kThreads * kExpertsPerThread;
   __shared__ typename Scan::TempStorage scan_storage;
-  __shared__ int prefix[kThreads * kExpertsPerThread];
-  int total[kExpertsPerThread], before[kExpertsPerThread];
+  // totals[e] in, then prefix[e] (exclusive) out, prefix[kSlots] = the grand total, so expert
+  // e's total is prefix[e + 1] - prefix[e]. In shared memory rather than registers: the
+  // kernels that plan also copy rows, and 16 registers held across the scan made them spill.
+  __shared__ int prefix[kSlots + 1];
+  __shared__ int before[kSlots];
 #pragma unroll
   for (int j = 0; j < kExpertsPerThread; ++j) {
-    total[j] = before[j] = 0;
-    if (j * kThreads >= experts) continue;  // block-uniform
     const int e = j * kThreads + threadIdx.x;
-    // Loads without a branch around them, so that the unrolled sources' loads fly together.
-    const int loaded = e < experts ? e : experts - 1;
     int sum = 0, earlier = 0;
+    if (j * kThreads < experts) {  // block-uniform
+      // Loads without a branch around them, so that the unrolled sources' loads fly together.
+      const int loaded = e < experts ? e : experts - 1;
 #pragma unroll 4
-    for (int s = 0; s < world_size; ++s) {
-      const int c = count(s, loaded);
-      sum += c;
-      earlier += s < rank ? c : 0;
+      for (int s = 0; s < world_size; ++s) {
+        const int c = count(s, loaded);
+        sum += c;
+        earlier += s < rank ? c : 0;
+      }
+      if (e >= experts) sum = earlier = 0;
     }
-    if (e < experts) {
-      total[j] = sum;
-      before[j] = earlier;
-    }
+    prefix[e] = sum;
+    before[e] = earlier;
   }
-  // The scan wants consecutive experts in a thread: through shared memory.
-#pragma unroll
-  for (int j = 0; j < kExpertsPerThread; ++j) prefix[j * kThreads + threadIdx.x] = total[j];
   __syncthreads();
+  // The scan wants consecutive experts in a thread.
   int items[kExpertsPerThread];
 #pragma unroll
   for (int j = 0; j < kExpertsPerThread; ++j) {
     items[j] = prefix[threadIdx.x * kExpertsPerThread + j];
   }
-  Scan(scan_storage).ExclusiveSum(items, items);
+  int grand_total;
+  Scan(scan_storage).ExclusiveSum(items, items, grand_total);
   __syncthreads();  // every thread read its totals before any prefix overwrites them
 #pragma unroll
   for (int j = 0; j < kExpertsPerThread; ++j) {
     prefix[threadIdx.x * kExpertsPerThread + j] = items[j];
   }
+  if (threadIdx.x == 0) prefix[kSlots] = grand_total;
   __syncthreads();
-#pragma unroll
-  for (int j = 0; j < kExpertsPerThread; ++j) {
-    const int e = j * kThreads + threadIdx.x;
-    if (e >= experts) continue;
+  for (int e = threadIdx.x; e < experts; e += kThreads) {
     const int d = e / local_experts;
-    emit(e, prefix[e] - prefix[d * local_experts], before[j], total[j]);
+    emit(e, prefix[e] - prefix[d * local_experts], before[e], prefix[e + 1] - prefix[e]);
   }
   __syncthreads();
 }

@@ -14,26 +14,17 @@
 
 #include "client/epd/cuda.h"
 #include "common/dtype.h"
-#include "tests/gpu/frontend_processes.h"
-#include "tests/integration/client_test_support.h"
+#include "tests/gpu/cuda_daemon_fixture.h"
 
 namespace epd::testing {
 namespace {
 
-class DaemonPathTest : public ::testing::Test {
+class DaemonPathTest : public CudaDaemonTest {
  protected:
   void SetUp() override {
-    gpus_ = VisibleGpus();
-    if (gpus_ == 0) GTEST_SKIP() << "no CUDA GPU: the daemon path needs the cuda backend";
-    auto daemon = DaemonProcess::Start({"--backend", "cuda", "--op-timeout-ms", "5000"});
-    ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-    daemon_ = std::move(daemon).value();
-    client_ = ConnectOrDie(daemon_->address());
-    ASSERT_NE(client_, nullptr);
-    auto info = client_->GetNodeInfo();
-    ASSERT_TRUE(info.ok()) << info.status().ToString();
-    ASSERT_EQ(info->backend(), "cuda");
-    ASSERT_EQ(info->ranks(), gpus_);
+    StartCudaDaemon("the daemon path");
+    if (IsSkipped() || HasFatalFailure()) return;
+    ASSERT_EQ(node_.ranks(), gpus_);
   }
 
   std::vector<std::string> ExampleArgs(const std::string& layout, const std::string& dtype,
@@ -44,30 +35,20 @@ class DaemonPathTest : public ::testing::Test {
             "--layout", layout, "--dtype", dtype, "--mode", mode, "--iterations",
             std::to_string(iterations)};
   }
-
-  int gpus_ = 0;
-  std::unique_ptr<DaemonProcess> daemon_;
-  std::unique_ptr<Client> client_;
 };
 
 TEST_F(DaemonPathTest, FrontendProcessesGetBitExactResultsThroughIpcAndFences) {
   const int64_t baseline = client_->GetStats()->live_bytes();
   for (const std::string layout : {"expert_major", "rank_major"}) {
     for (const std::string dtype : {"bf16", "fp16", "fp32"}) {
-      auto example = ChildProcess::Spawn(ExampleArgs(layout, dtype, "both", 6, 4104));
-      ASSERT_TRUE(example.ok()) << example.status().ToString();
-      EXPECT_EQ((*example)->Wait(120'000), 0)
-          << layout << " " << dtype << "; daemon log:\n" << daemon_->ReadLog();
+      ExpectExamplePasses(ExampleArgs(layout, dtype, "both", 6, 4104), layout + " " + dtype);
     }
   }
   // High-throughput: packed rows through the same IPC buffers and fences.
   for (const std::string dtype : {"bf16", "fp32"}) {
     std::vector<std::string> args = ExampleArgs("expert_major", dtype, "both", 6, 4104);
     args.insert(args.end(), {"--algorithm", "high_throughput"});
-    auto example = ChildProcess::Spawn(args);
-    ASSERT_TRUE(example.ok()) << example.status().ToString();
-    EXPECT_EQ((*example)->Wait(120'000), 0)
-        << "high_throughput " << dtype << "; daemon log:\n" << daemon_->ReadLog();
+    ExpectExamplePasses(args, "high_throughput " + dtype);
   }
   auto stats = client_->GetStats();
   ASSERT_TRUE(stats.ok());
@@ -102,9 +83,7 @@ TEST_F(DaemonPathTest, KilledFrontendFailsItsPeersClearlyAndTheDaemonKeepsServin
   EXPECT_EQ(client_->GetStats()->live_bytes(), baseline)
       << (groups.ok() ? groups->size() : 0) << " groups left; daemon log:\n" << daemon_->ReadLog();
   // The daemon keeps serving: a fresh set of frontends runs clean.
-  auto again = ChildProcess::Spawn(ExampleArgs("expert_major", "bf16", "both", 4, 7168));
-  ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)->Wait(120'000), 0) << daemon_->ReadLog();
+  ExpectExamplePasses(ExampleArgs("expert_major", "bf16", "both", 4, 7168), "after the kill");
 }
 
 // A frontend that captures its side of the ordering (signal `go`, wait `done`) in a CUDA graph

@@ -14,8 +14,7 @@
 
 #include "client/epd/data_path.h"
 #include "client/epd/frontend_ops.h"
-#include "tests/gpu/frontend_processes.h"
-#include "tests/integration/client_test_support.h"
+#include "tests/gpu/cuda_daemon_fixture.h"
 
 namespace epd::testing {
 namespace {
@@ -26,23 +25,14 @@ size_t Occurrences(const std::string& text, const std::string& what) {
   return count;
 }
 
-class FrontendLaunchTest : public ::testing::Test {
+class FrontendLaunchTest : public CudaDaemonTest {
  protected:
   void SetUp() override {
-    gpus_ = VisibleGpus();
-    if (gpus_ == 0) GTEST_SKIP() << "no CUDA GPU: the frontend-launched path needs the cuda backend";
-    auto daemon = DaemonProcess::Start({"--backend", "cuda", "--op-timeout-ms", "5000"});
-    ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-    daemon_ = std::move(daemon).value();
-    client_ = ConnectOrDie(daemon_->address());
-    ASSERT_NE(client_, nullptr);
-    auto info = client_->GetNodeInfo();
-    ASSERT_TRUE(info.ok()) << info.status().ToString();
-    ASSERT_EQ(info->backend(), "cuda");
-    ASSERT_EQ(info->gpus_size(), gpus_);
+    StartCudaDaemon("the frontend-launched path");
+    if (IsSkipped() || HasFatalFailure()) return;
     // MPS is what the node runs; the daemon reports it (and this path works either way).
-    std::printf("GPU 0: MPS %s, compute mode %d\n", info->gpus(0).mps_active() ? "on" : "off",
-                static_cast<int>(info->gpus(0).compute_mode()));
+    std::printf("GPU 0: MPS %s, compute mode %d\n", node_.gpus(0).mps_active() ? "on" : "off",
+                static_cast<int>(node_.gpus(0).compute_mode()));
   }
 
   std::vector<std::string> ExampleArgs(const std::string& layout, const std::string& dtype,
@@ -69,25 +59,61 @@ class FrontendLaunchTest : public ::testing::Test {
     return false;
   }
 
-  int gpus_ = 0;
-  std::unique_ptr<DaemonProcess> daemon_;
-  std::unique_ptr<Client> client_;
+  // A persistent group of the shape ExampleArgs runs (it outlives the frontends, as a
+  // deployment's groups do), created through an owner session the caller closes; null (and a
+  // failure recorded) when it could not be created.
+  std::unique_ptr<Session> CreatePersistentGroup(
+      const std::string& name, v1::DType dtype,
+      v1::Algorithm algorithm = v1::ALGORITHM_UNSPECIFIED) {
+    example::Problem problem;
+    problem.ranks = gpus_;
+    problem.experts = 8 * gpus_;
+    problem.hidden = 4104;
+    problem.max_tokens = 128;
+    problem.top_k = 4;
+    problem.dtype = dtype;
+    problem.algorithm = algorithm;
+    auto owner = client_->OpenSession(0, "group-owner");
+    EXPECT_TRUE(owner.ok()) << owner.status().ToString();
+    if (!owner.ok()) return nullptr;
+    auto created = (*owner)->CreateGroup(problem.Config(name), /*persistent=*/true);
+    EXPECT_TRUE(created.ok()) << created.status().ToString();
+    return created.ok() ? std::move(owner).value() : nullptr;
+  }
+
+  // Runs `args` (with --progress) and kills one rank's process once 3 layers per rank passed;
+  // the survivors must fail their pending op, not hang, and the daemon reset the group.
+  void KillOneRankMidRun(std::vector<std::string> args) {
+    args.push_back("--progress");
+    auto victim = ChildProcess::Spawn(args);
+    ASSERT_TRUE(victim.ok()) << victim.status().ToString();
+    int layers = 0;
+    while (layers < 3 * gpus_) {
+      auto line = (*victim)->ReadLine(60'000);
+      ASSERT_TRUE(line.ok()) << line.status().ToString() << "; daemon log:\n"
+                             << daemon_->ReadLog();
+      if (line->find("OK") != std::string::npos) ++layers;
+    }
+    std::vector<pid_t> ranks = ChildrenOf((*victim)->pid());
+    ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
+    ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
+    // Survivors (more than one GPU) fail their pending op within the op timeout (5 s), so
+    // the example exits; it must not hang.
+    const int code = (*victim)->Wait(60'000);
+    EXPECT_NE(code, 0);
+    EXPECT_NE(code, -1) << "the surviving frontends hung";
+    ASSERT_TRUE(WaitForLog("device sync state reset", 1)) << daemon_->ReadLog();
+  }
 };
 
 TEST_F(FrontendLaunchTest, FrontendProcessesGetBitExactResultsWithoutTheDaemonsStreams) {
   for (const std::string layout : {"expert_major", "rank_major"}) {
     for (const std::string dtype : {"bf16", "fp16", "fp32"}) {
-      auto example = ChildProcess::Spawn(ExampleArgs(layout, dtype, 6));
-      ASSERT_TRUE(example.ok()) << example.status().ToString();
-      EXPECT_EQ((*example)->Wait(120'000), 0)
-          << layout << " " << dtype << "; daemon log:\n" << daemon_->ReadLog();
+      ExpectExamplePasses(ExampleArgs(layout, dtype, 6), layout + " " + dtype);
     }
   }
   // The daemon ran none of the ops: the frontends launched them.
-  auto stats = client_->GetStats();
-  ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->dispatch().completed() + stats->dispatch().failed(), 0u);
-  EXPECT_EQ(stats->combine().completed() + stats->combine().failed(), 0u);
+  ExpectNoDaemonOps();
 }
 
 // T past the point from which the routing bind runs chunked (kernels/routing_scratch.h): the frontends' updates
@@ -101,10 +127,7 @@ TEST_F(FrontendLaunchTest, LargeUpdatesBindChunkedOnTheExportedScratch) {
       if (args[i] == "--hidden") args[i + 1] = "1024";
     }
     if (graphs) args.push_back("--graphs");
-    auto example = ChildProcess::Spawn(args);
-    ASSERT_TRUE(example.ok()) << example.status().ToString();
-    EXPECT_EQ((*example)->Wait(120'000), 0)
-        << (graphs ? "graphs" : "eager") << "; daemon log:\n" << daemon_->ReadLog();
+    ExpectExamplePasses(args, graphs ? "graphs" : "eager");
   }
 }
 
@@ -116,96 +139,45 @@ TEST_F(FrontendLaunchTest, CapturedLayersReplayBitExactWithNewInputs) {
   for (const std::string layout : {"expert_major", "rank_major"}) {
     std::vector<std::string> args = ExampleArgs(layout, "bf16", 5, "graph-" + layout);
     args.push_back("--graphs");
-    auto example = ChildProcess::Spawn(args);
-    ASSERT_TRUE(example.ok()) << example.status().ToString();
-    EXPECT_EQ((*example)->Wait(120'000), 0) << layout << "; daemon log:\n" << daemon_->ReadLog();
+    ExpectExamplePasses(args, layout);
   }
-  auto stats = client_->GetStats();
-  ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->dispatch().completed() + stats->dispatch().failed(), 0u);
+  ExpectNoDaemonOps();
 }
 
 // Frontends of one persistent group come and go, with and without graphs: each new set
 // starts a new epoch (the daemon resets the group when a frontend ends), whose base is the
 // floor of the device-numbered ops, whatever the ranks' counters reached before.
 TEST_F(FrontendLaunchTest, GraphAndEagerFrontendsTakeTurnsOnOnePersistentGroup) {
-  example::Problem problem;
-  problem.ranks = gpus_;
-  problem.experts = 8 * gpus_;
-  problem.hidden = 4104;
-  problem.max_tokens = 128;
-  problem.top_k = 4;
-  problem.dtype = v1::DTYPE_FP32;
   const std::string group = "graph-turns";
-  auto owner = client_->OpenSession(0, "group-owner");
-  ASSERT_TRUE(owner.ok());
-  ASSERT_TRUE((*owner)->CreateGroup(problem.Config(group), /*persistent=*/true).ok());
+  std::unique_ptr<Session> owner = CreatePersistentGroup(group, v1::DTYPE_FP32);
+  ASSERT_NE(owner, nullptr);
   for (const bool graphs : {true, false, true}) {
     std::vector<std::string> args = ExampleArgs("expert_major", "fp32", 5, group);
     if (graphs) args.push_back("--graphs");
-    auto example = ChildProcess::Spawn(args);
-    ASSERT_TRUE(example.ok()) << example.status().ToString();
-    EXPECT_EQ((*example)->Wait(120'000), 0)
-        << (graphs ? "graphs" : "eager") << "; daemon log:\n" << daemon_->ReadLog();
+    ExpectExamplePasses(args, graphs ? "graphs" : "eager");
   }
-  EXPECT_TRUE((*owner)->Close().ok());
+  EXPECT_TRUE(owner->Close().ok());
 }
 
 TEST_F(FrontendLaunchTest, AKilledFrontendResetsTheGroupAndANewFrontendRunsBitExact) {
-  // The group outlives the frontends (persistent), as a deployment's groups do.
-  example::Problem problem;
-  problem.ranks = gpus_;
-  problem.experts = 8 * gpus_;
-  problem.hidden = 4104;
-  problem.max_tokens = 128;
-  problem.top_k = 4;
-  problem.dtype = v1::DTYPE_BF16;
   const std::string group = "frontend-reset";
-  auto owner = client_->OpenSession(0, "group-owner");
-  ASSERT_TRUE(owner.ok());
-  ASSERT_TRUE((*owner)->CreateGroup(problem.Config(group), /*persistent=*/true).ok());
+  std::unique_ptr<Session> owner = CreatePersistentGroup(group, v1::DTYPE_BF16);
+  ASSERT_NE(owner, nullptr);
 
-  std::vector<std::string> args = ExampleArgs("expert_major", "bf16", 100000, group);
-  args.push_back("--progress");
-  auto victim = ChildProcess::Spawn(args);
-  ASSERT_TRUE(victim.ok()) << victim.status().ToString();
   // The frontends run checked layers back to back: kill one while the loop runs.
-  int layers = 0;
-  while (layers < 3 * gpus_) {
-    auto line = (*victim)->ReadLine(60'000);
-    ASSERT_TRUE(line.ok()) << line.status().ToString() << "; daemon log:\n" << daemon_->ReadLog();
-    if (line->find("OK") != std::string::npos) ++layers;
-  }
-  std::vector<pid_t> ranks = ChildrenOf((*victim)->pid());
-  ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
-  ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
-  // Survivors (more than one GPU) fail their pending op within the op timeout (5 s), so the
-  // example exits; it must not hang.
-  const int code = (*victim)->Wait(60'000);
-  EXPECT_NE(code, 0);
-  EXPECT_NE(code, -1) << "the surviving frontends hung";
-  ASSERT_TRUE(WaitForLog("device sync state reset", 1)) << daemon_->ReadLog();
-
+  ASSERT_NO_FATAL_FAILURE(KillOneRankMidRun(ExampleArgs("expert_major", "bf16", 100000, group)));
   // A new set of frontends runs bit-exact layers on the same group, in the new epoch.
-  auto again = ChildProcess::Spawn(ExampleArgs("expert_major", "bf16", 4, group));
-  ASSERT_TRUE(again.ok());
-  EXPECT_EQ((*again)->Wait(120'000), 0) << daemon_->ReadLog();
-  EXPECT_TRUE((*owner)->Close().ok());
+  ExpectExamplePasses(ExampleArgs("expert_major", "bf16", 4, group), "after the reset");
+  EXPECT_TRUE(owner->Close().ok());
 }
 
 // High-throughput groups on the same path: every dtype bit-exact, layers of varying token
 // counts (T, then random in [1, T]), the daemon running none of the ops.
 TEST_F(FrontendLaunchTest, HighThroughputFrontendsGetBitExactResults) {
   for (const std::string dtype : {"bf16", "fp16", "fp32"}) {
-    auto example =
-        ChildProcess::Spawn(ExampleArgs("expert_major", dtype, 6, "", "high_throughput"));
-    ASSERT_TRUE(example.ok()) << example.status().ToString();
-    EXPECT_EQ((*example)->Wait(120'000), 0) << dtype << "; daemon log:\n" << daemon_->ReadLog();
+    ExpectExamplePasses(ExampleArgs("expert_major", dtype, 6, "", "high_throughput"), dtype);
   }
-  auto stats = client_->GetStats();
-  ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->dispatch().completed() + stats->dispatch().failed(), 0u);
-  EXPECT_EQ(stats->combine().completed() + stats->combine().failed(), 0u);
+  ExpectNoDaemonOps();
 }
 
 // A high-throughput layer captured in CUDA graphs after an eager layer and replayed 4 times,
@@ -222,61 +194,29 @@ TEST_F(FrontendLaunchTest, HighThroughputCapturedLayersReplayBitExactWithNewRout
       if (args[i] == "--hidden" && tokens > 128) args[i + 1] = "1024";
     }
     args.push_back("--graphs");
-    auto example = ChildProcess::Spawn(args);
-    ASSERT_TRUE(example.ok()) << example.status().ToString();
-    EXPECT_EQ((*example)->Wait(120'000), 0) << tokens << "; daemon log:\n" << daemon_->ReadLog();
+    ExpectExamplePasses(args, std::to_string(tokens) + " tokens");
   }
-  auto stats = client_->GetStats();
-  ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->dispatch().completed() + stats->dispatch().failed(), 0u);
+  ExpectNoDaemonOps();
 }
 
 // A frontend of a persistent high-throughput group killed while its layers run: the daemon
 // resets the group (its sync areas and epoch), and a new set of frontends, eager and then
 // with graphs, runs bit-exact layers on it.
 TEST_F(FrontendLaunchTest, AKilledHighThroughputFrontendResetsTheGroupAndTheNextRunsBitExact) {
-  example::Problem problem;
-  problem.ranks = gpus_;
-  problem.experts = 8 * gpus_;
-  problem.hidden = 4104;
-  problem.max_tokens = 128;
-  problem.top_k = 4;
-  problem.dtype = v1::DTYPE_BF16;
-  problem.algorithm = v1::ALGORITHM_HIGH_THROUGHPUT;
   const std::string group = "ht-frontend-reset";
-  auto owner = client_->OpenSession(0, "group-owner");
-  ASSERT_TRUE(owner.ok());
-  ASSERT_TRUE((*owner)->CreateGroup(problem.Config(group), /*persistent=*/true).ok());
+  std::unique_ptr<Session> owner =
+      CreatePersistentGroup(group, v1::DTYPE_BF16, v1::ALGORITHM_HIGH_THROUGHPUT);
+  ASSERT_NE(owner, nullptr);
 
-  std::vector<std::string> args =
-      ExampleArgs("expert_major", "bf16", 100000, group, "high_throughput");
-  args.push_back("--progress");
-  auto victim = ChildProcess::Spawn(args);
-  ASSERT_TRUE(victim.ok()) << victim.status().ToString();
-  int layers = 0;
-  while (layers < 3 * gpus_) {
-    auto line = (*victim)->ReadLine(60'000);
-    ASSERT_TRUE(line.ok()) << line.status().ToString() << "; daemon log:\n" << daemon_->ReadLog();
-    if (line->find("OK") != std::string::npos) ++layers;
-  }
-  std::vector<pid_t> ranks = ChildrenOf((*victim)->pid());
-  ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
-  ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
-  const int code = (*victim)->Wait(60'000);
-  EXPECT_NE(code, 0);
-  EXPECT_NE(code, -1) << "the surviving frontends hung";
-  ASSERT_TRUE(WaitForLog("device sync state reset", 1)) << daemon_->ReadLog();
-
+  ASSERT_NO_FATAL_FAILURE(
+      KillOneRankMidRun(ExampleArgs("expert_major", "bf16", 100000, group, "high_throughput")));
   for (const bool graphs : {false, true}) {
     std::vector<std::string> again_args =
         ExampleArgs("expert_major", "bf16", 4, group, "high_throughput");
     if (graphs) again_args.push_back("--graphs");
-    auto again = ChildProcess::Spawn(again_args);
-    ASSERT_TRUE(again.ok());
-    EXPECT_EQ((*again)->Wait(120'000), 0)
-        << (graphs ? "graphs" : "eager") << "; daemon log:\n" << daemon_->ReadLog();
+    ExpectExamplePasses(again_args, graphs ? "graphs" : "eager");
   }
-  EXPECT_TRUE((*owner)->Close().ok());
+  EXPECT_TRUE(owner->Close().ok());
 }
 
 // Two ranks on two GPUs, one frontend process each: the ranks' captured layers replay

@@ -153,13 +153,7 @@ class HighThroughputSharedGpuTest : public ::testing::TestWithParam<HtCase> {};
 TEST_P(HighThroughputSharedGpuTest, MatchesReferenceBitForBit) {
   const HtCase& c = GetParam();
   EPD_REQUIRE_GPUS(1);
-  Backend* backend = SharedGpuBackend();
-  ASSERT_NE(backend, nullptr);
-  std::vector<int> devices;
-  for (int r = 0; r < c.spec.ranks; ++r) devices.push_back(SharedGpuDevice(r));
-  MoeHarness harness(*backend, c.spec, devices);
-  if (::testing::Test::HasFailure()) return;
-  RunRounds(*backend, harness, c.routing);
+  RunRoundsOnSharedGpu(c.spec, c.routing);
 }
 
 INSTANTIATE_TEST_SUITE_P(Table, HighThroughputSharedGpuTest, ::testing::ValuesIn(SharedCases()),

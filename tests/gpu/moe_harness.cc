@@ -289,6 +289,16 @@ void MoeHarness::BuildReference(const std::vector<RankInput>& inputs,
   }
 }
 
+void RunRoundsOnSharedGpu(const CaseSpec& spec, RoutingKind routing) {
+  Backend* backend = SharedGpuBackend();
+  ASSERT_NE(backend, nullptr);
+  std::vector<int> devices;
+  for (int r = 0; r < spec.ranks; ++r) devices.push_back(SharedGpuDevice(r));
+  MoeHarness harness(*backend, spec, devices);
+  if (::testing::Test::HasFailure()) return;
+  RunRounds(*backend, harness, routing);
+}
+
 void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes, size_t element_bytes,
                       const std::string& what) {
   if (std::memcmp(expected, actual, bytes) == 0) return;

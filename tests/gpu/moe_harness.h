@@ -115,6 +115,8 @@ class MoeHarness {
 // place in recv_x (never with fp8 dispatch, whose recv_x is e4m3). Every step is compared with
 // the reference, and no op may allocate.
 void RunRounds(Backend& backend, MoeHarness& harness, RoutingKind routing);
+// RunRounds of `spec` with every rank on GPU 0 (the shared-GPU backend of gpu_test_env.h).
+void RunRoundsOnSharedGpu(const CaseSpec& spec, RoutingKind routing);
 
 void ExpectBytesEqual(const void* expected, const void* actual, size_t bytes, size_t element_bytes,
                       const std::string& what);

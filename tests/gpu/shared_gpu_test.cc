@@ -76,13 +76,7 @@ class SharedGpuTest : public ::testing::TestWithParam<SharedCase> {};
 TEST_P(SharedGpuTest, MatchesReferenceBitForBit) {
   const SharedCase& c = GetParam();
   EPD_REQUIRE_GPUS(1);
-  Backend* backend = SharedGpuBackend();
-  ASSERT_NE(backend, nullptr);
-  std::vector<int> devices;
-  for (int r = 0; r < c.spec.ranks; ++r) devices.push_back(SharedGpuDevice(r));
-  MoeHarness harness(*backend, c.spec, devices);
-  if (::testing::Test::HasFailure()) return;
-  RunRounds(*backend, harness, c.routing);
+  RunRoundsOnSharedGpu(c.spec, c.routing);
 }
 
 INSTANTIATE_TEST_SUITE_P(Table, SharedGpuTest, ::testing::ValuesIn(Cases()),

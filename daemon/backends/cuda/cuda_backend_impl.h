@@ -21,6 +21,7 @@
 #include "daemon/backends/cuda/op_lane.h"
 #include "daemon/core/lane_registry.h"
 #include "daemon/core/task_thread.h"
+#include "kernels/collective_launch.cuh"
 #include "kernels/device_error.cuh"
 
 namespace epd::cuda {
@@ -89,10 +90,12 @@ class CudaBackend final : public Backend {
   // Marks op `seq` of `handle`'s rank abandoned on its stream (peers fail it at once).
   void AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
   Status SignalAfterSpanOp(CudaHandle& me, const FenceSignal& signal);
-  // A collective's folded signal counter; on a bad fence the op (number seq) is abandoned.
-  StatusOr<kernels::DeviceFenceSignal> CollectiveSignal(CudaHandle& handle, uint64_t seq,
-                                                        CollectiveKind kind,
-                                                        const FenceSignal& signal);
+  // The group and op fields of a collective launch of op `seq` (kernels/collective_launch.cuh),
+  // with its folded signal and its error record claimed on the handle's lane: call it last,
+  // right before the launch. On a bad fence the op is abandoned.
+  StatusOr<kernels::CollectiveLaunch> CollectiveLaunchOf(CudaHandle& handle, uint64_t seq,
+                                                         CollectiveKind kind,
+                                                         const FenceSignal& signal);
   // Copies `bytes` into every group rank's PeerTable at `offset`, synchronously.
   Status WritePeerTables(CudaGroup& group, size_t offset, const void* data, size_t bytes);
   void ForgetGroup(CudaGroup* group);

@@ -24,36 +24,18 @@ Status CudaBackend::DispatchHighThroughput(CudaHandle& me, uint64_t seq,
   EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const HandlePrivateLayout& p = me.private_layout_;
   const HandleLayout& l = me.layout_;
-  params.world_size = c.world_size();
-  params.rank = me.group_rank_;
-  params.experts = c.experts;
-  params.local_experts = c.local_experts();
-  params.top_k = c.top_k;
-  params.max_tokens = c.max_tokens_per_rank;
+  SetDispatchRouting(me, &params);
+  params.row_bytes = static_cast<int64_t>(c.recv_row_bytes());  // fp8: H bytes
   params.recv_capacity = c.recv_row_capacity();
-  params.topk_idx = me.priv<int32_t>(p.topk_idx);
-  params.topk_weights = me.priv<float>(p.topk_weights);
-  params.expert_counts = me.priv<int32_t>(p.expert_counts);
-  params.local_rank = me.priv<int32_t>(p.local_rank);
   params.dest_row = me.priv<int32_t>(p.dest_row);
   params.dest_counts = me.priv<int32_t>(p.dest_counts);
-  params.bound_tokens = me.priv<int32_t>(p.bound_tokens);
-  params.slot = me.priv<int32_t>(p.slot);
   params.recv_rank_counts = me.recv<int32_t>(l.recv_rank_counts_offset, l.recv_rank_counts_bytes);
   params.recv_rank_offsets =
       me.recv<int32_t>(l.recv_rank_offsets_offset, l.recv_rank_offsets_bytes);
   params.recv_counts = me.recv<int32_t>(l.recv_counts_offset, l.recv_counts_bytes);
   params.recv_offsets = me.recv<int32_t>(l.recv_offsets_offset, l.recv_offsets_bytes);
-  params.sync = group.sync_areas_;
-  params.peers = group.peer_table(me.group_rank_);
-  params.handle_slot = me.slot_;
-  params.abort = group.abort_word();
-  params.seq = seq;
-  params.timeout_ns = timeout_ns();
-  EPD_ASSIGN_OR_RETURN(params.signal,
-                       CollectiveSignal(me, seq, CollectiveKind::kDispatch, args.signal));
-  params.error =
-      lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
+  EPD_ASSIGN_OR_RETURN(static_cast<kernels::CollectiveLaunch&>(params),
+                       CollectiveLaunchOf(me, seq, CollectiveKind::kDispatch, args.signal));
   EPD_CUDA_CHECK(kernels::LaunchHtDispatch(params, group.max_blocks_, lane.stream()));
   return OkStatus();
 }

@@ -137,13 +137,30 @@ Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
   return OkStatus();
 }
 
-StatusOr<kernels::DeviceFenceSignal> CudaBackend::CollectiveSignal(CudaHandle& handle,
-                                                                   uint64_t seq,
-                                                                   CollectiveKind kind,
-                                                                   const FenceSignal& signal) {
+StatusOr<kernels::CollectiveLaunch> CudaBackend::CollectiveLaunchOf(CudaHandle& handle,
+                                                                    uint64_t seq,
+                                                                    CollectiveKind kind,
+                                                                    const FenceSignal& signal) {
+  CudaGroup& group = *handle.group_;
+  kernels::CollectiveLaunch launch;
   StatusOr<kernels::DeviceFenceSignal> device = DeviceSignal(handle.node_rank_, signal);
-  if (!device.ok()) AbandonOp(handle, seq, kind, device.status());
-  return device;
+  if (!device.ok()) {
+    AbandonOp(handle, seq, kind, device.status());
+    return device.status();
+  }
+  launch.signal = *device;
+  launch.world_size = group.config_.world_size();
+  launch.rank = handle.group_rank_;
+  launch.sync = group.sync_areas_;
+  launch.peers = group.peer_table(handle.group_rank_);
+  launch.handle_slot = handle.slot_;
+  launch.abort = group.abort_word();
+  launch.seq = seq;
+  launch.timeout_ns = timeout_ns();
+  const char* op = kind == CollectiveKind::kDispatch ? "dispatch" : "combine";
+  launch.error = handle.lane_->ClaimRecord(
+      PendingOp{0, op, group.name_, handle.group_rank_, seq, group.aborts_});
+  return launch;
 }
 
 void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kind,
@@ -187,35 +204,15 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   }
   OpLane& lane = *me.lane_;
   EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
-  const HandlePrivateLayout& p = me.private_layout_;
-  params.world_size = c.world_size();
-  params.rank = group_rank;
-  params.experts = c.experts;
-  params.local_experts = c.local_experts();
-  params.top_k = c.top_k;
-  params.max_tokens = c.max_tokens_per_rank;
+  SetDispatchRouting(me, &params);
   params.capacity = c.capacity();
   params.rank_major = c.layout == Layout::kRankMajor;
-  params.topk_idx = me.priv<int32_t>(p.topk_idx);
-  params.topk_weights = me.priv<float>(p.topk_weights);
-  params.expert_counts = me.priv<int32_t>(p.expert_counts);
-  params.local_rank = me.priv<int32_t>(p.local_rank);
-  params.bound_tokens = me.priv<int32_t>(p.bound_tokens);
-  params.slot = me.priv<int32_t>(p.slot);
   params.recv_counts =
       me.recv<int32_t>(me.layout_.recv_counts_offset, me.layout_.recv_counts_bytes);
   params.recv_offsets =
       me.recv<int32_t>(me.layout_.recv_offsets_offset, me.layout_.recv_offsets_bytes);
-  params.sync = group.sync_areas_;
-  params.peers = group.peer_table(group_rank);
-  params.handle_slot = me.slot_;
-  params.abort = group.abort_word();
-  params.seq = seq;
-  params.timeout_ns = timeout_ns();
-  EPD_ASSIGN_OR_RETURN(params.signal,
-                       CollectiveSignal(me, seq, CollectiveKind::kDispatch, args.signal));
-  params.error = lane.ClaimRecord(
-      PendingOp{0, "dispatch", group.name_, group_rank, seq, group.aborts_});
+  EPD_ASSIGN_OR_RETURN(static_cast<kernels::CollectiveLaunch&>(params),
+                       CollectiveLaunchOf(me, seq, CollectiveKind::kDispatch, args.signal));
   EPD_CUDA_CHECK(kernels::LaunchDispatch(
       params, kernels::DispatchBlocks(params, n, group.max_blocks_), lane.stream()));
   return OkStatus();
@@ -243,8 +240,6 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   EPD_CUDA_CHECK(cudaSetDevice(lane.device()));
   const HandlePrivateLayout& p = me.private_layout_;
   kernels::CombineParams params;
-  params.world_size = c.world_size();
-  params.rank = group_rank;
   params.top_k = c.top_k;
   params.local_experts = c.local_experts();
   params.hidden = c.hidden;
@@ -262,15 +257,8 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   params.expert_out = args.expert_out != nullptr
                           ? args.expert_out
                           : me.recv<char>(me.layout_.recv_x_offset, me.layout_.recv_x_bytes);
-  params.sync = group.sync_areas_;
-  params.peers = group.peer_table(group_rank);
-  params.abort = group.abort_word();
-  params.seq = seq;
-  params.timeout_ns = timeout_ns();
-  EPD_ASSIGN_OR_RETURN(params.signal,
-                       CollectiveSignal(me, seq, CollectiveKind::kCombine, args.signal));
-params.error = lane.ClaimRecord(
-      PendingOp{0, "combine", group.name_, group_rank, seq, group.aborts_});
+  EPD_ASSIGN_OR_RETURN(static_cast<kernels::CollectiveLaunch&>(params),
+                       CollectiveLaunchOf(me, seq, CollectiveKind::kCombine, args.signal));
   const int64_t row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
   params.wide_items = c.high_throughput() ? 1 : 0;
   EPD_CUDA_CHECK(kernels::LaunchCombine(

@@ -18,7 +18,7 @@ Status CheckRows(const TensorView& t, DType dtype, int64_t columns, int n, const
 }  // namespace
 
 Status SetDispatchPayload(const GroupConfig& c, const DispatchArgs& args, int n,
-                          kernels::DispatchParams* params) {
+                          kernels::DispatchInputs* params) {
   params->x = args.x.data;
   params->hidden = c.hidden;
   params->row_bytes = static_cast<int64_t>(c.hidden) * DTypeSize(c.dtype);
@@ -42,17 +42,19 @@ Status SetDispatchPayload(const GroupConfig& c, const DispatchArgs& args, int n,
   return CheckRows(args.x, c.dtype, c.hidden, n, c, "x");
 }
 
-Status SetDispatchPayload(const GroupConfig& c, const DispatchArgs& args, int n,
-                          kernels::HtDispatchParams* params) {
-  kernels::DispatchParams payload;
-  EPD_RETURN_IF_ERROR(SetDispatchPayload(c, args, n, &payload));
-  params->payload = payload.payload;
-  params->x = payload.x;
-  params->x_scales = payload.x_scales;
-  params->hidden = payload.hidden;
-  params->ue8m0_scales = payload.ue8m0_scales;
-  params->row_bytes = static_cast<int64_t>(c.recv_row_bytes());
-  return OkStatus();
+void SetDispatchRouting(const CudaHandle& handle, kernels::DispatchInputs* inputs) {
+  const GroupConfig& c = handle.group_->config_;
+  const HandlePrivateLayout& p = handle.private_layout_;
+  inputs->experts = c.experts;
+  inputs->local_experts = c.local_experts();
+  inputs->top_k = c.top_k;
+  inputs->max_tokens = c.max_tokens_per_rank;
+  inputs->topk_idx = handle.priv<int32_t>(p.topk_idx);
+  inputs->topk_weights = handle.priv<float>(p.topk_weights);
+  inputs->expert_counts = handle.priv<int32_t>(p.expert_counts);
+  inputs->local_rank = handle.priv<int32_t>(p.local_rank);
+  inputs->bound_tokens = handle.priv<int32_t>(p.bound_tokens);
+  inputs->slot = handle.priv<int32_t>(p.slot);
 }
 
 }  // namespace epd::cuda
