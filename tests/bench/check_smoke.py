@@ -3,7 +3,9 @@
 checks that it exited 0 and that FILE is valid JSON in schema epd-bench/1 with every mode
 present, no errors and passed combine checks. EXTRA: more epd-bench flags (e.g. the
 high-throughput smoke: --algorithm high-throughput); an
-`--algorithm NAME` there must be what every case ran.
+`--algorithm NAME` there must be what every case ran. With `--nodes N` (N > 1: the ranks over N
+daemons of one deployment, the groups spanning them) only the daemon modes run, and the
+document must say N.
 
 In a CUDA build on a host without a driver, epd-bench-frontend (client library: libcuda)
 cannot start: then only the in-process mode runs and the test reports SKIPPED (exit 77)."""
@@ -24,6 +26,10 @@ def frontend_starts(bench):
 def main():
     bench, json_path, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
     daemon_modes = frontend_starts(bench)
+    nodes = int(extra[extra.index("--nodes") + 1]) if "--nodes" in extra else 1
+    if nodes > 1 and not daemon_modes:
+        print("epd-bench-frontend cannot start here (no CUDA driver?): no daemon modes: SKIPPED")
+        sys.exit(SKIP)
     args = [bench, "--backend", "cpu", "--smoke", "--json", json_path] + extra
     if not daemon_modes:
         print("epd-bench-frontend cannot start here (no CUDA driver?): in-process mode only")
@@ -34,9 +40,13 @@ def main():
     with open(json_path) as f:
         doc = json.load(f)
     assert doc["schema"] == "epd-bench/1", doc.get("schema")
+    assert doc["nodes"] == nodes, (doc["nodes"], nodes)
     results = doc["results"]
     modes = {r["mode"] for r in results}
     expected = ("inproc", "daemon_fenced", "daemon_blocking") if daemon_modes else ("inproc",)
+    if nodes > 1:
+        expected = ("daemon_fenced", "daemon_blocking")
+        assert "inproc" not in modes, sorted(modes)
     for mode in expected:
         assert mode in modes, f"mode {mode} missing: {sorted(modes)}"
     if "--algorithm" in extra:

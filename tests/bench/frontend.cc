@@ -62,6 +62,14 @@ class Frontend {
   std::ofstream out;
 
  private:
+  int session_rank() const {
+    return options_.session_rank >= 0 ? options_.session_rank : options_.rank;
+  }
+  int device() const { return options_.device >= 0 ? options_.device : options_.rank; }
+  // Creates the case's group: one frontend per daemon (a spanning group exists on each).
+  bool CreatesGroups() const {
+    return options_.spans_nodes ? session_rank() == 0 : options_.rank == 0;
+  }
   // Every frontend calls this at the same points; false when any of them failed.
   StatusOr<bool> Barrier(bool ok) { return barrier_->Wait(ok, settings_.op_timeout * 2); }
   Status Setup(const Case& c, Tensors& t, const RankRouting& routing);
@@ -105,16 +113,16 @@ Status Frontend::Init() {
         << "\n";
     for (const auto& gpu : node.gpus()) out << "device " << OneLine(gpu.name()) << "\n";
   }
-  EPD_ASSIGN_OR_RETURN(session_, client_->OpenSession(options_.rank,
+  EPD_ASSIGN_OR_RETURN(session_, client_->OpenSession(session_rank(),
                                                       fmt::format("epd-bench-rank{}", options_.rank)));
   EPD_ASSIGN_OR_RETURN(go_, session_->CreateFence());
   EPD_ASSIGN_OR_RETURN(done_, session_->CreateFence());
   if (on_gpu_) {
 #if EPD_BENCH_WITH_CUDA
-    EPD_BENCH_CUDA(cudaSetDevice(options_.rank));
+    EPD_BENCH_CUDA(cudaSetDevice(device()));
     EPD_BENCH_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     EPD_ASSIGN_OR_RETURN(gate_, gpu::Gate::Create(gpu::Gate::Kind::kStreamWait));
-    EPD_ASSIGN_OR_RETURN(events_, gpu::EventPair::Create(options_.rank));
+    EPD_ASSIGN_OR_RETURN(events_, gpu::EventPair::Create(device()));
 #else
     return UnimplementedError("the daemon runs the cuda backend but epd-bench was built without CUDA");
 #endif
@@ -158,7 +166,7 @@ Status Frontend::Setup(const Case& c, Tensors& t, const RankRouting& routing) {
     source = t.shm->Source();
   } else {
 #if EPD_BENCH_WITH_CUDA
-    EPD_ASSIGN_OR_RETURN(t.device, gpu::DeviceBuffer::Create(options_.rank, t.bytes));
+    EPD_ASSIGN_OR_RETURN(t.device, gpu::DeviceBuffer::Create(device(), t.bytes));
     t.base = t.device->data();
     EPD_BENCH_CUDA(cudaMemcpy(t.base, host.data(), t.bytes, cudaMemcpyHostToDevice));
     EPD_ASSIGN_OR_RETURN(source, epd::cuda::ExportDeviceTensor(t.base, t.bytes));
@@ -228,7 +236,7 @@ Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
         // daemon's stream behind its wait on `go`.
         status = session_->Await(answer, OpName(static_cast<Op>(op)));
         ++gate_value_;
-        if (status.ok()) status = gpu::Check(cudaSetDevice(options_.rank), "cudaSetDevice");
+        if (status.ok()) status = gpu::Check(cudaSetDevice(device()), "cudaSetDevice");
         if (status.ok()) status = gate_->Arm(stream_, gate_value_);
         if (status.ok()) status = events_->RecordStart(stream_);
         if (status.ok()) status = epd::cuda::SignalFenceOnStream(*go_, value, stream_);
@@ -309,7 +317,7 @@ Status Frontend::TimeFrontendLaunched(const Case& c, Tensors& t, const v1::Handl
 #if EPD_BENCH_WITH_CUDA
   std::unique_ptr<HandleView> view;
   std::unique_ptr<FrontendOps> ops;
-  Status status = gpu::Check(cudaSetDevice(options_.rank), "cudaSetDevice");
+  Status status = gpu::Check(cudaSetDevice(device()), "cudaSetDevice");
   if (status.ok()) {
     auto opened = HandleView::Open(handle);
     status = opened.status();
@@ -416,17 +424,18 @@ Status Frontend::MeasureControl(uint64_t handle_id, const v1::TensorRef& empty_t
 
 Status Frontend::RunCase(const Case& c, bool first) {
   const RankRouting routing = MakeRouting(c.routing, options_.rank, c.tokens, c.top_k, c.experts);
-  const GroupConfig config = c.Config(fmt::format("{}-{}", options_.group_prefix, c.index));
+  GroupConfig config = c.Config(fmt::format("{}-{}", options_.group_prefix, c.index));
+  config.spans_nodes = options_.spans_nodes;
   auto fail_line = [&](const char* mode, const Status& status) {
     out << "error " << c.index << " " << mode << " " << OneLine(status.ToString()) << "\n";
   };
   Status status;
-  if (options_.rank == 0) {
+  if (CreatesGroups()) {
     status = session_->CreateGroup(ToProto(config), /*persistent=*/false).status();
   }
   EPD_ASSIGN_OR_RETURN(bool all_ok, Barrier(status.ok()));
   if (!all_ok) {
-    Status why = status.ok() ? AbortedError("group creation failed on rank 0") : status;
+    Status why = status.ok() ? AbortedError("group creation failed on another rank") : status;
     fail_line(kModeFenced, why);
     fail_line(kModeBlocking, why);
     if (options_.frontend_launched && on_gpu_) fail_line(kModeFrontendLaunched, why);
@@ -491,7 +500,7 @@ Status Frontend::RunCase(const Case& c, bool first) {
   if (handle.ok()) session_->DestroyHandle(handle->handle_id()).IgnoreError();
   if (t.buffer_id != 0) session_->ReleaseBuffer(t.buffer_id).IgnoreError();
   EPD_ASSIGN_OR_RETURN(all_ok, Barrier(true));
-  if (options_.rank == 0) {
+  if (CreatesGroups()) {
     // Handles drain asynchronously: retry while the group still counts them.
     const auto deadline = SteadyClock::now() + std::chrono::seconds(10);
     while (true) {

@@ -31,6 +31,9 @@ struct FrontendOptions {
   int rank = 0;
   int ranks = 0;
   std::string address;       // the daemon
+  int session_rank = -1;     // the rank the session binds on that daemon; -1: rank
+  int device = -1;           // cuda: the GPU of its tensors, as it numbers them; -1: rank
+  bool spans_nodes = false;  // the ranks are spread over daemons: groups span them
   std::string barrier_name;  // ShmBarrier::Create by the coordinator
   std::string result_path;   // this frontend's sample file
   std::string group_prefix = "bench";  // groups are named <prefix>-<case index>

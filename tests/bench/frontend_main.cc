@@ -19,6 +19,9 @@ int main(int argc, char** argv) {
   app.add_option("--rank", options.rank)->required();
   app.add_option("--ranks", options.ranks)->required();
   app.add_option("--connect", options.address)->required();
+  app.add_option("--session-rank", options.session_rank);
+  app.add_option("--device", options.device);
+  app.add_flag("--spans-nodes", options.spans_nodes);
   app.add_option("--barrier", options.barrier_name)->required();
   app.add_option("--result", options.result_path)->required();
   app.add_option("--cases", cases_path)->required();

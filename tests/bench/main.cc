@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "tests/bench/bench_case.h"
+#include "tests/bench/daemons.h"
 #include "tests/bench/frontend.h"
 #include "tests/bench/inproc.h"
 #include "tests/bench/process_util.h"
@@ -85,30 +86,34 @@ struct Flags {
   bool no_check = false;
   int op_timeout_ms = 30'000;
   int frontend_timeout_s = 3600;
+  int nodes = 1;
+  bool network_path = false;
   std::string json_path, epd_path, connect;
   std::vector<std::string> epd_args;
   std::string torch_python, torch_script;
 };
 
-// Modes (b) and (c): a daemon (started here unless --connect) and one frontend per rank.
+// Modes (b), (c) and (d): the daemons (started here unless --connect; one, or --nodes of them
+// forming one deployment) and one frontend per rank.
 StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& backend,
                                          int ranks, const std::vector<Case>& cases,
                                          bool fenced, bool blocking, bool frontend_launched) {
-  std::unique_ptr<Daemon> daemon;
-  std::string address = flags.connect;
-  if (address.empty()) {
-    const std::string epd = flags.epd_path.empty() ? SelfDir() + "/epd" : flags.epd_path;
-    std::vector<std::string> extra = {"--op-timeout-ms", std::to_string(flags.op_timeout_ms)};
-    if (backend == "cpu") {
-      extra.insert(extra.end(), {"--cpu-ranks", std::to_string(ranks)});
-    } else {
-      std::string gpus;
-      for (int r = 0; r < ranks; ++r) gpus += (r ? "," : "") + std::to_string(r);
-      extra.insert(extra.end(), {"--gpus", gpus});
-    }
-    extra.insert(extra.end(), flags.epd_args.begin(), flags.epd_args.end());
-    EPD_ASSIGN_OR_RETURN(daemon, Daemon::Start(epd, backend, extra, std::chrono::seconds(120)));
-    address = daemon->address();
+  std::unique_ptr<BenchDaemons> daemons;
+  if (!flags.connect.empty()) {
+    daemons = BenchDaemons::Connect(flags.connect);
+  } else {
+    DaemonsOptions options;
+    options.epd_path = flags.epd_path.empty() ? SelfDir() + "/epd" : flags.epd_path;
+    options.backend = backend;
+    options.ranks = ranks;
+    options.nodes = flags.nodes;
+    options.network_path = flags.network_path;
+#if EPD_BENCH_WITH_CUDA
+    if (backend == "cuda") options.visible_gpus = gpu::DeviceCount();
+#endif
+    options.extra = {"--op-timeout-ms", std::to_string(flags.op_timeout_ms)};
+    options.extra.insert(options.extra.end(), flags.epd_args.begin(), flags.epd_args.end());
+    EPD_ASSIGN_OR_RETURN(daemons, BenchDaemons::Start(options));
   }
   std::string dir = "/tmp/epd-bench-fe-XXXXXX";
   if (mkdtemp(dir.data()) == nullptr) return InternalError("mkdtemp failed");
@@ -131,9 +136,12 @@ StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& 
   for (int r = 0; r < ranks; ++r) {
     results.push_back(fmt::format("{}/rank{}.txt", dir, r));
     logs.push_back(fmt::format("{}/rank{}.log", dir, r));
+    const FrontendSeat seat = daemons->SeatOf(r);
     std::vector<std::string> argv = {
         frontend, "--rank", std::to_string(r), "--ranks", std::to_string(ranks),
-        "--connect", address, "--barrier", barrier->name(), "--result", results.back(),
+        "--connect", seat.address, "--session-rank", std::to_string(seat.session_rank),
+        "--device", std::to_string(seat.device), "--barrier", barrier->name(),
+        "--result", results.back(),
         "--cases", cases_path, "--group-prefix", fmt::format("bench-{}", getpid()),
         "--modes", std::string(fenced ? "fenced," : "") + (blocking ? "blocking," : "") +
                        (frontend_launched ? "frontend" : ""),
@@ -141,6 +149,10 @@ StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& 
         "--op-timeout-ms", std::to_string(flags.op_timeout_ms),
         "--control-iterations", std::to_string(flags.control_iterations)};
     if (flags.no_check) argv.push_back("--no-check");
+    if (daemons->spanning()) argv.push_back("--spans-nodes");
+    std::map<std::string, std::string> env;
+    if (!seat.visible_devices.empty()) env["CUDA_VISIBLE_DEVICES"] = seat.visible_devices;
+    ScopedEnv scoped(env);
     auto pid = Spawn(argv, logs.back());
     if (!pid.ok()) {
       for (pid_t p : pids) Terminate(p);
@@ -163,7 +175,7 @@ StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& 
   }
   if (!failed.ok()) {
     fmt::print(stderr, "epd-bench: {}\n", failed.ToString());
-    if (daemon) fmt::print(stderr, "epd-bench: daemon log:\n{}\n", daemon->ReadLog());
+    fmt::print(stderr, "epd-bench: daemon log:\n{}\n", daemons->ReadLogs());
   }
   auto merged = ReadFrontendResults(results, cases, ranks);
   if (!merged.ok() && !failed.ok()) return failed;
@@ -224,6 +236,13 @@ int Main(int argc, char** argv) {
   app.add_option("--epd-arg", f.epd_args, "extra flag for the started daemon (repeatable)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->allow_extra_args(false);
   app.add_option("--connect", f.connect, "use a running daemon at this address instead");
+  app.add_option("--nodes", f.nodes,
+                 "daemon modes: start this many daemons as one deployment on this host (ranks / "
+                 "nodes each; groups span them: NCCL between cuda daemons, gloo between cpu ones)")
+      ->check(CLI::Range(1, 64))->capture_default_str();
+  app.add_flag("--network-path", f.network_path,
+               "with --nodes on a host with a GPU per rank: NCCL's network transport between the "
+               "daemons (P2P and SHM off), as between hosts");
   app.add_option("--torch-python", f.torch_python,
                  "python with torch: also run baselines/torch_all_to_all.py and merge its results");
   app.add_option("--torch-script", f.torch_script, "path of torch_all_to_all.py");
@@ -327,7 +346,21 @@ int Main(int argc, char** argv) {
   settings.iterations = f.iterations;
   settings.check = !f.no_check;
   settings.op_timeout = std::chrono::milliseconds(f.op_timeout_ms);
-  const auto modes = Split(f.modes);
+  std::vector<std::string> modes = Split(f.modes);
+  if (f.nodes > 1) {
+    if (!f.connect.empty()) {
+      return fail(InvalidArgumentError("--nodes {} starts its own daemons: drop --connect {}",
+                                       f.nodes, f.connect));
+    }
+    // Groups that span daemons run on the daemons' streams only.
+    for (const char* mode : {"inproc", "frontend", "nccl"}) {
+      const auto at = std::find(modes.begin(), modes.end(), mode);
+      if (at == modes.end()) continue;
+      fmt::print(stderr, "epd-bench: --nodes {}: no {} mode across daemons; skipped\n", f.nodes,
+                 mode);
+      modes.erase(at);
+    }
+  }
   auto want = [&](const char* mode) {
     return std::find(modes.begin(), modes.end(), mode) != modes.end();
   };
@@ -337,6 +370,7 @@ int Main(int argc, char** argv) {
   info.host = HostName();
   info.backend = backend;
   info.ranks = ranks;
+  info.nodes = f.nodes;
   info.warmup = f.warmup;
   info.iterations = f.iterations;
   info.seed = f.seed;

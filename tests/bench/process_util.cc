@@ -100,6 +100,24 @@ void Terminate(pid_t pid) {
   waitpid(pid, &status, 0);
 }
 
+ScopedEnv::ScopedEnv(const std::map<std::string, std::string>& values) {
+  for (const auto& [name, value] : values) {
+    const char* old = std::getenv(name.c_str());
+    saved_[name] = old != nullptr ? std::optional<std::string>(old) : std::nullopt;
+    setenv(name.c_str(), value.c_str(), 1);
+  }
+}
+
+ScopedEnv::~ScopedEnv() {
+  for (const auto& [name, old] : saved_) {
+    if (old) {
+      setenv(name.c_str(), old->c_str(), 1);
+    } else {
+      unsetenv(name.c_str());
+    }
+  }
+}
+
 StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const std::string& epd_path,
                                                 const std::string& backend,
                                                 std::vector<std::string> extra,

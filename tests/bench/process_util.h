@@ -8,7 +8,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,19 @@ StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& l
 // Waits up to `timeout` for `pid`; its exit code, 128 + signal, or -1 on timeout.
 int WaitFor(pid_t pid, std::chrono::milliseconds timeout);
 void Terminate(pid_t pid);  // SIGTERM, 10 s grace, then SIGKILL; reaps
+
+// Sets environment variables for the processes started while it lives (epd-bench starts them
+// one at a time from its main thread) and puts the old values back.
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::map<std::string, std::string>& values);
+  ~ScopedEnv();
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::map<std::string, std::optional<std::string>> saved_;
+};
 
 // An epd daemon on a private unix socket.
 class Daemon {

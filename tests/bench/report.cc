@@ -76,6 +76,7 @@ std::string ToJson(const RunInfo& info, const std::map<std::string, OpSummary>& 
   out += fmt::format("  \"host\": \"{}\",\n", JsonEscape(info.host));
   out += fmt::format("  \"backend\": \"{}\",\n", JsonEscape(info.backend));
   out += fmt::format("  \"ranks\": {},\n", info.ranks);
+  out += fmt::format("  \"nodes\": {},\n", info.nodes);
   out += "  \"devices\": [";
   for (size_t i = 0; i < info.devices.size(); ++i) {
     out += fmt::format("{}\"{}\"", i ? ", " : "", JsonEscape(info.devices[i]));
@@ -115,9 +116,11 @@ std::string ToJson(const RunInfo& info, const std::map<std::string, OpSummary>& 
 std::string ToMarkdown(const RunInfo& info, const std::map<std::string, OpSummary>& control,
                        const std::vector<Result>& results) {
   std::string out;
-  out += fmt::format("## epd-bench: {} backend, {} ranks{}{}, {}\n\n", info.backend, info.ranks,
-                     info.devices.empty() ? "" : ", ", info.devices.empty() ? "" : info.devices[0],
-                     info.date);
+  const std::string daemons =
+      info.nodes > 1 ? fmt::format(" over {} daemons (one deployment)", info.nodes) : "";
+  out += fmt::format("## epd-bench: {} backend, {} ranks{}{}{}, {}\n\n", info.backend,
+                     info.ranks, daemons, info.devices.empty() ? "" : ", ",
+                     info.devices.empty() ? "" : info.devices[0], info.date);
   out += fmt::format(
       "median / p99 us per op (slowest rank per iteration), {} iterations after {} warm-up; "
       "(GB/s) = valid selections x H x token bytes / median; [MB] = payload bytes a rank's op "

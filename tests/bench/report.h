@@ -2,7 +2,7 @@
 //
 // JSON schema "epd-bench/1" (the torch baseline writes the same `results` entries):
 //   { "schema": "epd-bench/1", "date": ISO-8601 UTC, "host": ..., "backend": "cpu"|"cuda",
-//     "ranks": R, "devices": [names], "nccl_version": ...,
+//     "ranks": R, "nodes": N, "devices": [names], "nccl_version": ...,
 //     "settings": { "warmup": W, "iterations": N, "seed": S },
 //     "control": { "<name>": { "iterations", "median_us", "p99_us", ... } },
 //     "results": [ { "case": { "hidden", "top_k", "experts", "max_tokens", "tokens", "dtype",
@@ -26,6 +26,7 @@ struct RunInfo {
   std::string host;
   std::string backend;
   int ranks = 0;
+  int nodes = 1;  // daemons the ranks are spread over (one deployment)
   std::vector<std::string> devices;
   std::string nccl_version;
   int warmup = 0;

@@ -25,6 +25,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/client_test_support.h"
+#include "tests/loopback_port.h"
 
 namespace epd::testing {
 namespace {
@@ -353,23 +354,6 @@ TEST(DaemonLifecycleTest, DrainReportsNotServingAndRefusesNewWork) {
   EXPECT_LT(SteadyClock::now() - start, std::chrono::milliseconds(kDrainMs + 3'500));
   pending.join();
   EXPECT_EQ(abandoned.error_code(), grpc::StatusCode::UNAVAILABLE) << abandoned.error_message();
-}
-
-// A port that was free a moment ago (the kernel picks it; a race with other processes is
-// possible but unlikely).
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(addr);
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0) {
-    if (fd >= 0) close(fd);
-    return -1;
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 TEST(DaemonLifecycleTest, TcpListenServesOnLoopback) {

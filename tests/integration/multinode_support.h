@@ -10,13 +10,11 @@
 
 #include "common/status.h"
 #include "tests/integration/client_test_support.h"
+#include "tests/loopback_port.h"
 
 namespace epd::testing {
 
 inline constexpr int kRanksPerNode = 2;
-
-// A TCP port on 127.0.0.1 that was free a moment ago.
-int FreeLoopbackPort();
 
 class LoopbackCluster {
  public:
