@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "client/cuda_region.h"
+#include "common/gpu_uuid.h"
 #include "client/epd/cuda.h"
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
@@ -79,6 +80,12 @@ StatusOr<v1::MemorySource> ExportDeviceTensor(const void* ptr, size_t bytes) {
   v1::MemorySource source;
   source.set_cuda_ipc_handle(std::string(reinterpret_cast<const char*>(&handle), sizeof(handle)));
   source.set_device(attributes.device);
+  cudaDeviceProp prop{};
+  EPD_CUDA_CHECK(cudaGetDeviceProperties(&prop, attributes.device));
+  unsigned char uuid[16];
+  static_assert(sizeof(prop.uuid.bytes) == sizeof(uuid), "a CUDA UUID is 16 bytes");
+  std::memcpy(uuid, prop.uuid.bytes, sizeof(uuid));
+  source.set_device_uuid(FormatGpuUuid(uuid));
   source.set_offset(offset);
   source.set_size(bytes);
   return source;

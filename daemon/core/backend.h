@@ -52,6 +52,7 @@ struct MemorySource {
   std::string shm_name;    // host: POSIX shared memory object name ("/epd-...")
   std::string ipc_handle;  // cuda: the 64 bytes of a cudaIpcMemHandle_t
   int device = -1;         // node rank (GPU index) holding the memory; -1 for host
+  std::string device_uuid;  // cuda: the GPU by UUID; when set, it decides (not `device`)
   uint64_t offset = 0;     // bytes from the start of the shm object / IPC allocation
   uint64_t size = 0;       // bytes registered
   // Set by the service for every client registration; nullopt only for trusted in-process

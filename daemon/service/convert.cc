@@ -160,6 +160,7 @@ StatusOr<MemorySource> FromProto(const v1::MemorySource& proto, std::string_view
                                   Join(field, "location"));
   }
   source.device = proto.device();
+  source.device_uuid = proto.device_uuid();
   source.offset = proto.offset();
   source.size = proto.size();  // sizes and names are the engine's to check
   return source;
@@ -173,6 +174,7 @@ v1::MemorySource ToProto(const MemorySource& source) {
     proto.set_shm_name(source.shm_name);
   }
   proto.set_device(source.device);
+  proto.set_device_uuid(source.device_uuid);
   proto.set_offset(source.offset);
   proto.set_size(source.size);
   return proto;

@@ -81,6 +81,25 @@ TEST(ConvertTest, MemorySourceNeedsALocation) {
   EXPECT_EQ(source->size, 64u);
 }
 
+// The GPU's UUID travels both ways: the daemon finds the GPU by it (memory_device.h).
+TEST(ConvertTest, CudaMemorySourceKeepsItsDeviceAndUuid) {
+  v1::MemorySource proto;
+  proto.set_cuda_ipc_handle(std::string(64, 'h'));
+  proto.set_device(0);
+  proto.set_device_uuid("GPU-00000000-0000-0000-0000-0000000000bb");
+  proto.set_offset(128);
+  proto.set_size(4096);
+  auto source = FromProto(proto, "source");
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  EXPECT_EQ(source->kind, MemorySource::Kind::kCudaIpc);
+  EXPECT_EQ(source->device, 0);
+  EXPECT_EQ(source->device_uuid, "GPU-00000000-0000-0000-0000-0000000000bb");
+  const v1::MemorySource back = ToProto(*source);
+  EXPECT_EQ(back.device_uuid(), proto.device_uuid());
+  EXPECT_EQ(back.cuda_ipc_handle(), proto.cuda_ipc_handle());
+  EXPECT_EQ(back.offset(), 128u);
+}
+
 TEST(ConvertTest, GroupConfigCarriesTheFp8Payload) {
   v1::GroupConfig proto;
   proto.set_name("g");

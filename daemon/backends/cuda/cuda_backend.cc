@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstring>
 #include <cstdlib>
 #include <limits>
 
 #include "common/fence_page.h"
+#include "common/gpu_uuid.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
 #include "common/cuda_check.h"
 #include "common/cuda_driver.h"
+#include "daemon/backends/cuda/memory_device.h"
 #include "daemon/backends/cuda/nccl_comms.h"
 #include "daemon/core/log.h"
 #include "kernels/preload.cuh"
@@ -22,12 +25,10 @@ namespace cuda {
 namespace {
 
 std::string FormatUuid(const cudaUUID_t& uuid) {
-  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
-  return fmt::format(
-      "GPU-{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}"
-      "{:02x}{:02x}",
-      b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
-      b[15]);
+  unsigned char bytes[16];
+  static_assert(sizeof(uuid.bytes) == sizeof(bytes), "a CUDA UUID is 16 bytes");
+  std::memcpy(bytes, uuid.bytes, sizeof(bytes));
+  return FormatGpuUuid(bytes);
 }
 
 ComputeMode FromCuda(int mode) {
@@ -159,10 +160,13 @@ StatusOr<std::shared_ptr<Memory>> CudaBackend::Import(const MemorySource& source
         "the cuda backend imports CUDA IPC memory only; got host shared memory '{}'",
         source.shm_name);
   }
-  if (source.device >= 0 && source.device != node_rank &&
-      (source.device >= num_ranks() || !peer_access_[node_rank][source.device])) {
-    return InvalidArgumentError("memory on device {} is not reachable from node rank {}",
-                                source.device, node_rank);
+  std::vector<std::string> uuids;
+  for (const auto& rank : ranks_) uuids.push_back(rank->info.uuid);
+  EPD_ASSIGN_OR_RETURN(const int device, SourceDevice(source, uuids));
+  if (device >= 0 && device != node_rank &&
+      (device >= num_ranks() || !peer_access_[node_rank][device])) {
+    return InvalidArgumentError("memory on device {} is not reachable from node rank {}", device,
+                                node_rank);
   }
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<IpcMapping> mapping,
                        imports_.Get(source.ipc_handle, ranks_[node_rank]->device));
