@@ -39,7 +39,7 @@ is_system_lib() {
   return 1
 }
 
-rm -rf "$out/bin" "$out/lib" "$out/python"
+rm -rf "$out/bin" "$out/lib" "$out/python" "$out/gpu-suite.sh"
 mkdir -p "$out/bin" "$out/lib"
 
 # What a GPU node runs: the daemon, the example frontend, the GPU tests and the bench. The
@@ -107,6 +107,8 @@ cp "$repo"/tests/python/*.py "$repo"/tests/gpu/python/*.py \
   "$repo/tests/bench/python_post_latency.py" "$repo/tests/bench/python_fenced_gpu.py" \
   "$out/python/tests/"
 find "$out/python" -name __pycache__ -prune -exec rm -rf {} +
+# The runner of every GPU test and benchmark on a GPU host (gpu-suite.sh OUTDIR [quick|full]).
+cp "$repo/deploy/gpu-suite.sh" "$out/"
 
 size_mb=$(du -sm "$out" | cut -f1)
 echo "bundle: ${#binaries[@]} binaries, ${#libs[@]} libraries + libepd_c, python/, ${size_mb} MB in $out"
