@@ -82,10 +82,7 @@ StatusOr<v1::MemorySource> ExportDeviceTensor(const void* ptr, size_t bytes) {
   source.set_device(attributes.device);
   cudaDeviceProp prop{};
   EPD_CUDA_CHECK(cudaGetDeviceProperties(&prop, attributes.device));
-  unsigned char uuid[16];
-  static_assert(sizeof(prop.uuid.bytes) == sizeof(uuid), "a CUDA UUID is 16 bytes");
-  std::memcpy(uuid, prop.uuid.bytes, sizeof(uuid));
-  source.set_device_uuid(FormatGpuUuid(uuid));
+  source.set_device_uuid(FormatGpuUuid(prop.uuid.bytes));
   source.set_offset(offset);
   source.set_size(bytes);
   return source;

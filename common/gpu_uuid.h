@@ -9,7 +9,9 @@
 
 namespace epd {
 
-inline std::string FormatGpuUuid(const unsigned char (&b)[16]) {
+// `bytes`: cudaUUID_t::bytes (char[16]), taken as it is so that no caller converts it.
+inline std::string FormatGpuUuid(const char (&bytes)[16]) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes);
   return fmt::format(
       "GPU-{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}"
       "{:02x}{:02x}",

@@ -81,10 +81,10 @@ __device__ uint64_t Plan(const HtDispatchParams& p) {
   }
 
   // Gather lists: expert e's entries on its rank are ordered by source, then token.
-  // NOTE: fields by value: a reference to the kernel's parameters would copy them to local
-  // memory.
   detail::PlanExperts<kThreads, kExpertsPerThread>(
       R, p.rank, E, L, [&p](int s, int e) { return InboxCount(p, s, e); },
+      // NOTE: fields by value: a reference to the kernel's parameters would copy them to local
+      // memory.
       [bases, L, rank = p.rank, counts = p.recv_counts, offsets = p.recv_offsets](
           int e, int offset_in_dest, int before, int total) {
         bases[e] = offset_in_dest + before;

@@ -14,8 +14,9 @@
 //     gather-list entries and the combine slot (fp8 quantized by the kernel: a warp per
 //     (token, four 128-channel blocks) quantizes them once and stores them to every
 //     destination of the token);
-//  3. the last block fences at system scope, sets done on every destination and waits for
-//     every source's done: when the kernel ends this rank's receive buffers are complete.
+//  3. every block fences (at system scope when the group spans GPUs), the last one sets done on
+//     every destination and waits for every source's done: when the kernel ends this rank's
+//     receive buffers are complete.
 // Inbox entries per source (stride HtInboxExperts(E, R) + 2): [0, E) tokens per expert,
 // [E, E + R) rows per destination rank, then n and the handle slot (as the low-latency
 // layout puts them after its E entries, so combine's in-place path reads the slot alike).

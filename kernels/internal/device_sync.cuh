@@ -170,7 +170,7 @@ __device__ __forceinline__ void PublishAbandoned(const SyncAreas& sync, int worl
 // signal would otherwise be, one stream operation less per fenced op.
 // NOTE: a GPU-scope release: a fence page lives on the GPU of the ops that use it, and only
 // work on that GPU waits on it (the daemon's fence waits; a frontend's stream waits, which the
-// client refuses from another GPU's stream). At system scope the release cost ~1.5 us more
+// client's contract keeps on that GPU: client/epd/cuda.h). At system scope the release cost ~1.5 us more
 // per op in the daemon on an H200 (measured under MPS: fenced overhead +5.5 vs +4.3 us).
 __device__ __forceinline__ void SignalFenceFromDevice(const DeviceFenceSignal& signal) {
   if (signal.counter != nullptr) StoreReleaseGpu(signal.counter, signal.value);

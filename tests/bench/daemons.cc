@@ -23,11 +23,17 @@ std::string Range(int first, int count) {
 
 }  // namespace
 
+Status CheckNodeSplit(int ranks, int nodes) {
+  if (nodes < 1 || ranks < nodes || ranks % nodes != 0) {
+    return InvalidArgumentError("--nodes {} must divide --ranks {} (ranks per node >= 1)", nodes,
+                                ranks);
+  }
+  return OkStatus();
+}
+
 StatusOr<std::unique_ptr<BenchDaemons>> BenchDaemons::Start(const DaemonsOptions& options) {
   const int R = options.ranks, N = options.nodes;
-  if (N < 1 || R < N || R % N != 0) {
-    return InvalidArgumentError("--nodes {} must divide --ranks {} (ranks per node >= 1)", N, R);
-  }
+  EPD_RETURN_IF_ERROR(CheckNodeSplit(R, N));
   std::unique_ptr<BenchDaemons> d(new BenchDaemons());
   d->nodes_ = N;
   d->ranks_per_node_ = R / N;
@@ -112,8 +118,7 @@ FrontendSeat BenchDaemons::SeatOf(int rank) const {
   seat.session_rank = local;
   seat.device = rank;
   if (cuda_ && nodes_ > 1) {
-    // The frontend numbers GPUs as its daemon does, so the device it names in its tensors'
-    // memory sources is the daemon's.
+    // The frontend sees its daemon's GPUs only, numbered as the daemon numbers them.
     seat.visible_devices = shared_gpu_ ? "0" : Range(node * ranks_per_node_, ranks_per_node_);
     seat.device = shared_gpu_ ? 0 : local;
   }

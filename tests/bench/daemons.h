@@ -41,6 +41,10 @@ struct FrontendSeat {
   int device = 0;
 };
 
+// OK when `nodes` daemons can share `ranks` evenly (at least one rank each); else
+// INVALID_ARGUMENT naming both flags.
+Status CheckNodeSplit(int ranks, int nodes);
+
 class BenchDaemons {
  public:
   // Checks the split (ranks a multiple of nodes, one GPU per rank or one rank per node on a

@@ -348,10 +348,7 @@ int Main(int argc, char** argv) {
   settings.op_timeout = std::chrono::milliseconds(f.op_timeout_ms);
   std::vector<std::string> modes = Split(f.modes);
   if (f.nodes > 1) {
-    if (ranks % f.nodes != 0 || ranks < f.nodes) {
-      return fail(InvalidArgumentError("--nodes {} must divide --ranks {} (ranks per node >= 1)",
-                                       f.nodes, ranks));
-    }
+    if (Status split = CheckNodeSplit(ranks, f.nodes); !split.ok()) return fail(split);
     if (!f.connect.empty()) {
       return fail(InvalidArgumentError("--nodes {} starts its own daemons: drop --connect {}",
                                        f.nodes, f.connect));

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
-#include <cstring>
 #include <cstdlib>
 #include <limits>
 
@@ -23,13 +22,6 @@
 namespace epd {
 namespace cuda {
 namespace {
-
-std::string FormatUuid(const cudaUUID_t& uuid) {
-  unsigned char bytes[16];
-  static_assert(sizeof(uuid.bytes) == sizeof(bytes), "a CUDA UUID is 16 bytes");
-  std::memcpy(bytes, uuid.bytes, sizeof(bytes));
-  return FormatGpuUuid(bytes);
-}
 
 ComputeMode FromCuda(int mode) {
   switch (mode) {
@@ -74,7 +66,7 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     EPD_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     rank->info.index = static_cast<int>(backend->ranks_.size());
     rank->info.name = prop.name;
-    rank->info.uuid = FormatUuid(prop.uuid);
+    rank->info.uuid = FormatGpuUuid(prop.uuid.bytes);
     rank->info.total_memory_bytes = prop.totalGlobalMem;
     rank->info.compute_capability = prop.major * 10 + prop.minor;
     rank->sm_count = prop.multiProcessorCount;
