@@ -5,10 +5,11 @@
 #include <atomic>
 #include <cstring>
 
-#include "common/cuda_check.h"
-#include "common/proto_dtype.h"
 #include "client/epd/data_path.h"
+#include "common/cuda_check.h"
+#include "common/cuda_copy.h"
 #include "common/group_state_page.h"
+#include "common/proto_dtype.h"
 #include "kernels/combine.cuh"
 #include "kernels/device_error_status.h"
 #include "kernels/dispatch.cuh"
@@ -129,9 +130,8 @@ Status FrontendOps::BuildPeerTable() {
   peer_table_ = std::make_unique<PeerTable>();
   peer_table_->sync = sync_areas;
   EPD_CUDA_CHECK(cudaMalloc(&peer_table_->device, sizeof(kernels::PeerTable)));
-  EPD_CUDA_CHECK(
-      cudaMemcpy(peer_table_->device, table.get(), sizeof(kernels::PeerTable), cudaMemcpyDefault));
-  return OkStatus();
+  // The caller's first kernel may follow on any stream: the table must have landed.
+  return cuda::CopyNow(peer_table_->device, table.get(), sizeof(kernels::PeerTable));
 }
 
 Status FrontendOps::FollowEpoch() {

@@ -58,6 +58,7 @@ if [[ $gpus -lt 1 ]]; then
 fi
 echo "gpu-suite: $gpus GPU(s), $depth" | tee -a "$summary"
 
+step common_cuda_test 120 "$bin/common_cuda_test"
 step gpu_tests 900 "$bin/epd_gpu_tests"
 step gpu_frontend_tests 600 "$bin/epd_gpu_frontend_tests"
 step gpu_daemon_tests 300 "$bin/epd_gpu_daemon_tests"

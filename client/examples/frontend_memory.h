@@ -21,6 +21,7 @@ class FrontendMemory {
   virtual ~FrontendMemory() = default;
   virtual size_t size() const = 0;
   virtual v1::MemorySource Source() const = 0;
+  // Write, Read and Fill are complete when they return (an RPC or a fence signal follows).
   virtual Status Write(size_t offset, const void* src, size_t bytes) = 0;
   virtual Status Read(size_t offset, void* dst, size_t bytes) const = 0;
   virtual Status Fill(size_t offset, uint8_t value, size_t bytes) = 0;
@@ -45,7 +46,8 @@ class HostRegion : public MappedRegion {
   std::vector<uint8_t> bytes_;
 };
 
-// Device <-> host copies of mapped regions (UNIMPLEMENTED without CUDA).
+// Device <-> host copies of mapped regions, complete when they return: a fence signalled next
+// lets the daemon read them at once (UNIMPLEMENTED without CUDA).
 Status CopyToHost(void* host, const void* device, size_t bytes);
 Status CopyToDevice(void* device, const void* host, size_t bytes);
 

@@ -17,6 +17,7 @@
 
 #include "client/epd/cuda.h"
 #include "client/epd/frontend_ops.h"
+#include "common/cuda_copy.h"
 #include "tests/bench/gpu_util.h"
 #endif
 
@@ -170,7 +171,7 @@ Status Frontend::Setup(const Case& c, Tensors& t, const RankRouting& routing) {
 #if EPD_BENCH_WITH_CUDA
     EPD_ASSIGN_OR_RETURN(t.device, gpu::DeviceBuffer::Create(device(), t.bytes));
     t.base = t.device->data();
-    EPD_BENCH_CUDA(cudaMemcpy(t.base, host.data(), t.bytes, cudaMemcpyHostToDevice));
+    EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(t.base, host.data(), t.bytes));  // landed before any op
     EPD_ASSIGN_OR_RETURN(source, epd::cuda::ExportDeviceTensor(t.base, t.bytes));
 #endif
   }

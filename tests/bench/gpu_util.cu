@@ -6,6 +6,8 @@
 #include <atomic>
 #include <thread>
 
+#include "common/cuda_copy.h"
+
 namespace epd::bench::gpu {
 namespace {
 
@@ -50,7 +52,7 @@ StatusOr<std::unique_ptr<DeviceBuffer>> DeviceBuffer::Create(int device, size_t 
   buffer->bytes_ = bytes;
   EPD_BENCH_CUDA(cudaSetDevice(device));
   EPD_BENCH_CUDA(cudaMalloc(&buffer->data_, bytes == 0 ? 256 : bytes));
-  EPD_BENCH_CUDA(cudaMemset(buffer->data_, 0, bytes == 0 ? 256 : bytes));
+  EPD_RETURN_IF_ERROR(epd::cuda::FillNow(buffer->data_, 0, bytes == 0 ? 256 : bytes));
   return StatusOr<std::unique_ptr<DeviceBuffer>>(std::move(buffer));  // C++17: no implicit move
 }
 

@@ -14,6 +14,7 @@
 #if EPD_BENCH_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include "common/cuda_copy.h"
 #include "tests/bench/gpu_util.h"
 #endif
 
@@ -38,16 +39,14 @@ Status WaitComplete(Backend& backend, BackendHandle& handle, std::chrono::millis
 }
 
 // Copies between a rank's memory (host on cpu, device on cuda) and the host.
-Status CopyBytes(bool on_gpu, void* dst, const void* src, size_t bytes, bool to_host) {
+Status CopyBytes(bool on_gpu, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return OkStatus();
   if (!on_gpu) {
     std::memcpy(dst, src, bytes);
     return OkStatus();
   }
 #if EPD_BENCH_WITH_CUDA
-  return gpu::Check(
-      cudaMemcpy(dst, src, bytes, to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice),
-      "cudaMemcpy");
+  return epd::cuda::CopyNow(dst, src, bytes);  // landed before the next kernel reads it
 #else
   return FailedPreconditionError("no CUDA in this build");
 #endif
@@ -62,24 +61,23 @@ Status FillExpertOut(const Case& c, bool on_gpu, BackendHandle& handle, void* ex
   size_t rows = l.recv_rows;
   if (c.algorithm == Algorithm::kHighThroughput) {  // rows [0, sum of rank counts) are packed
     std::vector<int32_t> counts(c.ranks);
-    EPD_RETURN_IF_ERROR(CopyBytes(on_gpu, counts.data(), base + l.recv_rank_counts_offset,
-                                  counts.size() * 4, true));
+    EPD_RETURN_IF_ERROR(
+        CopyBytes(on_gpu, counts.data(), base + l.recv_rank_counts_offset, counts.size() * 4));
     rows = 0;
     for (int32_t count : counts) rows += static_cast<size_t>(count);
   } else if (c.layout == Layout::kExpertMajor) {  // rows [0, sum of counts) are packed
     std::vector<int32_t> counts(c.experts / c.ranks);
     EPD_RETURN_IF_ERROR(
-        CopyBytes(on_gpu, counts.data(), base + l.recv_counts_offset, counts.size() * 4, true));
+        CopyBytes(on_gpu, counts.data(), base + l.recv_counts_offset, counts.size() * 4));
     rows = 0;
     for (int32_t count : counts) rows += static_cast<size_t>(count);
   }
   std::vector<char> q(rows * config.recv_row_bytes()), scales(rows * config.scale_row_bytes());
   std::vector<char> z(rows * c.row_bytes());
-  EPD_RETURN_IF_ERROR(CopyBytes(on_gpu, q.data(), base + l.recv_x_offset, q.size(), true));
-  EPD_RETURN_IF_ERROR(
-      CopyBytes(on_gpu, scales.data(), base + l.recv_scales_offset, scales.size(), true));
+  EPD_RETURN_IF_ERROR(CopyBytes(on_gpu, q.data(), base + l.recv_x_offset, q.size()));
+  EPD_RETURN_IF_ERROR(CopyBytes(on_gpu, scales.data(), base + l.recv_scales_offset, scales.size()));
   DequantizeRows(c, q.data(), scales.data(), rows, z.data());
-  return CopyBytes(on_gpu, expert_out, z.data(), z.size(), false);
+  return CopyBytes(on_gpu, expert_out, z.data(), z.size());
 }
 
 }  // namespace
@@ -201,24 +199,25 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
         EPD_ASSIGN_OR_RETURN(state->out_dev, gpu::DeviceBuffer::Create(r, state->out_host.size()));
         EPD_ASSIGN_OR_RETURN(state->topk_dev, gpu::DeviceBuffer::Create(r, idx_bytes));
         EPD_ASSIGN_OR_RETURN(state->weights_dev, gpu::DeviceBuffer::Create(r, idx_bytes));
-        EPD_BENCH_CUDA(cudaMemcpy(state->x_dev->data(), state->x_host.data(),
-                                  state->x_host.size(), cudaMemcpyHostToDevice));
-        EPD_BENCH_CUDA(cudaMemcpy(state->topk_dev->data(), state->routing.topk_idx.data(),
-                                  state->routing.topk_idx.size() * 4, cudaMemcpyHostToDevice));
-        EPD_BENCH_CUDA(cudaMemcpy(state->weights_dev->data(), state->routing.weights.data(),
-                                  state->routing.weights.size() * 4, cudaMemcpyHostToDevice));
+        EPD_RETURN_IF_ERROR(
+            epd::cuda::CopyNow(state->x_dev->data(), state->x_host.data(), state->x_host.size()));
+        EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->topk_dev->data(),
+                                               state->routing.topk_idx.data(),
+                                               state->routing.topk_idx.size() * 4));
+        EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->weights_dev->data(),
+                                               state->routing.weights.data(),
+                                               state->routing.weights.size() * 4));
         if (c.fp8()) {
           EPD_ASSIGN_OR_RETURN(state->xq_dev, gpu::DeviceBuffer::Create(r, state->xq_host.size()));
           EPD_ASSIGN_OR_RETURN(state->x_scales_dev,
                                gpu::DeviceBuffer::Create(r, state->x_scales_host.size()));
           EPD_ASSIGN_OR_RETURN(state->expert_out_dev,
                                gpu::DeviceBuffer::Create(r, state->expert_out_host.size()));
-          EPD_BENCH_CUDA(cudaMemcpy(state->xq_dev->data(), state->xq_host.data(),
-                                    state->xq_host.size(), cudaMemcpyHostToDevice));
-          EPD_BENCH_CUDA(cudaMemcpy(state->x_scales_dev->data(), state->x_scales_host.data(),
-                                    state->x_scales_host.size(), cudaMemcpyHostToDevice));
-          EPD_BENCH_CUDA(
-              cudaMemset(state->expert_out_dev->data(), 0, state->expert_out_host.size()));
+          EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->xq_dev->data(), state->xq_host.data(),
+                                                 state->xq_host.size()));
+          EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->x_scales_dev->data(),
+                                                 state->x_scales_host.data(),
+                                                 state->x_scales_host.size()));
           state->xq = state->xq_dev->data();
           state->x_scales = state->x_scales_dev->data();
           state->expert_out = state->expert_out_dev->data();

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/cuda_copy.h"
 #include "tests/bench/gpu_util.h"
 
 namespace epd::bench {
@@ -229,7 +230,7 @@ Status NcclBaseline::Impl::RunRank(const Case& c, const RunSettings& settings, i
     EPD_ASSIGN_OR_RETURN(d.recv_counts, gpu::DeviceBuffer::Create(rank, c.experts * 4));
     // src_base, dst_base, counts of the R * L (source, expert) segments.
     EPD_ASSIGN_OR_RETURN(d.segments, gpu::DeviceBuffer::Create(rank, 3 * c.experts * 4));
-    EPD_BENCH_CUDA(cudaMemcpy(d.x->data(), x_host.data(), x_host.size(), cudaMemcpyHostToDevice));
+    EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(d.x->data(), x_host.data(), x_host.size()));
     return OkStatus();
   }();
   int32_t* pinned = nullptr;  // recv counts [E] | segments [3 * E]

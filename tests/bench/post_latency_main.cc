@@ -19,6 +19,7 @@
 #include <cuda_runtime_api.h>
 
 #include "client/epd/cuda.h"
+#include "common/cuda_copy.h"
 #endif
 
 namespace {
@@ -88,8 +89,8 @@ int main(int argc, char** argv) {
   if (on_gpu) {
 #if EPD_WITH_CUDA
     if (cudaSetDevice(rank) != cudaSuccess || cudaMalloc(&device, total) != cudaSuccess ||
-        cudaMemset(device, 0, total) != cudaSuccess ||
-        cudaMemcpy(device, routing.data(), idx_bytes, cudaMemcpyHostToDevice) != cudaSuccess ||
+        !epd::cuda::FillNow(device, 0, total).ok() ||
+        !epd::cuda::CopyNow(device, routing.data(), idx_bytes).ok() ||
         cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) {
       return Fail(epd::InternalError("CUDA setup failed"), "cuda");
     }

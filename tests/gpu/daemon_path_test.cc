@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "client/epd/cuda.h"
+#include "common/cuda_copy.h"
 #include "common/dtype.h"
 #include "tests/gpu/cuda_daemon_fixture.h"
 
@@ -114,10 +115,10 @@ TEST_F(DaemonPathTest, FenceStreamOpsWorkInsideACapturedCudaGraph) {
     weights[t * kTopK + 1] = 0.5f;
   }
   char* base = static_cast<char*>(device);
-  ASSERT_EQ(cudaMemcpy(base, x.data(), x_bytes, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(base + topk_at, topk.data(), k_bytes, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(base + weights_at, weights.data(), k_bytes, cudaMemcpyHostToDevice),
-            cudaSuccess);
+  // Landed before the daemon reads them (common/cuda_copy.h).
+  ASSERT_TRUE(cuda::CopyNow(base, x.data(), x_bytes).ok());
+  ASSERT_TRUE(cuda::CopyNow(base + topk_at, topk.data(), k_bytes).ok());
+  ASSERT_TRUE(cuda::CopyNow(base + weights_at, weights.data(), k_bytes).ok());
   auto source = cuda::ExportDeviceTensor(device, bytes);
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   auto buffer = (*session)->RegisterBuffer(*source);

@@ -16,6 +16,7 @@
 #include "client/epd/frontend_ops.h"
 #include "client/epd/handle_view.h"
 #include "common/cuda_check.h"
+#include "common/cuda_copy.h"
 #include "daemon/backends/cpu/reference_ops.h"
 #include "daemon/core/group_config.h"
 #include "tests/gpu/frontend_processes.h"
@@ -162,10 +163,10 @@ class HighThroughputFrontendTest : public ::testing::Test {
   // Update + dispatch on the test's stream; the device errors they recorded.
   Status LaunchDispatch(const Inputs& in) {
     if (in.n > 0) {
-      EPD_CUDA_CHECK(cudaMemcpy(x_, in.x.data(), in.x.size() * sizeof(float), cudaMemcpyDefault));
-      EPD_CUDA_CHECK(cudaMemcpy(idx_, in.idx.data(), in.idx.size() * 4, cudaMemcpyDefault));
-      EPD_CUDA_CHECK(
-          cudaMemcpy(weights_, in.weights.data(), in.weights.size() * 4, cudaMemcpyDefault));
+      // Landed before the kernels on stream_ read them (common/cuda_copy.h).
+      EPD_RETURN_IF_ERROR(cuda::CopyNow(x_, in.x.data(), in.x.size() * sizeof(float)));
+      EPD_RETURN_IF_ERROR(cuda::CopyNow(idx_, in.idx.data(), in.idx.size() * 4));
+      EPD_RETURN_IF_ERROR(cuda::CopyNow(weights_, in.weights.data(), in.weights.size() * 4));
     }
     EPD_RETURN_IF_ERROR(ops_->Update(idx_, /*idx_int64=*/false, static_cast<const float*>(weights_),
                                      in.n, stream_));
@@ -234,9 +235,8 @@ class HighThroughputFrontendTest : public ::testing::Test {
     for (size_t r = 0; r < rows; ++r) {
       for (int h = 0; h < kHidden; ++h) z[r * kHidden + h] *= static_cast<float>(1 + r % 3);
     }
-    ASSERT_EQ(cudaMemcpy(view_->recv_x(), z.data(), rows * row_bytes, cudaMemcpyDefault),
-              cudaSuccess);
-    ASSERT_EQ(cudaMemset(out_, 0x7f, size_t{kTokens} * row_bytes), cudaSuccess);  // poison
+    ASSERT_TRUE(cuda::CopyNow(view_->recv_x(), z.data(), rows * row_bytes).ok());
+    ASSERT_TRUE(cuda::FillNow(out_, 0x7f, size_t{kTokens} * row_bytes).ok());  // poison
     ASSERT_TRUE(ops_->Combine(out_, stream_).ok());
     ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
     Status combined = ops_->TakeErrors();

@@ -4,6 +4,8 @@
 #include <future>
 #include <thread>
 
+#include "common/cuda_copy.h"
+
 namespace epd::gputest {
 namespace {
 
@@ -68,7 +70,8 @@ int GpuCount() { return Get().gpus; }
 DeviceBuffer::DeviceBuffer(int device, size_t bytes) : device_(device), size_(bytes) {
   EXPECT_EQ(cudaSetDevice(device), cudaSuccess);
   EXPECT_EQ(cudaMalloc(&data_, bytes == 0 ? 16 : bytes), cudaSuccess);
-  EXPECT_EQ(cudaMemset(data_, 0, bytes == 0 ? 16 : bytes), cudaSuccess);
+  const Status zeroed = cuda::FillNow(data_, 0, bytes == 0 ? 16 : bytes);
+  EXPECT_TRUE(zeroed.ok()) << zeroed.ToString();
 }
 
 DeviceBuffer::~DeviceBuffer() {
@@ -84,16 +87,18 @@ void DeviceBuffer::Download(void* host, size_t bytes, size_t offset) const {
   CopyToHost(device_, host, static_cast<const char*>(data_) + offset, bytes);
 }
 
+// NOTE: complete on return (common/cuda_copy.h): the ops launched next run on the backend's
+// non-blocking streams, which would not wait for a cudaMemcpy's bytes to land.
 void CopyToDevice(int device, void* dst, const void* src, size_t bytes) {
-  if (bytes == 0) return;
   ASSERT_EQ(cudaSetDevice(device), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  const Status copied = cuda::CopyNow(dst, src, bytes);
+  ASSERT_TRUE(copied.ok()) << copied.ToString();
 }
 
 void CopyToHost(int device, void* dst, const void* src, size_t bytes) {
-  if (bytes == 0) return;
   ASSERT_EQ(cudaSetDevice(device), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  const Status copied = cuda::CopyNow(dst, src, bytes);
+  ASSERT_TRUE(copied.ok()) << copied.ToString();
 }
 
 Status WaitComplete(Backend& backend, BackendHandle& handle) {

@@ -1,9 +1,15 @@
 // common/cuda_check.h and common/cuda_driver.h, on any machine: with a GPU driver or without
 // one (CI), where the driver lookup must fail cleanly instead of keeping the process from
-// starting.
+// starting. common/cuda_copy.h needs a GPU (skipped without one).
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <future>
+#include <numeric>
+#include <vector>
+
 #include "common/cuda_check.h"
+#include "common/cuda_copy.h"
 #include "common/cuda_driver.h"
 
 namespace epd::cuda {
@@ -77,6 +83,85 @@ TEST(CudaDriverTest, ResolvesEveryEntryPointOrSaysWhichIsMissing) {
   }
   // The answer is resolved once and kept.
   EXPECT_EQ(Driver().ok(), driver.ok());
+}
+
+TEST(CudaCopyTest, RoundTripsPageableBytesAndFills) {
+  if (!RuntimeUsable()) GTEST_SKIP() << "no CUDA driver or device";
+  const size_t bytes = size_t{8} << 20;  // past the sizes the driver copies inline
+  std::vector<uint8_t> host(bytes);
+  std::iota(host.begin(), host.end(), uint8_t{7});
+  void* device = nullptr;
+  ASSERT_EQ(cudaMalloc(&device, bytes), cudaSuccess);
+  ASSERT_TRUE(CopyNow(device, host.data(), bytes).ok());
+  std::vector<uint8_t> back(bytes, 0);
+  ASSERT_TRUE(CopyNow(back.data(), device, bytes).ok());
+  EXPECT_EQ(back, host);
+  ASSERT_TRUE(FillNow(static_cast<char*>(device) + 1, 0xab, bytes - 2).ok());
+  ASSERT_TRUE(CopyNow(back.data(), device, bytes).ok());
+  EXPECT_EQ(back.front(), host.front());
+  EXPECT_EQ(back[1], 0xab);
+  EXPECT_EQ(back[bytes - 2], 0xab);
+  EXPECT_EQ(back.back(), host.back());
+  EXPECT_TRUE(CopyNow(back.data(), device, 0).ok());  // nothing to do, nothing touched
+  EXPECT_EQ(cudaFree(device), cudaSuccess);
+}
+
+// The property cudaMemcpy lacks: a blocking stream of the process held by a stream wait (a
+// frontend's stream waiting on a fence it has not signalled yet) does not hold the copy.
+TEST(CudaCopyTest, DoesNotWaitForABlockingStreamHeldByAStreamWait) {
+  if (!RuntimeUsable()) GTEST_SKIP() << "no CUDA driver or device";
+  const StatusOr<const DriverApi*> driver = Driver();
+  ASSERT_TRUE(driver.ok()) << driver.status().ToString();
+  uint64_t* word = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&word), sizeof(uint64_t)), cudaSuccess);
+  ASSERT_EQ(cudaMemset(word, 0, sizeof(uint64_t)), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaStream_t held = nullptr, releaser = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&held), cudaSuccess);  // a blocking stream
+  ASSERT_EQ(cudaStreamCreateWithFlags(&releaser, cudaStreamNonBlocking), cudaSuccess);
+  const auto address = reinterpret_cast<CUdeviceptr>(word);
+  ASSERT_EQ((*driver)->stream_wait_value64(held, address, 1, CU_STREAM_WAIT_VALUE_GEQ),
+            CUDA_SUCCESS);
+
+  std::vector<uint8_t> host(1 << 20, 0x3c);
+  void* device = nullptr;
+  ASSERT_EQ(cudaMalloc(&device, host.size()), cudaSuccess);
+  auto copy = std::async(std::launch::async, [&] {
+    // The async thread's current device: the test's (0).
+    return CopyNow(device, host.data(), host.size());
+  });
+  const bool finished = copy.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  // Release the held stream either way, so that a failing run still ends.
+  ASSERT_EQ((*driver)->stream_write_value64(releaser, address, 1, CU_STREAM_WRITE_VALUE_DEFAULT),
+            CUDA_SUCCESS);
+  ASSERT_EQ(cudaStreamSynchronize(held), cudaSuccess);
+  EXPECT_TRUE(finished) << "the copy waited for a blocking stream held by a stream wait";
+  const Status copied = copy.get();
+  EXPECT_TRUE(copied.ok()) << copied.ToString();
+  EXPECT_EQ(cudaStreamDestroy(held), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(releaser), cudaSuccess);
+  EXPECT_EQ(cudaFree(device), cudaSuccess);
+  EXPECT_EQ(cudaFree(word), cudaSuccess);
+}
+
+TEST(CudaCopyTest, LeavesTheCallersDeviceCurrent) {
+  if (!RuntimeUsable()) GTEST_SKIP() << "no CUDA driver or device";
+  int devices = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess);
+  const int last = devices - 1;
+  ASSERT_EQ(cudaSetDevice(last), cudaSuccess);
+  void* device = nullptr;
+  ASSERT_EQ(cudaMalloc(&device, 64), cudaSuccess);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  std::vector<uint8_t> host(64, 1);
+  ASSERT_TRUE(CopyNow(device, host.data(), host.size()).ok());
+  ASSERT_TRUE(FillNow(device, 2, host.size()).ok());
+  int current = -1;
+  ASSERT_EQ(cudaGetDevice(&current), cudaSuccess);
+  EXPECT_EQ(current, 0) << "memory on GPU " << last;
+  ASSERT_TRUE(CopyNow(host.data(), device, host.size()).ok());
+  EXPECT_EQ(host[63], 2);
+  EXPECT_EQ(cudaFree(device), cudaSuccess);
 }
 
 }  // namespace
