@@ -103,6 +103,9 @@ if [[ $depth == full ]]; then
       --routings random --modes fenced,blocking --json "$out/two-daemons-network-2gpu.json"
     step spanning_nccl_as_is 600 env EPD_SPANNING_TEST_NCCL_AS_IS=1 \
       "$bin/epd_gpu_spanning_tests"
+    # The prefill shape across two daemons (high-throughput's packed layout through NCCL).
+    step bench_two_daemons_ht 600 "$bin/epd-bench" --ranks 2 --nodes 2 --tokens 4096 \
+      --algorithm ht --routings random --modes fenced,blocking --json "$out/two-daemons-ht-2gpu.json"
   fi
 fi
 echo "gpu-suite: done; summary in $summary" >&2

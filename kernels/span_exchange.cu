@@ -68,6 +68,10 @@ __global__ void __launch_bounds__(kSpanThreads) SpanPackKernel(SpanPackParams p)
     for (int e = threadIdx.x; e < s.experts; e += blockDim.x) {
       header[kSpanHeaderFixedWords + e] = p.abandoned ? 0 : p.expert_counts[e];
     }
+    for (int r = threadIdx.x; r < s.world_size; r += blockDim.x) {
+      header[kSpanHeaderFixedWords + s.experts + r] =
+          p.abandoned || !s.high_throughput ? 0 : p.dest_counts[r];
+    }
   }
   if (p.abandoned) return;
   bool present = false;
@@ -79,7 +83,9 @@ __global__ void __launch_bounds__(kSpanThreads) SpanPackKernel(SpanPackParams p)
   }
   auto* entry =
       reinterpret_cast<int32_t*>(message + s.dispatch.entries_offset) + t * s.dispatch.entry_words;
-  if (threadIdx.x == 0) entry[0] = present ? t : -1;
+  if (threadIdx.x == 0) {
+    entry[0] = !present ? -1 : s.high_throughput ? p.dest_row[t * s.world_size + d] : t;
+  }
   if (threadIdx.x < K) {
     const int k = threadIdx.x;
     const int id = t < n ? p.topk_idx[t * K + k] : -1;
@@ -96,55 +102,83 @@ __global__ void __launch_bounds__(kSpanThreads) SpanPackKernel(SpanPackParams p)
 
 // ---- dispatch, destination side: one block decides whether rows are written and where ----
 constexpr int kPlanThreads = 256;
+
+__device__ __forceinline__ int HeaderWord(const SpanAssembleParams& p, int src, int word) {
+  return HeaderOf(p.recv, p.shape.dispatch.bytes, src)[word];
+}
+// Header words of expert e's selections and of the rows to rank r (kernels/span_messages.h).
+__device__ __forceinline__ int ExpertWord(int e) { return kSpanHeaderFixedWords + e; }
+__device__ __forceinline__ int RowsWord(const SpanShape& s, int r) {
+  return kSpanHeaderFixedWords + s.experts + r;
+}
+
+// The first expert (expert-major) or destination rank (high-throughput) whose receivers
+// overflow, by every source's header; E or R when none does. Whole block.
+__device__ int FirstOverflow(const SpanAssembleParams& p) {
+  const SpanShape& s = p.shape;
+  const int R = s.world_size;
+  __shared__ int first;
+  const int none = s.high_throughput ? R : s.experts;
+  if (threadIdx.x == 0) first = none;
+  __syncthreads();
+  if (!s.rank_major) {
+    for (int i = threadIdx.x; i < none; i += blockDim.x) {
+      const int word = s.high_throughput ? RowsWord(s, i) : ExpertWord(i);
+      int64_t total = 0;
+      for (int src = 0; src < R; ++src) total += HeaderWord(p, src, word);
+      if (total > p.capacity) atomicMin(&first, i);
+    }
+  }
+  __syncthreads();
+  return first;
+}
+
 __global__ void __launch_bounds__(kPlanThreads) SpanPlanKernel(SpanAssembleParams p) {
   const SpanShape& s = p.shape;
-  const int R = s.world_size, L = s.local_experts, E = s.experts;
+  const int R = s.world_size, L = s.local_experts;
   __shared__ int first_abandoned;
-  __shared__ int first_full;
-  if (threadIdx.x == 0) {
-    first_abandoned = R;
-    first_full = E;
-  }
+  if (threadIdx.x == 0) first_abandoned = R;
   __syncthreads();
   for (int src = threadIdx.x; src < R; src += blockDim.x) {
-    if (HeaderOf(p.recv, s.dispatch.bytes, src)[0] == kSpanMessageAbandoned) {
-      atomicMin(&first_abandoned, src);
-    }
+    if (HeaderWord(p, src, 0) == kSpanMessageAbandoned) atomicMin(&first_abandoned, src);
   }
-  if (!s.rank_major) {
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-      int64_t total = 0;
-      for (int src = 0; src < R; ++src) {
-        total += HeaderOf(p.recv, s.dispatch.bytes, src)[kSpanHeaderFixedWords + e];
-      }
-      if (total > p.capacity) atomicMin(&first_full, e);
-    }
-  }
-  __syncthreads();
+  const int first_full = FirstOverflow(p);  // synchronises the block
   if (threadIdx.x != 0) return;
+  const int none = s.high_throughput ? R : s.experts;
   int go = 0;
   if (Aborted(p.abort, p.seq)) {
     WriteError(p.error, kDeviceErrorAborted, 0, 0, 0, static_cast<int64_t>(p.seq));
   } else if (first_abandoned < R) {
     WriteError(p.error, kDeviceErrorPeerAbandoned, kSyncPhaseCounts, first_abandoned, 0,
                static_cast<int64_t>(p.seq));
-  } else if (first_full < E) {
+  } else if (first_full < none) {
+    const int word = s.high_throughput ? RowsWord(s, first_full) : ExpertWord(first_full);
     int64_t total = 0;
-    for (int src = 0; src < R; ++src) {
-      total += HeaderOf(p.recv, s.dispatch.bytes, src)[kSpanHeaderFixedWords + first_full];
-    }
-    WriteError(p.error, kDeviceErrorCapacity, first_full, static_cast<int32_t>(total), p.capacity,
-               0);
+    for (int src = 0; src < R; ++src) total += HeaderWord(p, src, word);
+    // The single daemon's records: (expert, selections, C) or (rank, rows, M).
+    WriteError(p.error, s.high_throughput ? kDeviceErrorRowCapacity : kDeviceErrorCapacity,
+               first_full, static_cast<int32_t>(total), p.capacity, 0);
   } else {
     go = 1;
   }
   p.plan[0] = go;
   if (!go) return;
   if (s.rank_major) {
-    for (int src = 0; src < R; ++src)
-      p.recv_counts[src] = HeaderOf(p.recv, s.dispatch.bytes, src)[1];
+    for (int src = 0; src < R; ++src) p.recv_counts[src] = HeaderWord(p, src, 1);
     return;
   }
+  if (s.high_throughput) {  // packed rows: every source's after those of the sources before it
+    int row = 0;
+    for (int src = 0; src < R; ++src) {
+      const int rows = HeaderWord(p, src, RowsWord(s, s.rank));
+      p.plan[SpanPlanFirstRowWord(L, R, src)] = row;
+      p.recv_rank_offsets[src] = row;
+      p.recv_rank_counts[src] = rows;
+      row += rows;
+    }
+  }
+  // Expert-major rows, or high-throughput gather-list entries, of local expert l: by source,
+  // then by the source's own ranking of them.
   int cursor = 0;
   for (int l = 0; l < L; ++l) {
     const int e = s.rank * L + l;
@@ -152,12 +186,13 @@ __global__ void __launch_bounds__(kPlanThreads) SpanPlanKernel(SpanAssembleParam
     int base = 0;
     for (int src = 0; src < R; ++src) {
       p.plan[1 + L + l * R + src] = base;
-      base += HeaderOf(p.recv, s.dispatch.bytes, src)[kSpanHeaderFixedWords + e];
+      base += HeaderWord(p, src, ExpertWord(e));
     }
     p.recv_offsets[l] = cursor;
     p.recv_counts[l] = base;
     cursor += base;
   }
+  if (s.high_throughput) p.recv_offsets[L] = cursor;
 }
 
 // Row of expert-major selection (src, local expert l, local rank) in this rank's recv_x.
@@ -175,6 +210,31 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
   const int32_t* entry = EntryOf(message, s.dispatch, t);
   const bool present = entry[0] >= 0;
   const char* row = message + s.dispatch.rows_offset + t * s.row_bytes;
+  if (s.high_throughput) {
+    if (!present) return;
+    const int64_t out_row =
+        static_cast<int64_t>(p.plan[SpanPlanFirstRowWord(L, R, src)]) + entry[0];
+    if (out_row >= p.capacity) return;  // only a corrupt message gets here
+    if (threadIdx.x == 0) {
+      p.recv_src[out_row * 2 + 0] = src;
+      p.recv_src[out_row * 2 + 1] = t;
+    }
+    if (threadIdx.x < K) {
+      const int k = threadIdx.x;
+      const int id = entry[1 + k];  // masked to this rank by the source
+      const int l = id - s.rank * L;
+      p.recv_topk_idx[out_row * K + k] = id >= 0 ? l : -1;
+      p.recv_topk_weights[out_row * K + k] = id >= 0 ? __int_as_float(entry[1 + 2 * K + k]) : 0.0f;
+      // -1: a repeat of the expert in this token, listed once.
+      const int rank_in_expert = id >= 0 ? entry[1 + K + k] : -1;
+      if (rank_in_expert >= 0) {
+        const int64_t at = ExpertRow(p.plan, L, R, l, src, rank_in_expert);
+        if (at < p.expert_rows_entries) p.expert_rows[at] = static_cast<int32_t>(out_row);
+      }
+    }
+    CopyRow(static_cast<char*>(p.recv_x) + out_row * s.row_bytes, row, s.row_bytes);
+    return;
+  }
   if (s.rank_major) {
     const int64_t out_row = static_cast<int64_t>(src) * T + t;
     if (threadIdx.x < K) {
@@ -223,8 +283,10 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
   if (entry[0] < 0) return;
   const char* expert_out = static_cast<const char*>(p.expert_out);
   char* rows = message + s.ret.rows_offset;
-  if (s.rank_major) {
-    const int64_t row = static_cast<int64_t>(src) * T + t;
+  if (s.rank_major || s.high_throughput) {  // the frontend's pre-reduced row of (src, t)
+    const int64_t row =
+        s.high_throughput ? static_cast<int64_t>(p.plan[SpanPlanFirstRowWord(L, R, src)]) + entry[0]
+                          : static_cast<int64_t>(src) * T + t;
     if (row < p.recv_rows)
       CopyRow(rows + t * s.row_bytes, expert_out + row * s.row_bytes, s.row_bytes);
     return;
@@ -289,11 +351,13 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParam
         const int other = p.topk_idx[t * K + k2];
         if (other >= 0 && other / L == d) ++j;
       }
-      // Rank-major: the destination's pre-reduced row counts once, at its first k, weight 1.
-      if (!s.rank_major || j == 0) {
-        const int64_t slot = s.rank_major ? t : static_cast<int64_t>(t) * s.ret.rows_per_token + j;
+      // Rank-major and high-throughput: the destination's pre-reduced row counts once, at its
+      // first k, weight 1.
+      const bool pre_reduced = s.rank_major || s.high_throughput;
+      if (!pre_reduced || j == 0) {
+        const int64_t slot = pre_reduced ? t : static_cast<int64_t>(t) * s.ret.rows_per_token + j;
         row = p.recv_ret + d * s.ret.bytes + s.ret.rows_offset + slot * s.row_bytes;
-        w = s.rank_major ? 1.0f : p.topk_weights[t * K + k];
+        w = pre_reduced ? 1.0f : p.topk_weights[t * K + k];
       }
     }
     rows[k] = row;

@@ -1,10 +1,11 @@
-// Kernels of a low-latency group that spans daemons (cuda backend): they build and read the
-// fixed-size messages of kernels/span_messages.h around the backend's NCCL exchange, all on
-// the rank's lane stream with no host synchronisation.
+// Kernels of a group that spans daemons (cuda backend, both algorithms): they build and read
+// the fixed-size messages of kernels/span_messages.h around the backend's NCCL exchange, all
+// on the rank's lane stream with no host synchronisation.
 //
 //   dispatch: LaunchSpanPack (source: one message per destination, in token order)
 //             -> NCCL send/recv -> LaunchSpanAssemble (destination: the same receive layout
-//             as the single-daemon kernels, plus the plan kept for combine)
+//             as the single-daemon kernels, low-latency or packed high-throughput, plus the
+//             plan kept for combine)
 //   combine:  LaunchSpanReturn (destination: each source's selections' expert-output rows)
 //             -> NCCL send/recv -> LaunchSpanReduce (source: k-ascending fp32 sum, no FMA)
 //
@@ -29,6 +30,8 @@ struct SpanPackParams {
   const int32_t* local_rank = nullptr;     // [T, K]
   const int32_t* expert_counts = nullptr;  // [E]
   const int32_t* bound_tokens = nullptr;   // [1]
+  const int32_t* dest_row = nullptr;       // [T, R] high-throughput only
+  const int32_t* dest_counts = nullptr;    // [R] high-throughput only
   const void* x = nullptr;                 // [n, H]
   char* send = nullptr;  // [R] messages; message d at d * dispatch.bytes (not this rank's)
   char* recv = nullptr;  // [R] messages; this rank's own message goes to recv[rank]
@@ -38,10 +41,10 @@ cudaError_t LaunchSpanPack(const SpanPackParams& params, cudaStream_t stream);
 
 struct SpanAssembleParams {
   SpanShape shape;
-  int capacity = 0;            // rows per expert (expert-major)
+  int capacity = 0;            // rows per expert (expert-major) or per rank (high-throughput M)
   const char* recv = nullptr;  // [R] received dispatch messages
   int32_t* plan = nullptr;     // SpanPlanWords(L, R)
-  // This rank's receive buffers (HandleLayout; expert-major or rank-major ones).
+  // This rank's receive buffers (HandleLayout: those of its layout; null where unused).
   void* recv_x = nullptr;
   int32_t* recv_src = nullptr;
   float* recv_weights = nullptr;
@@ -49,6 +52,10 @@ struct SpanAssembleParams {
   float* recv_topk_weights = nullptr;
   int32_t* recv_counts = nullptr;
   int32_t* recv_offsets = nullptr;
+  int32_t* recv_rank_counts = nullptr;   // high-throughput
+  int32_t* recv_rank_offsets = nullptr;  // high-throughput
+  int32_t* expert_rows = nullptr;        // high-throughput, expert_rows_entries of them
+  int64_t expert_rows_entries = 0;
   const uint64_t* abort = nullptr;  // host-mapped: ops numbered up to it give up
   uint64_t seq = 0;
   DeviceError* error = nullptr;

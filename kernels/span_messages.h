@@ -1,27 +1,31 @@
-// The fixed-size messages a low-latency group that spans daemons exchanges through NCCL on
-// the cuda backend (docs/design.md §9, "cuda transport"). Plain C++17 constexpr, shared by the
-// kernels (kernels/span_exchange.cuh), the backend that sizes the buffers, and the unit tests.
+// The fixed-size messages a group that spans daemons exchanges through NCCL on the cuda
+// backend (both algorithms) (docs/design.md §9, "cuda transport"). Plain C++17 constexpr, shared by
+// the kernels (kernels/span_exchange.cuh), the backend that sizes the buffers, and the unit tests.
 //
-// Every size comes from the group constants only (T, K, E, L, H, dtype), so the NCCL exchange
+// Every size comes from the group constants only (T, K, E, L, R, H, dtype), so the NCCL exchange
 // needs no host-side counts: each op sends R - 1 messages of one size, however many tokens
 // select each destination. The price is bandwidth: a message always carries T rows.
 //
 // Dispatch message from source s to destination d (one per (s, d), also s == d, which the
 // source writes straight into its own receive buffer):
 //   header  int32 [0] status (kSpanMessageOk / kSpanMessageAbandoned), [1] n_s,
-//           [2, 2 + E) s's selections of every expert (all E: every rank checks every
-//           expert's capacity, so all agree on an overflow)
-//   entries T x int32 [1 + 3K]: entry t = token t of s: [t, or -1 when t selects nothing on
-//           d or t >= n_s; ids[K] with other ranks' ids masked to -1; local_rank[K] (the
-//           selection's index among s's selections of its expert, as the routing bind ranked
-//           it); weight bits[K] (0 where masked)]
+//           [2, 2 + E) s's selections of every expert (high-throughput: its tokens, a token
+//           counted once per expert), [2 + E, 2 + E + R) high-throughput: s's rows to every
+//           rank (low-latency: 0). All of them, so that every rank checks every expert's
+//           (every rank's) capacity and all agree on an overflow.
+//   entries T x int32 [1 + 3K]: entry t = token t of s: [where it goes: t (low-latency), or
+//           its index among s's rows to d (high-throughput: the routing bind's dest_row, so d
+//           places it without a scan); -1 when t selects nothing on d or t >= n_s; ids[K]
+//           with other ranks' ids masked to -1; local_rank[K] (the selection's index among s's
+//           selections of its expert, as the routing bind ranked it; high-throughput: -1 for
+//           a repeat of an expert in one token); weight bits[K] (0 where masked)]
 //   rows    T x row_bytes: row t = token t of s where entry t is present (else unwritten)
 // Combine return message from destination d to source s:
 //   header  int32 [0] status
 //   rows    T x J x row_bytes: row (t, j) = the expert output of the j-th selection of s's
 //           token t that lives on d, in k order (expert-major, J = K: a token may select one
-//           expert twice, and each selection has a row of its own); rank-major J = 1, the
-//           frontend's pre-reduced row of (s, t).
+//           expert twice, and each selection has a row of its own); rank-major and
+//           high-throughput J = 1, the frontend's pre-reduced row of (s, t).
 #pragma once
 
 #include <cstdint>
@@ -48,10 +52,11 @@ struct SpanDispatchMessage {
 };
 
 constexpr SpanDispatchMessage SpanDispatchMessageOf(int64_t max_tokens, int64_t top_k,
-                                                    int64_t experts, int64_t row_bytes) {
+                                                    int64_t experts, int64_t world_size,
+                                                    int64_t row_bytes) {
   SpanDispatchMessage m;
   m.entry_words = 1 + 3 * top_k;
-  m.entries_offset = SpanAlignUp((kSpanHeaderFixedWords + experts) * 4);
+  m.entries_offset = SpanAlignUp((kSpanHeaderFixedWords + experts + world_size) * 4);
   m.rows_offset = m.entries_offset + SpanAlignUp(max_tokens * m.entry_words * 4);
   m.row_bytes = row_bytes;
   m.bytes = m.rows_offset + SpanAlignUp(max_tokens * row_bytes);
@@ -65,10 +70,11 @@ struct SpanReturnMessage {
   int64_t bytes = 0;
 };
 
-constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_k, bool rank_major,
+// pre_reduced: rank-major and high-throughput groups (one row per token and destination).
+constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_k, bool pre_reduced,
                                                 int64_t row_bytes) {
   SpanReturnMessage m;
-  m.rows_per_token = rank_major ? 1 : top_k;
+  m.rows_per_token = pre_reduced ? 1 : top_k;
   m.rows_offset = kSpanMessageAlign;
   m.row_bytes = row_bytes;
   m.bytes = m.rows_offset + SpanAlignUp(max_tokens * m.rows_per_token * row_bytes);
@@ -84,6 +90,7 @@ struct SpanShape {
   int top_k = 0;
   int max_tokens = 0;
   int rank_major = 0;
+  int high_throughput = 0;  // the packed layout (and pre-reduced combine rows)
   int64_t row_bytes = 0;
   SpanDispatchMessage dispatch;
   SpanReturnMessage ret;
@@ -91,9 +98,13 @@ struct SpanShape {
 
 // A destination's plan of the last dispatch, kept for the combine after it: int32
 // [0] go (1: rows were written), [1, 1 + L) expert offsets, [1 + L, 1 + L + L * R) base row
-// of source s inside local expert l at 1 + L + l * R + s.
+// of source s inside local expert l at 1 + L + l * R + s (high-throughput: inside the
+// expert's gather list), then R words: high-throughput, source s's first packed row.
 constexpr int64_t SpanPlanWords(int64_t local_experts, int64_t world_size) {
-  return 1 + local_experts + local_experts * world_size;
+  return 1 + local_experts + local_experts * world_size + world_size;
+}
+constexpr int64_t SpanPlanFirstRowWord(int64_t local_experts, int64_t world_size, int64_t src) {
+  return 1 + local_experts + local_experts * world_size + src;
 }
 
 // Device bytes one rank's handle holds for the exchange: dispatch send and receive (R messages

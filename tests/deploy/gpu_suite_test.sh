@@ -23,7 +23,8 @@ one_full=$(steps 1 full)
 grep -qx memcheck <<<"$one_full" || fail "1 GPU, full: no memcheck"
 grep -qx bench_ht_ep2 <<<"$one_full" && fail "1 GPU, full: runs the 2-GPU steps"
 two_full=$(steps 2 full)
-for name in bench_ht_ep2 bench_two_daemons bench_two_daemons_network spanning_nccl_as_is; do
+for name in bench_ht_ep2 bench_two_daemons bench_two_daemons_network spanning_nccl_as_is \
+  bench_two_daemons_ht; do
   grep -qx "$name" <<<"$two_full" || fail "2 GPUs, full: no step $name"
 done
 grep -q -- '--nodes 2' "$dir/2-full/summary.txt" || fail "2 GPUs: the daemons comparison lacks --nodes 2"

@@ -1,8 +1,9 @@
 // The kernels of groups spanning daemons (kernels/span_exchange.cuh) in one process, with the
 // NCCL exchange replaced by device copies of the fixed-size messages: every rank's receive
-// region and combine output equal the cpu reference's byte for byte (both layouts, bf16 and
-// fp32, n in {0, 1, T-1, T}, all -1, a hot expert, a token selecting one expert twice), and
-// the destination's plan reports a capacity overflow and a source's abandon. Isolates the
+// region and combine output equal the cpu reference's byte for byte (both low-latency layouts
+// and high-throughput's packed one, bf16 and fp32, n in {0, 1, T-1, T}, all -1, a hot expert,
+// a token selecting one expert twice), and the destination's plan reports a capacity (or row
+// capacity) overflow and a source's abandon. Isolates the
 // kernels from NCCL: the daemon-level test is tests/gpu/spanning_test.cc.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -23,7 +24,8 @@ namespace {
 constexpr int kDevice = 0;
 enum class Routing { kRandom, kAllNone, kHotExpert, kRepeatedExpert };
 
-GroupConfig ConfigOf(Layout layout, DType dtype, int capacity = 0) {
+GroupConfig ConfigOf(Layout layout, DType dtype, int capacity = 0,
+                     Algorithm algorithm = Algorithm::kLowLatency) {
   GroupConfig c;
   c.name = "span-kernels";
   c.ranks = {0, 1, 2};
@@ -33,7 +35,12 @@ GroupConfig ConfigOf(Layout layout, DType dtype, int capacity = 0) {
   c.top_k = 3;
   c.dtype = dtype;
   c.layout = layout;
-  c.expert_capacity = capacity;
+  c.algorithm = algorithm;
+  if (algorithm == Algorithm::kHighThroughput) {
+    c.recv_capacity = capacity;
+  } else {
+    c.expert_capacity = capacity;
+  }
   c.spans_nodes = true;
   c.span = GroupConfig::Span{0, 3, 1};
   return c;
@@ -43,9 +50,11 @@ GroupConfig ConfigOf(Layout layout, DType dtype, int capacity = 0) {
 struct Rank {
   int n = 0;
   std::vector<int32_t> ids, local_rank, counts;
+  std::vector<int32_t> dest_row, dest_counts;  // high-throughput
   std::vector<float> weights;
   std::vector<char> x;
   std::unique_ptr<DeviceBuffer> d_ids, d_weights, d_local_rank, d_counts, d_n, d_x;
+  std::unique_ptr<DeviceBuffer> d_dest_row, d_dest_counts;
   std::unique_ptr<DeviceBuffer> send, recv, plan, ret_send, ret_recv, region, out;
 };
 
@@ -66,11 +75,27 @@ void MakeRouting(const GroupConfig& c, Routing routing, int rank, int n, Rank* r
     }
   }
   // The routing bind's outputs (kernels/routing.cuh): per-expert counts and each selection's
-  // index among its expert's selections in (t, k) order.
+  // index among its expert's selections in (t, k) order; high-throughput counts a token once
+  // per expert (a repeat gets -1) and plans each token's index among the rows to each rank.
+  const bool ht = c.high_throughput();
+  const int R = c.world_size(), L = c.local_experts();
   r->counts.assign(E, 0);
   r->local_rank.assign(static_cast<size_t>(T) * K, -1);
   for (int i = 0; i < n * K; ++i) {
-    if (r->ids[i] >= 0) r->local_rank[i] = r->counts[r->ids[i]]++;
+    const int32_t id = r->ids[i];
+    bool repeat = false;
+    for (int j = i - i % K; j < i && ht; ++j) repeat = repeat || r->ids[j] == id;
+    if (id >= 0 && !repeat) r->local_rank[i] = r->counts[id]++;
+  }
+  r->dest_row.assign(static_cast<size_t>(T) * R, -1);
+  r->dest_counts.assign(R, 0);
+  for (int t = 0; t < n; ++t) {
+    for (int d = 0; d < R; ++d) {
+      bool goes = false;
+      for (int k = 0; k < K; ++k)
+        goes = goes || (r->ids[t * K + k] >= 0 && r->ids[t * K + k] / L == d);
+      if (goes) r->dest_row[t * R + d] = r->dest_counts[d]++;
+    }
   }
   const size_t row = static_cast<size_t>(c.hidden) * DTypeSize(c.dtype);
   r->x.assign(static_cast<size_t>(T) * row, 0);
@@ -118,6 +143,8 @@ class SpanKernelsTest : public ::testing::Test {
       r.d_counts = Upload(r.counts.data(), r.counts.size() * 4);
       r.d_n = Upload(&r.n, 4);
       r.d_x = Upload(r.x.data(), r.x.size());
+      r.d_dest_row = Upload(r.dest_row.data(), r.dest_row.size() * 4);
+      r.d_dest_counts = Upload(r.dest_counts.data(), r.dest_counts.size() * 4);
       r.send = Zeroed(R * shape.dispatch.bytes);
       r.recv = Zeroed(R * shape.dispatch.bytes);
       r.plan = Zeroed(kernels::SpanPlanWords(c.local_experts(), R) * 4);
@@ -131,6 +158,8 @@ class SpanKernelsTest : public ::testing::Test {
       pack.local_rank = static_cast<const int32_t*>(r.d_local_rank->data());
       pack.expert_counts = static_cast<const int32_t*>(r.d_counts->data());
       pack.bound_tokens = static_cast<const int32_t*>(r.d_n->data());
+      pack.dest_row = static_cast<const int32_t*>(r.d_dest_row->data());
+      pack.dest_counts = static_cast<const int32_t*>(r.d_dest_counts->data());
       pack.x = r.d_x->data();
       pack.send = static_cast<char*>(r.send->data());
       pack.recv = static_cast<char*>(r.recv->data());
@@ -153,7 +182,7 @@ class SpanKernelsTest : public ::testing::Test {
       const reference::ReceiveBuffers b = reference::ReceiveBuffersAt(r.region->data(), layout);
       kernels::SpanAssembleParams p;
       p.shape = cuda::SpanShapeOf(c, d);
-      p.capacity = c.capacity();
+      p.capacity = c.high_throughput() ? c.recv_row_capacity() : c.capacity();
       p.recv = static_cast<const char*>(r.recv->data());
       p.plan = static_cast<int32_t*>(r.plan->data());
       p.recv_x = b.recv_x;
@@ -163,6 +192,10 @@ class SpanKernelsTest : public ::testing::Test {
       p.recv_topk_weights = b.recv_topk_weights;
       p.recv_counts = b.recv_counts;
       p.recv_offsets = b.recv_offsets;
+      p.recv_rank_counts = b.recv_rank_counts;
+      p.recv_rank_offsets = b.recv_rank_offsets;
+      p.expert_rows = b.expert_rows;
+      p.expert_rows_entries = static_cast<int64_t>(layout.expert_rows_entries);
       p.seq = 1;
       p.error = &records[d];
       ASSERT_EQ(kernels::LaunchSpanAssemble(p, nullptr), cudaSuccess);
@@ -237,8 +270,9 @@ class SpanKernelsTest : public ::testing::Test {
     }
   }
 
-  void RunCase(Layout layout, DType dtype, Routing routing, std::vector<int> tokens) {
-    const GroupConfig c = ConfigOf(layout, dtype);
+  void RunCase(Layout layout, DType dtype, Routing routing, std::vector<int> tokens,
+               Algorithm algorithm = Algorithm::kLowLatency) {
+    const GroupConfig c = ConfigOf(layout, dtype, 0, algorithm);
     const int R = c.world_size();
     const HandleLayout hl = ComputeHandleLayout(c);
     std::vector<Rank> ranks(R);
@@ -284,6 +318,36 @@ TEST_F(SpanKernelsTest, RankMajorMatchesTheReference) {
     RunCase(Layout::kRankMajor, dtype, Routing::kAllNone, {8, 8, 3});
     RunCase(Layout::kRankMajor, dtype, Routing::kHotExpert, {8, 8, 8});
     RunCase(Layout::kRankMajor, dtype, Routing::kRepeatedExpert, {8, 5, 8});
+  }
+}
+
+TEST_F(SpanKernelsTest, HighThroughputMatchesTheReference) {
+  const Algorithm ht = Algorithm::kHighThroughput;
+  for (DType dtype : {DType::kBf16, DType::kFp32}) {
+    RunCase(Layout::kExpertMajor, dtype, Routing::kRandom, {8, 0, 7}, ht);
+    RunCase(Layout::kExpertMajor, dtype, Routing::kRandom, {1, 8, 8}, ht);
+    RunCase(Layout::kExpertMajor, dtype, Routing::kAllNone, {8, 8, 3}, ht);
+    RunCase(Layout::kExpertMajor, dtype, Routing::kHotExpert, {8, 8, 8}, ht);
+    RunCase(Layout::kExpertMajor, dtype, Routing::kRepeatedExpert, {8, 5, 8}, ht);
+  }
+}
+
+TEST_F(SpanKernelsTest, HighThroughputRowOverflowIsReportedByEveryRank) {
+  // Rank 0 (experts 0 and 1) receives every token of every rank: 24 rows, M = 10.
+  const GroupConfig c =
+      ConfigOf(Layout::kExpertMajor, DType::kBf16, /*capacity=*/10, Algorithm::kHighThroughput);
+  std::vector<Rank> ranks(3);
+  for (int s = 0; s < 3; ++s) MakeRouting(c, Routing::kHotExpert, s, 8, &ranks[s]);
+  std::vector<kernels::DeviceError> errors;
+  Dispatch(c, ranks, -1, &errors);
+  for (int d = 0; d < 3; ++d) {
+    EXPECT_EQ(errors[d].code, kernels::kDeviceErrorRowCapacity) << "rank " << d;
+    EXPECT_EQ(errors[d].a, 0);  // the first rank over M
+    EXPECT_EQ(errors[d].b, 24);
+    EXPECT_EQ(errors[d].c, 10);
+    int32_t go = -1;
+    ranks[d].plan->Download(&go, sizeof(go));
+    EXPECT_EQ(go, 0);
   }
 }
 

@@ -1,9 +1,9 @@
 // A low-latency group spanning two cuda daemons ("nodes"), through NCCL: every rank's receive
 // buffers and combine output equal, byte for byte, those of one cpu daemon (the reference)
 // hosting both ranks, over a table of routings (n in {0, 1, T-1, T}, all -1, one hot expert,
-// both layouts, three dtypes); a daemon killed mid-run fails the survivor's op with UNAVAILABLE
-// naming it within the bound, the survivor keeps serving, and the group re-forms once the
-// node is back.
+// both low-latency layouts and high-throughput, three dtypes); a daemon killed mid-run fails the
+// survivor's op with UNAVAILABLE naming it within the bound, the survivor keeps serving, and the
+// group re-forms once the node is back.
 //
 // With one GPU both daemons run on GPU 0: each gets its own NCCL_HOSTID, so NCCL treats them
 // as two hosts (no duplicate-GPU refusal, its network transport), with IB, P2P and SHM off.
@@ -48,6 +48,7 @@ struct Case {
   v1::DType dtype;
   Routing routing;
   std::vector<int> tokens;  // n per layer, for both ranks
+  v1::Algorithm algorithm = v1::ALGORITHM_LOW_LATENCY;
 };
 
 Problem ProblemOf(const Case& c) {
@@ -59,6 +60,7 @@ Problem ProblemOf(const Case& c) {
   p.top_k = 3;
   p.dtype = c.dtype;
   p.layout = c.layout;
+  p.algorithm = c.algorithm;
   return p;
 }
 
@@ -159,11 +161,27 @@ TEST_F(SpanningGpuTest, EveryCaseMatchesTheCpuReferenceByteForByte) {
       {v1::LAYOUT_RANK_MAJOR, v1::DTYPE_FP32, Routing::kAllNone, {16, 0}},
       {v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_FP32, Routing::kHotExpert, {16, 7}},
       {v1::LAYOUT_RANK_MAJOR, v1::DTYPE_FP16, Routing::kHotExpert, {16, 1}},
+      {v1::LAYOUT_EXPERT_MAJOR,
+       v1::DTYPE_BF16,
+       Routing::kRandom,
+       {0, 1, 15, 16, 16},
+       v1::ALGORITHM_HIGH_THROUGHPUT},
+      {v1::LAYOUT_EXPERT_MAJOR,
+       v1::DTYPE_FP32,
+       Routing::kAllNone,
+       {16, 3},
+       v1::ALGORITHM_HIGH_THROUGHPUT},
+      {v1::LAYOUT_EXPERT_MAJOR,
+       v1::DTYPE_FP16,
+       Routing::kHotExpert,
+       {16, 7},
+       v1::ALGORITHM_HIGH_THROUGHPUT},
   };
   int index = 0;
   for (const Case& c : cases) {
-    SCOPED_TRACE(fmt::format("case {}: {} {} routing {}", index, v1::Layout_Name(c.layout),
-                             v1::DType_Name(c.dtype), static_cast<int>(c.routing)));
+    SCOPED_TRACE(fmt::format("case {}: {} {} {} routing {}", index, v1::Algorithm_Name(c.algorithm),
+                             v1::Layout_Name(c.layout), v1::DType_Name(c.dtype),
+                             static_cast<int>(c.routing)));
     const Problem p = ProblemOf(c);
     example::RankRunnerOptions options;
     options.group = UniqueName(fmt::format("ref{}", index));

@@ -36,7 +36,7 @@ TEST(SpanMessagesTest, DispatchMessageHoldsHeaderEntriesAndTRowsAligned) {
   // The standard shape: H 7168 bf16, K 8, E 256, T 128.
   const kernels::SpanDispatchMessage m = SpanDispatchMessageOf(Spanning(0));
   EXPECT_EQ(m.entry_words, 1 + 3 * 8);
-  EXPECT_EQ(m.entries_offset, 1280);       // (2 + 256) int32 = 1032 bytes, 256-aligned
+  EXPECT_EQ(m.entries_offset, 1280);       // (2 + 256 + 2) int32 = 1040 bytes, 256-aligned
   EXPECT_EQ(m.rows_offset, 1280 + 12800);  // 128 entries of 25 words
   EXPECT_EQ(m.row_bytes, 7168 * 2);
   EXPECT_EQ(m.bytes, 1280 + 12800 + 128 * 14336);
@@ -65,10 +65,37 @@ TEST(SpanMessagesTest, BytesSentAndHeldFollowTheWorldSize) {
   const int64_t dispatch = SpanDispatchMessageOf(c).bytes, ret = SpanReturnMessageOf(c).bytes;
   EXPECT_EQ(SpanDispatchBytesSent(c), 3 * dispatch);
   EXPECT_EQ(SpanCombineBytesSent(c), 3 * ret);
-  // Send and receive of both directions, plus the plan: 1 + L + L * R = 321 int32 (L = 64),
-  // 1284 bytes, 256-aligned.
+  // Send and receive of both directions, plus the plan: 1 + L + L * R + R = 325 int32
+  // (L = 64), 1300 bytes, 256-aligned.
   EXPECT_EQ(SpanHandleBytesOf(c), 8 * dispatch + 8 * ret + 1536);
-  EXPECT_EQ(kernels::SpanPlanWords(64, 4), 1 + 64 + 256);
+  EXPECT_EQ(kernels::SpanPlanWords(64, 4), 1 + 64 + 256 + 4);
+  EXPECT_EQ(kernels::SpanPlanFirstRowWord(64, 4, 3), 1 + 64 + 256 + 3);
+}
+
+TEST(SpanMessagesTest, TheHeaderHoldsEveryExpertAndEveryRank) {
+  // E 256 and R 64: (2 + 256 + 64) int32 = 1288 bytes, 256-aligned.
+  GroupConfig c = Spanning(0, 64);
+  c.ranks.clear();
+  for (int r = 0; r < 64; ++r) c.ranks.push_back(r);
+  c.span.nodes = 64;
+  EXPECT_EQ(SpanDispatchMessageOf(c).entries_offset, 1536);
+  c.ranks.resize(2);
+  c.span.nodes = 2;
+  EXPECT_EQ(SpanDispatchMessageOf(c).entries_offset, 1280);
+}
+
+TEST(SpanMessagesTest, HighThroughputReturnsOnePreReducedRowPerToken) {
+  GroupConfig c = Spanning(1, 64);
+  c.algorithm = Algorithm::kHighThroughput;
+  const kernels::SpanShape s = SpanShapeOf(c, 1);
+  EXPECT_EQ(s.high_throughput, 1);
+  EXPECT_EQ(s.rank_major, 0);
+  EXPECT_EQ(s.ret.rows_per_token, 1);
+  EXPECT_EQ(SpanReturnMessageOf(c).bytes, 256 + 128 * 128);
+  // The dispatch message is the low-latency one: T entries and T rows.
+  GroupConfig ll = Spanning(1, 64);
+  EXPECT_EQ(SpanDispatchMessageOf(c).bytes, SpanDispatchMessageOf(ll).bytes);
+  EXPECT_EQ(SpanShapeOf(ll, 1).high_throughput, 0);
 }
 
 TEST(SpanMessagesTest, ShapeCarriesTheGroupConstantsAndBothMessages) {
@@ -87,28 +114,24 @@ TEST(SpanMessagesTest, ShapeCarriesTheGroupConstantsAndBothMessages) {
   EXPECT_EQ(s.ret.rows_per_token, 1);
 }
 
-TEST(SpanSupportTest, LowLatencyTokenDtypesAreSupported) {
+TEST(SpanSupportTest, BothAlgorithmsInEveryTokenDtypeAreSupported) {
   for (DType dtype : {DType::kBf16, DType::kFp16, DType::kFp32}) {
     GroupConfig c = Spanning(0);
     c.dtype = dtype;
     EXPECT_TRUE(CheckSpanningSupported(c).ok()) << DTypeName(dtype);
     c.layout = Layout::kRankMajor;
     EXPECT_TRUE(CheckSpanningSupported(c).ok()) << DTypeName(dtype);
+    c.algorithm = Algorithm::kHighThroughput;
+    EXPECT_TRUE(CheckSpanningSupported(c).ok()) << DTypeName(dtype);
   }
 }
 
-TEST(SpanSupportTest, HighThroughputAndFp8AreRefusedNamingTheSetting) {
-  GroupConfig ht = Spanning(0);
-  ht.algorithm = Algorithm::kHighThroughput;
-  Status s = CheckSpanningSupported(ht);
-  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
-  EXPECT_THAT(s.message(), HasSubstr("group 'span'"));
-  EXPECT_THAT(s.message(), HasSubstr("algorithm = high_throughput"));
-
+TEST(SpanSupportTest, Fp8AndTooManyRanksAreRefusedNamingTheSetting) {
   GroupConfig fp8 = Spanning(0);
   fp8.dispatch_format = DispatchFormat::kFp8E4m3;
-  s = CheckSpanningSupported(fp8);
+  Status s = CheckSpanningSupported(fp8);
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_THAT(s.message(), HasSubstr("group 'span'"));
   EXPECT_THAT(s.message(), HasSubstr("dispatch_dtype = fp8_e4m3"));
 
   GroupConfig huge = Spanning(0, 64);

@@ -194,8 +194,8 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
   const int group_rank = me.group_rank_;
   // The op takes its number even when its arguments are rejected: the peers learn at once.
   const uint64_t seq = group.NextSeq(group_rank);
-  if (c.high_throughput()) return DispatchHighThroughput(me, seq, args);
   if (group.span_ != nullptr) return SpanDispatch(me, seq, args);
+  if (c.high_throughput()) return DispatchHighThroughput(me, seq, args);
   const int n = me.num_tokens();
   kernels::DispatchParams params;
   if (Status bad = SetDispatchPayload(c, args, n, &params); !bad.ok()) {

@@ -1,5 +1,5 @@
 // Groups that span daemons on the cuda backend (docs/design.md §9, "cuda transport"): creation
-// and the low-latency dispatch / combine of one hosted rank, as kernels around one NCCL
+// and the dispatch / combine of one hosted rank (both algorithms), as kernels around one NCCL
 // exchange of fixed-size messages (kernels/span_exchange.cuh, span_comm.h), all on the rank's
 // lane stream. Results equal a single daemon's with the same R, byte for byte.
 #include <cuda_runtime.h>
@@ -62,6 +62,10 @@ Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const Sp
   pack.local_rank = me.priv<int32_t>(p.local_rank);
   pack.expert_counts = me.priv<int32_t>(p.expert_counts);
   pack.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  if (shape.high_throughput) {
+    pack.dest_row = me.priv<int32_t>(p.dest_row);
+    pack.dest_counts = me.priv<int32_t>(p.dest_counts);
+  }
   pack.x = x;
   pack.send = buffers.dispatch_send;
   pack.recv = buffers.dispatch_recv;
@@ -203,7 +207,7 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
   const HandleLayout& l = me.layout_;
   kernels::SpanAssembleParams assemble;
   assemble.shape = shape;
-  assemble.capacity = c.capacity();
+  assemble.capacity = c.high_throughput() ? c.recv_row_capacity() : c.capacity();
   assemble.recv = buffers.dispatch_recv;
   assemble.plan = buffers.plan;
   assemble.recv_x = me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
@@ -214,6 +218,11 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
       me.recv<float>(l.recv_topk_weights_offset, l.recv_topk_weights_bytes);
   assemble.recv_counts = me.recv<int32_t>(l.recv_counts_offset, l.recv_counts_bytes);
   assemble.recv_offsets = me.recv<int32_t>(l.recv_offsets_offset, l.recv_offsets_bytes);
+  assemble.recv_rank_counts = me.recv<int32_t>(l.recv_rank_counts_offset, l.recv_rank_counts_bytes);
+  assemble.recv_rank_offsets =
+      me.recv<int32_t>(l.recv_rank_offsets_offset, l.recv_rank_offsets_bytes);
+  assemble.expert_rows = me.recv<int32_t>(l.expert_rows_offset, l.expert_rows_bytes);
+  assemble.expert_rows_entries = static_cast<int64_t>(l.expert_rows_entries);
   assemble.abort = group.abort_word();
   assemble.seq = seq;
   assemble.error =

@@ -10,12 +10,6 @@ int64_t TokenRowBytes(const GroupConfig& c) {
 }  // namespace
 
 Status CheckSpanningSupported(const GroupConfig& c) {
-  if (c.high_throughput()) {
-    return UnimplementedError(
-        "group '{}': the cuda backend runs groups that span nodes with algorithm = low_latency "
-        "only; algorithm = high_throughput across daemons is not implemented",
-        c.name);
-  }
   if (c.fp8_dispatch()) {
     return UnimplementedError(
         "group '{}': the cuda backend does not dispatch fp8 (dispatch_dtype = fp8_e4m3) in groups "
@@ -30,7 +24,7 @@ Status CheckSpanningSupported(const GroupConfig& c) {
 }
 
 kernels::SpanDispatchMessage SpanDispatchMessageOf(const GroupConfig& c) {
-  return kernels::SpanDispatchMessageOf(c.max_tokens_per_rank, c.top_k, c.experts,
+  return kernels::SpanDispatchMessageOf(c.max_tokens_per_rank, c.top_k, c.experts, c.world_size(),
                                         TokenRowBytes(c));
 }
 
@@ -42,7 +36,8 @@ kernels::SpanShape SpanShapeOf(const GroupConfig& c, int group_rank) {
   s.local_experts = c.local_experts();
   s.top_k = c.top_k;
   s.max_tokens = c.max_tokens_per_rank;
-  s.rank_major = c.layout == Layout::kRankMajor ? 1 : 0;
+  s.rank_major = !c.high_throughput() && c.layout == Layout::kRankMajor ? 1 : 0;
+  s.high_throughput = c.high_throughput() ? 1 : 0;
   s.row_bytes = TokenRowBytes(c);
   s.dispatch = SpanDispatchMessageOf(c);
   s.ret = SpanReturnMessageOf(c);
@@ -51,7 +46,8 @@ kernels::SpanShape SpanShapeOf(const GroupConfig& c, int group_rank) {
 
 kernels::SpanReturnMessage SpanReturnMessageOf(const GroupConfig& c) {
   return kernels::SpanReturnMessageOf(c.max_tokens_per_rank, c.top_k,
-                                      c.layout == Layout::kRankMajor, TokenRowBytes(c));
+                                      c.layout == Layout::kRankMajor || c.high_throughput(),
+                                      TokenRowBytes(c));
 }
 
 int64_t SpanHandleBytesOf(const GroupConfig& c) {

@@ -11,8 +11,8 @@
 
 namespace epd::cuda {
 
-// OK for a low-latency spanning group in a token dtype; UNIMPLEMENTED naming the group and the
-// setting for what the cuda spanning path does not do yet (high_throughput, fp8 dispatch);
+// OK for a spanning group of either algorithm in a token dtype; UNIMPLEMENTED naming the group
+// and the setting for what the cuda spanning path does not do yet (fp8 dispatch);
 // INVALID_ARGUMENT beyond kernels::kMaxSpanningRanks ranks.
 Status CheckSpanningSupported(const GroupConfig& config);
 
