@@ -228,6 +228,15 @@ class Backend {
   // (the cuda backend: from the op's last kernel, one stream operation less per fenced op);
   // else the caller follows a successful op with SignalFence.
   virtual bool FoldsFenceSignals() const { return false; }
+  // Before a collective of `handle`'s rank waits on its fence: whatever the op needs that must
+  // not happen while the rank's stream waits for its frontend. The cuda backend forms a
+  // spanning group's NCCL communicator here: NCCL's init may synchronize the device, which a
+  // fence-wait kernel spinning for the frontend's signal (sent once the op is answered) would
+  // hold until the op timed out. An error fails the op like a failed fence wait.
+  virtual Status PrepareCollective(BackendHandle& handle) {
+    (void)handle;
+    return OkStatus();
+  }
   virtual Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) = 0;
   // This rank's next collective of the handle's group. An error return means nothing was
   // enqueued but the op's sequence number is taken and abandoned (peers fail at once).

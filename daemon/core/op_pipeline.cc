@@ -159,7 +159,8 @@ void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone 
                                  std::function<void()> release) {
   Handle& handle = *ctx.handle;
   const uint64_t number = handle.outcomes.BeginOp();
-  Status status = WaitFenceIfAny(ctx);
+  Status status = backend_.PrepareCollective(*handle.backend);
+  if (status.ok()) status = WaitFenceIfAny(ctx);
   if (status.ok()) status = handle.outcomes.CheckReadyFor(op.kind);
   if (!status.ok()) {
     backend_.Abandon(*handle.backend, op.kind, status);

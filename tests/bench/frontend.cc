@@ -78,7 +78,6 @@ class Frontend {
                     ModeSamples& samples, std::string& check);
   Status TimeBlocking(const Case& c, Tensors& t, uint64_t handle_id, ModeSamples& samples);
   // One blocking layer (update, dispatch, combine), untimed.
-  Status FormGroup(const Case& c, Tensors& t, uint64_t handle_id);
   Status TimeFrontendLaunched(const Case& c, Tensors& t, const v1::HandleInfo& handle,
                               const RankRouting& routing, ModeSamples& samples,
                               std::string& check);
@@ -277,15 +276,6 @@ Status Frontend::TimeFenced(const Case& c, Tensors& t, uint64_t handle_id,
   return OkStatus();
 }
 
-Status Frontend::FormGroup(const Case& c, Tensors& t, uint64_t handle_id) {
-  for (int op = 0; op < kNumOps; ++op) {
-    std::future<Status> answer = Post(static_cast<Op>(op), c, t, handle_id, BlockingOptions());
-    EPD_RETURN_IF_ERROR(session_->Await(answer, OpName(static_cast<Op>(op)))
-                            .WithContext("the layer that forms the spanning group"));
-  }
-  return OkStatus();
-}
-
 Status Frontend::TimeBlocking(const Case& c, Tensors& t, uint64_t handle_id,
                               ModeSamples& samples) {
   const int total = settings_.warmup + settings_.iterations;
@@ -456,11 +446,6 @@ Status Frontend::RunCase(const Case& c, bool first) {
   StatusOr<v1::HandleInfo> handle = session_->CreateHandle(config.name);
   Tensors t;
   status = handle.ok() ? Setup(c, t, routing) : handle.status().WithContext("CreateHandle");
-  // NOTE: a spanning group's first op forms its NCCL communicator, whose setup (and first
-  // exchange) may wait for the device; behind the fence-wait kernel of a fenced op, which
-  // spins until this frontend hears back about that very op, it would time out. One blocking
-  // layer first, untimed.
-  if (status.ok() && options_.spans_nodes) status = FormGroup(c, t, handle->handle_id());
   EPD_ASSIGN_OR_RETURN(all_ok, Barrier(status.ok()));
   if (all_ok) {
     const uint64_t handle_id = handle->handle_id();

@@ -179,6 +179,12 @@ StatusOr<FrontendResults> RunDaemonModes(const Flags& flags, const std::string& 
   }
   auto merged = ReadFrontendResults(results, cases, ranks);
   if (!merged.ok() && !failed.ok()) return failed;
+  const bool case_failed =
+      merged.ok() && std::any_of(merged->results.begin(), merged->results.end(),
+                                 [](const Result& r) { return !r.error.empty(); });
+  if (failed.ok() && case_failed) {  // why a case failed is often only in the daemon's log
+    fmt::print(stderr, "epd-bench: a case failed; daemon log:\n{}\n", daemons->ReadLogs());
+  }
   return merged;
 }
 

@@ -6,7 +6,10 @@
 #include <atomic>
 #include <future>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "daemon/backends/cpu/cpu_backend.h"
 #include "daemon/core/engine.h"
@@ -301,6 +304,86 @@ TEST(EngineFenceSignalTest, SignalsGoWithTheOpOnlyToBackendsThatFoldThem) {
                                     : std::vector<uint64_t>({0, 0, 0}));
     EXPECT_EQ(backend.separate_signals.load(), folds ? 0 : 3);
   }
+}
+
+// Records the order of PrepareCollective and WaitFence; PrepareCollective fails while `fail`.
+class PreparingBackend : public testing::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  Status PrepareCollective(BackendHandle& h) override {
+    Record("prepare");
+    if (fail) return UnavailableError("the peers are not there yet");
+    return ForwardingBackend::PrepareCollective(h);
+  }
+  Status WaitFence(BackendHandle& h, ExportedMemory& f, uint64_t v) override {
+    Record("wait");
+    return ForwardingBackend::WaitFence(h, f, v);
+  }
+  std::vector<std::string> TakeCalls() {
+    std::lock_guard lock(mutex_);
+    return std::exchange(calls_, {});
+  }
+  std::atomic<bool> fail{false};
+
+ private:
+  void Record(const char* call) {
+    std::lock_guard lock(mutex_);
+    calls_.push_back(call);
+  }
+  std::mutex mutex_;
+  std::vector<std::string> calls_;
+};
+
+// A collective is prepared before its stream waits on its fence (the cuda backend forms a
+// spanning group's communicator there, which must not wait behind that fence); a failed
+// preparation fails the op, naming the group, without a fence wait, and the next ops work.
+TEST(EngineCollectiveTest, PreparedBeforeTheFenceWaitAndAFailedPreparationFailsOnlyTheOp) {
+  auto owned =
+      std::make_unique<PreparingBackend>(CreateCpuBackend({1, milliseconds(2000)}).value());
+  PreparingBackend& backend = *owned;
+  auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
+  GroupConfig config = Config("prepared");
+  config.ranks = {0};
+  ASSERT_TRUE(engine->CreateGroup(std::nullopt, config, /*persistent=*/true).ok());
+  engine_testing::Frontend f(*engine, 0);
+  f.handle = engine->CreateHandle(f.session, "prepared", 0, "", false).value().id;
+  for (int i = 0; i < engine_testing::kTopK; ++i) {
+    f.topk()[i] = i % config.experts;
+    f.weights()[i] = 1.0f;
+  }
+  const FenceInfo fence = engine->CreateFence(f.session).value();
+  auto page = ShmRegion::Open(fence.source.shm_name, "fence").value();
+  std::atomic_ref<uint64_t>(
+      *reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset))
+      .store(100);  // every wait below is satisfied
+  OpOptions waits;
+  waits.wait = FenceOp{fence.id, 1};
+  auto run = [&](bool with_dispatch) {
+    engine_testing::Waiter update, dispatch;
+    EXPECT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());
+    EXPECT_TRUE(update.Get().ok());
+    if (!with_dispatch) return OkStatus();
+    EXPECT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), waits, dispatch.Done()).ok());
+    return dispatch.Get();
+  };
+  EXPECT_TRUE(run(true).ok());
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"prepare", "wait"}));
+
+  backend.fail = true;
+  const Status failed = run(true);
+  EXPECT_EQ(failed.code(), StatusCode::kUnavailable) << failed.ToString();
+  EXPECT_NE(failed.message().find("group 'prepared' dispatch"), std::string::npos)
+      << failed.ToString();
+  EXPECT_NE(failed.message().find("the peers are not there yet"), std::string::npos)
+      << failed.ToString();
+  EXPECT_EQ(backend.TakeCalls(), std::vector<std::string>{"prepare"});
+
+  backend.fail = false;
+  EXPECT_TRUE(run(true).ok());
+  engine_testing::Waiter combine;
+  ASSERT_TRUE(engine->SubmitCombine(f.session, f.Combine(1), waits, combine.Done()).ok());
+  EXPECT_TRUE(combine.Get().ok());
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"prepare", "wait", "prepare", "wait"}));
 }
 
 }  // namespace

@@ -39,6 +39,7 @@ class ForwardingBackend : public Backend {
     return inner_->SignalFence(h, f, v);
   }
   bool FoldsFenceSignals() const override { return inner_->FoldsFenceSignals(); }
+  Status PrepareCollective(BackendHandle& h) override { return inner_->PrepareCollective(h); }
   Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {
     return inner_->UpdateHandle(h, a);
   }

@@ -62,6 +62,8 @@ class CudaBackend final : public Backend {
   Status SignalFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override;
   // Each op's last kernel writes its fence signal: no stream write after it.
   bool FoldsFenceSignals() const override { return true; }
+  // A spanning group's communicator, formed before the op's fence wait (cuda_span_ops.cc).
+  Status PrepareCollective(BackendHandle& handle) override;
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override;
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override;
   Status Combine(BackendHandle& handle, const CombineArgs& args) override;

@@ -35,6 +35,16 @@ SpanBuffers BuffersOf(const CudaHandle& h, const kernels::SpanShape& s) {
   return b;
 }
 
+}  // namespace
+
+Status CudaBackend::PrepareCollective(BackendHandle& h) {
+  auto& me = static_cast<CudaHandle&>(h);
+  if (me.group_->span_ == nullptr) return OkStatus();
+  return me.group_->span_->EnsureFormed();
+}
+
+namespace {
+
 struct SpanOp {
   kernels::SpanShape shape;
   SpanBuffers buffers;

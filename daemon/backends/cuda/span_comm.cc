@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "common/cuda_check.h"
+#include "daemon/backends/cuda/nccl_await.h"
 #include "daemon/backends/cuda/nccl_check.h"
 #include "daemon/core/log.h"
 
@@ -31,28 +32,6 @@ void AbortComms(std::vector<ncclComm_t>& comms, const std::string& group) {
     comm = nullptr;
   }
   comms.clear();
-}
-
-// Polls every communicator until none is in progress, or the deadline / `stopped`.
-Status AwaitComms(const std::vector<ncclComm_t>& comms, SteadyClock::time_point deadline,
-                  const std::function<Status()>& stopped, std::string_view what) {
-  while (true) {
-    bool busy = false;
-    for (ncclComm_t comm : comms) {
-      ncclResult_t state = ncclSuccess;
-      EPD_NCCL_CHECK(ncclCommGetAsyncError(comm, &state));
-      if (state == ncclInProgress) {
-        busy = true;
-      } else if (state != ncclSuccess) {
-        return UnavailableError("{}: NCCL reported {} ({})", what, static_cast<int>(state),
-                                ncclGetErrorString(state));
-      }
-    }
-    if (!busy) return OkStatus();
-    EPD_RETURN_IF_ERROR(stopped());
-    if (SteadyClock::now() >= deadline) return UnavailableError("{}: timed out", what);
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
 }
 
 }  // namespace
@@ -223,6 +202,11 @@ Status SpanComm::Form() {
     started = AwaitComms(
         live, deadline, [this] { return Stopped(); },
         fmt::format("group '{}': ncclCommInitRankConfig", c.name));
+  }
+  if (started.ok()) {  // before any op of the group waits on a fence (nccl_await.h says why)
+    started = WarmUpExchange(
+        live, options_.hosted, options_.devices, c.world_size(), deadline,
+        [this] { return Stopped(); }, fmt::format("group '{}': the warm-up exchange", c.name));
   }
   if (!started.ok()) {
     AbortComms(live, c.name);

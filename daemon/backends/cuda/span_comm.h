@@ -5,8 +5,10 @@
 //   worker, never a gRPC thread: the generation and unique id come from SpanRendezvous (the
 //   daemon hosting group rank 0 creates the id), then ncclGroupStart / ncclCommInitRankConfig
 //   per hosted rank (non-blocking config) / ncclGroupEnd, polled with ncclCommGetAsyncError
-//   until op_timeout; on timeout or error the communicators are aborted and the generation is
-//   raised. The rank worker asking waits for the formation, which is itself bounded.
+//   until op_timeout, then one warm-up exchange (nccl_await.h: NCCL's lazily loaded kernels
+//   must not load behind an op's fence-wait kernel); on timeout or error the communicators
+//   are aborted and the generation is raised. The rank worker asking waits for the formation, which
+//   is itself bounded.
 // - Exchange: one grouped ncclSend/ncclRecv of fixed-size messages with every other group rank,
 //   enqueued on the rank's lane stream with events around it. A watchdog thread times each
 //   exchange from when the stream reaches it; past op_timeout, on an NCCL async error, or when
