@@ -2,6 +2,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/combine.cuh"
+#include "kernels/internal/fp8_quant.cuh"
 #include "kernels/internal/preload.cuh"
 #include "kernels/internal/token_vector.cuh"
 #include "kernels/span_exchange.cuh"
@@ -26,6 +27,14 @@ __device__ __forceinline__ void ZeroRow(char* dst, int64_t row_bytes) {
   for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
     reinterpret_cast<int4*>(dst)[v] = make_int4(0, 0, 0, 0);
   }
+}
+
+// Scale rows: H / 128 fp32 or ue8m0 scales, not always whole 16-byte vectors.
+__device__ __forceinline__ void CopyScales(char* dst, const char* src, int64_t bytes) {
+  for (int64_t i = threadIdx.x; i < bytes; i += blockDim.x) dst[i] = src[i];
+}
+__device__ __forceinline__ void ZeroScales(char* dst, int64_t bytes) {
+  for (int64_t i = threadIdx.x; i < bytes; i += blockDim.x) dst[i] = 0;
 }
 
 __device__ __forceinline__ void WriteError(DeviceError* error, int32_t code, int32_t a, int32_t b,
@@ -54,6 +63,37 @@ __device__ __forceinline__ const int32_t* EntryOf(const char* message, const Spa
 }
 
 // ---- dispatch, source side ----
+// Token t's payload into its message row: its bytes in the token dtype, a copy of the
+// frontend's e4m3 row and scales, or quantized here (a half warp per 128-channel block, the
+// rule of kernels/internal/fp8_quant.cuh). Whole block: the quantizing loop runs the same
+// number of times on every thread, as each block's amax shuffles need every lane of its warp.
+__device__ void PackRow(const SpanPackParams& p, char* message, int t) {
+  const SpanDispatchMessage& m = p.shape.dispatch;
+  char* row = message + m.rows_offset + t * m.row_bytes;
+  char* scales = message + m.scales_offset + t * m.scale_row_bytes;
+  const char* x = static_cast<const char*>(p.x);
+  if (p.payload != kPayloadQuantize) {  // the token dtype's row, or the frontend's e4m3 one
+    CopyRow(row, x + t * m.row_bytes, m.row_bytes);
+    if (p.payload == kPayloadPrequantized) {
+      CopyScales(scales, static_cast<const char*>(p.x_scales) + t * m.scale_row_bytes,
+                 m.scale_row_bytes);
+    }
+    return;
+  }
+  const int hidden = static_cast<int>(m.row_bytes);  // e4m3: a byte per channel
+  const int blocks = hidden / detail::kFp8BlockChannels;
+  const int scale_bytes = p.shape.ue8m0_scales ? 1 : 4;
+  const auto* src = static_cast<const uint16_t*>(p.x) + static_cast<int64_t>(t) * hidden;
+  const int half_warp = static_cast<int>(threadIdx.x) / 16, lane16 = threadIdx.x % 16;
+  for (int base = 0; base < blocks; base += kSpanThreads / 16) {
+    const int b = base + half_warp;
+    detail::QuantizeBlockHalfWarp(src + b * detail::kFp8BlockChannels,
+                                  reinterpret_cast<uint8_t*>(row) + b * detail::kFp8BlockChannels,
+                                  scales + b * scale_bytes, p.shape.ue8m0_scales != 0, b < blocks,
+                                  lane16);
+  }
+}
+
 __global__ void __launch_bounds__(kSpanThreads) SpanPackKernel(SpanPackParams p) {
   const SpanShape& s = p.shape;
   const int t = blockIdx.x, d = blockIdx.y, K = s.top_k, L = s.local_experts;
@@ -94,10 +134,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanPackKernel(SpanPackParams p)
     entry[1 + K + k] = here ? p.local_rank[t * K + k] : -1;
     entry[1 + 2 * K + k] = here ? __float_as_int(p.topk_weights[t * K + k]) : 0;
   }
-  if (present) {
-    CopyRow(message + s.dispatch.rows_offset + t * s.row_bytes,
-            static_cast<const char*>(p.x) + t * s.row_bytes, s.row_bytes);
-  }
+  if (present) PackRow(p, message, t);
 }
 
 // ---- dispatch, destination side: one block decides whether rows are written and where ----
@@ -209,7 +246,17 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
   const char* message = p.recv + src * s.dispatch.bytes;
   const int32_t* entry = EntryOf(message, s.dispatch, t);
   const bool present = entry[0] >= 0;
-  const char* row = message + s.dispatch.rows_offset + t * s.row_bytes;
+  const SpanDispatchMessage& m = s.dispatch;
+  const char* row = message + m.rows_offset + t * m.row_bytes;
+  const char* row_scales = message + m.scales_offset + t * m.scale_row_bytes;
+  // The row's bytes (and fp8 scales) as received row `out_row`.
+  auto place = [&](int64_t out_row) {
+    CopyRow(static_cast<char*>(p.recv_x) + out_row * m.row_bytes, row, m.row_bytes);
+    if (m.scale_row_bytes > 0) {
+      CopyScales(static_cast<char*>(p.recv_scales) + out_row * m.scale_row_bytes, row_scales,
+                 m.scale_row_bytes);
+    }
+  };
   if (s.high_throughput) {
     if (!present) return;
     const int64_t out_row =
@@ -232,7 +279,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
         if (at < p.expert_rows_entries) p.expert_rows[at] = static_cast<int32_t>(out_row);
       }
     }
-    CopyRow(static_cast<char*>(p.recv_x) + out_row * s.row_bytes, row, s.row_bytes);
+    place(out_row);
     return;
   }
   if (s.rank_major) {
@@ -242,11 +289,14 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
       p.recv_topk_weights[out_row * K + threadIdx.x] =
           present ? __int_as_float(entry[1 + 2 * K + threadIdx.x]) : 0.0f;
     }
-    char* dst = static_cast<char*>(p.recv_x) + out_row * s.row_bytes;
     if (present) {
-      CopyRow(dst, row, s.row_bytes);
-    } else {
-      ZeroRow(dst, s.row_bytes);
+      place(out_row);
+    } else {  // absent: zero bytes in recv_x and recv_scales
+      ZeroRow(static_cast<char*>(p.recv_x) + out_row * m.row_bytes, m.row_bytes);
+      if (m.scale_row_bytes > 0) {
+        ZeroScales(static_cast<char*>(p.recv_scales) + out_row * m.scale_row_bytes,
+                   m.scale_row_bytes);
+      }
     }
     return;
   }
@@ -263,7 +313,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
       p.recv_src[out_row * 3 + 2] = k;
       p.recv_weights[out_row] = __int_as_float(entry[1 + 2 * K + k]);
     }
-    CopyRow(static_cast<char*>(p.recv_x) + out_row * s.row_bytes, row, s.row_bytes);
+    place(out_row);
   }
 }
 

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "kernels/device_error.cuh"
+#include "kernels/dispatch.cuh"
 #include "kernels/span_messages.h"
 
 namespace epd::kernels {
@@ -32,7 +33,9 @@ struct SpanPackParams {
   const int32_t* bound_tokens = nullptr;   // [1]
   const int32_t* dest_row = nullptr;       // [T, R] high-throughput only
   const int32_t* dest_counts = nullptr;    // [R] high-throughput only
-  const void* x = nullptr;                 // [n, H]
+  const void* x = nullptr;                 // [n, H] token dtype, or e4m3 when prequantized
+  int payload = kPayloadCopy;              // DispatchPayload (kernels/dispatch.cuh)
+  const void* x_scales = nullptr;          // kPayloadPrequantized: [n, H / 128]
   char* send = nullptr;  // [R] messages; message d at d * dispatch.bytes (not this rank's)
   char* recv = nullptr;  // [R] messages; this rank's own message goes to recv[rank]
   int abandoned = 0;     // this rank gives the op up: headers say so, nothing else is written
@@ -56,6 +59,7 @@ struct SpanAssembleParams {
   int32_t* recv_rank_offsets = nullptr;  // high-throughput
   int32_t* expert_rows = nullptr;        // high-throughput, expert_rows_entries of them
   int64_t expert_rows_entries = 0;
+  void* recv_scales = nullptr;      // fp8 dispatch
   const uint64_t* abort = nullptr;  // host-mapped: ops numbered up to it give up
   uint64_t seq = 0;
   DeviceError* error = nullptr;

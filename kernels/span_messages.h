@@ -1,8 +1,9 @@
 // The fixed-size messages a group that spans daemons exchanges through NCCL on the cuda
-// backend (both algorithms) (docs/design.md §9, "cuda transport"). Plain C++17 constexpr, shared by
-// the kernels (kernels/span_exchange.cuh), the backend that sizes the buffers, and the unit tests.
+// backend (both algorithms, token-dtype or fp8 dispatch) (docs/design.md §9, "cuda transport").
+// Plain C++17 constexpr, shared by the kernels (kernels/span_exchange.cuh), the backend that sizes
+// the buffers, and the unit tests.
 //
-// Every size comes from the group constants only (T, K, E, L, R, H, dtype), so the NCCL exchange
+// Every size comes from the group constants only (T, K, E, L, R, H, dtypes), so the NCCL exchange
 // needs no host-side counts: each op sends R - 1 messages of one size, however many tokens
 // select each destination. The price is bandwidth: a message always carries T rows.
 //
@@ -19,7 +20,10 @@
 //           with other ranks' ids masked to -1; local_rank[K] (the selection's index among s's
 //           selections of its expert, as the routing bind ranked it; high-throughput: -1 for
 //           a repeat of an expert in one token); weight bits[K] (0 where masked)]
-//   rows    T x row_bytes: row t = token t of s where entry t is present (else unwritten)
+//   rows    T x row_bytes: row t = token t of s where entry t is present (else unwritten):
+//           its bytes in the token dtype, or with fp8 dispatch its e4m3 codes (H bytes)
+//   scales  fp8 dispatch only, T x scale_row_bytes: row t's scales (H / 128 of fp32 or ue8m0),
+//           quantized by the source's pack kernel or copied from the frontend's x_scales
 // Combine return message from destination d to source s:
 //   header  int32 [0] status
 //   rows    T x J x row_bytes: row (t, j) = the expert output of the j-th selection of s's
@@ -47,19 +51,24 @@ struct SpanDispatchMessage {
   int64_t entry_words = 0;     // int32 words of one token's entry: 1 + 3K
   int64_t entries_offset = 0;  // bytes from the message start (after the header)
   int64_t rows_offset = 0;
-  int64_t row_bytes = 0;
+  int64_t row_bytes = 0;  // of a received row: the token dtype's, or H with fp8 dispatch
+  int64_t scales_offset = 0;
+  int64_t scale_row_bytes = 0;  // 0 without fp8 dispatch
   int64_t bytes = 0;  // the whole message, a multiple of kSpanMessageAlign
 };
 
 constexpr SpanDispatchMessage SpanDispatchMessageOf(int64_t max_tokens, int64_t top_k,
                                                     int64_t experts, int64_t world_size,
-                                                    int64_t row_bytes) {
+                                                    int64_t row_bytes,
+                                                    int64_t scale_row_bytes = 0) {
   SpanDispatchMessage m;
   m.entry_words = 1 + 3 * top_k;
   m.entries_offset = SpanAlignUp((kSpanHeaderFixedWords + experts + world_size) * 4);
   m.rows_offset = m.entries_offset + SpanAlignUp(max_tokens * m.entry_words * 4);
   m.row_bytes = row_bytes;
-  m.bytes = m.rows_offset + SpanAlignUp(max_tokens * row_bytes);
+  m.scales_offset = m.rows_offset + SpanAlignUp(max_tokens * row_bytes);
+  m.scale_row_bytes = scale_row_bytes;
+  m.bytes = m.scales_offset + SpanAlignUp(max_tokens * scale_row_bytes);
   return m;
 }
 
@@ -91,7 +100,9 @@ struct SpanShape {
   int max_tokens = 0;
   int rank_major = 0;
   int high_throughput = 0;  // the packed layout (and pre-reduced combine rows)
-  int64_t row_bytes = 0;
+  int ue8m0_scales = 0;     // fp8 dispatch: scales are ue8m0 bytes, else fp32
+  int64_t row_bytes = 0;    // of a token in the token dtype (combine; dispatch.row_bytes differs
+                            // with fp8 dispatch)
   SpanDispatchMessage dispatch;
   SpanReturnMessage ret;
 };

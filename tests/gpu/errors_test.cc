@@ -271,11 +271,8 @@ TEST(CudaBackendInfo, RejectsGroupsItCannotServe) {
 namespace epd::gputest {
 namespace {
 
-// Groups spanning daemons are served by the cpu backend only for now: the cuda backend says
-// so instead of serving half of one.
-// A spanning group needs the daemon's cluster (none here); fp8 dispatch across daemons is
-// refused before that, naming the setting.
-TEST(CudaBackendInfo, RefusesSpanningGroupsWithoutAClusterOrWithFp8) {
+// A spanning group needs the daemon's cluster (none here): refused whatever it dispatches.
+TEST(CudaBackendInfo, RefusesSpanningGroupsWithoutACluster) {
   EPD_REQUIRE_GPUS(1);
   GroupConfig c;
   c.name = "spanning";
@@ -286,13 +283,13 @@ TEST(CudaBackendInfo, RefusesSpanningGroupsWithoutAClusterOrWithFp8) {
   c.top_k = 2;
   c.spans_nodes = true;
   c.span = GroupConfig::Span{0, 2, SharedBackend()->num_ranks()};
-  auto group = SharedBackend()->CreateGroup(c);
-  EXPECT_EQ(group.status().code(), StatusCode::kFailedPrecondition) << group.status().ToString();
-  EXPECT_NE(group.status().message().find("not part of a cluster"), std::string::npos);
-  c.dispatch_format = DispatchFormat::kFp8E4m3;
-  group = SharedBackend()->CreateGroup(c);
-  EXPECT_EQ(group.status().code(), StatusCode::kUnimplemented) << group.status().ToString();
-  EXPECT_NE(group.status().message().find("fp8_e4m3"), std::string::npos);
+  for (DispatchFormat format : {DispatchFormat::kTokenDType, DispatchFormat::kFp8E4m3}) {
+    c.dispatch_format = format;
+    auto group = SharedBackend()->CreateGroup(c);
+    EXPECT_EQ(group.status().code(), StatusCode::kFailedPrecondition) << group.status().ToString();
+    EXPECT_NE(group.status().message().find("not part of a cluster"), std::string::npos)
+        << group.status().ToString();
+  }
 }
 
 }  // namespace

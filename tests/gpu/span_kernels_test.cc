@@ -2,7 +2,8 @@
 // NCCL exchange replaced by device copies of the fixed-size messages: every rank's receive
 // region and combine output equal the cpu reference's byte for byte (both low-latency layouts
 // and high-throughput's packed one, bf16 and fp32, n in {0, 1, T-1, T}, all -1, a hot expert,
-// a token selecting one expert twice), and the destination's plan reports a capacity (or row
+// a token selecting one expert twice; fp8 dispatch quantized by the pack kernel or copied
+// pre-quantized, both scale formats), and the destination's plan reports a capacity (or row
 // capacity) overflow and a source's abandon. Isolates the
 // kernels from NCCL: the daemon-level test is tests/gpu/spanning_test.cc.
 #include <cuda_runtime.h>
@@ -12,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "common/fp8.h"
 #include "daemon/backends/cpu/reference_ops.h"
 #include "daemon/backends/cuda/span_support.h"
 #include "kernels/launch_grid.h"
@@ -53,8 +55,13 @@ struct Rank {
   std::vector<int32_t> dest_row, dest_counts;  // high-throughput
   std::vector<float> weights;
   std::vector<char> x;
+  // fp8 dispatch: the frontend's e4m3 rows and scales (kPayloadPrequantized), else x is bf16
+  // and the pack kernel quantizes it (kPayloadQuantize).
+  int payload = kernels::kPayloadCopy;
+  std::vector<uint8_t> xq;
+  std::vector<char> x_scales;
   std::unique_ptr<DeviceBuffer> d_ids, d_weights, d_local_rank, d_counts, d_n, d_x;
-  std::unique_ptr<DeviceBuffer> d_dest_row, d_dest_counts;
+  std::unique_ptr<DeviceBuffer> d_dest_row, d_dest_counts, d_xq, d_x_scales;
   std::unique_ptr<DeviceBuffer> send, recv, plan, ret_send, ret_recv, region, out;
 };
 
@@ -145,6 +152,8 @@ class SpanKernelsTest : public ::testing::Test {
       r.d_x = Upload(r.x.data(), r.x.size());
       r.d_dest_row = Upload(r.dest_row.data(), r.dest_row.size() * 4);
       r.d_dest_counts = Upload(r.dest_counts.data(), r.dest_counts.size() * 4);
+      r.d_xq = Upload(r.xq.data(), r.xq.size());
+      r.d_x_scales = Upload(r.x_scales.data(), r.x_scales.size());
       r.send = Zeroed(R * shape.dispatch.bytes);
       r.recv = Zeroed(R * shape.dispatch.bytes);
       r.plan = Zeroed(kernels::SpanPlanWords(c.local_experts(), R) * 4);
@@ -160,7 +169,9 @@ class SpanKernelsTest : public ::testing::Test {
       pack.bound_tokens = static_cast<const int32_t*>(r.d_n->data());
       pack.dest_row = static_cast<const int32_t*>(r.d_dest_row->data());
       pack.dest_counts = static_cast<const int32_t*>(r.d_dest_counts->data());
-      pack.x = r.d_x->data();
+      pack.payload = r.payload;
+      pack.x = r.payload == kernels::kPayloadPrequantized ? r.d_xq->data() : r.d_x->data();
+      pack.x_scales = r.d_x_scales->data();
       pack.send = static_cast<char*>(r.send->data());
       pack.recv = static_cast<char*>(r.recv->data());
       pack.abandoned = s == abandoning ? 1 : 0;
@@ -196,6 +207,7 @@ class SpanKernelsTest : public ::testing::Test {
       p.recv_rank_offsets = b.recv_rank_offsets;
       p.expert_rows = b.expert_rows;
       p.expert_rows_entries = static_cast<int64_t>(layout.expert_rows_entries);
+      p.recv_scales = b.recv_scales;
       p.seq = 1;
       p.error = &records[d];
       ASSERT_EQ(kernels::LaunchSpanAssemble(p, nullptr), cudaSuccess);
@@ -299,6 +311,53 @@ class SpanKernelsTest : public ::testing::Test {
     }
     Combine(c, ranks, expected);
   }
+
+  // fp8 dispatch (bf16 tokens, H 256): every rank's receive region, e4m3 rows and scales
+  // included, equals the reference's. Combine does not depend on the dispatch payload (its
+  // kernels read the experts' bf16 outputs), so the token-dtype cases cover it.
+  void RunFp8Case(Layout layout, Algorithm algorithm, ScaleFormat format, bool prequantized,
+                  Routing routing, std::vector<int> tokens) {
+    GroupConfig c = ConfigOf(layout, DType::kBf16, 0, algorithm);
+    c.hidden = 256;
+    c.dispatch_format = DispatchFormat::kFp8E4m3;
+    c.scale_format = format;
+    SCOPED_TRACE(c.ToString() + (prequantized ? " pre-quantized" : " quantized by the kernel"));
+    const int R = c.world_size(), T = c.max_tokens_per_rank;
+    const HandleLayout hl = ComputeHandleLayout(c);
+    std::vector<Rank> ranks(R);
+    for (int s = 0; s < R; ++s) {
+      Rank& r = ranks[s];
+      MakeRouting(c, routing, s, tokens[s], &r);
+      r.payload = prequantized ? kernels::kPayloadPrequantized : kernels::kPayloadQuantize;
+      r.xq.assign(static_cast<size_t>(T) * c.hidden, 0);
+      r.x_scales.assign(static_cast<size_t>(T) * c.scale_row_bytes(), 0);
+      for (int t = 0; t < r.n && prequantized; ++t) {
+        QuantizeRowE4m3(reinterpret_cast<const uint16_t*>(r.x.data()) + t * c.hidden, c.hidden,
+                        format, r.xq.data() + t * c.hidden,
+                        r.x_scales.data() + t * c.scale_row_bytes());
+      }
+    }
+    std::vector<kernels::DeviceError> errors;
+    Dispatch(c, ranks, /*abandoning=*/-1, &errors);
+    std::vector<reference::SourceRank> sources(R);
+    for (int s = 0; s < R; ++s) {
+      const Rank& r = ranks[s];
+      sources[s] = {r.n,
+                    prequantized ? static_cast<const void*>(r.xq.data()) : r.x.data(),
+                    r.ids.data(),
+                    r.weights.data(),
+                    r.counts.data(),
+                    prequantized ? r.x_scales.data() : nullptr};
+    }
+    for (int d = 0; d < R; ++d) {
+      EXPECT_EQ(errors[d].code, kernels::kDeviceErrorNone) << "rank " << d;
+      std::vector<char> expected(hl.exported_bytes, 0);
+      reference::DispatchReceive(c, d, sources, reference::ReceiveBuffersAt(expected.data(), hl));
+      std::vector<char> got(hl.exported_bytes);
+      ranks[d].region->Download(got.data(), got.size());
+      EXPECT_EQ(got, expected) << "receive region of rank " << d;
+    }
+  }
 };
 
 TEST_F(SpanKernelsTest, ExpertMajorMatchesTheReference) {
@@ -318,6 +377,19 @@ TEST_F(SpanKernelsTest, RankMajorMatchesTheReference) {
     RunCase(Layout::kRankMajor, dtype, Routing::kAllNone, {8, 8, 3});
     RunCase(Layout::kRankMajor, dtype, Routing::kHotExpert, {8, 8, 8});
     RunCase(Layout::kRankMajor, dtype, Routing::kRepeatedExpert, {8, 5, 8});
+  }
+}
+
+TEST_F(SpanKernelsTest, Fp8DispatchMatchesTheReference) {
+  for (ScaleFormat format : {ScaleFormat::kFp32, ScaleFormat::kUe8m0}) {
+    for (bool prequantized : {false, true}) {
+      RunFp8Case(Layout::kExpertMajor, Algorithm::kLowLatency, format, prequantized,
+                 Routing::kRandom, {8, 0, 7});
+      RunFp8Case(Layout::kRankMajor, Algorithm::kLowLatency, format, prequantized, Routing::kRandom,
+                 {1, 8, 8});
+      RunFp8Case(Layout::kExpertMajor, Algorithm::kHighThroughput, format, prequantized,
+                 Routing::kRepeatedExpert, {8, 5, 8});
+    }
   }
 }
 

@@ -1,7 +1,8 @@
 // A low-latency group spanning two cuda daemons ("nodes"), through NCCL: every rank's receive
 // buffers and combine output equal, byte for byte, those of one cpu daemon (the reference)
 // hosting both ranks, over a table of routings (n in {0, 1, T-1, T}, all -1, one hot expert,
-// both low-latency layouts and high-throughput, three dtypes); a daemon killed mid-run fails the
+// both low-latency layouts and high-throughput, three dtypes, fp8 dispatch quantized by the
+// daemon or pre-quantized by the frontend); a daemon killed mid-run fails the
 // survivor's op with UNAVAILABLE naming it within the bound, the survivor keeps serving, and the
 // group re-forms once the node is back.
 //
@@ -50,7 +51,19 @@ struct Case {
   Routing routing;
   std::vector<int> tokens;  // n per layer, for both ranks
   v1::Algorithm algorithm = v1::ALGORITHM_LOW_LATENCY;
+  // fp8 dispatch (bf16 tokens): scales in this format, x quantized by the frontend or epd.
+  bool fp8 = false;
+  v1::ScaleFormat scale_format = v1::SCALE_FORMAT_FP32;
+  bool prequantized = false;
 };
+
+// `c` with fp8 dispatch.
+Case Fp8(Case c, v1::ScaleFormat format, bool prequantized) {
+  c.fp8 = true;
+  c.scale_format = format;
+  c.prequantized = prequantized;
+  return c;
+}
 
 Problem ProblemOf(const Case& c) {
   Problem p;
@@ -62,6 +75,9 @@ Problem ProblemOf(const Case& c) {
   p.dtype = c.dtype;
   p.layout = c.layout;
   p.algorithm = c.algorithm;
+  p.fp8 = c.fp8;
+  p.scale_format = c.scale_format;
+  p.prequantized = c.prequantized;
   return p;
 }
 
@@ -218,12 +234,22 @@ TEST_F(SpanningGpuTest, EveryCaseMatchesTheCpuReferenceByteForByte) {
        Routing::kHotExpert,
        {16, 7},
        v1::ALGORITHM_HIGH_THROUGHPUT},
+      Fp8({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 1, 15}},
+          v1::SCALE_FORMAT_FP32, /*prequantized=*/false),
+      Fp8({v1::LAYOUT_RANK_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 0}},
+          v1::SCALE_FORMAT_UE8M0, /*prequantized=*/true),
+      Fp8({v1::LAYOUT_EXPERT_MAJOR,
+           v1::DTYPE_BF16,
+           Routing::kHotExpert,
+           {16, 9},
+           v1::ALGORITHM_HIGH_THROUGHPUT},
+          v1::SCALE_FORMAT_UE8M0, /*prequantized=*/false),
   };
   int index = 0;
   for (const Case& c : cases) {
-    SCOPED_TRACE(fmt::format("case {}: {} {} {} routing {}", index, v1::Algorithm_Name(c.algorithm),
-                             v1::Layout_Name(c.layout), v1::DType_Name(c.dtype),
-                             static_cast<int>(c.routing)));
+    SCOPED_TRACE(fmt::format("case {}: {}{} {} {} routing {}", index, c.fp8 ? "fp8 " : "",
+                             v1::Algorithm_Name(c.algorithm), v1::Layout_Name(c.layout),
+                             v1::DType_Name(c.dtype), static_cast<int>(c.routing)));
     const Problem p = ProblemOf(c);
     example::RankRunnerOptions options;
     options.group = UniqueName(fmt::format("ref{}", index));

@@ -126,20 +126,45 @@ TEST(SpanSupportTest, BothAlgorithmsInEveryTokenDtypeAreSupported) {
   }
 }
 
-TEST(SpanSupportTest, Fp8AndTooManyRanksAreRefusedNamingTheSetting) {
-  GroupConfig fp8 = Spanning(0);
-  fp8.dispatch_format = DispatchFormat::kFp8E4m3;
-  Status s = CheckSpanningSupported(fp8);
-  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
-  EXPECT_THAT(s.message(), HasSubstr("group 'span'"));
-  EXPECT_THAT(s.message(), HasSubstr("dispatch_dtype = fp8_e4m3"));
-
+TEST(SpanSupportTest, Fp8DispatchIsSupportedAndTooManyRanksAreRefused) {
+  for (ScaleFormat format : {ScaleFormat::kFp32, ScaleFormat::kUe8m0}) {
+    GroupConfig fp8 = Spanning(0);
+    fp8.dispatch_format = DispatchFormat::kFp8E4m3;
+    fp8.scale_format = format;
+    EXPECT_TRUE(CheckSpanningSupported(fp8).ok());
+    fp8.algorithm = Algorithm::kHighThroughput;
+    EXPECT_TRUE(CheckSpanningSupported(fp8).ok());
+  }
   GroupConfig huge = Spanning(0, 64);
   huge.ranks.clear();
   for (int r = 0; r <= kernels::kMaxSpanningRanks; ++r) huge.ranks.push_back(r);
-  s = CheckSpanningSupported(huge);
+  const Status s = CheckSpanningSupported(huge);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("group 'span'"));
   EXPECT_THAT(s.message(), HasSubstr("at most 4096"));
+}
+
+TEST(SpanMessagesTest, Fp8DispatchCarriesE4m3RowsAndTheirScales) {
+  // H 7168, T 128: rows of 7168 e4m3 bytes, then 56 scales per row (fp32: 224 bytes; ue8m0: 56).
+  GroupConfig c = Spanning(0);
+  c.dispatch_format = DispatchFormat::kFp8E4m3;
+  const kernels::SpanDispatchMessage fp32 = SpanDispatchMessageOf(c);
+  EXPECT_EQ(fp32.row_bytes, 7168);
+  EXPECT_EQ(fp32.scales_offset, fp32.rows_offset + 128 * 7168);
+  EXPECT_EQ(fp32.scale_row_bytes, 224);
+  EXPECT_EQ(fp32.bytes, fp32.scales_offset + 128 * 224);
+  c.scale_format = ScaleFormat::kUe8m0;
+  const kernels::SpanDispatchMessage ue8m0 = SpanDispatchMessageOf(c);
+  EXPECT_EQ(ue8m0.scale_row_bytes, 56);
+  EXPECT_EQ(ue8m0.bytes, ue8m0.scales_offset + 7168);  // 128 x 56, 256-aligned
+  EXPECT_EQ(SpanShapeOf(c, 0).ue8m0_scales, 1);
+  // Combine returns the experts' outputs in the token dtype.
+  EXPECT_EQ(SpanShapeOf(c, 0).row_bytes, 7168 * 2);
+  EXPECT_EQ(SpanReturnMessageOf(c).row_bytes, 7168 * 2);
+  // Without fp8 the message has no scales.
+  const kernels::SpanDispatchMessage token = SpanDispatchMessageOf(Spanning(0));
+  EXPECT_EQ(token.scale_row_bytes, 0);
+  EXPECT_EQ(token.bytes, token.scales_offset);
 }
 
 TEST(SpanRendezvousTest, HexRoundTripsEveryByteAndRefusesOtherText) {

@@ -26,8 +26,8 @@
 //  - Groups and handles must be destroyed before the backend.
 // High-throughput groups run kernels/ht_dispatch.cuh and the combine kernel on their packed
 // rows, on at most sm_budget blocks; on either data path (ExportDataPlane exports their plan).
-// Groups that span daemons (both algorithms) exchange fixed-size messages through NCCL
-// (cuda_span_ops.cc, span_comm.h); fp8 dispatch across daemons is refused.
+// Groups that span daemons (both algorithms, token-dtype or fp8 dispatch) exchange fixed-size
+// messages through NCCL (cuda_span_ops.cc, span_comm.h).
 // Not yet: replaying the collectives from a CUDA graph (each launch carries its op sequence
 // number).
 #pragma once

@@ -1,11 +1,13 @@
 // Groups that span daemons on the cuda backend (docs/design.md §9, "cuda transport"): creation
-// and the dispatch / combine of one hosted rank (both algorithms), as kernels around one NCCL
-// exchange of fixed-size messages (kernels/span_exchange.cuh, span_comm.h), all on the rank's
-// lane stream. Results equal a single daemon's with the same R, byte for byte.
+// and the dispatch / combine of one hosted rank (both algorithms, token-dtype or fp8 dispatch),
+// as kernels around one NCCL exchange of fixed-size messages (kernels/span_exchange.cuh,
+// span_comm.h), all on the rank's lane stream. Results equal a single daemon's with the same R,
+// byte for byte.
 #include <cuda_runtime.h>
 
 #include "common/cuda_check.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
+#include "daemon/backends/cuda/dispatch_payload.h"
 #include "daemon/backends/cuda/span_support.h"
 #include "daemon/core/log.h"
 #include "kernels/launch_grid.h"
@@ -60,10 +62,10 @@ StatusOr<SpanOp> BeginSpanOp(CudaHandle& me) {
   return op;
 }
 
-// Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing;
-// headers only when `abandoned`) and its exchange.
+// Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing and
+// `payload`'s rows; headers only when `abandoned`) and its exchange.
 Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const SpanBuffers& buffers,
-                       const void* x, bool abandoned) {
+                       const kernels::DispatchInputs& payload, bool abandoned) {
   const HandlePrivateLayout& p = me.private_layout_;
   kernels::SpanPackParams pack;
   pack.shape = shape;
@@ -76,7 +78,9 @@ Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const Sp
     pack.dest_row = me.priv<int32_t>(p.dest_row);
     pack.dest_counts = me.priv<int32_t>(p.dest_counts);
   }
-  pack.x = x;
+  pack.x = payload.x;
+  pack.payload = payload.payload;
+  pack.x_scales = payload.x_scales;
   pack.send = buffers.dispatch_send;
   pack.recv = buffers.dispatch_recv;
   pack.abandoned = abandoned ? 1 : 0;
@@ -201,11 +205,8 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
   CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
   const int n = me.num_tokens();
-  Status bad = CheckTokenRows(args.x, c, n, "dispatch", "x");
-  if (bad.ok() && args.x_scales.data != nullptr) {
-    bad = InvalidArgumentError("dispatch of group '{}': x_scales is for fp8 dispatch only", c.name);
-  }
-  if (!bad.ok()) {
+  kernels::DispatchInputs payload;  // the single-daemon kernels' checks and row payload
+  if (Status bad = SetDispatchPayload(c, args, n, &payload); !bad.ok()) {
     SpanAbandon(me, seq, CollectiveKind::kDispatch, bad);
     return bad;
   }
@@ -213,7 +214,7 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
   const kernels::SpanShape& shape = op.shape;
   const SpanBuffers& buffers = op.buffers;
   OpLane& lane = *me.lane_;
-  EPD_RETURN_IF_ERROR(PackAndExchange(me, shape, buffers, args.x.data, /*abandoned=*/false));
+  EPD_RETURN_IF_ERROR(PackAndExchange(me, shape, buffers, payload, /*abandoned=*/false));
   const HandleLayout& l = me.layout_;
   kernels::SpanAssembleParams assemble;
   assemble.shape = shape;
@@ -233,6 +234,7 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
       me.recv<int32_t>(l.recv_rank_offsets_offset, l.recv_rank_offsets_bytes);
   assemble.expert_rows = me.recv<int32_t>(l.expert_rows_offset, l.expert_rows_bytes);
   assemble.expert_rows_entries = static_cast<int64_t>(l.expert_rows_entries);
+  assemble.recv_scales = me.recv<char>(l.recv_scales_offset, l.recv_scales_bytes);
   assemble.abort = group.abort_word();
   assemble.seq = seq;
   assemble.error =
@@ -245,7 +247,12 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
   const int n = me.num_tokens();
-  if (Status bad = CheckTokenRows(args.out, c, n, "combine", "out"); !bad.ok()) {
+  Status bad = CheckTokenRows(args.out, c, n, "combine", "out");
+  if (bad.ok() && args.expert_out == nullptr && c.fp8_dispatch()) {
+    bad = InvalidArgumentError(
+        "combine of group '{}': no expert_out given; with fp8 dispatch recv_x is e4m3", c.name);
+  }
+  if (!bad.ok()) {
     SpanAbandon(me, seq, CollectiveKind::kCombine, bad);
     return bad;
   }
@@ -291,7 +298,8 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
   auto run = [&]() -> Status {
     EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
     return kind == CollectiveKind::kDispatch
-               ? PackAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true)
+               ? PackAndExchange(me, op.shape, op.buffers, kernels::DispatchInputs{},
+                                 /*abandoned=*/true)
                : ReturnAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true);
   };
   if (Status sent = run(); !sent.ok()) {

@@ -10,12 +10,6 @@ int64_t TokenRowBytes(const GroupConfig& c) {
 }  // namespace
 
 Status CheckSpanningSupported(const GroupConfig& c) {
-  if (c.fp8_dispatch()) {
-    return UnimplementedError(
-        "group '{}': the cuda backend does not dispatch fp8 (dispatch_dtype = fp8_e4m3) in groups "
-        "that span nodes yet; dispatch in the token dtype ({})",
-        c.name, DTypeName(c.dtype));
-  }
   if (c.world_size() > kernels::kMaxSpanningRanks) {
     return InvalidArgumentError("group '{}': {} ranks; the cuda backend spans at most {}", c.name,
                                 c.world_size(), kernels::kMaxSpanningRanks);
@@ -25,7 +19,8 @@ Status CheckSpanningSupported(const GroupConfig& c) {
 
 kernels::SpanDispatchMessage SpanDispatchMessageOf(const GroupConfig& c) {
   return kernels::SpanDispatchMessageOf(c.max_tokens_per_rank, c.top_k, c.experts, c.world_size(),
-                                        TokenRowBytes(c));
+                                        static_cast<int64_t>(c.recv_row_bytes()),
+                                        static_cast<int64_t>(c.scale_row_bytes()));
 }
 
 kernels::SpanShape SpanShapeOf(const GroupConfig& c, int group_rank) {
@@ -38,6 +33,7 @@ kernels::SpanShape SpanShapeOf(const GroupConfig& c, int group_rank) {
   s.max_tokens = c.max_tokens_per_rank;
   s.rank_major = !c.high_throughput() && c.layout == Layout::kRankMajor ? 1 : 0;
   s.high_throughput = c.high_throughput() ? 1 : 0;
+  s.ue8m0_scales = c.fp8_dispatch() && c.scale_format == ScaleFormat::kUe8m0 ? 1 : 0;
   s.row_bytes = TokenRowBytes(c);
   s.dispatch = SpanDispatchMessageOf(c);
   s.ret = SpanReturnMessageOf(c);

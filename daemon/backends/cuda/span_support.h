@@ -11,9 +11,8 @@
 
 namespace epd::cuda {
 
-// OK for a spanning group of either algorithm in a token dtype; UNIMPLEMENTED naming the group
-// and the setting for what the cuda spanning path does not do yet (fp8 dispatch);
-// INVALID_ARGUMENT beyond kernels::kMaxSpanningRanks ranks.
+// OK for a spanning group (either algorithm, token-dtype or fp8 dispatch); INVALID_ARGUMENT
+// naming the group beyond kernels::kMaxSpanningRanks ranks.
 Status CheckSpanningSupported(const GroupConfig& config);
 
 kernels::SpanDispatchMessage SpanDispatchMessageOf(const GroupConfig& config);
