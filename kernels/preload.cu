@@ -4,10 +4,11 @@
 namespace epd::kernels {
 
 cudaError_t PreloadKernels() {
-  for (cudaError_t (*load)() : {detail::PreloadRoutingKernels, detail::PreloadDispatchKernels,
-                                detail::PreloadHtDispatchKernels,
-                                detail::PreloadCombineKernels, detail::PreloadFenceWaitKernels,
-                                detail::PreloadAbandonKernels, detail::PreloadSpanKernels}) {
+  for (cudaError_t (*load)() :
+       {detail::PreloadRoutingKernels, detail::PreloadDispatchKernels,
+        detail::PreloadHtDispatchKernels, detail::PreloadCombineKernels,
+        detail::PreloadFenceWaitKernels, detail::PreloadAbandonKernels,
+        detail::PreloadSpanDispatchKernels, detail::PreloadSpanCombineKernels}) {
     if (const cudaError_t e = load(); e != cudaSuccess) return e;
   }
   return cudaSuccess;

@@ -1,6 +1,7 @@
-// Kernels of a group that spans daemons (cuda backend, both algorithms): they build and read
-// the fixed-size messages of kernels/span_messages.h around the backend's NCCL exchange, all
-// on the rank's lane stream with no host synchronisation.
+// Kernels of a group that spans daemons (cuda backend, both algorithms; span_dispatch.cu and
+// span_combine.cu): they build and read the fixed-size messages of kernels/span_messages.h
+// around the backend's NCCL exchange, all on the rank's lane stream with no host
+// synchronisation.
 //
 //   dispatch: LaunchSpanPack (source: one message per destination, in token order)
 //             -> NCCL send/recv -> LaunchSpanAssemble (destination: the same receive layout

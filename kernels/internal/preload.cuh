@@ -11,7 +11,8 @@ cudaError_t PreloadHtDispatchKernels();
 cudaError_t PreloadCombineKernels();
 cudaError_t PreloadFenceWaitKernels();
 cudaError_t PreloadAbandonKernels();
-cudaError_t PreloadSpanKernels();
+cudaError_t PreloadSpanDispatchKernels();
+cudaError_t PreloadSpanCombineKernels();
 
 // cudaFuncGetAttributes needs the function loaded in the current context, so it loads it.
 inline cudaError_t LoadKernel(const void* kernel) {

@@ -1,6 +1,6 @@
 // Element access of a 16-byte vector of token values (8 bf16 / 8 fp16 / 4 fp32), read as fp32
 // and written with round-to-nearest-even: the one conversion rule of every combine kernel
-// (kernels/combine.cu, kernels/span_exchange.cu), matching the cpu reference.
+// (kernels/combine.cu, kernels/span_combine.cu), matching the cpu reference.
 #pragma once
 
 #include <cuda_bf16.h>

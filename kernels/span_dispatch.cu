@@ -1,33 +1,21 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "kernels/combine.cuh"
+// Dispatch of groups spanning daemons (kernels/span_exchange.cuh): the source's pack kernel and
+// the destination's plan and row kernels around the NCCL exchange.
 #include "kernels/internal/fp8_quant.cuh"
 #include "kernels/internal/preload.cuh"
-#include "kernels/internal/token_vector.cuh"
+#include "kernels/internal/span_common.cuh"
 #include "kernels/span_exchange.cuh"
 
 namespace epd::kernels {
 namespace {
 
-// Copy kernels: a block per (token, peer) row, 16-byte vectors (rows are whole vectors:
-// common/limits.h kHiddenMultiple).
-constexpr int kSpanThreads = 128;
-static_assert(kSpanThreads >= 32, "a block's first threads write the K-wide entry words");
-
-__device__ __forceinline__ void CopyRow(char* dst, const char* src, int64_t row_bytes) {
-  const int64_t vectors = row_bytes / 16;
-  for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-    reinterpret_cast<int4*>(dst)[v] = reinterpret_cast<const int4*>(src)[v];
-  }
-}
-
-__device__ __forceinline__ void ZeroRow(char* dst, int64_t row_bytes) {
-  const int64_t vectors = row_bytes / 16;
-  for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-    reinterpret_cast<int4*>(dst)[v] = make_int4(0, 0, 0, 0);
-  }
-}
+using detail::Aborted;
+using detail::CopyRow;
+using detail::EntryOf;
+using detail::ExpertRow;
+using detail::HeaderOf;
+using detail::kSpanThreads;
+using detail::WriteError;
+using detail::ZeroRow;
 
 // Scale rows: H / 128 fp32 or ue8m0 scales, not always whole 16-byte vectors.
 __device__ __forceinline__ void CopyScales(char* dst, const char* src, int64_t bytes) {
@@ -35,31 +23,6 @@ __device__ __forceinline__ void CopyScales(char* dst, const char* src, int64_t b
 }
 __device__ __forceinline__ void ZeroScales(char* dst, int64_t bytes) {
   for (int64_t i = threadIdx.x; i < bytes; i += blockDim.x) dst[i] = 0;
-}
-
-__device__ __forceinline__ void WriteError(DeviceError* error, int32_t code, int32_t a, int32_t b,
-                                           int32_t c, int64_t value) {
-  if (error == nullptr) return;
-  error->a = a;
-  error->b = b;
-  error->c = c;
-  error->value = value;
-  error->value2 = 0;
-  __threadfence_system();
-  error->code = code;
-}
-
-__device__ __forceinline__ bool Aborted(const uint64_t* abort, uint64_t seq) {
-  return abort != nullptr && *reinterpret_cast<const volatile uint64_t*>(abort) >= seq;
-}
-
-__device__ __forceinline__ const int32_t* HeaderOf(const char* messages, int64_t bytes, int s) {
-  return reinterpret_cast<const int32_t*>(messages + s * bytes);
-}
-
-__device__ __forceinline__ const int32_t* EntryOf(const char* message, const SpanDispatchMessage& m,
-                                                  int t) {
-  return reinterpret_cast<const int32_t*>(message + m.entries_offset) + t * m.entry_words;
 }
 
 // ---- dispatch, source side ----
@@ -232,12 +195,6 @@ __global__ void __launch_bounds__(kPlanThreads) SpanPlanKernel(SpanAssembleParam
   if (s.high_throughput) p.recv_offsets[L] = cursor;
 }
 
-// Row of expert-major selection (src, local expert l, local rank) in this rank's recv_x.
-__device__ __forceinline__ int64_t ExpertRow(const int32_t* plan, int L, int R, int l, int src,
-                                             int local_rank) {
-  return static_cast<int64_t>(plan[1 + l]) + plan[1 + L + l * R + src] + local_rank;
-}
-
 __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParams p) {
   const SpanShape& s = p.shape;
   if (p.plan[0] == 0) return;
@@ -317,174 +274,26 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
   }
 }
 
-// ---- combine, destination side ----
-__global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParams p) {
-  const SpanShape& s = p.shape;
-  const int t = blockIdx.x, src = blockIdx.y, K = s.top_k, L = s.local_experts, R = s.world_size,
-            T = s.max_tokens;
-  char* message = (src == s.rank ? p.recv_ret : p.send) + src * s.ret.bytes;
-  // A dispatch that wrote no rows here has no outputs to return: the sources fail the op.
-  const bool giving_up = p.abandoned || p.plan[0] == 0;
-  if (t == 0 && threadIdx.x == 0) {
-    *reinterpret_cast<int32_t*>(message) = giving_up ? kSpanMessageAbandoned : kSpanMessageOk;
-  }
-  if (giving_up) return;
-  const int32_t* entry = EntryOf(p.recv + src * s.dispatch.bytes, s.dispatch, t);
-  if (entry[0] < 0) return;
-  const char* expert_out = static_cast<const char*>(p.expert_out);
-  char* rows = message + s.ret.rows_offset;
-  if (s.rank_major || s.high_throughput) {  // the frontend's pre-reduced row of (src, t)
-    const int64_t row =
-        s.high_throughput ? static_cast<int64_t>(p.plan[SpanPlanFirstRowWord(L, R, src)]) + entry[0]
-                          : static_cast<int64_t>(src) * T + t;
-    if (row < p.recv_rows)
-      CopyRow(rows + t * s.row_bytes, expert_out + row * s.row_bytes, s.row_bytes);
-    return;
-  }
-  int j = 0;
-  for (int k = 0; k < K; ++k) {
-    const int id = entry[1 + k];
-    if (id < 0) continue;
-    const int64_t row = ExpertRow(p.plan, L, R, id - s.rank * L, src, entry[1 + K + k]);
-    if (row >= 0 && row < p.recv_rows) {
-      CopyRow(rows + (static_cast<int64_t>(t) * s.ret.rows_per_token + j) * s.row_bytes,
-              expert_out + row * s.row_bytes, s.row_bytes);
-    }
-    ++j;
-  }
-}
-
-// ---- combine, source side ----
-template <int kType>
-__global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParams p) {
-  using V = detail::Vec<kType>;
-  const SpanShape& s = p.shape;
-  const int t = blockIdx.x, K = s.top_k, L = s.local_experts, R = s.world_size;
-  __shared__ int bad_peer;
-  __shared__ int aborted;
-  // Per selection k: the row it reads (null: contributes nothing) and its weight.
-  __shared__ const char* rows[32];
-  __shared__ float weights[32];
-  if (threadIdx.x == 0) {
-    bad_peer = R;
-    aborted = Aborted(p.abort, p.seq) ? 1 : 0;
-  }
-  __syncthreads();
-  for (int src = threadIdx.x; src < R; src += blockDim.x) {
-    if (HeaderOf(p.recv_ret, s.ret.bytes, src)[0] == kSpanMessageAbandoned && src != s.rank) {
-      atomicMin(&bad_peer, src);
-    }
-  }
-  __syncthreads();
-  if (p.abandoned) return;
-  if (aborted || bad_peer < R) {
-    if (t == 0 && threadIdx.x == 0) {
-      if (aborted) {
-        WriteError(p.error, kDeviceErrorAborted, 0, 0, 0, static_cast<int64_t>(p.seq));
-      } else {
-        WriteError(p.error, kDeviceErrorPeerAbandoned, kSyncPhaseStart, bad_peer, 0,
-                   static_cast<int64_t>(p.seq));
-      }
-    }
-    return;
-  }
-  if (t >= *p.bound_tokens) return;
-  if (threadIdx.x < K) {
-    const int k = threadIdx.x;
-    const int id = p.topk_idx[t * K + k];
-    const char* row = nullptr;
-    float w = 0.0f;
-    if (id >= 0) {
-      const int d = id / L;
-      int j = 0;
-      for (int k2 = 0; k2 < k; ++k2) {
-        const int other = p.topk_idx[t * K + k2];
-        if (other >= 0 && other / L == d) ++j;
-      }
-      // Rank-major and high-throughput: the destination's pre-reduced row counts once, at its
-      // first k, weight 1.
-      const bool pre_reduced = s.rank_major || s.high_throughput;
-      if (!pre_reduced || j == 0) {
-        const int64_t slot = pre_reduced ? t : static_cast<int64_t>(t) * s.ret.rows_per_token + j;
-        row = p.recv_ret + d * s.ret.bytes + s.ret.rows_offset + slot * s.row_bytes;
-        w = pre_reduced ? 1.0f : p.topk_weights[t * K + k];
-      }
-    }
-    rows[k] = row;
-    weights[k] = w;
-  }
-  __syncthreads();
-  const int64_t vectors = s.row_bytes / 16;
-  auto* out = reinterpret_cast<int4*>(static_cast<char*>(p.out) + t * s.row_bytes);
-  for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-    float acc[V::kElems];
-#pragma unroll
-    for (int i = 0; i < V::kElems; ++i) acc[i] = 0.0f;
-    for (int k = 0; k < K; ++k) {
-      if (rows[k] == nullptr) continue;
-      const int4 z = reinterpret_cast<const int4*>(rows[k])[v];
-      const float w = weights[k];
-#pragma unroll
-      for (int i = 0; i < V::kElems; ++i) {
-        acc[i] = __fadd_rn(acc[i], __fmul_rn(w, V::Get(z, i)));  // never a fused multiply-add
-      }
-    }
-    int4 packed;
-#pragma unroll
-    for (int i = 0; i < V::kElems; ++i) V::Set(packed, i, acc[i]);
-    out[v] = packed;
-  }
-}
-
-dim3 TokenPeerGrid(const SpanShape& s) {
-  return dim3(static_cast<unsigned>(s.max_tokens), static_cast<unsigned>(s.world_size));
-}
-
 }  // namespace
 
 cudaError_t LaunchSpanPack(const SpanPackParams& p, cudaStream_t stream) {
-  SpanPackKernel<<<TokenPeerGrid(p.shape), kSpanThreads, 0, stream>>>(p);
+  SpanPackKernel<<<detail::TokenPeerGrid(p.shape), kSpanThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchSpanAssemble(const SpanAssembleParams& p, cudaStream_t stream) {
   SpanPlanKernel<<<1, kPlanThreads, 0, stream>>>(p);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  SpanRowsKernel<<<TokenPeerGrid(p.shape), kSpanThreads, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchSpanReturn(const SpanReturnParams& p, cudaStream_t stream) {
-  SpanReturnKernel<<<TokenPeerGrid(p.shape), kSpanThreads, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchSpanReduce(const SpanReduceParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.shape.max_tokens));
-  switch (p.token_type) {
-    case kTokenBf16:
-      SpanReduceKernel<kTokenBf16><<<grid, kSpanThreads, 0, stream>>>(p);
-      break;
-    case kTokenFp16:
-      SpanReduceKernel<kTokenFp16><<<grid, kSpanThreads, 0, stream>>>(p);
-      break;
-    default:
-      SpanReduceKernel<kTokenFp32><<<grid, kSpanThreads, 0, stream>>>(p);
-      break;
-  }
+  SpanRowsKernel<<<detail::TokenPeerGrid(p.shape), kSpanThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 namespace detail {
 
-cudaError_t PreloadSpanKernels() {
+cudaError_t PreloadSpanDispatchKernels() {
   for (const void* kernel : {reinterpret_cast<const void*>(&SpanPackKernel),
                              reinterpret_cast<const void*>(&SpanPlanKernel),
-                             reinterpret_cast<const void*>(&SpanRowsKernel),
-                             reinterpret_cast<const void*>(&SpanReturnKernel),
-                             reinterpret_cast<const void*>(&SpanReduceKernel<kTokenBf16>),
-                             reinterpret_cast<const void*>(&SpanReduceKernel<kTokenFp16>),
-                             reinterpret_cast<const void*>(&SpanReduceKernel<kTokenFp32>)}) {
+                             reinterpret_cast<const void*>(&SpanRowsKernel)}) {
     if (const cudaError_t e = LoadKernel(kernel); e != cudaSuccess) return e;
   }
   return cudaSuccess;
