@@ -41,6 +41,9 @@ struct RankState {
 // (GPU tests, the bench) get the same protection against a short or mistyped tensor.
 Status CheckTokenRows(const TensorView& t, const GroupConfig& c, int n, std::string_view op,
                       std::string_view field);
+// Combine's arguments for n tokens: `out`, and an `expert_out` with fp8 dispatch (recv_x holds
+// e4m3 codes then). Both data paths of the daemon (one daemon, spanning) check alike.
+Status CheckCombineArgs(const GroupConfig& c, const CombineArgs& args, int n);
 
 class CudaBackend final : public Backend {
  public:

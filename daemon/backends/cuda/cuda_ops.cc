@@ -38,6 +38,15 @@ Status CheckTokenRows(const TensorView& t, const GroupConfig& c, int n, std::str
   return OkStatus();
 }
 
+Status CheckCombineArgs(const GroupConfig& c, const CombineArgs& args, int n) {
+  EPD_RETURN_IF_ERROR(CheckTokenRows(args.out, c, n, "combine", "out"));
+  if (args.expert_out == nullptr && c.fp8_dispatch()) {
+    return InvalidArgumentError(
+        "combine of group '{}': no expert_out given; with fp8 dispatch recv_x is e4m3", c.name);
+  }
+  return OkStatus();
+}
+
 Status CudaBackend::WaitFence(BackendHandle& h, ExportedMemory& fence, uint64_t value) {
   auto& handle = static_cast<CudaHandle&>(h);
   const int node_rank = handle.node_rank_;
@@ -227,12 +236,7 @@ Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
   if (group.span_ != nullptr) return SpanCombine(me, seq, args);
   const TensorView& out = args.out;
   const int n = me.num_tokens();
-  Status bad = CheckTokenRows(out, c, n, "combine", "out");
-  if (bad.ok() && args.expert_out == nullptr && c.fp8_dispatch()) {
-    bad = InvalidArgumentError(
-        "combine of group '{}': no expert_out given; with fp8 dispatch recv_x is e4m3", c.name);
-  }
-  if (!bad.ok()) {
+  if (Status bad = CheckCombineArgs(c, args, n); !bad.ok()) {
     AbandonOp(me, seq, CollectiveKind::kCombine, bad);
     return bad;
   }

@@ -247,12 +247,7 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
   const int n = me.num_tokens();
-  Status bad = CheckTokenRows(args.out, c, n, "combine", "out");
-  if (bad.ok() && args.expert_out == nullptr && c.fp8_dispatch()) {
-    bad = InvalidArgumentError(
-        "combine of group '{}': no expert_out given; with fp8 dispatch recv_x is e4m3", c.name);
-  }
-  if (!bad.ok()) {
+  if (Status bad = CheckCombineArgs(c, args, n); !bad.ok()) {
     SpanAbandon(me, seq, CollectiveKind::kCombine, bad);
     return bad;
   }
