@@ -279,6 +279,10 @@ typedef struct {
    * EPD_NO_TENSOR (entries 0) for other groups. */
   uint64_t recv_rank_counts_offset, recv_rank_offsets_offset;
   uint64_t expert_rows_offset, expert_rows_entries;
+  /* Appended after version 3. Bytes the daemon holds for the handle: its receive region, the
+   * routing it binds and, in a group spanning daemons on the cuda backend, its exchange
+   * buffers. */
+  uint64_t held_bytes;
 } epd_handle_info_t;
 
 epd_status_t epd_handle_create(epd_session_t* session, const char* group, const char* name,

@@ -267,6 +267,7 @@ epd_handle_info_t FillHandleInfo(const epd_handle_t& handle) {
   info.scale_format =
       fp8 ? static_cast<int32_t>(c.scale_format()) : int32_t{EPD_SCALE_FORMAT_DEFAULT};
   info.recv_scales_offset = when(fp8, b.recv_scales_offset());
+  info.held_bytes = h.held_bytes();
   return info;
 }
 

@@ -132,6 +132,9 @@ class BackendHandle {
   virtual const HandleLayout& layout() const = 0;
   virtual ExportedMemory& exported() = 0;  // receive region the frontend reads and writes
   virtual int num_tokens() const = 0;      // tokens bound by the last UpdateHandle
+  // Memory held for the handle (HandleInfo.held_bytes): its layout's, plus what a backend
+  // keeps beside it.
+  virtual uint64_t held_bytes() const { return layout().total_bytes(); }
 };
 
 // Byte offsets of a handle's private buffers (the routing UpdateHandle binds and dispatch

@@ -128,6 +128,7 @@ struct HandleInfo {
   MemorySource source;
   HandleLayout layout;
   GroupConfig config;
+  uint64_t held_bytes = 0;  // BackendHandle::held_bytes
 };
 
 struct GroupSummary {

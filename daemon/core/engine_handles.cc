@@ -236,6 +236,7 @@ HandleInfo Engine::Impl::DescribeHandle(ObjectId handle_id, const Session& sessi
   info.source = handle.backend->exported().Describe();
   info.layout = handle.backend->layout();
   info.config = handle.group->config;
+  info.held_bytes = handle.backend->held_bytes();
   return info;
 }
 

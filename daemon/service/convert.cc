@@ -264,6 +264,7 @@ void ToProto(const HandleInfo& handle, v1::HandleInfo* out) {
   *out->mutable_source() = ToProto(handle.source);
   *out->mutable_buffers() = ToProto(handle.layout);
   *out->mutable_config() = ToProto(handle.config);
+  out->set_held_bytes(handle.held_bytes);
 }
 
 void ToProto(const DataPlaneInfo& info, v1::DataPlaneInfo* out) {

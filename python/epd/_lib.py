@@ -70,7 +70,7 @@ class HandleInfo(ctypes.Structure):
                 ("dispatch_dtype", c_i32), ("scale_format", c_i32),
                 ("recv_scales_offset", c_u64), ("recv_rank_counts_offset", c_u64),
                 ("recv_rank_offsets_offset", c_u64), ("expert_rows_offset", c_u64),
-                ("expert_rows_entries", c_u64)]
+                ("expert_rows_entries", c_u64), ("held_bytes", c_u64)]
 
 
 class TensorRefC(ctypes.Structure):

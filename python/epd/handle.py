@@ -53,6 +53,9 @@ class Handle:
         self.name = info.name.decode()
         self.group = info.group.decode()
         self.group_rank = info.group_rank
+        # Bytes the daemon holds for this handle (receive region, bound routing, and a
+        # spanning group's exchange buffers on the cuda backend).
+        self.held_bytes = info.held_bytes
         self.on_device = bool(info.on_device)
         # The device as this process numbers it (CUDA_VISIBLE_DEVICES may differ from the
         # daemon's), from the mapped region itself.

@@ -84,7 +84,7 @@ struct Result {
   Case bench_case;
   std::string mode;
   std::string timing;  // "gpu_events" or "host_clock"
-  uint64_t handle_bytes = 0;           // HandleLayout::total_bytes per rank
+  uint64_t handle_bytes = 0;  // per rank: the daemon's HandleInfo.held_bytes, else the layout's
   double selections_per_rank = 0;      // mean valid (token, expert) selections
   std::map<std::string, OpSummary> ops;  // by OpName
   std::string check = "skipped";       // "passed", "skipped" or "failed: ..."

@@ -444,6 +444,7 @@ Status Frontend::RunCase(const Case& c, bool first) {
     return OkStatus();
   }
   StatusOr<v1::HandleInfo> handle = session_->CreateHandle(config.name);
+  if (handle.ok()) out << "held " << c.index << " " << handle->held_bytes() << "\n";
   Tensors t;
   status = handle.ok() ? Setup(c, t, routing) : handle.status().WithContext("CreateHandle");
   EPD_ASSIGN_OR_RETURN(all_ok, Barrier(status.ok()));

@@ -1,6 +1,7 @@
 // ReadFrontendResults: the coordinator's side of the frontends' result files.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -19,6 +20,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
     bool seen = false;
   };
   std::map<std::pair<int, std::string>, Entry> entries;
+  std::map<int, uint64_t> held;  // by case: the largest handle any rank's daemon reported
   std::string fatal;
   for (size_t rank = 0; rank < paths.size(); ++rank) {
     std::ifstream in(paths[rank]);
@@ -46,6 +48,11 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
         std::vector<double> values;
         for (double v; words >> v;) values.push_back(v);
         merged.control[name] = Summarize({values}, 0.0);
+      } else if (kind == "held") {  // what the daemon holds for the rank's handle
+        int index = 0;
+        uint64_t bytes = 0;
+        words >> index >> bytes;
+        held[index] = std::max(held[index], bytes);
       } else if (kind == "samples" || kind == "check" || kind == "error") {
         int index = 0;
         std::string mode;
@@ -79,7 +86,10 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
       result.mode = mode;
       const bool gpu = merged.backend == "cuda";
       result.timing = mode != std::string(kModeBlocking) && gpu ? "gpu_events" : "host_clock";
-      result.handle_bytes = ComputeHandleLayout(c.Config("x")).total_bytes();
+      // The daemon's own count (exchange buffers of spanning groups included), else the layout.
+      result.handle_bytes = held.count(c.index) != 0
+                                ? held[c.index]
+                                : ComputeHandleLayout(c.Config("x")).total_bytes();
       double selections = 0;
       MovedBytes moved;
       for (int r = 0; r < ranks; ++r) {

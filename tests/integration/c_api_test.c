@@ -188,6 +188,7 @@ int main(int argc, char** argv) {
   CHECK(packed.recv_rank_counts_offset != EPD_NO_TENSOR &&
         packed.recv_rank_offsets_offset != EPD_NO_TENSOR);
   CHECK(packed.expert_rows_offset != EPD_NO_TENSOR && packed.expert_rows_entries == 1024 * K);
+  CHECK(packed.held_bytes > packed.region_bytes); /* the region and the bound routing */
   OK(epd_handle_destroy(prefill));
   /* High-throughput bounds: the receive rows reach the daemon (and come back as the capacity);
    * an SM budget out of range is refused naming the field. */

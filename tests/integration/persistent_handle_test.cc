@@ -108,6 +108,9 @@ TEST(PersistentHandleTest, DestroyingAPersistentHandleReleasesIt) {
   auto handle = (*session)->CreateHandle(group, "doomed", /*persistent=*/true);
   ASSERT_TRUE(handle.ok()) << handle.status().ToString();
   EXPECT_GT(client->GetStats()->live_bytes(), live_before);
+  // What the handle says it holds is what the daemon's allocations grew by.
+  EXPECT_EQ(static_cast<int64_t>(handle->held_bytes()),
+            client->GetStats()->live_bytes() - live_before);
   EXPECT_EQ(HandlesOf(*client, group), 1);
 
   ASSERT_EPD_OK((*session)->DestroyHandle(handle->handle_id()));

@@ -124,6 +124,8 @@ class ClientTest(SessionTestCase):
         self.assertEqual(handle.view("recv_offsets").shape, (L,))
         self.assertEqual(handle.view("recv_src").shape, (handle.info.recv_rows, 3))
         self.assertIsNone(handle.view("recv_topk_idx"))
+        # The daemon holds the region and the routing the handle binds.
+        self.assertGreater(handle.held_bytes, handle.info.region_bytes)
         attached = self.session.attach_handle("h-persistent")
         self.assertEqual(attached.id, handle.id)
         with self.assertRaises(epd.NotFoundError):

@@ -141,6 +141,11 @@ class CudaHandle : public BackendHandle {
   const HandleLayout& layout() const override { return layout_; }
   ExportedMemory& exported() override { return *exported_; }
   int num_tokens() const override { return num_tokens_.load(std::memory_order_relaxed); }
+  // What it allocated: the exported and private regions, and a spanning group's exchange.
+  uint64_t held_bytes() const override {
+    return exported_->size() + private_->size() +
+           (span_buffers_ != nullptr ? span_buffers_->size() : 0);
+  }
 
   template <typename T>
   T* priv(size_t offset) const {
