@@ -15,18 +15,24 @@ constexpr std::chrono::microseconds kPollInterval{200};
 constexpr size_t kWarmUpBytes = 16;  // per peer and direction
 
 // One rank's side of the warm-up: a stream and a buffer [send R | recv R] x kWarmUpBytes,
-// allocated and freed in stream order (cudaFree would wait for every kernel of the context).
+// allocated and freed in stream order where the GPU has memory pools (cudaFree would wait for
+// every kernel of the context).
 struct WarmUpSide {
   int device = 0;
   cudaStream_t stream = nullptr;
   char* buffer = nullptr;
+  bool pooled = true;  // cudaMallocAsync; else cudaMalloc
 };
 
-void Release(std::vector<WarmUpSide>& sides) {
+// `done`: the streams finished. NOTE: an unpooled buffer of a warm-up that did not finish is
+// left allocated (a few bytes): freeing it would wait for NCCL kernels that end only once the
+// caller aborts the communicators.
+void Release(std::vector<WarmUpSide>& sides, bool done) {
   for (WarmUpSide& side : sides) {
     if (side.stream == nullptr) continue;
     cudaSetDevice(side.device);
-    if (side.buffer != nullptr) cudaFreeAsync(side.buffer, side.stream);
+    if (side.buffer != nullptr && side.pooled) cudaFreeAsync(side.buffer, side.stream);
+    if (side.buffer != nullptr && !side.pooled && done) cudaFree(side.buffer);
     cudaStreamDestroy(side.stream);  // returns at once; released once its work is done
   }
 }
@@ -35,7 +41,13 @@ Status Prepare(WarmUpSide& side, int world_size) {
   const size_t bytes = 2 * static_cast<size_t>(world_size) * kWarmUpBytes;
   EPD_CUDA_CHECK(cudaSetDevice(side.device));
   EPD_CUDA_CHECK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
-  EPD_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&side.buffer), bytes, side.stream));
+  void** buffer = reinterpret_cast<void**>(&side.buffer);
+  if (const cudaError_t e = cudaMallocAsync(buffer, bytes, side.stream); e != cudaSuccess) {
+    if (e != cudaErrorNotSupported) EPD_CUDA_CHECK(e);
+    cudaGetLastError();  // a GPU without memory pools (some virtual GPUs)
+    side.pooled = false;
+    EPD_CUDA_CHECK(cudaMalloc(buffer, bytes));
+  }
   EPD_CUDA_CHECK(cudaMemsetAsync(side.buffer, 0, bytes, side.stream));
   return OkStatus();
 }
@@ -114,7 +126,7 @@ Status WarmUpExchange(const std::vector<ncclComm_t>& comms, const std::vector<in
     return AwaitStreams(sides, deadline, stopped, what);
   };
   Status status = run();
-  Release(sides);
+  Release(sides, status.ok());
   return status;
 }
 
