@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/cuda_check.h"
+#include "common/cuda_device.h"
 
 namespace epd::cuda {
 namespace {
@@ -22,13 +23,10 @@ StatusOr<int> DeviceOf(const void* a, const void* b) {
 }
 
 // Runs `enqueue` on a new non-blocking stream of `device` and waits for it; the stream is
-// destroyed and the caller's device made current again whatever happens.
+// destroyed whatever happens.
 template <typename Enqueue>
 Status RunOnPrivateStream(int device, Enqueue enqueue) {
-  int previous = 0;
-  EPD_CUDA_CHECK(cudaGetDevice(&previous));
-  auto run = [&]() -> Status {
-    EPD_CUDA_CHECK(cudaSetDevice(device));
+  return OnDevice(device, [&]() -> Status {
     cudaStream_t stream = nullptr;
     EPD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     auto work = [&]() -> Status {
@@ -42,13 +40,7 @@ Status RunOnPrivateStream(int device, Enqueue enqueue) {
       status = CudaStatus(destroyed, "cudaStreamDestroy(stream)", __FILE__, __LINE__);
     }
     return status;
-  };
-  Status status = run();
-  const cudaError_t restored = cudaSetDevice(previous);
-  if (status.ok() && restored != cudaSuccess) {
-    status = CudaStatus(restored, "cudaSetDevice(previous)", __FILE__, __LINE__);
-  }
-  return status;
+  });
 }
 
 }  // namespace

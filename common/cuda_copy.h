@@ -7,7 +7,7 @@
 // of the daemon) read the old bytes. Both also run on the legacy default stream, which first
 // waits for every blocking stream of the process, one of which may wait on a fence that the
 // caller signals only after the copy. These run on a private non-blocking stream of the
-// memory's GPU (the current device is left as it was).
+// memory's GPU (the current device is left as it was: common/cuda_device.h).
 #pragma once
 
 #include <cstddef>

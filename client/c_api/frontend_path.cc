@@ -7,6 +7,7 @@
 #include "client/c_api/internal.h"
 #include "client/epd/frontend_ops.h"
 #include "common/cuda_check.h"
+#include "common/cuda_device.h"
 
 namespace epd::c_api {
 
@@ -21,17 +22,8 @@ namespace {
 
 cudaStream_t AsStream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
-// Runs `body` with the handle's GPU current (kernels and mappings live there), restoring the
-// caller's device after.
-template <typename Body>
-Status OnDevice(int device, Body&& body) {
-  int previous = 0;
-  EPD_CUDA_CHECK(cudaGetDevice(&previous));
-  if (previous != device) EPD_CUDA_CHECK(cudaSetDevice(device));
-  Status status = body();
-  if (previous != device) cudaSetDevice(previous);
-  return status;
-}
+// The handle's kernels and mappings live on its GPU (cuda::OnDevice).
+using cuda::OnDevice;
 
 }  // namespace
 

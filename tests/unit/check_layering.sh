@@ -21,7 +21,7 @@ report "client/ includes the kernels outside its launch library (client/frontend
 report "common/ includes the daemon, the client or the kernels" \
   "$(grep -rnE '#include "(daemon|client|kernels)/' common/)"
 # epd_common proper: everything in common/ but the _grpc and _cuda parts.
-plain=$(ls common/*.h common/*.cc | grep -vE 'common/(grpc_status|proto_dtype|cuda_check|cuda_copy|cuda_driver)\.')
+plain=$(ls common/*.h common/*.cc | grep -vE 'common/(grpc_status|proto_dtype|cuda_check|cuda_copy|cuda_device|cuda_driver)\.')
 report "epd_common includes gRPC, protobuf or CUDA" \
   "$(grep -nE '#include [<"](grpc|google/protobuf|cuda|epd/v1/)' $plain)"
 exit $status
