@@ -52,28 +52,23 @@ Status Prepare(WarmUpSide& side, int world_size) {
   return OkStatus();
 }
 
-Status AwaitStreams(const std::vector<WarmUpSide>& sides, SteadyClock::time_point deadline,
-                    const std::function<Status()>& stopped, std::string_view what) {
-  for (const WarmUpSide& side : sides) {
-    while (true) {
-      const cudaError_t state = cudaStreamQuery(side.stream);
-      if (state == cudaSuccess) break;
-      if (state != cudaErrorNotReady) {
-        return CudaStatus(state, "cudaStreamQuery(warm-up stream)", __FILE__, __LINE__);
-      }
-      EPD_RETURN_IF_ERROR(stopped());
-      if (SteadyClock::now() >= deadline) return UnavailableError("{}: timed out", what);
-      std::this_thread::sleep_for(kPollInterval);
-    }
+// Calls `done` until it says so (or fails), the caller stops, or the deadline passes.
+Status Poll(SteadyClock::time_point deadline, const std::function<Status()>& stopped,
+            std::string_view what, const std::function<StatusOr<bool>()>& done) {
+  while (true) {
+    EPD_ASSIGN_OR_RETURN(const bool finished, done());
+    if (finished) return OkStatus();
+    EPD_RETURN_IF_ERROR(stopped());
+    if (SteadyClock::now() >= deadline) return UnavailableError("{}: timed out", what);
+    std::this_thread::sleep_for(kPollInterval);
   }
-  return OkStatus();
 }
 
 }  // namespace
 
 Status AwaitComms(const std::vector<ncclComm_t>& comms, SteadyClock::time_point deadline,
                   const std::function<Status()>& stopped, std::string_view what) {
-  while (true) {
+  return Poll(deadline, stopped, what, [&]() -> StatusOr<bool> {
     bool busy = false;
     for (ncclComm_t comm : comms) {
       ncclResult_t state = ncclSuccess;
@@ -85,11 +80,25 @@ Status AwaitComms(const std::vector<ncclComm_t>& comms, SteadyClock::time_point 
                                 ncclGetErrorString(state));
       }
     }
-    if (!busy) return OkStatus();
-    EPD_RETURN_IF_ERROR(stopped());
-    if (SteadyClock::now() >= deadline) return UnavailableError("{}: timed out", what);
-    std::this_thread::sleep_for(kPollInterval);
+    return !busy;
+  });
+}
+
+ncclResult_t EnqueueExchange(const std::vector<ExchangeSide>& sides, int world_size, size_t bytes) {
+  ncclResult_t r = ncclGroupStart();
+  for (const ExchangeSide& side : sides) {
+    for (int p = 0; p < world_size && r == ncclSuccess; ++p) {
+      if (p == side.rank) continue;
+      r = ncclSend(side.send + p * bytes, bytes, ncclUint8, p, side.comm, side.stream);
+      if (r == ncclSuccess || r == ncclInProgress) {
+        r = ncclRecv(side.recv + p * bytes, bytes, ncclUint8, p, side.comm, side.stream);
+      }
+      if (r == ncclInProgress) r = ncclSuccess;
+    }
   }
+  const ncclResult_t ended = ncclGroupEnd();  // always: a group left open would take later calls
+  if (r == ncclSuccess && ended != ncclSuccess && ended != ncclInProgress) r = ended;
+  return r;
 }
 
 Status WarmUpExchange(const std::vector<ncclComm_t>& comms, const std::vector<int>& ranks,
@@ -102,28 +111,27 @@ Status WarmUpExchange(const std::vector<ncclComm_t>& comms, const std::vector<in
       sides[i].device = devices[i];
       EPD_RETURN_IF_ERROR(Prepare(sides[i], world_size));
     }
-    // One group for all of this process's ranks: their sends and receives match each other.
-    EPD_NCCL_CHECK(ncclGroupStart());
-    ncclResult_t r = ncclSuccess;
-    for (size_t i = 0; i < sides.size() && r == ncclSuccess; ++i) {
+    std::vector<ExchangeSide> exchange;
+    for (size_t i = 0; i < sides.size(); ++i) {
       char* send = sides[i].buffer;
       char* recv = send + static_cast<size_t>(world_size) * kWarmUpBytes;
-      for (int p = 0; p < world_size && r == ncclSuccess; ++p) {
-        if (p == ranks[i]) continue;
-        r = ncclSend(send + p * kWarmUpBytes, kWarmUpBytes, ncclUint8, p, comms[i],
-                     sides[i].stream);
-        if (r == ncclSuccess || r == ncclInProgress) {
-          r = ncclRecv(recv + p * kWarmUpBytes, kWarmUpBytes, ncclUint8, p, comms[i],
-                       sides[i].stream);
-        }
-        if (r == ncclInProgress) r = ncclSuccess;
-      }
+      exchange.push_back({comms[i], ranks[i], send, recv, sides[i].stream});
     }
-    const ncclResult_t ended = ncclGroupEnd();
-    if (r == ncclSuccess && ended != ncclSuccess && ended != ncclInProgress) r = ended;
-    if (r != ncclSuccess) return UnavailableError("{}: {}", what, ncclGetErrorString(r));
+    if (const ncclResult_t r = EnqueueExchange(exchange, world_size, kWarmUpBytes);
+        r != ncclSuccess) {
+      return UnavailableError("{}: {}", what, ncclGetErrorString(r));
+    }
     EPD_RETURN_IF_ERROR(AwaitComms(comms, deadline, stopped, what));
-    return AwaitStreams(sides, deadline, stopped, what);
+    return Poll(deadline, stopped, what, [&]() -> StatusOr<bool> {
+      for (const WarmUpSide& side : sides) {
+        const cudaError_t state = cudaStreamQuery(side.stream);
+        if (state == cudaErrorNotReady) return false;
+        if (state != cudaSuccess) {
+          return CudaStatus(state, "cudaStreamQuery(warm-up stream)", __FILE__, __LINE__);
+        }
+      }
+      return true;
+    });
   };
   Status status = run();
   Release(sides, status.ok());

@@ -1,7 +1,9 @@
-// Bounded waits on non-blocking NCCL communicators (ncclConfig_t::blocking = 0), and the
-// warm-up exchange of communicators just formed.
+// Bounded waits on non-blocking NCCL communicators (ncclConfig_t::blocking = 0), the grouped
+// exchange of fixed-size messages with every peer, and the warm-up exchange of communicators
+// just formed.
 #pragma once
 
+#include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <chrono>
@@ -19,6 +21,21 @@ namespace epd::cuda {
 Status AwaitComms(const std::vector<ncclComm_t>& comms,
                   std::chrono::steady_clock::time_point deadline,
                   const std::function<Status()>& stopped, std::string_view what);
+
+// One rank's part of a grouped exchange: message p of `send` to every other rank p of the
+// communicator, message p of `recv` from it, on `stream`.
+struct ExchangeSide {
+  ncclComm_t comm = nullptr;
+  int rank = 0;  // its rank in the communicator (its own messages are not sent)
+  const char* send = nullptr;
+  char* recv = nullptr;
+  cudaStream_t stream = nullptr;
+};
+// Enqueues every side's sends and receives of `bytes`-byte messages inside one
+// ncclGroupStart / ncclGroupEnd (one process's ranks must be in one group: their sends and
+// receives match each other). Returns the first NCCL error, else ncclSuccess; on a
+// non-blocking communicator the group may still be in progress (AwaitComms).
+ncclResult_t EnqueueExchange(const std::vector<ExchangeSide>& sides, int world_size, size_t bytes);
 
 // One exchange of a few bytes between every pair of ranks over `comms` (comms[i] is group
 // rank ranks[i] on GPU devices[i]; all of this process's ranks of the group), on private

@@ -272,17 +272,8 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
     item.generation = generation;
     status = Checked(cudaEventRecord(item.start, stream), "cudaEventRecord(start)");
     if (status.ok()) {
-      ncclResult_t r = ncclGroupStart();
-      for (int p = 0; p < c.world_size() && r == ncclSuccess; ++p) {
-        if (p == group_rank) continue;
-        r = ncclSend(send + p * bytes, static_cast<size_t>(bytes), ncclUint8, p, comm, stream);
-        if (r == ncclSuccess || r == ncclInProgress) {
-          r = ncclRecv(recv + p * bytes, static_cast<size_t>(bytes), ncclUint8, p, comm, stream);
-        }
-        if (r == ncclInProgress) r = ncclSuccess;
-      }
-      const ncclResult_t ended = ncclGroupEnd();
-      if (r == ncclSuccess && ended != ncclSuccess && ended != ncclInProgress) r = ended;
+      const ncclResult_t r = EnqueueExchange({{comm, group_rank, send, recv, stream}},
+                                             c.world_size(), static_cast<size_t>(bytes));
       if (r != ncclSuccess) {
         status = UnavailableError("group '{}': {}: enqueueing the NCCL exchange: {}", c.name, what,
                                   ncclGetErrorString(r));
