@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
         s.high_throughput ? static_cast<int64_t>(p.plan[SpanPlanFirstRowWord(L, R, src)]) + entry[0]
                           : static_cast<int64_t>(src) * T + t;
     if (row < p.recv_rows)
-      CopyRow(rows + t * s.row_bytes, expert_out + row * s.row_bytes, s.row_bytes);
+      CopyRow(rows + t * s.ret.row_bytes, expert_out + row * s.ret.row_bytes, s.ret.row_bytes);
     return;
   }
   int j = 0;
@@ -50,8 +50,8 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
     if (id < 0) continue;
     const int64_t row = ExpertRow(p.plan, L, R, id - s.rank * L, src, entry[1 + K + k]);
     if (row >= 0 && row < p.recv_rows) {
-      CopyRow(rows + (static_cast<int64_t>(t) * s.ret.rows_per_token + j) * s.row_bytes,
-              expert_out + row * s.row_bytes, s.row_bytes);
+      CopyRow(rows + (static_cast<int64_t>(t) * s.ret.rows_per_token + j) * s.ret.row_bytes,
+              expert_out + row * s.ret.row_bytes, s.ret.row_bytes);
     }
     ++j;
   }
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParam
       const bool pre_reduced = s.rank_major || s.high_throughput;
       if (!pre_reduced || j == 0) {
         const int64_t slot = pre_reduced ? t : static_cast<int64_t>(t) * s.ret.rows_per_token + j;
-        row = p.recv_ret + d * s.ret.bytes + s.ret.rows_offset + slot * s.row_bytes;
+        row = p.recv_ret + d * s.ret.bytes + s.ret.rows_offset + slot * s.ret.row_bytes;
         w = pre_reduced ? 1.0f : p.topk_weights[t * K + k];
       }
     }
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParam
     weights[k] = w;
   }
   __syncthreads();
-  const int64_t vectors = s.row_bytes / 16;
-  auto* out = reinterpret_cast<int4*>(static_cast<char*>(p.out) + t * s.row_bytes);
+  const int64_t vectors = s.ret.row_bytes / 16;
+  auto* out = reinterpret_cast<int4*>(static_cast<char*>(p.out) + t * s.ret.row_bytes);
   for (int64_t v = threadIdx.x; v < vectors; v += blockDim.x) {
     float acc[V::kElems];
 #pragma unroll

@@ -75,7 +75,7 @@ constexpr SpanDispatchMessage SpanDispatchMessageOf(int64_t max_tokens, int64_t 
 struct SpanReturnMessage {
   int64_t rows_per_token = 0;  // J
   int64_t rows_offset = 0;
-  int64_t row_bytes = 0;
+  int64_t row_bytes = 0;  // a token's in the token dtype (what combine sums)
   int64_t bytes = 0;
 };
 
@@ -101,8 +101,6 @@ struct SpanShape {
   int rank_major = 0;
   int high_throughput = 0;  // the packed layout (and pre-reduced combine rows)
   int ue8m0_scales = 0;     // fp8 dispatch: scales are ue8m0 bytes, else fp32
-  int64_t row_bytes = 0;    // of a token in the token dtype (combine; dispatch.row_bytes differs
-                            // with fp8 dispatch)
   SpanDispatchMessage dispatch;
   SpanReturnMessage ret;
 };

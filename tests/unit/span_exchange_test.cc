@@ -109,7 +109,7 @@ TEST(SpanMessagesTest, ShapeCarriesTheGroupConstantsAndBothMessages) {
   EXPECT_EQ(s.top_k, 8);
   EXPECT_EQ(s.max_tokens, 128);
   EXPECT_EQ(s.rank_major, 1);
-  EXPECT_EQ(s.row_bytes, 128);
+  EXPECT_EQ(s.ret.row_bytes, 128);
   EXPECT_EQ(s.dispatch.bytes, SpanDispatchMessageOf(c).bytes);
   EXPECT_EQ(s.ret.rows_per_token, 1);
 }
@@ -159,7 +159,7 @@ TEST(SpanMessagesTest, Fp8DispatchCarriesE4m3RowsAndTheirScales) {
   EXPECT_EQ(ue8m0.bytes, ue8m0.scales_offset + 7168);  // 128 x 56, 256-aligned
   EXPECT_EQ(SpanShapeOf(c, 0).ue8m0_scales, 1);
   // Combine returns the experts' outputs in the token dtype.
-  EXPECT_EQ(SpanShapeOf(c, 0).row_bytes, 7168 * 2);
+  EXPECT_EQ(SpanShapeOf(c, 0).ret.row_bytes, 7168 * 2);
   EXPECT_EQ(SpanReturnMessageOf(c).row_bytes, 7168 * 2);
   // Without fp8 the message has no scales.
   const kernels::SpanDispatchMessage token = SpanDispatchMessageOf(Spanning(0));

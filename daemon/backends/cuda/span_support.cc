@@ -34,7 +34,6 @@ kernels::SpanShape SpanShapeOf(const GroupConfig& c, int group_rank) {
   s.rank_major = !c.high_throughput() && c.layout == Layout::kRankMajor ? 1 : 0;
   s.high_throughput = c.high_throughput() ? 1 : 0;
   s.ue8m0_scales = c.fp8_dispatch() && c.scale_format == ScaleFormat::kUe8m0 ? 1 : 0;
-  s.row_bytes = TokenRowBytes(c);
   s.dispatch = SpanDispatchMessageOf(c);
   s.ret = SpanReturnMessageOf(c);
   return s;
