@@ -312,6 +312,25 @@ class SpanKernelsTest : public ::testing::Test {
     Combine(c, ranks, expected);
   }
 
+  // Every rank of `c` (3, all tokens on expert 0) dispatches: each rank's plan writes the same
+  // error record (code, the expert or rank that overflows, its rows, the bound) and no rows.
+  void ExpectTheSameOverflowOnEveryRank(const GroupConfig& c, int32_t code, int32_t what,
+                                        int32_t rows, int32_t bound) {
+    std::vector<Rank> ranks(3);
+    for (int s = 0; s < 3; ++s) MakeRouting(c, Routing::kHotExpert, s, 8, &ranks[s]);
+    std::vector<kernels::DeviceError> errors;
+    Dispatch(c, ranks, -1, &errors);
+    for (int d = 0; d < 3; ++d) {
+      EXPECT_EQ(errors[d].code, code) << "rank " << d;
+      EXPECT_EQ(errors[d].a, what);
+      EXPECT_EQ(errors[d].b, rows);
+      EXPECT_EQ(errors[d].c, bound);
+      int32_t go = -1;
+      ranks[d].plan->Download(&go, sizeof(go));
+      EXPECT_EQ(go, 0);
+    }
+  }
+
   // fp8 dispatch (bf16 tokens, H 256): every rank's receive region, e4m3 rows and scales
   // included, equals the reference's. Combine does not depend on the dispatch payload (its
   // kernels read the experts' bf16 outputs), so the token-dtype cases cover it.
@@ -405,39 +424,18 @@ TEST_F(SpanKernelsTest, HighThroughputMatchesTheReference) {
 }
 
 TEST_F(SpanKernelsTest, HighThroughputRowOverflowIsReportedByEveryRank) {
-  // Rank 0 (experts 0 and 1) receives every token of every rank: 24 rows, M = 10.
-  const GroupConfig c =
-      ConfigOf(Layout::kExpertMajor, DType::kBf16, /*capacity=*/10, Algorithm::kHighThroughput);
-  std::vector<Rank> ranks(3);
-  for (int s = 0; s < 3; ++s) MakeRouting(c, Routing::kHotExpert, s, 8, &ranks[s]);
-  std::vector<kernels::DeviceError> errors;
-  Dispatch(c, ranks, -1, &errors);
-  for (int d = 0; d < 3; ++d) {
-    EXPECT_EQ(errors[d].code, kernels::kDeviceErrorRowCapacity) << "rank " << d;
-    EXPECT_EQ(errors[d].a, 0);  // the first rank over M
-    EXPECT_EQ(errors[d].b, 24);
-    EXPECT_EQ(errors[d].c, 10);
-    int32_t go = -1;
-    ranks[d].plan->Download(&go, sizeof(go));
-    EXPECT_EQ(go, 0);
-  }
+  // Rank 0 (experts 0 and 1) receives every token of every rank: 24 rows, M = 10; the first
+  // rank over M.
+  ExpectTheSameOverflowOnEveryRank(
+      ConfigOf(Layout::kExpertMajor, DType::kBf16, /*capacity=*/10, Algorithm::kHighThroughput),
+      kernels::kDeviceErrorRowCapacity, /*what=*/0, /*rows=*/24, /*bound=*/10);
 }
 
 TEST_F(SpanKernelsTest, EveryRankReportsTheSameOverflowAndWritesNoRows) {
-  const GroupConfig c = ConfigOf(Layout::kExpertMajor, DType::kBf16, /*capacity=*/4);
-  std::vector<Rank> ranks(3);
-  for (int s = 0; s < 3; ++s) MakeRouting(c, Routing::kHotExpert, s, 8, &ranks[s]);
-  std::vector<kernels::DeviceError> errors;
-  Dispatch(c, ranks, -1, &errors);
-  for (int d = 0; d < 3; ++d) {
-    EXPECT_EQ(errors[d].code, kernels::kDeviceErrorCapacity) << "rank " << d;
-    EXPECT_EQ(errors[d].a, 0);   // expert 0: the first over capacity
-    EXPECT_EQ(errors[d].b, 24);  // 3 ranks x 8 tokens
-    EXPECT_EQ(errors[d].c, 4);
-    int32_t go = -1;
-    ranks[d].plan->Download(&go, sizeof(go));
-    EXPECT_EQ(go, 0);
-  }
+  // Expert 0, the first over capacity, has 3 ranks x 8 tokens.
+  ExpectTheSameOverflowOnEveryRank(ConfigOf(Layout::kExpertMajor, DType::kBf16, /*capacity=*/4),
+                                   kernels::kDeviceErrorCapacity, /*what=*/0, /*rows=*/24,
+                                   /*bound=*/4);
 }
 
 TEST_F(SpanKernelsTest, AnAbandoningSourceFailsEveryOtherRankNamingIt) {
