@@ -260,6 +260,18 @@ class SignalFoldingBackend : public testing::ForwardingBackend {
   const bool folds_;
 };
 
+// `f`'s handle in a new one-rank persistent group `name`, with one token routed.
+void JoinOneRankGroup(Engine& engine, engine_testing::Frontend& f, const std::string& name) {
+  GroupConfig config = Config(name);
+  config.ranks = {0};
+  ASSERT_TRUE(engine.CreateGroup(std::nullopt, config, /*persistent=*/true).ok());
+  f.handle = engine.CreateHandle(f.session, name, 0, "", false).value().id;
+  for (int i = 0; i < engine_testing::kTopK; ++i) {
+    f.topk()[i] = i % config.experts;
+    f.weights()[i] = 1.0f;
+  }
+}
+
 // A backend that folds fence signals gets each op's signal with the op and no separate
 // SignalFence; one that does not gets none with the op and the pipeline signals after it.
 // Either way the fence reaches each op's value in order.
@@ -270,19 +282,11 @@ TEST(EngineFenceSignalTest, SignalsGoWithTheOpOnlyToBackendsThatFoldThem) {
         CreateCpuBackend({1, milliseconds(2000)}).value(), folds);
     SignalFoldingBackend& backend = *owned;
     auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
-    GroupConfig config = Config("fold");
-    config.ranks = {0};
-    ASSERT_TRUE(engine->CreateGroup(std::nullopt, config, /*persistent=*/true).ok());
     engine_testing::Frontend f(*engine, 0);
-    f.handle = engine->CreateHandle(f.session, "fold", 0, "", false).value().id;
-    for (int i = 0; i < engine_testing::kTopK; ++i) {
-      f.topk()[i] = i % config.experts;
-      f.weights()[i] = 1.0f;
-    }
-    const FenceInfo fence = engine->CreateFence(f.session).value();
-    auto page = ShmRegion::Open(fence.source.shm_name, "fence").value();
-    auto* counter =
-        reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset);
+    ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, f, "fold"));
+    const engine_testing::MappedFence mapped = engine_testing::MapNewFence(*engine, f.session);
+    const FenceInfo& fence = mapped.info;
+    uint64_t* counter = mapped.counter;
     auto signal = [&](uint64_t value) {
       OpOptions options;
       options.signal = FenceOp{fence.id, value};
@@ -342,22 +346,12 @@ TEST(EngineCollectiveTest, PreparedBeforeTheFenceWaitAndAFailedPreparationFailsO
       std::make_unique<PreparingBackend>(CreateCpuBackend({1, milliseconds(2000)}).value());
   PreparingBackend& backend = *owned;
   auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
-  GroupConfig config = Config("prepared");
-  config.ranks = {0};
-  ASSERT_TRUE(engine->CreateGroup(std::nullopt, config, /*persistent=*/true).ok());
   engine_testing::Frontend f(*engine, 0);
-  f.handle = engine->CreateHandle(f.session, "prepared", 0, "", false).value().id;
-  for (int i = 0; i < engine_testing::kTopK; ++i) {
-    f.topk()[i] = i % config.experts;
-    f.weights()[i] = 1.0f;
-  }
-  const FenceInfo fence = engine->CreateFence(f.session).value();
-  auto page = ShmRegion::Open(fence.source.shm_name, "fence").value();
-  std::atomic_ref<uint64_t>(
-      *reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset))
-      .store(100);  // every wait below is satisfied
+  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, f, "prepared"));
+  const engine_testing::MappedFence fence = engine_testing::MapNewFence(*engine, f.session);
+  std::atomic_ref<uint64_t>(*fence.counter).store(100);  // every wait below is satisfied
   OpOptions waits;
-  waits.wait = FenceOp{fence.id, 1};
+  waits.wait = FenceOp{fence.info.id, 1};
   auto run = [&](bool with_dispatch) {
     engine_testing::Waiter update, dispatch;
     EXPECT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());

@@ -36,6 +36,21 @@ inline GroupConfig Config(std::string name = "g") {
   return c;
 }
 
+// A fence of a session with its page mapped here, as a frontend maps it.
+struct MappedFence {
+  FenceInfo info;
+  std::unique_ptr<ShmRegion> page;
+  uint64_t* counter = nullptr;  // inside page
+};
+inline MappedFence MapNewFence(Engine& engine, SessionId session) {
+  MappedFence fence;
+  fence.info = engine.CreateFence(session).value();
+  fence.page = ShmRegion::Open(fence.info.source.shm_name, "fence").value();
+  fence.counter = reinterpret_cast<uint64_t*>(static_cast<char*>(fence.page->data()) +
+                                              fence.info.counter_offset);
+  return fence;
+}
+
 inline std::string UniqueShmName() {
   static std::atomic<int> next{0};
   return "/epd-test-" + std::to_string(getpid()) + "-" + std::to_string(next++);

@@ -211,14 +211,13 @@ TEST_F(EngineTest, BadExpertIdFailsTheUpdateAndTheNextDispatchOfEveryRank) {
 TEST_F(EngineTest, FencesOrderOpsWithoutBlockingCalls) {
   FillInputs(4);
   Frontend& f = *frontends_[0];
-  FenceInfo fence = engine_->CreateFence(f.session).value();
+  const MappedFence mapped = MapNewFence(*engine_, f.session);
+  const FenceInfo& fence = mapped.info;
   EXPECT_EQ(fence.counter_offset, kFenceCounterOffset);
-  auto page = ShmRegion::Open(fence.source.shm_name, "fence").value();
-  const auto* header = static_cast<const FencePageHeader*>(page->data());
+  const auto* header = static_cast<const FencePageHeader*>(mapped.page->data());
   EXPECT_EQ(header->magic, kFenceMagic);
   EXPECT_EQ(header->version, kFenceVersion);
-  auto* counter =
-      reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset);
+  uint64_t* counter = mapped.counter;
 
   OpOptions fenced;
   fenced.wait = FenceOp{fence.id, 1};

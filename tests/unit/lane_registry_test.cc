@@ -99,10 +99,9 @@ TEST(OpsInFlightLimitTest, OneMoreThanTheLimitIsRefusedNamingTheKey) {
   ASSERT_TRUE(engine->CreateGroup(std::nullopt, engine_testing::Config(), true).ok());
   Frontend f(*engine, 0);
   f.handle = engine->CreateHandle(f.session, "g", 0, "", false).value().id;
-  FenceInfo fence = engine->CreateFence(f.session).value();
-  auto page = ShmRegion::Open(fence.source.shm_name, "fence").value();
-  auto* counter =
-      reinterpret_cast<uint64_t*>(static_cast<char*>(page->data()) + fence.counter_offset);
+  const engine_testing::MappedFence mapped = engine_testing::MapNewFence(*engine, f.session);
+  const FenceInfo& fence = mapped.info;
+  uint64_t* counter = mapped.counter;
   OpOptions gated;
   gated.wait = FenceOp{fence.id, 1};
   gated.blocking = true;
