@@ -37,11 +37,14 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
   const char* expert_out = static_cast<const char*>(p.expert_out);
   char* rows = message + s.ret.rows_offset;
   if (s.rank_major || s.high_throughput) {  // the frontend's pre-reduced row of (src, t)
-    const int64_t row =
-        s.high_throughput ? static_cast<int64_t>(p.plan[SpanPlanFirstRowWord(L, R, src)]) + entry[0]
-                          : static_cast<int64_t>(src) * T + t;
+    // High-throughput: return row i is packed row first_row[src] + i, so the message carries
+    // as many rows as the dispatch's did.
+    const int64_t slot = s.high_throughput ? entry[0] : t;
+    const int64_t row = s.high_throughput
+                            ? static_cast<int64_t>(p.plan[SpanPlanFirstRowWord(L, R, src)]) + slot
+                            : static_cast<int64_t>(src) * T + t;
     if (row < p.recv_rows)
-      CopyRow(rows + t * s.ret.row_bytes, expert_out + row * s.ret.row_bytes, s.ret.row_bytes);
+      CopyRow(rows + slot * s.ret.row_bytes, expert_out + row * s.ret.row_bytes, s.ret.row_bytes);
     return;
   }
   int j = 0;
@@ -108,7 +111,9 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParam
       // first k, weight 1.
       const bool pre_reduced = s.rank_major || s.high_throughput;
       if (!pre_reduced || j == 0) {
-        const int64_t slot = pre_reduced ? t : static_cast<int64_t>(t) * s.ret.rows_per_token + j;
+        const int64_t slot = s.high_throughput ? p.dest_row[t * R + d]
+                             : s.rank_major    ? t
+                                               : static_cast<int64_t>(t) * s.ret.rows_per_token + j;
         row = p.recv_ret + d * s.ret.bytes + s.ret.rows_offset + slot * s.ret.row_bytes;
         w = pre_reduced ? 1.0f : p.topk_weights[t * K + k];
       }

@@ -26,14 +26,14 @@ __device__ __forceinline__ void ZeroScales(char* dst, int64_t bytes) {
 }
 
 // ---- dispatch, source side ----
-// Token t's payload into its message row: its bytes in the token dtype, a copy of the
+// Token t's payload into message row `slot`: its bytes in the token dtype, a copy of the
 // frontend's e4m3 row and scales, or quantized here (a half warp per 128-channel block, the
 // rule of kernels/internal/fp8_quant.cuh). Whole block: the quantizing loop runs the same
 // number of times on every thread, as each block's amax shuffles need every lane of its warp.
-__device__ void PackRow(const SpanPackParams& p, char* message, int t) {
+__device__ void PackRow(const SpanPackParams& p, char* message, int slot, int t) {
   const SpanDispatchMessage& m = p.shape.dispatch;
-  char* row = message + m.rows_offset + t * m.row_bytes;
-  char* scales = message + m.scales_offset + t * m.scale_row_bytes;
+  char* row = message + m.rows_offset + static_cast<int64_t>(slot) * m.row_bytes;
+  char* scales = message + m.scales_offset + static_cast<int64_t>(slot) * m.scale_row_bytes;
   const char* x = static_cast<const char*>(p.x);
   if (p.payload != kPayloadQuantize) {  // the token dtype's row, or the frontend's e4m3 one
     CopyRow(row, x + t * m.row_bytes, m.row_bytes);
@@ -86,9 +86,9 @@ __global__ void __launch_bounds__(kSpanThreads) SpanPackKernel(SpanPackParams p)
   }
   auto* entry =
       reinterpret_cast<int32_t*>(message + s.dispatch.entries_offset) + t * s.dispatch.entry_words;
-  if (threadIdx.x == 0) {
-    entry[0] = !present ? -1 : s.high_throughput ? p.dest_row[t * s.world_size + d] : t;
-  }
+  // High-throughput rows are packed (the message ends after them: span_messages.h).
+  const int slot = !present ? -1 : s.high_throughput ? p.dest_row[t * s.world_size + d] : t;
+  if (threadIdx.x == 0) entry[0] = slot;
   if (threadIdx.x < K) {
     const int k = threadIdx.x;
     const int id = t < n ? p.topk_idx[t * K + k] : -1;
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanPackKernel(SpanPackParams p)
     entry[1 + K + k] = here ? p.local_rank[t * K + k] : -1;
     entry[1 + 2 * K + k] = here ? __float_as_int(p.topk_weights[t * K + k]) : 0;
   }
-  if (present) PackRow(p, message, t);
+  if (present) PackRow(p, message, slot, t);
 }
 
 // ---- dispatch, destination side: one block decides whether rows are written and where ----
@@ -204,8 +204,10 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
   const int32_t* entry = EntryOf(message, s.dispatch, t);
   const bool present = entry[0] >= 0;
   const SpanDispatchMessage& m = s.dispatch;
-  const char* row = message + m.rows_offset + t * m.row_bytes;
-  const char* row_scales = message + m.scales_offset + t * m.scale_row_bytes;
+  // Message row entry[0]: t (low-latency) or the token's packed index (high-throughput).
+  const int64_t slot = present ? entry[0] : t;
+  const char* row = message + m.rows_offset + slot * m.row_bytes;
+  const char* row_scales = message + m.scales_offset + slot * m.scale_row_bytes;
   // The row's bytes (and fp8 scales) as received row `out_row`.
   auto place = [&](int64_t out_row) {
     CopyRow(static_cast<char*>(p.recv_x) + out_row * m.row_bytes, row, m.row_bytes);

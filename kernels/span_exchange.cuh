@@ -1,7 +1,8 @@
 // Kernels of a group that spans daemons (cuda backend, both algorithms; span_dispatch.cu and
-// span_combine.cu): they build and read the fixed-size messages of kernels/span_messages.h
-// around the backend's NCCL exchange, all on the rank's lane stream with no host
-// synchronisation.
+// span_combine.cu): they build and read the messages of kernels/span_messages.h around the
+// backend's NCCL exchanges, all on the rank's lane stream. The kernels never need the host: a
+// high-throughput message's rows are packed, so whatever part of a message the exchange
+// carried holds every row its entries name.
 //
 //   dispatch: LaunchSpanPack (source: one message per destination, in token order)
 //             -> NCCL send/recv -> LaunchSpanAssemble (destination: the same receive layout
@@ -86,7 +87,8 @@ struct SpanReduceParams {
   const int32_t* topk_idx = nullptr;
   const float* topk_weights = nullptr;
   const int32_t* bound_tokens = nullptr;
-  void* out = nullptr;  // [n, H]
+  const int32_t* dest_row = nullptr;  // [T, R] high-throughput: t's return row from each rank
+  void* out = nullptr;                // [n, H]
   int abandoned = 0;
   const uint64_t* abort = nullptr;
   uint64_t seq = 0;

@@ -1,11 +1,16 @@
-// The fixed-size messages a group that spans daemons exchanges through NCCL on the cuda
-// backend (both algorithms, token-dtype or fp8 dispatch) (docs/design.md §9, "cuda transport").
-// Plain C++17 constexpr, shared by the kernels (kernels/span_exchange.cuh), the backend that sizes
-// the buffers, and the unit tests.
+// The messages a group that spans daemons exchanges through NCCL on the cuda backend (both
+// algorithms, token-dtype or fp8 dispatch) (docs/design.md §9, "cuda transport"). Plain C++17
+// constexpr, shared by the kernels (kernels/span_exchange.cuh), the backend that sizes the
+// buffers and the exchanges, and the unit tests.
 //
-// Every size comes from the group constants only (T, K, E, L, R, H, dtypes), so the NCCL exchange
-// needs no host-side counts: each op sends R - 1 messages of one size, however many tokens
-// select each destination. The price is bandwidth: a message always carries T rows.
+// Buffers always have room for T rows per message, from the group constants only (T, K, E, L,
+// R, H, dtypes). What is sent differs by algorithm:
+// - low-latency: the whole message, one exchange per op and no host synchronisation, however
+//   many tokens select each destination (the price is bandwidth: T rows every time);
+// - high-throughput: counts first, then payload. The dispatch's headers go in one exchange;
+//   once they arrived the host reads every pair's row count and a second exchange sends each
+//   message's entries, scales and only its rows. The combine's return messages carry the same
+//   number of rows back, known from the dispatch: one exchange.
 //
 // Dispatch message from source s to destination d (one per (s, d), also s == d, which the
 // source writes straight into its own receive buffer):
@@ -14,22 +19,24 @@
 //           counted once per expert), [2 + E, 2 + E + R) high-throughput: s's rows to every
 //           rank (low-latency: 0). All of them, so that every rank checks every expert's
 //           (every rank's) capacity and all agree on an overflow.
-//   entries T x int32 [1 + 3K]: entry t = token t of s: [where it goes: t (low-latency), or
-//           its index among s's rows to d (high-throughput: the routing bind's dest_row, so d
-//           places it without a scan); -1 when t selects nothing on d or t >= n_s; ids[K]
-//           with other ranks' ids masked to -1; local_rank[K] (the selection's index among s's
-//           selections of its expert, as the routing bind ranked it; high-throughput: -1 for
-//           a repeat of an expert in one token); weight bits[K] (0 where masked)]
-//   rows    T x row_bytes: row t = token t of s where entry t is present (else unwritten):
-//           its bytes in the token dtype, or with fp8 dispatch its e4m3 codes (H bytes)
-//   scales  fp8 dispatch only, T x scale_row_bytes: row t's scales (H / 128 of fp32 or ue8m0),
-//           quantized by the source's pack kernel or copied from the frontend's x_scales
+//   entries T x int32 [1 + 3K]: entry t = token t of s: [its message row: t (low-latency), or
+//           its index among s's rows to d (high-throughput: the routing bind's dest_row, so the
+//           rows are packed and d places them without a scan); -1 when t selects nothing on d
+//           or t >= n_s; ids[K] with other ranks' ids masked to -1; local_rank[K] (the
+//           selection's index among s's selections of its expert, as the routing bind ranked
+//           it; high-throughput: -1 for a repeat of an expert in one token); weight bits[K] (0
+//           where masked)]
+//   scales  fp8 dispatch only, T x scale_row_bytes: message row i's scales (H / 128 of fp32 or
+//           ue8m0), quantized by the source's pack kernel or copied from the frontend's x_scales
+//   rows    T x row_bytes: message row i (entry[0] == i; low-latency rows where entry t is
+//           absent are unwritten): its bytes in the token dtype, or with fp8 dispatch its e4m3
+//           codes (H bytes). Last, so that a high-throughput message ends after its rows.
 // Combine return message from destination d to source s:
 //   header  int32 [0] status
-//   rows    T x J x row_bytes: row (t, j) = the expert output of the j-th selection of s's
-//           token t that lives on d, in k order (expert-major, J = K: a token may select one
-//           expert twice, and each selection has a row of its own); rank-major and
-//           high-throughput J = 1, the frontend's pre-reduced row of (s, t).
+//   rows    T x J x row_bytes: row (i, j) = the expert output of the j-th selection, in k
+//           order, of the token in s's message row i to d (expert-major, J = K: a token may
+//           select one expert twice, and each selection has a row of its own); rank-major and
+//           high-throughput J = 1, the frontend's pre-reduced row.
 #pragma once
 
 #include <cstdint>
@@ -64,12 +71,21 @@ constexpr SpanDispatchMessage SpanDispatchMessageOf(int64_t max_tokens, int64_t 
   SpanDispatchMessage m;
   m.entry_words = 1 + 3 * top_k;
   m.entries_offset = SpanAlignUp((kSpanHeaderFixedWords + experts + world_size) * 4);
-  m.rows_offset = m.entries_offset + SpanAlignUp(max_tokens * m.entry_words * 4);
-  m.row_bytes = row_bytes;
-  m.scales_offset = m.rows_offset + SpanAlignUp(max_tokens * row_bytes);
+  m.scales_offset = m.entries_offset + SpanAlignUp(max_tokens * m.entry_words * 4);
   m.scale_row_bytes = scale_row_bytes;
-  m.bytes = m.scales_offset + SpanAlignUp(max_tokens * scale_row_bytes);
+  m.rows_offset = m.scales_offset + SpanAlignUp(max_tokens * scale_row_bytes);
+  m.row_bytes = row_bytes;
+  m.bytes = m.rows_offset + SpanAlignUp(max_tokens * row_bytes);
   return m;
+}
+
+// High-throughput: the header words (the first exchange), and the bytes after them that a
+// message carrying `rows` rows sends (the second exchange: entries, scales, those rows).
+constexpr int64_t SpanHeaderWords(int64_t experts, int64_t world_size) {
+  return kSpanHeaderFixedWords + experts + world_size;
+}
+constexpr int64_t SpanDispatchBodyBytes(const SpanDispatchMessage& m, int64_t rows) {
+  return m.rows_offset - m.entries_offset + rows * m.row_bytes;
 }
 
 struct SpanReturnMessage {
@@ -88,6 +104,11 @@ constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_
   m.row_bytes = row_bytes;
   m.bytes = m.rows_offset + SpanAlignUp(max_tokens * m.rows_per_token * row_bytes);
   return m;
+}
+
+// High-throughput: the bytes of a return message carrying `rows` rows back.
+constexpr int64_t SpanReturnBytes(const SpanReturnMessage& m, int64_t rows) {
+  return m.rows_offset + rows * m.rows_per_token * m.row_bytes;
 }
 
 // One rank's view of a group's exchange: the group constants the kernels index with.

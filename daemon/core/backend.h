@@ -249,6 +249,13 @@ class Backend {
   // number, and the peers' op fails with `reason` (naming this rank) as soon as the abandon
   // reaches the stream, in order after this rank's earlier ops.
   virtual void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) = 0;
+  // The part of the handle's last op that can be enqueued only once the device got somewhere:
+  // a high-throughput dispatch spanning daemons sizes its payload exchange by the counts its
+  // first exchange delivers. The rank worker calls it after answering the op (whose wait fence
+  // the frontend may signal only then) and before the rank's next op; it may wait for the
+  // device, bounded by twice op_timeout. An error fails the op as a device error does, and the
+  // backend has already failed it on the device (peers and the op's signal do not wait on it).
+  virtual Status EnqueueDeferred(BackendHandle& /*handle*/) { return OkStatus(); }
   // Calls `done` once all work enqueued so far on `handle`'s lane finished; never blocks the
   // caller.
   virtual void Complete(BackendHandle& handle, std::function<void(Status)> done) = 0;

@@ -213,23 +213,26 @@ void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
   const bool blocking = ctx.options.blocking && !failed;
   if (!blocking) finish(std::move(status));
   std::shared_ptr<Handle> handle = ctx.handle;
+  // After the answer: the deferred part may wait for the op's wait fence (backend.h).
+  const Status deferred = backend_.EnqueueDeferred(*handle->backend);
   auto on_device_error = std::move(ctx.on_device_error);
   // Inputs, outputs and fences stay alive until the device is done with them.
   auto keep = std::make_shared<OpContext>(ctx);
-  backend_.Complete(*handle->backend,
-                    [handle, keep, blocking, finish, release, on_device_error](Status done) {
-                      if (!done.ok() && on_device_error) on_device_error(done);
-                      if (blocking) {
-                        // NOTE: uncounted before the answer, so a client that got it never
-                        // sees the op as running (tests wait on ops_running).
-                        StopRunning(*keep->session, *keep->started);
-                        finish(std::move(done));
-                      } else if (!done.ok()) {
-                        EPD_LOG(kCore, error, "group '{}' rank {}: asynchronous op failed: {}",
-                                handle->group->config.name, handle->node_rank, done.ToString());
-                      }
-                      release();
-                    });
+  backend_.Complete(*handle->backend, [handle, keep, blocking, finish, release, on_device_error,
+                                       deferred](Status done) {
+    if (!deferred.ok()) done = deferred;  // the cause, before what it led to
+    if (!done.ok() && on_device_error) on_device_error(done);
+    if (blocking) {
+      // NOTE: uncounted before the answer, so a client that got it never
+      // sees the op as running (tests wait on ops_running).
+      StopRunning(*keep->session, *keep->started);
+      finish(std::move(done));
+    } else if (!done.ok()) {
+      EPD_LOG(kCore, error, "group '{}' rank {}: asynchronous op failed: {}",
+              handle->group->config.name, handle->node_rank, done.ToString());
+    }
+    release();
+  });
 }
 
 }  // namespace epd

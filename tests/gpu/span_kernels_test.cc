@@ -1,5 +1,6 @@
 // The kernels of groups spanning daemons (kernels/span_exchange.cuh) in one process, with the
-// NCCL exchange replaced by device copies of the fixed-size messages: every rank's receive
+// NCCL exchanges replaced by device copies of what they send (whole messages; high-throughput:
+// headers, then the rows announced, the rest of a message left as garbage): every rank's receive
 // region and combine output equal the cpu reference's byte for byte (both low-latency layouts
 // and high-throughput's packed one, bf16 and fp32, n in {0, 1, T-1, T}, all -1, a hot expert,
 // a token selecting one expert twice; fp8 dispatch quantized by the pack kernel or copied
@@ -124,12 +125,23 @@ std::unique_ptr<DeviceBuffer> Upload(const void* data, size_t bytes) {
 
 std::unique_ptr<DeviceBuffer> Zeroed(size_t bytes) { return Upload(nullptr, bytes); }
 
-// Message `index` of `from` copied to message `slot` of `to` (what the NCCL exchange does).
-void Move(const DeviceBuffer& from, int index, DeviceBuffer& to, int slot, int64_t bytes) {
-  ASSERT_EQ(cudaMemcpy(static_cast<char*>(to.data()) + slot * bytes,
-                       static_cast<const char*>(from.data()) + index * bytes, bytes,
+// `bytes` from `offset` into message `index` of `from` copied to message `slot` of `to`, messages
+// `stride` apart (what the NCCL exchange does).
+void Move(const DeviceBuffer& from, int index, DeviceBuffer& to, int slot, int64_t stride,
+          int64_t offset, int64_t bytes) {
+  ASSERT_EQ(cudaMemcpy(static_cast<char*>(to.data()) + slot * stride + offset,
+                       static_cast<const char*>(from.data()) + index * stride + offset, bytes,
                        cudaMemcpyDeviceToDevice),
             cudaSuccess);
+}
+
+// High-throughput sends only the rows routed (kernels/span_messages.h): the rest of a received
+// message holds this, so that a kernel reading past them is caught.
+constexpr int kUnsentByte = 0xA5;
+
+// The rows of source s's message to d: what the backend reads from s's header.
+int64_t RowsSent(const std::vector<Rank>& ranks, int s, int d, int abandoning) {
+  return s == abandoning ? 0 : ranks[s].dest_counts[d];
 }
 
 class SpanKernelsTest : public ::testing::Test {
@@ -156,6 +168,9 @@ class SpanKernelsTest : public ::testing::Test {
       r.d_x_scales = Upload(r.x_scales.data(), r.x_scales.size());
       r.send = Zeroed(R * shape.dispatch.bytes);
       r.recv = Zeroed(R * shape.dispatch.bytes);
+      if (c.high_throughput()) {
+        ASSERT_EQ(cudaMemset(r.recv->data(), kUnsentByte, r.recv->size()), cudaSuccess);
+      }
       r.plan = Zeroed(kernels::SpanPlanWords(c.local_experts(), R) * 4);
       r.ret_send = Zeroed(R * shape.ret.bytes);
       r.ret_recv = Zeroed(R * shape.ret.bytes);
@@ -177,10 +192,18 @@ class SpanKernelsTest : public ::testing::Test {
       pack.abandoned = s == abandoning ? 1 : 0;
       ASSERT_EQ(kernels::LaunchSpanPack(pack, nullptr), cudaSuccess);
     }
+    const kernels::SpanDispatchMessage m = cuda::SpanDispatchMessageOf(c);
     for (int s = 0; s < R; ++s) {
       for (int d = 0; d < R; ++d) {
-        if (s != d)
-          Move(*ranks[s].send, d, *ranks[d].recv, s, cuda::SpanShapeOf(c, s).dispatch.bytes);
+        if (s == d) continue;
+        if (!c.high_throughput()) {
+          Move(*ranks[s].send, d, *ranks[d].recv, s, m.bytes, 0, m.bytes);
+          continue;
+        }
+        // Headers first, then entries, scales and the rows the header announced.
+        Move(*ranks[s].send, d, *ranks[d].recv, s, m.bytes, 0, m.entries_offset);
+        Move(*ranks[s].send, d, *ranks[d].recv, s, m.bytes, m.entries_offset,
+             kernels::SpanDispatchBodyBytes(m, RowsSent(ranks, s, d, abandoning)));
       }
     }
     errors->assign(R, kernels::DeviceError{});
@@ -224,6 +247,10 @@ class SpanKernelsTest : public ::testing::Test {
     const int R = c.world_size(), K = c.top_k;
     const HandleLayout layout = ComputeHandleLayout(c);
     const size_t row = static_cast<size_t>(c.hidden) * DTypeSize(c.dtype);
+    for (int d = 0; d < R && c.high_throughput(); ++d) {  // before its own return lands there
+      ASSERT_EQ(cudaMemset(ranks[d].ret_recv->data(), kUnsentByte, ranks[d].ret_recv->size()),
+                cudaSuccess);
+    }
     for (int d = 0; d < R; ++d) {
       char* recv_x = reference_regions[d].data() + layout.recv_x_offset;
       for (size_t i = 0; i < layout.recv_rows; ++i) {
@@ -243,10 +270,15 @@ class SpanKernelsTest : public ::testing::Test {
       p.recv_ret = static_cast<char*>(ranks[d].ret_recv->data());
       ASSERT_EQ(kernels::LaunchSpanReturn(p, nullptr), cudaSuccess);
     }
+    const kernels::SpanReturnMessage ret = cuda::SpanReturnMessageOf(c);
     for (int d = 0; d < R; ++d) {
       for (int s = 0; s < R; ++s) {
-        if (s != d)
-          Move(*ranks[d].ret_send, s, *ranks[s].ret_recv, d, cuda::SpanShapeOf(c, d).ret.bytes);
+        if (s == d) continue;
+        // High-throughput: as many rows back as the dispatch brought.
+        const int64_t bytes = c.high_throughput()
+                                  ? kernels::SpanReturnBytes(ret, RowsSent(ranks, s, d, -1))
+                                  : ret.bytes;
+        Move(*ranks[d].ret_send, s, *ranks[s].ret_recv, d, ret.bytes, 0, bytes);
       }
     }
     std::vector<reference::SourceRank> sources(R);
@@ -267,6 +299,7 @@ class SpanKernelsTest : public ::testing::Test {
       p.topk_idx = static_cast<const int32_t*>(r.d_ids->data());
       p.topk_weights = static_cast<const float*>(r.d_weights->data());
       p.bound_tokens = static_cast<const int32_t*>(r.d_n->data());
+      p.dest_row = static_cast<const int32_t*>(r.d_dest_row->data());
       p.out = r.out->data();
       p.seq = 2;
       ASSERT_EQ(kernels::LaunchSpanReduce(p, nullptr), cudaSuccess);

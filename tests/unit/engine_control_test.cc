@@ -380,5 +380,86 @@ TEST(EngineCollectiveTest, PreparedBeforeTheFenceWaitAndAFailedPreparationFailsO
   EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"prepare", "wait", "prepare", "wait"}));
 }
 
+// Records the order of Dispatch, Combine and the deferred part; the deferred part waits for
+// `release` (as the cuda backend's waits for counts behind the op's fence) and fails while
+// `fail`.
+class DeferringBackend : public testing::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  Status Dispatch(BackendHandle& h, const DispatchArgs& a) override {
+    Record("dispatch");
+    deferred_pending_ = true;
+    return ForwardingBackend::Dispatch(h, a);
+  }
+  Status Combine(BackendHandle& h, const CombineArgs& a) override {
+    Record("combine");
+    return ForwardingBackend::Combine(h, a);
+  }
+  Status EnqueueDeferred(BackendHandle& h) override {
+    if (!std::exchange(deferred_pending_, false)) return ForwardingBackend::EnqueueDeferred(h);
+    Record("deferred");
+    if (release.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      return DeadlineExceededError("the test never released the deferred part");
+    }
+    Record("deferred done");
+    if (fail) return UnavailableError("the counts never came");
+    return ForwardingBackend::EnqueueDeferred(h);
+  }
+  std::vector<std::string> TakeCalls() {
+    std::lock_guard lock(mutex_);
+    return std::exchange(calls_, {});
+  }
+  std::shared_future<void> release;
+  std::atomic<bool> fail{false};
+
+ private:
+  void Record(const char* call) {
+    std::lock_guard lock(mutex_);
+    calls_.push_back(call);
+  }
+  bool deferred_pending_ = false;  // the rank worker only
+  std::mutex mutex_;
+  std::vector<std::string> calls_;
+};
+
+// The deferred part of an op runs after the op was answered (a frontend may signal the op's
+// fence only then) and before the rank's next op reaches the backend; when it fails, the op
+// fails as a device error does: a blocking op's answer carries it.
+TEST(EngineCollectiveTest, TheDeferredPartRunsAfterTheAnswerAndBeforeTheNextOp) {
+  auto owned =
+      std::make_unique<DeferringBackend>(CreateCpuBackend({1, milliseconds(2000)}).value());
+  DeferringBackend& backend = *owned;
+  auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
+  engine_testing::Frontend f(*engine, 0);
+  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, f, "deferred"));
+  engine_testing::Waiter update;
+  ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());
+  ASSERT_TRUE(update.Get().ok());
+
+  std::promise<void> release;
+  backend.release = release.get_future().share();
+  engine_testing::Waiter dispatch, combine;
+  ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), OpOptions{}, dispatch.Done()).ok());
+  EXPECT_TRUE(dispatch.Get().ok());  // answered while the deferred part still waits
+  ASSERT_TRUE(engine->SubmitCombine(f.session, f.Combine(1), OpOptions{}, combine.Done()).ok());
+  std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"dispatch", "deferred"}));
+  release.set_value();
+  EXPECT_TRUE(combine.Get().ok());
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"deferred done", "combine"}));
+
+  std::promise<void> released;
+  released.set_value();
+  backend.release = released.get_future().share();
+  backend.fail = true;
+  OpOptions blocking;
+  blocking.blocking = true;
+  engine_testing::Waiter failing;
+  ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), blocking, failing.Done()).ok());
+  const Status failed = failing.Get();
+  EXPECT_EQ(failed.code(), StatusCode::kUnavailable) << failed.ToString();
+  EXPECT_NE(failed.message().find("the counts never came"), std::string::npos) << failed.ToString();
+}
+
 }  // namespace
 }  // namespace epd

@@ -1,12 +1,14 @@
-// What the cuda backend's groups spanning daemons decide without a GPU: the fixed sizes of
-// their NCCL messages, what they refuse, and how daemons agree on a communicator generation
-// and its unique id through the leader's store (an in-memory store here).
+// What the cuda backend's groups spanning daemons decide without a GPU: the sizes of their NCCL
+// messages (whole, or the rows routed by the headers), what they refuse, and how daemons agree
+// on a communicator generation and its unique id through the leader's store (an in-memory
+// store here).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "daemon/backends/cuda/span_rendezvous.h"
 #include "daemon/backends/cuda/span_support.h"
@@ -92,7 +94,7 @@ TEST(SpanMessagesTest, HighThroughputReturnsOnePreReducedRowPerToken) {
   EXPECT_EQ(s.rank_major, 0);
   EXPECT_EQ(s.ret.rows_per_token, 1);
   EXPECT_EQ(SpanReturnMessageOf(c).bytes, 256 + 128 * 128);
-  // The dispatch message is the low-latency one: T entries and T rows.
+  // The dispatch buffers are the low-latency ones: T entries and T rows.
   GroupConfig ll = Spanning(1, 64);
   EXPECT_EQ(SpanDispatchMessageOf(c).bytes, SpanDispatchMessageOf(ll).bytes);
   EXPECT_EQ(SpanShapeOf(ll, 1).high_throughput, 0);
@@ -144,19 +146,21 @@ TEST(SpanSupportTest, Fp8DispatchIsSupportedAndTooManyRanksAreRefused) {
   EXPECT_THAT(s.message(), HasSubstr("at most 4096"));
 }
 
-TEST(SpanMessagesTest, Fp8DispatchCarriesE4m3RowsAndTheirScales) {
-  // H 7168, T 128: rows of 7168 e4m3 bytes, then 56 scales per row (fp32: 224 bytes; ue8m0: 56).
+TEST(SpanMessagesTest, Fp8DispatchCarriesE4m3RowsAndTheirScalesBeforeThem) {
+  // H 7168, T 128: 56 scales per row (fp32: 224 bytes; ue8m0: 56), then rows of 7168 e4m3
+  // bytes, last (a high-throughput message ends after the rows it carries).
   GroupConfig c = Spanning(0);
   c.dispatch_format = DispatchFormat::kFp8E4m3;
   const kernels::SpanDispatchMessage fp32 = SpanDispatchMessageOf(c);
   EXPECT_EQ(fp32.row_bytes, 7168);
-  EXPECT_EQ(fp32.scales_offset, fp32.rows_offset + 128 * 7168);
+  EXPECT_EQ(fp32.scales_offset, 1280 + 12800);
   EXPECT_EQ(fp32.scale_row_bytes, 224);
-  EXPECT_EQ(fp32.bytes, fp32.scales_offset + 128 * 224);
+  EXPECT_EQ(fp32.rows_offset, fp32.scales_offset + 128 * 224);
+  EXPECT_EQ(fp32.bytes, fp32.rows_offset + 128 * 7168);
   c.scale_format = ScaleFormat::kUe8m0;
   const kernels::SpanDispatchMessage ue8m0 = SpanDispatchMessageOf(c);
   EXPECT_EQ(ue8m0.scale_row_bytes, 56);
-  EXPECT_EQ(ue8m0.bytes, ue8m0.scales_offset + 7168);  // 128 x 56, 256-aligned
+  EXPECT_EQ(ue8m0.rows_offset, ue8m0.scales_offset + 7168);  // 128 x 56, 256-aligned
   EXPECT_EQ(SpanShapeOf(c, 0).ue8m0_scales, 1);
   // Combine returns the experts' outputs in the token dtype.
   EXPECT_EQ(SpanShapeOf(c, 0).ret.row_bytes, 7168 * 2);
@@ -164,7 +168,71 @@ TEST(SpanMessagesTest, Fp8DispatchCarriesE4m3RowsAndTheirScales) {
   // Without fp8 the message has no scales.
   const kernels::SpanDispatchMessage token = SpanDispatchMessageOf(Spanning(0));
   EXPECT_EQ(token.scale_row_bytes, 0);
-  EXPECT_EQ(token.bytes, token.scales_offset);
+  EXPECT_EQ(token.rows_offset, token.scales_offset);
+}
+
+TEST(SpanMessagesTest, HighThroughputSendsTheHeaderThenOnlyTheRowsRouted) {
+  GroupConfig c = Spanning(0);
+  c.algorithm = Algorithm::kHighThroughput;
+  c.dispatch_format = DispatchFormat::kFp8E4m3;
+  const kernels::SpanShape s = SpanShapeOf(c, 0);
+  EXPECT_EQ(kernels::SpanHeaderWords(256, 2), 260);
+  // The body: entries and scales of all T tokens, then the rows sent.
+  const int64_t fixed = 12800 + 128 * 224;
+  EXPECT_EQ(kernels::SpanDispatchBodyBytes(s.dispatch, 0), fixed);
+  EXPECT_EQ(kernels::SpanDispatchBodyBytes(s.dispatch, 3), fixed + 3 * 7168);
+  // Header + body of a full message is the whole message.
+  EXPECT_EQ(s.dispatch.entries_offset + kernels::SpanDispatchBodyBytes(s.dispatch, 128),
+            s.dispatch.bytes);
+  // The return message: its header, then one token-dtype row per row dispatched.
+  EXPECT_EQ(kernels::SpanReturnBytes(s.ret, 0), 256);
+  EXPECT_EQ(kernels::SpanReturnBytes(s.ret, 5), 256 + 5 * 7168 * 2);
+  EXPECT_EQ(kernels::SpanReturnBytes(s.ret, 128), s.ret.bytes);
+}
+
+// Headers as the first exchange leaves them on the host: header p is p's message to `rank`.
+std::vector<int32_t> Headers(const kernels::SpanShape& s,
+                             const std::vector<std::vector<int32_t>>& rows_to,
+                             const std::vector<int32_t>& status) {
+  const int64_t words = kernels::SpanHeaderWords(s.experts, s.world_size);
+  std::vector<int32_t> headers(s.world_size * words, 0);
+  for (int p = 0; p < s.world_size; ++p) {
+    headers[p * words] = status[p];
+    for (int d = 0; d < s.world_size; ++d) {
+      headers[p * words + kernels::kSpanHeaderFixedWords + s.experts + d] = rows_to[p][d];
+    }
+  }
+  return headers;
+}
+
+TEST(SpanSupportTest, RowsOfEachMessageComeFromTheSendersHeader) {
+  GroupConfig c = Spanning(0, 64);
+  c.algorithm = Algorithm::kHighThroughput;
+  c.ranks = {0, 1, 2};
+  c.span.nodes = 3;
+  const kernels::SpanShape s = SpanShapeOf(c, 1);
+  // rows_to[p][d]: p's rows to d (every message of p carries the same row words).
+  const std::vector<std::vector<int32_t>> rows_to = {{5, 7, 0}, {4, 9, 128}, {1, 0, 2}};
+  const std::vector<int32_t> ok(3, kernels::kSpanMessageOk);
+  SpanRows rows = SpanRowsOf(s, Headers(s, rows_to, ok).data());
+  EXPECT_EQ(rows.in, (std::vector<int64_t>{7, 9, 0}));     // p's rows to rank 1
+  EXPECT_EQ(rows.out, (std::vector<int64_t>{4, 9, 128}));  // rank 1's own header
+
+  // A source that abandoned sends no rows; an abandoning rank sends none to anyone.
+  std::vector<int32_t> abandoned = ok;
+  abandoned[0] = kernels::kSpanMessageAbandoned;
+  rows = SpanRowsOf(s, Headers(s, rows_to, abandoned).data());
+  EXPECT_EQ(rows.in, (std::vector<int64_t>{0, 9, 0}));
+  abandoned[1] = kernels::kSpanMessageAbandoned;
+  rows = SpanRowsOf(s, Headers(s, rows_to, abandoned).data());
+  EXPECT_EQ(rows.out, (std::vector<int64_t>{0, 0, 0}));
+
+  // A corrupt count is clamped to [0, T] on both sides alike.
+  rows = SpanRowsOf(s, Headers(s, {{-3, 500, 0}, {0, 0, 0}, {0, 0, 0}}, ok).data());
+  EXPECT_EQ(rows.in[0], 128);
+  const kernels::SpanShape s0 = SpanShapeOf(c, 0);
+  rows = SpanRowsOf(s0, Headers(s0, {{-3, 500, 0}, {0, 0, 0}, {0, 0, 0}}, ok).data());
+  EXPECT_EQ(rows.out, (std::vector<int64_t>{0, 128, 0}));
 }
 
 TEST(SpanRendezvousTest, HexRoundTripsEveryByteAndRefusesOtherText) {

@@ -71,6 +71,7 @@ class CudaBackend final : public Backend {
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override;
   Status Combine(BackendHandle& handle, const CombineArgs& args) override;
   void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) override;
+  Status EnqueueDeferred(BackendHandle& handle) override;
   void Complete(BackendHandle& handle, std::function<void(Status)> done) override;
   void AbortGroup(BackendGroup& group, const Status& reason) override;
   void BeginShutdown() override;
@@ -108,6 +109,11 @@ class CudaBackend final : public Backend {
   StatusOr<std::unique_ptr<CudaGroup>> CreateSpanningGroup(const GroupConfig& config);
   StatusOr<std::unique_ptr<BackendHandle>> CreateSpanningHandle(CudaGroup& group, int group_rank);
   Status SpanDispatch(CudaHandle& handle, uint64_t seq, const DispatchArgs& args);
+  // High-throughput: the part of a dispatch after its counts arrived (EnqueueDeferred).
+  Status SpanDispatchRest(CudaHandle& handle, const CudaHandle::SpanPending& pending);
+  // The destination half of a dispatch whose messages arrived (or whose failure the kernels
+  // record), and its fence signal.
+  Status SpanAssembleAndSignal(CudaHandle& handle, uint64_t seq, const FenceSignal& signal);
   Status SpanCombine(CudaHandle& handle, uint64_t seq, const CombineArgs& args);
   void SpanAbandon(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
 

@@ -9,14 +9,17 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "daemon/backends/cuda/cuda_event.h"
 #include "daemon/backends/cuda/device_memory.h"
 #include "daemon/backends/cuda/group_aborts.h"
 #include "daemon/backends/cuda/ipc_mapping.h"
 #include "daemon/backends/cuda/nccl_comms.h"
 #include "daemon/backends/cuda/span_comm.h"
+#include "daemon/backends/cuda/span_support.h"
 #include "daemon/core/backend.h"
 #include "kernels/sync_area.cuh"
 
@@ -115,6 +118,9 @@ class CudaGroup : public BackendGroup {
   LazyNcclComms nccl_;  // created by the first collective that needs NCCL
   int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
   int max_blocks_ = 1;  // grid bound of the collectives (high-throughput: its SM budget)
+  // High-throughput groups that span daemons: where each node rank's dispatch headers land for
+  // the host to read (R headers per node rank; kernels/span_messages.h).
+  std::unique_ptr<PinnedHostMemory> span_headers_;
   // Groups that span daemons: the NCCL communicators of the ranks hosted here (cuda_span_ops.cc).
   // NOTE: last: its watchdog may still call into the members above until it is gone.
   std::unique_ptr<SpanComm> span_;
@@ -169,6 +175,19 @@ class CudaHandle : public BackendHandle {
   std::atomic<int> num_tokens_{0};
   // Groups that span daemons: the NCCL message buffers and the plan (kernels/span_messages.h).
   std::unique_ptr<DeviceMemory> span_buffers_;
+  // High-throughput: a dispatch whose headers were exchanged and whose payload exchange waits
+  // for them to arrive (Backend::EnqueueDeferred, on the rank worker); the event behind the
+  // headers' copy to the host; each message's rows in the last dispatch, which its combine
+  // returns.
+  struct SpanPending {
+    uint64_t seq = 0;
+    int64_t generation = -1;  // the communicator the headers went on
+    bool abandoned = false;
+    FenceSignal signal;
+  };
+  std::optional<SpanPending> span_pending_;
+  std::unique_ptr<CudaEvent> span_counted_;
+  SpanRows span_rows_;
 };
 
 }  // namespace epd::cuda

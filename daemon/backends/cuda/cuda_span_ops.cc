@@ -1,9 +1,12 @@
 // Groups that span daemons on the cuda backend (docs/design.md §9, "cuda transport"): creation
 // and the dispatch / combine of one hosted rank (both algorithms, token-dtype or fp8 dispatch),
-// as kernels around one NCCL exchange of fixed-size messages (kernels/span_exchange.cuh,
-// span_comm.h), all on the rank's lane stream. Results equal a single daemon's with the same R,
-// byte for byte.
+// as kernels around NCCL exchanges (kernels/span_exchange.cuh, span_comm.h), all on the rank's
+// lane stream: low-latency ops exchange whole messages, high-throughput dispatches their headers
+// first and then, once the host read them, only the rows routed (kernels/span_messages.h).
+// Results equal a single daemon's with the same R, byte for byte.
 #include <cuda_runtime.h>
+
+#include <chrono>
 
 #include "common/cuda_check.h"
 #include "daemon/backends/cuda/cuda_backend_impl.h"
@@ -62,10 +65,35 @@ StatusOr<SpanOp> BeginSpanOp(CudaHandle& me) {
   return op;
 }
 
+// Where node rank `node_rank`'s R dispatch headers land on the host (high-throughput).
+const int32_t* HeadersOf(const CudaHandle& me, const kernels::SpanShape& shape) {
+  const int64_t words = kernels::SpanHeaderWords(shape.experts, shape.world_size);
+  return static_cast<const int32_t*>(me.group_->span_headers_->data()) +
+         me.node_rank_ * shape.world_size * words;
+}
+
+// High-throughput: after the headers' exchange, their copy to the host and the event the
+// deferred part waits on.
+Status CopyHeadersToHost(CudaHandle& me, const kernels::SpanShape& shape,
+                         const SpanBuffers& buffers) {
+  const size_t width =
+      static_cast<size_t>(kernels::SpanHeaderWords(shape.experts, shape.world_size)) * 4;
+  cudaStream_t stream = me.lane_->stream();
+  EPD_CUDA_CHECK(cudaMemcpy2DAsync(const_cast<int32_t*>(HeadersOf(me, shape)), width,
+                                   buffers.dispatch_recv, static_cast<size_t>(shape.dispatch.bytes),
+                                   width, static_cast<size_t>(shape.world_size),
+                                   cudaMemcpyDeviceToHost, stream));
+  EPD_CUDA_CHECK(cudaEventRecord(me.span_counted_->get(), stream));
+  return OkStatus();
+}
+
 // Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing and
-// `payload`'s rows; headers only when `abandoned`) and its exchange.
-Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const SpanBuffers& buffers,
-                       const kernels::DispatchInputs& payload, bool abandoned) {
+// `payload`'s rows; headers only when `abandoned`) and its exchange: the whole messages
+// (low-latency), or their headers (high-throughput; the rest is the deferred part's). Returns
+// the communicator generation it went on.
+StatusOr<int64_t> PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
+                                  const SpanBuffers& buffers,
+                                  const kernels::DispatchInputs& payload, bool abandoned) {
   const HandlePrivateLayout& p = me.private_layout_;
   kernels::SpanPackParams pack;
   pack.shape = shape;
@@ -86,9 +114,18 @@ Status PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape, const Sp
   pack.abandoned = abandoned ? 1 : 0;
   OpLane& lane = *me.lane_;
   EPD_CUDA_CHECK(kernels::LaunchSpanPack(pack, lane.stream()));
-  return me.group_->span_->Exchange(me.group_rank_, lane.stream(), buffers.dispatch_send,
-                                    buffers.dispatch_recv, shape.dispatch.bytes,
-                                    abandoned ? "dispatch (abandoned)" : "dispatch");
+  const int R = shape.world_size;
+  ExchangeSizes sizes = UniformSizes(R, shape.dispatch.bytes);
+  if (shape.high_throughput) sizes = UniformSizes(R, shape.dispatch.entries_offset);
+  sizes.stride = shape.dispatch.bytes;
+  EPD_ASSIGN_OR_RETURN(
+      const int64_t generation,
+      me.group_->span_->Exchange(
+          me.group_rank_, lane.stream(), buffers.dispatch_send, buffers.dispatch_recv, sizes,
+          shape.high_throughput ? (abandoned ? "dispatch counts (abandoned)" : "dispatch counts")
+                                : (abandoned ? "dispatch (abandoned)" : "dispatch")));
+  if (shape.high_throughput) EPD_RETURN_IF_ERROR(CopyHeadersToHost(me, shape, buffers));
+  return generation;
 }
 
 // Enqueues the destination half of a combine (each source's expert-output rows; the header
@@ -106,9 +143,17 @@ Status ReturnAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
   ret.abandoned = abandoned ? 1 : 0;
   OpLane& lane = *me.lane_;
   EPD_CUDA_CHECK(kernels::LaunchSpanReturn(ret, lane.stream()));
-  return me.group_->span_->Exchange(me.group_rank_, lane.stream(), buffers.return_send,
-                                    buffers.return_recv, shape.ret.bytes,
-                                    abandoned ? "combine (abandoned)" : "combine");
+  ExchangeSizes sizes = UniformSizes(shape.world_size, shape.ret.bytes);
+  if (shape.high_throughput) {  // each source's rows of the dispatch go back to it
+    for (int p = 0; p < shape.world_size; ++p) {
+      sizes.send[p] = kernels::SpanReturnBytes(shape.ret, me.span_rows_.in[p]);
+      sizes.recv[p] = kernels::SpanReturnBytes(shape.ret, me.span_rows_.out[p]);
+    }
+  }
+  return me.group_->span_
+      ->Exchange(me.group_rank_, lane.stream(), buffers.return_send, buffers.return_recv, sizes,
+                 abandoned ? "combine (abandoned)" : "combine")
+      .status();
 }
 
 }  // namespace
@@ -149,6 +194,12 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
     raw->aborts_->NoteAbort(through, reason);  // before the word: a released op reads it
     raw->RaiseAbortWord(through);
   };
+  if (config.high_throughput()) {
+    const int64_t words = kernels::SpanHeaderWords(config.experts, R);
+    EPD_ASSIGN_OR_RETURN(
+        group->span_headers_,
+        PinnedHostMemory::Create(static_cast<size_t>(ranks_.size() * R * words * 4), allocations_));
+  }
   group->span_ = std::make_unique<SpanComm>(std::move(span));
   {
     std::lock_guard lock(groups_mu_);
@@ -160,9 +211,10 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
   }
   group->forget_ = [this](CudaGroup* g) { ForgetGroup(g); };
   EPD_LOG(kCuda, info,
-          "created {} (NCCL between daemons; {} bytes per dispatch and {} per "
-          "combine sent by each rank)",
-          config.ToString(), SpanDispatchBytesSent(config), SpanCombineBytesSent(config));
+          "created {} (NCCL between daemons; {}{} bytes per dispatch and {} per combine sent by "
+          "each rank)",
+          config.ToString(), config.high_throughput() ? "at most " : "",
+          SpanDispatchBytesSent(config), SpanCombineBytesSent(config));
   return group;
 }
 
@@ -198,6 +250,11 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateSpanningHandle(CudaG
   EPD_ASSIGN_OR_RETURN(handle->span_buffers_,
                        DeviceMemory::Create(rank.device, static_cast<size_t>(SpanHandleBytesOf(c)),
                                             allocations_, rank.setup_stream->get()));
+  if (c.high_throughput()) {
+    EPD_ASSIGN_OR_RETURN(handle->span_counted_, CudaEvent::Create(rank.device));
+    const int R = c.world_size();
+    handle->span_rows_ = SpanRows{std::vector<int64_t>(R, 0), std::vector<int64_t>(R, 0)};
+  }
   return std::unique_ptr<BackendHandle>(std::move(handle));
 }
 
@@ -211,10 +268,21 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
     return bad;
   }
   EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
-  const kernels::SpanShape& shape = op.shape;
-  const SpanBuffers& buffers = op.buffers;
+  EPD_ASSIGN_OR_RETURN(const int64_t generation,
+                       PackAndExchange(me, op.shape, op.buffers, payload, /*abandoned=*/false));
+  if (op.shape.high_throughput) {
+    me.span_pending_ = CudaHandle::SpanPending{seq, generation, /*abandoned=*/false, args.signal};
+    return OkStatus();
+  }
+  return SpanAssembleAndSignal(me, seq, args.signal);
+}
+
+Status CudaBackend::SpanAssembleAndSignal(CudaHandle& me, uint64_t seq, const FenceSignal& signal) {
+  CudaGroup& group = *me.group_;
+  const GroupConfig& c = group.config_;
+  const kernels::SpanShape shape = SpanShapeOf(c, me.group_rank_);
+  const SpanBuffers buffers = BuffersOf(me, shape);
   OpLane& lane = *me.lane_;
-  EPD_RETURN_IF_ERROR(PackAndExchange(me, shape, buffers, payload, /*abandoned=*/false));
   const HandleLayout& l = me.layout_;
   kernels::SpanAssembleParams assemble;
   assemble.shape = shape;
@@ -240,7 +308,62 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
   assemble.error =
       lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchSpanAssemble(assemble, lane.stream()));
-  return SignalAfterSpanOp(me, args.signal);
+  return SignalAfterSpanOp(me, signal);
+}
+
+Status CudaBackend::EnqueueDeferred(BackendHandle& h) {
+  auto& me = static_cast<CudaHandle&>(h);
+  if (!me.span_pending_.has_value()) return OkStatus();
+  const CudaHandle::SpanPending pending = *me.span_pending_;
+  me.span_pending_.reset();
+  return SpanDispatchRest(me, pending);
+}
+
+// Waits (bounded) for the headers on the host, then enqueues the payload exchange sized by them
+// and the destination half. Any failure fails the communicator's generation (the group's abort
+// word is raised for every op issued so far, so the peers and this rank's kernels stop), and
+// the destination half is still enqueued: its kernels record the failure and the op's signal
+// follows, so the frontend's wait on it ends.
+Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPending& pending) {
+  CudaGroup& group = *me.group_;
+  SpanComm& span = *group.span_;
+  const GroupConfig& c = group.config_;
+  EPD_CUDA_CHECK(cudaSetDevice(me.lane_->device()));
+  const kernels::SpanShape shape = SpanShapeOf(c, me.group_rank_);
+  const SpanBuffers buffers = BuffersOf(me, shape);
+  const int R = shape.world_size;
+  me.span_rows_ = SpanRows{std::vector<int64_t>(R, 0), std::vector<int64_t>(R, 0)};
+  // The stream may first pass this op's fence wait and the exchange, each bounded by op_timeout.
+  const auto deadline = std::chrono::steady_clock::now() + 2 * options_.op_timeout;
+  Status status = AwaitEvent(
+      me.span_counted_->get(), deadline,
+      [&]() -> Status {
+        if (span.generation() == pending.generation) return OkStatus();
+        return UnavailableError("the group's NCCL communicator was aborted");
+      },
+      fmt::format("group '{}' rank {}: dispatch {}: waiting for the counts", c.name, me.group_rank_,
+                  pending.seq));
+  if (status.ok()) {
+    me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
+    ExchangeSizes sizes;
+    sizes.stride = shape.dispatch.bytes;
+    sizes.offset = shape.dispatch.entries_offset;
+    sizes.send.resize(R);
+    sizes.recv.resize(R);
+    for (int p = 0; p < R; ++p) {
+      sizes.send[p] = kernels::SpanDispatchBodyBytes(shape.dispatch, me.span_rows_.out[p]);
+      sizes.recv[p] = kernels::SpanDispatchBodyBytes(shape.dispatch, me.span_rows_.in[p]);
+    }
+    status = span.Exchange(me.group_rank_, me.lane_->stream(), buffers.dispatch_send,
+                           buffers.dispatch_recv, sizes,
+                           pending.abandoned ? "dispatch rows (abandoned)" : "dispatch rows",
+                           pending.generation)
+                 .status();
+  }
+  if (!status.ok()) span.FailGeneration(pending.generation, status);
+  if (pending.abandoned) return status;
+  EPD_RETURN_IF_ERROR(SpanAssembleAndSignal(me, pending.seq, pending.signal));
+  return status;
 }
 
 Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs& args) {
@@ -267,6 +390,7 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   reduce.topk_idx = me.priv<int32_t>(p.topk_idx);
   reduce.topk_weights = me.priv<float>(p.topk_weights);
   reduce.bound_tokens = me.priv<int32_t>(p.bound_tokens);
+  if (shape.high_throughput) reduce.dest_row = me.priv<int32_t>(p.dest_row);
   reduce.out = args.out.data;
   reduce.abort = group.abort_word();
   reduce.seq = seq;
@@ -292,10 +416,17 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
   // op fails at once with its reason instead of waiting for the watchdog.
   auto run = [&]() -> Status {
     EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
-    return kind == CollectiveKind::kDispatch
-               ? PackAndExchange(me, op.shape, op.buffers, kernels::DispatchInputs{},
-                                 /*abandoned=*/true)
-               : ReturnAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true);
+    if (kind == CollectiveKind::kCombine) {
+      return ReturnAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true);
+    }
+    EPD_ASSIGN_OR_RETURN(const int64_t generation,
+                         PackAndExchange(me, op.shape, op.buffers, kernels::DispatchInputs{},
+                                         /*abandoned=*/true));
+    // The peers' rows to this rank still come (they size them by their own headers).
+    if (op.shape.high_throughput) {
+      me.span_pending_ = CudaHandle::SpanPending{seq, generation, /*abandoned=*/true, {}};
+    }
+    return OkStatus();
   };
   if (Status sent = run(); !sent.ok()) {
     // The peers then fail the op when the exchange times out instead of at once.

@@ -12,6 +12,8 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 constexpr std::chrono::microseconds kPollInterval{200};
+constexpr std::chrono::microseconds kEventSpin{500};
+constexpr std::chrono::microseconds kEventPollInterval{20};
 constexpr size_t kWarmUpBytes = 16;  // per peer and direction
 
 // One rank's side of the warm-up: a stream and a buffer [send R | recv R] x kWarmUpBytes,
@@ -84,14 +86,28 @@ Status AwaitComms(const std::vector<ncclComm_t>& comms, SteadyClock::time_point 
   });
 }
 
-ncclResult_t EnqueueExchange(const std::vector<ExchangeSide>& sides, int world_size, size_t bytes) {
+ExchangeSizes UniformSizes(int world_size, int64_t bytes) {
+  ExchangeSizes sizes;
+  sizes.stride = bytes;
+  sizes.send.assign(world_size, bytes);
+  sizes.recv.assign(world_size, bytes);
+  return sizes;
+}
+
+ncclResult_t EnqueueExchange(const std::vector<ExchangeSide>& sides, int world_size,
+                             const ExchangeSizes& sizes) {
   ncclResult_t r = ncclGroupStart();
   for (const ExchangeSide& side : sides) {
     for (int p = 0; p < world_size && r == ncclSuccess; ++p) {
       if (p == side.rank) continue;
-      r = ncclSend(side.send + p * bytes, bytes, ncclUint8, p, side.comm, side.stream);
-      if (r == ncclSuccess || r == ncclInProgress) {
-        r = ncclRecv(side.recv + p * bytes, bytes, ncclUint8, p, side.comm, side.stream);
+      const int64_t at = p * sizes.stride + sizes.offset;
+      if (sizes.send[p] > 0) {
+        r = ncclSend(side.send + at, static_cast<size_t>(sizes.send[p]), ncclUint8, p, side.comm,
+                     side.stream);
+      }
+      if ((r == ncclSuccess || r == ncclInProgress) && sizes.recv[p] > 0) {
+        r = ncclRecv(side.recv + at, static_cast<size_t>(sizes.recv[p]), ncclUint8, p, side.comm,
+                     side.stream);
       }
       if (r == ncclInProgress) r = ncclSuccess;
     }
@@ -99,6 +115,27 @@ ncclResult_t EnqueueExchange(const std::vector<ExchangeSide>& sides, int world_s
   const ncclResult_t ended = ncclGroupEnd();  // always: a group left open would take later calls
   if (r == ncclSuccess && ended != ncclSuccess && ended != ncclInProgress) r = ended;
   return r;
+}
+
+Status AwaitEvent(cudaEvent_t event, SteadyClock::time_point deadline,
+                  const std::function<Status()>& stopped, std::string_view what) {
+  // A step that is nearly done is common (the device is just behind the host): a short spin
+  // answers it within microseconds, the sleeps keep a long wait (a fence) off the core.
+  const auto spin_until = SteadyClock::now() + kEventSpin;
+  while (true) {
+    const cudaError_t state = cudaEventQuery(event);
+    if (state == cudaSuccess) return OkStatus();
+    if (state != cudaErrorNotReady) EPD_CUDA_CHECK(state);
+    cudaGetLastError();
+    EPD_RETURN_IF_ERROR(stopped());
+    const auto now = SteadyClock::now();
+    if (now >= deadline) return UnavailableError("{}: timed out", what);
+    if (now < spin_until) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(kEventPollInterval);
+    }
+  }
 }
 
 Status WarmUpExchange(const std::vector<ncclComm_t>& comms, const std::vector<int>& ranks,
@@ -117,7 +154,8 @@ Status WarmUpExchange(const std::vector<ncclComm_t>& comms, const std::vector<in
       char* recv = send + static_cast<size_t>(world_size) * kWarmUpBytes;
       exchange.push_back({comms[i], ranks[i], send, recv, sides[i].stream});
     }
-    if (const ncclResult_t r = EnqueueExchange(exchange, world_size, kWarmUpBytes);
+    if (const ncclResult_t r =
+            EnqueueExchange(exchange, world_size, UniformSizes(world_size, kWarmUpBytes));
         r != ncclSuccess) {
       return UnavailableError("{}: {}", what, ncclGetErrorString(r));
     }

@@ -1,5 +1,5 @@
-// Bounded waits on non-blocking NCCL communicators (ncclConfig_t::blocking = 0), the grouped
-// exchange of fixed-size messages with every peer, and the warm-up exchange of communicators
+// Bounded waits on non-blocking NCCL communicators (ncclConfig_t::blocking = 0) and on events,
+// the grouped exchange of messages with every peer, and the warm-up exchange of communicators
 // just formed.
 #pragma once
 
@@ -7,6 +7,7 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <string_view>
 #include <vector>
@@ -22,6 +23,17 @@ Status AwaitComms(const std::vector<ncclComm_t>& comms,
                   std::chrono::steady_clock::time_point deadline,
                   const std::function<Status()>& stopped, std::string_view what);
 
+// What one exchange moves of every message: message p starts at p * stride in both buffers,
+// the part sent begins `offset` bytes into it, and send[p] / recv[p] bytes go to / come from
+// rank p (both sides of a pair compute the same number; 0 moves nothing).
+struct ExchangeSizes {
+  int64_t stride = 0;
+  int64_t offset = 0;
+  std::vector<int64_t> send, recv;
+};
+// Whole messages of `bytes` each, to and from every rank.
+ExchangeSizes UniformSizes(int world_size, int64_t bytes);
+
 // One rank's part of a grouped exchange: message p of `send` to every other rank p of the
 // communicator, message p of `recv` from it, on `stream`.
 struct ExchangeSide {
@@ -31,11 +43,18 @@ struct ExchangeSide {
   char* recv = nullptr;
   cudaStream_t stream = nullptr;
 };
-// Enqueues every side's sends and receives of `bytes`-byte messages inside one
-// ncclGroupStart / ncclGroupEnd (one process's ranks must be in one group: their sends and
-// receives match each other). Returns the first NCCL error, else ncclSuccess; on a
-// non-blocking communicator the group may still be in progress (AwaitComms).
-ncclResult_t EnqueueExchange(const std::vector<ExchangeSide>& sides, int world_size, size_t bytes);
+// Enqueues every side's sends and receives inside one ncclGroupStart / ncclGroupEnd (one
+// process's ranks must be in one group: their sends and receives match each other). Returns
+// the first NCCL error, else ncclSuccess; on a non-blocking communicator the group may still
+// be in progress (AwaitComms).
+ncclResult_t EnqueueExchange(const std::vector<ExchangeSide>& sides, int world_size,
+                             const ExchangeSizes& sizes);
+
+// Waits until the work `event` was recorded behind has run (OK), the event reports an error,
+// `stopped` returns an error (that error), or the deadline passes (UNAVAILABLE "<what>: timed
+// out"). Spins briefly, then sleeps between polls: a host waiting on a device step.
+Status AwaitEvent(cudaEvent_t event, std::chrono::steady_clock::time_point deadline,
+                  const std::function<Status()>& stopped, std::string_view what);
 
 // One exchange of a few bytes between every pair of ranks over `comms` (comms[i] is group
 // rank ranks[i] on GPU devices[i]; all of this process's ranks of the group), on private

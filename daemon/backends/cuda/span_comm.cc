@@ -234,10 +234,12 @@ Status SpanComm::Form() {
   return OkStatus();
 }
 
-Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send, char* recv,
-                          int64_t bytes, std::string_view what) {
+StatusOr<int64_t> SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
+                                     char* recv, const ExchangeSizes& sizes, std::string_view what,
+                                     int64_t generation) {
   const GroupConfig& c = options_.config;
-  EPD_RETURN_IF_ERROR(EnsureFormed());
+  const int64_t wanted = generation;
+  if (wanted < 0) EPD_RETURN_IF_ERROR(EnsureFormed());
   const int index = IndexOf(group_rank);
   if (index < 0) {
     return InternalError("group '{}': group rank {} is not hosted here", c.name, group_rank);
@@ -255,12 +257,12 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
     cudaEventDestroy(item.end);
   };
   Status status;
-  int64_t generation = -1;
+  generation = -1;
   {
     std::shared_lock lock(comms_mu_);
     if (!stopped_.ok()) {
       status = stopped_;
-    } else if (comms_.empty()) {
+    } else if (comms_.empty() || (wanted >= 0 && wanted != generation_)) {
       status = UnavailableError("group '{}': the communicator was aborted; retry the op", c.name);
     }
     if (!status.ok()) {
@@ -272,8 +274,8 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
     item.generation = generation;
     status = Checked(cudaEventRecord(item.start, stream), "cudaEventRecord(start)");
     if (status.ok()) {
-      const ncclResult_t r = EnqueueExchange({{comm, group_rank, send, recv, stream}},
-                                             c.world_size(), static_cast<size_t>(bytes));
+      const ncclResult_t r =
+          EnqueueExchange({{comm, group_rank, send, recv, stream}}, c.world_size(), sizes);
       if (r != ncclSuccess) {
         status = UnavailableError("group '{}': {}: enqueueing the NCCL exchange: {}", c.name, what,
                                   ncclGetErrorString(r));
@@ -309,7 +311,7 @@ Status SpanComm::Exchange(int group_rank, cudaStream_t stream, const char* send,
     in_flight_.push_back(std::move(item));
   }
   watch_cv_.notify_all();
-  return OkStatus();
+  return generation;
 }
 
 void SpanComm::Fail(int64_t generation, const Status& reason, const std::vector<int>& nodes) {

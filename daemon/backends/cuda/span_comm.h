@@ -9,8 +9,9 @@
 //   must not load behind an op's fence-wait kernel); on timeout or error the communicators
 //   are aborted and the generation is raised. The rank worker asking waits for the formation, which
 //   is itself bounded.
-// - Exchange: one grouped ncclSend/ncclRecv of fixed-size messages with every other group rank,
-//   enqueued on the rank's lane stream with events around it. A watchdog thread times each
+// - Exchange: one grouped ncclSend/ncclRecv with every other group rank (whole messages, or
+//   the sizes the caller read from the headers of an exchange before), enqueued on the rank's
+//   lane stream with events around it. A watchdog thread times each
 //   exchange from when the stream reaches it; past op_timeout, on an NCCL async error, or when
 //   the cluster view shows a member node down, `on_failure` runs (the backend fails the
 //   group's ops so far with the reason: UNAVAILABLE naming the node), then every communicator
@@ -36,6 +37,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "daemon/backends/cuda/nccl_await.h"
 #include "daemon/backends/cuda/span_rendezvous.h"
 #include "daemon/core/cluster.h"
 #include "daemon/core/group_config.h"
@@ -65,13 +67,20 @@ class SpanComm {
   // Forms the communicators when there are none; bounded by the timeout.
   Status EnsureFormed();
   // Enqueues on `stream` (current device: the rank's) one grouped exchange of group rank
-  // `group_rank`: message p of `send` to every rank p != group_rank, message p of `recv` from
-  // it, each `bytes` long. An error means nothing was enqueued.
-  Status Exchange(int group_rank, cudaStream_t stream, const char* send, char* recv, int64_t bytes,
-                  std::string_view what);
+  // `group_rank`: `sizes` of message p of `send` to every rank p != group_rank and of message p
+  // of `recv` from it. Returns the communicator generation it went on. With `generation` >= 0
+  // only on that generation (the second exchange of an op): UNAVAILABLE, with nothing formed,
+  // when it was aborted since. An error means nothing was enqueued.
+  StatusOr<int64_t> Exchange(int group_rank, cudaStream_t stream, const char* send, char* recv,
+                             const ExchangeSizes& sizes, std::string_view what,
+                             int64_t generation = -1);
   // Aborts the communicators when an exchange is in flight (it would otherwise wait for the
   // watchdog); the group re-forms at its next op.
   void AbortInFlight(const Status& reason);
+  // Fails `generation` now if it is still the live one, whatever is in flight: on_failure,
+  // abort, raise. For an op that cannot finish its part (its peers would otherwise wait for the
+  // watchdog).
+  void FailGeneration(int64_t generation, const Status& reason) { Fail(generation, reason, {}); }
   // Shutdown: aborts the communicators; every later formation and exchange fails with `reason`.
   void Stop(const Status& reason);
   int64_t generation() const;

@@ -1,5 +1,7 @@
 #include "daemon/backends/cuda/span_support.h"
 
+#include <algorithm>
+
 namespace epd::cuda {
 namespace {
 
@@ -56,6 +58,25 @@ int64_t SpanDispatchBytesSent(const GroupConfig& c) {
 
 int64_t SpanCombineBytesSent(const GroupConfig& c) {
   return (c.world_size() - 1) * SpanReturnMessageOf(c).bytes;
+}
+
+SpanRows SpanRowsOf(const kernels::SpanShape& s, const int32_t* headers) {
+  const int R = s.world_size;
+  const int64_t words = kernels::SpanHeaderWords(s.experts, R);
+  auto rows_of = [&](int src, int dest) -> int64_t {
+    const int32_t* header = headers + src * words;
+    if (header[0] != kernels::kSpanMessageOk) return 0;
+    const int64_t rows = header[kernels::kSpanHeaderFixedWords + s.experts + dest];
+    return std::clamp<int64_t>(rows, 0, s.max_tokens);
+  };
+  SpanRows rows;
+  rows.in.resize(R);
+  rows.out.resize(R);
+  for (int p = 0; p < R; ++p) {
+    rows.in[p] = rows_of(p, s.rank);
+    rows.out[p] = rows_of(s.rank, p);
+  }
+  return rows;
 }
 
 }  // namespace epd::cuda
