@@ -174,41 +174,47 @@ std::unique_ptr<LoopbackCluster> SpanningGpuTest::cluster_;
 // answer before it signals the op's wait fence (the answer comes once the op is queued behind
 // that wait; epd-bench times the GPU so), the first op of a spanning group too: its NCCL
 // communicator is formed, and NCCL's kernels loaded by a warm-up exchange, before its stream
-// waits on the fence.
+// waits on the fence. High-throughput too: its dispatch is answered once its counts exchange is
+// queued, and the rest waits for them after the answer.
 TEST_F(SpanningGpuTest, AFencedFirstOpIsAnsweredBeforeItsWaitFenceIsSignalled) {
-  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
-  p.spans_nodes = true;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("fenced-first");
-  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
-  ASSERT_TRUE(world.ok()) << world.status().ToString();
-  const std::vector<Status> statuses = RunOnRanks(kNodes, [&](int r) -> Status {
-    example::RankRunner& runner = *(*world)[r].runner;
-    Session& session = runner.session();
-    const int n = 16;
-    EPD_RETURN_IF_ERROR(runner.Stage(InputsOf(p, Routing::kRandom, r, 0, n)));
-    EPD_RETURN_IF_ERROR(session.Update(runner.handle_id(), runner.topk_ref(n),
-                                       runner.weights_ref(n), BlockingOptions()));
-    EPD_ASSIGN_OR_RETURN(std::unique_ptr<Fence> go, session.CreateFence());
-    EPD_ASSIGN_OR_RETURN(std::unique_ptr<Fence> done, session.CreateFence());
-    std::future<Status> answer = session.DispatchAsync(
-        runner.DispatchRequestFor(n, FencedOptions(go.get(), 1, done.get(), 1)));
-    const bool answered =
-        answer.wait_for(std::chrono::milliseconds(kOpTimeoutMs / 2)) == std::future_status::ready;
-    // Either way: the op must not wait out its timeout.
-    EPD_RETURN_IF_ERROR(example::FrontendSignal(*go, 1));
-    EPD_RETURN_IF_ERROR(
-        example::FrontendWait(*done, 1, std::chrono::milliseconds(2 * kOpTimeoutMs)));
-    EPD_RETURN_IF_ERROR(session.Await(answer, "dispatch"));
-    if (!answered) {
-      return DeadlineExceededError(
-          "rank {}: the fenced first dispatch was not answered before its wait fence was "
-          "signalled",
-          r);
-    }
-    return OkStatus();
-  });
-  for (const Status& status : statuses) EXPECT_EPD_OK(status);
+  for (const v1::Algorithm algorithm :
+       {v1::ALGORITHM_LOW_LATENCY, v1::ALGORITHM_HIGH_THROUGHPUT}) {
+    SCOPED_TRACE(v1::Algorithm_Name(algorithm));
+    Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
+    p.spans_nodes = true;
+    p.algorithm = algorithm;
+    example::RankRunnerOptions options;
+    options.group = UniqueName("fenced-first");
+    auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+    ASSERT_TRUE(world.ok()) << world.status().ToString();
+    const std::vector<Status> statuses = RunOnRanks(kNodes, [&](int r) -> Status {
+      example::RankRunner& runner = *(*world)[r].runner;
+      Session& session = runner.session();
+      const int n = 16;
+      EPD_RETURN_IF_ERROR(runner.Stage(InputsOf(p, Routing::kRandom, r, 0, n)));
+      EPD_RETURN_IF_ERROR(session.Update(runner.handle_id(), runner.topk_ref(n),
+                                         runner.weights_ref(n), BlockingOptions()));
+      EPD_ASSIGN_OR_RETURN(std::unique_ptr<Fence> go, session.CreateFence());
+      EPD_ASSIGN_OR_RETURN(std::unique_ptr<Fence> done, session.CreateFence());
+      std::future<Status> answer = session.DispatchAsync(
+          runner.DispatchRequestFor(n, FencedOptions(go.get(), 1, done.get(), 1)));
+      const bool answered = answer.wait_for(std::chrono::milliseconds(kOpTimeoutMs / 2)) ==
+                            std::future_status::ready;
+      // Either way: the op must not wait out its timeout.
+      EPD_RETURN_IF_ERROR(example::FrontendSignal(*go, 1));
+      EPD_RETURN_IF_ERROR(
+          example::FrontendWait(*done, 1, std::chrono::milliseconds(2 * kOpTimeoutMs)));
+      EPD_RETURN_IF_ERROR(session.Await(answer, "dispatch"));
+      if (!answered) {
+        return DeadlineExceededError(
+            "rank {}: the fenced first dispatch was not answered before its wait fence was "
+            "signalled",
+            r);
+      }
+      return OkStatus();
+    });
+    for (const Status& status : statuses) EXPECT_EPD_OK(status);
+  }
 }
 
 TEST_F(SpanningGpuTest, EveryCaseMatchesTheCpuReferenceByteForByte) {
