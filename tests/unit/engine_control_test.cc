@@ -399,6 +399,7 @@ class DeferringBackend : public testing::ForwardingBackend {
     if (!std::exchange(deferred_pending_, false)) return ForwardingBackend::EnqueueDeferred(h);
     Record("deferred");
     if (release.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      Record("deferred timed out");
       return DeadlineExceededError("the test never released the deferred part");
     }
     Record("deferred done");
@@ -408,6 +409,10 @@ class DeferringBackend : public testing::ForwardingBackend {
   std::vector<std::string> TakeCalls() {
     std::lock_guard lock(mutex_);
     return std::exchange(calls_, {});
+  }
+  size_t CallCount() {
+    std::lock_guard lock(mutex_);
+    return calls_.size();
   }
   std::shared_future<void> release;
   std::atomic<bool> fail{false};
@@ -442,7 +447,9 @@ TEST(EngineCollectiveTest, TheDeferredPartRunsAfterTheAnswerAndBeforeTheNextOp) 
   ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), OpOptions{}, dispatch.Done()).ok());
   EXPECT_TRUE(dispatch.Get().ok());  // answered while the deferred part still waits
   ASSERT_TRUE(engine->SubmitCombine(f.session, f.Combine(1), OpOptions{}, combine.Done()).ok());
-  std::this_thread::sleep_for(milliseconds(50));
+  for (int i = 0; i < 10'000 && backend.CallCount() < 2; ++i) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
   EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"dispatch", "deferred"}));
   release.set_value();
   EXPECT_TRUE(combine.Get().ok());
