@@ -1,27 +1,21 @@
+// The cpu backend (cpu_backend.h): groups, handles and fences in POSIX shared memory, each
+// op enqueued on its rank's lane, where cpu_ops.h runs it.
 #include "daemon/backends/cpu/cpu_backend.h"
 
+#include <grp.h>
 #include <unistd.h>
 
-#include <grp.h>
-
 #include <atomic>
-#include <cmath>
 #include <cstring>
 #include <functional>
 #include <mutex>
 #include <random>
 #include <set>
-#include <thread>
 
 #include "common/fence_page.h"
-#include "common/routing_errors.h"
-#include "daemon/backends/cpu/cpu_memory.h"
-#include "daemon/backends/cpu/cpu_stream.h"
-#include "daemon/backends/cpu/host_rendezvous.h"
-#include "daemon/backends/cpu/reference_ops.h"
-#include "daemon/backends/cpu/shm_fault_guard.h"
+#include "daemon/backends/cpu/cpu_objects.h"
+#include "daemon/backends/cpu/cpu_ops.h"
 #include "daemon/backends/cpu/shm_region.h"
-#include "daemon/backends/cpu/spanning_ops.h"
 #include "daemon/backends/cpu/spanning_transport.h"
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/lane_registry.h"
@@ -29,134 +23,6 @@
 
 namespace epd {
 namespace {
-
-// Fails an op whose memory a client truncated while the daemon had it mapped: the daemon
-// then read or wrote zero pages instead (shm_fault_guard.h), so the result is meaningless.
-Status CheckIntact(const void* data, std::string_view what) {
-  if (data == nullptr || !ShmFaultGuard::BrokenAt(data, 1)) return OkStatus();
-  return FailedPreconditionError(
-      "{}: its shared memory object was truncated while the daemon had it mapped; release "
-      "it and register (or create) it again",
-      what);
-}
-
-// Weights scale expert outputs in Combine (routing_errors.h); the cuda backend checks them in
-// its routing kernel.
-Status CheckFiniteWeights(const TensorView& weights, int num_tokens, int top_k) {
-  const auto* w = static_cast<const float*>(weights.data);
-  if (w == nullptr) return OkStatus();
-  for (int t = 0; t < num_tokens; ++t) {
-    for (int k = 0; k < top_k; ++k) {
-      const float value = w[static_cast<size_t>(t) * top_k + k];
-      if (!std::isfinite(value)) return NonFiniteWeightError(t, k, value);
-    }
-  }
-  return OkStatus();
-}
-
-class CpuHandle;
-
-// A group's ranks meet in its rendezvous, each on its own lane: the group's stream of that
-// rank, made with the rank's first handle and retired with the group (lane_registry.h).
-class CpuGroup : public BackendGroup {
- public:
-  CpuGroup(const GroupConfig& config, std::function<void(CpuGroup*)> forget,
-           std::vector<std::unique_ptr<GlooRankLink>> links = {})
-      : config_(config),
-        rendezvous_(config.name, config.world_size()),
-        links_(std::move(links)),
-        lanes_(config.world_size(), nullptr),
-        forget_(std::move(forget)) {}
-  ~CpuGroup() override { forget_(this); }
-  const GroupConfig& config() const override { return config_; }
-  HostRendezvous& rendezvous() { return rendezvous_; }
-  // Spanning groups: cancels the exchanges in flight on every link of this daemon.
-  void CancelLinks(const Status& reason, bool permanent) {
-    for (auto& link : links_) {
-      if (link != nullptr) link->Cancel(reason, permanent);
-    }
-  }
-  // A spanning group's link of a group rank this daemon hosts (used on that rank's stream).
-  GlooRankLink& link(int group_rank) { return *links_[group_rank]; }
-
-  // The lane of `group_rank`, made by `make` the first time.
-  CpuStream& LaneOf(int group_rank, const std::function<CpuStream*()>& make) {
-    std::lock_guard lock(lanes_mutex_);
-    CpuStream*& lane = lanes_[group_rank];
-    if (lane == nullptr) lane = make();
-    return *lane;
-  }
-  std::vector<CpuStream*> TakeLanes() {
-    std::lock_guard lock(lanes_mutex_);
-    return std::exchange(lanes_, {});
-  }
-
- private:
-  GroupConfig config_;
-  HostRendezvous rendezvous_;
-  std::vector<std::unique_ptr<GlooRankLink>> links_;  // spanning groups: by group rank
-  std::mutex lanes_mutex_;
-  std::vector<CpuStream*> lanes_;  // by group rank; owned by the backend's LaneRegistry
-  std::function<void(CpuGroup*)> forget_;
-};
-
-class CpuHandle : public BackendHandle {
- public:
-  CpuHandle(CpuGroup& group, int group_rank, int node_rank, CpuStream& lane,
-            std::unique_ptr<ExportedShm> exported, AllocationCounter& counter)
-      : group_(group),
-        group_rank_(group_rank),
-        node_rank_(node_rank),
-        lane_(lane),
-        layout_(ComputeHandleLayout(group.config())),
-        exported_(std::move(exported)),
-        topk_idx_(layout_.topk_idx_bytes, counter),
-        topk_weights_(layout_.topk_weights_bytes, counter),
-        expert_counts_(layout_.expert_counts_bytes, counter),
-        slots_(layout_.slot_bytes, counter) {}
-
-  int group_rank() const override { return group_rank_; }
-  int node_rank() const { return node_rank_; }
-  CpuGroup& group() const { return group_; }
-  CpuStream& lane() const { return lane_; }
-  const GroupConfig& config() const { return group_.config(); }
-  const HandleLayout& layout() const override { return layout_; }
-  ExportedMemory& exported() override { return *exported_; }
-  int num_tokens() const override { return submitted_tokens_.load(std::memory_order_relaxed); }
-  void set_submitted_tokens(int n) { submitted_tokens_.store(n, std::memory_order_relaxed); }
-
-  // Stream side: what the last executed UpdateHandle bound.
-  reference::SourceRank Source(const void* x) const {
-    return reference::SourceRank{bound_tokens_, x, topk_idx_.as<int32_t>(),
-                                 topk_weights_.as<float>(), expert_counts_.as<int32_t>()};
-  }
-  int32_t* topk_idx() { return topk_idx_.as<int32_t>(); }
-  float* topk_weights() { return topk_weights_.as<float>(); }
-  int32_t* expert_counts() { return expert_counts_.as<int32_t>(); }
-  int32_t* slots() { return slots_.as<int32_t>(); }
-  void set_bound_tokens(int n) { bound_tokens_ = n; }
-  // Stream side: a collective after a failed UpdateHandle is abandoned with its reason (the
-  // engine may have enqueued it before the stream found the bad routing).
-  void set_routing_status(Status status) { routing_status_ = std::move(status); }
-  const Status& routing_status() const { return routing_status_; }
-  spanning::ReturnRows& return_rows() { return return_rows_; }
-  reference::ReceiveBuffers receive() {
-    return reference::ReceiveBuffersAt(exported_->data(), layout_);
-  }
-
- private:
-  CpuGroup& group_;  // the group outlives its handles
-  int group_rank_;
-  int node_rank_;
-  CpuStream& lane_;  // the group's lane of this rank: lives as long as the group
-  HandleLayout layout_;
-  std::unique_ptr<ExportedShm> exported_;
-  CountedHostBuffer topk_idx_, topk_weights_, expert_counts_, slots_;
-  std::atomic<int> submitted_tokens_{0};  // n of the last UpdateHandle enqueued
-  int bound_tokens_ = 0;                  // n of the last UpdateHandle executed (stream only)
-  Status routing_status_;                 // of the last UpdateHandle executed (stream only)
-  spanning::ReturnRows return_rows_;      // spanning groups: of the last dispatch (stream only)
-};
 
 class CpuBackend : public Backend {
  public:
@@ -276,8 +142,9 @@ class CpuBackend : public Backend {
     auto& cpu = static_cast<CpuHandle&>(handle);
     const int node_rank = cpu.node_rank();
     uint64_t* counter = Counter(fence);
-    cpu.lane().Enqueue(
-        [this, node_rank, counter, value] { return WaitCounter(node_rank, counter, value); });
+    cpu.lane().Enqueue([this, node_rank, counter, value] {
+      return cpu::WaitCounter(node_rank, counter, value, options_.op_timeout, shutting_down_);
+    });
     return OkStatus();
   }
 
@@ -288,7 +155,7 @@ class CpuBackend : public Backend {
     void* page = fence.data();
     cpu.lane().Enqueue([node_rank, counter, value, page] {
       std::atomic_ref<uint64_t>(*counter).store(value, std::memory_order_release);
-      return CheckIntact(page, fmt::format("rank {}: fence", node_rank));
+      return cpu::CheckIntact(page, fmt::format("rank {}: fence", node_rank));
     });
     return OkStatus();
   }
@@ -302,14 +169,15 @@ class CpuBackend : public Backend {
     }
     cpu.set_submitted_tokens(args.num_tokens);
     cpu.lane().Enqueue([&cpu, args] {
-      Status bound = CheckFiniteWeights(args.topk_weights, args.num_tokens, cpu.config().top_k);
+      Status bound =
+          cpu::CheckFiniteWeights(args.topk_weights, args.num_tokens, cpu.config().top_k);
       if (bound.ok()) {
         bound = reference::BindRouting(cpu.config(), args.topk_idx.data, args.topk_idx.dtype,
                                  static_cast<const float*>(args.topk_weights.data), args.num_tokens,
                                  cpu.topk_idx(), cpu.topk_weights(), cpu.expert_counts());
       }
-      if (bound.ok()) bound = CheckIntact(args.topk_idx.data, "topk_idx");
-      if (bound.ok()) bound = CheckIntact(args.topk_weights.data, "topk_weights");
+      if (bound.ok()) bound = cpu::CheckIntact(args.topk_idx.data, "topk_idx");
+      if (bound.ok()) bound = cpu::CheckIntact(args.topk_weights.data, "topk_weights");
       cpu.set_bound_tokens(bound.ok() ? args.num_tokens : 0);
       cpu.set_routing_status(bound);
       return bound;
@@ -319,27 +187,26 @@ class CpuBackend : public Backend {
 
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override {
     auto& me = static_cast<CpuHandle&>(handle);
-    if (Status bad = CheckDispatchInput(me, args); !bad.ok()) {
+    if (Status bad = cpu::CheckDispatchInput(me, args); !bad.ok()) {
       Abandon(handle, CollectiveKind::kDispatch, bad);
       return bad;
     }
     if (me.config().spans_nodes) {
       me.lane().Enqueue([this, &me, x = args.x.data, x_scales = args.x_scales.data] {
-        return RunSpanningDispatch(me, x, x_scales, OkStatus());
+        return cpu::RunSpanningDispatch(me, x, x_scales, OkStatus(), options_.op_timeout);
       });
       return OkStatus();
     }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
-    me.lane().Enqueue(
-        [this, &me, seq, x = args.x.data, x_scales = args.x_scales.data] {
-          return RunDispatch(me, seq, RankPart{&me, x, x_scales});
-        });
+    me.lane().Enqueue([this, &me, seq, x = args.x.data, x_scales = args.x_scales.data] {
+      return cpu::RunDispatch(me, seq, cpu::RankPart{&me, x, x_scales}, options_.op_timeout);
+    });
     return OkStatus();
   }
 
   Status Combine(BackendHandle& handle, const CombineArgs& args) override {
     auto& me = static_cast<CpuHandle&>(handle);
-    if (Status bad = CheckTokenRows(me, args.out, "combine", "out"); !bad.ok()) {
+    if (Status bad = cpu::CheckTokenRows(me, args.out, "combine", "out"); !bad.ok()) {
       Abandon(handle, CollectiveKind::kCombine, bad);
       return bad;
     }
@@ -348,13 +215,13 @@ class CpuBackend : public Backend {
                                  : static_cast<const void*>(me.receive().recv_x);
     if (me.config().spans_nodes) {
       me.lane().Enqueue([this, &me, expert_out, out = args.out.data] {
-        return RunSpanningCombine(me, expert_out, out, OkStatus());
+        return cpu::RunSpanningCombine(me, expert_out, out, OkStatus(), options_.op_timeout);
       });
       return OkStatus();
     }
     const uint64_t seq = me.group().rendezvous().TakeSequence(me.group_rank());
     me.lane().Enqueue([this, &me, seq, expert_out, out = args.out.data] {
-      return RunCombine(me, seq, RankPart{&me, expert_out}, out);
+      return cpu::RunCombine(me, seq, cpu::RankPart{&me, expert_out}, out, options_.op_timeout);
     });
     return OkStatus();
   }
@@ -365,9 +232,9 @@ class CpuBackend : public Backend {
       // The peers in other daemons learn it from this rank's counts (the op still runs).
       me.lane().Enqueue([this, &me, kind, reason] {
         if (kind == CollectiveKind::kDispatch) {
-          RunSpanningDispatch(me, nullptr, nullptr, reason).IgnoreError();
+          cpu::RunSpanningDispatch(me, nullptr, nullptr, reason, options_.op_timeout).IgnoreError();
         } else {
-          RunSpanningCombine(me, nullptr, nullptr, reason).IgnoreError();
+          cpu::RunSpanningCombine(me, nullptr, nullptr, reason, options_.op_timeout).IgnoreError();
         }
         return OkStatus();  // the rank reported its own reason when it gave up
       });
@@ -384,155 +251,6 @@ class CpuBackend : public Backend {
     static_cast<CpuHandle&>(handle).lane().Complete(std::move(done));
   }
 
- private:
-  // The core checks tensors before ops reach a backend; callers that drive the backend
-  // directly (tests) get the same protection against a short or mistyped tensor.
-  static Status CheckTokenRows(const CpuHandle& me, const TensorView& t, std::string_view op,
-                               std::string_view field) {
-    return CheckRows(me, t, op, field, me.config().dtype, me.config().hidden);
-  }
-  static Status CheckRows(const CpuHandle& me, const TensorView& t, std::string_view op,
-                          std::string_view field, DType dtype, int64_t columns) {
-    const GroupConfig& c = me.config();
-    const int n = me.num_tokens();
-    if (t.dtype != dtype || t.shape.size() != 2 || t.shape[0] < n || t.shape[1] != columns ||
-        (n > 0 && t.data == nullptr)) {
-      return InvalidArgumentError("{} of group '{}': {} must be {} [>= {}, {}]", op, c.name, field,
-                                  DTypeName(dtype), n, columns);
-    }
-    return OkStatus();
-  }
-  // Dispatch's x: token rows, or with fp8 dispatch pre-quantized e4m3 rows with x_scales.
-  static Status CheckDispatchInput(const CpuHandle& me, const DispatchArgs& args) {
-    const GroupConfig& c = me.config();
-    if (args.x_scales.data == nullptr) return CheckTokenRows(me, args.x, "dispatch", "x");
-    if (!c.fp8_dispatch()) {
-      return InvalidArgumentError("dispatch of group '{}': x_scales is set, but the group "
-                                  "dispatches {}",
-                                  c.name, DTypeName(c.dtype));
-    }
-    EPD_RETURN_IF_ERROR(CheckRows(me, args.x, "dispatch", "x", DType::kFp8E4m3, c.hidden));
-    return CheckRows(me, args.x_scales, "dispatch", "x_scales", c.scale_dtype(), c.scale_blocks());
-  }
-
-  Status WaitCounter(int node_rank, uint64_t* counter_word, uint64_t value) {
-    std::atomic_ref<uint64_t> counter(*counter_word);
-    const Deadline deadline = Clock::now() + options_.op_timeout;
-    auto pause = std::chrono::microseconds(1);
-    while (counter.load(std::memory_order_acquire) < value) {
-      // A truncated page reads zeros for ever: fail now rather than at the timeout.
-      EPD_RETURN_IF_ERROR(CheckIntact(counter_word, fmt::format("rank {}: fence", node_rank)));
-      if (shutting_down_) {
-        return UnavailableError("rank {}: fence wait for value {} cancelled: epd is shutting down",
-                                node_rank, value);
-      }
-      if (Clock::now() > deadline) {
-        return DeadlineExceededError(
-            "rank {}: fence wait for value {} timed out after {} ms (counter = {})", node_rank,
-            value, options_.op_timeout.count(), counter.load(std::memory_order_acquire));
-      }
-      std::this_thread::sleep_for(pause);
-      pause = std::min(pause * 2, std::chrono::microseconds(200));
-    }
-    return OkStatus();
-  }
-
-  // What a rank shows its peers for one op: the handle it runs the op on (a rank may hold one
-  // per layer) and its tensor (dispatch: x; combine: its expert output).
-  struct RankPart {
-    CpuHandle* handle;
-    const void* tensor;
-    const void* scales = nullptr;  // dispatch of pre-quantized fp8 x: its x_scales
-  };
-  static const RankPart& PartOf(const void* part) { return *static_cast<const RankPart*>(part); }
-
-  // On the rank's stream: meet the peers, fill this rank's receive buffers, wait until no peer
-  // still reads this rank's tokens.
-  // A collective on routing whose binding failed on the stream: the peers fail at once too.
-  static Status AbandonIfRoutingFailed(CpuHandle& me, uint64_t seq, CollectiveKind kind) {
-    if (me.routing_status().ok()) return OkStatus();
-    Status failed =
-        FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
-    me.group().rendezvous().Abandon(me.group_rank(), seq, kind, failed);
-    return failed;
-  }
-
-  Status RunDispatch(CpuHandle& me, uint64_t seq, const RankPart& mine) {
-    EPD_RETURN_IF_ERROR(AbandonIfRoutingFailed(me, seq, CollectiveKind::kDispatch));
-    CpuGroup& group = me.group();
-    const GroupConfig& config = group.config();
-    EPD_ASSIGN_OR_RETURN(std::vector<const void*> parts,
-                         group.rendezvous().Arrive(me.group_rank(), seq, CollectiveKind::kDispatch,
-                                                   &mine, options_.op_timeout));
-    std::vector<reference::SourceRank> sources;
-    for (const void* part : parts) {
-      sources.push_back(PartOf(part).handle->Source(PartOf(part).tensor));
-      sources.back().x_scales = PartOf(part).scales;
-    }
-    // Every rank sees the same counts, so every rank reports the same overflow.
-    Status status = reference::CheckCapacity(config, sources);
-    if (status.ok()) {
-      reference::DispatchReceive(config, me.group_rank(), sources, me.receive());
-      reference::ComputeSlots(config, me.group_rank(), sources, me.slots());
-    }
-    Status left = group.rendezvous().Leave(me.group_rank(), seq, options_.op_timeout);
-    if (status.ok()) status = left;
-    // Every rank read every rank's x: a truncated one spoils all ranks' results.
-    for (size_t s = 0; s < parts.size() && status.ok(); ++s) {
-      status = CheckIntact(PartOf(parts[s]).tensor, fmt::format("dispatch: group rank {}'s x", s));
-    }
-    if (status.ok()) status = CheckIntact(me.exported().data(), "dispatch: the handle");
-    return status;
-  }
-
-  // Spanning groups (spanning_ops.h): this rank exchanges with every group rank through its
-  // link; `abandon` non-OK gives the op up and fails it on the peers.
-  Status RunSpanningDispatch(CpuHandle& me, const void* x, const void* x_scales, Status abandon) {
-    if (abandon.ok() && !me.routing_status().ok()) {
-      abandon =
-          FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
-    }
-    reference::SourceRank mine = me.Source(x);
-    mine.x_scales = x_scales;
-    Status status = spanning::Dispatch(me.group().link(me.group_rank()), me.config(),
-                                       me.group_rank(), mine, abandon, me.receive(), me.slots(),
-                                       &me.return_rows(), options_.op_timeout);
-    if (status.ok()) status = CheckIntact(x, "dispatch: x");
-    if (status.ok()) status = CheckIntact(me.exported().data(), "dispatch: the handle");
-    return status;
-  }
-
-  Status RunSpanningCombine(CpuHandle& me, const void* expert_out, void* out, Status abandon) {
-    if (abandon.ok() && !me.routing_status().ok()) {
-      abandon =
-          FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
-    }
-    Status status = spanning::Combine(me.group().link(me.group_rank()), me.config(),
-                                      me.group_rank(), me.Source(nullptr), abandon, me.slots(),
-                                      me.return_rows(), expert_out, out, options_.op_timeout);
-    if (status.ok()) status = CheckIntact(expert_out, "combine: expert outputs");
-    if (status.ok()) status = CheckIntact(out, "combine: out");
-    return status;
-  }
-
-  Status RunCombine(CpuHandle& me, uint64_t seq, const RankPart& mine, void* out) {
-    EPD_RETURN_IF_ERROR(AbandonIfRoutingFailed(me, seq, CollectiveKind::kCombine));
-    CpuGroup& group = me.group();
-    EPD_ASSIGN_OR_RETURN(std::vector<const void*> parts,
-                         group.rendezvous().Arrive(me.group_rank(), seq, CollectiveKind::kCombine,
-                                                   &mine, options_.op_timeout));
-    std::vector<const void*> expert_out;
-    for (const void* part : parts) expert_out.push_back(PartOf(part).tensor);
-    reference::Combine(group.config(), me.Source(nullptr), me.slots(), expert_out, out);
-    Status status = group.rendezvous().Leave(me.group_rank(), seq, options_.op_timeout);
-    for (size_t s = 0; s < expert_out.size() && status.ok(); ++s) {
-      status = CheckIntact(expert_out[s], fmt::format("combine: group rank {}'s expert outputs", s));
-    }
-    if (status.ok()) status = CheckIntact(out, "combine: out");
-    return status;
-  }
-
- public:
  private:
   static uint64_t* Counter(ExportedMemory& fence) {
     return reinterpret_cast<uint64_t*>(static_cast<char*>(fence.data()) + kFenceCounterOffset);
