@@ -1,23 +1,20 @@
+// The daemon's settings from its TOML config file (top level, [limits], [cluster]; [[group]]
+// in group_decls_toml.cc) and their checks against each other and the node.
 #include "daemon/core/daemon_config.h"
 
-#include <toml++/toml.h>
-
-#include <algorithm>
-#include <cctype>
 #include <cerrno>
-#include <climits>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <set>
 #include <sstream>
 #include <utility>
 
+#include "daemon/core/group_decls_toml.h"
+#include "daemon/core/toml_reader.h"
+
 namespace epd {
 namespace {
-
-constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;  // a day: larger values are typos
 
 constexpr std::string_view kTopLevelKeys[] = {"listen",
                                               "tcp_listen",
@@ -35,324 +32,15 @@ constexpr std::string_view kTopLevelKeys[] = {"listen",
 constexpr std::string_view kClusterKeys[] = {"node_rank", "nodes",      "leader",
                                              "listen",    "address",    "token_file",
                                              "bootstrap_timeout_ms", "peer_timeout_ms"};
-constexpr std::string_view kLimitKeys[] = {"buffers_per_session",  "mapped_bytes_per_session",
-                                           "fences_per_session",   "handles_per_session",
-                                           "groups_per_session",   "persistent_groups",
+constexpr std::string_view kLimitKeys[] = {"buffers_per_session",      "mapped_bytes_per_session",
+                                           "fences_per_session",       "handles_per_session",
+                                           "groups_per_session",       "persistent_groups",
                                            "ops_in_flight_per_session"};
-constexpr std::string_view kGroupKeys[] = {
-    "name",  "ranks", "world_size", "experts",   "hidden",          "max_tokens_per_rank",
-    "top_k", "dtype", "layout",     "algorithm", "expert_capacity", "handle",
-    "dispatch_dtype", "scale_format", "recv_capacity", "sm_budget", "spans_nodes"};
-constexpr std::string_view kHandleKeys[] = {"name", "ranks"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug",    "info", "warn",
                                            "error", "critical", "off"};
 
-template <size_t N>
-std::string JoinKeys(const std::string_view (&keys)[N]) {
-  std::string out;
-  for (auto key : keys) out += (out.empty() ? "" : ", ") + std::string(key);
-  return out;
-}
-
-template <size_t N>
-bool Contains(const std::string_view (&keys)[N], std::string_view key) {
-  return std::find(std::begin(keys), std::end(keys), key) != std::end(keys);
-}
-
-std::string_view TypeName(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::table:
-      return "table";
-    case toml::node_type::array:
-      return "array";
-    case toml::node_type::string:
-      return "string";
-    case toml::node_type::integer:
-      return "integer";
-    case toml::node_type::floating_point:
-      return "float";
-    case toml::node_type::boolean:
-      return "boolean";
-    case toml::node_type::date:
-      return "date";
-    case toml::node_type::time:
-      return "time";
-    case toml::node_type::date_time:
-      return "date-time";
-    default:
-      return "nothing";
-  }
-}
-
-// Reads typed values out of the toml tree; every error names the source, line and key path.
-class Reader {
- public:
-  explicit Reader(std::string_view source) : source_(source) {}
-
-  const std::string& source() const { return source_; }
-
-  // "source:line: message" (toml++ records the line of every node).
-  Status At(const toml::node& node, std::string_view message) const {
-    const auto line = node.source().begin.line;
-    if (line == 0) return InvalidArgumentError("{}: {}", source_, message);
-    return InvalidArgumentError("{}:{}: {}", source_, line, message);
-  }
-  Status Error(const toml::node& node, std::string_view key, std::string_view problem) const {
-    return At(node, fmt::format("{} {}", key, problem));
-  }
-
-  template <size_t N>
-  Status CheckKeys(const toml::table& table, std::string_view prefix,
-                   const std::string_view (&known)[N]) const {
-    for (const auto& [key, node] : table) {
-      if (!Contains(known, key.str())) {
-        return Error(node, fmt::format("{}{}", prefix, key.str()),
-                     fmt::format("is not a known key (known: {})", JoinKeys(known)));
-      }
-    }
-    return OkStatus();
-  }
-
-  StatusOr<std::string> String(const toml::node& node, std::string_view key) const {
-    if (const auto* value = node.as_string()) return value->get();
-    return Error(node, key, fmt::format("must be a string, not {}", TypeName(node)));
-  }
-
-  StatusOr<int> Int(const toml::node& node, std::string_view key, int64_t min,
-                    int64_t max = INT_MAX) const {
-    const auto* value = node.as_integer();
-    if (value == nullptr) {
-      return Error(node, key, fmt::format("must be an integer, not {}", TypeName(node)));
-    }
-    if (value->get() < min || value->get() > max) {
-      return Error(node, key, fmt::format("= {} is outside [{}, {}]", value->get(), min, max));
-    }
-    return static_cast<int>(value->get());
-  }
-
-  StatusOr<std::chrono::milliseconds> Millis(const toml::node& node, std::string_view key,
-                                             int64_t min) const {
-    const auto* value = node.as_integer();
-    if (value == nullptr) {
-      return Error(node, key, fmt::format("must be an integer, not {}", TypeName(node)));
-    }
-    if (value->get() < min || value->get() > kMaxTimeoutMs) {
-      return Error(node, key,
-                   fmt::format("= {} is outside [{}, {}] ms", value->get(), min, kMaxTimeoutMs));
-    }
-    return std::chrono::milliseconds(value->get());
-  }
-
-  StatusOr<std::vector<int>> IntArray(const toml::node& node, std::string_view key, int64_t min,
-                                      int64_t max = INT_MAX) const {
-    const auto* array = node.as_array();
-    if (array == nullptr) {
-      return Error(node, key, fmt::format("must be an array of integers, not {}", TypeName(node)));
-    }
-    std::vector<int> out;
-    for (size_t i = 0; i < array->size(); ++i) {
-      EPD_ASSIGN_OR_RETURN(int value, Int((*array)[i], fmt::format("{}[{}]", key, i), min, max));
-      out.push_back(value);
-    }
-    return out;
-  }
-
-  // Applies a dtype/layout/algorithm parser and keeps the key in its error.
-  template <typename T, typename Parse>
-  StatusOr<T> Enum(const toml::node& node, std::string_view key, Parse parse) const {
-    EPD_ASSIGN_OR_RETURN(std::string text, String(node, key));
-    auto parsed = parse(text);
-    if (!parsed.ok())
-      return Error(node, key, fmt::format("= \"{}\": {}", text, parsed.status().message()));
-    return *parsed;
-  }
-
- private:
-  std::string source_;
-};
-
-Status ParseHandle(const Reader& reader, const toml::node& node, std::string_view key,
-                   const GroupConfig& group, PersistentHandleDecl* handle) {
-  const auto* table = node.as_table();
-  if (table == nullptr) return reader.Error(node, key, "must be a table ([[group.handle]])");
-  EPD_RETURN_IF_ERROR(reader.CheckKeys(*table, fmt::format("{}.", key), kHandleKeys));
-  const auto* name = table->get("name");
-  if (name == nullptr) return reader.Error(node, fmt::format("{}.name", key), "is required");
-  EPD_ASSIGN_OR_RETURN(handle->name, reader.String(*name, fmt::format("{}.name", key)));
-  if (handle->name.empty() || handle->name.size() > 128) {
-    return reader.Error(*name, fmt::format("{}.name", key), "must have 1 to 128 characters");
-  }
-  handle->ranks = group.ranks;  // a spanning group: those of this node (ApplyClusterSpan)
-  if (const auto* ranks = table->get("ranks")) {
-    const std::string ranks_key = fmt::format("{}.ranks", key);
-    EPD_ASSIGN_OR_RETURN(handle->ranks, reader.IntArray(*ranks, ranks_key, 0));
-    if (handle->ranks.empty()) return reader.Error(*ranks, ranks_key, "must not be empty");
-    std::set<int> seen;
-    for (int rank : handle->ranks) {
-      // A spanning group's handles name node ranks; CheckGroupsAgainstNode checks them.
-      if (!group.spans_nodes && group.GroupRankOf(rank) < 0) {
-        return reader.Error(
-            *ranks, ranks_key,
-            fmt::format("lists rank {}, which is not a member of group '{}'", rank, group.name));
-      }
-      if (!seen.insert(rank).second) {
-        return reader.Error(*ranks, ranks_key, fmt::format("lists rank {} twice", rank));
-      }
-    }
-  }
-  return OkStatus();
-}
-
-Status ParseGroup(const Reader& reader, const toml::node& node, std::string_view key,
-                  PersistentGroupDecl* decl) {
-  const auto* table = node.as_table();
-  if (table == nullptr) return reader.Error(node, key, "must be a table ([[group]])");
-  EPD_RETURN_IF_ERROR(reader.CheckKeys(*table, fmt::format("{}.", key), kGroupKeys));
-  GroupConfig& config = decl->config;
-  auto field = [&](std::string_view name) { return fmt::format("{}.{}", key, name); };
-  auto required = [&](std::string_view name) -> StatusOr<const toml::node*> {
-    const auto* child = table->get(name);
-    if (child == nullptr) return reader.Error(node, field(name), "is required");
-    return child;
-  };
-
-  EPD_ASSIGN_OR_RETURN(const toml::node* name, required("name"));
-  EPD_ASSIGN_OR_RETURN(config.name, reader.String(*name, field("name")));
-
-  const auto* ranks = table->get("ranks");
-  const auto* world_size = table->get("world_size");
-  if (ranks != nullptr) {
-    EPD_ASSIGN_OR_RETURN(config.ranks, reader.IntArray(*ranks, field("ranks"), 0));
-  }
-  if (world_size != nullptr) {
-    EPD_ASSIGN_OR_RETURN(int world, reader.Int(*world_size, field("world_size"), 1));
-    if (ranks != nullptr && world != config.world_size()) {
-      return reader.Error(
-          *world_size, field("world_size"),
-          fmt::format("= {} contradicts ranks, which lists {} ranks", world, config.world_size()));
-    }
-    if (ranks == nullptr) {
-      for (int r = 0; r < world; ++r) config.ranks.push_back(r);
-    }
-  }
-  if (ranks == nullptr && world_size == nullptr) {
-    return reader.Error(node, field("ranks"), "or world_size is required");
-  }
-
-  EPD_ASSIGN_OR_RETURN(const toml::node* experts, required("experts"));
-  EPD_ASSIGN_OR_RETURN(config.experts, reader.Int(*experts, field("experts"), 1));
-  EPD_ASSIGN_OR_RETURN(const toml::node* hidden, required("hidden"));
-  EPD_ASSIGN_OR_RETURN(config.hidden, reader.Int(*hidden, field("hidden"), 1));
-  EPD_ASSIGN_OR_RETURN(const toml::node* tokens, required("max_tokens_per_rank"));
-  EPD_ASSIGN_OR_RETURN(config.max_tokens_per_rank,
-                       reader.Int(*tokens, field("max_tokens_per_rank"), 1));
-  EPD_ASSIGN_OR_RETURN(const toml::node* top_k, required("top_k"));
-  EPD_ASSIGN_OR_RETURN(config.top_k, reader.Int(*top_k, field("top_k"), 1));
-  if (const auto* dtype = table->get("dtype")) {
-    EPD_ASSIGN_OR_RETURN(config.dtype, reader.Enum<DType>(*dtype, field("dtype"), ParseDType));
-  }
-  if (const auto* layout = table->get("layout")) {
-    EPD_ASSIGN_OR_RETURN(config.layout, reader.Enum<Layout>(*layout, field("layout"), ParseLayout));
-  }
-  if (const auto* algorithm = table->get("algorithm")) {
-    EPD_ASSIGN_OR_RETURN(config.algorithm,
-                         reader.Enum<Algorithm>(*algorithm, field("algorithm"), ParseAlgorithm));
-  }
-  if (const auto* capacity = table->get("expert_capacity")) {
-    EPD_ASSIGN_OR_RETURN(config.expert_capacity,
-                         reader.Int(*capacity, field("expert_capacity"), 0));
-  }
-  if (const auto* payload = table->get("dispatch_dtype")) {
-    // The token dtype's own name means "no conversion", like leaving the key out.
-    const DType token_dtype = config.dtype;
-    auto parse = [token_dtype](std::string_view name) -> StatusOr<DispatchFormat> {
-      if (name == DTypeName(token_dtype)) return DispatchFormat::kTokenDType;
-      if (name == "fp8_e4m3") return DispatchFormat::kFp8E4m3;
-      return InvalidArgumentError("expected the token dtype \"{}\" or \"fp8_e4m3\"",
-                                  DTypeName(token_dtype));
-    };
-    EPD_ASSIGN_OR_RETURN(config.dispatch_format,
-                         reader.Enum<DispatchFormat>(*payload, field("dispatch_dtype"), parse));
-  }
-  if (const auto* scales = table->get("scale_format")) {
-    EPD_ASSIGN_OR_RETURN(
-        config.scale_format,
-        reader.Enum<ScaleFormat>(*scales, field("scale_format"), ParseScaleFormat));
-  }
-  if (const auto* rows = table->get("recv_capacity")) {
-    EPD_ASSIGN_OR_RETURN(config.recv_capacity, reader.Int(*rows, field("recv_capacity"), 0));
-  }
-  if (const auto* sms = table->get("sm_budget")) {
-    EPD_ASSIGN_OR_RETURN(config.sm_budget, reader.Int(*sms, field("sm_budget"), 0));
-  }
-  if (const auto* spans = table->get("spans_nodes")) {
-    const auto* flag = spans->as_boolean();
-    if (flag == nullptr) {
-      return reader.Error(*spans, field("spans_nodes"),
-                          fmt::format("must be a boolean, not {}", TypeName(*spans)));
-    }
-    config.spans_nodes = flag->get();
-  }
-  config.ResolveAlgorithm();
-  // Every check that does not depend on the node's rank count (CheckGroupsAgainstNode does;
-  // for a spanning group also on the cluster's size, known once [cluster] and flags are read).
-  GroupConfig shape = config;
-  shape.spans_nodes = false;
-  Status valid = shape.Validate(INT_MAX);
-  if (!valid.ok()) return reader.Error(node, key, fmt::format("is invalid: {}", valid.message()));
-
-  if (const auto* handles = table->get("handle")) {
-    const auto* array = handles->as_array();
-    if (array == nullptr) {
-      return reader.Error(*handles, field("handle"),
-                          "must be an array of tables ([[group.handle]])");
-    }
-    for (size_t i = 0; i < array->size(); ++i) {
-      PersistentHandleDecl handle;
-      EPD_RETURN_IF_ERROR(
-          ParseHandle(reader, (*array)[i], fmt::format("{}.handle[{}]", key, i), config, &handle));
-      decl->handles.push_back(std::move(handle));
-    }
-  }
-  return OkStatus();
-}
-
-Status ParseGroups(const Reader& reader, const toml::node& node, DaemonConfig* config) {
-  const auto* array = node.as_array();
-  if (array == nullptr)
-    return reader.Error(node, "group", "must be an array of tables ([[group]])");
-  std::map<std::string, size_t> group_index;
-  std::map<std::pair<int, std::string>, std::string> handle_owner;  // (rank, name) -> key
-  for (size_t i = 0; i < array->size(); ++i) {
-    const std::string key = fmt::format("group[{}]", i);
-    PersistentGroupDecl decl;
-    EPD_RETURN_IF_ERROR(ParseGroup(reader, (*array)[i], key, &decl));
-    auto [it, inserted] = group_index.emplace(decl.config.name, i);
-    if (!inserted) {
-      return reader.Error(
-          (*array)[i], key + ".name",
-          fmt::format("= \"{}\" duplicates group[{}].name", decl.config.name, it->second));
-    }
-    // A frontend attaches by (its rank, name), so that pair must be unique across groups.
-    for (size_t h = 0; h < decl.handles.size(); ++h) {
-      const std::string handle_key = fmt::format("{}.handle[{}]", key, h);
-      for (int rank : decl.handles[h].ranks) {
-        auto [owner, fresh] =
-            handle_owner.emplace(std::pair(rank, decl.handles[h].name), handle_key);
-        if (!fresh) {
-          return reader.Error((*array)[i], handle_key + ".name",
-                              fmt::format("= \"{}\" on rank {} duplicates {}", decl.handles[h].name,
-                                          rank, owner->second));
-        }
-      }
-    }
-    config->groups.push_back(std::move(decl));
-  }
-  return OkStatus();
-}
-
 // [limits]: what one session may hold (session_limits.h). Every value is >= 1.
-Status ParseLimits(const Reader& reader, const toml::node& node, SessionLimits* limits) {
+Status ParseLimits(const TomlReader& reader, const toml::node& node, SessionLimits* limits) {
   const auto* table = node.as_table();
   if (table == nullptr) return reader.Error(node, "limits", "must be a table ([limits])");
   EPD_RETURN_IF_ERROR(reader.CheckKeys(*table, "limits.", kLimitKeys));
@@ -379,7 +67,7 @@ Status ParseLimits(const Reader& reader, const toml::node& node, SessionLimits* 
   return OkStatus();
 }
 
-Status ParseCluster(const Reader& reader, const toml::node& node, ClusterSettings* cluster) {
+Status ParseCluster(const TomlReader& reader, const toml::node& node, ClusterSettings* cluster) {
   const auto* table = node.as_table();
   if (table == nullptr) return reader.Error(node, "cluster", "must be a table ([cluster])");
   EPD_RETURN_IF_ERROR(reader.CheckKeys(*table, "cluster.", kClusterKeys));
@@ -407,7 +95,7 @@ Status ParseCluster(const Reader& reader, const toml::node& node, ClusterSetting
   return OkStatus();
 }
 
-Status ParseTopLevel(const Reader& reader, const toml::table& root, DaemonConfig* config) {
+Status ParseTopLevel(const TomlReader& reader, const toml::table& root, DaemonConfig* config) {
   EPD_RETURN_IF_ERROR(reader.CheckKeys(root, "", kTopLevelKeys));
   for (const auto& [key_node, node] : root) {
     const std::string_view key = key_node.str();
@@ -586,7 +274,7 @@ StatusOr<DaemonConfig> ParseDaemonConfig(std::string_view toml_text, std::string
                                 error.source().begin.column, error.description());
   }
   DaemonConfig config;
-  EPD_RETURN_IF_ERROR(ParseTopLevel(Reader(source_name), root, &config));
+  EPD_RETURN_IF_ERROR(ParseTopLevel(TomlReader(source_name), root, &config));
   return config;
 }
 
