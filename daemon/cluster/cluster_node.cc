@@ -35,7 +35,7 @@ ClusterNode::ClusterNode(const ClusterSettings& settings, int ranks_per_node, st
       ranks_per_node_(ranks_per_node),
       token_(std::move(token)),
       incarnation_(NewIncarnation()),
-      transport_failures_(settings.nodes) {}
+      peers_(settings.nodes) {}
 
 StatusOr<std::shared_ptr<ClusterNode>> ClusterNode::Start(const ClusterSettings& settings,
                                                           int ranks_per_node, std::string token) {
@@ -197,7 +197,10 @@ ClusterView ClusterNode::View() const {
   view.leader = settings_.leader;
   for (ClusterMember& member : view.members) {
     if (member.node_rank >= 0 && member.node_rank < settings_.nodes) {
-      member.transport_failures = transport_failures_[member.node_rank].load();
+      const PeerCounters& peer = peers_[member.node_rank];
+      member.transport_failures = peer.failures.load();
+      member.bytes_sent = peer.bytes_sent.load();
+      member.bytes_received = peer.bytes_received.load();
     }
   }
   return view;
@@ -243,7 +246,13 @@ StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
 }
 
 void ClusterNode::ReportTransportFailure(int node) {
-  if (node >= 0 && node < settings_.nodes) transport_failures_[node].fetch_add(1);
+  if (node >= 0 && node < settings_.nodes) peers_[node].failures.fetch_add(1);
+}
+
+void ClusterNode::ReportTransportBytes(int node, uint64_t sent, uint64_t received) {
+  if (node < 0 || node >= settings_.nodes) return;
+  peers_[node].bytes_sent.fetch_add(sent, std::memory_order_relaxed);
+  peers_[node].bytes_received.fetch_add(received, std::memory_order_relaxed);
 }
 
 }  // namespace epd::cluster

@@ -39,6 +39,7 @@ class ClusterNode : public ClusterStore {
   StatusOr<std::optional<std::string>> Get(const std::string& key) override;
   StatusOr<int64_t> Max(const std::string& key, int64_t value) override;
   void ReportTransportFailure(int node) override;
+  void ReportTransportBytes(int node, uint64_t sent, uint64_t received) override;
 
   bool rejoined() const { return rejoined_; }
 
@@ -65,7 +66,11 @@ class ClusterNode : public ClusterStore {
   bool stopping_ = false;
   ClusterView last_view_;  // followers: the leader's view at the last heartbeat
   bool leader_reachable_ = true;
-  std::vector<std::atomic<uint64_t>> transport_failures_;
+  // What this daemon's group transports counted per peer node (ClusterMember's fields).
+  struct PeerCounters {
+    std::atomic<uint64_t> failures{0}, bytes_sent{0}, bytes_received{0};
+  };
+  std::vector<PeerCounters> peers_;
   std::thread heartbeat_;
 };
 

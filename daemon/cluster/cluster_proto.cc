@@ -24,6 +24,8 @@ void ToProto(const ClusterView& view, v1::ClusterView* out) {
     node->set_joins(member.joins);
     node->set_last_seen_ms_ago(member.last_seen_ms_ago);
     node->set_transport_failures(member.transport_failures);
+    node->set_bytes_sent(member.bytes_sent);
+    node->set_bytes_received(member.bytes_received);
   }
 }
 
@@ -41,6 +43,8 @@ ClusterView FromProto(const v1::ClusterView& in) {
     member.joins = node.joins();
     member.last_seen_ms_ago = node.last_seen_ms_ago();
     member.transport_failures = node.transport_failures();
+    member.bytes_sent = node.bytes_sent();
+    member.bytes_received = node.bytes_received();
     view.members.push_back(std::move(member));
   }
   return view;

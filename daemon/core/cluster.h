@@ -34,6 +34,8 @@ struct ClusterMember {
   uint64_t joins = 0;             // restarts + 1
   uint64_t last_seen_ms_ago = 0;  // since the leader last heard from it
   uint64_t transport_failures = 0;  // group ops this node saw fail because of that peer
+  // Group payload this daemon exchanged with that node (enqueued; its own node included).
+  uint64_t bytes_sent = 0, bytes_received = 0;
 };
 
 struct ClusterView {
@@ -62,6 +64,9 @@ class ClusterStore {
   // A group transport gave up on `node` (its connection broke or timed out): counted per peer
   // in the view and in /metrics.
   virtual void ReportTransportFailure(int node) = 0;
+  // A group transport exchanged `sent` / `received` payload bytes with `node`: counted per peer
+  // in the view and in /metrics.
+  virtual void ReportTransportBytes(int node, uint64_t sent, uint64_t received) = 0;
 };
 
 }  // namespace epd

@@ -118,15 +118,24 @@ class EngineCollector final : public prometheus::Collectable {
     auto failures = Family("epd_cluster_transport_failures_total",
                            "Group exchanges with the node that this daemon saw fail.",
                            MetricType::Counter);
+    auto bytes = Family("epd_cluster_transport_bytes_total",
+                        "Group payload bytes this daemon exchanged with the node's ranks.",
+                        MetricType::Counter);
     for (const ClusterMember& member : now.cluster->members) {
       const Labels labels = {{"node", std::to_string(member.node_rank)}};
       AddValue(up, member.state == NodeState::kUp ? 1 : 0, labels);
       AddValue(joins, static_cast<double>(member.joins), labels);
       AddValue(failures, static_cast<double>(member.transport_failures), labels);
+      const std::string node = std::to_string(member.node_rank);
+      AddValue(bytes, static_cast<double>(member.bytes_sent),
+               {{"node", node}, {"direction", "sent"}});
+      AddValue(bytes, static_cast<double>(member.bytes_received),
+               {{"node", node}, {"direction", "received"}});
     }
     out.push_back(std::move(up));
     out.push_back(std::move(joins));
     out.push_back(std::move(failures));
+    out.push_back(std::move(bytes));
   }
 
   const BuildInfo build_;

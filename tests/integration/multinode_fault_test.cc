@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <string>
 
 #include "tests/integration/multinode_support.h"
 
@@ -95,6 +96,9 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
     auto info = survivor->GetNodeInfo();
     ASSERT_TRUE(info.ok());
     EXPECT_GE(info->cluster().members(1).transport_failures(), 1u);
+    // The good layer before the kill moved payload both ways.
+    EXPECT_GT(info->cluster().members(1).bytes_sent(), 0u);
+    EXPECT_GT(info->cluster().members(1).bytes_received(), 0u);
   }
   // The same per peer node on /metrics.
   const std::string metrics = Scrape(metrics_port);
@@ -102,6 +106,13 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   EXPECT_NE(metrics.find("epd_cluster_node_up{node=\"0\"} 1"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("epd_cluster_transport_failures_total{node=\"1\"} 2"), std::string::npos)
       << metrics;
+  for (const char* direction : {"sent", "received"}) {
+    const std::string series =
+        fmt::format("epd_cluster_transport_bytes_total{{node=\"1\",direction=\"{}\"}} ", direction);
+    const size_t at = metrics.find(series);
+    ASSERT_NE(at, std::string::npos) << series << "\n" << metrics;
+    EXPECT_GT(std::stod(metrics.substr(at + series.size())), 0.0) << series;
+  }
   example::Problem local = p;
   local.ranks = kRanksPerNode;
   local.experts = 4;

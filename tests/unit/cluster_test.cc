@@ -1,8 +1,10 @@
 // Multi-node pieces without any daemon: the leader's join rules (Membership), the token
-// comparison, the [cluster] config table and a spanning group's placement of ranks.
+// comparison, the cluster view on the wire, the [cluster] config table and a spanning group's
+// placement of ranks.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "daemon/cluster/cluster_proto.h"
 #include "daemon/cluster/membership.h"
 #include "daemon/cluster/token.h"
 #include "daemon/core/daemon_config.h"
@@ -65,6 +67,36 @@ TEST(MembershipTest, StoreSetsGetsAndRaises) {
   EXPECT_EQ(members.Max("gen", 0), 0);
   EXPECT_EQ(members.Max("gen", 3), 3);
   EXPECT_EQ(members.Max("gen", 1), 3);
+}
+
+TEST(ClusterViewProtoTest, EveryPerPeerCounterCrossesTheWire) {
+  ClusterView view;
+  view.nodes = 2;
+  view.ranks_per_node = 4;
+  ClusterMember peer;
+  peer.node_rank = 1;
+  peer.address = "10.0.0.2:7000";
+  peer.state = NodeState::kDown;
+  peer.joins = 3;
+  peer.last_seen_ms_ago = 1500;
+  peer.transport_failures = 2;
+  peer.bytes_sent = 123456789012;
+  peer.bytes_received = 987654321;
+  view.members = {ClusterMember{}, peer};
+  v1::ClusterView wire;
+  ToProto(view, &wire);
+  const ClusterView back = FromProto(wire);
+  ASSERT_EQ(back.members.size(), 2u);
+  const ClusterMember& got = back.members[1];
+  EXPECT_EQ(got.node_rank, 1);
+  EXPECT_EQ(got.address, "10.0.0.2:7000");
+  EXPECT_EQ(got.state, NodeState::kDown);
+  EXPECT_EQ(got.joins, 3u);
+  EXPECT_EQ(got.last_seen_ms_ago, 1500u);
+  EXPECT_EQ(got.transport_failures, 2u);
+  EXPECT_EQ(got.bytes_sent, 123456789012u);
+  EXPECT_EQ(got.bytes_received, 987654321u);
+  EXPECT_EQ(back.ranks_per_node, 4);
 }
 
 TEST(TokenTest, ComparesWholeTokens) {

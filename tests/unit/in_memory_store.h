@@ -28,6 +28,7 @@ class InMemoryStore : public ClusterStore {
     return members_.Max(key, value);
   }
   void ReportTransportFailure(int node) override { ++failures_[node]; }
+  void ReportTransportBytes(int /*node*/, uint64_t /*sent*/, uint64_t /*received*/) override {}
   int failures(int node) const { return failures_[node]; }
 
  private:

@@ -242,7 +242,11 @@ Status GlooRankLink::Exchange(const std::vector<std::span<const char>>& send,
   }
   std::vector<int> failed;
   for (int p = 0; p < world; ++p) {
-    if (!failures[p].empty()) failed.push_back(p);
+    if (!failures[p].empty()) {
+      failed.push_back(p);
+    } else if (p != rank_) {
+      cluster_.ReportTransportBytes(config_.NodeOf(p), send[p].size(), recv[p].size());
+    }
   }
   if (failed.empty()) return OkStatus();
 

@@ -311,6 +311,11 @@ StatusOr<int64_t> SpanComm::Exchange(int group_rank, cudaStream_t stream, const 
     in_flight_.push_back(std::move(item));
   }
   watch_cv_.notify_all();
+  for (int p = 0; p < c.world_size(); ++p) {
+    if (p == group_rank) continue;
+    options_.store->ReportTransportBytes(c.NodeOf(p), static_cast<uint64_t>(sizes.send[p]),
+                                         static_cast<uint64_t>(sizes.recv[p]));
+  }
   return generation;
 }
 
