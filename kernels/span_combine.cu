@@ -40,6 +40,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
     // High-throughput: return row i is packed row first_row[src] + i, so the message carries
     // as many rows as the dispatch's did.
     const int64_t slot = s.high_throughput ? entry[0] : t;
+    if (slot >= T) return;  // only a corrupt message gets here
     const int64_t row = s.high_throughput
                             ? static_cast<int64_t>(p.plan[SpanPlanFirstRowWord(L, R, src)]) + slot
                             : static_cast<int64_t>(src) * T + t;

@@ -206,6 +206,7 @@ __global__ void __launch_bounds__(kSpanThreads) SpanRowsKernel(SpanAssembleParam
   const SpanDispatchMessage& m = s.dispatch;
   // Message row entry[0]: t (low-latency) or the token's packed index (high-throughput).
   const int64_t slot = present ? entry[0] : t;
+  if (slot >= T) return;  // only a corrupt message gets here
   const char* row = message + m.rows_offset + slot * m.row_bytes;
   const char* row_scales = message + m.scales_offset + slot * m.scale_row_bytes;
   // The row's bytes (and fp8 scales) as received row `out_row`.
