@@ -49,7 +49,7 @@ Status ParseLimits(const TomlReader& reader, const toml::node& node, SessionLimi
     const auto* value = value_node.as_integer();
     if (value == nullptr) {
       return reader.Error(value_node, key,
-                          fmt::format("must be an integer, not {}", TypeName(value_node)));
+                          fmt::format("must be an integer, not {}", TomlTypeName(value_node)));
     }
     if (value->get() < 1) {
       return reader.Error(value_node, key, fmt::format("= {} must be >= 1", value->get()));
@@ -181,7 +181,7 @@ Status ValidateDaemonSettings(const DaemonConfig& config) {
     if (gpu < 0) return InvalidArgumentError("gpus lists {}, a negative GPU index", gpu);
     if (!seen.insert(gpu).second) return InvalidArgumentError("gpus lists GPU {} twice", gpu);
   }
-  if (!Contains(kLogLevels, config.log_level)) {
+  if (!IsOneOf(kLogLevels, config.log_level)) {
     return InvalidArgumentError("log_level = \"{}\" is not one of {}", config.log_level,
                                 JoinKeys(kLogLevels));
   }

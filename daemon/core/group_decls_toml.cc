@@ -135,7 +135,7 @@ Status ParseGroup(const TomlReader& reader, const toml::node& node, std::string_
     const auto* flag = spans->as_boolean();
     if (flag == nullptr) {
       return reader.Error(*spans, field("spans_nodes"),
-                          fmt::format("must be a boolean, not {}", TypeName(*spans)));
+                          fmt::format("must be a boolean, not {}", TomlTypeName(*spans)));
     }
     config.spans_nodes = flag->get();
   }

@@ -2,7 +2,7 @@
 
 namespace epd {
 
-std::string_view TypeName(const toml::node& node) {
+std::string_view TomlTypeName(const toml::node& node) {
   switch (node.type()) {
     case toml::node_type::table:
       return "table";

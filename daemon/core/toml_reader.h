@@ -30,12 +30,12 @@ std::string JoinKeys(const std::string_view (&keys)[N]) {
 }
 
 template <size_t N>
-bool Contains(const std::string_view (&keys)[N], std::string_view key) {
+bool IsOneOf(const std::string_view (&keys)[N], std::string_view key) {
   return std::find(std::begin(keys), std::end(keys), key) != std::end(keys);
 }
 
-// "integer", "table", ...: what a node holds, for error messages.
-std::string_view TypeName(const toml::node& node);
+// "integer", "table", ...: what a TOML node holds, for error messages.
+std::string_view TomlTypeName(const toml::node& node);
 
 // Reads typed values out of the toml tree; every error names the source, line and key path.
 class TomlReader {
@@ -58,7 +58,7 @@ class TomlReader {
   Status CheckKeys(const toml::table& table, std::string_view prefix,
                    const std::string_view (&known)[N]) const {
     for (const auto& [key, node] : table) {
-      if (!Contains(known, key.str())) {
+      if (!IsOneOf(known, key.str())) {
         return Error(node, fmt::format("{}{}", prefix, key.str()),
                      fmt::format("is not a known key (known: {})", JoinKeys(known)));
       }
@@ -68,14 +68,14 @@ class TomlReader {
 
   StatusOr<std::string> String(const toml::node& node, std::string_view key) const {
     if (const auto* value = node.as_string()) return value->get();
-    return Error(node, key, fmt::format("must be a string, not {}", TypeName(node)));
+    return Error(node, key, fmt::format("must be a string, not {}", TomlTypeName(node)));
   }
 
   StatusOr<int> Int(const toml::node& node, std::string_view key, int64_t min,
                     int64_t max = INT_MAX) const {
     const auto* value = node.as_integer();
     if (value == nullptr) {
-      return Error(node, key, fmt::format("must be an integer, not {}", TypeName(node)));
+      return Error(node, key, fmt::format("must be an integer, not {}", TomlTypeName(node)));
     }
     if (value->get() < min || value->get() > max) {
       return Error(node, key, fmt::format("= {} is outside [{}, {}]", value->get(), min, max));
@@ -87,7 +87,7 @@ class TomlReader {
                                              int64_t min) const {
     const auto* value = node.as_integer();
     if (value == nullptr) {
-      return Error(node, key, fmt::format("must be an integer, not {}", TypeName(node)));
+      return Error(node, key, fmt::format("must be an integer, not {}", TomlTypeName(node)));
     }
     if (value->get() < min || value->get() > kMaxTimeoutMs) {
       return Error(node, key,
@@ -100,7 +100,8 @@ class TomlReader {
                                       int64_t max = INT_MAX) const {
     const auto* array = node.as_array();
     if (array == nullptr) {
-      return Error(node, key, fmt::format("must be an array of integers, not {}", TypeName(node)));
+      return Error(node, key,
+                   fmt::format("must be an array of integers, not {}", TomlTypeName(node)));
     }
     std::vector<int> out;
     for (size_t i = 0; i < array->size(); ++i) {

@@ -1,6 +1,5 @@
-// The cpu backend's group and handle (cpu_backend_impl.h): a group's ranks meet in its
-// rendezvous (or, spanning daemons, through their gloo links), each on its own lane; a handle
-// holds its exported receive region and the routing the last UpdateHandle bound.
+// The cpu backend's group and handle (created in cpu_backend.cc, used by the op bodies of
+// cpu_ops.h on the ranks' lanes).
 #pragma once
 
 #include <atomic>
