@@ -86,6 +86,9 @@ struct Result {
   std::string timing;  // "gpu_events" or "host_clock"
   uint64_t handle_bytes = 0;  // per rank: the daemon's HandleInfo.held_bytes, else the layout's
   double selections_per_rank = 0;      // mean valid (token, expert) selections
+  // Spanning groups: group payload bytes a rank's daemon sent per layer and rank (cluster view;
+  // 0: not measured).
+  double wire_bytes = 0;
   std::map<std::string, OpSummary> ops;  // by OpName
   std::string check = "skipped";       // "passed", "skipped" or "failed: ..."
   std::string error;                   // non-empty when the mode failed for this case

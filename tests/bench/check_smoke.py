@@ -55,6 +55,8 @@ def main():
             assert r["case"]["algorithm"] == algorithm, (algorithm, r["case"])
     for r in results:
         assert r["error"] is None, r
+        if nodes > 1:  # the group payload the daemons exchanged, from their cluster views
+            assert r["wire_bytes_per_layer"] > 0, (r["mode"], r["wire_bytes_per_layer"])
         for op in ("update", "dispatch", "combine"):
             s = r["ops"][op]
             assert s["iterations"] >= 1 and s["median_us"] > 0, (r["mode"], op, s)

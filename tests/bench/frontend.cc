@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <future>
@@ -86,6 +87,16 @@ class Frontend {
   std::future<Status> Post(Op op, const Case& c, const Tensors& t, uint64_t handle_id,
                            const v1::OpOptions& op_options);
   void WriteSamples(const Case& c, const char* mode, const ModeSamples& samples);
+  // Spanning groups: the group payload bytes this rank's daemon has sent to every node
+  // (GetNodeInfo's cluster view), per rank of that daemon.
+  StatusOr<double> WireBytesSentPerRank();
+  // Reads the count before a mode (NaN when it cannot: the column stays empty); every frontend
+  // then waits for all, so that no op of the mode is counted before the reads. Nothing without
+  // spanning groups. An error only when the barrier failed.
+  StatusOr<double> WireMark();
+  // After a mode (every frontend past its last barrier): "wire <case> <mode> <bytes>", the
+  // bytes this rank sent per layer (update + dispatch + combine).
+  void WriteWire(const Case& c, const char* mode, double before);
 
   FrontendOptions options_;
   RunSettings settings_;
@@ -395,6 +406,29 @@ void Frontend::WriteSamples(const Case& c, const char* mode, const ModeSamples& 
   }
 }
 
+StatusOr<double> Frontend::WireBytesSentPerRank() {
+  EPD_ASSIGN_OR_RETURN(v1::NodeInfo node, client_->GetNodeInfo());
+  uint64_t sent = 0;
+  for (const v1::ClusterNode& member : node.cluster().members()) sent += member.bytes_sent();
+  return static_cast<double>(sent) / std::max(1, node.cluster().ranks_per_node());
+}
+
+StatusOr<double> Frontend::WireMark() {
+  if (!options_.spans_nodes) return 0.0;
+  StatusOr<double> before = WireBytesSentPerRank();
+  EPD_RETURN_IF_ERROR(Barrier(true).status());
+  return before.ok() ? *before : std::nan("");
+}
+
+void Frontend::WriteWire(const Case& c, const char* mode, double before) {
+  if (!options_.spans_nodes || std::isnan(before)) return;
+  StatusOr<double> after = WireBytesSentPerRank();
+  if (!after.ok()) return;  // the column stays empty
+  const int layers = settings_.warmup + settings_.iterations;
+  out << "wire " << c.index << " " << mode << " "
+      << fmt::format("{:.1f}", (*after - before) / std::max(1, layers)) << "\n";
+}
+
 Status Frontend::MeasureControl(uint64_t handle_id, const v1::TensorRef& empty_topk) {
   const int n = options_.control_iterations;
   std::vector<double> node_info, noop;
@@ -454,9 +488,12 @@ Status Frontend::RunCase(const Case& c, bool first) {
       ModeSamples samples;
       samples.per_rank[0].resize(1), samples.per_rank[1].resize(1), samples.per_rank[2].resize(1);
       std::string check = "skipped";
-      Status fenced = TimeFenced(c, t, handle_id, routing, samples, check);
+      StatusOr<double> wire = WireMark();
+      Status fenced =
+          wire.ok() ? TimeFenced(c, t, handle_id, routing, samples, check) : wire.status();
       if (fenced.ok()) {
         WriteSamples(c, kModeFenced, samples);
+        WriteWire(c, kModeFenced, *wire);
         out << "check " << c.index << " " << kModeFenced << " " << OneLine(check) << "\n";
       } else {
         fail_line(kModeFenced, fenced);
@@ -465,9 +502,11 @@ Status Frontend::RunCase(const Case& c, bool first) {
     if (options_.blocking) {
       ModeSamples samples;
       samples.per_rank[0].resize(1), samples.per_rank[1].resize(1), samples.per_rank[2].resize(1);
-      Status blocking = TimeBlocking(c, t, handle_id, samples);
+      StatusOr<double> wire = WireMark();
+      Status blocking = wire.ok() ? TimeBlocking(c, t, handle_id, samples) : wire.status();
       if (blocking.ok()) {
         WriteSamples(c, kModeBlocking, samples);
+        WriteWire(c, kModeBlocking, *wire);
       } else {
         fail_line(kModeBlocking, blocking);
       }

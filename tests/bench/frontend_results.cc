@@ -17,6 +17,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
     ModeSamples samples;
     std::vector<std::string> checks;
     std::string error;
+    std::vector<double> wire;  // bytes each reporting rank sent per layer (spanning groups)
     bool seen = false;
   };
   std::map<std::pair<int, std::string>, Entry> entries;
@@ -53,7 +54,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
         uint64_t bytes = 0;
         words >> index >> bytes;
         held[index] = std::max(held[index], bytes);
-      } else if (kind == "samples" || kind == "check" || kind == "error") {
+      } else if (kind == "samples" || kind == "check" || kind == "error" || kind == "wire") {
         int index = 0;
         std::string mode;
         words >> index >> mode;
@@ -70,6 +71,9 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
           }
         } else if (kind == "check") {
           entry.checks.push_back(fmt::format("rank {}: {}", rank, rest()));
+        } else if (kind == "wire") {
+          double bytes = 0;
+          if (words >> bytes) entry.wire.push_back(bytes);
         } else if (entry.error.empty()) {
           entry.error = fmt::format("rank {}: {}", rank, rest());
         }
@@ -100,6 +104,7 @@ StatusOr<FrontendResults> ReadFrontendResults(const std::vector<std::string>& pa
         moved.combine += rank_moved.combine / ranks;
       }
       result.selections_per_rank = selections / ranks;
+      for (double bytes : entry.wire) result.wire_bytes += bytes / entry.wire.size();
       result.error = entry.error;
       if (result.error.empty()) {
         const double bytes = LogicalBytes(c, result.selections_per_rank);

@@ -97,10 +97,11 @@ std::string ToJson(const RunInfo& info, const std::map<std::string, OpSummary>& 
   for (size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
     out += i ? ",\n    {" : "\n    {";
-    out += fmt::format("\"case\": {}, \"mode\": \"{}\", \"timing\": \"{}\", \"handle_bytes\": {}, "
-                       "\"selections_per_rank\": {}, \"ops\": {{",
-                       CaseJson(r.bench_case), JsonEscape(r.mode), JsonEscape(r.timing),
-                       r.handle_bytes, Number(r.selections_per_rank));
+    out += fmt::format(
+        "\"case\": {}, \"mode\": \"{}\", \"timing\": \"{}\", \"handle_bytes\": {}, "
+        "\"selections_per_rank\": {}, \"wire_bytes_per_layer\": {}, \"ops\": {{",
+        CaseJson(r.bench_case), JsonEscape(r.mode), JsonEscape(r.timing), r.handle_bytes,
+        Number(r.selections_per_rank), Number(r.wire_bytes));
     bool first_op = true;
     for (const auto& [op, summary] : r.ops) {
       out += fmt::format("{}\"{}\": {}", first_op ? "" : ", ", op, SummaryJson(summary));
@@ -185,6 +186,17 @@ std::string ToMarkdown(const RunInfo& info, const std::map<std::string, OpSummar
            "combine speed-up vs NCCL | inproc GB/s as % of NVLink 450 (dispatch / combine) "
            "|\n|---|---|---|---|---|---|---|---|\n";
     out += derived;
+  }
+  std::string wire;
+  for (const Result& r : results) {
+    if (!r.error.empty() || r.wire_bytes <= 0) continue;
+    wire += fmt::format("| {} | {} | {:.3f} |\n", r.bench_case.Label(), r.mode, r.wire_bytes / 1e6);
+  }
+  if (!wire.empty()) {
+    out +=
+        "\n| case | mode | MB a rank's daemon sent per layer and rank (group payload, all "
+        "nodes) |\n|---|---|---|\n";
+    out += wire;
   }
   if (!control.empty()) {
     out += "\n| control round trip | median us | p99 us | iterations |\n|---|---|---|---|\n";
