@@ -26,8 +26,9 @@
 //  - Groups and handles must be destroyed before the backend.
 // High-throughput groups run kernels/ht_dispatch.cuh and the combine kernel on their packed
 // rows, on at most sm_budget blocks; on either data path (ExportDataPlane exports their plan).
-// Groups that span daemons (both algorithms, token-dtype or fp8 dispatch) exchange fixed-size
-// messages through NCCL (cuda_span_ops.cc, span_comm.h).
+// Groups that span daemons (both algorithms, token-dtype or fp8 dispatch) exchange messages
+// through NCCL (cuda_span_ops.cc, span_comm.h): whole ones (low-latency), or counts first and
+// then only the rows routed (high-throughput, finished by EnqueueDeferred).
 // Not yet: replaying the collectives from a CUDA graph (each launch carries its op sequence
 // number).
 #pragma once
