@@ -23,12 +23,16 @@ Status CheckRows(const CpuHandle& me, const TensorView& t, std::string_view op,
   return OkStatus();
 }
 
+// What a collective fails with when its rank's last UpdateHandle failed on the stream.
+Status RoutingFailure(const CpuHandle& me) {
+  if (me.routing_status().ok()) return OkStatus();
+  return FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
+}
+
 // A collective on routing whose binding failed on the stream: the peers fail at once too.
 Status AbandonIfRoutingFailed(CpuHandle& me, uint64_t seq, CollectiveKind kind) {
-  if (me.routing_status().ok()) return OkStatus();
-  Status failed =
-      FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
-  me.group().rendezvous().Abandon(me.group_rank(), seq, kind, failed);
+  Status failed = RoutingFailure(me);
+  if (!failed.ok()) me.group().rendezvous().Abandon(me.group_rank(), seq, kind, failed);
   return failed;
 }
 
@@ -63,9 +67,8 @@ Status CheckDispatchInput(const CpuHandle& me, const DispatchArgs& args) {
   if (args.x_scales.data == nullptr) return CheckTokenRows(me, args.x, "dispatch", "x");
   if (!c.fp8_dispatch()) {
     return InvalidArgumentError(
-        "dispatch of group '{}': x_scales is set, but the group "
-        "dispatches {}",
-        c.name, DTypeName(c.dtype));
+        "dispatch of group '{}': x_scales is set, but the group dispatches {}", c.name,
+        DTypeName(c.dtype));
   }
   EPD_RETURN_IF_ERROR(CheckRows(me, args.x, "dispatch", "x", DType::kFp8E4m3, c.hidden));
   return CheckRows(me, args.x_scales, "dispatch", "x_scales", c.scale_dtype(), c.scale_blocks());
@@ -125,10 +128,7 @@ Status RunDispatch(CpuHandle& me, uint64_t seq, const RankPart& mine,
 
 Status RunSpanningDispatch(CpuHandle& me, const void* x, const void* x_scales, Status abandon,
                            std::chrono::milliseconds timeout) {
-  if (abandon.ok() && !me.routing_status().ok()) {
-    abandon =
-        FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
-  }
+  if (abandon.ok()) abandon = RoutingFailure(me);
   reference::SourceRank mine = me.Source(x);
   mine.x_scales = x_scales;
   Status status =
@@ -141,10 +141,7 @@ Status RunSpanningDispatch(CpuHandle& me, const void* x, const void* x_scales, S
 
 Status RunSpanningCombine(CpuHandle& me, const void* expert_out, void* out, Status abandon,
                           std::chrono::milliseconds timeout) {
-  if (abandon.ok() && !me.routing_status().ok()) {
-    abandon =
-        FailedPreconditionError("the last UpdateHandle failed: {}", me.routing_status().message());
-  }
+  if (abandon.ok()) abandon = RoutingFailure(me);
   Status status = spanning::Combine(me.group().link(me.group_rank()), me.config(), me.group_rank(),
                                     me.Source(nullptr), abandon, me.slots(), me.return_rows(),
                                     expert_out, out, timeout);
