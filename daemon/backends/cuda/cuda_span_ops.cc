@@ -114,9 +114,9 @@ StatusOr<int64_t> PackAndExchange(CudaHandle& me, const kernels::SpanShape& shap
   pack.abandoned = abandoned ? 1 : 0;
   OpLane& lane = *me.lane_;
   EPD_CUDA_CHECK(kernels::LaunchSpanPack(pack, lane.stream()));
-  const int R = shape.world_size;
-  ExchangeSizes sizes = UniformSizes(R, shape.dispatch.bytes);
-  if (shape.high_throughput) sizes = UniformSizes(R, shape.dispatch.entries_offset);
+  ExchangeSizes sizes =
+      UniformSizes(shape.world_size,
+                   shape.high_throughput ? shape.dispatch.entries_offset : shape.dispatch.bytes);
   sizes.stride = shape.dispatch.bytes;
   EPD_ASSIGN_OR_RETURN(
       const int64_t generation,
