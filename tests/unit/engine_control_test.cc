@@ -310,8 +310,29 @@ TEST(EngineFenceSignalTest, SignalsGoWithTheOpOnlyToBackendsThatFoldThem) {
   }
 }
 
+// The backend calls a test interposes on, in the order they came (any thread).
+class CallLog {
+ public:
+  void Record(const char* call) {
+    std::lock_guard lock(mutex_);
+    calls_.push_back(call);
+  }
+  std::vector<std::string> TakeCalls() {
+    std::lock_guard lock(mutex_);
+    return std::exchange(calls_, {});
+  }
+  size_t CallCount() {
+    std::lock_guard lock(mutex_);
+    return calls_.size();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::string> calls_;
+};
+
 // Records the order of PrepareCollective and WaitFence; PrepareCollective fails while `fail`.
-class PreparingBackend : public testing::ForwardingBackend {
+class PreparingBackend : public testing::ForwardingBackend, public CallLog {
  public:
   using ForwardingBackend::ForwardingBackend;
   Status PrepareCollective(BackendHandle& h) override {
@@ -323,19 +344,7 @@ class PreparingBackend : public testing::ForwardingBackend {
     Record("wait");
     return ForwardingBackend::WaitFence(h, f, v);
   }
-  std::vector<std::string> TakeCalls() {
-    std::lock_guard lock(mutex_);
-    return std::exchange(calls_, {});
-  }
   std::atomic<bool> fail{false};
-
- private:
-  void Record(const char* call) {
-    std::lock_guard lock(mutex_);
-    calls_.push_back(call);
-  }
-  std::mutex mutex_;
-  std::vector<std::string> calls_;
 };
 
 // A collective is prepared before its stream waits on its fence (the cuda backend forms a
@@ -383,7 +392,7 @@ TEST(EngineCollectiveTest, PreparedBeforeTheFenceWaitAndAFailedPreparationFailsO
 // Records the order of Dispatch, Combine and the deferred part; the deferred part waits for
 // `release` (as the cuda backend's waits for counts behind the op's fence) and fails while
 // `fail`.
-class DeferringBackend : public testing::ForwardingBackend {
+class DeferringBackend : public testing::ForwardingBackend, public CallLog {
  public:
   using ForwardingBackend::ForwardingBackend;
   Status Dispatch(BackendHandle& h, const DispatchArgs& a) override {
@@ -406,25 +415,11 @@ class DeferringBackend : public testing::ForwardingBackend {
     if (fail) return UnavailableError("the counts never came");
     return ForwardingBackend::EnqueueDeferred(h);
   }
-  std::vector<std::string> TakeCalls() {
-    std::lock_guard lock(mutex_);
-    return std::exchange(calls_, {});
-  }
-  size_t CallCount() {
-    std::lock_guard lock(mutex_);
-    return calls_.size();
-  }
   std::shared_future<void> release;
   std::atomic<bool> fail{false};
 
  private:
-  void Record(const char* call) {
-    std::lock_guard lock(mutex_);
-    calls_.push_back(call);
-  }
   bool deferred_pending_ = false;  // the rank worker only
-  std::mutex mutex_;
-  std::vector<std::string> calls_;
 };
 
 // The deferred part of an op runs after the op was answered (a frontend may signal the op's
