@@ -1,5 +1,7 @@
 #include "common/grpc_status.h"
 
+#include <fmt/format.h>
+
 namespace epd {
 namespace {
 
@@ -26,9 +28,18 @@ static_assert(SameCode(StatusCode::kUnauthenticated, grpc::UNAUTHENTICATED));
 
 }  // namespace
 
+std::string AnswerMessage(std::string_view message) {
+  if (message.size() <= kMaxAnswerMessageBytes) return std::string(message);
+  // Room for the note: " ... (<20 digits> more bytes)".
+  size_t head = kMaxAnswerMessageBytes - 40;
+  while (head > 0 && (static_cast<unsigned char>(message[head]) & 0xC0) == 0x80) --head;
+  return fmt::format("{} ... ({} more bytes)", message.substr(0, head), message.size() - head);
+}
+
 grpc::Status ToGrpcStatus(const Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      AnswerMessage(status.message()));
 }
 
 Status FromGrpcStatus(const grpc::Status& status) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "common/grpc_status.h"
 #include "common/session_secret.h"
 #include "daemon/core/log.h"
 #include "daemon/service/convert.h"
@@ -216,7 +217,7 @@ void SessionStream::Answer(uint64_t sequence, const Status& status,
     slot.ready = true;
     slot.response.set_request_id(slot.request_id);
     slot.response.set_code(static_cast<int>(status.code()));
-    slot.response.set_message(status.message());
+    slot.response.set_message(AnswerMessage(status.message()));
     if (opened != nullptr) *slot.response.mutable_opened() = *opened;
     actions = FlushLocked();
   }

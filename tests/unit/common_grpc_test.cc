@@ -1,5 +1,6 @@
 // The wire-side pieces of epd_common_grpc that daemon and client share: status codes and
 // proto dtypes.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "common/grpc_status.h"
@@ -19,6 +20,26 @@ TEST(GrpcStatusTest, CodesAndMessagesMapOneToOne) {
       EXPECT_EQ(back.message(), "why");
     }
   }
+}
+
+TEST(GrpcStatusTest, LongMessagesTravelBoundedAndCutBetweenCharacters) {
+  const std::string fits(kMaxAnswerMessageBytes, 'a');
+  EXPECT_EQ(ToGrpcStatus(InvalidArgumentError("{}", fits)).error_message(), fits);
+  // A client's 100 kB name quoted back: the head, then how much was left out.
+  const std::string quoted = "group '" + std::string(100'000, 'l') + "' does not exist";
+  const std::string sent = ToGrpcStatus(NotFoundError("{}", quoted)).error_message();
+  EXPECT_LE(sent.size(), kMaxAnswerMessageBytes);
+  EXPECT_EQ(sent.rfind("group 'lll", 0), 0u) << sent;
+  EXPECT_NE(sent.find(" ... ("), std::string::npos) << sent;
+  EXPECT_NE(sent.find(" more bytes)"), std::string::npos) << sent;
+  // Two-byte characters: the cut never leaves half of one.
+  std::string wide;
+  while (wide.size() < 2 * kMaxAnswerMessageBytes) wide += "\xc3\xbc";
+  const std::string cut = AnswerMessage(wide);
+  const size_t head = cut.find(" ... (");
+  ASSERT_NE(head, std::string::npos);
+  EXPECT_EQ(head % 2, 0u) << "a character split at byte " << head;
+  EXPECT_EQ(cut.substr(head), fmt::format(" ... ({} more bytes)", wide.size() - head));
 }
 
 TEST(ProtoDTypeTest, EveryDTypeRoundTripsWithItsSize) {
