@@ -31,7 +31,17 @@ StatusOr<GroupConfig> Engine::Impl::CreateGroup(std::optional<SessionId> owner,
   // Creations run one at a time on the control worker: a concurrent create of the same name
   // finds the group built by the first and shares it.
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Group> existing, groups_->FindSameShape(config));
-  if (existing != nullptr) return existing->config;
+  if (existing != nullptr) {
+    // NOTE: answering OK would promise what cannot hold: the group still ends with its owner.
+    if (persistent && !existing->persistent) {
+      return FailedPreconditionError(
+          "persistent = true, but group '{}' exists owned by a session (not persistent) and ends "
+          "with it; create the persistent group before any session creates it, or under another "
+          "name",
+          config.name);
+    }
+    return existing->config;
+  }
   const GroupRegistry::Counts held = groups_->CountFor(owner);
   if (persistent) {
     EPD_RETURN_IF_ERROR(CheckLimit(held.persistent, 1, options_.limits.persistent_groups,

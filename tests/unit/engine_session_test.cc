@@ -1,5 +1,7 @@
 // The engine's control plane over the cpu backend: sessions and the scoping of their ids,
 // cleanup on close, persistent handles, groups, idle expiry and shutdown.
+#include <gmock/gmock.h>
+
 #include "tests/unit/engine_fixture.h"
 #include "tests/unit/forwarding_backend.h"
 
@@ -131,6 +133,25 @@ TEST_F(EngineTest, GroupsAreIdempotentByShapeAndDieWithTheirSession) {
   EXPECT_EQ(engine_->ListGroups().size(), 2u);
   frontends_[0].reset();
   EXPECT_EQ(engine_->ListGroups().size(), 1u);
+}
+
+TEST_F(EngineTest, ASessionGroupIsNotAnsweredAsPersistent) {
+  const GroupConfig shared = Config("shared");
+  ASSERT_TRUE(engine_->CreateGroup(frontends_[0]->session, shared, false).ok());
+  const Status persistent = engine_->CreateGroup(frontends_[1]->session, shared, true);
+  EXPECT_EQ(persistent.code(), StatusCode::kFailedPrecondition) << persistent.ToString();
+  EXPECT_NE(persistent.message().find("persistent = true"), std::string::npos);
+  EXPECT_NE(persistent.message().find("'shared'"), std::string::npos);
+  // The other way round is sharing: a session group may join a persistent one.
+  const GroupConfig kept = Config("kept");
+  ASSERT_TRUE(engine_->CreateGroup(frontends_[0]->session, kept, true).ok());
+  EXPECT_TRUE(engine_->CreateGroup(frontends_[1]->session, kept, false).ok());
+  EXPECT_TRUE(engine_->CreateGroup(frontends_[1]->session, kept, true).ok());
+  frontends_[0].reset();
+  std::vector<std::string> names;
+  for (const GroupSummary& group : engine_->ListGroups()) names.push_back(group.config.name);
+  EXPECT_THAT(names, ::testing::Contains("kept"));
+  EXPECT_THAT(names, ::testing::Not(::testing::Contains("shared")));
 }
 
 TEST_F(EngineTest, DestroyingAPersistentHandleReleasesItsGroup) {
