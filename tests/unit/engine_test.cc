@@ -351,6 +351,59 @@ TEST_F(EngineTest, ARankWhoseRoutingFailedReleasesItsWaitingPeerAtOnce) {
   ExpectWeightedSums(2);
 }
 
+// A rank whose last dispatch failed refuses its combine and its peer's dispatch fails with that
+// reason; when the ranks then keep swapping roles, each failure names the one before. The
+// reasons must not nest without end: a frontend looping on such errors for hours would
+// otherwise get (and the daemon keep) megabytes per answer.
+TEST_F(EngineTest, ReasonsThatNameEarlierFailuresStayBounded) {
+  FillInputs(2);
+  RunLayer(2);
+  OpOptions blocking;
+  blocking.blocking = true;
+  auto run = [&](int r, CollectiveKind kind) {
+    Waiter w;
+    const Status posted =
+        kind == CollectiveKind::kDispatch
+            ? engine_->SubmitDispatch(frontends_[r]->session, frontends_[r]->Dispatch(2), blocking,
+                                      w.Done())
+            : engine_->SubmitCombine(frontends_[r]->session, frontends_[r]->Combine(2), blocking,
+                                     w.Done());
+    EXPECT_TRUE(posted.ok()) << posted.ToString();
+    return w.Get();
+  };
+  // Op 1: a dispatch meets a combine, so rank 0's last dispatch failed.
+  Waiter peer;
+  ASSERT_TRUE(
+      engine_
+          ->SubmitCombine(frontends_[1]->session, frontends_[1]->Combine(2), blocking, peer.Done())
+          .ok());
+  EXPECT_FALSE(run(0, CollectiveKind::kDispatch).ok());
+  EXPECT_FALSE(peer.Get().ok());
+  // Then, op after op, the rank whose dispatch failed combines first (refused, the op
+  // abandoned with that reason) and its peer's dispatch fails with it.
+  size_t longest = 0;
+  std::string last;
+  int first = 0;
+  for (int op = 0; op < 60; ++op) {
+    const Status refused = run(first, CollectiveKind::kCombine);
+    EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused.ToString();
+    const Status failed = run(1 - first, CollectiveKind::kDispatch);
+    ASSERT_EQ(failed.code(), StatusCode::kFailedPrecondition)
+        << "op " << op << ": " << failed.ToString();
+    for (const Status* s : {&refused, &failed}) {
+      longest = std::max(longest, s->message().size());
+    }
+    last = failed.message();
+    first = 1 - first;
+  }
+  EXPECT_LT(longest, 1024u) << last;
+  // The first cause is still named.
+  EXPECT_NE(last.find("ranks posted different ops"), std::string::npos) << last;
+  FillInputs(2);
+  RunLayer(2);
+  ExpectWeightedSums(2);
+}
+
 TEST_F(EngineTest, CombineNeedsASuccessfulDispatchSinceTheLastUpdate) {
   FillInputs(4);
   RunLayer(4);
