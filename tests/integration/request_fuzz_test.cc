@@ -1,0 +1,429 @@
+// Randomised bad input against the real daemon (cpu backend). Two fuzzing frontends (one per
+// rank of their own group) send requests built from what a working frontend sends, each with
+// one field changed at random (proto_mutator.h), while a third pair of frontends runs layers
+// of another group checked bit for bit. Every answer must come within a bound with a canonical
+// code other than INTERNAL / UNKNOWN / UNIMPLEMENTED / DATA_LOSS and, when it is an error, a
+// message; the other group keeps serving throughout; once the fuzzing sessions are gone, the
+// daemon holds no more memory, file descriptors or shared-memory objects than before.
+// Seeds are fixed, so a failure names the request that caused it (its change and its answer);
+// the interleaving of the two fuzzing threads is not.
+#include <dirent.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <type_traits>
+
+#include "tests/integration/client_test_support.h"
+#include "tests/integration/proto_mutator.h"
+
+namespace epd::testing {
+namespace {
+
+using example::Problem;
+using SteadyClock = std::chrono::steady_clock;
+
+constexpr int kRounds = 4;
+constexpr int kRequestsPerRound = 150;  // per fuzzing rank
+constexpr int kOpTimeoutMs = 1000;
+// No answer within this is a hang: every wait of the daemon is bounded by the op timeout.
+constexpr auto kAnswerBound = std::chrono::seconds(10);
+
+// What one changed request got.
+struct Outcome {
+  std::string request;  // "<rpc> rank <r>: <change>"
+  StatusCode code;
+  std::string message;
+  std::chrono::milliseconds took;
+  Mutation change;
+};
+
+// Whether `message` names a field on the changed path or quotes the value it was set to.
+bool NamesTheChange(const std::string& message, const Mutation& change) {
+  std::string path = change.path;
+  for (size_t open = path.find('['); open != std::string::npos; open = path.find('[')) {
+    path.erase(open, path.find(']', open) - open + 1);
+  }
+  for (size_t begin = 0; begin <= path.size();) {
+    const size_t end = std::min(path.find('.', begin), path.size());
+    if (end > begin && message.find(path.substr(begin, end - begin)) != std::string::npos) {
+      return true;
+    }
+    begin = end + 1;
+  }
+  const std::string quoted = change.value.empty() ? "''" : change.value.substr(0, 20);
+  return message.find(quoted) != std::string::npos;
+}
+
+bool IsCanonicalError(StatusCode code) {
+  switch (code) {
+    case StatusCode::kInternal:
+    case StatusCode::kUnknown:
+    case StatusCode::kUnimplemented:
+    case StatusCode::kDataLoss:
+      return false;
+    default:
+      return true;
+  }
+}
+
+int CountEntries(const std::string& dir, std::string_view prefix) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  int count = 0;
+  while (dirent* entry = readdir(d)) {
+    if (std::string_view(entry->d_name).substr(0, prefix.size()) == prefix) ++count;
+  }
+  closedir(d);
+  return count;
+}
+
+int OpenFds(pid_t pid) { return CountEntries(fmt::format("/proc/{}/fd", pid), "") - 2; }
+int EpdShmObjects() { return CountEntries("/dev/shm", "epd"); }
+
+// Polls `value` until it is at most `bound` (10 s); returns the last value.
+int WaitAtMost(const std::function<int()>& value, int bound) {
+  int got = value();
+  for (int i = 0; i < 1000 && got > bound; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    got = value();
+  }
+  return got;
+}
+
+class RequestFuzzTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto daemon = DaemonProcess::Start({"--op-timeout-ms", std::to_string(kOpTimeoutMs)}, 2);
+    ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+    daemon_ = std::move(daemon).value();
+    problem_.ranks = 2;
+    problem_.experts = 4;
+    problem_.hidden = 64;
+    problem_.max_tokens = 16;
+    problem_.top_k = 2;
+    problem_.dtype = v1::DTYPE_BF16;
+  }
+
+  StatusOr<std::vector<RankClient>> MakeWorld(const std::string& group) {
+    example::RankRunnerOptions options;
+    options.group = group;
+    return MakeRanks(daemon_->address(), problem_, options);
+  }
+
+  // One changed request of a random kind from fuzzing rank `rank` of `world`.
+  // `bound`: the tokens rank's last successful UpdateHandle bound (its ops' shapes follow).
+  Outcome SendOne(std::vector<RankClient>& world, int rank, const std::string& group, int& bound,
+                  std::mt19937_64& rng);
+
+  // Records what a successful changed request of `rank` left that outlives its session.
+  void NoteSurvivors(int rank, const google::protobuf::Message& request);
+
+  std::unique_ptr<DaemonProcess> daemon_;
+  Problem problem_;
+  std::mutex survivors_mu_;
+  // Guarded by survivors_mu_; a set: both ranks may create the same persistent group.
+  std::set<std::string> persistent_groups_;
+  std::vector<std::pair<int, std::string>> persistent_handles_;   // (rank, name)
+  std::vector<std::pair<uint64_t, std::string>> unary_sessions_;  // (id, secret)
+};
+
+template <typename Request, typename Response>
+Outcome Call(v1::Epd::Stub& stub,
+             grpc::Status (v1::Epd::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+             const Request& request, const std::string& secret, Response* response) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kAnswerBound);
+  context.AddMetadata(std::string(kSessionSecretHeader), secret);
+  const auto start = SteadyClock::now();
+  const Status status = FromGrpcStatus((stub.*method)(&context, request, response));
+  return {"", status.code(), std::string(status.message()),
+          std::chrono::duration_cast<std::chrono::milliseconds>(SteadyClock::now() - start)};
+}
+
+Outcome RequestFuzzTest::SendOne(std::vector<RankClient>& world, int rank, const std::string& group,
+                                 int& bound, std::mt19937_64& rng) {
+  example::RankRunner& runner = *world[rank].runner;
+  v1::Epd::Stub& stub = world[rank].client->stub();
+  const uint64_t session = runner.session().id();
+  const std::string& secret = runner.session().secret();
+  const int n = std::uniform_int_distribution<int>(0, problem_.max_tokens)(rng);
+  // Builds the request, changes one field, sends it and names it in the outcome.
+  auto fuzz = [&](const char* rpc, auto method, auto request, auto response) {
+    const Mutation change = MutateOneField(request, rng);
+    Outcome outcome = Call(stub, method, request, secret, &response);
+    outcome.request = fmt::format("{} rank {}: {}", rpc, rank, change.description);
+    outcome.change = change;
+    if (outcome.code == StatusCode::kOk) {
+      NoteSurvivors(rank, request);
+    }
+    // The token count an update binds is taken when the daemon accepts it; a routing that then
+    // fails its check (answered naming topk_idx[t, k]) is bound all the same, and the next
+    // dispatch fails saying so.
+    if constexpr (std::is_same_v<decltype(request), v1::UpdateHandleRequest>) {
+      const bool bound_anyway =
+          outcome.code == StatusCode::kOk || outcome.message.rfind("topk_idx[", 0) == 0;
+      if (bound_anyway && request.topk_idx().shape_size() > 0) {
+        bound = static_cast<int>(request.topk_idx().shape(0));
+      }
+    }
+    return outcome;
+  };
+  switch (std::uniform_int_distribution<int>(0, 17)(rng)) {
+    case 0:
+    case 1: {  // the data-plane ops come up most often
+      v1::UpdateHandleRequest r;
+      r.set_session_id(session);
+      r.set_handle_id(runner.handle_id());
+      *r.mutable_topk_idx() = runner.topk_ref(n);
+      *r.mutable_topk_weights() = runner.weights_ref(n);
+      *r.mutable_options() = BlockingOptions();
+      return fuzz("UpdateHandle", &v1::Epd::Stub::UpdateHandle, r, v1::OpResponse());
+    }
+    case 2:
+    case 3: {
+      v1::DispatchRequest r = runner.DispatchRequestFor(bound, BlockingOptions());
+      r.set_session_id(session);
+      return fuzz("Dispatch", &v1::Epd::Stub::Dispatch, r, v1::OpResponse());
+    }
+    case 4:
+    case 5: {
+      v1::CombineRequest r;
+      r.set_session_id(session);
+      r.set_handle_id(runner.handle_id());
+      *r.mutable_out() = runner.out_ref(bound);
+      *r.mutable_options() = BlockingOptions();
+      return fuzz("Combine", &v1::Epd::Stub::Combine, r, v1::OpResponse());
+    }
+    case 6: {
+      v1::RegisterBufferRequest r;
+      r.set_session_id(session);
+      *r.mutable_source() = runner.buffer().Source();
+      return fuzz("RegisterBuffer", &v1::Epd::Stub::RegisterBuffer, r,
+                  v1::RegisterBufferResponse());
+    }
+    case 7: {
+      v1::ReleaseBufferRequest r;
+      r.set_session_id(session);
+      r.set_buffer_id(runner.buffer_id());
+      return fuzz("ReleaseBuffer", &v1::Epd::Stub::ReleaseBuffer, r, v1::ReleaseBufferResponse());
+    }
+    case 8: {
+      v1::CreateFenceRequest r;
+      r.set_session_id(session);
+      return fuzz("CreateFence", &v1::Epd::Stub::CreateFence, r, v1::CreateFenceResponse());
+    }
+    case 9: {
+      v1::DestroyFenceRequest r;
+      r.set_session_id(session);
+      r.set_fence_id(1);
+      return fuzz("DestroyFence", &v1::Epd::Stub::DestroyFence, r, v1::DestroyFenceResponse());
+    }
+    case 10: {
+      v1::CreateGroupRequest r;
+      r.set_session_id(session);
+      *r.mutable_config() = problem_.Config(group + "-more");
+      return fuzz("CreateGroup", &v1::Epd::Stub::CreateGroup, r, v1::CreateGroupResponse());
+    }
+    case 11: {
+      v1::DestroyGroupRequest r;
+      r.set_session_id(session);
+      r.set_name(group);
+      return fuzz("DestroyGroup", &v1::Epd::Stub::DestroyGroup, r, v1::DestroyGroupResponse());
+    }
+    case 12: {
+      v1::CreateHandleRequest r;
+      r.set_session_id(session);
+      r.set_group(group);
+      return fuzz("CreateHandle", &v1::Epd::Stub::CreateHandle, r, v1::HandleInfo());
+    }
+    case 13: {
+      v1::AttachHandleRequest r;
+      r.set_session_id(session);
+      r.set_name(group + "-handle");
+      return fuzz("AttachHandle", &v1::Epd::Stub::AttachHandle, r, v1::HandleInfo());
+    }
+    case 14: {
+      v1::DestroyHandleRequest r;
+      r.set_session_id(session);
+      r.set_handle_id(runner.handle_id());
+      return fuzz("DestroyHandle", &v1::Epd::Stub::DestroyHandle, r, v1::DestroyHandleResponse());
+    }
+    case 15: {
+      v1::AttachDataPlaneRequest r;
+      r.set_session_id(session);
+      r.set_handle_id(runner.handle_id());
+      return fuzz("AttachDataPlane", &v1::Epd::Stub::AttachDataPlane, r, v1::DataPlaneInfo());
+    }
+    case 16: {
+      v1::OpenSessionRequest r;
+      r.set_rank(rank);
+      r.set_client_name("fuzz");
+      v1::OpenSessionResponse opened;
+      const Mutation change = MutateOneField(r, rng);
+      Outcome outcome = Call(stub, &v1::Epd::Stub::OpenSession, r, secret, &opened);
+      outcome.request = fmt::format("OpenSession rank {}: {}", rank, change.description);
+      outcome.change = change;
+      if (outcome.code == StatusCode::kOk) {
+        std::lock_guard lock(survivors_mu_);
+        unary_sessions_.emplace_back(opened.session_id(), opened.session_secret());
+      }
+      return outcome;
+    }
+    default: {
+      v1::ListGroupsRequest r;
+      r.set_page_token("");
+      return fuzz("ListGroups", &v1::Epd::Stub::ListGroups, r, v1::ListGroupsResponse());
+    }
+  }
+}
+
+void RequestFuzzTest::NoteSurvivors(int rank, const google::protobuf::Message& request) {
+  std::lock_guard lock(survivors_mu_);
+  if (const auto* group = dynamic_cast<const v1::CreateGroupRequest*>(&request)) {
+    if (group->persistent()) persistent_groups_.insert(group->config().name());
+  }
+  if (const auto* handle = dynamic_cast<const v1::CreateHandleRequest*>(&request)) {
+    if (handle->persistent()) persistent_handles_.emplace_back(rank, handle->name());
+  }
+}
+
+TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
+  auto good = MakeWorld(UniqueName("good"));
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  ASSERT_EPD_OK(RunGoodLayer(*good, 0));
+  auto stats_client = ConnectOrDie(daemon_->address());
+  auto baseline = stats_client->GetStats();
+  ASSERT_TRUE(baseline.ok()) << baseline.status().ToString();
+  const int baseline_fds = OpenFds(daemon_->pid());
+  const int baseline_shm = EpdShmObjects();
+
+  std::vector<std::string> failures;
+  std::map<StatusCode, int> codes;
+  // Every request and its answer, for a reader of a failure: EPD_FUZZ_LOG=<file>.
+  std::ofstream log;
+  if (const char* path = std::getenv("EPD_FUZZ_LOG")) log.open(path);
+  int good_layers = 1;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string group = UniqueName("fuzz");
+    auto world = MakeWorld(group);
+    ASSERT_TRUE(world.ok()) << world.status().ToString();
+    ASSERT_EPD_OK(RunGoodLayer(*world, 0));  // bound routing: the ops below reach the data path
+
+    std::vector<std::vector<Outcome>> outcomes(2);
+    std::vector<std::thread> fuzzers;
+    for (int rank = 0; rank < 2; ++rank) {
+      fuzzers.emplace_back([&, rank] {
+        std::mt19937_64 rng(1000 * round + rank);
+        int bound = example::TokensFor(problem_, rank, 0);  // the layer above
+        for (int i = 0; i < kRequestsPerRound; ++i) {
+          outcomes[rank].push_back(SendOne(*world, rank, group, bound, rng));
+        }
+      });
+    }
+    // The other group keeps serving while the fuzzing runs.
+    std::atomic<bool> fuzzing{true};
+    std::thread checker([&] {
+      while (fuzzing.load()) {
+        const Status layer = RunGoodLayer(*good, good_layers++);
+        if (!layer.ok()) {
+          failures.push_back(
+              fmt::format("round {}: the other group's layer failed: {}", round, layer.ToString()));
+          return;
+        }
+        // Leaves a core to the daemon on a 2-core machine.
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    });
+    for (std::thread& t : fuzzers) t.join();
+    fuzzing.store(false);
+    checker.join();
+
+    for (const auto& rank_outcomes : outcomes) {
+      for (const Outcome& o : rank_outcomes) {
+        ++codes[o.code];
+        if (log.is_open()) {
+          log << o.request << " -> " << StatusCodeName(o.code) << " " << o.took.count()
+              << " ms: " << o.message << "\n";
+        }
+        if (!IsCanonicalError(o.code)) {
+          failures.push_back(
+              fmt::format("{} -> {}: {}", o.request, StatusCodeName(o.code), o.message));
+        } else if (o.took >= kAnswerBound - std::chrono::milliseconds(500)) {
+          failures.push_back(fmt::format("{} -> no answer within {} s ({}: {})", o.request,
+                                         kAnswerBound.count(), StatusCodeName(o.code), o.message));
+        } else if (o.code != StatusCode::kOk && o.message.empty()) {
+          failures.push_back(
+              fmt::format("{} -> {} without a message", o.request, StatusCodeName(o.code)));
+        } else if ((o.code == StatusCode::kInvalidArgument || o.code == StatusCode::kNotFound) &&
+                   !NamesTheChange(o.message, o.change)) {
+          failures.push_back(fmt::format("{} -> {}, naming neither the field nor the value: {}",
+                                         o.request, StatusCodeName(o.code), o.message));
+        } else if (o.message.size() > kMaxAnswerMessageBytes) {
+          failures.push_back(
+              fmt::format("{} -> a message of {} bytes", o.request, o.message.size()));
+        }
+      }
+    }
+    world->clear();  // the fuzzing sessions end
+  }
+
+  // What outlives a session goes explicitly; then the daemon holds what it held before.
+  {
+    auto cleanup = ConnectOrDie(daemon_->address());
+    for (const auto& [id, secret] : unary_sessions_) {
+      v1::CloseSessionRequest close;
+      close.set_session_id(id);
+      v1::CloseSessionResponse closed;
+      Call(cleanup->stub(), &v1::Epd::Stub::CloseSession, close, secret, &closed);
+    }
+    for (int rank = 0; rank < 2; ++rank) {
+      auto session = cleanup->OpenSession(rank, "fuzz-cleanup");
+      ASSERT_TRUE(session.ok()) << session.status().ToString();
+      for (const auto& [handle_rank, name] : persistent_handles_) {
+        if (handle_rank != rank) continue;
+        auto attached = (*session)->AttachHandle(name);
+        ASSERT_TRUE(attached.ok()) << name << ": " << attached.status().ToString();
+        ASSERT_EPD_OK((*session)->DestroyHandle(attached->handle_id()));
+      }
+      if (rank == 0) {
+        for (const std::string& name : persistent_groups_) {
+          EXPECT_EPD_OK((*session)->DestroyGroup(name));
+        }
+      }
+    }
+  }
+  const v1::Stats after = WaitForStats(*stats_client, [&](const v1::Stats& s) {
+    return s.live_bytes() == baseline->live_bytes() &&
+           s.sessions_open() == baseline->sessions_open();
+  });
+  EXPECT_EQ(after.live_bytes(), baseline->live_bytes()) << "bytes still held by fuzzed sessions";
+  EXPECT_EQ(after.sessions_open(), baseline->sessions_open()) << "sessions left open";
+  EXPECT_LE(WaitAtMost([&] { return OpenFds(daemon_->pid()); }, baseline_fds), baseline_fds)
+      << "file descriptors the daemon still holds";
+  EXPECT_LE(WaitAtMost(EpdShmObjects, baseline_shm), baseline_shm)
+      << "shared-memory objects left in /dev/shm";
+  EXPECT_EPD_OK(RunGoodLayer(*good, good_layers));
+
+  std::string summary;
+  for (const auto& [code, count] : codes) {
+    summary += fmt::format(" {} {}", StatusCodeName(code), count);
+  }
+  std::cout << "answers:" << summary << "; layers of the other group: " << good_layers << "\n";
+  // The requests reached the daemon's checks (not all turned away at the door) and some
+  // changes were harmless (the templates are valid requests).
+  const int total = kRounds * kRequestsPerRound * 2;
+  EXPECT_GE(codes[StatusCode::kInvalidArgument], total / 10) << summary;
+  EXPECT_GE(codes[StatusCode::kOk], total / 20) << summary;
+  for (size_t i = 0; i < failures.size() && i < 30; ++i) ADD_FAILURE() << failures[i];
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failures";
+}
+
+}  // namespace
+}  // namespace epd::testing
