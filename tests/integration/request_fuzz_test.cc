@@ -38,7 +38,7 @@ namespace {
 using example::Problem;
 using SteadyClock = std::chrono::steady_clock;
 
-constexpr int kRounds = 4;
+constexpr int kRounds = 4;              // one per kind of group (RoundProblem)
 constexpr int kRequestsPerRound = 150;  // per fuzzing rank
 constexpr int kOpTimeoutMs = 1000;
 // No answer within this is a hang: every wait of the daemon is bounded by the op timeout.
@@ -121,9 +121,35 @@ class RequestFuzzTest : public ::testing::Test {
   }
 
   StatusOr<std::vector<RankClient>> MakeWorld(const std::string& group) {
+    return MakeWorld(group, problem_);
+  }
+  StatusOr<std::vector<RankClient>> MakeWorld(const std::string& group, const Problem& problem) {
     example::RankRunnerOptions options;
     options.group = group;
-    return MakeRanks(daemon_->address(), problem_, options);
+    return MakeRanks(daemon_->address(), problem, options);
+  }
+  // The fuzzed group of round `round`: each round another layout, algorithm or payload, so
+  // that the checks of each are reached.
+  Problem RoundProblem(int round) const {
+    Problem p = problem_;
+    switch (round % 4) {
+      case 1:
+        p.layout = v1::LAYOUT_RANK_MAJOR;
+        break;
+      case 2:
+        p.algorithm = v1::ALGORITHM_HIGH_THROUGHPUT;
+        p.recv_capacity = 2 * p.max_tokens - 4;  // below R * T: overflow is reachable
+        break;
+      case 3:
+        p.hidden = 128;
+        p.fp8 = true;
+        p.prequantized = true;
+        p.scale_format = v1::SCALE_FORMAT_UE8M0;
+        break;
+      default:
+        break;
+    }
+    return p;
   }
 
   // One changed request of a random kind from fuzzing rank `rank` of `world`.
@@ -207,6 +233,7 @@ Outcome RequestFuzzTest::SendOne(std::vector<RankClient>& world, int rank, const
       r.set_session_id(session);
       r.set_handle_id(runner.handle_id());
       *r.mutable_out() = runner.out_ref(bound);
+      if (runner.problem().fp8) *r.mutable_expert_out() = runner.expert_out_ref();
       *r.mutable_options() = BlockingOptions();
       return fuzz("Combine", &v1::Epd::Stub::Combine, r, v1::OpResponse());
     }
@@ -237,7 +264,7 @@ Outcome RequestFuzzTest::SendOne(std::vector<RankClient>& world, int rank, const
     case 10: {
       v1::CreateGroupRequest r;
       r.set_session_id(session);
-      *r.mutable_config() = problem_.Config(group + "-more");
+      *r.mutable_config() = runner.problem().Config(group + "-more");
       return fuzz("CreateGroup", &v1::Epd::Stub::CreateGroup, r, v1::CreateGroupResponse());
     }
     case 11: {
@@ -321,7 +348,7 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
   int good_layers = 1;
   for (int round = 0; round < kRounds; ++round) {
     const std::string group = UniqueName("fuzz");
-    auto world = MakeWorld(group);
+    auto world = MakeWorld(group, RoundProblem(round));
     ASSERT_TRUE(world.ok()) << world.status().ToString();
     ASSERT_EPD_OK(RunGoodLayer(*world, 0));  // bound routing: the ops below reach the data path
 
@@ -330,7 +357,8 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
     for (int rank = 0; rank < 2; ++rank) {
       fuzzers.emplace_back([&, rank] {
         std::mt19937_64 rng(1000 * round + rank);
-        int bound = example::TokensFor(problem_, rank, 0);  // the layer above
+        int bound =
+            example::TokensFor((*world)[rank].runner->problem(), rank, 0);  // the layer above
         for (int i = 0; i < kRequestsPerRound; ++i) {
           outcomes[rank].push_back(SendOne(*world, rank, group, bound, rng));
         }
