@@ -118,7 +118,12 @@ StatusOr<DaemonConfig> ResolveConfig(const CLI::App& app, const Flags& flags,
   }
   Status valid = ValidateDaemonSettings(config);
   if (valid.ok()) valid = ValidateClusterSettings(cluster);
-  if (!valid.ok()) return valid.WithContext("invalid setting (config file or flag)");
+  if (!valid.ok()) {
+    // Settings are checked once merged, so the message says where each may have come from.
+    return valid.WithContext(config_path.empty()
+                                 ? std::string("invalid setting (flag)")
+                                 : fmt::format("invalid setting ({} or a flag)", config_path));
+  }
   return config;
 }
 
