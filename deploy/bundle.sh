@@ -46,7 +46,7 @@ mkdir -p "$out/bin" "$out/lib"
 # cpu-only unit and integration tests stay out (they run in CI); EPD_BUNDLE_ALL=1 adds them.
 wanted=" epd epd_example_frontend epd-bench epd-bench-frontend"
 wanted+=" epd_gpu_tests epd_gpu_daemon_tests epd_gpu_first_launch_tests epd_gpu_frontend_tests"
-wanted+=" epd_gpu_spanning_tests"
+wanted+=" epd_gpu_spanning_tests request_fuzz_test"
 wanted+=" epd-post-bench epd-handoff-bench common_cuda_test "
 binaries=()
 for f in "$build"/bin/*; do

@@ -65,6 +65,8 @@ class RankRunner {
   int replayed_layers() const { return launch_ != nullptr ? launch_->replayed_layers() : 0; }
   // The registered shm object (cpu backend only).
   SharedMemoryBuffer& buffer() { return *memory_->shm(); }
+  // What the registered buffer was registered as (shm name or CUDA IPC handle), either backend.
+  v1::MemorySource buffer_source() const { return memory_->Source(); }
   uint64_t buffer_id() const { return buffer_id_; }
   uint64_t handle_id() const { return view_->handle_id(); }
 

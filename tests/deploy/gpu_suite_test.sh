@@ -15,7 +15,7 @@ steps() {  # GPUS DEPTH -> step names, one per line
 
 one_quick=$(steps 1 quick)
 for name in common_cuda_test gpu_tests gpu_frontend_tests gpu_daemon_tests gpu_first_launch_tests \
-  gpu_spanning_tests python_gpu_tests bench_no_mps bench_mps; do
+  gpu_spanning_tests request_fuzz_cuda python_gpu_tests bench_no_mps bench_mps; do
   grep -qx "$name" <<<"$one_quick" || fail "1 GPU, quick: no step $name in: $one_quick"
 done
 grep -qx memcheck <<<"$one_quick" && fail "1 GPU, quick: runs the sanitizers"

@@ -108,11 +108,25 @@ int WaitAtMost(const std::function<int()>& value, int bound) {
 
 class RequestFuzzTest : public ::testing::Test {
  protected:
+  // EPD_FUZZ_BACKEND=cuda fuzzes `epd --backend cuda` (a GPU host: tensors in device memory,
+  // buffers registered by CUDA IPC handle) over min(GPUs, 2) ranks; else the cpu backend.
   void SetUp() override {
-    auto daemon = DaemonProcess::Start({"--op-timeout-ms", std::to_string(kOpTimeoutMs)}, 2);
+    const char* backend = std::getenv("EPD_FUZZ_BACKEND");
+    const bool cuda = backend != nullptr && std::string_view(backend) == "cuda";
+    std::vector<std::string> args = {"--op-timeout-ms", std::to_string(kOpTimeoutMs)};
+    if (cuda) args.insert(args.end(), {"--backend", "cuda"});
+    auto daemon = DaemonProcess::Start(args, 2);
+    if (cuda && !daemon.ok() &&
+        daemon.status().message().find("no CUDA GPU") != std::string::npos) {
+      GTEST_SKIP() << "EPD_FUZZ_BACKEND=cuda needs a GPU: " << daemon.status().message();
+    }
     ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
     daemon_ = std::move(daemon).value();
-    problem_.ranks = 2;
+    auto client = ConnectOrDie(daemon_->address());
+    auto info = client->GetNodeInfo();
+    ASSERT_TRUE(info.ok()) << info.status().ToString();
+    ranks_ = cuda ? std::min(info->gpus_size(), 2) : 2;
+    problem_.ranks = ranks_;
     problem_.experts = 4;
     problem_.hidden = 64;
     problem_.max_tokens = 16;
@@ -138,7 +152,8 @@ class RequestFuzzTest : public ::testing::Test {
         break;
       case 2:
         p.algorithm = v1::ALGORITHM_HIGH_THROUGHPUT;
-        p.recv_capacity = 2 * p.max_tokens - 4;  // below R * T: overflow is reachable
+        // Below R * T, so overflow is reachable (with one rank the layer itself needs all T).
+        p.recv_capacity = p.ranks > 1 ? p.ranks * p.max_tokens - 4 : 0;
         break;
       case 3:
         p.hidden = 128;
@@ -161,6 +176,7 @@ class RequestFuzzTest : public ::testing::Test {
   void NoteSurvivors(int rank, const google::protobuf::Message& request);
 
   std::unique_ptr<DaemonProcess> daemon_;
+  int ranks_ = 2;  // of every group, and fuzzing threads
   Problem problem_;
   std::mutex survivors_mu_;
   // Guarded by survivors_mu_; a set: both ranks may create the same persistent group.
@@ -240,7 +256,7 @@ Outcome RequestFuzzTest::SendOne(std::vector<RankClient>& world, int rank, const
     case 6: {
       v1::RegisterBufferRequest r;
       r.set_session_id(session);
-      *r.mutable_source() = runner.buffer().Source();
+      *r.mutable_source() = runner.buffer_source();
       return fuzz("RegisterBuffer", &v1::Epd::Stub::RegisterBuffer, r,
                   v1::RegisterBufferResponse());
     }
@@ -352,9 +368,9 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
     ASSERT_TRUE(world.ok()) << world.status().ToString();
     ASSERT_EPD_OK(RunGoodLayer(*world, 0));  // bound routing: the ops below reach the data path
 
-    std::vector<std::vector<Outcome>> outcomes(2);
+    std::vector<std::vector<Outcome>> outcomes(ranks_);
     std::vector<std::thread> fuzzers;
-    for (int rank = 0; rank < 2; ++rank) {
+    for (int rank = 0; rank < ranks_; ++rank) {
       fuzzers.emplace_back([&, rank] {
         std::mt19937_64 rng(1000 * round + rank);
         int bound =
@@ -420,7 +436,7 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
       v1::CloseSessionResponse closed;
       Call(cleanup->stub(), &v1::Epd::Stub::CloseSession, close, secret, &closed);
     }
-    for (int rank = 0; rank < 2; ++rank) {
+    for (int rank = 0; rank < ranks_; ++rank) {
       auto session = cleanup->OpenSession(rank, "fuzz-cleanup");
       ASSERT_TRUE(session.ok()) << session.status().ToString();
       for (const auto& [handle_rank, name] : persistent_handles_) {
@@ -455,7 +471,7 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
   std::cout << "answers:" << summary << "; layers of the other group: " << good_layers << "\n";
   // The requests reached the daemon's checks (not all turned away at the door) and some
   // changes were harmless (the templates are valid requests).
-  const int total = kRounds * kRequestsPerRound * 2;
+  const int total = kRounds * kRequestsPerRound * ranks_;
   EXPECT_GE(codes[StatusCode::kInvalidArgument], total / 10) << summary;
   EXPECT_GE(codes[StatusCode::kOk], total / 20) << summary;
   for (size_t i = 0; i < failures.size() && i < 30; ++i) ADD_FAILURE() << failures[i];
@@ -480,7 +496,7 @@ TEST_F(RequestFuzzTest, ChangedSessionStreamRequestsGetOneAnswerEachInOrder) {
   constexpr int kOpsPerStream = 30;
   for (int stream_index = 0; stream_index < kStreams; ++stream_index) {
     std::mt19937_64 rng(7000 + stream_index);
-    const int rank = stream_index % 2;
+    const int rank = stream_index % ranks_;
     example::RankRunner& runner = *(*world)[rank].runner;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + 2 * kAnswerBound);
@@ -514,7 +530,7 @@ TEST_F(RequestFuzzTest, ChangedSessionStreamRequestsGetOneAnswerEachInOrder) {
       v1::CreateGroupResponse group_created;
       v1::RegisterBufferRequest buffer;
       buffer.set_session_id(session);
-      *buffer.mutable_source() = runner.buffer().Source();
+      *buffer.mutable_source() = runner.buffer_source();
       v1::RegisterBufferResponse registered;
       v1::CreateHandleRequest handle;
       handle.set_session_id(session);
