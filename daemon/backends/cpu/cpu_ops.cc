@@ -106,9 +106,13 @@ Status RunDispatch(CpuHandle& me, uint64_t seq, const RankPart& mine,
       std::vector<const void*> parts,
       group.rendezvous().Arrive(me.group_rank(), seq, CollectiveKind::kDispatch, &mine, timeout));
   std::vector<reference::SourceRank> sources;
+  // NOTE: each part lives on its rank's stack until that rank leaves: what is needed after
+  // Leave is copied out before it.
+  std::vector<const void*> xs;
   for (const void* part : parts) {
     sources.push_back(PartOf(part).handle->Source(PartOf(part).tensor));
     sources.back().x_scales = PartOf(part).scales;
+    xs.push_back(PartOf(part).tensor);
   }
   // Every rank sees the same counts, so every rank reports the same overflow.
   Status status = reference::CheckCapacity(config, sources);
@@ -119,8 +123,8 @@ Status RunDispatch(CpuHandle& me, uint64_t seq, const RankPart& mine,
   Status left = group.rendezvous().Leave(me.group_rank(), seq, timeout);
   if (status.ok()) status = left;
   // Every rank read every rank's x: a truncated one spoils all ranks' results.
-  for (size_t s = 0; s < parts.size() && status.ok(); ++s) {
-    status = CheckIntact(PartOf(parts[s]).tensor, fmt::format("dispatch: group rank {}'s x", s));
+  for (size_t s = 0; s < xs.size() && status.ok(); ++s) {
+    status = CheckIntact(xs[s], fmt::format("dispatch: group rank {}'s x", s));
   }
   if (status.ok()) status = CheckIntact(me.exported().data(), "dispatch: the handle");
   return status;
