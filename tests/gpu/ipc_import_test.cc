@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "tests/gpu/gpu_test_env.h"
 
@@ -156,6 +157,38 @@ TEST(CudaImport, OpensAnotherProcessesMemoryOnceAndChecksItsRange) {
   b = Status(StatusCode::kCancelled, "released");
   auto again = backend.Import(Source(exporter.handle(), 0, 64), 0);
   ASSERT_TRUE(again.ok()) << again.status().ToString();
+}
+
+// A corrupted handle (a frontend's bug, or bytes changed on the way) is refused or opens
+// nothing harmful: no crash, no sticky CUDA error, and the real handle still imports.
+TEST(CudaImport, CorruptedHandlesLeaveTheContextWorking) {
+  EPD_REQUIRE_GPUS(1);
+  Backend& backend = *SharedBackend();
+  ExporterProcess exporter;
+  const std::string& real = exporter.handle();
+  ASSERT_EQ(real.size(), sizeof(cudaIpcMemHandle_t)) << "exporter gave no handle";
+  std::vector<std::string> corrupted = {std::string(real.size(), '\0'),
+                                        std::string(real.size(), '\xff')};
+  for (size_t byte = 0; byte < real.size(); byte += 7) {
+    std::string flipped = real;
+    flipped[byte] = static_cast<char>(flipped[byte] ^ 0x10);
+    corrupted.push_back(flipped);
+  }
+  int refused = 0;
+  for (const std::string& handle : corrupted) {
+    auto imported = backend.Import(Source(handle, 0, 4096), 0);
+    if (imported.ok()) continue;  // a byte the driver does not read
+    ++refused;
+    EXPECT_NE(imported.status().message().find("cudaIpcOpenMemHandle"), std::string::npos)
+        << imported.status().ToString();
+  }
+  EXPECT_GE(refused, 2) << "the all-zero and all-ones handles at least are refused";
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  auto good = backend.Import(Source(real, 0, 4096), 0);
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  unsigned char first = 0;
+  CopyToHost(0, &first, (*good)->data(), 1);
+  EXPECT_EQ(first, 0x5a);
 }
 
 }  // namespace

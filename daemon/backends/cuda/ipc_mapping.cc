@@ -13,7 +13,7 @@ namespace epd::cuda {
 
 StatusOr<std::shared_ptr<IpcMapping>> IpcMapping::Open(const std::string& handle, int device) {
   if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
-    return InvalidArgumentError("ipc_handle has {} bytes, expected {}", handle.size(),
+    return InvalidArgumentError("source.cuda_ipc_handle has {} bytes, expected {}", handle.size(),
                                 sizeof(cudaIpcMemHandle_t));
   }
   cudaIpcMemHandle_t ipc;
@@ -24,8 +24,10 @@ StatusOr<std::shared_ptr<IpcMapping>> IpcMapping::Open(const std::string& handle
   if (cudaError_t e = cudaIpcOpenMemHandle(&base, ipc, cudaIpcMemLazyEnablePeerAccess);
       e != cudaSuccess) {
     cudaGetLastError();
-    return InvalidArgumentError("cudaIpcOpenMemHandle on GPU {} failed: {} ({})", device,
-                                cudaGetErrorName(e), cudaGetErrorString(e));
+    return InvalidArgumentError(
+        "source.cuda_ipc_handle: cudaIpcOpenMemHandle on GPU {} failed: {} ({}); the handle "
+        "must come from cudaIpcGetMemHandle of a live process",
+        device, cudaGetErrorName(e), cudaGetErrorString(e));
   }
   CUdeviceptr range_base = 0;
   size_t range_bytes = 0;
