@@ -49,8 +49,12 @@ const T& Pick(const std::vector<T>& values, std::mt19937_64& rng) {
   return values[std::uniform_int_distribution<size_t>(0, values.size() - 1)(rng)];
 }
 
-// Integers a client gets wrong: small and boundary values, the current one moved a little.
+// Integers a client gets wrong: small and boundary values, the current one moved a little
+// (wrapping, as the wire does: computed unsigned).
 int64_t IntegerNear(int64_t current, std::mt19937_64& rng) {
+  const auto moved = [current](uint64_t times, uint64_t plus) {
+    return static_cast<int64_t>(static_cast<uint64_t>(current) * times + plus);
+  };
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   constexpr int64_t kMin = std::numeric_limits<int64_t>::min();
   const std::vector<int64_t> values = {0,
@@ -67,10 +71,10 @@ int64_t IntegerNear(int64_t current, std::mt19937_64& rng) {
                                        std::numeric_limits<int32_t>::min(),
                                        kMax,
                                        kMin,
-                                       current + 1,
-                                       current - 1,
-                                       current * 2,
-                                       current + (int64_t{1} << 16),
+                                       moved(1, 1),
+                                       moved(1, ~uint64_t{0}),
+                                       moved(2, 0),
+                                       moved(1, uint64_t{1} << 16),
                                        static_cast<int64_t>(rng())};
   return Pick(values, rng);
 }
@@ -91,11 +95,23 @@ std::string StringNear(const std::string& current, std::mt19937_64& rng) {
   return Pick(values, rng);
 }
 
+// Bytes (tokens, CUDA IPC handles): of the wrong length, or of the right one and corrupted,
+// which only the consumer of the bytes can tell.
 std::string BytesNear(const std::string& current, std::mt19937_64& rng) {
   std::string random(std::uniform_int_distribution<size_t>(1, 64)(rng), '\0');
   for (char& c : random) c = static_cast<char>(rng());
-  const std::vector<std::string> values = {"", random, current + random,
-                                           current.substr(0, current.size() / 2)};
+  std::string same_length_random = current, one_bit_flipped = current;
+  for (char& c : same_length_random) c = static_cast<char>(rng());
+  if (!current.empty()) {
+    one_bit_flipped[rng() % current.size()] ^= static_cast<char>(1 << (rng() % 8));
+  }
+  const std::vector<std::string> values = {"",
+                                           random,
+                                           current + random,
+                                           current.substr(0, current.size() / 2),
+                                           same_length_random,
+                                           one_bit_flipped,
+                                           one_bit_flipped};
   return Pick(values, rng);
 }
 
