@@ -40,6 +40,13 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr int kRounds = 4;              // one per kind of group (RoundProblem)
 constexpr int kRequestsPerRound = 150;  // per fuzzing rank
+
+// EPD_FUZZ_SCALE=N runs N times the rounds, streams and cluster requests, with other seeds
+// beyond the first N = 1 (a longer hunt by hand; CI runs N = 1).
+int Scale() {
+  const char* scale = std::getenv("EPD_FUZZ_SCALE");
+  return scale != nullptr && std::atoi(scale) > 1 ? std::atoi(scale) : 1;
+}
 constexpr int kOpTimeoutMs = 1000;
 // No answer within this is a hang: every wait of the daemon is bounded by the op timeout.
 constexpr auto kAnswerBound = std::chrono::seconds(10);
@@ -362,7 +369,8 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
   std::ofstream log;
   if (const char* path = std::getenv("EPD_FUZZ_LOG")) log.open(path);
   int good_layers = 1;
-  for (int round = 0; round < kRounds; ++round) {
+  const int rounds = kRounds * Scale();
+  for (int round = 0; round < rounds; ++round) {
     const std::string group = UniqueName("fuzz");
     auto world = MakeWorld(group, RoundProblem(round));
     ASSERT_TRUE(world.ok()) << world.status().ToString();
@@ -471,7 +479,7 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
   std::cout << "answers:" << summary << "; layers of the other group: " << good_layers << "\n";
   // The requests reached the daemon's checks (not all turned away at the door) and some
   // changes were harmless (the templates are valid requests).
-  const int total = kRounds * kRequestsPerRound * ranks_;
+  const int total = rounds * kRequestsPerRound * ranks_;
   EXPECT_GE(codes[StatusCode::kInvalidArgument], total / 10) << summary;
   EXPECT_GE(codes[StatusCode::kOk], total / 20) << summary;
   for (size_t i = 0; i < failures.size() && i < 30; ++i) ADD_FAILURE() << failures[i];
@@ -494,7 +502,8 @@ TEST_F(RequestFuzzTest, ChangedSessionStreamRequestsGetOneAnswerEachInOrder) {
   std::map<StatusCode, int> codes;
   constexpr int kStreams = 64;
   constexpr int kOpsPerStream = 30;
-  for (int stream_index = 0; stream_index < kStreams; ++stream_index) {
+  const int streams = kStreams * Scale();
+  for (int stream_index = 0; stream_index < streams; ++stream_index) {
     std::mt19937_64 rng(7000 + stream_index);
     const int rank = stream_index % ranks_;
     example::RankRunner& runner = *(*world)[rank].runner;
@@ -631,8 +640,8 @@ TEST_F(RequestFuzzTest, ChangedSessionStreamRequestsGetOneAnswerEachInOrder) {
     summary += fmt::format(" {} {}", StatusCodeName(code), count);
   }
   std::cout << "stream answers:" << summary << "\n";
-  EXPECT_GE(codes[StatusCode::kOk], kStreams * kOpsPerStream / 10) << summary;
-  EXPECT_GE(codes[StatusCode::kInvalidArgument], kStreams * kOpsPerStream / 10) << summary;
+  EXPECT_GE(codes[StatusCode::kOk], streams * kOpsPerStream / 10) << summary;
+  EXPECT_GE(codes[StatusCode::kInvalidArgument], streams * kOpsPerStream / 10) << summary;
   for (size_t i = 0; i < failures.size() && i < 30; ++i) ADD_FAILURE() << failures[i];
   EXPECT_TRUE(failures.empty()) << failures.size() << " failures";
 }
@@ -680,7 +689,7 @@ TEST(ClusterFuzzTest, ChangedClusterRequestsGetCanonicalAnswersAndTheDeploymentS
       failures.push_back(fmt::format("{} -> {}", change.description, status.ToString()));
     }
   };
-  for (int i = 0; i < 400; ++i) {
+  for (int i = 0; i < 400 * Scale(); ++i) {
     const std::string key = fmt::format("fuzz/{}", i % 7);
     switch (std::uniform_int_distribution<int>(0, 4)(rng)) {
       case 0: {
