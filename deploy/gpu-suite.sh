@@ -2,12 +2,14 @@
 # Every GPU test and benchmark of epd, from a relocatable bundle (deploy/bundle.sh), on a GPU
 # host: the steps adapt to the GPUs it has. Logs, JSON results and a summary go to OUTDIR.
 #
-#   bundle/gpu-suite.sh OUTDIR [quick|full]      (run from anywhere; finds its bundle itself)
+#   bundle/gpu-suite.sh OUTDIR [quick|full|pair]   (run from anywhere; finds its bundle itself)
 #
 # quick (default): the GPU test binaries, the Python GPU tests, the standard benchmark with and
 # without MPS. full: also compute-sanitizer on the small cases, repeated spanning and graph
 # tests, the hand-off floor, and with 2+ GPUs the high-throughput prefill targets and the
-# daemons-per-GPU comparison. EPD_GPU_SUITE_GPUS=N overrides the GPU count (nvidia-smi -L);
+# daemons-per-GPU comparison. pair (2+ GPUs, else exit 77): what only two GPUs show, first —
+# the prefill targets, the daemons-per-GPU comparison and the spanning tests with one GPU per
+# daemon — then the GPU test binaries; sized for one 10-minute call. EPD_GPU_SUITE_GPUS=N overrides the GPU count (nvidia-smi -L);
 # EPD_GPU_SUITE_DRY_RUN=1 prints the steps instead of running them.
 # NCCL: put the folder of the NCCL the driver matches first in LD_LIBRARY_PATH beforehand.
 set -uo pipefail
@@ -18,8 +20,8 @@ if [[ $# -lt 1 ]]; then
 fi
 out=$1
 depth=${2:-quick}
-if [[ $depth != quick && $depth != full ]]; then
-  echo "gpu-suite: depth '$depth' must be quick or full" >&2
+if [[ $depth != quick && $depth != full && $depth != pair ]]; then
+  echo "gpu-suite: depth '$depth' must be quick, full or pair" >&2
   exit 2
 fi
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,11 +54,47 @@ step() {
 mps_on() { [[ $dry == 1 ]] || { nvidia-cuda-mps-control -d && sleep 1; }; }
 mps_off() { [[ $dry == 1 ]] || echo quit | nvidia-cuda-mps-control; }
 
+# What only two GPUs show (the prefill target, the daemons comparison, one GPU per daemon).
+pair_steps() {
+  # The prefill target (EP2, T 4096, at most 24 SMs) and the decode numbers beside it.
+  step bench_ht_ep2 600 "$bin/epd-bench" --ranks 2 --tokens 4096 --algorithm ht \
+    --routings random --modes inproc,fenced,nccl --json "$out/ht-t4096-ep2.json"
+  step bench_ll_ep2 600 "$bin/epd-bench" --ranks 2 --tokens 128 --algorithm ll \
+    --routings random --modes inproc,fenced,frontend,nccl --json "$out/ll-t128-ep2.json"
+  # One daemon with two GPUs against two daemons with one each (NCCL as it finds them, then
+  # on its network path) and the spanning tests with one GPU per daemon, both ways.
+  step bench_one_daemon 600 "$bin/epd-bench" --ranks 2 --routings random \
+    --modes fenced,blocking --json "$out/one-daemon-2gpu.json"
+  step bench_two_daemons 600 "$bin/epd-bench" --ranks 2 --nodes 2 --routings random \
+    --modes fenced,blocking --json "$out/two-daemons-2gpu.json"
+  step bench_two_daemons_network 600 "$bin/epd-bench" --ranks 2 --nodes 2 --network-path \
+    --routings random --modes fenced,blocking --json "$out/two-daemons-network-2gpu.json"
+  step spanning_nccl_as_is 600 env EPD_SPANNING_TEST_NCCL_AS_IS=1 \
+    "$bin/epd_gpu_spanning_tests"
+  # The prefill shape across two daemons (high-throughput's packed layout through NCCL).
+  step bench_two_daemons_ht 600 "$bin/epd-bench" --ranks 2 --nodes 2 --tokens 4096 \
+    --algorithm ht --routings random --modes fenced,blocking --json "$out/two-daemons-ht-2gpu.json"
+}
+
 if [[ $gpus -lt 1 ]]; then
   echo "gpu-suite: no GPU here; the cpu backend is covered by the tests of the README" >&2
   exit 77
 fi
 echo "gpu-suite: $gpus GPU(s), $depth" | tee -a "$summary"
+
+if [[ $depth == pair ]]; then
+  if [[ $gpus -lt 2 ]]; then
+    echo "gpu-suite: pair needs 2+ GPUs; this host has $gpus" >&2
+    exit 77
+  fi
+  pair_steps
+  step gpu_spanning_tests 300 "$bin/epd_gpu_spanning_tests"  # one GPU per daemon, network path
+  step gpu_tests 900 "$bin/epd_gpu_tests"
+  step gpu_frontend_tests 600 "$bin/epd_gpu_frontend_tests"
+  step gpu_daemon_tests 300 "$bin/epd_gpu_daemon_tests"
+  echo "gpu-suite: done; summary in $summary" >&2
+  exit 0
+fi
 
 step common_cuda_test 120 "$bin/common_cuda_test"
 step gpu_tests 900 "$bin/epd_gpu_tests"
@@ -91,24 +129,7 @@ if [[ $depth == full ]]; then
   step handoff_mps 300 "$bin/epd-handoff-bench" --json "$out/handoff-mps.json"
   mps_off
   if [[ $gpus -ge 2 ]]; then
-    # The prefill target (EP2, T 4096, at most 24 SMs) and the decode numbers beside it.
-    step bench_ht_ep2 600 "$bin/epd-bench" --ranks 2 --tokens 4096 --algorithm ht \
-      --routings random --modes inproc,fenced,nccl --json "$out/ht-t4096-ep2.json"
-    step bench_ll_ep2 600 "$bin/epd-bench" --ranks 2 --tokens 128 --algorithm ll \
-      --routings random --modes inproc,fenced,frontend,nccl --json "$out/ll-t128-ep2.json"
-    # One daemon with two GPUs against two daemons with one each (NCCL as it finds them, then
-    # on its network path) and the spanning tests with one GPU per daemon, both ways.
-    step bench_one_daemon 600 "$bin/epd-bench" --ranks 2 --routings random \
-      --modes fenced,blocking --json "$out/one-daemon-2gpu.json"
-    step bench_two_daemons 600 "$bin/epd-bench" --ranks 2 --nodes 2 --routings random \
-      --modes fenced,blocking --json "$out/two-daemons-2gpu.json"
-    step bench_two_daemons_network 600 "$bin/epd-bench" --ranks 2 --nodes 2 --network-path \
-      --routings random --modes fenced,blocking --json "$out/two-daemons-network-2gpu.json"
-    step spanning_nccl_as_is 600 env EPD_SPANNING_TEST_NCCL_AS_IS=1 \
-      "$bin/epd_gpu_spanning_tests"
-    # The prefill shape across two daemons (high-throughput's packed layout through NCCL).
-    step bench_two_daemons_ht 600 "$bin/epd-bench" --ranks 2 --nodes 2 --tokens 4096 \
-      --algorithm ht --routings random --modes fenced,blocking --json "$out/two-daemons-ht-2gpu.json"
+    pair_steps
   fi
 fi
 echo "gpu-suite: done; summary in $summary" >&2

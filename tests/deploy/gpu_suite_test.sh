@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/gpu-suite.sh picks its steps by GPU count and depth: checked in its dry run (no GPU
-# needed): every GPU test binary always, the 2-GPU steps only with 2+ GPUs and in full, the
-# sanitizers only in full, and no GPU at all is a skip (77).
+# needed): every GPU test binary always, the 2-GPU steps only with 2+ GPUs and in full or pair
+# (pair: those first, no sanitizers, a skip on one GPU), the sanitizers only in full, and no
+# GPU at all is a skip (77).
 set -uo pipefail
 suite=$1/deploy/gpu-suite.sh
 dir=$(mktemp -d)
@@ -28,6 +29,15 @@ for name in bench_ht_ep2 bench_two_daemons bench_two_daemons_network spanning_nc
   grep -qx "$name" <<<"$two_full" || fail "2 GPUs, full: no step $name"
 done
 grep -q -- '--nodes 2' "$dir/2-full/summary.txt" || fail "2 GPUs: the daemons comparison lacks --nodes 2"
+
+two_pair=$(steps 2 pair)
+[[ $(head -n 1 <<<"$two_pair") == bench_ht_ep2 ]] || fail "2 GPUs, pair: the prefill target first"
+for name in bench_two_daemons_network spanning_nccl_as_is gpu_spanning_tests gpu_tests; do
+  grep -qx "$name" <<<"$two_pair" || fail "2 GPUs, pair: no step $name"
+done
+grep -qx memcheck <<<"$two_pair" && fail "2 GPUs, pair: runs the sanitizers"
+EPD_GPU_SUITE_DRY_RUN=1 EPD_GPU_SUITE_GPUS=1 bash "$suite" "$dir/pair1" pair >/dev/null 2>&1
+[[ $? == 77 ]] || fail "1 GPU, pair: expected exit 77 (skip)"
 
 EPD_GPU_SUITE_DRY_RUN=1 EPD_GPU_SUITE_GPUS=0 bash "$suite" "$dir/none" >/dev/null 2>&1
 [[ $? == 77 ]] || fail "no GPU: expected exit 77 (skip)"
