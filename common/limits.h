@@ -11,6 +11,10 @@ namespace epd {
 // GPUs of one node a cuda group spans (peer pointers, SyncArea flags); the cpu backend's host
 // ranks are bounded by its own configuration instead.
 inline constexpr int kMaxRanks = 8;
+// Ranks of one group over every node it spans (the largest EP deployments run ~2048). NOTE:
+// checked before a world_size is expanded into a rank list: 2^31 - 1 would be 8 GB and hang
+// the control worker.
+inline constexpr int kMaxWorldSize = 4096;
 inline constexpr int kMaxExperts = 1 << 12;
 inline constexpr int kMaxTopK = 32;
 inline constexpr int kMaxHidden = 1 << 16;

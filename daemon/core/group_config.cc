@@ -61,14 +61,18 @@ Status GroupConfig::Validate(int node_ranks) const {
   }
   const int rank_bound = spans_nodes ? span.nodes * span.ranks_per_node : node_ranks;
   for (int r : ranks) {
+    // NOTE: the ranks may come from world_size (0..world_size-1): both are named.
     if (spans_nodes && (r < 0 || r >= rank_bound)) {
       return InvalidArgumentError(
-          "group '{}': global rank {} is outside the cluster's ranks [0, {}) ({} nodes x {})",
-          name, r, rank_bound, span.nodes, span.ranks_per_node);
+          "group '{}': global rank {} is outside the cluster's ranks [0, {}) ({} nodes x {}); "
+          "ranks / world_size name {} ranks",
+          name, r, rank_bound, span.nodes, span.ranks_per_node, world_size());
     }
     if (r < 0 || r >= rank_bound) {
-      return InvalidArgumentError("group '{}': rank {} is outside the node's ranks [0, {})", name,
-                                  r, node_ranks);
+      return InvalidArgumentError(
+          "group '{}': rank {} is outside the node's ranks [0, {}); ranks / world_size name {} "
+          "ranks",
+          name, r, node_ranks, world_size());
     }
     if (!seen.insert(r).second) {
       return InvalidArgumentError("group '{}': rank {} is listed twice", name, r);

@@ -5,6 +5,8 @@
 #include <string>
 #include <utility>
 
+#include "common/limits.h"
+
 namespace epd {
 namespace {
 
@@ -72,6 +74,10 @@ Status ParseGroup(const TomlReader& reader, const toml::node& node, std::string_
   }
   if (world_size != nullptr) {
     EPD_ASSIGN_OR_RETURN(int world, reader.Int(*world_size, field("world_size"), 1));
+    if (world > kMaxWorldSize) {
+      return reader.Error(*world_size, field("world_size"),
+                          fmt::format("= {}: a group has at most {} ranks", world, kMaxWorldSize));
+    }
     if (ranks != nullptr && world != config.world_size()) {
       return reader.Error(
           *world_size, field("world_size"),

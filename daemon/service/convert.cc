@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "common/limits.h"
 #include "daemon/cluster/cluster_proto.h"
 
 namespace epd::service {
@@ -25,6 +26,11 @@ v1::DType ToProto(DType dtype) { return DTypeToProto(dtype); }
 StatusOr<GroupConfig> FromProto(const v1::GroupConfig& proto, std::string_view field) {
   GroupConfig config;
   config.name = proto.name();
+  if (proto.world_size() > kMaxWorldSize || proto.ranks_size() > kMaxWorldSize) {
+    return InvalidArgumentError("{} = {} ({} ranks listed): a group has at most {} ranks",
+                                Join(field, "world_size"), proto.world_size(), proto.ranks_size(),
+                                kMaxWorldSize);
+  }
   if (proto.ranks_size() > 0) {
     config.ranks.assign(proto.ranks().begin(), proto.ranks().end());
     if (proto.world_size() != 0 && proto.world_size() != proto.ranks_size()) {

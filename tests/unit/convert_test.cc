@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace epd::service {
 namespace {
 
@@ -42,6 +44,13 @@ TEST(ConvertTest, GroupConfigContradictionsNameTheFields) {
   proto.set_world_size(0);
   EXPECT_NE(FromProto(proto, "config").status().message().find("config.world_size = 0"),
             std::string::npos);
+  // Refused before it is expanded into a rank list (2^31 - 1 ranks would take 8 GB).
+  proto.set_world_size(std::numeric_limits<int32_t>::max());
+  const Status huge = FromProto(proto, "config").status();
+  EXPECT_EQ(huge.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.message().find("config.world_size = 2147483647"), std::string::npos)
+      << huge.message();
+  EXPECT_NE(huge.message().find("at most 4096 ranks"), std::string::npos) << huge.message();
 }
 
 TEST(ConvertTest, TensorRefOnlyRefusesWhatTheCoreCannotRepresent) {

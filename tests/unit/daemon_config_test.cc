@@ -219,6 +219,16 @@ top_k = 1
   ExpectError(R"(
 [[group]]
 name = "g"
+world_size = 2147483647
+experts = 4
+hidden = 8
+max_tokens_per_rank = 4
+top_k = 1
+)",
+              {"test.toml:4", "group[0].world_size", "at most 4096 ranks"});
+  ExpectError(R"(
+[[group]]
+name = "g"
 world_size = 2
 hidden = 8
 max_tokens_per_rank = 4
@@ -268,6 +278,7 @@ TEST(DaemonConfigTest, GroupsCheckedAgainstNodeRanks) {
   EXPECT_EQ(too_few.code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(too_few.message(), HasSubstr("group[0]"));
   EXPECT_THAT(too_few.message(), HasSubstr("rank 1"));
+  EXPECT_THAT(too_few.message(), HasSubstr("world_size name 2 ranks"));
 }
 
 TEST(DaemonConfigTest, LoopbackAddresses) {
