@@ -227,7 +227,9 @@ Outcome RequestFuzzTest::SendOne(std::vector<RankClient>& world, int rank, const
     if constexpr (std::is_same_v<decltype(request), v1::UpdateHandleRequest>) {
       const bool bound_anyway =
           outcome.code == StatusCode::kOk || outcome.message.rfind("topk_idx[", 0) == 0;
-      if (bound_anyway && request.topk_idx().shape_size() > 0) {
+      // (Another handle of the session, made by a changed CreateHandle, binds its own.)
+      if (bound_anyway && request.handle_id() == runner.handle_id() &&
+          request.topk_idx().shape_size() > 0) {
         bound = static_cast<int>(request.topk_idx().shape(0));
       }
     }
@@ -423,7 +425,10 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
           failures.push_back(
               fmt::format("{} -> {} without a message", o.request, StatusCodeName(o.code)));
         } else if ((o.code == StatusCode::kInvalidArgument || o.code == StatusCode::kNotFound) &&
-                   !NamesTheChange(o.message, o.change)) {
+                   !NamesTheChange(o.message, o.change) &&
+                   // A routing value refused (topk_idx[t, k]) is the buffer's content, which
+                   // changed ops that succeeded may have written over: no field to name.
+                   o.message.rfind("topk_idx[", 0) != 0) {
           failures.push_back(fmt::format("{} -> {}, naming neither the field nor the value: {}",
                                          o.request, StatusCodeName(o.code), o.message));
         } else if (o.message.size() > kMaxAnswerMessageBytes) {
