@@ -511,7 +511,6 @@ TEST_F(RequestFuzzTest, ChangedSessionStreamRequestsGetOneAnswerEachInOrder) {
   for (int stream_index = 0; stream_index < streams; ++stream_index) {
     std::mt19937_64 rng(7000 + stream_index);
     const int rank = stream_index % ranks_;
-    example::RankRunner& runner = *(*world)[rank].runner;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + 2 * kAnswerBound);
     auto stream = client->stub().Session(&context);
@@ -532,14 +531,17 @@ TEST_F(RequestFuzzTest, ChangedSessionStreamRequestsGetOneAnswerEachInOrder) {
     const std::string name = fmt::format("stream {} ({})", stream_index, what);
     size_t read = answered ? 1 : 0;
     if (answered && opened.code() == 0 && opened.has_opened()) {
-      // A one-rank group of the stream's own, its handle and the runner's buffer.
+      // A one-rank group of the stream's own, its handle and the buffer of a frontend of the
+      // rank it opened (a changed open may have named another).
+      const int opened_rank = opened.opened().rank();
+      example::RankRunner& runner = *(*world)[opened_rank].runner;
       const uint64_t session = opened.opened().session_id();
       const std::string secret = opened.opened().session_secret();
       v1::CreateGroupRequest group;
       group.set_session_id(session);
       *group.mutable_config() = problem_.Config(UniqueName("stream-group"));
       group.mutable_config()->clear_ranks();
-      group.mutable_config()->add_ranks(rank);
+      group.mutable_config()->add_ranks(opened_rank);
       group.mutable_config()->set_world_size(1);
       v1::CreateGroupResponse group_created;
       v1::RegisterBufferRequest buffer;
