@@ -23,6 +23,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <regex>
 #include <set>
 #include <thread>
 #include <type_traits>
@@ -59,6 +60,13 @@ struct Outcome {
   std::chrono::milliseconds took;
   Mutation change;
 };
+
+// Whether the answer refuses a value read from the routing tensors (topk_idx[t, k] on the cpu
+// backend, topk_weights[t][k] on the cuda one): the bind's check of the buffer's content.
+bool NamesARoutingValue(const Outcome& outcome) {
+  static const std::regex value(R"(topk_(idx|weights)\[\d+)");
+  return outcome.code == StatusCode::kInvalidArgument && std::regex_search(outcome.message, value);
+}
 
 // Whether `message` names a field on the changed path or quotes the value it was set to.
 bool NamesTheChange(const std::string& message, const Mutation& change) {
@@ -222,11 +230,10 @@ Outcome RequestFuzzTest::SendOne(std::vector<RankClient>& world, int rank, const
       NoteSurvivors(rank, request);
     }
     // The token count an update binds is taken when the daemon accepts it; a routing that then
-    // fails its check (answered naming topk_idx[t, k]) is bound all the same, and the next
-    // dispatch fails saying so.
+    // fails its check (answered naming a value of topk_idx or topk_weights) is bound all the
+    // same, and the next dispatch fails saying so.
     if constexpr (std::is_same_v<decltype(request), v1::UpdateHandleRequest>) {
-      const bool bound_anyway =
-          outcome.code == StatusCode::kOk || outcome.message.rfind("topk_idx[", 0) == 0;
+      const bool bound_anyway = outcome.code == StatusCode::kOk || NamesARoutingValue(outcome);
       // (Another handle of the session, made by a changed CreateHandle, binds its own.)
       if (bound_anyway && request.handle_id() == runner.handle_id() &&
           request.topk_idx().shape_size() > 0) {
@@ -426,9 +433,9 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
               fmt::format("{} -> {} without a message", o.request, StatusCodeName(o.code)));
         } else if ((o.code == StatusCode::kInvalidArgument || o.code == StatusCode::kNotFound) &&
                    !NamesTheChange(o.message, o.change) &&
-                   // A routing value refused (topk_idx[t, k]) is the buffer's content, which
-                   // changed ops that succeeded may have written over: no field to name.
-                   o.message.rfind("topk_idx[", 0) != 0) {
+                   // A routing value refused is the buffer's content, which changed ops that
+                   // succeeded may have written over: no field to name.
+                   !NamesARoutingValue(o)) {
           failures.push_back(fmt::format("{} -> {}, naming neither the field nor the value: {}",
                                          o.request, StatusCodeName(o.code), o.message));
         } else if (o.message.size() > kMaxAnswerMessageBytes) {
