@@ -6,8 +6,9 @@
 # Reports of the daemon processes the tests start go to $EPD_SANITIZE_LOGS (default
 # build-sanitize/sanitizer-logs/), one file per process; the script fails when any exists.
 # Left out: the Python tests (the interpreter is not instrumented), c_api_test (its messages
-# assume a client built with CUDA) and the RSS bound of the soak test (ASan's quarantine holds
-# freed memory on purpose).
+# assume a client built with CUDA), the install test (its consumer is built without the
+# sanitizers) and the RSS bound of the soak test (ASan's quarantine holds freed memory on
+# purpose).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="$root/build-sanitize"
@@ -24,7 +25,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
 cd "$build"
 status=0
 ctest --output-on-failure -j "${EPD_TEST_JOBS:-2}" --timeout 600 \
-  -E 'python|c_api_test|SoakHonestFrontendsBesideAnAbusiveClient' "$@" || status=$?
+  -E 'python|c_api_test|install_consumer_test|SoakHonestFrontendsBesideAnAbusiveClient' "$@" ||
+  status=$?
 if compgen -G "$logs/*" > /dev/null; then
   echo "sanitize: reports in $logs:" >&2
   grep -h -E 'runtime error|ERROR: (Address|Leak)Sanitizer|SUMMARY' "$logs"/* >&2 || true
