@@ -3,6 +3,8 @@
 // record turned into a Status by kernels/device_error_status.h).
 #pragma once
 
+#include <cstdint>
+
 #include "common/status.h"
 
 namespace epd {
@@ -11,5 +13,9 @@ namespace epd {
 // the update is refused naming the entry: INVALID_ARGUMENT
 // "topk_weights[<token>][<k>] = <value> is not a finite number".
 Status NonFiniteWeightError(int token, int k, float value);
+
+// An expert id outside [-1, experts): INVALID_ARGUMENT
+// "topk_idx[<token>, <k>] = <value> is outside [-1, <experts>)".
+Status BadExpertIdError(int token, int k, int64_t value, int experts);
 
 }  // namespace epd

@@ -11,7 +11,7 @@ namespace epd::kernels {
 
 enum DeviceErrorCode : int32_t {
   kDeviceErrorNone = 0,
-  kDeviceErrorBadExpertId = 1,    // a = token, b = k, value = the id
+  kDeviceErrorBadExpertId = 1,    // a = token, b = k, c = experts, value = the id
   kDeviceErrorCapacity = 2,       // a = expert, b = rows received, c = capacity
   kDeviceErrorPeerTimeout = 3,    // a = SyncPhase, b = peer group rank, value = seq, value2 = seen
   kDeviceErrorFenceTimeout = 4,   // value = awaited counter value, value2 = last seen

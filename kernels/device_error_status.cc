@@ -34,8 +34,7 @@ Status DeviceErrorToStatus(const DeviceError& e, const std::string& what) {
     case kDeviceErrorNone:
       return OkStatus();
     case kDeviceErrorBadExpertId:
-      return InvalidArgumentError("{}: topk_idx[{}, {}] = {} is outside [-1, experts)", what, e.a,
-                                  e.b, e.value);
+      return BadExpertIdError(e.a, e.b, e.value, e.c).WithContext(what);
     case kDeviceErrorBadWeight:
       return NonFiniteWeightError(e.a, e.b, std::bit_cast<float>(static_cast<uint32_t>(e.value)))
           .WithContext(what);

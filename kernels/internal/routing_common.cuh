@@ -42,7 +42,7 @@ __device__ __forceinline__ void RejectRouting(const RoutingParams& p, int first_
     const int at = weight ? first_bad_weight : first_bad;
     p.error->a = at / K;
     p.error->b = at % K;
-    p.error->c = 0;
+    p.error->c = weight ? 0 : p.experts;
     p.error->value =
         weight ? static_cast<int64_t>(__float_as_uint(p.topk_weights[at])) : LoadId(p, at);
     p.error->value2 = 0;

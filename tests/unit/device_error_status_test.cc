@@ -27,11 +27,12 @@ TEST(DeviceErrorStatusTest, BadExpertIdIsInvalidArgumentNamingTheSelection) {
   record.code = kDeviceErrorBadExpertId;
   record.a = 3;
   record.b = 1;
+  record.c = 64;
   record.value = 99;
   const Status status = DeviceErrorToStatus(record, DescribeGroupOp("update", "ht", 1, 0));
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(status.message(),
-            "update of group 'ht' on rank 1 (op 0): topk_idx[3, 1] = 99 is outside [-1, experts)");
+            "update of group 'ht' on rank 1 (op 0): topk_idx[3, 1] = 99 is outside [-1, 64)");
 }
 
 TEST(DeviceErrorStatusTest, NoRecordIsOk) {

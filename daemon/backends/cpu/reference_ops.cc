@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "common/fp8.h"
+#include "common/routing_errors.h"
 
 namespace epd::reference {
 namespace {
@@ -75,7 +76,7 @@ Status BindRouting(const GroupConfig& c, const void* topk_idx, DType idx_dtype,
     for (int k = 0; k < K; ++k) {
       int64_t e = LoadIndex(topk_idx, idx_dtype, static_cast<size_t>(t) * K + k);
       if (e < -1 || e >= E) {
-        return InvalidArgumentError("topk_idx[{}, {}] = {} is outside [-1, {})", t, k, e, E);
+        return BadExpertIdError(t, k, e, E);
       }
     }
   }
