@@ -121,6 +121,18 @@ int WaitAtMost(const std::function<int()>& value, int bound) {
   return got;
 }
 
+// The small layer every group here starts from: bf16, E 4, H 64, T 16, K 2.
+Problem SmallProblem(int ranks) {
+  Problem p;
+  p.ranks = ranks;
+  p.experts = 4;
+  p.hidden = 64;
+  p.max_tokens = 16;
+  p.top_k = 2;
+  p.dtype = v1::DTYPE_BF16;
+  return p;
+}
+
 class RequestFuzzTest : public ::testing::Test {
  protected:
   // EPD_FUZZ_BACKEND=cuda fuzzes `epd --backend cuda` (a GPU host: tensors in device memory,
@@ -141,12 +153,7 @@ class RequestFuzzTest : public ::testing::Test {
     auto info = client->GetNodeInfo();
     ASSERT_TRUE(info.ok()) << info.status().ToString();
     ranks_ = cuda ? std::min(info->gpus_size(), 2) : 2;
-    problem_.ranks = ranks_;
-    problem_.experts = 4;
-    problem_.hidden = 64;
-    problem_.max_tokens = 16;
-    problem_.top_k = 2;
-    problem_.dtype = v1::DTYPE_BF16;
+    problem_ = SmallProblem(ranks_);
   }
 
   StatusOr<std::vector<RankClient>> MakeWorld(const std::string& group) {
@@ -673,16 +680,9 @@ TEST(ClusterFuzzTest, ChangedClusterRequestsGetCanonicalAnswersAndTheDeploymentS
   ASSERT_FALSE(token.empty());
   auto stub = v1::Cluster::NewStub(
       grpc::CreateChannel((*cluster)->leader(), grpc::InsecureChannelCredentials()));
-  Problem problem;
-  problem.ranks = 2;
-  problem.experts = 4;
-  problem.hidden = 64;
-  problem.max_tokens = 16;
-  problem.top_k = 2;
-  problem.dtype = v1::DTYPE_BF16;
   example::RankRunnerOptions options;
   options.group = UniqueName("leader-local");
-  auto frontends = MakeRanks((*cluster)->node(0).address(), problem, options);
+  auto frontends = MakeRanks((*cluster)->node(0).address(), SmallProblem(kRanksPerNode), options);
   ASSERT_TRUE(frontends.ok()) << frontends.status().ToString();
   ASSERT_EPD_OK(RunGoodLayer(*frontends, 0));
 
