@@ -104,7 +104,7 @@ step gpu_first_launch_tests 120 "$bin/epd_gpu_first_launch_tests"
 step gpu_spanning_tests 300 "$bin/epd_gpu_spanning_tests"
 # Randomised bad input against the cuda backend (mangled CUDA IPC handles included).
 step request_fuzz_cuda 300 env EPD_FUZZ_BACKEND=cuda "$bin/request_fuzz_test" \
-  --gtest_filter='RequestFuzzTest.*'
+  --gtest_filter='RequestFuzzTest.*:StreamFuzzTest.*'
 step python_gpu_tests 300 env EPD_DAEMON="$bin/epd" "$python" "$here/python/tests/run_tests.py" \
   test_gpu_layer
 step bench_no_mps 600 "$bin/epd-bench" --routings random --modes inproc,fenced,frontend,nccl \
