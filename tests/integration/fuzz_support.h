@@ -58,9 +58,12 @@ Outcome CallWithSecret(v1::Epd::Stub& stub,
   context.AddMetadata(std::string(kSessionSecretHeader), secret);
   const auto start = std::chrono::steady_clock::now();
   const Status status = FromGrpcStatus((stub.*method)(&context, request, response));
-  return {"", status.code(), std::string(status.message()),
-          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                                start)};
+  Outcome outcome;
+  outcome.code = status.code();
+  outcome.message = std::string(status.message());
+  outcome.took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - start);
+  return outcome;
 }
 
 // The daemon a fuzz test drives, with a short op timeout. EPD_FUZZ_BACKEND=cuda: `epd

@@ -1,5 +1,8 @@
 // The engine's data plane over the cpu backend: ops across rank threads, validation on the
 // enqueue path, fences, the handle's op outcome state machine, op records and stats.
+#include <atomic>
+#include <thread>
+
 #include "common/fence_page.h"
 #include "tests/unit/engine_fixture.h"
 
@@ -399,6 +402,43 @@ TEST_F(EngineTest, ReasonsThatNameEarlierFailuresStayBounded) {
   EXPECT_LT(longest, 1024u) << last;
   // The first cause is still named.
   EXPECT_NE(last.find("ranks posted different ops"), std::string::npos) << last;
+  FillInputs(2);
+  RunLayer(2);
+  ExpectWeightedSums(2);
+}
+
+// A frontend writing its routing while an update reads it (its bug: the buffer is shared)
+// gets an answer either way, and no id it slips in between the bind's check and its use
+// reaches a counter past the experts (that would write the daemon's memory).
+TEST_F(EngineTest, RoutingWrittenWhileItIsBoundNeverReachesPastTheExperts) {
+  FillInputs(kTokens);
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    int32_t* topk = frontends_[0]->topk();
+    for (int32_t bad = 1 << 30; !stop.load(std::memory_order_relaxed); bad ^= 1 << 30) {
+      for (int i = 0; i < kTokens * kTopK; ++i) {
+        __atomic_store_n(&topk[i], bad | (i % kExperts), __ATOMIC_RELAXED);
+      }
+    }
+  });
+  OpOptions blocking;
+  blocking.blocking = true;
+  int refused = 0;
+  for (int i = 0; i < 20'000; ++i) {
+    Waiter w;
+    ASSERT_TRUE(engine_
+                    ->SubmitUpdate(frontends_[0]->session, frontends_[0]->Update(kTokens), blocking,
+                                   w.Done())
+                    .ok());
+    const Status status = w.Get();
+    if (status.ok()) continue;
+    ++refused;
+    ASSERT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
+    ASSERT_NE(status.message().find("topk_idx["), std::string::npos) << status.ToString();
+  }
+  stop = true;
+  writer.join();
+  EXPECT_GT(refused, 0) << "the writer never got a bad id in";
   FillInputs(2);
   RunLayer(2);
   ExpectWeightedSums(2);

@@ -84,7 +84,11 @@ Status BindRouting(const GroupConfig& c, const void* topk_idx, DType idx_dtype,
   for (int t = 0; t < n; ++t) {
     for (int k = 0; k < K; ++k) {
       const size_t i = static_cast<size_t>(t) * K + k;
-      const auto e = static_cast<int32_t>(LoadIndex(topk_idx, idx_dtype, i));
+      // NOTE: read again, so checked again: the frontend may write its (shared) routing while
+      // the update reads it (its bug), and a counter indexed past E would be the daemon's.
+      const int64_t loaded = LoadIndex(topk_idx, idx_dtype, i);
+      if (loaded < -1 || loaded >= E) return BadExpertIdError(t, k, loaded, E);
+      const auto e = static_cast<int32_t>(loaded);
       topk_out[i] = e;
       weights_out[i] = weights != nullptr ? weights[i] : 1.0f;
       if (e >= 0) ++expert_counts_out[e];
