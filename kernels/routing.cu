@@ -91,7 +91,8 @@ __device__ void BindRouting(const RoutingParams& p, int warps) {
   for (int i = threadIdx.x; i < total; i += kThreads) {
     const int64_t e = LoadId(p, i);
     if (e < -1 || e >= E) atomicMin(&first_bad, i);
-    if (p.topk_weights != nullptr && !isfinite(p.topk_weights[i])) atomicMin(&first_bad_weight, i);
+    detail::TakeSelection(p, i, e);  // every pass below reads this copy
+    if (!isfinite(p.weights_out[i])) atomicMin(&first_bad_weight, i);
   }
   __syncthreads();
   if (first_bad != INT_MAX || first_bad_weight != INT_MAX) {
@@ -107,12 +108,7 @@ __device__ void BindRouting(const RoutingParams& p, int warps) {
     int* my_counts = counts + warp * E;
     for (int base = begin; base < end; base += 32) {
       const int i = base + lane;
-      int e = -1;
-      if (i < end) {
-        e = static_cast<int>(LoadId(p, i));
-        p.topk_out[i] = e;
-        p.weights_out[i] = p.topk_weights != nullptr ? p.topk_weights[i] : 1.0f;
-      }
+      const int e = i < end ? p.topk_out[i] : -1;
       const bool valid =
           i < end && e >= 0 && (!p.high_throughput || FirstOfExpertInToken(p, i, e));
       if (i < end && !valid) p.local_rank[i] = -1;

@@ -36,13 +36,13 @@ struct ChunkScratch {
 
 __device__ __forceinline__ unsigned LanesBelow(int lane) { return (1u << lane) - 1u; }
 
-// Bitmask of the group ranks token t's experts live on; ids outside [0, E) count nowhere (the
-// count pass sees them before validation).
+// Bitmask of the group ranks token t's experts live on, from the bind's copy (ids outside
+// [0, E) were kept as -1 and count nowhere).
 __device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int t) {
   unsigned mask = 0;
   for (int k = 0; k < p.top_k; ++k) {
-    const int64_t e = LoadId(p, t * p.top_k + k);
-    if (e >= 0 && e < p.experts) mask |= 1u << (static_cast<int>(e) / p.local_experts);
+    const int e = p.topk_out[t * p.top_k + k];
+    if (e >= 0) mask |= 1u << (e / p.local_experts);
   }
   return mask;
 }
@@ -64,19 +64,15 @@ __global__ void __launch_bounds__(kChunkThreads)
   int bad_id = INT_MAX, bad_weight = INT_MAX;
   for (int base = t0 * K; base < end; base += 32) {
     const int i = base + lane;
-    bool valid = false;
-    int e = -1;
     if (i < end) {
       const int64_t id = LoadId(p, i);
       if (id < -1 || id >= E) bad_id = min(bad_id, i);
-      if (p.topk_weights != nullptr && !isfinite(p.topk_weights[i])) {
-        bad_weight = min(bad_weight, i);
-      }
-      if (id >= 0 && id < E) {
-        e = static_cast<int>(id);
-        valid = !p.high_throughput || FirstOfExpertInToken(p, i, id);
-      }
+      TakeSelection(p, i, id);  // this kernel and the write pass read the copy from here on
+      if (!isfinite(p.weights_out[i])) bad_weight = min(bad_weight, i);
     }
+    __syncwarp();  // the token's earlier selections, taken by other lanes, are visible
+    const int e = i < end ? p.topk_out[i] : -1;
+    const bool valid = e >= 0 && (!p.high_throughput || FirstOfExpertInToken(p, i, e));
     const unsigned same = __match_any_sync(0xffffffffu, valid ? e : -1 - lane);
     if (valid && lane == __ffs(same) - 1) mine[e] += __popc(same);
     __syncwarp();  // the next round's leader of e may be another lane
@@ -181,13 +177,8 @@ __global__ void __launch_bounds__(kChunkThreads)
   const int end = t1 * K;
   for (int base = t0 * K; base < end; base += 32) {
     const int i = base + lane;
-    int e = -1;
-    if (i < end) {
-      e = static_cast<int>(LoadId(p, i));
-      p.topk_out[i] = e;
-      p.weights_out[i] = p.topk_weights != nullptr ? p.topk_weights[i] : 1.0f;
-    }
-    const bool valid = i < end && e >= 0 && (!p.high_throughput || FirstOfExpertInToken(p, i, e));
+    const int e = i < end ? p.topk_out[i] : -1;  // the count pass's copy
+    const bool valid = e >= 0 && (!p.high_throughput || FirstOfExpertInToken(p, i, e));
     const unsigned same = __match_any_sync(0xffffffffu, valid ? e : -1 - lane);
     if (valid) {
       p.local_rank[i] = mine[e] + __popc(same & LanesBelow(lane));
@@ -203,10 +194,10 @@ __global__ void __launch_bounds__(kChunkThreads)
     // Each destination rank appears once per token, at its first k (reference ComputeSlots).
     const int L = p.local_experts;
     for (int k = 0; k < K; ++k) {
-      const int e = static_cast<int>(LoadId(p, t * K + k));
+      const int e = p.topk_out[t * K + k];
       bool first = e >= 0;
       for (int j = 0; j < k && first; ++j) {
-        const int ej = static_cast<int>(LoadId(p, t * K + j));
+        const int ej = p.topk_out[t * K + j];
         if (ej >= 0 && ej / L == e / L) first = false;
       }
       p.slot[t * K + k] = first ? p.group_rank * p.max_tokens + t : -1;

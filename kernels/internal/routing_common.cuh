@@ -15,12 +15,22 @@ __device__ __forceinline__ int64_t LoadId(const RoutingParams& p, int i) {
                         : static_cast<const int32_t*>(p.topk_idx)[i];
 }
 
+// NOTE: the bind reads the frontend's topk_idx and topk_weights once, into its own topk_out
+// and weights_out, and every later pass reads those: a frontend writing its routing while the
+// bind runs (its bug) then cannot make two passes disagree (ranks counted against other
+// counts: rows past an expert's region) nor index past the experts. An id outside [-1, E)
+// is kept as -1 (the bind is rejected anyway).
+__device__ __forceinline__ void TakeSelection(const RoutingParams& p, int i, int64_t id) {
+  p.topk_out[i] = id >= -1 && id < p.experts ? static_cast<int>(id) : -1;
+  p.weights_out[i] = p.topk_weights != nullptr ? p.topk_weights[i] : 1.0f;
+}
+
 // High-throughput counts a token once per expert: selection i is its token's first k with
-// that expert id.
-__device__ __forceinline__ bool FirstOfExpertInToken(const RoutingParams& p, int i, int64_t e) {
+// that expert id (in the bind's own copy; the token's earlier selections are written).
+__device__ __forceinline__ bool FirstOfExpertInToken(const RoutingParams& p, int i, int e) {
   const int k = i % p.top_k;
   for (int j = 1; j <= k; ++j) {
-    if (LoadId(p, i - j) == e) return false;
+    if (p.topk_out[i - j] == e) return false;
   }
   return true;
 }
