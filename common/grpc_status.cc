@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "common/utf8.h"
+
 namespace epd {
 namespace {
 
@@ -31,8 +33,7 @@ static_assert(SameCode(StatusCode::kUnauthenticated, grpc::UNAUTHENTICATED));
 std::string AnswerMessage(std::string_view message) {
   if (message.size() <= kMaxAnswerMessageBytes) return std::string(message);
   // Room for the note: " ... (<20 digits> more bytes)".
-  size_t head = kMaxAnswerMessageBytes - 40;
-  while (head > 0 && (static_cast<unsigned char>(message[head]) & 0xC0) == 0x80) --head;
+  const size_t head = Utf8StartAtOrBefore(message, kMaxAnswerMessageBytes - 40);
   return fmt::format("{} ... ({} more bytes)", message.substr(0, head), message.size() - head);
 }
 

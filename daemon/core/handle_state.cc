@@ -5,6 +5,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/utf8.h"
+
 namespace epd {
 namespace {
 
@@ -14,12 +16,8 @@ namespace {
 std::string EarlierReason(std::string_view message) {
   constexpr size_t kHead = 160, kTail = 320;
   if (message.size() <= kHead + kTail) return std::string(message);
-  size_t head = kHead, tail = message.size() - kTail;
-  auto continuation = [&](size_t i) {
-    return (static_cast<unsigned char>(message[i]) & 0xC0) == 0x80;
-  };
-  while (head > 0 && continuation(head)) --head;
-  while (tail < message.size() && continuation(tail)) ++tail;
+  const size_t head = Utf8StartAtOrBefore(message, kHead);
+  const size_t tail = Utf8StartAtOrAfter(message, message.size() - kTail);
   return fmt::format("{} ... {}", message.substr(0, head), message.substr(tail));
 }
 

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <string_view>
+
+#include "common/utf8.h"
 
 namespace epd {
 namespace {
@@ -67,6 +70,25 @@ TEST(StatusTest, ValueOfASuccessIsTheValue) {
   StatusOr<std::unique_ptr<int>> owned = std::make_unique<int>(7);
   std::unique_ptr<int> moved = std::move(owned).value();
   EXPECT_EQ(*moved, 7);
+}
+
+}  // namespace
+}  // namespace epd
+
+namespace epd {
+namespace {
+
+TEST(Utf8Test, CutsFallBetweenCharacters) {
+  const std::string_view text =
+      "a\xc3\xbc"
+      "b";  // a, ü (two bytes), b
+  EXPECT_EQ(Utf8StartAtOrBefore(text, 0), 0u);
+  EXPECT_EQ(Utf8StartAtOrBefore(text, 1), 1u);
+  EXPECT_EQ(Utf8StartAtOrBefore(text, 2), 1u);  // inside ü: back to its start
+  EXPECT_EQ(Utf8StartAtOrBefore(text, 3), 3u);
+  EXPECT_EQ(Utf8StartAtOrAfter(text, 2), 3u);  // inside ü: on to b
+  EXPECT_EQ(Utf8StartAtOrAfter(text, 3), 3u);
+  EXPECT_EQ(Utf8StartAtOrAfter(text, 4), 4u);  // the end
 }
 
 }  // namespace
