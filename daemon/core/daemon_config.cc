@@ -32,10 +32,10 @@ constexpr std::string_view kTopLevelKeys[] = {"listen",
 constexpr std::string_view kClusterKeys[] = {"node_rank", "nodes",      "leader",
                                              "listen",    "address",    "token_file",
                                              "bootstrap_timeout_ms", "peer_timeout_ms"};
-constexpr std::string_view kLimitKeys[] = {"buffers_per_session",      "mapped_bytes_per_session",
-                                           "fences_per_session",       "handles_per_session",
-                                           "groups_per_session",       "persistent_groups",
-                                           "ops_in_flight_per_session"};
+constexpr std::string_view kLimitKeys[] = {"buffers_per_session",       "mapped_bytes_per_session",
+                                           "fences_per_session",        "handles_per_session",
+                                           "groups_per_session",        "persistent_groups",
+                                           "ops_in_flight_per_session", "sessions"};
 constexpr std::string_view kLogLevels[] = {"trace", "debug",    "info", "warn",
                                            "error", "critical", "off"};
 
@@ -63,6 +63,7 @@ Status ParseLimits(const TomlReader& reader, const toml::node& node, SessionLimi
     if (name == "groups_per_session") limits->groups = limit;
     if (name == "persistent_groups") limits->persistent_groups = limit;
     if (name == "ops_in_flight_per_session") limits->ops_in_flight = limit;
+    if (name == "sessions") limits->sessions = limit;
   }
   return OkStatus();
 }

@@ -58,8 +58,9 @@ StatusOr<SessionInfo> Engine::Impl::OpenSession(int rank, std::string client_nam
                                                 SessionPeer peer) {
   EPD_RETURN_IF_ERROR(ValidatePrintableName(client_name, "client_name", kMaxClientNameBytes));
   EPD_RETURN_IF_ERROR(ValidateSessionRank(rank, backend_->num_ranks()));
-  EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
-                       sessions_.Open(rank, std::move(client_name), unary, peer));
+  EPD_ASSIGN_OR_RETURN(
+      std::shared_ptr<Session> session,
+      sessions_.Open(rank, std::move(client_name), unary, peer, options_.limits.sessions));
   EPD_LOG(kCore, info, "session {} opened for rank {} by '{}'{}{}", session->id, rank,
           session->client_name, unary ? " (unary)" : "",
           peer.pid >= 0 ? fmt::format(" (pid {}, uid {})", peer.pid, peer.uid) : "");

@@ -17,6 +17,10 @@ struct SessionLimits {
   uint64_t handles = 256;                      // limits.handles_per_session
   uint64_t groups = 64;                        // limits.groups_per_session
   uint64_t persistent_groups = 256;            // limits.persistent_groups (node-wide)
+  // Sessions open at once on the node: a frontend stuck reconnecting without closing, or a
+  // script opening sessions in a loop, meets RESOURCE_EXHAUSTED instead of growing the
+  // daemon until the idle timeout catches up (a node runs a frontend per GPU plus tools).
+  uint64_t sessions = 4096;  // limits.sessions (node-wide)
   // Ops accepted and not yet answered: bounds what one session can queue on its rank's
   // worker and lanes (a frontend posting ahead needs a few layers' worth).
   uint64_t ops_in_flight = 4096;  // limits.ops_in_flight_per_session

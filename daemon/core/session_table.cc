@@ -2,13 +2,14 @@
 
 #include "daemon/core/log.h"
 #include "daemon/core/session_identity.h"
+#include "daemon/core/session_limits.h"
 
 namespace epd {
 
 SessionTable::SessionTable() = default;
 
-StatusOr<std::shared_ptr<Session>> SessionTable::Open(int rank, std::string client_name,
-                                                      bool unary, SessionPeer peer) {
+StatusOr<std::shared_ptr<Session>> SessionTable::Open(int rank, std::string client_name, bool unary,
+                                                      SessionPeer peer, uint64_t max_open) {
   auto session = std::make_shared<Session>();
   session->rank = rank;
   session->client_name = std::move(client_name);
@@ -18,6 +19,8 @@ StatusOr<std::shared_ptr<Session>> SessionTable::Open(int rank, std::string clie
   session->Touch();
   std::lock_guard lock(mutex_);
   if (stopped_) return UnavailableError("epd is shutting down");
+  EPD_RETURN_IF_ERROR(
+      CheckLimit(sessions_.size(), 1, max_open, "open sessions", "limits.sessions"));
   do {
     EPD_ASSIGN_OR_RETURN(session->id, RandomSessionId());
   } while (session->id == 0 || sessions_.count(session->id) != 0);

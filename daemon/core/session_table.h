@@ -9,6 +9,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -67,8 +68,10 @@ class SessionTable {
  public:
   SessionTable();
 
+  // RESOURCE_EXHAUSTED naming limits.sessions when `max_open` sessions are open already.
   StatusOr<std::shared_ptr<Session>> Open(int rank, std::string client_name, bool unary,
-                                          SessionPeer peer);
+                                          SessionPeer peer,
+                                          uint64_t max_open = std::numeric_limits<uint64_t>::max());
   // The open session (touched: a call keeps a unary session alive), or NOT_FOUND.
   StatusOr<std::shared_ptr<Session>> Find(SessionId id);
   // Takes the session out of the table and marks it closed; nullptr when it is not open.

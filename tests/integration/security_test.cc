@@ -276,6 +276,28 @@ int DaemonShmObjects(pid_t pid) {
   return count;
 }
 
+// A client opening sessions without end (a reconnect loop that never closes) meets the
+// node-wide bound, named; a closed session makes room again.
+TEST(SecurityTest, OpenSessionsAreBoundedNodeWide) {
+  const std::string config_path = ::testing::TempDir() + UniqueName("sessions") + ".toml";
+  std::ofstream(config_path) << "[limits]\nsessions = 3\n";
+  auto daemon = DaemonProcess::Start({"--config", config_path}, 2);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  auto client = ConnectOrDie((*daemon)->address());
+  std::vector<std::unique_ptr<Session>> open;
+  for (int i = 0; i < 3; ++i) {
+    auto session = client->OpenSession(i % 2, "loop");
+    ASSERT_TRUE(session.ok()) << session.status().ToString();
+    open.push_back(std::move(session).value());
+  }
+  EXPECT_EPD_ERROR(client->OpenSession(0, "one too many").status(), StatusCode::kResourceExhausted,
+                   "3 open sessions", "limits.sessions");
+  ASSERT_EPD_OK(open.back()->Close());
+  open.pop_back();
+  WaitForStats(*client, [](const v1::Stats& s) { return s.sessions_open() == 2; });
+  EXPECT_TRUE(client->OpenSession(0, "room again").ok());
+}
+
 // Honest frontends keep running layers while an abusive client process misbehaves; the
 // honest ones see no error and the daemon returns to its baseline afterwards.
 TEST(SecurityTest, SoakHonestFrontendsBesideAnAbusiveClient) {

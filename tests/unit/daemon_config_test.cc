@@ -408,7 +408,7 @@ TEST(DaemonConfigTest, LimitsHaveDefaultsAndEveryKeyIsChecked) {
   auto config = ParseDaemonConfig(
       "[limits]\nbuffers_per_session = 3\nmapped_bytes_per_session = 4096\n"
       "fences_per_session = 5\nhandles_per_session = 6\ngroups_per_session = 7\n"
-      "persistent_groups = 8\n");
+      "persistent_groups = 8\nsessions = 9\n");
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->limits.buffers, 3u);
   EXPECT_EQ(config->limits.mapped_bytes, 4096u);
@@ -416,6 +416,7 @@ TEST(DaemonConfigTest, LimitsHaveDefaultsAndEveryKeyIsChecked) {
   EXPECT_EQ(config->limits.handles, 6u);
   EXPECT_EQ(config->limits.groups, 7u);
   EXPECT_EQ(config->limits.persistent_groups, 8u);
+  EXPECT_EQ(config->limits.sessions, 9u);
   ExpectError("[limits]\nfences_per_session = 0\n", {"limits.fences_per_session"});
   ExpectError("[limits]\nfences = 1\n", {"limits.fences is not a known key"});
   ExpectError("limits = 3\n", {"limits must be a table"});

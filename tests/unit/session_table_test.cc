@@ -56,6 +56,19 @@ TEST(SessionTableTest, ListSummarisesEachSession) {
   EXPECT_EQ(list[0].ops_failed, 1u);
 }
 
+TEST(SessionTableTest, OpenSessionsAreBoundedByTheLimit) {
+  SessionTable table;
+  auto a = table.Open(0, "a", false, {}, 2).value();
+  auto b = table.Open(1, "b", true, {}, 2).value();
+  const Status third = table.Open(0, "c", false, {}, 2).status();
+  EXPECT_EQ(third.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(third.message().find("limits.sessions"), std::string::npos) << third.message();
+  EXPECT_NE(third.message().find("2 open sessions"), std::string::npos) << third.message();
+  // A closed session makes room.
+  ASSERT_NE(table.Remove(a->id), nullptr);
+  EXPECT_TRUE(table.Open(0, "c", false, {}, 2).ok());
+}
+
 TEST(SessionTableTest, StopOpeningRefusesNewSessionsOnly) {
   SessionTable table;
   auto before = table.Open(0, "a", false, {}).value();
