@@ -78,6 +78,17 @@ StatusOr<std::vector<RankClient>> MakeRanks(const std::string& address,
   return ranks;
 }
 
+example::Problem SmallProblem(int ranks) {
+  example::Problem p;
+  p.ranks = ranks;
+  p.experts = 4;
+  p.hidden = 64;
+  p.max_tokens = 16;
+  p.top_k = 2;
+  p.dtype = v1::DTYPE_BF16;
+  return p;
+}
+
 Status RunGoodLayer(std::vector<RankClient>& ranks, int iteration, bool fenced) {
   const std::vector<Status> statuses = RunOnRanks(static_cast<int>(ranks.size()), [&](int r) {
     example::RankRunner& runner = *ranks[r].runner;

@@ -62,6 +62,9 @@ StatusOr<std::vector<RankClient>> MakeRanks(const std::string& address,
                                             const example::RankRunnerOptions& options,
                                             const ClientOptions& client_options = {});
 
+// The small layer most client-driven tests run: bf16, E 4, H 64, T 16, K 2 over `ranks`.
+example::Problem SmallProblem(int ranks = 2);
+
 // One layer on every rank (identity expert), checked bit for bit; returns the first error.
 Status RunGoodLayer(std::vector<RankClient>& ranks, int iteration, bool fenced = false);
 

@@ -25,17 +25,6 @@ bool IsCanonicalError(StatusCode code) {
   }
 }
 
-example::Problem SmallProblem(int ranks) {
-  example::Problem p;
-  p.ranks = ranks;
-  p.experts = 4;
-  p.hidden = 64;
-  p.max_tokens = 16;
-  p.top_k = 2;
-  p.dtype = v1::DTYPE_BF16;
-  return p;
-}
-
 std::string CodeSummary(const std::map<StatusCode, int>& codes) {
   std::string summary;
   for (const auto& [code, count] : codes) {

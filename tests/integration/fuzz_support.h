@@ -1,7 +1,7 @@
 // Shared pieces of the fuzz tests (request_fuzz_test.cc, stream_fuzz_test.cc,
 // cluster_fuzz_test.cc): the daemon they drive, which answers bad input may get, how one
-// changed request and its answer are kept, the scale knob and the layer their groups start
-// from. Requests are changed by proto_mutator.h.
+// changed request and its answer are kept, and the scale knob. Their groups start from
+// SmallProblem (client_test_support.h); requests are changed by proto_mutator.h.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -30,9 +30,6 @@ int FuzzScale();
 // Whether bad input may be answered with `code`: any canonical code but INTERNAL, UNKNOWN,
 // UNIMPLEMENTED and DATA_LOSS (which would mean the daemon itself went wrong).
 bool IsCanonicalError(StatusCode code);
-
-// The small layer every fuzzed group starts from: bf16, E 4, H 64, T 16, K 2.
-example::Problem SmallProblem(int ranks);
 
 // " OK 12 INVALID_ARGUMENT 3 ...": a tally of answers, for the test's output.
 std::string CodeSummary(const std::map<StatusCode, int>& codes);

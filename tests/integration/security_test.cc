@@ -25,16 +25,6 @@ using example::Problem;
 
 const char* SecurityClientPath() { return EPD_SECURITY_CLIENT_PATH; }
 
-Problem SmallProblem() {
-  Problem p;
-  p.ranks = 2;
-  p.experts = 4;
-  p.hidden = 64;
-  p.max_tokens = 16;
-  p.top_k = 2;
-  return p;
-}
-
 // Runs the security client (as `user_prefix`, e.g. setpriv ..., when not empty) and returns
 // its "CODE <n> ..." line.
 std::string RunSecurityClient(std::vector<std::string> user_prefix,

@@ -22,16 +22,6 @@ class SessionLifecycleTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { daemon_.reset(); }
 
-  static Problem SmallProblem() {
-    Problem p;
-    p.ranks = 2;
-    p.experts = 4;
-    p.hidden = 64;
-    p.max_tokens = 16;
-    p.top_k = 2;
-    return p;
-  }
-
   static std::unique_ptr<DaemonProcess> daemon_;
 };
 std::unique_ptr<DaemonProcess> SessionLifecycleTest::daemon_;
