@@ -23,12 +23,7 @@ class BadInputTest : public ::testing::Test {
   static void TearDownTestSuite() { daemon_.reset(); }
 
   void SetUp() override {
-    problem_.ranks = 2;
-    problem_.experts = 4;
-    problem_.hidden = 64;
-    problem_.max_tokens = 16;
-    problem_.top_k = 2;
-    problem_.dtype = v1::DTYPE_BF16;
+    problem_ = SmallProblem();
     options_.group = UniqueName("bad");
     auto world = MakeRanks(daemon_->address(), problem_, options_);
     ASSERT_TRUE(world.ok()) << world.status().ToString();

@@ -15,11 +15,7 @@ class CapacityTest : public ::testing::Test {
     auto daemon = DaemonProcess::Start({}, 2);
     ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
     daemon_ = std::move(daemon).value();
-    problem_.ranks = 2;
-    problem_.experts = 4;
-    problem_.hidden = 64;
-    problem_.max_tokens = 16;
-    problem_.top_k = 2;
+    problem_ = SmallProblem();
     problem_.expert_capacity = 3;
     options_.group = UniqueName("capacity");
     auto world = MakeRanks(daemon_->address(), problem_, options_);

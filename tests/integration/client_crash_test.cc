@@ -41,12 +41,7 @@ TEST(ClientCrashTest, KilledFrontendIsCleanedUpAndPeersKeepWorking) {
   auto client = ConnectOrDie((*daemon)->address());
   ASSERT_NE(client, nullptr);
 
-  Problem p;
-  p.ranks = 2;
-  p.experts = 4;
-  p.hidden = 64;
-  p.max_tokens = 16;
-  p.top_k = 2;
+  const Problem p = SmallProblem();
   example::RankRunnerOptions options;
   options.group = UniqueName("crash");
 
@@ -114,12 +109,7 @@ TEST(ClientCrashTest, ManyKilledFrontendsLeaveNothingBehind) {
   auto before = client->GetStats();
   ASSERT_TRUE(before.ok());
 
-  Problem p;
-  p.ranks = 2;
-  p.experts = 4;
-  p.hidden = 64;
-  p.max_tokens = 16;
-  p.top_k = 2;
+  const Problem p = SmallProblem();
   for (int round = 0; round < 3; ++round) {
     const std::string group = UniqueName("killed");
     std::string shm0, shm1;

@@ -17,16 +17,6 @@ using example::RankRunner;
 
 constexpr const char* kLongOpTimeoutMs = "120000";
 
-Problem TwoRankProblem() {
-  Problem p;
-  p.ranks = 2;
-  p.experts = 4;
-  p.hidden = 64;
-  p.max_tokens = 16;
-  p.top_k = 2;
-  return p;
-}
-
 v1::OpOptions Blocking() {
   v1::OpOptions options;
   options.set_blocking(true);
@@ -39,7 +29,7 @@ v1::OpOptions Blocking() {
 TEST(IsolationTest, TwoGroupsPostedInOppositeOrdersOnTwoRanksBothCompleteExactly) {
   auto daemon = DaemonProcess::Start({"--op-timeout-ms", kLongOpTimeoutMs}, 2);
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
-  const Problem problem = TwoRankProblem();
+  const Problem problem = SmallProblem();
   example::RankRunnerOptions a_options, b_options;
   a_options.group = UniqueName("iso-a");
   b_options.group = UniqueName("iso-b");
@@ -100,7 +90,7 @@ TEST(IsolationTest, AStuckFencedOpOfOneSessionDoesNotDelayAnotherGroupOnItsRank)
   auto daemon = DaemonProcess::Start({"--op-timeout-ms", kLongOpTimeoutMs}, 2);
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
 
-  Problem solo = TwoRankProblem();
+  Problem solo = SmallProblem();
   solo.ranks = 1;  // group A: node rank 0 only
   solo.experts = 2;
   auto a_client = ConnectOrDie((*daemon)->address());
@@ -125,8 +115,7 @@ TEST(IsolationTest, AStuckFencedOpOfOneSessionDoesNotDelayAnotherGroupOnItsRank)
 
   example::RankRunnerOptions b_options;
   b_options.group = UniqueName("iso-free");
-  auto b = MakeRanks((*daemon)->address(), TwoRankProblem(), b_options,
-                     ShortClientLimits());
+  auto b = MakeRanks((*daemon)->address(), SmallProblem(), b_options, ShortClientLimits());
   ASSERT_TRUE(b.ok()) << b.status().ToString();
   for (int layer = 0; layer < 3; ++layer) {
     ASSERT_EPD_OK(RunGoodLayer(*b, layer));
