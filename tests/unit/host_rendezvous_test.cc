@@ -12,6 +12,19 @@ namespace {
 using std::chrono::milliseconds;
 constexpr milliseconds kLong{10'000};
 
+// Ranks 0 and 1 of a two-rank rendezvous both arrive at their next op: each may now read the
+// other's part. Returns the op's number.
+uint64_t MeetBoth(HostRendezvous& rendezvous) {
+  const uint64_t seq = rendezvous.TakeSequence(0);
+  EXPECT_EQ(rendezvous.TakeSequence(1), seq);
+  auto other = std::async(std::launch::async, [&] {
+    return rendezvous.Arrive(1, seq, CollectiveKind::kDispatch, nullptr, kLong);
+  });
+  EXPECT_TRUE(rendezvous.Arrive(0, seq, CollectiveKind::kDispatch, nullptr, kLong).ok());
+  EXPECT_TRUE(other.get().ok());
+  return seq;
+}
+
 TEST(HostRendezvous, RanksMeetAndSeeEachOthersParts) {
   HostRendezvous rendezvous("g", 2);
   int a = 1, b = 2;
@@ -89,6 +102,47 @@ TEST(HostRendezvous, AbortReleasesEveryWaitAndRealignsTheRanks) {
             StatusCode::kUnavailable);
   // Both ranks' next ops are the same op again.
   EXPECT_EQ(rendezvous.TakeSequence(0), rendezvous.TakeSequence(1));
+}
+
+// A rank's op ending lets its memory go (its session's buffers are unmapped then): while a peer
+// still reads it, the rank stays — an abort or a shutdown does not change that.
+TEST(HostRendezvous, NoRankLeavesAMetOpWhileAPeerStillReadsEvenWhenAborted) {
+  HostRendezvous rendezvous("g", 2);
+  for (const bool shut_down : {false, true}) {
+    SCOPED_TRACE(shut_down ? "shutdown" : "abort");
+    const uint64_t seq = MeetBoth(rendezvous);
+    if (shut_down) {
+      rendezvous.Shutdown();
+    } else {
+      rendezvous.Abort(UnavailableError("rank 1's session ended"));
+    }
+    auto leaving = std::async(std::launch::async, [&] { return rendezvous.Leave(0, seq, kLong); });
+    EXPECT_EQ(leaving.wait_for(milliseconds(300)), std::future_status::timeout);
+    const Status reader = rendezvous.Leave(1, seq, kLong);
+    EXPECT_EQ(reader.code(), StatusCode::kUnavailable);
+    EXPECT_EQ(leaving.get().message(), reader.message());
+  }
+}
+
+TEST(HostRendezvous, ALeaveTimeoutNamesTheReadersAndStillWaitsForThem) {
+  HostRendezvous rendezvous("g", 2);
+  const uint64_t seq = MeetBoth(rendezvous);
+  auto leaving =
+      std::async(std::launch::async, [&] { return rendezvous.Leave(0, seq, milliseconds(100)); });
+  EXPECT_EQ(leaving.wait_for(milliseconds(500)), std::future_status::timeout);
+  const Status slow = rendezvous.Leave(1, seq, kLong);
+  const Status timed_out = leaving.get();
+  EXPECT_EQ(timed_out.code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(timed_out.message().find("group rank 0 timed out after 100 ms waiting for group ranks "
+                                     "[1] to finish reading its memory"),
+            std::string::npos)
+      << timed_out.message();
+  EXPECT_EQ(slow.message(), timed_out.message());
+  // The group's next op works.
+  const uint64_t next = MeetBoth(rendezvous);
+  auto other = std::async(std::launch::async, [&] { return rendezvous.Leave(1, next, kLong); });
+  EXPECT_TRUE(rendezvous.Leave(0, next, kLong).ok());
+  EXPECT_TRUE(other.get().ok());
 }
 
 TEST(HostRendezvous, ShutdownReleasesWaitsAndFailsLaterOnes) {

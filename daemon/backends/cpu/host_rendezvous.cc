@@ -20,18 +20,19 @@ std::shared_ptr<HostRendezvous::Slot> HostRendezvous::SlotLocked(uint64_t seq) {
     slot = std::make_shared<Slot>();
     slot->parts.assign(world_size_, nullptr);
     slot->arrived.assign(world_size_, false);
+    slot->left_ranks.assign(world_size_, false);
   }
   return slot;
 }
 
-// A slot is finished once every rank arrived and either left or saw the op fail; waiters
-// hold their own reference.
+// A slot goes once no rank needs it: a met op once every rank left (its readers), any other
+// op once every rank arrived (it failed) or it was aborted. Waiters hold their own reference.
 void HostRendezvous::EraseFinishedLocked() {
   for (auto it = slots_.begin(); it != slots_.end();) {
     const Slot& slot = *it->second;
-    const bool finished =
-        slot.arrivals == world_size_ && (slot.left == world_size_ || !slot.failure.ok());
-    it = finished || it->first <= aborted_through_ ? slots_.erase(it) : std::next(it);
+    const bool finished = slot.met ? slot.left == world_size_
+                                   : slot.arrivals == world_size_ || it->first <= aborted_through_;
+    it = finished ? slots_.erase(it) : std::next(it);
   }
 }
 
@@ -47,12 +48,11 @@ Status HostRendezvous::StoppedLocked(uint64_t seq) const {
   return UnavailableError("group '{}' op {} was aborted", group_name_, seq);
 }
 
-std::string HostRendezvous::MissingLocked(const Slot& slot, bool leaving) const {
+std::string HostRendezvous::MissingLocked(const Slot& slot) const {
   std::vector<int> missing;
   for (int r = 0; r < world_size_; ++r) {
     if (!slot.arrived[r]) missing.push_back(r);
   }
-  if (leaving && missing.empty()) return "some group ranks did not finish it";
   return fmt::format("group ranks [{}] did not post it", fmt::join(missing, ", "));
 }
 
@@ -72,44 +72,55 @@ StatusOr<std::vector<const void*>> HostRendezvous::Arrive(int rank, uint64_t seq
   slot->parts[rank] = part;
   slot->arrived[rank] = true;
   ++slot->arrivals;
+  slot->met = slot->arrivals == world_size_ && slot->failure.ok() && StoppedLocked(seq).ok();
   changed_.notify_all();
-  const bool released = changed_.wait_for(lock, timeout, [&] {
-    return slot->arrivals == world_size_ || !slot->failure.ok() || !StoppedLocked(seq).ok();
-  });
-  if (Status stopped = StoppedLocked(seq); !stopped.ok()) return stopped;
-  if (!released) {
+  const bool released = changed_.wait_for(
+      lock, timeout, [&] { return slot->met || !slot->failure.ok() || !StoppedLocked(seq).ok(); });
+  // A met op is read by every rank, whatever came after (see the note in the header).
+  if (slot->met) return slot->parts;
+  Status failure = StoppedLocked(seq);
+  if (failure.ok() && !released) {
     slot->failure = DeadlineExceededError(
         "group '{}' {} op {}: group rank {} timed out after {} ms: {}", group_name_,
-        CollectiveKindName(kind), seq, rank, timeout.count(), MissingLocked(*slot, false));
+        CollectiveKindName(kind), seq, rank, timeout.count(), MissingLocked(*slot));
     changed_.notify_all();
   }
-  Status failure = slot->failure;
+  if (failure.ok()) failure = slot->failure;
   EraseFinishedLocked();
-  if (!failure.ok()) return failure;
-  return slot->parts;
+  return failure;
 }
 
 Status HostRendezvous::Leave(int rank, uint64_t seq, std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
   auto it = slots_.find(seq);
-  if (it == slots_.end()) return StoppedLocked(seq);  // aborted and erased meanwhile
+  if (it == slots_.end() || !it->second->met) {
+    return InternalError("group '{}' op {}: group rank {} leaves an op it did not meet",
+                         group_name_, seq, rank);
+  }
   std::shared_ptr<Slot> slot = it->second;
+  slot->left_ranks[rank] = true;
   ++slot->left;
   changed_.notify_all();
-  const bool released = changed_.wait_for(lock, timeout, [&] {
-    return slot->left == world_size_ || !slot->failure.ok() || !StoppedLocked(seq).ok();
-  });
-  if (Status stopped = StoppedLocked(seq); !stopped.ok()) return stopped;
-  if (!released) {
-    slot->failure = DeadlineExceededError(
-        "group '{}' {} op {}: group rank {} timed out after {} ms waiting for its peers to "
-        "finish reading",
-        group_name_, CollectiveKindName(slot->kind), seq, rank, timeout.count());
-    changed_.notify_all();
+  const auto all_left = [&] { return slot->left == world_size_; };
+  if (!changed_.wait_for(lock, timeout, all_left)) {
+    std::vector<int> reading;
+    for (int r = 0; r < world_size_; ++r) {
+      if (!slot->left_ranks[r]) reading.push_back(r);
+    }
+    if (slot->failure.ok()) {
+      slot->failure = DeadlineExceededError(
+          "group '{}' {} op {}: group rank {} timed out after {} ms waiting for group ranks [{}] "
+          "to finish reading its memory",
+          group_name_, CollectiveKindName(slot->kind), seq, rank, timeout.count(),
+          fmt::join(reading, ", "));
+    }
+    // NOTE: they still read this rank's memory, and reading never waits: this ends.
+    changed_.wait(lock, all_left);
   }
-  Status failure = slot->left == world_size_ ? OkStatus() : slot->failure;
+  Status status = slot->failure;
+  if (status.ok()) status = StoppedLocked(seq);
   EraseFinishedLocked();
-  return failure;
+  return status;
 }
 
 void HostRendezvous::Abandon(int rank, uint64_t seq, CollectiveKind kind, const Status& reason) {

@@ -4,10 +4,16 @@
 // Sequence numbers are taken when a rank enqueues its op (TakeSequence, on the engine's worker);
 // the op's execution thread later calls Arrive (publishes its part, waits for every peer's),
 // does its work reading the peers' parts, then Leave (waits until no peer still reads its
-// memory). Every wait is bounded by the timeout and released at once by Abandon (a rank gives
-// up its op), Abort (a member's session ended) or Shutdown. A timeout fails only that op:
-// a rank that arrives late still takes the op's number and fails at once, so the group's later
-// ops line up again.
+// memory). Waits for arrivals are bounded by the timeout and released at once by Abandon (a
+// rank gives up its op), Abort (a member's session ended) or Shutdown. A timeout fails only
+// that op: a rank that arrives late still takes the op's number and fails at once, so the
+// group's later ops line up again.
+//
+// NOTE: once every rank arrived, every rank reads its peers' memory (the op is *met*), and no
+// rank leaves before all finished reading — not on an abort, a shutdown or a timeout: a rank
+// that left would let its memory go (its session's buffers are unmapped once its op ends)
+// while a peer still copies from it. The reading never waits on anything, so this ends; past
+// the timeout the op fails, but only once the last reader is done.
 #pragma once
 
 #include <chrono>
@@ -39,6 +45,8 @@ class HostRendezvous {
   StatusOr<std::vector<const void*>> Arrive(int rank, uint64_t seq, CollectiveKind kind,
                                             const void* part, std::chrono::milliseconds timeout);
   // After `rank`'s work on op `seq`: waits until every rank finished reading its peers' parts.
+  // DEADLINE_EXCEEDED when that took longer than `timeout` (returned after the wait), the
+  // abort or shutdown status when one came meanwhile.
   Status Leave(int rank, uint64_t seq, std::chrono::milliseconds timeout);
   // `rank` will not take part in op `seq`: the peers fail it with `reason`, naming the rank.
   void Abandon(int rank, uint64_t seq, CollectiveKind kind, const Status& reason);
@@ -55,13 +63,15 @@ class HostRendezvous {
     std::vector<bool> arrived;
     CollectiveKind kind = CollectiveKind::kDispatch;
     int arrivals = 0;
+    bool met = false;  // every rank arrived with no failure: every rank reads the parts
     int left = 0;
+    std::vector<bool> left_ranks;
     Status failure;
   };
   std::shared_ptr<Slot> SlotLocked(uint64_t seq);
   void EraseFinishedLocked();
   Status StoppedLocked(uint64_t seq) const;  // OK unless shut down or aborted through seq
-  std::string MissingLocked(const Slot& slot, bool leaving) const;
+  std::string MissingLocked(const Slot& slot) const;
 
   const std::string group_name_;
   const int world_size_;
