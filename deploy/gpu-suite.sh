@@ -125,6 +125,8 @@ if [[ $depth == full ]]; then
   step graphs_repeated 900 "$bin/epd_gpu_frontend_tests" --gtest_filter='*Captured*' \
     --gtest_repeat=5
   step handoff_no_mps 300 "$bin/epd-handoff-bench" --json "$out/handoff-no-mps.json"
+  # Which release calls wait for running kernels (why the backend reclaims memory as it does).
+  step release_stall 120 "$bin/epd-release-stall-bench"
   mps_on
   step handoff_mps 300 "$bin/epd-handoff-bench" --json "$out/handoff-mps.json"
   mps_off

@@ -22,6 +22,7 @@ done
 grep -qx memcheck <<<"$one_quick" && fail "1 GPU, quick: runs the sanitizers"
 one_full=$(steps 1 full)
 grep -qx memcheck <<<"$one_full" || fail "1 GPU, full: no memcheck"
+grep -qx release_stall <<<"$one_full" || fail "1 GPU, full: no release_stall probe"
 grep -qx bench_ht_ep2 <<<"$one_full" && fail "1 GPU, full: runs the 2-GPU steps"
 two_full=$(steps 2 full)
 for name in bench_ht_ep2 bench_two_daemons bench_two_daemons_network spanning_nccl_as_is \

@@ -176,7 +176,7 @@ StatusOr<std::unique_ptr<ExportedMemory>> CudaBackend::CreateFence(int node_rank
   RankState& rank = *ranks_[node_rank];
   EPD_ASSIGN_OR_RETURN(
       auto page, CudaExportedMemory::Create(node_rank, rank.device, kFencePageBytes, allocations_,
-                                            rank.setup_stream->get()));
+                                            reclaimer_, rank.setup_stream->get()));
   const FencePageHeader header = MakeFencePageHeader();
   EPD_CUDA_CHECK(cudaMemcpyAsync(page->data(), &header, sizeof(header), cudaMemcpyHostToDevice,
                                  rank.setup_stream->get()));
@@ -204,19 +204,21 @@ StatusOr<std::unique_ptr<BackendGroup>> CudaBackend::CreateGroup(const GroupConf
       }
     }
   }
-  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group, CudaGroup::Create(config, allocations_));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group,
+                       CudaGroup::Create(config, allocations_, reclaimer_));
   group->sm_count_ = std::numeric_limits<int>::max();
   for (int r = 0; r < R; ++r) {
     RankState& rank = *ranks_[config.ranks[r]];
     group->devices_.push_back(rank.device);
     group->sm_count_ = std::min(group->sm_count_, rank.sm_count);
-    EPD_ASSIGN_OR_RETURN(auto sync, CudaExportedMemory::Create(
-                                        config.ranks[r], rank.device,
-                                        kernels::SyncAreaBytes(R, InboxExperts(config)), allocations_,
-                                        rank.setup_stream->get()));
+    EPD_ASSIGN_OR_RETURN(
+        auto sync, CudaExportedMemory::Create(config.ranks[r], rank.device,
+                                              kernels::SyncAreaBytes(R, InboxExperts(config)),
+                                              allocations_, reclaimer_, rank.setup_stream->get()));
     group->sync_.push_back(std::move(sync));
-    EPD_ASSIGN_OR_RETURN(auto table, DeviceMemory::Create(rank.device, sizeof(kernels::PeerTable),
-                                                          allocations_, rank.setup_stream->get()));
+    EPD_ASSIGN_OR_RETURN(auto table,
+                         DeviceMemory::Create(rank.device, sizeof(kernels::PeerTable), allocations_,
+                                              reclaimer_, rank.setup_stream->get()));
     group->peer_tables_.push_back(std::move(table));
   }
   // Every rank's SyncArea, published once into every rank's table, and kept for the launches.
@@ -270,21 +272,20 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
   handle->private_layout_ = ComputePrivateLayout(c);
   RankState& rank = *ranks_[handle->node_rank_];
   EPD_ASSIGN_OR_RETURN(handle->lane_, group.LaneOf(group_rank, [&]() -> StatusOr<OpLane*> {
-    EPD_ASSIGN_OR_RETURN(std::unique_ptr<OpLane> lane,
-                         OpLane::Create(rank.device,
-                                        fmt::format("group '{}' rank {}", c.name,
-                                                    handle->node_rank_),
-                                        rank.records, options_.on_fatal_error));
+    EPD_ASSIGN_OR_RETURN(
+        std::unique_ptr<OpLane> lane,
+        OpLane::Create(rank.device, fmt::format("group '{}' rank {}", c.name, handle->node_rank_),
+                       rank.records, reclaimer_, options_.on_fatal_error));
     return lanes_.Add(std::move(lane));
   }));
   EPD_ASSIGN_OR_RETURN(
       handle->exported_,
       CudaExportedMemory::Create(handle->node_rank_, rank.device, handle->layout_.exported_bytes,
-                                 allocations_, rank.setup_stream->get()));
-  EPD_ASSIGN_OR_RETURN(handle->private_,
-                       CudaExportedMemory::Create(handle->node_rank_, rank.device,
-                                                  handle->private_layout_.bytes, allocations_,
-                                                  rank.setup_stream->get()));
+                                 allocations_, reclaimer_, rank.setup_stream->get()));
+  EPD_ASSIGN_OR_RETURN(
+      handle->private_,
+      CudaExportedMemory::Create(handle->node_rank_, rank.device, handle->private_layout_.bytes,
+                                 allocations_, reclaimer_, rank.setup_stream->get()));
   // Publish its receive buffers once, in a free slot of this rank's entries of every rank's
   // table; a dispatch names the slot with its counts.
   const int slot = group.ClaimSlot(group_rank);
@@ -375,6 +376,7 @@ StatusOr<CudaExportedMemory*> CudaBackend::FenceOf(int node_rank, ExportedMemory
 }
 
 void CudaBackend::Complete(BackendHandle& h, std::function<void(Status)> done) {
+  const auto gate = Launching();
   static_cast<CudaHandle&>(h).lane_->Complete(std::move(done));
 }
 

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "daemon/backends/cuda/error_records.h"
 #include "daemon/backends/cuda/ipc_mapping.h"
 #include "daemon/backends/cuda/op_lane.h"
+#include "daemon/backends/cuda/reclaimer.h"
 #include "daemon/core/lane_registry.h"
 #include "daemon/core/task_thread.h"
 #include "kernels/collective_launch.cuh"
@@ -88,6 +90,9 @@ class CudaBackend final : public Backend {
   // Where and what an op's folded signal writes (no counter: the op signals nothing).
   StatusOr<kernels::DeviceFenceSignal> DeviceSignal(int node_rank,
                                                     const FenceSignal& signal) const;
+  // Held by every call that enqueues device work, so the Reclaimer sees the GPUs idle only
+  // while nothing can start (reclaimer.h).
+  std::shared_lock<std::shared_mutex> Launching() { return std::shared_lock(launch_gate_); }
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
@@ -118,8 +123,11 @@ class CudaBackend final : public Backend {
   void SpanAbandon(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
 
   CudaBackendOptions options_;
+  // NOTE: before everything that holds memory: it all goes back through the reclaimer.
+  std::shared_mutex launch_gate_;
+  Reclaimer reclaimer_{launch_gate_};
   AllocationCounter allocations_;
-  ImportCache imports_;
+  ImportCache imports_{reclaimer_};
   // Host-mapped word the fence-wait kernels poll: non-zero once the daemon shuts down.
   std::unique_ptr<PinnedHostMemory> shutdown_word_;
   // NOTE: before ranks_: a completion thread may drop the last reference to a group while

@@ -13,10 +13,11 @@
 namespace epd::cuda {
 
 StatusOr<std::unique_ptr<CudaExportedMemory>> CudaExportedMemory::Create(
-    int node_rank, int device, size_t bytes, AllocationCounter& counter,
+    int node_rank, int device, size_t bytes, AllocationCounter& counter, Reclaimer& reclaimer,
     cudaStream_t setup_stream) {
   EPD_ASSIGN_OR_RETURN(const DriverApi* driver, Driver());
-  EPD_ASSIGN_OR_RETURN(auto memory, DeviceMemory::Create(device, bytes, counter, setup_stream));
+  EPD_ASSIGN_OR_RETURN(auto memory,
+                       DeviceMemory::Create(device, bytes, counter, reclaimer, setup_stream));
   cudaIpcMemHandle_t handle;
   EPD_CUDA_CHECK(cudaIpcGetMemHandle(&handle, memory->data()));
   // A client opening the handle gets the allocation's base: tell it where our bytes start.
@@ -73,7 +74,8 @@ int InboxExperts(const GroupConfig& c) {
 }
 
 StatusOr<std::unique_ptr<CudaGroup>> CudaGroup::Create(const GroupConfig& config,
-                                                       AllocationCounter& allocations) {
+                                                       AllocationCounter& allocations,
+                                                       Reclaimer& reclaimer) {
   const int R = config.world_size();
   auto group = std::make_unique<CudaGroup>();
   group->config_ = config;
@@ -81,7 +83,7 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaGroup::Create(const GroupConfig& config
   group->seq_ = std::make_unique<std::atomic<uint64_t>[]>(R);
   group->slot_used_.assign(R, std::vector<bool>(kernels::kMaxHandleSlots, false));
   EPD_ASSIGN_OR_RETURN(group->abort_word_,
-                       PinnedHostMemory::Create(sizeof(uint64_t), allocations));
+                       PinnedHostMemory::Create(sizeof(uint64_t), allocations, &reclaimer));
   return group;
 }
 

@@ -33,6 +33,7 @@ class CudaExportedMemory : public ExportedMemory {
   static StatusOr<std::unique_ptr<CudaExportedMemory>> Create(int node_rank, int device,
                                                               size_t bytes,
                                                               AllocationCounter& counter,
+                                                              Reclaimer& reclaimer,
                                                               cudaStream_t setup_stream);
   void* data() const override { return memory_->data(); }
   size_t size() const override { return memory_->size(); }
@@ -72,7 +73,8 @@ class CudaGroup : public BackendGroup {
  public:
   // The state every group has: its config, name, sequence counters, handle slots, abort word.
   static StatusOr<std::unique_ptr<CudaGroup>> Create(const GroupConfig& config,
-                                                     AllocationCounter& allocations);
+                                                     AllocationCounter& allocations,
+                                                     Reclaimer& reclaimer);
   ~CudaGroup() override {
     if (forget_) forget_(this);
   }

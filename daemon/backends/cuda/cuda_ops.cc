@@ -48,6 +48,7 @@ Status CheckCombineArgs(const GroupConfig& c, const CombineArgs& args, int n) {
 }
 
 Status CudaBackend::WaitFence(BackendHandle& h, ExportedMemory& fence, uint64_t value) {
+  const auto gate = Launching();
   auto& handle = static_cast<CudaHandle&>(h);
   const int node_rank = handle.node_rank_;
   EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(node_rank, fence));
@@ -63,6 +64,7 @@ Status CudaBackend::WaitFence(BackendHandle& h, ExportedMemory& fence, uint64_t 
   return OkStatus();
 }
 
+// NOTE: no launch gate: a stream write never waits, and the span ops call it under theirs.
 Status CudaBackend::SignalFence(BackendHandle& h, ExportedMemory& fence, uint64_t value) {
   auto& handle = static_cast<CudaHandle&>(h);
   EPD_ASSIGN_OR_RETURN(CudaExportedMemory * page, FenceOf(handle.node_rank_, fence));
@@ -87,6 +89,7 @@ StatusOr<kernels::DeviceFenceSignal> CudaBackend::DeviceSignal(int node_rank,
 }
 
 Status CudaBackend::UpdateHandle(BackendHandle& h, const UpdateArgs& args) {
+  const auto gate = Launching();
   auto& handle = static_cast<CudaHandle&>(h);
   const GroupConfig& c = handle.group_->config_;
   const int n = args.num_tokens, K = c.top_k;
@@ -192,11 +195,13 @@ void CudaBackend::AbandonOp(CudaHandle& handle, uint64_t seq, CollectiveKind kin
 }
 
 void CudaBackend::Abandon(BackendHandle& h, CollectiveKind kind, const Status& reason) {
+  const auto gate = Launching();
   auto& handle = static_cast<CudaHandle&>(h);
   AbandonOp(handle, handle.group_->NextSeq(handle.group_rank_), kind, reason);
 }
 
 Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
+  const auto gate = Launching();
   auto& me = static_cast<CudaHandle&>(h);
   CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
@@ -228,6 +233,7 @@ Status CudaBackend::Dispatch(BackendHandle& h, const DispatchArgs& args) {
 }
 
 Status CudaBackend::Combine(BackendHandle& h, const CombineArgs& args) {
+  const auto gate = Launching();
   auto& me = static_cast<CudaHandle&>(h);
   CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;

@@ -173,7 +173,8 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
         config.name);
   }
   const int R = config.world_size();
-  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group, CudaGroup::Create(config, allocations_));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<CudaGroup> group,
+                       CudaGroup::Create(config, allocations_, reclaimer_));
   group->devices_.assign(R, -1);
   SpanComm::Options span;
   span.config = config;
@@ -198,7 +199,8 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
     const int64_t words = kernels::SpanHeaderWords(config.experts, R);
     EPD_ASSIGN_OR_RETURN(
         group->span_headers_,
-        PinnedHostMemory::Create(static_cast<size_t>(ranks_.size() * R * words * 4), allocations_));
+        PinnedHostMemory::Create(static_cast<size_t>(ranks_.size() * R * words * 4), allocations_,
+                                 &reclaimer_));
   }
   group->span_ = std::make_unique<SpanComm>(std::move(span));
   {
@@ -237,19 +239,19 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateSpanningHandle(CudaG
     EPD_ASSIGN_OR_RETURN(
         std::unique_ptr<OpLane> lane,
         OpLane::Create(rank.device, fmt::format("group '{}' rank {}", c.name, node_rank),
-                       rank.records, options_.on_fatal_error));
+                       rank.records, reclaimer_, options_.on_fatal_error));
     return lanes_.Add(std::move(lane));
   }));
   EPD_ASSIGN_OR_RETURN(
       handle->exported_,
       CudaExportedMemory::Create(node_rank, rank.device, handle->layout_.exported_bytes,
-                                 allocations_, rank.setup_stream->get()));
+                                 allocations_, reclaimer_, rank.setup_stream->get()));
   EPD_ASSIGN_OR_RETURN(handle->private_, CudaExportedMemory::Create(
                                              node_rank, rank.device, handle->private_layout_.bytes,
-                                             allocations_, rank.setup_stream->get()));
+                                             allocations_, reclaimer_, rank.setup_stream->get()));
   EPD_ASSIGN_OR_RETURN(handle->span_buffers_,
                        DeviceMemory::Create(rank.device, static_cast<size_t>(SpanHandleBytesOf(c)),
-                                            allocations_, rank.setup_stream->get()));
+                                            allocations_, reclaimer_, rank.setup_stream->get()));
   if (c.high_throughput()) {
     EPD_ASSIGN_OR_RETURN(handle->span_counted_, CudaEvent::Create(rank.device));
     const int R = c.world_size();
@@ -312,6 +314,7 @@ Status CudaBackend::SpanAssembleAndSignal(CudaHandle& me, uint64_t seq, const Fe
 }
 
 Status CudaBackend::EnqueueDeferred(BackendHandle& h) {
+  const auto gate = Launching();
   auto& me = static_cast<CudaHandle&>(h);
   if (!me.span_pending_.has_value()) return OkStatus();
   const CudaHandle::SpanPending pending = *me.span_pending_;

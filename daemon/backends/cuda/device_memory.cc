@@ -9,6 +9,7 @@ namespace epd::cuda {
 
 StatusOr<std::unique_ptr<DeviceMemory>> DeviceMemory::Create(int device, size_t bytes,
                                                              AllocationCounter& counter,
+                                                             Reclaimer& reclaimer,
                                                              cudaStream_t stream) {
   EPD_CUDA_CHECK(cudaSetDevice(device));
   void* data = nullptr;
@@ -19,32 +20,33 @@ StatusOr<std::unique_ptr<DeviceMemory>> DeviceMemory::Create(int device, size_t 
   }
   counter.OnAllocate(bytes);
   std::unique_ptr<DeviceMemory> memory(
-      new DeviceMemory(device, static_cast<char*>(data), bytes, counter));
+      new DeviceMemory(device, static_cast<char*>(data), bytes, counter, reclaimer));
   EPD_CUDA_CHECK(cudaMemsetAsync(data, 0, bytes, stream));
   EPD_CUDA_CHECK(cudaStreamSynchronize(stream));
   return memory;
 }
 
 DeviceMemory::~DeviceMemory() {
-  cudaSetDevice(device_);
-  if (cudaError_t e = cudaFree(data_); e != cudaSuccess) {
-    EPD_LOG(kCuda, error, "cudaFree of {} bytes on GPU {}: {}", size_, device_,
-            cudaGetErrorString(e));
-  }
+  reclaimer_.FreeDevice(device_, data_);
   counter_.OnFree(size_);
 }
 
 StatusOr<std::unique_ptr<PinnedHostMemory>> PinnedHostMemory::Create(size_t bytes,
-                                                                     AllocationCounter& counter) {
-  void* data = nullptr;
-  EPD_CUDA_CHECK(cudaHostAlloc(&data, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
-  std::memset(data, 0, bytes);
+                                                                     AllocationCounter& counter,
+                                                                     Reclaimer* reclaimer) {
+  void* data = reclaimer != nullptr ? reclaimer->TakeHost(bytes) : nullptr;
+  if (data == nullptr) {
+    EPD_CUDA_CHECK(cudaHostAlloc(&data, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+    std::memset(data, 0, bytes);
+  }
   counter.OnAllocate(bytes);
-  return std::unique_ptr<PinnedHostMemory>(new PinnedHostMemory(data, bytes, counter));
+  return std::unique_ptr<PinnedHostMemory>(new PinnedHostMemory(data, bytes, counter, reclaimer));
 }
 
 PinnedHostMemory::~PinnedHostMemory() {
-  if (cudaError_t e = cudaFreeHost(data_); e != cudaSuccess) {
+  if (reclaimer_ != nullptr) {
+    reclaimer_->GiveHost(data_, size_);
+  } else if (cudaError_t e = cudaFreeHost(data_); e != cudaSuccess) {
     EPD_LOG(kCuda, error, "cudaFreeHost of {} bytes: {}", size_, cudaGetErrorString(e));
   }
   counter_.OnFree(size_);

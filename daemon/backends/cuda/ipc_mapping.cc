@@ -11,7 +11,8 @@
 
 namespace epd::cuda {
 
-StatusOr<std::shared_ptr<IpcMapping>> IpcMapping::Open(const std::string& handle, int device) {
+StatusOr<std::shared_ptr<IpcMapping>> IpcMapping::Open(const std::string& handle, int device,
+                                                       Reclaimer& reclaimer) {
   if (handle.size() != sizeof(cudaIpcMemHandle_t)) {
     return InvalidArgumentError("source.cuda_ipc_handle has {} bytes, expected {}", handle.size(),
                                 sizeof(cudaIpcMemHandle_t));
@@ -43,15 +44,11 @@ StatusOr<std::shared_ptr<IpcMapping>> IpcMapping::Open(const std::string& handle
   // The mapping starts at the allocation's base; measure what is left from there.
   const size_t bytes = range_bytes - (reinterpret_cast<CUdeviceptr>(base) - range_base);
   EPD_LOG(kIpc, debug, "opened IPC allocation of {} bytes on GPU {}", bytes, device);
-  return std::shared_ptr<IpcMapping>(new IpcMapping(device, static_cast<char*>(base), bytes));
+  return std::shared_ptr<IpcMapping>(
+      new IpcMapping(handle, device, static_cast<char*>(base), bytes, reclaimer));
 }
 
-IpcMapping::~IpcMapping() {
-  cudaSetDevice(device_);
-  if (cudaError_t e = cudaIpcCloseMemHandle(base_); e != cudaSuccess) {
-    EPD_LOG(kIpc, warn, "cudaIpcCloseMemHandle on GPU {}: {}", device_, cudaGetErrorString(e));
-  }
-}
+IpcMapping::~IpcMapping() { reclaimer_.CloseMapping(handle_, device_, base_, allocation_bytes_); }
 
 StatusOr<std::shared_ptr<IpcMapping>> ImportCache::Get(const std::string& handle, int device) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -59,7 +56,12 @@ StatusOr<std::shared_ptr<IpcMapping>> ImportCache::Get(const std::string& handle
   if (auto it = mappings_.find(key); it != mappings_.end()) {
     if (auto mapping = it->second.lock()) return mapping;
   }
-  EPD_ASSIGN_OR_RETURN(std::shared_ptr<IpcMapping> mapping, IpcMapping::Open(handle, device));
+  std::shared_ptr<IpcMapping> mapping;
+  if (auto pending = reclaimer_.Revive(handle, device)) {
+    mapping.reset(new IpcMapping(handle, device, pending->first, pending->second, reclaimer_));
+  } else {
+    EPD_ASSIGN_OR_RETURN(mapping, IpcMapping::Open(handle, device, reclaimer_));
+  }
   mappings_[key] = mapping;
   // Forget entries whose mappings are gone, so the map does not grow without bound.
   for (auto it = mappings_.begin(); it != mappings_.end();) {

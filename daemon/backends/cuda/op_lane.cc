@@ -21,11 +21,13 @@ void RecordPool::Give(std::unique_ptr<ErrorRecords> records) {
 }
 
 StatusOr<std::unique_ptr<OpLane>> OpLane::Create(
-    int device, std::string name, RecordPool& pool,
+    int device, std::string name, RecordPool& pool, Reclaimer& reclaimer,
     std::function<void(const Status&)> on_sticky_error) {
-  std::unique_ptr<OpLane> lane(new OpLane(std::move(name), pool));
+  std::unique_ptr<OpLane> lane(new OpLane(std::move(name), pool, reclaimer));
   EPD_ASSIGN_OR_RETURN(lane->stream_, CudaStream::Create(device));
   EPD_ASSIGN_OR_RETURN(lane->records_, pool.Take());
+  EPD_RETURN_IF_ERROR(reclaimer.AddStream(device, lane->stream()));
+  lane->registered_ = true;
   lane->completion_ =
       std::make_unique<CompletionThread>(device, *lane->records_, std::move(on_sticky_error));
   return lane;
@@ -33,6 +35,7 @@ StatusOr<std::unique_ptr<OpLane>> OpLane::Create(
 
 OpLane::~OpLane() {
   completion_.reset();  // reads the records until its queue is drained
+  if (registered_) reclaimer_.RemoveStream(stream());
   pool_.Give(std::move(records_));
 }
 

@@ -15,6 +15,7 @@
 #include "daemon/backends/cuda/completion_thread.h"
 #include "daemon/backends/cuda/cuda_stream.h"
 #include "daemon/backends/cuda/error_records.h"
+#include "daemon/backends/cuda/reclaimer.h"
 
 namespace epd::cuda {
 
@@ -38,9 +39,10 @@ class OpLane {
  public:
   // `name` ("group 'g' rank r") is for liveness messages; `on_sticky_error` as
   // CompletionThread's.
-  // `pool` (the rank's) must outlive the lane.
+  // `pool` (the rank's) and `reclaimer` (which frees memory after the lane's work) must
+  // outlive the lane.
   static StatusOr<std::unique_ptr<OpLane>> Create(
-      int device, std::string name, RecordPool& pool,
+      int device, std::string name, RecordPool& pool, Reclaimer& reclaimer,
       std::function<void(const Status&)> on_sticky_error);
   ~OpLane();  // completes what is queued, then gives the ring back
 
@@ -58,12 +60,15 @@ class OpLane {
   bool OnThread() const { return completion_->OnThread(); }
 
  private:
-  OpLane(std::string name, RecordPool& pool) : name_(std::move(name)), pool_(pool) {}
+  OpLane(std::string name, RecordPool& pool, Reclaimer& reclaimer)
+      : name_(std::move(name)), pool_(pool), reclaimer_(reclaimer) {}
 
   const std::string name_;
   RecordPool& pool_;
+  Reclaimer& reclaimer_;
   std::unique_ptr<CudaStream> stream_;
   std::unique_ptr<ErrorRecords> records_;
+  bool registered_ = false;  // with reclaimer_, until the destructor
   std::mutex mu_;
   std::vector<PendingOp> pending_;  // guarded by mu_
   // NOTE: last: it drains its queue (reading the records) before the rest goes.

@@ -1,0 +1,223 @@
+#include "daemon/backends/cuda/reclaimer.h"
+
+#include <cstring>
+
+#include "common/cuda_check.h"
+#include "daemon/core/log.h"
+
+namespace epd::cuda {
+namespace {
+
+// Restores the calling thread's current device: callers are other components' threads.
+class KeepCurrentDevice {
+ public:
+  KeepCurrentDevice() {
+    if (cudaGetDevice(&device_) != cudaSuccess) device_ = -1;
+  }
+  ~KeepCurrentDevice() {
+    if (device_ >= 0) cudaSetDevice(device_);
+  }
+  KeepCurrentDevice(const KeepCurrentDevice&) = delete;
+  KeepCurrentDevice& operator=(const KeepCurrentDevice&) = delete;
+
+ private:
+  int device_ = -1;
+};
+
+void CloseNow(int device, char* base) {
+  cudaSetDevice(device);
+  if (cudaError_t e = cudaIpcCloseMemHandle(base); e != cudaSuccess) {
+    EPD_LOG(kIpc, warn, "cudaIpcCloseMemHandle on GPU {}: {}", device, cudaGetErrorString(e));
+  }
+}
+
+}  // namespace
+
+Reclaimer::Reclaimer(std::shared_mutex& launch_gate)
+    : launch_gate_(launch_gate), thread_([this] { Run(); }) {}
+
+Reclaimer::~Reclaimer() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+  KeepCurrentDevice keep;
+  for (auto& [key, pending] : pending_) CloseNow(key.second, pending.base);
+  for (auto& [bytes, data] : host_cache_) cudaFreeHost(data);
+  for (auto& [stream, registered] : streams_) cudaEventDestroy(registered.last_work);
+  for (auto& [device, stream] : release_streams_) {
+    cudaSetDevice(device);
+    cudaStreamSynchronize(stream);
+    cudaStreamDestroy(stream);
+  }
+}
+
+Status Reclaimer::AddStream(int device, cudaStream_t stream) {
+  KeepCurrentDevice keep;
+  EPD_CUDA_CHECK(cudaSetDevice(device));
+  cudaEvent_t event = nullptr;
+  EPD_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  std::lock_guard lock(mu_);
+  streams_[stream] = Registered{device, event};
+  return OkStatus();
+}
+
+void Reclaimer::RemoveStream(cudaStream_t stream) {
+  std::lock_guard lock(mu_);
+  auto it = streams_.find(stream);
+  if (it == streams_.end()) return;
+  cudaEventDestroy(it->second.last_work);
+  streams_.erase(it);
+}
+
+StatusOr<cudaStream_t> Reclaimer::ReleaseStreamLocked(int device) {
+  if (auto it = release_streams_.find(device); it != release_streams_.end()) return it->second;
+  EPD_CUDA_CHECK(cudaSetDevice(device));
+  cudaStream_t stream = nullptr;
+  EPD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  release_streams_[device] = stream;
+  return stream;
+}
+
+void Reclaimer::FreeDevice(int device, void* data) {
+  KeepCurrentDevice keep;
+  std::lock_guard lock(mu_);
+  const Status ordered = [&]() -> Status {
+    EPD_ASSIGN_OR_RETURN(cudaStream_t release, ReleaseStreamLocked(device));
+    for (auto& [stream, registered] : streams_) {
+      EPD_CUDA_CHECK(cudaSetDevice(registered.device));
+      EPD_CUDA_CHECK(cudaEventRecord(registered.last_work, stream));
+      EPD_CUDA_CHECK(cudaSetDevice(device));
+      EPD_CUDA_CHECK(cudaStreamWaitEvent(release, registered.last_work, 0));
+    }
+    EPD_CUDA_CHECK(cudaSetDevice(device));
+    EPD_CUDA_CHECK(cudaFreeAsync(data, release));
+    return OkStatus();
+  }();
+  if (!ordered.ok()) {
+    // Only with a broken context (a sticky error), where nothing runs any more to wait for.
+    EPD_LOG(kCuda, error, "stream-ordered free on GPU {} failed ({}); freeing at once", device,
+            ordered.message());
+    cudaSetDevice(device);
+    cudaFree(data);
+  }
+}
+
+void* Reclaimer::TakeHost(size_t bytes) {
+  std::lock_guard lock(mu_);
+  auto it = host_cache_.find(bytes);
+  if (it == host_cache_.end()) return nullptr;
+  void* data = it->second;
+  host_cache_.erase(it);
+  std::memset(data, 0, bytes);
+  return data;
+}
+
+void Reclaimer::GiveHost(void* data, size_t bytes) {
+  std::lock_guard lock(mu_);
+  host_cache_.emplace(bytes, data);
+}
+
+void Reclaimer::CloseMapping(const std::string& handle, int device, char* base, size_t bytes) {
+  {
+    std::lock_guard lock(mu_);
+    const auto [it, added] = pending_.try_emplace(
+        MappingKey(handle, device), Pending{base, bytes, std::chrono::steady_clock::now()});
+    if (added) {
+      wake_.notify_all();
+      return;
+    }
+  }
+  // NOTE: one mapping per (handle, device) lives at a time (ImportCache), so this is not
+  // reached; were it, closing at once is what the daemon always did.
+  KeepCurrentDevice keep;
+  CloseNow(device, base);
+}
+
+std::optional<std::pair<char*, size_t>> Reclaimer::Revive(const std::string& handle, int device) {
+  std::lock_guard lock(mu_);
+  auto it = pending_.find(MappingKey(handle, device));
+  if (it == pending_.end()) return std::nullopt;
+  std::pair<char*, size_t> mapping(it->second.base, it->second.bytes);
+  pending_.erase(it);
+  return mapping;
+}
+
+size_t Reclaimer::pending_closes() const {
+  std::lock_guard lock(mu_);
+  return pending_.size();
+}
+
+size_t Reclaimer::cached_host_bytes() const {
+  std::lock_guard lock(mu_);
+  size_t bytes = 0;
+  for (const auto& [size, data] : host_cache_) bytes += size;
+  return bytes;
+}
+
+bool Reclaimer::StreamsIdleLocked() const {
+  auto idle = [](cudaStream_t stream) {
+    const cudaError_t e = cudaStreamQuery(stream);
+    if (e == cudaErrorNotReady) cudaGetLastError();
+    return e == cudaSuccess;
+  };
+  for (const auto& [stream, registered] : streams_) {
+    if (!idle(stream)) return false;
+  }
+  // A free waiting there for a lane's work counts as work the close would wait for.
+  for (const auto& [device, stream] : release_streams_) {
+    if (!idle(stream)) return false;
+  }
+  return true;
+}
+
+void Reclaimer::Run() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    if (pending_.empty()) {
+      wake_.wait(lock, [&] { return stopping_ || !pending_.empty(); });
+      continue;
+    }
+    std::vector<std::pair<int, char*>> closing;
+    bool forced = false;
+    {
+      // NOTE: while the gate is held nothing is enqueued: idle now means idle until the
+      // closes below return, so they wait for nothing.
+      std::unique_lock gate(launch_gate_, std::try_to_lock);
+      KeepCurrentDevice keep;
+      if (gate.owns_lock() && StreamsIdleLocked()) {
+        for (auto& [key, pending] : pending_) closing.emplace_back(key.second, pending.base);
+        pending_.clear();
+        for (const auto& [device, base] : closing) CloseNow(device, base);
+        closing.clear();
+      } else {
+        const auto now = std::chrono::steady_clock::now();
+        for (auto it = pending_.begin(); it != pending_.end();) {
+          if (now - it->second.since < kMaxCloseDeferral) {
+            ++it;
+            continue;
+          }
+          closing.emplace_back(it->first.second, it->second.base);
+          it = pending_.erase(it);
+          forced = true;
+        }
+      }
+    }
+    if (forced) {
+      // Past the deferral: close anyway, outside the lock, like a plain release would.
+      EPD_LOG(kIpc, warn,
+              "{} IPC mapping(s) released {} s ago closed while the GPUs were busy; launches "
+              "wait until the running kernels end",
+              closing.size(), kMaxCloseDeferral.count());
+      lock.unlock();
+      KeepCurrentDevice keep;
+      for (const auto& [device, base] : closing) CloseNow(device, base);
+      lock.lock();
+    }
+    wake_.wait_for(lock, std::chrono::milliseconds(1), [&] { return stopping_; });
+  }
+}
+
+}  // namespace epd::cuda

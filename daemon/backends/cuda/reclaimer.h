@@ -1,0 +1,100 @@
+// Reclaimer: gives the cuda backend's memory back without a CUDA call that waits for the GPU
+// while other threads launch.
+//
+// Why: cudaFree, cudaFreeHost and cudaIpcCloseMemHandle wait until every kernel running in the
+// context has ended, and while they wait every other thread's launches, event records, copies
+// and allocations block too (measured on an H200, docs/design.md §7). A kernel the daemon runs
+// may wait for host progress: a fence wait ends when the frontend signals, which it does once
+// its ops are answered, and a rank's collective ends when its peers' kernels are launched. A
+// release at such a moment held every rank's launches until op_timeout and failed the ops.
+// So nothing here waits for the device:
+// - Device memory is freed with cudaFreeAsync on the device's release stream, which first
+//   waits for the work enqueued so far on every registered stream (the lanes): the memory's
+//   last users are among that work.
+// - Pinned host memory is kept by size and handed out again (zeroed); freed at the end.
+// - IPC mappings are closed on the reclaimer's thread at a moment when no registered stream
+//   has work, checked while holding the launch gate exclusively (every enqueue holds it
+//   shared), so nothing starts meanwhile and the close does not wait. Past kMaxCloseDeferral
+//   of never finding one, the close runs anyway (logged). A mapping of the same allocation
+//   imported again before its close is handed back instead (Revive).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+
+namespace epd::cuda {
+
+class Reclaimer {
+ public:
+  static constexpr std::chrono::seconds kMaxCloseDeferral{30};
+
+  // `launch_gate`: held shared by every backend call that enqueues device work; outlives this.
+  explicit Reclaimer(std::shared_mutex& launch_gate);
+  ~Reclaimer();  // closes what is pending and frees what is cached (the streams are gone)
+  Reclaimer(const Reclaimer&) = delete;
+  Reclaimer& operator=(const Reclaimer&) = delete;
+
+  // Streams that run ops (made on `device`), registered while they may run any.
+  Status AddStream(int device, cudaStream_t stream);
+  void RemoveStream(cudaStream_t stream);
+
+  // Frees `data` (cudaMalloc on `device`) once the work enqueued so far on every registered
+  // stream has run.
+  void FreeDevice(int device, void* data);
+
+  // Pinned host memory of exactly `bytes`: a cached block (zeroed), or null when none is.
+  void* TakeHost(size_t bytes);
+  void GiveHost(void* data, size_t bytes);
+
+  // Closes the mapping `base` (`bytes`) of `handle` on `device` when nothing runs (above).
+  void CloseMapping(const std::string& handle, int device, char* base, size_t bytes);
+  // The base and size of `handle`'s mapping on `device` if its close is still pending (it is
+  // then no longer pending), else nothing.
+  std::optional<std::pair<char*, size_t>> Revive(const std::string& handle, int device);
+
+  // What waits now: IPC mappings to close, pinned bytes kept (tests, logs).
+  size_t pending_closes() const;
+  size_t cached_host_bytes() const;
+
+ private:
+  struct Registered {
+    int device;
+    cudaEvent_t last_work;  // re-recorded by FreeDevice
+  };
+  struct Pending {
+    char* base;
+    size_t bytes;
+    std::chrono::steady_clock::time_point since;
+  };
+  using MappingKey = std::pair<std::string, int>;
+
+  StatusOr<cudaStream_t> ReleaseStreamLocked(int device);
+  bool StreamsIdleLocked() const;
+  // Closes every pending mapping; `why` for the log when not idle.
+  void CloseAllLocked(const char* why);
+  void Run();
+
+  std::shared_mutex& launch_gate_;
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  std::map<cudaStream_t, Registered> streams_;
+  std::map<int, cudaStream_t> release_streams_;  // by device
+  std::multimap<size_t, void*> host_cache_;      // by size
+  std::map<MappingKey, Pending> pending_;
+  bool stopping_ = false;
+  std::thread thread_;  // NOTE: last: starts once everything above exists
+};
+
+}  // namespace epd::cuda

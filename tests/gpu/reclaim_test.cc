@@ -1,0 +1,118 @@
+// Giving memory back never waits for the GPU (daemon/backends/cuda/reclaimer.h). cudaFree,
+// cudaFreeHost and cudaIpcCloseMemHandle wait for every running kernel and hold every other
+// thread's launches meanwhile: a release while a fence-wait kernel spins used to stop the
+// daemon's launches until that wait failed at op_timeout.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "tests/gpu/ipc_exporter.h"
+#include "tests/gpu/moe_harness.h"
+#include "tests/gpu/two_rank_fixture.h"
+
+namespace epd::gputest {
+namespace {
+
+using std::chrono::milliseconds;
+
+// The first bytes of an imported range, as the exporter filled them.
+void ExpectExportedBytes(const Memory& memory) {
+  unsigned char bytes[16];
+  ASSERT_EQ(cudaMemcpy(bytes, memory.data(), sizeof(bytes), cudaMemcpyDeviceToHost), cudaSuccess);
+  for (unsigned char b : bytes) EXPECT_EQ(b, 0x5a);
+}
+
+TEST(CudaReclaim, ReleasesWhileAFenceWaitSpinsNeitherWaitForItNorHoldLaunches) {
+  EPD_REQUIRE_GPUS(1);
+  // A private backend whose op_timeout is far longer than the test: a release that waited for
+  // the spinning fence wait would return only when that wait failed.
+  auto backend = TwoRankBackend(milliseconds(20'000));
+  ASSERT_NE(backend, nullptr);
+  ExporterProcess exporter;
+  ASSERT_EQ(exporter.handle().size(), sizeof(cudaIpcMemHandle_t)) << "exporter gave no handle";
+  {
+    MoeHarness stuck(*backend, TwoRankSpec("reclaim_stuck"), TwoRankDevices());
+    MoeHarness running(*backend, TwoRankSpec("reclaim_running"), TwoRankDevices());
+    auto fence = backend->CreateFence(0);
+    ASSERT_TRUE(fence.ok()) << fence.status().ToString();
+    ASSERT_TRUE(backend->WaitFence(stuck.handle(0), **fence, 1).ok());  // nobody signals yet
+
+    const int64_t live = backend->allocations().live_bytes();
+    {
+      // Device memory (handles, sync areas, peer tables, a fence page), pinned host memory (the
+      // group's abort word) and an IPC mapping, all released while the wait spins.
+      GroupConfig config = running.config();
+      config.name = "reclaim_released";
+      auto group = backend->CreateGroup(config);
+      ASSERT_TRUE(group.ok()) << group.status().ToString();
+      auto first = backend->CreateHandle(**group, 0);
+      ASSERT_TRUE(first.ok()) << first.status().ToString();
+      auto second = backend->CreateHandle(**group, 1);
+      ASSERT_TRUE(second.ok()) << second.status().ToString();
+      auto released_fence = backend->CreateFence(1);
+      ASSERT_TRUE(released_fence.ok()) << released_fence.status().ToString();
+      auto imported = backend->Import(Source(exporter.handle(), 0, 4096), 0);
+      ASSERT_TRUE(imported.ok()) << imported.status().ToString();
+      ExpectExportedBytes(**imported);
+    }
+    EXPECT_EQ(backend->allocations().live_bytes(), live);
+    // The same allocation imported again before its mapping was closed: the mapping comes back.
+    auto again = backend->Import(Source(exporter.handle(), 4096, 4096), 0);
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    ExpectExportedBytes(**again);
+
+    // Another group's layers launch and complete meanwhile.
+    auto inputs = BindTwoRanks(running, 31);
+    for (const Status& s : running.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+    running.ExpectDispatchMatches(inputs, {16, 16});
+    for (const Status& s : running.Combine(false, 32)) ASSERT_TRUE(s.ok()) << s.ToString();
+    running.ExpectCombineMatches(inputs, {16, 16});
+
+    // Nothing waited for the fence wait: it still spins, and ends well once signalled.
+    EXPECT_EQ(cudaStreamQuery(CudaBackendStream(*backend, stuck.handle(0))), cudaErrorNotReady);
+    ASSERT_TRUE(backend->SignalFence(running.handle(0), **fence, 1).ok());
+    EXPECT_TRUE(WaitComplete(*backend, stuck.handle(0)).ok());
+  }
+}
+
+// The same group made and released a hundred times while nothing runs: what was released comes
+// back to the device (the stream-ordered frees ran), and a new group works every time.
+TEST(CudaReclaim, GroupsMadeAndReleasedRepeatedlyGiveTheirMemoryBack) {
+  EPD_REQUIRE_GPUS(1);
+  auto backend = TwoRankBackend(milliseconds(5'000));
+  ASSERT_NE(backend, nullptr);
+  const int device = TwoRankDevices()[0];
+  ASSERT_EQ(cudaSetDevice(device), cudaSuccess);
+  size_t free_before = 0, total = 0;
+  const auto settle = [&] {
+    // The frees run on the reclaimer's streams: a device-wide sync waits for them.
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  };
+  // Handles of ~8 MiB each: a hundred groups' worth not given back would show.
+  CaseSpec spec = TwoRankSpec("reclaim_cycle");
+  spec.hidden = 4096;
+  spec.tokens = 128;
+  { MoeHarness warm(*backend, spec, TwoRankDevices()); }
+  settle();
+  ASSERT_EQ(cudaMemGetInfo(&free_before, &total), cudaSuccess);
+  for (int i = 0; i < 100; ++i) {
+    MoeHarness harness(*backend, spec, TwoRankDevices());
+    if (i % 25 == 0) {
+      auto inputs = BindTwoRanks(harness, 100 + i);
+      for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+      harness.ExpectDispatchMatches(inputs, {16, 16});
+    }
+  }
+  settle();
+  size_t free_after = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+  // A hundred groups' handles are over 1.6 GiB; what may differ is allocator slack.
+  EXPECT_GE(free_after + (64u << 20), free_before)
+      << "free before " << (free_before >> 20) << " MiB, after " << (free_after >> 20) << " MiB";
+}
+
+}  // namespace
+}  // namespace epd::gputest
