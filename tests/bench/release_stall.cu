@@ -54,6 +54,8 @@ struct Exporter {
     if (pipe(to_parent) != 0 || pipe(to_child) != 0) return false;
     pid = fork();  // before this process touches CUDA
     if (pid == 0) {
+      close(to_parent[0]);
+      close(to_child[1]);  // else its read below never sees the parent let go
       void* data = nullptr;
       cudaIpcMemHandle_t h{};
       const bool ok =
@@ -78,6 +80,7 @@ struct Exporter {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each row as it is measured
   const long long spin_ms =
       argc > 2 && std::string(argv[1]) == "--spin-ms" ? std::atoll(argv[2]) : 400;
   Exporter exporter;
