@@ -5,8 +5,10 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "tests/gpu/ipc_exporter.h"
@@ -76,6 +78,50 @@ TEST(CudaReclaim, ReleasesWhileAFenceWaitSpinsNeitherWaitForItNorHoldLaunches) {
     ASSERT_TRUE(backend->SignalFence(running.handle(0), **fence, 1).ok());
     EXPECT_TRUE(WaitComplete(*backend, stuck.handle(0)).ok());
   }
+}
+
+// Frontends that post ahead keep a lane busy without a break: each fence wait is enqueued
+// before the one before it ended. A released mapping is still closed soon, in a drain window
+// (the launch gate held while what runs ends), long before the forced close at 30 s.
+TEST(CudaReclaim, AMappingReleasedWhileALaneIsNeverIdleIsClosedInADrainWindow) {
+  EPD_REQUIRE_GPUS(1);
+  auto backend = TwoRankBackend(milliseconds(20'000));
+  ASSERT_NE(backend, nullptr);
+  ExporterProcess exporter;
+  ASSERT_EQ(exporter.handle().size(), sizeof(cudaIpcMemHandle_t)) << "exporter gave no handle";
+  MoeHarness busy(*backend, TwoRankSpec("reclaim_busy"), TwoRankDevices());
+  MoeHarness signaller(*backend, TwoRankSpec("reclaim_signaller"), TwoRankDevices());
+  auto fence = backend->CreateFence(0);
+  ASSERT_TRUE(fence.ok()) << fence.status().ToString();
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> posted{0};
+  std::thread poster([&] {
+    for (uint64_t v = 1; !stop.load(); ++v) {
+      if (!backend->WaitFence(busy.handle(0), **fence, v).ok()) return;
+      backend->Complete(busy.handle(0), [](Status) {});
+      posted = v;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      // From another lane, after the next wait of the busy lane is already queued behind.
+      if (!backend->SignalFence(signaller.handle(0), **fence, v).ok()) return;
+    }
+  });
+  while (posted.load() < 20) std::this_thread::yield();
+  {
+    auto imported = backend->Import(Source(exporter.handle(), 0, 4096), 0);
+    ASSERT_TRUE(imported.ok()) << imported.status().ToString();
+    ExpectExportedBytes(**imported);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (CudaBackendPendingCloses(*backend) > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  EXPECT_EQ(CudaBackendPendingCloses(*backend), 0u) << "the mapping is still open after 10 s";
+  const uint64_t last_posted = posted.load();
+  stop = true;
+  poster.join();
+  ASSERT_TRUE(backend->SignalFence(signaller.handle(0), **fence, last_posted + 1).ok());
+  EXPECT_TRUE(WaitComplete(*backend, busy.handle(0)).ok());
+  EXPECT_GT(last_posted, 20u);
 }
 
 // The same group made and released a hundred times while nothing runs: what was released comes

@@ -426,4 +426,9 @@ cudaStream_t CudaBackendStream(Backend& backend, BackendHandle& handle) {
   return cuda_handle == nullptr ? nullptr : cuda_handle->lane_->stream();
 }
 
+size_t CudaBackendPendingCloses(Backend& backend) {
+  auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend);
+  return cuda == nullptr ? 0 : cuda->pending_closes();
+}
+
 }  // namespace epd

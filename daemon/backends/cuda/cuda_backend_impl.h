@@ -80,6 +80,7 @@ class CudaBackend final : public Backend {
   Status CheckLiveness(std::chrono::milliseconds limit) const override;
   StatusOr<DataPlaneExport> ExportDataPlane(BackendGroup& group, BackendHandle& handle) override;
   StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank) override;
+  size_t pending_closes() const { return reclaimer_.pending_closes(); }
   // Multi-node: the cluster spanning groups meet through (set once, before any group).
   void AttachCluster(std::shared_ptr<ClusterStore> cluster, bool restarted_node);
 

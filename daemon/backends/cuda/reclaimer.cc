@@ -1,5 +1,6 @@
 #include "daemon/backends/cuda/reclaimer.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/cuda_check.h"
@@ -173,39 +174,49 @@ bool Reclaimer::StreamsIdleLocked() const {
   return true;
 }
 
+bool Reclaimer::DrainedLocked() const {
+  const auto until = std::chrono::steady_clock::now() + kDrainWindow;
+  for (;;) {
+    if (StreamsIdleLocked()) return true;
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
 void Reclaimer::Run() {
   std::unique_lock lock(mu_);
+  auto backoff = kFirstBackoff;
   while (!stopping_) {
     if (pending_.empty()) {
+      backoff = kFirstBackoff;
       wake_.wait(lock, [&] { return stopping_ || !pending_.empty(); });
       continue;
     }
     std::vector<std::pair<int, char*>> closing;
-    bool forced = false;
+    bool closed = false;
     {
       // NOTE: while the gate is held nothing is enqueued: idle now means idle until the
       // closes below return, so they wait for nothing.
       std::unique_lock gate(launch_gate_, std::try_to_lock);
       KeepCurrentDevice keep;
-      if (gate.owns_lock() && StreamsIdleLocked()) {
-        for (auto& [key, pending] : pending_) closing.emplace_back(key.second, pending.base);
+      if (gate.owns_lock() && DrainedLocked()) {
+        for (auto& [key, pending] : pending_) CloseNow(key.second, pending.base);
         pending_.clear();
-        for (const auto& [device, base] : closing) CloseNow(device, base);
-        closing.clear();
-      } else {
-        const auto now = std::chrono::steady_clock::now();
-        for (auto it = pending_.begin(); it != pending_.end();) {
-          if (now - it->second.since < kMaxCloseDeferral) {
-            ++it;
-            continue;
-          }
-          closing.emplace_back(it->first.second, it->second.base);
-          it = pending_.erase(it);
-          forced = true;
-        }
+        closed = true;
       }
     }
-    if (forced) {
+    if (!closed) {
+      const auto now = std::chrono::steady_clock::now();
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        if (now - it->second.since < kMaxCloseDeferral) {
+          ++it;
+          continue;
+        }
+        closing.emplace_back(it->first.second, it->second.base);
+        it = pending_.erase(it);
+      }
+    }
+    if (!closing.empty()) {
       // Past the deferral: close anyway, outside the lock, like a plain release would.
       EPD_LOG(kIpc, warn,
               "{} IPC mapping(s) released {} s ago closed while the GPUs were busy; launches "
@@ -216,7 +227,10 @@ void Reclaimer::Run() {
       for (const auto& [device, base] : closing) CloseNow(device, base);
       lock.lock();
     }
-    wake_.wait_for(lock, std::chrono::milliseconds(1), [&] { return stopping_; });
+    // Each window given up delays ops a little: the next try comes later and later.
+    const auto wait = closed ? std::chrono::milliseconds(0) : backoff;
+    if (!closed) backoff = std::min(backoff * 2, kMaxBackoff);
+    wake_.wait_for(lock, wait, [&] { return stopping_; });
   }
 }
 

@@ -14,9 +14,14 @@
 // - Pinned host memory is kept by size and handed out again (zeroed); freed at the end.
 // - IPC mappings are closed on the reclaimer's thread at a moment when no registered stream
 //   has work, checked while holding the launch gate exclusively (every enqueue holds it
-//   shared), so nothing starts meanwhile and the close does not wait. Past kMaxCloseDeferral
-//   of never finding one, the close runs anyway (logged). A mapping of the same allocation
-//   imported again before its close is handed back instead (Revive).
+//   shared), so nothing starts meanwhile and the close does not wait. A GPU that is never idle
+//   (frontends posting ahead) gets a drain window: the gate is held for up to kDrainWindow
+//   while what runs ends; work that needs a later enqueue to end (a fence the frontend
+//   signals once its next op is answered) does not, and the window is given up and tried
+//   again after a backoff (doubling from kFirstBackoff to kMaxBackoff), so ops wait at most
+//   kDrainWindow now and then while a close is pending. Past kMaxCloseDeferral the close
+//   runs anyway (logged). A mapping of the same allocation imported again before its close is
+//   handed back instead (Revive).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -39,6 +44,9 @@ namespace epd::cuda {
 class Reclaimer {
  public:
   static constexpr std::chrono::seconds kMaxCloseDeferral{30};
+  static constexpr std::chrono::milliseconds kDrainWindow{5};
+  static constexpr std::chrono::milliseconds kFirstBackoff{20};
+  static constexpr std::chrono::milliseconds kMaxBackoff{1000};
 
   // `launch_gate`: held shared by every backend call that enqueues device work; outlives this.
   explicit Reclaimer(std::shared_mutex& launch_gate);
@@ -82,8 +90,8 @@ class Reclaimer {
 
   StatusOr<cudaStream_t> ReleaseStreamLocked(int device);
   bool StreamsIdleLocked() const;
-  // Closes every pending mapping; `why` for the log when not idle.
-  void CloseAllLocked(const char* why);
+  // With the launch gate held: waits up to kDrainWindow for every stream to be idle.
+  bool DrainedLocked() const;
   void Run();
 
   std::shared_mutex& launch_gate_;
