@@ -49,4 +49,14 @@ inline std::vector<RankInput> BindTwoRanks(MoeHarness& harness, uint64_t seed) {
   return inputs;
 }
 
+// One checked layer of a two-rank group: 16 random tokens on both ranks bound, dispatched and
+// combined, each step against the cpu reference.
+inline void RunCheckedLayer(MoeHarness& harness, uint64_t seed) {
+  auto inputs = BindTwoRanks(harness, seed);
+  for (const Status& s : harness.Dispatch()) ASSERT_TRUE(s.ok()) << s.ToString();
+  harness.ExpectDispatchMatches(inputs, {16, 16});
+  for (const Status& s : harness.Combine(false, seed + 1)) ASSERT_TRUE(s.ok()) << s.ToString();
+  harness.ExpectCombineMatches(inputs, {16, 16});
+}
+
 }  // namespace epd::gputest
