@@ -151,13 +151,6 @@ size_t Reclaimer::pending_closes() const {
   return pending_.size();
 }
 
-size_t Reclaimer::cached_host_bytes() const {
-  std::lock_guard lock(mu_);
-  size_t bytes = 0;
-  for (const auto& [size, data] : host_cache_) bytes += size;
-  return bytes;
-}
-
 bool Reclaimer::StreamsIdleLocked() const {
   auto idle = [](cudaStream_t stream) {
     const cudaError_t e = cudaStreamQuery(stream);

@@ -72,9 +72,8 @@ class Reclaimer {
   // then no longer pending), else nothing.
   std::optional<std::pair<char*, size_t>> Revive(const std::string& handle, int device);
 
-  // What waits now: IPC mappings to close, pinned bytes kept (tests, logs).
+  // IPC mappings released and not yet closed.
   size_t pending_closes() const;
-  size_t cached_host_bytes() const;
 
  private:
   struct Registered {
