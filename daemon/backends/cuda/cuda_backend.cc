@@ -275,7 +275,7 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateHandle(BackendGroup&
     EPD_ASSIGN_OR_RETURN(
         std::unique_ptr<OpLane> lane,
         OpLane::Create(rank.device, fmt::format("group '{}' rank {}", c.name, handle->node_rank_),
-                       rank.records, reclaimer_, options_.on_fatal_error));
+                       ring_allocations_, reclaimer_, options_.on_fatal_error));
     return lanes_.Add(std::move(lane));
   }));
   EPD_ASSIGN_OR_RETURN(

@@ -36,7 +36,6 @@ struct RankState {
   NodeGpu info;
   int sm_count = 0;
   std::unique_ptr<CudaStream> setup_stream;  // zero-fill of new allocations, never ops
-  RecordPool records;                        // of the lanes of the rank's groups
 };
 
 // The core checks tensors before ops reach a backend; callers that drive the backend directly
@@ -128,6 +127,7 @@ class CudaBackend final : public Backend {
   std::shared_mutex launch_gate_;
   Reclaimer reclaimer_{launch_gate_};
   AllocationCounter allocations_;
+  AllocationCounter ring_allocations_;  // the lanes' error-record rings (op_lane.h)
   ImportCache imports_{reclaimer_};
   // Host-mapped word the fence-wait kernels poll: non-zero once the daemon shuts down.
   std::unique_ptr<PinnedHostMemory> shutdown_word_;

@@ -11,9 +11,11 @@ std::string PendingOp::Describe() const {
   return kernels::DescribeGroupOp(op, *group, rank, value);
 }
 
-StatusOr<std::unique_ptr<ErrorRecords>> ErrorRecords::Create(AllocationCounter& counter) {
-  EPD_ASSIGN_OR_RETURN(auto memory,
-                       PinnedHostMemory::Create(sizeof(kernels::DeviceError) * kRecords, counter));
+StatusOr<std::unique_ptr<ErrorRecords>> ErrorRecords::Create(AllocationCounter& counter,
+                                                             Reclaimer* reclaimer) {
+  EPD_ASSIGN_OR_RETURN(
+      auto memory,
+      PinnedHostMemory::Create(sizeof(kernels::DeviceError) * kRecords, counter, reclaimer));
   return std::unique_ptr<ErrorRecords>(new ErrorRecords(std::move(memory)));
 }
 

@@ -33,7 +33,9 @@ struct PendingOp {
 class ErrorRecords {
  public:
   static constexpr int kRecords = 4096;
-  static StatusOr<std::unique_ptr<ErrorRecords>> Create(AllocationCounter& counter);
+  // `reclaimer`: as PinnedHostMemory::Create's.
+  static StatusOr<std::unique_ptr<ErrorRecords>> Create(AllocationCounter& counter,
+                                                        Reclaimer* reclaimer);
 
   // Claims and clears the next record; returns its index and its device-visible address.
   kernels::DeviceError* Claim(int* index);

@@ -2,30 +2,12 @@
 
 namespace epd::cuda {
 
-StatusOr<std::unique_ptr<ErrorRecords>> RecordPool::Take() {
-  {
-    std::lock_guard lock(mu_);
-    if (!spare_.empty()) {
-      std::unique_ptr<ErrorRecords> records = std::move(spare_.back());
-      spare_.pop_back();
-      return records;
-    }
-  }
-  return ErrorRecords::Create(counter_);
-}
-
-void RecordPool::Give(std::unique_ptr<ErrorRecords> records) {
-  if (records == nullptr) return;
-  std::lock_guard lock(mu_);
-  spare_.push_back(std::move(records));
-}
-
 StatusOr<std::unique_ptr<OpLane>> OpLane::Create(
-    int device, std::string name, RecordPool& pool, Reclaimer& reclaimer,
+    int device, std::string name, AllocationCounter& rings, Reclaimer& reclaimer,
     std::function<void(const Status&)> on_sticky_error) {
-  std::unique_ptr<OpLane> lane(new OpLane(std::move(name), pool, reclaimer));
+  std::unique_ptr<OpLane> lane(new OpLane(std::move(name), reclaimer));
   EPD_ASSIGN_OR_RETURN(lane->stream_, CudaStream::Create(device));
-  EPD_ASSIGN_OR_RETURN(lane->records_, pool.Take());
+  EPD_ASSIGN_OR_RETURN(lane->records_, ErrorRecords::Create(rings, &reclaimer));
   EPD_RETURN_IF_ERROR(reclaimer.AddStream(device, lane->stream()));
   lane->registered_ = true;
   lane->completion_ =
@@ -36,7 +18,6 @@ StatusOr<std::unique_ptr<OpLane>> OpLane::Create(
 OpLane::~OpLane() {
   completion_.reset();  // reads the records until its queue is drained
   if (registered_) reclaimer_.RemoveStream(stream());
-  pool_.Give(std::move(records_));
 }
 
 kernels::DeviceError* OpLane::ClaimRecord(PendingOp op) {

@@ -19,30 +19,16 @@
 
 namespace epd::cuda {
 
-// The error-record rings of one node rank's lanes, kept for reuse: cudaFreeHost waits for
-// the whole device to go idle, so a lane's teardown must not free its ring while another
-// group's op waits on that GPU (a ring is cleared record by record when claimed anyway).
-// Rings are infrastructure like streams, outside the backend's AllocationCounter: the
-// data-plane memory tests count must not depend on when a lane goes (lane_registry.h).
-class RecordPool {
- public:
-  StatusOr<std::unique_ptr<ErrorRecords>> Take();
-  void Give(std::unique_ptr<ErrorRecords> records);
-
- private:
-  AllocationCounter counter_;  // NOTE: before spare_: outlives the rings
-  std::mutex mu_;
-  std::vector<std::unique_ptr<ErrorRecords>> spare_;
-};
-
 class OpLane {
  public:
   // `name` ("group 'g' rank r") is for liveness messages; `on_sticky_error` as
   // CompletionThread's.
-  // `pool` (the rank's) and `reclaimer` (which frees memory after the lane's work) must
-  // outlive the lane.
+  // The lane's error-record ring comes from `reclaimer`'s pinned blocks and goes back there
+  // (freeing it would wait for the GPU), counted in `rings`: rings are infrastructure like
+  // streams, outside the backend's AllocationCounter, so the data-plane memory tests do not
+  // depend on when a lane goes (lane_registry.h). Both must outlive the lane.
   static StatusOr<std::unique_ptr<OpLane>> Create(
-      int device, std::string name, RecordPool& pool, Reclaimer& reclaimer,
+      int device, std::string name, AllocationCounter& rings, Reclaimer& reclaimer,
       std::function<void(const Status&)> on_sticky_error);
   ~OpLane();  // completes what is queued, then gives the ring back
 
@@ -60,15 +46,13 @@ class OpLane {
   bool OnThread() const { return completion_->OnThread(); }
 
  private:
-  OpLane(std::string name, RecordPool& pool, Reclaimer& reclaimer)
-      : name_(std::move(name)), pool_(pool), reclaimer_(reclaimer) {}
+  OpLane(std::string name, Reclaimer& reclaimer) : name_(std::move(name)), reclaimer_(reclaimer) {}
 
   const std::string name_;
-  RecordPool& pool_;
   Reclaimer& reclaimer_;
   std::unique_ptr<CudaStream> stream_;
-  std::unique_ptr<ErrorRecords> records_;
-  bool registered_ = false;  // with reclaimer_, until the destructor
+  std::unique_ptr<ErrorRecords> records_;  // NOTE: after completion_ goes: it reads them
+  bool registered_ = false;                // with reclaimer_, until the destructor
   std::mutex mu_;
   std::vector<PendingOp> pending_;  // guarded by mu_
   // NOTE: last: it drains its queue (reading the records) before the rest goes.
