@@ -5,7 +5,9 @@
 //
 // For each release call: a kernel spins for --spin-ms on one stream; 20 ms in, one thread
 // makes the call while, 20 ms later, another thread launches a tiny kernel on a second stream.
-// Reported: how long the call and the launch took. Exit 77 without a GPU.
+// Reported: how long the call and the launch took. Twice: with the kernel in this process, then
+// in another process (a frontend's kernel: its own context, or the same MPS server). Exit 77
+// without a GPU.
 #include <cuda_runtime.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,36 +46,49 @@ bool Check(cudaError_t e, const char* what) {
   return false;
 }
 
-// A child process exporting one allocation (a handle cannot be opened by its own process).
+// A child process exporting one allocation (a handle cannot be opened by its own process) and
+// spinning a kernel on request: one byte 's' starts one, answered with one byte once launched.
 struct Exporter {
   pid_t pid = -1;
-  int release_fd = -1;
+  int to_child = -1, from_child = -1;
   cudaIpcMemHandle_t handle{};
-  bool Start() {
-    int to_parent[2], to_child[2];
-    if (pipe(to_parent) != 0 || pipe(to_child) != 0) return false;
+  bool Start(long long spin_ms) {
+    int up[2], down[2];
+    if (pipe(up) != 0 || pipe(down) != 0) return false;
     pid = fork();  // before this process touches CUDA
     if (pid == 0) {
-      close(to_parent[0]);
-      close(to_child[1]);  // else its read below never sees the parent let go
+      close(up[0]);
+      close(down[1]);  // else its read below never sees the parent let go
       void* data = nullptr;
       cudaIpcMemHandle_t h{};
       const bool ok =
           cudaMalloc(&data, 2 << 20) == cudaSuccess && cudaIpcGetMemHandle(&h, data) == cudaSuccess;
-      if (!ok || write(to_parent[1], &h, sizeof(h)) != sizeof(h)) _exit(1);
+      if (!ok || write(up[1], &h, sizeof(h)) != sizeof(h)) _exit(1);
+      SpinFor<<<1, 32>>>(1000);  // loaded before it is timed
+      cudaDeviceSynchronize();
       char c;
-      while (read(to_child[0], &c, 1) > 0) {
+      while (read(down[0], &c, 1) > 0) {
+        SpinFor<<<1, 32>>>(spin_ms * 1'000'000);
+        if (write(up[1], &c, 1) != 1) break;
       }
+      cudaDeviceSynchronize();
       _exit(0);
     }
-    close(to_parent[1]);
-    close(to_child[0]);
-    release_fd = to_child[1];
-    return read(to_parent[0], &handle, sizeof(handle)) == sizeof(handle);
+    close(up[1]);
+    close(down[0]);
+    to_child = down[1];
+    from_child = up[0];
+    return read(from_child, &handle, sizeof(handle)) == sizeof(handle);
+  }
+  // Starts the child's kernel; true once it was launched.
+  bool Spin() {
+    char c = 's';
+    return write(to_child, &c, 1) == 1 && read(from_child, &c, 1) == 1;
   }
   ~Exporter() {
-    if (release_fd >= 0) close(release_fd);
+    if (to_child >= 0) close(to_child);
     if (pid > 0) waitpid(pid, nullptr, 0);
+    if (from_child >= 0) close(from_child);
   }
 };
 
@@ -84,7 +99,7 @@ int main(int argc, char** argv) {
   const long long spin_ms =
       argc > 2 && std::string(argv[1]) == "--spin-ms" ? std::atoll(argv[2]) : 400;
   Exporter exporter;
-  const bool have_export = exporter.Start();
+  const bool have_export = exporter.Start(spin_ms);
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::fprintf(stderr, "release-stall: no CUDA GPU\n");
@@ -130,34 +145,45 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, 0);
   std::printf(
       "GPU: %s; a kernel spins %lld ms; the release 20 ms in, another thread's launch "
-      "20 ms later\n\n",
+      "20 ms later\n",
       prop.name, spin_ms);
-  std::printf("| release call | call took (ms) | other thread's launch took (ms) |\n");
-  std::printf("|---|---|---|\n");
-  for (Case& c : cases) {
-    c.prepare();
-    if (!Check(cudaDeviceSynchronize(), c.name.c_str())) return 1;
-    SpinFor<<<1, 32, 0, spinning>>>(spin_ms * 1'000'000);
-    double call_ms = 0, launch_ms = 0;
-    cudaError_t result = cudaSuccess;
-    std::thread releaser([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      const auto start = Clock::now();
-      result = c.release();
-      call_ms = MsBetween(start, Clock::now());
-    });
-    std::thread launcher([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(40));
-      const auto start = Clock::now();
-      Touch<<<1, 1, 0, other>>>(word);
-      launch_ms = MsBetween(start, Clock::now());
-    });
-    releaser.join();
-    launcher.join();
-    if (!Check(result, c.name.c_str()) || !Check(cudaDeviceSynchronize(), c.name.c_str())) {
-      return 1;
+  for (const bool elsewhere : {false, true}) {
+    if (elsewhere && !have_export) break;
+    std::printf("\nthe spinning kernel in %s\n\n",
+                elsewhere ? "another process (the exporter child)" : "this process");
+    std::printf("| release call | call took (ms) | other thread's launch took (ms) |\n");
+    std::printf("|---|---|---|\n");
+    for (Case& c : cases) {
+      c.prepare();
+      if (!Check(cudaDeviceSynchronize(), c.name.c_str())) return 1;
+      if (elsewhere) {
+        if (!exporter.Spin()) return 1;
+      } else {
+        SpinFor<<<1, 32, 0, spinning>>>(spin_ms * 1'000'000);
+      }
+      double call_ms = 0, launch_ms = 0;
+      cudaError_t result = cudaSuccess;
+      std::thread releaser([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        const auto start = Clock::now();
+        result = c.release();
+        call_ms = MsBetween(start, Clock::now());
+      });
+      std::thread launcher([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(40));
+        const auto start = Clock::now();
+        Touch<<<1, 1, 0, other>>>(word);
+        launch_ms = MsBetween(start, Clock::now());
+      });
+      releaser.join();
+      launcher.join();
+      if (!Check(result, c.name.c_str()) || !Check(cudaDeviceSynchronize(), c.name.c_str())) {
+        return 1;
+      }
+      std::printf("| %s | %.2f | %.2f |\n", c.name.c_str(), call_ms, launch_ms);
+      // The next case starts once the child's kernel is over too.
+      std::this_thread::sleep_for(std::chrono::milliseconds(elsewhere ? spin_ms : 0));
     }
-    std::printf("| %s | %.2f | %.2f |\n", c.name.c_str(), call_ms, launch_ms);
   }
   return 0;
 }
