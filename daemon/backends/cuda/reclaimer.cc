@@ -34,8 +34,8 @@ void CloseNow(int device, char* base) {
 
 }  // namespace
 
-Reclaimer::Reclaimer(std::shared_mutex& launch_gate, std::chrono::milliseconds free_wait)
-    : launch_gate_(launch_gate), free_wait_(free_wait), thread_([this] { Run(); }) {}
+Reclaimer::Reclaimer(std::shared_mutex& launch_gate)
+    : launch_gate_(launch_gate), thread_([this] { Run(); }) {}
 
 Reclaimer::~Reclaimer() {
   {
@@ -95,7 +95,6 @@ void Reclaimer::FreeDevice(int device, void* data) {
     }
     EPD_CUDA_CHECK(cudaSetDevice(device));
     EPD_CUDA_CHECK(cudaFreeAsync(data, release));
-    frees_queued_[device] = true;
     return OkStatus();
   }();
   if (!ordered.ok()) {
@@ -104,28 +103,6 @@ void Reclaimer::FreeDevice(int device, void* data) {
             ordered.message());
     cudaSetDevice(device);
     cudaFree(data);
-  }
-}
-
-bool Reclaimer::AwaitFrees(int device) {
-  cudaStream_t release = nullptr;
-  {
-    std::lock_guard lock(mu_);
-    auto it = release_streams_.find(device);
-    if (it == release_streams_.end() || !frees_queued_[device]) return false;
-    frees_queued_[device] = false;
-    release = it->second;
-  }
-  // NOTE: polled, not cudaStreamSynchronize, so the wait is bounded like every other.
-  const auto deadline = std::chrono::steady_clock::now() + free_wait_;
-  for (;;) {
-    const cudaError_t e = cudaStreamQuery(release);
-    if (e == cudaSuccess) return true;
-    if (e != cudaErrorNotReady || std::chrono::steady_clock::now() > deadline) {
-      cudaGetLastError();
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
 }
 
