@@ -121,6 +121,49 @@ TEST(CudaReclaim, AMappingReleasedWhileALaneIsNeverIdleIsClosedInADrainWindow) {
   EXPECT_GT(last_posted, 20u);
 }
 
+// A handle released while another group's fence wait spins goes back to the GPU only after
+// that wait ends. On a GPU filled to the brim, a new handle made meanwhile waits for the free
+// instead of failing for want of the memory the released one held.
+TEST(CudaReclaim, AHandleMadeRightAfterOneWasReleasedGetsItsMemoryOnAFullGpu) {
+  EPD_REQUIRE_GPUS(1);
+  auto backend = TwoRankBackend(milliseconds(20'000));
+  ASSERT_NE(backend, nullptr);
+  const int device = TwoRankDevices()[0];
+  MoeHarness stuck(*backend, TwoRankSpec("reclaim_full_stuck"), TwoRankDevices());
+  MoeHarness signaller(*backend, TwoRankSpec("reclaim_full_signaller"), TwoRankDevices());
+  GroupConfig config = stuck.config();  // the same shape, but handles of ~120 MiB
+  config.name = "reclaim_full_big";
+  config.hidden = 7168;
+  config.max_tokens_per_rank = 1024;
+  auto group = backend->CreateGroup(config);
+  ASSERT_TRUE(group.ok()) << group.status().ToString();
+  const int64_t before = backend->allocations().live_bytes();
+  auto handle = backend->CreateHandle(**group, 0);
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+  const int64_t handle_bytes = backend->allocations().live_bytes() - before;
+  ASSERT_GT(handle_bytes, 64 << 20);
+
+  // Leave less than half a handle free.
+  ASSERT_EQ(cudaSetDevice(device), cudaSuccess);
+  size_t free_bytes = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_bytes, &total), cudaSuccess);
+  DeviceBuffer hog(device, free_bytes - static_cast<size_t>(handle_bytes) / 2);
+
+  auto fence = backend->CreateFence(0);
+  ASSERT_TRUE(fence.ok()) << fence.status().ToString();
+  ASSERT_TRUE(backend->WaitFence(stuck.handle(0), **fence, 1).ok());  // the free waits for it
+  handle->reset();
+  // The wait ends a little later, from another thread, while the new handle is being made.
+  std::thread signal([&] {
+    std::this_thread::sleep_for(milliseconds(300));
+    EXPECT_TRUE(backend->SignalFence(signaller.handle(0), **fence, 1).ok());
+  });
+  auto again = backend->CreateHandle(**group, 0);
+  signal.join();
+  EXPECT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(WaitComplete(*backend, stuck.handle(0)).ok());
+}
+
 // The same group made and released a hundred times while nothing runs: what was released comes
 // back to the device (the stream-ordered frees ran), and a new group works every time.
 TEST(CudaReclaim, GroupsMadeAndReleasedRepeatedlyGiveTheirMemoryBack) {

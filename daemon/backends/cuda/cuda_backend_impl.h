@@ -125,7 +125,7 @@ class CudaBackend final : public Backend {
   CudaBackendOptions options_;
   // NOTE: before everything that holds memory: it all goes back through the reclaimer.
   std::shared_mutex launch_gate_;
-  Reclaimer reclaimer_{launch_gate_};
+  Reclaimer reclaimer_{launch_gate_, 2 * options_.op_timeout};
   AllocationCounter allocations_;
   AllocationCounter ring_allocations_;  // the lanes' error-record rings (op_lane.h)
   ImportCache imports_{reclaimer_};

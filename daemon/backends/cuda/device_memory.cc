@@ -13,8 +13,14 @@ StatusOr<std::unique_ptr<DeviceMemory>> DeviceMemory::Create(int device, size_t 
                                                              cudaStream_t stream) {
   EPD_CUDA_CHECK(cudaSetDevice(device));
   void* data = nullptr;
-  if (cudaError_t e = cudaMalloc(&data, bytes); e != cudaSuccess) {
+  cudaError_t e = cudaMalloc(&data, bytes);
+  if (e == cudaErrorMemoryAllocation) {
     cudaGetLastError();  // clear the (non-sticky) allocation error
+    // Memory released just before may still be on its way back (reclaimer.h).
+    if (reclaimer.AwaitFrees(device)) e = cudaMalloc(&data, bytes);
+  }
+  if (e != cudaSuccess) {
+    cudaGetLastError();
     return ResourceExhaustedError("cudaMalloc of {} bytes on GPU {} failed: {}", bytes, device,
                                   cudaGetErrorString(e));
   }

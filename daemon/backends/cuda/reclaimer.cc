@@ -4,26 +4,11 @@
 #include <cstring>
 
 #include "common/cuda_check.h"
+#include "common/cuda_device.h"
 #include "daemon/core/log.h"
 
 namespace epd::cuda {
 namespace {
-
-// Restores the calling thread's current device: callers are other components' threads.
-class KeepCurrentDevice {
- public:
-  KeepCurrentDevice() {
-    if (cudaGetDevice(&device_) != cudaSuccess) device_ = -1;
-  }
-  ~KeepCurrentDevice() {
-    if (device_ >= 0) cudaSetDevice(device_);
-  }
-  KeepCurrentDevice(const KeepCurrentDevice&) = delete;
-  KeepCurrentDevice& operator=(const KeepCurrentDevice&) = delete;
-
- private:
-  int device_ = -1;
-};
 
 void CloseNow(int device, char* base) {
   cudaSetDevice(device);
@@ -34,8 +19,8 @@ void CloseNow(int device, char* base) {
 
 }  // namespace
 
-Reclaimer::Reclaimer(std::shared_mutex& launch_gate)
-    : launch_gate_(launch_gate), thread_([this] { Run(); }) {}
+Reclaimer::Reclaimer(std::shared_mutex& launch_gate, std::chrono::milliseconds free_wait)
+    : launch_gate_(launch_gate), free_wait_(free_wait), thread_([this] { Run(); }) {}
 
 Reclaimer::~Reclaimer() {
   {
@@ -44,7 +29,6 @@ Reclaimer::~Reclaimer() {
   }
   wake_.notify_all();
   thread_.join();
-  KeepCurrentDevice keep;
   for (auto& [key, pending] : pending_) CloseNow(key.second, pending.base);
   for (auto& [bytes, data] : host_cache_) cudaFreeHost(data);
   for (auto& [stream, registered] : streams_) cudaEventDestroy(registered.last_work);
@@ -55,11 +39,14 @@ Reclaimer::~Reclaimer() {
   }
 }
 
+// NOTE: AddStream, FreeDevice, AwaitFrees and CloseMapping run on other components' threads,
+// so they leave the caller's current device as they found it (OnDevice).
 Status Reclaimer::AddStream(int device, cudaStream_t stream) {
-  KeepCurrentDevice keep;
-  EPD_CUDA_CHECK(cudaSetDevice(device));
   cudaEvent_t event = nullptr;
-  EPD_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  EPD_RETURN_IF_ERROR(OnDevice(device, [&]() -> Status {
+    EPD_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    return OkStatus();
+  }));
   std::lock_guard lock(mu_);
   streams_[stream] = Registered{device, event};
   return OkStatus();
@@ -83,9 +70,8 @@ StatusOr<cudaStream_t> Reclaimer::ReleaseStreamLocked(int device) {
 }
 
 void Reclaimer::FreeDevice(int device, void* data) {
-  KeepCurrentDevice keep;
   std::lock_guard lock(mu_);
-  const Status ordered = [&]() -> Status {
+  const Status ordered = OnDevice(device, [&]() -> Status {
     EPD_ASSIGN_OR_RETURN(cudaStream_t release, ReleaseStreamLocked(device));
     for (auto& [stream, registered] : streams_) {
       EPD_CUDA_CHECK(cudaSetDevice(registered.device));
@@ -95,15 +81,52 @@ void Reclaimer::FreeDevice(int device, void* data) {
     }
     EPD_CUDA_CHECK(cudaSetDevice(device));
     EPD_CUDA_CHECK(cudaFreeAsync(data, release));
+    frees_queued_[device] = true;
     return OkStatus();
-  }();
+  });
   if (!ordered.ok()) {
     // Only with a broken context (a sticky error), where nothing runs any more to wait for.
     EPD_LOG(kCuda, error, "stream-ordered free on GPU {} failed ({}); freeing at once", device,
             ordered.message());
-    cudaSetDevice(device);
-    cudaFree(data);
+    (void)OnDevice(device, [&]() -> Status {
+      EPD_CUDA_CHECK(cudaFree(data));
+      return OkStatus();
+    });
   }
+}
+
+bool Reclaimer::AwaitFrees(int device) {
+  cudaStream_t release = nullptr;
+  {
+    std::lock_guard lock(mu_);
+    auto it = release_streams_.find(device);
+    if (it == release_streams_.end() || !frees_queued_[device]) return false;
+    frees_queued_[device] = false;
+    release = it->second;
+  }
+  // NOTE: polled, not cudaStreamSynchronize, so the wait is bounded like every other.
+  const auto deadline = std::chrono::steady_clock::now() + free_wait_;
+  for (;;) {
+    const cudaError_t e = cudaStreamQuery(release);
+    if (e == cudaSuccess) break;
+    if (e != cudaErrorNotReady || std::chrono::steady_clock::now() > deadline) {
+      cudaGetLastError();
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  // The freed blocks are back in the device's default pool, which cudaMalloc does not draw
+  // from: the pool hands them to the driver at a synchronize call or a trim. Both are quick
+  // now that the release stream has run.
+  return OnDevice(device,
+                  [&]() -> Status {
+                    EPD_CUDA_CHECK(cudaStreamSynchronize(release));
+                    cudaMemPool_t pool = nullptr;
+                    EPD_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+                    EPD_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+                    return OkStatus();
+                  })
+      .ok();
 }
 
 void* Reclaimer::TakeHost(size_t bytes) {
@@ -133,8 +156,10 @@ void Reclaimer::CloseMapping(const std::string& handle, int device, char* base, 
   }
   // NOTE: one mapping per (handle, device) lives at a time (ImportCache), so this is not
   // reached; were it, closing at once is what the daemon always did.
-  KeepCurrentDevice keep;
-  CloseNow(device, base);
+  (void)OnDevice(device, [&] {
+    CloseNow(device, base);
+    return OkStatus();
+  });
 }
 
 std::optional<std::pair<char*, size_t>> Reclaimer::Revive(const std::string& handle, int device) {
@@ -191,7 +216,6 @@ void Reclaimer::Run() {
       // NOTE: while the gate is held nothing is enqueued: idle now means idle until the
       // closes below return, so they wait for nothing.
       std::unique_lock gate(launch_gate_, std::try_to_lock);
-      KeepCurrentDevice keep;
       if (gate.owns_lock() && DrainedLocked()) {
         for (auto& [key, pending] : pending_) CloseNow(key.second, pending.base);
         pending_.clear();
@@ -216,7 +240,6 @@ void Reclaimer::Run() {
               "wait until the running kernels end",
               closing.size(), kMaxCloseDeferral.count());
       lock.unlock();
-      KeepCurrentDevice keep;
       for (const auto& [device, base] : closing) CloseNow(device, base);
       lock.lock();
     }

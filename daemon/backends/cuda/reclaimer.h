@@ -49,7 +49,8 @@ class Reclaimer {
   static constexpr std::chrono::milliseconds kMaxBackoff{1000};
 
   // `launch_gate`: held shared by every backend call that enqueues device work; outlives this.
-  explicit Reclaimer(std::shared_mutex& launch_gate);
+  // `free_wait`: how long AwaitFrees waits at most (the daemon's waits end within it).
+  Reclaimer(std::shared_mutex& launch_gate, std::chrono::milliseconds free_wait);
   ~Reclaimer();  // closes what is pending and frees what is cached (the streams are gone)
   Reclaimer(const Reclaimer&) = delete;
   Reclaimer& operator=(const Reclaimer&) = delete;
@@ -61,6 +62,10 @@ class Reclaimer {
   // Frees `data` (cudaMalloc on `device`) once the work enqueued so far on every registered
   // stream has run.
   void FreeDevice(int device, void* data);
+  // For an allocation that failed: waits (at most free_wait) until the frees queued on
+  // `device` ran. True when some were queued and all ran: the allocation may succeed now (a
+  // handle made right after one was released, on a GPU it filled).
+  bool AwaitFrees(int device);
 
   // Pinned host memory of exactly `bytes`: a cached block (zeroed), or null when none is.
   void* TakeHost(size_t bytes);
@@ -94,10 +99,12 @@ class Reclaimer {
   void Run();
 
   std::shared_mutex& launch_gate_;
+  const std::chrono::milliseconds free_wait_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::map<cudaStream_t, Registered> streams_;
   std::map<int, cudaStream_t> release_streams_;  // by device
+  std::map<int, bool> frees_queued_;             // by device: since the last AwaitFrees
   std::multimap<size_t, void*> host_cache_;      // by size
   std::map<MappingKey, Pending> pending_;
   bool stopping_ = false;
