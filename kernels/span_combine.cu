@@ -48,16 +48,19 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReturnKernel(SpanReturnParam
       CopyRow(rows + slot * s.ret.row_bytes, expert_out + row * s.ret.row_bytes, s.ret.row_bytes);
     return;
   }
-  int j = 0;
+  // Each selection's expert output, packed by local expert and the source's ranking.
+  const int64_t capacity = static_cast<int64_t>(T) * s.ret.rows_per_token;
   for (int k = 0; k < K; ++k) {
     const int id = entry[1 + k];
     if (id < 0) continue;
-    const int64_t row = ExpertRow(p.plan, L, R, id - s.rank * L, src, entry[1 + K + k]);
-    if (row >= 0 && row < p.recv_rows) {
-      CopyRow(rows + (static_cast<int64_t>(t) * s.ret.rows_per_token + j) * s.ret.row_bytes,
-              expert_out + row * s.ret.row_bytes, s.ret.row_bytes);
+    const int l = id - s.rank * L, rank_in_expert = entry[1 + K + k];
+    const int64_t row = ExpertRow(p.plan, L, R, l, src, rank_in_expert);
+    const int64_t slot =
+        static_cast<int64_t>(p.plan[SpanPlanReturnBaseWord(L, R, src, l)]) + rank_in_expert;
+    // Out of range only with a corrupt message.
+    if (row >= 0 && row < p.recv_rows && slot >= 0 && slot < capacity) {
+      CopyRow(rows + slot * s.ret.row_bytes, expert_out + row * s.ret.row_bytes, s.ret.row_bytes);
     }
-    ++j;
   }
 }
 
@@ -103,18 +106,24 @@ __global__ void __launch_bounds__(kSpanThreads) SpanReduceKernel(SpanReduceParam
     float w = 0.0f;
     if (id >= 0) {
       const int d = id / L;
-      int j = 0;
-      for (int k2 = 0; k2 < k; ++k2) {
-        const int other = p.topk_idx[t * K + k2];
-        if (other >= 0 && other / L == d) ++j;
-      }
       // Rank-major and high-throughput: the destination's pre-reduced row counts once, at its
       // first k, weight 1.
       const bool pre_reduced = s.rank_major || s.high_throughput;
-      if (!pre_reduced || j == 0) {
-        const int64_t slot = s.high_throughput ? p.dest_row[t * R + d]
-                             : s.rank_major    ? t
-                                               : static_cast<int64_t>(t) * s.ret.rows_per_token + j;
+      bool first = true;
+      for (int k2 = 0; k2 < k && pre_reduced; ++k2) {
+        const int other = p.topk_idx[t * K + k2];
+        first = first && !(other >= 0 && other / L == d);
+      }
+      if (first) {
+        int64_t slot = 0;
+        if (s.high_throughput) {
+          slot = p.dest_row[t * R + d];
+        } else if (s.rank_major) {
+          slot = t;
+        } else {  // after this rank's selections of d's experts before this one
+          slot = p.local_rank[t * K + k];
+          for (int e = d * L; e < id; ++e) slot += p.expert_counts[e];
+        }
         row = p.recv_ret + d * s.ret.bytes + s.ret.rows_offset + slot * s.ret.row_bytes;
         w = pre_reduced ? 1.0f : p.topk_weights[t * K + k];
       }

@@ -138,11 +138,28 @@ __global__ void __launch_bounds__(kPlanThreads) SpanPlanKernel(SpanAssembleParam
   const int R = s.world_size, L = s.local_experts;
   __shared__ int first_abandoned;
   if (threadIdx.x == 0) first_abandoned = R;
+  if (p.host_headers != nullptr) {  // NOTE: written by this kernel, not a copy op of its own
+    const int words = static_cast<int>(SpanHeaderWords(s.experts, R));
+    for (int i = threadIdx.x; i < R * words; i += blockDim.x) {
+      p.host_headers[i] = HeaderWord(p, i / words, i % words);
+    }
+  }
   __syncthreads();
   for (int src = threadIdx.x; src < R; src += blockDim.x) {
     if (HeaderWord(p, src, 0) == kSpanMessageAbandoned) atomicMin(&first_abandoned, src);
   }
   const int first_full = FirstOverflow(p);  // synchronises the block
+  if (!s.rank_major && !s.high_throughput) {
+    // Expert-major low-latency: where each local expert's rows start in the return message to
+    // each source (kernels/span_messages.h), from that source's counts.
+    for (int src = threadIdx.x; src < R; src += blockDim.x) {
+      int base = 0;
+      for (int l = 0; l < L; ++l) {
+        p.plan[SpanPlanReturnBaseWord(L, R, src, l)] = base;
+        base += HeaderWord(p, src, ExpertWord(s.rank * L + l));
+      }
+    }
+  }
   if (threadIdx.x != 0) return;
   const int none = s.high_throughput ? R : s.experts;
   int go = 0;

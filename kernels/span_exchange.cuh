@@ -62,6 +62,9 @@ struct SpanAssembleParams {
   int32_t* expert_rows = nullptr;        // high-throughput, expert_rows_entries of them
   int64_t expert_rows_entries = 0;
   void* recv_scales = nullptr;      // fp8 dispatch
+  // Expert-major low-latency: host-mapped room for the R received headers, which the plan
+  // kernel copies there for the host to size the combine's returns (null: not copied).
+  int32_t* host_headers = nullptr;
   const uint64_t* abort = nullptr;  // host-mapped: ops numbered up to it give up
   uint64_t seq = 0;
   DeviceError* error = nullptr;
@@ -88,7 +91,11 @@ struct SpanReduceParams {
   const float* topk_weights = nullptr;
   const int32_t* bound_tokens = nullptr;
   const int32_t* dest_row = nullptr;  // [T, R] high-throughput: t's return row from each rank
-  void* out = nullptr;                // [n, H]
+  // Expert-major low-latency: this rank's ranking of its selections (routing.cuh), which with
+  // its per-expert counts places each selection's row in its return message.
+  const int32_t* local_rank = nullptr;     // [T, K]
+  const int32_t* expert_counts = nullptr;  // [E]
+  void* out = nullptr;                     // [n, H]
   int abandoned = 0;
   const uint64_t* abort = nullptr;
   uint64_t seq = 0;

@@ -5,12 +5,16 @@
 //
 // Buffers always have room for T rows per message, from the group constants only (T, K, E, L,
 // R, H, dtypes). What is sent differs by algorithm:
-// - low-latency: the whole message, one exchange per op and no host synchronisation, however
-//   many tokens select each destination (the price is bandwidth: T rows every time);
+// - low-latency: the whole dispatch message, one exchange per dispatch and no host
+//   synchronisation, however many tokens select each destination (the price is bandwidth: T
+//   rows every time);
 // - high-throughput: counts first, then payload. The dispatch's headers go in one exchange;
 //   once they arrived the host reads every pair's row count and a second exchange sends each
-//   message's entries, scales and only its rows. The combine's return messages carry the same
-//   number of rows back, known from the dispatch: one exchange.
+//   message's entries, scales and only its rows.
+// Combine return messages carry only what the dispatch brought, sized by the host from the
+// dispatch's headers (it reads them once the dispatch's exchange is done, before the rank's
+// next op): high-throughput the rows the dispatch sent, expert-major low-latency the
+// selections (its headers' per-expert counts); rank-major low-latency returns whole messages.
 //
 // Dispatch message from source s to destination d (one per (s, d), also s == d, which the
 // source writes straight into its own receive buffer):
@@ -33,10 +37,14 @@
 //           codes (H bytes). Last, so that a high-throughput message ends after its rows.
 // Combine return message from destination d to source s:
 //   header  int32 [0] status
-//   rows    T x J x row_bytes: row (i, j) = the expert output of the j-th selection, in k
-//           order, of the token in s's message row i to d (expert-major, J = K: a token may
-//           select one expert twice, and each selection has a row of its own); rank-major and
-//           high-throughput J = 1, the frontend's pre-reduced row.
+//   rows    row_bytes each, in the token dtype (at most T x J: the buffers' room):
+//           - expert-major low-latency (J = K): the expert output of each of s's selections of
+//             d's experts, by local expert, then in s's own ranking of the expert's selections
+//             (local_rank): selection r of d's local expert l is row r + the sum of s's
+//             counts of d's experts before l. Both sides know s's per-expert counts (s its
+//             own, d from s's header), so the message carries exactly s's selections to d;
+//           - rank-major low-latency (J = 1): row t = d's pre-reduced row of s's token t;
+//           - high-throughput (J = 1): row i = d's pre-reduced row of s's packed row i to d.
 #pragma once
 
 #include <cstdint>
@@ -106,9 +114,10 @@ constexpr SpanReturnMessage SpanReturnMessageOf(int64_t max_tokens, int64_t top_
   return m;
 }
 
-// High-throughput: the bytes of a return message carrying `rows` rows back.
+// The bytes of a return message carrying `rows` rows back (high-throughput: the packed rows;
+// expert-major low-latency: the selections).
 constexpr int64_t SpanReturnBytes(const SpanReturnMessage& m, int64_t rows) {
-  return m.rows_offset + rows * m.rows_per_token * m.row_bytes;
+  return m.rows_offset + rows * m.row_bytes;
 }
 
 // One rank's view of a group's exchange: the group constants the kernels index with.
@@ -129,12 +138,19 @@ struct SpanShape {
 // A destination's plan of the last dispatch, kept for the combine after it: int32
 // [0] go (1: rows were written), [1, 1 + L) expert offsets, [1 + L, 1 + L + L * R) base row
 // of source s inside local expert l at 1 + L + l * R + s (high-throughput: inside the
-// expert's gather list), then R words: high-throughput, source s's first packed row.
+// expert's gather list), then R words: high-throughput, source s's first packed row, then
+// L * R words: expert-major low-latency, the first return row of local expert l in the
+// return message to source s (SpanPlanReturnBaseWord).
 constexpr int64_t SpanPlanWords(int64_t local_experts, int64_t world_size) {
-  return 1 + local_experts + local_experts * world_size + world_size;
+  return 1 + local_experts + 2 * local_experts * world_size + world_size;
 }
 constexpr int64_t SpanPlanFirstRowWord(int64_t local_experts, int64_t world_size, int64_t src) {
   return 1 + local_experts + local_experts * world_size + src;
+}
+constexpr int64_t SpanPlanReturnBaseWord(int64_t local_experts, int64_t world_size, int64_t src,
+                                         int64_t local_expert) {
+  return 1 + local_experts + local_experts * world_size + world_size + src * local_experts +
+         local_expert;
 }
 
 // Device bytes one rank's handle holds for the exchange: dispatch send and receive (R messages

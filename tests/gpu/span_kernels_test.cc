@@ -144,6 +144,14 @@ int64_t RowsSent(const std::vector<Rank>& ranks, int s, int d, int abandoning) {
   return s == abandoning ? 0 : ranks[s].dest_counts[d];
 }
 
+// Expert-major low-latency: s's selections of d's experts, which d's return message carries.
+int64_t SelectionsSent(const GroupConfig& c, const std::vector<Rank>& ranks, int s, int d) {
+  const int L = c.local_experts();
+  int64_t selections = 0;
+  for (int e = d * L; e < (d + 1) * L; ++e) selections += ranks[s].counts[e];
+  return selections;
+}
+
 class SpanKernelsTest : public ::testing::Test {
  protected:
   void SetUp() override { EPD_REQUIRE_GPUS(1); }
@@ -210,6 +218,12 @@ class SpanKernelsTest : public ::testing::Test {
     kernels::DeviceError* records = nullptr;
     ASSERT_EQ(cudaMallocHost(&records, sizeof(kernels::DeviceError) * R), cudaSuccess);
     std::memset(records, 0, sizeof(kernels::DeviceError) * R);
+    // Expert-major low-latency: the plan kernel hands every rank's received headers to the host.
+    const int64_t header_words = kernels::SpanHeaderWords(c.experts, R);
+    const bool hands_headers = !c.high_throughput() && c.layout == Layout::kExpertMajor;
+    int32_t* host_headers = nullptr;
+    ASSERT_EQ(cudaMallocHost(&host_headers, R * R * header_words * 4), cudaSuccess);
+    std::memset(host_headers, 0xff, R * R * header_words * 4);
     for (int d = 0; d < R; ++d) {
       if (d == abandoning) continue;
       Rank& r = ranks[d];
@@ -231,6 +245,7 @@ class SpanKernelsTest : public ::testing::Test {
       p.expert_rows = b.expert_rows;
       p.expert_rows_entries = static_cast<int64_t>(layout.expert_rows_entries);
       p.recv_scales = b.recv_scales;
+      if (hands_headers) p.host_headers = host_headers + d * R * header_words;
       p.seq = 1;
       p.error = &records[d];
       ASSERT_EQ(kernels::LaunchSpanAssemble(p, nullptr), cudaSuccess);
@@ -238,6 +253,21 @@ class SpanKernelsTest : public ::testing::Test {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     for (int d = 0; d < R; ++d) (*errors)[d] = records[d];
     cudaFreeHost(records);
+    for (int d = 0; d < R && hands_headers; ++d) {
+      if (d == abandoning) continue;
+      for (int s = 0; s < R; ++s) {
+        std::vector<int32_t> header(header_words);
+        ASSERT_EQ(
+            cudaMemcpy(header.data(), static_cast<const char*>(ranks[d].recv->data()) + s * m.bytes,
+                       header_words * 4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+        EXPECT_EQ(
+            std::memcmp(header.data(), host_headers + (d * R + s) * header_words, header_words * 4),
+            0)
+            << "rank " << d << "'s host copy of rank " << s << "'s header";
+      }
+    }
+    cudaFreeHost(host_headers);
   }
 
   // Expert outputs: every received row rewritten with values of its own (the same bytes on
@@ -247,7 +277,8 @@ class SpanKernelsTest : public ::testing::Test {
     const int R = c.world_size(), K = c.top_k;
     const HandleLayout layout = ComputeHandleLayout(c);
     const size_t row = static_cast<size_t>(c.hidden) * DTypeSize(c.dtype);
-    for (int d = 0; d < R && c.high_throughput(); ++d) {  // before its own return lands there
+    const bool exact_returns = c.high_throughput() || c.layout == Layout::kExpertMajor;
+    for (int d = 0; d < R && exact_returns; ++d) {  // before its own return lands there
       ASSERT_EQ(cudaMemset(ranks[d].ret_recv->data(), kUnsentByte, ranks[d].ret_recv->size()),
                 cudaSuccess);
     }
@@ -274,9 +305,13 @@ class SpanKernelsTest : public ::testing::Test {
     for (int d = 0; d < R; ++d) {
       for (int s = 0; s < R; ++s) {
         if (s == d) continue;
-        // High-throughput: as many rows back as the dispatch brought.
+        // As many rows back as the dispatch brought: rows (high-throughput) or selections
+        // (expert-major); rank-major whole messages. Where a message carries nothing the
+        // receiving buffer keeps kUnsentByte, so a row read from there fails the comparison.
         const int64_t bytes = c.high_throughput()
                                   ? kernels::SpanReturnBytes(ret, RowsSent(ranks, s, d, -1))
+                              : c.layout == Layout::kExpertMajor
+                                  ? kernels::SpanReturnBytes(ret, SelectionsSent(c, ranks, s, d))
                                   : ret.bytes;
         Move(*ranks[d].ret_send, s, *ranks[s].ret_recv, d, ret.bytes, 0, bytes);
       }
@@ -300,6 +335,8 @@ class SpanKernelsTest : public ::testing::Test {
       p.topk_weights = static_cast<const float*>(r.d_weights->data());
       p.bound_tokens = static_cast<const int32_t*>(r.d_n->data());
       p.dest_row = static_cast<const int32_t*>(r.d_dest_row->data());
+      p.local_rank = static_cast<const int32_t*>(r.d_local_rank->data());
+      p.expert_counts = static_cast<const int32_t*>(r.d_counts->data());
       p.out = r.out->data();
       p.seq = 2;
       ASSERT_EQ(kernels::LaunchSpanReduce(p, nullptr), cudaSuccess);

@@ -67,10 +67,12 @@ TEST(SpanMessagesTest, BytesSentAndHeldFollowTheWorldSize) {
   const int64_t dispatch = SpanDispatchMessageOf(c).bytes, ret = SpanReturnMessageOf(c).bytes;
   EXPECT_EQ(SpanDispatchBytesSent(c), 3 * dispatch);
   EXPECT_EQ(SpanCombineBytesSent(c), 3 * ret);
-  // Send and receive of both directions, plus the plan: 1 + L + L * R + R = 325 int32
-  // (L = 64), 1300 bytes, 256-aligned.
-  EXPECT_EQ(SpanHandleBytesOf(c), 8 * dispatch + 8 * ret + 1536);
-  EXPECT_EQ(kernels::SpanPlanWords(64, 4), 1 + 64 + 256 + 4);
+  // Send and receive of both directions, plus the plan: 1 + L + 2 * L * R + R = 581 int32
+  // (L = 64), 2324 bytes, 256-aligned.
+  EXPECT_EQ(SpanHandleBytesOf(c), 8 * dispatch + 8 * ret + 2560);
+  EXPECT_EQ(kernels::SpanPlanWords(64, 4), 1 + 64 + 256 + 4 + 256);
+  EXPECT_EQ(kernels::SpanPlanReturnBaseWord(64, 4, 0, 0), 1 + 64 + 256 + 4);
+  EXPECT_EQ(kernels::SpanPlanReturnBaseWord(64, 4, 3, 63), kernels::SpanPlanWords(64, 4) - 1);
   EXPECT_EQ(kernels::SpanPlanFirstRowWord(64, 4, 3), 1 + 64 + 256 + 3);
 }
 
@@ -233,6 +235,56 @@ TEST(SpanSupportTest, RowsOfEachMessageComeFromTheSendersHeader) {
   const kernels::SpanShape s0 = SpanShapeOf(c, 0);
   rows = SpanRowsOf(s0, Headers(s0, {{-3, 500, 0}, {0, 0, 0}, {0, 0, 0}}, ok).data());
   EXPECT_EQ(rows.out, (std::vector<int64_t>{0, 128, 0}));
+}
+
+// Expert-major low-latency headers: `counts[p][e]` is p's selections of expert e.
+std::vector<int32_t> ExpertHeaders(const kernels::SpanShape& s,
+                                   const std::vector<std::vector<int32_t>>& counts,
+                                   const std::vector<int32_t>& status) {
+  const int64_t words = kernels::SpanHeaderWords(s.experts, s.world_size);
+  std::vector<int32_t> headers(s.world_size * words, 0);
+  for (int p = 0; p < s.world_size; ++p) {
+    headers[p * words] = status[p];
+    for (int e = 0; e < s.experts; ++e) {
+      headers[p * words + kernels::kSpanHeaderFixedWords + e] = counts[p][e];
+    }
+  }
+  return headers;
+}
+
+TEST(SpanSupportTest, ExpertMajorReturnsCarryEachPairsSelections) {
+  GroupConfig c = Spanning(0, 64);
+  c.experts = 6;  // L = 2
+  c.top_k = 2;
+  c.ranks = {0, 1, 2};
+  c.span.nodes = 3;
+  EXPECT_TRUE(SpanReadsHeaders(c));
+  const kernels::SpanShape s = SpanShapeOf(c, 1);
+  // counts[p]: p's selections of experts 0..5 (rank d holds experts 2d, 2d + 1).
+  const std::vector<std::vector<int32_t>> counts = {
+      {1, 2, 3, 4, 0, 0}, {5, 0, 0, 6, 7, 1}, {0, 0, 2, 2, 9, 9}};
+  const std::vector<int32_t> ok(3, kernels::kSpanMessageOk);
+  SpanRows rows = SpanRowsOf(s, ExpertHeaders(s, counts, ok).data());
+  EXPECT_EQ(rows.in, (std::vector<int64_t>{7, 6, 4}));   // p's selections of experts 2, 3
+  EXPECT_EQ(rows.out, (std::vector<int64_t>{5, 6, 8}));  // rank 1's of each rank's experts
+  // The return message of the standard shape: its header, then one row per selection.
+  EXPECT_EQ(kernels::SpanReturnBytes(s.ret, 7), 256 + 7 * 64 * 2);
+
+  // An abandoned source sends and gets nothing; a corrupt sum is clamped to [0, T x K].
+  std::vector<int32_t> abandoned = ok;
+  abandoned[2] = kernels::kSpanMessageAbandoned;
+  rows = SpanRowsOf(s, ExpertHeaders(s, counts, abandoned).data());
+  EXPECT_EQ(rows.in, (std::vector<int64_t>{7, 6, 0}));
+  rows = SpanRowsOf(
+      s, ExpertHeaders(s, {{0, 0, -9, 1, 0, 0}, {0, 0, 200, 100, 0, 0}, {0, 0, 0, 0, 0, 0}}, ok)
+             .data());
+  EXPECT_EQ(rows.in, (std::vector<int64_t>{0, 256, 0}));
+
+  // Rank-major groups return whole messages: the host does not read their headers.
+  c.layout = Layout::kRankMajor;
+  EXPECT_FALSE(SpanReadsHeaders(c));
+  c.algorithm = Algorithm::kHighThroughput;
+  EXPECT_TRUE(SpanReadsHeaders(c));
 }
 
 TEST(SpanRendezvousTest, HexRoundTripsEveryByteAndRefusesOtherText) {

@@ -120,8 +120,8 @@ class CudaGroup : public BackendGroup {
   LazyNcclComms nccl_;  // created by the first collective that needs NCCL
   int sm_count_ = 0;    // SMs of the smallest of the group's GPUs
   int max_blocks_ = 1;  // grid bound of the collectives (high-throughput: its SM budget)
-  // High-throughput groups that span daemons: where each node rank's dispatch headers land for
-  // the host to read (R headers per node rank; kernels/span_messages.h).
+  // Groups that span daemons and whose host reads the dispatch headers (SpanReadsHeaders): where
+  // each node rank's dispatch headers land (R headers per node rank; kernels/span_messages.h).
   std::unique_ptr<PinnedHostMemory> span_headers_;
   // Groups that span daemons: the NCCL communicators of the ranks hosted here (cuda_span_ops.cc).
   // NOTE: last: its watchdog may still call into the members above until it is gone.
@@ -177,10 +177,11 @@ class CudaHandle : public BackendHandle {
   std::atomic<int> num_tokens_{0};
   // Groups that span daemons: the NCCL message buffers and the plan (kernels/span_messages.h).
   std::unique_ptr<DeviceMemory> span_buffers_;
-  // High-throughput: a dispatch whose headers were exchanged and whose payload exchange waits
-  // for them to arrive (Backend::EnqueueDeferred, on the rank worker); the event behind the
-  // headers' copy to the host; each message's rows in the last dispatch, which its combine
-  // returns.
+  // Groups whose host reads the dispatch headers (SpanReadsHeaders): a dispatch whose headers
+  // were exchanged and whose rest waits for them to arrive (Backend::EnqueueDeferred, on the
+  // rank worker) — high-throughput its payload exchange, expert-major low-latency only the
+  // host's reading of them; the event after which the headers are on the host; the rows each
+  // return message of the next combine carries (span_support.h).
   struct SpanPending {
     uint64_t seq = 0;
     int64_t generation = -1;  // the communicator the headers went on

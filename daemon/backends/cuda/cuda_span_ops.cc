@@ -1,9 +1,11 @@
 // Groups that span daemons on the cuda backend (docs/design.md §9, "cuda transport"): creation
 // and the dispatch / combine of one hosted rank (both algorithms, token-dtype or fp8 dispatch),
 // as kernels around NCCL exchanges (kernels/span_exchange.cuh, span_comm.h), all on the rank's
-// lane stream: low-latency ops exchange whole messages, high-throughput dispatches their headers
-// first and then, once the host read them, only the rows routed (kernels/span_messages.h).
-// Results equal a single daemon's with the same R, byte for byte.
+// lane stream: low-latency dispatches exchange whole messages, high-throughput ones their
+// headers first and then, once the host read them, only the rows routed; combines return only
+// what the dispatch brought, sized by the host from its headers (rank-major low-latency: whole
+// messages) (kernels/span_messages.h). Results equal a single daemon's with the same R, byte
+// for byte.
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -65,32 +67,32 @@ StatusOr<SpanOp> BeginSpanOp(CudaHandle& me) {
   return op;
 }
 
-// Where node rank `node_rank`'s R dispatch headers land on the host (high-throughput).
-const int32_t* HeadersOf(const CudaHandle& me, const kernels::SpanShape& shape) {
+// Where this handle's node rank's R dispatch headers land on the host (SpanReadsHeaders).
+int32_t* HeadersOf(const CudaHandle& me, const kernels::SpanShape& shape) {
   const int64_t words = kernels::SpanHeaderWords(shape.experts, shape.world_size);
-  return static_cast<const int32_t*>(me.group_->span_headers_->data()) +
+  return static_cast<int32_t*>(me.group_->span_headers_->data()) +
          me.node_rank_ * shape.world_size * words;
 }
 
-// High-throughput: after the headers' exchange, their copy to the host and the event the
+// After the headers' exchange (SpanReadsHeaders), their copy to the host and the event the
 // deferred part waits on.
 Status CopyHeadersToHost(CudaHandle& me, const kernels::SpanShape& shape,
                          const SpanBuffers& buffers) {
   const size_t width =
       static_cast<size_t>(kernels::SpanHeaderWords(shape.experts, shape.world_size)) * 4;
   cudaStream_t stream = me.lane_->stream();
-  EPD_CUDA_CHECK(cudaMemcpy2DAsync(const_cast<int32_t*>(HeadersOf(me, shape)), width,
-                                   buffers.dispatch_recv, static_cast<size_t>(shape.dispatch.bytes),
-                                   width, static_cast<size_t>(shape.world_size),
-                                   cudaMemcpyDeviceToHost, stream));
+  EPD_CUDA_CHECK(cudaMemcpy2DAsync(
+      HeadersOf(me, shape), width, buffers.dispatch_recv, static_cast<size_t>(shape.dispatch.bytes),
+      width, static_cast<size_t>(shape.world_size), cudaMemcpyDeviceToHost, stream));
   EPD_CUDA_CHECK(cudaEventRecord(me.span_counted_->get(), stream));
   return OkStatus();
 }
 
 // Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing and
 // `payload`'s rows; headers only when `abandoned`) and its exchange: the whole messages
-// (low-latency), or their headers (high-throughput; the rest is the deferred part's). Returns
-// the communicator generation it went on.
+// (low-latency), or their headers (high-throughput; the rest is the deferred part's), then the
+// headers' copy to the host where the host reads them and no assemble kernel follows to write
+// them (SpanAssembleAndSignal). Returns the communicator generation it went on.
 StatusOr<int64_t> PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
                                   const SpanBuffers& buffers,
                                   const kernels::DispatchInputs& payload, bool abandoned) {
@@ -124,7 +126,9 @@ StatusOr<int64_t> PackAndExchange(CudaHandle& me, const kernels::SpanShape& shap
           me.group_rank_, lane.stream(), buffers.dispatch_send, buffers.dispatch_recv, sizes,
           shape.high_throughput ? (abandoned ? "dispatch counts (abandoned)" : "dispatch counts")
                                 : (abandoned ? "dispatch (abandoned)" : "dispatch")));
-  if (shape.high_throughput) EPD_RETURN_IF_ERROR(CopyHeadersToHost(me, shape, buffers));
+  if (shape.high_throughput || (abandoned && SpanReadsHeaders(me.group_->config_))) {
+    EPD_RETURN_IF_ERROR(CopyHeadersToHost(me, shape, buffers));
+  }
   return generation;
 }
 
@@ -144,7 +148,7 @@ Status ReturnAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
   OpLane& lane = *me.lane_;
   EPD_CUDA_CHECK(kernels::LaunchSpanReturn(ret, lane.stream()));
   ExchangeSizes sizes = UniformSizes(shape.world_size, shape.ret.bytes);
-  if (shape.high_throughput) {  // each source's rows of the dispatch go back to it
+  if (!shape.rank_major) {  // what each source's dispatch brought goes back to it
     for (int p = 0; p < shape.world_size; ++p) {
       sizes.send[p] = kernels::SpanReturnBytes(shape.ret, me.span_rows_.in[p]);
       sizes.recv[p] = kernels::SpanReturnBytes(shape.ret, me.span_rows_.out[p]);
@@ -195,7 +199,7 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
     raw->aborts_->NoteAbort(through, reason);  // before the word: a released op reads it
     raw->RaiseAbortWord(through);
   };
-  if (config.high_throughput()) {
+  if (SpanReadsHeaders(config)) {
     const int64_t words = kernels::SpanHeaderWords(config.experts, R);
     EPD_ASSIGN_OR_RETURN(
         group->span_headers_,
@@ -213,10 +217,11 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
   }
   group->forget_ = [this](CudaGroup* g) { ForgetGroup(g); };
   EPD_LOG(kCuda, info,
-          "created {} (NCCL between daemons; {}{} bytes per dispatch and {} per combine sent by "
-          "each rank)",
+          "created {} (NCCL between daemons; {}{} bytes per dispatch and {}{} per combine sent "
+          "by each rank)",
           config.ToString(), config.high_throughput() ? "at most " : "",
-          SpanDispatchBytesSent(config), SpanCombineBytesSent(config));
+          SpanDispatchBytesSent(config), SpanReadsHeaders(config) ? "at most " : "",
+          SpanCombineBytesSent(config));
   return group;
 }
 
@@ -252,7 +257,7 @@ StatusOr<std::unique_ptr<BackendHandle>> CudaBackend::CreateSpanningHandle(CudaG
   EPD_ASSIGN_OR_RETURN(handle->span_buffers_,
                        DeviceMemory::Create(rank.device, static_cast<size_t>(SpanHandleBytesOf(c)),
                                             allocations_, reclaimer_, rank.setup_stream->get()));
-  if (c.high_throughput()) {
+  if (SpanReadsHeaders(c)) {
     EPD_ASSIGN_OR_RETURN(handle->span_counted_, CudaEvent::Create(rank.device));
     const int R = c.world_size();
     handle->span_rows_ = SpanRows{std::vector<int64_t>(R, 0), std::vector<int64_t>(R, 0)};
@@ -276,7 +281,12 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
     me.span_pending_ = CudaHandle::SpanPending{seq, generation, /*abandoned=*/false, args.signal};
     return OkStatus();
   }
-  return SpanAssembleAndSignal(me, seq, args.signal);
+  EPD_RETURN_IF_ERROR(SpanAssembleAndSignal(me, seq, args.signal));
+  // Expert-major: the host reads the headers later, for the combine's return sizes.
+  if (SpanReadsHeaders(c)) {
+    me.span_pending_ = CudaHandle::SpanPending{seq, generation, /*abandoned=*/false, {}};
+  }
+  return OkStatus();
 }
 
 Status CudaBackend::SpanAssembleAndSignal(CudaHandle& me, uint64_t seq, const FenceSignal& signal) {
@@ -305,11 +315,16 @@ Status CudaBackend::SpanAssembleAndSignal(CudaHandle& me, uint64_t seq, const Fe
   assemble.expert_rows = me.recv<int32_t>(l.expert_rows_offset, l.expert_rows_bytes);
   assemble.expert_rows_entries = static_cast<int64_t>(l.expert_rows_entries);
   assemble.recv_scales = me.recv<char>(l.recv_scales_offset, l.recv_scales_bytes);
+  // Expert-major low-latency: the plan kernel hands the headers to the host (no copy op in
+  // the op's path); high-throughput copied them before its second exchange.
+  const bool hands_headers = SpanReadsHeaders(c) && !shape.high_throughput;
+  if (hands_headers) assemble.host_headers = HeadersOf(me, shape);
   assemble.abort = group.abort_word();
   assemble.seq = seq;
   assemble.error =
       lane.ClaimRecord(PendingOp{0, "dispatch", group.name_, me.group_rank_, seq, group.aborts_});
   EPD_CUDA_CHECK(kernels::LaunchSpanAssemble(assemble, lane.stream()));
+  if (hands_headers) EPD_CUDA_CHECK(cudaEventRecord(me.span_counted_->get(), lane.stream()));
   return SignalAfterSpanOp(me, signal);
 }
 
@@ -322,11 +337,12 @@ Status CudaBackend::EnqueueDeferred(BackendHandle& h) {
   return SpanDispatchRest(me, pending);
 }
 
-// Waits (bounded) for the headers on the host, then enqueues the payload exchange sized by them
-// and the destination half. Any failure fails the communicator's generation (the group's abort
-// word is raised for every op issued so far, so the peers and this rank's kernels stop), and
-// the destination half is still enqueued: its kernels record the failure and the op's signal
-// follows, so the frontend's wait on it ends.
+// Waits (bounded) for the headers on the host and reads the rows of every pair from them; then,
+// high-throughput, enqueues the payload exchange sized by them and the destination half
+// (low-latency enqueued its destination half with the dispatch). Any failure fails the
+// communicator's generation (the group's abort word is raised for every op issued so far, so
+// the peers and this rank's kernels stop), and the destination half is still enqueued: its
+// kernels record the failure and the op's signal follows, so the frontend's wait on it ends.
 Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPending& pending) {
   CudaGroup& group = *me.group_;
   SpanComm& span = *group.span_;
@@ -346,8 +362,8 @@ Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPendi
       },
       fmt::format("group '{}' rank {}: dispatch {}: waiting for the counts", c.name, me.group_rank_,
                   pending.seq));
-  if (status.ok()) {
-    me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
+  if (status.ok()) me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
+  if (status.ok() && shape.high_throughput) {
     ExchangeSizes sizes;
     sizes.stride = shape.dispatch.bytes;
     sizes.offset = shape.dispatch.entries_offset;
@@ -364,7 +380,7 @@ Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPendi
                  .status();
   }
   if (!status.ok()) span.FailGeneration(pending.generation, status);
-  if (pending.abandoned) return status;
+  if (pending.abandoned || !shape.high_throughput) return status;
   EPD_RETURN_IF_ERROR(SpanAssembleAndSignal(me, pending.seq, pending.signal));
   return status;
 }
@@ -394,6 +410,8 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   reduce.topk_weights = me.priv<float>(p.topk_weights);
   reduce.bound_tokens = me.priv<int32_t>(p.bound_tokens);
   if (shape.high_throughput) reduce.dest_row = me.priv<int32_t>(p.dest_row);
+  reduce.local_rank = me.priv<int32_t>(p.local_rank);
+  reduce.expert_counts = me.priv<int32_t>(p.expert_counts);
   reduce.out = args.out.data;
   reduce.abort = group.abort_word();
   reduce.seq = seq;
@@ -425,8 +443,9 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
     EPD_ASSIGN_OR_RETURN(const int64_t generation,
                          PackAndExchange(me, op.shape, op.buffers, kernels::DispatchInputs{},
                                          /*abandoned=*/true));
-    // The peers' rows to this rank still come (they size them by their own headers).
-    if (op.shape.high_throughput) {
+    // The peers' rows to this rank still come (they size them by their own headers), and the
+    // combine after it returns what their headers say.
+    if (SpanReadsHeaders(c)) {
       me.span_pending_ = CudaHandle::SpanPending{seq, generation, /*abandoned=*/true, {}};
     }
     return OkStatus();

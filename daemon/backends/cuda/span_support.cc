@@ -60,14 +60,26 @@ int64_t SpanCombineBytesSent(const GroupConfig& c) {
   return (c.world_size() - 1) * SpanReturnMessageOf(c).bytes;
 }
 
+bool SpanReadsHeaders(const GroupConfig& c) {
+  return c.high_throughput() || c.layout == Layout::kExpertMajor;
+}
+
 SpanRows SpanRowsOf(const kernels::SpanShape& s, const int32_t* headers) {
-  const int R = s.world_size;
+  const int R = s.world_size, L = s.local_experts;
   const int64_t words = kernels::SpanHeaderWords(s.experts, R);
   auto rows_of = [&](int src, int dest) -> int64_t {
     const int32_t* header = headers + src * words;
     if (header[0] != kernels::kSpanMessageOk) return 0;
-    const int64_t rows = header[kernels::kSpanHeaderFixedWords + s.experts + dest];
-    return std::clamp<int64_t>(rows, 0, s.max_tokens);
+    if (s.high_throughput) {
+      const int64_t rows = header[kernels::kSpanHeaderFixedWords + s.experts + dest];
+      return std::clamp<int64_t>(rows, 0, s.max_tokens);
+    }
+    int64_t selections = 0;  // of dest's experts
+    for (int e = dest * L; e < (dest + 1) * L; ++e) {
+      selections += header[kernels::kSpanHeaderFixedWords + e];
+    }
+    return std::clamp<int64_t>(selections, 0,
+                               static_cast<int64_t>(s.max_tokens) * s.ret.rows_per_token);
   };
   SpanRows rows;
   rows.in.resize(R);

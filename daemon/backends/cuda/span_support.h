@@ -22,17 +22,22 @@ kernels::SpanShape SpanShapeOf(const GroupConfig& config, int group_rank);
 kernels::SpanReturnMessage SpanReturnMessageOf(const GroupConfig& config);
 // Device bytes of one rank's exchange buffers (send/receive of both directions and the plan).
 int64_t SpanHandleBytesOf(const GroupConfig& config);
-// Bytes one rank sends per op to the other R - 1 ranks, dispatch and combine: exactly
-// (low-latency), or at most (high-throughput, which sends only the rows routed).
+// Bytes one rank sends per op to the other R - 1 ranks, dispatch and combine: exactly, or at
+// most where only the rows routed are sent (high-throughput; expert-major low-latency combine).
 int64_t SpanDispatchBytesSent(const GroupConfig& config);
 int64_t SpanCombineBytesSent(const GroupConfig& config);
 
-// High-throughput: the rows of one dispatch's messages of group rank `shape.rank`, from the
-// headers its first exchange delivered: `headers` holds R headers of
+// Whether the host reads a dispatch's headers: high-throughput groups size their payload and
+// return exchanges by them, expert-major low-latency groups their return exchange.
+bool SpanReadsHeaders(const GroupConfig& config);
+
+// The rows of each pair's messages in one dispatch of group rank `shape.rank` (high-throughput:
+// the packed rows; expert-major low-latency: the selections, which the combine's return
+// messages carry back), from the headers its exchange delivered: `headers` holds R headers of
 // kernels::SpanHeaderWords(E, R) words, header p that of p's message to this rank (its own
-// message for p == rank, whose rank words are this rank's rows to every rank). A message of a
-// source that abandoned the op carries no rows; counts outside [0, T] (a corrupt header) are
-// clamped, so both sides of every pair size their transfer alike from the same header.
+// message for p == rank, whose words describe this rank's own routing). A message of a
+// source that abandoned the op carries no rows; counts outside [0, T x J] (a corrupt header)
+// are clamped, so both sides of every pair size their transfer alike from the same header.
 struct SpanRows {
   std::vector<int64_t> in;   // [p]: rows p sends here (p == rank: this rank's own)
   std::vector<int64_t> out;  // [p]: rows this rank sends to p
