@@ -90,9 +90,10 @@ Status CopyHeadersToHost(CudaHandle& me, const kernels::SpanShape& shape,
 
 // Enqueues the source half of a dispatch (the pack kernel over this rank's bound routing and
 // `payload`'s rows; headers only when `abandoned`) and its exchange: the whole messages
-// (low-latency), or their headers (high-throughput; the rest is the deferred part's), then the
-// headers' copy to the host where the host reads them and no assemble kernel follows to write
-// them (SpanAssembleAndSignal). Returns the communicator generation it went on.
+// (low-latency), or their headers (high-throughput; the rest is the deferred part's), then,
+// where the host reads the headers and no plan kernel follows to hand them over
+// (high-throughput; an abandoning rank), their copy to the host. Returns the communicator
+// generation it went on.
 StatusOr<int64_t> PackAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
                                   const SpanBuffers& buffers,
                                   const kernels::DispatchInputs& payload, bool abandoned) {
