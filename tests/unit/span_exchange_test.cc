@@ -192,17 +192,19 @@ TEST(SpanMessagesTest, HighThroughputSendsTheHeaderThenOnlyTheRowsRouted) {
   EXPECT_EQ(kernels::SpanReturnBytes(s.ret, 128), s.ret.bytes);
 }
 
-// Headers as the first exchange leaves them on the host: header p is p's message to `rank`.
+// Headers as the exchange leaves them on the host: header p is p's message to `rank`, its
+// words from `first` on set to values[p] (RowWords: rows to each rank; kExpertWords:
+// selections of each expert).
+constexpr int kExpertWords = kernels::kSpanHeaderFixedWords;
+int RowWords(const kernels::SpanShape& s) { return kernels::kSpanHeaderFixedWords + s.experts; }
 std::vector<int32_t> Headers(const kernels::SpanShape& s,
-                             const std::vector<std::vector<int32_t>>& rows_to,
-                             const std::vector<int32_t>& status) {
+                             const std::vector<std::vector<int32_t>>& values,
+                             const std::vector<int32_t>& status, int first) {
   const int64_t words = kernels::SpanHeaderWords(s.experts, s.world_size);
   std::vector<int32_t> headers(s.world_size * words, 0);
   for (int p = 0; p < s.world_size; ++p) {
     headers[p * words] = status[p];
-    for (int d = 0; d < s.world_size; ++d) {
-      headers[p * words + kernels::kSpanHeaderFixedWords + s.experts + d] = rows_to[p][d];
-    }
+    for (size_t i = 0; i < values[p].size(); ++i) headers[p * words + first + i] = values[p][i];
   }
   return headers;
 }
@@ -216,40 +218,25 @@ TEST(SpanSupportTest, RowsOfEachMessageComeFromTheSendersHeader) {
   // rows_to[p][d]: p's rows to d (every message of p carries the same row words).
   const std::vector<std::vector<int32_t>> rows_to = {{5, 7, 0}, {4, 9, 128}, {1, 0, 2}};
   const std::vector<int32_t> ok(3, kernels::kSpanMessageOk);
-  SpanRows rows = SpanRowsOf(s, Headers(s, rows_to, ok).data());
+  SpanRows rows = SpanRowsOf(s, Headers(s, rows_to, ok, RowWords(s)).data());
   EXPECT_EQ(rows.in, (std::vector<int64_t>{7, 9, 0}));     // p's rows to rank 1
   EXPECT_EQ(rows.out, (std::vector<int64_t>{4, 9, 128}));  // rank 1's own header
 
   // A source that abandoned sends no rows; an abandoning rank sends none to anyone.
   std::vector<int32_t> abandoned = ok;
   abandoned[0] = kernels::kSpanMessageAbandoned;
-  rows = SpanRowsOf(s, Headers(s, rows_to, abandoned).data());
+  rows = SpanRowsOf(s, Headers(s, rows_to, abandoned, RowWords(s)).data());
   EXPECT_EQ(rows.in, (std::vector<int64_t>{0, 9, 0}));
   abandoned[1] = kernels::kSpanMessageAbandoned;
-  rows = SpanRowsOf(s, Headers(s, rows_to, abandoned).data());
+  rows = SpanRowsOf(s, Headers(s, rows_to, abandoned, RowWords(s)).data());
   EXPECT_EQ(rows.out, (std::vector<int64_t>{0, 0, 0}));
 
   // A corrupt count is clamped to [0, T] on both sides alike.
-  rows = SpanRowsOf(s, Headers(s, {{-3, 500, 0}, {0, 0, 0}, {0, 0, 0}}, ok).data());
+  rows = SpanRowsOf(s, Headers(s, {{-3, 500, 0}, {0, 0, 0}, {0, 0, 0}}, ok, RowWords(s)).data());
   EXPECT_EQ(rows.in[0], 128);
   const kernels::SpanShape s0 = SpanShapeOf(c, 0);
-  rows = SpanRowsOf(s0, Headers(s0, {{-3, 500, 0}, {0, 0, 0}, {0, 0, 0}}, ok).data());
+  rows = SpanRowsOf(s0, Headers(s0, {{-3, 500, 0}, {0, 0, 0}, {0, 0, 0}}, ok, RowWords(s0)).data());
   EXPECT_EQ(rows.out, (std::vector<int64_t>{0, 128, 0}));
-}
-
-// Expert-major low-latency headers: `counts[p][e]` is p's selections of expert e.
-std::vector<int32_t> ExpertHeaders(const kernels::SpanShape& s,
-                                   const std::vector<std::vector<int32_t>>& counts,
-                                   const std::vector<int32_t>& status) {
-  const int64_t words = kernels::SpanHeaderWords(s.experts, s.world_size);
-  std::vector<int32_t> headers(s.world_size * words, 0);
-  for (int p = 0; p < s.world_size; ++p) {
-    headers[p * words] = status[p];
-    for (int e = 0; e < s.experts; ++e) {
-      headers[p * words + kernels::kSpanHeaderFixedWords + e] = counts[p][e];
-    }
-  }
-  return headers;
 }
 
 TEST(SpanSupportTest, ExpertMajorReturnsCarryEachPairsSelections) {
@@ -264,7 +251,7 @@ TEST(SpanSupportTest, ExpertMajorReturnsCarryEachPairsSelections) {
   const std::vector<std::vector<int32_t>> counts = {
       {1, 2, 3, 4, 0, 0}, {5, 0, 0, 6, 7, 1}, {0, 0, 2, 2, 9, 9}};
   const std::vector<int32_t> ok(3, kernels::kSpanMessageOk);
-  SpanRows rows = SpanRowsOf(s, ExpertHeaders(s, counts, ok).data());
+  SpanRows rows = SpanRowsOf(s, Headers(s, counts, ok, kExpertWords).data());
   EXPECT_EQ(rows.in, (std::vector<int64_t>{7, 6, 4}));   // p's selections of experts 2, 3
   EXPECT_EQ(rows.out, (std::vector<int64_t>{5, 6, 8}));  // rank 1's of each rank's experts
   // The return message of the standard shape: its header, then one row per selection.
@@ -273,11 +260,11 @@ TEST(SpanSupportTest, ExpertMajorReturnsCarryEachPairsSelections) {
   // An abandoned source sends and gets nothing; a corrupt sum is clamped to [0, T x K].
   std::vector<int32_t> abandoned = ok;
   abandoned[2] = kernels::kSpanMessageAbandoned;
-  rows = SpanRowsOf(s, ExpertHeaders(s, counts, abandoned).data());
+  rows = SpanRowsOf(s, Headers(s, counts, abandoned, kExpertWords).data());
   EXPECT_EQ(rows.in, (std::vector<int64_t>{7, 6, 0}));
-  rows = SpanRowsOf(
-      s, ExpertHeaders(s, {{0, 0, -9, 1, 0, 0}, {0, 0, 200, 100, 0, 0}, {0, 0, 0, 0, 0, 0}}, ok)
-             .data());
+  rows = SpanRowsOf(s, Headers(s, {{0, 0, -9, 1, 0, 0}, {0, 0, 200, 100, 0, 0}, {0, 0, 0, 0, 0, 0}},
+                               ok, kExpertWords)
+                           .data());
   EXPECT_EQ(rows.in, (std::vector<int64_t>{0, 256, 0}));
 
   // Rank-major groups return whole messages: the host does not read their headers.
