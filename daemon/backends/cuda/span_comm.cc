@@ -65,10 +65,41 @@ SpanComm::~SpanComm() {
     std::unique_lock lock(comms_mu_);
     AbortComms(comms_, options_.config.name);
   }
-  for (InFlight& item : in_flight_) {
-    cudaEventDestroy(item.start);
-    cudaEventDestroy(item.end);
+  for (InFlight& item : in_flight_) GiveEvents(item);
+  for (auto& [device, events] : spare_events_) {
+    for (cudaEvent_t event : events) cudaEventDestroy(event);
   }
+}
+
+Status SpanComm::TakeEvents(InFlight& item) {
+  EPD_CUDA_CHECK(cudaGetDevice(&item.device));
+  {
+    std::lock_guard lock(events_mu_);
+    std::vector<cudaEvent_t>& spare = spare_events_[item.device];
+    if (spare.size() >= 2) {
+      item.start = spare.back();
+      spare.pop_back();
+      item.end = spare.back();
+      spare.pop_back();
+      return OkStatus();
+    }
+  }
+  EPD_CUDA_CHECK(cudaEventCreateWithFlags(&item.start, cudaEventDisableTiming));
+  if (cudaError_t e = cudaEventCreateWithFlags(&item.end, cudaEventDisableTiming);
+      e != cudaSuccess) {
+    cudaEventDestroy(item.start);
+    item.start = nullptr;
+    EPD_CUDA_CHECK(e);
+  }
+  return OkStatus();
+}
+
+void SpanComm::GiveEvents(InFlight& item) {
+  std::lock_guard lock(events_mu_);
+  std::vector<cudaEvent_t>& spare = spare_events_[item.device];
+  spare.push_back(item.start);
+  spare.push_back(item.end);
+  item.start = item.end = nullptr;
 }
 
 int64_t SpanComm::generation() const {
@@ -246,16 +277,8 @@ StatusOr<int64_t> SpanComm::Exchange(int group_rank, cudaStream_t stream, const 
   }
   InFlight item;
   item.what = std::string(what);
-  EPD_CUDA_CHECK(cudaEventCreateWithFlags(&item.start, cudaEventDisableTiming));
-  if (cudaError_t e = cudaEventCreateWithFlags(&item.end, cudaEventDisableTiming);
-      e != cudaSuccess) {
-    cudaEventDestroy(item.start);
-    EPD_CUDA_CHECK(e);
-  }
-  auto drop_events = [&item] {
-    cudaEventDestroy(item.start);
-    cudaEventDestroy(item.end);
-  };
+  EPD_RETURN_IF_ERROR(TakeEvents(item));
+  auto drop_events = [&] { GiveEvents(item); };
   Status status;
   generation = -1;
   {
@@ -377,8 +400,7 @@ void SpanComm::Watch() {
     for (auto it = in_flight_.begin(); it != in_flight_.end();) {
       if (cudaEventQuery(it->end) != cudaErrorNotReady) {  // done (or the context is gone)
         cudaGetLastError();
-        cudaEventDestroy(it->start);
-        cudaEventDestroy(it->end);
+        GiveEvents(*it);
         it = in_flight_.erase(it);
         continue;
       }

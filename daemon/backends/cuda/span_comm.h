@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -87,6 +88,7 @@ class SpanComm {
 
  private:
   struct InFlight {
+    int device = -1;  // of its events
     cudaEvent_t start = nullptr, end = nullptr;
     int64_t generation = 0;
     std::string what;
@@ -94,6 +96,9 @@ class SpanComm {
     std::chrono::steady_clock::time_point started_at;
   };
   Status Form();
+  // Two events on the current device for `item`: spares of earlier exchanges, or new ones.
+  Status TakeEvents(InFlight& item);
+  void GiveEvents(InFlight& item);
   Status Stopped() const;
   // Fails generation `generation` (no-op when it is not the live one): on_failure, abort, raise.
   void Fail(int64_t generation, const Status& reason, const std::vector<int>& nodes);
@@ -123,6 +128,11 @@ class SpanComm {
   std::condition_variable watch_cv_;
   std::vector<InFlight> in_flight_;
   bool quit_ = false;
+
+  // Events of finished exchanges by device, for the next ones: creating and destroying two per
+  // exchange cost host time on every op.
+  std::mutex events_mu_;
+  std::map<int, std::vector<cudaEvent_t>> spare_events_;
   std::thread watchdog_;  // NOTE: last: started once everything above exists
 };
 
