@@ -12,9 +12,9 @@
 //   once they arrived the host reads every pair's row count and a second exchange sends each
 //   message's entries, scales and only its rows.
 // Combine return messages carry only what the dispatch brought, sized by the host from the
-// dispatch's headers (it reads them once the dispatch's exchange is done, before the rank's
-// next op): high-throughput the rows the dispatch sent, expert-major low-latency the
-// selections (its headers' per-expert counts); rank-major low-latency returns whole messages.
+// dispatch's headers, once they reached it: high-throughput the rows the dispatch sent,
+// expert-major low-latency the selections (its headers' per-expert counts); rank-major
+// low-latency returns whole messages.
 //
 // Dispatch message from source s to destination d (one per (s, d), also s == d, which the
 // source writes straight into its own receive buffer):

@@ -116,6 +116,8 @@ class CudaBackend final : public Backend {
   Status SpanDispatch(CudaHandle& handle, uint64_t seq, const DispatchArgs& args);
   // High-throughput: the part of a dispatch after its counts arrived (EnqueueDeferred).
   Status SpanDispatchRest(CudaHandle& handle, const CudaHandle::SpanPending& pending);
+  // Expert-major low-latency: reads the last dispatch's return rows when the combine comes.
+  Status ReadSpanRows(CudaHandle& handle);
   // The destination half of a dispatch whose messages arrived (or whose failure the kernels
   // record), and its fence signal.
   Status SpanAssembleAndSignal(CudaHandle& handle, uint64_t seq, const FenceSignal& signal);

@@ -177,11 +177,12 @@ class CudaHandle : public BackendHandle {
   std::atomic<int> num_tokens_{0};
   // Groups that span daemons: the NCCL message buffers and the plan (kernels/span_messages.h).
   std::unique_ptr<DeviceMemory> span_buffers_;
-  // Groups whose host reads the dispatch headers (SpanReadsHeaders): a dispatch whose headers
-  // were exchanged and whose rest waits for them to arrive (Backend::EnqueueDeferred, on the
-  // rank worker) — high-throughput its payload exchange, expert-major low-latency only the
-  // host's reading of them; the event after which the headers are on the host; the rows each
-  // return message of the next combine carries (span_support.h).
+  // High-throughput: a dispatch whose headers were exchanged and whose payload exchange waits
+  // for them to arrive (Backend::EnqueueDeferred, on the rank worker).
+  // Groups whose host reads the dispatch headers (SpanReadsHeaders): the event after which the
+  // last dispatch's headers are on the host; the rows each return message of the next combine
+  // carries (span_support.h), read from them — expert-major low-latency only when that combine
+  // comes (span_rows_unread_: the generation the dispatch went on), so no other op waits.
   struct SpanPending {
     uint64_t seq = 0;
     int64_t generation = -1;  // the communicator the headers went on
@@ -191,6 +192,7 @@ class CudaHandle : public BackendHandle {
   std::optional<SpanPending> span_pending_;
   std::unique_ptr<CudaEvent> span_counted_;
   SpanRows span_rows_;
+  std::optional<int64_t> span_rows_unread_;
 };
 
 }  // namespace epd::cuda

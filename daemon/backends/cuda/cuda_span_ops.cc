@@ -75,7 +75,7 @@ int32_t* HeadersOf(const CudaHandle& me, const kernels::SpanShape& shape) {
 }
 
 // After the headers' exchange (SpanReadsHeaders), their copy to the host and the event the
-// deferred part waits on.
+// host waits on (the high-throughput deferred part, ReadSpanRows).
 Status CopyHeadersToHost(CudaHandle& me, const kernels::SpanShape& shape,
                          const SpanBuffers& buffers) {
   const size_t width =
@@ -283,10 +283,36 @@ Status CudaBackend::SpanDispatch(CudaHandle& me, uint64_t seq, const DispatchArg
     return OkStatus();
   }
   EPD_RETURN_IF_ERROR(SpanAssembleAndSignal(me, seq, args.signal));
-  // Expert-major: the host reads the headers later, for the combine's return sizes.
-  if (SpanReadsHeaders(c)) {
-    me.span_pending_ = CudaHandle::SpanPending{seq, generation, /*abandoned=*/false, {}};
+  // Expert-major: the combine reads the headers for its return sizes (ReadSpanRows).
+  if (SpanReadsHeaders(c)) me.span_rows_unread_ = generation;
+  return OkStatus();
+}
+
+// Expert-major low-latency: the rows of the combine's return messages, from the last
+// dispatch's headers once they are on the host (bounded like the high-throughput deferred
+// part; a failure fails the dispatch's communicator generation so no peer waits on this rank).
+Status CudaBackend::ReadSpanRows(CudaHandle& me) {
+  if (!me.span_rows_unread_.has_value()) return OkStatus();
+  const int64_t generation = *me.span_rows_unread_;
+  me.span_rows_unread_.reset();
+  SpanComm& span = *me.group_->span_;
+  const GroupConfig& c = me.group_->config_;
+  const kernels::SpanShape shape = SpanShapeOf(c, me.group_rank_);
+  const int R = shape.world_size;
+  me.span_rows_ = SpanRows{std::vector<int64_t>(R, 0), std::vector<int64_t>(R, 0)};
+  const Status status = AwaitEvent(
+      me.span_counted_->get(), std::chrono::steady_clock::now() + 2 * options_.op_timeout,
+      [&]() -> Status {
+        if (span.generation() == generation) return OkStatus();
+        return UnavailableError("the group's NCCL communicator was aborted");
+      },
+      fmt::format("group '{}' rank {}: combine: waiting for its dispatch's counts", c.name,
+                  me.group_rank_));
+  if (!status.ok()) {
+    span.FailGeneration(generation, status);
+    return status;
   }
+  me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
   return OkStatus();
 }
 
@@ -338,12 +364,11 @@ Status CudaBackend::EnqueueDeferred(BackendHandle& h) {
   return SpanDispatchRest(me, pending);
 }
 
-// Waits (bounded) for the headers on the host and reads the rows of every pair from them; then,
-// high-throughput, enqueues the payload exchange sized by them and the destination half
-// (low-latency enqueued its destination half with the dispatch). Any failure fails the
-// communicator's generation (the group's abort word is raised for every op issued so far, so
-// the peers and this rank's kernels stop), and the destination half is still enqueued: its
-// kernels record the failure and the op's signal follows, so the frontend's wait on it ends.
+// Waits (bounded) for the headers on the host, then enqueues the payload exchange sized by them
+// and the destination half. Any failure fails the communicator's generation (the group's abort
+// word is raised for every op issued so far, so the peers and this rank's kernels stop), and
+// the destination half is still enqueued: its kernels record the failure and the op's signal
+// follows, so the frontend's wait on it ends.
 Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPending& pending) {
   CudaGroup& group = *me.group_;
   SpanComm& span = *group.span_;
@@ -363,8 +388,8 @@ Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPendi
       },
       fmt::format("group '{}' rank {}: dispatch {}: waiting for the counts", c.name, me.group_rank_,
                   pending.seq));
-  if (status.ok()) me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
-  if (status.ok() && shape.high_throughput) {
+  if (status.ok()) {
+    me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
     ExchangeSizes sizes;
     sizes.stride = shape.dispatch.bytes;
     sizes.offset = shape.dispatch.entries_offset;
@@ -381,7 +406,7 @@ Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPendi
                  .status();
   }
   if (!status.ok()) span.FailGeneration(pending.generation, status);
-  if (pending.abandoned || !shape.high_throughput) return status;
+  if (pending.abandoned) return status;
   EPD_RETURN_IF_ERROR(SpanAssembleAndSignal(me, pending.seq, pending.signal));
   return status;
 }
@@ -401,6 +426,7 @@ Status CudaBackend::SpanCombine(CudaHandle& me, uint64_t seq, const CombineArgs&
   const HandleLayout& l = me.layout_;
   const void* expert_out =
       args.expert_out != nullptr ? args.expert_out : me.recv<char>(l.recv_x_offset, l.recv_x_bytes);
+  EPD_RETURN_IF_ERROR(ReadSpanRows(me));
   EPD_RETURN_IF_ERROR(ReturnAndExchange(me, shape, buffers, expert_out, /*abandoned=*/false));
   const HandlePrivateLayout& p = me.private_layout_;
   kernels::SpanReduceParams reduce;
@@ -439,6 +465,7 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
   auto run = [&]() -> Status {
     EPD_ASSIGN_OR_RETURN(const SpanOp op, BeginSpanOp(me));
     if (kind == CollectiveKind::kCombine) {
+      EPD_RETURN_IF_ERROR(ReadSpanRows(me));
       return ReturnAndExchange(me, op.shape, op.buffers, nullptr, /*abandoned=*/true);
     }
     EPD_ASSIGN_OR_RETURN(const int64_t generation,
@@ -446,8 +473,10 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
                                          /*abandoned=*/true));
     // The peers' rows to this rank still come (they size them by their own headers), and the
     // combine after it returns what their headers say.
-    if (SpanReadsHeaders(c)) {
+    if (op.shape.high_throughput) {
       me.span_pending_ = CudaHandle::SpanPending{seq, generation, /*abandoned=*/true, {}};
+    } else if (SpanReadsHeaders(c)) {
+      me.span_rows_unread_ = generation;
     }
     return OkStatus();
   };
