@@ -118,6 +118,9 @@ class CudaBackend final : public Backend {
   Status SpanDispatchRest(CudaHandle& handle, const CudaHandle::SpanPending& pending);
   // Expert-major low-latency: reads the last dispatch's return rows when the combine comes.
   Status ReadSpanRows(CudaHandle& handle);
+  // Waits (bounded; UNAVAILABLE once `generation` is no longer live) until the last dispatch's
+  // headers are on the host, then reads every pair's rows into span_rows_ (zeros on failure).
+  Status AwaitSpanRows(CudaHandle& handle, int64_t generation, std::string_view what);
   // The destination half of a dispatch whose messages arrived (or whose failure the kernels
   // record), and its fence signal.
   Status SpanAssembleAndSignal(CudaHandle& handle, uint64_t seq, const FenceSignal& signal);

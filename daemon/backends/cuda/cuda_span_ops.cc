@@ -295,23 +295,26 @@ Status CudaBackend::ReadSpanRows(CudaHandle& me) {
   if (!me.span_rows_unread_.has_value()) return OkStatus();
   const int64_t generation = *me.span_rows_unread_;
   me.span_rows_unread_.reset();
+  const Status status = AwaitSpanRows(me, generation, "combine: waiting for its dispatch's counts");
+  if (!status.ok()) me.group_->span_->FailGeneration(generation, status);
+  return status;
+}
+
+// The stream may first pass the dispatch's fence wait and its exchange, each bounded by
+// op_timeout: hence twice that.
+Status CudaBackend::AwaitSpanRows(CudaHandle& me, int64_t generation, std::string_view what) {
   SpanComm& span = *me.group_->span_;
   const GroupConfig& c = me.group_->config_;
   const kernels::SpanShape shape = SpanShapeOf(c, me.group_rank_);
   const int R = shape.world_size;
   me.span_rows_ = SpanRows{std::vector<int64_t>(R, 0), std::vector<int64_t>(R, 0)};
-  const Status status = AwaitEvent(
+  EPD_RETURN_IF_ERROR(AwaitEvent(
       me.span_counted_->get(), std::chrono::steady_clock::now() + 2 * options_.op_timeout,
       [&]() -> Status {
         if (span.generation() == generation) return OkStatus();
         return UnavailableError("the group's NCCL communicator was aborted");
       },
-      fmt::format("group '{}' rank {}: combine: waiting for its dispatch's counts", c.name,
-                  me.group_rank_));
-  if (!status.ok()) {
-    span.FailGeneration(generation, status);
-    return status;
-  }
+      fmt::format("group '{}' rank {}: {}", c.name, me.group_rank_, what)));
   me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
   return OkStatus();
 }
@@ -377,19 +380,9 @@ Status CudaBackend::SpanDispatchRest(CudaHandle& me, const CudaHandle::SpanPendi
   const kernels::SpanShape shape = SpanShapeOf(c, me.group_rank_);
   const SpanBuffers buffers = BuffersOf(me, shape);
   const int R = shape.world_size;
-  me.span_rows_ = SpanRows{std::vector<int64_t>(R, 0), std::vector<int64_t>(R, 0)};
-  // The stream may first pass this op's fence wait and the exchange, each bounded by op_timeout.
-  const auto deadline = std::chrono::steady_clock::now() + 2 * options_.op_timeout;
-  Status status = AwaitEvent(
-      me.span_counted_->get(), deadline,
-      [&]() -> Status {
-        if (span.generation() == pending.generation) return OkStatus();
-        return UnavailableError("the group's NCCL communicator was aborted");
-      },
-      fmt::format("group '{}' rank {}: dispatch {}: waiting for the counts", c.name, me.group_rank_,
-                  pending.seq));
+  Status status = AwaitSpanRows(me, pending.generation,
+                                fmt::format("dispatch {}: waiting for the counts", pending.seq));
   if (status.ok()) {
-    me.span_rows_ = SpanRowsOf(shape, HeadersOf(me, shape));
     ExchangeSizes sizes;
     sizes.stride = shape.dispatch.bytes;
     sizes.offset = shape.dispatch.entries_offset;

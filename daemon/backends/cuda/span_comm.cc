@@ -278,7 +278,6 @@ StatusOr<int64_t> SpanComm::Exchange(int group_rank, cudaStream_t stream, const 
   InFlight item;
   item.what = std::string(what);
   EPD_RETURN_IF_ERROR(TakeEvents(item));
-  auto drop_events = [&] { GiveEvents(item); };
   Status status;
   generation = -1;
   {
@@ -289,7 +288,7 @@ StatusOr<int64_t> SpanComm::Exchange(int group_rank, cudaStream_t stream, const 
       status = UnavailableError("group '{}': the communicator was aborted; retry the op", c.name);
     }
     if (!status.ok()) {
-      drop_events();
+      GiveEvents(item);
       return status;
     }
     ncclComm_t comm = comms_[index];
@@ -316,7 +315,7 @@ StatusOr<int64_t> SpanComm::Exchange(int group_rank, cudaStream_t stream, const 
     }
   }
   if (!status.ok()) {
-    drop_events();
+    GiveEvents(item);
     if (status.code() == StatusCode::kUnavailable) {
       // A shutdown is nobody's transport failure; any other names the peers, as the watchdog's
       // failures do (NCCL itself may notice a dead peer first, while enqueueing).
