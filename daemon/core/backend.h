@@ -249,12 +249,16 @@ class Backend {
   // number, and the peers' op fails with `reason` (naming this rank) as soon as the abandon
   // reaches the stream, in order after this rank's earlier ops.
   virtual void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) = 0;
-  // The part of the handle's last op that can be enqueued only once the device got somewhere:
-  // a high-throughput dispatch spanning daemons sizes its payload exchange by the counts its
-  // first exchange delivers. The rank worker calls it after answering the op (whose wait fence
-  // the frontend may signal only then) and before the rank's next op; it may wait for the
-  // device, bounded by twice op_timeout. An error fails the op as a device error does, and the
-  // backend has already failed it on the device (peers and the op's signal do not wait on it).
+  // The part of the handle's last op that can be enqueued only once the device finished what
+  // the handle's lane holds so far: a high-throughput dispatch spanning daemons sizes its
+  // payload exchange by the counts its first exchange delivers. True after an op that left
+  // one. The rank worker then answers the op (the frontend may signal its wait fence only
+  // then), holds the lane's later ops, and once Complete reported the lane done calls
+  // EnqueueDeferred before them; the rank's other lanes go on meanwhile. EnqueueDeferred may
+  // still wait for the device, bounded by twice op_timeout. An error fails the op as a device
+  // error does, and the backend has already failed it on the device (peers and the op's
+  // signal do not wait on it).
+  virtual bool HasDeferred(BackendHandle& /*handle*/) { return false; }
   virtual Status EnqueueDeferred(BackendHandle& /*handle*/) { return OkStatus(); }
   // Calls `done` once all work enqueued so far on `handle`'s lane finished; never blocks the
   // caller.

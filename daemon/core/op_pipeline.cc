@@ -11,6 +11,11 @@ void StopRunning(Session& session, std::atomic<bool>& started) {
   if (started.exchange(false)) session.ops_running.fetch_sub(1);
 }
 
+// The backend stream a handle's ops go to: one per (group, group rank).
+RankWorker::Lane LaneOf(const Handle& handle) {
+  return RankWorker::Lane{handle.group.get(), handle.group_rank};
+}
+
 }  // namespace
 
 OpPipeline::OpPipeline(Backend& backend, int ranks, uint64_t ops_in_flight_limit,
@@ -18,7 +23,7 @@ OpPipeline::OpPipeline(Backend& backend, int ranks, uint64_t ops_in_flight_limit
     : backend_(backend),
       ops_in_flight_limit_(ops_in_flight_limit),
       on_op_finished_(std::move(on_op_finished)) {
-  for (int r = 0; r < ranks; ++r) workers_.push_back(std::make_unique<RankWorker>(r));
+  for (int r = 0; r < ranks; ++r) workers_.push_back(std::make_shared<RankWorker>(r));
 }
 
 OpPipeline::~OpPipeline() { workers_.clear(); }
@@ -102,7 +107,13 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
     if (--in_flight_ == 0) idle_.notify_all();
   };
   const int rank = ctx.session->rank;
-  const bool posted = workers_[rank]->Post([ctx, finish, release, task]() mutable {
+  const RankWorker::Lane lane = LaneOf(*ctx.handle);
+  const bool posted = workers_[rank]->Post(lane, [ctx, finish, release, task](bool run) mutable {
+    if (!run) {
+      finish(UnavailableError("epd stopped before the op ran"));
+      release();
+      return;
+    }
     if (ctx.session->closed) {
       finish(CancelledError("session {} ended before the op ran", ctx.session->id));
       release();
@@ -213,14 +224,11 @@ void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
   const bool blocking = ctx.options.blocking && !failed;
   if (!blocking) finish(std::move(status));
   std::shared_ptr<Handle> handle = ctx.handle;
-  // After the answer: the deferred part may wait for the op's wait fence (backend.h).
-  const Status deferred = backend_.EnqueueDeferred(*handle->backend);
   auto on_device_error = std::move(ctx.on_device_error);
   // Inputs, outputs and fences stay alive until the device is done with them.
   auto keep = std::make_shared<OpContext>(ctx);
-  backend_.Complete(*handle->backend, [handle, keep, blocking, finish, release, on_device_error,
-                                       deferred](Status done) {
-    if (!deferred.ok()) done = deferred;  // the cause, before what it led to
+  // Once the device is done with the op (or it failed).
+  auto conclude = [handle, keep, blocking, finish, release, on_device_error](Status done) {
     if (!done.ok() && on_device_error) on_device_error(done);
     if (blocking) {
       // NOTE: uncounted before the answer, so a client that got it never
@@ -232,6 +240,33 @@ void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
               handle->group->config.name, handle->node_rank, done.ToString());
     }
     release();
+  };
+  if (!backend_.HasDeferred(*handle->backend)) {
+    backend_.Complete(*handle->backend, std::move(conclude));
+    return;
+  }
+  // The deferred part needs what the device did so far (the op's wait fence, which the
+  // frontend may signal only now that the op is answered): the lane's later ops wait for it,
+  // the rank's other lanes' ops do not (backend.h).
+  // NOTE: a weak reference: the workers are joined before the backend's last completions,
+  // and then the op concludes without a deferred part (the daemon is stopping).
+  const std::shared_ptr<RankWorker>& worker = workers_[ctx.session->rank];
+  const RankWorker::Lane lane = LaneOf(*handle);
+  worker->Hold(lane);
+  backend_.Complete(*handle->backend, [this, weak = std::weak_ptr<RankWorker>(worker), lane, handle,
+                                       conclude](const Status& first) {
+    const std::shared_ptr<RankWorker> worker = weak.lock();
+    const bool resumed = worker != nullptr && worker->Resume(lane, [this, handle, conclude, first] {
+      const Status deferred = backend_.EnqueueDeferred(*handle->backend);
+      backend_.Complete(*handle->backend, [first, deferred, conclude](const Status& rest) {
+        // The cause, before what it led to.
+        conclude(!first.ok() ? first : !deferred.ok() ? deferred : rest);
+      });
+    });
+    if (!resumed) {
+      conclude(!first.ok() ? first
+                           : UnavailableError("epd stopped before the op's deferred part ran"));
+    }
   });
 }
 

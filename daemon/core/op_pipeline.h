@@ -1,9 +1,10 @@
 // OpPipeline: how a validated op runs. It is queued on its session rank's worker (ops of one
-// rank never overtake each other), waits for its fence, is enqueued on the backend's stream of
-// that rank (a collective never waits for its peers here: ranks meet on the streams), signals
-// its fence and reports: at once for non-blocking ops, after device completion for blocking
-// ones. A device error reported
-// later fails the next op on the handle (HandleOutcomes).
+// lane, a group's rank, never overtake each other), waits for its fence, is enqueued on the
+// backend's stream of that lane (a collective never waits for its peers here: ranks meet on
+// the streams), signals its fence and reports: at once for non-blocking ops, after device
+// completion for blocking ones. A device error reported later fails the next op on the handle
+// (HandleOutcomes). An op with a deferred part (Backend::HasDeferred) holds its lane's later
+// ops until the part is enqueued; other lanes go on.
 //
 // The pipeline counts ops in flight for the drain at shutdown, keeps the op counters, and
 // calls EngineOptions::on_op_finished once per op.
@@ -93,7 +94,7 @@ class OpPipeline {
   std::condition_variable idle_;
   uint64_t in_flight_ = 0;
   bool accepting_ = true;
-  std::vector<std::unique_ptr<RankWorker>> workers_;  // last: joined first
+  std::vector<std::shared_ptr<RankWorker>> workers_;  // last: joined first
 };
 
 }  // namespace epd

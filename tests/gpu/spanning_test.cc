@@ -218,59 +218,66 @@ TEST_F(SpanningGpuTest, AFencedFirstOpIsAnsweredBeforeItsWaitFenceIsSignalled) {
   }
 }
 
-// An expert-major low-latency dispatch leaves its counts for its combine to read: while it
-// waits on its fence (its frontend has not signalled yet), the rank's other groups run on.
+// A dispatch whose counts the host reads later (expert-major low-latency: its combine;
+// high-throughput: its deferred part, once its lane is done) holds no other group of its rank
+// while it waits on its fence (its frontend has not signalled yet).
 TEST_F(SpanningGpuTest, ADispatchHeldByItsFenceHoldsNoOtherGroupOfItsRank) {
-  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
-  p.spans_nodes = true;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("held");
-  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
-  ASSERT_TRUE(world.ok()) << world.status().ToString();
   example::RankRunnerOptions beside_options;
   beside_options.group = UniqueName("beside");
   beside_options.device = DeviceOfNode()[0];
   auto beside = MakeRanks(cluster_->node(0).address(), SmallProblem(1), beside_options);
   ASSERT_TRUE(beside.ok()) << beside.status().ToString();
   ASSERT_EPD_OK(RunGoodLayer(*beside, 0));
-  const int n = 16;
-  // A first layer forms the group's communicator (both ranks' first ops together).
-  auto layer = [&](int index) {
-    return RunOnRanks(kNodes, [&](int r) {
-      return (*world)[r].runner->RunAndCheck(InputsOf(p, Routing::kRandom, r, index, n),
-                                             example::ScaleByExpertPlusOne, /*fenced=*/true);
-    });
-  };
-  for (const Status& status : layer(0)) ASSERT_EPD_OK(status);
+  int beside_layers = 1;
+  for (const v1::Algorithm algorithm : {v1::ALGORITHM_LOW_LATENCY, v1::ALGORITHM_HIGH_THROUGHPUT}) {
+    SCOPED_TRACE(v1::Algorithm_Name(algorithm));
+    Problem p =
+        ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}, algorithm});
+    p.spans_nodes = true;
+    example::RankRunnerOptions options;
+    options.group = UniqueName("held");
+    auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+    ASSERT_TRUE(world.ok()) << world.status().ToString();
+    const int n = 16;
+    // A first layer forms the group's communicator (both ranks' first ops together).
+    auto layer = [&](int index) {
+      return RunOnRanks(kNodes, [&](int r) {
+        return (*world)[r].runner->RunAndCheck(InputsOf(p, Routing::kRandom, r, index, n),
+                                               example::ScaleByExpertPlusOne, /*fenced=*/true);
+      });
+    };
+    for (const Status& status : layer(0)) ASSERT_EPD_OK(status);
 
-  std::vector<std::unique_ptr<Fence>> go(kNodes), done(kNodes);
-  for (int r = 0; r < kNodes; ++r) {
-    example::RankRunner& runner = *(*world)[r].runner;
-    Session& session = runner.session();
-    ASSERT_EPD_OK(runner.Stage(InputsOf(p, Routing::kRandom, r, 1, n)));
-    ASSERT_EPD_OK(session.Update(runner.handle_id(), runner.topk_ref(n), runner.weights_ref(n),
-                                 BlockingOptions()));
-    auto go_fence = session.CreateFence();
-    auto done_fence = session.CreateFence();
-    ASSERT_TRUE(go_fence.ok() && done_fence.ok());
-    go[r] = std::move(go_fence).value();
-    done[r] = std::move(done_fence).value();
-    std::future<Status> answer = session.DispatchAsync(
-        runner.DispatchRequestFor(n, FencedOptions(go[r].get(), 1, done[r].get(), 1)));
-    ASSERT_EPD_OK(session.Await(answer, "dispatch"));  // answered while its fence holds it
+    std::vector<std::unique_ptr<Fence>> go(kNodes), done(kNodes);
+    for (int r = 0; r < kNodes; ++r) {
+      example::RankRunner& runner = *(*world)[r].runner;
+      Session& session = runner.session();
+      ASSERT_EPD_OK(runner.Stage(InputsOf(p, Routing::kRandom, r, 1, n)));
+      ASSERT_EPD_OK(session.Update(runner.handle_id(), runner.topk_ref(n), runner.weights_ref(n),
+                                   BlockingOptions()));
+      auto go_fence = session.CreateFence();
+      auto done_fence = session.CreateFence();
+      ASSERT_TRUE(go_fence.ok() && done_fence.ok());
+      go[r] = std::move(go_fence).value();
+      done[r] = std::move(done_fence).value();
+      std::future<Status> answer = session.DispatchAsync(
+          runner.DispatchRequestFor(n, FencedOptions(go[r].get(), 1, done[r].get(), 1)));
+      ASSERT_EPD_OK(session.Await(answer, "dispatch"));  // answered while its fence holds it
+    }
+    const auto start = Clock::now();
+    const Status beside_layer = RunGoodLayer(*beside, beside_layers++);
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    for (int r = 0; r < kNodes; ++r) EXPECT_EPD_OK(example::FrontendSignal(*go[r], 1));
+    for (int r = 0; r < kNodes; ++r) {
+      EXPECT_EPD_OK(
+          example::FrontendWait(*done[r], 1, std::chrono::milliseconds(kOpTimeoutMs / 2)));
+    }
+    EXPECT_EPD_OK(beside_layer);
+    EXPECT_LT(took.count(), kOpTimeoutMs / 2)
+        << "the other group of node 0's rank waited for the held dispatch";
+    // The held group's next layer (dispatch, then the combine that reads its counts) is exact.
+    for (const Status& status : layer(2)) EXPECT_EPD_OK(status);
   }
-  const auto start = Clock::now();
-  const Status beside_layer = RunGoodLayer(*beside, 1);
-  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-  for (int r = 0; r < kNodes; ++r) EXPECT_EPD_OK(example::FrontendSignal(*go[r], 1));
-  for (int r = 0; r < kNodes; ++r) {
-    EXPECT_EPD_OK(example::FrontendWait(*done[r], 1, std::chrono::milliseconds(kOpTimeoutMs / 2)));
-  }
-  EXPECT_EPD_OK(beside_layer);
-  EXPECT_LT(took.count(), kOpTimeoutMs / 2)
-      << "the other group of node 0's rank waited for the held dispatch";
-  // The held group's next layer (dispatch, then the combine that reads its counts) is exact.
-  for (const Status& status : layer(2)) EXPECT_EPD_OK(status);
 }
 
 TEST_F(SpanningGpuTest, EveryCaseMatchesTheCpuReferenceByteForByte) {

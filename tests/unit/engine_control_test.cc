@@ -389,78 +389,104 @@ TEST(EngineCollectiveTest, PreparedBeforeTheFenceWaitAndAFailedPreparationFailsO
   EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"prepare", "wait", "prepare", "wait"}));
 }
 
-// Records the order of Dispatch, Combine and the deferred part; the deferred part waits for
-// `release` (as the cuda backend's waits for counts behind the op's fence) and fails while
-// `fail`.
+// Records the order of Dispatch, Combine and the deferred part. The dispatch after
+// `defer_next` leaves a deferred part, and its lane's first completion waits for `release`
+// (as the cuda backend's lane waits for the op's fence and counts); the part fails while `fail`.
 class DeferringBackend : public testing::ForwardingBackend, public CallLog {
  public:
   using ForwardingBackend::ForwardingBackend;
+  ~DeferringBackend() override {
+    for (std::thread& t : held_) t.join();
+  }
   Status Dispatch(BackendHandle& h, const DispatchArgs& a) override {
     Record("dispatch");
-    deferred_pending_ = true;
+    if (defer_next.exchange(false)) deferring_ = &h;
     return ForwardingBackend::Dispatch(h, a);
   }
   Status Combine(BackendHandle& h, const CombineArgs& a) override {
     Record("combine");
     return ForwardingBackend::Combine(h, a);
   }
-  Status EnqueueDeferred(BackendHandle& h) override {
-    if (!std::exchange(deferred_pending_, false)) return ForwardingBackend::EnqueueDeferred(h);
-    Record("deferred");
-    if (release.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
-      Record("deferred timed out");
-      return DeadlineExceededError("the test never released the deferred part");
+  bool HasDeferred(BackendHandle& h) override { return &h == deferring_; }
+  void Complete(BackendHandle& h, std::function<void(Status)> done) override {
+    if (&h != deferring_ || std::exchange(completion_held_, true)) {
+      ForwardingBackend::Complete(h, std::move(done));
+      return;
     }
-    Record("deferred done");
+    held_.emplace_back([this, &h, done = std::move(done)]() mutable {
+      if (release.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+        Record("lane never done");
+      }
+      ForwardingBackend::Complete(h, std::move(done));
+    });
+  }
+  Status EnqueueDeferred(BackendHandle& h) override {
+    if (&h != deferring_) return ForwardingBackend::EnqueueDeferred(h);
+    Record("deferred");
+    deferring_ = nullptr;
+    completion_held_ = false;
     if (fail) return UnavailableError("the counts never came");
     return ForwardingBackend::EnqueueDeferred(h);
   }
+  std::atomic<bool> defer_next{false};
   std::shared_future<void> release;
   std::atomic<bool> fail{false};
 
  private:
-  bool deferred_pending_ = false;  // the rank worker only
+  // The rank worker only.
+  const BackendHandle* deferring_ = nullptr;
+  bool completion_held_ = false;
+  std::vector<std::thread> held_;
 };
 
 // The deferred part of an op runs after the op was answered (a frontend may signal the op's
-// fence only then) and before the rank's next op reaches the backend; when it fails, the op
-// fails as a device error does: a blocking op's answer carries it.
-TEST(EngineCollectiveTest, TheDeferredPartRunsAfterTheAnswerAndBeforeTheNextOp) {
+// fence only then) and once its lane is done, before the lane's next op reaches the backend;
+// another group's ops of the same rank go on meanwhile. When the part fails, the op fails as a
+// device error does: a blocking op's answer carries it.
+TEST(EngineCollectiveTest, TheDeferredPartHoldsItsLaneAndNoOtherGroupOfTheRank) {
   auto owned =
       std::make_unique<DeferringBackend>(CreateCpuBackend({1, milliseconds(2000)}).value());
   DeferringBackend& backend = *owned;
   auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
-  engine_testing::Frontend f(*engine, 0);
+  engine_testing::Frontend f(*engine, 0), other(*engine, 0);
   ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, f, "deferred"));
-  engine_testing::Waiter update;
-  ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());
-  ASSERT_TRUE(update.Get().ok());
+  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, other, "other"));
+  for (engine_testing::Frontend* frontend : {&f, &other}) {
+    engine_testing::Waiter update;
+    ASSERT_TRUE(
+        engine->SubmitUpdate(frontend->session, frontend->Update(1), OpOptions{}, update.Done())
+            .ok());
+    ASSERT_TRUE(update.Get().ok());
+  }
+  OpOptions blocking;
+  blocking.blocking = true;
 
   std::promise<void> release;
   backend.release = release.get_future().share();
-  engine_testing::Waiter dispatch, combine;
+  backend.defer_next = true;
+  engine_testing::Waiter dispatch, combine, elsewhere;
   ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), OpOptions{}, dispatch.Done()).ok());
   EXPECT_TRUE(dispatch.Get().ok());  // answered while the deferred part still waits
   ASSERT_TRUE(engine->SubmitCombine(f.session, f.Combine(1), OpOptions{}, combine.Done()).ok());
-  for (int i = 0; i < 10'000 && backend.CallCount() < 2; ++i) {
-    std::this_thread::sleep_for(milliseconds(1));
-  }
-  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"dispatch", "deferred"}));
+  ASSERT_TRUE(
+      engine->SubmitDispatch(other.session, other.Dispatch(1), blocking, elsewhere.Done()).ok());
+  EXPECT_TRUE(elsewhere.Get().ok());  // the other group's op ran to its end meanwhile
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"dispatch", "dispatch"}));
   release.set_value();
   EXPECT_TRUE(combine.Get().ok());
-  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"deferred done", "combine"}));
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"deferred", "combine"}));
 
   std::promise<void> released;
   released.set_value();
   backend.release = released.get_future().share();
   backend.fail = true;
-  OpOptions blocking;
-  blocking.blocking = true;
+  backend.defer_next = true;
   engine_testing::Waiter failing;
   ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), blocking, failing.Done()).ok());
   const Status failed = failing.Get();
   EXPECT_EQ(failed.code(), StatusCode::kUnavailable) << failed.ToString();
   EXPECT_NE(failed.message().find("the counts never came"), std::string::npos) << failed.ToString();
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"dispatch", "deferred"}));
 }
 
 }  // namespace

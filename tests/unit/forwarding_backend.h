@@ -52,6 +52,7 @@ class ForwardingBackend : public Backend {
   void Abandon(BackendHandle& h, CollectiveKind kind, const Status& reason) override {
     inner_->Abandon(h, kind, reason);
   }
+  bool HasDeferred(BackendHandle& h) override { return inner_->HasDeferred(h); }
   Status EnqueueDeferred(BackendHandle& h) override { return inner_->EnqueueDeferred(h); }
   void Complete(BackendHandle& h, std::function<void(Status)> done) override {
     inner_->Complete(h, std::move(done));

@@ -72,6 +72,7 @@ class CudaBackend final : public Backend {
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override;
   Status Combine(BackendHandle& handle, const CombineArgs& args) override;
   void Abandon(BackendHandle& handle, CollectiveKind kind, const Status& reason) override;
+  bool HasDeferred(BackendHandle& handle) override;
   Status EnqueueDeferred(BackendHandle& handle) override;
   void Complete(BackendHandle& handle, std::function<void(Status)> done) override;
   void AbortGroup(BackendGroup& group, const Status& reason) override;

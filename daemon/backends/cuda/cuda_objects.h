@@ -178,7 +178,7 @@ class CudaHandle : public BackendHandle {
   // Groups that span daemons: the NCCL message buffers and the plan (kernels/span_messages.h).
   std::unique_ptr<DeviceMemory> span_buffers_;
   // High-throughput: a dispatch whose headers were exchanged and whose payload exchange waits
-  // for them to arrive (Backend::EnqueueDeferred, on the rank worker).
+  // for them to arrive (Backend::EnqueueDeferred, on the rank worker once the lane is done).
   // Groups whose host reads the dispatch headers (SpanReadsHeaders): the event after which the
   // last dispatch's headers are on the host; the rows each return message of the next combine
   // carries (span_support.h), read from them — expert-major low-latency only when that combine

@@ -358,6 +358,10 @@ Status CudaBackend::SpanAssembleAndSignal(CudaHandle& me, uint64_t seq, const Fe
   return SignalAfterSpanOp(me, signal);
 }
 
+bool CudaBackend::HasDeferred(BackendHandle& h) {
+  return static_cast<CudaHandle&>(h).span_pending_.has_value();
+}
+
 Status CudaBackend::EnqueueDeferred(BackendHandle& h) {
   const auto gate = Launching();
   auto& me = static_cast<CudaHandle&>(h);
