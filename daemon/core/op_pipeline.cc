@@ -166,11 +166,47 @@ Status OpPipeline::PostCollective(OpContext ctx, CollectiveOp op, OpDone done) {
       });
 }
 
+// A preparation that takes long (a communicator's formation) runs off the worker, with the
+// op's lane held until it ended; the op then runs from the resumed lane.
+// NOTE: a weak reference to the worker: the workers are joined before the backend's last
+// callbacks, and then the op is cancelled (the daemon is stopping).
 void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
                                  std::function<void()> release) {
+  const std::shared_ptr<RankWorker>& worker = workers_[ctx.session->rank];
+  const RankWorker::Lane lane = LaneOf(*ctx.handle);
+  const bool background = backend_.PrepareInBackground(
+      *ctx.handle->backend, [this, weak = std::weak_ptr<RankWorker>(worker), lane, ctx, op, finish,
+                             release](const Status& prepared) {
+        const std::shared_ptr<RankWorker> worker = weak.lock();
+        const bool resumed =
+            worker != nullptr &&
+            worker->Resume(lane, [this, ctx, op, finish, release, prepared]() mutable {
+              if (ctx.session->closed) {
+                finish(CancelledError("session {} ended before the op ran", ctx.session->id));
+                release();
+                return;
+              }
+              RunPreparedOp(ctx, op, prepared, std::move(finish), std::move(release));
+            });
+        if (!resumed) {
+          finish(UnavailableError("epd stopped before the op ran"));
+          release();
+        }
+      });
+  if (background) {
+    worker->Hold(lane);
+    return;
+  }
+  RunPreparedOp(ctx, op, OkStatus(), std::move(finish), std::move(release));
+}
+
+// `prepared`: the outcome of the op's preparation in the background, if it had one.
+void OpPipeline::RunPreparedOp(OpContext& ctx, const CollectiveOp& op, const Status& prepared,
+                               OpDone finish, std::function<void()> release) {
   Handle& handle = *ctx.handle;
   const uint64_t number = handle.outcomes.BeginOp();
-  Status status = backend_.PrepareCollective(*handle.backend);
+  Status status = prepared;
+  if (status.ok()) status = backend_.PrepareCollective(*handle.backend);
   if (status.ok()) status = WaitFenceIfAny(ctx);
   if (status.ok()) status = handle.outcomes.CheckReadyFor(op.kind);
   if (!status.ok()) {

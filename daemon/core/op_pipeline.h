@@ -79,6 +79,8 @@ class OpPipeline {
   Status Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask task);
   void RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
                        std::function<void()> release);
+  void RunPreparedOp(OpContext& ctx, const CollectiveOp& op, const Status& prepared, OpDone finish,
+                     std::function<void()> release);
   Status WaitFenceIfAny(OpContext& ctx);
   // The op's signal for a backend that folds it into the op (else none: CompleteOp signals).
   FenceSignal FoldedSignal(const OpContext& ctx) const;

@@ -16,6 +16,8 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <future>
@@ -399,6 +401,30 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   auto alone = MakeRanks(cluster_->node(0).address(), local, local_options);
   ASSERT_TRUE(alone.ok()) << alone.status().ToString();
   EXPECT_EPD_OK(RunGoodLayer(*alone, 0));
+
+  // Its frontend retries the group while node 1 is down: the op's formation waits for node 1
+  // (up to op_timeout) and fails, and meanwhile the survivor's own group, on the same rank,
+  // runs layer after layer without waiting for it.
+  std::atomic<bool> retried{false};
+  Status retry;
+  std::thread retrying([&] {
+    retry = (*world)[0].runner->RunLayer(InputsOf(p, Routing::kRandom, 0, 2, 16), example::Identity,
+                                         false);
+    retried = true;
+  });
+  int alone_layers = 1;
+  auto slowest = std::chrono::milliseconds(0);
+  while (!retried.load()) {
+    const auto start = Clock::now();
+    EXPECT_EPD_OK(RunGoodLayer(*alone, alone_layers++));
+    slowest = std::max(slowest,
+                       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start));
+  }
+  retrying.join();
+  EXPECT_EPD_ERROR(retry, StatusCode::kUnavailable, "node 1");
+  EXPECT_LT(slowest.count(), kOpTimeoutMs / 2)
+      << "the survivor's own group waited for the spanning group's formation (" << alone_layers
+      << " layers)";
 
   // Node 1 comes back and its frontend creates the group again: the group re-forms (new
   // generation, new unique id) at the next layer.

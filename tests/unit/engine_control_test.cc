@@ -332,9 +332,29 @@ class CallLog {
 };
 
 // Records the order of PrepareCollective and WaitFence; PrepareCollective fails while `fail`.
+// After `background_next`, one preparation runs "in the background" until EndBackground.
 class PreparingBackend : public testing::ForwardingBackend, public CallLog {
  public:
   using ForwardingBackend::ForwardingBackend;
+  bool PrepareInBackground(BackendHandle& h, std::function<void(Status)> done) override {
+    if (!background_next.exchange(false)) {
+      return ForwardingBackend::PrepareInBackground(h, std::move(done));
+    }
+    Record("background");
+    std::lock_guard lock(mutex_);
+    background_ = std::move(done);
+    return true;
+  }
+  // As the formation thread does: outside the worker.
+  void EndBackground(const Status& outcome) {
+    std::function<void(Status)> done;
+    {
+      std::lock_guard lock(mutex_);
+      done = std::exchange(background_, nullptr);
+    }
+    ASSERT_TRUE(done != nullptr) << "no preparation runs in the background";
+    std::thread([done, outcome] { done(outcome); }).join();
+  }
   Status PrepareCollective(BackendHandle& h) override {
     Record("prepare");
     if (fail) return UnavailableError("the peers are not there yet");
@@ -345,6 +365,11 @@ class PreparingBackend : public testing::ForwardingBackend, public CallLog {
     return ForwardingBackend::WaitFence(h, f, v);
   }
   std::atomic<bool> fail{false};
+  std::atomic<bool> background_next{false};
+
+ private:
+  std::mutex mutex_;
+  std::function<void(Status)> background_;
 };
 
 // A collective is prepared before its stream waits on its fence (the cuda backend forms a
@@ -387,6 +412,74 @@ TEST(EngineCollectiveTest, PreparedBeforeTheFenceWaitAndAFailedPreparationFailsO
   ASSERT_TRUE(engine->SubmitCombine(f.session, f.Combine(1), waits, combine.Done()).ok());
   EXPECT_TRUE(combine.Get().ok());
   EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"prepare", "wait", "prepare", "wait"}));
+}
+
+// A preparation that runs in the background (a spanning group's communicator formation)
+// holds its op and the later ops of the op's group on that rank, not another group's; the op
+// runs once it succeeded, and fails with its error, without a fence wait, when it failed.
+TEST(EngineCollectiveTest, APreparationInTheBackgroundHoldsItsLaneAndNoOtherGroupOfTheRank) {
+  auto owned =
+      std::make_unique<PreparingBackend>(CreateCpuBackend({1, milliseconds(2000)}).value());
+  PreparingBackend& backend = *owned;
+  auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
+  engine_testing::Frontend f(*engine, 0), other(*engine, 0);
+  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, f, "forming"));
+  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, other, "other"));
+  const engine_testing::MappedFence fence = engine_testing::MapNewFence(*engine, f.session);
+  std::atomic_ref<uint64_t>(*fence.counter).store(100);  // every wait below is satisfied
+  OpOptions waits;
+  waits.wait = FenceOp{fence.info.id, 1};
+  for (engine_testing::Frontend* frontend : {&f, &other}) {
+    engine_testing::Waiter update;
+    ASSERT_TRUE(
+        engine->SubmitUpdate(frontend->session, frontend->Update(1), OpOptions{}, update.Done())
+            .ok());
+    ASSERT_TRUE(update.Get().ok());
+  }
+  OpOptions blocking;
+  blocking.blocking = true;
+
+  backend.background_next = true;
+  std::atomic<bool> answered{false};
+  engine_testing::Waiter dispatch, update, elsewhere;
+  OpDone dispatch_done = [&, done = dispatch.Done()](Status status) {
+    answered = true;
+    done(std::move(status));
+  };
+  ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), waits, dispatch_done).ok());
+  std::atomic<bool> update_after_dispatch{false};
+  OpDone update_done = [&, done = update.Done()](Status status) {
+    update_after_dispatch = answered.load();
+    done(std::move(status));
+  };
+  ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update_done).ok());
+  ASSERT_TRUE(
+      engine->SubmitDispatch(other.session, other.Dispatch(1), blocking, elsewhere.Done()).ok());
+  EXPECT_TRUE(elsewhere.Get().ok());  // the other group's op ran to its end meanwhile
+  EXPECT_FALSE(answered.load());
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"background", "prepare"}));
+  ASSERT_NO_FATAL_FAILURE(backend.EndBackground(OkStatus()));
+  EXPECT_TRUE(dispatch.Get().ok());
+  EXPECT_TRUE(update.Get().ok());
+  EXPECT_TRUE(update_after_dispatch.load()) << "the update overtook the held dispatch";
+  EXPECT_EQ(backend.TakeCalls(), (std::vector<std::string>{"prepare", "wait"}));
+
+  backend.background_next = true;
+  engine_testing::Waiter failing;
+  ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), waits, failing.Done()).ok());
+  for (int i = 0; i < 10'000 && backend.CallCount() < 1; ++i) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  ASSERT_NO_FATAL_FAILURE(backend.EndBackground(UnavailableError("the peers never came")));
+  const Status failed = failing.Get();
+  EXPECT_EQ(failed.code(), StatusCode::kUnavailable) << failed.ToString();
+  EXPECT_NE(failed.message().find("group 'forming' dispatch"), std::string::npos)
+      << failed.ToString();
+  EXPECT_NE(failed.message().find("the peers never came"), std::string::npos) << failed.ToString();
+  EXPECT_EQ(backend.TakeCalls(), std::vector<std::string>{"background"});
+  engine_testing::Waiter next;
+  ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), waits, next.Done()).ok());
+  EXPECT_TRUE(next.Get().ok());
 }
 
 // Records the order of Dispatch, Combine and the deferred part. The dispatch after

@@ -44,6 +44,12 @@ SpanBuffers BuffersOf(const CudaHandle& h, const kernels::SpanShape& s) {
 
 }  // namespace
 
+bool CudaBackend::PrepareInBackground(BackendHandle& h, std::function<void(Status)> done) {
+  auto& me = static_cast<CudaHandle&>(h);
+  if (me.group_->span_ == nullptr) return false;
+  return me.group_->span_->FormInBackground(std::move(done));
+}
+
 Status CudaBackend::PrepareCollective(BackendHandle& h) {
   auto& me = static_cast<CudaHandle&>(h);
   if (me.group_->span_ == nullptr) return OkStatus();
@@ -457,6 +463,9 @@ void CudaBackend::SpanAbandon(CudaHandle& me, uint64_t seq, CollectiveKind kind,
   CudaGroup& group = *me.group_;
   const GroupConfig& c = group.config_;
   group.aborts_->NoteAbandon(me.group_rank_, seq, reason);
+  // Without a communicator (the op's formation failed, and with it the generation on every
+  // member) there is no peer to tell; forming one here would hold the rank worker.
+  if (!group.span_->formed()) return;
   // The rank still takes part in the exchange, its messages marked abandoned, so the peers'
   // op fails at once with its reason instead of waiting for the watchdog.
   auto run = [&]() -> Status {

@@ -139,27 +139,48 @@ std::string SpanComm::NodeList(const std::vector<int>& nodes) const {
   return fmt::format("{}", fmt::join(nodes, ", "));
 }
 
+bool SpanComm::formed() const {
+  std::shared_lock lock(comms_mu_);
+  return !comms_.empty();
+}
+
+bool SpanComm::StartFormingLocked() {
+  if (forming_.valid()) return true;
+  auto task = std::make_shared<std::packaged_task<Status()>>([this] {
+    Status formed = Form();
+    std::vector<std::function<void(Status)>> waiters;
+    {
+      std::lock_guard done(forming_mu_);
+      forming_ = {};
+      waiters.swap(form_waiters_);
+    }
+    for (auto& waiter : waiters) waiter(formed);
+    return formed;
+  });
+  forming_ = task->get_future().share();
+  if (!options_.control->TryPost([task] { (*task)(); })) {
+    forming_ = {};
+    return false;
+  }
+  return true;
+}
+
+bool SpanComm::FormInBackground(std::function<void(Status)> done) {
+  if (!Stopped().ok() || formed()) return false;
+  std::lock_guard lock(forming_mu_);
+  if (!StartFormingLocked()) return false;
+  form_waiters_.push_back(std::move(done));
+  return true;
+}
+
 Status SpanComm::EnsureFormed() {
   EPD_RETURN_IF_ERROR(Stopped());
-  {
-    std::shared_lock lock(comms_mu_);
-    if (!comms_.empty()) return OkStatus();
-  }
+  if (formed()) return OkStatus();
   std::shared_future<Status> forming;
   {
     std::lock_guard lock(forming_mu_);
-    if (!forming_.valid()) {
-      auto task = std::make_shared<std::packaged_task<Status()>>([this] {
-        Status formed = Form();
-        std::lock_guard done(forming_mu_);
-        forming_ = {};
-        return formed;
-      });
-      forming_ = task->get_future().share();
-      if (!options_.control->TryPost([task] { (*task)(); })) {
-        forming_ = {};
-        return UnavailableError("group '{}': epd is stopping", options_.config.name);
-      }
+    if (!StartFormingLocked()) {
+      return UnavailableError("group '{}': epd is stopping", options_.config.name);
     }
     forming = forming_;
   }

@@ -7,8 +7,9 @@
 //   per hosted rank (non-blocking config) / ncclGroupEnd, polled with ncclCommGetAsyncError
 //   until op_timeout, then one warm-up exchange (nccl_await.h: NCCL's lazily loaded kernels
 //   must not load behind an op's fence-wait kernel); on timeout or error the communicators
-//   are aborted and the generation is raised. The rank worker asking waits for the formation, which
-//   is itself bounded.
+//   are aborted and the generation is raised. An op's rank worker starts it in the background
+//   and holds the op's lane until it ended (FormInBackground); other callers wait for it
+//   (EnsureFormed), which is itself bounded.
 // - Exchange: one grouped ncclSend/ncclRecv with every other group rank (whole messages, or
 //   the sizes the caller read from the headers of an exchange before), enqueued on the rank's
 //   lane stream with events around it. A watchdog thread times each
@@ -67,6 +68,11 @@ class SpanComm {
 
   // Forms the communicators when there are none; bounded by the timeout.
   Status EnsureFormed();
+  // Starts (or joins) forming the communicators when there are none, off the caller's thread:
+  // true, and `done` is called once with the outcome (on the control worker); false when they
+  // are formed or the SpanComm stopped (EnsureFormed then answers at once).
+  bool FormInBackground(std::function<void(Status)> done);
+  bool formed() const;
   // Enqueues on `stream` (current device: the rank's) one grouped exchange of group rank
   // `group_rank`: `sizes` of message p of `send` to every rank p != group_rank and of message p
   // of `recv` from it. Returns the communicator generation it went on. With `generation` >= 0
@@ -96,6 +102,8 @@ class SpanComm {
     std::chrono::steady_clock::time_point started_at;
   };
   Status Form();
+  // Posts a formation unless one runs; false when the control worker stopped.
+  bool StartFormingLocked();
   // Two events on the current device for `item`: spares of earlier exchanges, or new ones.
   Status TakeEvents(InFlight& item);
   void GiveEvents(InFlight& item);
@@ -123,6 +131,7 @@ class SpanComm {
 
   std::mutex forming_mu_;
   std::shared_future<Status> forming_;  // valid while a formation runs
+  std::vector<std::function<void(Status)>> form_waiters_;  // told when it ends
 
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;
