@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <future>
 #include <thread>
@@ -407,6 +408,7 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   // runs layer after layer without waiting for it.
   std::atomic<bool> retried{false};
   Status retry;
+  const auto retry_start = Clock::now();
   std::thread retrying([&] {
     retry = (*world)[0].runner->RunLayer(InputsOf(p, Routing::kRandom, 0, 2, 16), example::Identity,
                                          false);
@@ -421,6 +423,12 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
                        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start));
   }
   retrying.join();
+  std::printf("[   INFO   ] the retry failed after %lld ms (%s); the survivor's own group ran %d "
+              "layers meanwhile, the slowest in %lld ms\n",
+              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         Clock::now() - retry_start)
+                                         .count()),
+              retry.ToString().c_str(), alone_layers - 1, static_cast<long long>(slowest.count()));
   EXPECT_EPD_ERROR(retry, StatusCode::kUnavailable, "node 1");
   EXPECT_LT(slowest.count(), kOpTimeoutMs / 2)
       << "the survivor's own group waited for the spanning group's formation (" << alone_layers
