@@ -175,8 +175,9 @@ void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone 
   const std::shared_ptr<RankWorker>& worker = workers_[ctx.session->rank];
   const RankWorker::Lane lane = LaneOf(*ctx.handle);
   const bool background = backend_.PrepareInBackground(
-      *ctx.handle->backend, [this, weak = std::weak_ptr<RankWorker>(worker), lane, ctx, op, finish,
-                             release](const Status& prepared) {
+      *ctx.handle->backend, op.kind,
+      [this, weak = std::weak_ptr<RankWorker>(worker), lane, ctx, op, finish,
+       release](const Status& prepared) {
         const std::shared_ptr<RankWorker> worker = weak.lock();
         const bool resumed =
             worker != nullptr &&

@@ -223,7 +223,8 @@ TEST_F(SpanningGpuTest, AFencedFirstOpIsAnsweredBeforeItsWaitFenceIsSignalled) {
 
 // A dispatch whose counts the host reads later (expert-major low-latency: its combine;
 // high-throughput: its deferred part, once its lane is done) holds no other group of its rank
-// while it waits on its fence (its frontend has not signalled yet).
+// while it waits on its fence (its frontend has not signalled yet), nor does the combine
+// posted behind it.
 TEST_F(SpanningGpuTest, ADispatchHeldByItsFenceHoldsNoOtherGroupOfItsRank) {
   example::RankRunnerOptions beside_options;
   beside_options.group = UniqueName("beside");
@@ -252,6 +253,7 @@ TEST_F(SpanningGpuTest, ADispatchHeldByItsFenceHoldsNoOtherGroupOfItsRank) {
     for (const Status& status : layer(0)) ASSERT_EPD_OK(status);
 
     std::vector<std::unique_ptr<Fence>> go(kNodes), done(kNodes);
+    std::vector<std::future<Status>> combines;
     for (int r = 0; r < kNodes; ++r) {
       example::RankRunner& runner = *(*world)[r].runner;
       Session& session = runner.session();
@@ -266,6 +268,10 @@ TEST_F(SpanningGpuTest, ADispatchHeldByItsFenceHoldsNoOtherGroupOfItsRank) {
       std::future<Status> answer = session.DispatchAsync(
           runner.DispatchRequestFor(n, FencedOptions(go[r].get(), 1, done[r].get(), 1)));
       ASSERT_EPD_OK(session.Await(answer, "dispatch"));  // answered while its fence holds it
+      v1::CombineRequest combine;
+      combine.set_handle_id(runner.handle_id());
+      *combine.mutable_out() = runner.out_ref(n);
+      combines.push_back(session.CombineAsync(std::move(combine)));
     }
     const auto start = Clock::now();
     const Status beside_layer = RunGoodLayer(*beside, beside_layers++);
@@ -275,9 +281,12 @@ TEST_F(SpanningGpuTest, ADispatchHeldByItsFenceHoldsNoOtherGroupOfItsRank) {
       EXPECT_EPD_OK(
           example::FrontendWait(*done[r], 1, std::chrono::milliseconds(kOpTimeoutMs / 2)));
     }
+    for (int r = 0; r < kNodes; ++r) {
+      EXPECT_EPD_OK((*world)[r].runner->session().Await(combines[r], "combine"));
+    }
     EXPECT_EPD_OK(beside_layer);
     EXPECT_LT(took.count(), kOpTimeoutMs / 2)
-        << "the other group of node 0's rank waited for the held dispatch";
+        << "the other group of node 0's rank waited for the held dispatch or its combine";
     // The held group's next layer (dispatch, then the combine that reads its counts) is exact.
     for (const Status& status : layer(2)) EXPECT_EPD_OK(status);
   }

@@ -336,9 +336,10 @@ class CallLog {
 class PreparingBackend : public testing::ForwardingBackend, public CallLog {
  public:
   using ForwardingBackend::ForwardingBackend;
-  bool PrepareInBackground(BackendHandle& h, std::function<void(Status)> done) override {
+  bool PrepareInBackground(BackendHandle& h, CollectiveKind kind,
+                           std::function<void(Status)> done) override {
     if (!background_next.exchange(false)) {
-      return ForwardingBackend::PrepareInBackground(h, std::move(done));
+      return ForwardingBackend::PrepareInBackground(h, kind, std::move(done));
     }
     Record("background");
     std::lock_guard lock(mutex_);

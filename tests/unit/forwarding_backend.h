@@ -39,8 +39,9 @@ class ForwardingBackend : public Backend {
     return inner_->SignalFence(h, f, v);
   }
   bool FoldsFenceSignals() const override { return inner_->FoldsFenceSignals(); }
-  bool PrepareInBackground(BackendHandle& h, std::function<void(Status)> done) override {
-    return inner_->PrepareInBackground(h, std::move(done));
+  bool PrepareInBackground(BackendHandle& h, CollectiveKind kind,
+                           std::function<void(Status)> done) override {
+    return inner_->PrepareInBackground(h, kind, std::move(done));
   }
   Status PrepareCollective(BackendHandle& h) override { return inner_->PrepareCollective(h); }
   Status UpdateHandle(BackendHandle& h, const UpdateArgs& a) override {

@@ -67,7 +67,8 @@ class CudaBackend final : public Backend {
   // Each op's last kernel writes its fence signal: no stream write after it.
   bool FoldsFenceSignals() const override { return true; }
   // A spanning group's communicator, formed before the op's fence wait (cuda_span_ops.cc).
-  bool PrepareInBackground(BackendHandle& handle, std::function<void(Status)> done) override;
+  bool PrepareInBackground(BackendHandle& handle, CollectiveKind kind,
+                           std::function<void(Status)> done) override;
   Status PrepareCollective(BackendHandle& handle) override;
   Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) override;
   Status Dispatch(BackendHandle& handle, const DispatchArgs& args) override;

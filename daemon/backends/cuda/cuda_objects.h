@@ -182,7 +182,8 @@ class CudaHandle : public BackendHandle {
   // Groups whose host reads the dispatch headers (SpanReadsHeaders): the event after which the
   // last dispatch's headers are on the host; the rows each return message of the next combine
   // carries (span_support.h), read from them — expert-major low-latency only when that combine
-  // comes (span_rows_unread_: the generation the dispatch went on), so no other op waits.
+  // comes (span_rows_unread_: the generation the dispatch went on; its lane, not the rank
+  // worker, waits for them: PrepareInBackground), so no other op waits.
   struct SpanPending {
     uint64_t seq = 0;
     int64_t generation = -1;  // the communicator the headers went on

@@ -44,10 +44,23 @@ SpanBuffers BuffersOf(const CudaHandle& h, const kernels::SpanShape& s) {
 
 }  // namespace
 
-bool CudaBackend::PrepareInBackground(BackendHandle& h, std::function<void(Status)> done) {
+bool CudaBackend::PrepareInBackground(BackendHandle& h, CollectiveKind kind,
+                                      std::function<void(Status)> done) {
   auto& me = static_cast<CudaHandle&>(h);
   if (me.group_->span_ == nullptr) return false;
-  return me.group_->span_->FormInBackground(std::move(done));
+  if (!me.group_->span_->formed()) return me.group_->span_->FormInBackground(std::move(done));
+  // Expert-major low-latency: a combine sizes its return messages by its dispatch's counts
+  // (ReadSpanRows). Until they are on the host its lane waits, not the rank worker; they
+  // are once the lane did what it holds (the dispatch: the event follows its plan kernel).
+  if (kind != CollectiveKind::kCombine || !me.span_rows_unread_.has_value()) return false;
+  const cudaError_t counted = cudaEventQuery(me.span_counted_->get());
+  if (counted != cudaErrorNotReady) {
+    cudaGetLastError();  // a failed query: ReadSpanRows reports it
+    return false;
+  }
+  cudaGetLastError();
+  me.lane_->Complete([done = std::move(done)](const Status&) { done(OkStatus()); });
+  return true;
 }
 
 Status CudaBackend::PrepareCollective(BackendHandle& h) {
