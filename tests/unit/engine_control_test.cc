@@ -272,6 +272,14 @@ void JoinOneRankGroup(Engine& engine, engine_testing::Frontend& f, const std::st
   }
 }
 
+// JoinOneRankGroup, then one token routed.
+void JoinAndRoute(Engine& engine, engine_testing::Frontend& f, const std::string& name) {
+  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(engine, f, name));
+  engine_testing::Waiter update;
+  ASSERT_TRUE(engine.SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());
+  ASSERT_TRUE(update.Get().ok());
+}
+
 // A backend that folds fence signals gets each op's signal with the op and no separate
 // SignalFence; one that does not gets none with the op and the pipeline signals after it.
 // Either way the fence reaches each op's value in order.
@@ -424,19 +432,12 @@ TEST(EngineCollectiveTest, APreparationInTheBackgroundHoldsItsLaneAndNoOtherGrou
   PreparingBackend& backend = *owned;
   auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
   engine_testing::Frontend f(*engine, 0), other(*engine, 0);
-  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, f, "forming"));
-  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, other, "other"));
+  ASSERT_NO_FATAL_FAILURE(JoinAndRoute(*engine, f, "forming"));
+  ASSERT_NO_FATAL_FAILURE(JoinAndRoute(*engine, other, "other"));
   const engine_testing::MappedFence fence = engine_testing::MapNewFence(*engine, f.session);
   std::atomic_ref<uint64_t>(*fence.counter).store(100);  // every wait below is satisfied
   OpOptions waits;
   waits.wait = FenceOp{fence.info.id, 1};
-  for (engine_testing::Frontend* frontend : {&f, &other}) {
-    engine_testing::Waiter update;
-    ASSERT_TRUE(
-        engine->SubmitUpdate(frontend->session, frontend->Update(1), OpOptions{}, update.Done())
-            .ok());
-    ASSERT_TRUE(update.Get().ok());
-  }
   OpOptions blocking;
   blocking.blocking = true;
 
@@ -543,15 +544,8 @@ TEST(EngineCollectiveTest, TheDeferredPartHoldsItsLaneAndNoOtherGroupOfTheRank) 
   DeferringBackend& backend = *owned;
   auto engine = Engine::Create(std::move(owned), EngineOptions{}).value();
   engine_testing::Frontend f(*engine, 0), other(*engine, 0);
-  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, f, "deferred"));
-  ASSERT_NO_FATAL_FAILURE(JoinOneRankGroup(*engine, other, "other"));
-  for (engine_testing::Frontend* frontend : {&f, &other}) {
-    engine_testing::Waiter update;
-    ASSERT_TRUE(
-        engine->SubmitUpdate(frontend->session, frontend->Update(1), OpOptions{}, update.Done())
-            .ok());
-    ASSERT_TRUE(update.Get().ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(JoinAndRoute(*engine, f, "deferred"));
+  ASSERT_NO_FATAL_FAILURE(JoinAndRoute(*engine, other, "other"));
   OpOptions blocking;
   blocking.blocking = true;
 
