@@ -11,6 +11,17 @@ void StopRunning(Session& session, std::atomic<bool>& started) {
   if (started.exchange(false)) session.ops_running.fetch_sub(1);
 }
 
+// An op that cannot run (its worker stopped: `run` false; its session ended) is answered and
+// released here, and true returned.
+bool Cancelled(const OpContext& ctx, bool run, const OpDone& finish,
+               const std::function<void()>& release) {
+  if (run && !ctx.session->closed) return false;
+  finish(run ? CancelledError("session {} ended before the op ran", ctx.session->id)
+             : UnavailableError("epd stopped before the op ran"));
+  release();
+  return true;
+}
+
 // The backend stream a handle's ops go to: one per (group, group rank).
 RankWorker::Lane LaneOf(const Handle& handle) {
   return RankWorker::Lane{handle.group.get(), handle.group_rank};
@@ -109,16 +120,7 @@ Status OpPipeline::Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask t
   const int rank = ctx.session->rank;
   const RankWorker::Lane lane = LaneOf(*ctx.handle);
   const bool posted = workers_[rank]->Post(lane, [ctx, finish, release, task](bool run) mutable {
-    if (!run) {
-      finish(UnavailableError("epd stopped before the op ran"));
-      release();
-      return;
-    }
-    if (ctx.session->closed) {
-      finish(CancelledError("session {} ended before the op ran", ctx.session->id));
-      release();
-      return;
-    }
+    if (Cancelled(ctx, run, finish, release)) return;
     task(ctx, std::move(finish), std::move(release));
   });
   if (!posted) {
@@ -182,17 +184,10 @@ void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone 
         const bool resumed =
             worker != nullptr &&
             worker->Resume(lane, [this, ctx, op, finish, release, prepared]() mutable {
-              if (ctx.session->closed) {
-                finish(CancelledError("session {} ended before the op ran", ctx.session->id));
-                release();
-                return;
-              }
+              if (Cancelled(ctx, /*run=*/true, finish, release)) return;
               RunPreparedOp(ctx, op, prepared, std::move(finish), std::move(release));
             });
-        if (!resumed) {
-          finish(UnavailableError("epd stopped before the op ran"));
-          release();
-        }
+        if (!resumed) Cancelled(ctx, /*run=*/false, finish, release);
       });
   if (background) {
     worker->Hold(lane);
