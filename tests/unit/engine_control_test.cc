@@ -340,10 +340,22 @@ class CallLog {
 };
 
 // Records the order of PrepareCollective and WaitFence; PrepareCollective fails while `fail`.
-// After `background_next`, one preparation runs "in the background" until EndBackground.
+// After `background_next`, one preparation runs "in the background" until EndBackground, or
+// until the shutdown ends it (as the cuda backend's shutdown ends a formation).
 class PreparingBackend : public testing::ForwardingBackend, public CallLog {
  public:
   using ForwardingBackend::ForwardingBackend;
+  ~PreparingBackend() override {
+    if (ended_by_shutdown_.joinable()) ended_by_shutdown_.join();
+  }
+  void BeginShutdown() override {
+    ForwardingBackend::BeginShutdown();
+    std::lock_guard lock(mutex_);
+    if (background_ == nullptr) return;
+    ended_by_shutdown_ = std::thread([done = std::exchange(background_, nullptr)] {
+      done(UnavailableError("epd is shutting down"));
+    });
+  }
   bool PrepareInBackground(BackendHandle& h, CollectiveKind kind,
                            std::function<void(Status)> done) override {
     if (!background_next.exchange(false)) {
@@ -379,6 +391,7 @@ class PreparingBackend : public testing::ForwardingBackend, public CallLog {
  private:
   std::mutex mutex_;
   std::function<void(Status)> background_;
+  std::thread ended_by_shutdown_;
 };
 
 // A collective is prepared before its stream waits on its fence (the cuda backend forms a
@@ -482,6 +495,52 @@ TEST(EngineCollectiveTest, APreparationInTheBackgroundHoldsItsLaneAndNoOtherGrou
   engine_testing::Waiter next;
   ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), waits, next.Done()).ok());
   EXPECT_TRUE(next.Get().ok());
+}
+
+// An op held by its preparation, and the lane's ops behind it, end with their session (they
+// are cancelled when the preparation ends) and with the daemon's shutdown (which ends the
+// preparation): nothing stays in flight.
+TEST(EngineCollectiveTest, OpsHeldByAPreparationEndWithTheirSessionAndWithTheShutdown) {
+  auto owned =
+      std::make_unique<PreparingBackend>(CreateCpuBackend({1, milliseconds(2000)}).value());
+  PreparingBackend& backend = *owned;
+  EngineOptions options;
+  options.drain_timeout = milliseconds(200);
+  auto engine = Engine::Create(std::move(owned), options).value();
+  {
+    engine_testing::Frontend f(*engine, 0);
+    ASSERT_NO_FATAL_FAILURE(JoinAndRoute(*engine, f, "closing"));
+    backend.background_next = true;
+    engine_testing::Waiter dispatch, update;
+    ASSERT_TRUE(
+        engine->SubmitDispatch(f.session, f.Dispatch(1), OpOptions{}, dispatch.Done()).ok());
+    ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());
+    for (int i = 0; i < 10'000 && backend.CallCount() < 1; ++i) {
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+    ASSERT_TRUE(engine->CloseSession(f.session, "the frontend went away").ok());
+    ASSERT_NO_FATAL_FAILURE(backend.EndBackground(OkStatus()));
+    EXPECT_EQ(dispatch.Get().code(), StatusCode::kCancelled);
+    EXPECT_EQ(update.Get().code(), StatusCode::kCancelled);
+    EXPECT_EQ(backend.TakeCalls(), std::vector<std::string>{"background"});
+  }
+
+  engine_testing::Frontend f(*engine, 0);
+  ASSERT_NO_FATAL_FAILURE(JoinAndRoute(*engine, f, "stopping"));
+  backend.background_next = true;
+  engine_testing::Waiter dispatch, update;
+  ASSERT_TRUE(engine->SubmitDispatch(f.session, f.Dispatch(1), OpOptions{}, dispatch.Done()).ok());
+  ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());
+  for (int i = 0; i < 10'000 && backend.CallCount() < 1; ++i) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  engine->Shutdown();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(1500));
+  const Status stopped = dispatch.Get();
+  EXPECT_EQ(stopped.code(), StatusCode::kUnavailable) << stopped.ToString();
+  EXPECT_NE(stopped.message().find("shutting down"), std::string::npos) << stopped.ToString();
+  EXPECT_TRUE(update.Get().ok());  // runs once the lane resumes: routing needs no peer
 }
 
 // Records the order of Dispatch, Combine and the deferred part. The dispatch after
