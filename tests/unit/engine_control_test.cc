@@ -341,17 +341,19 @@ class CallLog {
 
 // Records the order of PrepareCollective and WaitFence; PrepareCollective fails while `fail`.
 // After `background_next`, one preparation runs "in the background" until EndBackground, or
-// until the shutdown ends it (as the cuda backend's shutdown ends a formation).
+// until the shutdown ends it (as the cuda backend's shutdown ends a formation), or, unless
+// `shutdown_ends_background`, until the backend is destroyed.
 class PreparingBackend : public testing::ForwardingBackend, public CallLog {
  public:
   using ForwardingBackend::ForwardingBackend;
   ~PreparingBackend() override {
     if (ended_by_shutdown_.joinable()) ended_by_shutdown_.join();
+    if (background_ != nullptr) background_(UnavailableError("the backend is destroyed"));
   }
   void BeginShutdown() override {
     ForwardingBackend::BeginShutdown();
     std::lock_guard lock(mutex_);
-    if (background_ == nullptr) return;
+    if (background_ == nullptr || !shutdown_ends_background) return;
     ended_by_shutdown_ = std::thread([done = std::exchange(background_, nullptr)] {
       done(UnavailableError("epd is shutting down"));
     });
@@ -387,6 +389,7 @@ class PreparingBackend : public testing::ForwardingBackend, public CallLog {
   }
   std::atomic<bool> fail{false};
   std::atomic<bool> background_next{false};
+  std::atomic<bool> shutdown_ends_background{true};
 
  private:
   std::mutex mutex_;
@@ -541,6 +544,39 @@ TEST(EngineCollectiveTest, OpsHeldByAPreparationEndWithTheirSessionAndWithTheShu
   EXPECT_EQ(stopped.code(), StatusCode::kUnavailable) << stopped.ToString();
   EXPECT_NE(stopped.message().find("shutting down"), std::string::npos) << stopped.ToString();
   EXPECT_TRUE(update.Get().ok());  // runs once the lane resumes: routing needs no peer
+}
+
+// A preparation that outlives the daemon's workers (it ends only when the backend goes, after
+// the workers were joined) still answers its op, and the lane's ops held behind it are
+// answered when the workers stop: every op gets its one answer.
+TEST(EngineCollectiveTest, OpsHeldPastTheWorkersAreAnsweredWhenTheDaemonStops) {
+  auto owned =
+      std::make_unique<PreparingBackend>(CreateCpuBackend({1, milliseconds(2000)}).value());
+  PreparingBackend& backend = *owned;
+  backend.shutdown_ends_background = false;
+  EngineOptions options;
+  options.drain_timeout = milliseconds(100);
+  auto engine = Engine::Create(std::move(owned), options).value();
+  engine_testing::Waiter dispatch, update;
+  {
+    engine_testing::Frontend f(*engine, 0);
+    ASSERT_NO_FATAL_FAILURE(JoinAndRoute(*engine, f, "outlived"));
+    backend.background_next = true;
+    ASSERT_TRUE(
+        engine->SubmitDispatch(f.session, f.Dispatch(1), OpOptions{}, dispatch.Done()).ok());
+    ASSERT_TRUE(engine->SubmitUpdate(f.session, f.Update(1), OpOptions{}, update.Done()).ok());
+    for (int i = 0; i < 10'000 && backend.CallCount() < 1; ++i) {
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+    engine->Shutdown();
+  }
+  engine.reset();
+  for (engine_testing::Waiter* waiter : {&dispatch, &update}) {
+    const Status answer = waiter->Get();
+    EXPECT_EQ(answer.code(), StatusCode::kUnavailable) << answer.ToString();
+    EXPECT_NE(answer.message().find("epd stopped before the op ran"), std::string::npos)
+        << answer.ToString();
+  }
 }
 
 // Records the order of Dispatch, Combine and the deferred part. The dispatch after
