@@ -236,19 +236,19 @@ class Backend {
   // spanning group's NCCL communicator here: NCCL's init may synchronize the device, which a
   // fence-wait kernel spinning for the frontend's signal (sent once the op is answered) would
   // hold until the op timed out. An error fails the op like a failed fence wait.
-  // What of it may take long (the formation of that communicator; a spanning combine's wait
-  // for its dispatch's counts to reach the host) starts here, off the worker: true when it
-  // started, and `done` is then called once (any thread) with its outcome; the worker holds
-  // the handle's lane until then (the rank's other groups go on), and then calls
-  // PrepareCollective, or fails the op with a failed outcome. False when nothing is to wait
-  // for.
-  virtual bool PrepareInBackground(BackendHandle& /*handle*/, CollectiveKind /*kind*/,
-                                   std::function<void(Status)> /*done*/) {
-    return false;
-  }
   virtual Status PrepareCollective(BackendHandle& handle) {
     (void)handle;
     return OkStatus();
+  }
+  // Called first: what of the preparation may take long (the formation of that
+  // communicator; a spanning combine's wait for its dispatch's counts to reach the host)
+  // starts here, off the worker. True when it started: `done` is then called once (any
+  // thread) with its outcome, and the worker holds the handle's lane until then (the rank's
+  // other groups go on) before it calls PrepareCollective, or fails the op with a failed
+  // outcome. False when nothing is to wait for.
+  virtual bool PrepareInBackground(BackendHandle& /*handle*/, CollectiveKind /*kind*/,
+                                   std::function<void(Status)> /*done*/) {
+    return false;
   }
   virtual Status UpdateHandle(BackendHandle& handle, const UpdateArgs& args) = 0;
   // This rank's next collective of the handle's group. An error return means nothing was

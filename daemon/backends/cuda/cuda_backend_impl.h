@@ -66,7 +66,9 @@ class CudaBackend final : public Backend {
   Status SignalFence(BackendHandle& handle, ExportedMemory& fence, uint64_t value) override;
   // Each op's last kernel writes its fence signal: no stream write after it.
   bool FoldsFenceSignals() const override { return true; }
-  // A spanning group's communicator, formed before the op's fence wait (cuda_span_ops.cc).
+  // A spanning group's communicator, formed before the op's fence wait (in the background
+  // when it is missing), and a spanning combine's wait for its dispatch's counts
+  // (cuda_span_ops.cc).
   bool PrepareInBackground(BackendHandle& handle, CollectiveKind kind,
                            std::function<void(Status)> done) override;
   Status PrepareCollective(BackendHandle& handle) override;
