@@ -3,6 +3,9 @@
 // leader's key-value store that group transports rendezvous through (docs/design.md §9).
 #pragma once
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -68,5 +71,28 @@ class ClusterStore {
   // in the view and in /metrics.
   virtual void ReportTransportBytes(int node, uint64_t sent, uint64_t received) = 0;
 };
+
+// Before a group that spans nodes forms its transport: UNAVAILABLE naming the member nodes the
+// view shows down (they were up and went silent for peer_timeout), since a formation with them
+// can only time out; the group forms at an op after they are back. A node not joined yet
+// (absent) is waited for as usual.
+inline Status CheckNoMemberDown(const ClusterView& view, const GroupConfig& config) {
+  std::vector<int> down;
+  for (int r = 0; r < config.world_size(); ++r) {
+    const int node = config.NodeOf(r);
+    if (node == config.span.node || node >= static_cast<int>(view.members.size()) ||
+        view.members[node].state != NodeState::kDown ||
+        std::find(down.begin(), down.end(), node) != down.end()) {
+      continue;
+    }
+    down.push_back(node);
+  }
+  if (down.empty()) return OkStatus();
+  return UnavailableError(
+      "group '{}': node {} {} down (silent for longer than peer_timeout_ms); the group forms "
+      "again at an op after {} back",
+      config.name, fmt::join(down, ", "), down.size() == 1 ? "is" : "are",
+      down.size() == 1 ? "it is" : "they are");
+}
 
 }  // namespace epd

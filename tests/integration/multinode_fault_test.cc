@@ -1,13 +1,17 @@
 // A daemon of a spanning group killed mid-run: the survivors' in-flight ops fail with
 // UNAVAILABLE naming the dead node well before the op timeout, the survivors keep serving
-// health, GetNodeInfo (the dead node shown down) and their single-node groups, and once the
-// node is restarted and its frontends created the group again, the spanning group re-forms by
-// itself at the next op and produces correct results again.
+// health, GetNodeInfo (the dead node shown down) and their single-node groups, an op of the
+// group while the node is shown down fails at once naming it, and once the node is restarted
+// and its frontends created the group again, the spanning group re-forms by itself at the next
+// op and produces correct results again. A formation waiting for a peer holds no other group.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include "tests/integration/multinode_support.h"
 
@@ -15,19 +19,6 @@ namespace epd::testing {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Polls GetNodeInfo until node `node`'s state is `state` (at most 10 s).
-v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state) {
-  v1::NodeState seen = v1::NODE_STATE_UNSPECIFIED;
-  for (int i = 0; i < 1000 && seen != state; ++i) {
-    auto info = client.GetNodeInfo();
-    if (info.ok() && info->cluster().members_size() > node) {
-      seen = info->cluster().members(node).state();
-    }
-    if (seen != state) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return seen;
-}
 
 std::string Scrape(int port) {
   std::string text;
@@ -123,6 +114,25 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   ASSERT_TRUE(alone.ok()) << alone.status().ToString();
   EXPECT_EPD_OK(RunGoodLayer(*alone, 0));
 
+  // Node 0's frontends retry the group while node 1 is down: the ops fail at once, naming
+  // the node, instead of waiting for it until the op timeout.
+  std::vector<Status> retry(kRanksPerNode);
+  std::vector<std::chrono::milliseconds> retry_took(kRanksPerNode);
+  std::vector<std::thread> retrying;
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    retrying.emplace_back([&, g] {
+      const auto start = Clock::now();
+      retry[g] = (*world)[g].runner->RunLayer(example::MakeInputs(p, 5, g, 2, 8, true),
+                                              example::Identity, false);
+      retry_took[g] = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    });
+  }
+  for (auto& thread : retrying) thread.join();
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    EXPECT_EPD_ERROR(retry[g], StatusCode::kUnavailable, "node 1 is down");
+    EXPECT_LT(retry_took[g], std::chrono::milliseconds(1'000));
+  }
+
   // Node 1 comes back; its frontends create the group again; node 0's keep theirs. The next
   // layer re-forms the group and is correct.
   ASSERT_EPD_OK(cluster.StartNode(1));
@@ -141,6 +151,44 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   EXPECT_EPD_OK(RunGoodLayer(*world, 3, /*fenced=*/true));
 }
 
+// A group whose first op waits for a peer (its node-1 frontends never post, so its formation
+// runs to the op timeout) holds no other group of the same ranks: a formed group spanning the
+// same nodes runs layer after layer meanwhile.
+TEST(MultiNodeFaultTest, AFormationWaitingForAPeerHoldsNoOtherGroupOfItsRanks) {
+  auto started = StartTwoNodes({});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  LoopbackCluster& cluster = *(*started)->cluster;
+  const example::Problem& p = (*started)->problem;
+  std::vector<RankClient>& formed = (*started)->ranks;
+  example::RankRunnerOptions waiting_options;
+  waiting_options.group = UniqueName("waiting");
+  auto waiting = MakeSpanningRanks(cluster, p, waiting_options);
+  ASSERT_TRUE(waiting.ok()) << waiting.status().ToString();
+
+  std::atomic<int> ended{0};
+  std::vector<Status> waited(kRanksPerNode);
+  std::vector<std::thread> posting;
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    posting.emplace_back([&, g] {
+      waited[g] = (*waiting)[g].runner->RunLayer(example::MakeInputs(p, 5, g, 0, 8, true),
+                                                 example::Identity, false);
+      ++ended;
+    });
+  }
+  int layers = 1;  // StartTwoNodes ran layer 0
+  auto slowest = std::chrono::milliseconds(0);
+  while (ended.load() < kRanksPerNode) {
+    const auto start = Clock::now();
+    EXPECT_EPD_OK(RunGoodLayer(formed, layers++));
+    slowest = std::max(slowest,
+                       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start));
+  }
+  for (auto& thread : posting) thread.join();
+  for (const Status& status : waited) EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "node 1");
+  EXPECT_GT(layers, 2) << "the formed group ran no layer while the other group's formation waited";
+  EXPECT_LT(slowest, std::chrono::milliseconds(2'000))
+      << "the formed group waited for the other group's formation";
+}
 
 TEST(MultiNodeFaultTest, ShutdownReleasesASpanningOpWaitingForAPeer) {
   auto started = StartTwoNodes({"--drain-timeout-ms", "100", "--log-level", "debug"});

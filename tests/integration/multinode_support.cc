@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 namespace epd::testing {
 
@@ -146,6 +148,18 @@ StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
   });
   for (const Status& status : statuses) EPD_RETURN_IF_ERROR(status);
   return ranks;
+}
+
+v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state) {
+  v1::NodeState seen = v1::NODE_STATE_UNSPECIFIED;
+  for (int i = 0; i < 1000 && seen != state; ++i) {
+    auto info = client.GetNodeInfo();
+    if (info.ok() && info->cluster().members_size() > node) {
+      seen = info->cluster().members(node).state();
+    }
+    if (seen != state) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return seen;
 }
 
 }  // namespace epd::testing

@@ -68,4 +68,7 @@ StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
                                                     example::RankRunnerOptions options,
                                                     const std::vector<int>& device_of_node = {});
 
+// Polls GetNodeInfo until node `node`'s state is `state` (at most 10 s); returns the last seen.
+v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state);
+
 }  // namespace epd::testing

@@ -1,6 +1,8 @@
 // Multi-node pieces without any daemon: the leader's join rules (Membership), the token
 // comparison, the cluster view on the wire, the [cluster] config table and a spanning group's
 // placement of ranks.
+#include "daemon/core/cluster.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -46,6 +48,31 @@ TEST(MembershipTest, JoinRulesNameWhatDiffers) {
   EXPECT_EQ(view.members[2].state, NodeState::kAbsent);
   EXPECT_EQ(members.Heartbeat(2, 5).code(), StatusCode::kFailedPrecondition);
   EXPECT_TRUE(members.Heartbeat(1, 11).ok());
+}
+
+// A spanning group's formation fails at once naming its member nodes that are down; a node not
+// joined yet (absent), this node itself and nodes outside the group do not count.
+TEST(CheckNoMemberDownTest, NamesTheGroupsDownNodesOnly) {
+  GroupConfig c;
+  c.name = "g";
+  c.spans_nodes = true;
+  c.span = GroupConfig::Span{0, 4, 2};  // this is node 0 of 4, two ranks each
+  c.ranks = {0, 1, 2, 3, 4, 5};         // nodes 0, 1 and 2
+  ClusterView view;
+  view.members.resize(4);
+  view.members[0].state = NodeState::kDown;  // this node itself: never counted
+  view.members[1].state = NodeState::kUp;
+  view.members[2].state = NodeState::kAbsent;
+  view.members[3].state = NodeState::kDown;
+  EXPECT_TRUE(CheckNoMemberDown(view, c).ok()) << CheckNoMemberDown(view, c).ToString();
+
+  view.members[2].state = NodeState::kDown;
+  Status down = CheckNoMemberDown(view, c);
+  EXPECT_EQ(down.code(), StatusCode::kUnavailable);
+  EXPECT_THAT(down.message(), HasSubstr("group 'g': node 2 is down"));
+  view.members[1].state = NodeState::kDown;
+  down = CheckNoMemberDown(view, c);
+  EXPECT_THAT(down.message(), HasSubstr("node 1, 2 are down"));
 }
 
 TEST(MembershipTest, ASilentNodeIsDownAndMayBeReplaced) {

@@ -110,6 +110,7 @@ Status GlooRankLink::Stopped() const {
 
 Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   EPD_RETURN_IF_ERROR(Stopped());
+  EPD_RETURN_IF_ERROR(CheckNoMemberDown(cluster_.View(), config_));
   int64_t floor = floor_;
   if (restarted_node_) {
     // A restarted daemon never reuses a generation its predecessor formed: the survivors'

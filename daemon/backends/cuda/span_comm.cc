@@ -202,6 +202,7 @@ Status SpanComm::Form() {
     if (!stopped_.ok()) return stopped_;
     if (!comms_.empty()) return OkStatus();  // a formation just before this one succeeded
   }
+  EPD_RETURN_IF_ERROR(CheckNoMemberDown(options_.store->View(), c));
   const auto deadline = SteadyClock::now() + options_.timeout;
   std::lock_guard rendezvous_lock(rendezvous_mu_);
   EPD_ASSIGN_OR_RETURN(const int64_t generation, rendezvous_.NextGeneration());
