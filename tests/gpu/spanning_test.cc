@@ -148,6 +148,24 @@ class SpanningGpuTest : public ::testing::Test {
     return SameGpu() ? std::vector<int>{0, 0} : std::vector<int>{0, 1};
   }
 
+  // A frontend per rank of a new group of `p` (spanning both nodes) named after `name`.
+  static StatusOr<std::vector<RankClient>> SpanningWorld(const Problem& p, std::string_view name) {
+    example::RankRunnerOptions options;
+    options.group = UniqueName(name);
+    return MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+  }
+  // A one-rank group of node 0's rank on its GPU, beside the spanning groups; its first layer
+  // ran.
+  static StatusOr<std::vector<RankClient>> BesideGroup() {
+    example::RankRunnerOptions options;
+    options.group = UniqueName("beside");
+    options.device = DeviceOfNode()[0];
+    EPD_ASSIGN_OR_RETURN(std::vector<RankClient> beside,
+                         MakeRanks(cluster_->node(0).address(), SmallProblem(1), options));
+    EPD_RETURN_IF_ERROR(RunGoodLayer(beside, 0));
+    return beside;
+  }
+
   // Runs the layers of `c` on `ranks` (both ranks in parallel) and returns each layer's
   // snapshot per rank; every layer's combine output is also checked against the math.
   static StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> Run(
@@ -226,21 +244,15 @@ TEST_F(SpanningGpuTest, AFencedFirstOpIsAnsweredBeforeItsWaitFenceIsSignalled) {
 // while it waits on its fence (its frontend has not signalled yet), nor does the combine
 // posted behind it.
 TEST_F(SpanningGpuTest, ADispatchHeldByItsFenceHoldsNoOtherGroupOfItsRank) {
-  example::RankRunnerOptions beside_options;
-  beside_options.group = UniqueName("beside");
-  beside_options.device = DeviceOfNode()[0];
-  auto beside = MakeRanks(cluster_->node(0).address(), SmallProblem(1), beside_options);
+  auto beside = BesideGroup();
   ASSERT_TRUE(beside.ok()) << beside.status().ToString();
-  ASSERT_EPD_OK(RunGoodLayer(*beside, 0));
   int beside_layers = 1;
   for (const v1::Algorithm algorithm : {v1::ALGORITHM_LOW_LATENCY, v1::ALGORITHM_HIGH_THROUGHPUT}) {
     SCOPED_TRACE(v1::Algorithm_Name(algorithm));
     Problem p =
         ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}, algorithm});
     p.spans_nodes = true;
-    example::RankRunnerOptions options;
-    options.group = UniqueName("held");
-    auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+    auto world = SpanningWorld(p, "held");
     ASSERT_TRUE(world.ok()) << world.status().ToString();
     const int n = 16;
     // A first layer forms the group's communicator (both ranks' first ops together).
@@ -359,9 +371,7 @@ TEST_F(SpanningGpuTest, CapacityOverflowIsReportedOnBothNodes) {
   Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kHotExpert, {}});
   p.spans_nodes = true;
   p.expert_capacity = 4;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("full");
-  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+  auto world = SpanningWorld(p, "full");
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   const std::vector<Status> statuses = RunOnRanks(kNodes, [&](int r) {
     const auto in = InputsOf(p, Routing::kHotExpert, r, 0, 16);
@@ -378,16 +388,10 @@ TEST_F(SpanningGpuTest, CapacityOverflowIsReportedOnBothNodes) {
 TEST_F(SpanningGpuTest, AFormationWaitingForAPeerHoldsNoOtherGroupOfItsRank) {
   Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
   p.spans_nodes = true;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("waiting");
-  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+  auto world = SpanningWorld(p, "waiting");
   ASSERT_TRUE(world.ok()) << world.status().ToString();
-  example::RankRunnerOptions beside_options;
-  beside_options.group = UniqueName("beside");
-  beside_options.device = DeviceOfNode()[0];
-  auto beside = MakeRanks(cluster_->node(0).address(), SmallProblem(1), beside_options);
+  auto beside = BesideGroup();
   ASSERT_TRUE(beside.ok()) << beside.status().ToString();
-  ASSERT_EPD_OK(RunGoodLayer(*beside, 0));
 
   std::atomic<bool> ended{false};
   Status waited;
