@@ -39,7 +39,6 @@ class RankWorker {
   // again. False once stopping: the lane stays held (its tasks are called with false).
   bool Resume(Lane lane, std::function<void()> first);
 
-  size_t queued() const { return thread_->queued(); }
   // How long the task running now has been running (zero when idle): the liveness probe.
   BusyClock::Clock::duration busy_for() const { return thread_->busy_for(); }
 
