@@ -168,29 +168,36 @@ Status OpPipeline::PostCollective(OpContext ctx, CollectiveOp op, OpDone done) {
       });
 }
 
-// A preparation that takes long (a communicator's formation) runs off the worker, with the
-// op's lane held until it ended; the op then runs from the resumed lane.
+void OpPipeline::HoldLane(const OpContext& ctx) {
+  workers_[ctx.session->rank]->Hold(LaneOf(*ctx.handle));
+}
+
 // NOTE: a weak reference to the worker: the workers are joined before the backend's last
-// callbacks, and then the op is cancelled (the daemon is stopping).
+// callbacks, and a resume after that fails (the daemon is stopping).
+OpPipeline::LaneResumer OpPipeline::ResumerOf(const OpContext& ctx) const {
+  return [weak = std::weak_ptr<RankWorker>(workers_[ctx.session->rank]),
+          lane = LaneOf(*ctx.handle)](std::function<void()> first) {
+    const std::shared_ptr<RankWorker> worker = weak.lock();
+    return worker != nullptr && worker->Resume(lane, std::move(first));
+  };
+}
+
+// A preparation that takes long (a communicator's formation) runs off the worker, with the
+// op's lane held until it ended; the op then runs from the resumed lane, or is cancelled
+// when the daemon stopped meanwhile.
 void OpPipeline::RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
                                  std::function<void()> release) {
-  const std::shared_ptr<RankWorker>& worker = workers_[ctx.session->rank];
-  const RankWorker::Lane lane = LaneOf(*ctx.handle);
   const bool background = backend_.PrepareInBackground(
       *ctx.handle->backend, op.kind,
-      [this, weak = std::weak_ptr<RankWorker>(worker), lane, ctx, op, finish,
-       release](const Status& prepared) {
-        const std::shared_ptr<RankWorker> worker = weak.lock();
-        const bool resumed =
-            worker != nullptr &&
-            worker->Resume(lane, [this, ctx, op, finish, release, prepared]() mutable {
-              if (Cancelled(ctx, /*run=*/true, finish, release)) return;
-              RunPreparedOp(ctx, op, prepared, std::move(finish), std::move(release));
-            });
+      [this, resume = ResumerOf(ctx), ctx, op, finish, release](const Status& prepared) {
+        const bool resumed = resume([this, ctx, op, finish, release, prepared]() mutable {
+          if (Cancelled(ctx, /*run=*/true, finish, release)) return;
+          RunPreparedOp(ctx, op, prepared, std::move(finish), std::move(release));
+        });
         if (!resumed) Cancelled(ctx, /*run=*/false, finish, release);
       });
   if (background) {
-    worker->Hold(lane);
+    HoldLane(ctx);
     return;
   }
   RunPreparedOp(ctx, op, OkStatus(), std::move(finish), std::move(release));
@@ -279,16 +286,12 @@ void OpPipeline::CompleteOp(OpContext& ctx, Status status, OpDone finish,
   }
   // The deferred part needs what the device did so far (the op's wait fence, which the
   // frontend may signal only now that the op is answered): the lane's later ops wait for it,
-  // the rank's other lanes' ops do not (backend.h).
-  // NOTE: a weak reference: the workers are joined before the backend's last completions,
-  // and then the op concludes without a deferred part (the daemon is stopping).
-  const std::shared_ptr<RankWorker>& worker = workers_[ctx.session->rank];
-  const RankWorker::Lane lane = LaneOf(*handle);
-  worker->Hold(lane);
-  backend_.Complete(*handle->backend, [this, weak = std::weak_ptr<RankWorker>(worker), lane, handle,
+  // the rank's other lanes' ops do not (backend.h). When the daemon stopped meanwhile the op
+  // concludes without a deferred part.
+  HoldLane(ctx);
+  backend_.Complete(*handle->backend, [this, resume = ResumerOf(ctx), handle,
                                        conclude](const Status& first) {
-    const std::shared_ptr<RankWorker> worker = weak.lock();
-    const bool resumed = worker != nullptr && worker->Resume(lane, [this, handle, conclude, first] {
+    const bool resumed = resume([this, handle, conclude, first] {
       const Status deferred = backend_.EnqueueDeferred(*handle->backend);
       backend_.Complete(*handle->backend, [first, deferred, conclude](const Status& rest) {
         // The cause, before what it led to.

@@ -77,6 +77,12 @@ class OpPipeline {
 
   OpDone FinishOnce(const OpContext& ctx, OpKind kind, OpDone done);
   Status Enqueue(OpContext ctx, OpKind kind, OpDone done, WorkerTask task);
+  // Resumes a held lane with `first` (any thread): false when the workers were joined
+  // meanwhile, and `first` never runs.
+  using LaneResumer = std::function<bool(std::function<void()>)>;
+  // On the worker: the op's lane's later ops wait until it is resumed.
+  void HoldLane(const OpContext& ctx);
+  LaneResumer ResumerOf(const OpContext& ctx) const;
   void RunCollectiveOp(OpContext& ctx, const CollectiveOp& op, OpDone finish,
                        std::function<void()> release);
   void RunPreparedOp(OpContext& ctx, const CollectiveOp& op, const Status& prepared, OpDone finish,

@@ -54,11 +54,8 @@ bool CudaBackend::PrepareInBackground(BackendHandle& h, CollectiveKind kind,
   // are once the lane did what it holds (the dispatch: the event follows its plan kernel).
   if (kind != CollectiveKind::kCombine || !me.span_rows_unread_.has_value()) return false;
   const cudaError_t counted = cudaEventQuery(me.span_counted_->get());
-  if (counted != cudaErrorNotReady) {
-    cudaGetLastError();  // a failed query: ReadSpanRows reports it
-    return false;
-  }
-  cudaGetLastError();
+  cudaGetLastError();  // not ready is no error; a failed query: ReadSpanRows reports it
+  if (counted != cudaErrorNotReady) return false;
   me.lane_->Complete([done = std::move(done)](const Status&) { done(OkStatus()); });
   return true;
 }
