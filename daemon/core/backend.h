@@ -32,6 +32,7 @@
 #include "daemon/core/allocation_counter.h"
 #include "daemon/core/cluster.h"
 #include "daemon/core/group_config.h"
+#include "daemon/core/transport_record.h"
 
 namespace epd {
 
@@ -122,6 +123,9 @@ class BackendGroup {
  public:
   virtual ~BackendGroup() = default;
   virtual const GroupConfig& config() const = 0;
+  // A group that spans daemons: its transport's state for each group rank hosted here
+  // (ListGroups); empty for a group of this daemon only.
+  virtual std::vector<RankTransportState> transport() const { return {}; }
 };
 
 // Backend-side state of one rank's handle: every buffer a dispatch/combine pair needs.

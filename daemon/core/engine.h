@@ -135,6 +135,7 @@ struct GroupSummary {
   GroupConfig config;
   bool persistent = false;
   int handles = 0;
+  std::vector<RankTransportState> transport;  // BackendGroup::transport()
 };
 
 struct OpCounters {

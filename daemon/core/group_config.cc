@@ -38,6 +38,14 @@ int GroupConfig::NodeRankOf(int group_rank) const {
   return NodeOf(group_rank) == span.node ? ranks[group_rank] % span.ranks_per_node : -1;
 }
 
+std::vector<int> GroupConfig::HostedGroupRanks() const {
+  std::vector<int> hosted;
+  for (int g = 0; g < world_size(); ++g) {
+    if (NodeRankOf(g) >= 0) hosted.push_back(g);
+  }
+  return hosted;
+}
+
 int GroupConfig::NodeOf(int group_rank) const {
   if (!spans_nodes || span.ranks_per_node <= 0) return 0;
   return ranks[group_rank] / span.ranks_per_node;

@@ -92,6 +92,8 @@ struct GroupConfig {
   int GroupRankOf(int node_rank) const;
   // The node rank (on this daemon) of a group rank, or -1 when another daemon hosts it.
   int NodeRankOf(int group_rank) const;
+  // The group ranks this daemon hosts, ascending (every one for a group of this daemon only).
+  std::vector<int> HostedGroupRanks() const;
   // The node that hosts a group rank (0 for groups that do not span nodes).
   int NodeOf(int group_rank) const;
 

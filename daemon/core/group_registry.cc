@@ -159,7 +159,9 @@ std::vector<GroupSummary> GroupRegistry::List() const {
   std::lock_guard lock(mutex_);
   std::vector<GroupSummary> out;
   for (const auto& [name, group] : groups_) {
-    out.push_back(GroupSummary{group->config, group->persistent, group->members});
+    out.push_back(GroupSummary{group->config, group->persistent, group->members,
+                               group->backend != nullptr ? group->backend->transport()
+                                                         : std::vector<RankTransportState>{}});
   }
   return out;
 }

@@ -100,10 +100,34 @@ class EngineCollector final : public prometheus::Collectable {
     }
     out.push_back(std::move(handles));
     AddClusterFamilies(out);
+    AddGroupTransportFamilies(out);
     return out;
   }
 
  private:
+  // Groups that span daemons: one series per group rank hosted here (ListGroups' transport).
+  void AddGroupTransportFamilies(std::vector<prometheus::MetricFamily>& out) const {
+    using prometheus::MetricType;
+    auto formed = Family("epd_group_transport_formed",
+                         "1 while the group rank's communicator (NCCL or gloo) with the other "
+                         "daemons is formed.",
+                         MetricType::Gauge);
+    auto failures = Family("epd_group_transport_failures_total",
+                           "Formations and exchanges of the group rank's communicator that failed.",
+                           MetricType::Counter);
+    for (const GroupSummary& group : engine_->ListGroups()) {
+      for (const RankTransportState& rank : group.transport) {
+        const Labels labels = {{"group", group.config.name},
+                               {"group_rank", std::to_string(rank.group_rank)}};
+        AddValue(formed, rank.formed ? 1 : 0, labels);
+        AddValue(failures, static_cast<double>(rank.failures), labels);
+      }
+    }
+    if (formed.metric.empty()) return;
+    out.push_back(std::move(formed));
+    out.push_back(std::move(failures));
+  }
+
   // Multi-node: one series per peer node (the cluster view is read at each scrape).
   void AddClusterFamilies(std::vector<prometheus::MetricFamily>& out) const {
     using prometheus::MetricType;

@@ -347,6 +347,20 @@ void ToProto(const GroupSummary& group, v1::GroupSummary* out) {
   *out->mutable_config() = ToProto(group.config);
   out->set_persistent(group.persistent);
   out->set_handles(group.handles);
+  for (const RankTransportState& rank : group.transport) {
+    v1::RankTransport* proto = out->add_transport();
+    proto->set_group_rank(rank.group_rank);
+    proto->set_formed(rank.formed);
+    proto->set_generation(rank.generation);
+    proto->set_formations(rank.formations);
+    proto->set_failures(rank.failures);
+    proto->set_last_failure(rank.last_failure);
+    if (rank.failures > 0) {
+      proto->set_last_failure_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          rank.last_failure_at.time_since_epoch())
+                                          .count());
+    }
+  }
 }
 
 // NOTE: the core's ComputeMode mirrors the proto enum value for value.

@@ -149,9 +149,11 @@ class SpanningGpuTest : public ::testing::Test {
   }
 
   // A frontend per rank of a new group of `p` (spanning both nodes) named after `name`.
-  static StatusOr<std::vector<RankClient>> SpanningWorld(const Problem& p, std::string_view name) {
+  // The ranks of group `group` (UniqueName) spanning the two nodes.
+  static StatusOr<std::vector<RankClient>> SpanningWorld(const Problem& p,
+                                                         const std::string& group) {
     example::RankRunnerOptions options;
-    options.group = UniqueName(name);
+    options.group = group;
     return MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
   }
   // A one-rank group of node 0's rank on its GPU, beside the spanning groups; its first layer
@@ -252,7 +254,7 @@ TEST_F(SpanningGpuTest, ADispatchHeldByItsFenceHoldsNoOtherGroupOfItsRank) {
     Problem p =
         ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}, algorithm});
     p.spans_nodes = true;
-    auto world = SpanningWorld(p, "held");
+    auto world = SpanningWorld(p, UniqueName("held"));
     ASSERT_TRUE(world.ok()) << world.status().ToString();
     const int n = 16;
     // A first layer forms the group's communicator (both ranks' first ops together).
@@ -371,7 +373,7 @@ TEST_F(SpanningGpuTest, CapacityOverflowIsReportedOnBothNodes) {
   Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kHotExpert, {}});
   p.spans_nodes = true;
   p.expert_capacity = 4;
-  auto world = SpanningWorld(p, "full");
+  auto world = SpanningWorld(p, UniqueName("full"));
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   const std::vector<Status> statuses = RunOnRanks(kNodes, [&](int r) {
     const auto in = InputsOf(p, Routing::kHotExpert, r, 0, 16);
@@ -388,7 +390,8 @@ TEST_F(SpanningGpuTest, CapacityOverflowIsReportedOnBothNodes) {
 TEST_F(SpanningGpuTest, AFormationWaitingForAPeerHoldsNoOtherGroupOfItsRank) {
   Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
   p.spans_nodes = true;
-  auto world = SpanningWorld(p, "waiting");
+  const std::string group = UniqueName("waiting");
+  auto world = SpanningWorld(p, group);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   auto beside = BesideGroup();
   ASSERT_TRUE(beside.ok()) << beside.status().ToString();
@@ -420,6 +423,17 @@ TEST_F(SpanningGpuTest, AFormationWaitingForAPeerHoldsNoOtherGroupOfItsRank) {
   EXPECT_GT(layers, 2) << "the other group ran no layer while the formation waited";
   EXPECT_LT(slowest.count(), kOpTimeoutMs / 2)
       << "the other group of node 0's rank waited for the formation";
+  // ListGroups shows why the group is not formed.
+  auto node0 = ConnectOrDie(cluster_->node(0).address());
+  ASSERT_NE(node0, nullptr);
+  const auto never = TransportOf(*node0, group);
+  ASSERT_TRUE(never.ok()) << never.status().ToString();
+  ASSERT_EQ(never->size(), 1u);
+  EXPECT_FALSE((*never)[0].formed());
+  EXPECT_EQ((*never)[0].formations(), 0u);
+  EXPECT_EQ((*never)[0].failures(), 1u);
+  EXPECT_NE((*never)[0].last_failure().find("node 1"), std::string::npos)
+      << (*never)[0].last_failure();
 }
 
 // Last: it kills and restarts node 1.
@@ -432,6 +446,16 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
   ASSERT_TRUE(Run(*world, good, DeviceCopy).ok());
+  auto survivor = ConnectOrDie(cluster_->node(0).address());
+  ASSERT_NE(survivor, nullptr);
+  // ListGroups shows the NCCL communicator of node 0's group rank formed.
+  const auto before = TransportOf(*survivor, options.group);
+  ASSERT_TRUE(before.ok()) << before.status().ToString();
+  ASSERT_EQ(before->size(), 1u);
+  EXPECT_EQ((*before)[0].group_rank(), 0);
+  EXPECT_TRUE((*before)[0].formed());
+  EXPECT_EQ((*before)[0].formations(), 1u);
+  EXPECT_EQ((*before)[0].failures(), 0u);
 
   // Node 0's rank posts a layer that needs node 1, which dies instead of taking part.
   const auto killed_at = Clock::now();
@@ -446,10 +470,16 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   // The op timeout bounds it (the cluster view usually ends it sooner).
   EXPECT_LT(Clock::now() - killed_at, std::chrono::milliseconds(kOpTimeoutMs + 4000));
   (*world)[1] = RankClient{};
+  const auto failed = TransportOf(*survivor, options.group);
+  ASSERT_TRUE(failed.ok()) << failed.status().ToString();
+  ASSERT_EQ(failed->size(), 1u);
+  EXPECT_FALSE((*failed)[0].formed());
+  EXPECT_GE((*failed)[0].failures(), 1u);
+  EXPECT_NE((*failed)[0].last_failure().find("node 1"), std::string::npos)
+      << (*failed)[0].last_failure();
+  EXPECT_GT((*failed)[0].last_failure_unix_ms(), 0);
 
   // The survivor serves: node info, and a group of its own on its GPU.
-  auto survivor = ConnectOrDie(cluster_->node(0).address());
-  ASSERT_NE(survivor, nullptr);
   EXPECT_TRUE(survivor->GetNodeInfo().ok());
   Problem local = p;
   local.ranks = 1;
@@ -486,6 +516,12 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   const Case again{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 9}};
   auto recovered = Run(*world, again, DeviceCopy);
   EXPECT_TRUE(recovered.ok()) << recovered.status().ToString();
+  const auto reformed = TransportOf(*survivor, options.group);
+  ASSERT_TRUE(reformed.ok()) << reformed.status().ToString();
+  ASSERT_EQ(reformed->size(), 1u);
+  EXPECT_TRUE((*reformed)[0].formed());
+  EXPECT_GT((*reformed)[0].generation(), (*before)[0].generation());
+  EXPECT_EQ((*reformed)[0].formations(), 2u);
 }
 
 }  // namespace

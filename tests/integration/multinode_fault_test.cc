@@ -31,6 +31,12 @@ std::string Scrape(int port) {
   return text;
 }
 
+int64_t UnixMsNow() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // Two nodes (the leader with `leader_flags`) whose frontends ran one good layer of a group
 // spanning them.
 struct TwoNodes {
@@ -58,8 +64,23 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   const example::Problem& p = (*started)->problem;
   const example::RankRunnerOptions& options = (*started)->options;
   std::vector<RankClient>* world = &(*started)->ranks;
+  auto survivor = ConnectOrDie(cluster.node(0).address());
+
+  // ListGroups shows the formed transport of each group rank node 0 hosts.
+  const auto shown = TransportOf(*survivor, options.group);
+  ASSERT_TRUE(shown.ok()) << shown.status().ToString();
+  const std::vector<v1::RankTransport> before = *shown;
+  ASSERT_EQ(before.size(), static_cast<size_t>(kRanksPerNode));
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    EXPECT_EQ(before[g].group_rank(), g);
+    EXPECT_TRUE(before[g].formed());
+    EXPECT_GE(before[g].generation(), 0);
+    EXPECT_EQ(before[g].formations(), 1u);
+    EXPECT_EQ(before[g].failures(), 0u);
+  }
 
   // Node 0's ranks post a layer that needs node 1, which dies instead of taking part.
+  const int64_t killed_unix_ms = UnixMsNow();
   const auto killed_at = Clock::now();
   std::vector<Status> in_flight(kRanksPerNode);
   std::vector<std::thread> posting;
@@ -80,8 +101,18 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   EXPECT_LT(failed_after, std::chrono::milliseconds(3'000));
   for (int g = kRanksPerNode; g < p.ranks; ++g) (*world)[g] = RankClient{};
 
+  // The group's transport: no longer formed, the failure and its time shown.
+  const auto failed = TransportOf(*survivor, options.group);
+  ASSERT_TRUE(failed.ok()) << failed.status().ToString();
+  for (const v1::RankTransport& rank : *failed) {
+    EXPECT_FALSE(rank.formed()) << "group rank " << rank.group_rank();
+    EXPECT_GE(rank.failures(), 1u);
+    EXPECT_NE(rank.last_failure().find("node 1"), std::string::npos) << rank.last_failure();
+    EXPECT_GE(rank.last_failure_unix_ms(), killed_unix_ms);
+    EXPECT_LE(rank.last_failure_unix_ms(), UnixMsNow());
+  }
+
   // The survivor serves: health, the cluster view (node 1 down), a group of its own.
-  auto survivor = ConnectOrDie(cluster.node(0).address());
   EXPECT_EQ(WaitForNodeState(*survivor, 1, v1::NODE_STATE_DOWN), v1::NODE_STATE_DOWN);
   {
     auto info = survivor->GetNodeInfo();
@@ -97,6 +128,15 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   EXPECT_NE(metrics.find("epd_cluster_node_up{node=\"0\"} 1"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("epd_cluster_transport_failures_total{node=\"1\"} 2"), std::string::npos)
       << metrics;
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    const std::string labels = fmt::format("{{group=\"{}\",group_rank=\"{}\"}}", options.group, g);
+    EXPECT_NE(metrics.find("epd_group_transport_formed" + labels + " 0"), std::string::npos)
+        << labels << "\n"
+        << metrics;
+    EXPECT_NE(metrics.find("epd_group_transport_failures_total" + labels + " 1"), std::string::npos)
+        << labels << "\n"
+        << metrics;
+  }
   for (const char* direction : {"sent", "received"}) {
     const std::string series =
         fmt::format("epd_cluster_transport_bytes_total{{node=\"1\",direction=\"{}\"}} ", direction);
@@ -149,6 +189,15 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   for (const Status& status : rejoined) ASSERT_EPD_OK(status);
   EXPECT_EPD_OK(RunGoodLayer(*world, 2));
   EXPECT_EPD_OK(RunGoodLayer(*world, 3, /*fenced=*/true));
+  // Formed again, on a newer generation; the failure stays in the history.
+  const auto reformed = TransportOf(*survivor, options.group);
+  ASSERT_TRUE(reformed.ok()) << reformed.status().ToString();
+  for (const v1::RankTransport& rank : *reformed) {
+    EXPECT_TRUE(rank.formed()) << "group rank " << rank.group_rank();
+    EXPECT_GT(rank.generation(), before[rank.group_rank()].generation());
+    EXPECT_EQ(rank.formations(), 2u);
+    EXPECT_NE(rank.last_failure().find("node 1"), std::string::npos) << rank.last_failure();
+  }
 }
 
 // A group whose first op waits for a peer (its node-1 frontends never post, so its formation
@@ -185,6 +234,20 @@ TEST(MultiNodeFaultTest, AFormationWaitingForAPeerHoldsNoOtherGroupOfItsRanks) {
   }
   for (auto& thread : posting) thread.join();
   for (const Status& status : waited) EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "node 1");
+  // ListGroups tells the two groups apart: one never formed (why: node 1), one formed.
+  auto node0 = ConnectOrDie(cluster.node(0).address());
+  const auto never = TransportOf(*node0, waiting_options.group);
+  ASSERT_TRUE(never.ok()) << never.status().ToString();
+  for (const v1::RankTransport& rank : *never) {
+    EXPECT_FALSE(rank.formed());
+    EXPECT_EQ(rank.generation(), -1);
+    EXPECT_EQ(rank.formations(), 0u);
+    EXPECT_EQ(rank.failures(), 1u);
+    EXPECT_NE(rank.last_failure().find("node 1"), std::string::npos) << rank.last_failure();
+  }
+  const auto serving = TransportOf(*node0, (*started)->options.group);
+  ASSERT_TRUE(serving.ok()) << serving.status().ToString();
+  for (const v1::RankTransport& rank : *serving) EXPECT_TRUE(rank.formed());
   EXPECT_GT(layers, 2) << "the formed group ran no layer while the other group's formation waited";
   EXPECT_LT(slowest, std::chrono::milliseconds(2'000))
       << "the formed group waited for the other group's formation";

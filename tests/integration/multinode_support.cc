@@ -162,4 +162,14 @@ v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state) {
   return seen;
 }
 
+StatusOr<std::vector<v1::RankTransport>> TransportOf(Client& client, const std::string& group) {
+  EPD_ASSIGN_OR_RETURN(std::vector<v1::GroupSummary> groups, client.ListGroups());
+  for (const v1::GroupSummary& summary : groups) {
+    if (summary.config().name() == group) {
+      return std::vector<v1::RankTransport>(summary.transport().begin(), summary.transport().end());
+    }
+  }
+  return NotFoundError("ListGroups shows no group '{}'", group);
+}
+
 }  // namespace epd::testing

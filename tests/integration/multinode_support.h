@@ -71,4 +71,7 @@ StatusOr<std::vector<RankClient>> MakeSpanningRanks(LoopbackCluster& cluster,
 // Polls GetNodeInfo until node `node`'s state is `state` (at most 10 s); returns the last seen.
 v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state);
 
+// What `client`'s daemon shows (ListGroups) of `group`'s transport, per group rank it hosts.
+StatusOr<std::vector<v1::RankTransport>> TransportOf(Client& client, const std::string& group);
+
 }  // namespace epd::testing

@@ -264,5 +264,37 @@ TEST(ConvertTest, HighThroughputHandlesExportThePackedLayout) {
   EXPECT_NE(proto.expert_rows_offset(), 0u);
 }
 
+TEST(ConvertTest, GroupSummaryCarriesEachHostedRanksTransport) {
+  GroupSummary group;
+  group.config.name = "spanning";
+  RankTransportState formed;
+  formed.group_rank = 2;
+  formed.formed = true;
+  formed.generation = 3;
+  formed.formations = 2;
+  formed.failures = 1;
+  formed.last_failure = "group 'spanning': node 1 is down";
+  formed.last_failure_at = std::chrono::system_clock::time_point(std::chrono::milliseconds(1234));
+  RankTransportState never;
+  never.group_rank = 3;
+  group.transport = {formed, never};
+  v1::GroupSummary proto;
+  ToProto(group, &proto);
+  ASSERT_EQ(proto.transport_size(), 2);
+  const v1::RankTransport& first = proto.transport(0);
+  EXPECT_EQ(first.group_rank(), 2);
+  EXPECT_TRUE(first.formed());
+  EXPECT_EQ(first.generation(), 3);
+  EXPECT_EQ(first.formations(), 2u);
+  EXPECT_EQ(first.failures(), 1u);
+  EXPECT_EQ(first.last_failure(), "group 'spanning': node 1 is down");
+  EXPECT_EQ(first.last_failure_unix_ms(), 1234);
+  const v1::RankTransport& second = proto.transport(1);
+  EXPECT_EQ(second.group_rank(), 3);
+  EXPECT_FALSE(second.formed());
+  EXPECT_EQ(second.generation(), -1);
+  EXPECT_EQ(second.last_failure_unix_ms(), 0) << "no failure, no time";
+}
+
 }  // namespace
 }  // namespace epd::service

@@ -90,11 +90,13 @@ class CpuBackend : public Backend {
 
   StatusOr<std::unique_ptr<BackendGroup>> CreateGroup(const GroupConfig& config) override {
     std::vector<std::unique_ptr<GlooRankLink>> links;
+    std::shared_ptr<TransportRecord> record;
     if (config.spans_nodes) {
-      EPD_ASSIGN_OR_RETURN(links, transport_.LinksFor(config));
+      record = std::make_shared<TransportRecord>(config.HostedGroupRanks());
+      EPD_ASSIGN_OR_RETURN(links, transport_.LinksFor(config, record));
     }
-    auto group = std::make_unique<CpuGroup>(config, [this](CpuGroup* g) { ForgetGroup(g); },
-                                            std::move(links));
+    auto group = std::make_unique<CpuGroup>(
+        config, [this](CpuGroup* g) { ForgetGroup(g); }, std::move(links), std::move(record));
     std::lock_guard lock(groups_mutex_);
     groups_.insert(group.get());
     if (shutting_down_) {

@@ -23,14 +23,19 @@ namespace epd {
 class CpuGroup : public BackendGroup {
  public:
   CpuGroup(const GroupConfig& config, std::function<void(CpuGroup*)> forget,
-           std::vector<std::unique_ptr<GlooRankLink>> links = {})
+           std::vector<std::unique_ptr<GlooRankLink>> links = {},
+           std::shared_ptr<TransportRecord> transport = nullptr)
       : config_(config),
         rendezvous_(config.name, config.world_size()),
+        transport_(std::move(transport)),
         links_(std::move(links)),
         lanes_(config.world_size(), nullptr),
         forget_(std::move(forget)) {}
   ~CpuGroup() override { forget_(this); }
   const GroupConfig& config() const override { return config_; }
+  std::vector<RankTransportState> transport() const override {
+    return transport_ != nullptr ? transport_->State() : std::vector<RankTransportState>{};
+  }
   HostRendezvous& rendezvous() { return rendezvous_; }
   // Spanning groups: cancels the exchanges in flight on every link of this daemon.
   void CancelLinks(const Status& reason, bool permanent) {
@@ -56,6 +61,7 @@ class CpuGroup : public BackendGroup {
  private:
   GroupConfig config_;
   HostRendezvous rendezvous_;
+  std::shared_ptr<TransportRecord> transport_;  // spanning groups: what their links went through
   std::vector<std::unique_ptr<GlooRankLink>> links_;  // spanning groups: by group rank
   std::mutex lanes_mutex_;
   std::vector<CpuStream*> lanes_;  // by group rank; owned by the backend's LaneRegistry

@@ -27,8 +27,13 @@ StatusOr<int64_t> ParseGeneration(const std::optional<std::string>& text) {
 }  // namespace
 
 GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
-                           std::shared_ptr<gloo::transport::Device> device, bool restarted_node)
-    : config_(config), rank_(group_rank), cluster_(cluster), device_(std::move(device)),
+                           std::shared_ptr<gloo::transport::Device> device, bool restarted_node,
+                           std::shared_ptr<TransportRecord> record)
+    : config_(config),
+      rank_(group_rank),
+      cluster_(cluster),
+      device_(std::move(device)),
+      record_(std::move(record)),
       restarted_node_(restarted_node) {}
 
 GlooRankLink::~GlooRankLink() = default;
@@ -155,6 +160,7 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   retired_.reset();
   generation_ = generation;
   next_slot_ = 0;
+  if (record_ != nullptr) record_->Formed(rank_, generation);
   EPD_LOG(kCpu, info, "group '{}' rank {}: mesh of {} ranks formed (generation {})", config_.name,
           rank_, config_.world_size(), generation);
   return OkStatus();
@@ -163,6 +169,14 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
 Status GlooRankLink::Exchange(const std::vector<std::span<const char>>& send,
                               const std::vector<std::span<char>>& recv,
                               std::chrono::milliseconds timeout, std::string_view phase) {
+  Status exchanged = ExchangeOnMesh(send, recv, timeout, phase);
+  if (!exchanged.ok() && record_ != nullptr) record_->Failed(rank_, exchanged);
+  return exchanged;
+}
+
+Status GlooRankLink::ExchangeOnMesh(const std::vector<std::span<const char>>& send,
+                                    const std::vector<std::span<char>>& recv,
+                                    std::chrono::milliseconds timeout, std::string_view phase) {
   EPD_RETURN_IF_ERROR(Stopped());
   uint64_t cancels_before = 0;
   {
@@ -269,7 +283,6 @@ Status GlooRankLink::Exchange(const std::vector<std::span<const char>>& send,
       "group '{}': {} failed on node {} (down or unreachable?): {}; the group re-forms at its "
       "next op once every node is back",
       config_.name, phase, node_list, detail);
-  return OkStatus();
 }
 
 }  // namespace epd

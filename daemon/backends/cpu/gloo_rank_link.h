@@ -24,6 +24,7 @@
 #include "common/status.h"
 #include "daemon/core/cluster.h"
 #include "daemon/core/group_config.h"
+#include "daemon/core/transport_record.h"
 
 namespace gloo {
 class Context;
@@ -37,8 +38,10 @@ namespace epd {
 
 class GlooRankLink {
  public:
+  // `record` (may be null) is told every formation and every failed exchange.
   GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
-               std::shared_ptr<gloo::transport::Device> device, bool restarted_node);
+               std::shared_ptr<gloo::transport::Device> device, bool restarted_node,
+               std::shared_ptr<TransportRecord> record = nullptr);
   ~GlooRankLink();
 
   // Sends send[p] to group rank p and receives recv[p] from it, for every p (its own part is
@@ -54,6 +57,9 @@ class GlooRankLink {
   void Cancel(const Status& reason, bool permanent);
 
  private:
+  Status ExchangeOnMesh(const std::vector<std::span<const char>>& send,
+                        const std::vector<std::span<char>>& recv, std::chrono::milliseconds timeout,
+                        std::string_view phase);
   Status Stopped() const;  // the permanent cancel's reason, or OK
   Status Form(std::chrono::milliseconds timeout);
   Status CheckConfigs(const std::string& prefix, std::chrono::milliseconds timeout,
@@ -67,6 +73,7 @@ class GlooRankLink {
   const int rank_;
   ClusterStore& cluster_;
   std::shared_ptr<gloo::transport::Device> device_;
+  const std::shared_ptr<TransportRecord> record_;
   std::shared_ptr<gloo::Context> context_;  // null: no mesh (not formed yet, or broken)
   std::shared_ptr<gloo::Context> retired_;  // the broken mesh, open until the next one forms
   int64_t generation_ = -1;

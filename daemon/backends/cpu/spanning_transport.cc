@@ -10,7 +10,7 @@ SpanningTransport::SpanningTransport(std::shared_ptr<ClusterStore> cluster, bool
     : cluster_(std::move(cluster)), restarted_node_(restarted_node) {}
 
 StatusOr<std::vector<std::unique_ptr<GlooRankLink>>> SpanningTransport::LinksFor(
-    const GroupConfig& config) {
+    const GroupConfig& config, const std::shared_ptr<TransportRecord>& record) {
   if (cluster_ == nullptr) {
     return FailedPreconditionError(
         "group '{}' spans nodes, but this daemon is not part of a multi-node deployment "
@@ -33,9 +33,9 @@ StatusOr<std::vector<std::unique_ptr<GlooRankLink>>> SpanningTransport::LinksFor
     device = device_;
   }
   std::vector<std::unique_ptr<GlooRankLink>> links(config.world_size());
-  for (int g = 0; g < config.world_size(); ++g) {
-    if (config.NodeRankOf(g) < 0) continue;
-    links[g] = std::make_unique<GlooRankLink>(config, g, *cluster_, device, restarted_node_);
+  for (int g : config.HostedGroupRanks()) {
+    links[g] =
+        std::make_unique<GlooRankLink>(config, g, *cluster_, device, restarted_node_, record);
   }
   return links;
 }

@@ -18,9 +18,10 @@ class SpanningTransport {
  public:
   SpanningTransport(std::shared_ptr<ClusterStore> cluster, bool restarted_node);
 
-  // One link per group rank this daemon hosts (null for the others). FAILED_PRECONDITION
-  // when the daemon is not part of a cluster.
-  StatusOr<std::vector<std::unique_ptr<GlooRankLink>>> LinksFor(const GroupConfig& config);
+  // One link per group rank this daemon hosts (null for the others), each telling `record`
+  // what its mesh went through. FAILED_PRECONDITION when the daemon is not part of a cluster.
+  StatusOr<std::vector<std::unique_ptr<GlooRankLink>>> LinksFor(
+      const GroupConfig& config, const std::shared_ptr<TransportRecord>& record);
 
  private:
   std::shared_ptr<ClusterStore> cluster_;

@@ -79,6 +79,9 @@ class CudaGroup : public BackendGroup {
     if (forget_) forget_(this);
   }
   const GroupConfig& config() const override { return config_; }
+  std::vector<RankTransportState> transport() const override {
+    return transport_ != nullptr ? transport_->State() : std::vector<RankTransportState>{};
+  }
 
   // The number of `group_rank`'s next collective.
   uint64_t NextSeq(int group_rank) { return seq_[group_rank].fetch_add(1) + 1; }
@@ -123,6 +126,8 @@ class CudaGroup : public BackendGroup {
   // Groups that span daemons and whose host reads the dispatch headers (SpanReadsHeaders): where
   // each node rank's dispatch headers land (R headers per node rank; kernels/span_messages.h).
   std::unique_ptr<PinnedHostMemory> span_headers_;
+  // Groups that span daemons: what their communicators went through (span_ tells it).
+  std::shared_ptr<TransportRecord> transport_;
   // Groups that span daemons: the NCCL communicators of the ranks hosted here (cuda_span_ops.cc).
   // NOTE: last: its watchdog may still call into the members above until it is gone.
   std::unique_ptr<SpanComm> span_;

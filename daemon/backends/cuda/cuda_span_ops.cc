@@ -206,6 +206,8 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
     span.hosted.push_back(r);
     span.devices.push_back(ranks_[node_rank]->device);
   }
+  group->transport_ = std::make_shared<TransportRecord>(span.hosted);
+  span.record = group->transport_;
   span.store = std::move(cluster);
   span.restarted_node = restarted_node;
   span.timeout = options_.op_timeout;

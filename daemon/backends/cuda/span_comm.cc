@@ -148,6 +148,7 @@ bool SpanComm::StartFormingLocked() {
   if (forming_.valid()) return true;
   auto task = std::make_shared<std::packaged_task<Status()>>([this] {
     Status formed = Form();
+    if (!formed.ok()) options_.record->FailedAll(formed);
     std::vector<std::function<void(Status)>> waiters;
     {
       std::lock_guard done(forming_mu_);
@@ -283,6 +284,7 @@ Status SpanComm::Form() {
     comms_ = std::move(comms);
     generation_ = generation;
   }
+  options_.record->FormedAll(generation);
   EPD_LOG(kNccl, info, "group '{}': NCCL communicator of generation {} formed", c.name, generation);
   return OkStatus();
 }
@@ -372,6 +374,7 @@ void SpanComm::Fail(int64_t generation, const Status& reason, const std::vector<
   // NOTE: before the abort: the ops' kernels after the exchange read the group's abort word once
   // the NCCL kernels end, and must find it raised with this reason.
   if (options_.on_failure) options_.on_failure(reason);
+  options_.record->FailedAll(reason);
   AbortComms(comms_, c.name);
   generation_ = -1;
   lock.unlock();

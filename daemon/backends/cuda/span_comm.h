@@ -44,6 +44,7 @@
 #include "daemon/core/cluster.h"
 #include "daemon/core/group_config.h"
 #include "daemon/core/task_thread.h"
+#include "daemon/core/transport_record.h"
 
 namespace epd::cuda {
 
@@ -60,6 +61,8 @@ class SpanComm {
     // Called (watchdog or rank worker thread) before the communicators are aborted, with the
     // reason every op of the group issued so far must fail with.
     std::function<void(const Status&)> on_failure;
+    // Told every formation and failure of the hosted ranks' communicators (ListGroups).
+    std::shared_ptr<TransportRecord> record;
   };
   explicit SpanComm(Options options);
   ~SpanComm();  // aborts the communicators (local; never waits for peers)
