@@ -436,6 +436,43 @@ TEST_F(SpanningGpuTest, AFormationWaitingForAPeerHoldsNoOtherGroupOfItsRank) {
       << (*never)[0].last_failure();
 }
 
+// Two groups whose first ops reach the two nodes in opposite orders (node 0: a then b; node 1:
+// b then a) both form at once: each group forms on its own thread, so neither daemon's first
+// formation waits for a formation the other daemon has queued behind its own.
+TEST_F(SpanningGpuTest, GroupsFormingInOppositeOrdersOnTheTwoNodesDoNotWaitForEachOther) {
+  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
+  p.spans_nodes = true;
+  auto a = SpanningWorld(p, UniqueName("order-a"));
+  auto b = SpanningWorld(p, UniqueName("order-b"));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  const int n = 16;
+  std::vector<Status> results(4);
+  auto post = [&](std::vector<RankClient>& world, int r, Status* result) {
+    return std::thread([&world, r, result, &p] {
+      *result = world[r].runner->RunAndCheck(InputsOf(p, Routing::kRandom, r, 0, n),
+                                             example::ScaleByExpertPlusOne, /*fenced=*/false);
+    });
+  };
+  const auto start = Clock::now();
+  std::vector<std::thread> first;
+  first.push_back(post(*a, 0, &results[0]));  // node 0 forms a first
+  first.push_back(post(*b, 1, &results[1]));  // node 1 forms b first
+  // A head start for the first formations, so that a daemon-wide formation queue would
+  // deadlock until the op timeout; the outcome does not depend on it otherwise.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::vector<std::thread> second;
+  second.push_back(post(*b, 0, &results[2]));
+  second.push_back(post(*a, 1, &results[3]));
+  for (auto& thread : first) thread.join();
+  for (auto& thread : second) thread.join();
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+  std::printf("[   INFO   ] both groups formed and ran a layer in %lld ms\n",
+              static_cast<long long>(took.count()));
+  for (const Status& status : results) EXPECT_EPD_OK(status);
+  EXPECT_LT(took.count(), kOpTimeoutMs) << "a formation waited for the other group's";
+}
+
 // Last: it kills and restarts node 1.
 TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItIsBack) {
   Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});

@@ -22,7 +22,6 @@
 #include "daemon/backends/cuda/op_lane.h"
 #include "daemon/backends/cuda/reclaimer.h"
 #include "daemon/core/lane_registry.h"
-#include "daemon/core/task_thread.h"
 #include "kernels/collective_launch.cuh"
 #include "kernels/device_error.cuh"
 
@@ -150,9 +149,6 @@ class CudaBackend final : public Backend {
   std::vector<std::vector<bool>> peer_access_;
   std::shared_ptr<ClusterStore> cluster_;  // null: running alone
   bool restarted_node_ = false;
-  // Forms spanning groups' NCCL communicators, off the gRPC and rank worker threads.
-  // Groups (their SpanComms, which post here) are destroyed before the backend.
-  std::unique_ptr<TaskThread> span_control_ = std::make_unique<TaskThread>("epd-nccl-form");
   // NOTE: last member: the lanes run their last completions, which may destroy groups (they
   // unregister above), before anything else goes.
   LaneRegistry<OpLane> lanes_;

@@ -211,7 +211,6 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
   span.store = std::move(cluster);
   span.restarted_node = restarted_node;
   span.timeout = options_.op_timeout;
-  span.control = span_control_.get();
   CudaGroup* raw = group.get();
   span.on_failure = [raw](const Status& reason) {
     const uint64_t through = raw->RealignSequences();

@@ -159,7 +159,7 @@ bool SpanComm::StartFormingLocked() {
     return formed;
   });
   forming_ = task->get_future().share();
-  if (!options_.control->TryPost([task] { (*task)(); })) {
+  if (!forming_thread_.TryPost([task] { (*task)(); })) {
     forming_ = {};
     return false;
   }
@@ -185,9 +185,8 @@ Status SpanComm::EnsureFormed() {
     }
     forming = forming_;
   }
-  // NOTE: bounded: a formation queued behind another group's may start late, and the rank
-  // worker waiting here must stay within its liveness bound; the formation carries on and the
-  // group's next op finds it.
+  // NOTE: bounded: the caller must stay within its liveness bound; the formation carries on and
+  // the group's next op finds it.
   if (forming.wait_for(options_.timeout) != std::future_status::ready) {
     return UnavailableError(
         "group '{}': its NCCL communicator is still being formed after {} ms; retry the op",

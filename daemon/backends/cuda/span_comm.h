@@ -1,15 +1,17 @@
 // SpanComm: the NCCL communicators of the group ranks this daemon hosts in one group that spans
 // daemons (cuda backend), and the bounds on everything they do (docs/design.md §9).
 //
-// - Formation: at the first exchange (and the first after a failure), on the backend's control
-//   worker, never a gRPC thread: the generation and unique id come from SpanRendezvous (the
-//   daemon hosting group rank 0 creates the id), then ncclGroupStart / ncclCommInitRankConfig
-//   per hosted rank (non-blocking config) / ncclGroupEnd, polled with ncclCommGetAsyncError
-//   until op_timeout, then one warm-up exchange (nccl_await.h: NCCL's lazily loaded kernels
-//   must not load behind an op's fence-wait kernel); on timeout or error the communicators
-//   are aborted and the generation is raised. An op's rank worker starts it in the background
-//   and holds the op's lane until it ended (FormInBackground); other callers wait for it
-//   (EnsureFormed), which is itself bounded.
+// - Formation: at the first exchange (and the first after a failure), on the group's own
+//   formation thread, never a gRPC thread or a rank worker: the generation and unique id come from
+//   SpanRendezvous (the daemon hosting group rank 0 creates the id), then ncclGroupStart /
+//   ncclCommInitRankConfig per hosted rank (non-blocking config) / ncclGroupEnd, polled with
+//   ncclCommGetAsyncError until op_timeout, then one warm-up exchange (nccl_await.h: NCCL's lazily
+//   loaded kernels must not load behind an op's fence-wait kernel); on timeout or error the
+//   communicators are aborted and the generation is raised. An op's rank worker starts it in the
+//   background and holds the op's lane until it ended (FormInBackground); other callers wait for it
+//   (EnsureFormed), which is itself bounded. One thread per group, not one per daemon: a
+//   formation waits for its peers, and two daemons that start two groups' formations in
+//   opposite orders would each wait for the other's second one until op_timeout.
 // - Exchange: one grouped ncclSend/ncclRecv with every other group rank (whole messages, or
 //   the sizes the caller read from the headers of an exchange before), enqueued on the rank's
 //   lane stream with events around it. A watchdog thread times each
@@ -57,7 +59,6 @@ class SpanComm {
     std::shared_ptr<ClusterStore> store;
     bool restarted_node = false;
     std::chrono::milliseconds timeout{10'000};
-    TaskThread* control = nullptr;  // formations run here; outlives the SpanComm
     // Called (watchdog or rank worker thread) before the communicators are aborted, with the
     // reason every op of the group issued so far must fail with.
     std::function<void(const Status&)> on_failure;
@@ -72,7 +73,7 @@ class SpanComm {
   // Forms the communicators when there are none; bounded by the timeout.
   Status EnsureFormed();
   // Starts (or joins) forming the communicators when there are none, off the caller's thread:
-  // true, and `done` is called once with the outcome (on the control worker); false when they
+  // true, and `done` is called once with the outcome (on the formation thread); false when they
   // are formed or the SpanComm stopped (EnsureFormed then answers at once).
   bool FormInBackground(std::function<void(Status)> done);
   bool formed() const;
@@ -105,7 +106,7 @@ class SpanComm {
     std::chrono::steady_clock::time_point started_at;
   };
   Status Form();
-  // Posts a formation unless one runs; false when the control worker stopped.
+  // Posts a formation unless one runs; false when the formation thread stopped.
   bool StartFormingLocked();
   // Two events on the current device for `item`: spares of earlier exchanges, or new ones.
   Status TakeEvents(InFlight& item);
@@ -145,6 +146,8 @@ class SpanComm {
   // exchange cost host time on every op.
   std::mutex events_mu_;
   std::map<int, std::vector<cudaEvent_t>> spare_events_;
+  // Runs the formations; idle by the end of the destructor's body, which waits for forming_.
+  TaskThread forming_thread_{"epd-nccl-form"};
   std::thread watchdog_;  // NOTE: last: started once everything above exists
 };
 
