@@ -1,5 +1,6 @@
 #include "tests/integration/daemon_process.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -11,9 +12,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -235,6 +238,73 @@ int RunDaemonToExit(const std::vector<std::string>& args, std::string* output, i
   std::error_code ignored;
   std::filesystem::remove_all(*dir, ignored);
   return code;
+}
+
+int CountEntries(const std::string& dir, std::string_view prefix) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return -1;
+  int count = 0;
+  while (dirent* entry = readdir(d)) {
+    const std::string_view name(entry->d_name);
+    if (name != "." && name != ".." && name.substr(0, prefix.size()) == prefix) ++count;
+  }
+  closedir(d);
+  return count;
+}
+
+int DaemonProcess::open_fds() const {
+  return running() ? CountEntries("/proc/" + std::to_string(pid_) + "/fd") : -1;
+}
+
+namespace {
+
+// TCP socket states by inode, from /proc/<pid>/net/tcp{,6} ("ESTABLISHED", "CLOSE_WAIT", ...).
+std::map<std::string, std::string> TcpStates(pid_t pid) {
+  static const char* const kNames[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
+                                       "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
+                                       "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
+  std::map<std::string, std::string> states;
+  for (const char* table : {"tcp", "tcp6"}) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+          timeout >> inode;
+      const unsigned long code = std::strtoul(state.c_str(), nullptr, 16);
+      states[inode] = std::string(table) + " " + (code < std::size(kNames) ? kNames[code] : "?");
+    }
+  }
+  return states;
+}
+
+}  // namespace
+
+std::map<std::string, int> DaemonProcess::fds_by_kind() const {
+  std::map<std::string, int> kinds;
+  if (!running()) return kinds;
+  const std::map<std::string, std::string> tcp = TcpStates(pid_);
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/fd", error)) {
+    std::string target = std::filesystem::read_symlink(entry.path(), error).string();
+    if (error) continue;  // closed meanwhile
+    // "socket:[inode]" and "pipe:[inode]" name one object each; their kind is what counts.
+    if (target.rfind("socket:[", 0) == 0) {
+      auto state = tcp.find(target.substr(8, target.size() - 9));
+      target = "socket " + (state != tcp.end() ? state->second : std::string("unix or other"));
+    } else if (target.rfind("pipe:", 0) == 0) {
+      target = "pipe";
+    }
+    ++kinds[target];
+  }
+  return kinds;
+}
+
+int DaemonProcess::threads() const {
+  return running() ? CountEntries("/proc/" + std::to_string(pid_) + "/task") : -1;
 }
 
 }  // namespace epd::testing

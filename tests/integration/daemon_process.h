@@ -12,8 +12,10 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -37,6 +39,13 @@ class DaemonProcess {
   std::string ReadLog() const;
   pid_t pid() const { return pid_; }
   bool running() const { return pid_ > 0; }
+  // What the running daemon holds now (from /proc; -1 when it is not running): its open file
+  // descriptors and its threads.
+  int open_fds() const;
+  int threads() const;
+  // Its open file descriptors by kind: "socket tcp ESTABLISHED" (and other TCP states),
+  // "socket unix or other", "pipe", "anon_inode:[eventfd]", a path.
+  std::map<std::string, int> fds_by_kind() const;
 
   // SIGTERM, waits up to 10 s (then SIGKILL). Returns the exit code, 128 + signal when killed
   // by a signal, or -1 when it was not running.
@@ -55,6 +64,9 @@ class DaemonProcess {
   pid_t pid_ = -1;
   pid_t spawned_pid_ = -1;  // kept after the daemon exits, to clean up what it left
 };
+
+// Entries of directory `dir` whose names start with `prefix`; -1 when it cannot be read.
+int CountEntries(const std::string& dir, std::string_view prefix = "");
 
 // Runs `epd` with exactly `args` (no defaults added), waits up to `timeout_ms` for it to exit
 // and returns its exit code (128 + signal when killed, -1 on timeout: the child is killed).

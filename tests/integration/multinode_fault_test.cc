@@ -56,6 +56,40 @@ StatusOr<std::unique_ptr<TwoNodes>> StartTwoNodes(std::vector<std::string> leade
   return two;
 }
 
+// Node 0's ranks post layer `index`, which needs node 1; node 1 dies instead of taking part.
+// Returns each node-0 rank's outcome; node 1's ranks are dropped.
+std::vector<Status> KillNodeOneMidLayer(TwoNodes& two, int index) {
+  std::vector<Status> in_flight(kRanksPerNode);
+  std::vector<std::thread> posting;
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    posting.emplace_back([&, g] {
+      const auto in = example::MakeInputs(two.problem, 5, g, index, 8, true);
+      in_flight[g] = two.ranks[g].runner->RunLayer(in, example::Identity, false);
+    });
+  }
+  two.cluster->KillNode(1);
+  for (auto& thread : posting) thread.join();
+  for (int g = kRanksPerNode; g < two.problem.ranks; ++g) two.ranks[g] = RankClient{};
+  return in_flight;
+}
+
+// Node 1 comes back and its frontends create the group again; node 0's keep theirs.
+Status RestartNodeOne(TwoNodes& two) {
+  EPD_RETURN_IF_ERROR(two.cluster->StartNode(1));
+  for (const Status& status : RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
+         const int g = kRanksPerNode + local_rank;
+         EPD_ASSIGN_OR_RETURN(two.ranks[g].client, Client::Connect(two.cluster->node(1).address()));
+         example::RankRunnerOptions mine = two.options;
+         mine.session_rank = local_rank;
+         EPD_ASSIGN_OR_RETURN(two.ranks[g].runner, example::RankRunner::Create(
+                                                       *two.ranks[g].client, two.problem, g, mine));
+         return OkStatus();
+       })) {
+    EPD_RETURN_IF_ERROR(status);
+  }
+  return OkStatus();
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
   const int metrics_port = FreeLoopbackPort();
   auto started = StartTwoNodes({"--metrics-listen", fmt::format("127.0.0.1:{}", metrics_port)});
@@ -82,24 +116,11 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   // Node 0's ranks post a layer that needs node 1, which dies instead of taking part.
   const int64_t killed_unix_ms = UnixMsNow();
   const auto killed_at = Clock::now();
-  std::vector<Status> in_flight(kRanksPerNode);
-  std::vector<std::thread> posting;
-  for (int g = 0; g < kRanksPerNode; ++g) {
-    posting.emplace_back([&, g] {
-      example::RankRunner& runner = *(*world)[g].runner;
-      const auto in = example::MakeInputs(p, 5, g, 1, 8, true);
-      in_flight[g] = runner.RunLayer(in, example::Identity, false);
-    });
-  }
-  cluster.KillNode(1);
-  for (auto& thread : posting) thread.join();
-  const auto failed_after = Clock::now() - killed_at;
-  for (const Status& status : in_flight) {
+  for (const Status& status : KillNodeOneMidLayer(**started, 1)) {
     EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "on node 1");
   }
   // A broken connection, not the op timeout (4 s), ended the ops.
-  EXPECT_LT(failed_after, std::chrono::milliseconds(3'000));
-  for (int g = kRanksPerNode; g < p.ranks; ++g) (*world)[g] = RankClient{};
+  EXPECT_LT(Clock::now() - killed_at, std::chrono::milliseconds(3'000));
 
   // The group's transport: no longer formed, the failure and its time shown.
   const auto failed = TransportOf(*survivor, options.group);
@@ -175,18 +196,8 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
 
   // Node 1 comes back; its frontends create the group again; node 0's keep theirs. The next
   // layer re-forms the group and is correct.
-  ASSERT_EPD_OK(cluster.StartNode(1));
+  ASSERT_EPD_OK(RestartNodeOne(**started));
   EXPECT_EQ(WaitForNodeState(*survivor, 1, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
-  const std::vector<Status> rejoined = RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
-    const int g = kRanksPerNode + local_rank;
-    EPD_ASSIGN_OR_RETURN((*world)[g].client, Client::Connect(cluster.node(1).address()));
-    example::RankRunnerOptions mine = options;
-    mine.session_rank = local_rank;
-    EPD_ASSIGN_OR_RETURN((*world)[g].runner,
-                         example::RankRunner::Create(*(*world)[g].client, p, g, mine));
-    return OkStatus();
-  });
-  for (const Status& status : rejoined) ASSERT_EPD_OK(status);
   EXPECT_EPD_OK(RunGoodLayer(*world, 2));
   EXPECT_EPD_OK(RunGoodLayer(*world, 3, /*fenced=*/true));
   // Formed again, on a newer generation; the failure stays in the history.
@@ -198,6 +209,32 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
     EXPECT_EQ(rank.formations(), 2u);
     EXPECT_NE(rank.last_failure().find("node 1"), std::string::npos) << rank.last_failure();
   }
+}
+
+// A node that dies and comes back again and again costs the survivor no file descriptors or
+// threads: every failure retires the group's gloo mesh and the next op forms a new one, so
+// anything a retired mesh kept would grow with each round.
+TEST(MultiNodeFaultTest, NodeDeathsAndReformationsLeaveNoDescriptorsOrThreadsBehind) {
+  auto started = StartTwoNodes({});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  TwoNodes& two = **started;
+  constexpr int kRounds = 4;
+  std::vector<int> fds, threads;
+  for (int round = 0; round < kRounds; ++round) {
+    for (const Status& status : KillNodeOneMidLayer(two, 1)) {
+      EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "node 1");
+    }
+    ASSERT_EPD_OK(RestartNodeOne(two));
+    SCOPED_TRACE(fmt::format("round {}", round));
+    ASSERT_EPD_OK(RunGoodLayer(two.ranks, 2));
+    fds.push_back(two.cluster->node(0).open_fds());
+    threads.push_back(two.cluster->node(0).threads());
+  }
+  // The first round is the reference: its meshes, sessions and handles are those of the others.
+  EXPECT_LE(fds.back(), fds.front())
+      << fmt::format("node 0's open descriptors by round: {}", fmt::join(fds, " "));
+  EXPECT_LE(threads.back(), threads.front())
+      << fmt::format("node 0's threads by round: {}", fmt::join(threads, " "));
 }
 
 // A group whose first op waits for a peer (its node-1 frontends never post, so its formation

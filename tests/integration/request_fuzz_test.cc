@@ -8,7 +8,6 @@
 // than before. Each round fuzzes another kind of group. Seeds are fixed, so a failure names
 // the request that caused it (its change and its answer); the interleaving of the threads is
 // not. EPD_FUZZ_LOG=<file> keeps every request with its answer; fuzz_support.h has the rest.
-#include <dirent.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -56,18 +55,6 @@ bool NamesTheChange(const std::string& message, const Mutation& change) {
   return message.find(quoted) != std::string::npos;
 }
 
-int CountEntries(const std::string& dir, std::string_view prefix) {
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return -1;
-  int count = 0;
-  while (dirent* entry = readdir(d)) {
-    if (std::string_view(entry->d_name).substr(0, prefix.size()) == prefix) ++count;
-  }
-  closedir(d);
-  return count;
-}
-
-int OpenFds(pid_t pid) { return CountEntries(fmt::format("/proc/{}/fd", pid), "") - 2; }
 int EpdShmObjects() { return CountEntries("/dev/shm", "epd"); }
 
 // Polls `value` until it is at most `bound` (10 s); returns the last value.
@@ -278,7 +265,7 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
   auto stats_client = ConnectOrDie(daemon_->address());
   auto baseline = stats_client->GetStats();
   ASSERT_TRUE(baseline.ok()) << baseline.status().ToString();
-  const int baseline_fds = OpenFds(daemon_->pid());
+  const int baseline_fds = daemon_->open_fds();
   const int baseline_shm = EpdShmObjects();
 
   std::vector<std::string> failures;
@@ -387,7 +374,7 @@ TEST_F(RequestFuzzTest, ChangedRequestsGetCanonicalAnswersAndNothingLeaks) {
   });
   EXPECT_EQ(after.live_bytes(), baseline->live_bytes()) << "bytes still held by fuzzed sessions";
   EXPECT_EQ(after.sessions_open(), baseline->sessions_open()) << "sessions left open";
-  EXPECT_LE(WaitAtMost([&] { return OpenFds(daemon_->pid()); }, baseline_fds), baseline_fds)
+  EXPECT_LE(WaitAtMost([&] { return daemon_->open_fds(); }, baseline_fds), baseline_fds)
       << "file descriptors the daemon still holds";
   EXPECT_LE(WaitAtMost(EpdShmObjects, baseline_shm), baseline_shm)
       << "shared-memory objects left in /dev/shm";
