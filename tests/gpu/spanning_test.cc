@@ -161,11 +161,12 @@ class SpanningGpuTest : public ::testing::Test {
     world[1] = RankClient{};
     return in_flight;
   }
-  // Node 1 comes back and its frontend creates group `options.group` again.
+  // Node 1 comes back and its frontend creates group `group` again.
   static Status RestartNodeOne(std::vector<RankClient>& world, const Problem& p,
-                               const example::RankRunnerOptions& options) {
+                               const std::string& group) {
     EPD_RETURN_IF_ERROR(StartNode(1));
-    example::RankRunnerOptions mine = options;
+    example::RankRunnerOptions mine;
+    mine.group = group;
     mine.session_rank = 0;
     mine.device = DeviceOfNode()[1];
     EPD_ASSIGN_OR_RETURN(world[1].client, Client::Connect(cluster_->node(1).address()));
@@ -510,15 +511,14 @@ TEST_F(SpanningGpuTest, GroupsFormingInOppositeOrdersOnTheTwoNodesDoNotWaitForEa
 }
 
 // A node that dies and comes back again and again costs the survivor no device memory, file
-// descriptors or threads: every
-// failure aborts the group's NCCL communicator (ncclCommAbort) and the next op forms a new one,
-// so anything an abort kept would grow with each round. Kills and restarts node 1.
+// descriptors or threads: every failure aborts the group's NCCL communicator (ncclCommAbort)
+// and the next op forms a new one, so anything an abort kept would grow with each round. Kills
+// and restarts node 1.
 TEST_F(SpanningGpuTest, NodeDeathsAndReformationsLeaveNoDeviceMemoryFdsOrThreadsBehind) {
   Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
   p.spans_nodes = true;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("rounds");
-  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+  const std::string group = UniqueName("rounds");
+  auto world = SpanningWorld(p, group);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
   const double unformed = DeviceUsedMiB();
@@ -531,7 +531,7 @@ TEST_F(SpanningGpuTest, NodeDeathsAndReformationsLeaveNoDeviceMemoryFdsOrThreads
   std::map<std::string, int> first_kinds, last_kinds;
   for (int round = 0; round < kRounds; ++round) {
     EXPECT_EPD_ERROR(KillNodeOneMidLayer(*world, p, 1), StatusCode::kUnavailable, "node 1");
-    ASSERT_EPD_OK(RestartNodeOne(*world, p, options));
+    ASSERT_EPD_OK(RestartNodeOne(*world, p, group));
     auto reformed = Run(*world, good, DeviceCopy);
     ASSERT_TRUE(reformed.ok()) << "round " << round << ": " << reformed.status().ToString();
     used.push_back(DeviceUsedMiB());
@@ -582,16 +582,15 @@ TEST_F(SpanningGpuTest, NodeDeathsAndReformationsLeaveNoDeviceMemoryFdsOrThreads
 TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItIsBack) {
   Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
   p.spans_nodes = true;
-  example::RankRunnerOptions options;
-  options.group = UniqueName("fault");
-  auto world = MakeSpanningRanks(*cluster_, p, options, DeviceOfNode());
+  const std::string group = UniqueName("fault");
+  auto world = SpanningWorld(p, group);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
   ASSERT_TRUE(Run(*world, good, DeviceCopy).ok());
   auto survivor = ConnectOrDie(cluster_->node(0).address());
   ASSERT_NE(survivor, nullptr);
   // ListGroups shows the NCCL communicator of node 0's group rank formed.
-  const auto before = TransportOf(*survivor, options.group);
+  const auto before = TransportOf(*survivor, group);
   ASSERT_TRUE(before.ok()) << before.status().ToString();
   ASSERT_EQ(before->size(), 1u);
   EXPECT_EQ((*before)[0].group_rank(), 0);
@@ -604,7 +603,7 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   EXPECT_EPD_ERROR(KillNodeOneMidLayer(*world, p, 1), StatusCode::kUnavailable, "node 1");
   // The op timeout bounds it (the cluster view usually ends it sooner).
   EXPECT_LT(Clock::now() - killed_at, std::chrono::milliseconds(kOpTimeoutMs + 4000));
-  const auto failed = TransportOf(*survivor, options.group);
+  const auto failed = TransportOf(*survivor, group);
   ASSERT_TRUE(failed.ok()) << failed.status().ToString();
   ASSERT_EQ(failed->size(), 1u);
   EXPECT_FALSE((*failed)[0].formed());
@@ -637,11 +636,11 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
 
   // Node 1 comes back and its frontend creates the group again: the group re-forms (new
   // generation, new unique id) at the next layer.
-  ASSERT_EPD_OK(RestartNodeOne(*world, p, options));
+  ASSERT_EPD_OK(RestartNodeOne(*world, p, group));
   const Case again{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 9}};
   auto recovered = Run(*world, again, DeviceCopy);
   EXPECT_TRUE(recovered.ok()) << recovered.status().ToString();
-  const auto reformed = TransportOf(*survivor, options.group);
+  const auto reformed = TransportOf(*survivor, group);
   ASSERT_TRUE(reformed.ok()) << reformed.status().ToString();
   ASSERT_EQ(reformed->size(), 1u);
   EXPECT_TRUE((*reformed)[0].formed());
