@@ -45,8 +45,39 @@ std::string SystemdNotifier::StatusLine(const Engine& engine) {
   const auto groups = engine.ListGroups();
   const auto persistent =
       std::count_if(groups.begin(), groups.end(), [](const auto& g) { return g.persistent; });
-  return fmt::format("{} sessions, {} groups ({} persistent)", engine.ListSessions().size(),
-                     groups.size(), persistent);
+  return fmt::format("{} sessions, {} groups ({} persistent){}", engine.ListSessions().size(),
+                     groups.size(), persistent, SpanningStatus(groups));
+}
+
+std::string SystemdNotifier::SpanningStatus(const std::vector<GroupSummary>& groups) {
+  constexpr size_t kReasonChars = 160;
+  int spanning = 0, formed = 0;
+  const GroupSummary* failing = nullptr;
+  for (const GroupSummary& group : groups) {
+    if (group.transport.empty()) continue;
+    ++spanning;
+    const bool all_formed = std::all_of(group.transport.begin(), group.transport.end(),
+                                        [](const RankTransportState& rank) { return rank.formed; });
+    if (all_formed) {
+      ++formed;
+    } else if (failing == nullptr &&
+               std::any_of(group.transport.begin(), group.transport.end(),
+                           [](const RankTransportState& rank) { return rank.failures > 0; })) {
+      failing = &group;
+    }
+  }
+  if (spanning == 0) return "";
+  std::string line = fmt::format(", spanning groups {} of {} formed", formed, spanning);
+  if (failing != nullptr) {
+    // The latest failure among its ranks: the one an engineer acts on.
+    const RankTransportState* latest = &failing->transport.front();
+    for (const RankTransportState& rank : failing->transport) {
+      if (rank.last_failure_at > latest->last_failure_at) latest = &rank;
+    }
+    line += fmt::format("; '{}': {}", failing->config.name,
+                        latest->last_failure.substr(0, kReasonChars));
+  }
+  return line;
 }
 
 void SystemdNotifier::Ready() {

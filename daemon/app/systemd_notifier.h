@@ -1,5 +1,6 @@
 // SystemdNotifier: the daemon's side of Type=notify. READY=1 and STOPPING=1 at the state
-// changes; while serving, a supervisor thread sends STATUS= (sessions, groups) and, when the
+// changes; while serving, a supervisor thread sends STATUS= (sessions, groups, spanning groups
+// formed) and, when the
 // unit sets WatchdogSec=, WATCHDOG=1 every half period, but only while Engine::CheckLiveness
 // finds every rank worker and backend thread idle or progressing. A hung thread stops the
 // pings, so systemd kills and restarts the daemon (WatchdogSignal, Restart=on-failure).
@@ -13,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "daemon/core/engine.h"
 
@@ -29,8 +31,12 @@ class SystemdNotifier {
   void Ready();     // READY=1 with the first STATUS=, then starts the supervisor
   void Stopping();  // STOPPING=1; stops the supervisor
 
-  // "3 sessions, 2 groups (1 persistent)"
+  // "3 sessions, 2 groups (1 persistent)", then SpanningStatus of the groups.
   static std::string StatusLine(const Engine& engine);
+  // "" without groups that span daemons; else ", spanning groups 1 of 2 formed" and, for the
+  // first one not formed that failed, "; 'g': <its last failure>" (cut to 160 characters), so
+  // `systemctl status epd` says which spanning group is down and why.
+  static std::string SpanningStatus(const std::vector<GroupSummary>& groups);
 
  private:
   void Supervise();
