@@ -1,9 +1,9 @@
 // SystemdNotifier: the daemon's side of Type=notify. READY=1 and STOPPING=1 at the state
 // changes; while serving, a supervisor thread sends STATUS= (sessions, groups, spanning groups
-// formed) and, when the
-// unit sets WatchdogSec=, WATCHDOG=1 every half period, but only while Engine::CheckLiveness
-// finds every rank worker and backend thread idle or progressing. A hung thread stops the
-// pings, so systemd kills and restarts the daemon (WatchdogSignal, Restart=on-failure).
+// formed) and, when the unit sets WatchdogSec=, WATCHDOG=1 every half period, but only while
+// Engine::CheckLiveness finds every rank worker and backend thread idle or progressing. A hung
+// thread stops the pings, so systemd kills and restarts the daemon (WatchdogSignal,
+// Restart=on-failure).
 //
 // Without NOTIFY_SOCKET (not started by systemd) or without libsystemd, nothing is sent and
 // no thread runs.
