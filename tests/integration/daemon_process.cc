@@ -307,4 +307,13 @@ int DaemonProcess::threads() const {
   return running() ? CountEntries("/proc/" + std::to_string(pid_) + "/task") : -1;
 }
 
+int WaitAtMost(const std::function<int()>& value, int bound) {
+  int got = value();
+  for (int i = 0; i < 1000 && got > bound; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    got = value();
+  }
+  return got;
+}
+
 }  // namespace epd::testing

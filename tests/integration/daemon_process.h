@@ -12,6 +12,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,6 +68,10 @@ class DaemonProcess {
 
 // Entries of directory `dir` whose names start with `prefix`; -1 when it cannot be read.
 int CountEntries(const std::string& dir, std::string_view prefix = "");
+
+// Polls `value` until it is at most `bound` (10 s); returns the last value. For counts that
+// settle once the kernel and a peer's threads closed what they were closing.
+int WaitAtMost(const std::function<int()>& value, int bound);
 
 // Runs `epd` with exactly `args` (no defaults added), waits up to `timeout_ms` for it to exit
 // and returns its exit code (128 + signal when killed, -1 on timeout: the child is killed).

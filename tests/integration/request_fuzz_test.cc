@@ -57,16 +57,6 @@ bool NamesTheChange(const std::string& message, const Mutation& change) {
 
 int EpdShmObjects() { return CountEntries("/dev/shm", "epd"); }
 
-// Polls `value` until it is at most `bound` (10 s); returns the last value.
-int WaitAtMost(const std::function<int()>& value, int bound) {
-  int got = value();
-  for (int i = 0; i < 1000 && got > bound; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    got = value();
-  }
-  return got;
-}
-
 class RequestFuzzTest : public FuzzDaemonTest {
  protected:
   // The fuzzed group of round `round`: each round another layout, algorithm or payload, so
