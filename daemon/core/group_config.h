@@ -85,9 +85,10 @@ struct GroupConfig {
   // Turns Algorithm::kAuto into a concrete algorithm: high_throughput when
   // max_tokens_per_rank >= kAutoHighThroughputMinTokens, else low_latency. Groups that span
   // nodes (between daemons high_throughput trades a host round trip per dispatch for sending
-  // only the rows routed; where that pays depends on the network, not measured) and fp8 groups (high_throughput
-  // quantizes bf16 x on its few SMs: ~4x slower than its bf16 copy on an H200, while it moves
-  // pre-quantized x fastest of all) ask for high_throughput by name. Other values stay.
+  // only the rows routed; where that pays depends on the network, not measured) and fp8 groups
+  // (high_throughput quantizes bf16 x on its few SMs: ~4x slower than its bf16 copy on an H200,
+  // while it moves pre-quantized x fastest of all) ask for high_throughput by name. Other
+  // values stay.
   void ResolveAlgorithm();
   // Group rank of a node rank, or -1 when the node rank is not a member.
   int GroupRankOf(int node_rank) const;
