@@ -7,10 +7,6 @@
 // budget as grid bound).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-
-#include <chrono>
-#include <thread>
 
 #include "client/epd/data_path.h"
 #include "client/epd/frontend_ops.h"
@@ -18,12 +14,6 @@
 
 namespace epd::testing {
 namespace {
-
-size_t Occurrences(const std::string& text, const std::string& what) {
-  size_t count = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++count;
-  return count;
-}
 
 class FrontendLaunchTest : public CudaDaemonTest {
  protected:
@@ -33,76 +23,6 @@ class FrontendLaunchTest : public CudaDaemonTest {
     // MPS is what the node runs; the daemon reports it (and this path works either way).
     std::printf("GPU 0: MPS %s, compute mode %d\n", node_.gpus(0).mps_active() ? "on" : "off",
                 static_cast<int>(node_.gpus(0).compute_mode()));
-  }
-
-  std::vector<std::string> ExampleArgs(const std::string& layout, const std::string& dtype,
-                                       int iterations, const std::string& group = "",
-                                       const std::string& algorithm = "low_latency") {
-    std::vector<std::string> args = {
-        ExampleFrontendPath(), "--address", daemon_->address(), "--ranks", std::to_string(gpus_),
-        "--tokens", "128", "--hidden", "4104", "--experts", std::to_string(8 * gpus_), "--topk",
-        "4", "--layout", layout, "--dtype", dtype, "--mode", "frontend", "--iterations",
-        std::to_string(iterations), "--algorithm", algorithm};
-    if (!group.empty()) {
-      args.push_back("--group");
-      args.push_back(group);
-    }
-    return args;
-  }
-
-  // Waits up to 60 s for `count` lines containing `what` in the daemon's log.
-  bool WaitForLog(const std::string& what, size_t count) {
-    for (int i = 0; i < 1200; ++i) {
-      if (Occurrences(daemon_->ReadLog(), what) >= count) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-
-  // A persistent group of the shape ExampleArgs runs (it outlives the frontends, as a
-  // deployment's groups do), created through an owner session the caller closes; null (and a
-  // failure recorded) when it could not be created.
-  std::unique_ptr<Session> CreatePersistentGroup(
-      const std::string& name, v1::DType dtype,
-      v1::Algorithm algorithm = v1::ALGORITHM_UNSPECIFIED) {
-    example::Problem problem;
-    problem.ranks = gpus_;
-    problem.experts = 8 * gpus_;
-    problem.hidden = 4104;
-    problem.max_tokens = 128;
-    problem.top_k = 4;
-    problem.dtype = dtype;
-    problem.algorithm = algorithm;
-    auto owner = client_->OpenSession(0, "group-owner");
-    EXPECT_TRUE(owner.ok()) << owner.status().ToString();
-    if (!owner.ok()) return nullptr;
-    auto created = (*owner)->CreateGroup(problem.Config(name), /*persistent=*/true);
-    EXPECT_TRUE(created.ok()) << created.status().ToString();
-    return created.ok() ? std::move(owner).value() : nullptr;
-  }
-
-  // Runs `args` (with --progress) and kills one rank's process once 3 layers per rank passed;
-  // the survivors must fail their pending op, not hang, and the daemon reset the group.
-  void KillOneRankMidRun(std::vector<std::string> args) {
-    args.push_back("--progress");
-    auto victim = ChildProcess::Spawn(args);
-    ASSERT_TRUE(victim.ok()) << victim.status().ToString();
-    int layers = 0;
-    while (layers < 3 * gpus_) {
-      auto line = (*victim)->ReadLine(60'000);
-      ASSERT_TRUE(line.ok()) << line.status().ToString() << "; daemon log:\n"
-                             << daemon_->ReadLog();
-      if (line->find("OK") != std::string::npos) ++layers;
-    }
-    std::vector<pid_t> ranks = ChildrenOf((*victim)->pid());
-    ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
-    ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
-    // Survivors (more than one GPU) fail their pending op within the op timeout (5 s), so
-    // the example exits; it must not hang.
-    const int code = (*victim)->Wait(60'000);
-    EXPECT_NE(code, 0);
-    EXPECT_NE(code, -1) << "the surviving frontends hung";
-    ASSERT_TRUE(WaitForLog("device sync state reset", 1)) << daemon_->ReadLog();
   }
 };
 

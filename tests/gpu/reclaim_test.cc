@@ -165,7 +165,8 @@ TEST(CudaReclaim, AHandleMadeRightAfterOneWasReleasedGetsItsMemoryOnAFullGpu) {
 }
 
 // The same group made and released a hundred times while nothing runs: what was released comes
-// back to the device (the stream-ordered frees ran), and a new group works every time.
+// back to the device (the stream-ordered frees ran and the backend trimmed its pool, with no
+// synchronize from anyone), and a new group works every time.
 TEST(CudaReclaim, GroupsMadeAndReleasedRepeatedlyGiveTheirMemoryBack) {
   EPD_REQUIRE_GPUS(1);
   auto backend = TwoRankBackend(milliseconds(5'000));
@@ -192,12 +193,18 @@ TEST(CudaReclaim, GroupsMadeAndReleasedRepeatedlyGiveTheirMemoryBack) {
       harness.ExpectDispatchMatches(inputs, {16, 16});
     }
   }
-  settle();
-  size_t free_after = 0;
-  ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+  // NOTE: no synchronize here: the daemon makes none either, so the backend itself must hand
+  // the freed blocks back (its default pool keeps them until a synchronize or a trim).
   // A hundred groups' handles are over 1.6 GiB; what may differ is allocator slack.
+  size_t free_after = 0;
+  for (int i = 0; i < 1000; ++i) {
+    ASSERT_EQ(cudaMemGetInfo(&free_after, &total), cudaSuccess);
+    if (free_after + (64u << 20) >= free_before) break;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
   EXPECT_GE(free_after + (64u << 20), free_before)
-      << "free before " << (free_before >> 20) << " MiB, after " << (free_after >> 20) << " MiB";
+      << "free before " << (free_before >> 20) << " MiB, 10 s after the last release "
+      << (free_after >> 20) << " MiB";
 }
 
 }  // namespace

@@ -307,6 +307,16 @@ int DaemonProcess::threads() const {
   return running() ? CountEntries("/proc/" + std::to_string(pid_) + "/task") : -1;
 }
 
+int64_t DaemonProcess::resident_kib() const {
+  if (!running()) return -1;
+  std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+
 int WaitAtMost(const std::function<int()>& value, int bound) {
   int got = value();
   for (int i = 0; i < 1000 && got > bound; ++i) {

@@ -12,6 +12,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -44,6 +45,8 @@ class DaemonProcess {
   // descriptors and its threads.
   int open_fds() const;
   int threads() const;
+  // Its resident memory (VmRSS) in KiB; -1 when it is not running.
+  int64_t resident_kib() const;
   // Its open file descriptors by kind: "socket tcp ESTABLISHED" (and other TCP states),
   // "socket unix or other", "pipe", "anon_inode:[eventfd]", a path.
   std::map<std::string, int> fds_by_kind() const;

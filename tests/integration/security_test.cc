@@ -248,15 +248,6 @@ TEST(SecurityTest, UnfixableStartupProblemsExitWithTheUsageCode) {
   EXPECT_NE(output.find("64"), std::string::npos) << output;
 }
 
-int64_t RssKiB(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return -1;
-}
-
 int DaemonShmObjects(pid_t pid) {
   int count = 0;
   const std::string prefix = "epd-" + std::to_string(pid) + "-";
@@ -308,7 +299,7 @@ TEST(SecurityTest, SoakHonestFrontendsBesideAnAbusiveClient) {
     honest.push_back(std::move(*ranks));
     groups.push_back(options.group);
   }
-  const int64_t rss_before = RssKiB(pid);
+  const int64_t rss_before = (*daemon)->resident_kib();
   const int shm_before = DaemonShmObjects(pid);
 
   std::vector<std::string> abuse_args = {SecurityClientPath(), "--address",
@@ -349,7 +340,8 @@ TEST(SecurityTest, SoakHonestFrontendsBesideAnAbusiveClient) {
   });
   EXPECT_EQ(stats.sessions_open(), 6u);
   EXPECT_EQ(DaemonShmObjects(pid), shm_before);
-  EXPECT_LT(RssKiB(pid) - rss_before, 32 * 1024) << "daemon RSS grew by more than 32 MiB";
+  EXPECT_LT((*daemon)->resident_kib() - rss_before, 32 * 1024)
+      << "daemon RSS grew by more than 32 MiB";
   honest.clear();
   const v1::Stats closed = WaitForStats(*client, [](const v1::Stats& s) {
     return s.sessions_open() == 0;

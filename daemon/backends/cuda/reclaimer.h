@@ -10,17 +10,22 @@
 // So nothing here waits for the device:
 // - Device memory is freed with cudaFreeAsync on the device's release stream, which first
 //   waits for the work enqueued so far on every registered stream (the lanes): the memory's
-//   last users are among that work.
+//   last users are among that work. Such a free of cudaMalloc memory gives it back to the
+//   driver only at a synchronize call of the stream, which nothing else makes: without one,
+//   every released handle stayed the daemon's (each frontend restart with a new handle kept
+//   its size, GPU memory other processes could not get). The release streams are
+//   synchronized when nothing runs, as mappings are closed.
 // - Pinned host memory is kept by size and handed out again (zeroed); freed at the end.
-// - IPC mappings are closed on the reclaimer's thread at a moment when no registered stream
-//   has work, checked while holding the launch gate exclusively (every enqueue holds it
-//   shared), so nothing starts meanwhile and the close does not wait. A GPU that is never idle
-//   (frontends posting ahead) gets a drain window: the gate is held for up to kDrainWindow
+// - IPC mappings are closed, and the frees of each device completed (its release stream
+//   synchronized), on the reclaimer's thread at a moment when no registered stream (release
+//   streams included) has work, checked while holding the launch gate exclusively (every enqueue
+//   holds it shared), so nothing starts meanwhile and the close does not wait. A GPU that is never
+//   idle (frontends posting ahead) gets a drain window: the gate is held for up to kDrainWindow
 //   while what runs ends; work that needs a later enqueue to end (a fence the frontend
 //   signals once its next op is answered) does not, and the window is given up and tried
 //   again after a backoff (doubling from kFirstBackoff to kMaxBackoff), so ops wait at most
-//   kDrainWindow now and then while a close is pending. Past kMaxCloseDeferral the close
-//   runs anyway (logged). A mapping of the same allocation imported again before its close is
+//   kDrainWindow now and then while a close or free is pending. Past kMaxCloseDeferral they
+//   run anyway (logged). A mapping of the same allocation imported again before its close is
 //   handed back instead (Revive).
 #pragma once
 
@@ -60,11 +65,12 @@ class Reclaimer {
   void RemoveStream(cudaStream_t stream);
 
   // Frees `data` (cudaMalloc on `device`) once the work enqueued so far on every registered
-  // stream has run.
+  // stream has run; the driver gets it back when the reclaimer's thread completes the frees
+  // (when nothing runs) or AwaitFrees does.
   void FreeDevice(int device, void* data);
   // For an allocation that failed: waits (at most free_wait) until the frees queued on
-  // `device` ran. True when some were queued and all ran: the allocation may succeed now (a
-  // handle made right after one was released, on a GPU it filled).
+  // `device` ran, and completes them. True when some were queued and all ran: the allocation
+  // may succeed now (a handle made right after one was released, on a GPU it filled).
   bool AwaitFrees(int device);
 
   // Pinned host memory of exactly `bytes`: a cached block (zeroed), or null when none is.
@@ -104,7 +110,8 @@ class Reclaimer {
   std::condition_variable wake_;
   std::map<cudaStream_t, Registered> streams_;
   std::map<int, cudaStream_t> release_streams_;  // by device
-  std::map<int, bool> frees_queued_;             // by device: since the last AwaitFrees
+  // Devices with frees queued and not completed yet, since the first of them.
+  std::map<int, std::chrono::steady_clock::time_point> frees_queued_;
   std::multimap<size_t, void*> host_cache_;      // by size
   std::map<MappingKey, Pending> pending_;
   bool stopping_ = false;
