@@ -47,7 +47,7 @@ mkdir -p "$out/bin" "$out/lib"
 wanted=" epd epd_example_frontend epd-bench epd-bench-frontend"
 wanted+=" epd_gpu_tests epd_gpu_daemon_tests epd_gpu_first_launch_tests epd_gpu_frontend_tests"
 wanted+=" epd_gpu_spanning_tests request_fuzz_test"
-wanted+=" epd-post-bench epd-handoff-bench epd-release-stall-bench common_cuda_test "
+wanted+=" epd-post-bench epd-handoff-bench epd-release-stall-bench epd-restart-bench common_cuda_test "
 binaries=()
 for f in "$build"/bin/*; do
   [[ -f $f && -x $f ]] || continue

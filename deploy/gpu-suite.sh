@@ -5,8 +5,8 @@
 #   bundle/gpu-suite.sh OUTDIR [quick|full|pair]   (run from anywhere; finds its bundle itself)
 #
 # quick (default): the GPU test binaries, the Python GPU tests, the standard benchmark with and
-# without MPS. full: also compute-sanitizer on the small cases, repeated spanning and graph
-# tests, the hand-off floor, and with 2+ GPUs the high-throughput prefill targets and the
+# without MPS, the restart benchmark. full: also compute-sanitizer on the small cases, repeated
+# spanning and graph tests, the hand-off floor, and with 2+ GPUs the high-throughput prefill targets and the
 # daemons-per-GPU comparison. pair (2+ GPUs, else exit 77): what only two GPUs show, first —
 # the prefill targets, the daemons-per-GPU comparison and the spanning tests with one GPU per
 # daemon — then the GPU test binaries; sized for one 10-minute call. EPD_GPU_SUITE_GPUS=N overrides the GPU count (nvidia-smi -L);
@@ -109,6 +109,8 @@ step python_gpu_tests 300 env EPD_DAEMON="$bin/epd" "$python" "$here/python/test
   test_gpu_layer
 step bench_no_mps 600 "$bin/epd-bench" --routings random --modes inproc,fenced,frontend,nccl \
   --json "$out/standard-no-mps.json"
+# What a frontend restart costs: its handle kept in epd, created again, epd's backend made anew.
+step bench_restart 300 "$bin/epd-restart-bench" --json "$out/restart.json"
 mps_on
 step bench_mps 600 "$bin/epd-bench" --routings random --modes inproc,fenced \
   --json "$out/standard-mps.json"
