@@ -55,27 +55,6 @@ double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-struct Shape {
-  int ranks = 1;
-  int tokens = 128;
-  int hidden = 7168;
-  int experts = 256;
-  int top_k = 8;
-  bool high_throughput = false;
-};
-
-example::Problem ProblemOf(const Shape& s) {
-  example::Problem p;
-  p.ranks = s.ranks;
-  p.experts = s.experts;
-  p.hidden = s.hidden;
-  p.max_tokens = s.tokens;
-  p.top_k = s.top_k;
-  p.dtype = v1::DTYPE_BF16;
-  p.algorithm = s.high_throughput ? v1::ALGORITHM_HIGH_THROUGHPUT : v1::ALGORITHM_LOW_LATENCY;
-  return p;
-}
-
 // Phases of one process, in milliseconds from its main(); written as "name value" lines.
 using Phases = std::map<std::string, double>;
 
@@ -98,10 +77,13 @@ StatusOr<Phases> ReadPhases(const std::string& path) {
 }
 
 // A frontend rank's restart through the daemon: attach (or create) its handle, map it,
-// register its tensors, make its inputs, run one blocking layer of T tokens.
-StatusOr<Phases> RunFrontendRank(const Shape& shape, bool on_gpu, const std::string& address,
-                                 const std::string& group, int rank, bool reattach,
-                                 Clock::time_point start) {
+// register its tensors, make its inputs, run one blocking layer of T tokens. The connection
+// and the session are the caller's, which keeps them open until every rank is done.
+StatusOr<Phases> RunFrontendRank(const example::Problem& problem, bool on_gpu,
+                                 const std::string& address, const std::string& group, int rank,
+                                 bool reattach, Clock::time_point start,
+                                 std::unique_ptr<Client>& client,
+                                 std::unique_ptr<Session>& session) {
   Phases phases;
 #if EPD_BENCH_WITH_CUDA
   if (on_gpu) {
@@ -113,13 +95,10 @@ StatusOr<Phases> RunFrontendRank(const Shape& shape, bool on_gpu, const std::str
     phases["cuda_context"] = MsSince(start);
   }
 #endif
-  auto client = Client::Connect(address);
-  EPD_RETURN_IF_ERROR(client.status().WithContext("connecting"));
-  EPD_ASSIGN_OR_RETURN(std::unique_ptr<Session> session,
-                       (*client)->OpenSession(rank, fmt::format("restart-bench-{}", rank)));
+  EPD_ASSIGN_OR_RETURN(client, Client::Connect(address));
+  EPD_ASSIGN_OR_RETURN(session, client->OpenSession(rank, fmt::format("restart-bench-{}", rank)));
   phases["connected"] = MsSince(start);
 
-  const example::Problem problem = ProblemOf(shape);
   StatusOr<v1::HandleInfo> handle = Status();
   if (reattach) {
     handle = session->AttachHandle(fmt::format("{}-r{}", group, rank));
@@ -137,7 +116,7 @@ StatusOr<Phases> RunFrontendRank(const Shape& shape, bool on_gpu, const std::str
   phases["mapped"] = MsSince(start);
 
   // x [T, H] | topk_idx [T, K] | weights [T, K] | out [T, H], one registered buffer.
-  const size_t T = shape.tokens, K = shape.top_k;
+  const size_t T = problem.max_tokens, K = problem.top_k;
   const size_t x_bytes = T * problem.row_bytes(), idx_offset = AlignUp(x_bytes);
   const size_t weights_offset = idx_offset + AlignUp(T * K * 4);
   const size_t out_offset = weights_offset + AlignUp(T * K * 4);
@@ -149,7 +128,7 @@ StatusOr<Phases> RunFrontendRank(const Shape& shape, bool on_gpu, const std::str
   phases["tensors"] = MsSince(start);
 
   const example::RankInputs in =
-      example::MakeInputs(problem, /*seed=*/1, rank, /*iteration=*/0, shape.tokens, false);
+      example::MakeInputs(problem, /*seed=*/1, rank, /*iteration=*/0, problem.max_tokens, false);
   EPD_RETURN_IF_ERROR((*memory)->Write(0, in.x.data(), in.x.size()));
   EPD_RETURN_IF_ERROR((*memory)->Write(idx_offset, in.topk_idx.data(), in.topk_idx.size() * 4));
   EPD_RETURN_IF_ERROR((*memory)->Write(weights_offset, in.weights.data(), in.weights.size() * 4));
@@ -159,16 +138,16 @@ StatusOr<Phases> RunFrontendRank(const Shape& shape, bool on_gpu, const std::str
   const uint64_t id = handle->handle_id();
   EPD_RETURN_IF_ERROR(
       session
-          ->Update(id, MakeTensorRef(buffer, idx_offset, v1::DTYPE_INT32, {n, shape.top_k}),
-                   MakeTensorRef(buffer, weights_offset, v1::DTYPE_FP32, {n, shape.top_k}),
+          ->Update(id, MakeTensorRef(buffer, idx_offset, v1::DTYPE_INT32, {n, problem.top_k}),
+                   MakeTensorRef(buffer, weights_offset, v1::DTYPE_FP32, {n, problem.top_k}),
                    blocking)
           .WithContext("update"));
   EPD_RETURN_IF_ERROR(
-      session->Dispatch(id, MakeTensorRef(buffer, 0, problem.dtype, {n, shape.hidden}), blocking)
+      session->Dispatch(id, MakeTensorRef(buffer, 0, problem.dtype, {n, problem.hidden}), blocking)
           .WithContext("dispatch"));
   EPD_RETURN_IF_ERROR(
       session
-          ->Combine(id, MakeTensorRef(buffer, out_offset, problem.dtype, {n, shape.hidden}),
+          ->Combine(id, MakeTensorRef(buffer, out_offset, problem.dtype, {n, problem.hidden}),
                     std::nullopt, blocking)
           .WithContext("combine"));
   phases["first_layer"] = MsSince(start);
@@ -176,19 +155,19 @@ StatusOr<Phases> RunFrontendRank(const Shape& shape, bool on_gpu, const std::str
 }
 
 // epd's backend from scratch in this process, one group of every rank, one layer.
-StatusOr<Phases> RunInprocess(const Shape& shape, const std::string& backend,
+StatusOr<Phases> RunInprocess(const example::Problem& problem, const std::string& backend,
                               Clock::time_point start) {
   Phases phases;
   EPD_ASSIGN_OR_RETURN(std::unique_ptr<InprocRunner> runner,
-                       InprocRunner::Create(backend, shape.ranks, std::chrono::seconds(30)));
+                       InprocRunner::Create(backend, problem.ranks, std::chrono::seconds(30)));
   phases["backend"] = MsSince(start);
   Case c;
-  c.ranks = shape.ranks;
-  c.hidden = shape.hidden;
-  c.top_k = shape.top_k;
-  c.experts = shape.experts;
-  c.max_tokens = c.tokens = shape.tokens;
-  c.algorithm = shape.high_throughput ? Algorithm::kHighThroughput : Algorithm::kLowLatency;
+  c.ranks = problem.ranks;
+  c.hidden = problem.hidden;
+  c.top_k = problem.top_k;
+  c.experts = problem.experts;
+  c.max_tokens = c.tokens = problem.max_tokens;
+  c.algorithm = problem.high_throughput() ? Algorithm::kHighThroughput : Algorithm::kLowLatency;
   RunSettings once;
   once.warmup = 0;
   once.iterations = 1;
@@ -197,6 +176,12 @@ StatusOr<Phases> RunInprocess(const Shape& shape, const std::string& backend,
   if (!result.error.empty()) return InternalError("in-process layer: {}", result.error);
   phases["first_layer"] = MsSince(start);
   return phases;
+}
+
+// The last few KB of a log, for an error message (the logs' folder goes with the daemon).
+std::string Tail(const std::string& text) {
+  constexpr size_t kKeep = 4000;
+  return text.size() > kKeep ? text.substr(text.size() - kKeep) : text;
 }
 
 double Median(std::vector<double> values) {
@@ -209,11 +194,12 @@ constexpr const char* kVariants[] = {"reattach", "recreate", "inproc"};
 
 // One restart of `variant`: a process per rank (inproc: one), spawned together; the slowest
 // process's phases, plus "wall" from the first spawn to the last exit.
-StatusOr<Phases> Restart(const std::string& variant, const Shape& shape, const std::string& backend,
-                         const std::string& address, const std::string& group,
-                         const std::string& dir, int index) {
-  const int processes = variant == "inproc" ? 1 : shape.ranks;
+StatusOr<Phases> Restart(const std::string& variant, const example::Problem& problem,
+                         const std::string& backend, const std::string& address,
+                         const std::string& group, const std::string& dir, int index) {
+  const int processes = variant == "inproc" ? 1 : problem.ranks;
   const std::string log = dir + "/processes.log";
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<ShmBarrier> done, ShmBarrier::Create(processes));
   std::vector<pid_t> pids;
   std::vector<std::string> results;
   const auto spawned = Clock::now();
@@ -229,21 +215,23 @@ StatusOr<Phases> Restart(const std::string& variant, const Shape& shape, const s
                                      "--backend",
                                      backend,
                                      "--ranks",
-                                     std::to_string(shape.ranks),
+                                     std::to_string(problem.ranks),
                                      "--tokens",
-                                     std::to_string(shape.tokens),
+                                     std::to_string(problem.max_tokens),
                                      "--hidden",
-                                     std::to_string(shape.hidden),
+                                     std::to_string(problem.hidden),
                                      "--experts",
-                                     std::to_string(shape.experts),
+                                     std::to_string(problem.experts),
                                      "--top-k",
-                                     std::to_string(shape.top_k),
+                                     std::to_string(problem.top_k),
                                      "--algorithm",
-                                     shape.high_throughput ? "ht" : "ll",
+                                     problem.high_throughput() ? "ht" : "ll",
                                      "--address",
                                      address,
                                      "--group",
-                                     group};
+                                     group,
+                                     "--barrier",
+                                     done->name()};
     StatusOr<pid_t> pid = Spawn(argv, log);
     if (!pid.ok()) {
       for (pid_t started : pids) Terminate(started);
@@ -260,8 +248,11 @@ StatusOr<Phases> Restart(const std::string& variant, const Shape& shape, const s
   Phases slowest;
   slowest["wall"] = MsSince(spawned);
   if (failed > 0) {
-    return InternalError("{} restart {}: {} of {} processes failed (their output: {})", variant,
-                         index, failed, processes, log);
+    std::ifstream in(log);
+    std::stringstream output;
+    output << in.rdbuf();
+    return InternalError("{} restart {}: {} of {} processes failed; their output ends:\n{}",
+                         variant, index, failed, processes, Tail(output.str()));
   }
   for (const std::string& path : results) {
     EPD_ASSIGN_OR_RETURN(const Phases phases, ReadPhases(path));
@@ -271,9 +262,10 @@ StatusOr<Phases> Restart(const std::string& variant, const Shape& shape, const s
 }
 
 // The persistent group and every rank's named handle that `reattach` finds, made once.
-Status MakePersistentHandles(Client& client, const Shape& shape, const std::string& group) {
-  const v1::GroupConfig config = ProblemOf(shape).Config(group);
-  for (int r = 0; r < shape.ranks; ++r) {
+Status MakePersistentHandles(Client& client, const example::Problem& problem,
+                             const std::string& group) {
+  const v1::GroupConfig config = problem.Config(group);
+  for (int r = 0; r < problem.ranks; ++r) {
     EPD_ASSIGN_OR_RETURN(std::unique_ptr<Session> session,
                          client.OpenSession(r, "restart-bench-owner"));
     if (r == 0) EPD_RETURN_IF_ERROR(session->CreateGroup(config, /*persistent=*/true).status());
@@ -290,14 +282,14 @@ constexpr const char* kPhaseOrder[] = {"cuda_context", "connected",   "handle",
                                        "mapped",       "tensors",     "inputs",
                                        "backend",      "first_layer", "wall"};
 
-std::string Report(const Shape& shape, const std::string& device,
+std::string Report(const example::Problem& problem, const std::string& device,
                    const std::map<std::string, std::vector<Phases>>& runs) {
   std::string text = fmt::format(
       "## epd-restart-bench: {}, {} rank(s), T {}, H {}, K {}, E {}, bf16, {}\n"
       "median ms since each process's main() (slowest rank) over {} restarts; wall = first "
       "spawn to last exit, seen by the coordinator\n| variant |",
-      device, shape.ranks, shape.tokens, shape.hidden, shape.top_k, shape.experts,
-      shape.high_throughput ? "high-throughput" : "low-latency",
+      device, problem.ranks, problem.max_tokens, problem.hidden, problem.top_k, problem.experts,
+      problem.high_throughput() ? "high-throughput" : "low-latency",
       runs.empty() ? 0 : runs.begin()->second.size());
   for (const char* phase : kPhaseOrder) text += fmt::format(" {} |", phase);
   text += "\n|---|";
@@ -317,7 +309,8 @@ std::string Report(const Shape& shape, const std::string& device,
   return text + "\n";
 }
 
-std::string Json(const Shape& shape, const std::string& backend, const std::string& device,
+std::string Json(const example::Problem& problem, const std::string& backend,
+                 const std::string& device,
                  const std::map<std::string, std::vector<Phases>>& runs) {
   std::string variants;
   for (const auto& [name, restarts] : runs) {
@@ -336,27 +329,28 @@ std::string Json(const Shape& shape, const std::string& backend, const std::stri
       "\"ranks\": {}, \"tokens\": {}, \"hidden\": {}, \"top_k\": {}, \"experts\": {}, "
       "\"algorithm\": \"{}\", \"unit\": \"ms since the process's main()\", "
       "\"restarts\": {{{}}}}}\n",
-      backend, device, shape.ranks, shape.tokens, shape.hidden, shape.top_k, shape.experts,
-      shape.high_throughput ? "high_throughput" : "low_latency", variants);
+      backend, device, problem.ranks, problem.max_tokens, problem.hidden, problem.top_k,
+      problem.experts, problem.high_throughput() ? "high_throughput" : "low_latency", variants);
 }
 
-int RunCoordinator(Shape shape, std::string backend, int restarts, const std::string& json_path) {
+int RunCoordinator(example::Problem problem, std::string backend, int restarts,
+                   const std::string& json_path) {
   if (backend == "auto") {
     backend = "cpu";
 #if EPD_BENCH_WITH_CUDA
     if (gpu::DeviceCount() > 0) backend = "cuda";
 #endif
   }
-  if (shape.ranks <= 0) {
-    shape.ranks = 2;
+  if (problem.ranks <= 0) {
+    problem.ranks = 2;
 #if EPD_BENCH_WITH_CUDA
-    if (backend == "cuda") shape.ranks = gpu::DeviceCount();
+    if (backend == "cuda") problem.ranks = gpu::DeviceCount();
 #endif
   }
-  std::vector<std::string> extra = {"--cpu-ranks", std::to_string(shape.ranks)};
+  std::vector<std::string> extra = {"--cpu-ranks", std::to_string(problem.ranks)};
   if (backend == "cuda") {
     std::string gpus;
-    for (int r = 0; r < shape.ranks; ++r) gpus += fmt::format("{}{}", r == 0 ? "" : ",", r);
+    for (int r = 0; r < problem.ranks; ++r) gpus += fmt::format("{}{}", r == 0 ? "" : ",", r);
     extra = {"--gpus", gpus};
   }
   auto fail = [](const Status& status) {
@@ -372,7 +366,7 @@ int RunCoordinator(Shape shape, std::string backend, int restarts, const std::st
   if (!node.ok()) return fail(node.status());
   const std::string device = node->gpus_size() > 0 ? node->gpus(0).name() : "cpu backend";
   const std::string kept = "restart-kept";
-  if (Status made = MakePersistentHandles(**client, shape, kept); !made.ok()) return fail(made);
+  if (Status made = MakePersistentHandles(**client, problem, kept); !made.ok()) return fail(made);
 
   // Restarts of the three variants take turns, so that drift of the host hits all alike; the
   // first round warms what any process start warms (page cache, the daemon's kernels).
@@ -381,19 +375,19 @@ int RunCoordinator(Shape shape, std::string backend, int restarts, const std::st
     for (const char* variant : kVariants) {
       const std::string group =
           std::string(variant) == "reattach" ? kept : fmt::format("restart-new-{}", i + 1);
-      auto phases = Restart(variant, shape, backend, (*daemon)->address(), group, dir, i + 1);
+      auto phases = Restart(variant, problem, backend, (*daemon)->address(), group, dir, i + 1);
       if (!phases.ok()) {
-        return fail(
-            phases.status().WithContext(fmt::format("daemon log: {}", (*daemon)->log_path())));
+        return fail(phases.status().WithContext(
+            fmt::format("the daemon's log ends:\n{}", Tail((*daemon)->ReadLog()))));
       }
       if (i >= 0) runs[variant].push_back(*phases);
     }
   }
-  const std::string report = Report(shape, device, runs);
+  const std::string report = Report(problem, device, runs);
   std::fputs(report.c_str(), stdout);
   if (!json_path.empty()) {
     std::ofstream out(json_path);
-    out << Json(shape, backend, device, runs);
+    out << Json(problem, backend, device, runs);
     if (!out) return fail(InternalError("cannot write {}", json_path));
   }
   return 0;
@@ -405,16 +399,23 @@ int RunCoordinator(Shape shape, std::string backend, int restarts, const std::st
 int main(int argc, char** argv) {
   using namespace epd::bench;
   const auto start = Clock::now();
-  Shape shape;
-  std::string backend = "auto", algorithm = "ll", json_path, child, address, group, result;
+  // The standard shape, bf16; ranks 0: every GPU (2 on the cpu backend).
+  epd::example::Problem problem;
+  problem.ranks = 0;
+  problem.experts = 256;
+  problem.hidden = 7168;
+  problem.max_tokens = 128;
+  problem.top_k = 8;
+  problem.dtype = epd::v1::DTYPE_BF16;
+  std::string backend = "auto", algorithm = "ll", json_path, child, address, group, result, barrier;
   int restarts = 10, rank = 0;
   CLI::App app{"epd-restart-bench: what a frontend restart costs with and without epd"};
   app.add_option("--backend", backend, "auto, cuda or cpu")->capture_default_str();
-  app.add_option("--ranks", shape.ranks, "ranks (default: every GPU; 2 on cpu)");
-  app.add_option("--tokens", shape.tokens, "T: max tokens per rank")->capture_default_str();
-  app.add_option("--hidden", shape.hidden)->capture_default_str();
-  app.add_option("--experts", shape.experts)->capture_default_str();
-  app.add_option("--top-k", shape.top_k)->capture_default_str();
+  app.add_option("--ranks", problem.ranks, "ranks (default: every GPU; 2 on cpu)");
+  app.add_option("--tokens", problem.max_tokens, "T: max tokens per rank")->capture_default_str();
+  app.add_option("--hidden", problem.hidden)->capture_default_str();
+  app.add_option("--experts", problem.experts)->capture_default_str();
+  app.add_option("--top-k", problem.top_k)->capture_default_str();
   app.add_option("--algorithm", algorithm, "ll or ht")
       ->check(CLI::IsMember({"ll", "ht"}))
       ->capture_default_str();
@@ -430,20 +431,30 @@ int main(int argc, char** argv) {
   app.add_option("--address", address)->group("");
   app.add_option("--group", group)->group("");
   app.add_option("--result", result)->group("");
+  app.add_option("--barrier", barrier)->group("");
   CLI11_PARSE(app, argc, argv);
-  shape.high_throughput = algorithm == "ht";
+  problem.algorithm =
+      algorithm == "ht" ? epd::v1::ALGORITHM_HIGH_THROUGHPUT : epd::v1::ALGORITHM_LOW_LATENCY;
 
   if (!child.empty()) {
-    epd::StatusOr<Phases> phases = child == "inproc"
-                                       ? RunInprocess(shape, backend, start)
-                                       : RunFrontendRank(shape, backend == "cuda", address, group,
-                                                         rank, child == "reattach", start);
-    const epd::Status status = phases.ok() ? WritePhases(result, *phases) : phases.status();
+    std::unique_ptr<epd::Client> client;
+    std::unique_ptr<epd::Session> session;
+    epd::StatusOr<Phases> phases =
+        child == "inproc" ? RunInprocess(problem, backend, start)
+                          : RunFrontendRank(problem, backend == "cuda", address, group, rank,
+                                            child == "reattach", start, client, session);
+    // NOTE: sessions stay open until every rank's layer ended: a collective fails when a
+    // peer's session closes before it ran (a rank answered first must not leave at once).
+    epd::Status status = phases.status();
+    auto done = ShmBarrier::Open(barrier);
+    epd::Status waited =
+        done.ok() ? (*done)->Wait(phases.ok(), std::chrono::minutes(1)).status() : done.status();
+    if (status.ok()) status = waited.ok() ? WritePhases(result, *phases) : waited;
     if (!status.ok()) {
       fmt::print(stderr, "epd-restart-bench {} rank {}: {}\n", child, rank, status.ToString());
       return 1;
     }
     return 0;
   }
-  return RunCoordinator(shape, backend, restarts, json_path);
+  return RunCoordinator(problem, backend, restarts, json_path);
 }
