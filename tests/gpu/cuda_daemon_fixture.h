@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -124,7 +125,9 @@ class CudaDaemonTest : public ::testing::Test {
     auto sessions = client_->GetStats();
     ASSERT_TRUE(sessions.ok()) << sessions.status().ToString();
     const uint64_t sessions_before = sessions->sessions_open();
-    const bool frontend_launched = std::find(args.begin(), args.end(), "frontend") != args.end();
+    const auto mode = std::find(args.begin(), args.end(), "--mode");
+    const bool frontend_launched =
+        mode != args.end() && std::next(mode) != args.end() && *std::next(mode) == "frontend";
     args.push_back("--progress");
     auto victim = ChildProcess::Spawn(args);
     ASSERT_TRUE(victim.ok()) << victim.status().ToString();
