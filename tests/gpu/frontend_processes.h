@@ -1,9 +1,10 @@
 // Helpers of the GPU tests that drive frontend processes: how many GPUs this process sees,
-// the children of a process (the example frontend forks one process per rank), and the
-// one-GPU fp32 group the graph-capture tests use.
+// the memory in use on GPU 0, the children of a process (the example frontend forks one
+// process per rank), and the one-GPU fp32 group the graph-capture tests use.
 #pragma once
 
 #include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
 #include <sys/types.h>
 
 #include <fstream>
@@ -21,6 +22,18 @@ inline int VisibleGpus() {
     return 0;
   }
   return count;
+}
+
+// The memory in use on GPU 0, MiB: every process's, this one's context included (it makes
+// GPU 0 current).
+inline double Gpu0UsedMiB() {
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaSetDevice(0) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    ADD_FAILURE() << "cudaMemGetInfo on GPU 0 failed";
+    return 0;
+  }
+  return static_cast<double>(total_bytes - free_bytes) / (1 << 20);
 }
 
 inline std::vector<pid_t> ChildrenOf(pid_t pid) {

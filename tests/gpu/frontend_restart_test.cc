@@ -43,13 +43,6 @@ class FrontendRestartTest : public CudaDaemonTest, public ::testing::WithParamIn
     ASSERT_EQ(cudaFree(nullptr), cudaSuccess);
   }
 
-  // The GPU's memory in use now, MiB (this process's context included).
-  static double GpuUsedMiB() {
-    size_t free_bytes = 0, total_bytes = 0;
-    EXPECT_EQ(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
-    return static_cast<double>(total_bytes - free_bytes) / (1 << 20);
-  }
-
   // Once the round's frontends are gone (only the owner's session is open), everything
   // measured. With `settled`, first polled (up to 10 s) down towards it: sockets of exited
   // frontends close, and released memory goes back to the driver, a little after them.
@@ -63,9 +56,9 @@ class FrontendRestartTest : public CudaDaemonTest, public ::testing::WithParamIn
     if (settled != nullptr) {
       WaitAtMost([this] { return daemon_->open_fds(); }, settled->fds);
       const int bound_mib = static_cast<int>(settled->gpu_used_mib);
-      WaitAtMost([] { return static_cast<int>(GpuUsedMiB()); }, bound_mib);
+      WaitAtMost([] { return static_cast<int>(Gpu0UsedMiB()); }, bound_mib);
     }
-    now.gpu_used_mib = GpuUsedMiB();
+    now.gpu_used_mib = Gpu0UsedMiB();
     now.fds = daemon_->open_fds();
     now.fds_by_kind = daemon_->fds_by_kind();
     now.threads = daemon_->threads();

@@ -174,17 +174,6 @@ class SpanningGpuTest : public ::testing::Test {
                          example::RankRunner::Create(*world[1].client, p, 1, mine));
     return OkStatus();
   }
-  // GPU memory in use on device 0 by every process (the daemons, this one), MiB.
-  static double DeviceUsedMiB() {
-    size_t free_bytes = 0, total_bytes = 0;
-    if (cudaSetDevice(0) != cudaSuccess ||
-        cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
-      ADD_FAILURE() << "cudaMemGetInfo failed";
-      return 0;
-    }
-    return static_cast<double>(total_bytes - free_bytes) / (1 << 20);
-  }
-
   // A frontend per rank of a new group of `p` (spanning both nodes) named after `name`.
   // The ranks of group `group` (UniqueName) spanning the two nodes.
   static StatusOr<std::vector<RankClient>> SpanningWorld(const Problem& p,
@@ -521,10 +510,10 @@ TEST_F(SpanningGpuTest, NodeDeathsAndReformationsLeaveNoDeviceMemoryFdsOrThreads
   auto world = SpanningWorld(p, group);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
-  const double unformed = DeviceUsedMiB();
+  const double unformed = Gpu0UsedMiB();
   ASSERT_TRUE(Run(*world, good, DeviceCopy).ok());
   // What forming took on the device (both daemons' communicators, their first exchange).
-  const double formation = DeviceUsedMiB() - unformed;
+  const double formation = Gpu0UsedMiB() - unformed;
   constexpr int kRounds = 4;
   std::vector<double> used;
   std::vector<int> fds, threads;
@@ -534,7 +523,7 @@ TEST_F(SpanningGpuTest, NodeDeathsAndReformationsLeaveNoDeviceMemoryFdsOrThreads
     ASSERT_EPD_OK(RestartNodeOne(*world, p, group));
     auto reformed = Run(*world, good, DeviceCopy);
     ASSERT_TRUE(reformed.ok()) << "round " << round << ": " << reformed.status().ToString();
-    used.push_back(DeviceUsedMiB());
+    used.push_back(Gpu0UsedMiB());
     fds.push_back(cluster_->node(0).open_fds());
     threads.push_back(cluster_->node(0).threads());
     (round == 0 ? first_kinds : last_kinds) = cluster_->node(0).fds_by_kind();
