@@ -77,13 +77,11 @@ StatusOr<Phases> ReadPhases(const std::string& path) {
 }
 
 // A frontend rank's restart through the daemon: attach (or create) its handle, map it,
-// register its tensors, make its inputs, run one blocking layer of T tokens. The connection
-// and the session are the caller's, which keeps them open until every rank is done.
+// register its tensors, make its inputs, run one blocking layer of T tokens. The session
+// ends with the process, whether or not its peers' parts of the layer have ended.
 StatusOr<Phases> RunFrontendRank(const example::Problem& problem, bool on_gpu,
                                  const std::string& address, const std::string& group, int rank,
-                                 bool reattach, Clock::time_point start,
-                                 std::unique_ptr<Client>& client,
-                                 std::unique_ptr<Session>& session) {
+                                 bool reattach, Clock::time_point start) {
   Phases phases;
 #if EPD_BENCH_WITH_CUDA
   if (on_gpu) {
@@ -95,8 +93,9 @@ StatusOr<Phases> RunFrontendRank(const example::Problem& problem, bool on_gpu,
     phases["cuda_context"] = MsSince(start);
   }
 #endif
-  EPD_ASSIGN_OR_RETURN(client, Client::Connect(address));
-  EPD_ASSIGN_OR_RETURN(session, client->OpenSession(rank, fmt::format("restart-bench-{}", rank)));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<Client> client, Client::Connect(address));
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<Session> session,
+                       client->OpenSession(rank, fmt::format("restart-bench-{}", rank)));
   phases["connected"] = MsSince(start);
 
   StatusOr<v1::HandleInfo> handle = Status();
@@ -199,7 +198,6 @@ StatusOr<Phases> Restart(const std::string& variant, const example::Problem& pro
                          const std::string& group, const std::string& dir, int index) {
   const int processes = variant == "inproc" ? 1 : problem.ranks;
   const std::string log = dir + "/processes.log";
-  EPD_ASSIGN_OR_RETURN(std::unique_ptr<ShmBarrier> done, ShmBarrier::Create(processes));
   std::vector<pid_t> pids;
   std::vector<std::string> results;
   const auto spawned = Clock::now();
@@ -229,9 +227,7 @@ StatusOr<Phases> Restart(const std::string& variant, const example::Problem& pro
                                      "--address",
                                      address,
                                      "--group",
-                                     group,
-                                     "--barrier",
-                                     done->name()};
+                                     group};
     StatusOr<pid_t> pid = Spawn(argv, log);
     if (!pid.ok()) {
       for (pid_t started : pids) Terminate(started);
@@ -407,7 +403,7 @@ int main(int argc, char** argv) {
   problem.max_tokens = 128;
   problem.top_k = 8;
   problem.dtype = epd::v1::DTYPE_BF16;
-  std::string backend = "auto", algorithm = "ll", json_path, child, address, group, result, barrier;
+  std::string backend = "auto", algorithm = "ll", json_path, child, address, group, result;
   int restarts = 10, rank = 0;
   CLI::App app{"epd-restart-bench: what a frontend restart costs with and without epd"};
   app.add_option("--backend", backend, "auto, cuda or cpu")->capture_default_str();
@@ -431,25 +427,16 @@ int main(int argc, char** argv) {
   app.add_option("--address", address)->group("");
   app.add_option("--group", group)->group("");
   app.add_option("--result", result)->group("");
-  app.add_option("--barrier", barrier)->group("");
   CLI11_PARSE(app, argc, argv);
   problem.algorithm =
       algorithm == "ht" ? epd::v1::ALGORITHM_HIGH_THROUGHPUT : epd::v1::ALGORITHM_LOW_LATENCY;
 
   if (!child.empty()) {
-    std::unique_ptr<epd::Client> client;
-    std::unique_ptr<epd::Session> session;
-    epd::StatusOr<Phases> phases =
-        child == "inproc" ? RunInprocess(problem, backend, start)
-                          : RunFrontendRank(problem, backend == "cuda", address, group, rank,
-                                            child == "reattach", start, client, session);
-    // NOTE: sessions stay open until every rank's layer ended: a collective fails when a
-    // peer's session closes before it ran (a rank answered first must not leave at once).
-    epd::Status status = phases.status();
-    auto done = ShmBarrier::Open(barrier);
-    epd::Status waited =
-        done.ok() ? (*done)->Wait(phases.ok(), std::chrono::minutes(1)).status() : done.status();
-    if (status.ok()) status = waited.ok() ? WritePhases(result, *phases) : waited;
+    epd::StatusOr<Phases> phases = child == "inproc"
+                                       ? RunInprocess(problem, backend, start)
+                                       : RunFrontendRank(problem, backend == "cuda", address, group,
+                                                         rank, child == "reattach", start);
+    const epd::Status status = phases.ok() ? WritePhases(result, *phases) : phases.status();
     if (!status.ok()) {
       fmt::print(stderr, "epd-restart-bench {} rank {}: {}\n", child, rank, status.ToString());
       return 1;

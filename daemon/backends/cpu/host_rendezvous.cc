@@ -117,8 +117,11 @@ Status HostRendezvous::Leave(int rank, uint64_t seq, std::chrono::milliseconds t
     // NOTE: they still read this rank's memory, and reading never waits: this ends.
     changed_.wait(lock, all_left);
   }
-  Status status = slot->failure;
-  if (status.ok()) status = StoppedLocked(seq);
+  // NOTE: only the op's own failure: an abort or a shutdown that came after every rank arrived
+  // fails nothing here. The op's work is done, from memory its ops' references kept valid, as
+  // a GPU op whose peers' flags all arrived ends well; failing it would fail the survivor of a
+  // peer that ended its session right after its own part of the op was answered.
+  const Status status = slot->failure;
   EraseFinishedLocked();
   return status;
 }

@@ -45,14 +45,14 @@ class HostRendezvous {
   StatusOr<std::vector<const void*>> Arrive(int rank, uint64_t seq, CollectiveKind kind,
                                             const void* part, std::chrono::milliseconds timeout);
   // After `rank`'s work on op `seq`: waits until every rank finished reading its peers' parts.
-  // DEADLINE_EXCEEDED when that took longer than `timeout` (returned after the wait), the
-  // abort or shutdown status when one came meanwhile.
+  // DEADLINE_EXCEEDED when that took longer than `timeout` (returned after the wait); an abort
+  // or a shutdown after the op met does not fail it (its work is done).
   Status Leave(int rank, uint64_t seq, std::chrono::milliseconds timeout);
   // `rank` will not take part in op `seq`: the peers fail it with `reason`, naming the rank.
   void Abandon(int rank, uint64_t seq, CollectiveKind kind, const Status& reason);
 
-  // Fails every op numbered so far with `reason` (waiting or not yet arrived) and realigns the
-  // ranks' numbers, so the next op of every rank is the same op again.
+  // Fails every op numbered so far that has not met (waiting or not yet arrived) with `reason`
+  // and realigns the ranks' numbers, so the next op of every rank is the same op again.
   void Abort(const Status& reason);
   // Fails every current and future wait with UNAVAILABLE.
   void Shutdown();
