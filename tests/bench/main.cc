@@ -1,10 +1,10 @@
 // epd-bench: dispatch / combine of the epd daemon measured against the alternatives, in one
 // run. See tests/bench/README.md for what each mode measures and the command lines of a GPU
 // host.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/bench/backend_choice.h"
 #include "tests/bench/bench_case.h"
 #include "tests/bench/daemons.h"
 #include "tests/bench/frontend.h"
@@ -271,24 +272,13 @@ int Main(int argc, char** argv) {
     set("--control-iterations", f.control_iterations, 20);
     set("--op-timeout-ms", f.op_timeout_ms, 10'000);
   }
-  std::string backend = f.backend;
-  if (backend == "auto") {
-    backend = "cpu";
-#if EPD_BENCH_WITH_CUDA_BACKEND
-    if (gpu::DeviceCount() > 0) backend = "cuda";
-#endif
-  }
-  if (backend != "cpu" && backend != "cuda") {
-    fmt::print(stderr, "epd-bench: --backend {} must be auto, cuda or cpu\n", f.backend);
+  const StatusOr<BackendChoice> choice = ChooseBackend(f.backend, f.ranks);
+  if (!choice.ok()) {
+    fmt::print(stderr, "epd-bench: {}\n", choice.status().message());
     return 2;
   }
-  int ranks = f.ranks;
-  if (ranks <= 0) {
-    ranks = 2;
-#if EPD_BENCH_WITH_CUDA
-    if (backend == "cuda") ranks = gpu::DeviceCount();
-#endif
-  }
+  const std::string backend = choice->backend;
+  const int ranks = choice->ranks;
 
   CaseListOptions list;
   list.ranks = ranks;

@@ -38,12 +38,11 @@
 #include "client/examples/frontend_memory.h"
 #include "client/examples/moe_math.h"
 #include "common/align.h"
+#include "tests/bench/backend_choice.h"
 #include "tests/bench/inproc.h"
 #include "tests/bench/process_util.h"
 #if EPD_BENCH_WITH_CUDA
 #include <cuda_runtime_api.h>
-
-#include "tests/bench/gpu_util.h"
 #endif
 
 namespace epd::bench {
@@ -331,18 +330,13 @@ std::string Json(const example::Problem& problem, const std::string& backend,
 
 int RunCoordinator(example::Problem problem, std::string backend, int restarts,
                    const std::string& json_path) {
-  if (backend == "auto") {
-    backend = "cpu";
-#if EPD_BENCH_WITH_CUDA
-    if (gpu::DeviceCount() > 0) backend = "cuda";
-#endif
+  const StatusOr<BackendChoice> choice = ChooseBackend(backend, problem.ranks);
+  if (!choice.ok()) {
+    fmt::print(stderr, "epd-restart-bench: {}\n", choice.status().message());
+    return 2;
   }
-  if (problem.ranks <= 0) {
-    problem.ranks = 2;
-#if EPD_BENCH_WITH_CUDA
-    if (backend == "cuda") problem.ranks = gpu::DeviceCount();
-#endif
-  }
+  backend = choice->backend;
+  problem.ranks = choice->ranks;
   std::vector<std::string> extra = {"--cpu-ranks", std::to_string(problem.ranks)};
   if (backend == "cuda") {
     std::string gpus;
