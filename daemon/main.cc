@@ -176,7 +176,7 @@ int Run(int argc, char** argv) {
   if (config.cluster.enabled()) {
     join = [&config, &token](int ranks) -> StatusOr<app::ClusterAttachment> {
       EPD_ASSIGN_OR_RETURN(auto node, cluster::ClusterNode::Start(config.cluster, ranks, token));
-      return app::ClusterAttachment{node, node->rejoined()};
+      return app::ClusterAttachment{node};
     };
   }
   auto backend = app::CreateBackend(config, kFatalSignal, join, &attachment);

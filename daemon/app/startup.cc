@@ -47,7 +47,7 @@ StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config, int
     EPD_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateCudaBackend(options));
     // NOTE: joined after the backend exists: the join checks the node's rank count.
     EPD_RETURN_IF_ERROR(join_with(backend->num_ranks()));
-    AttachCudaCluster(*backend, attachment.store, attachment.restarted_node);
+    AttachCudaCluster(*backend, attachment.store);
     return backend;
 #else
     (void)fatal_signal;
@@ -61,7 +61,6 @@ StatusOr<std::unique_ptr<Backend>> CreateBackend(const DaemonConfig& config, int
   EPD_RETURN_IF_ERROR(join_with(config.cpu_ranks));
   CpuBackendOptions options{config.cpu_ranks, config.op_timeout};
   options.cluster = attachment.store;
-  options.restarted_node = attachment.restarted_node;
   return CreateCpuBackend(options, DefaultExportedShmGroup());
 }
 

@@ -17,7 +17,6 @@ namespace epd::app {
 // Multi-node: joining the deployment needs the node's rank count, which the backend knows.
 struct ClusterAttachment {
   std::shared_ptr<ClusterStore> store;  // null when the daemon runs alone
-  bool restarted_node = false;
 };
 using JoinCluster = std::function<StatusOr<ClusterAttachment>(int ranks_per_node)>;
 

@@ -56,29 +56,36 @@ StatusOr<std::unique_ptr<TwoNodes>> StartTwoNodes(std::vector<std::string> leade
   return two;
 }
 
-// Node 0's ranks post layer `index`, which needs node 1; node 1 dies instead of taking part.
-// Returns each node-0 rank's outcome; node 1's ranks are dropped.
-std::vector<Status> KillNodeOneMidLayer(TwoNodes& two, int index) {
+// The other node's ranks post layer `index`, which needs node `dead`; `dead` dies instead of
+// taking part. Returns each surviving rank's outcome (by its local rank); the dead node's
+// ranks are dropped.
+std::vector<Status> KillNodeMidLayer(TwoNodes& two, int dead, int index) {
+  const int survivor = 1 - dead;
   std::vector<Status> in_flight(kRanksPerNode);
   std::vector<std::thread> posting;
-  for (int g = 0; g < kRanksPerNode; ++g) {
-    posting.emplace_back([&, g] {
+  for (int local = 0; local < kRanksPerNode; ++local) {
+    posting.emplace_back([&, local] {
+      const int g = survivor * kRanksPerNode + local;
       const auto in = example::MakeInputs(two.problem, 5, g, index, 8, true);
-      in_flight[g] = two.ranks[g].runner->RunLayer(in, example::Identity, false);
+      in_flight[local] = two.ranks[g].runner->RunLayer(in, example::Identity, false);
     });
   }
-  two.cluster->KillNode(1);
+  two.cluster->KillNode(dead);
   for (auto& thread : posting) thread.join();
-  for (int g = kRanksPerNode; g < two.problem.ranks; ++g) two.ranks[g] = RankClient{};
+  for (int local = 0; local < kRanksPerNode; ++local) {
+    two.ranks[dead * kRanksPerNode + local] = RankClient{};
+  }
   return in_flight;
 }
 
-// Node 1 comes back and its frontends create the group again; node 0's keep theirs.
-Status RestartNodeOne(TwoNodes& two) {
-  EPD_RETURN_IF_ERROR(two.cluster->StartNode(1));
+// Node `node` comes back and its frontends create the group again; the other node's keep
+// theirs.
+Status RestartNode(TwoNodes& two, int node) {
+  EPD_RETURN_IF_ERROR(two.cluster->StartNode(node));
   for (const Status& status : RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
-         const int g = kRanksPerNode + local_rank;
-         EPD_ASSIGN_OR_RETURN(two.ranks[g].client, Client::Connect(two.cluster->node(1).address()));
+         const int g = node * kRanksPerNode + local_rank;
+         EPD_ASSIGN_OR_RETURN(two.ranks[g].client,
+                              Client::Connect(two.cluster->node(node).address()));
          example::RankRunnerOptions mine = two.options;
          mine.session_rank = local_rank;
          EPD_ASSIGN_OR_RETURN(two.ranks[g].runner, example::RankRunner::Create(
@@ -116,7 +123,7 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   // Node 0's ranks post a layer that needs node 1, which dies instead of taking part.
   const int64_t killed_unix_ms = UnixMsNow();
   const auto killed_at = Clock::now();
-  for (const Status& status : KillNodeOneMidLayer(**started, 1)) {
+  for (const Status& status : KillNodeMidLayer(**started, 1, 1)) {
     EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "on node 1");
   }
   // A broken connection, not the op timeout (4 s), ended the ops.
@@ -196,7 +203,7 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
 
   // Node 1 comes back; its frontends create the group again; node 0's keep theirs. The next
   // layer re-forms the group and is correct.
-  ASSERT_EPD_OK(RestartNodeOne(**started));
+  ASSERT_EPD_OK(RestartNode(**started, 1));
   EXPECT_EQ(WaitForNodeState(*survivor, 1, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
   EXPECT_EPD_OK(RunGoodLayer(*world, 2));
   EXPECT_EPD_OK(RunGoodLayer(*world, 3, /*fenced=*/true));
@@ -211,6 +218,22 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   }
 }
 
+// Every frontend of a spanning group restarts (the group, not persistent, ends with their
+// sessions on every node) and creates it again under the same name: it forms afresh and runs.
+TEST(MultiNodeFaultTest, AGroupMadeAgainUnderItsNameAfterEveryFrontendRestartedRuns) {
+  auto started = StartTwoNodes({});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  TwoNodes& two = **started;
+  for (int restart = 1; restart <= 3; ++restart) {
+    SCOPED_TRACE(fmt::format("restart {}", restart));
+    two.ranks.clear();
+    auto again = MakeSpanningRanks(*two.cluster, two.problem, two.options);
+    ASSERT_TRUE(again.ok()) << again.status().ToString();
+    two.ranks = std::move(*again);
+    EXPECT_EPD_OK(RunGoodLayer(two.ranks, restart));
+  }
+}
+
 // A node that dies and comes back again and again costs the survivor no file descriptors or
 // threads: every failure retires the group's gloo mesh and the next op forms a new one, so
 // anything a retired mesh kept would grow with each round.
@@ -221,10 +244,10 @@ TEST(MultiNodeFaultTest, NodeDeathsAndReformationsLeaveNoDescriptorsOrThreadsBeh
   constexpr int kRounds = 4;
   std::vector<int> fds, threads;
   for (int round = 0; round < kRounds; ++round) {
-    for (const Status& status : KillNodeOneMidLayer(two, 1)) {
+    for (const Status& status : KillNodeMidLayer(two, 1, 1)) {
       EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "node 1");
     }
-    ASSERT_EPD_OK(RestartNodeOne(two));
+    ASSERT_EPD_OK(RestartNode(two, 1));
     SCOPED_TRACE(fmt::format("round {}", round));
     ASSERT_EPD_OK(RunGoodLayer(two.ranks, 2));
     fds.push_back(two.cluster->node(0).open_fds());

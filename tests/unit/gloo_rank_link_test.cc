@@ -82,16 +82,16 @@ TEST(GlooRankLinkTest, ExchangesPerPeerMessagesAndReformsAfterAPeerIsReplaced) {
   auto device = Device();
   std::vector<std::unique_ptr<GlooRankLink>> links;
   for (int r = 0; r < kWorld; ++r) {
-    links.push_back(std::make_unique<GlooRankLink>(ConfigOfNode(r), r, store, device, false));
+    links.push_back(std::make_unique<GlooRankLink>(ConfigOfNode(r), r, store, device));
   }
   for (int round = 0; round < 2; ++round) {
     for (const Status& s : OnEveryRank([&](int r) { return ExchangeOnce(*links[r], r); })) {
       ASSERT_TRUE(s.ok()) << s.ToString();
     }
   }
-  // Node 2 "restarts": its link is replaced; the others fail once naming node 2, then all
-  // re-form a fresh mesh together.
-  links[2] = std::make_unique<GlooRankLink>(ConfigOfNode(2), 2, store, device, true);
+  // Node 2 restarts (or makes its group again): its link is replaced; the others fail once
+  // naming node 2, then all re-form a fresh mesh together.
+  links[2] = std::make_unique<GlooRankLink>(ConfigOfNode(2), 2, store, device);
   const auto failed = OnEveryRank([&](int r) {
     return r == 2 ? OkStatus() : ExchangeOnce(*links[r], r);
   });
@@ -111,7 +111,7 @@ TEST(GlooRankLinkTest, DifferentConfigsOnTwoNodesFailEveryRank) {
   std::vector<std::unique_ptr<GlooRankLink>> links;
   for (int r = 0; r < kWorld; ++r) {
     links.push_back(
-        std::make_unique<GlooRankLink>(ConfigOfNode(r, r == 1 ? 128 : 64), r, store, device, false));
+        std::make_unique<GlooRankLink>(ConfigOfNode(r, r == 1 ? 128 : 64), r, store, device));
   }
   for (const Status& s : OnEveryRank([&](int r) { return ExchangeOnce(*links[r], r); })) {
     EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
@@ -121,7 +121,7 @@ TEST(GlooRankLinkTest, DifferentConfigsOnTwoNodesFailEveryRank) {
 
 TEST(GlooRankLinkTest, APermanentCancelEndsAWaitingFormationAtOnce) {
   InMemoryStore store(kWorld);
-  GlooRankLink link(ConfigOfNode(0), 0, store, Device(), false);
+  GlooRankLink link(ConfigOfNode(0), 0, store, Device());
   Status result;
   const auto started = std::chrono::steady_clock::now();
   // The peers never come: without the cancel this waits for kTimeout.

@@ -288,7 +288,7 @@ TEST(SpanRendezvousTest, HexRoundTripsEveryByteAndRefusesOtherText) {
 
 TEST(SpanRendezvousTest, TheRootPublishesAndTheOtherNodeFetchesTheSameId) {
   testing::InMemoryStore store(2);
-  SpanRendezvous root(Spanning(0), store, false), other(Spanning(1), store, false);
+  SpanRendezvous root(Spanning(0), store), other(Spanning(1), store);
   EXPECT_TRUE(root.hosts_root());
   EXPECT_FALSE(other.hosts_root());
   auto g_root = root.NextGeneration(), g_other = other.NextGeneration();
@@ -309,7 +309,7 @@ TEST(SpanRendezvousTest, TheRootPublishesAndTheOtherNodeFetchesTheSameId) {
 
 TEST(SpanRendezvousTest, ADifferentConfigIsAFailedPreconditionNamingBothNodes) {
   testing::InMemoryStore store(2);
-  SpanRendezvous root(Spanning(0, 64), store, false), other(Spanning(1, 128), store, false);
+  SpanRendezvous root(Spanning(0, 64), store), other(Spanning(1, 128), store);
   ASSERT_TRUE(root.Publish(0, std::string(128, '\1')).ok());
   auto fetched = other.Fetch(0, Clock::now() + std::chrono::seconds(5), {});
   EXPECT_EQ(fetched.status().code(), StatusCode::kFailedPrecondition);
@@ -320,7 +320,7 @@ TEST(SpanRendezvousTest, ADifferentConfigIsAFailedPreconditionNamingBothNodes) {
 
 TEST(SpanRendezvousTest, AMissingRootIsUnavailableNamingItsNodeAtTheDeadline) {
   testing::InMemoryStore store(2);
-  SpanRendezvous other(Spanning(1), store, false);
+  SpanRendezvous other(Spanning(1), store);
   const auto start = Clock::now();
   auto fetched = other.Fetch(0, start + std::chrono::milliseconds(100), {});
   EXPECT_EQ(fetched.status().code(), StatusCode::kUnavailable);
@@ -330,7 +330,7 @@ TEST(SpanRendezvousTest, AMissingRootIsUnavailableNamingItsNodeAtTheDeadline) {
 
 TEST(SpanRendezvousTest, ABrokenGenerationMovesEveryMemberOnAndReleasesWaiters) {
   testing::InMemoryStore store(2);
-  SpanRendezvous root(Spanning(0), store, false), other(Spanning(1), store, false);
+  SpanRendezvous root(Spanning(0), store), other(Spanning(1), store);
   ASSERT_EQ(*other.NextGeneration(), 0);
   root.Break(0);  // e.g. the root's watchdog aborted generation 0
   // A member still waiting for generation 0's id gives up at once, not at its deadline.
@@ -343,27 +343,33 @@ TEST(SpanRendezvousTest, ABrokenGenerationMovesEveryMemberOnAndReleasesWaiters) 
   EXPECT_EQ(*other.NextGeneration(), 1);
 }
 
-TEST(SpanRendezvousTest, ARestartedNodeSkipsTheGenerationItsPredecessorFormed) {
+// A fresh rendezvous (the group created again on a node, or the node's daemon restarted)
+// never joins a generation its node formed before: the peers' communicator of it names the
+// node's earlier one, and its unique id in the store is stale.
+TEST(SpanRendezvousTest, AFreshRendezvousSkipsTheGenerationItsNodeFormedBefore) {
   testing::InMemoryStore store(2);
   {
-    SpanRendezvous before(Spanning(1), store, false);
+    SpanRendezvous before(Spanning(1), store);
     ASSERT_EQ(*before.NextGeneration(), 0);
     ASSERT_TRUE(before.MarkFormed(0).ok());
   }
-  SpanRendezvous restarted(Spanning(1), store, /*restarted_node=*/true);
-  EXPECT_EQ(*restarted.NextGeneration(), 1);
-  // The survivor, which did not notice the death yet, is raised to it too.
-  SpanRendezvous survivor(Spanning(0), store, false);
-  EXPECT_EQ(*survivor.NextGeneration(), 1);
-  // A restarted node whose predecessor never formed the stored generation joins it.
+  SpanRendezvous again(Spanning(1), store);
+  EXPECT_EQ(*again.NextGeneration(), 1);
+  // The peer, whether it noticed or made its group again itself, is raised to it too.
+  SpanRendezvous peer(Spanning(0), store);
+  EXPECT_EQ(*peer.NextGeneration(), 1);
+  // A later formation of the same rendezvous keeps its generation until it breaks.
+  ASSERT_TRUE(again.MarkFormed(1).ok());
+  EXPECT_EQ(*again.NextGeneration(), 1);
+  // A fresh rendezvous whose node never formed the stored generation joins it.
   testing::InMemoryStore fresh(2);
-  SpanRendezvous early(Spanning(1), fresh, /*restarted_node=*/true);
+  SpanRendezvous early(Spanning(1), fresh);
   EXPECT_EQ(*early.NextGeneration(), 0);
 }
 
 TEST(SpanRendezvousTest, StoppingReleasesAWaitingFetch) {
   testing::InMemoryStore store(2);
-  SpanRendezvous other(Spanning(1), store, false);
+  SpanRendezvous other(Spanning(1), store);
   const auto start = Clock::now();
   auto fetched = other.Fetch(0, start + std::chrono::seconds(30), [] { return true; });
   EXPECT_EQ(fetched.status().code(), StatusCode::kUnavailable);

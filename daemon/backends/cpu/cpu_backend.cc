@@ -263,7 +263,7 @@ class CpuBackend : public Backend {
   }
 
   CpuBackendOptions options_;
-  SpanningTransport transport_{options_.cluster, options_.restarted_node};
+  SpanningTransport transport_{options_.cluster};
   AllocationCounter allocations_;
   std::atomic<uint64_t> next_shm_{0};
   // Frontends of the daemon's group open handle and fence objects read-write

@@ -25,7 +25,6 @@ struct CpuBackendOptions {
   // Multi-node: groups with spans_nodes exchange with the other daemons through gloo over TCP
   // on cluster->transport_host(), meeting through the leader's store. Null: running alone.
   std::shared_ptr<ClusterStore> cluster;
-  bool restarted_node = false;  // the leader knew this node rank from an earlier start
 };
 
 // The group `epd` (deploy/epd.service) when it exists and the daemon runs as root, so that

@@ -27,14 +27,13 @@ StatusOr<int64_t> ParseGeneration(const std::optional<std::string>& text) {
 }  // namespace
 
 GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
-                           std::shared_ptr<gloo::transport::Device> device, bool restarted_node,
+                           std::shared_ptr<gloo::transport::Device> device,
                            std::shared_ptr<TransportRecord> record)
     : config_(config),
       rank_(group_rank),
       cluster_(cluster),
       device_(std::move(device)),
-      record_(std::move(record)),
-      restarted_node_(restarted_node) {}
+      record_(std::move(record)) {}
 
 GlooRankLink::~GlooRankLink() = default;
 
@@ -117,16 +116,18 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   EPD_RETURN_IF_ERROR(Stopped());
   EPD_RETURN_IF_ERROR(CheckNoMemberDown(cluster_.View(), config_));
   int64_t floor = floor_;
-  if (restarted_node_) {
-    // A restarted daemon never reuses a generation its predecessor formed: the survivors'
-    // mesh of that generation still points at the dead process. When they noticed the death
-    // first, they raised the generation already and this node simply joins it.
+  if (first_formation_) {
+    // A fresh link (the group created on this daemon, again or for the first time, or the
+    // daemon restarted) never joins a generation its node formed before: the peers' mesh of
+    // that generation names the node's earlier link (maybe a dead process), and the store's
+    // keys of it are stale. When the peers noticed first, they raised the generation already
+    // and this node simply joins it.
     EPD_ASSIGN_OR_RETURN(std::optional<std::string> current, cluster_.Get(GenerationKey()));
     EPD_ASSIGN_OR_RETURN(int64_t stored, ParseGeneration(current));
     EPD_ASSIGN_OR_RETURN(std::optional<std::string> formed,
                          cluster_.Get(FormedKey(stored, config_.span.node)));
     floor = std::max(floor, formed.has_value() ? stored + 1 : stored);
-    restarted_node_ = false;
+    first_formation_ = false;
   }
   EPD_ASSIGN_OR_RETURN(int64_t generation, cluster_.Max(GenerationKey(), floor));
   const std::string prefix = fmt::format("epd/group/{}/g{}/", config_.name, generation);

@@ -40,7 +40,7 @@ class GlooRankLink {
  public:
   // `record` (may be null) is told every formation and every failed exchange.
   GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
-               std::shared_ptr<gloo::transport::Device> device, bool restarted_node,
+               std::shared_ptr<gloo::transport::Device> device,
                std::shared_ptr<TransportRecord> record = nullptr);
   ~GlooRankLink();
 
@@ -78,7 +78,7 @@ class GlooRankLink {
   std::shared_ptr<gloo::Context> retired_;  // the broken mesh, open until the next one forms
   int64_t generation_ = -1;
   int64_t floor_ = 0;  // the next formation uses a generation at least this
-  bool restarted_node_;
+  bool first_formation_ = true;  // no formation tried yet (see Form)
   uint64_t next_slot_ = 0;
 
   mutable std::mutex cancel_mutex_;

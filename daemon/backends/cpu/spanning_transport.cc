@@ -6,8 +6,8 @@
 
 namespace epd {
 
-SpanningTransport::SpanningTransport(std::shared_ptr<ClusterStore> cluster, bool restarted_node)
-    : cluster_(std::move(cluster)), restarted_node_(restarted_node) {}
+SpanningTransport::SpanningTransport(std::shared_ptr<ClusterStore> cluster)
+    : cluster_(std::move(cluster)) {}
 
 StatusOr<std::vector<std::unique_ptr<GlooRankLink>>> SpanningTransport::LinksFor(
     const GroupConfig& config, const std::shared_ptr<TransportRecord>& record) {
@@ -34,8 +34,7 @@ StatusOr<std::vector<std::unique_ptr<GlooRankLink>>> SpanningTransport::LinksFor
   }
   std::vector<std::unique_ptr<GlooRankLink>> links(config.world_size());
   for (int g : config.HostedGroupRanks()) {
-    links[g] =
-        std::make_unique<GlooRankLink>(config, g, *cluster_, device, restarted_node_, record);
+    links[g] = std::make_unique<GlooRankLink>(config, g, *cluster_, device, record);
   }
   return links;
 }

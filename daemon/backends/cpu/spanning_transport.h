@@ -16,7 +16,7 @@ namespace epd {
 
 class SpanningTransport {
  public:
-  SpanningTransport(std::shared_ptr<ClusterStore> cluster, bool restarted_node);
+  explicit SpanningTransport(std::shared_ptr<ClusterStore> cluster);
 
   // One link per group rank this daemon hosts (null for the others), each telling `record`
   // what its mesh went through. FAILED_PRECONDITION when the daemon is not part of a cluster.
@@ -25,7 +25,6 @@ class SpanningTransport {
 
  private:
   std::shared_ptr<ClusterStore> cluster_;
-  const bool restarted_node_;
   std::mutex mutex_;
   std::shared_ptr<gloo::transport::Device> device_;
 };

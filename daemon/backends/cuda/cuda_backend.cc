@@ -357,10 +357,9 @@ void CudaBackend::BeginShutdown() {
   }
 }
 
-void CudaBackend::AttachCluster(std::shared_ptr<ClusterStore> cluster, bool restarted_node) {
+void CudaBackend::AttachCluster(std::shared_ptr<ClusterStore> cluster) {
   std::lock_guard lock(groups_mu_);
   cluster_ = std::move(cluster);
-  restarted_node_ = restarted_node;
 }
 
 StatusOr<CudaExportedMemory*> CudaBackend::FenceOf(int node_rank, ExportedMemory& fence) const {
@@ -413,10 +412,9 @@ void ReserveHardwareQueues() {
   setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", /*overwrite=*/0);
 }
 
-void AttachCudaCluster(Backend& backend, std::shared_ptr<ClusterStore> cluster,
-                       bool restarted_node) {
+void AttachCudaCluster(Backend& backend, std::shared_ptr<ClusterStore> cluster) {
   if (auto* cuda = dynamic_cast<cuda::CudaBackend*>(&backend); cuda != nullptr) {
-    cuda->AttachCluster(std::move(cluster), restarted_node);
+    cuda->AttachCluster(std::move(cluster));
   }
 }
 

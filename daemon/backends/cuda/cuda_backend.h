@@ -71,8 +71,7 @@ void ReserveHardwareQueues();
 
 // Multi-node: gives a backend made by CreateCudaBackend the cluster its spanning groups meet
 // through (after the daemon joined, before any group exists); ignored by other backends.
-void AttachCudaCluster(Backend& backend, std::shared_ptr<ClusterStore> cluster,
-                       bool restarted_node);
+void AttachCudaCluster(Backend& backend, std::shared_ptr<ClusterStore> cluster);
 
 // The daemon stream `handle`'s ops run on (its group's lane of its rank), of a backend made by
 // CreateCudaBackend (benchmarks record events on it); null for any other backend.

@@ -85,7 +85,7 @@ class CudaBackend final : public Backend {
   StatusOr<uint64_t> ResetDataPlane(BackendGroup& group, int dead_group_rank) override;
   size_t pending_closes() const { return reclaimer_.pending_closes(); }
   // Multi-node: the cluster spanning groups meet through (set once, before any group).
-  void AttachCluster(std::shared_ptr<ClusterStore> cluster, bool restarted_node);
+  void AttachCluster(std::shared_ptr<ClusterStore> cluster);
 
  private:
   explicit CudaBackend(CudaBackendOptions options) : options_(std::move(options)) {}
@@ -148,7 +148,6 @@ class CudaBackend final : public Backend {
   std::vector<std::unique_ptr<RankState>> ranks_;
   std::vector<std::vector<bool>> peer_access_;
   std::shared_ptr<ClusterStore> cluster_;  // null: running alone
-  bool restarted_node_ = false;
   // NOTE: last member: the lanes run their last completions, which may destroy groups (they
   // unregister above), before anything else goes.
   LaneRegistry<OpLane> lanes_;

@@ -182,11 +182,9 @@ Status ReturnAndExchange(CudaHandle& me, const kernels::SpanShape& shape,
 StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const GroupConfig& config) {
   EPD_RETURN_IF_ERROR(CheckSpanningSupported(config));
   std::shared_ptr<ClusterStore> cluster;
-  bool restarted_node = false;
   {
     std::lock_guard lock(groups_mu_);
     cluster = cluster_;
-    restarted_node = restarted_node_;
   }
   if (cluster == nullptr) {
     return FailedPreconditionError(
@@ -209,7 +207,6 @@ StatusOr<std::unique_ptr<CudaGroup>> CudaBackend::CreateSpanningGroup(const Grou
   group->transport_ = std::make_shared<TransportRecord>(span.hosted);
   span.record = group->transport_;
   span.store = std::move(cluster);
-  span.restarted_node = restarted_node;
   span.timeout = options_.op_timeout;
   CudaGroup* raw = group.get();
   span.on_failure = [raw](const Status& reason) {

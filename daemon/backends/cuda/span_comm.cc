@@ -37,8 +37,7 @@ void AbortComms(std::vector<ncclComm_t>& comms, const std::string& group) {
 }  // namespace
 
 SpanComm::SpanComm(Options options)
-    : options_(std::move(options)),
-      rendezvous_(options_.config, *options_.store, options_.restarted_node) {
+    : options_(std::move(options)), rendezvous_(options_.config, *options_.store) {
   watchdog_ = std::thread([this] { Watch(); });
 }
 

@@ -57,7 +57,6 @@ class SpanComm {
     std::vector<int> hosted;   // group ranks this daemon hosts
     std::vector<int> devices;  // CUDA device of each, in the same order
     std::shared_ptr<ClusterStore> store;
-    bool restarted_node = false;
     std::chrono::milliseconds timeout{10'000};
     // Called (watchdog or rank worker thread) before the communicators are aborted, with the
     // reason every op of the group issued so far must fail with.

@@ -19,8 +19,8 @@ int64_t ParseInteger(const std::optional<std::string>& text) {
 
 }  // namespace
 
-SpanRendezvous::SpanRendezvous(const GroupConfig& config, ClusterStore& store, bool restarted_node)
-    : config_(config), store_(store), restarted_node_(restarted_node) {}
+SpanRendezvous::SpanRendezvous(const GroupConfig& config, ClusterStore& store)
+    : config_(config), store_(store) {}
 
 std::string SpanRendezvous::Key(std::string_view suffix) const {
   return fmt::format("epd/nccl/{}/{}", config_.name, suffix);
@@ -28,16 +28,17 @@ std::string SpanRendezvous::Key(std::string_view suffix) const {
 
 StatusOr<int64_t> SpanRendezvous::NextGeneration() {
   int64_t floor = floor_;
-  if (restarted_node_) {
-    // The survivors' communicator of the stored generation (if this node's predecessor formed
-    // it) still names the dead process: never join it again.
+  if (first_formation_) {
+    // The peers' communicator of the stored generation, if this node formed it before (an
+    // earlier instance of the group, or of the daemon), names this node's earlier
+    // communicator, and its unique id in the store is stale: never join it again.
     EPD_ASSIGN_OR_RETURN(std::optional<std::string> current, store_.Get(GenerationKey()));
     const int64_t stored = ParseInteger(current);
     EPD_ASSIGN_OR_RETURN(
         std::optional<std::string> formed,
         store_.Get(Key(fmt::format("g{}/formed/node{}", stored, config_.span.node))));
     floor = std::max(floor, formed.has_value() ? stored + 1 : stored);
-    restarted_node_ = false;
+    first_formation_ = false;
   }
   EPD_ASSIGN_OR_RETURN(int64_t generation, store_.Max(GenerationKey(), floor));
   floor_ = std::max(floor_, generation);

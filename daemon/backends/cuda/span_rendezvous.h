@@ -10,7 +10,8 @@
 // Rule (the cpu backend's, daemon/backends/cpu/gloo_rank_link.h): a formation uses the stored
 // generation, raised first to this daemon's floor; a failure (formation or op) raises the
 // floor and the stored generation past the failed one, so every member forms afresh at its
-// next op; a restarted daemon starts past any generation its predecessor formed. The root,
+// next op; a fresh rendezvous (the group created on this daemon, again or for the first time,
+// or the daemon restarted) starts past any generation its node formed before. The root,
 // the daemon hosting group rank 0, creates the unique id; the others wait for it (bounded)
 // and check that the root created the group with the same config.
 #pragma once
@@ -30,7 +31,7 @@ namespace epd::cuda {
 class SpanRendezvous {
  public:
   using Clock = std::chrono::steady_clock;
-  SpanRendezvous(const GroupConfig& config, ClusterStore& store, bool restarted_node);
+  SpanRendezvous(const GroupConfig& config, ClusterStore& store);
 
   // The daemon hosting group rank 0 creates each generation's unique id.
   bool hosts_root() const { return config_.NodeOf(0) == config_.span.node; }
@@ -56,7 +57,7 @@ class SpanRendezvous {
 
   const GroupConfig config_;
   ClusterStore& store_;
-  bool restarted_node_;
+  bool first_formation_ = true;  // NextGeneration not called yet
   int64_t floor_ = 0;
 };
 
