@@ -89,6 +89,16 @@ StatusOr<v1::JoinResponse> ClusterNode::JoinOnce(v1::Cluster::Stub& stub) {
   request.set_ranks_per_node(ranks_per_node_);
   request.set_address(settings_.address);
   request.set_incarnation(incarnation_);
+  {
+    // One above what this daemon raised or asked for: a generation it may have used with a
+    // leader that is gone (README, Multi-node: when the leader dies).
+    std::lock_guard lock(floors_mu_);
+    for (const auto& [key, value] : floors_) {
+      v1::StoreFloor* floor = request.add_floors();
+      floor->set_key(key);
+      floor->set_value(value + 1);
+    }
+  }
   v1::JoinResponse response;
   auto context = Context(std::min(settings_.bootstrap_timeout, kJoinAttemptTimeout));
   grpc::Status status = stub.Join(context.get(), request, &response);
@@ -107,11 +117,11 @@ Status ClusterNode::JoinWithBackoff() {
     if (joined.ok()) {
       stub_ = std::move(stub);  // before the heartbeat thread starts: no other user yet
       std::lock_guard lock(mutex_);
-      rejoined_ = joined->rejoined();
       last_view_ = FromProto(joined->view());
       leader_reachable_ = true;
       EPD_LOG(kRpc, info, "cluster: joined the leader at {} as node {} of {}{}", settings_.leader,
-              settings_.node_rank, settings_.nodes, rejoined_ ? " (again, after a restart)" : "");
+              settings_.node_rank, settings_.nodes,
+              joined->rejoined() ? " (again, after a restart)" : "");
       return OkStatus();
     }
     const Status& error = joined.status();
@@ -235,6 +245,7 @@ StatusOr<std::optional<std::string>> ClusterNode::Get(const std::string& key) {
 
 StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
   if (membership_ != nullptr) return membership_->Max(key, value);
+  NoteFloor(key, value);  // asked for, whether or not the leader answers
   v1::StoreMaxRequest request;
   request.set_token(token_);
   request.set_key(key);
@@ -242,7 +253,14 @@ StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
   v1::StoreMaxResponse response;
   auto context = Context(kStoreCallTimeout);
   EPD_RETURN_IF_ERROR(FromGrpcStatus(stub_->StoreMax(context.get(), request, &response)));
+  NoteFloor(key, response.value());
   return response.value();
+}
+
+void ClusterNode::NoteFloor(const std::string& key, int64_t value) {
+  std::lock_guard lock(floors_mu_);
+  int64_t& floor = floors_[key];
+  floor = std::max(floor, value);
 }
 
 void ClusterNode::ReportTransportFailure(int node) {

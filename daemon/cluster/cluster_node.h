@@ -5,11 +5,14 @@
 // the leader is unreachable or its predecessor's lease runs out, for at most
 // bootstrap_timeout; a wrong token, a node- or rank-count mismatch or a duplicate node rank
 // ends the start with that error. Followers then heartbeat every peer_timeout / 4 and keep
-// the view the leader returns; a leader that lost them (restarted) is joined again.
+// the view the leader returns; a leader that lost them (restarted) is joined again, and every
+// join carries one above each store integer this daemon raised (the leader's store went with
+// its predecessor: membership.h).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -41,8 +44,6 @@ class ClusterNode : public ClusterStore {
   void ReportTransportFailure(int node) override;
   void ReportTransportBytes(int node, uint64_t sent, uint64_t received) override;
 
-  bool rejoined() const { return rejoined_; }
-
  private:
   ClusterNode(const ClusterSettings& settings, int ranks_per_node, std::string token);
   Status JoinWithBackoff();
@@ -50,12 +51,12 @@ class ClusterNode : public ClusterStore {
   std::unique_ptr<v1::Cluster::Stub> NewLeaderStub() const;
   void HeartbeatLoop();
   std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const;
+  void NoteFloor(const std::string& key, int64_t value);
 
   const ClusterSettings settings_;
   const int ranks_per_node_;
   const std::string token_;
   const uint64_t incarnation_;
-  bool rejoined_ = false;
 
   std::shared_ptr<Membership> membership_;  // leader only
   std::unique_ptr<ClusterServer> server_;   // leader only
@@ -71,6 +72,10 @@ class ClusterNode : public ClusterStore {
     std::atomic<uint64_t> failures{0}, bytes_sent{0}, bytes_received{0};
   };
   std::vector<PeerCounters> peers_;
+  // Followers: the highest value this daemon gave each store integer (Max), replayed one above
+  // at every join. One entry per group name that spanned nodes here.
+  std::mutex floors_mu_;
+  std::map<std::string, int64_t> floors_;
   std::thread heartbeat_;
 };
 

@@ -1,6 +1,8 @@
 #include "daemon/cluster/cluster_service.h"
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 
 #include "common/grpc_status.h"
 #include "daemon/cluster/cluster_proto.h"
@@ -19,9 +21,14 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
                                  v1::JoinResponse* response) override {
     Status status = CheckToken(context, request->token(), "Join");
     if (status.ok()) {
-      auto joined = membership_->Join(request->node_rank(), request->nodes(),
-                                      request->ranks_per_node(), request->address(),
-                                      request->incarnation());
+      std::map<std::string, int64_t> floors;
+      for (const v1::StoreFloor& floor : request->floors()) {
+        int64_t& value = floors[floor.key()];
+        value = std::max(value, floor.value());
+      }
+      auto joined =
+          membership_->Join(request->node_rank(), request->nodes(), request->ranks_per_node(),
+                            request->address(), request->incarnation(), floors);
       if (joined.ok()) {
         response->set_rejoined(joined->rejoined);
         ToProto(membership_->View(), response->mutable_view());

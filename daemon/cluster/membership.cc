@@ -18,7 +18,8 @@ bool Membership::UpLocked(const Member& member, Clock::time_point now) const {
 }
 
 StatusOr<JoinOutcome> Membership::Join(int node_rank, int nodes, int ranks_per_node,
-                                       const std::string& address, uint64_t incarnation) {
+                                       const std::string& address, uint64_t incarnation,
+                                       const std::map<std::string, int64_t>& floors) {
   if (nodes != nodes_) {
     return FailedPreconditionError(
         "node count mismatch: node {} runs with nodes = {}, the leader with nodes = {}",
@@ -48,6 +49,7 @@ StatusOr<JoinOutcome> Membership::Join(int node_rank, int nodes, int ranks_per_n
         "node may join once its predecessor was silent for {} ms)",
         node_rank, member.address, silent, peer_timeout_.count());
   }
+  for (const auto& [key, value] : floors) MaxLocked(key, value);
   JoinOutcome outcome;
   outcome.rejoined = member.joins > 0 && member.incarnation != incarnation;
   if (member.incarnation != incarnation || member.joins == 0) ++member.joins;
@@ -109,6 +111,10 @@ std::optional<std::string> Membership::Get(const std::string& key) const {
 
 int64_t Membership::Max(const std::string& key, int64_t value) {
   std::lock_guard lock(mutex_);
+  return MaxLocked(key, value);
+}
+
+int64_t Membership::MaxLocked(const std::string& key, int64_t value) {
   std::string& stored = store_[key];
   int64_t current = 0;
   std::from_chars(stored.data(), stored.data() + stored.size(), current);

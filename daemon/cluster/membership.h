@@ -31,8 +31,11 @@ class Membership {
   // ranks_per_node differ from the leader's. ALREADY_EXISTS: a live daemon with another
   // incarnation holds the node rank (a restarted node joins once the old one's heartbeats
   // stopped for peer_timeout).
+  // `floors`: store integers raised to at least these values before the node shows up in
+  // the view (what the node knew of a store this leader lost when it restarted).
   StatusOr<JoinOutcome> Join(int node_rank, int nodes, int ranks_per_node,
-                             const std::string& address, uint64_t incarnation);
+                             const std::string& address, uint64_t incarnation,
+                             const std::map<std::string, int64_t>& floors = {});
   // FAILED_PRECONDITION when the node rank is not held by this incarnation (it must Join).
   Status Heartbeat(int node_rank, uint64_t incarnation);
 
@@ -50,6 +53,7 @@ class Membership {
     Clock::time_point last_seen{};
   };
   bool UpLocked(const Member& member, Clock::time_point now) const;
+  int64_t MaxLocked(const std::string& key, int64_t value);
 
   const int nodes_;
   const int ranks_per_node_;

@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "common/status.h"
@@ -93,6 +95,36 @@ inline Status CheckNoMemberDown(const ClusterView& view, const GroupConfig& conf
       "again at an op after {} back",
       config.name, fmt::join(down, ", "), down.size() == 1 ? "is" : "are",
       down.size() == 1 ? "it is" : "they are");
+}
+
+// Waits until every other node hosting a rank of `config` has joined (the view shows none of
+// them absent), until `deadline` or until `stopped` says so (UNAVAILABLE naming the nodes). A
+// formation takes its generation only then: a leader that restarted has then heard every
+// member's store floors (ClusterNode replays them as it joins), so it never hands out a
+// generation a survivor used with its predecessor.
+inline Status AwaitMembersJoined(const ClusterStore& store, const GroupConfig& config,
+                                 std::chrono::steady_clock::time_point deadline,
+                                 const std::function<bool()>& stopped) {
+  for (;;) {
+    const ClusterView view = store.View();
+    std::vector<int> absent;
+    for (int r = 0; r < config.world_size(); ++r) {
+      const int node = config.NodeOf(r);
+      if (node != config.span.node && node < static_cast<int>(view.members.size()) &&
+          view.members[node].state == NodeState::kAbsent &&
+          std::find(absent.begin(), absent.end(), node) == absent.end()) {
+        absent.push_back(node);
+      }
+    }
+    if (absent.empty()) return OkStatus();
+    const bool stop = stopped && stopped();
+    if (stop || std::chrono::steady_clock::now() >= deadline) {
+      return UnavailableError("group '{}': node {} {} not joined the cluster{}", config.name,
+                              fmt::join(absent, ", "), absent.size() == 1 ? "has" : "have",
+                              stop ? " (stopped waiting)" : " in time (not started yet?)");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 }  // namespace epd

@@ -218,6 +218,52 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
   }
 }
 
+// The leader dies: the follower's in-flight ops fail naming node 0, it keeps serving (health,
+// the leader shown down, a group of its own), and once the leader is back (an empty store and
+// membership) the follower joins it again by itself, replaying the generations it used, and
+// the spanning group re-forms at its next layer, whose results are correct.
+TEST(MultiNodeFaultTest, KilledLeaderIsJoinedAgainWhenBackAndTheGroupReforms) {
+  auto started = StartTwoNodes({});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  TwoNodes& two = **started;
+  auto follower = ConnectOrDie(two.cluster->node(1).address());
+
+  const auto killed_at = Clock::now();
+  for (const Status& status : KillNodeMidLayer(two, 0, 1)) {
+    EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "node 0");
+  }
+  EXPECT_LT(Clock::now() - killed_at, std::chrono::milliseconds(3'000));
+
+  EXPECT_EQ(WaitForNodeState(*follower, 0, v1::NODE_STATE_DOWN), v1::NODE_STATE_DOWN);
+  example::Problem local = two.problem;
+  local.ranks = kRanksPerNode;
+  local.experts = 4;
+  local.spans_nodes = false;
+  example::RankRunnerOptions local_options;
+  local_options.group = UniqueName("local");
+  auto alone = MakeRanks(two.cluster->node(1).address(), local, local_options);
+  ASSERT_TRUE(alone.ok()) << alone.status().ToString();
+  EXPECT_EPD_OK(RunGoodLayer(*alone, 0));
+
+  // The leader's ranks post at once, likely before the follower noticed the new leader (its
+  // heartbeat comes every 200 ms): their formation waits for it to join, and so takes a
+  // generation above every one the follower used. The follower's ranks post once it shows the
+  // leader up (before that, their ops would fail at once: node 0 down).
+  ASSERT_EPD_OK(RestartNode(two, 0));
+  const std::vector<Status> reformed = RunOnRanks(two.problem.ranks, [&](int g) {
+    if (g >= kRanksPerNode) WaitForNodeState(*follower, 0, v1::NODE_STATE_UP);
+    example::RankRunner& runner = *two.ranks[g].runner;
+    const int n = example::TokensFor(runner.problem(), g, 2);
+    return runner.RunAndCheck(example::MakeInputs(runner.problem(), 7, g, 2, n, true),
+                              example::Identity, false);
+  });
+  for (const Status& status : reformed) EXPECT_EPD_OK(status);
+  auto leader = ConnectOrDie(two.cluster->node(0).address());
+  EXPECT_EQ(WaitForNodeState(*leader, 1, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
+  EXPECT_EPD_OK(RunGoodLayer(two.ranks, 3, /*fenced=*/true));
+  EXPECT_EPD_OK(RunGoodLayer(*alone, 1));
+}
+
 // Every frontend of a spanning group restarts (the group, not persistent, ends with their
 // sessions on every node) and creates it again under the same name: it forms afresh and runs.
 TEST(MultiNodeFaultTest, AGroupMadeAgainUnderItsNameAfterEveryFrontendRestartedRuns) {

@@ -11,6 +11,7 @@
 #include "daemon/cluster/token.h"
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/group_config.h"
+#include "tests/unit/in_memory_store.h"
 
 namespace epd::cluster {
 namespace {
@@ -94,6 +95,39 @@ TEST(MembershipTest, StoreSetsGetsAndRaises) {
   EXPECT_EQ(members.Max("gen", 0), 0);
   EXPECT_EQ(members.Max("gen", 3), 3);
   EXPECT_EQ(members.Max("gen", 1), 3);
+}
+
+// A follower's join carries the store integers it raised (one above): a leader that restarted
+// with an empty store raises them before the node shows up, and never lowers one.
+TEST(MembershipTest, AJoinRaisesTheStoreToTheFloorsItCarries) {
+  Membership members(2, 1, "10.0.0.1:7461", std::chrono::milliseconds(1'000));
+  members.Max("kept", 9);
+  ASSERT_TRUE(members.Join(1, 2, 1, "10.0.0.2", 11, {{"gen", 4}, {"kept", 2}}).ok());
+  EXPECT_EQ(members.Max("gen", 0), 4);
+  EXPECT_EQ(members.Max("kept", 0), 9);
+  // A refused join raises nothing.
+  EXPECT_FALSE(members.Join(1, 3, 1, "10.0.0.2", 12, {{"other", 5}}).ok());
+  EXPECT_FALSE(members.Get("other").has_value());
+}
+
+// A formation waits for the group's nodes that have not joined (a restarted leader has not
+// heard them yet), bounded, and goes on once they did.
+TEST(AwaitMembersJoinedTest, WaitsForTheGroupsAbsentNodesOnly) {
+  GroupConfig c;
+  c.name = "g";
+  c.spans_nodes = true;
+  c.span = GroupConfig::Span{0, 3, 1};  // node 0 of 3, one rank each
+  c.ranks = {0, 1};                     // nodes 0 and 1: node 2 is not in the group
+  testing::InMemoryStore store(3, /*joined=*/false);
+  const auto soon = [] { return std::chrono::steady_clock::now() + std::chrono::milliseconds(50); };
+  const Status absent = AwaitMembersJoined(store, c, soon(), {});
+  EXPECT_EQ(absent.code(), StatusCode::kUnavailable);
+  EXPECT_THAT(absent.message(), HasSubstr("group 'g': node 1 has not joined the cluster in time"));
+  const Status stopped = AwaitMembersJoined(
+      store, c, std::chrono::steady_clock::now() + std::chrono::seconds(30), [] { return true; });
+  EXPECT_THAT(stopped.message(), HasSubstr("stopped waiting"));
+  store.Join(1);
+  EXPECT_TRUE(AwaitMembersJoined(store, c, soon(), {}).ok());
 }
 
 TEST(ClusterViewProtoTest, EveryPerPeerCounterCrossesTheWire) {

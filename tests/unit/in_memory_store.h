@@ -12,8 +12,12 @@ namespace epd::testing {
 
 class InMemoryStore : public ClusterStore {
  public:
-  explicit InMemoryStore(int nodes)
-      : members_(nodes, 1, "127.0.0.1:1", std::chrono::milliseconds(60'000)), nodes_(nodes) {}
+  // Every node has joined, unless `joined` is false (then only the leader, node 0, is there).
+  explicit InMemoryStore(int nodes, bool joined = true)
+      : members_(nodes, 1, "127.0.0.1:1", std::chrono::milliseconds(60'000)), nodes_(nodes) {
+    for (int n = 1; joined && n < nodes; ++n) Join(n);
+  }
+  void Join(int node) { (void)members_.Join(node, nodes_, 1, "127.0.0.1:1", node); }
   GroupConfig::Span Span() const override { return {0, nodes_, 1}; }
   const std::string& transport_host() const override { return host_; }
   ClusterView View() const override { return members_.View(); }

@@ -115,6 +115,9 @@ Status GlooRankLink::Stopped() const {
 Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   EPD_RETURN_IF_ERROR(Stopped());
   EPD_RETURN_IF_ERROR(CheckNoMemberDown(cluster_.View(), config_));
+  EPD_RETURN_IF_ERROR(AwaitMembersJoined(cluster_, config_,
+                                         std::chrono::steady_clock::now() + timeout,
+                                         [this] { return !Stopped().ok(); }));
   int64_t floor = floor_;
   if (first_formation_) {
     // A fresh link (the group created on this daemon, again or for the first time, or the

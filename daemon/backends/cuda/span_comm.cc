@@ -203,6 +203,8 @@ Status SpanComm::Form() {
   }
   EPD_RETURN_IF_ERROR(CheckNoMemberDown(options_.store->View(), c));
   const auto deadline = SteadyClock::now() + options_.timeout;
+  EPD_RETURN_IF_ERROR(
+      AwaitMembersJoined(*options_.store, c, deadline, [this] { return !Stopped().ok(); }));
   std::lock_guard rendezvous_lock(rendezvous_mu_);
   EPD_ASSIGN_OR_RETURN(const int64_t generation, rendezvous_.NextGeneration());
   ncclUniqueId id;
