@@ -4,8 +4,8 @@
 // both low-latency layouts and high-throughput, three dtypes, fp8 dispatch quantized by the
 // daemon or pre-quantized by the frontend); a daemon killed mid-run fails the
 // survivor's op with UNAVAILABLE naming it within the bound, the survivor keeps serving, and the
-// group re-forms once the node is back; a dispatch held by its fence holds no other group of
-// its rank.
+// group re-forms once the node is back (the leader too); a group made again under its name
+// forms afresh; a dispatch held by its fence holds no other group of its rank.
 //
 // With one GPU both daemons run on GPU 0: each gets its own NCCL_HOSTID, so NCCL treats them
 // as two hosts (no duplicate-GPU refusal, its network transport), with IB, P2P and SHM off.
@@ -161,17 +161,17 @@ class SpanningGpuTest : public ::testing::Test {
     world[1] = RankClient{};
     return in_flight;
   }
-  // Node 1 comes back and its frontend creates group `group` again.
-  static Status RestartNodeOne(std::vector<RankClient>& world, const Problem& p,
-                               const std::string& group) {
-    EPD_RETURN_IF_ERROR(StartNode(1));
+  // Node `node` comes back and its frontend creates group `group` again.
+  static Status RestartNode(std::vector<RankClient>& world, const Problem& p,
+                            const std::string& group, int node) {
+    EPD_RETURN_IF_ERROR(StartNode(node));
     example::RankRunnerOptions mine;
     mine.group = group;
     mine.session_rank = 0;
-    mine.device = DeviceOfNode()[1];
-    EPD_ASSIGN_OR_RETURN(world[1].client, Client::Connect(cluster_->node(1).address()));
-    EPD_ASSIGN_OR_RETURN(world[1].runner,
-                         example::RankRunner::Create(*world[1].client, p, 1, mine));
+    mine.device = DeviceOfNode()[node];
+    EPD_ASSIGN_OR_RETURN(world[node].client, Client::Connect(cluster_->node(node).address()));
+    EPD_ASSIGN_OR_RETURN(world[node].runner,
+                         example::RankRunner::Create(*world[node].client, p, node, mine));
     return OkStatus();
   }
   // A frontend per rank of a new group of `p` (spanning both nodes) named after `name`.
@@ -499,6 +499,30 @@ TEST_F(SpanningGpuTest, GroupsFormingInOppositeOrdersOnTheTwoNodesDoNotWaitForEa
   EXPECT_LT(took.count(), kOpTimeoutMs) << "a formation waited for the other group's";
 }
 
+// Both frontends restart (the group, not persistent, ends with their sessions on both nodes)
+// and create it again under its name: each time it forms a new communicator (a generation
+// neither node formed before, with a new unique id) and runs.
+TEST_F(SpanningGpuTest, AGroupMadeAgainUnderItsNameAfterBothFrontendsRestartedRuns) {
+  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
+  p.spans_nodes = true;
+  const std::string group = UniqueName("again");
+  const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
+  int64_t last_generation = -1;
+  for (int restart = 0; restart < 3; ++restart) {
+    SCOPED_TRACE(fmt::format("restart {}", restart));
+    auto world = SpanningWorld(p, group);
+    ASSERT_TRUE(world.ok()) << world.status().ToString();
+    auto ran = Run(*world, good, DeviceCopy);
+    ASSERT_TRUE(ran.ok()) << ran.status().ToString();
+    auto node0 = ConnectOrDie(cluster_->node(0).address());
+    const auto transport = TransportOf(*node0, group);
+    ASSERT_TRUE(transport.ok()) << transport.status().ToString();
+    ASSERT_EQ(transport->size(), 1u);
+    EXPECT_GT((*transport)[0].generation(), last_generation);
+    last_generation = (*transport)[0].generation();
+  }
+}
+
 // A node that dies and comes back again and again costs the survivor no device memory, file
 // descriptors or threads: every failure aborts the group's NCCL communicator (ncclCommAbort)
 // and the next op forms a new one, so anything an abort kept would grow with each round. Kills
@@ -520,7 +544,7 @@ TEST_F(SpanningGpuTest, NodeDeathsAndReformationsLeaveNoDeviceMemoryFdsOrThreads
   std::map<std::string, int> first_kinds, last_kinds;
   for (int round = 0; round < kRounds; ++round) {
     EXPECT_EPD_ERROR(KillNodeOneMidLayer(*world, p, 1), StatusCode::kUnavailable, "node 1");
-    ASSERT_EPD_OK(RestartNodeOne(*world, p, group));
+    ASSERT_EPD_OK(RestartNode(*world, p, group, 1));
     auto reformed = Run(*world, good, DeviceCopy);
     ASSERT_TRUE(reformed.ok()) << "round " << round << ": " << reformed.status().ToString();
     used.push_back(Gpu0UsedMiB());
@@ -622,7 +646,7 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
 
   // Node 1 comes back and its frontend creates the group again: the group re-forms (new
   // generation, new unique id) at the next layer.
-  ASSERT_EPD_OK(RestartNodeOne(*world, p, group));
+  ASSERT_EPD_OK(RestartNode(*world, p, group, 1));
   const Case again{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 9}};
   auto recovered = Run(*world, again, DeviceCopy);
   EXPECT_TRUE(recovered.ok()) << recovered.status().ToString();
@@ -632,6 +656,38 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   EXPECT_TRUE((*reformed)[0].formed());
   EXPECT_GT((*reformed)[0].generation(), (*before)[0].generation());
   EXPECT_EQ((*reformed)[0].formations(), 2u);
+}
+
+// After the node-1 test: the leader (node 0) dies mid-layer; node 1's op fails naming it; the
+// leader comes back with an empty store, node 1 joins it again (handing it the generations it
+// used) and the group re-forms at the next layer, bit-exact to the math.
+TEST_F(SpanningGpuTest, ZZKilledLeaderIsJoinedAgainAndTheGroupReforms) {
+  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
+  p.spans_nodes = true;
+  const std::string group = UniqueName("leader");
+  auto world = SpanningWorld(p, group);
+  ASSERT_TRUE(world.ok()) << world.status().ToString();
+  const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
+  ASSERT_TRUE(Run(*world, good, DeviceCopy).ok());
+  auto follower = ConnectOrDie(cluster_->node(1).address());
+  ASSERT_NE(follower, nullptr);
+
+  Status in_flight;
+  std::thread posting([&] {
+    in_flight = (*world)[1].runner->RunLayer(InputsOf(p, Routing::kRandom, 1, 1, 16),
+                                             example::Identity, false);
+  });
+  cluster_->KillNode(0);
+  posting.join();
+  (*world)[0] = RankClient{};
+  EXPECT_EPD_ERROR(in_flight, StatusCode::kUnavailable, "node 0");
+  EXPECT_EQ(WaitForNodeState(*follower, 0, v1::NODE_STATE_DOWN), v1::NODE_STATE_DOWN);
+
+  ASSERT_EPD_OK(RestartNode(*world, p, group, 0));
+  EXPECT_EQ(WaitForNodeState(*follower, 0, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
+  const Case again{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 9}};
+  auto recovered = Run(*world, again, DeviceCopy);
+  EXPECT_TRUE(recovered.ok()) << recovered.status().ToString();
 }
 
 }  // namespace
