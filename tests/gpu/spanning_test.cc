@@ -194,6 +194,24 @@ class SpanningGpuTest : public ::testing::Test {
     return beside;
   }
 
+  // The expert-major bf16 case of random routings with these layers' token counts, and its
+  // problem spanning both nodes: what the fault and lifecycle tests run.
+  static Case RandomCase(std::vector<int> tokens) {
+    return Case{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, std::move(tokens)};
+  }
+  static Problem RandomSpanningProblem() {
+    Problem p = ProblemOf(RandomCase({}));
+    p.spans_nodes = true;
+    return p;
+  }
+  // The ranks of group `group` of RandomSpanningProblem(), after one good layer of 16 tokens.
+  static StatusOr<std::vector<RankClient>> WorldAfterAGoodLayer(const std::string& group) {
+    EPD_ASSIGN_OR_RETURN(std::vector<RankClient> world,
+                         SpanningWorld(RandomSpanningProblem(), group));
+    EPD_RETURN_IF_ERROR(Run(world, RandomCase({16}), DeviceCopy).status());
+    return world;
+  }
+
   // Runs the layers of `c` on `ranks` (both ranks in parallel) and returns each layer's
   // snapshot per rank; every layer's combine output is also checked against the math.
   static StatusOr<std::vector<std::vector<std::vector<uint8_t>>>> Run(
@@ -503,17 +521,12 @@ TEST_F(SpanningGpuTest, GroupsFormingInOppositeOrdersOnTheTwoNodesDoNotWaitForEa
 // and create it again under its name: each time it forms a new communicator (a generation
 // neither node formed before, with a new unique id) and runs.
 TEST_F(SpanningGpuTest, AGroupMadeAgainUnderItsNameAfterBothFrontendsRestartedRuns) {
-  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
-  p.spans_nodes = true;
   const std::string group = UniqueName("again");
-  const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
   int64_t last_generation = -1;
   for (int restart = 0; restart < 3; ++restart) {
     SCOPED_TRACE(fmt::format("restart {}", restart));
-    auto world = SpanningWorld(p, group);
+    auto world = WorldAfterAGoodLayer(group);
     ASSERT_TRUE(world.ok()) << world.status().ToString();
-    auto ran = Run(*world, good, DeviceCopy);
-    ASSERT_TRUE(ran.ok()) << ran.status().ToString();
     auto node0 = ConnectOrDie(cluster_->node(0).address());
     const auto transport = TransportOf(*node0, group);
     ASSERT_TRUE(transport.ok()) << transport.status().ToString();
@@ -590,13 +603,10 @@ TEST_F(SpanningGpuTest, NodeDeathsAndReformationsLeaveNoDeviceMemoryFdsOrThreads
 
 // Last: it kills and restarts node 1.
 TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItIsBack) {
-  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
-  p.spans_nodes = true;
+  const Problem p = RandomSpanningProblem();
   const std::string group = UniqueName("fault");
-  auto world = SpanningWorld(p, group);
+  auto world = WorldAfterAGoodLayer(group);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
-  const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
-  ASSERT_TRUE(Run(*world, good, DeviceCopy).ok());
   auto survivor = ConnectOrDie(cluster_->node(0).address());
   ASSERT_NE(survivor, nullptr);
   // ListGroups shows the NCCL communicator of node 0's group rank formed.
@@ -647,8 +657,7 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
   // Node 1 comes back and its frontend creates the group again: the group re-forms (new
   // generation, new unique id) at the next layer.
   ASSERT_EPD_OK(RestartNode(*world, p, group, 1));
-  const Case again{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 9}};
-  auto recovered = Run(*world, again, DeviceCopy);
+  auto recovered = Run(*world, RandomCase({16, 9}), DeviceCopy);
   EXPECT_TRUE(recovered.ok()) << recovered.status().ToString();
   const auto reformed = TransportOf(*survivor, group);
   ASSERT_TRUE(reformed.ok()) << reformed.status().ToString();
@@ -662,13 +671,10 @@ TEST_F(SpanningGpuTest, ZKilledNodeFailsTheSurvivorsOpsAndTheGroupReformsWhenItI
 // leader comes back with an empty store, node 1 joins it again (handing it the generations it
 // used) and the group re-forms at the next layer, bit-exact to the math.
 TEST_F(SpanningGpuTest, ZZKilledLeaderIsJoinedAgainAndTheGroupReforms) {
-  Problem p = ProblemOf({v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {}});
-  p.spans_nodes = true;
+  const Problem p = RandomSpanningProblem();
   const std::string group = UniqueName("leader");
-  auto world = SpanningWorld(p, group);
+  auto world = WorldAfterAGoodLayer(group);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
-  const Case good{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16}};
-  ASSERT_TRUE(Run(*world, good, DeviceCopy).ok());
   auto follower = ConnectOrDie(cluster_->node(1).address());
   ASSERT_NE(follower, nullptr);
 
@@ -685,8 +691,7 @@ TEST_F(SpanningGpuTest, ZZKilledLeaderIsJoinedAgainAndTheGroupReforms) {
 
   ASSERT_EPD_OK(RestartNode(*world, p, group, 0));
   EXPECT_EQ(WaitForNodeState(*follower, 0, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
-  const Case again{v1::LAYOUT_EXPERT_MAJOR, v1::DTYPE_BF16, Routing::kRandom, {16, 9}};
-  auto recovered = Run(*world, again, DeviceCopy);
+  auto recovered = Run(*world, RandomCase({16, 9}), DeviceCopy);
   EXPECT_TRUE(recovered.ok()) << recovered.status().ToString();
 }
 
