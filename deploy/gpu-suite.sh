@@ -82,6 +82,15 @@ if [[ $gpus -lt 1 ]]; then
 fi
 echo "gpu-suite: $gpus GPU(s), $depth" | tee -a "$summary"
 
+# epd_gpu_tests, with the corrupted IPC handle test in a step of its own: libcuda has crashed
+# the process in it about one run in five (README, Security: a known limit), which would
+# otherwise lose every later test's result.
+gpu_tests_steps() {
+  local corrupted='CudaImport.CorruptedHandlesLeaveTheContextWorking'
+  step gpu_tests 900 "$bin/epd_gpu_tests" --gtest_filter="-$corrupted"
+  step gpu_tests_corrupted_ipc 120 "$bin/epd_gpu_tests" --gtest_filter="$corrupted"
+}
+
 if [[ $depth == pair ]]; then
   if [[ $gpus -lt 2 ]]; then
     echo "gpu-suite: pair needs 2+ GPUs; this host has $gpus" >&2
@@ -89,7 +98,7 @@ if [[ $depth == pair ]]; then
   fi
   pair_steps
   step gpu_spanning_tests 300 "$bin/epd_gpu_spanning_tests"  # one GPU per daemon, network path
-  step gpu_tests 900 "$bin/epd_gpu_tests"
+  gpu_tests_steps
   step gpu_frontend_tests 600 "$bin/epd_gpu_frontend_tests"
   step gpu_daemon_tests 300 "$bin/epd_gpu_daemon_tests"
   echo "gpu-suite: done; summary in $summary" >&2
@@ -97,7 +106,7 @@ if [[ $depth == pair ]]; then
 fi
 
 step common_cuda_test 120 "$bin/common_cuda_test"
-step gpu_tests 900 "$bin/epd_gpu_tests"
+gpu_tests_steps
 step gpu_frontend_tests 600 "$bin/epd_gpu_frontend_tests"
 step gpu_daemon_tests 300 "$bin/epd_gpu_daemon_tests"
 step gpu_first_launch_tests 120 "$bin/epd_gpu_first_launch_tests"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # deploy/gpu-suite.sh picks its steps by GPU count and depth: checked in its dry run (no GPU
-# needed): every GPU test binary always, the 2-GPU steps only with 2+ GPUs and in full or pair
+# needed): every GPU test binary always (the corrupted IPC handle test in a step of its own), the 2-GPU steps only with 2+ GPUs and in full or pair
 # (pair: those first, no sanitizers, a skip on one GPU), the sanitizers only in full, and no
 # GPU at all is a skip (77).
 set -uo pipefail
@@ -15,8 +15,8 @@ steps() {  # GPUS DEPTH -> step names, one per line
 }
 
 one_quick=$(steps 1 quick)
-for name in common_cuda_test gpu_tests gpu_frontend_tests gpu_daemon_tests gpu_first_launch_tests \
-  gpu_spanning_tests request_fuzz_cuda python_gpu_tests bench_no_mps bench_mps; do
+for name in common_cuda_test gpu_tests gpu_tests_corrupted_ipc gpu_frontend_tests gpu_daemon_tests \
+  gpu_first_launch_tests gpu_spanning_tests request_fuzz_cuda python_gpu_tests bench_no_mps bench_mps; do
   grep -qx "$name" <<<"$one_quick" || fail "1 GPU, quick: no step $name in: $one_quick"
 done
 grep -qx memcheck <<<"$one_quick" && fail "1 GPU, quick: runs the sanitizers"
@@ -33,7 +33,8 @@ grep -q -- '--nodes 2' "$dir/2-full/summary.txt" || fail "2 GPUs: the daemons co
 
 two_pair=$(steps 2 pair)
 [[ $(head -n 1 <<<"$two_pair") == bench_ht_ep2 ]] || fail "2 GPUs, pair: the prefill target first"
-for name in bench_two_daemons_network spanning_nccl_as_is gpu_spanning_tests gpu_tests; do
+for name in bench_two_daemons_network spanning_nccl_as_is gpu_spanning_tests gpu_tests \
+  gpu_tests_corrupted_ipc; do
   grep -qx "$name" <<<"$two_pair" || fail "2 GPUs, pair: no step $name"
 done
 grep -qx memcheck <<<"$two_pair" && fail "2 GPUs, pair: runs the sanitizers"
