@@ -280,6 +280,42 @@ TEST(MultiNodeFaultTest, AGroupMadeAgainUnderItsNameAfterEveryFrontendRestartedR
   }
 }
 
+// Node 1's frontends restart (its daemon does not) and create the group again: node 0's next
+// op fails fast naming node 1 (its mesh still names node 1's earlier links), node 1's first
+// op fails when node 0's ranks do not come in that round, and the next layer re-forms and runs.
+TEST(MultiNodeFaultTest, APeersRestartedFrontendsCostTheOthersOneOpThenTheGroupReforms) {
+  auto started = StartTwoNodes({});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  TwoNodes& two = **started;
+  for (int local = 0; local < kRanksPerNode; ++local) two.ranks[kRanksPerNode + local] = {};
+  for (const Status& status : RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
+         const int g = kRanksPerNode + local_rank;
+         EPD_ASSIGN_OR_RETURN(two.ranks[g].client, Client::Connect(two.cluster->node(1).address()));
+         example::RankRunnerOptions mine = two.options;
+         mine.session_rank = local_rank;
+         EPD_ASSIGN_OR_RETURN(two.ranks[g].runner, example::RankRunner::Create(
+                                                       *two.ranks[g].client, two.problem, g, mine));
+         return OkStatus();
+       })) {
+    ASSERT_EPD_OK(status);
+  }
+  std::vector<Clock::duration> took(two.problem.ranks);
+  const std::vector<Status> first = RunOnRanks(two.problem.ranks, [&](int g) {
+    const auto start = Clock::now();
+    example::RankRunner& runner = *two.ranks[g].runner;
+    Status status = runner.RunLayer(example::MakeInputs(two.problem, 7, g, 1, 8, true),
+                                    example::Identity, false);
+    took[g] = Clock::now() - start;
+    return status;
+  });
+  for (int g = 0; g < kRanksPerNode; ++g) {
+    EXPECT_EPD_ERROR(first[g], StatusCode::kUnavailable, "node 1");
+    EXPECT_LT(took[g], std::chrono::milliseconds(2'000)) << "group rank " << g;
+  }
+  EXPECT_EPD_OK(RunGoodLayer(two.ranks, 2));
+  EXPECT_EPD_OK(RunGoodLayer(two.ranks, 3, /*fenced=*/true));
+}
+
 // A node that dies and comes back again and again costs the survivor no file descriptors or
 // threads: every failure retires the group's gloo mesh and the next op forms a new one, so
 // anything a retired mesh kept would grow with each round.
