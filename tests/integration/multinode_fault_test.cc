@@ -78,10 +78,10 @@ std::vector<Status> KillNodeMidLayer(TwoNodes& two, int dead, int index) {
   return in_flight;
 }
 
-// Node `node` comes back and its frontends create the group again; the other node's keep
-// theirs.
-Status RestartNode(TwoNodes& two, int node) {
-  EPD_RETURN_IF_ERROR(two.cluster->StartNode(node));
+// Node `node`'s frontends start afresh and create the group again; the other node's keep theirs.
+Status RemakeFrontends(TwoNodes& two, int node) {
+  // Every old session ends first: the group there goes with the last of them.
+  for (int local = 0; local < kRanksPerNode; ++local) two.ranks[node * kRanksPerNode + local] = {};
   for (const Status& status : RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
          const int g = node * kRanksPerNode + local_rank;
          EPD_ASSIGN_OR_RETURN(two.ranks[g].client,
@@ -95,6 +95,12 @@ Status RestartNode(TwoNodes& two, int node) {
     EPD_RETURN_IF_ERROR(status);
   }
   return OkStatus();
+}
+
+// Node `node` comes back and its frontends create the group again.
+Status RestartNode(TwoNodes& two, int node) {
+  EPD_RETURN_IF_ERROR(two.cluster->StartNode(node));
+  return RemakeFrontends(two, node);
 }
 
 TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
@@ -287,18 +293,7 @@ TEST(MultiNodeFaultTest, APeersRestartedFrontendsCostTheOthersOneOpThenTheGroupR
   auto started = StartTwoNodes({});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   TwoNodes& two = **started;
-  for (int local = 0; local < kRanksPerNode; ++local) two.ranks[kRanksPerNode + local] = {};
-  for (const Status& status : RunOnRanks(kRanksPerNode, [&](int local_rank) -> Status {
-         const int g = kRanksPerNode + local_rank;
-         EPD_ASSIGN_OR_RETURN(two.ranks[g].client, Client::Connect(two.cluster->node(1).address()));
-         example::RankRunnerOptions mine = two.options;
-         mine.session_rank = local_rank;
-         EPD_ASSIGN_OR_RETURN(two.ranks[g].runner, example::RankRunner::Create(
-                                                       *two.ranks[g].client, two.problem, g, mine));
-         return OkStatus();
-       })) {
-    ASSERT_EPD_OK(status);
-  }
+  ASSERT_EPD_OK(RemakeFrontends(two, 1));
   std::vector<Clock::duration> took(two.problem.ranks);
   const std::vector<Status> first = RunOnRanks(two.problem.ranks, [&](int g) {
     const auto start = Clock::now();
