@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -95,6 +96,33 @@ inline Status CheckNoMemberDown(const ClusterView& view, const GroupConfig& conf
       "again at an op after {} back",
       config.name, fmt::join(down, ", "), down.size() == 1 ? "is" : "are",
       down.size() == 1 ? "it is" : "they are");
+}
+
+// Group transports (gloo meshes, NCCL communicators) keep their keys under a prefix of their
+// own ("epd/group/<name>", "epd/nccl/<name>"): "<prefix>/generation", an integer that only
+// grows (Max), and "<prefix>/g<g>/formed/node<n>", set once node n formed generation g.
+inline int64_t ParseGeneration(const std::optional<std::string>& text) {
+  int64_t value = 0;  // absent: none formed yet
+  if (text.has_value()) std::from_chars(text->data(), text->data() + text->size(), value);
+  return value;
+}
+inline std::string FormedGenerationKey(std::string_view prefix, int64_t generation, int node) {
+  return fmt::format("{}/g{}/formed/node{}", prefix, generation, node);
+}
+
+// The generation a transport's first formation starts from (at least): the stored one, or the
+// next when `node` formed the stored one before (an earlier instance of the group, or of the
+// daemon): the peers' mesh or communicator of it names that earlier one, and its keys in the
+// store are stale. When the peers noticed first, they raised it already and this node simply
+// joins it.
+inline StatusOr<int64_t> FirstFormationFloor(ClusterStore& store, std::string_view prefix,
+                                             int node) {
+  EPD_ASSIGN_OR_RETURN(std::optional<std::string> current,
+                       store.Get(fmt::format("{}/generation", prefix)));
+  const int64_t stored = ParseGeneration(current);
+  EPD_ASSIGN_OR_RETURN(std::optional<std::string> formed,
+                       store.Get(FormedGenerationKey(prefix, stored, node)));
+  return formed.has_value() ? stored + 1 : stored;
 }
 
 // Waits until every other node hosting a rank of `config` has joined (the view shows none of

@@ -1,30 +1,19 @@
 #include "daemon/backends/cpu/gloo_rank_link.h"
 
+#include <fmt/ranges.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/transport/unbound_buffer.h>
 
-#include <charconv>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <set>
 #include <stdexcept>
 
-#include <fmt/ranges.h>
-
 #include "daemon/backends/cpu/gloo_store.h"
 #include "daemon/core/log.h"
 
 namespace epd {
-namespace {
-
-StatusOr<int64_t> ParseGeneration(const std::optional<std::string>& text) {
-  int64_t value = 0;
-  if (text.has_value()) std::from_chars(text->data(), text->data() + text->size(), value);
-  return value;
-}
-
-}  // namespace
 
 GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
                            std::shared_ptr<gloo::transport::Device> device,
@@ -37,12 +26,12 @@ GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterSto
 
 GlooRankLink::~GlooRankLink() = default;
 
-std::string GlooRankLink::GenerationKey() const {
-  return fmt::format("epd/group/{}/generation", config_.name);
-}
+std::string GlooRankLink::Prefix() const { return fmt::format("epd/group/{}", config_.name); }
+
+std::string GlooRankLink::GenerationKey() const { return Prefix() + "/generation"; }
 
 std::string GlooRankLink::FormedKey(int64_t generation, int node) const {
-  return fmt::format("epd/group/{}/g{}/formed/node{}", config_.name, generation, node);
+  return FormedGenerationKey(Prefix(), generation, node);
 }
 
 void GlooRankLink::Break(int64_t failed_generation) {
@@ -72,7 +61,7 @@ Status GlooRankLink::CheckConfigs(const std::string& prefix, std::chrono::millis
   GlooStore store(cluster_, prefix, timeout, [this, generation] {
     if (!Stopped().ok()) return true;
     auto current = cluster_.Get(GenerationKey());
-    return current.ok() && ParseGeneration(*current).value() > generation;
+    return current.ok() && ParseGeneration(*current) > generation;
   });
   for (int r : compare_with) {
     const std::string key = fmt::format("config/{}", r);
@@ -121,19 +110,14 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   int64_t floor = floor_;
   if (first_formation_) {
     // A fresh link (the group created on this daemon, again or for the first time, or the
-    // daemon restarted) never joins a generation its node formed before: the peers' mesh of
-    // that generation names the node's earlier link (maybe a dead process), and the store's
-    // keys of it are stale. When the peers noticed first, they raised the generation already
-    // and this node simply joins it.
-    EPD_ASSIGN_OR_RETURN(std::optional<std::string> current, cluster_.Get(GenerationKey()));
-    EPD_ASSIGN_OR_RETURN(int64_t stored, ParseGeneration(current));
-    EPD_ASSIGN_OR_RETURN(std::optional<std::string> formed,
-                         cluster_.Get(FormedKey(stored, config_.span.node)));
-    floor = std::max(floor, formed.has_value() ? stored + 1 : stored);
+    // daemon restarted) never joins a generation its node formed before.
+    EPD_ASSIGN_OR_RETURN(const int64_t fresh,
+                         FirstFormationFloor(cluster_, Prefix(), config_.span.node));
+    floor = std::max(floor, fresh);
     first_formation_ = false;
   }
   EPD_ASSIGN_OR_RETURN(int64_t generation, cluster_.Max(GenerationKey(), floor));
-  const std::string prefix = fmt::format("epd/group/{}/g{}/", config_.name, generation);
+  const std::string prefix = fmt::format("{}/g{}/", Prefix(), generation);
   EPD_LOG(kCpu, debug, "group '{}' rank {}: forming the mesh of generation {}", config_.name,
           rank_, generation);
   Status agreed = CheckConfigs(prefix, timeout, generation);
@@ -146,7 +130,7 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   GlooStore store(cluster_, prefix + "mesh/", timeout, [this, generation] {
     if (!Stopped().ok()) return true;
     auto current = cluster_.Get(GenerationKey());
-    return current.ok() && ParseGeneration(*current).value() > generation;
+    return current.ok() && ParseGeneration(*current) > generation;
   });
   try {
     context->connectFullMesh(store, device_);

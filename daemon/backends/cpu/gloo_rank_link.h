@@ -65,6 +65,7 @@ class GlooRankLink {
   Status CheckConfigs(const std::string& prefix, std::chrono::milliseconds timeout,
                       int64_t generation);
   void Break(int64_t failed_generation);
+  std::string Prefix() const;  // of every key of this group's meshes (daemon/core/cluster.h)
   std::string GenerationKey() const;
   // Set once a rank of `node` formed the mesh of `generation`.
   std::string FormedKey(int64_t generation, int node) const;

@@ -1,7 +1,6 @@
 #include "daemon/backends/cuda/span_rendezvous.h"
 
 #include <algorithm>
-#include <charconv>
 #include <thread>
 
 #include "daemon/core/log.h"
@@ -11,33 +10,24 @@ namespace {
 
 constexpr std::chrono::milliseconds kPollInterval{5};
 
-int64_t ParseInteger(const std::optional<std::string>& text) {
-  int64_t value = 0;
-  if (text.has_value()) std::from_chars(text->data(), text->data() + text->size(), value);
-  return value;
-}
-
 }  // namespace
 
 SpanRendezvous::SpanRendezvous(const GroupConfig& config, ClusterStore& store)
     : config_(config), store_(store) {}
 
+std::string SpanRendezvous::Prefix() const { return fmt::format("epd/nccl/{}", config_.name); }
+
 std::string SpanRendezvous::Key(std::string_view suffix) const {
-  return fmt::format("epd/nccl/{}/{}", config_.name, suffix);
+  return fmt::format("{}/{}", Prefix(), suffix);
 }
 
 StatusOr<int64_t> SpanRendezvous::NextGeneration() {
   int64_t floor = floor_;
   if (first_formation_) {
-    // The peers' communicator of the stored generation, if this node formed it before (an
-    // earlier instance of the group, or of the daemon), names this node's earlier
-    // communicator, and its unique id in the store is stale: never join it again.
-    EPD_ASSIGN_OR_RETURN(std::optional<std::string> current, store_.Get(GenerationKey()));
-    const int64_t stored = ParseInteger(current);
-    EPD_ASSIGN_OR_RETURN(
-        std::optional<std::string> formed,
-        store_.Get(Key(fmt::format("g{}/formed/node{}", stored, config_.span.node))));
-    floor = std::max(floor, formed.has_value() ? stored + 1 : stored);
+    // Never the generation this node formed before: its unique id in the store is stale.
+    EPD_ASSIGN_OR_RETURN(const int64_t fresh,
+                         FirstFormationFloor(store_, Prefix(), config_.span.node));
+    floor = std::max(floor, fresh);
     first_formation_ = false;
   }
   EPD_ASSIGN_OR_RETURN(int64_t generation, store_.Max(GenerationKey(), floor));
@@ -75,7 +65,7 @@ StatusOr<std::string> SpanRendezvous::Fetch(int64_t generation, Clock::time_poin
       return FromHex(std::string_view(*value).substr(newline + 1));
     }
     EPD_ASSIGN_OR_RETURN(std::optional<std::string> current, store_.Get(GenerationKey()));
-    if (ParseInteger(current) > generation) {
+    if (ParseGeneration(current) > generation) {
       return UnavailableError(
           "group '{}': generation {} of the communicator was given up by a member before node {} "
           "published its NCCL unique id; the group re-forms at its next op",
@@ -92,7 +82,7 @@ StatusOr<std::string> SpanRendezvous::Fetch(int64_t generation, Clock::time_poin
 }
 
 Status SpanRendezvous::MarkFormed(int64_t generation) {
-  return store_.Set(Key(fmt::format("g{}/formed/node{}", generation, config_.span.node)), "1");
+  return store_.Set(FormedGenerationKey(Prefix(), generation, config_.span.node), "1");
 }
 
 void SpanRendezvous::Break(int64_t failed) {

@@ -52,6 +52,7 @@ class SpanRendezvous {
   static StatusOr<std::string> FromHex(std::string_view hex);
 
  private:
+  std::string Prefix() const;  // of every key of this group's communicators
   std::string Key(std::string_view suffix) const;
   std::string GenerationKey() const { return Key("generation"); }
 
