@@ -116,6 +116,18 @@ class CudaDaemonTest : public ::testing::Test {
     return false;
   }
 
+  // Kills the last rank's process of the running example frontend `example` (a process per
+  // rank, its children) and waits up to `wait_ms` for the example to exit: its surviving ranks
+  // must fail their pending op, not hang.
+  void KillLastRankAndExpectTheExampleToFail(ChildProcess& example, int wait_ms) {
+    std::vector<pid_t> ranks = ChildrenOf(example.pid());
+    ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
+    ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
+    const int code = example.Wait(wait_ms);
+    EXPECT_NE(code, 0);
+    EXPECT_NE(code, -1) << "the surviving frontends hung";
+  }
+
   // Runs `args` (with --progress) and kills one rank's process once 3 layers per rank passed;
   // the survivors must fail their pending op, not hang. Returns once the daemon closed the
   // killed frontend's sessions and, on the frontend-launched path, reset the group.
@@ -137,14 +149,8 @@ class CudaDaemonTest : public ::testing::Test {
       ASSERT_TRUE(line.ok()) << line.status().ToString() << "; daemon log:\n" << daemon_->ReadLog();
       if (line->find("OK") != std::string::npos) ++layers;
     }
-    std::vector<pid_t> ranks = ChildrenOf((*victim)->pid());
-    ASSERT_EQ(static_cast<int>(ranks.size()), gpus_);
-    ASSERT_EQ(kill(ranks.back(), SIGKILL), 0);
-    // Survivors (more than one GPU) fail their pending op within the op timeout (5 s), so
-    // the example exits; it must not hang.
-    const int code = (*victim)->Wait(60'000);
-    EXPECT_NE(code, 0);
-    EXPECT_NE(code, -1) << "the surviving frontends hung";
+    // Survivors (more than one GPU) fail their pending op within the op timeout (5 s).
+    ASSERT_NO_FATAL_FAILURE(KillLastRankAndExpectTheExampleToFail(**victim, 60'000));
     if (frontend_launched) {
       ASSERT_TRUE(WaitForLog(kReset, resets + 1)) << daemon_->ReadLog();
     }
