@@ -16,6 +16,7 @@ v1::NodeState ToProto(NodeState state) {
 void ToProto(const ClusterView& view, v1::ClusterView* out) {
   out->set_nodes(view.nodes);
   out->set_ranks_per_node(view.ranks_per_node);
+  out->set_store_keys(view.store_keys);
   for (const ClusterMember& member : view.members) {
     v1::ClusterNode* node = out->add_members();
     node->set_node_rank(member.node_rank);
@@ -33,6 +34,7 @@ ClusterView FromProto(const v1::ClusterView& in) {
   ClusterView view;
   view.nodes = in.nodes();
   view.ranks_per_node = in.ranks_per_node();
+  view.store_keys = in.store_keys();
   for (const v1::ClusterNode& node : in.members()) {
     ClusterMember member;
     member.node_rank = node.node_rank();

@@ -76,6 +76,7 @@ ClusterView Membership::View() const {
   view.nodes = nodes_;
   view.ranks_per_node = ranks_per_node_;
   view.leader = members_[0].address;
+  view.store_keys = store_.size();
   const auto now = Clock::now();
   for (int n = 0; n < nodes_; ++n) {
     const Member& member = members_[n];
@@ -120,7 +121,27 @@ int64_t Membership::MaxLocked(const std::string& key, int64_t value) {
   std::from_chars(stored.data(), stored.data() + stored.size(), current);
   const int64_t result = std::max(current, value);
   stored = std::to_string(result);
+  if (result > current) DropGenerationsBelowLocked(key, result);
   return result;
+}
+
+void Membership::DropGenerationsBelowLocked(std::string_view key, int64_t generation) {
+  constexpr std::string_view kInteger = "/generation";
+  if (!key.ends_with(kInteger)) return;
+  const std::string stem = std::string(key.substr(0, key.size() - kInteger.size())) + "/g";
+  for (auto it = store_.lower_bound(stem); it != store_.end() && it->first.starts_with(stem);) {
+    const std::string_view rest = std::string_view(it->first).substr(stem.size());
+    int64_t of = 0;
+    const auto [end, error] = std::from_chars(rest.data(), rest.data() + rest.size(), of);
+    // Only "<stem><digits>/...": "<prefix>/generation" itself starts with the stem too.
+    const bool generation_key = error == std::errc() && end != rest.data() &&
+                                end != rest.data() + rest.size() && *end == '/';
+    if (generation_key && of < generation) {
+      it = store_.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 }  // namespace epd::cluster

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -54,6 +55,10 @@ class Membership {
   };
   bool UpLocked(const Member& member, Clock::time_point now) const;
   int64_t MaxLocked(const std::string& key, int64_t value);
+  // `key` a group transport's "<prefix>/generation" (core/cluster.h) raised to `generation`:
+  // erases "<prefix>/g<k>/..." for every k below it (no transport starts one below the stored
+  // integer, and those waiting on one give up when it moved).
+  void DropGenerationsBelowLocked(std::string_view key, int64_t generation);
 
   const int nodes_;
   const int ranks_per_node_;

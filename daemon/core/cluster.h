@@ -50,6 +50,7 @@ struct ClusterView {
   int ranks_per_node = 0;
   std::string leader;
   std::vector<ClusterMember> members;  // in node-rank order
+  uint64_t store_keys = 0;             // keys in the leader's store
 };
 
 // Implemented by daemon/cluster/cluster_node.h. Thread-safe; every call is bounded.
@@ -100,7 +101,28 @@ inline Status CheckNoMemberDown(const ClusterView& view, const GroupConfig& conf
 
 // Group transports (gloo meshes, NCCL communicators) keep their keys under a prefix of their
 // own ("epd/group/<name>", "epd/nccl/<name>"): "<prefix>/generation", an integer that only
-// grows (Max), and "<prefix>/g<g>/formed/node<n>", set once node n formed generation g.
+// grows (Max), and generation g's keys under "<prefix>/g<g>/", among them
+// "<prefix>/g<g>/formed/node<n>", set once node n formed generation g. No transport starts a
+// generation below the stored one (each takes Max's result), so when the integer rises the
+// leader drops the keys of the generations below it: a group re-formed for months keeps the
+// store at the size of one generation.
+//
+// The name is one segment of the prefix ('%' and '/' in it written %25 and %2F), so a group
+// named "a/g1" has no key under group "a"'s "epd/group/a/g1/".
+inline std::string TransportKeyPrefix(std::string_view kind, std::string_view group_name) {
+  std::string prefix = fmt::format("epd/{}/", kind);
+  for (char c : group_name) {
+    if (c == '%') {
+      prefix += "%25";
+    } else if (c == '/') {
+      prefix += "%2F";
+    } else {
+      prefix += c;
+    }
+  }
+  return prefix;
+}
+
 inline int64_t ParseGeneration(const std::optional<std::string>& text) {
   int64_t value = 0;  // absent: none formed yet
   if (text.has_value()) std::from_chars(text->data(), text->data() + text->size(), value);

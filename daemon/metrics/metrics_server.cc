@@ -156,10 +156,15 @@ class EngineCollector final : public prometheus::Collectable {
       AddValue(bytes, static_cast<double>(member.bytes_received),
                {{"node", node}, {"direction", "received"}});
     }
+    auto store = Family("epd_cluster_store_keys",
+                        "Keys in the leader's rendezvous store (flat while groups re-form).",
+                        MetricType::Gauge);
+    AddValue(store, static_cast<double>(now.cluster->store_keys), {});
     out.push_back(std::move(up));
     out.push_back(std::move(joins));
     out.push_back(std::move(failures));
     out.push_back(std::move(bytes));
+    out.push_back(std::move(store));
   }
 
   const BuildInfo build_;

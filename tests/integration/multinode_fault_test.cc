@@ -103,6 +103,21 @@ Status RestartNode(TwoNodes& two, int node) {
   return RemakeFrontends(two, node);
 }
 
+// Keys in the leader's rendezvous store, as node 0's GetNodeInfo shows them.
+uint64_t LeaderStoreKeys(TwoNodes& two) {
+  auto client = Client::Connect(two.cluster->node(0).address());
+  if (!client.ok()) {
+    ADD_FAILURE() << client.status().ToString();
+    return 0;
+  }
+  auto info = (*client)->GetNodeInfo();
+  if (!info.ok()) {
+    ADD_FAILURE() << info.status().ToString();
+    return 0;
+  }
+  return info->cluster().store_keys();
+}
+
 TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBack) {
   const int metrics_port = FreeLoopbackPort();
   auto started = StartTwoNodes({"--metrics-listen", fmt::format("127.0.0.1:{}", metrics_port)});
@@ -177,6 +192,18 @@ TEST(MultiNodeFaultTest, KilledNodeFailsInFlightOpsAndTheGroupReformsWhenItIsBac
     const size_t at = metrics.find(series);
     ASSERT_NE(at, std::string::npos) << series << "\n" << metrics;
     EXPECT_GT(std::stod(metrics.substr(at + series.size())), 0.0) << series;
+  }
+  {
+    // The leader's store as GetNodeInfo shows it (nothing forms while node 1 is down).
+    // The leading newline skips the "# HELP epd_cluster_store_keys ..." line.
+    const std::string series = "\nepd_cluster_store_keys ";
+    const size_t at = metrics.find(series);
+    ASSERT_NE(at, std::string::npos) << metrics;
+    auto info = survivor->GetNodeInfo();
+    ASSERT_TRUE(info.ok());
+    EXPECT_GT(info->cluster().store_keys(), 0u);
+    EXPECT_EQ(std::stod(metrics.substr(at + series.size())),
+              static_cast<double>(info->cluster().store_keys()));
   }
   example::Problem local = p;
   local.ranks = kRanksPerNode;
@@ -276,6 +303,7 @@ TEST(MultiNodeFaultTest, AGroupMadeAgainUnderItsNameAfterEveryFrontendRestartedR
   auto started = StartTwoNodes({});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   TwoNodes& two = **started;
+  std::vector<uint64_t> store_keys;
   for (int restart = 1; restart <= 3; ++restart) {
     SCOPED_TRACE(fmt::format("restart {}", restart));
     two.ranks.clear();
@@ -283,7 +311,11 @@ TEST(MultiNodeFaultTest, AGroupMadeAgainUnderItsNameAfterEveryFrontendRestartedR
     ASSERT_TRUE(again.ok()) << again.status().ToString();
     two.ranks = std::move(*again);
     EXPECT_EPD_OK(RunGoodLayer(two.ranks, restart));
+    store_keys.push_back(LeaderStoreKeys(two));
   }
+  // Each re-creation forms a new generation; the leader keeps only the current one's keys.
+  EXPECT_LE(store_keys.back(), store_keys.front())
+      << fmt::format("the leader's store keys by restart: {}", fmt::join(store_keys, " "));
 }
 
 // Node 1's frontends restart (its daemon does not) and create the group again: node 0's next
@@ -312,14 +344,16 @@ TEST(MultiNodeFaultTest, APeersRestartedFrontendsCostTheOthersOneOpThenTheGroupR
 }
 
 // A node that dies and comes back again and again costs the survivor no file descriptors or
-// threads: every failure retires the group's gloo mesh and the next op forms a new one, so
-// anything a retired mesh kept would grow with each round.
+// threads, and the leader no store keys: every failure retires the group's gloo mesh and the
+// next op forms a new one (a new generation), so anything a retired mesh kept would grow with
+// each round.
 TEST(MultiNodeFaultTest, NodeDeathsAndReformationsLeaveNoDescriptorsOrThreadsBehind) {
   auto started = StartTwoNodes({});
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   TwoNodes& two = **started;
   constexpr int kRounds = 4;
   std::vector<int> fds, threads;
+  std::vector<uint64_t> store_keys;
   for (int round = 0; round < kRounds; ++round) {
     for (const Status& status : KillNodeMidLayer(two, 1, 1)) {
       EXPECT_EPD_ERROR(status, StatusCode::kUnavailable, "node 1");
@@ -329,7 +363,10 @@ TEST(MultiNodeFaultTest, NodeDeathsAndReformationsLeaveNoDescriptorsOrThreadsBeh
     ASSERT_EPD_OK(RunGoodLayer(two.ranks, 2));
     fds.push_back(two.cluster->node(0).open_fds());
     threads.push_back(two.cluster->node(0).threads());
+    store_keys.push_back(LeaderStoreKeys(two));
   }
+  EXPECT_LE(store_keys.back(), store_keys.front())
+      << fmt::format("the leader's store keys by round: {}", fmt::join(store_keys, " "));
   // The first round is the reference: its meshes, sessions and handles are those of the others.
   // Polled: a dead peer's connections close a little after its layer failed.
   DaemonProcess& node0 = two.cluster->node(0);

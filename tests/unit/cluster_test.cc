@@ -110,6 +110,47 @@ TEST(MembershipTest, AJoinRaisesTheStoreToTheFloorsItCarries) {
   EXPECT_FALSE(members.Get("other").has_value());
 }
 
+// Raising a group transport's generation drops the keys of the generations below it, and only
+// those: the current one's, other groups' (a name that looks like a generation segment
+// included, its prefix escaped) and keys that merely share the stem stay.
+TEST(MembershipTest, RaisingAGenerationDropsTheKeysOfTheGenerationsBelowIt) {
+  Membership members(2, 1, "10.0.0.1:7461", std::chrono::milliseconds(1'000));
+  const std::string a = TransportKeyPrefix("group", "a");
+  const std::string lookalike = TransportKeyPrefix("group", "a/g1");
+  EXPECT_EQ(lookalike, "epd/group/a%2Fg1");
+  EXPECT_EQ(TransportKeyPrefix("nccl", "50%/x"), "epd/nccl/50%25%2Fx");
+  members.Max(a + "/generation", 1);
+  for (int g = 0; g <= 2; ++g) {
+    members.Set(fmt::format("{}/g{}/config/0", a, g), "c");
+    members.Set(FormedGenerationKey(a, g, 1), "1");
+  }
+  members.Set(a + "/g/loose", "not a generation's");
+  members.Set(a + "/g7x/loose", "not a generation's");
+  members.Set(lookalike + "/g0/config/0", "c");
+  members.Max(lookalike + "/generation", 0);
+  members.Set(TransportKeyPrefix("nccl", "a") + "/g0/id", "other transport");
+  const uint64_t before = members.View().store_keys;
+  EXPECT_EQ(before, 12u);
+
+  EXPECT_EQ(members.Max(a + "/generation", 2), 2);
+  for (int g = 0; g <= 1; ++g) {
+    EXPECT_FALSE(members.Get(fmt::format("{}/g{}/config/0", a, g)).has_value()) << g;
+    EXPECT_FALSE(members.Get(FormedGenerationKey(a, g, 1)).has_value()) << g;
+  }
+  EXPECT_TRUE(members.Get(a + "/g2/config/0").has_value());
+  EXPECT_TRUE(members.Get(FormedGenerationKey(a, 2, 1)).has_value());
+  EXPECT_EQ(members.Get(a + "/generation"), "2");
+  for (const std::string& kept :
+       {a + "/g/loose", a + "/g7x/loose", lookalike + "/g0/config/0", lookalike + "/generation",
+        TransportKeyPrefix("nccl", "a") + "/g0/id"}) {
+    EXPECT_TRUE(members.Get(kept).has_value()) << kept;
+  }
+  EXPECT_EQ(members.View().store_keys, before - 4);
+  // Asking for a generation below the stored one drops nothing more.
+  members.Max(a + "/generation", 1);
+  EXPECT_TRUE(members.Get(a + "/g2/config/0").has_value());
+}
+
 // A formation waits for the group's nodes that have not joined (a restarted leader has not
 // heard them yet), bounded, and goes on once they did.
 TEST(AwaitMembersJoinedTest, WaitsForTheGroupsAbsentNodesOnly) {
@@ -134,6 +175,7 @@ TEST(ClusterViewProtoTest, EveryPerPeerCounterCrossesTheWire) {
   ClusterView view;
   view.nodes = 2;
   view.ranks_per_node = 4;
+  view.store_keys = 42;
   ClusterMember peer;
   peer.node_rank = 1;
   peer.address = "10.0.0.2:7000";
@@ -158,6 +200,7 @@ TEST(ClusterViewProtoTest, EveryPerPeerCounterCrossesTheWire) {
   EXPECT_EQ(got.bytes_sent, 123456789012u);
   EXPECT_EQ(got.bytes_received, 987654321u);
   EXPECT_EQ(back.ranks_per_node, 4);
+  EXPECT_EQ(back.store_keys, 42u);
 }
 
 TEST(TokenTest, ComparesWholeTokens) {

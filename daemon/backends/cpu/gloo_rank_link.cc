@@ -26,7 +26,7 @@ GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterSto
 
 GlooRankLink::~GlooRankLink() = default;
 
-std::string GlooRankLink::Prefix() const { return fmt::format("epd/group/{}", config_.name); }
+std::string GlooRankLink::Prefix() const { return TransportKeyPrefix("group", config_.name); }
 
 std::string GlooRankLink::GenerationKey() const { return Prefix() + "/generation"; }
 

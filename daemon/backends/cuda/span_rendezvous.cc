@@ -15,7 +15,7 @@ constexpr std::chrono::milliseconds kPollInterval{5};
 SpanRendezvous::SpanRendezvous(const GroupConfig& config, ClusterStore& store)
     : config_(config), store_(store) {}
 
-std::string SpanRendezvous::Prefix() const { return fmt::format("epd/nccl/{}", config_.name); }
+std::string SpanRendezvous::Prefix() const { return TransportKeyPrefix("nccl", config_.name); }
 
 std::string SpanRendezvous::Key(std::string_view suffix) const {
   return fmt::format("{}/{}", Prefix(), suffix);

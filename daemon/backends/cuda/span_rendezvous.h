@@ -3,9 +3,10 @@
 // its generation and its unique id. No NCCL and no CUDA here (the unit tests drive it with an
 // in-memory store); span_comm.h does the NCCL side.
 //
-// Keys, under "epd/nccl/<group>/": "generation" (an integer that only grows), and per
-// generation g "g<g>/id" (the root's config line, a newline, the unique id in hex) and
-// "g<g>/formed/node<n>" (node n formed it).
+// Keys, under TransportKeyPrefix("nccl", group) ("epd/nccl/<group>/"): "generation" (an
+// integer that only grows), and per generation g "g<g>/id" (the root's config line, a newline,
+// the unique id in hex) and "g<g>/formed/node<n>" (node n formed it); the leader drops a
+// generation's keys once the integer moved past it.
 //
 // Rule (the cpu backend's, daemon/backends/cpu/gloo_rank_link.h): a formation uses the stored
 // generation, raised first to this daemon's floor; a failure (formation or op) raises the
