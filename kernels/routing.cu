@@ -11,6 +11,7 @@
 namespace epd::kernels {
 namespace {
 
+using detail::DestinationMask;
 using detail::FirstOfExpertInToken;
 using detail::LoadId;
 
@@ -19,16 +20,6 @@ constexpr int kWarps = kThreads / 32;
 // The default shared memory limit (48 KiB, dynamic + static) less the kernel's static
 // shared memory (~1 KiB): at E = 4096 three warps' counts (48 KiB) would not launch.
 constexpr size_t kCountBytesBudget = 46 * 1024;
-
-// Bitmask of the group ranks token t's experts live on (topk_out is final: after a barrier).
-__device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int t) {
-  unsigned mask = 0;
-  for (int k = 0; k < p.top_k; ++k) {
-    const int e = p.topk_out[t * p.top_k + k];
-    if (e >= 0) mask |= 1u << (e / p.local_experts);
-  }
-  return mask;
-}
 
 // High-throughput packed rows: token t's index among this rank's tokens bound for rank d, in
 // token order (warp w owns a contiguous token segment; ballots rank inside 32 tokens and a
@@ -143,20 +134,8 @@ __device__ void BindRouting(const RoutingParams& p, int warps) {
     }
   }
   if (p.rank_major) {
-    // Each destination rank appears once per token, at its first k (reference ComputeSlots).
-    __syncthreads();
-    const int L = p.local_experts;
-    for (int t = threadIdx.x; t < n; t += kThreads) {
-      for (int k = 0; k < K; ++k) {
-        const int e = p.topk_out[t * K + k];
-        bool first = e >= 0;
-        for (int j = 0; j < k && first; ++j) {
-          const int ej = p.topk_out[t * K + j];
-          if (ej >= 0 && ej / L == e / L) first = false;
-        }
-        p.slot[t * K + k] = first ? p.group_rank * p.max_tokens + t : -1;
-      }
-    }
+    __syncthreads();  // every topk_out of this kernel is written
+    for (int t = threadIdx.x; t < n; t += kThreads) detail::WriteRankMajorSlots(p, t);
   }
   if (p.high_throughput) {
     __syncthreads();  // every topk_out of this kernel is written

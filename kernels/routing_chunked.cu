@@ -36,17 +36,6 @@ struct ChunkScratch {
 
 __device__ __forceinline__ unsigned LanesBelow(int lane) { return (1u << lane) - 1u; }
 
-// Bitmask of the group ranks token t's experts live on, from the bind's copy (ids outside
-// [0, E) were kept as -1 and count nowhere).
-__device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int t) {
-  unsigned mask = 0;
-  for (int k = 0; k < p.top_k; ++k) {
-    const int e = p.topk_out[t * p.top_k + k];
-    if (e >= 0) mask |= 1u << (e / p.local_experts);
-  }
-  return mask;
-}
-
 __global__ void __launch_bounds__(kChunkThreads)
     CountChunksKernel(const RoutingParams p, const ChunkScratch s) {
   extern __shared__ int counters[];  // [warps][E], one row per warp: no atomics
@@ -190,19 +179,7 @@ __global__ void __launch_bounds__(kChunkThreads)
     __syncwarp();
   }
   const int t = t0 + lane;
-  if (p.rank_major && t < t1) {
-    // Each destination rank appears once per token, at its first k (reference ComputeSlots).
-    const int L = p.local_experts;
-    for (int k = 0; k < K; ++k) {
-      const int e = p.topk_out[t * K + k];
-      bool first = e >= 0;
-      for (int j = 0; j < k && first; ++j) {
-        const int ej = p.topk_out[t * K + j];
-        if (ej >= 0 && ej / L == e / L) first = false;
-      }
-      p.slot[t * K + k] = first ? p.group_rank * p.max_tokens + t : -1;
-    }
-  }
+  if (p.rank_major && t < t1) WriteRankMajorSlots(p, t);
   if (p.high_throughput) {
     const int R = p.world_size;
     const unsigned mask = t < t1 ? DestinationMask(p, t) : 0u;

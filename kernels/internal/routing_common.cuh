@@ -35,6 +35,32 @@ __device__ __forceinline__ bool FirstOfExpertInToken(const RoutingParams& p, int
   return true;
 }
 
+// Bitmask of the group ranks token t's experts live on, from the bind's copy once it is
+// written (ids outside [0, E) were kept as -1 and count nowhere).
+__device__ __forceinline__ unsigned DestinationMask(const RoutingParams& p, int t) {
+  unsigned mask = 0;
+  for (int k = 0; k < p.top_k; ++k) {
+    const int e = p.topk_out[t * p.top_k + k];
+    if (e >= 0) mask |= 1u << (e / p.local_experts);
+  }
+  return mask;
+}
+
+// Rank-major slots of token t: each destination rank appears once per token, at its first k
+// (reference ComputeSlots); the token's other selections of that rank get -1.
+__device__ __forceinline__ void WriteRankMajorSlots(const RoutingParams& p, int t) {
+  const int K = p.top_k, L = p.local_experts;
+  for (int k = 0; k < K; ++k) {
+    const int e = p.topk_out[t * K + k];
+    bool first = e >= 0;
+    for (int j = 0; j < k && first; ++j) {
+      const int ej = p.topk_out[t * K + j];
+      if (ej >= 0 && ej / L == e / L) first = false;
+    }
+    p.slot[t * K + k] = first ? p.group_rank * p.max_tokens + t : -1;
+  }
+}
+
 // Rejects the whole update, run by every thread of ONE block: binds no tokens, so nothing
 // stale is dispatched, and thread 0 writes the record. first_bad / first_bad_weight are the
 // first bad (t, k) indices (INT_MAX: none); a bad weight is reported first, as the cpu
