@@ -5,7 +5,7 @@
 
 #include "client/rpc_status.h"
 #include "client/session_stream.h"
-#include "client/socket_probe.h"
+#include "common/unix_socket_probe.h"
 
 namespace epd {
 
@@ -16,8 +16,8 @@ StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& address,
   if (address.empty()) return InvalidArgumentError("daemon address must not be empty");
   // A unix socket that is missing, forbidden or dead is reported at once, and why, instead of
   // after the connect timeout.
-  if (const std::string path = internal::UnixSocketPathOf(address); !path.empty()) {
-    EPD_RETURN_IF_ERROR(internal::ProbeUnixSocket(path).WithContext(
+  if (const std::string path = UnixSocketPathOf(address); !path.empty()) {
+    EPD_RETURN_IF_ERROR(ProbeUnixSocket(path).WithContext(
         fmt::format("cannot connect to the epd daemon at '{}'", address)));
   }
   auto client = std::unique_ptr<Client>(new Client());

@@ -4,15 +4,14 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 #include <grpcpp/server_posix.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 
+#include "common/unix_socket_probe.h"
 #include "daemon/core/daemon_config.h"
 #include "daemon/core/log.h"
 #include "daemon/service/unix_listener.h"
@@ -22,17 +21,6 @@ namespace {
 
 // Frontends run as members of the daemon's group (deploy/epd.service): owner and group only.
 constexpr mode_t kSocketMode = 0660;
-
-bool SomeoneListens(const std::string& path) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  const bool listening = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return listening;
-}
 
 // Creates the socket's directory and removes a stale socket left by a killed daemon, but
 // never steals the socket of a daemon that still serves.
@@ -51,7 +39,7 @@ Status PrepareSocketPath(const std::string& path) {
   if (!S_ISSOCK(st.st_mode)) {
     return FailedPreconditionError("{} exists and is not a socket; refusing to replace it", path);
   }
-  if (SomeoneListens(path)) {
+  if (ProbeUnixSocket(path).ok()) {
     // UNAVAILABLE: may pass once the other daemon stops (main exits 1: systemd retries).
     return UnavailableError("another process already serves on {}", path);
   }

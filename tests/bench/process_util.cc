@@ -5,9 +5,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,21 +16,12 @@
 #include <sstream>
 #include <thread>
 
+#include "common/unix_socket_probe.h"
+
 namespace epd::bench {
 namespace {
 
 using SteadyClock = std::chrono::steady_clock;
-
-bool SocketAccepts(const std::string& path) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return ok;
-}
 
 int Decode(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -138,7 +127,7 @@ StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const std::string& epd_path,
   argv.insert(argv.end(), extra.begin(), extra.end());
   EPD_ASSIGN_OR_RETURN(daemon->pid_, Spawn(argv, daemon->log_path_));
   const auto deadline = SteadyClock::now() + start_timeout;
-  while (!SocketAccepts(daemon->socket_path_)) {
+  while (!ProbeUnixSocket(daemon->socket_path_).ok()) {
     int status = 0;
     if (waitpid(daemon->pid_, &status, WNOHANG) == daemon->pid_) {
       daemon->pid_ = -1;

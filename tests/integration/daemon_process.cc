@@ -6,8 +6,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +17,8 @@
 #include <iterator>
 #include <sstream>
 #include <thread>
+
+#include "common/unix_socket_probe.h"
 
 namespace epd::testing {
 namespace {
@@ -69,19 +69,6 @@ StatusOr<pid_t> Spawn(const std::vector<std::string>& args, const std::string& l
   }
   close(log_fd);
   return pid;
-}
-
-// True once something accepts connections on the unix socket. Polling the socket directly
-// avoids gRPC's reconnect backoff (up to seconds) while the daemon is still starting.
-bool SocketAccepts(const std::string& path) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return ok;
 }
 
 // A daemon killed (or one whose teardown was cut short) cannot unlink its POSIX shared
@@ -142,7 +129,9 @@ StatusOr<std::unique_ptr<DaemonProcess>> DaemonProcess::Start(std::vector<std::s
   daemon->spawned_pid_ = daemon->pid_;
 
   const auto deadline = SteadyClock::now() + milliseconds(kStartTimeoutMs);
-  while (!SocketAccepts(daemon->socket_path_)) {
+  // Polling the socket directly avoids gRPC's reconnect backoff (up to seconds) while the
+  // daemon is still starting.
+  while (!ProbeUnixSocket(daemon->socket_path_).ok()) {
     int status = 0;
     if (waitpid(daemon->pid_, &status, WNOHANG) == daemon->pid_) {
       daemon->pid_ = -1;

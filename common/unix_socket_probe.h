@@ -1,12 +1,13 @@
-// Why a unix socket cannot be reached, found with one connect(2) before gRPC's channel would
-// retry for the whole connect timeout and report only "cannot connect".
+// Why a unix socket cannot be reached, found with one connect(2): the client asks before
+// gRPC's channel would retry for the whole connect timeout and report only "cannot connect";
+// the daemon asks before it replaces a socket (a live daemon's is never taken over).
 #pragma once
 
 #include <string>
 
 #include "common/status.h"
 
-namespace epd::internal {
+namespace epd {
 
 // The socket path of "unix:///abs" / "unix:rel" addresses; empty for any other address.
 std::string UnixSocketPathOf(const std::string& address);
@@ -17,4 +18,4 @@ std::string UnixSocketPathOf(const std::string& address);
 // or FAILED_PRECONDITION (not a socket).
 Status ProbeUnixSocket(const std::string& path);
 
-}  // namespace epd::internal
+}  // namespace epd

@@ -1,4 +1,4 @@
-#include "client/socket_probe.h"
+#include "common/unix_socket_probe.h"
 
 #include <grp.h>
 #include <sys/socket.h>
@@ -10,7 +10,7 @@
 #include <cstring>
 #include <filesystem>
 
-namespace epd::internal {
+namespace epd {
 namespace {
 
 std::string GroupName(gid_t gid) {
@@ -81,4 +81,4 @@ Status ProbeUnixSocket(const std::string& path) {
   }
 }
 
-}  // namespace epd::internal
+}  // namespace epd

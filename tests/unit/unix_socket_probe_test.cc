@@ -1,6 +1,6 @@
-// The client's reasons for not reaching the daemon's socket: no such socket, permission
+// The reasons for not reaching the daemon's socket: no such socket, permission
 // denied (naming the group to join), nobody listening, not a socket.
-#include "client/socket_probe.h"
+#include "common/unix_socket_probe.h"
 
 #include <gtest/gtest.h>
 #include <sys/socket.h>
@@ -14,7 +14,7 @@
 #include <fstream>
 #include <string>
 
-namespace epd::internal {
+namespace epd {
 namespace {
 
 int BoundSocket(const std::string& path, bool listening) {
@@ -96,4 +96,4 @@ TEST_F(SocketProbeTest, NamesEachReason) {
 }
 
 }  // namespace
-}  // namespace epd::internal
+}  // namespace epd
