@@ -105,6 +105,10 @@ class Engine::Impl {
   // Looks up the session, the handle and the fences of an op; with the session's mutex held.
   StatusOr<OpContext> PrepareOpLocked(const std::shared_ptr<Session>& session,
                                       ObjectId handle_id, int rank, const OpOptions& options);
+  // PrepareOpLocked for dispatch and combine: FAILED_PRECONDITION until routing is bound.
+  StatusOr<OpContext> PrepareCollectiveLocked(const std::shared_ptr<Session>& session,
+                                              ObjectId handle_id, int rank,
+                                              const OpOptions& options);
   StatusOr<TensorView> ResolveKeptLocked(OpContext& ctx, const TensorRef& ref,
                                          std::string_view field);
   StatusOr<TensorView> ResolveTokenRowsLocked(OpContext& ctx, const TensorRef& ref,

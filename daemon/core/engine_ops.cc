@@ -101,16 +101,23 @@ Status Engine::Impl::SubmitUpdate(SessionId id, const UpdateRequest& request,
   return pipeline_->PostUpdate(std::move(ctx), std::move(args), std::move(done));
 }
 
+StatusOr<OpContext> Engine::Impl::PrepareCollectiveLocked(const std::shared_ptr<Session>& session,
+                                                          ObjectId handle_id, int rank,
+                                                          const OpOptions& options) {
+  EPD_ASSIGN_OR_RETURN(OpContext ctx, PrepareOpLocked(session, handle_id, rank, options));
+  if (!ctx.handle->bound()) {
+    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
+                                   handle_id);
+  }
+  return ctx;
+}
+
 Status Engine::Impl::SubmitDispatch(SessionId id, const DispatchRequest& request,
                                     const OpOptions& options, OpDone done) {
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
   std::lock_guard lock(session->mutex);
   EPD_ASSIGN_OR_RETURN(OpContext ctx,
-                       PrepareOpLocked(session, request.handle_id, request.rank, options));
-  if (!ctx.handle->bound()) {
-    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
-                                   request.handle_id);
-  }
+                       PrepareCollectiveLocked(session, request.handle_id, request.rank, options));
   CollectiveOp op;
   op.kind = CollectiveKind::kDispatch;
   EPD_RETURN_IF_ERROR(ResolveDispatchInputLocked(ctx, request, op));
@@ -131,11 +138,7 @@ Status Engine::Impl::SubmitCombine(SessionId id, const CombineRequest& request,
   EPD_ASSIGN_OR_RETURN(std::shared_ptr<Session> session, sessions_.Find(id));
   std::lock_guard lock(session->mutex);
   EPD_ASSIGN_OR_RETURN(OpContext ctx,
-                       PrepareOpLocked(session, request.handle_id, request.rank, options));
-  if (!ctx.handle->bound()) {
-    return FailedPreconditionError("handle_id = {} has no routing: call UpdateHandle first",
-                                   request.handle_id);
-  }
+                       PrepareCollectiveLocked(session, request.handle_id, request.rank, options));
   const GroupConfig& config = ctx.handle->group->config;
   CollectiveOp op;
   op.kind = CollectiveKind::kCombine;
