@@ -74,29 +74,25 @@ def find_block(ptr, nbytes):
     return _live.find(ptr, nbytes)
 
 
-def _shape_tuple(shape):
-    return (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+def _shm_block_for(shape, dtype):
+    """(dtype code, shape tuple, a zero-filled ShmBlock big enough for it)."""
+    code = tensors.dtype_code(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    count = 1
+    for extent in shape:
+        count *= extent
+    return code, shape, ShmBlock(max(count * tensors.ELEMENT_BYTES[code], 1))
 
 
 def shm_empty(shape, dtype="fp32"):
     """A zero-filled numpy array in a new shared memory object (bf16: uint16 bit patterns)."""
-    code = tensors.dtype_code(dtype)
-    shape = _shape_tuple(shape)
-    count = 1
-    for extent in shape:
-        count *= extent
-    block = ShmBlock(max(count * tensors.ELEMENT_BYTES[code], 1))
+    code, shape, block = _shm_block_for(shape, dtype)
     return tensors.numpy_view(block.ptr, code, shape, block)
 
 
 def shm_tensor(shape, dtype="fp32"):
     """A zero-filled torch CPU tensor in a new shared memory object."""
-    code = tensors.dtype_code(dtype)
-    shape = _shape_tuple(shape)
-    count = 1
-    for extent in shape:
-        count *= extent
-    block = ShmBlock(max(count * tensors.ELEMENT_BYTES[code], 1))
+    code, shape, block = _shm_block_for(shape, dtype)
     return tensors.torch_host_view(block.ptr, code, shape, block)
 
 
