@@ -14,6 +14,7 @@ namespace {
 using detail::DestinationMask;
 using detail::FirstOfExpertInToken;
 using detail::LoadId;
+using detail::WriteRankMajorSlots;
 
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
@@ -135,7 +136,7 @@ __device__ void BindRouting(const RoutingParams& p, int warps) {
   }
   if (p.rank_major) {
     __syncthreads();  // every topk_out of this kernel is written
-    for (int t = threadIdx.x; t < n; t += kThreads) detail::WriteRankMajorSlots(p, t);
+    for (int t = threadIdx.x; t < n; t += kThreads) WriteRankMajorSlots(p, t);
   }
   if (p.high_throughput) {
     __syncthreads();  // every topk_out of this kernel is written

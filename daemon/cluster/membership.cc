@@ -126,9 +126,9 @@ int64_t Membership::MaxLocked(const std::string& key, int64_t value) {
 }
 
 void Membership::DropGenerationsBelowLocked(std::string_view key, int64_t generation) {
-  constexpr std::string_view kInteger = "/generation";
-  if (!key.ends_with(kInteger)) return;
-  const std::string stem = std::string(key.substr(0, key.size() - kInteger.size())) + "/g";
+  if (!key.ends_with(kGenerationIntegerSuffix)) return;
+  const std::string stem = fmt::format(
+      "{}{}", key.substr(0, key.size() - kGenerationIntegerSuffix.size()), kGenerationKeysStem);
   for (auto it = store_.lower_bound(stem); it != store_.end() && it->first.starts_with(stem);) {
     const std::string_view rest = std::string_view(it->first).substr(stem.size());
     int64_t of = 0;

@@ -123,13 +123,25 @@ inline std::string TransportKeyPrefix(std::string_view kind, std::string_view gr
   return prefix;
 }
 
+// The layout under a prefix, which the leader's pruning (daemon/cluster/membership.cc) reads
+// back: "<prefix>" kGenerationIntegerSuffix, and generation g's keys under "<prefix>"
+// kGenerationKeysStem "<g>/".
+inline constexpr std::string_view kGenerationIntegerSuffix = "/generation";
+inline constexpr std::string_view kGenerationKeysStem = "/g";
+inline std::string GenerationIntegerKey(std::string_view prefix) {
+  return fmt::format("{}{}", prefix, kGenerationIntegerSuffix);
+}
+inline std::string GenerationKeysPrefix(std::string_view prefix, int64_t generation) {
+  return fmt::format("{}{}{}/", prefix, kGenerationKeysStem, generation);
+}
+
 inline int64_t ParseGeneration(const std::optional<std::string>& text) {
   int64_t value = 0;  // absent: none formed yet
   if (text.has_value()) std::from_chars(text->data(), text->data() + text->size(), value);
   return value;
 }
 inline std::string FormedGenerationKey(std::string_view prefix, int64_t generation, int node) {
-  return fmt::format("{}/g{}/formed/node{}", prefix, generation, node);
+  return fmt::format("{}formed/node{}", GenerationKeysPrefix(prefix, generation), node);
 }
 
 // The generation a transport's first formation starts from (at least): the stored one, or the
@@ -139,8 +151,7 @@ inline std::string FormedGenerationKey(std::string_view prefix, int64_t generati
 // joins it.
 inline StatusOr<int64_t> FirstFormationFloor(ClusterStore& store, std::string_view prefix,
                                              int node) {
-  EPD_ASSIGN_OR_RETURN(std::optional<std::string> current,
-                       store.Get(fmt::format("{}/generation", prefix)));
+  EPD_ASSIGN_OR_RETURN(std::optional<std::string> current, store.Get(GenerationIntegerKey(prefix)));
   const int64_t stored = ParseGeneration(current);
   EPD_ASSIGN_OR_RETURN(std::optional<std::string> formed,
                        store.Get(FormedGenerationKey(prefix, stored, node)));

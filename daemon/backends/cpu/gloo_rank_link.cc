@@ -28,7 +28,7 @@ GlooRankLink::~GlooRankLink() = default;
 
 std::string GlooRankLink::Prefix() const { return TransportKeyPrefix("group", config_.name); }
 
-std::string GlooRankLink::GenerationKey() const { return Prefix() + "/generation"; }
+std::string GlooRankLink::GenerationKey() const { return GenerationIntegerKey(Prefix()); }
 
 std::string GlooRankLink::FormedKey(int64_t generation, int node) const {
   return FormedGenerationKey(Prefix(), generation, node);
@@ -117,7 +117,7 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
     first_formation_ = false;
   }
   EPD_ASSIGN_OR_RETURN(int64_t generation, cluster_.Max(GenerationKey(), floor));
-  const std::string prefix = fmt::format("{}/g{}/", Prefix(), generation);
+  const std::string prefix = GenerationKeysPrefix(Prefix(), generation);
   EPD_LOG(kCpu, debug, "group '{}' rank {}: forming the mesh of generation {}", config_.name,
           rank_, generation);
   Status agreed = CheckConfigs(prefix, timeout, generation);

@@ -17,10 +17,6 @@ SpanRendezvous::SpanRendezvous(const GroupConfig& config, ClusterStore& store)
 
 std::string SpanRendezvous::Prefix() const { return TransportKeyPrefix("nccl", config_.name); }
 
-std::string SpanRendezvous::Key(std::string_view suffix) const {
-  return fmt::format("{}/{}", Prefix(), suffix);
-}
-
 StatusOr<int64_t> SpanRendezvous::NextGeneration() {
   int64_t floor = floor_;
   if (first_formation_) {
@@ -36,13 +32,12 @@ StatusOr<int64_t> SpanRendezvous::NextGeneration() {
 }
 
 Status SpanRendezvous::Publish(int64_t generation, std::string_view unique_id) {
-  return store_.Set(Key(fmt::format("g{}/id", generation)),
-                    config_.ToString() + "\n" + ToHex(unique_id));
+  return store_.Set(IdKey(generation), config_.ToString() + "\n" + ToHex(unique_id));
 }
 
 StatusOr<std::string> SpanRendezvous::Fetch(int64_t generation, Clock::time_point deadline,
                                             const std::function<bool()>& stopped) {
-  const std::string key = Key(fmt::format("g{}/id", generation));
+  const std::string key = IdKey(generation);
   const int root_node = config_.NodeOf(0);
   while (true) {
     if (stopped && stopped()) {

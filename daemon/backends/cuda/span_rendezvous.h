@@ -54,8 +54,10 @@ class SpanRendezvous {
 
  private:
   std::string Prefix() const;  // of every key of this group's communicators
-  std::string Key(std::string_view suffix) const;
-  std::string GenerationKey() const { return Key("generation"); }
+  std::string GenerationKey() const { return GenerationIntegerKey(Prefix()); }
+  std::string IdKey(int64_t generation) const {
+    return GenerationKeysPrefix(Prefix(), generation) + "id";
+  }
 
   const GroupConfig config_;
   ClusterStore& store_;
