@@ -158,6 +158,25 @@ inline StatusOr<int64_t> FirstFormationFloor(ClusterStore& store, std::string_vi
   return formed.has_value() ? stored + 1 : stored;
 }
 
+// A transport whose group ended on this node (destroyed there, not shut down) raises the stored
+// generation past the last one it formed (`last_formed`, -1 when none), so the leader drops
+// that generation's keys now instead of when the name forms again: a group name used once
+// leaves only its generation integer behind. Its peers lose nothing: their next formation went
+// past that generation anyway (this node's fresh transport starts past it: FirstFormationFloor).
+// Skipped, with UNAVAILABLE, while the view shows the leader down, so that destroying a group
+// never waits on a dead leader; the keys then go when the name forms again.
+inline Status RetireGeneration(ClusterStore& store, std::string_view prefix, int64_t last_formed) {
+  if (last_formed < 0) return OkStatus();
+  const ClusterView view = store.View();
+  if (!view.members.empty() && view.members[0].state != NodeState::kUp) {
+    return UnavailableError(
+        "the leader (node 0) is down: its store keeps generation {}'s keys until the group forms "
+        "again",
+        last_formed);
+  }
+  return store.Max(GenerationIntegerKey(prefix), last_formed + 1).status();
+}
+
 // Waits until every other node hosting a rank of `config` has joined (the view shows none of
 // them absent), until `deadline` or until `stopped` says so (UNAVAILABLE naming the nodes). A
 // formation takes its generation only then: a leader that restarted has then heard every

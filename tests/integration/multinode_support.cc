@@ -172,4 +172,16 @@ StatusOr<std::vector<v1::RankTransport>> TransportOf(Client& client, const std::
   return NotFoundError("ListGroups shows no group '{}'", group);
 }
 
+StatusOr<uint64_t> WaitForLeaderStoreKeys(LoopbackCluster& cluster, uint64_t bound) {
+  EPD_ASSIGN_OR_RETURN(std::unique_ptr<Client> leader, Client::Connect(cluster.node(0).address()));
+  uint64_t keys = 0;
+  for (int i = 0; i < 1000; ++i) {
+    EPD_ASSIGN_OR_RETURN(v1::NodeInfo info, leader->GetNodeInfo());
+    keys = info.cluster().store_keys();
+    if (keys <= bound) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return keys;
+}
+
 }  // namespace epd::testing

@@ -74,4 +74,8 @@ v1::NodeState WaitForNodeState(Client& client, int node, v1::NodeState state);
 // What `client`'s daemon shows (ListGroups) of `group`'s transport, per group rank it hosts.
 StatusOr<std::vector<v1::RankTransport>> TransportOf(Client& client, const std::string& group);
 
+// Polls the leader's (node 0's) GetNodeInfo until its store holds at most `bound` keys (at most
+// 10 s); returns the last count seen.
+StatusOr<uint64_t> WaitForLeaderStoreKeys(LoopbackCluster& cluster, uint64_t bound);
+
 }  // namespace epd::testing

@@ -151,6 +151,35 @@ TEST(MembershipTest, RaisingAGenerationDropsTheKeysOfTheGenerationsBelowIt) {
   EXPECT_TRUE(members.Get(a + "/g2/config/0").has_value());
 }
 
+// A follower whose view shows the leader down does not wait on it to retire a generation: the
+// keys stay until the name forms again.
+TEST(RetireGenerationTest, RaisesPastTheLastFormedGenerationUnlessTheLeaderIsDown) {
+  class LeaderDown : public testing::InMemoryStore {
+   public:
+    LeaderDown() : InMemoryStore(2) {}
+    ClusterView View() const override {
+      ClusterView view = InMemoryStore::View();
+      view.members[0].state = NodeState::kDown;
+      return view;
+    }
+  };
+  const std::string prefix = TransportKeyPrefix("group", "g");
+  LeaderDown down;
+  down.Set(FormedGenerationKey(prefix, 0, 1), "1").IgnoreError();
+  const Status skipped = RetireGeneration(down, prefix, 0);
+  EXPECT_EQ(skipped.code(), StatusCode::kUnavailable);
+  EXPECT_THAT(skipped.message(), HasSubstr("leader (node 0) is down"));
+  EXPECT_TRUE(down.Get(FormedGenerationKey(prefix, 0, 1))->has_value());
+
+  testing::InMemoryStore up(2);
+  up.Set(FormedGenerationKey(prefix, 3, 1), "1").IgnoreError();
+  EXPECT_TRUE(RetireGeneration(up, prefix, -1).ok());  // never formed: nothing to drop
+  EXPECT_TRUE(up.Get(FormedGenerationKey(prefix, 3, 1))->has_value());
+  EXPECT_TRUE(RetireGeneration(up, prefix, 3).ok());
+  EXPECT_FALSE(up.Get(FormedGenerationKey(prefix, 3, 1))->has_value());
+  EXPECT_EQ(up.Get(GenerationIntegerKey(prefix)).value(), "4");
+}
+
 // A formation waits for the group's nodes that have not joined (a restarted leader has not
 // heard them yet), bounded, and goes on once they did.
 TEST(AwaitMembersJoinedTest, WaitsForTheGroupsAbsentNodesOnly) {

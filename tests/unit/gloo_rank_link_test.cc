@@ -119,6 +119,34 @@ TEST(GlooRankLinkTest, DifferentConfigsOnTwoNodesFailEveryRank) {
   }
 }
 
+// A group destroyed on every node leaves only its generation integer in the leader's store;
+// links that went with a shutdown (a permanent cancel first) leave the keys to the next
+// formation of the name, which starts past them.
+TEST(GlooRankLinkTest, LinksDestroyedWithTheirGroupLeaveOnlyTheGenerationInTheStore) {
+  InMemoryStore store(kWorld);
+  auto device = Device();
+  auto form_and_end = [&](bool shutdown) {
+    std::vector<std::unique_ptr<GlooRankLink>> links;
+    for (int r = 0; r < kWorld; ++r) {
+      links.push_back(std::make_unique<GlooRankLink>(ConfigOfNode(r), r, store, device));
+    }
+    for (const Status& s : OnEveryRank([&](int r) { return ExchangeOnce(*links[r], r); })) {
+      EXPECT_TRUE(s.ok()) << s.ToString();
+    }
+    if (shutdown) {
+      for (auto& link : links) link->Cancel(UnavailableError("epd is shutting down"), true);
+    }
+  };
+  const std::string generation_key = "epd/group/links/generation";
+  form_and_end(/*shutdown=*/true);
+  const uint64_t after_shutdown = store.View().store_keys;
+  EXPECT_GT(after_shutdown, 1u);
+  EXPECT_EQ(store.Get(generation_key).value(), "0");
+  form_and_end(/*shutdown=*/false);
+  EXPECT_EQ(store.View().store_keys, 1u);
+  EXPECT_EQ(store.Get(generation_key).value(), "2");  // formed generation 1, retired past it
+}
+
 TEST(GlooRankLinkTest, APermanentCancelEndsAWaitingFormationAtOnce) {
   InMemoryStore store(kWorld);
   GlooRankLink link(ConfigOfNode(0), 0, store, Device());

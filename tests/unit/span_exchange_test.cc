@@ -367,6 +367,26 @@ TEST(SpanRendezvousTest, AFreshRendezvousSkipsTheGenerationItsNodeFormedBefore) 
   EXPECT_EQ(*early.NextGeneration(), 0);
 }
 
+// Destroyed on a node, a group's rendezvous raises the generation past the one it formed, and
+// the leader drops that generation's keys; one that never formed leaves the store as it is.
+TEST(SpanRendezvousTest, RetiringDropsTheKeysOfTheGenerationItFormed) {
+  testing::InMemoryStore store(2);
+  SpanRendezvous root(Spanning(0), store), other(Spanning(1), store), idle(Spanning(1), store);
+  ASSERT_EQ(*root.NextGeneration(), 0);
+  ASSERT_TRUE(root.Publish(0, std::string(128, '\2')).ok());
+  ASSERT_TRUE(root.MarkFormed(0).ok());
+  ASSERT_TRUE(other.MarkFormed(0).ok());
+  const uint64_t formed = store.View().store_keys;
+  EXPECT_EQ(formed, 4u);  // the generation, the id, two formed marks
+  EXPECT_TRUE(idle.Retire().ok());
+  EXPECT_EQ(store.View().store_keys, formed);
+  EXPECT_TRUE(other.Retire().ok());
+  EXPECT_EQ(store.View().store_keys, 1u);
+  EXPECT_EQ(store.Get("epd/nccl/" + Spanning(0).name + "/generation").value(), "1");
+  EXPECT_TRUE(root.Retire().ok());  // already past it: nothing more
+  EXPECT_EQ(store.View().store_keys, 1u);
+}
+
 TEST(SpanRendezvousTest, StoppingReleasesAWaitingFetch) {
   testing::InMemoryStore store(2);
   SpanRendezvous other(Spanning(1), store);

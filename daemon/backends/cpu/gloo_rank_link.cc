@@ -24,7 +24,13 @@ GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterSto
       device_(std::move(device)),
       record_(std::move(record)) {}
 
-GlooRankLink::~GlooRankLink() = default;
+GlooRankLink::~GlooRankLink() {
+  if (!Stopped().ok()) return;  // shutdown: the daemon goes, not the group
+  if (Status retired = RetireGeneration(cluster_, Prefix(), last_formed_); !retired.ok()) {
+    EPD_LOG(kCpu, info, "group '{}' rank {}: destroyed; {}", config_.name, rank_,
+            retired.ToString());
+  }
+}
 
 std::string GlooRankLink::Prefix() const { return TransportKeyPrefix("group", config_.name); }
 
@@ -147,6 +153,7 @@ Status GlooRankLink::Form(std::chrono::milliseconds timeout) {
   context_ = std::move(context);
   retired_.reset();
   generation_ = generation;
+  last_formed_ = generation;
   next_slot_ = 0;
   if (record_ != nullptr) record_->Formed(rank_, generation);
   EPD_LOG(kCpu, info, "group '{}' rank {}: mesh of {} ranks formed (generation {})", config_.name,

@@ -42,6 +42,9 @@ class GlooRankLink {
   GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
                std::shared_ptr<gloo::transport::Device> device,
                std::shared_ptr<TransportRecord> record = nullptr);
+  // Unless Cancel(permanent) came first (shutdown), the leader drops the keys of the last mesh
+  // this rank formed (RetireGeneration: one bounded store call, skipped while the leader is
+  // shown down).
   ~GlooRankLink();
 
   // Sends send[p] to group rank p and receives recv[p] from it, for every p (its own part is
@@ -78,6 +81,7 @@ class GlooRankLink {
   std::shared_ptr<gloo::Context> context_;  // null: no mesh (not formed yet, or broken)
   std::shared_ptr<gloo::Context> retired_;  // the broken mesh, open until the next one forms
   int64_t generation_ = -1;
+  int64_t last_formed_ = -1;  // the generation of the last mesh formed, kept after a Break
   int64_t floor_ = 0;  // the next formation uses a generation at least this
   bool first_formation_ = true;  // no formation tried yet (see Form)
   uint64_t next_slot_ = 0;

@@ -44,8 +44,10 @@ SpanComm::SpanComm(Options options)
 SpanComm::~SpanComm() {
   // A formation still running (its waiter gave up) ends early and drops what it made.
   stopping_.store(true);
+  bool shut_down = false;  // Stop came first: the daemon is going, not the group
   {
     std::unique_lock lock(comms_mu_);
+    shut_down = !stopped_.ok();
     stopped_ = UnavailableError("group '{}' was destroyed", options_.config.name);
   }
   std::shared_future<Status> forming;
@@ -63,6 +65,12 @@ SpanComm::~SpanComm() {
   {
     std::unique_lock lock(comms_mu_);
     AbortComms(comms_, options_.config.name);
+  }
+  if (!shut_down) {
+    std::lock_guard lock(rendezvous_mu_);
+    if (Status retired = rendezvous_.Retire(); !retired.ok()) {
+      EPD_LOG(kNccl, info, "group '{}': destroyed; {}", options_.config.name, retired.ToString());
+    }
   }
   for (InFlight& item : in_flight_) GiveEvents(item);
   for (auto& [device, events] : spare_events_) {

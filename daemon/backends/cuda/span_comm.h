@@ -65,7 +65,10 @@ class SpanComm {
     std::shared_ptr<TransportRecord> record;
   };
   explicit SpanComm(Options options);
-  ~SpanComm();  // aborts the communicators (local; never waits for peers)
+  // Aborts the communicators (local; never waits for peers). Unless Stop came first (shutdown),
+  // the leader then drops the keys of the last generation this daemon formed (one bounded store
+  // call, skipped while the leader is shown down).
+  ~SpanComm();
   SpanComm(const SpanComm&) = delete;
   SpanComm& operator=(const SpanComm&) = delete;
 

@@ -77,8 +77,13 @@ StatusOr<std::string> SpanRendezvous::Fetch(int64_t generation, Clock::time_poin
 }
 
 Status SpanRendezvous::MarkFormed(int64_t generation) {
-  return store_.Set(FormedGenerationKey(Prefix(), generation, config_.span.node), "1");
+  EPD_RETURN_IF_ERROR(
+      store_.Set(FormedGenerationKey(Prefix(), generation, config_.span.node), "1"));
+  last_formed_ = std::max(last_formed_, generation);
+  return OkStatus();
 }
+
+Status SpanRendezvous::Retire() { return RetireGeneration(store_, Prefix(), last_formed_); }
 
 void SpanRendezvous::Break(int64_t failed) {
   floor_ = std::max(floor_, failed + 1);

@@ -6,7 +6,8 @@
 // Keys, under TransportKeyPrefix("nccl", group) ("epd/nccl/<group>/"): "generation" (an
 // integer that only grows), and per generation g "g<g>/id" (the root's config line, a newline,
 // the unique id in hex) and "g<g>/formed/node<n>" (node n formed it); the leader drops a
-// generation's keys once the integer moved past it.
+// generation's keys once the integer moved past it, which a failure or the group's destruction
+// on any member does.
 //
 // Rule (the cpu backend's, daemon/backends/cpu/gloo_rank_link.h): a formation uses the stored
 // generation, raised first to this daemon's floor; a failure (formation or op) raises the
@@ -46,6 +47,9 @@ class SpanRendezvous {
   StatusOr<std::string> Fetch(int64_t generation, Clock::time_point deadline,
                               const std::function<bool()>& stopped);
   Status MarkFormed(int64_t generation);
+  // The group was destroyed on this daemon: the leader drops the keys of the generation it
+  // formed last (RetireGeneration).
+  Status Retire();
   // Generation `failed` is dead: the next formation of every member uses a later one.
   void Break(int64_t failed);
 
@@ -63,6 +67,7 @@ class SpanRendezvous {
   ClusterStore& store_;
   bool first_formation_ = true;  // NextGeneration not called yet
   int64_t floor_ = 0;
+  int64_t last_formed_ = -1;  // MarkFormed's last generation
 };
 
 }  // namespace epd::cuda
