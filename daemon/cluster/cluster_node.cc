@@ -263,6 +263,11 @@ void ClusterNode::NoteFloor(const std::string& key, int64_t value) {
   floor = std::max(floor, value);
 }
 
+void ClusterNode::ForgetFloor(const std::string& key) {
+  std::lock_guard lock(floors_mu_);
+  floors_.erase(key);
+}
+
 void ClusterNode::ReportTransportFailure(int node) {
   if (node >= 0 && node < settings_.nodes) peers_[node].failures.fetch_add(1);
 }

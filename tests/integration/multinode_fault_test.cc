@@ -321,6 +321,26 @@ TEST(MultiNodeFaultTest, AGroupMadeAgainUnderItsNameAfterEveryFrontendRestartedR
                                       fmt::join(store_keys, " "));
 }
 
+// A group that ended on every node is not carried to a restarted leader: the follower stopped
+// carrying its generation integer when the group ended there, so the new leader's store starts
+// empty (a follower carries only its live groups' integers, whatever names it used before).
+TEST(MultiNodeFaultTest, AnEndedGroupIsNotCarriedToARestartedLeader) {
+  auto started = StartTwoNodes({});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  TwoNodes& two = **started;
+  two.ranks.clear();
+  auto ended = WaitForLeaderStoreKeys(*two.cluster, 1);
+  ASSERT_TRUE(ended.ok()) << ended.status().ToString();
+  EXPECT_EQ(*ended, 1u);
+  two.cluster->KillNode(0);
+  ASSERT_EPD_OK(two.cluster->StartNode(0));
+  auto leader = ConnectOrDie(two.cluster->node(0).address());
+  ASSERT_EQ(WaitForNodeState(*leader, 1, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
+  auto carried = WaitForLeaderStoreKeys(*two.cluster, 0);
+  ASSERT_TRUE(carried.ok()) << carried.status().ToString();
+  EXPECT_EQ(*carried, 0u);
+}
+
 // Node 1's frontends restart (its daemon does not) and create the group again: node 0's next
 // op fails fast naming node 1 (its mesh still names node 1's earlier links), node 1's first
 // op fails when node 0's ranks do not come in that round, and the next layer re-forms and runs.

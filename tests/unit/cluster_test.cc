@@ -152,7 +152,7 @@ TEST(MembershipTest, RaisingAGenerationDropsTheKeysOfTheGenerationsBelowIt) {
 }
 
 // A follower whose view shows the leader down does not wait on it to retire a generation: the
-// keys stay until the name forms again.
+// keys stay until the name forms again. Either way the node stops carrying the integer.
 TEST(RetireGenerationTest, RaisesPastTheLastFormedGenerationUnlessTheLeaderIsDown) {
   class LeaderDown : public testing::InMemoryStore {
    public:
@@ -170,6 +170,7 @@ TEST(RetireGenerationTest, RaisesPastTheLastFormedGenerationUnlessTheLeaderIsDow
   EXPECT_EQ(skipped.code(), StatusCode::kUnavailable);
   EXPECT_THAT(skipped.message(), HasSubstr("leader (node 0) is down"));
   EXPECT_TRUE(down.Get(FormedGenerationKey(prefix, 0, 1))->has_value());
+  EXPECT_TRUE(down.forgot(GenerationIntegerKey(prefix)));  // not carried to its successor
 
   testing::InMemoryStore up(2);
   up.Set(FormedGenerationKey(prefix, 3, 1), "1").IgnoreError();

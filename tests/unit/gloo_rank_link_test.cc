@@ -142,9 +142,11 @@ TEST(GlooRankLinkTest, LinksDestroyedWithTheirGroupLeaveOnlyTheGenerationInTheSt
   const uint64_t after_shutdown = store.View().store_keys;
   EXPECT_GT(after_shutdown, 1u);
   EXPECT_EQ(store.Get(generation_key).value(), "0");
+  EXPECT_FALSE(store.forgot(generation_key));
   form_and_end(/*shutdown=*/false);
   EXPECT_EQ(store.View().store_keys, 1u);
   EXPECT_EQ(store.Get(generation_key).value(), "2");  // formed generation 1, retired past it
+  EXPECT_TRUE(store.forgot(generation_key));          // not carried to a restarted leader
 }
 
 TEST(GlooRankLinkTest, APermanentCancelEndsAWaitingFormationAtOnce) {

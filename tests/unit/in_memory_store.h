@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <set>
 #include <string>
 
 #include "daemon/cluster/membership.h"
@@ -31,6 +32,8 @@ class InMemoryStore : public ClusterStore {
   StatusOr<int64_t> Max(const std::string& key, int64_t value) override {
     return members_.Max(key, value);
   }
+  void ForgetFloor(const std::string& key) override { forgotten_.insert(key); }
+  bool forgot(const std::string& key) const { return forgotten_.count(key) > 0; }
   void ReportTransportFailure(int node) override { ++failures_[node]; }
   void ReportTransportBytes(int /*node*/, uint64_t /*sent*/, uint64_t /*received*/) override {}
   int failures(int node) const { return failures_[node]; }
@@ -40,6 +43,7 @@ class InMemoryStore : public ClusterStore {
   const int nodes_;
   const std::string host_ = "127.0.0.1";
   int failures_[8] = {};
+  std::set<std::string> forgotten_;  // ForgetFloor's keys
 };
 
 }  // namespace epd::testing

@@ -380,6 +380,7 @@ TEST(SpanRendezvousTest, RetiringDropsTheKeysOfTheGenerationItFormed) {
   EXPECT_EQ(formed, 4u);  // the generation, the id, two formed marks
   EXPECT_TRUE(idle.Retire().ok());
   EXPECT_EQ(store.View().store_keys, formed);
+  EXPECT_TRUE(store.forgot("epd/nccl/" + Spanning(0).name + "/generation"));
   EXPECT_TRUE(other.Retire().ok());
   EXPECT_EQ(store.View().store_keys, 1u);
   EXPECT_EQ(store.Get("epd/nccl/" + Spanning(0).name + "/generation").value(), "1");
