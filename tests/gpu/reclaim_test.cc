@@ -27,6 +27,43 @@ void ExpectExportedBytes(const Memory& memory) {
   for (unsigned char b : bytes) EXPECT_EQ(b, 0x5a);
 }
 
+// cudaIpcCloseMemHandle and cudaFree wait for every kernel of the process's context, whichever
+// backend of the process launched it, and hold back other threads' launches meanwhile. Memory
+// another backend of this process gives back while this one's rank 0 spins for its late peer
+// must therefore wait too (one reclaimer per process): given back at once, the close would
+// hold the late rank's launch until rank 0 timed out.
+TEST(CudaReclaim, MemoryAnotherBackendGivesBackWaitsForThisOnesSpinningRank) {
+  EPD_REQUIRE_GPUS(1);
+  auto backend = TwoRankBackend(milliseconds(3'000));
+  auto other = TwoRankBackend(milliseconds(3'000));
+  ASSERT_NE(backend, nullptr);
+  ASSERT_NE(other, nullptr);
+  ExporterProcess exporter;
+  ASSERT_EQ(exporter.handle().size(), sizeof(cudaIpcMemHandle_t)) << "exporter gave no handle";
+  MoeHarness harness(*backend, TwoRankSpec("spins"), TwoRankDevices());
+  auto inputs = BindTwoRanks(harness, 41);
+  GroupConfig config = harness.config();
+  config.name = "released";
+  auto group = other->CreateGroup(config);
+  ASSERT_TRUE(group.ok()) << group.status().ToString();
+  auto handle = other->CreateHandle(**group, 0);
+  ASSERT_TRUE(handle.ok()) << handle.status().ToString();
+  auto imported = other->Import(Source(exporter.handle(), 0, 4096), 0);
+  ASSERT_TRUE(imported.ok()) << imported.status().ToString();
+  const auto start = std::chrono::steady_clock::now();
+  const auto statuses = harness.DispatchWithLateRank(1, [&] {
+    // No device call here but the releases; the other backend's reclaimer wakes at once.
+    imported->reset();
+    handle->reset();
+    group->reset();
+    std::this_thread::sleep_for(milliseconds(200));
+  });
+  for (const Status& s : statuses) EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(2'000))
+      << "the late rank's launch waited for a release";
+  if (statuses[0].ok() && statuses[1].ok()) harness.ExpectDispatchMatches(inputs, {16, 16});
+}
+
 TEST(CudaReclaim, ReleasesWhileAFenceWaitSpinsNeitherWaitForItNorHoldLaunches) {
   EPD_REQUIRE_GPUS(1);
   // A private backend whose op_timeout is far longer than the test: a release that waited for

@@ -76,8 +76,8 @@ void AttachCudaCluster(Backend& backend, std::shared_ptr<ClusterStore> cluster);
 // The daemon stream `handle`'s ops run on (its group's lane of its rank), of a backend made by
 // CreateCudaBackend (benchmarks record events on it); null for any other backend.
 cudaStream_t CudaBackendStream(Backend& backend, BackendHandle& handle);
-// IPC mappings released and not yet closed (daemon/backends/cuda/reclaimer.h), of a backend
-// made by CreateCudaBackend; 0 for any other backend.
+// IPC mappings released and not yet closed (daemon/backends/cuda/reclaimer.h) by the process's
+// backends made by CreateCudaBackend (they share one reclaimer); 0 for any other backend.
 size_t CudaBackendPendingCloses(Backend& backend);
 
 }  // namespace epd

@@ -96,7 +96,7 @@ class CudaBackend final : public Backend {
                                                     const FenceSignal& signal) const;
   // Held by every call that enqueues device work, so the Reclaimer sees the GPUs idle only
   // while nothing can start (reclaimer.h).
-  std::shared_lock<std::shared_mutex> Launching() { return std::shared_lock(launch_gate_); }
+  std::shared_lock<std::shared_mutex> Launching() { return reclaimer_.Launching(); }
   uint64_t timeout_ns() const {
     return static_cast<uint64_t>(options_.op_timeout.count()) * 1000000ull;
   }
@@ -132,9 +132,10 @@ class CudaBackend final : public Backend {
   void SpanAbandon(CudaHandle& handle, uint64_t seq, CollectiveKind kind, const Status& reason);
 
   CudaBackendOptions options_;
-  // NOTE: before everything that holds memory: it all goes back through the reclaimer.
-  std::shared_mutex launch_gate_;
-  Reclaimer reclaimer_{launch_gate_, 2 * options_.op_timeout};
+  // NOTE: before everything that holds memory: it all goes back through the reclaimer, the
+  // process's (reclaimer.h), which outlives every backend holding it.
+  std::shared_ptr<Reclaimer> shared_reclaimer_ = Reclaimer::Shared(2 * options_.op_timeout);
+  Reclaimer& reclaimer_ = *shared_reclaimer_;
   AllocationCounter allocations_;
   AllocationCounter ring_allocations_;  // the lanes' error-record rings (op_lane.h)
   ImportCache imports_{reclaimer_};

@@ -33,8 +33,24 @@ bool CompleteFrees(int device, cudaStream_t release) {
 
 }  // namespace
 
-Reclaimer::Reclaimer(std::shared_mutex& launch_gate, std::chrono::milliseconds free_wait)
-    : launch_gate_(launch_gate), free_wait_(free_wait), thread_([this] { Run(); }) {}
+std::shared_ptr<Reclaimer> Reclaimer::Shared(std::chrono::milliseconds free_wait) {
+  static std::mutex mu;
+  static std::weak_ptr<Reclaimer> shared;
+  std::lock_guard lock(mu);
+  std::shared_ptr<Reclaimer> reclaimer = shared.lock();
+  if (reclaimer == nullptr) {
+    reclaimer = std::make_shared<Reclaimer>(free_wait);
+    shared = reclaimer;
+  }
+  int64_t wait = reclaimer->free_wait_ms_.load();
+  while (wait < free_wait.count() &&
+         !reclaimer->free_wait_ms_.compare_exchange_weak(wait, free_wait.count())) {
+  }
+  return reclaimer;
+}
+
+Reclaimer::Reclaimer(std::chrono::milliseconds free_wait)
+    : free_wait_ms_(free_wait.count()), thread_([this] { Run(); }) {}
 
 Reclaimer::~Reclaimer() {
   {
@@ -119,7 +135,8 @@ bool Reclaimer::AwaitFrees(int device) {
     release = it->second;
   }
   // NOTE: polled, not cudaStreamSynchronize, so the wait is bounded like every other.
-  const auto deadline = std::chrono::steady_clock::now() + free_wait_;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(free_wait_ms_.load());
   for (;;) {
     const cudaError_t e = cudaStreamQuery(release);
     if (e == cudaSuccess) break;

@@ -27,13 +27,19 @@
 //   kDrainWindow now and then while a close or free is pending. Past kMaxCloseDeferral they
 //   run anyway (logged). A mapping of the same allocation imported again before its close is
 //   handed back instead (Revive).
+// One per process (Shared), with the launch gate: those calls wait for the kernels of every
+// backend in the process (they share the context), so a reclaimer that saw only its own
+// backend's streams idle would free while another backend's collective spins for a launch
+// that the free then holds back (tests run several backends in one process).
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -53,12 +59,17 @@ class Reclaimer {
   static constexpr std::chrono::milliseconds kFirstBackoff{20};
   static constexpr std::chrono::milliseconds kMaxBackoff{1000};
 
-  // `launch_gate`: held shared by every backend call that enqueues device work; outlives this.
-  // `free_wait`: how long AwaitFrees waits at most (the daemon's waits end within it).
-  Reclaimer(std::shared_mutex& launch_gate, std::chrono::milliseconds free_wait);
+  // The process's reclaimer, made by the first backend and shared by every later one while any
+  // holds it. `free_wait`: how long AwaitFrees waits at most (the backend's device waits end
+  // within it); the longest of its holders' applies.
+  static std::shared_ptr<Reclaimer> Shared(std::chrono::milliseconds free_wait);
+  explicit Reclaimer(std::chrono::milliseconds free_wait);
   ~Reclaimer();  // closes what is pending and frees what is cached (the streams are gone)
   Reclaimer(const Reclaimer&) = delete;
   Reclaimer& operator=(const Reclaimer&) = delete;
+
+  // Held by every backend call that enqueues device work, for as long as it enqueues.
+  std::shared_lock<std::shared_mutex> Launching() { return std::shared_lock(launch_gate_); }
 
   // Streams that run ops (made on `device`), registered while they may run any.
   Status AddStream(int device, cudaStream_t stream);
@@ -104,8 +115,8 @@ class Reclaimer {
   bool DrainedLocked() const;
   void Run();
 
-  std::shared_mutex& launch_gate_;
-  const std::chrono::milliseconds free_wait_;
+  std::shared_mutex launch_gate_;
+  std::atomic<int64_t> free_wait_ms_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
   std::map<cudaStream_t, Registered> streams_;
