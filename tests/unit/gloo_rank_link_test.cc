@@ -136,6 +136,7 @@ TEST(GlooRankLinkTest, LinksDestroyedWithTheirGroupLeaveOnlyTheGenerationInTheSt
     if (shutdown) {
       for (auto& link : links) link->Cancel(UnavailableError("epd is shutting down"), true);
     }
+    GlooRankLink::RetireAll(links);  // as the group's destruction does
   };
   const std::string generation_key = "epd/group/links/generation";
   form_and_end(/*shutdown=*/true);

@@ -31,7 +31,10 @@ class CpuGroup : public BackendGroup {
         links_(std::move(links)),
         lanes_(config.world_size(), nullptr),
         forget_(std::move(forget)) {}
-  ~CpuGroup() override { forget_(this); }
+  ~CpuGroup() override {
+    GlooRankLink::RetireAll(links_);
+    forget_(this);
+  }
   const GroupConfig& config() const override { return config_; }
   std::vector<RankTransportState> transport() const override {
     return transport_ != nullptr ? transport_->State() : std::vector<RankTransportState>{};

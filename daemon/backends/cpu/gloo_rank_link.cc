@@ -24,11 +24,20 @@ GlooRankLink::GlooRankLink(const GroupConfig& config, int group_rank, ClusterSto
       device_(std::move(device)),
       record_(std::move(record)) {}
 
-GlooRankLink::~GlooRankLink() {
-  if (!Stopped().ok()) return;  // shutdown: the daemon goes, not the group
-  if (Status retired = RetireGeneration(cluster_, Prefix(), last_formed_); !retired.ok()) {
-    EPD_LOG(kCpu, info, "group '{}' rank {}: destroyed; {}", config_.name, rank_,
-            retired.ToString());
+GlooRankLink::~GlooRankLink() = default;
+
+void GlooRankLink::RetireAll(const std::vector<std::unique_ptr<GlooRankLink>>& links) {
+  const GlooRankLink* any = nullptr;
+  int64_t last_formed = -1;
+  for (const auto& link : links) {
+    if (link == nullptr) continue;
+    if (!link->Stopped().ok()) return;  // shutdown: the daemon goes, not the group
+    any = link.get();
+    last_formed = std::max(last_formed, link->last_formed_);
+  }
+  if (any == nullptr) return;
+  if (Status retired = RetireGeneration(any->cluster_, any->Prefix(), last_formed); !retired.ok()) {
+    EPD_LOG(kCpu, info, "group '{}': destroyed; {}", any->config_.name, retired.ToString());
   }
 }
 

@@ -42,10 +42,13 @@ class GlooRankLink {
   GlooRankLink(const GroupConfig& config, int group_rank, ClusterStore& cluster,
                std::shared_ptr<gloo::transport::Device> device,
                std::shared_ptr<TransportRecord> record = nullptr);
-  // Unless Cancel(permanent) came first (shutdown), the leader drops the keys of the last mesh
-  // this rank formed (RetireGeneration: one bounded store call, skipped while the leader is
-  // shown down).
   ~GlooRankLink();
+
+  // The group of `links` (this daemon's ranks of it; null where another daemon hosts the rank)
+  // was destroyed: unless Cancel(permanent) came first (shutdown), the leader drops the keys of
+  // the last mesh any of them formed. One bounded store call for all of them
+  // (RetireGeneration, skipped while the leader is shown down), not one per rank.
+  static void RetireAll(const std::vector<std::unique_ptr<GlooRankLink>>& links);
 
   // Sends send[p] to group rank p and receives recv[p] from it, for every p (its own part is
   // copied); the sizes were agreed beforehand (a fixed header, or sizes the headers carried).
