@@ -244,12 +244,13 @@ StatusOr<std::optional<std::string>> ClusterNode::Get(const std::string& key) {
 }
 
 StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
-  if (membership_ != nullptr) return membership_->Max(key, value);
+  if (membership_ != nullptr) return membership_->Max(key, value, settings_.node_rank);
   NoteFloor(key, value);  // asked for, whether or not the leader answers
   v1::StoreMaxRequest request;
   request.set_token(token_);
   request.set_key(key);
   request.set_value(value);
+  request.set_node_rank(settings_.node_rank);
   v1::StoreMaxResponse response;
   auto context = Context(kStoreCallTimeout);
   EPD_RETURN_IF_ERROR(FromGrpcStatus(stub_->StoreMax(context.get(), request, &response)));
@@ -261,6 +262,22 @@ void ClusterNode::NoteFloor(const std::string& key, int64_t value) {
   std::lock_guard lock(floors_mu_);
   int64_t& floor = floors_[key];
   floor = std::max(floor, value);
+}
+
+Status ClusterNode::Retire(const std::string& key, int64_t value) {
+  if (membership_ != nullptr) {
+    membership_->Retire(key, value, settings_.node_rank);
+    return OkStatus();
+  }
+  ForgetFloor(key);
+  v1::StoreRetireRequest request;
+  request.set_token(token_);
+  request.set_key(key);
+  request.set_value(value);
+  request.set_node_rank(settings_.node_rank);
+  v1::StoreRetireResponse response;
+  auto context = Context(kStoreCallTimeout);
+  return FromGrpcStatus(stub_->StoreRetire(context.get(), request, &response));
 }
 
 void ClusterNode::ForgetFloor(const std::string& key) {

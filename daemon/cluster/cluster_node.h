@@ -41,6 +41,7 @@ class ClusterNode : public ClusterStore {
   Status Set(const std::string& key, const std::string& value) override;
   StatusOr<std::optional<std::string>> Get(const std::string& key) override;
   StatusOr<int64_t> Max(const std::string& key, int64_t value) override;
+  Status Retire(const std::string& key, int64_t value) override;
   void ForgetFloor(const std::string& key) override;
   void ReportTransportFailure(int node) override;
   void ReportTransportBytes(int node, uint64_t sent, uint64_t received) override;
@@ -74,8 +75,8 @@ class ClusterNode : public ClusterStore {
   };
   std::vector<PeerCounters> peers_;
   // Followers: the highest value this daemon gave each store integer (Max), replayed one above
-  // at every join. One entry per group name that spans nodes here (ForgetFloor drops those of
-  // ended groups).
+  // at every join. One entry per group name that spans nodes here (Retire and ForgetFloor drop
+  // those of ended groups).
   std::mutex floors_mu_;
   std::map<std::string, int64_t> floors_;
   std::thread heartbeat_;

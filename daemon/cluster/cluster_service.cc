@@ -79,7 +79,19 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
                                      const v1::StoreMaxRequest* request,
                                      v1::StoreMaxResponse* response) override {
     Status status = CheckToken(context, request->token(), "StoreMax");
-    if (status.ok()) response->set_value(membership_->Max(request->key(), request->value()));
+    if (status.ok()) status = CheckCaller(request->node_rank());
+    if (status.ok()) {
+      response->set_value(membership_->Max(request->key(), request->value(), request->node_rank()));
+    }
+    return Finish(context, status);
+  }
+
+  grpc::ServerUnaryReactor* StoreRetire(grpc::CallbackServerContext* context,
+                                        const v1::StoreRetireRequest* request,
+                                        v1::StoreRetireResponse*) override {
+    Status status = CheckToken(context, request->token(), "StoreRetire");
+    if (status.ok()) status = CheckCaller(request->node_rank());
+    if (status.ok()) membership_->Retire(request->key(), request->value(), request->node_rank());
     return Finish(context, status);
   }
 
@@ -92,6 +104,13 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
             context->peer());
     return Status(StatusCode::kUnauthenticated,
                   "wrong deployment token: the daemons' cluster.token_file contents differ");
+  }
+  // The node a store call counts as a user of its integer: a follower (the leader calls its
+  // store directly).
+  Status CheckCaller(int node_rank) const {
+    if (node_rank >= 1 && node_rank < membership_->nodes()) return OkStatus();
+    return InvalidArgumentError("node_rank = {} is outside [1, nodes = {})", node_rank,
+                                membership_->nodes());
   }
   static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
                                           const Status& status) {

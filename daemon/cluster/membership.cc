@@ -49,9 +49,20 @@ StatusOr<JoinOutcome> Membership::Join(int node_rank, int nodes, int ranks_per_n
         "node may join once its predecessor was silent for {} ms)",
         node_rank, member.address, silent, peer_timeout_.count());
   }
-  for (const auto& [key, value] : floors) MaxLocked(key, value);
   JoinOutcome outcome;
   outcome.rejoined = member.joins > 0 && member.incarnation != incarnation;
+  if (outcome.rejoined) {
+    // A restarted daemon: its predecessor's groups went with it.
+    std::vector<std::string> used;
+    for (const auto& [key, users] : users_) {
+      if (users.count(node_rank) > 0) used.push_back(key);
+    }
+    for (const std::string& key : used) ReleaseLocked(key, node_rank);
+  }
+  for (const auto& [key, value] : floors) {
+    MaxLocked(key, value);
+    users_[key].insert(node_rank);
+  }
   if (member.incarnation != incarnation || member.joins == 0) ++member.joins;
   member.address = address;
   member.incarnation = incarnation;
@@ -110,9 +121,34 @@ std::optional<std::string> Membership::Get(const std::string& key) const {
   return it->second;
 }
 
-int64_t Membership::Max(const std::string& key, int64_t value) {
+int64_t Membership::Max(const std::string& key, int64_t value, int node) {
   std::lock_guard lock(mutex_);
+  users_[key].insert(node);
   return MaxLocked(key, value);
+}
+
+void Membership::Retire(const std::string& key, int64_t value, int node) {
+  std::lock_guard lock(mutex_);
+  MaxLocked(key, value);
+  ReleaseLocked(key, node);
+}
+
+void Membership::ReleaseLocked(const std::string& key, int node) {
+  auto users = users_.find(key);
+  if (users != users_.end()) {
+    users->second.erase(node);
+    if (!users->second.empty()) return;
+    users_.erase(users);
+  }
+  // No transport uses the integer, so no node waits on or rejoins any of its generations: a
+  // transport of the name formed later starts from nothing, as the name's first did.
+  store_.erase(key);
+  if (!key.ends_with(kGenerationIntegerSuffix)) return;
+  const std::string under = fmt::format(
+      "{}/", std::string_view(key).substr(0, key.size() - kGenerationIntegerSuffix.size()));
+  for (auto it = store_.lower_bound(under); it != store_.end() && it->first.starts_with(under);) {
+    it = store_.erase(it);
+  }
 }
 
 int64_t Membership::MaxLocked(const std::string& key, int64_t value) {

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -42,9 +43,16 @@ class Membership {
 
   ClusterView View() const;
 
+  int nodes() const { return nodes_; }
+
   void Set(const std::string& key, std::string value);
   std::optional<std::string> Get(const std::string& key) const;
-  int64_t Max(const std::string& key, int64_t value);
+  // Raises the integer at `key` to at least `value` and returns the result; `node` counts
+  // among the integer's users from then on.
+  int64_t Max(const std::string& key, int64_t value, int node);
+  // `node` no longer uses the integer at `key` (the group it numbers ended there): raised to
+  // at least `value`, and once no node uses it, erased with every key under its prefix.
+  void Retire(const std::string& key, int64_t value, int node);
 
  private:
   struct Member {
@@ -55,6 +63,8 @@ class Membership {
   };
   bool UpLocked(const Member& member, Clock::time_point now) const;
   int64_t MaxLocked(const std::string& key, int64_t value);
+  // `node` stops using the integer at `key`; the integer goes when that was its last user.
+  void ReleaseLocked(const std::string& key, int node);
   // `key` a group transport's "<prefix>/generation" (core/cluster.h) raised to `generation`:
   // erases "<prefix>/g<k>/..." for every k below it (no transport starts one below the stored
   // integer, and those waiting on one give up when it moved).
@@ -66,6 +76,10 @@ class Membership {
   mutable std::mutex mutex_;
   std::vector<Member> members_;  // by node rank; joins == 0: never joined
   std::map<std::string, std::string> store_;
+  // The nodes whose transports use each store integer: noted at Max and at a join's floors,
+  // until the node retires it or joins again as a restarted daemon. A group name no node uses
+  // any more leaves nothing in the store, however many names a deployment goes through.
+  std::map<std::string, std::set<int>> users_;
 };
 
 }  // namespace epd::cluster

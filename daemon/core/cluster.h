@@ -65,11 +65,15 @@ class ClusterStore {
   virtual Status Set(const std::string& key, const std::string& value) = 0;
   // nullopt while the key is absent.
   virtual StatusOr<std::optional<std::string>> Get(const std::string& key) = 0;
-  // Raises the integer at key to at least `value`; returns the stored result.
+  // Raises the integer at key to at least `value`; returns the stored result. This node counts
+  // among the integer's users from then on.
   virtual StatusOr<int64_t> Max(const std::string& key, int64_t value) = 0;
   // This daemon no longer has a transport that uses the integer at `key` (its group ended
-  // here): a follower stops carrying it to a restarted leader (JoinRequest.floors), so what it
-  // carries stays bounded by its live groups. Local; never fails.
+  // here): the leader raises it to at least `value` and counts this node out of its users;
+  // once none is left, it erases the integer and every key under its prefix. This daemon stops
+  // carrying it to a restarted leader (JoinRequest.floors) whatever the leader answers.
+  virtual Status Retire(const std::string& key, int64_t value) = 0;
+  // As Retire, without telling the leader (it is down): local; never fails.
   virtual void ForgetFloor(const std::string& key) = 0;
 
   // A group transport gave up on `node` (its connection broke or timed out): counted per peer
@@ -162,31 +166,27 @@ inline StatusOr<int64_t> FirstFormationFloor(ClusterStore& store, std::string_vi
   return formed.has_value() ? stored + 1 : stored;
 }
 
-// A transport whose group ended on this node (destroyed there, not shut down) raises the stored
-// generation past the last one it formed (`last_formed`, -1 when none), so the leader drops
-// that generation's keys now instead of when the name forms again: a group name used once
-// leaves only its generation integer behind, and this node stops carrying that integer to a
-// restarted leader (ForgetFloor), which therefore starts without it. Its peers lose nothing:
-// their next formation went past that generation anyway (this node's fresh transport starts
-// past it: FirstFormationFloor). The raise is skipped, with UNAVAILABLE, while the view shows
-// the leader down, so that destroying a group never waits on a dead leader; the keys then go
-// when the name forms again.
+// A transport whose group ended on this node (destroyed there, not shut down) retires the
+// generation integer, raising it past the last generation it formed (`last_formed`, -1 when
+// none): the leader drops that generation's keys now instead of when the name forms again, and
+// once no node uses the integer (every node hosting the group ended it, or restarted), the
+// integer and whatever is left under its prefix go too, so a group name used once leaves
+// nothing in the store. This node stops carrying the integer to a restarted leader. Its peers
+// lose nothing: their next formation went past that generation anyway (this node's fresh
+// transport starts past it: FirstFormationFloor). Skipped, with UNAVAILABLE, while the view
+// shows the leader down, so that destroying a group never waits on a dead leader; the keys then
+// go when the name forms again.
 inline Status RetireGeneration(ClusterStore& store, std::string_view prefix, int64_t last_formed) {
   const std::string key = GenerationIntegerKey(prefix);
-  Status raised;
-  if (last_formed >= 0) {
-    const ClusterView view = store.View();
-    if (!view.members.empty() && view.members[0].state != NodeState::kUp) {
-      raised = UnavailableError(
-          "the leader (node 0) is down: its store keeps generation {}'s keys until the group "
-          "forms again",
-          last_formed);
-    } else {
-      raised = store.Max(key, last_formed + 1).status();
-    }
+  const ClusterView view = store.View();
+  if (!view.members.empty() && view.members[0].state != NodeState::kUp) {
+    store.ForgetFloor(key);
+    return UnavailableError(
+        "the leader (node 0) is down: its store keeps the group's keys (generation {}) until the "
+        "group forms again",
+        last_formed);
   }
-  store.ForgetFloor(key);  // after the Max, which notes one
-  return raised;
+  return store.Retire(key, last_formed + 1);  // 0 when it formed none: raises nothing
 }
 
 // Waits until every other node hosting a rank of `config` has joined (the view shows none of

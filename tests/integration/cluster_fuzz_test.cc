@@ -33,6 +33,31 @@ TEST(ClusterFuzzTest, ChangedClusterRequestsGetCanonicalAnswersAndTheDeploymentS
   ASSERT_TRUE(frontends.ok()) << frontends.status().ToString();
   ASSERT_EPD_OK(RunGoodLayer(*frontends, 0));
 
+  // A store call counts its caller among the users of the integer it raises or retires: one
+  // naming no follower is refused, naming the field.
+  for (int node_rank : {0, 2, -1}) {
+    v1::StoreMaxRequest max;
+    max.set_token(token);
+    max.set_key("fuzz/caller");
+    max.set_node_rank(node_rank);
+    v1::StoreRetireRequest retire;
+    retire.set_token(token);
+    retire.set_key("fuzz/caller");
+    retire.set_node_rank(node_rank);
+    grpc::ClientContext max_context, retire_context;
+    v1::StoreMaxResponse max_response;
+    v1::StoreRetireResponse retire_response;
+    for (const grpc::Status& answer :
+         {stub->StoreMax(&max_context, max, &max_response),
+          stub->StoreRetire(&retire_context, retire, &retire_response)}) {
+      EXPECT_EQ(answer.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << node_rank;
+      EXPECT_NE(answer.error_message().find(
+                    fmt::format("node_rank = {} is outside [1, nodes = 2)", node_rank)),
+                std::string::npos)
+          << answer.error_message();
+    }
+  }
+
   std::vector<std::string> failures;
   std::map<StatusCode, int> codes;
   std::mt19937_64 rng(4242);
@@ -52,7 +77,7 @@ TEST(ClusterFuzzTest, ChangedClusterRequestsGetCanonicalAnswersAndTheDeploymentS
   };
   for (int i = 0; i < 400 * FuzzScale(); ++i) {
     const std::string key = fmt::format("fuzz/{}", i % 7);
-    switch (std::uniform_int_distribution<int>(0, 4)(rng)) {
+    switch (std::uniform_int_distribution<int>(0, 5)(rng)) {
       case 0: {
         v1::JoinRequest r;
         r.set_token(token);
@@ -87,12 +112,22 @@ TEST(ClusterFuzzTest, ChangedClusterRequestsGetCanonicalAnswersAndTheDeploymentS
         call(&v1::Cluster::Stub::StoreGet, r, v1::StoreGetResponse());
         break;
       }
-      default: {
+      case 4: {
         v1::StoreMaxRequest r;
         r.set_token(token);
         r.set_key(key);
         r.set_value(i);
+        r.set_node_rank(1);
         call(&v1::Cluster::Stub::StoreMax, r, v1::StoreMaxResponse());
+        break;
+      }
+      default: {
+        v1::StoreRetireRequest r;
+        r.set_token(token);
+        r.set_key(key);
+        r.set_value(i);
+        r.set_node_rank(1);
+        call(&v1::Cluster::Stub::StoreRetire, r, v1::StoreRetireResponse());
         break;
       }
     }

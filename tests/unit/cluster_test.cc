@@ -92,19 +92,19 @@ TEST(MembershipTest, StoreSetsGetsAndRaises) {
   EXPECT_FALSE(members.Get("k").has_value());
   members.Set("k", "v");
   EXPECT_EQ(members.Get("k").value(), "v");
-  EXPECT_EQ(members.Max("gen", 0), 0);
-  EXPECT_EQ(members.Max("gen", 3), 3);
-  EXPECT_EQ(members.Max("gen", 1), 3);
+  EXPECT_EQ(members.Max("gen", 0, 0), 0);
+  EXPECT_EQ(members.Max("gen", 3, 0), 3);
+  EXPECT_EQ(members.Max("gen", 1, 0), 3);
 }
 
 // A follower's join carries the store integers it raised (one above): a leader that restarted
 // with an empty store raises them before the node shows up, and never lowers one.
 TEST(MembershipTest, AJoinRaisesTheStoreToTheFloorsItCarries) {
   Membership members(2, 1, "10.0.0.1:7461", std::chrono::milliseconds(1'000));
-  members.Max("kept", 9);
+  members.Max("kept", 9, 0);
   ASSERT_TRUE(members.Join(1, 2, 1, "10.0.0.2", 11, {{"gen", 4}, {"kept", 2}}).ok());
-  EXPECT_EQ(members.Max("gen", 0), 4);
-  EXPECT_EQ(members.Max("kept", 0), 9);
+  EXPECT_EQ(members.Max("gen", 0, 0), 4);
+  EXPECT_EQ(members.Max("kept", 0, 0), 9);
   // A refused join raises nothing.
   EXPECT_FALSE(members.Join(1, 3, 1, "10.0.0.2", 12, {{"other", 5}}).ok());
   EXPECT_FALSE(members.Get("other").has_value());
@@ -119,7 +119,7 @@ TEST(MembershipTest, RaisingAGenerationDropsTheKeysOfTheGenerationsBelowIt) {
   const std::string lookalike = TransportKeyPrefix("group", "a/g1");
   EXPECT_EQ(lookalike, "epd/group/a%2Fg1");
   EXPECT_EQ(TransportKeyPrefix("nccl", "50%/x"), "epd/nccl/50%25%2Fx");
-  members.Max(a + "/generation", 1);
+  members.Max(a + "/generation", 1, 0);
   for (int g = 0; g <= 2; ++g) {
     members.Set(fmt::format("{}/g{}/config/0", a, g), "c");
     members.Set(FormedGenerationKey(a, g, 1), "1");
@@ -127,12 +127,12 @@ TEST(MembershipTest, RaisingAGenerationDropsTheKeysOfTheGenerationsBelowIt) {
   members.Set(a + "/g/loose", "not a generation's");
   members.Set(a + "/g7x/loose", "not a generation's");
   members.Set(lookalike + "/g0/config/0", "c");
-  members.Max(lookalike + "/generation", 0);
+  members.Max(lookalike + "/generation", 0, 0);
   members.Set(TransportKeyPrefix("nccl", "a") + "/g0/id", "other transport");
   const uint64_t before = members.View().store_keys;
   EXPECT_EQ(before, 12u);
 
-  EXPECT_EQ(members.Max(a + "/generation", 2), 2);
+  EXPECT_EQ(members.Max(a + "/generation", 2, 0), 2);
   for (int g = 0; g <= 1; ++g) {
     EXPECT_FALSE(members.Get(fmt::format("{}/g{}/config/0", a, g)).has_value()) << g;
     EXPECT_FALSE(members.Get(FormedGenerationKey(a, g, 1)).has_value()) << g;
@@ -147,8 +147,60 @@ TEST(MembershipTest, RaisingAGenerationDropsTheKeysOfTheGenerationsBelowIt) {
   }
   EXPECT_EQ(members.View().store_keys, before - 4);
   // Asking for a generation below the stored one drops nothing more.
-  members.Max(a + "/generation", 1);
+  members.Max(a + "/generation", 1, 0);
   EXPECT_TRUE(members.Get(a + "/g2/config/0").has_value());
+}
+
+// Every node that had a group uses its generation integer until it retires it or restarts:
+// the integer, and whatever is under its prefix, goes with its last user, and only then (other
+// groups' keys, a name that looks like a generation segment included, stay).
+TEST(MembershipTest, AGenerationIntegerGoesWithItsLastUser) {
+  Membership members(2, 1, "10.0.0.1:7461", std::chrono::milliseconds(1'000));
+  const std::string a = TransportKeyPrefix("group", "a");
+  const std::string lookalike = TransportKeyPrefix("group", "a/g1");
+  members.Max(a + "/generation", 0, 0);
+  members.Max(a + "/generation", 1, 1);
+  members.Set(a + "/g1/config/0", "c");
+  members.Set(a + "/g/loose", "left by an older daemon");
+  members.Max(lookalike + "/generation", 0, 1);
+  members.Set(lookalike + "/g0/config/0", "c");
+  members.Set(TransportKeyPrefix("nccl", "a") + "/g0/id", "other transport");
+  EXPECT_EQ(members.View().store_keys, 6u);
+
+  members.Retire(a + "/generation", 2, 1);  // node 1 formed generation 1; node 0 uses it still
+  EXPECT_EQ(members.Get(a + "/generation"), "2");
+  EXPECT_FALSE(members.Get(a + "/g1/config/0").has_value());
+  EXPECT_EQ(members.View().store_keys, 5u);
+  members.Retire(a + "/generation", 0, 0);  // the last user
+  for (const std::string& gone : {a + "/generation", a + "/g/loose"}) {
+    EXPECT_FALSE(members.Get(gone).has_value()) << gone;
+  }
+  EXPECT_EQ(members.View().store_keys, 3u);
+  // Formed again, the name starts from nothing.
+  EXPECT_EQ(members.Max(a + "/generation", 0, 1), 0);
+}
+
+// A restarted daemon's join ends what its predecessor used (its groups went with it), and its
+// floors are what it uses now; a join of the same daemon again (a restarted leader) ends nothing.
+TEST(MembershipTest, ARestartedNodesJoinEndsWhatItsPredecessorUsed) {
+  Membership members(2, 1, "10.0.0.1:7461", std::chrono::milliseconds(0));
+  const std::string only1 = GenerationIntegerKey(TransportKeyPrefix("group", "one"));
+  const std::string both = GenerationIntegerKey(TransportKeyPrefix("group", "both"));
+  const std::string later = GenerationIntegerKey(TransportKeyPrefix("group", "later"));
+  ASSERT_TRUE(members.Join(1, 2, 1, "10.0.0.2", 11).ok());
+  members.Max(only1, 3, 1);
+  members.Set(GenerationKeysPrefix(TransportKeyPrefix("group", "one"), 3) + "id", "x");
+  members.Max(both, 1, 1);
+  members.Max(both, 1, 0);
+  ASSERT_TRUE(members.Join(1, 2, 1, "10.0.0.2", 11, {{later, 2}}).ok());  // the same daemon
+  EXPECT_EQ(members.Get(only1), "3");
+  ASSERT_TRUE(members.Join(1, 2, 1, "10.0.0.2", 12, {{later, 5}}).ok());  // restarted
+  EXPECT_FALSE(members.Get(only1).has_value());
+  EXPECT_EQ(members.Get(both), "1");  // node 0 uses it
+  EXPECT_EQ(members.Get(later), "5");
+  EXPECT_EQ(members.View().store_keys, 2u);
+  members.Retire(later, 0, 1);
+  EXPECT_FALSE(members.Get(later).has_value());
 }
 
 // A follower whose view shows the leader down does not wait on it to retire a generation: the
@@ -164,21 +216,27 @@ TEST(RetireGenerationTest, RaisesPastTheLastFormedGenerationUnlessTheLeaderIsDow
     }
   };
   const std::string prefix = TransportKeyPrefix("group", "g");
+  const std::string key = GenerationIntegerKey(prefix);
   LeaderDown down;
   down.Set(FormedGenerationKey(prefix, 0, 1), "1").IgnoreError();
   const Status skipped = RetireGeneration(down, prefix, 0);
   EXPECT_EQ(skipped.code(), StatusCode::kUnavailable);
   EXPECT_THAT(skipped.message(), HasSubstr("leader (node 0) is down"));
   EXPECT_TRUE(down.Get(FormedGenerationKey(prefix, 0, 1))->has_value());
-  EXPECT_TRUE(down.forgot(GenerationIntegerKey(prefix)));  // not carried to its successor
+  EXPECT_TRUE(down.forgot(key));  // not carried to its successor
 
   testing::InMemoryStore up(2);
-  up.Set(FormedGenerationKey(prefix, 3, 1), "1").IgnoreError();
-  EXPECT_TRUE(RetireGeneration(up, prefix, -1).ok());  // never formed: nothing to drop
-  EXPECT_TRUE(up.Get(FormedGenerationKey(prefix, 3, 1))->has_value());
-  EXPECT_TRUE(RetireGeneration(up, prefix, 3).ok());
+  testing::InMemoryStore node1 = up.Node(1);
+  ASSERT_EQ(*node1.Max(key, 3), 3);  // node 1 formed generation 3 ...
+  ASSERT_TRUE(node1.Set(FormedGenerationKey(prefix, 3, 1), "1").ok());
+  ASSERT_EQ(*up.Max(key, 0), 3);  // ... and node 0 has the group too, not formed yet
+  EXPECT_TRUE(RetireGeneration(node1, prefix, 3).ok());
   EXPECT_FALSE(up.Get(FormedGenerationKey(prefix, 3, 1))->has_value());
-  EXPECT_EQ(up.Get(GenerationIntegerKey(prefix)).value(), "4");
+  EXPECT_EQ(up.Get(key).value(), "4");
+  EXPECT_TRUE(node1.forgot(key));
+  EXPECT_TRUE(RetireGeneration(up, prefix, -1).ok());  // the last user; it formed none
+  EXPECT_FALSE(up.Get(key)->has_value());
+  EXPECT_EQ(up.View().store_keys, 0u);
 }
 
 // A formation waits for the group's nodes that have not joined (a restarted leader has not

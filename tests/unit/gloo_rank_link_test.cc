@@ -119,35 +119,53 @@ TEST(GlooRankLinkTest, DifferentConfigsOnTwoNodesFailEveryRank) {
   }
 }
 
-// A group destroyed on every node leaves only its generation integer in the leader's store;
-// links that went with a shutdown (a permanent cancel first) leave the keys to the next
-// formation of the name, which starts past them.
-TEST(GlooRankLinkTest, LinksDestroyedWithTheirGroupLeaveOnlyTheGenerationInTheStore) {
+// A group destroyed on a node drops its last mesh's keys from the leader's store, keeping the
+// generation integer while another node still has the group; destroyed on every node, it
+// leaves nothing. Links that went with a shutdown (a permanent cancel first) leave the keys to
+// the next formation of the name, which starts past them.
+TEST(GlooRankLinkTest, AGroupDestroyedOnEveryNodeLeavesNothingInTheStore) {
   InMemoryStore store(kWorld);
+  std::vector<InMemoryStore> nodes;  // each rank's daemon, on the one store
+  for (int r = 0; r < kWorld; ++r) nodes.push_back(store.Node(r));
   auto device = Device();
+  const std::string generation_key = "epd/group/links/generation";
+  std::vector<uint64_t> keys_by_destroy;
   auto form_and_end = [&](bool shutdown) {
     std::vector<std::unique_ptr<GlooRankLink>> links;
     for (int r = 0; r < kWorld; ++r) {
-      links.push_back(std::make_unique<GlooRankLink>(ConfigOfNode(r), r, store, device));
+      links.push_back(std::make_unique<GlooRankLink>(ConfigOfNode(r), r, nodes[r], device));
     }
     for (const Status& s : OnEveryRank([&](int r) { return ExchangeOnce(*links[r], r); })) {
       EXPECT_TRUE(s.ok()) << s.ToString();
     }
-    if (shutdown) {
-      for (auto& link : links) link->Cancel(UnavailableError("epd is shutting down"), true);
+    for (auto& link : links) {
+      if (shutdown) link->Cancel(UnavailableError("epd is shutting down"), true);
+      std::vector<std::unique_ptr<GlooRankLink>> of_node;
+      of_node.push_back(std::move(link));
+      GlooRankLink::RetireAll(of_node);  // as the group's destruction on that node does
+      keys_by_destroy.push_back(store.View().store_keys);
     }
-    GlooRankLink::RetireAll(links);  // as the group's destruction does
   };
-  const std::string generation_key = "epd/group/links/generation";
   form_and_end(/*shutdown=*/true);
-  const uint64_t after_shutdown = store.View().store_keys;
-  EXPECT_GT(after_shutdown, 1u);
+  EXPECT_GT(keys_by_destroy.back(), 1u);
   EXPECT_EQ(store.Get(generation_key).value(), "0");
-  EXPECT_FALSE(store.forgot(generation_key));
+  EXPECT_FALSE(nodes[0].forgot(generation_key));
+  keys_by_destroy.clear();
   form_and_end(/*shutdown=*/false);
-  EXPECT_EQ(store.View().store_keys, 1u);
-  EXPECT_EQ(store.Get(generation_key).value(), "2");  // formed generation 1, retired past it
-  EXPECT_TRUE(store.forgot(generation_key));          // not carried to a restarted leader
+  EXPECT_EQ(keys_by_destroy, (std::vector<uint64_t>{1, 1, 0}));
+  EXPECT_FALSE(store.Get(generation_key).value().has_value());
+  for (int r = 0; r < kWorld; ++r) {
+    EXPECT_TRUE(nodes[r].forgot(generation_key)) << r;  // not carried to a restarted leader
+  }
+  // The name forms again from nothing.
+  std::vector<std::unique_ptr<GlooRankLink>> again;
+  for (int r = 0; r < kWorld; ++r) {
+    again.push_back(std::make_unique<GlooRankLink>(ConfigOfNode(r), r, nodes[r], device));
+  }
+  for (const Status& s : OnEveryRank([&](int r) { return ExchangeOnce(*again[r], r); })) {
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  }
+  EXPECT_EQ(store.Get(generation_key).value(), "0");
 }
 
 TEST(GlooRankLinkTest, APermanentCancelEndsAWaitingFormationAtOnce) {

@@ -369,23 +369,33 @@ TEST(SpanRendezvousTest, AFreshRendezvousSkipsTheGenerationItsNodeFormedBefore) 
 
 // Destroyed on a node, a group's rendezvous raises the generation past the one it formed, and
 // the leader drops that generation's keys; one that never formed leaves the store as it is.
+// Destroyed on its last node, the group leaves nothing.
 TEST(SpanRendezvousTest, RetiringDropsTheKeysOfTheGenerationItFormed) {
   testing::InMemoryStore store(2);
-  SpanRendezvous root(Spanning(0), store), other(Spanning(1), store), idle(Spanning(1), store);
+  testing::InMemoryStore node1 = store.Node(1);
+  const std::string generation_key = "epd/nccl/" + Spanning(0).name + "/generation";
+  SpanRendezvous root(Spanning(0), store);
   ASSERT_EQ(*root.NextGeneration(), 0);
   ASSERT_TRUE(root.Publish(0, std::string(128, '\2')).ok());
+  {
+    // Node 1's group, destroyed before it formed.
+    SpanRendezvous idle(Spanning(1), node1);
+    ASSERT_EQ(*idle.NextGeneration(), 0);
+    const uint64_t published = store.View().store_keys;
+    EXPECT_TRUE(idle.Retire().ok());
+    EXPECT_EQ(store.View().store_keys, published);
+    EXPECT_TRUE(node1.forgot(generation_key));
+  }
+  SpanRendezvous other(Spanning(1), node1);
+  ASSERT_EQ(*other.NextGeneration(), 0);
   ASSERT_TRUE(root.MarkFormed(0).ok());
   ASSERT_TRUE(other.MarkFormed(0).ok());
-  const uint64_t formed = store.View().store_keys;
-  EXPECT_EQ(formed, 4u);  // the generation, the id, two formed marks
-  EXPECT_TRUE(idle.Retire().ok());
-  EXPECT_EQ(store.View().store_keys, formed);
-  EXPECT_TRUE(store.forgot("epd/nccl/" + Spanning(0).name + "/generation"));
+  EXPECT_EQ(store.View().store_keys, 4u);  // the generation, the id, two formed marks
   EXPECT_TRUE(other.Retire().ok());
   EXPECT_EQ(store.View().store_keys, 1u);
-  EXPECT_EQ(store.Get("epd/nccl/" + Spanning(0).name + "/generation").value(), "1");
-  EXPECT_TRUE(root.Retire().ok());  // already past it: nothing more
-  EXPECT_EQ(store.View().store_keys, 1u);
+  EXPECT_EQ(store.Get(generation_key).value(), "1");
+  EXPECT_TRUE(root.Retire().ok());  // the last node: nothing is left
+  EXPECT_EQ(store.View().store_keys, 0u);
 }
 
 TEST(SpanRendezvousTest, StoppingReleasesAWaitingFetch) {

@@ -48,7 +48,7 @@ class SpanRendezvous {
                               const std::function<bool()>& stopped);
   Status MarkFormed(int64_t generation);
   // The group was destroyed on this daemon: the leader drops the keys of the generation it
-  // formed last (RetireGeneration).
+  // formed last, and all of the name's once no node uses it (RetireGeneration).
   Status Retire();
   // Generation `failed` is dead: the next formation of every member uses a later one.
   void Break(int64_t failed);
