@@ -157,7 +157,8 @@ int Run(int argc, char** argv) {
   std::unique_ptr<metrics::MetricsServer> metrics;
   if (!config.metrics_listen.empty()) {
     auto started = metrics::MetricsServer::Start(config.metrics_listen,
-                                                 metrics::BuildInfo{EPD_VERSION, EPD_CUDA_VERSION});
+                                                 metrics::BuildInfo{EPD_VERSION, EPD_CUDA_VERSION},
+                                                 config.metrics_group_retention);
     if (!started.ok()) return Fail(kExitRuntimeError, started.status());
     metrics = std::move(started).value();
     EPD_LOG(kRpc, info, "metrics on http://{}/metrics (port {})", config.metrics_listen,

@@ -21,6 +21,9 @@ void AddFlags(CLI::App& app, Flags* flags) {
                  "registration over TCP); off by default");
   app.add_option("--metrics-listen", flags->metrics_listen,
                  "Prometheus /metrics on IP:PORT (default 127.0.0.1:9464; empty: off)");
+  app.add_option("--metrics-group-retention-ms", flags->metrics_group_retention_ms,
+                 "how long a destroyed group's op series stay in /metrics (default 300000)")
+      ->check(CLI::Range(int64_t{0}, int64_t{86'400'000}));
   app.add_option("--backend", flags->backend, "auto, cuda or cpu")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}));
   app.add_option("--cpu-ranks", flags->cpu_ranks, "ranks of the cpu backend")
@@ -83,6 +86,9 @@ StatusOr<DaemonConfig> ResolveConfig(const CLI::App& app, const Flags& flags,
   if (given("--listen")) config.listen = flags.listen;
   if (given("--tcp-listen")) config.tcp_listen = flags.tcp_listen;
   if (given("--metrics-listen")) config.metrics_listen = flags.metrics_listen;
+  if (given("--metrics-group-retention-ms")) {
+    config.metrics_group_retention = std::chrono::milliseconds(flags.metrics_group_retention_ms);
+  }
   if (given("--backend")) {
     EPD_ASSIGN_OR_RETURN(config.backend, ParseBackendKind(flags.backend));
   }

@@ -17,7 +17,8 @@ struct Flags {
   std::string check_config_path;  // --check-config FILE: validate and exit
   std::string listen, tcp_listen, metrics_listen, backend, gpus, log_level;
   int cpu_ranks = 0;
-  int64_t op_timeout_ms = 0, session_idle_timeout_ms = 0, drain_timeout_ms = 0;
+  int64_t op_timeout_ms = 0, session_idle_timeout_ms = 0, drain_timeout_ms = 0,
+          metrics_group_retention_ms = 0;
   // [cluster]
   int node_rank = 0, nodes = 0;
   std::string leader, cluster_listen, cluster_address, cluster_token_file;

@@ -27,6 +27,8 @@ ReloadPlan PlanReload(const DaemonConfig& running, const DaemonConfig& fresh) {
   differs(running.listen != fresh.listen, "listen");
   differs(running.tcp_listen != fresh.tcp_listen, "tcp_listen");
   differs(running.metrics_listen != fresh.metrics_listen, "metrics_listen");
+  differs(running.metrics_group_retention != fresh.metrics_group_retention,
+          "metrics_group_retention_ms");
   differs(running.backend != fresh.backend, "backend");
   differs(running.cpu_ranks != fresh.cpu_ranks, "cpu_ranks");
   differs(running.gpus != fresh.gpus, "gpus");

@@ -19,6 +19,7 @@ namespace {
 constexpr std::string_view kTopLevelKeys[] = {"listen",
                                               "tcp_listen",
                                               "metrics_listen",
+                                              "metrics_group_retention_ms",
                                               "backend",
                                               "cpu_ranks",
                                               "gpus",
@@ -106,6 +107,8 @@ Status ParseTopLevel(const TomlReader& reader, const toml::table& root, DaemonCo
       EPD_ASSIGN_OR_RETURN(config->tcp_listen, reader.String(node, key));
     } else if (key == "metrics_listen") {
       EPD_ASSIGN_OR_RETURN(config->metrics_listen, reader.String(node, key));
+    } else if (key == "metrics_group_retention_ms") {
+      EPD_ASSIGN_OR_RETURN(config->metrics_group_retention, reader.Millis(node, key, 0));
     } else if (key == "backend") {
       EPD_ASSIGN_OR_RETURN(config->backend, reader.Enum<BackendKind>(node, key, ParseBackendKind));
     } else if (key == "cpu_ranks") {

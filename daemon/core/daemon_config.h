@@ -56,6 +56,8 @@ struct DaemonConfig {
   std::string tcp_listen;  // empty: no TCP; else a loopback address with port
   // Prometheus /metrics (HTTP). Empty: no metrics endpoint.
   std::string metrics_listen = "127.0.0.1:9464";
+  // How long a destroyed group's op series stay in /metrics (for the scrapes after it).
+  std::chrono::milliseconds metrics_group_retention{300'000};
   BackendKind backend = BackendKind::kAuto;
   int cpu_ranks = 1;      // ranks of the cpu backend
   std::vector<int> gpus;  // GPU indices of the cuda backend; empty: every visible GPU

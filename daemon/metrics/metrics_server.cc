@@ -2,15 +2,16 @@
 
 #include <fmt/format.h>
 #include <prometheus/collectable.h>
-#include <prometheus/counter.h>
 #include <prometheus/exposer.h>
-#include <prometheus/family.h>
-#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <mutex>
+#include <set>
+
+#include "daemon/metrics/op_series.h"
 
 namespace epd::metrics {
 namespace {
@@ -39,7 +40,10 @@ void AddValue(prometheus::MetricFamily& family, double value, Labels labels = {}
 // Reads the engine's state at scrape time.
 class EngineCollector final : public prometheus::Collectable {
  public:
-  explicit EngineCollector(BuildInfo build) : build_(std::move(build)) {}
+  // `prune`: called at each scrape with the engine's groups (OpSeries::Prune).
+  using Prune = std::function<void(const std::set<std::string, std::less<>>& live)>;
+  EngineCollector(BuildInfo build, Prune prune)
+      : build_(std::move(build)), prune_(std::move(prune)) {}
 
   void Attach(const Engine* engine) {
     std::lock_guard lock(mutex_);
@@ -100,13 +104,18 @@ class EngineCollector final : public prometheus::Collectable {
     }
     out.push_back(std::move(handles));
     AddClusterFamilies(out);
-    AddGroupTransportFamilies(out);
+    const std::vector<GroupSummary> groups = engine_->ListGroups();
+    AddGroupTransportFamilies(groups, out);
+    std::set<std::string, std::less<>> live;
+    for (const GroupSummary& group : groups) live.insert(group.config.name);
+    prune_(live);
     return out;
   }
 
  private:
   // Groups that span daemons: one series per group rank hosted here (ListGroups' transport).
-  void AddGroupTransportFamilies(std::vector<prometheus::MetricFamily>& out) const {
+  static void AddGroupTransportFamilies(const std::vector<GroupSummary>& groups,
+                                        std::vector<prometheus::MetricFamily>& out) {
     using prometheus::MetricType;
     auto formed = Family("epd_group_transport_formed",
                          "1 while the group rank's communicator (NCCL or gloo) with the other "
@@ -115,7 +124,7 @@ class EngineCollector final : public prometheus::Collectable {
     auto failures = Family("epd_group_transport_failures_total",
                            "Formations and exchanges of the group rank's communicator that failed.",
                            MetricType::Counter);
-    for (const GroupSummary& group : engine_->ListGroups()) {
+    for (const GroupSummary& group : groups) {
       for (const RankTransportState& rank : group.transport) {
         const Labels labels = {{"group", group.config.name},
                                {"group_rank", std::to_string(rank.group_rank)}};
@@ -168,6 +177,7 @@ class EngineCollector final : public prometheus::Collectable {
   }
 
   const BuildInfo build_;
+  const Prune prune_;
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   mutable std::mutex mutex_;
   const Engine* engine_ = nullptr;
@@ -176,53 +186,35 @@ class EngineCollector final : public prometheus::Collectable {
 
 }  // namespace
 
-const std::vector<double>& OpDurationBuckets() {
-  static const std::vector<double> buckets = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3,
-                                              5e-3,  10e-3, 25e-3,  50e-3,  0.1,   0.25,  0.5,
-                                              1,     2.5,   5,      10};
-  return buckets;
-}
-
 class MetricsServer::Impl {
  public:
-  Impl(const std::string& address, BuildInfo build)
-      : exposer_(address, /*num_threads=*/1),
-        registry_(std::make_shared<prometheus::Registry>()),
-        engine_collector_(std::make_shared<EngineCollector>(std::move(build))),
-        ops_(prometheus::BuildCounter()
-                 .Name("epd_ops_total")
-                 .Help("Ops finished, by op, group, node rank and status code.")
-                 .Register(*registry_)),
-        durations_(prometheus::BuildHistogram()
-                       .Name("epd_op_duration_seconds")
-                       .Help("Host-observed op latency, submit to done.")
-                       .Register(*registry_)),
-        payload_(prometheus::BuildCounter()
-                     .Name("epd_payload_bytes_total")
-                     .Help("Token bytes moved by dispatch and combine.")
-                     .Register(*registry_)),
-        timeouts_(prometheus::BuildCounter()
-                      .Name("epd_op_timeouts_total")
-                      .Help("Ops that hit op_timeout waiting for a fence or a peer rank.")
-                      .Register(*registry_)) {
+  Impl(const std::string& address, BuildInfo build, std::chrono::milliseconds group_retention)
+      : registry_(std::make_shared<prometheus::Registry>()),
+        ops_(*registry_, group_retention),
+        engine_collector_(std::make_shared<EngineCollector>(
+            std::move(build),
+            [this](const std::set<std::string, std::less<>>& live) {
+              ops_.Prune(live, OpSeries::Clock::now());
+            })),
+        exposer_(address, /*num_threads=*/1) {
+    // In this order at every scrape: the op series first, so a group's last counts are
+    // exposed by the scrape whose pruning then drops them.
     exposer_.RegisterCollectable(registry_);
     exposer_.RegisterCollectable(engine_collector_);
   }
 
-  prometheus::Exposer exposer_;
   std::shared_ptr<prometheus::Registry> registry_;
+  OpSeries ops_;
   std::shared_ptr<EngineCollector> engine_collector_;
-  prometheus::Family<prometheus::Counter>& ops_;
-  prometheus::Family<prometheus::Histogram>& durations_;
-  prometheus::Family<prometheus::Counter>& payload_;
-  prometheus::Family<prometheus::Counter>& timeouts_;
+  // Last: destroyed first, so no scrape runs while the rest goes.
+  prometheus::Exposer exposer_;
 };
 
-StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& address,
-                                                              BuildInfo build) {
+StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& address, BuildInfo build, std::chrono::milliseconds group_retention) {
   try {
     return std::unique_ptr<MetricsServer>(
-        new MetricsServer(std::make_unique<Impl>(address, std::move(build))));
+        new MetricsServer(std::make_unique<Impl>(address, std::move(build), group_retention)));
   } catch (const std::exception& error) {
     return UnavailableError("metrics_listen = \"{}\": cannot serve /metrics: {}", address,
                             error.what());
@@ -240,17 +232,6 @@ int MetricsServer::port() const {
 void MetricsServer::AttachEngine(const Engine* engine) { impl_->engine_collector_->Attach(engine); }
 void MetricsServer::DetachEngine() { impl_->engine_collector_->Attach(nullptr); }
 
-void MetricsServer::OnOpFinished(const OpRecord& op) {
-  const std::string kind(op.kind), group(op.group), rank = std::to_string(op.rank);
-  impl_->ops_.Add({{"op", kind}, {"group", group}, {"rank", rank}, {"code", StatusCodeName(op.code)}})
-      .Increment();
-  const prometheus::Labels labels{{"op", kind}, {"group", group}, {"rank", rank}};
-  impl_->durations_.Add(labels, OpDurationBuckets())
-      .Observe(std::chrono::duration<double>(op.host_time).count());
-  if (op.payload_bytes > 0) {
-    impl_->payload_.Add(labels).Increment(static_cast<double>(op.payload_bytes));
-  }
-  if (op.code == StatusCode::kDeadlineExceeded) impl_->timeouts_.Add(labels).Increment();
-}
+void MetricsServer::OnOpFinished(const OpRecord& op) { impl_->ops_.Record(op); }
 
 }  // namespace epd::metrics

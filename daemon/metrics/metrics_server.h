@@ -1,13 +1,10 @@
 // MetricsServer: Prometheus /metrics over HTTP (prometheus-cpp's exposer).
 //
 // Op metrics come from the engine's on_op_finished hook (OnOpFinished, called on worker and
-// completion threads: it only bumps counters). Everything else (sessions, buffers, handle
-// bytes per GPU, allocations, uptime, build info) is read from the engine when scraped.
+// completion threads: it only bumps counters; op_series.h lists them, and when a destroyed
+// group's go). Everything else (sessions, buffers, handle bytes per GPU, allocations, uptime,
+// build info, the cluster and group transports) is read from the engine when scraped.
 //
-//   epd_ops_total{op,group,rank,code}               ops finished, by status code
-//   epd_op_duration_seconds{op,group,rank}          host-observed submit -> done (histogram)
-//   epd_payload_bytes_total{op,group,rank}          token bytes dispatched / combined
-//   epd_op_timeouts_total{op,group,rank}            ops that hit op_timeout (fence or peer wait)
 //   epd_sessions_open, epd_sessions_opened_total
 //   epd_registered_buffers, epd_registered_bytes
 //   epd_handle_bytes{rank,gpu}                      receive regions held on each rank
@@ -15,6 +12,7 @@
 //   epd_uptime_seconds, epd_build_info{version,cuda,nccl,backend} 1
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,8 +30,9 @@ struct BuildInfo {
 class MetricsServer {
  public:
   // Listens on `address` (IP:PORT; port 0 picks one). UNAVAILABLE when it cannot bind.
-  static StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& address,
-                                                        BuildInfo build);
+  // `group_retention`: how long a destroyed group's op series stay (OpSeries).
+  static StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& address, BuildInfo build,
+                                                        std::chrono::milliseconds group_retention);
   ~MetricsServer();
 
   // The bound port (useful with port 0).
@@ -50,8 +49,5 @@ class MetricsServer {
   explicit MetricsServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// Buckets of epd_op_duration_seconds: 25 us .. 10 s.
-const std::vector<double>& OpDurationBuckets();
 
 }  // namespace epd::metrics

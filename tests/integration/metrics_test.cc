@@ -51,6 +51,48 @@ double Sample(const std::string& text, const std::string& series) {
   return std::stod(text.substr(at + series.size() + 2));
 }
 
+// The /metrics URL of a daemon started with --metrics-listen 127.0.0.1:0 (from its log).
+std::string MetricsUrlOf(DaemonProcess& daemon) {
+  std::smatch match;
+  const std::string log = daemon.ReadLog();
+  if (!std::regex_search(log, match, std::regex(R"(/metrics \(port (\d+)\))"))) {
+    ADD_FAILURE() << "no metrics port in the log: " << log;
+    return "";
+  }
+  return "http://127.0.0.1:" + match[1].str() + "/metrics";
+}
+
+std::string Scrape(const std::string& url) {
+  int code = 0;
+  const std::string body = RunCommand("curl -sS --fail --max-time 5 " + url, &code);
+  EXPECT_EQ(code, 0) << "curl " << url;
+  return body;
+}
+
+example::Problem SmallLayer() {
+  example::Problem p;
+  p.ranks = kRanks;
+  p.experts = 4;
+  p.hidden = 64;
+  p.max_tokens = 8;
+  p.top_k = 2;
+  return p;
+}
+
+Status RunLayers(std::vector<RankClient>& world, const example::Problem& p, int layers) {
+  for (const Status& status : RunOnRanks(kRanks, [&](int r) -> Status {
+         for (int it = 0; it < layers; ++it) {
+           const int n = example::TokensFor(p, r, it);
+           const auto in = example::MakeInputs(p, 5, r, it, n, /*dyadic_weights=*/true);
+           EPD_RETURN_IF_ERROR(world[r].runner->RunLayer(in, example::Identity, false));
+         }
+         return OkStatus();
+       })) {
+    EPD_RETURN_IF_ERROR(status);
+  }
+  return OkStatus();
+}
+
 class MetricsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -58,19 +100,11 @@ class MetricsTest : public ::testing::Test {
         {"--metrics-listen", "127.0.0.1:0", "--op-timeout-ms", "300"}, kRanks);
     ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
     daemon_ = std::move(daemon).value();
-    std::smatch match;
-    const std::string log = daemon_->ReadLog();
-    ASSERT_TRUE(std::regex_search(log, match, std::regex(R"(/metrics \(port (\d+)\))"))) << log;
-    url_ = "http://127.0.0.1:" + match[1].str() + "/metrics";
+    url_ = MetricsUrlOf(*daemon_);
   }
   static void TearDownTestSuite() { daemon_.reset(); }
 
-  static std::string Scrape() {
-    int code = 0;
-    const std::string body = RunCommand("curl -sS --fail --max-time 5 " + url_, &code);
-    EXPECT_EQ(code, 0) << "curl " << url_;
-    return body;
-  }
+  static std::string Scrape() { return testing::Scrape(url_); }
 
   static std::unique_ptr<DaemonProcess> daemon_;
   static std::string url_;
@@ -80,26 +114,13 @@ std::string MetricsTest::url_;
 
 TEST_F(MetricsTest, LayersShowUpAsCountersBucketsAndBytes) {
   ASSERT_TRUE(HaveCommand("curl")) << "curl is missing: run deploy/install-deps.sh";
-  example::Problem p;
-  p.ranks = kRanks;
-  p.experts = 4;
-  p.hidden = 64;
-  p.max_tokens = 8;
-  p.top_k = 2;
+  const example::Problem p = SmallLayer();
   example::RankRunnerOptions options;
   options.group = "metrics";
   auto world = MakeRanks(daemon_->address(), p, options);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   constexpr int kLayers = 3;
-  const std::vector<Status> statuses = RunOnRanks(kRanks, [&](int r) -> Status {
-    for (int it = 0; it < kLayers; ++it) {
-      const int n = example::TokensFor(p, r, it);
-      const auto in = example::MakeInputs(p, 5, r, it, n, /*dyadic_weights=*/true);
-      EPD_RETURN_IF_ERROR((*world)[r].runner->RunLayer(in, example::Identity, false));
-    }
-    return OkStatus();
-  });
-  for (const Status& status : statuses) ASSERT_TRUE(status.ok()) << status.ToString();
+  ASSERT_EPD_OK(RunLayers(*world, p, kLayers));
 
   // Rank 0 dispatches alone: its peer never posts, so the op times out (op_timeout 300 ms).
   const auto lonely = example::MakeInputs(p, 5, 0, 9, p.max_tokens, true);
@@ -164,6 +185,53 @@ TEST_F(MetricsTest, ExpositionPassesPromtool) {
   const std::string lint = RunCommand(
       "curl -sS --fail --max-time 5 " + url_ + " | promtool check metrics 2>&1", &code);
   EXPECT_EQ(code, 0) << lint;
+}
+
+// A destroyed group's op series stay for metrics_group_retention_ms, so scrapes see its last
+// counts, then go: frontends that name groups per job do not grow /metrics as long as the
+// daemon runs. A live group's stay.
+TEST(MetricsRetentionTest, ADestroyedGroupsSeriesGoAfterTheRetention) {
+  ASSERT_TRUE(HaveCommand("curl")) << "curl is missing: run deploy/install-deps.sh";
+  constexpr auto kRetention = std::chrono::milliseconds(1'000);
+  auto daemon =
+      DaemonProcess::Start({"--metrics-listen", "127.0.0.1:0", "--metrics-group-retention-ms",
+                            std::to_string(kRetention.count())},
+                           kRanks);
+  ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
+  const std::string url = MetricsUrlOf(**daemon);
+  const example::Problem p = SmallLayer();
+  auto world_of = [&](const std::string& group) {
+    example::RankRunnerOptions options;
+    options.group = group;
+    return MakeRanks((*daemon)->address(), p, options);
+  };
+  auto kept = world_of("kept");
+  auto ended = world_of("ended");
+  ASSERT_TRUE(kept.ok() && ended.ok());
+  ASSERT_EPD_OK(RunLayers(*kept, p, 1));
+  ASSERT_EPD_OK(RunLayers(*ended, p, 2));
+  const std::string series =
+      "epd_ops_total{code=\"OK\",group=\"ended\",op=\"dispatch\",rank=\"0\"}";
+  const std::string kept_series =
+      "epd_ops_total{code=\"OK\",group=\"kept\",op=\"dispatch\",rank=\"0\"}";
+  EXPECT_EQ(Sample(Scrape(url), series), 2);
+
+  ended->clear();  // its sessions end, and the group with them
+  const auto destroyed = std::chrono::steady_clock::now();
+  // Its last counts are there to scrape for the retention ...
+  EXPECT_EQ(Sample(Scrape(url), series), 2);
+  // ... then they go.
+  std::string text;
+  for (int i = 0; i < 100; ++i) {
+    text = Scrape(url);
+    if (text.find("group=\"ended\"") == std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(text.find("group=\"ended\""), std::string::npos) << text;
+  EXPECT_GE(std::chrono::steady_clock::now() - destroyed, kRetention);
+  EXPECT_EQ(Sample(text, kept_series), 1);
+  EXPECT_GT(Sample(text, "epd_op_duration_seconds_count{group=\"kept\",op=\"combine\",rank=\"1\"}"),
+            0);
 }
 
 }  // namespace

@@ -322,6 +322,19 @@ TEST(DaemonConfigTest, ShippedExampleConfigIsValid) {
   EXPECT_TRUE(ValidateClusterSettings(example->cluster).ok());
 }
 
+TEST(DaemonConfigTest, MetricsGroupRetentionIsMillisecondsFromZero) {
+  EXPECT_EQ(ParseDaemonConfig("")->metrics_group_retention, std::chrono::minutes(5));
+  EXPECT_EQ(ParseDaemonConfig("metrics_group_retention_ms = 0")->metrics_group_retention.count(),
+            0);
+  EXPECT_EQ(ParseDaemonConfig("metrics_group_retention_ms = 60000")->metrics_group_retention,
+            std::chrono::minutes(1));
+  for (const char* bad : {"-1", "\"5m\"", "1.5"}) {
+    auto config = ParseDaemonConfig(fmt::format("metrics_group_retention_ms = {}", bad));
+    ASSERT_FALSE(config.ok()) << bad;
+    EXPECT_THAT(config.status().message(), HasSubstr("metrics_group_retention_ms")) << bad;
+  }
+}
+
 TEST(DaemonConfigTest, MetricsListenIsIpAndPortOrEmpty) {
   EXPECT_TRUE(ParseDaemonConfig("metrics_listen = \"\"").ok());
   EXPECT_TRUE(ParseDaemonConfig("metrics_listen = \"0.0.0.0:9464\"").ok());
