@@ -69,27 +69,9 @@ std::string Scrape(const std::string& url) {
   return body;
 }
 
-example::Problem SmallLayer() {
-  example::Problem p;
-  p.ranks = kRanks;
-  p.experts = 4;
-  p.hidden = 64;
-  p.max_tokens = 8;
-  p.top_k = 2;
-  return p;
-}
-
-Status RunLayers(std::vector<RankClient>& world, const example::Problem& p, int layers) {
-  for (const Status& status : RunOnRanks(kRanks, [&](int r) -> Status {
-         for (int it = 0; it < layers; ++it) {
-           const int n = example::TokensFor(p, r, it);
-           const auto in = example::MakeInputs(p, 5, r, it, n, /*dyadic_weights=*/true);
-           EPD_RETURN_IF_ERROR(world[r].runner->RunLayer(in, example::Identity, false));
-         }
-         return OkStatus();
-       })) {
-    EPD_RETURN_IF_ERROR(status);
-  }
+// Layers [0, layers) on every rank of `world`, each checked.
+Status RunLayers(std::vector<RankClient>& world, int layers) {
+  for (int it = 0; it < layers; ++it) EPD_RETURN_IF_ERROR(RunGoodLayer(world, it));
   return OkStatus();
 }
 
@@ -114,13 +96,13 @@ std::string MetricsTest::url_;
 
 TEST_F(MetricsTest, LayersShowUpAsCountersBucketsAndBytes) {
   ASSERT_TRUE(HaveCommand("curl")) << "curl is missing: run deploy/install-deps.sh";
-  const example::Problem p = SmallLayer();
+  const example::Problem p = SmallProblem(kRanks);
   example::RankRunnerOptions options;
   options.group = "metrics";
   auto world = MakeRanks(daemon_->address(), p, options);
   ASSERT_TRUE(world.ok()) << world.status().ToString();
   constexpr int kLayers = 3;
-  ASSERT_EPD_OK(RunLayers(*world, p, kLayers));
+  ASSERT_EPD_OK(RunLayers(*world, kLayers));
 
   // Rank 0 dispatches alone: its peer never posts, so the op times out (op_timeout 300 ms).
   const auto lonely = example::MakeInputs(p, 5, 0, 9, p.max_tokens, true);
@@ -199,7 +181,7 @@ TEST(MetricsRetentionTest, ADestroyedGroupsSeriesGoAfterTheRetention) {
                            kRanks);
   ASSERT_TRUE(daemon.ok()) << daemon.status().ToString();
   const std::string url = MetricsUrlOf(**daemon);
-  const example::Problem p = SmallLayer();
+  const example::Problem p = SmallProblem(kRanks);
   auto world_of = [&](const std::string& group) {
     example::RankRunnerOptions options;
     options.group = group;
@@ -208,8 +190,8 @@ TEST(MetricsRetentionTest, ADestroyedGroupsSeriesGoAfterTheRetention) {
   auto kept = world_of("kept");
   auto ended = world_of("ended");
   ASSERT_TRUE(kept.ok() && ended.ok());
-  ASSERT_EPD_OK(RunLayers(*kept, p, 1));
-  ASSERT_EPD_OK(RunLayers(*ended, p, 2));
+  ASSERT_EPD_OK(RunLayers(*kept, 1));
+  ASSERT_EPD_OK(RunLayers(*ended, 2));
   const std::string series =
       "epd_ops_total{code=\"OK\",group=\"ended\",op=\"dispatch\",rank=\"0\"}";
   const std::string kept_series =
