@@ -5,11 +5,14 @@
 #include <prometheus/exposer.h>
 #include <prometheus/registry.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "daemon/metrics/op_series.h"
 
@@ -40,7 +43,8 @@ void AddValue(prometheus::MetricFamily& family, double value, Labels labels = {}
 // Reads the engine's state at scrape time.
 class EngineCollector final : public prometheus::Collectable {
  public:
-  // `prune`: called at each scrape with the engine's groups (OpSeries::Prune).
+  // `prune`: called with the engine's groups at each scrape and at each PruneNow
+  // (OpSeries::Prune).
   using Prune = std::function<void(const std::set<std::string, std::less<>>& live)>;
   EngineCollector(BuildInfo build, Prune prune)
       : build_(std::move(build)), prune_(std::move(prune)) {}
@@ -49,6 +53,12 @@ class EngineCollector final : public prometheus::Collectable {
     std::lock_guard lock(mutex_);
     engine_ = engine;
     if (engine != nullptr) node_ = engine->DescribeNode();
+  }
+
+  // Between scrapes (or with nothing scraping at all).
+  void PruneNow() const {
+    std::lock_guard lock(mutex_);
+    if (engine_ != nullptr) PruneGone(engine_->ListGroups());
   }
 
   std::vector<prometheus::MetricFamily> Collect() const override {
@@ -106,13 +116,18 @@ class EngineCollector final : public prometheus::Collectable {
     AddClusterFamilies(out);
     const std::vector<GroupSummary> groups = engine_->ListGroups();
     AddGroupTransportFamilies(groups, out);
-    std::set<std::string, std::less<>> live;
-    for (const GroupSummary& group : groups) live.insert(group.config.name);
-    prune_(live);
+    PruneGone(groups);
     return out;
   }
 
  private:
+  // The op series of groups `groups` does not list any more.
+  void PruneGone(const std::vector<GroupSummary>& groups) const {
+    std::set<std::string, std::less<>> live;
+    for (const GroupSummary& group : groups) live.insert(group.config.name);
+    prune_(live);
+  }
+
   // Groups that span daemons: one series per group rank hosted here (ListGroups' transport).
   static void AddGroupTransportFamilies(const std::vector<GroupSummary>& groups,
                                         std::vector<prometheus::MetricFamily>& out) {
@@ -196,18 +211,43 @@ class MetricsServer::Impl {
             [this](const std::set<std::string, std::less<>>& live) {
               ops_.Prune(live, OpSeries::Clock::now());
             })),
-        exposer_(address, /*num_threads=*/1) {
+        exposer_(address, /*num_threads=*/1),
+        pruner_([this, period = PrunePeriod(group_retention)] { PruneLoop(period); }) {
     // In this order at every scrape: the op series first, so a group's last counts are
     // exposed by the scrape whose pruning then drops them.
     exposer_.RegisterCollectable(registry_);
     exposer_.RegisterCollectable(engine_collector_);
   }
+  ~Impl() {
+    {
+      std::lock_guard lock(stop_mu_);
+      stopping_ = true;
+    }
+    stop_changed_.notify_all();
+    pruner_.join();
+  }
+
+  // A daemon nobody scrapes prunes too: a destroyed group's series go between the retention
+  // and the retention + this period after it (scrapes may prune sooner).
+  static std::chrono::milliseconds PrunePeriod(std::chrono::milliseconds retention) {
+    return std::clamp(retention, std::chrono::milliseconds(100), std::chrono::milliseconds(10'000));
+  }
+  void PruneLoop(std::chrono::milliseconds period) {
+    std::unique_lock lock(stop_mu_);
+    while (!stop_changed_.wait_for(lock, period, [this] { return stopping_; })) {
+      engine_collector_->PruneNow();
+    }
+  }
 
   std::shared_ptr<prometheus::Registry> registry_;
   OpSeries ops_;
   std::shared_ptr<EngineCollector> engine_collector_;
-  // Last: destroyed first, so no scrape runs while the rest goes.
+  // Destroyed before the collectors: no scrape runs while they go.
   prometheus::Exposer exposer_;
+  std::mutex stop_mu_;
+  std::condition_variable stop_changed_;
+  bool stopping_ = false;
+  std::thread pruner_;  // last: starts once everything it uses exists
 };
 
 StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(

@@ -5,10 +5,10 @@
 //   epd_payload_bytes_total{op,group,rank}   token bytes dispatched / combined
 //   epd_op_timeouts_total{op,group,rank}     ops that hit op_timeout (fence or peer wait)
 //
-// A group's series go once the group has been gone for `retention` (Prune, at each scrape):
-// frontends that name groups per job or per start would otherwise grow /metrics, and the
-// daemon's memory, by dozens of samples per group rank for as long as the daemon runs. The
-// retention lets scrapes see a destroyed group's last counts first.
+// A group's series go once the group has been gone for `retention` (Prune: at each scrape and,
+// scraped or not, every few seconds): frontends that name groups per job or per start would
+// otherwise grow /metrics, and the daemon's memory, by dozens of samples per group rank for as
+// long as the daemon runs. The retention lets scrapes see a destroyed group's last counts first.
 #pragma once
 
 #include <prometheus/counter.h>
