@@ -216,28 +216,33 @@ ClusterView ClusterNode::View() const {
   return view;
 }
 
+template <typename Request, typename Response>
+Status ClusterNode::CallStore(grpc::Status (v1::Cluster::Stub::*method)(grpc::ClientContext*,
+                                                                        const Request&, Response*),
+                              Request request, Response* response) const {
+  request.set_token(token_);
+  auto context = Context(kStoreCallTimeout);
+  return FromGrpcStatus((stub_.get()->*method)(context.get(), request, response));
+}
+
 Status ClusterNode::Set(const std::string& key, const std::string& value) {
   if (membership_ != nullptr) {
     membership_->Set(key, value);
     return OkStatus();
   }
   v1::StoreSetRequest request;
-  request.set_token(token_);
   request.set_key(key);
   request.set_value(value);
   v1::StoreSetResponse response;
-  auto context = Context(kStoreCallTimeout);
-  return FromGrpcStatus(stub_->StoreSet(context.get(), request, &response));
+  return CallStore(&v1::Cluster::Stub::StoreSet, std::move(request), &response);
 }
 
 StatusOr<std::optional<std::string>> ClusterNode::Get(const std::string& key) {
   if (membership_ != nullptr) return membership_->Get(key);
   v1::StoreGetRequest request;
-  request.set_token(token_);
   request.set_key(key);
   v1::StoreGetResponse response;
-  auto context = Context(kStoreCallTimeout);
-  Status status = FromGrpcStatus(stub_->StoreGet(context.get(), request, &response));
+  Status status = CallStore(&v1::Cluster::Stub::StoreGet, std::move(request), &response);
   if (status.code() == StatusCode::kNotFound) return std::optional<std::string>();
   EPD_RETURN_IF_ERROR(status);
   return std::optional<std::string>(response.value());
@@ -247,13 +252,11 @@ StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
   if (membership_ != nullptr) return membership_->Max(key, value, settings_.node_rank);
   NoteFloor(key, value);  // asked for, whether or not the leader answers
   v1::StoreMaxRequest request;
-  request.set_token(token_);
   request.set_key(key);
   request.set_value(value);
   request.set_node_rank(settings_.node_rank);
   v1::StoreMaxResponse response;
-  auto context = Context(kStoreCallTimeout);
-  EPD_RETURN_IF_ERROR(FromGrpcStatus(stub_->StoreMax(context.get(), request, &response)));
+  EPD_RETURN_IF_ERROR(CallStore(&v1::Cluster::Stub::StoreMax, std::move(request), &response));
   NoteFloor(key, response.value());
   return response.value();
 }
@@ -271,13 +274,11 @@ Status ClusterNode::Retire(const std::string& key, int64_t value) {
   }
   ForgetFloor(key);
   v1::StoreRetireRequest request;
-  request.set_token(token_);
   request.set_key(key);
   request.set_value(value);
   request.set_node_rank(settings_.node_rank);
   v1::StoreRetireResponse response;
-  auto context = Context(kStoreCallTimeout);
-  return FromGrpcStatus(stub_->StoreRetire(context.get(), request, &response));
+  return CallStore(&v1::Cluster::Stub::StoreRetire, std::move(request), &response);
 }
 
 void ClusterNode::ForgetFloor(const std::string& key) {

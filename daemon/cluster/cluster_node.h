@@ -53,6 +53,11 @@ class ClusterNode : public ClusterStore {
   std::unique_ptr<v1::Cluster::Stub> NewLeaderStub() const;
   void HeartbeatLoop();
   std::unique_ptr<grpc::ClientContext> Context(std::chrono::milliseconds timeout) const;
+  // One store call to the leader (followers): the token set, bounded by the store-call timeout.
+  template <typename Request, typename Response>
+  Status CallStore(grpc::Status (v1::Cluster::Stub::*method)(grpc::ClientContext*, const Request&,
+                                                             Response*),
+                   Request request, Response* response) const;
   void NoteFloor(const std::string& key, int64_t value);
 
   const ClusterSettings settings_;
