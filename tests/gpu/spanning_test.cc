@@ -519,25 +519,29 @@ TEST_F(SpanningGpuTest, GroupsFormingInOppositeOrdersOnTheTwoNodesDoNotWaitForEa
 }
 
 // Both frontends restart (the group, not persistent, ends with their sessions on both nodes)
-// and create it again under its name: each time it forms a new communicator (a generation
-// neither node formed before, with a new unique id) and runs. Ended on both, it leaves nothing
-// in the leader's store.
+// and create it again under its name: each time it forms one new communicator, at its first
+// op, without a failure against the one before (whose keys went with it: the generation starts
+// again from 0 once no node had the group), and runs. Ended on both, it leaves nothing in the
+// leader's store.
 TEST_F(SpanningGpuTest, AGroupMadeAgainUnderItsNameAfterBothFrontendsRestartedRuns) {
   const std::string group = UniqueName("again");
   // Other tests' groups left keys (those of a killed node's group stay until the name forms again).
   auto before = WaitForLeaderStoreKeys(*cluster_, std::numeric_limits<uint64_t>::max());
   ASSERT_TRUE(before.ok()) << before.status().ToString();
-  int64_t last_generation = -1;
   for (int restart = 0; restart < 3; ++restart) {
     SCOPED_TRACE(fmt::format("restart {}", restart));
     auto world = WorldAfterAGoodLayer(group);
     ASSERT_TRUE(world.ok()) << world.status().ToString();
-    auto node0 = ConnectOrDie(cluster_->node(0).address());
-    const auto transport = TransportOf(*node0, group);
-    ASSERT_TRUE(transport.ok()) << transport.status().ToString();
-    ASSERT_EQ(transport->size(), 1u);
-    EXPECT_GT((*transport)[0].generation(), last_generation);
-    last_generation = (*transport)[0].generation();
+    for (int node = 0; node < 2; ++node) {
+      auto client = ConnectOrDie(cluster_->node(node).address());
+      const auto transport = TransportOf(*client, group);
+      ASSERT_TRUE(transport.ok()) << transport.status().ToString();
+      ASSERT_EQ(transport->size(), 1u);
+      const v1::RankTransport& rank = (*transport)[0];
+      EXPECT_TRUE(rank.formed()) << "node " << node;
+      EXPECT_EQ(rank.formations(), 1u) << "node " << node << ": " << rank.last_failure();
+      EXPECT_EQ(rank.failures(), 0u) << "node " << node << ": " << rank.last_failure();
+    }
   }
   // Ended on both daemons, the group leaves nothing in the leader's store.
   auto left = WaitForLeaderStoreKeys(*cluster_, *before);
