@@ -23,6 +23,7 @@ TEST(ReloadTest, ListsEveryKeyThatNeedsARestart) {
 log_level = "debug"
 listen = "unix:///tmp/other.sock"
 metrics_listen = ""
+metrics_group_retention_ms = 0
 op_timeout_ms = 5
 [[group]]
 name = "g"
@@ -37,8 +38,8 @@ peer_timeout_ms = 100
   ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
   const ReloadPlan plan = PlanReload(running, *fresh);
   EXPECT_EQ(plan.log_level, "debug");
-  EXPECT_THAT(plan.ignored,
-              ElementsAre("listen", "metrics_listen", "op_timeout_ms", "group", "cluster"));
+  EXPECT_THAT(plan.ignored, ElementsAre("listen", "metrics_listen", "metrics_group_retention_ms",
+                                        "op_timeout_ms", "group", "cluster"));
 }
 
 }  // namespace
