@@ -143,9 +143,9 @@ void Membership::ReleaseLocked(const std::string& key, int node) {
   // No transport uses the integer, so no node waits on or rejoins any of its generations: a
   // transport of the name formed later starts from nothing, as the name's first did.
   store_.erase(key);
-  if (!key.ends_with(kGenerationIntegerSuffix)) return;
-  const std::string under = fmt::format(
-      "{}/", std::string_view(key).substr(0, key.size() - kGenerationIntegerSuffix.size()));
+  const std::optional<std::string_view> prefix = PrefixOfGenerationInteger(key);
+  if (!prefix.has_value()) return;
+  const std::string under = fmt::format("{}/", *prefix);
   for (auto it = store_.lower_bound(under); it != store_.end() && it->first.starts_with(under);) {
     it = store_.erase(it);
   }
@@ -162,9 +162,9 @@ int64_t Membership::MaxLocked(const std::string& key, int64_t value) {
 }
 
 void Membership::DropGenerationsBelowLocked(std::string_view key, int64_t generation) {
-  if (!key.ends_with(kGenerationIntegerSuffix)) return;
-  const std::string stem = fmt::format(
-      "{}{}", key.substr(0, key.size() - kGenerationIntegerSuffix.size()), kGenerationKeysStem);
+  const std::optional<std::string_view> prefix = PrefixOfGenerationInteger(key);
+  if (!prefix.has_value()) return;
+  const std::string stem = fmt::format("{}{}", *prefix, kGenerationKeysStem);
   for (auto it = store_.lower_bound(stem); it != store_.end() && it->first.starts_with(stem);) {
     const std::string_view rest = std::string_view(it->first).substr(stem.size());
     int64_t of = 0;

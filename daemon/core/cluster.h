@@ -139,6 +139,15 @@ inline constexpr std::string_view kGenerationKeysStem = "/g";
 inline std::string GenerationIntegerKey(std::string_view prefix) {
   return fmt::format("{}{}", prefix, kGenerationIntegerSuffix);
 }
+// Its inverse: the prefix whose generation integer `key` is; nullopt for any other key.
+// (No ends_with: CUDA sources that include this header build as C++17.)
+inline std::optional<std::string_view> PrefixOfGenerationInteger(std::string_view key) {
+  const size_t suffix = kGenerationIntegerSuffix.size();
+  if (key.size() < suffix || key.substr(key.size() - suffix) != kGenerationIntegerSuffix) {
+    return std::nullopt;
+  }
+  return key.substr(0, key.size() - suffix);
+}
 inline std::string GenerationKeysPrefix(std::string_view prefix, int64_t generation) {
   return fmt::format("{}{}{}/", prefix, kGenerationKeysStem, generation);
 }
