@@ -15,12 +15,16 @@ constexpr std::chrono::milliseconds kMaxBackoff{500};
 // One join attempt: a connection stuck in its handshake is abandoned and retried.
 constexpr std::chrono::milliseconds kJoinAttemptTimeout{1'000};
 
+// The call did not get through (the leader is down, restarting or cut off): it may later.
+bool LeaderUnreachable(const Status& status) {
+  return status.code() == StatusCode::kUnavailable ||
+         status.code() == StatusCode::kDeadlineExceeded;
+}
+
 // Worth another try within the bootstrap timeout: the leader is not up yet, or a restarted
 // node's predecessor still holds the lease.
 bool Retryable(const Status& status) {
-  return status.code() == StatusCode::kUnavailable ||
-         status.code() == StatusCode::kDeadlineExceeded ||
-         status.code() == StatusCode::kAlreadyExists;
+  return LeaderUnreachable(status) || status.code() == StatusCode::kAlreadyExists;
 }
 
 uint64_t NewIncarnation() {
@@ -170,23 +174,66 @@ void ClusterNode::HeartbeatLoop() {
     auto context = Context(std::max(period, std::chrono::milliseconds(100)));
     Status status = FromGrpcStatus(stub_->Heartbeat(context.get(), request, &view));
     if (status.code() == StatusCode::kFailedPrecondition) {
-      // The leader restarted and lost its membership: join it again.
+      // The leader restarted and lost its membership: join it again. It never counted this
+      // daemon among the users of an ended group's integer, so there is nothing to retire.
       EPD_LOG(kRpc, warn, "cluster: the leader no longer knows node {}; joining again",
               settings_.node_rank);
+      {
+        std::lock_guard lock(late_mu_);
+        late_retires_.clear();
+      }
       auto joined = JoinOnce(*stub_);
       status = joined.ok() ? OkStatus() : joined.status();
       if (joined.ok()) view = joined->view();
     }
-    std::lock_guard lock(mutex_);
-    if (status.ok()) {
-      if (!leader_reachable_) EPD_LOG(kRpc, info, "cluster: the leader is reachable again");
-      last_view_ = FromProto(view);
-      leader_reachable_ = true;
-    } else if (leader_reachable_) {
-      EPD_LOG(kRpc, warn, "cluster: heartbeat to the leader at {} failed: {}", settings_.leader,
-              status.ToString());
-      leader_reachable_ = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (status.ok()) {
+        if (!leader_reachable_) EPD_LOG(kRpc, info, "cluster: the leader is reachable again");
+        last_view_ = FromProto(view);
+        leader_reachable_ = true;
+      } else if (leader_reachable_) {
+        EPD_LOG(kRpc, warn, "cluster: heartbeat to the leader at {} failed: {}", settings_.leader,
+                status.ToString());
+        leader_reachable_ = false;
+      }
     }
+    if (status.ok()) SendLateRetires();
+  }
+}
+
+void ClusterNode::SendLateRetires() {
+  for (;;) {
+    std::pair<std::string, int64_t> late;
+    {
+      std::lock_guard lock(late_mu_);
+      if (late_retires_.empty()) return;
+      late = *late_retires_.begin();
+      late_in_flight_ = late.first;
+    }
+    v1::StoreRetireRequest request;
+    request.set_key(late.first);
+    request.set_value(late.second);
+    request.set_node_rank(settings_.node_rank);
+    v1::StoreRetireResponse response;
+    const Status status = CallStore(&v1::Cluster::Stub::StoreRetire, std::move(request), &response);
+    std::lock_guard lock(late_mu_);
+    late_in_flight_.clear();
+    late_sent_.notify_all();
+    auto it = late_retires_.find(late.first);
+    if (!status.ok()) {
+      // Kept for the next heartbeat the leader answers; one whose request it refused (a token
+      // changed on it) is dropped, since no later heartbeat would get it through either.
+      EPD_LOG(kRpc, warn, "cluster: retiring '{}' at the leader failed: {}", late.first,
+              status.ToString());
+      if (LeaderUnreachable(status)) return;
+      if (it != late_retires_.end()) late_retires_.erase(it);
+      continue;
+    }
+    EPD_LOG(kRpc, info, "cluster: retired '{}' at the leader, which was down when its group ended",
+            late.first);
+    // A later RetireLater of the key (a newer group of the name) raises further: kept then.
+    if (it != late_retires_.end() && it->second <= late.second) late_retires_.erase(it);
   }
 }
 
@@ -250,6 +297,11 @@ StatusOr<std::optional<std::string>> ClusterNode::Get(const std::string& key) {
 
 StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
   if (membership_ != nullptr) return membership_->Max(key, value, settings_.node_rank);
+  {
+    std::unique_lock lock(late_mu_);
+    late_retires_.erase(key);  // this daemon uses the integer again
+    late_sent_.wait(lock, [&] { return late_in_flight_ != key; });  // bounded by its call
+  }
   NoteFloor(key, value);  // asked for, whether or not the leader answers
   v1::StoreMaxRequest request;
   request.set_key(key);
@@ -278,7 +330,21 @@ Status ClusterNode::Retire(const std::string& key, int64_t value) {
   request.set_value(value);
   request.set_node_rank(settings_.node_rank);
   v1::StoreRetireResponse response;
-  return CallStore(&v1::Cluster::Stub::StoreRetire, std::move(request), &response);
+  Status status = CallStore(&v1::Cluster::Stub::StoreRetire, std::move(request), &response);
+  // The leader may have taken it: a second retire changes nothing.
+  if (LeaderUnreachable(status)) RetireLater(key, value);
+  return status;
+}
+
+void ClusterNode::RetireLater(const std::string& key, int64_t value) {
+  if (membership_ != nullptr) {
+    membership_->Retire(key, value, settings_.node_rank);
+    return;
+  }
+  ForgetFloor(key);
+  std::lock_guard lock(late_mu_);
+  int64_t& late = late_retires_[key];
+  late = std::max(late, value);
 }
 
 void ClusterNode::ForgetFloor(const std::string& key) {

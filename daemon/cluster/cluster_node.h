@@ -7,7 +7,8 @@
 // ends the start with that error. Followers then heartbeat every peer_timeout / 4 and keep
 // the view the leader returns; a leader that lost them (restarted) is joined again, and every
 // join carries one above each store integer this daemon raised (the leader's store went with
-// its predecessor: membership.h).
+// its predecessor: membership.h). A retire the leader could not take when a group ended here
+// is sent at the next heartbeat it answers (RetireLater).
 #pragma once
 
 #include <atomic>
@@ -42,7 +43,7 @@ class ClusterNode : public ClusterStore {
   StatusOr<std::optional<std::string>> Get(const std::string& key) override;
   StatusOr<int64_t> Max(const std::string& key, int64_t value) override;
   Status Retire(const std::string& key, int64_t value) override;
-  void ForgetFloor(const std::string& key) override;
+  void RetireLater(const std::string& key, int64_t value) override;
   void ReportTransportFailure(int node) override;
   void ReportTransportBytes(int node, uint64_t sent, uint64_t received) override;
 
@@ -59,6 +60,10 @@ class ClusterNode : public ClusterStore {
                                                              Response*),
                    Request request, Response* response) const;
   void NoteFloor(const std::string& key, int64_t value);
+  void ForgetFloor(const std::string& key);
+  // Followers, once the leader answers again: sends the retires left for it (RetireLater, or a
+  // Retire whose call did not get through); each stays until the leader took it.
+  void SendLateRetires();
 
   const ClusterSettings settings_;
   const int ranks_per_node_;
@@ -80,10 +85,19 @@ class ClusterNode : public ClusterStore {
   };
   std::vector<PeerCounters> peers_;
   // Followers: the highest value this daemon gave each store integer (Max), replayed one above
-  // at every join. One entry per group name that spans nodes here (Retire and ForgetFloor drop
+  // at every join. One entry per group name that spans nodes here (Retire and RetireLater drop
   // those of ended groups).
   std::mutex floors_mu_;
   std::map<std::string, int64_t> floors_;
+  // Followers: the retires the leader has not taken yet, by key (the value to raise it to).
+  // Dropped when this daemon uses the key again (Max) and when the leader restarted (it never
+  // counted this daemon then: the integers of ended groups are not carried to it).
+  std::mutex late_mu_;
+  std::map<std::string, int64_t> late_retires_;
+  // The key whose late retire is on its way (empty when none): a Max of it waits for that call
+  // to end (late_sent_), so the leader never takes the retire after this daemon's new use.
+  std::string late_in_flight_;
+  std::condition_variable late_sent_;
   std::thread heartbeat_;
 };
 

@@ -73,8 +73,10 @@ class ClusterStore {
   // once none is left, it erases the integer and every key under its prefix. This daemon stops
   // carrying it to a restarted leader (JoinRequest.floors) whatever the leader answers.
   virtual Status Retire(const std::string& key, int64_t value) = 0;
-  // As Retire, without telling the leader (it is down): local; never fails.
-  virtual void ForgetFloor(const std::string& key) = 0;
+  // As Retire while the leader is down: never fails nor waits. This daemon stops carrying the
+  // integer at once and tells the leader when it answers again, unless it restarted meanwhile
+  // (its store and counts went with it) or this daemon used the integer again since (Max).
+  virtual void RetireLater(const std::string& key, int64_t value) = 0;
 
   // A group transport gave up on `node` (its connection broke or timed out): counted per peer
   // in the view and in /metrics.
@@ -182,17 +184,16 @@ inline StatusOr<int64_t> FirstFormationFloor(ClusterStore& store, std::string_vi
 // integer and whatever is left under its prefix go too, so a group name used once leaves
 // nothing in the store. This node stops carrying the integer to a restarted leader. Its peers
 // lose nothing: their next formation went past that generation anyway (this node's fresh
-// transport starts past it: FirstFormationFloor). Skipped, with UNAVAILABLE, while the view
-// shows the leader down, so that destroying a group never waits on a dead leader; the keys then
-// go when the name forms again.
+// transport starts past it: FirstFormationFloor). Left to the view's next sight of the leader,
+// with UNAVAILABLE, while the view shows it down, so that destroying a group never waits on a
+// dead leader.
 inline Status RetireGeneration(ClusterStore& store, std::string_view prefix, int64_t last_formed) {
   const std::string key = GenerationIntegerKey(prefix);
   const ClusterView view = store.View();
   if (!view.members.empty() && view.members[0].state != NodeState::kUp) {
-    store.ForgetFloor(key);
+    store.RetireLater(key, last_formed + 1);
     return UnavailableError(
-        "the leader (node 0) is down: its store keeps the group's keys (generation {}) until the "
-        "group forms again",
+        "the leader (node 0) is down: the group's keys (generation {}) go once it answers again",
         last_formed);
   }
   return store.Retire(key, last_formed + 1);  // 0 when it formed none: raises nothing

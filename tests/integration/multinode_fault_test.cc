@@ -5,6 +5,7 @@
 // and its frontends created the group again, the spanning group re-forms by itself at the next
 // op and produces correct results again. A formation waiting for a peer holds no other group.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <atomic>
@@ -354,6 +355,40 @@ TEST(MultiNodeFaultTest, AKilledFollowersGroupsEndWhenItJoinsAgain) {
   auto left = WaitForLeaderStoreKeys(*two.cluster, 0);
   ASSERT_TRUE(left.ok()) << left.status().ToString();
   EXPECT_EQ(*left, 0u);
+}
+
+// The leader is cut off (stopped, not restarted) when a group ends on the follower, the last
+// node that had it: the follower does not wait on it, and retires the group once the leader
+// answers again, so the leader's store keeps nothing of it.
+TEST(MultiNodeFaultTest, AGroupEndedWhileTheLeaderWasCutOffIsRetiredOnceItAnswers) {
+  auto started = StartTwoNodes({});
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  TwoNodes& two = **started;
+  auto follower = ConnectOrDie(two.cluster->node(1).address());
+  for (int local = 0; local < kRanksPerNode; ++local) two.ranks[local] = {};  // ends on node 0
+  EXPECT_GE(LeaderStoreKeys(two), 1u);                                        // node 1 still has it
+
+  const pid_t leader = two.cluster->node(0).pid();
+  ASSERT_EQ(kill(leader, SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { kill(pid, SIGCONT); }
+  } resume{leader};
+  ASSERT_EQ(WaitForNodeState(*follower, 0, v1::NODE_STATE_DOWN), v1::NODE_STATE_DOWN);
+  two.ranks.clear();  // ends on node 1, whose view shows the leader down
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (two.cluster->node(1).ReadLog().find("the leader (node 0) is down") == std::string::npos &&
+         Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_NE(two.cluster->node(1).ReadLog().find("the leader (node 0) is down"), std::string::npos)
+      << "node 1 did not end the group while the leader was cut off";
+
+  ASSERT_EQ(kill(leader, SIGCONT), 0);
+  auto left = WaitForLeaderStoreKeys(*two.cluster, 0);
+  ASSERT_TRUE(left.ok()) << left.status().ToString();
+  EXPECT_EQ(*left, 0u);
+  EXPECT_EQ(WaitForNodeState(*follower, 0, v1::NODE_STATE_UP), v1::NODE_STATE_UP);
 }
 
 // Node 1's frontends restart (its daemon does not) and create the group again: node 0's next

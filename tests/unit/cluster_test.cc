@@ -203,8 +203,9 @@ TEST(MembershipTest, ARestartedNodesJoinEndsWhatItsPredecessorUsed) {
   EXPECT_FALSE(members.Get(later).has_value());
 }
 
-// A follower whose view shows the leader down does not wait on it to retire a generation: the
-// keys stay until the name forms again. Either way the node stops carrying the integer.
+// A follower whose view shows the leader down does not wait on it to retire a generation: it
+// leaves the retire for when the leader answers again. Either way the node stops carrying the
+// integer.
 TEST(RetireGenerationTest, RaisesPastTheLastFormedGenerationUnlessTheLeaderIsDown) {
   class LeaderDown : public testing::InMemoryStore {
    public:
@@ -224,6 +225,7 @@ TEST(RetireGenerationTest, RaisesPastTheLastFormedGenerationUnlessTheLeaderIsDow
   EXPECT_THAT(skipped.message(), HasSubstr("leader (node 0) is down"));
   EXPECT_TRUE(down.Get(FormedGenerationKey(prefix, 0, 1))->has_value());
   EXPECT_TRUE(down.forgot(key));  // not carried to its successor
+  EXPECT_EQ(down.retiring_later(key), 1);
 
   testing::InMemoryStore up(2);
   testing::InMemoryStore node1 = up.Node(1);

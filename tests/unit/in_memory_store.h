@@ -4,7 +4,9 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -40,12 +42,21 @@ class InMemoryStore : public ClusterStore {
     return members_->Max(key, value, node_);
   }
   Status Retire(const std::string& key, int64_t value) override {
-    ForgetFloor(key);
+    forgotten_.insert(key);
     members_->Retire(key, value, node_);
     return OkStatus();
   }
-  void ForgetFloor(const std::string& key) override { forgotten_.insert(key); }
+  // Kept for the test to look at: this store's leader never goes down.
+  void RetireLater(const std::string& key, int64_t value) override {
+    forgotten_.insert(key);
+    later_[key] = value;
+  }
   bool forgot(const std::string& key) const { return forgotten_.count(key) > 0; }
+  // The value RetireLater was given for `key`; nullopt if it was not called.
+  std::optional<int64_t> retiring_later(const std::string& key) const {
+    auto it = later_.find(key);
+    return it == later_.end() ? std::nullopt : std::optional<int64_t>(it->second);
+  }
   void ReportTransportFailure(int node) override { ++failures_[node]; }
   void ReportTransportBytes(int /*node*/, uint64_t /*sent*/, uint64_t /*received*/) override {}
   int failures(int node) const { return failures_[node]; }
@@ -59,7 +70,8 @@ class InMemoryStore : public ClusterStore {
   int node_ = 0;
   const std::string host_ = "127.0.0.1";
   int failures_[8] = {};
-  std::set<std::string> forgotten_;  // ForgetFloor's and Retire's keys
+  std::set<std::string> forgotten_;  // Retire's and RetireLater's keys
+  std::map<std::string, int64_t> later_;
 };
 
 }  // namespace epd::testing
