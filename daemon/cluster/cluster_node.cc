@@ -161,17 +161,21 @@ Status ClusterNode::JoinWithBackoff() {
 
 void ClusterNode::HeartbeatLoop() {
   const auto period = std::max(settings_.peer_timeout / 4, std::chrono::milliseconds(10));
+  const auto call_timeout = std::max(period, std::chrono::milliseconds(100));
   for (;;) {
     {
+      // A retire wakes it early: it goes out after one heartbeat instead of a period later.
       std::unique_lock lock(mutex_);
-      if (stop_changed_.wait_for(lock, period, [this] { return stopping_; })) return;
+      stop_changed_.wait_for(lock, period, [this] { return stopping_ || retire_waiting_; });
+      if (stopping_) return;
+      retire_waiting_ = false;
     }
     v1::HeartbeatRequest request;
     request.set_token(token_);
     request.set_node_rank(settings_.node_rank);
     request.set_incarnation(incarnation_);
     v1::ClusterView view;
-    auto context = Context(std::max(period, std::chrono::milliseconds(100)));
+    auto context = Context(call_timeout);
     Status status = FromGrpcStatus(stub_->Heartbeat(context.get(), request, &view));
     if (status.code() == StatusCode::kFailedPrecondition) {
       // The leader restarted and lost its membership: join it again. It never counted this
@@ -179,8 +183,8 @@ void ClusterNode::HeartbeatLoop() {
       EPD_LOG(kRpc, warn, "cluster: the leader no longer knows node {}; joining again",
               settings_.node_rank);
       {
-        std::lock_guard lock(late_mu_);
-        late_retires_.clear();
+        std::lock_guard lock(retires_mu_);
+        unsent_retires_.clear();
       }
       auto joined = JoinOnce(*stub_);
       status = joined.ok() ? OkStatus() : joined.status();
@@ -198,42 +202,41 @@ void ClusterNode::HeartbeatLoop() {
         leader_reachable_ = false;
       }
     }
-    if (status.ok()) SendLateRetires();
+    if (status.ok()) SendRetires(call_timeout);
   }
 }
 
-void ClusterNode::SendLateRetires() {
+void ClusterNode::SendRetires(std::chrono::milliseconds timeout) {
   for (;;) {
-    std::pair<std::string, int64_t> late;
+    std::pair<std::string, int64_t> retire;
     {
-      std::lock_guard lock(late_mu_);
-      if (late_retires_.empty()) return;
-      late = *late_retires_.begin();
-      late_in_flight_ = late.first;
+      std::lock_guard lock(retires_mu_);
+      if (unsent_retires_.empty()) return;
+      retire = *unsent_retires_.begin();
+      retire_in_flight_ = retire.first;
     }
     v1::StoreRetireRequest request;
-    request.set_key(late.first);
-    request.set_value(late.second);
+    request.set_key(retire.first);
+    request.set_value(retire.second);
     request.set_node_rank(settings_.node_rank);
     v1::StoreRetireResponse response;
-    const Status status = CallStore(&v1::Cluster::Stub::StoreRetire, std::move(request), &response);
-    std::lock_guard lock(late_mu_);
-    late_in_flight_.clear();
-    late_sent_.notify_all();
-    auto it = late_retires_.find(late.first);
+    const Status status =
+        CallStore(&v1::Cluster::Stub::StoreRetire, std::move(request), &response, timeout);
+    std::lock_guard lock(retires_mu_);
+    retire_in_flight_.clear();
+    retire_sent_.notify_all();
+    auto it = unsent_retires_.find(retire.first);
     if (!status.ok()) {
       // Kept for the next heartbeat the leader answers; one whose request it refused (a token
       // changed on it) is dropped, since no later heartbeat would get it through either.
-      EPD_LOG(kRpc, warn, "cluster: retiring '{}' at the leader failed: {}", late.first,
+      EPD_LOG(kRpc, warn, "cluster: retiring '{}' at the leader failed: {}", retire.first,
               status.ToString());
       if (LeaderUnreachable(status)) return;
-      if (it != late_retires_.end()) late_retires_.erase(it);
+      if (it != unsent_retires_.end()) unsent_retires_.erase(it);
       continue;
     }
-    EPD_LOG(kRpc, info, "cluster: retired '{}' at the leader, which was down when its group ended",
-            late.first);
-    // A later RetireLater of the key (a newer group of the name) raises further: kept then.
-    if (it != late_retires_.end() && it->second <= late.second) late_retires_.erase(it);
+    // A later Retire of the key (a newer group of the name) raises further: kept then.
+    if (it != unsent_retires_.end() && it->second <= retire.second) unsent_retires_.erase(it);
   }
 }
 
@@ -266,9 +269,10 @@ ClusterView ClusterNode::View() const {
 template <typename Request, typename Response>
 Status ClusterNode::CallStore(grpc::Status (v1::Cluster::Stub::*method)(grpc::ClientContext*,
                                                                         const Request&, Response*),
-                              Request request, Response* response) const {
+                              Request request, Response* response,
+                              std::chrono::milliseconds timeout) const {
   request.set_token(token_);
-  auto context = Context(kStoreCallTimeout);
+  auto context = Context(timeout);
   return FromGrpcStatus((stub_.get()->*method)(context.get(), request, response));
 }
 
@@ -281,7 +285,7 @@ Status ClusterNode::Set(const std::string& key, const std::string& value) {
   request.set_key(key);
   request.set_value(value);
   v1::StoreSetResponse response;
-  return CallStore(&v1::Cluster::Stub::StoreSet, std::move(request), &response);
+  return CallStore(&v1::Cluster::Stub::StoreSet, std::move(request), &response, kStoreCallTimeout);
 }
 
 StatusOr<std::optional<std::string>> ClusterNode::Get(const std::string& key) {
@@ -289,7 +293,8 @@ StatusOr<std::optional<std::string>> ClusterNode::Get(const std::string& key) {
   v1::StoreGetRequest request;
   request.set_key(key);
   v1::StoreGetResponse response;
-  Status status = CallStore(&v1::Cluster::Stub::StoreGet, std::move(request), &response);
+  Status status =
+      CallStore(&v1::Cluster::Stub::StoreGet, std::move(request), &response, kStoreCallTimeout);
   if (status.code() == StatusCode::kNotFound) return std::optional<std::string>();
   EPD_RETURN_IF_ERROR(status);
   return std::optional<std::string>(response.value());
@@ -298,9 +303,9 @@ StatusOr<std::optional<std::string>> ClusterNode::Get(const std::string& key) {
 StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
   if (membership_ != nullptr) return membership_->Max(key, value, settings_.node_rank);
   {
-    std::unique_lock lock(late_mu_);
-    late_retires_.erase(key);  // this daemon uses the integer again
-    late_sent_.wait(lock, [&] { return late_in_flight_ != key; });  // bounded by its call
+    std::unique_lock lock(retires_mu_);
+    unsent_retires_.erase(key);  // this daemon uses the integer again
+    retire_sent_.wait(lock, [&] { return retire_in_flight_ != key; });  // bounded by its call
   }
   NoteFloor(key, value);  // asked for, whether or not the leader answers
   v1::StoreMaxRequest request;
@@ -308,7 +313,8 @@ StatusOr<int64_t> ClusterNode::Max(const std::string& key, int64_t value) {
   request.set_value(value);
   request.set_node_rank(settings_.node_rank);
   v1::StoreMaxResponse response;
-  EPD_RETURN_IF_ERROR(CallStore(&v1::Cluster::Stub::StoreMax, std::move(request), &response));
+  EPD_RETURN_IF_ERROR(
+      CallStore(&v1::Cluster::Stub::StoreMax, std::move(request), &response, kStoreCallTimeout));
   NoteFloor(key, response.value());
   return response.value();
 }
@@ -319,32 +325,23 @@ void ClusterNode::NoteFloor(const std::string& key, int64_t value) {
   floor = std::max(floor, value);
 }
 
-Status ClusterNode::Retire(const std::string& key, int64_t value) {
-  if (membership_ != nullptr) {
-    membership_->Retire(key, value, settings_.node_rank);
-    return OkStatus();
-  }
-  ForgetFloor(key);
-  v1::StoreRetireRequest request;
-  request.set_key(key);
-  request.set_value(value);
-  request.set_node_rank(settings_.node_rank);
-  v1::StoreRetireResponse response;
-  Status status = CallStore(&v1::Cluster::Stub::StoreRetire, std::move(request), &response);
-  // The leader may have taken it: a second retire changes nothing.
-  if (LeaderUnreachable(status)) RetireLater(key, value);
-  return status;
-}
-
-void ClusterNode::RetireLater(const std::string& key, int64_t value) {
+void ClusterNode::Retire(const std::string& key, int64_t value) {
   if (membership_ != nullptr) {
     membership_->Retire(key, value, settings_.node_rank);
     return;
   }
   ForgetFloor(key);
-  std::lock_guard lock(late_mu_);
-  int64_t& late = late_retires_[key];
-  late = std::max(late, value);
+  {
+    std::lock_guard lock(retires_mu_);
+    int64_t& unsent = unsent_retires_[key];
+    unsent = std::max(unsent, value);
+  }
+  std::lock_guard lock(mutex_);
+  if (!leader_reachable_) {
+    EPD_LOG(kRpc, info, "cluster: the leader is unreachable; '{}' is retired once it answers", key);
+  }
+  retire_waiting_ = true;
+  stop_changed_.notify_all();
 }
 
 void ClusterNode::ForgetFloor(const std::string& key) {

@@ -7,8 +7,8 @@
 // ends the start with that error. Followers then heartbeat every peer_timeout / 4 and keep
 // the view the leader returns; a leader that lost them (restarted) is joined again, and every
 // join carries one above each store integer this daemon raised (the leader's store went with
-// its predecessor: membership.h). A retire the leader could not take when a group ended here
-// is sent at the next heartbeat it answers (RetireLater).
+// its predecessor: membership.h). The heartbeat thread also hands the leader the retires of
+// groups that ended here (Retire), so that a group's end never waits on the leader.
 #pragma once
 
 #include <atomic>
@@ -42,8 +42,7 @@ class ClusterNode : public ClusterStore {
   Status Set(const std::string& key, const std::string& value) override;
   StatusOr<std::optional<std::string>> Get(const std::string& key) override;
   StatusOr<int64_t> Max(const std::string& key, int64_t value) override;
-  Status Retire(const std::string& key, int64_t value) override;
-  void RetireLater(const std::string& key, int64_t value) override;
+  void Retire(const std::string& key, int64_t value) override;
   void ReportTransportFailure(int node) override;
   void ReportTransportBytes(int node, uint64_t sent, uint64_t received) override;
 
@@ -58,12 +57,12 @@ class ClusterNode : public ClusterStore {
   template <typename Request, typename Response>
   Status CallStore(grpc::Status (v1::Cluster::Stub::*method)(grpc::ClientContext*, const Request&,
                                                              Response*),
-                   Request request, Response* response) const;
+                   Request request, Response* response, std::chrono::milliseconds timeout) const;
   void NoteFloor(const std::string& key, int64_t value);
   void ForgetFloor(const std::string& key);
-  // Followers, once the leader answers again: sends the retires left for it (RetireLater, or a
-  // Retire whose call did not get through); each stays until the leader took it.
-  void SendLateRetires();
+  // Followers, on the heartbeat thread after a heartbeat the leader answered: sends the
+  // retires not sent yet, each bounded by `timeout`; each stays until the leader took it.
+  void SendRetires(std::chrono::milliseconds timeout);
 
   const ClusterSettings settings_;
   const int ranks_per_node_;
@@ -79,25 +78,26 @@ class ClusterNode : public ClusterStore {
   bool stopping_ = false;
   ClusterView last_view_;  // followers: the leader's view at the last heartbeat
   bool leader_reachable_ = true;
+  bool retire_waiting_ = false;  // Retire wakes the heartbeat thread to send it
   // What this daemon's group transports counted per peer node (ClusterMember's fields).
   struct PeerCounters {
     std::atomic<uint64_t> failures{0}, bytes_sent{0}, bytes_received{0};
   };
   std::vector<PeerCounters> peers_;
   // Followers: the highest value this daemon gave each store integer (Max), replayed one above
-  // at every join. One entry per group name that spans nodes here (Retire and RetireLater drop
-  // those of ended groups).
+  // at every join. One entry per group name that spans nodes here (Retire drops those of ended
+  // groups).
   std::mutex floors_mu_;
   std::map<std::string, int64_t> floors_;
   // Followers: the retires the leader has not taken yet, by key (the value to raise it to).
   // Dropped when this daemon uses the key again (Max) and when the leader restarted (it never
   // counted this daemon then: the integers of ended groups are not carried to it).
-  std::mutex late_mu_;
-  std::map<std::string, int64_t> late_retires_;
-  // The key whose late retire is on its way (empty when none): a Max of it waits for that call
-  // to end (late_sent_), so the leader never takes the retire after this daemon's new use.
-  std::string late_in_flight_;
-  std::condition_variable late_sent_;
+  std::mutex retires_mu_;
+  std::map<std::string, int64_t> unsent_retires_;
+  // The key whose retire is on its way (empty when none): a Max of it waits for that call to
+  // end (retire_sent_), so the leader never takes the retire after this daemon's new use.
+  std::string retire_in_flight_;
+  std::condition_variable retire_sent_;
   std::thread heartbeat_;
 };
 

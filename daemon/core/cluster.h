@@ -70,13 +70,13 @@ class ClusterStore {
   virtual StatusOr<int64_t> Max(const std::string& key, int64_t value) = 0;
   // This daemon no longer has a transport that uses the integer at `key` (its group ended
   // here): the leader raises it to at least `value` and counts this node out of its users;
-  // once none is left, it erases the integer and every key under its prefix. This daemon stops
-  // carrying it to a restarted leader (JoinRequest.floors) whatever the leader answers.
-  virtual Status Retire(const std::string& key, int64_t value) = 0;
-  // As Retire while the leader is down: never fails nor waits. This daemon stops carrying the
-  // integer at once and tells the leader when it answers again, unless it restarted meanwhile
-  // (its store and counts went with it) or this daemon used the integer again since (Max).
-  virtual void RetireLater(const std::string& key, int64_t value) = 0;
+  // once none is left, it erases the integer and every key under its prefix. Never fails nor
+  // waits on the leader (a group's destructor calls it): this daemon stops carrying the
+  // integer to a restarted leader (JoinRequest.floors) at once, and a follower hands the
+  // retire to the leader from its heartbeat thread, once the leader answers. It drops the
+  // retire when it uses the integer again first (Max) or when the leader restarted meanwhile
+  // (the successor never counted this node: ended groups' integers are not carried to it).
+  virtual void Retire(const std::string& key, int64_t value) = 0;
 
   // A group transport gave up on `node` (its connection broke or timed out): counted per peer
   // in the view and in /metrics.
@@ -184,19 +184,11 @@ inline StatusOr<int64_t> FirstFormationFloor(ClusterStore& store, std::string_vi
 // integer and whatever is left under its prefix go too, so a group name used once leaves
 // nothing in the store. This node stops carrying the integer to a restarted leader. Its peers
 // lose nothing: their next formation went past that generation anyway (this node's fresh
-// transport starts past it: FirstFormationFloor). Left to the view's next sight of the leader,
-// with UNAVAILABLE, while the view shows it down, so that destroying a group never waits on a
-// dead leader.
-inline Status RetireGeneration(ClusterStore& store, std::string_view prefix, int64_t last_formed) {
-  const std::string key = GenerationIntegerKey(prefix);
-  const ClusterView view = store.View();
-  if (!view.members.empty() && view.members[0].state != NodeState::kUp) {
-    store.RetireLater(key, last_formed + 1);
-    return UnavailableError(
-        "the leader (node 0) is down: the group's keys (generation {}) go once it answers again",
-        last_formed);
-  }
-  return store.Retire(key, last_formed + 1);  // 0 when it formed none: raises nothing
+// transport starts past it: FirstFormationFloor). Never waits on the leader
+// (ClusterStore::Retire).
+inline void RetireGeneration(ClusterStore& store, std::string_view prefix, int64_t last_formed) {
+  store.Retire(GenerationIntegerKey(prefix),
+               last_formed + 1);  // 0 when it formed none: raises nothing
 }
 
 // Waits until every other node hosting a rank of `config` has joined (the view shows none of

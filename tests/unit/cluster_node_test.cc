@@ -1,6 +1,6 @@
-// A follower's retires that the leader could not take when its group ended (RetireLater): sent
-// once the leader answers, dropped when the follower uses the integer again first or when the
-// leader restarted. A leader and a follower ClusterNode in this process, on loopback.
+// A follower's retires (its groups ended): sent from its heartbeat thread once the leader
+// answers, dropped when the follower uses the integer again first or when the leader
+// restarted. A leader and a follower ClusterNode in this process, on loopback.
 #include "daemon/cluster/cluster_node.h"
 
 #include <gtest/gtest.h>
@@ -65,39 +65,40 @@ class ClusterNodeTest : public ::testing::Test {
   std::shared_ptr<ClusterNode> leader_, follower_;
 };
 
-// Left for later, the retire reaches the leader at a heartbeat: it raises the integer and,
-// the follower being its last user, erases it.
-TEST_F(ClusterNodeTest, ARetireLeftForLaterReachesTheLeaderAtAHeartbeat) {
+// The retire reaches the leader: it raises the integer and, the follower being its last
+// user, erases it.
+TEST_F(ClusterNodeTest, ARetireReachesTheLeader) {
   ASSERT_EQ(*follower_->Max(kKey, 2), 2);
-  follower_->RetireLater(kKey, 3);
+  follower_->Retire(kKey, 3);
   EXPECT_EQ(WaitForLeaderValue(*leader_, ""), "");
   EXPECT_EQ(leader_->View().store_keys, 0u);
 }
 
-// With another user, the late retire raises the integer past the follower's last generation.
-TEST_F(ClusterNodeTest, ALateRetireRaisesTheIntegerForItsOtherUsers) {
+// With another user, the retire raises the integer past the follower's last generation.
+TEST_F(ClusterNodeTest, ARetireRaisesTheIntegerForItsOtherUsers) {
   ASSERT_EQ(*leader_->Max(kKey, 0), 0);
   ASSERT_EQ(*follower_->Max(kKey, 2), 2);
-  follower_->RetireLater(kKey, 3);
+  follower_->Retire(kKey, 3);
   EXPECT_EQ(WaitForLeaderValue(*leader_, "3"), "3");
 }
 
 // The follower uses the integer again before the leader took the retire: the retire is
-// dropped, so the follower stays a user and the leader keeps the integer.
-TEST_F(ClusterNodeTest, UsingTheIntegerAgainDropsItsLateRetire) {
+// dropped (or, sent already, came first), so the follower stays a user and the leader keeps
+// the integer.
+TEST_F(ClusterNodeTest, UsingTheIntegerAgainDropsItsUnsentRetire) {
   ASSERT_EQ(*follower_->Max(kKey, 2), 2);
-  follower_->RetireLater(kKey, 3);
+  follower_->Retire(kKey, 3);
   ASSERT_EQ(*follower_->Max(kKey, 3), 3);
   std::this_thread::sleep_for(kSomeHeartbeats);
   EXPECT_EQ(WaitForLeaderValue(*leader_, "3"), "3");
 }
 
-// A retire left while the leader was gone is not sent to its successor, which never counted
+// A retire made while the leader was gone is not sent to its successor, which never counted
 // the follower as a user: sending it would raise an integer the successor's own users hold.
-TEST_F(ClusterNodeTest, ALateRetireIsDroppedWhenTheLeaderRestarted) {
+TEST_F(ClusterNodeTest, AnUnsentRetireIsDroppedWhenTheLeaderRestarted) {
   ASSERT_EQ(*follower_->Max(kKey, 2), 2);
   leader_.reset();
-  follower_->RetireLater(kKey, 5);  // as RetireGeneration does while the view shows it down
+  follower_->Retire(kKey, 5);  // a group ended while the leader is gone
   leader_ = StartOrDie(0, port_);
   ASSERT_NE(leader_, nullptr);
   ASSERT_EQ(*leader_->Max(kKey, 0), 0);  // a group of the name on the new leader

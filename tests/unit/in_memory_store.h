@@ -4,9 +4,7 @@
 #pragma once
 
 #include <chrono>
-#include <map>
 #include <memory>
-#include <optional>
 #include <set>
 #include <string>
 
@@ -41,22 +39,12 @@ class InMemoryStore : public ClusterStore {
   StatusOr<int64_t> Max(const std::string& key, int64_t value) override {
     return members_->Max(key, value, node_);
   }
-  Status Retire(const std::string& key, int64_t value) override {
+  // At once: this store's leader never goes down.
+  void Retire(const std::string& key, int64_t value) override {
     forgotten_.insert(key);
     members_->Retire(key, value, node_);
-    return OkStatus();
-  }
-  // Kept for the test to look at: this store's leader never goes down.
-  void RetireLater(const std::string& key, int64_t value) override {
-    forgotten_.insert(key);
-    later_[key] = value;
   }
   bool forgot(const std::string& key) const { return forgotten_.count(key) > 0; }
-  // The value RetireLater was given for `key`; nullopt if it was not called.
-  std::optional<int64_t> retiring_later(const std::string& key) const {
-    auto it = later_.find(key);
-    return it == later_.end() ? std::nullopt : std::optional<int64_t>(it->second);
-  }
   void ReportTransportFailure(int node) override { ++failures_[node]; }
   void ReportTransportBytes(int /*node*/, uint64_t /*sent*/, uint64_t /*received*/) override {}
   int failures(int node) const { return failures_[node]; }
@@ -70,8 +58,7 @@ class InMemoryStore : public ClusterStore {
   int node_ = 0;
   const std::string host_ = "127.0.0.1";
   int failures_[8] = {};
-  std::set<std::string> forgotten_;  // Retire's and RetireLater's keys
-  std::map<std::string, int64_t> later_;
+  std::set<std::string> forgotten_;  // Retire's keys
 };
 
 }  // namespace epd::testing

@@ -36,9 +36,7 @@ void GlooRankLink::RetireAll(const std::vector<std::unique_ptr<GlooRankLink>>& l
     last_formed = std::max(last_formed, link->last_formed_);
   }
   if (any == nullptr) return;
-  if (Status retired = RetireGeneration(any->cluster_, any->Prefix(), last_formed); !retired.ok()) {
-    EPD_LOG(kCpu, info, "group '{}': destroyed; {}", any->config_.name, retired.ToString());
-  }
+  RetireGeneration(any->cluster_, any->Prefix(), last_formed);
 }
 
 std::string GlooRankLink::Prefix() const { return TransportKeyPrefix("group", config_.name); }

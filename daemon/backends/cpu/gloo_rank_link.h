@@ -46,9 +46,8 @@ class GlooRankLink {
 
   // The group of `links` (this daemon's ranks of it; null where another daemon hosts the rank)
   // was destroyed: unless Cancel(permanent) came first (shutdown), the leader drops the keys of
-  // the last mesh any of them formed, and all of the name's once no node uses it. One bounded
-  // store call for all of them (RetireGeneration, skipped while the leader is shown down), not
-  // one per rank.
+  // the last mesh any of them formed, and all of the name's once no node uses it. One retire
+  // for all of them (RetireGeneration; it never waits on the leader), not one per rank.
   static void RetireAll(const std::vector<std::unique_ptr<GlooRankLink>>& links);
 
   // Sends send[p] to group rank p and receives recv[p] from it, for every p (its own part is

@@ -68,9 +68,7 @@ SpanComm::~SpanComm() {
   }
   if (!shut_down) {
     std::lock_guard lock(rendezvous_mu_);
-    if (Status retired = rendezvous_.Retire(); !retired.ok()) {
-      EPD_LOG(kNccl, info, "group '{}': destroyed; {}", options_.config.name, retired.ToString());
-    }
+    rendezvous_.Retire();
   }
   for (InFlight& item : in_flight_) GiveEvents(item);
   for (auto& [device, events] : spare_events_) {

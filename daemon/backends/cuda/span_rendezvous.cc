@@ -83,7 +83,7 @@ Status SpanRendezvous::MarkFormed(int64_t generation) {
   return OkStatus();
 }
 
-Status SpanRendezvous::Retire() { return RetireGeneration(store_, Prefix(), last_formed_); }
+void SpanRendezvous::Retire() { RetireGeneration(store_, Prefix(), last_formed_); }
 
 void SpanRendezvous::Break(int64_t failed) {
   floor_ = std::max(floor_, failed + 1);

@@ -49,7 +49,7 @@ class SpanRendezvous {
   Status MarkFormed(int64_t generation);
   // The group was destroyed on this daemon: the leader drops the keys of the generation it
   // formed last, and all of the name's once no node uses it (RetireGeneration).
-  Status Retire();
+  void Retire();
   // Generation `failed` is dead: the next formation of every member uses a later one.
   void Break(int64_t failed);
 
