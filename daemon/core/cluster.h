@@ -185,10 +185,9 @@ inline StatusOr<int64_t> FirstFormationFloor(ClusterStore& store, std::string_vi
 // nothing in the store. This node stops carrying the integer to a restarted leader. Its peers
 // lose nothing: their next formation went past that generation anyway (this node's fresh
 // transport starts past it: FirstFormationFloor). Never waits on the leader
-// (ClusterStore::Retire).
+// (ClusterStore::Retire). A transport that formed none raises it to 0: nothing.
 inline void RetireGeneration(ClusterStore& store, std::string_view prefix, int64_t last_formed) {
-  store.Retire(GenerationIntegerKey(prefix),
-               last_formed + 1);  // 0 when it formed none: raises nothing
+  store.Retire(GenerationIntegerKey(prefix), last_formed + 1);
 }
 
 // Waits until every other node hosting a rank of `config` has joined (the view shows none of
