@@ -18,12 +18,15 @@ constexpr int kWarps = kThreads / 32;
 // Item geometry: kLaneVectors 16-byte vectors per lane per row, kRowsInFlight rows (k values)
 // whose loads are issued before accumulating. Low-latency tokens have up to K rows (narrow
 // items, many rows in flight); high-throughput tokens one row per destination rank, so their
-// items are wider to keep as many bytes in flight per warp on the few SMs they may use.
+// items are wide (4 KiB of a row per warp, the dispatch's part) to keep as many bytes in
+// flight per warp on the few SMs they may use. Two rows of 4 KiB in flight would need more
+// than the 128 registers a thread of a 512-thread block has; one row of 4 KiB beat two of
+// 2 KiB on an H200 (tests/bench/results/ht-copies-1xH200-2026-12-03.md).
 template <bool kWide>
 struct ItemShape {
   static constexpr int kLaneVectors = kWide ? kCombineWideVectorsPerItem / 32
                                             : kCombineVectorsPerItem / 32;
-  static constexpr int kRowsInFlight = kWide ? 2 : 4;
+  static constexpr int kRowsInFlight = kWide ? 1 : 4;
 };
 static_assert(kThreads == epd::kCollectiveThreads, "the backend sizes grids in these warps");
 static_assert(sizeof(int4) == epd::kVectorBytes, "rows move in kVectorBytes vectors");

@@ -48,9 +48,9 @@ struct CombineParams : CollectiveLaunch {
 // blocks: any number >= 1 (the kernel strides); 512 threads each.
 cudaError_t LaunchCombine(const CombineParams& params, int blocks, cudaStream_t stream);
 
-// Vectors of 16 bytes a warp reduces per work item (two per lane); the host sizes grids
-// with it.
+// Vectors of 16 bytes a warp reduces per work item (two per lane; wide: eight); the host
+// sizes grids with them.
 constexpr int kCombineVectorsPerItem = 64;
-constexpr int kCombineWideVectorsPerItem = 128;
+constexpr int kCombineWideVectorsPerItem = 256;
 
 }  // namespace epd::kernels

@@ -9,11 +9,11 @@
 //     waits for every peer's; every rank then knows the whole R x R row matrix, so all ranks
 //     agree on a capacity overflow. It computes its packed base row on every destination,
 //     its base in each expert's gather list there, and its own receive metadata;
-//  2. at most sm_budget blocks copy rows: a warp per (token, destination, row part), 16-byte
-//     vectors with kHtVectorsInFlight loads in flight per lane, then the row's metadata, its
-//     gather-list entries and the combine slot (fp8 quantized by the kernel: a warp per
-//     (token, four 128-channel blocks) quantizes them once and stores them to every
-//     destination of the token);
+//  2. at most sm_budget blocks copy rows: a warp per (token, row part) loads the part once,
+//     16-byte vectors with kHtVectorsInFlight loads in flight per lane, and stores it to every
+//     destination of the token, with the row's metadata, its gather-list entries and the
+//     combine slot (fp8 quantized by the kernel: a warp per (token, four 128-channel blocks)
+//     quantizes them once and stores them to every destination of the token);
 //  3. every block fences (at system scope when the group spans GPUs), the last one sets done on
 //     every destination and waits for every source's done: when the kernel ends this rank's
 //     receive buffers are complete.
@@ -35,7 +35,8 @@ constexpr int HtInboxExperts(int experts, int ranks) { return experts + ranks; }
 
 // Bytes a lane keeps in flight: kHtVectorsInFlight 16-byte loads before their stores.
 constexpr int kHtVectorsInFlight = 8;
-// A warp copies a row in parts of this many vectors (32 lanes x kHtVectorsInFlight).
+// A warp copies a row in parts of at most this many vectors (32 lanes x kHtVectorsInFlight),
+// all parts of a row equally wide.
 constexpr int kHtVectorsPerPart = 32 * kHtVectorsInFlight;
 
 // The shared inputs' row_bytes is a received row's (H bytes with the fp8 payloads). What each

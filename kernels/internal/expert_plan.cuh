@@ -16,17 +16,18 @@ namespace epd::kernels::detail {
 // are independent and issued together, and consecutive threads load consecutive entries. A
 // blocked split (8 consecutive experts per thread) made the few threads that hold experts
 // wait for one L2 round trip per expert, one after the other: ~3.8 us on an H200 at E 256.
+// prefix [kThreads * kExpertsPerThread + 1] and before [kThreads * kExpertsPerThread]: the
+// caller's shared memory, which it may use again once the plan is made.
+// totals[e] in, then prefix[e] (exclusive) out, prefix[kSlots] = the grand total, so expert
+// e's total is prefix[e + 1] - prefix[e]. In shared memory rather than registers: the kernels
+// that plan also copy rows, and 16 registers held across the scan made them spill.
 template <int kThreads, int kExpertsPerThread, typename Count, typename Emit>
 __device__ __forceinline__ void PlanExperts(int world_size, int rank, int experts,
-                                            int local_experts, Count count, Emit emit) {
+                                            int local_experts, Count count, Emit emit, int* prefix,
+                                            int* before) {
   using Scan = cub::BlockScan<int, kThreads>;
   constexpr int kSlots = kThreads * kExpertsPerThread;
   __shared__ typename Scan::TempStorage scan_storage;
-  // totals[e] in, then prefix[e] (exclusive) out, prefix[kSlots] = the grand total, so expert
-  // e's total is prefix[e + 1] - prefix[e]. In shared memory rather than registers: the
-  // kernels that plan also copy rows, and 16 registers held across the scan made them spill.
-  __shared__ int prefix[kSlots + 1];
-  __shared__ int before[kSlots];
 #pragma unroll
   for (int j = 0; j < kExpertsPerThread; ++j) {
     const int e = j * kThreads + threadIdx.x;
@@ -66,6 +67,18 @@ __device__ __forceinline__ void PlanExperts(int world_size, int rank, int expert
     emit(e, prefix[e] - prefix[d * local_experts], before[e], prefix[e + 1] - prefix[e]);
   }
   __syncthreads();
+}
+
+// PlanExperts in shared memory of its own, two arrays as the low-latency dispatch has always
+// had them: one array holding both cost that kernel ~0.7 us per op at 128 tokens on an H200
+// (tests/bench/results/ht-copies-1xH200-2026-12-03.md).
+template <int kThreads, int kExpertsPerThread, typename Count, typename Emit>
+__device__ __forceinline__ void PlanExperts(int world_size, int rank, int experts,
+                                            int local_experts, Count count, Emit emit) {
+  __shared__ int prefix[kThreads * kExpertsPerThread + 1];
+  __shared__ int before[kThreads * kExpertsPerThread];
+  PlanExperts<kThreads, kExpertsPerThread>(world_size, rank, experts, local_experts, count, emit,
+                                           prefix, before);
 }
 
 }  // namespace epd::kernels::detail

@@ -101,6 +101,7 @@ struct InprocRunner::RankState {
   std::unique_ptr<gpu::Gate> gate;
   std::unique_ptr<gpu::EventPair> events;
   cudaStream_t stream = nullptr;
+  int device = 0;  // the rank's GPU
 #endif
 };
 
@@ -111,8 +112,8 @@ struct InprocRunner::Sync {
   explicit Sync(int n) : barrier(n) {}
 };
 
-StatusOr<std::unique_ptr<InprocRunner>> InprocRunner::Create(const std::string& backend,
-                                                             int ranks,
+StatusOr<std::unique_ptr<InprocRunner>> InprocRunner::Create(const std::string& backend, int ranks,
+                                                             const std::vector<int>& gpus,
                                                              std::chrono::milliseconds op_timeout) {
   std::unique_ptr<InprocRunner> runner(new InprocRunner());
   runner->ranks_ = ranks;
@@ -123,7 +124,15 @@ StatusOr<std::unique_ptr<InprocRunner>> InprocRunner::Create(const std::string& 
 #if EPD_BENCH_WITH_CUDA_BACKEND
   if (backend == "cuda") {
     CudaBackendOptions options;
-    for (int r = 0; r < ranks; ++r) options.devices.push_back(r);
+    options.devices = gpus;
+    for (int r = 0; options.devices.empty() && r < ranks; ++r) options.devices.push_back(r);
+    runner->devices_ = options.devices;
+    // Ranks sharing a GPU (--gpus 0,0) cannot have NCCL communicators; nothing here uses them.
+    std::vector<int> sorted = options.devices;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      options.create_nccl_comms = false;
+    }
     options.op_timeout = op_timeout;
     EPD_ASSIGN_OR_RETURN(runner->backend_, CreateCudaBackend(options));
     runner->on_gpu_ = true;
@@ -193,12 +202,16 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
     }
 #if EPD_BENCH_WITH_CUDA_BACKEND
     if (on_gpu_) {
+      state->device = devices_[r];
       auto setup = [&]() -> Status {
+        const int r_device = state->device;
         const size_t idx_bytes = std::max<size_t>(1, state->routing.topk_idx.size() * 4);
-        EPD_ASSIGN_OR_RETURN(state->x_dev, gpu::DeviceBuffer::Create(r, state->x_host.size()));
-        EPD_ASSIGN_OR_RETURN(state->out_dev, gpu::DeviceBuffer::Create(r, state->out_host.size()));
-        EPD_ASSIGN_OR_RETURN(state->topk_dev, gpu::DeviceBuffer::Create(r, idx_bytes));
-        EPD_ASSIGN_OR_RETURN(state->weights_dev, gpu::DeviceBuffer::Create(r, idx_bytes));
+        EPD_ASSIGN_OR_RETURN(state->x_dev,
+                             gpu::DeviceBuffer::Create(r_device, state->x_host.size()));
+        EPD_ASSIGN_OR_RETURN(state->out_dev,
+                             gpu::DeviceBuffer::Create(r_device, state->out_host.size()));
+        EPD_ASSIGN_OR_RETURN(state->topk_dev, gpu::DeviceBuffer::Create(r_device, idx_bytes));
+        EPD_ASSIGN_OR_RETURN(state->weights_dev, gpu::DeviceBuffer::Create(r_device, idx_bytes));
         EPD_RETURN_IF_ERROR(
             epd::cuda::CopyNow(state->x_dev->data(), state->x_host.data(), state->x_host.size()));
         EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->topk_dev->data(),
@@ -208,11 +221,12 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
                                                state->routing.weights.data(),
                                                state->routing.weights.size() * 4));
         if (c.fp8()) {
-          EPD_ASSIGN_OR_RETURN(state->xq_dev, gpu::DeviceBuffer::Create(r, state->xq_host.size()));
+          EPD_ASSIGN_OR_RETURN(state->xq_dev,
+                               gpu::DeviceBuffer::Create(r_device, state->xq_host.size()));
           EPD_ASSIGN_OR_RETURN(state->x_scales_dev,
-                               gpu::DeviceBuffer::Create(r, state->x_scales_host.size()));
+                               gpu::DeviceBuffer::Create(r_device, state->x_scales_host.size()));
           EPD_ASSIGN_OR_RETURN(state->expert_out_dev,
-                               gpu::DeviceBuffer::Create(r, state->expert_out_host.size()));
+                               gpu::DeviceBuffer::Create(r_device, state->expert_out_host.size()));
           EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->xq_dev->data(), state->xq_host.data(),
                                                  state->xq_host.size()));
           EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->x_scales_dev->data(),
@@ -223,7 +237,7 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
           state->expert_out = state->expert_out_dev->data();
         }
         EPD_ASSIGN_OR_RETURN(state->gate, gpu::Gate::Create(gpu::Gate::Kind::kKernel));
-        EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(r));
+        EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(r_device));
         state->stream = CudaBackendStream(*backend_, *handles[r]);
         if (state->stream == nullptr) {
           return FailedPreconditionError("the cuda backend exposes no stream for rank {}", r);
@@ -336,7 +350,7 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
 #if EPD_BENCH_WITH_CUDA
         ++gate_value;
         // The backend may leave another device current on this thread.
-        op_status = gpu::Check(cudaSetDevice(rank), "cudaSetDevice");
+        op_status = gpu::Check(cudaSetDevice(me.device), "cudaSetDevice");
         if (op_status.ok()) op_status = me.gate->Arm(me.stream, gate_value);
         if (op_status.ok()) op_status = me.events->RecordStart(me.stream);
         if (op_status.ok()) op_status = run_op();
@@ -369,7 +383,7 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
         // Outside the timed span: the experts' output that the first combine checks.
         Status filled;
 #if EPD_BENCH_WITH_CUDA
-        if (on_gpu_) filled = gpu::Check(cudaSetDevice(rank), "cudaSetDevice");
+        if (on_gpu_) filled = gpu::Check(cudaSetDevice(me.device), "cudaSetDevice");
 #endif
         if (filled.ok()) filled = FillExpertOut(c, on_gpu_, handle, me.expert_out);
         if (!filled.ok()) {
@@ -387,7 +401,7 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
       // NOTE: never return from here: the other rank threads wait at the next barrier.
       Status copied;
       if (on_gpu_) {
-        copied = gpu::Check(cudaSetDevice(rank), "cudaSetDevice");
+        copied = gpu::Check(cudaSetDevice(me.device), "cudaSetDevice");
         if (copied.ok()) {
           copied = gpu::Check(cudaMemcpy(me.out_host.data(), me.out, me.out_host.size(),
                                          cudaMemcpyDeviceToHost),

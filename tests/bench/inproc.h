@@ -25,8 +25,9 @@ struct RunSettings {
 
 class InprocRunner {
  public:
-  // backend: "cpu" or "cuda".
+  // backend: "cpu" or "cuda". gpus[r]: the GPU of rank r on the cuda backend (empty: r).
   static StatusOr<std::unique_ptr<InprocRunner>> Create(const std::string& backend, int ranks,
+                                                        const std::vector<int>& gpus,
                                                         std::chrono::milliseconds op_timeout);
   ~InprocRunner();
   Backend& backend() { return *backend_; }
@@ -46,6 +47,7 @@ class InprocRunner {
   std::unique_ptr<Backend> backend_;
   bool on_gpu_ = false;
   int ranks_ = 0;
+  std::vector<int> devices_;  // cuda: the GPU of each rank
 };
 
 }  // namespace epd::bench

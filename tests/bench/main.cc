@@ -89,7 +89,7 @@ struct Flags {
   int frontend_timeout_s = 3600;
   int nodes = 1;
   bool network_path = false;
-  std::string json_path, epd_path, connect;
+  std::string json_path, epd_path, connect, gpus;
   std::vector<std::string> epd_args;
   std::string torch_python, torch_script;
 };
@@ -227,6 +227,9 @@ int Main(int argc, char** argv) {
   app.add_option("--sm-budget", f.sm_budget,
                  "high-throughput: SMs its kernels use; 0 = the daemon's default (24)")
       ->capture_default_str();
+  app.add_option("--gpus", f.gpus,
+                 "in-process mode: GPU of each rank, comma-separated (default: rank r on GPU r); "
+                 "0,0 runs two ranks on one GPU: the kernels' own cost at R = 2, no NVLink");
   app.add_option("--seed", f.seed)->capture_default_str();
   app.add_option("--hot-experts", f.hot_experts, "skewed routing: experts 0..N-1 are hot")
       ->capture_default_str();
@@ -294,6 +297,20 @@ int Main(int argc, char** argv) {
     fmt::print(stderr, "epd-bench: {}\n", s.ToString());
     return 2;
   };
+  std::vector<int> gpus;
+  if (!f.gpus.empty()) {
+    auto parsed = SplitInts(f.gpus, "--gpus");
+    if (!parsed.ok()) return fail(parsed.status());
+    if (static_cast<int>(parsed->size()) != ranks) {
+      return fail(InvalidArgumentError("--gpus {} names {} GPUs for {} ranks", f.gpus,
+                                       parsed->size(), ranks));
+    }
+    if (backend != "cuda") {
+      return fail(InvalidArgumentError("--gpus {} places ranks on GPUs: the {} backend has none",
+                                       f.gpus, backend));
+    }
+    gpus = std::move(*parsed);
+  }
   auto tokens = SplitInts(f.tokens, "--tokens");
   auto hidden = SplitInts(f.hidden, "--hidden");
   if (!tokens.ok()) return fail(tokens.status());
@@ -373,7 +390,8 @@ int Main(int argc, char** argv) {
   info.seed = f.seed;
 #if EPD_BENCH_WITH_CUDA
   if (backend == "cuda") {
-    for (int r = 0; r < ranks; ++r) info.devices.push_back(gpu::DeviceName(r));
+    for (int r = 0; r < ranks; ++r)
+      info.devices.push_back(gpu::DeviceName(gpus.empty() ? r : gpus[r]));
   }
 #endif
   std::vector<Result> results;
@@ -384,7 +402,7 @@ int Main(int argc, char** argv) {
   };
 
   if (want("inproc")) {
-    auto runner = InprocRunner::Create(backend, ranks, settings.op_timeout);
+    auto runner = InprocRunner::Create(backend, ranks, gpus, settings.op_timeout);
     if (!runner.ok()) return fail(runner.status().WithContext("in-process backend"));
     for (const Case& c : cases) {
       results.push_back((*runner)->Run(c, settings));

@@ -157,7 +157,7 @@ StatusOr<Phases> RunInprocess(const example::Problem& problem, const std::string
                               Clock::time_point start) {
   Phases phases;
   EPD_ASSIGN_OR_RETURN(std::unique_ptr<InprocRunner> runner,
-                       InprocRunner::Create(backend, problem.ranks, std::chrono::seconds(30)));
+                       InprocRunner::Create(backend, problem.ranks, {}, std::chrono::seconds(30)));
   phases["backend"] = MsSince(start);
   Case c;
   c.ranks = problem.ranks;
