@@ -5,6 +5,7 @@
 #include <barrier>
 #include <cstring>
 #include <future>
+#include <map>
 #include <thread>
 
 #include "daemon/backends/cpu/cpu_backend.h"
@@ -127,11 +128,18 @@ StatusOr<std::unique_ptr<InprocRunner>> InprocRunner::Create(const std::string& 
     options.devices = gpus;
     for (int r = 0; options.devices.empty() && r < ranks; ++r) options.devices.push_back(r);
     runner->devices_ = options.devices;
-    // Ranks sharing a GPU (--gpus 0,0) cannot have NCCL communicators; nothing here uses them.
-    std::vector<int> sorted = options.devices;
-    std::sort(sorted.begin(), sorted.end());
-    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    // Ranks sharing a GPU (--gpus 0,0) cannot have NCCL communicators (nothing here uses
+    // them), and their kernels must be resident together, since each waits for its peers': a
+    // rank gets an equal share of the GPU's SMs, a block per SM.
+    std::map<int, int> ranks_on;
+    int sharing = 1;
+    for (int device : options.devices) sharing = std::max(sharing, ++ranks_on[device]);
+    if (sharing > 1) {
+      int sms = 0;
+      EPD_BENCH_CUDA(
+          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, options.devices[0]));
       options.create_nccl_comms = false;
+      options.max_blocks_per_op = std::max(1, sms / sharing);
     }
     options.op_timeout = op_timeout;
     EPD_ASSIGN_OR_RETURN(runner->backend_, CreateCudaBackend(options));

@@ -227,9 +227,11 @@ int Main(int argc, char** argv) {
   app.add_option("--sm-budget", f.sm_budget,
                  "high-throughput: SMs its kernels use; 0 = the daemon's default (24)")
       ->capture_default_str();
-  app.add_option("--gpus", f.gpus,
-                 "in-process mode: GPU of each rank, comma-separated (default: rank r on GPU r); "
-                 "0,0 runs two ranks on one GPU: the kernels' own cost at R = 2, no NVLink");
+  app.add_option(
+      "--gpus", f.gpus,
+      "in-process mode: GPU of each rank, comma-separated (default: rank r on GPU r); "
+      "0,0 runs two ranks on one GPU, each on half its SMs: the kernels' own cost at R = 2, "
+      "no NVLink");
   app.add_option("--seed", f.seed)->capture_default_str();
   app.add_option("--hot-experts", f.hot_experts, "skewed routing: experts 0..N-1 are hot")
       ->capture_default_str();
