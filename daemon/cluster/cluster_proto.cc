@@ -17,6 +17,7 @@ void ToProto(const ClusterView& view, v1::ClusterView* out) {
   out->set_nodes(view.nodes);
   out->set_ranks_per_node(view.ranks_per_node);
   out->set_store_keys(view.store_keys);
+  out->set_refused_calls(view.refused_calls);
   for (const ClusterMember& member : view.members) {
     v1::ClusterNode* node = out->add_members();
     node->set_node_rank(member.node_rank);
@@ -35,6 +36,7 @@ ClusterView FromProto(const v1::ClusterView& in) {
   view.nodes = in.nodes();
   view.ranks_per_node = in.ranks_per_node();
   view.store_keys = in.store_keys();
+  view.refused_calls = in.refused_calls();
   for (const v1::ClusterNode& node : in.members()) {
     ClusterMember member;
     member.node_rank = node.node_rank();

@@ -8,8 +8,14 @@
 #include "daemon/cluster/cluster_proto.h"
 #include "daemon/cluster/token.h"
 #include "daemon/core/log.h"
+#include "daemon/core/log_rate_limiter.h"
 
 namespace epd::cluster {
+namespace {
+
+constexpr int kRefusalsLoggedPerMinute = 10;
+
+}  // namespace
 
 class ClusterServer::Service final : public v1::Cluster::CallbackService {
  public:
@@ -36,8 +42,7 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
                 request->address(), joined->rejoined ? " again (restarted)" : "");
       } else {
         status = joined.status();
-        EPD_LOG(kRpc, warn, "cluster: refused node {} from {}: {}", request->node_rank(),
-                context->peer(), status.ToString());
+        Refused(context, fmt::format("node {}'s Join", request->node_rank()), status);
       }
     }
     return Finish(context, status);
@@ -47,6 +52,7 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
                                       const v1::HeartbeatRequest* request,
                                       v1::ClusterView* response) override {
     Status status = CheckToken(context, request->token(), "Heartbeat");
+    // Not a refusal: a restarted leader tells a follower of its predecessor to join again.
     if (status.ok()) status = membership_->Heartbeat(request->node_rank(), request->incarnation());
     if (status.ok()) ToProto(membership_->View(), response);
     return Finish(context, status);
@@ -79,7 +85,7 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
                                      const v1::StoreMaxRequest* request,
                                      v1::StoreMaxResponse* response) override {
     Status status = CheckToken(context, request->token(), "StoreMax");
-    if (status.ok()) status = CheckCaller(request->node_rank());
+    if (status.ok()) status = CheckCaller(context, request->node_rank(), "StoreMax");
     if (status.ok()) {
       response->set_value(membership_->Max(request->key(), request->value(), request->node_rank()));
     }
@@ -90,27 +96,43 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
                                         const v1::StoreRetireRequest* request,
                                         v1::StoreRetireResponse*) override {
     Status status = CheckToken(context, request->token(), "StoreRetire");
-    if (status.ok()) status = CheckCaller(request->node_rank());
+    if (status.ok()) status = CheckCaller(context, request->node_rank(), "StoreRetire");
     if (status.ok()) membership_->Retire(request->key(), request->value(), request->node_rank());
     return Finish(context, status);
   }
 
  private:
   Status CheckToken(grpc::CallbackServerContext* context, const std::string& token,
-                    std::string_view call) const {
+                    std::string_view call) {
     if (TokensEqual(token, token_)) return OkStatus();
     // The peer address only: the token a caller sent is as secret as ours.
-    EPD_LOG(kRpc, warn, "cluster: {} from {} refused: wrong deployment token", call,
-            context->peer());
-    return Status(StatusCode::kUnauthenticated,
+    Status status(StatusCode::kUnauthenticated,
                   "wrong deployment token: the daemons' cluster.token_file contents differ");
+    Refused(context, call, status);
+    return status;
   }
   // The node a store call counts as a user of its integer: a follower (the leader calls its
   // store directly).
-  Status CheckCaller(int node_rank) const {
+  Status CheckCaller(grpc::CallbackServerContext* context, int node_rank, std::string_view call) {
     if (node_rank >= 1 && node_rank < membership_->nodes()) return OkStatus();
-    return InvalidArgumentError("node_rank = {} is outside [1, nodes = {})", node_rank,
-                                membership_->nodes());
+    Status status = InvalidArgumentError("node_rank = {} is outside [1, nodes = {})", node_rank,
+                                         membership_->nodes());
+    Refused(context, call, status);
+    return status;
+  }
+  // Counted in the cluster view; logged with the caller's address, but only the first few of
+  // each minute: a node retrying with a wrong token file, or a stranger on the port, must not
+  // flood the log.
+  void Refused(grpc::CallbackServerContext* context, std::string_view call, const Status& status) {
+    membership_->CountRefusal();
+    uint64_t suppressed = 0;
+    if (!refusal_log_.Allow(&suppressed)) return;
+    EPD_LOG(kRpc, warn, "cluster: {} from {} refused: {}{}", call, context->peer(),
+            status.message(),
+            suppressed == 0 ? ""
+                            : fmt::format(" ({} more refusals not logged; GetNodeInfo counts "
+                                          "them all)",
+                                          suppressed));
   }
   static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
                                           const Status& status) {
@@ -121,6 +143,7 @@ class ClusterServer::Service final : public v1::Cluster::CallbackService {
 
   const std::string token_;
   std::shared_ptr<Membership> membership_;
+  LogRateLimiter refusal_log_{kRefusalsLoggedPerMinute, std::chrono::minutes(1)};
 };
 
 StatusOr<std::unique_ptr<ClusterServer>> ClusterServer::Start(

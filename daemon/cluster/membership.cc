@@ -88,6 +88,7 @@ ClusterView Membership::View() const {
   view.ranks_per_node = ranks_per_node_;
   view.leader = members_[0].address;
   view.store_keys = store_.size();
+  view.refused_calls = refused_calls_.load(std::memory_order_relaxed);
   const auto now = Clock::now();
   for (int n = 0; n < nodes_; ++n) {
     const Member& member = members_[n];

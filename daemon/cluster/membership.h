@@ -3,6 +3,7 @@
 // serves it), so the join rules are unit-testable.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -42,6 +43,8 @@ class Membership {
   Status Heartbeat(int node_rank, uint64_t incarnation);
 
   ClusterView View() const;
+  // A call to the cluster port was refused (counted in the view).
+  void CountRefusal() { refused_calls_.fetch_add(1, std::memory_order_relaxed); }
 
   int nodes() const { return nodes_; }
 
@@ -73,6 +76,7 @@ class Membership {
   const int nodes_;
   const int ranks_per_node_;
   const std::chrono::milliseconds peer_timeout_;
+  std::atomic<uint64_t> refused_calls_{0};
   mutable std::mutex mutex_;
   std::vector<Member> members_;  // by node rank; joins == 0: never joined
   std::map<std::string, std::string> store_;

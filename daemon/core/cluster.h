@@ -51,6 +51,7 @@ struct ClusterView {
   std::string leader;
   std::vector<ClusterMember> members;  // in node-rank order
   uint64_t store_keys = 0;             // keys in the leader's store
+  uint64_t refused_calls = 0;          // calls the leader's cluster port refused
 };
 
 // Implemented by daemon/cluster/cluster_node.h. Thread-safe; every call is bounded.

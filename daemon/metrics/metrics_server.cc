@@ -184,10 +184,16 @@ class EngineCollector final : public prometheus::Collectable {
                         "Keys in the leader's rendezvous store (flat while groups re-form).",
                         MetricType::Gauge);
     AddValue(store, static_cast<double>(now.cluster->store_keys), {});
+    auto refused = Family("epd_cluster_refused_calls_total",
+                          "Calls the leader's cluster port refused: a wrong deployment token, "
+                          "or a node that does not fit the deployment.",
+                          MetricType::Counter);
+    AddValue(refused, static_cast<double>(now.cluster->refused_calls), {});
     out.push_back(std::move(up));
     out.push_back(std::move(joins));
     out.push_back(std::move(failures));
     out.push_back(std::move(bytes));
+    out.push_back(std::move(refused));
     out.push_back(std::move(store));
   }
 

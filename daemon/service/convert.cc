@@ -393,6 +393,7 @@ void ToProto(const NodeDescription& node, const std::vector<GroupSummary>& group
     cluster->set_ranks_per_node(node.cluster->ranks_per_node);
     cluster->set_leader(node.cluster->leader);
     cluster->set_store_keys(node.cluster->store_keys);
+    cluster->set_refused_calls(node.cluster->refused_calls);
     v1::ClusterView members;
     cluster::ToProto(*node.cluster, &members);
     *cluster->mutable_members() = members.members();

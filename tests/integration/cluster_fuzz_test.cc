@@ -13,6 +13,7 @@
 #include "epd/v1/cluster.grpc.pb.h"
 #include "tests/integration/fuzz_support.h"
 #include "tests/integration/multinode_support.h"
+#include "tests/loopback_port.h"
 
 namespace epd::testing {
 namespace {
@@ -147,6 +148,48 @@ TEST(ClusterFuzzTest, ChangedClusterRequestsGetCanonicalAnswersAndTheDeploymentS
   EXPECT_GE(codes[StatusCode::kOk], 40) << summary;
   for (size_t i = 0; i < failures.size() && i < 30; ++i) ADD_FAILURE() << failures[i];
   EXPECT_TRUE(failures.empty()) << failures.size() << " failures";
+}
+
+// A node with a wrong token file retrying, or a stranger on the cluster port: every refused
+// call is counted (GetNodeInfo, /metrics), while the leader logs only the first few of a
+// minute, never the token sent.
+TEST(ClusterRefusalTest, EveryRefusalIsCountedAndOnlyTheFirstOfAMinuteLogged) {
+  auto cluster = LoopbackCluster::Create(2);
+  ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
+  const int metrics_port = FreeLoopbackPort();
+  ASSERT_EPD_OK(
+      (*cluster)->StartNode(0, {"--metrics-listen", fmt::format("127.0.0.1:{}", metrics_port)}));
+  auto stub = v1::Cluster::NewStub(
+      grpc::CreateChannel((*cluster)->leader(), grpc::InsecureChannelCredentials()));
+  const std::string wrong_token = "not-the-deployment-secret-7171";
+  constexpr int kCalls = 200;
+  for (int i = 0; i < kCalls; ++i) {
+    v1::HeartbeatRequest request;
+    request.set_token(wrong_token);
+    request.set_node_rank(1);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kAnswerBound);
+    v1::ClusterView view;
+    const grpc::Status answer = stub->Heartbeat(&context, request, &view);
+    ASSERT_EQ(answer.error_code(), grpc::StatusCode::UNAUTHENTICATED) << i;
+  }
+  auto info = ConnectOrDie((*cluster)->node(0).address())->GetNodeInfo();
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->cluster().refused_calls(), static_cast<uint64_t>(kCalls));
+  const std::string metrics = Scrape(metrics_port);
+  EXPECT_NE(metrics.find(fmt::format("\nepd_cluster_refused_calls_total {}\n", kCalls)),
+            std::string::npos)
+      << metrics;
+
+  const std::string log = (*cluster)->node(0).ReadLog();
+  int logged = 0;
+  const std::string line = "cluster: Heartbeat from ";
+  for (size_t at = log.find(line); at != std::string::npos; at = log.find(line, at + 1)) {
+    ++logged;
+    EXPECT_NE(log.find("refused: wrong deployment token", at), std::string::npos);
+  }
+  EXPECT_EQ(logged, 10) << log;  // kRefusalsLoggedPerMinute: the test takes well under a minute
+  EXPECT_EQ(log.find(wrong_token), std::string::npos);
 }
 
 }  // namespace

@@ -184,4 +184,15 @@ StatusOr<uint64_t> WaitForLeaderStoreKeys(LoopbackCluster& cluster, uint64_t bou
   return keys;
 }
 
+std::string Scrape(int port) {
+  std::string text;
+  const std::string command = fmt::format("curl -s --max-time 5 http://127.0.0.1:{}/metrics", port);
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return text;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) text.append(buffer, n);
+  pclose(pipe);
+  return text;
+}
+
 }  // namespace epd::testing

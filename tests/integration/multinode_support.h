@@ -78,4 +78,8 @@ StatusOr<std::vector<v1::RankTransport>> TransportOf(Client& client, const std::
 // 10 s); returns the last count seen.
 StatusOr<uint64_t> WaitForLeaderStoreKeys(LoopbackCluster& cluster, uint64_t bound);
 
+// The Prometheus text a daemon's metrics endpoint on 127.0.0.1:`port` serves (curl, 5 s at
+// most); empty when it did not answer.
+std::string Scrape(int port);
+
 }  // namespace epd::testing
