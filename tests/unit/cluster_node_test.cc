@@ -111,5 +111,17 @@ TEST_F(ClusterNodeTest, AnUnsentRetireIsDroppedWhenTheLeaderRestarted) {
   EXPECT_EQ(WaitForLeaderValue(*leader_, "0"), "0");
 }
 
+// A node with another token is refused; the leader counts the refusal and the follower shows
+// the leader's count after its next heartbeat.
+TEST_F(ClusterNodeTest, AFollowerShowsTheLeadersRefusedCalls) {
+  auto stranger = ClusterNode::Start(Settings(1, port_), 1, "another-token");
+  ASSERT_FALSE(stranger.ok());
+  EXPECT_EQ(stranger.status().code(), StatusCode::kUnauthenticated) << stranger.status().ToString();
+  const uint64_t refused = leader_->View().refused_calls;
+  EXPECT_GE(refused, 1u);
+  std::this_thread::sleep_for(kSomeHeartbeats);
+  EXPECT_EQ(follower_->View().refused_calls, refused);
+}
+
 }  // namespace
 }  // namespace epd::cluster
