@@ -5,10 +5,10 @@
 #include <barrier>
 #include <cstring>
 #include <future>
-#include <map>
 #include <thread>
 
 #include "daemon/backends/cpu/cpu_backend.h"
+#include "tests/bench/rank_devices.h"
 #if EPD_BENCH_WITH_CUDA_BACKEND
 #include "daemon/backends/cuda/cuda_backend.h"
 #endif
@@ -125,21 +125,15 @@ StatusOr<std::unique_ptr<InprocRunner>> InprocRunner::Create(const std::string& 
 #if EPD_BENCH_WITH_CUDA_BACKEND
   if (backend == "cuda") {
     CudaBackendOptions options;
-    options.devices = gpus;
-    for (int r = 0; options.devices.empty() && r < ranks; ++r) options.devices.push_back(r);
+    options.devices = RankDevices(gpus, ranks);
     runner->devices_ = options.devices;
-    // Ranks sharing a GPU (--gpus 0,0) cannot have NCCL communicators (nothing here uses
-    // them), and their kernels must be resident together, since each waits for its peers': a
-    // rank gets an equal share of the GPU's SMs, a block per SM.
-    std::map<int, int> ranks_on;
-    int sharing = 1;
-    for (int device : options.devices) sharing = std::max(sharing, ++ranks_on[device]);
-    if (sharing > 1) {
-      int sms = 0;
-      EPD_BENCH_CUDA(
-          cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, options.devices[0]));
+    int sms = 0;
+    EPD_BENCH_CUDA(
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, options.devices[0]));
+    if (const int bound = SharedGpuBlockBound(options.devices, sms); bound > 0) {
+      // Ranks sharing a GPU cannot have NCCL communicators either (nothing here uses them).
       options.create_nccl_comms = false;
-      options.max_blocks_per_op = std::max(1, sms / sharing);
+      options.max_blocks_per_op = bound;
     }
     options.op_timeout = op_timeout;
     EPD_ASSIGN_OR_RETURN(runner->backend_, CreateCudaBackend(options));
