@@ -102,7 +102,6 @@ struct InprocRunner::RankState {
   std::unique_ptr<gpu::Gate> gate;
   std::unique_ptr<gpu::EventPair> events;
   cudaStream_t stream = nullptr;
-  int device = 0;  // the rank's GPU
 #endif
 };
 
@@ -204,16 +203,14 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
     }
 #if EPD_BENCH_WITH_CUDA_BACKEND
     if (on_gpu_) {
-      state->device = devices_[r];
       auto setup = [&]() -> Status {
-        const int r_device = state->device;
+        const int device = devices_[r];
         const size_t idx_bytes = std::max<size_t>(1, state->routing.topk_idx.size() * 4);
-        EPD_ASSIGN_OR_RETURN(state->x_dev,
-                             gpu::DeviceBuffer::Create(r_device, state->x_host.size()));
+        EPD_ASSIGN_OR_RETURN(state->x_dev, gpu::DeviceBuffer::Create(device, state->x_host.size()));
         EPD_ASSIGN_OR_RETURN(state->out_dev,
-                             gpu::DeviceBuffer::Create(r_device, state->out_host.size()));
-        EPD_ASSIGN_OR_RETURN(state->topk_dev, gpu::DeviceBuffer::Create(r_device, idx_bytes));
-        EPD_ASSIGN_OR_RETURN(state->weights_dev, gpu::DeviceBuffer::Create(r_device, idx_bytes));
+                             gpu::DeviceBuffer::Create(device, state->out_host.size()));
+        EPD_ASSIGN_OR_RETURN(state->topk_dev, gpu::DeviceBuffer::Create(device, idx_bytes));
+        EPD_ASSIGN_OR_RETURN(state->weights_dev, gpu::DeviceBuffer::Create(device, idx_bytes));
         EPD_RETURN_IF_ERROR(
             epd::cuda::CopyNow(state->x_dev->data(), state->x_host.data(), state->x_host.size()));
         EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->topk_dev->data(),
@@ -224,11 +221,11 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
                                                state->routing.weights.size() * 4));
         if (c.fp8()) {
           EPD_ASSIGN_OR_RETURN(state->xq_dev,
-                               gpu::DeviceBuffer::Create(r_device, state->xq_host.size()));
+                               gpu::DeviceBuffer::Create(device, state->xq_host.size()));
           EPD_ASSIGN_OR_RETURN(state->x_scales_dev,
-                               gpu::DeviceBuffer::Create(r_device, state->x_scales_host.size()));
+                               gpu::DeviceBuffer::Create(device, state->x_scales_host.size()));
           EPD_ASSIGN_OR_RETURN(state->expert_out_dev,
-                               gpu::DeviceBuffer::Create(r_device, state->expert_out_host.size()));
+                               gpu::DeviceBuffer::Create(device, state->expert_out_host.size()));
           EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->xq_dev->data(), state->xq_host.data(),
                                                  state->xq_host.size()));
           EPD_RETURN_IF_ERROR(epd::cuda::CopyNow(state->x_scales_dev->data(),
@@ -239,7 +236,7 @@ Result InprocRunner::Run(const Case& c, const RunSettings& settings) {
           state->expert_out = state->expert_out_dev->data();
         }
         EPD_ASSIGN_OR_RETURN(state->gate, gpu::Gate::Create(gpu::Gate::Kind::kKernel));
-        EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(r_device));
+        EPD_ASSIGN_OR_RETURN(state->events, gpu::EventPair::Create(device));
         state->stream = CudaBackendStream(*backend_, *handles[r]);
         if (state->stream == nullptr) {
           return FailedPreconditionError("the cuda backend exposes no stream for rank {}", r);
@@ -352,7 +349,7 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
 #if EPD_BENCH_WITH_CUDA
         ++gate_value;
         // The backend may leave another device current on this thread.
-        op_status = gpu::Check(cudaSetDevice(me.device), "cudaSetDevice");
+        op_status = gpu::Check(cudaSetDevice(devices_[rank]), "cudaSetDevice");
         if (op_status.ok()) op_status = me.gate->Arm(me.stream, gate_value);
         if (op_status.ok()) op_status = me.events->RecordStart(me.stream);
         if (op_status.ok()) op_status = run_op();
@@ -385,7 +382,7 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
         // Outside the timed span: the experts' output that the first combine checks.
         Status filled;
 #if EPD_BENCH_WITH_CUDA
-        if (on_gpu_) filled = gpu::Check(cudaSetDevice(me.device), "cudaSetDevice");
+        if (on_gpu_) filled = gpu::Check(cudaSetDevice(devices_[rank]), "cudaSetDevice");
 #endif
         if (filled.ok()) filled = FillExpertOut(c, on_gpu_, handle, me.expert_out);
         if (!filled.ok()) {
@@ -403,7 +400,7 @@ Status InprocRunner::RunRank(const Case& c, const RunSettings& settings, Backend
       // NOTE: never return from here: the other rank threads wait at the next barrier.
       Status copied;
       if (on_gpu_) {
-        copied = gpu::Check(cudaSetDevice(me.device), "cudaSetDevice");
+        copied = gpu::Check(cudaSetDevice(devices_[rank]), "cudaSetDevice");
         if (copied.ok()) {
           copied = gpu::Check(cudaMemcpy(me.out_host.data(), me.out, me.out_host.size(),
                                          cudaMemcpyDeviceToHost),

@@ -19,6 +19,7 @@
 #include "tests/bench/frontend.h"
 #include "tests/bench/inproc.h"
 #include "tests/bench/process_util.h"
+#include "tests/bench/rank_devices.h"
 #include "tests/bench/report.h"
 #if EPD_BENCH_WITH_CUDA
 #include "tests/bench/gpu_util.h"
@@ -392,8 +393,7 @@ int Main(int argc, char** argv) {
   info.seed = f.seed;
 #if EPD_BENCH_WITH_CUDA
   if (backend == "cuda") {
-    for (int r = 0; r < ranks; ++r)
-      info.devices.push_back(gpu::DeviceName(gpus.empty() ? r : gpus[r]));
+    for (int device : RankDevices(gpus, ranks)) info.devices.push_back(gpu::DeviceName(device));
   }
 #endif
   std::vector<Result> results;
